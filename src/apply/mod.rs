@@ -1,0 +1,300 @@
+//! The apply engine: making a directory hold exactly what a manifest describes.
+//!
+//! `checkout` (a revision into an empty directory) is its first use; updateclient, rollback and
+//! install grow from the same pieces: [`write_file`] and [`set_metadata`] act through a parent
+//! directory descriptor opened with `O_NOFOLLOW` at every step (see [`crate::sys`]), so no
+//! symlink in the target can turn a write into one outside the root, and every blob comes from a
+//! [`BlobSource`] that checks it against its id before a byte of it is written.
+//!
+//! Metadata goes on in the only order that keeps it: owner, then mode (chown clears setuid),
+//! then xattrs (chown clears security.capability), then times (everything else changes ctime
+//! and, for directories, mtime). Directories get theirs last, deepest first.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
+use rayon::prelude::*;
+
+use crate::error::{invalid, IoContext, Result};
+use crate::format::manifest::{file_name, parent, Entry, Kind, Manifest};
+use crate::format::Id;
+use crate::progress::Progress;
+use crate::sys::{self, shown};
+
+/// Where apply gets blobs from: a local repository now, an HTTP server later.
+pub trait BlobSource: Sync {
+    /// The blob's content, already checked against `id`.
+    fn get(&self, id: &Id) -> Result<Vec<u8>>;
+}
+
+/// What an apply did.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// Things that could not be kept (ownership when not root, xattrs the filesystem refuses).
+    pub warnings: Vec<String>,
+}
+
+/// Collects warnings from several threads.
+struct Warnings(Mutex<Vec<String>>);
+
+impl Warnings {
+    fn push(&self, w: String) {
+        let mut v = self.0.lock().expect("warnings lock");
+        if v.len() < 1000 {
+            v.push(w);
+        }
+    }
+}
+
+/// Materialises `manifest` into `target`, which must be empty or absent.
+pub fn checkout(
+    manifest: &Manifest,
+    blobs: &dyn BlobSource,
+    target: &Path,
+    progress: &dyn Progress,
+) -> Result<ApplyReport> {
+    manifest.validate()?;
+    match std::fs::read_dir(target) {
+        Ok(mut it) => {
+            if it.next().is_some() {
+                return Err(invalid(format!(
+                    "{} is not empty; checkout writes only into an empty or new directory",
+                    target.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(target).at(target)?;
+        }
+        Err(e) => return Err(e).at(target),
+    }
+    let root = sys::open_root(target)?;
+    let warnings = Warnings(Mutex::new(Vec::new()));
+
+    // Directories first, private until their metadata is set at the end.
+    for e in manifest.entries.iter().skip(1) {
+        if e.kind == Kind::Dir {
+            let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
+            mkdirat(dir.as_fd(), file_name(&e.path), Mode::from_bits_truncate(0o700))
+                .at(shown(target, &e.path))?;
+        }
+    }
+
+    // Regular files, in parallel: the work is decompressing, hashing and writing.
+    let files: Vec<&Entry> = manifest
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File { .. }))
+        .collect();
+    let total: u64 = files.iter().map(|e| e.data_len()).sum();
+    progress.phase("writing files", Some(total), true);
+    files.par_iter().try_for_each(|e| -> Result<()> {
+        let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
+        let file = write_file(dir.as_fd(), e, blobs, target, progress)?;
+        set_metadata(dir.as_fd(), e, Some(&file), target, &|w| warnings.push(w))
+    })?;
+    progress.finish();
+
+    // Everything else, in manifest order so hardlink targets exist before their links.
+    let mut last: Option<(Vec<u8>, OwnedFd)> = None;
+    for e in manifest.entries.iter().skip(1) {
+        if matches!(e.kind, Kind::File { .. } | Kind::Dir) {
+            continue;
+        }
+        let p = parent(&e.path);
+        if last.as_ref().map(|(lp, _)| lp.as_slice()) != Some(p) {
+            last = Some((p.to_vec(), sys::open_dir_beneath(root.as_fd(), p, target)?));
+        }
+        let dir = &last.as_ref().expect("set above").1;
+        create_special(dir.as_fd(), &root, e, target)?;
+        if !matches!(e.kind, Kind::Hardlink { .. }) {
+            set_metadata(dir.as_fd(), e, None, target, &|w| warnings.push(w))?;
+        }
+    }
+
+    // Directory metadata, deepest first, the root last.
+    for e in manifest.entries.iter().rev() {
+        if e.kind == Kind::Dir {
+            if e.path.is_empty() {
+                set_metadata_root(&root, e, target, &|w| warnings.push(w))?;
+            } else {
+                let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
+                set_metadata(dir.as_fd(), e, None, target, &|w| warnings.push(w))?;
+            }
+        }
+    }
+
+    Ok(ApplyReport {
+        entries: manifest.entries.len() as u64,
+        files: files.len() as u64,
+        bytes: total,
+        warnings: warnings.0.into_inner().expect("warnings lock"),
+    })
+}
+
+/// Creates a new regular file `name` in `dir` with the entry's content (holes kept).
+pub fn write_file(
+    dir: BorrowedFd,
+    e: &Entry,
+    blobs: &dyn BlobSource,
+    shown_root: &Path,
+    progress: &dyn Progress,
+) -> Result<File> {
+    let Kind::File {
+        size,
+        chunks,
+        extents,
+    } = &e.kind
+    else {
+        unreachable!("write_file is called for files only")
+    };
+    let shown_path = shown(shown_root, &e.path);
+    let fd = openat(
+        dir,
+        file_name(&e.path),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .at(&shown_path)?;
+    let mut file = File::from(fd);
+    match extents {
+        None => {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+            for c in chunks {
+                let data = blobs.get(&c.id)?;
+                w.write_all(&data).at(&shown_path)?;
+                progress.advance(data.len() as u64);
+            }
+            w.flush().at(&shown_path)?;
+        }
+        Some(ext) => {
+            // Write each data extent at its offset; the rest stays a hole.
+            let mut ext_iter = ext.iter().copied();
+            let (mut off, mut left) = ext_iter.next().unwrap_or((0, 0));
+            for c in chunks {
+                let data = blobs.get(&c.id)?;
+                let mut d = &data[..];
+                while !d.is_empty() {
+                    while left == 0 {
+                        (off, left) = ext_iter.next().ok_or_else(|| {
+                            crate::error::corrupt(format!("sparse map of {} is short", e.display()))
+                        })?;
+                    }
+                    let n = d.len().min(left as usize);
+                    file.write_all_at(&d[..n], off).at(&shown_path)?;
+                    off += n as u64;
+                    left -= n as u64;
+                    d = &d[n..];
+                }
+                progress.advance(data.len() as u64);
+            }
+            file.set_len(*size).at(&shown_path)?;
+        }
+    }
+    file.sync_data().at(&shown_path)?;
+    Ok(file)
+}
+
+/// Creates a symlink, device, fifo, socket or hardlink `e` in `dir`.
+fn create_special(dir: BorrowedFd, root: &OwnedFd, e: &Entry, shown_root: &Path) -> Result<()> {
+    let name = file_name(&e.path);
+    let shown_path = shown(shown_root, &e.path);
+    let perm = Mode::from_bits_truncate(0o600);
+    match &e.kind {
+        Kind::Symlink { target } => symlinkat(target.as_slice(), dir, name).at(&shown_path),
+        Kind::Char { rdev } => mknodat(dir, name, SFlag::S_IFCHR, perm, *rdev).at(&shown_path),
+        Kind::Block { rdev } => mknodat(dir, name, SFlag::S_IFBLK, perm, *rdev).at(&shown_path),
+        Kind::Fifo => mknodat(dir, name, SFlag::S_IFIFO, perm, 0).at(&shown_path),
+        Kind::Socket => mknodat(dir, name, SFlag::S_IFSOCK, perm, 0).at(&shown_path),
+        Kind::Hardlink { target } => {
+            let tdir = sys::open_dir_beneath(root.as_fd(), parent(target), shown_root)?;
+            linkat(tdir.as_fd(), file_name(target), dir, name, AtFlags::empty()).at(&shown_path)
+        }
+        Kind::File { .. } | Kind::Dir => unreachable!("created elsewhere"),
+    }
+}
+
+fn set_metadata_root(root: &OwnedFd, e: &Entry, shown_root: &Path, warn: &dyn Fn(String)) -> Result<()> {
+    // The root has no parent we may open; act on it through its own descriptor.
+    let file = File::from(nix::unistd::dup(root).at(shown_root)?);
+    apply_owner(nix::unistd::fchown(&file, Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid))), e, shown_root, warn)?;
+    nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(e.mode)).at(shown_root)?;
+    set_xattrs(root.as_fd(), b"", e, shown_root, warn)?;
+    let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
+    nix::sys::stat::futimens(&file, &t, &t).at(shown_root)
+}
+
+fn apply_owner(r: nix::Result<()>, e: &Entry, shown_root: &Path, warn: &dyn Fn(String)) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            warn(format!(
+                "{}: cannot set owner {}:{} (run as root to keep ownership)",
+                shown(shown_root, &e.path).display(),
+                e.uid,
+                e.gid
+            ));
+            Ok(())
+        }
+        Err(err) => Err(err).at(shown(shown_root, &e.path)),
+    }
+}
+
+fn set_xattrs(dir: BorrowedFd, name: &[u8], e: &Entry, shown_root: &Path, warn: &dyn Fn(String)) -> Result<()> {
+    for (k, v) in &e.xattrs {
+        if let Err(err) = sys::set_xattr_at(dir, name, k, v) {
+            match err.raw_os_error() {
+                Some(libc::ENOTSUP) | Some(libc::EPERM) => warn(format!(
+                    "{}: cannot set xattr {}: {err}",
+                    shown(shown_root, &e.path).display(),
+                    String::from_utf8_lossy(k)
+                )),
+                _ => return Err(err).at(shown(shown_root, &e.path)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets owner, mode, xattrs and mtime of `e` (named in `dir`), in that order.
+pub fn set_metadata(
+    dir: BorrowedFd,
+    e: &Entry,
+    file: Option<&File>,
+    shown_root: &Path,
+    warn: &dyn Fn(String),
+) -> Result<()> {
+    let name = file_name(&e.path);
+    let shown_path = shown(shown_root, &e.path);
+    let uid = Some(Uid::from_raw(e.uid));
+    let gid = Some(Gid::from_raw(e.gid));
+    let is_link = matches!(e.kind, Kind::Symlink { .. });
+    apply_owner(
+        fchownat(dir, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW),
+        e,
+        shown_root,
+        warn,
+    )?;
+    if !is_link {
+        let mode = Mode::from_bits_truncate(e.mode);
+        match file {
+            Some(f) => nix::sys::stat::fchmod(f, mode).at(&shown_path)?,
+            None => nix::sys::stat::fchmodat(dir, name, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
+                .at(&shown_path)?,
+        }
+    }
+    set_xattrs(dir, name, e, shown_root, warn)?;
+    let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
+    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).at(&shown_path)
+}

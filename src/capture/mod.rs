@@ -1,0 +1,435 @@
+//! getimage: capturing a golden client into a new revision.
+//!
+//! The engine is the same for every kind of golden client; what differs is behind [`Source`]:
+//! a local directory ([`LocalSource`]) or `aurum agent` on the far end of an ssh connection
+//! ([`remote::RemoteSource`]). A capture runs in five steps:
+//!
+//! 1. scan the tree (entries, metadata, stat data);
+//! 2. take each file's chunk list from the stat cache when its stat data is unchanged;
+//! 3. hash the other files (a local source stores the blobs it finds missing on the way);
+//! 4. fetch every chunk the repository still lacks and store it;
+//! 5. only then write the manifest and record the revision.
+//!
+//! Step 5 comes strictly after every blob is durable and in the catalog, so a capture killed at
+//! any moment leaves no revision that names a missing blob; the packs it did finish are adopted
+//! by the next capture, which therefore resumes rather than starts over.
+
+pub mod agent;
+pub mod excludes;
+pub mod remote;
+pub mod scan;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::catalog::{Revision, RevisionStats};
+use crate::error::{invalid, Result};
+use crate::format::manifest::{decode_content, encode_content, Chunk, Kind, Manifest};
+use crate::format::pack::Codec;
+use crate::format::Id;
+use crate::progress::Progress;
+use crate::repo::{check_name, BlobWriter, Repository};
+use crate::store::{chunk, compress};
+use excludes::Excludes;
+use scan::Scanned;
+
+/// Where blobs go as a source finds them.
+pub trait BlobSink: Sync {
+    /// True exactly once for each blob that must be stored; the caller then calls `put`.
+    fn claim(&self, id: &Id) -> Result<bool>;
+    /// Stores (or sends) a claimed blob.
+    fn put(&self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()>;
+}
+
+impl BlobSink for Mutex<BlobWriter> {
+    fn claim(&self, id: &Id) -> Result<bool> {
+        self.lock().expect("blob writer lock").claim(id)
+    }
+    fn put(&self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+        self.lock()
+            .expect("blob writer lock")
+            .put(id, codec, raw_len, payload)
+    }
+}
+
+/// A sink that wants nothing: hashing only.
+pub struct HashOnly;
+
+impl BlobSink for HashOnly {
+    fn claim(&self, _: &Id) -> Result<bool> {
+        Ok(false)
+    }
+    fn put(&self, _: &Id, _: Codec, _: u32, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A file's content as a source reports it.
+#[derive(Clone, Debug, Default)]
+pub struct Content {
+    pub chunks: Vec<Chunk>,
+    pub extents: Option<Vec<(u64, u64)>>,
+}
+
+/// A golden client.
+pub trait Source {
+    /// How the revision records where it came from; also the stat cache's key.
+    fn describe(&self) -> String;
+    /// The whole tree, sorted, and warnings for the administrator.
+    fn scan(&mut self, progress: &dyn Progress) -> Result<(Vec<Scanned>, Vec<String>)>;
+    /// Content of the files at these indexes of the scan; blobs `sink` claims are stored now.
+    fn hash(
+        &mut self,
+        files: &[usize],
+        scanned: &[Scanned],
+        sink: &dyn BlobSink,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Content>>;
+    /// Stores these (already claimed) chunks: (scan index, chunk numbers).
+    fn fetch(
+        &mut self,
+        wants: &[(usize, Vec<u32>)],
+        scanned: &[Scanned],
+        sink: &dyn BlobSink,
+        progress: &dyn Progress,
+    ) -> Result<()>;
+}
+
+/// A golden client that is a directory on this machine (a mounted root or a chroot).
+pub struct LocalSource {
+    root: PathBuf,
+    fd: Option<OwnedFd>,
+    excludes: Excludes,
+}
+
+impl LocalSource {
+    pub fn new(root: &Path, excludes: Excludes) -> LocalSource {
+        LocalSource {
+            root: root.to_path_buf(),
+            fd: None,
+            excludes,
+        }
+    }
+
+    fn root_fd(&mut self) -> Result<&OwnedFd> {
+        if self.fd.is_none() {
+            self.fd = Some(crate::sys::open_root(&self.root)?);
+        }
+        Ok(self.fd.as_ref().expect("set above"))
+    }
+
+    /// Cuts one file into chunks, handing each chunk to `each` (chunk number, id, bytes).
+    fn read_chunks(
+        root: &OwnedFd,
+        shown_root: &Path,
+        s: &Scanned,
+        mut each: impl FnMut(u32, &Id, &[u8]) -> Result<()>,
+    ) -> Result<Content> {
+        let file = scan::open_file_beneath(root, &s.entry.path, shown_root)?;
+        let size = s.stat.size;
+        let extents = if s.stat.maybe_sparse {
+            let ext = crate::sys::data_extents(&file, size)?;
+            // A file with no holes after all (preallocated or compressed blocks) is stored plain.
+            if ext.len() == 1 && ext[0] == (0, size) {
+                None
+            } else {
+                Some(ext)
+            }
+        } else {
+            None
+        };
+        let data_len = match &extents {
+            Some(ext) => ext.iter().map(|e| e.1).sum(),
+            None => size,
+        };
+        let reader = ExtentReader::new(file, extents.clone().unwrap_or_else(|| vec![(0, size)]));
+        let mut chunks = Vec::new();
+        chunk::chunks(reader, data_len, |data| {
+            let id = Id::of(data);
+            each(chunks.len() as u32, &id, data)?;
+            chunks.push(Chunk {
+                id,
+                len: data.len() as u32,
+            });
+            Ok(())
+        })
+        .map_err(|e| match e {
+            crate::Error::Os(io) => crate::Error::Io {
+                path: crate::sys::shown(shown_root, &s.entry.path),
+                source: io,
+            },
+            other => other,
+        })?;
+        Ok(Content { chunks, extents })
+    }
+}
+
+/// Compresses and stores a blob if the sink claims it.
+fn offer(sink: &dyn BlobSink, id: &Id, data: &[u8]) -> Result<()> {
+    if sink.claim(id)? {
+        let (codec, payload) = compress(data);
+        sink.put(id, codec, data.len() as u32, &payload)?;
+    }
+    Ok(())
+}
+
+impl Source for LocalSource {
+    fn describe(&self) -> String {
+        let abs = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        format!("local:{}", abs.display())
+    }
+
+    fn scan(&mut self, progress: &dyn Progress) -> Result<(Vec<Scanned>, Vec<String>)> {
+        scan::scan(&self.root, &self.excludes, progress)
+    }
+
+    fn hash(
+        &mut self,
+        files: &[usize],
+        scanned: &[Scanned],
+        sink: &dyn BlobSink,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Content>> {
+        let shown_root = self.root.clone();
+        let root = self.root_fd()?;
+        let total: u64 = files.iter().map(|&i| scanned[i].stat.size).sum();
+        progress.phase("hashing", Some(total), true);
+        let out = files
+            .par_iter()
+            .map(|&i| {
+                let c = Self::read_chunks(root, &shown_root, &scanned[i], |_, id, data| {
+                    progress.advance(data.len() as u64);
+                    offer(sink, id, data)
+                })?;
+                Ok(c)
+            })
+            .collect::<Result<Vec<_>>>();
+        progress.finish();
+        out
+    }
+
+    fn fetch(
+        &mut self,
+        wants: &[(usize, Vec<u32>)],
+        scanned: &[Scanned],
+        sink: &dyn BlobSink,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let shown_root = self.root.clone();
+        let root = self.root_fd()?;
+        progress.phase("storing", Some(wants.len() as u64), false);
+        let r = wants.par_iter().try_for_each(|(i, numbers)| {
+            let s = &scanned[*i];
+            Self::read_chunks(root, &shown_root, s, |n, id, data| {
+                if numbers.contains(&n) {
+                    let (codec, payload) = compress(data);
+                    sink.put(id, codec, data.len() as u32, &payload)?;
+                }
+                Ok(())
+            })?;
+            progress.advance(1);
+            Ok(())
+        });
+        progress.finish();
+        r
+    }
+}
+
+/// Reads the data extents of a file one after the other (all of it for a dense file).
+pub struct ExtentReader {
+    file: std::fs::File,
+    extents: Vec<(u64, u64)>,
+    at: usize,
+    done: u64,
+}
+
+impl ExtentReader {
+    pub fn new(file: std::fs::File, extents: Vec<(u64, u64)>) -> ExtentReader {
+        ExtentReader {
+            file,
+            extents,
+            at: 0,
+            done: 0,
+        }
+    }
+}
+
+impl std::io::Read for ExtentReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        while let Some(&(off, len)) = self.extents.get(self.at) {
+            if self.done == len {
+                self.at += 1;
+                self.done = 0;
+                continue;
+            }
+            let want = buf.len().min((len - self.done) as usize);
+            let n = self.file.read_at(&mut buf[..want], off + self.done)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.done += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// What getimage was asked to do.
+pub struct CaptureOptions {
+    pub image: String,
+    pub message: String,
+}
+
+/// What a capture did, for its summary line.
+#[derive(Debug)]
+pub struct CaptureReport {
+    pub revision: Revision,
+    /// True when the tree is identical to the image's newest revision (nothing recorded).
+    pub unchanged: bool,
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_hashed: u64,
+    pub from_cache: u64,
+    pub new_bytes: u64,
+    pub adopted_packs: usize,
+    pub warnings: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// Captures `source` as a new revision of `opts.image`.
+pub fn getimage(
+    repo: &mut Repository,
+    source: &mut dyn Source,
+    opts: &CaptureOptions,
+    progress: &dyn Progress,
+) -> Result<CaptureReport> {
+    let started = Instant::now();
+    let started_ns = crate::catalog::now() * 1_000_000_000;
+    check_name("image", &opts.image)?;
+    let adopted_packs = repo.adopt_orphan_packs()?;
+    let describe = source.describe();
+
+    let (mut scanned, warnings) = source.scan(progress)?;
+    if scanned.is_empty() {
+        return Err(invalid("the golden client's tree is empty"));
+    }
+
+    // Step 2: the stat cache.
+    let mut contents: Vec<Option<Content>> = vec![None; scanned.len()];
+    let mut to_hash = Vec::new();
+    let mut from_cache = 0u64;
+    for (i, s) in scanned.iter().enumerate() {
+        if !matches!(s.entry.kind, Kind::File { .. }) {
+            continue;
+        }
+        match repo.catalog.statcache_get(&describe, &s.entry.path, &s.stat)? {
+            Some(bytes) => match decode_content(&bytes) {
+                Ok((chunks, extents)) => {
+                    contents[i] = Some(Content { chunks, extents });
+                    from_cache += 1;
+                }
+                Err(_) => to_hash.push(i),
+            },
+            None => to_hash.push(i),
+        }
+    }
+    let bytes_hashed: u64 = to_hash.iter().map(|&i| scanned[i].stat.size).sum();
+
+    // Step 3: hash what the cache cannot vouch for.
+    let sink = Mutex::new(repo.blob_writer()?);
+    let hashed = source.hash(&to_hash, &scanned, &sink, progress)?;
+    for (&i, c) in to_hash.iter().zip(hashed) {
+        contents[i] = Some(c);
+    }
+
+    // Step 4: every chunk still missing (remote sources, or blobs gc removed since caching).
+    let mut wants: Vec<(usize, Vec<u32>)> = Vec::new();
+    for (i, c) in contents.iter().enumerate() {
+        let Some(c) = c else { continue };
+        let numbers: Vec<u32> = c
+            .chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(n, ch)| match sink.claim(&ch.id) {
+                Ok(true) => Some(Ok(n as u32)),
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_>>()?;
+        if !numbers.is_empty() {
+            wants.push((i, numbers));
+        }
+    }
+    if !wants.is_empty() {
+        source.fetch(&wants, &scanned, &sink, progress)?;
+    }
+    let mut sink = sink.into_inner().expect("blob writer lock");
+    sink.finish()?;
+
+    // Step 5: the manifest, then the revision.
+    let mut cache_rows = Vec::new();
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    for (s, c) in scanned.iter_mut().zip(contents) {
+        if let Kind::File {
+            chunks, extents, ..
+        } = &mut s.entry.kind
+        {
+            let c = c.expect("every file has content by now");
+            files += 1;
+            bytes += s.stat.size;
+            // Files touched in the last seconds may change again within the same timestamp;
+            // caching them could vouch for content we never read.
+            let racy = s.stat.mtime_ns >= started_ns - 2_000_000_000
+                || s.stat.ctime_ns >= started_ns - 2_000_000_000;
+            if !racy {
+                cache_rows.push((
+                    s.entry.path.clone(),
+                    s.stat,
+                    encode_content(&c.chunks, c.extents.as_deref()),
+                ));
+            }
+            *chunks = c.chunks;
+            *extents = c.extents;
+        }
+    }
+    let manifest = Manifest {
+        entries: scanned.into_iter().map(|s| s.entry).collect(),
+    };
+    manifest.validate()?;
+    let entries = manifest.entries.len() as u64;
+    let id = repo.store_manifest(&manifest)?;
+    let stats = RevisionStats {
+        files,
+        bytes,
+        new_bytes: sink.new_bytes,
+    };
+    let newest = repo.catalog.newest(&opts.image)?;
+    let (revision, unchanged) = match newest {
+        Some(rev) if rev.id == id => (rev, true),
+        _ => (
+            repo.commit_revision(&opts.image, &id, &opts.message, &describe, &stats)?,
+            false,
+        ),
+    };
+    repo.catalog.statcache_put(&describe, &cache_rows)?;
+    Ok(CaptureReport {
+        revision,
+        unchanged,
+        entries,
+        files,
+        bytes,
+        bytes_hashed,
+        from_cache,
+        new_bytes: sink.new_bytes,
+        adopted_packs,
+        warnings,
+        elapsed: started.elapsed(),
+    })
+}

@@ -1,0 +1,304 @@
+//! A remote golden client, reached with the system `ssh` running `aurum agent` there.
+//!
+//! We use the administrator's own ssh (keys, agent, ProxyJump, known_hosts all apply) rather
+//! than an ssh library, and the same aurum binary on both ends. Only what the repository lacks
+//! crosses the wire: the agent sends stat data first, hashes only the files the stat cache cannot
+//! vouch for, and sends only the chunks the server asks for, compressed on the golden client.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use super::scan::Scanned;
+use super::{BlobSink, Content, Source};
+use crate::error::{invalid, Error, Result};
+use crate::format::wire::{self, Msg, PROTOCOL_VERSION};
+use crate::progress::Progress;
+use crate::store::decode_blob;
+
+/// `ssh://[user@]host[:port][/path]`, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshUrl {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+}
+
+impl SshUrl {
+    /// Parses a golden-client URL; `None` when `s` is not an ssh URL at all.
+    pub fn parse(s: &str) -> Option<Result<SshUrl>> {
+        let rest = s.strip_prefix("ssh://")?;
+        Some(Self::parse_rest(s, rest))
+    }
+
+    fn parse_rest(full: &str, rest: &str) -> Result<SshUrl> {
+        let bad = || {
+            invalid(format!(
+                "`{full}` is not a valid golden client URL: use ssh://[user@]host[:port][/path]"
+            ))
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].to_string()),
+            None => (rest, "/".to_string()),
+        };
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, authority),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p.parse().map_err(|_| bad())?),
+                None if after.is_empty() => None,
+                None => return Err(bad()),
+            };
+            (h.to_string(), port)
+        } else {
+            match hostport.split_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p.parse().map_err(|_| bad())?)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(SshUrl {
+            user,
+            host,
+            port,
+            path,
+        })
+    }
+
+    /// The canonical text, used to name the revision's source and key the stat cache.
+    pub fn canonical(&self) -> String {
+        let user = self.user.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("ssh://{user}{host}{port}{}", self.path)
+    }
+}
+
+/// A golden client behind ssh.
+pub struct RemoteSource {
+    url: SshUrl,
+    child: Child,
+    to: Option<BufWriter<ChildStdin>>,
+    from: BufReader<ChildStdout>,
+    excludes: Vec<String>,
+}
+
+impl RemoteSource {
+    /// Starts `ssh ... AGENT agent` and checks the agent's greeting.
+    ///
+    /// `ssh` is the ssh command with its options (`["ssh", "-i", "key"]`), `agent` the command
+    /// that runs aurum on the golden client.
+    pub fn connect(url: SshUrl, ssh: &[String], agent: &str, excludes: Vec<String>) -> Result<RemoteSource> {
+        let (prog, args) = ssh
+            .split_first()
+            .ok_or_else(|| invalid("the ssh command is empty"))?;
+        let mut cmd = Command::new(prog);
+        cmd.args(args);
+        if let Some(port) = url.port {
+            cmd.arg("-p").arg(port.to_string());
+        }
+        let dest = match &url.user {
+            Some(u) => format!("{u}@{}", url.host),
+            None => url.host.clone(),
+        };
+        cmd.arg(dest).arg(format!("{agent} agent"));
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::Remote(format!("cannot run `{prog}`: {e}; install openssh-client or pass --ssh"))
+        })?;
+        let to = Some(BufWriter::new(child.stdin.take().expect("piped")));
+        let from = BufReader::new(child.stdout.take().expect("piped"));
+        let mut me = RemoteSource {
+            url,
+            child,
+            to,
+            from,
+            excludes,
+        };
+        match me.recv()? {
+            Msg::Hello { version } if version == PROTOCOL_VERSION => Ok(me),
+            Msg::Hello { version } => Err(Error::Remote(format!(
+                "the golden client's aurum speaks agent protocol {version}, this one {PROTOCOL_VERSION}: install the same aurum version on both"
+            ))),
+            other => Err(Error::Remote(format!("unexpected first frame from the agent: {other:?}"))),
+        }
+    }
+
+    fn send(&mut self, msg: &Msg) -> Result<()> {
+        let to = self.to.as_mut().expect("open until drop");
+        wire::send(to, msg)?;
+        to.flush()?;
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<Msg> {
+        match wire::recv(&mut self.from) {
+            Ok(Some(Msg::Error(e))) => Err(Error::Remote(format!(
+                "the agent on {} failed: {e}",
+                self.url.host
+            ))),
+            Ok(Some(m)) => Ok(m),
+            Ok(None) | Err(_) => {
+                let status = self.child.wait().ok();
+                Err(Error::Remote(format!(
+                    "the connection to {} ended ({}); check that `ssh {}` works without a password prompt and that aurum is installed there (or pass --agent-command)",
+                    self.url.host,
+                    status.map(|s| s.to_string()).unwrap_or_else(|| "no status".into()),
+                    self.url.host
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for RemoteSource {
+    fn drop(&mut self) {
+        // Closing stdin ends the agent; then reap ssh.
+        drop(self.to.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Source for RemoteSource {
+    fn describe(&self) -> String {
+        self.url.canonical()
+    }
+
+    fn scan(&mut self, progress: &dyn Progress) -> Result<(Vec<Scanned>, Vec<String>)> {
+        let msg = Msg::Scan {
+            root: self.url.path.clone().into_bytes(),
+            excludes: self.excludes.clone(),
+        };
+        self.send(&msg)?;
+        progress.phase("scanning (remote)", None, false);
+        let mut out = Vec::new();
+        let mut warnings = Vec::new();
+        loop {
+            match self.recv()? {
+                Msg::Entry { entry, stat } => {
+                    out.push(Scanned { entry, stat });
+                    progress.advance(1);
+                }
+                Msg::Warning(w) => warnings.push(w),
+                Msg::Done => break,
+                other => return Err(Error::Remote(format!("unexpected frame while scanning: {other:?}"))),
+            }
+        }
+        progress.finish();
+        Ok((out, warnings))
+    }
+
+    fn hash(
+        &mut self,
+        files: &[usize],
+        scanned: &[Scanned],
+        _sink: &dyn BlobSink,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Content>> {
+        self.send(&Msg::Hash {
+            files: files.iter().map(|&i| i as u64).collect(),
+        })?;
+        let total: u64 = files.iter().map(|&i| scanned[i].stat.size).sum();
+        progress.phase("hashing (remote)", Some(total), true);
+        let mut out: Vec<Option<Content>> = vec![None; files.len()];
+        let position: std::collections::HashMap<u64, usize> =
+            files.iter().enumerate().map(|(p, &i)| (i as u64, p)).collect();
+        loop {
+            match self.recv()? {
+                Msg::Chunks {
+                    file,
+                    chunks,
+                    extents,
+                } => {
+                    let &p = position
+                        .get(&file)
+                        .ok_or_else(|| Error::Remote(format!("agent hashed a file not asked for ({file})")))?;
+                    progress.advance(scanned[file as usize].stat.size);
+                    out[p] = Some(Content { chunks, extents });
+                }
+                Msg::Done => break,
+                other => return Err(Error::Remote(format!("unexpected frame while hashing: {other:?}"))),
+            }
+        }
+        progress.finish();
+        out.into_iter()
+            .map(|c| c.ok_or_else(|| Error::Remote("agent skipped a file".into())))
+            .collect()
+    }
+
+    fn fetch(
+        &mut self,
+        wants: &[(usize, Vec<u32>)],
+        _scanned: &[Scanned],
+        sink: &dyn BlobSink,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        self.send(&Msg::Fetch {
+            wants: wants.iter().map(|(i, n)| (*i as u64, n.clone())).collect(),
+        })?;
+        let total: usize = wants.iter().map(|w| w.1.len()).sum();
+        progress.phase("receiving", Some(total as u64), false);
+        let mut got = 0usize;
+        loop {
+            match self.recv()? {
+                Msg::Blob {
+                    id,
+                    codec,
+                    raw_len,
+                    payload,
+                } => {
+                    // Never store what we have not checked: a file that changed between
+                    // hashing and sending, or a damaged transfer, fails here.
+                    decode_blob(&id, codec, raw_len, &payload).map_err(|_| {
+                        Error::Remote(format!(
+                            "a chunk from {} does not match its hash (a file changed during the capture?); run getimage again",
+                            self.url.host
+                        ))
+                    })?;
+                    sink.put(&id, codec, raw_len, &payload)?;
+                    got += 1;
+                    progress.advance(1);
+                }
+                Msg::Done => break,
+                other => return Err(Error::Remote(format!("unexpected frame while receiving: {other:?}"))),
+            }
+        }
+        progress.finish();
+        if got != total {
+            return Err(Error::Remote(format!(
+                "the agent sent {got} of {total} chunks (files changed during the capture?); run getimage again"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ssh_urls() {
+        let u = SshUrl::parse("ssh://root@node1:2222/srv/root").unwrap().unwrap();
+        assert_eq!(u.user.as_deref(), Some("root"));
+        assert_eq!(u.host, "node1");
+        assert_eq!(u.port, Some(2222));
+        assert_eq!(u.path, "/srv/root");
+        let u = SshUrl::parse("ssh://gold").unwrap().unwrap();
+        assert_eq!(u.path, "/");
+        assert_eq!(u.canonical(), "ssh://gold/");
+        let u = SshUrl::parse("ssh://[::1]:22/x").unwrap().unwrap();
+        assert_eq!(u.host, "::1");
+        assert!(SshUrl::parse("ssh://host:notaport").unwrap().is_err());
+        assert!(SshUrl::parse("/srv/image").is_none());
+    }
+}

@@ -1,0 +1,294 @@
+//! Walking a local tree into manifest entries.
+//!
+//! The walk stays on the filesystems that make up the golden client: it descends into a mount
+//! point only when the filesystem mounted there is a disk filesystem (ext4, xfs, btrfs, vfat...),
+//! as SystemImager captures a client's mounted partitions, and records pseudo and network
+//! filesystems (proc, sysfs, tmpfs, NFS...) as their empty mount-point directory.
+//!
+//! Entries come back sorted by path bytes, with hardlinks resolved so that the first name of each
+//! inode in that order carries the content and the others point at it.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::fcntl::{openat, readlinkat, OFlag};
+use nix::sys::stat::{FileStat, Mode};
+
+use super::excludes::Excludes;
+use crate::error::{IoContext, Result};
+use crate::format::manifest::{Entry, Kind};
+use crate::format::wire::StatKey;
+use crate::progress::Progress;
+use crate::sys::{self, shown, DIR_FLAGS};
+
+/// An entry with the stat data the stat cache keys on.
+#[derive(Clone, Debug)]
+pub struct Scanned {
+    pub entry: Entry,
+    pub stat: StatKey,
+}
+
+/// Filesystems that hold a golden client's data and are captured when mounted below its root.
+const DISK_FILESYSTEMS: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "msdos", "jfs", "reiserfs", "f2fs", "zfs",
+    "bcachefs", "exfat",
+];
+
+/// Mount points under the root, from /proc/self/mountinfo: absolute path -> filesystem type.
+fn mount_table() -> HashMap<PathBuf, String> {
+    let mut out = HashMap::new();
+    let Ok(text) = std::fs::read("/proc/self/mountinfo") else {
+        return out;
+    };
+    for line in text.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
+            continue;
+        };
+        if fields.len() < 5 || sep + 1 >= fields.len() {
+            continue;
+        }
+        let point = unescape_mount(fields[4]);
+        let fstype = String::from_utf8_lossy(fields[sep + 1]).into_owned();
+        out.insert(PathBuf::from(OsStr::from_bytes(&point)), fstype);
+    }
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\' && i + 3 < field.len() {
+            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&field[i + 1..i + 4]).unwrap_or("x"), 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Metadata common to every kind, from a stat.
+fn entry_from_stat(path: Vec<u8>, kind: Kind, st: &FileStat, xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Entry {
+    Entry {
+        path,
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+        xattrs,
+    }
+}
+
+fn stat_key(st: &FileStat) -> StatKey {
+    StatKey {
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+        ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        ino: st.st_ino,
+        maybe_sparse: (st.st_blocks as u64) * 512 < st.st_size as u64,
+    }
+}
+
+struct Walker<'a> {
+    root: PathBuf,
+    abs_root: PathBuf,
+    excludes: &'a Excludes,
+    mounts: HashMap<PathBuf, String>,
+    out: Vec<Scanned>,
+    inodes: HashMap<(u64, u64), Vec<usize>>,
+    warnings: Vec<String>,
+    progress: &'a dyn Progress,
+}
+
+/// Walks `root` and returns its entries, sorted, plus warnings for the administrator.
+pub fn scan(root: &Path, excludes: &Excludes, progress: &dyn Progress) -> Result<(Vec<Scanned>, Vec<String>)> {
+    let fd = sys::open_root(root)?;
+    let st = nix::sys::stat::fstat(&fd).at(root)?;
+    let xattrs = sys::xattrs_at(fd.as_fd(), b"").at(root)?;
+    let abs_root = std::fs::canonicalize(root).at(root)?;
+    let mut w = Walker {
+        root: root.to_path_buf(),
+        abs_root,
+        excludes,
+        mounts: mount_table(),
+        out: Vec::new(),
+        inodes: HashMap::new(),
+        warnings: Vec::new(),
+        progress,
+    };
+    progress.phase("scanning", None, false);
+    w.out.push(Scanned {
+        entry: entry_from_stat(Vec::new(), Kind::Dir, &st, xattrs),
+        stat: stat_key(&st),
+    });
+    w.walk(fd, Vec::new(), st.st_dev)?;
+    progress.finish();
+    let Walker {
+        mut out,
+        inodes,
+        warnings,
+        ..
+    } = w;
+    // Hardlinks: the first name in manifest order carries the content.
+    let mut order: Vec<usize> = (0..out.len()).collect();
+    order.sort_by(|&a, &b| out[a].entry.path.cmp(&out[b].entry.path));
+    let mut rank = vec![0usize; out.len()];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r;
+    }
+    for group in inodes.values().filter(|g| g.len() > 1) {
+        let first = *group.iter().min_by_key(|&&i| rank[i]).expect("non-empty");
+        let target = out[first].entry.path.clone();
+        for &i in group {
+            if i != first {
+                out[i].entry.kind = Kind::Hardlink {
+                    target: target.clone(),
+                };
+            }
+        }
+    }
+    let mut sorted: Vec<Option<Scanned>> = out.into_iter().map(Some).collect();
+    let result = order
+        .into_iter()
+        .map(|i| sorted[i].take().expect("each index once"))
+        .collect();
+    Ok((result, warnings))
+}
+
+impl Walker<'_> {
+    fn walk(&mut self, dir: OwnedFd, rel: Vec<u8>, dev: u64) -> Result<()> {
+        let shown_dir = shown(&self.root, &rel);
+        let listing = Dir::from_fd(nix::unistd::dup(&dir).at(&shown_dir)?).at(&shown_dir)?;
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for ent in listing {
+            let ent = ent.at(&shown_dir)?;
+            let name = ent.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        names.sort();
+        for name in names {
+            let mut path = rel.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            let st = match sys::lstat_at(dir.as_fd(), &name) {
+                Ok(st) => st,
+                // Gone since the listing: a live system changes under us.
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => return Err(e).at(shown(&self.root, &path)),
+            };
+            let fmt = st.st_mode & libc::S_IFMT;
+            if self.excludes.excluded(&path, fmt == libc::S_IFDIR) {
+                continue;
+            }
+            let xattrs = sys::xattrs_at(dir.as_fd(), &name).at(shown(&self.root, &path))?;
+            let kind = match fmt {
+                libc::S_IFREG => Kind::File {
+                    size: st.st_size as u64,
+                    chunks: Vec::new(),
+                    extents: None,
+                },
+                libc::S_IFDIR => Kind::Dir,
+                libc::S_IFLNK => {
+                    let target = readlinkat(dir.as_fd(), name.as_slice())
+                        .at(shown(&self.root, &path))?;
+                    Kind::Symlink {
+                        target: target.as_bytes().to_vec(),
+                    }
+                }
+                libc::S_IFCHR => Kind::Char { rdev: st.st_rdev },
+                libc::S_IFBLK => Kind::Block { rdev: st.st_rdev },
+                libc::S_IFIFO => Kind::Fifo,
+                libc::S_IFSOCK => Kind::Socket,
+                _ => {
+                    self.warnings.push(format!(
+                        "{}: unknown file type, skipped",
+                        shown(&self.root, &path).display()
+                    ));
+                    continue;
+                }
+            };
+            let index = self.out.len();
+            if fmt != libc::S_IFDIR && st.st_nlink > 1 {
+                self.inodes
+                    .entry((st.st_dev, st.st_ino))
+                    .or_default()
+                    .push(index);
+            }
+            self.out.push(Scanned {
+                entry: entry_from_stat(path.clone(), kind, &st, xattrs),
+                stat: stat_key(&st),
+            });
+            self.progress.advance(1);
+            if fmt == libc::S_IFDIR {
+                if st.st_dev != dev && !self.descend_mount(&path) {
+                    continue;
+                }
+                let sub = openat(dir.as_fd(), name.as_slice(), DIR_FLAGS, Mode::empty())
+                    .at(shown(&self.root, &path))?;
+                self.walk(sub, path, st.st_dev)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether to capture what is mounted at `rel`.
+    fn descend_mount(&mut self, rel: &[u8]) -> bool {
+        let abs = self.abs_root.join(OsStr::from_bytes(rel));
+        match self.mounts.get(&abs) {
+            Some(fstype) if DISK_FILESYSTEMS.contains(&fstype.as_str()) => true,
+            Some(fstype) => {
+                log::info!("not descending into {} ({fstype})", abs.display());
+                false
+            }
+            None => {
+                self.warnings.push(format!(
+                    "{}: another filesystem whose mount is not in /proc/self/mountinfo; its content is not captured",
+                    abs.display()
+                ));
+                false
+            }
+        }
+    }
+}
+
+/// Opens the regular file at `rel` beneath `root` for reading, following no symlink.
+pub fn open_file_beneath(root: &OwnedFd, rel: &[u8], shown_root: &Path) -> Result<std::fs::File> {
+    let parent = crate::format::manifest::parent(rel);
+    let name = crate::format::manifest::file_name(rel);
+    let dir = sys::open_dir_beneath(root.as_fd(), parent, shown_root)?;
+    let fd = openat(
+        dir.as_fd(),
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .at(shown(shown_root, rel))?;
+    Ok(std::fs::File::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mount(b"/mnt/a\\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mount(b"/plain"), b"/plain");
+    }
+}

@@ -1,0 +1,610 @@
+//! The SQLite catalog: images, revisions, tags, the blob index, the stat cache and events.
+//!
+//! The catalog is the repository's source of truth for names (which revisions an image has,
+//! where tags point); the refs/ files mirror it for static HTTP clients. Its blob index can be
+//! rebuilt from the pack indexes. SQLite runs in WAL mode so that readers never wait for a
+//! capture in progress.
+
+pub mod migrations;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::format::pack::{Codec, IndexEntry};
+use crate::format::wire::StatKey;
+use crate::format::Id;
+use crate::store::FinishedPack;
+
+/// Seconds since the epoch, now.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// One revision of an image.
+#[derive(Clone, Debug, Serialize)]
+pub struct Revision {
+    pub image: String,
+    pub number: u32,
+    #[serde(serialize_with = "hex_id")]
+    pub id: Id,
+    #[serde(serialize_with = "hex_opt")]
+    pub parent: Option<Id>,
+    pub created: i64,
+    pub message: String,
+    pub source: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub new_bytes: u64,
+    pub tags: Vec<String>,
+}
+
+impl Revision {
+    /// `compute@3`.
+    pub fn name(&self) -> String {
+        format!("{}@{}", self.image, self.number)
+    }
+}
+
+fn hex_id<S: serde::Serializer>(id: &Id, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&id.hex())
+}
+
+fn hex_opt<S: serde::Serializer>(id: &Option<Id>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(&id.hex()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Numbers for a new revision.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RevisionStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub new_bytes: u64,
+}
+
+/// One image with a summary of its revisions.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageSummary {
+    pub name: String,
+    pub created: i64,
+    pub revisions: u32,
+    pub newest: Option<Revision>,
+    pub tags: Vec<(String, u32)>,
+}
+
+/// The open catalog.
+pub struct Catalog {
+    conn: Connection,
+}
+
+fn id_from_hex(s: String) -> rusqlite::Result<Id> {
+    Id::from_hex(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, "bad id".into())
+    })
+}
+
+fn id_from_blob(b: Vec<u8>) -> rusqlite::Result<Id> {
+    let arr: [u8; 32] = b.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, "bad id".into())
+    })?;
+    Ok(Id(arr))
+}
+
+const REVISION_COLUMNS: &str =
+    "image, number, id, parent, created, message, source, files, bytes, new_bytes";
+
+impl Catalog {
+    /// Opens (creating when `create`) the catalog at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrations::migrate(&mut conn)?;
+        Ok(Catalog { conn })
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ---- blobs and packs ----
+
+    /// Where a blob is stored, if the repository has it.
+    pub fn blob(&self, id: &Id) -> Result<Option<(Id, IndexEntry)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT pack, offset, stored_len, raw_len, codec FROM blobs WHERE id = ?1",
+        )?;
+        let row = st
+            .query_row([&id.0[..]], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, u8>(4)?,
+                ))
+            })
+            .optional()?;
+        let Some((pack, offset, stored_len, raw_len, codec)) = row else {
+            return Ok(None);
+        };
+        Ok(Some((
+            id_from_hex(pack)?,
+            IndexEntry {
+                id: *id,
+                offset: offset as u64,
+                stored_len,
+                raw_len,
+                codec: Codec::from_u8(codec)?,
+            },
+        )))
+    }
+
+    /// Whether the repository has a blob.
+    pub fn has_blob(&self, id: &Id) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+        Ok(st.exists([&id.0[..]])?)
+    }
+
+    /// Records a durable pack and its blobs. A blob already stored elsewhere keeps its old place.
+    pub fn add_pack(&mut self, pack: &FinishedPack) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs(id, size, blobs, created) VALUES (?1, ?2, ?3, ?4)",
+            params![pack.id.hex(), pack.size as i64, pack.entries.len() as i64, now()],
+        )?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO blobs(id, pack, offset, stored_len, raw_len, codec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let hex = pack.id.hex();
+            for e in &pack.entries {
+                st.execute(params![
+                    &e.id.0[..],
+                    hex,
+                    e.offset as i64,
+                    e.stored_len,
+                    e.raw_len,
+                    e.codec as u8
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every pack: (id, size, blob count).
+    pub fn packs(&self) -> Result<Vec<(Id, u64, u64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, size, blobs FROM packs ORDER BY id")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                id_from_hex(r.get(0)?)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The blobs the catalog places in a pack, in pack order.
+    pub fn pack_blobs(&self, pack: &Id) -> Result<Vec<IndexEntry>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, offset, stored_len, raw_len, codec FROM blobs WHERE pack = ?1 ORDER BY offset",
+        )?;
+        let rows = st.query_map([pack.hex()], |r| {
+            Ok((
+                id_from_blob(r.get(0)?)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, u8>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, offset, stored_len, raw_len, codec) = row?;
+            out.push(IndexEntry {
+                id,
+                offset: offset as u64,
+                stored_len,
+                raw_len,
+                codec: Codec::from_u8(codec)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Forgets a pack and every blob the catalog places in it.
+    pub fn remove_pack(&mut self, pack: &Id) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM blobs WHERE pack = ?1", [pack.hex()])?;
+        tx.execute("DELETE FROM packs WHERE id = ?1", [pack.hex()])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Moves blobs out of `old` packs into `new` ones in one transaction (gc's repack).
+    pub fn replace_packs(&mut self, old: &[Id], new: &[FinishedPack]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for p in old {
+            tx.execute("DELETE FROM blobs WHERE pack = ?1", [p.hex()])?;
+            tx.execute("DELETE FROM packs WHERE id = ?1", [p.hex()])?;
+        }
+        for pack in new {
+            tx.execute(
+                "INSERT OR IGNORE INTO packs(id, size, blobs, created) VALUES (?1, ?2, ?3, ?4)",
+                params![pack.id.hex(), pack.size as i64, pack.entries.len() as i64, now()],
+            )?;
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO blobs(id, pack, offset, stored_len, raw_len, codec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for e in &pack.entries {
+                st.execute(params![
+                    &e.id.0[..],
+                    pack.id.hex(),
+                    e.offset as i64,
+                    e.stored_len,
+                    e.raw_len,
+                    e.codec as u8
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets single blobs (their bytes stay in their pack until it is repacked).
+    pub fn remove_blobs(&mut self, ids: &[Id]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM blobs WHERE id = ?1")?;
+            for id in ids {
+                st.execute([&id.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every blob id the catalog knows.
+    pub fn all_blobs(&self) -> Result<Vec<(Id, String, u64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, pack, stored_len FROM blobs")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                id_from_blob(r.get(0)?)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- images, revisions, tags ----
+
+    pub fn image_exists(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM images WHERE name = ?1")?
+            .exists([name])?)
+    }
+
+    fn revision_row(&self, r: &rusqlite::Row) -> rusqlite::Result<Revision> {
+        Ok(Revision {
+            image: r.get(0)?,
+            number: r.get(1)?,
+            id: id_from_hex(r.get(2)?)?,
+            parent: r.get::<_, Option<String>>(3)?.map(id_from_hex).transpose()?,
+            created: r.get(4)?,
+            message: r.get(5)?,
+            source: r.get(6)?,
+            files: r.get::<_, i64>(7)? as u64,
+            bytes: r.get::<_, i64>(8)? as u64,
+            new_bytes: r.get::<_, i64>(9)? as u64,
+            tags: Vec::new(),
+        })
+    }
+
+    fn with_tags(&self, mut revs: Vec<Revision>) -> Result<Vec<Revision>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT tag FROM tags WHERE image = ?1 AND number = ?2 ORDER BY tag")?;
+        for rev in &mut revs {
+            rev.tags = st
+                .query_map(params![rev.image, rev.number], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+        }
+        Ok(revs)
+    }
+
+    fn query_revisions(&self, cond: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Revision>> {
+        let sql = format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE {cond}");
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(args, |r| self.revision_row(r))?;
+        let revs = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        self.with_tags(revs)
+    }
+
+    /// Revisions of an image, newest first.
+    pub fn revisions(&self, image: &str) -> Result<Vec<Revision>> {
+        self.query_revisions("image = ?1 ORDER BY number DESC", &[&image])
+    }
+
+    pub fn revision(&self, image: &str, number: u32) -> Result<Option<Revision>> {
+        Ok(self
+            .query_revisions("image = ?1 AND number = ?2", &[&image, &number])?
+            .pop())
+    }
+
+    pub fn newest(&self, image: &str) -> Result<Option<Revision>> {
+        Ok(self
+            .query_revisions("image = ?1 ORDER BY number DESC LIMIT 1", &[&image])?
+            .pop())
+    }
+
+    /// Revisions whose id starts with a hex prefix (lowercase).
+    pub fn revisions_by_prefix(&self, prefix: &str) -> Result<Vec<Revision>> {
+        let pattern = format!("{prefix}%");
+        self.query_revisions("id LIKE ?1 ORDER BY image, number", &[&pattern])
+    }
+
+    /// Every distinct revision id any image holds.
+    pub fn all_revision_ids(&self) -> Result<Vec<Id>> {
+        let mut st = self.conn.prepare("SELECT DISTINCT id FROM revisions")?;
+        let rows = st.query_map([], |r| id_from_hex(r.get(0)?))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every revision of every image, for verify's report.
+    pub fn all_revisions(&self) -> Result<Vec<Revision>> {
+        self.query_revisions("1 ORDER BY image, number", &[])
+    }
+
+    /// Appends a revision to an image (creating the image); returns its number.
+    pub fn add_revision(
+        &mut self,
+        image: &str,
+        id: &Id,
+        parent: Option<&Id>,
+        message: &str,
+        source: &str,
+        stats: &RevisionStats,
+    ) -> Result<u32> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO images(name, created) VALUES (?1, ?2)",
+            params![image, now()],
+        )?;
+        let number: u32 = tx.query_row(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE image = ?1",
+            [image],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            &format!("INSERT INTO revisions({REVISION_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+            params![
+                image,
+                number,
+                id.hex(),
+                parent.map(|p| p.hex()),
+                now(),
+                message,
+                source,
+                stats.files as i64,
+                stats.bytes as i64,
+                stats.new_bytes as i64
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO events(time, kind, image, detail) VALUES (?1, 'revision', ?2, ?3)",
+            params![now(), image, format!("{image}@{number} {} {message}", id.short())],
+        )?;
+        tx.commit()?;
+        Ok(number)
+    }
+
+    /// Every image with its newest revision and tags.
+    pub fn images(&self) -> Result<Vec<ImageSummary>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, created FROM images ORDER BY name")?;
+        let rows: Vec<(String, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::new();
+        for (name, created) in rows {
+            let revisions: u32 = self.conn.query_row(
+                "SELECT COUNT(*) FROM revisions WHERE image = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            out.push(ImageSummary {
+                newest: self.newest(&name)?,
+                tags: self.tags(&name)?,
+                name,
+                created,
+                revisions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Tags of an image: (tag, revision number).
+    pub fn tags(&self, image: &str) -> Result<Vec<(String, u32)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT tag, number FROM tags WHERE image = ?1 ORDER BY tag")?;
+        let rows = st.query_map([image], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_tag(&mut self, image: &str, tag: &str, number: u32) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO tags(image, tag, number, created) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(image, tag) DO UPDATE SET number = excluded.number, created = excluded.created",
+            params![image, tag, number, now()],
+        )?;
+        self.event("tag", Some(image), &format!("{image}:{tag} -> {image}@{number}"))
+    }
+
+    /// Deletes a tag; false when there was none.
+    pub fn delete_tag(&mut self, image: &str, tag: &str) -> Result<bool> {
+        let n = self.conn.execute(
+            "DELETE FROM tags WHERE image = ?1 AND tag = ?2",
+            params![image, tag],
+        )?;
+        if n > 0 {
+            self.event("untag", Some(image), &format!("{image}:{tag}"))?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Copies an image's revisions and tags under a new name (the manifests are shared).
+    pub fn copy_image(&mut self, src: &str, dst: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO images(name, created) VALUES (?1, ?2)",
+            params![dst, now()],
+        )?;
+        tx.execute(
+            &format!(
+                "INSERT INTO revisions({REVISION_COLUMNS})
+                 SELECT ?2, number, id, parent, created, message, source, files, bytes, new_bytes
+                 FROM revisions WHERE image = ?1"
+            ),
+            params![src, dst],
+        )?;
+        tx.execute(
+            "INSERT INTO tags(image, tag, number, created)
+             SELECT ?2, tag, number, created FROM tags WHERE image = ?1",
+            params![src, dst],
+        )?;
+        tx.execute(
+            "INSERT INTO events(time, kind, image, detail) VALUES (?1, 'cpimage', ?2, ?3)",
+            params![now(), dst, format!("copied from {src}")],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn rename_image(&mut self, old: &str, new: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        // Tags follow through ON UPDATE CASCADE on (image, number) once revisions move, but
+        // SQLite cascades only one level, so the tag rows move explicitly first.
+        tx.execute("PRAGMA defer_foreign_keys = ON", [])?;
+        tx.execute("UPDATE tags SET image = ?2 WHERE image = ?1", params![old, new])?;
+        tx.execute("UPDATE images SET name = ?2 WHERE name = ?1", params![old, new])?;
+        tx.execute(
+            "INSERT INTO events(time, kind, image, detail) VALUES (?1, 'mvimage', ?2, ?3)",
+            params![now(), new, format!("renamed from {old}")],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete_image(&mut self, name: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM tags WHERE image = ?1", [name])?;
+        tx.execute("DELETE FROM revisions WHERE image = ?1", [name])?;
+        tx.execute("DELETE FROM images WHERE name = ?1", [name])?;
+        tx.execute(
+            "INSERT INTO events(time, kind, image, detail) VALUES (?1, 'rmimage', ?2, 'removed')",
+            params![now(), name],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- stat cache ----
+
+    /// The content a file had when it last had exactly this stat data.
+    pub fn statcache_get(&self, source: &str, path: &[u8], key: &StatKey) -> Result<Option<Vec<u8>>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT content FROM statcache WHERE source = ?1 AND path = ?2
+             AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5 AND ino = ?6",
+        )?;
+        Ok(st
+            .query_row(
+                params![
+                    source,
+                    path,
+                    key.size as i64,
+                    key.mtime_ns,
+                    key.ctime_ns,
+                    key.ino as i64
+                ],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records stat data and content for many files at once.
+    pub fn statcache_put(&mut self, source: &str, rows: &[(Vec<u8>, StatKey, Vec<u8>)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO statcache(source, path, size, mtime_ns, ctime_ns, ino, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (path, key, content) in rows {
+                st.execute(params![
+                    source,
+                    path,
+                    key.size as i64,
+                    key.mtime_ns,
+                    key.ctime_ns,
+                    key.ino as i64,
+                    content
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Empties the stat cache (gc does this when it drops blobs the cache may name).
+    pub fn statcache_clear(&mut self) -> Result<()> {
+        self.conn.execute("DELETE FROM statcache", [])?;
+        Ok(())
+    }
+
+    // ---- events ----
+
+    pub fn event(&self, kind: &str, image: Option<&str>, detail: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO events(time, kind, image, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![now(), kind, image, detail],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! Library errors.
+//!
+//! Every error says what went wrong and, where there is one, what the administrator can do next.
+//! The binary prints them with anyhow's `{:#}` and maps each kind to a fixed exit code
+//! (see [`Error::exit_code`]), which the book documents on its errors page.
+
+use std::path::{Path, PathBuf};
+
+/// The one error type of the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file-system call failed on a named path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file-system or pipe error with no single path to name.
+    #[error(transparent)]
+    Os(#[from] std::io::Error),
+    /// Input the administrator gave us is wrong; the message says how to fix it.
+    #[error("{0}")]
+    Invalid(String),
+    /// A revision, image, tag or path does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Stored data does not match its hash or its format.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The golden client's agent or ssh failed.
+    #[error("{0}")]
+    Remote(String),
+    /// The SQLite catalog refused an operation.
+    #[error("catalog: {0}")]
+    Catalog(#[from] rusqlite::Error),
+}
+
+/// Shorthand used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Exit code of the binary for this error: 1 for failures, 2 for bad input or missing
+    /// things, 3 for damaged data.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Invalid(_) | Error::NotFound(_) => 2,
+            Error::Corrupt(_) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Adds the path to an `io::Error`.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        })
+    }
+}
+
+impl<T> IoContext<T> for nix::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|errno| Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source: std::io::Error::from(errno),
+        })
+    }
+}
+
+/// `Error::Invalid` from anything printable.
+pub fn invalid(msg: impl Into<String>) -> Error {
+    Error::Invalid(msg.into())
+}
+
+/// `Error::Corrupt` from anything printable.
+pub fn corrupt(msg: impl Into<String>) -> Error {
+    Error::Corrupt(msg.into())
+}

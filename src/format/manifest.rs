@@ -1,0 +1,567 @@
+//! Manifests: the tree of one revision.
+//!
+//! A manifest lists every entry of the tree sorted by path bytes, with all the metadata needed to
+//! recreate it exactly. Content is named by blob ids, never stored here, so metadata-only changes
+//! move no bytes and identical trees have identical manifests (and so identical revision ids).
+//!
+//! Paths are relative to the image root, `/`-separated raw bytes (names need not be UTF-8), with
+//! no empty, `.` or `..` component; the root itself is the entry with the empty path. [`decode`]
+//! refuses any manifest that breaks these rules, that names a parent which is not a directory, or
+//! whose hardlinks point anywhere but at an earlier non-directory entry: that is what keeps an
+//! apply from ever writing outside its target root.
+
+use std::collections::HashSet;
+
+use super::{Id, Reader, Writer};
+use crate::error::{corrupt, Result};
+
+const MAGIC: &[u8; 8] = b"AURUMMF\x01";
+
+/// One piece of a file's content: a blob and its uncompressed length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub id: Id,
+    pub len: u32,
+}
+
+/// What an entry is, with what only that kind carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file. `chunks` hold its data in order; for a sparse file `extents` lists the
+    /// (offset, length) ranges that hold data and the chunks cover only those, concatenated.
+    File {
+        size: u64,
+        chunks: Vec<Chunk>,
+        extents: Option<Vec<(u64, u64)>>,
+    },
+    Dir,
+    Symlink {
+        target: Vec<u8>,
+    },
+    /// A further name of an earlier entry (the first name in path order is the full entry).
+    Hardlink {
+        target: Vec<u8>,
+    },
+    Char {
+        rdev: u64,
+    },
+    Block {
+        rdev: u64,
+    },
+    Fifo,
+    Socket,
+}
+
+impl Kind {
+    fn code(&self) -> u8 {
+        match self {
+            Kind::File { .. } => 1,
+            Kind::Dir => 2,
+            Kind::Symlink { .. } => 3,
+            Kind::Hardlink { .. } => 4,
+            Kind::Char { .. } => 5,
+            Kind::Block { .. } => 6,
+            Kind::Fifo => 7,
+            Kind::Socket => 8,
+        }
+    }
+
+    /// One word for listings and diffs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::File { .. } => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink { .. } => "symlink",
+            Kind::Hardlink { .. } => "hardlink",
+            Kind::Char { .. } => "char",
+            Kind::Block { .. } => "block",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+        }
+    }
+
+    /// The `ls -l` type letter.
+    pub fn letter(&self) -> char {
+        match self {
+            Kind::File { .. } | Kind::Hardlink { .. } => '-',
+            Kind::Dir => 'd',
+            Kind::Symlink { .. } => 'l',
+            Kind::Char { .. } => 'c',
+            Kind::Block { .. } => 'b',
+            Kind::Fifo => 'p',
+            Kind::Socket => 's',
+        }
+    }
+}
+
+/// One entry of a tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: Vec<u8>,
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// Every extended attribute, sorted by name (ACLs and capabilities are xattrs too).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    /// The path as an administrator reads it: `/` + path, non-UTF-8 bytes escaped as `\xNN`.
+    pub fn display(&self) -> String {
+        display_path(&self.path)
+    }
+
+    /// Size in bytes as `ls` shows it (0 for all but files and symlinks).
+    pub fn size(&self) -> u64 {
+        match &self.kind {
+            Kind::File { size, .. } => *size,
+            Kind::Symlink { target } => target.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// Bytes of data the chunks carry (smaller than `size` for a sparse file).
+    pub fn data_len(&self) -> u64 {
+        match &self.kind {
+            Kind::File { chunks, .. } => chunks.iter().map(|c| u64::from(c.len)).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// `/` + path with non-UTF-8 bytes and control characters escaped.
+pub fn display_path(path: &[u8]) -> String {
+    let mut s = String::from("/");
+    s.push_str(&escape_bytes(path));
+    s
+}
+
+/// Bytes as text, `\xNN` for what is not printable UTF-8.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                for b in c.to_string().bytes() {
+                    s.push_str(&format!("\\x{b:02x}"));
+                }
+            } else {
+                s.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+/// The parent of a manifest path (`b""` for a top-level name).
+pub fn parent(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[..i],
+        None => b"",
+    }
+}
+
+/// The last component of a manifest path.
+pub fn file_name(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}
+
+/// Whether `path` is a valid manifest path: relative, no empty, `.` or `..` component, no NUL.
+pub fn is_clean_path(path: &[u8]) -> bool {
+    if path.is_empty() {
+        return true;
+    }
+    !path.contains(&0)
+        && path
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
+}
+
+/// A whole tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub entries: Vec<Entry>,
+}
+
+impl Manifest {
+    /// The binary form (uncompressed); its blake3 hash is the revision id.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.raw(MAGIC);
+        w.var(self.entries.len() as u64);
+        for e in &self.entries {
+            encode_entry(&mut w, e);
+        }
+        w.buf
+    }
+
+    /// Parses and validates (see the module doc).
+    pub fn decode(data: &[u8]) -> Result<Manifest> {
+        let mut r = Reader::new(data, "manifest");
+        if r.raw(8)? != MAGIC {
+            return Err(corrupt(
+                "not an aurum manifest (bad magic); the repository may be damaged or newer than this aurum",
+            ));
+        }
+        let n = r.var()?;
+        let mut entries = Vec::with_capacity(n.min(1 << 20) as usize);
+        for _ in 0..n {
+            entries.push(decode_entry(&mut r)?);
+        }
+        if !r.at_end() {
+            return Err(corrupt("manifest has trailing bytes"));
+        }
+        let m = Manifest { entries };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// The entry at `path`, by binary search.
+    pub fn get(&self, path: &[u8]) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.path.as_slice().cmp(path))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// Resolves a hardlink to the entry that carries its content and metadata.
+    pub fn resolve<'a>(&'a self, e: &'a Entry) -> &'a Entry {
+        match &e.kind {
+            Kind::Hardlink { target } => self.get(target).unwrap_or(e),
+            _ => e,
+        }
+    }
+
+    /// Checks the invariants that make a manifest safe to apply.
+    pub fn validate(&self) -> Result<()> {
+        let mut dirs: HashSet<&[u8]> = HashSet::new();
+        let mut linkable: HashSet<&[u8]> = HashSet::new();
+        let mut prev: Option<&[u8]> = None;
+        for e in &self.entries {
+            let p = e.path.as_slice();
+            let shown = e.display();
+            if !is_clean_path(p) {
+                return Err(corrupt(format!(
+                    "manifest path {shown} is not a clean relative path; refusing it"
+                )));
+            }
+            if let Some(q) = prev {
+                if q >= p {
+                    return Err(corrupt(format!("manifest is not sorted at {shown}")));
+                }
+            } else if !p.is_empty() || e.kind != Kind::Dir {
+                return Err(corrupt("manifest does not start with the root directory"));
+            }
+            if !p.is_empty() && !dirs.contains(parent(p)) {
+                return Err(corrupt(format!(
+                    "manifest entry {shown} lies under something that is not a directory; refusing it"
+                )));
+            }
+            match &e.kind {
+                Kind::Dir => {
+                    dirs.insert(p);
+                }
+                Kind::Hardlink { target } => {
+                    if !linkable.contains(target.as_slice()) {
+                        return Err(corrupt(format!(
+                            "hardlink {shown} points at {}, which is not an earlier file",
+                            display_path(target)
+                        )));
+                    }
+                }
+                Kind::File {
+                    size,
+                    chunks: _,
+                    extents,
+                } => {
+                    let covered = match extents {
+                        None => *size,
+                        Some(ext) => {
+                            let mut end = 0u64;
+                            let mut sum = 0u64;
+                            for &(off, len) in ext {
+                                if off < end || off.saturating_add(len) > *size || len == 0 {
+                                    return Err(corrupt(format!(
+                                        "sparse map of {shown} is out of order or out of bounds"
+                                    )));
+                                }
+                                end = off + len;
+                                sum += len;
+                            }
+                            sum
+                        }
+                    };
+                    if covered != e.data_len() {
+                        return Err(corrupt(format!(
+                            "chunks of {shown} do not add up to its size"
+                        )));
+                    }
+                    linkable.insert(p);
+                }
+                _ => {
+                    linkable.insert(p);
+                }
+            }
+            prev = Some(p);
+        }
+        Ok(())
+    }
+}
+
+/// Encodes one entry (also used on the agent wire).
+pub fn encode_entry(w: &mut Writer, e: &Entry) {
+    w.bytes(&e.path);
+    w.u8(e.kind.code());
+    w.var(u64::from(e.mode));
+    w.var(u64::from(e.uid));
+    w.var(u64::from(e.gid));
+    w.svar(e.mtime);
+    w.var(u64::from(e.mtime_nsec));
+    w.var(e.xattrs.len() as u64);
+    for (k, v) in &e.xattrs {
+        w.bytes(k);
+        w.bytes(v);
+    }
+    match &e.kind {
+        Kind::File {
+            size,
+            chunks,
+            extents,
+        } => {
+            w.var(*size);
+            w.raw(&encode_content(chunks, extents.as_deref()));
+        }
+        Kind::Symlink { target } | Kind::Hardlink { target } => w.bytes(target),
+        Kind::Char { rdev } | Kind::Block { rdev } => w.var(*rdev),
+        Kind::Dir | Kind::Fifo | Kind::Socket => {}
+    }
+}
+
+/// A file's content (chunks and sparse map) as the stat cache stores it.
+pub fn encode_content(chunks: &[Chunk], extents: Option<&[(u64, u64)]>) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.var(chunks.len() as u64);
+    for c in chunks {
+        w.id(&c.id);
+        w.var(u64::from(c.len));
+    }
+    match extents {
+        None => w.u8(0),
+        Some(ext) => {
+            w.u8(1);
+            w.var(ext.len() as u64);
+            for &(off, len) in ext {
+                w.var(off);
+                w.var(len);
+            }
+        }
+    }
+    w.buf
+}
+
+/// The inverse of [`encode_content`].
+pub fn decode_content(data: &[u8]) -> Result<(Vec<Chunk>, Option<Vec<(u64, u64)>>)> {
+    let mut r = Reader::new(data, "stat cache entry");
+    let out = read_content(&mut r)?;
+    if !r.at_end() {
+        return Err(corrupt("stat cache entry has trailing bytes"));
+    }
+    Ok(out)
+}
+
+/// Reads what [`encode_content`] wrote.
+pub fn read_content(r: &mut Reader) -> Result<(Vec<Chunk>, Option<Vec<(u64, u64)>>)> {
+    let n = r.var()?;
+    let mut chunks = Vec::with_capacity(n.min(1 << 16) as usize);
+    for _ in 0..n {
+        let id = r.id()?;
+        let len = small(r.var()?, "chunk length")?;
+        chunks.push(Chunk { id, len });
+    }
+    let extents = match r.u8()? {
+        0 => None,
+        _ => {
+            let n = r.var()?;
+            let mut ext = Vec::with_capacity(n.min(1 << 16) as usize);
+            for _ in 0..n {
+                ext.push((r.var()?, r.var()?));
+            }
+            Some(ext)
+        }
+    };
+    Ok((chunks, extents))
+}
+
+fn small(v: u64, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| corrupt(format!("manifest {what} {v} is out of range")))
+}
+
+/// Decodes one entry without the manifest-wide checks.
+pub fn decode_entry(r: &mut Reader) -> Result<Entry> {
+    let path = r.bytes()?.to_vec();
+    let code = r.u8()?;
+    let mode = small(r.var()?, "mode")?;
+    let uid = small(r.var()?, "uid")?;
+    let gid = small(r.var()?, "gid")?;
+    let mtime = r.svar()?;
+    let mtime_nsec = small(r.var()?, "nanoseconds")?;
+    let nx = r.var()?;
+    let mut xattrs = Vec::new();
+    for _ in 0..nx {
+        let k = r.bytes()?.to_vec();
+        let v = r.bytes()?.to_vec();
+        xattrs.push((k, v));
+    }
+    let kind = match code {
+        1 => {
+            let size = r.var()?;
+            let (chunks, extents) = read_content(r)?;
+            Kind::File {
+                size,
+                chunks,
+                extents,
+            }
+        }
+        2 => Kind::Dir,
+        3 => Kind::Symlink {
+            target: r.bytes()?.to_vec(),
+        },
+        4 => Kind::Hardlink {
+            target: r.bytes()?.to_vec(),
+        },
+        5 => Kind::Char { rdev: r.var()? },
+        6 => Kind::Block { rdev: r.var()? },
+        7 => Kind::Fifo,
+        8 => Kind::Socket,
+        other => return Err(corrupt(format!("manifest has unknown entry type {other}"))),
+    };
+    Ok(Entry {
+        path,
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime,
+        mtime_nsec,
+        xattrs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            mtime_nsec: 2,
+            xattrs: vec![],
+        }
+    }
+
+    fn arb_kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            Just(Kind::Fifo),
+            Just(Kind::Socket),
+            any::<u64>().prop_map(|rdev| Kind::Char { rdev }),
+            any::<u64>().prop_map(|rdev| Kind::Block { rdev }),
+            proptest::collection::vec(any::<u8>(), 0..40)
+                .prop_map(|target| Kind::Symlink { target }),
+            proptest::collection::vec((any::<[u8; 32]>(), 0u32..1000), 0..5).prop_map(|cs| {
+                let chunks: Vec<Chunk> = cs
+                    .into_iter()
+                    .map(|(id, len)| Chunk { id: Id(id), len })
+                    .collect();
+                let size = chunks.iter().map(|c| u64::from(c.len)).sum();
+                Kind::File {
+                    size,
+                    chunks,
+                    extents: None,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn manifest_round_trips(
+            names in proptest::collection::btree_set(proptest::collection::vec(1u8..=255, 1..12), 0..20),
+            kinds in proptest::collection::vec(arb_kind(), 20),
+            meta in proptest::collection::vec((any::<u32>(), any::<u32>(), any::<i64>(), 0u32..1_000_000_000), 20),
+            xattr in proptest::collection::vec(any::<u8>(), 0..30),
+        ) {
+            let mut entries = vec![entry("", Kind::Dir)];
+            for (i, name) in names.into_iter().filter(|n| is_clean_path(n) && !n.contains(&b'/')).enumerate() {
+                let (uid, gid, mtime, nsec) = meta[i];
+                entries.push(Entry {
+                    path: name,
+                    kind: kinds[i].clone(),
+                    mode: 0o7777 & uid,
+                    uid, gid, mtime, mtime_nsec: nsec,
+                    xattrs: vec![(b"user.x".to_vec(), xattr.clone())],
+                });
+            }
+            let m = Manifest { entries };
+            let decoded = Manifest::decode(&m.encode()).unwrap();
+            prop_assert_eq!(decoded, m);
+        }
+    }
+
+    #[test]
+    fn refuses_escapes_and_bad_parents() {
+        for bad in ["../etc", "a/../../x", "/abs", "a//b", "./a"] {
+            let m = Manifest {
+                entries: vec![entry("", Kind::Dir), entry(bad, Kind::Fifo)],
+            };
+            assert!(Manifest::decode(&m.encode()).is_err(), "{bad} accepted");
+        }
+        // A file reached through a symlinked parent would write wherever the link points.
+        let m = Manifest {
+            entries: vec![
+                entry("", Kind::Dir),
+                entry(
+                    "a",
+                    Kind::Symlink {
+                        target: b"/etc".to_vec(),
+                    },
+                ),
+                entry("a/passwd", Kind::Fifo),
+            ],
+        };
+        let err = Manifest::decode(&m.encode()).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        let m = Manifest {
+            entries: vec![
+                entry("", Kind::Dir),
+                entry(
+                    "l",
+                    Kind::Hardlink {
+                        target: b"../x".to_vec(),
+                    },
+                ),
+            ],
+        };
+        assert!(Manifest::decode(&m.encode()).is_err());
+    }
+
+    #[test]
+    fn escapes_non_utf8_for_display() {
+        assert_eq!(display_path(b"a/\xffb\n"), "/a/\\xffb\\x0a");
+    }
+}

@@ -1,0 +1,209 @@
+//! Every byte layout aurum writes: on disk (manifests, packs, pack indexes, refs) and on the wire
+//! (frames between `getimage` and `aurum agent`).
+//!
+//! This module depends on nothing else in aurum, so the format can be read and tested on its own.
+//! `book/src/format.md` is its specification; a change here is a change there, and bumps
+//! [`FORMAT_VERSION`] when old readers could misread the new bytes.
+
+pub mod manifest;
+pub mod pack;
+pub mod wire;
+
+use std::fmt;
+
+use crate::error::{corrupt, Result};
+
+/// Version of the repository layout. Stored in the catalog and in `repo/FORMAT`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A content id: the blake3 hash of the uncompressed bytes of a blob or manifest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub [u8; 32]);
+
+impl Id {
+    /// Hash of `data`.
+    pub fn of(data: &[u8]) -> Id {
+        Id(*blake3::hash(data).as_bytes())
+    }
+
+    /// Full lowercase hex.
+    pub fn hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// The 8-digit prefix shown in listings.
+    pub fn short(&self) -> String {
+        self.hex()[..8].to_string()
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<Id> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Id(out))
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({})", self.short())
+    }
+}
+
+impl From<blake3::Hash> for Id {
+    fn from(h: blake3::Hash) -> Id {
+        Id(*h.as_bytes())
+    }
+}
+
+/// Appends the LEB128-style encodings every binary format here uses.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    /// Unsigned varint: 7 bits a byte, low bits first, high bit set on all but the last byte.
+    pub fn var(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+
+    /// Signed varint, zigzag-encoded.
+    pub fn svar(&mut self, v: i64) {
+        self.var(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    /// Length-prefixed bytes.
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.var(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+
+    pub fn raw(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    pub fn id(&mut self, id: &Id) {
+        self.buf.extend_from_slice(&id.0);
+    }
+}
+
+/// Reads what [`Writer`] wrote; every error is [`crate::Error::Corrupt`] naming `what`.
+pub struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(data: &'a [u8], what: &'static str) -> Self {
+        Reader { data, pos: 0, what }
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.data.len() - self.pos
+    }
+
+    pub fn at_end(&self) -> bool {
+        self.pos == self.data.len()
+    }
+
+    fn short(&self) -> crate::Error {
+        corrupt(format!("{} is truncated at byte {}", self.what, self.pos))
+    }
+
+    pub fn u8(&mut self) -> Result<u8> {
+        let b = *self.data.get(self.pos).ok_or_else(|| self.short())?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    pub fn var(&mut self) -> Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(corrupt(format!("{} has an overlong number", self.what)))
+    }
+
+    pub fn svar(&mut self) -> Result<i64> {
+        let v = self.var()?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    pub fn raw(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).ok_or_else(|| self.short())?;
+        let s = self.data.get(self.pos..end).ok_or_else(|| self.short())?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    pub fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.var()?;
+        let n = usize::try_from(n).map_err(|_| self.short())?;
+        self.raw(n)
+    }
+
+    pub fn id(&mut self) -> Result<Id> {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(self.raw(32)?);
+        Ok(Id(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn varints_round_trip(a: u64, b: i64, c: Vec<u8>) {
+            let mut w = Writer::default();
+            w.var(a);
+            w.svar(b);
+            w.bytes(&c);
+            let mut r = Reader::new(&w.buf, "test");
+            prop_assert_eq!(r.var().unwrap(), a);
+            prop_assert_eq!(r.svar().unwrap(), b);
+            prop_assert_eq!(r.bytes().unwrap(), &c[..]);
+            prop_assert!(r.at_end());
+        }
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let id = Id::of(b"aurum");
+        assert_eq!(Id::from_hex(&id.hex()), Some(id));
+        assert_eq!(id.short().len(), 8);
+        assert_eq!(Id::from_hex("zz"), None);
+    }
+}

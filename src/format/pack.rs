@@ -1,0 +1,157 @@
+//! Packs and pack indexes.
+//!
+//! A pack is a file of blobs written back to back, each its own zstd frame (or raw bytes when
+//! compression does not pay), so that one blob is one byte range a client can fetch with an HTTP
+//! Range request. Every blob is preceded by a small record header repeating its id and lengths,
+//! which makes a pack self-describing: its index can be rebuilt from it alone.
+//!
+//! A pack's name is the blake3 hash of its whole content, so a pack never changes once written.
+//! Its index (`.idx`, same name) lists the blobs sorted by id with their payload offsets and ends
+//! with a blake3 checksum of itself.
+
+use super::{Id, Reader, Writer};
+use crate::error::{corrupt, Result};
+
+/// First bytes of every pack.
+pub const PACK_MAGIC: &[u8; 8] = b"AURUMPK\x01";
+/// First bytes of every pack index.
+pub const INDEX_MAGIC: &[u8; 8] = b"AURUMIX\x01";
+/// Size of the header before each blob's payload in a pack.
+pub const RECORD_HEADER: usize = 32 + 1 + 4 + 4;
+
+/// How a blob's payload is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Raw = 0,
+    Zstd = 1,
+}
+
+impl Codec {
+    pub fn from_u8(v: u8) -> Result<Codec> {
+        match v {
+            0 => Ok(Codec::Raw),
+            1 => Ok(Codec::Zstd),
+            other => Err(corrupt(format!("unknown blob codec {other}"))),
+        }
+    }
+}
+
+/// Where one blob lies in its pack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub id: Id,
+    /// Offset of the payload (after the record header).
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+/// The record header written before a blob's payload.
+pub fn record_header(id: &Id, codec: Codec, stored_len: u32, raw_len: u32) -> [u8; RECORD_HEADER] {
+    let mut h = [0u8; RECORD_HEADER];
+    h[..32].copy_from_slice(&id.0);
+    h[32] = codec as u8;
+    h[33..37].copy_from_slice(&stored_len.to_le_bytes());
+    h[37..41].copy_from_slice(&raw_len.to_le_bytes());
+    h
+}
+
+/// Parses a record header: (id, codec, stored length, raw length).
+pub fn parse_record_header(h: &[u8]) -> Result<(Id, Codec, u32, u32)> {
+    if h.len() < RECORD_HEADER {
+        return Err(corrupt("pack record header is truncated"));
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&h[..32]);
+    let codec = Codec::from_u8(h[32])?;
+    let stored = u32::from_le_bytes(h[33..37].try_into().unwrap());
+    let raw = u32::from_le_bytes(h[37..41].try_into().unwrap());
+    Ok((Id(id), codec, stored, raw))
+}
+
+/// Encodes a pack index; `entries` are sorted by id here.
+pub fn encode_index(entries: &mut [IndexEntry]) -> Vec<u8> {
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut w = Writer::default();
+    w.raw(INDEX_MAGIC);
+    w.var(entries.len() as u64);
+    for e in entries.iter() {
+        w.id(&e.id);
+        w.var(e.offset);
+        w.var(u64::from(e.stored_len));
+        w.var(u64::from(e.raw_len));
+        w.u8(e.codec as u8);
+    }
+    let sum = blake3::hash(&w.buf);
+    w.raw(sum.as_bytes());
+    w.buf
+}
+
+/// Decodes and checks a pack index.
+pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>> {
+    if data.len() < 8 + 32 || &data[..8] != INDEX_MAGIC {
+        return Err(corrupt("not an aurum pack index (bad magic)"));
+    }
+    let (body, sum) = data.split_at(data.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(corrupt("pack index checksum does not match"));
+    }
+    let mut r = Reader::new(&body[8..], "pack index");
+    let n = r.var()?;
+    let mut out = Vec::with_capacity(n.min(1 << 20) as usize);
+    for _ in 0..n {
+        let id = r.id()?;
+        let offset = r.var()?;
+        let stored_len = u32::try_from(r.var()?).map_err(|_| corrupt("pack index length"))?;
+        let raw_len = u32::try_from(r.var()?).map_err(|_| corrupt("pack index length"))?;
+        let codec = Codec::from_u8(r.u8()?)?;
+        out.push(IndexEntry {
+            id,
+            offset,
+            stored_len,
+            raw_len,
+            codec,
+        });
+    }
+    if !r.at_end() {
+        return Err(corrupt("pack index has trailing bytes"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trip_and_checksum() {
+        let mut entries = vec![
+            IndexEntry {
+                id: Id::of(b"b"),
+                offset: 49,
+                stored_len: 10,
+                raw_len: 20,
+                codec: Codec::Zstd,
+            },
+            IndexEntry {
+                id: Id::of(b"a"),
+                offset: 100,
+                stored_len: 5,
+                raw_len: 5,
+                codec: Codec::Raw,
+            },
+        ];
+        let mut bytes = encode_index(&mut entries);
+        assert_eq!(decode_index(&bytes).unwrap(), entries);
+        bytes[12] ^= 1;
+        assert!(decode_index(&bytes).is_err());
+    }
+
+    #[test]
+    fn record_header_round_trip() {
+        let id = Id::of(b"x");
+        let h = record_header(&id, Codec::Zstd, 7, 9);
+        assert_eq!(parse_record_header(&h).unwrap(), (id, Codec::Zstd, 7, 9));
+    }
+}

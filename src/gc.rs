@@ -1,0 +1,150 @@
+//! `gc`: removing what no revision references.
+//!
+//! gc runs with the repository locked exclusively, so no capture can be between "the repository
+//! already has this blob" and "the revision naming it is recorded" while gc decides what is
+//! dead. It deletes packs with no live blob, rewrites packs whose live part is small (copying
+//! the stored bytes, not recompressing), and deletes manifests no image uses. The order of its
+//! steps keeps every revision readable if it is killed at any point: new packs are durable and
+//! recorded before old ones are forgotten, and forgotten before their files are deleted.
+
+use std::collections::HashSet;
+use std::fs;
+
+use serde::Serialize;
+
+use crate::error::{IoContext, Result};
+use crate::format::manifest::Kind;
+use crate::format::Id;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::store::{manifest_path, pack_path, tmp_dir, PackWriter};
+
+/// A pack is rewritten when less than this share of its bytes is live.
+pub const REPACK_BELOW: f64 = 0.5;
+
+/// What gc did (or would do, with `dry_run`).
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub live_blobs: u64,
+    pub dead_blobs: u64,
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    pub manifests_deleted: u64,
+    pub bytes_freed: u64,
+    pub dry_run: bool,
+}
+
+/// Collects garbage. The repository must be open with [`crate::repo::Lock::Exclusive`].
+pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Result<GcReport> {
+    let mut report = GcReport {
+        dry_run,
+        ..Default::default()
+    };
+    if !dry_run {
+        // Nobody else holds the lock, so whatever is in tmp/ belongs to a dead process.
+        let tmp = tmp_dir(&repo.root);
+        for f in fs::read_dir(&tmp).at(&tmp)? {
+            let p = f.at(&tmp)?.path();
+            let _ = fs::remove_file(&p);
+        }
+        repo.adopt_orphan_packs()?;
+    }
+
+    // Live set: every blob a revision of any image names.
+    let revisions: HashSet<Id> = repo.catalog.all_revision_ids()?.into_iter().collect();
+    let mut live: HashSet<Id> = HashSet::new();
+    progress.phase("reading manifests", Some(revisions.len() as u64), false);
+    for id in &revisions {
+        for e in repo.load_manifest(id)?.entries {
+            if let Kind::File { chunks, .. } = e.kind {
+                live.extend(chunks.into_iter().map(|c| c.id));
+            }
+        }
+        progress.advance(1);
+    }
+    progress.finish();
+
+    let packs = repo.catalog.packs()?;
+    progress.phase("collecting", Some(packs.len() as u64), false);
+    let mut writer = PackWriter::new(&repo.root);
+    let mut retired: Vec<Id> = Vec::new();
+    let mut written = Vec::new();
+    for (pack, size, _) in packs {
+        let blobs = repo.catalog.pack_blobs(&pack)?;
+        let (alive, dead): (Vec<_>, Vec<_>) = blobs.into_iter().partition(|b| live.contains(&b.id));
+        report.live_blobs += alive.len() as u64;
+        report.dead_blobs += dead.len() as u64;
+        let live_bytes: u64 = alive.iter().map(|b| u64::from(b.stored_len)).sum();
+        if alive.is_empty() {
+            report.packs_deleted += 1;
+            report.bytes_freed += size;
+            retired.push(pack);
+        } else if (live_bytes as f64) < REPACK_BELOW * size as f64 {
+            report.packs_repacked += 1;
+            report.bytes_freed += size.saturating_sub(live_bytes);
+            if !dry_run {
+                for b in &alive {
+                    let payload = repo.packs.read_payload(&pack, b)?;
+                    if let Some(done) = writer.add(&b.id, b.codec, b.raw_len, &payload)? {
+                        written.push(done);
+                    }
+                }
+            }
+            retired.push(pack);
+        }
+        progress.advance(1);
+    }
+    progress.finish();
+    if !dry_run {
+        if let Some(done) = writer.finish()? {
+            written.push(done);
+        }
+        repo.catalog.replace_packs(&retired, &written)?;
+        repo.write_pack_list()?;
+        for pack in &retired {
+            for ext in ["idx", "pack"] {
+                let p = pack_path(&repo.root, pack, ext);
+                if let Err(e) = fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(e).at(&p);
+                    }
+                }
+            }
+        }
+    }
+
+    // Manifests no image uses any more.
+    let mdir = repo.root.join("manifests");
+    for sub in fs::read_dir(&mdir).at(&mdir)? {
+        let sub = sub.at(&mdir)?.path();
+        if !sub.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&sub).at(&sub)? {
+            let p = f.at(&sub)?.path();
+            let id = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(Id::from_hex);
+            if let Some(id) = id {
+                if !revisions.contains(&id) && p == manifest_path(&repo.root, &id) {
+                    report.manifests_deleted += 1;
+                    if !dry_run {
+                        fs::remove_file(&p).at(&p)?;
+                    }
+                }
+            }
+        }
+    }
+    if !dry_run {
+        repo.catalog.event(
+            "gc",
+            None,
+            &format!(
+                "deleted {} packs, repacked {}, freed {} bytes",
+                report.packs_deleted, report.packs_repacked, report.bytes_freed
+            ),
+        )?;
+    }
+    Ok(report)
+}

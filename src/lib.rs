@@ -1,0 +1,32 @@
+//! aurum: a golden-image manager for Linux clusters.
+//!
+//! The library holds everything the `aurum` binary does; the binary only parses the command
+//! line, calls one function here, and prints the result. Modules, from the bottom up:
+//!
+//! - [`format`]: every byte layout on disk or on the wire (manifests, packs, indexes, agent
+//!   frames). It depends on nothing else in aurum.
+//! - [`sys`]: the few file-system calls we make relative to directory descriptors, so that very
+//!   long paths work and no symlink can lead a write outside a target root.
+//! - [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with verification.
+//! - [`catalog`]: the SQLite catalog (images, revisions, tags, blob index, stat cache, events).
+//! - [`repo`]: a repository: store + catalog + refs + lock, and revision references.
+//! - [`capture`]: scanning a golden client (local or through `aurum agent` over ssh) into a
+//!   revision.
+//! - [`apply`]: materialising a revision onto a directory.
+//! - [`diff`], [`tarball`], [`verify`], [`gc`]: the remaining repository operations.
+
+pub mod apply;
+pub mod capture;
+pub mod catalog;
+pub mod diff;
+pub mod error;
+pub mod format;
+pub mod gc;
+pub mod progress;
+pub mod repo;
+pub mod store;
+pub mod sys;
+pub mod tarball;
+pub mod verify;
+
+pub use error::{Error, Result};

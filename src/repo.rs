@@ -1,0 +1,462 @@
+//! A repository: the store, the catalog, the refs mirror and the lock, and the operations that
+//! need more than one of them (revision references, committing a revision).
+//!
+//! Locking: every command holds `repo/lock` shared while it works; `gc` holds it exclusively.
+//! That is what keeps gc from deleting a blob that a capture running at the same moment has just
+//! decided it does not need to store again.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::catalog::{Catalog, Revision, RevisionStats};
+use crate::error::{invalid, Error, IoContext, Result};
+use crate::format::manifest::Manifest;
+use crate::format::pack::{decode_index, Codec};
+use crate::format::{Id, FORMAT_VERSION};
+use crate::store::{self, FinishedPack, PackReader, PackWriter};
+
+/// How a command holds the repository lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lock {
+    Shared,
+    Exclusive,
+}
+
+/// An open repository.
+pub struct Repository {
+    pub root: PathBuf,
+    pub catalog: Catalog,
+    pub packs: PackReader,
+    _lock: File,
+}
+
+/// Checks an image or tag name: letters, digits, `.`, `_`, `-`, not starting with a dot or dash.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "`{name}` is not a valid {what} name: use letters, digits, `.`, `_` and `-`, starting with a letter or digit, at most 64 characters"
+        )))
+    }
+}
+
+/// Creates a new, empty repository at `root`.
+pub fn init(root: &Path) -> Result<()> {
+    if root.join("aurum.db").exists() {
+        return Err(invalid(format!(
+            "{} is already an aurum repository",
+            root.display()
+        )));
+    }
+    for d in ["packs", "manifests", "refs", "tmp"] {
+        fs::create_dir_all(root.join(d)).at(root.join(d))?;
+    }
+    let catalog = Catalog::open(&root.join("aurum.db"))?;
+    catalog.set_meta("format", &FORMAT_VERSION.to_string())?;
+    catalog.set_meta("created", &crate::catalog::now().to_string())?;
+    store::write_atomic(
+        root,
+        &root.join("FORMAT"),
+        format!("aurum repository format {FORMAT_VERSION}\n").as_bytes(),
+    )?;
+    fs::write(root.join("lock"), b"").at(root.join("lock"))?;
+    catalog.event("init", None, &format!("created {}", root.display()))?;
+    Ok(())
+}
+
+fn flock(file: &File, lock: Lock, path: &Path) -> Result<()> {
+    let op = match lock {
+        Lock::Shared => libc::LOCK_SH,
+        Lock::Exclusive => libc::LOCK_EX,
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let what = match lock {
+        Lock::Shared => "a garbage collection (`aurum gc`) holds the repository; waiting for it",
+        Lock::Exclusive => "other aurum commands are using the repository; waiting for them to finish",
+    };
+    log::warn!("{what}");
+    eprintln!("aurum: {what}");
+    // SAFETY: as above, blocking this time.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        return Err(std::io::Error::last_os_error()).at(path);
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Opens the repository at `root`, holding its lock as asked.
+    pub fn open(root: &Path, lock: Lock) -> Result<Repository> {
+        let format = root.join("FORMAT");
+        let text = match fs::read_to_string(&format) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!(
+                    "no aurum repository at {}: create one with `aurum init --repo {}`, or point --repo / AURUM_REPO at an existing one",
+                    root.display(),
+                    root.display()
+                )))
+            }
+            Err(e) => return Err(e).at(&format),
+        };
+        let version: u32 = text
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if version != FORMAT_VERSION {
+            return Err(invalid(format!(
+                "{} holds repository format {version}; this aurum reads format {FORMAT_VERSION}",
+                root.display()
+            )));
+        }
+        let lock_path = root.join("lock");
+        let lock_file = fs::OpenOptions::new()
+            .read(true)
+            .create(true)
+            .append(true)
+            .open(&lock_path)
+            .or_else(|_| File::open(&lock_path))
+            .at(&lock_path)?;
+        flock(&lock_file, lock, &lock_path)?;
+        let catalog = Catalog::open(&root.join("aurum.db"))?;
+        Ok(Repository {
+            root: root.to_path_buf(),
+            catalog,
+            packs: PackReader::new(root),
+            _lock: lock_file,
+        })
+    }
+
+    /// Resolves `IMAGE`, `IMAGE@N`, `IMAGE:TAG` or a hex prefix of at least 8 digits.
+    pub fn resolve(&self, spec: &str) -> Result<Revision> {
+        let not_found = |what: String| Error::NotFound(what);
+        if let Some((image, n)) = spec.split_once('@') {
+            let number: u32 = n.parse().map_err(|_| {
+                invalid(format!("`{spec}`: the part after @ must be a revision number"))
+            })?;
+            self.require_image(image)?;
+            return self.catalog.revision(image, number)?.ok_or_else(|| {
+                not_found(format!(
+                    "image `{image}` has no revision {number}; `aurum log {image}` lists its revisions"
+                ))
+            });
+        }
+        if let Some((image, tag)) = spec.split_once(':') {
+            self.require_image(image)?;
+            let number = self
+                .catalog
+                .tags(image)?
+                .into_iter()
+                .find(|(t, _)| t == tag)
+                .map(|(_, n)| n)
+                .ok_or_else(|| {
+                    not_found(format!(
+                        "image `{image}` has no tag `{tag}`; `aurum log {image}` shows its tags"
+                    ))
+                })?;
+            return Ok(self
+                .catalog
+                .revision(image, number)?
+                .expect("tags reference existing revisions"));
+        }
+        if self.catalog.image_exists(spec)? {
+            return self.catalog.newest(spec)?.ok_or_else(|| {
+                not_found(format!("image `{spec}` has no revisions yet"))
+            });
+        }
+        let hex = spec.to_ascii_lowercase();
+        if hex.len() >= 8 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let found = self.catalog.revisions_by_prefix(&hex)?;
+            let ids: HashSet<Id> = found.iter().map(|r| r.id).collect();
+            if ids.len() > 1 {
+                return Err(invalid(format!(
+                    "revision prefix `{spec}` is ambiguous ({} revisions match); give more digits",
+                    ids.len()
+                )));
+            }
+            if let Some(rev) = found.into_iter().next() {
+                return Ok(rev);
+            }
+        }
+        Err(not_found(format!(
+            "no image or revision `{spec}`; `aurum lsimage` lists images (references: IMAGE, IMAGE@N, IMAGE:TAG, or 8+ hex digits of a revision id)"
+        )))
+    }
+
+    /// An error unless the image exists.
+    pub fn require_image(&self, image: &str) -> Result<()> {
+        if self.catalog.image_exists(image)? {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!(
+                "no image `{image}`; `aurum lsimage` lists images"
+            )))
+        }
+    }
+
+    /// Reads, checks and decodes a revision's manifest.
+    pub fn load_manifest(&self, id: &Id) -> Result<Manifest> {
+        let path = store::manifest_path(&self.root, id);
+        let file = File::open(&path).at(&path)?;
+        let mut raw = Vec::new();
+        zstd::stream::read::Decoder::new(file)
+            .at(&path)?
+            .read_to_end(&mut raw)
+            .map_err(|e| {
+                Error::Corrupt(format!(
+                    "manifest {} is damaged ({e}); run `aurum verify`",
+                    id.short()
+                ))
+            })?;
+        if Id::of(&raw) != *id {
+            return Err(Error::Corrupt(format!(
+                "manifest {} is damaged (hash mismatch); run `aurum verify`",
+                id.short()
+            )));
+        }
+        Manifest::decode(&raw)
+    }
+
+    /// Stores a manifest durably; returns its id (the revision id).
+    pub fn store_manifest(&self, m: &Manifest) -> Result<Id> {
+        let raw = m.encode();
+        let id = Id::of(&raw);
+        let path = store::manifest_path(&self.root, &id);
+        if !path.exists() {
+            let packed = zstd::bulk::compress(&raw, 9)?;
+            store::write_atomic(&self.root, &path, &packed)?;
+        }
+        Ok(id)
+    }
+
+    /// A blob's content, verified.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let (pack, entry) = self.catalog.blob(id)?.ok_or_else(|| {
+            Error::Corrupt(format!(
+                "blob {} is missing from the repository; run `aurum verify`",
+                id.short()
+            ))
+        })?;
+        self.packs.read(&pack, &entry)
+    }
+
+    /// Records a new revision of `image` and updates its refs.
+    pub fn commit_revision(
+        &mut self,
+        image: &str,
+        id: &Id,
+        message: &str,
+        source: &str,
+        stats: &RevisionStats,
+    ) -> Result<Revision> {
+        check_name("image", image)?;
+        let parent = self.catalog.newest(image)?.map(|r| r.id);
+        let number = self
+            .catalog
+            .add_revision(image, id, parent.as_ref(), message, source, stats)?;
+        self.write_refs(image)?;
+        self.write_pack_list()?;
+        Ok(self
+            .catalog
+            .revision(image, number)?
+            .expect("just inserted"))
+    }
+
+    /// Rewrites `refs/IMAGE/` from the catalog (removing it when the image is gone).
+    pub fn write_refs(&self, image: &str) -> Result<()> {
+        let dir = self.root.join("refs").join(image);
+        if !self.catalog.image_exists(image)? {
+            if dir.exists() {
+                fs::remove_dir_all(&dir).at(&dir)?;
+            }
+            return Ok(());
+        }
+        let revs = self.catalog.revisions(image)?;
+        let mut list = String::new();
+        for r in revs.iter().rev() {
+            list.push_str(&format!("{} {}\n", r.number, r.id.hex()));
+        }
+        store::write_atomic(&self.root, &dir.join("revisions"), list.as_bytes())?;
+        if let Some(head) = revs.first() {
+            store::write_atomic(
+                &self.root,
+                &dir.join("head"),
+                format!("{}\n", head.id.hex()).as_bytes(),
+            )?;
+        }
+        let tags = self.catalog.tags(image)?;
+        let tag_dir = dir.join("tags");
+        fs::create_dir_all(&tag_dir).at(&tag_dir)?;
+        for (tag, number) in &tags {
+            let rev = revs.iter().find(|r| r.number == *number).expect("tag target");
+            store::write_atomic(
+                &self.root,
+                &tag_dir.join(tag),
+                format!("{}\n", rev.id.hex()).as_bytes(),
+            )?;
+        }
+        for old in fs::read_dir(&tag_dir).at(&tag_dir)? {
+            let old = old.at(&tag_dir)?;
+            let name = old.file_name().to_string_lossy().into_owned();
+            if !tags.iter().any(|(t, _)| *t == name) {
+                fs::remove_file(old.path()).at(old.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites `packs/list`, the pack ids a static client may fetch indexes of.
+    pub fn write_pack_list(&self) -> Result<()> {
+        let mut list = String::new();
+        for (id, size, _) in self.catalog.packs()? {
+            list.push_str(&format!("{} {size}\n", id.hex()));
+        }
+        store::write_atomic(&self.root, &self.root.join("packs").join("list"), list.as_bytes())
+    }
+
+    /// Records packs that are on disk with their index but missing from the catalog (left by a
+    /// capture killed between writing a pack and recording it). Returns how many were adopted.
+    pub fn adopt_orphan_packs(&mut self) -> Result<usize> {
+        let known: HashSet<Id> = self.catalog.packs()?.into_iter().map(|p| p.0).collect();
+        let packs_dir = self.root.join("packs");
+        let mut adopted = 0;
+        for sub in fs::read_dir(&packs_dir).at(&packs_dir)? {
+            let sub = sub.at(&packs_dir)?.path();
+            if !sub.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&sub).at(&sub)? {
+                let path = f.at(&sub)?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                let Some(hex) = name.strip_suffix(".idx") else {
+                    continue;
+                };
+                let Some(id) = Id::from_hex(hex) else {
+                    continue;
+                };
+                if known.contains(&id) {
+                    continue;
+                }
+                let pack = store::pack_path(&self.root, &id, "pack");
+                let Ok(meta) = fs::metadata(&pack) else {
+                    continue;
+                };
+                let entries = match fs::read(&path).at(&path).and_then(|b| decode_index(&b)) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        log::warn!("ignoring damaged pack index {}: {e}", path.display());
+                        continue;
+                    }
+                };
+                self.catalog.add_pack(&FinishedPack {
+                    id,
+                    size: meta.len(),
+                    entries,
+                })?;
+                adopted += 1;
+            }
+        }
+        if adopted > 0 {
+            self.catalog
+                .event("adopt", None, &format!("adopted {adopted} unrecorded packs"))?;
+        }
+        Ok(adopted)
+    }
+
+    /// Opens a writer that stores blobs into new packs of this repository.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        Ok(BlobWriter {
+            catalog: Catalog::open(&self.root.join("aurum.db"))?,
+            packs: PackWriter::new(&self.root),
+            claimed: HashSet::new(),
+            new_bytes: 0,
+        })
+    }
+}
+
+/// Stores blobs the repository lacks, each once, and records finished packs in the catalog.
+///
+/// It has its own catalog connection so that a capture can share it between hashing threads
+/// (behind a mutex) while the repository's main connection stays free.
+pub struct BlobWriter {
+    catalog: Catalog,
+    packs: PackWriter,
+    claimed: HashSet<Id>,
+    /// Stored (compressed) bytes written so far.
+    pub new_bytes: u64,
+}
+
+impl BlobWriter {
+    /// True exactly once for each blob the repository lacks: the caller must then [`put`] it.
+    ///
+    /// [`put`]: BlobWriter::put
+    pub fn claim(&mut self, id: &Id) -> Result<bool> {
+        if self.claimed.contains(id) || self.catalog.has_blob(id)? {
+            return Ok(false);
+        }
+        self.claimed.insert(*id);
+        Ok(true)
+    }
+
+    /// Appends a claimed blob (already compressed by the caller).
+    pub fn put(&mut self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
+        self.new_bytes += payload.len() as u64;
+        if let Some(done) = self.packs.add(id, codec, raw_len, payload)? {
+            self.catalog.add_pack(&done)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the last pack. After this returns every put blob is durable and in the catalog.
+    pub fn finish(&mut self) -> Result<()> {
+        if let Some(done) = self.packs.finish()? {
+            self.catalog.add_pack(&done)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads verified blobs of a local repository from several threads at once.
+pub struct RepoBlobs {
+    catalog: std::sync::Mutex<Catalog>,
+    packs: PackReader,
+}
+
+impl Repository {
+    /// A blob reader that apply can share between threads.
+    pub fn blobs(&self) -> Result<RepoBlobs> {
+        Ok(RepoBlobs {
+            catalog: std::sync::Mutex::new(Catalog::open(&self.root.join("aurum.db"))?),
+            packs: PackReader::new(&self.root),
+        })
+    }
+}
+
+impl crate::apply::BlobSource for RepoBlobs {
+    fn get(&self, id: &Id) -> Result<Vec<u8>> {
+        let found = self.catalog.lock().expect("catalog lock").blob(id)?;
+        let (pack, entry) = found.ok_or_else(|| {
+            Error::Corrupt(format!(
+                "blob {} is missing from the repository; run `aurum verify`",
+                id.short()
+            ))
+        })?;
+        self.packs.read(&pack, &entry)
+    }
+}

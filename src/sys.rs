@@ -1,0 +1,181 @@
+//! File-system calls relative to directory descriptors.
+//!
+//! Capture and apply never hand a full path to the kernel: they walk one component at a time
+//! with `openat(O_NOFOLLOW)` and act on names relative to the parent's descriptor. That is what
+//! lets very long paths (beyond PATH_MAX) work, and what guarantees that a symlink planted in a
+//! target tree cannot redirect a write outside the target root. The xattr calls, which have no
+//! `*at` form, go through `/proc/self/fd/N/name` with the `l*` variants, which resolves the
+//! parent through the descriptor and does not follow the last component.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fstatat, FileStat, Mode};
+
+use crate::error::{IoContext, Result};
+
+/// The flags for opening a directory we will walk through.
+pub const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// A path relative to a root, for error messages.
+pub fn shown(root: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    }
+}
+
+/// Opens a directory given as a host path (following symlinks, as an administrator expects for
+/// the argument itself).
+pub fn open_root(path: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .at(path)
+}
+
+/// Opens the directory `rel` beneath `root`, never following a symlink on the way.
+pub fn open_dir_beneath(root: BorrowedFd, rel: &[u8], shown_root: &Path) -> Result<OwnedFd> {
+    let mut fd = nix::unistd::dup(root).at(shown_root)?;
+    if rel.is_empty() {
+        return Ok(fd);
+    }
+    for comp in rel.split(|&b| b == b'/') {
+        fd = openat(&fd, comp, DIR_FLAGS, Mode::empty()).at(shown(shown_root, rel))?;
+    }
+    Ok(fd)
+}
+
+/// `lstat` of `name` in `dir`.
+pub fn lstat_at(dir: BorrowedFd, name: &[u8]) -> nix::Result<FileStat> {
+    fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+/// The `/proc/self/fd/N/name` path for the `l*` calls that have no `*at` form.
+pub fn proc_path(dir: BorrowedFd, name: &[u8]) -> CString {
+    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
+    if !name.is_empty() {
+        p.push(b'/');
+        p.extend_from_slice(name);
+    }
+    CString::new(p).expect("names hold no NUL")
+}
+
+fn errno_result(r: isize) -> std::io::Result<usize> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Every xattr of `name` in `dir` (not following a symlink), sorted by name.
+pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let p = proc_path(dir, name);
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        // SAFETY: the buffer pointer and length describe `names`.
+        let r = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        match errno_result(r) {
+            Ok(n) => break n,
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    for key in names[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
+        let ckey = CString::new(key).expect("split on NUL");
+        let mut val = vec![0u8; 256];
+        loop {
+            // SAFETY: as above, for `val`.
+            let r = unsafe {
+                libc::lgetxattr(p.as_ptr(), ckey.as_ptr(), val.as_mut_ptr().cast(), val.len())
+            };
+            match errno_result(r) {
+                Ok(n) => {
+                    val.truncate(n);
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => val.resize(val.len() * 4, 0),
+                // Removed between list and get: it is simply not there.
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {
+                    val.clear();
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.push((key.to_vec(), val));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Sets one xattr on `name` in `dir` (not following a symlink).
+pub fn set_xattr_at(dir: BorrowedFd, name: &[u8], key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    let p = proc_path(dir, name);
+    let ckey = CString::new(key).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: pointers and lengths describe live buffers.
+    let r = unsafe {
+        libc::lsetxattr(p.as_ptr(), ckey.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes one xattr from `name` in `dir` (not following a symlink).
+pub fn remove_xattr_at(dir: BorrowedFd, name: &[u8], key: &[u8]) -> std::io::Result<()> {
+    let p = proc_path(dir, name);
+    let ckey = CString::new(key).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both are NUL-terminated strings.
+    let r = unsafe { libc::lremovexattr(p.as_ptr(), ckey.as_ptr()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The data extents (offset, length) of an open file, using SEEK_DATA / SEEK_HOLE.
+pub fn data_extents(file: &impl AsFd, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let fd = file.as_fd().as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let size = size as i64;
+    while pos < size {
+        // SAFETY: plain lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let end = hole.min(size);
+        if end > data {
+            out.push((data as u64, (end - data) as u64));
+        }
+        pos = hole;
+    }
+    // SAFETY: rewind for the reader that follows.
+    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+    Ok(out)
+}
+
+/// fsyncs a directory so that renames into it are durable.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    std::fs::File::open(path).and_then(|d| d.sync_all()).at(path)
+}

@@ -1,0 +1,469 @@
+//! `export` and `import`: revisions as tar archives.
+//!
+//! Export writes a GNU tar (long names and link targets through GNU extensions) with a pax
+//! extended header before any entry that has xattrs or a sub-second mtime, the way GNU tar
+//! `--xattrs` and bsdtar write them (`SCHILY.xattr.NAME`, `mtime=SEC.NSEC`). It can be piped to
+//! zstd on the fly. Sockets have no tar form and are left out with a warning, as GNU tar does;
+//! sparse files are written with their holes as zeros.
+//!
+//! Import reads plain, zstd or gzip tarballs (a container rootfs tarball is the usual case),
+//! normalises `./`-prefixed names, refuses names that would leave the root, makes the parent
+//! directories an archive leaves implicit, and stores the content exactly as getimage would.
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read, Write};
+use std::path::Path;
+
+use crate::capture::BlobSink;
+use crate::catalog::{Revision, RevisionStats};
+use crate::error::{corrupt, invalid, IoContext, Result};
+use crate::format::manifest::{display_path, is_clean_path, Chunk, Entry, Kind, Manifest};
+use crate::format::Id;
+use crate::repo::Repository;
+use crate::store::{chunk, compress};
+
+/// Reads a file's bytes (holes as zeros) from its chunks.
+struct ContentReader<'a> {
+    repo: &'a Repository,
+    chunks: std::slice::Iter<'a, Chunk>,
+    /// Data extents left, with the position reached in the file.
+    extents: Vec<(u64, u64)>,
+    ext_at: usize,
+    pos: u64,
+    size: u64,
+    buf: Vec<u8>,
+    buf_at: usize,
+}
+
+impl Read for ContentReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.size || out.is_empty() {
+            return Ok(0);
+        }
+        let (ext_off, ext_len) = self
+            .extents
+            .get(self.ext_at)
+            .copied()
+            .unwrap_or((self.size, 0));
+        if self.pos < ext_off {
+            // In a hole.
+            let n = out.len().min((ext_off - self.pos) as usize);
+            out[..n].fill(0);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        if self.buf_at == self.buf.len() {
+            let c = self.chunks.next().ok_or_else(|| {
+                std::io::Error::other("file content is shorter than its size")
+            })?;
+            self.buf = self
+                .repo
+                .read_blob(&c.id)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.buf_at = 0;
+        }
+        let left_in_ext = ext_off + ext_len - self.pos;
+        let n = out
+            .len()
+            .min(self.buf.len() - self.buf_at)
+            .min(left_in_ext as usize);
+        out[..n].copy_from_slice(&self.buf[self.buf_at..self.buf_at + n]);
+        self.buf_at += n;
+        self.pos += n as u64;
+        if self.pos == ext_off + ext_len {
+            self.ext_at += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    // The length counts itself, so find the fixed point.
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    out.extend_from_slice(format!("{len} {key}=").as_bytes());
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+fn as_path(bytes: &[u8]) -> &Path {
+    Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes))
+}
+
+/// Writes `manifest` as a tar stream to `out`; returns warnings.
+pub fn export(repo: &Repository, manifest: &Manifest, out: impl Write) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let mut b = tar::Builder::new(out);
+    for e in &manifest.entries {
+        let mut path = if e.path.is_empty() {
+            b"./".to_vec()
+        } else {
+            e.path.clone()
+        };
+        if e.kind == Kind::Dir && !e.path.is_empty() {
+            path.push(b'/');
+        }
+        let mut pax = Vec::new();
+        if e.mtime_nsec != 0 {
+            pax_record(&mut pax, "mtime", format!("{}.{:09}", e.mtime, e.mtime_nsec).as_bytes());
+        }
+        for (k, v) in &e.xattrs {
+            match std::str::from_utf8(k) {
+                Ok(k) => pax_record(&mut pax, &format!("SCHILY.xattr.{k}"), v),
+                Err(_) => warnings.push(format!(
+                    "{}: xattr with a non-UTF-8 name cannot go into a tar archive",
+                    e.display()
+                )),
+            }
+        }
+        if e.kind == Kind::Socket {
+            warnings.push(format!("{}: socket ignored (tar has no socket type)", e.display()));
+            continue;
+        }
+        if !pax.is_empty() {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_path("././@PaxHeader").at("tar")?;
+            h.set_size(pax.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, &pax[..]).at("tar")?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(e.mode);
+        h.set_uid(u64::from(e.uid));
+        h.set_gid(u64::from(e.gid));
+        h.set_mtime(e.mtime.max(0) as u64);
+        h.set_size(0);
+        let p = as_path(&path);
+        match &e.kind {
+            Kind::File { size, chunks, extents } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(*size);
+                let reader = ContentReader {
+                    repo,
+                    chunks: chunks.iter(),
+                    extents: extents.clone().unwrap_or_else(|| vec![(0, *size)]),
+                    ext_at: 0,
+                    pos: 0,
+                    size: *size,
+                    buf: Vec::new(),
+                    buf_at: 0,
+                };
+                b.append_data(&mut h, p, reader).at(e.display())?;
+            }
+            Kind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                b.append_data(&mut h, p, std::io::empty()).at(e.display())?;
+            }
+            Kind::Symlink { target } => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                b.append_link(&mut h, p, as_path(target)).at(e.display())?;
+            }
+            Kind::Hardlink { target } => {
+                h.set_entry_type(tar::EntryType::Link);
+                b.append_link(&mut h, p, as_path(target)).at(e.display())?;
+            }
+            Kind::Char { rdev } | Kind::Block { rdev } => {
+                h.set_entry_type(if matches!(e.kind, Kind::Char { .. }) {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
+                h.set_device_major(libc::major(*rdev)).at(e.display())?;
+                h.set_device_minor(libc::minor(*rdev)).at(e.display())?;
+                b.append_data(&mut h, p, std::io::empty()).at(e.display())?;
+            }
+            Kind::Fifo => {
+                h.set_entry_type(tar::EntryType::Fifo);
+                b.append_data(&mut h, p, std::io::empty()).at(e.display())?;
+            }
+            Kind::Socket => unreachable!("skipped above"),
+        }
+    }
+    b.into_inner().at("tar")?.flush()?;
+    Ok(warnings)
+}
+
+/// Opens a tarball, undoing zstd or gzip compression found by its magic bytes.
+fn open_tarball(path: &Path) -> Result<Box<dyn Read>> {
+    let mut f = BufReader::new(std::fs::File::open(path).at(path)?);
+    let mut magic = [0u8; 4];
+    let n = {
+        use std::io::BufRead;
+        let buf = f.fill_buf().at(path)?;
+        let n = buf.len().min(4);
+        magic[..n].copy_from_slice(&buf[..n]);
+        n
+    };
+    Ok(if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Box::new(zstd::stream::read::Decoder::with_buffer(f).at(path)?)
+    } else if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+        Box::new(flate2::read::MultiGzDecoder::new(f))
+    } else {
+        Box::new(f)
+    })
+}
+
+/// Normalises a tar member name to a manifest path; `None` for the root itself.
+fn normalise(name: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in name.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                return Err(invalid(format!(
+                    "archive member `{}` leaves the root; refusing the archive",
+                    String::from_utf8_lossy(name)
+                )))
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let p = parts.join(&b'/');
+    if !is_clean_path(&p) {
+        return Err(invalid(format!(
+            "archive member `{}` is not a valid path",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(Some(p))
+}
+
+/// Imports a tarball as a new revision of `image`.
+pub fn import(
+    repo: &mut Repository,
+    path: &Path,
+    image: &str,
+    message: &str,
+) -> Result<(Revision, RevisionStats)> {
+    crate::repo::check_name("image", image)?;
+    repo.adopt_orphan_packs()?;
+    let sink = std::sync::Mutex::new(repo.blob_writer()?);
+    let mut archive = tar::Archive::new(open_tarball(path)?);
+    let mut entries: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+    let mut root: Option<Entry> = None;
+    let mut newest = 0i64;
+    for member in archive.entries().at(path)? {
+        let mut member = member.at(path)?;
+        let mut mtime = member.header().mtime().unwrap_or(0) as i64;
+        let mut nsec = 0u32;
+        let mut xattrs = Vec::new();
+        if let Some(pax) = member.pax_extensions().at(path)? {
+            for ext in pax {
+                let ext = ext.at(path)?;
+                let key = ext.key_bytes();
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                } else if key == b"mtime" {
+                    let v = String::from_utf8_lossy(ext.value_bytes()).into_owned();
+                    let (s, frac) = v.split_once('.').unwrap_or((&v, ""));
+                    mtime = s.parse().unwrap_or(mtime);
+                    let digits: String = frac.chars().chain("000000000".chars()).take(9).collect();
+                    nsec = digits.parse().unwrap_or(0);
+                }
+            }
+        }
+        xattrs.sort();
+        let name = member.path_bytes().into_owned();
+        let h = member.header();
+        let kind_type = h.entry_type();
+        let mut e = Entry {
+            path: Vec::new(),
+            kind: Kind::Dir,
+            mode: h.mode().at(path)? & 0o7777,
+            uid: h.uid().at(path)? as u32,
+            gid: h.gid().at(path)? as u32,
+            mtime,
+            mtime_nsec: nsec,
+            xattrs,
+        };
+        let rdev = || -> Result<u64> {
+            let major = h.device_major().at(path)?.unwrap_or(0);
+            let minor = h.device_minor().at(path)?.unwrap_or(0);
+            Ok(libc::makedev(major, minor))
+        };
+        e.kind = match kind_type {
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Symlink => Kind::Symlink {
+                target: member.link_name_bytes().unwrap_or_default().into_owned(),
+            },
+            tar::EntryType::Link => {
+                let t = member.link_name_bytes().unwrap_or_default().into_owned();
+                Kind::Hardlink {
+                    target: normalise(&t)?.ok_or_else(|| corrupt("hardlink to the root"))?,
+                }
+            }
+            tar::EntryType::Char => Kind::Char { rdev: rdev()? },
+            tar::EntryType::Block => Kind::Block { rdev: rdev()? },
+            tar::EntryType::Fifo => Kind::Fifo,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let size = member.size();
+                let mut chunks = Vec::new();
+                chunk::chunks(&mut member, size, |data| {
+                    let id = Id::of(data);
+                    if sink.claim(&id)? {
+                        let (codec, payload) = compress(data);
+                        sink.put(&id, codec, data.len() as u32, &payload)?;
+                    }
+                    chunks.push(Chunk {
+                        id,
+                        len: data.len() as u32,
+                    });
+                    Ok(())
+                })?;
+                Kind::File {
+                    size,
+                    chunks,
+                    extents: None,
+                }
+            }
+            _ => continue,
+        };
+        newest = newest.max(e.mtime);
+        match normalise(&name)? {
+            None => {
+                if e.kind == Kind::Dir {
+                    root = Some(e);
+                }
+            }
+            Some(p) => {
+                e.path = p;
+                entries.insert(e.path.clone(), e);
+            }
+        }
+    }
+    let mut sink = sink.into_inner().expect("blob writer lock");
+    sink.finish()?;
+
+    // Parents the archive left implicit.
+    let paths: Vec<Vec<u8>> = entries.keys().cloned().collect();
+    for p in paths {
+        let mut cut = p.len();
+        while let Some(i) = p[..cut].iter().rposition(|&b| b == b'/') {
+            let parent = p[..i].to_vec();
+            if entries.contains_key(&parent) {
+                break;
+            }
+            entries.insert(
+                parent.clone(),
+                Entry {
+                    path: parent,
+                    kind: Kind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: newest,
+                    mtime_nsec: 0,
+                    xattrs: vec![],
+                },
+            );
+            cut = i;
+        }
+    }
+    fix_hardlinks(&mut entries)?;
+    let mut list = vec![root.unwrap_or(Entry {
+        path: Vec::new(),
+        kind: Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: newest,
+        mtime_nsec: 0,
+        xattrs: vec![],
+    })];
+    list.extend(entries.into_values());
+    let manifest = Manifest { entries: list };
+    manifest.validate()?;
+    let files = manifest
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File { .. }))
+        .count() as u64;
+    let bytes = manifest.entries.iter().map(|e| match e.kind {
+        Kind::File { size, .. } => size,
+        _ => 0,
+    }).sum();
+    let stats = RevisionStats {
+        files,
+        bytes,
+        new_bytes: sink.new_bytes,
+    };
+    let id = repo.store_manifest(&manifest)?;
+    let source = format!("import:{}", std::fs::canonicalize(path).unwrap_or(path.to_path_buf()).display());
+    let rev = repo.commit_revision(image, &id, message, &source, &stats)?;
+    Ok((rev, stats))
+}
+
+/// Makes the first name of each hardlink group (in path order) the one that carries content,
+/// whichever name the archive stored it under.
+fn fix_hardlinks(entries: &mut BTreeMap<Vec<u8>, Entry>) -> Result<()> {
+    let mut groups: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    for (p, e) in entries.iter() {
+        if let Kind::Hardlink { target } = &e.kind {
+            groups.entry(target.clone()).or_default().push(p.clone());
+        }
+    }
+    for (target, links) in groups {
+        let primary = entries.get(&target).cloned().ok_or_else(|| {
+            invalid(format!(
+                "archive has a hardlink to {}, which it does not contain",
+                display_path(&target)
+            ))
+        })?;
+        if matches!(primary.kind, Kind::Dir | Kind::Hardlink { .. }) {
+            return Err(invalid(format!(
+                "archive has a hardlink to {}, which is not a file",
+                display_path(&target)
+            )));
+        }
+        let first = links.iter().chain([&target]).min().expect("non-empty").clone();
+        for name in links.iter().chain([&target]) {
+            let e = entries.get_mut(name).expect("present");
+            if *name == first {
+                e.kind = primary.kind.clone();
+                e.mode = primary.mode;
+                e.uid = primary.uid;
+                e.gid = primary.gid;
+                e.mtime = primary.mtime;
+                e.mtime_nsec = primary.mtime_nsec;
+                e.xattrs = primary.xattrs.clone();
+            } else {
+                e.kind = Kind::Hardlink {
+                    target: first.clone(),
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        let mut v = Vec::new();
+        pax_record(&mut v, "mtime", b"1.5");
+        assert_eq!(v, b"13 mtime=1.5\n");
+        let mut v = Vec::new();
+        pax_record(&mut v, "k", &[b'x'; 95]);
+        assert_eq!(&v[..4], b"102 ");
+        assert_eq!(v.len(), 102);
+    }
+
+    #[test]
+    fn normalises_member_names() {
+        assert_eq!(normalise(b"./etc/passwd").unwrap(), Some(b"etc/passwd".to_vec()));
+        assert_eq!(normalise(b"./").unwrap(), None);
+        assert_eq!(normalise(b"/usr//bin/").unwrap(), Some(b"usr/bin".to_vec()));
+        assert!(normalise(b"../etc/shadow").is_err());
+    }
+}

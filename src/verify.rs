@@ -1,0 +1,197 @@
+//! `verify`: re-reading and re-hashing what a repository holds.
+//!
+//! Every blob is decompressed and hashed against its id, every pack against its name, every
+//! manifest against its revision id, and every blob a revision names must be in the catalog.
+//! A damaged blob is reported with the revisions it breaks, so the administrator knows which
+//! images to capture again (or to restore from a replica).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::catalog::Revision;
+use crate::error::Result;
+use crate::format::manifest::Kind;
+use crate::format::Id;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::store::{decode_blob, pack_path};
+
+/// One thing verify found wrong.
+#[derive(Debug, Serialize)]
+pub struct Damage {
+    /// `blob`, `pack` or `manifest`.
+    pub kind: &'static str,
+    pub id: String,
+    pub problem: String,
+    /// Revisions (`image@N`) this damage breaks.
+    pub breaks: Vec<String>,
+}
+
+/// What verify checked and found.
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub revisions: u64,
+    pub packs: u64,
+    pub blobs: u64,
+    pub bytes: u64,
+    pub damage: Vec<Damage>,
+}
+
+/// Verifies one revision (its manifest and every blob it names) or, with `None`, everything.
+pub fn verify(repo: &mut Repository, only: Option<&Revision>, progress: &dyn Progress) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let revisions = match only {
+        Some(r) => vec![r.clone()],
+        None => {
+            repo.adopt_orphan_packs()?;
+            repo.catalog.all_revisions()?
+        }
+    };
+    // Manifests, and which revisions use each blob.
+    let mut users: HashMap<Id, Vec<String>> = HashMap::new();
+    let mut by_id: HashMap<Id, Vec<String>> = HashMap::new();
+    for r in &revisions {
+        by_id.entry(r.id).or_default().push(r.name());
+    }
+    for (id, names) in &by_id {
+        report.revisions += names.len() as u64;
+        match repo.load_manifest(id) {
+            Ok(m) => {
+                for e in &m.entries {
+                    if let Kind::File { chunks, .. } = &e.kind {
+                        for c in chunks {
+                            let u = users.entry(c.id).or_default();
+                            if u.last() != names.last() {
+                                u.extend(names.iter().cloned());
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => report.damage.push(Damage {
+                kind: "manifest",
+                id: id.hex(),
+                problem: e.to_string(),
+                breaks: names.clone(),
+            }),
+        }
+    }
+    let mut bad_blobs: Vec<(Id, String)> = Vec::new();
+    match only {
+        Some(_) => {
+            progress.phase("verifying blobs", Some(users.len() as u64), false);
+            for id in users.keys() {
+                match repo.catalog.blob(id)? {
+                    None => bad_blobs.push((*id, "missing from the repository".into())),
+                    Some((pack, entry)) => {
+                        report.blobs += 1;
+                        report.bytes += u64::from(entry.raw_len);
+                        if let Err(e) = repo.packs.read(&pack, &entry) {
+                            bad_blobs.push((*id, e.to_string()));
+                        }
+                    }
+                }
+                progress.advance(1);
+            }
+            progress.finish();
+        }
+        None => {
+            let packs = repo.catalog.packs()?;
+            let mut work = Vec::new();
+            for (pack, size, _) in &packs {
+                work.push((*pack, *size, repo.catalog.pack_blobs(pack)?));
+            }
+            let total: u64 = packs.iter().map(|p| p.1).sum();
+            progress.phase("verifying packs", Some(total), true);
+            let (root, packs_reader) = (&repo.root, &repo.packs);
+            let results: Vec<(Vec<(Id, String)>, Option<String>, u64, u64)> = work
+                .par_iter()
+                .map(|(pack, _, blobs)| check_pack(root, packs_reader, pack, blobs, progress))
+                .collect();
+            progress.finish();
+            for ((pack, _, _), (bad, pack_problem, n, bytes)) in work.iter().zip(results) {
+                report.packs += 1;
+                report.blobs += n;
+                report.bytes += bytes;
+                bad_blobs.extend(bad);
+                if let Some(p) = pack_problem {
+                    report.damage.push(Damage {
+                        kind: "pack",
+                        id: pack.hex(),
+                        problem: p,
+                        breaks: vec![],
+                    });
+                }
+            }
+            for id in users.keys() {
+                if !repo.catalog.has_blob(id)? {
+                    bad_blobs.push((*id, "missing from the repository".into()));
+                }
+            }
+            for image in repo.catalog.images()? {
+                repo.write_refs(&image.name)?;
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    for (id, problem) in bad_blobs {
+        if seen.insert(id) {
+            report.damage.push(Damage {
+                kind: "blob",
+                id: id.hex(),
+                problem,
+                breaks: users.get(&id).cloned().unwrap_or_default(),
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// Checks a pack's blobs and its name; returns (bad blobs, pack problem, blobs, bytes).
+fn check_pack(
+    root: &std::path::Path,
+    reader: &crate::store::PackReader,
+    pack: &Id,
+    blobs: &[crate::format::pack::IndexEntry],
+    progress: &dyn Progress,
+) -> (Vec<(Id, String)>, Option<String>, u64, u64) {
+    let mut bad = Vec::new();
+    let mut bytes = 0;
+    for b in blobs {
+        match reader.read_payload(pack, b) {
+            Ok(payload) => {
+                if let Err(e) = decode_blob(&b.id, b.codec, b.raw_len, &payload) {
+                    bad.push((b.id, e.to_string()));
+                }
+            }
+            Err(e) => bad.push((b.id, e.to_string())),
+        }
+        bytes += u64::from(b.raw_len);
+        progress.advance(u64::from(b.stored_len) + crate::format::pack::RECORD_HEADER as u64);
+    }
+    let path = pack_path(root, pack, "pack");
+    let problem = match std::fs::File::open(&path) {
+        Ok(mut f) => {
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => {
+                        h.update(&buf[..n]);
+                    }
+                    Err(e) => break Some(format!("cannot read: {e}")),
+                }
+            }
+            .or_else(|| {
+                (Id::from(h.finalize()) != *pack)
+                    .then(|| "its content does not match its name (damaged on disk)".to_string())
+            })
+        }
+        Err(e) => Some(format!("cannot open {}: {e}", path.display())),
+    };
+    (bad, problem, blobs.len() as u64, bytes)
+}

@@ -1,1 +1,29 @@
-fn main() {}
+//! The `aurum` binary: parses the command line and dispatches to one command.
+//!
+//! Everything a command does lives in the library; `cli/` only turns options into a library
+//! call and its result into output. Errors print with their whole chain and exit with the code
+//! [`aurum::Error::exit_code`] gives (2 for usage errors, as clap does).
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let level = match args.global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
+    if let Err(err) = cli::run(args) {
+        eprintln!("aurum: error: {err:#}");
+        let code = err
+            .downcast_ref::<aurum::Error>()
+            .map(aurum::Error::exit_code)
+            .unwrap_or(1);
+        std::process::exit(code);
+    }
+}

@@ -8,6 +8,8 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::Read;
+
+use crate::format::manifest::Chunk;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -458,5 +460,81 @@ impl crate::apply::BlobSource for RepoBlobs {
             ))
         })?;
         self.packs.read(&pack, &entry)
+    }
+}
+
+/// Reads a file's bytes (holes as zeros) from its chunks.
+pub struct ContentReader<'a> {
+    repo: &'a Repository,
+    chunks: std::slice::Iter<'a, Chunk>,
+    /// Data extents left, with the position reached in the file.
+    extents: Vec<(u64, u64)>,
+    ext_at: usize,
+    pos: u64,
+    size: u64,
+    buf: Vec<u8>,
+    buf_at: usize,
+}
+
+impl Read for ContentReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.size || out.is_empty() {
+            return Ok(0);
+        }
+        let (ext_off, ext_len) = self
+            .extents
+            .get(self.ext_at)
+            .copied()
+            .unwrap_or((self.size, 0));
+        if self.pos < ext_off {
+            // In a hole.
+            let n = out.len().min((ext_off - self.pos) as usize);
+            out[..n].fill(0);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        if self.buf_at == self.buf.len() {
+            let c = self.chunks.next().ok_or_else(|| {
+                std::io::Error::other("file content is shorter than its size")
+            })?;
+            self.buf = self
+                .repo
+                .read_blob(&c.id)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.buf_at = 0;
+        }
+        let left_in_ext = ext_off + ext_len - self.pos;
+        let n = out
+            .len()
+            .min(self.buf.len() - self.buf_at)
+            .min(left_in_ext as usize);
+        out[..n].copy_from_slice(&self.buf[self.buf_at..self.buf_at + n]);
+        self.buf_at += n;
+        self.pos += n as u64;
+        if self.pos == ext_off + ext_len {
+            self.ext_at += 1;
+        }
+        Ok(n)
+    }
+}
+
+
+impl Repository {
+    /// Reads the content of a file entry (holes as zeros), blob by blob, verified.
+    pub fn open_file<'a>(&'a self, e: &'a crate::format::manifest::Entry) -> ContentReader<'a> {
+        let (size, chunks, extents) = match &e.kind {
+            crate::format::manifest::Kind::File { size, chunks, extents } => (*size, &chunks[..], extents.clone()),
+            _ => (0, &[][..], None),
+        };
+        ContentReader {
+            repo: self,
+            chunks: chunks.iter(),
+            extents: extents.unwrap_or_else(|| vec![(0, size)]),
+            ext_at: 0,
+            pos: 0,
+            size,
+            buf: Vec::new(),
+            buf_at: 0,
+        }
     }
 }

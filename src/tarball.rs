@@ -22,61 +22,6 @@ use crate::format::Id;
 use crate::repo::Repository;
 use crate::store::{chunk, compress};
 
-/// Reads a file's bytes (holes as zeros) from its chunks.
-struct ContentReader<'a> {
-    repo: &'a Repository,
-    chunks: std::slice::Iter<'a, Chunk>,
-    /// Data extents left, with the position reached in the file.
-    extents: Vec<(u64, u64)>,
-    ext_at: usize,
-    pos: u64,
-    size: u64,
-    buf: Vec<u8>,
-    buf_at: usize,
-}
-
-impl Read for ContentReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos >= self.size || out.is_empty() {
-            return Ok(0);
-        }
-        let (ext_off, ext_len) = self
-            .extents
-            .get(self.ext_at)
-            .copied()
-            .unwrap_or((self.size, 0));
-        if self.pos < ext_off {
-            // In a hole.
-            let n = out.len().min((ext_off - self.pos) as usize);
-            out[..n].fill(0);
-            self.pos += n as u64;
-            return Ok(n);
-        }
-        if self.buf_at == self.buf.len() {
-            let c = self.chunks.next().ok_or_else(|| {
-                std::io::Error::other("file content is shorter than its size")
-            })?;
-            self.buf = self
-                .repo
-                .read_blob(&c.id)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            self.buf_at = 0;
-        }
-        let left_in_ext = ext_off + ext_len - self.pos;
-        let n = out
-            .len()
-            .min(self.buf.len() - self.buf_at)
-            .min(left_in_ext as usize);
-        out[..n].copy_from_slice(&self.buf[self.buf_at..self.buf_at + n]);
-        self.buf_at += n;
-        self.pos += n as u64;
-        if self.pos == ext_off + ext_len {
-            self.ext_at += 1;
-        }
-        Ok(n)
-    }
-}
-
 fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     // The length counts itself, so find the fixed point.
     let rest = key.len() + value.len() + 3;
@@ -140,20 +85,10 @@ pub fn export(repo: &Repository, manifest: &Manifest, out: impl Write) -> Result
         h.set_size(0);
         let p = as_path(&path);
         match &e.kind {
-            Kind::File { size, chunks, extents } => {
+            Kind::File { size, .. } => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(*size);
-                let reader = ContentReader {
-                    repo,
-                    chunks: chunks.iter(),
-                    extents: extents.clone().unwrap_or_else(|| vec![(0, *size)]),
-                    ext_at: 0,
-                    pos: 0,
-                    size: *size,
-                    buf: Vec::new(),
-                    buf_at: 0,
-                };
-                b.append_data(&mut h, p, reader).at(e.display())?;
+                b.append_data(&mut h, p, repo.open_file(e)).at(e.display())?;
             }
             Kind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);

@@ -1,0 +1,137 @@
+//! `getimage` subcommand, and `agent`, its far end on a remote golden client.
+
+use std::path::PathBuf;
+
+use aurum::capture::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED, DEFAULT_CAPTURE_EXCLUDES};
+use aurum::capture::remote::{RemoteSource, SshUrl};
+use aurum::capture::{self, CaptureOptions, LocalSource, Source};
+use clap::Args;
+
+use super::{human_bytes, open, progress, Global};
+
+/// Capture a golden client into a new revision of an image.
+///
+/// SOURCE is a directory on this machine (a mounted root or a chroot) or
+/// ssh://[user@]host[:port][/path], reached with the system ssh running `aurum agent` on the
+/// golden client; only content the repository lacks crosses the network. The capture follows
+/// the golden client's disk filesystems mounted below the root (like rsync -x per mount) and
+/// skips pseudo and network filesystems (proc, sysfs, tmpfs, NFS).
+///
+/// A re-capture of an unchanged tree costs about a stat per file, and an identical tree
+/// records no new revision. Prints the revision (`compute@3 1f2e3d4c`) and a summary.
+#[derive(Args)]
+pub struct GetimageArgs {
+    /// The golden client: a directory, or ssh://[user@]host[:port][/path].
+    #[arg(long, value_name = "SOURCE", required_unless_present = "show_default_excludes")]
+    golden_client: Option<String>,
+    /// The image to add the revision to (created when new).
+    #[arg(long, value_name = "NAME", required_unless_present = "show_default_excludes")]
+    image: Option<String>,
+    /// A note kept with the revision (`aurum log` shows it).
+    #[arg(short, long, default_value = "")]
+    message: String,
+    /// Leave out paths matching PATTERN: `/var/log/*` is anchored at the image root, a name
+    /// without `/` matches anywhere, a trailing `/` matches directories only. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Read more exclude patterns from FILE, one a line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    exclude_file: Vec<PathBuf>,
+    /// Do not apply the default excludes (SystemImager's getimage list plus /run, /tmp, /dev
+    /// contents, machine-id, ssh host keys).
+    #[arg(long)]
+    no_default_excludes: bool,
+    /// Print the default exclude patterns and exit.
+    #[arg(long)]
+    show_default_excludes: bool,
+    /// The ssh command and its options for a remote golden client, like rsync's -e
+    /// (e.g. "ssh -i /root/.ssh/cluster -o StrictHostKeyChecking=yes").
+    #[arg(long, value_name = "COMMAND", default_value = "ssh")]
+    ssh: String,
+    /// The command that runs aurum on a remote golden client.
+    #[arg(long, value_name = "COMMAND", default_value = "aurum")]
+    agent_command: String,
+}
+
+pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
+    if a.show_default_excludes {
+        for p in DEFAULT_CAPTURE_EXCLUDES.iter().chain(ALWAYS_EXCLUDED) {
+            println!("{p}");
+        }
+        return Ok(());
+    }
+    let golden = a.golden_client.expect("required by clap");
+    let image = a.image.expect("required by clap");
+    let mut patterns: Vec<String> = Vec::new();
+    if !a.no_default_excludes {
+        patterns.extend(DEFAULT_CAPTURE_EXCLUDES.iter().map(|s| s.to_string()));
+    }
+    patterns.extend(ALWAYS_EXCLUDED.iter().map(|s| s.to_string()));
+    for f in &a.exclude_file {
+        patterns.extend(read_exclude_file(f)?);
+    }
+    patterns.extend(a.exclude);
+
+    let mut repo = open(g)?;
+    let mut source: Box<dyn Source> = match SshUrl::parse(&golden) {
+        Some(url) => {
+            let ssh: Vec<String> = a.ssh.split_whitespace().map(String::from).collect();
+            Box::new(RemoteSource::connect(url?, &ssh, &a.agent_command, patterns)?)
+        }
+        None => {
+            let root = PathBuf::from(&golden);
+            if !root.is_dir() {
+                anyhow::bail!(
+                    "golden client {golden} is not a directory; give a mounted root, a chroot, or ssh://host/"
+                );
+            }
+            // A repository inside the tree it captures would capture itself.
+            if let (Ok(r), Ok(s)) = (std::fs::canonicalize(&g.repo), std::fs::canonicalize(&root)) {
+                if let Ok(rel) = r.strip_prefix(&s) {
+                    patterns.push(format!("/{}", rel.display()));
+                }
+            }
+            Box::new(LocalSource::new(&root, Excludes::new(&patterns)?))
+        }
+    };
+    let progress = progress::for_terminal(g.no_progress);
+    let opts = CaptureOptions {
+        image,
+        message: a.message,
+    };
+    let r = capture::getimage(&mut repo, source.as_mut(), &opts, progress.as_ref())?;
+    drop(source);
+    for w in &r.warnings {
+        eprintln!("aurum: warning: {w}");
+    }
+    let rev = &r.revision;
+    println!(
+        "{} {}{}",
+        rev.name(),
+        rev.id.short(),
+        if r.unchanged { " (unchanged)" } else { "" }
+    );
+    println!(
+        "{} entries, {} files, {} scanned, {} hashed ({} files from the stat cache), {} new stored, {:.2} s",
+        r.entries,
+        r.files,
+        human_bytes(r.bytes),
+        human_bytes(r.bytes_hashed),
+        r.from_cache,
+        human_bytes(r.new_bytes),
+        r.elapsed.as_secs_f64()
+    );
+    if r.adopted_packs > 0 {
+        println!("(recovered {} packs left by an interrupted capture)", r.adopted_packs);
+    }
+    Ok(())
+}
+
+/// Serve a remote capture on stdin/stdout (run by getimage through ssh; not for direct use).
+#[derive(Args)]
+pub struct AgentArgs {}
+
+pub fn agent(_: AgentArgs) -> anyhow::Result<()> {
+    aurum::capture::agent::serve(std::io::stdin().lock(), std::io::stdout())?;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Read-only commands: `lsimage`, `log`, `show`, `ls`, `cat`, `diff`.
+
+use std::io::Write;
+
+use aurum::catalog::Revision;
+use aurum::format::manifest::{display_path, escape_bytes, parent, Entry, Kind};
+use clap::Args;
+use serde::Serialize;
+
+use super::{human_bytes, human_time, open, print_json, Global};
+
+/// List images with their newest revision and tags (like si_lsimage).
+#[derive(Args)]
+pub struct LsimageArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn lsimage(g: &Global, a: LsimageArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    let images = repo.catalog.images()?;
+    if a.json {
+        return print_json(&images);
+    }
+    if images.is_empty() {
+        println!("no images yet; capture one with `aurum getimage --golden-client DIR --image NAME`");
+        return Ok(());
+    }
+    println!("{:<20} {:>5} {:<10} {:<19} {:>10}  TAGS", "IMAGE", "REVS", "NEWEST", "CAPTURED", "SIZE");
+    for i in images {
+        let (id, when, size) = match &i.newest {
+            Some(r) => (format!("@{} {}", r.number, &r.id.short()[..4]), human_time(r.created), human_bytes(r.bytes)),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let tags: Vec<String> = i.tags.iter().map(|(t, n)| format!("{t}=@{n}")).collect();
+        println!("{:<20} {:>5} {:<10} {:<19} {:>10}  {}", i.name, i.revisions, id, when, size, tags.join(" "));
+    }
+    Ok(())
+}
+
+/// Show the revisions of an image, newest first.
+#[derive(Args)]
+pub struct LogArgs {
+    /// The image.
+    image: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn log(g: &Global, a: LogArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    repo.require_image(&a.image)?;
+    let revs = repo.catalog.revisions(&a.image)?;
+    if a.json {
+        return print_json(&revs);
+    }
+    for r in revs {
+        let tags = if r.tags.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.tags.join(", "))
+        };
+        println!("{} {}{}", r.name(), r.id.short(), tags);
+        println!("    {}  {} files, {}, {} new", human_time(r.created), r.files, human_bytes(r.bytes), human_bytes(r.new_bytes));
+        if !r.message.is_empty() {
+            println!("    {}", r.message);
+        }
+    }
+    Ok(())
+}
+
+/// Show one revision: id, parent, date, source, size and tags.
+#[derive(Args)]
+pub struct ShowArgs {
+    /// The revision (IMAGE, IMAGE@N, IMAGE:TAG or 8+ hex digits).
+    rev: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    let r = repo.resolve(&a.rev)?;
+    if a.json {
+        return print_json(&r);
+    }
+    print_revision(&r);
+    Ok(())
+}
+
+fn print_revision(r: &Revision) {
+    println!("revision  {}", r.name());
+    println!("id        {}", r.id.hex());
+    if let Some(p) = r.parent {
+        println!("parent    {}", p.hex());
+    }
+    println!("captured  {} UTC", human_time(r.created));
+    println!("source    {}", r.source);
+    println!("content   {} files, {} ({} newly stored)", r.files, human_bytes(r.bytes), human_bytes(r.new_bytes));
+    if !r.tags.is_empty() {
+        println!("tags      {}", r.tags.join(", "));
+    }
+    if !r.message.is_empty() {
+        println!("message   {}", r.message);
+    }
+}
+
+/// List the entries of a revision, like `ls -l`.
+#[derive(Args)]
+pub struct LsArgs {
+    /// The revision.
+    rev: String,
+    /// A directory (or file) inside the image; default the root.
+    #[arg(default_value = "/")]
+    path: String,
+    /// List everything below PATH, not just its direct entries.
+    #[arg(short, long)]
+    recursive: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct LsRow {
+    path: String,
+    kind: &'static str,
+    mode: String,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+    target: Option<String>,
+    xattrs: Vec<String>,
+}
+
+fn mode_string(e: &Entry) -> String {
+    let m = e.mode;
+    let mut s = String::new();
+    s.push(e.kind.letter());
+    for (shift, special, lower, upper) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+        let bits = (m >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(match (bits & 1 != 0, m & special != 0) {
+            (true, true) => lower,
+            (false, true) => upper,
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+fn inside_path(p: &str) -> Vec<u8> {
+    p.trim_matches('/').as_bytes().to_vec()
+}
+
+pub fn ls(g: &Global, a: LsArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    let r = repo.resolve(&a.rev)?;
+    let m = repo.load_manifest(&r.id)?;
+    let base = inside_path(&a.path);
+    let start = m
+        .get(&base)
+        .ok_or_else(|| aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&base))))?;
+    let selected: Vec<&Entry> = if start.kind != Kind::Dir {
+        vec![start]
+    } else {
+        m.entries
+            .iter()
+            .filter(|e| {
+                if e.path == base {
+                    return false;
+                }
+                let under = base.is_empty() || (e.path.starts_with(&base) && e.path.get(base.len()) == Some(&b'/'));
+                under && (a.recursive || parent(&e.path) == base.as_slice())
+            })
+            .collect()
+    };
+    let rows: Vec<LsRow> = selected
+        .iter()
+        .map(|e| LsRow {
+            path: e.display(),
+            kind: e.kind.name(),
+            mode: mode_string(e),
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size(),
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            target: match &e.kind {
+                Kind::Symlink { target } => Some(escape_bytes(target)),
+                Kind::Hardlink { target } => Some(display_path(target)),
+                Kind::Char { rdev } | Kind::Block { rdev } => Some(format!("{},{}", libc::major(*rdev), libc::minor(*rdev))),
+                _ => None,
+            },
+            xattrs: e.xattrs.iter().map(|(k, _)| escape_bytes(k)).collect(),
+        })
+        .collect();
+    if a.json {
+        return print_json(&rows);
+    }
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let suffix = match (&row.target, row.kind) {
+            (Some(t), "symlink") => format!(" -> {t}"),
+            (Some(t), "hardlink") => format!(" => {t}"),
+            (Some(t), _) => format!(" [{t}]"),
+            _ => String::new(),
+        };
+        let plus = if row.xattrs.is_empty() { ' ' } else { '+' };
+        writeln!(out, "{}{} {:>5} {:>5} {:>10} {} {}{}", row.mode, plus, row.uid, row.gid, row.size, human_time(row.mtime), row.path, suffix)?;
+    }
+    Ok(())
+}
+
+/// Write a file of a revision to standard output.
+#[derive(Args)]
+pub struct CatArgs {
+    /// The revision.
+    rev: String,
+    /// The file's path inside the image.
+    path: String,
+}
+
+pub fn cat(g: &Global, a: CatArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    let r = repo.resolve(&a.rev)?;
+    let m = repo.load_manifest(&r.id)?;
+    let p = inside_path(&a.path);
+    let e = m
+        .get(&p)
+        .ok_or_else(|| aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&p))))?;
+    let e = m.resolve(e);
+    let Kind::File { .. } = &e.kind else {
+        anyhow::bail!("{} is a {} in {}, not a file", display_path(&p), e.kind.name(), r.name());
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    std::io::copy(&mut repo.open_file(e), &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Compare two revisions: what was added, removed or changed, and how.
+///
+/// For a changed path it says which of type, content, mode, owner, mtime, xattrs, target
+/// (symlink or hardlink) and device numbers differ.
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The older revision.
+    from: String,
+    /// The newer revision.
+    to: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    let from = repo.resolve(&a.from)?;
+    let to = repo.resolve(&a.to)?;
+    let changes = aurum::diff::diff(&repo.load_manifest(&from.id)?, &repo.load_manifest(&to.id)?);
+    if a.json {
+        return print_json(&changes);
+    }
+    let mut out = std::io::stdout().lock();
+    for c in &changes {
+        let letter = match c.status {
+            "added" => 'A',
+            "removed" => 'D',
+            _ => 'M',
+        };
+        if c.what.is_empty() {
+            writeln!(out, "{letter} {}", c.path)?;
+        } else {
+            writeln!(out, "{letter} {}  ({})", c.path, c.what.join(", "))?;
+        }
+    }
+    let count = |s: &str| changes.iter().filter(|c| c.status == s).count();
+    eprintln!("{} -> {}: {} added, {} removed, {} changed", from.name(), to.name(), count("added"), count("removed"), count("changed"));
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! `verify` and `gc` subcommands.
+
+use aurum::repo::{Lock, Repository};
+use clap::Args;
+
+use super::{human_bytes, open, print_json, progress, Global};
+
+/// Re-read and re-hash what the repository holds.
+///
+/// Without REV: every pack (each blob against its id, each pack against its name), every
+/// manifest, and that every blob a revision names is present. With REV: that revision's
+/// manifest and blobs only. Each damaged blob is named with the revisions it breaks. Exits
+/// with 3 when anything is damaged.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Verify only this revision.
+    rev: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
+    let mut repo = open(g)?;
+    let only = a.rev.as_deref().map(|r| repo.resolve(r)).transpose()?;
+    let progress = progress::for_terminal(g.no_progress);
+    let report = aurum::verify::verify(&mut repo, only.as_ref(), progress.as_ref())?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "checked {} revisions, {} packs, {} blobs ({})",
+            report.revisions,
+            report.packs,
+            report.blobs,
+            human_bytes(report.bytes)
+        );
+        for d in &report.damage {
+            let breaks = if d.breaks.is_empty() {
+                String::new()
+            } else {
+                format!("; breaks {}", d.breaks.join(", "))
+            };
+            println!("DAMAGED {} {}: {}{}", d.kind, d.id, d.problem, breaks);
+        }
+    }
+    if !report.damage.is_empty() {
+        return Err(aurum::Error::Corrupt(format!(
+            "{} damaged objects; capture the broken revisions again, or restore the repository from a replica",
+            report.damage.len()
+        ))
+        .into());
+    }
+    if !a.json {
+        println!("repository is intact");
+    }
+    Ok(())
+}
+
+/// Delete content no revision references, and compact packs.
+///
+/// Packs with nothing live are deleted; packs less than half live are rewritten; manifests no
+/// image uses are deleted. gc takes the repository lock exclusively: it waits for running
+/// captures to finish, and captures started meanwhile wait for it.
+#[derive(Args)]
+pub struct GcArgs {
+    /// Report what would be freed, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn gc(g: &Global, a: GcArgs) -> anyhow::Result<()> {
+    let mut repo = if a.dry_run { open(g)? } else { Repository::open(&g.repo, Lock::Exclusive)? };
+    let progress = progress::for_terminal(g.no_progress);
+    let r = aurum::gc::gc(&mut repo, a.dry_run, progress.as_ref())?;
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "{}{} live blobs, {} dead; {} packs deleted, {} repacked, {} manifests deleted; {} freed",
+        if r.dry_run { "(dry run) " } else { "" },
+        r.live_blobs,
+        r.dead_blobs,
+        r.packs_deleted,
+        r.packs_repacked,
+        r.manifests_deleted,
+        human_bytes(r.bytes_freed)
+    );
+    Ok(())
+}

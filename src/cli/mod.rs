@@ -1,0 +1,162 @@
+//! Command-line definitions: one file per command group, each a thin layer over the library.
+//!
+//! The doc comments on the option structs are the `--help` text, written for an administrator.
+
+mod checkout;
+mod getimage;
+mod images;
+mod init;
+mod inspect;
+mod maintenance;
+mod progress;
+mod tarball;
+
+use std::path::PathBuf;
+
+use aurum::repo::{Lock, Repository};
+use clap::{Args, Parser, Subcommand};
+
+/// aurum: capture, version, verify and install golden images of Linux cluster nodes.
+///
+/// A golden client (a configured machine, or a directory holding a root filesystem) is
+/// captured into an image; every capture is an immutable, content-addressed revision
+/// (compute@1, compute@2, ...) that can be tagged, compared, checked out and verified.
+/// Revisions are named IMAGE (newest), IMAGE@N, IMAGE:TAG or by 8+ hex digits of their id.
+#[derive(Parser)]
+#[command(name = "aurum", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args)]
+pub struct Global {
+    /// The repository directory.
+    #[arg(long, global = true, env = "AURUM_REPO", default_value = "/var/lib/aurum")]
+    pub repo: PathBuf,
+    /// Never draw progress bars (they are drawn only on a terminal anyway).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// Say more about what is happening (repeat for debug output).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    Init(init::InitArgs),
+    Getimage(getimage::GetimageArgs),
+    #[command(hide = true)]
+    Agent(getimage::AgentArgs),
+    Lsimage(inspect::LsimageArgs),
+    Log(inspect::LogArgs),
+    Show(inspect::ShowArgs),
+    Ls(inspect::LsArgs),
+    Cat(inspect::CatArgs),
+    Diff(inspect::DiffArgs),
+    Tag(images::TagArgs),
+    Cpimage(images::CpimageArgs),
+    Mvimage(images::MvimageArgs),
+    Rmimage(images::RmimageArgs),
+    Checkout(checkout::CheckoutArgs),
+    Export(tarball::ExportArgs),
+    Import(tarball::ImportArgs),
+    Verify(maintenance::VerifyArgs),
+    Gc(maintenance::GcArgs),
+}
+
+/// Runs the chosen command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init::exec(g, a),
+        Command::Getimage(a) => getimage::exec(g, a),
+        Command::Agent(a) => getimage::agent(a),
+        Command::Lsimage(a) => inspect::lsimage(g, a),
+        Command::Log(a) => inspect::log(g, a),
+        Command::Show(a) => inspect::show(g, a),
+        Command::Ls(a) => inspect::ls(g, a),
+        Command::Cat(a) => inspect::cat(g, a),
+        Command::Diff(a) => inspect::diff(g, a),
+        Command::Tag(a) => images::tag(g, a),
+        Command::Cpimage(a) => images::cpimage(g, a),
+        Command::Mvimage(a) => images::mvimage(g, a),
+        Command::Rmimage(a) => images::rmimage(g, a),
+        Command::Checkout(a) => checkout::exec(g, a),
+        Command::Export(a) => tarball::export(g, a),
+        Command::Import(a) => tarball::import(g, a),
+        Command::Verify(a) => maintenance::verify(g, a),
+        Command::Gc(a) => maintenance::gc(g, a),
+    }
+}
+
+/// Opens the repository named by `--repo` with a shared lock.
+fn open(g: &Global) -> aurum::Result<Repository> {
+    Repository::open(&g.repo, Lock::Shared)
+}
+
+/// `1.2 GiB`, `340 KiB`, `12 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `2026-11-22 02:31:11` (UTC) from seconds since the epoch.
+pub fn human_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Prints a value as pretty JSON on stdout.
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_bytes_and_times() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_time(0), "1970-01-01 00:00:00");
+        assert_eq!(human_time(1_795_314_671), "2026-11-22 02:31:11");
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

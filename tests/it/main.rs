@@ -1,1 +1,10 @@
+//! Integration tests: the real `aurum` binary on real trees, filesystems, sshd and processes.
+//!
+//! One test binary (see STYLE.md), a module per area. Tests that need root or an external
+//! tool say so; `./test.sh` (what CI runs) installs the tools and runs as root.
 
+mod common;
+mod crash;
+mod fidelity;
+mod remote;
+mod repository;

@@ -1,0 +1,121 @@
+//! Helpers shared by the integration tests: run the real `aurum` binary on temp directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temp directory holding a fresh repository.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A temp dir with an initialised repository at `repo/`.
+    pub fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        env.ok(&["init"]);
+        env
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    /// The aurum command with --repo set and progress off.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_aurum"));
+        c.arg("--repo").arg(self.repo()).arg("--no-progress").args(args);
+        c.env_remove("AURUM_REPO");
+        c
+    }
+
+    /// Runs aurum; returns the output whatever the status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run aurum")
+    }
+
+    /// Runs aurum, panics with its stderr unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "aurum {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs aurum expecting failure with `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "aurum {args:?} should exit {code}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+/// Runs a shell command, panicking with its output on failure.
+pub fn sh(script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-ec")
+        .arg(script)
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "`{script}` failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether an external program is on PATH.
+pub fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Whether we run as root (most fidelity checks need it; CI runs as root).
+pub fn is_root() -> bool {
+    nix::unistd::Uid::current().is_root()
+}
+
+/// `rsync -naHAXc --delete a/ b/` itemised output: empty when the trees are identical in content,
+/// modes, owners, times (to the nanosecond where the filesystem has them), xattrs, ACLs and
+/// hardlinks.
+pub fn rsync_diff(a: &Path, b: &Path) -> String {
+    let out = Command::new("rsync")
+        .args(["-naHAXc", "--delete", "--itemize-changes"])
+        .arg(format!("{}/", a.display()))
+        .arg(format!("{}/", b.display()))
+        .output()
+        .expect("rsync is installed by test.sh");
+    assert!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The revision name (`compute@1`) from getimage's first output line.
+pub fn rev_of(getimage_stdout: &str) -> String {
+    getimage_stdout
+        .split_whitespace()
+        .next()
+        .expect("getimage prints the revision first")
+        .to_string()
+}

@@ -1,0 +1,260 @@
+//! Repository commands end to end: references, listings, tags, image management, dedup, the
+//! stat cache, diff, excludes, export/import, and refusing bad input.
+
+use crate::common::{have, rev_of, rsync_diff, sh, Env};
+
+fn tree(env: &Env, name: &str) -> std::path::PathBuf {
+    let p = env.path(name);
+    sh(&format!(
+        "mkdir -p {p}/etc {p}/usr/lib {p}/proc/1 {p}/var/log && printf 'a\\n' > {p}/etc/a && printf 'b\\n' > {p}/etc/b \
+         && head -c 2000000 /dev/urandom > {p}/usr/lib/libbig.so && printf log > {p}/var/log/syslog \
+         && printf id > {p}/etc/machine-id && printf stat > {p}/proc/1/status",
+        p = p.display()
+    ));
+    p
+}
+
+fn new_stored_bytes(getimage_out: &str) -> f64 {
+    // "... , 1.2 MiB new stored, ..."
+    let part = getimage_out
+        .split(", ")
+        .find(|s| s.ends_with("new stored"))
+        .expect("summary has new stored");
+    let mut w = part.split_whitespace();
+    let n: f64 = w.next().unwrap().parse().unwrap();
+    let unit = w.next().unwrap();
+    n * match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1048576.0,
+        "GiB" => 1073741824.0,
+        u => panic!("unit {u}"),
+    }
+}
+
+#[test]
+fn references_listings_and_tags() {
+    let env = Env::new();
+    let src = tree(&env, "g");
+    let s = src.to_str().unwrap();
+    let out1 = env.ok(&["getimage", "--golden-client", s, "--image", "compute", "-m", "first"]);
+    assert_eq!(rev_of(&out1), "compute@1");
+    sh(&format!("printf 'a2\\n' > {s}/etc/a"));
+    let out2 = env.ok(&["getimage", "--golden-client", s, "--image", "compute", "-m", "second"]);
+    assert_eq!(rev_of(&out2), "compute@2");
+    let id2 = out2.split_whitespace().nth(1).unwrap().to_string();
+
+    // Every form of reference.
+    assert!(env.ok(&["show", "compute"]).contains("compute@2"));
+    assert!(env.ok(&["show", "compute@1"]).contains("first"));
+    assert!(env.ok(&["show", &id2]).contains("compute@2"));
+    env.ok(&["tag", "compute@1", "production"]);
+    assert!(env.ok(&["show", "compute:production"]).contains("compute@1"));
+    let err = env.fails(&["show", "compute@9"], 2);
+    assert!(err.contains("no revision 9"), "{err}");
+    let err = env.fails(&["show", "nosuch"], 2);
+    assert!(err.contains("lsimage"), "{err}");
+    env.fails(&["show", "compute:nosuchtag"], 2);
+    env.fails(&["tag", "compute@1", "bad/tag"], 2);
+
+    // Listings, text and JSON.
+    let ls = env.ok(&["lsimage"]);
+    assert!(ls.contains("compute") && ls.contains("production=@1"), "{ls}");
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["lsimage", "--json"])).unwrap();
+    assert_eq!(json[0]["name"], "compute");
+    assert_eq!(json[0]["revisions"], 2);
+    let log = env.ok(&["log", "compute"]);
+    assert!(log.find("compute@2").unwrap() < log.find("compute@1").unwrap(), "{log}");
+    assert!(log.contains("(production)"), "{log}");
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["log", "compute", "--json"])).unwrap();
+    assert_eq!(json[1]["tags"][0], "production");
+    assert_eq!(json[0]["parent"], json[1]["id"]);
+
+    // Refs mirror the catalog for static clients.
+    let refs = env.repo().join("refs/compute");
+    assert_eq!(std::fs::read_to_string(refs.join("head")).unwrap().trim().len(), 64);
+    assert!(std::fs::read_to_string(refs.join("head")).unwrap().starts_with(&id2));
+    assert!(refs.join("tags/production").exists());
+    env.ok(&["tag", "--delete", "compute:production"]);
+    assert!(!refs.join("tags/production").exists());
+    env.fails(&["tag", "--delete", "compute:production"], 2);
+
+    // Default excludes: machine-id and /proc contents are out, /proc itself is in.
+    let all = env.ok(&["ls", "compute", "-r"]);
+    assert!(!all.contains("machine-id"), "{all}");
+    assert!(all.lines().any(|l| l.ends_with(" /proc")), "{all}");
+    assert!(!all.contains("/proc/1"), "{all}");
+    let defaults = env.ok(&["getimage", "--show-default-excludes"]);
+    assert!(defaults.contains("/etc/ssh/ssh_host_*"), "{defaults}");
+}
+
+#[test]
+fn cpimage_mvimage_rmimage() {
+    let env = Env::new();
+    let src = tree(&env, "g");
+    env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "compute"]);
+    env.ok(&["tag", "compute", "production"]);
+    env.ok(&["cpimage", "compute", "compute-test"]);
+    let a: serde_json::Value = serde_json::from_str(&env.ok(&["show", "compute", "--json"])).unwrap();
+    let b: serde_json::Value = serde_json::from_str(&env.ok(&["show", "compute-test:production", "--json"])).unwrap();
+    assert_eq!(a["id"], b["id"], "a copy names the same revision");
+    env.fails(&["cpimage", "compute", "compute-test"], 2);
+    env.ok(&["mvimage", "compute-test", "login"]);
+    assert!(env.ok(&["show", "login:production"]).contains("login@1"));
+    env.fails(&["show", "compute-test"], 2);
+    assert!(env.repo().join("refs/login/tags/production").exists());
+    assert!(!env.repo().join("refs/compute-test").exists());
+    let err = env.fails(&["rmimage", "login"], 2);
+    assert!(err.contains("has tags") && err.contains("--force"), "{err}");
+    env.ok(&["rmimage", "login", "--force"]);
+    env.fails(&["log", "login"], 2);
+    // The other image is untouched, and gc keeps what it needs.
+    env.ok(&["gc"]);
+    env.ok(&["verify"]);
+    let out = env.path("out");
+    env.ok(&["checkout", "compute", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(out.join("etc/a")).unwrap(), b"a\n");
+}
+
+#[test]
+fn dedup_and_stat_cache() {
+    let env = Env::new();
+    let a = tree(&env, "a");
+    let first = env.ok(&["getimage", "--golden-client", a.to_str().unwrap(), "--image", "one"]);
+    assert!(new_stored_bytes(&first) > 1_000_000.0, "{first}");
+    // A second image sharing everything but one small file stores about that file only.
+    let b = env.path("b");
+    sh(&format!("cp -a {}/. {}/ && printf 'different\\n' > {}/etc/b", a.display(), b.display(), b.display()));
+    let second = env.ok(&["getimage", "--golden-client", b.to_str().unwrap(), "--image", "two"]);
+    assert!(new_stored_bytes(&second) < 1024.0, "{second}");
+    // Unchanged re-capture: every file comes from the stat cache, no new revision.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    env.ok(&["getimage", "--golden-client", b.to_str().unwrap(), "--image", "two"]);
+    let again = env.ok(&["getimage", "--golden-client", b.to_str().unwrap(), "--image", "two"]);
+    assert!(again.contains("(unchanged)"), "{again}");
+    assert!(again.contains("0 B hashed"), "{again}");
+    assert!(again.contains("(4 files from the stat cache)"), "{again}");
+    // A change the stat cache must notice (same size, new mtime).
+    sh(&format!("printf 'B\\n' > {}/etc/b", b.display()));
+    let changed = env.ok(&["getimage", "--golden-client", b.to_str().unwrap(), "--image", "two"]);
+    assert_eq!(rev_of(&changed), "two@2");
+    assert_eq!(env.ok(&["cat", "two", "/etc/b"]), "B\n");
+}
+
+#[test]
+fn diff_names_what_changed() {
+    let env = Env::new();
+    let src = tree(&env, "g");
+    let s = src.to_str().unwrap();
+    env.ok(&["getimage", "--golden-client", s, "--image", "i"]);
+    sh(&format!(
+        "cd {s} && chmod 600 etc/a && printf new > etc/new && rm etc/b && rm -r var/log && mkdir var/log && ln -s x usr/lib/libbig2.so \
+         && head -c 2000000 /dev/urandom > usr/lib/libbig.so && setfattr -n user.x -v 1 etc/new && touch -d 2000-01-01 etc"
+    ));
+    env.ok(&["getimage", "--golden-client", s, "--image", "i"]);
+    let d = env.ok(&["diff", "i@1", "i@2"]);
+    assert!(d.contains("A /etc/new"), "{d}");
+    assert!(d.contains("D /etc/b"), "{d}");
+    assert!(d.contains("M /etc/a  (mode)"), "{d}");
+    assert!(d.contains("M /usr/lib/libbig.so  (content"), "{d}");
+    assert!(d.contains("D /var/log/syslog"), "{d}");
+    assert!(d.contains("A /usr/lib/libbig2.so"), "{d}");
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["diff", "i@1", "i@2", "--json"])).unwrap();
+    let etc = json.as_array().unwrap().iter().find(|c| c["path"] == "/etc").unwrap();
+    assert_eq!(etc["what"], serde_json::json!(["mtime"]));
+    assert_eq!(env.ok(&["diff", "i@2", "i@2"]), "");
+}
+
+#[test]
+fn excludes_from_options_and_files() {
+    let env = Env::new();
+    let src = tree(&env, "g");
+    let xfile = env.path("x.exclude");
+    std::fs::write(&xfile, "# logs stay on the node\n/var/log/*\n").unwrap();
+    env.ok(&[
+        "getimage", "--golden-client", src.to_str().unwrap(), "--image", "i",
+        "--exclude", "*.so", "--exclude-file", xfile.to_str().unwrap(),
+    ]);
+    let all = env.ok(&["ls", "i", "-r"]);
+    assert!(!all.contains("libbig.so") && !all.contains("syslog"), "{all}");
+    assert!(all.contains("/etc/a"), "{all}");
+    let err = env.fails(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "i", "--exclude", "[bad"], 2);
+    assert!(err.contains("[bad"), "{err}");
+    let err = env.fails(&["getimage", "--golden-client", "/no/such/dir", "--image", "i"], 1);
+    assert!(err.contains("not a directory"), "{err}");
+    env.fails(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "bad name"], 2);
+}
+
+#[test]
+fn export_import_round_trip() {
+    let env = Env::new();
+    let src = tree(&env, "g");
+    sh(&format!("cd {} && ln etc/a etc/a.hard && ln -s a etc/a.sym && setfattr -n user.k -v v etc/a && touch -d '2020-01-01 00:00:00.25' etc/b", src.display()));
+    let out = env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "i"]);
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let tarball = env.path("i.tar.zst");
+    env.ok(&["export", "i", "-o", tarball.to_str().unwrap()]);
+    // GNU tar reads it.
+    let listing = sh(&format!("zstd -dc {} | tar -tvf -", tarball.display()));
+    assert!(listing.contains("etc/a.hard link to etc/a"), "{listing}");
+    // Importing it back gives the very same revision id: nothing was lost.
+    let imported = env.ok(&["import", "--image", "back", tarball.to_str().unwrap()]);
+    assert_eq!(imported.split_whitespace().nth(1).unwrap(), id, "{imported}");
+    // A tarball made by GNU tar imports and checks out equal to its source.
+    let gnu = env.path("gnu.tar.gz");
+    sh(&format!("tar --xattrs --xattrs-include='*' -C {} -czf {} .", src.display(), gnu.display()));
+    env.ok(&["import", "--image", "gnu", gnu.to_str().unwrap()]);
+    let dst = env.path("gnu-out");
+    env.ok(&["checkout", "gnu", dst.to_str().unwrap()]);
+    // GNU tar keeps whole-second... no: it keeps nanoseconds in pax; compare everything.
+    let d = rsync_diff(&src, &dst);
+    assert!(d.trim().is_empty(), "{d}");
+}
+
+#[test]
+fn refuses_archives_that_escape_the_root() {
+    if !have("python3") {
+        panic!("python3 is needed (test.sh installs it)");
+    }
+    let env = Env::new();
+    let evil = env.path("evil.tar");
+    sh(&format!(
+        "python3 -c \"import tarfile,io; t=tarfile.open('{}','w'); i=tarfile.TarInfo('../../etc/evil'); d=b'x'; i.size=1; t.addfile(i, io.BytesIO(d)); t.close()\"",
+        evil.display()
+    ));
+    let err = env.fails(&["import", "--image", "evil", evil.to_str().unwrap()], 2);
+    assert!(err.contains("leaves the root"), "{err}");
+    env.fails(&["show", "evil"], 2);
+}
+
+#[test]
+fn checkout_refuses_a_non_empty_directory_and_init_twice() {
+    let env = Env::new();
+    let src = tree(&env, "g");
+    env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "i"]);
+    let err = env.fails(&["checkout", "i", src.to_str().unwrap()], 2);
+    assert!(err.contains("not empty"), "{err}");
+    let err = env.fails(&["init"], 2);
+    assert!(err.contains("already"), "{err}");
+    let other = env.path("nothing-here");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aurum"))
+        .args(["--repo", other.to_str().unwrap(), "lsimage"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("aurum init"));
+    let _ = rsync_diff;
+}
+
+#[test]
+fn every_command_has_help() {
+    let env = Env::new();
+    for cmd in [
+        "init", "getimage", "lsimage", "log", "show", "ls", "cat", "diff", "tag", "cpimage",
+        "mvimage", "rmimage", "checkout", "export", "import", "verify", "gc",
+    ] {
+        let help = env.ok(&[cmd, "--help"]);
+        assert!(help.contains("Usage: aurum"), "{cmd}: {help}");
+        assert!(help.lines().next().unwrap().len() > 10, "{cmd} has no description");
+    }
+}

@@ -78,7 +78,14 @@ pub struct ImageSummary {
     pub created: i64,
     pub revisions: u32,
     pub newest: Option<Revision>,
-    pub tags: Vec<(String, u32)>,
+    pub tags: Vec<TagRef>,
+}
+
+/// A tag and the revision number it points at.
+#[derive(Clone, Debug, Serialize)]
+pub struct TagRef {
+    pub tag: String,
+    pub number: u32,
 }
 
 /// The open catalog.
@@ -450,7 +457,11 @@ impl Catalog {
             )?;
             out.push(ImageSummary {
                 newest: self.newest(&name)?,
-                tags: self.tags(&name)?,
+                tags: self
+                    .tags(&name)?
+                    .into_iter()
+                    .map(|(tag, number)| TagRef { tag, number })
+                    .collect(),
                 name,
                 created,
                 revisions,

@@ -33,7 +33,7 @@ pub fn lsimage(g: &Global, a: LsimageArgs) -> anyhow::Result<()> {
             Some(r) => (format!("@{} {}", r.number, &r.id.short()[..4]), human_time(r.created), human_bytes(r.bytes)),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        let tags: Vec<String> = i.tags.iter().map(|(t, n)| format!("{t}=@{n}")).collect();
+        let tags: Vec<String> = i.tags.iter().map(|t| format!("{}=@{}", t.tag, t.number)).collect();
         println!("{:<20} {:>5} {:<10} {:<19} {:>10}  {}", i.name, i.revisions, id, when, size, tags.join(" "));
     }
     Ok(())

@@ -1,0 +1,372 @@
+//! Crash safety, damage detection and garbage collection, on real processes and real packs.
+//!
+//! The repository promises that a capture killed at any moment (kill -9, power loss) leaves no
+//! revision naming a missing blob and nothing `verify` objects to, and that the next capture
+//! resumes from the packs the dead one finished; that one flipped byte in a pack is found by
+//! `verify` (exit 3, naming the revisions it breaks) and is never written out by `checkout`; and
+//! that `gc` after `rmimage` frees the removed image's content while every remaining revision
+//! still checks out identical to its source. These tests kill the real binary with SIGKILL at
+//! several moments, corrupt a real pack file, and run gc on images that share content.
+//! They need rsync (installed by ./test.sh) but not root.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::{have, rev_of, rsync_diff, sh, Env};
+
+fn require_rsync() {
+    assert!(have("rsync"), "`rsync` is missing: install rsync (./test.sh does)");
+}
+
+/// Writes `len` bytes of xorshift noise (incompressible, so stored sizes equal raw sizes).
+fn write_random(path: &Path, seed: u64, len: usize) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = vec![0u8; len.div_ceil(8) * 8];
+    for w in data.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).unwrap();
+    }
+    fs::write(path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+/// Number of revisions `lsimage --json` lists for `image` (0 when the image is absent).
+fn revisions_of(env: &Env, image: &str) -> u64 {
+    json(&env.ok(&["lsimage", "--json"]))
+        .as_array()
+        .expect("lsimage --json is an array")
+        .iter()
+        .find(|i| i["name"] == image)
+        .map(|i| i["revisions"].as_u64().expect("revisions is a number"))
+        .unwrap_or(0)
+}
+
+/// Every file under `dir` (recursively) whose name ends with `.ext`.
+fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn total_size(files: &[PathBuf]) -> u64 {
+    files.iter().map(|p| fs::metadata(p).unwrap().len()).sum()
+}
+
+fn getimage(env: &Env, src: &Path, image: &str) -> String {
+    env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", image])
+}
+
+#[test]
+fn killed_captures_leave_the_repository_intact_and_resumable() {
+    require_rsync();
+    let env = Env::new();
+    let src = env.path("golden");
+    // ~107 MiB of noise: 300 files of 256 KiB and four of 8 MiB, so a debug-build capture takes
+    // around a second and the kills below land in scanning, hashing, storing and committing.
+    for i in 0..300u64 {
+        write_random(&src.join(format!("files/{:02}/f{i:03}.bin", i % 17)), 1000 + i, 256 << 10);
+    }
+    for i in 0..4u64 {
+        write_random(&src.join(format!("big/disk{i}.img")), 5000 + i, 8 << 20);
+    }
+    sh(&format!(
+        "cd '{}' && mkdir -p etc && printf 'a=1\\n' > etc/conf && ln -s ../etc/conf big/conf-link && ln etc/conf etc/conf.hard",
+        src.display()
+    ));
+
+    // How long an uninterrupted capture takes here, so the kills land at the same fractions of
+    // it on a fast machine and a slow one.
+    let full = {
+        let probe = Env::new();
+        let t = Instant::now();
+        getimage(&probe, &src, "probe");
+        t.elapsed()
+    };
+    println!("an uninterrupted capture takes {full:?}");
+
+    let packs_dir = env.repo().join("packs");
+    let mut recorded = 0u64; // revisions of `crash` so far (0, or 1 once a capture won the race)
+    let mut interrupted = 0;
+    let mut resume_checked = false;
+    // The capture that records the revision must not store again what earlier, killed captures
+    // already put in finished packs. Noise does not compress, so stored ≈ raw.
+    let mut check_resumed = |packs_before: u64, out: &str| {
+        let rev = json(&env.ok(&["show", "crash@1", "--json"]));
+        let bytes = rev["bytes"].as_u64().expect("bytes");
+        let new_bytes = rev["new_bytes"].as_u64().expect("new_bytes");
+        println!("recording capture: {packs_before} bytes of packs before, {new_bytes} of {bytes} stored");
+        assert!(
+            new_bytes + packs_before <= bytes + (1 << 20),
+            "the capture stored {new_bytes} bytes although {packs_before} bytes of packs were \
+             already there for a {bytes}-byte tree: it did not resume\n{out}"
+        );
+        resume_checked |= packs_before > 0;
+    };
+    for fraction in [0.005, 0.02, 0.08, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95] {
+        let delay = full.mul_f64(fraction);
+        let packs_before = total_size(&files_with_ext(&packs_dir, "pack"));
+        let mut child = env
+            .cmd(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "crash"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn aurum getimage");
+        std::thread::sleep(delay);
+        // SIGKILL; harmless if it already exited (the status below tells which happened).
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait for getimage");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            // It finished before the kill: then its revision must be there.
+            println!("kill after {delay:?}: the capture had finished");
+            assert_eq!(rev_of(&stdout), "crash@1", "{stdout}");
+            if recorded == 0 {
+                check_resumed(packs_before, &stdout);
+            }
+            recorded = 1;
+        } else {
+            assert_eq!(
+                out.status.signal(),
+                Some(9),
+                "getimage failed by itself ({}), not by our SIGKILL:\n{stderr}",
+                out.status
+            );
+            interrupted += 1;
+        }
+        assert_eq!(
+            revisions_of(&env, "crash"),
+            recorded,
+            "after a kill at {delay:?} the image has an unexpected number of revisions"
+        );
+        let v = env.run(&["verify"]);
+        assert!(
+            v.status.success(),
+            "verify fails after getimage was killed at {delay:?} ({}):\n{}\n{}",
+            v.status,
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    assert!(interrupted >= 5, "only {interrupted} of 9 captures were interrupted");
+
+    // Run to completion.
+    let packs_before = total_size(&files_with_ext(&packs_dir, "pack"));
+    let out = getimage(&env, &src, "crash");
+    assert_eq!(rev_of(&out), "crash@1", "{out}");
+    if recorded == 0 {
+        check_resumed(packs_before, &out);
+    }
+    assert!(
+        resume_checked,
+        "no kill landed after a pack was finished, so resuming was never tested; make the tree bigger"
+    );
+    assert_eq!(revisions_of(&env, "crash"), 1);
+    env.ok(&["verify"]);
+    let co = env.path("checkout");
+    env.ok(&["checkout", "crash@1", co.to_str().unwrap()]);
+    let d = rsync_diff(&src, &co);
+    assert!(d.is_empty(), "checkout after the kills differs from the source:\n{d}");
+
+    // The dead captures' half-written packs are in tmp/; gc clears them, and stays correct.
+    env.ok(&["gc"]);
+    let leftovers: Vec<_> = fs::read_dir(env.repo().join("tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "gc left {} files in tmp/", leftovers.len());
+    env.ok(&["verify"]);
+    let co2 = env.path("checkout2");
+    env.ok(&["checkout", "crash@1", co2.to_str().unwrap()]);
+    let d = rsync_diff(&src, &co2);
+    assert!(d.is_empty(), "checkout after gc differs from the source:\n{d}");
+}
+
+/// Flips one byte in the middle of the payload of the blob lying across the middle of `pack`.
+/// Pack layout (src/format/pack.rs): 8-byte magic, then per blob a 41-byte header
+/// (id 32, codec 1, stored length 4 LE, raw length 4 LE) followed by the payload.
+fn damage_pack(pack: &Path) {
+    let mut data = fs::read(pack).unwrap();
+    let half = data.len() / 2;
+    let mut off = 8;
+    let target = loop {
+        assert!(off + 41 <= data.len(), "walked off the end of {}", pack.display());
+        let stored = u32::from_le_bytes(data[off + 33..off + 37].try_into().unwrap()) as usize;
+        let (start, end) = (off + 41, off + 41 + stored);
+        if end > half && stored > 0 {
+            break start + stored / 2;
+        }
+        off = end;
+    };
+    data[target] ^= 0x5a;
+    fs::write(pack, data).unwrap();
+}
+
+#[test]
+fn a_damaged_blob_is_reported_and_never_installed() {
+    require_rsync();
+    let env = Env::new();
+    let src = env.path("golden");
+    write_random(&src.join("usr/lib/big.bin"), 11, 3 << 20);
+    write_random(&src.join("usr/lib/medium.bin"), 12, 300_000);
+    sh(&format!(
+        "cd '{}' && mkdir -p etc && printf 'hello\\n' > etc/motd && printf 'x=1\\n' > etc/conf",
+        src.display()
+    ));
+    let out = getimage(&env, &src, "img");
+    assert_eq!(rev_of(&out), "img@1", "{out}");
+    env.ok(&["verify"]);
+
+    let packs = files_with_ext(&env.repo().join("packs"), "pack");
+    assert!(!packs.is_empty(), "no pack file under {}", env.repo().join("packs").display());
+    let biggest = packs.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    damage_pack(biggest);
+
+    // Whole-repository verify names the blob and the revision it breaks.
+    let v = env.run(&["verify"]);
+    let stdout = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(3), "verify of a damaged repository must exit 3:\n{stdout}");
+    assert!(stdout.contains("DAMAGED blob"), "verify should name the damaged blob:\n{stdout}");
+    assert!(stdout.contains("img@1"), "verify should name the broken revision:\n{stdout}");
+    assert!(!stdout.contains("repository is intact"), "{stdout}");
+
+    // So does verify of that revision alone.
+    let v = env.run(&["verify", "img@1"]);
+    let stdout = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(3), "verify img@1 must exit 3:\n{stdout}");
+    assert!(stdout.contains("DAMAGED blob") && stdout.contains("img@1"), "{stdout}");
+
+    // Checkout refuses: the damaged blob's bytes never reach the target.
+    let co = env.path("checkout");
+    let c = env.run(&["checkout", "img@1", co.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&c.stderr);
+    assert!(!c.status.success(), "checkout of a damaged revision must fail:\n{stderr}");
+    assert_eq!(c.status.code(), Some(3), "damaged data exits 3:\n{stderr}");
+    assert!(stderr.contains("damaged"), "the error should say the blob is damaged:\n{stderr}");
+    // Whatever checkout wrote is a true prefix of the source (chunks are checked before they are
+    // written), and not everything was written.
+    let mut incomplete = 0;
+    for rel in ["usr/lib/big.bin", "usr/lib/medium.bin", "etc/motd", "etc/conf"] {
+        let want = fs::read(src.join(rel)).unwrap();
+        match fs::read(co.join(rel)) {
+            Ok(got) => {
+                assert!(
+                    want.starts_with(&got),
+                    "{rel} in the failed checkout holds bytes the source does not: damaged data was installed"
+                );
+                if got.len() < want.len() {
+                    incomplete += 1;
+                }
+            }
+            Err(_) => incomplete += 1,
+        }
+    }
+    assert!(incomplete > 0, "checkout failed, yet every file is complete");
+}
+
+#[test]
+fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
+    require_rsync();
+    let env = Env::new();
+    // `drop` is captured first, so the content it shares with `keep` lies in its pack next to
+    // 8 MiB only `drop` uses: removing `drop` leaves that pack mostly dead (repack). `gone` has
+    // a pack all to itself (delete).
+    let drop_src = env.path("drop");
+    write_random(&drop_src.join("shared/lib.bin"), 1, 2 << 20);
+    write_random(&drop_src.join("shared/small.dat"), 2, 5000);
+    sh(&format!(
+        "cd '{}' && printf 'shared text\\n' > shared/readme && ln -s readme shared/link",
+        drop_src.display()
+    ));
+    write_random(&drop_src.join("only/drop.bin"), 3, 8 << 20);
+    let keep_src = env.path("keep");
+    fs::create_dir(&keep_src).unwrap();
+    sh(&format!("cp -a '{}/shared' '{}/'", drop_src.display(), keep_src.display()));
+    write_random(&keep_src.join("only/keep.bin"), 4, 1 << 20);
+    let gone_src = env.path("gone");
+    write_random(&gone_src.join("only/gone.bin"), 5, 4 << 20);
+
+    assert_eq!(rev_of(&getimage(&env, &drop_src, "drop")), "drop@1");
+    let out = getimage(&env, &keep_src, "keep");
+    assert_eq!(rev_of(&out), "keep@1");
+    let keep_new = json(&env.ok(&["show", "keep@1", "--json"]))["new_bytes"].as_u64().unwrap();
+    assert!(keep_new < (1 << 20) + (64 << 10), "keep@1 stored the shared content again ({keep_new} bytes)");
+    assert_eq!(rev_of(&getimage(&env, &gone_src, "gone")), "gone@1");
+
+    // A tagged image is not removed without --force.
+    env.ok(&["tag", "drop@1", "prod"]);
+    env.fails(&["rmimage", "drop"], 2);
+    assert_eq!(revisions_of(&env, "drop"), 1);
+    env.ok(&["tag", "--delete", "drop:prod"]);
+    env.ok(&["rmimage", "drop"]);
+    env.ok(&["rmimage", "gone"]);
+    let images = json(&env.ok(&["lsimage", "--json"]));
+    let names: Vec<&str> = images.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["keep"]);
+
+    let packs_dir = env.repo().join("packs");
+    let before = files_with_ext(&packs_dir, "pack");
+    assert_eq!(before.len(), 3, "one pack per capture: {before:?}");
+    let size_before = total_size(&before);
+
+    // A dry run reports and changes nothing.
+    let dry = json(&env.ok(&["gc", "--dry-run", "--json"]));
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(files_with_ext(&packs_dir, "pack"), before, "gc --dry-run changed the packs");
+
+    let r = json(&env.ok(&["gc", "--json"]));
+    assert_eq!(r["dry_run"], false, "{r}");
+    for k in ["packs_deleted", "packs_repacked", "manifests_deleted", "bytes_freed", "live_blobs", "dead_blobs"] {
+        assert_eq!(r[k], dry[k], "gc and gc --dry-run disagree on {k}: {r} vs {dry}");
+    }
+    assert_eq!(r["packs_deleted"], 1, "gone's pack is all dead: {r}");
+    assert_eq!(r["packs_repacked"], 1, "drop's pack is 80% dead: {r}");
+    assert_eq!(r["manifests_deleted"], 2, "drop@1 and gone@1: {r}");
+    assert!(r["dead_blobs"].as_u64().unwrap() > 0, "{r}");
+    let freed = r["bytes_freed"].as_u64().unwrap();
+    assert!(freed >= 12 << 20, "8 MiB + 4 MiB of noise should be freed, not {freed}: {r}");
+
+    let after = files_with_ext(&packs_dir, "pack");
+    assert_eq!(after.len(), 2, "keep's pack and the repacked shared content: {after:?}");
+    assert_eq!(files_with_ext(&packs_dir, "idx").len(), 2, "every pack has exactly one index");
+    let size_after = total_size(&after);
+    assert!(
+        size_before - size_after >= 12 << 20,
+        "packs shrank only from {size_before} to {size_after} bytes"
+    );
+
+    env.ok(&["verify"]);
+    let co = env.path("checkout");
+    env.ok(&["checkout", "keep", co.to_str().unwrap()]);
+    let d = rsync_diff(&keep_src, &co);
+    assert!(d.is_empty(), "keep after gc differs from its source:\n{d}");
+
+    // Nothing is left to collect.
+    let again = json(&env.ok(&["gc", "--json"]));
+    assert_eq!(
+        (&again["packs_deleted"], &again["packs_repacked"], &again["bytes_freed"]),
+        (&serde_json::json!(0), &serde_json::json!(0), &serde_json::json!(0)),
+        "a second gc found more garbage: {again}"
+    );
+    env.ok(&["verify"]);
+}

@@ -1,0 +1,476 @@
+//! Remote capture through a real sshd: `getimage --golden-client ssh://...` end to end.
+//!
+//! Each test starts its own throwaway `/usr/sbin/sshd` on 127.0.0.1 (own host key, own
+//! authorized_keys, a free port) and points getimage at it with the real ssh client, the way an
+//! administrator would. The "golden client" is this same machine, with the agent run as the
+//! absolute path of the aurum binary under test. We check what the remote path promises: the
+//! captured tree checks out identical to the source (content, modes, setuid, owners, nanosecond
+//! times, xattrs, ACLs, hardlinks, symlinks, fifos), a re-capture sends only what the repository
+//! lacks and trusts the stat cache, a remote capture records the same revision a local capture
+//! of the same tree would, and a broken connection fails loudly without recording anything.
+//! Needs root (sshd, root login, setuid files) and openssh-server/client, rsync, attr, acl.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{have, is_root, rev_of, rsync_diff, sh, Env};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// False (after saying so) when not root; panics when a needed tool is missing.
+fn ready() -> bool {
+    if !is_root() {
+        println!("skipped: needs root");
+        return false;
+    }
+    assert!(
+        Path::new(SSHD).is_file(),
+        "{SSHD} is missing: install openssh-server (./test.sh does)"
+    );
+    for (tool, package) in [
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("rsync", "rsync"),
+        ("setfattr", "attr"),
+        ("setfacl", "acl"),
+        ("mkfifo", "coreutils"),
+    ] {
+        assert!(have(tool), "`{tool}` is missing: install {package} (./test.sh does)");
+    }
+    true
+}
+
+/// A private sshd on 127.0.0.1, killed when dropped.
+struct Sshd {
+    child: Child,
+    port: u16,
+    client_key: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "aurum-test", "-f"])
+        .arg(path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let host_key = d.join("host_ed25519");
+        let client_key = d.join("client_ed25519");
+        keygen(&host_key);
+        keygen(&client_key);
+        let authorized = d.join("authorized_keys");
+        fs::copy(client_key.with_extension("pub"), &authorized).expect("write authorized_keys");
+        fs::set_permissions(&authorized, fs::Permissions::from_mode(0o600)).unwrap();
+        // sshd refuses to start without its privilege-separation directory.
+        fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+        let port = free_port();
+        let config = d.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\n\
+                 Port {port}\n\
+                 HostKey {host}\n\
+                 PidFile {pid}\n\
+                 AuthorizedKeysFile {auth}\n\
+                 PermitRootLogin prohibit-password\n\
+                 PubkeyAuthentication yes\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 StrictModes no\n\
+                 UsePAM no\n\
+                 UseDNS no\n\
+                 LogLevel VERBOSE\n",
+                host = host_key.display(),
+                pid = d.join("sshd.pid").display(),
+                auth = authorized.display(),
+            ),
+        )
+        .expect("write sshd_config");
+        // A config sshd rejects is reported here, with sshd's own words.
+        let check = Command::new(SSHD).arg("-t").arg("-f").arg(&config).output().expect("run sshd -t");
+        assert!(
+            check.status.success(),
+            "sshd -t rejects the test config:\n{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let log = d.join("sshd.log");
+        let child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("create sshd.log"))
+            .spawn()
+            .expect("spawn sshd");
+        let mut sshd = Sshd {
+            child,
+            port,
+            client_key,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if let Some(status) = sshd.child.try_wait().expect("poll sshd") {
+                panic!("sshd exited at start ({status}):\n{}", sshd.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd does not accept connections on port {port} after 10 s:\n{}",
+                sshd.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sshd
+    }
+
+    /// The --ssh value: our throwaway key, no host key checks, no prompts.
+    fn ssh_command(&self) -> String {
+        format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR",
+            self.client_key.display()
+        )
+    }
+
+    /// ssh://root@127.0.0.1:PORT/ABS/PATH
+    fn url(&self, path: &Path) -> String {
+        assert!(path.is_absolute());
+        format!("ssh://root@127.0.0.1:{}{}", self.port, path.display())
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `len` bytes of xorshift noise (incompressible, so stored sizes equal raw sizes).
+fn write_random(path: &Path, seed: u64, len: usize) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = vec![0u8; len.div_ceil(8) * 8];
+    for w in data.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    fs::write(path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// A small root filesystem with every kind of thing a remote capture must carry.
+fn build_golden(root: &Path) {
+    sh(&format!(
+        r#"
+        cd '{root}'
+        mkdir -p etc usr/bin usr/lib usr/share/doc/pkg/deep/er var/empty data srv
+        printf 'version=1\n' > etc/app.conf
+        printf 'welcome to the golden client\n' > etc/motd
+        chmod 0640 etc/motd
+        printf '#!/bin/sh\necho tool\n' > usr/bin/tool
+        chmod 4755 usr/bin/tool
+        printf '#!/bin/sh\necho group\n' > usr/bin/grouptool
+        chown 0:12 usr/bin/grouptool
+        chmod 2711 usr/bin/grouptool
+        printf 'ELF-ish library bytes\n' > usr/lib/libx.so.1
+        ln -s libx.so.1 usr/lib/libx.so
+        ln -s ../../etc/motd usr/share/motd-link
+        printf 'deep\n' > usr/share/doc/pkg/deep/er/README
+        printf 'shared inode\n' > data/hard1
+        ln data/hard1 data/hard2
+        printf 'has attributes\n' > data/attrs.txt
+        setfattr -n user.aurum.note -v hello data/attrs.txt
+        setfattr -n trusted.aurum -v 0x00ff00 data/attrs.txt
+        setfacl -m u:65534:r data/attrs.txt
+        setfacl -d -m g:65534:rx srv
+        mkfifo data/fifo
+        chown 65534:65534 data/attrs.txt
+        chmod 1777 var/empty
+        touch -h -d '2001-02-03 04:05:06.123456789' usr/lib/libx.so
+        touch -d '2020-01-02 03:04:05.987654321' usr/share/doc/pkg/deep/er/README
+        "#,
+        root = root.display()
+    ));
+    // More than 1 MiB of noise, so it is cut into several chunks.
+    write_random(&root.join("usr/lib/big.bin"), 42, 3 * 1024 * 1024 + 12_345);
+    write_random(&root.join("srv/small.bin"), 7, 40_000);
+}
+
+/// getimage's summary line, parsed.
+#[derive(Debug)]
+struct Summary {
+    entries: u64,
+    files: u64,
+    scanned: f64,
+    hashed: f64,
+    from_cache: u64,
+    new_stored: f64,
+}
+
+/// `12 B`, `1.5 KiB`, `3.0 MiB` -> bytes (approximate above 1 KiB: one decimal is printed).
+fn parse_bytes(s: &str) -> f64 {
+    let (num, unit) = s.trim().split_once(' ').unwrap_or_else(|| panic!("not a size: `{s}`"));
+    let n: f64 = num.parse().unwrap_or_else(|_| panic!("not a size: `{s}`"));
+    let mult = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unknown unit `{other}` in `{s}`"),
+    };
+    n * mult
+}
+
+fn summary(stdout: &str) -> Summary {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" new stored"))
+        .unwrap_or_else(|| panic!("no summary line in getimage output:\n{stdout}"));
+    let mut s = Summary {
+        entries: u64::MAX,
+        files: u64::MAX,
+        scanned: -1.0,
+        hashed: -1.0,
+        from_cache: u64::MAX,
+        new_stored: -1.0,
+    };
+    for part in line.split(", ") {
+        if let Some(n) = part.strip_suffix(" entries") {
+            s.entries = n.parse().unwrap_or_else(|_| panic!("bad entry count in `{line}`"));
+        } else if let Some(n) = part.strip_suffix(" files") {
+            s.files = n.parse().unwrap_or_else(|_| panic!("bad file count in `{line}`"));
+        } else if let Some(x) = part.strip_suffix(" scanned") {
+            s.scanned = parse_bytes(x);
+        } else if let Some(rest) = part.strip_suffix(" files from the stat cache)") {
+            let (hashed, cached) = rest
+                .split_once(" hashed (")
+                .unwrap_or_else(|| panic!("bad hashed part in `{line}`"));
+            s.hashed = parse_bytes(hashed);
+            s.from_cache = cached.parse().unwrap_or_else(|_| panic!("bad cache count in `{line}`"));
+        } else if let Some(x) = part.strip_suffix(" new stored") {
+            s.new_stored = parse_bytes(x);
+        }
+    }
+    assert!(
+        s.entries != u64::MAX && s.files != u64::MAX && s.scanned >= 0.0 && s.hashed >= 0.0 && s.from_cache != u64::MAX && s.new_stored >= 0.0,
+        "cannot parse summary line `{line}`"
+    );
+    s
+}
+
+fn show_json(env: &Env, rev: &str) -> serde_json::Value {
+    serde_json::from_str(&env.ok(&["show", rev, "--json"])).expect("show --json is JSON")
+}
+
+/// Number of revisions `lsimage --json` lists for `image` (0 when the image is absent).
+fn revisions_of(env: &Env, image: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["lsimage", "--json"])).expect("lsimage --json is JSON");
+    v.as_array()
+        .expect("lsimage --json is an array")
+        .iter()
+        .find(|i| i["name"] == image)
+        .map(|i| i["revisions"].as_u64().expect("revisions is a number"))
+        .unwrap_or(0)
+}
+
+fn remote_getimage(env: &Env, sshd: &Sshd, golden: &Path, image: &str) -> String {
+    let url = sshd.url(golden);
+    let ssh = sshd.ssh_command();
+    let out = env.run(&[
+        "getimage",
+        "--golden-client",
+        &url,
+        "--image",
+        image,
+        "--ssh",
+        &ssh,
+        "--agent-command",
+        env!("CARGO_BIN_EXE_aurum"),
+    ]);
+    assert!(
+        out.status.success(),
+        "remote getimage of {url} failed ({}):\n{}\n{}\nsshd log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        sshd.log_text()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn remote_capture_is_faithful_and_sends_only_what_is_missing() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let env = Env::new();
+    let golden = env.path("golden");
+    fs::create_dir(&golden).unwrap();
+    build_golden(&golden);
+    // Files changed within 2 s before a capture starts are not put in the stat cache; wait so
+    // the first capture caches every file and the second can show it.
+    std::thread::sleep(Duration::from_millis(3100));
+
+    // First capture: everything is new.
+    let out = remote_getimage(&env, &sshd, &golden, "img");
+    assert_eq!(rev_of(&out), "img@1", "{out}");
+    let first = summary(&out);
+    assert_eq!(first.from_cache, 0, "a fresh repository has no stat cache: {out}");
+    // 14 directories, 10 files, 2 symlinks, a hardlink and a fifo.
+    assert_eq!((first.entries, first.files), (28, 10), "entries, files: {out}");
+    assert!(
+        first.new_stored > 3.0 * 1024.0 * 1024.0,
+        "the 3 MiB of noise must have been stored: {out}"
+    );
+    let rev1 = show_json(&env, "img@1");
+    assert_eq!(rev1["source"], sshd.url(&golden), "revision source: {rev1}");
+
+    let out1 = env.path("out1");
+    env.ok(&["checkout", "img@1", out1.to_str().unwrap()]);
+    let d = rsync_diff(&golden, &out1);
+    assert!(d.is_empty(), "remote capture differs from the golden tree:\n{d}");
+
+    // Change one 10-byte file and capture again over ssh.
+    fs::write(golden.join("etc/app.conf"), "version=2\n").unwrap();
+    let out = remote_getimage(&env, &sshd, &golden, "img");
+    assert_eq!(rev_of(&out), "img@2", "{out}");
+    let second = summary(&out);
+    assert_eq!(second.files, first.files, "{out}");
+    assert!(
+        second.new_stored < 64.0 * 1024.0,
+        "only a 10-byte file changed, yet {} bytes were stored: {out}",
+        second.new_stored
+    );
+    let new_bytes = show_json(&env, "img@2")["new_bytes"].as_u64().expect("new_bytes");
+    assert!(new_bytes > 0 && new_bytes < 64 * 1024, "img@2 new_bytes = {new_bytes}");
+    assert_eq!(
+        second.from_cache,
+        second.files - 1,
+        "every file but the changed one should come from the stat cache: {out}"
+    );
+    assert!(second.hashed <= 1024.0, "only the changed file should be hashed: {out}");
+
+    let out2 = env.path("out2");
+    env.ok(&["checkout", "img@2", out2.to_str().unwrap()]);
+    let d = rsync_diff(&golden, &out2);
+    assert!(d.is_empty(), "second remote capture differs from the golden tree:\n{d}");
+    let changes = env.ok(&["diff", "img@1", "img@2"]);
+    assert!(changes.contains("etc/app.conf"), "diff img@1 img@2 should name etc/app.conf:\n{changes}");
+    assert_eq!(changes.lines().count(), 1, "only etc/app.conf changed:\n{changes}");
+
+    // Nothing changed: no new revision, nothing hashed, nothing stored.
+    let out = remote_getimage(&env, &sshd, &golden, "img");
+    let first_line = out.lines().next().unwrap_or_default();
+    assert!(
+        first_line.starts_with("img@2 ") && first_line.ends_with("(unchanged)"),
+        "an unchanged tree should record no revision: {out}"
+    );
+    let third = summary(&out);
+    assert_eq!(third.new_stored, 0.0, "{out}");
+    // etc/app.conf changed less than 2 s before the last capture, so it was not cached then.
+    assert!(third.from_cache >= third.files - 1 && third.hashed <= 1024.0, "{out}");
+
+    // A local capture of the same tree stores nothing new and yields the very same revision id:
+    // the agent scans and cuts exactly as a local capture does.
+    let out = env.ok(&["getimage", "--golden-client", golden.to_str().unwrap(), "--image", "local"]);
+    assert_eq!(rev_of(&out), "local@1", "{out}");
+    assert_eq!(summary(&out).new_stored, 0.0, "every blob is already stored: {out}");
+    assert_eq!(
+        show_json(&env, "local@1")["id"],
+        show_json(&env, "img@2")["id"],
+        "local and remote captures of one tree should be the same revision"
+    );
+
+    env.ok(&["verify"]);
+    assert_eq!(revisions_of(&env, "img"), 2);
+}
+
+#[test]
+fn remote_capture_fails_cleanly_when_the_connection_fails() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let env = Env::new();
+    let golden = env.path("golden");
+    fs::create_dir(&golden).unwrap();
+    fs::write(golden.join("file"), "content\n").unwrap();
+    let url = sshd.url(&golden);
+    let ssh = sshd.ssh_command();
+
+    // sshd lets us in, but there is no aurum at the agent command's path.
+    let out = env.run(&[
+        "getimage",
+        "--golden-client",
+        &url,
+        "--image",
+        "img",
+        "--ssh",
+        &ssh,
+        "--agent-command",
+        "/nonexistent/aurum",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "getimage with a missing agent must fail:\n{stderr}");
+    assert!(out.status.code().is_some(), "getimage should exit, not die: {}", out.status);
+    assert!(stderr.contains("connection"), "the error should mention the connection:\n{stderr}");
+    assert!(stderr.contains("aurum: error:"), "{stderr}");
+
+    // Nothing listens on this port: ssh itself fails.
+    let closed = free_port();
+    let out = env.run(&[
+        "getimage",
+        "--golden-client",
+        &format!("ssh://root@127.0.0.1:{closed}{}", golden.display()),
+        "--image",
+        "img",
+        "--ssh",
+        &ssh,
+        "--agent-command",
+        env!("CARGO_BIN_EXE_aurum"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "getimage to a closed port must fail:\n{stderr}");
+    assert!(out.status.code().is_some(), "getimage should exit, not die: {}", out.status);
+    assert!(stderr.contains("connection"), "the error should mention the connection:\n{stderr}");
+
+    // Neither attempt recorded anything, and the repository is intact.
+    assert_eq!(revisions_of(&env, "img"), 0);
+    env.ok(&["verify"]);
+
+    // The same setup with the right agent works, so the failures above were the agent's fault.
+    let out = remote_getimage(&env, &sshd, &golden, "img");
+    assert_eq!(rev_of(&out), "img@1", "{out}");
+}

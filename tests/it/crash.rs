@@ -162,6 +162,7 @@ fn killed_captures_leave_the_repository_intact_and_resumable() {
             recorded,
             "after a kill at {delay:?} the image has an unexpected number of revisions"
         );
+        eprintln!("DEBUG after {delay:?}: {}", sh(&format!("cd {r}; echo disk $(ls packs/*/*.pack | wc -l) $(cat packs/*/*.pack | wc -c) idx $(ls packs/*/*.idx | wc -l); ls -l packs/*/ 2>/dev/null || true; sqlite3 aurum.db 'select count(*), sum(size), sum(blobs) from packs; select count(*) from blobs'", r = env.repo().display())));
         let v = env.run(&["verify"]);
         assert!(
             v.status.success(),

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::error::{IoContext, Result};
 use crate::format::manifest::Kind;
+use crate::format::pack::Codec;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -74,7 +75,20 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
         let (alive, dead): (Vec<_>, Vec<_>) = blobs.into_iter().partition(|b| live.contains(&b.id));
         report.live_blobs += alive.len() as u64;
         report.dead_blobs += dead.len() as u64;
-        let live_bytes: u64 = alive.iter().map(|b| u64::from(b.stored_len)).sum();
+        // Group members share one record: count each record once.
+        let live_bytes: u64 = alive
+            .iter()
+            .filter(|b| b.codec != Codec::ZstdGroup)
+            .map(|b| u64::from(b.stored_len))
+            .chain(
+                alive
+                    .iter()
+                    .filter(|b| b.codec == Codec::ZstdGroup)
+                    .map(|b| (b.offset, u64::from(b.stored_len)))
+                    .collect::<std::collections::HashMap<_, _>>()
+                    .into_values(),
+            )
+            .sum();
         if alive.is_empty() {
             report.packs_deleted += 1;
             report.bytes_freed += size;
@@ -84,8 +98,14 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
             report.bytes_freed += size.saturating_sub(live_bytes);
             if !dry_run {
                 for b in &alive {
-                    let payload = repo.packs.read_payload(&pack, b)?;
-                    if let Some(done) = writer.add(&b.id, b.codec, b.raw_len, &payload)? {
+                    // Whole blobs are copied as stored; group members are regrouped.
+                    let done = if b.codec == Codec::ZstdGroup {
+                        writer.add_small(&b.id, &repo.packs.read(&pack, b)?)?
+                    } else {
+                        let payload = repo.packs.read_payload(&pack, b)?;
+                        writer.add(&b.id, b.codec, b.raw_len, &payload)?
+                    };
+                    if let Some(done) = done {
                         written.push(done);
                     }
                 }

@@ -387,7 +387,7 @@ impl Repository {
             catalog: Catalog::open(&self.root.join("aurum.db"))?,
             packs: PackWriter::new(&self.root),
             claimed: HashSet::new(),
-            new_bytes: 0,
+            pending: HashSet::new(),
         })
     }
 }
@@ -400,8 +400,8 @@ pub struct BlobWriter {
     catalog: Catalog,
     packs: PackWriter,
     claimed: HashSet<Id>,
-    /// Stored (compressed) bytes written so far.
-    pub new_bytes: u64,
+    /// Claimed and not stored yet: must be empty when the capture finishes.
+    pending: HashSet<Id>,
 }
 
 impl BlobWriter {
@@ -413,22 +413,55 @@ impl BlobWriter {
             return Ok(false);
         }
         self.claimed.insert(*id);
+        self.pending.insert(*id);
         Ok(true)
+    }
+
+    fn unclaimed(&mut self, id: &Id) -> Result<()> {
+        if self.pending.remove(id) {
+            Ok(())
+        } else {
+            Err(Error::Remote(format!(
+                "got blob {} that was not asked for (a file changed during the capture?); run getimage again",
+                id.short()
+            )))
+        }
     }
 
     /// Appends a claimed blob (already compressed by the caller).
     pub fn put(&mut self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
-        self.new_bytes += payload.len() as u64;
+        self.unclaimed(id)?;
         if let Some(done) = self.packs.add(id, codec, raw_len, payload)? {
             self.catalog.add_pack(&done)?;
         }
         Ok(())
     }
 
-    /// Closes the last pack. After this returns every put blob is durable and in the catalog.
+    /// Appends a claimed small blob, raw: it goes into a group (see [`store::SMALL_BLOB`]).
+    pub fn put_small(&mut self, id: &Id, raw: &[u8]) -> Result<()> {
+        self.unclaimed(id)?;
+        if let Some(done) = self.packs.add_small(id, raw)? {
+            self.catalog.add_pack(&done)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the new blobs take on disk.
+    pub fn new_bytes(&self) -> u64 {
+        self.packs.written
+    }
+
+    /// Closes the last pack. After this returns every put blob is durable and in the catalog,
+    /// and every claimed blob was put (else a file changed while it was captured).
     pub fn finish(&mut self) -> Result<()> {
         if let Some(done) = self.packs.finish()? {
             self.catalog.add_pack(&done)?;
+        }
+        if !self.pending.is_empty() {
+            return Err(Error::Remote(format!(
+                "{} chunks found while hashing could not be read again (files changed during the capture?); run getimage again",
+                self.pending.len()
+            )));
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use crate::error::{corrupt, invalid, IoContext, Result};
 use crate::format::manifest::{display_path, is_clean_path, Chunk, Entry, Kind, Manifest};
 use crate::format::Id;
 use crate::repo::Repository;
-use crate::store::{chunk, compress};
+use crate::store::chunk;
 
 fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     // The length counts itself, so find the fixed point.
@@ -244,8 +244,7 @@ pub fn import(
                 chunk::chunks(&mut member, size, |data| {
                     let id = Id::of(data);
                     if sink.claim(&id)? {
-                        let (codec, payload) = compress(data);
-                        sink.put(&id, codec, data.len() as u32, &payload)?;
+                        crate::capture::store(&sink, &id, data)?;
                     }
                     chunks.push(Chunk {
                         id,
@@ -328,7 +327,7 @@ pub fn import(
     let stats = RevisionStats {
         files,
         bytes,
-        new_bytes: sink.new_bytes,
+        new_bytes: sink.new_bytes(),
     };
     let id = repo.store_manifest(&manifest)?;
     let source = format!("import:{}", std::fs::canonicalize(path).unwrap_or(path.to_path_buf()).display());

@@ -33,7 +33,7 @@ use crate::format::pack::Codec;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::{check_name, BlobWriter, Repository};
-use crate::store::{chunk, compress};
+use crate::store::{chunk, compress, SMALL_BLOB};
 use excludes::Excludes;
 use scan::Scanned;
 
@@ -41,8 +41,10 @@ use scan::Scanned;
 pub trait BlobSink: Sync {
     /// True exactly once for each blob that must be stored; the caller then calls `put`.
     fn claim(&self, id: &Id) -> Result<bool>;
-    /// Stores (or sends) a claimed blob.
+    /// Stores (or sends) a claimed blob, compressed by the caller.
     fn put(&self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()>;
+    /// Stores (or sends) a claimed blob of at most [`SMALL_BLOB`] bytes, raw.
+    fn put_small(&self, id: &Id, raw: &[u8]) -> Result<()>;
 }
 
 impl BlobSink for Mutex<BlobWriter> {
@@ -54,6 +56,9 @@ impl BlobSink for Mutex<BlobWriter> {
             .expect("blob writer lock")
             .put(id, codec, raw_len, payload)
     }
+    fn put_small(&self, id: &Id, raw: &[u8]) -> Result<()> {
+        self.lock().expect("blob writer lock").put_small(id, raw)
+    }
 }
 
 /// A sink that wants nothing: hashing only.
@@ -64,6 +69,9 @@ impl BlobSink for HashOnly {
         Ok(false)
     }
     fn put(&self, _: &Id, _: Codec, _: u32, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn put_small(&self, _: &Id, _: &[u8]) -> Result<()> {
         Ok(())
     }
 }
@@ -168,13 +176,23 @@ impl LocalSource {
     }
 }
 
-/// Compresses and stores a blob if the sink claims it.
+/// Stores a blob if the sink claims it.
 fn offer(sink: &dyn BlobSink, id: &Id, data: &[u8]) -> Result<()> {
     if sink.claim(id)? {
-        let (codec, payload) = compress(data);
-        sink.put(id, codec, data.len() as u32, &payload)?;
+        store(sink, id, data)?;
     }
     Ok(())
+}
+
+/// Hands a claimed blob to the sink: small ones raw (they are grouped), others compressed here,
+/// on the calling thread, so that compression runs in parallel.
+pub fn store(sink: &dyn BlobSink, id: &Id, data: &[u8]) -> Result<()> {
+    if data.len() <= SMALL_BLOB {
+        sink.put_small(id, data)
+    } else {
+        let (codec, payload) = compress(data);
+        sink.put(id, codec, data.len() as u32, &payload)
+    }
 }
 
 impl Source for LocalSource {
@@ -226,8 +244,7 @@ impl Source for LocalSource {
             let s = &scanned[*i];
             Self::read_chunks(root, &shown_root, s, |n, id, data| {
                 if numbers.contains(&n) {
-                    let (codec, payload) = compress(data);
-                    sink.put(id, codec, data.len() as u32, &payload)?;
+                    store(sink, id, data)?;
                 }
                 Ok(())
             })?;
@@ -408,7 +425,7 @@ pub fn getimage(
     let stats = RevisionStats {
         files,
         bytes,
-        new_bytes: sink.new_bytes,
+        new_bytes: sink.new_bytes(),
     };
     let newest = repo.catalog.newest(&opts.image)?;
     let (revision, unchanged) = match newest {
@@ -427,7 +444,7 @@ pub fn getimage(
         bytes,
         bytes_hashed,
         from_cache,
-        new_bytes: sink.new_bytes,
+        new_bytes: sink.new_bytes(),
         adopted_packs,
         warnings,
         elapsed: started.elapsed(),

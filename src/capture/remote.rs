@@ -13,7 +13,8 @@ use super::{BlobSink, Content, Source};
 use crate::error::{invalid, Error, Result};
 use crate::format::wire::{self, Msg, PROTOCOL_VERSION};
 use crate::progress::Progress;
-use crate::store::decode_blob;
+use crate::format::pack::{Codec, IndexEntry};
+use crate::store::{decode_blob, SMALL_BLOB};
 
 /// `ssh://[user@]host[:port][/path]`, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,7 +135,10 @@ impl RemoteSource {
     }
 
     fn send(&mut self, msg: &Msg) -> Result<()> {
-        let to = self.to.as_mut().expect("open until drop");
+        let to = self
+            .to
+            .as_mut()
+            .ok_or_else(|| Error::Remote("the connection to the agent is closed".into()))?;
         wire::send(to, msg)?;
         to.flush()?;
         Ok(())
@@ -148,6 +152,9 @@ impl RemoteSource {
             ))),
             Ok(Some(m)) => Ok(m),
             Ok(None) | Err(_) => {
+                // The agent may still be waiting for input: end it before reaping ssh.
+                drop(self.to.take());
+                let _ = self.child.kill();
                 let status = self.child.wait().ok();
                 Err(Error::Remote(format!(
                     "the connection to {} ended ({}); check that `ssh {}` works without a password prompt and that aurum is installed there (or pass --agent-command)",
@@ -258,13 +265,28 @@ impl Source for RemoteSource {
                 } => {
                     // Never store what we have not checked: a file that changed between
                     // hashing and sending, or a damaged transfer, fails here.
-                    decode_blob(&id, codec, raw_len, &payload).map_err(|_| {
+                    let entry = IndexEntry {
+                        id,
+                        offset: 0,
+                        stored_len: payload.len() as u32,
+                        raw_len,
+                        codec,
+                        inner: 0,
+                    };
+                    if codec == Codec::ZstdGroup {
+                        return Err(Error::Remote("the agent sent a group; is the same aurum version installed on both ends?".into()));
+                    }
+                    let raw = decode_blob(&entry, &payload).map_err(|_| {
                         Error::Remote(format!(
                             "a chunk from {} does not match its hash (a file changed during the capture?); run getimage again",
                             self.url.host
                         ))
                     })?;
-                    sink.put(&id, codec, raw_len, &payload)?;
+                    if raw.len() <= SMALL_BLOB {
+                        sink.put_small(&id, &raw)?;
+                    } else {
+                        sink.put(&id, codec, raw_len, &payload)?;
+                    }
                     got += 1;
                     progress.advance(1);
                 }

@@ -27,7 +27,8 @@ const MIGRATIONS: &[&str] = &[
         offset INTEGER NOT NULL,
         stored_len INTEGER NOT NULL,
         raw_len INTEGER NOT NULL,
-        codec INTEGER NOT NULL
+        codec INTEGER NOT NULL,
+        inner INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX blobs_pack ON blobs(pack);
     CREATE TABLE images (name TEXT PRIMARY KEY, created INTEGER NOT NULL);

@@ -110,7 +110,7 @@ const REVISION_COLUMNS: &str =
     "image, number, id, parent, created, message, source, files, bytes, new_bytes";
 
 impl Catalog {
-    /// Opens (creating when `create`) the catalog at `path` and migrates it.
+    /// Opens (creating it when absent) the catalog at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Catalog> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
@@ -142,7 +142,7 @@ impl Catalog {
     /// Where a blob is stored, if the repository has it.
     pub fn blob(&self, id: &Id) -> Result<Option<(Id, IndexEntry)>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT pack, offset, stored_len, raw_len, codec FROM blobs WHERE id = ?1",
+            "SELECT pack, offset, stored_len, raw_len, codec, inner FROM blobs WHERE id = ?1",
         )?;
         let row = st
             .query_row([&id.0[..]], |r| {
@@ -152,10 +152,11 @@ impl Catalog {
                     r.get::<_, u32>(2)?,
                     r.get::<_, u32>(3)?,
                     r.get::<_, u8>(4)?,
+                    r.get::<_, u32>(5)?,
                 ))
             })
             .optional()?;
-        let Some((pack, offset, stored_len, raw_len, codec)) = row else {
+        let Some((pack, offset, stored_len, raw_len, codec, inner)) = row else {
             return Ok(None);
         };
         Ok(Some((
@@ -166,6 +167,7 @@ impl Catalog {
                 stored_len,
                 raw_len,
                 codec: Codec::from_u8(codec)?,
+                inner,
             },
         )))
     }
@@ -187,8 +189,8 @@ impl Catalog {
         )?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO blobs(id, pack, offset, stored_len, raw_len, codec)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO blobs(id, pack, offset, stored_len, raw_len, codec, inner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let hex = pack.id.hex();
             for e in &pack.entries {
@@ -198,7 +200,8 @@ impl Catalog {
                     e.offset as i64,
                     e.stored_len,
                     e.raw_len,
-                    e.codec as u8
+                    e.codec as u8,
+                    e.inner
                 ])?;
             }
         }
@@ -224,7 +227,7 @@ impl Catalog {
     /// The blobs the catalog places in a pack, in pack order.
     pub fn pack_blobs(&self, pack: &Id) -> Result<Vec<IndexEntry>> {
         let mut st = self.conn.prepare(
-            "SELECT id, offset, stored_len, raw_len, codec FROM blobs WHERE pack = ?1 ORDER BY offset",
+            "SELECT id, offset, stored_len, raw_len, codec, inner FROM blobs WHERE pack = ?1 ORDER BY offset, inner",
         )?;
         let rows = st.query_map([pack.hex()], |r| {
             Ok((
@@ -233,17 +236,19 @@ impl Catalog {
                 r.get::<_, u32>(2)?,
                 r.get::<_, u32>(3)?,
                 r.get::<_, u8>(4)?,
+                r.get::<_, u32>(5)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, offset, stored_len, raw_len, codec) = row?;
+            let (id, offset, stored_len, raw_len, codec, inner) = row?;
             out.push(IndexEntry {
                 id,
                 offset: offset as u64,
                 stored_len,
                 raw_len,
                 codec: Codec::from_u8(codec)?,
+                inner,
             });
         }
         Ok(out)
@@ -271,8 +276,8 @@ impl Catalog {
                 params![pack.id.hex(), pack.size as i64, pack.entries.len() as i64, now()],
             )?;
             let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO blobs(id, pack, offset, stored_len, raw_len, codec)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO blobs(id, pack, offset, stored_len, raw_len, codec, inner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for e in &pack.entries {
                 st.execute(params![
@@ -281,7 +286,8 @@ impl Catalog {
                     e.offset as i64,
                     e.stored_len,
                     e.raw_len,
-                    e.codec as u8
+                    e.codec as u8,
+                    e.inner
                 ])?;
             }
         }

@@ -24,6 +24,8 @@ pub const RECORD_HEADER: usize = 32 + 1 + 4 + 4;
 pub enum Codec {
     Raw = 0,
     Zstd = 1,
+    /// A member of a group: the payload is one zstd frame holding several small blobs.
+    ZstdGroup = 2,
 }
 
 impl Codec {
@@ -31,6 +33,7 @@ impl Codec {
         match v {
             0 => Ok(Codec::Raw),
             1 => Ok(Codec::Zstd),
+            2 => Ok(Codec::ZstdGroup),
             other => Err(corrupt(format!("unknown blob codec {other}"))),
         }
     }
@@ -45,6 +48,8 @@ pub struct IndexEntry {
     pub stored_len: u32,
     pub raw_len: u32,
     pub codec: Codec,
+    /// For a group member: where the blob starts in the decompressed group (else 0).
+    pub inner: u32,
 }
 
 /// The record header written before a blob's payload.
@@ -70,6 +75,45 @@ pub fn parse_record_header(h: &[u8]) -> Result<(Id, Codec, u32, u32)> {
     Ok((Id(id), codec, stored, raw))
 }
 
+/// The uncompressed body of a group: a member table (count, then id and length of each), then
+/// the members' bytes back to back. Returns the body and each member's offset in it.
+pub fn encode_group(members: &[(Id, Vec<u8>)]) -> (Vec<u8>, Vec<u32>) {
+    let mut w = Writer::default();
+    w.var(members.len() as u64);
+    for (id, data) in members {
+        w.id(id);
+        w.var(data.len() as u64);
+    }
+    let mut offsets = Vec::with_capacity(members.len());
+    for (_, data) in members {
+        offsets.push(w.buf.len() as u32);
+        w.raw(data);
+    }
+    (w.buf, offsets)
+}
+
+/// The members of a group body: (id, offset, length).
+pub fn decode_group(body: &[u8]) -> Result<Vec<(Id, u32, u32)>> {
+    let mut r = Reader::new(body, "blob group");
+    let n = r.var()?;
+    let mut table = Vec::with_capacity(n.min(1 << 16) as usize);
+    for _ in 0..n {
+        let id = r.id()?;
+        let len = u32::try_from(r.var()?).map_err(|_| corrupt("blob group length"))?;
+        table.push((id, len));
+    }
+    let mut at = (body.len() - r.remaining()) as u64;
+    let mut out = Vec::with_capacity(table.len());
+    for (id, len) in table {
+        out.push((id, at as u32, len));
+        at += u64::from(len);
+    }
+    if at != body.len() as u64 {
+        return Err(corrupt("blob group lengths do not add up"));
+    }
+    Ok(out)
+}
+
 /// Encodes a pack index; `entries` are sorted by id here.
 pub fn encode_index(entries: &mut [IndexEntry]) -> Vec<u8> {
     entries.sort_by(|a, b| a.id.cmp(&b.id));
@@ -82,6 +126,7 @@ pub fn encode_index(entries: &mut [IndexEntry]) -> Vec<u8> {
         w.var(u64::from(e.stored_len));
         w.var(u64::from(e.raw_len));
         w.u8(e.codec as u8);
+        w.var(u64::from(e.inner));
     }
     let sum = blake3::hash(&w.buf);
     w.raw(sum.as_bytes());
@@ -106,12 +151,14 @@ pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>> {
         let stored_len = u32::try_from(r.var()?).map_err(|_| corrupt("pack index length"))?;
         let raw_len = u32::try_from(r.var()?).map_err(|_| corrupt("pack index length"))?;
         let codec = Codec::from_u8(r.u8()?)?;
+        let inner = u32::try_from(r.var()?).map_err(|_| corrupt("pack index offset"))?;
         out.push(IndexEntry {
             id,
             offset,
             stored_len,
             raw_len,
             codec,
+            inner,
         });
     }
     if !r.at_end() {
@@ -133,19 +180,31 @@ mod tests {
                 stored_len: 10,
                 raw_len: 20,
                 codec: Codec::Zstd,
+                inner: 0,
             },
             IndexEntry {
                 id: Id::of(b"a"),
                 offset: 100,
                 stored_len: 5,
                 raw_len: 5,
-                codec: Codec::Raw,
+                codec: Codec::ZstdGroup,
+                inner: 7,
             },
         ];
         let mut bytes = encode_index(&mut entries);
         assert_eq!(decode_index(&bytes).unwrap(), entries);
         bytes[12] ^= 1;
         assert!(decode_index(&bytes).is_err());
+    }
+
+    #[test]
+    fn group_round_trip() {
+        let members = vec![(Id::of(b"a"), b"a".to_vec()), (Id::of(b"bc"), b"bc".to_vec())];
+        let (body, offsets) = encode_group(&members);
+        let table = decode_group(&body).unwrap();
+        assert_eq!(table.len(), 2);
+        assert_eq!(table[1], (Id::of(b"bc"), offsets[1], 2));
+        assert_eq!(&body[offsets[1] as usize..][..2], b"bc");
     }
 
     #[test]

@@ -24,6 +24,12 @@ use crate::sys::sync_dir;
 pub const PACK_TARGET: u64 = 48 << 20;
 /// zstd level for blobs: level 3 compresses about as well as gzip -9 at several times the speed.
 pub const ZSTD_LEVEL: i32 = 3;
+/// Blobs up to this size are stored in groups: compressed one by one, small files lose most of
+/// what zstd gains from context, and the store would be larger than a `tar | zstd` of the tree.
+pub const SMALL_BLOB: usize = 32 << 10;
+/// A group is closed once its members add up to this many bytes. Groups hold only blobs new in
+/// one capture, so a node that needs one member usually needs its neighbours too.
+pub const GROUP_TARGET: usize = 256 << 10;
 
 /// `packs/ab/abcd….pack` for a pack id.
 pub fn pack_path(repo: &Path, id: &Id, ext: &str) -> PathBuf {
@@ -70,13 +76,37 @@ pub fn compress(raw: &[u8]) -> (Codec, Vec<u8>) {
     }
 }
 
+/// Decompresses a whole group payload.
+pub fn decode_group_payload(id: &Id, payload: &[u8]) -> Result<Vec<u8>> {
+    zstd::stream::decode_all(payload)
+        .map_err(|e| corrupt(format!("the group holding blob {} does not decompress: {e}", id.short())))
+}
+
 /// Turns a stored payload back into the blob and checks it against its id.
-pub fn decode_blob(id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<Vec<u8>> {
-    let raw = match codec {
+pub fn decode_blob(e: &IndexEntry, payload: &[u8]) -> Result<Vec<u8>> {
+    let (id, raw_len) = (&e.id, e.raw_len);
+    let raw = match e.codec {
         Codec::Raw => payload.to_vec(),
         Codec::Zstd => zstd::bulk::decompress(payload, raw_len as usize)
-            .map_err(|e| corrupt(format!("blob {} does not decompress: {e}", id.short())))?,
+            .map_err(|err| corrupt(format!("blob {} does not decompress: {err}", id.short())))?,
+        Codec::ZstdGroup => {
+            let body = decode_group_payload(id, payload)?;
+            member(e, &body)?
+        }
     };
+    check(e, raw)
+}
+
+/// A group member's bytes, cut out of the decompressed group body.
+fn member(e: &IndexEntry, body: &[u8]) -> Result<Vec<u8>> {
+    let start = e.inner as usize;
+    body.get(start..start + e.raw_len as usize)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| corrupt(format!("blob {} lies outside its group", e.id.short())))
+}
+
+fn check(e: &IndexEntry, raw: Vec<u8>) -> Result<Vec<u8>> {
+    let (id, raw_len) = (&e.id, e.raw_len);
     if raw.len() != raw_len as usize || Id::of(&raw) != *id {
         return Err(corrupt(format!(
             "blob {} is damaged (its content no longer matches its hash); run `aurum verify` to see which revisions it breaks",
@@ -106,6 +136,10 @@ struct OpenPack {
 pub struct PackWriter {
     repo: PathBuf,
     cur: Option<OpenPack>,
+    group: Vec<(Id, Vec<u8>)>,
+    group_bytes: usize,
+    /// Payload bytes written so far (what the blobs take on disk).
+    pub written: u64,
 }
 
 impl PackWriter {
@@ -113,7 +147,40 @@ impl PackWriter {
         PackWriter {
             repo: repo.to_path_buf(),
             cur: None,
+            group: Vec::new(),
+            group_bytes: 0,
+            written: 0,
         }
+    }
+
+    /// Adds a small blob (raw bytes) to the open group; returns a pack when this filled one.
+    pub fn add_small(&mut self, id: &Id, raw: &[u8]) -> Result<Option<FinishedPack>> {
+        self.group.push((*id, raw.to_vec()));
+        self.group_bytes += raw.len();
+        if self.group_bytes >= GROUP_TARGET {
+            return self.flush_group();
+        }
+        Ok(None)
+    }
+
+    /// Writes the open group as one record whose members all point at it.
+    fn flush_group(&mut self) -> Result<Option<FinishedPack>> {
+        if self.group.is_empty() {
+            return Ok(None);
+        }
+        let members = std::mem::take(&mut self.group);
+        self.group_bytes = 0;
+        let (body, offsets) = pack::encode_group(&members);
+        let payload = COMPRESSOR
+            .with(|c| c.borrow_mut().compress(&body))
+            .map_err(|e| corrupt(format!("zstd: {e}")))?;
+        let gid = Id::of(&body);
+        let entries = members
+            .iter()
+            .zip(offsets)
+            .map(|((id, data), inner)| (*id, data.len() as u32, inner))
+            .collect::<Vec<_>>();
+        self.append(&gid, Codec::ZstdGroup, body.len() as u32, &payload, &entries)
     }
 
     /// Appends one blob; returns a pack when this blob filled it.
@@ -124,6 +191,19 @@ impl PackWriter {
         raw_len: u32,
         payload: &[u8],
     ) -> Result<Option<FinishedPack>> {
+        self.append(id, codec, raw_len, payload, &[(*id, raw_len, 0)])
+    }
+
+    /// Writes one record and indexes `members` (id, length, offset in the record's body).
+    fn append(
+        &mut self,
+        id: &Id,
+        codec: Codec,
+        raw_len: u32,
+        payload: &[u8],
+        members: &[(Id, u32, u32)],
+    ) -> Result<Option<FinishedPack>> {
+        self.written += payload.len() as u64;
         if self.cur.is_none() {
             let tmp = tmp_dir(&self.repo);
             let mut file = tempfile::Builder::new()
@@ -148,13 +228,16 @@ impl PackWriter {
         w.write_all(payload).at(&cur.path)?;
         cur.hasher.update(&header);
         cur.hasher.update(payload);
-        cur.entries.push(IndexEntry {
-            id: *id,
-            offset: cur.offset + header.len() as u64,
-            stored_len: payload.len() as u32,
-            raw_len,
-            codec,
-        });
+        for &(mid, len, inner) in members {
+            cur.entries.push(IndexEntry {
+                id: mid,
+                offset: cur.offset + header.len() as u64,
+                stored_len: payload.len() as u32,
+                raw_len: len,
+                codec,
+                inner,
+            });
+        }
         cur.offset += (header.len() + payload.len()) as u64;
         if cur.offset >= PACK_TARGET {
             return self.finish();
@@ -164,6 +247,11 @@ impl PackWriter {
 
     /// Closes the open pack, if any: fsync, index, renames, directory fsync.
     pub fn finish(&mut self) -> Result<Option<FinishedPack>> {
+        if let Some(done) = self.flush_group()? {
+            // The group's record closed the pack; nothing is left open.
+            debug_assert!(self.cur.is_none());
+            return Ok(Some(done));
+        }
         let Some(mut cur) = self.cur.take() else {
             return Ok(None);
         };
@@ -188,6 +276,8 @@ impl PackWriter {
 pub struct PackReader {
     repo: PathBuf,
     open: Mutex<HashMap<Id, Arc<File>>>,
+    /// The last group decompressed: its members are usually read one after the other.
+    group: Mutex<Option<((Id, u64), Arc<Vec<u8>>)>>,
 }
 
 impl PackReader {
@@ -195,6 +285,7 @@ impl PackReader {
         PackReader {
             repo: repo.to_path_buf(),
             open: Mutex::new(HashMap::new()),
+            group: Mutex::new(None),
         }
     }
 
@@ -223,7 +314,24 @@ impl PackReader {
 
     /// A blob's content, checked against its id.
     pub fn read(&self, pack: &Id, e: &IndexEntry) -> Result<Vec<u8>> {
-        let payload = self.read_payload(pack, e)?;
-        decode_blob(&e.id, e.codec, e.raw_len, &payload)
+        if e.codec != Codec::ZstdGroup {
+            let payload = self.read_payload(pack, e)?;
+            return decode_blob(e, &payload);
+        }
+        let key = (*pack, e.offset);
+        let cached = {
+            let g = self.group.lock().expect("group cache lock");
+            g.as_ref().filter(|(k, _)| *k == key).map(|(_, b)| b.clone())
+        };
+        let body = match cached {
+            Some(b) => b,
+            None => {
+                let payload = self.read_payload(pack, e)?;
+                let b = Arc::new(decode_group_payload(&e.id, &payload)?);
+                *self.group.lock().expect("group cache lock") = Some((key, b.clone()));
+                b
+            }
+        };
+        check(e, member(e, &body)?)
     }
 }

@@ -54,7 +54,9 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
 
 /// Creates a new, empty repository at `root`.
 pub fn init(root: &Path) -> Result<()> {
-    if root.join("aurum.db").exists() {
+    // FORMAT is written last, so a directory without it is at most a half-made repository
+    // that init may finish.
+    if root.join("FORMAT").exists() {
         return Err(invalid(format!(
             "{} is already an aurum repository",
             root.display()
@@ -87,7 +89,9 @@ fn flock(file: &File, lock: Lock, path: &Path) -> Result<()> {
     }
     let what = match lock {
         Lock::Shared => "a garbage collection (`aurum gc`) holds the repository; waiting for it",
-        Lock::Exclusive => "other aurum commands are using the repository; waiting for them to finish",
+        Lock::Exclusive => {
+            "other aurum commands are using the repository; waiting for them to finish"
+        }
     };
     log::warn!("{what}");
     eprintln!("aurum: {what}");
@@ -148,7 +152,9 @@ impl Repository {
         let not_found = |what: String| Error::NotFound(what);
         if let Some((image, n)) = spec.split_once('@') {
             let number: u32 = n.parse().map_err(|_| {
-                invalid(format!("`{spec}`: the part after @ must be a revision number"))
+                invalid(format!(
+                    "`{spec}`: the part after @ must be a revision number"
+                ))
             })?;
             self.require_image(image)?;
             return self.catalog.revision(image, number)?.ok_or_else(|| {
@@ -176,9 +182,10 @@ impl Repository {
                 .expect("tags reference existing revisions"));
         }
         if self.catalog.image_exists(spec)? {
-            return self.catalog.newest(spec)?.ok_or_else(|| {
-                not_found(format!("image `{spec}` has no revisions yet"))
-            });
+            return self
+                .catalog
+                .newest(spec)?
+                .ok_or_else(|| not_found(format!("image `{spec}` has no revisions yet")));
         }
         let hex = spec.to_ascii_lowercase();
         if hex.len() >= 8 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -267,11 +274,12 @@ impl Repository {
     ) -> Result<Revision> {
         check_name("image", image)?;
         let parent = self.catalog.newest(image)?.map(|r| r.id);
-        let number = self
-            .catalog
-            .add_revision(image, id, parent.as_ref(), message, source, stats)?;
-        self.write_refs(image)?;
+        let number =
+            self.catalog
+                .add_revision(image, id, parent.as_ref(), message, source, stats)?;
+        // Packs first: a static client that sees the new head must find its packs listed.
         self.write_pack_list()?;
+        self.write_refs(image)?;
         Ok(self
             .catalog
             .revision(image, number)?
@@ -304,7 +312,10 @@ impl Repository {
         let tag_dir = dir.join("tags");
         fs::create_dir_all(&tag_dir).at(&tag_dir)?;
         for (tag, number) in &tags {
-            let rev = revs.iter().find(|r| r.number == *number).expect("tag target");
+            let rev = revs
+                .iter()
+                .find(|r| r.number == *number)
+                .expect("tag target");
             store::write_atomic(
                 &self.root,
                 &tag_dir.join(tag),
@@ -327,7 +338,11 @@ impl Repository {
         for (id, size, _) in self.catalog.packs()? {
             list.push_str(&format!("{} {size}\n", id.hex()));
         }
-        store::write_atomic(&self.root, &self.root.join("packs").join("list"), list.as_bytes())
+        store::write_atomic(
+            &self.root,
+            &self.root.join("packs").join("list"),
+            list.as_bytes(),
+        )
     }
 
     /// Records packs that are on disk with their index but missing from the catalog (left by a
@@ -375,8 +390,11 @@ impl Repository {
             }
         }
         if adopted > 0 {
-            self.catalog
-                .event("adopt", None, &format!("adopted {adopted} unrecorded packs"))?;
+            self.catalog.event(
+                "adopt",
+                None,
+                &format!("adopted {adopted} unrecorded packs"),
+            )?;
         }
         Ok(adopted)
     }
@@ -527,9 +545,10 @@ impl Read for ContentReader<'_> {
             return Ok(n);
         }
         if self.buf_at == self.buf.len() {
-            let c = self.chunks.next().ok_or_else(|| {
-                std::io::Error::other("file content is shorter than its size")
-            })?;
+            let c = self
+                .chunks
+                .next()
+                .ok_or_else(|| std::io::Error::other("file content is shorter than its size"))?;
             self.buf = self
                 .repo
                 .read_blob(&c.id)
@@ -551,12 +570,15 @@ impl Read for ContentReader<'_> {
     }
 }
 
-
 impl Repository {
     /// Reads the content of a file entry (holes as zeros), blob by blob, verified.
     pub fn open_file<'a>(&'a self, e: &'a crate::format::manifest::Entry) -> ContentReader<'a> {
         let (size, chunks, extents) = match &e.kind {
-            crate::format::manifest::Kind::File { size, chunks, extents } => (*size, &chunks[..], extents.clone()),
+            crate::format::manifest::Kind::File {
+                size,
+                chunks,
+                extents,
+            } => (*size, &chunks[..], extents.clone()),
             _ => (0, &[][..], None),
         };
         ContentReader {

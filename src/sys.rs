@@ -35,8 +35,12 @@ pub fn shown(root: &Path, rel: &[u8]) -> PathBuf {
 /// Opens a directory given as a host path (following symlinks, as an administrator expects for
 /// the argument itself).
 pub fn open_root(path: &Path) -> Result<OwnedFd> {
-    nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .at(path)
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .at(path)
 }
 
 /// Opens the directory `rel` beneath `root`, never following a symlink on the way.
@@ -95,7 +99,12 @@ pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Vec<(Vec<u8>, 
         loop {
             // SAFETY: as above, for `val`.
             let r = unsafe {
-                libc::lgetxattr(p.as_ptr(), ckey.as_ptr(), val.as_mut_ptr().cast(), val.len())
+                libc::lgetxattr(
+                    p.as_ptr(),
+                    ckey.as_ptr(),
+                    val.as_mut_ptr().cast(),
+                    val.len(),
+                )
             };
             match errno_result(r) {
                 Ok(n) => {
@@ -123,7 +132,13 @@ pub fn set_xattr_at(dir: BorrowedFd, name: &[u8], key: &[u8], value: &[u8]) -> s
     let ckey = CString::new(key).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: pointers and lengths describe live buffers.
     let r = unsafe {
-        libc::lsetxattr(p.as_ptr(), ckey.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        libc::lsetxattr(
+            p.as_ptr(),
+            ckey.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
@@ -177,5 +192,7 @@ pub fn data_extents(file: &impl AsFd, size: u64) -> std::io::Result<Vec<(u64, u6
 
 /// fsyncs a directory so that renames into it are durable.
 pub fn sync_dir(path: &Path) -> Result<()> {
-    std::fs::File::open(path).and_then(|d| d.sync_all()).at(path)
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .at(path)
 }

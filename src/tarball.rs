@@ -53,7 +53,11 @@ pub fn export(repo: &Repository, manifest: &Manifest, out: impl Write) -> Result
         }
         let mut pax = Vec::new();
         if e.mtime_nsec != 0 {
-            pax_record(&mut pax, "mtime", format!("{}.{:09}", e.mtime, e.mtime_nsec).as_bytes());
+            pax_record(
+                &mut pax,
+                "mtime",
+                format!("{}.{:09}", e.mtime, e.mtime_nsec).as_bytes(),
+            );
         }
         for (k, v) in &e.xattrs {
             match std::str::from_utf8(k) {
@@ -65,7 +69,10 @@ pub fn export(repo: &Repository, manifest: &Manifest, out: impl Write) -> Result
             }
         }
         if e.kind == Kind::Socket {
-            warnings.push(format!("{}: socket ignored (tar has no socket type)", e.display()));
+            warnings.push(format!(
+                "{}: socket ignored (tar has no socket type)",
+                e.display()
+            ));
             continue;
         }
         if !pax.is_empty() {
@@ -88,7 +95,8 @@ pub fn export(repo: &Repository, manifest: &Manifest, out: impl Write) -> Result
             Kind::File { size, .. } => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(*size);
-                b.append_data(&mut h, p, repo.open_file(e)).at(e.display())?;
+                b.append_data(&mut h, p, repo.open_file(e))
+                    .at(e.display())?;
             }
             Kind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -320,17 +328,26 @@ pub fn import(
         .iter()
         .filter(|e| matches!(e.kind, Kind::File { .. }))
         .count() as u64;
-    let bytes = manifest.entries.iter().map(|e| match e.kind {
-        Kind::File { size, .. } => size,
-        _ => 0,
-    }).sum();
+    let bytes = manifest
+        .entries
+        .iter()
+        .map(|e| match e.kind {
+            Kind::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
     let stats = RevisionStats {
         files,
         bytes,
         new_bytes: sink.new_bytes(),
     };
     let id = repo.store_manifest(&manifest)?;
-    let source = format!("import:{}", std::fs::canonicalize(path).unwrap_or(path.to_path_buf()).display());
+    let source = format!(
+        "import:{}",
+        std::fs::canonicalize(path)
+            .unwrap_or(path.to_path_buf())
+            .display()
+    );
     let rev = repo.commit_revision(image, &id, message, &source, &stats)?;
     Ok((rev, stats))
 }
@@ -357,7 +374,12 @@ fn fix_hardlinks(entries: &mut BTreeMap<Vec<u8>, Entry>) -> Result<()> {
                 display_path(&target)
             )));
         }
-        let first = links.iter().chain([&target]).min().expect("non-empty").clone();
+        let first = links
+            .iter()
+            .chain([&target])
+            .min()
+            .expect("non-empty")
+            .clone();
         for name in links.iter().chain([&target]) {
             let e = entries.get_mut(name).expect("present");
             if *name == first {
@@ -395,7 +417,10 @@ mod tests {
 
     #[test]
     fn normalises_member_names() {
-        assert_eq!(normalise(b"./etc/passwd").unwrap(), Some(b"etc/passwd".to_vec()));
+        assert_eq!(
+            normalise(b"./etc/passwd").unwrap(),
+            Some(b"etc/passwd".to_vec())
+        );
         assert_eq!(normalise(b"./").unwrap(), None);
         assert_eq!(normalise(b"/usr//bin/").unwrap(), Some(b"usr/bin".to_vec()));
         assert!(normalise(b"../etc/shadow").is_err());

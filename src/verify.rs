@@ -41,7 +41,11 @@ pub struct VerifyReport {
 }
 
 /// Verifies one revision (its manifest and every blob it names) or, with `None`, everything.
-pub fn verify(repo: &mut Repository, only: Option<&Revision>, progress: &dyn Progress) -> Result<VerifyReport> {
+pub fn verify(
+    repo: &mut Repository,
+    only: Option<&Revision>,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let revisions = match only {
         Some(r) => vec![r.clone()],

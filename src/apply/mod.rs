@@ -86,8 +86,12 @@ pub fn checkout(
     for e in manifest.entries.iter().skip(1) {
         if e.kind == Kind::Dir {
             let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
-            mkdirat(dir.as_fd(), file_name(&e.path), Mode::from_bits_truncate(0o700))
-                .at(shown(target, &e.path))?;
+            mkdirat(
+                dir.as_fd(),
+                file_name(&e.path),
+                Mode::from_bits_truncate(0o700),
+            )
+            .at(shown(target, &e.path))?;
         }
     }
 
@@ -225,17 +229,36 @@ fn create_special(dir: BorrowedFd, root: &OwnedFd, e: &Entry, shown_root: &Path)
     }
 }
 
-fn set_metadata_root(root: &OwnedFd, e: &Entry, shown_root: &Path, warn: &dyn Fn(String)) -> Result<()> {
+fn set_metadata_root(
+    root: &OwnedFd,
+    e: &Entry,
+    shown_root: &Path,
+    warn: &dyn Fn(String),
+) -> Result<()> {
     // The root has no parent we may open; act on it through its own descriptor.
     let file = File::from(nix::unistd::dup(root).at(shown_root)?);
-    apply_owner(nix::unistd::fchown(&file, Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid))), e, shown_root, warn)?;
+    apply_owner(
+        nix::unistd::fchown(
+            &file,
+            Some(Uid::from_raw(e.uid)),
+            Some(Gid::from_raw(e.gid)),
+        ),
+        e,
+        shown_root,
+        warn,
+    )?;
     nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(e.mode)).at(shown_root)?;
     set_xattrs(root.as_fd(), b"", e, shown_root, warn)?;
     let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
     nix::sys::stat::futimens(&file, &t, &t).at(shown_root)
 }
 
-fn apply_owner(r: nix::Result<()>, e: &Entry, shown_root: &Path, warn: &dyn Fn(String)) -> Result<()> {
+fn apply_owner(
+    r: nix::Result<()>,
+    e: &Entry,
+    shown_root: &Path,
+    warn: &dyn Fn(String),
+) -> Result<()> {
     match r {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EPERM) => {
@@ -251,7 +274,13 @@ fn apply_owner(r: nix::Result<()>, e: &Entry, shown_root: &Path, warn: &dyn Fn(S
     }
 }
 
-fn set_xattrs(dir: BorrowedFd, name: &[u8], e: &Entry, shown_root: &Path, warn: &dyn Fn(String)) -> Result<()> {
+fn set_xattrs(
+    dir: BorrowedFd,
+    name: &[u8],
+    e: &Entry,
+    shown_root: &Path,
+    warn: &dyn Fn(String),
+) -> Result<()> {
     for (k, v) in &e.xattrs {
         if let Err(err) = sys::set_xattr_at(dir, name, k, v) {
             match err.raw_os_error() {
@@ -290,8 +319,13 @@ pub fn set_metadata(
         let mode = Mode::from_bits_truncate(e.mode);
         match file {
             Some(f) => nix::sys::stat::fchmod(f, mode).at(&shown_path)?,
-            None => nix::sys::stat::fchmodat(dir, name, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
-                .at(&shown_path)?,
+            None => nix::sys::stat::fchmodat(
+                dir,
+                name,
+                mode,
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .at(&shown_path)?,
         }
     }
     set_xattrs(dir, name, e, shown_root, warn)?;

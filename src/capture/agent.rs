@@ -82,7 +82,8 @@ fn converse<W: Write + Send>(input: &mut impl Read, out: &Mutex<W>) -> Result<()
                 state = Some((source, scanned));
             }
             Msg::Hash { files } => {
-                let (source, scanned) = state.as_mut().ok_or_else(|| invalid("hash before scan"))?;
+                let (source, scanned) =
+                    state.as_mut().ok_or_else(|| invalid("hash before scan"))?;
                 let files: Vec<usize> = files.into_iter().map(|f| f as usize).collect();
                 if files.iter().any(|&f| f >= scanned.len()) {
                     return Err(invalid("hash request names an entry that was not scanned"));
@@ -98,7 +99,8 @@ fn converse<W: Write + Send>(input: &mut impl Read, out: &Mutex<W>) -> Result<()
                 send(&Msg::Done)?;
             }
             Msg::Fetch { wants } => {
-                let (source, scanned) = state.as_mut().ok_or_else(|| invalid("fetch before scan"))?;
+                let (source, scanned) =
+                    state.as_mut().ok_or_else(|| invalid("fetch before scan"))?;
                 let wants: Vec<(usize, Vec<u32>)> =
                     wants.into_iter().map(|(f, n)| (f as usize, n)).collect();
                 if wants.iter().any(|(f, _)| *f >= scanned.len()) {

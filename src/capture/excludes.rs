@@ -89,7 +89,9 @@ impl Excludes {
         let mut abs = Vec::with_capacity(rel.len() + 1);
         abs.push(b'/');
         abs.extend_from_slice(rel);
-        let path = std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&abs));
+        let path = std::path::Path::new(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&abs),
+        );
         let cand = Candidate::new(path);
         self.set
             .matches_candidate(&cand)
@@ -138,7 +140,10 @@ mod tests {
 
     #[test]
     fn defaults_compile() {
-        let d: Vec<String> = DEFAULT_CAPTURE_EXCLUDES.iter().map(|s| s.to_string()).collect();
+        let d: Vec<String> = DEFAULT_CAPTURE_EXCLUDES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let e = Excludes::new(&d).unwrap();
         assert!(e.excluded(b"etc/machine-id", false));
         assert!(e.excluded(b"dev/null", false));

@@ -345,7 +345,10 @@ pub fn getimage(
         if !matches!(s.entry.kind, Kind::File { .. }) {
             continue;
         }
-        match repo.catalog.statcache_get(&describe, &s.entry.path, &s.stat)? {
+        match repo
+            .catalog
+            .statcache_get(&describe, &s.entry.path, &s.stat)?
+        {
             Some(bytes) => match decode_content(&bytes) {
                 Ok((chunks, extents)) => {
                     contents[i] = Some(Content { chunks, extents });

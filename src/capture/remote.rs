@@ -11,9 +11,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use super::scan::Scanned;
 use super::{BlobSink, Content, Source};
 use crate::error::{invalid, Error, Result};
+use crate::format::pack::{Codec, IndexEntry};
 use crate::format::wire::{self, Msg, PROTOCOL_VERSION};
 use crate::progress::Progress;
-use crate::format::pack::{Codec, IndexEntry};
 use crate::store::{decode_blob, SMALL_BLOB};
 
 /// `ssh://[user@]host[:port][/path]`, parsed.
@@ -73,7 +73,11 @@ impl SshUrl {
 
     /// The canonical text, used to name the revision's source and key the stat cache.
     pub fn canonical(&self) -> String {
-        let user = self.user.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+        let user = self
+            .user
+            .as_deref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
@@ -98,7 +102,12 @@ impl RemoteSource {
     ///
     /// `ssh` is the ssh command with its options (`["ssh", "-i", "key"]`), `agent` the command
     /// that runs aurum on the golden client.
-    pub fn connect(url: SshUrl, ssh: &[String], agent: &str, excludes: Vec<String>) -> Result<RemoteSource> {
+    pub fn connect(
+        url: SshUrl,
+        ssh: &[String],
+        agent: &str,
+        excludes: Vec<String>,
+    ) -> Result<RemoteSource> {
         let (prog, args) = ssh
             .split_first()
             .ok_or_else(|| invalid("the ssh command is empty"))?;
@@ -112,9 +121,13 @@ impl RemoteSource {
             None => url.host.clone(),
         };
         cmd.arg(dest).arg(format!("{agent} agent"));
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().map_err(|e| {
-            Error::Remote(format!("cannot run `{prog}`: {e}; install openssh-client or pass --ssh"))
+            Error::Remote(format!(
+                "cannot run `{prog}`: {e}; install openssh-client or pass --ssh"
+            ))
         })?;
         let to = Some(BufWriter::new(child.stdin.take().expect("piped")));
         let from = BufReader::new(child.stdout.take().expect("piped"));
@@ -197,7 +210,11 @@ impl Source for RemoteSource {
                 }
                 Msg::Warning(w) => warnings.push(w),
                 Msg::Done => break,
-                other => return Err(Error::Remote(format!("unexpected frame while scanning: {other:?}"))),
+                other => {
+                    return Err(Error::Remote(format!(
+                        "unexpected frame while scanning: {other:?}"
+                    )))
+                }
             }
         }
         progress.finish();
@@ -217,8 +234,11 @@ impl Source for RemoteSource {
         let total: u64 = files.iter().map(|&i| scanned[i].stat.size).sum();
         progress.phase("hashing (remote)", Some(total), true);
         let mut out: Vec<Option<Content>> = vec![None; files.len()];
-        let position: std::collections::HashMap<u64, usize> =
-            files.iter().enumerate().map(|(p, &i)| (i as u64, p)).collect();
+        let position: std::collections::HashMap<u64, usize> = files
+            .iter()
+            .enumerate()
+            .map(|(p, &i)| (i as u64, p))
+            .collect();
         loop {
             match self.recv()? {
                 Msg::Chunks {
@@ -226,14 +246,18 @@ impl Source for RemoteSource {
                     chunks,
                     extents,
                 } => {
-                    let &p = position
-                        .get(&file)
-                        .ok_or_else(|| Error::Remote(format!("agent hashed a file not asked for ({file})")))?;
+                    let &p = position.get(&file).ok_or_else(|| {
+                        Error::Remote(format!("agent hashed a file not asked for ({file})"))
+                    })?;
                     progress.advance(scanned[file as usize].stat.size);
                     out[p] = Some(Content { chunks, extents });
                 }
                 Msg::Done => break,
-                other => return Err(Error::Remote(format!("unexpected frame while hashing: {other:?}"))),
+                other => {
+                    return Err(Error::Remote(format!(
+                        "unexpected frame while hashing: {other:?}"
+                    )))
+                }
             }
         }
         progress.finish();
@@ -291,7 +315,11 @@ impl Source for RemoteSource {
                     progress.advance(1);
                 }
                 Msg::Done => break,
-                other => return Err(Error::Remote(format!("unexpected frame while receiving: {other:?}"))),
+                other => {
+                    return Err(Error::Remote(format!(
+                        "unexpected frame while receiving: {other:?}"
+                    )))
+                }
             }
         }
         progress.finish();
@@ -310,7 +338,9 @@ mod tests {
 
     #[test]
     fn parses_ssh_urls() {
-        let u = SshUrl::parse("ssh://root@node1:2222/srv/root").unwrap().unwrap();
+        let u = SshUrl::parse("ssh://root@node1:2222/srv/root")
+            .unwrap()
+            .unwrap();
         assert_eq!(u.user.as_deref(), Some("root"));
         assert_eq!(u.host, "node1");
         assert_eq!(u.port, Some(2222));

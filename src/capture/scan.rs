@@ -65,7 +65,9 @@ fn unescape_mount(field: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < field.len() {
         if field[i] == b'\\' && i + 3 < field.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&field[i + 1..i + 4]).unwrap_or("x"), 8) {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&field[i + 1..i + 4]).unwrap_or("x"), 8)
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -78,7 +80,12 @@ fn unescape_mount(field: &[u8]) -> Vec<u8> {
 }
 
 /// Metadata common to every kind, from a stat.
-fn entry_from_stat(path: Vec<u8>, kind: Kind, st: &FileStat, xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Entry {
+fn entry_from_stat(
+    path: Vec<u8>,
+    kind: Kind,
+    st: &FileStat,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Entry {
     Entry {
         path,
         kind,
@@ -113,7 +120,11 @@ struct Walker<'a> {
 }
 
 /// Walks `root` and returns its entries, sorted, plus warnings for the administrator.
-pub fn scan(root: &Path, excludes: &Excludes, progress: &dyn Progress) -> Result<(Vec<Scanned>, Vec<String>)> {
+pub fn scan(
+    root: &Path,
+    excludes: &Excludes,
+    progress: &dyn Progress,
+) -> Result<(Vec<Scanned>, Vec<String>)> {
     let fd = sys::open_root(root)?;
     let st = nix::sys::stat::fstat(&fd).at(root)?;
     let xattrs = sys::xattrs_at(fd.as_fd(), b"").at(root)?;
@@ -205,8 +216,8 @@ impl Walker<'_> {
                 },
                 libc::S_IFDIR => Kind::Dir,
                 libc::S_IFLNK => {
-                    let target = readlinkat(dir.as_fd(), name.as_slice())
-                        .at(shown(&self.root, &path))?;
+                    let target =
+                        readlinkat(dir.as_fd(), name.as_slice()).at(shown(&self.root, &path))?;
                     Kind::Symlink {
                         target: target.as_bytes().to_vec(),
                     }

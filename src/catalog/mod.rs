@@ -185,7 +185,12 @@ impl Catalog {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO packs(id, size, blobs, created) VALUES (?1, ?2, ?3, ?4)",
-            params![pack.id.hex(), pack.size as i64, pack.entries.len() as i64, now()],
+            params![
+                pack.id.hex(),
+                pack.size as i64,
+                pack.entries.len() as i64,
+                now()
+            ],
         )?;
         {
             let mut st = tx.prepare_cached(
@@ -273,7 +278,12 @@ impl Catalog {
         for pack in new {
             tx.execute(
                 "INSERT OR IGNORE INTO packs(id, size, blobs, created) VALUES (?1, ?2, ?3, ?4)",
-                params![pack.id.hex(), pack.size as i64, pack.entries.len() as i64, now()],
+                params![
+                    pack.id.hex(),
+                    pack.size as i64,
+                    pack.entries.len() as i64,
+                    now()
+                ],
             )?;
             let mut st = tx.prepare_cached(
                 "INSERT OR REPLACE INTO blobs(id, pack, offset, stored_len, raw_len, codec, inner)
@@ -337,7 +347,10 @@ impl Catalog {
             image: r.get(0)?,
             number: r.get(1)?,
             id: id_from_hex(r.get(2)?)?,
-            parent: r.get::<_, Option<String>>(3)?.map(id_from_hex).transpose()?,
+            parent: r
+                .get::<_, Option<String>>(3)?
+                .map(id_from_hex)
+                .transpose()?,
             created: r.get(4)?,
             message: r.get(5)?,
             source: r.get(6)?,
@@ -424,7 +437,9 @@ impl Catalog {
             |r| r.get(0),
         )?;
         tx.execute(
-            &format!("INSERT INTO revisions({REVISION_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+            &format!(
+                "INSERT INTO revisions({REVISION_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
+            ),
             params![
                 image,
                 number,
@@ -440,7 +455,11 @@ impl Catalog {
         )?;
         tx.execute(
             "INSERT INTO events(time, kind, image, detail) VALUES (?1, 'revision', ?2, ?3)",
-            params![now(), image, format!("{image}@{number} {} {message}", id.short())],
+            params![
+                now(),
+                image,
+                format!("{image}@{number} {} {message}", id.short())
+            ],
         )?;
         tx.commit()?;
         Ok(number)
@@ -491,7 +510,11 @@ impl Catalog {
              ON CONFLICT(image, tag) DO UPDATE SET number = excluded.number, created = excluded.created",
             params![image, tag, number, now()],
         )?;
-        self.event("tag", Some(image), &format!("{image}:{tag} -> {image}@{number}"))
+        self.event(
+            "tag",
+            Some(image),
+            &format!("{image}:{tag} -> {image}@{number}"),
+        )
     }
 
     /// Deletes a tag; false when there was none.
@@ -539,8 +562,14 @@ impl Catalog {
         // Tags follow through ON UPDATE CASCADE on (image, number) once revisions move, but
         // SQLite cascades only one level, so the tag rows move explicitly first.
         tx.execute("PRAGMA defer_foreign_keys = ON", [])?;
-        tx.execute("UPDATE tags SET image = ?2 WHERE image = ?1", params![old, new])?;
-        tx.execute("UPDATE images SET name = ?2 WHERE name = ?1", params![old, new])?;
+        tx.execute(
+            "UPDATE tags SET image = ?2 WHERE image = ?1",
+            params![old, new],
+        )?;
+        tx.execute(
+            "UPDATE images SET name = ?2 WHERE name = ?1",
+            params![old, new],
+        )?;
         tx.execute(
             "INSERT INTO events(time, kind, image, detail) VALUES (?1, 'mvimage', ?2, ?3)",
             params![now(), new, format!("renamed from {old}")],
@@ -565,7 +594,12 @@ impl Catalog {
     // ---- stat cache ----
 
     /// The content a file had when it last had exactly this stat data.
-    pub fn statcache_get(&self, source: &str, path: &[u8], key: &StatKey) -> Result<Option<Vec<u8>>> {
+    pub fn statcache_get(
+        &self,
+        source: &str,
+        path: &[u8],
+        key: &StatKey,
+    ) -> Result<Option<Vec<u8>>> {
         let mut st = self.conn.prepare_cached(
             "SELECT content FROM statcache WHERE source = ?1 AND path = ?2
              AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5 AND ino = ?6",
@@ -586,7 +620,11 @@ impl Catalog {
     }
 
     /// Records stat data and content for many files at once.
-    pub fn statcache_put(&mut self, source: &str, rows: &[(Vec<u8>, StatKey, Vec<u8>)]) -> Result<()> {
+    pub fn statcache_put(
+        &mut self,
+        source: &str,
+        rows: &[(Vec<u8>, StatKey, Vec<u8>)],
+    ) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use aurum::capture::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED, DEFAULT_CAPTURE_EXCLUDES};
+use aurum::capture::excludes::{
+    read_exclude_file, Excludes, ALWAYS_EXCLUDED, DEFAULT_CAPTURE_EXCLUDES,
+};
 use aurum::capture::remote::{RemoteSource, SshUrl};
 use aurum::capture::{self, CaptureOptions, LocalSource, Source};
 use clap::Args;
@@ -22,10 +24,18 @@ use super::{human_bytes, open, progress, Global};
 #[derive(Args)]
 pub struct GetimageArgs {
     /// The golden client: a directory, or ssh://[user@]host[:port][/path].
-    #[arg(long, value_name = "SOURCE", required_unless_present = "show_default_excludes")]
+    #[arg(
+        long,
+        value_name = "SOURCE",
+        required_unless_present = "show_default_excludes"
+    )]
     golden_client: Option<String>,
     /// The image to add the revision to (created when new).
-    #[arg(long, value_name = "NAME", required_unless_present = "show_default_excludes")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        required_unless_present = "show_default_excludes"
+    )]
     image: Option<String>,
     /// A note kept with the revision (`aurum log` shows it).
     #[arg(short, long, default_value = "")]
@@ -76,14 +86,20 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     let mut source: Box<dyn Source> = match SshUrl::parse(&golden) {
         Some(url) => {
             let ssh: Vec<String> = a.ssh.split_whitespace().map(String::from).collect();
-            Box::new(RemoteSource::connect(url?, &ssh, &a.agent_command, patterns)?)
+            Box::new(RemoteSource::connect(
+                url?,
+                &ssh,
+                &a.agent_command,
+                patterns,
+            )?)
         }
         None => {
             let root = PathBuf::from(&golden);
             if !root.is_dir() {
-                anyhow::bail!(
+                return Err(aurum::Error::Invalid(format!(
                     "golden client {golden} is not a directory; give a mounted root, a chroot, or ssh://host/"
-                );
+                ))
+                .into());
             }
             // A repository inside the tree it captures would capture itself.
             if let (Ok(r), Ok(s)) = (std::fs::canonicalize(&g.repo), std::fs::canonicalize(&root)) {
@@ -122,7 +138,10 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
         r.elapsed.as_secs_f64()
     );
     if r.adopted_packs > 0 {
-        println!("(recovered {} packs left by an interrupted capture)", r.adopted_packs);
+        println!(
+            "(recovered {} packs left by an interrupted capture)",
+            r.adopted_packs
+        );
     }
     Ok(())
 }

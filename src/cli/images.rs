@@ -24,13 +24,14 @@ pub struct TagArgs {
 pub fn tag(g: &Global, a: TagArgs) -> anyhow::Result<()> {
     let mut repo = open(g)?;
     if a.delete {
-        let (image, tag) = a
-            .rev
-            .split_once(':')
-            .ok_or_else(|| aurum::Error::Invalid(format!("`{}`: give the tag to delete as IMAGE:TAG", a.rev)))?;
+        let (image, tag) = a.rev.split_once(':').ok_or_else(|| {
+            aurum::Error::Invalid(format!("`{}`: give the tag to delete as IMAGE:TAG", a.rev))
+        })?;
         repo.require_image(image)?;
         if !repo.catalog.delete_tag(image, tag)? {
-            return Err(aurum::Error::NotFound(format!("image `{image}` has no tag `{tag}`")).into());
+            return Err(
+                aurum::Error::NotFound(format!("image `{image}` has no tag `{tag}`")).into(),
+            );
         }
         repo.write_refs(image)?;
         println!("deleted {image}:{tag}");
@@ -62,7 +63,11 @@ pub fn cpimage(g: &Global, a: CpimageArgs) -> anyhow::Result<()> {
     repo.require_image(&a.src)?;
     check_name("image", &a.dst)?;
     if repo.catalog.image_exists(&a.dst)? {
-        return Err(aurum::Error::Invalid(format!("image `{}` already exists; pick another name or `aurum rmimage {}` first", a.dst, a.dst)).into());
+        return Err(aurum::Error::Invalid(format!(
+            "image `{}` already exists; pick another name or `aurum rmimage {}` first",
+            a.dst, a.dst
+        ))
+        .into());
     }
     repo.catalog.copy_image(&a.src, &a.dst)?;
     repo.write_refs(&a.dst)?;
@@ -111,7 +116,10 @@ pub fn rmimage(g: &Global, a: RmimageArgs) -> anyhow::Result<()> {
     repo.require_image(&a.name)?;
     let tags = repo.catalog.tags(&a.name)?;
     if !tags.is_empty() && !a.force {
-        let list: Vec<String> = tags.iter().map(|(t, n)| format!("{}:{t} (@{n})", a.name)).collect();
+        let list: Vec<String> = tags
+            .iter()
+            .map(|(t, n)| format!("{}:{t} (@{n})", a.name))
+            .collect();
         return Err(aurum::Error::Invalid(format!(
             "image `{}` has tags {}; delete them with `aurum tag --delete`, or pass --force",
             a.name,
@@ -121,6 +129,9 @@ pub fn rmimage(g: &Global, a: RmimageArgs) -> anyhow::Result<()> {
     }
     repo.catalog.delete_image(&a.name)?;
     repo.write_refs(&a.name)?;
-    println!("removed image {}; run `aurum gc` to free the space only it used", a.name);
+    println!(
+        "removed image {}; run `aurum gc` to free the space only it used",
+        a.name
+    );
     Ok(())
 }

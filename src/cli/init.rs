@@ -14,6 +14,9 @@ pub struct InitArgs {}
 
 pub fn exec(g: &Global, _: InitArgs) -> anyhow::Result<()> {
     aurum::repo::init(&g.repo)?;
-    println!("initialised an empty aurum repository in {}", g.repo.display());
+    println!(
+        "initialised an empty aurum repository in {}",
+        g.repo.display()
+    );
     Ok(())
 }

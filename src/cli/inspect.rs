@@ -24,17 +24,38 @@ pub fn lsimage(g: &Global, a: LsimageArgs) -> anyhow::Result<()> {
         return print_json(&images);
     }
     if images.is_empty() {
-        println!("no images yet; capture one with `aurum getimage --golden-client DIR --image NAME`");
+        println!(
+            "no images yet; capture one with `aurum getimage --golden-client DIR --image NAME`"
+        );
         return Ok(());
     }
-    println!("{:<20} {:>5} {:<10} {:<19} {:>10}  TAGS", "IMAGE", "REVS", "NEWEST", "CAPTURED", "SIZE");
+    println!(
+        "{:<20} {:>5} {:<10} {:<19} {:>10}  TAGS",
+        "IMAGE", "REVS", "NEWEST", "CAPTURED", "SIZE"
+    );
     for i in images {
         let (id, when, size) = match &i.newest {
-            Some(r) => (format!("@{} {}", r.number, &r.id.short()[..4]), human_time(r.created), human_bytes(r.bytes)),
+            Some(r) => (
+                format!("@{} {}", r.number, &r.id.short()[..4]),
+                human_time(r.created),
+                human_bytes(r.bytes),
+            ),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        let tags: Vec<String> = i.tags.iter().map(|t| format!("{}=@{}", t.tag, t.number)).collect();
-        println!("{:<20} {:>5} {:<10} {:<19} {:>10}  {}", i.name, i.revisions, id, when, size, tags.join(" "));
+        let tags: Vec<String> = i
+            .tags
+            .iter()
+            .map(|t| format!("{}=@{}", t.tag, t.number))
+            .collect();
+        println!(
+            "{:<20} {:>5} {:<10} {:<19} {:>10}  {}",
+            i.name,
+            i.revisions,
+            id,
+            when,
+            size,
+            tags.join(" ")
+        );
     }
     Ok(())
 }
@@ -63,7 +84,13 @@ pub fn log(g: &Global, a: LogArgs) -> anyhow::Result<()> {
             format!(" ({})", r.tags.join(", "))
         };
         println!("{} {}{}", r.name(), r.id.short(), tags);
-        println!("    {}  {} files, {}, {} new", human_time(r.created), r.files, human_bytes(r.bytes), human_bytes(r.new_bytes));
+        println!(
+            "    {}  {} files, {}, {} new",
+            human_time(r.created),
+            r.files,
+            human_bytes(r.bytes),
+            human_bytes(r.new_bytes)
+        );
         if !r.message.is_empty() {
             println!("    {}", r.message);
         }
@@ -99,7 +126,12 @@ fn print_revision(r: &Revision) {
     }
     println!("captured  {} UTC", human_time(r.created));
     println!("source    {}", r.source);
-    println!("content   {} files, {} ({} newly stored)", r.files, human_bytes(r.bytes), human_bytes(r.new_bytes));
+    println!(
+        "content   {} files, {} ({} newly stored)",
+        r.files,
+        human_bytes(r.bytes),
+        human_bytes(r.new_bytes)
+    );
     if !r.tags.is_empty() {
         println!("tags      {}", r.tags.join(", "));
     }
@@ -142,7 +174,11 @@ fn mode_string(e: &Entry) -> String {
     let m = e.mode;
     let mut s = String::new();
     s.push(e.kind.letter());
-    for (shift, special, lower, upper) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+    for (shift, special, lower, upper) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
         let bits = (m >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
@@ -165,9 +201,9 @@ pub fn ls(g: &Global, a: LsArgs) -> anyhow::Result<()> {
     let r = repo.resolve(&a.rev)?;
     let m = repo.load_manifest(&r.id)?;
     let base = inside_path(&a.path);
-    let start = m
-        .get(&base)
-        .ok_or_else(|| aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&base))))?;
+    let start = m.get(&base).ok_or_else(|| {
+        aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&base)))
+    })?;
     let selected: Vec<&Entry> = if start.kind != Kind::Dir {
         vec![start]
     } else {
@@ -177,7 +213,8 @@ pub fn ls(g: &Global, a: LsArgs) -> anyhow::Result<()> {
                 if e.path == base {
                     return false;
                 }
-                let under = base.is_empty() || (e.path.starts_with(&base) && e.path.get(base.len()) == Some(&b'/'));
+                let under = base.is_empty()
+                    || (e.path.starts_with(&base) && e.path.get(base.len()) == Some(&b'/'));
                 under && (a.recursive || parent(&e.path) == base.as_slice())
             })
             .collect()
@@ -196,7 +233,9 @@ pub fn ls(g: &Global, a: LsArgs) -> anyhow::Result<()> {
             target: match &e.kind {
                 Kind::Symlink { target } => Some(escape_bytes(target)),
                 Kind::Hardlink { target } => Some(display_path(target)),
-                Kind::Char { rdev } | Kind::Block { rdev } => Some(format!("{},{}", libc::major(*rdev), libc::minor(*rdev))),
+                Kind::Char { rdev } | Kind::Block { rdev } => {
+                    Some(format!("{},{}", libc::major(*rdev), libc::minor(*rdev)))
+                }
                 _ => None,
             },
             xattrs: e.xattrs.iter().map(|(k, _)| escape_bytes(k)).collect(),
@@ -214,7 +253,18 @@ pub fn ls(g: &Global, a: LsArgs) -> anyhow::Result<()> {
             _ => String::new(),
         };
         let plus = if row.xattrs.is_empty() { ' ' } else { '+' };
-        writeln!(out, "{}{} {:>5} {:>5} {:>10} {} {}{}", row.mode, plus, row.uid, row.gid, row.size, human_time(row.mtime), row.path, suffix)?;
+        writeln!(
+            out,
+            "{}{} {:>5} {:>5} {:>10} {} {}{}",
+            row.mode,
+            plus,
+            row.uid,
+            row.gid,
+            row.size,
+            human_time(row.mtime),
+            row.path,
+            suffix
+        )?;
     }
     Ok(())
 }
@@ -233,12 +283,18 @@ pub fn cat(g: &Global, a: CatArgs) -> anyhow::Result<()> {
     let r = repo.resolve(&a.rev)?;
     let m = repo.load_manifest(&r.id)?;
     let p = inside_path(&a.path);
-    let e = m
-        .get(&p)
-        .ok_or_else(|| aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&p))))?;
+    let e = m.get(&p).ok_or_else(|| {
+        aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&p)))
+    })?;
     let e = m.resolve(e);
     let Kind::File { .. } = &e.kind else {
-        anyhow::bail!("{} is a {} in {}, not a file", display_path(&p), e.kind.name(), r.name());
+        return Err(aurum::Error::Invalid(format!(
+            "{} is a {} in {}, not a file",
+            display_path(&p),
+            e.kind.name(),
+            r.name()
+        ))
+        .into());
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     std::io::copy(&mut repo.open_file(e), &mut out)?;
@@ -283,6 +339,13 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<()> {
         }
     }
     let count = |s: &str| changes.iter().filter(|c| c.status == s).count();
-    eprintln!("{} -> {}: {} added, {} removed, {} changed", from.name(), to.name(), count("added"), count("removed"), count("changed"));
+    eprintln!(
+        "{} -> {}: {} added, {} removed, {} changed",
+        from.name(),
+        to.name(),
+        count("added"),
+        count("removed"),
+        count("changed")
+    );
     Ok(())
 }

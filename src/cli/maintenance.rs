@@ -73,7 +73,11 @@ pub struct GcArgs {
 }
 
 pub fn gc(g: &Global, a: GcArgs) -> anyhow::Result<()> {
-    let mut repo = if a.dry_run { open(g)? } else { Repository::open(&g.repo, Lock::Exclusive)? };
+    let mut repo = if a.dry_run {
+        open(g)?
+    } else {
+        Repository::open(&g.repo, Lock::Exclusive)?
+    };
     let progress = progress::for_terminal(g.no_progress);
     let r = aurum::gc::gc(&mut repo, a.dry_run, progress.as_ref())?;
     if a.json {

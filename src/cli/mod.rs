@@ -23,7 +23,12 @@ use clap::{Args, Parser, Subcommand};
 /// (compute@1, compute@2, ...) that can be tagged, compared, checked out and verified.
 /// Revisions are named IMAGE (newest), IMAGE@N, IMAGE:TAG or by 8+ hex digits of their id.
 #[derive(Parser)]
-#[command(name = "aurum", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "aurum",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -35,7 +40,12 @@ pub struct Cli {
 #[derive(Args)]
 pub struct Global {
     /// The repository directory.
-    #[arg(long, global = true, env = "AURUM_REPO", default_value = "/var/lib/aurum")]
+    #[arg(
+        long,
+        global = true,
+        env = "AURUM_REPO",
+        default_value = "/var/lib/aurum"
+    )]
     pub repo: PathBuf,
     /// Never draw progress bars (they are drawn only on a terminal anyway).
     #[arg(long, global = true)]

@@ -28,9 +28,15 @@ pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
     let warnings = if name == "-" {
         aurum::tarball::export(&repo, &manifest, std::io::stdout().lock())?
     } else {
-        let mut tmp = tempfile::NamedTempFile::new_in(a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(
+            a.output
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new(".")),
+        )?;
         let w = if name.ends_with(".zst") || name.ends_with(".tzst") {
-            let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(tmp.as_file_mut()), 3)?;
+            let mut enc =
+                zstd::stream::write::Encoder::new(std::io::BufWriter::new(tmp.as_file_mut()), 3)?;
             let w = aurum::tarball::export(&repo, &manifest, &mut enc)?;
             enc.finish()?.flush()?;
             w
@@ -47,7 +53,13 @@ pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
     }
     if name != "-" {
         let size = std::fs::metadata(&a.output)?.len();
-        eprintln!("{} {} -> {} ({})", rev.name(), rev.id.short(), a.output.display(), human_bytes(size));
+        eprintln!(
+            "{} {} -> {} ({})",
+            rev.name(),
+            rev.id.short(),
+            a.output.display(),
+            human_bytes(size)
+        );
     }
     Ok(())
 }

@@ -199,7 +199,10 @@ mod tests {
 
     #[test]
     fn group_round_trip() {
-        let members = vec![(Id::of(b"a"), b"a".to_vec()), (Id::of(b"bc"), b"bc".to_vec())];
+        let members = vec![
+            (Id::of(b"a"), b"a".to_vec()),
+            (Id::of(b"bc"), b"bc".to_vec()),
+        ];
         let (body, offsets) = encode_group(&members);
         let table = decode_group(&body).unwrap();
         assert_eq!(table.len(), 2);

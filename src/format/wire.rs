@@ -35,14 +35,35 @@ pub struct StatKey {
 /// One frame.
 #[derive(Debug, PartialEq)]
 pub enum Msg {
-    Hello { version: u64 },
-    Scan { root: Vec<u8>, excludes: Vec<String> },
-    Entry { entry: Entry, stat: StatKey },
+    Hello {
+        version: u64,
+    },
+    Scan {
+        root: Vec<u8>,
+        excludes: Vec<String>,
+    },
+    Entry {
+        entry: Entry,
+        stat: StatKey,
+    },
     Warning(String),
-    Hash { files: Vec<u64> },
-    Chunks { file: u64, chunks: Vec<Chunk>, extents: Option<Vec<(u64, u64)>> },
-    Fetch { wants: Vec<(u64, Vec<u32>)> },
-    Blob { id: Id, codec: Codec, raw_len: u32, payload: Vec<u8> },
+    Hash {
+        files: Vec<u64>,
+    },
+    Chunks {
+        file: u64,
+        chunks: Vec<Chunk>,
+        extents: Option<Vec<(u64, u64)>>,
+    },
+    Fetch {
+        wants: Vec<(u64, Vec<u32>)>,
+    },
+    Blob {
+        id: Id,
+        codec: Codec,
+        raw_len: u32,
+        payload: Vec<u8>,
+    },
     Done,
     Error(String),
 }

@@ -97,6 +97,11 @@ mod tests {
         let a = cut(&data);
         let b = cut(&edited);
         let same = b.iter().filter(|c| a.contains(c)).count();
-        assert!(b.len() - same <= 2, "{} of {} chunks changed", b.len() - same, b.len());
+        assert!(
+            b.len() - same <= 2,
+            "{} of {} chunks changed",
+            b.len() - same,
+            b.len()
+        );
     }
 }

@@ -42,7 +42,9 @@ pub fn pack_path(repo: &Path, id: &Id, ext: &str) -> PathBuf {
 /// `manifests/ab/abcd….mf` for a revision id.
 pub fn manifest_path(repo: &Path, id: &Id) -> PathBuf {
     let hex = id.hex();
-    repo.join("manifests").join(&hex[..2]).join(format!("{hex}.mf"))
+    repo.join("manifests")
+        .join(&hex[..2])
+        .join(format!("{hex}.mf"))
 }
 
 /// Where unfinished packs and other temporary files live; emptied whenever a writer starts
@@ -78,8 +80,12 @@ pub fn compress(raw: &[u8]) -> (Codec, Vec<u8>) {
 
 /// Decompresses a whole group payload.
 pub fn decode_group_payload(id: &Id, payload: &[u8]) -> Result<Vec<u8>> {
-    zstd::stream::decode_all(payload)
-        .map_err(|e| corrupt(format!("the group holding blob {} does not decompress: {e}", id.short())))
+    zstd::stream::decode_all(payload).map_err(|e| {
+        corrupt(format!(
+            "the group holding blob {} does not decompress: {e}",
+            id.short()
+        ))
+    })
 }
 
 /// Turns a stored payload back into the blob and checks it against its id.
@@ -180,7 +186,13 @@ impl PackWriter {
             .zip(offsets)
             .map(|((id, data), inner)| (*id, data.len() as u32, inner))
             .collect::<Vec<_>>();
-        self.append(&gid, Codec::ZstdGroup, body.len() as u32, &payload, &entries)
+        self.append(
+            &gid,
+            Codec::ZstdGroup,
+            body.len() as u32,
+            &payload,
+            &entries,
+        )
     }
 
     /// Appends one blob; returns a pack when this blob filled it.
@@ -261,7 +273,10 @@ impl PackWriter {
         let dir = pack_at.parent().expect("pack paths have a parent");
         fs::create_dir_all(dir).at(dir)?;
         // The pack goes in first: an index never names a pack that is not there.
-        cur.file.persist(&pack_at).map_err(|e| e.error).at(&pack_at)?;
+        cur.file
+            .persist(&pack_at)
+            .map_err(|e| e.error)
+            .at(&pack_at)?;
         let index = pack::encode_index(&mut cur.entries);
         write_atomic(&self.repo, &pack_path(&self.repo, &id, "idx"), &index)?;
         Ok(Some(FinishedPack {
@@ -321,7 +336,9 @@ impl PackReader {
         let key = (*pack, e.offset);
         let cached = {
             let g = self.group.lock().expect("group cache lock");
-            g.as_ref().filter(|(k, _)| *k == key).map(|(_, b)| b.clone())
+            g.as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, b)| b.clone())
         };
         let body = match cached {
             Some(b) => b,

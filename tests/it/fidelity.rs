@@ -16,7 +16,11 @@ fn tree_diff(a: &Path, b: &Path) -> (bool, String) {
         .arg(b)
         .output()
         .expect("python3 is installed by test.sh");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -62,13 +66,17 @@ fn build_everything(root: &Path) {
         "#
     ));
     if have("setcap") {
-        sh(&format!("cd {r} && setcap cap_net_raw+ep usr/bin/suid && chmod 4755 usr/bin/suid"));
+        sh(&format!(
+            "cd {r} && setcap cap_net_raw+ep usr/bin/suid && chmod 4755 usr/bin/suid"
+        ));
     }
     // A path longer than PATH_MAX (4096), built with relative cds.
     sh(&format!(
         r#"cd {r} && mkdir long && cd long && for i in $(seq 1 24); do d=$(printf 'd%.0s' $(seq 1 200)); mkdir $d && cd $d; done && printf deep > deep-file"#
     ));
-    sh(&format!("cd {r} && touch -d '2010-10-10 10:10:10.000000001' etc dir"));
+    sh(&format!(
+        "cd {r} && touch -d '2010-10-10 10:10:10.000000001' etc dir"
+    ));
 }
 
 #[test]
@@ -95,15 +103,25 @@ fn checkout_equals_capture_for_every_kind_of_entry() {
     let (same, report) = tree_diff(&src, &dst);
     assert!(same, "trees differ:\n{report}");
     // A second, independent judge for what rsync can see (it cannot go beyond PATH_MAX).
-    sh(&format!("rm -rf {}/long {}/long", src.display(), dst.display()));
+    sh(&format!(
+        "rm -rf {}/long {}/long",
+        src.display(),
+        dst.display()
+    ));
     let itemized = rsync_diff(&src, &dst);
-    assert!(itemized.trim().is_empty(), "rsync sees differences:\n{itemized}");
+    assert!(
+        itemized.trim().is_empty(),
+        "rsync sees differences:\n{itemized}"
+    );
     // The sparse file is stored as its data, not 200 MiB of zeros.
     let du: u64 = sh(&format!("du -sk {}/packs | cut -f1", env.repo().display()))
         .trim()
         .parse()
         .unwrap();
-    assert!(du < 10_000, "store holds {du} KiB; holes were stored as data");
+    assert!(
+        du < 10_000,
+        "store holds {du} KiB; holes were stored as data"
+    );
 }
 
 #[test]
@@ -114,7 +132,13 @@ fn ls_and_cat_show_what_was_captured() {
         "mkdir -p {s}/etc && printf 'hello\\n' > {s}/etc/motd && ln -s motd {s}/etc/link && truncate -s 5000 {s}/holes && printf z >> {s}/holes",
         s = src.display()
     ));
-    env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "x"]);
+    env.ok(&[
+        "getimage",
+        "--golden-client",
+        src.to_str().unwrap(),
+        "--image",
+        "x",
+    ]);
     assert_eq!(env.ok(&["cat", "x", "/etc/motd"]), "hello\n");
     let holes = env.cmd(&["cat", "x", "holes"]).output().unwrap().stdout;
     assert_eq!(holes.len(), 5001);
@@ -122,9 +146,10 @@ fn ls_and_cat_show_what_was_captured() {
     let ls = env.ok(&["ls", "x", "/etc"]);
     assert!(ls.contains("/etc/link -> motd"), "{ls}");
     assert!(ls.contains("/etc/motd"), "{ls}");
-    let json: serde_json::Value = serde_json::from_str(&env.ok(&["ls", "x", "-r", "--json"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["ls", "x", "-r", "--json"])).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 4);
-    let err = env.fails(&["cat", "x", "/etc"], 1);
+    let err = env.fails(&["cat", "x", "/etc"], 2);
     assert!(err.contains("not a file"), "{err}");
     env.fails(&["cat", "x", "/nope"], 2);
 }
@@ -149,15 +174,36 @@ fn mounts_inside_the_golden_client() {
     struct Unmount(String);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _boot = Unmount(format!("{}/boot", src.display()));
     let _scratch = Unmount(format!("{}/scratch", src.display()));
-    env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "m"]);
+    env.ok(&[
+        "getimage",
+        "--golden-client",
+        src.to_str().unwrap(),
+        "--image",
+        "m",
+    ]);
     let ls = env.ok(&["ls", "m", "/", "-r"]);
-    assert!(ls.contains("/boot/vmlinuz"), "a disk filesystem mounted inside is captured:\n{ls}");
-    assert!(ls.lines().any(|l| l.ends_with(" /scratch")), "the mount point itself is kept:\n{ls}");
-    assert!(!ls.contains("pidfile"), "a tmpfs mounted inside is not captured:\n{ls}");
-    assert!(!ls.contains("lost+found"), "lost+found is excluded by default:\n{ls}");
+    assert!(
+        ls.contains("/boot/vmlinuz"),
+        "a disk filesystem mounted inside is captured:\n{ls}"
+    );
+    assert!(
+        ls.lines().any(|l| l.ends_with(" /scratch")),
+        "the mount point itself is kept:\n{ls}"
+    );
+    assert!(
+        !ls.contains("pidfile"),
+        "a tmpfs mounted inside is not captured:\n{ls}"
+    );
+    assert!(
+        !ls.contains("lost+found"),
+        "lost+found is excluded by default:\n{ls}"
+    );
 }

@@ -37,10 +37,26 @@ fn references_listings_and_tags() {
     let env = Env::new();
     let src = tree(&env, "g");
     let s = src.to_str().unwrap();
-    let out1 = env.ok(&["getimage", "--golden-client", s, "--image", "compute", "-m", "first"]);
+    let out1 = env.ok(&[
+        "getimage",
+        "--golden-client",
+        s,
+        "--image",
+        "compute",
+        "-m",
+        "first",
+    ]);
     assert_eq!(rev_of(&out1), "compute@1");
     sh(&format!("printf 'a2\\n' > {s}/etc/a"));
-    let out2 = env.ok(&["getimage", "--golden-client", s, "--image", "compute", "-m", "second"]);
+    let out2 = env.ok(&[
+        "getimage",
+        "--golden-client",
+        s,
+        "--image",
+        "compute",
+        "-m",
+        "second",
+    ]);
     assert_eq!(rev_of(&out2), "compute@2");
     let id2 = out2.split_whitespace().nth(1).unwrap().to_string();
 
@@ -49,7 +65,9 @@ fn references_listings_and_tags() {
     assert!(env.ok(&["show", "compute@1"]).contains("first"));
     assert!(env.ok(&["show", &id2]).contains("compute@2"));
     env.ok(&["tag", "compute@1", "production"]);
-    assert!(env.ok(&["show", "compute:production"]).contains("compute@1"));
+    assert!(env
+        .ok(&["show", "compute:production"])
+        .contains("compute@1"));
     let err = env.fails(&["show", "compute@9"], 2);
     assert!(err.contains("no revision 9"), "{err}");
     let err = env.fails(&["show", "nosuch"], 2);
@@ -59,21 +77,36 @@ fn references_listings_and_tags() {
 
     // Listings, text and JSON.
     let ls = env.ok(&["lsimage"]);
-    assert!(ls.contains("compute") && ls.contains("production=@1"), "{ls}");
+    assert!(
+        ls.contains("compute") && ls.contains("production=@1"),
+        "{ls}"
+    );
     let json: serde_json::Value = serde_json::from_str(&env.ok(&["lsimage", "--json"])).unwrap();
     assert_eq!(json[0]["name"], "compute");
     assert_eq!(json[0]["revisions"], 2);
     let log = env.ok(&["log", "compute"]);
-    assert!(log.find("compute@2").unwrap() < log.find("compute@1").unwrap(), "{log}");
+    assert!(
+        log.find("compute@2").unwrap() < log.find("compute@1").unwrap(),
+        "{log}"
+    );
     assert!(log.contains("(production)"), "{log}");
-    let json: serde_json::Value = serde_json::from_str(&env.ok(&["log", "compute", "--json"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["log", "compute", "--json"])).unwrap();
     assert_eq!(json[1]["tags"][0], "production");
     assert_eq!(json[0]["parent"], json[1]["id"]);
 
     // Refs mirror the catalog for static clients.
     let refs = env.repo().join("refs/compute");
-    assert_eq!(std::fs::read_to_string(refs.join("head")).unwrap().trim().len(), 64);
-    assert!(std::fs::read_to_string(refs.join("head")).unwrap().starts_with(&id2));
+    assert_eq!(
+        std::fs::read_to_string(refs.join("head"))
+            .unwrap()
+            .trim()
+            .len(),
+        64
+    );
+    assert!(std::fs::read_to_string(refs.join("head"))
+        .unwrap()
+        .starts_with(&id2));
     assert!(refs.join("tags/production").exists());
     env.ok(&["tag", "--delete", "compute:production"]);
     assert!(!refs.join("tags/production").exists());
@@ -92,11 +125,19 @@ fn references_listings_and_tags() {
 fn cpimage_mvimage_rmimage() {
     let env = Env::new();
     let src = tree(&env, "g");
-    env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "compute"]);
+    env.ok(&[
+        "getimage",
+        "--golden-client",
+        src.to_str().unwrap(),
+        "--image",
+        "compute",
+    ]);
     env.ok(&["tag", "compute", "production"]);
     env.ok(&["cpimage", "compute", "compute-test"]);
-    let a: serde_json::Value = serde_json::from_str(&env.ok(&["show", "compute", "--json"])).unwrap();
-    let b: serde_json::Value = serde_json::from_str(&env.ok(&["show", "compute-test:production", "--json"])).unwrap();
+    let a: serde_json::Value =
+        serde_json::from_str(&env.ok(&["show", "compute", "--json"])).unwrap();
+    let b: serde_json::Value =
+        serde_json::from_str(&env.ok(&["show", "compute-test:production", "--json"])).unwrap();
     assert_eq!(a["id"], b["id"], "a copy names the same revision");
     env.fails(&["cpimage", "compute", "compute-test"], 2);
     env.ok(&["mvimage", "compute-test", "login"]);
@@ -120,23 +161,58 @@ fn cpimage_mvimage_rmimage() {
 fn dedup_and_stat_cache() {
     let env = Env::new();
     let a = tree(&env, "a");
-    let first = env.ok(&["getimage", "--golden-client", a.to_str().unwrap(), "--image", "one"]);
+    let first = env.ok(&[
+        "getimage",
+        "--golden-client",
+        a.to_str().unwrap(),
+        "--image",
+        "one",
+    ]);
     assert!(new_stored_bytes(&first) > 1_000_000.0, "{first}");
     // A second image sharing everything but one small file stores about that file only.
     let b = env.path("b");
-    sh(&format!("cp -a {}/. {}/ && printf 'different\\n' > {}/etc/b", a.display(), b.display(), b.display()));
-    let second = env.ok(&["getimage", "--golden-client", b.to_str().unwrap(), "--image", "two"]);
+    sh(&format!(
+        "cp -a {}/. {}/ && printf 'different\\n' > {}/etc/b",
+        a.display(),
+        b.display(),
+        b.display()
+    ));
+    let second = env.ok(&[
+        "getimage",
+        "--golden-client",
+        b.to_str().unwrap(),
+        "--image",
+        "two",
+    ]);
     assert!(new_stored_bytes(&second) < 1024.0, "{second}");
     // Unchanged re-capture: every file comes from the stat cache, no new revision.
     std::thread::sleep(std::time::Duration::from_secs(3));
-    env.ok(&["getimage", "--golden-client", b.to_str().unwrap(), "--image", "two"]);
-    let again = env.ok(&["getimage", "--golden-client", b.to_str().unwrap(), "--image", "two"]);
+    env.ok(&[
+        "getimage",
+        "--golden-client",
+        b.to_str().unwrap(),
+        "--image",
+        "two",
+    ]);
+    let again = env.ok(&[
+        "getimage",
+        "--golden-client",
+        b.to_str().unwrap(),
+        "--image",
+        "two",
+    ]);
     assert!(again.contains("(unchanged)"), "{again}");
     assert!(again.contains("0 B hashed"), "{again}");
     assert!(again.contains("(4 files from the stat cache)"), "{again}");
     // A change the stat cache must notice (same size, new mtime).
     sh(&format!("printf 'B\\n' > {}/etc/b", b.display()));
-    let changed = env.ok(&["getimage", "--golden-client", b.to_str().unwrap(), "--image", "two"]);
+    let changed = env.ok(&[
+        "getimage",
+        "--golden-client",
+        b.to_str().unwrap(),
+        "--image",
+        "two",
+    ]);
     assert_eq!(rev_of(&changed), "two@2");
     assert_eq!(env.ok(&["cat", "two", "/etc/b"]), "B\n");
 }
@@ -159,8 +235,14 @@ fn diff_names_what_changed() {
     assert!(d.contains("M /usr/lib/libbig.so  (content"), "{d}");
     assert!(d.contains("D /var/log/syslog"), "{d}");
     assert!(d.contains("A /usr/lib/libbig2.so"), "{d}");
-    let json: serde_json::Value = serde_json::from_str(&env.ok(&["diff", "i@1", "i@2", "--json"])).unwrap();
-    let etc = json.as_array().unwrap().iter().find(|c| c["path"] == "/etc").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["diff", "i@1", "i@2", "--json"])).unwrap();
+    let etc = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "/etc")
+        .unwrap();
     assert_eq!(etc["what"], serde_json::json!(["mtime"]));
     assert_eq!(env.ok(&["diff", "i@2", "i@2"]), "");
 }
@@ -172,17 +254,56 @@ fn excludes_from_options_and_files() {
     let xfile = env.path("x.exclude");
     std::fs::write(&xfile, "# logs stay on the node\n/var/log/*\n").unwrap();
     env.ok(&[
-        "getimage", "--golden-client", src.to_str().unwrap(), "--image", "i",
-        "--exclude", "*.so", "--exclude-file", xfile.to_str().unwrap(),
+        "getimage",
+        "--golden-client",
+        src.to_str().unwrap(),
+        "--image",
+        "i",
+        "--exclude",
+        "*.so",
+        "--exclude-file",
+        xfile.to_str().unwrap(),
     ]);
     let all = env.ok(&["ls", "i", "-r"]);
-    assert!(!all.contains("libbig.so") && !all.contains("syslog"), "{all}");
+    assert!(
+        !all.contains("libbig.so") && !all.contains("syslog"),
+        "{all}"
+    );
     assert!(all.contains("/etc/a"), "{all}");
-    let err = env.fails(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "i", "--exclude", "[bad"], 2);
+    let err = env.fails(
+        &[
+            "getimage",
+            "--golden-client",
+            src.to_str().unwrap(),
+            "--image",
+            "i",
+            "--exclude",
+            "[bad",
+        ],
+        2,
+    );
     assert!(err.contains("[bad"), "{err}");
-    let err = env.fails(&["getimage", "--golden-client", "/no/such/dir", "--image", "i"], 1);
+    let err = env.fails(
+        &[
+            "getimage",
+            "--golden-client",
+            "/no/such/dir",
+            "--image",
+            "i",
+        ],
+        2,
+    );
     assert!(err.contains("not a directory"), "{err}");
-    env.fails(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "bad name"], 2);
+    env.fails(
+        &[
+            "getimage",
+            "--golden-client",
+            src.to_str().unwrap(),
+            "--image",
+            "bad name",
+        ],
+        2,
+    );
 }
 
 #[test]
@@ -190,7 +311,13 @@ fn export_import_round_trip() {
     let env = Env::new();
     let src = tree(&env, "g");
     sh(&format!("cd {} && ln etc/a etc/a.hard && ln -s a etc/a.sym && setfattr -n user.k -v v etc/a && touch -d '2020-01-01 00:00:00.25' etc/b", src.display()));
-    let out = env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "i"]);
+    let out = env.ok(&[
+        "getimage",
+        "--golden-client",
+        src.to_str().unwrap(),
+        "--image",
+        "i",
+    ]);
     let id = out.split_whitespace().nth(1).unwrap().to_string();
     let tarball = env.path("i.tar.zst");
     env.ok(&["export", "i", "-o", tarball.to_str().unwrap()]);
@@ -199,10 +326,18 @@ fn export_import_round_trip() {
     assert!(listing.contains("etc/a.hard link to etc/a"), "{listing}");
     // Importing it back gives the very same revision id: nothing was lost.
     let imported = env.ok(&["import", "--image", "back", tarball.to_str().unwrap()]);
-    assert_eq!(imported.split_whitespace().nth(1).unwrap(), id, "{imported}");
+    assert_eq!(
+        imported.split_whitespace().nth(1).unwrap(),
+        id,
+        "{imported}"
+    );
     // A tarball made by GNU tar imports and checks out equal to its source.
     let gnu = env.path("gnu.tar.gz");
-    sh(&format!("tar --xattrs --xattrs-include='*' -C {} -czf {} .", src.display(), gnu.display()));
+    sh(&format!(
+        "tar --xattrs --xattrs-include='*' -C {} -czf {} .",
+        src.display(),
+        gnu.display()
+    ));
     env.ok(&["import", "--image", "gnu", gnu.to_str().unwrap()]);
     let dst = env.path("gnu-out");
     env.ok(&["checkout", "gnu", dst.to_str().unwrap()]);
@@ -231,7 +366,13 @@ fn refuses_archives_that_escape_the_root() {
 fn checkout_refuses_a_non_empty_directory_and_init_twice() {
     let env = Env::new();
     let src = tree(&env, "g");
-    env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "i"]);
+    env.ok(&[
+        "getimage",
+        "--golden-client",
+        src.to_str().unwrap(),
+        "--image",
+        "i",
+    ]);
     let err = env.fails(&["checkout", "i", src.to_str().unwrap()], 2);
     assert!(err.contains("not empty"), "{err}");
     let err = env.fails(&["init"], 2);
@@ -255,6 +396,9 @@ fn every_command_has_help() {
     ] {
         let help = env.ok(&[cmd, "--help"]);
         assert!(help.contains("Usage: aurum"), "{cmd}: {help}");
-        assert!(help.lines().next().unwrap().len() > 10, "{cmd} has no description");
+        assert!(
+            help.lines().next().unwrap().len() > 10,
+            "{cmd} has no description"
+        );
     }
 }

@@ -361,6 +361,23 @@ impl Repository {
                 let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                     continue;
                 };
+                // A pack without its index: the capture died between the two renames.
+                if let Some(hex) = name.strip_suffix(".pack") {
+                    let Some(id) = Id::from_hex(hex) else {
+                        continue;
+                    };
+                    if known.contains(&id) || store::pack_path(&self.root, &id, "idx").exists() {
+                        continue;
+                    }
+                    match store::rebuild_index(&self.root, &id) {
+                        Ok(done) => {
+                            self.catalog.add_pack(&done)?;
+                            adopted += 1;
+                        }
+                        Err(e) => log::warn!("ignoring pack {}: {e}", path.display()),
+                    }
+                    continue;
+                }
                 let Some(hex) = name.strip_suffix(".idx") else {
                     continue;
                 };

@@ -287,6 +287,61 @@ impl PackWriter {
     }
 }
 
+/// Rebuilds a pack's index from its record headers (for a pack whose index was never written,
+/// when a capture was killed between the two). Checks the pack against its name first.
+pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
+    use std::io::Read;
+    let path = pack_path(repo, id, "pack");
+    let mut f = std::io::BufReader::new(File::open(&path).at(&path)?);
+    let mut all = Vec::new();
+    f.read_to_end(&mut all).at(&path)?;
+    if Id::of(&all) != *id || !all.starts_with(pack::PACK_MAGIC) {
+        return Err(corrupt(format!(
+            "{} does not match its name",
+            path.display()
+        )));
+    }
+    let mut entries = Vec::new();
+    let mut at = pack::PACK_MAGIC.len();
+    while at < all.len() {
+        let (rid, codec, stored, raw) = pack::parse_record_header(&all[at..])?;
+        let offset = at + pack::RECORD_HEADER;
+        let payload = all
+            .get(offset..offset + stored as usize)
+            .ok_or_else(|| corrupt(format!("{} is truncated", path.display())))?;
+        if codec == Codec::ZstdGroup {
+            let body = decode_group_payload(&rid, payload)?;
+            for (mid, inner, len) in pack::decode_group(&body)? {
+                entries.push(IndexEntry {
+                    id: mid,
+                    offset: offset as u64,
+                    stored_len: stored,
+                    raw_len: len,
+                    codec,
+                    inner,
+                });
+            }
+        } else {
+            entries.push(IndexEntry {
+                id: rid,
+                offset: offset as u64,
+                stored_len: stored,
+                raw_len: raw,
+                codec,
+                inner: 0,
+            });
+        }
+        at = offset + stored as usize;
+    }
+    let index = pack::encode_index(&mut entries);
+    write_atomic(repo, &pack_path(repo, id, "idx"), &index)?;
+    Ok(FinishedPack {
+        id: *id,
+        size: all.len() as u64,
+        entries,
+    })
+}
+
 /// Reads blobs out of packs, keeping a few pack files open.
 pub struct PackReader {
     repo: PathBuf,

@@ -29,7 +29,10 @@ impl Env {
     /// The aurum command with --repo set and progress off.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_aurum"));
-        c.arg("--repo").arg(self.repo()).arg("--no-progress").args(args);
+        c.arg("--repo")
+            .arg(self.repo())
+            .arg("--no-progress")
+            .args(args);
         c.env_remove("AURUM_REPO");
         c
     }
@@ -107,7 +110,11 @@ pub fn rsync_diff(a: &Path, b: &Path) -> String {
         .arg(format!("{}/", b.display()))
         .output()
         .expect("rsync is installed by test.sh");
-    assert!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rsync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

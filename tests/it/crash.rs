@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use crate::common::{have, rev_of, rsync_diff, sh, Env};
 
 fn require_rsync() {
-    assert!(have("rsync"), "`rsync` is missing: install rsync (./test.sh does)");
+    assert!(
+        have("rsync"),
+        "`rsync` is missing: install rsync (./test.sh does)"
+    );
 }
 
 /// Writes `len` bytes of xorshift noise (incompressible, so stored sizes equal raw sizes).
@@ -75,8 +78,73 @@ fn total_size(files: &[PathBuf]) -> u64 {
     files.iter().map(|p| fs::metadata(p).unwrap().len()).sum()
 }
 
+/// Bytes of the packs under `packs/` that have their index, i.e. that a capture can reuse.
+fn indexed_pack_bytes(packs_dir: &Path) -> u64 {
+    let packs: Vec<PathBuf> = files_with_ext(packs_dir, "pack")
+        .into_iter()
+        .filter(|p| p.with_extension("idx").exists())
+        .collect();
+    total_size(&packs)
+}
+
+/// Pack files with no index next to them.
+fn unindexed_packs(packs_dir: &Path) -> Vec<PathBuf> {
+    files_with_ext(packs_dir, "pack")
+        .into_iter()
+        .filter(|p| !p.with_extension("idx").exists())
+        .collect()
+}
+
 fn getimage(env: &Env, src: &Path, image: &str) -> String {
-    env.ok(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", image])
+    env.ok(&[
+        "getimage",
+        "--golden-client",
+        src.to_str().unwrap(),
+        "--image",
+        image,
+    ])
+}
+
+/// When to SIGKILL a capture.
+#[derive(Debug)]
+enum Kill {
+    /// This long after it started.
+    After(Duration),
+    /// As soon as a pack index appears that was not there when it started.
+    AfterNewPack,
+}
+
+/// Runs getimage and SIGKILLs it as `kill` says; returns its output (it may have finished first).
+fn getimage_killed(env: &Env, src: &Path, image: &str, kill: &Kill) -> std::process::Output {
+    let idx_before = files_with_ext(&env.repo().join("packs"), "idx");
+    let mut child = env
+        .cmd(&[
+            "getimage",
+            "--golden-client",
+            src.to_str().unwrap(),
+            "--image",
+            image,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn aurum getimage");
+    match kill {
+        Kill::After(d) => std::thread::sleep(*d),
+        Kill::AfterNewPack => {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while child.try_wait().expect("poll getimage").is_none() {
+                if files_with_ext(&env.repo().join("packs"), "idx") != idx_before {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "getimage wrote no pack in 120 s");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    // SIGKILL; harmless if it already exited (the caller tells which from the status).
+    let _ = child.kill();
+    child.wait_with_output().expect("wait for getimage")
 }
 
 #[test]
@@ -87,7 +155,11 @@ fn killed_captures_leave_the_repository_intact_and_resumable() {
     // ~107 MiB of noise: 300 files of 256 KiB and four of 8 MiB, so a debug-build capture takes
     // around a second and the kills below land in scanning, hashing, storing and committing.
     for i in 0..300u64 {
-        write_random(&src.join(format!("files/{:02}/f{i:03}.bin", i % 17)), 1000 + i, 256 << 10);
+        write_random(
+            &src.join(format!("files/{:02}/f{i:03}.bin", i % 17)),
+            1000 + i,
+            256 << 10,
+        );
     }
     for i in 0..4u64 {
         write_random(&src.join(format!("big/disk{i}.img")), 5000 + i, 8 << 20);
@@ -125,24 +197,20 @@ fn killed_captures_leave_the_repository_intact_and_resumable() {
         );
         resume_checked |= packs_before > 0;
     };
-    for fraction in [0.005, 0.02, 0.08, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95] {
-        let delay = full.mul_f64(fraction);
-        let packs_before = total_size(&files_with_ext(&packs_dir, "pack"));
-        let mut child = env
-            .cmd(&["getimage", "--golden-client", src.to_str().unwrap(), "--image", "crash"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn aurum getimage");
-        std::thread::sleep(delay);
-        // SIGKILL; harmless if it already exited (the status below tells which happened).
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("wait for getimage");
+    // First a kill the moment the first pack is durable, so the later captures have finished
+    // packs to resume from; then kills at fractions of a full capture's time.
+    let mut kills = vec![Kill::AfterNewPack];
+    kills.extend(
+        [0.005, 0.02, 0.08, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95].map(|f| Kill::After(full.mul_f64(f))),
+    );
+    for kill in kills {
+        let packs_before = indexed_pack_bytes(&packs_dir);
+        let out = getimage_killed(&env, &src, "crash", &kill);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
             // It finished before the kill: then its revision must be there.
-            println!("kill after {delay:?}: the capture had finished");
+            println!("kill {kill:?}: the capture had finished");
             assert_eq!(rev_of(&stdout), "crash@1", "{stdout}");
             if recorded == 0 {
                 check_resumed(packs_before, &stdout);
@@ -160,22 +228,24 @@ fn killed_captures_leave_the_repository_intact_and_resumable() {
         assert_eq!(
             revisions_of(&env, "crash"),
             recorded,
-            "after a kill at {delay:?} the image has an unexpected number of revisions"
+            "after a kill {kill:?} the image has an unexpected number of revisions"
         );
-        eprintln!("DEBUG after {delay:?}: {}", sh(&format!("cd {r}; echo disk $(ls packs/*/*.pack | wc -l) $(cat packs/*/*.pack | wc -c) idx $(ls packs/*/*.idx | wc -l); ls -l packs/*/ 2>/dev/null || true; sqlite3 aurum.db 'select count(*), sum(size), sum(blobs) from packs; select count(*) from blobs'", r = env.repo().display())));
         let v = env.run(&["verify"]);
         assert!(
             v.status.success(),
-            "verify fails after getimage was killed at {delay:?} ({}):\n{}\n{}",
+            "verify fails after getimage was killed {kill:?} ({}):\n{}\n{}",
             v.status,
             String::from_utf8_lossy(&v.stdout),
             String::from_utf8_lossy(&v.stderr)
         );
     }
-    assert!(interrupted >= 5, "only {interrupted} of 9 captures were interrupted");
+    assert!(
+        interrupted >= 4,
+        "only {interrupted} of 10 captures were interrupted"
+    );
 
     // Run to completion.
-    let packs_before = total_size(&files_with_ext(&packs_dir, "pack"));
+    let packs_before = indexed_pack_bytes(&packs_dir);
     let out = getimage(&env, &src, "crash");
     assert_eq!(rev_of(&out), "crash@1", "{out}");
     if recorded == 0 {
@@ -183,39 +253,129 @@ fn killed_captures_leave_the_repository_intact_and_resumable() {
     }
     assert!(
         resume_checked,
-        "no kill landed after a pack was finished, so resuming was never tested; make the tree bigger"
+        "no kill landed after a pack was finished, so resuming was never tested"
     );
     assert_eq!(revisions_of(&env, "crash"), 1);
     env.ok(&["verify"]);
     let co = env.path("checkout");
     env.ok(&["checkout", "crash@1", co.to_str().unwrap()]);
     let d = rsync_diff(&src, &co);
-    assert!(d.is_empty(), "checkout after the kills differs from the source:\n{d}");
+    assert!(
+        d.is_empty(),
+        "checkout after the kills differs from the source:\n{d}"
+    );
 
     // The dead captures' half-written packs are in tmp/; gc clears them, and stays correct.
     env.ok(&["gc"]);
     let leftovers: Vec<_> = fs::read_dir(env.repo().join("tmp")).unwrap().collect();
-    assert!(leftovers.is_empty(), "gc left {} files in tmp/", leftovers.len());
+    assert!(
+        leftovers.is_empty(),
+        "gc left {} files in tmp/",
+        leftovers.len()
+    );
+    // A kill between a pack's rename into packs/ and its index's can leave a pack with no index
+    // (rare here; a_pack_left_without_its_index_is_not_leaked makes that state on purpose).
+    let lost = unindexed_packs(&packs_dir);
+    assert!(
+        lost.is_empty(),
+        "packs without an index survive gc (leaked): {lost:?}"
+    );
     env.ok(&["verify"]);
     let co2 = env.path("checkout2");
     env.ok(&["checkout", "crash@1", co2.to_str().unwrap()]);
     let d = rsync_diff(&src, &co2);
-    assert!(d.is_empty(), "checkout after gc differs from the source:\n{d}");
+    assert!(
+        d.is_empty(),
+        "checkout after gc differs from the source:\n{d}"
+    );
 }
 
-/// Flips one byte in the middle of the payload of the blob lying across the middle of `pack`.
-/// Pack layout (src/format/pack.rs): 8-byte magic, then per blob a 41-byte header
-/// (id 32, codec 1, stored length 4 LE, raw length 4 LE) followed by the payload.
+#[test]
+fn a_pack_left_without_its_index_is_not_leaked() {
+    require_rsync();
+    // A capture killed after PackWriter::finish renamed a full pack into packs/ but before the
+    // pack's index was renamed next to it leaves exactly this: a complete, valid pack under its
+    // final name, no .idx, nothing in the catalog. (Reproduced with the real binary by slowing
+    // fsync under `strace -e inject=fsync:delay_enter=...` and killing it in that window; here
+    // we make the state directly so the test is deterministic.)
+    let src = tempfile::tempdir().unwrap();
+    write_random(&src.path().join("data/big.bin"), 21, 3 << 20);
+    fs::write(src.path().join("data/small.txt"), "small\n").unwrap();
+    // The dead capture's pack holds the tree's big content next to something else, so it is
+    // not byte for byte the pack the next capture writes (which would simply replace it).
+    let donor_src = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "cp -a '{}/.' '{}/'",
+        src.path().display(),
+        donor_src.path().display()
+    ));
+    write_random(&donor_src.path().join("data/other.bin"), 22, 200_000);
+    let donor = Env::new();
+    getimage(&donor, donor_src.path(), "img");
+    let donor_packs = files_with_ext(&donor.repo().join("packs"), "pack");
+    assert_eq!(donor_packs.len(), 1, "{donor_packs:?}");
+
+    let env = Env::new();
+    let packs_dir = env.repo().join("packs");
+    let orphan = packs_dir.join(
+        donor_packs[0]
+            .strip_prefix(donor.repo().join("packs"))
+            .unwrap(),
+    );
+    fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    fs::copy(&donor_packs[0], &orphan).unwrap();
+
+    env.ok(&["verify"]);
+    let out = getimage(&env, src.path(), "img");
+    assert_eq!(rev_of(&out), "img@1", "{out}");
+    env.ok(&["gc"]);
+    env.ok(&["verify"]);
+    let co = env.path("checkout");
+    env.ok(&["checkout", "img@1", co.to_str().unwrap()]);
+    let d = rsync_diff(src.path(), &co);
+    assert!(d.is_empty(), "checkout differs from the source:\n{d}");
+
+    // The pack must end up either adopted (its index rebuilt from its record headers, so the
+    // capture reuses it) or deleted by gc: 3 MiB of content must not cost 6 MiB forever.
+    let lost = unindexed_packs(&packs_dir);
+    assert!(
+        lost.is_empty(),
+        "a pack with no index is neither adopted by getimage/verify nor deleted by gc; it stays in \
+         the repository forever and its blobs were stored a second time: {lost:?}\ngetimage said:\n{out}"
+    );
+    let on_disk = files_with_ext(&packs_dir, "pack").len() as u64;
+    let known = json(&env.ok(&["verify", "--json"]))["packs"]
+        .as_u64()
+        .expect("packs");
+    assert_eq!(
+        on_disk, known,
+        "pack files on disk vs packs the repository knows"
+    );
+}
+
+/// Flips one byte in the middle of the payload of the record lying across the middle of `pack`.
+/// A pack is a magic, then records: a header (id, codec, lengths) followed by the payload.
 fn damage_pack(pack: &Path) {
+    use aurum::format::pack::{parse_record_header, PACK_MAGIC, RECORD_HEADER};
     let mut data = fs::read(pack).unwrap();
+    assert!(
+        data.starts_with(PACK_MAGIC),
+        "{} is not a pack",
+        pack.display()
+    );
     let half = data.len() / 2;
-    let mut off = 8;
+    let mut off = PACK_MAGIC.len();
     let target = loop {
-        assert!(off + 41 <= data.len(), "walked off the end of {}", pack.display());
-        let stored = u32::from_le_bytes(data[off + 33..off + 37].try_into().unwrap()) as usize;
-        let (start, end) = (off + 41, off + 41 + stored);
+        assert!(
+            off + RECORD_HEADER <= data.len(),
+            "walked off the end of {}",
+            pack.display()
+        );
+        let (_, _, stored, _) = parse_record_header(&data[off..off + RECORD_HEADER])
+            .unwrap_or_else(|e| panic!("bad record header at {off} in {}: {e}", pack.display()));
+        let (start, end) = (off + RECORD_HEADER, off + RECORD_HEADER + stored as usize);
         if end > half && stored > 0 {
-            break start + stored / 2;
+            break start + stored as usize / 2;
         }
         off = end;
     };
@@ -239,35 +399,70 @@ fn a_damaged_blob_is_reported_and_never_installed() {
     env.ok(&["verify"]);
 
     let packs = files_with_ext(&env.repo().join("packs"), "pack");
-    assert!(!packs.is_empty(), "no pack file under {}", env.repo().join("packs").display());
-    let biggest = packs.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    assert!(
+        !packs.is_empty(),
+        "no pack file under {}",
+        env.repo().join("packs").display()
+    );
+    let biggest = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
     damage_pack(biggest);
 
     // Whole-repository verify names the blob and the revision it breaks.
     let v = env.run(&["verify"]);
     let stdout = String::from_utf8_lossy(&v.stdout);
-    assert_eq!(v.status.code(), Some(3), "verify of a damaged repository must exit 3:\n{stdout}");
-    assert!(stdout.contains("DAMAGED blob"), "verify should name the damaged blob:\n{stdout}");
-    assert!(stdout.contains("img@1"), "verify should name the broken revision:\n{stdout}");
+    assert_eq!(
+        v.status.code(),
+        Some(3),
+        "verify of a damaged repository must exit 3:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("DAMAGED blob"),
+        "verify should name the damaged blob:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("img@1"),
+        "verify should name the broken revision:\n{stdout}"
+    );
     assert!(!stdout.contains("repository is intact"), "{stdout}");
 
     // So does verify of that revision alone.
     let v = env.run(&["verify", "img@1"]);
     let stdout = String::from_utf8_lossy(&v.stdout);
-    assert_eq!(v.status.code(), Some(3), "verify img@1 must exit 3:\n{stdout}");
-    assert!(stdout.contains("DAMAGED blob") && stdout.contains("img@1"), "{stdout}");
+    assert_eq!(
+        v.status.code(),
+        Some(3),
+        "verify img@1 must exit 3:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("DAMAGED blob") && stdout.contains("img@1"),
+        "{stdout}"
+    );
 
     // Checkout refuses: the damaged blob's bytes never reach the target.
     let co = env.path("checkout");
     let c = env.run(&["checkout", "img@1", co.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&c.stderr);
-    assert!(!c.status.success(), "checkout of a damaged revision must fail:\n{stderr}");
+    assert!(
+        !c.status.success(),
+        "checkout of a damaged revision must fail:\n{stderr}"
+    );
     assert_eq!(c.status.code(), Some(3), "damaged data exits 3:\n{stderr}");
-    assert!(stderr.contains("damaged"), "the error should say the blob is damaged:\n{stderr}");
+    assert!(
+        stderr.contains("damaged"),
+        "the error should say the blob is damaged:\n{stderr}"
+    );
     // Whatever checkout wrote is a true prefix of the source (chunks are checked before they are
     // written), and not everything was written.
     let mut incomplete = 0;
-    for rel in ["usr/lib/big.bin", "usr/lib/medium.bin", "etc/motd", "etc/conf"] {
+    for rel in [
+        "usr/lib/big.bin",
+        "usr/lib/medium.bin",
+        "etc/motd",
+        "etc/conf",
+    ] {
         let want = fs::read(src.join(rel)).unwrap();
         match fs::read(co.join(rel)) {
             Ok(got) => {
@@ -282,7 +477,10 @@ fn a_damaged_blob_is_reported_and_never_installed() {
             Err(_) => incomplete += 1,
         }
     }
-    assert!(incomplete > 0, "checkout failed, yet every file is complete");
+    assert!(
+        incomplete > 0,
+        "checkout failed, yet every file is complete"
+    );
 }
 
 #[test]
@@ -302,7 +500,11 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
     write_random(&drop_src.join("only/drop.bin"), 3, 8 << 20);
     let keep_src = env.path("keep");
     fs::create_dir(&keep_src).unwrap();
-    sh(&format!("cp -a '{}/shared' '{}/'", drop_src.display(), keep_src.display()));
+    sh(&format!(
+        "cp -a '{}/shared' '{}/'",
+        drop_src.display(),
+        keep_src.display()
+    ));
     write_random(&keep_src.join("only/keep.bin"), 4, 1 << 20);
     let gone_src = env.path("gone");
     write_random(&gone_src.join("only/gone.bin"), 5, 4 << 20);
@@ -310,8 +512,13 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
     assert_eq!(rev_of(&getimage(&env, &drop_src, "drop")), "drop@1");
     let out = getimage(&env, &keep_src, "keep");
     assert_eq!(rev_of(&out), "keep@1");
-    let keep_new = json(&env.ok(&["show", "keep@1", "--json"]))["new_bytes"].as_u64().unwrap();
-    assert!(keep_new < (1 << 20) + (64 << 10), "keep@1 stored the shared content again ({keep_new} bytes)");
+    let keep_new = json(&env.ok(&["show", "keep@1", "--json"]))["new_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        keep_new < (1 << 20) + (64 << 10),
+        "keep@1 stored the shared content again ({keep_new} bytes)"
+    );
     assert_eq!(rev_of(&getimage(&env, &gone_src, "gone")), "gone@1");
 
     // A tagged image is not removed without --force.
@@ -322,7 +529,12 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
     env.ok(&["rmimage", "drop"]);
     env.ok(&["rmimage", "gone"]);
     let images = json(&env.ok(&["lsimage", "--json"]));
-    let names: Vec<&str> = images.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["keep"]);
 
     let packs_dir = env.repo().join("packs");
@@ -333,26 +545,52 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
     // A dry run reports and changes nothing.
     let dry = json(&env.ok(&["gc", "--dry-run", "--json"]));
     assert_eq!(dry["dry_run"], true, "{dry}");
-    assert_eq!(files_with_ext(&packs_dir, "pack"), before, "gc --dry-run changed the packs");
+    assert_eq!(
+        files_with_ext(&packs_dir, "pack"),
+        before,
+        "gc --dry-run changed the packs"
+    );
 
     let r = json(&env.ok(&["gc", "--json"]));
     assert_eq!(r["dry_run"], false, "{r}");
-    for k in ["packs_deleted", "packs_repacked", "manifests_deleted", "bytes_freed", "live_blobs", "dead_blobs"] {
-        assert_eq!(r[k], dry[k], "gc and gc --dry-run disagree on {k}: {r} vs {dry}");
+    for k in [
+        "packs_deleted",
+        "packs_repacked",
+        "manifests_deleted",
+        "bytes_freed",
+        "live_blobs",
+        "dead_blobs",
+    ] {
+        assert_eq!(
+            r[k], dry[k],
+            "gc and gc --dry-run disagree on {k}: {r} vs {dry}"
+        );
     }
     assert_eq!(r["packs_deleted"], 1, "gone's pack is all dead: {r}");
     assert_eq!(r["packs_repacked"], 1, "drop's pack is 80% dead: {r}");
     assert_eq!(r["manifests_deleted"], 2, "drop@1 and gone@1: {r}");
     assert!(r["dead_blobs"].as_u64().unwrap() > 0, "{r}");
     let freed = r["bytes_freed"].as_u64().unwrap();
-    assert!(freed >= 12 << 20, "8 MiB + 4 MiB of noise should be freed, not {freed}: {r}");
+    // 8 MiB + 4 MiB of noise are dead (either pack alone would free at most 8 MiB).
+    assert!(
+        freed >= 11 << 20,
+        "about 12 MiB should be freed, not {freed}: {r}"
+    );
 
     let after = files_with_ext(&packs_dir, "pack");
-    assert_eq!(after.len(), 2, "keep's pack and the repacked shared content: {after:?}");
-    assert_eq!(files_with_ext(&packs_dir, "idx").len(), 2, "every pack has exactly one index");
+    assert_eq!(
+        after.len(),
+        2,
+        "keep's pack and the repacked shared content: {after:?}"
+    );
+    assert_eq!(
+        files_with_ext(&packs_dir, "idx").len(),
+        2,
+        "every pack has exactly one index"
+    );
     let size_after = total_size(&after);
     assert!(
-        size_before - size_after >= 12 << 20,
+        size_before - size_after >= 11 << 20,
         "packs shrank only from {size_before} to {size_after} bytes"
     );
 
@@ -365,8 +603,16 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
     // Nothing is left to collect.
     let again = json(&env.ok(&["gc", "--json"]));
     assert_eq!(
-        (&again["packs_deleted"], &again["packs_repacked"], &again["bytes_freed"]),
-        (&serde_json::json!(0), &serde_json::json!(0), &serde_json::json!(0)),
+        (
+            &again["packs_deleted"],
+            &again["packs_repacked"],
+            &again["bytes_freed"]
+        ),
+        (
+            &serde_json::json!(0),
+            &serde_json::json!(0),
+            &serde_json::json!(0)
+        ),
         "a second gc found more garbage: {again}"
     );
     env.ok(&["verify"]);

@@ -39,7 +39,10 @@ fn ready() -> bool {
         ("setfacl", "acl"),
         ("mkfifo", "coreutils"),
     ] {
-        assert!(have(tool), "`{tool}` is missing: install {package} (./test.sh does)");
+        assert!(
+            have(tool),
+            "`{tool}` is missing: install {package} (./test.sh does)"
+        );
     }
     true
 }
@@ -109,7 +112,12 @@ impl Sshd {
         )
         .expect("write sshd_config");
         // A config sshd rejects is reported here, with sshd's own words.
-        let check = Command::new(SSHD).arg("-t").arg("-f").arg(&config).output().expect("run sshd -t");
+        let check = Command::new(SSHD)
+            .arg("-t")
+            .arg("-f")
+            .arg(&config)
+            .output()
+            .expect("run sshd -t");
         assert!(
             check.status.success(),
             "sshd -t rejects the test config:\n{}",
@@ -240,7 +248,10 @@ struct Summary {
 
 /// `12 B`, `1.5 KiB`, `3.0 MiB` -> bytes (approximate above 1 KiB: one decimal is printed).
 fn parse_bytes(s: &str) -> f64 {
-    let (num, unit) = s.trim().split_once(' ').unwrap_or_else(|| panic!("not a size: `{s}`"));
+    let (num, unit) = s
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("not a size: `{s}`"));
     let n: f64 = num.parse().unwrap_or_else(|_| panic!("not a size: `{s}`"));
     let mult = match unit {
         "B" => 1.0,
@@ -267,9 +278,13 @@ fn summary(stdout: &str) -> Summary {
     };
     for part in line.split(", ") {
         if let Some(n) = part.strip_suffix(" entries") {
-            s.entries = n.parse().unwrap_or_else(|_| panic!("bad entry count in `{line}`"));
+            s.entries = n
+                .parse()
+                .unwrap_or_else(|_| panic!("bad entry count in `{line}`"));
         } else if let Some(n) = part.strip_suffix(" files") {
-            s.files = n.parse().unwrap_or_else(|_| panic!("bad file count in `{line}`"));
+            s.files = n
+                .parse()
+                .unwrap_or_else(|_| panic!("bad file count in `{line}`"));
         } else if let Some(x) = part.strip_suffix(" scanned") {
             s.scanned = parse_bytes(x);
         } else if let Some(rest) = part.strip_suffix(" files from the stat cache)") {
@@ -277,13 +292,20 @@ fn summary(stdout: &str) -> Summary {
                 .split_once(" hashed (")
                 .unwrap_or_else(|| panic!("bad hashed part in `{line}`"));
             s.hashed = parse_bytes(hashed);
-            s.from_cache = cached.parse().unwrap_or_else(|_| panic!("bad cache count in `{line}`"));
+            s.from_cache = cached
+                .parse()
+                .unwrap_or_else(|_| panic!("bad cache count in `{line}`"));
         } else if let Some(x) = part.strip_suffix(" new stored") {
             s.new_stored = parse_bytes(x);
         }
     }
     assert!(
-        s.entries != u64::MAX && s.files != u64::MAX && s.scanned >= 0.0 && s.hashed >= 0.0 && s.from_cache != u64::MAX && s.new_stored >= 0.0,
+        s.entries != u64::MAX
+            && s.files != u64::MAX
+            && s.scanned >= 0.0
+            && s.hashed >= 0.0
+            && s.from_cache != u64::MAX
+            && s.new_stored >= 0.0,
         "cannot parse summary line `{line}`"
     );
     s
@@ -295,7 +317,8 @@ fn show_json(env: &Env, rev: &str) -> serde_json::Value {
 
 /// Number of revisions `lsimage --json` lists for `image` (0 when the image is absent).
 fn revisions_of(env: &Env, image: &str) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(&env.ok(&["lsimage", "--json"])).expect("lsimage --json is JSON");
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["lsimage", "--json"])).expect("lsimage --json is JSON");
     v.as_array()
         .expect("lsimage --json is an array")
         .iter()
@@ -347,9 +370,16 @@ fn remote_capture_is_faithful_and_sends_only_what_is_missing() {
     let out = remote_getimage(&env, &sshd, &golden, "img");
     assert_eq!(rev_of(&out), "img@1", "{out}");
     let first = summary(&out);
-    assert_eq!(first.from_cache, 0, "a fresh repository has no stat cache: {out}");
+    assert_eq!(
+        first.from_cache, 0,
+        "a fresh repository has no stat cache: {out}"
+    );
     // 14 directories, 10 files, 2 symlinks, a hardlink and a fifo.
-    assert_eq!((first.entries, first.files), (28, 10), "entries, files: {out}");
+    assert_eq!(
+        (first.entries, first.files),
+        (28, 10),
+        "entries, files: {out}"
+    );
     assert!(
         first.new_stored > 3.0 * 1024.0 * 1024.0,
         "the 3 MiB of noise must have been stored: {out}"
@@ -360,7 +390,10 @@ fn remote_capture_is_faithful_and_sends_only_what_is_missing() {
     let out1 = env.path("out1");
     env.ok(&["checkout", "img@1", out1.to_str().unwrap()]);
     let d = rsync_diff(&golden, &out1);
-    assert!(d.is_empty(), "remote capture differs from the golden tree:\n{d}");
+    assert!(
+        d.is_empty(),
+        "remote capture differs from the golden tree:\n{d}"
+    );
 
     // Change one 10-byte file and capture again over ssh.
     fs::write(golden.join("etc/app.conf"), "version=2\n").unwrap();
@@ -373,22 +406,40 @@ fn remote_capture_is_faithful_and_sends_only_what_is_missing() {
         "only a 10-byte file changed, yet {} bytes were stored: {out}",
         second.new_stored
     );
-    let new_bytes = show_json(&env, "img@2")["new_bytes"].as_u64().expect("new_bytes");
-    assert!(new_bytes > 0 && new_bytes < 64 * 1024, "img@2 new_bytes = {new_bytes}");
+    let new_bytes = show_json(&env, "img@2")["new_bytes"]
+        .as_u64()
+        .expect("new_bytes");
+    assert!(
+        new_bytes > 0 && new_bytes < 64 * 1024,
+        "img@2 new_bytes = {new_bytes}"
+    );
     assert_eq!(
         second.from_cache,
         second.files - 1,
         "every file but the changed one should come from the stat cache: {out}"
     );
-    assert!(second.hashed <= 1024.0, "only the changed file should be hashed: {out}");
+    assert!(
+        second.hashed <= 1024.0,
+        "only the changed file should be hashed: {out}"
+    );
 
     let out2 = env.path("out2");
     env.ok(&["checkout", "img@2", out2.to_str().unwrap()]);
     let d = rsync_diff(&golden, &out2);
-    assert!(d.is_empty(), "second remote capture differs from the golden tree:\n{d}");
+    assert!(
+        d.is_empty(),
+        "second remote capture differs from the golden tree:\n{d}"
+    );
     let changes = env.ok(&["diff", "img@1", "img@2"]);
-    assert!(changes.contains("etc/app.conf"), "diff img@1 img@2 should name etc/app.conf:\n{changes}");
-    assert_eq!(changes.lines().count(), 1, "only etc/app.conf changed:\n{changes}");
+    assert!(
+        changes.contains("etc/app.conf"),
+        "diff img@1 img@2 should name etc/app.conf:\n{changes}"
+    );
+    assert_eq!(
+        changes.lines().count(),
+        1,
+        "only etc/app.conf changed:\n{changes}"
+    );
 
     // Nothing changed: no new revision, nothing hashed, nothing stored.
     let out = remote_getimage(&env, &sshd, &golden, "img");
@@ -400,13 +451,26 @@ fn remote_capture_is_faithful_and_sends_only_what_is_missing() {
     let third = summary(&out);
     assert_eq!(third.new_stored, 0.0, "{out}");
     // etc/app.conf changed less than 2 s before the last capture, so it was not cached then.
-    assert!(third.from_cache >= third.files - 1 && third.hashed <= 1024.0, "{out}");
+    assert!(
+        third.from_cache >= third.files - 1 && third.hashed <= 1024.0,
+        "{out}"
+    );
 
     // A local capture of the same tree stores nothing new and yields the very same revision id:
     // the agent scans and cuts exactly as a local capture does.
-    let out = env.ok(&["getimage", "--golden-client", golden.to_str().unwrap(), "--image", "local"]);
+    let out = env.ok(&[
+        "getimage",
+        "--golden-client",
+        golden.to_str().unwrap(),
+        "--image",
+        "local",
+    ]);
     assert_eq!(rev_of(&out), "local@1", "{out}");
-    assert_eq!(summary(&out).new_stored, 0.0, "every blob is already stored: {out}");
+    assert_eq!(
+        summary(&out).new_stored,
+        0.0,
+        "every blob is already stored: {out}"
+    );
     assert_eq!(
         show_json(&env, "local@1")["id"],
         show_json(&env, "img@2")["id"],
@@ -443,9 +507,19 @@ fn remote_capture_fails_cleanly_when_the_connection_fails() {
         "/nonexistent/aurum",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "getimage with a missing agent must fail:\n{stderr}");
-    assert!(out.status.code().is_some(), "getimage should exit, not die: {}", out.status);
-    assert!(stderr.contains("connection"), "the error should mention the connection:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "getimage with a missing agent must fail:\n{stderr}"
+    );
+    assert!(
+        out.status.code().is_some(),
+        "getimage should exit, not die: {}",
+        out.status
+    );
+    assert!(
+        stderr.contains("connection"),
+        "the error should mention the connection:\n{stderr}"
+    );
     assert!(stderr.contains("aurum: error:"), "{stderr}");
 
     // Nothing listens on this port: ssh itself fails.
@@ -462,9 +536,19 @@ fn remote_capture_fails_cleanly_when_the_connection_fails() {
         env!("CARGO_BIN_EXE_aurum"),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "getimage to a closed port must fail:\n{stderr}");
-    assert!(out.status.code().is_some(), "getimage should exit, not die: {}", out.status);
-    assert!(stderr.contains("connection"), "the error should mention the connection:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "getimage to a closed port must fail:\n{stderr}"
+    );
+    assert!(
+        out.status.code().is_some(),
+        "getimage should exit, not die: {}",
+        out.status
+    );
+    assert!(
+        stderr.contains("connection"),
+        "the error should mention the connection:\n{stderr}"
+    );
 
     // Neither attempt recorded anything, and the repository is intact.
     assert_eq!(revisions_of(&env, "img"), 0);

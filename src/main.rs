@@ -9,6 +9,10 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // Like every Unix tool, end quietly when the reader of our output goes away
+    // (`aurum ls compute -r | head`) instead of panicking on a broken pipe.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = cli::Cli::parse();
     let level = match args.global.verbose {
         0 => "warn",

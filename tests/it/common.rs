@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: run the real `aurum` binary on temp directories.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -125,4 +126,37 @@ pub fn rev_of(getimage_stdout: &str) -> String {
         .next()
         .expect("getimage prints the revision first")
         .to_string()
+}
+
+/// Writes `len` bytes of xorshift noise (incompressible, reproducible) to `path`.
+pub fn write_random(path: &Path, seed: u64, len: usize) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = vec![0u8; len.div_ceil(8) * 8];
+    for w in data.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).unwrap();
+    }
+    fs::write(path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Parses JSON, panicking with the text when it is not.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+/// Number of revisions `lsimage --json` lists for `image` (0 when the image is absent).
+pub fn revisions_of(env: &Env, image: &str) -> u64 {
+    json(&env.ok(&["lsimage", "--json"]))
+        .as_array()
+        .expect("lsimage --json is an array")
+        .iter()
+        .find(|i| i["name"] == image)
+        .map(|i| i["revisions"].as_u64().expect("revisions is a number"))
+        .unwrap_or(0)
 }

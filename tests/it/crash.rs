@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::{have, rev_of, rsync_diff, sh, Env};
+use crate::common::{have, json, rev_of, revisions_of, rsync_diff, sh, write_random, Env};
 
 fn require_rsync() {
     assert!(
@@ -24,38 +24,7 @@ fn require_rsync() {
     );
 }
 
-/// Writes `len` bytes of xorshift noise (incompressible, so stored sizes equal raw sizes).
-fn write_random(path: &Path, seed: u64, len: usize) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut data = vec![0u8; len.div_ceil(8) * 8];
-    for w in data.chunks_exact_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        w.copy_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(len);
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).unwrap();
-    }
-    fs::write(path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
-}
-
-/// Number of revisions `lsimage --json` lists for `image` (0 when the image is absent).
-fn revisions_of(env: &Env, image: &str) -> u64 {
-    json(&env.ok(&["lsimage", "--json"]))
-        .as_array()
-        .expect("lsimage --json is an array")
-        .iter()
-        .find(|i| i["name"] == image)
-        .map(|i| i["revisions"].as_u64().expect("revisions is a number"))
-        .unwrap_or(0)
-}
-
+/// Every file under `dir` (recursively) whose name ends with `.ext`.
 /// Every file under `dir` (recursively) whose name ends with `.ext`.
 fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();

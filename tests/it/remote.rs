@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{have, is_root, rev_of, rsync_diff, sh, Env};
+use crate::common::{have, is_root, rev_of, revisions_of, rsync_diff, sh, write_random, Env};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -184,19 +184,6 @@ impl Drop for Sshd {
 }
 
 /// Writes `len` bytes of xorshift noise (incompressible, so stored sizes equal raw sizes).
-fn write_random(path: &Path, seed: u64, len: usize) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut data = vec![0u8; len.div_ceil(8) * 8];
-    for w in data.chunks_exact_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        w.copy_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(len);
-    fs::write(path, data).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
 /// A small root filesystem with every kind of thing a remote capture must carry.
 fn build_golden(root: &Path) {
     sh(&format!(
@@ -313,18 +300,6 @@ fn summary(stdout: &str) -> Summary {
 
 fn show_json(env: &Env, rev: &str) -> serde_json::Value {
     serde_json::from_str(&env.ok(&["show", rev, "--json"])).expect("show --json is JSON")
-}
-
-/// Number of revisions `lsimage --json` lists for `image` (0 when the image is absent).
-fn revisions_of(env: &Env, image: &str) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_str(&env.ok(&["lsimage", "--json"])).expect("lsimage --json is JSON");
-    v.as_array()
-        .expect("lsimage --json is an array")
-        .iter()
-        .find(|i| i["name"] == image)
-        .map(|i| i["revisions"].as_u64().expect("revisions is a number"))
-        .unwrap_or(0)
 }
 
 fn remote_getimage(env: &Env, sshd: &Sshd, golden: &Path, image: &str) -> String {

@@ -25,7 +25,6 @@ fn require_rsync() {
 }
 
 /// Every file under `dir` (recursively) whose name ends with `.ext`.
-/// Every file under `dir` (recursively) whose name ends with `.ext`.
 fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];

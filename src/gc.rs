@@ -100,7 +100,7 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
                 for b in &alive {
                     // Whole blobs are copied as stored; group members are regrouped.
                     let done = if b.codec == Codec::ZstdGroup {
-                        writer.add_small(&b.id, &repo.packs.read(&pack, b)?)?
+                        writer.add_grouped(&b.id, &repo.packs.read(&pack, b)?)?
                     } else {
                         let payload = repo.packs.read_payload(&pack, b)?;
                         writer.add(&b.id, b.codec, b.raw_len, &payload)?

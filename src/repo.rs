@@ -472,12 +472,47 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Appends a claimed small blob, raw: it goes into a group (see [`store::SMALL_BLOB`]).
-    pub fn put_small(&mut self, id: &Id, raw: &[u8]) -> Result<()> {
+    /// Appends a claimed compressible blob, raw: it goes into a group (see [`store::GROUP_TARGET`]).
+    pub fn put_grouped(&mut self, id: &Id, raw: &[u8]) -> Result<()> {
         self.unclaimed(id)?;
-        if let Some(done) = self.packs.add_small(id, raw)? {
+        if let Some(done) = self.packs.add_grouped(id, raw)? {
             self.catalog.add_pack(&done)?;
         }
+        Ok(())
+    }
+
+    /// Accepts claimed blobs for a caller that groups and compresses them itself (in
+    /// parallel, outside any lock): checks each was claimed, and hands over the open group so
+    /// the caller can fill it further. [`Self::end_many`] appends the result.
+    pub fn begin_many<'a>(
+        &mut self,
+        ids: impl Iterator<Item = &'a Id>,
+    ) -> Result<Vec<(Id, Vec<u8>)>> {
+        for id in ids {
+            self.unclaimed(id)?;
+        }
+        Ok(self.packs.take_group())
+    }
+
+    /// Appends what [`Self::begin_many`] accepted: raw blobs, compressed groups, and the
+    /// group left open.
+    pub fn end_many(
+        &mut self,
+        raw: Vec<(Id, Vec<u8>)>,
+        groups: &[store::PreparedGroup],
+        open: Vec<(Id, Vec<u8>)>,
+    ) -> Result<()> {
+        for (id, data) in raw {
+            if let Some(done) = self.packs.add(&id, Codec::Raw, data.len() as u32, &data)? {
+                self.catalog.add_pack(&done)?;
+            }
+        }
+        for g in groups {
+            if let Some(done) = self.packs.add_prepared(g)? {
+                self.catalog.add_pack(&done)?;
+            }
+        }
+        self.packs.restore_group(open);
         Ok(())
     }
 

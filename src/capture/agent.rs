@@ -33,7 +33,7 @@ impl<W: Write + Send> BlobSink for WireSink<W> {
         };
         wire::send(&mut *self.0.lock().expect("wire lock"), &msg)
     }
-    fn put_small(&self, id: &Id, raw: &[u8]) -> Result<()> {
+    fn put_grouped(&self, id: &Id, raw: &[u8]) -> Result<()> {
         // Compressed for the wire; the server groups it after checking it.
         let (codec, payload) = crate::store::compress(raw);
         self.put(id, codec, raw.len() as u32, &payload)

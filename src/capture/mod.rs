@@ -33,7 +33,7 @@ use crate::format::pack::Codec;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::{check_name, BlobWriter, Repository};
-use crate::store::{chunk, compress, SMALL_BLOB};
+use crate::store::{chunk, compressible, PreparedGroup, GROUP_TARGET};
 use excludes::Excludes;
 use scan::Scanned;
 
@@ -43,8 +43,15 @@ pub trait BlobSink: Sync {
     fn claim(&self, id: &Id) -> Result<bool>;
     /// Stores (or sends) a claimed blob, compressed by the caller.
     fn put(&self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()>;
-    /// Stores (or sends) a claimed blob of at most [`SMALL_BLOB`] bytes, raw.
-    fn put_small(&self, id: &Id, raw: &[u8]) -> Result<()>;
+    /// Stores (or sends) a claimed compressible blob, raw: it is compressed with its neighbours.
+    fn put_grouped(&self, id: &Id, raw: &[u8]) -> Result<()>;
+    /// Stores claimed blobs, in this order.
+    fn put_many(&self, blobs: Vec<(Id, Vec<u8>)>) -> Result<()> {
+        for (id, data) in blobs {
+            store(self, &id, &data)?;
+        }
+        Ok(())
+    }
 }
 
 impl BlobSink for Mutex<BlobWriter> {
@@ -56,8 +63,40 @@ impl BlobSink for Mutex<BlobWriter> {
             .expect("blob writer lock")
             .put(id, codec, raw_len, payload)
     }
-    fn put_small(&self, id: &Id, raw: &[u8]) -> Result<()> {
-        self.lock().expect("blob writer lock").put_small(id, raw)
+    fn put_grouped(&self, id: &Id, raw: &[u8]) -> Result<()> {
+        self.lock().expect("blob writer lock").put_grouped(id, raw)
+    }
+
+    /// Groups in order and compresses the groups in parallel, outside the lock, so that
+    /// hashing threads can go on claiming blobs meanwhile.
+    fn put_many(&self, blobs: Vec<(Id, Vec<u8>)>) -> Result<()> {
+        let dense: Vec<bool> = blobs.par_iter().map(|(_, d)| compressible(d)).collect();
+        let mut open = self
+            .lock()
+            .expect("blob writer lock")
+            .begin_many(blobs.iter().map(|b| &b.0))?;
+        let mut open_bytes: usize = open.iter().map(|m| m.1.len()).sum();
+        let mut full = Vec::new();
+        let mut raw = Vec::new();
+        for ((id, data), dense) in blobs.into_iter().zip(dense) {
+            if !dense {
+                raw.push((id, data));
+                continue;
+            }
+            open_bytes += data.len();
+            open.push((id, data));
+            if open_bytes >= GROUP_TARGET {
+                full.push(std::mem::take(&mut open));
+                open_bytes = 0;
+            }
+        }
+        let prepared = full
+            .par_iter()
+            .map(|g| PreparedGroup::new(g))
+            .collect::<Result<Vec<_>>>()?;
+        self.lock()
+            .expect("blob writer lock")
+            .end_many(raw, &prepared, open)
     }
 }
 
@@ -71,7 +110,7 @@ impl BlobSink for HashOnly {
     fn put(&self, _: &Id, _: Codec, _: u32, _: &[u8]) -> Result<()> {
         Ok(())
     }
-    fn put_small(&self, _: &Id, _: &[u8]) -> Result<()> {
+    fn put_grouped(&self, _: &Id, _: &[u8]) -> Result<()> {
         Ok(())
     }
 }
@@ -176,24 +215,17 @@ impl LocalSource {
     }
 }
 
-/// Stores a blob if the sink claims it.
-fn offer(sink: &dyn BlobSink, id: &Id, data: &[u8]) -> Result<()> {
-    if sink.claim(id)? {
-        store(sink, id, data)?;
+/// Hands a claimed blob to the sink: grouped when compressible, else raw on its own.
+pub fn store<S: BlobSink + ?Sized>(sink: &S, id: &Id, data: &[u8]) -> Result<()> {
+    if compressible(data) {
+        sink.put_grouped(id, data)
+    } else {
+        sink.put(id, Codec::Raw, data.len() as u32, data)
     }
-    Ok(())
 }
 
-/// Hands a claimed blob to the sink: small ones raw (they are grouped), others compressed here,
-/// on the calling thread, so that compression runs in parallel.
-pub fn store(sink: &dyn BlobSink, id: &Id, data: &[u8]) -> Result<()> {
-    if data.len() <= SMALL_BLOB {
-        sink.put_small(id, data)
-    } else {
-        let (codec, payload) = compress(data);
-        sink.put(id, codec, data.len() as u32, &payload)
-    }
-}
+/// Files hashed together before their new blobs are stored in order (bounds memory).
+const BATCH_BYTES: u64 = 8 << 20;
 
 impl Source for LocalSource {
     fn describe(&self) -> String {
@@ -216,18 +248,72 @@ impl Source for LocalSource {
         let root = self.root_fd()?;
         let total: u64 = files.iter().map(|&i| scanned[i].stat.size).sum();
         progress.phase("hashing", Some(total), true);
-        let out = files
-            .par_iter()
-            .map(|&i| {
-                let c = Self::read_chunks(root, &shown_root, &scanned[i], |_, id, data| {
-                    progress.advance(data.len() as u64);
-                    offer(sink, id, data)
-                })?;
-                Ok(c)
-            })
-            .collect::<Result<Vec<_>>>();
+        // Files are hashed in parallel a batch at a time, and each batch's new blobs are then
+        // stored in tree order (while the next batch is hashed), so that similar neighbours
+        // share groups and a pack reads sequentially at install.
+        let hash_batch = |batch: &[usize]| {
+            batch
+                .par_iter()
+                .map(|&i| {
+                    let mut new = Vec::new();
+                    let c = Self::read_chunks(root, &shown_root, &scanned[i], |_, id, data| {
+                        progress.advance(data.len() as u64);
+                        if sink.claim(id)? {
+                            new.push((*id, data.to_vec()));
+                        }
+                        Ok(())
+                    })?;
+                    Ok((c, new))
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let store_batch = |results: Vec<(Content, Vec<(Id, Vec<u8>)>)>| -> Result<Vec<Content>> {
+            let mut contents = Vec::with_capacity(results.len());
+            let mut blobs = Vec::new();
+            for (c, new) in results {
+                blobs.extend(new);
+                contents.push(c);
+            }
+            sink.put_many(blobs)?;
+            Ok(contents)
+        };
+        let mut out = Vec::with_capacity(files.len());
+        let mut hashed = Vec::new();
+        let mut rest = files;
+        loop {
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len() && (n == 0 || bytes < BATCH_BYTES) {
+                bytes += scanned[rest[n]].stat.size;
+                n += 1;
+            }
+            let (batch, tail) = rest.split_at(n);
+            rest = tail;
+            if let [big] = batch {
+                if scanned[*big].stat.size > BATCH_BYTES {
+                    // A file bigger than a batch is stored as it is read, so memory stays
+                    // bounded whatever its size; the batch before it goes first, in order.
+                    out.extend(store_batch(std::mem::take(&mut hashed))?);
+                    let c = Self::read_chunks(root, &shown_root, &scanned[*big], |_, id, data| {
+                        progress.advance(data.len() as u64);
+                        if sink.claim(id)? {
+                            store(sink, id, data)?;
+                        }
+                        Ok(())
+                    })?;
+                    out.push(c);
+                    continue;
+                }
+            }
+            let (stored, next) = rayon::join(|| store_batch(hashed), || hash_batch(batch));
+            out.extend(stored?);
+            hashed = next?;
+            if batch.is_empty() {
+                break;
+            }
+        }
         progress.finish();
-        out
+        Ok(out)
     }
 
     fn fetch(

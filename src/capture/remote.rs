@@ -14,7 +14,7 @@ use crate::error::{invalid, Error, Result};
 use crate::format::pack::{Codec, IndexEntry};
 use crate::format::wire::{self, Msg, PROTOCOL_VERSION};
 use crate::progress::Progress;
-use crate::store::{decode_blob, SMALL_BLOB};
+use crate::store::decode_blob;
 
 /// `ssh://[user@]host[:port][/path]`, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -306,11 +306,7 @@ impl Source for RemoteSource {
                             self.url.host
                         ))
                     })?;
-                    if raw.len() <= SMALL_BLOB {
-                        sink.put_small(&id, &raw)?;
-                    } else {
-                        sink.put(&id, codec, raw_len, &payload)?;
-                    }
+                    super::store(sink, &id, &raw)?;
                     got += 1;
                     progress.advance(1);
                 }

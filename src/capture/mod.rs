@@ -524,7 +524,7 @@ pub fn getimage(
             false,
         ),
     };
-    repo.catalog.statcache_put(&describe, &cache_rows)?;
+    repo.catalog.statcache_replace(&describe, &cache_rows)?;
     Ok(CaptureReport {
         revision,
         unchanged,

@@ -16,14 +16,15 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE packs (
-        id TEXT PRIMARY KEY,
+        key INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
         size INTEGER NOT NULL,
         blobs INTEGER NOT NULL,
         created INTEGER NOT NULL
     );
     CREATE TABLE blobs (
         id BLOB PRIMARY KEY,
-        pack TEXT NOT NULL,
+        pack INTEGER NOT NULL REFERENCES packs(key),
         offset INTEGER NOT NULL,
         stored_len INTEGER NOT NULL,
         raw_len INTEGER NOT NULL,
@@ -55,8 +56,9 @@ const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (image, number) REFERENCES revisions(image, number)
             ON UPDATE CASCADE ON DELETE CASCADE
     );
+    CREATE TABLE sources (key INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
     CREATE TABLE statcache (
-        source TEXT NOT NULL,
+        source INTEGER NOT NULL REFERENCES sources(key),
         path BLOB NOT NULL,
         size INTEGER NOT NULL,
         mtime_ns INTEGER NOT NULL,

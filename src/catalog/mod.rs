@@ -106,6 +106,41 @@ fn id_from_blob(b: Vec<u8>) -> rusqlite::Result<Id> {
     Ok(Id(arr))
 }
 
+/// Inserts a pack row and its blob rows; `conflict` is what SQLite does with a blob already
+/// listed (`IGNORE` keeps its old place, `REPLACE` moves it here).
+fn insert_pack(tx: &rusqlite::Transaction, pack: &FinishedPack, conflict: &str) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO packs(id, size, blobs, created) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            pack.id.hex(),
+            pack.size as i64,
+            pack.entries.len() as i64,
+            now()
+        ],
+    )?;
+    let key: i64 = tx.query_row(
+        "SELECT key FROM packs WHERE id = ?1",
+        [pack.id.hex()],
+        |r| r.get(0),
+    )?;
+    let mut st = tx.prepare_cached(&format!(
+        "INSERT OR {conflict} INTO blobs(id, pack, offset, stored_len, raw_len, codec, inner)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?;
+    for e in &pack.entries {
+        st.execute(params![
+            &e.id.0[..],
+            key,
+            e.offset as i64,
+            e.stored_len,
+            e.raw_len,
+            e.codec as u8,
+            e.inner
+        ])?;
+    }
+    Ok(())
+}
+
 const REVISION_COLUMNS: &str =
     "image, number, id, parent, created, message, source, files, bytes, new_bytes";
 
@@ -142,7 +177,8 @@ impl Catalog {
     /// Where a blob is stored, if the repository has it.
     pub fn blob(&self, id: &Id) -> Result<Option<(Id, IndexEntry)>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT pack, offset, stored_len, raw_len, codec, inner FROM blobs WHERE id = ?1",
+            "SELECT p.id, b.offset, b.stored_len, b.raw_len, b.codec, b.inner
+             FROM blobs b JOIN packs p ON p.key = b.pack WHERE b.id = ?1",
         )?;
         let row = st
             .query_row([&id.0[..]], |r| {
@@ -183,33 +219,7 @@ impl Catalog {
     /// Records a durable pack and its blobs. A blob already stored elsewhere keeps its old place.
     pub fn add_pack(&mut self, pack: &FinishedPack) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO packs(id, size, blobs, created) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                pack.id.hex(),
-                pack.size as i64,
-                pack.entries.len() as i64,
-                now()
-            ],
-        )?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO blobs(id, pack, offset, stored_len, raw_len, codec, inner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            let hex = pack.id.hex();
-            for e in &pack.entries {
-                st.execute(params![
-                    &e.id.0[..],
-                    hex,
-                    e.offset as i64,
-                    e.stored_len,
-                    e.raw_len,
-                    e.codec as u8,
-                    e.inner
-                ])?;
-            }
-        }
+        insert_pack(&tx, pack, "IGNORE")?;
         tx.commit()?;
         Ok(())
     }
@@ -232,7 +242,8 @@ impl Catalog {
     /// The blobs the catalog places in a pack, in pack order.
     pub fn pack_blobs(&self, pack: &Id) -> Result<Vec<IndexEntry>> {
         let mut st = self.conn.prepare(
-            "SELECT id, offset, stored_len, raw_len, codec, inner FROM blobs WHERE pack = ?1 ORDER BY offset, inner",
+            "SELECT id, offset, stored_len, raw_len, codec, inner FROM blobs
+             WHERE pack = (SELECT key FROM packs WHERE id = ?1) ORDER BY offset, inner",
         )?;
         let rows = st.query_map([pack.hex()], |r| {
             Ok((
@@ -259,53 +270,25 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Forgets a pack and every blob the catalog places in it.
-    pub fn remove_pack(&mut self, pack: &Id) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM blobs WHERE pack = ?1", [pack.hex()])?;
-        tx.execute("DELETE FROM packs WHERE id = ?1", [pack.hex()])?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Moves blobs out of `old` packs into `new` ones in one transaction (gc's repack).
     pub fn replace_packs(&mut self, old: &[Id], new: &[FinishedPack]) -> Result<()> {
         let tx = self.conn.transaction()?;
         for p in old {
-            tx.execute("DELETE FROM blobs WHERE pack = ?1", [p.hex()])?;
+            tx.execute(
+                "DELETE FROM blobs WHERE pack = (SELECT key FROM packs WHERE id = ?1)",
+                [p.hex()],
+            )?;
             tx.execute("DELETE FROM packs WHERE id = ?1", [p.hex()])?;
         }
         for pack in new {
-            tx.execute(
-                "INSERT OR IGNORE INTO packs(id, size, blobs, created) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    pack.id.hex(),
-                    pack.size as i64,
-                    pack.entries.len() as i64,
-                    now()
-                ],
-            )?;
-            let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO blobs(id, pack, offset, stored_len, raw_len, codec, inner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for e in &pack.entries {
-                st.execute(params![
-                    &e.id.0[..],
-                    pack.id.hex(),
-                    e.offset as i64,
-                    e.stored_len,
-                    e.raw_len,
-                    e.codec as u8,
-                    e.inner
-                ])?;
-            }
+            insert_pack(&tx, pack, "REPLACE")?;
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// Forgets single blobs (their bytes stay in their pack until it is repacked).
+    /// Forgets single blobs (verify does this for damaged ones, so that the next capture
+    /// stores them again).
     pub fn remove_blobs(&mut self, ids: &[Id]) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
@@ -316,21 +299,6 @@ impl Catalog {
         }
         tx.commit()?;
         Ok(())
-    }
-
-    /// Every blob id the catalog knows.
-    pub fn all_blobs(&self) -> Result<Vec<(Id, String, u64)>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, pack, stored_len FROM blobs")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                id_from_blob(r.get(0)?)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)? as u64,
-            ))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     // ---- images, revisions, tags ----
@@ -601,7 +569,8 @@ impl Catalog {
         key: &StatKey,
     ) -> Result<Option<Vec<u8>>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT content FROM statcache WHERE source = ?1 AND path = ?2
+            "SELECT content FROM statcache
+             WHERE source = (SELECT key FROM sources WHERE name = ?1) AND path = ?2
              AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5 AND ino = ?6",
         )?;
         Ok(st
@@ -619,37 +588,37 @@ impl Catalog {
             .optional()?)
     }
 
-    /// Records stat data and content for many files at once.
-    pub fn statcache_put(
+    /// Replaces what the stat cache knows of a golden client with the files of its latest
+    /// capture, so that paths gone from the client leave the cache too.
+    pub fn statcache_replace(
         &mut self,
         source: &str,
         rows: &[(Vec<u8>, StatKey, Vec<u8>)],
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
+        tx.execute("INSERT OR IGNORE INTO sources(name) VALUES (?1)", [source])?;
+        let key: i64 = tx.query_row("SELECT key FROM sources WHERE name = ?1", [source], |r| {
+            r.get(0)
+        })?;
+        tx.execute("DELETE FROM statcache WHERE source = ?1", [key])?;
         {
             let mut st = tx.prepare_cached(
                 "INSERT OR REPLACE INTO statcache(source, path, size, mtime_ns, ctime_ns, ino, content)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for (path, key, content) in rows {
+            for (path, stat, content) in rows {
                 st.execute(params![
-                    source,
+                    key,
                     path,
-                    key.size as i64,
-                    key.mtime_ns,
-                    key.ctime_ns,
-                    key.ino as i64,
+                    stat.size as i64,
+                    stat.mtime_ns,
+                    stat.ctime_ns,
+                    stat.ino as i64,
                     content
                 ])?;
             }
         }
         tx.commit()?;
-        Ok(())
-    }
-
-    /// Empties the stat cache (gc does this when it drops blobs the cache may name).
-    pub fn statcache_clear(&mut self) -> Result<()> {
-        self.conn.execute("DELETE FROM statcache", [])?;
         Ok(())
     }
 

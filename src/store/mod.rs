@@ -33,7 +33,7 @@ pub const ZSTD_LEVEL: i32 = 5;
 /// store of a Debian root would be 10 % larger than its `tar | zstd -3`. Groups hold only blobs
 /// new in one capture, so a node updating to that capture needs nearly every member of every
 /// group it fetches, and an install reads them all anyway.
-pub const GROUP_TARGET: usize = 2 << 20;
+pub const GROUP_TARGET: usize = 4 << 20;
 /// Blobs whose first bytes do not shrink by this factor at zstd level 1 are stored raw, alone.
 const INCOMPRESSIBLE: f64 = 0.95;
 
@@ -396,7 +396,7 @@ pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
 }
 
 /// How many decompressed groups a reader keeps (a few per thread).
-const GROUP_CACHE: usize = 8;
+const GROUP_CACHE: usize = 4;
 
 /// Reads blobs out of packs, keeping a few pack files open.
 pub struct PackReader {

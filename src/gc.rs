@@ -9,16 +9,18 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::path::Path;
 
 use serde::Serialize;
 
 use crate::error::{IoContext, Result};
 use crate::format::manifest::Kind;
 use crate::format::pack::Codec;
+use crate::format::pack::IndexEntry;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::store::{manifest_path, pack_path, tmp_dir, PackWriter};
+use crate::store::{manifest_path, pack_path, tmp_dir, FinishedPack, PackWriter};
 
 /// A pack is rewritten when less than this share of its bytes is live.
 pub const REPACK_BELOW: f64 = 0.5;
@@ -67,9 +69,7 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
 
     let packs = repo.catalog.packs()?;
     progress.phase("collecting", Some(packs.len() as u64), false);
-    let mut writer = PackWriter::new(&repo.root);
-    let mut retired: Vec<Id> = Vec::new();
-    let mut written = Vec::new();
+    let mut repack = Repacker::new(&repo.root);
     for (pack, size, _) in packs {
         let blobs = repo.catalog.pack_blobs(&pack)?;
         let (alive, dead): (Vec<_>, Vec<_>) = blobs.into_iter().partition(|b| live.contains(&b.id));
@@ -92,45 +92,20 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
         if alive.is_empty() {
             report.packs_deleted += 1;
             report.bytes_freed += size;
-            retired.push(pack);
+            repack.retire(pack);
         } else if (live_bytes as f64) < REPACK_BELOW * size as f64 {
             report.packs_repacked += 1;
             report.bytes_freed += size.saturating_sub(live_bytes);
             if !dry_run {
-                for b in &alive {
-                    // Whole blobs are copied as stored; group members are regrouped.
-                    let done = if b.codec == Codec::ZstdGroup {
-                        writer.add_grouped(&b.id, &repo.packs.read(&pack, b)?)?
-                    } else {
-                        let payload = repo.packs.read_payload(&pack, b)?;
-                        writer.add(&b.id, b.codec, b.raw_len, &payload)?
-                    };
-                    if let Some(done) = done {
-                        written.push(done);
-                    }
-                }
+                repack.copy(repo, &pack, &alive)?;
             }
-            retired.push(pack);
+            repack.retire(pack);
         }
         progress.advance(1);
     }
     progress.finish();
     if !dry_run {
-        if let Some(done) = writer.finish()? {
-            written.push(done);
-        }
-        repo.catalog.replace_packs(&retired, &written)?;
-        repo.write_pack_list()?;
-        for pack in &retired {
-            for ext in ["idx", "pack"] {
-                let p = pack_path(&repo.root, pack, ext);
-                if let Err(e) = fs::remove_file(&p) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        return Err(e).at(&p);
-                    }
-                }
-            }
-        }
+        repack.commit(repo, None)?;
     }
 
     // Manifests no image uses any more.
@@ -167,4 +142,68 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
         )?;
     }
     Ok(report)
+}
+
+/// Moves the blobs worth keeping out of packs that are to go, into new packs, and then retires
+/// the old packs: gc's repack, and verify's repair of a damaged pack.
+pub struct Repacker {
+    writer: PackWriter,
+    written: Vec<FinishedPack>,
+    retired: Vec<Id>,
+}
+
+impl Repacker {
+    pub fn new(root: &Path) -> Repacker {
+        Repacker {
+            writer: PackWriter::new(root),
+            written: Vec::new(),
+            retired: Vec::new(),
+        }
+    }
+
+    /// Copies `blobs` of `pack` into the new packs: whole blobs as stored, group members
+    /// regrouped (each read and checked).
+    pub fn copy(&mut self, repo: &Repository, pack: &Id, blobs: &[IndexEntry]) -> Result<()> {
+        for b in blobs {
+            let done = if b.codec == Codec::ZstdGroup {
+                self.writer.add_grouped(&b.id, &repo.packs.read(pack, b)?)?
+            } else {
+                let payload = repo.packs.read_payload(pack, b)?;
+                self.writer.add(&b.id, b.codec, b.raw_len, &payload)?
+            };
+            self.written.extend(done);
+        }
+        Ok(())
+    }
+
+    /// Marks a pack to be removed by [`Self::commit`].
+    pub fn retire(&mut self, pack: Id) {
+        self.retired.push(pack);
+    }
+
+    /// Makes the new packs durable and recorded, forgets the retired ones, then deletes their
+    /// files (or, with `keep_in`, moves them there, for a damaged pack worth a look).
+    pub fn commit(mut self, repo: &mut Repository, keep_in: Option<&Path>) -> Result<()> {
+        self.written.extend(self.writer.finish()?);
+        repo.catalog.replace_packs(&self.retired, &self.written)?;
+        repo.write_pack_list()?;
+        if let Some(dir) = keep_in {
+            fs::create_dir_all(dir).at(dir)?;
+        }
+        for pack in &self.retired {
+            for ext in ["idx", "pack"] {
+                let p = pack_path(&repo.root, pack, ext);
+                let r = match keep_in {
+                    Some(dir) => fs::rename(&p, dir.join(p.file_name().expect("named"))),
+                    None => fs::remove_file(&p),
+                };
+                if let Err(e) = r {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(e).at(&p);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -38,12 +38,21 @@ pub struct VerifyReport {
     pub blobs: u64,
     pub bytes: u64,
     pub damage: Vec<Damage>,
+    /// Damaged or missing blobs removed from the catalog (with `repair`).
+    pub forgotten: u64,
 }
 
 /// Verifies one revision (its manifest and every blob it names) or, with `None`, everything.
+///
+/// With `repair` (which needs the repository locked exclusively), damaged blobs are removed
+/// from the catalog, and a damaged pack's good blobs are copied into a new pack while the pack
+/// itself is moved to `damaged/`. The revisions that named damaged blobs stay broken, but the
+/// next getimage or import of a tree holding that content stores it again (instead of trusting
+/// the damaged copy), which mends them.
 pub fn verify(
     repo: &mut Repository,
     only: Option<&Revision>,
+    repair: bool,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
@@ -116,10 +125,24 @@ pub fn verify(
                 .map(|(pack, _, blobs)| check_pack(root, packs_reader, pack, blobs, progress))
                 .collect();
             progress.finish();
-            for ((pack, _, _), (bad, pack_problem, n, bytes)) in work.iter().zip(results) {
+            let mut repack = crate::gc::Repacker::new(&repo.root);
+            let mut damaged_packs = 0;
+            for ((pack, _, blobs), (bad, pack_problem, n, bytes)) in work.iter().zip(results) {
                 report.packs += 1;
                 report.blobs += n;
                 report.bytes += bytes;
+                if repair && (pack_problem.is_some() || !bad.is_empty()) {
+                    // Keep what is still good in a new pack; the damaged one goes aside.
+                    let bad_ids: HashSet<Id> = bad.iter().map(|b| b.0).collect();
+                    let good: Vec<_> = blobs
+                        .iter()
+                        .filter(|b| !bad_ids.contains(&b.id))
+                        .cloned()
+                        .collect();
+                    repack.copy(repo, pack, &good)?;
+                    repack.retire(*pack);
+                    damaged_packs += 1;
+                }
                 bad_blobs.extend(bad);
                 if let Some(p) = pack_problem {
                     report.damage.push(Damage {
@@ -130,6 +153,9 @@ pub fn verify(
                     });
                 }
             }
+            if damaged_packs > 0 {
+                repack.commit(repo, Some(&repo.root.join("damaged")))?;
+            }
             for id in users.keys() {
                 if !repo.catalog.has_blob(id)? {
                     bad_blobs.push((*id, "missing from the repository".into()));
@@ -138,6 +164,19 @@ pub fn verify(
             for image in repo.catalog.images()? {
                 repo.write_refs(&image.name)?;
             }
+        }
+    }
+    if repair {
+        // Whole-repository repair already left damaged blobs out of the new packs.
+        let ids: Vec<Id> = bad_blobs.iter().map(|b| b.0).collect();
+        repo.catalog.remove_blobs(&ids)?;
+        report.forgotten = ids.len() as u64;
+        if !ids.is_empty() {
+            repo.catalog.event(
+                "repair",
+                None,
+                &format!("forgot {} damaged blobs", ids.len()),
+            )?;
         }
     }
     let mut seen = HashSet::new();

@@ -11,20 +11,33 @@ use super::{human_bytes, open, print_json, progress, Global};
 /// manifest, and that every blob a revision names is present. With REV: that revision's
 /// manifest and blobs only. Each damaged blob is named with the revisions it breaks. Exits
 /// with 3 when anything is damaged.
+///
+/// With --repair, damaged blobs are forgotten, so that capturing a golden client (or
+/// importing a tarball) that still holds their content stores it again and mends every
+/// revision they broke; until then those revisions fail to check out.
 #[derive(Args)]
 pub struct VerifyArgs {
     /// Verify only this revision.
     rev: Option<String>,
+    /// Forget damaged blobs so that the next capture of their content stores them again, and
+    /// move damaged packs aside (to damaged/) after copying out what is still good. Checks the
+    /// whole repository and waits for other aurum commands, like gc.
+    #[arg(long, conflicts_with = "rev")]
+    repair: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
-    let mut repo = open(g)?;
+    let mut repo = if a.repair {
+        Repository::open(&g.repo, Lock::Exclusive)?
+    } else {
+        open(g)?
+    };
     let only = a.rev.as_deref().map(|r| repo.resolve(r)).transpose()?;
     let progress = progress::for_terminal(g.no_progress);
-    let report = aurum::verify::verify(&mut repo, only.as_ref(), progress.as_ref())?;
+    let report = aurum::verify::verify(&mut repo, only.as_ref(), a.repair, progress.as_ref())?;
     if a.json {
         print_json(&report)?;
     } else {
@@ -43,10 +56,16 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
             };
             println!("DAMAGED {} {}: {}{}", d.kind, d.id, d.problem, breaks);
         }
+        if report.forgotten > 0 {
+            println!(
+                "forgot {} damaged blobs: capture the broken revisions' golden clients again to mend them",
+                report.forgotten
+            );
+        }
     }
     if !report.damage.is_empty() {
         return Err(aurum::Error::Corrupt(format!(
-            "{} damaged objects; capture the broken revisions again, or restore the repository from a replica",
+            "{} damaged objects; run `aurum verify --repair` and capture the broken revisions again, or restore the repository from a replica",
             report.damage.len()
         ))
         .into());

@@ -585,3 +585,48 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
     );
     env.ok(&["verify"]);
 }
+
+#[test]
+fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
+    require_rsync();
+    let env = Env::new();
+    let src = env.path("golden");
+    write_random(&src.join("usr/lib/big.bin"), 21, 3 << 20);
+    sh(&format!(
+        "cd '{}' && mkdir -p etc && printf 'hello\\n' > etc/motd",
+        src.display()
+    ));
+    assert_eq!(rev_of(&getimage(&env, &src, "img")), "img@1");
+    let packs = files_with_ext(&env.repo().join("packs"), "pack");
+    let biggest = packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    damage_pack(biggest);
+
+    // Without --repair, a new capture trusts the damaged copy and mends nothing.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    getimage(&env, &src, "img");
+    env.fails(&["verify"], 3);
+
+    let out = env.fails(&["verify", "--repair"], 3);
+    assert!(
+        out.contains("verify --repair") || out.contains("damaged"),
+        "{out}"
+    );
+    let v = env.run(&["verify"]);
+    let stdout = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        stdout.contains("missing"),
+        "forgotten blobs show as missing:\n{stdout}"
+    );
+
+    // Capturing the same tree stores the content again, and the old revision is whole.
+    let again = getimage(&env, &src, "img");
+    assert!(again.contains("(unchanged)"), "{again}");
+    env.ok(&["verify"]);
+    let co = env.path("checkout");
+    env.ok(&["checkout", "img@1", co.to_str().unwrap()]);
+    let d = rsync_diff(&src, &co);
+    assert!(d.trim().is_empty(), "{d}");
+}

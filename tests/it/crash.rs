@@ -620,6 +620,12 @@ fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
         stdout.contains("missing"),
         "forgotten blobs show as missing:\n{stdout}"
     );
+    assert!(!biggest.exists(), "the damaged pack was moved aside");
+    assert_eq!(
+        files_with_ext(&env.repo().join("damaged"), "pack").len(),
+        1,
+        "the damaged pack is kept in damaged/ for a look"
+    );
 
     // Capturing the same tree stores the content again, and the old revision is whole.
     let again = getimage(&env, &src, "img");

@@ -95,6 +95,9 @@ pub struct RemoteSource {
     to: Option<BufWriter<ChildStdin>>,
     from: BufReader<ChildStdout>,
     excludes: Vec<String>,
+    /// The ssh command line as run, for error messages.
+    shown: String,
+    agent: String,
 }
 
 impl RemoteSource {
@@ -120,7 +123,13 @@ impl RemoteSource {
             Some(u) => format!("{u}@{}", url.host),
             None => url.host.clone(),
         };
-        cmd.arg(dest).arg(format!("{agent} agent"));
+        cmd.arg(&dest).arg(format!("{agent} agent"));
+        let mut shown: Vec<String> = ssh.to_vec();
+        if let Some(port) = url.port {
+            shown.extend(["-p".to_string(), port.to_string()]);
+        }
+        shown.push(dest);
+        let shown = shell_words::join(shown);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -137,6 +146,8 @@ impl RemoteSource {
             to,
             from,
             excludes,
+            shown,
+            agent: agent.to_string(),
         };
         match me.recv()? {
             Msg::Hello { version } if version == PROTOCOL_VERSION => Ok(me),
@@ -170,10 +181,11 @@ impl RemoteSource {
                 let _ = self.child.kill();
                 let status = self.child.wait().ok();
                 Err(Error::Remote(format!(
-                    "the connection to {} ended ({}); check that `ssh {}` works without a password prompt and that aurum is installed there (or pass --agent-command)",
+                    "the connection to {} ended ({}); check that `{} {} agent --help` works without a password prompt (fix the ssh options with --ssh, or the remote command with --agent-command)",
                     self.url.host,
                     status.map(|s| s.to_string()).unwrap_or_else(|| "no status".into()),
-                    self.url.host
+                    self.shown,
+                    self.agent,
                 )))
             }
         }

@@ -54,8 +54,8 @@ pub struct GetimageArgs {
     /// Print the default exclude patterns and exit.
     #[arg(long)]
     show_default_excludes: bool,
-    /// The ssh command and its options for a remote golden client, like rsync's -e
-    /// (e.g. "ssh -i /root/.ssh/cluster -o StrictHostKeyChecking=yes").
+    /// The ssh command and its options for a remote golden client, like rsync's -e, split
+    /// as a shell would (e.g. "ssh -i /root/.ssh/cluster -o 'ProxyJump bastion'").
     #[arg(long, value_name = "COMMAND", default_value = "ssh")]
     ssh: String,
     /// The command that runs aurum on a remote golden client.
@@ -85,7 +85,12 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     let mut repo = open(g)?;
     let mut source: Box<dyn Source> = match SshUrl::parse(&golden) {
         Some(url) => {
-            let ssh: Vec<String> = a.ssh.split_whitespace().map(String::from).collect();
+            let ssh = shell_words::split(&a.ssh).map_err(|e| {
+                aurum::Error::Invalid(format!(
+                    "--ssh `{}` is not a valid command line: {e}",
+                    a.ssh
+                ))
+            })?;
             Box::new(RemoteSource::connect(
                 url?,
                 &ssh,

@@ -56,6 +56,14 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Captures `src` into `image` with `extra` options; returns getimage's output.
+    pub fn getimage(&self, src: &Path, image: &str, extra: &[&str]) -> String {
+        let src = src.to_str().expect("test paths are UTF-8");
+        let mut args = vec!["getimage", "--golden-client", src, "--image", image];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+
     /// Runs aurum expecting failure with `code`; returns stderr.
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.run(args);

@@ -63,16 +63,6 @@ fn unindexed_packs(packs_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn getimage(env: &Env, src: &Path, image: &str) -> String {
-    env.ok(&[
-        "getimage",
-        "--golden-client",
-        src.to_str().unwrap(),
-        "--image",
-        image,
-    ])
-}
-
 /// When to SIGKILL a capture.
 #[derive(Debug)]
 enum Kill {
@@ -142,7 +132,7 @@ fn killed_captures_leave_the_repository_intact_and_resumable() {
     let full = {
         let probe = Env::new();
         let t = Instant::now();
-        getimage(&probe, &src, "probe");
+        probe.getimage(&src, "probe", &[]);
         t.elapsed()
     };
     println!("an uninterrupted capture takes {full:?}");
@@ -214,7 +204,7 @@ fn killed_captures_leave_the_repository_intact_and_resumable() {
 
     // Run to completion.
     let packs_before = indexed_pack_bytes(&packs_dir);
-    let out = getimage(&env, &src, "crash");
+    let out = env.getimage(&src, "crash", &[]);
     assert_eq!(rev_of(&out), "crash@1", "{out}");
     if recorded == 0 {
         check_resumed(packs_before, &out);
@@ -279,7 +269,7 @@ fn a_pack_left_without_its_index_is_not_leaked() {
     ));
     write_random(&donor_src.path().join("data/other.bin"), 22, 200_000);
     let donor = Env::new();
-    getimage(&donor, donor_src.path(), "img");
+    donor.getimage(donor_src.path(), "img", &[]);
     let donor_packs = files_with_ext(&donor.repo().join("packs"), "pack");
     assert_eq!(donor_packs.len(), 1, "{donor_packs:?}");
 
@@ -294,7 +284,7 @@ fn a_pack_left_without_its_index_is_not_leaked() {
     fs::copy(&donor_packs[0], &orphan).unwrap();
 
     env.ok(&["verify"]);
-    let out = getimage(&env, src.path(), "img");
+    let out = env.getimage(src.path(), "img", &[]);
     assert_eq!(rev_of(&out), "img@1", "{out}");
     env.ok(&["gc"]);
     env.ok(&["verify"]);
@@ -362,7 +352,7 @@ fn a_damaged_blob_is_reported_and_never_installed() {
         "cd '{}' && mkdir -p etc && printf 'hello\\n' > etc/motd && printf 'x=1\\n' > etc/conf",
         src.display()
     ));
-    let out = getimage(&env, &src, "img");
+    let out = env.getimage(&src, "img", &[]);
     assert_eq!(rev_of(&out), "img@1", "{out}");
     env.ok(&["verify"]);
 
@@ -477,8 +467,8 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
     let gone_src = env.path("gone");
     write_random(&gone_src.join("only/gone.bin"), 5, 4 << 20);
 
-    assert_eq!(rev_of(&getimage(&env, &drop_src, "drop")), "drop@1");
-    let out = getimage(&env, &keep_src, "keep");
+    assert_eq!(rev_of(&env.getimage(&drop_src, "drop", &[])), "drop@1");
+    let out = env.getimage(&keep_src, "keep", &[]);
     assert_eq!(rev_of(&out), "keep@1");
     let keep_new = json(&env.ok(&["show", "keep@1", "--json"]))["new_bytes"]
         .as_u64()
@@ -487,7 +477,7 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
         keep_new < (1 << 20) + (64 << 10),
         "keep@1 stored the shared content again ({keep_new} bytes)"
     );
-    assert_eq!(rev_of(&getimage(&env, &gone_src, "gone")), "gone@1");
+    assert_eq!(rev_of(&env.getimage(&gone_src, "gone", &[])), "gone@1");
 
     // A tagged image is not removed without --force.
     env.ok(&["tag", "drop@1", "prod"]);
@@ -596,7 +586,7 @@ fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
         "cd '{}' && mkdir -p etc && printf 'hello\\n' > etc/motd",
         src.display()
     ));
-    assert_eq!(rev_of(&getimage(&env, &src, "img")), "img@1");
+    assert_eq!(rev_of(&env.getimage(&src, "img", &[])), "img@1");
     let packs = files_with_ext(&env.repo().join("packs"), "pack");
     let biggest = packs
         .iter()
@@ -606,7 +596,7 @@ fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
 
     // Without --repair, a new capture trusts the damaged copy and mends nothing.
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    getimage(&env, &src, "img");
+    env.getimage(&src, "img", &[]);
     env.fails(&["verify"], 3);
 
     let out = env.fails(&["verify", "--repair"], 3);
@@ -628,7 +618,7 @@ fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
     );
 
     // Capturing the same tree stores the content again, and the old revision is whole.
-    let again = getimage(&env, &src, "img");
+    let again = env.getimage(&src, "img", &[]);
     assert!(again.contains("(unchanged)"), "{again}");
     env.ok(&["verify"]);
     let co = env.path("checkout");

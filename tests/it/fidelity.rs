@@ -89,14 +89,7 @@ fn checkout_equals_capture_for_every_kind_of_entry() {
     let src = env.path("golden");
     std::fs::create_dir(&src).unwrap();
     build_everything(&src);
-    let out = env.ok(&[
-        "getimage",
-        "--golden-client",
-        src.to_str().unwrap(),
-        "--image",
-        "all",
-        "--no-default-excludes",
-    ]);
+    let out = env.getimage(&src, "all", &["--no-default-excludes"]);
     assert!(out.starts_with("all@1 "), "{out}");
     let dst = env.path("checkout");
     env.ok(&["checkout", "all@1", dst.to_str().unwrap()]);
@@ -132,13 +125,7 @@ fn ls_and_cat_show_what_was_captured() {
         "mkdir -p {s}/etc && printf 'hello\\n' > {s}/etc/motd && ln -s motd {s}/etc/link && truncate -s 5000 {s}/holes && printf z >> {s}/holes",
         s = src.display()
     ));
-    env.ok(&[
-        "getimage",
-        "--golden-client",
-        src.to_str().unwrap(),
-        "--image",
-        "x",
-    ]);
+    env.getimage(&src, "x", &[]);
     assert_eq!(env.ok(&["cat", "x", "/etc/motd"]), "hello\n");
     let holes = env.cmd(&["cat", "x", "holes"]).output().unwrap().stdout;
     assert_eq!(holes.len(), 5001);
@@ -182,13 +169,7 @@ fn mounts_inside_the_golden_client() {
     }
     let _boot = Unmount(format!("{}/boot", src.display()));
     let _scratch = Unmount(format!("{}/scratch", src.display()));
-    env.ok(&[
-        "getimage",
-        "--golden-client",
-        src.to_str().unwrap(),
-        "--image",
-        "m",
-    ]);
+    env.getimage(&src, "m", &[]);
     let ls = env.ok(&["ls", "m", "/", "-r"]);
     assert!(
         ls.contains("/boot/vmlinuz"),

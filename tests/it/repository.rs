@@ -125,13 +125,7 @@ fn references_listings_and_tags() {
 fn cpimage_mvimage_rmimage() {
     let env = Env::new();
     let src = tree(&env, "g");
-    env.ok(&[
-        "getimage",
-        "--golden-client",
-        src.to_str().unwrap(),
-        "--image",
-        "compute",
-    ]);
+    env.getimage(&src, "compute", &[]);
     env.ok(&["tag", "compute", "production"]);
     env.ok(&["cpimage", "compute", "compute-test"]);
     let a: serde_json::Value =
@@ -161,13 +155,7 @@ fn cpimage_mvimage_rmimage() {
 fn dedup_and_stat_cache() {
     let env = Env::new();
     let a = tree(&env, "a");
-    let first = env.ok(&[
-        "getimage",
-        "--golden-client",
-        a.to_str().unwrap(),
-        "--image",
-        "one",
-    ]);
+    let first = env.getimage(&a, "one", &[]);
     assert!(new_stored_bytes(&first) > 1_000_000.0, "{first}");
     // A second image sharing everything but one small file stores about that file only.
     let b = env.path("b");
@@ -177,42 +165,18 @@ fn dedup_and_stat_cache() {
         b.display(),
         b.display()
     ));
-    let second = env.ok(&[
-        "getimage",
-        "--golden-client",
-        b.to_str().unwrap(),
-        "--image",
-        "two",
-    ]);
+    let second = env.getimage(&b, "two", &[]);
     assert!(new_stored_bytes(&second) < 1024.0, "{second}");
     // Unchanged re-capture: every file comes from the stat cache, no new revision.
     std::thread::sleep(std::time::Duration::from_secs(3));
-    env.ok(&[
-        "getimage",
-        "--golden-client",
-        b.to_str().unwrap(),
-        "--image",
-        "two",
-    ]);
-    let again = env.ok(&[
-        "getimage",
-        "--golden-client",
-        b.to_str().unwrap(),
-        "--image",
-        "two",
-    ]);
+    env.getimage(&b, "two", &[]);
+    let again = env.getimage(&b, "two", &[]);
     assert!(again.contains("(unchanged)"), "{again}");
     assert!(again.contains("0 B hashed"), "{again}");
     assert!(again.contains("(4 files from the stat cache)"), "{again}");
     // A change the stat cache must notice (same size, new mtime).
     sh(&format!("printf 'B\\n' > {}/etc/b", b.display()));
-    let changed = env.ok(&[
-        "getimage",
-        "--golden-client",
-        b.to_str().unwrap(),
-        "--image",
-        "two",
-    ]);
+    let changed = env.getimage(&b, "two", &[]);
     assert_eq!(rev_of(&changed), "two@2");
     assert_eq!(env.ok(&["cat", "two", "/etc/b"]), "B\n");
 }
@@ -253,17 +217,16 @@ fn excludes_from_options_and_files() {
     let src = tree(&env, "g");
     let xfile = env.path("x.exclude");
     std::fs::write(&xfile, "# logs stay on the node\n/var/log/*\n").unwrap();
-    env.ok(&[
-        "getimage",
-        "--golden-client",
-        src.to_str().unwrap(),
-        "--image",
+    env.getimage(
+        &src,
         "i",
-        "--exclude",
-        "*.so",
-        "--exclude-file",
-        xfile.to_str().unwrap(),
-    ]);
+        &[
+            "--exclude",
+            "*.so",
+            "--exclude-file",
+            xfile.to_str().unwrap(),
+        ],
+    );
     let all = env.ok(&["ls", "i", "-r"]);
     assert!(
         !all.contains("libbig.so") && !all.contains("syslog"),
@@ -311,13 +274,7 @@ fn export_import_round_trip() {
     let env = Env::new();
     let src = tree(&env, "g");
     sh(&format!("cd {} && ln etc/a etc/a.hard && ln -s a etc/a.sym && setfattr -n user.k -v v etc/a && touch -d '2020-01-01 00:00:00.25' etc/b", src.display()));
-    let out = env.ok(&[
-        "getimage",
-        "--golden-client",
-        src.to_str().unwrap(),
-        "--image",
-        "i",
-    ]);
+    let out = env.getimage(&src, "i", &[]);
     let id = out.split_whitespace().nth(1).unwrap().to_string();
     let tarball = env.path("i.tar.zst");
     env.ok(&["export", "i", "-o", tarball.to_str().unwrap()]);
@@ -366,13 +323,7 @@ fn refuses_archives_that_escape_the_root() {
 fn checkout_refuses_a_non_empty_directory_and_init_twice() {
     let env = Env::new();
     let src = tree(&env, "g");
-    env.ok(&[
-        "getimage",
-        "--golden-client",
-        src.to_str().unwrap(),
-        "--image",
-        "i",
-    ]);
+    env.getimage(&src, "i", &[]);
     let err = env.fails(&["checkout", "i", src.to_str().unwrap()], 2);
     assert!(err.contains("not empty"), "{err}");
     let err = env.fails(&["init"], 2);

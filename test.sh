@@ -39,4 +39,5 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cargo build --locked --all-targets
-cargo test --locked -- --test-threads=2
+# --all-targets: the crate has no doctests, and its closing line should be the integration tests'.
+cargo test --locked --all-targets -- --test-threads=2

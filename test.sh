@@ -19,6 +19,7 @@ want setfattr attr
 want setfacl acl
 want setcap libcap2-bin
 want zstd zstd
+want mkfs.btrfs btrfs-progs
 want python3 python3
 want mkfifo coreutils
 want mount mount

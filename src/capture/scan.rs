@@ -247,11 +247,11 @@ impl Walker<'_> {
             });
             self.progress.advance(1);
             if fmt == libc::S_IFDIR {
-                if st.st_dev != dev && !self.descend_mount(&path) {
-                    continue;
-                }
                 let sub = openat(dir.as_fd(), name.as_slice(), DIR_FLAGS, Mode::empty())
                     .at(shown(&self.root, &path))?;
+                if st.st_dev != dev && !self.descend_mount(&path, &sub) {
+                    continue;
+                }
                 self.walk(sub, path, st.st_dev)?;
             }
         }
@@ -259,13 +259,21 @@ impl Walker<'_> {
     }
 
     /// Whether to capture what is mounted at `rel`.
-    fn descend_mount(&mut self, rel: &[u8]) -> bool {
+    fn descend_mount(&mut self, rel: &[u8], dir: &OwnedFd) -> bool {
         let abs = self.abs_root.join(OsStr::from_bytes(rel));
         match self.mounts.get(&abs) {
             Some(fstype) if DISK_FILESYSTEMS.contains(&fstype.as_str()) => true,
             Some(fstype) => {
                 log::info!("not descending into {} ({fstype})", abs.display());
                 false
+            }
+            // A btrfs subvolume has a device number of its own without being mounted: it is
+            // part of the filesystem being captured (Fedora's and openSUSE's /home, /var...).
+            None if nix::sys::statfs::fstatfs(dir)
+                .map(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
+                .unwrap_or(false) =>
+            {
+                true
             }
             None => {
                 self.warnings.push(format!(

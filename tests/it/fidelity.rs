@@ -188,3 +188,42 @@ fn mounts_inside_the_golden_client() {
         "lost+found is excluded by default:\n{ls}"
     );
 }
+
+#[test]
+fn btrfs_subvolumes_inside_the_golden_client_are_captured() {
+    if !is_root() || !have("mkfs.btrfs") {
+        eprintln!("skipped: needs root and btrfs-progs");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("golden");
+    let img = env.path("btrfs.img");
+    sh(&format!(
+        "mkdir -p {s} && truncate -s 200M {img} && mkfs.btrfs -q -f {img} >/dev/null \
+         && mount -o loop {img} {s} && btrfs subvolume create {s}/home >/dev/null \
+         && mkdir {s}/home/alice && printf data > {s}/home/alice/file && printf root > {s}/rootfile",
+        s = src.display(),
+        img = img.display()
+    ));
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _mnt = Unmount(src.display().to_string());
+    let out = env.run(&[
+        "getimage",
+        "--golden-client",
+        src.to_str().unwrap(),
+        "--image",
+        "b",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("not captured"), "{stderr}");
+    assert_eq!(env.ok(&["cat", "b", "/home/alice/file"]), "data");
+}

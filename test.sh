@@ -23,6 +23,7 @@ want mkfs.btrfs btrfs-progs
 want python3 python3
 want mkfifo coreutils
 want mount mount
+want setpriv util-linux
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root (or install them) first" >&2

@@ -121,8 +121,22 @@ pub fn checkout(
             last = Some((p.to_vec(), sys::open_dir_beneath(root.as_fd(), p, target)?));
         }
         let dir = &last.as_ref().expect("set above").1;
-        create_special(dir.as_fd(), &root, e, target)?;
-        if !matches!(e.kind, Kind::Hardlink { .. }) {
+        let created = match create_special(dir.as_fd(), &root, e, target) {
+            // Only root may make device nodes; an unprivileged checkout keeps going without them,
+            // as it does without ownership.
+            Err(crate::Error::Io { source, .. })
+                if source.raw_os_error() == Some(libc::EPERM)
+                    && matches!(e.kind, Kind::Char { .. } | Kind::Block { .. }) =>
+            {
+                warnings.push(format!(
+                    "{}: cannot make a device node (run as root to keep devices)",
+                    shown(target, &e.path).display()
+                ));
+                false
+            }
+            r => r.map(|()| true)?,
+        };
+        if created && !matches!(e.kind, Kind::Hardlink { .. }) {
             set_metadata(dir.as_fd(), e, None, target, &|w| warnings.push(w))?;
         }
     }

@@ -227,3 +227,41 @@ fn btrfs_subvolumes_inside_the_golden_client_are_captured() {
     assert!(!stderr.contains("not captured"), "{stderr}");
     assert_eq!(env.ok(&["cat", "b", "/home/alice/file"]), "data");
 }
+
+#[test]
+fn an_unprivileged_checkout_warns_about_what_it_cannot_keep() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root (to make the devices) and setpriv");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("golden");
+    sh(&format!(
+        "mkdir -p {s}/dev {s}/etc && mknod {s}/dev/null c 1 3 && printf x > {s}/etc/f && chown 12:34 {s}/etc/f",
+        s = src.display()
+    ));
+    env.getimage(&src, "x", &["--no-default-excludes"]);
+    let out = env.path("out");
+    sh(&format!(
+        "chmod -R a+rwX {} && mkdir {o} && chown 65534:65534 {o} && chmod 755 {}",
+        env.repo().display(),
+        env.dir.path().display(),
+        o = out.display()
+    ));
+    let co = out.join("co");
+    let r = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_aurum"))
+        .arg("--repo")
+        .arg(env.repo())
+        .args(["--no-progress", "checkout", "x"])
+        .arg(&co)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot make a device node"), "{stderr}");
+    assert!(stderr.contains("cannot set owner 12:34"), "{stderr}");
+    assert_eq!(std::fs::read(co.join("etc/f")).unwrap(), b"x");
+    assert!(!co.join("dev/null").exists());
+}

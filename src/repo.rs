@@ -88,7 +88,9 @@ fn flock(file: &File, lock: Lock, path: &Path) -> Result<()> {
         return Ok(());
     }
     let what = match lock {
-        Lock::Shared => "a garbage collection (`aurum gc`) holds the repository; waiting for it",
+        Lock::Shared => {
+            "`aurum gc` or `aurum verify --repair` holds the repository; waiting for it"
+        }
         Lock::Exclusive => {
             "other aurum commands are using the repository; waiting for them to finish"
         }

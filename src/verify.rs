@@ -168,7 +168,13 @@ pub fn verify(
     }
     if repair {
         // Whole-repository repair already left damaged blobs out of the new packs.
-        let ids: Vec<Id> = bad_blobs.iter().map(|b| b.0).collect();
+        // A blob of a damaged pack is listed again as missing once the pack is retired.
+        let ids: Vec<Id> = bad_blobs
+            .iter()
+            .map(|b| b.0)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         repo.catalog.remove_blobs(&ids)?;
         report.forgotten = ids.len() as u64;
         if !ids.is_empty() {

@@ -24,7 +24,7 @@ pub const RECORD_HEADER: usize = 32 + 1 + 4 + 4;
 pub enum Codec {
     Raw = 0,
     Zstd = 1,
-    /// A member of a group: the payload is one zstd frame holding several small blobs.
+    /// A member of a group: the payload is one zstd frame holding several blobs (see `store::GROUP_TARGET`).
     ZstdGroup = 2,
 }
 

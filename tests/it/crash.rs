@@ -599,7 +599,21 @@ fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
     env.getimage(&src, "img", &[]);
     env.fails(&["verify"], 3);
 
-    let out = env.fails(&["verify", "--repair"], 3);
+    let r = env.run(&["verify", "--repair"]);
+    assert_eq!(r.status.code(), Some(3));
+    let repaired = String::from_utf8_lossy(&r.stdout);
+    let forgot: usize = repaired
+        .lines()
+        .find_map(|l| l.strip_prefix("forgot "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `forgot N` line:\n{repaired}"));
+    let damaged = repaired.matches("DAMAGED blob").count();
+    assert_eq!(
+        forgot, damaged,
+        "each damaged blob is forgotten once:\n{repaired}"
+    );
+    let out = String::from_utf8_lossy(&r.stderr).into_owned();
     assert!(
         out.contains("verify --repair") || out.contains("damaged"),
         "{out}"

@@ -24,6 +24,7 @@ pub mod format;
 pub mod gc;
 pub mod progress;
 pub mod repo;
+pub mod serve;
 pub mod store;
 pub mod sys;
 pub mod tarball;

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::error::{invalid, Result};
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1: the first schema.
@@ -71,6 +71,33 @@ const MIGRATIONS: &[&str] = &[
         time INTEGER NOT NULL,
         kind TEXT NOT NULL,
         image TEXT,
+        detail TEXT NOT NULL
+    );
+    "#,
+    // 1 -> 2: what nodes report to `aurum serve`.
+    r#"
+    CREATE TABLE nodes (
+        hostname TEXT PRIMARY KEY,
+        image TEXT,
+        revision TEXT,
+        action TEXT NOT NULL,
+        result TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        address TEXT,
+        detail TEXT NOT NULL,
+        reported INTEGER NOT NULL
+    );
+    CREATE TABLE node_reports (
+        time INTEGER NOT NULL,
+        hostname TEXT NOT NULL,
+        image TEXT,
+        revision TEXT,
+        action TEXT NOT NULL,
+        result TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        address TEXT,
         detail TEXT NOT NULL
     );
     "#,

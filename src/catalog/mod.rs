@@ -88,6 +88,33 @@ pub struct TagRef {
     pub number: u32,
 }
 
+/// What a node tells the server after an update, rollback or install.
+#[derive(Clone, Debug, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReport {
+    pub hostname: String,
+    pub image: Option<String>,
+    /// Revision id (hex) the node runs after the action.
+    pub revision: Option<String>,
+    /// `updateclient`, `rollback`, `install`...
+    pub action: String,
+    /// `ok` or `failed`.
+    pub result: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// A node's latest report, as `aurum nodes` lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeState {
+    #[serde(flatten)]
+    pub report: NodeReport,
+    pub address: Option<String>,
+    pub reported: i64,
+}
+
 /// The open catalog.
 pub struct Catalog {
     conn: Connection,
@@ -620,6 +647,51 @@ impl Catalog {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    // ---- nodes ----
+
+    /// Records what a node reports (it becomes the node's current state) and keeps the report.
+    pub fn record_report(&mut self, r: &NodeReport, address: Option<&str>) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let t = now();
+        tx.execute(
+            "INSERT INTO node_reports(time, hostname, image, revision, action, result, bytes, seconds, address, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![t, r.hostname, r.image, r.revision, r.action, r.result, r.bytes as i64, r.seconds, address, r.detail],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO nodes(hostname, image, revision, action, result, bytes, seconds, address, detail, reported)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![r.hostname, r.image, r.revision, r.action, r.result, r.bytes as i64, r.seconds, address, r.detail, t],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every node that has reported, with its latest report.
+    pub fn nodes(&self) -> Result<Vec<NodeState>> {
+        let mut st = self.conn.prepare(
+            "SELECT hostname, image, revision, action, result, bytes, seconds, address, detail, reported
+             FROM nodes ORDER BY hostname",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(NodeState {
+                report: NodeReport {
+                    hostname: r.get(0)?,
+                    image: r.get(1)?,
+                    revision: r.get(2)?,
+                    action: r.get(3)?,
+                    result: r.get(4)?,
+                    bytes: r.get::<_, i64>(5)? as u64,
+                    seconds: r.get(6)?,
+                    detail: r.get(8)?,
+                },
+                address: r.get(7)?,
+                reported: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     // ---- events ----

@@ -9,6 +9,7 @@ mod init;
 mod inspect;
 mod maintenance;
 mod progress;
+mod serve;
 mod tarball;
 
 use std::path::PathBuf;
@@ -76,6 +77,8 @@ pub enum Command {
     Import(tarball::ImportArgs),
     Verify(maintenance::VerifyArgs),
     Gc(maintenance::GcArgs),
+    Serve(serve::ServeArgs),
+    Nodes(serve::NodesArgs),
 }
 
 /// Runs the chosen command.
@@ -100,6 +103,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(a) => tarball::import(g, a),
         Command::Verify(a) => maintenance::verify(g, a),
         Command::Gc(a) => maintenance::gc(g, a),
+        Command::Serve(a) => serve::serve(g, a),
+        Command::Nodes(a) => serve::nodes(g, a),
     }
 }
 

@@ -8,3 +8,4 @@ mod crash;
 mod fidelity;
 mod remote;
 mod repository;
+mod serve;

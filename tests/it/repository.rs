@@ -343,7 +343,7 @@ fn every_command_has_help() {
     let env = Env::new();
     for cmd in [
         "init", "getimage", "lsimage", "log", "show", "ls", "cat", "diff", "tag", "cpimage",
-        "mvimage", "rmimage", "checkout", "export", "import", "verify", "gc",
+        "mvimage", "rmimage", "checkout", "export", "import", "verify", "gc", "serve", "nodes",
     ] {
         let help = env.ok(&[cmd, "--help"]);
         assert!(help.contains("Usage: aurum"), "{cmd}: {help}");

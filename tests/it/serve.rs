@@ -1,0 +1,281 @@
+//! `aurum serve`: the static layout with HTTP Range, the JSON API and node reports, many
+//! clients at once, and a clean stop on SIGTERM. Everything on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{json, write_random, Env};
+
+/// A running `aurum serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(env: &Env) -> Server {
+        let mut child = env
+            .cmd(&["serve", "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start aurum serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().expect("serve prints its address").unwrap();
+        let addr = first
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in `{first}`"))
+            .to_string();
+        // Keep draining the request log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request; returns (status, headers in lowercase, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, raw[split + 4..].to_vec())
+}
+
+fn a_pack(env: &Env) -> (String, Vec<u8>) {
+    let packs = env.repo().join("packs");
+    for d in std::fs::read_dir(&packs).unwrap() {
+        let d = d.unwrap().path();
+        if d.is_dir() {
+            for f in std::fs::read_dir(&d).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_some_and(|e| e == "pack") {
+                    let rel = f
+                        .strip_prefix(env.repo())
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    return (format!("/{rel}"), std::fs::read(&f).unwrap());
+                }
+            }
+        }
+    }
+    panic!("no pack");
+}
+
+fn repo_with_an_image(env: &Env) {
+    let src = env.path("g");
+    write_random(&src.join("usr/lib/big.bin"), 7, 3 << 20);
+    std::fs::write(src.join("motd"), b"hello\n").unwrap();
+    env.getimage(&src, "img", &[]);
+}
+
+#[test]
+fn serves_the_static_layout_with_ranges() {
+    let env = Env::new();
+    repo_with_an_image(&env);
+    let srv = Server::start(&env);
+    let (st, _, body) = http(&srv.addr, "GET", "/FORMAT", &[], b"");
+    assert_eq!(
+        (st, body.as_slice()),
+        (200, &b"aurum repository format 1\n"[..])
+    );
+    let head = std::fs::read(env.repo().join("refs/img/head")).unwrap();
+    assert_eq!(http(&srv.addr, "GET", "/refs/img/head", &[], b"").2, head);
+
+    let (pack, bytes) = a_pack(&env);
+    let (st, h, body) = http(&srv.addr, "GET", &pack, &[("Range", "bytes=0-7")], b"");
+    assert_eq!(st, 206, "{h}");
+    assert_eq!(body, b"AURUMPK\x01");
+    assert!(
+        h.contains(&format!("content-range: bytes 0-7/{}", bytes.len())),
+        "{h}"
+    );
+    assert!(h.contains("immutable"), "{h}");
+    let n = bytes.len();
+    let (st, _, body) = http(
+        &srv.addr,
+        "GET",
+        &pack,
+        &[("Range", &format!("bytes={}-", n - 100))],
+        b"",
+    );
+    assert_eq!((st, body.as_slice()), (206, &bytes[n - 100..]));
+    let (st, _, body) = http(&srv.addr, "GET", &pack, &[], b"");
+    assert_eq!(st, 200);
+    assert!(body == bytes, "whole pack differs");
+    let (st, h, body) = http(&srv.addr, "HEAD", &pack, &[], b"");
+    assert_eq!(st, 200);
+    assert!(
+        body.is_empty() && h.contains(&format!("content-length: {n}")),
+        "{h}"
+    );
+    assert_eq!(
+        http(
+            &srv.addr,
+            "GET",
+            &pack,
+            &[("Range", &format!("bytes={n}-"))],
+            b""
+        )
+        .0,
+        416
+    );
+
+    // Nothing outside the static layout.
+    for bad in [
+        "/aurum.db",
+        "/lock",
+        "/tmp/",
+        "/packs/../aurum.db",
+        "/nothing",
+    ] {
+        assert_eq!(http(&srv.addr, "GET", bad, &[], b"").0, 404, "{bad}");
+    }
+    assert_eq!(http(&srv.addr, "DELETE", "/FORMAT", &[], b"").0, 405);
+}
+
+#[test]
+fn api_lists_images_and_records_node_reports() {
+    let env = Env::new();
+    repo_with_an_image(&env);
+    let srv = Server::start(&env);
+    let (st, _, body) = http(&srv.addr, "GET", "/api/v1/images", &[], b"");
+    assert_eq!(st, 200);
+    assert_eq!(json(&String::from_utf8_lossy(&body))[0]["name"], "img");
+    let (st, _, body) = http(&srv.addr, "GET", "/api/v1/images/img/revisions", &[], b"");
+    assert_eq!(st, 200);
+    let revs = json(&String::from_utf8_lossy(&body));
+    let id = revs[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        http(&srv.addr, "GET", "/api/v1/images/nope/revisions", &[], b"").0,
+        404
+    );
+
+    let report = format!(
+        r#"{{"hostname":"n01","image":"img","revision":"{id}","action":"updateclient","result":"ok","bytes":1234,"seconds":0.5}}"#
+    );
+    assert_eq!(
+        http(
+            &srv.addr,
+            "POST",
+            "/api/v1/reports",
+            &[("Content-Type", "application/json")],
+            report.as_bytes()
+        )
+        .0,
+        204
+    );
+    let (st, _, body) = http(
+        &srv.addr,
+        "POST",
+        "/api/v1/reports",
+        &[],
+        b"{\"hostname\":\"n02\"}",
+    );
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
+    let bad_host = report.replace("n01", "../n01");
+    assert_eq!(
+        http(
+            &srv.addr,
+            "POST",
+            "/api/v1/reports",
+            &[],
+            bad_host.as_bytes()
+        )
+        .0,
+        400
+    );
+
+    let (_, _, body) = http(&srv.addr, "GET", "/api/v1/nodes", &[], b"");
+    let nodes = json(&String::from_utf8_lossy(&body));
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    assert_eq!(nodes[0]["hostname"], "n01");
+    assert_eq!(nodes[0]["address"], "127.0.0.1");
+    let listed = json(&env.ok(&["nodes", "--json"]));
+    assert_eq!(listed[0]["revision"], id.as_str());
+    let table = env.ok(&["nodes"]);
+    assert!(
+        table.contains("n01") && table.contains(&id[..8]) && table.contains("updateclient"),
+        "{table}"
+    );
+}
+
+#[test]
+fn sixteen_clients_at_once_get_exact_bytes() {
+    let env = Env::new();
+    repo_with_an_image(&env);
+    let srv = Server::start(&env);
+    let (pack, bytes) = a_pack(&env);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let (addr, pack, bytes) = (&srv.addr, &pack, &bytes);
+                s.spawn(move || {
+                    for k in 0..4 {
+                        let a = (i * 7919 + k * 104_729) % (bytes.len() - 4096);
+                        let range = format!("bytes={a}-{}", a + 4095);
+                        let (st, _, body) = http(addr, "GET", pack, &[("Range", &range)], b"");
+                        assert_eq!(st, 206);
+                        assert!(body == bytes[a..a + 4096], "client {i} got wrong bytes");
+                    }
+                    let (_, _, whole) = http(addr, "GET", pack, &[], b"");
+                    assert!(whole == *bytes, "client {i} got a wrong pack");
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn stops_cleanly_on_sigterm() {
+    let env = Env::new();
+    let mut srv = Server::start(&env);
+    assert_eq!(http(&srv.addr, "GET", "/FORMAT", &[], b"").0, 200);
+    let pid = nix::unistd::Pid::from_raw(srv.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = srv.child.try_wait().unwrap() {
+            assert!(status.success(), "serve exited with {status} on SIGTERM");
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

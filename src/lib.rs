@@ -25,6 +25,7 @@ pub mod gc;
 pub mod progress;
 pub mod repo;
 pub mod serve;
+pub mod source;
 pub mod store;
 pub mod sys;
 pub mod tarball;

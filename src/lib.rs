@@ -22,6 +22,7 @@ pub mod diff;
 pub mod error;
 pub mod format;
 pub mod gc;
+pub mod node;
 pub mod progress;
 pub mod repo;
 pub mod serve;

@@ -157,7 +157,11 @@ impl HttpRepo {
 
     /// GETs a whole file (up to 1 GiB).
     fn get(&self, path: &str) -> Result<Vec<u8>> {
-        let mut resp = self.agent.get(self.url(path)).call().map_err(|e| self.net(path, e))?;
+        let mut resp = self
+            .agent
+            .get(self.url(path))
+            .call()
+            .map_err(|e| self.net(path, e))?;
         match resp.status().as_u16() {
             200 => resp
                 .body_mut()
@@ -165,7 +169,10 @@ impl HttpRepo {
                 .limit(1 << 30)
                 .read_to_vec()
                 .map_err(|e| self.net(path, e)),
-            404 => Err(Error::NotFound(format!("{} not found on the server", self.url(path)))),
+            404 => Err(Error::NotFound(format!(
+                "{} not found on the server",
+                self.url(path)
+            ))),
             s => Err(self.net(path, format!("HTTP {s}"))),
         }
     }
@@ -189,7 +196,13 @@ impl HttpRepo {
             206 if body.len() as u64 == end - start + 1 => Ok(body),
             // A server that ignores Range sends the whole file.
             200 if body.len() as u64 > end => Ok(body[start as usize..=end as usize].to_vec()),
-            s => Err(self.net(path, format!("HTTP {s} for bytes {start}-{end} ({} bytes came)", body.len()))),
+            s => Err(self.net(
+                path,
+                format!(
+                    "HTTP {s} for bytes {start}-{end} ({} bytes came)",
+                    body.len()
+                ),
+            )),
         }
     }
 
@@ -227,9 +240,11 @@ impl RevisionSource for HttpRepo {
                 .ok_or_else(|| corrupt(format!("{what} on the server does not hold a revision id")))
         };
         if let Some((image, n)) = spec.split_once('@') {
-            let number: u32 = n
-                .parse()
-                .map_err(|_| invalid(format!("`{spec}`: the part after @ must be a revision number")))?;
+            let number: u32 = n.parse().map_err(|_| {
+                invalid(format!(
+                    "`{spec}`: the part after @ must be a revision number"
+                ))
+            })?;
             if !ref_name_ok(image) {
                 return Err(invalid(format!("`{image}` is not an image name")));
             }
@@ -240,22 +255,43 @@ impl RevisionSource for HttpRepo {
                 .filter_map(|l| l.split_once(' '))
                 .find(|(k, _)| k.parse() == Ok(number))
                 .and_then(|(_, v)| Id::from_hex(v.trim()))
-                .ok_or_else(|| Error::NotFound(format!("image `{image}` has no revision {number} on {}", self.base)))?;
-            return Ok(Target { image: Some(image.into()), number: Some(number), id });
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "image `{image}` has no revision {number} on {}",
+                        self.base
+                    ))
+                })?;
+            return Ok(Target {
+                image: Some(image.into()),
+                number: Some(number),
+                id,
+            });
         }
         if let Some((image, tag)) = spec.split_once(':') {
             if !ref_name_ok(image) || !ref_name_ok(tag) {
                 return Err(invalid(format!("`{spec}` is not IMAGE:TAG")));
             }
             let id = id_of(self.get(&format!("refs/{image}/tags/{tag}"))?, "the tag")?;
-            return Ok(Target { image: Some(image.into()), number: None, id });
+            return Ok(Target {
+                image: Some(image.into()),
+                number: None,
+                id,
+            });
         }
         if let Some(id) = Id::from_hex(&spec.to_ascii_lowercase()) {
-            return Ok(Target { image: None, number: None, id });
+            return Ok(Target {
+                image: None,
+                number: None,
+                id,
+            });
         }
         if ref_name_ok(spec) {
             let id = id_of(self.get(&format!("refs/{spec}/head"))?, "the image head")?;
-            return Ok(Target { image: Some(spec.into()), number: None, id });
+            return Ok(Target {
+                image: Some(spec.into()),
+                number: None,
+                id,
+            });
         }
         Err(invalid(format!(
             "`{spec}`: from an HTTP server, name a revision as IMAGE, IMAGE@N, IMAGE:TAG or its full 64-digit id"
@@ -270,7 +306,12 @@ impl RevisionSource for HttpRepo {
         zstd::stream::read::Decoder::new(&packed[..])?
             .take(1 << 32)
             .read_to_end(&mut raw)
-            .map_err(|e| corrupt(format!("manifest {} from the server is damaged: {e}", id.short())))?;
+            .map_err(|e| {
+                corrupt(format!(
+                    "manifest {} from the server is damaged: {e}",
+                    id.short()
+                ))
+            })?;
         if Id::of(&raw) != *id {
             return Err(corrupt(format!(
                 "manifest {} from {} does not match its id; refusing it",
@@ -312,7 +353,11 @@ impl RevisionSource for HttpRepo {
         // Records (a blob, or a group holding wanted blobs), then coalesced ranges.
         let mut records: HashMap<(Id, u64), (u32, Vec<IndexEntry>)> = HashMap::new();
         for (pack, e) in found.into_values() {
-            records.entry((pack, e.offset)).or_insert((e.stored_len, Vec::new())).1.push(e);
+            records
+                .entry((pack, e.offset))
+                .or_insert((e.stored_len, Vec::new()))
+                .1
+                .push(e);
         }
         let mut records: Vec<((Id, u64), (u32, Vec<IndexEntry>))> = records.into_iter().collect();
         records.sort_by(|a, b| a.0.cmp(&b.0));
@@ -327,7 +372,11 @@ impl RevisionSource for HttpRepo {
                     && offset + u64::from(len) - first <= MAX_REQUEST
             });
             if joins {
-                ranges.last_mut().expect("checked").1.push((offset, len, members));
+                ranges
+                    .last_mut()
+                    .expect("checked")
+                    .1
+                    .push((offset, len, members));
             } else {
                 ranges.push((pack, vec![(offset, len, members)]));
             }
@@ -377,7 +426,10 @@ impl RevisionSource for HttpRepo {
             .map_err(|e| self.net("api/v1/reports", e))?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),
-            s => Err(self.net("api/v1/reports", format!("HTTP {s} (a plain web server takes no reports)"))),
+            s => Err(self.net(
+                "api/v1/reports",
+                format!("HTTP {s} (a plain web server takes no reports)"),
+            )),
         }
     }
 }

@@ -105,8 +105,11 @@ pub fn checkout(
     progress.phase("writing files", Some(total), true);
     files.par_iter().try_for_each(|e| -> Result<()> {
         let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
-        let file = write_file(dir.as_fd(), e, blobs, target, progress)?;
-        set_metadata(dir.as_fd(), e, Some(&file), target, &|w| warnings.push(w))
+        let name = file_name(&e.path);
+        let file = write_file(dir.as_fd(), name, e, blobs, target, progress)?;
+        set_metadata(dir.as_fd(), name, e, Some(&file), target, &|w| {
+            warnings.push(w)
+        })
     })?;
     progress.finish();
 
@@ -121,7 +124,7 @@ pub fn checkout(
             last = Some((p.to_vec(), sys::open_dir_beneath(root.as_fd(), p, target)?));
         }
         let dir = &last.as_ref().expect("set above").1;
-        let created = match create_special(dir.as_fd(), &root, e, target) {
+        let created = match create_special(dir.as_fd(), file_name(&e.path), &root, e, target) {
             // Only root may make device nodes; an unprivileged checkout keeps going without them,
             // as it does without ownership.
             Err(crate::Error::Io { source, .. })
@@ -137,7 +140,9 @@ pub fn checkout(
             r => r.map(|()| true)?,
         };
         if created && !matches!(e.kind, Kind::Hardlink { .. }) {
-            set_metadata(dir.as_fd(), e, None, target, &|w| warnings.push(w))?;
+            set_metadata(dir.as_fd(), file_name(&e.path), e, None, target, &|w| {
+                warnings.push(w)
+            })?;
         }
     }
 
@@ -148,7 +153,9 @@ pub fn checkout(
                 set_metadata_root(&root, e, target, &|w| warnings.push(w))?;
             } else {
                 let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
-                set_metadata(dir.as_fd(), e, None, target, &|w| warnings.push(w))?;
+                set_metadata(dir.as_fd(), file_name(&e.path), e, None, target, &|w| {
+                    warnings.push(w)
+                })?;
             }
         }
     }
@@ -164,6 +171,7 @@ pub fn checkout(
 /// Creates a new regular file `name` in `dir` with the entry's content (holes kept).
 pub fn write_file(
     dir: BorrowedFd,
+    name: &[u8],
     e: &Entry,
     blobs: &dyn BlobSource,
     shown_root: &Path,
@@ -180,7 +188,7 @@ pub fn write_file(
     let shown_path = shown(shown_root, &e.path);
     let fd = openat(
         dir,
-        file_name(&e.path),
+        name,
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )
@@ -225,8 +233,13 @@ pub fn write_file(
 }
 
 /// Creates a symlink, device, fifo, socket or hardlink `e` in `dir`.
-fn create_special(dir: BorrowedFd, root: &OwnedFd, e: &Entry, shown_root: &Path) -> Result<()> {
-    let name = file_name(&e.path);
+pub fn create_special(
+    dir: BorrowedFd,
+    name: &[u8],
+    root: &OwnedFd,
+    e: &Entry,
+    shown_root: &Path,
+) -> Result<()> {
     let shown_path = shown(shown_root, &e.path);
     let perm = Mode::from_bits_truncate(0o600);
     match &e.kind {
@@ -313,12 +326,12 @@ fn set_xattrs(
 /// Sets owner, mode, xattrs and mtime of `e` (named in `dir`), in that order.
 pub fn set_metadata(
     dir: BorrowedFd,
+    name: &[u8],
     e: &Entry,
     file: Option<&File>,
     shown_root: &Path,
     warn: &dyn Fn(String),
 ) -> Result<()> {
-    let name = file_name(&e.path);
     let shown_path = shown(shown_root, &e.path);
     let uid = Some(Uid::from_raw(e.uid));
     let gid = Some(Gid::from_raw(e.gid));

@@ -177,42 +177,51 @@ impl LocalSource {
         mut each: impl FnMut(u32, &Id, &[u8]) -> Result<()>,
     ) -> Result<Content> {
         let file = scan::open_file_beneath(root, &s.entry.path, shown_root)?;
-        let size = s.stat.size;
-        let extents = if s.stat.maybe_sparse {
-            let ext = crate::sys::data_extents(&file, size)?;
-            // A file with no holes after all (preallocated or compressed blocks) is stored plain.
-            if ext.len() == 1 && ext[0] == (0, size) {
-                None
-            } else {
-                Some(ext)
-            }
-        } else {
-            None
-        };
-        let data_len = match &extents {
-            Some(ext) => ext.iter().map(|e| e.1).sum(),
-            None => size,
-        };
-        let reader = ExtentReader::new(file, extents.clone().unwrap_or_else(|| vec![(0, size)]));
-        let mut chunks = Vec::new();
-        chunk::chunks(reader, data_len, |data| {
-            let id = Id::of(data);
-            each(chunks.len() as u32, &id, data)?;
-            chunks.push(Chunk {
-                id,
-                len: data.len() as u32,
-            });
-            Ok(())
-        })
-        .map_err(|e| match e {
+        file_chunks(file, s.stat.size, s.stat.maybe_sparse, &mut each).map_err(|e| match e {
             crate::Error::Os(io) => crate::Error::Io {
                 path: crate::sys::shown(shown_root, &s.entry.path),
                 source: io,
             },
             other => other,
-        })?;
-        Ok(Content { chunks, extents })
+        })
     }
+}
+
+/// Cuts an open file into chunks as a capture does, handing each to `each` (chunk number, id,
+/// bytes). `maybe_sparse` asks for the file's data extents (holes are not chunked).
+pub fn file_chunks(
+    file: std::fs::File,
+    size: u64,
+    maybe_sparse: bool,
+    mut each: impl FnMut(u32, &Id, &[u8]) -> Result<()>,
+) -> Result<Content> {
+    let extents = if maybe_sparse {
+        let ext = crate::sys::data_extents(&file, size)?;
+        // A file with no holes after all (preallocated or compressed blocks) is stored plain.
+        if ext.len() == 1 && ext[0] == (0, size) {
+            None
+        } else {
+            Some(ext)
+        }
+    } else {
+        None
+    };
+    let data_len = match &extents {
+        Some(ext) => ext.iter().map(|e| e.1).sum(),
+        None => size,
+    };
+    let reader = ExtentReader::new(file, extents.clone().unwrap_or_else(|| vec![(0, size)]));
+    let mut chunks = Vec::new();
+    chunk::chunks(reader, data_len, |data| {
+        let id = Id::of(data);
+        each(chunks.len() as u32, &id, data)?;
+        chunks.push(Chunk {
+            id,
+            len: data.len() as u32,
+        });
+        Ok(())
+    })?;
+    Ok(Content { chunks, extents })
 }
 
 /// Hands a claimed blob to the sink: grouped when compressible, else raw on its own.

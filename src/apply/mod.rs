@@ -23,6 +23,8 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use rayon::prelude::*;
 
+pub mod update;
+
 use crate::error::{invalid, IoContext, Result};
 use crate::format::manifest::{file_name, parent, Entry, Kind, Manifest};
 use crate::format::Id;

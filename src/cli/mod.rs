@@ -8,6 +8,7 @@ mod images;
 mod init;
 mod inspect;
 mod maintenance;
+mod node;
 mod progress;
 mod serve;
 mod tarball;
@@ -79,6 +80,10 @@ pub enum Command {
     Gc(maintenance::GcArgs),
     Serve(serve::ServeArgs),
     Nodes(serve::NodesArgs),
+    Updateclient(node::UpdateclientArgs),
+    Rollback(node::RollbackArgs),
+    MarkGood(node::MarkGoodArgs),
+    NodeStatus(node::NodeStatusArgs),
 }
 
 /// Runs the chosen command.
@@ -105,6 +110,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(a) => maintenance::gc(g, a),
         Command::Serve(a) => serve::serve(g, a),
         Command::Nodes(a) => serve::nodes(g, a),
+        Command::Updateclient(a) => node::updateclient(g, a),
+        Command::Rollback(a) => node::rollback(g, a),
+        Command::MarkGood(a) => node::mark_good(g, a),
+        Command::NodeStatus(a) => node::node_status(g, a),
     }
 }
 

@@ -1,0 +1,957 @@
+//! updateclient and rollback: bringing a live root to a revision with the least work.
+//!
+//! One engine serves both. It plans by comparing the target manifest with what is on disk
+//! (the node's current manifest lets a stat stand in for a hash, as the capture's stat cache
+//! does), takes every blob it can from the node itself (an unchanged file elsewhere, the old
+//! version of a changed file, the undo area), fetches only the rest, then applies:
+//!
+//! - every file is written under a temporary name in its directory, fsynced, given its
+//!   metadata, and renamed into place, so it is always either old or new;
+//! - whatever is replaced or deleted is first moved into the undo area, so a rollback of the
+//!   last update is local, needs no network, and costs time in proportion to the change;
+//! - a journal marks the update in progress: a rerun after a crash finishes it.
+//!
+//! A rollback is the same engine aimed at the previous revision, with the undo area as its only
+//! blob source.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use nix::fcntl::renameat;
+use nix::sys::stat::{mkdirat, FileStat, Mode};
+use nix::unistd::unlinkat;
+use nix::unistd::UnlinkatFlags;
+use serde::Serialize;
+
+use super::{create_special, set_metadata, write_file, BlobSource};
+use crate::capture::excludes::Excludes;
+use crate::capture::file_chunks;
+use crate::error::{corrupt, invalid, Error, IoContext, Result};
+use crate::format::manifest::{display_path, file_name, parent, Entry, Kind, Manifest};
+use crate::format::Id;
+use crate::node::{HistoryEntry, Journal, Node, NodeState, RevRef, STATE_DIR};
+use crate::progress::Progress;
+use crate::source::{RevisionSource, Target};
+use crate::sys::{self, shown};
+
+/// SystemImager's updateclient.local.exclude, plus what getimage leaves out of every image
+/// (without these an update would delete the node's ssh host keys and machine id).
+pub const DEFAULT_UPDATE_EXCLUDES: &[&str] = &[
+    "/etc/mtab",
+    "/etc/fstab",
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/machine-id",
+    "/var/lib/dbus/machine-id",
+    "/etc/ssh/ssh_host_*",
+    "/etc/network/interfaces",
+    "/etc/network/interfaces.d/*",
+    "/etc/netplan/*",
+    "/etc/sysconfig/network",
+    "/etc/sysconfig/network-scripts/ifcfg-*",
+    "/etc/NetworkManager/system-connections/*",
+    "/etc/udev/rules.d/70-persistent-net.rules",
+    "/etc/resolv.conf",
+    "/etc/adjtime",
+    "/var/lib/dhcp/*",
+    "/var/lib/dhclient/*",
+    "/var/lib/NetworkManager/*",
+    "/var/lib/random-seed",
+    "/var/lib/systemd/random-seed",
+    "/var/lib/nfs/*",
+    "/proc/*",
+    "/sys/*",
+    "/dev/*",
+    "/run/*",
+    "/var/run/*",
+    "/var/lock/*",
+    "/var/log/*",
+    "/var/spool/*",
+    "/var/tmp/*",
+    "/tmp/*",
+    "/home/*",
+    "/mnt/*",
+    "/media/*",
+    "lost+found/",
+];
+
+/// Suffix of the temporary names files are written under.
+const TEMP_SUFFIX: &[u8] = b".aurum-new";
+
+/// What an update is asked to do.
+pub struct UpdateOptions {
+    /// `updateclient` or `rollback` (recorded in history and reports).
+    pub action: String,
+    pub dry_run: bool,
+    pub no_delete: bool,
+    /// Hash local files instead of trusting size and mtime.
+    pub verify_local: bool,
+    pub excludes: Excludes,
+}
+
+/// What an update did (or, dry, would do).
+#[derive(Debug, Default, Serialize)]
+pub struct UpdateReport {
+    pub from: Option<RevRef>,
+    pub to: Option<RevRef>,
+    pub created: u64,
+    pub changed: u64,
+    pub metadata_only: u64,
+    pub deleted: u64,
+    /// Files that differed from the node's current revision before the update (changed by
+    /// hand) and were overwritten.
+    pub modified_locally: Vec<String>,
+    /// Blob bytes needed that came from the node itself.
+    pub bytes_reused: u64,
+    /// Bytes that crossed the network.
+    pub bytes_fetched: u64,
+    /// Blob bytes the plan needs from the server (dry run: what would be fetched).
+    pub bytes_to_fetch: u64,
+    /// The itemised plan (rsync -i style), filled for a dry run.
+    pub plan: Vec<String>,
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+    pub unchanged: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Act {
+    Create,
+    Replace,
+    Content,
+    Meta,
+}
+
+struct Step {
+    entry: usize,
+    act: Act,
+    what: Vec<&'static str>,
+}
+
+/// Where a blob can be read on the node.
+#[derive(Clone)]
+struct LocalChunk {
+    /// A path in the tree (manifest path) or a file of the undo area.
+    at: LocalAt,
+    offset: u64,
+    len: u32,
+}
+
+#[derive(Clone)]
+enum LocalAt {
+    Tree(Vec<u8>),
+    File(PathBuf),
+}
+
+fn entry_is_under(path: &[u8], dir: &[u8]) -> bool {
+    path.starts_with(dir) && path.get(dir.len()) == Some(&b'/')
+}
+
+/// Metadata of a disk entry that differs from `e` (a resolved, non-hardlink entry).
+fn meta_diff(st: &FileStat, xattrs: &[(Vec<u8>, Vec<u8>)], e: &Entry) -> Vec<&'static str> {
+    let mut what = Vec::new();
+    let is_link = matches!(e.kind, Kind::Symlink { .. });
+    if !is_link && st.st_mode & 0o7777 != e.mode {
+        what.push("mode");
+    }
+    if st.st_uid != e.uid || st.st_gid != e.gid {
+        what.push("owner");
+    }
+    if xattrs != e.xattrs.as_slice() {
+        what.push("xattrs");
+    }
+    if e.kind != Kind::Dir && (st.st_mtime, st.st_mtime_nsec as u32) != (e.mtime, e.mtime_nsec) {
+        what.push("mtime");
+    }
+    what
+}
+
+fn kind_matches(st: &FileStat, e: &Entry) -> bool {
+    let fmt = st.st_mode & libc::S_IFMT;
+    match e.kind {
+        Kind::File { .. } | Kind::Hardlink { .. } => fmt == libc::S_IFREG,
+        Kind::Dir => fmt == libc::S_IFDIR,
+        Kind::Symlink { .. } => fmt == libc::S_IFLNK,
+        Kind::Char { rdev } => fmt == libc::S_IFCHR && st.st_rdev == rdev,
+        Kind::Block { rdev } => fmt == libc::S_IFBLK && st.st_rdev == rdev,
+        Kind::Fifo => fmt == libc::S_IFIFO,
+        Kind::Socket => fmt == libc::S_IFSOCK,
+    }
+}
+
+/// The engine's view of a node root during one update.
+struct Engine {
+    root_fd: OwnedFd,
+    root: PathBuf,
+    warnings: Mutex<Vec<String>>,
+    undo_dir: PathBuf,
+    undo_index: Option<File>,
+    undo_next: u64,
+    /// Tree paths moved into the undo area during this run, and where they went.
+    moved: HashMap<Vec<u8>, PathBuf>,
+    /// Blobs the node holds.
+    local: HashMap<Id, LocalChunk>,
+}
+
+impl Engine {
+    fn warn(&self, w: String) {
+        self.warnings.lock().expect("lock").push(w);
+    }
+
+    fn dir(&self, rel: &[u8]) -> Result<OwnedFd> {
+        sys::open_dir_beneath(self.root_fd.as_fd(), rel, &self.root)
+    }
+
+    /// Moves `name` in `dir` (tree path `rel`) into the undo area.
+    fn stash(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
+        let n = self.undo_next;
+        self.undo_next += 1;
+        let index = self.undo_index.as_mut().expect("opened with the journal");
+        writeln!(index, "{n} {}", hex(rel)).at(&self.undo_dir)?;
+        index.sync_data().at(&self.undo_dir)?;
+        let undo_fd = sys::open_root(&self.undo_dir)?;
+        let to = n.to_string();
+        match renameat(dir, name, &undo_fd, to.as_str()) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EXDEV) => {
+                // Another filesystem (a separate /boot): the old entry cannot be kept cheaply.
+                self.warn(format!(
+                    "{}: on another filesystem than the undo area; removed without a copy for rollback",
+                    display_path(rel)
+                ));
+                remove_tree(dir, name, &shown(&self.root, rel))?;
+                return Ok(());
+            }
+            Err(e) => return Err(e).at(shown(&self.root, rel)),
+        }
+        self.moved.insert(rel.to_vec(), self.undo_dir.join(to));
+        Ok(())
+    }
+
+    fn read_local(&self, id: &Id, c: &LocalChunk) -> Option<Vec<u8>> {
+        let file = match &c.at {
+            LocalAt::File(p) => File::open(p).ok()?,
+            LocalAt::Tree(rel) => match self.moved.get(rel) {
+                Some(p) => File::open(p).ok()?,
+                None => {
+                    crate::capture::scan::open_file_beneath(&self.root_fd, rel, &self.root).ok()?
+                }
+            },
+        };
+        let mut buf = vec![0u8; c.len as usize];
+        file.read_exact_at(&mut buf, c.offset).ok()?;
+        (Id::of(&buf) == *id).then_some(buf)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Removes a file or a whole directory tree named `name` in `dir`.
+fn remove_tree(dir: BorrowedFd, name: &[u8], shown_path: &Path) -> Result<()> {
+    let st = sys::lstat_at(dir, name).at(shown_path)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let sub = nix::fcntl::openat(dir, name, sys::DIR_FLAGS, Mode::empty()).at(shown_path)?;
+        let names: Vec<Vec<u8>> = nix::dir::Dir::from_fd(nix::unistd::dup(&sub).at(shown_path)?)
+            .at(shown_path)?
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_bytes().to_vec())
+            .filter(|n| n != b"." && n != b"..")
+            .collect();
+        for n in names {
+            remove_tree(
+                sub.as_fd(),
+                &n,
+                &shown_path.join(std::ffi::OsStr::from_bytes(&n)),
+            )?;
+        }
+        unlinkat(dir, name, UnlinkatFlags::RemoveDir).at(shown_path)
+    } else {
+        unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).at(shown_path)
+    }
+}
+
+/// Where the blobs an update needs come from, in order: the staging area (fetched), the node
+/// itself, nothing else (everything missing was fetched before applying began).
+struct Provider<'a> {
+    engine: &'a Engine,
+    staging: PathBuf,
+}
+
+impl BlobSource for Provider<'_> {
+    fn get(&self, id: &Id) -> Result<Vec<u8>> {
+        let staged = self.staging.join(id.hex());
+        if let Ok(data) = std::fs::read(&staged) {
+            if Id::of(&data) == *id {
+                return Ok(data);
+            }
+        }
+        if let Some(c) = self.engine.local.get(id) {
+            if let Some(data) = self.engine.read_local(id, c) {
+                return Ok(data);
+            }
+        }
+        Err(Error::NotFound(format!(
+            "blob {} is needed but neither fetched nor on the node",
+            id.short()
+        )))
+    }
+}
+
+/// The disk's answer for one path: its stat and xattrs, or nothing.
+fn look(dir: BorrowedFd, name: &[u8]) -> Option<(FileStat, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let st = sys::lstat_at(dir, name).ok()?;
+    let x = sys::xattrs_at(dir, name).unwrap_or_default();
+    Some((st, x))
+}
+
+/// Brings the root of `node` to `target`. `source` fetches what the node lacks; `None` means
+/// the node must hold everything (a rollback).
+pub fn update(
+    node: &Node,
+    target: &Target,
+    manifest: &Manifest,
+    source: Option<&dyn RevisionSource>,
+    opts: &UpdateOptions,
+    progress: &dyn Progress,
+) -> Result<UpdateReport> {
+    let started = Instant::now();
+    manifest.validate()?;
+    let mut state = node.state()?;
+    let journal = node.journal()?;
+    // The revision the node ran before whatever is in progress.
+    let from = match &journal {
+        Some(j) => j.from.clone(),
+        None => state.current.clone(),
+    };
+    let current = match &state.current {
+        Some(c) if journal.is_none() => node.kept_manifest(&c.id()?)?,
+        _ => None,
+    };
+    let mut engine = Engine {
+        root_fd: sys::open_root(&node.root)?,
+        root: node.root.clone(),
+        warnings: Mutex::new(Vec::new()),
+        undo_dir: PathBuf::new(),
+        undo_index: None,
+        undo_next: 0,
+        moved: HashMap::new(),
+        local: HashMap::new(),
+    };
+    let mut report = UpdateReport {
+        from: from.clone(),
+        to: Some(RevRef::from(target)),
+        ..Default::default()
+    };
+
+    // ---- plan ----
+    progress.phase("planning", Some(manifest.entries.len() as u64), false);
+    let state_dir = STATE_DIR.as_bytes();
+    let skip = |path: &[u8], is_dir: bool| -> bool {
+        path == state_dir || entry_is_under(path, state_dir) || opts.excludes.excluded(path, is_dir)
+    };
+    let primaries: HashSet<&[u8]> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Kind::Hardlink { target } => Some(target.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut changing: HashSet<&[u8]> = HashSet::new();
+    let mut excluded_dirs: Vec<&[u8]> = Vec::new();
+    let mut children: HashMap<&[u8], HashSet<&[u8]>> = HashMap::new();
+    let mut last_dir: Option<(Vec<u8>, Option<OwnedFd>)> = None;
+    for (i, e) in manifest.entries.iter().enumerate() {
+        progress.advance(1);
+        if e.path.is_empty() {
+            if let Some((st, x)) = look(engine.root_fd.as_fd(), b".") {
+                let what = meta_diff(&st, &x, e);
+                if !what.is_empty() {
+                    steps.push(Step {
+                        entry: i,
+                        act: Act::Meta,
+                        what,
+                    });
+                }
+            }
+            continue;
+        }
+        let is_dir = e.kind == Kind::Dir;
+        if excluded_dirs.iter().any(|d| entry_is_under(&e.path, d)) || skip(&e.path, is_dir) {
+            if is_dir {
+                excluded_dirs.push(&e.path);
+            }
+            continue;
+        }
+        children
+            .entry(parent(&e.path))
+            .or_default()
+            .insert(file_name(&e.path));
+        let p = parent(&e.path);
+        if last_dir.as_ref().map(|(lp, _)| lp.as_slice()) != Some(p) {
+            last_dir = Some((p.to_vec(), engine.dir(p).ok()));
+        }
+        let Some(dir) = last_dir.as_ref().and_then(|(_, d)| d.as_ref()) else {
+            steps.push(Step {
+                entry: i,
+                act: Act::Create,
+                what: vec![],
+            });
+            changing.insert(&e.path);
+            continue;
+        };
+        let name = file_name(&e.path);
+        let Some((st, x)) = look(dir.as_fd(), name) else {
+            steps.push(Step {
+                entry: i,
+                act: Act::Create,
+                what: vec![],
+            });
+            changing.insert(&e.path);
+            continue;
+        };
+        if let Kind::Hardlink { target: t } = &e.kind {
+            let same_inode = !changing.contains(t.as_slice())
+                && engine
+                    .dir(parent(t))
+                    .ok()
+                    .and_then(|d| sys::lstat_at(d.as_fd(), file_name(t)).ok())
+                    .is_some_and(|pst| pst.st_ino == st.st_ino && pst.st_dev == st.st_dev);
+            if !same_inode {
+                steps.push(Step {
+                    entry: i,
+                    act: Act::Replace,
+                    what: vec!["hardlink"],
+                });
+                changing.insert(&e.path);
+            }
+            continue;
+        }
+        if !kind_matches(&st, e) {
+            steps.push(Step {
+                entry: i,
+                act: Act::Replace,
+                what: vec!["type"],
+            });
+            changing.insert(&e.path);
+            continue;
+        }
+        let mut what = meta_diff(&st, &x, e);
+        match &e.kind {
+            Kind::File { size, chunks, .. } => {
+                let old = current
+                    .as_ref()
+                    .and_then(|m| m.get(&e.path))
+                    .map(|o| current.as_ref().unwrap().resolve(o));
+                let quick = |r: &Entry| {
+                    st.st_size as u64 == r.size()
+                        && (st.st_mtime, st.st_mtime_nsec as u32) == (r.mtime, r.mtime_nsec)
+                };
+                let disk_is_old = old.is_some_and(|o| quick(o));
+                let same = if st.st_nlink > 1 && !primaries.contains(e.path.as_slice()) {
+                    // A hardlink the image has broken: give the path its own inode.
+                    false
+                } else if opts.verify_local {
+                    st.st_size as u64 == *size
+                        && local_chunks(&engine, &e.path, &st)?.as_ref() == Some(chunks)
+                } else if disk_is_old {
+                    matches!(&old.unwrap().kind, Kind::File { chunks: c, .. } if c == chunks)
+                } else if quick(e) {
+                    // Already the target's size and time: an update interrupted after this file.
+                    true
+                } else {
+                    st.st_size as u64 == *size
+                        && local_chunks(&engine, &e.path, &st)?.as_ref() == Some(chunks)
+                };
+                if !disk_is_old && current.is_some() && !quick(e) {
+                    report.modified_locally.push(e.display());
+                }
+                if !same {
+                    what.insert(0, "content");
+                    steps.push(Step {
+                        entry: i,
+                        act: Act::Content,
+                        what,
+                    });
+                    changing.insert(&e.path);
+                    continue;
+                }
+            }
+            Kind::Symlink { target: t } => {
+                let on_disk = nix::fcntl::readlinkat(dir.as_fd(), name).ok();
+                if on_disk.as_ref().map(|o| o.as_bytes()) != Some(t.as_slice()) {
+                    steps.push(Step {
+                        entry: i,
+                        act: Act::Replace,
+                        what: vec!["target"],
+                    });
+                    changing.insert(&e.path);
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        if !what.is_empty() {
+            steps.push(Step {
+                entry: i,
+                act: Act::Meta,
+                what,
+            });
+        }
+    }
+    progress.finish();
+
+    // Extras: what the disk has under the image's directories that the image does not.
+    let mut removals: Vec<(Vec<u8>, bool)> = Vec::new();
+    let state_ancestors: Vec<&[u8]> = {
+        let mut v = Vec::new();
+        let mut p = state_dir;
+        loop {
+            v.push(p);
+            if p.is_empty() {
+                break;
+            }
+            p = parent(p);
+        }
+        v
+    };
+    for e in &manifest.entries {
+        if e.kind != Kind::Dir
+            || (!e.path.is_empty()
+                && !children.contains_key(parent(&e.path))
+                && !e.path.is_empty()
+                && skip(&e.path, true))
+        {
+            continue;
+        }
+        if !e.path.is_empty()
+            && (excluded_dirs
+                .iter()
+                .any(|d| *d == e.path.as_slice() || entry_is_under(&e.path, d)))
+        {
+            continue;
+        }
+        let Ok(dir) = engine.dir(&e.path) else {
+            continue;
+        };
+        let Ok(listing) = nix::dir::Dir::from_fd(nix::unistd::dup(&dir).at(&engine.root)?) else {
+            continue;
+        };
+        let known = children.get(e.path.as_slice());
+        for ent in listing.into_iter().flatten() {
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." || known.is_some_and(|k| k.contains(name)) {
+                continue;
+            }
+            let mut path = e.path.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            if state_ancestors.contains(&path.as_slice()) {
+                continue;
+            }
+            let garbage = name.ends_with(TEMP_SUFFIX);
+            let is_dir = sys::lstat_at(dir.as_fd(), name)
+                .is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            if garbage || (!opts.no_delete && !skip(&path, is_dir)) {
+                removals.push((path, garbage));
+            }
+        }
+    }
+
+    // ---- blobs: from the node, else fetched ----
+    let mut needed: Vec<Id> = Vec::new();
+    let mut seen: HashSet<Id> = HashSet::new();
+    for s in &steps {
+        if let Kind::File { chunks, .. } = &manifest.entries[s.entry].kind {
+            if s.act != Act::Meta {
+                for c in chunks {
+                    if seen.insert(c.id) {
+                        needed.push(c.id);
+                    }
+                }
+            }
+        }
+    }
+    index_local(&mut engine, current.as_ref(), node, &state)?;
+    let staging = node.dir.join("staging");
+    let mut to_fetch = Vec::new();
+    for id in &needed {
+        let staged = staging.join(id.hex()).exists();
+        if let Some(c) = engine.local.get(id) {
+            report.bytes_reused += u64::from(c.len);
+        } else if !staged {
+            to_fetch.push(*id);
+        }
+    }
+    let chunk_len: HashMap<Id, u32> = manifest
+        .entries
+        .iter()
+        .flat_map(|e| match &e.kind {
+            Kind::File { chunks, .. } => chunks.iter().map(|c| (c.id, c.len)).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    report.bytes_to_fetch = to_fetch.iter().map(|id| u64::from(chunk_len[id])).sum();
+
+    for s in &steps {
+        let e = &manifest.entries[s.entry];
+        match s.act {
+            Act::Create => report.created += 1,
+            Act::Replace | Act::Content => report.changed += 1,
+            Act::Meta => report.metadata_only += 1,
+        }
+        if opts.dry_run {
+            let tag = match s.act {
+                Act::Create => format!("+ {:<8}", e.kind.name()),
+                Act::Replace => format!("> {:<8}", e.kind.name()),
+                Act::Content => format!("> {:<8}", "content"),
+                Act::Meta => format!(". {:<8}", "metadata"),
+            };
+            let what = if s.what.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", s.what.join(", "))
+            };
+            report.plan.push(format!("{tag} {}{what}", e.display()));
+        }
+    }
+    report.deleted = removals.iter().filter(|r| !r.1).count() as u64;
+    if opts.dry_run {
+        for (p, garbage) in &removals {
+            if !garbage {
+                report
+                    .plan
+                    .push(format!("- {:<8} {}", "delete", display_path(p)));
+            }
+        }
+    }
+    report.unchanged = steps.is_empty() && removals.is_empty();
+    if opts.dry_run {
+        report.seconds = started.elapsed().as_secs_f64();
+        report.warnings = engine.warnings.into_inner().expect("lock");
+        return Ok(report);
+    }
+    if !to_fetch.is_empty() {
+        let source = source.ok_or_else(|| {
+            Error::NotFound(format!(
+                "{} blobs of the target are not on this node (undo area and files); give --server or --repo to fetch them",
+                to_fetch.len()
+            ))
+        })?;
+        let staging_ref = &staging;
+        report.bytes_fetched = source.fetch(
+            &to_fetch,
+            &|id, data| {
+                let p = staging_ref.join(id.hex());
+                let tmp = staging_ref.join(format!(".{}", id.hex()));
+                std::fs::write(&tmp, &data).at(&tmp)?;
+                std::fs::rename(&tmp, &p).at(&p)
+            },
+            progress,
+        )?;
+    }
+
+    // ---- apply ----
+    let undo_name = match &journal {
+        Some(j) => j.undo.clone(),
+        None => format!("{}", crate::catalog::now()),
+    };
+    engine.undo_dir = node.dir.join("undo").join(&undo_name);
+    std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
+    let index_path = engine.undo_dir.join("index");
+    engine.undo_next = std::fs::read_to_string(&index_path)
+        .map(|t| t.lines().count() as u64)
+        .unwrap_or(0)
+        + std::fs::read_dir(&engine.undo_dir)
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+    engine.undo_index = Some(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&index_path)
+            .at(&index_path)?,
+    );
+    node.begin(&Journal {
+        action: opts.action.clone(),
+        from: from.clone(),
+        to: RevRef::from(target),
+        undo: undo_name,
+    })?;
+
+    for (p, garbage) in &removals {
+        let dir = engine.dir(parent(p))?;
+        if *garbage {
+            remove_tree(dir.as_fd(), file_name(p), &shown(&engine.root, p))?;
+        } else {
+            engine.stash(dir.as_fd(), file_name(p), p)?;
+        }
+    }
+    let total: u64 = steps
+        .iter()
+        .filter(|s| matches!(s.act, Act::Create | Act::Replace | Act::Content))
+        .map(|s| manifest.entries[s.entry].data_len())
+        .sum();
+    progress.phase("writing", Some(total), true);
+    for s in &steps {
+        let e = &manifest.entries[s.entry];
+        let dir = if e.path.is_empty() {
+            None
+        } else {
+            Some(engine.dir(parent(&e.path))?)
+        };
+        let name = file_name(&e.path);
+        let mut temp = name.to_vec();
+        temp.insert(0, b'.');
+        temp.extend_from_slice(TEMP_SUFFIX);
+        match (s.act, &e.kind) {
+            (Act::Meta, _) | (_, Kind::Dir) => {
+                if e.kind == Kind::Dir && s.act != Act::Meta {
+                    let dir = dir.as_ref().expect("not the root");
+                    if s.act == Act::Replace {
+                        engine.stash(dir.as_fd(), name, &e.path)?;
+                    }
+                    mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
+                        .at(shown(&engine.root, &e.path))?;
+                }
+                // Directory metadata is set at the end; other metadata now.
+                if e.kind != Kind::Dir {
+                    let dir = dir.as_ref().expect("not the root");
+                    let r = manifest.resolve(e);
+                    set_metadata(dir.as_fd(), name, r, None, &engine.root, &|w| {
+                        engine.warn(w)
+                    })?;
+                }
+            }
+            (_, Kind::File { .. }) => {
+                let dir = dir.as_ref().expect("not the root");
+                let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
+                let provider = Provider {
+                    engine: &engine,
+                    staging: staging.clone(),
+                };
+                let file = write_file(dir.as_fd(), &temp, e, &provider, &engine.root, progress)?;
+                set_metadata(dir.as_fd(), &temp, e, Some(&file), &engine.root, &|w| {
+                    engine.warn(w)
+                })?;
+                drop(file);
+                if s.act != Act::Create {
+                    engine.stash(dir.as_fd(), name, &e.path)?;
+                }
+                renameat(dir.as_fd(), temp.as_slice(), dir.as_fd(), name)
+                    .at(shown(&engine.root, &e.path))?;
+            }
+            _ => {
+                let dir = dir.as_ref().expect("not the root");
+                let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
+                create_special(dir.as_fd(), &temp, &engine.root_fd, e, &engine.root)?;
+                if !matches!(e.kind, Kind::Hardlink { .. }) {
+                    set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| {
+                        engine.warn(w)
+                    })?;
+                }
+                if s.act != Act::Create {
+                    engine.stash(dir.as_fd(), name, &e.path)?;
+                }
+                renameat(dir.as_fd(), temp.as_slice(), dir.as_fd(), name)
+                    .at(shown(&engine.root, &e.path))?;
+            }
+        }
+    }
+    progress.finish();
+    // Directory metadata last, deepest first: creating and removing entries moved their mtimes.
+    for e in manifest.entries.iter().rev() {
+        if e.kind != Kind::Dir
+            || (!e.path.is_empty()
+                && (skip(&e.path, true)
+                    || excluded_dirs.iter().any(|d| entry_is_under(&e.path, d))))
+        {
+            continue;
+        }
+        if e.path.is_empty() {
+            super::set_metadata_root(&engine.root_fd, e, &engine.root, &|w| engine.warn(w))?;
+        } else if let Ok(dir) = engine.dir(parent(&e.path)) {
+            set_metadata(
+                dir.as_fd(),
+                file_name(&e.path),
+                e,
+                None,
+                &engine.root,
+                &|w| engine.warn(w),
+            )?;
+        }
+    }
+    if let Some(f) = &engine.undo_index {
+        f.sync_all().at(&index_path)?;
+    }
+
+    // ---- commit ----
+    node.keep_manifest(manifest)?;
+    let to = RevRef::from(target);
+    if from.as_ref().map(|f| &f.id) != Some(&to.id) {
+        state.previous = from.clone();
+    }
+    state.current = Some(to.clone());
+    report.seconds = started.elapsed().as_secs_f64();
+    state.history.push(HistoryEntry {
+        time: crate::catalog::now(),
+        action: opts.action.clone(),
+        from: from.as_ref().map(|f| f.id.clone()),
+        to: to.id.clone(),
+        result: "ok".into(),
+        bytes_fetched: report.bytes_fetched,
+        seconds: report.seconds,
+    });
+    node.save_state(&state)?;
+    node.prune_manifests(&state)?;
+    node.end()?;
+    // Only the last update's undo area is kept; staged blobs are spent.
+    let keep = engine.undo_dir.clone();
+    for d in std::fs::read_dir(node.dir.join("undo")).at(node.dir.join("undo"))? {
+        let d = d.at(node.dir.join("undo"))?.path();
+        if d != keep {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+    for f in std::fs::read_dir(&staging).at(&staging)? {
+        let _ = std::fs::remove_file(f.at(&staging)?.path());
+    }
+    report.warnings = engine.warnings.into_inner().expect("lock");
+    Ok(report)
+}
+
+/// The chunk ids of the file on disk at `rel`.
+fn local_chunks(
+    engine: &Engine,
+    rel: &[u8],
+    st: &FileStat,
+) -> Result<Option<Vec<crate::format::manifest::Chunk>>> {
+    let Ok(file) = crate::capture::scan::open_file_beneath(&engine.root_fd, rel, &engine.root)
+    else {
+        return Ok(None);
+    };
+    let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
+    Ok(
+        file_chunks(file, st.st_size as u64, sparse, |_, _, _| Ok(()))
+            .ok()
+            .map(|c| c.chunks),
+    )
+}
+
+/// Indexes the blobs the node holds: unchanged files of its current revision, and the undo
+/// areas (with the manifests of the revisions their files came from).
+fn index_local(
+    engine: &mut Engine,
+    current: Option<&Manifest>,
+    node: &Node,
+    state: &NodeState,
+) -> Result<()> {
+    let add = |local: &mut HashMap<Id, LocalChunk>, e: &Entry, at: LocalAt| {
+        if let Kind::File {
+            chunks,
+            extents: None,
+            ..
+        } = &e.kind
+        {
+            let mut off = 0u64;
+            for c in chunks {
+                local.entry(c.id).or_insert(LocalChunk {
+                    at: at.clone(),
+                    offset: off,
+                    len: c.len,
+                });
+                off += u64::from(c.len);
+            }
+        }
+    };
+    if let Some(m) = current {
+        for e in &m.entries {
+            add(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
+        }
+    }
+    // Undo areas hold files of the revisions the node ran before.
+    let mut manifests: Vec<Manifest> = Vec::new();
+    for r in [&state.previous, &state.current, &state.last_known_good]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(m) = node.kept_manifest(&r.id()?)? {
+            manifests.push(m);
+        }
+    }
+    let undo_root = node.dir.join("undo");
+    for d in std::fs::read_dir(&undo_root).at(&undo_root)? {
+        let d = d.at(&undo_root)?.path();
+        let Ok(index) = std::fs::read_to_string(d.join("index")) else {
+            continue;
+        };
+        for line in index.lines() {
+            let Some((n, h)) = line.split_once(' ') else {
+                continue;
+            };
+            let Some(path) = unhex(h) else { continue };
+            let base = d.join(n);
+            for m in &manifests {
+                for e in &m.entries {
+                    if e.path == path {
+                        add(&mut engine.local, m.resolve(e), LocalAt::File(base.clone()));
+                    } else if entry_is_under(&e.path, &path) {
+                        let suffix = std::ffi::OsStr::from_bytes(&e.path[path.len() + 1..]);
+                        add(
+                            &mut engine.local,
+                            m.resolve(e),
+                            LocalAt::File(base.join(suffix)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The revision a rollback goes to: before an interrupted update, else the previous one.
+pub fn rollback_target(node: &Node) -> Result<(Target, Manifest)> {
+    let state = node.state()?;
+    let back = match node.journal()? {
+        Some(j) if j.action == "rollback" => Some(j.to),
+        Some(j) => j.from,
+        None => state.previous.clone(),
+    }
+    .ok_or_else(|| invalid("this node has no previous revision to roll back to"))?;
+    let id = back.id()?;
+    let m = node.kept_manifest(&id)?.ok_or_else(|| {
+        corrupt(format!(
+            "the node no longer holds the manifest of {}",
+            back.name()
+        ))
+    })?;
+    Ok((
+        Target {
+            image: back.image.clone(),
+            number: back.number,
+            id,
+        },
+        m,
+    ))
+}

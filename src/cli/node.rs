@@ -1,0 +1,380 @@
+//! Commands run on a node: `updateclient`, `rollback`, `mark-good`, `node-status`.
+
+use std::path::PathBuf;
+
+use aurum::apply::update::{self, UpdateOptions, UpdateReport, DEFAULT_UPDATE_EXCLUDES};
+use aurum::capture::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
+use aurum::catalog::NodeReport;
+use aurum::node::Node;
+use aurum::source::{HttpRepo, LocalRepo, RevisionSource};
+use clap::Args;
+
+use super::{human_bytes, human_time, print_json, progress, Global};
+
+/// Where a node gets revisions from.
+#[derive(Args)]
+#[group(multiple = false)]
+pub struct SourceArgs {
+    /// The image server: `aurum serve`, or any web server or cache holding a copy of the
+    /// repository (http://master:8035, http://cache/aurum).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// A repository directory reachable from this node (local disk or an NFS mount).
+    #[arg(long = "from-repo", value_name = "DIR")]
+    from_repo: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    fn open(&self, node: &Node) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
+        Ok(match (&self.server, &self.from_repo) {
+            (Some(url), _) => Some(Box::new(HttpRepo::new(url, &node.dir.join("cache"))?)),
+            (None, Some(dir)) => Some(Box::new(LocalRepo::new(dir)?)),
+            (None, None) => None,
+        })
+    }
+}
+
+/// Which paths an update leaves alone.
+#[derive(Args)]
+pub struct ExcludeArgs {
+    /// Leave paths matching PATTERN alone (never written, never deleted). Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Read more exclude patterns from FILE, one a line.
+    #[arg(long, value_name = "FILE")]
+    exclude_file: Vec<PathBuf>,
+    /// Do not apply the default update excludes (SystemImager's updateclient.local.exclude:
+    /// network identity, /etc/fstab, /home, /tmp, logs, spool, leases...).
+    #[arg(long)]
+    no_default_excludes: bool,
+}
+
+impl ExcludeArgs {
+    fn build(&self) -> anyhow::Result<Excludes> {
+        let mut p: Vec<String> = Vec::new();
+        if !self.no_default_excludes {
+            p.extend(DEFAULT_UPDATE_EXCLUDES.iter().map(|s| s.to_string()));
+        }
+        p.extend(ALWAYS_EXCLUDED.iter().map(|s| s.to_string()));
+        for f in &self.exclude_file {
+            p.extend(read_exclude_file(f)?);
+        }
+        p.extend(self.exclude.iter().cloned());
+        Ok(Excludes::new(&p)?)
+    }
+}
+
+/// Bring this node (or the root at --root) to a revision, moving only what changed.
+///
+/// Compares the revision with what is on disk, reuses every blob the node already holds,
+/// fetches the rest (as coalesced HTTP Range requests, each checked against its hash), and
+/// writes each file under a temporary name before renaming it into place. What it replaces or
+/// deletes goes to the undo area first, so `aurum rollback` can return without a network. Files
+/// changed by hand are overwritten and listed. An interrupted update finishes when rerun.
+#[derive(Args)]
+pub struct UpdateclientArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id.
+    #[arg(long)]
+    image: Option<String>,
+    /// The node's root.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Print the itemised plan and the bytes it would fetch; change nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// Keep files the revision does not have.
+    #[arg(long)]
+    no_delete: bool,
+    /// Hash local files rather than trusting their size and modification time.
+    #[arg(long)]
+    verify_local: bool,
+    #[command(flatten)]
+    excludes: ExcludeArgs,
+    /// Print the default update excludes and exit.
+    #[arg(long)]
+    show_default_excludes: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(r);
+    }
+    for line in &r.plan {
+        println!("{line}");
+    }
+    for w in &r.warnings {
+        eprintln!("aurum: warning: {w}");
+    }
+    for m in &r.modified_locally {
+        eprintln!("aurum: changed on this node, overwritten: {m}");
+    }
+    let to = r.to.as_ref().map(|t| t.name()).unwrap_or_default();
+    let from = r
+        .from
+        .as_ref()
+        .map(|t| t.name())
+        .unwrap_or_else(|| "(unknown)".into());
+    println!(
+        "{action}{}: {from} -> {to}: {} created, {} changed, {} metadata only, {} deleted; {} fetched, {} reused{}, {:.2} s",
+        if r.plan.is_empty() && r.unchanged { " (nothing to do)" } else { "" },
+        r.created,
+        r.changed,
+        r.metadata_only,
+        r.deleted,
+        human_bytes(r.bytes_fetched),
+        human_bytes(r.bytes_reused),
+        if r.plan.is_empty() { String::new() } else { format!(", {} to fetch", human_bytes(r.bytes_to_fetch)) },
+        r.seconds
+    );
+    Ok(())
+}
+
+fn report_to(
+    source: Option<&dyn RevisionSource>,
+    action: &str,
+    result: Result<&UpdateReport, String>,
+) {
+    let Some(source) = source else { return };
+    let report = match result {
+        Ok(r) => NodeReport {
+            hostname: hostname(),
+            image: r.to.as_ref().and_then(|t| t.image.clone()),
+            revision: r.to.as_ref().map(|t| t.id.clone()),
+            action: action.into(),
+            result: "ok".into(),
+            bytes: r.bytes_fetched,
+            seconds: r.seconds,
+            detail: String::new(),
+        },
+        Err(e) => NodeReport {
+            hostname: hostname(),
+            image: None,
+            revision: None,
+            action: action.into(),
+            result: "failed".into(),
+            bytes: 0,
+            seconds: 0.0,
+            detail: e,
+        },
+    };
+    if let Err(e) = source.report(&report) {
+        log::info!("report not delivered: {e}");
+    }
+}
+
+pub fn updateclient(_: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
+    if a.show_default_excludes {
+        for p in DEFAULT_UPDATE_EXCLUDES.iter().chain(ALWAYS_EXCLUDED) {
+            println!("{p}");
+        }
+        return Ok(());
+    }
+    let spec = a.image.as_deref().ok_or_else(|| {
+        aurum::Error::Invalid("give the revision to update to with --image".into())
+    })?;
+    let node = Node::open(&a.root)?;
+    let source = a.source.open(&node)?.ok_or_else(|| {
+        aurum::Error::Invalid(
+            "give the image server with --server URL (or a repository with --from-repo DIR)".into(),
+        )
+    })?;
+    let opts = UpdateOptions {
+        action: "updateclient".into(),
+        dry_run: a.dry_run,
+        no_delete: a.no_delete,
+        verify_local: a.verify_local,
+        excludes: a.excludes.build()?,
+    };
+    let progress = progress::for_terminal(false);
+    let result = (|| -> anyhow::Result<UpdateReport> {
+        let target = source.resolve(spec)?;
+        let manifest = source.manifest(&target.id)?;
+        Ok(update::update(
+            &node,
+            &target,
+            &manifest,
+            Some(source.as_ref()),
+            &opts,
+            progress.as_ref(),
+        )?)
+    })();
+    if !a.dry_run {
+        report_to(
+            Some(source.as_ref()),
+            "updateclient",
+            result.as_ref().map_err(|e| format!("{e:#}")),
+        );
+    }
+    print_report("updateclient", &result?, a.json)
+}
+
+/// Return this node to the revision it ran before its last update, from its own undo area.
+///
+/// Needs no network: what the last update replaced or deleted was kept on the node. With --to
+/// it goes to any revision instead, fetching what the node lacks (give --server or
+/// --from-repo); with --last-known-good to the revision `aurum mark-good` recorded. A
+/// rollback interrupted by a crash finishes when rerun.
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// Go to this revision instead (IMAGE, IMAGE@N, IMAGE:TAG or an id).
+    #[arg(long, conflicts_with = "last_known_good")]
+    to: Option<String>,
+    /// Go to the node's last-known-good revision.
+    #[arg(long)]
+    last_known_good: bool,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The node's root.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    #[command(flatten)]
+    excludes: ExcludeArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn rollback(_: &Global, a: RollbackArgs) -> anyhow::Result<()> {
+    let node = Node::open(&a.root)?;
+    let source = a.source.open(&node)?;
+    let opts = UpdateOptions {
+        action: "rollback".into(),
+        dry_run: false,
+        no_delete: false,
+        verify_local: false,
+        excludes: a.excludes.build()?,
+    };
+    let progress = progress::for_terminal(false);
+    let result = (|| -> anyhow::Result<UpdateReport> {
+        let (target, manifest) = if let Some(spec) = &a.to {
+            let s = source.as_deref().ok_or_else(|| {
+                aurum::Error::Invalid(
+                    "--to needs --server URL or --from-repo DIR to find the revision".into(),
+                )
+            })?;
+            let t = s.resolve(spec)?;
+            let m = s.manifest(&t.id)?;
+            (t, m)
+        } else if a.last_known_good {
+            let lkg = node.state()?.last_known_good.ok_or_else(|| {
+                aurum::Error::Invalid(
+                    "no last-known-good revision recorded; `aurum mark-good` records one".into(),
+                )
+            })?;
+            let id = lkg.id()?;
+            let m = match node.kept_manifest(&id)? {
+                Some(m) => m,
+                None => source
+                    .as_deref()
+                    .ok_or_else(|| {
+                        aurum::Error::Invalid(
+                            "the node no longer holds that manifest; give --server".into(),
+                        )
+                    })?
+                    .manifest(&id)?,
+            };
+            (
+                aurum::source::Target {
+                    image: lkg.image,
+                    number: lkg.number,
+                    id,
+                },
+                m,
+            )
+        } else {
+            update::rollback_target(&node)?
+        };
+        Ok(update::update(
+            &node,
+            &target,
+            &manifest,
+            source.as_deref(),
+            &opts,
+            progress.as_ref(),
+        )?)
+    })();
+    report_to(
+        source.as_deref(),
+        "rollback",
+        result.as_ref().map_err(|e| format!("{e:#}")),
+    );
+    print_report("rollback", &result?, a.json)
+}
+
+/// Record the revision this node runs as its last-known-good.
+#[derive(Args)]
+pub struct MarkGoodArgs {
+    /// The node's root.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
+pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
+    let node = Node::open(&a.root)?;
+    let mut state = node.state()?;
+    let current = state.current.clone().ok_or_else(|| {
+        aurum::Error::Invalid("this node has not been updated by aurum yet".into())
+    })?;
+    state.last_known_good = Some(current.clone());
+    node.save_state(&state)?;
+    println!("last-known-good: {}", current.name());
+    Ok(())
+}
+
+/// Show what this node runs: current, previous and last-known-good revisions, and history.
+#[derive(Args)]
+pub struct NodeStatusArgs {
+    /// The node's root.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
+    let node = Node::open(&a.root)?;
+    let state = node.state()?;
+    let journal = node.journal()?;
+    if a.json {
+        return print_json(&serde_json::json!({"state": state, "interrupted": journal}));
+    }
+    let show = |r: &Option<aurum::node::RevRef>| {
+        r.as_ref().map(|r| r.name()).unwrap_or_else(|| "-".into())
+    };
+    println!("current          {}", show(&state.current));
+    println!("previous         {}", show(&state.previous));
+    println!("last-known-good  {}", show(&state.last_known_good));
+    if let Some(j) = journal {
+        println!(
+            "INTERRUPTED      {} to {}: rerun it to finish",
+            j.action,
+            j.to.name()
+        );
+    }
+    for h in state.history.iter().rev().take(20) {
+        println!(
+            "{}  {:<12} {} -> {}  {}, {} fetched, {:.2} s",
+            human_time(h.time),
+            h.action,
+            h.from.as_deref().map(|f| &f[..8]).unwrap_or("-"),
+            &h.to[..8],
+            h.result,
+            human_bytes(h.bytes_fetched),
+            h.seconds
+        );
+    }
+    Ok(())
+}

@@ -679,12 +679,10 @@ pub fn update(
     engine.undo_dir = node.dir.join("undo").join(&undo_name);
     std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
     let index_path = engine.undo_dir.join("index");
+    // Each stash writes its index line first, so the line count numbers the next one.
     engine.undo_next = std::fs::read_to_string(&index_path)
         .map(|t| t.lines().count() as u64)
-        .unwrap_or(0)
-        + std::fs::read_dir(&engine.undo_dir)
-            .map(|d| d.count() as u64)
-            .unwrap_or(0);
+        .unwrap_or(0);
     engine.undo_index = Some(
         std::fs::OpenOptions::new()
             .create(true)

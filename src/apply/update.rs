@@ -140,8 +140,10 @@ struct Step {
 struct LocalChunk {
     /// A path in the tree (manifest path) or a file of the undo area.
     at: LocalAt,
+    /// Offset in the file's data (its data extents laid end to end, for a sparse file).
     offset: u64,
     len: u32,
+    extents: Option<std::sync::Arc<Vec<(u64, u64)>>>,
 }
 
 #[derive(Clone)]
@@ -197,7 +199,7 @@ struct Engine {
     /// Tree paths moved into the undo area during this run, and where they went.
     moved: HashMap<Vec<u8>, PathBuf>,
     /// Blobs the node holds.
-    local: HashMap<Id, LocalChunk>,
+    local: HashMap<Id, Vec<LocalChunk>>,
 }
 
 impl Engine {
@@ -246,8 +248,36 @@ impl Engine {
             },
         };
         let mut buf = vec![0u8; c.len as usize];
-        file.read_exact_at(&mut buf, c.offset).ok()?;
+        match &c.extents {
+            None => file.read_exact_at(&mut buf, c.offset).ok()?,
+            Some(ext) => {
+                // Map the data offset through the extents; a chunk may span several.
+                let (mut data_at, mut filled) = (0u64, 0usize);
+                for &(off, len) in ext.iter() {
+                    let want = c.offset + filled as u64;
+                    if want < data_at + len && filled < buf.len() {
+                        let skip = want - data_at;
+                        let n = ((len - skip) as usize).min(buf.len() - filled);
+                        file.read_exact_at(&mut buf[filled..filled + n], off + skip)
+                            .ok()?;
+                        filled += n;
+                    }
+                    data_at += len;
+                }
+                if filled < buf.len() {
+                    return None;
+                }
+            }
+        }
         (Id::of(&buf) == *id).then_some(buf)
+    }
+
+    /// The blob, from the first place on the node that still holds it.
+    fn find_local(&self, id: &Id) -> Option<Vec<u8>> {
+        self.local
+            .get(id)?
+            .iter()
+            .find_map(|c| self.read_local(id, c))
     }
 }
 
@@ -302,10 +332,8 @@ impl BlobSource for Provider<'_> {
                 return Ok(data);
             }
         }
-        if let Some(c) = self.engine.local.get(id) {
-            if let Some(data) = self.engine.read_local(id, c) {
-                return Ok(data);
-            }
+        if let Some(data) = self.engine.find_local(id) {
+            return Ok(data);
         }
         Err(Error::NotFound(format!(
             "blob {} is needed but neither fetched nor on the node",
@@ -340,9 +368,13 @@ pub fn update(
         Some(j) => j.from.clone(),
         None => state.current.clone(),
     };
-    let current = match &state.current {
-        Some(c) if journal.is_none() => node.kept_manifest(&c.id()?)?,
-        _ => None,
+    // What the node ran before: a file still matching its size and mtime there is taken to be
+    // that version without reading it (as the capture's stat cache does). After a crash that is
+    // the revision the interrupted run started from; a file it had already replaced no longer
+    // matches, and is hashed.
+    let current = match &from {
+        Some(c) => node.kept_manifest(&c.id()?)?,
+        None => None,
     };
     let mut engine = Engine {
         root_fd: sys::open_root(&node.root)?,
@@ -474,14 +506,13 @@ pub fn update(
                         && local_chunks(&engine, &e.path, &st)?.as_ref() == Some(chunks)
                 } else if disk_is_old {
                     matches!(&old.unwrap().kind, Kind::File { chunks: c, .. } if c == chunks)
-                } else if quick(e) {
-                    // Already the target's size and time: an update interrupted after this file.
-                    true
                 } else {
+                    // Size and mtime prove nothing here (two versions written in the same clock
+                    // tick share both): read it.
                     st.st_size as u64 == *size
                         && local_chunks(&engine, &e.path, &st)?.as_ref() == Some(chunks)
                 };
-                if !disk_is_old && current.is_some() && !quick(e) {
+                if !disk_is_old && journal.is_none() && current.is_some() && !same {
                     report.modified_locally.push(e.display());
                 }
                 if !same {
@@ -533,35 +564,37 @@ pub fn update(
         }
         v
     };
-    for e in &manifest.entries {
-        if e.kind != Kind::Dir
-            || (!e.path.is_empty()
-                && !children.contains_key(parent(&e.path))
-                && !e.path.is_empty()
-                && skip(&e.path, true))
-        {
-            continue;
-        }
-        if !e.path.is_empty()
-            && (excluded_dirs
-                .iter()
-                .any(|d| *d == e.path.as_slice() || entry_is_under(&e.path, d)))
-        {
-            continue;
-        }
-        let Ok(dir) = engine.dir(&e.path) else {
+    // Directories to list: the image's own (skipping excluded ones), then extra directories
+    // that hold excluded entries (those are kept, like rsync keeps a directory whose contents
+    // are protected by an exclude, and only their other contents go).
+    let empty = HashSet::new();
+    let mut to_list: Vec<Vec<u8>> = manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir)
+        .filter(|e| {
+            e.path.is_empty()
+                || !(skip(&e.path, true)
+                    || excluded_dirs
+                        .iter()
+                        .any(|d| *d == e.path.as_slice() || entry_is_under(&e.path, d)))
+        })
+        .map(|e| e.path.clone())
+        .collect();
+    while let Some(dir_path) = to_list.pop() {
+        let Ok(dir) = engine.dir(&dir_path) else {
             continue;
         };
         let Ok(listing) = nix::dir::Dir::from_fd(nix::unistd::dup(&dir).at(&engine.root)?) else {
             continue;
         };
-        let known = children.get(e.path.as_slice());
+        let known = children.get(dir_path.as_slice()).unwrap_or(&empty);
         for ent in listing.into_iter().flatten() {
             let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." || known.is_some_and(|k| k.contains(name)) {
+            if name == b"." || name == b".." || known.contains(name) {
                 continue;
             }
-            let mut path = e.path.clone();
+            let mut path = dir_path.clone();
             if !path.is_empty() {
                 path.push(b'/');
             }
@@ -572,11 +605,18 @@ pub fn update(
             let garbage = name.ends_with(TEMP_SUFFIX);
             let is_dir = sys::lstat_at(dir.as_fd(), name)
                 .is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
-            if garbage || (!opts.no_delete && !skip(&path, is_dir)) {
-                removals.push((path, garbage));
+            if garbage {
+                removals.push((path, true));
+            } else if opts.no_delete || skip(&path, is_dir) {
+                continue;
+            } else if is_dir && holds_excluded(&engine, &path, &skip) {
+                to_list.push(path);
+            } else {
+                removals.push((path, false));
             }
         }
     }
+    removals.sort();
 
     // ---- blobs: from the node, else fetched ----
     let mut needed: Vec<Id> = Vec::new();
@@ -596,11 +636,13 @@ pub fn update(
     let staging = node.dir.join("staging");
     let mut to_fetch = Vec::new();
     for id in &needed {
-        let staged = staging.join(id.hex()).exists();
-        if let Some(c) = engine.local.get(id) {
-            report.bytes_reused += u64::from(c.len);
-        } else if !staged {
-            to_fetch.push(*id);
+        if staging.join(id.hex()).exists() {
+            continue;
+        }
+        // Read it now: a file changed since the node's last update must not be counted on.
+        match engine.find_local(id) {
+            Some(data) => report.bytes_reused += data.len() as u64,
+            None => to_fetch.push(*id),
         }
     }
     let chunk_len: HashMap<Id, u32> = manifest
@@ -838,6 +880,33 @@ pub fn update(
     Ok(report)
 }
 
+/// Whether the disk directory `rel` holds, at any depth, something an exclude protects.
+fn holds_excluded(engine: &Engine, rel: &[u8], skip: &dyn Fn(&[u8], bool) -> bool) -> bool {
+    let Ok(dir) = engine.dir(rel) else {
+        return false;
+    };
+    let Ok(dup) = nix::unistd::dup(&dir) else {
+        return false;
+    };
+    let Ok(listing) = nix::dir::Dir::from_fd(dup) else {
+        return false;
+    };
+    for ent in listing.into_iter().flatten() {
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let mut path = rel.to_vec();
+        path.push(b'/');
+        path.extend_from_slice(name);
+        let is_dir = ent.file_type() == Some(nix::dir::Type::Directory);
+        if skip(&path, is_dir) || (is_dir && holds_excluded(engine, &path, skip)) {
+            return true;
+        }
+    }
+    false
+}
+
 /// The chunk ids of the file on disk at `rel`.
 fn local_chunks(
     engine: &Engine,
@@ -864,19 +933,19 @@ fn index_local(
     node: &Node,
     state: &NodeState,
 ) -> Result<()> {
-    let add = |local: &mut HashMap<Id, LocalChunk>, e: &Entry, at: LocalAt| {
+    let add = |local: &mut HashMap<Id, Vec<LocalChunk>>, e: &Entry, at: LocalAt| {
         if let Kind::File {
-            chunks,
-            extents: None,
-            ..
+            chunks, extents, ..
         } = &e.kind
         {
+            let extents = extents.clone().map(std::sync::Arc::new);
             let mut off = 0u64;
             for c in chunks {
-                local.entry(c.id).or_insert(LocalChunk {
+                local.entry(c.id).or_default().push(LocalChunk {
                     at: at.clone(),
                     offset: off,
                     len: c.len,
+                    extents: extents.clone(),
                 });
                 off += u64::from(c.len);
             }

@@ -9,3 +9,4 @@ mod fidelity;
 mod remote;
 mod repository;
 mod serve;
+mod update;

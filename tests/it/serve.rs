@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use crate::common::{json, write_random, Env};
 
 /// A running `aurum serve`, killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
 }
 
 impl Server {
-    fn start(env: &Env) -> Server {
+    pub fn start(env: &Env) -> Server {
         let mut child = env
             .cmd(&["serve", "--listen", "127.0.0.1:0"])
             .stderr(Stdio::piped())

@@ -1,0 +1,467 @@
+//! updateclient and rollback on real node roots: every kind of change, bytes on the wire,
+//! a plain web server, rollback with the server stopped, kill -9 and rerun, a server sending
+//! wrong bytes, a symlink planted to lead writes outside the root, and 16 nodes at once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{is_root, json, sh, write_random, Env};
+use crate::serve::Server;
+
+/// Differences between a node root and a reference tree, leaving out the node's own state.
+fn node_diff(reference: &Path, node: &Path) -> String {
+    let out = Command::new("rsync")
+        .args([
+            "-naHAXc",
+            "--delete",
+            "--itemize-changes",
+            "--exclude=/var/lib/aurum-node",
+        ])
+        .arg(format!("{}/", reference.display()))
+        .arg(format!("{}/", node.display()))
+        .output()
+        .expect("rsync");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn aurum(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_aurum"))
+        .arg("--no-progress")
+        .args(args)
+        .output()
+        .expect("run aurum")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = aurum(args);
+    assert!(
+        o.status.success(),
+        "aurum {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// rev1 and rev2 of a small root with every kind of change between them.
+fn two_revisions(env: &Env) -> (PathBuf, PathBuf) {
+    let a = env.path("rev1");
+    let b = env.path("rev2");
+    write_random(&a.join("usr/lib/libbig.so"), 1, 3 << 20);
+    write_random(&a.join("usr/bin/tool"), 2, 200_000);
+    sh(&format!(
+        r#"cd {a} && mkdir -p etc/conf.d var/lib/dpkg var/log srv/old/deep home/alice \
+        && printf 'one\n' > etc/a && printf 'keep\n' > etc/keep && printf 'gone\n' > etc/gone \
+        && printf 'deep\n' > srv/old/deep/f && ln -s a etc/link && ln etc/a etc/a.hard \
+        && printf 'x' > etc/to-dir && mkdir etc/to-file && ln -s keep etc/to-regular \
+        && printf 'ln1' > etc/pair1 && ln etc/pair1 etc/pair2 && mkfifo etc/fifo \
+        && printf 'status\n' > var/lib/dpkg/status && printf 'log\n' > var/log/syslog \
+        && printf 'mine\n' > home/alice/notes && chmod 4755 usr/bin/tool \
+        && truncate -s 50M srv/sparse && printf 'mid' | dd of=srv/sparse bs=1 seek=20000000 conv=notrunc 2>/dev/null"#,
+        a = a.display()
+    ));
+    if is_root() {
+        sh(&format!("cd {} && mknod etc/dev c 1 3 && chown 7:8 etc/keep && setfattr -n user.k -v 1 etc/keep", a.display()));
+    }
+    sh(&format!("cp -a {}/. {}/", a.display(), b.display()));
+    sh(&format!(
+        r#"cd {b} && printf 'two\n' > etc/a && rm etc/gone && printf 'new\n' > etc/new && rm -r srv/old \
+        && rm etc/to-dir && mkdir etc/to-dir && printf 'in' > etc/to-dir/f && rmdir etc/to-file && printf 'f' > etc/to-file \
+        && rm etc/to-regular && printf 'reg' > etc/to-regular && rm etc/pair2 && printf 'ln1' > etc/pair2 \
+        && ln etc/new etc/new.hard && chmod 700 usr/bin && ln -sf keep etc/link \
+        && dd if=/dev/urandom of=usr/lib/libbig.so bs=1 count=64 seek=1500000 conv=notrunc 2>/dev/null \
+        && printf 'MID' | dd of=srv/sparse bs=1 seek=20000000 conv=notrunc 2>/dev/null \
+        && printf 'changed\n' > var/lib/dpkg/status"#,
+        b = b.display()
+    ));
+    if is_root() {
+        sh(&format!("cd {} && rm etc/dev && mknod etc/dev c 1 5 && chown 9:9 etc/keep && setfattr -n user.k -v 2 etc/keep", b.display()));
+    }
+    env.getimage(&a, "c", &["--no-default-excludes"]);
+    env.getimage(&b, "c", &["--no-default-excludes"]);
+    (a, b)
+}
+
+/// A node root at `rev` (checked out, then adopted by updateclient so it has node state).
+fn node_at(env: &Env, name: &str, rev: &str) -> PathBuf {
+    let node = env.path(name);
+    env.ok(&["checkout", rev, node.to_str().unwrap()]);
+    let repo = env.repo();
+    ok(&[
+        "updateclient",
+        "--from-repo",
+        repo.to_str().unwrap(),
+        "--image",
+        rev,
+        "--root",
+        node.to_str().unwrap(),
+        "--no-default-excludes",
+    ]);
+    node
+}
+
+#[test]
+fn update_and_rollback_over_http_with_every_kind_of_change() {
+    let env = Env::new();
+    let (rev1, rev2) = two_revisions(&env);
+    let node = node_at(&env, "node", "c@1");
+    assert_eq!(node_diff(&rev1, &node), "");
+    let srv = Server::start(&env);
+    let url = format!("http://{}", srv.addr);
+    let n = node.to_str().unwrap();
+
+    // Dry run: the plan, and nothing changes.
+    let plan = ok(&[
+        "updateclient",
+        "--server",
+        &url,
+        "--image",
+        "c@2",
+        "--root",
+        n,
+        "--dry-run",
+        "--no-default-excludes",
+    ]);
+    assert!(
+        plan.contains("/etc/new")
+            && plan.contains("- delete   /etc/gone")
+            && plan.contains("to fetch"),
+        "{plan}"
+    );
+    assert_eq!(node_diff(&rev1, &node), "", "a dry run changed the node");
+
+    let report = json(&ok(&[
+        "updateclient",
+        "--server",
+        &url,
+        "--image",
+        "c@2",
+        "--root",
+        n,
+        "--no-default-excludes",
+        "--json",
+    ]));
+    let d = node_diff(&rev2, &node);
+    assert_eq!(d, "", "node differs from rev2:\n{d}");
+    // Only what changed crossed the wire: the 3 MiB library came mostly from the node itself.
+    let fetched = report["bytes_fetched"].as_u64().unwrap();
+    assert!(fetched > 0 && fetched < 400_000, "{report}");
+    assert!(
+        report["bytes_reused"].as_u64().unwrap() > 2_000_000,
+        "{report}"
+    );
+    // The node told the server.
+    let nodes = json(&env.ok(&["nodes", "--json"]));
+    assert_eq!(nodes[0]["action"], "updateclient");
+    assert_eq!(nodes[0]["result"], "ok");
+
+    // Rollback needs no server.
+    drop(srv);
+    ok(&["rollback", "--root", n]);
+    let d = node_diff(&rev1, &node);
+    assert_eq!(d, "", "rollback did not restore rev1:\n{d}");
+    let status = json(&ok(&["node-status", "--root", n, "--json"]));
+    assert_eq!(status["state"]["current"]["number"], 1);
+    assert_eq!(status["state"]["previous"]["number"], 2);
+    ok(&["mark-good", "--root", n]);
+    ok(&[
+        "updateclient",
+        "--from-repo",
+        env.repo().to_str().unwrap(),
+        "--image",
+        "c@2",
+        "--root",
+        n,
+        "--no-default-excludes",
+    ]);
+    ok(&["rollback", "--last-known-good", "--root", n]);
+    assert_eq!(node_diff(&rev1, &node), "");
+}
+
+#[test]
+fn default_excludes_keep_the_nodes_own_files() {
+    let env = Env::new();
+    let (_, rev2) = two_revisions(&env);
+    let node = node_at(&env, "node", "c@1");
+    let n = node.to_str().unwrap();
+    sh(&format!("printf 'local\\n' > {n}/home/alice/notes && printf 'n01\\n' > {n}/etc/hostname && mkdir -p {n}/etc/ssh && printf key > {n}/etc/ssh/ssh_host_ed25519_key"));
+    ok(&[
+        "updateclient",
+        "--from-repo",
+        env.repo().to_str().unwrap(),
+        "--image",
+        "c@2",
+        "--root",
+        n,
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(node.join("home/alice/notes")).unwrap(),
+        "local\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node.join("etc/hostname")).unwrap(),
+        "n01\n"
+    );
+    assert!(node.join("etc/ssh/ssh_host_ed25519_key").exists());
+    assert_eq!(
+        std::fs::read_to_string(node.join("etc/a")).unwrap(),
+        "two\n"
+    );
+    let _ = rev2;
+    assert!(ok(&["updateclient", "--show-default-excludes"]).contains("/etc/fstab"));
+}
+
+#[test]
+fn a_plain_web_server_is_enough() {
+    let env = Env::new();
+    let (_, rev2) = two_revisions(&env);
+    let node = node_at(&env, "node", "c@1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut web = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(env.repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "python3 -m http.server did not start");
+    let r = aurum(&[
+        "updateclient",
+        "--server",
+        &url,
+        "--image",
+        "c:nosuch",
+        "--root",
+        node.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    let o = aurum(&[
+        "updateclient",
+        "--server",
+        &url,
+        "--image",
+        "c",
+        "--root",
+        node.to_str().unwrap(),
+        "--no-default-excludes",
+    ]);
+    let _ = web.kill();
+    let _ = web.wait();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(node_diff(&rev2, &node), "");
+}
+
+#[test]
+fn a_server_sending_wrong_bytes_changes_nothing() {
+    let env = Env::new();
+    let (rev1, _) = two_revisions(&env);
+    let node = node_at(&env, "node", "c@1");
+    // Damage every pack written by the second capture (the newest files).
+    let mut packs: Vec<PathBuf> = Vec::new();
+    for d in std::fs::read_dir(env.repo().join("packs")).unwrap() {
+        let d = d.unwrap().path();
+        if d.is_dir() {
+            for f in std::fs::read_dir(&d).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_some_and(|e| e == "pack") {
+                    packs.push(f);
+                }
+            }
+        }
+    }
+    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    let newest = packs.last().unwrap();
+    let mut data = std::fs::read(newest).unwrap();
+    for i in (60..data.len()).step_by(997) {
+        data[i] ^= 0x55;
+    }
+    std::fs::write(newest, data).unwrap();
+    let srv = Server::start(&env);
+    let o = aurum(&[
+        "updateclient",
+        "--server",
+        &format!("http://{}", srv.addr),
+        "--image",
+        "c@2",
+        "--root",
+        node.to_str().unwrap(),
+        "--no-default-excludes",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "an update with wrong bytes succeeded");
+    assert!(err.contains("wrong bytes for blob"), "{err}");
+    assert_eq!(node_diff(&rev1, &node), "", "the node was changed");
+}
+
+#[test]
+fn a_symlink_on_the_node_cannot_lead_writes_outside_the_root() {
+    let env = Env::new();
+    let (_, rev2) = two_revisions(&env);
+    let node = node_at(&env, "node", "c@1");
+    let outside = env.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // Someone replaced /etc/conf.d... and /srv with symlinks to a directory outside the root.
+    sh(&format!(
+        "rm -rf {n}/etc/to-dir && ln -s {o} {n}/etc/to-dir",
+        n = node.display(),
+        o = outside.display()
+    ));
+    ok(&[
+        "updateclient",
+        "--from-repo",
+        env.repo().to_str().unwrap(),
+        "--image",
+        "c@2",
+        "--root",
+        node.to_str().unwrap(),
+        "--no-default-excludes",
+    ]);
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "something was written outside the root"
+    );
+    assert_eq!(node_diff(&rev2, &node), "");
+}
+
+/// Runs an aurum command and SIGKILLs it after `ms` milliseconds (if still running).
+fn killed(args: &[&str], ms: u64) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aurum"))
+        .arg("--no-progress")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    let finished = child.try_wait().unwrap().is_some();
+    let _ = child.kill();
+    let _ = child.wait();
+    !finished
+}
+
+#[test]
+fn killed_updates_and_rollbacks_finish_when_rerun() {
+    let env = Env::new();
+    let a = env.path("rev1");
+    let b = env.path("rev2");
+    for i in 0..60 {
+        write_random(&a.join(format!("data/f{i:02}")), i, 300_000);
+        write_random(&b.join(format!("data/f{i:02}")), 1000 + i, 300_000);
+    }
+    sh(&format!(
+        "mkdir -p {a}/var/lib {b}/var/lib && printf a > {a}/only-a && printf b > {b}/only-b",
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "k", &[]);
+    env.getimage(&b, "k", &[]);
+    let repo = env.repo();
+    let r = repo.to_str().unwrap();
+    for (i, ms) in [30u64, 120, 300].into_iter().enumerate() {
+        let node = node_at(&env, &format!("node{i}"), "k@1");
+        let n = node.to_str().unwrap();
+        killed(
+            &[
+                "updateclient",
+                "--from-repo",
+                r,
+                "--image",
+                "k@2",
+                "--root",
+                n,
+            ],
+            ms,
+        );
+        ok(&[
+            "updateclient",
+            "--from-repo",
+            r,
+            "--image",
+            "k@2",
+            "--root",
+            n,
+        ]);
+        assert_eq!(
+            node_diff(&b, &node),
+            "",
+            "update killed at {ms} ms, then rerun"
+        );
+        killed(&["rollback", "--root", n], ms);
+        // Rerun only what did not finish: a second rollback of a finished one goes forward.
+        let status = json(&ok(&["node-status", "--root", n, "--json"]));
+        if !status["interrupted"].is_null() || status["state"]["current"]["number"] != 1 {
+            ok(&["rollback", "--root", n]);
+        }
+        assert_eq!(
+            node_diff(&a, &node),
+            "",
+            "rollback killed at {ms} ms, then rerun"
+        );
+    }
+}
+
+#[test]
+fn sixteen_nodes_update_from_one_server() {
+    let env = Env::new();
+    let (_, rev2) = two_revisions(&env);
+    let nodes: Vec<PathBuf> = (0..16)
+        .map(|i| node_at(&env, &format!("n{i:02}"), "c@1"))
+        .collect();
+    let srv = Server::start(&env);
+    let url = format!("http://{}", srv.addr);
+    std::thread::scope(|s| {
+        for n in &nodes {
+            let url = &url;
+            s.spawn(move || {
+                ok(&[
+                    "updateclient",
+                    "--server",
+                    url,
+                    "--image",
+                    "c@2",
+                    "--root",
+                    n.to_str().unwrap(),
+                    "--no-default-excludes",
+                ]);
+            });
+        }
+    });
+    for n in &nodes {
+        assert_eq!(node_diff(&rev2, n), "", "{}", n.display());
+    }
+    assert_eq!(
+        json(&env.ok(&["nodes", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "all nodes share this host's name"
+    );
+}

@@ -465,3 +465,122 @@ fn sixteen_nodes_update_from_one_server() {
         "all nodes share this host's name"
     );
 }
+
+/// Publishes a hand-made manifest as image `name` in the repository, bypassing getimage (which
+/// would never write one like it).
+fn publish_raw_manifest(env: &Env, name: &str, m: &aurum::format::manifest::Manifest) -> String {
+    let raw = m.encode();
+    let id = aurum::format::Id::of(&raw);
+    let hex = id.hex();
+    let dir = env.repo().join("manifests").join(&hex[..2]);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{hex}.mf")),
+        zstd::bulk::compress(&raw, 3).unwrap(),
+    )
+    .unwrap();
+    let refs = env.repo().join("refs").join(name);
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::write(refs.join("head"), format!("{hex}\n")).unwrap();
+    hex
+}
+
+#[test]
+fn manifests_that_lead_outside_the_root_are_refused() {
+    use aurum::format::manifest::{Entry, Kind, Manifest};
+    let env = Env::new();
+    let (_, _) = two_revisions(&env);
+    let node = node_at(&env, "node", "c@1");
+    let before = node_diff(&env.path("rev1"), &node);
+    assert_eq!(before, "");
+    let outside = env.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let e = |path: &str, kind: Kind| Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        xattrs: vec![],
+    };
+    let fifo = || Kind::Fifo;
+    let evil = [
+        ("dotdot", vec![e("", Kind::Dir), e("../escaped", fifo())]),
+        ("absolute", vec![e("", Kind::Dir), e("/escaped", fifo())]),
+        (
+            "through-a-symlink",
+            vec![
+                e("", Kind::Dir),
+                e(
+                    "link",
+                    Kind::Symlink {
+                        target: outside.to_str().unwrap().as_bytes().to_vec(),
+                    },
+                ),
+                e("link/escaped", fifo()),
+            ],
+        ),
+    ];
+    let srv = Server::start(&env);
+    for (name, entries) in evil {
+        publish_raw_manifest(&env, name, &Manifest { entries });
+        let o = aurum(&[
+            "updateclient",
+            "--server",
+            &format!("http://{}", srv.addr),
+            "--image",
+            name,
+            "--root",
+            node.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{name}: accepted");
+        assert!(err.contains("refusing"), "{name}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(!env.path("escaped").exists() && !Path::new("/escaped").exists());
+    assert_eq!(
+        node_diff(&env.path("rev1"), &node),
+        "",
+        "the node was changed"
+    );
+}
+
+#[test]
+fn a_small_change_fetches_little() {
+    let env = Env::new();
+    let a = env.path("rev1");
+    write_random(&a.join("usr/lib/libbig.so"), 3, 4 << 20);
+    for i in 0..200 {
+        std::fs::create_dir_all(a.join("usr/share/doc")).unwrap();
+        std::fs::write(
+            a.join(format!("usr/share/doc/f{i}")),
+            format!("documentation {i}\n").repeat(50),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(a.join("var/lib")).unwrap();
+    std::fs::write(a.join("etc.conf"), b"setting = 1\n").unwrap();
+    env.getimage(&a, "s", &[]);
+    let node = node_at(&env, "node", "s@1");
+    std::fs::write(a.join("etc.conf"), b"setting = 2\n").unwrap();
+    env.getimage(&a, "s", &[]);
+    let srv = Server::start(&env);
+    let r = json(&ok(&[
+        "updateclient",
+        "--server",
+        &format!("http://{}", srv.addr),
+        "--image",
+        "s@2",
+        "--root",
+        node.to_str().unwrap(),
+        "--json",
+    ]));
+    // One 12-byte file changed: what crosses the wire is its compressed record, not the 4 MiB
+    // library or the documentation group next to it.
+    let fetched = r["bytes_fetched"].as_u64().unwrap();
+    assert!(fetched > 0 && fetched < 1024, "{r}");
+    assert_eq!(node_diff(&a, &node), "");
+}

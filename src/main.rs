@@ -6,14 +6,19 @@
 
 mod cli;
 
-use clap::Parser;
+use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
 
 fn main() {
     // Like every Unix tool, end quietly when the reader of our output goes away
     // (`aurum ls compute -r | head`) instead of panicking on a broken pipe.
     // SAFETY: setting a signal disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let args = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let mut args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    args.global.repo_given = matches!(
+        matches.value_source("repo"),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    );
     let level = match args.global.verbose {
         0 => "warn",
         1 => "info",

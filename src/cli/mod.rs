@@ -49,6 +49,9 @@ pub struct Global {
         default_value = "/var/lib/aurum"
     )]
     pub repo: PathBuf,
+    /// Whether --repo or AURUM_REPO was given (a node's commands then read from it).
+    #[arg(skip)]
+    pub repo_given: bool,
     /// Never draw progress bars (they are drawn only on a terminal anyway).
     #[arg(long, global = true)]
     pub no_progress: bool,

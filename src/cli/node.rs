@@ -11,25 +11,22 @@ use clap::Args;
 
 use super::{human_bytes, human_time, print_json, progress, Global};
 
-/// Where a node gets revisions from.
+/// Where a node gets revisions from: --server, or a repository directory given with the
+/// global --repo (or AURUM_REPO), e.g. an NFS mount of the master's.
 #[derive(Args)]
-#[group(multiple = false)]
 pub struct SourceArgs {
     /// The image server: `aurum serve`, or any web server or cache holding a copy of the
-    /// repository (http://master:8035, http://cache/aurum).
+    /// repository (http://master:8035, http://cache/aurum). Without it, --repo DIR is read.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// A repository directory reachable from this node (local disk or an NFS mount).
-    #[arg(long = "from-repo", value_name = "DIR")]
-    from_repo: Option<PathBuf>,
 }
 
 impl SourceArgs {
-    fn open(&self, node: &Node) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
-        Ok(match (&self.server, &self.from_repo) {
-            (Some(url), _) => Some(Box::new(HttpRepo::new(url, &node.dir.join("cache"))?)),
-            (None, Some(dir)) => Some(Box::new(LocalRepo::new(dir)?)),
-            (None, None) => None,
+    fn open(&self, g: &Global, node: &Node) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
+        Ok(match &self.server {
+            Some(url) => Some(Box::new(HttpRepo::new(url, &node.dir.join("cache"))?)),
+            None if g.repo_given => Some(Box::new(LocalRepo::new(&g.repo)?)),
+            None => None,
         })
     }
 }
@@ -174,7 +171,7 @@ fn report_to(
     }
 }
 
-pub fn updateclient(_: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
+pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     if a.show_default_excludes {
         for p in DEFAULT_UPDATE_EXCLUDES.iter().chain(ALWAYS_EXCLUDED) {
             println!("{p}");
@@ -185,9 +182,10 @@ pub fn updateclient(_: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         aurum::Error::Invalid("give the revision to update to with --image".into())
     })?;
     let node = Node::open(&a.root)?;
-    let source = a.source.open(&node)?.ok_or_else(|| {
+    let source = a.source.open(g, &node)?.ok_or_else(|| {
         aurum::Error::Invalid(
-            "give the image server with --server URL (or a repository with --from-repo DIR)".into(),
+            "give the image server with --server URL (or a repository directory with --repo DIR)"
+                .into(),
         )
     })?;
     let opts = UpdateOptions {
@@ -224,7 +222,7 @@ pub fn updateclient(_: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
 ///
 /// Needs no network: what the last update replaced or deleted was kept on the node. With --to
 /// it goes to any revision instead, fetching what the node lacks (give --server or
-/// --from-repo); with --last-known-good to the revision `aurum mark-good` recorded. A
+/// --repo); with --last-known-good to the revision `aurum mark-good` recorded. A
 /// rollback interrupted by a crash finishes when rerun.
 #[derive(Args)]
 pub struct RollbackArgs {
@@ -246,9 +244,9 @@ pub struct RollbackArgs {
     json: bool,
 }
 
-pub fn rollback(_: &Global, a: RollbackArgs) -> anyhow::Result<()> {
+pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
     let node = Node::open(&a.root)?;
-    let source = a.source.open(&node)?;
+    let source = a.source.open(g, &node)?;
     let opts = UpdateOptions {
         action: "rollback".into(),
         dry_run: false,
@@ -261,7 +259,7 @@ pub fn rollback(_: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         let (target, manifest) = if let Some(spec) = &a.to {
             let s = source.as_deref().ok_or_else(|| {
                 aurum::Error::Invalid(
-                    "--to needs --server URL or --from-repo DIR to find the revision".into(),
+                    "--to needs --server URL or --repo DIR to find the revision".into(),
                 )
             })?;
             let t = s.resolve(spec)?;

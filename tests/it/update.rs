@@ -95,7 +95,7 @@ fn node_at(env: &Env, name: &str, rev: &str) -> PathBuf {
     let repo = env.repo();
     ok(&[
         "updateclient",
-        "--from-repo",
+        "--repo",
         repo.to_str().unwrap(),
         "--image",
         rev,
@@ -172,7 +172,7 @@ fn update_and_rollback_over_http_with_every_kind_of_change() {
     ok(&["mark-good", "--root", n]);
     ok(&[
         "updateclient",
-        "--from-repo",
+        "--repo",
         env.repo().to_str().unwrap(),
         "--image",
         "c@2",
@@ -193,7 +193,7 @@ fn default_excludes_keep_the_nodes_own_files() {
     sh(&format!("printf 'local\\n' > {n}/home/alice/notes && printf 'n01\\n' > {n}/etc/hostname && mkdir -p {n}/etc/ssh && printf key > {n}/etc/ssh/ssh_host_ed25519_key"));
     ok(&[
         "updateclient",
-        "--from-repo",
+        "--repo",
         env.repo().to_str().unwrap(),
         "--image",
         "c@2",
@@ -334,7 +334,7 @@ fn a_symlink_on_the_node_cannot_lead_writes_outside_the_root() {
     ));
     ok(&[
         "updateclient",
-        "--from-repo",
+        "--repo",
         env.repo().to_str().unwrap(),
         "--image",
         "c@2",
@@ -388,26 +388,10 @@ fn killed_updates_and_rollbacks_finish_when_rerun() {
         let node = node_at(&env, &format!("node{i}"), "k@1");
         let n = node.to_str().unwrap();
         killed(
-            &[
-                "updateclient",
-                "--from-repo",
-                r,
-                "--image",
-                "k@2",
-                "--root",
-                n,
-            ],
+            &["updateclient", "--repo", r, "--image", "k@2", "--root", n],
             ms,
         );
-        ok(&[
-            "updateclient",
-            "--from-repo",
-            r,
-            "--image",
-            "k@2",
-            "--root",
-            n,
-        ]);
+        ok(&["updateclient", "--repo", r, "--image", "k@2", "--root", n]);
         assert_eq!(
             node_diff(&b, &node),
             "",

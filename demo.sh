@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default: a SQLite-backed repository in a local
 # folder (./demo/repo). Builds aurum, makes a sample golden client, captures it, lists it,
-# patches the golden client and captures again, compares, tags, materialises a node root from
-# the tagged revision, and verifies the repository. Safe to rerun: it starts from scratch.
+# patches the golden client and captures again, compares, tags, makes a node root at the old
+# revision, updates it through `aurum serve` on 127.0.0.1, rolls it back with the server
+# stopped, and verifies the repository. Safe to rerun: it starts from scratch.
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo build --release --locked --quiet
@@ -35,13 +36,24 @@ aurum getimage --golden-client $gold --image compute -m "security patch"
 aurum log compute
 aurum diff compute@1 compute@2
 
-echo "== tag, materialise a node root from the tag, verify"
+echo "== a node at compute@1, updated to compute@2 through aurum serve on loopback, then rolled back"
 aurum tag compute@1 last-known-good
 aurum tag compute@2 production
-aurum checkout compute:production demo/node-root
-cat demo/node-root/etc/motd
-aurum checkout compute:last-known-good demo/node-root-lkg
-cat demo/node-root-lkg/etc/motd
+aurum checkout compute@1 demo/node
+aurum updateclient --root demo/node --image compute@1 --no-default-excludes   # adopt: record what it runs
+./target/release/aurum --repo demo/repo serve --listen 127.0.0.1:18035 2>demo/serve.log &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/18035) 2>/dev/null && break; sleep 0.1; done
+aurum updateclient --server http://127.0.0.1:18035 --image compute:production --root demo/node --dry-run
+aurum updateclient --server http://127.0.0.1:18035 --image compute:production --root demo/node
+cat demo/node/etc/motd
+aurum nodes
+kill $server; wait $server 2>/dev/null || true
+echo "== the server is stopped; roll back from the node's own undo area"
+aurum rollback --root demo/node
+cat demo/node/etc/motd
+aurum node-status --root demo/node
 aurum verify
 aurum lsimage --json
-echo "demo done: repository in demo/repo, node roots in demo/node-root and demo/node-root-lkg"
+echo "demo done: repository in demo/repo, node root in demo/node"

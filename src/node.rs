@@ -106,6 +106,34 @@ fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<()> {
     crate::sys::sync_dir(dir)
 }
 
+/// Reads a node's state without locking or creating anything (for `node-status`, which must
+/// work while an update runs). `None` when aurum never updated this root.
+pub fn peek(root: &Path) -> Result<Option<(NodeState, Option<Journal>)>> {
+    let dir = root.join(STATE_DIR);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let read = |name: &str| -> Result<Option<Vec<u8>>> {
+        let p = dir.join(name);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(&p),
+        }
+    };
+    let state = match read("state.json")? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt(format!("state.json: {e}")))?,
+        None => NodeState::default(),
+    };
+    let journal = match read("journal.json")? {
+        Some(b) => {
+            Some(serde_json::from_slice(&b).map_err(|e| corrupt(format!("journal.json: {e}")))?)
+        }
+        None => None,
+    };
+    Ok(Some((state, journal)))
+}
+
 impl Node {
     /// Opens (creating) the state directory under `root` and takes its lock.
     pub fn open(root: &Path) -> Result<Node> {

@@ -41,9 +41,22 @@ use crate::progress::Progress;
 use crate::source::{RevisionSource, Target};
 use crate::sys::{self, shown};
 
-/// SystemImager's updateclient.local.exclude, plus what getimage leaves out of every image
-/// (without these an update would delete the node's ssh host keys and machine id).
-pub const DEFAULT_UPDATE_EXCLUDES: &[&str] = &[
+/// Every default exclude of an update: SystemImager's updateclient.local.exclude
+/// ([`UPDATECLIENT_EXCLUDES`]) and everything getimage leaves out of images by default (without
+/// those an update would delete the node's ssh host keys, machine id and LVM backups, which no
+/// image holds).
+pub fn default_update_excludes() -> Vec<&'static str> {
+    let mut v: Vec<&str> = UPDATECLIENT_EXCLUDES.to_vec();
+    for p in crate::capture::excludes::DEFAULT_CAPTURE_EXCLUDES {
+        if !v.contains(p) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// SystemImager's updateclient.local.exclude: a node's identity, its local data and logs.
+pub const UPDATECLIENT_EXCLUDES: &[&str] = &[
     "/etc/mtab",
     "/etc/fstab",
     "/etc/hostname",
@@ -235,6 +248,42 @@ impl Engine {
         }
         self.moved.insert(rel.to_vec(), self.undo_dir.join(to));
         Ok(())
+    }
+
+    /// Keeps the entry `name` in `dir` in the undo area ahead of renaming a new one over it:
+    /// by a hard link, so the path never goes missing (a running program can always open it).
+    /// A directory, or an entry that cannot be linked, is moved there instead.
+    fn keep(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
+        let is_dir = sys::lstat_at(dir, name)
+            .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .unwrap_or(false);
+        if is_dir {
+            return self.stash(dir, name, rel);
+        }
+        let n = self.undo_next;
+        let index = self.undo_index.as_mut().expect("opened with the journal");
+        writeln!(index, "{n} {}", hex(rel)).at(&self.undo_dir)?;
+        index.sync_data().at(&self.undo_dir)?;
+        let undo_fd = sys::open_root(&self.undo_dir)?;
+        let to = n.to_string();
+        match nix::unistd::linkat(
+            dir,
+            name,
+            &undo_fd,
+            to.as_str(),
+            nix::fcntl::AtFlags::empty(),
+        ) {
+            Ok(()) => {
+                self.undo_next += 1;
+                self.moved.insert(rel.to_vec(), self.undo_dir.join(to));
+                Ok(())
+            }
+            // Another filesystem, or links refused: the line written above stays unused.
+            Err(_) => {
+                self.undo_next += 1;
+                self.stash(dir, name, rel)
+            }
+        }
     }
 
     fn read_local(&self, id: &Id, c: &LocalChunk) -> Option<Vec<u8>> {
@@ -716,7 +765,13 @@ pub fn update(
     // ---- apply ----
     let undo_name = match &journal {
         Some(j) => j.undo.clone(),
-        None => format!("{}", crate::catalog::now()),
+        None => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("{t}-{}", std::process::id())
+        }
     };
     engine.undo_dir = node.dir.join("undo").join(&undo_name);
     std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
@@ -796,7 +851,7 @@ pub fn update(
                 })?;
                 drop(file);
                 if s.act != Act::Create {
-                    engine.stash(dir.as_fd(), name, &e.path)?;
+                    engine.keep(dir.as_fd(), name, &e.path)?;
                 }
                 renameat(dir.as_fd(), temp.as_slice(), dir.as_fd(), name)
                     .at(shown(&engine.root, &e.path))?;
@@ -811,7 +866,7 @@ pub fn update(
                     })?;
                 }
                 if s.act != Act::Create {
-                    engine.stash(dir.as_fd(), name, &e.path)?;
+                    engine.keep(dir.as_fd(), name, &e.path)?;
                 }
                 renameat(dir.as_fd(), temp.as_slice(), dir.as_fd(), name)
                     .at(shown(&engine.root, &e.path))?;

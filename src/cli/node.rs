@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use aurum::apply::update::{self, UpdateOptions, UpdateReport, DEFAULT_UPDATE_EXCLUDES};
+use aurum::apply::update::{self, default_update_excludes, UpdateOptions, UpdateReport};
 use aurum::capture::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use aurum::catalog::NodeReport;
 use aurum::node::Node;
@@ -50,7 +50,7 @@ impl ExcludeArgs {
     fn build(&self) -> anyhow::Result<Excludes> {
         let mut p: Vec<String> = Vec::new();
         if !self.no_default_excludes {
-            p.extend(DEFAULT_UPDATE_EXCLUDES.iter().map(|s| s.to_string()));
+            p.extend(default_update_excludes().into_iter().map(String::from));
         }
         p.extend(ALWAYS_EXCLUDED.iter().map(|s| s.to_string()));
         for f in &self.exclude_file {
@@ -139,11 +139,14 @@ fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()
 }
 
 fn report_to(
+    node: &Node,
     source: Option<&dyn RevisionSource>,
     action: &str,
     result: Result<&UpdateReport, String>,
 ) {
     let Some(source) = source else { return };
+    // A failed run leaves the node on what it ran before: say so.
+    let still = node.state().ok().and_then(|s| s.current);
     let report = match result {
         Ok(r) => NodeReport {
             hostname: hostname(),
@@ -157,8 +160,8 @@ fn report_to(
         },
         Err(e) => NodeReport {
             hostname: hostname(),
-            image: None,
-            revision: None,
+            image: still.as_ref().and_then(|c| c.image.clone()),
+            revision: still.map(|c| c.id),
             action: action.into(),
             result: "failed".into(),
             bytes: 0,
@@ -173,7 +176,7 @@ fn report_to(
 
 pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     if a.show_default_excludes {
-        for p in DEFAULT_UPDATE_EXCLUDES.iter().chain(ALWAYS_EXCLUDED) {
+        for p in default_update_excludes().iter().chain(ALWAYS_EXCLUDED) {
             println!("{p}");
         }
         return Ok(());
@@ -210,6 +213,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     })();
     if !a.dry_run {
         report_to(
+            &node,
             Some(source.as_ref()),
             "updateclient",
             result.as_ref().map_err(|e| format!("{e:#}")),
@@ -246,7 +250,15 @@ pub struct RollbackArgs {
 
 pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
     let node = Node::open(&a.root)?;
-    let source = a.source.open(g, &node)?;
+    // A plain rollback needs no source: do not fail on one that cannot be reached.
+    let source = match a.source.open(g, &node) {
+        Ok(s) => s,
+        Err(e) if a.to.is_none() => {
+            log::warn!("not using the repository given: {e:#}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let opts = UpdateOptions {
         action: "rollback".into(),
         dry_run: false,
@@ -304,6 +316,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         )?)
     })();
     report_to(
+        &node,
         source.as_deref(),
         "rollback",
         result.as_ref().map_err(|e| format!("{e:#}")),
@@ -343,9 +356,13 @@ pub struct NodeStatusArgs {
 }
 
 pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
-    let node = Node::open(&a.root)?;
-    let state = node.state()?;
-    let journal = node.journal()?;
+    let (state, journal) = aurum::node::peek(&a.root)?.ok_or_else(|| {
+        aurum::Error::NotFound(format!(
+            "aurum has not updated {} yet (no {})",
+            a.root.display(),
+            aurum::node::STATE_DIR
+        ))
+    })?;
     if a.json {
         return print_json(&serde_json::json!({"state": state, "interrupted": journal}));
     }

@@ -152,10 +152,14 @@ impl Node {
             .at(&lock_path)?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(invalid(format!(
-                "another aurum update or rollback is running on {}; wait for it",
+            eprintln!(
+                "aurum: another aurum update or rollback is running on {}; waiting for it",
                 root.display()
-            )));
+            );
+            // SAFETY: as above, blocking this time.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error()).at(&lock_path);
+            }
         }
         Ok(Node {
             root: root.to_path_buf(),

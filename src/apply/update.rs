@@ -920,13 +920,20 @@ pub fn update(
     node.save_state(&state)?;
     node.prune_manifests(&state)?;
     node.end()?;
-    // Only the last update's undo area is kept; staged blobs are spent.
+    // Only the undo area of the last change of revision is kept: it holds what a rollback to
+    // the previous revision needs. A run that stayed on the same revision (a repair) keeps the
+    // older areas too, and drops its own when it moved nothing aside.
     let keep = engine.undo_dir.clone();
-    for d in std::fs::read_dir(node.dir.join("undo")).at(node.dir.join("undo"))? {
-        let d = d.at(node.dir.join("undo"))?.path();
-        if d != keep {
-            let _ = std::fs::remove_dir_all(&d);
+    let switched = from.as_ref().map(|f| f.id.as_str()) != Some(to.id.as_str());
+    if switched {
+        for d in std::fs::read_dir(node.dir.join("undo")).at(node.dir.join("undo"))? {
+            let d = d.at(node.dir.join("undo"))?.path();
+            if d != keep {
+                let _ = std::fs::remove_dir_all(&d);
+            }
         }
+    } else if engine.undo_next == 0 {
+        let _ = std::fs::remove_dir_all(&keep);
     }
     for f in std::fs::read_dir(&staging).at(&staging)? {
         let _ = std::fs::remove_file(f.at(&staging)?.path());

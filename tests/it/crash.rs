@@ -182,6 +182,13 @@ fn killed_captures_leave_the_repository_intact_and_resumable() {
                 out.status
             );
             interrupted += 1;
+            // A kill that lands after the commit but before the process exits leaves a
+            // complete revision: that is the "new" side of "every revision old or new".
+            if recorded == 0 && revisions_of(&env, "crash") == 1 {
+                println!("kill {kill:?}: landed after the commit");
+                check_resumed(packs_before, &stdout);
+                recorded = 1;
+            }
         }
         assert_eq!(
             revisions_of(&env, "crash"),

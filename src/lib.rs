@@ -18,6 +18,7 @@
 pub mod apply;
 pub mod capture;
 pub mod catalog;
+pub mod delta;
 pub mod diff;
 pub mod error;
 pub mod format;

@@ -221,27 +221,16 @@ impl Repository {
 
     /// Reads, checks and decodes a revision's manifest.
     pub fn load_manifest(&self, id: &Id) -> Result<Manifest> {
-        let path = store::manifest_path(&self.root, id);
-        let file = File::open(&path).at(&path)?;
-        let mut raw = Vec::new();
-        zstd::stream::read::Decoder::new(file)
-            .at(&path)?
-            .read_to_end(&mut raw)
-            .map_err(|e| {
-                Error::Corrupt(format!(
-                    "manifest {} is damaged ({e}); run `aurum verify`",
-                    id.short()
-                ))
-            })?;
-        if Id::of(&raw) != *id {
-            return Err(Error::Corrupt(format!(
-                "manifest {} is damaged (hash mismatch); run `aurum verify`",
-                id.short()
-            )));
-        }
-        Manifest::decode(&raw)
+        Manifest::decode(&self.load_manifest_raw(id)?)
     }
 
+    /// A manifest's encoded bytes, checked against its id.
+    pub fn load_manifest_raw(&self, id: &Id) -> Result<Vec<u8>> {
+        manifest_raw_at(&self.root, id)
+    }
+}
+
+impl Repository {
     /// Stores a manifest durably; returns its id (the revision id).
     pub fn store_manifest(&self, m: &Manifest) -> Result<Id> {
         let raw = m.encode();
@@ -566,6 +555,51 @@ impl crate::apply::BlobSource for RepoBlobs {
         })?;
         self.packs.read(&pack, &entry)
     }
+}
+
+/// Blobs, and the encoded manifests too: what the delta server compresses against (a node
+/// fetches its next manifest as a delta against the one it runs).
+pub struct BlobsAndManifests<'a> {
+    pub root: &'a Path,
+    pub blobs: RepoBlobs,
+}
+
+impl crate::apply::BlobSource for BlobsAndManifests<'_> {
+    fn get(&self, id: &Id) -> Result<Vec<u8>> {
+        match self.blobs.get(id) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                if store::manifest_path(self.root, id).exists() {
+                    manifest_raw_at(self.root, id)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// The encoded bytes of manifest `id` in the repository at `root`, checked against its id.
+pub fn manifest_raw_at(root: &Path, id: &Id) -> Result<Vec<u8>> {
+    let path = store::manifest_path(root, id);
+    let file = File::open(&path).at(&path)?;
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(file)
+        .at(&path)?
+        .read_to_end(&mut raw)
+        .map_err(|e| {
+            Error::Corrupt(format!(
+                "manifest {} is damaged ({e}); run `aurum verify`",
+                id.short()
+            ))
+        })?;
+    if Id::of(&raw) != *id {
+        return Err(Error::Corrupt(format!(
+            "manifest {} is damaged (hash mismatch); run `aurum verify`",
+            id.short()
+        )));
+    }
+    Ok(raw)
 }
 
 /// Reads a file's bytes (holes as zeros) from its chunks.

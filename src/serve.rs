@@ -26,6 +26,8 @@ use crate::error::{invalid, Error, Result};
 pub const DEFAULT_PORT: u16 = 8035;
 /// Largest report body accepted.
 const MAX_BODY: u64 = 64 << 10;
+/// Largest delta request accepted (512 records with 255 bases each).
+const MAX_DELTA_BODY: u64 = (crate::delta::MAX_BATCH as u64) * (33 + 255 * 32);
 
 /// A running server.
 pub struct Serving {
@@ -148,6 +150,21 @@ fn api_response(
             Ok(json_response(&cat.revisions(name)?))
         }
         (Method::Get, ["nodes"]) => Ok(json_response(&cat.nodes()?)),
+        (Method::Post, ["deltas"]) => {
+            let mut body = Vec::new();
+            rq.as_reader().take(MAX_DELTA_BODY + 1).read_to_end(&mut body)?;
+            if body.len() as u64 > MAX_DELTA_BODY {
+                return Err(invalid("delta request too large"));
+            }
+            let repo = crate::repo::Repository::open(root, crate::repo::Lock::Shared)?;
+            let blobs = crate::repo::BlobsAndManifests {
+                root,
+                blobs: repo.blobs()?,
+            };
+            let answer = crate::delta::answer(&crate::delta::Cache::new(root), &blobs, &body)?;
+            Ok(Response::from_data(answer)
+                .with_header(header("Content-Type", "application/octet-stream")))
+        }
         (Method::Post, ["reports"]) => {
             let mut body = Vec::new();
             rq.as_reader().take(MAX_BODY + 1).read_to_end(&mut body)?;

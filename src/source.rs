@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::catalog::NodeReport;
+use crate::delta::{self, Want};
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::Manifest;
 use crate::format::pack::{decode_index, Codec, IndexEntry};
@@ -54,11 +55,32 @@ pub trait RevisionSource: Sync {
     fn resolve(&self, spec: &str) -> Result<Target>;
     /// A revision's manifest, checked and validated.
     fn manifest(&self, id: &Id) -> Result<Manifest>;
+    /// A revision's manifest, fetched as a delta against `base` (a manifest the node holds,
+    /// encoded) when the source can; else whole.
+    fn manifest_from(&self, id: &Id, base: (&Id, &[u8])) -> Result<Manifest> {
+        let _ = base;
+        self.manifest(id)
+    }
     /// Hands every blob of `ids` to `sink`; returns the bytes that crossed the network.
     fn fetch(&self, ids: &[Id], sink: &BlobSinkFn, progress: &dyn Progress) -> Result<u64>;
     /// Tells the server what the node did (no-op without a server).
     fn report(&self, report: &NodeReport) -> Result<()>;
+    /// Asks for binary deltas of blobs against bases the node holds (see [`crate::delta`]);
+    /// hands each delta the server has to `sink` (unchecked: the caller rebuilds and checks
+    /// the blob). Returns the bytes that crossed the network. A source that makes no deltas
+    /// (a local repository, a plain web server) hands none: the caller fetches whole blobs.
+    fn fetch_deltas(
+        &self,
+        _wants: &[(Want, u32)],
+        _sink: &DeltaSinkFn,
+        _progress: &dyn Progress,
+    ) -> Result<u64> {
+        Ok(0)
+    }
 }
+
+/// Receives each delta the server sent, for the target blob named.
+pub type DeltaSinkFn<'a> = dyn Fn(&Id, Vec<u8>) -> Result<()> + Sync + 'a;
 
 /// A repository directory on this machine (or an NFS mount of the master's).
 pub struct LocalRepo {
@@ -111,7 +133,7 @@ impl RevisionSource for LocalRepo {
 }
 
 /// Records coalesced into one Range request are at most this far apart...
-const COALESCE_GAP: u64 = 256 << 10;
+const COALESCE_GAP: u64 = 8 << 10;
 /// ...and one request asks for at most this much.
 const MAX_REQUEST: u64 = 16 << 20;
 /// Requests in flight at once.
@@ -322,6 +344,29 @@ impl RevisionSource for HttpRepo {
         Manifest::decode(&raw)
     }
 
+    fn manifest_from(&self, id: &Id, base: (&Id, &[u8])) -> Result<Manifest> {
+        let want = Want {
+            target: *id,
+            base: vec![*base.0],
+        };
+        let got: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+        let quiet = crate::progress::Quiet;
+        let r = self.fetch_deltas(
+            &[(want, 0)],
+            &|_, d| {
+                *got.lock().expect("lock") = Some(d);
+                Ok(())
+            },
+            &quiet,
+        );
+        if let (Ok(_), Some(d)) = (r, got.into_inner().expect("lock")) {
+            if let Ok(raw) = delta::decode(base.1, &d, id) {
+                return Manifest::decode(&raw);
+            }
+        }
+        self.manifest(id)
+    }
+
     fn fetch(&self, ids: &[Id], sink: &BlobSinkFn, progress: &dyn Progress) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
@@ -330,13 +375,25 @@ impl RevisionSource for HttpRepo {
         let wanted: std::collections::HashSet<Id> = ids.iter().copied().collect();
         let list = self.get("packs/list")?;
         let mut found: HashMap<Id, (Id, IndexEntry)> = HashMap::new();
+        // The uncompressed size of every group holding a wanted blob.
+        let mut group_raw: HashMap<(Id, u64), u64> = HashMap::new();
         for line in String::from_utf8_lossy(&list).lines() {
             let Some(pack) = line.split_whitespace().next().and_then(Id::from_hex) else {
                 continue;
             };
-            for e in self.pack_index(&pack)? {
-                if wanted.contains(&e.id) {
-                    found.entry(e.id).or_insert((pack, e));
+            let index = self.pack_index(&pack)?;
+            let mut hit = false;
+            for e in &index {
+                if wanted.contains(&e.id) && !found.contains_key(&e.id) {
+                    found.insert(e.id, (pack, e.clone()));
+                    hit = true;
+                }
+            }
+            if hit {
+                for e in &index {
+                    if e.codec == Codec::ZstdGroup {
+                        *group_raw.entry((pack, e.offset)).or_default() += u64::from(e.raw_len);
+                    }
                 }
             }
             if found.len() == wanted.len() {
@@ -349,6 +406,52 @@ impl RevisionSource for HttpRepo {
                 missing.short(),
                 self.base
             )));
+        }
+        // A group of which the node wants less than half is better asked of `aurum serve`
+        // blob by blob (each compressed alone) than fetched whole.
+        let mut wanted_raw: HashMap<(Id, u64), u64> = HashMap::new();
+        for (pack, e) in found.values() {
+            if e.codec == Codec::ZstdGroup {
+                *wanted_raw.entry((*pack, e.offset)).or_default() += u64::from(e.raw_len);
+            }
+        }
+        let singles: Vec<(Want, u32)> = found
+            .values()
+            .filter(|(pack, e)| {
+                e.codec == Codec::ZstdGroup
+                    && wanted_raw[&(*pack, e.offset)] * 2 < group_raw[&(*pack, e.offset)]
+            })
+            .map(|(_, e)| {
+                (
+                    Want {
+                        target: e.id,
+                        base: Vec::new(),
+                    },
+                    e.raw_len,
+                )
+            })
+            .collect();
+        let mut moved_singles = 0;
+        if !singles.is_empty() {
+            let got: Mutex<Vec<Id>> = Mutex::new(Vec::new());
+            moved_singles = self.fetch_deltas(
+                &singles,
+                &|id, d| {
+                    let data = delta::decode(&[], &d, id).map_err(|_| {
+                        corrupt(format!(
+                            "the server sent wrong bytes for blob {}; nothing was written with them",
+                            id.short()
+                        ))
+                    })?;
+                    sink(id, data)?;
+                    got.lock().expect("lock").push(*id);
+                    Ok(())
+                },
+                progress,
+            )?;
+            for id in got.into_inner().expect("lock") {
+                found.remove(&id);
+            }
         }
         // Records (a blob, or a group holding wanted blobs), then coalesced ranges.
         let mut records: HashMap<(Id, u64), (u32, Vec<IndexEntry>)> = HashMap::new();
@@ -413,6 +516,63 @@ impl RevisionSource for HttpRepo {
         if let Some(e) = first_error.into_inner().expect("lock") {
             return Err(e);
         }
+        Ok(moved.into_inner() + moved_singles)
+    }
+
+    fn fetch_deltas(
+        &self,
+        wants: &[(Want, u32)],
+        sink: &DeltaSinkFn,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        if wants.is_empty() {
+            return Ok(0);
+        }
+        // Batches of at most MAX_BATCH records and MAX_BATCH_BYTES of targets.
+        let mut batches: Vec<Vec<Want>> = vec![Vec::new()];
+        let mut bytes = 0u64;
+        for (w, len) in wants {
+            let last = batches.last_mut().expect("non-empty");
+            if !last.is_empty()
+                && (last.len() >= delta::MAX_BATCH
+                    || bytes + u64::from(*len) > delta::MAX_BATCH_BYTES)
+            {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += u64::from(*len);
+            batches.last_mut().expect("non-empty").push(w.clone());
+        }
+        progress.phase("fetching deltas", Some(wants.len() as u64), false);
+        let moved = AtomicU64::new(0);
+        let unsupported = std::sync::atomic::AtomicBool::new(false);
+        let queue = Mutex::new(batches.into_iter());
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..IN_FLIGHT {
+                s.spawn(|| loop {
+                    if first_error.lock().expect("lock").is_some()
+                        || unsupported.load(Ordering::Relaxed)
+                    {
+                        return;
+                    }
+                    let Some(batch) = queue.lock().expect("lock").next() else {
+                        return;
+                    };
+                    match self.delta_batch(&batch, sink, &moved, progress) {
+                        Ok(true) => {}
+                        Ok(false) => unsupported.store(true, Ordering::Relaxed),
+                        Err(e) => {
+                            first_error.lock().expect("lock").get_or_insert(e);
+                        }
+                    }
+                });
+            }
+        });
+        progress.finish();
+        if let Some(e) = first_error.into_inner().expect("lock") {
+            return Err(e);
+        }
         Ok(moved.into_inner())
     }
 
@@ -435,6 +595,54 @@ impl RevisionSource for HttpRepo {
 }
 
 impl HttpRepo {
+    /// One delta request; `false` when the server makes no deltas (a plain web server).
+    fn delta_batch(
+        &self,
+        batch: &[Want],
+        sink: &DeltaSinkFn,
+        moved: &AtomicU64,
+        progress: &dyn Progress,
+    ) -> Result<bool> {
+        let path = "api/v1/deltas";
+        let body = delta::encode_request(batch);
+        let mut resp = self
+            .agent
+            .post(self.url(path))
+            .content_type("application/octet-stream")
+            .send(&body[..])
+            .map_err(|e| self.net(path, e))?;
+        match resp.status().as_u16() {
+            200 => {}
+            // No API here, or an older server: whole blobs it is.
+            404 | 405 | 501 => return Ok(false),
+            s => return Err(self.net(path, format!("HTTP {s}"))),
+        }
+        moved.fetch_add(body.len() as u64, Ordering::Relaxed);
+        let answer = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .map_err(|e| self.net(path, e))?;
+        moved.fetch_add(answer.len() as u64, Ordering::Relaxed);
+        let mut r = &answer[..];
+        let mut n = 0;
+        while let Some((target, d)) = delta::read_answer(&mut r)? {
+            if batch.get(n).map(|w| w.target) != Some(target) {
+                return Err(corrupt(format!(
+                    "{}: the delta answer does not follow the request",
+                    self.url(path)
+                )));
+            }
+            n += 1;
+            if let Some(d) = d {
+                sink(&target, d)?;
+            }
+            progress.advance(1);
+        }
+        Ok(true)
+    }
+
     fn fetch_range(
         &self,
         pack: &Id,
@@ -446,6 +654,15 @@ impl HttpRepo {
         let start = recs[0].0;
         let (last_off, last_len, _) = recs.last().expect("non-empty");
         let end = last_off + u64::from(*last_len) - 1;
+        for (offset, len, members) in recs {
+            log::debug!(
+                "range of pack {}: record at {offset} ({len} bytes, {:?}) for {} blobs ({} bytes)",
+                pack.short(),
+                members[0].codec,
+                members.len(),
+                members.iter().map(|m| u64::from(m.raw_len)).sum::<u64>()
+            );
+        }
         let hex = pack.hex();
         let bytes = self.get_range(&format!("packs/{}/{hex}.pack", &hex[..2]), start, end)?;
         moved.fetch_add(bytes.len() as u64, Ordering::Relaxed);

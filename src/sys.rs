@@ -196,3 +196,42 @@ pub fn sync_dir(path: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .at(path)
 }
+
+/// Flushes everything written to the filesystem holding `fd` (one call instead of an fsync
+/// per file; `shown` names it in an error).
+pub fn sync_fs(fd: BorrowedFd, shown: &Path) -> Result<()> {
+    // SAFETY: syncfs only reads the descriptor, which is open for the borrow's lifetime.
+    if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error()).at(shown);
+    }
+    Ok(())
+}
+
+/// The filesystems a batch of writes touched, to make them durable with one syncfs each.
+#[derive(Default)]
+pub struct Syncer {
+    fds: std::sync::Mutex<std::collections::HashMap<u64, OwnedFd>>,
+}
+
+impl Syncer {
+    /// Notes the filesystem of `dir` (a directory something was written in).
+    pub fn note(&self, dir: BorrowedFd) {
+        let Ok(st) = nix::sys::stat::fstat(dir) else {
+            return;
+        };
+        let mut fds = self.fds.lock().expect("syncer lock");
+        if let std::collections::hash_map::Entry::Vacant(v) = fds.entry(st.st_dev as u64) {
+            if let Ok(fd) = nix::unistd::dup(dir) {
+                v.insert(fd);
+            }
+        }
+    }
+
+    /// syncfs on every filesystem noted.
+    pub fn sync(&self, shown: &Path) -> Result<()> {
+        for fd in self.fds.lock().expect("syncer lock").values() {
+            sync_fs(fd.as_fd(), shown)?;
+        }
+        Ok(())
+    }
+}

@@ -162,6 +162,8 @@ pub fn checkout(
         }
     }
 
+    // Durable before we say it is done: one syncfs rather than an fsync per file.
+    sys::sync_fs(root.as_fd(), target)?;
     Ok(ApplyReport {
         entries: manifest.entries.len() as u64,
         files: files.len() as u64,
@@ -170,7 +172,8 @@ pub fn checkout(
     })
 }
 
-/// Creates a new regular file `name` in `dir` with the entry's content (holes kept).
+/// Creates a new regular file `name` in `dir` with the entry's content (holes kept). The data
+/// is not flushed: the caller syncs the filesystem once the batch is written.
 pub fn write_file(
     dir: BorrowedFd,
     name: &[u8],
@@ -230,7 +233,7 @@ pub fn write_file(
             file.set_len(*size).at(&shown_path)?;
         }
     }
-    file.sync_data().at(&shown_path)?;
+    // Not fsynced here: callers make a whole batch durable with one syncfs (sys::sync_fs).
     Ok(file)
 }
 

@@ -31,6 +31,7 @@ use nix::unistd::UnlinkatFlags;
 use serde::Serialize;
 
 use super::{create_special, set_metadata, write_file, BlobSource};
+use crate::delta;
 use crate::capture::excludes::Excludes;
 use crate::capture::file_chunks;
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
@@ -127,6 +128,10 @@ pub struct UpdateReport {
     pub bytes_fetched: u64,
     /// Blob bytes the plan needs from the server (dry run: what would be fetched).
     pub bytes_to_fetch: u64,
+    /// Blobs rebuilt from a binary delta against the version the node held.
+    pub deltas: u64,
+    /// Blobs the node asked a delta for (the server may find that none pays).
+    pub deltas_asked: u64,
     /// The itemised plan (rsync -i style), filled for a dry run.
     pub plan: Vec<String>,
     pub warnings: Vec<String>,
@@ -211,6 +216,8 @@ struct Engine {
     undo_next: u64,
     /// Tree paths moved into the undo area during this run, and where they went.
     moved: HashMap<Vec<u8>, PathBuf>,
+    /// Undo numbers whose index line is already written (and synced), by tree path.
+    announced: HashMap<Vec<u8>, u64>,
     /// Blobs the node holds.
     local: HashMap<Id, Vec<LocalChunk>>,
 }
@@ -226,11 +233,7 @@ impl Engine {
 
     /// Moves `name` in `dir` (tree path `rel`) into the undo area.
     fn stash(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
-        let n = self.undo_next;
-        self.undo_next += 1;
-        let index = self.undo_index.as_mut().expect("opened with the journal");
-        writeln!(index, "{n} {}", hex(rel)).at(&self.undo_dir)?;
-        index.sync_data().at(&self.undo_dir)?;
+        let n = self.number(rel)?;
         let undo_fd = sys::open_root(&self.undo_dir)?;
         let to = n.to_string();
         match renameat(dir, name, &undo_fd, to.as_str()) {
@@ -260,10 +263,7 @@ impl Engine {
         if is_dir {
             return self.stash(dir, name, rel);
         }
-        let n = self.undo_next;
-        let index = self.undo_index.as_mut().expect("opened with the journal");
-        writeln!(index, "{n} {}", hex(rel)).at(&self.undo_dir)?;
-        index.sync_data().at(&self.undo_dir)?;
+        let n = self.number(rel)?;
         let undo_fd = sys::open_root(&self.undo_dir)?;
         let to = n.to_string();
         match nix::unistd::linkat(
@@ -274,16 +274,42 @@ impl Engine {
             nix::fcntl::AtFlags::empty(),
         ) {
             Ok(()) => {
-                self.undo_next += 1;
                 self.moved.insert(rel.to_vec(), self.undo_dir.join(to));
                 Ok(())
             }
-            // Another filesystem, or links refused: the line written above stays unused.
+            // Another filesystem, or links refused: move it there under the same number.
             Err(_) => {
-                self.undo_next += 1;
+                self.announced.insert(rel.to_vec(), n);
                 self.stash(dir, name, rel)
             }
         }
+    }
+
+    /// The undo number for `rel`: announced earlier, or a new one whose index line is written
+    /// and synced now (an entry is never in the undo area without its line).
+    fn number(&mut self, rel: &[u8]) -> Result<u64> {
+        if let Some(n) = self.announced.remove(rel) {
+            return Ok(n);
+        }
+        self.announce(&[rel])?;
+        Ok(self.announced.remove(rel).expect("just announced"))
+    }
+
+    /// Writes the undo index lines of every path in `rels` with one sync.
+    fn announce(&mut self, rels: &[&[u8]]) -> Result<()> {
+        if rels.is_empty() {
+            return Ok(());
+        }
+        let mut lines = String::new();
+        for rel in rels {
+            let n = self.undo_next;
+            self.undo_next += 1;
+            lines.push_str(&format!("{n} {}\n", hex(rel)));
+            self.announced.insert(rel.to_vec(), n);
+        }
+        let index = self.undo_index.as_mut().expect("opened with the journal");
+        index.write_all(lines.as_bytes()).at(&self.undo_dir)?;
+        index.sync_data().at(&self.undo_dir)
     }
 
     fn read_local(&self, id: &Id, c: &LocalChunk) -> Option<Vec<u8>> {
@@ -433,6 +459,7 @@ pub fn update(
         undo_index: None,
         undo_next: 0,
         moved: HashMap::new(),
+        announced: HashMap::new(),
         local: HashMap::new(),
     };
     let mut report = UpdateReport {
@@ -742,6 +769,57 @@ pub fn update(
         report.warnings = engine.warnings.into_inner().expect("lock");
         return Ok(report);
     }
+    // Blobs whose older version the node holds: ask for a binary delta against it first.
+    let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
+    if let (Some(cur), Some(_)) = (current.as_ref(), source) {
+        let missing: HashSet<Id> = to_fetch.iter().copied().collect();
+        for w in delta::wants(cur, &manifest, Some(&|id: &Id| missing.contains(id))) {
+            if w.base.iter().all(|b| engine.local.contains_key(b)) {
+                let len = chunk_len[&w.target];
+                delta_wants.push((w, len));
+            }
+        }
+    }
+    report.deltas_asked = delta_wants.len() as u64;
+    if !delta_wants.is_empty() {
+        let source = source.expect("checked above");
+        let by_target: HashMap<Id, &delta::Want> =
+            delta_wants.iter().map(|(w, _)| (w.target, w)).collect();
+        let rebuilt: std::sync::Mutex<HashSet<Id>> = Default::default();
+        let staging_ref = &staging;
+        let engine_ref = &engine;
+        report.bytes_fetched += source.fetch_deltas(
+            &delta_wants,
+            &|target, d| {
+                let Some(w) = by_target.get(target) else {
+                    return Ok(());
+                };
+                let mut base = Vec::new();
+                for b in &w.base {
+                    match engine_ref.find_local(b) {
+                        Some(data) => base.extend_from_slice(&data),
+                        // Changed on disk since: the whole blob is fetched instead.
+                        None => return Ok(()),
+                    }
+                }
+                match delta::decode(&base, &d, target) {
+                    Ok(data) => {
+                        let p = staging_ref.join(target.hex());
+                        let tmp = staging_ref.join(format!(".{}", target.hex()));
+                        std::fs::write(&tmp, &data).at(&tmp)?;
+                        std::fs::rename(&tmp, &p).at(&p)?;
+                        rebuilt.lock().expect("lock").insert(*target);
+                    }
+                    Err(e) => log::warn!("{e:#}; fetching the whole blob"),
+                }
+                Ok(())
+            },
+            progress,
+        )?;
+        let rebuilt = rebuilt.into_inner().expect("lock");
+        report.deltas = rebuilt.len() as u64;
+        to_fetch.retain(|id| !rebuilt.contains(id));
+    }
     if !to_fetch.is_empty() {
         let source = source.ok_or_else(|| {
             Error::NotFound(format!(
@@ -750,7 +828,7 @@ pub fn update(
             ))
         })?;
         let staging_ref = &staging;
-        report.bytes_fetched = source.fetch(
+        report.bytes_fetched += source.fetch(
             &to_fetch,
             &|id, data| {
                 let p = staging_ref.join(id.hex());
@@ -794,6 +872,22 @@ pub fn update(
         undo: undo_name,
     })?;
 
+    // Every entry this run moves or links into the undo area gets its index line now, with
+    // one sync (rather than one per entry).
+    {
+        let mut rels: Vec<&[u8]> = removals
+            .iter()
+            .filter(|(_, garbage)| !garbage)
+            .map(|(p, _)| p.as_slice())
+            .collect();
+        rels.extend(
+            steps
+                .iter()
+                .filter(|s| matches!(s.act, Act::Replace | Act::Content))
+                .map(|s| manifest.entries[s.entry].path.as_slice()),
+        );
+        engine.announce(&rels)?;
+    }
     for (p, garbage) in &removals {
         let dir = engine.dir(parent(p))?;
         if *garbage {
@@ -808,6 +902,44 @@ pub fn update(
         .map(|s| manifest.entries[s.entry].data_len())
         .sum();
     progress.phase("writing", Some(total), true);
+    // Pass 1: the new content of every file whose directory exists is written under a
+    // temporary name, then made durable with one syncfs, so that pass 2 only renames: a crash
+    // at any point leaves each path with its old content or its new.
+    let provider = Provider {
+        engine: &engine,
+        staging: staging.clone(),
+    };
+    let temp_name = |name: &[u8]| {
+        let mut temp = name.to_vec();
+        temp.insert(0, b'.');
+        temp.extend_from_slice(TEMP_SUFFIX);
+        temp
+    };
+    let mut prewritten: HashSet<usize> = HashSet::new();
+    let syncer = sys::Syncer::default();
+    syncer.note(engine.root_fd.as_fd());
+    for s in &steps {
+        let e = &manifest.entries[s.entry];
+        if s.act == Act::Meta || !matches!(e.kind, Kind::File { .. }) {
+            continue;
+        }
+        let Ok(dir) = engine.dir(parent(&e.path)) else {
+            continue; // a directory this update creates: written in pass 2
+        };
+        let temp = temp_name(file_name(&e.path));
+        syncer.note(dir.as_fd());
+        let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
+        let file = write_file(dir.as_fd(), &temp, e, &provider, &engine.root, progress)?;
+        set_metadata(dir.as_fd(), &temp, e, Some(&file), &engine.root, &|w| {
+            engine.warn(w)
+        })?;
+        prewritten.insert(s.entry);
+    }
+    drop(provider);
+    if !prewritten.is_empty() {
+        syncer.sync(&engine.root)?;
+    }
+    // Pass 2, in manifest order.
     for s in &steps {
         let e = &manifest.entries[s.entry];
         let dir = if e.path.is_empty() {
@@ -815,6 +947,9 @@ pub fn update(
         } else {
             Some(engine.dir(parent(&e.path))?)
         };
+        if let Some(d) = &dir {
+            syncer.note(d.as_fd());
+        }
         let name = file_name(&e.path);
         let mut temp = name.to_vec();
         temp.insert(0, b'.');
@@ -840,16 +975,18 @@ pub fn update(
             }
             (_, Kind::File { .. }) => {
                 let dir = dir.as_ref().expect("not the root");
-                let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
-                let provider = Provider {
-                    engine: &engine,
-                    staging: staging.clone(),
-                };
-                let file = write_file(dir.as_fd(), &temp, e, &provider, &engine.root, progress)?;
-                set_metadata(dir.as_fd(), &temp, e, Some(&file), &engine.root, &|w| {
-                    engine.warn(w)
-                })?;
-                drop(file);
+                if !prewritten.contains(&s.entry) {
+                    let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
+                    let provider = Provider {
+                        engine: &engine,
+                        staging: staging.clone(),
+                    };
+                    let file =
+                        write_file(dir.as_fd(), &temp, e, &provider, &engine.root, progress)?;
+                    set_metadata(dir.as_fd(), &temp, e, Some(&file), &engine.root, &|w| {
+                        engine.warn(w)
+                    })?;
+                }
                 if s.act != Act::Create {
                     engine.keep(dir.as_fd(), name, &e.path)?;
                 }
@@ -899,6 +1036,13 @@ pub fn update(
     if let Some(f) = &engine.undo_index {
         f.sync_all().at(&index_path)?;
     }
+    // Every rename, removal and metadata change durable before the state says it is done.
+    for (p, _) in &removals {
+        if let Ok(d) = engine.dir(parent(p)) {
+            syncer.note(d.as_fd());
+        }
+    }
+    syncer.sync(&engine.root)?;
 
     // ---- commit ----
     node.keep_manifest(manifest)?;

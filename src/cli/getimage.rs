@@ -58,6 +58,10 @@ pub struct GetimageArgs {
     /// as a shell would (e.g. "ssh -i /root/.ssh/cluster -o 'ProxyJump bastion'").
     #[arg(long, value_name = "COMMAND", default_value = "ssh")]
     ssh: String,
+    /// Do not precompute the binary deltas from the previous revision (nodes updating from it
+    /// then get them made on demand by `aurum serve`).
+    #[arg(long)]
+    no_deltas: bool,
     /// The command that runs aurum on a remote golden client.
     #[arg(long, value_name = "COMMAND", default_value = "aurum")]
     agent_command: String,
@@ -142,6 +146,20 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
         human_bytes(r.new_bytes),
         r.elapsed.as_secs_f64()
     );
+    if let (Some(parent), false, false) = (rev.parent, r.unchanged, a.no_deltas) {
+        let t = std::time::Instant::now();
+        let p = aurum::delta::precompute(&repo, &parent, &rev.id, progress.as_ref())?;
+        if p.pairs > 0 {
+            println!(
+                "{} deltas from {} precomputed: {} for {} of changed files, {:.2} s",
+                p.deltas,
+                parent.short(),
+                human_bytes(p.delta_bytes),
+                human_bytes(p.target_bytes),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
     if r.adopted_packs > 0 {
         println!(
             "(recovered {} packs left by an interrupted capture)",

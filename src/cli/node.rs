@@ -124,13 +124,14 @@ fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()
         .map(|t| t.name())
         .unwrap_or_else(|| "(unknown)".into());
     println!(
-        "{action}{}: {from} -> {to}: {} created, {} changed, {} metadata only, {} deleted; {} fetched, {} reused{}, {:.2} s",
+        "{action}{}: {from} -> {to}: {} created, {} changed, {} metadata only, {} deleted; {} fetched{}, {} reused{}, {:.2} s",
         if r.plan.is_empty() && r.unchanged { " (nothing to do)" } else { "" },
         r.created,
         r.changed,
         r.metadata_only,
         r.deleted,
         human_bytes(r.bytes_fetched),
+        if r.deltas > 0 { format!(" ({} blobs as deltas)", r.deltas) } else { String::new() },
         human_bytes(r.bytes_reused),
         if r.plan.is_empty() { String::new() } else { format!(", {} to fetch", human_bytes(r.bytes_to_fetch)) },
         r.seconds
@@ -174,6 +175,30 @@ fn report_to(
     }
 }
 
+/// The target's manifest: as a delta against the one the node runs when the server makes
+/// deltas (a few KiB instead of the whole), else whole.
+fn fetch_manifest(
+    node: &Node,
+    source: &dyn aurum::source::RevisionSource,
+    id: &aurum::format::Id,
+) -> aurum::Result<aurum::format::manifest::Manifest> {
+    let current = node
+        .state()
+        .ok()
+        .and_then(|s| s.current)
+        .and_then(|c| c.id().ok())
+        .filter(|c| c != id);
+    if let Some(cur) = current {
+        if let Ok(Some(m)) = node.kept_manifest(&cur) {
+            let raw = m.encode();
+            if aurum::format::Id::of(&raw) == cur {
+                return source.manifest_from(id, (&cur, &raw));
+            }
+        }
+    }
+    source.manifest(id)
+}
+
 pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     if a.show_default_excludes {
         for p in default_update_excludes().iter().chain(ALWAYS_EXCLUDED) {
@@ -201,7 +226,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     let progress = progress::for_terminal(false);
     let result = (|| -> anyhow::Result<UpdateReport> {
         let target = source.resolve(spec)?;
-        let manifest = source.manifest(&target.id)?;
+        let manifest = fetch_manifest(&node, source.as_ref(), &target.id)?;
         Ok(update::update(
             &node,
             &target,
@@ -275,7 +300,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
                 )
             })?;
             let t = s.resolve(spec)?;
-            let m = s.manifest(&t.id)?;
+            let m = fetch_manifest(&node, s, &t.id)?;
             (t, m)
         } else if a.last_known_good {
             let lkg = node.state()?.last_known_good.ok_or_else(|| {

@@ -13,11 +13,13 @@
 //! - [`capture`]: scanning a golden client (local or through `aurum agent` over ssh) into a
 //!   revision.
 //! - [`apply`]: materialising a revision onto a directory.
+//! - [`chroot`]: editing a revision in a chroot into a new revision.
 //! - [`diff`], [`tarball`], [`verify`], [`gc`]: the remaining repository operations.
 
 pub mod apply;
 pub mod capture;
 pub mod catalog;
+pub mod chroot;
 pub mod diff;
 pub mod error;
 pub mod format;

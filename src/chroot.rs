@@ -43,7 +43,8 @@ use crate::repo::{check_name, Repository};
 /// What a new revision takes from its parent instead of from the work tree.
 ///
 /// The first five are where the chroot's own filesystems were mounted: whatever is there
-/// afterwards belongs to the host or to the session. The rest are scratch space and the
+/// afterwards belongs to the host or to the session. The rest are scratch space (the
+/// directories themselves too, so that a file left there does not even change their mtime) and the
 /// identity of one machine, which package scripts create in a chroot (openssh-server makes
 /// host keys, systemd a machine-id) and which every node must make for itself.
 ///
@@ -56,8 +57,8 @@ pub const KEEP_FROM_PARENT: &[&str] = &[
     "/dev",
     "/run",
     "/etc/resolv.conf",
-    "/tmp/*",
-    "/var/tmp/*",
+    "/tmp",
+    "/var/tmp",
     "/etc/machine-id",
     "/var/lib/dbus/machine-id",
     "/etc/ssh/ssh_host_*",
@@ -755,8 +756,8 @@ mod tests {
         let e = Excludes::new(&p).unwrap();
         assert!(e.excluded(b"dev", true));
         assert!(e.excluded(b"etc/resolv.conf", false));
-        assert!(!e.excluded(b"tmp", true));
-        assert!(e.excluded(b"tmp/x", false));
+        assert!(e.excluded(b"tmp", true));
+        assert!(e.excluded(b"var/tmp", true));
         assert!(!e.excluded(b"etc/hostname", false));
         assert!(!e.excluded(b"mnt/scratch", true));
     }

@@ -25,8 +25,8 @@ use super::{open, progress, Global};
 /// When the command succeeds, the tree becomes a new revision of the image (or of --image),
 /// whose parent is the edited revision and whose log entry reads "chroot edit of
 /// compute@3"; the changes against the parent are printed. These keep the parent's version
-/// whatever the command did to them: /proc, /sys, /dev, /run, /etc/resolv.conf, the contents
-/// of /tmp and /var/tmp, /etc/machine-id, /var/lib/dbus/machine-id, /etc/ssh/ssh_host_*.
+/// whatever the command did to them: /proc, /sys, /dev, /run, /etc/resolv.conf, /tmp and
+/// /var/tmp, /etc/machine-id, /var/lib/dbus/machine-id, /etc/ssh/ssh_host_*.
 /// Everything else is captured, including what getimage leaves out of a running golden
 /// client (/mnt, /media, /etc/hostname, ...).
 ///

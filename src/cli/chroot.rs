@@ -30,9 +30,8 @@ use super::{open, progress, Global};
 /// Everything else is captured, including what getimage leaves out of a running golden
 /// client (/mnt, /media, /etc/hostname, ...).
 ///
-/// Examples:
-///   aurum chroot compute:last-known-good -m "openssl fix" -- apt-get install -y openssl
-///   aurum chroot compute --keep          (a shell; the work directory stays for --resume)
+/// For example, to patch the revision the nodes fall back to:
+/// aurum chroot compute:last-known-good -m "openssl fix" -- apt-get install -y openssl
 #[derive(Args)]
 pub struct ChrootArgs {
     /// The revision to edit (IMAGE, IMAGE@N, IMAGE:TAG or 8+ hex digits).

@@ -232,7 +232,7 @@ fn a_signal_to_aurum_stops_the_command_unmounts_and_commits_nothing() {
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGINT,
     ] {
-        let mut child = env
+        let child = env
             .cmd(&[
                 "chroot",
                 "img",

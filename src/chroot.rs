@@ -392,14 +392,28 @@ impl Drop for Signals {
     }
 }
 
-/// A mount point we had to create, removed again after the session.
+/// A mount point we had to create, removed again after the session. The list is kept in the
+/// work directory ([`POINTS`]) while the session runs, so that `--resume` can tidy up after a
+/// session killed with SIGKILL.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Created {
-    path: PathBuf,
-    /// The directory holding it, its times before, and its mtime just after we created it: when
-    /// nothing else changed the directory meanwhile, its old times are put back.
-    parent: PathBuf,
-    before: (std::time::SystemTime, std::time::SystemTime),
-    after: i128,
+    /// Relative to the tree's root.
+    rel: PathBuf,
+    /// The times (ns) of the directory holding it before, and its mtime just after we created
+    /// it: when nothing else changed the directory meanwhile, its old times are put back.
+    before_atime: i64,
+    before_mtime: i64,
+    after_mtime: i64,
+}
+
+/// The list of [`Created`] mount points, next to `root/`.
+const POINTS: &str = "mount-points.json";
+
+fn points_file(root: &Path) -> PathBuf {
+    root.parent()
+        .expect("a work tree has a work directory")
+        .join(POINTS)
 }
 
 /// The chroot's filesystems. Unmounted by [`Mounts::teardown`], or at the latest on drop.
@@ -409,8 +423,59 @@ struct Mounts {
     active: bool,
 }
 
-fn mtime_ns(m: &fs::Metadata) -> i128 {
-    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+fn mtime_ns(m: &fs::Metadata) -> i64 {
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+fn time_of(ns: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+}
+
+/// Removes the mount points a session made (after everything is unmounted), newest first, and
+/// forgets the list.
+fn remove_points(root: &Path, created: &[Created]) {
+    for c in created.iter().rev() {
+        let path = root.join(&c.rel);
+        let parent = path.parent().expect("below the root").to_path_buf();
+        let untouched = fs::metadata(&parent)
+            .map(|m| mtime_ns(&m) == c.after_mtime)
+            .unwrap_or(false);
+        let removed = if path.is_dir() {
+            fs::remove_dir(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            // It is kept from the parent anyway; only the leftover is untidy.
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("cannot remove {}: {e}", path.display());
+            }
+            continue;
+        }
+        if untouched {
+            let times = fs::FileTimes::new()
+                .set_accessed(time_of(c.before_atime))
+                .set_modified(time_of(c.before_mtime));
+            if let Err(e) = fs::File::open(&parent).and_then(|f| f.set_times(times)) {
+                log::warn!("cannot restore the times of {}: {e}", parent.display());
+            }
+        }
+    }
+    let _ = fs::remove_file(points_file(root));
+}
+
+/// Tidies up after a session that could not (SIGKILL): its mount points, as it recorded them.
+fn remove_recorded_points(root: &Path) -> Result<()> {
+    let file = points_file(root);
+    let text = match fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(&file),
+    };
+    let created: Vec<Created> = serde_json::from_str(&text)
+        .map_err(|e| invalid(format!("{} is damaged: {e}", file.display())))?;
+    remove_points(root, &created);
+    Ok(())
 }
 
 impl Mounts {
@@ -459,19 +524,20 @@ impl Mounts {
         }
         let parent = path.parent().expect("below the root").to_path_buf();
         let pm = fs::metadata(&parent).at(&parent)?;
-        let before = (pm.accessed().at(&parent)?, pm.modified().at(&parent)?);
         if file {
             fs::File::create(&path).at(&path)?;
         } else {
             fs::create_dir(&path).at(&path)?;
         }
-        let after = mtime_ns(&fs::metadata(&parent).at(&parent)?);
         self.created.push(Created {
-            path: path.clone(),
-            parent,
-            before,
-            after,
+            rel: PathBuf::from(rel),
+            before_atime: pm.atime() * 1_000_000_000 + pm.atime_nsec(),
+            before_mtime: mtime_ns(&pm),
+            after_mtime: mtime_ns(&fs::metadata(&parent).at(&parent)?),
         });
+        let record = points_file(&self.root);
+        let text = serde_json::to_string(&self.created).expect("plain struct");
+        fs::write(&record, text).at(&record)?;
         Ok(path)
     }
 
@@ -561,29 +627,7 @@ impl Mounts {
         }
         unmount_below(&self.root)?;
         self.active = false;
-        for c in self.created.drain(..).rev() {
-            let untouched = fs::metadata(&c.parent)
-                .map(|m| mtime_ns(&m) == c.after)
-                .unwrap_or(false);
-            let removed = if c.path.is_dir() {
-                fs::remove_dir(&c.path)
-            } else {
-                fs::remove_file(&c.path)
-            };
-            if let Err(e) = removed {
-                // It is kept from the parent anyway; only the leftover is untidy.
-                log::warn!("cannot remove {}: {e}", c.path.display());
-                continue;
-            }
-            if untouched {
-                let times = fs::FileTimes::new()
-                    .set_accessed(c.before.0)
-                    .set_modified(c.before.1);
-                if let Err(e) = fs::File::open(&c.parent).and_then(|f| f.set_times(times)) {
-                    log::warn!("cannot restore the times of {}: {e}", c.parent.display());
-                }
-            }
-        }
+        remove_points(&self.root, &std::mem::take(&mut self.created));
         Ok(())
     }
 }
@@ -681,7 +725,11 @@ pub fn commit(
     progress: &dyn Progress,
 ) -> Result<CommitReport> {
     let root = work.root();
+    // A resumed directory may come from a session killed with SIGKILL: its processes and
+    // mounts may still be there.
+    stop_stragglers(&root);
     unmount_below(&root)?;
+    remove_recorded_points(&root)?;
     let id = Id::from_hex(&work.meta.parent)
         .ok_or_else(|| invalid(format!("{META} names no valid parent revision")))?;
     let parent = repo

@@ -245,18 +245,7 @@ fn a_signal_to_aurum_stops_the_command_unmounts_and_commits_nothing() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Wait until the session is up: proc is mounted in the work tree.
-        let started = Instant::now();
-        while !mounts_below(env.dir.path())
-            .iter()
-            .any(|m| m.ends_with("/root/proc"))
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the chroot never came up"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_session(&env);
         let up = mounts_below(env.dir.path());
         assert!(up.iter().any(|m| m.ends_with("/root/dev/null")), "{up:?}");
         let killed_at = Instant::now();
@@ -278,6 +267,42 @@ fn a_signal_to_aurum_stops_the_command_unmounts_and_commits_nothing() {
         assert!(left.is_empty(), "{sig} left mounts: {left:?}");
         assert!(work_dirs(&env).is_empty(), "{:?}", work_dirs(&env));
         assert_eq!(revisions_of(&env, "img"), 1, "{sig} made a revision");
+    }
+
+    // SIGKILL cannot be caught: the mounts stay, and --resume is how they are cleared.
+    let mut child = env
+        .cmd(&["chroot", "img", "--", "/bin/sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_session(&env);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!mounts_below(env.dir.path()).is_empty());
+    let dirs = work_dirs(&env);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let dir = env.repo().join("tmp").join(&dirs[0]);
+    let out = env.ok(&["chroot", "--resume", dir.to_str().unwrap()]);
+    assert!(out.contains("nothing committed"), "{out}");
+    let left = mounts_below(env.dir.path());
+    assert!(left.is_empty(), "--resume left mounts: {left:?}");
+    assert!(work_dirs(&env).is_empty(), "{:?}", work_dirs(&env));
+    assert_eq!(revisions_of(&env, "img"), 1);
+}
+
+/// Waits until a session's proc is mounted in its work tree.
+fn wait_for_session(env: &Env) {
+    let started = Instant::now();
+    while !mounts_below(env.dir.path())
+        .iter()
+        .any(|m| m.ends_with("/root/proc"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the chroot never came up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

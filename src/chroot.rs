@@ -117,6 +117,7 @@ impl WorkDir {
     /// Deletes the work directory, after making sure nothing is mounted below it (a recursive
     /// delete through a bind mount of /dev would delete the host's devices).
     pub fn remove(self) -> Result<()> {
+        stop_stragglers(&self.root());
         unmount_below(&self.root())?;
         fs::remove_dir_all(&self.dir).at(&self.dir)
     }

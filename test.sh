@@ -24,6 +24,7 @@ want python3 python3
 want mkfifo coreutils
 want mount mount
 want setpriv util-linux
+want busybox busybox-static
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root (or install them) first" >&2

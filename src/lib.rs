@@ -13,11 +13,14 @@
 //! - [`capture`]: scanning a golden client (local or through `aurum agent` over ssh) into a
 //!   revision.
 //! - [`apply`]: materialising a revision onto a directory.
+//! - [`chroot`]: editing a revision in a chroot into a new revision.
+//! - [`delta`]: binary deltas of changed blobs against the versions a node holds.
 //! - [`diff`], [`tarball`], [`verify`], [`gc`]: the remaining repository operations.
 
 pub mod apply;
 pub mod capture;
 pub mod catalog;
+pub mod chroot;
 pub mod delta;
 pub mod diff;
 pub mod error;

@@ -254,7 +254,7 @@ impl Repository {
         self.packs.read(&pack, &entry)
     }
 
-    /// Records a new revision of `image` and updates its refs.
+    /// Records a new revision of `image`, child of the image's newest, and updates its refs.
     pub fn commit_revision(
         &mut self,
         image: &str,
@@ -265,9 +265,24 @@ impl Repository {
     ) -> Result<Revision> {
         check_name("image", image)?;
         let parent = self.catalog.newest(image)?.map(|r| r.id);
-        let number =
-            self.catalog
-                .add_revision(image, id, parent.as_ref(), message, source, stats)?;
+        self.commit_child(image, parent.as_ref(), id, message, source, stats)
+    }
+
+    /// Records a new revision of `image` with the given parent (an edit of an older revision,
+    /// or of another image's, has a parent that is not the image's newest).
+    pub fn commit_child(
+        &mut self,
+        image: &str,
+        parent: Option<&Id>,
+        id: &Id,
+        message: &str,
+        source: &str,
+        stats: &RevisionStats,
+    ) -> Result<Revision> {
+        check_name("image", image)?;
+        let number = self
+            .catalog
+            .add_revision(image, id, parent, message, source, stats)?;
         // Packs first: a static client that sees the new head must find its packs listed.
         self.write_pack_list()?;
         self.write_refs(image)?;

@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod excludes;
+pub mod keep;
 pub mod remote;
 pub mod scan;
 
@@ -395,6 +396,21 @@ impl std::io::Read for ExtentReader {
 pub struct CaptureOptions {
     pub image: String,
     pub message: String,
+    /// Set when the capture edits an existing revision (`aurum chroot`) instead of reading a
+    /// golden client.
+    pub edit: Option<Edit>,
+}
+
+/// A capture of a work tree made from an existing revision.
+pub struct Edit {
+    /// The revision edited: recorded as the parent (rather than the image's newest), and a
+    /// tree identical to it records nothing.
+    pub parent: Revision,
+    /// What the new revision records as its source, e.g. `chroot:compute@3`. A work tree is
+    /// new every time, so an edit neither reads nor fills the stat cache.
+    pub source: String,
+    /// Paths taken from the parent as it has them (the scan must leave them out).
+    pub keep: keep::Keep,
 }
 
 /// What a capture did, for its summary line.
@@ -425,9 +441,12 @@ pub fn getimage(
     let started_ns = crate::catalog::now() * 1_000_000_000;
     check_name("image", &opts.image)?;
     let adopted_packs = repo.adopt_orphan_packs()?;
-    let describe = source.describe();
+    let describe = match &opts.edit {
+        Some(edit) => edit.source.clone(),
+        None => source.describe(),
+    };
 
-    let (mut scanned, warnings) = source.scan(progress)?;
+    let (mut scanned, mut warnings) = source.scan(progress)?;
     if scanned.is_empty() {
         return Err(invalid("the golden client's tree is empty"));
     }
@@ -438,6 +457,10 @@ pub fn getimage(
     let mut from_cache = 0u64;
     for (i, s) in scanned.iter().enumerate() {
         if !matches!(s.entry.kind, Kind::File { .. }) {
+            continue;
+        }
+        if opts.edit.is_some() {
+            to_hash.push(i);
             continue;
         }
         match repo
@@ -503,7 +526,7 @@ pub fn getimage(
             // caching them could vouch for content we never read.
             let racy = s.stat.mtime_ns >= started_ns - 2_000_000_000
                 || s.stat.ctime_ns >= started_ns - 2_000_000_000;
-            if !racy {
+            if !racy && opts.edit.is_none() {
                 cache_rows.push((
                     s.entry.path.clone(),
                     s.stat,
@@ -514,9 +537,11 @@ pub fn getimage(
             *extents = c.extents;
         }
     }
-    let manifest = Manifest {
-        entries: scanned.into_iter().map(|s| s.entry).collect(),
-    };
+    let mut entries: Vec<_> = scanned.into_iter().map(|s| s.entry).collect();
+    if let Some(edit) = &opts.edit {
+        entries = keep::splice(entries, &edit.keep, &mut warnings);
+    }
+    let manifest = Manifest { entries };
     manifest.validate()?;
     let entries = manifest.entries.len() as u64;
     let id = repo.store_manifest(&manifest)?;
@@ -525,15 +550,27 @@ pub fn getimage(
         bytes,
         new_bytes: sink.new_bytes(),
     };
-    let newest = repo.catalog.newest(&opts.image)?;
-    let (revision, unchanged) = match newest {
+    let base = match &opts.edit {
+        Some(edit) => Some(edit.parent.clone()),
+        None => repo.catalog.newest(&opts.image)?,
+    };
+    let (revision, unchanged) = match base {
         Some(rev) if rev.id == id => (rev, true),
-        _ => (
-            repo.commit_revision(&opts.image, &id, &opts.message, &describe, &stats)?,
+        base => (
+            repo.commit_child(
+                &opts.image,
+                base.map(|b| b.id).as_ref(),
+                &id,
+                &opts.message,
+                &describe,
+                &stats,
+            )?,
             false,
         ),
     };
-    repo.catalog.statcache_replace(&describe, &cache_rows)?;
+    if opts.edit.is_none() {
+        repo.catalog.statcache_replace(&describe, &cache_rows)?;
+    }
     Ok(CaptureReport {
         revision,
         unchanged,

@@ -123,6 +123,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     let opts = CaptureOptions {
         image,
         message: a.message,
+        edit: None,
     };
     let r = capture::getimage(&mut repo, source.as_mut(), &opts, progress.as_ref())?;
     drop(source);

@@ -94,6 +94,9 @@ pub fn log(g: &Global, a: LogArgs) -> anyhow::Result<()> {
         if !r.message.is_empty() {
             println!("    {}", r.message);
         }
+        if let Some(of) = aurum::chroot::edited_from(&r.source) {
+            println!("    chroot edit of {of}");
+        }
     }
     Ok(())
 }
@@ -325,8 +328,16 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<()> {
     if a.json {
         return print_json(&changes);
     }
+    let counts = print_changes(&changes)?;
+    eprintln!("{} -> {}: {counts}", from.name(), to.name());
+    Ok(())
+}
+
+/// Prints changes one a line (`A /path`, `D /path`, `M /path  (content, mode)`); returns
+/// their count (`2 added, 0 removed, 1 changed`).
+pub(super) fn print_changes(changes: &[aurum::diff::Change]) -> std::io::Result<String> {
     let mut out = std::io::stdout().lock();
-    for c in &changes {
+    for c in changes {
         let letter = match c.status {
             "added" => 'A',
             "removed" => 'D',
@@ -339,13 +350,10 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<()> {
         }
     }
     let count = |s: &str| changes.iter().filter(|c| c.status == s).count();
-    eprintln!(
-        "{} -> {}: {} added, {} removed, {} changed",
-        from.name(),
-        to.name(),
+    Ok(format!(
+        "{} added, {} removed, {} changed",
         count("added"),
         count("removed"),
         count("changed")
-    );
-    Ok(())
+    ))
 }

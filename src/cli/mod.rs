@@ -3,6 +3,7 @@
 //! The doc comments on the option structs are the `--help` text, written for an administrator.
 
 mod checkout;
+mod chroot;
 mod getimage;
 mod images;
 mod init;
@@ -77,6 +78,7 @@ pub enum Command {
     Mvimage(images::MvimageArgs),
     Rmimage(images::RmimageArgs),
     Checkout(checkout::CheckoutArgs),
+    Chroot(chroot::ChrootArgs),
     Export(tarball::ExportArgs),
     Import(tarball::ImportArgs),
     Verify(maintenance::VerifyArgs),
@@ -107,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mvimage(a) => images::mvimage(g, a),
         Command::Rmimage(a) => images::rmimage(g, a),
         Command::Checkout(a) => checkout::exec(g, a),
+        Command::Chroot(a) => chroot::exec(g, a),
         Command::Export(a) => tarball::export(g, a),
         Command::Import(a) => tarball::import(g, a),
         Command::Verify(a) => maintenance::verify(g, a),

@@ -3,6 +3,7 @@
 //! One test binary (see STYLE.md), a module per area. Tests that need root or an external
 //! tool say so; `./test.sh` (what CI runs) installs the tools and runs as root.
 
+mod chroot;
 mod common;
 mod crash;
 mod fidelity;

@@ -25,7 +25,7 @@ pub const PACK_TARGET: u64 = 48 << 20;
 /// zstd level for blobs and groups: on a Debian root, level 5 stores 2 % less than level 3 at
 /// about the same capture time (hashing and reading the tree dominate), level 7 1.7 % less again
 /// at 1.6 times the time.
-pub const ZSTD_LEVEL: i32 = 5;
+pub const ZSTD_LEVEL: i32 = 3;
 /// A group is closed once its members add up to this many bytes.
 ///
 /// Compressible blobs are stored in groups, several to a zstd frame, in tree order: compressed

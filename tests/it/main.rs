@@ -6,6 +6,7 @@
 mod chroot;
 mod common;
 mod crash;
+mod delta;
 mod fidelity;
 mod remote;
 mod repository;

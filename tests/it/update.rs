@@ -10,7 +10,7 @@ use crate::common::{is_root, json, sh, write_random, Env};
 use crate::serve::Server;
 
 /// Differences between a node root and a reference tree, leaving out the node's own state.
-fn node_diff(reference: &Path, node: &Path) -> String {
+pub fn node_diff(reference: &Path, node: &Path) -> String {
     let out = Command::new("rsync")
         .args([
             "-naHAXc",
@@ -38,7 +38,7 @@ fn aurum(args: &[&str]) -> std::process::Output {
         .expect("run aurum")
 }
 
-fn ok(args: &[&str]) -> String {
+pub fn ok(args: &[&str]) -> String {
     let o = aurum(args);
     assert!(
         o.status.success(),
@@ -89,7 +89,7 @@ fn two_revisions(env: &Env) -> (PathBuf, PathBuf) {
 }
 
 /// A node root at `rev` (checked out, then adopted by updateclient so it has node state).
-fn node_at(env: &Env, name: &str, rev: &str) -> PathBuf {
+pub fn node_at(env: &Env, name: &str, rev: &str) -> PathBuf {
     let node = env.path(name);
     env.ok(&["checkout", rev, node.to_str().unwrap()]);
     let repo = env.repo();
@@ -302,6 +302,8 @@ fn a_server_sending_wrong_bytes_changes_nothing() {
         data[i] ^= 0x55;
     }
     std::fs::write(newest, data).unwrap();
+    // The deltas precomputed at capture would rebuild the files without the damaged pack.
+    let _ = std::fs::remove_dir_all(env.repo().join("deltas"));
     let srv = Server::start(&env);
     let o = aurum(&[
         "updateclient",

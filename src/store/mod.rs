@@ -33,7 +33,7 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// store of a Debian root would be 10 % larger than its `tar | zstd -3`. Groups hold only blobs
 /// new in one capture, so a node updating to that capture needs nearly every member of every
 /// group it fetches, and an install reads them all anyway.
-pub const GROUP_TARGET: usize = 4 << 20;
+pub const GROUP_TARGET: usize = 8 << 20;
 /// Blobs whose first bytes do not shrink by this factor at zstd level 1 are stored raw, alone.
 const INCOMPRESSIBLE: f64 = 0.95;
 
@@ -87,7 +87,19 @@ thread_local! {
     static SAMPLER: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
         std::cell::RefCell::new(zstd::bulk::Compressor::new(1).expect("zstd context"));
     static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
-        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context"));
+        std::cell::RefCell::new({
+            let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context");
+            // Long-distance matching finds the repeats between similar files of a group;
+            // two workers compress one group on both cores.
+            for p in [
+                zstd::zstd_safe::CParameter::EnableLongDistanceMatching(true),
+                zstd::zstd_safe::CParameter::NbWorkers(2),
+                zstd::zstd_safe::CParameter::JobSize(2 << 20),
+            ] {
+                c.set_parameter(p).expect("zstd parameter");
+            }
+            c
+        });
 }
 
 /// Compresses a blob, or keeps it raw when zstd does not make it smaller.

@@ -14,12 +14,15 @@
 //!   revision.
 //! - [`apply`]: materialising a revision onto a directory.
 //! - [`diff`], [`tarball`], [`verify`], [`gc`]: the remaining repository operations.
+//! - [`facts`], [`template`], [`hooks`], [`install`]: laying out a bare node's disks from its
+//!   class's partition template and installing a revision onto them.
 
 pub mod apply;
 pub mod capture;
 pub mod catalog;
 pub mod diff;
 pub mod error;
+pub mod facts;
 pub mod format;
 pub mod gc;
 pub mod node;
@@ -30,6 +33,7 @@ pub mod source;
 pub mod store;
 pub mod sys;
 pub mod tarball;
+pub mod template;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -158,8 +158,12 @@ pub fn gather(root: &Path) -> Result<Facts> {
 /// Reads facts saved by `aurum facts --json` (or written by hand).
 pub fn load(path: &Path) -> Result<Facts> {
     let text = fs::read_to_string(path).at(path)?;
-    serde_json::from_str(&text)
-        .map_err(|e| invalid(format!("{}: not a facts file ({e}); make one with `aurum facts --json`", path.display())))
+    serde_json::from_str(&text).map_err(|e| {
+        invalid(format!(
+            "{}: not a facts file ({e}); make one with `aurum facts --json`",
+            path.display()
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -174,8 +178,14 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, s).unwrap();
         };
-        w("proc/meminfo", "MemTotal:       16384000 kB\nMemFree: 1 kB\n");
-        w("proc/cpuinfo", "processor\t: 0\nflags: x\n\nprocessor\t: 1\n");
+        w(
+            "proc/meminfo",
+            "MemTotal:       16384000 kB\nMemFree: 1 kB\n",
+        );
+        w(
+            "proc/cpuinfo",
+            "processor\t: 0\nflags: x\n\nprocessor\t: 1\n",
+        );
         w("proc/sys/kernel/hostname", "n01\n");
         w("sys/class/dmi/id/sys_vendor", "Dell Inc.\n");
         w("sys/class/dmi/id/product_name", "PowerEdge R650\n");

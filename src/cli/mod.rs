@@ -12,6 +12,7 @@ mod node;
 mod progress;
 mod serve;
 mod tarball;
+mod template;
 
 use std::path::PathBuf;
 
@@ -87,6 +88,7 @@ pub enum Command {
     Rollback(node::RollbackArgs),
     MarkGood(node::MarkGoodArgs),
     NodeStatus(node::NodeStatusArgs),
+    Template(template::TemplateArgs),
 }
 
 /// Runs the chosen command.
@@ -117,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => node::rollback(g, a),
         Command::MarkGood(a) => node::mark_good(g, a),
         Command::NodeStatus(a) => node::node_status(g, a),
+        Command::Template(a) => template::exec(g, a),
     }
 }
 

@@ -89,10 +89,16 @@ pub fn judge(t: &Template, facts: &Facts) -> Verdict {
         );
     }
     if let Some(v) = &m.vendor {
-        check(glob_ok(v, &facts.vendor), format!("vendor `{v}`: `{}`", facts.vendor));
+        check(
+            glob_ok(v, &facts.vendor),
+            format!("vendor `{v}`: `{}`", facts.vendor),
+        );
     }
     if let Some(p) = &m.product {
-        check(glob_ok(p, &facts.product), format!("product `{p}`: `{}`", facts.product));
+        check(
+            glob_ok(p, &facts.product),
+            format!("product `{p}`: `{}`", facts.product),
+        );
     }
     if m.memory_min.is_some() || m.memory_max.is_some() {
         let lo = m.memory_min.map_or(0, |b| b.0);

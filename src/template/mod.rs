@@ -14,6 +14,7 @@ pub mod matching;
 
 pub mod render;
 pub mod size;
+pub mod store;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -24,7 +25,7 @@ use toml::Spanned;
 use crate::error::{invalid, Result};
 use size::{Amount, Bytes};
 
-pub use render::{render, Plan};
+pub use render::{render, smallest_disk, Plan};
 
 /// A parsed, checked template.
 #[derive(Clone, Debug)]
@@ -221,7 +222,9 @@ pub struct FsSpec {
 impl Partition {
     pub fn fs_spec(&self) -> FsSpec {
         FsSpec {
-            fs: self.fs.or((self.kind == PartType::Swap).then_some(Fs::Swap)),
+            fs: self
+                .fs
+                .or((self.kind == PartType::Swap).then_some(Fs::Swap)),
             label: self.label.clone(),
             mkfs_options: self.mkfs_options.clone(),
             mount: self.mount.clone(),
@@ -256,7 +259,11 @@ impl Volume {
 
 /// 1-based line of byte offset `at` in `text`.
 fn line_of(text: &str, at: usize) -> usize {
-    text[..at.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..at.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Checks a class name (a file stem, a catalog key, a URL part).
@@ -325,7 +332,11 @@ impl Template {
                 if l.len() > fs.max_label() {
                     return Err(at(
                         span,
-                        format!("label `{l}` is longer than {} allows ({} characters)", fs, fs.max_label()),
+                        format!(
+                            "label `{l}` is longer than {} allows ({} characters)",
+                            fs,
+                            fs.max_label()
+                        ),
                     ));
                 }
             }
@@ -333,7 +344,10 @@ impl Template {
         };
         for (d, disk) in f.disks.iter().enumerate() {
             if disk.partitions.is_empty() {
-                return Err(invalid(format!("{origin}: disk {} has no partitions", d + 1)));
+                return Err(invalid(format!(
+                    "{origin}: disk {} has no partitions",
+                    d + 1
+                )));
             }
             let mut rest = 0;
             let mut percent = 0.0;
@@ -353,7 +367,10 @@ impl Template {
                 if rest > 1 {
                     return Err(at(
                         span,
-                        format!("disk {} has two `*` partitions: only one may take the rest", d + 1),
+                        format!(
+                            "disk {} has two `*` partitions: only one may take the rest",
+                            d + 1
+                        ),
                     ));
                 }
                 if let (Some(a), Some(b)) = (p.min, p.max) {
@@ -384,7 +401,10 @@ impl Template {
                         return Err(at(span, "an EFI system partition must be vfat".into()));
                     }
                     PartType::Swap if p.fs.is_some_and(|f| f != Fs::Swap) => {
-                        return Err(at(span, "a swap partition has fs = \"swap\" (or none)".into()));
+                        return Err(at(
+                            span,
+                            "a swap partition has fs = \"swap\" (or none)".into(),
+                        ));
                     }
                     _ => {}
                 }
@@ -412,17 +432,29 @@ impl Template {
             let span = r.span();
             let r = r.get_ref();
             if r.level != 1 {
-                return Err(at(span, format!("RAID level {} is not supported: aurum builds mirrors (level = 1)", r.level)));
+                return Err(at(
+                    span,
+                    format!(
+                        "RAID level {} is not supported: aurum builds mirrors (level = 1)",
+                        r.level
+                    ),
+                ));
             }
             if r.devices.len() < 2 {
                 return Err(at(span, "a RAID1 array needs at least two devices".into()));
             }
             for dev in &r.devices {
                 if part_kind(dev) != Some(PartType::Raid) {
-                    return Err(at(span, format!("RAID member `{dev}` is not a partition of type \"raid\"")));
+                    return Err(at(
+                        span,
+                        format!("RAID member `{dev}` is not a partition of type \"raid\""),
+                    ));
                 }
                 if !used.insert(dev.clone()) {
-                    return Err(at(span, format!("`{dev}` is used by two arrays or volume groups")));
+                    return Err(at(
+                        span,
+                        format!("`{dev}` is used by two arrays or volume groups"),
+                    ));
                 }
             }
             if !names.insert(r.name.clone()) {
@@ -442,12 +474,22 @@ impl Template {
                     return Err(at(span, format!("volume group member `{dev}` is neither a partition of type \"lvm\" nor a RAID array")));
                 }
                 if !used.insert(dev.clone()) {
-                    return Err(at(span, format!("`{dev}` is used by two arrays or volume groups")));
+                    return Err(at(
+                        span,
+                        format!("`{dev}` is used by two arrays or volume groups"),
+                    ));
                 }
             }
-            let rests = g.volumes.iter().filter(|v| v.get_ref().size == Amount::Rest).count();
+            let rests = g
+                .volumes
+                .iter()
+                .filter(|v| v.get_ref().size == Amount::Rest)
+                .count();
             if rests > 1 {
-                return Err(at(span, format!("volume group {} has two `*` volumes", g.name)));
+                return Err(at(
+                    span,
+                    format!("volume group {} has two `*` volumes", g.name),
+                ));
             }
             for v in &g.volumes {
                 check_fs(&v.get_ref().fs_spec(), v.span())?;
@@ -460,8 +502,15 @@ impl Template {
                     let n = p.name.as_deref().unwrap_or_default();
                     if !used.contains(n) {
                         return Err(at(
-                            d.partitions.iter().find(|q| q.get_ref().name.as_deref() == Some(n)).map(|q| q.span()).unwrap_or(0..0),
-                            format!("{} partition `{n}` belongs to no array or volume group", p.kind.name()),
+                            d.partitions
+                                .iter()
+                                .find(|q| q.get_ref().name.as_deref() == Some(n))
+                                .map(|q| q.span())
+                                .unwrap_or(0..0),
+                            format!(
+                                "{} partition `{n}` belongs to no array or volume group",
+                                p.kind.name()
+                            ),
                         ));
                     }
                 }
@@ -519,17 +568,28 @@ mount = "/scr"
     #[test]
     fn errors_name_file_line_and_key() {
         let bad = GOOD.replace("fs = \"xfs\"", "fss = \"xfs\"");
-        let e = Template::parse("compute", "compute.toml", &bad).unwrap_err().to_string();
+        let e = Template::parse("compute", "compute.toml", &bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("compute.toml:17:"), "{e}");
         assert!(e.contains("fss"), "{e}");
         let bad = GOOD.replace("\"4GiB\"", "\"4 gigs\"");
-        let e = Template::parse("compute", "compute.toml", &bad).unwrap_err().to_string();
-        assert!(e.starts_with("compute.toml:11:") && e.contains("unknown unit"), "{e}");
+        let e = Template::parse("compute", "compute.toml", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("compute.toml:11:") && e.contains("unknown unit"),
+            "{e}"
+        );
         let bad = GOOD.replace("\"4GiB\"", "\"*\"");
-        let e = Template::parse("compute", "compute.toml", &bad).unwrap_err().to_string();
+        let e = Template::parse("compute", "compute.toml", &bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("two `*` partitions"), "{e}");
         let bad = GOOD.replace("mount = \"/\"", "mount = \"/scr\"");
-        let e = Template::parse("compute", "compute.toml", &bad).unwrap_err().to_string();
+        let e = Template::parse("compute", "compute.toml", &bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("used twice"), "{e}");
     }
 }

@@ -99,11 +99,7 @@ struct Sized {
     rest: Option<(usize, u64, Option<u64>)>,
 }
 
-fn settle(
-    items: &[(Amount, Option<u64>, Option<u64>)],
-    whole: u64,
-    align: u64,
-) -> Sized {
+fn settle(items: &[(Amount, Option<u64>, Option<u64>)], whole: u64, align: u64) -> Sized {
     let mut fixed = Vec::new();
     let mut rest = None;
     for (i, (amount, min, max)) in items.iter().enumerate() {
@@ -287,6 +283,28 @@ pub fn render(t: &Template, sizes: &[u64]) -> Result<Plan> {
         raids,
         volume_groups: vgs,
     })
+}
+
+/// The smallest disk (whole MiB) `t` renders on, every disk the same size, or `None` when no
+/// disk up to 1 PiB is enough (a `*` with a huge `min`).
+pub fn smallest_disk(t: &Template) -> Option<u64> {
+    let n = t.file.disks.len();
+    let fits = |mib: u64| render(t, &vec![mib * MIB; n]).is_ok();
+    let (mut lo, mut hi) = (1u64, 1u64 << 30);
+    if !fits(hi) {
+        return None;
+    }
+    // Percentages make "fits" monotone only in practice, not in theory; a binary search for the
+    // first fitting size is what an administrator asks for ("what is the smallest disk?").
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(lo * MIB)
 }
 
 impl Plan {

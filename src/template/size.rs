@@ -130,7 +130,12 @@ pub fn exact(b: u64) -> String {
 
 /// Bytes for people: `18.6 GiB`, `21 GiB`, `512 MiB`.
 pub fn human(b: u64) -> String {
-    let units = [("TiB", 1u64 << 40), ("GiB", GIB), ("MiB", MIB), ("KiB", 1024)];
+    let units = [
+        ("TiB", 1u64 << 40),
+        ("GiB", GIB),
+        ("MiB", MIB),
+        ("KiB", 1024),
+    ];
     for (name, size) in units {
         if b >= size {
             let v = b as f64 / size as f64;

@@ -25,6 +25,8 @@ pub mod error;
 pub mod facts;
 pub mod format;
 pub mod gc;
+pub mod hooks;
+pub mod install;
 pub mod node;
 pub mod progress;
 pub mod repo;

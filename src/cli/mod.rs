@@ -7,6 +7,7 @@ mod getimage;
 mod images;
 mod init;
 mod inspect;
+mod install;
 mod maintenance;
 mod node;
 mod progress;
@@ -89,6 +90,9 @@ pub enum Command {
     MarkGood(node::MarkGoodArgs),
     NodeStatus(node::NodeStatusArgs),
     Template(template::TemplateArgs),
+    Facts(install::FactsArgs),
+    Prepareclient(install::PrepareclientArgs),
+    Install(install::InstallArgs),
 }
 
 /// Runs the chosen command.
@@ -120,6 +124,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MarkGood(a) => node::mark_good(g, a),
         Command::NodeStatus(a) => node::node_status(g, a),
         Command::Template(a) => template::exec(g, a),
+        Command::Facts(a) => install::facts(g, a),
+        Command::Prepareclient(a) => install::prepareclient(g, a),
+        Command::Install(a) => install::install(g, a),
     }
 }
 

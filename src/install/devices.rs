@@ -34,7 +34,10 @@ pub fn run(cmd: &mut Command) -> Result<String> {
         if msg.is_empty() {
             msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
         }
-        return Err(Error::Remote(format!("`{shown}` failed ({}): {msg}", out.status)));
+        return Err(Error::Tool(format!(
+            "`{shown}` failed ({}): {msg}",
+            out.status
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -55,7 +58,10 @@ pub fn size_of(path: &Path) -> Result<u64> {
 /// Whether `path` is a block device (else a regular file holding a disk image).
 pub fn is_block(path: &Path) -> Result<bool> {
     use std::os::unix::fs::FileTypeExt;
-    Ok(std::fs::metadata(path).at(path)?.file_type().is_block_device())
+    Ok(std::fs::metadata(path)
+        .at(path)?
+        .file_type()
+        .is_block_device())
 }
 
 /// A loop device attached to a byte range of a file; detached on drop.
@@ -74,7 +80,10 @@ impl Loop {
         c.arg(file);
         let dev = run(&mut c)?.trim().to_string();
         if dev.is_empty() {
-            return Err(invalid(format!("losetup gave no device for {}", file.display())));
+            return Err(invalid(format!(
+                "losetup gave no device for {}",
+                file.display()
+            )));
         }
         Ok(Loop { dev: dev.into() })
     }
@@ -83,7 +92,10 @@ impl Loop {
 impl Drop for Loop {
     fn drop(&mut self) {
         if let Err(e) = run(Command::new("losetup").arg("--detach").arg(&self.dev)) {
-            eprintln!("aurum: warning: could not detach {}: {e}", self.dev.display());
+            eprintln!(
+                "aurum: warning: could not detach {}: {e}",
+                self.dev.display()
+            );
         }
     }
 }
@@ -105,13 +117,17 @@ impl Mount {
             c.args(["-o", options]);
         }
         run(c.arg(dev).arg(at))?;
-        Ok(Mount { at: at.to_path_buf() })
+        Ok(Mount {
+            at: at.to_path_buf(),
+        })
     }
 
     /// A bind mount of `src` at `at` (for /dev, /proc, /sys in a chroot).
     pub fn bind(src: &Path, at: &Path) -> Result<Mount> {
         run(Command::new("mount").arg("--bind").arg(src).arg(at))?;
-        Ok(Mount { at: at.to_path_buf() })
+        Ok(Mount {
+            at: at.to_path_buf(),
+        })
     }
 }
 
@@ -121,7 +137,10 @@ impl Drop for Mount {
         // detach lazily then, so the disk is at least released once it exits.
         if run(Command::new("umount").arg(&self.at)).is_err() {
             if let Err(e) = run(Command::new("umount").arg("--lazy").arg(&self.at)) {
-                eprintln!("aurum: warning: could not unmount {}: {e}", self.at.display());
+                eprintln!(
+                    "aurum: warning: could not unmount {}: {e}",
+                    self.at.display()
+                );
             }
         }
     }

@@ -11,6 +11,7 @@
 //! the rest.
 
 pub mod matching;
+pub mod prepare;
 
 pub mod render;
 pub mod size;

@@ -16,6 +16,7 @@ use super::Template;
 use crate::catalog::TemplateVersion;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
+use crate::source::{HttpRepo, RevisionSource};
 
 /// The templates shipped in partition-templates/, compiled in: `(class, text)`.
 pub const SHIPPED: &[(&str, &str)] = &[
@@ -62,6 +63,15 @@ pub fn save(repo: &mut Repository, class: &str, text: &str, note: &str) -> Resul
     Template::parse(class, &format!("{class}.toml"), text)?;
     let r = repo.catalog.add_template(class, text, note)?;
     crate::store::write_atomic(&repo.root, &mirror_path(&repo.root, class), text.as_bytes())?;
+    let mut list = String::new();
+    for v in repo.catalog.templates()? {
+        list += &format!("{}\n", v.class);
+    }
+    crate::store::write_atomic(
+        &repo.root,
+        &repo.root.join("templates/CLASSES"),
+        list.as_bytes(),
+    )?;
     if r.1 {
         repo.catalog.event(
             "template",
@@ -102,6 +112,38 @@ pub fn all(repo: &Repository) -> Result<Vec<Template>> {
         .iter()
         .map(|v| Template::parse(&v.class, &format!("{}.toml", v.class), &v.text))
         .collect()
+}
+
+/// The templates a node installing from `http` (a server or any static copy of a repository)
+/// can use: `class` alone, or every class listed in `templates/CLASSES`.
+pub fn from_server(http: &HttpRepo, class: Option<&str>) -> Result<Vec<Template>> {
+    let classes: Vec<String> = match class {
+        Some(c) => vec![c.to_string()],
+        None => String::from_utf8_lossy(&http.get("templates/CLASSES")?)
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect(),
+    };
+    classes
+        .iter()
+        .map(|c| {
+            super::check_class(c)?;
+            let text = http.get(&format!("templates/{c}.toml"))?;
+            let text = String::from_utf8(text).map_err(|_| {
+                crate::error::corrupt(format!("templates/{c}.toml on the server is not UTF-8"))
+            })?;
+            Template::parse(c, &format!("{}/templates/{c}.toml", http.describe()), &text)
+        })
+        .collect()
+}
+
+/// The same from a repository directory.
+pub fn from_repo(repo: &Repository, class: Option<&str>) -> Result<Vec<Template>> {
+    match class {
+        Some(c) => Ok(vec![load(repo, c, None)?.1]),
+        None => all(repo),
+    }
 }
 
 /// Saves the shipped templates the repository lacks (or whose newest version differs).

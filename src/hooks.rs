@@ -139,6 +139,13 @@ pub fn run(hook: &Hook, env: &[(String, String)], chroot: Option<&Path>) -> Resu
             // The hook must be inside the root to run there: copy it to /tmp of the target.
             let tmp = root.join("tmp");
             std::fs::create_dir_all(&tmp).at(&tmp)?;
+            let times = std::fs::metadata(&tmp).ok().and_then(|m| {
+                Some(
+                    std::fs::FileTimes::new()
+                        .set_accessed(m.accessed().ok()?)
+                        .set_modified(m.modified().ok()?),
+                )
+            });
             let inside = format!(
                 "/tmp/.aurum-hook-{}",
                 hook.path.file_name().unwrap_or_default().to_string_lossy()
@@ -148,14 +155,18 @@ pub fn run(hook: &Hook, env: &[(String, String)], chroot: Option<&Path>) -> Resu
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o700)).at(&dst)?;
             cmd = Command::new("chroot");
             cmd.arg(root).arg(&inside);
-            copied = Some(dst);
+            copied = Some((dst, times));
         }
         None => cmd = Command::new(&hook.path),
     }
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let out = cmd.output();
-    if let Some(c) = copied {
-        let _ = std::fs::remove_file(c);
+    if let Some((c, times)) = copied {
+        let _ = std::fs::remove_file(&c);
+        // Leave /tmp as the image has it (its mtime is part of the revision).
+        if let (Some(t), Some(dir)) = (times, c.parent()) {
+            let _ = std::fs::File::open(dir).and_then(|f| f.set_times(t));
+        }
     }
     let out = out.map_err(|e| Error::Tool(format!("hook {}: cannot run it: {e}", hook.name)))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -349,7 +349,12 @@ fn run_editor(file: &std::path::Path) -> anyhow::Result<()> {
 fn edit(g: &Global, a: EditArgs) -> anyhow::Result<()> {
     let mut repo = Repository::open(&g.repo, Lock::Shared)?;
     let (old, _) = store::load(&repo, &a.class, None)?;
-    let copy = std::env::temp_dir().join(format!("aurum-template-{}.toml", a.class));
+    let copy = tempfile::Builder::new()
+        .prefix(&format!("aurum-template-{}.", a.class))
+        .suffix(".toml")
+        .tempfile()?
+        .into_temp_path()
+        .keep()?;
     let start = match &a.from_file {
         Some(f) => std::fs::read_to_string(f).map_err(|e| aurum::Error::Io {
             path: f.clone(),

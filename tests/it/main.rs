@@ -6,6 +6,7 @@
 mod common;
 mod crash;
 mod fidelity;
+mod install;
 mod remote;
 mod repository;
 mod serve;

@@ -572,14 +572,14 @@ mount = "/scr"
         let e = Template::parse("compute", "compute.toml", &bad)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("compute.toml:17:"), "{e}");
+        assert!(e.starts_with("compute.toml:15:"), "{e}");
         assert!(e.contains("fss"), "{e}");
         let bad = GOOD.replace("\"4GiB\"", "\"4 gigs\"");
         let e = Template::parse("compute", "compute.toml", &bad)
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("compute.toml:11:") && e.contains("unknown unit"),
+            e.starts_with("compute.toml:10:") && e.contains("unknown unit"),
             "{e}"
         );
         let bad = GOOD.replace("\"4GiB\"", "\"*\"");

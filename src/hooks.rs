@@ -264,6 +264,31 @@ mod tests {
     }
 
     #[test]
+    fn every_file_in_hooks_is_shipped_as_is() {
+        let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks");
+        let mut found = 0;
+        for stage in ["pre-install", "post-install", "pre-update", "post-update"] {
+            let Ok(rd) = std::fs::read_dir(top.join(stage)) else {
+                continue;
+            };
+            for e in rd {
+                let e = e.unwrap();
+                let name = format!("{stage}/{}", e.file_name().to_string_lossy());
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                let shipped = SHIPPED.iter().find(|(n, _)| *n == name);
+                assert_eq!(shipped.map(|s| s.1), Some(text.as_str()), "{name}");
+                assert_ne!(
+                    e.metadata().unwrap().permissions().mode() & 0o111,
+                    0,
+                    "{name}"
+                );
+                found += 1;
+            }
+        }
+        assert_eq!(found, SHIPPED.len());
+    }
+
+    #[test]
     fn shipped_hooks_are_named_and_are_shell_scripts() {
         for (name, text) in SHIPPED {
             let file = name.rsplit('/').next().unwrap();

@@ -703,3 +703,37 @@ fn a_failing_hook_stops_the_install_shows_its_output_and_releases_everything() {
     assert!(e.contains("install: FAILED"), "{e}");
     detached(&img);
 }
+
+#[test]
+fn raid_and_lvm_without_their_tools_are_refused_before_anything_is_written() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/motd"), "hi\n").unwrap();
+    env.getimage(&tree, "compute", &[]);
+    let (a, b) = (disk(&env, "a.img", 40), disk(&env, "b.img", 40));
+    for (class, tool, pkg) in [("raid1", "mdadm", "mdadm"), ("lvm", "pvcreate", "lvm2")] {
+        if have(tool) {
+            eprintln!("skipped {class}: {tool} is installed");
+            continue;
+        }
+        let mut args = vec!["install", "--disk", a.to_str().unwrap()];
+        if class == "raid1" {
+            args.extend(["--disk", b.to_str().unwrap()]);
+        }
+        args.extend(["--image", "compute", "--class", class]);
+        let e = env.fails(&args, 2);
+        assert!(
+            e.contains(&format!("class {class} needs "))
+                && e.contains(&format!("(packages: {pkg}")),
+            "{e}"
+        );
+        assert!(e.contains("nothing was written"), "{e}");
+        for img in [&a, &b] {
+            assert_eq!(
+                std::os::unix::fs::MetadataExt::blocks(&fs::metadata(img).unwrap()),
+                0
+            );
+        }
+    }
+}

@@ -162,6 +162,11 @@ pub struct InstallArgs {
     /// image when it has one, else the hooks shipped with aurum.
     #[arg(long, value_name = "DIR")]
     hooks: Option<PathBuf>,
+    /// Use these facts (from `aurum facts --json` on the node) to pick the class, instead of
+    /// this machine's: to write a disk or an image file for another machine. The disks' sizes
+    /// are always the real ones.
+    #[arg(long, value_name = "FILE")]
+    facts: Option<PathBuf>,
     /// Print the class, the plan and the revision; write nothing.
     #[arg(long, short = 'n')]
     dry_run: bool,
@@ -220,7 +225,10 @@ pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
         group: a.group,
         hooks: a.hooks,
         dry_run: a.dry_run,
-        facts: aurum::facts::gather(std::path::Path::new("/"))?,
+        facts: match &a.facts {
+            Some(f) => aurum::facts::load(f)?,
+            None => aurum::facts::gather(std::path::Path::new("/"))?,
+        },
         templates,
     };
     let r = aurum::install::install(source.as_ref(), opts, &Terminal)?;

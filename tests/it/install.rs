@@ -163,6 +163,20 @@ fn detached(img: &Path) {
     assert!(out.trim().is_empty(), "loop devices left attached: {out}");
 }
 
+/// The body of an HTTP GET that must answer 200 (HTTP/1.0 over a socket).
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 200 "), "{head}");
+    body.to_string()
+}
+
 /// A hooks directory whose hooks record their order and environment.
 fn recording_hooks(env: &Env) -> PathBuf {
     let dir = env.path("hooks");
@@ -458,9 +472,16 @@ fn install_same_class_on_13_and_22_gib() {
         ["10all.a", "20all.b", "05compute.c", "01rack1.d", "00n01.e"]
     );
 
-    // The 22 GiB node installs from `aurum serve`, with the class picked from its facts... no:
-    // the installer's own facts are this machine's, so the class is given here too.
+    // The 22 GiB node installs from `aurum serve`, its class picked from its facts (saved
+    // as `aurum facts --json` would): BIOS picks bios-legacy, UEFI compute.
     let server = crate::serve::Server::start(&env);
+    let facts = env.path("n02.json");
+    let fw = if class == "compute" { "uefi" } else { "bios" };
+    fs::write(
+        &facts,
+        format!(r#"{{"hostname":"n02","firmware":"{fw}","memory":8589934592,"cpus":4,"disks":[{{"name":"sda","size":1}}]}}"#),
+    )
+    .unwrap();
     let d22 = disk(&env, "d22.img", 22);
     let out = env.ok(&[
         "install",
@@ -470,14 +491,21 @@ fn install_same_class_on_13_and_22_gib() {
         &format!("http://{}", server.addr),
         "--image",
         "compute",
-        "--class",
-        class,
+        "--facts",
+        facts.to_str().unwrap(),
         "--hostname",
         "n02",
         "--hooks",
         hooks.to_str().unwrap(),
+        "--json",
     ]);
-    assert!(out.contains("installed compute "), "{out}");
+    assert_eq!(json(&out)["class"], class, "{out}");
+    // The server hands out templates on its API too.
+    let api = http_get(&format!("http://{}/api/v1/templates/{class}", server.addr));
+    assert_eq!(
+        api,
+        fs::read_to_string(env.repo().join(format!("templates/{class}.toml"))).unwrap()
+    );
     drop(server);
     detached(&d22);
 
@@ -570,6 +598,26 @@ fn prepareclient_reproduces_the_template_and_updateclient_works_after_install() 
     let tree = env.path("tree");
     tiny_tree(&tree);
     env.getimage(&tree, "compute", &[]);
+    // Overrides: global, then group, then node; the node's wins.
+    for (image, files) in [
+        (
+            "override",
+            vec![("etc/motd", "global\n"), ("etc/site.conf", "site\n")],
+        ),
+        ("override.g1", vec![("etc/motd", "group\n")]),
+        (
+            "override.n05",
+            vec![("etc/motd", "node\n"), ("etc/node.conf", "n05\n")],
+        ),
+        ("override.other", vec![("etc/motd", "not for n05\n")]),
+    ] {
+        let t = env.path(image);
+        for (f, text) in files {
+            fs::create_dir_all(t.join(f).parent().unwrap()).unwrap();
+            fs::write(t.join(f), text).unwrap();
+        }
+        env.getimage(&t, image, &[]);
+    }
     let img = disk(&env, "node.img", 14);
     let empty_hooks = env.path("no-hooks");
     fs::create_dir_all(&empty_hooks).unwrap();
@@ -583,6 +631,10 @@ fn prepareclient_reproduces_the_template_and_updateclient_works_after_install() 
         class,
         "--hooks",
         empty_hooks.to_str().unwrap(),
+        "--hostname",
+        "n05",
+        "--group",
+        "g1",
     ]);
     let out_file = env.path("golden.toml");
     env.ok(&[
@@ -620,7 +672,7 @@ fn prepareclient_reproduces_the_template_and_updateclient_works_after_install() 
     }
 
     // updateclient on the installed root: a new revision, then a rollback.
-    fs::write(tree.join("etc/motd"), "version two\n").unwrap();
+    fs::write(tree.join("var/lib/app/state"), "version two\n").unwrap();
     env.getimage(&tree, "compute", &[]);
     let rows = gpt_rows(&img);
     let r = rows.iter().find(|r| r.4 == "root").unwrap();
@@ -635,6 +687,10 @@ fn prepareclient_reproduces_the_template_and_updateclient_works_after_install() 
     ));
     let res = std::panic::catch_unwind(|| {
         let root = m.to_str().unwrap();
+        let read = |f: &str| fs::read_to_string(m.join(f)).unwrap();
+        assert_eq!(read("etc/motd"), "node\n");
+        assert_eq!(read("etc/site.conf"), "site\n");
+        assert_eq!(read("etc/node.conf"), "n05\n");
         let out = env.ok(&[
             "updateclient",
             "--image",
@@ -644,19 +700,18 @@ fn prepareclient_reproduces_the_template_and_updateclient_works_after_install() 
             "--repo",
             env.repo().to_str().unwrap(),
         ]);
+        // The override's motd differs from compute@1's: the update restores the image's.
         assert!(
-            out.contains("compute@1") && out.contains("compute@2") && out.contains("1 changed"),
+            out.contains("compute@1") && out.contains("compute@2") && out.contains("2 changed"),
             "{out}"
         );
-        assert_eq!(
-            fs::read_to_string(m.join("etc/motd")).unwrap(),
-            "version two\n"
-        );
+        assert_eq!(read("var/lib/app/state"), "version two\n");
+        // updateclient does not lay overrides again (a known limit, in the roadmap): files
+        // only an override has are deleted, and a rollback goes back to the image's files.
+        assert!(!m.join("etc/node.conf").exists());
         env.ok(&["rollback", "--root", root]);
-        assert_eq!(
-            fs::read_to_string(m.join("etc/motd")).unwrap(),
-            "welcome to the cluster\n"
-        );
+        assert_eq!(read("var/lib/app/state"), "x");
+        assert_eq!(read("etc/motd"), "welcome to the cluster\n");
     });
     sh(&format!("umount {}", m.display()));
     detached(&img);

@@ -36,6 +36,7 @@ use crate::apply::update::{self, UpdateOptions};
 use crate::capture::excludes::Excludes;
 use crate::error::{invalid, IoContext, Result};
 use crate::facts::{DiskFact, Facts, Firmware};
+use crate::format::manifest::Manifest;
 use crate::hooks::{self, Identity, Stage};
 use crate::node::Node;
 use crate::progress::Progress;
@@ -249,8 +250,12 @@ fn check_tools(plan: &Plan, any_file: bool) -> Result<()> {
             need.push(mkfs_tool(fs));
         }
     }
-    let mut missing: Vec<&str> = need.into_iter().filter(|p| !have(p)).collect();
-    missing.dedup();
+    let mut missing: Vec<&str> = Vec::new();
+    for p in need {
+        if !have(p) && !missing.contains(&p) {
+            missing.push(p);
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -265,8 +270,12 @@ fn check_tools(plan: &Plan, any_file: bool) -> Result<()> {
         "chroot" => "coreutils",
         _ => "util-linux",
     };
-    let mut pkgs: Vec<&str> = missing.iter().map(|p| pkg(p)).collect();
-    pkgs.dedup();
+    let mut pkgs: Vec<&str> = Vec::new();
+    for p in missing.iter().map(|p| pkg(p)) {
+        if !pkgs.contains(&p) {
+            pkgs.push(p);
+        }
+    }
     Err(invalid(format!(
         "class {} needs {} on the installer, and they are not installed (packages: {}); nothing was written",
         plan.class,
@@ -337,11 +346,11 @@ fn write_file(root: &Path, rel: &str, text: &str) -> Result<()> {
 /// Installs a node. Every phase goes to `reporter`; a failure is reported before it returns.
 pub fn install(
     source: &dyn RevisionSource,
-    mut opts: InstallOptions,
+    opts: InstallOptions,
     reporter: &dyn Reporter,
 ) -> Result<InstallReport> {
     let started = Instant::now();
-    let r = install_inner(source, &mut opts, reporter, started);
+    let r = install_inner(source, &opts, reporter, started);
     match &r {
         Ok(rep) => reporter.report(Phase::Done(format!(
             "{} on {} as class {} in {:.1} s",
@@ -359,16 +368,8 @@ pub fn install(
     r
 }
 
-fn install_inner(
-    source: &dyn RevisionSource,
-    opts: &mut InstallOptions,
-    reporter: &dyn Reporter,
-    started: Instant,
-) -> Result<InstallReport> {
-    if opts.disks.is_empty() {
-        return Err(invalid("give the disk to install with --disk DEV|FILE"));
-    }
-    // ---- facts: the disks are the ones given, at their real sizes ----
+/// The machine's facts with the disks given, at their real sizes.
+fn disk_facts(opts: &InstallOptions, reporter: &dyn Reporter) -> Result<Facts> {
     let mut facts = opts.facts.clone();
     facts.disks = opts
         .disks
@@ -394,52 +395,355 @@ fn install_inner(
         facts.cpus,
         human(facts.memory)
     )));
+    Ok(facts)
+}
 
-    // ---- class and plan ----
-    let template = match &opts.class {
-        Some(c) => opts
-            .templates
-            .iter()
-            .find(|t| &t.class == c)
-            .cloned()
-            .ok_or_else(|| crate::Error::NotFound(format!("no template for class {c}")))?,
+/// The class given, or the one the templates' `[match]` sections pick for `facts`.
+fn choose_template(
+    opts: &InstallOptions,
+    facts: &Facts,
+    reporter: &dyn Reporter,
+) -> Result<Template> {
+    let class = match &opts.class {
+        Some(c) => c.clone(),
         None => {
-            let (verdicts, chosen) = matching::choose(&opts.templates, &facts);
-            let class = chosen.map_err(|e| {
+            let (verdicts, chosen) = matching::choose(&opts.templates, facts);
+            chosen.map_err(|e| {
                 let why: Vec<String> = verdicts
                     .iter()
                     .map(|v| format!("{}: {}", v.class, v.reasons.join("; ")))
                     .collect();
                 invalid(format!("{e}\n{}", why.join("\n")))
-            })?;
-            opts.templates
-                .iter()
-                .find(|t| t.class == class)
-                .cloned()
-                .expect("chosen among these")
+            })?
         }
     };
+    let t = opts
+        .templates
+        .iter()
+        .find(|t| t.class == class)
+        .cloned()
+        .ok_or_else(|| crate::Error::NotFound(format!("no template for class {class}")))?;
     reporter.report(Phase::Class(format!(
-        "{}{}",
-        template.class,
+        "{class}{}",
         if opts.class.is_some() {
             " (given)"
         } else {
             " (matched)"
         }
     )));
+    Ok(t)
+}
+
+/// Block devices made by partitioning, released on drop in field order: volume groups
+/// first, then arrays, then the disks' loop devices.
+struct Layout {
+    vgs: VolumeGroups,
+    arrays: Arrays,
+    disks: Vec<Disk>,
+    /// What gets a filesystem, in plan order.
+    targets: Vec<Target>,
+}
+
+/// Writes the partition tables, builds RAID arrays and volume groups.
+fn partition(
+    paths: &[PathBuf],
+    plan: &Plan,
+    template: &Template,
+    reporter: &dyn Reporter,
+) -> Result<Layout> {
+    let mut l = Layout {
+        vgs: VolumeGroups::default(),
+        arrays: Arrays::default(),
+        disks: Vec::new(),
+        targets: Vec::new(),
+    };
+    for (path, dp) in paths.iter().zip(&plan.disks) {
+        reporter.report(Phase::Partition(format!(
+            "{}: GPT with {} partitions",
+            path.display(),
+            dp.partitions.len()
+        )));
+        write_gpt(path, dp)?;
+        let disk = Disk::open(path)?;
+        if disk.is_block {
+            // Let the kernel (and udev, when there is one) see the new partitions.
+            run(Command::new("blockdev").arg("--rereadpt").arg(path))?;
+            if have("udevadm") {
+                let _ = run(Command::new("udevadm").arg("settle"));
+            }
+        }
+        l.disks.push(disk);
+    }
+    let mut named: Vec<(String, PathBuf)> = Vec::new();
+    for (disk, dp) in l.disks.iter_mut().zip(&plan.disks) {
+        for p in &dp.partitions {
+            if p.kind == PartType::BiosBoot {
+                continue;
+            }
+            let dev = disk.partition(p.number, p.start, p.size)?;
+            if let Some(n) = &p.name {
+                named.push((n.clone(), dev.clone()));
+            }
+            if p.fs.fs.is_some() {
+                l.targets.push(Target {
+                    dev,
+                    spec: p.fs.clone(),
+                    what: format!("{} #{}", disk.path.display(), p.number),
+                });
+            }
+        }
+    }
+    let dev_of = |named: &[(String, PathBuf)], n: &str| -> PathBuf {
+        named
+            .iter()
+            .find(|(m, _)| m == n)
+            .map(|(_, d)| d.clone())
+            .expect("checked at parse")
+    };
+    for r in &plan.raids {
+        let md = PathBuf::from(format!("/dev/md/{}", r.name));
+        let members: Vec<PathBuf> = template
+            .file
+            .raid
+            .iter()
+            .find(|x| x.get_ref().name == r.name)
+            .expect("planned from these")
+            .get_ref()
+            .devices
+            .iter()
+            .map(|n| dev_of(&named, n))
+            .collect();
+        reporter.report(Phase::Partition(format!(
+            "RAID1 {} over {} devices",
+            md.display(),
+            members.len()
+        )));
+        let mut c = Command::new("mdadm");
+        c.args([
+            "--create",
+            "--run",
+            "--metadata=1.2",
+            "--level=1",
+            "--homehost=any",
+        ]);
+        c.arg(format!("--raid-devices={}", members.len()));
+        c.arg(format!("--name={}", r.name));
+        c.arg(&md).args(&members);
+        run(&mut c)?;
+        l.arrays.0.push(md.clone());
+        named.push((r.name.clone(), md.clone()));
+        if r.fs.fs.is_some() {
+            l.targets.push(Target {
+                dev: md,
+                spec: r.fs.clone(),
+                what: format!("RAID {}", r.name),
+            });
+        }
+    }
+    for g in &plan.volume_groups {
+        let pvs: Vec<PathBuf> = g.devices.iter().map(|n| dev_of(&named, n)).collect();
+        reporter.report(Phase::Partition(format!(
+            "LVM volume group {} on {} devices",
+            g.name,
+            pvs.len()
+        )));
+        run(Command::new("pvcreate").arg("-ff").arg("-y").args(&pvs))?;
+        run(Command::new("vgcreate").arg(&g.name).args(&pvs))?;
+        l.vgs.0.push(g.name.clone());
+        for v in &g.volumes {
+            let size = format!("{}b", v.size);
+            run(Command::new("lvcreate")
+                .args(["-y", "-W", "y", "-n", &v.name, "-L", &size, &g.name]))?;
+            if v.fs.fs.is_some() {
+                l.targets.push(Target {
+                    dev: PathBuf::from(format!("/dev/{}/{}", g.name, v.name)),
+                    spec: v.fs.clone(),
+                    what: format!("LV {}/{}", g.name, v.name),
+                });
+            }
+        }
+    }
+    Ok(l)
+}
+
+/// A filesystem made: what the template asked for, where, and its UUID.
+struct Made {
+    spec: FsSpec,
+    fs: Fs,
+    dev: PathBuf,
+    uuid: String,
+}
+
+/// Makes every filesystem of the layout.
+fn make_filesystems(targets: &[Target], reporter: &dyn Reporter) -> Result<Vec<Made>> {
+    let mut made = Vec::new();
+    for t in targets {
+        let fs = t.spec.fs.expect("targets have a filesystem");
+        reporter.report(Phase::Mkfs(format!(
+            "{} on {} ({}){}",
+            fs,
+            t.what,
+            t.dev.display(),
+            t.spec
+                .mount
+                .as_deref()
+                .map(|m| format!(" for {m}"))
+                .unwrap_or_default()
+        )));
+        run(&mut mkfs_command(fs, &t.spec, &t.dev))?;
+        let uuid = blkid_value(&blkid(&t.dev)?, "UUID").ok_or_else(|| {
+            crate::Error::Tool(format!(
+                "blkid finds no UUID on {} after mkfs",
+                t.dev.display()
+            ))
+        })?;
+        made.push(Made {
+            spec: t.spec.clone(),
+            fs,
+            dev: t.dev.clone(),
+            uuid,
+        });
+    }
+    Ok(made)
+}
+
+/// Mounts every filesystem with a mount point under `mnt`, parents first.
+fn mount_all(made: &[Made], mnt: &Path) -> Result<Mounts> {
+    let mut order: Vec<&Made> = made.iter().filter(|m| m.spec.mount.is_some()).collect();
+    order.sort_by_key(|m| {
+        let p = m.spec.mount.as_deref().expect("filtered");
+        p.trim_end_matches('/').matches('/').count()
+    });
+    let mut mounts = Mounts::default();
+    for m in order {
+        let at = mnt.join(
+            m.spec
+                .mount
+                .as_deref()
+                .expect("filtered")
+                .trim_start_matches('/'),
+        );
+        // vfat cannot hold owners or modes; `quiet` makes it accept the chown and chmod the
+        // apply engine does instead of failing them.
+        let o = if m.fs == Fs::Vfat { "quiet" } else { "" };
+        mounts
+            .0
+            .push(Mount::new(&m.dev, &at, Some(m.fs.name()), o)?);
+    }
+    Ok(mounts)
+}
+
+/// Applies the revision to the mounted root with the updateclient engine, which also writes
+/// the node state.
+fn transfer(
+    source: &dyn RevisionSource,
+    target: &crate::source::Target,
+    manifest: &Manifest,
+    made: &[Made],
+    mnt: &Path,
+    reporter: &dyn Reporter,
+) -> Result<(u64, Vec<String>)> {
+    let in_manifest: HashSet<&[u8]> = manifest.entries.iter().map(|e| e.path.as_slice()).collect();
+    let mut patterns: Vec<String> = vec!["lost+found/".into()];
+    patterns.extend(
+        crate::capture::excludes::ALWAYS_EXCLUDED
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    // Mount points (and their parents) the image lacks must not be "deleted" by the engine.
+    for m in made.iter().filter_map(|m| m.spec.mount.as_deref()) {
+        let mut p = m.trim_matches('/');
+        while !p.is_empty() {
+            if !in_manifest.contains(p.as_bytes()) {
+                patterns.push(format!("/{p}"));
+            }
+            p = p.rsplit_once('/').map_or("", |(a, _)| a);
+        }
+    }
+    let progress = TransferProgress {
+        reporter,
+        total: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        shown: AtomicU64::new(0),
+    };
+    let node = Node::open(mnt)?;
+    let up = update::update(
+        &node,
+        target,
+        manifest,
+        Some(source),
+        &UpdateOptions {
+            action: "install".into(),
+            dry_run: false,
+            no_delete: false,
+            verify_local: false,
+            excludes: Excludes::new(&patterns)?,
+        },
+        &progress,
+    )?;
+    let total = progress.total.load(Ordering::Relaxed);
+    reporter.report(Phase::Transfer { done: total, total });
+    Ok((up.bytes_fetched.max(total), up.warnings))
+}
+
+/// Runs the hooks of one stage, reporting each (the bootloader hook as its own phase).
+struct HookRunner<'a> {
+    dir: &'a Path,
+    who: &'a Identity,
+    reporter: &'a dyn Reporter,
+}
+
+impl HookRunner<'_> {
+    fn run(
+        &self,
+        stage: Stage,
+        env: &[(String, String)],
+        chroot: Option<&Path>,
+        report: &mut InstallReport,
+    ) -> Result<()> {
+        let chosen = hooks::select(self.dir, stage, self.who)?;
+        if stage == Stage::PostInstall && !chosen.iter().any(|h| h.what == "bootloader") {
+            let w = "WARNING: no post-install hook named NN<class>.bootloader: no bootloader was installed".to_string();
+            self.reporter.report(Phase::Bootloader(w.clone()));
+            report.warnings.push(w);
+        }
+        for h in chosen {
+            if h.what == "bootloader" {
+                self.reporter.report(Phase::Bootloader(h.name.clone()));
+            } else {
+                self.reporter.report(Phase::Hooks(h.name.clone()));
+            }
+            let out = hooks::run(&h, env, chroot)?;
+            for line in out.lines().filter(|l| l.contains("WARNING")) {
+                report.warnings.push(format!("{}: {line}", h.name));
+            }
+            if !out.trim().is_empty() {
+                self.reporter
+                    .report(Phase::Hooks(format!("{}: {}", h.name, out.trim_end())));
+            }
+            report.hooks.push(h.name);
+        }
+        Ok(())
+    }
+}
+
+fn install_inner(
+    source: &dyn RevisionSource,
+    opts: &InstallOptions,
+    reporter: &dyn Reporter,
+    started: Instant,
+) -> Result<InstallReport> {
+    if opts.disks.is_empty() {
+        return Err(invalid("give the disk to install with --disk DEV|FILE"));
+    }
+    // ---- everything that can fail before a byte is written ----
+    let facts = disk_facts(opts, reporter)?;
+    let template = choose_template(opts, &facts, reporter)?;
     let sizes: Vec<u64> = facts.disks.iter().map(|d| d.size).collect();
     let plan = render(&template, &sizes)?;
     reporter.report(Phase::Plan(plan.table()));
     let target = source.resolve(&opts.image)?;
     let manifest = source.manifest(&target.id)?;
-    let hostname = opts.hostname.clone().unwrap_or_default();
-    let mut report = InstallReport {
-        class: template.class.clone(),
-        revision: target.name(),
-        plan: Some(plan.clone()),
-        ..Default::default()
-    };
     let any_file = opts
         .disks
         .iter()
@@ -447,6 +751,13 @@ fn install_inner(
         .collect::<Result<Vec<bool>>>()?
         .contains(&false);
     check_tools(&plan, any_file)?;
+    let hostname = opts.hostname.clone().unwrap_or_default();
+    let mut report = InstallReport {
+        class: template.class.clone(),
+        revision: target.name(),
+        plan: Some(plan.clone()),
+        ..Default::default()
+    };
     if opts.dry_run {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -459,7 +770,7 @@ fn install_inner(
         None => {
             let dir = hooks_tmp.path().to_path_buf();
             match overrides::lay(source, "hooks", &dir)? {
-                Some(rev) => report.warnings.push(format!("hooks from image {rev}")),
+                Some(rev) => reporter.report(Phase::Hooks(format!("hooks from image {rev}"))),
                 None => hooks::write_shipped(&dir)?,
             }
             dir
@@ -470,6 +781,13 @@ fn install_inner(
         group: opts.group.clone(),
         hostname: hostname.clone(),
     };
+    let hooks = HookRunner {
+        dir: &hooks_dir,
+        who: &who,
+        reporter,
+    };
+    // Not a TempDir: its drop would delete recursively, into a filesystem still mounted if
+    // an unmount failed. It is removed (empty) at the end.
     let mnt = tempfile::Builder::new()
         .prefix("aurum-install.")
         .tempdir()?
@@ -490,263 +808,37 @@ fn install_inner(
             },
         ),
     ];
-    let run_hooks = |stage: Stage,
-                     env: &[(String, String)],
-                     chroot: Option<&Path>,
-                     report: &mut InstallReport|
-     -> Result<()> {
-        for h in hooks::select(&hooks_dir, stage, &who)? {
-            let bootloader = h.what == "bootloader";
-            if bootloader {
-                reporter.report(Phase::Bootloader(h.name.clone()));
-            } else {
-                reporter.report(Phase::Hooks(h.name.clone()));
-            }
-            let out = hooks::run(&h, env, chroot)?;
-            for line in out.lines() {
-                if line.contains("WARNING") {
-                    report.warnings.push(format!("{}: {line}", h.name));
-                }
-            }
-            if !out.trim().is_empty() {
-                reporter.report(Phase::Hooks(format!("{}: {}", h.name, out.trim_end())));
-            }
-            report.hooks.push(h.name);
-        }
-        Ok(())
-    };
     let result = (|| -> Result<()> {
-        run_hooks(Stage::PreInstall, &env, None, &mut report)?;
-
-        // ---- partition ----
-        let mut disks: Vec<Disk> = Vec::new();
-        for (path, dp) in opts.disks.iter().zip(&plan.disks) {
-            reporter.report(Phase::Partition(format!(
-                "{}: GPT with {} partitions",
-                path.display(),
-                dp.partitions.len()
-            )));
-            write_gpt(path, dp)?;
-            let disk = Disk::open(path)?;
-            if disk.is_block {
-                // Let the kernel (and udev, when there is one) see the new partitions.
-                run(Command::new("blockdev").arg("--rereadpt").arg(path))?;
-                if have("udevadm") {
-                    let _ = run(Command::new("udevadm").arg("settle"));
-                }
-            }
-            disks.push(disk);
-        }
-        let mut arrays = Arrays::default();
-        let mut vgs = VolumeGroups::default();
-        let mut targets: Vec<Target> = Vec::new();
-        let mut named: Vec<(String, PathBuf)> = Vec::new();
-        for (disk, dp) in disks.iter_mut().zip(&plan.disks) {
-            for p in &dp.partitions {
-                if p.kind == PartType::BiosBoot {
-                    continue;
-                }
-                let dev = disk.partition(p.number, p.start, p.size)?;
-                if let Some(n) = &p.name {
-                    named.push((n.clone(), dev.clone()));
-                }
-                if p.fs.fs.is_some() {
-                    targets.push(Target {
-                        dev,
-                        spec: p.fs.clone(),
-                        what: format!("{} #{}", disk.path.display(), p.number),
-                    });
-                }
-            }
-        }
-        let dev_of = |named: &[(String, PathBuf)], n: &str| -> PathBuf {
-            named
-                .iter()
-                .find(|(m, _)| m == n)
-                .map(|(_, d)| d.clone())
-                .expect("checked at parse")
-        };
-        for r in &plan.raids {
-            let md = PathBuf::from(format!("/dev/md/{}", r.name));
-            let members: Vec<PathBuf> = template
-                .file
-                .raid
-                .iter()
-                .find(|x| x.get_ref().name == r.name)
-                .expect("planned from these")
-                .get_ref()
-                .devices
-                .iter()
-                .map(|n| dev_of(&named, n))
-                .collect();
-            reporter.report(Phase::Partition(format!(
-                "RAID1 {} over {} devices",
-                md.display(),
-                members.len()
-            )));
-            let mut c = Command::new("mdadm");
-            c.args([
-                "--create",
-                "--run",
-                "--metadata=1.2",
-                "--level=1",
-                "--homehost=any",
-            ]);
-            c.arg(format!("--raid-devices={}", members.len()));
-            c.arg(format!("--name={}", r.name));
-            c.arg(&md).args(&members);
-            run(&mut c)?;
-            arrays.0.push(md.clone());
-            named.push((r.name.clone(), md.clone()));
-            if r.fs.fs.is_some() {
-                targets.push(Target {
-                    dev: md,
-                    spec: r.fs.clone(),
-                    what: format!("RAID {}", r.name),
-                });
-            }
-        }
-        for g in &plan.volume_groups {
-            let pvs: Vec<PathBuf> = g.devices.iter().map(|n| dev_of(&named, n)).collect();
-            reporter.report(Phase::Partition(format!(
-                "LVM volume group {} on {} devices",
-                g.name,
-                pvs.len()
-            )));
-            run(Command::new("pvcreate").arg("-ff").arg("-y").args(&pvs))?;
-            run(Command::new("vgcreate").arg(&g.name).args(&pvs))?;
-            vgs.0.push(g.name.clone());
-            for v in &g.volumes {
-                run(Command::new("lvcreate").args([
-                    "-y",
-                    "-W",
-                    "y",
-                    "-n",
-                    &v.name,
-                    "-L",
-                    &format!("{}b", v.size),
-                    &g.name,
-                ]))?;
-                let dev = PathBuf::from(format!("/dev/{}/{}", g.name, v.name));
-                if v.fs.fs.is_some() {
-                    targets.push(Target {
-                        dev,
-                        spec: v.fs.clone(),
-                        what: format!("LV {}/{}", g.name, v.name),
-                    });
-                }
-            }
-        }
-
-        // ---- mkfs ----
-        let mut made: Vec<(FsSpec, String)> = Vec::new();
-        let mut mounted: Vec<(String, PathBuf, Fs)> = Vec::new();
-        for t in &targets {
-            let fs = t.spec.fs.expect("targets have a filesystem");
-            reporter.report(Phase::Mkfs(format!(
-                "{} on {} ({}){}",
-                fs,
-                t.what,
-                t.dev.display(),
-                t.spec
-                    .mount
-                    .as_deref()
-                    .map(|m| format!(" for {m}"))
-                    .unwrap_or_default()
-            )));
-            run(&mut mkfs_command(fs, &t.spec, &t.dev))?;
-            let uuid = blkid_value(&blkid(&t.dev)?, "UUID").ok_or_else(|| {
-                crate::Error::Tool(format!(
-                    "blkid finds no UUID on {} after mkfs",
-                    t.dev.display()
-                ))
-            })?;
-            report.filesystems.push((
-                t.spec.mount.clone().unwrap_or_else(|| fs.name().into()),
-                uuid.clone(),
-            ));
-            made.push((t.spec.clone(), uuid));
-            if let Some(m) = &t.spec.mount {
-                mounted.push((m.clone(), t.dev.clone(), fs));
-            }
-        }
-
-        // ---- mount, parents first ----
-        mounted.sort_by_key(|(m, _, _)| m.matches('/').count() - usize::from(m == "/"));
-        let mut mounts = Mounts::default();
-        for (m, dev, fs) in &mounted {
-            let at = mnt.join(m.trim_start_matches('/'));
-            // vfat cannot hold owners or modes; `quiet` makes it accept the chown and chmod the
-            // apply engine does instead of failing them.
-            let o = if *fs == Fs::Vfat { "quiet" } else { "" };
-            mounts.0.push(Mount::new(dev, &at, Some(fs.name()), o)?);
-        }
-
-        // ---- transfer: the updateclient engine on an empty root ----
-        let in_manifest: HashSet<&[u8]> =
-            manifest.entries.iter().map(|e| e.path.as_slice()).collect();
-        let mut patterns: Vec<String> = vec!["lost+found/".into()];
-        patterns.extend(
-            crate::capture::excludes::ALWAYS_EXCLUDED
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        for (m, _, _) in &mounted {
-            // A mount point the image lacks must not be "deleted" by the engine.
-            let rel = m.trim_start_matches('/');
-            let mut p = rel;
-            while !p.is_empty() {
-                if !in_manifest.contains(p.as_bytes()) {
-                    patterns.push(format!("/{p}"));
-                }
-                p = p.rsplit_once('/').map_or("", |(a, _)| a);
-            }
-        }
-        let progress = TransferProgress {
-            reporter,
-            total: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            shown: AtomicU64::new(0),
-        };
-        let node = Node::open(&mnt)?;
-        let up = update::update(
-            &node,
-            &target,
-            &manifest,
-            Some(source),
-            &UpdateOptions {
-                action: "install".into(),
-                dry_run: false,
-                no_delete: false,
-                verify_local: false,
-                excludes: Excludes::new(&patterns)?,
-            },
-            &progress,
-        )?;
-        drop(node);
-        report.bytes = up.bytes_fetched.max(progress.done.load(Ordering::Relaxed));
-        report.warnings.extend(up.warnings);
-        reporter.report(Phase::Transfer {
-            done: progress.total.load(Ordering::Relaxed),
-            total: progress.total.load(Ordering::Relaxed),
-        });
-
-        // ---- overrides ----
+        hooks.run(Stage::PreInstall, &env, None, &mut report)?;
+        let mut layout = partition(&opts.disks, &plan, &template, reporter)?;
+        let made = make_filesystems(&layout.targets, reporter)?;
+        report.filesystems = made
+            .iter()
+            .map(|m| {
+                let at = m.spec.mount.clone().unwrap_or_else(|| m.fs.name().into());
+                (at, m.uuid.clone())
+            })
+            .collect();
+        let mounts = mount_all(&made, &mnt)?;
+        let (bytes, warnings) = transfer(source, &target, &manifest, &made, &mnt, reporter)?;
+        report.bytes = bytes;
+        report.warnings.extend(warnings);
         for name in overrides::names(opts.group.as_deref(), &hostname) {
             if let Some(rev) = overrides::lay(source, &name, &mnt)? {
                 reporter.report(Phase::Overrides(rev.clone()));
                 report.overrides.push(rev);
             }
         }
-
-        // ---- fstab, hostname ----
-        write_file(&mnt, "etc/fstab", &fstab(&made))?;
+        let rows: Vec<(FsSpec, String)> = made
+            .iter()
+            .map(|m| (m.spec.clone(), m.uuid.clone()))
+            .collect();
+        write_file(&mnt, "etc/fstab", &fstab(&rows))?;
         if !hostname.is_empty() {
             write_file(&mnt, "etc/hostname", &format!("{hostname}\n"))?;
         }
-
-        // ---- post-install hooks, chrooted, with /dev /proc /sys bound in ----
-        let boot_dev = disks[0].boot_device()?;
+        // Post-install hooks run chrooted, with /dev, /proc and /sys bound in.
+        let boot_dev = layout.disks[0].boot_device()?;
         env.push(("AURUM_DISK".into(), boot_dev.display().to_string()));
         env.iter_mut()
             .find(|(k, _)| k == "AURUM_ROOT")
@@ -760,21 +852,13 @@ fn install_inner(
                     .push(Mount::bind(Path::new(&format!("/{d}")), &mnt.join(d))?);
             }
         }
-        let post = hooks::select(&hooks_dir, Stage::PostInstall, &who)?;
-        if !post.iter().any(|h| h.what == "bootloader") {
-            let w = "WARNING: no post-install hook named NN<class>.bootloader ran: no bootloader was installed".to_string();
-            reporter.report(Phase::Bootloader(w.clone()));
-            report.warnings.push(w);
-        }
-        run_hooks(Stage::PostInstall, &env, Some(&mnt), &mut report)?;
+        hooks.run(Stage::PostInstall, &env, Some(&mnt), &mut report)?;
+        // Released in this order on error too (locals drop in reverse order of declaration).
         drop(binds);
         drop(mounts);
-        drop(vgs);
-        drop(arrays);
-        drop(disks);
+        drop(layout);
         Ok(())
     })();
-    // Every guard inside has been dropped by now, on success and on error alike.
     let _ = std::fs::remove_dir(&mnt);
     result?;
     report.seconds = started.elapsed().as_secs_f64();

@@ -182,6 +182,23 @@ pub fn run(hook: &Hook, env: &[(String, String)], chroot: Option<&Path>) -> Resu
     Ok(text)
 }
 
+/// Runs every hook of `stage` under `dir` that applies to `who`, in order; stops at the first
+/// failure. Returns each hook's name and output.
+pub fn run_stage(
+    dir: &Path,
+    stage: Stage,
+    who: &Identity,
+    env: &[(String, String)],
+    chroot: Option<&Path>,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for h in select(dir, stage, who)? {
+        let text = run(&h, env, chroot)?;
+        out.push((h.name, text));
+    }
+    Ok(out)
+}
+
 /// The hooks shipped with aurum, compiled in: `(stage dir/name, script)`. Used when an install
 /// is given no hooks directory and the repository holds no `hooks` image.
 pub const SHIPPED: &[(&str, &str)] = &[

@@ -792,3 +792,74 @@ fn raid_and_lvm_without_their_tools_are_refused_before_anything_is_written() {
         }
     }
 }
+
+#[test]
+fn updateclient_runs_pre_and_post_update_hooks_and_a_failing_one_stops_it() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/motd"), "one\n").unwrap();
+    env.getimage(&tree, "compute", &[]);
+    fs::write(tree.join("etc/motd"), "two\n").unwrap();
+    env.getimage(&tree, "compute", &[]);
+    let node = env.path("node");
+    let hooks = env.path("hooks");
+    let log = env.path("update-hooks.log");
+    let w = |rel: &str, body: &str| {
+        let p = hooks.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let rec = |name: &str| {
+        format!(
+            "echo \"{name} $AURUM_IMAGE $(cat $AURUM_ROOT/etc/motd 2>/dev/null)\" >> {}",
+            log.display()
+        )
+    };
+    w("pre-update/10all.before", &rec("pre"));
+    w("post-update/10compute.after", &rec("post"));
+    w("post-update/05rack9.after", &rec("rack9"));
+    let (n, h, r) = (node.to_str().unwrap(), hooks.to_str().unwrap(), env.repo());
+    let r = r.to_str().unwrap();
+    fs::create_dir_all(&node).unwrap();
+    env.ok(&[
+        "updateclient",
+        "--image",
+        "compute@1",
+        "--root",
+        n,
+        "--repo",
+        r,
+        "--hooks",
+        h,
+    ]);
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "pre compute \npost compute one\n"
+    );
+    // A failing pre-update hook: nothing changes.
+    w(
+        "pre-update/20all.refuse",
+        "echo 'node is draining' >&2; exit 1",
+    );
+    let e = env.fails(
+        &[
+            "updateclient",
+            "--image",
+            "compute@2",
+            "--root",
+            n,
+            "--repo",
+            r,
+            "--hooks",
+            h,
+        ],
+        1,
+    );
+    assert!(
+        e.contains("hook pre-update/20all.refuse failed") && e.contains("node is draining"),
+        "{e}"
+    );
+    assert_eq!(fs::read_to_string(node.join("etc/motd")).unwrap(), "one\n");
+}

@@ -28,11 +28,18 @@ pub fn facts(_: &Global, a: FactsArgs) -> anyhow::Result<()> {
     }
     println!("hostname  {}", f.hostname);
     println!("firmware  {:?}", f.firmware);
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     println!(
         "system    {} {} (serial {})",
-        f.vendor,
-        f.product,
-        if f.serial.is_empty() { "-" } else { &f.serial }
+        or_dash(&f.vendor),
+        or_dash(&f.product),
+        or_dash(&f.serial)
     );
     println!("memory    {}", human(f.memory));
     println!("cpus      {}", f.cpus);
@@ -41,7 +48,7 @@ pub fn facts(_: &Global, a: FactsArgs) -> anyhow::Result<()> {
             "disk      {:<10} {:>10}  {}{}{}",
             d.name,
             human(d.size),
-            d.model,
+            or_dash(&d.model),
             if d.rotational {
                 ", rotational"
             } else {

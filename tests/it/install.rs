@@ -863,3 +863,59 @@ fn updateclient_runs_pre_and_post_update_hooks_and_a_failing_one_stops_it() {
     );
     assert_eq!(fs::read_to_string(node.join("etc/motd")).unwrap(), "one\n");
 }
+
+#[test]
+fn shipped_hooks_name_the_node_and_warn_loudly_without_a_bootloader() {
+    if !can_install() {
+        return;
+    }
+    let env = Env::new();
+    let tree = env.path("tree");
+    tiny_tree(&tree);
+    fs::write(
+        tree.join("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    env.getimage(&tree, "compute", &["--no-default-excludes"]);
+    let img = disk(&env, "node.img", 13);
+    let out = env
+        .cmd(&[
+            "install",
+            "--disk",
+            img.to_str().unwrap(),
+            "--image",
+            "compute",
+            "--class",
+            class(),
+            "--hostname",
+            "n07",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    detached(&img);
+    // Never silence: the warning is on the terminal and in the closing warnings.
+    assert!(
+        err.contains(
+            "aurum: warning: post-install/90all.bootloader: WARNING: the image has no grub-install"
+        ),
+        "{err}"
+    );
+    let rows = gpt_rows(&img);
+    let r = rows.iter().find(|r| r.4 == "root").unwrap();
+    let root = RoMount::new(&img, r.1 * 512, (r.2 + 1 - r.1) * 512, &env.path("m"));
+    let read = |f: &str| fs::read_to_string(root.0.join(f)).unwrap();
+    assert!(
+        read("etc/hosts").contains("127.0.1.1\tn07 n07"),
+        "{}",
+        read("etc/hosts")
+    );
+    assert_eq!(read("etc/hostname"), "n07\n");
+    assert_eq!(
+        read("etc/machine-id"),
+        "",
+        "emptied for a new id at first boot"
+    );
+}

@@ -24,6 +24,10 @@ want python3 python3
 want mkfifo coreutils
 want mount mount
 want setpriv util-linux
+want losetup mount
+want e2fsck e2fsprogs
+want mkswap util-linux
+want chroot coreutils
 want busybox busybox-static
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -31,6 +31,9 @@ pub enum Error {
     /// The golden client's agent or ssh failed.
     #[error("{0}")]
     Remote(String),
+    /// An external tool (sgdisk, mkfs, mount...) or a hook failed; the message holds its output.
+    #[error("{0}")]
+    Tool(String),
     /// The SQLite catalog refused an operation.
     #[error("catalog: {0}")]
     Catalog(#[from] rusqlite::Error),

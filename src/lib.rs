@@ -16,6 +16,8 @@
 //! - [`chroot`]: editing a revision in a chroot into a new revision.
 //! - [`delta`]: binary deltas of changed blobs against the versions a node holds.
 //! - [`diff`], [`tarball`], [`verify`], [`gc`]: the remaining repository operations.
+//! - [`facts`], [`template`], [`hooks`], [`install`]: laying out a bare node's disks from its
+//!   class's partition template and installing a revision onto them.
 
 pub mod apply;
 pub mod capture;
@@ -24,8 +26,11 @@ pub mod chroot;
 pub mod delta;
 pub mod diff;
 pub mod error;
+pub mod facts;
 pub mod format;
 pub mod gc;
+pub mod hooks;
+pub mod install;
 pub mod node;
 pub mod progress;
 pub mod repo;
@@ -34,6 +39,7 @@ pub mod source;
 pub mod store;
 pub mod sys;
 pub mod tarball;
+pub mod template;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -1,9 +1,10 @@
 //! `aurum serve`: the repository over HTTP.
 //!
 //! Two things are served. The repository's static layout (`FORMAT`, `refs/`, `manifests/`,
-//! `packs/`) with HTTP Range support, which is all a node needs to update, so any web server,
+//! `packs/`, `templates/`) with HTTP Range support, which is all a node needs to update, so any web server,
 //! cache or object store holding a copy serves just as well. And a small JSON API for what only
-//! the catalog knows: images, revisions, and the reports nodes send after an update.
+//! the catalog knows: images, revisions, partition templates (`/api/v1/templates/CLASS`), and
+//! the reports nodes send after an update.
 //!
 //! Files are streamed from disk, never loaded whole, so memory stays flat however many clients
 //! fetch packs at once. Immutable files (packs, indexes, manifests: all named by their hash)
@@ -165,6 +166,14 @@ fn api_response(
             Ok(Response::from_data(answer)
                 .with_header(header("Content-Type", "application/octet-stream")))
         }
+        (Method::Get, ["templates"]) => Ok(json_response(&cat.templates()?)),
+        (Method::Get, ["templates", class]) => {
+            let t = cat
+                .template(class, None)?
+                .ok_or_else(|| Error::NotFound(format!("no template for class `{class}`")))?;
+            Ok(Response::from_data(t.text.into_bytes())
+                .with_header(header("Content-Type", "application/toml; charset=utf-8")))
+        }
         (Method::Post, ["reports"]) => {
             let mut body = Vec::new();
             rq.as_reader().take(MAX_BODY + 1).read_to_end(&mut body)?;
@@ -195,7 +204,7 @@ fn static_path(root: &Path, path: &str) -> Option<PathBuf> {
         return None;
     }
     let top = rel.split('/').next()?;
-    if rel == "FORMAT" || ["refs", "manifests", "packs"].contains(&top) {
+    if rel == "FORMAT" || ["refs", "manifests", "packs", "templates"].contains(&top) {
         Some(root.join(rel))
     } else {
         None

@@ -177,8 +177,8 @@ impl HttpRepo {
         Error::Remote(format!("{}: {e}", self.url(path)))
     }
 
-    /// GETs a whole file (up to 1 GiB).
-    fn get(&self, path: &str) -> Result<Vec<u8>> {
+    /// GETs a whole file (up to 1 GiB) of the repository, e.g. `templates/compute.toml`.
+    pub fn get(&self, path: &str) -> Result<Vec<u8>> {
         let mut resp = self
             .agent
             .get(self.url(path))

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::error::{invalid, Result};
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1: the first schema.
@@ -99,6 +99,17 @@ const MIGRATIONS: &[&str] = &[
         seconds REAL NOT NULL,
         address TEXT,
         detail TEXT NOT NULL
+    );
+    "#,
+    // 2 -> 3: partition templates, one row per saved version of a hardware class.
+    r#"
+    CREATE TABLE templates (
+        class TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        note TEXT NOT NULL,
+        PRIMARY KEY (class, version)
     );
     "#,
 ];

@@ -6,6 +6,7 @@
 //! capture in progress.
 
 pub mod migrations;
+mod templates;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +19,8 @@ use crate::format::pack::{Codec, IndexEntry};
 use crate::format::wire::StatKey;
 use crate::format::Id;
 use crate::store::FinishedPack;
+
+pub use templates::TemplateVersion;
 
 /// Seconds since the epoch, now.
 pub fn now() -> i64 {

@@ -8,11 +8,13 @@ mod getimage;
 mod images;
 mod init;
 mod inspect;
+mod install;
 mod maintenance;
 mod node;
 mod progress;
 mod serve;
 mod tarball;
+mod template;
 
 use std::path::PathBuf;
 
@@ -89,6 +91,10 @@ pub enum Command {
     Rollback(node::RollbackArgs),
     MarkGood(node::MarkGoodArgs),
     NodeStatus(node::NodeStatusArgs),
+    Template(template::TemplateArgs),
+    Facts(install::FactsArgs),
+    Prepareclient(install::PrepareclientArgs),
+    Install(install::InstallArgs),
 }
 
 /// Runs the chosen command.
@@ -120,6 +126,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => node::rollback(g, a),
         Command::MarkGood(a) => node::mark_good(g, a),
         Command::NodeStatus(a) => node::node_status(g, a),
+        Command::Template(a) => template::exec(g, a),
+        Command::Facts(a) => install::facts(g, a),
+        Command::Prepareclient(a) => install::prepareclient(g, a),
+        Command::Install(a) => install::install(g, a),
     }
 }
 

@@ -92,6 +92,14 @@ pub struct UpdateclientArgs {
     /// Print the default update excludes and exit.
     #[arg(long)]
     show_default_excludes: bool,
+    /// Run the pre-update/ and post-update/ hooks of this hooks directory (named
+    /// NN<class>.<what>; class all, the image, --group or this host's name) before and after
+    /// the update. A failing pre-update hook stops the update before anything changes.
+    #[arg(long, value_name = "DIR")]
+    hooks: Option<PathBuf>,
+    /// The node's group, for choosing hooks.
+    #[arg(long, requires = "hooks")]
+    group: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -102,6 +110,46 @@ fn hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Who this node is and the hooks' environment, for updateclient's hooks.
+fn update_hook_env(
+    a: &UpdateclientArgs,
+    target: &aurum::source::Target,
+    source: &dyn RevisionSource,
+) -> (aurum::hooks::Identity, Vec<(String, String)>) {
+    let who = aurum::hooks::Identity {
+        image: target.image.clone().unwrap_or_default(),
+        group: a.group.clone(),
+        hostname: hostname(),
+    };
+    let env = vec![
+        ("AURUM_ROOT".to_string(), a.root.display().to_string()),
+        ("AURUM_IMAGE".to_string(), who.image.clone()),
+        ("AURUM_REVISION".to_string(), target.id.hex()),
+        ("AURUM_HOSTNAME".to_string(), who.hostname.clone()),
+        (
+            "AURUM_GROUP".to_string(),
+            a.group.clone().unwrap_or_default(),
+        ),
+        ("AURUM_SERVER".to_string(), source.describe()),
+    ];
+    (who, env)
+}
+
+fn run_update_hooks(
+    dir: &std::path::Path,
+    stage: aurum::hooks::Stage,
+    who: &aurum::hooks::Identity,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
+    for (name, out) in aurum::hooks::run_stage(dir, stage, who, env, None)? {
+        eprintln!("updateclient: hook {name}");
+        for line in out.lines() {
+            eprintln!("    {line}");
+        }
+    }
+    Ok(())
 }
 
 fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()> {
@@ -227,14 +275,23 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<UpdateReport> {
         let target = source.resolve(spec)?;
         let manifest = fetch_manifest(&node, source.as_ref(), &target.id)?;
-        Ok(update::update(
+        let hooks = a.hooks.as_deref().filter(|_| !a.dry_run);
+        let (who, env) = update_hook_env(&a, &target, source.as_ref());
+        if let Some(dir) = hooks {
+            run_update_hooks(dir, aurum::hooks::Stage::PreUpdate, &who, &env)?;
+        }
+        let r = update::update(
             &node,
             &target,
             &manifest,
             Some(source.as_ref()),
             &opts,
             progress.as_ref(),
-        )?)
+        )?;
+        if let Some(dir) = hooks {
+            run_update_hooks(dir, aurum::hooks::Stage::PostUpdate, &who, &env)?;
+        }
+        Ok(r)
     })();
     if !a.dry_run {
         report_to(

@@ -8,6 +8,7 @@ mod common;
 mod crash;
 mod delta;
 mod fidelity;
+mod install;
 mod remote;
 mod repository;
 mod serve;

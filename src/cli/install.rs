@@ -1,0 +1,265 @@
+//! Commands that lay out and install a node: `facts`, `prepareclient`, `install`.
+
+use std::path::PathBuf;
+
+use aurum::install::{InstallOptions, Phase, Reporter};
+use aurum::source::{HttpRepo, LocalRepo, RevisionSource};
+use aurum::template::size::human;
+use aurum::template::store;
+use clap::Args;
+
+use super::{human_bytes, print_json, Global};
+
+/// Print this machine's hardware facts: disks, DMI, memory, CPUs, MACs, firmware.
+///
+/// Read from /sys and /proc only, so it works in a minimal installer. Save them with --json
+/// to ask `aurum template match --facts FILE` which class the machine gets.
+#[derive(Args)]
+pub struct FactsArgs {
+    /// Print JSON (the format `template match --facts` reads).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn facts(_: &Global, a: FactsArgs) -> anyhow::Result<()> {
+    let f = aurum::facts::gather(std::path::Path::new("/"))?;
+    if a.json {
+        return print_json(&f);
+    }
+    println!("hostname  {}", f.hostname);
+    println!("firmware  {:?}", f.firmware);
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    println!(
+        "system    {} {} (serial {})",
+        or_dash(&f.vendor),
+        or_dash(&f.product),
+        or_dash(&f.serial)
+    );
+    println!("memory    {}", human(f.memory));
+    println!("cpus      {}", f.cpus);
+    for d in &f.disks {
+        println!(
+            "disk      {:<10} {:>10}  {}{}{}",
+            d.name,
+            human(d.size),
+            or_dash(&d.model),
+            if d.rotational {
+                ", rotational"
+            } else {
+                ", solid state"
+            },
+            if d.removable { ", removable" } else { "" }
+        );
+    }
+    for n in &f.nics {
+        println!("nic       {:<10} {}", n.name, n.mac);
+    }
+    Ok(())
+}
+
+/// Write the golden client's disk layout as a partition template.
+///
+/// Reads the disk's GPT, each partition's filesystem and label (blkid) and its mount point
+/// and options (the mounts and /etc/fstab; for an image file, the /etc/fstab on its root
+/// filesystem). Sizes are kept as found, except the last data partition, which becomes `*`
+/// (the rest of the disk). Import the result with `aurum template import FILE`.
+#[derive(Args)]
+pub struct PrepareclientArgs {
+    /// The disk (a block device, or an image file). Default: the disk holding /.
+    #[arg(long, value_name = "DEV|FILE")]
+    disk: Option<PathBuf>,
+    /// Write the template here instead of standard output (its name is the class).
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// The disk holding the root filesystem (`/dev/sda` for `/dev/sda2`).
+fn root_disk() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let dev = mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"/") && f[0].starts_with("/dev/")).then(|| f[0].to_string())
+        })
+        .ok_or_else(|| aurum::Error::Invalid("/ is not on a disk here: give --disk".into()))?;
+    let name = std::fs::canonicalize(&dev)?;
+    let part = name
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    // /sys/class/block/sda2 is a link into .../sda/sda2: its parent is the disk.
+    let sys = std::fs::canonicalize(format!("/sys/class/block/{part}"))?;
+    let disk = sys
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            aurum::Error::Invalid(format!("cannot tell the disk of {dev}: give --disk"))
+        })?;
+    Ok(PathBuf::from(format!("/dev/{disk}")))
+}
+
+pub fn prepareclient(_: &Global, a: PrepareclientArgs) -> anyhow::Result<()> {
+    let disk = match a.disk {
+        Some(d) => d,
+        None => root_disk()?,
+    };
+    let text = aurum::template::prepare::prepare(&disk)?;
+    match &a.output {
+        Some(out) => {
+            let class = store::class_of(out)?;
+            aurum::template::Template::parse(&class, &out.display().to_string(), &text)?;
+            std::fs::write(out, &text).map_err(|e| aurum::Error::Io {
+                path: out.clone(),
+                source: e,
+            })?;
+            eprintln!(
+                "wrote the layout of {} to {} (class {class}); add it with `aurum template import {}`",
+                disk.display(),
+                out.display(),
+                out.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// Lay out a node's disk(s) from its class's template and install a revision onto them.
+///
+/// Renders the class's partition template for the real disk sizes (refusing before anything
+/// is written when it does not fit), writes a fresh GPT with sgdisk, makes the filesystems,
+/// applies the revision with the updateclient engine (so `aurum updateclient` and `aurum
+/// rollback` work from the first boot), lays the overrides over it (images `override`,
+/// `override.GROUP`, `override.HOSTNAME`), writes /etc/fstab by UUID and /etc/hostname, and
+/// runs the hooks: pre-install on the installer, post-install chrooted in the new root (the
+/// shipped ones set the hostname, clear the machine id, regenerate ssh host keys and install
+/// GRUB). An image file gets a loop device per partition. Everything is unmounted and
+/// detached at the end, on failure too. THE DISK IS ERASED.
+#[derive(Args)]
+pub struct InstallArgs {
+    /// The disk(s) to erase and install: block devices or image files, in template order.
+    #[arg(long, required = true, value_name = "DEV|FILE")]
+    disk: Vec<PathBuf>,
+    /// The image server (`aurum serve` or any copy of the repository over HTTP). Without it,
+    /// the repository directory --repo is read.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id.
+    #[arg(long)]
+    image: String,
+    /// The hardware class, or `auto` to pick it from this machine's facts.
+    #[arg(long, default_value = "auto")]
+    class: String,
+    /// The node's hostname (written to /etc/hostname; picks hostname hooks and overrides).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// The node's group (picks group hooks and overrides).
+    #[arg(long)]
+    group: Option<String>,
+    /// Hooks directory (pre-install/, post-install/...). Default: the repository's `hooks`
+    /// image when it has one, else the hooks shipped with aurum.
+    #[arg(long, value_name = "DIR")]
+    hooks: Option<PathBuf>,
+    /// Use these facts (from `aurum facts --json` on the node) to pick the class, instead of
+    /// this machine's: to write a disk or an image file for another machine. The disks' sizes
+    /// are always the real ones.
+    #[arg(long, value_name = "FILE")]
+    facts: Option<PathBuf>,
+    /// Print the class, the plan and the revision; write nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// Print the report as JSON at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints each phase on the terminal (the PXE issue will also POST them to the server).
+struct Terminal;
+
+impl Reporter for Terminal {
+    fn report(&self, p: Phase) {
+        match p {
+            Phase::Transfer { done, total } => {
+                eprintln!(
+                    "install: transfer {} of {}",
+                    human_bytes(done),
+                    human_bytes(total)
+                )
+            }
+            Phase::Plan(table) => eprint!("install: plan\n{table}"),
+            Phase::Failed(e) => eprintln!("install: FAILED: {e}"),
+            other => {
+                let v = serde_json::to_value(&other).unwrap_or_default();
+                eprintln!(
+                    "install: {} {}",
+                    v["phase"].as_str().unwrap_or(""),
+                    v["detail"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+}
+
+pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
+    let class = (a.class != "auto").then(|| a.class.clone());
+    let cache = tempfile::Builder::new().prefix("aurum-cache.").tempdir()?;
+    let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
+        Some(url) => {
+            let http = HttpRepo::new(url, cache.path())?;
+            let t = store::from_server(&http, class.as_deref())?;
+            (Box::new(http), t)
+        }
+        None => {
+            let repo = aurum::repo::Repository::open(&g.repo, aurum::repo::Lock::Shared)?;
+            let t = store::from_repo(&repo, class.as_deref())?;
+            (Box::new(LocalRepo::new(&g.repo)?), t)
+        }
+    };
+    let opts = InstallOptions {
+        disks: a.disk,
+        class,
+        image: a.image,
+        hostname: a.hostname,
+        group: a.group,
+        hooks: a.hooks,
+        dry_run: a.dry_run,
+        facts: match &a.facts {
+            Some(f) => aurum::facts::load(f)?,
+            None => aurum::facts::gather(std::path::Path::new("/"))?,
+        },
+        templates,
+    };
+    let r = aurum::install::install(source.as_ref(), opts, &Terminal)?;
+    for w in &r.warnings {
+        eprintln!("aurum: warning: {w}");
+    }
+    if a.json {
+        return print_json(&r);
+    }
+    if a.dry_run {
+        println!(
+            "dry run: would install {} as class {}; nothing was written",
+            r.revision, r.class
+        );
+    } else {
+        println!(
+            "installed {} as class {}: {} filesystems, {} hooks, {} overrides, {:.1} s",
+            r.revision,
+            r.class,
+            r.filesystems.len(),
+            r.hooks.len(),
+            r.overrides.len(),
+            r.seconds
+        );
+    }
+    Ok(())
+}

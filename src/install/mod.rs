@@ -1,0 +1,876 @@
+//! `aurum install`: a bare disk (or a disk image file) to a bootable node running a revision.
+//!
+//! The phases, in order, each reported through [`Reporter`] (the terminal now; the PXE issue
+//! will POST them to the server):
+//!
+//! 1. facts: the machine's hardware, with the sizes of the disks given;
+//! 2. class: the one given, or the one the templates' `[match]` sections pick;
+//! 3. plan: the class's template rendered for the real disk sizes (refused when it does not
+//!    fit, before anything is written); the revision is resolved and its manifest fetched, and
+//!    every tool the plan needs is looked for, also before anything is written;
+//! 4. pre-install hooks;
+//! 5. partition: a fresh GPT and protective MBR (sgdisk, which administrators trust), then
+//!    RAID1 arrays (mdadm) and LVM volumes (lvm2) when the template has them;
+//! 6. mkfs: each filesystem with its own tool, with the template's label and options;
+//! 7. transfer: the filesystems are mounted under a temporary directory and the revision is
+//!    applied with the updateclient engine, which also writes the node state
+//!    (`/var/lib/aurum-node/`) so `aurum updateclient` and `aurum rollback` work from the
+//!    first boot; then the overrides (global, group, node) are laid over it;
+//! 8. /etc/fstab (by UUID) and /etc/hostname;
+//! 9. post-install hooks, chrooted in the new root (the shipped bootloader hook among them);
+//! 10. done, or failed: either way every mount, array, volume group and loop device is
+//!     released by guards, in reverse order.
+
+pub mod devices;
+pub mod overrides;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::apply::update::{self, UpdateOptions};
+use crate::capture::excludes::Excludes;
+use crate::error::{invalid, IoContext, Result};
+use crate::facts::{DiskFact, Facts, Firmware};
+use crate::format::manifest::Manifest;
+use crate::hooks::{self, Identity, Stage};
+use crate::node::Node;
+use crate::progress::Progress;
+use crate::source::RevisionSource;
+use crate::template::render::{DiskPlan, Plan};
+use crate::template::size::human;
+use crate::template::{matching, render, Fs, FsSpec, PartType, Template};
+use devices::{blkid, blkid_value, have, run, Disk, Mount};
+
+/// A phase of an install, as reported.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "phase", content = "detail")]
+pub enum Phase {
+    Facts(String),
+    Class(String),
+    Plan(String),
+    Partition(String),
+    Mkfs(String),
+    Transfer { done: u64, total: u64 },
+    Overrides(String),
+    Hooks(String),
+    Bootloader(String),
+    Done(String),
+    Failed(String),
+}
+
+/// Receives the phases of an install.
+pub trait Reporter: Sync {
+    fn report(&self, phase: Phase);
+}
+
+/// What to install where.
+pub struct InstallOptions {
+    /// The disks (block devices or image files), in template order.
+    pub disks: Vec<PathBuf>,
+    /// The class, or `None` to pick it from the facts.
+    pub class: Option<String>,
+    /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or an id.
+    pub image: String,
+    pub hostname: Option<String>,
+    pub group: Option<String>,
+    /// A hooks directory; `None`: the repository's `hooks` image, else the shipped hooks.
+    pub hooks: Option<PathBuf>,
+    pub dry_run: bool,
+    /// Hardware facts of the machine (the disks' sizes are replaced by the real ones).
+    pub facts: Facts,
+    /// The templates to choose from (one, when the class is given).
+    pub templates: Vec<Template>,
+}
+
+/// What an install did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct InstallReport {
+    pub class: String,
+    pub revision: String,
+    pub plan: Option<Plan>,
+    /// `mount point -> UUID` of each filesystem made.
+    pub filesystems: Vec<(String, String)>,
+    pub bytes: u64,
+    pub hooks: Vec<String>,
+    pub overrides: Vec<String>,
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Forwards the apply engine's byte progress as `Transfer` phases, about every 5 %.
+struct TransferProgress<'a> {
+    reporter: &'a dyn Reporter,
+    total: AtomicU64,
+    done: AtomicU64,
+    shown: AtomicU64,
+}
+
+impl Progress for TransferProgress<'_> {
+    fn phase(&self, _: &str, total: Option<u64>, bytes: bool) {
+        if bytes {
+            self.total.store(total.unwrap_or(0), Ordering::Relaxed);
+            self.done.store(0, Ordering::Relaxed);
+            self.shown.store(0, Ordering::Relaxed);
+            self.reporter.report(Phase::Transfer {
+                done: 0,
+                total: total.unwrap_or(0),
+            });
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        let total = self.total.load(Ordering::Relaxed);
+        if total == 0 {
+            return;
+        }
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        let step = (total / 20).max(1);
+        let shown = self.shown.load(Ordering::Relaxed);
+        if done >= shown + step
+            && self
+                .shown
+                .compare_exchange(shown, done, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.reporter.report(Phase::Transfer { done, total });
+        }
+    }
+
+    fn finish(&self) {}
+}
+
+/// A block device to format: what the template wants on it.
+struct Target {
+    dev: PathBuf,
+    spec: FsSpec,
+    what: String,
+}
+
+/// Software RAID arrays, stopped on drop.
+#[derive(Default)]
+struct Arrays(Vec<PathBuf>);
+
+impl Drop for Arrays {
+    fn drop(&mut self) {
+        while let Some(md) = self.0.pop() {
+            if let Err(e) = run(Command::new("mdadm").arg("--stop").arg(&md)) {
+                eprintln!("aurum: warning: could not stop {}: {e}", md.display());
+            }
+        }
+    }
+}
+
+/// Active volume groups, deactivated on drop.
+#[derive(Default)]
+struct VolumeGroups(Vec<String>);
+
+impl Drop for VolumeGroups {
+    fn drop(&mut self) {
+        while let Some(vg) = self.0.pop() {
+            if let Err(e) = run(Command::new("vgchange").args(["-an", &vg])) {
+                eprintln!("aurum: warning: could not deactivate {vg}: {e}");
+            }
+        }
+    }
+}
+
+/// Mounts, unmounted deepest (last made) first on drop.
+#[derive(Default)]
+struct Mounts(Vec<Mount>);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        while let Some(m) = self.0.pop() {
+            drop(m);
+        }
+    }
+}
+
+/// The mkfs command for `spec` on `dev`.
+fn mkfs_command(fs: Fs, spec: &FsSpec, dev: &Path) -> Command {
+    let (prog, force, label_flag): (&str, &[&str], &str) = match fs {
+        Fs::Ext4 => ("mkfs.ext4", &["-F", "-q"], "-L"),
+        Fs::Xfs => ("mkfs.xfs", &["-f", "-q"], "-L"),
+        Fs::Vfat => ("mkfs.vfat", &[], "-n"),
+        Fs::Btrfs => ("mkfs.btrfs", &["-f", "-q"], "-L"),
+        Fs::Swap => ("mkswap", &["-f"], "-L"),
+    };
+    let mut c = Command::new(prog);
+    c.args(force);
+    if let Some(l) = &spec.label {
+        c.args([label_flag, l]);
+    }
+    if let Some(o) = &spec.mkfs_options {
+        c.args(shell_words::split(o).unwrap_or_else(|_| vec![o.clone()]));
+    }
+    c.arg(dev);
+    c
+}
+
+/// The program that makes `fs`.
+fn mkfs_tool(fs: Fs) -> &'static str {
+    match fs {
+        Fs::Ext4 => "mkfs.ext4",
+        Fs::Xfs => "mkfs.xfs",
+        Fs::Vfat => "mkfs.vfat",
+        Fs::Btrfs => "mkfs.btrfs",
+        Fs::Swap => "mkswap",
+    }
+}
+
+/// Every external program the install of `plan` runs, missing ones first in the error.
+fn check_tools(plan: &Plan, any_file: bool) -> Result<()> {
+    let mut need: Vec<&str> = vec!["sgdisk", "blkid", "mount", "umount", "chroot"];
+    if any_file {
+        need.push("losetup");
+    }
+    if !plan.raids.is_empty() {
+        need.push("mdadm");
+    }
+    if !plan.volume_groups.is_empty() {
+        need.extend(["pvcreate", "vgcreate", "lvcreate", "vgchange"]);
+    }
+    let specs = plan
+        .disks
+        .iter()
+        .flat_map(|d| d.partitions.iter().map(|p| &p.fs))
+        .chain(plan.raids.iter().map(|r| &r.fs))
+        .chain(
+            plan.volume_groups
+                .iter()
+                .flat_map(|g| g.volumes.iter().map(|v| &v.fs)),
+        );
+    for s in specs {
+        if let Some(fs) = s.fs {
+            need.push(mkfs_tool(fs));
+        }
+    }
+    let mut missing: Vec<&str> = Vec::new();
+    for p in need {
+        if !have(p) && !missing.contains(&p) {
+            missing.push(p);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let pkg = |p: &str| match p {
+        "sgdisk" => "gdisk",
+        "mdadm" => "mdadm",
+        "pvcreate" | "vgcreate" | "lvcreate" | "vgchange" => "lvm2",
+        "mkfs.ext4" => "e2fsprogs",
+        "mkfs.xfs" => "xfsprogs",
+        "mkfs.vfat" => "dosfstools",
+        "mkfs.btrfs" => "btrfs-progs",
+        "chroot" => "coreutils",
+        _ => "util-linux",
+    };
+    let mut pkgs: Vec<&str> = Vec::new();
+    for p in missing.iter().map(|p| pkg(p)) {
+        if !pkgs.contains(&p) {
+            pkgs.push(p);
+        }
+    }
+    Err(invalid(format!(
+        "class {} needs {} on the installer, and they are not installed (packages: {}); nothing was written",
+        plan.class,
+        missing.join(", "),
+        pkgs.join(", ")
+    )))
+}
+
+/// Writes a fresh GPT with a protective MBR and the plan's partitions.
+fn write_gpt(disk: &Path, plan: &DiskPlan) -> Result<()> {
+    // --zap-all first: a stale backup GPT or an MD/LVM signature at the end of the disk
+    // would otherwise be found again by the kernel or by blkid.
+    run(Command::new("sgdisk").arg("--zap-all").arg(disk))?;
+    let mut c = Command::new("sgdisk");
+    c.arg("--clear");
+    for p in &plan.partitions {
+        let n = p.number;
+        c.arg(format!("--new={n}:{}:{}", p.start / 512, p.end / 512 - 1));
+        c.arg(format!("--typecode={n}:{}", p.kind.sgdisk_code()));
+        let name = p.name.clone().unwrap_or_else(|| format!("part{n}"));
+        c.arg(format!("--change-name={n}:{name}"));
+    }
+    c.arg(disk);
+    run(&mut c)?;
+    Ok(())
+}
+
+/// `UUID=... /scr ext4 noatime 0 2` lines for the filesystems made.
+fn fstab(made: &[(FsSpec, String)]) -> String {
+    let mut out = String::from(
+        "# /etc/fstab: written by aurum install from the class's partition template.\n\
+         # <file system>                           <mount point>  <type>  <options>  <dump>  <pass>\n",
+    );
+    let mut rows: Vec<&(FsSpec, String)> = made.iter().collect();
+    rows.sort_by_key(|(s, _)| s.mount.clone().unwrap_or_else(|| "~".into()));
+    for (spec, uuid) in rows {
+        let Some(fs) = spec.fs else { continue };
+        let (mount, opts, pass) = match fs {
+            Fs::Swap => ("none".to_string(), "sw".to_string(), 0),
+            _ => {
+                let Some(m) = &spec.mount else { continue };
+                (
+                    m.clone(),
+                    spec.mount_options
+                        .clone()
+                        .unwrap_or_else(|| "defaults".into()),
+                    fs.fsck_pass(m),
+                )
+            }
+        };
+        out += &format!(
+            "UUID={uuid:<36}  {mount:<13}  {:<6}  {opts}  0  {pass}\n",
+            fs.name()
+        );
+    }
+    out
+}
+
+fn write_file(root: &Path, rel: &str, text: &str) -> Result<()> {
+    let p = root.join(rel);
+    let dir = p.parent().expect("has a parent");
+    std::fs::create_dir_all(dir).at(dir)?;
+    let mut f = std::fs::File::create(&p).at(&p)?;
+    f.write_all(text.as_bytes()).at(&p)?;
+    f.sync_all().at(&p)
+}
+
+/// Installs a node. Every phase goes to `reporter`; a failure is reported before it returns.
+pub fn install(
+    source: &dyn RevisionSource,
+    opts: InstallOptions,
+    reporter: &dyn Reporter,
+) -> Result<InstallReport> {
+    let started = Instant::now();
+    let r = install_inner(source, &opts, reporter, started);
+    match &r {
+        Ok(rep) => reporter.report(Phase::Done(format!(
+            "{} on {} as class {} in {:.1} s",
+            rep.revision,
+            opts.disks
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            rep.class,
+            rep.seconds
+        ))),
+        Err(e) => reporter.report(Phase::Failed(format!("{e:#}"))),
+    }
+    r
+}
+
+/// The machine's facts with the disks given, at their real sizes.
+fn disk_facts(opts: &InstallOptions, reporter: &dyn Reporter) -> Result<Facts> {
+    let mut facts = opts.facts.clone();
+    facts.disks = opts
+        .disks
+        .iter()
+        .map(|d| {
+            Ok(DiskFact {
+                name: d.display().to_string(),
+                size: devices::size_of(d)?,
+                ..Default::default()
+            })
+        })
+        .collect::<Result<_>>()?;
+    reporter.report(Phase::Facts(format!(
+        "{} disk(s): {}; firmware {:?}; {} CPUs; {} memory",
+        facts.disks.len(),
+        facts
+            .disks
+            .iter()
+            .map(|d| format!("{} {}", d.name, human(d.size)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        facts.firmware,
+        facts.cpus,
+        human(facts.memory)
+    )));
+    Ok(facts)
+}
+
+/// The class given, or the one the templates' `[match]` sections pick for `facts`.
+fn choose_template(
+    opts: &InstallOptions,
+    facts: &Facts,
+    reporter: &dyn Reporter,
+) -> Result<Template> {
+    let class = match &opts.class {
+        Some(c) => c.clone(),
+        None => {
+            let (verdicts, chosen) = matching::choose(&opts.templates, facts);
+            chosen.map_err(|e| {
+                let why: Vec<String> = verdicts
+                    .iter()
+                    .map(|v| format!("{}: {}", v.class, v.reasons.join("; ")))
+                    .collect();
+                invalid(format!("{e}\n{}", why.join("\n")))
+            })?
+        }
+    };
+    let t = opts
+        .templates
+        .iter()
+        .find(|t| t.class == class)
+        .cloned()
+        .ok_or_else(|| crate::Error::NotFound(format!("no template for class {class}")))?;
+    reporter.report(Phase::Class(format!(
+        "{class}{}",
+        if opts.class.is_some() {
+            " (given)"
+        } else {
+            " (matched)"
+        }
+    )));
+    Ok(t)
+}
+
+/// Block devices made by partitioning, released on drop in field order: volume groups
+/// first, then arrays, then the disks' loop devices.
+struct Layout {
+    vgs: VolumeGroups,
+    arrays: Arrays,
+    disks: Vec<Disk>,
+    /// What gets a filesystem, in plan order.
+    targets: Vec<Target>,
+}
+
+/// Writes the partition tables, builds RAID arrays and volume groups.
+fn partition(
+    paths: &[PathBuf],
+    plan: &Plan,
+    template: &Template,
+    reporter: &dyn Reporter,
+) -> Result<Layout> {
+    let mut l = Layout {
+        vgs: VolumeGroups::default(),
+        arrays: Arrays::default(),
+        disks: Vec::new(),
+        targets: Vec::new(),
+    };
+    for (path, dp) in paths.iter().zip(&plan.disks) {
+        reporter.report(Phase::Partition(format!(
+            "{}: GPT with {} partitions",
+            path.display(),
+            dp.partitions.len()
+        )));
+        write_gpt(path, dp)?;
+        let disk = Disk::open(path)?;
+        if disk.is_block {
+            // Let the kernel (and udev, when there is one) see the new partitions.
+            run(Command::new("blockdev").arg("--rereadpt").arg(path))?;
+            if have("udevadm") {
+                let _ = run(Command::new("udevadm").arg("settle"));
+            }
+        }
+        l.disks.push(disk);
+    }
+    let mut named: Vec<(String, PathBuf)> = Vec::new();
+    for (disk, dp) in l.disks.iter_mut().zip(&plan.disks) {
+        for p in &dp.partitions {
+            if p.kind == PartType::BiosBoot {
+                continue;
+            }
+            let dev = disk.partition(p.number, p.start, p.size)?;
+            if let Some(n) = &p.name {
+                named.push((n.clone(), dev.clone()));
+            }
+            if p.fs.fs.is_some() {
+                l.targets.push(Target {
+                    dev,
+                    spec: p.fs.clone(),
+                    what: format!("{} #{}", disk.path.display(), p.number),
+                });
+            }
+        }
+    }
+    let dev_of = |named: &[(String, PathBuf)], n: &str| -> PathBuf {
+        named
+            .iter()
+            .find(|(m, _)| m == n)
+            .map(|(_, d)| d.clone())
+            .expect("checked at parse")
+    };
+    for r in &plan.raids {
+        let md = PathBuf::from(format!("/dev/md/{}", r.name));
+        let members: Vec<PathBuf> = template
+            .file
+            .raid
+            .iter()
+            .find(|x| x.get_ref().name == r.name)
+            .expect("planned from these")
+            .get_ref()
+            .devices
+            .iter()
+            .map(|n| dev_of(&named, n))
+            .collect();
+        reporter.report(Phase::Partition(format!(
+            "RAID1 {} over {} devices",
+            md.display(),
+            members.len()
+        )));
+        let mut c = Command::new("mdadm");
+        c.args([
+            "--create",
+            "--run",
+            "--metadata=1.2",
+            "--level=1",
+            "--homehost=any",
+        ]);
+        c.arg(format!("--raid-devices={}", members.len()));
+        c.arg(format!("--name={}", r.name));
+        c.arg(&md).args(&members);
+        run(&mut c)?;
+        l.arrays.0.push(md.clone());
+        named.push((r.name.clone(), md.clone()));
+        if r.fs.fs.is_some() {
+            l.targets.push(Target {
+                dev: md,
+                spec: r.fs.clone(),
+                what: format!("RAID {}", r.name),
+            });
+        }
+    }
+    for g in &plan.volume_groups {
+        let pvs: Vec<PathBuf> = g.devices.iter().map(|n| dev_of(&named, n)).collect();
+        reporter.report(Phase::Partition(format!(
+            "LVM volume group {} on {} devices",
+            g.name,
+            pvs.len()
+        )));
+        run(Command::new("pvcreate").arg("-ff").arg("-y").args(&pvs))?;
+        run(Command::new("vgcreate").arg(&g.name).args(&pvs))?;
+        l.vgs.0.push(g.name.clone());
+        for v in &g.volumes {
+            let size = format!("{}b", v.size);
+            run(Command::new("lvcreate")
+                .args(["-y", "-W", "y", "-n", &v.name, "-L", &size, &g.name]))?;
+            if v.fs.fs.is_some() {
+                l.targets.push(Target {
+                    dev: PathBuf::from(format!("/dev/{}/{}", g.name, v.name)),
+                    spec: v.fs.clone(),
+                    what: format!("LV {}/{}", g.name, v.name),
+                });
+            }
+        }
+    }
+    Ok(l)
+}
+
+/// A filesystem made: what the template asked for, where, and its UUID.
+struct Made {
+    spec: FsSpec,
+    fs: Fs,
+    dev: PathBuf,
+    uuid: String,
+}
+
+/// Makes every filesystem of the layout.
+fn make_filesystems(targets: &[Target], reporter: &dyn Reporter) -> Result<Vec<Made>> {
+    let mut made = Vec::new();
+    for t in targets {
+        let fs = t.spec.fs.expect("targets have a filesystem");
+        reporter.report(Phase::Mkfs(format!(
+            "{} on {} ({}){}",
+            fs,
+            t.what,
+            t.dev.display(),
+            t.spec
+                .mount
+                .as_deref()
+                .map(|m| format!(" for {m}"))
+                .unwrap_or_default()
+        )));
+        run(&mut mkfs_command(fs, &t.spec, &t.dev))?;
+        let uuid = blkid_value(&blkid(&t.dev)?, "UUID").ok_or_else(|| {
+            crate::Error::Tool(format!(
+                "blkid finds no UUID on {} after mkfs",
+                t.dev.display()
+            ))
+        })?;
+        made.push(Made {
+            spec: t.spec.clone(),
+            fs,
+            dev: t.dev.clone(),
+            uuid,
+        });
+    }
+    Ok(made)
+}
+
+/// Mounts every filesystem with a mount point under `mnt`, parents first.
+fn mount_all(made: &[Made], mnt: &Path) -> Result<Mounts> {
+    let mut order: Vec<&Made> = made.iter().filter(|m| m.spec.mount.is_some()).collect();
+    order.sort_by_key(|m| {
+        let p = m.spec.mount.as_deref().expect("filtered");
+        p.trim_end_matches('/').matches('/').count()
+    });
+    let mut mounts = Mounts::default();
+    for m in order {
+        let at = mnt.join(
+            m.spec
+                .mount
+                .as_deref()
+                .expect("filtered")
+                .trim_start_matches('/'),
+        );
+        // vfat cannot hold owners or modes; `quiet` makes it accept the chown and chmod the
+        // apply engine does instead of failing them.
+        let o = if m.fs == Fs::Vfat { "quiet" } else { "" };
+        mounts
+            .0
+            .push(Mount::new(&m.dev, &at, Some(m.fs.name()), o)?);
+    }
+    Ok(mounts)
+}
+
+/// Applies the revision to the mounted root with the updateclient engine, which also writes
+/// the node state.
+fn transfer(
+    source: &dyn RevisionSource,
+    target: &crate::source::Target,
+    manifest: &Manifest,
+    made: &[Made],
+    mnt: &Path,
+    reporter: &dyn Reporter,
+) -> Result<(u64, Vec<String>)> {
+    let in_manifest: HashSet<&[u8]> = manifest.entries.iter().map(|e| e.path.as_slice()).collect();
+    let mut patterns: Vec<String> = vec!["lost+found/".into()];
+    patterns.extend(
+        crate::capture::excludes::ALWAYS_EXCLUDED
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    // Mount points (and their parents) the image lacks must not be "deleted" by the engine.
+    for m in made.iter().filter_map(|m| m.spec.mount.as_deref()) {
+        let mut p = m.trim_matches('/');
+        while !p.is_empty() {
+            if !in_manifest.contains(p.as_bytes()) {
+                patterns.push(format!("/{p}"));
+            }
+            p = p.rsplit_once('/').map_or("", |(a, _)| a);
+        }
+    }
+    let progress = TransferProgress {
+        reporter,
+        total: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        shown: AtomicU64::new(0),
+    };
+    let node = Node::open(mnt)?;
+    let up = update::update(
+        &node,
+        target,
+        manifest,
+        Some(source),
+        &UpdateOptions {
+            action: "install".into(),
+            dry_run: false,
+            no_delete: false,
+            verify_local: false,
+            excludes: Excludes::new(&patterns)?,
+        },
+        &progress,
+    )?;
+    let total = progress.total.load(Ordering::Relaxed);
+    reporter.report(Phase::Transfer { done: total, total });
+    Ok((up.bytes_fetched.max(total), up.warnings))
+}
+
+/// Runs the hooks of one stage, reporting each (the bootloader hook as its own phase).
+struct HookRunner<'a> {
+    dir: &'a Path,
+    who: &'a Identity,
+    reporter: &'a dyn Reporter,
+}
+
+impl HookRunner<'_> {
+    fn run(
+        &self,
+        stage: Stage,
+        env: &[(String, String)],
+        chroot: Option<&Path>,
+        report: &mut InstallReport,
+    ) -> Result<()> {
+        let chosen = hooks::select(self.dir, stage, self.who)?;
+        if stage == Stage::PostInstall && !chosen.iter().any(|h| h.what == "bootloader") {
+            let w = "WARNING: no post-install hook named NN<class>.bootloader: no bootloader was installed".to_string();
+            self.reporter.report(Phase::Bootloader(w.clone()));
+            report.warnings.push(w);
+        }
+        for h in chosen {
+            if h.what == "bootloader" {
+                self.reporter.report(Phase::Bootloader(h.name.clone()));
+            } else {
+                self.reporter.report(Phase::Hooks(h.name.clone()));
+            }
+            let out = hooks::run(&h, env, chroot)?;
+            for line in out.lines().filter(|l| l.contains("WARNING")) {
+                report.warnings.push(format!("{}: {line}", h.name));
+            }
+            if !out.trim().is_empty() {
+                self.reporter
+                    .report(Phase::Hooks(format!("{}: {}", h.name, out.trim_end())));
+            }
+            report.hooks.push(h.name);
+        }
+        Ok(())
+    }
+}
+
+fn install_inner(
+    source: &dyn RevisionSource,
+    opts: &InstallOptions,
+    reporter: &dyn Reporter,
+    started: Instant,
+) -> Result<InstallReport> {
+    if opts.disks.is_empty() {
+        return Err(invalid("give the disk to install with --disk DEV|FILE"));
+    }
+    // ---- everything that can fail before a byte is written ----
+    let facts = disk_facts(opts, reporter)?;
+    let template = choose_template(opts, &facts, reporter)?;
+    let sizes: Vec<u64> = facts.disks.iter().map(|d| d.size).collect();
+    let plan = render(&template, &sizes)?;
+    reporter.report(Phase::Plan(plan.table()));
+    let target = source.resolve(&opts.image)?;
+    let manifest = source.manifest(&target.id)?;
+    let any_file = opts
+        .disks
+        .iter()
+        .map(|d| devices::is_block(d))
+        .collect::<Result<Vec<bool>>>()?
+        .contains(&false);
+    check_tools(&plan, any_file)?;
+    let hostname = opts.hostname.clone().unwrap_or_default();
+    let mut report = InstallReport {
+        class: template.class.clone(),
+        revision: target.name(),
+        plan: Some(plan.clone()),
+        ..Default::default()
+    };
+    if opts.dry_run {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    // ---- hooks: the directory given, the repository's `hooks` image, or the shipped ones ----
+    let hooks_tmp = tempfile::Builder::new().prefix("aurum-hooks.").tempdir()?;
+    let hooks_dir = match &opts.hooks {
+        Some(d) => d.clone(),
+        None => {
+            let dir = hooks_tmp.path().to_path_buf();
+            match overrides::lay(source, "hooks", &dir)? {
+                Some(rev) => reporter.report(Phase::Hooks(format!("hooks from image {rev}"))),
+                None => hooks::write_shipped(&dir)?,
+            }
+            dir
+        }
+    };
+    let who = Identity {
+        image: target.image.clone().unwrap_or_default(),
+        group: opts.group.clone(),
+        hostname: hostname.clone(),
+    };
+    let hooks = HookRunner {
+        dir: &hooks_dir,
+        who: &who,
+        reporter,
+    };
+    // Not a TempDir: its drop would delete recursively, into a filesystem still mounted if
+    // an unmount failed. It is removed (empty) at the end.
+    let mnt = tempfile::Builder::new()
+        .prefix("aurum-install.")
+        .tempdir()?
+        .keep();
+    let mut env: Vec<(String, String)> = vec![
+        ("AURUM_ROOT".into(), mnt.display().to_string()),
+        ("AURUM_IMAGE".into(), who.image.clone()),
+        ("AURUM_REVISION".into(), target.id.hex()),
+        ("AURUM_HOSTNAME".into(), hostname.clone()),
+        ("AURUM_CLASS".into(), template.class.clone()),
+        ("AURUM_GROUP".into(), opts.group.clone().unwrap_or_default()),
+        ("AURUM_SERVER".into(), source.describe()),
+        (
+            "AURUM_FIRMWARE".into(),
+            match facts.firmware {
+                Firmware::Uefi => "uefi".into(),
+                Firmware::Bios => "bios".into(),
+            },
+        ),
+    ];
+    let result = (|| -> Result<()> {
+        hooks.run(Stage::PreInstall, &env, None, &mut report)?;
+        let mut layout = partition(&opts.disks, &plan, &template, reporter)?;
+        let made = make_filesystems(&layout.targets, reporter)?;
+        report.filesystems = made
+            .iter()
+            .map(|m| {
+                let at = m.spec.mount.clone().unwrap_or_else(|| m.fs.name().into());
+                (at, m.uuid.clone())
+            })
+            .collect();
+        let mounts = mount_all(&made, &mnt)?;
+        let (bytes, warnings) = transfer(source, &target, &manifest, &made, &mnt, reporter)?;
+        report.bytes = bytes;
+        report.warnings.extend(warnings);
+        for name in overrides::names(opts.group.as_deref(), &hostname) {
+            if let Some(rev) = overrides::lay(source, &name, &mnt)? {
+                reporter.report(Phase::Overrides(rev.clone()));
+                report.overrides.push(rev);
+            }
+        }
+        let rows: Vec<(FsSpec, String)> = made
+            .iter()
+            .map(|m| (m.spec.clone(), m.uuid.clone()))
+            .collect();
+        write_file(&mnt, "etc/fstab", &fstab(&rows))?;
+        if !hostname.is_empty() {
+            write_file(&mnt, "etc/hostname", &format!("{hostname}\n"))?;
+        }
+        // Post-install hooks run chrooted, with /dev, /proc and /sys bound in.
+        let boot_dev = layout.disks[0].boot_device()?;
+        env.push(("AURUM_DISK".into(), boot_dev.display().to_string()));
+        env.iter_mut()
+            .find(|(k, _)| k == "AURUM_ROOT")
+            .expect("set above")
+            .1 = "/".into();
+        let mut binds = Mounts::default();
+        for d in ["dev", "proc", "sys"] {
+            if mnt.join(d).is_dir() {
+                binds
+                    .0
+                    .push(Mount::bind(Path::new(&format!("/{d}")), &mnt.join(d))?);
+            }
+        }
+        hooks.run(Stage::PostInstall, &env, Some(&mnt), &mut report)?;
+        // Released in this order on error too (locals drop in reverse order of declaration).
+        drop(binds);
+        drop(mounts);
+        drop(layout);
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir(&mnt);
+    result?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A reporter that keeps every phase (tests, the future server report).
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<Phase>>);
+
+impl Reporter for Recorder {
+    fn report(&self, p: Phase) {
+        self.0.lock().expect("recorder lock").push(p);
+    }
+}

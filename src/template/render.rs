@@ -1,0 +1,482 @@
+//! Rendering: a template and the real disk sizes in, an exact partition plan out.
+//!
+//! Every partition starts and ends on a 1 MiB boundary (what every current partitioning tool
+//! does, and what SSDs and 4K disks want). The first MiB holds the protective MBR and the
+//! primary GPT; the backup GPT (header plus 128 entries: 33 sectors) lives in the last sectors,
+//! so the usable end is the last MiB boundary before them. Sizes are settled first (exact sizes,
+//! then percentages of the whole disk clamped to `min`/`max`), then `*` takes what is left
+//! (clamped to its `max`, at least its `min`, 1 MiB by default); partitions are laid out in the
+//! order the template lists them.
+
+use serde::Serialize;
+
+use super::size::{human, Amount, MIB};
+use super::{FsSpec, PartType, Template};
+use crate::error::{invalid, Result};
+
+/// Sectors the backup GPT takes at the end of a disk (header + 128 entries of 128 bytes).
+const BACKUP_GPT_BYTES: u64 = 33 * 512;
+/// LVM extent size (lvcreate's default); logical volumes are whole extents.
+const EXTENT: u64 = 4 * MIB;
+
+/// The rendered plan of a whole class.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub class: String,
+    pub disks: Vec<DiskPlan>,
+    pub raids: Vec<RaidPlan>,
+    pub volume_groups: Vec<VgPlan>,
+}
+
+/// One disk.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiskPlan {
+    pub size: u64,
+    pub partitions: Vec<PartPlan>,
+    /// Bytes left unpartitioned (a `*` with a `max`, or no `*` at all).
+    pub free: u64,
+}
+
+/// One partition: `start..end` in bytes, MiB aligned.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartPlan {
+    pub number: u32,
+    pub name: Option<String>,
+    pub start: u64,
+    pub end: u64,
+    pub size: u64,
+    #[serde(rename = "type")]
+    pub kind: PartType,
+    pub rest: bool,
+    #[serde(flatten)]
+    pub fs: FsSpec,
+}
+
+/// A RAID1 array.
+#[derive(Clone, Debug, Serialize)]
+pub struct RaidPlan {
+    pub name: String,
+    pub level: u8,
+    /// `(disk index, partition number)` of each member.
+    pub members: Vec<(usize, u32)>,
+    /// The smallest member (the array is a little smaller: mdadm keeps its superblock).
+    pub size: u64,
+    #[serde(flatten)]
+    pub fs: FsSpec,
+}
+
+/// A volume group and its logical volumes.
+#[derive(Clone, Debug, Serialize)]
+pub struct VgPlan {
+    pub name: String,
+    pub devices: Vec<String>,
+    pub size: u64,
+    pub volumes: Vec<LvPlan>,
+}
+
+/// A logical volume.
+#[derive(Clone, Debug, Serialize)]
+pub struct LvPlan {
+    pub name: String,
+    pub size: u64,
+    #[serde(flatten)]
+    pub fs: FsSpec,
+}
+
+/// The first and (exclusive) last usable, aligned byte of a disk of `size` bytes.
+pub fn usable(size: u64) -> (u64, u64) {
+    let end = size.saturating_sub(BACKUP_GPT_BYTES) / MIB * MIB;
+    (MIB, end.max(MIB))
+}
+
+fn align_up(b: u64, to: u64) -> u64 {
+    b.div_ceil(to) * to
+}
+
+/// One size request, solved: sizes for every item, `None` for the `*` until the rest is known.
+struct Sized {
+    fixed: Vec<Option<u64>>,
+    rest: Option<(usize, u64, Option<u64>)>,
+}
+
+fn settle(items: &[(Amount, Option<u64>, Option<u64>)], whole: u64, align: u64) -> Sized {
+    let mut fixed = Vec::new();
+    let mut rest = None;
+    for (i, (amount, min, max)) in items.iter().enumerate() {
+        let clamp = |v: u64| {
+            let v = min.map_or(v, |m| v.max(m));
+            max.map_or(v, |m| v.min(m))
+        };
+        match amount {
+            Amount::Bytes(b) => fixed.push(Some(align_up(clamp(*b), align))),
+            Amount::Percent(p) => {
+                let v = (whole as f64 * p / 100.0) as u64 / align * align;
+                let v = clamp(v);
+                fixed.push(Some(align_up(v.max(align), align)));
+            }
+            Amount::Rest => {
+                fixed.push(None);
+                let min = align_up(min.unwrap_or(align).max(align), align);
+                rest = Some((i, min, max.map(|m| m / align * align)));
+            }
+        }
+    }
+    Sized { fixed, rest }
+}
+
+/// Renders `t` for disks of `sizes` bytes (one per `[[disk]]`).
+pub fn render(t: &Template, sizes: &[u64]) -> Result<Plan> {
+    let f = &t.file;
+    if sizes.len() < f.disks.len() {
+        return Err(invalid(format!(
+            "class {} needs {} disks, the node has {}",
+            t.class,
+            f.disks.len(),
+            sizes.len()
+        )));
+    }
+    let mut disks = Vec::new();
+    for (d, (disk, &size)) in f.disks.iter().zip(sizes).enumerate() {
+        let items: Vec<_> = disk
+            .partitions
+            .iter()
+            .map(|p| {
+                let p = p.get_ref();
+                (p.size, p.min.map(|b| b.0), p.max.map(|b| b.0))
+            })
+            .collect();
+        let s = settle(&items, size, MIB);
+        let (start, end) = usable(size);
+        let avail = end - start;
+        let fixed_sum: u64 = s.fixed.iter().flatten().sum();
+        let need = fixed_sum + s.rest.map_or(0, |r| r.1);
+        if need > avail {
+            // The smallest disk holding this: the first MiB, the partitions, the backup GPT.
+            let needs = start + need + BACKUP_GPT_BYTES;
+            let which = if f.disks.len() > 1 {
+                format!("disk {}", d + 1)
+            } else {
+                "disk".into()
+            };
+            return Err(invalid(format!(
+                "class {} needs {}, {which} is {} ({} short): give it a larger disk, make a partition smaller (or a percentage), or use another class",
+                t.class,
+                human(needs),
+                human(size),
+                human(needs - size)
+            )));
+        }
+        let rest_size = s.rest.map(|(_, min, max)| {
+            let v = (avail - fixed_sum).max(min);
+            max.map_or(v, |m| v.min(m.max(min)))
+        });
+        let mut at = start;
+        let mut parts = Vec::new();
+        for (i, p) in disk.partitions.iter().enumerate() {
+            let p = p.get_ref();
+            let len = s.fixed[i].or(rest_size).expect("only the rest is unsized");
+            parts.push(PartPlan {
+                number: i as u32 + 1,
+                name: p.name.clone(),
+                start: at,
+                end: at + len,
+                size: len,
+                kind: p.kind,
+                rest: p.size == Amount::Rest,
+                fs: p.fs_spec(),
+            });
+            at += len;
+        }
+        disks.push(DiskPlan {
+            size,
+            partitions: parts,
+            free: end - at,
+        });
+    }
+    let find = |name: &str| -> Option<(usize, &PartPlan)> {
+        disks.iter().enumerate().find_map(|(i, d)| {
+            d.partitions
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| (i, p))
+        })
+    };
+    let mut raids = Vec::new();
+    for r in &f.raid {
+        let r = r.get_ref();
+        let members: Vec<(usize, &PartPlan)> = r
+            .devices
+            .iter()
+            .map(|n| find(n).expect("checked at parse"))
+            .collect();
+        raids.push(RaidPlan {
+            name: r.name.clone(),
+            level: r.level,
+            members: members.iter().map(|(d, p)| (*d, p.number)).collect(),
+            size: members.iter().map(|(_, p)| p.size).min().unwrap_or(0),
+            fs: r.fs_spec(),
+        });
+    }
+    let mut vgs = Vec::new();
+    for g in &f.lvm {
+        let g = g.get_ref();
+        // Each physical volume keeps its first MiB for LVM's label and metadata.
+        let size: u64 = g
+            .devices
+            .iter()
+            .map(|n| {
+                let raw = match raids.iter().find(|r| &r.name == n) {
+                    Some(r) => r.size,
+                    None => find(n).expect("checked at parse").1.size,
+                };
+                raw.saturating_sub(MIB) / EXTENT * EXTENT
+            })
+            .sum();
+        let items: Vec<_> = g
+            .volumes
+            .iter()
+            .map(|v| {
+                let v = v.get_ref();
+                (v.size, v.min.map(|b| b.0), v.max.map(|b| b.0))
+            })
+            .collect();
+        let s = settle(&items, size, EXTENT);
+        let fixed_sum: u64 = s.fixed.iter().flatten().sum();
+        let need = fixed_sum + s.rest.map_or(0, |r| r.1);
+        if need > size {
+            return Err(invalid(format!(
+                "class {}: volume group {} needs {}, its devices give {} ({} short): make a volume smaller or a device larger",
+                t.class,
+                g.name,
+                human(need),
+                human(size),
+                human(need - size)
+            )));
+        }
+        let rest_size = s.rest.map(|(_, min, max)| {
+            let v = (size - fixed_sum).max(min);
+            max.map_or(v, |m| v.min(m.max(min)))
+        });
+        let volumes = g
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let v = v.get_ref();
+                LvPlan {
+                    name: v.name.clone(),
+                    size: s.fixed[i].or(rest_size).expect("only the rest is unsized"),
+                    fs: v.fs_spec(),
+                }
+            })
+            .collect();
+        vgs.push(VgPlan {
+            name: g.name.clone(),
+            devices: g.devices.clone(),
+            size,
+            volumes,
+        });
+    }
+    Ok(Plan {
+        class: t.class.clone(),
+        disks,
+        raids,
+        volume_groups: vgs,
+    })
+}
+
+/// The smallest disk (whole MiB) `t` renders on, every disk the same size, or `None` when no
+/// disk up to 1 PiB is enough (a `*` with a huge `min`).
+pub fn smallest_disk(t: &Template) -> Option<u64> {
+    let n = t.file.disks.len();
+    let fits = |mib: u64| render(t, &vec![mib * MIB; n]).is_ok();
+    let (mut lo, mut hi) = (1u64, 1u64 << 30);
+    if !fits(hi) {
+        return None;
+    }
+    // Percentages make "fits" monotone only in practice, not in theory; a binary search for the
+    // first fitting size is what an administrator asks for ("what is the smallest disk?").
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(lo * MIB)
+}
+
+impl Plan {
+    /// The plan as a table for people.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        for (i, d) in self.disks.iter().enumerate() {
+            out += &format!(
+                "disk {} ({}, {} bytes), class {}\n",
+                i + 1,
+                human(d.size),
+                d.size,
+                self.class
+            );
+            out += &format!(
+                "  {:>2} {:>12} {:>12} {:>10}  {:<9} {:<6} {:<12} {}\n",
+                "#", "start MiB", "end MiB", "size", "type", "fs", "label", "mount"
+            );
+            for p in &d.partitions {
+                out += &format!(
+                    "  {:>2} {:>12} {:>12} {:>10}  {:<9} {:<6} {:<12} {}{}\n",
+                    p.number,
+                    p.start / MIB,
+                    p.end / MIB,
+                    human(p.size),
+                    p.kind.name(),
+                    p.fs.fs.map_or("-", |f| f.name()),
+                    p.fs.label.as_deref().unwrap_or("-"),
+                    p.fs.mount.as_deref().unwrap_or("-"),
+                    if p.rest { "  (rest)" } else { "" }
+                );
+            }
+            if d.free >= MIB {
+                out += &format!("  unpartitioned at the end: {}\n", human(d.free));
+            }
+        }
+        for r in &self.raids {
+            out += &format!(
+                "raid1 /dev/md/{} over {}: about {}, {} {}\n",
+                r.name,
+                r.members
+                    .iter()
+                    .map(|(d, n)| format!("disk {} #{n}", d + 1))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                human(r.size),
+                r.fs.fs.map_or("-", |f| f.name()),
+                r.fs.mount.as_deref().unwrap_or("")
+            );
+        }
+        for g in &self.volume_groups {
+            out += &format!(
+                "volume group {} on {}: {}\n",
+                g.name,
+                g.devices.join(", "),
+                human(g.size)
+            );
+            for v in &g.volumes {
+                out += &format!(
+                    "  lv {:<12} {:>10}  {:<6} {}\n",
+                    v.name,
+                    human(v.size),
+                    v.fs.fs.map_or("-", |f| f.name()),
+                    v.fs.mount.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::size::GIB;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn compute() -> Template {
+        Template::parse(
+            "compute",
+            "compute.toml",
+            include_str!("../../partition-templates/compute.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn seed_003_scr_takes_the_rest() {
+        let t = compute();
+        let a = render(&t, &[13 * GIB]).unwrap();
+        let b = render(&t, &[22 * GIB]).unwrap();
+        let (pa, pb) = (&a.disks[0].partitions, &b.disks[0].partitions);
+        assert_eq!(pa.len(), pb.len());
+        for (x, y) in pa.iter().zip(pb) {
+            if x.fs.mount.as_deref() == Some("/scr") {
+                assert_eq!(y.size - x.size, 9 * GIB);
+            } else {
+                assert_eq!((x.start, x.size), (y.start, y.size));
+            }
+        }
+    }
+
+    #[test]
+    fn too_small_names_class_size_and_shortfall() {
+        let e = render(&compute(), &[4 * GIB]).unwrap_err().to_string();
+        assert!(e.starts_with("class compute needs "), "{e}");
+        assert!(e.contains("disk is 4 GiB ("), "{e}");
+        assert!(e.contains(" short)"), "{e}");
+    }
+
+    /// A random single-disk template: fixed, percent (with bounds) and one `*` partition.
+    fn template_text(parts: &[(u8, u64, bool)], rest_at: usize, rest_max: Option<u64>) -> String {
+        let mut s = String::from("[[disk]]\n");
+        for (i, (kind, v, bounded)) in parts.iter().enumerate() {
+            if i == rest_at {
+                s += "[[disk.partition]]\nsize = \"*\"\nfs = \"ext4\"\nmount = \"/\"\n";
+                if let Some(m) = rest_max {
+                    s += &format!("max = \"{m}MiB\"\n");
+                }
+            }
+            s += "[[disk.partition]]\n";
+            match kind % 2 {
+                0 => s += &format!("size = \"{v}MiB\"\n"),
+                _ => {
+                    s += &format!("size = \"{}%\"\n", v % 15 + 1);
+                    if *bounded {
+                        s += "min = \"100MiB\"\nmax = \"2GiB\"\n";
+                    }
+                }
+            }
+        }
+        if rest_at >= parts.len() {
+            s += "[[disk.partition]]\nsize = \"*\"\nfs = \"ext4\"\nmount = \"/\"\n";
+        }
+        s
+    }
+
+    proptest! {
+        #[test]
+        fn plans_are_aligned_disjoint_and_fit(
+            parts in proptest::collection::vec((0u8..2, 1u64..4000, any::<bool>()), 0..5),
+            rest_at in 0usize..6,
+            rest_max in proptest::option::of(1u64..100_000),
+            size_mib in 10u64..4_000_000,
+            extra_mib in 100u64..100_000,
+            odd in 0u64..(1 << 20),
+        ) {
+            let text = template_text(&parts, rest_at, rest_max);
+            let t = Template::parse("p", "p.toml", &text).unwrap();
+            let size = size_mib * MIB + odd;
+            let Ok(plan) = render(&t, &[size]) else { return Ok(()) };
+            let d = &plan.disks[0];
+            let (first, last) = usable(size);
+            let mut at = first;
+            for p in &d.partitions {
+                prop_assert_eq!(p.start % MIB, 0);
+                prop_assert_eq!(p.end % MIB, 0);
+                prop_assert!(p.start >= at, "overlap");
+                prop_assert!(p.end > p.start);
+                prop_assert_eq!(p.size, p.end - p.start);
+                at = p.end;
+            }
+            prop_assert!(at <= last, "past the backup GPT");
+            prop_assert!(at + 33 * 512 <= size);
+            // A bigger disk: the same or a bigger `*`, never a failure.
+            let bigger = render(&t, &[size + extra_mib * MIB]).unwrap();
+            let rest = |pl: &Plan| pl.disks[0].partitions.iter().find(|p| p.rest).unwrap().size;
+            prop_assert!(rest(&bigger) >= rest(&plan));
+            if rest_max.is_none() && parts.iter().all(|p| p.0 % 2 == 0) {
+                // Only fixed sizes besides: the rest takes every new MiB but at most one.
+                prop_assert!(rest(&bigger) + MIB >= rest(&plan) + extra_mib * MIB);
+            }
+        }
+    }
+}

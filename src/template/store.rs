@@ -1,0 +1,172 @@
+//! Templates kept in a repository: versioned in the catalog, mirrored as plain files.
+//!
+//! The catalog holds every version (`templates` table, schema 3). The newest version of each
+//! class is also written to `templates/CLASS.toml` in the repository, beside `refs/`, so a node
+//! installing from any static copy of the repository (nginx, a cache) finds its class's
+//! template as a plain file, exactly as it finds refs and manifests; `aurum serve` adds
+//! `/api/v1/templates/CLASS` for the same bytes.
+//!
+//! A repository is seeded with the shipped templates by `aurum init` (they are compiled into
+//! the binary, so an installer needs no data files); `aurum template import` adds or updates
+//! classes from files later.
+
+use std::path::Path;
+
+use super::Template;
+use crate::catalog::TemplateVersion;
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::source::{HttpRepo, RevisionSource};
+
+/// The templates shipped in partition-templates/, compiled in: `(class, text)`.
+pub const SHIPPED: &[(&str, &str)] = &[
+    (
+        "bios-legacy",
+        include_str!("../../partition-templates/bios-legacy.toml"),
+    ),
+    (
+        "compute",
+        include_str!("../../partition-templates/compute.toml"),
+    ),
+    (
+        "login",
+        include_str!("../../partition-templates/login.toml"),
+    ),
+    ("lvm", include_str!("../../partition-templates/lvm.toml")),
+    (
+        "master",
+        include_str!("../../partition-templates/master.toml"),
+    ),
+    (
+        "raid1",
+        include_str!("../../partition-templates/raid1.toml"),
+    ),
+];
+
+/// The class a template file is for: its stem (`compute.toml` -> `compute`).
+pub fn class_of(path: &Path) -> Result<String> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    super::check_class(&stem)?;
+    Ok(stem)
+}
+
+/// Path of the mirror file of `class`.
+pub fn mirror_path(repo: &Path, class: &str) -> std::path::PathBuf {
+    repo.join("templates").join(format!("{class}.toml"))
+}
+
+/// Checks `text` and saves it as the next version of `class`. Returns `(version, is_new)`.
+pub fn save(repo: &mut Repository, class: &str, text: &str, note: &str) -> Result<(u32, bool)> {
+    Template::parse(class, &format!("{class}.toml"), text)?;
+    let r = repo.catalog.add_template(class, text, note)?;
+    crate::store::write_atomic(&repo.root, &mirror_path(&repo.root, class), text.as_bytes())?;
+    let mut list = String::new();
+    for v in repo.catalog.templates()? {
+        list += &format!("{}\n", v.class);
+    }
+    crate::store::write_atomic(
+        &repo.root,
+        &repo.root.join("templates/CLASSES"),
+        list.as_bytes(),
+    )?;
+    if r.1 {
+        repo.catalog.event(
+            "template",
+            None,
+            &format!("{class} version {}: {note}", r.0),
+        )?;
+    }
+    Ok(r)
+}
+
+/// The newest (or a given) version of `class`, parsed.
+pub fn load(
+    repo: &Repository,
+    class: &str,
+    version: Option<u32>,
+) -> Result<(TemplateVersion, Template)> {
+    let v = repo.catalog.template(class, version)?.ok_or_else(|| {
+        Error::NotFound(match version {
+            Some(n) => format!("class {class} has no version {n} (`aurum template show {class}` lists them)"),
+            None => format!(
+                "no template for class {class} in {}: `aurum template list` shows the classes, `aurum template import FILE` adds one",
+                repo.root.display()
+            ),
+        })
+    })?;
+    let t = Template::parse(
+        class,
+        &format!("{class}.toml (version {})", v.version),
+        &v.text,
+    )?;
+    Ok((v, t))
+}
+
+/// The newest version of every class, parsed.
+pub fn all(repo: &Repository) -> Result<Vec<Template>> {
+    repo.catalog
+        .templates()?
+        .iter()
+        .map(|v| Template::parse(&v.class, &format!("{}.toml", v.class), &v.text))
+        .collect()
+}
+
+/// The templates a node installing from `http` (a server or any static copy of a repository)
+/// can use: `class` alone, or every class listed in `templates/CLASSES`.
+pub fn from_server(http: &HttpRepo, class: Option<&str>) -> Result<Vec<Template>> {
+    let classes: Vec<String> = match class {
+        Some(c) => vec![c.to_string()],
+        None => String::from_utf8_lossy(&http.get("templates/CLASSES")?)
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect(),
+    };
+    classes
+        .iter()
+        .map(|c| {
+            super::check_class(c)?;
+            let text = http.get(&format!("templates/{c}.toml"))?;
+            let text = String::from_utf8(text).map_err(|_| {
+                crate::error::corrupt(format!("templates/{c}.toml on the server is not UTF-8"))
+            })?;
+            Template::parse(c, &format!("{}/templates/{c}.toml", http.describe()), &text)
+        })
+        .collect()
+}
+
+/// The same from a repository directory.
+pub fn from_repo(repo: &Repository, class: Option<&str>) -> Result<Vec<Template>> {
+    match class {
+        Some(c) => Ok(vec![load(repo, c, None)?.1]),
+        None => all(repo),
+    }
+}
+
+/// Saves the shipped templates the repository lacks (or whose newest version differs).
+pub fn seed(repo: &mut Repository) -> Result<Vec<(String, u32, bool)>> {
+    let mut out = Vec::new();
+    for (class, text) in SHIPPED {
+        let (v, new) = save(repo, class, text, "shipped with aurum")?;
+        out.push((class.to_string(), v, new));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_template_parses_and_renders_on_its_smallest_disk() {
+        for (class, text) in SHIPPED {
+            let t = Template::parse(class, &format!("{class}.toml"), text).unwrap();
+            let min = t.file.matching.disk_min.map_or(64 << 30, |b| b.0);
+            let sizes = vec![min; t.file.disks.len()];
+            super::super::render(&t, &sizes).unwrap_or_else(|e| panic!("{class}: {e}"));
+        }
+    }
+}

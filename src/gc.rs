@@ -33,6 +33,7 @@ pub struct GcReport {
     pub packs_deleted: u64,
     pub packs_repacked: u64,
     pub manifests_deleted: u64,
+    pub deltas_deleted: u64,
     pub bytes_freed: u64,
     pub dry_run: bool,
 }
@@ -130,6 +131,11 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
                 }
             }
         }
+    }
+    // Cached deltas whose target is gone (a blob or a manifest no revision uses).
+    if !dry_run {
+        report.deltas_deleted = crate::delta::Cache::new(&repo.root)
+            .prune(&|id| live.contains(id) || revisions.contains(id))?;
     }
     if !dry_run {
         repo.catalog.event(

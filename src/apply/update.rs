@@ -220,9 +220,72 @@ struct Engine {
     announced: HashMap<Vec<u8>, u64>,
     /// Blobs the node holds.
     local: HashMap<Id, Vec<LocalChunk>>,
+    /// Whole files of the undo areas, by their content: a rollback links them back instead of
+    /// writing their bytes again.
+    whole: HashMap<Id, PathBuf>,
+}
+
+/// A key for a regular file's whole content (its chunk list and sparse map).
+fn content_key(e: &Entry) -> Option<Id> {
+    let Kind::File {
+        size,
+        chunks,
+        extents,
+    } = &e.kind
+    else {
+        return None;
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(&size.to_le_bytes());
+    for c in chunks {
+        h.update(&c.id.0);
+        h.update(&c.len.to_le_bytes());
+    }
+    if let Some(ext) = extents {
+        for (o, l) in ext {
+            h.update(&o.to_le_bytes());
+            h.update(&l.to_le_bytes());
+        }
+    }
+    Some(Id(*h.finalize().as_bytes()))
 }
 
 impl Engine {
+    /// Links a file of the undo area holding exactly `e`'s content to `name` in `dir`, after
+    /// checking every chunk of it; false when there is none (or it changed, or links fail).
+    fn link_whole(&self, dir: BorrowedFd, name: &[u8], e: &Entry) -> bool {
+        let Some(src) = content_key(e).and_then(|k| self.whole.get(&k)) else {
+            return false;
+        };
+        let Kind::File {
+            chunks, extents, ..
+        } = &e.kind
+        else {
+            return false;
+        };
+        let extents = extents.clone().map(std::sync::Arc::new);
+        let mut off = 0u64;
+        for c in chunks {
+            let lc = LocalChunk {
+                at: LocalAt::File(src.clone()),
+                offset: off,
+                len: c.len,
+                extents: extents.clone(),
+            };
+            if self.read_local(&c.id, &lc).is_none() {
+                return false;
+            }
+            off += u64::from(c.len);
+        }
+        let (Some(parent), Some(file)) = (src.parent(), src.file_name()) else {
+            return false;
+        };
+        let Ok(pfd) = sys::open_root(parent) else {
+            return false;
+        };
+        nix::unistd::linkat(pfd.as_fd(), file, dir, name, nix::fcntl::AtFlags::empty()).is_ok()
+    }
+
     fn warn(&self, w: String) {
         self.warnings.lock().expect("lock").push(w);
     }
@@ -461,6 +524,7 @@ pub fn update(
         moved: HashMap::new(),
         announced: HashMap::new(),
         local: HashMap::new(),
+        whole: HashMap::new(),
     };
     let mut report = UpdateReport {
         from: from.clone(),
@@ -929,10 +993,16 @@ pub fn update(
         let temp = temp_name(file_name(&e.path));
         syncer.note(dir.as_fd());
         let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
-        let file = write_file(dir.as_fd(), &temp, e, &provider, &engine.root, progress)?;
-        set_metadata(dir.as_fd(), &temp, e, Some(&file), &engine.root, &|w| {
-            engine.warn(w)
-        })?;
+        if engine.link_whole(dir.as_fd(), &temp, e) {
+            // The very file this path held before (a rollback): linked back, not rewritten.
+            set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| engine.warn(w))?;
+            progress.advance(e.data_len());
+        } else {
+            let file = write_file(dir.as_fd(), &temp, e, &provider, &engine.root, progress)?;
+            set_metadata(dir.as_fd(), &temp, e, Some(&file), &engine.root, &|w| {
+                engine.warn(w)
+            })?;
+        }
         prewritten.insert(s.entry);
     }
     drop(provider);
@@ -1188,6 +1258,9 @@ fn index_local(
                 for e in &m.entries {
                     if e.path == path {
                         add(&mut engine.local, m.resolve(e), LocalAt::File(base.clone()));
+                        if let Some(k) = content_key(m.resolve(e)) {
+                            engine.whole.insert(k, base.clone());
+                        }
                     } else if entry_is_under(&e.path, &path) {
                         let suffix = std::ffi::OsStr::from_bytes(&e.path[path.len() + 1..]);
                         add(

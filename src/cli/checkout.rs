@@ -18,6 +18,10 @@ pub struct CheckoutArgs {
     rev: String,
     /// The directory to create or fill (it must be empty).
     dir: PathBuf,
+    /// Flush the written data to disk before returning (one syncfs), as before powering off
+    /// or pulling a USB disk. Without it, like cp, the kernel writes it back in its own time.
+    #[arg(long)]
+    sync: bool,
 }
 
 pub fn exec(g: &Global, a: CheckoutArgs) -> anyhow::Result<()> {
@@ -28,6 +32,10 @@ pub fn exec(g: &Global, a: CheckoutArgs) -> anyhow::Result<()> {
     let progress = progress::for_terminal(g.no_progress);
     let started = std::time::Instant::now();
     let r = aurum::apply::checkout(&manifest, &blobs, &a.dir, progress.as_ref())?;
+    if a.sync {
+        let fd = aurum::sys::open_root(&a.dir)?;
+        aurum::sys::sync_fs(std::os::fd::AsFd::as_fd(&fd), &a.dir)?;
+    }
     for w in &r.warnings {
         eprintln!("aurum: warning: {w}");
     }

@@ -152,6 +152,17 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
         Ok(r) => r,
         Err(e) => return finish(work, true, Err(e.into())),
     };
+    if !r.capture.unchanged {
+        // The deltas a node running the parent will ask for, as getimage makes them.
+        if let Err(e) = aurum::delta::precompute(
+            &repo,
+            &r.parent.id,
+            &r.capture.revision.id,
+            progress.as_ref(),
+        ) {
+            eprintln!("aurum: warning: deltas from the parent not precomputed: {e:#}");
+        }
+    }
     drop(repo);
     for w in &r.capture.warnings {
         eprintln!("aurum: warning: {w}");

@@ -103,13 +103,14 @@ pub fn gc(g: &Global, a: GcArgs) -> anyhow::Result<()> {
         return print_json(&r);
     }
     println!(
-        "{}{} live blobs, {} dead; {} packs deleted, {} repacked, {} manifests deleted; {} freed",
+        "{}{} live blobs, {} dead; {} packs deleted, {} repacked, {} manifests deleted, {} cached deltas deleted; {} freed",
         if r.dry_run { "(dry run) " } else { "" },
         r.live_blobs,
         r.dead_blobs,
         r.packs_deleted,
         r.packs_repacked,
         r.manifests_deleted,
+        r.deltas_deleted,
         human_bytes(r.bytes_freed)
     );
     Ok(())

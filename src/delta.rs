@@ -37,7 +37,7 @@ const WINDOW_LOG: u32 = 23;
 pub const PAYS_NUM: u64 = 19;
 pub const PAYS_DEN: u64 = 20;
 /// zstd level of deltas made at capture time (once per revision, so it can be slow).
-pub const LEVEL_PRECOMPUTE: i32 = 19;
+pub const LEVEL_PRECOMPUTE: i32 = 15;
 /// zstd level of deltas made on demand while a node waits.
 pub const LEVEL_ON_DEMAND: i32 = 12;
 /// Most records in one request.
@@ -369,6 +369,13 @@ pub fn get_or_make(
         }
     }
     let target = blobs.get(&w.target)?;
+    // Incompressible data (random, already compressed) gains nothing from a high level: the
+    // matches against the base are what count, and any level finds those.
+    let level = if crate::store::compressible(&target) {
+        level
+    } else {
+        level.min(3)
+    };
     if w.base.is_empty() {
         // The blob alone: always sent, the caller has decided it is cheaper than its group.
         let d = encode(&[], &target, level)?;
@@ -380,7 +387,11 @@ pub fn get_or_make(
     // else the node fetches the blob from its pack.
     let delta = encode(&base, &target, level)?;
     let alone = encode(&[], &target, level)?;
-    let best = if alone.len() < delta.len() { alone } else { delta };
+    let best = if alone.len() < delta.len() {
+        alone
+    } else {
+        delta
+    };
     let pays = (best.len() as u64) * PAYS_DEN <= (target.len() as u64) * PAYS_NUM;
     let delta = pays.then_some(best);
     cache.put(w, delta.as_deref())?;
@@ -476,7 +487,9 @@ mod tests {
 
     #[test]
     fn a_delta_rebuilds_its_target_and_nothing_else() {
-        let base: Vec<u8> = (0..200_000u32).flat_map(|i| (i * 7).to_le_bytes()).collect();
+        let base: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i * 7).to_le_bytes())
+            .collect();
         let mut target = base.clone();
         target[1000..1010].copy_from_slice(b"0123456789");
         target.extend_from_slice(b"appended");

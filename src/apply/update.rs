@@ -31,9 +31,9 @@ use nix::unistd::UnlinkatFlags;
 use serde::Serialize;
 
 use super::{create_special, set_metadata, write_file, BlobSource};
-use crate::delta;
 use crate::capture::excludes::Excludes;
 use crate::capture::file_chunks;
+use crate::delta;
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::{display_path, file_name, parent, Entry, Kind, Manifest};
 use crate::format::Id;
@@ -837,7 +837,7 @@ pub fn update(
     let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
     if let (Some(cur), Some(_)) = (current.as_ref(), source) {
         let missing: HashSet<Id> = to_fetch.iter().copied().collect();
-        for w in delta::wants(cur, &manifest, Some(&|id: &Id| missing.contains(id))) {
+        for w in delta::wants(cur, manifest, Some(&|id: &Id| missing.contains(id))) {
             if w.base.iter().all(|b| engine.local.contains_key(b)) {
                 let len = chunk_len[&w.target];
                 delta_wants.push((w, len));
@@ -995,7 +995,9 @@ pub fn update(
         let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
         if engine.link_whole(dir.as_fd(), &temp, e) {
             // The very file this path held before (a rollback): linked back, not rewritten.
-            set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| engine.warn(w))?;
+            set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| {
+                engine.warn(w)
+            })?;
             progress.advance(e.data_len());
         } else {
             let file = write_file(dir.as_fd(), &temp, e, &provider, &engine.root, progress)?;

@@ -258,7 +258,7 @@ impl Catalog {
     pub fn packs(&self) -> Result<Vec<(Id, u64, u64)>> {
         let mut st = self
             .conn
-            .prepare("SELECT id, size, blobs FROM packs ORDER BY id")?;
+            .prepare("SELECT id, size, blobs FROM packs ORDER BY key DESC")?;
         let rows = st.query_map([], |r| {
             Ok((
                 id_from_hex(r.get(0)?)?,

@@ -93,6 +93,8 @@ thread_local! {
             // two workers compress one group on both cores.
             for p in [
                 zstd::zstd_safe::CParameter::EnableLongDistanceMatching(true),
+                // A group is at most a few MiB: no need for long mode's 128 MiB window.
+                zstd::zstd_safe::CParameter::WindowLog(23),
                 zstd::zstd_safe::CParameter::NbWorkers(2),
                 zstd::zstd_safe::CParameter::JobSize(2 << 20),
             ] {
@@ -408,7 +410,7 @@ pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
 }
 
 /// How many decompressed groups a reader keeps (a few per thread).
-const GROUP_CACHE: usize = 4;
+const GROUP_CACHE: usize = 2;
 
 /// Reads blobs out of packs, keeping a few pack files open.
 pub struct PackReader {

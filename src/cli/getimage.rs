@@ -58,6 +58,12 @@ pub struct GetimageArgs {
     /// as a shell would (e.g. "ssh -i /root/.ssh/cluster -o 'ProxyJump bastion'").
     #[arg(long, value_name = "COMMAND", default_value = "ssh")]
     ssh: String,
+    /// zstd level (1-19) for what this capture stores. The default, 3, keeps a first capture
+    /// fast; a revision about to be pushed to many nodes can pay a slower capture for smaller
+    /// transfers (19 stores a Debian python3 install in about a fifth less).
+    #[arg(long, value_name = "N", default_value_t = aurum::store::ZSTD_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: i32,
     /// Do not precompute the binary deltas from the previous revision (nodes updating from it
     /// then get them made on demand by `aurum serve`).
     #[arg(long)]
@@ -86,6 +92,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     }
     patterns.extend(a.exclude);
 
+    aurum::store::set_level(a.level);
     let mut repo = open(g)?;
     let mut source: Box<dyn Source> = match SshUrl::parse(&golden) {
         Some(url) => {

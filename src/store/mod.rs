@@ -22,10 +22,23 @@ use crate::sys::sync_dir;
 
 /// A pack is closed once it grows past this many bytes (the design asks for 32-64 MiB).
 pub const PACK_TARGET: u64 = 48 << 20;
-/// zstd level for blobs and groups: on a Debian root, level 5 stores 2 % less than level 3 at
-/// about the same capture time (hashing and reading the tree dominate), level 7 1.7 % less again
-/// at 1.6 times the time.
+/// zstd level for blobs and groups (with long-distance matching, two workers per group): on a
+/// Debian root the store is then smaller than its `tar | zstd -3`, and compression, which is
+/// most of a first capture's CPU, runs on both cores. `getimage --level` raises it for a
+/// revision about to be sent to many nodes.
 pub const ZSTD_LEVEL: i32 = 3;
+
+static LEVEL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(ZSTD_LEVEL);
+
+/// Sets the zstd level of the blobs and groups this process stores from now on (1 to 19).
+pub fn set_level(level: i32) {
+    LEVEL.store(level.clamp(1, 19), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The zstd level blobs and groups are stored at.
+pub fn level() -> i32 {
+    LEVEL.load(std::sync::atomic::Ordering::Relaxed)
+}
 /// A group is closed once its members add up to this many bytes.
 ///
 /// Compressible blobs are stored in groups, several to a zstd frame, in tree order: compressed
@@ -88,7 +101,7 @@ thread_local! {
         std::cell::RefCell::new(zstd::bulk::Compressor::new(1).expect("zstd context"));
     static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
         std::cell::RefCell::new({
-            let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context");
+            let mut c = zstd::bulk::Compressor::new(level()).expect("zstd context");
             // Long-distance matching finds the repeats between similar files of a group;
             // two workers compress one group on both cores.
             for p in [
@@ -99,6 +112,17 @@ thread_local! {
                 zstd::zstd_safe::CParameter::JobSize(2 << 20),
             ] {
                 c.set_parameter(p).expect("zstd parameter");
+            }
+            if level() >= 10 {
+                // The high levels' default tables are sized for inputs far larger than a group
+                // (hundreds of MiB with two workers); these keep a worker near 40 MiB.
+                for p in [
+                    zstd::zstd_safe::CParameter::HashLog(21),
+                    zstd::zstd_safe::CParameter::ChainLog(22),
+                    zstd::zstd_safe::CParameter::NbWorkers(0),
+                ] {
+                    c.set_parameter(p).expect("zstd parameter");
+                }
             }
             c
         });

@@ -153,7 +153,9 @@ fn api_response(
         (Method::Get, ["nodes"]) => Ok(json_response(&cat.nodes()?)),
         (Method::Post, ["deltas"]) => {
             let mut body = Vec::new();
-            rq.as_reader().take(MAX_DELTA_BODY + 1).read_to_end(&mut body)?;
+            rq.as_reader()
+                .take(MAX_DELTA_BODY + 1)
+                .read_to_end(&mut body)?;
             if body.len() as u64 > MAX_DELTA_BODY {
                 return Err(invalid("delta request too large"));
             }

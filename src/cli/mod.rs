@@ -11,7 +11,9 @@ mod inspect;
 mod install;
 mod maintenance;
 mod node;
+mod nodedb;
 mod progress;
+mod pxe;
 mod serve;
 mod tarball;
 mod template;
@@ -91,6 +93,8 @@ pub enum Command {
     Rollback(node::RollbackArgs),
     MarkGood(node::MarkGoodArgs),
     NodeStatus(node::NodeStatusArgs),
+    Node(nodedb::NodeArgs),
+    Pxe(pxe::PxeArgs),
     Template(template::TemplateArgs),
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
@@ -126,6 +130,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => node::rollback(g, a),
         Command::MarkGood(a) => node::mark_good(g, a),
         Command::NodeStatus(a) => node::node_status(g, a),
+        Command::Node(a) => nodedb::exec(g, a),
+        Command::Pxe(a) => pxe::exec(g, a),
         Command::Template(a) => template::exec(g, a),
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),

@@ -99,6 +99,8 @@ pub enum Command {
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
     Install(install::InstallArgs),
+    #[command(hide = true)]
+    InstallReport(install::InstallReportArgs),
 }
 
 /// Runs the chosen command.
@@ -136,6 +138,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),
         Command::Install(a) => install::install(g, a),
+        Command::InstallReport(a) => install::install_report(g, a),
     }
 }
 

@@ -167,7 +167,8 @@ fn boot_response(
         *catalog = Some(Catalog::open(&root.join("aurum.db"))?);
     }
     let cat = catalog.as_mut().expect("opened above");
-    let mac = crate::nodedb::normalise_mac(mac)?;
+    // iPXE escapes the colons of `${mac}` in URLs (`52%3A54%3A...`).
+    let mac = crate::nodedb::normalise_mac(&mac.replace("%3A", ":").replace("%3a", ":"))?;
     let Some(node) = cat.inventory_node(&mac)? else {
         log::warn!("{mac} asked for its boot script and is not in the node database");
         return Ok(format!(

@@ -2,6 +2,7 @@
 //!
 //! The doc comments on the option structs are the `--help` text, written for an administrator.
 
+mod bootkit;
 mod checkout;
 mod chroot;
 mod getimage;
@@ -95,6 +96,7 @@ pub enum Command {
     NodeStatus(node::NodeStatusArgs),
     Node(nodedb::NodeArgs),
     Pxe(pxe::PxeArgs),
+    Bootkit(bootkit::BootkitArgs),
     Template(template::TemplateArgs),
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
@@ -134,6 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::NodeStatus(a) => node::node_status(g, a),
         Command::Node(a) => nodedb::exec(g, a),
         Command::Pxe(a) => pxe::exec(g, a),
+        Command::Bootkit(a) => bootkit::exec(g, a),
         Command::Template(a) => template::exec(g, a),
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),

@@ -1,0 +1,632 @@
+//! The node database, DHCP/TFTP/iPXE configuration, install phase reports, and a real network
+//! install: QEMU (TCG) PXE-boots a node with iPXE from QEMU's built-in DHCP/TFTP, loads the
+//! boot kit from `aurum serve`, installs a small busybox image onto a raw virtio disk,
+//! reports every phase and powers off; the disk is then checked on the host.
+//!
+//! The QEMU test needs what ./test.sh installs (qemu-system-x86 from bookworm-backports,
+//! ipxe-qemu, busybox-static, kmod, gdisk, e2fsprogs, dosfstools) and downloads Debian's
+//! kernel package once into /var/cache/aurum-test (see
+//! /work/shared/reference/qemu-pxe-testbed.md).
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{have, is_root, json, sh, Env};
+use crate::serve::Server;
+
+const MAC: &str = "52:54:00:00:00:10";
+
+fn get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent.get(url).call().expect("GET");
+    (
+        r.status().as_u16(),
+        r.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+fn post(url: &str, body: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+        .expect("POST")
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn node_database_refuses_duplicates_and_normalises_macs() {
+    let env = Env::new();
+    env.ok(&[
+        "node",
+        "add",
+        "n01",
+        "--mac",
+        "52-54-00-11-23-0A",
+        "--ip",
+        "10.0.1.1",
+        "--class",
+        "compute",
+        "--image",
+        "compute:prod",
+        "--group",
+        "rack1",
+        "--bmc",
+        "10.0.9.1",
+    ]);
+    let e = env.fails(&["node", "add", "n02", "--mac", "5254.0011.230a"], 2);
+    assert!(
+        e.contains("MAC 52:54:00:11:23:0a is already node n01's"),
+        "{e}"
+    );
+    let e = env.fails(
+        &[
+            "node",
+            "add",
+            "n02",
+            "--mac",
+            "52:54:00:11:23:02",
+            "--ip",
+            "10.0.1.1",
+        ],
+        2,
+    );
+    assert!(e.contains("IP 10.0.1.1 is already node n01's"), "{e}");
+    let e = env.fails(&["node", "add", "n01", "--mac", "52:54:00:11:23:03"], 2);
+    assert!(e.contains("node n01 already exists"), "{e}");
+    let e = env.fails(&["node", "add", "n02", "--mac", "52:54:00:11:23"], 2);
+    assert!(e.contains("is not a MAC address"), "{e}");
+
+    // Import: all or nothing.
+    let csv = env.path("nodes.csv");
+    fs::write(
+        &csv,
+        "name,mac,ip,class,image,group\nn02,52:54:00:11:23:02,10.0.1.2,compute,compute,rack1\nn03,52:54:00:11:23:0A,10.0.1.3,,,\n",
+    )
+    .unwrap();
+    let e = env.fails(&["node", "import", csv.to_str().unwrap()], 2);
+    assert!(e.contains("already node n01's"), "{e}");
+    assert_eq!(
+        json(&env.ok(&["node", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    fs::write(
+        &csv,
+        "name,mac,ip,class,image,group\nn02,52:54:00:11:23:02,10.0.1.2,compute,compute,rack1\nn03,52:54:00:11:23:03,,,,\n",
+    )
+    .unwrap();
+    env.ok(&["node", "import", csv.to_str().unwrap()]);
+    let list = json(&env.ok(&["node", "list", "--json"]));
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["n01", "n02", "n03"]);
+    assert_eq!(list[0]["mac"], "52:54:00:11:23:0a");
+    assert_eq!(list[0]["bmc"], "10.0.9.1");
+    assert_eq!(list[0]["boot"], "install");
+
+    env.ok(&["node", "set", "n03", "--ip", "10.0.1.3", "--class", "login"]);
+    let e = env.fails(&["node", "set", "n03", "--mac", "52:54:00:11:23:02"], 2);
+    assert!(e.contains("already node n02's"), "{e}");
+    let show = env.ok(&["node", "show", "n03"]);
+    assert!(
+        show.contains("10.0.1.3") && show.contains("login"),
+        "{show}"
+    );
+    assert!(show.contains("never reported"), "{show}");
+    // Lookup by MAC, in any spelling.
+    assert!(env
+        .ok(&["node", "show", "52-54-00-11-23-03"])
+        .contains("node      n03"));
+    env.ok(&["node", "rm", "n03"]);
+    env.fails(&["node", "show", "n03"], 2);
+    assert!(env.ok(&["node", "list"]).contains("n02"));
+}
+
+#[test]
+fn dhcp_configs_pass_dnsmasq_and_dhcpd_checks() {
+    let env = Env::new();
+    env.ok(&[
+        "node",
+        "add",
+        "n01",
+        "--mac",
+        "52:54:00:11:23:01",
+        "--ip",
+        "10.0.1.1",
+    ]);
+    env.ok(&["node", "add", "n02", "--mac", "52:54:00:11:23:02"]);
+    let server = "http://10.0.1.254:8035";
+    let full = env.path("dnsmasq.conf");
+    let proxy = env.path("proxy.conf");
+    let dhcpd = env.path("dhcpd.conf");
+    env.ok(&[
+        "pxe",
+        "config",
+        "--dnsmasq",
+        full.to_str().unwrap(),
+        "--server",
+        server,
+        "--subnet",
+        "10.0.1.0/24",
+        "--range",
+        "10.0.1.100,10.0.1.200",
+        "--tftp-root",
+        "/srv/tftp",
+    ]);
+    env.ok(&[
+        "pxe",
+        "config",
+        "--dnsmasq",
+        proxy.to_str().unwrap(),
+        "--server",
+        server,
+        "--subnet",
+        "10.0.1.0/24",
+        "--proxy",
+    ]);
+    env.ok(&[
+        "pxe",
+        "config",
+        "--dhcpd",
+        dhcpd.to_str().unwrap(),
+        "--server",
+        server,
+        "--subnet",
+        "10.0.1.0/24",
+        "--range",
+        "10.0.1.100,10.0.1.200",
+    ]);
+    let text = fs::read_to_string(&full).unwrap();
+    for want in [
+        "dhcp-host=52:54:00:11:23:01,10.0.1.1,n01,infinite",
+        "dhcp-host=52:54:00:11:23:02,n02",
+        "dhcp-match=set:efi64,option:client-arch,7",
+        "dhcp-userclass=set:ipxe,iPXE",
+        "dhcp-boot=tag:ipxe,http://10.0.1.254:8035/boot/${mac}.ipxe",
+        "dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi",
+        "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe",
+    ] {
+        assert!(text.contains(want), "no `{want}` in:\n{text}");
+    }
+    assert!(fs::read_to_string(&proxy)
+        .unwrap()
+        .contains("dhcp-range=10.0.1.0,proxy"));
+    let text = fs::read_to_string(&dhcpd).unwrap();
+    assert!(text.contains(
+        "host n01 { hardware ethernet 52:54:00:11:23:01; fixed-address 10.0.1.1; option host-name \"n01\"; }"
+    ));
+    let e = env.fails(
+        &[
+            "pxe",
+            "config",
+            "--dhcpd",
+            "/dev/null",
+            "--server",
+            server,
+            "--proxy",
+        ],
+        2,
+    );
+    assert!(e.contains("ProxyDHCP"), "{e}");
+
+    if have("dnsmasq") {
+        for f in [&full, &proxy] {
+            sh(&format!("dnsmasq --test -C {}", f.display()));
+        }
+    } else {
+        eprintln!("dnsmasq not installed (dnsmasq-base): its syntax check skipped");
+    }
+    if have("dhcpd") {
+        sh(&format!("dhcpd -t -cf {}", dhcpd.display()));
+    } else {
+        eprintln!("dhcpd not installed (isc-dhcp-server): its syntax check skipped");
+    }
+}
+
+#[test]
+fn serve_gives_per_node_scripts_and_a_done_report_switches_to_local_boot() {
+    let env = Env::new();
+    env.ok(&[
+        "node", "add", "n01", "--mac", MAC, "--image", "tiny", "--class", "tiny",
+    ]);
+    let tftp = env.path("tftp");
+    let srv = Server::start(&env);
+    let base = format!("http://{}", srv.addr);
+    env.ok(&[
+        "pxe",
+        "tftp",
+        "--root",
+        tftp.to_str().unwrap(),
+        "--server",
+        &base,
+    ]);
+    let first = fs::read_to_string(tftp.join("boot.ipxe")).unwrap();
+    assert!(
+        first.contains(&format!("chain {base}/boot/${{mac}}.ipxe")),
+        "{first}"
+    );
+    let node_file = tftp.join("ipxe/52-54-00-00-00-10.ipxe");
+    let pxelinux = tftp.join("pxelinux.cfg/01-52-54-00-00-00-10");
+    assert!(fs::read_to_string(&node_file).unwrap().contains("kernel "));
+    assert!(fs::read_to_string(&pxelinux).unwrap().contains("APPEND "));
+
+    // iPXE escapes the colons of ${mac}.
+    let (st, script) = get(&format!("{base}/boot/52%3A54%3A00%3A00%3A00%3A10.ipxe"));
+    assert_eq!(st, 200);
+    assert!(
+        script.contains(&format!("kernel {base}/boot/kit/vmlinuz initrd=initrd.img aurum.server={base} aurum.node=n01 aurum.image=tiny aurum.class=tiny")),
+        "{script}"
+    );
+    let (_, unknown) = get(&format!("{base}/boot/52:54:00:00:00:99.ipxe"));
+    assert!(unknown.contains("not in the node database"), "{unknown}");
+
+    let url = format!("{base}/api/v1/install/n01");
+    assert_eq!(
+        post(
+            &url,
+            r#"{"phase":"transfer","detail":"1 of 2 bytes","revision":"tiny@1 0123abcd","done":1,"total":2}"#
+        ),
+        204
+    );
+    assert!(env
+        .ok(&["node", "show", "n01"])
+        .contains("phase     transfer"));
+    assert_eq!(
+        post(
+            &format!("{base}/api/v1/install/n99"),
+            r#"{"phase":"done","detail":""}"#
+        ),
+        404
+    );
+    assert_eq!(post(&url, r#"{"phase":"done","detail":"installed"}"#), 204);
+
+    let show = env.ok(&["node", "show", "n01"]);
+    assert!(show.contains("boot      local"), "{show}");
+    assert!(show.contains("revision  tiny@1 0123abcd"), "{show}");
+    let (_, script) = get(&format!("{base}/boot/{MAC}.ipxe"));
+    assert!(
+        script.contains("sanboot --no-describe --drive 0x80"),
+        "{script}"
+    );
+    assert!(fs::read_to_string(&node_file).unwrap().contains("sanboot"));
+    assert!(fs::read_to_string(&pxelinux)
+        .unwrap()
+        .contains("LOCALBOOT 0"));
+    let nodes = env.ok(&["nodes"]);
+    assert!(
+        nodes.contains("install") && nodes.contains("ok") && nodes.contains("done tiny@1"),
+        "{nodes}"
+    );
+
+    env.ok(&["pxe", "netboot", "n01", "--install"]);
+    assert!(fs::read_to_string(&node_file).unwrap().contains("kernel "));
+    let (_, script) = get(&format!("{base}/boot/{MAC}.ipxe"));
+    assert!(script.contains("kernel "), "{script}");
+}
+
+/// The kernel and its modules, from Debian's package, unpacked once into a cache outside the
+/// repository. Returns (vmlinuz, the unpacked tree).
+fn debian_kernel() -> (PathBuf, PathBuf) {
+    let cache = Path::new("/var/cache/aurum-test");
+    fs::create_dir_all(cache).unwrap();
+    let pkg =
+        sh("apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}'");
+    let pkg = pkg.trim();
+    assert!(
+        !pkg.is_empty(),
+        "apt-cache knows no linux-image-amd64: run apt-get update"
+    );
+    let tree = cache.join(pkg);
+    if !tree.join("boot").is_dir() {
+        let deb = sh(&format!(
+            "cd {c} && ls {pkg}_*.deb 2>/dev/null || (apt-get download -q {pkg} >&2 && ls {pkg}_*.deb)",
+            c = cache.display()
+        ));
+        let tmp = cache.join(format!("{pkg}.tmp"));
+        let _ = fs::remove_dir_all(&tmp);
+        sh(&format!(
+            "dpkg -x {}/{} {}",
+            cache.display(),
+            deb.trim(),
+            tmp.display()
+        ));
+        fs::rename(&tmp, &tree).unwrap();
+    }
+    let kernel = fs::read_dir(tree.join("boot"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
+        .expect("the package has a vmlinuz");
+    (kernel, tree)
+}
+
+/// A golden client of a few MB: busybox (so the chrooted hooks run) and some files.
+fn golden(root: &Path) {
+    for d in ["bin", "etc", "dev", "proc", "sys", "tmp", "var/lib/app"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::copy(sh("command -v busybox").trim(), root.join("bin/busybox")).unwrap();
+    for l in [
+        "sh", "cat", "echo", "sed", "grep", "rm", "ln", "chmod", "printf", "env",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(l)).unwrap();
+    }
+    fs::write(root.join("etc/motd"), "installed over the network\n").unwrap();
+    crate::common::write_random(&root.join("var/lib/app/data"), 11, 2 << 20);
+}
+
+const TEMPLATE: &str = r#"description = "PXE test node: a small ESP and root"
+
+[[disk]]
+
+[[disk.partition]]
+name = "esp"
+type = "efi"
+size = "16MiB"
+fs = "vfat"
+label = "ESP"
+mount = "/boot/efi"
+mount-options = "umask=0077"
+
+[[disk.partition]]
+name = "root"
+size = "*"
+fs = "ext4"
+label = "root"
+mount = "/"
+"#;
+
+/// The last lines of a serial log.
+fn tail(log: &Path, n: usize) -> String {
+    let text = String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
+    let rom = Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom");
+    let needs = [
+        "qemu-system-x86_64",
+        "busybox",
+        "sgdisk",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "e2fsck",
+        "debugfs",
+        "depmod",
+        "apt-get",
+        "dpkg",
+    ];
+    let missing: Vec<&&str> = needs.iter().filter(|p| !have(p)).collect();
+    if !missing.is_empty() || !rom.exists() {
+        eprintln!(
+            "skipped: the PXE install test needs {missing:?}{} (./test.sh installs them as root)",
+            if rom.exists() {
+                ""
+            } else {
+                " and ipxe-qemu's ROMs"
+            }
+        );
+        return;
+    }
+    let started = Instant::now();
+    let env = Env::new();
+    let (kernel, tree) = debian_kernel();
+    let kit = env.repo().join("bootkit");
+    env.ok(&[
+        "bootkit",
+        "build",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--modules",
+        tree.to_str().unwrap(),
+        "-o",
+        kit.to_str().unwrap(),
+        "--append",
+        "console=ttyS0,115200 aurum.done=poweroff",
+    ]);
+    let kit_built = started.elapsed();
+
+    let g = env.path("golden");
+    golden(&g);
+    let captured = env.getimage(&g, "tiny", &[]);
+    // `tiny@1 1f2e3d4c`: the node names the revision by image and short id.
+    let short_id = captured.split_whitespace().nth(1).unwrap().to_string();
+    let t = env.path("tiny.toml");
+    fs::write(&t, TEMPLATE).unwrap();
+    env.ok(&["template", "import", t.to_str().unwrap()]);
+    env.ok(&[
+        "node", "add", "vm1", "--mac", MAC, "--image", "tiny", "--class", "tiny",
+    ]);
+    let srv = Server::start(&env);
+    let port = srv.addr.rsplit(':').next().unwrap().to_string();
+    let tftp = env.path("tftp");
+    env.ok(&[
+        "pxe",
+        "tftp",
+        "--root",
+        tftp.to_str().unwrap(),
+        "--server",
+        &format!("http://10.0.2.2:{port}"),
+    ]);
+    let disk = env.path("disk.raw");
+    fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
+
+    let log = env.path("serial.log");
+    let booted = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "1024", "-smp", "2",
+        ])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-boot", "order=n", "-netdev"])
+        .arg(format!(
+            "user,id=n0,net=10.0.2.0/24,tftp={},bootfile=boot.ipxe",
+            tftp.display()
+        ))
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,cache=unsafe",
+            disk.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu");
+    let limit = Duration::from_secs(240);
+    let status = loop {
+        if let Some(s) = qemu.try_wait().unwrap() {
+            break s;
+        }
+        let text = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
+        let failed = text.contains("aurum: install failed") || text.contains("here is a shell");
+        if failed || booted.elapsed() > limit {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            panic!(
+                "{} after {:.0} s; serial console (last 60 lines):\n{}",
+                if failed {
+                    "the install failed"
+                } else {
+                    "QEMU timed out"
+                },
+                booted.elapsed().as_secs_f64(),
+                tail(&log, 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let mut err = String::new();
+    qemu.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let install_time = booted.elapsed();
+    assert!(
+        status.success(),
+        "qemu: {status}\n{err}\n{}",
+        tail(&log, 60)
+    );
+    let serial = String::from_utf8_lossy(&fs::read(&log).unwrap()).into_owned();
+    assert!(
+        serial.contains("aurum: install done: poweroff"),
+        "{}",
+        tail(&log, 60)
+    );
+    // The first script reached aurum serve (not only the TFTP fallback).
+    assert!(
+        !serial.contains("trying the TFTP copy"),
+        "{}",
+        tail(&log, 80)
+    );
+    eprintln!(
+        "boot kit built in {:.1} s; PXE boot to installed and powered off in {:.1} s",
+        kit_built.as_secs_f64(),
+        install_time.as_secs_f64()
+    );
+
+    // The disk: GPT as the template says, a clean ext4 root holding the revision.
+    let gpt = sh(&format!("sgdisk -p {}", disk.display()));
+    let rows: Vec<Vec<&str>> = gpt
+        .lines()
+        .skip_while(|l| !l.starts_with("Number"))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{gpt}");
+    assert_eq!((rows[0][5], rows[0][6]), ("EF00", "esp"), "{gpt}");
+    assert_eq!((rows[1][5], rows[1][6]), ("8300", "root"), "{gpt}");
+    let offset: u64 = rows[1][1].parse::<u64>().unwrap() * 512;
+    let fsimg = format!("{}?offset={offset}", disk.display());
+    let out = Command::new("e2fsck")
+        .args(["-fn", &fsimg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "e2fsck -fn: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cat = |p: &str| sh(&format!("debugfs -R 'cat {p}' '{fsimg}' 2>/dev/null"));
+    assert_eq!(cat("/etc/motd"), "installed over the network\n");
+    assert_eq!(cat("/etc/hostname"), "vm1\n");
+    assert!(cat("/etc/fstab").contains("/boot/efi"));
+    if is_root() && Path::new("/dev/loop-control").exists() {
+        let mnt = env.path("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        sh(&format!(
+            "mount -o ro,loop,offset={offset} {} {}",
+            disk.display(),
+            mnt.display()
+        ));
+        let same = |rel: &str| fs::read(g.join(rel)).unwrap() == fs::read(mnt.join(rel)).unwrap();
+        let ok = same("var/lib/app/data") && same("bin/busybox");
+        let listing = sh(&format!("ls -la {}/bin | head -5", mnt.display()));
+        sh(&format!("umount {}", mnt.display()));
+        assert!(
+            ok,
+            "the installed files differ from the golden client's:\n{listing}"
+        );
+    }
+
+    // The node reported every phase, and is switched to local boot.
+    let show = env.ok(&["node", "show", "vm1"]);
+    assert!(show.contains("boot      local"), "{show}");
+    assert!(show.contains("phase     done"), "{show}");
+    assert!(
+        show.contains(&format!("revision  tiny {short_id}")),
+        "{show}"
+    );
+    for phase in [
+        "facts",
+        "partition",
+        "mkfs",
+        "transfer",
+        "hooks",
+        "bootloader",
+        "done",
+    ] {
+        assert!(
+            show.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some(phase)),
+            "no {phase} phase reported:\n{show}"
+        );
+    }
+    let script = fs::read_to_string(tftp.join("ipxe/52-54-00-00-00-10.ipxe")).unwrap();
+    assert!(script.contains("sanboot"), "{script}");
+    drop(srv);
+}

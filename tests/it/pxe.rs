@@ -316,10 +316,152 @@ fn serve_gives_per_node_scripts_and_a_done_report_switches_to_local_boot() {
         "{nodes}"
     );
 
+    // What the boot kit's /init sends when an install fails: the log tail.
+    let log = env.path("install.log");
+    let lines: Vec<String> = (1..=60).map(|i| format!("line {i}")).collect();
+    fs::write(&log, lines.join("\n") + "\nsgdisk: cannot open /dev/vda\n").unwrap();
+    env.ok(&[
+        "install-report",
+        "--server",
+        &base,
+        "--node",
+        "n01",
+        "--phase",
+        "failed",
+        "--detail-file",
+        log.to_str().unwrap(),
+    ]);
+    let show = json(&env.ok(&["node", "show", "n01", "--json"]));
+    let last = &show["node"]["last"];
+    assert_eq!(last["phase"], "failed");
+    let detail = last["detail"].as_str().unwrap();
+    assert!(detail.ends_with("sgdisk: cannot open /dev/vda"), "{detail}");
+    assert!(
+        !detail.contains("line 20\n") && detail.contains("line 60"),
+        "{detail}"
+    );
+    assert!(env.ok(&["nodes"]).contains("failed"));
+
     env.ok(&["pxe", "netboot", "n01", "--install"]);
     assert!(fs::read_to_string(&node_file).unwrap().contains("kernel "));
     let (_, script) = get(&format!("{base}/boot/{MAC}.ipxe"));
     assert!(script.contains("kernel "), "{script}");
+}
+
+#[test]
+fn bootkit_has_init_tools_and_modules_in_dependency_order() {
+    if !["busybox", "sgdisk", "mkfs.ext4", "blkid", "cpio"]
+        .iter()
+        .all(|p| have(p))
+    {
+        eprintln!("skipped: needs busybox-static, gdisk, e2fsprogs, util-linux, cpio");
+        return;
+    }
+    let env = Env::new();
+    // A kernel tree with fake modules: only the file names and modules.dep matter here.
+    let mods = env.path("tree/lib/modules/6.1.0-99-amd64");
+    for m in [
+        "kernel/fs/ext4/ext4.ko",
+        "kernel/fs/jbd2/jbd2.ko",
+        "kernel/fs/mbcache.ko",
+    ] {
+        fs::create_dir_all(mods.join(m).parent().unwrap()).unwrap();
+        fs::write(mods.join(m), m).unwrap();
+    }
+    fs::write(
+        mods.join("modules.dep"),
+        "kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\nkernel/fs/jbd2/jbd2.ko:\nkernel/fs/mbcache.ko:\n",
+    )
+    .unwrap();
+    fs::write(
+        mods.join("modules.builtin"),
+        "kernel/drivers/block/virtio_blk.ko\n",
+    )
+    .unwrap();
+    let kernel = env.path("tree/vmlinuz-6.1.0-99-amd64");
+    fs::write(&kernel, "not really a kernel").unwrap();
+    let kit = env.path("kit");
+    let build = |extra: &[&str]| {
+        let mut a = vec![
+            "bootkit",
+            "build",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--modules",
+        ];
+        let tree = env.path("tree");
+        let tree = tree.to_str().unwrap().to_string();
+        let kit = kit.to_str().unwrap().to_string();
+        a.push(&tree);
+        a.push("-o");
+        a.push(&kit);
+        a.extend_from_slice(extra);
+        env.run(&a)
+    };
+    let out = build(&[
+        "--module",
+        "ext4",
+        "--module",
+        "virtio_blk",
+        "--append",
+        "console=ttyS0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = build(&["--module", "e1000"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no module e1000"));
+
+    assert_eq!(
+        fs::read_to_string(kit.join("cmdline")).unwrap(),
+        "console=ttyS0\n"
+    );
+    assert_eq!(
+        fs::read(kit.join("vmlinuz")).unwrap(),
+        b"not really a kernel"
+    );
+    let list = sh(&format!(
+        "zcat {} | cpio -it --quiet",
+        kit.join("initrd.img").display()
+    ));
+    for want in [
+        "init",
+        "bin/busybox",
+        "bin/sh",
+        "sbin/udhcpc",
+        "usr/bin/aurum",
+        "usr/sbin/sgdisk",
+        "usr/sbin/mkfs.ext4",
+        "usr/sbin/blkid",
+        "dev/console",
+        "lib/modules/6.1.0-99-amd64/kernel/fs/ext4/ext4.ko",
+        "etc/aurum-modules",
+        "etc/udhcpc.script",
+    ] {
+        assert!(
+            list.lines().any(|l| l == want),
+            "no {want} in the initramfs:\n{list}"
+        );
+    }
+    let x = env.path("x");
+    fs::create_dir_all(&x).unwrap();
+    sh(&format!(
+        "cd {} && zcat {} | cpio -id --quiet etc/aurum-modules init",
+        x.display(),
+        kit.join("initrd.img").display()
+    ));
+    let order = fs::read_to_string(x.join("etc/aurum-modules")).unwrap();
+    let names: Vec<&str> = order
+        .lines()
+        .map(|l| l.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(names, ["jbd2.ko", "mbcache.ko", "ext4.ko"]);
+    assert!(fs::read_to_string(x.join("init"))
+        .unwrap()
+        .contains("aurum \"$@\""));
 }
 
 /// The kernel and its modules, from Debian's package, unpacked once into a cache outside the

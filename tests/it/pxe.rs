@@ -548,8 +548,51 @@ fn tail(log: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-#[test]
-fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
+/// How the VM gets DHCP and its first boot file.
+#[derive(Clone, Copy, PartialEq)]
+enum Net {
+    /// QEMU's built-in DHCP and TFTP, handing out the TFTP tree's `boot.ipxe`.
+    User,
+    /// dnsmasq with aurum's generated configuration, on a tap device in a network namespace
+    /// of its own (with `aurum serve` in it too).
+    Dnsmasq,
+}
+
+/// The dnsmasq route: the node's fixed address and the host's address on the tap device.
+const NODE_IP: &str = "10.77.0.10";
+const HOST_IP: &str = "10.77.0.1";
+
+/// Runs in a new network namespace: a tap device for QEMU, `aurum serve` and dnsmasq on it,
+/// then QEMU in the foreground (its serial console on stdout).
+const NETNS_SCRIPT: &str = r#"set -e
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+ip link set lo up
+ip tuntap add dev tap0 mode tap
+ip addr add "$HOST_IP/24" dev tap0
+ip -6 addr add fd77::1/64 dev tap0
+ip link set tap0 up
+"$AURUM" --repo "$REPO" --no-progress serve --listen "$HOST_IP:8035" 2>"$WORK/serve.log" &
+# RA only: without an IPv6 router iPXE waits ~13 s for one.
+dnsmasq --keep-in-foreground --conf-file="$CONF" --user=root --pid-file="$WORK/dnsmasq.pid" \
+    --dhcp-leasefile="$WORK/leases" --log-dhcp --enable-ra --dhcp-range=fd77::,ra-only \
+    2>"$WORK/dnsmasq.log" &
+for i in $(seq 50); do
+    [ -s "$WORK/serve.log" ] && [ -s "$WORK/dnsmasq.pid" ] && break
+    sleep 0.1
+done
+"$@"
+"#;
+
+/// Whether the dnsmasq route can run here.
+fn can_netns() -> bool {
+    is_root()
+        && Path::new("/dev/net/tun").exists()
+        && ["unshare", "ip", "dnsmasq"].iter().all(|p| have(p))
+}
+
+/// PXE-installs a QEMU node over `net` and checks the disk, the reports and the switch to
+/// local boot.
+fn pxe_install(net: Net) {
     let rom = Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom");
     let needs = [
         "qemu-system-x86_64",
@@ -573,6 +616,10 @@ fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
                 " and ipxe-qemu's ROMs"
             }
         );
+        return;
+    }
+    if net == Net::Dnsmasq && !can_netns() {
+        eprintln!("skipped: the dnsmasq route needs root, /dev/net/tun, unshare, ip and dnsmasq");
         return;
     }
     let started = Instant::now();
@@ -601,52 +648,122 @@ fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
     let t = env.path("tiny.toml");
     fs::write(&t, TEMPLATE).unwrap();
     env.ok(&["template", "import", t.to_str().unwrap()]);
-    env.ok(&[
+    let mut add = vec![
         "node", "add", "vm1", "--mac", MAC, "--image", "tiny", "--class", "tiny",
-    ]);
-    let srv = Server::start(&env);
-    let port = srv.addr.rsplit(':').next().unwrap().to_string();
+    ];
+    if net == Net::Dnsmasq {
+        add.extend(["--ip", NODE_IP]);
+    }
+    env.ok(&add);
     let tftp = env.path("tftp");
-    env.ok(&[
-        "pxe",
-        "tftp",
-        "--root",
-        tftp.to_str().unwrap(),
-        "--server",
-        &format!("http://10.0.2.2:{port}"),
-    ]);
     let disk = env.path("disk.raw");
     fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
-
     let log = env.path("serial.log");
+
+    let mut qemu_args: Vec<String> = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-M",
+        "q35",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-boot",
+        "order=n",
+        "-device",
+        &format!("virtio-net-pci,netdev=n0,mac={MAC}"),
+        "-drive",
+        &format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()),
+        "-netdev",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Kept alive (the user route's server) until the checks are done.
+    let mut _srv = None;
+    let mut cmd = match net {
+        Net::User => {
+            let srv = Server::start(&env);
+            let port = srv.addr.rsplit(':').next().unwrap().to_string();
+            _srv = Some(srv);
+            env.ok(&[
+                "pxe",
+                "tftp",
+                "--root",
+                tftp.to_str().unwrap(),
+                "--server",
+                &format!("http://10.0.2.2:{port}"),
+            ]);
+            qemu_args.push(format!(
+                "user,id=n0,net=10.0.2.0/24,tftp={},bootfile=boot.ipxe",
+                tftp.display()
+            ));
+            let mut c = Command::new(&qemu_args[0]);
+            c.args(&qemu_args[1..]);
+            c
+        }
+        Net::Dnsmasq => {
+            let server = format!("http://{HOST_IP}:8035");
+            env.ok(&[
+                "pxe",
+                "tftp",
+                "--root",
+                tftp.to_str().unwrap(),
+                "--server",
+                &server,
+            ]);
+            let conf = env.path("dnsmasq.conf");
+            env.ok(&[
+                "pxe",
+                "config",
+                "--dnsmasq",
+                conf.to_str().unwrap(),
+                "--server",
+                &server,
+                "--interface",
+                "tap0",
+                "--subnet",
+                "10.77.0.0/24",
+                "--tftp-root",
+                tftp.to_str().unwrap(),
+            ]);
+            qemu_args.push("tap,id=n0,ifname=tap0,script=no,downscript=no".into());
+            let mut c = Command::new("unshare");
+            c.args(["-n", "bash", "-c", NETNS_SCRIPT, "netns"])
+                .args(&qemu_args)
+                .env("AURUM", env!("CARGO_BIN_EXE_aurum"))
+                .env("REPO", env.repo())
+                .env("WORK", env.dir.path())
+                .env("CONF", &conf)
+                .env("HOST_IP", HOST_IP);
+            c
+        }
+    };
     let booted = Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "1024", "-smp", "2",
-        ])
-        .args([
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .args(["-boot", "order=n", "-netdev"])
-        .arg(format!(
-            "user,id=n0,net=10.0.2.0/24,tftp={},bootfile=boot.ipxe",
-            tftp.display()
-        ))
-        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,cache=unsafe",
-            disk.display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&log).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qemu");
+    let mut qemu = {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start qemu")
+    };
+    let kill = |pid: u32| {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
     let limit = Duration::from_secs(240);
     let status = loop {
         if let Some(s) = qemu.try_wait().unwrap() {
@@ -655,17 +772,18 @@ fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
         let text = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
         let failed = text.contains("aurum: install failed") || text.contains("here is a shell");
         if failed || booted.elapsed() > limit {
-            let _ = qemu.kill();
+            kill(qemu.id());
             let _ = qemu.wait();
             panic!(
-                "{} after {:.0} s; serial console (last 60 lines):\n{}",
+                "{} after {:.0} s; serial console (last 60 lines):\n{}\ndnsmasq: {}",
                 if failed {
                     "the install failed"
                 } else {
                     "QEMU timed out"
                 },
                 booted.elapsed().as_secs_f64(),
-                tail(&log, 60)
+                tail(&log, 60),
+                tail(&env.path("dnsmasq.log"), 20)
             );
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -688,12 +806,27 @@ fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
         "{}",
         tail(&log, 60)
     );
-    // The first script reached aurum serve (not only the TFTP fallback).
-    assert!(
-        !serial.contains("trying the TFTP copy"),
-        "{}",
-        tail(&log, 80)
-    );
+    match net {
+        // The first script reached aurum serve (not only the TFTP fallback).
+        Net::User => assert!(
+            !serial.contains("trying the TFTP copy"),
+            "{}",
+            tail(&log, 80)
+        ),
+        // iPXE got the per-node script straight from DHCP, and the node its fixed address.
+        Net::Dnsmasq => {
+            assert!(
+                serial.contains(&format!("http://{HOST_IP}:8035/boot/")),
+                "{}",
+                tail(&log, 80)
+            );
+            assert!(
+                serial.contains(&format!("has address {NODE_IP}")),
+                "{}",
+                tail(&log, 80)
+            );
+        }
+    }
     eprintln!(
         "boot kit built in {:.1} s; PXE boot to installed and powered off in {:.1} s",
         kit_built.as_secs_f64(),
@@ -770,5 +903,15 @@ fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
     }
     let script = fs::read_to_string(tftp.join("ipxe/52-54-00-00-00-10.ipxe")).unwrap();
     assert!(script.contains("sanboot"), "{script}");
-    drop(srv);
+}
+
+#[test]
+fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
+    pxe_install(Net::User);
+}
+
+/// The same install with aurum's generated dnsmasq configuration as the DHCP server.
+#[test]
+fn qemu_node_installs_with_the_generated_dnsmasq_config() {
+    pxe_install(Net::Dnsmasq);
 }

@@ -34,6 +34,8 @@ want busybox busybox-static
 want dnsmasq dnsmasq-base
 want cpio cpio
 want depmod kmod
+want ip iproute2
+want unshare util-linux
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -222,6 +222,13 @@ pub fn ipxe_script(n: &NodeEntry, server: &str, append: &str) -> String {
              exit\n",
             name = n.name
         ),
+        Boot::Install if n.image.is_none() => format!(
+            "#!ipxe\n\
+             echo aurum: {name} has no image to install: aurum node set {name} --image REF\n\
+             sleep 10\n\
+             exit\n",
+            name = n.name
+        ),
         Boot::Install => {
             let args = install_args(n, server, append);
             format!(
@@ -232,7 +239,7 @@ pub fn ipxe_script(n: &NodeEntry, server: &str, append: &str) -> String {
                  initrd {server}/boot/kit/{KIT_INITRD}\n\
                  boot\n",
                 name = n.name,
-                image = n.image.as_deref().unwrap_or("(no image!)"),
+                image = n.image.as_deref().unwrap_or_default(),
             )
         }
     }

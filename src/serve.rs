@@ -210,7 +210,11 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
         )?;
     }
     if r.phase == "done" {
-        crate::pxe::refresh_tftp(cat, &n)?;
+        // The switch is in the database already (what the HTTP scripts follow); a TFTP tree
+        // that cannot be rewritten is the administrator's to fix, not the node's.
+        if let Err(e) = crate::pxe::refresh_tftp(cat, &n) {
+            log::warn!("{}: could not rewrite its TFTP files: {e}", n.name);
+        }
         eprintln!("{} installed: switched to local boot", n.name);
     }
     Ok(())

@@ -590,9 +590,14 @@ fn can_netns() -> bool {
         && ["unshare", "ip", "dnsmasq"].iter().all(|p| have(p))
 }
 
-/// PXE-installs a QEMU node over `net` and checks the disk, the reports and the switch to
-/// local boot.
-fn pxe_install(net: Net) {
+/// Debian's OVMF (x86-64 UEFI firmware for QEMU), read-only code and a template of its
+/// variable store.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// PXE-installs a QEMU node over `net`, booting SeaBIOS or (`uefi`) OVMF, and checks the
+/// disk, the reports and the switch to local boot.
+fn pxe_install(net: Net, uefi: bool) {
     let rom = Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom");
     let needs = [
         "qemu-system-x86_64",
@@ -616,6 +621,10 @@ fn pxe_install(net: Net) {
                 " and ipxe-qemu's ROMs"
             }
         );
+        return;
+    }
+    if uefi && !Path::new(OVMF_CODE).exists() {
+        eprintln!("skipped: the UEFI install test needs {OVMF_CODE} (package ovmf)");
         return;
     }
     if net == Net::Dnsmasq && !can_netns() {
@@ -688,6 +697,18 @@ fn pxe_install(net: Net) {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if uefi {
+        let vars = env.path("OVMF_VARS.fd");
+        fs::copy(OVMF_VARS, &vars).unwrap();
+        let last = qemu_args.pop().unwrap();
+        qemu_args.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+            "-drive".into(),
+            format!("if=pflash,format=raw,file={}", vars.display()),
+            last,
+        ]);
+    }
     // Kept alive (the user route's server) until the checks are done.
     let mut _srv = None;
     let mut cmd = match net {
@@ -907,11 +928,18 @@ fn pxe_install(net: Net) {
 
 #[test]
 fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
-    pxe_install(Net::User);
+    pxe_install(Net::User, false);
 }
 
 /// The same install with aurum's generated dnsmasq configuration as the DHCP server.
 #[test]
 fn qemu_node_installs_with_the_generated_dnsmasq_config() {
-    pxe_install(Net::Dnsmasq);
+    pxe_install(Net::Dnsmasq, false);
+}
+
+/// The same install on UEFI firmware (OVMF): iPXE's EFI build, the kernel's EFI stub, and
+/// facts that say UEFI.
+#[test]
+fn qemu_uefi_node_installs_over_the_network() {
+    pxe_install(Net::User, true);
 }

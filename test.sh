@@ -30,7 +30,8 @@ want mkswap util-linux
 want chroot coreutils
 want busybox busybox-static
 # The PXE end-to-end test (tests/it/pxe.rs): dnsmasq checks the generated config, cpio and kmod
-# build the boot kit, iPXE ROMs boot QEMU's NIC.
+# build the boot kit, iPXE ROMs boot QEMU's NIC, OVMF is its UEFI firmware, ip and unshare make
+# the network namespace of the dnsmasq route.
 want dnsmasq dnsmasq-base
 want cpio cpio
 want depmod kmod

@@ -380,11 +380,7 @@ pub fn get_or_make(
     // else the node fetches the blob from its pack.
     let delta = encode(&base, &target, level)?;
     let alone = encode(&[], &target, level)?;
-    let best = if alone.len() < delta.len() {
-        alone
-    } else {
-        delta
-    };
+    let best = if alone.len() < delta.len() { alone } else { delta };
     let pays = (best.len() as u64) * PAYS_DEN <= (target.len() as u64) * PAYS_NUM;
     let delta = pays.then_some(best);
     cache.put(w, delta.as_deref())?;
@@ -480,9 +476,7 @@ mod tests {
 
     #[test]
     fn a_delta_rebuilds_its_target_and_nothing_else() {
-        let base: Vec<u8> = (0..200_000u32)
-            .flat_map(|i| (i * 7).to_le_bytes())
-            .collect();
+        let base: Vec<u8> = (0..200_000u32).flat_map(|i| (i * 7).to_le_bytes()).collect();
         let mut target = base.clone();
         target[1000..1010].copy_from_slice(b"0123456789");
         target.extend_from_slice(b"appended");

@@ -31,9 +31,9 @@ use nix::unistd::UnlinkatFlags;
 use serde::Serialize;
 
 use super::{create_special, set_metadata, write_file, BlobSource};
+use crate::delta;
 use crate::capture::excludes::Excludes;
 use crate::capture::file_chunks;
-use crate::delta;
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::{display_path, file_name, parent, Entry, Kind, Manifest};
 use crate::format::Id;

@@ -13,9 +13,7 @@ fn words(seed: u64, n: usize) -> String {
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
     let mut out = String::new();
     for _ in 0..n {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         out.push_str(&format!("sym{:x} ", (x >> 33) % 5000));
     }
     out
@@ -90,10 +88,7 @@ fn patched_files_cross_the_wire_as_deltas() {
     env.getimage(&a, "p", &["--no-default-excludes"]);
     let node = node_at(&env, "node", "p@1");
     let out = env.getimage(&b, "p", &["--no-default-excludes"]);
-    assert!(
-        out.contains("deltas from"),
-        "getimage precomputes deltas:\n{out}"
-    );
+    assert!(out.contains("deltas from"), "getimage precomputes deltas:\n{out}");
     assert!(!delta_files(&env.repo()).is_empty(), "no delta was cached");
 
     let srv = Server::start(&env);
@@ -106,10 +101,7 @@ fn patched_files_cross_the_wire_as_deltas() {
     let fetched = r["bytes_fetched"].as_u64().unwrap();
     assert!(deltas >= 12, "only {deltas} blobs came as deltas: {r}");
     assert!(r["metadata_only"].as_u64().unwrap() >= 50, "{r}");
-    assert!(
-        fetched < 40_000,
-        "{fetched} bytes fetched for a few patches: {r}"
-    );
+    assert!(fetched < 40_000, "{fetched} bytes fetched for a few patches: {r}");
 
     // Rollback needs nothing from the network and restores rev1.
     drop(srv);
@@ -125,10 +117,7 @@ fn deltas_are_made_on_demand_and_wrong_ones_are_refused() {
     let node1 = node_at(&env, "node1", "p@1");
     let node2 = node_at(&env, "node2", "p@1");
     env.getimage(&b, "p", &["--no-default-excludes", "--no-deltas"]);
-    assert!(
-        delta_files(&env.repo()).is_empty(),
-        "--no-deltas cached deltas"
-    );
+    assert!(delta_files(&env.repo()).is_empty(), "--no-deltas cached deltas");
 
     // Made by the server while the node waits, then cached.
     let srv = Server::start(&env);
@@ -136,37 +125,17 @@ fn deltas_are_made_on_demand_and_wrong_ones_are_refused() {
     assert_eq!(node_diff(&b, &node1), "");
     assert!(r["deltas"].as_u64().unwrap() >= 12, "{r}");
     let cached = delta_files(&env.repo());
-    assert!(
-        cached.len() >= 12,
-        "the server cached {} deltas",
-        cached.len()
-    );
+    assert!(cached.len() >= 12, "the server cached {} deltas", cached.len());
 
     // Every cached delta replaced by another one: valid zstd frames that rebuild the wrong
     // bytes. The node must notice each by its id and fetch the whole blobs instead.
     let first = std::fs::read(&cached[0]).unwrap();
     for (i, f) in cached.iter().enumerate() {
         let other = std::fs::read(&cached[(i + 1) % cached.len()]).unwrap();
-        std::fs::write(
-            f,
-            if other == std::fs::read(f).unwrap() {
-                &first
-            } else {
-                &other
-            },
-        )
-        .unwrap();
+        std::fs::write(f, if other == std::fs::read(f).unwrap() { &first } else { &other }).unwrap();
     }
     let r = update(&srv, &node2, "p@2");
-    assert_eq!(
-        node_diff(&b, &node2),
-        "",
-        "a wrong delta reached the node: {r}"
-    );
-    assert_eq!(
-        r["deltas"].as_u64().unwrap(),
-        0,
-        "a wrong delta was used: {r}"
-    );
+    assert_eq!(node_diff(&b, &node2), "", "a wrong delta reached the node: {r}");
+    assert_eq!(r["deltas"].as_u64().unwrap(), 0, "a wrong delta was used: {r}");
     assert!(r["deltas_asked"].as_u64().unwrap() >= 12, "{r}");
 }

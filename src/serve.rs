@@ -105,52 +105,68 @@ fn handle(root: &Path, catalog: &mut Option<Catalog>, mut rq: Request) {
         .remote_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|| "-".into());
-    let boot_script = path
-        .strip_prefix("/boot/")
-        .and_then(|f| f.strip_suffix(".ipxe"))
-        .filter(|m| !m.contains('/'));
-    let (status, bytes, result) =
-        if let (Method::Get | Method::Head, Some(mac)) = (&method, boot_script) {
-            let host = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Host"))
-                .map(|h| h.value.as_str().to_string());
-            let (status, body) = match boot_response(root, catalog, mac, host.as_deref()) {
-                Ok(script) => (200, script),
-                Err(e) => (500, format!("#!ipxe\necho aurum: {e:#}\nsleep 10\nexit\n")),
-            };
-            let resp = Response::from_string(body)
-                .with_status_code(StatusCode(status))
-                .with_header(header("Content-Type", "text/plain; charset=utf-8"))
-                .with_header(header("Cache-Control", "no-store"));
-            let len = resp.data_length().unwrap_or(0) as u64;
-            (status, len, rq.respond(resp))
-        } else if let Some(api) = path.strip_prefix("/api/v1/") {
-            let r = api_response(root, catalog, &method, api, &peer, &mut rq);
-            let (status, body) = match r {
-                Ok(resp) => (resp.status_code().0, resp),
-                Err(e) => {
-                    let code = match e {
-                        Error::NotFound(_) => 404,
-                        Error::Invalid(_) => 400,
-                        _ => 500,
-                    };
-                    (code, text(code, &format!("{e:#}")))
-                }
-            };
-            let len = body.data_length().unwrap_or(0) as u64;
-            (status, len, rq.respond(body))
-        } else {
-            match static_file(root, &method, &path, &rq) {
-                Ok((status, len, resp)) => (status, len, rq.respond(resp)),
-                Err((code, msg)) => (code, 0, rq.respond(text(code, &msg))),
+    if let Some(mac) = boot_mac(&method, &path) {
+        let (status, bytes) = boot(root, catalog, mac, rq);
+        eprintln!("{peer} {method} {url} {status} {bytes}");
+        return;
+    }
+    let (status, bytes, result) = if let Some(api) = path.strip_prefix("/api/v1/") {
+        let r = api_response(root, catalog, &method, api, &peer, &mut rq);
+        let (status, body) = match r {
+            Ok(resp) => (resp.status_code().0, resp),
+            Err(e) => {
+                let code = match e {
+                    Error::NotFound(_) => 404,
+                    Error::Invalid(_) => 400,
+                    _ => 500,
+                };
+                (code, text(code, &format!("{e:#}")))
             }
         };
+        let len = body.data_length().unwrap_or(0) as u64;
+        (status, len, rq.respond(body))
+    } else {
+        match static_file(root, &method, &path, &rq) {
+            Ok((status, len, resp)) => (status, len, rq.respond(resp)),
+            Err((code, msg)) => (code, 0, rq.respond(text(code, &msg))),
+        }
+    };
     if let Err(e) = result {
         log::debug!("{peer} went away: {e}");
     }
     eprintln!("{peer} {method} {url} {status} {bytes}");
+}
+
+/// The MAC of a `GET /boot/MAC.ipxe`.
+fn boot_mac<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+    if *method != Method::Get && *method != Method::Head {
+        return None;
+    }
+    path.strip_prefix("/boot/")
+        .and_then(|f| f.strip_suffix(".ipxe"))
+        .filter(|m| !m.contains('/'))
+}
+
+/// Answers `GET /boot/MAC.ipxe`; returns the status and length sent.
+fn boot(root: &Path, catalog: &mut Option<Catalog>, mac: &str, rq: Request) -> (u16, u64) {
+    let host = rq
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| h.value.as_str().to_string());
+    let (status, body) = match boot_response(root, catalog, mac, host.as_deref()) {
+        Ok(script) => (200, script),
+        Err(e) => (500, format!("#!ipxe\necho aurum: {e:#}\nsleep 10\nexit\n")),
+    };
+    let resp = Response::from_string(body)
+        .with_status_code(StatusCode(status))
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+        .with_header(header("Cache-Control", "no-store"));
+    let len = resp.data_length().unwrap_or(0) as u64;
+    if let Err(e) = rq.respond(resp) {
+        log::debug!("went away: {e}");
+    }
+    (status, len)
 }
 
 /// The per-node iPXE script for `mac` (any spelling; iPXE sends `${mac}` with colons), from
@@ -244,9 +260,7 @@ fn api_response(
         (Method::Get, ["nodes"]) => Ok(json_response(&cat.nodes()?)),
         (Method::Post, ["deltas"]) => {
             let mut body = Vec::new();
-            rq.as_reader()
-                .take(MAX_DELTA_BODY + 1)
-                .read_to_end(&mut body)?;
+            rq.as_reader().take(MAX_DELTA_BODY + 1).read_to_end(&mut body)?;
             if body.len() as u64 > MAX_DELTA_BODY {
                 return Err(invalid("delta request too large"));
             }

@@ -467,6 +467,9 @@ fn bootkit_has_init_tools_and_modules_in_dependency_order() {
 /// The kernel and its modules, from Debian's package, unpacked once into a cache outside the
 /// repository. Returns (vmlinuz, the unpacked tree).
 fn debian_kernel() -> (PathBuf, PathBuf) {
+    // The QEMU tests run in parallel: one downloads and unpacks, the others wait for it.
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = ONCE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = Path::new("/var/cache/aurum-test");
     fs::create_dir_all(cache).unwrap();
     let pkg =
@@ -482,7 +485,7 @@ fn debian_kernel() -> (PathBuf, PathBuf) {
             "cd {c} && ls {pkg}_*.deb 2>/dev/null || (apt-get download -q {pkg} >&2 && ls {pkg}_*.deb)",
             c = cache.display()
         ));
-        let tmp = cache.join(format!("{pkg}.tmp"));
+        let tmp = cache.join(format!("{pkg}.tmp{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         sh(&format!(
             "dpkg -x {}/{} {}",

@@ -29,6 +29,16 @@ want e2fsck e2fsprogs
 want mkswap util-linux
 want chroot coreutils
 want busybox busybox-static
+# The PXE end-to-end test (tests/it/pxe.rs): dnsmasq checks the generated config, cpio and kmod
+# build the boot kit, iPXE ROMs boot QEMU's NIC, OVMF is its UEFI firmware, ip and unshare make
+# the network namespace of the dnsmasq route.
+want dnsmasq dnsmasq-base
+want cpio cpio
+want depmod kmod
+want ip iproute2
+want unshare util-linux
+[ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
+[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root (or install them) first" >&2
@@ -40,6 +50,23 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
 mkdir -p /run/sshd 2>/dev/null || true
+
+# QEMU for the PXE test. qemu-utils from bookworm-backports may already be installed, and the
+# bookworm qemu-system-x86 conflicts with it, so QEMU comes from backports
+# (/work/shared/reference/qemu-pxe-testbed.md).
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] \
+    && grep -qs bookworm /etc/os-release; then
+  if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" \
+      >/etc/apt/sources.list.d/aurum-backports.list
+  fi
+  echo "test.sh: installing QEMU from bookworm-backports"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+    qemu-system-x86 qemu-system-common qemu-system-data seabios >/dev/null \
+    || echo "test.sh: could not install QEMU: the PXE end-to-end test will skip" >&2
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: not root: tests that need root (devices, ownership, mounts, sshd) will skip" >&2

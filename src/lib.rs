@@ -18,8 +18,11 @@
 //! - [`diff`], [`tarball`], [`verify`], [`gc`]: the remaining repository operations.
 //! - [`facts`], [`template`], [`hooks`], [`install`]: laying out a bare node's disks from its
 //!   class's partition template and installing a revision onto them.
+//! - [`nodedb`], [`pxe`], [`bootkit`]: the node database, network boot configuration and the
+//!   boot kit nodes install themselves from.
 
 pub mod apply;
+pub mod bootkit;
 pub mod capture;
 pub mod catalog;
 pub mod chroot;
@@ -32,7 +35,9 @@ pub mod gc;
 pub mod hooks;
 pub mod install;
 pub mod node;
+pub mod nodedb;
 pub mod progress;
+pub mod pxe;
 pub mod repo;
 pub mod serve;
 pub mod source;

@@ -1,10 +1,13 @@
 //! `aurum serve`: the repository over HTTP.
 //!
-//! Two things are served. The repository's static layout (`FORMAT`, `refs/`, `manifests/`,
+//! Three things are served. The repository's static layout (`FORMAT`, `refs/`, `manifests/`,
 //! `packs/`, `templates/`) with HTTP Range support, which is all a node needs to update, so any web server,
 //! cache or object store holding a copy serves just as well. And a small JSON API for what only
 //! the catalog knows: images, revisions, partition templates (`/api/v1/templates/CLASS`), and
-//! the reports nodes send after an update.
+//! the reports nodes send after an update. And network boot: the per-node iPXE scripts
+//! (`/boot/MAC.ipxe`, from the node database), the boot kit (`/boot/kit/`, from the
+//! repository's `bootkit/` directory) and the install phases nodes report
+//! (`/api/v1/install/NODE`).
 //!
 //! Files are streamed from disk, never loaded whole, so memory stays flat however many clients
 //! fetch packs at once. Immutable files (packs, indexes, manifests: all named by their hash)
@@ -102,6 +105,11 @@ fn handle(root: &Path, catalog: &mut Option<Catalog>, mut rq: Request) {
         .remote_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|| "-".into());
+    if let Some(mac) = boot_mac(&method, &path) {
+        let (status, bytes) = boot(root, catalog, mac, rq);
+        eprintln!("{peer} {method} {url} {status} {bytes}");
+        return;
+    }
     let (status, bytes, result) = if let Some(api) = path.strip_prefix("/api/v1/") {
         let r = api_response(root, catalog, &method, api, &peer, &mut rq);
         let (status, body) = match r {
@@ -127,6 +135,105 @@ fn handle(root: &Path, catalog: &mut Option<Catalog>, mut rq: Request) {
         log::debug!("{peer} went away: {e}");
     }
     eprintln!("{peer} {method} {url} {status} {bytes}");
+}
+
+/// The MAC of a `GET /boot/MAC.ipxe`.
+fn boot_mac<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+    if *method != Method::Get && *method != Method::Head {
+        return None;
+    }
+    path.strip_prefix("/boot/")
+        .and_then(|f| f.strip_suffix(".ipxe"))
+        .filter(|m| !m.contains('/'))
+}
+
+/// Answers `GET /boot/MAC.ipxe`; returns the status and length sent.
+fn boot(root: &Path, catalog: &mut Option<Catalog>, mac: &str, rq: Request) -> (u16, u64) {
+    let host = rq
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| h.value.as_str().to_string());
+    let (status, body) = match boot_response(root, catalog, mac, host.as_deref()) {
+        Ok(script) => (200, script),
+        Err(e) => (500, format!("#!ipxe\necho aurum: {e:#}\nsleep 10\nexit\n")),
+    };
+    let resp = Response::from_string(body)
+        .with_status_code(StatusCode(status))
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+        .with_header(header("Cache-Control", "no-store"));
+    let len = resp.data_length().unwrap_or(0) as u64;
+    if let Err(e) = rq.respond(resp) {
+        log::debug!("went away: {e}");
+    }
+    (status, len)
+}
+
+/// The per-node iPXE script for `mac` (any spelling; iPXE sends `${mac}` with colons), from
+/// the node database. `host` is the Host header: the address the node reached us at, which is
+/// where its kernel, initramfs and installer must come from too. An unknown MAC gets a script
+/// that says so on the node's console and falls through to the next boot device.
+fn boot_response(
+    root: &Path,
+    catalog: &mut Option<Catalog>,
+    mac: &str,
+    host: Option<&str>,
+) -> Result<String> {
+    if catalog.is_none() {
+        *catalog = Some(Catalog::open(&root.join("aurum.db"))?);
+    }
+    let cat = catalog.as_mut().expect("opened above");
+    // iPXE escapes the colons of `${mac}` in URLs (`52%3A54%3A...`).
+    let mac = crate::nodedb::normalise_mac(&mac.replace("%3A", ":").replace("%3a", ":"))?;
+    let Some(node) = cat.inventory_node(&mac)? else {
+        log::warn!("{mac} asked for its boot script and is not in the node database");
+        return Ok(format!(
+            "#!ipxe\necho aurum: {mac} is not in the node database (aurum node add NAME --mac {mac})\nsleep 10\nexit\n"
+        ));
+    };
+    let server = format!("http://{}", host.unwrap_or("localhost:8035"));
+    let append = crate::pxe::kit_append(&root.join("bootkit"));
+    Ok(crate::pxe::ipxe_script(&node, &server, &append))
+}
+
+/// Records an install phase of `node`. `done` switches it to local boot (and rewrites its
+/// TFTP files) and, like `failed`, also becomes its report in `aurum nodes`.
+fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Result<()> {
+    let r: crate::install::report::PhaseReport = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("not an install phase report: {e}")))?;
+    let n = cat.record_phase(node, &r.phase, &r.detail, r.revision.as_deref())?;
+    if r.phase == "done" || r.phase == "failed" {
+        let rev = n.last.as_ref().and_then(|l| l.revision.clone());
+        let (image, revision) = match rev.as_deref().and_then(|s| s.split_once(' ')) {
+            Some((name, id)) => (
+                Some(name.split('@').next().unwrap_or(name).to_string()),
+                Some(id.to_string()),
+            ),
+            None => (n.image.clone(), None),
+        };
+        cat.record_report(
+            &NodeReport {
+                hostname: n.name.clone(),
+                image,
+                revision,
+                action: "install".into(),
+                result: if r.phase == "done" { "ok" } else { "failed" }.into(),
+                bytes: 0,
+                seconds: 0.0,
+                detail: r.detail.clone(),
+            },
+            Some(peer),
+        )?;
+    }
+    if r.phase == "done" {
+        // The switch is in the database already (what the HTTP scripts follow); a TFTP tree
+        // that cannot be rewritten is the administrator's to fix, not the node's.
+        if let Err(e) = crate::pxe::refresh_tftp(cat, &n) {
+            log::warn!("{}: could not rewrite its TFTP files: {e}", n.name);
+        }
+        eprintln!("{} installed: switched to local boot", n.name);
+    }
+    Ok(())
 }
 
 fn api_response(
@@ -176,6 +283,15 @@ fn api_response(
             Ok(Response::from_data(t.text.into_bytes())
                 .with_header(header("Content-Type", "application/toml; charset=utf-8")))
         }
+        (Method::Post, ["install", node]) => {
+            let mut body = Vec::new();
+            rq.as_reader().take(MAX_BODY + 1).read_to_end(&mut body)?;
+            if body.len() as u64 > MAX_BODY {
+                return Err(invalid("report too large"));
+            }
+            install_phase(cat, node, &body, peer)?;
+            Ok(Response::from_data(Vec::new()).with_status_code(StatusCode(204)))
+        }
         (Method::Post, ["reports"]) => {
             let mut body = Vec::new();
             rq.as_reader().take(MAX_BODY + 1).read_to_end(&mut body)?;
@@ -204,6 +320,11 @@ fn static_path(root: &Path, path: &str) -> Option<PathBuf> {
         || rel.split('/').any(|c| c.is_empty() || c.starts_with('.'))
     {
         return None;
+    }
+    if let Some(f) = rel.strip_prefix("boot/kit/") {
+        return [crate::pxe::KIT_KERNEL, crate::pxe::KIT_INITRD]
+            .contains(&f)
+            .then(|| root.join("bootkit").join(f));
     }
     let top = rel.split('/').next()?;
     if rel == "FORMAT" || ["refs", "manifests", "packs", "templates"].contains(&top) {
@@ -315,6 +436,11 @@ mod tests {
         assert!(static_path(root, "/packs/ab/x.pack").is_some());
         assert!(static_path(root, "/refs/compute/head").is_some());
         assert!(static_path(root, "/FORMAT").is_some());
+        assert_eq!(
+            static_path(root, "/boot/kit/vmlinuz"),
+            Some(PathBuf::from("/r/bootkit/vmlinuz"))
+        );
+        assert!(static_path(root, "/boot/kit/cmdline").is_none());
         for bad in [
             "/aurum.db",
             "/lock",

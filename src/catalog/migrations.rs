@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::error::{invalid, Result};
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1: the first schema.
@@ -110,6 +110,31 @@ const MIGRATIONS: &[&str] = &[
         created INTEGER NOT NULL,
         note TEXT NOT NULL,
         PRIMARY KEY (class, version)
+    );
+    "#,
+    // 3 -> 4: the node database (what PXE boots and installs) and the phases of installs.
+    r#"
+    CREATE TABLE inventory (
+        name TEXT PRIMARY KEY,
+        mac TEXT NOT NULL UNIQUE,
+        ip TEXT UNIQUE,
+        class TEXT,
+        image TEXT,
+        grp TEXT,
+        bmc TEXT,
+        boot TEXT NOT NULL,
+        phase TEXT,
+        phase_detail TEXT,
+        phase_revision TEXT,
+        phase_time INTEGER,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE install_phases (
+        time INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        revision TEXT
     );
     "#,
 ];

@@ -5,6 +5,7 @@
 //! rebuilt from the pack indexes. SQLite runs in WAL mode so that readers never wait for a
 //! capture in progress.
 
+mod inventory;
 pub mod migrations;
 mod templates;
 

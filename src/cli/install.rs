@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use aurum::install::report::{self, PhaseReport, ServerReporter};
 use aurum::install::{InstallOptions, Phase, Reporter};
 use aurum::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::template::size::human;
@@ -146,8 +147,9 @@ pub fn prepareclient(_: &Global, a: PrepareclientArgs) -> anyhow::Result<()> {
 /// detached at the end, on failure too. THE DISK IS ERASED.
 #[derive(Args)]
 pub struct InstallArgs {
-    /// The disk(s) to erase and install: block devices or image files, in template order.
-    #[arg(long, required = true, value_name = "DEV|FILE")]
+    /// The disk(s) to erase and install: block devices or image files, in template order;
+    /// `auto`: this machine's first disk that is not removable (for the boot kit).
+    #[arg(long, required = true, value_name = "DEV|FILE|auto")]
     disk: Vec<PathBuf>,
     /// The image server (`aurum serve` or any copy of the repository over HTTP). Without it,
     /// the repository directory --repo is read.
@@ -180,9 +182,13 @@ pub struct InstallArgs {
     /// Print the report as JSON at the end.
     #[arg(long)]
     json: bool,
+    /// Also send each phase to the --server as node --hostname's install progress
+    /// (`aurum nodes`, `aurum node show`); success switches the node to local boot.
+    #[arg(long, requires_all = ["server", "hostname"])]
+    report: bool,
 }
 
-/// Prints each phase on the terminal (the PXE issue will also POST them to the server).
+/// Prints each phase on the terminal.
 struct Terminal;
 
 impl Reporter for Terminal {
@@ -224,21 +230,43 @@ pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
             (Box::new(LocalRepo::new(&g.repo)?), t)
         }
     };
+    let facts = match &a.facts {
+        Some(f) => aurum::facts::load(f)?,
+        None => aurum::facts::gather(std::path::Path::new("/"))?,
+    };
+    let disks = if a.disk.len() == 1 && a.disk[0].as_os_str() == "auto" {
+        let d = facts
+            .disks
+            .iter()
+            .find(|d| !d.removable && d.size > 0)
+            .ok_or_else(|| {
+                aurum::Error::NotFound(
+                    "--disk auto: this machine has no fixed disk (is its driver in the boot kit?)"
+                        .into(),
+                )
+            })?;
+        vec![PathBuf::from(format!("/dev/{}", d.name))]
+    } else {
+        a.disk
+    };
     let opts = InstallOptions {
-        disks: a.disk,
+        disks,
         class,
         image: a.image,
         hostname: a.hostname,
         group: a.group,
         hooks: a.hooks,
         dry_run: a.dry_run,
-        facts: match &a.facts {
-            Some(f) => aurum::facts::load(f)?,
-            None => aurum::facts::gather(std::path::Path::new("/"))?,
-        },
+        facts,
         templates,
     };
-    let r = aurum::install::install(source.as_ref(), opts, &Terminal)?;
+    let r = match (a.report, &a.server, &opts.hostname) {
+        (true, Some(server), Some(node)) => {
+            let to_server = ServerReporter::new(&Terminal, server, node);
+            aurum::install::install(source.as_ref(), opts, &to_server)?
+        }
+        _ => aurum::install::install(source.as_ref(), opts, &Terminal)?,
+    };
     for w in &r.warnings {
         eprintln!("aurum: warning: {w}");
     }
@@ -261,5 +289,34 @@ pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
             r.seconds
         );
     }
+    Ok(())
+}
+
+/// Send one install phase to the server (the boot kit's /init, when aurum install itself
+/// could not report: it crashed, or the tools it needs are missing).
+#[derive(Args)]
+pub struct InstallReportArgs {
+    #[arg(long, value_name = "URL")]
+    server: String,
+    #[arg(long)]
+    node: String,
+    #[arg(long)]
+    phase: String,
+    /// The detail; its last 40 lines are sent.
+    #[arg(long, value_name = "FILE")]
+    detail_file: PathBuf,
+}
+
+pub fn install_report(_: &Global, a: InstallReportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.detail_file).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let r = PhaseReport {
+        phase: a.phase,
+        detail: lines[lines.len().saturating_sub(40)..].join("\n"),
+        revision: None,
+        done: None,
+        total: None,
+    };
+    report::post(&report::agent(), &a.server, &a.node, &r)?;
     Ok(())
 }

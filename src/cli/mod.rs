@@ -2,6 +2,7 @@
 //!
 //! The doc comments on the option structs are the `--help` text, written for an administrator.
 
+mod bootkit;
 mod checkout;
 mod chroot;
 mod getimage;
@@ -11,7 +12,9 @@ mod inspect;
 mod install;
 mod maintenance;
 mod node;
+mod nodedb;
 mod progress;
+mod pxe;
 mod serve;
 mod tarball;
 mod template;
@@ -91,10 +94,15 @@ pub enum Command {
     Rollback(node::RollbackArgs),
     MarkGood(node::MarkGoodArgs),
     NodeStatus(node::NodeStatusArgs),
+    Node(nodedb::NodeArgs),
+    Pxe(pxe::PxeArgs),
+    Bootkit(bootkit::BootkitArgs),
     Template(template::TemplateArgs),
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
     Install(install::InstallArgs),
+    #[command(hide = true)]
+    InstallReport(install::InstallReportArgs),
 }
 
 /// Runs the chosen command.
@@ -126,10 +134,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => node::rollback(g, a),
         Command::MarkGood(a) => node::mark_good(g, a),
         Command::NodeStatus(a) => node::node_status(g, a),
+        Command::Node(a) => nodedb::exec(g, a),
+        Command::Pxe(a) => pxe::exec(g, a),
+        Command::Bootkit(a) => bootkit::exec(g, a),
         Command::Template(a) => template::exec(g, a),
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),
         Command::Install(a) => install::install(g, a),
+        Command::InstallReport(a) => install::install_report(g, a),
     }
 }
 

@@ -50,7 +50,8 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// List the nodes that reported to this server, with what each runs.
+/// List the nodes: what each reported to this server (what it runs) and, for the nodes of
+/// the node database, their boot mode and the last phase of their install.
 #[derive(Args)]
 pub struct NodesArgs {
     /// Print JSON.
@@ -62,30 +63,69 @@ pub fn nodes(g: &Global, a: NodesArgs) -> anyhow::Result<()> {
     let repo = open(g)?;
     let nodes = repo.catalog.nodes()?;
     if a.json {
+        // The reports only, as before the node database; `aurum node list --json` has it.
         return print_json(&nodes);
     }
-    if nodes.is_empty() {
+    let inventory = repo.catalog.inventory()?;
+    if nodes.is_empty() && inventory.is_empty() {
         println!("no node has reported yet");
         return Ok(());
     }
     println!(
-        "{:<20} {:<16} {:<10} {:<13} {:<7} {:>10} {:<19}",
-        "NODE", "IMAGE", "REVISION", "LAST ACTION", "RESULT", "FETCHED", "REPORTED"
+        "{:<20} {:<16} {:<10} {:<13} {:<7} {:>10} {:<19} {:<7} INSTALL PHASE",
+        "NODE", "IMAGE", "REVISION", "LAST ACTION", "RESULT", "FETCHED", "REPORTED", "BOOT"
     );
-    for n in nodes {
-        let r = &n.report;
+    let mut names: Vec<&str> = nodes.iter().map(|n| n.report.hostname.as_str()).collect();
+    names.extend(inventory.iter().map(|n| n.name.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let rep = nodes.iter().find(|n| n.report.hostname == name);
+        let inv = inventory.iter().find(|n| n.name == name);
+        let (image, revision, action, result, fetched, reported) = match rep {
+            Some(n) => {
+                let r = &n.report;
+                (
+                    r.image.clone().unwrap_or_else(|| "-".into()),
+                    r.revision
+                        .as_deref()
+                        .map(|s| s[..s.len().min(8)].to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    r.action.clone(),
+                    r.result.clone(),
+                    human_bytes(r.bytes),
+                    human_time(n.reported),
+                )
+            }
+            None => (
+                inv.and_then(|n| n.image.clone())
+                    .unwrap_or_else(|| "-".into()),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ),
+        };
+        let (boot, phase) = match inv {
+            Some(n) => (
+                n.boot.as_str(),
+                n.last
+                    .as_ref()
+                    .map(|l| {
+                        format!(
+                            "{} {} {}",
+                            l.phase,
+                            l.revision.as_deref().unwrap_or("-"),
+                            human_time(l.time)
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            None => ("-", "-".into()),
+        };
         println!(
-            "{:<20} {:<16} {:<10} {:<13} {:<7} {:>10} {:<19}",
-            r.hostname,
-            r.image.as_deref().unwrap_or("-"),
-            r.revision
-                .as_deref()
-                .map(|s| &s[..s.len().min(8)])
-                .unwrap_or("-"),
-            r.action,
-            r.result,
-            human_bytes(r.bytes),
-            human_time(n.reported)
+            "{name:<20} {image:<16} {revision:<10} {action:<13} {result:<7} {fetched:>10} {reported:<19} {boot:<7} {phase}"
         );
     }
     Ok(())

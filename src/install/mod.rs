@@ -1,7 +1,7 @@
 //! `aurum install`: a bare disk (or a disk image file) to a bootable node running a revision.
 //!
-//! The phases, in order, each reported through [`Reporter`] (the terminal now; the PXE issue
-//! will POST them to the server):
+//! The phases, in order, each reported through [`Reporter`] (the terminal, and with
+//! `--report` also `aurum serve`: [`report::ServerReporter`]):
 //!
 //! 1. facts: the machine's hardware, with the sizes of the disks given;
 //! 2. class: the one given, or the one the templates' `[match]` sections pick;
@@ -23,6 +23,7 @@
 
 pub mod devices;
 pub mod overrides;
+pub mod report;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -53,6 +54,8 @@ pub enum Phase {
     Facts(String),
     Class(String),
     Plan(String),
+    /// The revision resolved (`compute@3 1f2e3d4c`), before anything is written.
+    Revision(String),
     Partition(String),
     Mkfs(String),
     Transfer { done: u64, total: u64 },
@@ -743,6 +746,7 @@ fn install_inner(
     let plan = render(&template, &sizes)?;
     reporter.report(Phase::Plan(plan.table()));
     let target = source.resolve(&opts.image)?;
+    reporter.report(Phase::Revision(target.name()));
     let manifest = source.manifest(&target.id)?;
     let any_file = opts
         .disks
@@ -865,7 +869,7 @@ fn install_inner(
     Ok(report)
 }
 
-/// A reporter that keeps every phase (tests, the future server report).
+/// A reporter that keeps every phase (for tests).
 #[derive(Default)]
 pub struct Recorder(pub Mutex<Vec<Phase>>);
 

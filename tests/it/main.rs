@@ -9,6 +9,7 @@ mod crash;
 mod delta;
 mod fidelity;
 mod install;
+mod pxe;
 mod remote;
 mod repository;
 mod serve;

@@ -1,0 +1,216 @@
+//! The node database in the catalog (`inventory` table) and the install phases nodes report.
+//!
+//! Names, MACs and IPs are unique. SQLite's UNIQUE constraints guarantee it, but their error
+//! says nothing useful, so every write first looks for the node already holding the name, MAC
+//! or IP and names it in the error.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::{now, Catalog};
+use crate::error::{invalid, Error, Result};
+use crate::nodedb::{Boot, LastPhase, NodeEntry};
+
+const COLUMNS: &str =
+    "name, mac, ip, class, image, grp, bmc, boot, phase, phase_detail, phase_revision, phase_time";
+
+fn row(r: &rusqlite::Row) -> rusqlite::Result<NodeEntry> {
+    let boot: String = r.get(7)?;
+    let phase: Option<String> = r.get(8)?;
+    Ok(NodeEntry {
+        name: r.get(0)?,
+        mac: r.get(1)?,
+        ip: r.get(2)?,
+        class: r.get(3)?,
+        image: r.get(4)?,
+        group: r.get(5)?,
+        bmc: r.get(6)?,
+        boot: if boot == "local" {
+            Boot::Local
+        } else {
+            Boot::Install
+        },
+        last: match phase {
+            Some(phase) => Some(LastPhase {
+                phase,
+                detail: r.get::<_, Option<String>>(9)?.unwrap_or_default(),
+                revision: r.get(10)?,
+                time: r.get::<_, Option<i64>>(11)?.unwrap_or(0),
+            }),
+            None => None,
+        },
+    })
+}
+
+/// Refuses `n` when another node (not `except`) has its name, MAC or IP.
+fn check_unique(tx: &Transaction, n: &NodeEntry, except: Option<&str>) -> Result<()> {
+    let other = |col: &str, v: &str| -> Result<Option<String>> {
+        Ok(tx
+            .query_row(
+                &format!("SELECT name FROM inventory WHERE {col} = ?1 AND name IS NOT ?2"),
+                params![v, except],
+                |r| r.get(0),
+            )
+            .optional()?)
+    };
+    if except.is_none() && other("name", &n.name)?.is_some() {
+        return Err(invalid(format!(
+            "node {} already exists: change it with `aurum node set {}` or remove it first",
+            n.name, n.name
+        )));
+    }
+    if let Some(o) = other("mac", &n.mac)? {
+        return Err(invalid(format!(
+            "MAC {} is already node {o}'s: one MAC, one node (`aurum node show {o}`)",
+            n.mac
+        )));
+    }
+    if let Some(ip) = &n.ip {
+        if let Some(o) = other("ip", ip)? {
+            return Err(invalid(format!(
+                "IP {ip} is already node {o}'s: one address, one node (`aurum node show {o}`)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn insert(tx: &Transaction, n: &NodeEntry) -> Result<()> {
+    check_unique(tx, n, None)?;
+    tx.execute(
+        "INSERT INTO inventory(name, mac, ip, class, image, grp, bmc, boot, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            n.name,
+            n.mac,
+            n.ip,
+            n.class,
+            n.image,
+            n.group,
+            n.bmc,
+            n.boot.as_str(),
+            now()
+        ],
+    )?;
+    Ok(())
+}
+
+impl Catalog {
+    /// Adds nodes, all or none (a CSV import with one bad line adds nothing).
+    pub fn add_nodes(&mut self, nodes: &[NodeEntry]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for n in nodes {
+            insert(&tx, n)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every node of the database, by name.
+    pub fn inventory(&self) -> Result<Vec<NodeEntry>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM inventory ORDER BY name"))?;
+        let rows = st.query_map([], row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One node by name, or by MAC when `key` is a MAC.
+    pub fn inventory_node(&self, key: &str) -> Result<Option<NodeEntry>> {
+        let by = match crate::nodedb::normalise_mac(key) {
+            Ok(mac) if key.len() >= 12 && key.contains([':', '-', '.']) => ("mac", mac),
+            _ => ("name", key.to_string()),
+        };
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM inventory WHERE {} = ?1", by.0),
+                [by.1],
+                row,
+            )
+            .optional()?)
+    }
+
+    /// The node named `name`, or a NotFound error saying how to add it.
+    pub fn inventory_get(&self, name: &str) -> Result<NodeEntry> {
+        self.inventory_node(name)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no node {name} in the node database: add it with `aurum node add {name} --mac MAC`"
+            ))
+        })
+    }
+
+    /// Replaces the fields of node `n.name` (which must exist) with those of `n`.
+    pub fn update_node(&mut self, n: &NodeEntry) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        check_unique(&tx, n, Some(&n.name))?;
+        let changed = tx.execute(
+            "UPDATE inventory SET mac = ?2, ip = ?3, class = ?4, image = ?5, grp = ?6, bmc = ?7, boot = ?8
+             WHERE name = ?1",
+            params![n.name, n.mac, n.ip, n.class, n.image, n.group, n.bmc, n.boot.as_str()],
+        )?;
+        if changed == 0 {
+            return Err(Error::NotFound(format!("no node {}", n.name)));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a node; false when there was none.
+    pub fn remove_node(&mut self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM inventory WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    /// Records an install phase of node `name` (kept in `install_phases`; it becomes the
+    /// node's last phase). `done` switches the node to local boot, as si_netbootmond did, so
+    /// that its next network boot does not install it again. Returns the node after.
+    pub fn record_phase(
+        &mut self,
+        name: &str,
+        phase: &str,
+        detail: &str,
+        revision: Option<&str>,
+    ) -> Result<NodeEntry> {
+        let tx = self.conn.transaction()?;
+        let t = now();
+        let changed = tx.execute(
+            "UPDATE inventory SET phase = ?2, phase_detail = ?3,
+                 phase_revision = COALESCE(?4, phase_revision), phase_time = ?5,
+                 boot = CASE WHEN ?2 = 'done' THEN 'local' ELSE boot END
+             WHERE name = ?1",
+            params![name, phase, detail, revision, t],
+        )?;
+        if changed == 0 {
+            return Err(Error::NotFound(format!(
+                "no node {name} in the node database: add it with `aurum node add {name} --mac MAC`"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO install_phases(time, node, phase, detail, revision) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![t, name, phase, detail, revision],
+        )?;
+        tx.commit()?;
+        self.inventory_get(name)
+    }
+
+    /// The install phases node `name` reported, oldest first, at most the last `limit`.
+    pub fn install_phases(&self, name: &str, limit: usize) -> Result<Vec<LastPhase>> {
+        let mut st = self.conn.prepare(
+            "SELECT phase, detail, revision, time FROM install_phases WHERE node = ?1
+             ORDER BY rowid DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![name, limit as i64], |r| {
+            Ok(LastPhase {
+                phase: r.get(0)?,
+                detail: r.get(1)?,
+                revision: r.get(2)?,
+                time: r.get(3)?,
+            })
+        })?;
+        let mut v: Vec<LastPhase> = rows.collect::<rusqlite::Result<_>>()?;
+        v.reverse();
+        Ok(v)
+    }
+}

@@ -1,0 +1,247 @@
+//! `node` subcommand group: the node database (`add`, `list`, `show`, `set`, `rm`, `import`).
+
+use std::path::PathBuf;
+
+use aurum::nodedb::{self, Boot, NodeEntry};
+use aurum::repo::{Lock, Repository};
+use clap::{Args, Subcommand};
+
+use super::{human_time, open, print_json, Global};
+
+/// The node database: the machines PXE boots and installs, by name, MAC and address.
+///
+/// Each node has a MAC (its boot script is picked by it), optionally a fixed IP (DHCP host
+/// entry), a class (its partition template; without one the templates' [match] sections
+/// pick), an image (the revision it installs), a group (overrides and hooks) and a BMC
+/// address. Names, MACs and IPs are unique. Each node also has a boot mode, `install` or
+/// `local`, switched by `aurum pxe netboot` and by a successful install.
+#[derive(Args)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    Add(AddArgs),
+    List(ListArgs),
+    Show(ShowArgs),
+    Set(SetArgs),
+    Rm(RmArgs),
+    Import(ImportArgs),
+}
+
+/// Fields a node can be given at `add` and changed by `set`.
+#[derive(Args)]
+struct Fields {
+    /// Fixed IP address (written as the node's DHCP host entry).
+    #[arg(long)]
+    ip: Option<String>,
+    /// Hardware class: the partition template it is installed with.
+    #[arg(long)]
+    class: Option<String>,
+    /// The revision it installs: IMAGE, IMAGE@N or IMAGE:TAG.
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// Group (picks group overrides and hooks).
+    #[arg(long)]
+    group: Option<String>,
+    /// Address of its BMC (IPMI/Redfish), for power and boot-device control.
+    #[arg(long, value_name = "ADDR")]
+    bmc: Option<String>,
+}
+
+impl Fields {
+    fn apply(self, n: &mut NodeEntry) -> aurum::Result<()> {
+        if let Some(ip) = self.ip {
+            n.set_ip((!ip.is_empty()).then_some(ip.as_str()))?;
+        }
+        let set = |slot: &mut Option<String>, v: Option<String>| {
+            if let Some(v) = v {
+                *slot = (!v.is_empty()).then_some(v);
+            }
+        };
+        set(&mut n.class, self.class);
+        set(&mut n.image, self.image);
+        set(&mut n.group, self.group);
+        set(&mut n.bmc, self.bmc);
+        Ok(())
+    }
+}
+
+/// Add a node to the database (its next network boot installs it).
+#[derive(Args)]
+struct AddArgs {
+    /// The node's hostname.
+    name: String,
+    /// Its boot NIC's MAC address (any of 52:54:00:11:23:01, 52-54-00-11-23-01, 5254.0011.2301).
+    #[arg(long)]
+    mac: String,
+    #[command(flatten)]
+    fields: Fields,
+}
+
+/// List the nodes of the database.
+#[derive(Args)]
+struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Show one node: its fields, boot mode, and the phases of its last install.
+#[derive(Args)]
+struct ShowArgs {
+    /// Node name or MAC.
+    name: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Change a node's fields (an empty value unsets one: --class '').
+#[derive(Args)]
+struct SetArgs {
+    /// Node name.
+    name: String,
+    /// A new MAC (after a NIC or mainboard swap).
+    #[arg(long)]
+    mac: Option<String>,
+    #[command(flatten)]
+    fields: Fields,
+}
+
+/// Remove a node from the database.
+#[derive(Args)]
+struct RmArgs {
+    /// Node name(s).
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+/// Add the nodes of a CSV file, all or none.
+///
+/// The first line names the columns, in any order: name,mac,ip,class,image,group (and
+/// optionally bmc); name and mac are required, empty fields are unset, lines starting with
+/// `#` are skipped. One bad line (or a duplicate name, MAC or IP) and nothing is added.
+#[derive(Args)]
+struct ImportArgs {
+    /// The CSV file.
+    file: PathBuf,
+}
+
+pub fn exec(g: &Global, a: NodeArgs) -> anyhow::Result<()> {
+    match a.command {
+        NodeCommand::Add(a) => {
+            let mut n = NodeEntry::new(&a.name, &a.mac)?;
+            a.fields.apply(&mut n)?;
+            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+            repo.catalog.add_nodes(std::slice::from_ref(&n))?;
+            println!(
+                "added node {} ({}): next network boot installs",
+                n.name, n.mac
+            );
+        }
+        NodeCommand::List(a) => {
+            let nodes = open(g)?.catalog.inventory()?;
+            if a.json {
+                return print_json(&nodes);
+            }
+            if nodes.is_empty() {
+                println!("no nodes: add them with `aurum node add` or `aurum node import`");
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} LAST PHASE",
+                "NODE", "MAC", "IP", "CLASS", "IMAGE", "GROUP", "BOOT"
+            );
+            for n in nodes {
+                println!(
+                    "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} {}",
+                    n.name,
+                    n.mac,
+                    n.ip.as_deref().unwrap_or("-"),
+                    n.class.as_deref().unwrap_or("-"),
+                    n.image.as_deref().unwrap_or("-"),
+                    n.group.as_deref().unwrap_or("-"),
+                    n.boot.as_str(),
+                    n.last
+                        .as_ref()
+                        .map(|l| format!("{} {}", l.phase, human_time(l.time)))
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        NodeCommand::Show(a) => {
+            let repo = open(g)?;
+            let n = repo.catalog.inventory_get(&a.name)?;
+            let phases = repo.catalog.install_phases(&n.name, 40)?;
+            if a.json {
+                return print_json(&serde_json::json!({ "node": n, "phases": phases }));
+            }
+            let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            println!("node      {}", n.name);
+            println!("mac       {}", n.mac);
+            println!("ip        {}", or(&n.ip));
+            println!("class     {}", or(&n.class));
+            println!("image     {}", or(&n.image));
+            println!("group     {}", or(&n.group));
+            println!("bmc       {}", or(&n.bmc));
+            println!(
+                "boot      {}",
+                match n.boot {
+                    Boot::Install => "install (the next network boot installs it)",
+                    Boot::Local => "local (network boots go on to the local disk)",
+                }
+            );
+            match &n.last {
+                None => println!("install   never reported"),
+                Some(l) => {
+                    println!(
+                        "phase     {} {}",
+                        l.phase,
+                        l.detail.lines().next().unwrap_or("")
+                    );
+                    println!("revision  {}", or(&l.revision));
+                    println!("time      {}", human_time(l.time));
+                }
+            }
+            if !phases.is_empty() {
+                println!("\nphases of its installs (newest last):");
+                for p in phases {
+                    println!("  {}  {:<10} {}", human_time(p.time), p.phase, p.detail);
+                }
+            }
+        }
+        NodeCommand::Set(a) => {
+            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+            let mut n = repo.catalog.inventory_get(&a.name)?;
+            if let Some(mac) = a.mac {
+                n.mac = nodedb::normalise_mac(&mac)?;
+            }
+            a.fields.apply(&mut n)?;
+            repo.catalog.update_node(&n)?;
+            println!("updated node {}", n.name);
+        }
+        NodeCommand::Rm(a) => {
+            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+            for name in &a.names {
+                if !repo.catalog.remove_node(name)? {
+                    return Err(aurum::Error::NotFound(format!("no node {name}")).into());
+                }
+                println!("removed node {name}");
+            }
+        }
+        NodeCommand::Import(a) => {
+            let text = std::fs::read_to_string(&a.file).map_err(|e| aurum::Error::Io {
+                path: a.file.clone(),
+                source: e,
+            })?;
+            let nodes = nodedb::parse_csv(&text, &a.file.display().to_string())?;
+            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+            repo.catalog.add_nodes(&nodes)?;
+            println!("imported {} nodes from {}", nodes.len(), a.file.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `pxe` subcommand group: DHCP configuration, the TFTP tree, and switching a node between
+//! install and local boot.
+
+use std::path::PathBuf;
+
+use aurum::nodedb::Boot;
+use aurum::pxe::{self, DhcpOptions};
+use aurum::repo::{Lock, Repository};
+use clap::{Args, Subcommand};
+
+use super::{open, Global};
+
+/// Network boot: DHCP configuration, the TFTP tree, install or local boot per node.
+///
+/// The chain: the firmware's PXE loads iPXE (undionly.kpxe for BIOS, snponly.efi for UEFI,
+/// chosen by DHCP option 93); iPXE, recognised by its user class, gets the per-node script
+/// http://SERVER:8035/boot/MAC.ipxe from `aurum serve`; the script loads the boot kit and
+/// installs the node, or boots its local disk once it is installed.
+#[derive(Args)]
+pub struct PxeArgs {
+    #[command(subcommand)]
+    command: PxeCommand,
+}
+
+#[derive(Subcommand)]
+enum PxeCommand {
+    Config(ConfigArgs),
+    Tftp(TftpArgs),
+    Netboot(NetbootArgs),
+}
+
+/// Write a DHCP server configuration for the node database.
+///
+/// Host entries for every node (with its fixed IP when it has one), the BIOS and x86-64 UEFI
+/// boot files by client architecture (option 93), and the iPXE user-class match that hands
+/// iPXE the per-node script instead of iPXE again. dnsmasq can also serve TFTP (--tftp-root)
+/// and run as ProxyDHCP beside an existing DHCP server (--proxy). Check the result with
+/// `dnsmasq --test -C FILE` or `dhcpd -t -cf FILE`.
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("kind").required(true))]
+struct ConfigArgs {
+    /// Write a dnsmasq configuration here.
+    #[arg(long, value_name = "FILE", group = "kind")]
+    dnsmasq: Option<PathBuf>,
+    /// Write an ISC dhcpd configuration here.
+    #[arg(long, value_name = "FILE", group = "kind")]
+    dhcpd: Option<PathBuf>,
+    /// Where nodes reach `aurum serve`.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The TFTP server's address (next-server), when it is not the DHCP server.
+    #[arg(long, value_name = "ADDR")]
+    tftp_server: Option<String>,
+    /// dnsmasq: also serve TFTP from this directory (the tree `aurum pxe tftp` writes).
+    #[arg(long, value_name = "DIR")]
+    tftp_root: Option<String>,
+    /// dnsmasq: listen on this interface only.
+    #[arg(long, value_name = "IF")]
+    interface: Option<String>,
+    /// The nodes' subnet, like 10.0.1.0/24.
+    #[arg(long, value_name = "CIDR")]
+    subnet: Option<String>,
+    /// A dynamic address range for machines not in the database, like 10.0.1.100,10.0.1.200.
+    #[arg(long, value_name = "A,B")]
+    range: Option<String>,
+    /// dnsmasq: ProxyDHCP, beside an existing DHCP server that hands out the addresses.
+    #[arg(long)]
+    proxy: bool,
+}
+
+/// Write the TFTP tree: the first iPXE script, and each node's pxelinux and iPXE files.
+///
+/// boot.ipxe (for DHCP servers that cannot match iPXE's user class, like QEMU's) chains to
+/// the per-node script of `aurum serve`; ipxe/MAC.ipxe and pxelinux.cfg/01-MAC hold each
+/// node's install or local-boot entry; aurum/ holds the boot kit for pxelinux, and the iPXE
+/// binaries are copied from Debian's ipxe package when installed. The tree is remembered:
+/// `aurum pxe netboot` and install reports rewrite a node's files in it.
+#[derive(Args)]
+struct TftpArgs {
+    /// The TFTP root directory.
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Where nodes reach `aurum serve`.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The boot kit directory. Default: REPO/bootkit.
+    #[arg(long, value_name = "DIR")]
+    kit: Option<PathBuf>,
+}
+
+/// Switch a node's next network boot to install or to its local disk (si_mkclientnetboot).
+///
+/// A node that reports a successful install is switched to local boot automatically.
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("mode").required(true))]
+struct NetbootArgs {
+    /// Node name(s).
+    #[arg(required = true)]
+    nodes: Vec<String>,
+    /// Install (again) at the next network boot.
+    #[arg(long, group = "mode")]
+    install: bool,
+    /// Boot from the local disk.
+    #[arg(long, group = "mode")]
+    local: bool,
+}
+
+pub fn exec(g: &Global, a: PxeArgs) -> anyhow::Result<()> {
+    match a.command {
+        PxeCommand::Config(a) => {
+            let nodes = open(g)?.catalog.inventory()?;
+            let range = match &a.range {
+                Some(r) => Some(
+                    r.split_once(',')
+                        .map(|(x, y)| (x.trim().to_string(), y.trim().to_string()))
+                        .ok_or_else(|| aurum::Error::Invalid(format!("--range `{r}`: give A,B")))?,
+                ),
+                None => None,
+            };
+            let o = DhcpOptions {
+                server: a.server,
+                tftp_server: a.tftp_server,
+                interface: a.interface,
+                subnet: a.subnet,
+                range,
+                proxy: a.proxy,
+                tftp_root: a.tftp_root,
+            };
+            let (file, text) = match (a.dnsmasq, a.dhcpd) {
+                (Some(f), _) => (f, pxe::dnsmasq_config(&nodes, &o)?),
+                (None, Some(f)) => (f, pxe::dhcpd_config(&nodes, &o)?),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            std::fs::write(&file, text).map_err(|e| aurum::Error::Io {
+                path: file.clone(),
+                source: e,
+            })?;
+            println!("wrote {} ({} nodes)", file.display(), nodes.len());
+        }
+        PxeCommand::Tftp(a) => {
+            let repo = open(g)?;
+            let kit = a.kit.unwrap_or_else(|| g.repo.join("bootkit"));
+            let notes = pxe::tftp(&repo.catalog, &a.root, &a.server, &kit)?;
+            for n in notes {
+                eprintln!("aurum: note: {n}");
+            }
+            println!(
+                "wrote the TFTP tree at {} ({} nodes)",
+                a.root.display(),
+                repo.catalog.inventory()?.len()
+            );
+        }
+        PxeCommand::Netboot(a) => {
+            let boot = if a.install {
+                Boot::Install
+            } else {
+                Boot::Local
+            };
+            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+            for name in &a.nodes {
+                let (n, root) = pxe::netboot(&mut repo.catalog, name, boot)?;
+                println!(
+                    "{}: next network boot {}{}",
+                    n.name,
+                    match boot {
+                        Boot::Install => "installs",
+                        Boot::Local => "boots the local disk",
+                    },
+                    root.map(|r| format!(" (TFTP files in {} rewritten)", r.display()))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The node database: which machines exist, by name, MAC and address, and what each gets.
+//!
+//! This is what PXE needs (SystemImager kept it in `/etc/hosts` plus per-MAC files written by
+//! `si_mkclientnetboot`; seed 002 kept it in an `ssitab`): a node's MAC picks its boot script,
+//! its class picks the partition template, its image the revision it installs, its group the
+//! overrides. Each node also remembers whether its next network boot installs or boots from
+//! the local disk, and the last phase its install reported. The rows live in the catalog
+//! (`inventory` table); this module holds their type, the checks every entry passes before it
+//! is stored, and the CSV import format.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, Result};
+
+/// What a node's next network boot does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Boot {
+    /// Load the boot kit and install the node's image (a new node, or a reinstall).
+    Install,
+    /// Boot from the local disk (after a successful install).
+    Local,
+}
+
+impl Boot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Boot::Install => "install",
+            Boot::Local => "local",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Boot> {
+        match s {
+            "install" => Ok(Boot::Install),
+            "local" => Ok(Boot::Local),
+            _ => Err(invalid(format!(
+                "`{s}` is not a boot mode: install or local"
+            ))),
+        }
+    }
+}
+
+/// The last install phase a node reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct LastPhase {
+    /// `facts`, `partition`, `mkfs`, `transfer`, `hooks`, `bootloader`, `done`, `failed`...
+    pub phase: String,
+    pub detail: String,
+    /// The revision being installed, when known.
+    pub revision: Option<String>,
+    /// Seconds since the epoch.
+    pub time: i64,
+}
+
+/// One node of the database.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeEntry {
+    pub name: String,
+    /// Lower case, colon separated (`52:54:00:11:23:01`).
+    pub mac: String,
+    pub ip: Option<String>,
+    /// Hardware class (partition template); `None`: matched from the node's facts.
+    pub class: Option<String>,
+    /// Revision reference to install (IMAGE, IMAGE@N, IMAGE:TAG).
+    pub image: Option<String>,
+    pub group: Option<String>,
+    /// The BMC's address, for `ipmitool -H`.
+    pub bmc: Option<String>,
+    pub boot: Boot,
+    pub last: Option<LastPhase>,
+}
+
+impl NodeEntry {
+    /// A new node with the required fields checked and normalised.
+    pub fn new(name: &str, mac: &str) -> Result<NodeEntry> {
+        crate::repo::check_name("node", name)?;
+        Ok(NodeEntry {
+            name: name.to_string(),
+            mac: normalise_mac(mac)?,
+            ip: None,
+            class: None,
+            image: None,
+            group: None,
+            bmc: None,
+            boot: Boot::Install,
+            last: None,
+        })
+    }
+
+    /// Sets the IP address, checked.
+    pub fn set_ip(&mut self, ip: Option<&str>) -> Result<()> {
+        self.ip = match ip {
+            None => None,
+            Some(s) => Some(
+                s.parse::<IpAddr>()
+                    .map_err(|_| invalid(format!("`{s}` is not an IP address")))?
+                    .to_string(),
+            ),
+        };
+        Ok(())
+    }
+
+    /// The MAC with dashes, as pxelinux and iPXE's `${mac:hexhyp}` spell it.
+    pub fn mac_dashes(&self) -> String {
+        self.mac.replace(':', "-")
+    }
+}
+
+/// `52:54:00:11:23:01` from any common spelling: colons or dashes, Cisco's dotted
+/// `5254.0011.2301`, or bare hex; any case.
+pub fn normalise_mac(s: &str) -> Result<String> {
+    let hex: String = s
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ':' | '-' | '.'))
+        .collect();
+    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(invalid(format!(
+            "`{s}` is not a MAC address: give six hex bytes, like 52:54:00:11:23:01"
+        )));
+    }
+    let hex = hex.to_ascii_lowercase();
+    Ok((0..6)
+        .map(|i| &hex[i * 2..i * 2 + 2])
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+/// The columns `aurum node import` knows; `name` and `mac` are required.
+const CSV_COLUMNS: [&str; 7] = ["name", "mac", "ip", "class", "image", "group", "bmc"];
+
+/// Parses the CSV of `aurum node import`: a header line naming the columns (name,mac,ip,
+/// class,image,group and optionally bmc, in any order), then one node a line. Empty fields
+/// are unset; blank lines and lines starting with `#` are skipped. Quoting is not supported
+/// (no field of a node needs a comma).
+pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let (_, head) = lines
+        .next()
+        .ok_or_else(|| invalid(format!("{origin} is empty: it needs a header line")))?;
+    let cols: Vec<String> = head
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    for c in &cols {
+        if !CSV_COLUMNS.contains(&c.as_str()) {
+            return Err(invalid(format!(
+                "{origin}: unknown column `{c}` in the header; the columns are {}",
+                CSV_COLUMNS.join(",")
+            )));
+        }
+    }
+    for req in ["name", "mac"] {
+        if !cols.iter().any(|c| c == req) {
+            return Err(invalid(format!(
+                "{origin}: the header has no `{req}` column (it needs at least name,mac)"
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    for (n, line) in lines {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() != cols.len() {
+            return Err(invalid(format!(
+                "{origin}:{n}: {} fields, the header has {}",
+                fields.len(),
+                cols.len()
+            )));
+        }
+        let get = |name: &str| {
+            cols.iter()
+                .position(|c| c == name)
+                .map(|i| fields[i])
+                .filter(|v| !v.is_empty())
+        };
+        let at = |e: crate::Error| invalid(format!("{origin}:{n}: {e}"));
+        let mut node =
+            NodeEntry::new(get("name").unwrap_or(""), get("mac").unwrap_or("")).map_err(at)?;
+        node.set_ip(get("ip")).map_err(at)?;
+        node.class = get("class").map(String::from);
+        node.image = get("image").map(String::from);
+        node.group = get("group").map(String::from);
+        node.bmc = get("bmc").map(String::from);
+        out.push(node);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_normalised() {
+        for s in [
+            "52:54:00:11:23:0A",
+            "52-54-00-11-23-0a",
+            "5254.0011.230a",
+            "52540011230A",
+        ] {
+            assert_eq!(normalise_mac(s).unwrap(), "52:54:00:11:23:0a", "{s}");
+        }
+        for bad in ["52:54:00:11:23", "52:54:00:11:23:0g", ""] {
+            assert!(normalise_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn csv_with_any_column_order() {
+        let nodes = parse_csv(
+            "# cluster\nmac,name,ip,class,image,group\n52-54-00-00-00-01,n01,10.0.1.1,compute,compute:prod,rack1\n\n52:54:00:00:00:02,n02,,,,\n",
+            "t.csv",
+        )
+        .unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].name, "n01");
+        assert_eq!(nodes[0].mac, "52:54:00:00:00:01");
+        assert_eq!(nodes[0].group.as_deref(), Some("rack1"));
+        assert_eq!(nodes[1].ip, None);
+        let e = parse_csv("name,mac\nn01,zz\n", "t.csv").unwrap_err();
+        assert!(e.to_string().contains("t.csv:2"), "{e}");
+        let e = parse_csv("name,mac,rack\n", "t.csv").unwrap_err();
+        assert!(e.to_string().contains("unknown column `rack`"), "{e}");
+    }
+}

@@ -58,7 +58,10 @@ pub enum Phase {
     Revision(String),
     Partition(String),
     Mkfs(String),
-    Transfer { done: u64, total: u64 },
+    Transfer {
+        done: u64,
+        total: u64,
+    },
     Overrides(String),
     Hooks(String),
     Bootloader(String),

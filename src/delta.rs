@@ -428,6 +428,7 @@ pub fn precompute(
         target: *rev,
         base: vec![*parent],
     });
+    let manifest_len = new.encode().len() as u64;
     let cache = Cache::new(&repo.root);
     let blobs = crate::repo::BlobsAndManifests {
         root: &repo.root,
@@ -440,17 +441,20 @@ pub fn precompute(
         if let Some(d) = get_or_make(&cache, &blobs, w, LEVEL_PRECOMPUTE)? {
             deltas.fetch_add(1, Ordering::Relaxed);
             delta_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-            let len: u64 = new
-                .entries
-                .iter()
-                .find_map(|e| match &e.kind {
-                    Kind::File { chunks, .. } => chunks
-                        .iter()
-                        .find(|c| c.id == w.target)
-                        .map(|c| u64::from(c.len)),
-                    _ => None,
-                })
-                .unwrap_or(0);
+            let len: u64 = if w.target == *rev {
+                manifest_len
+            } else {
+                new.entries
+                    .iter()
+                    .find_map(|e| match &e.kind {
+                        Kind::File { chunks, .. } => chunks
+                            .iter()
+                            .find(|c| c.id == w.target)
+                            .map(|c| u64::from(c.len)),
+                        _ => None,
+                    })
+                    .unwrap_or(0)
+            };
             target_bytes.fetch_add(len, Ordering::Relaxed);
         }
         progress.advance(1);

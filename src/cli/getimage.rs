@@ -159,7 +159,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
         let p = aurum::delta::precompute(&repo, &parent, &rev.id, progress.as_ref())?;
         if p.pairs > 0 {
             println!(
-                "{} deltas from {} precomputed: {} for {} of changed files, {:.2} s",
+                "{} deltas from {} precomputed (changed files and the manifest): {} for {}, {:.2} s",
                 p.deltas,
                 parent.short(),
                 human_bytes(p.delta_bytes),

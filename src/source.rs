@@ -133,7 +133,7 @@ impl RevisionSource for LocalRepo {
 }
 
 /// Records coalesced into one Range request are at most this far apart...
-const COALESCE_GAP: u64 = 8 << 10;
+const COALESCE_GAP: u64 = 512;
 /// ...and one request asks for at most this much.
 const MAX_REQUEST: u64 = 16 << 20;
 /// Requests in flight at once.

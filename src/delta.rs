@@ -19,8 +19,8 @@
 //!
 //! Wire format of `POST /api/v1/deltas` (all integers little-endian):
 //! request: repeated `target id (32) | n (u8) | n base ids (32 each)`;
-//! response: repeated `target id (32) | status (u8: 0 none, 1 delta) | length (u32) | bytes`,
-//! one record per request record, in order.
+//! response: repeated `status (u8: 0 none, 1 delta) | length (u32) | bytes`, one record per
+//! request record, in order.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -68,9 +68,9 @@ pub fn answer(
         })
         .collect();
     let mut out = Vec::new();
-    for (w, d) in wants.iter().zip(&deltas) {
+    for d in &deltas {
         let d = d.as_deref().filter(|d| out.len() + d.len() <= MAX_ANSWER);
-        encode_answer(&mut out, &w.target, d);
+        encode_answer(&mut out, d);
     }
     Ok(out)
 }
@@ -230,9 +230,9 @@ pub fn decode_request(data: &[u8]) -> Result<Vec<Want>> {
     Ok(out)
 }
 
-/// One record of a response.
-pub fn encode_answer(out: &mut Vec<u8>, target: &Id, delta: Option<&[u8]>) {
-    out.extend_from_slice(&target.0);
+/// One record of a response (the records follow the request's order; the target is not
+/// repeated: the node checks every rebuilt blob against the id it asked for).
+pub fn encode_answer(out: &mut Vec<u8>, delta: Option<&[u8]>) {
     out.push(u8::from(delta.is_some()));
     let d = delta.unwrap_or(&[]);
     out.extend_from_slice(&(d.len() as u32).to_le_bytes());
@@ -240,8 +240,8 @@ pub fn encode_answer(out: &mut Vec<u8>, target: &Id, delta: Option<&[u8]>) {
 }
 
 /// Reads the next record of a response; `None` at its end.
-pub fn read_answer(r: &mut impl Read) -> Result<Option<(Id, Option<Vec<u8>>)>> {
-    let mut head = [0u8; 37];
+pub fn read_answer(r: &mut impl Read) -> Result<Option<Option<Vec<u8>>>> {
+    let mut head = [0u8; 5];
     let mut got = 0;
     while got < head.len() {
         let n = r.read(&mut head[got..])?;
@@ -253,18 +253,17 @@ pub fn read_answer(r: &mut impl Read) -> Result<Option<(Id, Option<Vec<u8>>)>> {
         }
         got += n;
     }
-    let target = Id(head[..32].try_into().expect("32 bytes"));
-    let len = u32::from_le_bytes(head[33..37].try_into().expect("4 bytes"));
-    if head[32] == 0 {
-        return Ok(Some((target, None)));
+    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes"));
+    if head[0] == 0 {
+        return Ok(Some(None));
     }
-    if len > 64 << 20 {
+    if head[0] != 1 || len > 64 << 20 {
         return Err(corrupt("the server's delta answer is malformed"));
     }
     let mut d = vec![0u8; len as usize];
     r.read_exact(&mut d)
         .map_err(|_| corrupt("the server's delta answer is cut short"))?;
-    Ok(Some((target, Some(d))))
+    Ok(Some(Some(d)))
 }
 
 /// The repository's delta cache: `deltas/XX/<target>-<base key>.zd`, or `.none` when no delta
@@ -521,13 +520,12 @@ mod tests {
         assert_eq!(decode_request(&encode_request(&w)).unwrap(), w);
         assert!(decode_request(&encode_request(&w)[..40]).is_err());
         let mut out = Vec::new();
-        encode_answer(&mut out, &w[0].target, Some(b"xyz"));
-        encode_answer(&mut out, &w[1].target, None);
+        encode_answer(&mut out, Some(b"xyz"));
+        encode_answer(&mut out, None);
         let mut r = &out[..];
-        let a = read_answer(&mut r).unwrap().unwrap();
-        assert_eq!((a.0, a.1.as_deref()), (w[0].target, Some(&b"xyz"[..])));
-        let b = read_answer(&mut r).unwrap().unwrap();
-        assert_eq!((b.0, b.1), (w[1].target, None));
+        assert_eq!(read_answer(&mut r).unwrap(), Some(Some(b"xyz".to_vec())));
+        assert_eq!(read_answer(&mut r).unwrap(), Some(None));
         assert!(read_answer(&mut r).unwrap().is_none());
+        assert!(read_answer(&mut &out[..3]).is_err());
     }
 }

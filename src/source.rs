@@ -627,16 +627,16 @@ impl HttpRepo {
         moved.fetch_add(answer.len() as u64, Ordering::Relaxed);
         let mut r = &answer[..];
         let mut n = 0;
-        while let Some((target, d)) = delta::read_answer(&mut r)? {
-            if batch.get(n).map(|w| w.target) != Some(target) {
+        while let Some(d) = delta::read_answer(&mut r)? {
+            let Some(w) = batch.get(n) else {
                 return Err(corrupt(format!(
-                    "{}: the delta answer does not follow the request",
+                    "{}: the delta answer has more records than the request",
                     self.url(path)
                 )));
-            }
+            };
             n += 1;
             if let Some(d) = d {
-                sink(&target, d)?;
+                sink(&w.target, d)?;
             }
             progress.advance(1);
         }

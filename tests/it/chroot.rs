@@ -292,18 +292,28 @@ fn a_signal_to_aurum_stops_the_command_unmounts_and_commits_nothing() {
 }
 
 /// Waits until a session's proc is mounted in its work tree.
+/// Waits until the whole session is mounted (resolv.conf is mounted last, /run before it) and
+/// the command has had a moment to start.
 fn wait_for_session(env: &Env) {
     let started = Instant::now();
-    while !mounts_below(env.dir.path())
-        .iter()
-        .any(|m| m.ends_with("/root/proc"))
-    {
+    let resolv = std::path::Path::new("/etc/resolv.conf").exists();
+    loop {
+        let up = mounts_below(env.dir.path());
+        let has = |end: &str| up.iter().any(|m| m.ends_with(end));
+        if has("/root/proc")
+            && has("/root/dev/null")
+            && has("/root/run")
+            && (!resolv || has("/root/etc/resolv.conf"))
+        {
+            break;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "the chroot never came up"
+            "the chroot never came up: {up:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 #[test]

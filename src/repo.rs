@@ -458,6 +458,30 @@ impl BlobWriter {
         Ok(true)
     }
 
+    /// [`claim`] for many blobs, in one read of the catalog; the answers are in the same order.
+    ///
+    /// [`claim`]: BlobWriter::claim
+    pub fn claim_many<'a>(&mut self, ids: impl IntoIterator<Item = &'a Id>) -> Result<Vec<bool>> {
+        let BlobWriter {
+            catalog,
+            claimed,
+            pending,
+            ..
+        } = self;
+        catalog.reading(|cat| {
+            let mut answers = Vec::new();
+            for id in ids {
+                let new = !claimed.contains(id) && !cat.has_blob(id)?;
+                if new {
+                    claimed.insert(*id);
+                    pending.insert(*id);
+                }
+                answers.push(new);
+            }
+            Ok(answers)
+        })
+    }
+
     fn unclaimed(&mut self, id: &Id) -> Result<()> {
         if self.pending.remove(id) {
             Ok(())

@@ -455,18 +455,21 @@ pub fn getimage(
     let mut contents: Vec<Option<Content>> = vec![None; scanned.len()];
     let mut to_hash = Vec::new();
     let mut from_cache = 0u64;
-    for (i, s) in scanned.iter().enumerate() {
-        if !matches!(s.entry.kind, Kind::File { .. }) {
-            continue;
-        }
-        if opts.edit.is_some() {
-            to_hash.push(i);
-            continue;
-        }
-        match repo
-            .catalog
-            .statcache_get(&describe, &s.entry.path, &s.stat)?
-        {
+    let files: Vec<usize> = (0..scanned.len())
+        .filter(|&i| matches!(scanned[i].entry.kind, Kind::File { .. }))
+        .collect();
+    let cached = if opts.edit.is_some() {
+        vec![None; files.len()]
+    } else {
+        repo.catalog.statcache_get_many(
+            &describe,
+            files
+                .iter()
+                .map(|&i| (scanned[i].entry.path.as_slice(), &scanned[i].stat)),
+        )?
+    };
+    for (&i, cached) in files.iter().zip(cached) {
+        match cached {
             Some(bytes) => match decode_content(&bytes) {
                 Ok((chunks, extents)) => {
                     contents[i] = Some(Content { chunks, extents });
@@ -478,6 +481,7 @@ pub fn getimage(
         }
     }
     let bytes_hashed: u64 = to_hash.iter().map(|&i| scanned[i].stat.size).sum();
+    let to_hash_count = to_hash.len();
 
     // Step 3: hash what the cache cannot vouch for.
     let sink = Mutex::new(repo.blob_writer()?);
@@ -488,18 +492,17 @@ pub fn getimage(
 
     // Step 4: every chunk still missing (remote sources, or blobs gc removed since caching).
     let mut wants: Vec<(usize, Vec<u32>)> = Vec::new();
+    let chunks = contents.iter().flatten().flat_map(|c| &c.chunks);
+    let mut claimed = sink
+        .lock()
+        .expect("blob writer lock")
+        .claim_many(chunks.map(|ch| &ch.id))?
+        .into_iter();
     for (i, c) in contents.iter().enumerate() {
         let Some(c) = c else { continue };
-        let numbers: Vec<u32> = c
-            .chunks
-            .iter()
-            .enumerate()
-            .filter_map(|(n, ch)| match sink.claim(&ch.id) {
-                Ok(true) => Some(Ok(n as u32)),
-                Ok(false) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<_>>()?;
+        let numbers: Vec<u32> = (0..c.chunks.len() as u32)
+            .filter(|_| claimed.next() == Some(true))
+            .collect();
         if !numbers.is_empty() {
             wants.push((i, numbers));
         }
@@ -568,7 +571,9 @@ pub fn getimage(
             false,
         ),
     };
-    if opts.edit.is_none() {
+    // An unchanged tree read wholly from the cache leaves the cache as it was: rewriting its
+    // rows would be most of the cost of an unchanged re-capture.
+    if opts.edit.is_none() && !(unchanged && to_hash_count == 0) {
         repo.catalog.statcache_replace(&describe, &cache_rows)?;
     }
     Ok(CaptureReport {

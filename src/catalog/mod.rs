@@ -240,6 +240,15 @@ impl Catalog {
     }
 
     /// Whether the repository has a blob.
+    /// Runs many reads in one read transaction: outside one, SQLite takes and drops its shared
+    /// lock (a handful of fcntl calls) around every single statement.
+    pub fn reading<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = f(self)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
         let mut st = self
             .conn
@@ -591,6 +600,20 @@ impl Catalog {
     }
 
     // ---- stat cache ----
+
+    /// Looks up many files at once, in one read transaction (see [`Catalog::reading`]).
+    pub fn statcache_get_many<'a>(
+        &self,
+        source: &str,
+        files: impl IntoIterator<Item = (&'a [u8], &'a StatKey)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.reading(|cat| {
+            files
+                .into_iter()
+                .map(|(path, key)| cat.statcache_get(source, path, key))
+                .collect()
+        })
+    }
 
     /// The content a file had when it last had exactly this stat data.
     pub fn statcache_get(

@@ -247,6 +247,20 @@ impl HttpRepo {
     }
 }
 
+impl HttpRepo {
+    /// The number of an image's newest revision with this id, for the node's records
+    /// (`compute@7`); none when the server's list does not say.
+    fn number_of(&self, image: &str, id: &Id) -> Option<u32> {
+        let list = self.get(&format!("refs/{image}/revisions")).ok()?;
+        String::from_utf8_lossy(&list)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, v)| Id::from_hex(v.trim()).as_ref() == Some(id))
+            .filter_map(|(k, _)| k.parse().ok())
+            .max()
+    }
+}
+
 fn ref_name_ok(s: &str) -> bool {
     crate::repo::check_name("image", s).is_ok()
 }
@@ -296,7 +310,7 @@ impl RevisionSource for HttpRepo {
             let id = id_of(self.get(&format!("refs/{image}/tags/{tag}"))?, "the tag")?;
             return Ok(Target {
                 image: Some(image.into()),
-                number: None,
+                number: self.number_of(image, &id),
                 id,
             });
         }
@@ -311,7 +325,7 @@ impl RevisionSource for HttpRepo {
             let id = id_of(self.get(&format!("refs/{spec}/head"))?, "the image head")?;
             return Ok(Target {
                 image: Some(spec.into()),
-                number: None,
+                number: self.number_of(spec, &id),
                 id,
             });
         }

@@ -94,7 +94,9 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
             report.packs_deleted += 1;
             report.bytes_freed += size;
             repack.retire(pack);
-        } else if (live_bytes as f64) < REPACK_BELOW * size as f64 {
+        } else if !dead.is_empty() && (live_bytes as f64) < REPACK_BELOW * size as f64 {
+            // (A pack with nothing dead is never rewritten: for a pack of one tiny blob the
+            // header alone is "more than half", and the copy would be the same pack.)
             report.packs_repacked += 1;
             report.bytes_freed += size.saturating_sub(live_bytes);
             if !dry_run {
@@ -196,7 +198,10 @@ impl Repacker {
         if let Some(dir) = keep_in {
             fs::create_dir_all(dir).at(dir)?;
         }
-        for pack in &self.retired {
+        // A rewritten pack can come out byte for byte the same as a retired one, under the
+        // same name: its files are the new pack's now, and stay.
+        let rewritten: HashSet<Id> = self.written.iter().map(|p| p.id).collect();
+        for pack in self.retired.iter().filter(|p| !rewritten.contains(p)) {
             for ext in ["idx", "pack"] {
                 let p = pack_path(&repo.root, pack, ext);
                 let r = match keep_in {

@@ -583,6 +583,37 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
     env.ok(&["verify"]);
 }
 
+/// A pack of one tiny blob is mostly header: gc must neither call it "mostly dead" and rewrite
+/// it into itself (same content, same name) nor delete the file it has just written.
+#[test]
+fn gc_keeps_packs_of_tiny_files() {
+    let env = Env::new();
+    let src = env.path("g1");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), "a\n").unwrap();
+    env.getimage(&src, "g", &[]);
+    fs::write(src.join("hostname2"), "1\n").unwrap();
+    env.getimage(&src, "g", &[]);
+    let r = json(&env.ok(&["gc", "--json"]));
+    assert_eq!(r["dead_blobs"], 0, "{r}");
+    assert_eq!(
+        r["packs_repacked"], 0,
+        "nothing is dead, nothing to rewrite: {r}"
+    );
+    env.ok(&["verify"]);
+    // Now one tiny blob dies next to a live one: its pack is rewritten, and still verifies.
+    fs::write(src.join("hostname2"), "2\n").unwrap();
+    env.getimage(&src, "g", &[]);
+    env.ok(&["rmimage", "g"]);
+    env.getimage(&src, "h", &[]);
+    env.ok(&["gc"]);
+    env.ok(&["verify"]);
+    let co = env.path("co");
+    env.ok(&["checkout", "h", co.to_str().unwrap()]);
+    assert_eq!(fs::read(co.join("hostname2")).unwrap(), b"2\n");
+    assert_eq!(fs::read(co.join("a")).unwrap(), b"a\n");
+}
+
 #[test]
 fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
     require_rsync();

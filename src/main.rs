@@ -34,14 +34,45 @@ fn main() {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
+        .format(|out, record| {
+            use std::io::Write;
+            match record.level() {
+                log::Level::Error => writeln!(out, "aurum: error: {}", record.args()),
+                log::Level::Warn => writeln!(out, "aurum: warning: {}", record.args()),
+                level => writeln!(
+                    out,
+                    "aurum: {} {}: {}",
+                    level.as_str().to_lowercase(),
+                    record.target(),
+                    record.args()
+                ),
+            }
+        })
         .init();
     if let Err(err) = cli::run(args) {
-        eprintln!("aurum: error: {err:#}");
+        eprintln!("aurum: error: {}", chain(&err));
         let code = err
             .downcast_ref::<aurum::Error>()
             .map(aurum::Error::exit_code)
             .unwrap_or(1);
         std::process::exit(code);
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text the message already
+/// holds (a path error already says "No such file or directory"; anyhow's `{:#}` would say it
+/// twice).
+fn chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

@@ -39,16 +39,42 @@ pub struct Serving {
     pub addr: SocketAddr,
 }
 
-/// Binds `listen` for the repository at `root`.
-pub fn bind(root: &Path, listen: &str) -> Result<Serving> {
+/// Binds `listen` for the repository at `root`; connections that stall for `stalled` are
+/// dropped.
+pub fn bind(root: &Path, listen: &str, stalled: Duration) -> Result<Serving> {
     if !root.join("FORMAT").exists() {
         return Err(Error::NotFound(format!(
             "no aurum repository at {}: create one with `aurum init`",
             root.display()
         )));
     }
-    let server =
-        Server::http(listen).map_err(|e| invalid(format!("cannot listen on {listen}: {e}")))?;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| invalid(format!("cannot listen on {listen}: {e}")))?;
+    // Connections accepted from this socket inherit its timeouts (Linux copies them at
+    // accept): a node that stops reading, or sends half a request and hangs, frees its thread
+    // after `stalled` instead of holding it for ever. A slow node that keeps reading never
+    // hits it.
+    for opt in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
+        let tv = libc::timeval {
+            tv_sec: stalled.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt on a socket we own, with a timeval of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&listener),
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(Error::Os(std::io::Error::last_os_error()));
+        }
+    }
+    let server = Server::from_listener(listener, None)
+        .map_err(|e| invalid(format!("cannot listen on {listen}: {e}")))?;
     let addr = server
         .server_addr()
         .to_ip()

@@ -8,7 +8,7 @@
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::error::{invalid, IoContext, Result};
+use crate::error::{invalid, Result};
 
 /// SystemImager's getimage defaults (its getimage.exclude and 5.0 additions), plus what a
 /// running system holds that belongs to one machine or to no disk at all.
@@ -106,7 +106,12 @@ impl Excludes {
 
 /// Reads patterns from a file: one a line, `#` comments and blank lines ignored.
 pub fn read_exclude_file(path: &std::path::Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).at(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        crate::error::invalid(format!(
+            "cannot read the exclude file {}: {e}",
+            path.display()
+        ))
+    })?;
     Ok(text
         .lines()
         .map(str::trim)

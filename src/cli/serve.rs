@@ -21,8 +21,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:8035", value_name = "ADDR:PORT")]
     listen: String,
     /// Requests answered at once (each streams from disk; memory stays small).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     threads: usize,
+    /// Drop a connection that stalls this long: a node that stops reading its answer, or
+    /// sends half a request, so that hung nodes cannot hold the answering threads. A slow node
+    /// that keeps reading is never dropped.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    stall_timeout: u64,
 }
 
 pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
@@ -31,7 +36,11 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block()?;
-    let serving = aurum::serve::bind(&g.repo, &a.listen)?;
+    let serving = aurum::serve::bind(
+        &g.repo,
+        &a.listen,
+        std::time::Duration::from_secs(a.stall_timeout.max(1)),
+    )?;
     eprintln!(
         "aurum: serving {} on http://{} (SIGTERM or Ctrl-C stops)",
         g.repo.display(),

@@ -16,8 +16,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(env: &Env) -> Server {
+        Server::start_with(env, &[])
+    }
+
+    pub fn start_with(env: &Env, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
         let mut child = env
-            .cmd(&["serve", "--listen", "127.0.0.1:0"])
+            .cmd(&args)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start aurum serve");
@@ -260,6 +266,40 @@ fn sixteen_clients_at_once_get_exact_bytes() {
             h.join().unwrap();
         }
     });
+}
+
+/// Nodes that hang half-way through a download must not hold the server: their connections
+/// are dropped after the stall timeout and others are answered.
+#[test]
+fn hung_clients_do_not_block_the_server() {
+    let env = Env::new();
+    let src = env.path("g");
+    // Random, so stored as is: far more than the socket buffers of a client that never reads.
+    write_random(&src.join("big.bin"), 11, 48 << 20);
+    env.getimage(&src, "img", &[]);
+    let srv = Server::start_with(&env, &["--threads", "2", "--stall-timeout", "2"]);
+    let (pack, _) = a_pack(&env);
+    // Four clients ask for the pack and never read a byte: more than the server has threads.
+    let hung: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(&srv.addr).unwrap();
+            let req = format!("GET {pack} HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr);
+            s.write_all(req.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // `http` gives up after 30 s: without the stall timeout this would wait for ever.
+    let started = Instant::now();
+    let (st, _, body) = http(&srv.addr, "GET", "/FORMAT", &[], b"");
+    assert_eq!(st, 200);
+    assert!(body.starts_with(b"aurum repository format"));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+    drop(hung);
 }
 
 #[test]

@@ -330,9 +330,22 @@ fn api_response(
             cat.record_report(&report, Some(peer))?;
             Ok(Response::from_data(Vec::new()).with_status_code(StatusCode(204)))
         }
-        _ => Err(Error::NotFound(format!(
-            "no API endpoint {method} /api/v1/{api}"
-        ))),
+        (_, parts) => match endpoint_method(parts) {
+            Some(allowed) => Ok(text(405, &format!("/api/v1/{api} answers {allowed} only"))
+                .with_header(header("Allow", allowed))),
+            None => Err(Error::NotFound(format!("no API endpoint /api/v1/{api}"))),
+        },
+    }
+}
+
+/// The one method an API endpoint answers, for a 405 to name.
+fn endpoint_method(parts: &[&str]) -> Option<&'static str> {
+    match parts {
+        ["images"] | ["images", _, "revisions"] | ["nodes"] | ["templates"] | ["templates", _] => {
+            Some("GET")
+        }
+        ["deltas"] | ["install", _] | ["reports"] => Some("POST"),
+        _ => None,
     }
 }
 

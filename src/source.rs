@@ -150,6 +150,22 @@ pub struct HttpRepo {
 impl HttpRepo {
     /// `base` is the URL of the repository's top (where FORMAT is).
     pub fn new(base: &str, cache: &Path) -> Result<HttpRepo> {
+        if base.starts_with("https://") {
+            return Err(invalid(format!(
+                "{base}: aurum speaks plain HTTP (every blob and manifest is checked against its \
+                 id, so TLS adds no integrity); give the server as http://HOST:8035"
+            )));
+        }
+        if !base.starts_with("http://") {
+            return Err(invalid(format!(
+                "{base}: give the server as an http:// URL, e.g. http://{}",
+                if base.contains(':') {
+                    base.to_string()
+                } else {
+                    format!("{base}:8035")
+                }
+            )));
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(300)))
             .http_status_as_error(false)
@@ -248,6 +264,17 @@ impl HttpRepo {
 }
 
 impl HttpRepo {
+    /// A missing ref file means the server has no such image.
+    fn no_image(&self, image: &str, e: Error) -> Error {
+        match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "{} has no image `{image}` (`aurum lsimage` on the server lists them)",
+                self.base
+            )),
+            e => e,
+        }
+    }
+
     /// The number of an image's newest revision with this id, for the node's records
     /// (`compute@7`); none when the server's list does not say.
     fn number_of(&self, image: &str, id: &Id) -> Option<u32> {
@@ -284,7 +311,9 @@ impl RevisionSource for HttpRepo {
             if !ref_name_ok(image) {
                 return Err(invalid(format!("`{image}` is not an image name")));
             }
-            let list = self.get(&format!("refs/{image}/revisions"))?;
+            let list = self
+                .get(&format!("refs/{image}/revisions"))
+                .map_err(|e| self.no_image(image, e))?;
             let text = String::from_utf8_lossy(&list);
             let id = text
                 .lines()
@@ -307,7 +336,19 @@ impl RevisionSource for HttpRepo {
             if !ref_name_ok(image) || !ref_name_ok(tag) {
                 return Err(invalid(format!("`{spec}` is not IMAGE:TAG")));
             }
-            let id = id_of(self.get(&format!("refs/{image}/tags/{tag}"))?, "the tag")?;
+            let text = self
+                .get(&format!("refs/{image}/tags/{tag}"))
+                .map_err(|e| match e {
+                    Error::NotFound(_) => match self.get(&format!("refs/{image}/head")) {
+                        Ok(_) => Error::NotFound(format!(
+                            "image `{image}` has no tag `{tag}` on {}",
+                            self.base
+                        )),
+                        Err(e) => self.no_image(image, e),
+                    },
+                    e => e,
+                })?;
+            let id = id_of(text, "the tag")?;
             return Ok(Target {
                 image: Some(image.into()),
                 number: self.number_of(image, &id),
@@ -322,7 +363,10 @@ impl RevisionSource for HttpRepo {
             });
         }
         if ref_name_ok(spec) {
-            let id = id_of(self.get(&format!("refs/{spec}/head"))?, "the image head")?;
+            let text = self
+                .get(&format!("refs/{spec}/head"))
+                .map_err(|e| self.no_image(spec, e))?;
+            let id = id_of(text, "the image head")?;
             return Ok(Target {
                 image: Some(spec.into()),
                 number: self.number_of(spec, &id),

@@ -189,6 +189,12 @@ fn api_lists_images_and_records_node_reports() {
         http(&srv.addr, "GET", "/api/v1/images/nope/revisions", &[], b"").0,
         404
     );
+    // A known endpoint asked with the wrong method: 405, naming the right one.
+    let (st, head, _) = http(&srv.addr, "DELETE", "/api/v1/images", &[], b"");
+    assert_eq!(st, 405);
+    assert!(head.contains("allow: get"), "{head}");
+    assert_eq!(http(&srv.addr, "GET", "/api/v1/reports", &[], b"").0, 405);
+    assert_eq!(http(&srv.addr, "GET", "/api/v1/nothing", &[], b"").0, 404);
 
     let report = format!(
         r#"{{"hostname":"n01","image":"img","revision":"{id}","action":"updateclient","result":"ok","bytes":1234,"seconds":0.5}}"#

@@ -3,9 +3,13 @@
 use std::io::Write;
 
 use aurum::catalog::Revision;
-use aurum::format::manifest::{display_path, escape_bytes, parent, Entry, Kind};
+use aurum::format::manifest::{
+    display_path, escape_bytes, parent, unescape_bytes, Entry, Kind, Manifest,
+};
 use clap::Args;
 use serde::Serialize;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 
 use super::{human_bytes, human_time, open, print_json, Global};
 
@@ -150,7 +154,7 @@ pub struct LsArgs {
     rev: String,
     /// A directory (or file) inside the image; default the root.
     #[arg(default_value = "/")]
-    path: String,
+    path: OsString,
     /// List everything below PATH, not just its direct entries.
     #[arg(short, long)]
     recursive: bool,
@@ -195,16 +199,32 @@ fn mode_string(e: &Entry) -> String {
     s
 }
 
-fn inside_path(p: &str) -> Vec<u8> {
-    p.trim_matches('/').as_bytes().to_vec()
+/// A path given on the command line, as the manifest spells it. Names that are not UTF-8
+/// can be given as their bytes, or as `ls` prints them (`/bad\xff\xfename`).
+fn inside_path<'m>(m: &'m Manifest, p: &OsStr) -> (Vec<u8>, Option<&'m Entry>) {
+    let raw = p.as_bytes();
+    let trim = |b: &[u8]| -> Vec<u8> {
+        let start = b.iter().position(|&c| c != b'/').unwrap_or(b.len());
+        let end = b.iter().rposition(|&c| c != b'/').map_or(start, |i| i + 1);
+        b[start..end.max(start)].to_vec()
+    };
+    let given = trim(raw);
+    if let Some(e) = m.get(&given) {
+        return (given, Some(e));
+    }
+    let unescaped = trim(&unescape_bytes(raw));
+    match m.get(&unescaped) {
+        Some(e) => (unescaped, Some(e)),
+        None => (given, None),
+    }
 }
 
 pub fn ls(g: &Global, a: LsArgs) -> anyhow::Result<()> {
     let repo = open(g)?;
     let r = repo.resolve(&a.rev)?;
     let m = repo.load_manifest(&r.id)?;
-    let base = inside_path(&a.path);
-    let start = m.get(&base).ok_or_else(|| {
+    let (base, start) = inside_path(&m, &a.path);
+    let start = start.ok_or_else(|| {
         aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&base)))
     })?;
     let selected: Vec<&Entry> = if start.kind != Kind::Dir {
@@ -227,10 +247,11 @@ pub fn ls(g: &Global, a: LsArgs) -> anyhow::Result<()> {
         .map(|e| LsRow {
             path: e.display(),
             kind: e.kind.name(),
-            mode: mode_string(e),
+            // A hardlink shows what it links to: a hardlinked fifo is a `p`, not a `-`.
+            mode: mode_string(m.resolve(e)),
             uid: e.uid,
             gid: e.gid,
-            size: e.size(),
+            size: m.resolve(e).size(),
             mtime: e.mtime,
             mtime_nsec: e.mtime_nsec,
             target: match &e.kind {
@@ -277,16 +298,17 @@ pub fn ls(g: &Global, a: LsArgs) -> anyhow::Result<()> {
 pub struct CatArgs {
     /// The revision.
     rev: String,
-    /// The file's path inside the image.
-    path: String,
+    /// The file's path inside the image (a name that is not UTF-8 may be given as `ls`
+    /// prints it, with `\xNN` escapes).
+    path: OsString,
 }
 
 pub fn cat(g: &Global, a: CatArgs) -> anyhow::Result<()> {
     let repo = open(g)?;
     let r = repo.resolve(&a.rev)?;
     let m = repo.load_manifest(&r.id)?;
-    let p = inside_path(&a.path);
-    let e = m.get(&p).ok_or_else(|| {
+    let (p, e) = inside_path(&m, &a.path);
+    let e = e.ok_or_else(|| {
         aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&p)))
     })?;
     let e = m.resolve(e);

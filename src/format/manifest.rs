@@ -160,6 +160,28 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
     s
 }
 
+/// The inverse of [`escape_bytes`]: `\xNN` becomes the byte NN (escape_bytes writes a
+/// backslash itself as `\x5c`, so this is exact for what it wrote).
+pub fn unescape_bytes(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'\\' && text.get(i + 1) == Some(&b'x') {
+            let hex = text
+                .get(i + 2..i + 4)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
+}
+
 /// The parent of a manifest path (`b""` for a top-level name).
 pub fn parent(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
@@ -563,5 +585,8 @@ mod tests {
     #[test]
     fn escapes_non_utf8_for_display() {
         assert_eq!(display_path(b"a/\xffb\n"), "/a/\\xffb\\x0a");
+        for raw in [&b"a/\xffb\n"[..], b"back\\slash\\x41", b"plain"] {
+            assert_eq!(unescape_bytes(escape_bytes(raw).as_bytes()), raw);
+        }
     }
 }

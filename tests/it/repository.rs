@@ -353,3 +353,43 @@ fn every_command_has_help() {
         );
     }
 }
+
+/// A name that is not UTF-8 can be read back with `cat` and `ls`, given as its bytes or as
+/// `ls` prints it; a hardlinked fifo lists as a fifo.
+#[test]
+fn cat_and_ls_take_names_that_are_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let src = env.path("g");
+    std::fs::create_dir(&src).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"bad\xff\xfename");
+    std::fs::write(src.join(name), "hi\n").unwrap();
+    sh(&format!(
+        "mkfifo '{0}/fifo' && ln '{0}/fifo' '{0}/fifo2'",
+        src.display()
+    ));
+    env.getimage(&src, "t", &[]);
+    let listing = env.ok(&["ls", "t"]);
+    assert!(listing.contains("/bad\\xff\\xfename"), "{listing}");
+    let fifo2 = listing.lines().find(|l| l.contains("/fifo2")).unwrap();
+    assert!(
+        fifo2.starts_with('p'),
+        "a hardlinked fifo lists as a fifo: {fifo2}"
+    );
+    let mut raw = std::ffi::OsString::from("/");
+    raw.push(name);
+    let out = env
+        .cmd(&["cat", "t"])
+        .arg(&raw)
+        .output()
+        .expect("run aurum");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hi\n");
+    assert_eq!(env.ok(&["cat", "t", "/bad\\xff\\xfename"]), "hi\n");
+    assert!(env.ok(&["ls", "t", "/bad\\xff\\xfename"]).contains("bad"));
+    env.fails(&["cat", "t", "/bad\\xff"], 2);
+}

@@ -222,7 +222,7 @@ fn check_pack(
         }
     }
     let path = pack_path(root, pack, "pack");
-    let problem = match std::fs::File::open(&path) {
+    let pack_problem = match std::fs::File::open(&path) {
         Ok(mut f) => {
             let mut h = blake3::Hasher::new();
             let mut buf = vec![0u8; 1 << 20];
@@ -242,5 +242,27 @@ fn check_pack(
         }
         Err(e) => Some(format!("cannot open {}: {e}", path.display())),
     };
+    let problem = pack_problem.or_else(|| index_problem(root, pack, blobs));
     (bad, problem, blobs.len() as u64, bytes)
+}
+
+/// Checks a pack's index, which HTTP clients read to find blobs: it must decode and list
+/// every blob the catalog places in this pack, where the catalog places it.
+fn index_problem(
+    root: &std::path::Path,
+    pack: &Id,
+    blobs: &[crate::format::pack::IndexEntry],
+) -> Option<String> {
+    let path = pack_path(root, pack, "idx");
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) => return Some(format!("cannot read its index {}: {e}", path.display())),
+    };
+    let entries = match crate::format::pack::decode_index(&data) {
+        Ok(e) => e,
+        Err(e) => return Some(format!("its index is damaged: {e}")),
+    };
+    let listed: HashSet<&crate::format::pack::IndexEntry> = entries.iter().collect();
+    let missing = blobs.iter().filter(|b| !listed.contains(b)).count();
+    (missing > 0).then(|| format!("its index lacks {missing} of its blobs"))
 }

@@ -63,6 +63,15 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let breaks_nothing = report.damage.iter().all(|d| d.breaks.is_empty());
+    if a.repair && breaks_nothing && report.damage.iter().all(|d| d.kind == "pack") {
+        // A damaged pack whose blobs were all good (a bad index, a stray byte outside every
+        // blob) is rewritten whole by the repair: nothing is lost.
+        if !a.json {
+            println!("repaired: the damaged packs were rewritten from their blobs, all good");
+        }
+        return Ok(());
+    }
     if !report.damage.is_empty() {
         return Err(aurum::Error::Corrupt(format!(
             "{} damaged objects; run `aurum verify --repair` and capture the broken revisions again, or restore the repository from a replica",

@@ -20,7 +20,7 @@ pub const INDEX_MAGIC: &[u8; 8] = b"AURUMIX\x01";
 pub const RECORD_HEADER: usize = 32 + 1 + 4 + 4;
 
 /// How a blob's payload is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Codec {
     Raw = 0,
     Zstd = 1,
@@ -40,7 +40,7 @@ impl Codec {
 }
 
 /// Where one blob lies in its pack.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IndexEntry {
     pub id: Id,
     /// Offset of the payload (after the record header).

@@ -614,6 +614,36 @@ fn gc_keeps_packs_of_tiny_files() {
     assert_eq!(fs::read(co.join("a")).unwrap(), b"a\n");
 }
 
+/// A pack index (what HTTP clients read to find blobs) with a flipped byte is reported by
+/// verify, and verify --repair writes it again.
+#[test]
+fn verify_finds_and_repairs_a_damaged_index() {
+    let env = Env::new();
+    let src = env.path("g");
+    write_random(&src.join("lib.bin"), 9, 300_000);
+    env.getimage(&src, "g", &[]);
+    let idx = files_with_ext(&env.repo().join("packs"), "idx");
+    assert_eq!(idx.len(), 1);
+    let mut bytes = fs::read(&idx[0]).unwrap();
+    bytes[20] ^= 1;
+    fs::write(&idx[0], &bytes).unwrap();
+    let out = env.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("index"),
+        "verify does not name the index: {text}"
+    );
+    env.ok(&["verify", "--repair"]);
+    env.ok(&["verify"]);
+    let co = env.path("co");
+    env.ok(&["checkout", "g", co.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(co.join("lib.bin")).unwrap(),
+        fs::read(src.join("lib.bin")).unwrap()
+    );
+}
+
 #[test]
 fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
     require_rsync();

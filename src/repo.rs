@@ -43,6 +43,13 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
         && name.as_bytes()[0].is_ascii_alphanumeric();
+    // An image named like a revision id would hide the revisions whose ids start that way.
+    let hexlike = name.len() >= 8 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    if ok && what == "image" && hexlike {
+        return Err(invalid(format!(
+            "`{name}` cannot be an image name: it reads as a revision id; add a letter that is not a hex digit"
+        )));
+    }
     if ok {
         Ok(())
     } else {
@@ -61,6 +68,29 @@ pub fn init(root: &Path) -> Result<()> {
             "{} is already an aurum repository",
             root.display()
         )));
+    }
+    // Only a new or empty directory (or one a killed init left half made): a repository's
+    // files written among a golden client's would be a mess to untangle.
+    if let Ok(dir) = fs::read_dir(root) {
+        let ours = |n: &str| {
+            matches!(
+                n,
+                "packs" | "manifests" | "refs" | "tmp" | "templates" | "lock" | "lost+found"
+            ) || n.starts_with("aurum.db")
+        };
+        let foreign: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !ours(n))
+            .take(3)
+            .collect();
+        if !foreign.is_empty() {
+            return Err(invalid(format!(
+                "{} is not empty (it holds {}...): give a new or empty directory for the repository",
+                root.display(),
+                foreign.join(", ")
+            )));
+        }
     }
     for d in ["packs", "manifests", "refs", "tmp"] {
         fs::create_dir_all(root.join(d)).at(root.join(d))?;

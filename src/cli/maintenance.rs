@@ -88,8 +88,9 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
 /// Delete content no revision references, and compact packs.
 ///
 /// Packs with nothing live are deleted; packs less than half live are rewritten; manifests no
-/// image uses are deleted. gc takes the repository lock exclusively: it waits for running
-/// captures to finish, and captures started meanwhile wait for it.
+/// image uses are deleted. gc takes the repository lock exclusively: it waits until no other
+/// aurum command (capture, serve's delta maker, checkout...) is using the repository, and
+/// while it runs, commands that start wait for it. No capture can lose a blob to it.
 #[derive(Args)]
 pub struct GcArgs {
     /// Report what would be freed, change nothing.

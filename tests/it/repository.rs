@@ -335,6 +335,14 @@ fn checkout_refuses_a_non_empty_directory_and_init_twice() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("aurum init"));
+    // init refuses a directory holding other files (a golden tree given by mistake).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aurum"))
+        .args(["--repo", src.to_str().unwrap(), "init"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    assert!(!src.join("aurum.db").exists() && !src.join("packs").exists());
     let _ = rsync_diff;
 }
 

@@ -65,6 +65,11 @@ pub trait RevisionSource: Sync {
     fn fetch(&self, ids: &[Id], sink: &BlobSinkFn, progress: &dyn Progress) -> Result<u64>;
     /// Tells the server what the node did (no-op without a server).
     fn report(&self, report: &NodeReport) -> Result<()>;
+    /// Every byte received from the network so far (refs, manifests, indexes, blobs,
+    /// deltas); 0 for a source that is not reached over a network.
+    fn bytes_received(&self) -> u64 {
+        0
+    }
     /// Asks for binary deltas of blobs against bases the node holds (see [`crate::delta`]);
     /// hands each delta the server has to `sink` (unchecked: the caller rebuilds and checks
     /// the blob). Returns the bytes that crossed the network. A source that makes no deltas
@@ -145,6 +150,8 @@ pub struct HttpRepo {
     agent: ureq::Agent,
     /// Where pack indexes are kept between updates (they never change).
     cache: PathBuf,
+    /// Body bytes received, of every kind (refs, manifests, indexes, packs, deltas).
+    received: AtomicU64,
 }
 
 impl HttpRepo {
@@ -175,6 +182,7 @@ impl HttpRepo {
             base: base.trim_end_matches('/').to_string(),
             agent,
             cache: cache.to_path_buf(),
+            received: AtomicU64::new(0),
         };
         let format = me.get("FORMAT")?;
         if !String::from_utf8_lossy(&format).starts_with("aurum repository format") {
@@ -201,12 +209,17 @@ impl HttpRepo {
             .call()
             .map_err(|e| self.net(path, e))?;
         match resp.status().as_u16() {
-            200 => resp
-                .body_mut()
-                .with_config()
-                .limit(1 << 30)
-                .read_to_vec()
-                .map_err(|e| self.net(path, e)),
+            200 => {
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 30)
+                    .read_to_vec()
+                    .map_err(|e| self.net(path, e))?;
+                self.received
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+                Ok(body)
+            }
             404 => Err(Error::NotFound(format!(
                 "{} not found on the server",
                 self.url(path)
@@ -230,6 +243,8 @@ impl HttpRepo {
             .limit(1 << 34)
             .read_to_vec()
             .map_err(|e| self.net(path, e))?;
+        self.received
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         match status {
             206 if body.len() as u64 == end - start + 1 => Ok(body),
             // A server that ignores Range sends the whole file.
@@ -295,6 +310,10 @@ fn ref_name_ok(s: &str) -> bool {
 impl RevisionSource for HttpRepo {
     fn describe(&self) -> String {
         self.base.clone()
+    }
+
+    fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     fn resolve(&self, spec: &str) -> Result<Target> {
@@ -683,6 +702,8 @@ impl HttpRepo {
             .read_to_vec()
             .map_err(|e| self.net(path, e))?;
         moved.fetch_add(answer.len() as u64, Ordering::Relaxed);
+        self.received
+            .fetch_add(answer.len() as u64, Ordering::Relaxed);
         let mut r = &answer[..];
         let mut n = 0;
         while let Some(d) = delta::read_answer(&mut r)? {

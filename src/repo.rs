@@ -493,6 +493,26 @@ impl BlobWriter {
         }
     }
 
+    /// Blobs claimed and not stored yet.
+    pub fn pending(&self) -> &HashSet<Id> {
+        &self.pending
+    }
+
+    /// Gives up claims on pending blobs that `keep` rejects (their only file vanished before
+    /// it was read again), so that they are neither expected nor reported as unreadable.
+    pub fn release(&mut self, keep: impl Fn(&Id) -> bool) {
+        let gone: Vec<Id> = self
+            .pending
+            .iter()
+            .filter(|id| !keep(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.pending.remove(&id);
+            self.claimed.remove(&id);
+        }
+    }
+
     /// Appends a claimed blob (already compressed by the caller).
     pub fn put(&mut self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
         self.unclaimed(id)?;

@@ -353,3 +353,77 @@ fn every_command_has_help() {
         );
     }
 }
+
+/// `getimage --golden-client /` failed with "var/churn10: No such file or directory" when a
+/// file vanished between the directory listing and its stat or read. Files come and go here
+/// while the capture runs (as in a live /var); every capture must succeed and verify, and the
+/// vanished ones must show up as warnings, at least once over the attempts (a test that never
+/// saw a file vanish would prove nothing).
+#[test]
+fn getimage_leaves_out_files_that_vanish_during_the_capture() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let live = env.path("live");
+    for d in 0..20 {
+        for f in 0..100 {
+            let p = live.join(format!("usr/d{d}/f{f}"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("{d} {f}\n").repeat(50)).unwrap();
+        }
+    }
+    let var = live.join("var");
+    std::fs::create_dir_all(&var).unwrap();
+    let mut seen = 0;
+    for attempt in 0..20 {
+        let stop = AtomicBool::new(false);
+        let out = std::thread::scope(|s| {
+            // Churn: files and whole directories created and removed as fast as we can.
+            s.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let dir = var.join(format!("spool{}", i % 3));
+                    let _ = std::fs::create_dir_all(&dir);
+                    for k in 0..20 {
+                        let _ = std::fs::write(dir.join(format!("churn{k}")), b"x\n");
+                    }
+                    if i % 2 == 0 {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    } else {
+                        for k in 0..20 {
+                            let _ = std::fs::remove_file(dir.join(format!("churn{k}")));
+                        }
+                    }
+                    i += 1;
+                }
+            });
+            let out = env.run(&[
+                "getimage",
+                "--golden-client",
+                live.to_str().unwrap(),
+                "--image",
+                "live",
+            ]);
+            stop.store(true, Ordering::Relaxed);
+            out
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "attempt {attempt} failed:\n{stdout}\n{stderr}"
+        );
+        let vanished = stderr.matches("vanished during the capture").count();
+        if vanished > 0 {
+            assert!(stdout.contains(" warning"), "{stdout}");
+        }
+        seen += vanished;
+        env.ok(&["verify", &rev_of(&stdout)]);
+        if seen >= 5 {
+            break;
+        }
+    }
+    assert!(
+        seen > 0,
+        "no file vanished during 20 captures: the test tested nothing"
+    );
+}

@@ -303,6 +303,43 @@ fn export_import_round_trip() {
     assert!(d.trim().is_empty(), "{d}");
 }
 
+/// `export -o x.tar.gz` wrote a plain tar under that name, and any unknown ending did too.
+#[test]
+fn export_compresses_as_the_name_says_and_refuses_unknown_endings() {
+    let env = Env::new();
+    let src = tree(&env, "g");
+    env.getimage(&src, "i", &[]);
+    for (name, magic) in [
+        ("a.tar.gz", &[0x1f, 0x8b][..]),
+        ("a.tgz", &[0x1f, 0x8b][..]),
+        ("a.tar.zst", &[0x28, 0xb5, 0x2f, 0xfd][..]),
+        ("a.tzst", &[0x28, 0xb5, 0x2f, 0xfd][..]),
+    ] {
+        let out = env.path(name);
+        env.ok(&["export", "i", "-o", out.to_str().unwrap()]);
+        let bytes = std::fs::read(&out).unwrap();
+        assert!(
+            bytes.starts_with(magic),
+            "{name} is not compressed as named"
+        );
+        let listing = sh(&format!("tar -tf {}", out.display()));
+        assert!(listing.lines().any(|l| l == "etc/a"), "{name}: {listing}");
+    }
+    let plain = env.path("a.tar");
+    env.ok(&["export", "i", "-o", plain.to_str().unwrap()]);
+    assert_eq!(&std::fs::read(&plain).unwrap()[257..262], b"ustar");
+    for name in ["a.tar.bz2", "a.tar.xz", "a.zip", "archive"] {
+        let out = env.path(name);
+        let err = env.fails(&["export", "i", "-o", out.to_str().unwrap()], 2);
+        assert!(err.contains(".tar.gz") && err.contains("-o -"), "{err}");
+        assert!(!out.exists(), "{name} was written");
+    }
+    // A missing directory is reported under the name asked for, not the temp file's.
+    let err = env.fails(&["export", "i", "-o", "/nonexistent/dir/x.tar"], 1);
+    assert!(err.contains("/nonexistent/dir/x.tar:"), "{err}");
+    assert!(!err.contains(".tmp"), "{err}");
+}
+
 #[test]
 fn refuses_archives_that_escape_the_root() {
     if !have("python3") {

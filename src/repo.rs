@@ -718,6 +718,34 @@ impl Read for ContentReader<'_> {
 }
 
 impl Repository {
+    /// Reads the data of a file entry without its holes (its data extents end to end, all of
+    /// it for a dense file), blob by blob, verified.
+    pub fn open_data<'a>(&'a self, e: &'a crate::format::manifest::Entry) -> ContentReader<'a> {
+        let (size, chunks) = match &e.kind {
+            crate::format::manifest::Kind::File {
+                size,
+                chunks,
+                extents,
+            } => (
+                extents
+                    .as_ref()
+                    .map_or(*size, |x| x.iter().map(|e| e.1).sum()),
+                &chunks[..],
+            ),
+            _ => (0, &[][..]),
+        };
+        ContentReader {
+            repo: self,
+            chunks: chunks.iter(),
+            extents: vec![(0, size)],
+            ext_at: 0,
+            pos: 0,
+            size,
+            buf: Vec::new(),
+            buf_at: 0,
+        }
+    }
+
     /// Reads the content of a file entry (holes as zeros), blob by blob, verified.
     pub fn open_file<'a>(&'a self, e: &'a crate::format::manifest::Entry) -> ContentReader<'a> {
         let (size, chunks, extents) = match &e.kind {

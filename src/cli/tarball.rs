@@ -10,8 +10,9 @@ use super::{human_bytes, open, Global};
 
 /// Write a revision as a tar archive, compressed as FILE's ending says.
 ///
-/// GNU tar with pax headers for xattrs and nanosecond mtimes, as `tar --xattrs` reads them.
-/// Sockets have no tar form and are left out with a warning; sparse files are written dense.
+/// GNU tar with pax headers for xattrs, POSIX ACLs and nanosecond mtimes, as `tar --xattrs
+/// --acls` reads them. Sparse files keep their holes (GNU sparse entries). Sockets have no tar
+/// form and are left out with a warning.
 #[derive(Args)]
 pub struct ExportArgs {
     /// The revision.
@@ -132,7 +133,9 @@ fn without_temp_name(dir: &std::path::Path, e: std::io::Error) -> std::io::Error
 /// Import a tar archive (plain, .zst or .gz) as a new revision of an image.
 ///
 /// A container or chroot rootfs tarball imports this way. Names with `..` are refused;
-/// directories the archive leaves implicit are created root-owned 0755.
+/// directories the archive leaves implicit are created root-owned 0755. Sparse members keep
+/// their holes; `tar --xattrs --acls` xattrs and ACLs are kept (ACL names are mapped through
+/// the archive's own etc/passwd and etc/group).
 #[derive(Args)]
 pub struct ImportArgs {
     /// The image to add the revision to (created when new).

@@ -464,3 +464,157 @@ fn getimage_leaves_out_files_that_vanish_during_the_capture() {
         "no file vanished during 20 captures: the test tested nothing"
     );
 }
+
+/// Content and allocated bytes (`st_blocks` × 512) of a file.
+fn content_and_allocated(p: &std::path::Path) -> (Vec<u8>, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (std::fs::read(p).unwrap(), m.blocks() * 512)
+}
+
+/// A sparse file (100 MiB, 8 KiB of data) came out of export + import dense; now the holes
+/// survive aurum's export (read by GNU tar), its import, and GNU tar's own sparse formats.
+/// A file of written zeros stays dense throughout (a swap file must not get holes).
+#[test]
+fn export_and_import_keep_sparse_holes() {
+    let env = Env::new();
+    let src = env.path("g");
+    sh(&format!(
+        "mkdir -p {s} && cd {s} && truncate -s 100M sparse && printf head | dd of=sparse conv=notrunc status=none \
+         && printf middle | dd of=sparse bs=1M seek=50 conv=notrunc status=none \
+         && truncate -s 30M ends-in-data && printf tail | dd of=ends-in-data bs=1M seek=29 conv=notrunc status=none \
+         && truncate -s 5M all-hole && dd if=/dev/zero of=zeros bs=1M count=2 status=none && printf small > small",
+        s = src.display()
+    ));
+    let sparse_names = ["sparse", "ends-in-data", "all-hole"];
+    // Every sparse file reads the same and takes well under 1 MiB; `zeros` stays allocated.
+    let check = |dir: &std::path::Path, what: &str| {
+        for name in sparse_names {
+            let (want, _) = content_and_allocated(&src.join(name));
+            let (got, allocated) = content_and_allocated(&dir.join(name));
+            assert!(got == want, "{what}: {name} differs");
+            assert!(
+                allocated < 1 << 20,
+                "{what}: {name} is dense ({allocated} bytes)"
+            );
+        }
+        let (got, allocated) = content_and_allocated(&dir.join("zeros"));
+        assert_eq!(got, vec![0u8; 2 << 20], "{what}: zeros differs");
+        assert!(
+            allocated >= 2 << 20,
+            "{what}: zeros got holes ({allocated} bytes)"
+        );
+    };
+    let id = env
+        .getimage(&src, "i", &[])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let tarball = env.path("i.tar");
+    env.ok(&["export", "i", "-o", tarball.to_str().unwrap()]);
+    let size = std::fs::metadata(&tarball).unwrap().len();
+    assert!(size < 4 << 20, "the archive holds the holes: {size} bytes");
+    // GNU tar extracts aurum's archive sparse.
+    let x = env.path("x");
+    sh(&format!(
+        "mkdir {x} && tar -C {x} -xf {t}",
+        x = x.display(),
+        t = tarball.display()
+    ));
+    check(&x, "tar -xf of aurum export");
+    // Import gives back the very revision, holes and all.
+    let back = env.ok(&["import", "--image", "back", tarball.to_str().unwrap()]);
+    assert_eq!(back.split_whitespace().nth(1).unwrap(), id, "{back}");
+    // GNU tar's sparse formats: old GNU (the default), and pax 0.0, 0.1 and 1.0.
+    for (n, opts) in [
+        ("gnu", "-S"),
+        ("pax00", "-S --format=pax --sparse-version=0.0"),
+        ("pax01", "-S --format=pax --sparse-version=0.1"),
+        ("pax10", "-S --format=pax --sparse-version=1.0"),
+    ] {
+        let t = env.path(&format!("{n}.tar"));
+        sh(&format!(
+            "tar {opts} -C {} -cf {} .",
+            src.display(),
+            t.display()
+        ));
+        env.ok(&["import", "--image", n, t.to_str().unwrap()]);
+        let out = env.path(&format!("{n}-out"));
+        env.ok(&["checkout", n, out.to_str().unwrap()]);
+        check(&out, n);
+        let d = rsync_diff(&src, &out);
+        assert!(d.trim().is_empty(), "{n}: {d}");
+    }
+}
+
+/// `tar --acls` archives failed to import ("malformed pax extension": GNU tar's ACL records
+/// span several lines). Now their ACLs become the kernel's ACL xattrs, with names mapped
+/// through the archive's own /etc/passwd and /etc/group, and export writes them back the way
+/// `tar --acls` extracts them.
+#[test]
+fn import_and_export_keep_gnu_tar_acls() {
+    let env = Env::new();
+    let src = env.path("one");
+    sh(&format!(
+        "mkdir -p {s}/etc {s}/d && cd {s} && echo x > f && echo y > g \
+         && (getent passwd 0 65534; true) > etc/passwd && (getent group 0 100; true) > etc/group \
+         && setfacl -m u:65534:rw,u:12345:rwx,g:100:r f && setfacl -d -m u:65534:rx,g:100:rwx d \
+         && setfacl -m u:65534:r d && setfattr -n user.k -v v g && setfattr -n user.nl -v 0x610a62 g",
+        s = src.display()
+    ));
+    for (n, opts, ext) in [
+        ("plain", "--acls", "tar"),
+        ("gz", "--xattrs --xattrs-include='*' --acls -z", "tar.gz"),
+    ] {
+        let t = env.path(&format!("{n}.{ext}"));
+        sh(&format!(
+            "tar {opts} -C {} -cf {} .",
+            src.display(),
+            t.display()
+        ));
+        env.ok(&["import", "--image", n, t.to_str().unwrap()]);
+        let out = env.path(&format!("{n}-out"));
+        env.ok(&["checkout", n, out.to_str().unwrap()]);
+        let acl = sh(&format!("getfacl -n {0}/f {0}/d", out.display()));
+        assert!(
+            acl.contains("user:65534:rw-") && acl.contains("user:12345:rwx"),
+            "{acl}"
+        );
+        assert!(acl.contains("default:group:100:rwx"), "{acl}");
+        if n == "gz" {
+            let d = rsync_diff(&src, &out);
+            assert!(d.trim().is_empty(), "{n}: {d}");
+        }
+    }
+    // aurum's own export extracts with its ACLs under GNU tar --acls.
+    let t = env.path("back.tar");
+    env.ok(&["export", "gz", "-o", t.to_str().unwrap()]);
+    let x = env.path("x");
+    sh(&format!(
+        "mkdir {x} && tar --acls --xattrs --xattrs-include='*' --numeric-owner -C {x} -xpf {t}",
+        x = x.display(),
+        t = t.display()
+    ));
+    let d = rsync_diff(&src, &x);
+    assert!(d.trim().is_empty(), "tar -x of aurum export: {d}");
+    // A name the archive's /etc/passwd does not list is refused, not guessed.
+    let host_name = sh("getent passwd 65534 | cut -d: -f1");
+    if !host_name.trim().is_empty() {
+        sh(&format!(
+            "cd {} && getent passwd 0 > etc/passwd",
+            src.display()
+        ));
+        let t = env.path("unknown.tar");
+        sh(&format!(
+            "tar --acls -C {} -cf {} .",
+            src.display(),
+            t.display()
+        ));
+        let err = env.fails(&["import", "--image", "unknown", t.to_str().unwrap()], 2);
+        assert!(
+            err.contains(&format!("`{}`", host_name.trim())) && err.contains("/etc/passwd"),
+            "{err}"
+        );
+    }
+}

@@ -523,6 +523,26 @@ impl BlobWriter {
         }
     }
 
+    /// Blobs claimed and not stored yet.
+    pub fn pending(&self) -> &HashSet<Id> {
+        &self.pending
+    }
+
+    /// Gives up claims on pending blobs that `keep` rejects (their only file vanished before
+    /// it was read again), so that they are neither expected nor reported as unreadable.
+    pub fn release(&mut self, keep: impl Fn(&Id) -> bool) {
+        let gone: Vec<Id> = self
+            .pending
+            .iter()
+            .filter(|id| !keep(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.pending.remove(&id);
+            self.claimed.remove(&id);
+        }
+    }
+
     /// Appends a claimed blob (already compressed by the caller).
     pub fn put(&mut self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
         self.unclaimed(id)?;
@@ -728,6 +748,34 @@ impl Read for ContentReader<'_> {
 }
 
 impl Repository {
+    /// Reads the data of a file entry without its holes (its data extents end to end, all of
+    /// it for a dense file), blob by blob, verified.
+    pub fn open_data<'a>(&'a self, e: &'a crate::format::manifest::Entry) -> ContentReader<'a> {
+        let (size, chunks) = match &e.kind {
+            crate::format::manifest::Kind::File {
+                size,
+                chunks,
+                extents,
+            } => (
+                extents
+                    .as_ref()
+                    .map_or(*size, |x| x.iter().map(|e| e.1).sum()),
+                &chunks[..],
+            ),
+            _ => (0, &[][..]),
+        };
+        ContentReader {
+            repo: self,
+            chunks: chunks.iter(),
+            extents: vec![(0, size)],
+            ext_at: 0,
+            pos: 0,
+            size,
+            buf: Vec::new(),
+            buf_at: 0,
+        }
+    }
+
     /// Reads the content of a file entry (holes as zeros), blob by blob, verified.
     pub fn open_file<'a>(&'a self, e: &'a crate::format::manifest::Entry) -> ContentReader<'a> {
         let (size, chunks, extents) = match &e.kind {

@@ -90,10 +90,14 @@ fn converse<W: Write + Send>(input: &mut impl Read, out: &Mutex<W>) -> Result<()
                 }
                 let contents = source.hash(&files, scanned, &HashOnly, &Quiet)?;
                 for (f, c) in files.iter().zip(contents) {
-                    send(&Msg::Chunks {
-                        file: *f as u64,
-                        chunks: c.chunks,
-                        extents: c.extents,
+                    let file = *f as u64;
+                    send(&match c {
+                        Some(c) => Msg::Chunks {
+                            file,
+                            chunks: c.chunks,
+                            extents: c.extents,
+                        },
+                        None => Msg::Vanished { file },
                     })?;
                 }
                 send(&Msg::Done)?;
@@ -108,9 +112,12 @@ fn converse<W: Write + Send>(input: &mut impl Read, out: &Mutex<W>) -> Result<()
                 }
                 let mut guard = out.lock().expect("wire lock");
                 let sink = WireSink(Mutex::new(&mut *guard));
-                source.fetch(&wants, scanned, &sink, &Quiet)?;
+                let vanished = source.fetch(&wants, scanned, &sink, &Quiet)?;
                 drop(sink);
                 drop(guard);
+                for file in vanished {
+                    send(&Msg::Vanished { file: file as u64 })?;
+                }
                 send(&Msg::Done)?;
             }
             other => return Err(invalid(format!("unexpected request {other:?}"))),

@@ -130,21 +130,23 @@ pub trait Source {
     /// The whole tree, sorted, and warnings for the administrator.
     fn scan(&mut self, progress: &dyn Progress) -> Result<(Vec<Scanned>, Vec<String>)>;
     /// Content of the files at these indexes of the scan; blobs `sink` claims are stored now.
+    /// `None` for a file that no longer exists (it vanished since the scan).
     fn hash(
         &mut self,
         files: &[usize],
         scanned: &[Scanned],
         sink: &dyn BlobSink,
         progress: &dyn Progress,
-    ) -> Result<Vec<Content>>;
-    /// Stores these (already claimed) chunks: (scan index, chunk numbers).
+    ) -> Result<Vec<Option<Content>>>;
+    /// Stores these (already claimed) chunks: (scan index, chunk numbers). Returns the scan
+    /// indexes of the files that no longer exist, whose chunks were not stored.
     fn fetch(
         &mut self,
         wants: &[(usize, Vec<u32>)],
         scanned: &[Scanned],
         sink: &dyn BlobSink,
         progress: &dyn Progress,
-    ) -> Result<()>;
+    ) -> Result<Vec<usize>>;
 }
 
 /// A golden client that is a directory on this machine (a mounted root or a chroot).
@@ -170,21 +172,29 @@ impl LocalSource {
         Ok(self.fd.as_ref().expect("set above"))
     }
 
-    /// Cuts one file into chunks, handing each chunk to `each` (chunk number, id, bytes).
+    /// Cuts one file into chunks, handing each chunk to `each` (chunk number, id, bytes);
+    /// `None` when the file is gone. Once open, a file is read to the end even if it is
+    /// removed meanwhile; one that shrinks while read fails the capture, as before.
     fn read_chunks(
         root: &OwnedFd,
         shown_root: &Path,
         s: &Scanned,
         mut each: impl FnMut(u32, &Id, &[u8]) -> Result<()>,
-    ) -> Result<Content> {
-        let file = scan::open_file_beneath(root, &s.entry.path, shown_root)?;
-        file_chunks(file, s.stat.size, s.stat.maybe_sparse, &mut each).map_err(|e| match e {
-            crate::Error::Os(io) => crate::Error::Io {
-                path: crate::sys::shown(shown_root, &s.entry.path),
-                source: io,
-            },
-            other => other,
-        })
+    ) -> Result<Option<Content>> {
+        let file = match scan::open_file_beneath(root, &s.entry.path, shown_root) {
+            Ok(f) => f,
+            Err(e) if scan::is_vanished(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        file_chunks(file, s.stat.size, s.stat.maybe_sparse, &mut each)
+            .map(Some)
+            .map_err(|e| match e {
+                crate::Error::Os(io) => crate::Error::Io {
+                    path: crate::sys::shown(shown_root, &s.entry.path),
+                    source: io,
+                },
+                other => other,
+            })
     }
 }
 
@@ -253,7 +263,7 @@ impl Source for LocalSource {
         scanned: &[Scanned],
         sink: &dyn BlobSink,
         progress: &dyn Progress,
-    ) -> Result<Vec<Content>> {
+    ) -> Result<Vec<Option<Content>>> {
         let shown_root = self.root.clone();
         let root = self.root_fd()?;
         let total: u64 = files.iter().map(|&i| scanned[i].stat.size).sum();
@@ -277,7 +287,8 @@ impl Source for LocalSource {
                 })
                 .collect::<Result<Vec<_>>>()
         };
-        let store_batch = |results: Vec<(Content, Vec<(Id, Vec<u8>)>)>| -> Result<Vec<Content>> {
+        type Hashed = (Option<Content>, Vec<(Id, Vec<u8>)>);
+        let store_batch = |results: Vec<Hashed>| -> Result<Vec<Option<Content>>> {
             let mut contents = Vec::with_capacity(results.len());
             let mut blobs = Vec::new();
             for (c, new) in results {
@@ -332,23 +343,26 @@ impl Source for LocalSource {
         scanned: &[Scanned],
         sink: &dyn BlobSink,
         progress: &dyn Progress,
-    ) -> Result<()> {
+    ) -> Result<Vec<usize>> {
         let shown_root = self.root.clone();
         let root = self.root_fd()?;
         progress.phase("storing", Some(wants.len() as u64), false);
-        let r = wants.par_iter().try_for_each(|(i, numbers)| {
-            let s = &scanned[*i];
-            Self::read_chunks(root, &shown_root, s, |n, id, data| {
-                if numbers.contains(&n) {
-                    store(sink, id, data)?;
-                }
-                Ok(())
-            })?;
-            progress.advance(1);
-            Ok(())
-        });
+        let r = wants
+            .par_iter()
+            .map(|(i, numbers)| {
+                let s = &scanned[*i];
+                let c = Self::read_chunks(root, &shown_root, s, |n, id, data| {
+                    if numbers.contains(&n) {
+                        store(sink, id, data)?;
+                    }
+                    Ok(())
+                })?;
+                progress.advance(1);
+                Ok(c.is_none().then_some(*i))
+            })
+            .collect::<Result<Vec<_>>>();
         progress.finish();
-        r
+        Ok(r?.into_iter().flatten().collect())
     }
 }
 
@@ -390,6 +404,73 @@ impl std::io::Read for ExtentReader {
         }
         Ok(0)
     }
+}
+
+/// For each file with content, the numbers of its chunks that are claimed and not stored yet,
+/// each chunk asked of one file only.
+fn missing_chunks(
+    contents: &[Option<Content>],
+    gone: &[bool],
+    pending: &std::collections::HashSet<Id>,
+) -> Vec<(usize, Vec<u32>)> {
+    let mut asked = std::collections::HashSet::new();
+    let mut wants = Vec::new();
+    if pending.is_empty() {
+        return wants;
+    }
+    for (i, c) in contents.iter().enumerate() {
+        let Some(c) = c.as_ref().filter(|_| !gone[i]) else {
+            continue;
+        };
+        let numbers: Vec<u32> = (0..c.chunks.len() as u32)
+            .filter(|&n| {
+                let id = &c.chunks[n as usize].id;
+                pending.contains(id) && asked.insert(*id)
+            })
+            .collect();
+        if !numbers.is_empty() {
+            wants.push((i, numbers));
+        }
+    }
+    wants
+}
+
+/// After the files at `vanished` went away: for each that carried the content of a hardlink
+/// group, makes the group's next name (in path order) a plain file and points the others at
+/// it. Returns the files so made, which still need reading.
+fn promote_hardlinks(scanned: &mut [Scanned], gone: &[bool], vanished: &[usize]) -> Vec<usize> {
+    let mut promoted = Vec::new();
+    for &v in vanished {
+        if !matches!(scanned[v].entry.kind, Kind::File { .. }) {
+            continue;
+        }
+        let old = scanned[v].entry.path.clone();
+        let mut heir: Option<Vec<u8>> = None;
+        for i in 0..scanned.len() {
+            if gone[i] {
+                continue;
+            }
+            let s = &mut scanned[i];
+            if !matches!(&s.entry.kind, Kind::Hardlink { target } if *target == old) {
+                continue;
+            }
+            s.entry.kind = match &heir {
+                Some(path) => Kind::Hardlink {
+                    target: path.clone(),
+                },
+                None => {
+                    heir = Some(s.entry.path.clone());
+                    promoted.push(i);
+                    Kind::File {
+                        size: s.stat.size,
+                        chunks: Vec::new(),
+                        extents: None,
+                    }
+                }
+            };
+        }
+    }
+    promoted
 }
 
 /// What getimage was asked to do.
@@ -483,32 +564,62 @@ pub fn getimage(
     let bytes_hashed: u64 = to_hash.iter().map(|&i| scanned[i].stat.size).sum();
     let to_hash_count = to_hash.len();
 
-    // Step 3: hash what the cache cannot vouch for.
+    // Steps 3 and 4: hash what the cache cannot vouch for, then fetch every chunk still
+    // missing (remote sources, or blobs gc removed since caching). A file that vanishes on the
+    // way is left out; when it carried the content of a hardlink group, the next name of the
+    // group takes over and is read in another round, and chunks only it had are let go.
     let sink = Mutex::new(repo.blob_writer()?);
-    let hashed = source.hash(&to_hash, &scanned, &sink, progress)?;
-    for (&i, c) in to_hash.iter().zip(hashed) {
-        contents[i] = Some(c);
-    }
-
-    // Step 4: every chunk still missing (remote sources, or blobs gc removed since caching).
-    let mut wants: Vec<(usize, Vec<u32>)> = Vec::new();
-    let chunks = contents.iter().flatten().flat_map(|c| &c.chunks);
-    let mut claimed = sink
-        .lock()
-        .expect("blob writer lock")
-        .claim_many(chunks.map(|ch| &ch.id))?
-        .into_iter();
-    for (i, c) in contents.iter().enumerate() {
-        let Some(c) = c else { continue };
-        let numbers: Vec<u32> = (0..c.chunks.len() as u32)
-            .filter(|_| claimed.next() == Some(true))
-            .collect();
-        if !numbers.is_empty() {
-            wants.push((i, numbers));
+    let mut gone = vec![false; scanned.len()];
+    let mut considered = vec![false; scanned.len()];
+    let mut pending_hash = to_hash;
+    loop {
+        let mut vanished = Vec::new();
+        if !pending_hash.is_empty() {
+            let hashed = source.hash(&pending_hash, &scanned, &sink, progress)?;
+            for (&i, c) in pending_hash.iter().zip(hashed) {
+                match c {
+                    Some(c) => contents[i] = Some(c),
+                    None => vanished.push(i),
+                }
+            }
         }
-    }
-    if !wants.is_empty() {
-        source.fetch(&wants, &scanned, &sink, progress)?;
+        for &i in &vanished {
+            gone[i] = true;
+        }
+        let wants = {
+            let mut w = sink.lock().expect("blob writer lock");
+            let fresh: Vec<usize> = (0..scanned.len())
+                .filter(|&i| !considered[i] && !gone[i] && contents[i].is_some())
+                .collect();
+            let ids = fresh
+                .iter()
+                .flat_map(|&i| &contents[i].as_ref().expect("some").chunks);
+            w.claim_many(ids.map(|ch| &ch.id))?;
+            for &i in &fresh {
+                considered[i] = true;
+            }
+            if gone.iter().any(|&g| g) {
+                let live: std::collections::HashSet<Id> = (0..scanned.len())
+                    .filter(|&i| !gone[i])
+                    .filter_map(|i| contents[i].as_ref())
+                    .flat_map(|c| c.chunks.iter().map(|ch| ch.id))
+                    .collect();
+                w.release(|id| live.contains(id));
+            }
+            missing_chunks(&contents, &gone, w.pending())
+        };
+        if !wants.is_empty() {
+            vanished.extend(source.fetch(&wants, &scanned, &sink, progress)?);
+        }
+        for &i in &vanished {
+            gone[i] = true;
+            contents[i] = None;
+            warnings.push(scan::vanished(&scanned[i].entry.path));
+        }
+        pending_hash = promote_hardlinks(&mut scanned, &gone, &vanished);
+        if vanished.is_empty() {
+            break;
+        }
     }
     let mut sink = sink.into_inner().expect("blob writer lock");
     sink.finish()?;
@@ -517,6 +628,12 @@ pub fn getimage(
     let mut cache_rows = Vec::new();
     let mut files = 0u64;
     let mut bytes = 0u64;
+    let (mut scanned, contents): (Vec<Scanned>, Vec<Option<Content>>) = scanned
+        .into_iter()
+        .zip(contents)
+        .zip(gone)
+        .filter_map(|(sc, gone)| (!gone).then_some(sc))
+        .unzip();
     for (s, c) in scanned.iter_mut().zip(contents) {
         if let Kind::File {
             chunks, extents, ..

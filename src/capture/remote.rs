@@ -239,18 +239,25 @@ impl Source for RemoteSource {
         scanned: &[Scanned],
         _sink: &dyn BlobSink,
         progress: &dyn Progress,
-    ) -> Result<Vec<Content>> {
+    ) -> Result<Vec<Option<Content>>> {
         self.send(&Msg::Hash {
             files: files.iter().map(|&i| i as u64).collect(),
         })?;
         let total: u64 = files.iter().map(|&i| scanned[i].stat.size).sum();
         progress.phase("hashing (remote)", Some(total), true);
-        let mut out: Vec<Option<Content>> = vec![None; files.len()];
+        // Outer `None`: no answer yet; inner `None`: the file vanished.
+        let mut out: Vec<Option<Option<Content>>> = vec![None; files.len()];
         let position: std::collections::HashMap<u64, usize> = files
             .iter()
             .enumerate()
             .map(|(p, &i)| (i as u64, p))
             .collect();
+        let at = |file: u64| {
+            position
+                .get(&file)
+                .copied()
+                .ok_or_else(|| Error::Remote(format!("agent hashed a file not asked for ({file})")))
+        };
         loop {
             match self.recv()? {
                 Msg::Chunks {
@@ -258,11 +265,14 @@ impl Source for RemoteSource {
                     chunks,
                     extents,
                 } => {
-                    let &p = position.get(&file).ok_or_else(|| {
-                        Error::Remote(format!("agent hashed a file not asked for ({file})"))
-                    })?;
+                    let p = at(file)?;
                     progress.advance(scanned[file as usize].stat.size);
-                    out[p] = Some(Content { chunks, extents });
+                    out[p] = Some(Some(Content { chunks, extents }));
+                }
+                Msg::Vanished { file } => {
+                    let p = at(file)?;
+                    progress.advance(scanned[file as usize].stat.size);
+                    out[p] = Some(None);
                 }
                 Msg::Done => break,
                 other => {
@@ -284,13 +294,14 @@ impl Source for RemoteSource {
         _scanned: &[Scanned],
         sink: &dyn BlobSink,
         progress: &dyn Progress,
-    ) -> Result<()> {
+    ) -> Result<Vec<usize>> {
         self.send(&Msg::Fetch {
             wants: wants.iter().map(|(i, n)| (*i as u64, n.clone())).collect(),
         })?;
-        let total: usize = wants.iter().map(|w| w.1.len()).sum();
+        let mut total: usize = wants.iter().map(|w| w.1.len()).sum();
         progress.phase("receiving", Some(total as u64), false);
         let mut got = 0usize;
+        let mut vanished = Vec::new();
         loop {
             match self.recv()? {
                 Msg::Blob {
@@ -322,6 +333,13 @@ impl Source for RemoteSource {
                     got += 1;
                     progress.advance(1);
                 }
+                Msg::Vanished { file } => {
+                    let w = wants.iter().find(|w| w.0 as u64 == file).ok_or_else(|| {
+                        Error::Remote(format!("agent fetched a file not asked for ({file})"))
+                    })?;
+                    total -= w.1.len();
+                    vanished.push(w.0);
+                }
                 Msg::Done => break,
                 other => {
                     return Err(Error::Remote(format!(
@@ -336,7 +354,7 @@ impl Source for RemoteSource {
                 "the agent sent {got} of {total} chunks (files changed during the capture?); run getimage again"
             )));
         }
-        Ok(())
+        Ok(vanished)
     }
 }
 

@@ -197,17 +197,29 @@ impl Walker<'_> {
                 path.push(b'/');
             }
             path.extend_from_slice(&name);
+            // A live system changes under us: a name listed may be gone by the time we look at
+            // it (or its directory may be gone while we walk it). Like rsync's "file has
+            // vanished", that leaves the entry out with a warning rather than fails the capture.
             let st = match sys::lstat_at(dir.as_fd(), &name) {
                 Ok(st) => st,
-                // Gone since the listing: a live system changes under us.
-                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(nix::errno::Errno::ENOENT) => {
+                    self.vanished(&path);
+                    continue;
+                }
                 Err(e) => return Err(e).at(shown(&self.root, &path)),
             };
             let fmt = st.st_mode & libc::S_IFMT;
             if self.excludes.excluded(&path, fmt == libc::S_IFDIR) {
                 continue;
             }
-            let xattrs = sys::xattrs_at(dir.as_fd(), &name).at(shown(&self.root, &path))?;
+            let xattrs = match sys::xattrs_at(dir.as_fd(), &name) {
+                Ok(x) => x,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.vanished(&path);
+                    continue;
+                }
+                Err(e) => return Err(e).at(shown(&self.root, &path)),
+            };
             let kind = match fmt {
                 libc::S_IFREG => Kind::File {
                     size: st.st_size as u64,
@@ -215,13 +227,16 @@ impl Walker<'_> {
                     extents: None,
                 },
                 libc::S_IFDIR => Kind::Dir,
-                libc::S_IFLNK => {
-                    let target =
-                        readlinkat(dir.as_fd(), name.as_slice()).at(shown(&self.root, &path))?;
-                    Kind::Symlink {
+                libc::S_IFLNK => match readlinkat(dir.as_fd(), name.as_slice()) {
+                    Ok(target) => Kind::Symlink {
                         target: target.as_bytes().to_vec(),
+                    },
+                    Err(nix::errno::Errno::ENOENT) => {
+                        self.vanished(&path);
+                        continue;
                     }
-                }
+                    Err(e) => return Err(e).at(shown(&self.root, &path)),
+                },
                 libc::S_IFCHR => Kind::Char { rdev: st.st_rdev },
                 libc::S_IFBLK => Kind::Block { rdev: st.st_rdev },
                 libc::S_IFIFO => Kind::Fifo,
@@ -233,6 +248,19 @@ impl Walker<'_> {
                     ));
                     continue;
                 }
+            };
+            // A directory is opened before it is recorded, so that one gone by now is left out.
+            let sub = if fmt == libc::S_IFDIR {
+                match openat(dir.as_fd(), name.as_slice(), DIR_FLAGS, Mode::empty()) {
+                    Ok(sub) => Some(sub),
+                    Err(nix::errno::Errno::ENOENT) => {
+                        self.vanished(&path);
+                        continue;
+                    }
+                    Err(e) => return Err(e).at(shown(&self.root, &path)),
+                }
+            } else {
+                None
             };
             let index = self.out.len();
             if fmt != libc::S_IFDIR && st.st_nlink > 1 {
@@ -246,9 +274,7 @@ impl Walker<'_> {
                 stat: stat_key(&st),
             });
             self.progress.advance(1);
-            if fmt == libc::S_IFDIR {
-                let sub = openat(dir.as_fd(), name.as_slice(), DIR_FLAGS, Mode::empty())
-                    .at(shown(&self.root, &path))?;
+            if let Some(sub) = sub {
                 if st.st_dev != dev && !self.descend_mount(&path, &sub) {
                     continue;
                 }
@@ -256,6 +282,10 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+
+    fn vanished(&mut self, rel: &[u8]) {
+        self.warnings.push(vanished(rel));
     }
 
     /// Whether to capture what is mounted at `rel`.
@@ -284,6 +314,20 @@ impl Walker<'_> {
             }
         }
     }
+}
+
+/// The warning for an entry that disappeared during the capture and was left out. It names
+/// the entry by its path in the image, as the scan, the hashing and a remote agent all know it.
+pub fn vanished(rel: &[u8]) -> String {
+    format!(
+        "{}: vanished during the capture, left out of the revision",
+        crate::format::manifest::display_path(rel)
+    )
+}
+
+/// Whether `e` says that a path does not exist (any more).
+pub fn is_vanished(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOENT))
 }
 
 /// Opens the regular file at `rel` beneath `root` for reading, following no symlink.

@@ -144,8 +144,13 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
         rev.id.short(),
         if r.unchanged { " (unchanged)" } else { "" }
     );
+    let warned = match r.warnings.len() {
+        0 => String::new(),
+        1 => ", 1 warning".to_string(),
+        n => format!(", {n} warnings"),
+    };
     println!(
-        "{} entries, {} files, {} scanned, {} hashed ({} files from the stat cache), {} new stored, {:.2} s",
+        "{} entries, {} files, {} scanned, {} hashed ({} files from the stat cache), {} new stored, {:.2} s{warned}",
         r.entries,
         r.files,
         human_bytes(r.bytes),

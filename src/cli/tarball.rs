@@ -3,50 +3,71 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 
 use super::{human_bytes, open, Global};
 
-/// Write a revision as a tar archive (zstd-compressed when FILE ends in .zst or .tzst).
+/// Write a revision as a tar archive, compressed as FILE's ending says.
 ///
-/// GNU tar with pax headers for xattrs and nanosecond mtimes, as `tar --xattrs` reads them.
-/// Sockets have no tar form and are left out with a warning; sparse files are written dense.
+/// GNU tar with pax headers for xattrs, POSIX ACLs and nanosecond mtimes, as `tar --xattrs
+/// --acls` reads them. Sparse files keep their holes (GNU sparse entries). Sockets have no tar
+/// form and are left out with a warning.
 #[derive(Args)]
 pub struct ExportArgs {
     /// The revision.
     rev: String,
-    /// The archive to write (`-` for standard output, uncompressed).
+    /// The archive to write: FILE.tar (plain), FILE.tar.gz or FILE.tgz (gzip), FILE.tar.zst or
+    /// FILE.tzst (zstd), or `-` for standard output (plain).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
 }
 
+/// How an archive named FILE is compressed, from its ending.
+#[derive(Clone, Copy)]
+enum Compression {
+    Plain,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    fn of(name: &str) -> anyhow::Result<Compression> {
+        const ENDINGS: &[(&str, Compression)] = &[
+            (".tar", Compression::Plain),
+            (".tar.gz", Compression::Gzip),
+            (".tgz", Compression::Gzip),
+            (".tar.zst", Compression::Zstd),
+            (".tzst", Compression::Zstd),
+        ];
+        ENDINGS
+            .iter()
+            .find(|(end, _)| name.ends_with(end))
+            .map(|&(_, c)| c)
+            .ok_or_else(|| {
+                aurum::Error::Invalid(format!(
+                    "cannot tell how to write `{name}`: name the archive FILE.tar, FILE.tar.gz, FILE.tgz, FILE.tar.zst or FILE.tzst, or give `-o -` for a plain tar on standard output"
+                ))
+                .into()
+            })
+    }
+}
+
 pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
+    let name = a.output.to_string_lossy().into_owned();
+    let compression = if name == "-" {
+        Compression::Plain
+    } else {
+        Compression::of(&name)?
+    };
     let repo = open(g)?;
     let rev = repo.resolve(&a.rev)?;
     let manifest = repo.load_manifest(&rev.id)?;
-    let name = a.output.to_string_lossy().into_owned();
     let warnings = if name == "-" {
         aurum::tarball::export(&repo, &manifest, std::io::stdout().lock())?
     } else {
-        let mut tmp = tempfile::NamedTempFile::new_in(
-            a.output
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new(".")),
-        )?;
-        let w = if name.ends_with(".zst") || name.ends_with(".tzst") {
-            let mut enc =
-                zstd::stream::write::Encoder::new(std::io::BufWriter::new(tmp.as_file_mut()), 3)?;
-            let w = aurum::tarball::export(&repo, &manifest, &mut enc)?;
-            enc.finish()?.flush()?;
-            w
-        } else {
-            let f = std::io::BufWriter::new(tmp.as_file_mut());
-            aurum::tarball::export(&repo, &manifest, f)?
-        };
-        tmp.as_file().sync_all()?;
-        tmp.persist(&a.output)?;
-        w
+        write_archive(&repo, &manifest, &a.output, compression)
+            .with_context(|| a.output.display().to_string())?
     };
     for w in &warnings {
         eprintln!("aurum: warning: {w}");
@@ -64,10 +85,57 @@ pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the archive to a temp file beside `target`, then renames it into place, so that a
+/// failed export never leaves a partial archive under the real name. Errors name no path: the
+/// caller names `target`, since the temp file's name means nothing to the administrator.
+fn write_archive(
+    repo: &aurum::repo::Repository,
+    manifest: &aurum::format::manifest::Manifest,
+    target: &std::path::Path,
+    compression: Compression,
+) -> anyhow::Result<Vec<String>> {
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| without_temp_name(dir, e))?;
+    let out = std::io::BufWriter::new(tmp.as_file_mut());
+    let warnings = match compression {
+        Compression::Plain => aurum::tarball::export(repo, manifest, out)?,
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            let w = aurum::tarball::export(repo, manifest, &mut enc)?;
+            enc.finish()?.flush()?;
+            w
+        }
+        Compression::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(out, 3)?;
+            let w = aurum::tarball::export(repo, manifest, &mut enc)?;
+            enc.finish()?.flush()?;
+            w
+        }
+    };
+    tmp.as_file().sync_all()?;
+    tmp.persist(target).map_err(|e| e.error)?;
+    Ok(warnings)
+}
+
+/// The error of making a temp file in `dir`, without the temp file's name that tempfile puts
+/// in it: the reason `dir` cannot take a new file, as the OS gives it.
+fn without_temp_name(dir: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    use nix::unistd::{access, AccessFlags};
+    match access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+        Err(errno) => std::io::Error::from(errno),
+        Ok(()) => std::io::Error::from(e.kind()),
+    }
+}
+
 /// Import a tar archive (plain, .zst or .gz) as a new revision of an image.
 ///
 /// A container or chroot rootfs tarball imports this way. Names with `..` are refused;
-/// directories the archive leaves implicit are created root-owned 0755.
+/// directories the archive leaves implicit are created root-owned 0755. Sparse members keep
+/// their holes; `tar --xattrs --acls` xattrs and ACLs are kept (ACL names are mapped through
+/// the archive's own etc/passwd and etc/group).
 #[derive(Args)]
 pub struct ImportArgs {
     /// The image to add the revision to (created when new).

@@ -8,6 +8,9 @@
 //! 1. `Scan` -> `Entry`... `Done`: the tree, with stat data for the server's stat cache;
 //! 2. `Hash` (files not in the stat cache) -> `Chunks`... `Done`;
 //! 3. `Fetch` (chunks the repository lacks) -> `Blob`... `Done` (zstd frames made by the agent).
+//!
+//! In rounds 2 and 3 a file that no longer exists is answered with `Vanished` (version 2).
+//! Rounds 2 and 3 may be repeated, when files vanish, until nothing more is missing.
 
 use std::io::{Read, Write};
 
@@ -17,7 +20,7 @@ use super::{Id, Reader, Writer};
 use crate::error::{corrupt, Error, Result};
 
 /// Protocol version; the agent announces it and the server refuses a mismatch.
-pub const PROTOCOL_VERSION: u64 = 1;
+pub const PROTOCOL_VERSION: u64 = 2;
 /// Largest frame either side accepts (a blob is at most 1 MiB plus framing).
 pub const MAX_FRAME: usize = 8 << 20;
 
@@ -57,6 +60,10 @@ pub enum Msg {
     },
     Fetch {
         wants: Vec<(u64, Vec<u32>)>,
+    },
+    /// The file asked for (a scan index) no longer exists.
+    Vanished {
+        file: u64,
     },
     Blob {
         id: Id,
@@ -123,6 +130,10 @@ impl Msg {
                         w.var(u64::from(*i));
                     }
                 }
+            }
+            Msg::Vanished { file } => {
+                w.u8(b'V');
+                w.var(*file);
             }
             Msg::Blob {
                 id,
@@ -202,6 +213,7 @@ impl Msg {
                 }
                 Msg::Fetch { wants }
             }
+            b'V' => Msg::Vanished { file: r.var()? },
             b'B' => {
                 let id = r.id()?;
                 let codec = Codec::from_u8(r.u8()?)?;
@@ -297,6 +309,7 @@ mod tests {
             Msg::Fetch {
                 wants: vec![(1, vec![0, 3])],
             },
+            Msg::Vanished { file: 7 },
             Msg::Blob {
                 id: Id::of(b"x"),
                 codec: Codec::Raw,

@@ -533,3 +533,95 @@ fn remote_capture_fails_cleanly_when_the_connection_fails() {
     let out = remote_getimage(&env, &sshd, &golden, "img");
     assert_eq!(rev_of(&out), "img@1", "{out}");
 }
+
+/// Stands in for ssh: runs the remote command here, relaying frames both ways, and removes
+/// files of the golden client just before it hands the agent the request that reads them
+/// (`h PATH` before the first Hash, `f PATH` before the first Fetch). That puts a file's
+/// disappearance exactly between the scan and the read, every time.
+const VANISHING_SSH: &str = r#"
+import os, subprocess, sys, threading
+plan = [l.split(' ', 1) for l in open(sys.argv[1]).read().splitlines() if l]
+agent = subprocess.Popen(sys.argv[-1], shell=True, stdin=subprocess.PIPE, stdout=sys.stdout.buffer)
+inp = sys.stdin.buffer
+while True:
+    head = inp.read(4)
+    if len(head) < 4:
+        break
+    body = inp.read(int.from_bytes(head, 'little'))
+    kind = body[:1].decode()
+    for step in [p for p in plan if p[0] == kind]:
+        if os.path.lexists(step[1]):
+            os.unlink(step[1])
+        plan.remove(step)
+    agent.stdin.write(head + body)
+    agent.stdin.flush()
+agent.stdin.close()
+sys.exit(agent.wait())
+"#;
+
+/// getimage failed outright ("No such file or directory") when a file of a live golden client
+/// vanished between the scan and the agent reading it. Now the file is left out with a
+/// warning, a hardlink whose content-carrying name vanished is carried by its next name, and
+/// a chunk whose file vanished before sending it is fetched from another file holding it.
+#[test]
+fn remote_capture_leaves_out_files_that_vanish_before_they_are_read() {
+    let env = Env::new();
+    let golden = env.path("golden");
+    fs::create_dir_all(golden.join("d")).unwrap();
+    write_random(&golden.join("d/a"), 1, 50_000);
+    write_random(&golden.join("d/h1"), 2, 50_000);
+    fs::hard_link(golden.join("d/h1"), golden.join("d/h2")).unwrap();
+    fs::hard_link(golden.join("d/h1"), golden.join("d/h3")).unwrap();
+    write_random(&golden.join("d/c"), 3, 2_000_000);
+    write_random(&golden.join("d/same-as-c"), 3, 2_000_000);
+    write_random(&golden.join("d/z"), 4, 10_000);
+    let d = golden.join("d");
+    let plan = env.path("plan");
+    fs::write(
+        &plan,
+        format!(
+            "h {a}\nh {h1}\nf {c}\n",
+            a = d.join("a").display(),
+            h1 = d.join("h1").display(),
+            c = d.join("c").display()
+        ),
+    )
+    .unwrap();
+    let script = env.path("vanishing-ssh.py");
+    fs::write(&script, VANISHING_SSH).unwrap();
+    // Removing files changes d's mtime after the scan read it; put it back to compare.
+    let stamp = env.path("d-mtime");
+    sh(&format!("touch -r {} {}", d.display(), stamp.display()));
+    let out = env
+        .cmd(&[
+            "getimage",
+            "--golden-client",
+            &format!("ssh://gold{}", golden.display()),
+            "--image",
+            "live",
+            "--ssh",
+            &format!("python3 {} {}", script.display(), plan.display()),
+            "--agent-command",
+            env!("CARGO_BIN_EXE_aurum"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for gone in ["/d/a", "/d/h1", "/d/c"] {
+        assert!(
+            stderr.contains(&format!("warning: {gone}: vanished during the capture")),
+            "no warning for {gone}:\n{stderr}"
+        );
+    }
+    assert!(stdout.contains(", 3 warnings"), "{stdout}");
+    assert!(!d.join("a").exists() && !d.join("c").exists());
+    env.ok(&["verify", "live"]);
+    sh(&format!("touch -r {} {}", stamp.display(), d.display()));
+    // The revision is the golden client as it is now: h2 carries the content, h3 links to it.
+    let dst = env.path("out");
+    env.ok(&["checkout", "live", dst.to_str().unwrap()]);
+    let diff = rsync_diff(&golden, &dst);
+    assert!(diff.trim().is_empty(), "{diff}");
+}

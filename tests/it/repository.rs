@@ -303,6 +303,43 @@ fn export_import_round_trip() {
     assert!(d.trim().is_empty(), "{d}");
 }
 
+/// `export -o x.tar.gz` wrote a plain tar under that name, and any unknown ending did too.
+#[test]
+fn export_compresses_as_the_name_says_and_refuses_unknown_endings() {
+    let env = Env::new();
+    let src = tree(&env, "g");
+    env.getimage(&src, "i", &[]);
+    for (name, magic) in [
+        ("a.tar.gz", &[0x1f, 0x8b][..]),
+        ("a.tgz", &[0x1f, 0x8b][..]),
+        ("a.tar.zst", &[0x28, 0xb5, 0x2f, 0xfd][..]),
+        ("a.tzst", &[0x28, 0xb5, 0x2f, 0xfd][..]),
+    ] {
+        let out = env.path(name);
+        env.ok(&["export", "i", "-o", out.to_str().unwrap()]);
+        let bytes = std::fs::read(&out).unwrap();
+        assert!(
+            bytes.starts_with(magic),
+            "{name} is not compressed as named"
+        );
+        let listing = sh(&format!("tar -tf {}", out.display()));
+        assert!(listing.lines().any(|l| l == "etc/a"), "{name}: {listing}");
+    }
+    let plain = env.path("a.tar");
+    env.ok(&["export", "i", "-o", plain.to_str().unwrap()]);
+    assert_eq!(&std::fs::read(&plain).unwrap()[257..262], b"ustar");
+    for name in ["a.tar.bz2", "a.tar.xz", "a.zip", "archive"] {
+        let out = env.path(name);
+        let err = env.fails(&["export", "i", "-o", out.to_str().unwrap()], 2);
+        assert!(err.contains(".tar.gz") && err.contains("-o -"), "{err}");
+        assert!(!out.exists(), "{name} was written");
+    }
+    // A missing directory is reported under the name asked for, not the temp file's.
+    let err = env.fails(&["export", "i", "-o", "/nonexistent/dir/x.tar"], 1);
+    assert!(err.contains("/nonexistent/dir/x.tar:"), "{err}");
+    assert!(!err.contains(".tmp"), "{err}");
+}
+
 #[test]
 fn refuses_archives_that_escape_the_root() {
     if !have("python3") {
@@ -400,4 +437,234 @@ fn cat_and_ls_take_names_that_are_not_utf8() {
     assert_eq!(env.ok(&["cat", "t", "/bad\\xff\\xfename"]), "hi\n");
     assert!(env.ok(&["ls", "t", "/bad\\xff\\xfename"]).contains("bad"));
     env.fails(&["cat", "t", "/bad\\xff"], 2);
+}
+
+/// `getimage --golden-client /` failed with "var/churn10: No such file or directory" when a
+/// file vanished between the directory listing and its stat or read. Files come and go here
+/// while the capture runs (as in a live /var); every capture must succeed and verify, and the
+/// vanished ones must show up as warnings, at least once over the attempts (a test that never
+/// saw a file vanish would prove nothing).
+#[test]
+fn getimage_leaves_out_files_that_vanish_during_the_capture() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let live = env.path("live");
+    for d in 0..20 {
+        for f in 0..100 {
+            let p = live.join(format!("usr/d{d}/f{f}"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("{d} {f}\n").repeat(50)).unwrap();
+        }
+    }
+    let var = live.join("var");
+    std::fs::create_dir_all(&var).unwrap();
+    let mut seen = 0;
+    for attempt in 0..20 {
+        let stop = AtomicBool::new(false);
+        let out = std::thread::scope(|s| {
+            // Churn: files and whole directories created and removed as fast as we can. The
+            // files are empty: a file replaced by a shorter one between its stat and its read
+            // fails the capture ("file shrank"), which is not what this test is about.
+            s.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let dir = var.join(format!("spool{}", i % 3));
+                    let _ = std::fs::create_dir_all(&dir);
+                    for k in 0..20 {
+                        let _ = std::fs::File::create(dir.join(format!("churn{k}")));
+                    }
+                    if i % 2 == 0 {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    } else {
+                        for k in 0..20 {
+                            let _ = std::fs::remove_file(dir.join(format!("churn{k}")));
+                        }
+                    }
+                    i += 1;
+                }
+            });
+            let out = env.run(&[
+                "getimage",
+                "--golden-client",
+                live.to_str().unwrap(),
+                "--image",
+                "live",
+            ]);
+            stop.store(true, Ordering::Relaxed);
+            out
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "attempt {attempt} failed:\n{stdout}\n{stderr}"
+        );
+        let vanished = stderr.matches("vanished during the capture").count();
+        if vanished > 0 {
+            assert!(stdout.contains(" warning"), "{stdout}");
+        }
+        seen += vanished;
+        env.ok(&["verify", &rev_of(&stdout)]);
+        if seen >= 5 {
+            break;
+        }
+    }
+    assert!(
+        seen > 0,
+        "no file vanished during 20 captures: the test tested nothing"
+    );
+}
+
+/// Content and allocated bytes (`st_blocks` × 512) of a file.
+fn content_and_allocated(p: &std::path::Path) -> (Vec<u8>, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (std::fs::read(p).unwrap(), m.blocks() * 512)
+}
+
+/// A sparse file (100 MiB, 8 KiB of data) came out of export + import dense; now the holes
+/// survive aurum's export (read by GNU tar), its import, and GNU tar's own sparse formats.
+/// A file of written zeros stays dense throughout (a swap file must not get holes).
+#[test]
+fn export_and_import_keep_sparse_holes() {
+    let env = Env::new();
+    let src = env.path("g");
+    sh(&format!(
+        "mkdir -p {s} && cd {s} && truncate -s 100M sparse && printf head | dd of=sparse conv=notrunc status=none \
+         && printf middle | dd of=sparse bs=1M seek=50 conv=notrunc status=none \
+         && truncate -s 30M ends-in-data && printf tail | dd of=ends-in-data bs=1M seek=29 conv=notrunc status=none \
+         && truncate -s 5M all-hole && dd if=/dev/zero of=zeros bs=1M count=2 status=none && printf small > small",
+        s = src.display()
+    ));
+    let sparse_names = ["sparse", "ends-in-data", "all-hole"];
+    // Every sparse file reads the same and takes well under 1 MiB; `zeros` stays allocated.
+    let check = |dir: &std::path::Path, what: &str| {
+        for name in sparse_names {
+            let (want, _) = content_and_allocated(&src.join(name));
+            let (got, allocated) = content_and_allocated(&dir.join(name));
+            assert!(got == want, "{what}: {name} differs");
+            assert!(
+                allocated < 1 << 20,
+                "{what}: {name} is dense ({allocated} bytes)"
+            );
+        }
+        let (got, allocated) = content_and_allocated(&dir.join("zeros"));
+        assert_eq!(got, vec![0u8; 2 << 20], "{what}: zeros differs");
+        assert!(
+            allocated >= 2 << 20,
+            "{what}: zeros got holes ({allocated} bytes)"
+        );
+    };
+    let id = env
+        .getimage(&src, "i", &[])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let tarball = env.path("i.tar");
+    env.ok(&["export", "i", "-o", tarball.to_str().unwrap()]);
+    let size = std::fs::metadata(&tarball).unwrap().len();
+    assert!(size < 4 << 20, "the archive holds the holes: {size} bytes");
+    // GNU tar extracts aurum's archive sparse.
+    let x = env.path("x");
+    sh(&format!(
+        "mkdir {x} && tar -C {x} -xf {t}",
+        x = x.display(),
+        t = tarball.display()
+    ));
+    check(&x, "tar -xf of aurum export");
+    // Import gives back the very revision, holes and all.
+    let back = env.ok(&["import", "--image", "back", tarball.to_str().unwrap()]);
+    assert_eq!(back.split_whitespace().nth(1).unwrap(), id, "{back}");
+    // GNU tar's sparse formats: old GNU (the default), and pax 0.0, 0.1 and 1.0.
+    for (n, opts) in [
+        ("gnu", "-S"),
+        ("pax00", "-S --format=pax --sparse-version=0.0"),
+        ("pax01", "-S --format=pax --sparse-version=0.1"),
+        ("pax10", "-S --format=pax --sparse-version=1.0"),
+    ] {
+        let t = env.path(&format!("{n}.tar"));
+        sh(&format!(
+            "tar {opts} -C {} -cf {} .",
+            src.display(),
+            t.display()
+        ));
+        env.ok(&["import", "--image", n, t.to_str().unwrap()]);
+        let out = env.path(&format!("{n}-out"));
+        env.ok(&["checkout", n, out.to_str().unwrap()]);
+        check(&out, n);
+        let d = rsync_diff(&src, &out);
+        assert!(d.trim().is_empty(), "{n}: {d}");
+    }
+}
+
+/// `tar --acls` archives failed to import ("malformed pax extension": GNU tar's ACL records
+/// span several lines). Now their ACLs become the kernel's ACL xattrs, with names mapped
+/// through the archive's own /etc/passwd and /etc/group, and export writes them back the way
+/// `tar --acls` extracts them.
+#[test]
+fn import_and_export_keep_gnu_tar_acls() {
+    let env = Env::new();
+    let src = env.path("one");
+    sh(&format!(
+        "mkdir -p {s}/etc {s}/d && cd {s} && echo x > f && echo y > g \
+         && (getent passwd 0 65534; true) > etc/passwd && (getent group 0 100; true) > etc/group \
+         && setfacl -m u:65534:rw,u:12345:rwx,g:100:r f && setfacl -d -m u:65534:rx,g:100:rwx d \
+         && setfacl -m u:65534:r d && setfattr -n user.k -v v g && setfattr -n user.nl -v 0x610a62 g",
+        s = src.display()
+    ));
+    for (n, opts, ext) in [
+        ("plain", "--acls", "tar"),
+        ("gz", "--xattrs --xattrs-include='*' --acls -z", "tar.gz"),
+    ] {
+        let t = env.path(&format!("{n}.{ext}"));
+        sh(&format!(
+            "tar {opts} -C {} -cf {} .",
+            src.display(),
+            t.display()
+        ));
+        env.ok(&["import", "--image", n, t.to_str().unwrap()]);
+        let out = env.path(&format!("{n}-out"));
+        env.ok(&["checkout", n, out.to_str().unwrap()]);
+        let acl = sh(&format!("getfacl -n {0}/f {0}/d", out.display()));
+        assert!(
+            acl.contains("user:65534:rw-") && acl.contains("user:12345:rwx"),
+            "{acl}"
+        );
+        assert!(acl.contains("default:group:100:rwx"), "{acl}");
+        if n == "gz" {
+            let d = rsync_diff(&src, &out);
+            assert!(d.trim().is_empty(), "{n}: {d}");
+        }
+    }
+    // aurum's own export extracts with its ACLs under GNU tar --acls.
+    let t = env.path("back.tar");
+    env.ok(&["export", "gz", "-o", t.to_str().unwrap()]);
+    let x = env.path("x");
+    sh(&format!(
+        "mkdir {x} && tar --acls --xattrs --xattrs-include='*' --numeric-owner -C {x} -xpf {t}",
+        x = x.display(),
+        t = t.display()
+    ));
+    let d = rsync_diff(&src, &x);
+    assert!(d.trim().is_empty(), "tar -x of aurum export: {d}");
+    // A name the archive's /etc/passwd does not list is refused, not guessed.
+    let host_name = sh("getent passwd 65534 | cut -d: -f1");
+    if !host_name.trim().is_empty() {
+        sh(&format!(
+            "cd {} && getent passwd 0 > etc/passwd",
+            src.display()
+        ));
+        let t = env.path("unknown.tar");
+        sh(&format!(
+            "tar --acls -C {} -cf {} .",
+            src.display(),
+            t.display()
+        ));
+        let err = env.fails(&["import", "--image", "unknown", t.to_str().unwrap()], 2);
+        assert!(
+            err.contains(&format!("`{}`", host_name.trim())) && err.contains("/etc/passwd"),
+            "{err}"
+        );
+    }
 }

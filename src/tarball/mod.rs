@@ -1,14 +1,17 @@
 //! `export` and `import`: revisions as tar archives.
 //!
 //! Export writes a GNU tar (long names and link targets through GNU extensions) with a pax
-//! extended header before any entry that has xattrs or a sub-second mtime, the way GNU tar
-//! `--xattrs` and bsdtar write them (`SCHILY.xattr.NAME`, `mtime=SEC.NSEC`). It can be piped to
-//! zstd on the fly. Sockets have no tar form and are left out with a warning, as GNU tar does;
-//! sparse files are written with their holes as zeros.
+//! extended header before any entry that has xattrs, ACLs or a sub-second mtime, the way GNU
+//! tar `--xattrs --acls` and bsdtar write them (`SCHILY.xattr.NAME`, `SCHILY.acl.access`,
+//! `mtime=SEC.NSEC`). Sparse files go as GNU sparse members, holes left out. It can be piped to
+//! a compressor on the fly. Sockets have no tar form and are left out with a warning, as GNU
+//! tar does.
 //!
-//! Import reads plain, zstd or gzip tarballs (a container rootfs tarball is the usual case),
-//! normalises `./`-prefixed names, refuses names that would leave the root, makes the parent
-//! directories an archive leaves implicit, and stores the content exactly as getimage would.
+//! Import reads plain, zstd or gzip tarballs (a container rootfs tarball is the usual case)
+//! with our own reader ([`read`]), normalises `./`-prefixed names, refuses names that would
+//! leave the root, makes the parent directories an archive leaves implicit, keeps the holes of
+//! sparse members and the ACLs of `--acls` archives ([`acl`]), and stores the content exactly
+//! as getimage would.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
@@ -21,6 +24,9 @@ use crate::format::manifest::{display_path, is_clean_path, Chunk, Entry, Kind, M
 use crate::format::Id;
 use crate::repo::Repository;
 use crate::store::chunk;
+
+mod acl;
+mod read;
 
 fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     // The length counts itself, so find the fixed point.
@@ -60,6 +66,16 @@ pub fn export(repo: &Repository, manifest: &Manifest, out: impl Write) -> Result
             );
         }
         for (k, v) in &e.xattrs {
+            // ACLs go as GNU tar `--acls` writes them, so that it restores them.
+            let acl_key = match k.as_slice() {
+                acl::ACCESS_XATTR => Some(acl::ACCESS_PAX),
+                acl::DEFAULT_XATTR => Some(acl::DEFAULT_PAX),
+                _ => None,
+            };
+            if let Some((key, text)) = acl_key.zip(acl::to_text(v)) {
+                pax_record(&mut pax, key, text.as_bytes());
+                continue;
+            }
             match std::str::from_utf8(k) {
                 Ok(k) => pax_record(&mut pax, &format!("SCHILY.xattr.{k}"), v),
                 Err(_) => warnings.push(format!(
@@ -92,6 +108,15 @@ pub fn export(repo: &Repository, manifest: &Manifest, out: impl Write) -> Result
         h.set_size(0);
         let p = as_path(&path);
         match &e.kind {
+            Kind::File {
+                size,
+                extents: Some(extents),
+                ..
+            } => {
+                let ext_blocks = sparse_header(&mut h, extents, *size);
+                let data = std::io::Cursor::new(ext_blocks).chain(repo.open_data(e));
+                b.append_data(&mut h, p, data).at(e.display())?;
+            }
             Kind::File { size, .. } => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(*size);
@@ -131,6 +156,52 @@ pub fn export(repo: &Repository, manifest: &Manifest, out: impl Write) -> Result
     Ok(warnings)
 }
 
+/// Names the archive in an error that names no file.
+fn in_archive(e: crate::Error, path: &Path) -> crate::Error {
+    match e {
+        crate::Error::Os(source) => crate::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// Makes `h` an old GNU sparse header (type `S`, as GNU tar `-S` writes by default, and as
+/// GNU tar, bsdtar and Python's tarfile extract with their holes) for a file of `size` bytes
+/// with these data extents. Returns the extension blocks for the map entries the header has
+/// no room for; they go between the header and the data. The map ends with an empty extent
+/// at the file's end, as GNU tar writes it, so that a trailing hole keeps the file's size.
+fn sparse_header(h: &mut tar::Header, extents: &[(u64, u64)], size: u64) -> Vec<u8> {
+    let mut map: Vec<(u64, u64)> = extents.to_vec();
+    if map.last().map_or(true, |&(off, len)| off + len < size) {
+        map.push((size, 0));
+    }
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_size(extents.iter().map(|e| e.1).sum());
+    let gnu = h.as_gnu_mut().expect("a GNU header");
+    gnu.set_real_size(size);
+    let in_header = gnu.sparse.len();
+    for (slot, &(off, len)) in gnu.sparse.iter_mut().zip(&map) {
+        slot.set_offset(off);
+        slot.set_length(len);
+    }
+    gnu.set_is_extended(map.len() > in_header);
+    let mut blocks = Vec::new();
+    let rest: Vec<_> = map.iter().skip(in_header).collect();
+    let per_block = tar::GnuExtSparseHeader::new().sparse().len();
+    for (i, group) in rest.chunks(per_block).enumerate() {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        for (slot, &&(off, len)) in ext.sparse_mut().iter_mut().zip(group) {
+            slot.set_offset(off);
+            slot.set_length(len);
+        }
+        ext.set_is_extended((i + 1) * per_block < rest.len());
+        blocks.extend_from_slice(ext.as_bytes());
+    }
+    blocks
+}
+
 /// Opens a tarball, undoing zstd or gzip compression found by its magic bytes.
 fn open_tarball(path: &Path) -> Result<Box<dyn Read>> {
     let mut f = BufReader::new(std::fs::File::open(path).at(path)?);
@@ -149,6 +220,24 @@ fn open_tarball(path: &Path) -> Result<Box<dyn Read>> {
     } else {
         Box::new(f)
     })
+}
+
+/// A sparse member's data extents as a manifest keeps them (adjacent ones merged, empty ones
+/// dropped); `None` when they cover the whole file, which is then stored plain as a capture
+/// would store it. Zero runs inside the data stay data: only the archive's holes are holes.
+fn dense_or_extents(extents: &[(u64, u64)], size: u64) -> Option<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(off, len) in extents.iter().filter(|e| e.1 > 0) {
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 == off => last.1 += len,
+            _ => out.push((off, len)),
+        }
+    }
+    if out == [(0, size)] || (size == 0 && out.is_empty()) {
+        None
+    } else {
+        Some(out)
+    }
 }
 
 /// Normalises a tar member name to a manifest path; `None` for the root itself.
@@ -189,67 +278,83 @@ pub fn import(
     crate::repo::check_name("image", image)?;
     repo.adopt_orphan_packs()?;
     let sink = std::sync::Mutex::new(repo.blob_writer()?);
-    let mut archive = tar::Archive::new(open_tarball(path)?);
+    let mut archive = read::Reader::new(open_tarball(path)?);
     let mut entries: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
     let mut root: Option<Entry> = None;
     let mut newest = 0i64;
-    for member in archive.entries().at(path)? {
-        let mut member = member.at(path)?;
-        let mut mtime = member.header().mtime().unwrap_or(0) as i64;
-        let mut nsec = 0u32;
+    // ACLs in text form, turned into xattrs once the archive's own account files are known.
+    let mut acls: Vec<(Vec<u8>, &[u8], Vec<u8>)> = Vec::new();
+    let mut accounts = acl::Accounts {
+        passwd: None,
+        group: None,
+    };
+    while let Some(m) = archive.next().map_err(|e| in_archive(e, path))? {
+        let name = normalise(&m.name)?;
         let mut xattrs = Vec::new();
-        if let Some(pax) = member.pax_extensions().at(path)? {
-            for ext in pax {
-                let ext = ext.at(path)?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
-                } else if key == b"mtime" {
-                    let v = String::from_utf8_lossy(ext.value_bytes()).into_owned();
-                    let (s, frac) = v.split_once('.').unwrap_or((&v, ""));
-                    mtime = s.parse().unwrap_or(mtime);
-                    let digits: String = frac.chars().chain("000000000".chars()).take(9).collect();
-                    nsec = digits.parse().unwrap_or(0);
+        for (key, value) in &m.pax {
+            if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
+                xattrs.push((x.to_vec(), value.clone()));
+            } else if key == acl::ACCESS_PAX.as_bytes() || key == acl::DEFAULT_PAX.as_bytes() {
+                let x = if key == acl::ACCESS_PAX.as_bytes() {
+                    acl::ACCESS_XATTR
+                } else {
+                    acl::DEFAULT_XATTR
+                };
+                if !value.is_empty() {
+                    acls.push((name.clone().unwrap_or_default(), x, value.clone()));
                 }
             }
         }
-        xattrs.sort();
-        let name = member.path_bytes().into_owned();
-        let h = member.header();
-        let kind_type = h.entry_type();
+        // A later record for the same xattr wins, as in the pax header itself.
+        let xattrs: Vec<_> = xattrs
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
         let mut e = Entry {
             path: Vec::new(),
             kind: Kind::Dir,
-            mode: h.mode().at(path)? & 0o7777,
-            uid: h.uid().at(path)? as u32,
-            gid: h.gid().at(path)? as u32,
-            mtime,
-            mtime_nsec: nsec,
+            mode: m.mode & 0o7777,
+            uid: m.uid,
+            gid: m.gid,
+            mtime: m.mtime,
+            mtime_nsec: m.mtime_nsec,
             xattrs,
         };
-        let rdev = || -> Result<u64> {
-            let major = h.device_major().at(path)?.unwrap_or(0);
-            let minor = h.device_minor().at(path)?.unwrap_or(0);
-            Ok(libc::makedev(major, minor))
-        };
-        e.kind = match kind_type {
-            tar::EntryType::Directory => Kind::Dir,
-            tar::EntryType::Symlink => Kind::Symlink {
-                target: member.link_name_bytes().unwrap_or_default().into_owned(),
+        e.kind = match m.typeflag {
+            b'5' => Kind::Dir,
+            b'2' => Kind::Symlink {
+                target: m.link.clone(),
             },
-            tar::EntryType::Link => {
-                let t = member.link_name_bytes().unwrap_or_default().into_owned();
-                Kind::Hardlink {
-                    target: normalise(&t)?.ok_or_else(|| corrupt("hardlink to the root"))?,
-                }
-            }
-            tar::EntryType::Char => Kind::Char { rdev: rdev()? },
-            tar::EntryType::Block => Kind::Block { rdev: rdev()? },
-            tar::EntryType::Fifo => Kind::Fifo,
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let size = member.size();
+            b'1' => Kind::Hardlink {
+                target: normalise(&m.link)?.ok_or_else(|| corrupt("hardlink to the root"))?,
+            },
+            b'3' => Kind::Char {
+                rdev: libc::makedev(m.dev_major, m.dev_minor),
+            },
+            b'4' => Kind::Block {
+                rdev: libc::makedev(m.dev_major, m.dev_minor),
+            },
+            b'6' => Kind::Fifo,
+            b'0' | b'\0' | b'7' => {
+                // The image's account files name the users and groups of its ACLs.
+                let keep = match name.as_deref() {
+                    Some(b"etc/passwd") => Some(&mut accounts.passwd),
+                    Some(b"etc/group") => Some(&mut accounts.group),
+                    _ => None,
+                };
+                let mut copy = keep.as_ref().map(|_| Vec::new());
+                let extents = m.extents.as_ref().map(|x| dense_or_extents(x, m.size));
+                let data_len = match &extents {
+                    Some(Some(x)) => x.iter().map(|e| e.1).sum(),
+                    _ => m.size,
+                };
+                let mut data = archive.data();
                 let mut chunks = Vec::new();
-                chunk::chunks(&mut member, size, |data| {
+                chunk::chunks(&mut data, data_len, |data| {
+                    if let Some(c) = &mut copy {
+                        c.extend_from_slice(data);
+                    }
                     let id = Id::of(data);
                     if sink.claim(&id)? {
                         crate::capture::store(&sink, &id, data)?;
@@ -259,17 +364,21 @@ pub fn import(
                         len: data.len() as u32,
                     });
                     Ok(())
-                })?;
+                })
+                .map_err(|e| in_archive(e, path))?;
+                if let (Some(keep), Some(copy)) = (keep, copy) {
+                    *keep = Some(copy);
+                }
                 Kind::File {
-                    size,
+                    size: m.size,
                     chunks,
-                    extents: None,
+                    extents: extents.flatten(),
                 }
             }
             _ => continue,
         };
         newest = newest.max(e.mtime);
-        match normalise(&name)? {
+        match name {
             None => {
                 if e.kind == Kind::Dir {
                     root = Some(e);
@@ -279,6 +388,19 @@ pub fn import(
                 e.path = p;
                 entries.insert(e.path.clone(), e);
             }
+        }
+    }
+    for (p, key, text) in acls {
+        let value = acl::from_text(&text, &accounts, &display_path(&p))?;
+        let e = if p.is_empty() {
+            root.as_mut()
+        } else {
+            entries.get_mut(&p)
+        };
+        if let Some(e) = e {
+            e.xattrs.retain(|x| x.0 != key);
+            e.xattrs.push((key.to_vec(), value));
+            e.xattrs.sort();
         }
     }
     let mut sink = sink.into_inner().expect("blob writer lock");

@@ -570,3 +570,107 @@ fn a_small_change_fetches_little() {
     assert!(fetched > 0 && fetched < 1024, "{r}");
     assert_eq!(node_diff(&a, &node), "");
 }
+
+/// `aurum` with `--repo` for updateclient and rollback, panicking unless it succeeds.
+fn on_node(env: &Env, node: &Path, args: &[&str]) -> String {
+    let repo = env.repo();
+    let mut a = vec![
+        args[0],
+        "--repo",
+        repo.to_str().unwrap(),
+        "--root",
+        node.to_str().unwrap(),
+    ];
+    a.extend_from_slice(&args[1..]);
+    ok(&a)
+}
+
+/// The xattrs of `path` (not following a symlink), `getfattr -d -m -` style.
+fn xattrs_of(path: &Path) -> String {
+    sh(&format!(
+        "getfattr -h -d -m - --absolute-names {}",
+        path.display()
+    ))
+}
+
+#[test]
+fn removed_xattrs_and_acls_are_removed_by_update_and_rollback() {
+    if !is_root() {
+        eprintln!("skipped: needs root (trusted.* xattrs on a symlink)");
+        return;
+    }
+    let env = Env::new();
+    let a = env.path("rev1");
+    let b = env.path("rev2");
+    // rev1: xattrs and ACLs on files, on a directory with a default ACL (what is created in it
+    // inherits an ACL), on a symlink and on the root; rev2 the same without them, and with
+    // new entries in a directory whose default ACL stays.
+    sh(&format!(
+        r#"mkdir -p {a}/etc/d {a}/etc/d2 {a}/var/lib && cd {a} \
+        && printf 'one\n' > etc/f && setfattr -n user.new -v x etc/f \
+        && printf 'same\n' > etc/g && setfattr -n user.new -v x etc/g \
+        && printf 'acl\n' > etc/acl && setfacl -m u:1234:rwx etc/acl \
+        && setfacl -d -m u:1234:rwx etc/d && setfattr -n user.a -v 1 etc/d \
+        && printf 'in\n' > etc/d/inner && setfacl -d -m u:1234:rwx etc/d2 \
+        && ln -s f etc/link && setfattr -h -n trusted.t -v 1 etc/link \
+        && setfattr -n user.root -v 1 ."#,
+        a = a.display()
+    ));
+    sh(&format!(
+        r#"cp -a {a}/. {b}/ && cd {b} \
+        && printf 'two\n' > etc/f && setfattr -x user.new etc/f && setfattr -x user.new etc/g \
+        && setfacl -b etc/acl && setfacl -b etc/d && setfattr -x user.a etc/d \
+        && setfacl -b etc/d/inner && setfattr -h -x trusted.t etc/link \
+        && printf 'new\n' > etc/d2/new && mkdir etc/d2/sub && setfacl -b etc/d2/new etc/d2/sub \
+        && setfattr -x user.root ."#,
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "x", &[]);
+    env.getimage(&b, "x", &[]);
+    // The checkout is exact too (the root's xattr included; nothing inherited in etc/d2).
+    let co = env.path("co");
+    env.ok(&["checkout", "x@2", co.to_str().unwrap()]);
+    assert_eq!(crate::common::rsync_diff(&b, &co), "", "checkout of rev2");
+
+    let node = node_at(&env, "node", "x@1");
+    assert_eq!(node_diff(&a, &node), "");
+    on_node(&env, &node, &["updateclient", "--image", "x@2"]);
+    let d = node_diff(&b, &node);
+    assert_eq!(d, "", "update to rev2 kept xattrs or ACLs:\n{d}");
+    assert!(!xattrs_of(&node.join("etc/link")).contains("trusted.t"));
+    assert!(!xattrs_of(&node).contains("user.root"));
+
+    // Hand-added xattrs and ACLs go too, whichever way the node is brought to a revision: the
+    // rolled-back-from file comes back from the undo area carrying them.
+    let by_hand = || {
+        sh(&format!(
+            "cd {n} && setfattr -n user.hand -v 1 etc/f && setfattr -n user.hand -v 1 etc/g \
+             && setfacl -m u:4321:r etc/acl && setfattr -h -n trusted.hand -v 1 etc/link \
+             && setfattr -n user.hand -v 1 etc/d",
+            n = node.display()
+        ));
+    };
+    by_hand();
+    on_node(&env, &node, &["rollback"]);
+    let d = node_diff(&a, &node);
+    assert_eq!(d, "", "rollback to rev1:\n{d}");
+    by_hand();
+    on_node(&env, &node, &["rollback"]);
+    let d = node_diff(&b, &node);
+    assert_eq!(d, "", "rollback forward to rev2, from the undo area:\n{d}");
+    by_hand();
+    on_node(&env, &node, &["rollback", "--to", "x@1"]);
+    assert_eq!(node_diff(&a, &node), "", "rollback --to");
+    ok(&["mark-good", "--root", node.to_str().unwrap()]);
+    on_node(&env, &node, &["updateclient", "--image", "x@2"]);
+    assert_eq!(node_diff(&b, &node), "");
+    by_hand();
+    on_node(&env, &node, &["rollback", "--last-known-good"]);
+    let d = node_diff(&a, &node);
+    assert_eq!(d, "", "rollback --last-known-good:\n{d}");
+    // An update to the revision the node runs repairs hand-added xattrs as well.
+    by_hand();
+    on_node(&env, &node, &["updateclient", "--image", "x@1"]);
+    assert_eq!(node_diff(&a, &node), "", "repair of rev1");
+}

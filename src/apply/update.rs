@@ -487,6 +487,34 @@ fn look(dir: BorrowedFd, name: &[u8]) -> Option<(FileStat, Vec<(Vec<u8>, Vec<u8>
     Some((st, x))
 }
 
+/// Refuses a revision in which an ancestor of the node state directory is not a directory.
+/// The journal, the undo area and the staged blobs live there: replacing `/var` would move
+/// them away in the middle of the update that writes them, and leave the node half updated,
+/// every rerun failing. Checked before anything is written.
+fn check_state_dir_path(manifest: &Manifest) -> Result<()> {
+    let mut p = parent(STATE_DIR.as_bytes());
+    while !p.is_empty() {
+        let kind = match manifest.get(p).map(|e| &e.kind) {
+            None | Some(Kind::Dir) => None,
+            Some(Kind::Char { .. }) => Some("character device"),
+            Some(Kind::Block { .. }) => Some("block device"),
+            Some(Kind::Hardlink { .. }) => Some("file"),
+            Some(k) => Some(k.name()),
+        };
+        if let Some(kind) = kind {
+            return Err(invalid(format!(
+                "the image makes {shown} a {kind}; the node state lives in /{STATE_DIR}, so {shown} \
+                 must stay a directory on the node. Make {shown} a directory in the golden client \
+                 (for a {shown} kept elsewhere, a bind mount in /etc/fstab instead of a symlink) and \
+                 capture again; the node was not changed",
+                shown = display_path(p)
+            )));
+        }
+        p = parent(p);
+    }
+    Ok(())
+}
+
 /// Brings the root of `node` to `target`. `source` fetches what the node lacks; `None` means
 /// the node must hold everything (a rollback).
 pub fn update(
@@ -499,6 +527,7 @@ pub fn update(
 ) -> Result<UpdateReport> {
     let started = Instant::now();
     manifest.validate()?;
+    check_state_dir_path(manifest)?;
     let mut state = node.state()?;
     let journal = node.journal()?;
     // The revision the node ran before whatever is in progress.

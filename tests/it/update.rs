@@ -674,3 +674,87 @@ fn removed_xattrs_and_acls_are_removed_by_update_and_rollback() {
     on_node(&env, &node, &["updateclient", "--image", "x@1"]);
     assert_eq!(node_diff(&a, &node), "", "repair of rev1");
 }
+
+#[test]
+fn an_image_that_makes_var_a_symlink_is_refused_before_anything_changes() {
+    use aurum::format::manifest::{Entry, Kind, Manifest};
+    let env = Env::new();
+    let a = env.path("rev1");
+    sh(&format!(
+        "mkdir -p {a}/etc {a}/var/lib/dpkg && printf 'one\\n' > {a}/etc/a && printf s > {a}/var/lib/dpkg/status",
+        a = a.display()
+    ));
+    env.getimage(&a, "v", &[]);
+    let node = node_at(&env, "node", "v@1");
+    let e = |path: &str, kind: Kind| Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        xattrs: vec![],
+    };
+    let link = |t: &str| Kind::Symlink {
+        target: t.as_bytes().to_vec(),
+    };
+    let bad = [
+        (
+            "var-symlink",
+            vec![e("", Kind::Dir), e("var", link("private/var"))],
+            "/var a symlink",
+        ),
+        (
+            "var-fifo",
+            vec![e("", Kind::Dir), e("var", Kind::Fifo)],
+            "/var a fifo",
+        ),
+        (
+            "varlib-symlink",
+            vec![
+                e("", Kind::Dir),
+                e("var", Kind::Dir),
+                e("var/lib", link("/usr/lib")),
+            ],
+            "/var/lib a symlink",
+        ),
+    ];
+    let srv = Server::start(&env);
+    for (name, entries, says) in bad {
+        publish_raw_manifest(&env, name, &Manifest { entries });
+        // Refused, and refused again: nothing was left half done.
+        for _ in 0..2 {
+            let o = aurum(&[
+                "updateclient",
+                "--server",
+                &format!("http://{}", srv.addr),
+                "--image",
+                name,
+                "--root",
+                node.to_str().unwrap(),
+            ]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+            assert!(
+                err.contains(&format!("the image makes {says}"))
+                    && err.contains("/var/lib/aurum-node"),
+                "{name}: {err}"
+            );
+            assert_eq!(node_diff(&a, &node), "", "{name}: the node was changed");
+            assert!(!node.join(".var.aurum-new").exists());
+        }
+    }
+    // The node is not stuck: a good revision still goes on.
+    let status = json(&ok(&[
+        "node-status",
+        "--root",
+        node.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(status["interrupted"].is_null(), "{status}");
+    sh(&format!("printf 'two\\n' > {}/etc/a", a.display()));
+    env.getimage(&a, "v", &[]);
+    on_node(&env, &node, &["updateclient", "--image", "v@2"]);
+    assert_eq!(node_diff(&a, &node), "");
+}

@@ -1274,7 +1274,13 @@ fn index_local(
         }
     }
     let undo_root = node.dir.join("undo");
-    for d in std::fs::read_dir(&undo_root).at(&undo_root)? {
+    let areas = match std::fs::read_dir(&undo_root) {
+        Ok(it) => it,
+        // A dry run on a root aurum never updated: no state directory yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(&undo_root),
+    };
+    for d in areas {
         let d = d.at(&undo_root)?.path();
         let Ok(index) = std::fs::read_to_string(d.join("index")) else {
             continue;

@@ -257,7 +257,12 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     let spec = a.image.as_deref().ok_or_else(|| {
         aurum::Error::Invalid("give the revision to update to with --image".into())
     })?;
-    let node = Node::open(&a.root)?;
+    // A dry run writes nothing under the root, not even the state directory or its lock.
+    let node = if a.dry_run {
+        Node::open_read_only(&a.root)?
+    } else {
+        Node::open(&a.root)?
+    };
     let source = a.source.open(g, &node)?.ok_or_else(|| {
         aurum::Error::Invalid(
             "give the image server with --server URL (or a repository directory with --repo DIR)"

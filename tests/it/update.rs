@@ -758,3 +758,76 @@ fn an_image_that_makes_var_a_symlink_is_refused_before_anything_changes() {
     on_node(&env, &node, &["updateclient", "--image", "v@2"]);
     assert_eq!(node_diff(&a, &node), "");
 }
+
+/// A read-only bind mount of `src` at `at`, unmounted when dropped (also when a test panics).
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    fn new(src: &Path, at: &Path) -> ReadOnlyMount {
+        std::fs::create_dir_all(at).unwrap();
+        sh(&format!("mount --bind {} {}", src.display(), at.display()));
+        let m = ReadOnlyMount(at.to_path_buf());
+        sh(&format!("mount -o remount,ro,bind {}", at.display()));
+        m
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let done = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn a_dry_run_writes_nothing_under_the_root() {
+    let env = Env::new();
+    let a = env.path("rev1");
+    sh(&format!(
+        "mkdir -p {a}/etc {a}/var/lib/dpkg && printf 'one\\n' > {a}/etc/a && printf s > {a}/var/lib/dpkg/status",
+        a = a.display()
+    ));
+    env.getimage(&a, "r", &[]);
+    sh(&format!("printf 'two\\n' > {}/etc/a", a.display()));
+    env.getimage(&a, "r", &[]);
+    let rev1 = env.path("rev1-tree");
+    env.ok(&["checkout", "r@1", rev1.to_str().unwrap()]);
+    let dry = |root: &Path| {
+        let plan = on_node(&env, root, &["updateclient", "--image", "r@2", "--dry-run"]);
+        assert!(plan.contains("> content  /etc/a"), "{plan}");
+    };
+    // A root aurum never updated: no state directory appears, no directory's mtime moves.
+    let fresh = env.path("fresh");
+    env.ok(&["checkout", "r@1", fresh.to_str().unwrap()]);
+    assert_eq!(crate::common::rsync_diff(&rev1, &fresh), "");
+    dry(&fresh);
+    let d = crate::common::rsync_diff(&rev1, &fresh);
+    assert_eq!(d, "", "the dry run changed the fresh root:\n{d}");
+
+    // A node with state: its state directory is not touched either (no lock file created).
+    let node = node_at(&env, "node", "r@1");
+    std::fs::remove_file(node.join("var/lib/aurum-node/lock")).unwrap();
+    let before = env.path("before");
+    sh(&format!("cp -a {}/. {}/", node.display(), before.display()));
+    dry(&node);
+    let d = crate::common::rsync_diff(&before, &node);
+    assert_eq!(d, "", "the dry run changed the node:\n{d}");
+
+    if !is_root() {
+        eprintln!("skipped the read-only mounts: needs root");
+        return;
+    }
+    for (name, root) in [("fresh", &fresh), ("node", &node)] {
+        let ro = ReadOnlyMount::new(root, &env.path(&format!("ro-{name}")));
+        dry(&ro.0);
+        drop(ro);
+    }
+    sh(&format!("touch {}/var/lib/aurum-node/lock", node.display()));
+    let ro = ReadOnlyMount::new(&node, &env.path("ro-locked"));
+    dry(&ro.0);
+}

@@ -162,8 +162,12 @@ fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()
     for w in &r.warnings {
         eprintln!("aurum: warning: {w}");
     }
-    for m in &r.modified_locally {
-        eprintln!("aurum: changed on this node, overwritten: {m}");
+    for c in &r.local_changes {
+        eprintln!(
+            "aurum: changed on this node, overwritten: {} ({})",
+            c.path,
+            c.what.join(", ")
+        );
     }
     let to = r.to.as_ref().map(|t| t.name()).unwrap_or_default();
     let from = r

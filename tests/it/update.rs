@@ -676,6 +676,114 @@ fn removed_xattrs_and_acls_are_removed_by_update_and_rollback() {
 }
 
 #[test]
+fn hand_changes_are_listed_with_what_changed() {
+    let env = Env::new();
+    let a = env.path("rev1");
+    let b = env.path("rev2");
+    sh(&format!(
+        r#"mkdir -p {a}/etc {a}/usr/bin {a}/var/lib && cd {a} \
+        && printf 'one\n' > etc/conf && printf 'tool' > usr/bin/tool && chmod 755 usr/bin/tool \
+        && printf 'x\n' > etc/x && printf 'del\n' > etc/del && printf 't\n' > etc/type \
+        && printf 'abcd\n' > etc/verify && ln -s conf etc/link && printf 'old\n' > etc/changes \
+        && printf 'touched\n' > etc/touched"#,
+        a = a.display()
+    ));
+    sh(&format!(
+        "cp -a {a}/. {b}/ && printf 'new\\n' > {b}/etc/changes",
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "h", &[]);
+    env.getimage(&b, "h", &[]);
+    let node = node_at(&env, "node", "h@1");
+    // By hand: content (size and mtime differ), mode, xattrs, a deletion, a type change, a
+    // symlink's target, a file the revision lacks, an mtime, and a content change with size and
+    // mtime kept (only --verify-local sees it).
+    sh(&format!(
+        r#"cd {n} && printf 'edited\n' > etc/conf && chmod 700 usr/bin/tool \
+        && setfattr -n user.hand -v 1 etc/x && rm etc/del && rm etc/type && mkdir etc/type \
+        && ln -sfn x etc/link && printf 'mine\n' > etc/added && touch -d 2001-01-01 etc/touched \
+        && cp -p etc/verify /tmp/.aurum-test-ref.$$ && printf 'wxyz\n' > etc/verify \
+        && touch -r /tmp/.aurum-test-ref.$$ etc/verify && rm /tmp/.aurum-test-ref.$$"#,
+        n = node.display()
+    ));
+    let mut expected = vec![
+        ("/etc/added", "added"),
+        ("/etc/conf", "content"),
+        ("/etc/del", "deleted"),
+        ("/etc/link", "target"),
+        ("/etc/touched", "mtime"),
+        ("/etc/type", "type"),
+        ("/etc/x", "xattrs"),
+        ("/usr/bin/tool", "mode"),
+    ];
+    if is_root() {
+        sh(&format!("chown 7:7 {}/etc/x", node.display()));
+        expected[6].1 = "owner, xattrs";
+    }
+    // Without --verify-local the same-size edit with its mtime restored is not seen; the
+    // revision's own change (etc/changes) is never a hand change.
+    let o = aurum(&[
+        "updateclient",
+        "--repo",
+        env.repo().to_str().unwrap(),
+        "--image",
+        "h@2",
+        "--root",
+        node.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let listed: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("aurum: changed on this node, overwritten: "))
+        .collect();
+    let want: Vec<String> = expected.iter().map(|(p, w)| format!("{p} ({w})")).collect();
+    assert_eq!(listed, want, "{err}");
+
+    expected.insert(6, ("/etc/verify", "content"));
+    let r = json(&on_node(
+        &env,
+        &node,
+        &["updateclient", "--image", "h@2", "--verify-local", "--json"],
+    ));
+    let changes: Vec<(String, String)> = r["local_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let what: Vec<&str> = c["what"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap())
+                .collect();
+            (c["path"].as_str().unwrap().to_string(), what.join(", "))
+        })
+        .collect();
+    let want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, w)| (p.to_string(), w.to_string()))
+        .collect();
+    assert_eq!(changes, want, "{r}");
+    // modified_locally stays the list of paths.
+    let paths: Vec<&str> = r["modified_locally"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        expected.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        "{r}"
+    );
+    let d = node_diff(&b, &node);
+    assert_eq!(d, "", "{d}");
+}
+
+#[test]
 fn an_image_that_makes_var_a_symlink_is_refused_before_anything_changes() {
     use aurum::format::manifest::{Entry, Kind, Manifest};
     let env = Env::new();

@@ -90,7 +90,8 @@ pub struct Journal {
 pub struct Node {
     pub root: PathBuf,
     pub dir: PathBuf,
-    _lock: fs::File,
+    /// None for a read-only view of a root aurum never updated (no lock file to hold).
+    _lock: Option<fs::File>,
 }
 
 fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<()> {
@@ -104,6 +105,22 @@ fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<()> {
     }
     fs::rename(&tmp, &path).at(&path)?;
     crate::sys::sync_dir(dir)
+}
+
+/// flock()s `lock` (`how` is LOCK_EX or LOCK_SH), saying so when it has to wait.
+fn take_lock(lock: &fs::File, lock_path: &Path, how: libc::c_int, root: &Path) -> Result<()> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
+        eprintln!(
+            "aurum: another aurum update or rollback is running on {}; waiting for it",
+            root.display()
+        );
+        // SAFETY: as above, blocking this time.
+        if unsafe { libc::flock(lock.as_raw_fd(), how) } != 0 {
+            return Err(std::io::Error::last_os_error()).at(lock_path);
+        }
+    }
+    Ok(())
 }
 
 /// Reads a node's state without locking or creating anything (for `node-status`, which must
@@ -150,16 +167,31 @@ impl Node {
             .append(true)
             .open(&lock_path)
             .at(&lock_path)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            eprintln!(
-                "aurum: another aurum update or rollback is running on {}; waiting for it",
-                root.display()
-            );
-            // SAFETY: as above, blocking this time.
-            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error()).at(&lock_path);
-            }
+        take_lock(&lock, &lock_path, libc::LOCK_EX, root)?;
+        Ok(Node {
+            root: root.to_path_buf(),
+            dir,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens the state directory under `root` for reading only, for a dry run: it creates
+    /// nothing (no directory, no lock file), so it works on a root aurum never updated and on a
+    /// read-only one. The lock is taken shared when there is a lock file, so the state read is
+    /// not one an update is halfway through.
+    pub fn open_read_only(root: &Path) -> Result<Node> {
+        if !root.is_dir() {
+            return Err(invalid(format!("{} is not a directory", root.display())));
+        }
+        let dir = root.join(STATE_DIR);
+        let lock_path = dir.join("lock");
+        let lock = match fs::File::open(&lock_path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).at(&lock_path),
+        };
+        if let Some(f) = &lock {
+            take_lock(f, &lock_path, libc::LOCK_SH, root)?;
         }
         Ok(Node {
             root: root.to_path_buf(),

@@ -60,11 +60,15 @@ pub fn lstat_at(dir: BorrowedFd, name: &[u8]) -> nix::Result<FileStat> {
     fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
 }
 
-/// The `/proc/self/fd/N/name` path for the `l*` calls that have no `*at` form.
+/// The `/proc/self/fd/N/name` path for the `l*` calls that have no `*at` form. An empty name
+/// means the directory `dir` itself, as `/proc/self/fd/N/.`: the `l*` calls on the bare
+/// `/proc/self/fd/N` would act on that magic link, not on the directory (the root's xattrs were
+/// neither captured nor set that way).
 pub fn proc_path(dir: BorrowedFd, name: &[u8]) -> CString {
-    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
-    if !name.is_empty() {
-        p.push(b'/');
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    if name.is_empty() {
+        p.push(b'.');
+    } else {
         p.extend_from_slice(name);
     }
     CString::new(p).expect("names hold no NUL")

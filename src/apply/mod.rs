@@ -7,8 +7,9 @@
 //! [`BlobSource`] that checks it against its id before a byte of it is written.
 //!
 //! Metadata goes on in the only order that keeps it: owner, then mode (chown clears setuid),
-//! then xattrs (chown clears security.capability), then times (everything else changes ctime
-//! and, for directories, mtime). Directories get theirs last, deepest first.
+//! then xattrs (chown clears security.capability), made exactly the entry's, names it lacks
+//! removed, then times (everything else changes ctime and, for directories, mtime).
+//! Directories get theirs last, deepest first.
 
 use std::fs::File;
 use std::io::Write;
@@ -306,6 +307,10 @@ fn apply_owner(
     }
 }
 
+/// Makes the xattrs of `name` in `dir` exactly `e`'s: every name `e` lacks is removed, the
+/// others set where their value differs. Setting alone would keep what the entry must not have:
+/// an xattr or ACL the image dropped, one added by hand, one a new entry inherited from a
+/// default ACL, one an old file brings back from the undo area.
 fn set_xattrs(
     dir: BorrowedFd,
     name: &[u8],
@@ -313,22 +318,47 @@ fn set_xattrs(
     shown_root: &Path,
     warn: &dyn Fn(String),
 ) -> Result<()> {
+    let shown_path = shown(shown_root, &e.path);
+    let refused = |what: &str, k: &[u8], err: &std::io::Error| {
+        warn(format!(
+            "{}: cannot {what} xattr {}: {err}",
+            shown_path.display(),
+            String::from_utf8_lossy(k)
+        ))
+    };
+    // Read after owner and mode are set: chown drops security.capability, chmod rewrites an
+    // ACL's mask.
+    let have = sys::xattrs_at(dir, name).at(&shown_path)?;
+    for (k, _) in &have {
+        if e.xattrs.iter().any(|(w, _)| w == k) {
+            continue;
+        }
+        if let Err(err) = sys::remove_xattr_at(dir, name, k) {
+            match err.raw_os_error() {
+                Some(libc::ENODATA) => {}
+                Some(libc::ENOTSUP) | Some(libc::EPERM) | Some(libc::EACCES) => {
+                    refused("remove", k, &err)
+                }
+                _ => return Err(err).at(&shown_path),
+            }
+        }
+    }
     for (k, v) in &e.xattrs {
+        if have.iter().any(|(hk, hv)| hk == k && hv == v) {
+            continue;
+        }
         if let Err(err) = sys::set_xattr_at(dir, name, k, v) {
             match err.raw_os_error() {
-                Some(libc::ENOTSUP) | Some(libc::EPERM) => warn(format!(
-                    "{}: cannot set xattr {}: {err}",
-                    shown(shown_root, &e.path).display(),
-                    String::from_utf8_lossy(k)
-                )),
-                _ => return Err(err).at(shown(shown_root, &e.path)),
+                Some(libc::ENOTSUP) | Some(libc::EPERM) => refused("set", k, &err),
+                _ => return Err(err).at(&shown_path),
             }
         }
     }
     Ok(())
 }
 
-/// Sets owner, mode, xattrs and mtime of `e` (named in `dir`), in that order.
+/// Sets owner, mode, xattrs (exactly `e`'s, see [`set_xattrs`]) and mtime of `e` (named in
+/// `dir`), in that order.
 pub fn set_metadata(
     dir: BorrowedFd,
     name: &[u8],

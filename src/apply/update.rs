@@ -35,7 +35,7 @@ use crate::capture::excludes::Excludes;
 use crate::capture::file_chunks;
 use crate::delta;
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
-use crate::format::manifest::{display_path, file_name, parent, Entry, Kind, Manifest};
+use crate::format::manifest::{display_path, file_name, parent, Chunk, Entry, Kind, Manifest};
 use crate::format::Id;
 use crate::node::{HistoryEntry, Journal, Node, NodeState, RevRef, STATE_DIR};
 use crate::progress::Progress;
@@ -119,9 +119,11 @@ pub struct UpdateReport {
     pub changed: u64,
     pub metadata_only: u64,
     pub deleted: u64,
-    /// Files that differed from the node's current revision before the update (changed by
-    /// hand) and were overwritten.
+    /// Paths that differed from the node's current revision before the update (changed by
+    /// hand) and were overwritten or deleted.
     pub modified_locally: Vec<String>,
+    /// The same paths, each with what differed.
+    pub local_changes: Vec<LocalChange>,
     /// Blob bytes needed that came from the node itself.
     pub bytes_reused: u64,
     /// Bytes that crossed the network.
@@ -137,6 +139,15 @@ pub struct UpdateReport {
     pub warnings: Vec<String>,
     pub seconds: f64,
     pub unchanged: bool,
+}
+
+/// A path changed on the node by hand: it differs from the node's current revision.
+#[derive(Debug, Serialize)]
+pub struct LocalChange {
+    pub path: String,
+    /// `content`, `mode`, `owner`, `xattrs`, `mtime`, `type`, `target` (a symlink's),
+    /// `deleted` (gone from the node) or `added` (the node's revision has no such path).
+    pub what: Vec<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -487,6 +498,34 @@ fn look(dir: BorrowedFd, name: &[u8]) -> Option<(FileStat, Vec<(Vec<u8>, Vec<u8>
     Some((st, x))
 }
 
+/// Refuses a revision in which an ancestor of the node state directory is not a directory.
+/// The journal, the undo area and the staged blobs live there: replacing `/var` would move
+/// them away in the middle of the update that writes them, and leave the node half updated,
+/// every rerun failing. Checked before anything is written.
+fn check_state_dir_path(manifest: &Manifest) -> Result<()> {
+    let mut p = parent(STATE_DIR.as_bytes());
+    while !p.is_empty() {
+        let kind = match manifest.get(p).map(|e| &e.kind) {
+            None | Some(Kind::Dir) => None,
+            Some(Kind::Char { .. }) => Some("character device"),
+            Some(Kind::Block { .. }) => Some("block device"),
+            Some(Kind::Hardlink { .. }) => Some("file"),
+            Some(k) => Some(k.name()),
+        };
+        if let Some(kind) = kind {
+            return Err(invalid(format!(
+                "the image makes {shown} a {kind}; the node state lives in /{STATE_DIR}, so {shown} \
+                 must stay a directory on the node. Make {shown} a directory in the golden client \
+                 (for a {shown} kept elsewhere, a bind mount in /etc/fstab instead of a symlink) and \
+                 capture again; the node was not changed",
+                shown = display_path(p)
+            )));
+        }
+        p = parent(p);
+    }
+    Ok(())
+}
+
 /// Brings the root of `node` to `target`. `source` fetches what the node lacks; `None` means
 /// the node must hold everything (a rollback).
 pub fn update(
@@ -499,6 +538,7 @@ pub fn update(
 ) -> Result<UpdateReport> {
     let started = Instant::now();
     manifest.validate()?;
+    check_state_dir_path(manifest)?;
     let mut state = node.state()?;
     let journal = node.journal()?;
     // The revision the node ran before whatever is in progress.
@@ -551,6 +591,8 @@ pub fn update(
     let mut excluded_dirs: Vec<&[u8]> = Vec::new();
     let mut children: HashMap<&[u8], HashSet<&[u8]>> = HashMap::new();
     let mut last_dir: Option<(Vec<u8>, Option<OwnedFd>)> = None;
+    // The chunks of disk files the plan read, by entry, for the hand-change check.
+    let mut hashed: HashMap<usize, Option<Vec<Chunk>>> = HashMap::new();
     for (i, e) in manifest.entries.iter().enumerate() {
         progress.advance(1);
         if e.path.is_empty() {
@@ -631,30 +673,28 @@ pub fn update(
             Kind::File { size, chunks, .. } => {
                 let old = current
                     .as_ref()
-                    .and_then(|m| m.get(&e.path))
-                    .map(|o| current.as_ref().unwrap().resolve(o));
-                let quick = |r: &Entry| {
+                    .and_then(|m| m.get(&e.path).map(|o| m.resolve(o)));
+                let disk_is_old = old.is_some_and(|r| {
                     st.st_size as u64 == r.size()
                         && (st.st_mtime, st.st_mtime_nsec as u32) == (r.mtime, r.mtime_nsec)
-                };
-                let disk_is_old = old.is_some_and(|o| quick(o));
+                });
                 let same = if st.st_nlink > 1 && !primaries.contains(e.path.as_slice()) {
                     // A hardlink the image has broken: give the path its own inode.
                     false
-                } else if opts.verify_local {
-                    st.st_size as u64 == *size
-                        && local_chunks(&engine, &e.path, &st)?.as_ref() == Some(chunks)
-                } else if disk_is_old {
-                    matches!(&old.unwrap().kind, Kind::File { chunks: c, .. } if c == chunks)
+                } else if opts.verify_local || !disk_is_old {
+                    // Without --verify-local, size and mtime prove nothing here (two versions
+                    // written in the same clock tick share both): read it.
+                    st.st_size as u64 == *size && {
+                        let on_disk = local_chunks(&engine, &e.path, &st)?;
+                        let same = on_disk.as_ref() == Some(chunks);
+                        if old.is_some() {
+                            hashed.insert(i, on_disk);
+                        }
+                        same
+                    }
                 } else {
-                    // Size and mtime prove nothing here (two versions written in the same clock
-                    // tick share both): read it.
-                    st.st_size as u64 == *size
-                        && local_chunks(&engine, &e.path, &st)?.as_ref() == Some(chunks)
+                    matches!(&old.expect("disk_is_old").kind, Kind::File { chunks: c, .. } if c == chunks)
                 };
-                if !disk_is_old && journal.is_none() && current.is_some() && !same {
-                    report.modified_locally.push(e.display());
-                }
                 if !same {
                     what.insert(0, "content");
                     steps.push(Step {
@@ -757,6 +797,34 @@ pub fn update(
         }
     }
     removals.sort();
+
+    // Hand changes: what the update overwrites or deletes that differs from the revision the
+    // node runs. Not after a crash (the interrupted run made the differences) nor on a node
+    // aurum never updated (nothing to compare with).
+    if let (Some(cur), None) = (current.as_ref(), &journal) {
+        let mut touched: Vec<(&[u8], Option<usize>)> = steps
+            .iter()
+            .map(|s| (manifest.entries[s.entry].path.as_slice(), Some(s.entry)))
+            .collect();
+        touched.extend(
+            removals
+                .iter()
+                .filter(|(_, garbage)| !garbage)
+                .map(|(p, _)| (p.as_slice(), None)),
+        );
+        touched.sort();
+        for (p, i) in touched {
+            let on_disk = i.and_then(|i| hashed.get(&i));
+            let what = changed_by_hand(&engine, cur, p, on_disk, opts.verify_local)?;
+            if !what.is_empty() {
+                report.modified_locally.push(display_path(p));
+                report.local_changes.push(LocalChange {
+                    path: display_path(p),
+                    what,
+                });
+            }
+        }
+    }
 
     // ---- blobs: from the node, else fetched ----
     let mut needed: Vec<Id> = Vec::new();
@@ -1186,11 +1254,7 @@ fn holds_excluded(engine: &Engine, rel: &[u8], skip: &dyn Fn(&[u8], bool) -> boo
 }
 
 /// The chunk ids of the file on disk at `rel`.
-fn local_chunks(
-    engine: &Engine,
-    rel: &[u8],
-    st: &FileStat,
-) -> Result<Option<Vec<crate::format::manifest::Chunk>>> {
+fn local_chunks(engine: &Engine, rel: &[u8], st: &FileStat) -> Result<Option<Vec<Chunk>>> {
     let Ok(file) = crate::capture::scan::open_file_beneath(&engine.root_fd, rel, &engine.root)
     else {
         return Ok(None);
@@ -1201,6 +1265,75 @@ fn local_chunks(
             .ok()
             .map(|c| c.chunks),
     )
+}
+
+/// What differs between the disk at `rel` and its entry in `cur`, the revision the node runs:
+/// what was changed there by hand. `on_disk` is the disk file's chunks when the plan read them;
+/// they are read here only when size and mtime cannot tell (or with `verify_local`).
+fn changed_by_hand(
+    engine: &Engine,
+    cur: &Manifest,
+    rel: &[u8],
+    on_disk: Option<&Option<Vec<Chunk>>>,
+    verify_local: bool,
+) -> Result<Vec<&'static str>> {
+    let dir = if rel.is_empty() {
+        None
+    } else {
+        match engine.dir(parent(rel)) {
+            Ok(d) => Some(d),
+            Err(_) => return Ok(cur.get(rel).map(|_| vec!["deleted"]).unwrap_or_default()),
+        }
+    };
+    let (dir, name) = match &dir {
+        Some(d) => (d.as_fd(), file_name(rel)),
+        None => (engine.root_fd.as_fd(), &b"."[..]),
+    };
+    let (old, (st, x)) = match (cur.get(rel).map(|o| cur.resolve(o)), look(dir, name)) {
+        (Some(old), Some(disk)) => (old, disk),
+        (Some(_), None) => return Ok(vec!["deleted"]),
+        (None, Some(_)) => return Ok(vec!["added"]),
+        (None, None) => return Ok(vec![]),
+    };
+    if !kind_matches(&st, old) {
+        return Ok(vec!["type"]);
+    }
+    let mut what = meta_diff(&st, &x, old);
+    match &old.kind {
+        Kind::File { size, chunks, .. } => {
+            let size_same = st.st_size as u64 == *size;
+            let content = if !size_same {
+                true
+            } else if !verify_local && !what.contains(&"mtime") {
+                false
+            } else {
+                let read;
+                let c = match on_disk {
+                    Some(c) => c.as_ref(),
+                    None => {
+                        read = local_chunks(engine, rel, &st)?;
+                        read.as_ref()
+                    }
+                };
+                c != Some(chunks)
+            };
+            if content {
+                what.insert(0, "content");
+            }
+        }
+        Kind::Symlink { target } => {
+            let on_disk = nix::fcntl::readlinkat(dir, name).ok();
+            if on_disk.as_ref().map(|o| o.as_bytes()) != Some(target.as_slice()) {
+                what.insert(0, "target");
+            }
+        }
+        _ => {}
+    }
+    if matches!(what.first(), Some(&"content") | Some(&"target")) {
+        // A new mtime goes with new content or a new symlink: say only that.
+        what.retain(|w| *w != "mtime");
+    }
+    Ok(what)
 }
 
 /// Indexes the blobs the node holds: unchanged files of its current revision, and the undo
@@ -1245,7 +1378,13 @@ fn index_local(
         }
     }
     let undo_root = node.dir.join("undo");
-    for d in std::fs::read_dir(&undo_root).at(&undo_root)? {
+    let areas = match std::fs::read_dir(&undo_root) {
+        Ok(it) => it,
+        // A dry run on a root aurum never updated: no state directory yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(&undo_root),
+    };
+    for d in areas {
         let d = d.at(&undo_root)?.path();
         let Ok(index) = std::fs::read_to_string(d.join("index")) else {
             continue;

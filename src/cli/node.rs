@@ -162,8 +162,12 @@ fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()
     for w in &r.warnings {
         eprintln!("aurum: warning: {w}");
     }
-    for m in &r.modified_locally {
-        eprintln!("aurum: changed on this node, overwritten: {m}");
+    for c in &r.local_changes {
+        eprintln!(
+            "aurum: changed on this node, overwritten: {} ({})",
+            c.path,
+            c.what.join(", ")
+        );
     }
     let to = r.to.as_ref().map(|t| t.name()).unwrap_or_default();
     let from = r
@@ -257,7 +261,12 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     let spec = a.image.as_deref().ok_or_else(|| {
         aurum::Error::Invalid("give the revision to update to with --image".into())
     })?;
-    let node = Node::open(&a.root)?;
+    // A dry run writes nothing under the root, not even the state directory or its lock.
+    let node = if a.dry_run {
+        Node::open_read_only(&a.root)?
+    } else {
+        Node::open(&a.root)?
+    };
     let source = a.source.open(g, &node)?.ok_or_else(|| {
         aurum::Error::Invalid(
             "give the image server with --server URL (or a repository directory with --repo DIR)"

@@ -570,3 +570,372 @@ fn a_small_change_fetches_little() {
     assert!(fetched > 0 && fetched < 1024, "{r}");
     assert_eq!(node_diff(&a, &node), "");
 }
+
+/// `aurum` with `--repo` for updateclient and rollback, panicking unless it succeeds.
+fn on_node(env: &Env, node: &Path, args: &[&str]) -> String {
+    let repo = env.repo();
+    let mut a = vec![
+        args[0],
+        "--repo",
+        repo.to_str().unwrap(),
+        "--root",
+        node.to_str().unwrap(),
+    ];
+    a.extend_from_slice(&args[1..]);
+    ok(&a)
+}
+
+/// The xattrs of `path` (not following a symlink), `getfattr -d -m -` style.
+fn xattrs_of(path: &Path) -> String {
+    sh(&format!(
+        "getfattr -h -d -m - --absolute-names {}",
+        path.display()
+    ))
+}
+
+#[test]
+fn removed_xattrs_and_acls_are_removed_by_update_and_rollback() {
+    if !is_root() {
+        eprintln!("skipped: needs root (trusted.* xattrs on a symlink)");
+        return;
+    }
+    let env = Env::new();
+    let a = env.path("rev1");
+    let b = env.path("rev2");
+    // rev1: xattrs and ACLs on files, on a directory with a default ACL (what is created in it
+    // inherits an ACL), on a symlink and on the root; rev2 the same without them, and with
+    // new entries in a directory whose default ACL stays.
+    sh(&format!(
+        r#"mkdir -p {a}/etc/d {a}/etc/d2 {a}/var/lib && cd {a} \
+        && printf 'one\n' > etc/f && setfattr -n user.new -v x etc/f \
+        && printf 'same\n' > etc/g && setfattr -n user.new -v x etc/g \
+        && printf 'acl\n' > etc/acl && setfacl -m u:1234:rwx etc/acl \
+        && setfacl -d -m u:1234:rwx etc/d && setfattr -n user.a -v 1 etc/d \
+        && printf 'in\n' > etc/d/inner && setfacl -d -m u:1234:rwx etc/d2 \
+        && ln -s f etc/link && setfattr -h -n trusted.t -v 1 etc/link \
+        && setfattr -n user.root -v 1 ."#,
+        a = a.display()
+    ));
+    sh(&format!(
+        r#"cp -a {a}/. {b}/ && cd {b} \
+        && printf 'two\n' > etc/f && setfattr -x user.new etc/f && setfattr -x user.new etc/g \
+        && setfacl -b etc/acl && setfacl -b etc/d && setfattr -x user.a etc/d \
+        && setfacl -b etc/d/inner && setfattr -h -x trusted.t etc/link \
+        && printf 'new\n' > etc/d2/new && mkdir etc/d2/sub && setfacl -b etc/d2/new etc/d2/sub \
+        && setfattr -x user.root ."#,
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "x", &[]);
+    env.getimage(&b, "x", &[]);
+    // The checkout is exact too (the root's xattr included; nothing inherited in etc/d2).
+    let co = env.path("co");
+    env.ok(&["checkout", "x@2", co.to_str().unwrap()]);
+    assert_eq!(crate::common::rsync_diff(&b, &co), "", "checkout of rev2");
+
+    let node = node_at(&env, "node", "x@1");
+    assert_eq!(node_diff(&a, &node), "");
+    on_node(&env, &node, &["updateclient", "--image", "x@2"]);
+    let d = node_diff(&b, &node);
+    assert_eq!(d, "", "update to rev2 kept xattrs or ACLs:\n{d}");
+    assert!(!xattrs_of(&node.join("etc/link")).contains("trusted.t"));
+    assert!(!xattrs_of(&node).contains("user.root"));
+
+    // Hand-added xattrs and ACLs go too, whichever way the node is brought to a revision: the
+    // rolled-back-from file comes back from the undo area carrying them.
+    let by_hand = || {
+        sh(&format!(
+            "cd {n} && setfattr -n user.hand -v 1 etc/f && setfattr -n user.hand -v 1 etc/g \
+             && setfacl -m u:4321:r etc/acl && setfattr -h -n trusted.hand -v 1 etc/link \
+             && setfattr -n user.hand -v 1 etc/d",
+            n = node.display()
+        ));
+    };
+    by_hand();
+    on_node(&env, &node, &["rollback"]);
+    let d = node_diff(&a, &node);
+    assert_eq!(d, "", "rollback to rev1:\n{d}");
+    by_hand();
+    on_node(&env, &node, &["rollback"]);
+    let d = node_diff(&b, &node);
+    assert_eq!(d, "", "rollback forward to rev2, from the undo area:\n{d}");
+    by_hand();
+    on_node(&env, &node, &["rollback", "--to", "x@1"]);
+    assert_eq!(node_diff(&a, &node), "", "rollback --to");
+    ok(&["mark-good", "--root", node.to_str().unwrap()]);
+    on_node(&env, &node, &["updateclient", "--image", "x@2"]);
+    assert_eq!(node_diff(&b, &node), "");
+    by_hand();
+    on_node(&env, &node, &["rollback", "--last-known-good"]);
+    let d = node_diff(&a, &node);
+    assert_eq!(d, "", "rollback --last-known-good:\n{d}");
+    // An update to the revision the node runs repairs hand-added xattrs as well.
+    by_hand();
+    on_node(&env, &node, &["updateclient", "--image", "x@1"]);
+    assert_eq!(node_diff(&a, &node), "", "repair of rev1");
+}
+
+#[test]
+fn hand_changes_are_listed_with_what_changed() {
+    let env = Env::new();
+    let a = env.path("rev1");
+    let b = env.path("rev2");
+    sh(&format!(
+        r#"mkdir -p {a}/etc {a}/usr/bin {a}/var/lib && cd {a} \
+        && printf 'one\n' > etc/conf && printf 'tool' > usr/bin/tool && chmod 755 usr/bin/tool \
+        && printf 'x\n' > etc/x && printf 'del\n' > etc/del && printf 't\n' > etc/type \
+        && printf 'abcd\n' > etc/verify && ln -s conf etc/link && printf 'old\n' > etc/changes \
+        && printf 'touched\n' > etc/touched"#,
+        a = a.display()
+    ));
+    sh(&format!(
+        "cp -a {a}/. {b}/ && printf 'new\\n' > {b}/etc/changes",
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "h", &[]);
+    env.getimage(&b, "h", &[]);
+    let node = node_at(&env, "node", "h@1");
+    // By hand: content (size and mtime differ), mode, xattrs, a deletion, a type change, a
+    // symlink's target, a file the revision lacks, an mtime, and a content change with size and
+    // mtime kept (only --verify-local sees it).
+    sh(&format!(
+        r#"cd {n} && printf 'edited\n' > etc/conf && chmod 700 usr/bin/tool \
+        && setfattr -n user.hand -v 1 etc/x && rm etc/del && rm etc/type && mkdir etc/type \
+        && ln -sfn x etc/link && printf 'mine\n' > etc/added && touch -d 2001-01-01 etc/touched \
+        && cp -p etc/verify /tmp/.aurum-test-ref.$$ && printf 'wxyz\n' > etc/verify \
+        && touch -r /tmp/.aurum-test-ref.$$ etc/verify && rm /tmp/.aurum-test-ref.$$"#,
+        n = node.display()
+    ));
+    let mut expected = vec![
+        ("/etc/added", "added"),
+        ("/etc/conf", "content"),
+        ("/etc/del", "deleted"),
+        ("/etc/link", "target"),
+        ("/etc/touched", "mtime"),
+        ("/etc/type", "type"),
+        ("/etc/x", "xattrs"),
+        ("/usr/bin/tool", "mode"),
+    ];
+    if is_root() {
+        sh(&format!("chown 7:7 {}/etc/x", node.display()));
+        expected[6].1 = "owner, xattrs";
+    }
+    // Without --verify-local the same-size edit with its mtime restored is not seen; the
+    // revision's own change (etc/changes) is never a hand change.
+    let o = aurum(&[
+        "updateclient",
+        "--repo",
+        env.repo().to_str().unwrap(),
+        "--image",
+        "h@2",
+        "--root",
+        node.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let listed: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("aurum: changed on this node, overwritten: "))
+        .collect();
+    let want: Vec<String> = expected.iter().map(|(p, w)| format!("{p} ({w})")).collect();
+    assert_eq!(listed, want, "{err}");
+
+    expected.insert(6, ("/etc/verify", "content"));
+    let r = json(&on_node(
+        &env,
+        &node,
+        &["updateclient", "--image", "h@2", "--verify-local", "--json"],
+    ));
+    let changes: Vec<(String, String)> = r["local_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let what: Vec<&str> = c["what"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap())
+                .collect();
+            (c["path"].as_str().unwrap().to_string(), what.join(", "))
+        })
+        .collect();
+    let want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, w)| (p.to_string(), w.to_string()))
+        .collect();
+    assert_eq!(changes, want, "{r}");
+    // modified_locally stays the list of paths.
+    let paths: Vec<&str> = r["modified_locally"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        expected.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        "{r}"
+    );
+    let d = node_diff(&b, &node);
+    assert_eq!(d, "", "{d}");
+}
+
+#[test]
+fn an_image_that_makes_var_a_symlink_is_refused_before_anything_changes() {
+    use aurum::format::manifest::{Entry, Kind, Manifest};
+    let env = Env::new();
+    let a = env.path("rev1");
+    sh(&format!(
+        "mkdir -p {a}/etc {a}/var/lib/dpkg && printf 'one\\n' > {a}/etc/a && printf s > {a}/var/lib/dpkg/status",
+        a = a.display()
+    ));
+    env.getimage(&a, "v", &[]);
+    let node = node_at(&env, "node", "v@1");
+    let e = |path: &str, kind: Kind| Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        xattrs: vec![],
+    };
+    let link = |t: &str| Kind::Symlink {
+        target: t.as_bytes().to_vec(),
+    };
+    let bad = [
+        (
+            "var-symlink",
+            vec![e("", Kind::Dir), e("var", link("private/var"))],
+            "/var a symlink",
+        ),
+        (
+            "var-fifo",
+            vec![e("", Kind::Dir), e("var", Kind::Fifo)],
+            "/var a fifo",
+        ),
+        (
+            "varlib-symlink",
+            vec![
+                e("", Kind::Dir),
+                e("var", Kind::Dir),
+                e("var/lib", link("/usr/lib")),
+            ],
+            "/var/lib a symlink",
+        ),
+    ];
+    let srv = Server::start(&env);
+    for (name, entries, says) in bad {
+        publish_raw_manifest(&env, name, &Manifest { entries });
+        // Refused, and refused again: nothing was left half done.
+        for _ in 0..2 {
+            let o = aurum(&[
+                "updateclient",
+                "--server",
+                &format!("http://{}", srv.addr),
+                "--image",
+                name,
+                "--root",
+                node.to_str().unwrap(),
+            ]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+            assert!(
+                err.contains(&format!("the image makes {says}"))
+                    && err.contains("/var/lib/aurum-node"),
+                "{name}: {err}"
+            );
+            assert_eq!(node_diff(&a, &node), "", "{name}: the node was changed");
+            assert!(!node.join(".var.aurum-new").exists());
+        }
+    }
+    // The node is not stuck: a good revision still goes on.
+    let status = json(&ok(&[
+        "node-status",
+        "--root",
+        node.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(status["interrupted"].is_null(), "{status}");
+    sh(&format!("printf 'two\\n' > {}/etc/a", a.display()));
+    env.getimage(&a, "v", &[]);
+    on_node(&env, &node, &["updateclient", "--image", "v@2"]);
+    assert_eq!(node_diff(&a, &node), "");
+}
+
+/// A read-only bind mount of `src` at `at`, unmounted when dropped (also when a test panics).
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    fn new(src: &Path, at: &Path) -> ReadOnlyMount {
+        std::fs::create_dir_all(at).unwrap();
+        sh(&format!("mount --bind {} {}", src.display(), at.display()));
+        let m = ReadOnlyMount(at.to_path_buf());
+        sh(&format!("mount -o remount,ro,bind {}", at.display()));
+        m
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let done = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn a_dry_run_writes_nothing_under_the_root() {
+    let env = Env::new();
+    let a = env.path("rev1");
+    sh(&format!(
+        "mkdir -p {a}/etc {a}/var/lib/dpkg && printf 'one\\n' > {a}/etc/a && printf s > {a}/var/lib/dpkg/status",
+        a = a.display()
+    ));
+    env.getimage(&a, "r", &[]);
+    sh(&format!("printf 'two\\n' > {}/etc/a", a.display()));
+    env.getimage(&a, "r", &[]);
+    let rev1 = env.path("rev1-tree");
+    env.ok(&["checkout", "r@1", rev1.to_str().unwrap()]);
+    let dry = |root: &Path| {
+        let plan = on_node(&env, root, &["updateclient", "--image", "r@2", "--dry-run"]);
+        assert!(plan.contains("> content  /etc/a"), "{plan}");
+    };
+    // A root aurum never updated: no state directory appears, no directory's mtime moves.
+    let fresh = env.path("fresh");
+    env.ok(&["checkout", "r@1", fresh.to_str().unwrap()]);
+    assert_eq!(crate::common::rsync_diff(&rev1, &fresh), "");
+    dry(&fresh);
+    let d = crate::common::rsync_diff(&rev1, &fresh);
+    assert_eq!(d, "", "the dry run changed the fresh root:\n{d}");
+
+    // A node with state: its state directory is not touched either (no lock file created).
+    let node = node_at(&env, "node", "r@1");
+    std::fs::remove_file(node.join("var/lib/aurum-node/lock")).unwrap();
+    let before = env.path("before");
+    sh(&format!("cp -a {}/. {}/", node.display(), before.display()));
+    dry(&node);
+    let d = crate::common::rsync_diff(&before, &node);
+    assert_eq!(d, "", "the dry run changed the node:\n{d}");
+
+    if !is_root() {
+        eprintln!("skipped the read-only mounts: needs root");
+        return;
+    }
+    for (name, root) in [("fresh", &fresh), ("node", &node)] {
+        let ro = ReadOnlyMount::new(root, &env.path(&format!("ro-{name}")));
+        dry(&ro.0);
+        drop(ro);
+    }
+    sh(&format!("touch {}/var/lib/aurum-node/lock", node.display()));
+    let ro = ReadOnlyMount::new(&node, &env.path("ro-locked"));
+    dry(&ro.0);
+}

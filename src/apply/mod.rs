@@ -311,6 +311,27 @@ fn apply_owner(
 /// others set where their value differs. Setting alone would keep what the entry must not have:
 /// an xattr or ACL the image dropped, one added by hand, one a new entry inherited from a
 /// default ACL, one an old file brings back from the undo area.
+/// An SELinux label the revision does not carry is the node's to keep: its policy labels
+/// every file, and an image captured without labels (from a host without SELinux, or with
+/// `--exclude`d labels) must not strip them, nor show every file as changed.
+pub const NODE_LABEL: &[u8] = b"security.selinux";
+
+/// Whether the xattrs `have` on disk are the entry's `want`, an unwanted node label aside.
+pub fn same_xattrs(have: &[(Vec<u8>, Vec<u8>)], want: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    let keeps_label = !want.iter().any(|(k, _)| k == NODE_LABEL);
+    let mut have = have
+        .iter()
+        .filter(|(k, _)| !(keeps_label && k == NODE_LABEL));
+    let mut want = want.iter();
+    loop {
+        match (have.next(), want.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
 fn set_xattrs(
     dir: BorrowedFd,
     name: &[u8],
@@ -330,7 +351,7 @@ fn set_xattrs(
     // ACL's mask.
     let have = sys::xattrs_at(dir, name).at(&shown_path)?;
     for (k, _) in &have {
-        if e.xattrs.iter().any(|(w, _)| w == k) {
+        if e.xattrs.iter().any(|(w, _)| w == k) || k == NODE_LABEL {
             continue;
         }
         if let Err(err) = sys::remove_xattr_at(dir, name, k) {
@@ -393,4 +414,30 @@ pub fn set_metadata(
     set_xattrs(dir, name, e, shown_root, warn)?;
     let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
     utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).at(&shown_path)
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    fn x(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_node_label_the_image_lacks_is_the_nodes() {
+        let label = ("security.selinux", "system_u:object_r:bin_t:s0");
+        let user = ("user.a", "1");
+        assert!(same_xattrs(&x(&[label, user]), &x(&[user])));
+        assert!(same_xattrs(&x(&[label]), &x(&[])));
+        // An image that carries labels has them applied exactly.
+        let other = ("security.selinux", "system_u:object_r:etc_t:s0");
+        assert!(!same_xattrs(&x(&[label]), &x(&[other])));
+        assert!(!same_xattrs(&x(&[]), &x(&[other])));
+        assert!(!same_xattrs(&x(&[user]), &x(&[])));
+        assert!(!same_xattrs(&x(&[]), &x(&[user])));
+    }
 }

@@ -195,7 +195,7 @@ fn meta_diff(st: &FileStat, xattrs: &[(Vec<u8>, Vec<u8>)], e: &Entry) -> Vec<&'s
     if st.st_uid != e.uid || st.st_gid != e.gid {
         what.push("owner");
     }
-    if xattrs != e.xattrs.as_slice() {
+    if !crate::apply::same_xattrs(xattrs, &e.xattrs) {
         what.push("xattrs");
     }
     if e.kind != Kind::Dir && (st.st_mtime, st.st_mtime_nsec as u32) != (e.mtime, e.mtime_nsec) {
@@ -1192,6 +1192,11 @@ pub fn update(
     }
     state.current = Some(to.clone());
     report.seconds = started.elapsed().as_secs_f64();
+    // What crossed the network: the blobs and deltas counted above, and also the refs, the
+    // manifest and the pack indexes that told the node what to fetch.
+    if let Some(src) = source {
+        report.bytes_fetched = report.bytes_fetched.max(src.bytes_received());
+    }
     state.history.push(HistoryEntry {
         time: crate::catalog::now(),
         action: opts.action.clone(),

@@ -907,7 +907,7 @@ fn pxe_install(net: Net, uefi: bool) {
     assert!(show.contains("boot      local"), "{show}");
     assert!(show.contains("phase     done"), "{show}");
     assert!(
-        show.contains(&format!("revision  tiny {short_id}")),
+        show.contains(&format!("revision  tiny@1 {short_id}")),
         "{show}"
     );
     for phase in [

@@ -50,11 +50,13 @@ pub fn bind(root: &Path, listen: &str, stalled: Duration) -> Result<Serving> {
     }
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| invalid(format!("cannot listen on {listen}: {e}")))?;
-    // Connections accepted from this socket inherit its timeouts (Linux copies them at
-    // accept): a node that stops reading, or sends half a request and hangs, frees its thread
-    // after `stalled` instead of holding it for ever. A slow node that keeps reading never
-    // hits it.
-    for opt in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
+    // Connections accepted from this socket inherit its send timeout (Linux copies it at
+    // accept): a node that stops reading its answer frees the answering thread after
+    // `stalled` instead of holding it for ever. A slow node that keeps reading never hits it.
+    // (Not the receive timeout: on a listening socket that one times accept() out, and the
+    // server would stop accepting after `stalled` without a connection. Half-sent request
+    // heads wait on tiny_http's per-connection threads, not on the answering ones.)
+    for opt in [libc::SO_SNDTIMEO] {
         let tv = libc::timeval {
             tv_sec: stalled.as_secs() as libc::time_t,
             tv_usec: 0,

@@ -285,6 +285,9 @@ fn hung_clients_do_not_block_the_server() {
     env.getimage(&src, "img", &[]);
     let srv = Server::start_with(&env, &["--threads", "2", "--stall-timeout", "2"]);
     let (pack, _) = a_pack(&env);
+    // A server left without a connection for longer than the stall timeout still accepts.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(http(&srv.addr, "GET", "/FORMAT", &[], b"").0, 200);
     // Four clients ask for the pack and never read a byte: more than the server has threads.
     let hung: Vec<TcpStream> = (0..4)
         .map(|_| {

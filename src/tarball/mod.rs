@@ -415,33 +415,12 @@ pub fn import(
             if entries.contains_key(&parent) {
                 break;
             }
-            entries.insert(
-                parent.clone(),
-                Entry {
-                    path: parent,
-                    kind: Kind::Dir,
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    mtime: newest,
-                    mtime_nsec: 0,
-                    xattrs: vec![],
-                },
-            );
+            entries.insert(parent.clone(), implied_dir(parent, newest));
             cut = i;
         }
     }
     fix_hardlinks(&mut entries)?;
-    let mut list = vec![root.unwrap_or(Entry {
-        path: Vec::new(),
-        kind: Kind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: newest,
-        mtime_nsec: 0,
-        xattrs: vec![],
-    })];
+    let mut list = vec![root.unwrap_or_else(|| implied_dir(Vec::new(), newest))];
     list.extend(entries.into_values());
     let manifest = Manifest { entries: list };
     manifest.validate()?;
@@ -546,5 +525,20 @@ mod tests {
         assert_eq!(normalise(b"./").unwrap(), None);
         assert_eq!(normalise(b"/usr//bin/").unwrap(), Some(b"usr/bin".to_vec()));
         assert!(normalise(b"../etc/shadow").is_err());
+    }
+}
+
+/// A directory the archive implies (a member's parent it does not list): root's, 0755, with the
+/// archive's newest mtime.
+fn implied_dir(path: Vec<u8>, mtime: i64) -> Entry {
+    Entry {
+        path,
+        kind: Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime,
+        mtime_nsec: 0,
+        xattrs: vec![],
     }
 }

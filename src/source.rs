@@ -201,6 +201,24 @@ impl HttpRepo {
         Error::Remote(format!("{}: {e}", self.url(path)))
     }
 
+    /// Reads an answer's body (at most `limit` bytes), counting it in `received`.
+    fn body(
+        &self,
+        resp: &mut ureq::http::Response<ureq::Body>,
+        path: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>> {
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| self.net(path, e))?;
+        self.received
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        Ok(body)
+    }
+
     /// GETs a whole file (up to 1 GiB) of the repository, e.g. `templates/compute.toml`.
     pub fn get(&self, path: &str) -> Result<Vec<u8>> {
         let mut resp = self
@@ -209,17 +227,7 @@ impl HttpRepo {
             .call()
             .map_err(|e| self.net(path, e))?;
         match resp.status().as_u16() {
-            200 => {
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(1 << 30)
-                    .read_to_vec()
-                    .map_err(|e| self.net(path, e))?;
-                self.received
-                    .fetch_add(body.len() as u64, Ordering::Relaxed);
-                Ok(body)
-            }
+            200 => self.body(&mut resp, path, 1 << 30),
             404 => Err(Error::NotFound(format!(
                 "{} not found on the server",
                 self.url(path)
@@ -237,14 +245,7 @@ impl HttpRepo {
             .call()
             .map_err(|e| self.net(path, e))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 34)
-            .read_to_vec()
-            .map_err(|e| self.net(path, e))?;
-        self.received
-            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        let body = self.body(&mut resp, path, 1 << 34)?;
         match status {
             206 if body.len() as u64 == end - start + 1 => Ok(body),
             // A server that ignores Range sends the whole file.
@@ -695,15 +696,8 @@ impl HttpRepo {
             s => return Err(self.net(path, format!("HTTP {s}"))),
         }
         moved.fetch_add(body.len() as u64, Ordering::Relaxed);
-        let answer = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_vec()
-            .map_err(|e| self.net(path, e))?;
+        let answer = self.body(&mut resp, path, 1 << 30)?;
         moved.fetch_add(answer.len() as u64, Ordering::Relaxed);
-        self.received
-            .fetch_add(answer.len() as u64, Ordering::Relaxed);
         let mut r = &answer[..];
         let mut n = 0;
         while let Some(d) = delta::read_answer(&mut r)? {

@@ -33,6 +33,7 @@ want busybox busybox-static
 # build the boot kit, iPXE ROMs boot QEMU's NIC, OVMF is its UEFI firmware, ip and unshare make
 # the network namespace of the dnsmasq route.
 want dnsmasq dnsmasq-base
+want dhcpd isc-dhcp-server
 want cpio cpio
 want depmod kmod
 want ip iproute2
@@ -53,19 +54,42 @@ mkdir -p /run/sshd 2>/dev/null || true
 
 # QEMU for the PXE test. qemu-utils from bookworm-backports may already be installed, and the
 # bookworm qemu-system-x86 conflicts with it, so QEMU comes from backports
-# (/work/shared/reference/qemu-pxe-testbed.md).
+# (/work/shared/reference/qemu-pxe-testbed.md). The backports suite is added on the archive the
+# machine's own APT sources already use: never a hard-coded mirror host.
+debian_archive() {
+  local f u
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -e "$f" ] || continue
+    # deb822 stanzas: the URIs of the stanza whose Suites hold bookworm (not -security).
+    u=$(awk -v RS= '/(^|\n)Suites:[^\n]*bookworm([ \n]|$)/ && !/security/ {
+      if (match($0, /URIs:[ \t]*[^ \t\n]+/)) { u = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", u); print u; exit } }' "$f")
+    if [ -n "$u" ]; then echo "$u"; return 0; fi
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -e "$f" ] || continue
+    u=$(awk '$1 == "deb" && $3 == "bookworm" && $2 !~ /security/ { print $2; exit }' "$f")
+    if [ -n "$u" ]; then echo "$u"; return 0; fi
+  done
+}
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] \
     && grep -qs bookworm /etc/os-release; then
   if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    echo "deb http://deb.debian.org/debian bookworm-backports main" \
-      >/etc/apt/sources.list.d/aurum-backports.list
+    archive=$(debian_archive)
+    if [ -z "$archive" ]; then
+      echo "test.sh: no APT source serves Debian bookworm here, so bookworm-backports (QEMU) cannot be added; add QEMU by hand" >&2
+      exit 1
+    fi
+    echo "deb $archive bookworm-backports main" >/etc/apt/sources.list.d/aurum-backports.list
   fi
   echo "test.sh: installing QEMU from bookworm-backports"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends -t bookworm-backports \
-    qemu-system-x86 qemu-system-common qemu-system-data seabios >/dev/null \
-    || echo "test.sh: could not install QEMU: the PXE end-to-end test will skip" >&2
+  if ! apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+      qemu-system-x86 qemu-system-common qemu-system-data seabios >/dev/null; then
+    echo "test.sh: could not install QEMU from bookworm-backports" >&2
+    # Under CI a PXE test that cannot run is a failure, not a skip.
+    if [ "${CI:-}" = true ]; then exit 1; fi
+  fi
 fi
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::{is_root, json, revisions_of, rsync_diff, sh, Env};
+use crate::common::{is_root, json, revisions_of, rsync_diff, sh, skip, Env};
 
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Root and busybox, or a reason to skip.
 fn ready() -> bool {
     if !is_root() {
-        eprintln!("skipped: aurum chroot needs root");
+        skip("aurum chroot needs root");
         return false;
     }
     assert!(

@@ -104,6 +104,18 @@ pub fn have(prog: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Says why a test cannot run here. Outside CI the test then returns (skips); under CI
+/// (`CI=true`) a missing tool or privilege is a failure, since a green run that skipped the
+/// QEMU or root tests proves nothing and `./test.sh` installs everything they need.
+pub fn skip(reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "cannot run under CI: {reason} (./test.sh, run as root, installs what the tests need)"
+        );
+    }
+    eprintln!("skipped: {reason}");
+}
+
 /// Whether we run as root (most fidelity checks need it; CI runs as root).
 pub fn is_root() -> bool {
     nix::unistd::Uid::current().is_root()

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::common::{have, is_root, rsync_diff, sh, Env};
+use crate::common::{have, is_root, rsync_diff, sh, skip, Env};
 
 /// Compares two trees with tests/it/treecmp.py (every attribute, beyond PATH_MAX).
 fn tree_diff(a: &Path, b: &Path) -> (bool, String) {
@@ -82,7 +82,7 @@ fn build_everything(root: &Path) {
 #[test]
 fn checkout_equals_capture_for_every_kind_of_entry() {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        skip("needs root");
         return;
     }
     let env = Env::new();
@@ -144,7 +144,7 @@ fn ls_and_cat_show_what_was_captured() {
 #[test]
 fn mounts_inside_the_golden_client() {
     if !is_root() || !have("mkfs.ext4") {
-        eprintln!("skipped: needs root and e2fsprogs");
+        skip("needs root and e2fsprogs");
         return;
     }
     let env = Env::new();
@@ -192,7 +192,7 @@ fn mounts_inside_the_golden_client() {
 #[test]
 fn btrfs_subvolumes_inside_the_golden_client_are_captured() {
     if !is_root() || !have("mkfs.btrfs") {
-        eprintln!("skipped: needs root and btrfs-progs");
+        skip("needs root and btrfs-progs");
         return;
     }
     let env = Env::new();
@@ -231,7 +231,7 @@ fn btrfs_subvolumes_inside_the_golden_client_are_captured() {
 #[test]
 fn an_unprivileged_checkout_warns_about_what_it_cannot_keep() {
     if !is_root() || !have("setpriv") {
-        eprintln!("skipped: needs root (to make the devices) and setpriv");
+        skip("needs root (to make the devices) and setpriv");
         return;
     }
     let env = Env::new();

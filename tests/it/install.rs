@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{have, is_root, json, rsync_diff, sh, Env};
+use crate::common::{have, is_root, json, rsync_diff, sh, skip, Env};
 
 /// The class used for installs: compute (with an ESP) when this kernel mounts vfat, else
 /// bios-legacy (same layout with a bios-boot partition instead of the ESP).
@@ -38,7 +38,7 @@ fn can_install() -> bool {
         .iter()
         .all(|p| have(p));
     if !ok {
-        eprintln!("skipped: needs root, loop devices, gdisk, e2fsprogs, busybox-static, rsync");
+        skip("needs root, loop devices, gdisk, e2fsprogs, busybox-static, rsync");
     }
     ok
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{have, is_root, json, sh, Env};
+use crate::common::{have, is_root, json, sh, skip, Env};
 use crate::serve::Server;
 
 const MAC: &str = "52:54:00:00:00:10";
@@ -232,12 +232,12 @@ fn dhcp_configs_pass_dnsmasq_and_dhcpd_checks() {
             sh(&format!("dnsmasq --test -C {}", f.display()));
         }
     } else {
-        eprintln!("dnsmasq not installed (dnsmasq-base): its syntax check skipped");
+        skip("dnsmasq is not installed (dnsmasq-base): its syntax check cannot run");
     }
     if have("dhcpd") {
         sh(&format!("dhcpd -t -cf {}", dhcpd.display()));
     } else {
-        eprintln!("dhcpd not installed (isc-dhcp-server): its syntax check skipped");
+        skip("dhcpd is not installed (isc-dhcp-server): its syntax check cannot run");
     }
 }
 
@@ -354,7 +354,7 @@ fn bootkit_has_init_tools_and_modules_in_dependency_order() {
         .iter()
         .all(|p| have(p))
     {
-        eprintln!("skipped: needs busybox-static, gdisk, e2fsprogs, util-linux, cpio");
+        skip("needs busybox-static, gdisk, e2fsprogs, util-linux, cpio");
         return;
     }
     let env = Env::new();
@@ -616,22 +616,24 @@ fn pxe_install(net: Net, uefi: bool) {
     ];
     let missing: Vec<&&str> = needs.iter().filter(|p| !have(p)).collect();
     if !missing.is_empty() || !rom.exists() {
-        eprintln!(
-            "skipped: the PXE install test needs {missing:?}{} (./test.sh installs them as root)",
+        skip(&format!(
+            "the PXE install test needs {missing:?}{}",
             if rom.exists() {
                 ""
             } else {
                 " and ipxe-qemu's ROMs"
             }
-        );
+        ));
         return;
     }
     if uefi && !Path::new(OVMF_CODE).exists() {
-        eprintln!("skipped: the UEFI install test needs {OVMF_CODE} (package ovmf)");
+        skip(&format!(
+            "the UEFI install test needs {OVMF_CODE} (package ovmf)"
+        ));
         return;
     }
     if net == Net::Dnsmasq && !can_netns() {
-        eprintln!("skipped: the dnsmasq route needs root, /dev/net/tun, unshare, ip and dnsmasq");
+        skip("the dnsmasq route needs root, /dev/net/tun, unshare, ip and dnsmasq");
         return;
     }
     let started = Instant::now();

@@ -17,14 +17,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{have, is_root, rev_of, revisions_of, rsync_diff, sh, write_random, Env};
+use crate::common::{have, is_root, rev_of, revisions_of, rsync_diff, sh, skip, write_random, Env};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
 /// False (after saying so) when not root; panics when a needed tool is missing.
 fn ready() -> bool {
     if !is_root() {
-        println!("skipped: needs root");
+        skip("needs root");
         return false;
     }
     assert!(

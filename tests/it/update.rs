@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{is_root, json, sh, write_random, Env};
+use crate::common::{is_root, json, sh, skip, write_random, Env};
 use crate::serve::Server;
 
 /// Differences between a node root and a reference tree, leaving out the node's own state.
@@ -596,7 +596,7 @@ fn xattrs_of(path: &Path) -> String {
 #[test]
 fn removed_xattrs_and_acls_are_removed_by_update_and_rollback() {
     if !is_root() {
-        eprintln!("skipped: needs root (trusted.* xattrs on a symlink)");
+        skip("needs root (trusted.* xattrs on a symlink)");
         return;
     }
     let env = Env::new();
@@ -927,7 +927,7 @@ fn a_dry_run_writes_nothing_under_the_root() {
     assert_eq!(d, "", "the dry run changed the node:\n{d}");
 
     if !is_root() {
-        eprintln!("skipped the read-only mounts: needs root");
+        skip("the read-only mounts need root");
         return;
     }
     for (name, root) in [("fresh", &fresh), ("node", &node)] {

@@ -40,7 +40,18 @@ pub(super) struct Needs<'a> {
     pub touched: Vec<(&'a [u8], Touch)>,
 }
 
-/// One filesystem the update writes to.
+/// A mount: its filesystem, and whether this mount of it is read-only (a read-only bind mount
+/// shares its device number with the writable mount it was made from).
+type MountKey = (u64, bool);
+
+/// The mount holding the open directory `dir`.
+fn mount_key(dir: BorrowedFd) -> Option<MountKey> {
+    let st = nix::sys::stat::fstat(dir).ok()?;
+    let ro = fstatvfs(dir).ok()?.flags().contains(FsFlags::ST_RDONLY);
+    Some((st.st_dev as u64, ro))
+}
+
+/// One mount the update writes to.
 struct Fs {
     /// An open directory on it, and that directory's tree path (to name the mount).
     dir: OwnedFd,
@@ -52,8 +63,8 @@ struct Fs {
 
 /// Refuses, before anything is written, an update the node's filesystems cannot take.
 pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<()> {
-    let mut fss: HashMap<u64, Fs> = HashMap::new();
-    let mut dev_of: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut fss: HashMap<MountKey, Fs> = HashMap::new();
+    let mut dev_of: HashMap<Vec<u8>, MountKey> = HashMap::new();
     let mut blocked: Vec<String> = Vec::new();
     let mut checked_dirs: HashMap<Vec<u8>, ()> = HashMap::new();
     let mut check_dir = |rel: &[u8], blocked: &mut Vec<String>| {
@@ -162,16 +173,15 @@ fn existing_dir(
     root_fd: BorrowedFd,
     root: &Path,
     mut rel: &[u8],
-    dev_of: &mut HashMap<Vec<u8>, u64>,
-    fss: &mut HashMap<u64, Fs>,
-) -> Option<(Vec<u8>, u64)> {
+    dev_of: &mut HashMap<Vec<u8>, MountKey>,
+    fss: &mut HashMap<MountKey, Fs>,
+) -> Option<(Vec<u8>, MountKey)> {
     loop {
         if let Some(&dev) = dev_of.get(rel) {
             return Some((rel.to_vec(), dev));
         }
         if let Ok(dir) = sys::open_dir_beneath(root_fd, rel, root) {
-            let st = nix::sys::stat::fstat(&dir).ok()?;
-            let dev = st.st_dev as u64;
+            let dev = mount_key(dir.as_fd())?;
             dev_of.insert(rel.to_vec(), dev);
             fss.entry(dev).or_insert_with(|| Fs {
                 block: fstatvfs(dir.as_fd())
@@ -221,14 +231,13 @@ fn flag_check(root_fd: BorrowedFd, root: &Path, rel: &[u8], what: &str, blocked:
     ));
 }
 
-/// The mount point (within the node) of the filesystem holding the tree directory `rel`: its
-/// highest ancestor on the same device, shown as a host path.
+/// The mount point (within the node) of the mount holding the tree directory `rel`: its
+/// highest ancestor on the same mount, shown as a host path.
 fn mount_point(root_fd: BorrowedFd, root: &Path, rel: &[u8]) -> String {
     let dev = |r: &[u8]| {
         sys::open_dir_beneath(root_fd, r, root)
             .ok()
-            .and_then(|d| nix::sys::stat::fstat(&d).ok())
-            .map(|s| s.st_dev)
+            .and_then(|d| mount_key(d.as_fd()))
     };
     let mine = dev(rel);
     let mut top = rel;

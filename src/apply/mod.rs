@@ -453,7 +453,11 @@ mod label_tests {
         for len in [1, 243, 244, 245, 254, 255] {
             let name = vec![b'x'; len];
             let t = temp_name(&name);
-            assert!(t.len() <= NAME_MAX, "{len}-byte name: {}-byte temp", t.len());
+            assert!(
+                t.len() <= NAME_MAX,
+                "{len}-byte name: {}-byte temp",
+                t.len()
+            );
             assert!(t.starts_with(b".") && t.windows(9).any(|w| w == b"aurum-new"));
             assert_ne!(t, name);
         }

@@ -368,7 +368,14 @@ impl Engine {
     /// the very file an interrupted run had put in place), rename(2) would do nothing and
     /// leave the temporary name behind: it is removed instead, and the entry, already right,
     /// is not kept as its own old version.
-    fn put_in_place(&mut self, dir: BorrowedFd, temp: &[u8], name: &[u8], rel: &[u8], act: Act) -> Result<()> {
+    fn put_in_place(
+        &mut self,
+        dir: BorrowedFd,
+        temp: &[u8],
+        name: &[u8],
+        rel: &[u8],
+        act: Act,
+    ) -> Result<()> {
         if act != Act::Create {
             let same = match (sys::lstat_at(dir, temp), sys::lstat_at(dir, name)) {
                 (Ok(t), Ok(n)) => (t.st_dev, t.st_ino) == (n.st_dev, n.st_ino),
@@ -673,7 +680,10 @@ fn undo_failed(
         )));
     };
     let back = node.kept_manifest(&from.id()?)?.ok_or_else(|| {
-        corrupt(format!("the node no longer holds the manifest of {}", from.name()))
+        corrupt(format!(
+            "the node no longer holds the manifest of {}",
+            from.name()
+        ))
     })?;
     let target = Target {
         image: from.image.clone(),
@@ -730,8 +740,10 @@ fn run(
     };
     // What the node ran before: a file still matching its size and mtime there is taken to be
     // that version without reading it (as the capture's stat cache does). After a crash that is
-    // the revision the interrupted run started from; a file it had already replaced no longer
-    // matches, and is hashed.
+    // the revision the interrupted run started from, and every file is hashed: one the
+    // interrupted run replaced may share size and mtime with the old version (both written in
+    // one clock tick), and taking it for the old one would ask for blobs the run may already
+    // have dropped with the undo areas.
     let current = match &from {
         Some(c) => node.kept_manifest(&c.id()?)?,
         None => None,
@@ -851,10 +863,13 @@ fn run(
                 let old = current
                     .as_ref()
                     .and_then(|m| m.get(&e.path).map(|o| m.resolve(o)));
-                let disk_is_old = old.is_some_and(|r| {
-                    st.st_size as u64 == r.size()
-                        && (st.st_mtime, st.st_mtime_nsec as u32) == (r.mtime, r.mtime_nsec)
-                });
+                // Not after a crash: the interrupted run may have put the target's version in
+                // place, and two versions written in one clock tick share size and mtime.
+                let disk_is_old = journal.is_none()
+                    && old.is_some_and(|r| {
+                        st.st_size as u64 == r.size()
+                            && (st.st_mtime, st.st_mtime_nsec as u32) == (r.mtime, r.mtime_nsec)
+                    });
                 let same = if st.st_nlink > 1 && !primaries.contains(e.path.as_slice()) {
                     // A hardlink the image has broken: give the path its own inode. Its other
                     // name may be in an undo area (a file an interrupted rollback linked back)

@@ -28,7 +28,10 @@ fn refused(args: &[&str]) -> String {
 fn settled(node: &Path, number: u64) {
     let n = node.to_str().unwrap();
     let status = json(&ok(&["node-status", "--root", n, "--json"]));
-    assert!(status["interrupted"].is_null(), "left interrupted: {status}");
+    assert!(
+        status["interrupted"].is_null(),
+        "left interrupted: {status}"
+    );
     assert_eq!(status["state"]["current"]["number"], number, "{status}");
     let staged = sh(&format!("ls -A {n}/var/lib/aurum-node/staging"));
     assert_eq!(staged, "", "staged blobs left behind");
@@ -56,7 +59,15 @@ fn names_of_255_bytes_update_roll_back_check_out_and_import() {
     let r = repo.to_str().unwrap();
     let node = node_at(&env, "node", "long@1");
     let n = node.to_str().unwrap();
-    ok(&["updateclient", "--repo", r, "--image", "long@2", "--root", n]);
+    ok(&[
+        "updateclient",
+        "--repo",
+        r,
+        "--image",
+        "long@2",
+        "--root",
+        n,
+    ]);
     assert_eq!(node_diff(&b, &node), "", "update of 255-byte names");
     ok(&["rollback", "--root", n]);
     assert_eq!(node_diff(&a, &node), "", "rollback of 255-byte names");
@@ -94,8 +105,14 @@ fn node_on_ext4(env: &Env, mib: u32) -> (Ext4, std::path::PathBuf) {
     env.ok(&["checkout", "s@1", node.to_str().unwrap()]);
     let r = env.repo();
     ok(&[
-        "updateclient", "--repo", r.to_str().unwrap(), "--image", "s@1", "--root",
-        node.to_str().unwrap(), "--no-default-excludes",
+        "updateclient",
+        "--repo",
+        r.to_str().unwrap(),
+        "--image",
+        "s@1",
+        "--root",
+        node.to_str().unwrap(),
+        "--no-default-excludes",
     ]);
     (fs, node)
 }
@@ -116,13 +133,25 @@ fn an_update_larger_than_the_free_space_is_refused_in_words() {
     small_fs_revisions(&env, 30 << 20);
     let (_fs, node) = node_on_ext4(&env, 24);
     let (r, n) = (env.repo(), node.to_str().unwrap().to_string());
-    let args = ["updateclient", "--repo", r.to_str().unwrap(), "--image", "s@2", "--root", &n];
+    let args = [
+        "updateclient",
+        "--repo",
+        r.to_str().unwrap(),
+        "--image",
+        "s@2",
+        "--root",
+        &n,
+    ];
     let err = refused(&args);
     assert!(
         err.contains("the update needs") && err.contains("MiB free") && err.contains(&*n),
         "the refusal says how much is needed where:\n{err}"
     );
-    assert_eq!(node_diff(&env.path("rev1"), &node), "", "the node was changed");
+    assert_eq!(
+        node_diff(&env.path("rev1"), &node),
+        "",
+        "the node was changed"
+    );
     settled(&node, 1);
     // A rollback still works (there is nothing to undo, so it says so), and so does an update
     // that fits.
@@ -139,7 +168,15 @@ fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision()
     small_fs_revisions(&env, 4 << 20);
     let (fs, node) = node_on_ext4(&env, 24);
     let (r, n) = (env.repo(), node.to_str().unwrap().to_string());
-    let args = ["updateclient", "--repo", r.to_str().unwrap(), "--image", "s@2", "--root", &n];
+    let args = [
+        "updateclient",
+        "--repo",
+        r.to_str().unwrap(),
+        "--image",
+        "s@2",
+        "--root",
+        &n,
+    ];
     // The other writer: fills the filesystem the moment the update starts applying (its
     // journal appears after the space check and the fetch).
     let journal = node.join("var/lib/aurum-node/journal.json");
@@ -166,16 +203,27 @@ fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision()
         .output();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the update was expected to run out of space");
+    assert!(
+        !out.status.success(),
+        "the update was expected to run out of space"
+    );
     assert!(
         err.contains("No space left") && err.contains("returned to"),
         "the error says the disk is full and that the node was returned:\n{err}"
     );
-    assert_eq!(node_diff(&env.path("rev1"), &node), "", "the node is not at its old revision");
+    assert_eq!(
+        node_diff(&env.path("rev1"), &node),
+        "",
+        "the node is not at its old revision"
+    );
     settled(&node, 1);
     std::fs::remove_file(&filler).unwrap();
     ok(&args);
-    assert_eq!(node_diff(&env.path("rev2"), &node), "", "the rerun once space was made");
+    assert_eq!(
+        node_diff(&env.path("rev2"), &node),
+        "",
+        "the rerun once space was made"
+    );
     settled(&node, 2);
 }
 
@@ -193,7 +241,15 @@ fn a_read_only_mount_is_refused_before_anything_changes() {
         u = usr.display()
     ));
     let (r, n) = (env.repo(), node.to_str().unwrap().to_string());
-    let args = ["updateclient", "--repo", r.to_str().unwrap(), "--image", "s@2", "--root", &n];
+    let args = [
+        "updateclient",
+        "--repo",
+        r.to_str().unwrap(),
+        "--image",
+        "s@2",
+        "--root",
+        &n,
+    ];
     let err = refused(&args);
     assert!(
         err.contains(&format!("{} is mounted read-only", usr.display()))
@@ -218,7 +274,15 @@ fn an_immutable_file_is_named_before_anything_changes() {
     let victim = node.join("usr/share/f150");
     sh(&format!("chattr +i {}", victim.display()));
     let (r, n) = (env.repo(), node.to_str().unwrap().to_string());
-    let args = ["updateclient", "--repo", r.to_str().unwrap(), "--image", "s@2", "--root", &n];
+    let args = [
+        "updateclient",
+        "--repo",
+        r.to_str().unwrap(),
+        "--image",
+        "s@2",
+        "--root",
+        &n,
+    ];
     let err = refused(&args);
     sh(&format!("chattr -i {}", victim.display()));
     assert!(
@@ -226,7 +290,11 @@ fn an_immutable_file_is_named_before_anything_changes() {
             && err.contains(&format!("chattr -i {}", victim.display())),
         "the refusal names the file and the fix:\n{err}"
     );
-    assert_eq!(node_diff(&env.path("rev1"), &node), "", "the update half-applied");
+    assert_eq!(
+        node_diff(&env.path("rev1"), &node),
+        "",
+        "the update half-applied"
+    );
     settled(&node, 1);
     ok(&args);
     assert_eq!(node_diff(&env.path("rev2"), &node), "");

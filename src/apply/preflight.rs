@@ -131,7 +131,7 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
         } else {
             vfs.blocks_available()
         };
-        let free = blocks as u64 * vfs.fragment_size() as u64;
+        let free = blocks * vfs.fragment_size();
         let need = fs.bytes + MARGIN;
         if need > free {
             let at = mount_point(root_fd, root, &fs.rel);
@@ -143,7 +143,7 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
             )));
         }
         // Some filesystems (btrfs) report no inode limit at all.
-        let inodes_free = vfs.files_available() as u64;
+        let inodes_free = vfs.files_available();
         if vfs.files() > 0 && fs.inodes > inodes_free {
             let at = mount_point(root_fd, root, &fs.rel);
             return Err(Error::Unwritable(format!(
@@ -185,7 +185,7 @@ fn existing_dir(
             dev_of.insert(rel.to_vec(), dev);
             fss.entry(dev).or_insert_with(|| Fs {
                 block: fstatvfs(dir.as_fd())
-                    .map(|v| (v.fragment_size() as u64).max(512))
+                    .map(|v| v.fragment_size().max(512))
                     .unwrap_or(4096),
                 dir,
                 rel: rel.to_vec(),

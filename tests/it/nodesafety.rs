@@ -153,8 +153,8 @@ fn an_update_larger_than_the_free_space_is_refused_in_words() {
         "the node was changed"
     );
     settled(&node, 1);
-    // A rollback still works (there is nothing to undo, so it says so), and so does an update
-    // that fits.
+    // The node is not wedged: a rollback answers as on any node (this one has nothing to go
+    // back to, and says so).
     let rb = refused(&["rollback", "--root", &n]);
     assert!(rb.contains("no previous revision"), "{rb}");
 }

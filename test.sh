@@ -26,6 +26,8 @@ want mount mount
 want setpriv util-linux
 want losetup mount
 want e2fsck e2fsprogs
+want chattr e2fsprogs
+want fallocate util-linux
 want mkswap util-linux
 want chroot coreutils
 want busybox busybox-static

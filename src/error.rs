@@ -34,6 +34,11 @@ pub enum Error {
     /// An external tool (sgdisk, mkfs, mount...) or a hook failed; the message holds its output.
     #[error("{0}")]
     Tool(String),
+    /// A node cannot take an update as it stands: too little space, a quota, a read-only
+    /// filesystem or an immutable file. The message names the place and the fix, and says
+    /// what state the node was left in (unchanged, or returned to its revision).
+    #[error("{0}")]
+    Unwritable(String),
     /// The SQLite catalog refused an operation.
     #[error("catalog: {0}")]
     Catalog(#[from] rusqlite::Error),

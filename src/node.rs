@@ -84,6 +84,10 @@ pub struct Journal {
     pub from: Option<RevRef>,
     pub to: RevRef,
     pub undo: String,
+    /// Every temporary name (tree path, hex) the update may create, written and synced before
+    /// it creates the first: a rerun removes exactly these, and never guesses at names.
+    #[serde(default)]
+    pub temps: Vec<String>,
 }
 
 /// The state directory of a node root, locked for one update at a time.

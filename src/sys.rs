@@ -239,3 +239,34 @@ impl Syncer {
         Ok(())
     }
 }
+
+/// `FS_IMMUTABLE_FL` and `FS_APPEND_FL` of `chattr` (linux/fs.h; libc has the ioctl but not
+/// these flags).
+pub const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+pub const FS_APPEND_FL: libc::c_long = 0x20;
+
+/// The inode flags (`lsattr`) of `name` in `dir`, for a regular file or a directory; `None`
+/// for other kinds (opening a device or a fifo to ask could block or act on hardware) and
+/// where the filesystem keeps no such flags (tmpfs).
+pub fn inode_flags_at(dir: BorrowedFd, name: &[u8]) -> Option<libc::c_long> {
+    let st = lstat_at(dir, name).ok()?;
+    let fmt = st.st_mode & libc::S_IFMT;
+    if fmt != libc::S_IFREG && fmt != libc::S_IFDIR {
+        return None;
+    }
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes at most a long into `flags`, which outlives the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    (r == 0).then_some(flags)
+}

@@ -24,6 +24,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use rayon::prelude::*;
 
+mod preflight;
 pub mod update;
 
 use crate::error::{invalid, IoContext, Result};
@@ -171,6 +172,32 @@ pub fn checkout(
         bytes: total,
         warnings: warnings.0.into_inner().expect("warnings lock"),
     })
+}
+
+/// The longest file name Linux filesystems take (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// Suffix of the temporary names aurum writes entries under before renaming them into place.
+const TEMP_SUFFIX: &[u8] = b".aurum-new";
+
+/// The temporary name an entry `name` is written under in its own directory before it is
+/// renamed over `name`: `.NAME.aurum-new`, or, when that would pass NAME_MAX (a name of more
+/// than 244 bytes), `.aurum-new-` and a hash of the name, so that a name the filesystem takes
+/// can always be updated. Both forms say whose file it is to an administrator who finds one;
+/// aurum itself finds its leftovers through its journal, not by these names. The one function
+/// for every temporary name next to a tree entry (update, rollback, and the undo of a failed
+/// update all go through it).
+pub fn temp_name(name: &[u8]) -> Vec<u8> {
+    if name.len() + 1 + TEMP_SUFFIX.len() <= NAME_MAX {
+        let mut temp = Vec::with_capacity(name.len() + 1 + TEMP_SUFFIX.len());
+        temp.push(b'.');
+        temp.extend_from_slice(name);
+        temp.extend_from_slice(TEMP_SUFFIX);
+        return temp;
+    }
+    let mut temp = b".aurum-new-".to_vec();
+    temp.extend_from_slice(blake3::hash(name).to_hex()[..32].as_bytes());
+    temp
 }
 
 /// Creates a new regular file `name` in `dir` with the entry's content (holes kept). The data
@@ -419,6 +446,27 @@ pub fn set_metadata(
 #[cfg(test)]
 mod label_tests {
     use super::*;
+
+    #[test]
+    fn temp_names_fit_name_max_whatever_the_name() {
+        assert_eq!(temp_name(b"passwd"), b".passwd.aurum-new");
+        for len in [1, 243, 244, 245, 254, 255] {
+            let name = vec![b'x'; len];
+            let t = temp_name(&name);
+            assert!(
+                t.len() <= NAME_MAX,
+                "{len}-byte name: {}-byte temp",
+                t.len()
+            );
+            assert!(t.starts_with(b".") && t.windows(9).any(|w| w == b"aurum-new"));
+            assert_ne!(t, name);
+        }
+        // Long names that differ only at the end get different temporary names.
+        let (mut a, mut b) = (vec![b'y'; 255], vec![b'y'; 255]);
+        a[254] = b'a';
+        b[254] = b'b';
+        assert_ne!(temp_name(&a), temp_name(&b));
+    }
 
     fn x(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
         pairs

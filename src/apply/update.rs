@@ -30,7 +30,8 @@ use nix::unistd::unlinkat;
 use nix::unistd::UnlinkatFlags;
 use serde::Serialize;
 
-use super::{create_special, set_metadata, write_file, BlobSource};
+use super::preflight::{self, Touch};
+use super::{create_special, set_metadata, temp_name, write_file, BlobSource};
 use crate::capture::excludes::Excludes;
 use crate::capture::file_chunks;
 use crate::delta;
@@ -95,9 +96,6 @@ pub const UPDATECLIENT_EXCLUDES: &[&str] = &[
     "/media/*",
     "lost+found/",
 ];
-
-/// Suffix of the temporary names files are written under.
-const TEMP_SUFFIX: &[u8] = b".aurum-new";
 
 /// What an update is asked to do.
 pub struct UpdateOptions {
@@ -234,6 +232,12 @@ struct Engine {
     /// Whole files of the undo areas, by their content: a rollback links them back instead of
     /// writing their bytes again.
     whole: HashMap<Id, PathBuf>,
+    /// Whether the run deletes, before it commits, the undo areas other than its own (it
+    /// changes the revision), and its own (it undoes a failed update). A file is linked back
+    /// only from an area that goes: a tree file sharing its inode with a kept area would let
+    /// an in-place edit change what a later rollback restores.
+    drops_others: bool,
+    drops_own: bool,
 }
 
 /// A key for a regular file's whole content (its chunk list and sparse map).
@@ -262,10 +266,38 @@ fn content_key(e: &Entry) -> Option<Id> {
 }
 
 impl Engine {
+    fn for_root(node: &Node) -> Result<Engine> {
+        Ok(Engine {
+            root_fd: sys::open_root(&node.root)?,
+            root: node.root.clone(),
+            warnings: Mutex::new(Vec::new()),
+            undo_dir: PathBuf::new(),
+            undo_index: None,
+            undo_next: 0,
+            moved: HashMap::new(),
+            announced: HashMap::new(),
+            local: HashMap::new(),
+            whole: HashMap::new(),
+            drops_others: false,
+            drops_own: false,
+        })
+    }
+
+    /// A file of an undo area this run drops that should hold exactly `e`'s content (unchecked).
+    fn whole_source(&self, e: &Entry) -> Option<&PathBuf> {
+        let src = content_key(e).and_then(|k| self.whole.get(&k))?;
+        let goes = if src.starts_with(&self.undo_dir) {
+            self.drops_own
+        } else {
+            self.drops_others
+        };
+        goes.then_some(src)
+    }
+
     /// Links a file of the undo area holding exactly `e`'s content to `name` in `dir`, after
     /// checking every chunk of it; false when there is none (or it changed, or links fail).
     fn link_whole(&self, dir: BorrowedFd, name: &[u8], e: &Entry) -> bool {
-        let Some(src) = content_key(e).and_then(|k| self.whole.get(&k)) else {
+        let Some(src) = self.whole_source(e) else {
             return false;
         };
         let Kind::File {
@@ -299,6 +331,62 @@ impl Engine {
 
     fn warn(&self, w: String) {
         self.warnings.lock().expect("lock").push(w);
+    }
+
+    /// Writes the file `e` under `temp` in `dir`, with its metadata: linked back from an undo
+    /// area that holds its very content (a rollback), else written from `blobs`.
+    fn write_temp(
+        &self,
+        dir: BorrowedFd,
+        temp: &[u8],
+        e: &Entry,
+        blobs: &dyn BlobSource,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let _ = unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir);
+        let file = if self.link_whole(dir, temp, e) {
+            progress.advance(e.data_len());
+            None
+        } else {
+            Some(write_file(dir, temp, e, blobs, &self.root, progress)?)
+        };
+        set_metadata(dir, temp, e, file.as_ref(), &self.root, &|w| self.warn(w))
+    }
+
+    /// Removes the temporary names an interrupted run listed in its journal; those it had not
+    /// created yet (or had already renamed into place) are simply absent.
+    fn remove_temps(&self, temps: &[String]) {
+        for rel in temps.iter().filter_map(|h| unhex(h)) {
+            if let Ok(dir) = self.dir(parent(&rel)) {
+                let _ = unlinkat(dir.as_fd(), file_name(&rel), UnlinkatFlags::NoRemoveDir);
+            }
+        }
+    }
+
+    /// Renames the written `temp` over `name` (tree path `rel`), keeping the old entry in the
+    /// undo area unless it is new. When both names are already one inode (a rerun linked back
+    /// the very file an interrupted run had put in place), rename(2) would do nothing and
+    /// leave the temporary name behind: it is removed instead, and the entry, already right,
+    /// is not kept as its own old version.
+    fn put_in_place(
+        &mut self,
+        dir: BorrowedFd,
+        temp: &[u8],
+        name: &[u8],
+        rel: &[u8],
+        act: Act,
+    ) -> Result<()> {
+        if act != Act::Create {
+            let same = match (sys::lstat_at(dir, temp), sys::lstat_at(dir, name)) {
+                (Ok(t), Ok(n)) => (t.st_dev, t.st_ino) == (n.st_dev, n.st_ino),
+                _ => false,
+            };
+            if same {
+                return unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir).at(shown(&self.root, rel));
+            }
+            self.keep(dir, name, rel)?;
+        }
+        renameat(dir, temp, dir, name).at(shown(&self.root, rel))
     }
 
     fn dir(&self, rel: &[u8]) -> Result<OwnedFd> {
@@ -528,6 +616,10 @@ fn check_state_dir_path(manifest: &Manifest) -> Result<()> {
 
 /// Brings the root of `node` to `target`. `source` fetches what the node lacks; `None` means
 /// the node must hold everything (a rollback).
+///
+/// When the filesystem refuses a write once applying has begun (full, over quota, read-only,
+/// an immutable file), the node is returned to the revision it ran before and the error says
+/// so: a node is never left between two revisions by something the administrator can fix.
 pub fn update(
     node: &Node,
     target: &Target,
@@ -535,6 +627,106 @@ pub fn update(
     source: Option<&dyn RevisionSource>,
     opts: &UpdateOptions,
     progress: &dyn Progress,
+) -> Result<UpdateReport> {
+    let err = match run(node, target, manifest, source, opts, progress, None) {
+        Ok(report) => return Ok(report),
+        Err(err) => err,
+    };
+    match refused_write(&err) {
+        Some(errno) if !opts.dry_run => undo_failed(node, opts, progress, err, errno),
+        _ => Err(err),
+    }
+}
+
+/// The errno of a write the filesystem refused for a reason the administrator can remove.
+fn refused_write(err: &Error) -> Option<i32> {
+    let io = match err {
+        Error::Io { source, .. } => source,
+        Error::Os(source) => source,
+        _ => return None,
+    };
+    io.raw_os_error()
+        .filter(|e| [libc::ENOSPC, libc::EDQUOT, libc::EROFS, libc::EPERM].contains(e))
+}
+
+/// After `err` stopped an update mid-way: removes its temporary names and staged blobs and
+/// takes the node back to the revision the update started from, linking the entries it had
+/// moved aside back from its undo area. The error returned names the cause, the state of the
+/// node, and what to do.
+fn undo_failed(
+    node: &Node,
+    opts: &UpdateOptions,
+    progress: &dyn Progress,
+    err: Error,
+    errno: i32,
+) -> Result<UpdateReport> {
+    let fix = match errno {
+        libc::ENOSPC => "free space there",
+        libc::EDQUOT => "raise the quota or free space",
+        libc::EROFS => "remount it read-write",
+        _ => "make it writable (`lsattr` shows an immutable or append-only flag; `chattr -i` clears it)",
+    };
+    let journal = node.journal()?;
+    free_staging(node);
+    let Some(from) = journal.as_ref().and_then(|j| j.from.clone()) else {
+        // Nothing was applied yet (the failure came before), or the node had no revision to
+        // go back to (its first update): a rerun finishes or redoes it.
+        if let Some(j) = &journal {
+            Engine::for_root(node)?.remove_temps(&j.temps);
+        }
+        return Err(Error::Unwritable(format!(
+            "{err}: {fix}, then run the same command again; every file on the node is either \
+             its old or its new version"
+        )));
+    };
+    let back = node.kept_manifest(&from.id()?)?.ok_or_else(|| {
+        corrupt(format!(
+            "the node no longer holds the manifest of {}",
+            from.name()
+        ))
+    })?;
+    let target = Target {
+        image: from.image.clone(),
+        number: from.number,
+        id: from.id()?,
+    };
+    let cause = err.to_string();
+    match run(node, &target, &back, None, opts, progress, Some(&cause)) {
+        Ok(_) => Err(Error::Unwritable(format!(
+            "{cause}: {fix}, then run the same command again; the node was returned to {} \
+             and nothing of the update is left on it",
+            from.name()
+        ))),
+        Err(undo_err) => Err(Error::Unwritable(format!(
+            "{cause}: {fix}; returning the node to {} failed too ({undo_err}); every file \
+             is either its old or its new version; once it is fixed, run the same command \
+             again (or `aurum rollback`)",
+            from.name()
+        ))),
+    }
+}
+
+/// Deletes the staged blobs of an update that will not use them.
+fn free_staging(node: &Node) {
+    let staging = node.dir.join("staging");
+    if let Ok(it) = std::fs::read_dir(&staging) {
+        for f in it.flatten() {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+}
+
+/// One run of the engine. `undoing` is the cause when the run takes the node back from an
+/// update that failed (see [`undo_failed`]): it then links the entries back from the failed
+/// update's undo area and drops that area at the end.
+fn run(
+    node: &Node,
+    target: &Target,
+    manifest: &Manifest,
+    source: Option<&dyn RevisionSource>,
+    opts: &UpdateOptions,
+    progress: &dyn Progress,
+    undoing: Option<&str>,
 ) -> Result<UpdateReport> {
     let started = Instant::now();
     manifest.validate()?;
@@ -548,24 +740,20 @@ pub fn update(
     };
     // What the node ran before: a file still matching its size and mtime there is taken to be
     // that version without reading it (as the capture's stat cache does). After a crash that is
-    // the revision the interrupted run started from; a file it had already replaced no longer
-    // matches, and is hashed.
+    // the revision the interrupted run started from, and every file is hashed: one the
+    // interrupted run replaced may share size and mtime with the old version (both written in
+    // one clock tick), and taking it for the old one would ask for blobs the run may already
+    // have dropped with the undo areas.
     let current = match &from {
         Some(c) => node.kept_manifest(&c.id()?)?,
         None => None,
     };
-    let mut engine = Engine {
-        root_fd: sys::open_root(&node.root)?,
-        root: node.root.clone(),
-        warnings: Mutex::new(Vec::new()),
-        undo_dir: PathBuf::new(),
-        undo_index: None,
-        undo_next: 0,
-        moved: HashMap::new(),
-        announced: HashMap::new(),
-        local: HashMap::new(),
-        whole: HashMap::new(),
-    };
+    let mut engine = Engine::for_root(node)?;
+    engine.drops_others = from.as_ref().map(|f| &f.id) != Some(&target.id.hex());
+    engine.drops_own = undoing.is_some();
+    if let (Some(j), false) = (&journal, opts.dry_run) {
+        engine.remove_temps(&j.temps);
+    }
     let mut report = UpdateReport {
         from: from.clone(),
         to: Some(RevRef::from(target)),
@@ -593,6 +781,7 @@ pub fn update(
     let mut last_dir: Option<(Vec<u8>, Option<OwnedFd>)> = None;
     // The chunks of disk files the plan read, by entry, for the hand-change check.
     let mut hashed: HashMap<usize, Option<Vec<Chunk>>> = HashMap::new();
+    let mut relink: Vec<usize> = Vec::new();
     for (i, e) in manifest.entries.iter().enumerate() {
         progress.advance(1);
         if e.path.is_empty() {
@@ -674,12 +863,18 @@ pub fn update(
                 let old = current
                     .as_ref()
                     .and_then(|m| m.get(&e.path).map(|o| m.resolve(o)));
-                let disk_is_old = old.is_some_and(|r| {
-                    st.st_size as u64 == r.size()
-                        && (st.st_mtime, st.st_mtime_nsec as u32) == (r.mtime, r.mtime_nsec)
-                });
+                // Not after a crash: the interrupted run may have put the target's version in
+                // place, and two versions written in one clock tick share size and mtime.
+                let disk_is_old = journal.is_none()
+                    && old.is_some_and(|r| {
+                        st.st_size as u64 == r.size()
+                            && (st.st_mtime, st.st_mtime_nsec as u32) == (r.mtime, r.mtime_nsec)
+                    });
                 let same = if st.st_nlink > 1 && !primaries.contains(e.path.as_slice()) {
-                    // A hardlink the image has broken: give the path its own inode.
+                    // A hardlink the image has broken: give the path its own inode. Its other
+                    // name may be in an undo area (a file an interrupted rollback linked back)
+                    // and hold the very content wanted, so the file may be its own source.
+                    relink.push(i);
                     false
                 } else if opts.verify_local || !disk_is_old {
                     // Without --verify-local, size and mtime prove nothing here (two versions
@@ -731,7 +926,7 @@ pub fn update(
     progress.finish();
 
     // Extras: what the disk has under the image's directories that the image does not.
-    let mut removals: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut removals: Vec<Vec<u8>> = Vec::new();
     let state_ancestors: Vec<&[u8]> = {
         let mut v = Vec::new();
         let mut p = state_dir;
@@ -782,17 +977,14 @@ pub fn update(
             if state_ancestors.contains(&path.as_slice()) {
                 continue;
             }
-            let garbage = name.ends_with(TEMP_SUFFIX);
             let is_dir = sys::lstat_at(dir.as_fd(), name)
                 .is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
-            if garbage {
-                removals.push((path, true));
-            } else if opts.no_delete || skip(&path, is_dir) {
+            if opts.no_delete || skip(&path, is_dir) {
                 continue;
             } else if is_dir && holds_excluded(&engine, &path, &skip) {
                 to_list.push(path);
             } else {
-                removals.push((path, false));
+                removals.push(path);
             }
         }
     }
@@ -806,12 +998,7 @@ pub fn update(
             .iter()
             .map(|s| (manifest.entries[s.entry].path.as_slice(), Some(s.entry)))
             .collect();
-        touched.extend(
-            removals
-                .iter()
-                .filter(|(_, garbage)| !garbage)
-                .map(|(p, _)| (p.as_slice(), None)),
-        );
+        touched.extend(removals.iter().map(|p| (p.as_slice(), None)));
         touched.sort();
         for (p, i) in touched {
             let on_disk = i.and_then(|i| hashed.get(&i));
@@ -841,6 +1028,10 @@ pub fn update(
         }
     }
     index_local(&mut engine, current.as_ref(), node, &state)?;
+    for &i in &relink {
+        let e = &manifest.entries[i];
+        add_local(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
+    }
     let staging = node.dir.join("staging");
     let mut to_fetch = Vec::new();
     for id in &needed {
@@ -885,14 +1076,12 @@ pub fn update(
             report.plan.push(format!("{tag} {}{what}", e.display()));
         }
     }
-    report.deleted = removals.iter().filter(|r| !r.1).count() as u64;
+    report.deleted = removals.len() as u64;
     if opts.dry_run {
-        for (p, garbage) in &removals {
-            if !garbage {
-                report
-                    .plan
-                    .push(format!("- {:<8} {}", "delete", display_path(p)));
-            }
+        for p in &removals {
+            report
+                .plan
+                .push(format!("- {:<8} {}", "delete", display_path(p)));
         }
     }
     report.unchanged = steps.is_empty() && removals.is_empty();
@@ -900,6 +1089,23 @@ pub fn update(
         report.seconds = started.elapsed().as_secs_f64();
         report.warnings = engine.warnings.into_inner().expect("lock");
         return Ok(report);
+    }
+    let undo_name = match &journal {
+        Some(j) => j.undo.clone(),
+        None => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("{t}-{}", std::process::id())
+        }
+    };
+    engine.undo_dir = node.dir.join("undo").join(&undo_name);
+    // Undoing a failed update writes next to nothing (it links back what the update moved
+    // aside) and must not be refused for the very lack of room that stopped the update.
+    if undoing.is_none() {
+        let needs = plan_needs(&engine, manifest, &steps, &removals, report.bytes_to_fetch);
+        preflight::check(engine.root_fd.as_fd(), &engine.root, &needs)?;
     }
     // Blobs whose older version the node holds: ask for a binary delta against it first.
     let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
@@ -973,17 +1179,6 @@ pub fn update(
     }
 
     // ---- apply ----
-    let undo_name = match &journal {
-        Some(j) => j.undo.clone(),
-        None => {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            format!("{t}-{}", std::process::id())
-        }
-    };
-    engine.undo_dir = node.dir.join("undo").join(&undo_name);
     std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
     let index_path = engine.undo_dir.join("index");
     // Each stash writes its index line first, so the line count numbers the next one.
@@ -1002,16 +1197,26 @@ pub fn update(
         from: from.clone(),
         to: RevRef::from(target),
         undo: undo_name,
+        temps: steps
+            .iter()
+            .filter(|s| s.act != Act::Meta)
+            .map(|s| &manifest.entries[s.entry])
+            .filter(|e| e.kind != Kind::Dir)
+            .map(|e| {
+                let mut t = parent(&e.path).to_vec();
+                if !t.is_empty() {
+                    t.push(b'/');
+                }
+                t.extend_from_slice(&temp_name(file_name(&e.path)));
+                hex(&t)
+            })
+            .collect(),
     })?;
 
     // Every entry this run moves or links into the undo area gets its index line now, with
     // one sync (rather than one per entry).
     {
-        let mut rels: Vec<&[u8]> = removals
-            .iter()
-            .filter(|(_, garbage)| !garbage)
-            .map(|(p, _)| p.as_slice())
-            .collect();
+        let mut rels: Vec<&[u8]> = removals.iter().map(|p| p.as_slice()).collect();
         rels.extend(
             steps
                 .iter()
@@ -1020,13 +1225,9 @@ pub fn update(
         );
         engine.announce(&rels)?;
     }
-    for (p, garbage) in &removals {
+    for p in &removals {
         let dir = engine.dir(parent(p))?;
-        if *garbage {
-            remove_tree(dir.as_fd(), file_name(p), &shown(&engine.root, p))?;
-        } else {
-            engine.stash(dir.as_fd(), file_name(p), p)?;
-        }
+        engine.stash(dir.as_fd(), file_name(p), p)?;
     }
     let total: u64 = steps
         .iter()
@@ -1041,12 +1242,6 @@ pub fn update(
         engine: &engine,
         staging: staging.clone(),
     };
-    let temp_name = |name: &[u8]| {
-        let mut temp = name.to_vec();
-        temp.insert(0, b'.');
-        temp.extend_from_slice(TEMP_SUFFIX);
-        temp
-    };
     let mut prewritten: HashSet<usize> = HashSet::new();
     let syncer = sys::Syncer::default();
     syncer.note(engine.root_fd.as_fd());
@@ -1060,19 +1255,7 @@ pub fn update(
         };
         let temp = temp_name(file_name(&e.path));
         syncer.note(dir.as_fd());
-        let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
-        if engine.link_whole(dir.as_fd(), &temp, e) {
-            // The very file this path held before (a rollback): linked back, not rewritten.
-            set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| {
-                engine.warn(w)
-            })?;
-            progress.advance(e.data_len());
-        } else {
-            let file = write_file(dir.as_fd(), &temp, e, &provider, &engine.root, progress)?;
-            set_metadata(dir.as_fd(), &temp, e, Some(&file), &engine.root, &|w| {
-                engine.warn(w)
-            })?;
-        }
+        engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
         prewritten.insert(s.entry);
     }
     drop(provider);
@@ -1091,9 +1274,7 @@ pub fn update(
             syncer.note(d.as_fd());
         }
         let name = file_name(&e.path);
-        let mut temp = name.to_vec();
-        temp.insert(0, b'.');
-        temp.extend_from_slice(TEMP_SUFFIX);
+        let temp = temp_name(name);
         match (s.act, &e.kind) {
             (Act::Meta, _) | (_, Kind::Dir) => {
                 if e.kind == Kind::Dir && s.act != Act::Meta {
@@ -1116,22 +1297,13 @@ pub fn update(
             (_, Kind::File { .. }) => {
                 let dir = dir.as_ref().expect("not the root");
                 if !prewritten.contains(&s.entry) {
-                    let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
                     let provider = Provider {
                         engine: &engine,
                         staging: staging.clone(),
                     };
-                    let file =
-                        write_file(dir.as_fd(), &temp, e, &provider, &engine.root, progress)?;
-                    set_metadata(dir.as_fd(), &temp, e, Some(&file), &engine.root, &|w| {
-                        engine.warn(w)
-                    })?;
+                    engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
                 }
-                if s.act != Act::Create {
-                    engine.keep(dir.as_fd(), name, &e.path)?;
-                }
-                renameat(dir.as_fd(), temp.as_slice(), dir.as_fd(), name)
-                    .at(shown(&engine.root, &e.path))?;
+                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
             }
             _ => {
                 let dir = dir.as_ref().expect("not the root");
@@ -1142,11 +1314,7 @@ pub fn update(
                         engine.warn(w)
                     })?;
                 }
-                if s.act != Act::Create {
-                    engine.keep(dir.as_fd(), name, &e.path)?;
-                }
-                renameat(dir.as_fd(), temp.as_slice(), dir.as_fd(), name)
-                    .at(shown(&engine.root, &e.path))?;
+                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
             }
         }
     }
@@ -1177,7 +1345,7 @@ pub fn update(
         f.sync_all().at(&index_path)?;
     }
     // Every rename, removal and metadata change durable before the state says it is done.
-    for (p, _) in &removals {
+    for p in &removals {
         if let Ok(d) = engine.dir(parent(p)) {
             syncer.note(d.as_fd());
         }
@@ -1185,6 +1353,9 @@ pub fn update(
     syncer.sync(&engine.root)?;
 
     // ---- commit ----
+    // The undo areas this run makes useless go before the state moves: a crash in between
+    // leaves a tree already at the target, which a rerun finds needing nothing.
+    drop_areas(node, &engine)?;
     node.keep_manifest(manifest)?;
     let to = RevRef::from(target);
     if from.as_ref().map(|f| &f.id) != Some(&to.id) {
@@ -1202,33 +1373,103 @@ pub fn update(
         action: opts.action.clone(),
         from: from.as_ref().map(|f| f.id.clone()),
         to: to.id.clone(),
-        result: "ok".into(),
+        result: match undoing {
+            None => "ok".into(),
+            Some(cause) => format!("undone: {cause}"),
+        },
         bytes_fetched: report.bytes_fetched,
         seconds: report.seconds,
     });
     node.save_state(&state)?;
     node.prune_manifests(&state)?;
     node.end()?;
-    // Only the undo area of the last change of revision is kept: it holds what a rollback to
-    // the previous revision needs. A run that stayed on the same revision (a repair) keeps the
-    // older areas too, and drops its own when it moved nothing aside.
-    let keep = engine.undo_dir.clone();
-    let switched = from.as_ref().map(|f| f.id.as_str()) != Some(to.id.as_str());
-    if switched {
-        for d in std::fs::read_dir(node.dir.join("undo")).at(node.dir.join("undo"))? {
-            let d = d.at(node.dir.join("undo"))?.path();
-            if d != keep {
-                let _ = std::fs::remove_dir_all(&d);
-            }
-        }
-    } else if engine.undo_next == 0 {
-        let _ = std::fs::remove_dir_all(&keep);
+    // A run that stayed on the same revision (a repair) drops its own area when it moved
+    // nothing aside.
+    if engine.undo_next == 0 {
+        let _ = std::fs::remove_dir_all(&engine.undo_dir);
     }
     for f in std::fs::read_dir(&staging).at(&staging)? {
         let _ = std::fs::remove_file(f.at(&staging)?.path());
     }
     report.warnings = engine.warnings.into_inner().expect("lock");
     Ok(report)
+}
+
+/// Where staged blobs go, as a tree path (for the space check).
+const STAGED: &str = "var/lib/aurum-node/staging/blobs";
+
+/// What the plan will write and touch, for [`preflight::check`]. A file linked back from an
+/// undo area takes no new space.
+fn plan_needs<'a>(
+    engine: &Engine,
+    manifest: &'a Manifest,
+    steps: &[Step],
+    removals: &'a [Vec<u8>],
+    staged: u64,
+) -> preflight::Needs<'a> {
+    let mut needs = preflight::Needs::default();
+    for s in steps {
+        let e = &manifest.entries[s.entry];
+        let touch = match s.act {
+            Act::Create => None,
+            Act::Replace | Act::Content if e.kind != Kind::Dir => Some(Touch::Replace),
+            Act::Replace | Act::Content => Some(Touch::Delete),
+            Act::Meta => Some(Touch::Change),
+        };
+        if let Some(t) = touch {
+            needs.touched.push((e.path.as_slice(), t));
+        }
+        if s.act != Act::Meta {
+            let bytes = if engine.whole_source(e).is_some() {
+                0
+            } else {
+                e.data_len()
+            };
+            needs.writes.push((e.path.as_slice(), bytes));
+        }
+    }
+    needs
+        .touched
+        .extend(removals.iter().map(|p| (p.as_slice(), Touch::Delete)));
+    needs.writes.push((STAGED.as_bytes(), staged));
+    needs
+}
+
+/// Prefix an undo area is renamed to when it is dropped: a half-deleted area is never read as
+/// one (its index may be gone while its files are not).
+const DROPPED: &str = ".dropped-";
+
+/// Deletes the undo areas the run makes useless. Only the area of the last change of revision
+/// is kept: it holds what a rollback to the previous revision needs. A run that stayed on the
+/// same revision (a repair) keeps the older areas too; a run undoing a failed update drops the
+/// failed update's area, whose entries it has put back.
+fn drop_areas(node: &Node, engine: &Engine) -> Result<()> {
+    let undo = node.dir.join("undo");
+    for d in std::fs::read_dir(&undo).at(&undo)? {
+        let d = d.at(&undo)?;
+        let name = d.file_name();
+        let path = d.path();
+        let dropped = name.as_bytes().starts_with(DROPPED.as_bytes());
+        let goes = if path == engine.undo_dir {
+            engine.drops_own
+        } else {
+            dropped || engine.drops_others
+        };
+        if !goes {
+            continue;
+        }
+        let gone = if dropped {
+            path
+        } else {
+            let mut to = std::ffi::OsString::from(DROPPED);
+            to.push(&name);
+            let to = undo.join(to);
+            std::fs::rename(&path, &to).at(&to)?;
+            to
+        };
+        std::fs::remove_dir_all(&gone).at(&gone)?;
+    }
+    sys::sync_dir(&undo)
 }
 
 /// Whether the disk directory `rel` holds, at any depth, something an exclude protects.
@@ -1341,6 +1582,26 @@ fn changed_by_hand(
     Ok(what)
 }
 
+/// Notes that the blobs of regular file `e` can be read at `at`.
+fn add_local(local: &mut HashMap<Id, Vec<LocalChunk>>, e: &Entry, at: LocalAt) {
+    if let Kind::File {
+        chunks, extents, ..
+    } = &e.kind
+    {
+        let extents = extents.clone().map(std::sync::Arc::new);
+        let mut off = 0u64;
+        for c in chunks {
+            local.entry(c.id).or_default().push(LocalChunk {
+                at: at.clone(),
+                offset: off,
+                len: c.len,
+                extents: extents.clone(),
+            });
+            off += u64::from(c.len);
+        }
+    }
+}
+
 /// Indexes the blobs the node holds: unchanged files of its current revision, and the undo
 /// areas (with the manifests of the revisions their files came from).
 fn index_local(
@@ -1349,24 +1610,7 @@ fn index_local(
     node: &Node,
     state: &NodeState,
 ) -> Result<()> {
-    let add = |local: &mut HashMap<Id, Vec<LocalChunk>>, e: &Entry, at: LocalAt| {
-        if let Kind::File {
-            chunks, extents, ..
-        } = &e.kind
-        {
-            let extents = extents.clone().map(std::sync::Arc::new);
-            let mut off = 0u64;
-            for c in chunks {
-                local.entry(c.id).or_default().push(LocalChunk {
-                    at: at.clone(),
-                    offset: off,
-                    len: c.len,
-                    extents: extents.clone(),
-                });
-                off += u64::from(c.len);
-            }
-        }
-    };
+    let add = add_local;
     if let Some(m) = current {
         for e in &m.entries {
             add(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
@@ -1390,7 +1634,11 @@ fn index_local(
         Err(e) => return Err(e).at(&undo_root),
     };
     for d in areas {
-        let d = d.at(&undo_root)?.path();
+        let d = d.at(&undo_root)?;
+        if d.file_name().as_bytes().starts_with(DROPPED.as_bytes()) {
+            continue;
+        }
+        let d = d.path();
         let Ok(index) = std::fs::read_to_string(d.join("index")) else {
             continue;
         };
@@ -1409,11 +1657,12 @@ fn index_local(
                         }
                     } else if entry_is_under(&e.path, &path) {
                         let suffix = std::ffi::OsStr::from_bytes(&e.path[path.len() + 1..]);
-                        add(
-                            &mut engine.local,
-                            m.resolve(e),
-                            LocalAt::File(base.join(suffix)),
-                        );
+                        let at = base.join(suffix);
+                        add(&mut engine.local, m.resolve(e), LocalAt::File(at.clone()));
+                        // Files of a directory moved aside link back as well as single files.
+                        if let Some(k) = content_key(m.resolve(e)) {
+                            engine.whole.entry(k).or_insert(at);
+                        }
                     }
                 }
             }

@@ -180,3 +180,42 @@ pub fn revisions_of(env: &Env, image: &str) -> u64 {
         .map(|i| i["revisions"].as_u64().expect("revisions is a number"))
         .unwrap_or(0)
 }
+
+/// Whether a test may run: `ok` says its root or tool requirement (`what`) is met. When it is
+/// not, the test is skipped with a message, except under CI (`CI=true`), where test.sh has
+/// installed every tool and runs as root, so a missing one is a failure.
+pub fn can_run(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("this test needs {what}, and CI must provide it");
+    }
+    eprintln!("skipped: needs {what}");
+    false
+}
+
+/// A small ext4 filesystem on an image file, loop-mounted at `dir` while the value lives.
+pub struct Ext4 {
+    pub dir: PathBuf,
+}
+
+impl Ext4 {
+    /// Makes a `mib` MiB ext4 image at `img` and mounts it at `dir` (root and mkfs.ext4 needed).
+    pub fn mount(img: &Path, dir: &Path, mib: u32) -> Ext4 {
+        sh(&format!(
+            "mkdir -p {d} && truncate -s {mib}M {i} && mkfs.ext4 -q -F -m 0 {i} && mount -o loop {i} {d}",
+            d = dir.display(),
+            i = img.display()
+        ));
+        Ext4 {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-R").arg(&self.dir).output();
+    }
+}

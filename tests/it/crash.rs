@@ -7,6 +7,9 @@
 //! that `gc` after `rmimage` frees the removed image's content while every remaining revision
 //! still checks out identical to its source. These tests kill the real binary with SIGKILL at
 //! several moments, corrupt a real pack file, and run gc on images that share content.
+//! On a node, an updateclient or rollback killed at any moment and run again leaves the node
+//! exactly at its target: no temporary name left, no file sharing an inode with the undo area
+//! (issue #12; `bench/killtrials` runs the long version of that test).
 //! They need rsync (installed by ./test.sh) but not root.
 
 use std::fs;
@@ -707,4 +710,128 @@ fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
     env.ok(&["checkout", "img@1", co.to_str().unwrap()]);
     let d = rsync_diff(&src, &co);
     assert!(d.trim().is_empty(), "{d}");
+}
+
+/// Tree files of `node` sharing an inode with a file of its private state directory.
+fn shared_with_state(node: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(dir: &Path, skip: &Path, out: &mut Vec<(PathBuf, (u64, u64))>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                if p != skip {
+                    walk(&p, skip, out);
+                }
+            } else {
+                out.push((p, (m.dev(), m.ino())));
+            }
+        }
+    }
+    let state = node.join("var/lib/aurum-node");
+    let (mut private, mut tree) = (Vec::new(), Vec::new());
+    walk(&state, Path::new(""), &mut private);
+    walk(node, &state, &mut tree);
+    let private: std::collections::HashSet<_> = private.into_iter().map(|(_, i)| i).collect();
+    tree.into_iter()
+        .filter(|(_, i)| private.contains(i))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Issue #12, item 4: kill -9 during updateclient or rollback, then the same command again.
+#[test]
+fn killed_updates_and_rollbacks_leave_no_temporary_name_and_no_shared_inode() {
+    require_rsync();
+    let env = Env::new();
+    let (a, b) = (env.path("rev1"), env.path("rev2"));
+    for d in 0..8 {
+        for f in 0..100u64 {
+            let seed = d * 1000 + f;
+            write_random(&a.join(format!("usr/d{d}/f{f:03}")), seed, 1500);
+            let changed = if f % 2 == 0 { seed + 500_000 } else { seed };
+            write_random(&b.join(format!("usr/d{d}/f{f:03}")), changed, 1500);
+        }
+    }
+    sh(&format!(
+        "mkdir -p {a}/var/lib {b}/var/lib && for d in {a}/usr/* {b}/usr/*; do \
+         ln $d/f001 $d/hard && ln -s f002 $d/link; done && rm {b}/usr/d3/f007 && printf new > {b}/usr/d3/new",
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "k", &[]);
+    env.getimage(&b, "k", &[]);
+    let node = crate::update::node_at(&env, "node", "k@1");
+    let (repo, n) = (env.repo(), node.to_str().unwrap().to_string());
+    let up = [
+        "--no-progress",
+        "--repo",
+        repo.to_str().unwrap(),
+        "updateclient",
+        "--image",
+        "k@2",
+        "--root",
+        &n,
+        "--no-default-excludes",
+    ];
+    let back = ["--no-progress", "rollback", "--root", &n];
+    let timed = |args: &[&str]| {
+        let t = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_aurum"))
+            .args(args)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let _ = std::process::Command::new("cp")
+                .args(["-a", &n, "/tmp/failnode"])
+                .status();
+        }
+        assert!(
+            out.status.success(),
+            "aurum {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t.elapsed()
+    };
+    let (t_up, t_back) = (timed(&up), timed(&back));
+    let killed = |args: &[&str], after: Duration| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aurum"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(after);
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    for f in [0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95] {
+        killed(&up, t_up.mul_f64(f));
+        timed(&up);
+        assert_eq!(
+            crate::update::node_diff(&b, &node),
+            "",
+            "update killed at {f}, rerun"
+        );
+        assert_eq!(
+            shared_with_state(&node),
+            Vec::<PathBuf>::new(),
+            "update killed at {f}"
+        );
+        killed(&back, t_back.mul_f64(f));
+        let status = json(&crate::update::ok(&["node-status", "--root", &n, "--json"]));
+        if !status["interrupted"].is_null() || status["state"]["current"]["number"] != 1 {
+            timed(&back);
+        }
+        assert_eq!(
+            crate::update::node_diff(&a, &node),
+            "",
+            "rollback killed at {f}, rerun"
+        );
+        assert_eq!(
+            shared_with_state(&node),
+            Vec::<PathBuf>::new(),
+            "rollback killed at {f}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ mod crash;
 mod delta;
 mod fidelity;
 mod install;
+mod nodesafety;
 mod pxe;
 mod remote;
 mod repository;

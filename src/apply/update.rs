@@ -108,6 +108,24 @@ pub struct UpdateOptions {
     /// Hash local files instead of trusting size and mtime.
     pub verify_local: bool,
     pub excludes: Excludes,
+    /// Take responsibility for a root that holds no node state: let the plan delete or replace
+    /// what is there (without it such a plan is refused, see [`check_unmanaged`]).
+    pub adopt: bool,
+    /// The overrides composed into the manifest the update is given; `None`: the image alone,
+    /// and the node's list of overrides is left as it is.
+    pub overlay: Option<Overlay>,
+}
+
+/// The overrides of an update: the manifest it is given is the image's with these composed
+/// over it (see [`crate::install::overrides::compose`]).
+#[derive(Default)]
+pub struct Overlay {
+    /// The override revisions composed, in the order they were laid.
+    pub layers: Vec<RevRef>,
+    /// The image's own manifest, kept on the node as the base of the next manifest delta.
+    pub image: Option<Manifest>,
+    /// The override images the node follows from now on; `None` keeps its list.
+    pub follow: Option<Vec<String>>,
 }
 
 /// What an update did (or, dry, would do).
@@ -526,6 +544,80 @@ fn check_state_dir_path(manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// What the node records for the tree `manifest` of `target`: the revision, and with overrides
+/// the override revisions and the id of the composed manifest.
+fn target_ref(target: &Target, manifest: &Manifest, opts: &UpdateOptions) -> RevRef {
+    let mut r = RevRef::from(target);
+    if let Some(o) = opts.overlay.as_ref().filter(|o| !o.layers.is_empty()) {
+        r.overrides = o.layers.clone();
+        r.tree = Some(Id::of(&manifest.encode()).hex());
+    }
+    r
+}
+
+/// Refuses a plan that deletes or replaces entries on a root that holds no node state (and no
+/// interrupted update), unless `--adopt` takes responsibility: run on a workstation by mistake
+/// (the default root is `/`), updateclient would otherwise delete `/home`, `/boot` and
+/// everything else the image lacks. Creating entries and setting metadata lose nothing, so an
+/// empty root and one that already holds the image (a node another tool installed) pass. A dry
+/// run is not refused: its warning says what a real run would do. Checked before anything is
+/// written, the state directory included.
+fn check_unmanaged(
+    root: &Path,
+    managed: bool,
+    replaced: &[&[u8]],
+    removals: &[(Vec<u8>, bool)],
+    opts: &UpdateOptions,
+) -> Result<Option<String>> {
+    let deleted: Vec<&[u8]> = removals
+        .iter()
+        .filter(|(_, garbage)| !garbage)
+        .map(|(p, _)| p.as_slice())
+        .collect();
+    if managed || opts.adopt || (deleted.is_empty() && replaced.is_empty()) {
+        return Ok(None);
+    }
+    let examples: Vec<String> = deleted
+        .iter()
+        .chain(replaced)
+        .take(5)
+        .map(|p| display_path(p))
+        .collect();
+    let what = format!(
+        "{} holds no aurum node state (/{STATE_DIR}), and the plan would delete {} entries          (each with everything under it) and replace {} ({}{})",
+        root.display(),
+        deleted.len(),
+        replaced.len(),
+        examples.join(", "),
+        if deleted.len() + replaced.len() > examples.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    );
+    if opts.dry_run {
+        return Ok(Some(format!(
+            "{what}: a real run is refused unless given --adopt"
+        )));
+    }
+    Err(invalid(format!(
+        "refusing to update: {what}. Nothing was changed. Is --root right? If this root is a          node you mean to bring to the image (installed by another tool), review the plan with          --dry-run, then rerun with --adopt; a new node is installed with `aurum install`"
+    )))
+}
+
+/// Takes the node's lock before the first write, when the update planned on a root without a
+/// state directory (see [`Node::open_deferred`]); refuses to go on if another update ran in
+/// the meantime, as the plan was made against what that one changed.
+fn claim_node(node: &Node, planned: &NodeState) -> Result<()> {
+    if node.claim()? && (node.state()?.current != planned.current || node.journal()?.is_some()) {
+        return Err(invalid(format!(
+            "another aurum update ran on {} while this one planned; nothing was changed, rerun it",
+            node.root.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Brings the root of `node` to `target`. `source` fetches what the node lacks; `None` means
 /// the node must hold everything (a rollback).
 pub fn update(
@@ -551,9 +643,10 @@ pub fn update(
     // the revision the interrupted run started from; a file it had already replaced no longer
     // matches, and is hashed.
     let current = match &from {
-        Some(c) => node.kept_manifest(&c.id()?)?,
+        Some(c) => node.kept_manifest(&c.tree_id()?)?,
         None => None,
     };
+    let to_ref = target_ref(target, manifest, opts);
     let mut engine = Engine {
         root_fd: sys::open_root(&node.root)?,
         root: node.root.clone(),
@@ -568,7 +661,7 @@ pub fn update(
     };
     let mut report = UpdateReport {
         from: from.clone(),
-        to: Some(RevRef::from(target)),
+        to: Some(to_ref.clone()),
         ..Default::default()
     };
 
@@ -797,6 +890,15 @@ pub fn update(
         }
     }
     removals.sort();
+    let replaced: Vec<&[u8]> = steps
+        .iter()
+        .filter(|s| matches!(s.act, Act::Replace | Act::Content))
+        .map(|s| manifest.entries[s.entry].path.as_slice())
+        .collect();
+    let managed = state.current.is_some() || journal.is_some();
+    if let Some(w) = check_unmanaged(&node.root, managed, &replaced, &removals, opts)? {
+        engine.warn(w);
+    }
 
     // Hand changes: what the update overwrites or deletes that differs from the revision the
     // node runs. Not after a crash (the interrupted run made the differences) nor on a node
@@ -901,6 +1003,7 @@ pub fn update(
         report.warnings = engine.warnings.into_inner().expect("lock");
         return Ok(report);
     }
+    claim_node(node, &state)?;
     // Blobs whose older version the node holds: ask for a binary delta against it first.
     let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
     if let (Some(cur), Some(_)) = (current.as_ref(), source) {
@@ -1000,7 +1103,7 @@ pub fn update(
     node.begin(&Journal {
         action: opts.action.clone(),
         from: from.clone(),
-        to: RevRef::from(target),
+        to: to_ref.clone(),
         undo: undo_name,
     })?;
 
@@ -1186,11 +1289,18 @@ pub fn update(
 
     // ---- commit ----
     node.keep_manifest(manifest)?;
-    let to = RevRef::from(target);
-    if from.as_ref().map(|f| &f.id) != Some(&to.id) {
+    if let Some(image) = opts.overlay.as_ref().and_then(|o| o.image.as_ref()) {
+        node.keep_manifest(image)?;
+    }
+    let to = to_ref;
+    let switched = !from.as_ref().is_some_and(|f| f.same_tree(&to));
+    if switched {
         state.previous = from.clone();
     }
     state.current = Some(to.clone());
+    if let Some(follow) = opts.overlay.as_ref().and_then(|o| o.follow.as_ref()) {
+        state.overrides = follow.clone();
+    }
     report.seconds = started.elapsed().as_secs_f64();
     // What crossed the network: the blobs and deltas counted above, and also the refs, the
     // manifest and the pack indexes that told the node what to fetch.
@@ -1213,7 +1323,6 @@ pub fn update(
     // the previous revision needs. A run that stayed on the same revision (a repair) keeps the
     // older areas too, and drops its own when it moved nothing aside.
     let keep = engine.undo_dir.clone();
-    let switched = from.as_ref().map(|f| f.id.as_str()) != Some(to.id.as_str());
     if switched {
         for d in std::fs::read_dir(node.dir.join("undo")).at(node.dir.join("undo"))? {
             let d = d.at(node.dir.join("undo"))?.path();
@@ -1378,7 +1487,7 @@ fn index_local(
         .into_iter()
         .flatten()
     {
-        if let Some(m) = node.kept_manifest(&r.id()?)? {
+        if let Some(m) = node.kept_manifest(&r.tree_id()?)? {
             manifests.push(m);
         }
     }
@@ -1422,8 +1531,9 @@ fn index_local(
     Ok(())
 }
 
-/// The revision a rollback goes to: before an interrupted update, else the previous one.
-pub fn rollback_target(node: &Node) -> Result<(Target, Manifest)> {
+/// The revision a rollback goes to: before an interrupted update, else the previous one; with
+/// the manifest of the tree the node held there and the overrides laid in it.
+pub fn rollback_target(node: &Node) -> Result<(Target, Manifest, Overlay)> {
     let state = node.state()?;
     let back = match node.journal()? {
         Some(j) if j.action == "rollback" => Some(j.to),
@@ -1431,19 +1541,30 @@ pub fn rollback_target(node: &Node) -> Result<(Target, Manifest)> {
         None => state.previous.clone(),
     }
     .ok_or_else(|| invalid("this node has no previous revision to roll back to"))?;
-    let id = back.id()?;
-    let m = node.kept_manifest(&id)?.ok_or_else(|| {
+    recorded(node, &back)?.ok_or_else(|| {
         corrupt(format!(
             "the node no longer holds the manifest of {}",
             back.name()
         ))
-    })?;
-    Ok((
-        Target {
-            image: back.image.clone(),
-            number: back.number,
-            id,
-        },
-        m,
-    ))
+    })
+}
+
+/// A revision the node recorded, to go back to exactly: its target, the manifest of the tree
+/// (the overrides it had composed in), and the overlay naming those overrides. `None` when the
+/// node no longer keeps that manifest.
+pub fn recorded(node: &Node, r: &RevRef) -> Result<Option<(Target, Manifest, Overlay)>> {
+    let Some(m) = node.kept_manifest(&r.tree_id()?)? else {
+        return Ok(None);
+    };
+    let target = Target {
+        image: r.image.clone(),
+        number: r.number,
+        id: r.id()?,
+    };
+    let overlay = Overlay {
+        layers: r.overrides.clone(),
+        image: None,
+        follow: None,
+    };
+    Ok(Some((target, m, overlay)))
 }

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::apply::update::{self, UpdateOptions};
+use crate::apply::update::{self, Overlay, UpdateOptions};
 use crate::capture::excludes::Excludes;
 use crate::error::{invalid, IoContext, Result};
 use crate::facts::{DiskFact, Facts, Firmware};
@@ -645,6 +645,7 @@ fn transfer(
     source: &dyn RevisionSource,
     target: &crate::source::Target,
     manifest: &Manifest,
+    overlay: Overlay,
     made: &[Made],
     mnt: &Path,
     reporter: &dyn Reporter,
@@ -684,6 +685,8 @@ fn transfer(
             no_delete: false,
             verify_local: false,
             excludes: Excludes::new(&patterns)?,
+            adopt: false,
+            overlay: Some(overlay),
         },
         &progress,
     )?;
@@ -750,7 +753,15 @@ fn install_inner(
     reporter.report(Phase::Plan(plan.table()));
     let target = source.resolve(&opts.image)?;
     reporter.report(Phase::Revision(target.name()));
-    let manifest = source.manifest(&target.id)?;
+    let image_manifest = source.manifest(&target.id)?;
+    // The overrides are composed into the tree before anything is written: the engine applies
+    // image and overrides in one pass, and the node state records them, so updateclient and
+    // rollback lay them again (see `overrides`).
+    let follow = overrides::names(
+        opts.group.as_deref(),
+        opts.hostname.as_deref().unwrap_or(""),
+    );
+    let (manifest, overlay) = overrides::for_node(source, image_manifest, follow, &[])?;
     let any_file = opts
         .disks
         .iter()
@@ -776,7 +787,7 @@ fn install_inner(
         Some(d) => d.clone(),
         None => {
             let dir = hooks_tmp.path().to_path_buf();
-            match overrides::lay(source, "hooks", &dir)? {
+            match overrides::checkout(source, "hooks", &dir)? {
                 Some(rev) => reporter.report(Phase::Hooks(format!("hooks from image {rev}"))),
                 None => hooks::write_shipped(&dir)?,
             }
@@ -827,14 +838,14 @@ fn install_inner(
             })
             .collect();
         let mounts = mount_all(&made, &mnt)?;
-        let (bytes, warnings) = transfer(source, &target, &manifest, &made, &mnt, reporter)?;
+        let laid: Vec<String> = overlay.layers.iter().map(|r| r.name()).collect();
+        let (bytes, warnings) =
+            transfer(source, &target, &manifest, overlay, &made, &mnt, reporter)?;
         report.bytes = bytes;
         report.warnings.extend(warnings);
-        for name in overrides::names(opts.group.as_deref(), &hostname) {
-            if let Some(rev) = overrides::lay(source, &name, &mnt)? {
-                reporter.report(Phase::Overrides(rev.clone()));
-                report.overrides.push(rev);
-            }
+        for rev in laid {
+            reporter.report(Phase::Overrides(rev.clone()));
+            report.overrides.push(rev);
         }
         let rows: Vec<(FsSpec, String)> = made
             .iter()

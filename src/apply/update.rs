@@ -607,14 +607,29 @@ fn check_unmanaged(
 
 /// Takes the node's lock before the first write, when the update planned on a root without a
 /// state directory (see [`Node::open_deferred`]); refuses to go on if another update ran in
-/// the meantime, as the plan was made against what that one changed.
-fn claim_node(node: &Node, planned: &NodeState) -> Result<()> {
-    if node.claim()? && (node.state()?.current != planned.current || node.journal()?.is_some()) {
+/// the meantime, as the plan was made against what that one changed. The directories holding
+/// the state directory exist from then on: the steps creating them are dropped (their
+/// metadata is set with every directory's at the end).
+fn claim_node(
+    node: &Node,
+    planned: &NodeState,
+    manifest: &Manifest,
+    steps: &mut Vec<Step>,
+) -> Result<()> {
+    if !node.claim()? {
+        return Ok(());
+    }
+    if node.state()?.current != planned.current || node.journal()?.is_some() {
         return Err(invalid(format!(
             "another aurum update ran on {} while this one planned; nothing was changed, rerun it",
             node.root.display()
         )));
     }
+    let state_dir = STATE_DIR.as_bytes();
+    steps.retain(|s| {
+        let p = manifest.entries[s.entry].path.as_slice();
+        !(s.act == Act::Create && (p == state_dir || entry_is_under(state_dir, p)))
+    });
     Ok(())
 }
 
@@ -1003,7 +1018,7 @@ pub fn update(
         report.warnings = engine.warnings.into_inner().expect("lock");
         return Ok(report);
     }
-    claim_node(node, &state)?;
+    claim_node(node, &state, manifest, &mut steps)?;
     // Blobs whose older version the node holds: ask for a binary delta against it first.
     let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
     if let (Some(cur), Some(_)) = (current.as_ref(), source) {

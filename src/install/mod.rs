@@ -15,7 +15,8 @@
 //! 7. transfer: the filesystems are mounted under a temporary directory and the revision is
 //!    applied with the updateclient engine, which also writes the node state
 //!    (`/var/lib/aurum-node/`) so `aurum updateclient` and `aurum rollback` work from the
-//!    first boot; then the overrides (global, group, node) are laid over it;
+//!    first boot; the overrides (global, group, node) are composed into the revision's
+//!    manifest beforehand, so they are applied with it and recorded in the node state;
 //! 8. /etc/fstab (by UUID) and /etc/hostname;
 //! 9. post-install hooks, chrooted in the new root (the shipped bootloader hook among them);
 //! 10. done, or failed: either way every mount, array, volume group and loop device is
@@ -639,8 +640,8 @@ fn mount_all(made: &[Made], mnt: &Path) -> Result<Mounts> {
     Ok(mounts)
 }
 
-/// Applies the revision to the mounted root with the updateclient engine, which also writes
-/// the node state.
+/// Applies the revision (its overrides composed in) to the mounted root with the updateclient
+/// engine, which also writes the node state, overrides included.
 fn transfer(
     source: &dyn RevisionSource,
     target: &crate::source::Target,

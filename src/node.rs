@@ -351,3 +351,52 @@ impl Node {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_written_before_overrides_were_recorded_still_read() {
+        let old = r#"{"current":{"image":"c","number":2,"id":"ab"},"previous":null,
+            "last_known_good":null,"history":[]}"#;
+        let s: NodeState = serde_json::from_str(old).unwrap();
+        let cur = s.current.unwrap();
+        assert!(cur.overrides.is_empty() && cur.tree.is_none() && s.overrides.is_empty());
+        assert_eq!(cur.name(), "c@2 ab");
+        // Without overrides nothing new is written, so an older aurum reads the file too.
+        let back = serde_json::to_string(&cur).unwrap();
+        assert!(
+            !back.contains("overrides") && !back.contains("tree"),
+            "{back}"
+        );
+    }
+
+    #[test]
+    fn the_tree_is_the_composed_manifest_when_there_is_one() {
+        let o = RevRef {
+            image: Some("override.n05".into()),
+            number: Some(3),
+            id: "cd".repeat(32),
+            overrides: Vec::new(),
+            tree: None,
+        };
+        let mut r = RevRef {
+            image: Some("c".into()),
+            number: Some(1),
+            id: "ab".repeat(32),
+            overrides: vec![o],
+            tree: Some("ef".repeat(32)),
+        };
+        assert_eq!(r.tree_id().unwrap().hex(), "ef".repeat(32));
+        assert_eq!(r.name(), "c@1 abababab + override.n05@3");
+        let plain = RevRef {
+            overrides: Vec::new(),
+            tree: None,
+            ..r.clone()
+        };
+        assert!(!r.same_tree(&plain));
+        r.tree = None;
+        assert!(r.same_tree(&plain));
+    }
+}

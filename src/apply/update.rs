@@ -569,11 +569,9 @@ fn check_unmanaged(
     removals: &[(Vec<u8>, bool)],
     opts: &UpdateOptions,
 ) -> Result<Option<String>> {
-    let deleted: Vec<&[u8]> = removals
-        .iter()
-        .filter(|(_, garbage)| !garbage)
-        .map(|(p, _)| p.as_slice())
-        .collect();
+    // Leftover temporary names count too: without a journal there never was an update here to
+    // leave them, so a `*.aurum-new` is someone else's file.
+    let deleted: Vec<&[u8]> = removals.iter().map(|(p, _)| p.as_slice()).collect();
     if managed || opts.adopt || (deleted.is_empty() && replaced.is_empty()) {
         return Ok(None);
     }
@@ -584,7 +582,8 @@ fn check_unmanaged(
         .map(|p| display_path(p))
         .collect();
     let what = format!(
-        "{} holds no aurum node state (/{STATE_DIR}), and the plan would delete {} entries          (each with everything under it) and replace {} ({}{})",
+        "{} holds no aurum node state (/{STATE_DIR}), and the plan would delete {} entries \
+         (each with everything under it) and replace {} ({}{})",
         root.display(),
         deleted.len(),
         replaced.len(),
@@ -601,7 +600,10 @@ fn check_unmanaged(
         )));
     }
     Err(invalid(format!(
-        "refusing to update: {what}. Nothing was changed. Is --root right? If this root is a          node you mean to bring to the image (installed by another tool), review the plan with          --dry-run, then rerun with --adopt; a new node is installed with `aurum install`"
+        "refusing to update: {what}. Nothing was changed. Is --root right? If this root is a \
+         node you mean to bring to the image (installed by another tool), review the plan with \
+         `aurum updateclient --dry-run`, then rerun updateclient with --adopt; a new node is \
+         installed with `aurum install`"
     )))
 }
 

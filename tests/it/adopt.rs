@@ -27,7 +27,8 @@ fn workstation(env: &Env, name: &str) -> std::path::PathBuf {
     sh(&format!(
         "mkdir -p {w}/boot {w}/bin {w}/srv/data {w}/etc {w}/usr/bin \
          && printf 'kernel' > {w}/boot/vmlinuz && printf 'ls' > {w}/bin/ls \
-         && printf 'precious\\n' > {w}/srv/data/thesis.tex && printf 'mine\\n' > {w}/etc/motd",
+         && printf 'precious\\n' > {w}/srv/data/thesis.tex && printf 'mine\\n' > {w}/etc/motd \
+         && printf 'draft' > {w}/usr/bin/.notes.aurum-new",
         w = w.display()
     ));
     w
@@ -41,7 +42,13 @@ fn snapshot(env: &Env, root: &Path, name: &str) -> std::path::PathBuf {
 }
 
 fn update(env: &Env, root: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["updateclient", "--image", "r@1", "--root", root.to_str().unwrap()];
+    let mut args = vec![
+        "updateclient",
+        "--image",
+        "r@1",
+        "--root",
+        root.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     env.run(&args)
 }
@@ -59,7 +66,7 @@ fn an_unmanaged_root_is_refused_and_left_byte_identical() {
     // /boot, /bin, /srv go; /etc/motd is replaced.
     for want in [
         "holds no aurum node state",
-        "delete 3 entries",
+        "delete 4 entries",
         "replace 1",
         "/boot",
         "Nothing was changed",

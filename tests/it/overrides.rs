@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::common::{sh, Env};
-use crate::update::{node_diff, node_at};
+use crate::update::{node_at, node_diff};
 
 fn files(env: &Env, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let t = env.path(name);
@@ -135,7 +135,10 @@ fn overrides_survive_updates_and_rollbacks_and_can_be_changed_on_the_node() {
         "the plan touches the overrides' files:\n{dry}"
     );
     let (out, err) = up(&[]);
-    assert!(out.contains("1 changed") && out.contains("0 deleted"), "{out}");
+    assert!(
+        out.contains("1 changed") && out.contains("0 deleted"),
+        "{out}"
+    );
     assert!(!err.contains("changed on this node"), "{err}");
     assert_eq!(read(&node, "var/lib/app/state"), "two\n");
     assert_eq!(
@@ -168,7 +171,10 @@ fn overrides_survive_updates_and_rollbacks_and_can_be_changed_on_the_node() {
     // Names that do not exist are refused, changing nothing.
     for (args, want) in [
         (vec!["--no-override", "override.n05"], "does not follow"),
-        (vec!["--override", "override.nope"], "capture the override first"),
+        (
+            vec!["--override", "override.nope"],
+            "capture the override first",
+        ),
     ] {
         let mut a = vec!["updateclient", "--image", "c", "--no-default-excludes"];
         a.extend_from_slice(&args);

@@ -465,7 +465,8 @@ pub struct MarkGoodArgs {
 }
 
 pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
-    let node = Node::open(&a.root)?;
+    // On a root aurum never updated there is nothing to mark: create nothing there.
+    let node = Node::open_deferred(&a.root)?;
     let mut state = node.state()?;
     let current = state.current.clone().ok_or_else(|| {
         aurum::Error::Invalid("this node has not been updated by aurum yet".into())

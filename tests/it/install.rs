@@ -931,3 +931,42 @@ fn shipped_hooks_name_the_node_and_warn_loudly_without_a_bootloader() {
         "emptied for a new id at first boot"
     );
 }
+
+#[test]
+fn a_hooks_image_in_the_repository_replaces_the_shipped_hooks() {
+    if !can_install() {
+        return;
+    }
+    let env = Env::new();
+    let tree = env.path("tree");
+    tiny_tree(&tree);
+    env.getimage(&tree, "compute", &[]);
+    let hooks = recording_hooks(&env);
+    env.getimage(&hooks, "hooks", &[]);
+    let img = disk(&env, "node.img", 13);
+    let out = env.ok(&[
+        "install",
+        "--disk",
+        img.to_str().unwrap(),
+        "--image",
+        "compute",
+        "--class",
+        class(),
+        "--hostname",
+        "n01",
+        "--group",
+        "rack1",
+    ]);
+    detached(&img);
+    // The image's hooks ran (checked out with their modes), not the shipped ones.
+    let log = fs::read_to_string(env.path("hook.log")).unwrap();
+    assert_eq!(
+        log, "10all.a\n20all.b\n05compute.c\n01rack1.d\n00n01.e\n",
+        "{out}"
+    );
+    let rows = gpt_rows(&img);
+    let r = rows.iter().find(|r| r.4 == "root").unwrap();
+    let root = RoMount::new(&img, r.1 * 512, (r.2 + 1 - r.1) * 512, &env.path("m"));
+    let was = fs::read_to_string(root.0.join("hook-was-here")).unwrap();
+    assert!(was.starts_with("/ compute n01"), "{was}");
+}

@@ -13,6 +13,11 @@
 //!
 //! A rollback is the same engine aimed at the previous revision, with the undo area as its only
 //! blob source.
+//!
+//! The manifest an update is given is the tree the node is to hold: the image's, with the
+//! node's overrides composed over it when it has some ([`Overlay`] names them, and the node
+//! state records them). On a root without node state, a plan that would delete or replace
+//! anything is refused unless the administrator adopts the root ([`check_unmanaged`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -565,10 +570,16 @@ fn target_ref(target: &Target, manifest: &Manifest, opts: &UpdateOptions) -> Rev
 fn check_unmanaged(
     root: &Path,
     managed: bool,
-    replaced: &[&[u8]],
+    manifest: &Manifest,
+    steps: &[Step],
     removals: &[(Vec<u8>, bool)],
     opts: &UpdateOptions,
 ) -> Result<Option<String>> {
+    let replaced: Vec<&[u8]> = steps
+        .iter()
+        .filter(|s| matches!(s.act, Act::Replace | Act::Content))
+        .map(|s| manifest.entries[s.entry].path.as_slice())
+        .collect();
     // Leftover temporary names count too: without a journal there never was an update here to
     // leave them, so a `*.aurum-new` is someone else's file.
     let deleted: Vec<&[u8]> = removals.iter().map(|(p, _)| p.as_slice()).collect();
@@ -577,7 +588,7 @@ fn check_unmanaged(
     }
     let examples: Vec<String> = deleted
         .iter()
-        .chain(replaced)
+        .chain(&replaced)
         .take(5)
         .map(|p| display_path(p))
         .collect();
@@ -907,13 +918,8 @@ pub fn update(
         }
     }
     removals.sort();
-    let replaced: Vec<&[u8]> = steps
-        .iter()
-        .filter(|s| matches!(s.act, Act::Replace | Act::Content))
-        .map(|s| manifest.entries[s.entry].path.as_slice())
-        .collect();
     let managed = state.current.is_some() || journal.is_some();
-    if let Some(w) = check_unmanaged(&node.root, managed, &replaced, &removals, opts)? {
+    if let Some(w) = check_unmanaged(&node.root, managed, manifest, &steps, &removals, opts)? {
         engine.warn(w);
     }
 

@@ -17,7 +17,7 @@
 //! The manifest an update is given is the tree the node is to hold: the image's, with the
 //! node's overrides composed over it when it has some ([`Overlay`] names them, and the node
 //! state records them). On a root without node state, a plan that would delete or replace
-//! anything is refused unless the administrator adopts the root ([`check_unmanaged`]).
+//! anything is refused unless the administrator adopts the root (`check_unmanaged`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -114,7 +114,7 @@ pub struct UpdateOptions {
     pub verify_local: bool,
     pub excludes: Excludes,
     /// Take responsibility for a root that holds no node state: let the plan delete or replace
-    /// what is there (without it such a plan is refused, see [`check_unmanaged`]).
+    /// what is there (without it such a plan is refused, see `check_unmanaged`).
     pub adopt: bool,
     /// The overrides composed into the manifest the update is given; `None`: the image alone,
     /// and the node's list of overrides is left as it is.

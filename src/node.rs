@@ -1,7 +1,9 @@
 //! A node's own record of what it runs, kept in `/var/lib/aurum-node/` on its root.
 //!
-//! `state.json` names the current, previous and last-known-good revisions and keeps a history;
-//! `manifests/` holds their manifests (so diffs and rollbacks need no server); `undo/` holds
+//! `state.json` names the current, previous and last-known-good revisions (each with the
+//! override revisions laid over it) and the override images the node follows, and keeps a
+//! history; `manifests/` holds their manifests (so diffs and rollbacks need no server): the
+//! image's, and for a revision with overrides the composed tree's too; `undo/` holds
 //! what the last update replaced or deleted; `staging/` the blobs fetched for an update in
 //! progress; `journal.json` exists only while an update runs, so a rerun knows to finish it.
 //! This directory is excluded from every capture and every update.
@@ -10,6 +12,7 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +30,14 @@ pub struct RevRef {
     pub image: Option<String>,
     pub number: Option<u32>,
     pub id: String,
+    /// The override revisions laid over this one, in the order they were laid (none: the image
+    /// alone). State files written before overrides were recorded lack the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<RevRef>,
+    /// With overrides, the id of the manifest of the tree the node holds (the image's with the
+    /// overrides composed over it); without, the image's manifest is the tree's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
 }
 
 impl RevRef {
@@ -35,14 +46,35 @@ impl RevRef {
             .ok_or_else(|| corrupt(format!("node state names a bad revision id {}", self.id)))
     }
 
-    /// `compute@3 1f2e3d4c`.
+    /// The id of the manifest of the tree the node holds at this revision.
+    pub fn tree_id(&self) -> Result<Id> {
+        let hex = self.tree.as_deref().unwrap_or(&self.id);
+        Id::from_hex(hex).ok_or_else(|| corrupt(format!("node state names a bad tree id {hex}")))
+    }
+
+    /// Whether the node holds the same tree at `self` as at `other` (same image revision and
+    /// same override revisions).
+    pub fn same_tree(&self, other: &RevRef) -> bool {
+        self.tree.as_ref().unwrap_or(&self.id) == other.tree.as_ref().unwrap_or(&other.id)
+    }
+
+    /// `compute@3 1f2e3d4c`, with overrides `compute@3 1f2e3d4c + override@1, override.n05@2`.
     pub fn name(&self) -> String {
-        let short = &self.id[..8.min(self.id.len())];
-        match (&self.image, self.number) {
+        // Ids come from the state file: never slice them past their length.
+        let short = self.id.get(..8).unwrap_or(&self.id);
+        let mut s = match (&self.image, self.number) {
             (Some(i), Some(n)) => format!("{i}@{n} {short}"),
             (Some(i), None) => format!("{i} {short}"),
             _ => short.to_string(),
+        };
+        for (k, o) in self.overrides.iter().enumerate() {
+            s.push_str(if k == 0 { " + " } else { ", " });
+            match (&o.image, o.number) {
+                (Some(i), Some(n)) => s.push_str(&format!("{i}@{n}")),
+                _ => s.push_str(&o.name()),
+            }
         }
+        s
     }
 }
 
@@ -52,6 +84,8 @@ impl From<&Target> for RevRef {
             image: t.image.clone(),
             number: t.number,
             id: t.id.hex(),
+            overrides: Vec::new(),
+            tree: None,
         }
     }
 }
@@ -75,6 +109,11 @@ pub struct NodeState {
     pub previous: Option<RevRef>,
     pub last_known_good: Option<RevRef>,
     pub history: Vec<HistoryEntry>,
+    /// The override images this node follows, in the order they are laid (the last wins):
+    /// `install` records `override`, `override.GROUP`, `override.HOSTNAME`; `updateclient
+    /// --override`/`--no-override` change the list. Absent from older state files: none.
+    #[serde(default)]
+    pub overrides: Vec<String>,
 }
 
 /// `journal.json`: an update in progress.
@@ -94,8 +133,9 @@ pub struct Journal {
 pub struct Node {
     pub root: PathBuf,
     pub dir: PathBuf,
-    /// None for a read-only view of a root aurum never updated (no lock file to hold).
-    _lock: Option<fs::File>,
+    /// Unset for a read-only view of a root aurum never updated (no lock file to hold), and for
+    /// a root opened with [`Node::open_deferred`] until [`Node::claim`].
+    lock: OnceLock<fs::File>,
 }
 
 fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<()> {
@@ -158,25 +198,49 @@ pub fn peek(root: &Path) -> Result<Option<(NodeState, Option<Journal>)>> {
 impl Node {
     /// Opens (creating) the state directory under `root` and takes its lock.
     pub fn open(root: &Path) -> Result<Node> {
+        let node = Node::open_deferred(root)?;
+        node.claim()?;
+        Ok(node)
+    }
+
+    /// Opens the state directory under `root` when there is one (as [`Node::open`]); on a root
+    /// aurum never updated it creates nothing yet, so that an update can plan and refuse (see
+    /// `updateclient --adopt`) leaving the root exactly as it was. [`Node::claim`] creates and
+    /// locks it before anything is written.
+    pub fn open_deferred(root: &Path) -> Result<Node> {
         if !root.is_dir() {
             return Err(invalid(format!("{} is not a directory", root.display())));
         }
-        let dir = root.join(STATE_DIR);
-        for sub in ["manifests", "undo", "staging", "cache"] {
-            fs::create_dir_all(dir.join(sub)).at(dir.join(sub))?;
+        let node = Node {
+            root: root.to_path_buf(),
+            dir: root.join(STATE_DIR),
+            lock: OnceLock::new(),
+        };
+        if node.dir.is_dir() {
+            node.claim()?;
         }
-        let lock_path = dir.join("lock");
+        Ok(node)
+    }
+
+    /// Creates the state directory and takes its lock, unless held already. True when this
+    /// call took the lock (the state may have changed since it was last read).
+    pub fn claim(&self) -> Result<bool> {
+        if self.lock.get().is_some() {
+            return Ok(false);
+        }
+        for sub in ["manifests", "undo", "staging", "cache"] {
+            fs::create_dir_all(self.dir.join(sub)).at(self.dir.join(sub))?;
+        }
+        let lock_path = self.dir.join("lock");
         let lock = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&lock_path)
             .at(&lock_path)?;
-        take_lock(&lock, &lock_path, libc::LOCK_EX, root)?;
-        Ok(Node {
-            root: root.to_path_buf(),
-            dir,
-            _lock: Some(lock),
-        })
+        take_lock(&lock, &lock_path, libc::LOCK_EX, &self.root)?;
+        // A Node is used from one thread at a time; the lock was unset just above.
+        let _ = self.lock.set(lock);
+        Ok(true)
     }
 
     /// Opens the state directory under `root` for reading only, for a dry run: it creates
@@ -194,13 +258,15 @@ impl Node {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).at(&lock_path),
         };
-        if let Some(f) = &lock {
-            take_lock(f, &lock_path, libc::LOCK_SH, root)?;
+        let held = OnceLock::new();
+        if let Some(f) = lock {
+            take_lock(&f, &lock_path, libc::LOCK_SH, root)?;
+            let _ = held.set(f);
         }
         Ok(Node {
             root: root.to_path_buf(),
             dir,
-            _lock: lock,
+            lock: held,
         })
     }
 
@@ -271,10 +337,13 @@ impl Node {
 
     /// Deletes kept manifests no state entry names any more.
     pub fn prune_manifests(&self, s: &NodeState) -> Result<()> {
+        // The image's manifest (a base for manifest deltas) and the composed tree's.
         let keep: Vec<String> = [&s.current, &s.previous, &s.last_known_good]
             .into_iter()
             .flatten()
-            .map(|r| format!("{}.mf", r.id))
+            .flat_map(|r| [Some(&r.id), r.tree.as_ref()])
+            .flatten()
+            .map(|id| format!("{id}.mf"))
             .collect();
         let dir = self.dir.join("manifests");
         for f in fs::read_dir(&dir).at(&dir)? {
@@ -284,5 +353,54 @@ impl Node {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_written_before_overrides_were_recorded_still_read() {
+        let old = r#"{"current":{"image":"c","number":2,"id":"ab"},"previous":null,
+            "last_known_good":null,"history":[]}"#;
+        let s: NodeState = serde_json::from_str(old).unwrap();
+        let cur = s.current.unwrap();
+        assert!(cur.overrides.is_empty() && cur.tree.is_none() && s.overrides.is_empty());
+        assert_eq!(cur.name(), "c@2 ab");
+        // Without overrides nothing new is written, so an older aurum reads the file too.
+        let back = serde_json::to_string(&cur).unwrap();
+        assert!(
+            !back.contains("overrides") && !back.contains("tree"),
+            "{back}"
+        );
+    }
+
+    #[test]
+    fn the_tree_is_the_composed_manifest_when_there_is_one() {
+        let o = RevRef {
+            image: Some("override.n05".into()),
+            number: Some(3),
+            id: "cd".repeat(32),
+            overrides: Vec::new(),
+            tree: None,
+        };
+        let mut r = RevRef {
+            image: Some("c".into()),
+            number: Some(1),
+            id: "ab".repeat(32),
+            overrides: vec![o],
+            tree: Some("ef".repeat(32)),
+        };
+        assert_eq!(r.tree_id().unwrap().hex(), "ef".repeat(32));
+        assert_eq!(r.name(), "c@1 abababab + override.n05@3");
+        let plain = RevRef {
+            overrides: Vec::new(),
+            tree: None,
+            ..r.clone()
+        };
+        assert!(!r.same_tree(&plain));
+        r.tree = None;
+        assert!(r.same_tree(&plain));
     }
 }

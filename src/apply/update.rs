@@ -13,6 +13,11 @@
 //!
 //! A rollback is the same engine aimed at the previous revision, with the undo area as its only
 //! blob source.
+//!
+//! The manifest an update is given is the tree the node is to hold: the image's, with the
+//! node's overrides composed over it when it has some ([`Overlay`] names them, and the node
+//! state records them). On a root without node state, a plan that would delete or replace
+//! anything is refused unless the administrator adopts the root (`check_unmanaged`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -106,6 +111,24 @@ pub struct UpdateOptions {
     /// Hash local files instead of trusting size and mtime.
     pub verify_local: bool,
     pub excludes: Excludes,
+    /// Take responsibility for a root that holds no node state: let the plan delete or replace
+    /// what is there (without it such a plan is refused, see `check_unmanaged`).
+    pub adopt: bool,
+    /// The overrides composed into the manifest the update is given; `None`: the image alone,
+    /// and the node's list of overrides is left as it is.
+    pub overlay: Option<Overlay>,
+}
+
+/// The overrides of an update: the manifest it is given is the image's with these composed
+/// over it (see [`crate::install::overrides::compose`]).
+#[derive(Default)]
+pub struct Overlay {
+    /// The override revisions composed, in the order they were laid.
+    pub layers: Vec<RevRef>,
+    /// The image's own manifest, kept on the node as the base of the next manifest delta.
+    pub image: Option<Manifest>,
+    /// The override images the node follows from now on; `None` keeps its list.
+    pub follow: Option<Vec<String>>,
 }
 
 /// What an update did (or, dry, would do).
@@ -614,6 +637,103 @@ fn check_state_dir_path(manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// What the node records for the tree `manifest` of `target`: the revision, and with overrides
+/// the override revisions and the id of the composed manifest.
+fn target_ref(target: &Target, manifest: &Manifest, opts: &UpdateOptions) -> RevRef {
+    let mut r = RevRef::from(target);
+    if let Some(o) = opts.overlay.as_ref().filter(|o| !o.layers.is_empty()) {
+        r.overrides = o.layers.clone();
+        r.tree = Some(Id::of(&manifest.encode()).hex());
+    }
+    r
+}
+
+/// Refuses a plan that deletes or replaces entries on a root that holds no node state (and no
+/// interrupted update), unless `--adopt` takes responsibility: run on a workstation by mistake
+/// (the default root is `/`), updateclient would otherwise delete `/home`, `/boot` and
+/// everything else the image lacks. Creating entries and setting metadata lose nothing, so an
+/// empty root and one that already holds the image (a node another tool installed) pass. A dry
+/// run is not refused: its warning says what a real run would do. Checked before anything is
+/// written, the state directory included.
+fn check_unmanaged(
+    root: &Path,
+    managed: bool,
+    manifest: &Manifest,
+    steps: &[Step],
+    removals: &[Vec<u8>],
+    opts: &UpdateOptions,
+) -> Result<Option<String>> {
+    let replaced: Vec<&[u8]> = steps
+        .iter()
+        .filter(|s| matches!(s.act, Act::Replace | Act::Content))
+        .map(|s| manifest.entries[s.entry].path.as_slice())
+        .collect();
+    // Leftover temporary names count too: without a journal there never was an update here to
+    // leave them, so a `*.aurum-new` is someone else's file.
+    let deleted: Vec<&[u8]> = removals.iter().map(|p| p.as_slice()).collect();
+    if managed || opts.adopt || (deleted.is_empty() && replaced.is_empty()) {
+        return Ok(None);
+    }
+    let examples: Vec<String> = deleted
+        .iter()
+        .chain(&replaced)
+        .take(5)
+        .map(|p| display_path(p))
+        .collect();
+    let what = format!(
+        "{} holds no aurum node state (/{STATE_DIR}), and the plan would delete {} entries \
+         (each with everything under it) and replace {} ({}{})",
+        root.display(),
+        deleted.len(),
+        replaced.len(),
+        examples.join(", "),
+        if deleted.len() + replaced.len() > examples.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    );
+    if opts.dry_run {
+        return Ok(Some(format!(
+            "{what}: a real run is refused unless given --adopt"
+        )));
+    }
+    Err(invalid(format!(
+        "refusing to update: {what}. Nothing was changed. Is --root right? If this root is a \
+         node you mean to bring to the image (installed by another tool), review the plan with \
+         `aurum updateclient --dry-run`, then rerun updateclient with --adopt; a new node is \
+         installed with `aurum install`"
+    )))
+}
+
+/// Takes the node's lock before the first write, when the update planned on a root without a
+/// state directory (see [`Node::open_deferred`]); refuses to go on if another update ran in
+/// the meantime, as the plan was made against what that one changed. The directories holding
+/// the state directory exist from then on: the steps creating them are dropped (their
+/// metadata is set with every directory's at the end).
+fn claim_node(
+    node: &Node,
+    planned: &NodeState,
+    manifest: &Manifest,
+    steps: &mut Vec<Step>,
+) -> Result<()> {
+    if !node.claim()? {
+        return Ok(());
+    }
+    if node.state()?.current != planned.current || node.journal()?.is_some() {
+        return Err(invalid(format!(
+            "another aurum update ran on {} while this one planned; nothing was changed, rerun it",
+            node.root.display()
+        )));
+    }
+    let state_dir = STATE_DIR.as_bytes();
+    steps.retain(|s| {
+        let p = manifest.entries[s.entry].path.as_slice();
+        !(s.act == Act::Create && (p == state_dir || entry_is_under(state_dir, p)))
+    });
+    Ok(())
+}
+
 /// Brings the root of `node` to `target`. `source` fetches what the node lacks; `None` means
 /// the node must hold everything (a rollback).
 ///
@@ -679,16 +799,22 @@ fn undo_failed(
              its old or its new version"
         )));
     };
-    let back = node.kept_manifest(&from.id()?)?.ok_or_else(|| {
+    let (target, back, overlay) = recorded(node, &from)?.ok_or_else(|| {
         corrupt(format!(
             "the node no longer holds the manifest of {}",
             from.name()
         ))
     })?;
-    let target = Target {
-        image: from.image.clone(),
-        number: from.number,
-        id: from.id()?,
+    // Back to exactly what the node ran, its overrides included; the list of overrides it
+    // follows stays as it was.
+    let opts = &UpdateOptions {
+        action: opts.action.clone(),
+        dry_run: false,
+        no_delete: opts.no_delete,
+        verify_local: opts.verify_local,
+        excludes: opts.excludes.clone(),
+        adopt: true,
+        overlay: Some(overlay),
     };
     let cause = err.to_string();
     match run(node, &target, &back, None, opts, progress, Some(&cause)) {
@@ -745,18 +871,19 @@ fn run(
     // one clock tick), and taking it for the old one would ask for blobs the run may already
     // have dropped with the undo areas.
     let current = match &from {
-        Some(c) => node.kept_manifest(&c.id()?)?,
+        Some(c) => node.kept_manifest(&c.tree_id()?)?,
         None => None,
     };
+    let to_ref = target_ref(target, manifest, opts);
     let mut engine = Engine::for_root(node)?;
-    engine.drops_others = from.as_ref().map(|f| &f.id) != Some(&target.id.hex());
+    engine.drops_others = !from.as_ref().is_some_and(|f| f.same_tree(&to_ref));
     engine.drops_own = undoing.is_some();
     if let (Some(j), false) = (&journal, opts.dry_run) {
         engine.remove_temps(&j.temps);
     }
     let mut report = UpdateReport {
         from: from.clone(),
-        to: Some(RevRef::from(target)),
+        to: Some(to_ref.clone()),
         ..Default::default()
     };
 
@@ -989,6 +1116,10 @@ fn run(
         }
     }
     removals.sort();
+    let managed = state.current.is_some() || journal.is_some();
+    if let Some(w) = check_unmanaged(&node.root, managed, manifest, &steps, &removals, opts)? {
+        engine.warn(w);
+    }
 
     // Hand changes: what the update overwrites or deletes that differs from the revision the
     // node runs. Not after a crash (the interrupted run made the differences) nor on a node
@@ -1107,6 +1238,9 @@ fn run(
         let needs = plan_needs(&engine, manifest, &steps, &removals, report.bytes_to_fetch);
         preflight::check(engine.root_fd.as_fd(), &engine.root, &needs)?;
     }
+    // The lock is taken (and on a new node the state directory made) only once nothing above
+    // refused the run: a refused plan leaves an unmanaged root without a state directory.
+    claim_node(node, &state, manifest, &mut steps)?;
     // Blobs whose older version the node holds: ask for a binary delta against it first.
     let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
     if let (Some(cur), Some(_)) = (current.as_ref(), source) {
@@ -1195,7 +1329,7 @@ fn run(
     node.begin(&Journal {
         action: opts.action.clone(),
         from: from.clone(),
-        to: RevRef::from(target),
+        to: to_ref.clone(),
         undo: undo_name,
         temps: steps
             .iter()
@@ -1357,11 +1491,18 @@ fn run(
     // leaves a tree already at the target, which a rerun finds needing nothing.
     drop_areas(node, &engine)?;
     node.keep_manifest(manifest)?;
-    let to = RevRef::from(target);
-    if from.as_ref().map(|f| &f.id) != Some(&to.id) {
+    if let Some(image) = opts.overlay.as_ref().and_then(|o| o.image.as_ref()) {
+        node.keep_manifest(image)?;
+    }
+    let to = to_ref;
+    let switched = !from.as_ref().is_some_and(|f| f.same_tree(&to));
+    if switched {
         state.previous = from.clone();
     }
     state.current = Some(to.clone());
+    if let Some(follow) = opts.overlay.as_ref().and_then(|o| o.follow.as_ref()) {
+        state.overrides = follow.clone();
+    }
     report.seconds = started.elapsed().as_secs_f64();
     // What crossed the network: the blobs and deltas counted above, and also the refs, the
     // manifest and the pack indexes that told the node what to fetch.
@@ -1622,7 +1763,7 @@ fn index_local(
         .into_iter()
         .flatten()
     {
-        if let Some(m) = node.kept_manifest(&r.id()?)? {
+        if let Some(m) = node.kept_manifest(&r.tree_id()?)? {
             manifests.push(m);
         }
     }
@@ -1671,8 +1812,9 @@ fn index_local(
     Ok(())
 }
 
-/// The revision a rollback goes to: before an interrupted update, else the previous one.
-pub fn rollback_target(node: &Node) -> Result<(Target, Manifest)> {
+/// The revision a rollback goes to: before an interrupted update, else the previous one; with
+/// the manifest of the tree the node held there and the overrides laid in it.
+pub fn rollback_target(node: &Node) -> Result<(Target, Manifest, Overlay)> {
     let state = node.state()?;
     let back = match node.journal()? {
         Some(j) if j.action == "rollback" => Some(j.to),
@@ -1680,19 +1822,30 @@ pub fn rollback_target(node: &Node) -> Result<(Target, Manifest)> {
         None => state.previous.clone(),
     }
     .ok_or_else(|| invalid("this node has no previous revision to roll back to"))?;
-    let id = back.id()?;
-    let m = node.kept_manifest(&id)?.ok_or_else(|| {
+    recorded(node, &back)?.ok_or_else(|| {
         corrupt(format!(
             "the node no longer holds the manifest of {}",
             back.name()
         ))
-    })?;
-    Ok((
-        Target {
-            image: back.image.clone(),
-            number: back.number,
-            id,
-        },
-        m,
-    ))
+    })
+}
+
+/// A revision the node recorded, to go back to exactly: its target, the manifest of the tree
+/// (the overrides it had composed in), and the overlay naming those overrides. `None` when the
+/// node no longer keeps that manifest.
+pub fn recorded(node: &Node, r: &RevRef) -> Result<Option<(Target, Manifest, Overlay)>> {
+    let Some(m) = node.kept_manifest(&r.tree_id()?)? else {
+        return Ok(None);
+    };
+    let target = Target {
+        image: r.image.clone(),
+        number: r.number,
+        id: r.id()?,
+    };
+    let overlay = Overlay {
+        layers: r.overrides.clone(),
+        image: None,
+        follow: None,
+    };
+    Ok(Some((target, m, overlay)))
 }

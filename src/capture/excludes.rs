@@ -42,6 +42,7 @@ pub const DEFAULT_CAPTURE_EXCLUDES: &[&str] = &[
 pub const ALWAYS_EXCLUDED: &[&str] = &["/var/lib/aurum-node"];
 
 /// A compiled list of patterns.
+#[derive(Clone)]
 pub struct Excludes {
     set: GlobSet,
     dir_only: Vec<bool>,

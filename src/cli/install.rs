@@ -138,9 +138,10 @@ pub fn prepareclient(_: &Global, a: PrepareclientArgs) -> anyhow::Result<()> {
 ///
 /// Renders the class's partition template for the real disk sizes (refusing before anything
 /// is written when it does not fit), writes a fresh GPT with sgdisk, makes the filesystems,
-/// applies the revision with the updateclient engine (so `aurum updateclient` and `aurum
-/// rollback` work from the first boot), lays the overrides over it (images `override`,
-/// `override.GROUP`, `override.HOSTNAME`), writes /etc/fstab by UUID and /etc/hostname, and
+/// applies the revision with the overrides laid over it (images `override`, `override.GROUP`,
+/// `override.HOSTNAME`) with the updateclient engine (so `aurum updateclient` and `aurum
+/// rollback` work from the first boot, and keep the overrides), writes /etc/fstab by UUID and
+/// /etc/hostname, and
 /// runs the hooks: pre-install on the installer, post-install chrooted in the new root (the
 /// shipped ones set the hostname, clear the machine id, regenerate ssh host keys and install
 /// GRUB). An image file gets a loop device per partition. Everything is unmounted and

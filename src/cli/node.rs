@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use aurum::apply::update::{self, default_update_excludes, UpdateOptions, UpdateReport};
 use aurum::capture::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use aurum::catalog::NodeReport;
+use aurum::install::overrides;
 use aurum::node::Node;
 use aurum::source::{HttpRepo, LocalRepo, RevisionSource};
 use clap::Args;
@@ -23,8 +24,16 @@ pub struct SourceArgs {
 
 impl SourceArgs {
     fn open(&self, g: &Global, node: &Node) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
+        // Pack indexes are cached in the node state directory; on a root that has none yet
+        // they go to a shared cache in /tmp (they never change), so that planning, a dry run
+        // and a refused update create nothing under the root.
+        let cache = if node.dir.is_dir() {
+            node.dir.join("cache")
+        } else {
+            std::env::temp_dir().join("aurum-pack-indexes")
+        };
         Ok(match &self.server {
-            Some(url) => Some(Box::new(HttpRepo::new(url, &node.dir.join("cache"))?)),
+            Some(url) => Some(Box::new(HttpRepo::new(url, &cache)?)),
             None if g.repo_given => Some(Box::new(LocalRepo::new(&g.repo)?)),
             None => None,
         })
@@ -87,6 +96,19 @@ pub struct UpdateclientArgs {
     /// Hash local files rather than trusting their size and modification time.
     #[arg(long)]
     verify_local: bool,
+    /// Take over a root aurum has no state on (a node installed by another tool): let the
+    /// update delete and replace what the image lacks or has otherwise. Without it such an
+    /// update is refused, changing nothing; see the plan with --dry-run first.
+    #[arg(long)]
+    adopt: bool,
+    /// Also lay the override image IMAGE over this node, now and on every later update
+    /// (after the overrides it follows, so it wins). Repeatable.
+    #[arg(long = "override", value_name = "IMAGE")]
+    add_override: Vec<String>,
+    /// Stop laying the override image IMAGE over this node: its files go back to the image's
+    /// (or the other overrides'), those only it had are deleted. Repeatable.
+    #[arg(long = "no-override", value_name = "IMAGE")]
+    no_override: Vec<String>,
     #[command(flatten)]
     excludes: ExcludeArgs,
     /// Print the default update excludes and exit.
@@ -261,11 +283,12 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     let spec = a.image.as_deref().ok_or_else(|| {
         aurum::Error::Invalid("give the revision to update to with --image".into())
     })?;
-    // A dry run writes nothing under the root, not even the state directory or its lock.
+    // A dry run writes nothing under the root, not even the state directory or its lock; nor
+    // does a real run before its plan passed (see --adopt).
     let node = if a.dry_run {
         Node::open_read_only(&a.root)?
     } else {
-        Node::open(&a.root)?
+        Node::open_deferred(&a.root)?
     };
     let source = a.source.open(g, &node)?.ok_or_else(|| {
         aurum::Error::Invalid(
@@ -273,17 +296,24 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
                 .into(),
         )
     })?;
-    let opts = UpdateOptions {
+    let mut opts = UpdateOptions {
         action: "updateclient".into(),
         dry_run: a.dry_run,
         no_delete: a.no_delete,
         verify_local: a.verify_local,
         excludes: a.excludes.build()?,
+        adopt: a.adopt,
+        overlay: None,
     };
     let progress = progress::for_terminal(false);
     let result = (|| -> anyhow::Result<UpdateReport> {
         let target = source.resolve(spec)?;
-        let manifest = fetch_manifest(&node, source.as_ref(), &target.id)?;
+        let image = fetch_manifest(&node, source.as_ref(), &target.id)?;
+        let follow =
+            overrides::edit_follow(&node.state()?.overrides, &a.add_override, &a.no_override)?;
+        let (manifest, overlay) =
+            overrides::for_node(source.as_ref(), image, follow, &a.add_override)?;
+        opts.overlay = Some(overlay);
         let hooks = a.hooks.as_deref().filter(|_| !a.dry_run);
         let (who, env) = update_hook_env(&a, &target, source.as_ref());
         if let Some(dir) = hooks {
@@ -340,7 +370,7 @@ pub struct RollbackArgs {
 }
 
 pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
-    let node = Node::open(&a.root)?;
+    let node = Node::open_deferred(&a.root)?;
     // A plain rollback needs no source: do not fail on one that cannot be reached.
     let source = match a.source.open(g, &node) {
         Ok(s) => s,
@@ -350,53 +380,64 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let opts = UpdateOptions {
+    let mut opts = UpdateOptions {
         action: "rollback".into(),
         dry_run: false,
         no_delete: false,
         verify_local: false,
         excludes: a.excludes.build()?,
+        adopt: false,
+        overlay: None,
     };
     let progress = progress::for_terminal(false);
     let result = (|| -> anyhow::Result<UpdateReport> {
-        let (target, manifest) = if let Some(spec) = &a.to {
+        let (target, manifest, overlay) = if let Some(spec) = &a.to {
             let s = source.as_deref().ok_or_else(|| {
                 aurum::Error::Invalid(
                     "--to needs --server URL or --repo DIR to find the revision".into(),
                 )
             })?;
             let t = s.resolve(spec)?;
-            let m = fetch_manifest(&node, s, &t.id)?;
-            (t, m)
+            let image = fetch_manifest(&node, s, &t.id)?;
+            // Another revision of the image, with the newest of the overrides the node follows.
+            let (m, overlay) = overrides::for_node(s, image, node.state()?.overrides, &[])?;
+            (t, m, overlay)
         } else if a.last_known_good {
             let lkg = node.state()?.last_known_good.ok_or_else(|| {
                 aurum::Error::Invalid(
                     "no last-known-good revision recorded; `aurum mark-good` records one".into(),
                 )
             })?;
-            let id = lkg.id()?;
-            let m = match node.kept_manifest(&id)? {
-                Some(m) => m,
-                None => source
-                    .as_deref()
-                    .ok_or_else(|| {
+            match update::recorded(&node, &lkg)? {
+                Some(back) => back,
+                // Without overrides the image's manifest is the tree's: the server has it.
+                None if lkg.overrides.is_empty() => {
+                    let s = source.as_deref().ok_or_else(|| {
                         aurum::Error::Invalid(
                             "the node no longer holds that manifest; give --server".into(),
                         )
-                    })?
-                    .manifest(&id)?,
-            };
-            (
-                aurum::source::Target {
-                    image: lkg.image,
-                    number: lkg.number,
-                    id,
-                },
-                m,
-            )
+                    })?;
+                    let id = lkg.id()?;
+                    let m = s.manifest(&id)?;
+                    let t = aurum::source::Target {
+                        image: lkg.image,
+                        number: lkg.number,
+                        id,
+                    };
+                    (t, m, update::Overlay::default())
+                }
+                None => {
+                    return Err(aurum::Error::Corrupt(format!(
+                        "the node no longer holds the manifest of {}",
+                        lkg.name()
+                    ))
+                    .into())
+                }
+            }
         } else {
             update::rollback_target(&node)?
         };
+        opts.overlay = Some(overlay);
         Ok(update::update(
             &node,
             &target,
@@ -424,7 +465,8 @@ pub struct MarkGoodArgs {
 }
 
 pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
-    let node = Node::open(&a.root)?;
+    // On a root aurum never updated there is nothing to mark: create nothing there.
+    let node = Node::open_deferred(&a.root)?;
     let mut state = node.state()?;
     let current = state.current.clone().ok_or_else(|| {
         aurum::Error::Invalid("this node has not been updated by aurum yet".into())
@@ -463,6 +505,14 @@ pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
     println!("current          {}", show(&state.current));
     println!("previous         {}", show(&state.previous));
     println!("last-known-good  {}", show(&state.last_known_good));
+    println!(
+        "overrides        {}",
+        if state.overrides.is_empty() {
+            "-".to_string()
+        } else {
+            state.overrides.join(", ")
+        }
+    );
     if let Some(j) = journal {
         println!(
             "INTERRUPTED      {} to {}: rerun it to finish",

@@ -15,7 +15,8 @@
 //! 7. transfer: the filesystems are mounted under a temporary directory and the revision is
 //!    applied with the updateclient engine, which also writes the node state
 //!    (`/var/lib/aurum-node/`) so `aurum updateclient` and `aurum rollback` work from the
-//!    first boot; then the overrides (global, group, node) are laid over it;
+//!    first boot; the overrides (global, group, node) are composed into the revision's
+//!    manifest beforehand, so they are applied with it and recorded in the node state;
 //! 8. /etc/fstab (by UUID) and /etc/hostname;
 //! 9. post-install hooks, chrooted in the new root (the shipped bootloader hook among them);
 //! 10. done, or failed: either way every mount, array, volume group and loop device is
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::apply::update::{self, UpdateOptions};
+use crate::apply::update::{self, Overlay, UpdateOptions};
 use crate::capture::excludes::Excludes;
 use crate::error::{invalid, IoContext, Result};
 use crate::facts::{DiskFact, Facts, Firmware};
@@ -639,12 +640,13 @@ fn mount_all(made: &[Made], mnt: &Path) -> Result<Mounts> {
     Ok(mounts)
 }
 
-/// Applies the revision to the mounted root with the updateclient engine, which also writes
-/// the node state.
+/// Applies the revision (its overrides composed in) to the mounted root with the updateclient
+/// engine, which also writes the node state, overrides included.
 fn transfer(
     source: &dyn RevisionSource,
     target: &crate::source::Target,
     manifest: &Manifest,
+    overlay: Overlay,
     made: &[Made],
     mnt: &Path,
     reporter: &dyn Reporter,
@@ -684,6 +686,8 @@ fn transfer(
             no_delete: false,
             verify_local: false,
             excludes: Excludes::new(&patterns)?,
+            adopt: false,
+            overlay: Some(overlay),
         },
         &progress,
     )?;
@@ -750,7 +754,15 @@ fn install_inner(
     reporter.report(Phase::Plan(plan.table()));
     let target = source.resolve(&opts.image)?;
     reporter.report(Phase::Revision(target.name()));
-    let manifest = source.manifest(&target.id)?;
+    let image_manifest = source.manifest(&target.id)?;
+    // The overrides are composed into the tree before anything is written: the engine applies
+    // image and overrides in one pass, and the node state records them, so updateclient and
+    // rollback lay them again (see `overrides`).
+    let follow = overrides::names(
+        opts.group.as_deref(),
+        opts.hostname.as_deref().unwrap_or(""),
+    );
+    let (manifest, overlay) = overrides::for_node(source, image_manifest, follow, &[])?;
     let any_file = opts
         .disks
         .iter()
@@ -776,7 +788,7 @@ fn install_inner(
         Some(d) => d.clone(),
         None => {
             let dir = hooks_tmp.path().to_path_buf();
-            match overrides::lay(source, "hooks", &dir)? {
+            match overrides::checkout(source, "hooks", &dir)? {
                 Some(rev) => reporter.report(Phase::Hooks(format!("hooks from image {rev}"))),
                 None => hooks::write_shipped(&dir)?,
             }
@@ -827,14 +839,14 @@ fn install_inner(
             })
             .collect();
         let mounts = mount_all(&made, &mnt)?;
-        let (bytes, warnings) = transfer(source, &target, &manifest, &made, &mnt, reporter)?;
+        let laid: Vec<String> = overlay.layers.iter().map(|r| r.name()).collect();
+        let (bytes, warnings) =
+            transfer(source, &target, &manifest, overlay, &made, &mnt, reporter)?;
         report.bytes = bytes;
         report.warnings.extend(warnings);
-        for name in overrides::names(opts.group.as_deref(), &hostname) {
-            if let Some(rev) = overrides::lay(source, &name, &mnt)? {
-                reporter.report(Phase::Overrides(rev.clone()));
-                report.overrides.push(rev);
-            }
+        for rev in laid {
+            reporter.report(Phase::Overrides(rev.clone()));
+            report.overrides.push(rev);
         }
         let rows: Vec<(FsSpec, String)> = made
             .iter()

@@ -1,4 +1,4 @@
-//! Overrides: trees laid over a freshly installed root, global, then group, then node.
+//! Overrides: trees laid over a node's image, global, then group, then node.
 //!
 //! As in SystemImager, an override is a directory tree copied over the image after it is
 //! applied, so a group or a single node can differ from the image in a few files (a site
@@ -7,21 +7,25 @@
 //! server ships it the same way: `override` for every node, `override.GROUP` for a group,
 //! `override.HOSTNAME` for one node. The node's wins over the group's, which wins over the
 //! global one, simply by being laid last.
+//!
+//! The overrides are not written over the root after the image: [`compose`] lays them over the
+//! image's manifest, and install, updateclient and rollback hand the composed manifest to the
+//! apply engine. So the tree the node holds is one manifest, which the node state records with
+//! the override revisions in it: the next update plans against it (an override's file is
+//! neither deleted nor taken for a change by hand), a rollback returns to it exactly, and
+//! `--dry-run` shows the overrides' part of the plan like the image's.
 
-use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use nix::sys::stat::{mkdirat, Mode};
-use nix::unistd::{unlinkat, UnlinkatFlags};
-
-use crate::apply::{create_special, set_metadata, write_file, BlobSource};
-use crate::error::{corrupt, Error, IoContext, Result};
-use crate::format::manifest::{file_name, parent, Kind, Manifest};
+use crate::apply::update::Overlay;
+use crate::apply::BlobSource;
+use crate::error::{corrupt, invalid, Error, Result};
+use crate::format::manifest::{display_path, Kind, Manifest};
 use crate::format::Id;
+use crate::node::RevRef;
 use crate::progress::Quiet;
 use crate::source::RevisionSource;
-use crate::sys::{self, shown};
 
 /// The override images that apply to a node, in the order they are laid.
 pub fn names(group: Option<&str>, hostname: &str) -> Vec<String> {
@@ -35,34 +39,180 @@ pub fn names(group: Option<&str>, hostname: &str) -> Vec<String> {
     v
 }
 
+/// The override images a node follows after an administrator's change: `add` appended (laid
+/// last, so they win), `remove` taken out. Removing one the node does not follow is an error,
+/// as a misspelt name would otherwise change nothing silently.
+pub fn edit_follow(follow: &[String], add: &[String], remove: &[String]) -> Result<Vec<String>> {
+    let mut v: Vec<String> = follow.to_vec();
+    for r in remove {
+        let before = v.len();
+        v.retain(|n| n != r);
+        if v.len() == before {
+            return Err(invalid(format!(
+                "--no-override {r}: this node does not follow {r} (it follows: {}); \
+                 `aurum node-status` lists them",
+                if follow.is_empty() {
+                    "none".to_string()
+                } else {
+                    follow.join(", ")
+                }
+            )));
+        }
+    }
+    for a in add {
+        if !v.contains(a) {
+            v.push(a.clone());
+        }
+    }
+    Ok(v)
+}
+
+/// One override revision to lay: what the node records, and its manifest.
+pub struct Layer {
+    pub rev: RevRef,
+    pub manifest: Manifest,
+}
+
+/// The newest revision of each image of `follow` the source has, in order. An image it lacks
+/// is skipped (a group without an override of its own), except those in `required` (named by
+/// the administrator on this command line): a misspelt name must not pass unnoticed.
+pub fn resolve(
+    source: &dyn RevisionSource,
+    follow: &[String],
+    required: &[String],
+) -> Result<Vec<Layer>> {
+    let mut layers = Vec::new();
+    for name in follow {
+        let target = match source.resolve(name) {
+            Ok(t) => t,
+            Err(Error::NotFound(_)) if !required.contains(name) => continue,
+            Err(Error::NotFound(e)) => {
+                return Err(Error::NotFound(format!(
+                    "--override {name}: {e}; capture the override first (aurum getimage \
+                     --image {name})"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let manifest = source.manifest(&target.id)?;
+        layers.push(Layer {
+            rev: RevRef::from(&target),
+            manifest,
+        });
+    }
+    Ok(layers)
+}
+
+/// The tree a node is to hold at revision `image` (its manifest): the newest revisions of the
+/// overrides in `follow` composed over it (see [`resolve`] for `required`), and the overlay the
+/// update records (the node follows `follow` from then on).
+pub fn for_node(
+    source: &dyn RevisionSource,
+    image: Manifest,
+    follow: Vec<String>,
+    required: &[String],
+) -> Result<(Manifest, Overlay)> {
+    let layers = resolve(source, &follow, required)?;
+    let mut overlay = Overlay {
+        layers: layers.iter().map(|l| l.rev.clone()).collect(),
+        image: None,
+        follow: Some(follow),
+    };
+    if layers.is_empty() {
+        return Ok((image, overlay));
+    }
+    let manifests: Vec<&Manifest> = layers.iter().map(|l| &l.manifest).collect();
+    let tree = compose(&image, &manifests)?;
+    overlay.image = Some(image);
+    Ok((tree, overlay))
+}
+
+/// The manifest of `image` with every layer laid over it, in order: each entry of a layer
+/// (its directories too) replaces the entry at its path or is added; the root directory's
+/// metadata stays the image's. A layer may turn a file into a directory, not a directory into
+/// anything else (that would drop what the directory holds). A hardlink of the tree whose file
+/// a layer replaces keeps the old content, as it would on disk: it becomes a file of its own.
+pub fn compose(image: &Manifest, layers: &[&Manifest]) -> Result<Manifest> {
+    let mut tree: BTreeMap<Vec<u8>, crate::format::manifest::Entry> = image
+        .entries
+        .iter()
+        .map(|e| (e.path.clone(), e.clone()))
+        .collect();
+    for layer in layers {
+        layer.validate()?;
+        for e in layer.entries.iter().skip(1) {
+            if let Some(old) = tree.get(&e.path) {
+                if old.kind == Kind::Dir && e.kind != Kind::Dir {
+                    return Err(invalid(format!(
+                        "an override has a {} where the image has a directory: {}; make it a \
+                         directory in the override, or remove the directory from the image",
+                        e.kind.name(),
+                        display_path(&e.path)
+                    )));
+                }
+                if old.kind != Kind::Dir {
+                    detach_links(&mut tree, &e.path, layer);
+                }
+            }
+            tree.insert(e.path.clone(), e.clone());
+        }
+    }
+    let m = Manifest {
+        entries: tree.into_values().collect(),
+    };
+    m.validate()?;
+    Ok(m)
+}
+
+/// Before the entry at `path` is replaced: the hardlinks pointing at it (which `layer` does
+/// not replace too) keep its content, the first as a file of its own, the others linked to it.
+fn detach_links(
+    tree: &mut BTreeMap<Vec<u8>, crate::format::manifest::Entry>,
+    path: &[u8],
+    layer: &Manifest,
+) {
+    let links: Vec<Vec<u8>> = tree
+        .values()
+        .filter(|e| matches!(&e.kind, Kind::Hardlink { target } if target == path))
+        .filter(|e| layer.get(&e.path).is_none())
+        .map(|e| e.path.clone())
+        .collect();
+    let Some(first) = links.first() else {
+        return;
+    };
+    let mut own = tree[path].clone();
+    own.path = first.clone();
+    tree.insert(first.clone(), own);
+    for l in &links[1..] {
+        if let Some(e) = tree.get_mut(l) {
+            e.kind = Kind::Hardlink {
+                target: first.clone(),
+            };
+        }
+    }
+}
+
 struct MemBlobs(HashMap<Id, Vec<u8>>);
 
 impl BlobSource for MemBlobs {
     fn get(&self, id: &Id) -> Result<Vec<u8>> {
-        self.0.get(id).cloned().ok_or_else(|| {
-            corrupt(format!(
-                "blob {} of an override was not fetched",
-                id.short()
-            ))
-        })
+        self.0
+            .get(id)
+            .cloned()
+            .ok_or_else(|| corrupt(format!("blob {} of an image was not fetched", id.short())))
     }
 }
 
-/// Lays the newest revision of `image` over `root`, when the source has that image. Returns
-/// the revision laid (`override.n01@2 1a2b3c4d`), `None` when there is no such image.
-pub fn lay(source: &dyn RevisionSource, image: &str, root: &Path) -> Result<Option<String>> {
+/// Checks the newest revision of `image` out into the empty directory `dir`, when the source
+/// has that image (install's `hooks` image). Returns the revision (`hooks@2 1a2b3c4d`), `None`
+/// when there is no such image.
+pub fn checkout(source: &dyn RevisionSource, image: &str, dir: &Path) -> Result<Option<String>> {
     let target = match source.resolve(image) {
         Ok(t) => t,
         Err(Error::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
     let m = source.manifest(&target.id)?;
-    lay_manifest(source, &m, root)?;
-    Ok(Some(target.name()))
-}
-
-fn lay_manifest(source: &dyn RevisionSource, m: &Manifest, root: &Path) -> Result<()> {
-    m.validate()?;
     let mut ids: Vec<Id> = m
         .entries
         .iter()
@@ -83,55 +233,115 @@ fn lay_manifest(source: &dyn RevisionSource, m: &Manifest, root: &Path) -> Resul
         &Quiet,
     )?;
     let blobs = MemBlobs(blobs.into_inner().expect("blobs lock"));
-    let root_fd = sys::open_root(root)?;
-    let warn = |w: String| log::warn!("{w}");
-    for e in m.entries.iter().skip(1) {
-        let dir = sys::open_dir_beneath(root_fd.as_fd(), parent(&e.path), root)?;
-        let name = file_name(&e.path);
-        let existing = sys::lstat_at(dir.as_fd(), name).ok();
-        let is_dir = existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
-        match &e.kind {
-            Kind::Dir => {
-                if existing.is_some() && !is_dir {
-                    unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)
-                        .at(shown(root, &e.path))?;
-                }
-                if !is_dir {
-                    mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
-                        .at(shown(root, &e.path))?;
-                }
-            }
-            kind => {
-                if is_dir {
-                    return Err(crate::error::invalid(format!(
-                        "override has a {} where the image has a directory: {}",
-                        kind.name(),
-                        shown(root, &e.path).display()
-                    )));
-                }
-                if existing.is_some() {
-                    unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)
-                        .at(shown(root, &e.path))?;
-                }
-                if let Kind::File { .. } = kind {
-                    let f = write_file(dir.as_fd(), name, e, &blobs, root, &Quiet)?;
-                    set_metadata(dir.as_fd(), name, e, Some(&f), root, &warn)?;
-                } else {
-                    create_special(dir.as_fd(), name, &root_fd, e, root)?;
-                    if !matches!(kind, Kind::Hardlink { .. }) {
-                        set_metadata(dir.as_fd(), name, e, None, root, &warn)?;
-                    }
-                }
-            }
+    crate::apply::checkout(&m, &blobs, dir, &Quiet)?;
+    Ok(Some(target.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::manifest::{Chunk, Entry};
+
+    fn entry(path: &str, kind: Kind, mode: u32) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            mtime_nsec: 0,
+            xattrs: Vec::new(),
         }
     }
-    // Directory metadata last, deepest first (writing into a directory changes its mtime). The
-    // root of the override is not applied: the image decides the root's owner and mode.
-    for e in m.entries.iter().skip(1).rev() {
-        if e.kind == Kind::Dir {
-            let dir = sys::open_dir_beneath(root_fd.as_fd(), parent(&e.path), root)?;
-            set_metadata(dir.as_fd(), file_name(&e.path), e, None, root, &warn)?;
-        }
+
+    fn file(path: &str, seed: u8) -> Entry {
+        entry(
+            path,
+            Kind::File {
+                size: 1,
+                chunks: vec![Chunk {
+                    id: Id::of(&[seed]),
+                    len: 1,
+                }],
+                extents: None,
+            },
+            0o644,
+        )
     }
-    Ok(())
+
+    fn link(path: &str, target: &str) -> Entry {
+        entry(
+            path,
+            Kind::Hardlink {
+                target: target.as_bytes().to_vec(),
+            },
+            0o644,
+        )
+    }
+
+    fn m(entries: Vec<Entry>) -> Manifest {
+        Manifest { entries }
+    }
+
+    #[test]
+    fn the_last_layer_wins_and_the_root_stays_the_images() {
+        let image = m(vec![
+            entry("", Kind::Dir, 0o755),
+            entry("etc", Kind::Dir, 0o755),
+            file("etc/motd", 1),
+        ]);
+        let group = m(vec![
+            entry("", Kind::Dir, 0o700),
+            entry("etc", Kind::Dir, 0o750),
+            file("etc/motd", 2),
+            file("etc/site", 3),
+        ]);
+        let host = m(vec![
+            entry("", Kind::Dir, 0o700),
+            entry("etc", Kind::Dir, 0o750),
+            file("etc/motd", 4),
+        ]);
+        let c = compose(&image, &[&group, &host]).unwrap();
+        assert_eq!(c.get(b"").unwrap().mode, 0o755);
+        assert_eq!(c.get(b"etc").unwrap().mode, 0o750);
+        assert_eq!(c.get(b"etc/motd"), Some(&file("etc/motd", 4)));
+        assert_eq!(c.get(b"etc/site"), Some(&file("etc/site", 3)));
+        assert_eq!(c.entries.len(), 4);
+    }
+
+    #[test]
+    fn a_replaced_file_leaves_its_hardlinks_the_old_content() {
+        let image = m(vec![
+            entry("", Kind::Dir, 0o755),
+            file("a", 1),
+            link("b", "a"),
+            link("c", "a"),
+        ]);
+        let over = m(vec![entry("", Kind::Dir, 0o755), file("a", 2)]);
+        let c = compose(&image, &[&over]).unwrap();
+        assert_eq!(c.get(b"a"), Some(&file("a", 2)));
+        assert_eq!(c.get(b"b"), Some(&file("b", 1)));
+        assert_eq!(c.get(b"c"), Some(&link("c", "b")));
+    }
+
+    #[test]
+    fn a_directory_is_not_replaced_by_a_file() {
+        let image = m(vec![
+            entry("", Kind::Dir, 0o755),
+            entry("etc", Kind::Dir, 0o755),
+        ]);
+        let over = m(vec![entry("", Kind::Dir, 0o755), file("etc", 1)]);
+        let e = compose(&image, &[&over]).unwrap_err().to_string();
+        assert!(e.contains("/etc") && e.contains("directory"), "{e}");
+    }
+
+    #[test]
+    fn follow_list_edits() {
+        let f = names(Some("g1"), "n05");
+        let v = edit_follow(&f, &["override.x".into()], &["override.g1".into()]).unwrap();
+        assert_eq!(v, ["override", "override.n05", "override.x"]);
+        let e = edit_follow(&f, &[], &["override.nope".into()]).unwrap_err();
+        assert!(e.to_string().contains("does not follow"), "{e}");
+    }
 }

@@ -700,18 +700,30 @@ fn prepareclient_reproduces_the_template_and_updateclient_works_after_install() 
             "--repo",
             env.repo().to_str().unwrap(),
         ]);
-        // The override's motd differs from compute@1's: the update restores the image's.
+        // Issue #12: the overrides the node was installed with belong to it. The update lays
+        // them again, so only the image's own change is a change; the node's motd and the
+        // files only an override has stay.
         assert!(
-            out.contains("compute@1") && out.contains("compute@2") && out.contains("2 changed"),
+            out.contains("compute@1") && out.contains("compute@2") && out.contains("1 changed"),
+            "{out}"
+        );
+        assert!(
+            out.contains("+ override@1, override.g1@1, override.n05@1"),
             "{out}"
         );
         assert_eq!(read("var/lib/app/state"), "version two\n");
-        // updateclient does not lay overrides again (a known limit, in the roadmap): files
-        // only an override has are deleted, and a rollback goes back to the image's files.
-        assert!(!m.join("etc/node.conf").exists());
+        assert_eq!(read("etc/motd"), "node\n");
+        assert_eq!(read("etc/site.conf"), "site\n");
+        assert_eq!(read("etc/node.conf"), "n05\n");
+        let st = env.ok(&["node-status", "--root", root]);
+        assert!(
+            st.contains("overrides        override, override.g1, override.n05\n"),
+            "{st}"
+        );
         env.ok(&["rollback", "--root", root]);
         assert_eq!(read("var/lib/app/state"), "x");
-        assert_eq!(read("etc/motd"), "welcome to the cluster\n");
+        assert_eq!(read("etc/motd"), "node\n");
+        assert_eq!(read("etc/node.conf"), "n05\n");
     });
     sh(&format!("umount {}", m.display()));
     detached(&img);
@@ -918,4 +930,43 @@ fn shipped_hooks_name_the_node_and_warn_loudly_without_a_bootloader() {
         "",
         "emptied for a new id at first boot"
     );
+}
+
+#[test]
+fn a_hooks_image_in_the_repository_replaces_the_shipped_hooks() {
+    if !can_install() {
+        return;
+    }
+    let env = Env::new();
+    let tree = env.path("tree");
+    tiny_tree(&tree);
+    env.getimage(&tree, "compute", &[]);
+    let hooks = recording_hooks(&env);
+    env.getimage(&hooks, "hooks", &[]);
+    let img = disk(&env, "node.img", 13);
+    let out = env.ok(&[
+        "install",
+        "--disk",
+        img.to_str().unwrap(),
+        "--image",
+        "compute",
+        "--class",
+        class(),
+        "--hostname",
+        "n01",
+        "--group",
+        "rack1",
+    ]);
+    detached(&img);
+    // The image's hooks ran (checked out with their modes), not the shipped ones.
+    let log = fs::read_to_string(env.path("hook.log")).unwrap();
+    assert_eq!(
+        log, "10all.a\n20all.b\n05compute.c\n01rack1.d\n00n01.e\n",
+        "{out}"
+    );
+    let rows = gpt_rows(&img);
+    let r = rows.iter().find(|r| r.4 == "root").unwrap();
+    let root = RoMount::new(&img, r.1 * 512, (r.2 + 1 - r.1) * 512, &env.path("m"));
+    let was = fs::read_to_string(root.0.join("hook-was-here")).unwrap();
+    assert!(was.starts_with("/ compute n01"), "{was}");
 }

@@ -3,6 +3,7 @@
 //! One test binary (see STYLE.md), a module per area. Tests that need root or an external
 //! tool say so; `./test.sh` (what CI runs) installs the tools and runs as root.
 
+mod adopt;
 mod chroot;
 mod common;
 mod crash;
@@ -10,6 +11,7 @@ mod delta;
 mod fidelity;
 mod install;
 mod nodesafety;
+mod overrides;
 mod pxe;
 mod remote;
 mod repository;

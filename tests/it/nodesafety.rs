@@ -177,8 +177,9 @@ fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision()
         "--root",
         &n,
     ];
-    // The other writer: fills the filesystem the moment the update starts applying (its
-    // journal appears after the space check and the fetch).
+    // The other writer fills the filesystem the moment the update starts applying: its journal
+    // appears after the space check and the fetch. The update is stopped (SIGSTOP) while the
+    // disk fills, so it cannot finish first however the machine is loaded.
     let journal = node.join("var/lib/aurum-node/journal.json");
     let filler = fs.dir.join("filler");
     let child = Command::new(env!("CARGO_BIN_EXE_aurum"))
@@ -188,10 +189,12 @@ fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision()
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let start = std::time::Instant::now();
-    while !journal.exists() && start.elapsed() < std::time::Duration::from_secs(20) {
+    while !journal.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
         std::hint::spin_loop();
     }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP);
     let _ = Command::new("fallocate")
         .args(["-l", "64M"])
         .arg(&filler)
@@ -201,6 +204,7 @@ fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision()
         .arg(format!("of={}", filler.display()))
         .stderr(std::process::Stdio::null())
         .output();
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -162,8 +162,14 @@ pub fn prepare(
     work.save()?;
     let manifest = repo.load_manifest(&parent.id)?;
     let blobs = repo.blobs()?;
-    let report = crate::apply::checkout(&manifest, &blobs, &work.root(), progress)?;
-    Ok((work, report))
+    match crate::apply::checkout(&manifest, &blobs, &work.root(), progress) {
+        Ok(report) => Ok((work, report)),
+        // Nothing to resume from: the checkout took its files back, the directory goes too.
+        Err(e) => {
+            let _ = fs::remove_dir_all(&work.dir);
+            Err(e)
+        }
+    }
 }
 
 fn require_root() -> Result<()> {

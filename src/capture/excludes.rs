@@ -99,6 +99,15 @@ impl Excludes {
             .any(|i| is_dir || !self.dir_only[i])
     }
 
+    /// Whether the excludes leave out whatever the directory `rel` holds (`/tmp/*`, `*`):
+    /// whether they exclude a name in it that no pattern names specifically (NUL is in no file
+    /// name), file or directory.
+    pub fn excludes_everything_in(&self, rel: &[u8]) -> bool {
+        let mut probe = rel.to_vec();
+        probe.extend_from_slice(b"/\0");
+        self.excluded(&probe, false) && self.excluded(&probe, true)
+    }
+
     pub fn patterns(&self) -> &[String] {
         &self.patterns
     }
@@ -141,6 +150,16 @@ mod tests {
         assert!(!e.excluded(b"usr/proc/1", false));
         assert!(e.excluded(b"home/a/.x.swp", false));
         assert!(e.excluded(b"home/\xff.swp", false));
+    }
+
+    #[test]
+    fn directories_whose_content_is_excluded() {
+        let e = ex(&["/tmp/*", "/var/log/*.log", "/media/*/"]);
+        assert!(e.excludes_everything_in(b"tmp"));
+        assert!(!e.excludes_everything_in(b"var/log"));
+        assert!(!e.excludes_everything_in(b"media"));
+        assert!(!e.excludes_everything_in(b"etc"));
+        assert!(ex(&["*"]).excludes_everything_in(b"etc"));
     }
 
     #[test]

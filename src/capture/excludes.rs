@@ -87,7 +87,11 @@ impl Excludes {
                 Some(b) if !b.is_empty() => (b, true),
                 _ => (pattern, false),
             };
-            regexes.push(rule_regex(body));
+            regexes.push(rule_regex(body).ok_or_else(|| {
+                invalid(format!(
+                    "exclude pattern `{p}` is not valid: a `[` opens a class that no `]` closes (write `\\[` for a literal one)"
+                ))
+            })?);
             rules.push(Rule { include, dir_only });
         }
         let set = RegexSet::new(&regexes).map_err(|e| invalid(format!("exclude patterns: {e}")))?;
@@ -130,8 +134,8 @@ impl Excludes {
 }
 
 /// The regex for an rsync pattern (without its rule prefix and trailing `/`), matched against
-/// `/` + the manifest path.
-fn rule_regex(pattern: &str) -> String {
+/// `/` + the manifest path; `None` for an unclosed `[` (which rsync lets match nothing).
+fn rule_regex(pattern: &str) -> Option<String> {
     // `dir/***`: the directory and everything in it.
     let (pattern, and_below) = match pattern.strip_suffix("/***") {
         Some(p) if !p.is_empty() => (p, true),
@@ -162,14 +166,12 @@ fn rule_regex(pattern: &str) -> String {
                 continue;
             }
             '?' => re.push_str("[^/]"),
-            '[' => match class(&chars[i..]) {
-                Some((cls, len)) => {
-                    re.push_str(&cls);
-                    i += len;
-                    continue;
-                }
-                None => re.push_str("\\["),
-            },
+            '[' => {
+                let (cls, len) = class(&chars[i..])?;
+                re.push_str(&cls);
+                i += len;
+                continue;
+            }
             c => re.push_str(&regex::escape(&c.to_string())),
         }
         i += 1;
@@ -178,12 +180,11 @@ fn rule_regex(pattern: &str) -> String {
         re.push_str("(?:/.*)?");
     }
     re.push('$');
-    re
+    Some(re)
 }
 
 /// A `[...]` class at the start of `chars` as a regex class (a negated one never matches
-/// `/`), and how many characters it took; `None` when it is not closed (then `[` is a literal,
-/// as in rsync).
+/// `/`), and how many characters it took; `None` when it is not closed.
 fn class(chars: &[char]) -> Option<(String, usize)> {
     let mut out = String::from("[");
     let mut i = 1;

@@ -9,7 +9,9 @@
 //! 2. [`run`] mounts proc, sysfs, a small /dev, a tmpfs on /run and the host's resolv.conf into
 //!    the tree, runs the command chrooted there, and unmounts. [`Mounts`] unmounts in its
 //!    `Drop` too, so an error or a panic cannot leave a mount behind, and SIGINT, SIGTERM and
-//!    SIGHUP are caught while the command runs and passed on to it rather than killing us.
+//!    SIGHUP are held for us while the command runs ([`Signals`]) and passed on to it rather
+//!    than killing us; an interrupted session never commits, even when the command ended
+//!    first (a Ctrl-C reaches both).
 //! 3. [`commit`] captures the tree as a new revision whose parent is the edited revision and
 //!    whose source reads `chroot:IMAGE@N`. The mount points and the per-machine files in
 //!    [`KEEP_FROM_PARENT`] are taken from the parent as they are (see [`crate::capture::keep`]),

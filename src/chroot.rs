@@ -308,12 +308,15 @@ fn spawn_and_wait(root: &Path, argv: &[OsString], signals: &Signals) -> Result<R
         }
     }
     let chroot_to = root.to_path_buf();
-    // SAFETY: runs in the child between fork and exec: only chroot(2) and chdir(2), both
-    // async-signal-safe system calls, on a path prepared before the fork.
+    // The signal mask survives fork and exec: the command must get the signals we hold.
+    let held = caught_set();
+    // SAFETY: runs in the child between fork and exec: only chroot(2), chdir(2) and
+    // sigprocmask(2), all async-signal-safe system calls, on values prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::chroot(&chroot_to)?;
             nix::unistd::chdir("/")?;
+            held.thread_unblock()?;
             Ok(())
         });
     }

@@ -304,12 +304,15 @@ fn ctrl_c_to_the_process_group_never_commits_a_chroot_edit() {
     busybox_image(&env);
     let commands = [
         // Dies of the SIGINT itself.
-        "touch /etc/x; exec /bin/sleep 30",
+        ("touch /etc/x; exec /bin/sleep 30", "killed by SIGINT"),
         // Catches it and exits non-zero by itself, before aurum has looked.
-        "trap 'exit 3' INT; touch /etc/y; /bin/sleep 30 & wait",
+        (
+            "trap 'exit 3' INT; touch /etc/y; /bin/sleep 30 & wait",
+            "exit status 3",
+        ),
     ];
     for round in 0..2 {
-        for script in commands {
+        for (script, ended) in commands {
             let child = env
                 .cmd(&[
                     "chroot",
@@ -327,13 +330,22 @@ fn ctrl_c_to_the_process_group_never_commits_a_chroot_edit() {
                 .unwrap();
             wait_for_session(&env);
             let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let sent = Instant::now();
             nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
             let out = child.wait_with_output().unwrap();
+            // The command got the signal itself (it does not inherit aurum's blocked mask):
+            // it ended at once, not killed after the grace period.
+            assert!(
+                sent.elapsed() < Duration::from_secs(8),
+                "{:?}",
+                sent.elapsed()
+            );
             let stdout = String::from_utf8_lossy(&out.stdout);
             let stderr = String::from_utf8_lossy(&out.stderr);
             let what = format!("round {round}, `{script}`:\n{stdout}\n{stderr}");
             assert_eq!(out.status.code(), Some(1), "{what}");
             assert!(stderr.contains("interrupted by SIGINT"), "{what}");
+            assert!(stderr.contains(&format!("ended ({ended})")), "{what}");
             assert!(stderr.contains("nothing committed (interrupted)"), "{what}");
             assert_eq!(revisions_of(&env, "img"), 1, "{what}");
             assert!(mounts_below(env.dir.path()).is_empty(), "{what}");

@@ -9,7 +9,9 @@
 //! 2. [`run`] mounts proc, sysfs, a small /dev, a tmpfs on /run and the host's resolv.conf into
 //!    the tree, runs the command chrooted there, and unmounts. [`Mounts`] unmounts in its
 //!    `Drop` too, so an error or a panic cannot leave a mount behind, and SIGINT, SIGTERM and
-//!    SIGHUP are caught while the command runs and passed on to it rather than killing us.
+//!    SIGHUP are held for us while the command runs ([`Signals`]) and passed on to it rather
+//!    than killing us; an interrupted session never commits, even when the command ended
+//!    first (a Ctrl-C reaches both).
 //! 3. [`commit`] captures the tree as a new revision whose parent is the edited revision and
 //!    whose source reads `chroot:IMAGE@N`. The mount points and the per-machine files in
 //!    [`KEEP_FROM_PARENT`] are taken from the parent as they are (see [`crate::capture::keep`]),
@@ -162,8 +164,14 @@ pub fn prepare(
     work.save()?;
     let manifest = repo.load_manifest(&parent.id)?;
     let blobs = repo.blobs()?;
-    let report = crate::apply::checkout(&manifest, &blobs, &work.root(), progress)?;
-    Ok((work, report))
+    match crate::apply::checkout(&manifest, &blobs, &work.root(), progress) {
+        Ok(report) => Ok((work, report)),
+        // Nothing to resume from: the checkout took its files back, the directory goes too.
+        Err(e) => {
+            let _ = fs::remove_dir_all(&work.dir);
+            Err(e)
+        }
+    }
 }
 
 fn require_root() -> Result<()> {
@@ -180,14 +188,49 @@ fn require_root() -> Result<()> {
 #[derive(Debug)]
 pub struct RunOutcome {
     pub status: ExitStatus,
-    /// The signal we received (and passed on) while it ran, if any.
+    /// The signal we received (and passed on) while it ran or as it ended, if any.
     pub interrupted: Option<Signal>,
 }
 
+/// How a session's command ended, as far as committing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Exit status 0, and nobody interrupted the session.
+    Success,
+    /// It exited non-zero by itself: the only failure `--commit-on-failure` commits.
+    Failed,
+    /// A signal ended it that did not come through us (the OOM killer, a `kill -9`): the
+    /// command stopped wherever it was, so the tree is in no state to commit.
+    Killed,
+    /// We got SIGINT, SIGTERM or SIGHUP while it ran: never committed, whatever its status
+    /// (a Ctrl-C reaches the whole process group, so the command may well have caught it and
+    /// exited 130, or 1, by itself).
+    Interrupted(Signal),
+}
+
 impl RunOutcome {
+    pub fn ending(&self) -> Ending {
+        match (self.interrupted, self.status.code()) {
+            (Some(sig), _) => Ending::Interrupted(sig),
+            (None, Some(0)) => Ending::Success,
+            (None, Some(_)) => Ending::Failed,
+            (None, None) => Ending::Killed,
+        }
+    }
+
+    /// Whether the session's tree may become a revision; `on_failure` is
+    /// `--commit-on-failure`.
+    pub fn commits(&self, on_failure: bool) -> bool {
+        match self.ending() {
+            Ending::Success => true,
+            Ending::Failed => on_failure,
+            Ending::Killed | Ending::Interrupted(_) => false,
+        }
+    }
+
     /// Whether the command succeeded and nobody interrupted it.
     pub fn success(&self) -> bool {
-        self.status.success() && self.interrupted.is_none()
+        self.ending() == Ending::Success
     }
 
     /// `exit status 3`, `killed by SIGTERM`.
@@ -227,7 +270,14 @@ pub fn run(root: &Path, command: &[OsString]) -> Result<RunOutcome> {
     // keep the mounts busy and change the tree while it is captured.
     stop_stragglers(&root);
     mounts.teardown()?;
-    outcome
+    let mut outcome = outcome?;
+    // A Ctrl-C while we tidied up means "stop" as much as one while the command ran. After
+    // the release, the default actions are back: a later one ends aurum before it commits.
+    let late = signals.release();
+    if outcome.interrupted.is_none() {
+        outcome.interrupted = late;
+    }
+    Ok(outcome)
 }
 
 /// The image's `$SHELL` when the image has it, else its /bin/sh; as a login shell.
@@ -258,12 +308,15 @@ fn spawn_and_wait(root: &Path, argv: &[OsString], signals: &Signals) -> Result<R
         }
     }
     let chroot_to = root.to_path_buf();
-    // SAFETY: runs in the child between fork and exec: only chroot(2) and chdir(2), both
-    // async-signal-safe system calls, on a path prepared before the fork.
+    // The signal mask survives fork and exec: the command must get the signals we hold.
+    let held = caught_set();
+    // SAFETY: runs in the child between fork and exec: only chroot(2), chdir(2) and
+    // sigprocmask(2), all async-signal-safe system calls, on values prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::chroot(&chroot_to)?;
             nix::unistd::chdir("/")?;
+            held.thread_unblock()?;
             Ok(())
         });
     }
@@ -278,12 +331,18 @@ fn spawn_and_wait(root: &Path, argv: &[OsString], signals: &Signals) -> Result<R
     let mut killed = false;
     loop {
         if let Some(status) = child.try_wait()? {
+            // The kernel queues a signal sent to a process group (a Ctrl-C) for every member
+            // before any of them can be reaped, and [`Signals`] keeps it queued until we take
+            // it: if it ended the command, this look finds it.
+            if interrupted.is_none() {
+                interrupted = signals.take().map(|s| (s, Instant::now()));
+            }
             return Ok(RunOutcome {
                 status,
                 interrupted: interrupted.map(|i| i.0),
             });
         }
-        if let Some(sig) = signals.take() {
+        if let Some(sig) = signals.wait(Duration::from_millis(50)) {
             match interrupted {
                 None => {
                     log::warn!("got {sig}: passing it to the command");
@@ -304,7 +363,6 @@ fn spawn_and_wait(root: &Path, argv: &[OsString], signals: &Signals) -> Result<R
                 killed = true;
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -344,20 +402,36 @@ fn stop_stragglers(root: &Path) {
     }
 }
 
-/// The last signal received among those [`Signals`] catches (0: none).
+/// The last signal received among those [`Signals`] catches (0: none), by a thread that did
+/// not block it.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn note_signal(sig: libc::c_int) {
     RECEIVED.store(sig, Ordering::SeqCst);
 }
 
-/// SIGINT, SIGTERM and SIGHUP caught (instead of killing us, which would leave the mounts)
-/// while it lives; the previous handlers come back when it is dropped.
+/// SIGINT, SIGTERM and SIGHUP held for us (instead of killing us, which would leave the
+/// mounts) while it lives; the previous handlers and masks come back when it is dropped.
+///
+/// They are blocked, not merely caught: a caught signal runs its handler on whichever thread
+/// the kernel picks, at a moment of its own, so "did a Ctrl-C come before the command ended?"
+/// would be a race. Blocked in this thread and in rayon's workers (the checkout started them),
+/// a signal stays queued until [`Signals::take`] or [`Signals::wait`] takes it, and threads
+/// started later inherit the mask. The handler stays as a backstop for a thread we do not
+/// know of (it only notes the signal), so that none of them dies of it either.
 struct Signals {
     old: Vec<(Signal, SigAction)>,
 }
 
 const CAUGHT: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+fn caught_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in CAUGHT {
+        set.add(sig);
+    }
+    set
+}
 
 impl Signals {
     fn catch() -> Result<Signals> {
@@ -373,19 +447,51 @@ impl Signals {
             let prev = unsafe { sigaction(sig, &action) }.map_err(std::io::Error::from)?;
             old.push((sig, prev));
         }
-        Ok(Signals { old })
+        let signals = Signals { old };
+        caught_set().thread_block().map_err(std::io::Error::from)?;
+        rayon::broadcast(|_| caught_set().thread_block())
+            .into_iter()
+            .collect::<nix::Result<()>>()
+            .map_err(std::io::Error::from)?;
+        Ok(signals)
     }
 
+    /// A signal received since the last look, without waiting.
     fn take(&self) -> Option<Signal> {
-        match RECEIVED.swap(0, Ordering::SeqCst) {
-            0 => None,
-            s => Signal::try_from(s).ok(),
-        }
+        self.wait(Duration::ZERO)
+    }
+
+    /// Gives the signals back to their previous handlers; returns one that came in since the
+    /// last look, up to the moment they were given back.
+    fn release(self) -> Option<Signal> {
+        let last = self.take();
+        drop(self);
+        last.or_else(|| Signal::try_from(RECEIVED.swap(0, Ordering::SeqCst)).ok())
+    }
+
+    /// A signal received since the last look, waiting up to `d` for one.
+    fn wait(&self, d: Duration) -> Option<Signal> {
+        let set = caught_set();
+        let timeout = libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `set` and `timeout` are live for the call; no siginfo is asked for.
+        let got = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
+        let noted = RECEIVED.swap(0, Ordering::SeqCst);
+        [got, noted]
+            .into_iter()
+            .filter(|&s| s > 0)
+            .find_map(|s| Signal::try_from(s).ok())
     }
 }
 
 impl Drop for Signals {
     fn drop(&mut self) {
+        // Unblocked while our handler is still in place, a signal that came in since the last
+        // look only lands in RECEIVED; then the previous handlers come back.
+        let _ = rayon::broadcast(|_| caught_set().thread_unblock());
+        let _ = caught_set().thread_unblock();
         for (sig, prev) in self.old.drain(..) {
             // SAFETY: restoring the handler that was there before.
             let _ = unsafe { sigaction(sig, &prev) };

@@ -59,6 +59,30 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The same error (same kind, same exit code) with `note` after its message: what happened
+    /// as a consequence, or what to do.
+    pub fn with_note(self, note: &str) -> Error {
+        match self {
+            Error::Io { path, source } => Error::Io {
+                path,
+                source: std::io::Error::new(source.kind(), format!("{source}{note}")),
+            },
+            Error::Os(source) => Error::Os(std::io::Error::new(
+                source.kind(),
+                format!("{source}{note}"),
+            )),
+            Error::Invalid(m) => Error::Invalid(m + note),
+            Error::NotFound(m) => Error::NotFound(m + note),
+            Error::Corrupt(m) => Error::Corrupt(m + note),
+            Error::Remote(m) => Error::Remote(m + note),
+            Error::Tool(m) => Error::Tool(m + note),
+            Error::Unwritable(m) => Error::Unwritable(m + note),
+            Error::Catalog(e) => Error::Tool(format!("catalog: {e}{note}")),
+        }
+    }
+}
+
 /// Adds the path to an `io::Error`.
 pub trait IoContext<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T>;

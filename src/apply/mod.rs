@@ -62,6 +62,10 @@ impl Warnings {
 }
 
 /// Materialises `manifest` into `target`, which must be empty or absent.
+///
+/// All or nothing: when it fails (a blob missing or damaged, a disk full), what it wrote is
+/// removed again and the error says so, so that no file that looks complete but is not (a
+/// 0-byte or half-written one, a directory without its files) is left behind.
 pub fn checkout(
     manifest: &Manifest,
     blobs: &dyn BlobSource,
@@ -69,7 +73,7 @@ pub fn checkout(
     progress: &dyn Progress,
 ) -> Result<ApplyReport> {
     manifest.validate()?;
-    match std::fs::read_dir(target) {
+    let created = match std::fs::read_dir(target) {
         Ok(mut it) => {
             if it.next().is_some() {
                 return Err(invalid(format!(
@@ -77,12 +81,51 @@ pub fn checkout(
                     target.display()
                 )));
             }
+            false
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(target).at(target)?;
+            true
         }
         Err(e) => return Err(e).at(target),
+    };
+    checkout_into(manifest, blobs, target, progress).map_err(|e| {
+        progress.finish();
+        let note = match remove_checkout(target, created) {
+            Ok(()) if created => format!("; the checkout was stopped and {} removed again", target.display()),
+            Ok(()) => format!("; the checkout was stopped and {} emptied again", target.display()),
+            Err(r) => format!(
+                "; the checkout was stopped, and what it wrote could not be removed ({r}): delete {} before using it",
+                target.display()
+            ),
+        };
+        e.with_note(&note)
+    })
+}
+
+/// Takes back a failed checkout: `target` itself when the checkout made it, else what it put
+/// in it (it was empty before).
+fn remove_checkout(target: &Path, created: bool) -> Result<()> {
+    if created {
+        return std::fs::remove_dir_all(target).at(target);
     }
+    for e in std::fs::read_dir(target).at(target)? {
+        let p = e.at(target)?.path();
+        match std::fs::symlink_metadata(&p).at(&p)?.is_dir() {
+            true => std::fs::remove_dir_all(&p).at(&p)?,
+            false => std::fs::remove_file(&p).at(&p)?,
+        }
+    }
+    Ok(())
+}
+
+/// [`checkout`] into an empty `target`.
+fn checkout_into(
+    manifest: &Manifest,
+    blobs: &dyn BlobSource,
+    target: &Path,
+    progress: &dyn Progress,
+) -> Result<ApplyReport> {
     let root = sys::open_root(target)?;
     let warnings = Warnings(Mutex::new(Vec::new()));
 
@@ -219,6 +262,12 @@ pub fn write_file(
         unreachable!("write_file is called for files only")
     };
     let shown_path = shown(shown_root, &e.path);
+    // A blob's error names the blob; the administrator needs the file it was for too.
+    let get = |id: &Id| {
+        blobs
+            .get(id)
+            .map_err(|err| err.with_note(&format!(" (content of {})", shown_path.display())))
+    };
     let fd = openat(
         dir,
         name,
@@ -231,7 +280,7 @@ pub fn write_file(
         None => {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
             for c in chunks {
-                let data = blobs.get(&c.id)?;
+                let data = get(&c.id)?;
                 w.write_all(&data).at(&shown_path)?;
                 progress.advance(data.len() as u64);
             }
@@ -242,7 +291,7 @@ pub fn write_file(
             let mut ext_iter = ext.iter().copied();
             let (mut off, mut left) = ext_iter.next().unwrap_or((0, 0));
             for c in chunks {
-                let data = blobs.get(&c.id)?;
+                let data = get(&c.id)?;
                 let mut d = &data[..];
                 while !d.is_empty() {
                     while left == 0 {

@@ -1,12 +1,22 @@
-//! Exclude patterns for getimage.
+//! Exclude rules for getimage and updateclient, with rsync's filter-rule meaning.
 //!
-//! Patterns read like SystemImager's and rsync's: one starting with `/` is anchored at the
-//! image root (`/var/log/*`), one without a slash matches that name anywhere (`lost+found`),
-//! `*` never crosses a `/`, `**` does, and a trailing `/` limits the pattern to directories.
-//! An excluded directory is left out with everything below it, so `/proc/*` keeps the empty
-//! `/proc` mount point while `/proc` alone would drop it.
+//! Sites migrating from SystemImager bring `updateclient.local.exclude` and getimage exclude
+//! files written for `rsync --exclude-from`, so a rule reads exactly as rsync reads it there:
+//!
+//! - `- PATTERN` excludes, `+ PATTERN` includes, and a line with neither is an exclude;
+//! - the rules are tried in order and the first one that matches decides (an entry no rule
+//!   matches is captured); an excluded directory is left out with everything below it, so a
+//!   `+` rule cannot bring back something inside it, as in rsync;
+//! - a pattern starting with `/` is anchored at the image root (`/var/log/*`); one without is
+//!   matched against the end of the path at a `/` boundary, so `lost+found` and `log/*.gz`
+//!   match at any depth;
+//! - `*` and `?` never cross a `/`, `**` does, `[...]` is a character class (`[!...]` or
+//!   `[^...]` negated), `\` quotes the next character, a trailing `/` limits the rule to
+//!   directories, and `dir/***` matches `dir` and everything in it.
+//!
+//! Thus `/proc/*` keeps the empty `/proc` mount point while `/proc` alone would drop it.
 
-use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
+use regex::bytes::RegexSet;
 
 use crate::error::{invalid, Result};
 
@@ -41,48 +51,61 @@ pub const DEFAULT_CAPTURE_EXCLUDES: &[&str] = &[
 /// Never captured, whatever the options: a node's own aurum state.
 pub const ALWAYS_EXCLUDED: &[&str] = &["/var/lib/aurum-node"];
 
-/// A compiled list of patterns.
+/// One rule: what a match means.
+#[derive(Clone)]
+struct Rule {
+    include: bool,
+    dir_only: bool,
+}
+
+/// A compiled list of rules.
 #[derive(Clone)]
 pub struct Excludes {
-    set: GlobSet,
-    dir_only: Vec<bool>,
+    set: RegexSet,
+    rules: Vec<Rule>,
     patterns: Vec<String>,
 }
 
 impl Excludes {
-    /// Compiles patterns; an unparsable one is refused with its text.
+    /// Compiles rules; an unparsable one is refused with its text.
     pub fn new(patterns: &[String]) -> Result<Excludes> {
-        let mut b = GlobSetBuilder::new();
-        let mut dir_only = Vec::new();
+        let mut regexes = Vec::new();
+        let mut rules = Vec::new();
         for p in patterns {
-            let (body, only_dirs) = match p.strip_suffix('/') {
+            let (include, pattern) = match p.as_bytes() {
+                [b'+', b' ', ..] => (true, &p[2..]),
+                [b'-', b' ', ..] => (false, &p[2..]),
+                [b'!'] | [b'!', b' ', ..] => {
+                    return Err(invalid(format!(
+                        "exclude rule `{p}` (rsync's \"clear the list\") is not supported: leave the defaults out with --no-default-excludes instead"
+                    )))
+                }
+                _ => (false, p.as_str()),
+            };
+            if pattern.is_empty() {
+                return Err(invalid(format!("exclude rule `{p}` has no pattern")));
+            }
+            let (body, dir_only) = match pattern.strip_suffix('/') {
                 Some(b) if !b.is_empty() => (b, true),
-                _ => (p.as_str(), false),
+                _ => (pattern, false),
             };
-            let glob = if body.starts_with('/') {
-                body.to_string()
-            } else {
-                format!("/**/{body}")
-            };
-            let g = GlobBuilder::new(&glob)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| invalid(format!("exclude pattern `{p}` is not valid: {e}")))?;
-            b.add(g);
-            dir_only.push(only_dirs);
+            regexes.push(rule_regex(body).ok_or_else(|| {
+                invalid(format!(
+                    "exclude pattern `{p}` is not valid: a `[` opens a class that no `]` closes (write `\\[` for a literal one)"
+                ))
+            })?);
+            rules.push(Rule { include, dir_only });
         }
-        let set = b
-            .build()
-            .map_err(|e| invalid(format!("exclude patterns: {e}")))?;
+        let set = RegexSet::new(&regexes).map_err(|e| invalid(format!("exclude patterns: {e}")))?;
         Ok(Excludes {
             set,
-            dir_only,
+            rules,
             patterns: patterns.to_vec(),
         })
     }
 
-    /// Whether the entry at manifest path `rel` is excluded.
+    /// Whether the entry at manifest path `rel` is excluded: the first rule that matches it
+    /// decides.
     pub fn excluded(&self, rel: &[u8], is_dir: bool) -> bool {
         if rel.is_empty() {
             return false;
@@ -90,14 +113,21 @@ impl Excludes {
         let mut abs = Vec::with_capacity(rel.len() + 1);
         abs.push(b'/');
         abs.extend_from_slice(rel);
-        let path = std::path::Path::new(
-            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&abs),
-        );
-        let cand = Candidate::new(path);
         self.set
-            .matches_candidate(&cand)
+            .matches(&abs)
             .into_iter()
-            .any(|i| is_dir || !self.dir_only[i])
+            .map(|i| &self.rules[i])
+            .find(|r| is_dir || !r.dir_only)
+            .is_some_and(|r| !r.include)
+    }
+
+    /// Whether the excludes leave out whatever the directory `rel` holds (`/tmp/*`, `*`):
+    /// whether they exclude a name in it that no pattern names specifically (NUL is in no file
+    /// name), file or directory.
+    pub fn excludes_everything_in(&self, rel: &[u8]) -> bool {
+        let mut probe = rel.to_vec();
+        probe.extend_from_slice(b"/\0");
+        self.excluded(&probe, false) && self.excluded(&probe, true)
     }
 
     pub fn patterns(&self) -> &[String] {
@@ -105,7 +135,83 @@ impl Excludes {
     }
 }
 
-/// Reads patterns from a file: one a line, `#` comments and blank lines ignored.
+/// The regex for an rsync pattern (without its rule prefix and trailing `/`), matched against
+/// `/` + the manifest path; `None` for an unclosed `[` (which rsync lets match nothing).
+fn rule_regex(pattern: &str) -> Option<String> {
+    // `dir/***`: the directory and everything in it.
+    let (pattern, and_below) = match pattern.strip_suffix("/***") {
+        Some(p) if !p.is_empty() => (p, true),
+        _ => (pattern, false),
+    };
+    let (anchored, body) = match pattern.strip_prefix('/') {
+        Some(b) => (true, b),
+        None => (false, pattern),
+    };
+    // Bytes, not Unicode: paths need not be UTF-8; `.` crosses newlines.
+    // Unanchored, the pattern starts at any `/` of the path (which always starts with one).
+    let mut re = String::from(if anchored { "(?s-u)^/" } else { "(?s-u)^.*/" });
+    let chars: Vec<char> = body.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' if i + 1 < chars.len() => {
+                i += 1;
+                re.push_str(&regex::escape(&chars[i].to_string()));
+            }
+            '*' => {
+                let mut n = 0;
+                while i < chars.len() && chars[i] == '*' {
+                    n += 1;
+                    i += 1;
+                }
+                re.push_str(if n > 1 { ".*" } else { "[^/]*" });
+                continue;
+            }
+            '?' => re.push_str("[^/]"),
+            '[' => {
+                let (cls, len) = class(&chars[i..])?;
+                re.push_str(&cls);
+                i += len;
+                continue;
+            }
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+        i += 1;
+    }
+    if and_below {
+        re.push_str("(?:/.*)?");
+    }
+    re.push('$');
+    Some(re)
+}
+
+/// A `[...]` class at the start of `chars` as a regex class (a negated one never matches
+/// `/`), and how many characters it took; `None` when it is not closed.
+fn class(chars: &[char]) -> Option<(String, usize)> {
+    let mut out = String::from("[");
+    let mut i = 1;
+    if matches!(chars.get(i), Some('!' | '^')) {
+        out.push_str("^/");
+        i += 1;
+    }
+    let first = i;
+    loop {
+        let c = *chars.get(i)?;
+        if c == ']' && i > first {
+            out.push(']');
+            return Some((out, i + 1));
+        }
+        if c == '-' && i > first && chars.get(i + 1) != Some(&']') {
+            out.push('-');
+        } else {
+            out.push_str(&regex::escape(&c.to_string()));
+        }
+        i += 1;
+    }
+}
+
+/// Reads rules from a file as `rsync --exclude-from` does: one a line, `+ `/`- ` prefixes
+/// kept for [`Excludes::new`], `#` and `;` comments and blank lines ignored.
 pub fn read_exclude_file(path: &std::path::Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         crate::error::invalid(format!(
@@ -116,7 +222,7 @@ pub fn read_exclude_file(path: &std::path::Path) -> Result<Vec<String>> {
     Ok(text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
         .map(String::from)
         .collect())
 }
@@ -142,6 +248,43 @@ mod tests {
         assert!(!e.excluded(b"usr/proc/1", false));
         assert!(e.excluded(b"home/a/.x.swp", false));
         assert!(e.excluded(b"home/\xff.swp", false));
+    }
+
+    #[test]
+    fn rsync_rules_first_match_wins() {
+        let e = ex(&[
+            "+ /var/log/keep.log",
+            "- /var/log/*",
+            "+ *.conf",
+            "- /etc/**",
+            "- /opt/[!a]?",
+            "/srv/***",
+            "cache/",
+            "/a\\*b",
+        ]);
+        assert!(!e.excluded(b"var/log/keep.log", false));
+        assert!(e.excluded(b"var/log/syslog", false));
+        assert!(!e.excluded(b"etc/ssh/sshd.conf", false));
+        assert!(e.excluded(b"etc/ssh/key", false));
+        assert!(e.excluded(b"opt/b1", false));
+        assert!(!e.excluded(b"opt/a1", false));
+        assert!(!e.excluded(b"opt/b12", false));
+        assert!(e.excluded(b"srv", true) && e.excluded(b"srv/x/y", false));
+        assert!(!e.excluded(b"srvx", true));
+        assert!(e.excluded(b"home/u/cache", true));
+        assert!(!e.excluded(b"home/u/cache", false));
+        assert!(e.excluded(b"a*b", false) && !e.excluded(b"axb", false));
+        assert!(Excludes::new(&["!".into()]).is_err());
+    }
+
+    #[test]
+    fn directories_whose_content_is_excluded() {
+        let e = ex(&["/tmp/*", "/var/log/*.log", "/media/*/"]);
+        assert!(e.excludes_everything_in(b"tmp"));
+        assert!(!e.excludes_everything_in(b"var/log"));
+        assert!(!e.excludes_everything_in(b"media"));
+        assert!(!e.excludes_everything_in(b"etc"));
+        assert!(ex(&["*"]).excludes_everything_in(b"etc"));
     }
 
     #[test]

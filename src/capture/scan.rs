@@ -79,6 +79,10 @@ fn unescape_mount(field: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The mtime recorded for a directory the capture keeps empty (a mount point it does not
+/// descend into, a directory whose content is excluded): the epoch, so that it never changes.
+pub const HELD_EMPTY_MTIME: i64 = 0;
+
 /// Metadata common to every kind, from a stat.
 fn entry_from_stat(
     path: Vec<u8>,
@@ -262,6 +266,16 @@ impl Walker<'_> {
             } else {
                 None
             };
+            // A mount point we do not descend into (/proc, /run, a tmpfs /tmp) and a directory
+            // whose content the excludes leave out (/tmp/*) are recorded empty, and their mtime
+            // would be the live one, which changes with every file made in them: fixed, an
+            // unchanged system re-captures as unchanged. Mode, owner and xattrs are kept.
+            let descend = match &sub {
+                Some(sub) => st.st_dev == dev || self.descend_mount(&path, sub),
+                None => false,
+            };
+            let held_empty =
+                sub.is_some() && (!descend || self.excludes.excludes_everything_in(&path));
             let index = self.out.len();
             if fmt != libc::S_IFDIR && st.st_nlink > 1 {
                 self.inodes
@@ -269,15 +283,16 @@ impl Walker<'_> {
                     .or_default()
                     .push(index);
             }
+            let mut entry = entry_from_stat(path.clone(), kind, &st, xattrs);
+            if held_empty {
+                (entry.mtime, entry.mtime_nsec) = (HELD_EMPTY_MTIME, 0);
+            }
             self.out.push(Scanned {
-                entry: entry_from_stat(path.clone(), kind, &st, xattrs),
+                entry,
                 stat: stat_key(&st),
             });
             self.progress.advance(1);
-            if let Some(sub) = sub {
-                if st.st_dev != dev && !self.descend_mount(&path, &sub) {
-                    continue;
-                }
+            if let Some(sub) = sub.filter(|_| descend) {
                 self.walk(sub, path, st.st_dev)?;
             }
         }

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use aurum::chroot::{self, WorkDir};
+use aurum::chroot::{self, Ending, WorkDir};
 use clap::Args;
 
 use super::inspect::print_changes;
@@ -51,8 +51,9 @@ pub struct ChrootArgs {
     /// Only look: commit nothing.
     #[arg(long)]
     no_commit: bool,
-    /// Commit even when the command fails (exits non-zero or dies of a signal). An
-    /// interrupted session (aurum got SIGINT, SIGTERM or SIGHUP) never commits.
+    /// Commit even when the command fails by exiting non-zero. A command killed by a signal,
+    /// and an interrupted session (aurum got SIGINT, SIGTERM or SIGHUP, as from a Ctrl-C,
+    /// whatever the command then did), never commit.
     #[arg(long, conflicts_with = "no_commit")]
     commit_on_failure: bool,
     /// Make the work directory inside DIR instead of the repository's tmp/. It needs room for
@@ -113,31 +114,30 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let failed = outcome.as_ref().filter(|o| !o.success());
-    if let Some(o) = failed {
-        match o.interrupted {
-            Some(sig) => eprintln!(
-                "aurum: interrupted by {sig}; the command ended ({}) and everything is unmounted",
-                o.describe()
-            ),
-            None => eprintln!("aurum: the command failed ({})", o.describe()),
+    let ending = outcome.as_ref().map(|o| o.ending());
+    match (&outcome, ending) {
+        (Some(o), Some(Ending::Interrupted(sig))) => eprintln!(
+            "aurum: interrupted by {sig}; the command ended ({}) and everything is unmounted",
+            o.describe()
+        ),
+        (Some(o), Some(Ending::Failed | Ending::Killed)) => {
+            eprintln!("aurum: the command failed ({})", o.describe())
         }
+        _ => {}
     }
     let commit = !a.no_commit
-        && match failed {
-            None => true,
-            Some(o) => a.commit_on_failure && o.interrupted.is_none(),
-        };
+        && outcome
+            .as_ref()
+            .map_or(true, |o| o.commits(a.commit_on_failure));
     if !commit {
-        let why = if a.no_commit {
-            "--no-commit"
-        } else if failed.is_some_and(|o| o.interrupted.is_some()) {
-            "interrupted"
-        } else {
-            "the command failed; --commit-on-failure commits anyway"
+        let why = match ending {
+            _ if a.no_commit => "--no-commit",
+            Some(Ending::Interrupted(_)) => "interrupted",
+            Some(Ending::Killed) => "the command was killed by a signal, which never commits",
+            _ => "the command failed; --commit-on-failure commits anyway",
         };
         eprintln!("aurum: nothing committed ({why})");
-        let result = match failed {
+        let result = match outcome.filter(|o| !o.success()) {
             Some(o) => Err(anyhow::anyhow!(
                 "the command in the chroot: {}",
                 o.describe()

@@ -40,11 +40,15 @@ pub struct GetimageArgs {
     /// A note kept with the revision (`aurum log` shows it).
     #[arg(short, long, default_value = "")]
     message: String,
-    /// Leave out paths matching PATTERN: `/var/log/*` is anchored at the image root, a name
-    /// without `/` matches anywhere, a trailing `/` matches directories only. Repeatable.
+    /// Leave out paths matching PATTERN, an rsync exclude rule: `/var/log/*` is anchored at
+    /// the image root, a name without `/` matches anywhere, a trailing `/` matches directories
+    /// only; `+ PATTERN` keeps what a later rule (or a default) would leave out. The first
+    /// rule that matches decides. Repeatable.
     #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
-    /// Read more exclude patterns from FILE, one a line (`#` starts a comment).
+    /// Read more exclude rules from FILE, as `rsync --exclude-from` does: one a line, `- ` or
+    /// `+ ` before a pattern, `#` or `;` starting a comment (a SystemImager getimage exclude
+    /// file works as it is). Its rules come before --exclude's, and both before the defaults.
     #[arg(long, value_name = "FILE")]
     exclude_file: Vec<PathBuf>,
     /// Do not apply the default excludes (SystemImager's getimage list plus /run, /tmp, /dev
@@ -82,15 +86,17 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     }
     let golden = a.golden_client.expect("required by clap");
     let image = a.image.expect("required by clap");
-    let mut patterns: Vec<String> = Vec::new();
-    if !a.no_default_excludes {
-        patterns.extend(DEFAULT_CAPTURE_EXCLUDES.iter().map(|s| s.to_string()));
-    }
-    patterns.extend(ALWAYS_EXCLUDED.iter().map(|s| s.to_string()));
+    // The first rule that matches decides (as in rsync): the administrator's come before the
+    // defaults, so that a `+` rule can keep what a default would leave out; nothing comes
+    // before what is never captured.
+    let mut patterns: Vec<String> = ALWAYS_EXCLUDED.iter().map(|s| s.to_string()).collect();
     for f in &a.exclude_file {
         patterns.extend(read_exclude_file(f)?);
     }
     patterns.extend(a.exclude);
+    if !a.no_default_excludes {
+        patterns.extend(DEFAULT_CAPTURE_EXCLUDES.iter().map(|s| s.to_string()));
+    }
 
     aurum::store::set_level(a.level);
     let mut repo = open(g)?;
@@ -120,7 +126,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
             // A repository inside the tree it captures would capture itself.
             if let (Ok(r), Ok(s)) = (std::fs::canonicalize(&g.repo), std::fs::canonicalize(&root)) {
                 if let Ok(rel) = r.strip_prefix(&s) {
-                    patterns.push(format!("/{}", rel.display()));
+                    patterns.insert(0, format!("/{}", rel.display()));
                 }
             }
             Box::new(LocalSource::new(&root, Excludes::new(&patterns)?))

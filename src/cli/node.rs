@@ -46,7 +46,9 @@ pub struct ExcludeArgs {
     /// Leave paths matching PATTERN alone (never written, never deleted). Repeatable.
     #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
-    /// Read more exclude patterns from FILE, one a line.
+    /// Read more exclude rules from FILE, as `rsync --exclude-from` does (SystemImager's
+    /// updateclient.local.exclude works as it is): `- ` or `+ ` before a pattern, `#` or `;`
+    /// comments; the first rule that matches decides, and these come before the defaults.
     #[arg(long, value_name = "FILE")]
     exclude_file: Vec<PathBuf>,
     /// Do not apply the default update excludes (SystemImager's updateclient.local.exclude:
@@ -57,15 +59,16 @@ pub struct ExcludeArgs {
 
 impl ExcludeArgs {
     fn build(&self) -> anyhow::Result<Excludes> {
-        let mut p: Vec<String> = Vec::new();
-        if !self.no_default_excludes {
-            p.extend(default_update_excludes().into_iter().map(String::from));
-        }
-        p.extend(ALWAYS_EXCLUDED.iter().map(|s| s.to_string()));
+        // The first rule that matches decides (as in rsync): the administrator's before the
+        // defaults, nothing before what is never touched.
+        let mut p: Vec<String> = ALWAYS_EXCLUDED.iter().map(|s| s.to_string()).collect();
         for f in &self.exclude_file {
             p.extend(read_exclude_file(f)?);
         }
         p.extend(self.exclude.iter().cloned());
+        if !self.no_default_excludes {
+            p.extend(default_update_excludes().into_iter().map(String::from));
+        }
         Ok(Excludes::new(&p)?)
     }
 }

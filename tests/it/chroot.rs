@@ -291,7 +291,87 @@ fn a_signal_to_aurum_stops_the_command_unmounts_and_commits_nothing() {
     assert_eq!(revisions_of(&env, "img"), 1);
 }
 
-/// Waits until a session's proc is mounted in its work tree.
+/// Issue #12, item 7: Ctrl-C sends SIGINT to the whole process group, so the command gets it
+/// at the same moment as aurum and may end first: killed by it, or exiting by itself from a
+/// trap. Either way the session was interrupted, and `--commit-on-failure` must not commit it.
+#[test]
+fn ctrl_c_to_the_process_group_never_commits_a_chroot_edit() {
+    use std::os::unix::process::CommandExt;
+    if !ready() {
+        return;
+    }
+    let env = Env::new();
+    busybox_image(&env);
+    let commands = [
+        // Dies of the SIGINT itself.
+        ("touch /etc/x; exec /bin/sleep 30", "killed by SIGINT"),
+        // Catches it and exits non-zero by itself, before aurum has looked.
+        (
+            "trap 'exit 3' INT; touch /etc/y; /bin/sleep 30 & wait",
+            "exit status 3",
+        ),
+    ];
+    for round in 0..2 {
+        for (script, ended) in commands {
+            let child = env
+                .cmd(&[
+                    "chroot",
+                    "img",
+                    "--commit-on-failure",
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    script,
+                ])
+                .process_group(0)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            wait_for_session(&env);
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let sent = Instant::now();
+            nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
+            let out = child.wait_with_output().unwrap();
+            // The command got the signal itself (it does not inherit aurum's blocked mask):
+            // it ended at once, not killed after the grace period.
+            assert!(
+                sent.elapsed() < Duration::from_secs(8),
+                "{:?}",
+                sent.elapsed()
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let what = format!("round {round}, `{script}`:\n{stdout}\n{stderr}");
+            assert_eq!(out.status.code(), Some(1), "{what}");
+            assert!(stderr.contains("interrupted by SIGINT"), "{what}");
+            assert!(stderr.contains(&format!("ended ({ended})")), "{what}");
+            assert!(stderr.contains("nothing committed (interrupted)"), "{what}");
+            assert_eq!(revisions_of(&env, "img"), 1, "{what}");
+            assert!(mounts_below(env.dir.path()).is_empty(), "{what}");
+            assert!(work_dirs(&env).is_empty(), "{what}");
+        }
+    }
+
+    // A command killed by a signal that did not come through aurum is no "failure" to commit
+    // either: only a plain non-zero exit is.
+    let err = env.fails(
+        &[
+            "chroot",
+            "img",
+            "--commit-on-failure",
+            "--",
+            "/bin/sh",
+            "-c",
+            "touch /etc/z; kill -KILL $$",
+        ],
+        1,
+    );
+    assert!(err.contains("killed by SIGKILL"), "{err}");
+    assert!(err.contains("nothing committed"), "{err}");
+    assert_eq!(revisions_of(&env, "img"), 1);
+}
+
 /// Waits until the whole session is mounted (resolv.conf is mounted last, /run before it) and
 /// the command has had a moment to start.
 fn wait_for_session(env: &Env) {

@@ -833,5 +833,40 @@ fn killed_updates_and_rollbacks_leave_no_temporary_name_and_no_shared_inode() {
             Vec::<PathBuf>::new(),
             "rollback killed at {f}"
         );
+
+/// Issue #12, item 8: a checkout that stops on a damaged blob leaves nothing that looks
+/// complete but is not (today's 0-byte or half-written files): it takes back what it wrote,
+/// and says which file's content failed.
+#[test]
+fn a_failed_checkout_leaves_no_half_written_files() {
+    let env = Env::new();
+    let src = env.path("golden");
+    write_random(&src.join("usr/lib/big.bin"), 21, 3 << 20);
+    for i in 0..40 {
+        write_random(&src.join(format!("etc/small{i}")), 100 + i, 2000);
+    }
+    env.getimage(&src, "img", &[]);
+    let packs = files_with_ext(&env.repo().join("packs"), "pack");
+    damage_pack(
+        packs
+            .iter()
+            .max_by_key(|p| fs::metadata(p).unwrap().len())
+            .unwrap(),
+    );
+
+    // Into a new directory: it is removed again. Into an empty one: it is emptied again.
+    let new = env.path("new");
+    let empty = env.path("empty");
+    fs::create_dir(&empty).unwrap();
+    for target in [&new, &empty] {
+        let err = env.fails(&["checkout", "img@1", target.to_str().unwrap()], 3);
+        assert!(err.contains("usr/lib/big.bin"), "names the file:\n{err}");
+        assert!(err.contains("checkout was stopped"), "{err}");
+        if target == &new {
+            assert!(!new.exists(), "{err}");
+        } else {
+            let left: Vec<_> = fs::read_dir(&empty).unwrap().collect();
+            assert!(left.is_empty(), "left behind: {left:?}\n{err}");
+        }
     }
 }

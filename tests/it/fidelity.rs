@@ -265,3 +265,54 @@ fn an_unprivileged_checkout_warns_about_what_it_cannot_keep() {
     assert_eq!(std::fs::read(co.join("etc/f")).unwrap(), b"x");
     assert!(!co.join("dev/null").exists());
 }
+
+/// Issue #12, item 15: an unchanged live root re-captures as unchanged, although the
+/// directories the capture keeps empty change mtime between captures: a tmpfs mounted in the
+/// tree (like /run) and a directory whose content is excluded (/tmp/*).
+#[test]
+fn an_unchanged_live_root_recaptures_as_unchanged() {
+    if !is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs root to mount a tmpfs"
+        );
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("golden");
+    sh(&format!(
+        "mkdir -p {s}/etc {s}/tmp {s}/run && printf x > {s}/etc/motd && printf t > {s}/tmp/t \
+         && chmod 1777 {s}/tmp && mount -t tmpfs -o mode=755 tmpfs {s}/run && printf p > {s}/run/pid",
+        s = src.display()
+    ));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _run = Unmount(src.join("run"));
+    let first = env.getimage(&src, "live", &[]);
+    assert!(first.starts_with("live@1 "), "{first}");
+
+    // The system runs on: files come and go in /tmp and /run, their mtimes move.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    sh(&format!(
+        "printf n > {s}/tmp/new && rm {s}/tmp/t && printf q > {s}/run/other && rm {s}/run/pid",
+        s = src.display()
+    ));
+    let again = env.getimage(&src, "live", &[]);
+    assert!(again.contains("(unchanged)"), "{again}");
+    assert_eq!(crate::common::revisions_of(&env, "live"), 1, "{again}");
+
+    // Their mode is still the live one: a real change is recorded.
+    sh(&format!("chmod 1770 {}/tmp", src.display()));
+    let changed = env.getimage(&src, "live", &[]);
+    assert!(changed.starts_with("live@2 "), "{changed}");
+    let d = env.ok(&["diff", "live@1", "live@2"]);
+    assert_eq!(d.trim(), "M /tmp  (mode)", "{d}");
+}

@@ -668,3 +668,91 @@ fn import_and_export_keep_gnu_tar_acls() {
         );
     }
 }
+
+/// Issue #12, item 14: exclude files written for `rsync --exclude-from` (SystemImager's
+/// getimage and updateclient.local.exclude) mean to aurum what they mean to rsync: the same
+/// tree captured by aurum and copied by rsync with the same file holds the same paths.
+#[test]
+fn exclude_files_follow_rsync_rules() {
+    if !have("rsync") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "rsync is missing (./test.sh installs it)"
+        );
+        eprintln!("skipped: needs rsync");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("golden");
+    sh(&format!(
+        "cd {s} 2>/dev/null || mkdir -p {s} && cd {s} \
+         && mkdir -p etc/ssh var/log/apt home/a/cache srv/data/x opt usr/share/doc/cache tmp \
+         && for f in etc/fstab etc/hosts etc/ssh/ssh_host_rsa_key etc/ssh/sshd_config \
+              var/log/syslog var/log/keep.log var/log/apt/history.log home/a/.x.swp home/a/notes \
+              home/a/cache/c srv/data/x/important srv/data/top opt/a1.conf opt/b2.conf opt/c3.conf \
+              opt/a12.conf usr/share/doc/cache/d usr/share/doc/README tmp/t 'etc/we ird'; \
+            do printf x > \"$f\"; done",
+        s = src.display()
+    ));
+    let rules = env.path("updateclient.local.exclude");
+    std::fs::write(
+        &rules,
+        "# as SystemImager sites write them\n\
+         - /etc/fstab\n\
+         ; rsync's other comment\n\
+         \n\
+         + /var/log/keep.log\n\
+         - /var/log/*\n\
+         /home/*/*.swp\n\
+         - cache/\n\
+         + /srv/data/**/important\n\
+         - /srv/data/*\n\
+         - /opt/[ab]?.conf\n\
+         - /etc/ssh/ssh_host_*\n\
+         - /etc/we ird\n\
+         - /tmp/***\n",
+    )
+    .unwrap();
+    let rules_arg = rules.to_str().unwrap();
+
+    let listing = |root: &std::path::Path| {
+        sh(&format!(
+            "cd {} && find . -mindepth 1 | sort",
+            root.display()
+        ))
+    };
+    let by_rsync = env.path("by-rsync");
+    sh(&format!(
+        "rsync -a --exclude-from={rules_arg} {}/ {}/",
+        src.display(),
+        by_rsync.display()
+    ));
+    env.getimage(
+        &src,
+        "img",
+        &["--no-default-excludes", "--exclude-file", rules_arg],
+    );
+    let by_aurum = env.path("by-aurum");
+    env.ok(&["checkout", "img", by_aurum.to_str().unwrap()]);
+    let (want, got) = (listing(&by_rsync), listing(&by_aurum));
+    assert_eq!(got, want, "aurum and rsync disagree on {rules_arg}");
+    // The rules did something: not a comparison of two full copies.
+    let lines: Vec<&str> = got.lines().collect();
+    for gone in [
+        "./etc/fstab",
+        "./var/log/syslog",
+        "./home/a/.x.swp",
+        "./opt/a1.conf",
+        "./tmp",
+    ] {
+        assert!(!lines.contains(&gone), "{gone} kept:\n{got}");
+    }
+    for kept in [
+        "./var/log/keep.log",
+        "./opt/a12.conf",
+        "./etc/hosts",
+        "./home/a/notes",
+    ] {
+        assert!(lines.contains(&kept), "{kept} lost:\n{got}");
+    }
+}

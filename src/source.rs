@@ -11,7 +11,7 @@
 //! A server that stalls must not hang a node silently: every connection has a connect timeout
 //! and every read an idle timeout ([`HttpOptions`]); GETs (idempotent: the repository's files
 //! never change under a name, or are replaced whole) are retried with jittered exponential
-//! backoff, each retry said on stderr and on the progress line; the final error names the
+//! backoff, each retry warned about on stderr and on the progress line; the final error names the
 //! server, the file and the time waited. The delta API is optional: whatever goes wrong with
 //! it (an error status, a refused connection, a timeout), the node warns once and fetches
 //! whole blobs from the static layout, which alone is always enough.
@@ -372,7 +372,6 @@ impl HttpRepo {
                 n + 1
             );
             log::warn!("{msg}");
-            eprintln!("aurum: {msg}");
             progress.note(&format!("server stalled: retry {} of {attempts}", n + 1));
             std::thread::sleep(pause);
         }
@@ -952,7 +951,6 @@ impl HttpRepo {
                 self.url("api/v1/deltas")
             );
             log::warn!("{msg}");
-            eprintln!("aurum: warning: {msg}");
         }
         false
     }

@@ -9,6 +9,7 @@ mod crash;
 mod delta;
 mod fidelity;
 mod install;
+mod network;
 mod pxe;
 mod remote;
 mod repository;

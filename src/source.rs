@@ -278,7 +278,9 @@ impl HttpRepo {
         self.retrying(path, None, &crate::progress::Quiet, || {
             let mut resp = self.agent.get(self.url(path)).call().map_err(transient)?;
             match resp.status().as_u16() {
-                200 => self.body(&mut resp, path, 1 << 30).map_err(Failure::Transient),
+                200 => self
+                    .body(&mut resp, path, 1 << 30)
+                    .map_err(Failure::Transient),
                 404 => Err(Failure::Final(Error::NotFound(format!(
                     "{} not found on the server",
                     self.url(path)
@@ -314,9 +316,7 @@ impl HttpRepo {
             match status {
                 206 if body.len() as u64 == end - start + 1 => Ok(body),
                 // A server that ignores Range sends the whole file.
-                200 if body.len() as u64 > end => {
-                    Ok(body[start as usize..=end as usize].to_vec())
-                }
+                200 if body.len() as u64 > end => Ok(body[start as usize..=end as usize].to_vec()),
                 s => Err(Failure::Final(self.net(
                     path,
                     format!(
@@ -791,8 +791,7 @@ impl RevisionSource for HttpRepo {
                         let Some((pack, recs)) = queue.lock().expect("lock").next() else {
                             return;
                         };
-                        if let Err(e) = self.fetch_range(&pack, &recs, sink, &moved, progress)
-                        {
+                        if let Err(e) = self.fetch_range(&pack, &recs, sink, &moved, progress) {
                             first_error.lock().expect("lock").get_or_insert(e);
                             return;
                         }

@@ -70,11 +70,21 @@ pub struct Global {
 #[derive(Args)]
 pub struct HttpArgs {
     /// Give up on connecting to the server after this long (then retry).
-    #[arg(long, env = "AURUM_CONNECT_TIMEOUT", default_value_t = 10, value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "AURUM_CONNECT_TIMEOUT",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
     connect_timeout: u64,
     /// Give up on a request when no byte moves for this long (then retry): a slow server
     /// that keeps sending is never cut off, a stalled one is.
-    #[arg(long, env = "AURUM_IDLE_TIMEOUT", default_value_t = 60, value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "AURUM_IDLE_TIMEOUT",
+        default_value_t = 60,
+        value_name = "SECONDS"
+    )]
     idle_timeout: u64,
     /// Tries of each download before the command fails (with jittered, doubling pauses).
     #[arg(long, env = "AURUM_HTTP_TRIES", default_value_t = 4, value_name = "N",

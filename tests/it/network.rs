@@ -155,13 +155,23 @@ fn issue12_a_stalled_server_is_retried_then_named() {
     let (o, took) = update(
         &web.url,
         &node,
-        &["--idle-timeout", "1", "--connect-timeout", "1", "--http-tries", "2"],
+        &[
+            "--idle-timeout",
+            "1",
+            "--connect-timeout",
+            "1",
+            "--http-tries",
+            "2",
+        ],
     );
     let err = stderr(&o);
     assert!(!o.status.success(), "the update succeeded:\n{err}");
     assert!(took < Duration::from_secs(30), "took {took:?}:\n{err}");
     assert!(err.contains("retrying in"), "no retry was said:\n{err}");
-    assert!(err.contains("server stalled") || err.contains("stalled"), "{err}");
+    assert!(
+        err.contains("server stalled") || err.contains("stalled"),
+        "{err}"
+    );
     let last = err.lines().last().unwrap_or_default();
     assert!(
         last.contains(&web.url)
@@ -233,7 +243,10 @@ fn issue12_a_failing_delta_service_falls_back_to_whole_blobs() {
         let web = Web::start(&env, &format!("web{i}"), "serve", deltas);
         let (o, _) = update(&web.url, &node, &["--idle-timeout", "2"]);
         let err = stderr(&o);
-        assert!(o.status.success(), "delta service {deltas}: update failed:\n{err}");
+        assert!(
+            o.status.success(),
+            "delta service {deltas}: update failed:\n{err}"
+        );
         assert_eq!(node_diff(&rev2, &node), "", "delta service {deltas}");
         assert_eq!(
             err.matches("the delta service failed").count(),

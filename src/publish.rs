@@ -145,7 +145,10 @@ fn check_pack_list(root: &Path, catalog: &Catalog, needed: &HashSet<Id>) -> Resu
     let path = root.join("packs/list");
     let text = match fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some("missing".into())),
+        // A repository with no revision yet may have no list yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((!needed.is_empty()).then(|| "missing".into()))
+        }
         Err(e) => return Err(e).at(&path),
     };
     let Ok(text) = String::from_utf8(text) else {

@@ -227,16 +227,36 @@ pub fn check(root: &Path, catalog: &Catalog, needed: &HashSet<Id>) -> Result<Vec
     Ok(stale)
 }
 
+/// What [`rebuild`] did to a published file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Republish {
+    /// Written again from the catalog (it was missing or differed).
+    Rebuilt,
+    /// Deleted: it named nothing the catalog has.
+    Removed,
+}
+
+/// A published file [`rebuild`] changed.
+#[derive(Debug, Serialize)]
+pub struct Republished {
+    pub file: String,
+    pub action: Republish,
+}
+
 /// Rewrites every published derived file from the catalog and removes stale ones under
 /// `refs/` and `templates/`. Returns the files it changed.
-pub fn rebuild(root: &Path, catalog: &Catalog) -> Result<Vec<String>> {
+pub fn rebuild(root: &Path, catalog: &Catalog) -> Result<Vec<Republished>> {
     let mut changed = Vec::new();
     let mut want = expected(catalog)?;
     want.insert(PathBuf::from("packs/list"), pack_list(catalog)?);
     for (rel, bytes) in &want {
         if fs::read(root.join(rel)).ok().as_ref() != Some(bytes) {
             store::write_atomic(root, &root.join(rel), bytes)?;
-            changed.push(rel.display().to_string());
+            changed.push(Republished {
+                file: rel.display().to_string(),
+                action: Republish::Rebuilt,
+            });
         }
     }
     for dir in ["refs", "templates"] {
@@ -244,7 +264,10 @@ pub fn rebuild(root: &Path, catalog: &Catalog) -> Result<Vec<String>> {
             if !want.contains_key(&rel) {
                 let p = root.join(&rel);
                 fs::remove_file(&p).at(&p)?;
-                changed.push(rel.display().to_string());
+                changed.push(Republished {
+                    file: rel.display().to_string(),
+                    action: Republish::Removed,
+                });
             }
         }
     }

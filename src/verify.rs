@@ -47,7 +47,7 @@ pub struct VerifyReport {
     pub forgotten: u64,
     /// Published files rewritten or removed because they disagreed with the catalog (with
     /// `repair`).
-    pub republished: Vec<String>,
+    pub republished: Vec<crate::publish::Republished>,
     /// Files and directories whose mode was changed (with `repair`): (path, old, new).
     pub modes_fixed: Vec<(String, u32, u32)>,
 }

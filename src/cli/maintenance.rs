@@ -1,5 +1,6 @@
 //! `verify` and `gc` subcommands.
 
+use aurum::publish::Republish;
 use aurum::repo::{Lock, Repository};
 use clap::Args;
 
@@ -62,8 +63,13 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
             };
             println!("DAMAGED {} {}: {}{}", d.kind, d.id, d.problem, breaks);
         }
-        for f in &report.republished {
-            println!("rebuilt {f} from the catalog");
+        for r in &report.republished {
+            match r.action {
+                Republish::Rebuilt => println!("rebuilt {} from the catalog", r.file),
+                Republish::Removed => {
+                    println!("removed {}: it named nothing the catalog has", r.file)
+                }
+            }
         }
         if let Some((first, _, want)) = report.modes_fixed.first() {
             println!(

@@ -10,6 +10,7 @@ mod delta;
 mod fidelity;
 mod install;
 mod network;
+mod published;
 mod pxe;
 mod remote;
 mod repository;

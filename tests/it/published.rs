@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{can_run, have, is_root, write_random, Env};
+use crate::common::{have, is_root, skip, write_random, Env};
 use crate::serve::Server;
 use crate::update::{node_at, node_diff, two_revisions};
 
@@ -88,11 +88,8 @@ fn published(repo: &Path) -> Vec<PathBuf> {
 /// with the old modes is reported by verify and fixed by `verify --repair` and on upgrade.
 #[test]
 fn issue12_published_files_are_world_readable_and_the_catalog_private() {
-    if !can_run(
-        "root and setpriv (util-linux)",
-        is_root() && have("setpriv"),
-    ) {
-        return;
+    if !is_root() || !have("setpriv") {
+        return skip("needs root and setpriv (util-linux)");
     }
     let env = Env {
         dir: tempfile::tempdir().unwrap(),

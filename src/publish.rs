@@ -342,3 +342,69 @@ pub fn check_modes(root: &Path, fix: bool) -> Result<Vec<(String, u32, u32)>> {
     wrong.sort();
     Ok(wrong)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog with one pack of `size` bytes, in a fresh directory.
+    fn one_pack(size: u64) -> (tempfile::TempDir, Catalog, Id) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::open(&dir.path().join("aurum.db")).unwrap();
+        let id = Id::of(b"pack");
+        catalog
+            .add_pack(&store::FinishedPack {
+                id,
+                size,
+                entries: Vec::new(),
+            })
+            .unwrap();
+        (dir, catalog, id)
+    }
+
+    #[test]
+    fn pack_list_damage_is_named() {
+        let (dir, catalog, id) = one_pack(100);
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("packs")).unwrap();
+        let needed: HashSet<Id> = [id].into();
+        let check = |text: &str| {
+            std::fs::write(root.join("packs/list"), text).unwrap();
+            check_pack_list(root, &catalog, &needed).unwrap()
+        };
+        let good = String::from_utf8(pack_list(&catalog).unwrap()).unwrap();
+        assert_eq!(check(&good), None);
+        assert!(check(&good[..good.len() - 3])
+            .unwrap()
+            .contains("cut short"));
+        assert!(check("nonsense 1\n").unwrap().contains("line 1"));
+        assert!(check(&format!("{} 99\n", id.hex()))
+            .unwrap()
+            .contains("that size"));
+        assert!(check("").unwrap().contains("leaves out 1 packs"));
+        // A pack no revision needs may be missing from the list (a capture killed before
+        // committing its revision).
+        std::fs::write(root.join("packs/list"), "").unwrap();
+        assert_eq!(
+            check_pack_list(root, &catalog, &HashSet::new()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn modes_by_place() {
+        for (rel, dir, want) in [
+            ("", true, Some(PUBLIC_DIR)),
+            ("FORMAT", false, Some(PUBLIC_FILE)),
+            ("packs/ab/x.pack", false, Some(PUBLIC_FILE)),
+            ("refs/img/tags", true, Some(PUBLIC_DIR)),
+            ("aurum.db-wal", false, Some(PRIVATE_FILE)),
+            ("lock", false, Some(PRIVATE_FILE)),
+            ("tmp", true, Some(PRIVATE_DIR)),
+            ("tmp/x", false, None),
+            ("deltas/ab/x.zd", false, None),
+        ] {
+            assert_eq!(wanted_mode(Path::new(rel), dir), want, "{rel}");
+        }
+    }
+}

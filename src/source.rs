@@ -285,7 +285,7 @@ impl HttpRepo {
                     "{} not found on the server",
                     self.url(path)
                 )))),
-                s => Err(status_failure(s)),
+                s => Err(self.status_failure(path, s)),
             }
         })
     }
@@ -308,7 +308,7 @@ impl HttpRepo {
                 .map_err(transient)?;
             let status = resp.status().as_u16();
             if status >= 500 {
-                return Err(status_failure(status));
+                return Err(self.status_failure(path, status));
             }
             let body = self
                 .body(&mut resp, path, 1 << 34)
@@ -326,6 +326,16 @@ impl HttpRepo {
                 ))),
             }
         })
+    }
+
+    /// An HTTP status that is not an answer: a 5xx may pass (a restarting backend, an
+    /// overloaded cache), anything else will not.
+    fn status_failure(&self, path: &str, status: u16) -> Failure {
+        if status >= 500 {
+            Failure::Transient(format!("HTTP {status}"))
+        } else {
+            Failure::Final(self.net(path, format!("HTTP {status}")))
+        }
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or has been tried
@@ -460,16 +470,6 @@ impl HttpRepo {
 /// A failure to reach the server or to read its answer: worth another try.
 fn transient(e: ureq::Error) -> Failure {
     Failure::Transient(describe(&e))
-}
-
-/// An HTTP status that is not an answer: a 5xx may pass (a restarting backend, an overloaded
-/// cache), anything else will not.
-fn status_failure(status: u16) -> Failure {
-    if status >= 500 {
-        Failure::Transient(format!("HTTP {status}"))
-    } else {
-        Failure::Final(Error::Remote(format!("HTTP {status}")))
-    }
 }
 
 /// What went wrong, in words an administrator can act on.
@@ -1036,5 +1036,28 @@ impl HttpRepo {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_secs(1);
+        for n in 1..=10 {
+            let nominal = (base * 2u32.pow((n - 1).min(5))).min(Duration::from_secs(30));
+            let p = backoff(n, base);
+            assert!(
+                p >= nominal.mul_f64(0.5) && p <= nominal.mul_f64(1.5),
+                "{n}: {p:?}"
+            );
+        }
+        // A short connect timeout (tests) shortens the pauses with it.
+        assert!(backoff(1, Duration::from_millis(100)) <= Duration::from_millis(150));
+        let draws: HashSet<Duration> = (0..20).map(|_| backoff(3, base)).collect();
+        assert!(draws.len() > 1, "no jitter");
     }
 }

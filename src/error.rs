@@ -39,6 +39,21 @@ pub enum Error {
     /// what state the node was left in (unchanged, or returned to its revision).
     #[error("{0}")]
     Unwritable(String),
+    /// An HTTP server did not answer, after every retry.
+    #[error(
+        "{server}: no answer for {object} after {attempts} tries over {:.0} s (last: {last}); check that the server (`aurum serve`, or the web server) is up and reachable, or give it longer with --idle-timeout / --connect-timeout / --http-tries",
+        waited.as_secs_f64()
+    )]
+    Unanswered {
+        server: String,
+        object: String,
+        attempts: u32,
+        waited: std::time::Duration,
+        last: String,
+    },
+    /// A file a server publishes (packs/list, a pack index) disagrees with the server's store.
+    #[error("{file} is inconsistent with the server's repository: {problem}; run `aurum verify --repair` on the server to rebuild its published files")]
+    Inconsistent { file: String, problem: String },
     /// The SQLite catalog refused an operation.
     #[error("catalog: {0}")]
     Catalog(#[from] rusqlite::Error),
@@ -53,7 +68,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Invalid(_) | Error::NotFound(_) => 2,
-            Error::Corrupt(_) => 3,
+            Error::Corrupt(_) | Error::Inconsistent { .. } => 3,
             _ => 1,
         }
     }
@@ -78,6 +93,11 @@ impl Error {
             Error::Remote(m) => Error::Remote(m + note),
             Error::Tool(m) => Error::Tool(m + note),
             Error::Unwritable(m) => Error::Unwritable(m + note),
+            Error::Inconsistent { file, problem } => Error::Inconsistent {
+                file,
+                problem: problem + note,
+            },
+            e @ Error::Unanswered { .. } => Error::Tool(format!("{e}{note}")),
             Error::Catalog(e) => Error::Tool(format!("catalog: {e}{note}")),
         }
     }

@@ -9,6 +9,9 @@
 //!   long paths work and no symlink can lead a write outside a target root.
 //! - [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with verification.
 //! - [`catalog`]: the SQLite catalog (images, revisions, tags, blob index, stat cache, events).
+//! - [`publish`]: the files a repository publishes for static clients (`packs/list`, `refs/`,
+//!   `templates/`), derived from the catalog, and the modes that keep them readable by a web
+//!   server and the catalog private.
 //! - [`repo`]: a repository: store + catalog + refs + lock, and revision references.
 //! - [`capture`]: scanning a golden client (local or through `aurum agent` over ssh) into a
 //!   revision.
@@ -37,6 +40,7 @@ pub mod install;
 pub mod node;
 pub mod nodedb;
 pub mod progress;
+pub mod publish;
 pub mod pxe;
 pub mod repo;
 pub mod serve;

@@ -12,6 +12,9 @@ pub trait Progress: Sync {
     fn advance(&self, n: u64);
     /// The current phase is over.
     fn finish(&self);
+    /// A short note beside the current phase (e.g. that the server stalled and is being
+    /// retried); an empty note clears it.
+    fn note(&self, _note: &str) {}
 }
 
 /// Progress that goes nowhere.

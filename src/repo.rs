@@ -11,6 +11,7 @@ use std::io::Read;
 
 use crate::format::manifest::Chunk;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, Revision, RevisionStats};
@@ -18,7 +19,12 @@ use crate::error::{invalid, Error, IoContext, Result};
 use crate::format::manifest::Manifest;
 use crate::format::pack::{decode_index, Codec};
 use crate::format::{Id, FORMAT_VERSION};
+use crate::publish;
 use crate::store::{self, FinishedPack, PackReader, PackWriter};
+
+/// Catalog meta key set once the repository's file modes were brought to what
+/// [`publish::check_modes`] wants (repositories made before it had everything 0600).
+const MODES_META: &str = "file-modes";
 
 /// How a command holds the repository lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,10 +98,26 @@ pub fn init(root: &Path) -> Result<()> {
             )));
         }
     }
-    for d in ["packs", "manifests", "refs", "tmp"] {
-        fs::create_dir_all(root.join(d)).at(root.join(d))?;
+    fs::create_dir_all(root).at(root)?;
+    for d in ["packs", "manifests", "refs"] {
+        store::create_public_dir(root, &root.join(d))?;
     }
+    fs::create_dir_all(store::tmp_dir(root)).at(store::tmp_dir(root))?;
+    // The catalog (node records included) and the lock are private: created 0600 before
+    // SQLite opens the catalog, since SQLite gives its WAL the database file's mode.
+    for f in ["aurum.db", "lock"] {
+        let p = root.join(f);
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(publish::PRIVATE_FILE)
+            .open(&p)
+            .at(&p)?;
+    }
+    publish::check_modes(root, true)?;
     let catalog = Catalog::open(&root.join("aurum.db"))?;
+    catalog.set_meta(MODES_META, "1")?;
     catalog.set_meta("format", &FORMAT_VERSION.to_string())?;
     catalog.set_meta("created", &crate::catalog::now().to_string())?;
     store::write_atomic(
@@ -103,7 +125,6 @@ pub fn init(root: &Path) -> Result<()> {
         &root.join("FORMAT"),
         format!("aurum repository format {FORMAT_VERSION}\n").as_bytes(),
     )?;
-    fs::write(root.join("lock"), b"").at(root.join("lock"))?;
     catalog.event("init", None, &format!("created {}", root.display()))?;
     Ok(())
 }
@@ -132,6 +153,30 @@ fn flock(file: &File, lock: Lock, path: &Path) -> Result<()> {
         return Err(std::io::Error::last_os_error()).at(path);
     }
     Ok(())
+}
+
+/// Brings an older repository's file modes to today's, once (the first time this aurum opens
+/// it). Best effort: a read-only copy (an NFS export) is left as it is, and `verify` still
+/// reports what is wrong there.
+fn upgrade_modes(root: &Path, catalog: &Catalog) {
+    if catalog.get_meta(MODES_META).ok().flatten().is_some() {
+        return;
+    }
+    match publish::check_modes(root, true) {
+        Ok(fixed) => {
+            if !fixed.is_empty() {
+                log::info!(
+                    "{}: made {} published files world-readable (and the catalog private)",
+                    root.display(),
+                    fixed.len()
+                );
+            }
+            if let Err(e) = catalog.set_meta(MODES_META, "1") {
+                log::debug!("cannot record the file modes upgrade: {e}");
+            }
+        }
+        Err(e) => log::debug!("file modes of {} left as they are: {e}", root.display()),
+    }
 }
 
 impl Repository {
@@ -171,6 +216,7 @@ impl Repository {
             .at(&lock_path)?;
         flock(&lock_file, lock, &lock_path)?;
         let catalog = Catalog::open(&root.join("aurum.db"))?;
+        upgrade_modes(root, &catalog);
         Ok(Repository {
             root: root.to_path_buf(),
             catalog,
@@ -325,44 +371,21 @@ impl Repository {
     /// Rewrites `refs/IMAGE/` from the catalog (removing it when the image is gone).
     pub fn write_refs(&self, image: &str) -> Result<()> {
         let dir = self.root.join("refs").join(image);
-        if !self.catalog.image_exists(image)? {
+        let files = publish::refs(&self.catalog, image)?;
+        if files.is_empty() {
             if dir.exists() {
                 fs::remove_dir_all(&dir).at(&dir)?;
             }
             return Ok(());
         }
-        let revs = self.catalog.revisions(image)?;
-        let mut list = String::new();
-        for r in revs.iter().rev() {
-            list.push_str(&format!("{} {}\n", r.number, r.id.hex()));
-        }
-        store::write_atomic(&self.root, &dir.join("revisions"), list.as_bytes())?;
-        if let Some(head) = revs.first() {
-            store::write_atomic(
-                &self.root,
-                &dir.join("head"),
-                format!("{}\n", head.id.hex()).as_bytes(),
-            )?;
-        }
-        let tags = self.catalog.tags(image)?;
+        publish::write(&self.root, &files)?;
         let tag_dir = dir.join("tags");
-        fs::create_dir_all(&tag_dir).at(&tag_dir)?;
-        for (tag, number) in &tags {
-            let rev = revs
-                .iter()
-                .find(|r| r.number == *number)
-                .expect("tag target");
-            store::write_atomic(
-                &self.root,
-                &tag_dir.join(tag),
-                format!("{}\n", rev.id.hex()).as_bytes(),
-            )?;
-        }
+        store::create_public_dir(&self.root, &tag_dir)?;
         for old in fs::read_dir(&tag_dir).at(&tag_dir)? {
-            let old = old.at(&tag_dir)?;
-            let name = old.file_name().to_string_lossy().into_owned();
-            if !tags.iter().any(|(t, _)| *t == name) {
-                fs::remove_file(old.path()).at(old.path())?;
+            let old = old.at(&tag_dir)?.path();
+            let rel = old.strip_prefix(&self.root).expect("under root");
+            if !files.contains_key(rel) {
+                fs::remove_file(&old).at(&old)?;
             }
         }
         Ok(())
@@ -370,15 +393,7 @@ impl Repository {
 
     /// Rewrites `packs/list`, the pack ids a static client may fetch indexes of.
     pub fn write_pack_list(&self) -> Result<()> {
-        let mut list = String::new();
-        for (id, size, _) in self.catalog.packs()? {
-            list.push_str(&format!("{} {size}\n", id.hex()));
-        }
-        store::write_atomic(
-            &self.root,
-            &self.root.join("packs").join("list"),
-            list.as_bytes(),
-        )
+        write_pack_list(&self.root, &self.catalog)
     }
 
     /// Records packs that are on disk with their index but missing from the catalog (left by a
@@ -455,6 +470,7 @@ impl Repository {
     /// Opens a writer that stores blobs into new packs of this repository.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         Ok(BlobWriter {
+            root: self.root.clone(),
             catalog: Catalog::open(&self.root.join("aurum.db"))?,
             packs: PackWriter::new(&self.root),
             claimed: HashSet::new(),
@@ -468,6 +484,7 @@ impl Repository {
 /// It has its own catalog connection so that a capture can share it between hashing threads
 /// (behind a mutex) while the repository's main connection stays free.
 pub struct BlobWriter {
+    root: PathBuf,
     catalog: Catalog,
     packs: PackWriter,
     claimed: HashSet<Id>,
@@ -607,6 +624,12 @@ impl BlobWriter {
         if let Some(done) = self.packs.finish()? {
             self.catalog.add_pack(&done)?;
         }
+        if self.packs.written > 0 {
+            // Listed now, not only when a revision is committed: a capture that comes out
+            // unchanged may still have stored blobs (a repaired repository's), which the
+            // revisions already published need nodes to find.
+            write_pack_list(&self.root, &self.catalog)?;
+        }
         if !self.pending.is_empty() {
             return Err(Error::Remote(format!(
                 "{} chunks found while hashing could not be read again (files changed during the capture?); run getimage again",
@@ -615,6 +638,14 @@ impl BlobWriter {
         }
         Ok(())
     }
+}
+
+fn write_pack_list(root: &Path, catalog: &Catalog) -> Result<()> {
+    store::write_atomic(
+        root,
+        &root.join("packs").join("list"),
+        &publish::pack_list(catalog)?,
+    )
 }
 
 /// Reads verified blobs of a local repository from several threads at once.

@@ -7,13 +7,21 @@
 //! several requests in flight. Every blob is checked against its id before it is handed on; a
 //! server that sends wrong bytes stops the update with the blob's name. The HTTP proxy
 //! settings of the environment (`http_proxy`, `no_proxy`) are honoured.
+//!
+//! A server that stalls must not hang a node silently: every connection has a connect timeout
+//! and every read an idle timeout ([`HttpOptions`]); GETs (idempotent: the repository's files
+//! never change under a name, or are replaced whole) are retried with jittered exponential
+//! backoff, each retry warned about on stderr and on the progress line; the final error names the
+//! server, the file and the time waited. The delta API is optional: whatever goes wrong with
+//! it (an error status, a refused connection, a timeout), the node warns once and fetches
+//! whole blobs from the static layout, which alone is always enough.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::catalog::NodeReport;
 use crate::delta::{self, Want};
@@ -144,19 +152,55 @@ const MAX_REQUEST: u64 = 16 << 20;
 /// Requests in flight at once.
 const IN_FLIGHT: usize = 4;
 
+/// How patient a node is with an HTTP server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time a read (or write) may wait without one byte moving: a slow server that keeps
+    /// sending is never cut off, a silent one is after this long.
+    pub idle_timeout: Duration,
+    /// Tries of each GET (1 = no retry).
+    pub attempts: u32,
+}
+
+impl Default for HttpOptions {
+    /// 10 s to connect (a server on the same network answers in milliseconds; a dead one is
+    /// worth knowing about quickly), 60 s of silence (a loaded server behind a cache can pause
+    /// for seconds; a minute of nothing is a stall), 4 tries.
+    fn default() -> HttpOptions {
+        HttpOptions {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            attempts: 4,
+        }
+    }
+}
+
+/// One try of a request that did not work out.
+enum Failure {
+    /// Worth another try: no connection, a timeout, a 5xx.
+    Transient(String),
+    /// Another try would get the same answer (a 404, wrong bytes).
+    Final(Error),
+}
+
 /// A repository served over HTTP.
 pub struct HttpRepo {
     base: String,
     agent: ureq::Agent,
+    options: HttpOptions,
     /// Where pack indexes are kept between updates (they never change).
     cache: PathBuf,
     /// Body bytes received, of every kind (refs, manifests, indexes, packs, deltas).
     received: AtomicU64,
+    /// Set once the delta API failed: it is not asked again, and warned about only once.
+    deltas_off: AtomicBool,
 }
 
 impl HttpRepo {
     /// `base` is the URL of the repository's top (where FORMAT is).
-    pub fn new(base: &str, cache: &Path) -> Result<HttpRepo> {
+    pub fn new(base: &str, cache: &Path, options: &HttpOptions) -> Result<HttpRepo> {
         if base.starts_with("https://") {
             return Err(invalid(format!(
                 "{base}: aurum speaks plain HTTP (every blob and manifest is checked against its \
@@ -173,16 +217,25 @@ impl HttpRepo {
                 }
             )));
         }
+        // No total timeout: a 16 MiB range over a slow link may take minutes and is fine as
+        // long as bytes keep coming; the idle timeout is what catches a stall.
         let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(300)))
+            .timeout_connect(Some(options.connect_timeout))
+            .timeout_per_read(Some(options.idle_timeout))
+            .timeout_per_write(Some(options.idle_timeout))
             .http_status_as_error(false)
             .build()
             .into();
         let me = HttpRepo {
             base: base.trim_end_matches('/').to_string(),
             agent,
+            options: HttpOptions {
+                attempts: options.attempts.max(1),
+                ..options.clone()
+            },
             cache: cache.to_path_buf(),
             received: AtomicU64::new(0),
+            deltas_off: AtomicBool::new(false),
         };
         let format = me.get("FORMAT")?;
         if !String::from_utf8_lossy(&format).starts_with("aurum repository format") {
@@ -201,19 +254,20 @@ impl HttpRepo {
         Error::Remote(format!("{}: {e}", self.url(path)))
     }
 
-    /// Reads an answer's body (at most `limit` bytes), counting it in `received`.
+    /// Reads an answer's body (at most `limit` bytes), counting it in `received`; the error
+    /// (a timeout, a connection cut) says what went wrong with `path`.
     fn body(
         &self,
         resp: &mut ureq::http::Response<ureq::Body>,
         path: &str,
         limit: u64,
-    ) -> Result<Vec<u8>> {
+    ) -> std::result::Result<Vec<u8>, String> {
         let body = resp
             .body_mut()
             .with_config()
             .limit(limit)
             .read_to_vec()
-            .map_err(|e| self.net(path, e))?;
+            .map_err(|e| format!("reading {path}: {}", describe(&e)))?;
         self.received
             .fetch_add(body.len() as u64, Ordering::Relaxed);
         Ok(body)
@@ -221,43 +275,117 @@ impl HttpRepo {
 
     /// GETs a whole file (up to 1 GiB) of the repository, e.g. `templates/compute.toml`.
     pub fn get(&self, path: &str) -> Result<Vec<u8>> {
-        let mut resp = self
-            .agent
-            .get(self.url(path))
-            .call()
-            .map_err(|e| self.net(path, e))?;
-        match resp.status().as_u16() {
-            200 => self.body(&mut resp, path, 1 << 30),
-            404 => Err(Error::NotFound(format!(
-                "{} not found on the server",
-                self.url(path)
-            ))),
-            s => Err(self.net(path, format!("HTTP {s}"))),
-        }
+        self.retrying(path, None, &crate::progress::Quiet, || {
+            let mut resp = self.agent.get(self.url(path)).call().map_err(transient)?;
+            match resp.status().as_u16() {
+                200 => self
+                    .body(&mut resp, path, 1 << 30)
+                    .map_err(Failure::Transient),
+                404 => Err(Failure::Final(Error::NotFound(format!(
+                    "{} not found on the server",
+                    self.url(path)
+                )))),
+                s => Err(self.status_failure(path, s)),
+            }
+        })
     }
 
     /// GETs bytes `start..=end` of a file.
-    fn get_range(&self, path: &str, start: u64, end: u64) -> Result<Vec<u8>> {
-        let mut resp = self
-            .agent
-            .get(self.url(path))
-            .header("Range", &format!("bytes={start}-{end}"))
-            .call()
-            .map_err(|e| self.net(path, e))?;
-        let status = resp.status().as_u16();
-        let body = self.body(&mut resp, path, 1 << 34)?;
-        match status {
-            206 if body.len() as u64 == end - start + 1 => Ok(body),
-            // A server that ignores Range sends the whole file.
-            200 if body.len() as u64 > end => Ok(body[start as usize..=end as usize].to_vec()),
-            s => Err(self.net(
-                path,
-                format!(
-                    "HTTP {s} for bytes {start}-{end} ({} bytes came)",
-                    body.len()
-                ),
-            )),
+    fn get_range(
+        &self,
+        path: &str,
+        start: u64,
+        end: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<u8>> {
+        let what = format!("bytes {start}-{end}");
+        self.retrying(path, Some(&what), progress, || {
+            let mut resp = self
+                .agent
+                .get(self.url(path))
+                .header("Range", &format!("bytes={start}-{end}"))
+                .call()
+                .map_err(transient)?;
+            let status = resp.status().as_u16();
+            if status >= 500 {
+                return Err(self.status_failure(path, status));
+            }
+            let body = self
+                .body(&mut resp, path, 1 << 34)
+                .map_err(Failure::Transient)?;
+            match status {
+                206 if body.len() as u64 == end - start + 1 => Ok(body),
+                // A server that ignores Range sends the whole file.
+                200 if body.len() as u64 > end => Ok(body[start as usize..=end as usize].to_vec()),
+                s => Err(Failure::Final(self.net(
+                    path,
+                    format!(
+                        "HTTP {s} for bytes {start}-{end} ({} bytes came)",
+                        body.len()
+                    ),
+                ))),
+            }
+        })
+    }
+
+    /// An HTTP status that is not an answer: a 5xx may pass (a restarting backend, an
+    /// overloaded cache), anything else will not.
+    fn status_failure(&self, path: &str, status: u16) -> Failure {
+        if status >= 500 {
+            Failure::Transient(format!("HTTP {status}"))
+        } else {
+            Failure::Final(self.net(path, format!("HTTP {status}")))
         }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or has been tried
+    /// [`HttpOptions::attempts`] times, sleeping a jittered, doubling backoff between tries.
+    /// Each retry is said on stderr and on the progress line, so that a stall is never silent.
+    fn retrying<T>(
+        &self,
+        path: &str,
+        part: Option<&str>,
+        progress: &dyn Progress,
+        attempt: impl Fn() -> std::result::Result<T, Failure>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let object = match part {
+            Some(p) => format!("{path} ({p})"),
+            None => path.to_string(),
+        };
+        let attempts = self.options.attempts;
+        for n in 1.. {
+            let why = match attempt() {
+                Ok(v) => {
+                    if n > 1 {
+                        progress.note("");
+                    }
+                    return Ok(v);
+                }
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Transient(why)) => why,
+            };
+            if n >= attempts {
+                return Err(Error::Unanswered {
+                    server: self.base.clone(),
+                    object,
+                    attempts,
+                    waited: started.elapsed(),
+                    last: why,
+                });
+            }
+            let pause = backoff(n, self.options.connect_timeout);
+            let msg = format!(
+                "{}: {object}: {why}; retrying in {:.1} s (try {} of {attempts})",
+                self.base,
+                pause.as_secs_f64(),
+                n + 1
+            );
+            log::warn!("{msg}");
+            progress.note(&format!("server stalled: retry {} of {attempts}", n + 1));
+            std::thread::sleep(pause);
+        }
+        unreachable!("the loop returns")
     }
 
     fn pack_index(&self, pack: &Id) -> Result<Vec<IndexEntry>> {
@@ -270,7 +398,8 @@ impl HttpRepo {
         let hex = pack.hex();
         let path = format!("packs/{}/{hex}.idx", &hex[..2]);
         let bytes = self.get(&path)?;
-        let entries = decode_index(&bytes).map_err(|e| self.net(&path, e))?;
+        let entries = decode_index(&bytes)
+            .map_err(|e| self.inconsistent(&path, &format!("it does not decode ({e})")))?;
         std::fs::create_dir_all(&self.cache).at(&self.cache)?;
         let tmp = cached.with_extension("tmp");
         std::fs::write(&tmp, &bytes).at(&tmp)?;
@@ -280,6 +409,40 @@ impl HttpRepo {
 }
 
 impl HttpRepo {
+    /// The pack ids of `packs/list` (one `ID SIZE` a line), refusing a damaged list: a line
+    /// skipped would hide its pack's blobs and fail the update later with a wrong reason.
+    fn pack_list(&self, list: &[u8]) -> Result<Vec<Id>> {
+        let text = std::str::from_utf8(list)
+            .map_err(|_| self.inconsistent("packs/list", "it is not text"))?;
+        let mut packs = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let mut words = line.split_whitespace();
+            let id = words.next().and_then(Id::from_hex);
+            let size = words.next().and_then(|s| s.parse::<u64>().ok());
+            match (id, size, words.next()) {
+                (Some(id), Some(_), None) => packs.push(id),
+                _ => {
+                    return Err(self.inconsistent(
+                        "packs/list",
+                        &format!("line {} is not `PACK-ID SIZE`", n + 1),
+                    ))
+                }
+            }
+        }
+        if !list.is_empty() && !text.ends_with('\n') {
+            return Err(self.inconsistent("packs/list", "it is cut short"));
+        }
+        Ok(packs)
+    }
+
+    /// A file the server publishes disagrees with the server's store.
+    fn inconsistent(&self, file: &str, problem: &str) -> Error {
+        Error::Inconsistent {
+            file: self.url(file),
+            problem: problem.to_string(),
+        }
+    }
+
     /// A missing ref file means the server has no such image.
     fn no_image(&self, image: &str, e: Error) -> Error {
         match e {
@@ -302,6 +465,37 @@ impl HttpRepo {
             .filter_map(|(k, _)| k.parse().ok())
             .max()
     }
+}
+
+/// A failure to reach the server or to read its answer: worth another try.
+fn transient(e: ureq::Error) -> Failure {
+    Failure::Transient(describe(&e))
+}
+
+/// What went wrong, in words an administrator can act on.
+fn describe(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(ureq::Timeout::Connect) => "no connection in time".into(),
+        ureq::Error::Timeout(ureq::Timeout::PerRead | ureq::Timeout::PerWrite) => {
+            "no data moved within the idle timeout (the server stalled)".into()
+        }
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        e => e.to_string(),
+    }
+}
+
+/// The pause before try `n + 1`: `base` (at most 1 s) doubled per try, at most 30 s, times a
+/// random factor between 0.5 and 1.5, so that a hundred nodes that lost the server at the same
+/// moment do not come back at the same moment.
+fn backoff(n: u32, base: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = base.min(Duration::from_secs(1));
+    let pause = (base * 2u32.pow((n - 1).min(5))).min(Duration::from_secs(30));
+    // RandomState is seeded from the OS: randomness enough for a jitter, without a crate.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(n);
+    let jitter = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
+    pause.mul_f64(jitter)
 }
 
 fn ref_name_ok(s: &str) -> bool {
@@ -455,11 +649,16 @@ impl RevisionSource for HttpRepo {
         let mut found: HashMap<Id, (Id, IndexEntry)> = HashMap::new();
         // The uncompressed size of every group holding a wanted blob.
         let mut group_raw: HashMap<(Id, u64), u64> = HashMap::new();
-        for line in String::from_utf8_lossy(&list).lines() {
-            let Some(pack) = line.split_whitespace().next().and_then(Id::from_hex) else {
-                continue;
-            };
-            let index = self.pack_index(&pack)?;
+        let packs = self.pack_list(&list)?;
+        for pack in &packs {
+            let pack = *pack;
+            let index = self.pack_index(&pack).map_err(|e| match e {
+                Error::NotFound(_) => self.inconsistent(
+                    "packs/list",
+                    &format!("it names pack {} whose index is missing", pack.short()),
+                ),
+                e => e,
+            })?;
             let mut hit = false;
             for e in &index {
                 if wanted.contains(&e.id) && !found.contains_key(&e.id) {
@@ -479,11 +678,17 @@ impl RevisionSource for HttpRepo {
             }
         }
         if let Some(missing) = ids.iter().find(|id| !found.contains_key(id)) {
-            return Err(Error::NotFound(format!(
-                "blob {} is not in the repository at {}; was the revision garbage-collected?",
-                missing.short(),
-                self.base
-            )));
+            // The caller holds the revision's manifest, which the server still publishes: gc
+            // keeps every blob of a manifest it keeps, so a blob no listed pack holds means
+            // the server's published files disagree with its store.
+            return Err(self.inconsistent(
+                "packs/list",
+                &format!(
+                    "blob {} is in none of the {} packs it names (or their indexes)",
+                    missing.short(),
+                    packs.len()
+                ),
+            ));
         }
         // A group of which the node wants less than half is better asked of `aurum serve`
         // blob by blob (each compressed alone) than fetched whole.
@@ -574,21 +779,29 @@ impl RevisionSource for HttpRepo {
         let moved = AtomicU64::new(0);
         let queue = Mutex::new(ranges.into_iter());
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        let done = AtomicBool::new(false);
         std::thread::scope(|s| {
-            for _ in 0..IN_FLIGHT {
-                s.spawn(|| loop {
-                    if first_error.lock().expect("lock").is_some() {
-                        return;
-                    }
-                    let Some((pack, recs)) = queue.lock().expect("lock").next() else {
-                        return;
-                    };
-                    if let Err(e) = self.fetch_range(&pack, &recs, sink, &moved, progress) {
-                        first_error.lock().expect("lock").get_or_insert(e);
-                        return;
-                    }
-                });
+            s.spawn(|| self.watch_stall(&moved, &done, progress));
+            let workers: Vec<_> = (0..IN_FLIGHT)
+                .map(|_| {
+                    s.spawn(|| loop {
+                        if first_error.lock().expect("lock").is_some() {
+                            return;
+                        }
+                        let Some((pack, recs)) = queue.lock().expect("lock").next() else {
+                            return;
+                        };
+                        if let Err(e) = self.fetch_range(&pack, &recs, sink, &moved, progress) {
+                            first_error.lock().expect("lock").get_or_insert(e);
+                            return;
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.join();
             }
+            done.store(true, Ordering::Relaxed);
         });
         progress.finish();
         if let Some(e) = first_error.into_inner().expect("lock") {
@@ -603,7 +816,7 @@ impl RevisionSource for HttpRepo {
         sink: &DeltaSinkFn,
         progress: &dyn Progress,
     ) -> Result<u64> {
-        if wants.is_empty() {
+        if wants.is_empty() || self.deltas_off.load(Ordering::Relaxed) {
             return Ok(0);
         }
         // Batches of at most MAX_BATCH records and MAX_BATCH_BYTES of targets.
@@ -631,6 +844,7 @@ impl RevisionSource for HttpRepo {
                 s.spawn(|| loop {
                     if first_error.lock().expect("lock").is_some()
                         || unsupported.load(Ordering::Relaxed)
+                        || self.deltas_off.load(Ordering::Relaxed)
                     {
                         return;
                     }
@@ -673,7 +887,8 @@ impl RevisionSource for HttpRepo {
 }
 
 impl HttpRepo {
-    /// One delta request; `false` when the server makes no deltas (a plain web server).
+    /// One delta request; `false` when the server makes no deltas (a plain web server) or
+    /// the delta service failed: the caller then fetches whole blobs.
     fn delta_batch(
         &self,
         batch: &[Want],
@@ -683,20 +898,30 @@ impl HttpRepo {
     ) -> Result<bool> {
         let path = "api/v1/deltas";
         let body = delta::encode_request(batch);
-        let mut resp = self
+        let mut resp = match self
             .agent
             .post(self.url(path))
             .content_type("application/octet-stream")
             .send(&body[..])
-            .map_err(|e| self.net(path, e))?;
+        {
+            Ok(r) => r,
+            Err(e) => return Ok(self.deltas_failed(&describe(&e))),
+        };
         match resp.status().as_u16() {
             200 => {}
-            // No API here, or an older server: whole blobs it is.
-            404 | 405 | 501 => return Ok(false),
-            s => return Err(self.net(path, format!("HTTP {s}"))),
+            // No API here, or an older server: whole blobs it is, as planned.
+            404 | 405 | 501 => {
+                self.deltas_off.store(true, Ordering::Relaxed);
+                return Ok(false);
+            }
+            // The API is there but failing (a proxy whose backend is down answers 502).
+            s => return Ok(self.deltas_failed(&format!("HTTP {s}"))),
         }
         moved.fetch_add(body.len() as u64, Ordering::Relaxed);
-        let answer = self.body(&mut resp, path, 1 << 30)?;
+        let answer = match self.body(&mut resp, path, 1 << 30) {
+            Ok(a) => a,
+            Err(why) => return Ok(self.deltas_failed(&why)),
+        };
         moved.fetch_add(answer.len() as u64, Ordering::Relaxed);
         let mut r = &answer[..];
         let mut n = 0;
@@ -714,6 +939,45 @@ impl HttpRepo {
             progress.advance(1);
         }
         Ok(true)
+    }
+
+    /// The delta service failed: it is optional, so this turns it off for the rest of the run
+    /// and warns once; the whole blobs come from the static layout. Returns `false`.
+    fn deltas_failed(&self, why: &str) -> bool {
+        if !self.deltas_off.swap(true, Ordering::Relaxed) {
+            let msg = format!(
+                "{}: the delta service failed ({why}); fetching whole blobs instead (more bytes, same result)",
+                self.url("api/v1/deltas")
+            );
+            log::warn!("{msg}");
+        }
+        false
+    }
+
+    /// Shows on the progress line how long nothing has arrived, once that is long enough to
+    /// notice (a bar that merely stops moving looks like a hung program); clears it when
+    /// bytes move again. Returns when `done` is set.
+    fn watch_stall(&self, moved: &AtomicU64, done: &AtomicBool, progress: &dyn Progress) {
+        const NOTICE: Duration = Duration::from_secs(5);
+        let (mut last, mut since, mut shown) = (0, Instant::now(), false);
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = moved.load(Ordering::Relaxed);
+            if now != last {
+                (last, since) = (now, Instant::now());
+                if shown {
+                    progress.note("");
+                    shown = false;
+                }
+            } else if since.elapsed() >= NOTICE {
+                progress.note(&format!(
+                    "waiting {} s for {}",
+                    since.elapsed().as_secs(),
+                    self.base
+                ));
+                shown = true;
+            }
+        }
     }
 
     fn fetch_range(
@@ -737,7 +1001,12 @@ impl HttpRepo {
             );
         }
         let hex = pack.hex();
-        let bytes = self.get_range(&format!("packs/{}/{hex}.pack", &hex[..2]), start, end)?;
+        let bytes = self.get_range(
+            &format!("packs/{}/{hex}.pack", &hex[..2]),
+            start,
+            end,
+            progress,
+        )?;
         moved.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         progress.advance(bytes.len() as u64);
         for (offset, len, members) in recs {
@@ -767,5 +1036,28 @@ impl HttpRepo {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_secs(1);
+        for n in 1..=10 {
+            let nominal = (base * 2u32.pow((n - 1).min(5))).min(Duration::from_secs(30));
+            let p = backoff(n, base);
+            assert!(
+                p >= nominal.mul_f64(0.5) && p <= nominal.mul_f64(1.5),
+                "{n}: {p:?}"
+            );
+        }
+        // A short connect timeout (tests) shortens the pauses with it.
+        assert!(backoff(1, Duration::from_millis(100)) <= Duration::from_millis(150));
+        let draws: HashSet<Duration> = (0..20).map(|_| backoff(3, base)).collect();
+        assert!(draws.len() > 1, "no jitter");
     }
 }

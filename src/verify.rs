@@ -4,6 +4,11 @@
 //! manifest against its revision id, and every blob a revision names must be in the catalog.
 //! A damaged blob is reported with the revisions it breaks, so the administrator knows which
 //! images to capture again (or to restore from a replica).
+//!
+//! A whole-repository verify also checks what a web server publishes besides packs and
+//! manifests: `packs/list`, `refs/` and `templates/` against the catalog (see
+//! [`crate::publish`]), and that published files are world-readable and the catalog private.
+//! A node updating over HTTP trusts those files; `--repair` rebuilds them.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -40,6 +45,11 @@ pub struct VerifyReport {
     pub damage: Vec<Damage>,
     /// Damaged or missing blobs removed from the catalog (with `repair`).
     pub forgotten: u64,
+    /// Published files rewritten or removed because they disagreed with the catalog (with
+    /// `repair`).
+    pub republished: Vec<crate::publish::Republished>,
+    /// Files and directories whose mode was changed (with `repair`): (path, old, new).
+    pub modes_fixed: Vec<(String, u32, u32)>,
 }
 
 /// Verifies one revision (its manifest and every blob it names) or, with `None`, everything.
@@ -156,14 +166,16 @@ pub fn verify(
             if damaged_packs > 0 {
                 repack.commit(repo, Some(&repo.root.join("damaged")))?;
             }
+            let mut needed = HashSet::new();
             for id in users.keys() {
-                if !repo.catalog.has_blob(id)? {
-                    bad_blobs.push((*id, "missing from the repository".into()));
+                match repo.catalog.blob(id)? {
+                    Some((pack, _)) => {
+                        needed.insert(pack);
+                    }
+                    None => bad_blobs.push((*id, "missing from the repository".into())),
                 }
             }
-            for image in repo.catalog.images()? {
-                repo.write_refs(&image.name)?;
-            }
+            check_published(repo, &needed, repair, &mut report)?;
         }
     }
     if repair {
@@ -197,6 +209,45 @@ pub fn verify(
         }
     }
     Ok(report)
+}
+
+/// Checks the published derived files and the modes; with `repair`, rebuilds and fixes them
+/// (after any repack, so that `packs/list` names the new packs).
+fn check_published(
+    repo: &Repository,
+    needed: &HashSet<Id>,
+    repair: bool,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    if repair {
+        report.republished = crate::publish::rebuild(&repo.root, &repo.catalog)?;
+        report.modes_fixed = crate::publish::check_modes(&repo.root, true)?;
+        return Ok(());
+    }
+    for s in crate::publish::check(&repo.root, &repo.catalog, needed)? {
+        report.damage.push(Damage {
+            kind: "published",
+            id: s.file,
+            problem: format!(
+                "{}; nodes updating over HTTP trust this file: `aurum verify --repair` rebuilds it",
+                s.problem
+            ),
+            breaks: vec![],
+        });
+    }
+    let wrong = crate::publish::check_modes(&repo.root, false)?;
+    if let Some((first, mode, want)) = wrong.first() {
+        report.damage.push(Damage {
+            kind: "mode",
+            id: first.clone(),
+            problem: format!(
+                "mode {mode:o}, should be {want:o} ({} files and directories in all): a web server not running as root cannot serve published files, and the catalog must stay private; `aurum verify --repair` fixes the modes",
+                wrong.len()
+            ),
+            breaks: vec![],
+        });
+    }
+    Ok(())
 }
 
 /// Checks a pack's blobs and its name; returns (bad blobs, pack problem, blobs, bytes).

@@ -156,6 +156,8 @@ pub struct InstallArgs {
     /// the repository directory --repo is read.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    #[command(flatten)]
+    http: super::HttpArgs,
     /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id.
     #[arg(long)]
     image: String,
@@ -221,7 +223,7 @@ pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
     let cache = tempfile::Builder::new().prefix("aurum-cache.").tempdir()?;
     let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
         Some(url) => {
-            let http = HttpRepo::new(url, cache.path())?;
+            let http = HttpRepo::new(url, cache.path(), &a.http.options())?;
             let t = store::from_server(&http, class.as_deref())?;
             (Box::new(http), t)
         }

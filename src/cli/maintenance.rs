@@ -1,5 +1,6 @@
 //! `verify` and `gc` subcommands.
 
+use aurum::publish::Republish;
 use aurum::repo::{Lock, Repository};
 use clap::Args;
 
@@ -12,16 +13,22 @@ use super::{human_bytes, open, print_json, progress, Global};
 /// manifest and blobs only. Each damaged blob is named with the revisions it breaks. Exits
 /// with 3 when anything is damaged.
 ///
+/// Also checks what a web server publishes for nodes besides packs and manifests
+/// (packs/list, refs/, templates/) against the catalog, and that published files are
+/// world-readable and the catalog and lock private.
+///
 /// With --repair, damaged blobs are forgotten, so that capturing a golden client (or
 /// importing a tarball) that still holds their content stores it again and mends every
-/// revision they broke; until then those revisions fail to check out.
+/// revision they broke; until then those revisions fail to check out. The published files
+/// are rebuilt from the catalog and the modes fixed.
 #[derive(Args)]
 pub struct VerifyArgs {
     /// Verify only this revision.
     rev: Option<String>,
     /// Forget damaged blobs so that the next capture of their content stores them again, and
-    /// move damaged packs aside (to damaged/) after copying out what is still good. Checks the
-    /// whole repository and waits for other aurum commands, like gc.
+    /// move damaged packs aside (to damaged/) after copying out what is still good; rebuild
+    /// packs/list, refs/ and templates/ from the catalog; fix file modes. Checks the whole
+    /// repository and waits for other aurum commands, like gc.
     #[arg(long, conflicts_with = "rev")]
     repair: bool,
     /// Print JSON.
@@ -55,6 +62,20 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
                 format!("; breaks {}", d.breaks.join(", "))
             };
             println!("DAMAGED {} {}: {}{}", d.kind, d.id, d.problem, breaks);
+        }
+        for r in &report.republished {
+            match r.action {
+                Republish::Rebuilt => println!("rebuilt {} from the catalog", r.file),
+                Republish::Removed => {
+                    println!("removed {}: it named nothing the catalog has", r.file)
+                }
+            }
+        }
+        if let Some((first, _, want)) = report.modes_fixed.first() {
+            println!(
+                "fixed the modes of {} files and directories (e.g. {first} to {want:o}): published files are world-readable, the catalog private",
+                report.modes_fixed.len()
+            );
         }
         if report.forgotten > 0 {
             println!(

@@ -66,6 +66,42 @@ pub struct Global {
     pub verbose: u8,
 }
 
+/// How patient a node is with the --server (updateclient, rollback, install).
+#[derive(Args)]
+pub struct HttpArgs {
+    /// Give up on connecting to the server after this long (then retry).
+    #[arg(
+        long,
+        env = "AURUM_CONNECT_TIMEOUT",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
+    connect_timeout: u64,
+    /// Give up on a request when no byte moves for this long (then retry): a slow server
+    /// that keeps sending is never cut off, a stalled one is.
+    #[arg(
+        long,
+        env = "AURUM_IDLE_TIMEOUT",
+        default_value_t = 60,
+        value_name = "SECONDS"
+    )]
+    idle_timeout: u64,
+    /// Tries of each download before the command fails (with jittered, doubling pauses).
+    #[arg(long, env = "AURUM_HTTP_TRIES", default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    http_tries: u32,
+}
+
+impl HttpArgs {
+    pub fn options(&self) -> aurum::source::HttpOptions {
+        aurum::source::HttpOptions {
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout.max(1)),
+            attempts: self.http_tries,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     Init(init::InitArgs),

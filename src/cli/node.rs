@@ -10,7 +10,7 @@ use aurum::node::Node;
 use aurum::source::{HttpRepo, LocalRepo, RevisionSource};
 use clap::Args;
 
-use super::{human_bytes, human_time, print_json, progress, Global};
+use super::{human_bytes, human_time, print_json, progress, Global, HttpArgs};
 
 /// Where a node gets revisions from: --server, or a repository directory given with the
 /// global --repo (or AURUM_REPO), e.g. an NFS mount of the master's.
@@ -20,6 +20,8 @@ pub struct SourceArgs {
     /// repository (http://master:8035, http://cache/aurum). Without it, --repo DIR is read.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 impl SourceArgs {
@@ -33,7 +35,11 @@ impl SourceArgs {
             std::env::temp_dir().join("aurum-pack-indexes")
         };
         Ok(match &self.server {
-            Some(url) => Some(Box::new(HttpRepo::new(url, &cache)?)),
+            Some(url) => Some(Box::new(HttpRepo::new(
+                url,
+                &cache,
+                &self.http.options(),
+            )?)),
             None if g.repo_given => Some(Box::new(LocalRepo::new(&g.repo)?)),
             None => None,
         })

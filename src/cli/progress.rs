@@ -17,9 +17,9 @@ impl Progress for Bars {
         let bar = match total {
             Some(t) => {
                 let tmpl = if bytes {
-                    "{prefix:>18} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+                    "{prefix:>18} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}"
                 } else {
-                    "{prefix:>18} [{bar:30}] {pos}/{len} eta {eta}"
+                    "{prefix:>18} [{bar:30}] {pos}/{len} eta {eta} {msg}"
                 };
                 ProgressBar::new(t).with_style(
                     ProgressStyle::with_template(tmpl)
@@ -48,6 +48,12 @@ impl Progress for Bars {
     fn finish(&self) {
         if let Some(b) = self.bar.lock().expect("bar lock").take() {
             b.finish_and_clear();
+        }
+    }
+
+    fn note(&self, note: &str) {
+        if let Some(b) = &*self.bar.lock().expect("bar lock") {
+            b.set_message(note.to_string());
         }
     }
 }

@@ -98,7 +98,12 @@ fn write_archive(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| without_temp_name(dir, e))?;
+    // Created 0644 less the umask, as tar would: a temp file's own 0600 would leave the
+    // archive unreadable to the web server or the colleague it is meant for.
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)
+        .map_err(|e| without_temp_name(dir, e))?;
     let out = std::io::BufWriter::new(tmp.as_file_mut());
     let warnings = match compression {
         Compression::Plain => aurum::tarball::export(repo, manifest, out)?,

@@ -85,12 +85,43 @@ pub fn tmp_dir(repo: &Path) -> PathBuf {
     repo.join("tmp")
 }
 
+/// Mode of a file a web server publishes (packs, indexes, manifests, refs, templates):
+/// world-readable whatever the umask, so that nginx running as www-data can serve it.
+pub const PUBLIC_FILE: u32 = 0o644;
+/// Mode of a directory a web server publishes.
+pub const PUBLIC_DIR: u32 = 0o755;
+
+/// Creates `dir` (and its parents) under `repo`, world-readable: a umask of 077 must not
+/// leave a directory a web server cannot enter. Only what lies under `repo` is changed.
+pub fn create_public_dir(repo: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).at(dir)?;
+    let mut d = dir;
+    while d.starts_with(repo) && d != repo {
+        let mode = fs::metadata(d).at(d)?.permissions().mode() & 0o7777;
+        if mode != PUBLIC_DIR {
+            fs::set_permissions(d, fs::Permissions::from_mode(PUBLIC_DIR)).at(d)?;
+        }
+        d = d.parent().expect("under repo");
+    }
+    Ok(())
+}
+
+/// Gives a file about to be published its mode (a temporary file is created 0600).
+fn make_public(f: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(fs::Permissions::from_mode(PUBLIC_FILE))
+        .at(path)
+}
+
 /// Writes `data` to `path` atomically: temporary name, fsync, rename, fsync of the directory.
+/// The file is world-readable ([`PUBLIC_FILE`]): everything written this way is published.
 pub fn write_atomic(repo: &Path, path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().expect("store paths have a parent");
-    fs::create_dir_all(dir).at(dir)?;
+    create_public_dir(repo, dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir(repo)).at(tmp_dir(repo))?;
     tmp.write_all(data).at(tmp.path())?;
+    make_public(tmp.as_file(), tmp.path())?;
     tmp.as_file().sync_all().at(tmp.path())?;
     tmp.persist(path).map_err(|e| e.error).at(path)?;
     sync_dir(dir)
@@ -358,11 +389,12 @@ impl PackWriter {
         let Some(mut cur) = self.cur.take() else {
             return Ok(None);
         };
+        make_public(cur.file.as_file(), cur.file.path())?;
         cur.file.as_file().sync_all().at(cur.file.path())?;
         let id = Id::from(cur.hasher.finalize());
         let pack_at = pack_path(&self.repo, &id, "pack");
         let dir = pack_at.parent().expect("pack paths have a parent");
-        fs::create_dir_all(dir).at(dir)?;
+        create_public_dir(&self.repo, dir)?;
         // The pack goes in first: an index never names a pack that is not there.
         cur.file
             .persist(&pack_at)

@@ -62,16 +62,7 @@ pub fn mirror_path(repo: &Path, class: &str) -> std::path::PathBuf {
 pub fn save(repo: &mut Repository, class: &str, text: &str, note: &str) -> Result<(u32, bool)> {
     Template::parse(class, &format!("{class}.toml"), text)?;
     let r = repo.catalog.add_template(class, text, note)?;
-    crate::store::write_atomic(&repo.root, &mirror_path(&repo.root, class), text.as_bytes())?;
-    let mut list = String::new();
-    for v in repo.catalog.templates()? {
-        list += &format!("{}\n", v.class);
-    }
-    crate::store::write_atomic(
-        &repo.root,
-        &repo.root.join("templates/CLASSES"),
-        list.as_bytes(),
-    )?;
+    crate::publish::write(&repo.root, &crate::publish::templates(&repo.catalog)?)?;
     if r.1 {
         repo.catalog.event(
             "template",

@@ -50,7 +50,7 @@ pub fn ok(args: &[&str]) -> String {
 }
 
 /// rev1 and rev2 of a small root with every kind of change between them.
-fn two_revisions(env: &Env) -> (PathBuf, PathBuf) {
+pub fn two_revisions(env: &Env) -> (PathBuf, PathBuf) {
     let a = env.path("rev1");
     let b = env.path("rev2");
     write_random(&a.join("usr/lib/libbig.so"), 1, 3 << 20);

@@ -13,4 +13,5 @@ mod pxe;
 mod remote;
 mod repository;
 mod serve;
+mod tarball;
 mod update;

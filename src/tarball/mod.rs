@@ -417,6 +417,21 @@ fn unknown_type(name: &[u8], flag: u8) -> crate::Error {
     ))
 }
 
+/// A directory the archive implies (a member's parent it does not list): root's, 0755, with the
+/// archive's newest mtime.
+fn implied_dir(path: Vec<u8>, mtime: i64) -> Entry {
+    Entry {
+        path,
+        kind: Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime,
+        mtime_nsec: 0,
+        xattrs: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,20 +456,5 @@ mod tests {
         assert_eq!(normalise(b"./").unwrap(), None);
         assert_eq!(normalise(b"/usr//bin/").unwrap(), Some(b"usr/bin".to_vec()));
         assert!(normalise(b"../etc/shadow").is_err());
-    }
-}
-
-/// A directory the archive implies (a member's parent it does not list): root's, 0755, with the
-/// archive's newest mtime.
-fn implied_dir(path: Vec<u8>, mtime: i64) -> Entry {
-    Entry {
-        path,
-        kind: Kind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime,
-        mtime_nsec: 0,
-        xattrs: vec![],
     }
 }

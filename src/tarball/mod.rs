@@ -7,11 +7,14 @@
 //! a compressor on the fly. Sockets have no tar form and are left out with a warning, as GNU
 //! tar does.
 //!
-//! Import reads plain, zstd or gzip tarballs (a container rootfs tarball is the usual case)
-//! with our own reader ([`read`]), normalises `./`-prefixed names, refuses names that would
-//! leave the root, makes the parent directories an archive leaves implicit, keeps the holes of
-//! sparse members and the ACLs of `--acls` archives ([`acl`]), and stores the content exactly
-//! as getimage would.
+//! Import reads tarballs from GNU tar, bsdtar, star and old tars, plain or compressed
+//! ([`decompress`]), with our own reader ([`read`]), normalises `./`-prefixed names, refuses
+//! names that would leave the root, builds the tree as a tar extracts it (later members
+//! replace earlier ones, hard links refer to what their target was at that point: [`tree`]),
+//! makes the parent directories an archive leaves implicit, keeps the holes of sparse members,
+//! the xattrs and the ACLs of pax records ([`pax`], [`acl`]), refuses any record or member type
+//! it does not understand rather than drop it, and stores the content exactly as getimage
+//! would.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

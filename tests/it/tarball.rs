@@ -170,6 +170,8 @@ fn imports_old_style_directories_volume_labels_and_sized_links() {
     member(&mut t, header("zerodir/", b'0', Some(0), "", true), b"");
     member(&mut t, header("a", b'0', Some(6), "", true), b"first\n");
     member(&mut t, header("b", b'1', Some(6), "a", true), b"");
+    // star can store a hard link's data after its header: that data is skipped.
+    member(&mut t, header("b2", b'1', Some(6), "a", true), b"first\n");
     member(&mut t, header("z", b'0', Some(2), "", true), b"z\n");
     let archive = env.path("old.tar");
     std::fs::write(&archive, finish(t)).unwrap();
@@ -183,6 +185,7 @@ fn imports_old_style_directories_volume_labels_and_sized_links() {
     assert_eq!(std::fs::read(out.join("z")).unwrap(), b"z\n");
     let ino = |n: &str| std::fs::metadata(out.join(n)).unwrap().ino();
     assert_eq!(ino("a"), ino("b"));
+    assert_eq!(ino("a"), ino("b2"));
     assert!(!out.join("LABEL").exists());
 }
 

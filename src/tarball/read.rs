@@ -8,6 +8,11 @@
 //! as zeros), while we keep the holes: old GNU sparse members (`tar -S`, the default GNU
 //! format) and the pax sparse formats 0.0, 0.1 and 1.0 (`tar --format=pax -S`) are all read
 //! into a list of data extents. The 512-byte header fields are still decoded by `tar::Header`.
+//!
+//! Old dialects are read as the tars that wrote them meant: a `0` or typeless member whose
+//! name ends in `/` is a directory (v7), so is GNU's incremental `D`; a GNU volume label (`V`,
+//! blank size) is skipped; Solaris's `X` is a pax header; and a hard link header that carries
+//! the file's size is followed by data only when the next block is not a header.
 
 use std::io::{self, Read};
 

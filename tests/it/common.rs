@@ -104,6 +104,20 @@ pub fn have(prog: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `tool` is there for a test: under CI (`CI=true`, where test.sh installs it) its
+/// absence fails the test; elsewhere the test says why it skips.
+pub fn need(tool: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{tool} is needed (test.sh installs it)"
+    );
+    eprintln!("skipping: {tool} is not installed");
+    false
+}
+
 /// Whether we run as root (most fidelity checks need it; CI runs as root).
 pub fn is_root() -> bool {
     nix::unistd::Uid::current().is_root()

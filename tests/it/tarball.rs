@@ -5,20 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::common::{have, rsync_diff, sh, Env};
-
-/// Panics under CI (test.sh installs the tool), else says why the test skips.
-fn need(tool: &str) -> bool {
-    if have(tool) {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{tool} is needed (test.sh installs it)"
-    );
-    eprintln!("skipping: {tool} is not installed");
-    false
-}
+use crate::common::{need, rsync_diff, sh, Env};
 
 /// A 512-byte tar header: `magic` makes it ustar, else it is an old (v7) header. Numeric
 /// fields left `None` stay blank, as GNU tar leaves a volume label's.

@@ -19,6 +19,13 @@ want setfattr attr
 want setfacl acl
 want setcap libcap2-bin
 want zstd zstd
+# Import of archives from other tools (tests/it/tarball.rs): bsdtar writes them, and every
+# compression import reads is made with its own tool.
+want bsdtar libarchive-tools
+want bzip2 bzip2
+want xz xz-utils
+want lz4 lz4
+want getfattr attr
 want mkfs.btrfs btrfs-progs
 want python3 python3
 want mkfifo coreutils

@@ -135,12 +135,15 @@ fn without_temp_name(dir: &std::path::Path, e: std::io::Error) -> std::io::Error
     }
 }
 
-/// Import a tar archive (plain, .zst or .gz) as a new revision of an image.
+/// Import a tar archive (plain, gzip, zstd, bzip2, xz or lz4) as a new revision of an image.
 ///
-/// A container or chroot rootfs tarball imports this way. Names with `..` are refused;
-/// directories the archive leaves implicit are created root-owned 0755. Sparse members keep
-/// their holes; `tar --xattrs --acls` xattrs and ACLs are kept (ACL names are mapped through
-/// the archive's own etc/passwd and etc/group).
+/// A container or chroot rootfs tarball imports this way; GNU tar, bsdtar, star and old tars
+/// are read, the compression is recognised from the content. Names with `..` are refused;
+/// directories the archive leaves implicit are created root-owned 0755; a name archived
+/// twice (`tar -r`) ends as its last member. Sparse members keep their holes; xattrs, SELinux
+/// labels and POSIX ACLs of pax records are kept (ACL names are mapped through the archive's
+/// own etc/passwd and etc/group). A pax record or member type aurum cannot keep refuses the
+/// archive, naming the member.
 #[derive(Args)]
 pub struct ImportArgs {
     /// The image to add the revision to (created when new).

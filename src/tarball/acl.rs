@@ -131,6 +131,7 @@ pub(crate) fn from_text(text: &[u8], accounts: &Accounts, path: &str) -> Result<
     }
     // The kernel wants the entries in tag order, named ones by id.
     entries.sort();
+    check_and_mask(&mut entries, path)?;
     let mut out = VERSION.to_le_bytes().to_vec();
     for (tag, id, perm) in entries {
         out.extend_from_slice(&tag.to_le_bytes());
@@ -138,6 +139,41 @@ pub(crate) fn from_text(text: &[u8], accounts: &Accounts, path: &str) -> Result<
         out.extend_from_slice(&id.to_le_bytes());
     }
     Ok(out)
+}
+
+/// Refuses an ACL the kernel would refuse (a base entry missing or doubled, a name twice), and
+/// adds the mask an ACL with named entries needs when the text has none, as setfacl computes
+/// it: the union of the group class's permissions (owning group, named users and groups).
+/// `entries` are sorted.
+fn check_and_mask(entries: &mut Vec<(u16, u32, u16)>, path: &str) -> Result<()> {
+    for w in entries.windows(2) {
+        if w[0].0 == w[1].0 && w[0].1 == w[1].1 {
+            return Err(invalid(format!(
+                "{path}: its ACL in the archive lists an entry twice; refusing the archive"
+            )));
+        }
+    }
+    for (tag, name) in [
+        (USER_OBJ, "user::"),
+        (GROUP_OBJ, "group::"),
+        (OTHER, "other::"),
+    ] {
+        if !entries.iter().any(|e| e.0 == tag) {
+            return Err(invalid(format!(
+                "{path}: its ACL in the archive has no `{name}` entry, which every ACL needs; refusing the archive"
+            )));
+        }
+    }
+    let named = entries.iter().any(|e| matches!(e.0, USER | GROUP));
+    if named && !entries.iter().any(|e| e.0 == MASK) {
+        let perm = entries
+            .iter()
+            .filter(|e| matches!(e.0, USER | GROUP_OBJ | GROUP))
+            .fold(0, |p, e| p | e.2);
+        entries.push((MASK, NO_ID, perm));
+        entries.sort();
+    }
+    Ok(())
 }
 
 /// The text form of an ACL xattr value, with numeric ids; `None` when it is not a valid ACL.
@@ -210,5 +246,20 @@ mod tests {
             to_text(&star).unwrap().lines().nth(1),
             Some("user:1000:rw-")
         );
+        // No mask: computed as setfacl does; none needed without named entries.
+        let x = from_text(
+            b"user::rw-,user:7:r--,group::--x,group:9:-w-,other::---",
+            &accounts,
+            "/f",
+        )
+        .unwrap();
+        assert_eq!(
+            to_text(&x).unwrap(),
+            "user::rw-\nuser:7:r--\ngroup::--x\ngroup:9:-w-\nmask::rwx\nother::---"
+        );
+        let x = from_text(b"user::rw-,group::r--,other::---", &accounts, "/f").unwrap();
+        assert!(!to_text(&x).unwrap().contains("mask"));
+        let err = from_text(b"user::rw-,user:7:r--,other::---", &accounts, "/f").unwrap_err();
+        assert!(err.to_string().contains("`group::`"), "{err}");
     }
 }

@@ -7,26 +7,32 @@
 //! a compressor on the fly. Sockets have no tar form and are left out with a warning, as GNU
 //! tar does.
 //!
-//! Import reads plain, zstd or gzip tarballs (a container rootfs tarball is the usual case)
-//! with our own reader ([`read`]), normalises `./`-prefixed names, refuses names that would
-//! leave the root, makes the parent directories an archive leaves implicit, keeps the holes of
-//! sparse members and the ACLs of `--acls` archives ([`acl`]), and stores the content exactly
-//! as getimage would.
+//! Import reads tarballs from GNU tar, bsdtar, star and old tars, plain or compressed
+//! ([`decompress`]), with our own reader ([`read`]), normalises `./`-prefixed names, refuses
+//! names that would leave the root, builds the tree as a tar extracts it (later members
+//! replace earlier ones, hard links refer to what their target was at that point: [`tree`]),
+//! makes the parent directories an archive leaves implicit, keeps the holes of sparse members,
+//! the xattrs and the ACLs of pax records ([`pax`], [`acl`]), refuses any record or member type
+//! it does not understand rather than drop it, and stores the content exactly as getimage
+//! would.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::capture::BlobSink;
 use crate::catalog::{Revision, RevisionStats};
 use crate::error::{corrupt, invalid, IoContext, Result};
-use crate::format::manifest::{display_path, is_clean_path, Chunk, Entry, Kind, Manifest};
+use crate::format::manifest::{is_clean_path, Chunk, Entry, Kind, Manifest};
 use crate::format::Id;
 use crate::repo::Repository;
 use crate::store::chunk;
 
 mod acl;
+mod decompress;
+mod pax;
 mod read;
+mod tree;
 
 fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     // The length counts itself, so find the fixed point.
@@ -202,26 +208,6 @@ fn sparse_header(h: &mut tar::Header, extents: &[(u64, u64)], size: u64) -> Vec<
     blocks
 }
 
-/// Opens a tarball, undoing zstd or gzip compression found by its magic bytes.
-fn open_tarball(path: &Path) -> Result<Box<dyn Read>> {
-    let mut f = BufReader::new(std::fs::File::open(path).at(path)?);
-    let mut magic = [0u8; 4];
-    let n = {
-        use std::io::BufRead;
-        let buf = f.fill_buf().at(path)?;
-        let n = buf.len().min(4);
-        magic[..n].copy_from_slice(&buf[..n]);
-        n
-    };
-    Ok(if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(zstd::stream::read::Decoder::with_buffer(f).at(path)?)
-    } else if n >= 2 && magic[..2] == [0x1f, 0x8b] {
-        Box::new(flate2::read::MultiGzDecoder::new(f))
-    } else {
-        Box::new(f)
-    })
-}
-
 /// A sparse member's data extents as a manifest keeps them (adjacent ones merged, empty ones
 /// dropped); `None` when they cover the whole file, which is then stored plain as a capture
 /// would store it. Zero runs inside the data stay data: only the archive's holes are holes.
@@ -278,39 +264,15 @@ pub fn import(
     crate::repo::check_name("image", image)?;
     repo.adopt_orphan_packs()?;
     let sink = std::sync::Mutex::new(repo.blob_writer()?);
-    let mut archive = read::Reader::new(open_tarball(path)?);
-    let mut entries: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
-    let mut root: Option<Entry> = None;
-    let mut newest = 0i64;
-    // ACLs in text form, turned into xattrs once the archive's own account files are known.
-    let mut acls: Vec<(Vec<u8>, &[u8], Vec<u8>)> = Vec::new();
+    let mut archive = read::Reader::new(decompress::open(path)?);
+    let mut tree = tree::Tree::default();
     let mut accounts = acl::Accounts {
         passwd: None,
         group: None,
     };
     while let Some(m) = archive.next().map_err(|e| in_archive(e, path))? {
         let name = normalise(&m.name)?;
-        let mut xattrs = Vec::new();
-        for (key, value) in &m.pax {
-            if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
-                xattrs.push((x.to_vec(), value.clone()));
-            } else if key == acl::ACCESS_PAX.as_bytes() || key == acl::DEFAULT_PAX.as_bytes() {
-                let x = if key == acl::ACCESS_PAX.as_bytes() {
-                    acl::ACCESS_XATTR
-                } else {
-                    acl::DEFAULT_XATTR
-                };
-                if !value.is_empty() {
-                    acls.push((name.clone().unwrap_or_default(), x, value.clone()));
-                }
-            }
-        }
-        // A later record for the same xattr wins, as in the pax header itself.
-        let xattrs: Vec<_> = xattrs
-            .into_iter()
-            .collect::<BTreeMap<_, _>>()
-            .into_iter()
-            .collect();
+        let pax::Attributes { xattrs, acls } = pax::attributes(&m)?;
         let mut e = Entry {
             path: Vec::new(),
             kind: Kind::Dir,
@@ -343,66 +305,16 @@ pub fn import(
                     Some(b"etc/group") => Some(&mut accounts.group),
                     _ => None,
                 };
-                let mut copy = keep.as_ref().map(|_| Vec::new());
-                let extents = m.extents.as_ref().map(|x| dense_or_extents(x, m.size));
-                let data_len = match &extents {
-                    Some(Some(x)) => x.iter().map(|e| e.1).sum(),
-                    _ => m.size,
-                };
-                let mut data = archive.data();
-                let mut chunks = Vec::new();
-                chunk::chunks(&mut data, data_len, |data| {
-                    if let Some(c) = &mut copy {
-                        c.extend_from_slice(data);
-                    }
-                    let id = Id::of(data);
-                    if sink.claim(&id)? {
-                        crate::capture::store(&sink, &id, data)?;
-                    }
-                    chunks.push(Chunk {
-                        id,
-                        len: data.len() as u32,
-                    });
-                    Ok(())
-                })
-                .map_err(|e| in_archive(e, path))?;
-                if let (Some(keep), Some(copy)) = (keep, copy) {
-                    *keep = Some(copy);
-                }
-                Kind::File {
-                    size: m.size,
-                    chunks,
-                    extents: extents.flatten(),
-                }
+                store_file(&mut archive, &m, &sink, keep).map_err(|e| in_archive(e, path))?
             }
-            _ => continue,
+            other => return Err(unknown_type(&m.name, other)),
         };
-        newest = newest.max(e.mtime);
-        match name {
-            None => {
-                if e.kind == Kind::Dir {
-                    root = Some(e);
-                }
-            }
-            Some(p) => {
-                e.path = p;
-                entries.insert(e.path.clone(), e);
-            }
-        }
+        tree.add(name, tree::Node { entry: e, acls })?;
     }
-    for (p, key, text) in acls {
-        let value = acl::from_text(&text, &accounts, &display_path(&p))?;
-        let e = if p.is_empty() {
-            root.as_mut()
-        } else {
-            entries.get_mut(&p)
-        };
-        if let Some(e) = e {
-            e.xattrs.retain(|x| x.0 != key);
-            e.xattrs.push((key.to_vec(), value));
-            e.xattrs.sort();
-        }
-    }
+    let newest = tree.newest();
+    let (root, list) = tree.into_entries(&accounts)?;
+    let mut entries: BTreeMap<Vec<u8>, Entry> =
+        list.into_iter().map(|e| (e.path.clone(), e)).collect();
     let mut sink = sink.into_inner().expect("blob writer lock");
     sink.finish()?;
 
@@ -419,7 +331,6 @@ pub fn import(
             cut = i;
         }
     }
-    fix_hardlinks(&mut entries)?;
     let mut list = vec![root.unwrap_or_else(|| implied_dir(Vec::new(), newest))];
     list.extend(entries.into_values());
     let manifest = Manifest { entries: list };
@@ -453,52 +364,75 @@ pub fn import(
     Ok((rev, stats))
 }
 
-/// Makes the first name of each hardlink group (in path order) the one that carries content,
-/// whichever name the archive stored it under.
-fn fix_hardlinks(entries: &mut BTreeMap<Vec<u8>, Entry>) -> Result<()> {
-    let mut groups: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
-    for (p, e) in entries.iter() {
-        if let Kind::Hardlink { target } = &e.kind {
-            groups.entry(target.clone()).or_default().push(p.clone());
+/// Stores the data of file member `m` as getimage would; keeps a copy in `keep` when given
+/// (the archive's account files).
+fn store_file<R: Read>(
+    archive: &mut read::Reader<R>,
+    m: &read::Member,
+    sink: &std::sync::Mutex<crate::repo::BlobWriter>,
+    keep: Option<&mut Option<Vec<u8>>>,
+) -> Result<Kind> {
+    let mut copy = keep.as_ref().map(|_| Vec::new());
+    let extents = m.extents.as_ref().map(|x| dense_or_extents(x, m.size));
+    let data_len = match &extents {
+        Some(Some(x)) => x.iter().map(|e| e.1).sum(),
+        _ => m.size,
+    };
+    let mut data = archive.data();
+    let mut chunks = Vec::new();
+    chunk::chunks(&mut data, data_len, |data| {
+        if let Some(c) = &mut copy {
+            c.extend_from_slice(data);
         }
+        let id = Id::of(data);
+        if sink.claim(&id)? {
+            crate::capture::store(sink, &id, data)?;
+        }
+        chunks.push(Chunk {
+            id,
+            len: data.len() as u32,
+        });
+        Ok(())
+    })?;
+    if let (Some(keep), Some(copy)) = (keep, copy) {
+        *keep = Some(copy);
     }
-    for (target, links) in groups {
-        let primary = entries.get(&target).cloned().ok_or_else(|| {
-            invalid(format!(
-                "archive has a hardlink to {}, which it does not contain",
-                display_path(&target)
-            ))
-        })?;
-        if matches!(primary.kind, Kind::Dir | Kind::Hardlink { .. }) {
-            return Err(invalid(format!(
-                "archive has a hardlink to {}, which is not a file",
-                display_path(&target)
-            )));
-        }
-        let first = links
-            .iter()
-            .chain([&target])
-            .min()
-            .expect("non-empty")
-            .clone();
-        for name in links.iter().chain([&target]) {
-            let e = entries.get_mut(name).expect("present");
-            if *name == first {
-                e.kind = primary.kind.clone();
-                e.mode = primary.mode;
-                e.uid = primary.uid;
-                e.gid = primary.gid;
-                e.mtime = primary.mtime;
-                e.mtime_nsec = primary.mtime_nsec;
-                e.xattrs = primary.xattrs.clone();
-            } else {
-                e.kind = Kind::Hardlink {
-                    target: first.clone(),
-                };
-            }
-        }
+    Ok(Kind::File {
+        size: m.size,
+        chunks,
+        extents: extents.flatten(),
+    })
+}
+
+/// The error for a member whose type flag we do not read: refused, never left out quietly.
+fn unknown_type(name: &[u8], flag: u8) -> crate::Error {
+    let what = match flag {
+        b'A' => "a Solaris ACL header, which aurum does not read",
+        b'M' => "the continuation of a file from the previous volume of a multi-volume archive",
+        b'N' => "an old GNU long-name record, which aurum does not read",
+        b'I' => "star's inode-only record, which carries no content",
+        _ => "a type aurum does not know",
+    };
+    invalid(format!(
+        "archive member `{}` has type flag `{}`: {what}; refusing the archive rather than leaving the member out",
+        String::from_utf8_lossy(name),
+        char::from(flag).escape_default()
+    ))
+}
+
+/// A directory the archive implies (a member's parent it does not list): root's, 0755, with the
+/// archive's newest mtime.
+fn implied_dir(path: Vec<u8>, mtime: i64) -> Entry {
+    Entry {
+        path,
+        kind: Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime,
+        mtime_nsec: 0,
+        xattrs: vec![],
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -525,20 +459,5 @@ mod tests {
         assert_eq!(normalise(b"./").unwrap(), None);
         assert_eq!(normalise(b"/usr//bin/").unwrap(), Some(b"usr/bin".to_vec()));
         assert!(normalise(b"../etc/shadow").is_err());
-    }
-}
-
-/// A directory the archive implies (a member's parent it does not list): root's, 0755, with the
-/// archive's newest mtime.
-fn implied_dir(path: Vec<u8>, mtime: i64) -> Entry {
-    Entry {
-        path,
-        kind: Kind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime,
-        mtime_nsec: 0,
-        xattrs: vec![],
     }
 }

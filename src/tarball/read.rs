@@ -8,6 +8,11 @@
 //! as zeros), while we keep the holes: old GNU sparse members (`tar -S`, the default GNU
 //! format) and the pax sparse formats 0.0, 0.1 and 1.0 (`tar --format=pax -S`) are all read
 //! into a list of data extents. The 512-byte header fields are still decoded by `tar::Header`.
+//!
+//! Old dialects are read as the tars that wrote them meant: a `0` or typeless member whose
+//! name ends in `/` is a directory (v7), so is GNU's incremental `D`; a GNU volume label (`V`,
+//! blank size) is skipped; Solaris's `X` is a pax header; and a hard link header that carries
+//! the file's size is followed by data only when the next block is not a header.
 
 use std::io::{self, Read};
 
@@ -55,6 +60,8 @@ pub(crate) struct Reader<R: Read> {
     left: u64,
     pad: u64,
     global: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A header block read ahead (after a hard link header that claims a size) and not used yet.
+    pending: Option<[u8; BLOCK]>,
 }
 
 impl<R: Read> Reader<R> {
@@ -64,6 +71,7 @@ impl<R: Read> Reader<R> {
             left: 0,
             pad: 0,
             global: Vec::new(),
+            pending: None,
         }
     }
 
@@ -74,6 +82,10 @@ impl<R: Read> Reader<R> {
     }
 
     fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        // Only a hard link's data can start with a block read ahead, and it is skipped whole.
+        if n >= BLOCK as u64 && self.pending.take().is_some() {
+            n -= BLOCK as u64;
+        }
         let mut buf = [0u8; 8192];
         while n > 0 {
             let want = buf.len().min(n as usize);
@@ -85,6 +97,10 @@ impl<R: Read> Reader<R> {
 
     /// Reads a whole block; `false` at a clean end of the stream.
     fn block(&mut self, buf: &mut [u8; BLOCK]) -> Result<bool> {
+        if let Some(pending) = self.pending.take() {
+            *buf = pending;
+            return Ok(true);
+        }
         let mut got = 0;
         while got < BLOCK {
             match self.inner.read(&mut buf[got..]) {
@@ -129,9 +145,17 @@ impl<R: Read> Reader<R> {
             }
             let h = tar::Header::from_byte_slice(&block);
             check_sum(&block)?;
+            if block[156] == b'V' {
+                // A GNU volume label (`tar -V`) names the archive, not a file; GNU tar leaves its
+                // size blank.
+                let size = h.entry_size().unwrap_or(0);
+                self.skip(size + padding(size))?;
+                continue;
+            }
             let size = h.entry_size()?;
             match block[156] {
-                b'x' => {
+                // Solaris tar's extended header is a pax header under another letter.
+                b'x' | b'X' => {
                     local.extend(pax_records(&self.small_data(size, "pax header")?)?);
                     continue;
                 }
@@ -183,6 +207,18 @@ impl<R: Read> Reader<R> {
                 m.typeflag = b'0';
             }
             stored = m.apply_pax(stored)?;
+            if m.typeflag == b'1' && stored > 0 && self.no_data_follows()? {
+                // Old tars put the file's size in a hard link header and no data after it
+                // (libarchive and Python's tarfile ignore it too); star may store the data.
+                stored = 0;
+            }
+            // Old tars (v7) mark a directory only by the `/` ending its name; GNU tar's
+            // incremental dumps mark it `D` and store its listing, which we skip.
+            if (matches!(m.typeflag, b'\0' | b'0') && m.name.ends_with(b"/") && m.extents.is_none())
+                || m.typeflag == b'D'
+            {
+                m.typeflag = b'5';
+            }
             self.left = stored;
             self.pad = padding(stored);
             if m.pax_value(b"GNU.sparse.major") == Some(b"1") {
@@ -193,6 +229,18 @@ impl<R: Read> Reader<R> {
             }
             return Ok(Some(m));
         }
+    }
+
+    /// Whether the block after the current header is another header or the end of the archive
+    /// (rather than data); keeps the block for [`Reader::next`].
+    fn no_data_follows(&mut self) -> Result<bool> {
+        let mut block = [0u8; BLOCK];
+        if !self.block(&mut block)? {
+            return Ok(true);
+        }
+        let header = block.iter().all(|&b| b == 0) || check_sum(&block).is_ok();
+        self.pending = Some(block);
+        Ok(header)
     }
 
     /// The sparse map of an old GNU sparse header and its extension blocks; the real size.
@@ -274,6 +322,8 @@ impl Member {
                 b"uid" => self.uid = num()? as u32,
                 b"gid" => self.gid = num()? as u32,
                 b"mtime" => (self.mtime, self.mtime_nsec) = pax_time(v)?,
+                b"SCHILY.devmajor" => self.dev_major = num()? as u32,
+                b"SCHILY.devminor" => self.dev_minor = num()? as u32,
                 b"GNU.sparse.name" => sparse_name = Some(v.clone()),
                 b"GNU.sparse.realsize" | b"GNU.sparse.size" => real_size = Some(num()?),
                 b"GNU.sparse.offset" => sparse_offsets.push(num()?),

@@ -833,6 +833,8 @@ fn killed_updates_and_rollbacks_leave_no_temporary_name_and_no_shared_inode() {
             Vec::<PathBuf>::new(),
             "rollback killed at {f}"
         );
+    }
+}
 
 /// Issue #12, item 8: a checkout that stops on a damaged blob leaves nothing that looks
 /// complete but is not (today's 0-byte or half-written files): it takes back what it wrote,

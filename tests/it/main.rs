@@ -18,4 +18,5 @@ mod pxe;
 mod remote;
 mod repository;
 mod serve;
+mod tarball;
 mod update;

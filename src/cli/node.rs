@@ -35,11 +35,7 @@ impl SourceArgs {
             std::env::temp_dir().join("aurum-pack-indexes")
         };
         Ok(match &self.server {
-            Some(url) => Some(Box::new(HttpRepo::new(
-                url,
-                &cache,
-                &self.http.options(),
-            )?)),
+            Some(url) => Some(Box::new(HttpRepo::new(url, &cache, &self.http.options())?)),
             None if g.repo_given => Some(Box::new(LocalRepo::new(&g.repo)?)),
             None => None,
         })

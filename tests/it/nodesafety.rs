@@ -117,6 +117,30 @@ fn node_on_ext4(env: &Env, mib: u32) -> (Ext4, std::path::PathBuf) {
     (fs, node)
 }
 
+/// A node at `s@1` on a `mib` MiB ext4 (see [`small_fs_revisions`] for `big`), and the
+/// arguments that update it to `s@2`. `None` where the test cannot run (not root, no e2fsprogs).
+fn small_node(big: usize, mib: u32) -> Option<(Env, Ext4, std::path::PathBuf, Vec<String>)> {
+    if !root_with_ext4() {
+        return None;
+    }
+    let env = Env::new();
+    small_fs_revisions(&env, big);
+    let (fs, node) = node_on_ext4(&env, mib);
+    let args = [
+        "updateclient",
+        "--repo",
+        env.repo().to_str().unwrap(),
+        "--image",
+        "s@2",
+        "--root",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([node.to_str().unwrap().to_string()])
+    .collect();
+    Some((env, fs, node, args))
+}
+
 fn root_with_ext4() -> bool {
     can_run(
         is_root() && have("mkfs.ext4") && have("chattr"),
@@ -126,25 +150,14 @@ fn root_with_ext4() -> bool {
 
 #[test]
 fn an_update_larger_than_the_free_space_is_refused_in_words() {
-    if !root_with_ext4() {
+    let Some((env, _fs, node, args)) = small_node(30 << 20, 24) else {
         return;
-    }
-    let env = Env::new();
-    small_fs_revisions(&env, 30 << 20);
-    let (_fs, node) = node_on_ext4(&env, 24);
-    let (r, n) = (env.repo(), node.to_str().unwrap().to_string());
-    let args = [
-        "updateclient",
-        "--repo",
-        r.to_str().unwrap(),
-        "--image",
-        "s@2",
-        "--root",
-        &n,
-    ];
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let n = node.to_str().unwrap();
     let err = refused(&args);
     assert!(
-        err.contains("the update needs") && err.contains("MiB free") && err.contains(&*n),
+        err.contains("the update needs") && err.contains("MiB free") && err.contains(n),
         "the refusal says how much is needed where:\n{err}"
     );
     assert_eq!(
@@ -161,22 +174,10 @@ fn an_update_larger_than_the_free_space_is_refused_in_words() {
 
 #[test]
 fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision() {
-    if !root_with_ext4() {
+    let Some((env, fs, node, args)) = small_node(4 << 20, 24) else {
         return;
-    }
-    let env = Env::new();
-    small_fs_revisions(&env, 4 << 20);
-    let (fs, node) = node_on_ext4(&env, 24);
-    let (r, n) = (env.repo(), node.to_str().unwrap().to_string());
-    let args = [
-        "updateclient",
-        "--repo",
-        r.to_str().unwrap(),
-        "--image",
-        "s@2",
-        "--root",
-        &n,
-    ];
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // The other writer fills the filesystem the moment the update starts applying: its journal
     // appears after the space check and the fetch. The update is stopped (SIGSTOP) while the
     // disk fills, so it cannot finish first however the machine is loaded.
@@ -184,7 +185,7 @@ fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision()
     let filler = fs.dir.join("filler");
     let child = Command::new(env!("CARGO_BIN_EXE_aurum"))
         .arg("--no-progress")
-        .args(args)
+        .args(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -233,27 +234,15 @@ fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision()
 
 #[test]
 fn a_read_only_mount_is_refused_before_anything_changes() {
-    if !root_with_ext4() {
+    let Some((env, _fs, node, args)) = small_node(1000, 32) else {
         return;
-    }
-    let env = Env::new();
-    small_fs_revisions(&env, 1000);
-    let (_fs, node) = node_on_ext4(&env, 32);
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let usr = node.join("usr");
     sh(&format!(
         "mount --bind {u} {u} && mount -o remount,ro,bind {u}",
         u = usr.display()
     ));
-    let (r, n) = (env.repo(), node.to_str().unwrap().to_string());
-    let args = [
-        "updateclient",
-        "--repo",
-        r.to_str().unwrap(),
-        "--image",
-        "s@2",
-        "--root",
-        &n,
-    ];
     let err = refused(&args);
     assert!(
         err.contains(&format!("{} is mounted read-only", usr.display()))
@@ -269,24 +258,12 @@ fn a_read_only_mount_is_refused_before_anything_changes() {
 
 #[test]
 fn an_immutable_file_is_named_before_anything_changes() {
-    if !root_with_ext4() {
+    let Some((env, _fs, node, args)) = small_node(1000, 32) else {
         return;
-    }
-    let env = Env::new();
-    small_fs_revisions(&env, 1000);
-    let (_fs, node) = node_on_ext4(&env, 32);
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let victim = node.join("usr/share/f150");
     sh(&format!("chattr +i {}", victim.display()));
-    let (r, n) = (env.repo(), node.to_str().unwrap().to_string());
-    let args = [
-        "updateclient",
-        "--repo",
-        r.to_str().unwrap(),
-        "--image",
-        "s@2",
-        "--root",
-        &n,
-    ];
     let err = refused(&args);
     sh(&format!("chattr -i {}", victim.display()));
     assert!(

@@ -81,12 +81,9 @@ impl Error {
         match self {
             Error::Io { path, source } => Error::Io {
                 path,
-                source: std::io::Error::new(source.kind(), format!("{source}{note}")),
+                source: Noted::wrap(source, note),
             },
-            Error::Os(source) => Error::Os(std::io::Error::new(
-                source.kind(),
-                format!("{source}{note}"),
-            )),
+            Error::Os(source) => Error::Os(Noted::wrap(source, note)),
             Error::Invalid(m) => Error::Invalid(m + note),
             Error::NotFound(m) => Error::NotFound(m + note),
             Error::Corrupt(m) => Error::Corrupt(m + note),
@@ -102,6 +99,48 @@ impl Error {
         }
     }
 }
+
+impl Error {
+    /// The errno of a failed system call, also through a note added by [`Error::with_note`].
+    pub fn raw_os_error(&self) -> Option<i32> {
+        let io = match self {
+            Error::Io { source, .. } | Error::Os(source) => source,
+            _ => return None,
+        };
+        io.raw_os_error().or_else(|| {
+            io.get_ref()
+                .and_then(|e| e.downcast_ref::<Noted>())
+                .and_then(|n| n.source.raw_os_error())
+        })
+    }
+}
+
+/// An `io::Error` with a note after its message, keeping the original (and its errno).
+#[derive(Debug)]
+struct Noted {
+    source: std::io::Error,
+    note: String,
+}
+
+impl Noted {
+    fn wrap(source: std::io::Error, note: &str) -> std::io::Error {
+        std::io::Error::new(
+            source.kind(),
+            Noted {
+                source,
+                note: note.to_string(),
+            },
+        )
+    }
+}
+
+impl std::fmt::Display for Noted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.source, self.note)
+    }
+}
+
+impl std::error::Error for Noted {}
 
 /// Adds the path to an `io::Error`.
 pub trait IoContext<T> {
@@ -134,4 +173,24 @@ pub fn invalid(msg: impl Into<String>) -> Error {
 /// `Error::Corrupt` from anything printable.
 pub fn corrupt(msg: impl Into<String>) -> Error {
     Error::Corrupt(msg.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_keeps_the_errno_and_the_message() {
+        let e = Error::Io {
+            path: "/n/usr/lib/big".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        }
+        .with_note(" (while staging)");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        let msg = e.to_string();
+        assert!(msg.starts_with("/n/usr/lib/big: No space left"), "{msg}");
+        assert!(msg.ends_with(" (while staging)"), "{msg}");
+        let os = Error::Os(std::io::Error::from_raw_os_error(libc::EROFS)).with_note("!");
+        assert_eq!(os.raw_os_error(), Some(libc::EROFS));
+    }
 }

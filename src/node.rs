@@ -40,6 +40,12 @@ pub struct RevRef {
     pub tree: Option<String>,
 }
 
+/// The first 8 characters of an id read from the node's files, which are never sliced past
+/// their length (a hand-edited state file must not panic `node-status`).
+pub fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
 impl RevRef {
     pub fn id(&self) -> Result<Id> {
         Id::from_hex(&self.id)
@@ -60,8 +66,7 @@ impl RevRef {
 
     /// `compute@3 1f2e3d4c`, with overrides `compute@3 1f2e3d4c + override@1, override.n05@2`.
     pub fn name(&self) -> String {
-        // Ids come from the state file: never slice them past their length.
-        let short = self.id.get(..8).unwrap_or(&self.id);
+        let short = short_id(&self.id);
         let mut s = match (&self.image, self.number) {
             (Some(i), Some(n)) => format!("{i}@{n} {short}"),
             (Some(i), None) => format!("{i} {short}"),

@@ -192,6 +192,8 @@ pub struct HttpRepo {
     options: HttpOptions,
     /// Where pack indexes are kept between updates (they never change).
     cache: PathBuf,
+    /// The private directory `cache` is in when the caller has no place to keep indexes.
+    _scratch: Option<tempfile::TempDir>,
     /// Body bytes received, of every kind (refs, manifests, indexes, packs, deltas).
     received: AtomicU64,
     /// Set once the delta API failed: it is not asked again, and warned about only once.
@@ -199,8 +201,10 @@ pub struct HttpRepo {
 }
 
 impl HttpRepo {
-    /// `base` is the URL of the repository's top (where FORMAT is).
-    pub fn new(base: &str, cache: &Path, options: &HttpOptions) -> Result<HttpRepo> {
+    /// `base` is the URL of the repository's top (where FORMAT is). Pack indexes are cached
+    /// in `cache`; `None`: in a private temporary directory, removed when the value goes (a
+    /// shared one in /tmp could be seeded by any local user).
+    pub fn new(base: &str, cache: Option<&Path>, options: &HttpOptions) -> Result<HttpRepo> {
         if base.starts_with("https://") {
             return Err(invalid(format!(
                 "{base}: aurum speaks plain HTTP (every blob and manifest is checked against its \
@@ -226,6 +230,20 @@ impl HttpRepo {
             .http_status_as_error(false)
             .build()
             .into();
+        let scratch = match cache {
+            Some(_) => None,
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix("aurum-indexes.")
+                    .tempdir()
+                    .map_err(Error::Os)?,
+            ),
+        };
+        let cache = match (cache, &scratch) {
+            (Some(c), _) => c.to_path_buf(),
+            (None, Some(t)) => t.path().to_path_buf(),
+            (None, None) => unreachable!("made just above"),
+        };
         let me = HttpRepo {
             base: base.trim_end_matches('/').to_string(),
             agent,
@@ -233,7 +251,8 @@ impl HttpRepo {
                 attempts: options.attempts.max(1),
                 ..options.clone()
             },
-            cache: cache.to_path_buf(),
+            cache,
+            _scratch: scratch,
             received: AtomicU64::new(0),
             deltas_off: AtomicBool::new(false),
         };
@@ -401,9 +420,11 @@ impl HttpRepo {
         let entries = decode_index(&bytes)
             .map_err(|e| self.inconsistent(&path, &format!("it does not decode ({e})")))?;
         std::fs::create_dir_all(&self.cache).at(&self.cache)?;
-        let tmp = cached.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).at(&tmp)?;
-        std::fs::rename(&tmp, &cached).at(&cached)?;
+        // A temporary file of its own (created exclusively, never through a link someone
+        // planted), renamed into place: concurrent updates sharing the cache do not collide.
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.cache).at(&self.cache)?;
+        std::io::Write::write_all(&mut tmp, &bytes).at(tmp.path())?;
+        tmp.persist(&cached).map_err(|e| e.error).at(&cached)?;
         Ok(entries)
     }
 }

@@ -117,6 +117,10 @@ pub struct UpdateOptions {
     /// The overrides composed into the manifest the update is given; `None`: the image alone,
     /// and the node's list of overrides is left as it is.
     pub overlay: Option<Overlay>,
+    /// Called once the plan has passed every check (unmanaged root, space, writability) and
+    /// before the first write: updateclient's pre-update hooks, which a refused plan must not
+    /// run (they typically stop services).
+    pub before_writes: Option<Box<dyn Fn() -> Result<()>>>,
 }
 
 /// The overrides of an update: the manifest it is given is the image's with these composed
@@ -753,19 +757,14 @@ pub fn update(
         Err(err) => err,
     };
     match refused_write(&err) {
-        Some(errno) if !opts.dry_run => undo_failed(node, opts, progress, err, errno),
+        Some(errno) if !opts.dry_run => undo_failed(node, manifest, opts, progress, err, errno),
         _ => Err(err),
     }
 }
 
 /// The errno of a write the filesystem refused for a reason the administrator can remove.
 fn refused_write(err: &Error) -> Option<i32> {
-    let io = match err {
-        Error::Io { source, .. } => source,
-        Error::Os(source) => source,
-        _ => return None,
-    };
-    io.raw_os_error()
+    err.raw_os_error()
         .filter(|e| [libc::ENOSPC, libc::EDQUOT, libc::EROFS, libc::EPERM].contains(e))
 }
 
@@ -775,6 +774,7 @@ fn refused_write(err: &Error) -> Option<i32> {
 /// node, and what to do.
 fn undo_failed(
     node: &Node,
+    failed: &Manifest,
     opts: &UpdateOptions,
     progress: &dyn Progress,
     err: Error,
@@ -786,25 +786,32 @@ fn undo_failed(
         libc::EROFS => "remount it read-write",
         _ => "make it writable (`lsattr` shows an immutable or append-only flag; `chattr -i` clears it)",
     };
-    let journal = node.journal()?;
+    // Whatever stops the undo, the error still names the write that failed and its fix.
+    let not_returned = |e: Error| {
+        Error::Unwritable(format!(
+            "{err}: {fix}; the node could not be returned to its revision ({e}); every file \
+             is either its old or its new version; once it is fixed, run the same command \
+             again (or `aurum rollback`)"
+        ))
+    };
+    let journal = node.journal().map_err(not_returned)?;
     free_staging(node);
     let Some(from) = journal.as_ref().and_then(|j| j.from.clone()) else {
         // Nothing was applied yet (the failure came before), or the node had no revision to
         // go back to (its first update): a rerun finishes or redoes it.
         if let Some(j) = &journal {
-            Engine::for_root(node)?.remove_temps(&j.temps);
+            Engine::for_root(node)
+                .map_err(not_returned)?
+                .remove_temps(&j.temps);
         }
         return Err(Error::Unwritable(format!(
             "{err}: {fix}, then run the same command again; every file on the node is either \
              its old or its new version"
         )));
     };
-    let (target, back, overlay) = recorded(node, &from)?.ok_or_else(|| {
-        corrupt(format!(
-            "the node no longer holds the manifest of {}",
-            from.name()
-        ))
-    })?;
+    let (target, back, overlay) = recorded(node, &from)
+        .and_then(|r| r.ok_or_else(|| no_manifest(&from)))
+        .map_err(not_returned)?;
     // Back to exactly what the node ran, its overrides included; the list of overrides it
     // follows stays as it was.
     let opts = &UpdateOptions {
@@ -815,9 +822,14 @@ fn undo_failed(
         excludes: opts.excludes.clone(),
         adopt: true,
         overlay: Some(overlay),
+        before_writes: None,
     };
     let cause = err.to_string();
-    match run(node, &target, &back, None, opts, progress, Some(&cause)) {
+    let undoing = Undoing {
+        cause: &cause,
+        failed,
+    };
+    match run(node, &target, &back, None, opts, progress, Some(undoing)) {
         Ok(_) => Err(Error::Unwritable(format!(
             "{cause}: {fix}, then run the same command again; the node was returned to {} \
              and nothing of the update is left on it",
@@ -832,7 +844,16 @@ fn undo_failed(
     }
 }
 
-/// Deletes the staged blobs of an update that will not use them.
+/// Keeps a fetched or rebuilt blob in `staging` until the run uses it: written under a
+/// temporary name and renamed, so a staged blob is always whole.
+fn stage(staging: &Path, id: &Id, data: &[u8]) -> Result<()> {
+    let p = staging.join(id.hex());
+    let tmp = staging.join(format!(".{}", id.hex()));
+    std::fs::write(&tmp, data).at(&tmp)?;
+    std::fs::rename(&tmp, &p).at(&p)
+}
+
+/// Deletes the staged blobs of an update that will not use them (or has used them).
 fn free_staging(node: &Node) {
     let staging = node.dir.join("staging");
     if let Ok(it) = std::fs::read_dir(&staging) {
@@ -842,7 +863,15 @@ fn free_staging(node: &Node) {
     }
 }
 
-/// One run of the engine. `undoing` is the cause when the run takes the node back from an
+/// A run taking the node back from an update that failed: why it failed, and the tree that
+/// update was bringing (what it may have created).
+#[derive(Clone, Copy)]
+struct Undoing<'a> {
+    cause: &'a str,
+    failed: &'a Manifest,
+}
+
+/// One run of the engine. `undoing` is set when the run takes the node back from an
 /// update that failed (see [`undo_failed`]): it then links the entries back from the failed
 /// update's undo area and drops that area at the end.
 fn run(
@@ -852,7 +881,7 @@ fn run(
     source: Option<&dyn RevisionSource>,
     opts: &UpdateOptions,
     progress: &dyn Progress,
-    undoing: Option<&str>,
+    undoing: Option<Undoing>,
 ) -> Result<UpdateReport> {
     let started = Instant::now();
     manifest.validate()?;
@@ -1083,6 +1112,15 @@ fn run(
         })
         .map(|e| e.path.clone())
         .collect();
+    let created_by_failed: HashSet<&[u8]> = match undoing {
+        Some(u) if opts.no_delete => u.failed.entries.iter().map(|e| e.path.as_slice()).collect(),
+        _ => HashSet::new(),
+    };
+    // What stays: the excluded, and with --no-delete what the node had (not what a failed
+    // update left on it).
+    let keeps = |p: &[u8], is_dir: bool| {
+        skip(p, is_dir) || (opts.no_delete && !created_by_failed.contains(p))
+    };
     while let Some(dir_path) = to_list.pop() {
         let Ok(dir) = engine.dir(&dir_path) else {
             continue;
@@ -1106,9 +1144,9 @@ fn run(
             }
             let is_dir = sys::lstat_at(dir.as_fd(), name)
                 .is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
-            if opts.no_delete || skip(&path, is_dir) {
+            if keeps(&path, is_dir) {
                 continue;
-            } else if is_dir && holds_excluded(&engine, &path, &skip) {
+            } else if is_dir && holds(&engine, &path, &keeps) {
                 to_list.push(path);
             } else {
                 removals.push(path);
@@ -1238,6 +1276,9 @@ fn run(
         let needs = plan_needs(&engine, manifest, &steps, &removals, report.bytes_to_fetch);
         preflight::check(engine.root_fd.as_fd(), &engine.root, &needs)?;
     }
+    if let (None, Some(before)) = (undoing, &opts.before_writes) {
+        before()?;
+    }
     // The lock is taken (and on a new node the state directory made) only once nothing above
     // refused the run: a refused plan leaves an unmanaged root without a state directory.
     claim_node(node, &state, manifest, &mut steps)?;
@@ -1276,10 +1317,7 @@ fn run(
                 }
                 match delta::decode(&base, &d, target) {
                     Ok(data) => {
-                        let p = staging_ref.join(target.hex());
-                        let tmp = staging_ref.join(format!(".{}", target.hex()));
-                        std::fs::write(&tmp, &data).at(&tmp)?;
-                        std::fs::rename(&tmp, &p).at(&p)?;
+                        stage(staging_ref, target, &data)?;
                         rebuilt.lock().expect("lock").insert(*target);
                     }
                     Err(e) => log::warn!("{e:#}; fetching the whole blob"),
@@ -1302,12 +1340,7 @@ fn run(
         let staging_ref = &staging;
         report.bytes_fetched += source.fetch(
             &to_fetch,
-            &|id, data| {
-                let p = staging_ref.join(id.hex());
-                let tmp = staging_ref.join(format!(".{}", id.hex()));
-                std::fs::write(&tmp, &data).at(&tmp)?;
-                std::fs::rename(&tmp, &p).at(&p)
-            },
+            &|id, data| stage(staging_ref, id, &data),
             progress,
         )?;
     }
@@ -1516,7 +1549,7 @@ fn run(
         to: to.id.clone(),
         result: match undoing {
             None => "ok".into(),
-            Some(cause) => format!("undone: {cause}"),
+            Some(u) => format!("undone: {}", u.cause),
         },
         bytes_fetched: report.bytes_fetched,
         seconds: report.seconds,
@@ -1529,9 +1562,7 @@ fn run(
     if engine.undo_next == 0 {
         let _ = std::fs::remove_dir_all(&engine.undo_dir);
     }
-    for f in std::fs::read_dir(&staging).at(&staging)? {
-        let _ = std::fs::remove_file(f.at(&staging)?.path());
-    }
+    free_staging(node);
     report.warnings = engine.warnings.into_inner().expect("lock");
     Ok(report)
 }
@@ -1613,8 +1644,9 @@ fn drop_areas(node: &Node, engine: &Engine) -> Result<()> {
     sys::sync_dir(&undo)
 }
 
-/// Whether the disk directory `rel` holds, at any depth, something an exclude protects.
-fn holds_excluded(engine: &Engine, rel: &[u8], skip: &dyn Fn(&[u8], bool) -> bool) -> bool {
+/// Whether the disk directory `rel` holds, at any depth, something `keeps` (an exclude,
+/// --no-delete) protects.
+fn holds(engine: &Engine, rel: &[u8], keeps: &dyn Fn(&[u8], bool) -> bool) -> bool {
     let Ok(dir) = engine.dir(rel) else {
         return false;
     };
@@ -1633,7 +1665,7 @@ fn holds_excluded(engine: &Engine, rel: &[u8], skip: &dyn Fn(&[u8], bool) -> boo
         path.push(b'/');
         path.extend_from_slice(name);
         let is_dir = ent.file_type() == Some(nix::dir::Type::Directory);
-        if skip(&path, is_dir) || (is_dir && holds_excluded(engine, &path, skip)) {
+        if keeps(&path, is_dir) || (is_dir && holds(engine, &path, keeps)) {
             return true;
         }
     }
@@ -1822,12 +1854,15 @@ pub fn rollback_target(node: &Node) -> Result<(Target, Manifest, Overlay)> {
         None => state.previous.clone(),
     }
     .ok_or_else(|| invalid("this node has no previous revision to roll back to"))?;
-    recorded(node, &back)?.ok_or_else(|| {
-        corrupt(format!(
-            "the node no longer holds the manifest of {}",
-            back.name()
-        ))
-    })
+    recorded(node, &back)?.ok_or_else(|| no_manifest(&back))
+}
+
+/// The error for a revision whose manifest the node no longer keeps.
+pub fn no_manifest(r: &RevRef) -> Error {
+    corrupt(format!(
+        "the node no longer holds the manifest of {}",
+        r.name()
+    ))
 }
 
 /// A revision the node recorded, to go back to exactly: its target, the manifest of the tree

@@ -220,10 +220,9 @@ impl Reporter for Terminal {
 
 pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
     let class = (a.class != "auto").then(|| a.class.clone());
-    let cache = tempfile::Builder::new().prefix("aurum-cache.").tempdir()?;
     let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
         Some(url) => {
-            let http = HttpRepo::new(url, cache.path(), &a.http.options())?;
+            let http = HttpRepo::new(url, None, &a.http.options())?;
             let t = store::from_server(&http, class.as_deref())?;
             (Box::new(http), t)
         }

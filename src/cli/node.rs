@@ -27,15 +27,15 @@ pub struct SourceArgs {
 impl SourceArgs {
     fn open(&self, g: &Global, node: &Node) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
         // Pack indexes are cached in the node state directory; on a root that has none yet
-        // they go to a shared cache in /tmp (they never change), so that planning, a dry run
-        // and a refused update create nothing under the root.
-        let cache = if node.dir.is_dir() {
-            node.dir.join("cache")
-        } else {
-            std::env::temp_dir().join("aurum-pack-indexes")
-        };
+        // they go to a private temporary directory, so that planning, a dry run and a refused
+        // update create nothing under the root.
+        let cache = node.dir.is_dir().then(|| node.dir.join("cache"));
         Ok(match &self.server {
-            Some(url) => Some(Box::new(HttpRepo::new(url, &cache, &self.http.options())?)),
+            Some(url) => Some(Box::new(HttpRepo::new(
+                url,
+                cache.as_deref(),
+                &self.http.options(),
+            )?)),
             None if g.repo_given => Some(Box::new(LocalRepo::new(&g.repo)?)),
             None => None,
         })
@@ -169,7 +169,7 @@ fn run_update_hooks(
     stage: aurum::hooks::Stage,
     who: &aurum::hooks::Identity,
     env: &[(String, String)],
-) -> anyhow::Result<()> {
+) -> aurum::error::Result<()> {
     for (name, out) in aurum::hooks::run_stage(dir, stage, who, env, None)? {
         eprintln!("updateclient: hook {name}");
         for line in out.lines() {
@@ -309,6 +309,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         excludes: a.excludes.build()?,
         adopt: a.adopt,
         overlay: None,
+        before_writes: None,
     };
     let progress = progress::for_terminal(false);
     let result = (|| -> anyhow::Result<UpdateReport> {
@@ -322,7 +323,10 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         let hooks = a.hooks.as_deref().filter(|_| !a.dry_run);
         let (who, env) = update_hook_env(&a, &target, source.as_ref());
         if let Some(dir) = hooks {
-            run_update_hooks(dir, aurum::hooks::Stage::PreUpdate, &who, &env)?;
+            let (dir, who, env) = (dir.to_path_buf(), who.clone(), env.clone());
+            opts.before_writes = Some(Box::new(move || {
+                run_update_hooks(&dir, aurum::hooks::Stage::PreUpdate, &who, &env)
+            }));
         }
         let r = update::update(
             &node,
@@ -393,6 +397,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         excludes: a.excludes.build()?,
         adopt: false,
         overlay: None,
+        before_writes: None,
     };
     let progress = progress::for_terminal(false);
     let result = (|| -> anyhow::Result<UpdateReport> {
@@ -431,13 +436,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
                     };
                     (t, m, update::Overlay::default())
                 }
-                None => {
-                    return Err(aurum::Error::Corrupt(format!(
-                        "the node no longer holds the manifest of {}",
-                        lkg.name()
-                    ))
-                    .into())
-                }
+                None => return Err(update::no_manifest(&lkg).into()),
             }
         } else {
             update::rollback_target(&node)?
@@ -530,8 +529,8 @@ pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
             "{}  {:<12} {} -> {}  {}, {} fetched, {:.2} s",
             human_time(h.time),
             h.action,
-            h.from.as_deref().map(|f| &f[..8]).unwrap_or("-"),
-            &h.to[..8],
+            h.from.as_deref().map(aurum::node::short_id).unwrap_or("-"),
+            aurum::node::short_id(&h.to),
             h.result,
             human_bytes(h.bytes_fetched),
             h.seconds

@@ -688,6 +688,7 @@ fn transfer(
             excludes: Excludes::new(&patterns)?,
             adopt: false,
             overlay: Some(overlay),
+            before_writes: None,
         },
         &progress,
     )?;

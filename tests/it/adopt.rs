@@ -79,6 +79,35 @@ fn an_unmanaged_root_is_refused_and_left_byte_identical() {
     assert_eq!(d, "", "the refused update changed the root:\n{d}");
     assert!(!ws.join("var").exists());
 
+    // Pre-update hooks (which stop services) do not run for a refused update.
+    let hooks = env.path("hooks");
+    let ran = env.path("pre-update-ran");
+    let hook = hooks.join("pre-update/10all.stop");
+    sh(&format!(
+        "mkdir -p {d} && printf '#!/bin/sh\\ntouch {ran}\\n' > {h} && chmod 755 {h}",
+        d = hook.parent().unwrap().display(),
+        ran = ran.display(),
+        h = hook.display()
+    ));
+    let out = update(&env, &ws, &["--hooks", hooks.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!ran.exists(), "a pre-update hook ran for a refused update");
+    let out = update(&env, &ws, &["--hooks", hooks.to_str().unwrap(), "--adopt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        ran.exists(),
+        "the pre-update hook did not run for the update"
+    );
+    sh(&format!(
+        "rm -rf {0} && mkdir {0} && cp -a {1}/. {0}/",
+        ws.display(),
+        before.display()
+    ));
+
     // Over HTTP too (the pack indexes it reads are cached elsewhere than the root).
     let srv = Server::start(&env);
     let url = format!("http://{}", srv.addr);

@@ -302,17 +302,23 @@ fn ctrl_c_to_the_process_group_never_commits_a_chroot_edit() {
     }
     let env = Env::new();
     busybox_image(&env);
+    // Each script touches its marker once it is ready for the signal (the trap set).
     let commands = [
         // Dies of the SIGINT itself.
-        ("touch /etc/x; exec /bin/sleep 30", "killed by SIGINT"),
+        (
+            "touch /etc/x; exec /bin/sleep 30",
+            "etc/x",
+            "killed by SIGINT",
+        ),
         // Catches it and exits non-zero by itself, before aurum has looked.
         (
             "trap 'exit 3' INT; touch /etc/y; /bin/sleep 30 & wait",
+            "etc/y",
             "exit status 3",
         ),
     ];
     for round in 0..2 {
-        for (script, ended) in commands {
+        for (script, marker, ended) in commands {
             let child = env
                 .cmd(&[
                     "chroot",
@@ -329,6 +335,7 @@ fn ctrl_c_to_the_process_group_never_commits_a_chroot_edit() {
                 .spawn()
                 .unwrap();
             wait_for_session(&env);
+            wait_for_marker(&env, marker);
             let group = nix::unistd::Pid::from_raw(child.id() as i32);
             let sent = Instant::now();
             nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
@@ -394,6 +401,25 @@ fn wait_for_session(env: &Env) {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Waits until the command in the chroot session has made `rel` (relative to its root).
+fn wait_for_marker(env: &Env, rel: &str) {
+    let started = Instant::now();
+    while !work_dirs(env).iter().any(|w| {
+        env.repo()
+            .join("tmp")
+            .join(w)
+            .join("root")
+            .join(rel)
+            .exists()
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the command never made {rel}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

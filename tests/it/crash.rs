@@ -781,11 +781,6 @@ fn killed_updates_and_rollbacks_leave_no_temporary_name_and_no_shared_inode() {
             .args(args)
             .output()
             .unwrap();
-        if !out.status.success() {
-            let _ = std::process::Command::new("cp")
-                .args(["-a", &n, "/tmp/failnode"])
-                .status();
-        }
         assert!(
             out.status.success(),
             "aurum {args:?}: {}",

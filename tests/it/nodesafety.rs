@@ -168,15 +168,32 @@ fn an_update_larger_than_the_free_space_is_refused_in_words() {
     settled(&node, 1);
     // The node is not wedged: a rollback answers as on any node (this one has nothing to go
     // back to, and says so).
-    let rb = refused(&["rollback", "--root", &n]);
+    let rb = refused(&["rollback", "--root", n]);
     assert!(rb.contains("no previous revision"), "{rb}");
 }
 
 #[test]
 fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision() {
-    let Some((env, fs, node, args)) = small_node(4 << 20, 24) else {
+    disk_filled_mid_update(false);
+}
+
+/// With --no-delete the undo still removes what the failed update created (rev2's new
+/// `usr/lib/`), and keeps what the node had beside its image.
+#[test]
+fn a_disk_filled_mid_update_with_no_delete_leaves_nothing_of_the_update() {
+    disk_filled_mid_update(true);
+}
+
+fn disk_filled_mid_update(no_delete: bool) {
+    let Some((env, fs, node, mut args)) = small_node(4 << 20, 24) else {
         return;
     };
+    let mine = node.join("opt/mine");
+    if no_delete {
+        args.push("--no-delete".into());
+        std::fs::create_dir_all(mine.parent().unwrap()).unwrap();
+        std::fs::write(&mine, "the administrator's").unwrap();
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // The other writer fills the filesystem the moment the update starts applying: its journal
     // appears after the space check and the fetch. The update is stopped (SIGSTOP) while the
@@ -216,6 +233,19 @@ fn a_disk_filled_by_another_writer_mid_update_returns_the_node_to_its_revision()
         err.contains("No space left") && err.contains("returned to"),
         "the error says the disk is full and that the node was returned:\n{err}"
     );
+    if no_delete {
+        assert_eq!(
+            std::fs::read_to_string(&mine).unwrap(),
+            "the administrator's"
+        );
+        // Gone again for the comparison, the root's mtime with it.
+        std::fs::remove_dir_all(node.join("opt")).unwrap();
+        sh(&format!(
+            "touch -r {} {}",
+            env.path("rev1").display(),
+            node.display()
+        ));
+    }
     assert_eq!(
         node_diff(&env.path("rev1"), &node),
         "",

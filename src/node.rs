@@ -10,7 +10,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -156,20 +155,18 @@ fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<()> {
     crate::sys::sync_dir(dir)
 }
 
-/// flock()s `lock` (`how` is LOCK_EX or LOCK_SH), saying so when it has to wait.
-fn take_lock(lock: &fs::File, lock_path: &Path, how: libc::c_int, root: &Path) -> Result<()> {
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
-        eprintln!(
-            "aurum: another aurum update or rollback is running on {}; waiting for it",
+/// Locks the node's `lock` file, exclusive for an update, shared for a reader, saying so when
+/// it has to wait.
+fn take_lock(lock: &fs::File, lock_path: &Path, exclusive: bool, root: &Path) -> Result<()> {
+    crate::sys::lock_file(
+        lock,
+        lock_path,
+        exclusive,
+        &format!(
+            "another aurum update or rollback is running on {}; waiting for it",
             root.display()
-        );
-        // SAFETY: as above, blocking this time.
-        if unsafe { libc::flock(lock.as_raw_fd(), how) } != 0 {
-            return Err(std::io::Error::last_os_error()).at(lock_path);
-        }
-    }
-    Ok(())
+        ),
+    )
 }
 
 /// Reads a node's state without locking or creating anything (for `node-status`, which must
@@ -242,7 +239,7 @@ impl Node {
             .append(true)
             .open(&lock_path)
             .at(&lock_path)?;
-        take_lock(&lock, &lock_path, libc::LOCK_EX, &self.root)?;
+        take_lock(&lock, &lock_path, true, &self.root)?;
         // A Node is used from one thread at a time; the lock was unset just above.
         let _ = self.lock.set(lock);
         Ok(true)
@@ -265,7 +262,7 @@ impl Node {
         };
         let held = OnceLock::new();
         if let Some(f) = lock {
-            take_lock(&f, &lock_path, libc::LOCK_SH, root)?;
+            take_lock(&f, &lock_path, false, root)?;
             let _ = held.set(f);
         }
         Ok(Node {

@@ -10,7 +10,6 @@ use std::fs::{self, File};
 use std::io::Read;
 
 use crate::format::manifest::Chunk;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -130,29 +129,17 @@ pub fn init(root: &Path) -> Result<()> {
 }
 
 fn flock(file: &File, lock: Lock, path: &Path) -> Result<()> {
-    let op = match lock {
-        Lock::Shared => libc::LOCK_SH,
-        Lock::Exclusive => libc::LOCK_EX,
+    let (exclusive, waiting) = match lock {
+        Lock::Shared => (
+            false,
+            "`aurum gc` or `aurum verify --repair` holds the repository; waiting for it",
+        ),
+        Lock::Exclusive => (
+            true,
+            "other aurum commands are using the repository; waiting for them to finish",
+        ),
     };
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
-        return Ok(());
-    }
-    let what = match lock {
-        Lock::Shared => {
-            "`aurum gc` or `aurum verify --repair` holds the repository; waiting for it"
-        }
-        Lock::Exclusive => {
-            "other aurum commands are using the repository; waiting for them to finish"
-        }
-    };
-    log::warn!("{what}");
-    eprintln!("aurum: {what}");
-    // SAFETY: as above, blocking this time.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-        return Err(std::io::Error::last_os_error()).at(path);
-    }
-    Ok(())
+    crate::sys::lock_file(file, path, exclusive, waiting)
 }
 
 /// Brings an older repository's file modes to today's, once (the first time this aurum opens

@@ -270,3 +270,25 @@ pub fn inode_flags_at(dir: BorrowedFd, name: &[u8]) -> Option<libc::c_long> {
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
     (r == 0).then_some(flags)
 }
+
+/// Takes an flock(2) lock on `file`, exclusive or shared (the kind other aurum versions and
+/// `flock(1)` see); when another process holds it, says `waiting` once and waits.
+pub fn lock_file(file: &std::fs::File, path: &Path, exclusive: bool, waiting: &str) -> Result<()> {
+    let tried = if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    };
+    match tried {
+        Ok(()) => return Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => return Err(e).at(path),
+    }
+    eprintln!("aurum: {waiting}");
+    if exclusive {
+        file.lock()
+    } else {
+        file.lock_shared()
+    }
+    .at(path)
+}

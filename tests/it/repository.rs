@@ -756,3 +756,91 @@ fn exclude_files_follow_rsync_rules() {
         assert!(lines.contains(&kept), "{kept} lost:\n{got}");
     }
 }
+
+/// A command that must wait for another's lock says so once (it said it twice, through the
+/// log and directly), waits, and goes on when the lock is released.
+#[test]
+fn a_command_waiting_for_a_lock_says_so_once() {
+    if !crate::common::need("flock") {
+        return;
+    }
+    let env = Env::new();
+    let t = tree(&env, "t");
+    env.getimage(&t, "img", &[]);
+    let node = env.path("node");
+    env.ok(&["checkout", "img@1", node.to_str().unwrap()]);
+    let lock = env.repo().join("lock");
+    let node_lock = node.join("var/lib/aurum-node/lock");
+    std::fs::create_dir_all(node_lock.parent().unwrap()).unwrap();
+    for (held, args, said) in [
+        (
+            &lock,
+            vec!["gc"],
+            "other aurum commands are using the repository; waiting for them to finish",
+        ),
+        (
+            &node_lock,
+            vec![
+                "updateclient",
+                "--image",
+                "img@1",
+                "--root",
+                node.to_str().unwrap(),
+                "--adopt",
+            ],
+            "another aurum update or rollback is running on",
+        ),
+    ] {
+        // flock(1) holds the lock until its command ends: until the fifo is written.
+        let fifo = env.path("release");
+        let _ = std::fs::remove_file(&fifo);
+        sh(&format!("mkfifo {}", fifo.display()));
+        let mut holder = std::process::Command::new("flock")
+            .arg(held)
+            .args(["-c", &format!("cat {}", fifo.display())])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        // The holder has the lock once a non-blocking try fails.
+        while std::process::Command::new("flock")
+            .args(["-n"])
+            .arg(held)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flock never took {held:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let waiter = env
+            .cmd(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Released once aurum waits on it: /proc/locks shows a blocked request on the lock
+        // file's inode as "->".
+        let ino = format!(
+            ":{} ",
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(held).unwrap())
+        );
+        while !std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&ino))
+        {
+            assert!(std::time::Instant::now() < deadline, "aurum never waited");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(&fifo, "go\n").unwrap();
+        holder.wait().unwrap();
+        let out = waiter.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "aurum {args:?}: {err}");
+        assert_eq!(err.matches(said).count(), 1, "said once:\n{err}");
+    }
+}

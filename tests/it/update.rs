@@ -353,7 +353,16 @@ fn a_symlink_on_the_node_cannot_lead_writes_outside_the_root() {
 }
 
 /// Runs an aurum command and SIGKILLs it after `ms` milliseconds (if still running).
-fn killed(args: &[&str], ms: u64) -> bool {
+/// When to kill a command: `ms` after its start, or as soon as the node's journal appears
+/// (it has begun to change the root).
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    Ms(u64),
+    Journal,
+}
+
+/// Runs aurum and kills it (SIGKILL) at `at`; whether it was still running then.
+fn killed(args: &[&str], root: &Path, at: KillAt) -> bool {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aurum"))
         .arg("--no-progress")
         .args(args)
@@ -361,11 +370,18 @@ fn killed(args: &[&str], ms: u64) -> bool {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(ms));
-    let finished = child.try_wait().unwrap().is_some();
+    match at {
+        KillAt::Ms(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        KillAt::Journal => {
+            let journal = root.join("var/lib/aurum-node/journal.json");
+            while !journal.exists() && child.try_wait().unwrap().is_none() {
+                std::hint::spin_loop();
+            }
+        }
+    }
     let _ = child.kill();
-    let _ = child.wait();
-    !finished
+    let status = child.wait().unwrap();
+    std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL)
 }
 
 #[test]
@@ -386,20 +402,25 @@ fn killed_updates_and_rollbacks_finish_when_rerun() {
     env.getimage(&b, "k", &[]);
     let repo = env.repo();
     let r = repo.to_str().unwrap();
-    for (i, ms) in [30u64, 120, 300].into_iter().enumerate() {
+    let (mut updates_killed, mut rollbacks_killed) = (0, 0);
+    let points = [
+        KillAt::Journal,
+        KillAt::Ms(30),
+        KillAt::Ms(120),
+        KillAt::Ms(300),
+    ];
+    for (i, at) in points.into_iter().enumerate() {
         let node = node_at(&env, &format!("node{i}"), "k@1");
         let n = node.to_str().unwrap();
-        killed(
-            &["updateclient", "--repo", r, "--image", "k@2", "--root", n],
-            ms,
-        );
-        ok(&["updateclient", "--repo", r, "--image", "k@2", "--root", n]);
+        let up = ["updateclient", "--repo", r, "--image", "k@2", "--root", n];
+        updates_killed += killed(&up, &node, at) as u32;
+        ok(&up);
         assert_eq!(
             node_diff(&b, &node),
             "",
-            "update killed at {ms} ms, then rerun"
+            "update killed at {at:?}, then rerun"
         );
-        killed(&["rollback", "--root", n], ms);
+        rollbacks_killed += killed(&["rollback", "--root", n], &node, at) as u32;
         // Rerun only what did not finish: a second rollback of a finished one goes forward.
         let status = json(&ok(&["node-status", "--root", n, "--json"]));
         if !status["interrupted"].is_null() || status["state"]["current"]["number"] != 1 {
@@ -408,9 +429,14 @@ fn killed_updates_and_rollbacks_finish_when_rerun() {
         assert_eq!(
             node_diff(&a, &node),
             "",
-            "rollback killed at {ms} ms, then rerun"
+            "rollback killed at {at:?}, then rerun"
         );
     }
+    // At least the kill at the journal lands mid-run, whatever the machine's speed.
+    assert!(
+        updates_killed >= 1 && rollbacks_killed >= 1,
+        "no kill landed: {updates_killed} updates, {rollbacks_killed} rollbacks"
+    );
 }
 
 #[test]

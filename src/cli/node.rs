@@ -311,7 +311,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         overlay: None,
         before_writes: None,
     };
-    let progress = progress::for_terminal(false);
+    let progress = progress::for_terminal(g.no_progress);
     let result = (|| -> anyhow::Result<UpdateReport> {
         let target = source.resolve(spec)?;
         let image = fetch_manifest(&node, source.as_ref(), &target.id)?;
@@ -399,7 +399,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         overlay: None,
         before_writes: None,
     };
-    let progress = progress::for_terminal(false);
+    let progress = progress::for_terminal(g.no_progress);
     let result = (|| -> anyhow::Result<UpdateReport> {
         let (target, manifest, overlay) = if let Some(spec) = &a.to {
             let s = source.as_deref().ok_or_else(|| {

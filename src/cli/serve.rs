@@ -98,7 +98,7 @@ pub fn nodes(g: &Global, a: NodesArgs) -> anyhow::Result<()> {
                     r.image.clone().unwrap_or_else(|| "-".into()),
                     r.revision
                         .as_deref()
-                        .map(|s| s[..s.len().min(8)].to_string())
+                        .map(|s| aurum::node::short_id(s).to_string())
                         .unwrap_or_else(|| "-".into()),
                     r.action.clone(),
                     r.result.clone(),

@@ -9,7 +9,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{openat, OFlag};
@@ -74,57 +74,25 @@ pub fn proc_path(dir: BorrowedFd, name: &[u8]) -> CString {
     CString::new(p).expect("names hold no NUL")
 }
 
-fn errno_result(r: isize) -> std::io::Result<usize> {
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+/// `name` in `dir` as a path the xattr calls take (through /proc, so the name is resolved
+/// from the directory descriptor, not from a path someone may change meanwhile).
+fn xattr_path(dir: BorrowedFd, name: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(proc_path(dir, name).as_bytes()))
 }
 
 /// Every xattr of `name` in `dir` (not following a symlink), sorted by name.
 pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let p = proc_path(dir, name);
-    let mut names = vec![0u8; 1024];
-    let n = loop {
-        // SAFETY: the buffer pointer and length describe `names`.
-        let r = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-        match errno_result(r) {
-            Ok(n) => break n,
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        }
+    let p = xattr_path(dir, name);
+    let keys = match xattr::list(&p) {
+        Ok(keys) => keys,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    for key in names[..n].split(|&b| b == 0).filter(|k| !k.is_empty()) {
-        let ckey = CString::new(key).expect("split on NUL");
-        let mut val = vec![0u8; 256];
-        loop {
-            // SAFETY: as above, for `val`.
-            let r = unsafe {
-                libc::lgetxattr(
-                    p.as_ptr(),
-                    ckey.as_ptr(),
-                    val.as_mut_ptr().cast(),
-                    val.len(),
-                )
-            };
-            match errno_result(r) {
-                Ok(n) => {
-                    val.truncate(n);
-                    break;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => val.resize(val.len() * 4, 0),
-                // Removed between list and get: it is simply not there.
-                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {
-                    val.clear();
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        out.push((key.to_vec(), val));
+    for key in keys {
+        // Removed between list and get: it is simply not there.
+        let val = xattr::get(&p, &key)?.unwrap_or_default();
+        out.push((key.into_vec(), val));
     }
     out.sort();
     Ok(out)
@@ -132,65 +100,36 @@ pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Vec<(Vec<u8>, 
 
 /// Sets one xattr on `name` in `dir` (not following a symlink).
 pub fn set_xattr_at(dir: BorrowedFd, name: &[u8], key: &[u8], value: &[u8]) -> std::io::Result<()> {
-    let p = proc_path(dir, name);
-    let ckey = CString::new(key).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: pointers and lengths describe live buffers.
-    let r = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            ckey.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    xattr::set(xattr_path(dir, name), OsStr::from_bytes(key), value)
 }
 
 /// Removes one xattr from `name` in `dir` (not following a symlink).
 pub fn remove_xattr_at(dir: BorrowedFd, name: &[u8], key: &[u8]) -> std::io::Result<()> {
-    let p = proc_path(dir, name);
-    let ckey = CString::new(key).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: both are NUL-terminated strings.
-    let r = unsafe { libc::lremovexattr(p.as_ptr(), ckey.as_ptr()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    xattr::remove(xattr_path(dir, name), OsStr::from_bytes(key))
 }
 
 /// The data extents (offset, length) of an open file, using SEEK_DATA / SEEK_HOLE.
 pub fn data_extents(file: &impl AsFd, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    let fd = file.as_fd().as_raw_fd();
+    use nix::unistd::{lseek, Whence};
+    let fd = file.as_fd();
     let mut out = Vec::new();
     let mut pos: i64 = 0;
     let size = size as i64;
     while pos < size {
-        // SAFETY: plain lseek on a descriptor we own.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let data = match lseek(fd, pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(fd, data, Whence::SeekHole)?;
         let end = hole.min(size);
         if end > data {
             out.push((data as u64, (end - data) as u64));
         }
         pos = hole;
     }
-    // SAFETY: rewind for the reader that follows.
-    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+    // Rewound for the reader that follows.
+    lseek(fd, 0, Whence::SeekSet)?;
     Ok(out)
 }
 
@@ -204,11 +143,7 @@ pub fn sync_dir(path: &Path) -> Result<()> {
 /// Flushes everything written to the filesystem holding `fd` (one call instead of an fsync
 /// per file; `shown` names it in an error).
 pub fn sync_fs(fd: BorrowedFd, shown: &Path) -> Result<()> {
-    // SAFETY: syncfs only reads the descriptor, which is open for the borrow's lifetime.
-    if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error()).at(shown);
-    }
-    Ok(())
+    nix::unistd::syncfs(fd).at(shown)
 }
 
 /// The filesystems a batch of writes touched, to make them durable with one syncfs each.

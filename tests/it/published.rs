@@ -72,13 +72,9 @@ fn nobody_reads(files: &[PathBuf]) -> Result<(), String> {
     Ok(())
 }
 
-/// The published layout: FORMAT and everything under packs/, manifests/, refs/, templates/.
+/// The published layout: everything under public/.
 fn published(repo: &Path) -> Vec<PathBuf> {
-    let mut all = vec![repo.join("FORMAT")];
-    for d in ["packs", "manifests", "refs", "templates"] {
-        all.extend(walk(&repo.join(d)));
-    }
-    all
+    walk(&repo.join("public"))
 }
 
 /// Issue #12 item 9: repository files were created 0600, so nginx running as www-data could
@@ -109,7 +105,8 @@ fn issue12_published_files_are_world_readable_and_the_catalog_private() {
     );
     with_umask(&env, 0o077, &["tag", "web@1", "production"]);
     let repo = env.repo();
-    assert!(repo.join("packs/list").exists() && repo.join("refs/web/tags/production").exists());
+    let public = env.public();
+    assert!(public.join("packs/list").exists() && public.join("refs/web/tags/production").exists());
 
     let files = published(&repo);
     for f in &files {
@@ -197,8 +194,7 @@ fn issue12_verify_catches_damaged_published_files_and_repair_rebuilds_them() {
     let env = Env::new();
     let (_, rev2) = two_revisions(&env);
     let node = node_at(&env, "node", "c@1");
-    let repo = env.repo();
-    let list = repo.join("packs/list");
+    let list = env.public().join("packs/list");
     let good = std::fs::read_to_string(&list).unwrap();
     let srv = Server::start(&env);
     let url = format!("http://{}", srv.addr);
@@ -244,9 +240,10 @@ fn issue12_verify_catches_damaged_published_files_and_repair_rebuilds_them() {
     }
 
     // A head naming a revision that is not the newest, and a tag of an image that is gone.
-    std::fs::write(repo.join("refs/c/head"), "0".repeat(64) + "\n").unwrap();
-    std::fs::create_dir_all(repo.join("refs/gone/tags")).unwrap();
-    std::fs::write(repo.join("refs/gone/tags/x"), "1\n").unwrap();
+    let public = env.public();
+    std::fs::write(public.join("refs/c/head"), "0".repeat(64) + "\n").unwrap();
+    std::fs::create_dir_all(public.join("refs/gone/tags")).unwrap();
+    std::fs::write(public.join("refs/gone/tags/x"), "1\n").unwrap();
     let v = env.run(&["verify"]);
     let out = String::from_utf8_lossy(&v.stdout);
     assert_eq!(v.status.code(), Some(3), "{out}");
@@ -266,7 +263,7 @@ fn issue12_verify_catches_damaged_published_files_and_repair_rebuilds_them() {
         assert!(fixed.contains(f), "{f}:\n{fixed}");
     }
     assert_eq!(std::fs::read_to_string(&list).unwrap(), good);
-    assert!(!repo.join("refs/gone").exists());
+    assert!(!public.join("refs/gone").exists());
     env.ok(&["verify"]);
     let o = update();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -28,7 +28,11 @@ impl Server {
             .spawn()
             .expect("start aurum serve");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let first = lines.next().expect("serve prints its address").unwrap();
+        // Notes may come first (an older repository's upgrade); the address line says `serving`.
+        let first = lines
+            .find(|l| l.as_ref().map_or(true, |l| l.contains("serving")))
+            .expect("serve prints its address")
+            .unwrap();
         let addr = first
             .split("http://")
             .nth(1)
@@ -49,7 +53,7 @@ impl Drop for Server {
 }
 
 /// One HTTP/1.1 request; returns (status, headers in lowercase, body).
-fn http(
+pub fn http(
     addr: &str,
     method: &str,
     path: &str,

@@ -15,6 +15,9 @@ want sshd openssh-server
 want ssh openssh-client
 want ssh-keygen openssh-client
 want rsync rsync
+# nginx as www-data serving a repository's public/ (tests/it/published.rs).
+want nginx nginx
+want ps procps
 want setfattr attr
 want setfacl acl
 want setcap libcap2-bin

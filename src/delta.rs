@@ -266,9 +266,10 @@ pub fn read_answer(r: &mut impl Read) -> Result<Option<Option<Vec<u8>>>> {
     Ok(Some(Some(d)))
 }
 
-/// The repository's delta cache: `deltas/XX/<target>-<base key>.zd`, or `.none` when no delta
-/// pays for that pair. Deltas are derived data: deleting the directory loses nothing.
+/// The repository's delta cache: `public/deltas/XX/<target>-<base key>.zd`, or `.none` when no
+/// delta pays for that pair. Deltas are derived data: deleting the directory loses nothing.
 pub struct Cache {
+    repo: PathBuf,
     dir: PathBuf,
 }
 
@@ -282,7 +283,8 @@ pub enum Cached {
 impl Cache {
     pub fn new(repo_root: &Path) -> Cache {
         Cache {
-            dir: repo_root.join("deltas"),
+            repo: repo_root.to_path_buf(),
+            dir: crate::store::published(repo_root).join("deltas"),
         }
     }
 
@@ -307,15 +309,12 @@ impl Cache {
         Cached::Unknown
     }
 
-    /// Records a pair's delta (or that none pays), atomically.
+    /// Records a pair's delta (or that none pays), atomically and world-readable, like every
+    /// published file.
     pub fn put(&self, w: &Want, delta: Option<&[u8]>) -> Result<()> {
         let stem = self.stem(w);
-        let dir = stem.parent().expect("has a parent");
-        std::fs::create_dir_all(dir).at(dir)?;
         let path = stem.with_extension(if delta.is_some() { "zd" } else { "none" });
-        let tmp = stem.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, delta.unwrap_or(&[])).at(&tmp)?;
-        std::fs::rename(&tmp, &path).at(&path)
+        crate::store::write_cached(&self.repo, &path, delta.unwrap_or(&[]))
     }
 
     /// Removes every cached delta whose target `live` rejects; returns how many files went.
@@ -336,6 +335,7 @@ impl Cache {
                     .get(..64)
                     .and_then(Id::from_hex)
                     .is_some_and(|id| live(&id))
+                    // Temporary files an older aurum wrote here, before they moved to tmp/.
                     && !name.contains(".tmp");
                 if !keep {
                     std::fs::remove_file(&f).at(&f)?;

@@ -112,7 +112,7 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
     }
 
     // Manifests no image uses any more.
-    let mdir = repo.root.join("manifests");
+    let mdir = crate::store::published(&repo.root).join("manifests");
     for sub in fs::read_dir(&mdir).at(&mdir)? {
         let sub = sub.at(&mdir)?.path();
         if !sub.is_dir() {

@@ -1,16 +1,23 @@
-//! The files a repository publishes for static clients, and who may read them.
+//! The files a repository publishes for static clients, where they lie, and who may read them.
+//!
+//! Everything a web server may publish lies in one directory, `REPO/public/`
+//! ([`store::PUBLISHED`]): `FORMAT`, packs with their indexes, manifests, refs, templates and
+//! cached deltas. The catalog (with its node records), the lock and `tmp/` lie beside it, so
+//! that a web server given `public/` as its root cannot hand them out whatever its
+//! configuration says. [`layout`] checks (and repairs) that split; it is also how an older
+//! repository, which had these directories at its top, is moved into `public/`.
 //!
 //! A node that updates from a plain web server finds everything through a few files derived
 //! from the catalog: `packs/list` (which pack indexes to read), `refs/IMAGE/{head,revisions,
 //! tags/TAG}` (which revision a name means) and `templates/{CLASS.toml,CLASSES}` (partition
 //! templates for installs). This module says, in one place, what each must hold, so that
 //! writing them (a commit, gc, a tag) and checking them (`verify`) cannot disagree, and
-//! `verify --repair` rebuilds them from the same code.
+//! `verify --repair` rebuilds them from the same code. Their paths here are relative to
+//! `public/`, as they are in URLs.
 //!
-//! It also owns the repository's file modes: everything a web server publishes is
-//! world-readable (0644 files, 0755 directories, whatever the umask), so that nginx running as
-//! www-data can serve it; what is private (the catalog with its node records, the lock,
-//! `tmp/`) stays 0600/0700.
+//! It also owns the repository's file modes: everything under `public/` is world-readable
+//! (0644 files, 0755 directories, whatever the umask), so that nginx running as www-data can
+//! serve it; what is private (the catalog, the lock, `tmp/`) stays 0600/0700.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -21,18 +28,25 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::error::{IoContext, Result};
-use crate::format::Id;
-use crate::store;
+use crate::format::{Id, FORMAT_VERSION};
+use crate::store::{self, published};
+use crate::sys::sync_dir;
 
-pub use crate::store::{PUBLIC_DIR, PUBLIC_FILE};
+pub use crate::store::{PUBLIC_DIR, PUBLIC_FILE, PUBLISHED};
 
 /// Mode of a private file (the catalog, the lock).
 pub const PRIVATE_FILE: u32 = 0o600;
 /// Mode of a private directory (`tmp/`).
 pub const PRIVATE_DIR: u32 = 0o700;
 
-/// The directories a web server may publish (besides the file `FORMAT`).
-pub const PUBLIC_DIRS: &[&str] = &["packs", "manifests", "refs", "templates"];
+/// The directories of `public/` (besides the file `FORMAT`); nothing else belongs there.
+pub const PUBLIC_DIRS: &[&str] = &["packs", "manifests", "refs", "templates", "deltas"];
+
+/// What `FORMAT` holds, in the repository's top (read by aurum before it opens anything) and
+/// in `public/` (read by nodes to know they found a repository).
+pub fn format_text() -> String {
+    format!("aurum repository format {FORMAT_VERSION}\n")
+}
 
 /// `packs/list`: `ID SIZE` for every pack of the catalog.
 pub fn pack_list(catalog: &Catalog) -> Result<Vec<u8>> {
@@ -91,10 +105,11 @@ pub fn templates(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     Ok(files)
 }
 
-/// Writes derived files (relative paths) atomically, world-readable.
+/// Writes derived files (paths relative to `public/`) atomically, world-readable.
 pub fn write(root: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) -> Result<()> {
+    let public = published(root);
     for (rel, bytes) in files {
-        store::write_atomic(root, &root.join(rel), bytes)?;
+        store::write_atomic(root, &public.join(rel), bytes)?;
     }
     Ok(())
 }
@@ -102,7 +117,7 @@ pub fn write(root: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) -> Result<()> {
 /// One published file that disagrees with the catalog.
 #[derive(Debug, Serialize)]
 pub struct Stale {
-    /// Relative to the repository, e.g. `packs/list`.
+    /// Relative to `public/`, e.g. `packs/list`.
     pub file: String,
     pub problem: String,
 }
@@ -117,7 +132,7 @@ fn expected(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     Ok(all)
 }
 
-/// Files under `dir` (relative to `root`), recursively.
+/// Files under `dir` (relative to `root`, and returned relative to it), recursively.
 fn files_under(root: &Path, dir: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut todo = vec![root.join(dir)];
@@ -142,7 +157,7 @@ fn files_under(root: &Path, dir: &str) -> Result<Vec<PathBuf>> {
 /// Checks `packs/list`: it must parse, name only packs the catalog has (with their sizes), and
 /// name every pack in `needed` (those holding blobs of revisions).
 fn check_pack_list(root: &Path, catalog: &Catalog, needed: &HashSet<Id>) -> Result<Option<String>> {
-    let path = root.join("packs/list");
+    let path = published(root).join("packs/list");
     let text = match fs::read(&path) {
         Ok(t) => t,
         // A repository with no revision yet may have no list yet.
@@ -198,12 +213,13 @@ pub fn check(root: &Path, catalog: &Catalog, needed: &HashSet<Id>) -> Result<Vec
         });
     }
     let want = expected(catalog)?;
+    let public = published(root);
     let mut present = HashSet::new();
     for dir in ["refs", "templates"] {
-        for rel in files_under(root, dir)? {
+        for rel in files_under(&public, dir)? {
             let problem = match want.get(&rel) {
                 None => Some("names nothing the catalog has (stale)".to_string()),
-                Some(bytes) => match fs::read(root.join(&rel)) {
+                Some(bytes) => match fs::read(public.join(&rel)) {
                     Ok(b) if b == *bytes => None,
                     Ok(_) => Some("differs from the catalog".into()),
                     Err(e) => Some(format!("cannot be read: {e}")),
@@ -248,11 +264,12 @@ pub struct Republished {
 /// `refs/` and `templates/`. Returns the files it changed.
 pub fn rebuild(root: &Path, catalog: &Catalog) -> Result<Vec<Republished>> {
     let mut changed = Vec::new();
+    let public = published(root);
     let mut want = expected(catalog)?;
     want.insert(PathBuf::from("packs/list"), pack_list(catalog)?);
     for (rel, bytes) in &want {
-        if fs::read(root.join(rel)).ok().as_ref() != Some(bytes) {
-            store::write_atomic(root, &root.join(rel), bytes)?;
+        if fs::read(public.join(rel)).ok().as_ref() != Some(bytes) {
+            store::write_atomic(root, &public.join(rel), bytes)?;
             changed.push(Republished {
                 file: rel.display().to_string(),
                 action: Republish::Rebuilt,
@@ -260,9 +277,9 @@ pub fn rebuild(root: &Path, catalog: &Catalog) -> Result<Vec<Republished>> {
         }
     }
     for dir in ["refs", "templates"] {
-        for rel in files_under(root, dir)? {
+        for rel in files_under(&public, dir)? {
             if !want.contains_key(&rel) {
-                let p = root.join(&rel);
+                let p = public.join(&rel);
                 fs::remove_file(&p).at(&p)?;
                 changed.push(Republished {
                     file: rel.display().to_string(),
@@ -272,11 +289,14 @@ pub fn rebuild(root: &Path, catalog: &Catalog) -> Result<Vec<Republished>> {
         }
     }
     // Directories of images that are gone.
-    if let Ok(images) = fs::read_dir(root.join("refs")) {
+    if let Ok(images) = fs::read_dir(public.join("refs")) {
         for d in images.flatten() {
             if d.path().is_dir()
-                && files_under(root, &format!("refs/{}", d.file_name().to_string_lossy()))?
-                    .is_empty()
+                && files_under(
+                    &public,
+                    &format!("refs/{}", d.file_name().to_string_lossy()),
+                )?
+                .is_empty()
             {
                 fs::remove_dir_all(d.path()).at(d.path())?;
             }
@@ -285,8 +305,8 @@ pub fn rebuild(root: &Path, catalog: &Catalog) -> Result<Vec<Republished>> {
     Ok(changed)
 }
 
-/// What a repository file's mode must be: `None` for files nobody publishes nor guards
-/// (`deltas/`, `bootkit/`, `damaged/`: served by `aurum serve` only, or not at all).
+/// What a repository file's mode must be (`rel` relative to the repository): `None` for
+/// files nobody publishes nor guards (`bootkit/`, `damaged/`).
 fn wanted_mode(rel: &Path, is_dir: bool) -> Option<u32> {
     let top = rel
         .components()
@@ -294,12 +314,13 @@ fn wanted_mode(rel: &Path, is_dir: bool) -> Option<u32> {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .unwrap_or_default();
     match (top.as_str(), is_dir) {
+        // The top must let a web server through to public/.
         ("", _) => Some(PUBLIC_DIR),
         ("FORMAT", _) => Some(PUBLIC_FILE),
+        (PUBLISHED, d) => Some(if d { PUBLIC_DIR } else { PUBLIC_FILE }),
         ("lock", _) => Some(PRIVATE_FILE),
         (t, false) if t.starts_with("aurum.db") => Some(PRIVATE_FILE),
         ("tmp", true) if rel.components().count() == 1 => Some(PRIVATE_DIR),
-        (t, d) if PUBLIC_DIRS.contains(&t) => Some(if d { PUBLIC_DIR } else { PUBLIC_FILE }),
         _ => None,
     }
 }
@@ -343,6 +364,122 @@ pub fn check_modes(root: &Path, fix: bool) -> Result<Vec<(String, u32, u32)>> {
     Ok(wrong)
 }
 
+/// Something out of place in the repository's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Misplacement {
+    /// A directory of the published layout at the repository's top, where an older aurum kept
+    /// it: moved into `public/`, merging with what is there.
+    OutsidePublic,
+    /// An entry of `public/` that is not part of the published layout (a web server would
+    /// hand it out): moved aside to `damaged/public/`.
+    Foreign,
+    /// `public/FORMAT` is missing or says another format: written again.
+    Format,
+}
+
+/// One thing [`layout`] found out of place.
+#[derive(Debug, Serialize)]
+pub struct Misplaced {
+    /// Relative to the repository, e.g. `packs` or `public/aurum.db`.
+    pub path: String,
+    pub problem: Misplacement,
+}
+
+/// Checks that the published files, and only they, lie in `public/`; with `fix`, moves
+/// what is misplaced and writes `public/FORMAT`. Returns what was (or is) out of place.
+///
+/// This is also the upgrade of a repository that has its published directories at the top
+/// (as format 1 had): each move is a rename within the repository's file system, so a
+/// crash leaves every file in one of its two places, and running this again finishes.
+pub fn layout(root: &Path, fix: bool) -> Result<Vec<Misplaced>> {
+    let public = published(root);
+    let mut found = Vec::new();
+    if fix {
+        store::create_public_dir(root, &public)?;
+    }
+    for d in PUBLIC_DIRS {
+        let old = root.join(d);
+        if fs::symlink_metadata(&old).is_ok() {
+            if fix {
+                merge_into(&old, &public.join(d))?;
+            }
+            found.push(Misplaced {
+                path: d.to_string(),
+                problem: Misplacement::OutsidePublic,
+            });
+        }
+    }
+    if fix && !found.is_empty() {
+        sync_dir(&public)?;
+        sync_dir(root)?;
+    }
+    let entries = match fs::read_dir(&public) {
+        Ok(e) => e.collect::<std::io::Result<Vec<_>>>().at(&public)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).at(&public),
+    };
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "FORMAT" || PUBLIC_DIRS.contains(&name.as_str()) {
+            continue;
+        }
+        if fix {
+            set_aside(root, &e.path())?;
+        }
+        found.push(Misplaced {
+            path: format!("{PUBLISHED}/{name}"),
+            problem: Misplacement::Foreign,
+        });
+    }
+    let format = public.join("FORMAT");
+    if fs::read_to_string(&format).ok() != Some(format_text()) {
+        if fix {
+            store::write_atomic(root, &format, format_text().as_bytes())?;
+        }
+        found.push(Misplaced {
+            path: format!("{PUBLISHED}/FORMAT"),
+            problem: Misplacement::Format,
+        });
+    }
+    Ok(found)
+}
+
+/// Moves the tree `from` to `to`, merging it into what `to` already holds (when an older
+/// aurum wrote at the top after an upgrade had begun): a file of `from` replaces its
+/// namesake, which is safe because packs and manifests are named by their content and the
+/// derived files are rebuilt from the catalog after an upgrade.
+fn merge_into(from: &Path, to: &Path) -> Result<()> {
+    let Ok(there) = fs::symlink_metadata(to) else {
+        return fs::rename(from, to).at(to);
+    };
+    if !there.is_dir() || !fs::symlink_metadata(from).at(from)?.is_dir() {
+        return fs::rename(from, to).at(to);
+    }
+    for e in fs::read_dir(from).at(from)? {
+        let e = e.at(from)?;
+        merge_into(&e.path(), &to.join(e.file_name()))?;
+    }
+    sync_dir(to)?;
+    fs::remove_dir(from).at(from)
+}
+
+/// Moves an entry that does not belong in `public/` to `damaged/public/`, under a name not
+/// taken yet there.
+fn set_aside(root: &Path, path: &Path) -> Result<()> {
+    let dir = root.join("damaged").join(PUBLISHED);
+    fs::create_dir_all(&dir).at(&dir)?;
+    let name = path.file_name().expect("an entry of public/");
+    let mut to = dir.join(name);
+    let mut n = 1;
+    while fs::symlink_metadata(&to).is_ok() {
+        to = dir.join(format!("{}.{n}", name.to_string_lossy()));
+        n += 1;
+    }
+    fs::rename(path, &to).at(&to)?;
+    sync_dir(&dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,10 +503,10 @@ mod tests {
     fn pack_list_damage_is_named() {
         let (dir, catalog, id) = one_pack(100);
         let root = dir.path();
-        std::fs::create_dir_all(root.join("packs")).unwrap();
+        std::fs::create_dir_all(published(root).join("packs")).unwrap();
         let needed: HashSet<Id> = [id].into();
         let check = |text: &str| {
-            std::fs::write(root.join("packs/list"), text).unwrap();
+            std::fs::write(published(root).join("packs/list"), text).unwrap();
             check_pack_list(root, &catalog, &needed).unwrap()
         };
         let good = String::from_utf8(pack_list(&catalog).unwrap()).unwrap();
@@ -384,7 +521,7 @@ mod tests {
         assert!(check("").unwrap().contains("leaves out 1 packs"));
         // A pack no revision needs may be missing from the list (a capture killed before
         // committing its revision).
-        std::fs::write(root.join("packs/list"), "").unwrap();
+        std::fs::write(published(root).join("packs/list"), "").unwrap();
         assert_eq!(
             check_pack_list(root, &catalog, &HashSet::new()).unwrap(),
             None
@@ -396,13 +533,17 @@ mod tests {
         for (rel, dir, want) in [
             ("", true, Some(PUBLIC_DIR)),
             ("FORMAT", false, Some(PUBLIC_FILE)),
-            ("packs/ab/x.pack", false, Some(PUBLIC_FILE)),
-            ("refs/img/tags", true, Some(PUBLIC_DIR)),
+            ("public", true, Some(PUBLIC_DIR)),
+            ("public/packs/ab/x.pack", false, Some(PUBLIC_FILE)),
+            ("public/refs/img/tags", true, Some(PUBLIC_DIR)),
+            ("public/deltas/ab/x.zd", false, Some(PUBLIC_FILE)),
             ("aurum.db-wal", false, Some(PRIVATE_FILE)),
             ("lock", false, Some(PRIVATE_FILE)),
             ("tmp", true, Some(PRIVATE_DIR)),
             ("tmp/x", false, None),
-            ("deltas/ab/x.zd", false, None),
+            ("bootkit/vmlinuz", false, None),
+            // Left at the top by an older aurum: `layout` moves it, modes do not matter.
+            ("packs/ab/x.pack", false, None),
         ] {
             assert_eq!(wanted_mode(Path::new(rel), dir), want, "{rel}");
         }

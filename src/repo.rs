@@ -4,6 +4,10 @@
 //! Locking: every command holds `repo/lock` shared while it works; `gc` holds it exclusively.
 //! That is what keeps gc from deleting a blob that a capture running at the same moment has just
 //! decided it does not need to store again.
+//!
+//! Opening a repository also brings one written by an older aurum to today's layout (see
+//! [`upgrade_layout`] and [`upgrade_modes`]), once, so that no other code needs to know the
+//! older layouts.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -24,6 +28,12 @@ use crate::store::{self, FinishedPack, PackReader, PackWriter};
 /// Catalog meta key set once the repository's file modes were brought to what
 /// [`publish::check_modes`] wants (repositories made before it had everything 0600).
 const MODES_META: &str = "file-modes";
+/// Catalog meta key set once the published files lie in `public/` (format 1 had them at the
+/// repository's top): the end of [`upgrade_layout`], which `FORMAT` saying 2 only begins.
+const LAYOUT_META: &str = "public-dir";
+/// The repository format that had the published directories at the top; opened by moving
+/// them into `public/`.
+const TOP_LEVEL_FORMAT: u32 = 1;
 
 /// How a command holds the repository lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,10 +88,8 @@ pub fn init(root: &Path) -> Result<()> {
     // files written among a golden client's would be a mess to untangle.
     if let Ok(dir) = fs::read_dir(root) {
         let ours = |n: &str| {
-            matches!(
-                n,
-                "packs" | "manifests" | "refs" | "tmp" | "templates" | "lock" | "lost+found"
-            ) || n.starts_with("aurum.db")
+            matches!(n, store::PUBLISHED | "tmp" | "lock" | "lost+found")
+                || n.starts_with("aurum.db")
         };
         let foreign: Vec<String> = dir
             .filter_map(|e| e.ok())
@@ -98,8 +106,9 @@ pub fn init(root: &Path) -> Result<()> {
         }
     }
     fs::create_dir_all(root).at(root)?;
+    let public = store::published(root);
     for d in ["packs", "manifests", "refs"] {
-        store::create_public_dir(root, &root.join(d))?;
+        store::create_public_dir(root, &public.join(d))?;
     }
     fs::create_dir_all(store::tmp_dir(root)).at(store::tmp_dir(root))?;
     // The catalog (node records included) and the lock are private: created 0600 before
@@ -114,15 +123,17 @@ pub fn init(root: &Path) -> Result<()> {
             .open(&p)
             .at(&p)?;
     }
+    publish::layout(root, true)?;
     publish::check_modes(root, true)?;
     let catalog = Catalog::open(&root.join("aurum.db"))?;
     catalog.set_meta(MODES_META, "1")?;
+    catalog.set_meta(LAYOUT_META, "1")?;
     catalog.set_meta("format", &FORMAT_VERSION.to_string())?;
     catalog.set_meta("created", &crate::catalog::now().to_string())?;
     store::write_atomic(
         root,
         &root.join("FORMAT"),
-        format!("aurum repository format {FORMAT_VERSION}\n").as_bytes(),
+        publish::format_text().as_bytes(),
     )?;
     catalog.event("init", None, &format!("created {}", root.display()))?;
     Ok(())
@@ -166,6 +177,54 @@ fn upgrade_modes(root: &Path, catalog: &Catalog) {
     }
 }
 
+/// Moves the published directories of a format-1 repository (at its top) into `public/`,
+/// or finishes a move that was interrupted. Runs under the exclusive lock (taken here if
+/// `held` is shared, and given back after), so that no command of this aurum or an older
+/// one works on the repository meanwhile.
+///
+/// Crash safety: `FORMAT` is rewritten first, so that an older aurum refuses the repository
+/// from then on instead of writing at the top; then every move is a rename ([`publish::layout`]),
+/// the derived files are rebuilt and the modes set; the catalog marker comes last. A command
+/// killed anywhere in between leaves a repository whose next open does the rest.
+fn upgrade_layout(root: &Path, catalog: &Catalog, lock: &File, held: Lock) -> Result<()> {
+    let lock_path = root.join("lock");
+    if held == Lock::Shared {
+        flock(lock, Lock::Exclusive, &lock_path)?;
+    }
+    // Another command may have finished the upgrade while this one waited for the lock.
+    if catalog.get_meta(LAYOUT_META)?.is_none() {
+        store::write_atomic(
+            root,
+            &root.join("FORMAT"),
+            publish::format_text().as_bytes(),
+        )?;
+        let moved = publish::layout(root, true)?;
+        publish::rebuild(root, catalog)?;
+        publish::check_modes(root, true)?;
+        catalog.set_meta("format", &FORMAT_VERSION.to_string())?;
+        catalog.set_meta(LAYOUT_META, "1")?;
+        catalog.event(
+            "upgrade",
+            None,
+            &format!(
+                "moved the published files into {}/ ({} entries)",
+                store::PUBLISHED,
+                moved.len()
+            ),
+        )?;
+        eprintln!(
+            "aurum: {}: moved the published files (packs, manifests, refs, templates) into {}/; a web server must now publish {} (URLs are unchanged)",
+            root.display(),
+            store::PUBLISHED,
+            store::published(root).display()
+        );
+    }
+    if held == Lock::Shared {
+        flock(lock, Lock::Shared, &lock_path)?;
+    }
+    Ok(())
+}
+
 impl Repository {
     /// Opens the repository at `root`, holding its lock as asked.
     pub fn open(root: &Path, lock: Lock) -> Result<Repository> {
@@ -187,9 +246,9 @@ impl Repository {
             .next()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != TOP_LEVEL_FORMAT {
             return Err(invalid(format!(
-                "{} holds repository format {version}; this aurum reads format {FORMAT_VERSION}",
+                "{} holds repository format {version}; this aurum reads formats {TOP_LEVEL_FORMAT} and {FORMAT_VERSION}",
                 root.display()
             )));
         }
@@ -203,6 +262,15 @@ impl Repository {
             .at(&lock_path)?;
         flock(&lock_file, lock, &lock_path)?;
         let catalog = Catalog::open(&root.join("aurum.db"))?;
+        if catalog.get_meta(LAYOUT_META)?.is_none() {
+            upgrade_layout(root, &catalog, &lock_file, lock).map_err(|e| {
+                e.with_note(&format!(
+                    " (while moving the published files of {} into {}/, as this aurum keeps them; run any aurum command once where the repository is writable, as its owner)",
+                    root.display(),
+                    store::PUBLISHED
+                ))
+            })?;
+        }
         upgrade_modes(root, &catalog);
         Ok(Repository {
             root: root.to_path_buf(),
@@ -357,7 +425,8 @@ impl Repository {
 
     /// Rewrites `refs/IMAGE/` from the catalog (removing it when the image is gone).
     pub fn write_refs(&self, image: &str) -> Result<()> {
-        let dir = self.root.join("refs").join(image);
+        let public = store::published(&self.root);
+        let dir = public.join("refs").join(image);
         let files = publish::refs(&self.catalog, image)?;
         if files.is_empty() {
             if dir.exists() {
@@ -370,7 +439,7 @@ impl Repository {
         store::create_public_dir(&self.root, &tag_dir)?;
         for old in fs::read_dir(&tag_dir).at(&tag_dir)? {
             let old = old.at(&tag_dir)?.path();
-            let rel = old.strip_prefix(&self.root).expect("under root");
+            let rel = old.strip_prefix(&public).expect("under public/");
             if !files.contains_key(rel) {
                 fs::remove_file(&old).at(&old)?;
             }
@@ -387,7 +456,7 @@ impl Repository {
     /// capture killed between writing a pack and recording it). Returns how many were adopted.
     pub fn adopt_orphan_packs(&mut self) -> Result<usize> {
         let known: HashSet<Id> = self.catalog.packs()?.into_iter().map(|p| p.0).collect();
-        let packs_dir = self.root.join("packs");
+        let packs_dir = store::published(&self.root).join("packs");
         let mut adopted = 0;
         for sub in fs::read_dir(&packs_dir).at(&packs_dir)? {
             let sub = sub.at(&packs_dir)?.path();
@@ -630,7 +699,7 @@ impl BlobWriter {
 fn write_pack_list(root: &Path, catalog: &Catalog) -> Result<()> {
     store::write_atomic(
         root,
-        &root.join("packs").join("list"),
+        &store::published(root).join("packs").join("list"),
         &publish::pack_list(catalog)?,
     )
 }

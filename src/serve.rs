@@ -351,8 +351,9 @@ fn endpoint_method(parts: &[&str]) -> Option<&'static str> {
     }
 }
 
-/// Maps a URL path to a file of the static layout, refusing anything else (the catalog, the
-/// lock, temporary files).
+/// Maps a URL path to a file of the static layout: `/X` is `REPO/public/X`, the directory that
+/// holds what may be published and nothing else (so URLs did not change when the files moved
+/// there from the repository's top). The catalog, the lock and temporary files lie outside it.
 fn static_path(root: &Path, path: &str) -> Option<PathBuf> {
     let rel = path.trim_start_matches('/');
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "._-/".contains(c);
@@ -367,12 +368,7 @@ fn static_path(root: &Path, path: &str) -> Option<PathBuf> {
             .contains(&f)
             .then(|| root.join("bootkit").join(f));
     }
-    let top = rel.split('/').next()?;
-    if rel == "FORMAT" || ["refs", "manifests", "packs", "templates"].contains(&top) {
-        Some(root.join(rel))
-    } else {
-        None
-    }
+    Some(crate::store::published(root).join(rel))
 }
 
 type FileResponse = Response<std::io::Take<File>>;
@@ -474,19 +470,29 @@ mod tests {
     #[test]
     fn only_the_static_layout_is_served() {
         let root = Path::new("/r");
-        assert!(static_path(root, "/packs/ab/x.pack").is_some());
+        assert_eq!(
+            static_path(root, "/packs/ab/x.pack"),
+            Some(PathBuf::from("/r/public/packs/ab/x.pack"))
+        );
         assert!(static_path(root, "/refs/compute/head").is_some());
-        assert!(static_path(root, "/FORMAT").is_some());
+        assert_eq!(
+            static_path(root, "/FORMAT"),
+            Some(PathBuf::from("/r/public/FORMAT"))
+        );
         assert_eq!(
             static_path(root, "/boot/kit/vmlinuz"),
             Some(PathBuf::from("/r/bootkit/vmlinuz"))
         );
         assert!(static_path(root, "/boot/kit/cmdline").is_none());
+        // The catalog's name leads into public/, where nothing of the kind lies.
+        for private in ["/aurum.db", "/lock", "/tmp/x"] {
+            assert!(static_path(root, private)
+                .unwrap()
+                .starts_with("/r/public/"));
+        }
         for bad in [
-            "/aurum.db",
-            "/lock",
-            "/tmp/x",
             "/packs/../aurum.db",
+            "/packs/../../aurum.db",
             "/refs/.x",
             "/packs//a",
             "/",

@@ -21,6 +21,7 @@ use crate::error::Result;
 use crate::format::manifest::Kind;
 use crate::format::Id;
 use crate::progress::Progress;
+use crate::publish::{Misplacement, PUBLISHED};
 use crate::repo::Repository;
 use crate::store::pack_path;
 
@@ -50,6 +51,8 @@ pub struct VerifyReport {
     pub republished: Vec<crate::publish::Republished>,
     /// Files and directories whose mode was changed (with `repair`): (path, old, new).
     pub modes_fixed: Vec<(String, u32, u32)>,
+    /// What was moved into or out of `public/`, or written there (with `repair`).
+    pub layout_fixed: Vec<crate::publish::Misplaced>,
 }
 
 /// Verifies one revision (its manifest and every blob it names) or, with `None`, everything.
@@ -211,8 +214,9 @@ pub fn verify(
     Ok(report)
 }
 
-/// Checks the published derived files and the modes; with `repair`, rebuilds and fixes them
-/// (after any repack, so that `packs/list` names the new packs).
+/// Checks the layout (the published files, and only they, in `public/`), the published
+/// derived files and the modes; with `repair`, fixes them in that order (after any repack, so
+/// that `packs/list` names the new packs).
 fn check_published(
     repo: &Repository,
     needed: &HashSet<Id>,
@@ -220,9 +224,28 @@ fn check_published(
     report: &mut VerifyReport,
 ) -> Result<()> {
     if repair {
+        report.layout_fixed = crate::publish::layout(&repo.root, true)?;
         report.republished = crate::publish::rebuild(&repo.root, &repo.catalog)?;
         report.modes_fixed = crate::publish::check_modes(&repo.root, true)?;
         return Ok(());
+    }
+    for m in crate::publish::layout(&repo.root, false)? {
+        report.damage.push(Damage {
+            kind: "layout",
+            problem: match m.problem {
+                Misplacement::OutsidePublic => format!(
+                    "published files outside {PUBLISHED}/, where a web server does not serve them (an older aurum wrote them?); `aurum verify --repair` moves them into {PUBLISHED}/"
+                ),
+                Misplacement::Foreign => format!(
+                    "not part of the published layout, but inside {PUBLISHED}/, which a web server publishes whole; `aurum verify --repair` moves it to damaged/{PUBLISHED}/"
+                ),
+                Misplacement::Format => format!(
+                    "missing or not this repository's format, so nodes would not take {PUBLISHED}/ for a repository; `aurum verify --repair` writes it"
+                ),
+            },
+            id: m.path,
+            breaks: vec![],
+        });
     }
     for s in crate::publish::check(&repo.root, &repo.catalog, needed)? {
         report.damage.push(Damage {

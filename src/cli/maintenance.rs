@@ -1,6 +1,6 @@
 //! `verify` and `gc` subcommands.
 
-use aurum::publish::Republish;
+use aurum::publish::{Misplacement, Republish, PUBLISHED};
 use aurum::repo::{Lock, Repository};
 use clap::Args;
 
@@ -13,21 +13,23 @@ use super::{human_bytes, open, print_json, progress, Global};
 /// manifest and blobs only. Each damaged blob is named with the revisions it breaks. Exits
 /// with 3 when anything is damaged.
 ///
-/// Also checks what a web server publishes for nodes besides packs and manifests
-/// (packs/list, refs/, templates/) against the catalog, and that published files are
-/// world-readable and the catalog and lock private.
+/// Also checks the layout (everything a web server may publish in REPO/public/, nothing
+/// else there), what it publishes for nodes besides packs and manifests (packs/list, refs/,
+/// templates/) against the catalog, and that published files are world-readable and the
+/// catalog and lock private.
 ///
 /// With --repair, damaged blobs are forgotten, so that capturing a golden client (or
 /// importing a tarball) that still holds their content stores it again and mends every
-/// revision they broke; until then those revisions fail to check out. The published files
-/// are rebuilt from the catalog and the modes fixed.
+/// revision they broke; until then those revisions fail to check out. Misplaced files are
+/// moved, the published files rebuilt from the catalog and the modes fixed.
 #[derive(Args)]
 pub struct VerifyArgs {
     /// Verify only this revision.
     rev: Option<String>,
     /// Forget damaged blobs so that the next capture of their content stores them again, and
-    /// move damaged packs aside (to damaged/) after copying out what is still good; rebuild
-    /// packs/list, refs/ and templates/ from the catalog; fix file modes. Checks the whole
+    /// move damaged packs aside (to damaged/) after copying out what is still good; move
+    /// published directories into public/ and foreign files out of it (to damaged/public/);
+    /// rebuild packs/list, refs/ and templates/ from the catalog; fix file modes. Checks the whole
     /// repository and waits for other aurum commands, like gc.
     #[arg(long, conflicts_with = "rev")]
     repair: bool,
@@ -69,6 +71,17 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
                 Republish::Removed => {
                     println!("removed {}: it named nothing the catalog has", r.file)
                 }
+            }
+        }
+        for m in &report.layout_fixed {
+            match m.problem {
+                Misplacement::OutsidePublic => {
+                    println!("moved {} into {PUBLISHED}/", m.path)
+                }
+                Misplacement::Foreign => {
+                    println!("moved {} aside to damaged/{PUBLISHED}/", m.path)
+                }
+                Misplacement::Format => println!("wrote {}", m.path),
             }
         }
         if let Some((first, _, want)) = report.modes_fixed.first() {

@@ -10,10 +10,12 @@ use super::{human_bytes, human_time, open, print_json, Global};
 
 /// Serve the repository over HTTP to nodes, caches and other masters.
 ///
-/// Serves the repository's static layout (FORMAT, refs/, manifests/, packs/ with HTTP Range)
-/// and a JSON API: /api/v1/images, /api/v1/images/NAME/revisions, /api/v1/nodes, and POST
-/// /api/v1/reports for what nodes report after an update. Nodes can equally update from any
-/// web server or cache holding a copy of the repository; only reports need aurum serve.
+/// Serves the repository's published directory, REPO/public/ (FORMAT, refs/, manifests/,
+/// packs/ with HTTP Range, templates/), at the top of its URLs (/packs/list is
+/// REPO/public/packs/list), and a JSON API: /api/v1/images, /api/v1/images/NAME/revisions,
+/// /api/v1/nodes, and POST /api/v1/reports for what nodes report after an update. Nodes can
+/// equally update from any web server or cache publishing REPO/public/ (or a copy of it);
+/// only reports and deltas need aurum serve.
 /// Logs one line per request on stderr; stops cleanly on SIGTERM or Ctrl-C.
 #[derive(Args)]
 pub struct ServeArgs {
@@ -36,6 +38,8 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block()?;
+    // Opening it brings a repository of an older aurum to the public/ layout served below.
+    drop(open(g)?);
     let serving = aurum::serve::bind(
         &g.repo,
         &a.listen,

@@ -13,8 +13,11 @@ use std::fmt;
 
 use crate::error::{corrupt, Result};
 
-/// Version of the repository layout. Stored in the catalog and in `repo/FORMAT`.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the repository layout. Stored in the catalog and in `repo/FORMAT` (and
+/// `repo/public/FORMAT`). Version 2 moved the published files into `public/`; version 1
+/// repositories are upgraded when opened. The bytes of manifests, packs and indexes did not
+/// change, nor did the URLs a node reads.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A content id: the blake3 hash of the uncompressed bytes of a blob or manifest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

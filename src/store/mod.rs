@@ -63,18 +63,32 @@ pub fn compressible(data: &[u8]) -> bool {
     }
 }
 
-/// `packs/ab/abcd….pack` for a pack id.
+/// The one directory of a repository that a web server may publish: everything a node
+/// reads (`FORMAT`, packs, indexes, manifests, refs, templates, deltas) and nothing else. The
+/// catalog, the lock and `tmp/` lie beside it, so that publishing this directory whole (an
+/// nginx `root`, an rsync to a cache) cannot expose them.
+pub const PUBLISHED: &str = "public";
+
+/// `REPO/public`: see [`PUBLISHED`]. URLs are relative to it (`/packs/list` is
+/// `REPO/public/packs/list`).
+pub fn published(repo: &Path) -> PathBuf {
+    repo.join(PUBLISHED)
+}
+
+/// `public/packs/ab/abcd….pack` for a pack id.
 pub fn pack_path(repo: &Path, id: &Id, ext: &str) -> PathBuf {
     let hex = id.hex();
-    repo.join("packs")
+    published(repo)
+        .join("packs")
         .join(&hex[..2])
         .join(format!("{hex}.{ext}"))
 }
 
-/// `manifests/ab/abcd….mf` for a revision id.
+/// `public/manifests/ab/abcd….mf` for a revision id.
 pub fn manifest_path(repo: &Path, id: &Id) -> PathBuf {
     let hex = id.hex();
-    repo.join("manifests")
+    published(repo)
+        .join("manifests")
         .join(&hex[..2])
         .join(format!("{hex}.mf"))
 }
@@ -117,14 +131,32 @@ fn make_public(f: &File, path: &Path) -> Result<()> {
 /// Writes `data` to `path` atomically: temporary name, fsync, rename, fsync of the directory.
 /// The file is world-readable ([`PUBLIC_FILE`]): everything written this way is published.
 pub fn write_atomic(repo: &Path, path: &Path, data: &[u8]) -> Result<()> {
+    place(repo, path, data, true)
+}
+
+/// [`write_atomic`] without the fsyncs, for derived files whose loss costs nothing but their
+/// recomputation (cached deltas): a crash leaves the old file or the new one, never a torn
+/// one at the name a reader trusts (a torn file would fail its check and be made again).
+pub fn write_cached(repo: &Path, path: &Path, data: &[u8]) -> Result<()> {
+    place(repo, path, data, false)
+}
+
+/// Writes `data` under a temporary name in `tmp/` (never inside [`PUBLISHED`], whose every
+/// file a web server may hand out) and renames it to `path`, world-readable.
+fn place(repo: &Path, path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().expect("store paths have a parent");
     create_public_dir(repo, dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir(repo)).at(tmp_dir(repo))?;
     tmp.write_all(data).at(tmp.path())?;
     make_public(tmp.as_file(), tmp.path())?;
-    tmp.as_file().sync_all().at(tmp.path())?;
+    if durable {
+        tmp.as_file().sync_all().at(tmp.path())?;
+    }
     tmp.persist(path).map_err(|e| e.error).at(path)?;
-    sync_dir(dir)
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 thread_local! {

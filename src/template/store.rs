@@ -55,7 +55,9 @@ pub fn class_of(path: &Path) -> Result<String> {
 
 /// Path of the mirror file of `class`.
 pub fn mirror_path(repo: &Path, class: &str) -> std::path::PathBuf {
-    repo.join("templates").join(format!("{class}.toml"))
+    crate::store::published(repo)
+        .join("templates")
+        .join(format!("{class}.toml"))
 }
 
 /// Checks `text` and saves it as the next version of `class`. Returns `(version, is_new)`.

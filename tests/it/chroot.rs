@@ -470,7 +470,7 @@ fn kept_work_directory_can_be_resumed() {
         })
         .collect()
     };
-    let repo_inodes = inodes(&env.repo().join("packs"));
+    let repo_inodes = inodes(&env.public().join("packs"));
     let tree_inodes = inodes(&Path::new(&dir).join("root"));
     assert!(!tree_inodes.is_empty());
     assert!(tree_inodes.iter().all(|i| !repo_inodes.contains(i)));

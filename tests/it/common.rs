@@ -27,6 +27,12 @@ impl Env {
         self.path("repo")
     }
 
+    /// The repository's published directory, what a web server serves (`/packs/list` is
+    /// `public/packs/list`).
+    pub fn public(&self) -> PathBuf {
+        self.repo().join("public")
+    }
+
     /// The aurum command with --repo set and progress off.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_aurum"));

@@ -77,7 +77,7 @@ enum Kill {
 
 /// Runs getimage and SIGKILLs it as `kill` says; returns its output (it may have finished first).
 fn getimage_killed(env: &Env, src: &Path, image: &str, kill: &Kill) -> std::process::Output {
-    let idx_before = files_with_ext(&env.repo().join("packs"), "idx");
+    let idx_before = files_with_ext(&env.public().join("packs"), "idx");
     let mut child = env
         .cmd(&[
             "getimage",
@@ -95,7 +95,7 @@ fn getimage_killed(env: &Env, src: &Path, image: &str, kill: &Kill) -> std::proc
         Kill::AfterNewPack => {
             let deadline = Instant::now() + Duration::from_secs(120);
             while child.try_wait().expect("poll getimage").is_none() {
-                if files_with_ext(&env.repo().join("packs"), "idx") != idx_before {
+                if files_with_ext(&env.public().join("packs"), "idx") != idx_before {
                     break;
                 }
                 assert!(Instant::now() < deadline, "getimage wrote no pack in 120 s");
@@ -140,7 +140,7 @@ fn killed_captures_leave_the_repository_intact_and_resumable() {
     };
     println!("an uninterrupted capture takes {full:?}");
 
-    let packs_dir = env.repo().join("packs");
+    let packs_dir = env.public().join("packs");
     let mut recorded = 0u64; // revisions of `crash` so far (0, or 1 once a capture won the race)
     let mut interrupted = 0;
     let mut resume_checked = false;
@@ -280,14 +280,14 @@ fn a_pack_left_without_its_index_is_not_leaked() {
     write_random(&donor_src.path().join("data/other.bin"), 22, 200_000);
     let donor = Env::new();
     donor.getimage(donor_src.path(), "img", &[]);
-    let donor_packs = files_with_ext(&donor.repo().join("packs"), "pack");
+    let donor_packs = files_with_ext(&donor.public().join("packs"), "pack");
     assert_eq!(donor_packs.len(), 1, "{donor_packs:?}");
 
     let env = Env::new();
-    let packs_dir = env.repo().join("packs");
+    let packs_dir = env.public().join("packs");
     let orphan = packs_dir.join(
         donor_packs[0]
-            .strip_prefix(donor.repo().join("packs"))
+            .strip_prefix(donor.public().join("packs"))
             .unwrap(),
     );
     fs::create_dir_all(orphan.parent().unwrap()).unwrap();
@@ -366,11 +366,11 @@ fn a_damaged_blob_is_reported_and_never_installed() {
     assert_eq!(rev_of(&out), "img@1", "{out}");
     env.ok(&["verify"]);
 
-    let packs = files_with_ext(&env.repo().join("packs"), "pack");
+    let packs = files_with_ext(&env.public().join("packs"), "pack");
     assert!(
         !packs.is_empty(),
         "no pack file under {}",
-        env.repo().join("packs").display()
+        env.public().join("packs").display()
     );
     let biggest = packs
         .iter()
@@ -505,7 +505,7 @@ fn gc_after_rmimage_frees_unique_content_and_keeps_shared_content() {
         .collect();
     assert_eq!(names, ["keep"]);
 
-    let packs_dir = env.repo().join("packs");
+    let packs_dir = env.public().join("packs");
     let before = files_with_ext(&packs_dir, "pack");
     assert_eq!(before.len(), 3, "one pack per capture: {before:?}");
     let size_before = total_size(&before);
@@ -625,7 +625,7 @@ fn verify_finds_and_repairs_a_damaged_index() {
     let src = env.path("g");
     write_random(&src.join("lib.bin"), 9, 300_000);
     env.getimage(&src, "g", &[]);
-    let idx = files_with_ext(&env.repo().join("packs"), "idx");
+    let idx = files_with_ext(&env.public().join("packs"), "idx");
     assert_eq!(idx.len(), 1);
     let mut bytes = fs::read(&idx[0]).unwrap();
     bytes[20] ^= 1;
@@ -658,7 +658,7 @@ fn verify_repair_lets_a_new_capture_mend_a_damaged_revision() {
         src.display()
     ));
     assert_eq!(rev_of(&env.getimage(&src, "img", &[])), "img@1");
-    let packs = files_with_ext(&env.repo().join("packs"), "pack");
+    let packs = files_with_ext(&env.public().join("packs"), "pack");
     let biggest = packs
         .iter()
         .max_by_key(|p| fs::metadata(p).unwrap().len())
@@ -843,7 +843,7 @@ fn a_failed_checkout_leaves_no_half_written_files() {
         write_random(&src.join(format!("etc/small{i}")), 100 + i, 2000);
     }
     env.getimage(&src, "img", &[]);
-    let packs = files_with_ext(&env.repo().join("packs"), "pack");
+    let packs = files_with_ext(&env.public().join("packs"), "pack");
     damage_pack(
         packs
             .iter()

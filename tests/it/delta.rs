@@ -69,7 +69,7 @@ fn update(srv: &Server, node: &Path, rev: &str) -> serde_json::Value {
 
 fn delta_files(repo: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Ok(dirs) = std::fs::read_dir(repo.join("deltas")) {
+    if let Ok(dirs) = std::fs::read_dir(repo.join("public/deltas")) {
         for d in dirs {
             for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
                 let f = f.unwrap().path();

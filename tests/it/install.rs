@@ -236,7 +236,7 @@ fn shipped_templates_pass_check_and_are_seeded() {
         let shown = env.ok(&["template", "show", class]);
         assert!(shown.ends_with(&fs::read_to_string(f).unwrap()), "{class}");
         assert_eq!(
-            fs::read_to_string(env.repo().join(format!("templates/{class}.toml"))).unwrap(),
+            fs::read_to_string(env.public().join(format!("templates/{class}.toml"))).unwrap(),
             fs::read_to_string(f).unwrap()
         );
     }
@@ -504,7 +504,7 @@ fn install_same_class_on_13_and_22_gib() {
     let api = http_get(&format!("http://{}/api/v1/templates/{class}", server.addr));
     assert_eq!(
         api,
-        fs::read_to_string(env.repo().join(format!("templates/{class}.toml"))).unwrap()
+        fs::read_to_string(env.public().join(format!("templates/{class}.toml"))).unwrap()
     );
     drop(server);
     detached(&d22);

@@ -71,7 +71,7 @@ impl Web {
         let (hits, portfile) = (dir.join("hits"), dir.join("port"));
         let child = Command::new("python3")
             .arg(&script)
-            .arg(env.repo())
+            .arg(env.public())
             .args([packs, deltas])
             .arg(&hits)
             .arg(&portfile)

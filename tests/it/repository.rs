@@ -96,7 +96,7 @@ fn references_listings_and_tags() {
     assert_eq!(json[0]["parent"], json[1]["id"]);
 
     // Refs mirror the catalog for static clients.
-    let refs = env.repo().join("refs/compute");
+    let refs = env.public().join("refs/compute");
     assert_eq!(
         std::fs::read_to_string(refs.join("head"))
             .unwrap()
@@ -137,8 +137,8 @@ fn cpimage_mvimage_rmimage() {
     env.ok(&["mvimage", "compute-test", "login"]);
     assert!(env.ok(&["show", "login:production"]).contains("login@1"));
     env.fails(&["show", "compute-test"], 2);
-    assert!(env.repo().join("refs/login/tags/production").exists());
-    assert!(!env.repo().join("refs/compute-test").exists());
+    assert!(env.public().join("refs/login/tags/production").exists());
+    assert!(!env.public().join("refs/compute-test").exists());
     let err = env.fails(&["rmimage", "login"], 2);
     assert!(err.contains("has tags") && err.contains("--force"), "{err}");
     env.ok(&["rmimage", "login", "--force"]);
@@ -379,7 +379,7 @@ fn checkout_refuses_a_non_empty_directory_and_init_twice() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
-    assert!(!src.join("aurum.db").exists() && !src.join("packs").exists());
+    assert!(!src.join("aurum.db").exists() && !src.join("public").exists());
     let _ = rsync_diff;
 }
 

@@ -236,7 +236,7 @@ fn a_plain_web_server_is_enough() {
             &port.to_string(),
             "--directory",
         ])
-        .arg(env.repo())
+        .arg(env.public())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -284,7 +284,7 @@ fn a_server_sending_wrong_bytes_changes_nothing() {
     let node = node_at(&env, "node", "c@1");
     // Damage every pack written by the second capture (the newest files).
     let mut packs: Vec<PathBuf> = Vec::new();
-    for d in std::fs::read_dir(env.repo().join("packs")).unwrap() {
+    for d in std::fs::read_dir(env.public().join("packs")).unwrap() {
         let d = d.unwrap().path();
         if d.is_dir() {
             for f in std::fs::read_dir(&d).unwrap() {
@@ -303,7 +303,7 @@ fn a_server_sending_wrong_bytes_changes_nothing() {
     }
     std::fs::write(newest, data).unwrap();
     // The deltas precomputed at capture would rebuild the files without the damaged pack.
-    let _ = std::fs::remove_dir_all(env.repo().join("deltas"));
+    let _ = std::fs::remove_dir_all(env.public().join("deltas"));
     let srv = Server::start(&env);
     let o = aurum(&[
         "updateclient",
@@ -484,14 +484,14 @@ fn publish_raw_manifest(env: &Env, name: &str, m: &aurum::format::manifest::Mani
     let raw = m.encode();
     let id = aurum::format::Id::of(&raw);
     let hex = id.hex();
-    let dir = env.repo().join("manifests").join(&hex[..2]);
+    let dir = env.public().join("manifests").join(&hex[..2]);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join(format!("{hex}.mf")),
         zstd::bulk::compress(&raw, 3).unwrap(),
     )
     .unwrap();
-    let refs = env.repo().join("refs").join(name);
+    let refs = env.public().join("refs").join(name);
     std::fs::create_dir_all(&refs).unwrap();
     std::fs::write(refs.join("head"), format!("{hex}\n")).unwrap();
     hex

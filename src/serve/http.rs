@@ -441,6 +441,9 @@ impl Conn {
     /// Sends what is pending, answers every complete request received, reads what has
     /// arrived; until the socket would block one way or the other.
     fn drive<H: Handler>(&mut self, handler: &mut H, stalled: Duration, line: &mut String) -> Next {
+        // A read that did not fill its buffer emptied the socket: instead of another read
+        // that would fail with EAGAIN, the connection is parked (re-arming it re-checks).
+        let mut drained = false;
         loop {
             match self.flush(stalled) {
                 Ok(true) if self.close => return Next::Close,
@@ -457,6 +460,9 @@ impl Conn {
             if self.buf.len() >= MAX_HEAD + MAX_BODY as usize {
                 return Next::Close;
             }
+            if drained {
+                return Next::Read;
+            }
             let was_empty = self.buf.is_empty();
             let at = self.buf.len();
             self.buf.resize(at + READ_CHUNK, 0);
@@ -464,7 +470,8 @@ impl Conn {
             self.buf.truncate(at + *r.as_ref().unwrap_or(&0));
             match r {
                 Ok(0) => return Next::Close,
-                Ok(_) => {
+                Ok(n) => {
+                    drained = n < READ_CHUNK;
                     // A head has the stall timeout from its first byte; a body from its
                     // last.
                     if was_empty || self.in_body {

@@ -108,6 +108,15 @@ fn repo_with_an_image(env: &Env) {
     env.getimage(&src, "img", &[]);
 }
 
+/// A server for a repository with an image, and one of its packs (URL path and bytes).
+fn serving_a_pack() -> (Env, Server, String, Vec<u8>) {
+    let env = Env::new();
+    repo_with_an_image(&env);
+    let srv = Server::start(&env);
+    let (pack, bytes) = a_pack(&env);
+    (env, srv, pack, bytes)
+}
+
 #[test]
 fn serves_the_static_layout_with_ranges() {
     let env = Env::new();
@@ -247,10 +256,7 @@ fn api_lists_images_and_records_node_reports() {
 
 #[test]
 fn sixteen_clients_at_once_get_exact_bytes() {
-    let env = Env::new();
-    repo_with_an_image(&env);
-    let srv = Server::start(&env);
-    let (pack, bytes) = a_pack(&env);
+    let (_env, srv, pack, bytes) = serving_a_pack();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)
             .map(|i| {
@@ -334,10 +340,7 @@ fn stops_cleanly_on_sigterm() {
 /// validator gets a 304.
 #[test]
 fn issue23_ranges_and_validators_follow_rfc_9110() {
-    let env = Env::new();
-    repo_with_an_image(&env);
-    let srv = Server::start(&env);
-    let (pack, bytes) = a_pack(&env);
+    let (env, srv, pack, bytes) = serving_a_pack();
     let n = bytes.len();
     let (st, h, _) = http(
         &srv.addr,

@@ -646,7 +646,13 @@ impl Conn {
                             "the file shrank while it was being sent",
                         ))
                     }
-                    Ok(_) => self.deadline = Instant::now() + stalled,
+                    Ok(n) => {
+                        self.deadline = Instant::now() + stalled;
+                        if n < count {
+                            // The socket is full: wait for room rather than fail a call.
+                            return Ok(false);
+                        }
+                    }
                     Err(Errno::EAGAIN) => return Ok(false),
                     Err(Errno::EINTR) => {}
                     Err(e) => return Err(e.into()),

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::signal::{SigHandler, Signal};
 use nix::sys::socket::MsgFlags;
 
 use crate::error::{Error, Result};
@@ -260,6 +261,10 @@ pub(crate) fn run<H: Handler>(
     stop: &AtomicBool,
     handler: impl Fn() -> H + Sync,
 ) -> Result<()> {
+    // `sendfile` has no MSG_NOSIGNAL: a node that goes away mid-answer would kill the server
+    // with SIGPIPE (the binary restores its default action for the sake of pipelines).
+    // SAFETY: SIG_IGN installs no handler.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map_err(errno)?;
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno)?;
     epoll

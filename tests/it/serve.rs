@@ -317,6 +317,27 @@ fn hung_clients_do_not_block_the_server() {
     drop(hung);
 }
 
+/// Nodes that go away in the middle of a pack (a reboot, a killed update) must not stop the
+/// server: `sendfile` to a closed connection raises SIGPIPE.
+#[test]
+fn clients_that_go_away_mid_answer_do_not_stop_the_server() {
+    let env = Env::new();
+    let src = env.path("g");
+    write_random(&src.join("big.bin"), 12, 24 << 20);
+    env.getimage(&src, "img", &[]);
+    let srv = Server::start(&env);
+    let (pack, _) = a_pack(&env);
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(&srv.addr).unwrap();
+        let req = format!("GET {pack} HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr);
+        s.write_all(req.as_bytes()).unwrap();
+        let mut some = [0u8; 4096];
+        s.read_exact(&mut some).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(http(&srv.addr, "GET", "/FORMAT", &[], b"").0, 200);
+}
+
 #[test]
 fn stops_cleanly_on_sigterm() {
     let env = Env::new();

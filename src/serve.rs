@@ -13,34 +13,35 @@
 //! fetch packs at once. Immutable files (packs, indexes, manifests: all named by their hash)
 //! are marked cacheable forever; refs and `packs/list` must be revalidated.
 
+mod http;
+
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
-
+use self::http::{Handler, Method, Reply, Request};
 use crate::catalog::{Catalog, NodeReport};
 use crate::error::{invalid, Error, Result};
 
 /// The port `aurum serve` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 8035;
 /// Largest report body accepted.
-const MAX_BODY: u64 = 64 << 10;
+const MAX_BODY: usize = 64 << 10;
 /// Largest delta request accepted (512 records with 255 bases each).
-const MAX_DELTA_BODY: u64 = (crate::delta::MAX_BATCH as u64) * (33 + 255 * 32);
+const MAX_DELTA_BODY: usize = crate::delta::MAX_BATCH * (33 + 255 * 32);
+const _: () = assert!(MAX_DELTA_BODY as u64 <= http::MAX_BODY);
 
-/// A running server.
+/// A bound listening socket, not yet answering.
 pub struct Serving {
-    server: Arc<Server>,
+    listener: TcpListener,
+    stalled: Duration,
     pub addr: SocketAddr,
 }
 
-/// Binds `listen` for the repository at `root`; connections that stall for `stalled` are
-/// dropped.
+/// Binds `listen` for the repository at `root`; connections that stall for `stalled` (a
+/// request head not complete, an idle kept-alive connection, an answer not read) are closed.
 pub fn bind(root: &Path, listen: &str, stalled: Duration) -> Result<Serving> {
     if !root.join("FORMAT").exists() {
         return Err(Error::NotFound(format!(
@@ -48,126 +49,134 @@ pub fn bind(root: &Path, listen: &str, stalled: Duration) -> Result<Serving> {
             root.display()
         )));
     }
-    let listener = std::net::TcpListener::bind(listen)
+    let listener = TcpListener::bind(listen)
         .map_err(|e| invalid(format!("cannot listen on {listen}: {e}")))?;
-    // Connections accepted from this socket inherit its send timeout (Linux copies it at
-    // accept): a node that stops reading its answer frees the answering thread after
-    // `stalled` instead of holding it for ever. A slow node that keeps reading never hits it.
-    // (Not the receive timeout: on a listening socket that one times accept() out, and the
-    // server would stop accepting after `stalled` without a connection. Half-sent request
-    // heads wait on tiny_http's per-connection threads, not on the answering ones.)
-    for opt in [libc::SO_SNDTIMEO] {
-        let tv = libc::timeval {
-            tv_sec: stalled.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt on a socket we own, with a timeval of the right size.
-        let r = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&listener),
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(Error::Os(std::io::Error::last_os_error()));
-        }
-    }
-    let server = Server::from_listener(listener, None)
-        .map_err(|e| invalid(format!("cannot listen on {listen}: {e}")))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| invalid(format!("{listen} is not an IP address and port")))?;
+    let addr = listener.local_addr()?;
     Ok(Serving {
-        server: Arc::new(server),
+        listener,
+        stalled,
         addr,
     })
 }
 
 impl Serving {
-    /// Answers requests on `threads` threads until `stop` is set; returns once they are done.
+    /// Answers requests on `threads` threads until `stop` is set; returns once the answers
+    /// being sent are done.
     pub fn run(self, root: &Path, threads: usize, stop: &AtomicBool) -> Result<()> {
-        std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
-                let server = self.server.clone();
-                s.spawn(move || {
-                    let mut catalog: Option<Catalog> = None;
-                    while !stop.load(Ordering::Relaxed) {
-                        match server.recv_timeout(Duration::from_millis(200)) {
-                            Ok(Some(rq)) => handle(root, &mut catalog, rq),
-                            Ok(None) => {}
-                            Err(e) => log::warn!("receiving a request: {e}"),
-                        }
-                    }
-                });
-            }
-        });
-        Ok(())
+        http::run(self.listener, threads, self.stalled, stop, || Worker {
+            root,
+            catalog: None,
+        })
     }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
+/// What one server thread keeps between requests: its catalog connection, opened on the
+/// first request that needs it.
+struct Worker<'a> {
+    root: &'a Path,
+    catalog: Option<Catalog>,
 }
 
-fn json_response<T: serde::Serialize>(v: &T) -> Response<std::io::Cursor<Vec<u8>>> {
-    let body = serde_json::to_vec_pretty(v).expect("serialisable");
-    Response::from_data(body).with_header(header("Content-Type", "application/json"))
-}
-
-fn text(status: u16, msg: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_string(format!("{msg}\n"))
-        .with_status_code(StatusCode(status))
-        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
-}
-
-/// One request: route it, answer it, log it.
-fn handle(root: &Path, catalog: &mut Option<Catalog>, mut rq: Request) {
-    let method = rq.method().clone();
-    let url = rq.url().to_string();
-    let path = url.split('?').next().unwrap_or("").to_string();
-    let peer = rq
-        .remote_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "-".into());
-    if let Some(mac) = boot_mac(&method, &path) {
-        let (status, bytes) = boot(root, catalog, mac, rq);
-        eprintln!("{peer} {method} {url} {status} {bytes}");
-        return;
+impl Worker<'_> {
+    fn catalog(&mut self) -> Result<&mut Catalog> {
+        if self.catalog.is_none() {
+            self.catalog = Some(Catalog::open(&self.root.join("aurum.db"))?);
+        }
+        Ok(self.catalog.as_mut().expect("opened above"))
     }
-    let (status, bytes, result) = if let Some(api) = path.strip_prefix("/api/v1/") {
-        let r = api_response(root, catalog, &method, api, &peer, &mut rq);
-        let (status, body) = match r {
-            Ok(resp) => (resp.status_code().0, resp),
-            Err(e) => {
+}
+
+impl Handler for Worker<'_> {
+    /// One request: route it and answer it (the engine logs it).
+    fn handle(&mut self, rq: &Request, reply: &mut Reply) {
+        let path = rq.path();
+        if let Some(mac) = boot_mac(rq.method, path) {
+            let host = rq.header("Host");
+            let answer = match boot_response(self, mac, host) {
+                Ok(script) => Answer::new(200, TEXT, script.into_bytes()),
+                Err(e) => Answer::new(
+                    500,
+                    TEXT,
+                    format!("#!ipxe\necho aurum: {e:#}\nsleep 10\nexit\n").into_bytes(),
+                ),
+            };
+            return answer.header("Cache-Control", "no-store").send(reply);
+        }
+        if let Some(api) = path.strip_prefix("/api/v1/") {
+            let answer = api_response(self, rq, api).unwrap_or_else(|e| {
                 let code = match e {
                     Error::NotFound(_) => 404,
                     Error::Invalid(_) => 400,
                     _ => 500,
                 };
-                (code, text(code, &format!("{e:#}")))
-            }
-        };
-        let len = body.data_length().unwrap_or(0) as u64;
-        (status, len, rq.respond(body))
-    } else {
-        match static_file(root, &method, &path, &rq) {
-            Ok((status, len, resp)) => (status, len, rq.respond(resp)),
-            Err((code, msg)) => (code, 0, rq.respond(text(code, &msg))),
+                text(code, &format!("{e:#}"))
+            });
+            return answer.send(reply);
         }
-    };
-    if let Err(e) = result {
-        log::debug!("{peer} went away: {e}");
+        if let Err((code, msg)) = static_file(self.root, rq, reply) {
+            let answer = text(code, &msg);
+            match code {
+                405 => answer.header("Allow", "GET, HEAD"),
+                _ => answer,
+            }
+            .send(reply)
+        }
     }
-    eprintln!("{peer} {method} {url} {status} {bytes}");
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// An answer made in memory: the API, boot scripts, errors.
+struct Answer {
+    status: u16,
+    content_type: &'static str,
+    extra: Option<(&'static str, &'static str)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Answer {
+        Answer {
+            status,
+            content_type,
+            extra: None,
+            body,
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: &'static str) -> Answer {
+        self.extra = Some((name, value));
+        self
+    }
+
+    fn send(self, reply: &mut Reply) {
+        reply.status(self.status);
+        if self.status != 204 {
+            reply.header("Content-Type", self.content_type);
+        }
+        if let Some((name, value)) = self.extra {
+            reply.header(name, value);
+        }
+        reply.bytes(&self.body);
+    }
+}
+
+fn json_answer<T: serde::Serialize>(v: &T) -> Answer {
+    let body = serde_json::to_vec_pretty(v).expect("serialisable");
+    Answer::new(200, "application/json", body)
+}
+
+fn text(status: u16, msg: &str) -> Answer {
+    Answer::new(status, TEXT, format!("{msg}\n").into_bytes())
+}
+
+fn no_content() -> Answer {
+    Answer::new(204, "", Vec::new())
 }
 
 /// The MAC of a `GET /boot/MAC.ipxe`.
-fn boot_mac<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
-    if *method != Method::Get && *method != Method::Head {
+fn boot_mac(method: Method, path: &str) -> Option<&str> {
+    if method != Method::Get && method != Method::Head {
         return None;
     }
     path.strip_prefix("/boot/")
@@ -175,42 +184,13 @@ fn boot_mac<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
         .filter(|m| !m.contains('/'))
 }
 
-/// Answers `GET /boot/MAC.ipxe`; returns the status and length sent.
-fn boot(root: &Path, catalog: &mut Option<Catalog>, mac: &str, rq: Request) -> (u16, u64) {
-    let host = rq
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Host"))
-        .map(|h| h.value.as_str().to_string());
-    let (status, body) = match boot_response(root, catalog, mac, host.as_deref()) {
-        Ok(script) => (200, script),
-        Err(e) => (500, format!("#!ipxe\necho aurum: {e:#}\nsleep 10\nexit\n")),
-    };
-    let resp = Response::from_string(body)
-        .with_status_code(StatusCode(status))
-        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
-        .with_header(header("Cache-Control", "no-store"));
-    let len = resp.data_length().unwrap_or(0) as u64;
-    if let Err(e) = rq.respond(resp) {
-        log::debug!("went away: {e}");
-    }
-    (status, len)
-}
-
 /// The per-node iPXE script for `mac` (any spelling; iPXE sends `${mac}` with colons), from
 /// the node database. `host` is the Host header: the address the node reached us at, which is
 /// where its kernel, initramfs and installer must come from too. An unknown MAC gets a script
 /// that says so on the node's console and falls through to the next boot device.
-fn boot_response(
-    root: &Path,
-    catalog: &mut Option<Catalog>,
-    mac: &str,
-    host: Option<&str>,
-) -> Result<String> {
-    if catalog.is_none() {
-        *catalog = Some(Catalog::open(&root.join("aurum.db"))?);
-    }
-    let cat = catalog.as_mut().expect("opened above");
+fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String> {
+    let root = w.root;
+    let cat = w.catalog()?;
     // iPXE escapes the colons of `${mac}` in URLs (`52%3A54%3A...`).
     let mac = crate::nodedb::normalise_mac(&mac.replace("%3A", ":").replace("%3a", ":"))?;
     let Some(node) = cat.inventory_node(&mac)? else {
@@ -264,34 +244,22 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
     Ok(())
 }
 
-fn api_response(
-    root: &Path,
-    catalog: &mut Option<Catalog>,
-    method: &Method,
-    api: &str,
-    peer: &str,
-    rq: &mut Request,
-) -> Result<Response<std::io::Cursor<Vec<u8>>>> {
-    if catalog.is_none() {
-        *catalog = Some(Catalog::open(&root.join("aurum.db"))?);
-    }
-    let cat = catalog.as_mut().expect("opened above");
+fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
+    let root = w.root;
+    let cat = w.catalog()?;
     let parts: Vec<&str> = api.trim_end_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        (Method::Get, ["images"]) => Ok(json_response(&cat.images()?)),
+    let body = rq.body;
+    match (rq.method, parts.as_slice()) {
+        (Method::Get, ["images"]) => Ok(json_answer(&cat.images()?)),
         (Method::Get, ["images", name, "revisions"]) => {
             if !cat.image_exists(name)? {
                 return Err(Error::NotFound(format!("no image `{name}`")));
             }
-            Ok(json_response(&cat.revisions(name)?))
+            Ok(json_answer(&cat.revisions(name)?))
         }
-        (Method::Get, ["nodes"]) => Ok(json_response(&cat.nodes()?)),
+        (Method::Get, ["nodes"]) => Ok(json_answer(&cat.nodes()?)),
         (Method::Post, ["deltas"]) => {
-            let mut body = Vec::new();
-            rq.as_reader()
-                .take(MAX_DELTA_BODY + 1)
-                .read_to_end(&mut body)?;
-            if body.len() as u64 > MAX_DELTA_BODY {
+            if body.len() > MAX_DELTA_BODY {
                 return Err(invalid("delta request too large"));
             }
             let repo = crate::repo::Repository::open(root, crate::repo::Lock::Shared)?;
@@ -299,42 +267,40 @@ fn api_response(
                 root,
                 blobs: repo.blobs()?,
             };
-            let answer = crate::delta::answer(&crate::delta::Cache::new(root), &blobs, &body)?;
-            Ok(Response::from_data(answer)
-                .with_header(header("Content-Type", "application/octet-stream")))
+            let answer = crate::delta::answer(&crate::delta::Cache::new(root), &blobs, body)?;
+            Ok(Answer::new(200, "application/octet-stream", answer))
         }
-        (Method::Get, ["templates"]) => Ok(json_response(&cat.templates()?)),
+        (Method::Get, ["templates"]) => Ok(json_answer(&cat.templates()?)),
         (Method::Get, ["templates", class]) => {
             let t = cat
                 .template(class, None)?
                 .ok_or_else(|| Error::NotFound(format!("no template for class `{class}`")))?;
-            Ok(Response::from_data(t.text.into_bytes())
-                .with_header(header("Content-Type", "application/toml; charset=utf-8")))
+            Ok(Answer::new(
+                200,
+                "application/toml; charset=utf-8",
+                t.text.into_bytes(),
+            ))
         }
         (Method::Post, ["install", node]) => {
-            let mut body = Vec::new();
-            rq.as_reader().take(MAX_BODY + 1).read_to_end(&mut body)?;
-            if body.len() as u64 > MAX_BODY {
+            if body.len() > MAX_BODY {
                 return Err(invalid("report too large"));
             }
-            install_phase(cat, node, &body, peer)?;
-            Ok(Response::from_data(Vec::new()).with_status_code(StatusCode(204)))
+            install_phase(cat, node, body, &rq.peer.to_string())?;
+            Ok(no_content())
         }
         (Method::Post, ["reports"]) => {
-            let mut body = Vec::new();
-            rq.as_reader().take(MAX_BODY + 1).read_to_end(&mut body)?;
-            if body.len() as u64 > MAX_BODY {
+            if body.len() > MAX_BODY {
                 return Err(invalid("report too large"));
             }
-            let report: NodeReport = serde_json::from_slice(&body)
+            let report: NodeReport = serde_json::from_slice(body)
                 .map_err(|e| invalid(format!("not a node report: {e}")))?;
             crate::repo::check_name("host", &report.hostname)?;
-            cat.record_report(&report, Some(peer))?;
-            Ok(Response::from_data(Vec::new()).with_status_code(StatusCode(204)))
+            cat.record_report(&report, Some(&rq.peer.to_string()))?;
+            Ok(no_content())
         }
         (_, parts) => match endpoint_method(parts) {
             Some(allowed) => Ok(text(405, &format!("/api/v1/{api} answers {allowed} only"))
-                .with_header(header("Allow", allowed))),
+                .header("Allow", allowed)),
             None => Err(Error::NotFound(format!("no API endpoint /api/v1/{api}"))),
         },
     }
@@ -371,85 +337,208 @@ fn static_path(root: &Path, path: &str) -> Option<PathBuf> {
     Some(crate::store::published(root).join(rel))
 }
 
-type FileResponse = Response<std::io::Take<File>>;
+/// What a `Range` header asks of a file of a given size (RFC 9110, 14.2).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeAsk {
+    /// No usable range: the whole file, `200`. A range in another unit, a malformed one and
+    /// several ranges at once (which nodes never ask for) are ignored, as the RFC allows.
+    Whole,
+    /// Bytes `start..=end`, `206`.
+    Part(u64, u64),
+    /// A range that starts past the end, `416` with `Content-Range: bytes */SIZE`.
+    Unsatisfiable,
+}
 
-/// A static file, whole or the one byte range asked for.
+/// Parses one `bytes=A-B`, `bytes=A-` or `bytes=-N` range against a file of `size` bytes.
+pub fn parse_range(spec: &str, size: u64) -> RangeAsk {
+    let Some(r) = spec.trim().strip_prefix("bytes=") else {
+        return RangeAsk::Whole;
+    };
+    if r.contains(',') {
+        return RangeAsk::Whole;
+    }
+    let Some((a, b)) = r.split_once('-') else {
+        return RangeAsk::Whole;
+    };
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (a.trim(), b.trim()) {
+        ("", n) => match num(n) {
+            Some(n) if n > 0 && size > 0 => RangeAsk::Part(size.saturating_sub(n), size - 1),
+            Some(_) => RangeAsk::Unsatisfiable,
+            None => RangeAsk::Whole,
+        },
+        (a, b) => {
+            let Some(start) = num(a) else {
+                return RangeAsk::Whole;
+            };
+            let end = match b {
+                "" => u64::MAX,
+                b => match num(b) {
+                    Some(end) if end >= start => end,
+                    _ => return RangeAsk::Whole,
+                },
+            };
+            if start >= size {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part(start, end.min(size - 1))
+            }
+        }
+    }
+}
+
+/// A file's validators: its `ETag` (nginx's form: modification time and size in hex) and
+/// its `Last-Modified`, both in whole seconds.
+struct Validators {
+    mtime: u64,
+    size: u64,
+}
+
+impl Validators {
+    fn of(meta: &std::fs::Metadata) -> Validators {
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        Validators {
+            mtime,
+            size: meta.len(),
+        }
+    }
+
+    fn etag(&self) -> impl std::fmt::Display + '_ {
+        struct Tag<'a>(&'a Validators);
+        impl std::fmt::Display for Tag<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "\"{:x}-{:x}\"", self.0.mtime, self.0.size)
+            }
+        }
+        Tag(self)
+    }
+
+    fn last_modified(&self) -> httpdate::HttpDate {
+        httpdate::HttpDate::from(UNIX_EPOCH + Duration::from_secs(self.mtime))
+    }
+
+    /// Whether an entity tag names this version; `weak` allows a `W/` tag (If-None-Match).
+    fn is_tag(&self, tag: &str, weak: bool) -> bool {
+        let tag = match tag.strip_prefix("W/") {
+            Some(t) if weak => t,
+            Some(_) => return false,
+            None => tag,
+        };
+        let parts = tag
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .and_then(|t| t.split_once('-'));
+        parts.is_some_and(|(m, s)| {
+            u64::from_str_radix(m, 16) == Ok(self.mtime)
+                && u64::from_str_radix(s, 16) == Ok(self.size)
+        })
+    }
+
+    /// Seconds since the epoch of an HTTP date, if it is one.
+    fn date(value: &str) -> Option<u64> {
+        let t: SystemTime = httpdate::parse_http_date(value).ok()?;
+        t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+    }
+
+    /// `If-None-Match` / `If-Modified-Since` (RFC 9110, 13.1.2-3): the client's copy is current.
+    fn not_modified(&self, rq: &Request) -> bool {
+        match rq.header("If-None-Match") {
+            Some(tags) => tags
+                .split(',')
+                .any(|t| t.trim() == "*" || self.is_tag(t.trim(), true)),
+            None => rq
+                .header("If-Modified-Since")
+                .and_then(Validators::date)
+                .is_some_and(|since| self.mtime <= since),
+        }
+    }
+
+    /// `If-Range` (RFC 9110, 13.1.5): the range applies only if the client's validator is
+    /// this version's, compared strongly (an entity tag) or exactly (a date).
+    fn range_applies(&self, rq: &Request) -> bool {
+        match rq.header("If-Range") {
+            None => true,
+            Some(v) if v.starts_with('"') || v.starts_with("W/") => self.is_tag(v, false),
+            Some(v) => Validators::date(v) == Some(self.mtime),
+        }
+    }
+}
+
+/// Answers a static file, whole or the byte range asked for; an error is the status and
+/// message to answer instead.
 fn static_file(
     root: &Path,
-    method: &Method,
-    path: &str,
     rq: &Request,
-) -> std::result::Result<(u16, u64, FileResponse), (u16, String)> {
-    if *method != Method::Get && *method != Method::Head {
-        return Err((405, format!("{method} is not served here")));
+    reply: &mut Reply,
+) -> std::result::Result<(), (u16, String)> {
+    let path = rq.path();
+    if rq.method != Method::Get && rq.method != Method::Head {
+        return Err((405, format!("{} is not served here", rq.method_name)));
     }
     let file_path = static_path(root, path).ok_or((404, format!("{path} is not served here")))?;
-    let mut file = File::open(&file_path).map_err(|_| (404, format!("{path} not found")))?;
+    let file = File::open(&file_path).map_err(|_| (404, format!("{path} not found")))?;
     let meta = file.metadata().map_err(|e| (500, e.to_string()))?;
     if !meta.is_file() {
         return Err((404, format!("{path} is not a file")));
     }
     let size = meta.len();
+    let v = Validators::of(&meta);
     let immutable = path.ends_with(".pack") || path.ends_with(".idx") || path.ends_with(".mf");
-    let mut headers = vec![
-        header("Accept-Ranges", "bytes"),
-        header("Content-Type", "application/octet-stream"),
-        header(
-            "Cache-Control",
-            if immutable {
-                "public, max-age=31536000, immutable"
-            } else {
-                "no-cache"
-            },
-        ),
-    ];
-    let range = rq
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Range"))
-        .map(|h| h.value.as_str().to_string());
-    let (status, start, len) = match range {
-        None => (200, 0, size),
-        Some(r) => match parse_range(&r, size) {
-            Some((a, b)) => {
-                headers.push(header("Content-Range", &format!("bytes {a}-{b}/{size}")));
-                (206, a, b - a + 1)
-            }
-            None => {
-                return Err((416, format!("range {r} is not satisfiable (size {size})")));
-            }
-        },
+    let cache = if immutable {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
     };
-    file.seek(SeekFrom::Start(start))
-        .map_err(|e| (500, e.to_string()))?;
-    // A known length, never chunked: caches and range clients want Content-Length.
-    let resp = Response::new(
-        StatusCode(status),
-        headers,
-        file.take(len),
-        Some(len as usize),
-        None,
-    )
-    .with_chunked_threshold(usize::MAX);
-    Ok((status, len, resp))
-}
-
-/// Parses one `bytes=A-B`, `bytes=A-` or `bytes=-N` range into inclusive offsets.
-pub fn parse_range(spec: &str, size: u64) -> Option<(u64, u64)> {
-    let r = spec.trim().strip_prefix("bytes=")?;
-    if r.contains(',') || size == 0 {
-        return None;
+    if v.not_modified(rq) {
+        reply
+            .status(304)
+            .header("ETag", v.etag())
+            .header("Cache-Control", cache);
+        reply.bytes(b"");
+        return Ok(());
     }
-    let (a, b) = r.split_once('-')?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().ok()?;
-            (size.saturating_sub(n), size - 1)
-        }
-        (a, "") => (a.parse().ok()?, size - 1),
-        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(size - 1)),
+    let ask = match rq.header("Range") {
+        Some(r) if v.range_applies(rq) => parse_range(r, size),
+        _ => RangeAsk::Whole,
     };
-    (start <= end && start < size).then_some((start, end))
+    let (start, len) = match ask {
+        RangeAsk::Whole => {
+            reply.status(200);
+            (0, size)
+        }
+        RangeAsk::Part(a, b) => {
+            reply
+                .status(206)
+                .header("Content-Range", format_args!("bytes {a}-{b}/{size}"));
+            (a, b - a + 1)
+        }
+        RangeAsk::Unsatisfiable => {
+            let msg = format!("{path}: the range asked for is past its end (size {size})\n");
+            reply
+                .status(416)
+                .header("Content-Range", format_args!("bytes */{size}"))
+                .header("Content-Type", TEXT);
+            reply.bytes(msg.as_bytes());
+            return Ok(());
+        }
+    };
+    reply
+        .header("Accept-Ranges", "bytes")
+        .header("Content-Type", "application/octet-stream")
+        .header("Cache-Control", cache)
+        .header("ETag", v.etag())
+        .header("Last-Modified", v.last_modified());
+    reply
+        .file(file, start, len)
+        .map_err(|e| (500, format!("{path}: {e}")))
 }
 
 #[cfg(test)]
@@ -458,13 +547,20 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
-        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
-        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 99)));
-        assert_eq!(parse_range("bytes=100-", 100), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
+        use RangeAsk::*;
+        assert_eq!(parse_range("bytes=0-9", 100), Part(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), Part(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Part(90, 99));
+        assert_eq!(parse_range("bytes=-200", 100), Part(0, 99));
+        assert_eq!(parse_range("bytes=95-200", 100), Part(95, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        // Several ranges, another unit, nonsense: ignored, the whole file.
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
+        assert_eq!(parse_range("items=0-1", 100), Whole);
+        assert_eq!(parse_range("bytes=9-3", 100), Whole);
+        assert_eq!(parse_range("bytes=+1-3", 100), Whole);
     }
 
     #[test]

@@ -223,7 +223,10 @@ impl HttpRepo {
         }
         // No total timeout: a 16 MiB range over a slow link may take minutes and is fine as
         // long as bytes keep coming; the idle timeout is what catches a stall.
+        // TCP_NODELAY (ureq's default, said here because it matters): a POST's body written
+        // after its head must not wait for the server's delayed ACK (issue #23).
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .no_delay(true)
             .timeout_connect(Some(options.connect_timeout))
             .timeout_per_read(Some(options.idle_timeout))
             .timeout_per_write(Some(options.idle_timeout))

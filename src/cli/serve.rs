@@ -22,12 +22,13 @@ pub struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, default_value = "0.0.0.0:8035", value_name = "ADDR:PORT")]
     listen: String,
-    /// Requests answered at once (each streams from disk; memory stays small).
+    /// Requests worked on at once. Connections take no thread while they wait (idle, or a
+    /// node's socket full), so thousands of nodes may stay connected.
     #[arg(long, default_value_t = 64)]
     threads: usize,
-    /// Drop a connection that stalls this long: a node that stops reading its answer, or
-    /// sends half a request, so that hung nodes cannot hold the answering threads. A slow node
-    /// that keeps reading is never dropped.
+    /// Close a connection that stalls this long: a request head not complete this long after
+    /// its first byte, a kept-alive connection with no request, a node that stops reading its
+    /// answer. A slow node that keeps reading is never dropped.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     stall_timeout: u64,
 }

@@ -1,0 +1,674 @@
+//! The HTTP/1.1 engine under `aurum serve`: connections, request heads, keep-alive, stall
+//! deadlines and zero-copy file bodies. What a request means is the handler's business
+//! ([`super`]); this file only moves bytes.
+//!
+//! Why not a library: `tiny_http` 0.12 (used before) gave each connection a thread for its
+//! whole life and never timed out a request head, so 1,000 idle connections cost 1,000
+//! threads and half-sent heads were held for ever. And its thread pool could leave a
+//! connection unread: it counts a worker that was woken but has not yet taken the lock as
+//! still waiting, so when two connections are accepted before the woken worker runs, the
+//! second is queued instead of getting a new thread, and waits until some thread finishes a
+//! whole connection. A node holds its kept-alive connections open while it waits for the
+//! queued one, so none finishes: the node hung until its own timeout (issue #23, after 300
+//! half-sent heads went away and their threads were exiting). hyper would need an async
+//! runtime and still copy every file through user space.
+//!
+//! The design is nginx's, on threads: every connection is non-blocking and waits in one
+//! `epoll` set (one-shot, so exactly one worker owns a connection while it is driven). A
+//! worker takes a ready connection, reads what has arrived, answers every complete request in
+//! it, and parks the connection again, waiting to read or, when the socket is full, to write
+//! the rest of a file with `sendfile`. So `--threads` bounds the requests being worked on,
+//! not the connections: an idle or slow connection costs a few kilobytes and no thread.
+//! `TCP_NODELAY` is set on every connection: a small answer written after its head must not
+//! wait for the client's delayed ACK (Nagle's algorithm made every 10 KB Range read of a
+//! kept-alive connection take 44 ms).
+//!
+//! Each parked connection has a deadline, and a sweeper closes the connections past it: a
+//! request head must be complete within the stall timeout of its first byte (trickling bytes
+//! does not extend it), an idle kept-alive connection lasts the stall timeout, and a body
+//! being received or sent is cut after the stall timeout without one byte moving.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::signal::{SigHandler, Signal};
+use nix::sys::socket::MsgFlags;
+
+use crate::error::{Error, Result};
+
+/// Largest request head (request line and headers).
+const MAX_HEAD: usize = 16 << 10;
+/// Most headers in a request head.
+const MAX_HEADERS: usize = 48;
+/// Largest request body the engine buffers; handlers set their own, smaller limits.
+pub(crate) const MAX_BODY: u64 = 8 << 20;
+/// File bodies up to this size are read into the answer and sent with its head in one
+/// `send`; larger ones go with `sendfile`.
+const INLINE_FILE: u64 = 16 << 10;
+/// Bytes asked of each `read`.
+const READ_CHUNK: usize = 8 << 10;
+/// The epoll token of the listening socket; connections count up from 1.
+const LISTENER: u64 = 0;
+
+/// A request method. Anything else is kept as `Other` for a 405 to name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Head,
+    Post,
+    Other,
+}
+
+/// One request, borrowed from the connection's buffer.
+pub(crate) struct Request<'a> {
+    pub method: Method,
+    /// The method as sent, for messages and the log.
+    pub method_name: &'a str,
+    /// The request target as sent (path and query).
+    pub target: &'a str,
+    headers: &'a [httparse::Header<'a>],
+    pub body: &'a [u8],
+    pub peer: IpAddr,
+}
+
+impl Request<'_> {
+    /// The path without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// The first header called `name` (any case), if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    }
+}
+
+/// A file body still to be sent: bytes `offset..end` of `file`.
+struct FileBody {
+    file: File,
+    offset: i64,
+    end: i64,
+}
+
+/// The answer being written: status line and headers go straight into the connection's
+/// output buffer (no allocation per request once the buffer has grown), then one body.
+pub(crate) struct Reply<'c> {
+    out: &'c mut Vec<u8>,
+    file: &'c mut Option<FileBody>,
+    head_only: bool,
+    close: bool,
+    keep_alive_header: bool,
+    status: u16,
+    body_len: u64,
+    /// Where this answer starts in `out`, to take it back if its file cannot be read.
+    head_start: usize,
+}
+
+impl Reply<'_> {
+    /// Starts the answer with its status line and the headers every answer has.
+    pub fn status(&mut self, status: u16) -> &mut Self {
+        self.status = status;
+        let _ = write!(
+            self.out,
+            "HTTP/1.1 {status} {}\r\nDate: {}\r\n",
+            reason(status),
+            httpdate::HttpDate::from(SystemTime::now())
+        );
+        if self.close {
+            self.out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.keep_alive_header {
+            self.out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        self
+    }
+
+    /// Adds a header (after [`Reply::status`]).
+    pub fn header(&mut self, name: &str, value: impl std::fmt::Display) -> &mut Self {
+        let _ = write!(self.out, "{name}: {value}\r\n");
+        self
+    }
+
+    /// Ends the answer with `body`.
+    pub fn bytes(&mut self, body: &[u8]) {
+        self.end_head(body.len() as u64);
+        if !self.head_only {
+            self.out.extend_from_slice(body);
+        }
+    }
+
+    /// Ends the answer with bytes `start..start + len` of `file`: small bodies are copied into
+    /// the answer, larger ones are sent from the page cache by `sendfile`. On an error nothing
+    /// of the answer is left, and the caller answers again.
+    pub fn file(&mut self, file: File, start: u64, len: u64) -> std::io::Result<()> {
+        if self.head_only {
+            self.end_head(len);
+        } else if len <= INLINE_FILE {
+            self.end_head(len);
+            let at = self.out.len();
+            self.out.resize(at + len as usize, 0);
+            if let Err(e) = file.read_exact_at(&mut self.out[at..], start) {
+                self.out.truncate(self.head_start);
+                return Err(e);
+            }
+        } else {
+            self.end_head(len);
+            *self.file = Some(FileBody {
+                file,
+                offset: start as i64,
+                end: (start + len) as i64,
+            });
+        }
+        Ok(())
+    }
+
+    fn end_head(&mut self, len: u64) {
+        if matches!(self.status, 204 | 304) {
+            // These have no body, and so no Content-Length (RFC 9110, 8.6).
+            self.out.extend_from_slice(b"\r\n");
+            self.head_only = true;
+        } else {
+            let _ = write!(self.out, "Content-Length: {len}\r\n\r\n");
+        }
+        self.body_len = if self.head_only { 0 } else { len };
+    }
+}
+
+/// The reason phrase of the statuses aurum answers with.
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        206 => "Partial Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        _ => "",
+    }
+}
+
+/// Answers requests; each worker thread has its own (it may hold a catalog connection).
+pub(crate) trait Handler {
+    /// Answers `rq` into `reply`: [`Reply::status`], any [`Reply::header`]s, then exactly one
+    /// of [`Reply::bytes`] or [`Reply::file`].
+    fn handle(&mut self, rq: &Request, reply: &mut Reply);
+}
+
+/// What a connection waits for once a worker is done with it.
+enum Next {
+    Read,
+    Write,
+    Close,
+}
+
+/// One client connection.
+struct Conn {
+    stream: TcpStream,
+    peer: IpAddr,
+    /// Bytes received and not yet answered (a partial head, a body, pipelined requests).
+    buf: Vec<u8>,
+    /// Bytes of answers not yet sent, from `sent` on; then `file`.
+    out: Vec<u8>,
+    sent: usize,
+    file: Option<FileBody>,
+    /// Close once the output is sent.
+    close: bool,
+    /// A head is complete and its body is being received (each byte extends the deadline).
+    in_body: bool,
+    /// `100 Continue` was sent for the request being received.
+    continued: bool,
+    deadline: Instant,
+}
+
+/// What the workers share: the epoll set and the parked connections.
+struct Shared {
+    epoll: Epoll,
+    listener: TcpListener,
+    /// Parked connections by token. A worker removes one to drive it, so exactly one thread
+    /// owns a connection at a time; the sweeper removes the ones past their deadline.
+    conns: Mutex<HashMap<u64, Conn>>,
+    next_token: AtomicU64,
+    stalled: Duration,
+}
+
+/// Serves `listener` with `threads` workers until `stop` is set; connections stalled for
+/// `stalled` are closed. Each worker gets its own handler from `handler`. `log` receives one
+/// line per answered request.
+pub(crate) fn run<H: Handler>(
+    listener: TcpListener,
+    threads: usize,
+    stalled: Duration,
+    stop: &AtomicBool,
+    handler: impl Fn() -> H + Sync,
+) -> Result<()> {
+    // `sendfile` has no MSG_NOSIGNAL: a node that goes away mid-answer would kill the server
+    // with SIGPIPE (the binary restores its default action for the sake of pipelines).
+    // SAFETY: SIG_IGN installs no handler.
+    unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }.map_err(errno)?;
+    listener.set_nonblocking(true)?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno)?;
+    epoll
+        .add(
+            &listener,
+            EpollEvent::new(oneshot(EpollFlags::EPOLLIN), LISTENER),
+        )
+        .map_err(errno)?;
+    let shared = Shared {
+        epoll,
+        listener,
+        conns: Mutex::new(HashMap::new()),
+        next_token: AtomicU64::new(LISTENER + 1),
+        stalled,
+    };
+    let workers_done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                let (shared, handler) = (&shared, &handler);
+                s.spawn(move || shared.work(&mut handler(), stop))
+            })
+            .collect();
+        s.spawn(|| shared.sweep(&workers_done));
+        for w in workers {
+            let _ = w.join();
+        }
+        workers_done.store(true, Ordering::Relaxed);
+    });
+    Ok(())
+}
+
+fn errno(e: Errno) -> Error {
+    Error::Os(std::io::Error::from(e))
+}
+
+fn oneshot(flags: EpollFlags) -> EpollFlags {
+    flags | EpollFlags::EPOLLONESHOT
+}
+
+impl Shared {
+    /// One worker: takes ready connections one at a time until `stop`; then finishes the
+    /// answers still being sent.
+    fn work<H: Handler>(&self, handler: &mut H, stop: &AtomicBool) {
+        // One event per wait: a worker busy with one connection must not hold others' events.
+        let mut events = [EpollEvent::empty()];
+        let mut line = String::with_capacity(256);
+        loop {
+            if stop.load(Ordering::Relaxed) && !self.sending() {
+                return;
+            }
+            match self.epoll.wait(&mut events, 200u16) {
+                Ok(1) => {}
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("waiting for connections: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            let token = events[0].data();
+            if token == LISTENER {
+                if !stop.load(Ordering::Relaxed) {
+                    self.accept();
+                }
+                continue;
+            }
+            let Some(mut conn) = self.lock().remove(&token) else {
+                // Closed by the sweeper after the event was queued.
+                continue;
+            };
+            match conn.drive(handler, self.stalled, &mut line) {
+                Next::Close => {}
+                Next::Read => self.park(token, conn, EpollFlags::EPOLLIN),
+                Next::Write => self.park(token, conn, EpollFlags::EPOLLOUT),
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Conn>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an answer is still being sent (what a stopping server waits for).
+    fn sending(&self) -> bool {
+        self.lock()
+            .values()
+            .any(|c| c.file.is_some() || c.sent < c.out.len())
+    }
+
+    /// Accepts every waiting connection, then re-arms the listener.
+    fn accept(&self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream
+                        .set_nonblocking(true)
+                        .and_then(|_| stream.set_nodelay(true))
+                    {
+                        log::debug!("{peer}: {e}");
+                        continue;
+                    }
+                    let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+                    let conn = Conn {
+                        stream,
+                        peer: peer.ip(),
+                        buf: Vec::new(),
+                        out: Vec::new(),
+                        sent: 0,
+                        file: None,
+                        close: false,
+                        in_body: false,
+                        continued: false,
+                        deadline: Instant::now() + self.stalled,
+                    };
+                    let mut conns = self.lock();
+                    let ev = EpollEvent::new(oneshot(EpollFlags::EPOLLIN), token);
+                    match self.epoll.add(&conn.stream, ev) {
+                        Ok(()) => {
+                            conns.insert(token, conn);
+                        }
+                        Err(e) => log::warn!("{peer}: cannot watch the connection: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors, most likely: pause rather than spin on the
+                    // connection still waiting.
+                    log::warn!("accepting a connection: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+        let mut ev = EpollEvent::new(oneshot(EpollFlags::EPOLLIN), LISTENER);
+        if let Err(e) = self.epoll.modify(&self.listener, &mut ev) {
+            log::warn!("re-arming the listening socket: {e}");
+        }
+    }
+
+    /// Puts `conn` back in the set, waiting for `what`. Under the lock, so that the sweeper
+    /// cannot close it (and the kernel reuse its descriptor number for a new connection)
+    /// between the insert and the re-arm.
+    fn park(&self, token: u64, conn: Conn, what: EpollFlags) {
+        let mut conns = self.lock();
+        let mut ev = EpollEvent::new(oneshot(what | EpollFlags::EPOLLRDHUP), token);
+        match self.epoll.modify(&conn.stream, &mut ev) {
+            Ok(()) => {
+                conns.insert(token, conn);
+            }
+            Err(e) => log::warn!("{}: cannot watch the connection: {e}", conn.peer),
+        }
+    }
+
+    /// Closes the parked connections past their deadline, until the workers are done.
+    fn sweep(&self, done: &AtomicBool) {
+        let tick = (self.stalled / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(tick);
+            let now = Instant::now();
+            let expired: Vec<Conn> = {
+                let mut conns = self.lock();
+                let gone: Vec<u64> = conns
+                    .iter()
+                    .filter(|(_, c)| c.deadline <= now)
+                    .map(|(t, _)| *t)
+                    .collect();
+                gone.iter().filter_map(|t| conns.remove(t)).collect()
+            };
+            for c in expired {
+                log::debug!("{}: stalled for {:?}: closed", c.peer, self.stalled);
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Sends what is pending, answers every complete request received, reads what has
+    /// arrived; until the socket would block one way or the other.
+    fn drive<H: Handler>(&mut self, handler: &mut H, stalled: Duration, line: &mut String) -> Next {
+        // A read that did not fill its buffer emptied the socket: instead of another read
+        // that would fail with EAGAIN, the connection is parked (re-arming it re-checks).
+        let mut drained = false;
+        loop {
+            match self.flush(stalled) {
+                Ok(true) if self.close => return Next::Close,
+                Ok(true) => {}
+                Ok(false) => return Next::Write,
+                Err(e) => {
+                    log::debug!("{}: {e}", self.peer);
+                    return Next::Close;
+                }
+            }
+            if self.answer(handler, line) {
+                continue;
+            }
+            if self.buf.len() >= MAX_HEAD + MAX_BODY as usize {
+                return Next::Close;
+            }
+            if drained {
+                return Next::Read;
+            }
+            let was_empty = self.buf.is_empty();
+            let at = self.buf.len();
+            self.buf.resize(at + READ_CHUNK, 0);
+            let r = self.stream.read(&mut self.buf[at..]);
+            self.buf.truncate(at + *r.as_ref().unwrap_or(&0));
+            match r {
+                Ok(0) => return Next::Close,
+                Ok(n) => {
+                    drained = n < READ_CHUNK;
+                    // A head has the stall timeout from its first byte; a body from its
+                    // last.
+                    if was_empty || self.in_body {
+                        self.deadline = Instant::now() + stalled;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Next::Read,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("{}: {e}", self.peer);
+                    return Next::Close;
+                }
+            }
+        }
+    }
+
+    /// Answers the first request in `buf` if it is complete: false when more bytes are
+    /// needed.
+    fn answer<H: Handler>(&mut self, handler: &mut H, line: &mut String) -> bool {
+        if self.buf.is_empty() {
+            return false;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        let head_len = match parsed.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => return false,
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                return self.refuse(431, "the request head is too large");
+            }
+            Err(e) => return self.refuse(400, &format!("not an HTTP request: {e}")),
+        };
+        let rq_headers = parsed.headers;
+        let find = |name: &str| {
+            rq_headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+        };
+        if find("Transfer-Encoding").is_some() {
+            return self.refuse(411, "send the request body with a Content-Length");
+        }
+        let body_len = match find("Content-Length").map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        }) {
+            None => 0,
+            Some(Some(n)) if n <= MAX_BODY => n as usize,
+            Some(Some(_)) => return self.refuse(413, "the request body is too large"),
+            Some(None) => return self.refuse(400, "bad Content-Length"),
+        };
+        if self.buf.len() < head_len + body_len {
+            self.in_body = true;
+            let expects = find("Expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+            if expects && !self.continued {
+                self.continued = true;
+                self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                return true;
+            }
+            return false;
+        }
+        let version = parsed.version.unwrap_or(1);
+        let connection = find("Connection").unwrap_or(b"");
+        let has = |token: &[u8]| {
+            connection
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        };
+        let keep_alive = if version == 0 {
+            has(b"keep-alive")
+        } else {
+            !has(b"close")
+        };
+        let method_name = parsed.method.unwrap_or("");
+        let method = match method_name {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            _ => Method::Other,
+        };
+        let rq = Request {
+            method,
+            method_name,
+            target: parsed.path.unwrap_or("/"),
+            headers: rq_headers,
+            body: &self.buf[head_len..head_len + body_len],
+            peer: self.peer,
+        };
+        self.close = !keep_alive;
+        let head_start = self.out.len();
+        let mut reply = Reply {
+            out: &mut self.out,
+            file: &mut self.file,
+            head_only: method == Method::Head,
+            close: self.close,
+            keep_alive_header: keep_alive && version == 0,
+            status: 0,
+            body_len: 0,
+            head_start,
+        };
+        handler.handle(&rq, &mut reply);
+        let (status, sent) = (reply.status, reply.body_len);
+        // One write per request for the log line; stderr is not buffered.
+        line.clear();
+        let _ = std::fmt::Write::write_fmt(
+            line,
+            format_args!(
+                "{} {method_name} {} {status} {sent}\n",
+                self.peer, rq.target
+            ),
+        );
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        self.buf.drain(..head_len + body_len);
+        if self.buf.capacity() > 64 << 10 && self.buf.len() < 16 << 10 {
+            self.buf.shrink_to(16 << 10);
+        }
+        self.in_body = false;
+        self.continued = false;
+        true
+    }
+
+    /// Answers a request that cannot be read, and closes the connection after it.
+    fn refuse(&mut self, status: u16, msg: &str) -> bool {
+        self.close = true;
+        self.buf.clear();
+        let _ = write!(
+            self.out,
+            "HTTP/1.1 {status} {}\r\nConnection: close\r\nContent-Type: text/plain; \
+             charset=utf-8\r\nContent-Length: {}\r\n\r\n{msg}\n",
+            reason(status),
+            msg.len() + 1
+        );
+        log::info!("{}: {status} {msg}", self.peer);
+        true
+    }
+
+    /// Sends the pending output, then the file body; `Ok(false)` when the socket is full.
+    fn flush(&mut self, stalled: Duration) -> std::io::Result<bool> {
+        while self.sent < self.out.len() {
+            // MSG_MORE: a head followed by a file goes out in full segments with it.
+            let more = if self.file.is_some() {
+                MsgFlags::from_bits_retain(libc::MSG_MORE)
+            } else {
+                MsgFlags::empty()
+            };
+            let flags = more | MsgFlags::MSG_NOSIGNAL;
+            match nix::sys::socket::send(self.stream.as_raw_fd(), &self.out[self.sent..], flags) {
+                Ok(n) => {
+                    self.sent += n;
+                    self.deadline = Instant::now() + stalled;
+                }
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.out.clear();
+        self.sent = 0;
+        if let Some(f) = &mut self.file {
+            while f.offset < f.end {
+                let count = (f.end - f.offset).min(1 << 30) as usize;
+                match nix::sys::sendfile::sendfile(
+                    self.stream.as_fd(),
+                    f.file.as_fd(),
+                    Some(&mut f.offset),
+                    count,
+                ) {
+                    Ok(0) => {
+                        return Err(std::io::Error::new(
+                            ErrorKind::UnexpectedEof,
+                            "the file shrank while it was being sent",
+                        ))
+                    }
+                    Ok(n) => {
+                        self.deadline = Instant::now() + stalled;
+                        if n < count {
+                            // The socket is full: wait for room rather than fail a call.
+                            return Ok(false);
+                        }
+                    }
+                    Err(Errno::EAGAIN) => return Ok(false),
+                    Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.file = None;
+        }
+        if self.buf.is_empty() {
+            // Idle from now: a kept-alive connection lasts the stall timeout.
+            self.deadline = Instant::now() + stalled;
+        }
+        Ok(true)
+    }
+}

@@ -35,6 +35,8 @@ use nix::unistd::unlinkat;
 use nix::unistd::UnlinkatFlags;
 use serde::Serialize;
 
+mod fresh;
+
 use super::preflight::{self, Touch};
 use super::{create_special, set_metadata, temp_name, write_file, BlobSource};
 use crate::capture::excludes::Excludes;
@@ -1313,146 +1315,45 @@ fn run(
     }
 
     // ---- apply ----
-    std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
-    let index_path = engine.undo_dir.join("index");
-    // Each stash writes its index line first, so the line count numbers the next one.
-    engine.undo_next = std::fs::read_to_string(&index_path)
-        .map(|t| t.lines().count() as u64)
-        .unwrap_or(0);
-    engine.undo_index = Some(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&index_path)
-            .at(&index_path)?,
-    );
-    node.begin(&Journal {
-        action: opts.action.clone(),
-        from: from.clone(),
-        to: to_ref.clone(),
-        undo: undo_name,
-        temps: steps
-            .iter()
-            .filter(|s| s.act != Act::Meta)
-            .map(|s| &manifest.entries[s.entry])
-            .filter(|e| e.kind != Kind::Dir)
-            .map(|e| {
-                let mut t = parent(&e.path).to_vec();
-                if !t.is_empty() {
-                    t.push(b'/');
-                }
-                t.extend_from_slice(&temp_name(file_name(&e.path)));
-                hex(&t)
-            })
-            .collect(),
-    })?;
-
-    // Every entry this run moves or links into the undo area gets its index line now, with
-    // one sync (rather than one per entry).
-    {
-        let mut rels: Vec<&[u8]> = removals.iter().map(|p| p.as_slice()).collect();
-        rels.extend(
-            steps
-                .iter()
-                .filter(|s| matches!(s.act, Act::Replace | Act::Content))
-                .map(|s| manifest.entries[s.entry].path.as_slice()),
-        );
-        engine.announce(&rels)?;
-    }
-    for p in &removals {
-        let dir = engine.dir(parent(p))?;
-        engine.stash(dir.as_fd(), file_name(p), p)?;
-    }
-    let total: u64 = steps
-        .iter()
-        .filter(|s| matches!(s.act, Act::Create | Act::Replace | Act::Content))
-        .map(|s| manifest.entries[s.entry].data_len())
-        .sum();
-    progress.phase("writing", Some(total), true);
-    // Pass 1: the new content of every file whose directory exists is written under a
-    // temporary name, then made durable with one syncfs, so that pass 2 only renames: a crash
-    // at any point leaves each path with its old content or its new.
-    let provider = Provider {
-        engine: &engine,
-        staging: staging.clone(),
+    let fresh = is_fresh(&from, undoing, manifest, &steps, &removals);
+    let syncer = if fresh {
+        fresh::apply(
+            &engine,
+            node,
+            manifest,
+            &steps,
+            &staging,
+            Journal {
+                action: opts.action.clone(),
+                from: None,
+                to: to_ref.clone(),
+                undo: undo_name,
+                temps: Vec::new(),
+                fresh: true,
+            },
+            progress,
+        )?
+    } else {
+        let journal = Journal {
+            action: opts.action.clone(),
+            from: from.clone(),
+            to: to_ref.clone(),
+            undo: undo_name,
+            temps: Vec::new(),
+            fresh: false,
+        };
+        apply_in_place(
+            &mut engine,
+            node,
+            manifest,
+            &steps,
+            &removals,
+            &staging,
+            journal,
+            progress,
+        )?
     };
-    let mut prewritten: HashSet<usize> = HashSet::new();
-    let syncer = sys::Syncer::default();
-    syncer.note(engine.root_fd.as_fd());
-    for s in &steps {
-        let e = &manifest.entries[s.entry];
-        if s.act == Act::Meta || !matches!(e.kind, Kind::File { .. }) {
-            continue;
-        }
-        let Ok(dir) = engine.dir(parent(&e.path)) else {
-            continue; // a directory this update creates: written in pass 2
-        };
-        let temp = temp_name(file_name(&e.path));
-        syncer.note(dir.as_fd());
-        engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
-        prewritten.insert(s.entry);
-    }
-    drop(provider);
-    if !prewritten.is_empty() {
-        syncer.sync(&engine.root)?;
-    }
-    // Pass 2, in manifest order.
-    for s in &steps {
-        let e = &manifest.entries[s.entry];
-        let dir = if e.path.is_empty() {
-            None
-        } else {
-            Some(engine.dir(parent(&e.path))?)
-        };
-        if let Some(d) = &dir {
-            syncer.note(d.as_fd());
-        }
-        let name = file_name(&e.path);
-        let temp = temp_name(name);
-        match (s.act, &e.kind) {
-            (Act::Meta, _) | (_, Kind::Dir) => {
-                if e.kind == Kind::Dir && s.act != Act::Meta {
-                    let dir = dir.as_ref().expect("not the root");
-                    if s.act == Act::Replace {
-                        engine.stash(dir.as_fd(), name, &e.path)?;
-                    }
-                    mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
-                        .at(shown(&engine.root, &e.path))?;
-                }
-                // Directory metadata is set at the end; other metadata now.
-                if e.kind != Kind::Dir {
-                    let dir = dir.as_ref().expect("not the root");
-                    let r = manifest.resolve(e);
-                    set_metadata(dir.as_fd(), name, r, None, &engine.root, &|w| {
-                        engine.warn(w)
-                    })?;
-                }
-            }
-            (_, Kind::File { .. }) => {
-                let dir = dir.as_ref().expect("not the root");
-                if !prewritten.contains(&s.entry) {
-                    let provider = Provider {
-                        engine: &engine,
-                        staging: staging.clone(),
-                    };
-                    engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
-                }
-                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
-            }
-            _ => {
-                let dir = dir.as_ref().expect("not the root");
-                let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
-                create_special(dir.as_fd(), &temp, &engine.root_fd, e, &engine.root)?;
-                if !matches!(e.kind, Kind::Hardlink { .. }) {
-                    set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| {
-                        engine.warn(w)
-                    })?;
-                }
-                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
-            }
-        }
-    }
-    progress.finish();
+    let index_path = engine.undo_dir.join("index");
     // Directory metadata last, deepest first: creating and removing entries moved their mtimes.
     for e in manifest.entries.iter().rev() {
         if e.kind != Kind::Dir
@@ -1534,6 +1435,180 @@ fn run(
     }
     report.warnings = engine.warnings.into_inner().expect("lock");
     Ok(report)
+}
+
+/// Whether the run writes a fresh root: the node's first revision, onto a root that holds
+/// nothing of it yet (empty, or fresh filesystems with only their mount points), so that every
+/// step creates an entry or sets a directory's metadata and nothing is replaced or deleted.
+/// Such a run is written as `checkout` writes (see [`fresh`]).
+fn is_fresh(
+    from: &Option<RevRef>,
+    undoing: Option<&str>,
+    manifest: &Manifest,
+    steps: &[Step],
+    removals: &[Vec<u8>],
+) -> bool {
+    from.is_none()
+        && undoing.is_none()
+        && removals.is_empty()
+        && steps.iter().all(|s| {
+            s.act == Act::Create
+                || (s.act == Act::Meta && manifest.entries[s.entry].kind == Kind::Dir)
+        })
+}
+
+/// Applies the plan on a node that may be running: each file written under a temporary name
+/// and renamed into place, whatever it replaces or deletes kept in the undo area, all under
+/// `journal` (its temporary names are filled in here). Returns the filesystems written to.
+#[allow(clippy::too_many_arguments)]
+fn apply_in_place(
+    engine: &mut Engine,
+    node: &Node,
+    manifest: &Manifest,
+    steps: &[Step],
+    removals: &[Vec<u8>],
+    staging: &Path,
+    journal: Journal,
+    progress: &dyn Progress,
+) -> Result<sys::Syncer> {
+    std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
+    let index_path = engine.undo_dir.join("index");
+    // Each stash writes its index line first, so the line count numbers the next one.
+    engine.undo_next = std::fs::read_to_string(&index_path)
+        .map(|t| t.lines().count() as u64)
+        .unwrap_or(0);
+    engine.undo_index = Some(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&index_path)
+            .at(&index_path)?,
+    );
+    node.begin(&Journal {
+        temps: steps
+            .iter()
+            .filter(|s| s.act != Act::Meta)
+            .map(|s| &manifest.entries[s.entry])
+            .filter(|e| e.kind != Kind::Dir)
+            .map(|e| {
+                let mut t = parent(&e.path).to_vec();
+                if !t.is_empty() {
+                    t.push(b'/');
+                }
+                t.extend_from_slice(&temp_name(file_name(&e.path)));
+                hex(&t)
+            })
+            .collect(),
+        ..journal
+    })?;
+
+    // Every entry this run moves or links into the undo area gets its index line now, with
+    // one sync (rather than one per entry).
+    {
+        let mut rels: Vec<&[u8]> = removals.iter().map(|p| p.as_slice()).collect();
+        rels.extend(
+            steps
+                .iter()
+                .filter(|s| matches!(s.act, Act::Replace | Act::Content))
+                .map(|s| manifest.entries[s.entry].path.as_slice()),
+        );
+        engine.announce(&rels)?;
+    }
+    for p in removals {
+        let dir = engine.dir(parent(p))?;
+        engine.stash(dir.as_fd(), file_name(p), p)?;
+    }
+    let total: u64 = steps
+        .iter()
+        .filter(|s| matches!(s.act, Act::Create | Act::Replace | Act::Content))
+        .map(|s| manifest.entries[s.entry].data_len())
+        .sum();
+    progress.phase("writing", Some(total), true);
+    // Pass 1: the new content of every file whose directory exists is written under a
+    // temporary name, then made durable with one syncfs, so that pass 2 only renames: a crash
+    // at any point leaves each path with its old content or its new.
+    let provider = Provider {
+        engine: &*engine,
+        staging: staging.to_path_buf(),
+    };
+    let mut prewritten: HashSet<usize> = HashSet::new();
+    let syncer = sys::Syncer::default();
+    syncer.note(engine.root_fd.as_fd());
+    for s in steps {
+        let e = &manifest.entries[s.entry];
+        if s.act == Act::Meta || !matches!(e.kind, Kind::File { .. }) {
+            continue;
+        }
+        let Ok(dir) = engine.dir(parent(&e.path)) else {
+            continue; // a directory this update creates: written in pass 2
+        };
+        let temp = temp_name(file_name(&e.path));
+        syncer.note(dir.as_fd());
+        engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+        prewritten.insert(s.entry);
+    }
+    drop(provider);
+    if !prewritten.is_empty() {
+        syncer.sync(&engine.root)?;
+    }
+    // Pass 2, in manifest order.
+    for s in steps {
+        let e = &manifest.entries[s.entry];
+        let dir = if e.path.is_empty() {
+            None
+        } else {
+            Some(engine.dir(parent(&e.path))?)
+        };
+        if let Some(d) = &dir {
+            syncer.note(d.as_fd());
+        }
+        let name = file_name(&e.path);
+        let temp = temp_name(name);
+        match (s.act, &e.kind) {
+            (Act::Meta, _) | (_, Kind::Dir) => {
+                if e.kind == Kind::Dir && s.act != Act::Meta {
+                    let dir = dir.as_ref().expect("not the root");
+                    if s.act == Act::Replace {
+                        engine.stash(dir.as_fd(), name, &e.path)?;
+                    }
+                    mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
+                        .at(shown(&engine.root, &e.path))?;
+                }
+                // Directory metadata is set at the end; other metadata now.
+                if e.kind != Kind::Dir {
+                    let dir = dir.as_ref().expect("not the root");
+                    let r = manifest.resolve(e);
+                    set_metadata(dir.as_fd(), name, r, None, &engine.root, &|w| {
+                        engine.warn(w)
+                    })?;
+                }
+            }
+            (_, Kind::File { .. }) => {
+                let dir = dir.as_ref().expect("not the root");
+                if !prewritten.contains(&s.entry) {
+                    let provider = Provider {
+                        engine: &*engine,
+                        staging: staging.to_path_buf(),
+                    };
+                    engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+                }
+                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+            }
+            _ => {
+                let dir = dir.as_ref().expect("not the root");
+                let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
+                create_special(dir.as_fd(), &temp, &engine.root_fd, e, &engine.root)?;
+                if !matches!(e.kind, Kind::Hardlink { .. }) {
+                    set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| {
+                        engine.warn(w)
+                    })?;
+                }
+                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+            }
+        }
+    }
+    progress.finish();
+    Ok(syncer)
 }
 
 /// Where staged blobs go, as a tree path (for the space check).

@@ -263,6 +263,9 @@ struct Engine {
     /// an in-place edit change what a later rollback restores.
     drops_others: bool,
     drops_own: bool,
+    /// The directory [`Engine::dir`] opened last.
+    last_dir: Mutex<Option<(Vec<u8>, OwnedFd)>>,
+    undo_fd: Option<OwnedFd>,
 }
 
 /// A key for a regular file's whole content (its chunk list and sparse map).
@@ -305,6 +308,8 @@ impl Engine {
             whole: HashMap::new(),
             drops_others: false,
             drops_own: false,
+            last_dir: Mutex::new(None),
+            undo_fd: None,
         })
     }
 
@@ -414,16 +419,44 @@ impl Engine {
         renameat(dir, temp, dir, name).at(shown(&self.root, rel))
     }
 
+    /// The directory `rel` of the tree. The engine walks the tree in manifest order, so the
+    /// directory asked for is mostly the last one or below it: it is opened from there (one
+    /// `openat`, or none) rather than from the root, one component at a time, for every entry.
     fn dir(&self, rel: &[u8]) -> Result<OwnedFd> {
-        sys::open_dir_beneath(self.root_fd.as_fd(), rel, &self.root)
+        let mut last = self.last_dir.lock().expect("dir lock");
+        let from = match last.as_ref() {
+            Some((p, fd)) if p.as_slice() == rel => return nix::unistd::dup(fd).at(&self.root),
+            Some((p, fd)) if p.is_empty() => Some((fd, rel)),
+            Some((p, fd)) if entry_is_under(rel, p) => Some((fd, &rel[p.len() + 1..])),
+            _ => None,
+        };
+        let opened =
+            from.and_then(|(fd, rest)| sys::open_dir_beneath(fd.as_fd(), rest, &self.root).ok());
+        // Failing from the last directory, open from the root, so the error names the path.
+        let fd = match opened {
+            Some(fd) => fd,
+            None => sys::open_dir_beneath(self.root_fd.as_fd(), rel, &self.root)?,
+        };
+        *last = Some((rel.to_vec(), nix::unistd::dup(&fd).at(&self.root)?));
+        Ok(fd)
+    }
+
+    /// The undo area's directory, opened once.
+    fn undo_fd(&mut self) -> Result<BorrowedFd<'_>> {
+        if self.undo_fd.is_none() {
+            self.undo_fd = Some(sys::open_root(&self.undo_dir)?);
+        }
+        Ok(self.undo_fd.as_ref().expect("set above").as_fd())
     }
 
     /// Moves `name` in `dir` (tree path `rel`) into the undo area.
     fn stash(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
+        // A directory moved away must not be found again by `dir`.
+        *self.last_dir.lock().expect("dir lock") = None;
         let n = self.number(rel)?;
-        let undo_fd = sys::open_root(&self.undo_dir)?;
         let to = n.to_string();
-        match renameat(dir, name, &undo_fd, to.as_str()) {
+        let undo_fd = self.undo_fd()?;
+        match renameat(dir, name, undo_fd, to.as_str()) {
             Ok(()) => {}
             Err(nix::errno::Errno::EXDEV) => {
                 // Another filesystem (a separate /boot): the old entry cannot be kept cheaply.
@@ -451,12 +484,11 @@ impl Engine {
             return self.stash(dir, name, rel);
         }
         let n = self.number(rel)?;
-        let undo_fd = sys::open_root(&self.undo_dir)?;
         let to = n.to_string();
         match nix::unistd::linkat(
             dir,
             name,
-            &undo_fd,
+            self.undo_fd()?,
             to.as_str(),
             nix::fcntl::AtFlags::empty(),
         ) {
@@ -939,7 +971,11 @@ fn run(
             .insert(file_name(&e.path));
         let p = parent(&e.path);
         if last_dir.as_ref().map(|(lp, _)| lp.as_slice()) != Some(p) {
-            last_dir = Some((p.to_vec(), engine.dir(p).ok()));
+            // A directory the plan creates or replaces is not one on disk: no need to try.
+            let on_disk = (!changing.contains(p))
+                .then(|| engine.dir(p).ok())
+                .flatten();
+            last_dir = Some((p.to_vec(), on_disk));
         }
         let Some(dir) = last_dir.as_ref().and_then(|(_, d)| d.as_ref()) else {
             steps.push(Step {
@@ -1086,6 +1122,10 @@ fn run(
         .map(|e| e.path.clone())
         .collect();
     while let Some(dir_path) = to_list.pop() {
+        // A directory the plan creates holds nothing yet.
+        if changing.contains(dir_path.as_slice()) {
+            continue;
+        }
         let Ok(dir) = engine.dir(&dir_path) else {
             continue;
         };
@@ -1243,6 +1283,22 @@ fn run(
     // The lock is taken (and on a new node the state directory made) only once nothing above
     // refused the run: a refused plan leaves an unmanaged root without a state directory.
     claim_node(node, &state, manifest, &mut steps)?;
+    let syncer = sys::Syncer::default();
+    let fresh = if is_fresh(&from, undoing, manifest, &steps, &removals) {
+        let journal = Journal {
+            action: opts.action.clone(),
+            from: None,
+            to: to_ref.clone(),
+            undo: undo_name.clone(),
+            temps: Vec::new(),
+            fresh: true,
+        };
+        Some(fresh::Writer::begin(
+            &engine, node, manifest, &steps, journal, &syncer,
+        )?)
+    } else {
+        None
+    };
     // Blobs whose older version the node holds: ask for a binary delta against it first.
     let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
     if let (Some(cur), Some(_)) = (current.as_ref(), source) {
@@ -1302,9 +1358,16 @@ fn run(
             ))
         })?;
         let staging_ref = &staging;
+        let fresh_ref = &fresh;
         report.bytes_fetched += source.fetch(
             &to_fetch,
             &|id, data| {
+                // On a fresh root a file made of this blob alone is written now.
+                if let Some(w) = fresh_ref {
+                    if !w.take(id, &data)? {
+                        return Ok(());
+                    }
+                }
                 let p = staging_ref.join(id.hex());
                 let tmp = staging_ref.join(format!(".{}", id.hex()));
                 std::fs::write(&tmp, &data).at(&tmp)?;
@@ -1315,44 +1378,30 @@ fn run(
     }
 
     // ---- apply ----
-    let fresh = is_fresh(&from, undoing, manifest, &steps, &removals);
-    let syncer = if fresh {
-        fresh::apply(
-            &engine,
-            node,
-            manifest,
-            &steps,
-            &staging,
-            Journal {
+    match fresh {
+        Some(writer) => writer.finish(&staging, progress)?,
+        None => {
+            let journal = Journal {
                 action: opts.action.clone(),
-                from: None,
+                from: from.clone(),
                 to: to_ref.clone(),
                 undo: undo_name,
                 temps: Vec::new(),
-                fresh: true,
-            },
-            progress,
-        )?
-    } else {
-        let journal = Journal {
-            action: opts.action.clone(),
-            from: from.clone(),
-            to: to_ref.clone(),
-            undo: undo_name,
-            temps: Vec::new(),
-            fresh: false,
-        };
-        apply_in_place(
-            &mut engine,
-            node,
-            manifest,
-            &steps,
-            &removals,
-            &staging,
-            journal,
-            progress,
-        )?
-    };
+                fresh: false,
+            };
+            apply_in_place(
+                &mut engine,
+                node,
+                manifest,
+                &steps,
+                &removals,
+                &staging,
+                journal,
+                &syncer,
+                progress,
+            )?
+        }
+    }
     let index_path = engine.undo_dir.join("index");
     // Directory metadata last, deepest first: creating and removing entries moved their mtimes.
     for e in manifest.entries.iter().rev() {
@@ -1459,7 +1508,8 @@ fn is_fresh(
 
 /// Applies the plan on a node that may be running: each file written under a temporary name
 /// and renamed into place, whatever it replaces or deletes kept in the undo area, all under
-/// `journal` (its temporary names are filled in here). Returns the filesystems written to.
+/// `journal` (its temporary names are filled in here), noting the filesystems written to in
+/// `syncer`.
 #[allow(clippy::too_many_arguments)]
 fn apply_in_place(
     engine: &mut Engine,
@@ -1469,8 +1519,9 @@ fn apply_in_place(
     removals: &[Vec<u8>],
     staging: &Path,
     journal: Journal,
+    syncer: &sys::Syncer,
     progress: &dyn Progress,
-) -> Result<sys::Syncer> {
+) -> Result<()> {
     std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
     let index_path = engine.undo_dir.join("index");
     // Each stash writes its index line first, so the line count numbers the next one.
@@ -1532,7 +1583,6 @@ fn apply_in_place(
         staging: staging.to_path_buf(),
     };
     let mut prewritten: HashSet<usize> = HashSet::new();
-    let syncer = sys::Syncer::default();
     syncer.note(engine.root_fd.as_fd());
     for s in steps {
         let e = &manifest.entries[s.entry];
@@ -1608,7 +1658,7 @@ fn apply_in_place(
         }
     }
     progress.finish();
-    Ok(syncer)
+    Ok(())
 }
 
 /// Where staged blobs go, as a tree path (for the space check).

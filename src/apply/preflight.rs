@@ -195,11 +195,15 @@ fn existing_dir(
     fss: &mut HashMap<MountKey, Fs>,
     missing: &mut HashMap<Vec<u8>, Vec<u8>>,
 ) -> Option<(Vec<u8>, MountKey)> {
-    let mut at: Vec<u8> = missing.get(rel).cloned().unwrap_or_else(|| rel.to_vec());
+    let mut at: Vec<u8> = rel.to_vec();
     let mut absent: Vec<Vec<u8>> = Vec::new();
     let found = loop {
         if let Some(&dev) = dev_of.get(&at) {
             break Some(dev);
+        }
+        if let Some(up) = missing.get(&at) {
+            at = up.clone();
+            continue;
         }
         if let Ok(dir) = sys::open_dir_beneath(root_fd, &at, root) {
             let dev = mount_key(dir.as_fd())?;

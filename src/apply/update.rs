@@ -1207,8 +1207,12 @@ fn run(
     }
     let staging = node.dir.join("staging");
     let mut to_fetch = Vec::new();
+    // Blobs an interrupted run fetched already: one listing, not a stat per blob.
+    let staged: HashSet<std::ffi::OsString> = std::fs::read_dir(&staging)
+        .map(|it| it.flatten().map(|f| f.file_name()).collect())
+        .unwrap_or_default();
     for id in &needed {
-        if staging.join(id.hex()).exists() {
+        if staged.contains(std::ffi::OsStr::new(&id.hex())) {
             continue;
         }
         // Read it now: a file changed since the node's last update must not be counted on.

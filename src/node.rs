@@ -5,7 +5,9 @@
 //! history; `manifests/` holds their manifests (so diffs and rollbacks need no server): the
 //! image's, and for a revision with overrides the composed tree's too; `undo/` holds
 //! what the last update replaced or deleted; `staging/` the blobs fetched for an update in
-//! progress; `journal.json` exists only while an update runs, so a rerun knows to finish it.
+//! progress; `journal.json` exists only while an update runs, so a rerun knows to finish it
+//! (and a first install that was killed is never taken for a complete one: see
+//! [`Journal::fresh`]).
 //! This directory is excluded from every capture and every update.
 
 use std::fs;
@@ -131,6 +133,12 @@ pub struct Journal {
     /// it creates the first: a rerun removes exactly these, and never guesses at names.
     #[serde(default)]
     pub temps: Vec<String>,
+    /// The node's first revision written onto a fresh root as `checkout` writes: under final
+    /// names, with no temporary names and no undo area. Until the journal goes, files may be
+    /// half written: a rerun hashes every file and rewrites those that differ, and the state
+    /// names no revision (a killed first install is never taken for a complete one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
 }
 
 /// The state directory of a node root, locked for one update at a time.

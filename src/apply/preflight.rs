@@ -67,14 +67,21 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
     let mut dev_of: HashMap<Vec<u8>, MountKey> = HashMap::new();
     let mut blocked: Vec<String> = Vec::new();
     let mut checked_dirs: HashMap<Vec<u8>, ()> = HashMap::new();
+    let mut missing: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut check_dir = |rel: &[u8], blocked: &mut Vec<String>| {
         if checked_dirs.insert(rel.to_vec(), ()).is_none() {
             flag_check(root_fd, root, rel, "write in it", blocked);
         }
     };
     for &(path, bytes) in &needs.writes {
-        let Some((dir_rel, dev)) = existing_dir(root_fd, root, parent(path), &mut dev_of, &mut fss)
-        else {
+        let Some((dir_rel, dev)) = existing_dir(
+            root_fd,
+            root,
+            parent(path),
+            &mut dev_of,
+            &mut fss,
+            &mut missing,
+        ) else {
             continue;
         };
         check_dir(&dir_rel, &mut blocked);
@@ -83,7 +90,16 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
         fs.inodes += 1;
     }
     for &(path, touch) in &needs.touched {
-        if existing_dir(root_fd, root, parent(path), &mut dev_of, &mut fss).is_none() {
+        if existing_dir(
+            root_fd,
+            root,
+            parent(path),
+            &mut dev_of,
+            &mut fss,
+            &mut missing,
+        )
+        .is_none()
+        {
             continue;
         }
         if touch != Touch::Change {
@@ -168,37 +184,51 @@ fn mib(bytes: u64, up: bool) -> String {
 }
 
 /// The deepest existing directory at or above `rel` (an update may create the rest), opened
-/// and its filesystem registered in `fss`; `None` when not even the root opens.
+/// and its filesystem registered in `fss`; `None` when not even the root opens. `missing`
+/// remembers, for each directory found absent, the existing one above it: a fresh root's
+/// files would otherwise each try every missing directory above them again.
 fn existing_dir(
     root_fd: BorrowedFd,
     root: &Path,
-    mut rel: &[u8],
+    rel: &[u8],
     dev_of: &mut HashMap<Vec<u8>, MountKey>,
     fss: &mut HashMap<MountKey, Fs>,
+    missing: &mut HashMap<Vec<u8>, Vec<u8>>,
 ) -> Option<(Vec<u8>, MountKey)> {
-    loop {
-        if let Some(&dev) = dev_of.get(rel) {
-            return Some((rel.to_vec(), dev));
+    let mut at: Vec<u8> = rel.to_vec();
+    let mut absent: Vec<Vec<u8>> = Vec::new();
+    let found = loop {
+        if let Some(&dev) = dev_of.get(&at) {
+            break Some(dev);
         }
-        if let Ok(dir) = sys::open_dir_beneath(root_fd, rel, root) {
+        if let Some(up) = missing.get(&at) {
+            at = up.clone();
+            continue;
+        }
+        if let Ok(dir) = sys::open_dir_beneath(root_fd, &at, root) {
             let dev = mount_key(dir.as_fd())?;
-            dev_of.insert(rel.to_vec(), dev);
+            dev_of.insert(at.clone(), dev);
             fss.entry(dev).or_insert_with(|| Fs {
                 block: fstatvfs(dir.as_fd())
                     .map(|v| v.fragment_size().max(512))
                     .unwrap_or(4096),
                 dir,
-                rel: rel.to_vec(),
+                rel: at.clone(),
                 bytes: 0,
                 inodes: 0,
             });
-            return Some((rel.to_vec(), dev));
+            break Some(dev);
         }
-        if rel.is_empty() {
-            return None;
+        if at.is_empty() {
+            break None;
         }
-        rel = parent(rel);
+        let up = parent(&at).to_vec();
+        absent.push(std::mem::replace(&mut at, up));
+    };
+    for a in absent {
+        missing.insert(a, at.clone());
     }
+    found.map(|dev| (at, dev))
 }
 
 /// Notes in `blocked` an entry whose `chattr` flags forbid what the update does to it.

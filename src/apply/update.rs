@@ -35,6 +35,8 @@ use nix::unistd::unlinkat;
 use nix::unistd::UnlinkatFlags;
 use serde::Serialize;
 
+mod fresh;
+
 use super::preflight::{self, Touch};
 use super::{create_special, set_metadata, temp_name, write_file, BlobSource};
 use crate::capture::excludes::Excludes;
@@ -265,6 +267,9 @@ struct Engine {
     /// an in-place edit change what a later rollback restores.
     drops_others: bool,
     drops_own: bool,
+    /// The directory [`Engine::dir`] opened last.
+    last_dir: Mutex<Option<(Vec<u8>, OwnedFd)>>,
+    undo_fd: Option<OwnedFd>,
 }
 
 /// A key for a regular file's whole content (its chunk list and sparse map).
@@ -307,6 +312,8 @@ impl Engine {
             whole: HashMap::new(),
             drops_others: false,
             drops_own: false,
+            last_dir: Mutex::new(None),
+            undo_fd: None,
         })
     }
 
@@ -416,16 +423,44 @@ impl Engine {
         renameat(dir, temp, dir, name).at(shown(&self.root, rel))
     }
 
+    /// The directory `rel` of the tree. The engine walks the tree in manifest order, so the
+    /// directory asked for is mostly the last one or below it: it is opened from there (one
+    /// `openat`, or none) rather than from the root, one component at a time, for every entry.
     fn dir(&self, rel: &[u8]) -> Result<OwnedFd> {
-        sys::open_dir_beneath(self.root_fd.as_fd(), rel, &self.root)
+        let mut last = self.last_dir.lock().expect("dir lock");
+        let from = match last.as_ref() {
+            Some((p, fd)) if p.as_slice() == rel => return nix::unistd::dup(fd).at(&self.root),
+            Some((p, fd)) if p.is_empty() => Some((fd, rel)),
+            Some((p, fd)) if entry_is_under(rel, p) => Some((fd, &rel[p.len() + 1..])),
+            _ => None,
+        };
+        let opened =
+            from.and_then(|(fd, rest)| sys::open_dir_beneath(fd.as_fd(), rest, &self.root).ok());
+        // Failing from the last directory, open from the root, so the error names the path.
+        let fd = match opened {
+            Some(fd) => fd,
+            None => sys::open_dir_beneath(self.root_fd.as_fd(), rel, &self.root)?,
+        };
+        *last = Some((rel.to_vec(), nix::unistd::dup(&fd).at(&self.root)?));
+        Ok(fd)
+    }
+
+    /// The undo area's directory, opened once.
+    fn undo_fd(&mut self) -> Result<BorrowedFd<'_>> {
+        if self.undo_fd.is_none() {
+            self.undo_fd = Some(sys::open_root(&self.undo_dir)?);
+        }
+        Ok(self.undo_fd.as_ref().expect("set above").as_fd())
     }
 
     /// Moves `name` in `dir` (tree path `rel`) into the undo area.
     fn stash(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
+        // A directory moved away must not be found again by `dir`.
+        *self.last_dir.lock().expect("dir lock") = None;
         let n = self.number(rel)?;
-        let undo_fd = sys::open_root(&self.undo_dir)?;
         let to = n.to_string();
-        match renameat(dir, name, &undo_fd, to.as_str()) {
+        let undo_fd = self.undo_fd()?;
+        match renameat(dir, name, undo_fd, to.as_str()) {
             Ok(()) => {}
             Err(nix::errno::Errno::EXDEV) => {
                 // Another filesystem (a separate /boot): the old entry cannot be kept cheaply.
@@ -453,12 +488,11 @@ impl Engine {
             return self.stash(dir, name, rel);
         }
         let n = self.number(rel)?;
-        let undo_fd = sys::open_root(&self.undo_dir)?;
         let to = n.to_string();
         match nix::unistd::linkat(
             dir,
             name,
-            &undo_fd,
+            self.undo_fd()?,
             to.as_str(),
             nix::fcntl::AtFlags::empty(),
         ) {
@@ -966,7 +1000,11 @@ fn run(
             .insert(file_name(&e.path));
         let p = parent(&e.path);
         if last_dir.as_ref().map(|(lp, _)| lp.as_slice()) != Some(p) {
-            last_dir = Some((p.to_vec(), engine.dir(p).ok()));
+            // A directory the plan creates or replaces is not one on disk: no need to try.
+            let on_disk = (!changing.contains(p))
+                .then(|| engine.dir(p).ok())
+                .flatten();
+            last_dir = Some((p.to_vec(), on_disk));
         }
         let Some(dir) = last_dir.as_ref().and_then(|(_, d)| d.as_ref()) else {
             steps.push(Step {
@@ -1122,6 +1160,10 @@ fn run(
         skip(p, is_dir) || (opts.no_delete && !created_by_failed.contains(p))
     };
     while let Some(dir_path) = to_list.pop() {
+        // A directory the plan creates holds nothing yet.
+        if changing.contains(dir_path.as_slice()) {
+            continue;
+        }
         let Ok(dir) = engine.dir(&dir_path) else {
             continue;
         };
@@ -1203,8 +1245,12 @@ fn run(
     }
     let staging = node.dir.join("staging");
     let mut to_fetch = Vec::new();
+    // Blobs an interrupted run fetched already: one listing, not a stat per blob.
+    let staged: HashSet<std::ffi::OsString> = std::fs::read_dir(&staging)
+        .map(|it| it.flatten().map(|f| f.file_name()).collect())
+        .unwrap_or_default();
     for id in &needed {
-        if staging.join(id.hex()).exists() {
+        if staged.contains(std::ffi::OsStr::new(&id.hex())) {
             continue;
         }
         // Read it now: a file changed since the node's last update must not be counted on.
@@ -1282,6 +1328,22 @@ fn run(
     // The lock is taken (and on a new node the state directory made) only once nothing above
     // refused the run: a refused plan leaves an unmanaged root without a state directory.
     claim_node(node, &state, manifest, &mut steps)?;
+    let syncer = sys::Syncer::default();
+    let fresh = if is_fresh(&from, undoing.is_some(), manifest, &steps, &removals) {
+        let journal = Journal {
+            action: opts.action.clone(),
+            from: None,
+            to: to_ref.clone(),
+            undo: undo_name.clone(),
+            temps: Vec::new(),
+            fresh: true,
+        };
+        Some(fresh::Writer::begin(
+            &engine, node, manifest, &steps, journal, &syncer,
+        )?)
+    } else {
+        None
+    };
     // Blobs whose older version the node holds: ask for a binary delta against it first.
     let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
     if let (Some(cur), Some(_)) = (current.as_ref(), source) {
@@ -1338,154 +1400,48 @@ fn run(
             ))
         })?;
         let staging_ref = &staging;
+        let fresh_ref = &fresh;
         report.bytes_fetched += source.fetch(
             &to_fetch,
-            &|id, data| stage(staging_ref, id, &data),
+            &|id, data| {
+                // On a fresh root a file made of this blob alone is written now.
+                if let Some(w) = fresh_ref {
+                    if !w.take(id, &data)? {
+                        return Ok(());
+                    }
+                }
+                stage(staging_ref, id, &data)
+            },
             progress,
         )?;
     }
 
     // ---- apply ----
-    std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
+    match fresh {
+        Some(writer) => writer.finish(&staging, progress)?,
+        None => {
+            let journal = Journal {
+                action: opts.action.clone(),
+                from: from.clone(),
+                to: to_ref.clone(),
+                undo: undo_name,
+                temps: Vec::new(),
+                fresh: false,
+            };
+            apply_in_place(
+                &mut engine,
+                node,
+                manifest,
+                &steps,
+                &removals,
+                &staging,
+                journal,
+                &syncer,
+                progress,
+            )?
+        }
+    }
     let index_path = engine.undo_dir.join("index");
-    // Each stash writes its index line first, so the line count numbers the next one.
-    engine.undo_next = std::fs::read_to_string(&index_path)
-        .map(|t| t.lines().count() as u64)
-        .unwrap_or(0);
-    engine.undo_index = Some(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&index_path)
-            .at(&index_path)?,
-    );
-    node.begin(&Journal {
-        action: opts.action.clone(),
-        from: from.clone(),
-        to: to_ref.clone(),
-        undo: undo_name,
-        temps: steps
-            .iter()
-            .filter(|s| s.act != Act::Meta)
-            .map(|s| &manifest.entries[s.entry])
-            .filter(|e| e.kind != Kind::Dir)
-            .map(|e| {
-                let mut t = parent(&e.path).to_vec();
-                if !t.is_empty() {
-                    t.push(b'/');
-                }
-                t.extend_from_slice(&temp_name(file_name(&e.path)));
-                hex(&t)
-            })
-            .collect(),
-    })?;
-
-    // Every entry this run moves or links into the undo area gets its index line now, with
-    // one sync (rather than one per entry).
-    {
-        let mut rels: Vec<&[u8]> = removals.iter().map(|p| p.as_slice()).collect();
-        rels.extend(
-            steps
-                .iter()
-                .filter(|s| matches!(s.act, Act::Replace | Act::Content))
-                .map(|s| manifest.entries[s.entry].path.as_slice()),
-        );
-        engine.announce(&rels)?;
-    }
-    for p in &removals {
-        let dir = engine.dir(parent(p))?;
-        engine.stash(dir.as_fd(), file_name(p), p)?;
-    }
-    let total: u64 = steps
-        .iter()
-        .filter(|s| matches!(s.act, Act::Create | Act::Replace | Act::Content))
-        .map(|s| manifest.entries[s.entry].data_len())
-        .sum();
-    progress.phase("writing", Some(total), true);
-    // Pass 1: the new content of every file whose directory exists is written under a
-    // temporary name, then made durable with one syncfs, so that pass 2 only renames: a crash
-    // at any point leaves each path with its old content or its new.
-    let provider = Provider {
-        engine: &engine,
-        staging: staging.clone(),
-    };
-    let mut prewritten: HashSet<usize> = HashSet::new();
-    let syncer = sys::Syncer::default();
-    syncer.note(engine.root_fd.as_fd());
-    for s in &steps {
-        let e = &manifest.entries[s.entry];
-        if s.act == Act::Meta || !matches!(e.kind, Kind::File { .. }) {
-            continue;
-        }
-        let Ok(dir) = engine.dir(parent(&e.path)) else {
-            continue; // a directory this update creates: written in pass 2
-        };
-        let temp = temp_name(file_name(&e.path));
-        syncer.note(dir.as_fd());
-        engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
-        prewritten.insert(s.entry);
-    }
-    drop(provider);
-    if !prewritten.is_empty() {
-        syncer.sync(&engine.root)?;
-    }
-    // Pass 2, in manifest order.
-    for s in &steps {
-        let e = &manifest.entries[s.entry];
-        let dir = if e.path.is_empty() {
-            None
-        } else {
-            Some(engine.dir(parent(&e.path))?)
-        };
-        if let Some(d) = &dir {
-            syncer.note(d.as_fd());
-        }
-        let name = file_name(&e.path);
-        let temp = temp_name(name);
-        match (s.act, &e.kind) {
-            (Act::Meta, _) | (_, Kind::Dir) => {
-                if e.kind == Kind::Dir && s.act != Act::Meta {
-                    let dir = dir.as_ref().expect("not the root");
-                    if s.act == Act::Replace {
-                        engine.stash(dir.as_fd(), name, &e.path)?;
-                    }
-                    mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
-                        .at(shown(&engine.root, &e.path))?;
-                }
-                // Directory metadata is set at the end; other metadata now.
-                if e.kind != Kind::Dir {
-                    let dir = dir.as_ref().expect("not the root");
-                    let r = manifest.resolve(e);
-                    set_metadata(dir.as_fd(), name, r, None, &engine.root, &|w| {
-                        engine.warn(w)
-                    })?;
-                }
-            }
-            (_, Kind::File { .. }) => {
-                let dir = dir.as_ref().expect("not the root");
-                if !prewritten.contains(&s.entry) {
-                    let provider = Provider {
-                        engine: &engine,
-                        staging: staging.clone(),
-                    };
-                    engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
-                }
-                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
-            }
-            _ => {
-                let dir = dir.as_ref().expect("not the root");
-                let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
-                create_special(dir.as_fd(), &temp, &engine.root_fd, e, &engine.root)?;
-                if !matches!(e.kind, Kind::Hardlink { .. }) {
-                    set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| {
-                        engine.warn(w)
-                    })?;
-                }
-                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
-            }
-        }
-    }
-    progress.finish();
     // Directory metadata last, deepest first: creating and removing entries moved their mtimes.
     for e in manifest.entries.iter().rev() {
         if e.kind != Kind::Dir
@@ -1565,6 +1521,181 @@ fn run(
     free_staging(node);
     report.warnings = engine.warnings.into_inner().expect("lock");
     Ok(report)
+}
+
+/// Whether the run writes a fresh root: the node's first revision, onto a root that holds
+/// nothing of it yet (empty, or fresh filesystems with only their mount points), so that every
+/// step creates an entry or sets a directory's metadata and nothing is replaced or deleted.
+/// Such a run is written as `checkout` writes (see [`fresh`]).
+fn is_fresh(
+    from: &Option<RevRef>,
+    undoing: bool,
+    manifest: &Manifest,
+    steps: &[Step],
+    removals: &[Vec<u8>],
+) -> bool {
+    from.is_none()
+        && !undoing
+        && removals.is_empty()
+        && steps.iter().all(|s| {
+            s.act == Act::Create
+                || (s.act == Act::Meta && manifest.entries[s.entry].kind == Kind::Dir)
+        })
+}
+
+/// Applies the plan on a node that may be running: each file written under a temporary name
+/// and renamed into place, whatever it replaces or deletes kept in the undo area, all under
+/// `journal` (its temporary names are filled in here), noting the filesystems written to in
+/// `syncer`.
+#[allow(clippy::too_many_arguments)]
+fn apply_in_place(
+    engine: &mut Engine,
+    node: &Node,
+    manifest: &Manifest,
+    steps: &[Step],
+    removals: &[Vec<u8>],
+    staging: &Path,
+    journal: Journal,
+    syncer: &sys::Syncer,
+    progress: &dyn Progress,
+) -> Result<()> {
+    std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
+    let index_path = engine.undo_dir.join("index");
+    // Each stash writes its index line first, so the line count numbers the next one.
+    engine.undo_next = std::fs::read_to_string(&index_path)
+        .map(|t| t.lines().count() as u64)
+        .unwrap_or(0);
+    engine.undo_index = Some(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&index_path)
+            .at(&index_path)?,
+    );
+    node.begin(&Journal {
+        temps: steps
+            .iter()
+            .filter(|s| s.act != Act::Meta)
+            .map(|s| &manifest.entries[s.entry])
+            .filter(|e| e.kind != Kind::Dir)
+            .map(|e| {
+                let mut t = parent(&e.path).to_vec();
+                if !t.is_empty() {
+                    t.push(b'/');
+                }
+                t.extend_from_slice(&temp_name(file_name(&e.path)));
+                hex(&t)
+            })
+            .collect(),
+        ..journal
+    })?;
+
+    // Every entry this run moves or links into the undo area gets its index line now, with
+    // one sync (rather than one per entry).
+    {
+        let mut rels: Vec<&[u8]> = removals.iter().map(|p| p.as_slice()).collect();
+        rels.extend(
+            steps
+                .iter()
+                .filter(|s| matches!(s.act, Act::Replace | Act::Content))
+                .map(|s| manifest.entries[s.entry].path.as_slice()),
+        );
+        engine.announce(&rels)?;
+    }
+    for p in removals {
+        let dir = engine.dir(parent(p))?;
+        engine.stash(dir.as_fd(), file_name(p), p)?;
+    }
+    let total: u64 = steps
+        .iter()
+        .filter(|s| matches!(s.act, Act::Create | Act::Replace | Act::Content))
+        .map(|s| manifest.entries[s.entry].data_len())
+        .sum();
+    progress.phase("writing", Some(total), true);
+    // Pass 1: the new content of every file whose directory exists is written under a
+    // temporary name, then made durable with one syncfs, so that pass 2 only renames: a crash
+    // at any point leaves each path with its old content or its new.
+    let provider = Provider {
+        engine: &*engine,
+        staging: staging.to_path_buf(),
+    };
+    let mut prewritten: HashSet<usize> = HashSet::new();
+    syncer.note(engine.root_fd.as_fd());
+    for s in steps {
+        let e = &manifest.entries[s.entry];
+        if s.act == Act::Meta || !matches!(e.kind, Kind::File { .. }) {
+            continue;
+        }
+        let Ok(dir) = engine.dir(parent(&e.path)) else {
+            continue; // a directory this update creates: written in pass 2
+        };
+        let temp = temp_name(file_name(&e.path));
+        syncer.note(dir.as_fd());
+        engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+        prewritten.insert(s.entry);
+    }
+    drop(provider);
+    if !prewritten.is_empty() {
+        syncer.sync(&engine.root)?;
+    }
+    // Pass 2, in manifest order.
+    for s in steps {
+        let e = &manifest.entries[s.entry];
+        let dir = if e.path.is_empty() {
+            None
+        } else {
+            Some(engine.dir(parent(&e.path))?)
+        };
+        if let Some(d) = &dir {
+            syncer.note(d.as_fd());
+        }
+        let name = file_name(&e.path);
+        let temp = temp_name(name);
+        match (s.act, &e.kind) {
+            (Act::Meta, _) | (_, Kind::Dir) => {
+                if e.kind == Kind::Dir && s.act != Act::Meta {
+                    let dir = dir.as_ref().expect("not the root");
+                    if s.act == Act::Replace {
+                        engine.stash(dir.as_fd(), name, &e.path)?;
+                    }
+                    mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
+                        .at(shown(&engine.root, &e.path))?;
+                }
+                // Directory metadata is set at the end; other metadata now.
+                if e.kind != Kind::Dir {
+                    let dir = dir.as_ref().expect("not the root");
+                    let r = manifest.resolve(e);
+                    set_metadata(dir.as_fd(), name, r, None, &engine.root, &|w| {
+                        engine.warn(w)
+                    })?;
+                }
+            }
+            (_, Kind::File { .. }) => {
+                let dir = dir.as_ref().expect("not the root");
+                if !prewritten.contains(&s.entry) {
+                    let provider = Provider {
+                        engine: &*engine,
+                        staging: staging.to_path_buf(),
+                    };
+                    engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+                }
+                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+            }
+            _ => {
+                let dir = dir.as_ref().expect("not the root");
+                let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
+                create_special(dir.as_fd(), &temp, &engine.root_fd, e, &engine.root)?;
+                if !matches!(e.kind, Kind::Hardlink { .. }) {
+                    set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| {
+                        engine.warn(w)
+                    })?;
+                }
+                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+            }
+        }
+    }
+    progress.finish();
+    Ok(())
 }
 
 /// Where staged blobs go, as a tree path (for the space check).

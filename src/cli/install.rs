@@ -137,7 +137,7 @@ pub fn prepareclient(_: &Global, a: PrepareclientArgs) -> anyhow::Result<()> {
 /// Lay out a node's disk(s) from its class's template and install a revision onto them.
 ///
 /// Renders the class's partition template for the real disk sizes (refusing before anything
-/// is written when it does not fit), writes a fresh GPT with sgdisk, makes the filesystems,
+/// is written when it does not fit), writes a fresh GPT, makes the filesystems,
 /// applies the revision with the overrides laid over it (images `override`, `override.GROUP`,
 /// `override.HOSTNAME`) with the updateclient engine (so `aurum updateclient` and `aurum
 /// rollback` work from the first boot, and keep the overrides), writes /etc/fstab by UUID and
@@ -145,7 +145,8 @@ pub fn prepareclient(_: &Global, a: PrepareclientArgs) -> anyhow::Result<()> {
 /// runs the hooks: pre-install on the installer, post-install chrooted in the new root (the
 /// shipped ones set the hostname, clear the machine id, regenerate ssh host keys and install
 /// GRUB). An image file gets a loop device per partition. Everything is unmounted and
-/// detached at the end, on failure too. THE DISK IS ERASED.
+/// detached at the end, on failure too; the time of each step is printed (and in --json).
+/// THE DISK IS ERASED.
 #[derive(Args)]
 pub struct InstallArgs {
     /// The disk(s) to erase and install: block devices or image files, in template order;
@@ -272,6 +273,12 @@ pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
     for w in &r.warnings {
         eprintln!("aurum: warning: {w}");
     }
+    let times: Vec<String> = r
+        .times
+        .iter()
+        .map(|t| format!("{} {:.2} s", t.step.name(), t.seconds))
+        .collect();
+    eprintln!("install: times: {}", times.join(", "));
     if a.json {
         return print_json(&r);
     }

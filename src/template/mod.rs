@@ -76,15 +76,17 @@ pub enum PartType {
 }
 
 impl PartType {
-    /// The type code `sgdisk --typecode` takes.
-    pub fn sgdisk_code(self) -> &'static str {
+    /// The GPT partition type (the one `sgdisk -p` shows as ef00, ef02, 8300, 8200, fd00,
+    /// 8e00).
+    pub fn gpt_type(self) -> gpt::partition_types::Type {
+        use gpt::partition_types as pt;
         match self {
-            PartType::Efi => "ef00",
-            PartType::BiosBoot => "ef02",
-            PartType::Linux => "8300",
-            PartType::Swap => "8200",
-            PartType::Raid => "fd00",
-            PartType::Lvm => "8e00",
+            PartType::Efi => pt::EFI,
+            PartType::BiosBoot => pt::BIOS,
+            PartType::Linux => pt::LINUX_FS,
+            PartType::Swap => pt::LINUX_SWAP,
+            PartType::Raid => pt::LINUX_RAID,
+            PartType::Lvm => pt::LINUX_LVM,
         }
     }
 

@@ -44,20 +44,11 @@ fn parse_fstab(text: &str) -> Vec<(String, String, String)> {
 }
 
 fn kind_of(t: &gpt::partition_types::Type) -> PartType {
-    use gpt::partition_types as pt;
-    if t.guid == pt::EFI.guid {
-        PartType::Efi
-    } else if t.guid == pt::BIOS.guid {
-        PartType::BiosBoot
-    } else if t.guid == pt::LINUX_SWAP.guid {
-        PartType::Swap
-    } else if t.guid == pt::LINUX_RAID.guid {
-        PartType::Raid
-    } else if t.guid == pt::LINUX_LVM.guid {
-        PartType::Lvm
-    } else {
-        PartType::Linux
-    }
+    use PartType::*;
+    [Efi, BiosBoot, Swap, Raid, Lvm]
+        .into_iter()
+        .find(|k| k.gpt_type().guid == t.guid)
+        .unwrap_or(Linux)
 }
 
 /// Reads the layout of `disk` (a block device or an image file) and writes it as a template.

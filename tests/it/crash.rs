@@ -867,3 +867,101 @@ fn a_failed_checkout_leaves_no_half_written_files() {
         }
     }
 }
+
+/// Issue #23, item 5: the first updateclient into an empty root is written as checkout writes
+/// (under final names, no undo area), so a kill -9 mid-way leaves half-written files under
+/// their real names. The node must not claim the revision until a rerun has made it exact.
+#[test]
+fn a_killed_first_update_into_an_empty_root_is_redone_never_taken_for_complete() {
+    require_rsync();
+    let env = Env::new();
+    let src = env.path("golden");
+    for d in 0..12 {
+        for f in 0..150u64 {
+            write_random(
+                &src.join(format!("usr/d{d}/f{f:03}")),
+                d * 1000 + f,
+                if f == 0 { 600_000 } else { 3000 },
+            );
+        }
+    }
+    sh(&format!(
+        "cd {} && mkdir -p var/lib etc && for d in usr/*; do ln $d/f001 $d/hard && ln -s f002 $d/link; \
+         done && mkfifo etc/fifo && chmod 640 usr/d1/f003",
+        src.display()
+    ));
+    env.getimage(&src, "k", &[]);
+    let repo = env.repo();
+    let update = |root: &Path| -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_aurum"));
+        c.args([
+            "--no-progress",
+            "--repo",
+            repo.to_str().unwrap(),
+            "updateclient",
+        ])
+        .args(["--image", "k@1", "--no-default-excludes", "--root"])
+        .arg(root);
+        c
+    };
+    let status = |root: &Path| {
+        json(&crate::update::ok(&[
+            "node-status",
+            "--root",
+            root.to_str().unwrap(),
+            "--json",
+        ]))
+    };
+    // How long a whole first update takes here, to kill the others at fractions of it.
+    let probe = env.path("probe");
+    fs::create_dir(&probe).unwrap();
+    let t = Instant::now();
+    assert!(update(&probe).status().unwrap().success());
+    let whole = t.elapsed();
+    assert_eq!(crate::update::node_diff(&src, &probe), "");
+
+    let mut caught_writing = 0;
+    for (k, f) in [0.2, 0.35, 0.5, 0.65, 0.8, 0.9].into_iter().enumerate() {
+        let root = env.path(&format!("node{k}"));
+        fs::create_dir(&root).unwrap();
+        let mut child = update(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(whole.mul_f64(f));
+        let _ = child.kill();
+        let finished = child.wait().unwrap().success();
+        if !finished && root.join("var/lib/aurum-node").is_dir() {
+            // The node names the revision only once it holds all of it (the kill may come
+            // after the commit, while the run tidies up).
+            let s = status(&root);
+            if !s["state"]["current"].is_null() {
+                assert_eq!(
+                    crate::update::node_diff(&src, &root),
+                    "",
+                    "killed at {f}, the node claims a revision it does not hold: {s}"
+                );
+            }
+            if s["interrupted"]["fresh"] == true {
+                assert!(s["state"]["current"].is_null(), "{s}");
+                caught_writing += 1;
+            }
+        }
+        assert!(update(&root).status().unwrap().success(), "rerun after {f}");
+        assert_eq!(
+            crate::update::node_diff(&src, &root),
+            "",
+            "killed at {f}, rerun"
+        );
+        let s = status(&root);
+        assert!(
+            s["interrupted"].is_null() && s["state"]["current"]["number"] == 1,
+            "{s}"
+        );
+    }
+    assert!(
+        caught_writing > 0,
+        "no kill landed while the fresh root was being written (journal marked fresh)"
+    );
+}

@@ -500,6 +500,27 @@ fn install_same_class_on_13_and_22_gib() {
         "--json",
     ]);
     assert_eq!(json(&out)["class"], class, "{out}");
+    // Each step's time is reported, in order (issue #23).
+    let steps: Vec<String> = json(&out)["times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["step"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "plan",
+            "pre-install-hooks",
+            "partition",
+            "mkfs",
+            "transfer",
+            "configure",
+            "post-install-hooks",
+            "release"
+        ],
+        "{out}"
+    );
     // The server hands out templates on its API too.
     let api = http_get(&format!("http://{}/api/v1/templates/{class}", server.addr));
     assert_eq!(

@@ -26,6 +26,22 @@ use crate::progress::Quiet;
 /// Frames, both ways, go through buffers this large: fewer system calls on a fast link.
 pub const PIPE_BUFFER: usize = 1 << 20;
 
+fn send_blob(
+    out: &mut impl Write,
+    id: &Id,
+    codec: Codec,
+    raw_len: u32,
+    payload: &[u8],
+) -> Result<()> {
+    let msg = Msg::Blob {
+        id: *id,
+        codec,
+        raw_len,
+        payload: payload.to_vec(),
+    };
+    wire::send(out, &msg)
+}
+
 /// The sink of the hashing round: claims each chunk the server's filter does not know (once
 /// per capture) and sends it, raw or in groups as a local capture would store it.
 struct SendingSink<'a, W: Write + Send> {
@@ -40,15 +56,7 @@ impl<W: Write + Send> SendingSink<'_, W> {
     fn send_grouped(&self, g: crate::store::GroupedBlobs) -> Result<()> {
         let mut out = self.out.lock().expect("wire lock");
         for (id, data) in g.raw {
-            wire::send(
-                &mut *out,
-                &Msg::Blob {
-                    id,
-                    codec: Codec::Raw,
-                    raw_len: data.len() as u32,
-                    payload: data,
-                },
-            )?;
+            send_blob(&mut *out, &id, Codec::Raw, data.len() as u32, &data)?;
         }
         for group in g.groups {
             wire::send(
@@ -84,13 +92,13 @@ impl<W: Write + Send> BlobSink for SendingSink<'_, W> {
         Ok(!self.known.contains(id) && self.sent.lock().expect("sent lock").insert(*id))
     }
     fn put(&self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
-        let msg = Msg::Blob {
-            id: *id,
+        send_blob(
+            &mut *self.out.lock().expect("wire lock"),
+            id,
             codec,
             raw_len,
-            payload: payload.to_vec(),
-        };
-        wire::send(&mut *self.out.lock().expect("wire lock"), &msg)
+            payload,
+        )
     }
     fn put_grouped(&self, id: &Id, raw: &[u8]) -> Result<()> {
         self.put_many(vec![(*id, raw.to_vec())])
@@ -110,13 +118,13 @@ impl<W: Write + Send> BlobSink for WireSink<W> {
         Ok(true)
     }
     fn put(&self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
-        let msg = Msg::Blob {
-            id: *id,
+        send_blob(
+            &mut *self.0.lock().expect("wire lock"),
+            id,
             codec,
             raw_len,
-            payload: payload.to_vec(),
-        };
-        wire::send(&mut *self.0.lock().expect("wire lock"), &msg)
+            payload,
+        )
     }
     fn put_grouped(&self, id: &Id, raw: &[u8]) -> Result<()> {
         // Compressed for the wire; the server groups it after checking it.

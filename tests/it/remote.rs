@@ -624,6 +624,13 @@ fn relayed_getimage(env: &Env, golden: &Path, image: &str, plan: &str) -> (Strin
     (stdout, stderr)
 }
 
+/// What the relay logged: the request types in order, and the bytes the agent answered.
+fn relay_log(path: &Path) -> (String, u64) {
+    let text = fs::read_to_string(path).unwrap();
+    let (kinds, bytes) = text.split_once(' ').unwrap();
+    (kinds.to_string(), bytes.parse().unwrap())
+}
+
 /// A first remote capture asked the agent to hash every file, then to read every file again
 /// to send the chunks the repository lacked (and compressed each chunk twice). Now the agent
 /// sends what the repository's filter does not know while hashing: no Fetch round follows;
@@ -639,11 +646,7 @@ fn remote_first_capture_reads_each_file_once_and_sends_no_known_content() {
     fs::write(golden.join("lib/text"), "line of text\n".repeat(50_000)).unwrap();
     let log = env.path("log1");
     let (stdout, _) = relayed_getimage(&env, &golden, "one", &format!("log {}\n", log.display()));
-    let (kinds, answered) = fs::read_to_string(&log)
-        .unwrap()
-        .split_once(' ')
-        .map(|(k, b)| (k.to_string(), b.parse::<u64>().unwrap()))
-        .unwrap();
+    let (kinds, answered) = relay_log(&log);
     assert_eq!(
         kinds, "Sh",
         "requests of a first capture: {kinds}\n{stdout}"
@@ -663,11 +666,7 @@ fn remote_first_capture_reads_each_file_once_and_sends_no_known_content() {
     sh(&format!("cp -a {} {}", golden.display(), twin.display()));
     let log = env.path("log2");
     let (stdout, _) = relayed_getimage(&env, &twin, "two", &format!("log {}\n", log.display()));
-    let (kinds, answered) = fs::read_to_string(&log)
-        .unwrap()
-        .split_once(' ')
-        .map(|(k, b)| (k.to_string(), b.parse::<u64>().unwrap()))
-        .unwrap();
+    let (kinds, answered) = relay_log(&log);
     assert_eq!(
         kinds, "Sh",
         "requests of the twin's capture: {kinds}\n{stdout}"

@@ -176,7 +176,14 @@ fn converse<W: Write + Send>(input: &mut impl Read, out: &Mutex<W>) -> Result<()
                 send(&Msg::Done)?;
                 state = Some((source, scanned));
             }
-            Msg::Hash { files, known } => {
+            Msg::Hash {
+                files,
+                known,
+                level,
+            } => {
+                // Before this process compresses anything: each thread's compressor takes
+                // the level when it is first used.
+                crate::store::set_level(i32::from(level));
                 let (source, scanned) =
                     state.as_mut().ok_or_else(|| invalid("hash before scan"))?;
                 let files: Vec<usize> = files.into_iter().map(|f| f as usize).collect();

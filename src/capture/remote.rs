@@ -328,6 +328,7 @@ impl Source for RemoteSource {
         self.send(&Msg::Hash {
             files: files.iter().map(|&i| i as u64).collect(),
             known: sink.known()?,
+            level: crate::store::level() as u8,
         })?;
         let total: u64 = files.iter().map(|&i| scanned[i].stat.size).sum();
         progress.phase("hashing (remote)", Some(total), true);

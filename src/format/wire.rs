@@ -110,6 +110,8 @@ pub enum Msg {
     Hash {
         files: Vec<u64>,
         known: Known,
+        /// The zstd level the repository stores at (`getimage --level`).
+        level: u8,
     },
     Chunks {
         file: u64,
@@ -166,13 +168,18 @@ impl Msg {
                 w.u8(b'W');
                 w.bytes(s.as_bytes());
             }
-            Msg::Hash { files, known } => {
+            Msg::Hash {
+                files,
+                known,
+                level,
+            } => {
                 w.u8(b'h');
                 w.var(files.len() as u64);
                 for f in files {
                     w.var(*f);
                 }
                 w.bytes(&known.bits);
+                w.u8(*level);
             }
             Msg::Chunks {
                 file,
@@ -262,6 +269,7 @@ impl Msg {
                 Msg::Hash {
                     files,
                     known: Known { bits },
+                    level: r.u8()?,
                 }
             }
             b'C' => {
@@ -381,6 +389,7 @@ mod tests {
                     k.insert(&Id::of(b"x"));
                     k
                 },
+                level: 19,
             },
             Msg::Group {
                 payload: b"zstd".to_vec(),

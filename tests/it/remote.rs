@@ -582,7 +582,7 @@ while True:
         n, at = var(body, 1)
         for _ in range(n):
             _, at = var(body, at)
-        body = body[:at] + bytes([8]) + b'\xff' * 8
+        body = body[:at] + bytes([8]) + b'\xff' * 8 + body[-1:]
         head = len(body).to_bytes(4, 'little')
     for step in [p for p in plan if p[0] == kind]:
         if os.path.lexists(step[1]):
@@ -599,7 +599,13 @@ sys.exit(status)
 "#;
 
 /// Captures `golden` as `image` through [`VANISHING_SSH`] with `plan`; returns stdout, stderr.
-fn relayed_getimage(env: &Env, golden: &Path, image: &str, plan: &str) -> (String, String) {
+fn relayed_getimage(
+    env: &Env,
+    golden: &Path,
+    image: &str,
+    plan: &str,
+    extra: &[&str],
+) -> (String, String) {
     let plan_file = env.path(&format!("plan-{image}"));
     fs::write(&plan_file, plan).unwrap();
     let script = env.path("relay-ssh.py");
@@ -616,12 +622,36 @@ fn relayed_getimage(env: &Env, golden: &Path, image: &str, plan: &str) -> (Strin
             "--agent-command",
             env!("CARGO_BIN_EXE_aurum"),
         ])
+        .args(extra)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stdout}\n{stderr}");
     (stdout, stderr)
+}
+
+/// The agent compresses what a remote capture stores, so `--level` must reach it: with the
+/// groups made on the golden client, a remote `getimage --level 19` stored level 3 groups.
+#[test]
+fn remote_capture_stores_at_the_level_asked_for() {
+    let golden = tempfile::tempdir().unwrap();
+    // Text from a small vocabulary: level 19 finds much more in it than level 1.
+    sh(&format!(
+        "python3 -c \"import random; r = random.Random(5); w = [''.join(r.choice('abcdefghij') for _ in range(r.randint(2, 9))) for _ in range(300)]; open('{}/words', 'w').write(' '.join(r.choice(w) for _ in range(400000)))\"",
+        golden.path().display()
+    ));
+    let stored = |level: &str| {
+        let env = Env::new();
+        let (stdout, _) = relayed_getimage(&env, golden.path(), "img", "", &["--level", level]);
+        env.ok(&["verify", "img"]);
+        summary(&stdout).new_stored
+    };
+    let (fast, small) = (stored("1"), stored("19"));
+    assert!(
+        small < 0.9 * fast,
+        "level 19 stored {small} bytes, level 1 {fast}: the agent ignored --level"
+    );
 }
 
 /// What the relay logged: the request types in order, and the bytes the agent answered.
@@ -645,7 +675,13 @@ fn remote_first_capture_reads_each_file_once_and_sends_no_known_content() {
     }
     fs::write(golden.join("lib/text"), "line of text\n".repeat(50_000)).unwrap();
     let log = env.path("log1");
-    let (stdout, _) = relayed_getimage(&env, &golden, "one", &format!("log {}\n", log.display()));
+    let (stdout, _) = relayed_getimage(
+        &env,
+        &golden,
+        "one",
+        &format!("log {}\n", log.display()),
+        &[],
+    );
     let (kinds, answered) = relay_log(&log);
     assert_eq!(
         kinds, "Sh",
@@ -665,7 +701,8 @@ fn remote_first_capture_reads_each_file_once_and_sends_no_known_content() {
     let twin = env.path("twin");
     sh(&format!("cp -a {} {}", golden.display(), twin.display()));
     let log = env.path("log2");
-    let (stdout, _) = relayed_getimage(&env, &twin, "two", &format!("log {}\n", log.display()));
+    let (stdout, _) =
+        relayed_getimage(&env, &twin, "two", &format!("log {}\n", log.display()), &[]);
     let (kinds, answered) = relay_log(&log);
     assert_eq!(
         kinds, "Sh",
@@ -705,7 +742,7 @@ fn remote_capture_leaves_out_files_that_vanish_before_they_are_read() {
     // Removing files changes d's mtime after the scan read it; put it back to compare.
     let stamp = env.path("d-mtime");
     sh(&format!("touch -r {} {}", d.display(), stamp.display()));
-    let (stdout, stderr) = relayed_getimage(&env, &golden, "live", &plan);
+    let (stdout, stderr) = relayed_getimage(&env, &golden, "live", &plan, &[]);
     for gone in ["/d/a", "/d/h1", "/d/c"] {
         assert!(
             stderr.contains(&format!("warning: {gone}: vanished during the capture")),

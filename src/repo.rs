@@ -596,6 +596,11 @@ impl BlobWriter {
         }
     }
 
+    /// The blobs the repository has, as a filter.
+    pub fn known(&self) -> Result<crate::format::wire::Known> {
+        self.catalog.known_blobs()
+    }
+
     /// Blobs claimed and not stored yet.
     pub fn pending(&self) -> &HashSet<Id> {
         &self.pending

@@ -31,10 +31,11 @@ use crate::catalog::{Revision, RevisionStats};
 use crate::error::{invalid, Result};
 use crate::format::manifest::{decode_content, encode_content, Chunk, Kind, Manifest};
 use crate::format::pack::Codec;
+use crate::format::wire::Known;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::{check_name, BlobWriter, Repository};
-use crate::store::{chunk, compressible, PreparedGroup, GROUP_TARGET};
+use crate::store::{chunk, compressible, group_blobs, PreparedGroup};
 use excludes::Excludes;
 use scan::Scanned;
 
@@ -46,6 +47,21 @@ pub trait BlobSink: Sync {
     fn put(&self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()>;
     /// Stores (or sends) a claimed compressible blob, raw: it is compressed with its neighbours.
     fn put_grouped(&self, id: &Id, raw: &[u8]) -> Result<()>;
+    /// Stores a group received whole (see [`PreparedGroup::received`]): its members that
+    /// are not claimed yet are claimed and stored.
+    fn put_received(&self, group: PreparedGroup, body: &[u8]) -> Result<()> {
+        for (id, len, inner) in &group.members {
+            if self.claim(id)? {
+                store(self, id, &body[*inner as usize..(*inner + *len) as usize])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The blobs the repository already has, for a remote agent to leave out.
+    fn known(&self) -> Result<Known> {
+        Ok(Known::default())
+    }
     /// Stores claimed blobs, in this order.
     fn put_many(&self, blobs: Vec<(Id, Vec<u8>)>) -> Result<()> {
         for (id, data) in blobs {
@@ -71,47 +87,36 @@ impl BlobSink for Mutex<BlobWriter> {
     /// Groups in order and compresses the groups in parallel, outside the lock, so that
     /// hashing threads can go on claiming blobs meanwhile.
     fn put_many(&self, blobs: Vec<(Id, Vec<u8>)>) -> Result<()> {
-        let dense: Vec<bool> = blobs.par_iter().map(|(_, d)| compressible(d)).collect();
-        let mut open = self
+        let open = self
             .lock()
             .expect("blob writer lock")
             .begin_many(blobs.iter().map(|b| &b.0))?;
-        let mut open_bytes: usize = open.iter().map(|m| m.1.len()).sum();
-        let mut full = Vec::new();
-        let mut raw = Vec::new();
-        for ((id, data), dense) in blobs.into_iter().zip(dense) {
-            if !dense {
-                raw.push((id, data));
-                continue;
-            }
-            open_bytes += data.len();
-            open.push((id, data));
-            if open_bytes >= GROUP_TARGET {
-                full.push(std::mem::take(&mut open));
-                open_bytes = 0;
-            }
-        }
-        let prepared = full
-            .par_iter()
-            .map(|g| PreparedGroup::new(g))
-            .collect::<Result<Vec<_>>>()?;
+        let g = group_blobs(blobs, open)?;
         self.lock()
             .expect("blob writer lock")
-            .end_many(raw, &prepared, open)
+            .end_many(g.raw, &g.groups, g.open)
     }
-}
 
-/// A sink that wants nothing: hashing only.
-pub struct HashOnly;
+    fn known(&self) -> Result<Known> {
+        self.lock().expect("blob writer lock").known()
+    }
 
-impl BlobSink for HashOnly {
-    fn claim(&self, _: &Id) -> Result<bool> {
-        Ok(false)
-    }
-    fn put(&self, _: &Id, _: Codec, _: u32, _: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn put_grouped(&self, _: &Id, _: &[u8]) -> Result<()> {
+    /// Stores the whole group as it came when every member is new (the usual case: the
+    /// agent sends only what the repository's filter does not know), else its new members.
+    fn put_received(&self, group: PreparedGroup, body: &[u8]) -> Result<()> {
+        let mut w = self.lock().expect("blob writer lock");
+        let ids: Vec<Id> = group.members.iter().map(|m| m.0).collect();
+        let new = w.claim_many(&ids)?;
+        if new.iter().all(|&n| n) {
+            let open = w.begin_many(ids.iter())?;
+            return w.end_many(Vec::new(), &[group], open);
+        }
+        drop(w);
+        for ((id, len, inner), new) in group.members.iter().zip(new) {
+            if new {
+                store(self, id, &body[*inner as usize..(*inner + *len) as usize])?;
+            }
+        }
         Ok(())
     }
 }

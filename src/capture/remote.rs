@@ -3,18 +3,28 @@
 //! We use the administrator's own ssh (keys, agent, ProxyJump, known_hosts all apply) rather
 //! than an ssh library, and the same aurum binary on both ends. Only what the repository lacks
 //! crosses the wire: the agent sends stat data first, hashes only the files the stat cache cannot
-//! vouch for, and sends only the chunks the server asks for, compressed on the golden client.
+//! vouch for, and sends the chunks the repository lacks as it reads them, grouped and
+//! compressed on the golden client.
+//!
+//! ssh itself is asked (ahead of the administrator's ssh_config, behind anything given with
+//! `--ssh`, since ssh keeps the first value it reads for each option) to keep its connection
+//! for a minute (`ControlMaster`/`ControlPersist`), so that the next capture of the same client
+//! skips the key exchange and login, which on a fast link cost more than an unchanged capture;
+//! not to compress what is compressed already; and to prefer AES-GCM, which the processors
+//! of a cluster run in hardware.
 
 use std::io::{BufReader, BufWriter, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use super::agent::PIPE_BUFFER;
 use super::scan::Scanned;
 use super::{BlobSink, Content, Source};
 use crate::error::{invalid, Error, Result};
 use crate::format::pack::{Codec, IndexEntry};
 use crate::format::wire::{self, Msg, PROTOCOL_VERSION};
 use crate::progress::Progress;
-use crate::store::decode_blob;
+use crate::store::{decode_blob, PreparedGroup};
 
 /// `ssh://[user@]host[:port][/path]`, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +126,7 @@ impl RemoteSource {
             .ok_or_else(|| invalid("the ssh command is empty"))?;
         let mut cmd = Command::new(prog);
         cmd.args(args);
+        cmd.args(ssh_defaults());
         if let Some(port) = url.port {
             cmd.arg("-p").arg(port.to_string());
         }
@@ -138,8 +149,11 @@ impl RemoteSource {
                 "cannot run `{prog}`: {e}; install openssh-client or pass --ssh"
             ))
         })?;
-        let to = Some(BufWriter::new(child.stdin.take().expect("piped")));
-        let from = BufReader::new(child.stdout.take().expect("piped"));
+        let to = Some(BufWriter::with_capacity(
+            PIPE_BUFFER,
+            child.stdin.take().expect("piped"),
+        ));
+        let from = BufReader::with_capacity(PIPE_BUFFER, child.stdout.take().expect("piped"));
         let mut me = RemoteSource {
             url,
             child,
@@ -192,6 +206,77 @@ impl RemoteSource {
     }
 }
 
+impl RemoteSource {
+    /// Never store what we have not checked: a file that changed between hashing and
+    /// sending, or a damaged transfer, fails here.
+    fn check_blob(
+        &self,
+        id: crate::format::Id,
+        codec: Codec,
+        raw_len: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>> {
+        let entry = IndexEntry {
+            id,
+            offset: 0,
+            stored_len: payload.len() as u32,
+            raw_len,
+            codec,
+            inner: 0,
+        };
+        if codec == Codec::ZstdGroup {
+            return Err(Error::Remote(
+                "the agent sent a group as a blob; is the same aurum version installed on both ends?".into(),
+            ));
+        }
+        decode_blob(&entry, payload).map_err(|_| self.damaged())
+    }
+
+    fn damaged(&self) -> Error {
+        Error::Remote(format!(
+            "a chunk from {} does not match its hash (a file changed during the capture?); run getimage again",
+            self.url.host
+        ))
+    }
+}
+
+/// The ssh options a capture adds after the administrator's `--ssh` words (see the module
+/// documentation); a value given there wins.
+fn ssh_defaults() -> Vec<String> {
+    let mut opts = vec![
+        "-o".to_string(),
+        "Compression=no".to_string(),
+        "-o".to_string(),
+        "Ciphers=^aes128-gcm@openssh.com".to_string(),
+    ];
+    if let Some(dir) = control_dir() {
+        opts.extend([
+            "-o".to_string(),
+            "ControlMaster=auto".to_string(),
+            "-o".to_string(),
+            format!("ControlPath={}/%C", dir.display()),
+            "-o".to_string(),
+            "ControlPersist=60".to_string(),
+        ]);
+    }
+    opts
+}
+
+/// A directory only this user can enter, for ssh's connection sockets: under
+/// `$XDG_RUNTIME_DIR`, else `/tmp/aurum-ssh-UID`. `None` (no connection sharing) when it
+/// cannot be made or belongs to someone else.
+fn control_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("aurum-ssh"),
+        _ => PathBuf::from(format!("/tmp/aurum-ssh-{uid}")),
+    };
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    (meta.is_dir() && meta.uid() == uid && meta.permissions().mode() & 0o077 == 0).then_some(dir)
+}
+
 impl Drop for RemoteSource {
     fn drop(&mut self) {
         // Closing stdin ends the agent; then reap ssh.
@@ -237,11 +322,13 @@ impl Source for RemoteSource {
         &mut self,
         files: &[usize],
         scanned: &[Scanned],
-        _sink: &dyn BlobSink,
+        sink: &dyn BlobSink,
         progress: &dyn Progress,
     ) -> Result<Vec<Option<Content>>> {
         self.send(&Msg::Hash {
             files: files.iter().map(|&i| i as u64).collect(),
+            known: sink.known()?,
+            level: crate::store::level() as u8,
         })?;
         let total: u64 = files.iter().map(|&i| scanned[i].stat.size).sum();
         progress.phase("hashing (remote)", Some(total), true);
@@ -273,6 +360,22 @@ impl Source for RemoteSource {
                     let p = at(file)?;
                     progress.advance(scanned[file as usize].stat.size);
                     out[p] = Some(None);
+                }
+                Msg::Blob {
+                    id,
+                    codec,
+                    raw_len,
+                    payload,
+                } => {
+                    if sink.claim(&id)? {
+                        let raw = self.check_blob(id, codec, raw_len, &payload)?;
+                        super::store(sink, &id, &raw)?;
+                    }
+                }
+                Msg::Group { payload } => {
+                    let (group, body) =
+                        PreparedGroup::received(payload).map_err(|_| self.damaged())?;
+                    sink.put_received(group, &body)?;
                 }
                 Msg::Done => break,
                 other => {
@@ -310,25 +413,7 @@ impl Source for RemoteSource {
                     raw_len,
                     payload,
                 } => {
-                    // Never store what we have not checked: a file that changed between
-                    // hashing and sending, or a damaged transfer, fails here.
-                    let entry = IndexEntry {
-                        id,
-                        offset: 0,
-                        stored_len: payload.len() as u32,
-                        raw_len,
-                        codec,
-                        inner: 0,
-                    };
-                    if codec == Codec::ZstdGroup {
-                        return Err(Error::Remote("the agent sent a group; is the same aurum version installed on both ends?".into()));
-                    }
-                    let raw = decode_blob(&entry, &payload).map_err(|_| {
-                        Error::Remote(format!(
-                            "a chunk from {} does not match its hash (a file changed during the capture?); run getimage again",
-                            self.url.host
-                        ))
-                    })?;
+                    let raw = self.check_blob(id, codec, raw_len, &payload)?;
                     super::store(sink, &id, &raw)?;
                     got += 1;
                     progress.advance(1);

@@ -249,6 +249,23 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Every blob id the repository has, into a filter (for a remote capture's agent).
+    pub fn known_blobs(&self) -> Result<crate::format::wire::Known> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?;
+        let mut known = crate::format::wire::Known::with_capacity(n as usize);
+        let mut st = self.conn.prepare("SELECT id FROM blobs")?;
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            let bytes: Vec<u8> = row.get(0)?;
+            if let Ok(id) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                known.insert(&Id(id));
+            }
+        }
+        Ok(known)
+    }
+
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
         let mut st = self
             .conn

@@ -6,11 +6,15 @@
 //! followed by a stream of answers, so neither side ever writes while the other is blocked writing:
 //!
 //! 1. `Scan` -> `Entry`... `Done`: the tree, with stat data for the server's stat cache;
-//! 2. `Hash` (files not in the stat cache) -> `Chunks`... `Done`;
-//! 3. `Fetch` (chunks the repository lacks) -> `Blob`... `Done` (zstd frames made by the agent).
+//! 2. `Hash` (files not in the stat cache, and a [`Known`] filter of the blobs the repository
+//!    has) -> `Blob` and `Group`... (every chunk the filter does not know, sent as it is read,
+//!    grouped and compressed by the agent as a local capture stores them), `Chunks`... `Done`;
+//! 3. `Fetch` (chunks the repository still lacks: the filter's false positives) -> `Blob`...
+//!    `Done`.
 //!
 //! In rounds 2 and 3 a file that no longer exists is answered with `Vanished` (version 2).
-//! Rounds 2 and 3 may be repeated, when files vanish, until nothing more is missing.
+//! Rounds 2 and 3 may be repeated, when files vanish, until nothing more is missing. Version 3
+//! sends content in round 2, so that a first capture reads and hashes each file once.
 
 use std::io::{Read, Write};
 
@@ -20,9 +24,62 @@ use super::{Id, Reader, Writer};
 use crate::error::{corrupt, Error, Result};
 
 /// Protocol version; the agent announces it and the server refuses a mismatch.
-pub const PROTOCOL_VERSION: u64 = 2;
-/// Largest frame either side accepts (a blob is at most 1 MiB plus framing).
-pub const MAX_FRAME: usize = 8 << 20;
+pub const PROTOCOL_VERSION: u64 = 3;
+/// Largest frame either side accepts (a blob is at most 1 MiB, a compressed group at most its
+/// body of about [`crate::store::GROUP_TARGET`] plus one blob, a filter 4 MiB).
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// A Bloom filter of blob ids the repository has, sent with `Hash` so that the agent sends
+/// only chunks the repository (probably) lacks. Ids are BLAKE3 hashes, so their own bytes are
+/// the filter's hash functions: four 64-bit words, each picking one bit. At ten bits per blob
+/// about one lookup in a hundred says "known" wrongly; such a chunk is asked for in `Fetch`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    bits: Vec<u8>,
+}
+
+impl Known {
+    /// Largest filter sent: past 3.3 million blobs the false positives grow instead.
+    const MAX_BYTES: usize = 4 << 20;
+
+    /// An empty filter sized for `n` ids.
+    pub fn with_capacity(n: usize) -> Known {
+        let bytes = if n == 0 {
+            0
+        } else {
+            (n * 10).div_ceil(8).clamp(8, Self::MAX_BYTES)
+        };
+        Known {
+            bits: vec![0; bytes],
+        }
+    }
+
+    fn positions(&self, id: &Id) -> [usize; 4] {
+        let m = self.bits.len() as u64 * 8;
+        std::array::from_fn(|i| {
+            let word: [u8; 8] = id.0[i * 8..i * 8 + 8].try_into().expect("8 bytes");
+            (u64::from_le_bytes(word) % m) as usize
+        })
+    }
+
+    pub fn insert(&mut self, id: &Id) {
+        if self.bits.is_empty() {
+            return;
+        }
+        for p in self.positions(id) {
+            self.bits[p / 8] |= 1 << (p % 8);
+        }
+    }
+
+    /// False for an id never inserted, except for about one in a hundred.
+    pub fn contains(&self, id: &Id) -> bool {
+        !self.bits.is_empty()
+            && self
+                .positions(id)
+                .into_iter()
+                .all(|p| self.bits[p / 8] & (1 << (p % 8)) != 0)
+    }
+}
 
 /// Stat data that decides whether the stat cache may vouch for a file's content.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,6 +109,9 @@ pub enum Msg {
     Warning(String),
     Hash {
         files: Vec<u64>,
+        known: Known,
+        /// The zstd level the repository stores at (`getimage --level`).
+        level: u8,
     },
     Chunks {
         file: u64,
@@ -69,6 +129,10 @@ pub enum Msg {
         id: Id,
         codec: Codec,
         raw_len: u32,
+        payload: Vec<u8>,
+    },
+    /// A zstd-compressed group body (see [`super::pack::encode_group`]), stored as it is.
+    Group {
         payload: Vec<u8>,
     },
     Done,
@@ -104,12 +168,18 @@ impl Msg {
                 w.u8(b'W');
                 w.bytes(s.as_bytes());
             }
-            Msg::Hash { files } => {
+            Msg::Hash {
+                files,
+                known,
+                level,
+            } => {
                 w.u8(b'h');
                 w.var(files.len() as u64);
                 for f in files {
                     w.var(*f);
                 }
+                w.bytes(&known.bits);
+                w.u8(*level);
             }
             Msg::Chunks {
                 file,
@@ -145,6 +215,10 @@ impl Msg {
                 w.id(id);
                 w.u8(*codec as u8);
                 w.var(u64::from(*raw_len));
+                w.raw(payload);
+            }
+            Msg::Group { payload } => {
+                w.u8(b'G');
                 w.raw(payload);
             }
             Msg::Done => w.u8(b'.'),
@@ -188,7 +262,15 @@ impl Msg {
                 for _ in 0..n {
                     files.push(r.var()?);
                 }
-                Msg::Hash { files }
+                let bits = r.bytes()?.to_vec();
+                if bits.len() > Known::MAX_BYTES {
+                    return Err(corrupt("agent frame: filter too large"));
+                }
+                Msg::Hash {
+                    files,
+                    known: Known { bits },
+                    level: r.u8()?,
+                }
             }
             b'C' => {
                 let file = r.var()?;
@@ -226,6 +308,9 @@ impl Msg {
                     payload,
                 }
             }
+            b'G' => Msg::Group {
+                payload: r.raw(r.remaining())?.to_vec(),
+            },
             b'.' => Msg::Done,
             b'!' => Msg::Error(text(r.bytes()?)),
             other => return Err(corrupt(format!("unknown agent frame type {other}"))),
@@ -297,7 +382,18 @@ mod tests {
                     maybe_sparse: true,
                 },
             },
-            Msg::Hash { files: vec![1, 2] },
+            Msg::Hash {
+                files: vec![1, 2],
+                known: {
+                    let mut k = Known::with_capacity(3);
+                    k.insert(&Id::of(b"x"));
+                    k
+                },
+                level: 19,
+            },
+            Msg::Group {
+                payload: b"zstd".to_vec(),
+            },
             Msg::Chunks {
                 file: 1,
                 chunks: vec![Chunk {
@@ -329,5 +425,20 @@ mod tests {
             assert_eq!(&recv(&mut rd).unwrap().unwrap(), m);
         }
         assert!(recv(&mut rd).unwrap().is_none());
+    }
+
+    #[test]
+    fn known_filter_finds_what_it_holds() {
+        let ids: Vec<Id> = (0u32..1000).map(|i| Id::of(&i.to_le_bytes())).collect();
+        let mut k = Known::with_capacity(ids.len());
+        for id in &ids {
+            k.insert(id);
+        }
+        assert!(ids.iter().all(|id| k.contains(id)));
+        let wrong = (1000u32..11000)
+            .filter(|i| k.contains(&Id::of(&i.to_le_bytes())))
+            .count();
+        assert!(wrong < 300, "{wrong} false positives in 10000");
+        assert!(!Known::with_capacity(0).contains(&ids[0]));
     }
 }

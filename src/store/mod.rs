@@ -279,6 +279,76 @@ impl PreparedGroup {
                 .collect(),
         })
     }
+
+    /// Takes a group compressed elsewhere (by a remote capture's agent) after checking every
+    /// member against its id; returns it with its decompressed body.
+    pub fn received(payload: Vec<u8>) -> Result<(PreparedGroup, Vec<u8>)> {
+        let body = zstd::bulk::decompress(&payload, GROUP_TARGET + (2 << 20))
+            .map_err(|e| corrupt(format!("a received group does not decompress: {e}")))?;
+        let table = pack::decode_group(&body)?;
+        let mut members = Vec::with_capacity(table.len());
+        for (id, inner, len) in table {
+            let data = &body[inner as usize..(inner + len) as usize];
+            if Id::of(data) != id {
+                return Err(corrupt(format!(
+                    "member {} of a received group does not match its id",
+                    id.short()
+                )));
+            }
+            members.push((id, len, inner));
+        }
+        let group = PreparedGroup {
+            id: Id::of(&body),
+            body_len: body.len() as u32,
+            payload,
+            members,
+        };
+        Ok((group, body))
+    }
+
+    /// The compressed body, as it goes into a pack.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+/// New blobs, in order, cut the way a capture stores them: incompressible ones raw, the others
+/// appended to `open` (the group still being filled) and closed into groups of
+/// [`GROUP_TARGET`], compressed in parallel. Returns the raw blobs, the closed groups and the
+/// group left open.
+pub fn group_blobs(
+    blobs: Vec<(Id, Vec<u8>)>,
+    mut open: Vec<(Id, Vec<u8>)>,
+) -> Result<GroupedBlobs> {
+    use rayon::prelude::*;
+    let dense: Vec<bool> = blobs.par_iter().map(|(_, d)| compressible(d)).collect();
+    let mut open_bytes: usize = open.iter().map(|m| m.1.len()).sum();
+    let mut full = Vec::new();
+    let mut raw = Vec::new();
+    for ((id, data), dense) in blobs.into_iter().zip(dense) {
+        if !dense {
+            raw.push((id, data));
+            continue;
+        }
+        open_bytes += data.len();
+        open.push((id, data));
+        if open_bytes >= GROUP_TARGET {
+            full.push(std::mem::take(&mut open));
+            open_bytes = 0;
+        }
+    }
+    let groups = full
+        .par_iter()
+        .map(|g| PreparedGroup::new(g))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GroupedBlobs { raw, groups, open })
+}
+
+/// What [`group_blobs`] made.
+pub struct GroupedBlobs {
+    pub raw: Vec<(Id, Vec<u8>)>,
+    pub groups: Vec<PreparedGroup>,
+    pub open: Vec<(Id, Vec<u8>)>,
 }
 
 struct OpenPack {

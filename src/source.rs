@@ -774,9 +774,10 @@ impl RevisionSource for HttpRepo {
                 .1
                 .push(e);
         }
-        let mut records: Vec<((Id, u64), (u32, Vec<IndexEntry>))> = records.into_iter().collect();
-        records.sort_by(|a, b| a.0.cmp(&b.0));
         type Record = (u64, u32, Vec<IndexEntry>);
+        type At = ((Id, u64), (u32, Vec<IndexEntry>));
+        let mut records: Vec<At> = records.into_iter().collect();
+        records.sort_by_key(|a| a.0);
         let mut ranges: Vec<(Id, Vec<Record>)> = Vec::new();
         for ((pack, offset), (len, members)) in records {
             let joins = ranges.last().is_some_and(|(p, recs)| {

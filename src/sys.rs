@@ -80,8 +80,11 @@ fn xattr_path(dir: BorrowedFd, name: &[u8]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(proc_path(dir, name).as_bytes()))
 }
 
+/// Extended attributes as (name, value) pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every xattr of `name` in `dir` (not following a symlink), sorted by name.
-pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Xattrs> {
     let p = xattr_path(dir, name);
     let keys = match xattr::list(&p) {
         Ok(keys) => keys,
@@ -159,7 +162,7 @@ impl Syncer {
             return;
         };
         let mut fds = self.fds.lock().expect("syncer lock");
-        if let std::collections::hash_map::Entry::Vacant(v) = fds.entry(st.st_dev as u64) {
+        if let std::collections::hash_map::Entry::Vacant(v) = fds.entry(st.st_dev) {
             if let Ok(fd) = nix::unistd::dup(dir) {
                 v.insert(fd);
             }

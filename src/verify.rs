@@ -133,6 +133,7 @@ pub fn verify(
             let total: u64 = packs.iter().map(|p| p.1).sum();
             progress.phase("verifying packs", Some(total), true);
             let (root, packs_reader) = (&repo.root, &repo.packs);
+            #[allow(clippy::type_complexity)] // one use: bad blobs, a pack error, two counts
             let results: Vec<(Vec<(Id, String)>, Option<String>, u64, u64)> = work
                 .par_iter()
                 .map(|(pack, _, blobs)| check_pack(root, packs_reader, pack, blobs, progress))

@@ -641,7 +641,7 @@ impl BlobSource for Provider<'_> {
 }
 
 /// The disk's answer for one path: its stat and xattrs, or nothing.
-fn look(dir: BorrowedFd, name: &[u8]) -> Option<(FileStat, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn look(dir: BorrowedFd, name: &[u8]) -> Option<(FileStat, sys::Xattrs)> {
     let st = sys::lstat_at(dir, name).ok()?;
     let x = sys::xattrs_at(dir, name).unwrap_or_default();
     Some((st, x))

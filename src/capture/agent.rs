@@ -199,7 +199,6 @@ fn converse<W: Write + Send>(input: &mut impl Read, out: &Mutex<W>) -> Result<()
                 };
                 let contents = source.hash(&files, scanned, &sink, &Quiet)?;
                 sink.finish()?;
-                drop(sink);
                 drop(guard);
                 for (f, c) in files.iter().zip(contents) {
                     let file = *f as u64;
@@ -225,7 +224,6 @@ fn converse<W: Write + Send>(input: &mut impl Read, out: &Mutex<W>) -> Result<()
                 let mut guard = out.lock().expect("wire lock");
                 let sink = WireSink(Mutex::new(&mut *guard));
                 let vanished = source.fetch(&wants, scanned, &sink, &Quiet)?;
-                drop(sink);
                 drop(guard);
                 for file in vanished {
                     send(&Msg::Vanished { file: file as u64 })?;

@@ -128,7 +128,7 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
     let commit = !a.no_commit
         && outcome
             .as_ref()
-            .map_or(true, |o| o.commits(a.commit_on_failure));
+            .is_none_or(|o| o.commits(a.commit_on_failure));
     if !commit {
         let why = match ending {
             _ if a.no_commit => "--no-commit",

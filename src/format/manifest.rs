@@ -391,8 +391,11 @@ pub fn encode_content(chunks: &[Chunk], extents: Option<&[(u64, u64)]>) -> Vec<u
     w.buf
 }
 
+/// A file's content as a stat cache entry holds it: its chunks, and its data extents when sparse.
+pub type Content = (Vec<Chunk>, Option<Vec<(u64, u64)>>);
+
 /// The inverse of [`encode_content`].
-pub fn decode_content(data: &[u8]) -> Result<(Vec<Chunk>, Option<Vec<(u64, u64)>>)> {
+pub fn decode_content(data: &[u8]) -> Result<Content> {
     let mut r = Reader::new(data, "stat cache entry");
     let out = read_content(&mut r)?;
     if !r.at_end() {
@@ -402,7 +405,7 @@ pub fn decode_content(data: &[u8]) -> Result<(Vec<Chunk>, Option<Vec<(u64, u64)>
 }
 
 /// Reads what [`encode_content`] wrote.
-pub fn read_content(r: &mut Reader) -> Result<(Vec<Chunk>, Option<Vec<(u64, u64)>>)> {
+pub fn read_content(r: &mut Reader) -> Result<Content> {
     let n = r.var()?;
     let mut chunks = Vec::with_capacity(n.min(1 << 16) as usize);
     for _ in 0..n {

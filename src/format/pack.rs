@@ -116,7 +116,7 @@ pub fn decode_group(body: &[u8]) -> Result<Vec<(Id, u32, u32)>> {
 
 /// Encodes a pack index; `entries` are sorted by id here.
 pub fn encode_index(entries: &mut [IndexEntry]) -> Vec<u8> {
-    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    entries.sort_by_key(|a| a.id);
     let mut w = Writer::default();
     w.raw(INDEX_MAGIC);
     w.var(entries.len() as u64);

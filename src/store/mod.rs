@@ -570,13 +570,16 @@ pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
 /// How many decompressed groups a reader keeps (a few per thread).
 const GROUP_CACHE: usize = 2;
 
+/// A decompressed group of a pack, by pack and offset.
+type Group = ((Id, u64), Arc<Vec<u8>>);
+
 /// Reads blobs out of packs, keeping a few pack files open.
 pub struct PackReader {
     repo: PathBuf,
     open: Mutex<HashMap<Id, Arc<File>>>,
     /// The groups decompressed last (most recent first): members are read one after the
     /// other, by a few threads at once.
-    groups: Mutex<Vec<((Id, u64), Arc<Vec<u8>>)>>,
+    groups: Mutex<Vec<Group>>,
 }
 
 impl PackReader {

@@ -180,7 +180,7 @@ fn in_archive(e: crate::Error, path: &Path) -> crate::Error {
 /// at the file's end, as GNU tar writes it, so that a trailing hole keeps the file's size.
 fn sparse_header(h: &mut tar::Header, extents: &[(u64, u64)], size: u64) -> Vec<u8> {
     let mut map: Vec<(u64, u64)> = extents.to_vec();
-    if map.last().map_or(true, |&(off, len)| off + len < size) {
+    if map.last().is_none_or(|&(off, len)| off + len < size) {
         map.push((size, 0));
     }
     h.set_entry_type(tar::EntryType::GNUSparse);

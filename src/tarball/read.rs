@@ -278,7 +278,7 @@ impl<R: Read> Reader<R> {
         let mut text = Vec::new();
         let mut numbers: Vec<u64> = Vec::new();
         let mut want: Option<u64> = None;
-        while want.map_or(true, |n| (numbers.len() as u64) < 1 + 2 * n) {
+        while want.is_none_or(|n| (numbers.len() as u64) < 1 + 2 * n) {
             let mut block = [0u8; BLOCK];
             if self.left < BLOCK as u64 || !self.block(&mut block)? {
                 return Err(corrupt("a pax sparse map runs past its member's data"));
@@ -357,7 +357,7 @@ impl Member {
                     .map(|x| decimal(x, "pax sparse map"))
                     .collect::<Result<_>>()?
             };
-            if n.len() % 2 != 0 {
+            if !n.len().is_multiple_of(2) {
                 return Err(corrupt("a pax sparse map with an odd count"));
             }
             self.extents = Some(n.chunks(2).map(|p| (p[0], p[1])).collect());
@@ -376,7 +376,7 @@ fn check_extents(m: &Member, ext: &[(u64, u64)], stored: u64) -> Result<()> {
     let mut total = 0u64;
     for &(off, len) in ext {
         let stop = off.checked_add(len);
-        if off < end || stop.map_or(true, |s| s > m.size) {
+        if off < end || stop.is_none_or(|s| s > m.size) {
             return Err(corrupt(format!(
                 "archive member `{}` has a sparse map out of order or past its size",
                 String::from_utf8_lossy(&m.name)

@@ -117,11 +117,11 @@ impl fmt::Display for Amount {
 
 /// Bytes as a template would write them: `512MiB`, `20GiB`, or MiB when not whole GiB.
 pub fn exact(b: u64) -> String {
-    if b % (1 << 40) == 0 && b >= 1 << 40 {
+    if b.is_multiple_of(1 << 40) && b >= 1 << 40 {
         format!("{}TiB", b >> 40)
-    } else if b % GIB == 0 && b >= GIB {
+    } else if b.is_multiple_of(GIB) && b >= GIB {
         format!("{}GiB", b / GIB)
-    } else if b % MIB == 0 {
+    } else if b.is_multiple_of(MIB) {
         format!("{}MiB", b / MIB)
     } else {
         format!("{b}B")

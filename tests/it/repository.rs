@@ -473,7 +473,7 @@ fn getimage_leaves_out_files_that_vanish_during_the_capture() {
                     for k in 0..20 {
                         let _ = std::fs::File::create(dir.join(format!("churn{k}")));
                     }
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         let _ = std::fs::remove_dir_all(&dir);
                     } else {
                         for k in 0..20 {

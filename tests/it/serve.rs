@@ -386,7 +386,7 @@ fn issue23_ranges_and_validators_follow_rfc_9110() {
         .trim()
         .to_string();
     // (`http` lowercases the head, and HTTP dates are case-sensitive.)
-    let mtime = std::fs::metadata(env.repo().join(pack.trim_start_matches('/')))
+    let mtime = std::fs::metadata(env.public().join(pack.trim_start_matches('/')))
         .unwrap()
         .modified()
         .unwrap();

@@ -153,6 +153,106 @@ fn flock(file: &File, lock: Lock, path: &Path) -> Result<()> {
     crate::sys::lock_file(file, path, exclusive, waiting)
 }
 
+/// Prefix of the markers in `tmp/` that say a command is between changing the catalog and
+/// rewriting the published files derived from it ([`Publishing`]).
+const PUBLISHING_PREFIX: &str = "publishing-";
+
+/// Held by a command from before it changes what the published files derive from (a revision,
+/// a tag, an image name, a template) until it has rewritten them: a marker file in `tmp/`,
+/// locked while the command lives. A command killed in between leaves the marker unlocked,
+/// and the next command to open the repository rebuilds the published files from the catalog
+/// ([`finish_publishing`]), so a revision committed just before a kill is never left invisible
+/// to nodes that read `refs/` over HTTP.
+pub struct Publishing {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Publishing {
+    fn begin(root: &Path) -> Result<Publishing> {
+        let tmp = store::tmp_dir(root);
+        fs::create_dir_all(&tmp).at(&tmp)?;
+        let (file, path) = tempfile::Builder::new()
+            .prefix(PUBLISHING_PREFIX)
+            .tempfile_in(&tmp)
+            .at(&tmp)?
+            .keep()
+            .map_err(|e| e.error)
+            .at(&tmp)?;
+        file.try_lock()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .at(&path)?;
+        // Durable before the catalog changes, so a power cut in between is also repaired.
+        crate::sys::sync_dir(&tmp)?;
+        Ok(Publishing { path, _file: file })
+    }
+}
+
+impl Publishing {
+    /// The published files are written: removes the marker. A command that fails before
+    /// this leaves it (unlocked once the command exits) for the next one to finish.
+    pub fn done(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Rebuilds the published files if a command was killed between changing the catalog and
+/// publishing ([`Publishing`]): a marker nobody holds locked. Needs the exclusive lock for
+/// the rebuild (taken here if `held` is shared and no one else works on the repository, and
+/// given back after); when others are at work, the next command to open it does it. A
+/// repository where the rebuild fails (read-only, or a damaged `public/`) is left as it is,
+/// with a warning.
+fn finish_publishing(root: &Path, catalog: &Catalog, lock: &File, held: Lock) -> Result<()> {
+    let orphans = || -> Vec<PathBuf> {
+        let Ok(dir) = fs::read_dir(store::tmp_dir(root)) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(PUBLISHING_PREFIX)
+            })
+            .map(|e| e.path())
+            .filter(|p| File::open(p).is_ok_and(|f| f.try_lock().is_ok()))
+            .collect()
+    };
+    if orphans().is_empty() {
+        return Ok(());
+    }
+    if held == Lock::Shared && lock.try_lock().is_err() {
+        return Ok(());
+    }
+    // Under the exclusive lock no command is publishing: every marker left is an orphan.
+    let left = orphans();
+    let result = if left.is_empty() {
+        Ok(())
+    } else {
+        publish::rebuild(root, catalog).map(|rebuilt| {
+            for p in &left {
+                let _ = fs::remove_file(p);
+            }
+            log::info!(
+                "{}: a command was killed before publishing what it recorded; rebuilt {} published files",
+                root.display(),
+                rebuilt.len()
+            );
+        })
+    };
+    if held == Lock::Shared {
+        flock(lock, Lock::Shared, &root.join("lock"))?;
+    }
+    if let Err(e) = result {
+        // A read-only copy (an NFS export) or a damaged public/: the command goes on, and
+        // `verify` names what is stale.
+        log::warn!(
+            "{}: a command was killed before publishing what it recorded, and rebuilding the published files failed: {e}; `aurum verify --repair` rebuilds them",
+            root.display()
+        );
+    }
+    Ok(())
+}
+
 /// Brings an older repository's file modes to today's, once (the first time this aurum opens
 /// it). Best effort: a read-only copy (an NFS export) is left as it is, and `verify` still
 /// reports what is wrong there.
@@ -262,6 +362,7 @@ impl Repository {
             .at(&lock_path)?;
         flock(&lock_file, lock, &lock_path)?;
         let catalog = Catalog::open(&root.join("aurum.db"))?;
+        finish_publishing(root, &catalog, &lock_file, lock)?;
         if catalog.get_meta(LAYOUT_META)?.is_none() {
             upgrade_layout(root, &catalog, &lock_file, lock).map_err(|e| {
                 e.with_note(&format!(
@@ -411,16 +512,24 @@ impl Repository {
         stats: &RevisionStats,
     ) -> Result<Revision> {
         check_name("image", image)?;
+        let publishing = self.publishing()?;
         let number = self
             .catalog
             .add_revision(image, id, parent, message, source, stats)?;
         // Packs first: a static client that sees the new head must find its packs listed.
         self.write_pack_list()?;
         self.write_refs(image)?;
+        publishing.done();
         Ok(self
             .catalog
             .revision(image, number)?
             .expect("just inserted"))
+    }
+
+    /// Marks the repository as being between a catalog change and the rewrite of the published
+    /// files; hold the result until they are written ([`Publishing`]).
+    pub fn publishing(&self) -> Result<Publishing> {
+        Publishing::begin(&self.root)
     }
 
     /// Rewrites `refs/IMAGE/` from the catalog (removing it when the image is gone).

@@ -28,20 +28,24 @@ pub fn tag(g: &Global, a: TagArgs) -> anyhow::Result<()> {
             aurum::Error::Invalid(format!("`{}`: give the tag to delete as IMAGE:TAG", a.rev))
         })?;
         repo.require_image(image)?;
+        let publishing = repo.publishing()?;
         if !repo.catalog.delete_tag(image, tag)? {
             return Err(
                 aurum::Error::NotFound(format!("image `{image}` has no tag `{tag}`")).into(),
             );
         }
         repo.write_refs(image)?;
+        publishing.done();
         println!("deleted {image}:{tag}");
         return Ok(());
     }
     let tag = a.tag.expect("required by clap");
     check_name("tag", &tag)?;
     let rev = repo.resolve(&a.rev)?;
+    let publishing = repo.publishing()?;
     repo.catalog.set_tag(&rev.image, &tag, rev.number)?;
     repo.write_refs(&rev.image)?;
+    publishing.done();
     println!("{}:{tag} -> {} {}", rev.image, rev.name(), rev.id.short());
     Ok(())
 }
@@ -69,8 +73,10 @@ pub fn cpimage(g: &Global, a: CpimageArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let publishing = repo.publishing()?;
     repo.catalog.copy_image(&a.src, &a.dst)?;
     repo.write_refs(&a.dst)?;
+    publishing.done();
     println!("copied {} to {}", a.src, a.dst);
     Ok(())
 }
@@ -91,9 +97,11 @@ pub fn mvimage(g: &Global, a: MvimageArgs) -> anyhow::Result<()> {
     if repo.catalog.image_exists(&a.new)? {
         return Err(aurum::Error::Invalid(format!("image `{}` already exists", a.new)).into());
     }
+    let publishing = repo.publishing()?;
     repo.catalog.rename_image(&a.old, &a.new)?;
     repo.write_refs(&a.old)?;
     repo.write_refs(&a.new)?;
+    publishing.done();
     println!("renamed {} to {}", a.old, a.new);
     Ok(())
 }
@@ -127,8 +135,10 @@ pub fn rmimage(g: &Global, a: RmimageArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let publishing = repo.publishing()?;
     repo.catalog.delete_image(&a.name)?;
     repo.write_refs(&a.name)?;
+    publishing.done();
     println!(
         "removed image {}; run `aurum gc` to free the space only it used",
         a.name

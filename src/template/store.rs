@@ -63,8 +63,10 @@ pub fn mirror_path(repo: &Path, class: &str) -> std::path::PathBuf {
 /// Checks `text` and saves it as the next version of `class`. Returns `(version, is_new)`.
 pub fn save(repo: &mut Repository, class: &str, text: &str, note: &str) -> Result<(u32, bool)> {
     Template::parse(class, &format!("{class}.toml"), text)?;
+    let publishing = repo.publishing()?;
     let r = repo.catalog.add_template(class, text, note)?;
     crate::publish::write(&repo.root, &crate::publish::templates(&repo.catalog)?)?;
+    publishing.done();
     if r.1 {
         repo.catalog.event(
             "template",

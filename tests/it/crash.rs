@@ -617,6 +617,78 @@ fn gc_keeps_packs_of_tiny_files() {
     assert_eq!(fs::read(co.join("a")).unwrap(), b"a\n");
 }
 
+/// A capture that records its revision but dies before writing `refs/` (killed, or here
+/// failing to write them) leaves a marker in `tmp/`; the next command to open the repository
+/// publishes the revision, so nodes reading refs over HTTP are not left one revision behind
+/// and `verify` has nothing to object to. CI once caught a kill in exactly that window.
+#[test]
+fn a_revision_recorded_but_not_published_is_published_by_the_next_command() {
+    let env = Env::new();
+    let src = env.path("g");
+    write_random(&src.join("a.bin"), 1, 50_000);
+    env.getimage(&src, "g", &[]);
+    write_random(&src.join("b.bin"), 2, 50_000);
+    // refs/g as a file: the commit lands in the catalog, writing refs/g/head fails.
+    let refs = env.public().join("refs/g");
+    let head_before = fs::read(refs.join("head")).unwrap();
+    fs::remove_dir_all(&refs).unwrap();
+    fs::write(&refs, "in the way\n").unwrap();
+    let out = env.run(&[
+        "getimage",
+        "--golden-client",
+        src.to_str().unwrap(),
+        "--image",
+        "g",
+    ]);
+    assert!(
+        !out.status.success(),
+        "the capture could not publish its refs, yet succeeded"
+    );
+    assert_eq!(revisions_of(&env, "g"), 2);
+    let markers = || -> Vec<String> {
+        fs::read_dir(env.repo().join("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("publishing-"))
+            .collect()
+    };
+    assert_eq!(
+        markers().len(),
+        1,
+        "no marker left for the unfinished publish"
+    );
+    // While public/ stays broken, commands warn, go on, and verify names the stale refs.
+    let out = env.run(&["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "verify accepted refs that lag the catalog"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("verify --repair"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Once it can, the next command (any) finishes the publish.
+    fs::remove_file(&refs).unwrap();
+    env.ok(&["log", "g"]);
+    let rev2 = json(&env.ok(&["show", "g@2", "--json"]));
+    let head = fs::read_to_string(refs.join("head")).unwrap();
+    assert_eq!(
+        head.trim(),
+        rev2["id"].as_str().unwrap(),
+        "refs/g/head is not revision 2"
+    );
+    assert_ne!(head.as_bytes(), &head_before[..]);
+    assert!(
+        markers().is_empty(),
+        "the marker outlived the publish: {:?}",
+        markers()
+    );
+    env.ok(&["verify"]);
+}
+
 /// A pack index (what HTTP clients read to find blobs) with a flipped byte is reported by
 /// verify, and verify --repair writes it again.
 #[test]

@@ -107,10 +107,13 @@ fn checkout_equals_capture_for_every_kind_of_entry() {
         "rsync sees differences:\n{itemized}"
     );
     // The sparse file is stored as its data, not 200 MiB of zeros.
-    let du: u64 = sh(&format!("du -sk {}/packs | cut -f1", env.public().display()))
-        .trim()
-        .parse()
-        .unwrap();
+    let du: u64 = sh(&format!(
+        "du -sk {}/packs | cut -f1",
+        env.public().display()
+    ))
+    .trim()
+    .parse()
+    .unwrap();
     assert!(
         du < 10_000,
         "store holds {du} KiB; holes were stored as data"

@@ -24,7 +24,10 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use rayon::prelude::*;
 
+mod disk;
+mod plan;
 mod preflight;
+mod undo;
 pub mod update;
 
 use crate::error::{invalid, IoContext, Result};

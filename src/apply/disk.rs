@@ -17,9 +17,9 @@ use std::sync::Mutex;
 
 use nix::sys::stat::FileStat;
 
-use crate::capture::file_chunks;
 use crate::error::{IoContext, Result};
 use crate::format::manifest::{file_name, parent, Chunk};
+use crate::store::chunk::file_chunks;
 use crate::sys::{self, Xattrs};
 
 /// The metadata of one entry on disk: what lstat(2) says of it.
@@ -183,8 +183,7 @@ impl DiskView for RootView {
     }
 
     fn chunks(&self, path: &[u8], st: &Stat) -> Result<Option<Vec<Chunk>>> {
-        let Ok(file) = crate::capture::scan::open_file_beneath(&self.root_fd, path, &self.root)
-        else {
+        let Ok(file) = crate::sys::open_file_beneath(&self.root_fd, path, &self.root) else {
             return Ok(None);
         };
         let sparse = st.blocks * 512 < st.size;

@@ -25,8 +25,12 @@ use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use rayon::prelude::*;
 
 mod disk;
+pub mod hooks;
+pub mod node;
+pub mod overrides;
 mod plan;
 mod preflight;
+pub mod source;
 mod undo;
 pub mod update;
 
@@ -36,11 +40,7 @@ use crate::format::Id;
 use crate::progress::Progress;
 use crate::sys::{self, shown};
 
-/// Where apply gets blobs from: a local repository now, an HTTP server later.
-pub trait BlobSource: Sync {
-    /// The blob's content, already checked against `id`.
-    fn get(&self, id: &Id) -> Result<Vec<u8>>;
-}
+pub use crate::store::BlobSource;
 
 /// What an apply did.
 #[derive(Debug, Default)]

@@ -17,11 +17,11 @@ use serde::Serialize;
 
 use super::disk::{is_under, DiskView, Stat};
 use super::preflight::{Needs, Touch};
-use crate::capture::excludes::Excludes;
+use crate::apply::node::STATE_DIR;
 use crate::error::Result;
+use crate::excludes::Excludes;
 use crate::format::manifest::{display_path, file_name, parent, Chunk, Entry, Kind, Manifest};
 use crate::format::Id;
-use crate::node::STATE_DIR;
 use crate::progress::Progress;
 use crate::sys::Xattrs;
 

@@ -43,14 +43,14 @@ use super::plan::{self, Act, PlanOptions, Step, UpdatePlan};
 use super::preflight;
 use super::undo::{self, UndoArea};
 use super::{create_special, set_metadata, temp_name, write_file, BlobSource};
-use crate::capture::excludes::Excludes;
-use crate::delta;
+use crate::apply::node::{HistoryEntry, Journal, Node, NodeState, RevRef, STATE_DIR};
+use crate::apply::source::{RevisionSource, Target};
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
+use crate::excludes::Excludes;
 use crate::format::manifest::{display_path, file_name, parent, Entry, Kind, Manifest};
 use crate::format::Id;
-use crate::node::{HistoryEntry, Journal, Node, NodeState, RevRef, STATE_DIR};
 use crate::progress::Progress;
-use crate::source::{RevisionSource, Target};
+use crate::repo::delta;
 use crate::sys::{self, shown};
 
 /// Every default exclude of an update: SystemImager's updateclient.local.exclude
@@ -59,7 +59,7 @@ use crate::sys::{self, shown};
 /// image holds).
 pub fn default_update_excludes() -> Vec<&'static str> {
     let mut v: Vec<&str> = UPDATECLIENT_EXCLUDES.to_vec();
-    for p in crate::capture::excludes::DEFAULT_CAPTURE_EXCLUDES {
+    for p in crate::excludes::DEFAULT_CAPTURE_EXCLUDES {
         if !v.contains(p) {
             v.push(p);
         }
@@ -129,7 +129,7 @@ pub struct UpdateOptions {
 }
 
 /// The overrides of an update: the manifest it is given is the image's with these composed
-/// over it (see [`crate::install::overrides::compose`]).
+/// over it (see [`crate::apply::overrides::compose`]).
 #[derive(Default)]
 pub struct Overlay {
     /// The override revisions composed, in the order they were laid.
@@ -387,12 +387,9 @@ impl Engine {
             LocalAt::File(p) => File::open(p).ok()?,
             LocalAt::Tree(rel) => match self.undo.moved(rel) {
                 Some(p) => File::open(p).ok()?,
-                None => crate::capture::scan::open_file_beneath(
-                    &self.disk.root_fd,
-                    rel,
-                    &self.disk.root,
-                )
-                .ok()?,
+                None => {
+                    crate::sys::open_file_beneath(&self.disk.root_fd, rel, &self.disk.root).ok()?
+                }
             },
         };
         let mut buf = vec![0u8; c.len as usize];

@@ -704,8 +704,18 @@ struct Undoing<'a> {
     failed: &'a Manifest,
 }
 
-/// What a run reads of the node before it plans.
-struct Start {
+/// One run of the engine: what it was asked, and what it read of the node before planning.
+/// Its steps are methods, called in order by [`run`].
+struct Run<'a> {
+    node: &'a Node,
+    manifest: &'a Manifest,
+    source: Option<&'a dyn RevisionSource>,
+    opts: &'a UpdateOptions,
+    progress: &'a dyn Progress,
+    /// Set when the run takes the node back from an update that failed.
+    undoing: Option<Undoing<'a>>,
+    /// Where fetched blobs wait until they are written.
+    staging: PathBuf,
     state: NodeState,
     journal: Option<Journal>,
     /// The revision the node ran before whatever is in progress.
@@ -716,52 +726,13 @@ struct Start {
     to: RevRef,
 }
 
-impl Start {
-    fn read(
-        node: &Node,
-        target: &Target,
-        manifest: &Manifest,
-        opts: &UpdateOptions,
-    ) -> Result<Start> {
-        let state = node.state()?;
-        let journal = node.journal()?;
-        let from = match &journal {
-            Some(j) => j.from.clone(),
-            None => state.current.clone(),
-        };
-        // After a crash that is the revision the interrupted run started from (and the
-        // planner trusts no stat, see `PlanOptions::resuming`).
-        let current = match &from {
-            Some(c) => node.kept_manifest(&c.tree_id()?)?,
-            None => None,
-        };
-        Ok(Start {
-            to: target_ref(target, manifest, opts),
-            state,
-            journal,
-            from,
-            current,
-        })
-    }
-
-    /// The journal of this run, `fresh` or not, its undo area named `undo`.
-    fn journal(&self, opts: &UpdateOptions, undo: &str, fresh: bool) -> Journal {
-        Journal {
-            action: opts.action.clone(),
-            from: if fresh { None } else { self.from.clone() },
-            to: self.to.clone(),
-            undo: undo.to_string(),
-            temps: Vec::new(),
-            fresh,
-        }
-    }
-}
-
-/// One run of the engine: [`plan`], then [`locate`] the blobs on the node; a dry run stops
-/// there. Then the checks before the first write ([`prepare`]), [`fetch`] what the node
-/// lacks, [`execute`] the plan, and [`commit`] the node state. `undoing` is set when the run
-/// takes the node back from an update that failed (see [`undo_failed`]): it then links the
-/// entries back from the failed update's undo area and drops that area at the end.
+/// One run of the engine: [`Run::plan`], then [`Run::locate`] the blobs on the node; a dry
+/// run stops there. Then the checks before the first write ([`Run::prepare`]),
+/// [`Run::fetch`] what the node lacks, [`Run::execute`] the plan (or, on a fresh root, write
+/// it as checkout does), [`finish_tree`], and [`Run::commit`] the node state. `undoing` is set
+/// when the run takes the node back from an update that failed (see [`undo_failed`]): it
+/// then links the entries back from the failed update's undo area and drops that area at the
+/// end.
 fn run(
     node: &Node,
     target: &Target,
@@ -774,109 +745,39 @@ fn run(
     let started = Instant::now();
     manifest.validate()?;
     check_state_dir_path(manifest)?;
-    let start = Start::read(node, target, manifest, opts)?;
+    let run = Run::start(node, target, manifest, source, opts, progress, undoing)?;
     let mut engine = Engine::for_root(node)?;
-    engine.drops_others = !start.from.as_ref().is_some_and(|f| f.same_tree(&start.to));
+    engine.drops_others = !run.from.as_ref().is_some_and(|f| f.same_tree(&run.to));
     engine.drops_own = undoing.is_some();
-    if let (Some(j), false) = (&start.journal, opts.dry_run) {
+    if let (Some(j), false) = (&run.journal, opts.dry_run) {
         engine.remove_temps(&j.temps);
     }
-    let plan_opts = PlanOptions {
-        excludes: &opts.excludes,
-        no_delete: opts.no_delete,
-        verify_local: opts.verify_local,
-        current: start.current.as_ref(),
-        resuming: start.journal.is_some(),
-        failed: undoing.map(|u| u.failed),
-    };
-    let mut plan = plan::plan(&engine.disk, manifest, &plan_opts, progress)?;
-    let managed = start.state.current.is_some() || start.journal.is_some();
-    if let Some(w) = check_unmanaged(&node.root, managed, manifest, &plan, opts)? {
-        engine.warn(w);
-    }
-    let (created, changed, metadata_only) = plan.counts();
-    let local_changes = std::mem::take(&mut plan.local_changes);
-    let mut report = UpdateReport {
-        from: start.from.clone(),
-        to: Some(start.to.clone()),
-        created,
-        changed,
-        metadata_only,
-        deleted: plan.removals.len() as u64,
-        modified_locally: local_changes.iter().map(|c| c.path.clone()).collect(),
-        local_changes,
-        unchanged: plan.is_noop(),
-        ..Default::default()
-    };
-    let blobs = locate(&mut engine, node, &start, manifest, &plan, &mut report)?;
+    let (mut plan, mut report) = run.plan(&engine)?;
+    let blobs = run.locate(&mut engine, &plan, &mut report)?;
     if opts.dry_run {
         report.plan = plan.itemised(manifest);
         report.seconds = started.elapsed().as_secs_f64();
         report.warnings = engine.warnings.into_inner().expect("lock");
         return Ok(report);
     }
-    let undo_name = prepare(
-        &mut engine,
-        node,
-        &start,
-        manifest,
-        &mut plan,
-        &report,
-        opts,
-        undoing,
-    )?;
+    let undo_name = run.prepare(&mut engine, &mut plan, &report)?;
     let syncer = sys::Syncer::default();
-    let staging = node.dir.join("staging");
-    let fresh = match start.from.is_none() && undoing.is_none() && plan.only_creates(manifest) {
-        true => Some(fresh::Writer::begin(
-            &engine,
-            node,
-            manifest,
-            &plan.steps,
-            start.journal(opts, &undo_name, true),
-            &syncer,
-        )?),
+    let fresh = match run.from.is_none() && undoing.is_none() && plan.only_creates(manifest) {
+        true => {
+            let journal = run.journal_of(&undo_name, true);
+            let writer =
+                fresh::Writer::begin(&engine, node, manifest, &plan.steps, journal, &syncer);
+            Some(writer?)
+        }
         false => None,
     };
-    fetch(
-        &engine,
-        &start,
-        manifest,
-        source,
-        &staging,
-        blobs,
-        fresh.as_ref(),
-        &mut report,
-        progress,
-    )?;
+    run.fetch(&engine, blobs, fresh.as_ref(), &mut report)?;
     match fresh {
-        Some(writer) => writer.finish(&staging, progress)?,
-        None => {
-            let journal = start.journal(opts, &undo_name, false);
-            execute(
-                &mut engine,
-                node,
-                manifest,
-                &plan,
-                &staging,
-                journal,
-                &syncer,
-                progress,
-            )?
-        }
+        Some(writer) => writer.finish(&run.staging, progress)?,
+        None => run.execute(&mut engine, &plan, &undo_name, &syncer)?,
     }
     finish_tree(&engine, manifest, &plan, &syncer)?;
-    commit(
-        node,
-        &engine,
-        start,
-        manifest,
-        opts,
-        undoing,
-        &mut report,
-        source,
-        started,
-    )?;
+    run.commit(&engine, &mut report, started)?;
     report.warnings = engine.warnings.into_inner().expect("lock");
     Ok(report)
 }
@@ -887,194 +788,397 @@ struct Blobs {
     chunk_len: HashMap<Id, u32>,
 }
 
-/// Finds on the node every blob the plan needs that it holds (an unchanged file, the old
-/// version of a changed one, an undo area, or staged by an interrupted run), reading each to
-/// be sure of it, and counts in `report` what is reused and what must be fetched.
-fn locate(
-    engine: &mut Engine,
-    node: &Node,
-    start: &Start,
-    manifest: &Manifest,
-    plan: &UpdatePlan,
-    report: &mut UpdateReport,
-) -> Result<Blobs> {
-    index_local(engine, start.current.as_ref(), node, &start.state)?;
-    for &i in &plan.relink {
-        let e = &manifest.entries[i];
-        add_local(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
-    }
-    let staging = node.dir.join("staging");
-    // Blobs an interrupted run fetched already: one listing, not a stat per blob.
-    let staged: HashSet<std::ffi::OsString> = std::fs::read_dir(&staging)
-        .map(|it| it.flatten().map(|f| f.file_name()).collect())
-        .unwrap_or_default();
-    let mut to_fetch = Vec::new();
-    for id in plan.needed_blobs(manifest) {
-        if staged.contains(std::ffi::OsStr::new(&id.hex())) {
-            continue;
-        }
-        // Read it now: a file changed since the node's last update must not be counted on.
-        match engine.find_local(&id) {
-            Some(data) => report.bytes_reused += data.len() as u64,
-            None => to_fetch.push(id),
-        }
-    }
-    let chunk_len: HashMap<Id, u32> = manifest
-        .entries
-        .iter()
-        .flat_map(|e| match &e.kind {
-            Kind::File { chunks, .. } => chunks.iter().map(|c| (c.id, c.len)).collect(),
-            _ => Vec::new(),
+impl<'a> Run<'a> {
+    /// A run of the engine on `node`, with the node's state read.
+    fn start(
+        node: &'a Node,
+        target: &Target,
+        manifest: &'a Manifest,
+        source: Option<&'a dyn RevisionSource>,
+        opts: &'a UpdateOptions,
+        progress: &'a dyn Progress,
+        undoing: Option<Undoing<'a>>,
+    ) -> Result<Run<'a>> {
+        let state = node.state()?;
+        let journal = node.journal()?;
+        let from = match &journal {
+            Some(j) => j.from.clone(),
+            None => state.current.clone(),
+        };
+        // After a crash that is the revision the interrupted run started from (and the
+        // planner trusts no stat, see `PlanOptions::resuming`).
+        let current = match &from {
+            Some(c) => node.kept_manifest(&c.tree_id()?)?,
+            None => None,
+        };
+        Ok(Run {
+            node,
+            manifest,
+            source,
+            opts,
+            progress,
+            undoing,
+            staging: node.dir.join("staging"),
+            to: target_ref(target, manifest, opts),
+            state,
+            journal,
+            from,
+            current,
         })
-        .collect();
-    report.bytes_to_fetch = to_fetch.iter().map(|id| u64::from(chunk_len[id])).sum();
-    Ok(Blobs {
-        to_fetch,
-        chunk_len,
-    })
-}
+    }
 
-/// Everything between a plan and its first write: names the undo area (an interrupted run's
-/// own, or a new one), checks the node's filesystems can take the plan, runs the pre-update
-/// hooks and takes the node's lock. Returns the undo area's name.
-#[allow(clippy::too_many_arguments)]
-fn prepare(
-    engine: &mut Engine,
-    node: &Node,
-    start: &Start,
-    manifest: &Manifest,
-    plan: &mut UpdatePlan,
-    report: &UpdateReport,
-    opts: &UpdateOptions,
-    undoing: Option<Undoing>,
-) -> Result<String> {
-    let undo_name = match &start.journal {
-        Some(j) => j.undo.clone(),
-        None => {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            format!("{t}-{}", std::process::id())
+    /// The journal of this run, `fresh` or not, its undo area named `undo`.
+    fn journal_of(&self, undo: &str, fresh: bool) -> Journal {
+        Journal {
+            action: self.opts.action.clone(),
+            from: if fresh { None } else { self.from.clone() },
+            to: self.to.clone(),
+            undo: undo.to_string(),
+            temps: Vec::new(),
+            fresh,
         }
-    };
-    engine.undo = UndoArea::at(node.dir.join("undo").join(&undo_name));
-    // Undoing a failed update writes next to nothing (it links back what the update moved
-    // aside) and must not be refused for the very lack of room that stopped the update.
-    if undoing.is_none() {
-        let linked = |e: &Entry| engine.whole_source(e).is_some();
-        let needs = plan.needs(manifest, &linked, STAGED.as_bytes(), report.bytes_to_fetch);
-        preflight::check(engine.disk.root_fd.as_fd(), &engine.disk.root, &needs)?;
     }
-    if let (None, Some(before)) = (undoing, &opts.before_writes) {
-        before()?;
-    }
-    // The lock is taken (and on a new node the state directory made) only once nothing above
-    // refused the run: a refused plan leaves an unmanaged root without a state directory.
-    claim_node(node, &start.state, manifest, &mut plan.steps)?;
-    Ok(undo_name)
-}
 
-/// Fetches what the node lacks into `staging` (on a fresh root, `fresh` writes a file made of
-/// one blob as it arrives): first binary deltas against the versions the node holds, then
-/// whole blobs for the rest.
-#[allow(clippy::too_many_arguments)]
-fn fetch(
-    engine: &Engine,
-    start: &Start,
-    manifest: &Manifest,
-    source: Option<&dyn RevisionSource>,
-    staging: &Path,
-    blobs: Blobs,
-    fresh: Option<&fresh::Writer>,
-    report: &mut UpdateReport,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let Blobs {
-        mut to_fetch,
-        chunk_len,
-    } = blobs;
-    // Blobs whose older version the node holds: ask for a binary delta against it first.
-    let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
-    if let (Some(cur), Some(_)) = (start.current.as_ref(), source) {
-        let missing: HashSet<Id> = to_fetch.iter().copied().collect();
-        for w in delta::wants(cur, manifest, Some(&|id: &Id| missing.contains(id))) {
-            if w.base.iter().all(|b| engine.local.contains_key(b)) {
-                let len = chunk_len[&w.target];
-                delta_wants.push((w, len));
+    /// Plans the update (see [`plan::plan`]), refuses it on a root aurum does not manage
+    /// (see [`check_unmanaged`]), and starts the report with what the plan does.
+    fn plan(&self, engine: &Engine) -> Result<(UpdatePlan, UpdateReport)> {
+        let (opts, manifest) = (self.opts, self.manifest);
+        let plan_opts = PlanOptions {
+            excludes: &opts.excludes,
+            no_delete: opts.no_delete,
+            verify_local: opts.verify_local,
+            current: self.current.as_ref(),
+            resuming: self.journal.is_some(),
+            failed: self.undoing.map(|u| u.failed),
+        };
+        let mut plan = plan::plan(&engine.disk, manifest, &plan_opts, self.progress)?;
+        let managed = self.state.current.is_some() || self.journal.is_some();
+        if let Some(w) = check_unmanaged(&self.node.root, managed, manifest, &plan, opts)? {
+            engine.warn(w);
+        }
+        let (created, changed, metadata_only) = plan.counts();
+        let local_changes = std::mem::take(&mut plan.local_changes);
+        let report = UpdateReport {
+            from: self.from.clone(),
+            to: Some(self.to.clone()),
+            created,
+            changed,
+            metadata_only,
+            deleted: plan.removals.len() as u64,
+            modified_locally: local_changes.iter().map(|c| c.path.clone()).collect(),
+            local_changes,
+            unchanged: plan.is_noop(),
+            ..Default::default()
+        };
+        Ok((plan, report))
+    }
+
+    /// Finds on the node every blob the plan needs that it holds (an unchanged file, the old
+    /// version of a changed one, an undo area, or staged by an interrupted run), reading each
+    /// to be sure of it, and counts in `report` what is reused and what must be fetched.
+    fn locate(
+        &self,
+        engine: &mut Engine,
+        plan: &UpdatePlan,
+        report: &mut UpdateReport,
+    ) -> Result<Blobs> {
+        let manifest = self.manifest;
+        index_local(engine, self.current.as_ref(), self.node, &self.state)?;
+        for &i in &plan.relink {
+            let e = &manifest.entries[i];
+            add_local(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
+        }
+        // Blobs an interrupted run fetched already: one listing, not a stat per blob.
+        let staged: HashSet<std::ffi::OsString> = std::fs::read_dir(&self.staging)
+            .map(|it| it.flatten().map(|f| f.file_name()).collect())
+            .unwrap_or_default();
+        let mut to_fetch = Vec::new();
+        for id in plan.needed_blobs(manifest) {
+            if staged.contains(std::ffi::OsStr::new(&id.hex())) {
+                continue;
+            }
+            // Read it now: a file changed since the node's last update must not be counted on.
+            match engine.find_local(&id) {
+                Some(data) => report.bytes_reused += data.len() as u64,
+                None => to_fetch.push(id),
             }
         }
+        let chunk_len: HashMap<Id, u32> = manifest
+            .entries
+            .iter()
+            .flat_map(|e| match &e.kind {
+                Kind::File { chunks, .. } => chunks.iter().map(|c| (c.id, c.len)).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        report.bytes_to_fetch = to_fetch.iter().map(|id| u64::from(chunk_len[id])).sum();
+        Ok(Blobs {
+            to_fetch,
+            chunk_len,
+        })
     }
-    report.deltas_asked = delta_wants.len() as u64;
-    if let (false, Some(source)) = (delta_wants.is_empty(), source) {
-        let rebuilt = fetch_deltas(engine, source, &delta_wants, staging, report, progress)?;
-        report.deltas = rebuilt.len() as u64;
-        to_fetch.retain(|id| !rebuilt.contains(id));
+
+    /// Everything between a plan and its first write: names the undo area (an interrupted
+    /// run's own, or a new one), checks the node's filesystems can take the plan, runs the
+    /// pre-update hooks and takes the node's lock. Returns the undo area's name.
+    fn prepare(
+        &self,
+        engine: &mut Engine,
+        plan: &mut UpdatePlan,
+        report: &UpdateReport,
+    ) -> Result<String> {
+        let undo_name = match &self.journal {
+            Some(j) => j.undo.clone(),
+            None => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                format!("{t}-{}", std::process::id())
+            }
+        };
+        engine.undo = UndoArea::at(self.node.dir.join("undo").join(&undo_name));
+        // Undoing a failed update writes next to nothing (it links back what the update moved
+        // aside) and must not be refused for the very lack of room that stopped the update.
+        if self.undoing.is_none() {
+            let linked = |e: &Entry| engine.whole_source(e).is_some();
+            let staged = report.bytes_to_fetch;
+            let needs = plan.needs(self.manifest, &linked, STAGED.as_bytes(), staged);
+            preflight::check(engine.disk.root_fd.as_fd(), &engine.disk.root, &needs)?;
+        }
+        if let (None, Some(before)) = (self.undoing, &self.opts.before_writes) {
+            before()?;
+        }
+        // The lock is taken (and on a new node the state directory made) only once nothing
+        // above refused the run: a refused plan leaves an unmanaged root without a state
+        // directory.
+        claim_node(self.node, &self.state, self.manifest, &mut plan.steps)?;
+        Ok(undo_name)
     }
-    if to_fetch.is_empty() {
-        return Ok(());
+
+    /// Fetches what the node lacks into staging (on a fresh root, `fresh` writes a file made
+    /// of one blob as it arrives): first binary deltas against the versions the node holds,
+    /// then whole blobs for the rest.
+    fn fetch(
+        &self,
+        engine: &Engine,
+        blobs: Blobs,
+        fresh: Option<&fresh::Writer>,
+        report: &mut UpdateReport,
+    ) -> Result<()> {
+        let Blobs {
+            mut to_fetch,
+            chunk_len,
+        } = blobs;
+        // Blobs whose older version the node holds: ask for a binary delta against it first.
+        let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
+        if let (Some(cur), Some(_)) = (self.current.as_ref(), self.source) {
+            let missing: HashSet<Id> = to_fetch.iter().copied().collect();
+            for w in delta::wants(cur, self.manifest, Some(&|id: &Id| missing.contains(id))) {
+                if w.base.iter().all(|b| engine.local.contains_key(b)) {
+                    let len = chunk_len[&w.target];
+                    delta_wants.push((w, len));
+                }
+            }
+        }
+        report.deltas_asked = delta_wants.len() as u64;
+        if let (false, Some(source)) = (delta_wants.is_empty(), self.source) {
+            let rebuilt = self.fetch_deltas(engine, source, &delta_wants, report)?;
+            report.deltas = rebuilt.len() as u64;
+            to_fetch.retain(|id| !rebuilt.contains(id));
+        }
+        if to_fetch.is_empty() {
+            return Ok(());
+        }
+        let source = self.source.ok_or_else(|| {
+            Error::NotFound(format!(
+                "{} blobs of the target are not on this node (undo area and files); give --server or --repo to fetch them",
+                to_fetch.len()
+            ))
+        })?;
+        // Not `self` in the callback: the options' hook is not Sync.
+        let staging = &self.staging;
+        report.bytes_fetched += source.fetch(
+            &to_fetch,
+            &|id, data| {
+                // On a fresh root a file made of this blob alone is written now.
+                if let Some(w) = fresh {
+                    if !w.take(id, &data)? {
+                        return Ok(());
+                    }
+                }
+                stage(staging, id, &data)
+            },
+            self.progress,
+        )?;
+        Ok(())
     }
-    let source = source.ok_or_else(|| {
-        Error::NotFound(format!(
-            "{} blobs of the target are not on this node (undo area and files); give --server or --repo to fetch them",
-            to_fetch.len()
-        ))
-    })?;
-    report.bytes_fetched += source.fetch(
-        &to_fetch,
-        &|id, data| {
-            // On a fresh root a file made of this blob alone is written now.
-            if let Some(w) = fresh {
-                if !w.take(id, &data)? {
+
+    /// Asks `source` for the deltas `wants`, rebuilds each target blob from its base on the
+    /// node and stages it. Returns the blobs rebuilt (a delta that does not rebuild its blob
+    /// is fetched whole instead).
+    fn fetch_deltas(
+        &self,
+        engine: &Engine,
+        source: &dyn RevisionSource,
+        wants: &[(delta::Want, u32)],
+        report: &mut UpdateReport,
+    ) -> Result<HashSet<Id>> {
+        let by_target: HashMap<Id, &delta::Want> =
+            wants.iter().map(|(w, _)| (w.target, w)).collect();
+        let rebuilt: Mutex<HashSet<Id>> = Default::default();
+        let staging = &self.staging;
+        report.bytes_fetched += source.fetch_deltas(
+            wants,
+            &|target, d| {
+                let Some(w) = by_target.get(target) else {
                     return Ok(());
+                };
+                let mut base = Vec::new();
+                for b in &w.base {
+                    match engine.find_local(b) {
+                        Some(data) => base.extend_from_slice(&data),
+                        // Changed on disk since: the whole blob is fetched instead.
+                        None => return Ok(()),
+                    }
                 }
-            }
-            stage(staging, id, &data)
-        },
-        progress,
-    )?;
-    Ok(())
-}
+                match delta::decode(&base, &d, target) {
+                    Ok(data) => {
+                        stage(staging, target, &data)?;
+                        rebuilt.lock().expect("lock").insert(*target);
+                    }
+                    Err(e) => log::warn!("{e:#}; fetching the whole blob"),
+                }
+                Ok(())
+            },
+            self.progress,
+        )?;
+        Ok(rebuilt.into_inner().expect("lock"))
+    }
 
-/// Asks `source` for the deltas `wants`, rebuilds each target blob from its base on the node
-/// and stages it. Returns the blobs rebuilt (a delta that does not rebuild its blob is
-/// fetched whole instead).
-fn fetch_deltas(
-    engine: &Engine,
-    source: &dyn RevisionSource,
-    wants: &[(delta::Want, u32)],
-    staging: &Path,
-    report: &mut UpdateReport,
-    progress: &dyn Progress,
-) -> Result<HashSet<Id>> {
-    let by_target: HashMap<Id, &delta::Want> = wants.iter().map(|(w, _)| (w.target, w)).collect();
-    let rebuilt: Mutex<HashSet<Id>> = Default::default();
-    report.bytes_fetched += source.fetch_deltas(
-        wants,
-        &|target, d| {
-            let Some(w) = by_target.get(target) else {
-                return Ok(());
-            };
-            let mut base = Vec::new();
-            for b in &w.base {
-                match engine.find_local(b) {
-                    Some(data) => base.extend_from_slice(&data),
-                    // Changed on disk since: the whole blob is fetched instead.
-                    None => return Ok(()),
-                }
-            }
-            match delta::decode(&base, &d, target) {
-                Ok(data) => {
-                    stage(staging, target, &data)?;
-                    rebuilt.lock().expect("lock").insert(*target);
-                }
-                Err(e) => log::warn!("{e:#}; fetching the whole blob"),
-            }
-            Ok(())
-        },
-        progress,
-    )?;
-    Ok(rebuilt.into_inner().expect("lock"))
+    /// Applies the plan on a node that may be running: each file written under a temporary
+    /// name and renamed into place, whatever it replaces or deletes kept in the undo area
+    /// `undo`, all under the run's journal, noting the filesystems written to in `syncer`.
+    fn execute(
+        &self,
+        engine: &mut Engine,
+        plan: &UpdatePlan,
+        undo: &str,
+        syncer: &sys::Syncer,
+    ) -> Result<()> {
+        let (manifest, progress) = (self.manifest, self.progress);
+        engine.undo.open()?;
+        self.node.begin(&Journal {
+            temps: plan
+                .steps
+                .iter()
+                .filter(|s| s.act != Act::Meta)
+                .map(|s| &manifest.entries[s.entry])
+                .filter(|e| e.kind != Kind::Dir)
+                .map(|e| {
+                    let mut t = parent(&e.path).to_vec();
+                    if !t.is_empty() {
+                        t.push(b'/');
+                    }
+                    t.extend_from_slice(&temp_name(file_name(&e.path)));
+                    undo::hex(&t)
+                })
+                .collect(),
+            ..self.journal_of(undo, false)
+        })?;
+        // Every entry this run moves or links into the undo area gets its index line now,
+        // with one sync (rather than one per entry).
+        let mut rels: Vec<&[u8]> = plan.removals.iter().map(|p| p.as_slice()).collect();
+        rels.extend(plan.replaced(manifest));
+        engine.undo.announce(&rels)?;
+        for p in &plan.removals {
+            let dir = engine.dir(parent(p))?;
+            engine.stash(dir.as_fd(), file_name(p), p)?;
+        }
+        let total: u64 = plan
+            .steps
+            .iter()
+            .filter(|s| s.act != Act::Meta)
+            .map(|s| manifest.entries[s.entry].data_len())
+            .sum();
+        progress.phase("writing", Some(total), true);
+        let prewritten = prewrite(engine, manifest, plan, &self.staging, syncer, progress)?;
+        // Pass 2, in manifest order.
+        for s in &plan.steps {
+            let written = prewritten.contains(&s.entry);
+            put_step(
+                engine,
+                manifest,
+                s,
+                written,
+                &self.staging,
+                syncer,
+                progress,
+            )?;
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// Records the update on the node: drops the undo areas it makes useless, keeps the
+    /// manifests and moves the node state to the target, with a history line.
+    fn commit(self, engine: &Engine, report: &mut UpdateReport, started: Instant) -> Result<()> {
+        let (node, opts) = (self.node, self.opts);
+        // The undo areas this run makes useless go before the state moves: a crash in between
+        // leaves a tree already at the target, which a rerun finds needing nothing.
+        let undo_root = node.dir.join("undo");
+        undo::drop_areas(
+            &undo_root,
+            &engine.undo.dir,
+            engine.drops_own,
+            engine.drops_others,
+        )?;
+        node.keep_manifest(self.manifest)?;
+        if let Some(image) = opts.overlay.as_ref().and_then(|o| o.image.as_ref()) {
+            node.keep_manifest(image)?;
+        }
+        let Run {
+            mut state,
+            from,
+            to,
+            ..
+        } = self;
+        if !from.as_ref().is_some_and(|f| f.same_tree(&to)) {
+            state.previous = from.clone();
+        }
+        state.current = Some(to.clone());
+        if let Some(follow) = opts.overlay.as_ref().and_then(|o| o.follow.as_ref()) {
+            state.overrides = follow.clone();
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        // What crossed the network: the blobs and deltas counted above, and also the refs,
+        // the manifest and the pack indexes that told the node what to fetch.
+        if let Some(src) = self.source {
+            report.bytes_fetched = report.bytes_fetched.max(src.bytes_received());
+        }
+        state.history.push(HistoryEntry {
+            time: crate::catalog::now(),
+            action: opts.action.clone(),
+            from: from.as_ref().map(|f| f.id.clone()),
+            to: to.id.clone(),
+            result: match self.undoing {
+                None => "ok".into(),
+                Some(u) => format!("undone: {}", u.cause),
+            },
+            bytes_fetched: report.bytes_fetched,
+            seconds: report.seconds,
+        });
+        node.save_state(&state)?;
+        node.prune_manifests(&state)?;
+        node.end()?;
+        // A run that stayed on the same revision (a repair) drops its own area when it moved
+        // nothing aside.
+        if engine.undo.unused() {
+            let _ = std::fs::remove_dir_all(&engine.undo.dir);
+        }
+        free_staging(node);
+        Ok(())
+    }
 }
 
 /// After the entries are in place: the metadata of every directory the update manages,
@@ -1104,137 +1208,7 @@ fn finish_tree(
     syncer.sync(root)
 }
 
-/// Records the update on the node: drops the undo areas it makes useless, keeps the manifests
-/// and moves the node state to the target, with a history line.
-#[allow(clippy::too_many_arguments)]
-fn commit(
-    node: &Node,
-    engine: &Engine,
-    start: Start,
-    manifest: &Manifest,
-    opts: &UpdateOptions,
-    undoing: Option<Undoing>,
-    report: &mut UpdateReport,
-    source: Option<&dyn RevisionSource>,
-    started: Instant,
-) -> Result<()> {
-    // The undo areas this run makes useless go before the state moves: a crash in between
-    // leaves a tree already at the target, which a rerun finds needing nothing.
-    let undo_root = node.dir.join("undo");
-    undo::drop_areas(
-        &undo_root,
-        &engine.undo.dir,
-        engine.drops_own,
-        engine.drops_others,
-    )?;
-    node.keep_manifest(manifest)?;
-    if let Some(image) = opts.overlay.as_ref().and_then(|o| o.image.as_ref()) {
-        node.keep_manifest(image)?;
-    }
-    let Start {
-        mut state,
-        from,
-        to,
-        ..
-    } = start;
-    if !from.as_ref().is_some_and(|f| f.same_tree(&to)) {
-        state.previous = from.clone();
-    }
-    state.current = Some(to.clone());
-    if let Some(follow) = opts.overlay.as_ref().and_then(|o| o.follow.as_ref()) {
-        state.overrides = follow.clone();
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    // What crossed the network: the blobs and deltas counted above, and also the refs, the
-    // manifest and the pack indexes that told the node what to fetch.
-    if let Some(src) = source {
-        report.bytes_fetched = report.bytes_fetched.max(src.bytes_received());
-    }
-    state.history.push(HistoryEntry {
-        time: crate::catalog::now(),
-        action: opts.action.clone(),
-        from: from.as_ref().map(|f| f.id.clone()),
-        to: to.id.clone(),
-        result: match undoing {
-            None => "ok".into(),
-            Some(u) => format!("undone: {}", u.cause),
-        },
-        bytes_fetched: report.bytes_fetched,
-        seconds: report.seconds,
-    });
-    node.save_state(&state)?;
-    node.prune_manifests(&state)?;
-    node.end()?;
-    // A run that stayed on the same revision (a repair) drops its own area when it moved
-    // nothing aside.
-    if engine.undo.unused() {
-        let _ = std::fs::remove_dir_all(&engine.undo.dir);
-    }
-    free_staging(node);
-    Ok(())
-}
-
-/// Applies the plan on a node that may be running: each file written under a temporary name
-/// and renamed into place, whatever it replaces or deletes kept in the undo area, all under
-/// `journal` (its temporary names are filled in here), noting the filesystems written to in
-/// `syncer`.
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    engine: &mut Engine,
-    node: &Node,
-    manifest: &Manifest,
-    plan: &UpdatePlan,
-    staging: &Path,
-    journal: Journal,
-    syncer: &sys::Syncer,
-    progress: &dyn Progress,
-) -> Result<()> {
-    engine.undo.open()?;
-    node.begin(&Journal {
-        temps: plan
-            .steps
-            .iter()
-            .filter(|s| s.act != Act::Meta)
-            .map(|s| &manifest.entries[s.entry])
-            .filter(|e| e.kind != Kind::Dir)
-            .map(|e| {
-                let mut t = parent(&e.path).to_vec();
-                if !t.is_empty() {
-                    t.push(b'/');
-                }
-                t.extend_from_slice(&temp_name(file_name(&e.path)));
-                undo::hex(&t)
-            })
-            .collect(),
-        ..journal
-    })?;
-    // Every entry this run moves or links into the undo area gets its index line now, with
-    // one sync (rather than one per entry).
-    let mut rels: Vec<&[u8]> = plan.removals.iter().map(|p| p.as_slice()).collect();
-    rels.extend(plan.replaced(manifest));
-    engine.undo.announce(&rels)?;
-    for p in &plan.removals {
-        let dir = engine.dir(parent(p))?;
-        engine.stash(dir.as_fd(), file_name(p), p)?;
-    }
-    let total: u64 = plan
-        .steps
-        .iter()
-        .filter(|s| s.act != Act::Meta)
-        .map(|s| manifest.entries[s.entry].data_len())
-        .sum();
-    progress.phase("writing", Some(total), true);
-    let prewritten = prewrite(engine, manifest, plan, staging, syncer, progress)?;
-    // Pass 2, in manifest order.
-    for s in &plan.steps {
-        let written = prewritten.contains(&s.entry);
-        put_step(engine, manifest, s, written, staging, syncer, progress)?;
-    }
-    progress.finish();
-    Ok(())
-}
-
-/// Pass 1 of [`execute`]: the new content of every file whose directory exists is written
+/// Pass 1 of [`Run::execute`]: the new content of every file whose directory exists is written
 /// under a temporary name, then made durable with one syncfs, so that pass 2 only renames: a
 /// crash at any point leaves each path with its old content or its new. Returns the steps
 /// written.
@@ -1271,7 +1245,7 @@ fn prewrite(
     Ok(prewritten)
 }
 
-/// Pass 2 of [`execute`] for step `s`: makes a directory, puts a file (`written` in pass 1,
+/// Pass 2 of [`Run::execute`] for step `s`: makes a directory, puts a file (`written` in pass 1,
 /// else written now) or a special entry in place over the old one, or sets metadata.
 fn put_step(
     engine: &mut Engine,

@@ -146,6 +146,12 @@ impl RootView {
         if path.is_empty() {
             return f(self.root_fd.as_fd(), b".");
         }
+        // Most lookups are in the directory opened last: no need to duplicate its descriptor.
+        if let Some((p, fd)) = self.last_dir.lock().expect("dir lock").as_ref() {
+            if p.as_slice() == parent(path) {
+                return f(fd.as_fd(), file_name(path));
+            }
+        }
         let dir = self.dir(parent(path)).ok()?;
         f(dir.as_fd(), file_name(path))
     }

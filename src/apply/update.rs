@@ -1,11 +1,12 @@
 //! updateclient and rollback: bringing a live root to a revision with the least work.
 //!
 //! One engine serves both (and `install`, for the tree it writes), as a pipeline of named
-//! steps: [`plan`](super::plan) compares the target manifest with what is on disk and returns
-//! an `UpdatePlan` (pure, over a `DiskView`); [`locate`] finds every blob it can on the node
-//! itself (an unchanged file elsewhere, the old version of a changed file, the undo area);
-//! [`fetch`] brings only the rest into staging; [`execute`] applies the plan; [`commit`] moves
-//! the node state. Applying:
+//! steps, the methods of a `Run`: `plan` compares the target manifest with what is on disk
+//! (the planner, `apply::plan`, is pure: it reads the disk through a `DiskView` and returns
+//! an `UpdatePlan`); `locate` finds every blob it can on the node itself (an unchanged file
+//! elsewhere, the old version of a changed file, the undo area); `prepare` checks the node
+//! can take the plan; `fetch` brings only the rest into staging; `execute` applies the plan;
+//! `commit` moves the node state. Applying:
 //!
 //! - every file is written under a temporary name in its directory, fsynced, given its
 //!   metadata, and renamed into place, so it is always either old or new;

@@ -30,7 +30,7 @@ pub const DEFAULT_PORT: u16 = 8035;
 /// Largest report body accepted.
 const MAX_BODY: usize = 64 << 10;
 /// Largest delta request accepted (512 records with 255 bases each).
-const MAX_DELTA_BODY: usize = crate::delta::MAX_BATCH * (33 + 255 * 32);
+const MAX_DELTA_BODY: usize = crate::format::delta::MAX_REQUEST;
 const _: () = assert!(MAX_DELTA_BODY as u64 <= http::MAX_BODY);
 
 /// A bound listening socket, not yet answering.

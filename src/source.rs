@@ -927,7 +927,7 @@ impl HttpRepo {
         progress: &dyn Progress,
     ) -> Result<bool> {
         let path = "api/v1/deltas";
-        let body = delta::encode_request(batch);
+        let body = delta::encode_request(batch)?;
         let mut resp = match self
             .agent
             .post(self.url(path))

@@ -7,6 +7,7 @@
 
 pub mod delta;
 pub mod manifest;
+pub mod node;
 pub mod pack;
 pub mod wire;
 

@@ -340,12 +340,7 @@ impl Repository {
             }
             Err(e) => return Err(e).at(&format),
         };
-        let version: u32 = text
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let version = crate::format::refs::format_version(text.as_bytes()).unwrap_or(0);
         if version != FORMAT_VERSION && version != TOP_LEVEL_FORMAT {
             return Err(invalid(format!(
                 "{} holds repository format {version}; this aurum reads formats {TOP_LEVEL_FORMAT} and {FORMAT_VERSION}",

@@ -30,6 +30,7 @@ use crate::delta::{self, Want};
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::Manifest;
 use crate::format::pack::{decode_index, Codec, IndexEntry};
+use crate::format::refs;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::{Lock, Repository};
@@ -265,7 +266,7 @@ impl HttpRepo {
             deltas_off: AtomicBool::new(false),
         };
         let format = me.get("FORMAT")?;
-        if !String::from_utf8_lossy(&format).starts_with("aurum repository format") {
+        if !format.starts_with(refs::FORMAT_PREFIX.as_bytes()) {
             return Err(invalid(format!(
                 "{base} does not serve an aurum repository (its /FORMAT is not aurum's)"
             )));
@@ -441,27 +442,9 @@ impl HttpRepo {
     /// The pack ids of `packs/list` (one `ID SIZE` a line), refusing a damaged list: a line
     /// skipped would hide its pack's blobs and fail the update later with a wrong reason.
     fn pack_list(&self, list: &[u8]) -> Result<Vec<Id>> {
-        let text = std::str::from_utf8(list)
-            .map_err(|_| self.inconsistent("packs/list", "it is not text"))?;
-        let mut packs = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let mut words = line.split_whitespace();
-            let id = words.next().and_then(Id::from_hex);
-            let size = words.next().and_then(|s| s.parse::<u64>().ok());
-            match (id, size, words.next()) {
-                (Some(id), Some(_), None) => packs.push(id),
-                _ => {
-                    return Err(self.inconsistent(
-                        "packs/list",
-                        &format!("line {} is not `PACK-ID SIZE`", n + 1),
-                    ))
-                }
-            }
-        }
-        if !list.is_empty() && !text.ends_with('\n') {
-            return Err(self.inconsistent("packs/list", "it is cut short"));
-        }
-        Ok(packs)
+        let packs = refs::decode_pack_list(list)
+            .map_err(|p| self.inconsistent("packs/list", &p.to_string()))?;
+        Ok(packs.into_iter().map(|(id, _)| id).collect())
     }
 
     /// A file the server publishes disagrees with the server's store.
@@ -487,11 +470,11 @@ impl HttpRepo {
     /// (`compute@7`); none when the server's list does not say.
     fn number_of(&self, image: &str, id: &Id) -> Option<u32> {
         let list = self.get(&format!("refs/{image}/revisions")).ok()?;
-        String::from_utf8_lossy(&list)
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(_, v)| Id::from_hex(v.trim()).as_ref() == Some(id))
-            .filter_map(|(k, _)| k.parse().ok())
+        refs::decode_revisions(&list)
+            .ok()?
+            .into_iter()
+            .filter(|(_, r)| r == id)
+            .map(|(n, _)| n)
             .max()
     }
 }
@@ -542,7 +525,7 @@ impl RevisionSource for HttpRepo {
 
     fn resolve(&self, spec: &str) -> Result<Target> {
         let id_of = |text: Vec<u8>, what: &str| -> Result<Id> {
-            Id::from_hex(String::from_utf8_lossy(&text).trim())
+            refs::decode_ref(&text)
                 .ok_or_else(|| corrupt(format!("{what} on the server does not hold a revision id")))
         };
         if let Some((image, n)) = spec.split_once('@') {
@@ -557,12 +540,11 @@ impl RevisionSource for HttpRepo {
             let list = self
                 .get(&format!("refs/{image}/revisions"))
                 .map_err(|e| self.no_image(image, e))?;
-            let text = String::from_utf8_lossy(&list);
-            let id = text
-                .lines()
-                .filter_map(|l| l.split_once(' '))
-                .find(|(k, _)| k.parse() == Ok(number))
-                .and_then(|(_, v)| Id::from_hex(v.trim()))
+            let path = format!("refs/{image}/revisions");
+            let id = refs::decode_revisions(&list)
+                .map_err(|p| self.inconsistent(&path, &p.to_string()))?
+                .into_iter()
+                .find_map(|(n, id)| (n == number).then_some(id))
                 .ok_or_else(|| {
                     Error::NotFound(format!(
                         "image `{image}` has no revision {number} on {}",

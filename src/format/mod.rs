@@ -9,6 +9,7 @@ pub mod delta;
 pub mod manifest;
 pub mod node;
 pub mod pack;
+pub mod refs;
 pub mod wire;
 
 use std::fmt;

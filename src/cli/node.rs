@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
+use aurum::apply::node::Node;
+use aurum::apply::overrides;
+use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::apply::update::{self, default_update_excludes, UpdateOptions, UpdateReport};
-use aurum::capture::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use aurum::catalog::NodeReport;
-use aurum::install::overrides;
-use aurum::node::Node;
-use aurum::source::{HttpRepo, LocalRepo, RevisionSource};
+use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use clap::Args;
 
 use super::{human_bytes, human_time, print_json, progress, Global, HttpArgs};
@@ -142,10 +142,10 @@ fn hostname() -> String {
 /// Who this node is and the hooks' environment, for updateclient's hooks.
 fn update_hook_env(
     a: &UpdateclientArgs,
-    target: &aurum::source::Target,
+    target: &aurum::apply::source::Target,
     source: &dyn RevisionSource,
-) -> (aurum::hooks::Identity, Vec<(String, String)>) {
-    let who = aurum::hooks::Identity {
+) -> (aurum::apply::hooks::Identity, Vec<(String, String)>) {
+    let who = aurum::apply::hooks::Identity {
         image: target.image.clone().unwrap_or_default(),
         group: a.group.clone(),
         hostname: hostname(),
@@ -166,11 +166,11 @@ fn update_hook_env(
 
 fn run_update_hooks(
     dir: &std::path::Path,
-    stage: aurum::hooks::Stage,
-    who: &aurum::hooks::Identity,
+    stage: aurum::apply::hooks::Stage,
+    who: &aurum::apply::hooks::Identity,
     env: &[(String, String)],
 ) -> aurum::error::Result<()> {
-    for (name, out) in aurum::hooks::run_stage(dir, stage, who, env, None)? {
+    for (name, out) in aurum::apply::hooks::run_stage(dir, stage, who, env, None)? {
         eprintln!("updateclient: hook {name}");
         for line in out.lines() {
             eprintln!("    {line}");
@@ -258,7 +258,7 @@ fn report_to(
 /// deltas (a few KiB instead of the whole), else whole.
 fn fetch_manifest(
     node: &Node,
-    source: &dyn aurum::source::RevisionSource,
+    source: &dyn aurum::apply::source::RevisionSource,
     id: &aurum::format::Id,
 ) -> aurum::Result<aurum::format::manifest::Manifest> {
     let current = node
@@ -325,7 +325,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         if let Some(dir) = hooks {
             let (dir, who, env) = (dir.to_path_buf(), who.clone(), env.clone());
             opts.before_writes = Some(Box::new(move || {
-                run_update_hooks(&dir, aurum::hooks::Stage::PreUpdate, &who, &env)
+                run_update_hooks(&dir, aurum::apply::hooks::Stage::PreUpdate, &who, &env)
             }));
         }
         let r = update::update(
@@ -337,7 +337,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
             progress.as_ref(),
         )?;
         if let Some(dir) = hooks {
-            run_update_hooks(dir, aurum::hooks::Stage::PostUpdate, &who, &env)?;
+            run_update_hooks(dir, aurum::apply::hooks::Stage::PostUpdate, &who, &env)?;
         }
         Ok(r)
     })();
@@ -429,7 +429,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
                     })?;
                     let id = lkg.id()?;
                     let m = s.manifest(&id)?;
-                    let t = aurum::source::Target {
+                    let t = aurum::apply::source::Target {
                         image: lkg.image,
                         number: lkg.number,
                         id,
@@ -493,17 +493,17 @@ pub struct NodeStatusArgs {
 }
 
 pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
-    let (state, journal) = aurum::node::peek(&a.root)?.ok_or_else(|| {
+    let (state, journal) = aurum::apply::node::peek(&a.root)?.ok_or_else(|| {
         aurum::Error::NotFound(format!(
             "aurum has not updated {} yet (no {})",
             a.root.display(),
-            aurum::node::STATE_DIR
+            aurum::apply::node::STATE_DIR
         ))
     })?;
     if a.json {
         return print_json(&serde_json::json!({"state": state, "interrupted": journal}));
     }
-    let show = |r: &Option<aurum::node::RevRef>| {
+    let show = |r: &Option<aurum::apply::node::RevRef>| {
         r.as_ref().map(|r| r.name()).unwrap_or_else(|| "-".into())
     };
     println!("current          {}", show(&state.current));
@@ -529,8 +529,11 @@ pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
             "{}  {:<12} {} -> {}  {}, {} fetched, {:.2} s",
             human_time(h.time),
             h.action,
-            h.from.as_deref().map(aurum::node::short_id).unwrap_or("-"),
-            aurum::node::short_id(&h.to),
+            h.from
+                .as_deref()
+                .map(aurum::apply::node::short_id)
+                .unwrap_or("-"),
+            aurum::apply::node::short_id(&h.to),
             h.result,
             human_bytes(h.bytes_fetched),
             h.seconds

@@ -18,11 +18,11 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::apply::source::Target;
 use crate::error::{corrupt, invalid, IoContext, Result};
 use crate::format::manifest::Manifest;
 pub use crate::format::node::{short_id, HistoryEntry, NodeState, RevRef};
 use crate::format::Id;
-use crate::source::Target;
 
 /// The node state directory, relative to the node's root.
 pub const STATE_DIR: &str = "var/lib/aurum-node";

@@ -881,7 +881,7 @@ impl RevisionSource for HttpRepo {
     }
 
     fn report(&self, report: &NodeReport) -> Result<()> {
-        let body = serde_json::to_vec(report).expect("serialisable");
+        let body = report.encode();
         let resp = self
             .agent
             .post(self.url("api/v1/reports"))

@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod node;
 pub mod pack;
 pub mod refs;
+pub mod report;
 pub mod wire;
 
 use std::fmt;

@@ -207,8 +207,7 @@ fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String
 /// Records an install phase of `node`. `done` switches it to local boot (and rewrites its
 /// TFTP files) and, like `failed`, also becomes its report in `aurum nodes`.
 fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Result<()> {
-    let r: crate::install::report::PhaseReport = serde_json::from_slice(body)
-        .map_err(|e| invalid(format!("not an install phase report: {e}")))?;
+    let r = crate::format::report::PhaseReport::decode(body)?;
     let n = cat.record_phase(node, &r.phase, &r.detail, r.revision.as_deref())?;
     if r.phase == "done" || r.phase == "failed" {
         let rev = n.last.as_ref().and_then(|l| l.revision.clone());
@@ -293,8 +292,7 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
             if body.len() > MAX_BODY {
                 return Err(invalid("report too large"));
             }
-            let report: NodeReport = serde_json::from_slice(body)
-                .map_err(|e| invalid(format!("not a node report: {e}")))?;
+            let report = NodeReport::decode(body)?;
             crate::repo::check_name("host", &report.hostname)?;
             cat.record_report(&report, Some(&rq.peer.to_string()))?;
             Ok(no_content())

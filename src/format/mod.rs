@@ -5,6 +5,7 @@
 //! `book/src/format.md` is its specification; a change here is a change there, and bumps
 //! [`FORMAT_VERSION`] when old readers could misread the new bytes.
 
+pub mod chroot;
 pub mod delta;
 pub mod manifest;
 pub mod node;

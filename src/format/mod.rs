@@ -1,7 +1,12 @@
-//! Every byte layout aurum writes: on disk (manifests, packs, pack indexes, refs) and on the wire
-//! (frames between `getimage` and `aurum agent`).
+//! Every byte layout aurum writes, one module each: on disk [`manifest`]s, [`pack`]s and their
+//! indexes, the published text files ([`refs`]: `FORMAT`, refs, `packs/list`), a node's
+//! `state.json` ([`node`]), a chroot work directory's files ([`chroot`]); on the wire the
+//! agent's frames ([`wire`]), binary [`delta`]s and what nodes [`report`] to the server. Each
+//! module holds its version, its types, its encoder and decoder (decoders return errors on any
+//! input, never panic) and a round-trip test.
 //!
-//! This module depends on nothing else in aurum, so the format can be read and tested on its own.
+//! This module depends on nothing in aurum but `error`, so the format can be read and tested on
+//! its own.
 //! `book/src/format.md` is its specification; a change here is a change there, and bumps
 //! [`FORMAT_VERSION`] when old readers could misread the new bytes.
 

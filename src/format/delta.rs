@@ -117,20 +117,20 @@ pub fn encode_answer(out: &mut Vec<u8>, delta: Option<&[u8]>) {
 
 /// Reads the next record of an answer; `None` at its end.
 pub fn read_answer(r: &mut impl Read) -> Result<Option<Option<Vec<u8>>>> {
-    let mut head = [0u8; 5];
-    let mut got = 0;
-    while got < head.len() {
-        let n = r.read(&mut head[got..])?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(corrupt("the server's delta answer is cut short"));
+    let mut status = [0u8; 1];
+    loop {
+        match r.read(&mut status) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
         }
-        got += n;
     }
-    let [status, l0, l1, l2, l3] = head;
-    let len = u32::from_le_bytes([l0, l1, l2, l3]);
+    let [status] = status;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)
+        .map_err(|_| corrupt("the server's delta answer is cut short"))?;
+    let len = u32::from_le_bytes(len);
     if status == 0 {
         return Ok(Some(None));
     }

@@ -165,8 +165,8 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
 pub fn unescape_bytes(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
-    while i < text.len() {
-        if text[i] == b'\\' && text.get(i + 1) == Some(&b'x') {
+    while let Some(&c) = text.get(i) {
+        if c == b'\\' && text.get(i + 1) == Some(&b'x') {
             let hex = text
                 .get(i + 2..i + 4)
                 .and_then(|h| std::str::from_utf8(h).ok());
@@ -176,7 +176,7 @@ pub fn unescape_bytes(text: &[u8]) -> Vec<u8> {
                 continue;
             }
         }
-        out.push(text[i]);
+        out.push(c);
         i += 1;
     }
     out
@@ -185,7 +185,7 @@ pub fn unescape_bytes(text: &[u8]) -> Vec<u8> {
 /// The parent of a manifest path (`b""` for a top-level name).
 pub fn parent(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => &path[..i],
+        Some(i) => path.get(..i).unwrap_or_default(),
         None => b"",
     }
 }
@@ -193,7 +193,7 @@ pub fn parent(path: &[u8]) -> &[u8] {
 /// The last component of a manifest path.
 pub fn file_name(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => &path[i + 1..],
+        Some(i) => path.get(i + 1..).unwrap_or_default(),
         None => path,
     }
 }
@@ -253,7 +253,7 @@ impl Manifest {
         self.entries
             .binary_search_by(|e| e.path.as_slice().cmp(path))
             .ok()
-            .map(|i| &self.entries[i])
+            .and_then(|i| self.entries.get(i))
     }
 
     /// Resolves a hardlink to the entry that carries its content and metadata.

@@ -10,6 +10,9 @@
 //! `book/src/format.md` is its specification; a change here is a change there, and bumps
 //! [`FORMAT_VERSION`] when old readers could misread the new bytes.
 
+// Decoders read untrusted bytes: no index may panic, so none is unchecked.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
 pub mod chroot;
 pub mod delta;
 pub mod manifest;
@@ -183,6 +186,11 @@ impl<'a> Reader<'a> {
         let n = self.var()?;
         let n = usize::try_from(n).map_err(|_| self.short())?;
         self.raw(n)
+    }
+
+    pub fn u32_le(&mut self) -> Result<u32> {
+        let b = self.raw(4)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
 
     pub fn id(&mut self) -> Result<Id> {

@@ -12,7 +12,6 @@
 //! `state.json` is [`crate::format::node`].
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -20,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::source::Target;
 use crate::error::{corrupt, invalid, IoContext, Result};
-use crate::format::manifest::Manifest;
+use crate::format::manifest::{self, Manifest};
 pub use crate::format::node::{short_id, HistoryEntry, NodeState, RevRef};
 use crate::format::Id;
 
@@ -238,7 +237,7 @@ impl Node {
         let p = self.dir.join("manifests").join(format!("{}.mf", id.hex()));
         if !p.exists() {
             let tmp = p.with_extension("tmp");
-            fs::write(&tmp, zstd::bulk::compress(&raw, 3)?).at(&tmp)?;
+            fs::write(&tmp, manifest::compress_file(&raw, 3)?).at(&tmp)?;
             fs::rename(&tmp, &p).at(&p)?;
         }
         Ok(id)
@@ -252,11 +251,8 @@ impl Node {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).at(&p),
         };
-        let mut raw = Vec::new();
-        zstd::stream::read::Decoder::new(&packed[..])?.read_to_end(&mut raw)?;
-        if Id::of(&raw) != *id {
-            return Err(corrupt(format!("{} is damaged", p.display())));
-        }
+        let raw = manifest::decompress_file(&packed[..], id)
+            .map_err(|problem| corrupt(format!("{} is damaged ({problem})", p.display())))?;
         Manifest::decode(&raw).map(Some)
     }
 

@@ -17,7 +17,6 @@
 //! whole blobs from the static layout, which alone is always enough.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -27,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::catalog::NodeReport;
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
-use crate::format::manifest::Manifest;
+use crate::format::manifest::{self, FileProblem, Manifest};
 use crate::format::pack::{decode_index, Codec, IndexEntry};
 use crate::format::refs;
 use crate::format::Id;
@@ -607,23 +606,17 @@ impl RevisionSource for HttpRepo {
         let hex = id.hex();
         let path = format!("manifests/{}/{hex}.mf", &hex[..2]);
         let packed = self.get(&path)?;
-        let mut raw = Vec::new();
-        zstd::stream::read::Decoder::new(&packed[..])?
-            .take(1 << 32)
-            .read_to_end(&mut raw)
-            .map_err(|e| {
-                corrupt(format!(
-                    "manifest {} from the server is damaged: {e}",
-                    id.short()
-                ))
-            })?;
-        if Id::of(&raw) != *id {
-            return Err(corrupt(format!(
+        let raw = manifest::decompress_file(&packed[..], id).map_err(|p| match p {
+            FileProblem::Damaged(e) => corrupt(format!(
+                "manifest {} from the server is damaged: {e}",
+                id.short()
+            )),
+            FileProblem::Mismatch => corrupt(format!(
                 "manifest {} from {} does not match its id; refusing it",
                 id.short(),
                 self.base
-            )));
-        }
+            )),
+        })?;
         Manifest::decode(&raw)
     }
 

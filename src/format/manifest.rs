@@ -9,13 +9,61 @@
 //! refuses any manifest that breaks these rules, that names a parent which is not a directory, or
 //! whose hardlinks point anywhere but at an earlier non-directory entry: that is what keeps an
 //! apply from ever writing outside its target root.
+//!
+//! A manifest *file* (`.mf`, in a repository and in a node's state directory) is the encoded
+//! manifest compressed as zstd frames, named by the id of the encoded bytes:
+//! [`compress_file`] and [`decompress_file`].
 
 use std::collections::HashSet;
+use std::fmt;
+use std::io::Read;
 
 use super::{Id, Reader, Writer};
 use crate::error::{corrupt, Result};
 
 const MAGIC: &[u8; 8] = b"AURUMMF\x01";
+
+/// Largest encoded manifest a manifest file may hold (a tree of tens of millions of entries).
+const MAX_FILE: u64 = 1 << 32;
+
+/// The bytes of a manifest file for the encoded manifest `raw`.
+pub fn compress_file(raw: &[u8], level: i32) -> Result<Vec<u8>> {
+    Ok(zstd::bulk::compress(raw, level)?)
+}
+
+/// Why a manifest file could not be read.
+#[derive(Debug)]
+pub enum FileProblem {
+    /// Not zstd, cut short, or larger than any manifest: the decoder's complaint.
+    Damaged(String),
+    /// Whole, but its bytes are not those of the id it was read for.
+    Mismatch,
+}
+
+impl fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileProblem::Damaged(e) => f.write_str(e),
+            FileProblem::Mismatch => f.write_str("hash mismatch"),
+        }
+    }
+}
+
+/// The encoded manifest a manifest file holds, checked against `id` (its name). Decode it with
+/// [`Manifest::decode`].
+pub fn decompress_file(packed: impl Read, id: &Id) -> std::result::Result<Vec<u8>, FileProblem> {
+    let damaged = |e: std::io::Error| FileProblem::Damaged(e.to_string());
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(packed)
+        .map_err(damaged)?
+        .take(MAX_FILE)
+        .read_to_end(&mut raw)
+        .map_err(damaged)?;
+    if Id::of(&raw) != *id {
+        return Err(FileProblem::Mismatch);
+    }
+    Ok(raw)
+}
 
 /// One piece of a file's content: a blob and its uncompressed length.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -583,6 +631,28 @@ mod tests {
             ],
         };
         assert!(Manifest::decode(&m.encode()).is_err());
+    }
+
+    #[test]
+    fn manifest_files_round_trip_and_check_their_id() {
+        let m = Manifest {
+            entries: vec![entry("", Kind::Dir), entry("f", Kind::Fifo)],
+        };
+        let raw = m.encode();
+        let id = Id::of(&raw);
+        let packed = compress_file(&raw, 3).unwrap();
+        let back = decompress_file(&packed[..], &id).unwrap();
+        assert_eq!(Manifest::decode(&back).unwrap(), m);
+        assert!(matches!(
+            decompress_file(&packed[..], &Id::of(b"other")),
+            Err(FileProblem::Mismatch)
+        ));
+        for bad in [&packed[..packed.len() - 2], b"not zstd", b""] {
+            assert!(
+                matches!(decompress_file(bad, &id), Err(FileProblem::Damaged(_))),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub struct PhaseReport {
     pub phase: String,
     /// Human-readable; for `failed`, the error and the last lines of output.
     pub detail: String,
-    /// The revision being installed, once resolved.
+    /// The revision being installed, once resolved, as people read it: `IMAGE@N SHORT-ID`,
+    /// `IMAGE SHORT-ID` or `SHORT-ID` (see [`PhaseReport::image_and_id`]).
     #[serde(default)]
     pub revision: Option<String>,
     /// Bytes transferred and to transfer (`transfer` only).
@@ -72,6 +73,13 @@ impl PhaseReport {
     pub fn decode(body: &[u8]) -> Result<PhaseReport> {
         serde_json::from_slice(body)
             .map_err(|e| invalid(format!("not an install phase report: {e}")))
+    }
+
+    /// The image and (short) revision id a phase's `revision` names; `None` for a bare id,
+    /// which names no image.
+    pub fn image_and_id(revision: &str) -> Option<(&str, &str)> {
+        let (name, id) = revision.split_once(' ')?;
+        Some((name.split('@').next().unwrap_or(name), id))
     }
 }
 
@@ -117,6 +125,15 @@ mod tests {
         fn any_bytes_decode_or_fail(data in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = (NodeReport::decode(&data), PhaseReport::decode(&data));
         }
+    }
+
+    #[test]
+    fn phase_revisions_name_their_image() {
+        let f = PhaseReport::image_and_id;
+        assert_eq!(f("compute@8 0c4e2a17"), Some(("compute", "0c4e2a17")));
+        assert_eq!(f("compute 0c4e2a17"), Some(("compute", "0c4e2a17")));
+        assert_eq!(f("0c4e2a17"), None);
+        assert_eq!(f(""), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use self::http::{Handler, Method, Reply, Request};
 use crate::catalog::{Catalog, NodeReport};
 use crate::error::{invalid, Error, Result};
+use crate::format::report::PhaseReport;
 
 /// The port `aurum serve` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 8035;
@@ -207,15 +208,12 @@ fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String
 /// Records an install phase of `node`. `done` switches it to local boot (and rewrites its
 /// TFTP files) and, like `failed`, also becomes its report in `aurum nodes`.
 fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Result<()> {
-    let r = crate::format::report::PhaseReport::decode(body)?;
+    let r = PhaseReport::decode(body)?;
     let n = cat.record_phase(node, &r.phase, &r.detail, r.revision.as_deref())?;
     if r.phase == "done" || r.phase == "failed" {
         let rev = n.last.as_ref().and_then(|l| l.revision.clone());
-        let (image, revision) = match rev.as_deref().and_then(|s| s.split_once(' ')) {
-            Some((name, id)) => (
-                Some(name.split('@').next().unwrap_or(name).to_string()),
-                Some(id.to_string()),
-            ),
+        let (image, revision) = match rev.as_deref().and_then(PhaseReport::image_and_id) {
+            Some((image, id)) => (Some(image.to_string()), Some(id.to_string())),
             None => (n.image.clone(), None),
         };
         cat.record_report(

@@ -422,8 +422,7 @@ impl HttpRepo {
                 return Ok(entries);
             }
         }
-        let hex = pack.hex();
-        let path = format!("packs/{}/{hex}.idx", &hex[..2]);
+        let path = crate::format::pack::path(pack, "idx");
         let bytes = self.get(&path)?;
         let entries = decode_index(&bytes)
             .map_err(|e| self.inconsistent(&path, &format!("it does not decode ({e})")))?;
@@ -603,8 +602,7 @@ impl RevisionSource for HttpRepo {
     }
 
     fn manifest(&self, id: &Id) -> Result<Manifest> {
-        let hex = id.hex();
-        let path = format!("manifests/{}/{hex}.mf", &hex[..2]);
+        let path = manifest::path(id);
         let packed = self.get(&path)?;
         let raw = manifest::decompress_file(&packed[..], id).map_err(|p| match p {
             FileProblem::Damaged(e) => corrupt(format!(
@@ -1005,9 +1003,8 @@ impl HttpRepo {
                 members.iter().map(|m| u64::from(m.raw_len)).sum::<u64>()
             );
         }
-        let hex = pack.hex();
         let bytes = self.get_range(
-            &format!("packs/{}/{hex}.pack", &hex[..2]),
+            &crate::format::pack::path(pack, "pack"),
             start,
             end,
             progress,

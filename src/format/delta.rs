@@ -154,7 +154,10 @@ pub fn cache_stem(w: &Want) -> String {
     }
     let key = key.finalize().to_hex();
     let t = w.target.hex();
-    let (sub, key) = (t.get(..2).unwrap_or(""), key.get(..32).unwrap_or(""));
+    let (sub, key) = (
+        t.get(..2).unwrap_or_default(),
+        key.get(..32).unwrap_or_default(),
+    );
     format!("{sub}/{t}-{key}")
 }
 

@@ -26,6 +26,11 @@ const MAGIC: &[u8; 8] = b"AURUMMF\x01";
 /// Largest encoded manifest a manifest file may hold (a tree of tens of millions of entries).
 const MAX_FILE: u64 = 1 << 32;
 
+/// A revision's manifest file, relative to the published directory: `manifests/XX/<id>.mf`.
+pub fn path(id: &Id) -> String {
+    format!("manifests/{}", id.fanned("mf"))
+}
+
 /// The bytes of a manifest file for the encoded manifest `raw`.
 pub fn compress_file(raw: &[u8], level: i32) -> Result<Vec<u8>> {
     Ok(zstd::bulk::compress(raw, level)?)

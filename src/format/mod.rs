@@ -56,6 +56,13 @@ impl Id {
         self.hex()[..8].to_string()
     }
 
+    /// `XX/<hex>.<ext>`, XX the first two hex digits: how the repository spreads files named
+    /// by ids over 256 directories (`packs/`, `manifests/`, `deltas/`).
+    pub fn fanned(&self, ext: &str) -> String {
+        let hex = self.hex();
+        format!("{}/{hex}.{ext}", hex.get(..2).unwrap_or_default())
+    }
+
     /// Parses 64 hex digits.
     pub fn from_hex(s: &str) -> Option<Id> {
         if s.len() != 64 {
@@ -226,5 +233,7 @@ mod tests {
         assert_eq!(Id::from_hex(&id.hex()), Some(id));
         assert_eq!(id.short().len(), 8);
         assert_eq!(Id::from_hex("zz"), None);
+        let fanned = id.fanned("mf");
+        assert_eq!(fanned, format!("{}/{}.mf", &id.hex()[..2], id.hex()));
     }
 }

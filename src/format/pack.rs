@@ -52,6 +52,12 @@ pub struct IndexEntry {
     pub inner: u32,
 }
 
+/// A pack file (`ext` "pack") or its index ("idx"), relative to the published directory:
+/// `packs/XX/<id>.<ext>`.
+pub fn path(id: &Id, ext: &str) -> String {
+    format!("packs/{}", id.fanned(ext))
+}
+
 /// The record header written before a blob's payload.
 pub fn record_header(id: &Id, codec: Codec, stored_len: u32, raw_len: u32) -> [u8; RECORD_HEADER] {
     let mut w = Writer::default();

@@ -601,6 +601,15 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A manifest from a server or a damaged file is refused or read, never a panic.
+        #[test]
+        fn any_bytes_after_the_magic_decode_or_fail(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Manifest::decode(&[&MAGIC[..], &data].concat());
+            let _ = decompress_file(&data[..], &Id::of(&data));
+        }
+    }
+
     #[test]
     fn refuses_escapes_and_bad_parents() {
         for bad in ["../etc", "a/../../x", "/abs", "a//b", "./a"] {

@@ -214,6 +214,21 @@ mod tests {
         assert_eq!(&body[offsets[1] as usize..][..2], b"bc");
     }
 
+    proptest::proptest! {
+        /// Untrusted bytes (a server's index, a pack's record) are refused or read, never a
+        /// panic; the index's magic and checksum are made right so that its body is parsed.
+        #[test]
+        fn any_bytes_decode_or_fail(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let mut index = [&INDEX_MAGIC[..], &data].concat();
+            let sum = blake3::hash(&index);
+            index.extend_from_slice(sum.as_bytes());
+            let _ = decode_index(&index);
+            let _ = decode_index(&data);
+            let _ = decode_group(&data);
+            let _ = parse_record_header(&data);
+        }
+    }
+
     #[test]
     fn record_header_round_trip() {
         let id = Id::of(b"x");

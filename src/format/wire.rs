@@ -358,6 +358,17 @@ mod tests {
     use super::*;
     use crate::format::manifest::Kind;
 
+    proptest::proptest! {
+        /// What the other end sends is refused or read, never a panic.
+        #[test]
+        fn any_bytes_decode_or_fail(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = Msg::decode(&data);
+            let _ = recv(&mut &data[..]);
+            let framed = [&(data.len() as u32).to_le_bytes()[..], &data].concat();
+            let _ = recv(&mut &framed[..]);
+        }
+    }
+
     #[test]
     fn frames_round_trip() {
         let entry = Entry {

@@ -93,23 +93,7 @@ pub struct TagRef {
     pub number: u32,
 }
 
-/// What a node tells the server after an update, rollback or install.
-#[derive(Clone, Debug, serde::Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeReport {
-    pub hostname: String,
-    pub image: Option<String>,
-    /// Revision id (hex) the node runs after the action.
-    pub revision: Option<String>,
-    /// `updateclient`, `rollback`, `install`...
-    pub action: String,
-    /// `ok` or `failed`.
-    pub result: String,
-    pub bytes: u64,
-    pub seconds: f64,
-    #[serde(default)]
-    pub detail: String,
-}
+pub use crate::format::report::NodeReport;
 
 /// A node's latest report, as `aurum nodes` lists it.
 #[derive(Clone, Debug, Serialize)]

@@ -56,10 +56,11 @@ impl Known {
 
     fn positions(&self, id: &Id) -> [usize; 4] {
         let m = self.bits.len() as u64 * 8;
-        std::array::from_fn(|i| {
-            let word: [u8; 8] = id.0[i * 8..i * 8 + 8].try_into().expect("8 bytes");
+        let mut words = id.0.chunks_exact(8).map(|w| {
+            let word: [u8; 8] = w.try_into().expect("chunks of 8 bytes");
             (u64::from_le_bytes(word) % m) as usize
-        })
+        });
+        std::array::from_fn(|_| words.next().expect("32 bytes are 4 words"))
     }
 
     pub fn insert(&mut self, id: &Id) {
@@ -67,17 +68,20 @@ impl Known {
             return;
         }
         for p in self.positions(id) {
-            self.bits[p / 8] |= 1 << (p % 8);
+            if let Some(byte) = self.bits.get_mut(p / 8) {
+                *byte |= 1 << (p % 8);
+            }
         }
     }
 
     /// False for an id never inserted, except for about one in a hundred.
     pub fn contains(&self, id: &Id) -> bool {
         !self.bits.is_empty()
-            && self
-                .positions(id)
-                .into_iter()
-                .all(|p| self.bits[p / 8] & (1 << (p % 8)) != 0)
+            && self.positions(id).into_iter().all(|p| {
+                self.bits
+                    .get(p / 8)
+                    .is_some_and(|b| b & (1 << (p % 8)) != 0)
+            })
     }
 }
 
@@ -353,6 +357,17 @@ pub fn recv(r: &mut impl Read) -> Result<Option<Msg>> {
 mod tests {
     use super::*;
     use crate::format::manifest::Kind;
+
+    proptest::proptest! {
+        /// What the other end sends is refused or read, never a panic.
+        #[test]
+        fn any_bytes_decode_or_fail(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = Msg::decode(&data);
+            let _ = recv(&mut &data[..]);
+            let framed = [&(data.len() as u32).to_le_bytes()[..], &data].concat();
+            let _ = recv(&mut &framed[..]);
+        }
+    }
 
     #[test]
     fn frames_round_trip() {

@@ -84,20 +84,12 @@ pub fn published(repo: &Path) -> PathBuf {
 
 /// `public/packs/ab/abcd….pack` for a pack id.
 pub fn pack_path(repo: &Path, id: &Id, ext: &str) -> PathBuf {
-    let hex = id.hex();
-    published(repo)
-        .join("packs")
-        .join(&hex[..2])
-        .join(format!("{hex}.{ext}"))
+    published(repo).join(pack::path(id, ext))
 }
 
 /// `public/manifests/ab/abcd….mf` for a revision id.
 pub fn manifest_path(repo: &Path, id: &Id) -> PathBuf {
-    let hex = id.hex();
-    published(repo)
-        .join("manifests")
-        .join(&hex[..2])
-        .join(format!("{hex}.mf"))
+    published(repo).join(crate::format::manifest::path(id))
 }
 
 /// Where unfinished packs and other temporary files live; emptied whenever a writer starts

@@ -83,12 +83,10 @@ pub struct PrepareclientArgs {
 /// The disk holding the root filesystem (`/dev/sda` for `/dev/sda2`).
 fn root_disk() -> anyhow::Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    let dev = mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(1) == Some(&"/") && f[0].starts_with("/dev/")).then(|| f[0].to_string())
-        })
+    let dev = aurum::sys::parse_fstab(&mounts)
+        .into_iter()
+        .find(|m| m.point == "/" && m.spec.starts_with("/dev/"))
+        .map(|m| m.spec)
         .ok_or_else(|| aurum::Error::Invalid("/ is not on a disk here: give --disk".into()))?;
     let name = std::fs::canonicalize(&dev)?;
     let part = name

@@ -150,17 +150,20 @@ pub struct Node {
     lock: OnceLock<fs::File>,
 }
 
+/// The mode of the files in the state directory: `node-status` reads them as any user.
+const STATE_FILE_MODE: u32 = 0o644;
+
 fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(name);
     let data = serde_json::to_vec_pretty(v).expect("serialisable");
-    {
-        let mut f = fs::File::create(&tmp).at(&tmp)?;
-        std::io::Write::write_all(&mut f, &data).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-    }
-    fs::rename(&tmp, &path).at(&path)?;
-    crate::sys::sync_dir(dir)
+    crate::sys::write_atomic(
+        &dir.join(name),
+        &data,
+        crate::sys::WriteOpts {
+            durable: true,
+            mode: Some(STATE_FILE_MODE),
+            ..Default::default()
+        },
+    )
 }
 
 /// Locks the node's `lock` file, exclusive for an update, shared for a reader, saying so when
@@ -322,9 +325,14 @@ impl Node {
         let id = Id::of(&raw);
         let p = self.dir.join("manifests").join(format!("{}.mf", id.hex()));
         if !p.exists() {
-            let tmp = p.with_extension("tmp");
-            fs::write(&tmp, zstd::bulk::compress(&raw, 3)?).at(&tmp)?;
-            fs::rename(&tmp, &p).at(&p)?;
+            crate::sys::write_atomic(
+                &p,
+                &zstd::bulk::compress(&raw, 3)?,
+                crate::sys::WriteOpts {
+                    mode: Some(STATE_FILE_MODE),
+                    ..Default::default()
+                },
+            )?;
         }
         Ok(id)
     }

@@ -25,6 +25,9 @@ use crate::format::{Id, FORMAT_VERSION};
 use crate::publish;
 use crate::store::{self, FinishedPack, PackReader, PackWriter};
 
+mod revspec;
+pub use revspec::RevSpec;
+
 /// Catalog meta key set once the repository's file modes were brought to what
 /// [`publish::check_modes`] wants (repositories made before it had everything 0600).
 const MODES_META: &str = "file-modes";
@@ -384,36 +387,35 @@ impl Repository {
     /// Resolves `IMAGE`, `IMAGE@N`, `IMAGE:TAG` or a hex prefix of at least 8 digits.
     pub fn resolve(&self, spec: &str) -> Result<Revision> {
         let not_found = |what: String| Error::NotFound(what);
-        if let Some((image, n)) = spec.split_once('@') {
-            let number: u32 = n.parse().map_err(|_| {
-                invalid(format!(
-                    "`{spec}`: the part after @ must be a revision number"
-                ))
-            })?;
-            self.require_image(image)?;
-            return self.catalog.revision(image, number)?.ok_or_else(|| {
-                not_found(format!(
-                    "image `{image}` has no revision {number}; `aurum log {image}` lists its revisions"
-                ))
-            });
-        }
-        if let Some((image, tag)) = spec.split_once(':') {
-            self.require_image(image)?;
-            let number = self
-                .catalog
-                .tags(image)?
-                .into_iter()
-                .find(|(t, _)| t == tag)
-                .map(|(_, n)| n)
-                .ok_or_else(|| {
+        let parsed: RevSpec = spec.parse()?;
+        match &parsed {
+            RevSpec::Number { image, number } => {
+                self.require_image(image)?;
+                return self.catalog.revision(image, *number)?.ok_or_else(|| {
                     not_found(format!(
-                        "image `{image}` has no tag `{tag}`; `aurum log {image}` shows its tags"
+                        "image `{image}` has no revision {number}; `aurum log {image}` lists its revisions"
                     ))
-                })?;
-            return Ok(self
-                .catalog
-                .revision(image, number)?
-                .expect("tags reference existing revisions"));
+                });
+            }
+            RevSpec::Tag { image, tag } => {
+                self.require_image(image)?;
+                let number = self
+                    .catalog
+                    .tags(image)?
+                    .into_iter()
+                    .find(|(t, _)| t == tag)
+                    .map(|(_, n)| n)
+                    .ok_or_else(|| {
+                        not_found(format!(
+                            "image `{image}` has no tag `{tag}`; `aurum log {image}` shows its tags"
+                        ))
+                    })?;
+                return Ok(self
+                    .catalog
+                    .revision(image, number)?
+                    .expect("tags reference existing revisions"));
+            }
+            RevSpec::Bare(_) => {}
         }
         if self.catalog.image_exists(spec)? {
             return self
@@ -421,8 +423,7 @@ impl Repository {
                 .newest(spec)?
                 .ok_or_else(|| not_found(format!("image `{spec}` has no revisions yet")));
         }
-        let hex = spec.to_ascii_lowercase();
-        if hex.len() >= 8 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Some(hex) = parsed.id_prefix() {
             let found = self.catalog.revisions_by_prefix(&hex)?;
             let ids: HashSet<Id> = found.iter().map(|r| r.id).collect();
             if ids.len() > 1 {

@@ -32,7 +32,7 @@ use crate::format::manifest::Manifest;
 use crate::format::pack::{decode_index, Codec, IndexEntry};
 use crate::format::Id;
 use crate::progress::Progress;
-use crate::repo::{Lock, Repository};
+use crate::repo::{Lock, Repository, RevSpec};
 use crate::store::{self, decode_blob};
 
 /// A revision a node is asked to go to.
@@ -428,11 +428,8 @@ impl HttpRepo {
         let entries = decode_index(&bytes)
             .map_err(|e| self.inconsistent(&path, &format!("it does not decode ({e})")))?;
         std::fs::create_dir_all(&self.cache).at(&self.cache)?;
-        // A temporary file of its own (created exclusively, never through a link someone
-        // planted), renamed into place: concurrent updates sharing the cache do not collide.
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.cache).at(&self.cache)?;
-        std::io::Write::write_all(&mut tmp, &bytes).at(tmp.path())?;
-        tmp.persist(&cached).map_err(|e| e.error).at(&cached)?;
+        // Concurrent updates sharing the cache do not collide (see write_atomic).
+        crate::sys::write_atomic(&cached, &bytes, Default::default())?;
         Ok(entries)
     }
 }
@@ -545,60 +542,60 @@ impl RevisionSource for HttpRepo {
             Id::from_hex(String::from_utf8_lossy(&text).trim())
                 .ok_or_else(|| corrupt(format!("{what} on the server does not hold a revision id")))
         };
-        if let Some((image, n)) = spec.split_once('@') {
-            let number: u32 = n.parse().map_err(|_| {
-                invalid(format!(
-                    "`{spec}`: the part after @ must be a revision number"
-                ))
-            })?;
-            if !ref_name_ok(image) {
-                return Err(invalid(format!("`{image}` is not an image name")));
-            }
-            let list = self
-                .get(&format!("refs/{image}/revisions"))
-                .map_err(|e| self.no_image(image, e))?;
-            let text = String::from_utf8_lossy(&list);
-            let id = text
-                .lines()
-                .filter_map(|l| l.split_once(' '))
-                .find(|(k, _)| k.parse() == Ok(number))
-                .and_then(|(_, v)| Id::from_hex(v.trim()))
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "image `{image}` has no revision {number} on {}",
-                        self.base
-                    ))
-                })?;
-            return Ok(Target {
-                image: Some(image.into()),
-                number: Some(number),
-                id,
-            });
-        }
-        if let Some((image, tag)) = spec.split_once(':') {
-            if !ref_name_ok(image) || !ref_name_ok(tag) {
-                return Err(invalid(format!("`{spec}` is not IMAGE:TAG")));
-            }
-            let text = self
-                .get(&format!("refs/{image}/tags/{tag}"))
-                .map_err(|e| match e {
-                    Error::NotFound(_) => match self.get(&format!("refs/{image}/head")) {
-                        Ok(_) => Error::NotFound(format!(
-                            "image `{image}` has no tag `{tag}` on {}",
+        let parsed: RevSpec = spec.parse()?;
+        match &parsed {
+            RevSpec::Number { image, number } => {
+                let number = *number;
+                if !ref_name_ok(image) {
+                    return Err(invalid(format!("`{image}` is not an image name")));
+                }
+                let list = self
+                    .get(&format!("refs/{image}/revisions"))
+                    .map_err(|e| self.no_image(image, e))?;
+                let text = String::from_utf8_lossy(&list);
+                let id = text
+                    .lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .find(|(k, _)| k.parse() == Ok(number))
+                    .and_then(|(_, v)| Id::from_hex(v.trim()))
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "image `{image}` has no revision {number} on {}",
                             self.base
-                        )),
-                        Err(e) => self.no_image(image, e),
-                    },
-                    e => e,
-                })?;
-            let id = id_of(text, "the tag")?;
-            return Ok(Target {
-                image: Some(image.into()),
-                number: self.number_of(image, &id),
-                id,
-            });
+                        ))
+                    })?;
+                return Ok(Target {
+                    image: Some(image.clone()),
+                    number: Some(number),
+                    id,
+                });
+            }
+            RevSpec::Tag { image, tag } => {
+                if !ref_name_ok(image) || !ref_name_ok(tag) {
+                    return Err(invalid(format!("`{spec}` is not IMAGE:TAG")));
+                }
+                let text = self
+                    .get(&format!("refs/{image}/tags/{tag}"))
+                    .map_err(|e| match e {
+                        Error::NotFound(_) => match self.get(&format!("refs/{image}/head")) {
+                            Ok(_) => Error::NotFound(format!(
+                                "image `{image}` has no tag `{tag}` on {}",
+                                self.base
+                            )),
+                            Err(e) => self.no_image(image, e),
+                        },
+                        e => e,
+                    })?;
+                let id = id_of(text, "the tag")?;
+                return Ok(Target {
+                    image: Some(image.clone()),
+                    number: self.number_of(image, &id),
+                    id,
+                });
+            }
+            RevSpec::Bare(_) => {}
         }
-        if let Some(id) = Id::from_hex(&spec.to_ascii_lowercase()) {
+        if let Some(id) = parsed.full_id() {
             return Ok(Target {
                 image: None,
                 number: None,

@@ -143,6 +143,46 @@ pub fn sync_dir(path: &Path) -> Result<()> {
         .at(path)
 }
 
+/// How [`write_atomic`] writes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriteOpts<'a> {
+    /// fsync the file before the rename and the directory after it, so the new content
+    /// survives a power cut; without, a crash leaves the old file or the new one, never a
+    /// torn one, but maybe the old one.
+    pub durable: bool,
+    /// Where the temporary file is made (on the same filesystem as the target); default the
+    /// target's directory. A repository writes through its `tmp/`, so that a web server
+    /// serving the target's directory never sees a half-written file.
+    pub tmp_dir: Option<&'a Path>,
+    /// The file's mode; default 0600, as the temporary file is made.
+    pub mode: Option<u32>,
+}
+
+/// Writes `data` to `path` atomically: a temporary file of its own (created exclusively, so
+/// never through a link someone planted, and no collision between concurrent writers),
+/// renamed over `path`. The one way aurum replaces a file that others read.
+pub fn write_atomic(path: &Path, data: &[u8], opts: WriteOpts) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp_dir = opts.tmp_dir.unwrap_or(dir);
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).at(tmp_dir)?;
+    tmp.write_all(data).at(tmp.path())?;
+    if let Some(mode) = opts.mode {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .at(tmp.path())?;
+    }
+    if opts.durable {
+        tmp.as_file().sync_all().at(tmp.path())?;
+    }
+    tmp.persist(path).map_err(|e| e.error).at(path)?;
+    if opts.durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Flushes everything written to the filesystem holding `fd` (one call instead of an fsync
 /// per file; `shown` names it in an error).
 pub fn sync_fs(fd: BorrowedFd, shown: &Path) -> Result<()> {

@@ -24,9 +24,14 @@ pub struct TagArgs {
 pub fn tag(g: &Global, a: TagArgs) -> anyhow::Result<()> {
     let mut repo = open(g)?;
     if a.delete {
-        let (image, tag) = a.rev.split_once(':').ok_or_else(|| {
-            aurum::Error::Invalid(format!("`{}`: give the tag to delete as IMAGE:TAG", a.rev))
-        })?;
+        let Ok(aurum::repo::RevSpec::Tag { image, tag }) = a.rev.parse() else {
+            return Err(aurum::Error::Invalid(format!(
+                "`{}`: give the tag to delete as IMAGE:TAG",
+                a.rev
+            ))
+            .into());
+        };
+        let (image, tag) = (image.as_str(), tag.as_str());
         repo.require_image(image)?;
         let publishing = repo.publishing()?;
         if !repo.catalog.delete_tag(image, tag)? {

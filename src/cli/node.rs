@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use aurum::apply::update::{self, default_update_excludes, UpdateOptions, UpdateReport};
 use aurum::capture::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use aurum::catalog::NodeReport;
+use aurum::hooks::HookEnv;
 use aurum::install::overrides;
 use aurum::node::Node;
 use aurum::source::{HttpRepo, LocalRepo, RevisionSource};
@@ -139,38 +140,31 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Who this node is and the hooks' environment, for updateclient's hooks.
+/// Who this node is and what its hooks are told, for updateclient's hooks.
 fn update_hook_env(
     a: &UpdateclientArgs,
     target: &aurum::source::Target,
     source: &dyn RevisionSource,
-) -> (aurum::hooks::Identity, Vec<(String, String)>) {
-    let who = aurum::hooks::Identity {
-        image: target.image.clone().unwrap_or_default(),
-        group: a.group.clone(),
-        hostname: hostname(),
-    };
-    let env = vec![
-        ("AURUM_ROOT".to_string(), a.root.display().to_string()),
-        ("AURUM_IMAGE".to_string(), who.image.clone()),
-        ("AURUM_REVISION".to_string(), target.id.hex()),
-        ("AURUM_HOSTNAME".to_string(), who.hostname.clone()),
-        (
-            "AURUM_GROUP".to_string(),
-            a.group.clone().unwrap_or_default(),
-        ),
-        ("AURUM_SERVER".to_string(), source.describe()),
-    ];
-    (who, env)
+) -> HookEnv {
+    HookEnv {
+        who: aurum::hooks::Identity {
+            image: target.image.clone().unwrap_or_default(),
+            group: a.group.clone(),
+            hostname: hostname(),
+        },
+        root: a.root.clone(),
+        revision: target.id.hex(),
+        server: source.describe(),
+        ..Default::default()
+    }
 }
 
 fn run_update_hooks(
     dir: &std::path::Path,
     stage: aurum::hooks::Stage,
-    who: &aurum::hooks::Identity,
-    env: &[(String, String)],
+    env: &HookEnv,
 ) -> aurum::error::Result<()> {
-    for (name, out) in aurum::hooks::run_stage(dir, stage, who, env, None)? {
+    for (name, out) in aurum::hooks::run_stage(dir, stage, env, None)? {
         eprintln!("updateclient: hook {name}");
         for line in out.lines() {
             eprintln!("    {line}");
@@ -321,11 +315,11 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
             overrides::for_node(source.as_ref(), image, follow, &a.add_override)?;
         opts.overlay = Some(overlay);
         let hooks = a.hooks.as_deref().filter(|_| !a.dry_run);
-        let (who, env) = update_hook_env(&a, &target, source.as_ref());
+        let env = update_hook_env(&a, &target, source.as_ref());
         if let Some(dir) = hooks {
-            let (dir, who, env) = (dir.to_path_buf(), who.clone(), env.clone());
+            let (dir, env) = (dir.to_path_buf(), env.clone());
             opts.before_writes = Some(Box::new(move || {
-                run_update_hooks(&dir, aurum::hooks::Stage::PreUpdate, &who, &env)
+                run_update_hooks(&dir, aurum::hooks::Stage::PreUpdate, &env)
             }));
         }
         let r = update::update(
@@ -337,7 +331,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
             progress.as_ref(),
         )?;
         if let Some(dir) = hooks {
-            run_update_hooks(dir, aurum::hooks::Stage::PostUpdate, &who, &env)?;
+            run_update_hooks(dir, aurum::hooks::Stage::PostUpdate, &env)?;
         }
         Ok(r)
     })();

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use crate::error::{corrupt, IoContext, Result};
 use crate::format::pack::{self, Codec, IndexEntry};
 use crate::format::Id;
-use crate::sys::sync_dir;
 
 /// A pack is closed once it grows past this many bytes (the design asks for 32-64 MiB).
 pub const PACK_TARGET: u64 = 48 << 20;
@@ -146,17 +145,16 @@ pub fn write_cached(repo: &Path, path: &Path, data: &[u8]) -> Result<()> {
 fn place(repo: &Path, path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().expect("store paths have a parent");
     create_public_dir(repo, dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir(repo)).at(tmp_dir(repo))?;
-    tmp.write_all(data).at(tmp.path())?;
-    make_public(tmp.as_file(), tmp.path())?;
-    if durable {
-        tmp.as_file().sync_all().at(tmp.path())?;
-    }
-    tmp.persist(path).map_err(|e| e.error).at(path)?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    let tmp = tmp_dir(repo);
+    crate::sys::write_atomic(
+        path,
+        data,
+        crate::sys::WriteOpts {
+            durable,
+            tmp_dir: Some(&tmp),
+            mode: Some(PUBLIC_FILE),
+        },
+    )
 }
 
 thread_local! {

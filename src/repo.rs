@@ -25,6 +25,7 @@ use crate::format::{Id, FORMAT_VERSION};
 use crate::publish;
 use crate::store::{self, FinishedPack, PackReader, PackWriter};
 
+mod names;
 mod revspec;
 pub use revspec::RevSpec;
 

@@ -24,6 +24,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use rayon::prelude::*;
 
+pub mod client;
 mod preflight;
 pub mod update;
 

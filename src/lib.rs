@@ -1,54 +1,46 @@
 //! aurum: a golden-image manager for Linux clusters.
 //!
 //! The library holds everything the `aurum` binary does; the binary only parses the command
-//! line, calls one function here, and prints the result. Modules, from the bottom up:
+//! line, calls one function here, and prints the result. The modules stand in layers, and a
+//! module uses only its own layer and those below (`tests/it/layers.rs` checks it from the
+//! `use` lines; book/src/design.md draws it):
 //!
-//! - [`format`]: every byte layout on disk or on the wire (manifests, packs, indexes, agent
-//!   frames). It depends on nothing else in aurum.
-//! - [`sys`]: the few file-system calls we make relative to directory descriptors, so that very
-//!   long paths work and no symlink can lead a write outside a target root.
-//! - [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with verification.
-//! - [`catalog`]: the SQLite catalog (images, revisions, tags, blob index, stat cache, events).
-//! - [`publish`]: the files a repository publishes for static clients (`packs/list`, `refs/`,
-//!   `templates/`), derived from the catalog, and the modes that keep them readable by a web
-//!   server and the catalog private.
-//! - [`repo`]: a repository: store + catalog + refs + lock, and revision references.
-//! - [`capture`]: scanning a golden client (local or through `aurum agent` over ssh) into a
-//!   revision.
-//! - [`apply`]: materialising a revision onto a directory.
-//! - [`chroot`]: editing a revision in a chroot into a new revision.
-//! - [`delta`]: binary deltas of changed blobs against the versions a node holds.
-//! - [`diff`], [`tarball`], [`verify`], [`gc`]: the remaining repository operations.
-//! - [`facts`], [`template`], [`hooks`], [`install`]: laying out a bare node's disks from its
-//!   class's partition template and installing a revision onto them.
-//! - [`nodedb`], [`pxe`], [`bootkit`]: the node database, network boot configuration and the
-//!   boot kit nodes install themselves from.
+//! 1. base: [`error`], [`sys`] (file calls relative to directory descriptors, so no symlink
+//!    leads a write outside a target root; the mount table; locking; atomic writes),
+//!    [`progress`], [`excludes`] (the path patterns capture and update leave alone),
+//!    [`devices`] (block devices and the tools that handle them), [`facts`] (a node's hardware).
+//! 2. [`format`]: every byte layout on disk or on the wire. It depends on nothing else in aurum.
+//! 3. [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with
+//!    verification, and [`store::BlobSource`], how writers get blobs.
+//! 4. [`repo`] (a repository: store + catalog + published files + lock; revision references;
+//!    [`repo::publish`], [`repo::gc`], [`repo::verify`], [`repo::diff`], [`repo::delta`]) and
+//!    [`catalog`] (the SQLite catalog: images, revisions, tags, blob index, stat cache,
+//!    templates, and [`catalog::nodes`], the node database).
+//! 5. [`capture`] (a golden client, local or over ssh, into a revision; [`capture::chroot`],
+//!    editing a revision into a new one), [`tarball`] (import and export) and [`apply`] (a
+//!    revision onto a directory: checkout, updateclient, rollback; a node's state, its
+//!    sources, overrides and hooks).
+//! 6. [`template`] (partition templates per hardware class), [`install`] (a bare node's disks
+//!    from its template, then a revision onto them), [`netboot`] (PXE configuration and the
+//!    boot kit) and [`serve`] (the HTTP server nodes fetch from).
+//! 7. the binary's `cli/`: one file per group of commands.
 
 pub mod apply;
-pub mod bootkit;
 pub mod capture;
 pub mod catalog;
-pub mod chroot;
-pub mod delta;
-pub mod diff;
+pub mod devices;
 pub mod error;
+pub mod excludes;
 pub mod facts;
 pub mod format;
-pub mod gc;
-pub mod hooks;
 pub mod install;
-pub mod node;
-pub mod nodedb;
+pub mod netboot;
 pub mod progress;
-pub mod publish;
-pub mod pxe;
 pub mod repo;
 pub mod serve;
-pub mod source;
 pub mod store;
 pub mod sys;
 pub mod tarball;
 pub mod template;
-pub mod verify;
 
 pub use error::{Error, Result};

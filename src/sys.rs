@@ -43,6 +43,26 @@ pub fn open_root(path: &Path) -> Result<OwnedFd> {
     .at(path)
 }
 
+/// Opens the regular file at `rel` beneath `root` for reading, following no symlink.
+pub fn open_file_beneath(root: &OwnedFd, rel: &[u8], shown_root: &Path) -> Result<std::fs::File> {
+    let (parent, name) = match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (
+            rel.get(..i).unwrap_or_default(),
+            rel.get(i + 1..).unwrap_or_default(),
+        ),
+        None => (&b""[..], rel),
+    };
+    let dir = open_dir_beneath(root.as_fd(), parent, shown_root)?;
+    let fd = openat(
+        dir.as_fd(),
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .at(shown(shown_root, rel))?;
+    Ok(std::fs::File::from(fd))
+}
+
 /// Opens the directory `rel` beneath `root`, never following a symlink on the way.
 pub fn open_dir_beneath(root: BorrowedFd, rel: &[u8], shown_root: &Path) -> Result<OwnedFd> {
     let mut fd = nix::unistd::dup(root).at(shown_root)?;

@@ -9,16 +9,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::apply::hooks::{self, HookEnv, Identity, Stage};
+use crate::apply::node::{Node, RevRef};
+use crate::apply::overrides;
+use crate::apply::source::{RevisionSource, Target};
 use crate::apply::update::{self, Overlay, UpdateOptions, UpdateReport};
 use crate::catalog::NodeReport;
 use crate::error::{invalid, Result};
 use crate::format::manifest::Manifest;
 use crate::format::Id;
-use crate::hooks::{self, HookEnv, Identity, Stage};
-use crate::install::overrides;
-use crate::node::{Node, RevRef};
 use crate::progress::Progress;
-use crate::source::{RevisionSource, Target};
 
 /// This machine's host name, as hooks and reports give it.
 pub fn hostname() -> String {

@@ -25,7 +25,11 @@ use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use rayon::prelude::*;
 
 pub mod client;
+pub mod hooks;
+pub mod node;
+pub mod overrides;
 mod preflight;
+pub mod source;
 pub mod update;
 
 use crate::error::{invalid, IoContext, Result};
@@ -34,11 +38,7 @@ use crate::format::Id;
 use crate::progress::Progress;
 use crate::sys::{self, shown};
 
-/// Where apply gets blobs from: a local repository now, an HTTP server later.
-pub trait BlobSource: Sync {
-    /// The blob's content, already checked against `id`.
-    fn get(&self, id: &Id) -> Result<Vec<u8>>;
-}
+pub use crate::store::BlobSource;
 
 /// What an apply did.
 #[derive(Debug, Default)]

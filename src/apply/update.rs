@@ -39,15 +39,15 @@ mod fresh;
 
 use super::preflight::{self, Touch};
 use super::{create_special, set_metadata, temp_name, write_file, BlobSource};
-use crate::capture::excludes::Excludes;
-use crate::capture::file_chunks;
-use crate::delta;
+use crate::apply::node::{HistoryEntry, Journal, Node, NodeState, RevRef, STATE_DIR};
+use crate::apply::source::{RevisionSource, Target};
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
+use crate::excludes::Excludes;
 use crate::format::manifest::{display_path, file_name, parent, Chunk, Entry, Kind, Manifest};
 use crate::format::Id;
-use crate::node::{HistoryEntry, Journal, Node, NodeState, RevRef, STATE_DIR};
 use crate::progress::Progress;
-use crate::source::{RevisionSource, Target};
+use crate::repo::delta;
+use crate::store::chunk::file_chunks;
 use crate::sys::{self, shown};
 
 /// Every default exclude of an update: SystemImager's updateclient.local.exclude
@@ -56,7 +56,7 @@ use crate::sys::{self, shown};
 /// image holds).
 pub fn default_update_excludes() -> Vec<&'static str> {
     let mut v: Vec<&str> = UPDATECLIENT_EXCLUDES.to_vec();
-    for p in crate::capture::excludes::DEFAULT_CAPTURE_EXCLUDES {
+    for p in crate::excludes::DEFAULT_CAPTURE_EXCLUDES {
         if !v.contains(p) {
             v.push(p);
         }
@@ -126,7 +126,7 @@ pub struct UpdateOptions {
 }
 
 /// The overrides of an update: the manifest it is given is the image's with these composed
-/// over it (see [`crate::install::overrides::compose`]).
+/// over it (see [`crate::apply::overrides::compose`]).
 #[derive(Default)]
 pub struct Overlay {
     /// The override revisions composed, in the order they were laid.
@@ -540,9 +540,7 @@ impl Engine {
             LocalAt::File(p) => File::open(p).ok()?,
             LocalAt::Tree(rel) => match self.moved.get(rel) {
                 Some(p) => File::open(p).ok()?,
-                None => {
-                    crate::capture::scan::open_file_beneath(&self.root_fd, rel, &self.root).ok()?
-                }
+                None => crate::sys::open_file_beneath(&self.root_fd, rel, &self.root).ok()?,
             },
         };
         let mut buf = vec![0u8; c.len as usize];
@@ -1805,8 +1803,7 @@ fn holds(engine: &Engine, rel: &[u8], keeps: &dyn Fn(&[u8], bool) -> bool) -> bo
 
 /// The chunk ids of the file on disk at `rel`.
 fn local_chunks(engine: &Engine, rel: &[u8], st: &FileStat) -> Result<Option<Vec<Chunk>>> {
-    let Ok(file) = crate::capture::scan::open_file_beneath(&engine.root_fd, rel, &engine.root)
-    else {
+    let Ok(file) = crate::sys::open_file_beneath(&engine.root_fd, rel, &engine.root) else {
         return Ok(None);
     };
     let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;

@@ -14,10 +14,10 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use super::excludes::Excludes;
 use super::scan::Scanned;
 use super::{BlobSink, LocalSource, Source};
 use crate::error::{invalid, Result};
+use crate::excludes::Excludes;
 use crate::format::pack::Codec;
 use crate::format::wire::{self, Known, Msg, PROTOCOL_VERSION};
 use crate::format::Id;

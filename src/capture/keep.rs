@@ -9,7 +9,7 @@
 
 use crate::format::manifest::{display_path, parent, Entry, Kind, Manifest};
 
-use super::excludes::Excludes;
+use crate::excludes::Excludes;
 
 /// What the base revision contributes: its manifest, and which of its paths it gives.
 pub struct Keep {

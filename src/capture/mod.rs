@@ -15,7 +15,7 @@
 //! by the next capture, which therefore resumes rather than starts over.
 
 pub mod agent;
-pub mod excludes;
+pub mod chroot;
 pub mod keep;
 pub mod remote;
 pub mod scan;
@@ -29,14 +29,15 @@ use rayon::prelude::*;
 
 use crate::catalog::{Revision, RevisionStats};
 use crate::error::{invalid, Result};
-use crate::format::manifest::{decode_content, encode_content, Chunk, Kind, Manifest};
+use crate::excludes::Excludes;
+use crate::format::manifest::{decode_content, encode_content, Kind, Manifest};
 use crate::format::pack::Codec;
 use crate::format::wire::Known;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::{check_name, BlobWriter, Repository};
-use crate::store::{chunk, compressible, group_blobs, PreparedGroup};
-use excludes::Excludes;
+pub use crate::store::chunk::{file_chunks, Content, ExtentReader};
+use crate::store::{compressible, group_blobs, PreparedGroup};
 use scan::Scanned;
 
 /// Where blobs go as a source finds them.
@@ -121,13 +122,6 @@ impl BlobSink for Mutex<BlobWriter> {
     }
 }
 
-/// A file's content as a source reports it.
-#[derive(Clone, Debug, Default)]
-pub struct Content {
-    pub chunks: Vec<Chunk>,
-    pub extents: Option<Vec<(u64, u64)>>,
-}
-
 /// A golden client.
 pub trait Source {
     /// How the revision records where it came from; also the stat cache's key.
@@ -201,43 +195,6 @@ impl LocalSource {
                 other => other,
             })
     }
-}
-
-/// Cuts an open file into chunks as a capture does, handing each to `each` (chunk number, id,
-/// bytes). `maybe_sparse` asks for the file's data extents (holes are not chunked).
-pub fn file_chunks(
-    file: std::fs::File,
-    size: u64,
-    maybe_sparse: bool,
-    mut each: impl FnMut(u32, &Id, &[u8]) -> Result<()>,
-) -> Result<Content> {
-    let extents = if maybe_sparse {
-        let ext = crate::sys::data_extents(&file, size)?;
-        // A file with no holes after all (preallocated or compressed blocks) is stored plain.
-        if ext.len() == 1 && ext[0] == (0, size) {
-            None
-        } else {
-            Some(ext)
-        }
-    } else {
-        None
-    };
-    let data_len = match &extents {
-        Some(ext) => ext.iter().map(|e| e.1).sum(),
-        None => size,
-    };
-    let reader = ExtentReader::new(file, extents.clone().unwrap_or_else(|| vec![(0, size)]));
-    let mut chunks = Vec::new();
-    chunk::chunks(reader, data_len, |data| {
-        let id = Id::of(data);
-        each(chunks.len() as u32, &id, data)?;
-        chunks.push(Chunk {
-            id,
-            len: data.len() as u32,
-        });
-        Ok(())
-    })?;
-    Ok(Content { chunks, extents })
 }
 
 /// Hands a claimed blob to the sink: grouped when compressible, else raw on its own.
@@ -368,46 +325,6 @@ impl Source for LocalSource {
             .collect::<Result<Vec<_>>>();
         progress.finish();
         Ok(r?.into_iter().flatten().collect())
-    }
-}
-
-/// Reads the data extents of a file one after the other (all of it for a dense file).
-pub struct ExtentReader {
-    file: std::fs::File,
-    extents: Vec<(u64, u64)>,
-    at: usize,
-    done: u64,
-}
-
-impl ExtentReader {
-    pub fn new(file: std::fs::File, extents: Vec<(u64, u64)>) -> ExtentReader {
-        ExtentReader {
-            file,
-            extents,
-            at: 0,
-            done: 0,
-        }
-    }
-}
-
-impl std::io::Read for ExtentReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        while let Some(&(off, len)) = self.extents.get(self.at) {
-            if self.done == len {
-                self.at += 1;
-                self.done = 0;
-                continue;
-            }
-            let want = buf.len().min((len - self.done) as usize);
-            let n = self.file.read_at(&mut buf[..want], off + self.done)?;
-            if n == 0 {
-                return Ok(0);
-            }
-            self.done += n as u64;
-            return Ok(n);
-        }
-        Ok(0)
     }
 }
 

@@ -15,11 +15,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::dir::Dir;
-use nix::fcntl::{openat, readlinkat, OFlag};
+use nix::fcntl::{openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode};
 
-use super::excludes::Excludes;
 use crate::error::{IoContext, Result};
+use crate::excludes::Excludes;
 use crate::format::manifest::{Entry, Kind};
 use crate::format::wire::StatKey;
 use crate::progress::Progress;
@@ -313,17 +313,4 @@ pub fn is_vanished(e: &crate::Error) -> bool {
     matches!(e, crate::Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOENT))
 }
 
-/// Opens the regular file at `rel` beneath `root` for reading, following no symlink.
-pub fn open_file_beneath(root: &OwnedFd, rel: &[u8], shown_root: &Path) -> Result<std::fs::File> {
-    let parent = crate::format::manifest::parent(rel);
-    let name = crate::format::manifest::file_name(rel);
-    let dir = sys::open_dir_beneath(root.as_fd(), parent, shown_root)?;
-    let fd = openat(
-        dir.as_fd(),
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .at(shown(shown_root, rel))?;
-    Ok(std::fs::File::from(fd))
-}
+pub use crate::sys::open_file_beneath;

@@ -7,8 +7,8 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{now, Catalog};
+use crate::catalog::nodes::{Boot, LastPhase, NodeEntry};
 use crate::error::{invalid, Error, Result};
-use crate::nodedb::{Boot, LastPhase, NodeEntry};
 
 const COLUMNS: &str =
     "name, mac, ip, class, image, grp, bmc, boot, phase, phase_detail, phase_revision, phase_time";
@@ -116,7 +116,7 @@ impl Catalog {
 
     /// One node by name, or by MAC when `key` is a MAC.
     pub fn inventory_node(&self, key: &str) -> Result<Option<NodeEntry>> {
-        let by = match crate::nodedb::normalise_mac(key) {
+        let by = match crate::catalog::nodes::normalise_mac(key) {
             Ok(mac) if key.len() >= 12 && key.contains([':', '-', '.']) => ("mac", mac),
             _ => ("name", key.to_string()),
         };

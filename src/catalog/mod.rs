@@ -7,6 +7,7 @@
 
 mod inventory;
 pub mod migrations;
+pub mod nodes;
 mod templates;
 
 use std::path::Path;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use aurum::bootkit::{self, KitOptions};
+use aurum::netboot::bootkit::{self, KitOptions};
 use clap::{Args, Subcommand};
 
 use super::{human_bytes, print_json, Global};

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use aurum::chroot::{self, Ending, WorkDir};
+use aurum::capture::chroot::{self, Ending, WorkDir};
 use clap::Args;
 
 use super::inspect::print_changes;
@@ -154,7 +154,7 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
     };
     if !r.capture.unchanged {
         // The deltas a node running the parent will ask for, as getimage makes them.
-        if let Err(e) = aurum::delta::precompute(
+        if let Err(e) = aurum::repo::delta::precompute(
             &repo,
             &r.parent.id,
             &r.capture.revision.id,

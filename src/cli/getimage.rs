@@ -2,11 +2,9 @@
 
 use std::path::PathBuf;
 
-use aurum::capture::excludes::{
-    read_exclude_file, Excludes, ALWAYS_EXCLUDED, DEFAULT_CAPTURE_EXCLUDES,
-};
 use aurum::capture::remote::{RemoteSource, SshUrl};
 use aurum::capture::{self, CaptureOptions, LocalSource, Source};
+use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED, DEFAULT_CAPTURE_EXCLUDES};
 use clap::Args;
 
 use super::{human_bytes, open, progress, Global};
@@ -167,7 +165,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     );
     if let (Some(parent), false, false) = (rev.parent, r.unchanged, a.no_deltas) {
         let t = std::time::Instant::now();
-        let p = aurum::delta::precompute(&repo, &parent, &rev.id, progress.as_ref())?;
+        let p = aurum::repo::delta::precompute(&repo, &parent, &rev.id, progress.as_ref())?;
         if p.pairs > 0 {
             println!(
                 "{} deltas from {} precomputed (changed files and the manifest): {} for {}, {:.2} s",

@@ -98,7 +98,7 @@ pub fn log(g: &Global, a: LogArgs) -> anyhow::Result<()> {
         if !r.message.is_empty() {
             println!("    {}", r.message);
         }
-        if let Some(of) = aurum::chroot::edited_from(&r.source) {
+        if let Some(of) = aurum::capture::chroot::edited_from(&r.source) {
             println!("    chroot edit of {of}");
         }
     }
@@ -346,7 +346,8 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<()> {
     let repo = open(g)?;
     let from = repo.resolve(&a.from)?;
     let to = repo.resolve(&a.to)?;
-    let changes = aurum::diff::diff(&repo.load_manifest(&from.id)?, &repo.load_manifest(&to.id)?);
+    let changes =
+        aurum::repo::diff::diff(&repo.load_manifest(&from.id)?, &repo.load_manifest(&to.id)?);
     if a.json {
         return print_json(&changes);
     }
@@ -357,7 +358,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<()> {
 
 /// Prints changes one a line (`A /path`, `D /path`, `M /path  (content, mode)`); returns
 /// their count (`2 added, 0 removed, 1 changed`).
-pub(super) fn print_changes(changes: &[aurum::diff::Change]) -> std::io::Result<String> {
+pub(super) fn print_changes(changes: &[aurum::repo::diff::Change]) -> std::io::Result<String> {
     let mut out = std::io::stdout().lock();
     for c in changes {
         let letter = match c.status {

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::install::report::{self, PhaseReport, ServerReporter};
 use aurum::install::{InstallOptions, Phase, Reporter};
-use aurum::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::template::size::human;
 use aurum::template::store;
 use clap::Args;

@@ -1,6 +1,6 @@
 //! `verify` and `gc` subcommands.
 
-use aurum::publish::{Misplacement, Republish, PUBLISHED};
+use aurum::repo::publish::{Misplacement, Republish, PUBLISHED};
 use aurum::repo::{Lock, Repository};
 use clap::Args;
 
@@ -46,7 +46,8 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
     };
     let only = a.rev.as_deref().map(|r| repo.resolve(r)).transpose()?;
     let progress = progress::for_terminal(g.no_progress);
-    let report = aurum::verify::verify(&mut repo, only.as_ref(), a.repair, progress.as_ref())?;
+    let report =
+        aurum::repo::verify::verify(&mut repo, only.as_ref(), a.repair, progress.as_ref())?;
     if a.json {
         print_json(&report)?;
     } else {
@@ -142,7 +143,7 @@ pub fn gc(g: &Global, a: GcArgs) -> anyhow::Result<()> {
         Repository::open(&g.repo, Lock::Exclusive)?
     };
     let progress = progress::for_terminal(g.no_progress);
-    let r = aurum::gc::gc(&mut repo, a.dry_run, progress.as_ref())?;
+    let r = aurum::repo::gc::gc(&mut repo, a.dry_run, progress.as_ref())?;
     if a.json {
         return print_json(&r);
     }

@@ -93,8 +93,8 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    pub fn options(&self) -> aurum::source::HttpOptions {
-        aurum::source::HttpOptions {
+    pub fn options(&self) -> aurum::apply::source::HttpOptions {
+        aurum::apply::source::HttpOptions {
             connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout.max(1)),
             attempts: self.http_tries,

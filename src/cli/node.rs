@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aurum::apply::client::{self, ClientHooks, ClientUpdate, RollbackTo};
+use aurum::apply::node::Node;
+use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::apply::update::{default_update_excludes, UpdateOptions, UpdateReport};
-use aurum::capture::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
-use aurum::node::Node;
-use aurum::source::{HttpRepo, LocalRepo, RevisionSource};
+use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use clap::Args;
 
 use super::{human_bytes, human_time, print_json, progress, Global, HttpArgs};
@@ -310,17 +310,17 @@ pub struct NodeStatusArgs {
 }
 
 pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
-    let (state, journal) = aurum::node::peek(&a.root)?.ok_or_else(|| {
+    let (state, journal) = aurum::apply::node::peek(&a.root)?.ok_or_else(|| {
         aurum::Error::NotFound(format!(
             "aurum has not updated {} yet (no {})",
             a.root.display(),
-            aurum::node::STATE_DIR
+            aurum::apply::node::STATE_DIR
         ))
     })?;
     if a.json {
         return print_json(&serde_json::json!({"state": state, "interrupted": journal}));
     }
-    let show = |r: &Option<aurum::node::RevRef>| {
+    let show = |r: &Option<aurum::apply::node::RevRef>| {
         r.as_ref().map(|r| r.name()).unwrap_or_else(|| "-".into())
     };
     println!("current          {}", show(&state.current));
@@ -346,8 +346,11 @@ pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
             "{}  {:<12} {} -> {}  {}, {} fetched, {:.2} s",
             human_time(h.time),
             h.action,
-            h.from.as_deref().map(aurum::node::short_id).unwrap_or("-"),
-            aurum::node::short_id(&h.to),
+            h.from
+                .as_deref()
+                .map(aurum::apply::node::short_id)
+                .unwrap_or("-"),
+            aurum::apply::node::short_id(&h.to),
             h.result,
             human_bytes(h.bytes_fetched),
             h.seconds

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use aurum::nodedb::{self, Boot, NodeEntry};
+use aurum::catalog::nodes::{self, Boot, NodeEntry};
 use aurum::repo::{Lock, Repository};
 use clap::{Args, Subcommand};
 
@@ -217,7 +217,7 @@ pub fn exec(g: &Global, a: NodeArgs) -> anyhow::Result<()> {
             let mut repo = Repository::open(&g.repo, Lock::Shared)?;
             let mut n = repo.catalog.inventory_get(&a.name)?;
             if let Some(mac) = a.mac {
-                n.mac = nodedb::normalise_mac(&mac)?;
+                n.mac = nodes::normalise_mac(&mac)?;
             }
             a.fields.apply(&mut n)?;
             repo.catalog.update_node(&n)?;
@@ -237,7 +237,7 @@ pub fn exec(g: &Global, a: NodeArgs) -> anyhow::Result<()> {
                 path: a.file.clone(),
                 source: e,
             })?;
-            let nodes = nodedb::parse_csv(&text, &a.file.display().to_string())?;
+            let nodes = nodes::parse_csv(&text, &a.file.display().to_string())?;
             let mut repo = Repository::open(&g.repo, Lock::Shared)?;
             repo.catalog.add_nodes(&nodes)?;
             println!("imported {} nodes from {}", nodes.len(), a.file.display());

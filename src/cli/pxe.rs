@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use aurum::nodedb::Boot;
-use aurum::pxe::{self, DhcpOptions};
+use aurum::catalog::nodes::Boot;
+use aurum::netboot::pxe::{self, DhcpOptions};
 use aurum::repo::{Lock, Repository};
 use clap::{Args, Subcommand};
 

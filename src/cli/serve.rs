@@ -103,7 +103,7 @@ pub fn nodes(g: &Global, a: NodesArgs) -> anyhow::Result<()> {
                     r.image.clone().unwrap_or_else(|| "-".into()),
                     r.revision
                         .as_deref()
-                        .map(|s| aurum::node::short_id(s).to_string())
+                        .map(|s| aurum::apply::node::short_id(s).to_string())
                         .unwrap_or_else(|| "-".into()),
                     r.action.clone(),
                     r.result.clone(),

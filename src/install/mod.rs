@@ -22,8 +22,6 @@
 //! 10. done, or failed: either way every mount, array, volume group and loop device is
 //!     released by guards, in reverse order.
 
-pub mod devices;
-pub mod overrides;
 pub mod report;
 
 use std::collections::HashSet;
@@ -35,19 +33,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::apply::hooks::{self, HookEnv, Identity, Stage};
+use crate::apply::node::Node;
+use crate::apply::overrides;
+use crate::apply::source::RevisionSource;
 use crate::apply::update::{self, Overlay, UpdateOptions};
-use crate::capture::excludes::Excludes;
+use crate::devices::{self, blkid, blkid_value, have, run, Disk, Mount};
 use crate::error::{invalid, IoContext, Result};
+use crate::excludes::Excludes;
 use crate::facts::{DiskFact, Facts, Firmware};
 use crate::format::manifest::Manifest;
-use crate::hooks::{self, HookEnv, Identity, Stage};
-use crate::node::Node;
 use crate::progress::Progress;
-use crate::source::RevisionSource;
 use crate::template::render::{DiskPlan, Plan};
 use crate::template::size::human;
 use crate::template::{matching, render, Fs, FsSpec, PartType, Template};
-use devices::{blkid, blkid_value, have, run, Disk, Mount};
 
 /// A phase of an install, as reported.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -349,7 +348,7 @@ fn write_gpt(disk: &Path, plan: &DiskPlan) -> Result<()> {
         .write(true)
         .open(disk)
         .at(disk)?;
-    let size = devices::size_of(disk)?;
+    let size = crate::devices::size_of(disk)?;
     let zeros = vec![0u8; WIPE.min(size / 2) as usize];
     f.write_all_at(&zeros, 0).at(disk)?;
     f.write_all_at(&zeros, size - zeros.len() as u64).at(disk)?;
@@ -454,7 +453,7 @@ fn disk_facts(opts: &InstallOptions, reporter: &dyn Reporter) -> Result<Facts> {
         .map(|d| {
             Ok(DiskFact {
                 name: d.display().to_string(),
-                size: devices::size_of(d)?,
+                size: crate::devices::size_of(d)?,
                 ..Default::default()
             })
         })
@@ -714,7 +713,7 @@ fn mount_all(made: &[Made], mnt: &Path) -> Result<Mounts> {
 /// engine, which also writes the node state, overrides included.
 fn transfer(
     source: &dyn RevisionSource,
-    target: &crate::source::Target,
+    target: &crate::apply::source::Target,
     manifest: &Manifest,
     overlay: Overlay,
     made: &[Made],
@@ -724,7 +723,7 @@ fn transfer(
     let in_manifest: HashSet<&[u8]> = manifest.entries.iter().map(|e| e.path.as_slice()).collect();
     let mut patterns: Vec<String> = vec!["lost+found/".into()];
     patterns.extend(
-        crate::capture::excludes::ALWAYS_EXCLUDED
+        crate::excludes::ALWAYS_EXCLUDED
             .iter()
             .map(|s| s.to_string()),
     );

@@ -8,6 +8,8 @@
 use std::io::Read;
 
 use crate::error::Result;
+use crate::format::manifest::Chunk;
+use crate::format::Id;
 
 /// Files up to this size are stored as one blob.
 pub const SMALL_FILE: u64 = 1 << 20;
@@ -103,5 +105,92 @@ mod tests {
             b.len() - same,
             b.len()
         );
+    }
+}
+
+/// A file's content as a source reports it.
+#[derive(Clone, Debug, Default)]
+pub struct Content {
+    pub chunks: Vec<Chunk>,
+    pub extents: Option<Vec<(u64, u64)>>,
+}
+
+/// Cuts an open file into chunks as a capture does, handing each to `each` (chunk number, id,
+/// bytes). `maybe_sparse` asks for the file's data extents (holes are not chunked).
+pub fn file_chunks(
+    file: std::fs::File,
+    size: u64,
+    maybe_sparse: bool,
+    mut each: impl FnMut(u32, &Id, &[u8]) -> Result<()>,
+) -> Result<Content> {
+    let extents = if maybe_sparse {
+        let ext = crate::sys::data_extents(&file, size)?;
+        // A file with no holes after all (preallocated or compressed blocks) is stored plain.
+        if ext.len() == 1 && ext[0] == (0, size) {
+            None
+        } else {
+            Some(ext)
+        }
+    } else {
+        None
+    };
+    let data_len = match &extents {
+        Some(ext) => ext.iter().map(|e| e.1).sum(),
+        None => size,
+    };
+    let reader = ExtentReader::new(file, extents.clone().unwrap_or_else(|| vec![(0, size)]));
+    let mut cut = Vec::new();
+    chunks(reader, data_len, |data| {
+        let id = Id::of(data);
+        each(cut.len() as u32, &id, data)?;
+        cut.push(Chunk {
+            id,
+            len: data.len() as u32,
+        });
+        Ok(())
+    })?;
+    Ok(Content {
+        chunks: cut,
+        extents,
+    })
+}
+
+/// Reads the data extents of a file one after the other (all of it for a dense file).
+pub struct ExtentReader {
+    file: std::fs::File,
+    extents: Vec<(u64, u64)>,
+    at: usize,
+    done: u64,
+}
+
+impl ExtentReader {
+    pub fn new(file: std::fs::File, extents: Vec<(u64, u64)>) -> ExtentReader {
+        ExtentReader {
+            file,
+            extents,
+            at: 0,
+            done: 0,
+        }
+    }
+}
+
+impl std::io::Read for ExtentReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        while let Some(&(off, len)) = self.extents.get(self.at) {
+            if self.done == len {
+                self.at += 1;
+                self.done = 0;
+                continue;
+            }
+            let want = buf.len().min((len - self.done) as usize);
+            let n = self.file.read_at(&mut buf[..want], off + self.done)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.done += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
     }
 }

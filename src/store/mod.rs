@@ -19,6 +19,13 @@ use crate::error::{corrupt, IoContext, Result};
 use crate::format::pack::{self, Codec, IndexEntry};
 use crate::format::Id;
 
+/// Where blobs come from for those who write files: a local repository, an HTTP server, a
+/// node's own files. Every implementation checks a blob against its id before handing it out.
+pub trait BlobSource: Sync {
+    /// The blob's content, already checked against `id`.
+    fn get(&self, id: &Id) -> Result<Vec<u8>>;
+}
+
 /// A pack is closed once it grows past this many bytes (the design asks for 32-64 MiB).
 pub const PACK_TARGET: u64 = 48 << 20;
 /// zstd level for blobs and groups (with long-distance matching, two workers per group): on a

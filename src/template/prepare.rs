@@ -14,8 +14,8 @@ use std::path::Path;
 
 use super::size::exact;
 use super::PartType;
+use crate::devices::{blkid, blkid_value, is_block, partition_node, Loop, Mount};
 use crate::error::{invalid, Result};
-use crate::install::devices::{blkid, blkid_value, is_block, partition_node, Loop, Mount};
 use crate::sys::{parse_fstab, FstabEntry};
 
 /// One partition as found.
@@ -52,7 +52,7 @@ pub fn prepare(disk: &Path) -> Result<String> {
             ))
         })?;
     let lb: u64 = (*gd.logical_block_size()).into();
-    let disk_size = crate::install::devices::size_of(disk)?;
+    let disk_size = crate::devices::size_of(disk)?;
     let block = is_block(disk)?;
     let mut found = Vec::new();
     let mut loops = Vec::new();

@@ -13,10 +13,10 @@
 use std::path::Path;
 
 use super::Template;
+use crate::apply::source::{HttpRepo, RevisionSource};
 use crate::catalog::TemplateVersion;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::source::{HttpRepo, RevisionSource};
 
 /// The templates shipped in partition-templates/, compiled in: `(class, text)`.
 pub const SHIPPED: &[(&str, &str)] = &[
@@ -65,7 +65,7 @@ pub fn save(repo: &mut Repository, class: &str, text: &str, note: &str) -> Resul
     Template::parse(class, &format!("{class}.toml"), text)?;
     let publishing = repo.publishing()?;
     let r = repo.catalog.add_template(class, text, note)?;
-    crate::publish::write(&repo.root, &crate::publish::templates(&repo.catalog)?)?;
+    crate::repo::publish::write(&repo.root, &crate::repo::publish::templates(&repo.catalog)?)?;
     publishing.done();
     if r.1 {
         repo.catalog.event(

@@ -861,7 +861,8 @@ fn killed_updates_and_rollbacks_leave_no_temporary_name_and_no_shared_inode() {
         t.elapsed()
     };
     let (t_up, t_back) = (timed(&up), timed(&back));
-    let killed = |args: &[&str], after: Duration| {
+    // Whether the child died of our SIGKILL (it may have finished first on a fast machine).
+    let killed = |args: &[&str], after: Duration| -> bool {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aurum"))
             .args(args)
             .stdout(Stdio::null())
@@ -870,10 +871,16 @@ fn killed_updates_and_rollbacks_leave_no_temporary_name_and_no_shared_inode() {
             .unwrap();
         std::thread::sleep(after);
         let _ = child.kill();
-        let _ = child.wait();
+        let status = child.wait().expect("wait for aurum");
+        assert!(
+            status.success() || status.signal() == Some(9),
+            "aurum {args:?} failed by itself ({status}), not by our SIGKILL"
+        );
+        status.signal() == Some(9)
     };
+    let (mut updates_killed, mut rollbacks_killed) = (0, 0);
     for f in [0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95] {
-        killed(&up, t_up.mul_f64(f));
+        updates_killed += u32::from(killed(&up, t_up.mul_f64(f)));
         timed(&up);
         assert_eq!(
             crate::update::node_diff(&b, &node),
@@ -885,7 +892,7 @@ fn killed_updates_and_rollbacks_leave_no_temporary_name_and_no_shared_inode() {
             Vec::<PathBuf>::new(),
             "update killed at {f}"
         );
-        killed(&back, t_back.mul_f64(f));
+        rollbacks_killed += u32::from(killed(&back, t_back.mul_f64(f)));
         let status = json(&crate::update::ok(&["node-status", "--root", &n, "--json"]));
         if !status["interrupted"].is_null() || status["state"]["current"]["number"] != 1 {
             timed(&back);
@@ -901,6 +908,11 @@ fn killed_updates_and_rollbacks_leave_no_temporary_name_and_no_shared_inode() {
             "rollback killed at {f}"
         );
     }
+    // Kills at a tenth of the run's time land mid-run whatever the machine's speed.
+    assert!(
+        updates_killed >= 1 && rollbacks_killed >= 1,
+        "no kill landed mid-run ({updates_killed} updates, {rollbacks_killed} rollbacks): the test proved nothing"
+    );
 }
 
 /// Issue #12, item 8: a checkout that stops on a damaged blob leaves nothing that looks

@@ -10,6 +10,7 @@ mod crash;
 mod delta;
 mod fidelity;
 mod install;
+mod layers;
 mod network;
 mod nodesafety;
 mod overrides;

@@ -24,11 +24,11 @@ use nix::sys::stat::{mkdirat, Mode};
 use rayon::prelude::*;
 
 use super::{Act, Engine, Provider, Step};
+use crate::apply::node::{Journal, Node};
 use crate::apply::{create_special, set_metadata, write_file, BlobSource};
 use crate::error::{IoContext, Result};
 use crate::format::manifest::{file_name, parent, Entry, Kind, Manifest};
 use crate::format::Id;
-use crate::node::{Journal, Node};
 use crate::progress::{Progress, Quiet};
 use crate::sys::{self, shown};
 

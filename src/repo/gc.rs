@@ -136,7 +136,7 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
     }
     // Cached deltas whose target is gone (a blob or a manifest no revision uses).
     if !dry_run {
-        report.deltas_deleted = crate::delta::Cache::new(&repo.root)
+        report.deltas_deleted = crate::repo::delta::Cache::new(&repo.root)
             .prune(&|id| live.contains(id) || revisions.contains(id))?;
     }
     if !dry_run {

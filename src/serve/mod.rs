@@ -30,7 +30,7 @@ pub const DEFAULT_PORT: u16 = 8035;
 /// Largest report body accepted.
 const MAX_BODY: usize = 64 << 10;
 /// Largest delta request accepted (512 records with 255 bases each).
-const MAX_DELTA_BODY: usize = crate::delta::MAX_BATCH * (33 + 255 * 32);
+const MAX_DELTA_BODY: usize = crate::repo::delta::MAX_BATCH * (33 + 255 * 32);
 const _: () = assert!(MAX_DELTA_BODY as u64 <= http::MAX_BODY);
 
 /// A bound listening socket, not yet answering.
@@ -192,7 +192,7 @@ fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String
     let root = w.root;
     let cat = w.catalog()?;
     // iPXE escapes the colons of `${mac}` in URLs (`52%3A54%3A...`).
-    let mac = crate::nodedb::normalise_mac(&mac.replace("%3A", ":").replace("%3a", ":"))?;
+    let mac = crate::catalog::nodes::normalise_mac(&mac.replace("%3A", ":").replace("%3a", ":"))?;
     let Some(node) = cat.inventory_node(&mac)? else {
         log::warn!("{mac} asked for its boot script and is not in the node database");
         return Ok(format!(
@@ -200,8 +200,8 @@ fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String
         ));
     };
     let server = format!("http://{}", host.unwrap_or("localhost:8035"));
-    let append = crate::pxe::kit_append(&root.join("bootkit"));
-    Ok(crate::pxe::ipxe_script(&node, &server, &append))
+    let append = crate::netboot::pxe::kit_append(&root.join("bootkit"));
+    Ok(crate::netboot::pxe::ipxe_script(&node, &server, &append))
 }
 
 /// Records an install phase of `node`. `done` switches it to local boot (and rewrites its
@@ -236,7 +236,7 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
     if r.phase == "done" {
         // The switch is in the database already (what the HTTP scripts follow); a TFTP tree
         // that cannot be rewritten is the administrator's to fix, not the node's.
-        if let Err(e) = crate::pxe::refresh_tftp(cat, &n) {
+        if let Err(e) = crate::netboot::pxe::refresh_tftp(cat, &n) {
             log::warn!("{}: could not rewrite its TFTP files: {e}", n.name);
         }
         eprintln!("{} installed: switched to local boot", n.name);
@@ -267,7 +267,8 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
                 root,
                 blobs: repo.blobs()?,
             };
-            let answer = crate::delta::answer(&crate::delta::Cache::new(root), &blobs, body)?;
+            let answer =
+                crate::repo::delta::answer(&crate::repo::delta::Cache::new(root), &blobs, body)?;
             Ok(Answer::new(200, "application/octet-stream", answer))
         }
         (Method::Get, ["templates"]) => Ok(json_answer(&cat.templates()?)),
@@ -330,9 +331,12 @@ fn static_path(root: &Path, path: &str) -> Option<PathBuf> {
         return None;
     }
     if let Some(f) = rel.strip_prefix("boot/kit/") {
-        return [crate::pxe::KIT_KERNEL, crate::pxe::KIT_INITRD]
-            .contains(&f)
-            .then(|| root.join("bootkit").join(f));
+        return [
+            crate::netboot::pxe::KIT_KERNEL,
+            crate::netboot::pxe::KIT_INITRD,
+        ]
+        .contains(&f)
+        .then(|| root.join("bootkit").join(f));
     }
     Some(crate::store::published(root).join(rel))
 }

@@ -18,14 +18,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use crate::apply::node::RevRef;
+use crate::apply::source::RevisionSource;
 use crate::apply::update::Overlay;
-use crate::apply::BlobSource;
 use crate::error::{corrupt, invalid, Error, Result};
 use crate::format::manifest::{display_path, Kind, Manifest};
 use crate::format::Id;
-use crate::node::RevRef;
 use crate::progress::Quiet;
-use crate::source::RevisionSource;
+use crate::store::BlobSource;
 
 /// The override images that apply to a node, in the order they are laid.
 pub fn names(group: Option<&str>, hostname: &str) -> Vec<String> {

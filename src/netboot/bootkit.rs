@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{invalid, IoContext, Result};
-use crate::pxe::{KIT_CMDLINE, KIT_INITRD, KIT_KERNEL};
+use crate::netboot::pxe::{KIT_CMDLINE, KIT_INITRD, KIT_KERNEL};
 
 /// Modules for common NICs, disk controllers and the filesystems templates use. Those a
 /// kernel lacks (or has built in) are skipped.
@@ -145,13 +145,14 @@ fn read_deps(dir: &Path, version: &str) -> Result<DepMap> {
             .and_then(|p| p.parent())
             .and_then(|p| p.parent())
             .ok_or_else(|| invalid(format!("{} is not under lib/modules/", dir.display())))?;
-        crate::install::devices::run(Command::new("depmod").arg("-b").arg(base).arg(version))
-            .map_err(|e| {
+        crate::devices::run(Command::new("depmod").arg("-b").arg(base).arg(version)).map_err(
+            |e| {
                 invalid(format!(
                     "{} has no modules.dep and depmod failed: {e} (install kmod)",
                     dir.display()
                 ))
-            })?;
+            },
+        )?;
     }
     let text = std::fs::read_to_string(&dep).at(&dep)?;
     let mut m = DepMap::new();

@@ -7,7 +7,7 @@
 //!
 //! A whole-repository verify also checks what a web server publishes besides packs and
 //! manifests: `packs/list`, `refs/` and `templates/` against the catalog (see
-//! [`crate::publish`]), and that published files are world-readable and the catalog private.
+//! [`crate::repo::publish`]), and that published files are world-readable and the catalog private.
 //! A node updating over HTTP trusts those files; `--repair` rebuilds them.
 
 use std::collections::{HashMap, HashSet};
@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::format::manifest::Kind;
 use crate::format::Id;
 use crate::progress::Progress;
-use crate::publish::{Misplacement, PUBLISHED};
+use crate::repo::publish::{Misplacement, PUBLISHED};
 use crate::repo::Repository;
 use crate::store::pack_path;
 
@@ -48,11 +48,11 @@ pub struct VerifyReport {
     pub forgotten: u64,
     /// Published files rewritten or removed because they disagreed with the catalog (with
     /// `repair`).
-    pub republished: Vec<crate::publish::Republished>,
+    pub republished: Vec<crate::repo::publish::Republished>,
     /// Files and directories whose mode was changed (with `repair`): (path, old, new).
     pub modes_fixed: Vec<(String, u32, u32)>,
     /// What was moved into or out of `public/`, or written there (with `repair`).
-    pub layout_fixed: Vec<crate::publish::Misplaced>,
+    pub layout_fixed: Vec<crate::repo::publish::Misplaced>,
 }
 
 /// Verifies one revision (its manifest and every blob it names) or, with `None`, everything.
@@ -139,7 +139,7 @@ pub fn verify(
                 .map(|(pack, _, blobs)| check_pack(root, packs_reader, pack, blobs, progress))
                 .collect();
             progress.finish();
-            let mut repack = crate::gc::Repacker::new(&repo.root);
+            let mut repack = crate::repo::gc::Repacker::new(&repo.root);
             let mut damaged_packs = 0;
             for ((pack, _, blobs), (bad, pack_problem, n, bytes)) in work.iter().zip(results) {
                 report.packs += 1;
@@ -225,12 +225,12 @@ fn check_published(
     report: &mut VerifyReport,
 ) -> Result<()> {
     if repair {
-        report.layout_fixed = crate::publish::layout(&repo.root, true)?;
-        report.republished = crate::publish::rebuild(&repo.root, &repo.catalog)?;
-        report.modes_fixed = crate::publish::check_modes(&repo.root, true)?;
+        report.layout_fixed = crate::repo::publish::layout(&repo.root, true)?;
+        report.republished = crate::repo::publish::rebuild(&repo.root, &repo.catalog)?;
+        report.modes_fixed = crate::repo::publish::check_modes(&repo.root, true)?;
         return Ok(());
     }
-    for m in crate::publish::layout(&repo.root, false)? {
+    for m in crate::repo::publish::layout(&repo.root, false)? {
         report.damage.push(Damage {
             kind: "layout",
             problem: match m.problem {
@@ -248,7 +248,7 @@ fn check_published(
             breaks: vec![],
         });
     }
-    for s in crate::publish::check(&repo.root, &repo.catalog, needed)? {
+    for s in crate::repo::publish::check(&repo.root, &repo.catalog, needed)? {
         report.damage.push(Damage {
             kind: "published",
             id: s.file,
@@ -259,7 +259,7 @@ fn check_published(
             breaks: vec![],
         });
     }
-    let wrong = crate::publish::check_modes(&repo.root, false)?;
+    let wrong = crate::repo::publish::check_modes(&repo.root, false)?;
     if let Some((first, mode, want)) = wrong.first() {
         report.damage.push(Damage {
             kind: "mode",

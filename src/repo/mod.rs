@@ -9,6 +9,12 @@
 //! [`upgrade_layout`] and [`upgrade_modes`]), once, so that no other code needs to know the
 //! older layouts.
 
+pub mod delta;
+pub mod diff;
+pub mod gc;
+pub mod publish;
+pub mod verify;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::Read;
@@ -22,7 +28,6 @@ use crate::error::{invalid, Error, IoContext, Result};
 use crate::format::manifest::Manifest;
 use crate::format::pack::{decode_index, Codec};
 use crate::format::{Id, FORMAT_VERSION};
-use crate::publish;
 use crate::store::{self, FinishedPack, PackReader, PackWriter};
 
 mod names;
@@ -836,7 +841,7 @@ impl Repository {
     }
 }
 
-impl crate::apply::BlobSource for RepoBlobs {
+impl crate::store::BlobSource for RepoBlobs {
     fn get(&self, id: &Id) -> Result<Vec<u8>> {
         let found = self.catalog.lock().expect("catalog lock").blob(id)?;
         let (pack, entry) = found.ok_or_else(|| {
@@ -856,7 +861,7 @@ pub struct BlobsAndManifests<'a> {
     pub blobs: RepoBlobs,
 }
 
-impl crate::apply::BlobSource for BlobsAndManifests<'_> {
+impl crate::store::BlobSource for BlobsAndManifests<'_> {
     fn get(&self, id: &Id) -> Result<Vec<u8>> {
         match self.blobs.get(id) {
             Ok(b) => Ok(b),

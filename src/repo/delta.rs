@@ -50,7 +50,7 @@ pub const MAX_ANSWER: usize = 32 << 20;
 /// Answers a request body: every pair, from the cache or made now, in parallel.
 pub fn answer(
     cache: &Cache,
-    blobs: &(dyn crate::apply::BlobSource + Sync),
+    blobs: &(dyn crate::store::BlobSource + Sync),
     body: &[u8],
 ) -> Result<Vec<u8>> {
     use rayon::prelude::*;
@@ -351,7 +351,7 @@ impl Cache {
 /// The delta for `w`, from the cache or made now (and cached); `None` when no delta pays.
 pub fn get_or_make(
     cache: &Cache,
-    blobs: &(dyn crate::apply::BlobSource + Sync),
+    blobs: &(dyn crate::store::BlobSource + Sync),
     w: &Want,
     level: i32,
 ) -> Result<Option<Vec<u8>>> {

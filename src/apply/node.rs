@@ -17,10 +17,10 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::apply::source::Target;
 use crate::error::{corrupt, invalid, IoContext, Result};
 use crate::format::manifest::Manifest;
 use crate::format::Id;
-use crate::source::Target;
 
 /// The node state directory, relative to the node's root.
 pub const STATE_DIR: &str = "var/lib/aurum-node";

@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::catalog::NodeReport;
-use crate::delta::{self, Want};
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::Manifest;
 use crate::format::pack::{decode_index, Codec, IndexEntry};
 use crate::format::Id;
 use crate::progress::Progress;
+use crate::repo::delta::{self, Want};
 use crate::repo::{Lock, Repository, RevSpec};
 use crate::store::{self, decode_blob};
 
@@ -80,7 +80,7 @@ pub trait RevisionSource: Sync {
     fn bytes_received(&self) -> u64 {
         0
     }
-    /// Asks for binary deltas of blobs against bases the node holds (see [`crate::delta`]);
+    /// Asks for binary deltas of blobs against bases the node holds (see [`crate::repo::delta`]);
     /// hands each delta the server has to `sink` (unchecked: the caller rebuilds and checks
     /// the blob). Returns the bytes that crossed the network. A source that makes no deltas
     /// (a local repository, a plain web server) hands none: the caller fetches whole blobs.
@@ -130,7 +130,7 @@ impl RevisionSource for LocalRepo {
     }
 
     fn fetch(&self, ids: &[Id], sink: &BlobSinkFn, progress: &dyn Progress) -> Result<u64> {
-        use crate::apply::BlobSource;
+        use crate::store::BlobSource;
         let repo = Repository::open(&self.root, Lock::Shared)?;
         let blobs = repo.blobs()?;
         progress.phase("copying blobs", Some(ids.len() as u64), false);

@@ -248,23 +248,23 @@ pub fn run_stage(
 pub const SHIPPED: &[(&str, &str)] = &[
     (
         "post-install/10all.hostname",
-        include_str!("../hooks/post-install/10all.hostname"),
+        include_str!("../../hooks/post-install/10all.hostname"),
     ),
     (
         "post-install/20all.machine-id",
-        include_str!("../hooks/post-install/20all.machine-id"),
+        include_str!("../../hooks/post-install/20all.machine-id"),
     ),
     (
         "post-install/30all.ssh-host-keys",
-        include_str!("../hooks/post-install/30all.ssh-host-keys"),
+        include_str!("../../hooks/post-install/30all.ssh-host-keys"),
     ),
     (
         "post-install/40all.network-identity",
-        include_str!("../hooks/post-install/40all.network-identity"),
+        include_str!("../../hooks/post-install/40all.network-identity"),
     ),
     (
         "post-install/90all.bootloader",
-        include_str!("../hooks/post-install/90all.bootloader"),
+        include_str!("../../hooks/post-install/90all.bootloader"),
     ),
 ];
 

@@ -21,9 +21,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::catalog::nodes::{Boot, NodeEntry};
 use crate::catalog::Catalog;
 use crate::error::{invalid, IoContext, Result};
-use crate::nodedb::{Boot, NodeEntry};
 
 /// iPXE for BIOS PXE ROMs (uses the ROM's UNDI driver; from Debian's `ipxe` package).
 pub const BIOS_FILE: &str = "undionly.kpxe";

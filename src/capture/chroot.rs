@@ -32,14 +32,14 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::ApplyReport;
-use crate::capture::excludes::{Excludes, ALWAYS_EXCLUDED};
 use crate::capture::keep::Keep;
 use crate::capture::{CaptureOptions, CaptureReport, Edit, LocalSource};
 use crate::catalog::Revision;
-use crate::diff::Change;
 use crate::error::{invalid, Error, IoContext, Result};
+use crate::excludes::{Excludes, ALWAYS_EXCLUDED};
 use crate::format::Id;
 use crate::progress::Progress;
+use crate::repo::diff::Change;
 use crate::repo::{check_name, Repository};
 
 /// What a new revision takes from its parent instead of from the work tree.
@@ -849,7 +849,7 @@ pub fn commit(
     };
     let capture = crate::capture::getimage(repo, &mut source, &opts, progress)?;
     let new = repo.load_manifest(&capture.revision.id)?;
-    let changes = crate::diff::diff(&opts.edit.as_ref().expect("set above").keep.base, &new);
+    let changes = crate::repo::diff::diff(&opts.edit.as_ref().expect("set above").keep.base, &new);
     if !capture.unchanged {
         work.meta.parent = capture.revision.id.hex();
         work.meta.parent_name = capture.revision.name();

@@ -1,0 +1,8 @@
+//! Network boot: what a bare node needs to install itself over the network.
+//!
+//! - [`pxe`]: DHCP/TFTP/iPXE configuration for the node database's nodes (dnsmasq, PXELINUX,
+//!   GRUB and iPXE entries), written from the catalog.
+//! - [`bootkit`]: the boot kit (kernel, initramfs with aurum inside) nodes boot to install.
+
+pub mod bootkit;
+pub mod pxe;

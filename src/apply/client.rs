@@ -14,7 +14,7 @@ use crate::apply::node::{Node, RevRef};
 use crate::apply::overrides;
 use crate::apply::source::{RevisionSource, Target};
 use crate::apply::update::{self, Overlay, UpdateOptions, UpdateReport};
-use crate::catalog::NodeReport;
+use crate::catalog::{NodeReport, Outcome};
 use crate::error::{invalid, Result};
 use crate::format::manifest::Manifest;
 use crate::format::Id;
@@ -235,7 +235,7 @@ fn report_to(
             image: r.to.as_ref().and_then(|t| t.image.clone()),
             revision: r.to.as_ref().map(|t| t.id.clone()),
             action: action.into(),
-            result: "ok".into(),
+            result: Outcome::Ok,
             bytes: r.bytes_fetched,
             seconds: r.seconds,
             detail: String::new(),
@@ -245,7 +245,7 @@ fn report_to(
             image: still.as_ref().and_then(|c| c.image.clone()),
             revision: still.map(|c| c.id),
             action: action.into(),
-            result: "failed".into(),
+            result: Outcome::Failed,
             bytes: 0,
             seconds: 0.0,
             detail: error_chain(e),

@@ -378,6 +378,19 @@ impl Node {
 mod tests {
     use super::*;
 
+    /// #13: `aurum nodes` and `node-status` show the first 8 bytes of a revision id that came
+    /// from a node's report or state file; a multi-byte character across byte 8 must not
+    /// panic (it shows the text whole).
+    #[test]
+    fn short_id_of_any_text() {
+        assert_eq!(short_id("0123456789abcdef"), "01234567");
+        assert_eq!(short_id("0123"), "0123");
+        assert_eq!(short_id("0123456é89"), "0123456é89");
+        assert_eq!(short_id("aéééé"), "aéééé");
+        assert_eq!(short_id("ééééé"), "éééé");
+        assert_eq!(short_id(""), "");
+    }
+
     #[test]
     fn state_files_written_before_overrides_were_recorded_still_read() {
         let old = r#"{"current":{"image":"c","number":2,"id":"ab"},"previous":null,

@@ -93,6 +93,48 @@ pub struct TagRef {
     pub number: u32,
 }
 
+/// How a node's update, rollback or install ended (`ok` or `failed` in JSON and the catalog).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        // Padded by the caller's width, as `aurum nodes` lines its columns up.
+        f.pad(self.as_str())
+    }
+}
+
+impl rusqlite::types::ToSql for Outcome {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Outcome {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        match v.as_str()? {
+            "ok" => Ok(Outcome::Ok),
+            "failed" => Ok(Outcome::Failed),
+            s => Err(rusqlite::types::FromSqlError::Other(
+                format!("unknown result `{s}`").into(),
+            )),
+        }
+    }
+}
+
 /// What a node tells the server after an update, rollback or install.
 #[derive(Clone, Debug, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -103,8 +145,7 @@ pub struct NodeReport {
     pub revision: Option<String>,
     /// `updateclient`, `rollback`, `install`...
     pub action: String,
-    /// `ok` or `failed`.
-    pub result: String,
+    pub result: Outcome,
     pub bytes: u64,
     pub seconds: f64,
     #[serde(default)]
@@ -747,5 +788,23 @@ impl Catalog {
             params![now(), kind, image, detail],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_keep_their_json_names() {
+        for (o, name) in [(Outcome::Ok, "ok"), (Outcome::Failed, "failed")] {
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::from_str::<Outcome>(&format!("\"{name}\"")).unwrap(),
+                o
+            );
+            assert_eq!(format!("{o:<7}|"), format!("{name:<7}|"));
+        }
+        assert!(serde_json::from_str::<Outcome>("\"partial\"").is_err());
     }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
+use aurum::catalog::nodes::InstallPhase;
 use aurum::install::report::{self, PhaseReport, ServerReporter};
 use aurum::install::{InstallOptions, Phase, Reporter};
 use aurum::template::size::human;
@@ -209,8 +210,8 @@ impl Reporter for Terminal {
                 let v = serde_json::to_value(&other).unwrap_or_default();
                 eprintln!(
                     "install: {} {}",
-                    v["phase"].as_str().unwrap_or(""),
-                    v["detail"].as_str().unwrap_or("")
+                    other.name(),
+                    v.get("detail").and_then(|d| d.as_str()).unwrap_or("")
                 );
             }
         }
@@ -307,11 +308,17 @@ pub struct InstallReportArgs {
     server: String,
     #[arg(long)]
     node: String,
-    #[arg(long)]
-    phase: String,
+    /// The phase: facts, class, plan, revision, partition, mkfs, transfer, overrides, hooks,
+    /// bootloader, done or failed.
+    #[arg(long, value_parser = parse_phase)]
+    phase: InstallPhase,
     /// The detail; its last 40 lines are sent.
     #[arg(long, value_name = "FILE")]
     detail_file: PathBuf,
+}
+
+fn parse_phase(s: &str) -> Result<InstallPhase, String> {
+    InstallPhase::parse(s).ok_or_else(|| format!("`{s}` is not an install phase"))
 }
 
 pub fn install_report(_: &Global, a: InstallReportArgs) -> anyhow::Result<()> {

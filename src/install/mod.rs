@@ -38,6 +38,7 @@ use crate::apply::node::Node;
 use crate::apply::overrides;
 use crate::apply::source::RevisionSource;
 use crate::apply::update::{self, Overlay, UpdateOptions};
+use crate::catalog::nodes::InstallPhase;
 use crate::devices::{self, blkid, blkid_value, have, run, Disk, Mount};
 use crate::error::{invalid, IoContext, Result};
 use crate::excludes::Excludes;
@@ -68,6 +69,26 @@ pub enum Phase {
     Bootloader(String),
     Done(String),
     Failed(String),
+}
+
+impl Phase {
+    /// The phase's name, as reported.
+    pub fn name(&self) -> InstallPhase {
+        match self {
+            Phase::Facts(_) => InstallPhase::Facts,
+            Phase::Class(_) => InstallPhase::Class,
+            Phase::Plan(_) => InstallPhase::Plan,
+            Phase::Revision(_) => InstallPhase::Revision,
+            Phase::Partition(_) => InstallPhase::Partition,
+            Phase::Mkfs(_) => InstallPhase::Mkfs,
+            Phase::Transfer { .. } => InstallPhase::Transfer,
+            Phase::Overrides(_) => InstallPhase::Overrides,
+            Phase::Hooks(_) => InstallPhase::Hooks,
+            Phase::Bootloader(_) => InstallPhase::Bootloader,
+            Phase::Done(_) => InstallPhase::Done,
+            Phase::Failed(_) => InstallPhase::Failed,
+        }
+    }
 }
 
 /// Receives the phases of an install.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Phase, Reporter};
+use crate::catalog::nodes::InstallPhase;
 
 /// How many phase lines a `failed` report carries as "the last lines of output".
 const TAIL: usize = 20;
@@ -20,9 +21,7 @@ const TAIL: usize = 20;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PhaseReport {
-    /// `facts`, `class`, `plan`, `revision`, `partition`, `mkfs`, `transfer`, `overrides`,
-    /// `hooks`, `bootloader`, `done` or `failed`.
-    pub phase: String,
+    pub phase: InstallPhase,
     /// Human-readable; for `failed`, the error and the last lines of output.
     pub detail: String,
     /// The revision being installed, once resolved.
@@ -39,17 +38,23 @@ impl PhaseReport {
     /// The report of `p`, and the line it adds to the output tail.
     pub fn of(p: &Phase, revision: Option<String>) -> PhaseReport {
         let v = serde_json::to_value(p).unwrap_or_default();
-        let phase = v["phase"].as_str().unwrap_or("").to_string();
         let (detail, done, total) = match p {
             Phase::Transfer { done, total } => (
                 format!("{} of {} bytes", done, total),
                 Some(*done),
                 Some(*total),
             ),
-            _ => (v["detail"].as_str().unwrap_or("").to_string(), None, None),
+            _ => (
+                v.get("detail")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                None,
+                None,
+            ),
         };
         PhaseReport {
-            phase,
+            phase: p.name(),
             detail,
             revision,
             done,

@@ -22,7 +22,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::http::{Handler, Method, Reply, Request};
-use crate::catalog::{Catalog, NodeReport};
+use crate::catalog::nodes::InstallPhase;
+use crate::catalog::{Catalog, NodeReport, Outcome};
 use crate::error::{invalid, Error, Result};
 
 /// The port `aurum serve` listens on unless told otherwise.
@@ -209,8 +210,8 @@ fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String
 fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Result<()> {
     let r: crate::install::report::PhaseReport = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("not an install phase report: {e}")))?;
-    let n = cat.record_phase(node, &r.phase, &r.detail, r.revision.as_deref())?;
-    if r.phase == "done" || r.phase == "failed" {
+    let n = cat.record_phase(node, r.phase, &r.detail, r.revision.as_deref())?;
+    if r.phase.is_final() {
         let rev = n.last.as_ref().and_then(|l| l.revision.clone());
         let (image, revision) = match rev.as_deref().and_then(|s| s.split_once(' ')) {
             Some((name, id)) => (
@@ -225,7 +226,11 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
                 image,
                 revision,
                 action: "install".into(),
-                result: if r.phase == "done" { "ok" } else { "failed" }.into(),
+                result: if r.phase == InstallPhase::Done {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed
+                },
                 bytes: 0,
                 seconds: 0.0,
                 detail: r.detail.clone(),
@@ -233,7 +238,7 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
             Some(peer),
         )?;
     }
-    if r.phase == "done" {
+    if r.phase == InstallPhase::Done {
         // The switch is in the database already (what the HTTP scripts follow); a TFTP tree
         // that cannot be rewritten is the administrator's to fix, not the node's.
         if let Err(e) = crate::netboot::pxe::refresh_tftp(cat, &n) {

@@ -343,7 +343,10 @@ impl HttpRepo {
             match status {
                 206 if body.len() as u64 == end - start + 1 => Ok(body),
                 // A server that ignores Range sends the whole file.
-                200 if body.len() as u64 > end => Ok(body[start as usize..=end as usize].to_vec()),
+                200 if body.len() as u64 > end && start <= end => Ok(body
+                    .get(start as usize..=end as usize)
+                    .unwrap_or_default()
+                    .to_vec()),
                 s => Err(Failure::Final(self.net(
                     path,
                     format!(
@@ -1037,8 +1040,6 @@ impl HttpRepo {
         moved.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         progress.advance(bytes.len() as u64);
         for (offset, len, members) in recs {
-            let at = (offset - start) as usize;
-            let payload = &bytes[at..at + *len as usize];
             let wrong = |e: &IndexEntry| {
                 corrupt(format!(
                     "the server sent wrong bytes for blob {} (pack {}); nothing was written with them. Check the server's repository with `aurum verify`",
@@ -1046,9 +1047,21 @@ impl HttpRepo {
                     pack.short()
                 ))
             };
-            if members[0].codec == Codec::ZstdGroup {
-                let body = store::decode_group_payload(&members[0].id, payload)
-                    .map_err(|_| wrong(&members[0]))?;
+            let at = (offset - start) as usize;
+            let Some(payload) = bytes.get(at..at + *len as usize) else {
+                return Err(members.first().map_or_else(
+                    || {
+                        corrupt(format!(
+                            "the server sent too few bytes of pack {}",
+                            pack.short()
+                        ))
+                    },
+                    wrong,
+                ));
+            };
+            if let Some(group) = members.first().filter(|m| m.codec == Codec::ZstdGroup) {
+                let body =
+                    store::decode_group_payload(&group.id, payload).map_err(|_| wrong(group))?;
                 for e in members {
                     let data = body
                         .get(e.inner as usize..e.inner as usize + e.raw_len as usize)

@@ -164,20 +164,23 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
 /// backslash itself as `\x5c`, so this is exact for what it wrote).
 pub fn unescape_bytes(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        if text[i] == b'\\' && text.get(i + 1) == Some(&b'x') {
-            let hex = text
-                .get(i + 2..i + 4)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 4;
+    let mut rest = text;
+    while let Some((&b, tail)) = rest.split_first() {
+        if let Some((&[b'x', h1, h2], after)) = (b == b'\\')
+            .then(|| tail.split_first_chunk::<3>())
+            .flatten()
+        {
+            if let Some(v) = std::str::from_utf8(&[h1, h2])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                rest = after;
                 continue;
             }
         }
-        out.push(text[i]);
-        i += 1;
+        out.push(b);
+        rest = tail;
     }
     out
 }
@@ -185,17 +188,14 @@ pub fn unescape_bytes(text: &[u8]) -> Vec<u8> {
 /// The parent of a manifest path (`b""` for a top-level name).
 pub fn parent(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => &path[..i],
+        Some(i) => path.split_at(i).0,
         None => b"",
     }
 }
 
 /// The last component of a manifest path.
 pub fn file_name(path: &[u8]) -> &[u8] {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => &path[i + 1..],
-        None => path,
-    }
+    path.rsplit(|&b| b == b'/').next().unwrap_or(path)
 }
 
 /// Whether `path` is a valid manifest path: relative, no empty, `.` or `..` component, no NUL.
@@ -486,6 +486,19 @@ pub fn decode_entry(r: &mut Reader) -> Result<Entry> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn unescape_of_any_text() {
+        assert_eq!(unescape_bytes(b"a\\x20b"), b"a b");
+        for t in [&b"\\"[..], b"\\x", b"\\x4", b"\\xzz", b"x\\"] {
+            assert_eq!(unescape_bytes(t), t);
+        }
+        assert_eq!(parent(b"a/b/c"), b"a/b");
+        assert_eq!(parent(b"c"), b"");
+        assert_eq!(file_name(b"a/b/c"), b"c");
+        assert_eq!(file_name(b"a/"), b"");
+        assert_eq!(file_name(b"c"), b"c");
+    }
 
     fn entry(path: &str, kind: Kind) -> Entry {
         Entry {

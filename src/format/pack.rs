@@ -64,15 +64,18 @@ pub fn record_header(id: &Id, codec: Codec, stored_len: u32, raw_len: u32) -> [u
 
 /// Parses a record header: (id, codec, stored length, raw length).
 pub fn parse_record_header(h: &[u8]) -> Result<(Id, Codec, u32, u32)> {
-    if h.len() < RECORD_HEADER {
-        return Err(corrupt("pack record header is truncated"));
-    }
-    let mut id = [0u8; 32];
-    id.copy_from_slice(&h[..32]);
-    let codec = Codec::from_u8(h[32])?;
-    let stored = u32::from_le_bytes(h[33..37].try_into().unwrap());
-    let raw = u32::from_le_bytes(h[37..41].try_into().unwrap());
-    Ok((Id(id), codec, stored, raw))
+    let truncated = || corrupt("pack record header is truncated");
+    let head = h.get(..RECORD_HEADER).ok_or_else(truncated)?;
+    let (id, rest) = head.split_first_chunk::<32>().ok_or_else(truncated)?;
+    let (&[codec], rest) = rest.split_first_chunk::<1>().ok_or_else(truncated)?;
+    let (stored, rest) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+    let (raw, _) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+    Ok((
+        Id(*id),
+        Codec::from_u8(codec)?,
+        u32::from_le_bytes(*stored),
+        u32::from_le_bytes(*raw),
+    ))
 }
 
 /// The uncompressed body of a group: a member table (count, then id and length of each), then
@@ -170,6 +173,20 @@ pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_header_of_any_length() {
+        for n in 0..RECORD_HEADER {
+            assert!(parse_record_header(&vec![0u8; n]).is_err(), "{n} bytes");
+        }
+        let mut h = vec![7u8; 32];
+        h.push(Codec::Zstd as u8);
+        h.extend_from_slice(&10u32.to_le_bytes());
+        h.extend_from_slice(&20u32.to_le_bytes());
+        h.push(99);
+        let (id, codec, stored, raw) = parse_record_header(&h).unwrap();
+        assert_eq!((id, codec, stored, raw), (Id([7; 32]), Codec::Zstd, 10, 20));
+    }
 
     #[test]
     fn index_round_trip_and_checksum() {

@@ -282,7 +282,7 @@ pub fn lock_file(file: &std::fs::File, path: &Path, exclusive: bool, waiting: &s
         Err(std::fs::TryLockError::WouldBlock) => {}
         Err(std::fs::TryLockError::Error(e)) => return Err(e).at(path),
     }
-    eprintln!("aurum: {waiting}");
+    log::warn!(target: crate::progress::NOTICE, "{waiting}");
     if exclusive {
         file.lock()
     } else {

@@ -352,7 +352,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<()> {
         return print_json(&changes);
     }
     let counts = print_changes(&changes)?;
-    eprintln!("{} -> {}: {counts}", from.name(), to.name());
+    super::say!("{} -> {}: {counts}", from.name(), to.name());
     Ok(())
 }
 

@@ -191,12 +191,19 @@ pub struct InstallArgs {
     report: bool,
 }
 
-/// Prints each phase on the terminal.
-struct Terminal;
+/// Prints each phase on the terminal: none with --quiet but a failure, and no transfer
+/// progress with --no-progress.
+struct Terminal {
+    no_progress: bool,
+}
 
 impl Reporter for Terminal {
     fn report(&self, p: Phase) {
+        if super::quiet() && !matches!(p, Phase::Failed(_)) {
+            return;
+        }
         match p {
+            Phase::Transfer { .. } if self.no_progress => {}
             Phase::Transfer { done, total } => {
                 eprintln!(
                     "install: transfer {} of {}",
@@ -262,22 +269,25 @@ pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
         facts,
         templates,
     };
+    let terminal = Terminal {
+        no_progress: g.no_progress,
+    };
     let r = match (a.report, &a.server, &opts.hostname) {
         (true, Some(server), Some(node)) => {
-            let to_server = ServerReporter::new(&Terminal, server, node);
+            let to_server = ServerReporter::new(&terminal, server, node);
             aurum::install::install(source.as_ref(), opts, &to_server)?
         }
-        _ => aurum::install::install(source.as_ref(), opts, &Terminal)?,
+        _ => aurum::install::install(source.as_ref(), opts, &terminal)?,
     };
     for w in &r.warnings {
-        eprintln!("aurum: warning: {w}");
+        super::warning(w);
     }
     let times: Vec<String> = r
         .times
         .iter()
         .map(|t| format!("{} {:.2} s", t.step.name(), t.seconds))
         .collect();
-    eprintln!("install: times: {}", times.join(", "));
+    super::say!("install: times: {}", times.join(", "));
     if a.json {
         return print_json(&r);
     }

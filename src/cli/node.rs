@@ -10,7 +10,7 @@ use aurum::apply::update::{default_update_excludes, UpdateOptions, UpdateReport}
 use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use clap::Args;
 
-use super::{human_bytes, human_time, print_json, progress, Global, HttpArgs};
+use super::{human_bytes, human_time, print_json, Global, HttpArgs};
 
 /// Where a node gets revisions from: --server, or a repository directory given with the
 /// global --repo (or AURUM_REPO), e.g. an NFS mount of the master's.
@@ -140,10 +140,10 @@ fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()
         println!("{line}");
     }
     for w in &r.warnings {
-        eprintln!("aurum: warning: {w}");
+        super::warning(w);
     }
     for c in &r.local_changes {
-        eprintln!(
+        super::say!(
             "aurum: changed on this node, overwritten: {} ({})",
             c.path,
             c.what.join(", ")
@@ -213,14 +213,14 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
             dir,
             group: a.group,
             on_output: Arc::new(|name: &str, out: &str| {
-                eprintln!("updateclient: hook {name}");
+                super::say!("updateclient: hook {name}");
                 for line in out.lines() {
-                    eprintln!("    {line}");
+                    super::say!("    {line}");
                 }
             }),
         }),
     };
-    let progress = progress::for_terminal(g.no_progress);
+    let progress = g.progress();
     let r = client::updateclient(&node, source.as_ref(), run, progress.as_ref())?;
     print_report("updateclient", &r, a.json)
 }
@@ -277,7 +277,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         (None, true) => RollbackTo::LastKnownGood,
         (None, false) => RollbackTo::Previous,
     };
-    let progress = progress::for_terminal(g.no_progress);
+    let progress = g.progress();
     let r = client::rollback(&node, source.as_deref(), to, opts, progress.as_ref())?;
     print_report("rollback", &r, a.json)
 }

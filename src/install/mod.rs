@@ -245,7 +245,7 @@ impl Drop for Arrays {
     fn drop(&mut self) {
         while let Some(md) = self.0.pop() {
             if let Err(e) = run(Command::new("mdadm").arg("--stop").arg(&md)) {
-                eprintln!("aurum: warning: could not stop {}: {e}", md.display());
+                log::warn!("could not stop {}: {e}", md.display());
             }
         }
     }
@@ -259,7 +259,7 @@ impl Drop for VolumeGroups {
     fn drop(&mut self) {
         while let Some(vg) = self.0.pop() {
             if let Err(e) = run(Command::new("vgchange").args(["-an", &vg])) {
-                eprintln!("aurum: warning: could not deactivate {vg}: {e}");
+                log::warn!("could not deactivate {vg}: {e}");
             }
         }
     }

@@ -321,8 +321,9 @@ fn upgrade_layout(root: &Path, catalog: &Catalog, lock: &File, held: Lock) -> Re
                 moved.len()
             ),
         )?;
-        eprintln!(
-            "aurum: {}: moved the published files (packs, manifests, refs, templates) into {}/; a web server must now publish {} (URLs are unchanged)",
+        log::warn!(
+            target: crate::progress::NOTICE,
+            "{}: moved the published files (packs, manifests, refs, templates) into {}/; a web server must now publish {} (URLs are unchanged)",
             root.display(),
             store::PUBLISHED,
             store::published(root).display()

@@ -260,7 +260,7 @@ pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {
         let get = |name: &str| {
             cols.iter()
                 .position(|c| c == name)
-                .map(|i| fields[i])
+                .and_then(|i| fields.get(i).copied())
                 .filter(|v| !v.is_empty())
         };
         let at = |e: crate::Error| invalid(format!("{origin}:{n}: {e}"));

@@ -138,14 +138,19 @@ pub fn encode_index(entries: &mut [IndexEntry]) -> Vec<u8> {
 
 /// Decodes and checks a pack index.
 pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>> {
-    if data.len() < 8 + 32 || &data[..8] != INDEX_MAGIC {
+    let Some((body, sum)) = data
+        .split_at_checked(data.len().saturating_sub(32))
+        .filter(|(body, _)| body.starts_with(INDEX_MAGIC) && data.len() >= 8 + 32)
+    else {
         return Err(corrupt("not an aurum pack index (bad magic)"));
-    }
-    let (body, sum) = data.split_at(data.len() - 32);
+    };
     if blake3::hash(body).as_bytes() != sum {
         return Err(corrupt("pack index checksum does not match"));
     }
-    let mut r = Reader::new(&body[8..], "pack index");
+    let mut r = Reader::new(
+        body.get(INDEX_MAGIC.len()..).unwrap_or_default(),
+        "pack index",
+    );
     let n = r.var()?;
     let mut out = Vec::with_capacity(n.min(1 << 20) as usize);
     for _ in 0..n {
@@ -173,6 +178,16 @@ pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_of_any_bytes_is_an_error_not_a_panic() {
+        for n in 0..64 {
+            assert!(decode_index(&vec![0xa5; n]).is_err(), "{n} bytes");
+            let mut d = INDEX_MAGIC.to_vec();
+            d.resize(n.max(INDEX_MAGIC.len()), 0);
+            assert!(decode_index(&d).is_err(), "magic and {n} bytes");
+        }
+    }
 
     #[test]
     fn record_header_of_any_length() {

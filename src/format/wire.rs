@@ -56,9 +56,11 @@ impl Known {
 
     fn positions(&self, id: &Id) -> [usize; 4] {
         let m = self.bits.len() as u64 * 8;
+        let (words, _) = id.0.as_chunks::<8>();
         std::array::from_fn(|i| {
-            let word: [u8; 8] = id.0[i * 8..i * 8 + 8].try_into().expect("8 bytes");
-            (u64::from_le_bytes(word) % m) as usize
+            words
+                .get(i)
+                .map_or(0, |w| (u64::from_le_bytes(*w) % m) as usize)
         })
     }
 
@@ -67,17 +69,20 @@ impl Known {
             return;
         }
         for p in self.positions(id) {
-            self.bits[p / 8] |= 1 << (p % 8);
+            if let Some(b) = self.bits.get_mut(p / 8) {
+                *b |= 1 << (p % 8);
+            }
         }
     }
 
     /// False for an id never inserted, except for about one in a hundred.
     pub fn contains(&self, id: &Id) -> bool {
         !self.bits.is_empty()
-            && self
-                .positions(id)
-                .into_iter()
-                .all(|p| self.bits[p / 8] & (1 << (p % 8)) != 0)
+            && self.positions(id).into_iter().all(|p| {
+                self.bits
+                    .get(p / 8)
+                    .is_some_and(|b| b & (1 << (p % 8)) != 0)
+            })
     }
 }
 

@@ -66,7 +66,10 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
     // An image named like a revision id would hide the revisions whose ids start that way.
     let hexlike = name.len() >= 8 && name.bytes().all(|b| b.is_ascii_hexdigit());
     if ok && what == "image" && hexlike {

@@ -293,7 +293,11 @@ impl PreparedGroup {
         let table = pack::decode_group(&body)?;
         let mut members = Vec::with_capacity(table.len());
         for (id, inner, len) in table {
-            let data = &body[inner as usize..(inner + len) as usize];
+            let data = usize::try_from(inner)
+                .ok()
+                .zip(usize::try_from(len).ok())
+                .and_then(|(inner, len)| body.get(inner..inner.checked_add(len)?))
+                .unwrap_or_default();
             if Id::of(data) != id {
                 return Err(corrupt(format!(
                     "member {} of a received group does not match its id",
@@ -534,7 +538,8 @@ pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
     let mut entries = Vec::new();
     let mut at = pack::PACK_MAGIC.len();
     while at < all.len() {
-        let (rid, codec, stored, raw) = pack::parse_record_header(&all[at..])?;
+        let (rid, codec, stored, raw) =
+            pack::parse_record_header(all.get(at..).unwrap_or_default())?;
         let offset = at + pack::RECORD_HEADER;
         let payload = all
             .get(offset..offset + stored as usize)

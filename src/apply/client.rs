@@ -14,7 +14,7 @@ use crate::apply::node::{Node, RevRef};
 use crate::apply::overrides;
 use crate::apply::source::{RevisionSource, Target};
 use crate::apply::update::{self, Overlay, UpdateOptions, UpdateReport};
-use crate::catalog::{NodeReport, Outcome};
+use crate::catalog::{NodeAction, NodeReport, Outcome};
 use crate::error::{invalid, Result};
 use crate::format::manifest::Manifest;
 use crate::format::Id;
@@ -97,7 +97,12 @@ pub fn updateclient(
         Ok(r)
     })();
     if !dry_run {
-        report_to(node, Some(source), "updateclient", result.as_ref());
+        report_to(
+            node,
+            Some(source),
+            NodeAction::Updateclient,
+            result.as_ref(),
+        );
     }
     result
 }
@@ -126,7 +131,7 @@ pub fn rollback(
         opts.overlay = Some(overlay);
         update::update(node, &target, &manifest, source, &opts, progress)
     })();
-    report_to(node, source, "rollback", result.as_ref());
+    report_to(node, source, NodeAction::Rollback, result.as_ref());
     result
 }
 
@@ -223,7 +228,7 @@ fn run_hooks(
 fn report_to(
     node: &Node,
     source: Option<&dyn RevisionSource>,
-    action: &str,
+    action: NodeAction,
     result: std::result::Result<&UpdateReport, &crate::Error>,
 ) {
     let Some(source) = source else { return };
@@ -234,7 +239,7 @@ fn report_to(
             hostname: hostname(),
             image: r.to.as_ref().and_then(|t| t.image.clone()),
             revision: r.to.as_ref().map(|t| t.id.clone()),
-            action: action.into(),
+            action,
             result: Outcome::Ok,
             bytes: r.bytes_fetched,
             seconds: r.seconds,
@@ -244,7 +249,7 @@ fn report_to(
             hostname: hostname(),
             image: still.as_ref().and_then(|c| c.image.clone()),
             revision: still.map(|c| c.id),
-            action: action.into(),
+            action,
             result: Outcome::Failed,
             bytes: 0,
             seconds: 0.0,

@@ -5,6 +5,61 @@
 //! rebuilt from the pack indexes. SQLite runs in WAL mode so that readers never wait for a
 //! capture in progress.
 
+/// An enum that JSON and the catalog hold as one of a fixed set of names (a node's report
+/// result, its action, an install phase): the names are written once, in the invocation, and
+/// `as_str`, `parse`, serde, `Display` (honouring width, for tables) and the SQL conversions
+/// all come from them.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+
+            /// The value named `s`, as [`Self::as_str`] writes it.
+            pub fn parse(s: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                $name::parse(s).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("`{s}` is not a {}", stringify!($name)).into(),
+                    )
+                })
+            }
+        }
+    };
+}
+
 mod inventory;
 pub mod migrations;
 pub mod nodes;
@@ -93,45 +148,20 @@ pub struct TagRef {
     pub number: u32,
 }
 
-/// How a node's update, rollback or install ended (`ok` or `failed` in JSON and the catalog).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    Ok,
-    Failed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-        }
+named_enum! {
+    /// How a node's update, rollback or install ended.
+    pub enum Outcome {
+        Ok = "ok",
+        Failed = "failed",
     }
 }
 
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        // Padded by the caller's width, as `aurum nodes` lines its columns up.
-        f.pad(self.as_str())
-    }
-}
-
-impl rusqlite::types::ToSql for Outcome {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
-    }
-}
-
-impl rusqlite::types::FromSql for Outcome {
-    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        match v.as_str()? {
-            "ok" => Ok(Outcome::Ok),
-            "failed" => Ok(Outcome::Failed),
-            s => Err(rusqlite::types::FromSqlError::Other(
-                format!("unknown result `{s}`").into(),
-            )),
-        }
+named_enum! {
+    /// What a node reports having done.
+    pub enum NodeAction {
+        Updateclient = "updateclient",
+        Rollback = "rollback",
+        Install = "install",
     }
 }
 
@@ -143,8 +173,7 @@ pub struct NodeReport {
     pub image: Option<String>,
     /// Revision id (hex) the node runs after the action.
     pub revision: Option<String>,
-    /// `updateclient`, `rollback`, `install`...
-    pub action: String,
+    pub action: NodeAction,
     pub result: Outcome,
     pub bytes: u64,
     pub seconds: f64,
@@ -806,5 +835,10 @@ mod outcome_tests {
             assert_eq!(format!("{o:<7}|"), format!("{name:<7}|"));
         }
         assert!(serde_json::from_str::<Outcome>("\"partial\"").is_err());
+        for a in NodeAction::ALL {
+            let json = serde_json::to_string(a).unwrap();
+            assert_eq!(json, format!("\"{a}\""));
+            assert_eq!(NodeAction::parse(a.as_str()), Some(*a));
+        }
     }
 }

@@ -43,87 +43,28 @@ impl Boot {
     }
 }
 
-/// A phase of an install, as a node reports it and the catalog keeps it (the JSON and the
-/// database hold the kebab-case name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InstallPhase {
-    Facts,
-    Class,
-    Plan,
-    Revision,
-    Partition,
-    Mkfs,
-    Transfer,
-    Overrides,
-    Hooks,
-    Bootloader,
-    Done,
-    Failed,
+named_enum! {
+    /// A phase of an install, as a node reports it and the catalog keeps it.
+    pub enum InstallPhase {
+        Facts = "facts",
+        Class = "class",
+        Plan = "plan",
+        Revision = "revision",
+        Partition = "partition",
+        Mkfs = "mkfs",
+        Transfer = "transfer",
+        Overrides = "overrides",
+        Hooks = "hooks",
+        Bootloader = "bootloader",
+        Done = "done",
+        Failed = "failed",
+    }
 }
 
 impl InstallPhase {
-    const ALL: [InstallPhase; 12] = [
-        InstallPhase::Facts,
-        InstallPhase::Class,
-        InstallPhase::Plan,
-        InstallPhase::Revision,
-        InstallPhase::Partition,
-        InstallPhase::Mkfs,
-        InstallPhase::Transfer,
-        InstallPhase::Overrides,
-        InstallPhase::Hooks,
-        InstallPhase::Bootloader,
-        InstallPhase::Done,
-        InstallPhase::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstallPhase::Facts => "facts",
-            InstallPhase::Class => "class",
-            InstallPhase::Plan => "plan",
-            InstallPhase::Revision => "revision",
-            InstallPhase::Partition => "partition",
-            InstallPhase::Mkfs => "mkfs",
-            InstallPhase::Transfer => "transfer",
-            InstallPhase::Overrides => "overrides",
-            InstallPhase::Hooks => "hooks",
-            InstallPhase::Bootloader => "bootloader",
-            InstallPhase::Done => "done",
-            InstallPhase::Failed => "failed",
-        }
-    }
-
-    /// The phase named `s`, as [`Self::as_str`] writes it.
-    pub fn parse(s: &str) -> Option<InstallPhase> {
-        Self::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-
     /// Whether the install is over (`done` or `failed`).
     pub fn is_final(self) -> bool {
         matches!(self, InstallPhase::Done | InstallPhase::Failed)
-    }
-}
-
-impl std::fmt::Display for InstallPhase {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl rusqlite::types::ToSql for InstallPhase {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
-    }
-}
-
-impl rusqlite::types::FromSql for InstallPhase {
-    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        let s = v.as_str()?;
-        InstallPhase::parse(s).ok_or_else(|| {
-            rusqlite::types::FromSqlError::Other(format!("unknown install phase `{s}`").into())
-        })
     }
 }
 
@@ -282,7 +223,7 @@ mod tests {
 
     #[test]
     fn install_phases_keep_their_json_names() {
-        for p in InstallPhase::ALL {
+        for &p in InstallPhase::ALL {
             let json = serde_json::to_string(&p).unwrap();
             assert_eq!(json, format!("\"{}\"", p.as_str()));
             assert_eq!(serde_json::from_str::<InstallPhase>(&json).unwrap(), p);

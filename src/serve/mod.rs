@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::http::{Handler, Method, Reply, Request};
 use crate::catalog::nodes::InstallPhase;
-use crate::catalog::{Catalog, NodeReport, Outcome};
+use crate::catalog::{Catalog, NodeAction, NodeReport, Outcome};
 use crate::error::{invalid, Error, Result};
 
 /// The port `aurum serve` listens on unless told otherwise.
@@ -225,7 +225,7 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
                 hostname: n.name.clone(),
                 image,
                 revision,
-                action: "install".into(),
+                action: NodeAction::Install,
                 result: if r.phase == InstallPhase::Done {
                     Outcome::Ok
                 } else {

@@ -25,11 +25,14 @@ use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use rayon::prelude::*;
 
 pub mod client;
+mod disk;
 pub mod hooks;
 pub mod node;
 pub mod overrides;
+mod plan;
 mod preflight;
 pub mod source;
+mod undo;
 pub mod update;
 
 use crate::error::{invalid, IoContext, Result};

@@ -8,10 +8,10 @@
 //! progress; `journal.json` exists only while an update runs, so a rerun knows to finish it
 //! (and a first install that was killed is never taken for a complete one: see
 //! [`Journal::fresh`]).
-//! This directory is excluded from every capture and every update.
+//! This directory is excluded from every capture and every update. The layout of
+//! `state.json` is [`crate::format::node`].
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -19,70 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::source::Target;
 use crate::error::{corrupt, invalid, IoContext, Result};
-use crate::format::manifest::Manifest;
+use crate::format::manifest::{self, Manifest};
+pub use crate::format::node::{short_id, HistoryEntry, NodeState, RevRef};
 use crate::format::Id;
 
 /// The node state directory, relative to the node's root.
 pub const STATE_DIR: &str = "var/lib/aurum-node";
-
-/// A revision as the node records it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RevRef {
-    pub image: Option<String>,
-    pub number: Option<u32>,
-    pub id: String,
-    /// The override revisions laid over this one, in the order they were laid (none: the image
-    /// alone). State files written before overrides were recorded lack the field.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub overrides: Vec<RevRef>,
-    /// With overrides, the id of the manifest of the tree the node holds (the image's with the
-    /// overrides composed over it); without, the image's manifest is the tree's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tree: Option<String>,
-}
-
-/// The first 8 characters of an id read from the node's files, which are never sliced past
-/// their length (a hand-edited state file must not panic `node-status`).
-pub fn short_id(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
-}
-
-impl RevRef {
-    pub fn id(&self) -> Result<Id> {
-        Id::from_hex(&self.id)
-            .ok_or_else(|| corrupt(format!("node state names a bad revision id {}", self.id)))
-    }
-
-    /// The id of the manifest of the tree the node holds at this revision.
-    pub fn tree_id(&self) -> Result<Id> {
-        let hex = self.tree.as_deref().unwrap_or(&self.id);
-        Id::from_hex(hex).ok_or_else(|| corrupt(format!("node state names a bad tree id {hex}")))
-    }
-
-    /// Whether the node holds the same tree at `self` as at `other` (same image revision and
-    /// same override revisions).
-    pub fn same_tree(&self, other: &RevRef) -> bool {
-        self.tree.as_ref().unwrap_or(&self.id) == other.tree.as_ref().unwrap_or(&other.id)
-    }
-
-    /// `compute@3 1f2e3d4c`, with overrides `compute@3 1f2e3d4c + override@1, override.n05@2`.
-    pub fn name(&self) -> String {
-        let short = short_id(&self.id);
-        let mut s = match (&self.image, self.number) {
-            (Some(i), Some(n)) => format!("{i}@{n} {short}"),
-            (Some(i), None) => format!("{i} {short}"),
-            _ => short.to_string(),
-        };
-        for (k, o) in self.overrides.iter().enumerate() {
-            s.push_str(if k == 0 { " + " } else { ", " });
-            match (&o.image, o.number) {
-                (Some(i), Some(n)) => s.push_str(&format!("{i}@{n}")),
-                _ => s.push_str(&o.name()),
-            }
-        }
-        s
-    }
-}
 
 impl From<&Target> for RevRef {
     fn from(t: &Target) -> RevRef {
@@ -94,32 +36,6 @@ impl From<&Target> for RevRef {
             tree: None,
         }
     }
-}
-
-/// One line of the node's history.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub time: i64,
-    pub action: String,
-    pub from: Option<String>,
-    pub to: String,
-    pub result: String,
-    pub bytes_fetched: u64,
-    pub seconds: f64,
-}
-
-/// `state.json`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NodeState {
-    pub current: Option<RevRef>,
-    pub previous: Option<RevRef>,
-    pub last_known_good: Option<RevRef>,
-    pub history: Vec<HistoryEntry>,
-    /// The override images this node follows, in the order they are laid (the last wins):
-    /// `install` records `override`, `override.GROUP`, `override.HOSTNAME`; `updateclient
-    /// --override`/`--no-override` change the list. Absent from older state files: none.
-    #[serde(default)]
-    pub overrides: Vec<String>,
 }
 
 /// `journal.json`: an update in progress.
@@ -153,11 +69,10 @@ pub struct Node {
 /// The mode of the files in the state directory: `node-status` reads them as any user.
 const STATE_FILE_MODE: u32 = 0o644;
 
-fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<()> {
-    let data = serde_json::to_vec_pretty(v).expect("serialisable");
+fn write_file(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     crate::sys::write_atomic(
         &dir.join(name),
-        &data,
+        data,
         crate::sys::WriteOpts {
             durable: true,
             mode: Some(STATE_FILE_MODE),
@@ -196,7 +111,7 @@ pub fn peek(root: &Path) -> Result<Option<(NodeState, Option<Journal>)>> {
         }
     };
     let state = match read("state.json")? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt(format!("state.json: {e}")))?,
+        Some(b) => NodeState::decode(&b, "state.json")?,
         None => NodeState::default(),
     };
     let journal = match read("journal.json")? {
@@ -286,16 +201,14 @@ impl Node {
     pub fn state(&self) -> Result<NodeState> {
         let p = self.dir.join("state.json");
         match fs::read(&p) {
-            Ok(b) => {
-                serde_json::from_slice(&b).map_err(|e| corrupt(format!("{}: {e}", p.display())))
-            }
+            Ok(b) => NodeState::decode(&b, &p.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeState::default()),
             Err(e) => Err(e).at(&p),
         }
     }
 
     pub fn save_state(&self, s: &NodeState) -> Result<()> {
-        write_json(&self.dir, "state.json", s)
+        write_file(&self.dir, "state.json", &s.encode())
     }
 
     pub fn journal(&self) -> Result<Option<Journal>> {
@@ -310,7 +223,8 @@ impl Node {
     }
 
     pub fn begin(&self, j: &Journal) -> Result<()> {
-        write_json(&self.dir, "journal.json", j)
+        let data = serde_json::to_vec_pretty(j).expect("strings and numbers serialise");
+        write_file(&self.dir, "journal.json", &data)
     }
 
     pub fn end(&self) -> Result<()> {
@@ -327,7 +241,7 @@ impl Node {
         if !p.exists() {
             crate::sys::write_atomic(
                 &p,
-                &zstd::bulk::compress(&raw, 3)?,
+                &manifest::compress_file(&raw, 3)?,
                 crate::sys::WriteOpts {
                     mode: Some(STATE_FILE_MODE),
                     ..Default::default()
@@ -345,11 +259,8 @@ impl Node {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).at(&p),
         };
-        let mut raw = Vec::new();
-        zstd::stream::read::Decoder::new(&packed[..])?.read_to_end(&mut raw)?;
-        if Id::of(&raw) != *id {
-            return Err(corrupt(format!("{} is damaged", p.display())));
-        }
+        let raw = manifest::decompress_file(&packed[..], id)
+            .map_err(|problem| corrupt(format!("{} is damaged ({problem})", p.display())))?;
         Manifest::decode(&raw).map(Some)
     }
 
@@ -371,67 +282,5 @@ impl Node {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// #13: `aurum nodes` and `node-status` show the first 8 bytes of a revision id that came
-    /// from a node's report or state file; a multi-byte character across byte 8 must not
-    /// panic (it shows the text whole).
-    #[test]
-    fn short_id_of_any_text() {
-        assert_eq!(short_id("0123456789abcdef"), "01234567");
-        assert_eq!(short_id("0123"), "0123");
-        assert_eq!(short_id("0123456é89"), "0123456é89");
-        assert_eq!(short_id("aéééé"), "aéééé");
-        assert_eq!(short_id("ééééé"), "éééé");
-        assert_eq!(short_id(""), "");
-    }
-
-    #[test]
-    fn state_files_written_before_overrides_were_recorded_still_read() {
-        let old = r#"{"current":{"image":"c","number":2,"id":"ab"},"previous":null,
-            "last_known_good":null,"history":[]}"#;
-        let s: NodeState = serde_json::from_str(old).unwrap();
-        let cur = s.current.unwrap();
-        assert!(cur.overrides.is_empty() && cur.tree.is_none() && s.overrides.is_empty());
-        assert_eq!(cur.name(), "c@2 ab");
-        // Without overrides nothing new is written, so an older aurum reads the file too.
-        let back = serde_json::to_string(&cur).unwrap();
-        assert!(
-            !back.contains("overrides") && !back.contains("tree"),
-            "{back}"
-        );
-    }
-
-    #[test]
-    fn the_tree_is_the_composed_manifest_when_there_is_one() {
-        let o = RevRef {
-            image: Some("override.n05".into()),
-            number: Some(3),
-            id: "cd".repeat(32),
-            overrides: Vec::new(),
-            tree: None,
-        };
-        let mut r = RevRef {
-            image: Some("c".into()),
-            number: Some(1),
-            id: "ab".repeat(32),
-            overrides: vec![o],
-            tree: Some("ef".repeat(32)),
-        };
-        assert_eq!(r.tree_id().unwrap().hex(), "ef".repeat(32));
-        assert_eq!(r.name(), "c@1 abababab + override.n05@3");
-        let plain = RevRef {
-            overrides: Vec::new(),
-            tree: None,
-            ..r.clone()
-        };
-        assert!(!r.same_tree(&plain));
-        r.tree = None;
-        assert!(r.same_tree(&plain));
     }
 }

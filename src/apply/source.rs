@@ -17,7 +17,6 @@
 //! whole blobs from the static layout, which alone is always enough.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -27,8 +26,9 @@ use rayon::prelude::*;
 
 use crate::catalog::NodeReport;
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
-use crate::format::manifest::Manifest;
+use crate::format::manifest::{self, FileProblem, Manifest};
 use crate::format::pack::{decode_index, Codec, IndexEntry};
+use crate::format::refs;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::delta::{self, Want};
@@ -265,7 +265,7 @@ impl HttpRepo {
             deltas_off: AtomicBool::new(false),
         };
         let format = me.get("FORMAT")?;
-        if !String::from_utf8_lossy(&format).starts_with("aurum repository format") {
+        if !format.starts_with(refs::FORMAT_PREFIX.as_bytes()) {
             return Err(invalid(format!(
                 "{base} does not serve an aurum repository (its /FORMAT is not aurum's)"
             )));
@@ -425,8 +425,7 @@ impl HttpRepo {
                 return Ok(entries);
             }
         }
-        let hex = pack.hex();
-        let path = format!("packs/{}/{hex}.idx", &hex[..2]);
+        let path = crate::format::pack::path(pack, "idx");
         let bytes = self.get(&path)?;
         let entries = decode_index(&bytes)
             .map_err(|e| self.inconsistent(&path, &format!("it does not decode ({e})")))?;
@@ -441,27 +440,9 @@ impl HttpRepo {
     /// The pack ids of `packs/list` (one `ID SIZE` a line), refusing a damaged list: a line
     /// skipped would hide its pack's blobs and fail the update later with a wrong reason.
     fn pack_list(&self, list: &[u8]) -> Result<Vec<Id>> {
-        let text = std::str::from_utf8(list)
-            .map_err(|_| self.inconsistent("packs/list", "it is not text"))?;
-        let mut packs = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let mut words = line.split_whitespace();
-            let id = words.next().and_then(Id::from_hex);
-            let size = words.next().and_then(|s| s.parse::<u64>().ok());
-            match (id, size, words.next()) {
-                (Some(id), Some(_), None) => packs.push(id),
-                _ => {
-                    return Err(self.inconsistent(
-                        "packs/list",
-                        &format!("line {} is not `PACK-ID SIZE`", n + 1),
-                    ))
-                }
-            }
-        }
-        if !list.is_empty() && !text.ends_with('\n') {
-            return Err(self.inconsistent("packs/list", "it is cut short"));
-        }
-        Ok(packs)
+        let packs = refs::decode_pack_list(list)
+            .map_err(|p| self.inconsistent("packs/list", &p.to_string()))?;
+        Ok(packs.into_iter().map(|(id, _)| id).collect())
     }
 
     /// A file the server publishes disagrees with the server's store.
@@ -487,11 +468,11 @@ impl HttpRepo {
     /// (`compute@7`); none when the server's list does not say.
     fn number_of(&self, image: &str, id: &Id) -> Option<u32> {
         let list = self.get(&format!("refs/{image}/revisions")).ok()?;
-        String::from_utf8_lossy(&list)
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(_, v)| Id::from_hex(v.trim()).as_ref() == Some(id))
-            .filter_map(|(k, _)| k.parse().ok())
+        refs::decode_revisions(&list)
+            .ok()?
+            .into_iter()
+            .filter(|(_, r)| r == id)
+            .map(|(n, _)| n)
             .max()
     }
 }
@@ -542,7 +523,7 @@ impl RevisionSource for HttpRepo {
 
     fn resolve(&self, spec: &str) -> Result<Target> {
         let id_of = |text: Vec<u8>, what: &str| -> Result<Id> {
-            Id::from_hex(String::from_utf8_lossy(&text).trim())
+            refs::decode_ref(&text)
                 .ok_or_else(|| corrupt(format!("{what} on the server does not hold a revision id")))
         };
         let parsed: RevSpec = spec.parse()?;
@@ -555,12 +536,11 @@ impl RevisionSource for HttpRepo {
                 let list = self
                     .get(&format!("refs/{image}/revisions"))
                     .map_err(|e| self.no_image(image, e))?;
-                let text = String::from_utf8_lossy(&list);
-                let id = text
-                    .lines()
-                    .filter_map(|l| l.split_once(' '))
-                    .find(|(k, _)| k.parse() == Ok(number))
-                    .and_then(|(_, v)| Id::from_hex(v.trim()))
+                let path = format!("refs/{image}/revisions");
+                let id = refs::decode_revisions(&list)
+                    .map_err(|p| self.inconsistent(&path, &p.to_string()))?
+                    .into_iter()
+                    .find_map(|(n, id)| (n == number).then_some(id))
                     .ok_or_else(|| {
                         Error::NotFound(format!(
                             "image `{image}` has no revision {number} on {}",
@@ -622,26 +602,19 @@ impl RevisionSource for HttpRepo {
     }
 
     fn manifest(&self, id: &Id) -> Result<Manifest> {
-        let hex = id.hex();
-        let path = format!("manifests/{}/{hex}.mf", &hex[..2]);
+        let path = manifest::path(id);
         let packed = self.get(&path)?;
-        let mut raw = Vec::new();
-        zstd::stream::read::Decoder::new(&packed[..])?
-            .take(1 << 32)
-            .read_to_end(&mut raw)
-            .map_err(|e| {
-                corrupt(format!(
-                    "manifest {} from the server is damaged: {e}",
-                    id.short()
-                ))
-            })?;
-        if Id::of(&raw) != *id {
-            return Err(corrupt(format!(
+        let raw = manifest::decompress_file(&packed[..], id).map_err(|p| match p {
+            FileProblem::Damaged(e) => corrupt(format!(
+                "manifest {} from the server is damaged: {e}",
+                id.short()
+            )),
+            FileProblem::Mismatch => corrupt(format!(
                 "manifest {} from {} does not match its id; refusing it",
                 id.short(),
                 self.base
-            )));
-        }
+            )),
+        })?;
         Manifest::decode(&raw)
     }
 
@@ -899,7 +872,7 @@ impl RevisionSource for HttpRepo {
     }
 
     fn report(&self, report: &NodeReport) -> Result<()> {
-        let body = serde_json::to_vec(report).expect("serialisable");
+        let body = report.encode();
         let resp = self
             .agent
             .post(self.url("api/v1/reports"))
@@ -927,7 +900,7 @@ impl HttpRepo {
         progress: &dyn Progress,
     ) -> Result<bool> {
         let path = "api/v1/deltas";
-        let body = delta::encode_request(batch);
+        let body = delta::encode_request(batch)?;
         let mut resp = match self
             .agent
             .post(self.url(path))
@@ -1030,9 +1003,8 @@ impl HttpRepo {
                 members.iter().map(|m| u64::from(m.raw_len)).sum::<u64>()
             );
         }
-        let hex = pack.hex();
         let bytes = self.get_range(
-            &format!("packs/{}/{hex}.pack", &hex[..2]),
+            &crate::format::pack::path(pack, "pack"),
             start,
             end,
             progress,

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
 use crate::apply::ApplyReport;
 use crate::capture::keep::Keep;
@@ -37,6 +36,8 @@ use crate::capture::{CaptureOptions, CaptureReport, Edit, LocalSource};
 use crate::catalog::Revision;
 use crate::error::{invalid, Error, IoContext, Result};
 use crate::excludes::{Excludes, ALWAYS_EXCLUDED};
+pub use crate::format::chroot::WorkMeta;
+use crate::format::chroot::{decode_points, encode_points, Created, META, POINTS};
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::diff::Change;
@@ -66,23 +67,8 @@ pub const KEEP_FROM_PARENT: &[&str] = &[
     "/etc/ssh/ssh_host_*",
 ];
 
-/// The metadata file of a work directory, next to its `root/`.
-const META: &str = "chroot.json";
-
 /// How long a command gets to end after we pass it a signal, before it is killed.
 const GRACE: Duration = Duration::from_secs(10);
-
-/// What a work directory is for, kept in `chroot.json` so that `--resume` can finish it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct WorkMeta {
-    /// The revision the tree was checked out from (hex id), and its name then.
-    pub parent: String,
-    pub parent_name: String,
-    /// The image the new revision goes to.
-    pub image: String,
-    pub message: String,
-}
 
 /// A work directory: `DIR/chroot.json` and the tree in `DIR/root`.
 pub struct WorkDir {
@@ -104,16 +90,14 @@ impl WorkDir {
                 dir.display()
             ))
         })?;
-        let meta = serde_json::from_str(&text)
-            .map_err(|e| invalid(format!("{} is damaged: {e}", path.display())))?;
+        let meta = WorkMeta::decode(text.as_bytes(), &path)?;
         let dir = fs::canonicalize(dir).at(dir)?;
         Ok(WorkDir { dir, meta })
     }
 
     fn save(&self) -> Result<()> {
         let path = self.dir.join(META);
-        let text = serde_json::to_string_pretty(&self.meta).expect("plain struct");
-        fs::write(&path, text + "\n").at(&path)
+        fs::write(&path, self.meta.encode()).at(&path)
     }
 
     /// Deletes the work directory, after making sure nothing is mounted below it (a recursive
@@ -499,24 +483,6 @@ impl Drop for Signals {
     }
 }
 
-/// A mount point we had to create, removed again after the session. The list is kept in the
-/// work directory ([`POINTS`]) while the session runs, so that `--resume` can tidy up after a
-/// session killed with SIGKILL.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct Created {
-    /// Relative to the tree's root.
-    rel: PathBuf,
-    /// The times (ns) of the directory holding it before, and its mtime just after we created
-    /// it: when nothing else changed the directory meanwhile, its old times are put back.
-    before_atime: i64,
-    before_mtime: i64,
-    after_mtime: i64,
-}
-
-/// The list of [`Created`] mount points, next to `root/`.
-const POINTS: &str = "mount-points.json";
-
 fn points_file(root: &Path) -> PathBuf {
     root.parent()
         .expect("a work tree has a work directory")
@@ -579,8 +545,7 @@ fn remove_recorded_points(root: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).at(&file),
     };
-    let created: Vec<Created> = serde_json::from_str(&text)
-        .map_err(|e| invalid(format!("{} is damaged: {e}", file.display())))?;
+    let created = decode_points(text.as_bytes(), &file)?;
     remove_points(root, &created);
     Ok(())
 }
@@ -643,8 +608,7 @@ impl Mounts {
             after_mtime: mtime_ns(&fs::metadata(&parent).at(&parent)?),
         });
         let record = points_file(&self.root);
-        let text = serde_json::to_string(&self.created).expect("plain struct");
-        fs::write(&record, text).at(&record)?;
+        fs::write(&record, encode_points(&self.created)).at(&record)?;
         Ok(path)
     }
 

@@ -5,61 +5,6 @@
 //! rebuilt from the pack indexes. SQLite runs in WAL mode so that readers never wait for a
 //! capture in progress.
 
-/// An enum that JSON and the catalog hold as one of a fixed set of names (a node's report
-/// result, its action, an install phase): the names are written once, in the invocation, and
-/// `as_str`, `parse`, serde, `Display` (honouring width, for tables) and the SQL conversions
-/// all come from them.
-macro_rules! named_enum {
-    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-        pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)*
-                }
-            }
-
-            /// The value named `s`, as [`Self::as_str`] writes it.
-            pub fn parse(s: &str) -> Option<$name> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == s)
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.pad(self.as_str())
-            }
-        }
-
-        impl rusqlite::types::ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-                Ok(self.as_str().into())
-            }
-        }
-
-        impl rusqlite::types::FromSql for $name {
-            fn column_result(
-                v: rusqlite::types::ValueRef<'_>,
-            ) -> rusqlite::types::FromSqlResult<Self> {
-                let s = v.as_str()?;
-                $name::parse(s).ok_or_else(|| {
-                    rusqlite::types::FromSqlError::Other(
-                        format!("`{s}` is not a {}", stringify!($name)).into(),
-                    )
-                })
-            }
-        }
-    };
-}
-
 mod inventory;
 pub mod migrations;
 pub mod nodes;
@@ -148,38 +93,7 @@ pub struct TagRef {
     pub number: u32,
 }
 
-named_enum! {
-    /// How a node's update, rollback or install ended.
-    pub enum Outcome {
-        Ok = "ok",
-        Failed = "failed",
-    }
-}
-
-named_enum! {
-    /// What a node reports having done.
-    pub enum NodeAction {
-        Updateclient = "updateclient",
-        Rollback = "rollback",
-        Install = "install",
-    }
-}
-
-/// What a node tells the server after an update, rollback or install.
-#[derive(Clone, Debug, serde::Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeReport {
-    pub hostname: String,
-    pub image: Option<String>,
-    /// Revision id (hex) the node runs after the action.
-    pub revision: Option<String>,
-    pub action: NodeAction,
-    pub result: Outcome,
-    pub bytes: u64,
-    pub seconds: f64,
-    #[serde(default)]
-    pub detail: String,
-}
+pub use crate::format::report::{NodeAction, NodeReport, Outcome};
 
 /// A node's latest report, as `aurum nodes` lists it.
 #[derive(Clone, Debug, Serialize)]
@@ -817,28 +731,5 @@ impl Catalog {
             params![now(), kind, image, detail],
         )?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod outcome_tests {
-    use super::*;
-
-    #[test]
-    fn outcomes_keep_their_json_names() {
-        for (o, name) in [(Outcome::Ok, "ok"), (Outcome::Failed, "failed")] {
-            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{name}\""));
-            assert_eq!(
-                serde_json::from_str::<Outcome>(&format!("\"{name}\"")).unwrap(),
-                o
-            );
-            assert_eq!(format!("{o:<7}|"), format!("{name:<7}|"));
-        }
-        assert!(serde_json::from_str::<Outcome>("\"partial\"").is_err());
-        for a in NodeAction::ALL {
-            let json = serde_json::to_string(a).unwrap();
-            assert_eq!(json, format!("\"{a}\""));
-            assert_eq!(NodeAction::parse(a.as_str()), Some(*a));
-        }
     }
 }

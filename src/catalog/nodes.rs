@@ -43,30 +43,7 @@ impl Boot {
     }
 }
 
-named_enum! {
-    /// A phase of an install, as a node reports it and the catalog keeps it.
-    pub enum InstallPhase {
-        Facts = "facts",
-        Class = "class",
-        Plan = "plan",
-        Revision = "revision",
-        Partition = "partition",
-        Mkfs = "mkfs",
-        Transfer = "transfer",
-        Overrides = "overrides",
-        Hooks = "hooks",
-        Bootloader = "bootloader",
-        Done = "done",
-        Failed = "failed",
-    }
-}
-
-impl InstallPhase {
-    /// Whether the install is over (`done` or `failed`).
-    pub fn is_final(self) -> bool {
-        matches!(self, InstallPhase::Done | InstallPhase::Failed)
-    }
-}
+pub use crate::format::report::InstallPhase;
 
 /// The last install phase a node reported.
 #[derive(Clone, Debug, Serialize)]
@@ -220,18 +197,6 @@ pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn install_phases_keep_their_json_names() {
-        for &p in InstallPhase::ALL {
-            let json = serde_json::to_string(&p).unwrap();
-            assert_eq!(json, format!("\"{}\"", p.as_str()));
-            assert_eq!(serde_json::from_str::<InstallPhase>(&json).unwrap(), p);
-            assert_eq!(InstallPhase::parse(p.as_str()), Some(p));
-        }
-        assert_eq!(InstallPhase::parse("installing"), None);
-        assert!(InstallPhase::Failed.is_final() && !InstallPhase::Mkfs.is_final());
-    }
 
     #[test]
     fn macs_are_normalised() {

@@ -158,6 +158,7 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
             &repo,
             &r.parent.id,
             &r.capture.revision.id,
+            r.capture.elapsed,
             progress.as_ref(),
         ) {
             super::warning(format!("deltas from the parent not precomputed: {e:#}"));

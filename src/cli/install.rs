@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
-use aurum::catalog::nodes::InstallPhase;
+use aurum::format::report::InstallPhase;
 use aurum::install::report::{self, PhaseReport, ServerReporter};
 use aurum::install::{InstallOptions, Phase, Reporter};
 use aurum::template::size::human;

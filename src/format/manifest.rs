@@ -9,13 +9,66 @@
 //! refuses any manifest that breaks these rules, that names a parent which is not a directory, or
 //! whose hardlinks point anywhere but at an earlier non-directory entry: that is what keeps an
 //! apply from ever writing outside its target root.
+//!
+//! A manifest *file* (`.mf`, in a repository and in a node's state directory) is the encoded
+//! manifest compressed as zstd frames, named by the id of the encoded bytes:
+//! [`compress_file`] and [`decompress_file`].
 
 use std::collections::HashSet;
+use std::fmt;
+use std::io::Read;
 
 use super::{Id, Reader, Writer};
 use crate::error::{corrupt, Result};
 
 const MAGIC: &[u8; 8] = b"AURUMMF\x01";
+
+/// Largest encoded manifest a manifest file may hold (a tree of tens of millions of entries).
+const MAX_FILE: u64 = 1 << 32;
+
+/// A revision's manifest file, relative to the published directory: `manifests/XX/<id>.mf`.
+pub fn path(id: &Id) -> String {
+    format!("manifests/{}", id.fanned("mf"))
+}
+
+/// The bytes of a manifest file for the encoded manifest `raw`.
+pub fn compress_file(raw: &[u8], level: i32) -> Result<Vec<u8>> {
+    Ok(zstd::bulk::compress(raw, level)?)
+}
+
+/// Why a manifest file could not be read.
+#[derive(Debug)]
+pub enum FileProblem {
+    /// Not zstd, cut short, or larger than any manifest: the decoder's complaint.
+    Damaged(String),
+    /// Whole, but its bytes are not those of the id it was read for.
+    Mismatch,
+}
+
+impl fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileProblem::Damaged(e) => f.write_str(e),
+            FileProblem::Mismatch => f.write_str("hash mismatch"),
+        }
+    }
+}
+
+/// The encoded manifest a manifest file holds, checked against `id` (its name). Decode it with
+/// [`Manifest::decode`].
+pub fn decompress_file(packed: impl Read, id: &Id) -> std::result::Result<Vec<u8>, FileProblem> {
+    let damaged = |e: std::io::Error| FileProblem::Damaged(e.to_string());
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(packed)
+        .map_err(damaged)?
+        .take(MAX_FILE)
+        .read_to_end(&mut raw)
+        .map_err(damaged)?;
+    if Id::of(&raw) != *id {
+        return Err(FileProblem::Mismatch);
+    }
+    Ok(raw)
+}
 
 /// One piece of a file's content: a blob and its uncompressed length.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,23 +217,20 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
 /// backslash itself as `\x5c`, so this is exact for what it wrote).
 pub fn unescape_bytes(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
-    let mut rest = text;
-    while let Some((&b, tail)) = rest.split_first() {
-        if let Some((&[b'x', h1, h2], after)) = (b == b'\\')
-            .then(|| tail.split_first_chunk::<3>())
-            .flatten()
-        {
-            if let Some(v) = std::str::from_utf8(&[h1, h2])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                rest = after;
+    let mut i = 0;
+    while let Some(&c) = text.get(i) {
+        if c == b'\\' && text.get(i + 1) == Some(&b'x') {
+            let hex = text
+                .get(i + 2..i + 4)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 4;
                 continue;
             }
         }
-        out.push(b);
-        rest = tail;
+        out.push(c);
+        i += 1;
     }
     out
 }
@@ -188,14 +238,17 @@ pub fn unescape_bytes(text: &[u8]) -> Vec<u8> {
 /// The parent of a manifest path (`b""` for a top-level name).
 pub fn parent(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => path.split_at(i).0,
+        Some(i) => path.get(..i).unwrap_or_default(),
         None => b"",
     }
 }
 
 /// The last component of a manifest path.
 pub fn file_name(path: &[u8]) -> &[u8] {
-    path.rsplit(|&b| b == b'/').next().unwrap_or(path)
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => path.get(i + 1..).unwrap_or_default(),
+        None => path,
+    }
 }
 
 /// Whether `path` is a valid manifest path: relative, no empty, `.` or `..` component, no NUL.
@@ -253,7 +306,7 @@ impl Manifest {
         self.entries
             .binary_search_by(|e| e.path.as_slice().cmp(path))
             .ok()
-            .map(|i| &self.entries[i])
+            .and_then(|i| self.entries.get(i))
     }
 
     /// Resolves a hardlink to the entry that carries its content and metadata.
@@ -561,6 +614,15 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A manifest from a server or a damaged file is refused or read, never a panic.
+        #[test]
+        fn any_bytes_after_the_magic_decode_or_fail(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Manifest::decode(&[&MAGIC[..], &data].concat());
+            let _ = decompress_file(&data[..], &Id::of(&data));
+        }
+    }
+
     #[test]
     fn refuses_escapes_and_bad_parents() {
         for bad in ["../etc", "a/../../x", "/abs", "a//b", "./a"] {
@@ -596,6 +658,28 @@ mod tests {
             ],
         };
         assert!(Manifest::decode(&m.encode()).is_err());
+    }
+
+    #[test]
+    fn manifest_files_round_trip_and_check_their_id() {
+        let m = Manifest {
+            entries: vec![entry("", Kind::Dir), entry("f", Kind::Fifo)],
+        };
+        let raw = m.encode();
+        let id = Id::of(&raw);
+        let packed = compress_file(&raw, 3).unwrap();
+        let back = decompress_file(&packed[..], &id).unwrap();
+        assert_eq!(Manifest::decode(&back).unwrap(), m);
+        assert!(matches!(
+            decompress_file(&packed[..], &Id::of(b"other")),
+            Err(FileProblem::Mismatch)
+        ));
+        for bad in [&packed[..packed.len() - 2], b"not zstd", b""] {
+            assert!(
+                matches!(decompress_file(bad, &id), Err(FileProblem::Damaged(_))),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

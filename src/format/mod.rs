@@ -1,12 +1,80 @@
-//! Every byte layout aurum writes: on disk (manifests, packs, pack indexes, refs) and on the wire
-//! (frames between `getimage` and `aurum agent`).
+//! Every byte layout aurum writes, one module each: on disk [`manifest`]s, [`pack`]s and their
+//! indexes, the published text files ([`refs`]: `FORMAT`, refs, `packs/list`), a node's
+//! `state.json` ([`node`]), a chroot work directory's files ([`chroot`]); on the wire the
+//! agent's frames ([`wire`]), binary [`delta`]s and what nodes [`report`] to the server. Each
+//! module holds its version, its types, its encoder and decoder (decoders return errors on any
+//! input, never panic) and a round-trip test.
 //!
-//! This module depends on nothing else in aurum, so the format can be read and tested on its own.
+//! This module depends on nothing in aurum but `error`, so the format can be read and tested on
+//! its own.
 //! `book/src/format.md` is its specification; a change here is a change there, and bumps
 //! [`FORMAT_VERSION`] when old readers could misread the new bytes.
 
+// Decoders read untrusted bytes: no index may panic, so none is unchecked.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing))]
+
+/// An enum that JSON and the catalog hold as one of a fixed set of names (a node's report
+/// result, its action, an install phase): the names are written once, in the invocation, and
+/// `as_str`, `parse`, serde, `Display` (honouring width, for tables) and the SQL conversions
+/// all come from them.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+
+            /// The value named `s`, as [`Self::as_str`] writes it.
+            pub fn parse(s: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                $name::parse(s).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("`{s}` is not a {}", stringify!($name)).into(),
+                    )
+                })
+            }
+        }
+    };
+}
+
+pub mod chroot;
+pub mod delta;
 pub mod manifest;
+pub mod node;
 pub mod pack;
+pub mod refs;
+pub mod report;
 pub mod wire;
 
 use std::fmt;
@@ -41,6 +109,13 @@ impl Id {
     /// The 8-digit prefix shown in listings.
     pub fn short(&self) -> String {
         self.hex()[..8].to_string()
+    }
+
+    /// `XX/<hex>.<ext>`, XX the first two hex digits: how the repository spreads files named
+    /// by ids over 256 directories (`packs/`, `manifests/`, `deltas/`).
+    pub fn fanned(&self, ext: &str) -> String {
+        let hex = self.hex();
+        format!("{}/{hex}.{ext}", hex.get(..2).unwrap_or_default())
     }
 
     /// Parses 64 hex digits.
@@ -175,6 +250,11 @@ impl<'a> Reader<'a> {
         self.raw(n)
     }
 
+    pub fn u32_le(&mut self) -> Result<u32> {
+        let b = self.raw(4)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+
     pub fn id(&mut self) -> Result<Id> {
         let mut id = [0u8; 32];
         id.copy_from_slice(self.raw(32)?);
@@ -208,5 +288,7 @@ mod tests {
         assert_eq!(Id::from_hex(&id.hex()), Some(id));
         assert_eq!(id.short().len(), 8);
         assert_eq!(Id::from_hex("zz"), None);
+        let fanned = id.fanned("mf");
+        assert_eq!(fanned, format!("{}/{}.mf", &id.hex()[..2], id.hex()));
     }
 }

@@ -52,30 +52,30 @@ pub struct IndexEntry {
     pub inner: u32,
 }
 
+/// A pack file (`ext` "pack") or its index ("idx"), relative to the published directory:
+/// `packs/XX/<id>.<ext>`.
+pub fn path(id: &Id, ext: &str) -> String {
+    format!("packs/{}", id.fanned(ext))
+}
+
 /// The record header written before a blob's payload.
 pub fn record_header(id: &Id, codec: Codec, stored_len: u32, raw_len: u32) -> [u8; RECORD_HEADER] {
-    let mut h = [0u8; RECORD_HEADER];
-    h[..32].copy_from_slice(&id.0);
-    h[32] = codec as u8;
-    h[33..37].copy_from_slice(&stored_len.to_le_bytes());
-    h[37..41].copy_from_slice(&raw_len.to_le_bytes());
-    h
+    let mut w = Writer::default();
+    w.id(id);
+    w.u8(codec as u8);
+    w.raw(&stored_len.to_le_bytes());
+    w.raw(&raw_len.to_le_bytes());
+    w.buf.try_into().expect("32 + 1 + 4 + 4 bytes")
 }
 
 /// Parses a record header: (id, codec, stored length, raw length).
 pub fn parse_record_header(h: &[u8]) -> Result<(Id, Codec, u32, u32)> {
-    let truncated = || corrupt("pack record header is truncated");
-    let head = h.get(..RECORD_HEADER).ok_or_else(truncated)?;
-    let (id, rest) = head.split_first_chunk::<32>().ok_or_else(truncated)?;
-    let (&[codec], rest) = rest.split_first_chunk::<1>().ok_or_else(truncated)?;
-    let (stored, rest) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
-    let (raw, _) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
-    Ok((
-        Id(*id),
-        Codec::from_u8(codec)?,
-        u32::from_le_bytes(*stored),
-        u32::from_le_bytes(*raw),
-    ))
+    let mut r = Reader::new(h, "pack record header");
+    let id = r.id()?;
+    let codec = Codec::from_u8(r.u8()?)?;
+    let stored = r.u32_le()?;
+    let raw = r.u32_le()?;
+    Ok((id, codec, stored, raw))
 }
 
 /// The uncompressed body of a group: a member table (count, then id and length of each), then
@@ -138,19 +138,15 @@ pub fn encode_index(entries: &mut [IndexEntry]) -> Vec<u8> {
 
 /// Decodes and checks a pack index.
 pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>> {
-    let Some((body, sum)) = data
-        .split_at_checked(data.len().saturating_sub(32))
-        .filter(|(body, _)| body.starts_with(INDEX_MAGIC) && data.len() >= 8 + 32)
-    else {
-        return Err(corrupt("not an aurum pack index (bad magic)"));
-    };
+    let bad_magic = || corrupt("not an aurum pack index (bad magic)");
+    let (body, sum) = data
+        .split_at_checked(data.len().checked_sub(32).ok_or_else(bad_magic)?)
+        .ok_or_else(bad_magic)?;
+    let entries = body.strip_prefix(INDEX_MAGIC).ok_or_else(bad_magic)?;
     if blake3::hash(body).as_bytes() != sum {
         return Err(corrupt("pack index checksum does not match"));
     }
-    let mut r = Reader::new(
-        body.get(INDEX_MAGIC.len()..).unwrap_or_default(),
-        "pack index",
-    );
+    let mut r = Reader::new(entries, "pack index");
     let n = r.var()?;
     let mut out = Vec::with_capacity(n.min(1 << 20) as usize);
     for _ in 0..n {
@@ -240,6 +236,21 @@ mod tests {
         assert_eq!(table.len(), 2);
         assert_eq!(table[1], (Id::of(b"bc"), offsets[1], 2));
         assert_eq!(&body[offsets[1] as usize..][..2], b"bc");
+    }
+
+    proptest::proptest! {
+        /// Untrusted bytes (a server's index, a pack's record) are refused or read, never a
+        /// panic; the index's magic and checksum are made right so that its body is parsed.
+        #[test]
+        fn any_bytes_decode_or_fail(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let mut index = [&INDEX_MAGIC[..], &data].concat();
+            let sum = blake3::hash(&index);
+            index.extend_from_slice(sum.as_bytes());
+            let _ = decode_index(&index);
+            let _ = decode_index(&data);
+            let _ = decode_group(&data);
+            let _ = parse_record_header(&data);
+        }
     }
 
     #[test]

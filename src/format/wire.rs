@@ -56,12 +56,11 @@ impl Known {
 
     fn positions(&self, id: &Id) -> [usize; 4] {
         let m = self.bits.len() as u64 * 8;
-        let (words, _) = id.0.as_chunks::<8>();
-        std::array::from_fn(|i| {
-            words
-                .get(i)
-                .map_or(0, |w| (u64::from_le_bytes(*w) % m) as usize)
-        })
+        let mut words = id.0.chunks_exact(8).map(|w| {
+            let word: [u8; 8] = w.try_into().expect("chunks of 8 bytes");
+            (u64::from_le_bytes(word) % m) as usize
+        });
+        std::array::from_fn(|_| words.next().expect("32 bytes are 4 words"))
     }
 
     pub fn insert(&mut self, id: &Id) {
@@ -69,8 +68,8 @@ impl Known {
             return;
         }
         for p in self.positions(id) {
-            if let Some(b) = self.bits.get_mut(p / 8) {
-                *b |= 1 << (p % 8);
+            if let Some(byte) = self.bits.get_mut(p / 8) {
+                *byte |= 1 << (p % 8);
             }
         }
     }
@@ -358,6 +357,17 @@ pub fn recv(r: &mut impl Read) -> Result<Option<Msg>> {
 mod tests {
     use super::*;
     use crate::format::manifest::Kind;
+
+    proptest::proptest! {
+        /// What the other end sends is refused or read, never a panic.
+        #[test]
+        fn any_bytes_decode_or_fail(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = Msg::decode(&data);
+            let _ = recv(&mut &data[..]);
+            let framed = [&(data.len() as u32).to_le_bytes()[..], &data].concat();
+            let _ = recv(&mut &framed[..]);
+        }
+    }
 
     #[test]
     fn frames_round_trip() {

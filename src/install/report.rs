@@ -2,38 +2,22 @@
 //! the master (`aurum nodes`, `aurum node show NODE`) and a successful one switches the node
 //! to local boot.
 //!
-//! Wire format: `POST /api/v1/install/NODE` with a JSON [`PhaseReport`]. A report that cannot
-//! be delivered is logged and dropped: losing the progress display must not fail an install.
+//! Wire format: `POST /api/v1/install/NODE` with a JSON [`PhaseReport`] (see
+//! [`crate::format::report`]). A report that cannot be delivered is logged and dropped:
+//! losing the progress display must not fail an install.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::{Phase, Reporter};
-use crate::catalog::nodes::InstallPhase;
 
 /// How many phase lines a `failed` report carries as "the last lines of output".
 const TAIL: usize = 20;
 
-/// One install phase of one node, as POSTed to the server.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PhaseReport {
-    pub phase: InstallPhase,
-    /// Human-readable; for `failed`, the error and the last lines of output.
-    pub detail: String,
-    /// The revision being installed, once resolved.
-    #[serde(default)]
-    pub revision: Option<String>,
-    /// Bytes transferred and to transfer (`transfer` only).
-    #[serde(default)]
-    pub done: Option<u64>,
-    #[serde(default)]
-    pub total: Option<u64>,
-}
+pub use crate::format::report::PhaseReport;
 
+// The layout is `format::report`'s; how a phase becomes a report is install's business.
 impl PhaseReport {
     /// The report of `p`, and the line it adds to the output tail.
     pub fn of(p: &Phase, revision: Option<String>) -> PhaseReport {
@@ -66,7 +50,7 @@ impl PhaseReport {
 /// POSTs a report to `server`'s install endpoint for `node`.
 pub fn post(agent: &ureq::Agent, server: &str, node: &str, r: &PhaseReport) -> crate::Result<()> {
     let url = format!("{}/api/v1/install/{node}", server.trim_end_matches('/'));
-    let body = serde_json::to_vec(r).expect("serialisable");
+    let body = r.encode();
     let resp = agent
         .post(&url)
         .header("Content-Type", "application/json")

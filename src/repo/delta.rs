@@ -17,22 +17,21 @@
 //! A request with no base asks for the blob compressed on its own: a node that needs a few
 //! blobs of a large group fetches them this way rather than the whole group.
 //!
-//! Wire format of `POST /api/v1/deltas` (all integers little-endian):
-//! request: repeated `target id (32) | n (u8) | n base ids (32 each)`;
-//! response: repeated `status (u8: 0 none, 1 delta) | length (u32) | bytes`, one record per
-//! request record, in order.
+//! The bytes (the request and answer of `POST /api/v1/deltas`, the delta frame, the cache's
+//! file names) are specified in [`crate::format::delta`].
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{corrupt, invalid, IoContext, Result};
+use crate::error::{IoContext, Result};
+use crate::format::delta::{cache_stem, cache_target, MAX_BASE_IDS};
+pub use crate::format::delta::{
+    decode, decode_request, encode, encode_answer, encode_request, read_answer, Want, MAX_BATCH,
+};
 use crate::format::manifest::{Chunk, Entry, Kind, Manifest};
 use crate::format::Id;
 
 /// Bases larger than this are not used (the delta window must hold base and target).
 pub const MAX_BASE: u64 = 4 << 20;
-/// zstd window: 2^23 = 8 MiB holds the largest base plus the largest target.
-const WINDOW_LOG: u32 = 23;
 /// A delta is sent only when it saves at least 5 % of the blob's raw size.
 pub const PAYS_NUM: u64 = 19;
 pub const PAYS_DEN: u64 = 20;
@@ -40,8 +39,6 @@ pub const PAYS_DEN: u64 = 20;
 pub const LEVEL_PRECOMPUTE: i32 = 15;
 /// zstd level of deltas made on demand while a node waits.
 pub const LEVEL_ON_DEMAND: i32 = 12;
-/// Most records in one request.
-pub const MAX_BATCH: usize = 512;
 /// A node asks for at most this many bytes of targets in one request...
 pub const MAX_BATCH_BYTES: u64 = 16 << 20;
 /// ...and a server puts at most this many delta bytes in one answer (the rest: "none").
@@ -75,13 +72,6 @@ pub fn answer(
     Ok(out)
 }
 
-/// One delta a node asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Want {
-    pub target: Id,
-    pub base: Vec<Id>,
-}
-
 /// The base for the chunk of `len` bytes at `offset` of a new file, given the chunks of the
 /// file's old version: the old chunks overlapping that byte range (for a file of one blob,
 /// that blob), or none when there is nothing comparable.
@@ -95,7 +85,11 @@ pub fn base_for(old: &[Chunk], offset: u64, len: u32) -> Vec<Id> {
     let mut at = 0u64;
     for c in old {
         let c_end = at + u64::from(c.len);
-        if c_end > offset && at < end && total + u64::from(c.len) <= MAX_BASE {
+        if c_end > offset
+            && at < end
+            && total + u64::from(c.len) <= MAX_BASE
+            && base.len() < MAX_BASE_IDS
+        {
             base.push(c.id);
             total += u64::from(c.len);
         }
@@ -161,111 +155,6 @@ pub fn wants(old: &Manifest, new: &Manifest, missing: Option<&dyn Fn(&Id) -> boo
     out
 }
 
-/// Compresses `target` against `base`.
-pub fn encode(base: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>> {
-    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, base)?;
-    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(WINDOW_LOG))?;
-    enc.set_pledged_src_size(Some(target.len() as u64))?;
-    enc.write_all(target)?;
-    Ok(enc.finish()?)
-}
-
-/// Rebuilds a blob from its base and delta, and checks it is `target`.
-pub fn decode(base: &[u8], delta: &[u8], target: &Id) -> Result<Vec<u8>> {
-    let wrong = || {
-        corrupt(format!(
-            "the delta for blob {} does not rebuild it; it was not used",
-            target.short()
-        ))
-    };
-    let mut dec = zstd::stream::read::Decoder::with_ref_prefix(delta, base).map_err(|_| wrong())?;
-    dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(WINDOW_LOG))
-        .map_err(|_| wrong())?;
-    let mut out = Vec::new();
-    dec.take(u64::from(u32::MAX))
-        .read_to_end(&mut out)
-        .map_err(|_| wrong())?;
-    if Id::of(&out) != *target {
-        return Err(wrong());
-    }
-    Ok(out)
-}
-
-/// The request body for `wants`.
-pub fn encode_request(wants: &[Want]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(wants.len() * 66);
-    for w in wants {
-        out.extend_from_slice(&w.target.0);
-        out.push(w.base.len() as u8);
-        for b in &w.base {
-            out.extend_from_slice(&b.0);
-        }
-    }
-    out
-}
-
-fn id_at(data: &[u8], at: usize) -> Option<Id> {
-    Some(Id(data.get(at..at + 32)?.try_into().ok()?))
-}
-
-/// Parses a request body.
-pub fn decode_request(data: &[u8]) -> Result<Vec<Want>> {
-    let bad = || invalid("malformed delta request");
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < data.len() {
-        let target = id_at(data, at).ok_or_else(bad)?;
-        let n = *data.get(at + 32).ok_or_else(bad)? as usize;
-        at += 33;
-        let mut base = Vec::with_capacity(n);
-        for _ in 0..n {
-            base.push(id_at(data, at).ok_or_else(bad)?);
-            at += 32;
-        }
-        if out.len() >= MAX_BATCH {
-            return Err(bad());
-        }
-        out.push(Want { target, base });
-    }
-    Ok(out)
-}
-
-/// One record of a response (the records follow the request's order; the target is not
-/// repeated: the node checks every rebuilt blob against the id it asked for).
-pub fn encode_answer(out: &mut Vec<u8>, delta: Option<&[u8]>) {
-    out.push(u8::from(delta.is_some()));
-    let d = delta.unwrap_or(&[]);
-    out.extend_from_slice(&(d.len() as u32).to_le_bytes());
-    out.extend_from_slice(d);
-}
-
-/// Reads the next record of a response; `None` at its end.
-pub fn read_answer(r: &mut impl Read) -> Result<Option<Option<Vec<u8>>>> {
-    let mut head = [0u8; 5];
-    let mut got = 0;
-    while got < head.len() {
-        let n = r.read(&mut head[got..])?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(corrupt("the server's delta answer is cut short"));
-        }
-        got += n;
-    }
-    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes"));
-    if head[0] == 0 {
-        return Ok(Some(None));
-    }
-    if head[0] != 1 || len > 64 << 20 {
-        return Err(corrupt("the server's delta answer is malformed"));
-    }
-    let mut d = vec![0u8; len as usize];
-    r.read_exact(&mut d)
-        .map_err(|_| corrupt("the server's delta answer is cut short"))?;
-    Ok(Some(Some(d)))
-}
-
 /// The repository's delta cache: `public/deltas/XX/<target>-<base key>.zd`, or `.none` when no
 /// delta pays for that pair. Deltas are derived data: deleting the directory loses nothing.
 pub struct Cache {
@@ -289,13 +178,7 @@ impl Cache {
     }
 
     fn stem(&self, w: &Want) -> PathBuf {
-        let mut key = blake3::Hasher::new();
-        for b in &w.base {
-            key.update(&b.0);
-        }
-        let key = key.finalize().to_hex();
-        let t = w.target.hex();
-        self.dir.join(&t[..2]).join(format!("{t}-{}", &key[..32]))
+        self.dir.join(cache_stem(w))
     }
 
     pub fn get(&self, w: &Want) -> Cached {
@@ -331,10 +214,7 @@ impl Cache {
             for f in files {
                 let f = f.at(&sub)?.path();
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                let keep = name
-                    .get(..64)
-                    .and_then(Id::from_hex)
-                    .is_some_and(|id| live(&id))
+                let keep = cache_target(name).is_some_and(|id| live(&id))
                     // Temporary files an older aurum wrote here, before they moved to tmp/.
                     && !name.contains(".tmp");
                 if !keep {
@@ -407,52 +287,71 @@ pub struct Precomputed {
     pub delta_bytes: u64,
     /// The size of the blobs they stand for.
     pub target_bytes: u64,
+    /// Pairs left for `aurum serve` to make on a node's first request, the time budget
+    /// being spent.
+    pub left: u64,
 }
 
 /// Makes (at a high level, on every core) the deltas a node running `parent` will ask for
 /// when it updates to `rev`, so `aurum serve` answers them from its cache.
+///
+/// At most for `budget`: a capture must not spend most of its time on deltas (a tree whose
+/// every file changed has as many pairs as files). The manifest's delta comes first (every
+/// node asks for it), then the files in tree order; pairs left when the budget is spent are
+/// made by `aurum serve` on the first node's request and cached like these.
 pub fn precompute(
     repo: &crate::repo::Repository,
     parent: &Id,
     rev: &Id,
+    budget: std::time::Duration,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Precomputed> {
+    let deadline = std::time::Instant::now() + budget;
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicU64, Ordering};
     let old = repo.load_manifest(parent)?;
     let new = repo.load_manifest(rev)?;
-    let mut wants = wants(&old, &new, None);
-    // The manifest itself, against its parent's.
-    wants.push(Want {
+    // The manifest itself, against its parent's, first.
+    let mut wants = vec![Want {
         target: *rev,
         base: vec![*parent],
-    });
+    }];
+    wants.extend(self::wants(&old, &new, None));
     let manifest_len = new.encode().len() as u64;
+    let target_len: std::collections::HashMap<Id, u32> = new
+        .entries
+        .iter()
+        .flat_map(|e| match &e.kind {
+            Kind::File { chunks, .. } => chunks.as_slice(),
+            _ => &[],
+        })
+        .map(|c| (c.id, c.len))
+        .collect();
     let cache = Cache::new(&repo.root);
     let blobs = crate::repo::BlobsAndManifests {
         root: &repo.root,
         blobs: repo.blobs()?,
     };
     progress.phase("precomputing deltas", Some(wants.len() as u64), false);
-    let (deltas, delta_bytes, target_bytes) =
-        (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (deltas, delta_bytes, target_bytes, left) = (
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    );
     wants.par_iter().try_for_each(|w| -> Result<()> {
+        if std::time::Instant::now() >= deadline && w.target != *rev {
+            left.fetch_add(1, Ordering::Relaxed);
+            progress.advance(1);
+            return Ok(());
+        }
         if let Some(d) = get_or_make(&cache, &blobs, w, LEVEL_PRECOMPUTE)? {
             deltas.fetch_add(1, Ordering::Relaxed);
             delta_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
             let len: u64 = if w.target == *rev {
                 manifest_len
             } else {
-                new.entries
-                    .iter()
-                    .find_map(|e| match &e.kind {
-                        Kind::File { chunks, .. } => chunks
-                            .iter()
-                            .find(|c| c.id == w.target)
-                            .map(|c| u64::from(c.len)),
-                        _ => None,
-                    })
-                    .unwrap_or(0)
+                target_len.get(&w.target).copied().map_or(0, u64::from)
             };
             target_bytes.fetch_add(len, Ordering::Relaxed);
         }
@@ -465,6 +364,7 @@ pub fn precompute(
         deltas: deltas.into_inner(),
         delta_bytes: delta_bytes.into_inner(),
         target_bytes: target_bytes.into_inner(),
+        left: left.into_inner(),
     })
 }
 
@@ -486,46 +386,5 @@ mod tests {
         assert_eq!(base_for(&old, 50, 100), vec![old[0].id, old[1].id]);
         assert_eq!(base_for(&old, 400, 10), vec![old[2].id]);
         assert!(base_for(&[], 0, 10).is_empty());
-    }
-
-    #[test]
-    fn a_delta_rebuilds_its_target_and_nothing_else() {
-        let base: Vec<u8> = (0..200_000u32)
-            .flat_map(|i| (i * 7).to_le_bytes())
-            .collect();
-        let mut target = base.clone();
-        target[1000..1010].copy_from_slice(b"0123456789");
-        target.extend_from_slice(b"appended");
-        let d = encode(&base, &target, 3).unwrap();
-        assert!(d.len() < 200, "delta of {} bytes", d.len());
-        assert_eq!(decode(&base, &d, &Id::of(&target)).unwrap(), target);
-        // Another base gives other bytes, caught by the id check.
-        let mut other = base.clone();
-        other[5] ^= 1;
-        assert!(decode(&other, &d, &Id::of(&target)).is_err());
-    }
-
-    #[test]
-    fn requests_and_answers_round_trip() {
-        let w = vec![
-            Want {
-                target: Id::of(b"a"),
-                base: vec![Id::of(b"b")],
-            },
-            Want {
-                target: Id::of(b"c"),
-                base: vec![Id::of(b"d"), Id::of(b"e")],
-            },
-        ];
-        assert_eq!(decode_request(&encode_request(&w)).unwrap(), w);
-        assert!(decode_request(&encode_request(&w)[..40]).is_err());
-        let mut out = Vec::new();
-        encode_answer(&mut out, Some(b"xyz"));
-        encode_answer(&mut out, None);
-        let mut r = &out[..];
-        assert_eq!(read_answer(&mut r).unwrap(), Some(Some(b"xyz".to_vec())));
-        assert_eq!(read_answer(&mut r).unwrap(), Some(None));
-        assert!(read_answer(&mut r).unwrap().is_none());
-        assert!(read_answer(&mut &out[..3]).is_err());
     }
 }

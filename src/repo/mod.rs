@@ -353,12 +353,7 @@ impl Repository {
             }
             Err(e) => return Err(e).at(&format),
         };
-        let version: u32 = text
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let version = crate::format::refs::format_version(text.as_bytes()).unwrap_or(0);
         if version != FORMAT_VERSION && version != TOP_LEVEL_FORMAT {
             return Err(invalid(format!(
                 "{} holds repository format {version}; this aurum reads formats {TOP_LEVEL_FORMAT} and {FORMAT_VERSION}",
@@ -480,7 +475,7 @@ impl Repository {
         let id = Id::of(&raw);
         let path = store::manifest_path(&self.root, &id);
         if !path.exists() {
-            let packed = zstd::bulk::compress(&raw, 9)?;
+            let packed = crate::format::manifest::compress_file(&raw, 9)?;
             store::write_atomic(&self.root, &path, &packed)?;
         }
         Ok(id)
@@ -884,23 +879,12 @@ impl crate::store::BlobSource for BlobsAndManifests<'_> {
 pub fn manifest_raw_at(root: &Path, id: &Id) -> Result<Vec<u8>> {
     let path = store::manifest_path(root, id);
     let file = File::open(&path).at(&path)?;
-    let mut raw = Vec::new();
-    zstd::stream::read::Decoder::new(file)
-        .at(&path)?
-        .read_to_end(&mut raw)
-        .map_err(|e| {
-            Error::Corrupt(format!(
-                "manifest {} is damaged ({e}); run `aurum verify`",
-                id.short()
-            ))
-        })?;
-    if Id::of(&raw) != *id {
-        return Err(Error::Corrupt(format!(
-            "manifest {} is damaged (hash mismatch); run `aurum verify`",
+    crate::format::manifest::decompress_file(file, id).map_err(|problem| {
+        Error::Corrupt(format!(
+            "manifest {} is damaged ({problem}); run `aurum verify`",
             id.short()
-        )));
-    }
-    Ok(raw)
+        ))
+    })
 }
 
 /// Reads a file's bytes (holes as zeros) from its chunks.

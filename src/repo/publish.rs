@@ -28,6 +28,9 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::error::{IoContext, Result};
+use crate::format::refs::{
+    decode_pack_list, encode_classes, encode_pack_list, encode_ref, encode_revisions, format_file,
+};
 use crate::format::{Id, FORMAT_VERSION};
 use crate::store::{self, published};
 use crate::sys::sync_dir;
@@ -45,16 +48,15 @@ pub const PUBLIC_DIRS: &[&str] = &["packs", "manifests", "refs", "templates", "d
 /// What `FORMAT` holds, in the repository's top (read by aurum before it opens anything) and
 /// in `public/` (read by nodes to know they found a repository).
 pub fn format_text() -> String {
-    format!("aurum repository format {FORMAT_VERSION}\n")
+    format_file(FORMAT_VERSION)
 }
 
 /// `packs/list`: `ID SIZE` for every pack of the catalog.
 pub fn pack_list(catalog: &Catalog) -> Result<Vec<u8>> {
-    let mut list = String::new();
-    for (id, size, _) in catalog.packs()? {
-        list.push_str(&format!("{} {size}\n", id.hex()));
-    }
-    Ok(list.into_bytes())
+    let packs = catalog.packs()?;
+    Ok(encode_pack_list(
+        packs.into_iter().map(|(id, size, _)| (id, size)),
+    ))
 }
 
 /// The files of `refs/IMAGE/` (paths relative to the repository), empty for an image that is
@@ -66,26 +68,19 @@ pub fn refs(catalog: &Catalog, image: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>
     }
     let dir = Path::new("refs").join(image);
     let revs = catalog.revisions(image)?;
-    let mut list = String::new();
-    for r in revs.iter().rev() {
-        list.push_str(&format!("{} {}\n", r.number, r.id.hex()));
-    }
-    files.insert(dir.join("revisions"), list.into_bytes());
+    files.insert(
+        dir.join("revisions"),
+        encode_revisions(revs.iter().rev().map(|r| (r.number, r.id))),
+    );
     if let Some(head) = revs.first() {
-        files.insert(
-            dir.join("head"),
-            format!("{}\n", head.id.hex()).into_bytes(),
-        );
+        files.insert(dir.join("head"), encode_ref(&head.id));
     }
     for (tag, number) in catalog.tags(image)? {
         let rev = revs
             .iter()
             .find(|r| r.number == number)
             .expect("tags name existing revisions");
-        files.insert(
-            dir.join("tags").join(tag),
-            format!("{}\n", rev.id.hex()).into_bytes(),
-        );
+        files.insert(dir.join("tags").join(tag), encode_ref(&rev.id));
     }
     Ok(files)
 }
@@ -93,15 +88,15 @@ pub fn refs(catalog: &Catalog, image: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>
 /// The files of `templates/`: each class's newest version, and `CLASSES` listing them.
 pub fn templates(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     let mut files = BTreeMap::new();
-    let mut classes = String::new();
-    for v in catalog.templates()? {
-        classes.push_str(&format!("{}\n", v.class));
+    let templates = catalog.templates()?;
+    let classes = encode_classes(templates.iter().map(|v| v.class.as_str()));
+    for v in templates {
         files.insert(
             Path::new("templates").join(format!("{}.toml", v.class)),
             v.text.into_bytes(),
         );
     }
-    files.insert(Path::new("templates").join("CLASSES"), classes.into_bytes());
+    files.insert(Path::new("templates").join("CLASSES"), classes);
     Ok(files)
 }
 
@@ -166,25 +161,17 @@ fn check_pack_list(root: &Path, catalog: &Catalog, needed: &HashSet<Id>) -> Resu
         }
         Err(e) => return Err(e).at(&path),
     };
-    let Ok(text) = String::from_utf8(text) else {
-        return Ok(Some("not text".into()));
+    let list = match decode_pack_list(&text) {
+        Ok(list) => list,
+        Err(problem) => return Ok(Some(problem.to_string())),
     };
-    if !text.is_empty() && !text.ends_with('\n') {
-        return Ok(Some("cut short (no final newline)".into()));
-    }
     let known: BTreeMap<Id, u64> = catalog
         .packs()?
         .into_iter()
         .map(|(id, size, _)| (id, size))
         .collect();
     let mut listed = HashSet::new();
-    for (n, line) in text.lines().enumerate() {
-        let mut words = line.split_whitespace();
-        let id = words.next().and_then(Id::from_hex);
-        let size = words.next().and_then(|s| s.parse::<u64>().ok());
-        let (Some(id), Some(size), None) = (id, size, words.next()) else {
-            return Ok(Some(format!("line {} is not `PACK-ID SIZE`", n + 1)));
-        };
+    for (n, (id, size)) in list.into_iter().enumerate() {
         if known.get(&id) != Some(&size) {
             return Ok(Some(format!(
                 "line {} names pack {} (size {size}), which the catalog does not have with that size",

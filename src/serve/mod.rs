@@ -22,16 +22,17 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::http::{Handler, Method, Reply, Request};
-use crate::catalog::nodes::InstallPhase;
 use crate::catalog::{Catalog, NodeAction, NodeReport, Outcome};
 use crate::error::{invalid, Error, Result};
+use crate::format::report::InstallPhase;
+use crate::format::report::PhaseReport;
 
 /// The port `aurum serve` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 8035;
 /// Largest report body accepted.
 const MAX_BODY: usize = 64 << 10;
 /// Largest delta request accepted (512 records with 255 bases each).
-const MAX_DELTA_BODY: usize = crate::repo::delta::MAX_BATCH * (33 + 255 * 32);
+const MAX_DELTA_BODY: usize = crate::format::delta::MAX_REQUEST;
 const _: () = assert!(MAX_DELTA_BODY as u64 <= http::MAX_BODY);
 
 /// A bound listening socket, not yet answering.
@@ -208,16 +209,12 @@ fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String
 /// Records an install phase of `node`. `done` switches it to local boot (and rewrites its
 /// TFTP files) and, like `failed`, also becomes its report in `aurum nodes`.
 fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Result<()> {
-    let r: crate::install::report::PhaseReport = serde_json::from_slice(body)
-        .map_err(|e| invalid(format!("not an install phase report: {e}")))?;
+    let r = PhaseReport::decode(body)?;
     let n = cat.record_phase(node, r.phase, &r.detail, r.revision.as_deref())?;
     if r.phase.is_final() {
         let rev = n.last.as_ref().and_then(|l| l.revision.clone());
-        let (image, revision) = match rev.as_deref().and_then(|s| s.split_once(' ')) {
-            Some((name, id)) => (
-                Some(name.split('@').next().unwrap_or(name).to_string()),
-                Some(id.to_string()),
-            ),
+        let (image, revision) = match rev.as_deref().and_then(PhaseReport::image_and_id) {
+            Some((image, id)) => (Some(image.to_string()), Some(id.to_string())),
             None => (n.image.clone(), None),
         };
         cat.record_report(
@@ -298,8 +295,7 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
             if body.len() > MAX_BODY {
                 return Err(invalid("report too large"));
             }
-            let report: NodeReport = serde_json::from_slice(body)
-                .map_err(|e| invalid(format!("not a node report: {e}")))?;
+            let report = NodeReport::decode(body)?;
             crate::repo::check_name("host", &report.hostname)?;
             cat.record_report(&report, Some(&rq.peer.to_string()))?;
             Ok(no_content())

@@ -114,11 +114,8 @@ pub fn all(repo: &Repository) -> Result<Vec<Template>> {
 pub fn from_server(http: &HttpRepo, class: Option<&str>) -> Result<Vec<Template>> {
     let classes: Vec<String> = match class {
         Some(c) => vec![c.to_string()],
-        None => String::from_utf8_lossy(&http.get("templates/CLASSES")?)
-            .lines()
-            .map(str::to_string)
-            .filter(|l| !l.is_empty())
-            .collect(),
+        None => crate::format::refs::decode_classes(&http.get("templates/CLASSES")?)
+            .map_err(|p| crate::error::corrupt(format!("templates/CLASSES on the server: {p}")))?,
     };
     classes
         .iter()

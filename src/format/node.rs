@@ -1,0 +1,248 @@
+//! `state.json`: a node's own record of what it runs, in `/var/lib/aurum-node/` on its root.
+//!
+//! The file is JSON (pretty-printed) naming the current, previous and last-known-good
+//! revisions (each with the override revisions laid over it), the override images the node
+//! follows, and the history of its runs. It carries no version field: every field added since
+//! the first version is optional on reading ([`VERSION`] counts those additions), so any aurum
+//! reads any state file, and a file without the new fields is what an older aurum wrote.
+//! `node` owns the directory and writes the file atomically; `journal.json` and the undo index
+//! belong to the update engine (`apply`).
+
+use serde::{Deserialize, Serialize};
+
+use super::Id;
+use crate::error::{corrupt, Result};
+
+/// Version of `state.json`, not stored: 1 had revisions and history; 2 added `overrides` and
+/// `tree` to a revision and the node's `overrides` list, both absent (empty) when not used.
+pub const VERSION: u32 = 2;
+
+/// A revision as the node records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RevRef {
+    pub image: Option<String>,
+    pub number: Option<u32>,
+    pub id: String,
+    /// The override revisions laid over this one, in the order they were laid (none: the image
+    /// alone). State files written before overrides were recorded lack the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<RevRef>,
+    /// With overrides, the id of the manifest of the tree the node holds (the image's with the
+    /// overrides composed over it); without, the image's manifest is the tree's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
+}
+
+/// The first 8 characters of an id read from the node's files, which are never sliced past
+/// their length (a hand-edited state file must not panic `node-status`).
+pub fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+impl RevRef {
+    pub fn id(&self) -> Result<Id> {
+        Id::from_hex(&self.id)
+            .ok_or_else(|| corrupt(format!("node state names a bad revision id {}", self.id)))
+    }
+
+    /// The id of the manifest of the tree the node holds at this revision.
+    pub fn tree_id(&self) -> Result<Id> {
+        let hex = self.tree.as_deref().unwrap_or(&self.id);
+        Id::from_hex(hex).ok_or_else(|| corrupt(format!("node state names a bad tree id {hex}")))
+    }
+
+    /// Whether the node holds the same tree at `self` as at `other` (same image revision and
+    /// same override revisions).
+    pub fn same_tree(&self, other: &RevRef) -> bool {
+        self.tree.as_ref().unwrap_or(&self.id) == other.tree.as_ref().unwrap_or(&other.id)
+    }
+
+    /// `compute@3 1f2e3d4c`, with overrides `compute@3 1f2e3d4c + override@1, override.n05@2`.
+    pub fn name(&self) -> String {
+        let short = short_id(&self.id);
+        let mut s = match (&self.image, self.number) {
+            (Some(i), Some(n)) => format!("{i}@{n} {short}"),
+            (Some(i), None) => format!("{i} {short}"),
+            _ => short.to_string(),
+        };
+        for (k, o) in self.overrides.iter().enumerate() {
+            s.push_str(if k == 0 { " + " } else { ", " });
+            match (&o.image, o.number) {
+                (Some(i), Some(n)) => s.push_str(&format!("{i}@{n}")),
+                _ => s.push_str(&o.name()),
+            }
+        }
+        s
+    }
+}
+
+/// One line of the node's history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HistoryEntry {
+    pub time: i64,
+    pub action: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub result: String,
+    pub bytes_fetched: u64,
+    pub seconds: f64,
+}
+
+/// `state.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeState {
+    pub current: Option<RevRef>,
+    pub previous: Option<RevRef>,
+    pub last_known_good: Option<RevRef>,
+    pub history: Vec<HistoryEntry>,
+    /// The override images this node follows, in the order they are laid (the last wins):
+    /// `install` records `override`, `override.GROUP`, `override.HOSTNAME`; `updateclient
+    /// --override`/`--no-override` change the list. Absent from older state files: none.
+    #[serde(default)]
+    pub overrides: Vec<String>,
+}
+
+impl NodeState {
+    /// The bytes of `state.json`.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("strings and numbers serialise")
+    }
+
+    /// Reads `state.json`; `what` names the file in the error.
+    pub fn decode(data: &[u8], what: &str) -> Result<NodeState> {
+        serde_json::from_slice(data).map_err(|e| corrupt(format!("{what}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// #13: `aurum nodes` and `node-status` show the first 8 bytes of a revision id that came
+    /// from a node's report or state file; a multi-byte character across byte 8 must not
+    /// panic (it shows the text whole).
+    #[test]
+    fn short_id_of_any_text() {
+        assert_eq!(short_id("0123456789abcdef"), "01234567");
+        assert_eq!(short_id("0123"), "0123");
+        assert_eq!(short_id("0123456é89"), "0123456é89");
+        assert_eq!(short_id("aéééé"), "aéééé");
+        assert_eq!(short_id("ééééé"), "éééé");
+        assert_eq!(short_id(""), "");
+    }
+
+    fn rev(overrides: Vec<RevRef>) -> impl Strategy<Value = RevRef> {
+        (
+            prop::option::of("[a-z][a-z0-9.]{0,12}"),
+            prop::option::of(any::<u32>()),
+            any::<[u8; 32]>(),
+            prop::option::of(any::<[u8; 32]>()),
+        )
+            .prop_map(move |(image, number, id, tree)| RevRef {
+                image,
+                number,
+                id: Id(id).hex(),
+                overrides: overrides.clone(),
+                tree: tree.map(|t| Id(t).hex()),
+            })
+    }
+
+    fn state() -> impl Strategy<Value = NodeState> {
+        let entry = (
+            any::<i64>(),
+            "[a-z]{1,12}",
+            prop::option::of(any::<[u8; 32]>()),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            // Seconds as aurum records them: a few decimals (binary fractions round-trip
+            // exactly through JSON).
+            0u32..1_000_000,
+        )
+            .prop_map(|(time, action, from, to, bytes, ms)| HistoryEntry {
+                time,
+                action: action.clone(),
+                from: from.map(|f| Id(f).hex()),
+                to: Id(to).hex(),
+                result: "ok".into(),
+                bytes_fetched: bytes,
+                seconds: f64::from(ms) / 1024.0,
+            });
+        let with_overrides = prop::collection::vec(rev(Vec::new()), 0..3)
+            .prop_flat_map(|o| prop::option::of(rev(o)));
+        (
+            with_overrides,
+            prop::option::of(rev(Vec::new())),
+            prop::option::of(rev(Vec::new())),
+            prop::collection::vec(entry, 0..4),
+            prop::collection::vec("override(\\.[a-z0-9]{1,8})?", 0..3),
+        )
+            .prop_map(|(current, previous, last_known_good, history, overrides)| {
+                NodeState {
+                    current,
+                    previous,
+                    last_known_good,
+                    history,
+                    overrides,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn states_round_trip(s in state()) {
+            prop_assert_eq!(NodeState::decode(&s.encode(), "state.json").unwrap(), s);
+        }
+
+        #[test]
+        fn any_bytes_decode_or_fail(data in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = NodeState::decode(&data, "state.json");
+        }
+    }
+
+    #[test]
+    fn state_files_written_before_overrides_were_recorded_still_read() {
+        let old = br#"{"current":{"image":"c","number":2,"id":"ab"},"previous":null,
+            "last_known_good":null,"history":[]}"#;
+        let s = NodeState::decode(old, "state.json").unwrap();
+        let cur = s.current.unwrap();
+        assert!(cur.overrides.is_empty() && cur.tree.is_none() && s.overrides.is_empty());
+        assert_eq!(cur.name(), "c@2 ab");
+        // Without overrides nothing new is written, so an older aurum reads the file too.
+        let back = serde_json::to_string(&cur).unwrap();
+        assert!(
+            !back.contains("overrides") && !back.contains("tree"),
+            "{back}"
+        );
+        let err = NodeState::decode(b"{\"current\": 3}", "state.json").unwrap_err();
+        assert!(err.to_string().contains("state.json"), "{err}");
+    }
+
+    #[test]
+    fn the_tree_is_the_composed_manifest_when_there_is_one() {
+        let o = RevRef {
+            image: Some("override.n05".into()),
+            number: Some(3),
+            id: "cd".repeat(32),
+            overrides: Vec::new(),
+            tree: None,
+        };
+        let mut r = RevRef {
+            image: Some("c".into()),
+            number: Some(1),
+            id: "ab".repeat(32),
+            overrides: vec![o],
+            tree: Some("ef".repeat(32)),
+        };
+        assert_eq!(r.tree_id().unwrap().hex(), "ef".repeat(32));
+        assert_eq!(r.name(), "c@1 abababab + override.n05@3");
+        let plain = RevRef {
+            overrides: Vec::new(),
+            tree: None,
+            ..r.clone()
+        };
+        assert!(!r.same_tree(&plain));
+        r.tree = None;
+        assert!(r.same_tree(&plain));
+    }
+}

@@ -21,6 +21,7 @@ use crate::apply::source::Target;
 use crate::error::{corrupt, invalid, IoContext, Result};
 use crate::format::manifest::{self, Manifest};
 pub use crate::format::node::{short_id, HistoryEntry, NodeState, RevRef};
+use crate::format::report::NodeAction;
 use crate::format::Id;
 
 /// The node state directory, relative to the node's root.
@@ -41,7 +42,7 @@ impl From<&Target> for RevRef {
 /// `journal.json`: an update in progress.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Journal {
-    pub action: String,
+    pub action: NodeAction,
     pub from: Option<RevRef>,
     pub to: RevRef,
     pub undo: String,

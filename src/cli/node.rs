@@ -8,6 +8,7 @@ use aurum::apply::node::Node;
 use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::apply::update::{default_update_excludes, UpdateOptions, UpdateReport};
 use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
+use aurum::format::report::NodeAction;
 use clap::Args;
 
 use super::{human_bytes, human_time, print_json, Global, HttpArgs};
@@ -195,7 +196,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         )
     })?;
     let opts = UpdateOptions {
-        action: "updateclient".into(),
+        action: NodeAction::Updateclient,
         dry_run: a.dry_run,
         no_delete: a.no_delete,
         verify_local: a.verify_local,
@@ -263,7 +264,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e),
     };
     let opts = UpdateOptions {
-        action: "rollback".into(),
+        action: NodeAction::Rollback,
         dry_run: false,
         no_delete: false,
         verify_local: false,

@@ -80,7 +80,7 @@ impl RevRef {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct HistoryEntry {
     pub time: i64,
-    pub action: String,
+    pub action: crate::format::report::NodeAction,
     pub from: Option<String>,
     pub to: String,
     pub result: String,
@@ -151,7 +151,7 @@ mod tests {
     fn state() -> impl Strategy<Value = NodeState> {
         let entry = (
             any::<i64>(),
-            "[a-z]{1,12}",
+            prop::sample::select(crate::format::report::NodeAction::ALL),
             prop::option::of(any::<[u8; 32]>()),
             any::<[u8; 32]>(),
             any::<u64>(),
@@ -161,7 +161,7 @@ mod tests {
         )
             .prop_map(|(time, action, from, to, bytes, ms)| HistoryEntry {
                 time,
-                action: action.clone(),
+                action,
                 from: from.map(|f| Id(f).hex()),
                 to: Id(to).hex(),
                 result: "ok".into(),

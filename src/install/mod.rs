@@ -43,7 +43,7 @@ use crate::error::{invalid, IoContext, Result};
 use crate::excludes::Excludes;
 use crate::facts::{DiskFact, Facts, Firmware};
 use crate::format::manifest::Manifest;
-use crate::format::report::InstallPhase;
+use crate::format::report::{InstallPhase, NodeAction};
 use crate::progress::Progress;
 use crate::template::render::{DiskPlan, Plan};
 use crate::template::size::human;
@@ -771,7 +771,7 @@ fn transfer(
         manifest,
         Some(source),
         &UpdateOptions {
-            action: "install".into(),
+            action: NodeAction::Install,
             dry_run: false,
             no_delete: false,
             verify_local: false,

@@ -706,7 +706,7 @@ impl Mounts {
 impl Drop for Mounts {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            eprintln!("aurum: error: {e}");
+            log::error!("{e}");
         }
     }
 }

@@ -241,7 +241,11 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
         if let Err(e) = crate::netboot::pxe::refresh_tftp(cat, &n) {
             log::warn!("{}: could not rewrite its TFTP files: {e}", n.name);
         }
-        eprintln!("{} installed: switched to local boot", n.name);
+        log::warn!(
+            target: crate::progress::NOTICE,
+            "{} installed: switched to local boot",
+            n.name
+        );
     }
     Ok(())
 }

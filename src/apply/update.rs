@@ -679,13 +679,11 @@ fn undo_failed(
     }
 }
 
-/// Keeps a fetched or rebuilt blob in `staging` until the run uses it: written under a
-/// temporary name and renamed, so a staged blob is always whole.
+/// Keeps a fetched or rebuilt blob in `staging` until the run uses it: written atomically, so
+/// a staged blob is always whole (a temporary file left by a kill is removed with the rest
+/// of `staging` by [`free_staging`]).
 fn stage(staging: &Path, id: &Id, data: &[u8]) -> Result<()> {
-    let p = staging.join(id.hex());
-    let tmp = staging.join(format!(".{}", id.hex()));
-    std::fs::write(&tmp, data).at(&tmp)?;
-    std::fs::rename(&tmp, &p).at(&p)
+    crate::sys::write_atomic(&staging.join(id.hex()), data, Default::default())
 }
 
 /// Deletes the staged blobs of an update that will not use them (or has used them).

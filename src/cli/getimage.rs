@@ -70,12 +70,27 @@ pub struct GetimageArgs {
     /// then get them made on demand by `aurum serve`).
     #[arg(long)]
     no_deltas: bool,
+    /// Spend at most this many seconds precomputing deltas (default: as long as the capture
+    /// itself took, at least one second). Deltas not made by then are made by `aurum serve`
+    /// when the first node asks for them, and cached.
+    #[arg(long, value_name = "SECONDS")]
+    delta_budget: Option<f64>,
     /// The command that runs aurum on a remote golden client.
     #[arg(long, value_name = "COMMAND", default_value = "aurum")]
     agent_command: String,
 }
 
 pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
+    let delta_budget = a
+        .delta_budget
+        .map(|s| {
+            std::time::Duration::try_from_secs_f64(s).map_err(|_| {
+                aurum::Error::Invalid(format!(
+                    "--delta-budget {s}: give a number of seconds, 0 or more"
+                ))
+            })
+        })
+        .transpose()?;
     if a.show_default_excludes {
         for p in DEFAULT_CAPTURE_EXCLUDES.iter().chain(ALWAYS_EXCLUDED) {
             println!("{p}");
@@ -165,10 +180,19 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     );
     if let (Some(parent), false, false) = (rev.parent, r.unchanged, a.no_deltas) {
         let t = std::time::Instant::now();
-        let p = aurum::repo::delta::precompute(&repo, &parent, &rev.id, progress.as_ref())?;
+        let budget = delta_budget.unwrap_or(r.elapsed.max(std::time::Duration::from_secs(1)));
+        let p = aurum::repo::delta::precompute(&repo, &parent, &rev.id, budget, progress.as_ref())?;
         if p.pairs > 0 {
+            let left = if p.left > 0 {
+                format!(
+                    "; {} left for `aurum serve` to make when first asked (--delta-budget)",
+                    p.left
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{} deltas from {} precomputed (changed files and the manifest): {} for {}, {:.2} s",
+                "{} deltas from {} precomputed (changed files and the manifest): {} for {}, {:.2} s{left}",
                 p.deltas,
                 parent.short(),
                 human_bytes(p.delta_bytes),

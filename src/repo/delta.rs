@@ -287,52 +287,71 @@ pub struct Precomputed {
     pub delta_bytes: u64,
     /// The size of the blobs they stand for.
     pub target_bytes: u64,
+    /// Pairs left for `aurum serve` to make on a node's first request, the time budget
+    /// being spent.
+    pub left: u64,
 }
 
 /// Makes (at a high level, on every core) the deltas a node running `parent` will ask for
 /// when it updates to `rev`, so `aurum serve` answers them from its cache.
+///
+/// At most for `budget`: a capture must not spend most of its time on deltas (a tree whose
+/// every file changed has as many pairs as files). The manifest's delta comes first (every
+/// node asks for it), then the files in tree order; pairs left when the budget is spent are
+/// made by `aurum serve` on the first node's request and cached like these.
 pub fn precompute(
     repo: &crate::repo::Repository,
     parent: &Id,
     rev: &Id,
+    budget: std::time::Duration,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Precomputed> {
+    let deadline = std::time::Instant::now() + budget;
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicU64, Ordering};
     let old = repo.load_manifest(parent)?;
     let new = repo.load_manifest(rev)?;
-    let mut wants = wants(&old, &new, None);
-    // The manifest itself, against its parent's.
-    wants.push(Want {
+    // The manifest itself, against its parent's, first.
+    let mut wants = vec![Want {
         target: *rev,
         base: vec![*parent],
-    });
+    }];
+    wants.extend(self::wants(&old, &new, None));
     let manifest_len = new.encode().len() as u64;
+    let target_len: std::collections::HashMap<Id, u32> = new
+        .entries
+        .iter()
+        .flat_map(|e| match &e.kind {
+            Kind::File { chunks, .. } => chunks.as_slice(),
+            _ => &[],
+        })
+        .map(|c| (c.id, c.len))
+        .collect();
     let cache = Cache::new(&repo.root);
     let blobs = crate::repo::BlobsAndManifests {
         root: &repo.root,
         blobs: repo.blobs()?,
     };
     progress.phase("precomputing deltas", Some(wants.len() as u64), false);
-    let (deltas, delta_bytes, target_bytes) =
-        (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (deltas, delta_bytes, target_bytes, left) = (
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    );
     wants.par_iter().try_for_each(|w| -> Result<()> {
+        if std::time::Instant::now() >= deadline && w.target != *rev {
+            left.fetch_add(1, Ordering::Relaxed);
+            progress.advance(1);
+            return Ok(());
+        }
         if let Some(d) = get_or_make(&cache, &blobs, w, LEVEL_PRECOMPUTE)? {
             deltas.fetch_add(1, Ordering::Relaxed);
             delta_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
             let len: u64 = if w.target == *rev {
                 manifest_len
             } else {
-                new.entries
-                    .iter()
-                    .find_map(|e| match &e.kind {
-                        Kind::File { chunks, .. } => chunks
-                            .iter()
-                            .find(|c| c.id == w.target)
-                            .map(|c| u64::from(c.len)),
-                        _ => None,
-                    })
-                    .unwrap_or(0)
+                target_len.get(&w.target).copied().map_or(0, u64::from)
             };
             target_bytes.fetch_add(len, Ordering::Relaxed);
         }
@@ -345,6 +364,7 @@ pub fn precompute(
         deltas: deltas.into_inner(),
         delta_bytes: delta_bytes.into_inner(),
         target_bytes: target_bytes.into_inner(),
+        left: left.into_inner(),
     })
 }
 

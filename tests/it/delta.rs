@@ -170,3 +170,47 @@ fn deltas_are_made_on_demand_and_wrong_ones_are_refused() {
     );
     assert!(r["deltas_asked"].as_u64().unwrap() >= 12, "{r}");
 }
+
+/// A capture spends a bounded time on deltas (`--delta-budget`, by default as long as the
+/// capture took): with none, only the manifest's delta is made, the rest are left for the
+/// server, and a node still gets every patched file as a delta.
+#[test]
+fn a_spent_delta_budget_leaves_the_rest_to_the_server() {
+    let env = Env::new();
+    let (a, b) = patched_pair(&env);
+    env.getimage(&a, "p", &["--no-default-excludes"]);
+    let node = node_at(&env, "node", "p@1");
+    let out = env.getimage(&b, "p", &["--no-default-excludes", "--delta-budget", "0"]);
+    assert!(
+        out.contains("left for `aurum serve`"),
+        "getimage does not say deltas were left: {out}"
+    );
+    assert!(
+        delta_files(&env.repo()).len() <= 1,
+        "more than the manifest's delta made with no budget: {:?}",
+        delta_files(&env.repo())
+    );
+    let srv = Server::start(&env);
+    let r = update(&srv, &node, "p@2");
+    assert_eq!(node_diff(&b, &node), "", "the node is not rev2: {r}");
+    assert!(r["deltas"].as_u64().unwrap() >= 12, "{r}");
+    assert!(
+        delta_files(&env.repo()).len() >= 12,
+        "the server cached no delta"
+    );
+    let bad = env.run(&[
+        "getimage",
+        "--golden-client",
+        b.to_str().unwrap(),
+        "--image",
+        "p",
+        "--delta-budget=-1",
+    ]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--delta-budget"));
+}

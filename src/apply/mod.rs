@@ -24,11 +24,14 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use rayon::prelude::*;
 
+mod disk;
 pub mod hooks;
 pub mod node;
 pub mod overrides;
+mod plan;
 mod preflight;
 pub mod source;
+mod undo;
 pub mod update;
 
 use crate::error::{invalid, IoContext, Result};

@@ -1,9 +1,12 @@
 //! updateclient and rollback: bringing a live root to a revision with the least work.
 //!
-//! One engine serves both. It plans by comparing the target manifest with what is on disk
-//! (the node's current manifest lets a stat stand in for a hash, as the capture's stat cache
-//! does), takes every blob it can from the node itself (an unchanged file elsewhere, the old
-//! version of a changed file, the undo area), fetches only the rest, then applies:
+//! One engine serves both (and `install`, for the tree it writes), as a pipeline of named
+//! steps, the methods of a `Run`: `plan` compares the target manifest with what is on disk
+//! (the planner, `apply::plan`, is pure: it reads the disk through a `DiskView` and returns
+//! an `UpdatePlan`); `locate` finds every blob it can on the node itself (an unchanged file
+//! elsewhere, the old version of a changed file, the undo area); `prepare` checks the node
+//! can take the plan; `fetch` brings only the rest into staging; `execute` applies the plan;
+//! `commit` moves the node state. Applying:
 //!
 //! - every file is written under a temporary name in its directory, fsynced, given its
 //!   metadata, and renamed into place, so it is always either old or new;
@@ -21,33 +24,34 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use nix::fcntl::renameat;
-use nix::sys::stat::{mkdirat, FileStat, Mode};
-use nix::unistd::unlinkat;
-use nix::unistd::UnlinkatFlags;
+use nix::sys::stat::{mkdirat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde::Serialize;
 
 mod fresh;
 
-use super::preflight::{self, Touch};
+use super::disk::{is_under, RootView};
+pub use super::plan::LocalChange;
+use super::plan::{self, Act, PlanOptions, Step, UpdatePlan};
+use super::preflight;
+use super::undo::{self, UndoArea};
 use super::{create_special, set_metadata, temp_name, write_file, BlobSource};
 use crate::apply::node::{HistoryEntry, Journal, Node, NodeState, RevRef, STATE_DIR};
 use crate::apply::source::{RevisionSource, Target};
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::excludes::Excludes;
-use crate::format::manifest::{display_path, file_name, parent, Chunk, Entry, Kind, Manifest};
+use crate::format::manifest::{display_path, file_name, parent, Entry, Kind, Manifest};
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::delta;
-use crate::store::chunk::file_chunks;
 use crate::sys::{self, shown};
 
 /// Every default exclude of an update: SystemImager's updateclient.local.exclude
@@ -168,29 +172,6 @@ pub struct UpdateReport {
     pub unchanged: bool,
 }
 
-/// A path changed on the node by hand: it differs from the node's current revision.
-#[derive(Debug, Serialize)]
-pub struct LocalChange {
-    pub path: String,
-    /// `content`, `mode`, `owner`, `xattrs`, `mtime`, `type`, `target` (a symlink's),
-    /// `deleted` (gone from the node) or `added` (the node's revision has no such path).
-    pub what: Vec<&'static str>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Act {
-    Create,
-    Replace,
-    Content,
-    Meta,
-}
-
-struct Step {
-    entry: usize,
-    act: Act,
-    what: Vec<&'static str>,
-}
-
 /// Where a blob can be read on the node.
 #[derive(Clone)]
 struct LocalChunk {
@@ -199,7 +180,7 @@ struct LocalChunk {
     /// Offset in the file's data (its data extents laid end to end, for a sparse file).
     offset: u64,
     len: u32,
-    extents: Option<std::sync::Arc<Vec<(u64, u64)>>>,
+    extents: Option<Arc<Vec<(u64, u64)>>>,
 }
 
 #[derive(Clone)]
@@ -208,54 +189,12 @@ enum LocalAt {
     File(PathBuf),
 }
 
-fn entry_is_under(path: &[u8], dir: &[u8]) -> bool {
-    path.starts_with(dir) && path.get(dir.len()) == Some(&b'/')
-}
-
-/// Metadata of a disk entry that differs from `e` (a resolved, non-hardlink entry).
-fn meta_diff(st: &FileStat, xattrs: &[(Vec<u8>, Vec<u8>)], e: &Entry) -> Vec<&'static str> {
-    let mut what = Vec::new();
-    let is_link = matches!(e.kind, Kind::Symlink { .. });
-    if !is_link && st.st_mode & 0o7777 != e.mode {
-        what.push("mode");
-    }
-    if st.st_uid != e.uid || st.st_gid != e.gid {
-        what.push("owner");
-    }
-    if !crate::apply::same_xattrs(xattrs, &e.xattrs) {
-        what.push("xattrs");
-    }
-    if e.kind != Kind::Dir && (st.st_mtime, st.st_mtime_nsec as u32) != (e.mtime, e.mtime_nsec) {
-        what.push("mtime");
-    }
-    what
-}
-
-fn kind_matches(st: &FileStat, e: &Entry) -> bool {
-    let fmt = st.st_mode & libc::S_IFMT;
-    match e.kind {
-        Kind::File { .. } | Kind::Hardlink { .. } => fmt == libc::S_IFREG,
-        Kind::Dir => fmt == libc::S_IFDIR,
-        Kind::Symlink { .. } => fmt == libc::S_IFLNK,
-        Kind::Char { rdev } => fmt == libc::S_IFCHR && st.st_rdev == rdev,
-        Kind::Block { rdev } => fmt == libc::S_IFBLK && st.st_rdev == rdev,
-        Kind::Fifo => fmt == libc::S_IFIFO,
-        Kind::Socket => fmt == libc::S_IFSOCK,
-    }
-}
-
-/// The engine's view of a node root during one update.
+/// The engine's hold on a node root during one update: the root, the undo area it writes,
+/// and where on the node each blob can be read.
 struct Engine {
-    root_fd: OwnedFd,
-    root: PathBuf,
+    disk: RootView,
     warnings: Mutex<Vec<String>>,
-    undo_dir: PathBuf,
-    undo_index: Option<File>,
-    undo_next: u64,
-    /// Tree paths moved into the undo area during this run, and where they went.
-    moved: HashMap<Vec<u8>, PathBuf>,
-    /// Undo numbers whose index line is already written (and synced), by tree path.
-    announced: HashMap<Vec<u8>, u64>,
+    undo: UndoArea,
     /// Blobs the node holds.
     local: HashMap<Id, Vec<LocalChunk>>,
     /// Whole files of the undo areas, by their content: a rollback links them back instead of
@@ -267,9 +206,6 @@ struct Engine {
     /// an in-place edit change what a later rollback restores.
     drops_others: bool,
     drops_own: bool,
-    /// The directory [`Engine::dir`] opened last.
-    last_dir: Mutex<Option<(Vec<u8>, OwnedFd)>>,
-    undo_fd: Option<OwnedFd>,
 }
 
 /// A key for a regular file's whole content (its chunk list and sparse map).
@@ -300,27 +236,20 @@ fn content_key(e: &Entry) -> Option<Id> {
 impl Engine {
     fn for_root(node: &Node) -> Result<Engine> {
         Ok(Engine {
-            root_fd: sys::open_root(&node.root)?,
-            root: node.root.clone(),
+            disk: RootView::open(node.root.clone())?,
             warnings: Mutex::new(Vec::new()),
-            undo_dir: PathBuf::new(),
-            undo_index: None,
-            undo_next: 0,
-            moved: HashMap::new(),
-            announced: HashMap::new(),
+            undo: UndoArea::at(PathBuf::new()),
             local: HashMap::new(),
             whole: HashMap::new(),
             drops_others: false,
             drops_own: false,
-            last_dir: Mutex::new(None),
-            undo_fd: None,
         })
     }
 
     /// A file of an undo area this run drops that should hold exactly `e`'s content (unchecked).
     fn whole_source(&self, e: &Entry) -> Option<&PathBuf> {
         let src = content_key(e).and_then(|k| self.whole.get(&k))?;
-        let goes = if src.starts_with(&self.undo_dir) {
+        let goes = if src.starts_with(&self.undo.dir) {
             self.drops_own
         } else {
             self.drops_others
@@ -340,7 +269,7 @@ impl Engine {
         else {
             return false;
         };
-        let extents = extents.clone().map(std::sync::Arc::new);
+        let extents = extents.clone().map(Arc::new);
         let mut off = 0u64;
         for c in chunks {
             let lc = LocalChunk {
@@ -382,15 +311,17 @@ impl Engine {
             progress.advance(e.data_len());
             None
         } else {
-            Some(write_file(dir, temp, e, blobs, &self.root, progress)?)
+            Some(write_file(dir, temp, e, blobs, &self.disk.root, progress)?)
         };
-        set_metadata(dir, temp, e, file.as_ref(), &self.root, &|w| self.warn(w))
+        set_metadata(dir, temp, e, file.as_ref(), &self.disk.root, &|w| {
+            self.warn(w)
+        })
     }
 
     /// Removes the temporary names an interrupted run listed in its journal; those it had not
     /// created yet (or had already renamed into place) are simply absent.
     fn remove_temps(&self, temps: &[String]) {
-        for rel in temps.iter().filter_map(|h| unhex(h)) {
+        for rel in temps.iter().filter_map(|h| undo::unhex(h)) {
             if let Ok(dir) = self.dir(parent(&rel)) {
                 let _ = unlinkat(dir.as_fd(), file_name(&rel), UnlinkatFlags::NoRemoveDir);
             }
@@ -410,76 +341,36 @@ impl Engine {
         rel: &[u8],
         act: Act,
     ) -> Result<()> {
+        let root = &self.disk.root;
         if act != Act::Create {
             let same = match (sys::lstat_at(dir, temp), sys::lstat_at(dir, name)) {
                 (Ok(t), Ok(n)) => (t.st_dev, t.st_ino) == (n.st_dev, n.st_ino),
                 _ => false,
             };
             if same {
-                return unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir).at(shown(&self.root, rel));
+                return unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir).at(shown(root, rel));
             }
             self.keep(dir, name, rel)?;
         }
-        renameat(dir, temp, dir, name).at(shown(&self.root, rel))
+        renameat(dir, temp, dir, name).at(shown(&self.disk.root, rel))
     }
 
-    /// The directory `rel` of the tree. The engine walks the tree in manifest order, so the
-    /// directory asked for is mostly the last one or below it: it is opened from there (one
-    /// `openat`, or none) rather than from the root, one component at a time, for every entry.
+    /// The directory `rel` of the tree.
     fn dir(&self, rel: &[u8]) -> Result<OwnedFd> {
-        let mut last = self.last_dir.lock().expect("dir lock");
-        let from = match last.as_ref() {
-            Some((p, fd)) if p.as_slice() == rel => return nix::unistd::dup(fd).at(&self.root),
-            Some((p, fd)) if p.is_empty() => Some((fd, rel)),
-            Some((p, fd)) if entry_is_under(rel, p) => Some((fd, &rel[p.len() + 1..])),
-            _ => None,
-        };
-        let opened =
-            from.and_then(|(fd, rest)| sys::open_dir_beneath(fd.as_fd(), rest, &self.root).ok());
-        // Failing from the last directory, open from the root, so the error names the path.
-        let fd = match opened {
-            Some(fd) => fd,
-            None => sys::open_dir_beneath(self.root_fd.as_fd(), rel, &self.root)?,
-        };
-        *last = Some((rel.to_vec(), nix::unistd::dup(&fd).at(&self.root)?));
-        Ok(fd)
-    }
-
-    /// The undo area's directory, opened once.
-    fn undo_fd(&mut self) -> Result<BorrowedFd<'_>> {
-        if self.undo_fd.is_none() {
-            self.undo_fd = Some(sys::open_root(&self.undo_dir)?);
-        }
-        Ok(self.undo_fd.as_ref().expect("set above").as_fd())
+        self.disk.dir(rel)
     }
 
     /// Moves `name` in `dir` (tree path `rel`) into the undo area.
     fn stash(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
         // A directory moved away must not be found again by `dir`.
-        *self.last_dir.lock().expect("dir lock") = None;
-        let n = self.number(rel)?;
-        let to = n.to_string();
-        let undo_fd = self.undo_fd()?;
-        match renameat(dir, name, undo_fd, to.as_str()) {
-            Ok(()) => {}
-            Err(nix::errno::Errno::EXDEV) => {
-                // Another filesystem (a separate /boot): the old entry cannot be kept cheaply.
-                self.warn(format!(
-                    "{}: on another filesystem than the undo area; removed without a copy for rollback",
-                    display_path(rel)
-                ));
-                remove_tree(dir, name, &shown(&self.root, rel))?;
-                return Ok(());
-            }
-            Err(e) => return Err(e).at(shown(&self.root, rel)),
-        }
-        self.moved.insert(rel.to_vec(), self.undo_dir.join(to));
-        Ok(())
+        self.disk.forget_last_dir();
+        let warnings = &self.warnings;
+        let warn = |w| warnings.lock().expect("lock").push(w);
+        self.undo.stash(dir, name, rel, &self.disk.root, &warn)
     }
 
-    /// Keeps the entry `name` in `dir` in the undo area ahead of renaming a new one over it:
-    /// by a hard link, so the path never goes missing (a running program can always open it).
-    /// A directory, or an entry that cannot be linked, is moved there instead.
+    /// Keeps the entry `name` in `dir` in the undo area ahead of renaming a new one over it
+    /// (see [`UndoArea::keep_file`]); a directory is moved there.
     fn keep(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
         let is_dir = sys::lstat_at(dir, name)
             .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
@@ -487,60 +378,19 @@ impl Engine {
         if is_dir {
             return self.stash(dir, name, rel);
         }
-        let n = self.number(rel)?;
-        let to = n.to_string();
-        match nix::unistd::linkat(
-            dir,
-            name,
-            self.undo_fd()?,
-            to.as_str(),
-            nix::fcntl::AtFlags::empty(),
-        ) {
-            Ok(()) => {
-                self.moved.insert(rel.to_vec(), self.undo_dir.join(to));
-                Ok(())
-            }
-            // Another filesystem, or links refused: move it there under the same number.
-            Err(_) => {
-                self.announced.insert(rel.to_vec(), n);
-                self.stash(dir, name, rel)
-            }
-        }
-    }
-
-    /// The undo number for `rel`: announced earlier, or a new one whose index line is written
-    /// and synced now (an entry is never in the undo area without its line).
-    fn number(&mut self, rel: &[u8]) -> Result<u64> {
-        if let Some(n) = self.announced.remove(rel) {
-            return Ok(n);
-        }
-        self.announce(&[rel])?;
-        Ok(self.announced.remove(rel).expect("just announced"))
-    }
-
-    /// Writes the undo index lines of every path in `rels` with one sync.
-    fn announce(&mut self, rels: &[&[u8]]) -> Result<()> {
-        if rels.is_empty() {
-            return Ok(());
-        }
-        let mut lines = String::new();
-        for rel in rels {
-            let n = self.undo_next;
-            self.undo_next += 1;
-            lines.push_str(&format!("{n} {}\n", hex(rel)));
-            self.announced.insert(rel.to_vec(), n);
-        }
-        let index = self.undo_index.as_mut().expect("opened with the journal");
-        index.write_all(lines.as_bytes()).at(&self.undo_dir)?;
-        index.sync_data().at(&self.undo_dir)
+        let warnings = &self.warnings;
+        let warn = |w| warnings.lock().expect("lock").push(w);
+        self.undo.keep_file(dir, name, rel, &self.disk.root, &warn)
     }
 
     fn read_local(&self, id: &Id, c: &LocalChunk) -> Option<Vec<u8>> {
         let file = match &c.at {
             LocalAt::File(p) => File::open(p).ok()?,
-            LocalAt::Tree(rel) => match self.moved.get(rel) {
+            LocalAt::Tree(rel) => match self.undo.moved(rel) {
                 Some(p) => File::open(p).ok()?,
-                None => crate::sys::open_file_beneath(&self.root_fd, rel, &self.root).ok()?,
+                None => {
+                    crate::sys::open_file_beneath(&self.disk.root_fd, rel, &self.disk.root).ok()?
+                }
             },
         };
         let mut buf = vec![0u8; c.len as usize];
@@ -577,42 +427,6 @@ impl Engine {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// Removes a file or a whole directory tree named `name` in `dir`.
-fn remove_tree(dir: BorrowedFd, name: &[u8], shown_path: &Path) -> Result<()> {
-    let st = sys::lstat_at(dir, name).at(shown_path)?;
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        let sub = nix::fcntl::openat(dir, name, sys::DIR_FLAGS, Mode::empty()).at(shown_path)?;
-        let names: Vec<Vec<u8>> = nix::dir::Dir::from_fd(nix::unistd::dup(&sub).at(shown_path)?)
-            .at(shown_path)?
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_bytes().to_vec())
-            .filter(|n| n != b"." && n != b"..")
-            .collect();
-        for n in names {
-            remove_tree(
-                sub.as_fd(),
-                &n,
-                &shown_path.join(std::ffi::OsStr::from_bytes(&n)),
-            )?;
-        }
-        unlinkat(dir, name, UnlinkatFlags::RemoveDir).at(shown_path)
-    } else {
-        unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).at(shown_path)
-    }
-}
-
 /// Where the blobs an update needs come from, in order: the staging area (fetched), the node
 /// itself, nothing else (everything missing was fetched before applying began).
 struct Provider<'a> {
@@ -636,13 +450,6 @@ impl BlobSource for Provider<'_> {
             id.short()
         )))
     }
-}
-
-/// The disk's answer for one path: its stat and xattrs, or nothing.
-fn look(dir: BorrowedFd, name: &[u8]) -> Option<(FileStat, sys::Xattrs)> {
-    let st = sys::lstat_at(dir, name).ok()?;
-    let x = sys::xattrs_at(dir, name).unwrap_or_default();
-    Some((st, x))
 }
 
 /// Refuses a revision in which an ancestor of the node state directory is not a directory.
@@ -695,18 +502,13 @@ fn check_unmanaged(
     root: &Path,
     managed: bool,
     manifest: &Manifest,
-    steps: &[Step],
-    removals: &[Vec<u8>],
+    plan: &UpdatePlan,
     opts: &UpdateOptions,
 ) -> Result<Option<String>> {
-    let replaced: Vec<&[u8]> = steps
-        .iter()
-        .filter(|s| matches!(s.act, Act::Replace | Act::Content))
-        .map(|s| manifest.entries[s.entry].path.as_slice())
-        .collect();
+    let replaced: Vec<&[u8]> = plan.replaced(manifest).collect();
     // Leftover temporary names count too: without a journal there never was an update here to
     // leave them, so a `*.aurum-new` is someone else's file.
-    let deleted: Vec<&[u8]> = removals.iter().map(|p| p.as_slice()).collect();
+    let deleted: Vec<&[u8]> = plan.removals.iter().map(|p| p.as_slice()).collect();
     if managed || opts.adopt || (deleted.is_empty() && replaced.is_empty()) {
         return Ok(None);
     }
@@ -765,7 +567,7 @@ fn claim_node(
     let state_dir = STATE_DIR.as_bytes();
     steps.retain(|s| {
         let p = manifest.entries[s.entry].path.as_slice();
-        !(s.act == Act::Create && (p == state_dir || entry_is_under(state_dir, p)))
+        !(s.act == Act::Create && (p == state_dir || is_under(state_dir, p)))
     });
     Ok(())
 }
@@ -903,9 +705,35 @@ struct Undoing<'a> {
     failed: &'a Manifest,
 }
 
-/// One run of the engine. `undoing` is set when the run takes the node back from an
-/// update that failed (see [`undo_failed`]): it then links the entries back from the failed
-/// update's undo area and drops that area at the end.
+/// One run of the engine: what it was asked, and what it read of the node before planning.
+/// Its steps are methods, called in order by [`run`].
+struct Run<'a> {
+    node: &'a Node,
+    manifest: &'a Manifest,
+    source: Option<&'a dyn RevisionSource>,
+    opts: &'a UpdateOptions,
+    progress: &'a dyn Progress,
+    /// Set when the run takes the node back from an update that failed.
+    undoing: Option<Undoing<'a>>,
+    /// Where fetched blobs wait until they are written.
+    staging: PathBuf,
+    state: NodeState,
+    journal: Option<Journal>,
+    /// The revision the node ran before whatever is in progress.
+    from: Option<RevRef>,
+    /// Its manifest, when the node keeps it.
+    current: Option<Manifest>,
+    /// What the node will record for the tree of the update.
+    to: RevRef,
+}
+
+/// One run of the engine: [`Run::plan`], then [`Run::locate`] the blobs on the node; a dry
+/// run stops there. Then the checks before the first write ([`Run::prepare`]),
+/// [`Run::fetch`] what the node lacks, [`Run::execute`] the plan (or, on a fresh root, write
+/// it as checkout does), [`finish_tree`], and [`Run::commit`] the node state. `undoing` is set
+/// when the run takes the node back from an update that failed (see [`undo_failed`]): it
+/// then links the entries back from the failed update's undo area and drops that area at the
+/// end.
 fn run(
     node: &Node,
     target: &Target,
@@ -918,458 +746,298 @@ fn run(
     let started = Instant::now();
     manifest.validate()?;
     check_state_dir_path(manifest)?;
-    let mut state = node.state()?;
-    let journal = node.journal()?;
-    // The revision the node ran before whatever is in progress.
-    let from = match &journal {
-        Some(j) => j.from.clone(),
-        None => state.current.clone(),
-    };
-    // What the node ran before: a file still matching its size and mtime there is taken to be
-    // that version without reading it (as the capture's stat cache does). After a crash that is
-    // the revision the interrupted run started from, and every file is hashed: one the
-    // interrupted run replaced may share size and mtime with the old version (both written in
-    // one clock tick), and taking it for the old one would ask for blobs the run may already
-    // have dropped with the undo areas.
-    let current = match &from {
-        Some(c) => node.kept_manifest(&c.tree_id()?)?,
-        None => None,
-    };
-    let to_ref = target_ref(target, manifest, opts);
+    let run = Run::start(node, target, manifest, source, opts, progress, undoing)?;
     let mut engine = Engine::for_root(node)?;
-    engine.drops_others = !from.as_ref().is_some_and(|f| f.same_tree(&to_ref));
+    engine.drops_others = !run.from.as_ref().is_some_and(|f| f.same_tree(&run.to));
     engine.drops_own = undoing.is_some();
-    if let (Some(j), false) = (&journal, opts.dry_run) {
+    if let (Some(j), false) = (&run.journal, opts.dry_run) {
         engine.remove_temps(&j.temps);
     }
-    let mut report = UpdateReport {
-        from: from.clone(),
-        to: Some(to_ref.clone()),
-        ..Default::default()
-    };
-
-    // ---- plan ----
-    progress.phase("planning", Some(manifest.entries.len() as u64), false);
-    let state_dir = STATE_DIR.as_bytes();
-    let skip = |path: &[u8], is_dir: bool| -> bool {
-        path == state_dir || entry_is_under(path, state_dir) || opts.excludes.excluded(path, is_dir)
-    };
-    let primaries: HashSet<&[u8]> = manifest
-        .entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            Kind::Hardlink { target } => Some(target.as_slice()),
-            _ => None,
-        })
-        .collect();
-    let mut steps: Vec<Step> = Vec::new();
-    let mut changing: HashSet<&[u8]> = HashSet::new();
-    let mut excluded_dirs: Vec<&[u8]> = Vec::new();
-    let mut children: HashMap<&[u8], HashSet<&[u8]>> = HashMap::new();
-    let mut last_dir: Option<(Vec<u8>, Option<OwnedFd>)> = None;
-    // The chunks of disk files the plan read, by entry, for the hand-change check.
-    let mut hashed: HashMap<usize, Option<Vec<Chunk>>> = HashMap::new();
-    let mut relink: Vec<usize> = Vec::new();
-    for (i, e) in manifest.entries.iter().enumerate() {
-        progress.advance(1);
-        if e.path.is_empty() {
-            if let Some((st, x)) = look(engine.root_fd.as_fd(), b".") {
-                let what = meta_diff(&st, &x, e);
-                if !what.is_empty() {
-                    steps.push(Step {
-                        entry: i,
-                        act: Act::Meta,
-                        what,
-                    });
-                }
-            }
-            continue;
-        }
-        let is_dir = e.kind == Kind::Dir;
-        if excluded_dirs.iter().any(|d| entry_is_under(&e.path, d)) || skip(&e.path, is_dir) {
-            if is_dir {
-                excluded_dirs.push(&e.path);
-            }
-            continue;
-        }
-        children
-            .entry(parent(&e.path))
-            .or_default()
-            .insert(file_name(&e.path));
-        let p = parent(&e.path);
-        if last_dir.as_ref().map(|(lp, _)| lp.as_slice()) != Some(p) {
-            // A directory the plan creates or replaces is not one on disk: no need to try.
-            let on_disk = (!changing.contains(p))
-                .then(|| engine.dir(p).ok())
-                .flatten();
-            last_dir = Some((p.to_vec(), on_disk));
-        }
-        let Some(dir) = last_dir.as_ref().and_then(|(_, d)| d.as_ref()) else {
-            steps.push(Step {
-                entry: i,
-                act: Act::Create,
-                what: vec![],
-            });
-            changing.insert(&e.path);
-            continue;
-        };
-        let name = file_name(&e.path);
-        let Some((st, x)) = look(dir.as_fd(), name) else {
-            steps.push(Step {
-                entry: i,
-                act: Act::Create,
-                what: vec![],
-            });
-            changing.insert(&e.path);
-            continue;
-        };
-        if let Kind::Hardlink { target: t } = &e.kind {
-            let same_inode = !changing.contains(t.as_slice())
-                && engine
-                    .dir(parent(t))
-                    .ok()
-                    .and_then(|d| sys::lstat_at(d.as_fd(), file_name(t)).ok())
-                    .is_some_and(|pst| pst.st_ino == st.st_ino && pst.st_dev == st.st_dev);
-            if !same_inode {
-                steps.push(Step {
-                    entry: i,
-                    act: Act::Replace,
-                    what: vec!["hardlink"],
-                });
-                changing.insert(&e.path);
-            }
-            continue;
-        }
-        if !kind_matches(&st, e) {
-            steps.push(Step {
-                entry: i,
-                act: Act::Replace,
-                what: vec!["type"],
-            });
-            changing.insert(&e.path);
-            continue;
-        }
-        let mut what = meta_diff(&st, &x, e);
-        match &e.kind {
-            Kind::File { size, chunks, .. } => {
-                let old = current
-                    .as_ref()
-                    .and_then(|m| m.get(&e.path).map(|o| m.resolve(o)));
-                // Not after a crash: the interrupted run may have put the target's version in
-                // place, and two versions written in one clock tick share size and mtime.
-                let disk_is_old = journal.is_none()
-                    && old.is_some_and(|r| {
-                        st.st_size as u64 == r.size()
-                            && (st.st_mtime, st.st_mtime_nsec as u32) == (r.mtime, r.mtime_nsec)
-                    });
-                let same = if st.st_nlink > 1 && !primaries.contains(e.path.as_slice()) {
-                    // A hardlink the image has broken: give the path its own inode. Its other
-                    // name may be in an undo area (a file an interrupted rollback linked back)
-                    // and hold the very content wanted, so the file may be its own source.
-                    relink.push(i);
-                    false
-                } else if opts.verify_local || !disk_is_old {
-                    // Without --verify-local, size and mtime prove nothing here (two versions
-                    // written in the same clock tick share both): read it.
-                    st.st_size as u64 == *size && {
-                        let on_disk = local_chunks(&engine, &e.path, &st)?;
-                        let same = on_disk.as_ref() == Some(chunks);
-                        if old.is_some() {
-                            hashed.insert(i, on_disk);
-                        }
-                        same
-                    }
-                } else {
-                    matches!(&old.expect("disk_is_old").kind, Kind::File { chunks: c, .. } if c == chunks)
-                };
-                if !same {
-                    what.insert(0, "content");
-                    steps.push(Step {
-                        entry: i,
-                        act: Act::Content,
-                        what,
-                    });
-                    changing.insert(&e.path);
-                    continue;
-                }
-            }
-            Kind::Symlink { target: t } => {
-                let on_disk = nix::fcntl::readlinkat(dir.as_fd(), name).ok();
-                if on_disk.as_ref().map(|o| o.as_bytes()) != Some(t.as_slice()) {
-                    steps.push(Step {
-                        entry: i,
-                        act: Act::Replace,
-                        what: vec!["target"],
-                    });
-                    changing.insert(&e.path);
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        if !what.is_empty() {
-            steps.push(Step {
-                entry: i,
-                act: Act::Meta,
-                what,
-            });
-        }
-    }
-    progress.finish();
-
-    // Extras: what the disk has under the image's directories that the image does not.
-    let mut removals: Vec<Vec<u8>> = Vec::new();
-    let state_ancestors: Vec<&[u8]> = {
-        let mut v = Vec::new();
-        let mut p = state_dir;
-        loop {
-            v.push(p);
-            if p.is_empty() {
-                break;
-            }
-            p = parent(p);
-        }
-        v
-    };
-    // Directories to list: the image's own (skipping excluded ones), then extra directories
-    // that hold excluded entries (those are kept, like rsync keeps a directory whose contents
-    // are protected by an exclude, and only their other contents go).
-    let empty = HashSet::new();
-    let mut to_list: Vec<Vec<u8>> = manifest
-        .entries
-        .iter()
-        .filter(|e| e.kind == Kind::Dir)
-        .filter(|e| {
-            e.path.is_empty()
-                || !(skip(&e.path, true)
-                    || excluded_dirs
-                        .iter()
-                        .any(|d| *d == e.path.as_slice() || entry_is_under(&e.path, d)))
-        })
-        .map(|e| e.path.clone())
-        .collect();
-    let created_by_failed: HashSet<&[u8]> = match undoing {
-        Some(u) if opts.no_delete => u.failed.entries.iter().map(|e| e.path.as_slice()).collect(),
-        _ => HashSet::new(),
-    };
-    // What stays: the excluded, and with --no-delete what the node had (not what a failed
-    // update left on it).
-    let keeps = |p: &[u8], is_dir: bool| {
-        skip(p, is_dir) || (opts.no_delete && !created_by_failed.contains(p))
-    };
-    while let Some(dir_path) = to_list.pop() {
-        // A directory the plan creates holds nothing yet.
-        if changing.contains(dir_path.as_slice()) {
-            continue;
-        }
-        let Ok(dir) = engine.dir(&dir_path) else {
-            continue;
-        };
-        let Ok(listing) = nix::dir::Dir::from_fd(nix::unistd::dup(&dir).at(&engine.root)?) else {
-            continue;
-        };
-        let known = children.get(dir_path.as_slice()).unwrap_or(&empty);
-        for ent in listing.into_iter().flatten() {
-            let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." || known.contains(name) {
-                continue;
-            }
-            let mut path = dir_path.clone();
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(name);
-            if state_ancestors.contains(&path.as_slice()) {
-                continue;
-            }
-            let is_dir = sys::lstat_at(dir.as_fd(), name)
-                .is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
-            if keeps(&path, is_dir) {
-                continue;
-            } else if is_dir && holds(&engine, &path, &keeps) {
-                to_list.push(path);
-            } else {
-                removals.push(path);
-            }
-        }
-    }
-    removals.sort();
-    let managed = state.current.is_some() || journal.is_some();
-    if let Some(w) = check_unmanaged(&node.root, managed, manifest, &steps, &removals, opts)? {
-        engine.warn(w);
-    }
-
-    // Hand changes: what the update overwrites or deletes that differs from the revision the
-    // node runs. Not after a crash (the interrupted run made the differences) nor on a node
-    // aurum never updated (nothing to compare with).
-    if let (Some(cur), None) = (current.as_ref(), &journal) {
-        let mut touched: Vec<(&[u8], Option<usize>)> = steps
-            .iter()
-            .map(|s| (manifest.entries[s.entry].path.as_slice(), Some(s.entry)))
-            .collect();
-        touched.extend(removals.iter().map(|p| (p.as_slice(), None)));
-        touched.sort();
-        for (p, i) in touched {
-            let on_disk = i.and_then(|i| hashed.get(&i));
-            let what = changed_by_hand(&engine, cur, p, on_disk, opts.verify_local)?;
-            if !what.is_empty() {
-                report.modified_locally.push(display_path(p));
-                report.local_changes.push(LocalChange {
-                    path: display_path(p),
-                    what,
-                });
-            }
-        }
-    }
-
-    // ---- blobs: from the node, else fetched ----
-    let mut needed: Vec<Id> = Vec::new();
-    let mut seen: HashSet<Id> = HashSet::new();
-    for s in &steps {
-        if let Kind::File { chunks, .. } = &manifest.entries[s.entry].kind {
-            if s.act != Act::Meta {
-                for c in chunks {
-                    if seen.insert(c.id) {
-                        needed.push(c.id);
-                    }
-                }
-            }
-        }
-    }
-    index_local(&mut engine, current.as_ref(), node, &state)?;
-    for &i in &relink {
-        let e = &manifest.entries[i];
-        add_local(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
-    }
-    let staging = node.dir.join("staging");
-    let mut to_fetch = Vec::new();
-    // Blobs an interrupted run fetched already: one listing, not a stat per blob.
-    let staged: HashSet<std::ffi::OsString> = std::fs::read_dir(&staging)
-        .map(|it| it.flatten().map(|f| f.file_name()).collect())
-        .unwrap_or_default();
-    for id in &needed {
-        if staged.contains(std::ffi::OsStr::new(&id.hex())) {
-            continue;
-        }
-        // Read it now: a file changed since the node's last update must not be counted on.
-        match engine.find_local(id) {
-            Some(data) => report.bytes_reused += data.len() as u64,
-            None => to_fetch.push(*id),
-        }
-    }
-    let chunk_len: HashMap<Id, u32> = manifest
-        .entries
-        .iter()
-        .flat_map(|e| match &e.kind {
-            Kind::File { chunks, .. } => chunks.iter().map(|c| (c.id, c.len)).collect(),
-            _ => Vec::new(),
-        })
-        .collect();
-    report.bytes_to_fetch = to_fetch.iter().map(|id| u64::from(chunk_len[id])).sum();
-
-    for s in &steps {
-        let e = &manifest.entries[s.entry];
-        match s.act {
-            Act::Create => report.created += 1,
-            Act::Replace | Act::Content => report.changed += 1,
-            Act::Meta => report.metadata_only += 1,
-        }
-        if opts.dry_run {
-            let tag = match s.act {
-                Act::Create => format!("+ {:<8}", e.kind.name()),
-                Act::Replace => format!("> {:<8}", e.kind.name()),
-                Act::Content => format!("> {:<8}", "content"),
-                Act::Meta => format!(". {:<8}", "metadata"),
-            };
-            let what = if s.what.is_empty() {
-                String::new()
-            } else {
-                format!("  ({})", s.what.join(", "))
-            };
-            report.plan.push(format!("{tag} {}{what}", e.display()));
-        }
-    }
-    report.deleted = removals.len() as u64;
+    let (mut plan, mut report) = run.plan(&engine)?;
+    let blobs = run.locate(&mut engine, &plan, &mut report)?;
     if opts.dry_run {
-        for p in &removals {
-            report
-                .plan
-                .push(format!("- {:<8} {}", "delete", display_path(p)));
-        }
-    }
-    report.unchanged = steps.is_empty() && removals.is_empty();
-    if opts.dry_run {
+        report.plan = plan.itemised(manifest);
         report.seconds = started.elapsed().as_secs_f64();
         report.warnings = engine.warnings.into_inner().expect("lock");
         return Ok(report);
     }
-    let undo_name = match &journal {
-        Some(j) => j.undo.clone(),
-        None => {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            format!("{t}-{}", std::process::id())
-        }
-    };
-    engine.undo_dir = node.dir.join("undo").join(&undo_name);
-    // Undoing a failed update writes next to nothing (it links back what the update moved
-    // aside) and must not be refused for the very lack of room that stopped the update.
-    if undoing.is_none() {
-        let needs = plan_needs(&engine, manifest, &steps, &removals, report.bytes_to_fetch);
-        preflight::check(engine.root_fd.as_fd(), &engine.root, &needs)?;
-    }
-    if let (None, Some(before)) = (undoing, &opts.before_writes) {
-        before()?;
-    }
-    // The lock is taken (and on a new node the state directory made) only once nothing above
-    // refused the run: a refused plan leaves an unmanaged root without a state directory.
-    claim_node(node, &state, manifest, &mut steps)?;
+    let undo_name = run.prepare(&mut engine, &mut plan, &report)?;
     let syncer = sys::Syncer::default();
-    let fresh = if is_fresh(&from, undoing.is_some(), manifest, &steps, &removals) {
-        let journal = Journal {
-            action: opts.action.clone(),
-            from: None,
-            to: to_ref.clone(),
-            undo: undo_name.clone(),
-            temps: Vec::new(),
-            fresh: true,
-        };
-        Some(fresh::Writer::begin(
-            &engine, node, manifest, &steps, journal, &syncer,
-        )?)
-    } else {
-        None
+    let fresh = match run.from.is_none() && undoing.is_none() && plan.only_creates(manifest) {
+        true => {
+            let journal = run.journal_of(&undo_name, true);
+            let writer =
+                fresh::Writer::begin(&engine, node, manifest, &plan.steps, journal, &syncer);
+            Some(writer?)
+        }
+        false => None,
     };
-    // Blobs whose older version the node holds: ask for a binary delta against it first.
-    let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
-    if let (Some(cur), Some(_)) = (current.as_ref(), source) {
-        let missing: HashSet<Id> = to_fetch.iter().copied().collect();
-        for w in delta::wants(cur, manifest, Some(&|id: &Id| missing.contains(id))) {
-            if w.base.iter().all(|b| engine.local.contains_key(b)) {
-                let len = chunk_len[&w.target];
-                delta_wants.push((w, len));
+    run.fetch(&engine, blobs, fresh.as_ref(), &mut report)?;
+    match fresh {
+        Some(writer) => writer.finish(&run.staging, progress)?,
+        None => run.execute(&mut engine, &plan, &undo_name, &syncer)?,
+    }
+    finish_tree(&engine, manifest, &plan, &syncer)?;
+    run.commit(&engine, &mut report, started)?;
+    report.warnings = engine.warnings.into_inner().expect("lock");
+    Ok(report)
+}
+
+/// The blobs a run needs from outside the node, and the length of every blob of the target.
+struct Blobs {
+    to_fetch: Vec<Id>,
+    chunk_len: HashMap<Id, u32>,
+}
+
+impl<'a> Run<'a> {
+    /// A run of the engine on `node`, with the node's state read.
+    fn start(
+        node: &'a Node,
+        target: &Target,
+        manifest: &'a Manifest,
+        source: Option<&'a dyn RevisionSource>,
+        opts: &'a UpdateOptions,
+        progress: &'a dyn Progress,
+        undoing: Option<Undoing<'a>>,
+    ) -> Result<Run<'a>> {
+        let state = node.state()?;
+        let journal = node.journal()?;
+        let from = match &journal {
+            Some(j) => j.from.clone(),
+            None => state.current.clone(),
+        };
+        // After a crash that is the revision the interrupted run started from (and the
+        // planner trusts no stat, see `PlanOptions::resuming`).
+        let current = match &from {
+            Some(c) => node.kept_manifest(&c.tree_id()?)?,
+            None => None,
+        };
+        Ok(Run {
+            node,
+            manifest,
+            source,
+            opts,
+            progress,
+            undoing,
+            staging: node.dir.join("staging"),
+            to: target_ref(target, manifest, opts),
+            state,
+            journal,
+            from,
+            current,
+        })
+    }
+
+    /// The journal of this run, `fresh` or not, its undo area named `undo`.
+    fn journal_of(&self, undo: &str, fresh: bool) -> Journal {
+        Journal {
+            action: self.opts.action.clone(),
+            from: if fresh { None } else { self.from.clone() },
+            to: self.to.clone(),
+            undo: undo.to_string(),
+            temps: Vec::new(),
+            fresh,
+        }
+    }
+
+    /// Plans the update (see [`plan::plan`]), refuses it on a root aurum does not manage
+    /// (see [`check_unmanaged`]), and starts the report with what the plan does.
+    fn plan(&self, engine: &Engine) -> Result<(UpdatePlan, UpdateReport)> {
+        let (opts, manifest) = (self.opts, self.manifest);
+        let plan_opts = PlanOptions {
+            excludes: &opts.excludes,
+            no_delete: opts.no_delete,
+            verify_local: opts.verify_local,
+            current: self.current.as_ref(),
+            resuming: self.journal.is_some(),
+            failed: self.undoing.map(|u| u.failed),
+        };
+        let mut plan = plan::plan(&engine.disk, manifest, &plan_opts, self.progress)?;
+        let managed = self.state.current.is_some() || self.journal.is_some();
+        if let Some(w) = check_unmanaged(&self.node.root, managed, manifest, &plan, opts)? {
+            engine.warn(w);
+        }
+        let (created, changed, metadata_only) = plan.counts();
+        let local_changes = std::mem::take(&mut plan.local_changes);
+        let report = UpdateReport {
+            from: self.from.clone(),
+            to: Some(self.to.clone()),
+            created,
+            changed,
+            metadata_only,
+            deleted: plan.removals.len() as u64,
+            modified_locally: local_changes.iter().map(|c| c.path.clone()).collect(),
+            local_changes,
+            unchanged: plan.is_noop(),
+            ..Default::default()
+        };
+        Ok((plan, report))
+    }
+
+    /// Finds on the node every blob the plan needs that it holds (an unchanged file, the old
+    /// version of a changed one, an undo area, or staged by an interrupted run), reading each
+    /// to be sure of it, and counts in `report` what is reused and what must be fetched.
+    fn locate(
+        &self,
+        engine: &mut Engine,
+        plan: &UpdatePlan,
+        report: &mut UpdateReport,
+    ) -> Result<Blobs> {
+        let manifest = self.manifest;
+        index_local(engine, self.current.as_ref(), self.node, &self.state)?;
+        for &i in &plan.relink {
+            let e = &manifest.entries[i];
+            add_local(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
+        }
+        // Blobs an interrupted run fetched already: one listing, not a stat per blob.
+        let staged: HashSet<std::ffi::OsString> = std::fs::read_dir(&self.staging)
+            .map(|it| it.flatten().map(|f| f.file_name()).collect())
+            .unwrap_or_default();
+        let mut to_fetch = Vec::new();
+        for id in plan.needed_blobs(manifest) {
+            if staged.contains(std::ffi::OsStr::new(&id.hex())) {
+                continue;
+            }
+            // Read it now: a file changed since the node's last update must not be counted on.
+            match engine.find_local(&id) {
+                Some(data) => report.bytes_reused += data.len() as u64,
+                None => to_fetch.push(id),
             }
         }
+        let chunk_len: HashMap<Id, u32> = manifest
+            .entries
+            .iter()
+            .flat_map(|e| match &e.kind {
+                Kind::File { chunks, .. } => chunks.iter().map(|c| (c.id, c.len)).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        report.bytes_to_fetch = to_fetch.iter().map(|id| u64::from(chunk_len[id])).sum();
+        Ok(Blobs {
+            to_fetch,
+            chunk_len,
+        })
     }
-    report.deltas_asked = delta_wants.len() as u64;
-    if !delta_wants.is_empty() {
-        let source = source.expect("checked above");
+
+    /// Everything between a plan and its first write: names the undo area (an interrupted
+    /// run's own, or a new one), checks the node's filesystems can take the plan, runs the
+    /// pre-update hooks and takes the node's lock. Returns the undo area's name.
+    fn prepare(
+        &self,
+        engine: &mut Engine,
+        plan: &mut UpdatePlan,
+        report: &UpdateReport,
+    ) -> Result<String> {
+        let undo_name = match &self.journal {
+            Some(j) => j.undo.clone(),
+            None => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                format!("{t}-{}", std::process::id())
+            }
+        };
+        engine.undo = UndoArea::at(self.node.dir.join("undo").join(&undo_name));
+        // Undoing a failed update writes next to nothing (it links back what the update moved
+        // aside) and must not be refused for the very lack of room that stopped the update.
+        if self.undoing.is_none() {
+            let linked = |e: &Entry| engine.whole_source(e).is_some();
+            let staged = report.bytes_to_fetch;
+            let needs = plan.needs(self.manifest, &linked, STAGED.as_bytes(), staged);
+            preflight::check(engine.disk.root_fd.as_fd(), &engine.disk.root, &needs)?;
+        }
+        if let (None, Some(before)) = (self.undoing, &self.opts.before_writes) {
+            before()?;
+        }
+        // The lock is taken (and on a new node the state directory made) only once nothing
+        // above refused the run: a refused plan leaves an unmanaged root without a state
+        // directory.
+        claim_node(self.node, &self.state, self.manifest, &mut plan.steps)?;
+        Ok(undo_name)
+    }
+
+    /// Fetches what the node lacks into staging (on a fresh root, `fresh` writes a file made
+    /// of one blob as it arrives): first binary deltas against the versions the node holds,
+    /// then whole blobs for the rest.
+    fn fetch(
+        &self,
+        engine: &Engine,
+        blobs: Blobs,
+        fresh: Option<&fresh::Writer>,
+        report: &mut UpdateReport,
+    ) -> Result<()> {
+        let Blobs {
+            mut to_fetch,
+            chunk_len,
+        } = blobs;
+        // Blobs whose older version the node holds: ask for a binary delta against it first.
+        let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
+        if let (Some(cur), Some(_)) = (self.current.as_ref(), self.source) {
+            let missing: HashSet<Id> = to_fetch.iter().copied().collect();
+            for w in delta::wants(cur, self.manifest, Some(&|id: &Id| missing.contains(id))) {
+                if w.base.iter().all(|b| engine.local.contains_key(b)) {
+                    let len = chunk_len[&w.target];
+                    delta_wants.push((w, len));
+                }
+            }
+        }
+        report.deltas_asked = delta_wants.len() as u64;
+        if let (false, Some(source)) = (delta_wants.is_empty(), self.source) {
+            let rebuilt = self.fetch_deltas(engine, source, &delta_wants, report)?;
+            report.deltas = rebuilt.len() as u64;
+            to_fetch.retain(|id| !rebuilt.contains(id));
+        }
+        if to_fetch.is_empty() {
+            return Ok(());
+        }
+        let source = self.source.ok_or_else(|| {
+            Error::NotFound(format!(
+                "{} blobs of the target are not on this node (undo area and files); give --server or --repo to fetch them",
+                to_fetch.len()
+            ))
+        })?;
+        // Not `self` in the callback: the options' hook is not Sync.
+        let staging = &self.staging;
+        report.bytes_fetched += source.fetch(
+            &to_fetch,
+            &|id, data| {
+                // On a fresh root a file made of this blob alone is written now.
+                if let Some(w) = fresh {
+                    if !w.take(id, &data)? {
+                        return Ok(());
+                    }
+                }
+                stage(staging, id, &data)
+            },
+            self.progress,
+        )?;
+        Ok(())
+    }
+
+    /// Asks `source` for the deltas `wants`, rebuilds each target blob from its base on the
+    /// node and stages it. Returns the blobs rebuilt (a delta that does not rebuild its blob
+    /// is fetched whole instead).
+    fn fetch_deltas(
+        &self,
+        engine: &Engine,
+        source: &dyn RevisionSource,
+        wants: &[(delta::Want, u32)],
+        report: &mut UpdateReport,
+    ) -> Result<HashSet<Id>> {
         let by_target: HashMap<Id, &delta::Want> =
-            delta_wants.iter().map(|(w, _)| (w.target, w)).collect();
-        let rebuilt: std::sync::Mutex<HashSet<Id>> = Default::default();
-        let staging_ref = &staging;
-        let engine_ref = &engine;
+            wants.iter().map(|(w, _)| (w.target, w)).collect();
+        let rebuilt: Mutex<HashSet<Id>> = Default::default();
+        let staging = &self.staging;
         report.bytes_fetched += source.fetch_deltas(
-            &delta_wants,
+            wants,
             &|target, d| {
                 let Some(w) = by_target.get(target) else {
                     return Ok(());
                 };
                 let mut base = Vec::new();
                 for b in &w.base {
-                    match engine_ref.find_local(b) {
+                    match engine.find_local(b) {
                         Some(data) => base.extend_from_slice(&data),
                         // Changed on disk since: the whole blob is fetched instead.
                         None => return Ok(()),
@@ -1377,249 +1045,189 @@ fn run(
                 }
                 match delta::decode(&base, &d, target) {
                     Ok(data) => {
-                        stage(staging_ref, target, &data)?;
+                        stage(staging, target, &data)?;
                         rebuilt.lock().expect("lock").insert(*target);
                     }
                     Err(e) => log::warn!("{e:#}; fetching the whole blob"),
                 }
                 Ok(())
             },
-            progress,
+            self.progress,
         )?;
-        let rebuilt = rebuilt.into_inner().expect("lock");
-        report.deltas = rebuilt.len() as u64;
-        to_fetch.retain(|id| !rebuilt.contains(id));
-    }
-    if !to_fetch.is_empty() {
-        let source = source.ok_or_else(|| {
-            Error::NotFound(format!(
-                "{} blobs of the target are not on this node (undo area and files); give --server or --repo to fetch them",
-                to_fetch.len()
-            ))
-        })?;
-        let staging_ref = &staging;
-        let fresh_ref = &fresh;
-        report.bytes_fetched += source.fetch(
-            &to_fetch,
-            &|id, data| {
-                // On a fresh root a file made of this blob alone is written now.
-                if let Some(w) = fresh_ref {
-                    if !w.take(id, &data)? {
-                        return Ok(());
-                    }
-                }
-                stage(staging_ref, id, &data)
-            },
-            progress,
-        )?;
+        Ok(rebuilt.into_inner().expect("lock"))
     }
 
-    // ---- apply ----
-    match fresh {
-        Some(writer) => writer.finish(&staging, progress)?,
-        None => {
-            let journal = Journal {
-                action: opts.action.clone(),
-                from: from.clone(),
-                to: to_ref.clone(),
-                undo: undo_name,
-                temps: Vec::new(),
-                fresh: false,
-            };
-            apply_in_place(
-                &mut engine,
-                node,
+    /// Applies the plan on a node that may be running: each file written under a temporary
+    /// name and renamed into place, whatever it replaces or deletes kept in the undo area
+    /// `undo`, all under the run's journal, noting the filesystems written to in `syncer`.
+    fn execute(
+        &self,
+        engine: &mut Engine,
+        plan: &UpdatePlan,
+        undo: &str,
+        syncer: &sys::Syncer,
+    ) -> Result<()> {
+        let (manifest, progress) = (self.manifest, self.progress);
+        engine.undo.open()?;
+        self.node.begin(&Journal {
+            temps: plan
+                .steps
+                .iter()
+                .filter(|s| s.act != Act::Meta)
+                .map(|s| &manifest.entries[s.entry])
+                .filter(|e| e.kind != Kind::Dir)
+                .map(|e| {
+                    let mut t = parent(&e.path).to_vec();
+                    if !t.is_empty() {
+                        t.push(b'/');
+                    }
+                    t.extend_from_slice(&temp_name(file_name(&e.path)));
+                    undo::hex(&t)
+                })
+                .collect(),
+            ..self.journal_of(undo, false)
+        })?;
+        // Every entry this run moves or links into the undo area gets its index line now,
+        // with one sync (rather than one per entry).
+        let mut rels: Vec<&[u8]> = plan.removals.iter().map(|p| p.as_slice()).collect();
+        rels.extend(plan.replaced(manifest));
+        engine.undo.announce(&rels)?;
+        for p in &plan.removals {
+            let dir = engine.dir(parent(p))?;
+            engine.stash(dir.as_fd(), file_name(p), p)?;
+        }
+        let total: u64 = plan
+            .steps
+            .iter()
+            .filter(|s| s.act != Act::Meta)
+            .map(|s| manifest.entries[s.entry].data_len())
+            .sum();
+        progress.phase("writing", Some(total), true);
+        let prewritten = prewrite(engine, manifest, plan, &self.staging, syncer, progress)?;
+        // Pass 2, in manifest order.
+        for s in &plan.steps {
+            let written = prewritten.contains(&s.entry);
+            put_step(
+                engine,
                 manifest,
-                &steps,
-                &removals,
-                &staging,
-                journal,
-                &syncer,
+                s,
+                written,
+                &self.staging,
+                syncer,
                 progress,
-            )?
-        }
-    }
-    let index_path = engine.undo_dir.join("index");
-    // Directory metadata last, deepest first: creating and removing entries moved their mtimes.
-    for e in manifest.entries.iter().rev() {
-        if e.kind != Kind::Dir
-            || (!e.path.is_empty()
-                && (skip(&e.path, true)
-                    || excluded_dirs.iter().any(|d| entry_is_under(&e.path, d))))
-        {
-            continue;
-        }
-        if e.path.is_empty() {
-            super::set_metadata_root(&engine.root_fd, e, &engine.root, &|w| engine.warn(w))?;
-        } else if let Ok(dir) = engine.dir(parent(&e.path)) {
-            set_metadata(
-                dir.as_fd(),
-                file_name(&e.path),
-                e,
-                None,
-                &engine.root,
-                &|w| engine.warn(w),
             )?;
         }
+        progress.finish();
+        Ok(())
     }
-    if let Some(f) = &engine.undo_index {
-        f.sync_all().at(&index_path)?;
+
+    /// Records the update on the node: drops the undo areas it makes useless, keeps the
+    /// manifests and moves the node state to the target, with a history line.
+    fn commit(self, engine: &Engine, report: &mut UpdateReport, started: Instant) -> Result<()> {
+        let (node, opts) = (self.node, self.opts);
+        // The undo areas this run makes useless go before the state moves: a crash in between
+        // leaves a tree already at the target, which a rerun finds needing nothing.
+        let undo_root = node.dir.join("undo");
+        undo::drop_areas(
+            &undo_root,
+            &engine.undo.dir,
+            engine.drops_own,
+            engine.drops_others,
+        )?;
+        node.keep_manifest(self.manifest)?;
+        if let Some(image) = opts.overlay.as_ref().and_then(|o| o.image.as_ref()) {
+            node.keep_manifest(image)?;
+        }
+        let Run {
+            mut state,
+            from,
+            to,
+            ..
+        } = self;
+        if !from.as_ref().is_some_and(|f| f.same_tree(&to)) {
+            state.previous = from.clone();
+        }
+        state.current = Some(to.clone());
+        if let Some(follow) = opts.overlay.as_ref().and_then(|o| o.follow.as_ref()) {
+            state.overrides = follow.clone();
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        // What crossed the network: the blobs and deltas counted above, and also the refs,
+        // the manifest and the pack indexes that told the node what to fetch.
+        if let Some(src) = self.source {
+            report.bytes_fetched = report.bytes_fetched.max(src.bytes_received());
+        }
+        state.history.push(HistoryEntry {
+            time: crate::catalog::now(),
+            action: opts.action.clone(),
+            from: from.as_ref().map(|f| f.id.clone()),
+            to: to.id.clone(),
+            result: match self.undoing {
+                None => "ok".into(),
+                Some(u) => format!("undone: {}", u.cause),
+            },
+            bytes_fetched: report.bytes_fetched,
+            seconds: report.seconds,
+        });
+        node.save_state(&state)?;
+        node.prune_manifests(&state)?;
+        node.end()?;
+        // A run that stayed on the same revision (a repair) drops its own area when it moved
+        // nothing aside.
+        if engine.undo.unused() {
+            let _ = std::fs::remove_dir_all(&engine.undo.dir);
+        }
+        free_staging(node);
+        Ok(())
     }
-    // Every rename, removal and metadata change durable before the state says it is done.
-    for p in &removals {
+}
+
+/// After the entries are in place: the metadata of every directory the update manages,
+/// deepest first (creating and removing entries moved their mtimes), then every rename,
+/// removal and metadata change made durable before the state says the update is done.
+fn finish_tree(
+    engine: &Engine,
+    manifest: &Manifest,
+    plan: &UpdatePlan,
+    syncer: &sys::Syncer,
+) -> Result<()> {
+    let (root, warn) = (&engine.disk.root, &|w| engine.warn(w));
+    for &i in plan.dirs.iter().rev() {
+        let e = &manifest.entries[i];
+        if e.path.is_empty() {
+            super::set_metadata_root(&engine.disk.root_fd, e, root, warn)?;
+        } else if let Ok(dir) = engine.dir(parent(&e.path)) {
+            set_metadata(dir.as_fd(), file_name(&e.path), e, None, root, warn)?;
+        }
+    }
+    engine.undo.sync()?;
+    for p in &plan.removals {
         if let Ok(d) = engine.dir(parent(p)) {
             syncer.note(d.as_fd());
         }
     }
-    syncer.sync(&engine.root)?;
-
-    // ---- commit ----
-    // The undo areas this run makes useless go before the state moves: a crash in between
-    // leaves a tree already at the target, which a rerun finds needing nothing.
-    drop_areas(node, &engine)?;
-    node.keep_manifest(manifest)?;
-    if let Some(image) = opts.overlay.as_ref().and_then(|o| o.image.as_ref()) {
-        node.keep_manifest(image)?;
-    }
-    let to = to_ref;
-    let switched = !from.as_ref().is_some_and(|f| f.same_tree(&to));
-    if switched {
-        state.previous = from.clone();
-    }
-    state.current = Some(to.clone());
-    if let Some(follow) = opts.overlay.as_ref().and_then(|o| o.follow.as_ref()) {
-        state.overrides = follow.clone();
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    // What crossed the network: the blobs and deltas counted above, and also the refs, the
-    // manifest and the pack indexes that told the node what to fetch.
-    if let Some(src) = source {
-        report.bytes_fetched = report.bytes_fetched.max(src.bytes_received());
-    }
-    state.history.push(HistoryEntry {
-        time: crate::catalog::now(),
-        action: opts.action.clone(),
-        from: from.as_ref().map(|f| f.id.clone()),
-        to: to.id.clone(),
-        result: match undoing {
-            None => "ok".into(),
-            Some(u) => format!("undone: {}", u.cause),
-        },
-        bytes_fetched: report.bytes_fetched,
-        seconds: report.seconds,
-    });
-    node.save_state(&state)?;
-    node.prune_manifests(&state)?;
-    node.end()?;
-    // A run that stayed on the same revision (a repair) drops its own area when it moved
-    // nothing aside.
-    if engine.undo_next == 0 {
-        let _ = std::fs::remove_dir_all(&engine.undo_dir);
-    }
-    free_staging(node);
-    report.warnings = engine.warnings.into_inner().expect("lock");
-    Ok(report)
+    syncer.sync(root)
 }
 
-/// Whether the run writes a fresh root: the node's first revision, onto a root that holds
-/// nothing of it yet (empty, or fresh filesystems with only their mount points), so that every
-/// step creates an entry or sets a directory's metadata and nothing is replaced or deleted.
-/// Such a run is written as `checkout` writes (see [`fresh`]).
-fn is_fresh(
-    from: &Option<RevRef>,
-    undoing: bool,
+/// Pass 1 of [`Run::execute`]: the new content of every file whose directory exists is written
+/// under a temporary name, then made durable with one syncfs, so that pass 2 only renames: a
+/// crash at any point leaves each path with its old content or its new. Returns the steps
+/// written.
+fn prewrite(
+    engine: &Engine,
     manifest: &Manifest,
-    steps: &[Step],
-    removals: &[Vec<u8>],
-) -> bool {
-    from.is_none()
-        && !undoing
-        && removals.is_empty()
-        && steps.iter().all(|s| {
-            s.act == Act::Create
-                || (s.act == Act::Meta && manifest.entries[s.entry].kind == Kind::Dir)
-        })
-}
-
-/// Applies the plan on a node that may be running: each file written under a temporary name
-/// and renamed into place, whatever it replaces or deletes kept in the undo area, all under
-/// `journal` (its temporary names are filled in here), noting the filesystems written to in
-/// `syncer`.
-#[allow(clippy::too_many_arguments)]
-fn apply_in_place(
-    engine: &mut Engine,
-    node: &Node,
-    manifest: &Manifest,
-    steps: &[Step],
-    removals: &[Vec<u8>],
+    plan: &UpdatePlan,
     staging: &Path,
-    journal: Journal,
     syncer: &sys::Syncer,
     progress: &dyn Progress,
-) -> Result<()> {
-    std::fs::create_dir_all(&engine.undo_dir).at(&engine.undo_dir)?;
-    let index_path = engine.undo_dir.join("index");
-    // Each stash writes its index line first, so the line count numbers the next one.
-    engine.undo_next = std::fs::read_to_string(&index_path)
-        .map(|t| t.lines().count() as u64)
-        .unwrap_or(0);
-    engine.undo_index = Some(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&index_path)
-            .at(&index_path)?,
-    );
-    node.begin(&Journal {
-        temps: steps
-            .iter()
-            .filter(|s| s.act != Act::Meta)
-            .map(|s| &manifest.entries[s.entry])
-            .filter(|e| e.kind != Kind::Dir)
-            .map(|e| {
-                let mut t = parent(&e.path).to_vec();
-                if !t.is_empty() {
-                    t.push(b'/');
-                }
-                t.extend_from_slice(&temp_name(file_name(&e.path)));
-                hex(&t)
-            })
-            .collect(),
-        ..journal
-    })?;
-
-    // Every entry this run moves or links into the undo area gets its index line now, with
-    // one sync (rather than one per entry).
-    {
-        let mut rels: Vec<&[u8]> = removals.iter().map(|p| p.as_slice()).collect();
-        rels.extend(
-            steps
-                .iter()
-                .filter(|s| matches!(s.act, Act::Replace | Act::Content))
-                .map(|s| manifest.entries[s.entry].path.as_slice()),
-        );
-        engine.announce(&rels)?;
-    }
-    for p in removals {
-        let dir = engine.dir(parent(p))?;
-        engine.stash(dir.as_fd(), file_name(p), p)?;
-    }
-    let total: u64 = steps
-        .iter()
-        .filter(|s| matches!(s.act, Act::Create | Act::Replace | Act::Content))
-        .map(|s| manifest.entries[s.entry].data_len())
-        .sum();
-    progress.phase("writing", Some(total), true);
-    // Pass 1: the new content of every file whose directory exists is written under a
-    // temporary name, then made durable with one syncfs, so that pass 2 only renames: a crash
-    // at any point leaves each path with its old content or its new.
+) -> Result<HashSet<usize>> {
     let provider = Provider {
-        engine: &*engine,
+        engine,
         staging: staging.to_path_buf(),
     };
-    let mut prewritten: HashSet<usize> = HashSet::new();
-    syncer.note(engine.root_fd.as_fd());
-    for s in steps {
+    let mut prewritten = HashSet::new();
+    syncer.note(engine.disk.root_fd.as_fd());
+    for s in &plan.steps {
         let e = &manifest.entries[s.entry];
         if s.act == Act::Meta || !matches!(e.kind, Kind::File { .. }) {
             continue;
@@ -1632,256 +1240,78 @@ fn apply_in_place(
         engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
         prewritten.insert(s.entry);
     }
-    drop(provider);
     if !prewritten.is_empty() {
-        syncer.sync(&engine.root)?;
+        syncer.sync(&engine.disk.root)?;
     }
-    // Pass 2, in manifest order.
-    for s in steps {
-        let e = &manifest.entries[s.entry];
-        let dir = if e.path.is_empty() {
-            None
-        } else {
-            Some(engine.dir(parent(&e.path))?)
-        };
-        if let Some(d) = &dir {
-            syncer.note(d.as_fd());
-        }
-        let name = file_name(&e.path);
-        let temp = temp_name(name);
-        match (s.act, &e.kind) {
-            (Act::Meta, _) | (_, Kind::Dir) => {
-                if e.kind == Kind::Dir && s.act != Act::Meta {
-                    let dir = dir.as_ref().expect("not the root");
-                    if s.act == Act::Replace {
-                        engine.stash(dir.as_fd(), name, &e.path)?;
-                    }
-                    mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
-                        .at(shown(&engine.root, &e.path))?;
-                }
-                // Directory metadata is set at the end; other metadata now.
-                if e.kind != Kind::Dir {
-                    let dir = dir.as_ref().expect("not the root");
-                    let r = manifest.resolve(e);
-                    set_metadata(dir.as_fd(), name, r, None, &engine.root, &|w| {
-                        engine.warn(w)
-                    })?;
-                }
-            }
-            (_, Kind::File { .. }) => {
+    Ok(prewritten)
+}
+
+/// Pass 2 of [`Run::execute`] for step `s`: makes a directory, puts a file (`written` in pass 1,
+/// else written now) or a special entry in place over the old one, or sets metadata.
+fn put_step(
+    engine: &mut Engine,
+    manifest: &Manifest,
+    s: &Step,
+    written: bool,
+    staging: &Path,
+    syncer: &sys::Syncer,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let e = &manifest.entries[s.entry];
+    let dir = if e.path.is_empty() {
+        None
+    } else {
+        Some(engine.dir(parent(&e.path))?)
+    };
+    if let Some(d) = &dir {
+        syncer.note(d.as_fd());
+    }
+    let name = file_name(&e.path);
+    let temp = temp_name(name);
+    let root = engine.disk.root.clone();
+    match (s.act, &e.kind) {
+        (Act::Meta, _) | (_, Kind::Dir) => {
+            if e.kind == Kind::Dir && s.act != Act::Meta {
                 let dir = dir.as_ref().expect("not the root");
-                if !prewritten.contains(&s.entry) {
-                    let provider = Provider {
-                        engine: &*engine,
-                        staging: staging.to_path_buf(),
-                    };
-                    engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+                if s.act == Act::Replace {
+                    engine.stash(dir.as_fd(), name, &e.path)?;
                 }
-                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+                mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
+                    .at(shown(&root, &e.path))?;
             }
-            _ => {
+            // Directory metadata is set at the end; other metadata now.
+            if e.kind != Kind::Dir {
                 let dir = dir.as_ref().expect("not the root");
-                let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
-                create_special(dir.as_fd(), &temp, &engine.root_fd, e, &engine.root)?;
-                if !matches!(e.kind, Kind::Hardlink { .. }) {
-                    set_metadata(dir.as_fd(), &temp, e, None, &engine.root, &|w| {
-                        engine.warn(w)
-                    })?;
-                }
-                engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+                let r = manifest.resolve(e);
+                set_metadata(dir.as_fd(), name, r, None, &root, &|w| engine.warn(w))?;
             }
         }
+        (_, Kind::File { .. }) => {
+            let dir = dir.as_ref().expect("not the root");
+            if !written {
+                let provider = Provider {
+                    engine: &*engine,
+                    staging: staging.to_path_buf(),
+                };
+                engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+            }
+            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+        }
+        _ => {
+            let dir = dir.as_ref().expect("not the root");
+            let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
+            create_special(dir.as_fd(), &temp, &engine.disk.root_fd, e, &root)?;
+            if !matches!(e.kind, Kind::Hardlink { .. }) {
+                set_metadata(dir.as_fd(), &temp, e, None, &root, &|w| engine.warn(w))?;
+            }
+            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+        }
     }
-    progress.finish();
     Ok(())
 }
 
 /// Where staged blobs go, as a tree path (for the space check).
 const STAGED: &str = "var/lib/aurum-node/staging/blobs";
-
-/// What the plan will write and touch, for [`preflight::check`]. A file linked back from an
-/// undo area takes no new space.
-fn plan_needs<'a>(
-    engine: &Engine,
-    manifest: &'a Manifest,
-    steps: &[Step],
-    removals: &'a [Vec<u8>],
-    staged: u64,
-) -> preflight::Needs<'a> {
-    let mut needs = preflight::Needs::default();
-    for s in steps {
-        let e = &manifest.entries[s.entry];
-        let touch = match s.act {
-            Act::Create => None,
-            Act::Replace | Act::Content if e.kind != Kind::Dir => Some(Touch::Replace),
-            Act::Replace | Act::Content => Some(Touch::Delete),
-            Act::Meta => Some(Touch::Change),
-        };
-        if let Some(t) = touch {
-            needs.touched.push((e.path.as_slice(), t));
-        }
-        if s.act != Act::Meta {
-            let bytes = if engine.whole_source(e).is_some() {
-                0
-            } else {
-                e.data_len()
-            };
-            needs.writes.push((e.path.as_slice(), bytes));
-        }
-    }
-    needs
-        .touched
-        .extend(removals.iter().map(|p| (p.as_slice(), Touch::Delete)));
-    needs.writes.push((STAGED.as_bytes(), staged));
-    needs
-}
-
-/// Prefix an undo area is renamed to when it is dropped: a half-deleted area is never read as
-/// one (its index may be gone while its files are not).
-const DROPPED: &str = ".dropped-";
-
-/// Deletes the undo areas the run makes useless. Only the area of the last change of revision
-/// is kept: it holds what a rollback to the previous revision needs. A run that stayed on the
-/// same revision (a repair) keeps the older areas too; a run undoing a failed update drops the
-/// failed update's area, whose entries it has put back.
-fn drop_areas(node: &Node, engine: &Engine) -> Result<()> {
-    let undo = node.dir.join("undo");
-    for d in std::fs::read_dir(&undo).at(&undo)? {
-        let d = d.at(&undo)?;
-        let name = d.file_name();
-        let path = d.path();
-        let dropped = name.as_bytes().starts_with(DROPPED.as_bytes());
-        let goes = if path == engine.undo_dir {
-            engine.drops_own
-        } else {
-            dropped || engine.drops_others
-        };
-        if !goes {
-            continue;
-        }
-        let gone = if dropped {
-            path
-        } else {
-            let mut to = std::ffi::OsString::from(DROPPED);
-            to.push(&name);
-            let to = undo.join(to);
-            std::fs::rename(&path, &to).at(&to)?;
-            to
-        };
-        std::fs::remove_dir_all(&gone).at(&gone)?;
-    }
-    sys::sync_dir(&undo)
-}
-
-/// Whether the disk directory `rel` holds, at any depth, something `keeps` (an exclude,
-/// --no-delete) protects.
-fn holds(engine: &Engine, rel: &[u8], keeps: &dyn Fn(&[u8], bool) -> bool) -> bool {
-    let Ok(dir) = engine.dir(rel) else {
-        return false;
-    };
-    let Ok(dup) = nix::unistd::dup(&dir) else {
-        return false;
-    };
-    let Ok(listing) = nix::dir::Dir::from_fd(dup) else {
-        return false;
-    };
-    for ent in listing.into_iter().flatten() {
-        let name = ent.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        let mut path = rel.to_vec();
-        path.push(b'/');
-        path.extend_from_slice(name);
-        let is_dir = ent.file_type() == Some(nix::dir::Type::Directory);
-        if keeps(&path, is_dir) || (is_dir && holds(engine, &path, keeps)) {
-            return true;
-        }
-    }
-    false
-}
-
-/// The chunk ids of the file on disk at `rel`.
-fn local_chunks(engine: &Engine, rel: &[u8], st: &FileStat) -> Result<Option<Vec<Chunk>>> {
-    let Ok(file) = crate::sys::open_file_beneath(&engine.root_fd, rel, &engine.root) else {
-        return Ok(None);
-    };
-    let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
-    Ok(
-        file_chunks(file, st.st_size as u64, sparse, |_, _, _| Ok(()))
-            .ok()
-            .map(|c| c.chunks),
-    )
-}
-
-/// What differs between the disk at `rel` and its entry in `cur`, the revision the node runs:
-/// what was changed there by hand. `on_disk` is the disk file's chunks when the plan read them;
-/// they are read here only when size and mtime cannot tell (or with `verify_local`).
-fn changed_by_hand(
-    engine: &Engine,
-    cur: &Manifest,
-    rel: &[u8],
-    on_disk: Option<&Option<Vec<Chunk>>>,
-    verify_local: bool,
-) -> Result<Vec<&'static str>> {
-    let dir = if rel.is_empty() {
-        None
-    } else {
-        match engine.dir(parent(rel)) {
-            Ok(d) => Some(d),
-            Err(_) => return Ok(cur.get(rel).map(|_| vec!["deleted"]).unwrap_or_default()),
-        }
-    };
-    let (dir, name) = match &dir {
-        Some(d) => (d.as_fd(), file_name(rel)),
-        None => (engine.root_fd.as_fd(), &b"."[..]),
-    };
-    let (old, (st, x)) = match (cur.get(rel).map(|o| cur.resolve(o)), look(dir, name)) {
-        (Some(old), Some(disk)) => (old, disk),
-        (Some(_), None) => return Ok(vec!["deleted"]),
-        (None, Some(_)) => return Ok(vec!["added"]),
-        (None, None) => return Ok(vec![]),
-    };
-    if !kind_matches(&st, old) {
-        return Ok(vec!["type"]);
-    }
-    let mut what = meta_diff(&st, &x, old);
-    match &old.kind {
-        Kind::File { size, chunks, .. } => {
-            let size_same = st.st_size as u64 == *size;
-            let content = if !size_same {
-                true
-            } else if !verify_local && !what.contains(&"mtime") {
-                false
-            } else {
-                let read;
-                let c = match on_disk {
-                    Some(c) => c.as_ref(),
-                    None => {
-                        read = local_chunks(engine, rel, &st)?;
-                        read.as_ref()
-                    }
-                };
-                c != Some(chunks)
-            };
-            if content {
-                what.insert(0, "content");
-            }
-        }
-        Kind::Symlink { target } => {
-            let on_disk = nix::fcntl::readlinkat(dir, name).ok();
-            if on_disk.as_ref().map(|o| o.as_bytes()) != Some(target.as_slice()) {
-                what.insert(0, "target");
-            }
-        }
-        _ => {}
-    }
-    if matches!(what.first(), Some(&"content") | Some(&"target")) {
-        // A new mtime goes with new content or a new symlink: say only that.
-        what.retain(|w| *w != "mtime");
-    }
-    Ok(what)
-}
 
 /// Notes that the blobs of regular file `e` can be read at `at`.
 fn add_local(local: &mut HashMap<Id, Vec<LocalChunk>>, e: &Entry, at: LocalAt) {
@@ -1889,7 +1319,7 @@ fn add_local(local: &mut HashMap<Id, Vec<LocalChunk>>, e: &Entry, at: LocalAt) {
         chunks, extents, ..
     } = &e.kind
     {
-        let extents = extents.clone().map(std::sync::Arc::new);
+        let extents = extents.clone().map(Arc::new);
         let mut off = 0u64;
         for c in chunks {
             local.entry(c.id).or_default().push(LocalChunk {
@@ -1911,10 +1341,9 @@ fn index_local(
     node: &Node,
     state: &NodeState,
 ) -> Result<()> {
-    let add = add_local;
     if let Some(m) = current {
         for e in &m.entries {
-            add(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
+            add_local(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
         }
     }
     // Undo areas hold files of the revisions the node ran before.
@@ -1927,41 +1356,22 @@ fn index_local(
             manifests.push(m);
         }
     }
-    let undo_root = node.dir.join("undo");
-    let areas = match std::fs::read_dir(&undo_root) {
-        Ok(it) => it,
-        // A dry run on a root aurum never updated: no state directory yet.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at(&undo_root),
-    };
-    for d in areas {
-        let d = d.at(&undo_root)?;
-        if d.file_name().as_bytes().starts_with(DROPPED.as_bytes()) {
-            continue;
-        }
-        let d = d.path();
-        let Ok(index) = std::fs::read_to_string(d.join("index")) else {
-            continue;
-        };
-        for line in index.lines() {
-            let Some((n, h)) = line.split_once(' ') else {
-                continue;
-            };
-            let Some(path) = unhex(h) else { continue };
-            let base = d.join(n);
+    for area in undo::areas(&node.dir.join("undo"))? {
+        for (base, path) in undo::entries(&area) {
             for m in &manifests {
                 for e in &m.entries {
+                    let r = m.resolve(e);
                     if e.path == path {
-                        add(&mut engine.local, m.resolve(e), LocalAt::File(base.clone()));
-                        if let Some(k) = content_key(m.resolve(e)) {
+                        add_local(&mut engine.local, r, LocalAt::File(base.clone()));
+                        if let Some(k) = content_key(r) {
                             engine.whole.insert(k, base.clone());
                         }
-                    } else if entry_is_under(&e.path, &path) {
+                    } else if is_under(&e.path, &path) {
                         let suffix = std::ffi::OsStr::from_bytes(&e.path[path.len() + 1..]);
                         let at = base.join(suffix);
-                        add(&mut engine.local, m.resolve(e), LocalAt::File(at.clone()));
+                        add_local(&mut engine.local, r, LocalAt::File(at.clone()));
                         // Files of a directory moved aside link back as well as single files.
-                        if let Some(k) = content_key(m.resolve(e)) {
+                        if let Some(k) = content_key(r) {
                             engine.whole.entry(k).or_insert(at);
                         }
                     }

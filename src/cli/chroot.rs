@@ -158,7 +158,7 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
             &repo,
             &r.parent.id,
             &r.capture.revision.id,
-            r.capture.elapsed.max(std::time::Duration::from_secs(1)),
+            r.capture.elapsed,
             progress.as_ref(),
         ) {
             eprintln!("aurum: warning: deltas from the parent not precomputed: {e:#}");

@@ -71,7 +71,7 @@ pub struct GetimageArgs {
     #[arg(long)]
     no_deltas: bool,
     /// Spend at most this many seconds precomputing deltas (default: as long as the capture
-    /// itself took, at least one second). Deltas not made by then are made by `aurum serve`
+    /// itself took). Deltas not made by then are made by `aurum serve`
     /// when the first node asks for them, and cached.
     #[arg(long, value_name = "SECONDS")]
     delta_budget: Option<f64>,
@@ -180,7 +180,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     );
     if let (Some(parent), false, false) = (rev.parent, r.unchanged, a.no_deltas) {
         let t = std::time::Instant::now();
-        let budget = delta_budget.unwrap_or(r.elapsed.max(std::time::Duration::from_secs(1)));
+        let budget = delta_budget.unwrap_or(r.elapsed);
         let p = aurum::repo::delta::precompute(&repo, &parent, &rev.id, budget, progress.as_ref())?;
         if p.pairs > 0 {
             let left = if p.left > 0 {

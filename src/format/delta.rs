@@ -50,7 +50,8 @@ pub fn encode(base: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>> {
 /// The smallest window that holds base and target (at most [`WINDOW_LOG`]). A window no
 /// larger than the pair keeps the encoder's tables small: a fixed 8 MiB window made every
 /// small file's delta set up (and clear) tens of megabytes of match tables, which is what
-/// made precomputing 20,000 small deltas take minutes (issue #14).
+/// made precomputing 20,000 small deltas take minutes (issue #14). The decoder accepts any
+/// window up to [`WINDOW_LOG`], so deltas made either way decode alike.
 fn window_log(pair: usize) -> u32 {
     let mut log = 10; // zstd's smallest window
     while log < WINDOW_LOG && (1usize << log) < pair {

@@ -269,6 +269,263 @@ fn line_of(text: &str, at: usize) -> usize {
         + 1
 }
 
+/// [`Template::check`] going through a file: the names and mount points seen so far, and the
+/// partitions and arrays already used by an array or a volume group.
+struct Checker<'a> {
+    origin: &'a str,
+    text: &'a str,
+    file: &'a TemplateFile,
+    names: HashSet<String>,
+    mounts: HashSet<String>,
+    used: HashSet<String>,
+}
+
+type Span = std::ops::Range<usize>;
+
+impl Checker<'_> {
+    /// The error `msg` at the line of `span`.
+    fn at(&self, span: Span, msg: String) -> crate::error::Error {
+        invalid(format!(
+            "{}:{}: {msg}",
+            self.origin,
+            line_of(self.text, span.start)
+        ))
+    }
+
+    /// A filesystem's mount point and label, wherever it lives.
+    fn fs(&mut self, spec: &FsSpec, span: Span) -> Result<()> {
+        if let Some(m) = &spec.mount {
+            if !m.starts_with('/') || m.contains("//") || m.split('/').any(|c| c == "..") {
+                return Err(self.at(
+                    span,
+                    format!("mount `{m}` must be an absolute path like /scr"),
+                ));
+            }
+            match spec.fs {
+                None => {
+                    return Err(self.at(
+                        span,
+                        format!(
+                        "mount `{m}` needs a filesystem: add fs = \"ext4\" (or xfs, vfat, btrfs)"
+                    ),
+                    ))
+                }
+                Some(Fs::Swap) => {
+                    return Err(self.at(
+                        span,
+                        "a swap area has no mount point: remove `mount`".into(),
+                    ))
+                }
+                _ => {}
+            }
+            if !self.mounts.insert(m.clone()) {
+                return Err(self.at(span, format!("mount point {m} is used twice")));
+            }
+        }
+        if let (Some(fs), Some(l)) = (spec.fs, &spec.label) {
+            if l.len() > fs.max_label() {
+                return Err(self.at(
+                    span,
+                    format!(
+                        "label `{l}` is longer than {} allows ({} characters)",
+                        fs,
+                        fs.max_label()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Disk number `n` (1-based) and its partitions.
+    fn disk(&mut self, n: usize, disk: &Disk) -> Result<()> {
+        if disk.partitions.is_empty() {
+            return Err(invalid(format!(
+                "{}: disk {n} has no partitions",
+                self.origin
+            )));
+        }
+        let mut rest = 0;
+        let mut percent = 0.0;
+        for p in &disk.partitions {
+            let span = p.span();
+            let p = p.get_ref();
+            if let Some(name) = &p.name {
+                if !self.names.insert(name.clone()) {
+                    return Err(self.at(span, format!("partition name `{name}` is used twice")));
+                }
+            }
+            match p.size {
+                Amount::Rest => rest += 1,
+                Amount::Percent(v) => percent += v,
+                Amount::Bytes(_) => {}
+            }
+            if rest > 1 {
+                return Err(self.at(
+                    span,
+                    format!("disk {n} has two `*` partitions: only one may take the rest"),
+                ));
+            }
+            self.partition(p, span)?;
+        }
+        if percent > 100.0 {
+            return Err(invalid(format!(
+                "{}: disk {n} asks for {percent}% of the disk in all: at most 100% fits",
+                self.origin
+            )));
+        }
+        Ok(())
+    }
+
+    /// One partition's own fields: its bounds, and what its type allows.
+    fn partition(&mut self, p: &Partition, span: Span) -> Result<()> {
+        if let (Some(a), Some(b)) = (p.min, p.max) {
+            if a > b {
+                return Err(self.at(span, "min is larger than max".into()));
+            }
+        }
+        match p.kind {
+            PartType::Raid | PartType::Lvm | PartType::BiosBoot => {
+                if p.fs.is_some() || p.mount.is_some() {
+                    return Err(self.at(
+                        span,
+                        format!(
+                            "a {} partition holds no filesystem: put fs and mount on the {} instead",
+                            p.kind.name(),
+                            if p.kind == PartType::Raid { "[[raid]] array" } else if p.kind == PartType::Lvm { "[[lvm.volume]]" } else { "root partition" }
+                        ),
+                    ));
+                }
+                if p.kind != PartType::BiosBoot && p.name.is_none() {
+                    return Err(self.at(
+                        span,
+                        format!(
+                            "a {} partition needs a name for its array or volume group to refer to",
+                            p.kind.name()
+                        ),
+                    ));
+                }
+            }
+            PartType::Efi if p.fs.is_some_and(|f| f != Fs::Vfat) => {
+                return Err(self.at(span, "an EFI system partition must be vfat".into()));
+            }
+            PartType::Swap if p.fs.is_some_and(|f| f != Fs::Swap) => {
+                return Err(self.at(span, "a swap partition has fs = \"swap\" (or none)".into()));
+            }
+            _ => {}
+        }
+        if p.fs == Some(Fs::Swap) && p.kind != PartType::Swap {
+            return Err(self.at(span, "fs = \"swap\" needs type = \"swap\"".into()));
+        }
+        self.fs(&p.fs_spec(), span)
+    }
+
+    /// The type of the partition named `n`.
+    fn part_kind(&self, n: &str) -> Option<PartType> {
+        self.file
+            .disks
+            .iter()
+            .flat_map(|d| &d.partitions)
+            .find(|p| p.get_ref().name.as_deref() == Some(n))
+            .map(|p| p.get_ref().kind)
+    }
+
+    /// Notes `dev` as used by an array or a volume group (each may be used once).
+    fn use_member(&mut self, dev: &str, span: Span) -> Result<()> {
+        if !self.used.insert(dev.to_string()) {
+            return Err(self.at(
+                span,
+                format!("`{dev}` is used by two arrays or volume groups"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn raid(&mut self, r: &Spanned<Raid>) -> Result<()> {
+        let span = r.span();
+        let r = r.get_ref();
+        if r.level != 1 {
+            return Err(self.at(
+                span,
+                format!(
+                    "RAID level {} is not supported: aurum builds mirrors (level = 1)",
+                    r.level
+                ),
+            ));
+        }
+        if r.devices.len() < 2 {
+            return Err(self.at(span, "a RAID1 array needs at least two devices".into()));
+        }
+        for dev in &r.devices {
+            if self.part_kind(dev) != Some(PartType::Raid) {
+                return Err(self.at(
+                    span,
+                    format!("RAID member `{dev}` is not a partition of type \"raid\""),
+                ));
+            }
+            self.use_member(dev, span.clone())?;
+        }
+        if !self.names.insert(r.name.clone()) {
+            return Err(self.at(span, format!("name `{}` is used twice", r.name)));
+        }
+        self.fs(&r.fs_spec(), span)
+    }
+
+    fn volume_group(&mut self, vg: &Spanned<VolumeGroup>) -> Result<()> {
+        let span = vg.span();
+        let g = vg.get_ref();
+        if g.devices.is_empty() {
+            return Err(self.at(span, format!("volume group {} has no devices", g.name)));
+        }
+        for dev in &g.devices {
+            let is_raid = self.file.raid.iter().any(|r| &r.get_ref().name == dev);
+            if !is_raid && self.part_kind(dev) != Some(PartType::Lvm) {
+                return Err(self.at(span, format!("volume group member `{dev}` is neither a partition of type \"lvm\" nor a RAID array")));
+            }
+            self.use_member(dev, span.clone())?;
+        }
+        let rests = g
+            .volumes
+            .iter()
+            .filter(|v| v.get_ref().size == Amount::Rest)
+            .count();
+        if rests > 1 {
+            return Err(self.at(span, format!("volume group {} has two `*` volumes", g.name)));
+        }
+        for v in &g.volumes {
+            self.fs(&v.get_ref().fs_spec(), v.span())?;
+        }
+        Ok(())
+    }
+
+    /// Every RAID and LVM partition belongs to an array or a volume group.
+    fn members_used(&self) -> Result<()> {
+        for d in &self.file.disks {
+            for p in &d.partitions {
+                let q = p.get_ref();
+                if !matches!(q.kind, PartType::Raid | PartType::Lvm) {
+                    continue;
+                }
+                let n = q.name.as_deref().unwrap_or_default();
+                if !self.used.contains(n) {
+                    return Err(self.at(
+                        d.partitions
+                            .iter()
+                            .find(|o| o.get_ref().name.as_deref() == Some(n))
+                            .map(|o| o.span())
+                            .unwrap_or(0..0),
+                        format!(
+                            "{} partition `{n}` belongs to no array or volume group",
+                            q.kind.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks a class name (a file stem, a catalog key, a URL part).
 pub fn check_class(class: &str) -> Result<()> {
     crate::repo::check_name("class", class)
@@ -296,230 +553,31 @@ impl Template {
 
     /// Everything that can be wrong without a disk size.
     fn check(&self, origin: &str, text: &str) -> Result<()> {
-        let at = |span: std::ops::Range<usize>, msg: String| {
-            invalid(format!("{origin}:{}: {msg}", line_of(text, span.start)))
-        };
         let f = &self.file;
         if f.disks.is_empty() {
             return Err(invalid(format!(
                 "{origin}: no [[disk]]: a template needs at least one disk with partitions"
             )));
         }
-        let mut names: HashSet<String> = HashSet::new();
-        let mut mounts: HashSet<String> = HashSet::new();
-        let mut check_fs = |spec: &FsSpec, span: std::ops::Range<usize>| -> Result<()> {
-            if let Some(m) = &spec.mount {
-                if !m.starts_with('/') || m.contains("//") || m.split('/').any(|c| c == "..") {
-                    return Err(at(
-                        span,
-                        format!("mount `{m}` must be an absolute path like /scr"),
-                    ));
-                }
-                match spec.fs {
-                    None => {
-                        return Err(at(
-                            span,
-                            format!("mount `{m}` needs a filesystem: add fs = \"ext4\" (or xfs, vfat, btrfs)"),
-                        ))
-                    }
-                    Some(Fs::Swap) => {
-                        return Err(at(span, "a swap area has no mount point: remove `mount`".into()))
-                    }
-                    _ => {}
-                }
-                if !mounts.insert(m.clone()) {
-                    return Err(at(span, format!("mount point {m} is used twice")));
-                }
-            }
-            if let (Some(fs), Some(l)) = (spec.fs, &spec.label) {
-                if l.len() > fs.max_label() {
-                    return Err(at(
-                        span,
-                        format!(
-                            "label `{l}` is longer than {} allows ({} characters)",
-                            fs,
-                            fs.max_label()
-                        ),
-                    ));
-                }
-            }
-            Ok(())
+        let mut c = Checker {
+            origin,
+            text,
+            file: f,
+            names: HashSet::new(),
+            mounts: HashSet::new(),
+            used: HashSet::new(),
         };
         for (d, disk) in f.disks.iter().enumerate() {
-            if disk.partitions.is_empty() {
-                return Err(invalid(format!(
-                    "{origin}: disk {} has no partitions",
-                    d + 1
-                )));
-            }
-            let mut rest = 0;
-            let mut percent = 0.0;
-            for p in &disk.partitions {
-                let span = p.span();
-                let p = p.get_ref();
-                if let Some(n) = &p.name {
-                    if !names.insert(n.clone()) {
-                        return Err(at(span, format!("partition name `{n}` is used twice")));
-                    }
-                }
-                match p.size {
-                    Amount::Rest => rest += 1,
-                    Amount::Percent(v) => percent += v,
-                    Amount::Bytes(_) => {}
-                }
-                if rest > 1 {
-                    return Err(at(
-                        span,
-                        format!(
-                            "disk {} has two `*` partitions: only one may take the rest",
-                            d + 1
-                        ),
-                    ));
-                }
-                if let (Some(a), Some(b)) = (p.min, p.max) {
-                    if a > b {
-                        return Err(at(span, "min is larger than max".into()));
-                    }
-                }
-                match p.kind {
-                    PartType::Raid | PartType::Lvm | PartType::BiosBoot => {
-                        if p.fs.is_some() || p.mount.is_some() {
-                            return Err(at(
-                                span,
-                                format!(
-                                    "a {} partition holds no filesystem: put fs and mount on the {} instead",
-                                    p.kind.name(),
-                                    if p.kind == PartType::Raid { "[[raid]] array" } else if p.kind == PartType::Lvm { "[[lvm.volume]]" } else { "root partition" }
-                                ),
-                            ));
-                        }
-                        if p.kind != PartType::BiosBoot && p.name.is_none() {
-                            return Err(at(
-                                span,
-                                format!("a {} partition needs a name for its array or volume group to refer to", p.kind.name()),
-                            ));
-                        }
-                    }
-                    PartType::Efi if p.fs.is_some_and(|f| f != Fs::Vfat) => {
-                        return Err(at(span, "an EFI system partition must be vfat".into()));
-                    }
-                    PartType::Swap if p.fs.is_some_and(|f| f != Fs::Swap) => {
-                        return Err(at(
-                            span,
-                            "a swap partition has fs = \"swap\" (or none)".into(),
-                        ));
-                    }
-                    _ => {}
-                }
-                if p.fs == Some(Fs::Swap) && p.kind != PartType::Swap {
-                    return Err(at(span, "fs = \"swap\" needs type = \"swap\"".into()));
-                }
-                check_fs(&p.fs_spec(), span)?;
-            }
-            if percent > 100.0 {
-                return Err(invalid(format!(
-                    "{origin}: disk {} asks for {percent}% of the disk in all: at most 100% fits",
-                    d + 1
-                )));
-            }
+            c.disk(d + 1, disk)?;
         }
-        let mut used: HashSet<String> = HashSet::new();
-        let part_kind = |n: &str| -> Option<PartType> {
-            f.disks
-                .iter()
-                .flat_map(|d| &d.partitions)
-                .find(|p| p.get_ref().name.as_deref() == Some(n))
-                .map(|p| p.get_ref().kind)
-        };
         for r in &f.raid {
-            let span = r.span();
-            let r = r.get_ref();
-            if r.level != 1 {
-                return Err(at(
-                    span,
-                    format!(
-                        "RAID level {} is not supported: aurum builds mirrors (level = 1)",
-                        r.level
-                    ),
-                ));
-            }
-            if r.devices.len() < 2 {
-                return Err(at(span, "a RAID1 array needs at least two devices".into()));
-            }
-            for dev in &r.devices {
-                if part_kind(dev) != Some(PartType::Raid) {
-                    return Err(at(
-                        span,
-                        format!("RAID member `{dev}` is not a partition of type \"raid\""),
-                    ));
-                }
-                if !used.insert(dev.clone()) {
-                    return Err(at(
-                        span,
-                        format!("`{dev}` is used by two arrays or volume groups"),
-                    ));
-                }
-            }
-            if !names.insert(r.name.clone()) {
-                return Err(at(span, format!("name `{}` is used twice", r.name)));
-            }
-            check_fs(&r.fs_spec(), span)?;
+            c.raid(r)?;
         }
         for vg in &f.lvm {
-            let span = vg.span();
-            let g = vg.get_ref();
-            if g.devices.is_empty() {
-                return Err(at(span, format!("volume group {} has no devices", g.name)));
-            }
-            for dev in &g.devices {
-                let is_raid = f.raid.iter().any(|r| &r.get_ref().name == dev);
-                if !is_raid && part_kind(dev) != Some(PartType::Lvm) {
-                    return Err(at(span, format!("volume group member `{dev}` is neither a partition of type \"lvm\" nor a RAID array")));
-                }
-                if !used.insert(dev.clone()) {
-                    return Err(at(
-                        span,
-                        format!("`{dev}` is used by two arrays or volume groups"),
-                    ));
-                }
-            }
-            let rests = g
-                .volumes
-                .iter()
-                .filter(|v| v.get_ref().size == Amount::Rest)
-                .count();
-            if rests > 1 {
-                return Err(at(
-                    span,
-                    format!("volume group {} has two `*` volumes", g.name),
-                ));
-            }
-            for v in &g.volumes {
-                check_fs(&v.get_ref().fs_spec(), v.span())?;
-            }
+            c.volume_group(vg)?;
         }
-        for d in &f.disks {
-            for p in &d.partitions {
-                let p = p.get_ref();
-                if matches!(p.kind, PartType::Raid | PartType::Lvm) {
-                    let n = p.name.as_deref().unwrap_or_default();
-                    if !used.contains(n) {
-                        return Err(at(
-                            d.partitions
-                                .iter()
-                                .find(|q| q.get_ref().name.as_deref() == Some(n))
-                                .map(|q| q.span())
-                                .unwrap_or(0..0),
-                            format!(
-                                "{} partition `{n}` belongs to no array or volume group",
-                                p.kind.name()
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        if !mounts.contains("/") {
+        c.members_used()?;
+        if !c.mounts.contains("/") {
             return Err(invalid(format!(
                 "{origin}: nothing is mounted at /: give one filesystem mount = \"/\""
             )));
@@ -594,5 +652,45 @@ mount = "/scr"
             .unwrap_err()
             .to_string();
         assert!(e.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn raid_and_lvm_errors_name_the_line_of_their_table() {
+        let raid = include_str!("../../partition-templates/raid1.toml");
+        let lvm = include_str!("../../partition-templates/lvm.toml");
+        let cases = [
+            (
+                raid.replace("[\"scr-a\", \"scr-b\"]", "[\"scr-a\", \"root-b\"]"),
+                "`root-b` is used by two arrays or volume groups",
+            ),
+            (
+                raid.replace("[\"root-a\", \"root-b\"]", "[\"root-a\", \"esp-b\"]"),
+                "RAID member `esp-b` is not a partition of type \"raid\"",
+            ),
+            (
+                lvm.replace("devices = [\"pv0\"]", "devices = [\"esp\"]"),
+                "volume group member `esp` is neither",
+            ),
+            (
+                lvm.replace("fs = \"swap\"", "fs = \"swap\"\nmount = \"/swap\""),
+                "a swap area has no mount point",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Template::parse("x", "x.toml", &text)
+                .unwrap_err()
+                .to_string();
+            let table = if want.contains("root-b") {
+                "[[raid]]\nname = \"scr\""
+            } else if want.contains("esp-b") {
+                "[[raid]]\nname = \"root\""
+            } else if want.contains("swap") {
+                "[[lvm.volume]]\nname = \"swap\""
+            } else {
+                "[[lvm]]"
+            };
+            let line = line_of(&text, text.find(table).unwrap());
+            assert!(e.starts_with(&format!("x.toml:{line}: {want}")), "{e}");
+        }
     }
 }

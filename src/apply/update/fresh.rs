@@ -106,7 +106,7 @@ impl<'a> Writer<'a> {
         syncer: &'a sys::Syncer,
     ) -> Result<Writer<'a>> {
         node.begin(&journal)?;
-        syncer.note(engine.root_fd.as_fd());
+        syncer.note(engine.disk.root_fd.as_fd());
         let created: Vec<&Entry> = steps
             .iter()
             .filter(|s| s.act == Act::Create)
@@ -124,7 +124,7 @@ impl<'a> Writer<'a> {
                 file_name(&e.path),
                 Mode::from_bits_truncate(0o700),
             )
-            .at(shown(&engine.root, &e.path))?;
+            .at(shown(&engine.disk.root, &e.path))?;
         }
         let files: Vec<(&Entry, AtomicBool)> = created
             .iter()
@@ -165,7 +165,7 @@ impl<'a> Writer<'a> {
     }
 
     fn write(&self, e: &Entry, blobs: &dyn BlobSource, progress: &dyn Progress) -> Result<()> {
-        let root = &self.engine.root;
+        let root = &self.engine.disk.root;
         let dir = self.dirs.get(parent(&e.path))?;
         let name = file_name(&e.path);
         let file = write_file(dir.as_fd(), name, e, blobs, root, progress)?;
@@ -200,9 +200,15 @@ impl<'a> Writer<'a> {
         {
             let dir = self.dirs.get(parent(&e.path))?;
             let name = file_name(&e.path);
-            create_special(dir.as_fd(), name, &engine.root_fd, e, &engine.root)?;
+            create_special(
+                dir.as_fd(),
+                name,
+                &engine.disk.root_fd,
+                e,
+                &engine.disk.root,
+            )?;
             if !matches!(e.kind, Kind::Hardlink { .. }) {
-                set_metadata(dir.as_fd(), name, e, None, &engine.root, &|w| {
+                set_metadata(dir.as_fd(), name, e, None, &engine.disk.root, &|w| {
                     engine.warn(w)
                 })?;
             }

@@ -65,11 +65,13 @@ pub fn open_file_beneath(root: &OwnedFd, rel: &[u8], shown_root: &Path) -> Resul
 
 /// Opens the directory `rel` beneath `root`, never following a symlink on the way.
 pub fn open_dir_beneath(root: BorrowedFd, rel: &[u8], shown_root: &Path) -> Result<OwnedFd> {
-    let mut fd = nix::unistd::dup(root).at(shown_root)?;
     if rel.is_empty() {
-        return Ok(fd);
+        return nix::unistd::dup(root).at(shown_root);
     }
-    for comp in rel.split(|&b| b == b'/') {
+    let mut comps = rel.split(|&b| b == b'/');
+    let first = comps.next().unwrap_or_default();
+    let mut fd = openat(root, first, DIR_FLAGS, Mode::empty()).at(shown(shown_root, rel))?;
+    for comp in comps {
         fd = openat(&fd, comp, DIR_FLAGS, Mode::empty()).at(shown(shown_root, rel))?;
     }
     Ok(fd)

@@ -5,10 +5,10 @@
 //! move no bytes and identical trees have identical manifests (and so identical revision ids).
 //!
 //! Paths are relative to the image root, `/`-separated raw bytes (names need not be UTF-8), with
-//! no empty, `.` or `..` component; the root itself is the entry with the empty path. [`decode`]
-//! refuses any manifest that breaks these rules, that names a parent which is not a directory, or
-//! whose hardlinks point anywhere but at an earlier non-directory entry: that is what keeps an
-//! apply from ever writing outside its target root.
+//! no empty, `.` or `..` component; the root itself is the entry with the empty path.
+//! [`Manifest::decode`] refuses any manifest that breaks these rules, that names a parent which
+//! is not a directory, or whose hardlinks point anywhere but at an earlier non-directory entry:
+//! that is what keeps an apply from ever writing outside its target root.
 //!
 //! A manifest *file* (`.mf`, in a repository and in a node's state directory) is the encoded
 //! manifest compressed as zstd frames, named by the id of the encoded bytes:

@@ -1,9 +1,9 @@
 //! Every byte layout aurum writes, one module each: on disk [`manifest`]s, [`pack`]s and their
 //! indexes, the published text files ([`refs`]: `FORMAT`, refs, `packs/list`), a node's
-//! `state.json` ([`node`]), a chroot work directory's files ([`chroot`]); on the wire the
-//! agent's frames ([`wire`]), binary [`delta`]s and what nodes [`report`] to the server. Each
-//! module holds its version, its types, its encoder and decoder (decoders return errors on any
-//! input, never panic) and a round-trip test.
+//! `state.json` ([`node`]), a chroot work directory's files ([`chroot`]), the catalog's SQL
+//! schema ([`catalog`]); on the wire the agent's frames ([`wire`]), binary [`delta`]s and what
+//! nodes [`report`] to the server. Each module holds its version, its types, its encoder and
+//! decoder (decoders return errors on any input, never panic) and a round-trip test.
 //!
 //! This module depends on nothing in aurum but `error`, so the format can be read and tested on
 //! its own.
@@ -68,6 +68,7 @@ macro_rules! named_enum {
     };
 }
 
+pub mod catalog;
 pub mod chroot;
 pub mod delta;
 pub mod manifest;

@@ -92,10 +92,7 @@ impl Loop {
 impl Drop for Loop {
     fn drop(&mut self) {
         if let Err(e) = run(Command::new("losetup").arg("--detach").arg(&self.dev)) {
-            eprintln!(
-                "aurum: warning: could not detach {}: {e}",
-                self.dev.display()
-            );
+            log::warn!("could not detach {}: {e}", self.dev.display());
         }
     }
 }
@@ -137,10 +134,7 @@ impl Drop for Mount {
         // detach lazily then, so the disk is at least released once it exits.
         if run(Command::new("umount").arg(&self.at)).is_err() {
             if let Err(e) = run(Command::new("umount").arg("--lazy").arg(&self.at)) {
-                eprintln!(
-                    "aurum: warning: could not unmount {}: {e}",
-                    self.at.display()
-                );
+                log::warn!("could not unmount {}: {e}", self.at.display());
             }
         }
     }

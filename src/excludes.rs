@@ -151,32 +151,28 @@ fn rule_regex(pattern: &str) -> Option<String> {
     // Unanchored, the pattern starts at any `/` of the path (which always starts with one).
     let mut re = String::from(if anchored { "(?s-u)^/" } else { "(?s-u)^.*/" });
     let chars: Vec<char> = body.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        match chars[i] {
-            '\\' if i + 1 < chars.len() => {
-                i += 1;
-                re.push_str(&regex::escape(&chars[i].to_string()));
+    let mut rest = chars.as_slice();
+    while let Some((&c, tail)) = rest.split_first() {
+        let here = rest;
+        rest = tail;
+        match (c, tail) {
+            ('\\', [escaped, after @ ..]) => {
+                re.push_str(&regex::escape(&escaped.to_string()));
+                rest = after;
             }
-            '*' => {
-                let mut n = 0;
-                while i < chars.len() && chars[i] == '*' {
-                    n += 1;
-                    i += 1;
-                }
-                re.push_str(if n > 1 { ".*" } else { "[^/]*" });
-                continue;
+            ('*', _) => {
+                let more = tail.iter().take_while(|&&c| c == '*').count();
+                re.push_str(if more > 0 { ".*" } else { "[^/]*" });
+                rest = tail.get(more..).unwrap_or_default();
             }
-            '?' => re.push_str("[^/]"),
-            '[' => {
-                let (cls, len) = class(&chars[i..])?;
+            ('?', _) => re.push_str("[^/]"),
+            ('[', _) => {
+                let (cls, len) = class(here)?;
                 re.push_str(&cls);
-                i += len;
-                continue;
+                rest = here.get(len..).unwrap_or_default();
             }
-            c => re.push_str(&regex::escape(&c.to_string())),
+            (c, _) => re.push_str(&regex::escape(&c.to_string())),
         }
-        i += 1;
     }
     if and_below {
         re.push_str("(?:/.*)?");

@@ -29,6 +29,7 @@ fn main() {
         Some(ValueSource::CommandLine | ValueSource::EnvVariable)
     );
     let level = match args.global.verbose {
+        _ if args.global.quiet => "error",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -37,6 +38,9 @@ fn main() {
         .format(|out, record| {
             use std::io::Write;
             match record.level() {
+                _ if record.target() == aurum::progress::NOTICE => {
+                    writeln!(out, "aurum: {}", record.args())
+                }
                 log::Level::Error => writeln!(out, "aurum: error: {}", record.args()),
                 log::Level::Warn => writeln!(out, "aurum: warning: {}", record.args()),
                 level => writeln!(

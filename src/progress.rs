@@ -17,6 +17,11 @@ pub trait Progress: Sync {
     fn note(&self, _note: &str) {}
 }
 
+/// The log target of notes the binary prints as `aurum: NOTE` (at warning level, so that they
+/// show by default and --quiet hides them): that a command waits for a lock, that a
+/// repository was upgraded. The library prints nothing itself.
+pub const NOTICE: &str = "aurum::notice";
+
 /// Progress that goes nowhere.
 pub struct Quiet;
 

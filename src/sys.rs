@@ -65,11 +65,13 @@ pub fn open_file_beneath(root: &OwnedFd, rel: &[u8], shown_root: &Path) -> Resul
 
 /// Opens the directory `rel` beneath `root`, never following a symlink on the way.
 pub fn open_dir_beneath(root: BorrowedFd, rel: &[u8], shown_root: &Path) -> Result<OwnedFd> {
-    let mut fd = nix::unistd::dup(root).at(shown_root)?;
     if rel.is_empty() {
-        return Ok(fd);
+        return nix::unistd::dup(root).at(shown_root);
     }
-    for comp in rel.split(|&b| b == b'/') {
+    let mut comps = rel.split(|&b| b == b'/');
+    let first = comps.next().unwrap_or_default();
+    let mut fd = openat(root, first, DIR_FLAGS, Mode::empty()).at(shown(shown_root, rel))?;
+    for comp in comps {
         fd = openat(&fd, comp, DIR_FLAGS, Mode::empty()).at(shown(shown_root, rel))?;
     }
     Ok(fd)
@@ -163,6 +165,46 @@ pub fn sync_dir(path: &Path) -> Result<()> {
         .at(path)
 }
 
+/// How [`write_atomic`] writes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriteOpts<'a> {
+    /// fsync the file before the rename and the directory after it, so the new content
+    /// survives a power cut; without, a crash leaves the old file or the new one, never a
+    /// torn one, but maybe the old one.
+    pub durable: bool,
+    /// Where the temporary file is made (on the same filesystem as the target); default the
+    /// target's directory. A repository writes through its `tmp/`, so that a web server
+    /// serving the target's directory never sees a half-written file.
+    pub tmp_dir: Option<&'a Path>,
+    /// The file's mode; default 0600, as the temporary file is made.
+    pub mode: Option<u32>,
+}
+
+/// Writes `data` to `path` atomically: a temporary file of its own (created exclusively, so
+/// never through a link someone planted, and no collision between concurrent writers),
+/// renamed over `path`. The one way aurum replaces a file that others read.
+pub fn write_atomic(path: &Path, data: &[u8], opts: WriteOpts) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp_dir = opts.tmp_dir.unwrap_or(dir);
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).at(tmp_dir)?;
+    tmp.write_all(data).at(tmp.path())?;
+    if let Some(mode) = opts.mode {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .at(tmp.path())?;
+    }
+    if opts.durable {
+        tmp.as_file().sync_all().at(tmp.path())?;
+    }
+    tmp.persist(path).map_err(|e| e.error).at(path)?;
+    if opts.durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Flushes everything written to the filesystem holding `fd` (one call instead of an fsync
 /// per file; `shown` names it in an error).
 pub fn sync_fs(fd: BorrowedFd, shown: &Path) -> Result<()> {
@@ -242,11 +284,145 @@ pub fn lock_file(file: &std::fs::File, path: &Path, exclusive: bool, waiting: &s
         Err(std::fs::TryLockError::WouldBlock) => {}
         Err(std::fs::TryLockError::Error(e)) => return Err(e).at(path),
     }
-    eprintln!("aurum: {waiting}");
+    log::warn!(target: crate::progress::NOTICE, "{waiting}");
     if exclusive {
         file.lock()
     } else {
         file.lock_shared()
     }
     .at(path)
+}
+
+/// One line of /proc/self/mountinfo: where something is mounted and its filesystem type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub point: PathBuf,
+    pub fstype: String,
+}
+
+/// The mounts of this process, in the order they were mounted; empty when /proc is not there
+/// (a caller that finds no mount has nothing to skip or undo).
+pub fn mount_table() -> Vec<MountInfo> {
+    std::fs::read("/proc/self/mountinfo")
+        .map(|text| parse_mountinfo(&text))
+        .unwrap_or_default()
+}
+
+/// The lines of a mountinfo file (proc(5)): the mount point is field 5, the filesystem type
+/// the first field after the `-` separator. A line without them is passed over.
+pub fn parse_mountinfo(text: &[u8]) -> Vec<MountInfo> {
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let sep = fields.iter().position(|f| *f == b"-")?;
+            let point = fields.get(4).filter(|_| sep > 4)?;
+            let fstype = fields.get(sep + 1)?;
+            Some(MountInfo {
+                point: PathBuf::from(std::ffi::OsString::from_vec(unescape_mount(point))),
+                fstype: String::from_utf8_lossy(fstype).into_owned(),
+            })
+        })
+        .collect()
+}
+
+/// One line of an fstab(5) file or of /proc/self/mounts, which has the same shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FstabEntry {
+    /// `UUID=…`, `LABEL=…` or a device path.
+    pub spec: String,
+    pub point: String,
+    pub fstype: String,
+    pub options: String,
+}
+
+/// The entries of an fstab or /proc/self/mounts text; comments, blank lines and lines with
+/// fewer than four fields are passed over.
+pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
+    let field = |f: &str| String::from_utf8_lossy(&unescape_mount(f.as_bytes())).into_owned();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some(FstabEntry {
+                spec: field(f.next()?),
+                point: field(f.next()?),
+                fstype: field(f.next()?),
+                options: field(f.next()?),
+            })
+        })
+        .collect()
+}
+
+/// The kernel writes space, tab, newline and backslash in mount tables as `\ooo`; anything
+/// else after a backslash (or an octal number over 255) is kept as it stands.
+fn unescape_mount(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut rest = field;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'\\' {
+            if let Some(v) = tail
+                .get(..3)
+                .and_then(|o| std::str::from_utf8(o).ok())
+                .filter(|o| o.bytes().all(|c| (b'0'..=b'7').contains(&c)))
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+            {
+                out.push(v);
+                rest = tail.get(3..).unwrap_or_default();
+                continue;
+            }
+        }
+        out.push(b);
+        rest = tail;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let text = b"22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw\n\
+            36 22 0:31 / /mnt/a\\040b rw master:3 - tmpfs tmpfs rw\n\
+            37 22 0:32 / /short rw\n\
+            \n";
+        let m = parse_mountinfo(text);
+        assert_eq!(
+            m,
+            vec![
+                MountInfo {
+                    point: "/".into(),
+                    fstype: "ext4".into()
+                },
+                MountInfo {
+                    point: "/mnt/a b".into(),
+                    fstype: "tmpfs".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn mount_escapes() {
+        assert_eq!(unescape_mount(b"/a\\040b\\134c"), b"/a b\\c");
+        assert_eq!(unescape_mount(b"/plain\\"), b"/plain\\");
+        assert_eq!(unescape_mount(b"/x\\12"), b"/x\\12");
+        // Over 255: kept as written, not wrapped or a panic.
+        assert_eq!(unescape_mount(b"/x\\777"), b"/x\\777");
+        assert_eq!(unescape_mount(b"/x\\+12"), b"/x\\+12");
+    }
+
+    #[test]
+    fn fstab_lines() {
+        let text = "# comment\n\nUUID=ab / ext4 defaults 0 1\n/dev/sdb1 /data\\040x xfs noatime\nshort line\n";
+        let f = parse_fstab(text);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].spec, "UUID=ab");
+        assert_eq!(f[0].point, "/");
+        assert_eq!(f[0].options, "defaults");
+        assert_eq!(f[1].point, "/data x");
+        assert_eq!(f[1].fstype, "xfs");
+    }
 }

@@ -45,6 +45,51 @@ pub struct Identity {
     pub hostname: String,
 }
 
+/// What a hook is told, as `AURUM_*` environment variables (the hooks page of the book lists
+/// them): the same names for an install and an update, those that only an install knows left
+/// out of an update.
+#[derive(Clone, Debug, Default)]
+pub struct HookEnv {
+    /// Chooses the hooks, and gives `AURUM_IMAGE`, `AURUM_GROUP` and `AURUM_HOSTNAME`.
+    pub who: Identity,
+    /// `AURUM_ROOT`: the node's root as the hook sees it (`/` in a chroot).
+    pub root: PathBuf,
+    /// `AURUM_REVISION`: the full id of the revision being put in place.
+    pub revision: String,
+    /// `AURUM_SERVER`: where the revision comes from.
+    pub server: String,
+    /// `AURUM_CLASS`: the partition template's class (install only).
+    pub class: Option<String>,
+    /// `AURUM_FIRMWARE`: `uefi` or `bios` (install only).
+    pub firmware: Option<&'static str>,
+    /// `AURUM_DISK`: the disk to boot from (post-install only).
+    pub disk: Option<PathBuf>,
+}
+
+impl HookEnv {
+    /// The variables, name and value.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("AURUM_ROOT", self.root.display().to_string()),
+            ("AURUM_IMAGE", self.who.image.clone()),
+            ("AURUM_REVISION", self.revision.clone()),
+            ("AURUM_HOSTNAME", self.who.hostname.clone()),
+            ("AURUM_GROUP", self.who.group.clone().unwrap_or_default()),
+            ("AURUM_SERVER", self.server.clone()),
+        ];
+        if let Some(c) = &self.class {
+            v.push(("AURUM_CLASS", c.clone()));
+        }
+        if let Some(f) = self.firmware {
+            v.push(("AURUM_FIRMWARE", f.into()));
+        }
+        if let Some(d) = &self.disk {
+            v.push(("AURUM_DISK", d.display().to_string()));
+        }
+        v
+    }
+}
+
 /// One hook file chosen to run.
 #[derive(Clone, Debug)]
 pub struct Hook {
@@ -131,7 +176,7 @@ pub fn select(dir: &Path, stage: Stage, who: &Identity) -> Result<Vec<Hook>> {
 
 /// Runs one hook with `env`; chrooted in `chroot` when given. Returns its output; a failure is
 /// an error holding the output.
-pub fn run(hook: &Hook, env: &[(String, String)], chroot: Option<&Path>) -> Result<String> {
+pub fn run(hook: &Hook, env: &HookEnv, chroot: Option<&Path>) -> Result<String> {
     let mut cmd;
     let mut copied = None;
     match chroot {
@@ -159,7 +204,7 @@ pub fn run(hook: &Hook, env: &[(String, String)], chroot: Option<&Path>) -> Resu
         }
         None => cmd = Command::new(&hook.path),
     }
-    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd.envs(env.vars());
     let out = cmd.output();
     if let Some((c, times)) = copied {
         let _ = std::fs::remove_file(&c);
@@ -182,17 +227,16 @@ pub fn run(hook: &Hook, env: &[(String, String)], chroot: Option<&Path>) -> Resu
     Ok(text)
 }
 
-/// Runs every hook of `stage` under `dir` that applies to `who`, in order; stops at the first
-/// failure. Returns each hook's name and output.
+/// Runs every hook of `stage` under `dir` that applies to `env.who`, in order; stops at the
+/// first failure. Returns each hook's name and output.
 pub fn run_stage(
     dir: &Path,
     stage: Stage,
-    who: &Identity,
-    env: &[(String, String)],
+    env: &HookEnv,
     chroot: Option<&Path>,
 ) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for h in select(dir, stage, who)? {
+    for h in select(dir, stage, &env.who)? {
         let text = run(&h, env, chroot)?;
         out.push((h.name, text));
     }

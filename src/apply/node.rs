@@ -21,6 +21,7 @@ use crate::apply::source::Target;
 use crate::error::{corrupt, invalid, IoContext, Result};
 use crate::format::manifest::{self, Manifest};
 pub use crate::format::node::{short_id, HistoryEntry, NodeState, RevRef};
+use crate::format::report::NodeAction;
 use crate::format::Id;
 
 /// The node state directory, relative to the node's root.
@@ -41,7 +42,7 @@ impl From<&Target> for RevRef {
 /// `journal.json`: an update in progress.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Journal {
-    pub action: String,
+    pub action: NodeAction,
     pub from: Option<RevRef>,
     pub to: RevRef,
     pub undo: String,
@@ -66,16 +67,19 @@ pub struct Node {
     lock: OnceLock<fs::File>,
 }
 
+/// The mode of the files in the state directory: `node-status` reads them as any user.
+const STATE_FILE_MODE: u32 = 0o644;
+
 fn write_file(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(name);
-    {
-        let mut f = fs::File::create(&tmp).at(&tmp)?;
-        std::io::Write::write_all(&mut f, data).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-    }
-    fs::rename(&tmp, &path).at(&path)?;
-    crate::sys::sync_dir(dir)
+    crate::sys::write_atomic(
+        &dir.join(name),
+        data,
+        crate::sys::WriteOpts {
+            durable: true,
+            mode: Some(STATE_FILE_MODE),
+            ..Default::default()
+        },
+    )
 }
 
 /// Locks the node's `lock` file, exclusive for an update, shared for a reader, saying so when
@@ -236,9 +240,14 @@ impl Node {
         let id = Id::of(&raw);
         let p = self.dir.join("manifests").join(format!("{}.mf", id.hex()));
         if !p.exists() {
-            let tmp = p.with_extension("tmp");
-            fs::write(&tmp, manifest::compress_file(&raw, 3)?).at(&tmp)?;
-            fs::rename(&tmp, &p).at(&p)?;
+            crate::sys::write_atomic(
+                &p,
+                &manifest::compress_file(&raw, 3)?,
+                crate::sys::WriteOpts {
+                    mode: Some(STATE_FILE_MODE),
+                    ..Default::default()
+                },
+            )?;
         }
         Ok(id)
     }

@@ -32,7 +32,7 @@ use crate::format::refs;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::delta::{self, Want};
-use crate::repo::{Lock, Repository};
+use crate::repo::{Lock, Repository, RevSpec};
 use crate::store::{self, decode_blob};
 
 /// A revision a node is asked to go to.
@@ -343,7 +343,10 @@ impl HttpRepo {
             match status {
                 206 if body.len() as u64 == end - start + 1 => Ok(body),
                 // A server that ignores Range sends the whole file.
-                200 if body.len() as u64 > end => Ok(body[start as usize..=end as usize].to_vec()),
+                200 if body.len() as u64 > end && start <= end => Ok(body
+                    .get(start as usize..=end as usize)
+                    .unwrap_or_default()
+                    .to_vec()),
                 s => Err(Failure::Final(self.net(
                     path,
                     format!(
@@ -427,11 +430,8 @@ impl HttpRepo {
         let entries = decode_index(&bytes)
             .map_err(|e| self.inconsistent(&path, &format!("it does not decode ({e})")))?;
         std::fs::create_dir_all(&self.cache).at(&self.cache)?;
-        // A temporary file of its own (created exclusively, never through a link someone
-        // planted), renamed into place: concurrent updates sharing the cache do not collide.
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.cache).at(&self.cache)?;
-        std::io::Write::write_all(&mut tmp, &bytes).at(tmp.path())?;
-        tmp.persist(&cached).map_err(|e| e.error).at(&cached)?;
+        // Concurrent updates sharing the cache do not collide (see write_atomic).
+        crate::sys::write_atomic(&cached, &bytes, Default::default())?;
         Ok(entries)
     }
 }
@@ -526,59 +526,59 @@ impl RevisionSource for HttpRepo {
             refs::decode_ref(&text)
                 .ok_or_else(|| corrupt(format!("{what} on the server does not hold a revision id")))
         };
-        if let Some((image, n)) = spec.split_once('@') {
-            let number: u32 = n.parse().map_err(|_| {
-                invalid(format!(
-                    "`{spec}`: the part after @ must be a revision number"
-                ))
-            })?;
-            if !ref_name_ok(image) {
-                return Err(invalid(format!("`{image}` is not an image name")));
-            }
-            let list = self
-                .get(&format!("refs/{image}/revisions"))
-                .map_err(|e| self.no_image(image, e))?;
-            let path = format!("refs/{image}/revisions");
-            let id = refs::decode_revisions(&list)
-                .map_err(|p| self.inconsistent(&path, &p.to_string()))?
-                .into_iter()
-                .find_map(|(n, id)| (n == number).then_some(id))
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "image `{image}` has no revision {number} on {}",
-                        self.base
-                    ))
-                })?;
-            return Ok(Target {
-                image: Some(image.into()),
-                number: Some(number),
-                id,
-            });
-        }
-        if let Some((image, tag)) = spec.split_once(':') {
-            if !ref_name_ok(image) || !ref_name_ok(tag) {
-                return Err(invalid(format!("`{spec}` is not IMAGE:TAG")));
-            }
-            let text = self
-                .get(&format!("refs/{image}/tags/{tag}"))
-                .map_err(|e| match e {
-                    Error::NotFound(_) => match self.get(&format!("refs/{image}/head")) {
-                        Ok(_) => Error::NotFound(format!(
-                            "image `{image}` has no tag `{tag}` on {}",
+        let parsed: RevSpec = spec.parse()?;
+        match &parsed {
+            RevSpec::Number { image, number } => {
+                let number = *number;
+                if !ref_name_ok(image) {
+                    return Err(invalid(format!("`{image}` is not an image name")));
+                }
+                let list = self
+                    .get(&format!("refs/{image}/revisions"))
+                    .map_err(|e| self.no_image(image, e))?;
+                let path = format!("refs/{image}/revisions");
+                let id = refs::decode_revisions(&list)
+                    .map_err(|p| self.inconsistent(&path, &p.to_string()))?
+                    .into_iter()
+                    .find_map(|(n, id)| (n == number).then_some(id))
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "image `{image}` has no revision {number} on {}",
                             self.base
-                        )),
-                        Err(e) => self.no_image(image, e),
-                    },
-                    e => e,
-                })?;
-            let id = id_of(text, "the tag")?;
-            return Ok(Target {
-                image: Some(image.into()),
-                number: self.number_of(image, &id),
-                id,
-            });
+                        ))
+                    })?;
+                return Ok(Target {
+                    image: Some(image.clone()),
+                    number: Some(number),
+                    id,
+                });
+            }
+            RevSpec::Tag { image, tag } => {
+                if !ref_name_ok(image) || !ref_name_ok(tag) {
+                    return Err(invalid(format!("`{spec}` is not IMAGE:TAG")));
+                }
+                let text = self
+                    .get(&format!("refs/{image}/tags/{tag}"))
+                    .map_err(|e| match e {
+                        Error::NotFound(_) => match self.get(&format!("refs/{image}/head")) {
+                            Ok(_) => Error::NotFound(format!(
+                                "image `{image}` has no tag `{tag}` on {}",
+                                self.base
+                            )),
+                            Err(e) => self.no_image(image, e),
+                        },
+                        e => e,
+                    })?;
+                let id = id_of(text, "the tag")?;
+                return Ok(Target {
+                    image: Some(image.clone()),
+                    number: self.number_of(image, &id),
+                    id,
+                });
+            }
+            RevSpec::Bare(_) => {}
         }
-        if let Some(id) = Id::from_hex(&spec.to_ascii_lowercase()) {
+        if let Some(id) = parsed.full_id() {
             return Ok(Target {
                 image: None,
                 number: None,
@@ -1012,8 +1012,6 @@ impl HttpRepo {
         moved.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         progress.advance(bytes.len() as u64);
         for (offset, len, members) in recs {
-            let at = (offset - start) as usize;
-            let payload = &bytes[at..at + *len as usize];
             let wrong = |e: &IndexEntry| {
                 corrupt(format!(
                     "the server sent wrong bytes for blob {} (pack {}); nothing was written with them. Check the server's repository with `aurum verify`",
@@ -1021,9 +1019,21 @@ impl HttpRepo {
                     pack.short()
                 ))
             };
-            if members[0].codec == Codec::ZstdGroup {
-                let body = store::decode_group_payload(&members[0].id, payload)
-                    .map_err(|_| wrong(&members[0]))?;
+            let at = (offset - start) as usize;
+            let Some(payload) = bytes.get(at..at + *len as usize) else {
+                return Err(members.first().map_or_else(
+                    || {
+                        corrupt(format!(
+                            "the server sent too few bytes of pack {}",
+                            pack.short()
+                        ))
+                    },
+                    wrong,
+                ));
+            };
+            if let Some(group) = members.first().filter(|m| m.codec == Codec::ZstdGroup) {
+                let body =
+                    store::decode_group_payload(&group.id, payload).map_err(|_| wrong(group))?;
                 for e in members {
                     let data = body
                         .get(e.inner as usize..e.inner as usize + e.raw_len as usize)

@@ -49,6 +49,7 @@ use crate::apply::source::{RevisionSource, Target};
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::excludes::Excludes;
 use crate::format::manifest::{display_path, file_name, parent, Entry, Kind, Manifest};
+use crate::format::report::NodeAction;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::delta;
@@ -110,8 +111,8 @@ pub const UPDATECLIENT_EXCLUDES: &[&str] = &[
 
 /// What an update is asked to do.
 pub struct UpdateOptions {
-    /// `updateclient` or `rollback` (recorded in history and reports).
-    pub action: String,
+    /// `updateclient`, `rollback` or `install` (recorded in history and reports).
+    pub action: NodeAction,
     pub dry_run: bool,
     pub no_delete: bool,
     /// Hash local files instead of trusting size and mtime.
@@ -649,7 +650,7 @@ fn undo_failed(
     // Back to exactly what the node ran, its overrides included; the list of overrides it
     // follows stays as it was.
     let opts = &UpdateOptions {
-        action: opts.action.clone(),
+        action: opts.action,
         dry_run: false,
         no_delete: opts.no_delete,
         verify_local: opts.verify_local,
@@ -678,13 +679,11 @@ fn undo_failed(
     }
 }
 
-/// Keeps a fetched or rebuilt blob in `staging` until the run uses it: written under a
-/// temporary name and renamed, so a staged blob is always whole.
+/// Keeps a fetched or rebuilt blob in `staging` until the run uses it: written atomically, so
+/// a staged blob is always whole (a temporary file left by a kill is removed with the rest
+/// of `staging` by [`free_staging`]).
 fn stage(staging: &Path, id: &Id, data: &[u8]) -> Result<()> {
-    let p = staging.join(id.hex());
-    let tmp = staging.join(format!(".{}", id.hex()));
-    std::fs::write(&tmp, data).at(&tmp)?;
-    std::fs::rename(&tmp, &p).at(&p)
+    crate::sys::write_atomic(&staging.join(id.hex()), data, Default::default())
 }
 
 /// Deletes the staged blobs of an update that will not use them (or has used them).
@@ -831,7 +830,7 @@ impl<'a> Run<'a> {
     /// The journal of this run, `fresh` or not, its undo area named `undo`.
     fn journal_of(&self, undo: &str, fresh: bool) -> Journal {
         Journal {
-            action: self.opts.action.clone(),
+            action: self.opts.action,
             from: if fresh { None } else { self.from.clone() },
             to: self.to.clone(),
             undo: undo.to_string(),
@@ -1159,7 +1158,7 @@ impl<'a> Run<'a> {
         }
         state.history.push(HistoryEntry {
             time: crate::catalog::now(),
-            action: opts.action.clone(),
+            action: opts.action,
             from: from.as_ref().map(|f| f.id.clone()),
             to: to.id.clone(),
             result: match self.undoing {
@@ -1387,7 +1386,7 @@ fn index_local(
 pub fn rollback_target(node: &Node) -> Result<(Target, Manifest, Overlay)> {
     let state = node.state()?;
     let back = match node.journal()? {
-        Some(j) if j.action == "rollback" => Some(j.to),
+        Some(j) if j.action == NodeAction::Rollback => Some(j.to),
         Some(j) => j.from,
         None => state.previous.clone(),
     }

@@ -706,42 +706,18 @@ impl Mounts {
 impl Drop for Mounts {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            eprintln!("aurum: error: {e}");
+            log::error!("{e}");
         }
     }
 }
 
 /// Mount points at or below `root`, in the order they were mounted.
 fn mounts_below(root: &Path) -> Vec<PathBuf> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+    crate::sys::mount_table()
+        .into_iter()
+        .map(|m| m.point)
         .filter(|p| p.starts_with(root))
         .collect()
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> OsString {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                out.push((oct[0] - b'0') * 64 + (oct[1] - b'0') * 8 + (oct[2] - b'0'));
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    OsString::from_vec(out)
 }
 
 /// Unmounts every mount at or below `root`, newest first; a busy one is detached (lazy
@@ -853,15 +829,6 @@ pub fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(
-            unescape_mountinfo("/a\\040b\\134c"),
-            OsString::from("/a b\\c")
-        );
-        assert_eq!(unescape_mountinfo("/plain\\"), OsString::from("/plain\\"));
-    }
 
     #[test]
     fn source_round_trip() {

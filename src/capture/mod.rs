@@ -40,6 +40,13 @@ pub use crate::store::chunk::{file_chunks, Content, ExtentReader};
 use crate::store::{compressible, group_blobs, PreparedGroup};
 use scan::Scanned;
 
+/// Member `inner..inner + len` of a group's body; a group whose table points past its body
+/// is damaged (a received one was checked, member by member, already).
+fn member(body: &[u8], inner: u32, len: u32) -> Result<&[u8]> {
+    body.get(inner as usize..inner as usize + len as usize)
+        .ok_or_else(|| crate::error::corrupt("a group's table points past its body"))
+}
+
 /// Where blobs go as a source finds them.
 pub trait BlobSink: Sync {
     /// True exactly once for each blob that must be stored; the caller then calls `put`.
@@ -53,7 +60,7 @@ pub trait BlobSink: Sync {
     fn put_received(&self, group: PreparedGroup, body: &[u8]) -> Result<()> {
         for (id, len, inner) in &group.members {
             if self.claim(id)? {
-                store(self, id, &body[*inner as usize..(*inner + *len) as usize])?;
+                store(self, id, member(body, *inner, *len)?)?;
             }
         }
         Ok(())
@@ -115,7 +122,7 @@ impl BlobSink for Mutex<BlobWriter> {
         drop(w);
         for ((id, len, inner), new) in group.members.iter().zip(new) {
             if new {
-                store(self, id, &body[*inner as usize..(*inner + *len) as usize])?;
+                store(self, id, member(body, *inner, *len)?)?;
             }
         }
         Ok(())
@@ -344,11 +351,10 @@ fn missing_chunks(
         let Some(c) = c.as_ref().filter(|_| !gone[i]) else {
             continue;
         };
-        let numbers: Vec<u32> = (0..c.chunks.len() as u32)
-            .filter(|&n| {
-                let id = &c.chunks[n as usize].id;
-                pending.contains(id) && asked.insert(*id)
-            })
+        let numbers: Vec<u32> = (0u32..)
+            .zip(&c.chunks)
+            .filter(|(_, chunk)| pending.contains(&chunk.id) && asked.insert(chunk.id))
+            .map(|(n, _)| n)
             .collect();
         if !numbers.is_empty() {
             wants.push((i, numbers));

@@ -330,7 +330,13 @@ impl Source for RemoteSource {
             known: sink.known()?,
             level: crate::store::level() as u8,
         })?;
-        let total: u64 = files.iter().map(|&i| scanned[i].stat.size).sum();
+        let size = |file: u64| {
+            usize::try_from(file)
+                .ok()
+                .and_then(|i| scanned.get(i))
+                .map_or(0, |s| s.stat.size)
+        };
+        let total: u64 = files.iter().map(|&i| size(i as u64)).sum();
         progress.phase("hashing (remote)", Some(total), true);
         // Outer `None`: no answer yet; inner `None`: the file vanished.
         let mut out: Vec<Option<Option<Content>>> = vec![None; files.len()];
@@ -353,13 +359,17 @@ impl Source for RemoteSource {
                     extents,
                 } => {
                     let p = at(file)?;
-                    progress.advance(scanned[file as usize].stat.size);
-                    out[p] = Some(Some(Content { chunks, extents }));
+                    progress.advance(size(file));
+                    if let Some(slot) = out.get_mut(p) {
+                        *slot = Some(Some(Content { chunks, extents }));
+                    }
                 }
                 Msg::Vanished { file } => {
                     let p = at(file)?;
-                    progress.advance(scanned[file as usize].stat.size);
-                    out[p] = Some(None);
+                    progress.advance(size(file));
+                    if let Some(slot) = out.get_mut(p) {
+                        *slot = Some(None);
+                    }
                 }
                 Msg::Blob {
                     id,

@@ -38,45 +38,13 @@ const DISK_FILESYSTEMS: &[&str] = &[
     "bcachefs", "exfat",
 ];
 
-/// Mount points under the root, from /proc/self/mountinfo: absolute path -> filesystem type.
+/// Mount points under the root, from /proc/self/mountinfo: absolute path -> filesystem type
+/// (the last mount on a point is the one seen).
 fn mount_table() -> HashMap<PathBuf, String> {
-    let mut out = HashMap::new();
-    let Ok(text) = std::fs::read("/proc/self/mountinfo") else {
-        return out;
-    };
-    for line in text.split(|&b| b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
-            continue;
-        };
-        if fields.len() < 5 || sep + 1 >= fields.len() {
-            continue;
-        }
-        let point = unescape_mount(fields[4]);
-        let fstype = String::from_utf8_lossy(fields[sep + 1]).into_owned();
-        out.insert(PathBuf::from(OsStr::from_bytes(&point)), fstype);
-    }
-    out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mount(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\' && i + 3 < field.len() {
-            if let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&field[i + 1..i + 4]).unwrap_or("x"), 8)
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(field[i]);
-        i += 1;
-    }
-    out
+    crate::sys::mount_table()
+        .into_iter()
+        .map(|m| (m.point, m.fstype))
+        .collect()
 }
 
 /// The mtime recorded for a directory the capture keeps empty (a mount point it does not
@@ -346,14 +314,3 @@ pub fn is_vanished(e: &crate::Error) -> bool {
 }
 
 pub use crate::sys::open_file_beneath;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mount(b"/mnt/a\\040b"), b"/mnt/a b");
-        assert_eq!(unescape_mount(b"/plain"), b"/plain");
-    }
-}

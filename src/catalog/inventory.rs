@@ -7,7 +7,7 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{now, Catalog};
-use crate::catalog::nodes::{Boot, LastPhase, NodeEntry};
+use crate::catalog::nodes::{Boot, InstallPhase, LastPhase, NodeEntry};
 use crate::error::{invalid, Error, Result};
 
 const COLUMNS: &str =
@@ -15,7 +15,7 @@ const COLUMNS: &str =
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<NodeEntry> {
     let boot: String = r.get(7)?;
-    let phase: Option<String> = r.get(8)?;
+    let phase: Option<InstallPhase> = r.get(8)?;
     Ok(NodeEntry {
         name: r.get(0)?,
         mac: r.get(1)?,
@@ -169,7 +169,7 @@ impl Catalog {
     pub fn record_phase(
         &mut self,
         name: &str,
-        phase: &str,
+        phase: InstallPhase,
         detail: &str,
         revision: Option<&str>,
     ) -> Result<NodeEntry> {

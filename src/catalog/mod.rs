@@ -93,7 +93,7 @@ pub struct TagRef {
     pub number: u32,
 }
 
-pub use crate::format::report::NodeReport;
+pub use crate::format::report::{NodeAction, NodeReport, Outcome};
 
 /// A node's latest report, as `aurum nodes` lists it.
 #[derive(Clone, Debug, Serialize)]

@@ -43,11 +43,12 @@ impl Boot {
     }
 }
 
+pub use crate::format::report::InstallPhase;
+
 /// The last install phase a node reported.
 #[derive(Clone, Debug, Serialize)]
 pub struct LastPhase {
-    /// `facts`, `partition`, `mkfs`, `transfer`, `hooks`, `bootloader`, `done`, `failed`...
-    pub phase: String,
+    pub phase: InstallPhase,
     pub detail: String,
     /// The revision being installed, when known.
     pub revision: Option<String>,
@@ -177,7 +178,7 @@ pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {
         let get = |name: &str| {
             cols.iter()
                 .position(|c| c == name)
-                .map(|i| fields[i])
+                .and_then(|i| fields.get(i).copied())
                 .filter(|v| !v.is_empty())
         };
         let at = |e: crate::Error| invalid(format!("{origin}:{n}: {e}"));

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{human_bytes, open, progress, Global};
+use super::{human_bytes, open, Global};
 
 /// Write a revision into an empty directory, with full fidelity.
 ///
@@ -29,7 +29,7 @@ pub fn exec(g: &Global, a: CheckoutArgs) -> anyhow::Result<()> {
     let rev = repo.resolve(&a.rev)?;
     let manifest = repo.load_manifest(&rev.id)?;
     let blobs = repo.blobs()?;
-    let progress = progress::for_terminal(g.no_progress);
+    let progress = g.progress();
     let started = std::time::Instant::now();
     let r = aurum::apply::checkout(&manifest, &blobs, &a.dir, progress.as_ref())?;
     if a.sync {
@@ -37,7 +37,7 @@ pub fn exec(g: &Global, a: CheckoutArgs) -> anyhow::Result<()> {
         aurum::sys::sync_fs(std::os::fd::AsFd::as_fd(&fd), &a.dir)?;
     }
     for w in &r.warnings {
-        eprintln!("aurum: warning: {w}");
+        super::warning(w);
     }
     println!(
         "{} {} -> {}: {} entries, {} files, {} in {:.2} s",

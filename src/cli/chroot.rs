@@ -7,7 +7,7 @@ use aurum::capture::chroot::{self, Ending, WorkDir};
 use clap::Args;
 
 use super::inspect::print_changes;
-use super::{open, progress, Global};
+use super::{open, Global};
 
 /// Edit an image in a chroot: run a command, or a shell, in a copy of a revision and record
 /// the result as a new revision.
@@ -71,7 +71,7 @@ pub struct ChrootArgs {
 }
 
 pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
-    let progress = progress::for_terminal(g.no_progress);
+    let progress = g.progress();
     let mut work = match &a.resume {
         Some(dir) => {
             let mut work = WorkDir::open(dir)?;
@@ -94,9 +94,9 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
             let (work, r) =
                 chroot::prepare(&repo, &parent, &image, &message, &under, progress.as_ref())?;
             for w in &r.warnings {
-                eprintln!("aurum: warning: {w}");
+                super::warning(w);
             }
-            eprintln!(
+            super::say!(
                 "aurum: {} checked out into {} ({} entries)",
                 parent.name(),
                 work.root().display(),
@@ -161,12 +161,12 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
             r.capture.elapsed,
             progress.as_ref(),
         ) {
-            eprintln!("aurum: warning: deltas from the parent not precomputed: {e:#}");
+            super::warning(format!("deltas from the parent not precomputed: {e:#}"));
         }
     }
     drop(repo);
     for w in &r.capture.warnings {
-        eprintln!("aurum: warning: {w}");
+        super::warning(w);
     }
     let rev = &r.capture.revision;
     if r.capture.unchanged {

@@ -7,7 +7,7 @@ use aurum::capture::{self, CaptureOptions, LocalSource, Source};
 use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED, DEFAULT_CAPTURE_EXCLUDES};
 use clap::Args;
 
-use super::{human_bytes, open, progress, Global};
+use super::{human_bytes, open, Global};
 
 /// Capture a golden client into a new revision of an image.
 ///
@@ -145,7 +145,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
             Box::new(LocalSource::new(&root, Excludes::new(&patterns)?))
         }
     };
-    let progress = progress::for_terminal(g.no_progress);
+    let progress = g.progress();
     let opts = CaptureOptions {
         image,
         message: a.message,
@@ -154,7 +154,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     let r = capture::getimage(&mut repo, source.as_mut(), &opts, progress.as_ref())?;
     drop(source);
     for w in &r.warnings {
-        eprintln!("aurum: warning: {w}");
+        super::warning(w);
     }
     let rev = &r.revision;
     println!(

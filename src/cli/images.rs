@@ -1,6 +1,6 @@
 //! Commands that name things: `tag`, `cpimage`, `mvimage`, `rmimage`.
 
-use aurum::repo::check_name;
+use aurum::repo::RevSpec;
 use clap::Args;
 
 use super::{open, Global};
@@ -24,28 +24,19 @@ pub struct TagArgs {
 pub fn tag(g: &Global, a: TagArgs) -> anyhow::Result<()> {
     let mut repo = open(g)?;
     if a.delete {
-        let (image, tag) = a.rev.split_once(':').ok_or_else(|| {
-            aurum::Error::Invalid(format!("`{}`: give the tag to delete as IMAGE:TAG", a.rev))
-        })?;
-        repo.require_image(image)?;
-        let publishing = repo.publishing()?;
-        if !repo.catalog.delete_tag(image, tag)? {
-            return Err(
-                aurum::Error::NotFound(format!("image `{image}` has no tag `{tag}`")).into(),
-            );
-        }
-        repo.write_refs(image)?;
-        publishing.done();
+        let Ok(RevSpec::Tag { image, tag }) = a.rev.parse() else {
+            return Err(aurum::Error::Invalid(format!(
+                "`{}`: give the tag to delete as IMAGE:TAG",
+                a.rev
+            ))
+            .into());
+        };
+        repo.untag(&image, &tag)?;
         println!("deleted {image}:{tag}");
         return Ok(());
     }
     let tag = a.tag.expect("required by clap");
-    check_name("tag", &tag)?;
-    let rev = repo.resolve(&a.rev)?;
-    let publishing = repo.publishing()?;
-    repo.catalog.set_tag(&rev.image, &tag, rev.number)?;
-    repo.write_refs(&rev.image)?;
-    publishing.done();
+    let rev = repo.tag(&a.rev, &tag)?;
     println!("{}:{tag} -> {} {}", rev.image, rev.name(), rev.id.short());
     Ok(())
 }
@@ -63,20 +54,7 @@ pub struct CpimageArgs {
 }
 
 pub fn cpimage(g: &Global, a: CpimageArgs) -> anyhow::Result<()> {
-    let mut repo = open(g)?;
-    repo.require_image(&a.src)?;
-    check_name("image", &a.dst)?;
-    if repo.catalog.image_exists(&a.dst)? {
-        return Err(aurum::Error::Invalid(format!(
-            "image `{}` already exists; pick another name or `aurum rmimage {}` first",
-            a.dst, a.dst
-        ))
-        .into());
-    }
-    let publishing = repo.publishing()?;
-    repo.catalog.copy_image(&a.src, &a.dst)?;
-    repo.write_refs(&a.dst)?;
-    publishing.done();
+    open(g)?.copy_image(&a.src, &a.dst)?;
     println!("copied {} to {}", a.src, a.dst);
     Ok(())
 }
@@ -91,17 +69,7 @@ pub struct MvimageArgs {
 }
 
 pub fn mvimage(g: &Global, a: MvimageArgs) -> anyhow::Result<()> {
-    let mut repo = open(g)?;
-    repo.require_image(&a.old)?;
-    check_name("image", &a.new)?;
-    if repo.catalog.image_exists(&a.new)? {
-        return Err(aurum::Error::Invalid(format!("image `{}` already exists", a.new)).into());
-    }
-    let publishing = repo.publishing()?;
-    repo.catalog.rename_image(&a.old, &a.new)?;
-    repo.write_refs(&a.old)?;
-    repo.write_refs(&a.new)?;
-    publishing.done();
+    open(g)?.rename_image(&a.old, &a.new)?;
     println!("renamed {} to {}", a.old, a.new);
     Ok(())
 }
@@ -120,25 +88,7 @@ pub struct RmimageArgs {
 }
 
 pub fn rmimage(g: &Global, a: RmimageArgs) -> anyhow::Result<()> {
-    let mut repo = open(g)?;
-    repo.require_image(&a.name)?;
-    let tags = repo.catalog.tags(&a.name)?;
-    if !tags.is_empty() && !a.force {
-        let list: Vec<String> = tags
-            .iter()
-            .map(|(t, n)| format!("{}:{t} (@{n})", a.name))
-            .collect();
-        return Err(aurum::Error::Invalid(format!(
-            "image `{}` has tags {}; delete them with `aurum tag --delete`, or pass --force",
-            a.name,
-            list.join(", ")
-        ))
-        .into());
-    }
-    let publishing = repo.publishing()?;
-    repo.catalog.delete_image(&a.name)?;
-    repo.write_refs(&a.name)?;
-    publishing.done();
+    open(g)?.remove_image(&a.name, a.force)?;
     println!(
         "removed image {}; run `aurum gc` to free the space only it used",
         a.name

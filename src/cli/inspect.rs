@@ -206,7 +206,7 @@ fn inside_path<'m>(m: &'m Manifest, p: &OsStr) -> (Vec<u8>, Option<&'m Entry>) {
     let trim = |b: &[u8]| -> Vec<u8> {
         let start = b.iter().position(|&c| c != b'/').unwrap_or(b.len());
         let end = b.iter().rposition(|&c| c != b'/').map_or(start, |i| i + 1);
-        b[start..end.max(start)].to_vec()
+        b.get(start..end.max(start)).unwrap_or_default().to_vec()
     };
     let given = trim(raw);
     if let Some(e) = m.get(&given) {
@@ -352,7 +352,7 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<()> {
         return print_json(&changes);
     }
     let counts = print_changes(&changes)?;
-    eprintln!("{} -> {}: {counts}", from.name(), to.name());
+    super::say!("{} -> {}: {counts}", from.name(), to.name());
     Ok(())
 }
 

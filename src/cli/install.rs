@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
+use aurum::format::report::InstallPhase;
 use aurum::install::report::{self, PhaseReport, ServerReporter};
 use aurum::install::{InstallOptions, Phase, Reporter};
 use aurum::template::size::human;
@@ -83,12 +84,10 @@ pub struct PrepareclientArgs {
 /// The disk holding the root filesystem (`/dev/sda` for `/dev/sda2`).
 fn root_disk() -> anyhow::Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    let dev = mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(1) == Some(&"/") && f[0].starts_with("/dev/")).then(|| f[0].to_string())
-        })
+    let dev = aurum::sys::parse_fstab(&mounts)
+        .into_iter()
+        .find(|m| m.point == "/" && m.spec.starts_with("/dev/"))
+        .map(|m| m.spec)
         .ok_or_else(|| aurum::Error::Invalid("/ is not on a disk here: give --disk".into()))?;
     let name = std::fs::canonicalize(&dev)?;
     let part = name
@@ -192,12 +191,19 @@ pub struct InstallArgs {
     report: bool,
 }
 
-/// Prints each phase on the terminal.
-struct Terminal;
+/// Prints each phase on the terminal: none with --quiet but a failure, and no transfer
+/// progress with --no-progress.
+struct Terminal {
+    no_progress: bool,
+}
 
 impl Reporter for Terminal {
     fn report(&self, p: Phase) {
+        if super::quiet() && !matches!(p, Phase::Failed(_)) {
+            return;
+        }
         match p {
+            Phase::Transfer { .. } if self.no_progress => {}
             Phase::Transfer { done, total } => {
                 eprintln!(
                     "install: transfer {} of {}",
@@ -211,8 +217,8 @@ impl Reporter for Terminal {
                 let v = serde_json::to_value(&other).unwrap_or_default();
                 eprintln!(
                     "install: {} {}",
-                    v["phase"].as_str().unwrap_or(""),
-                    v["detail"].as_str().unwrap_or("")
+                    other.name(),
+                    v.get("detail").and_then(|d| d.as_str()).unwrap_or("")
                 );
             }
         }
@@ -263,22 +269,25 @@ pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
         facts,
         templates,
     };
+    let terminal = Terminal {
+        no_progress: g.no_progress,
+    };
     let r = match (a.report, &a.server, &opts.hostname) {
         (true, Some(server), Some(node)) => {
-            let to_server = ServerReporter::new(&Terminal, server, node);
+            let to_server = ServerReporter::new(&terminal, server, node);
             aurum::install::install(source.as_ref(), opts, &to_server)?
         }
-        _ => aurum::install::install(source.as_ref(), opts, &Terminal)?,
+        _ => aurum::install::install(source.as_ref(), opts, &terminal)?,
     };
     for w in &r.warnings {
-        eprintln!("aurum: warning: {w}");
+        super::warning(w);
     }
     let times: Vec<String> = r
         .times
         .iter()
         .map(|t| format!("{} {:.2} s", t.step.name(), t.seconds))
         .collect();
-    eprintln!("install: times: {}", times.join(", "));
+    super::say!("install: times: {}", times.join(", "));
     if a.json {
         return print_json(&r);
     }
@@ -309,11 +318,17 @@ pub struct InstallReportArgs {
     server: String,
     #[arg(long)]
     node: String,
-    #[arg(long)]
-    phase: String,
+    /// The phase: facts, class, plan, revision, partition, mkfs, transfer, overrides, hooks,
+    /// bootloader, done or failed.
+    #[arg(long, value_parser = parse_phase)]
+    phase: InstallPhase,
     /// The detail; its last 40 lines are sent.
     #[arg(long, value_name = "FILE")]
     detail_file: PathBuf,
+}
+
+fn parse_phase(s: &str) -> Result<InstallPhase, String> {
+    InstallPhase::parse(s).ok_or_else(|| format!("`{s}` is not an install phase"))
 }
 
 pub fn install_report(_: &Global, a: InstallReportArgs) -> anyhow::Result<()> {

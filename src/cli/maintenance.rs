@@ -4,7 +4,7 @@ use aurum::repo::publish::{Misplacement, Republish, PUBLISHED};
 use aurum::repo::{Lock, Repository};
 use clap::Args;
 
-use super::{human_bytes, open, print_json, progress, Global};
+use super::{human_bytes, open, print_json, Global};
 
 /// Re-read and re-hash what the repository holds.
 ///
@@ -45,7 +45,7 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
         open(g)?
     };
     let only = a.rev.as_deref().map(|r| repo.resolve(r)).transpose()?;
-    let progress = progress::for_terminal(g.no_progress);
+    let progress = g.progress();
     let report =
         aurum::repo::verify::verify(&mut repo, only.as_ref(), a.repair, progress.as_ref())?;
     if a.json {
@@ -142,7 +142,7 @@ pub fn gc(g: &Global, a: GcArgs) -> anyhow::Result<()> {
     } else {
         Repository::open(&g.repo, Lock::Exclusive)?
     };
-    let progress = progress::for_terminal(g.no_progress);
+    let progress = g.progress();
     let r = aurum::repo::gc::gc(&mut repo, a.dry_run, progress.as_ref())?;
     if a.json {
         return print_json(&r);

@@ -64,6 +64,43 @@ pub struct Global {
     /// Say more about what is happening (repeat for debug output).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Print only errors and the command's result: no progress, warnings, notes or phase
+    /// lines (--json output is unchanged).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl Global {
+    /// The progress display the options ask for: bars on a terminal, unless --no-progress or
+    /// --quiet.
+    pub fn progress(&self) -> Box<dyn aurum::progress::Progress> {
+        progress::for_terminal(self.no_progress || self.quiet)
+    }
+}
+
+/// Set once from --quiet, before any command runs; read where a line is printed that is
+/// neither an error nor the result.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether --quiet was given.
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Prints a line on stderr that is neither an error nor the result (a note, a phase, a
+/// summary beside the result), unless --quiet.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if !$crate::cli::quiet() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+pub(crate) use say;
+
+/// Prints `aurum: warning: ...` on stderr, unless --quiet.
+pub fn warning(w: impl std::fmt::Display) {
+    say!("aurum: warning: {w}");
 }
 
 /// How patient a node is with the --server (updateclient, rollback, install).
@@ -144,6 +181,7 @@ pub enum Command {
 /// Runs the chosen command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
+    QUIET.store(g.quiet, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Init(a) => init::exec(g, a),
         Command::Getimage(a) => getimage::exec(g, a),

@@ -1,16 +1,17 @@
 //! Commands run on a node: `updateclient`, `rollback`, `mark-good`, `node-status`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use aurum::apply::client::{self, ClientHooks, ClientUpdate, RollbackTo};
 use aurum::apply::node::Node;
-use aurum::apply::overrides;
 use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
-use aurum::apply::update::{self, default_update_excludes, UpdateOptions, UpdateReport};
-use aurum::catalog::NodeReport;
+use aurum::apply::update::{default_update_excludes, UpdateOptions, UpdateReport};
 use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
+use aurum::format::report::NodeAction;
 use clap::Args;
 
-use super::{human_bytes, human_time, print_json, progress, Global, HttpArgs};
+use super::{human_bytes, human_time, print_json, Global, HttpArgs};
 
 /// Where a node gets revisions from: --server, or a repository directory given with the
 /// global --repo (or AURUM_REPO), e.g. an NFS mount of the master's.
@@ -132,53 +133,6 @@ pub struct UpdateclientArgs {
     json: bool,
 }
 
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// Who this node is and the hooks' environment, for updateclient's hooks.
-fn update_hook_env(
-    a: &UpdateclientArgs,
-    target: &aurum::apply::source::Target,
-    source: &dyn RevisionSource,
-) -> (aurum::apply::hooks::Identity, Vec<(String, String)>) {
-    let who = aurum::apply::hooks::Identity {
-        image: target.image.clone().unwrap_or_default(),
-        group: a.group.clone(),
-        hostname: hostname(),
-    };
-    let env = vec![
-        ("AURUM_ROOT".to_string(), a.root.display().to_string()),
-        ("AURUM_IMAGE".to_string(), who.image.clone()),
-        ("AURUM_REVISION".to_string(), target.id.hex()),
-        ("AURUM_HOSTNAME".to_string(), who.hostname.clone()),
-        (
-            "AURUM_GROUP".to_string(),
-            a.group.clone().unwrap_or_default(),
-        ),
-        ("AURUM_SERVER".to_string(), source.describe()),
-    ];
-    (who, env)
-}
-
-fn run_update_hooks(
-    dir: &std::path::Path,
-    stage: aurum::apply::hooks::Stage,
-    who: &aurum::apply::hooks::Identity,
-    env: &[(String, String)],
-) -> aurum::error::Result<()> {
-    for (name, out) in aurum::apply::hooks::run_stage(dir, stage, who, env, None)? {
-        eprintln!("updateclient: hook {name}");
-        for line in out.lines() {
-            eprintln!("    {line}");
-        }
-    }
-    Ok(())
-}
-
 fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(r);
@@ -187,10 +141,10 @@ fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()
         println!("{line}");
     }
     for w in &r.warnings {
-        eprintln!("aurum: warning: {w}");
+        super::warning(w);
     }
     for c in &r.local_changes {
-        eprintln!(
+        super::say!(
             "aurum: changed on this node, overwritten: {} ({})",
             c.path,
             c.what.join(", ")
@@ -218,66 +172,6 @@ fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-fn report_to(
-    node: &Node,
-    source: Option<&dyn RevisionSource>,
-    action: &str,
-    result: Result<&UpdateReport, String>,
-) {
-    let Some(source) = source else { return };
-    // A failed run leaves the node on what it ran before: say so.
-    let still = node.state().ok().and_then(|s| s.current);
-    let report = match result {
-        Ok(r) => NodeReport {
-            hostname: hostname(),
-            image: r.to.as_ref().and_then(|t| t.image.clone()),
-            revision: r.to.as_ref().map(|t| t.id.clone()),
-            action: action.into(),
-            result: "ok".into(),
-            bytes: r.bytes_fetched,
-            seconds: r.seconds,
-            detail: String::new(),
-        },
-        Err(e) => NodeReport {
-            hostname: hostname(),
-            image: still.as_ref().and_then(|c| c.image.clone()),
-            revision: still.map(|c| c.id),
-            action: action.into(),
-            result: "failed".into(),
-            bytes: 0,
-            seconds: 0.0,
-            detail: e,
-        },
-    };
-    if let Err(e) = source.report(&report) {
-        log::info!("report not delivered: {e}");
-    }
-}
-
-/// The target's manifest: as a delta against the one the node runs when the server makes
-/// deltas (a few KiB instead of the whole), else whole.
-fn fetch_manifest(
-    node: &Node,
-    source: &dyn aurum::apply::source::RevisionSource,
-    id: &aurum::format::Id,
-) -> aurum::Result<aurum::format::manifest::Manifest> {
-    let current = node
-        .state()
-        .ok()
-        .and_then(|s| s.current)
-        .and_then(|c| c.id().ok())
-        .filter(|c| c != id);
-    if let Some(cur) = current {
-        if let Ok(Some(m)) = node.kept_manifest(&cur) {
-            let raw = m.encode();
-            if aurum::format::Id::of(&raw) == cur {
-                return source.manifest_from(id, (&cur, &raw));
-            }
-        }
-    }
-    source.manifest(id)
-}
-
 pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     if a.show_default_excludes {
         for p in default_update_excludes().iter().chain(ALWAYS_EXCLUDED) {
@@ -301,8 +195,8 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
                 .into(),
         )
     })?;
-    let mut opts = UpdateOptions {
-        action: "updateclient".into(),
+    let opts = UpdateOptions {
+        action: NodeAction::Updateclient,
         dry_run: a.dry_run,
         no_delete: a.no_delete,
         verify_local: a.verify_local,
@@ -311,45 +205,25 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         overlay: None,
         before_writes: None,
     };
-    let progress = progress::for_terminal(g.no_progress);
-    let result = (|| -> anyhow::Result<UpdateReport> {
-        let target = source.resolve(spec)?;
-        let image = fetch_manifest(&node, source.as_ref(), &target.id)?;
-        let follow =
-            overrides::edit_follow(&node.state()?.overrides, &a.add_override, &a.no_override)?;
-        let (manifest, overlay) =
-            overrides::for_node(source.as_ref(), image, follow, &a.add_override)?;
-        opts.overlay = Some(overlay);
-        let hooks = a.hooks.as_deref().filter(|_| !a.dry_run);
-        let (who, env) = update_hook_env(&a, &target, source.as_ref());
-        if let Some(dir) = hooks {
-            let (dir, who, env) = (dir.to_path_buf(), who.clone(), env.clone());
-            opts.before_writes = Some(Box::new(move || {
-                run_update_hooks(&dir, aurum::apply::hooks::Stage::PreUpdate, &who, &env)
-            }));
-        }
-        let r = update::update(
-            &node,
-            &target,
-            &manifest,
-            Some(source.as_ref()),
-            &opts,
-            progress.as_ref(),
-        )?;
-        if let Some(dir) = hooks {
-            run_update_hooks(dir, aurum::apply::hooks::Stage::PostUpdate, &who, &env)?;
-        }
-        Ok(r)
-    })();
-    if !a.dry_run {
-        report_to(
-            &node,
-            Some(source.as_ref()),
-            "updateclient",
-            result.as_ref().map_err(|e| format!("{e:#}")),
-        );
-    }
-    print_report("updateclient", &result?, a.json)
+    let run = ClientUpdate {
+        spec: spec.to_string(),
+        opts,
+        add_override: a.add_override,
+        no_override: a.no_override,
+        hooks: a.hooks.map(|dir| ClientHooks {
+            dir,
+            group: a.group,
+            on_output: Arc::new(|name: &str, out: &str| {
+                super::say!("updateclient: hook {name}");
+                for line in out.lines() {
+                    super::say!("    {line}");
+                }
+            }),
+        }),
+    };
+    let progress = g.progress();
+    let r = client::updateclient(&node, source.as_ref(), run, progress.as_ref())?;
+    print_report("updateclient", &r, a.json)
 }
 
 /// Return this node to the revision it ran before its last update, from its own undo area.
@@ -389,8 +263,8 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let mut opts = UpdateOptions {
-        action: "rollback".into(),
+    let opts = UpdateOptions {
+        action: NodeAction::Rollback,
         dry_run: false,
         no_delete: false,
         verify_local: false,
@@ -399,65 +273,14 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         overlay: None,
         before_writes: None,
     };
-    let progress = progress::for_terminal(g.no_progress);
-    let result = (|| -> anyhow::Result<UpdateReport> {
-        let (target, manifest, overlay) = if let Some(spec) = &a.to {
-            let s = source.as_deref().ok_or_else(|| {
-                aurum::Error::Invalid(
-                    "--to needs --server URL or --repo DIR to find the revision".into(),
-                )
-            })?;
-            let t = s.resolve(spec)?;
-            let image = fetch_manifest(&node, s, &t.id)?;
-            // Another revision of the image, with the newest of the overrides the node follows.
-            let (m, overlay) = overrides::for_node(s, image, node.state()?.overrides, &[])?;
-            (t, m, overlay)
-        } else if a.last_known_good {
-            let lkg = node.state()?.last_known_good.ok_or_else(|| {
-                aurum::Error::Invalid(
-                    "no last-known-good revision recorded; `aurum mark-good` records one".into(),
-                )
-            })?;
-            match update::recorded(&node, &lkg)? {
-                Some(back) => back,
-                // Without overrides the image's manifest is the tree's: the server has it.
-                None if lkg.overrides.is_empty() => {
-                    let s = source.as_deref().ok_or_else(|| {
-                        aurum::Error::Invalid(
-                            "the node no longer holds that manifest; give --server".into(),
-                        )
-                    })?;
-                    let id = lkg.id()?;
-                    let m = s.manifest(&id)?;
-                    let t = aurum::apply::source::Target {
-                        image: lkg.image,
-                        number: lkg.number,
-                        id,
-                    };
-                    (t, m, update::Overlay::default())
-                }
-                None => return Err(update::no_manifest(&lkg).into()),
-            }
-        } else {
-            update::rollback_target(&node)?
-        };
-        opts.overlay = Some(overlay);
-        Ok(update::update(
-            &node,
-            &target,
-            &manifest,
-            source.as_deref(),
-            &opts,
-            progress.as_ref(),
-        )?)
-    })();
-    report_to(
-        &node,
-        source.as_deref(),
-        "rollback",
-        result.as_ref().map_err(|e| format!("{e:#}")),
-    );
-    print_report("rollback", &result?, a.json)
+    let to = match (a.to, a.last_known_good) {
+        (Some(spec), _) => RollbackTo::Spec(spec),
+        (None, true) => RollbackTo::LastKnownGood,
+        (None, false) => RollbackTo::Previous,
+    };
+    let progress = g.progress();
+    let r = client::rollback(&node, source.as_deref(), to, opts, progress.as_ref())?;
+    print_report("rollback", &r, a.json)
 }
 
 /// Record the revision this node runs as its last-known-good.
@@ -471,12 +294,7 @@ pub struct MarkGoodArgs {
 pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
     // On a root aurum never updated there is nothing to mark: create nothing there.
     let node = Node::open_deferred(&a.root)?;
-    let mut state = node.state()?;
-    let current = state.current.clone().ok_or_else(|| {
-        aurum::Error::Invalid("this node has not been updated by aurum yet".into())
-    })?;
-    state.last_known_good = Some(current.clone());
-    node.save_state(&state)?;
+    let current = client::mark_good(&node)?;
     println!("last-known-good: {}", current.name());
     Ok(())
 }

@@ -142,7 +142,7 @@ pub fn exec(g: &Global, a: PxeArgs) -> anyhow::Result<()> {
             let kit = a.kit.unwrap_or_else(|| g.repo.join("bootkit"));
             let notes = pxe::tftp(&repo.catalog, &a.root, &a.server, &kit)?;
             for n in notes {
-                eprintln!("aurum: note: {n}");
+                super::say!("aurum: note: {n}");
             }
             println!(
                 "wrote the TFTP tree at {} ({} nodes)",

@@ -105,8 +105,8 @@ pub fn nodes(g: &Global, a: NodesArgs) -> anyhow::Result<()> {
                         .as_deref()
                         .map(|s| aurum::apply::node::short_id(s).to_string())
                         .unwrap_or_else(|| "-".into()),
-                    r.action.clone(),
-                    r.result.clone(),
+                    r.action.as_str().to_string(),
+                    r.result.as_str().to_string(),
                     human_bytes(r.bytes),
                     human_time(n.reported),
                 )

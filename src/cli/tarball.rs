@@ -70,11 +70,11 @@ pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
             .with_context(|| a.output.display().to_string())?
     };
     for w in &warnings {
-        eprintln!("aurum: warning: {w}");
+        super::warning(w);
     }
     if name != "-" {
         let size = std::fs::metadata(&a.output)?.len();
-        eprintln!(
+        super::say!(
             "{} {} -> {} ({})",
             rev.name(),
             rev.id.short(),

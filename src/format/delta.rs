@@ -2,9 +2,10 @@
 //! and answer, the delta frame itself, and the names of cached deltas.
 //!
 //! A delta is one zstd frame compressed with its *base* (the old blobs, concatenated) as the
-//! reference prefix, what `zstd --patch-from=BASE` makes, with a window of 2^[`WINDOW_LOG`]
-//! bytes. Which blobs make the base, and when a delta pays, is `delta`'s business; this module
-//! only says how the bytes look.
+//! reference prefix, what `zstd --patch-from=BASE` makes, with the smallest window that holds
+//! base and target, at most 2^[`WINDOW_LOG`] bytes (a reader accepts any window up to that).
+//! Which blobs make the base, and when a delta pays, is `delta`'s business; this module only
+//! says how the bytes look.
 //!
 //! Request: repeated `target id (32) | n (u8) | n base ids (32 each)`, at most [`MAX_BATCH`]
 //! records. Answer: repeated `status (u8: 0 none, 1 frame) | length (u32 LE) | frame`, one
@@ -276,6 +277,19 @@ mod tests {
         other[5] ^= 1;
         assert!(decode(&other, &d, &Id::of(&target)).is_err());
         assert!(decode(&base, b"not zstd", &Id::of(&target)).is_err());
+    }
+
+    #[test]
+    fn windows_fit_the_pair() {
+        assert_eq!(window_log(0), 10);
+        assert_eq!(window_log(1025), 11);
+        assert_eq!(window_log(usize::MAX), WINDOW_LOG);
+        // A small pair's delta still decodes with the reader's largest window.
+        let d = encode(b"hello base", b"hello target", 3).unwrap();
+        assert_eq!(
+            decode(b"hello base", &d, &Id::of(b"hello target")).unwrap(),
+            b"hello target"
+        );
     }
 
     #[test]

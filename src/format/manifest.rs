@@ -5,10 +5,10 @@
 //! move no bytes and identical trees have identical manifests (and so identical revision ids).
 //!
 //! Paths are relative to the image root, `/`-separated raw bytes (names need not be UTF-8), with
-//! no empty, `.` or `..` component; the root itself is the entry with the empty path. [`decode`]
-//! refuses any manifest that breaks these rules, that names a parent which is not a directory, or
-//! whose hardlinks point anywhere but at an earlier non-directory entry: that is what keeps an
-//! apply from ever writing outside its target root.
+//! no empty, `.` or `..` component; the root itself is the entry with the empty path.
+//! [`Manifest::decode`] refuses any manifest that breaks these rules, that names a parent which
+//! is not a directory, or whose hardlinks point anywhere but at an earlier non-directory entry:
+//! that is what keeps an apply from ever writing outside its target root.
 //!
 //! A manifest *file* (`.mf`, in a repository and in a node's state directory) is the encoded
 //! manifest compressed as zstd frames, named by the id of the encoded bytes:
@@ -539,6 +539,19 @@ pub fn decode_entry(r: &mut Reader) -> Result<Entry> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn unescape_of_any_text() {
+        assert_eq!(unescape_bytes(b"a\\x20b"), b"a b");
+        for t in [&b"\\"[..], b"\\x", b"\\x4", b"\\xzz", b"x\\"] {
+            assert_eq!(unescape_bytes(t), t);
+        }
+        assert_eq!(parent(b"a/b/c"), b"a/b");
+        assert_eq!(parent(b"c"), b"");
+        assert_eq!(file_name(b"a/b/c"), b"c");
+        assert_eq!(file_name(b"a/"), b"");
+        assert_eq!(file_name(b"c"), b"c");
+    }
 
     fn entry(path: &str, kind: Kind) -> Entry {
         Entry {

@@ -1,9 +1,9 @@
 //! Every byte layout aurum writes, one module each: on disk [`manifest`]s, [`pack`]s and their
 //! indexes, the published text files ([`refs`]: `FORMAT`, refs, `packs/list`), a node's
-//! `state.json` ([`node`]), a chroot work directory's files ([`chroot`]); on the wire the
-//! agent's frames ([`wire`]), binary [`delta`]s and what nodes [`report`] to the server. Each
-//! module holds its version, its types, its encoder and decoder (decoders return errors on any
-//! input, never panic) and a round-trip test.
+//! `state.json` ([`node`]), a chroot work directory's files ([`chroot`]), the catalog's SQL
+//! schema ([`catalog`]); on the wire the agent's frames ([`wire`]), binary [`delta`]s and what
+//! nodes [`report`] to the server. Each module holds its version, its types, its encoder and
+//! decoder (decoders return errors on any input, never panic) and a round-trip test.
 //!
 //! This module depends on nothing in aurum but `error`, so the format can be read and tested on
 //! its own.
@@ -13,6 +13,62 @@
 // Decoders read untrusted bytes: no index may panic, so none is unchecked.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
+/// An enum that JSON and the catalog hold as one of a fixed set of names (a node's report
+/// result, its action, an install phase): the names are written once, in the invocation, and
+/// `as_str`, `parse`, serde, `Display` (honouring width, for tables) and the SQL conversions
+/// all come from them.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+
+            /// The value named `s`, as [`Self::as_str`] writes it.
+            pub fn parse(s: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                $name::parse(s).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("`{s}` is not a {}", stringify!($name)).into(),
+                    )
+                })
+            }
+        }
+    };
+}
+
+pub mod catalog;
 pub mod chroot;
 pub mod delta;
 pub mod manifest;

@@ -80,7 +80,7 @@ impl RevRef {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct HistoryEntry {
     pub time: i64,
-    pub action: String,
+    pub action: crate::format::report::NodeAction,
     pub from: Option<String>,
     pub to: String,
     pub result: String,
@@ -119,6 +119,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// #13: `aurum nodes` and `node-status` show the first 8 bytes of a revision id that came
+    /// from a node's report or state file; a multi-byte character across byte 8 must not
+    /// panic (it shows the text whole).
+    #[test]
+    fn short_id_of_any_text() {
+        assert_eq!(short_id("0123456789abcdef"), "01234567");
+        assert_eq!(short_id("0123"), "0123");
+        assert_eq!(short_id("0123456é89"), "0123456é89");
+        assert_eq!(short_id("aéééé"), "aéééé");
+        assert_eq!(short_id("ééééé"), "éééé");
+        assert_eq!(short_id(""), "");
+    }
+
     fn rev(overrides: Vec<RevRef>) -> impl Strategy<Value = RevRef> {
         (
             prop::option::of("[a-z][a-z0-9.]{0,12}"),
@@ -138,7 +151,7 @@ mod tests {
     fn state() -> impl Strategy<Value = NodeState> {
         let entry = (
             any::<i64>(),
-            "[a-z]{1,12}",
+            prop::sample::select(crate::format::report::NodeAction::ALL),
             prop::option::of(any::<[u8; 32]>()),
             any::<[u8; 32]>(),
             any::<u64>(),
@@ -148,7 +161,7 @@ mod tests {
         )
             .prop_map(|(time, action, from, to, bytes, ms)| HistoryEntry {
                 time,
-                action: action.clone(),
+                action,
                 from: from.map(|f| Id(f).hex()),
                 to: Id(to).hex(),
                 result: "ok".into(),

@@ -176,6 +176,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn index_of_any_bytes_is_an_error_not_a_panic() {
+        for n in 0..64 {
+            assert!(decode_index(&vec![0xa5; n]).is_err(), "{n} bytes");
+            let mut d = INDEX_MAGIC.to_vec();
+            d.resize(n.max(INDEX_MAGIC.len()), 0);
+            assert!(decode_index(&d).is_err(), "magic and {n} bytes");
+        }
+    }
+
+    #[test]
+    fn record_header_of_any_length() {
+        for n in 0..RECORD_HEADER {
+            assert!(parse_record_header(&vec![0u8; n]).is_err(), "{n} bytes");
+        }
+        let mut h = vec![7u8; 32];
+        h.push(Codec::Zstd as u8);
+        h.extend_from_slice(&10u32.to_le_bytes());
+        h.extend_from_slice(&20u32.to_le_bytes());
+        h.push(99);
+        let (id, codec, stored, raw) = parse_record_header(&h).unwrap();
+        assert_eq!((id, codec, stored, raw), (Id([7; 32]), Codec::Zstd, 10, 20));
+    }
+
+    #[test]
     fn index_round_trip_and_checksum() {
         let mut entries = vec![
             IndexEntry {

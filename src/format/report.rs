@@ -13,6 +13,48 @@ use crate::error::{invalid, Result};
 /// Version of both reports: the `v1` in `/api/v1/reports` and `/api/v1/install/NODE`.
 pub const VERSION: u32 = 1;
 
+named_enum! {
+    /// How a node's update, rollback or install ended.
+    pub enum Outcome {
+        Ok = "ok",
+        Failed = "failed",
+    }
+}
+
+named_enum! {
+    /// What a node reports having done.
+    pub enum NodeAction {
+        Updateclient = "updateclient",
+        Rollback = "rollback",
+        Install = "install",
+    }
+}
+
+named_enum! {
+    /// A phase of an install, as a node reports it and the catalog keeps it.
+    pub enum InstallPhase {
+        Facts = "facts",
+        Class = "class",
+        Plan = "plan",
+        Revision = "revision",
+        Partition = "partition",
+        Mkfs = "mkfs",
+        Transfer = "transfer",
+        Overrides = "overrides",
+        Hooks = "hooks",
+        Bootloader = "bootloader",
+        Done = "done",
+        Failed = "failed",
+    }
+}
+
+impl InstallPhase {
+    /// Whether the install is over (`done` or `failed`).
+    pub fn is_final(self) -> bool {
+        matches!(self, InstallPhase::Done | InstallPhase::Failed)
+    }
+}
+
 /// What a node tells the server after an update, rollback or install.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -21,10 +63,8 @@ pub struct NodeReport {
     pub image: Option<String>,
     /// Revision id (hex) the node runs after the action.
     pub revision: Option<String>,
-    /// `updateclient`, `rollback`, `install`...
-    pub action: String,
-    /// `ok` or `failed`.
-    pub result: String,
+    pub action: NodeAction,
+    pub result: Outcome,
     pub bytes: u64,
     pub seconds: f64,
     #[serde(default)]
@@ -47,9 +87,7 @@ impl NodeReport {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PhaseReport {
-    /// `facts`, `class`, `plan`, `revision`, `partition`, `mkfs`, `transfer`, `overrides`,
-    /// `hooks`, `bootloader`, `done` or `failed`.
-    pub phase: String,
+    pub phase: InstallPhase,
     /// Human-readable; for `failed`, the error and the last lines of output.
     pub detail: String,
     /// The revision being installed, once resolved, as people read it: `IMAGE@N SHORT-ID`,
@@ -94,8 +132,8 @@ mod tests {
             hostname in "[a-z][a-z0-9-]{0,20}",
             image in prop::option::of("[a-z][a-z0-9.]{0,12}"),
             revision in prop::option::of("[0-9a-f]{64}"),
-            action in "updateclient|rollback|install",
-            result in "ok|failed",
+            action in prop::sample::select(NodeAction::ALL),
+            result in prop::sample::select(Outcome::ALL),
             bytes: u64,
             ms in 0u32..10_000_000,
             detail in ".{0,40}",
@@ -111,7 +149,7 @@ mod tests {
 
         #[test]
         fn phase_reports_round_trip(
-            phase in "[a-z]{1,12}",
+            phase in prop::sample::select(InstallPhase::ALL),
             detail in ".{0,80}",
             revision in prop::option::of(".{0,30}"),
             done: Option<u64>,
@@ -124,6 +162,27 @@ mod tests {
         #[test]
         fn any_bytes_decode_or_fail(data in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = (NodeReport::decode(&data), PhaseReport::decode(&data));
+        }
+    }
+
+    #[test]
+    fn names_are_todays_json_strings() {
+        for &p in InstallPhase::ALL {
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+            assert_eq!(serde_json::from_str::<InstallPhase>(&json).unwrap(), p);
+            assert_eq!(InstallPhase::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(InstallPhase::parse("installing"), None);
+        assert!(InstallPhase::Failed.is_final() && !InstallPhase::Mkfs.is_final());
+        for (o, name) in [(Outcome::Ok, "ok"), (Outcome::Failed, "failed")] {
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{name}\""));
+            assert_eq!(format!("{o:<7}|"), format!("{name:<7}|"));
+        }
+        assert!(serde_json::from_str::<Outcome>("\"partial\"").is_err());
+        for &a in NodeAction::ALL {
+            assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{a}\""));
+            assert_eq!(NodeAction::parse(a.as_str()), Some(a));
         }
     }
 

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::apply::hooks::{self, Identity, Stage};
+use crate::apply::hooks::{self, HookEnv, Identity, Stage};
 use crate::apply::node::Node;
 use crate::apply::overrides;
 use crate::apply::source::RevisionSource;
@@ -43,6 +43,7 @@ use crate::error::{invalid, IoContext, Result};
 use crate::excludes::Excludes;
 use crate::facts::{DiskFact, Facts, Firmware};
 use crate::format::manifest::Manifest;
+use crate::format::report::{InstallPhase, NodeAction};
 use crate::progress::Progress;
 use crate::template::render::{DiskPlan, Plan};
 use crate::template::size::human;
@@ -68,6 +69,26 @@ pub enum Phase {
     Bootloader(String),
     Done(String),
     Failed(String),
+}
+
+impl Phase {
+    /// The phase's name, as reported.
+    pub fn name(&self) -> InstallPhase {
+        match self {
+            Phase::Facts(_) => InstallPhase::Facts,
+            Phase::Class(_) => InstallPhase::Class,
+            Phase::Plan(_) => InstallPhase::Plan,
+            Phase::Revision(_) => InstallPhase::Revision,
+            Phase::Partition(_) => InstallPhase::Partition,
+            Phase::Mkfs(_) => InstallPhase::Mkfs,
+            Phase::Transfer { .. } => InstallPhase::Transfer,
+            Phase::Overrides(_) => InstallPhase::Overrides,
+            Phase::Hooks(_) => InstallPhase::Hooks,
+            Phase::Bootloader(_) => InstallPhase::Bootloader,
+            Phase::Done(_) => InstallPhase::Done,
+            Phase::Failed(_) => InstallPhase::Failed,
+        }
+    }
 }
 
 /// Receives the phases of an install.
@@ -224,7 +245,7 @@ impl Drop for Arrays {
     fn drop(&mut self) {
         while let Some(md) = self.0.pop() {
             if let Err(e) = run(Command::new("mdadm").arg("--stop").arg(&md)) {
-                eprintln!("aurum: warning: could not stop {}: {e}", md.display());
+                log::warn!("could not stop {}: {e}", md.display());
             }
         }
     }
@@ -238,7 +259,7 @@ impl Drop for VolumeGroups {
     fn drop(&mut self) {
         while let Some(vg) = self.0.pop() {
             if let Err(e) = run(Command::new("vgchange").args(["-an", &vg])) {
-                eprintln!("aurum: warning: could not deactivate {vg}: {e}");
+                log::warn!("could not deactivate {vg}: {e}");
             }
         }
     }
@@ -258,34 +279,17 @@ impl Drop for Mounts {
 
 /// The mkfs command for `spec` on `dev`.
 fn mkfs_command(fs: Fs, spec: &FsSpec, dev: &Path) -> Command {
-    let (prog, force, label_flag): (&str, &[&str], &str) = match fs {
-        Fs::Ext4 => ("mkfs.ext4", &["-F", "-q"], "-L"),
-        Fs::Xfs => ("mkfs.xfs", &["-f", "-q"], "-L"),
-        Fs::Vfat => ("mkfs.vfat", &[], "-n"),
-        Fs::Btrfs => ("mkfs.btrfs", &["-f", "-q"], "-L"),
-        Fs::Swap => ("mkswap", &["-f"], "-L"),
-    };
-    let mut c = Command::new(prog);
-    c.args(force);
+    let m = fs.mkfs();
+    let mut c = Command::new(m.program);
+    c.args(m.force);
     if let Some(l) = &spec.label {
-        c.args([label_flag, l]);
+        c.args([m.label_flag, l]);
     }
     if let Some(o) = &spec.mkfs_options {
         c.args(shell_words::split(o).unwrap_or_else(|_| vec![o.clone()]));
     }
     c.arg(dev);
     c
-}
-
-/// The program that makes `fs`.
-fn mkfs_tool(fs: Fs) -> &'static str {
-    match fs {
-        Fs::Ext4 => "mkfs.ext4",
-        Fs::Xfs => "mkfs.xfs",
-        Fs::Vfat => "mkfs.vfat",
-        Fs::Btrfs => "mkfs.btrfs",
-        Fs::Swap => "mkswap",
-    }
 }
 
 /// Every external program the install of `plan` runs, missing ones first in the error.
@@ -312,7 +316,7 @@ fn check_tools(plan: &Plan, any_file: bool) -> Result<()> {
         );
     for s in specs {
         if let Some(fs) = s.fs {
-            need.push(mkfs_tool(fs));
+            need.push(fs.mkfs().program);
         }
     }
     let mut missing: Vec<&str> = Vec::new();
@@ -327,12 +331,12 @@ fn check_tools(plan: &Plan, any_file: bool) -> Result<()> {
     let pkg = |p: &str| match p {
         "mdadm" => "mdadm",
         "pvcreate" | "vgcreate" | "lvcreate" | "vgchange" => "lvm2",
-        "mkfs.ext4" => "e2fsprogs",
-        "mkfs.xfs" => "xfsprogs",
-        "mkfs.vfat" => "dosfstools",
-        "mkfs.btrfs" => "btrfs-progs",
         "chroot" => "coreutils",
-        _ => "util-linux",
+        _ => [Fs::Ext4, Fs::Xfs, Fs::Vfat, Fs::Btrfs, Fs::Swap]
+            .into_iter()
+            .map(Fs::mkfs)
+            .find(|m| m.program == p)
+            .map_or("util-linux", |m| m.package),
     };
     let mut pkgs: Vec<&str> = Vec::new();
     for p in missing.iter().map(|p| pkg(p)) {
@@ -767,7 +771,7 @@ fn transfer(
         manifest,
         Some(source),
         &UpdateOptions {
-            action: "install".into(),
+            action: NodeAction::Install,
             dry_run: false,
             no_delete: false,
             verify_local: false,
@@ -786,7 +790,6 @@ fn transfer(
 /// Runs the hooks of one stage, reporting each (the bootloader hook as its own phase).
 struct HookRunner<'a> {
     dir: &'a Path,
-    who: &'a Identity,
     reporter: &'a dyn Reporter,
 }
 
@@ -794,11 +797,11 @@ impl HookRunner<'_> {
     fn run(
         &self,
         stage: Stage,
-        env: &[(String, String)],
+        env: &HookEnv,
         chroot: Option<&Path>,
         report: &mut InstallReport,
     ) -> Result<()> {
-        let chosen = hooks::select(self.dir, stage, self.who)?;
+        let chosen = hooks::select(self.dir, stage, &env.who)?;
         if stage == Stage::PostInstall && !chosen.iter().any(|h| h.what == "bootloader") {
             let w = "WARNING: no post-install hook named NN<class>.bootloader: no bootloader was installed".to_string();
             self.reporter.report(Phase::Bootloader(w.clone()));
@@ -884,38 +887,32 @@ fn install_inner(
             dir
         }
     };
-    let who = Identity {
-        image: target.image.clone().unwrap_or_default(),
-        group: opts.group.clone(),
-        hostname: hostname.clone(),
-    };
-    let hooks = HookRunner {
-        dir: &hooks_dir,
-        who: &who,
-        reporter,
-    };
     // Not a TempDir: its drop would delete recursively, into a filesystem still mounted if
     // an unmount failed. It is removed (empty) at the end.
     let mnt = tempfile::Builder::new()
         .prefix("aurum-install.")
         .tempdir()?
         .keep();
-    let mut env: Vec<(String, String)> = vec![
-        ("AURUM_ROOT".into(), mnt.display().to_string()),
-        ("AURUM_IMAGE".into(), who.image.clone()),
-        ("AURUM_REVISION".into(), target.id.hex()),
-        ("AURUM_HOSTNAME".into(), hostname.clone()),
-        ("AURUM_CLASS".into(), template.class.clone()),
-        ("AURUM_GROUP".into(), opts.group.clone().unwrap_or_default()),
-        ("AURUM_SERVER".into(), source.describe()),
-        (
-            "AURUM_FIRMWARE".into(),
-            match facts.firmware {
-                Firmware::Uefi => "uefi".into(),
-                Firmware::Bios => "bios".into(),
-            },
-        ),
-    ];
+    let mut env = HookEnv {
+        who: Identity {
+            image: target.image.clone().unwrap_or_default(),
+            group: opts.group.clone(),
+            hostname: hostname.clone(),
+        },
+        root: mnt.clone(),
+        revision: target.id.hex(),
+        server: source.describe(),
+        class: Some(template.class.clone()),
+        firmware: Some(match facts.firmware {
+            Firmware::Uefi => "uefi",
+            Firmware::Bios => "bios",
+        }),
+        disk: None,
+    };
+    let hooks = HookRunner {
+        dir: &hooks_dir,
+        reporter,
+    };
     let result = (|| -> Result<()> {
         hooks.run(Stage::PreInstall, &env, None, &mut report)?;
         report.times.push(laps.lap(Step::PreInstallHooks));
@@ -952,11 +949,8 @@ fn install_inner(
         report.times.push(laps.lap(Step::Configure));
         // Post-install hooks run chrooted, with /dev, /proc and /sys bound in.
         let boot_dev = layout.disks[0].boot_device()?;
-        env.push(("AURUM_DISK".into(), boot_dev.display().to_string()));
-        env.iter_mut()
-            .find(|(k, _)| k == "AURUM_ROOT")
-            .expect("set above")
-            .1 = "/".into();
+        env.disk = Some(boot_dev.clone());
+        env.root = "/".into();
         let mut binds = Mounts::default();
         for d in ["dev", "proc", "sys"] {
             if mnt.join(d).is_dir() {

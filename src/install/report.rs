@@ -22,17 +22,23 @@ impl PhaseReport {
     /// The report of `p`, and the line it adds to the output tail.
     pub fn of(p: &Phase, revision: Option<String>) -> PhaseReport {
         let v = serde_json::to_value(p).unwrap_or_default();
-        let phase = v["phase"].as_str().unwrap_or("").to_string();
         let (detail, done, total) = match p {
             Phase::Transfer { done, total } => (
                 format!("{} of {} bytes", done, total),
                 Some(*done),
                 Some(*total),
             ),
-            _ => (v["detail"].as_str().unwrap_or("").to_string(), None, None),
+            _ => (
+                v.get("detail")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                None,
+                None,
+            ),
         };
         PhaseReport {
-            phase,
+            phase: p.name(),
             detail,
             revision,
             done,

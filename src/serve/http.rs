@@ -551,6 +551,9 @@ impl Conn {
         } else {
             !has(b"close")
         };
+        let Some(body) = self.buf.get(head_len..head_len + body_len) else {
+            return self.refuse(400, "bad Content-Length");
+        };
         let method_name = parsed.method.unwrap_or("");
         let method = match method_name {
             "GET" => Method::Get,
@@ -563,7 +566,7 @@ impl Conn {
             method_name,
             target: parsed.path.unwrap_or("/"),
             headers: rq_headers,
-            body: &self.buf[head_len..head_len + body_len],
+            body,
             peer: self.peer,
         };
         self.close = !keep_alive;

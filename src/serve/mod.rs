@@ -22,8 +22,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::http::{Handler, Method, Reply, Request};
-use crate::catalog::{Catalog, NodeReport};
+use crate::catalog::{Catalog, NodeAction, NodeReport, Outcome};
 use crate::error::{invalid, Error, Result};
+use crate::format::report::InstallPhase;
 use crate::format::report::PhaseReport;
 
 /// The port `aurum serve` listens on unless told otherwise.
@@ -209,8 +210,8 @@ fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String
 /// TFTP files) and, like `failed`, also becomes its report in `aurum nodes`.
 fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Result<()> {
     let r = PhaseReport::decode(body)?;
-    let n = cat.record_phase(node, &r.phase, &r.detail, r.revision.as_deref())?;
-    if r.phase == "done" || r.phase == "failed" {
+    let n = cat.record_phase(node, r.phase, &r.detail, r.revision.as_deref())?;
+    if r.phase.is_final() {
         let rev = n.last.as_ref().and_then(|l| l.revision.clone());
         let (image, revision) = match rev.as_deref().and_then(PhaseReport::image_and_id) {
             Some((image, id)) => (Some(image.to_string()), Some(id.to_string())),
@@ -221,8 +222,12 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
                 hostname: n.name.clone(),
                 image,
                 revision,
-                action: "install".into(),
-                result: if r.phase == "done" { "ok" } else { "failed" }.into(),
+                action: NodeAction::Install,
+                result: if r.phase == InstallPhase::Done {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed
+                },
                 bytes: 0,
                 seconds: 0.0,
                 detail: r.detail.clone(),
@@ -230,13 +235,17 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
             Some(peer),
         )?;
     }
-    if r.phase == "done" {
+    if r.phase == InstallPhase::Done {
         // The switch is in the database already (what the HTTP scripts follow); a TFTP tree
         // that cannot be rewritten is the administrator's to fix, not the node's.
         if let Err(e) = crate::netboot::pxe::refresh_tftp(cat, &n) {
             log::warn!("{}: could not rewrite its TFTP files: {e}", n.name);
         }
-        eprintln!("{} installed: switched to local boot", n.name);
+        log::warn!(
+            target: crate::progress::NOTICE,
+            "{} installed: switched to local boot",
+            n.name
+        );
     }
     Ok(())
 }

@@ -126,7 +126,7 @@ pub fn file_chunks(
     let extents = if maybe_sparse {
         let ext = crate::sys::data_extents(&file, size)?;
         // A file with no holes after all (preallocated or compressed blocks) is stored plain.
-        if ext.len() == 1 && ext[0] == (0, size) {
+        if ext == [(0, size)] {
             None
         } else {
             Some(ext)

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use crate::error::{corrupt, IoContext, Result};
 use crate::format::pack::{self, Codec, IndexEntry};
 use crate::format::Id;
-use crate::sys::sync_dir;
 
 /// Where blobs come from for those who write files: a local repository, an HTTP server, a
 /// node's own files. Every implementation checks a blob against its id before handing it out.
@@ -145,17 +144,16 @@ pub fn write_cached(repo: &Path, path: &Path, data: &[u8]) -> Result<()> {
 fn place(repo: &Path, path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().expect("store paths have a parent");
     create_public_dir(repo, dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir(repo)).at(tmp_dir(repo))?;
-    tmp.write_all(data).at(tmp.path())?;
-    make_public(tmp.as_file(), tmp.path())?;
-    if durable {
-        tmp.as_file().sync_all().at(tmp.path())?;
-    }
-    tmp.persist(path).map_err(|e| e.error).at(path)?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    let tmp = tmp_dir(repo);
+    crate::sys::write_atomic(
+        path,
+        data,
+        crate::sys::WriteOpts {
+            durable,
+            tmp_dir: Some(&tmp),
+            mode: Some(PUBLIC_FILE),
+        },
+    )
 }
 
 thread_local! {
@@ -287,7 +285,11 @@ impl PreparedGroup {
         let table = pack::decode_group(&body)?;
         let mut members = Vec::with_capacity(table.len());
         for (id, inner, len) in table {
-            let data = &body[inner as usize..(inner + len) as usize];
+            let data = usize::try_from(inner)
+                .ok()
+                .zip(usize::try_from(len).ok())
+                .and_then(|(inner, len)| body.get(inner..inner.checked_add(len)?))
+                .unwrap_or_default();
             if Id::of(data) != id {
                 return Err(corrupt(format!(
                     "member {} of a received group does not match its id",
@@ -528,7 +530,8 @@ pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
     let mut entries = Vec::new();
     let mut at = pack::PACK_MAGIC.len();
     while at < all.len() {
-        let (rid, codec, stored, raw) = pack::parse_record_header(&all[at..])?;
+        let (rid, codec, stored, raw) =
+            pack::parse_record_header(all.get(at..).unwrap_or_default())?;
         let offset = at + pack::RECORD_HEADER;
         let payload = all
             .get(offset..offset + stored as usize)

@@ -97,18 +97,20 @@ pub(crate) fn from_text(text: &[u8], accounts: &Accounts, path: &str) -> Result<
             continue;
         }
         let f: Vec<&str> = entry.split(':').collect();
-        if f.len() < 3 || f.len() > 4 {
-            return Err(bad(entry));
-        }
-        let named = !f[1].is_empty();
         // star's fourth field is the numeric id of the name.
+        let (kind, name, perms, numeric) = match f.as_slice() {
+            [kind, name, perms] => (*kind, *name, *perms, None),
+            [kind, name, perms, n] => (*kind, *name, *perms, Some(*n)),
+            _ => return Err(bad(entry)),
+        };
+        let named = !name.is_empty();
         let id = |user: bool| -> Result<u32> {
-            match f.get(3) {
+            match numeric {
                 Some(n) => n.parse().map_err(|_| bad(entry)),
-                None => accounts.id(f[1], user, path),
+                None => accounts.id(name, user, path),
             }
         };
-        let (tag, id) = match (f[0], named) {
+        let (tag, id) = match (kind, named) {
             ("user" | "u", false) => (USER_OBJ, NO_ID),
             ("user" | "u", true) => (USER, id(true)?),
             ("group" | "g", false) => (GROUP_OBJ, NO_ID),
@@ -118,7 +120,7 @@ pub(crate) fn from_text(text: &[u8], accounts: &Accounts, path: &str) -> Result<
             _ => return Err(bad(entry)),
         };
         let mut perm = 0u16;
-        for c in f[2].chars() {
+        for c in perms.chars() {
             perm |= match c {
                 'r' => 4,
                 'w' => 2,
@@ -147,7 +149,7 @@ pub(crate) fn from_text(text: &[u8], accounts: &Accounts, path: &str) -> Result<
 /// `entries` are sorted.
 fn check_and_mask(entries: &mut Vec<(u16, u32, u16)>, path: &str) -> Result<()> {
     for w in entries.windows(2) {
-        if w[0].0 == w[1].0 && w[0].1 == w[1].1 {
+        if matches!(w, [a, b] if a.0 == b.0 && a.1 == b.1) {
             return Err(invalid(format!(
                 "{path}: its ACL in the archive lists an entry twice; refusing the archive"
             )));
@@ -184,9 +186,12 @@ pub(crate) fn to_text(value: &[u8]) -> Option<String> {
     }
     let mut lines = Vec::new();
     for e in body.chunks_exact(8) {
-        let tag = u16::from_le_bytes([e[0], e[1]]);
-        let perm = u16::from_le_bytes([e[2], e[3]]);
-        let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        let &[t0, t1, p0, p1, i0, i1, i2, i3] = e else {
+            return None;
+        };
+        let tag = u16::from_le_bytes([t0, t1]);
+        let perm = u16::from_le_bytes([p0, p1]);
+        let id = u32::from_le_bytes([i0, i1, i2, i3]);
         let (name, qualifier) = match tag {
             USER_OBJ => ("user", String::new()),
             USER => ("user", id.to_string()),

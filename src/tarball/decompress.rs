@@ -27,13 +27,13 @@ const UNREAD: &[(&[u8], &str, &str)] = &[
 
 /// Whether `b` starts a zstd/lz4 skippable frame (magic 0x184D2A50..=0x184D2A5F, little-endian).
 fn skippable(b: &[u8]) -> bool {
-    b.len() >= 4 && b[0] & 0xf0 == 0x50 && b[1..4] == [0x2a, 0x4d, 0x18]
+    matches!(b, [m, 0x2a, 0x4d, 0x18, ..] if m & 0xf0 == 0x50)
 }
 
 /// The first `n` bytes of `f` without consuming them (fewer at the end of the file).
 fn peek(f: &mut BufReader<std::fs::File>, path: &Path, n: usize) -> Result<Vec<u8>> {
     let buf = f.fill_buf().at(path)?;
-    Ok(buf[..buf.len().min(n)].to_vec())
+    Ok(buf.iter().take(n).copied().collect())
 }
 
 /// Opens an archive, undoing its compression.
@@ -42,13 +42,13 @@ pub(crate) fn open(path: &Path) -> Result<Box<dyn Read>> {
     let mut magic = peek(&mut f, path, 8)?;
     let mut skipped = false;
     while skippable(&magic) {
-        if magic.len() < 8 {
+        let Some(&[_, _, _, _, l0, l1, l2, l3]) = magic.first_chunk::<8>() else {
             return Err(invalid(format!(
                 "{}: it ends inside a zstd/lz4 skippable frame header; the archive is cut short",
                 path.display()
             )));
-        }
-        let len = u32::from_le_bytes([magic[4], magic[5], magic[6], magic[7]]);
+        };
+        let len = u32::from_le_bytes([l0, l1, l2, l3]);
         f.consume(8);
         let got =
             std::io::copy(&mut (&mut f).take(u64::from(len)), &mut std::io::sink()).at(path)?;

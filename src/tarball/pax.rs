@@ -127,15 +127,15 @@ fn refuse(m: &Member, key: &[u8], why: &str) -> crate::Error {
 /// libarchive's `%XX` escapes of an xattr name.
 fn url_decode(s: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' {
-            let hex = std::str::from_utf8(s.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
+    let mut rest = s;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let (hex, after) = tail.split_first_chunk::<2>()?;
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            rest = after;
         } else {
-            out.push(s[i]);
-            i += 1;
+            out.push(b);
+            rest = tail;
         }
     }
     Some(out)

@@ -291,15 +291,17 @@ impl<R: Read> Reader<R> {
                 .iter()
                 .map(|l| decimal(l, "pax sparse map"))
                 .collect::<Result<_>>()?;
-            if want.is_none() && !numbers.is_empty() {
-                want = Some(numbers[0]);
-                if numbers[0] > 1 << 24 {
+            if let (None, Some(&n)) = (want, numbers.first()) {
+                want = Some(n);
+                if n > 1 << 24 {
                     return Err(corrupt("a pax sparse map of too many extents"));
                 }
             }
         }
-        let pairs = &numbers[1..1 + 2 * want.expect("read") as usize];
-        m.extents = Some(pairs.chunks(2).map(|p| (p[0], p[1])).collect());
+        let pairs = want
+            .and_then(|n| numbers.get(1..1 + 2 * n as usize))
+            .ok_or_else(|| corrupt("a pax sparse map runs past its member's data"))?;
+        m.extents = Some(pairs_of(pairs));
         Ok(())
     }
 }
@@ -360,7 +362,7 @@ impl Member {
             if !n.len().is_multiple_of(2) {
                 return Err(corrupt("a pax sparse map with an odd count"));
             }
-            self.extents = Some(n.chunks(2).map(|p| (p[0], p[1])).collect());
+            self.extents = Some(pairs_of(&n));
         }
         if self.extents.is_none() {
             self.size = stored;
@@ -486,6 +488,17 @@ fn pax_time(v: &[u8]) -> Result<(i64, u32)> {
     })
 }
 
+/// (offset, length) pairs of a sparse map's numbers (an odd last one is refused before).
+fn pairs_of(numbers: &[u64]) -> Vec<(u64, u64)> {
+    numbers
+        .chunks_exact(2)
+        .filter_map(|p| match *p {
+            [offset, len] => Some((offset, len)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Splits pax extended header data into its records, `LENGTH KEY=VALUE\n`, where LENGTH counts
 /// the whole record: values may hold newlines and any other byte.
 pub(crate) fn pax_records(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -497,17 +510,20 @@ pub(crate) fn pax_records(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             break;
         }
         let space = rest.iter().position(|&b| b == b' ').ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&rest[..space])
+        let (digits, _) = rest.split_at(space);
+        let len: usize = std::str::from_utf8(digits)
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(bad)?;
-        if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
-            return Err(bad());
-        }
-        let record = &rest[space + 1..len - 1];
-        let eq = record.iter().position(|&b| b == b'=').ok_or_else(bad)?;
-        out.push((record[..eq].to_vec(), record[eq + 1..].to_vec()));
-        rest = &rest[len..];
+        // LENGTH counts the digits, the space, the record and its newline.
+        let (whole, after) = rest.split_at_checked(len).ok_or_else(bad)?;
+        let record = whole
+            .get(space + 1..)
+            .and_then(|r| r.strip_suffix(b"\n"))
+            .ok_or_else(bad)?;
+        let (key, value) = record.split_at(record.iter().position(|&b| b == b'=').ok_or_else(bad)?);
+        out.push((key.to_vec(), value.get(1..).unwrap_or_default().to_vec()));
+        rest = after;
     }
     Ok(out)
 }
@@ -524,6 +540,31 @@ mod tests {
         assert_eq!(r[1].0, b"SCHILY.acl.access");
         assert_eq!(r[1].1, b"user::rw-\nuser:1000:rw-\nother::r--");
         assert!(pax_records(b"99 key=short\n").is_err());
+    }
+
+    /// #13: every malformed record is an error, never a panic (a tar archive is input).
+    #[test]
+    fn malformed_pax_records_are_errors() {
+        for bad in [
+            &b"2 \n"[..],
+            b"3 a\n",
+            b"6 a=b\r",
+            b"x a=b\n",
+            b"1",
+            b" a=b\n",
+            b"18446744073709551615 a=b\n",
+        ] {
+            assert!(pax_records(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            pax_records(b"6 a=b\n").unwrap(),
+            vec![(b"a".to_vec(), b"b".to_vec())]
+        );
+        assert_eq!(
+            pax_records(b"5 a=\n").unwrap(),
+            vec![(b"a".to_vec(), Vec::new())]
+        );
+        assert_eq!(pairs_of(&[1, 2, 3, 4, 5]), vec![(1, 2), (3, 4)]);
     }
 
     #[test]

@@ -160,8 +160,8 @@ pub fn choose(templates: &[Template], facts: &Facts) -> (Vec<Verdict>, Result<St
                 .filter(|v| v.matches && v.score == s)
                 .map(|v| v.class.as_str())
                 .collect();
-            if top.len() == 1 {
-                Ok(top[0].to_string())
+            if let [one] = top.as_slice() {
+                Ok(one.to_string())
             } else {
                 Err(invalid(format!(
                     "classes {} match this machine equally well: give one with --class, or make their [match] sections more specific",

@@ -124,15 +124,40 @@ impl Fs {
         }
     }
 
+    /// How to make the filesystem: the one table of mkfs programs, their flags and packages.
+    pub fn mkfs(self) -> &'static Mkfs {
+        const fn m(
+            program: &'static str,
+            force: &'static [&'static str],
+            label_flag: &'static str,
+            max_label: usize,
+            package: &'static str,
+        ) -> Mkfs {
+            Mkfs {
+                program,
+                force,
+                label_flag,
+                max_label,
+                package,
+            }
+        }
+        const EXT4: Mkfs = m("mkfs.ext4", &["-F", "-q"], "-L", 16, "e2fsprogs");
+        const XFS: Mkfs = m("mkfs.xfs", &["-f", "-q"], "-L", 12, "xfsprogs");
+        const VFAT: Mkfs = m("mkfs.vfat", &[], "-n", 11, "dosfstools");
+        const BTRFS: Mkfs = m("mkfs.btrfs", &["-f", "-q"], "-L", 255, "btrfs-progs");
+        const SWAP: Mkfs = m("mkswap", &["-f"], "-L", 15, "util-linux");
+        match self {
+            Fs::Ext4 => &EXT4,
+            Fs::Xfs => &XFS,
+            Fs::Vfat => &VFAT,
+            Fs::Btrfs => &BTRFS,
+            Fs::Swap => &SWAP,
+        }
+    }
+
     /// Longest label the filesystem stores.
     fn max_label(self) -> usize {
-        match self {
-            Fs::Ext4 => 16,
-            Fs::Xfs => 12,
-            Fs::Vfat => 11,
-            Fs::Btrfs => 255,
-            Fs::Swap => 15,
-        }
+        self.mkfs().max_label
     }
 
     /// The fsck pass number for /etc/fstab.
@@ -143,6 +168,20 @@ impl Fs {
             _ => 0,
         }
     }
+}
+
+/// The program that makes one kind of filesystem, and what to tell it.
+#[derive(Debug)]
+pub struct Mkfs {
+    pub program: &'static str,
+    /// Flags that overwrite an old signature without asking and keep the output short.
+    pub force: &'static [&'static str],
+    /// The flag that sets the label.
+    pub label_flag: &'static str,
+    /// Longest label the filesystem stores.
+    pub max_label: usize,
+    /// The Debian package that has `program`.
+    pub package: &'static str,
 }
 
 impl fmt::Display for Fs {

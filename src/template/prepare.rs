@@ -16,6 +16,7 @@ use super::size::exact;
 use super::PartType;
 use crate::devices::{blkid, blkid_value, is_block, partition_node, Loop, Mount};
 use crate::error::{invalid, Result};
+use crate::sys::{parse_fstab, FstabEntry};
 
 /// One partition as found.
 #[derive(Debug)]
@@ -29,18 +30,6 @@ struct Found {
     uuid: Option<String>,
     mount: Option<String>,
     options: Option<String>,
-}
-
-/// One /etc/fstab or /proc/mounts line: (spec, mount point, options).
-fn parse_fstab(text: &str) -> Vec<(String, String, String)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 4).then(|| (f[0].to_string(), f[1].to_string(), f[3].to_string()))
-        })
-        .collect()
 }
 
 fn kind_of(t: &gpt::partition_types::Type) -> PartType {
@@ -99,7 +88,7 @@ pub fn prepare(disk: &Path) -> Result<String> {
 
     // Mount points: the running system's mounts and fstab for a live disk, the fstab on the
     // image's root filesystem for an image file.
-    let mut table: Vec<(String, String, String)> = Vec::new();
+    let mut table: Vec<FstabEntry> = Vec::new();
     if block {
         let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
         table.extend(parse_fstab(&fstab));
@@ -127,7 +116,7 @@ pub fn prepare(disk: &Path) -> Result<String> {
         }
     }
     for (_, dev, f) in &mut found {
-        let hit = table.iter().find(|(spec, _, _)| {
+        let hit = table.iter().find(|FstabEntry { spec, .. }| {
             f.uuid
                 .as_ref()
                 .is_some_and(|u| spec == &format!("UUID={u}"))
@@ -136,10 +125,10 @@ pub fn prepare(disk: &Path) -> Result<String> {
                     .is_some_and(|l| spec == &format!("LABEL={l}"))
                 || Path::new(spec) == dev.as_path()
         });
-        if let Some((_, m, o)) = hit {
-            if m.starts_with('/') {
-                f.mount = Some(m.clone());
-                f.options = Some(o.clone()).filter(|o| o != "defaults");
+        if let Some(e) = hit {
+            if e.point.starts_with('/') {
+                f.mount = Some(e.point.clone());
+                f.options = Some(e.options.clone()).filter(|o| o != "defaults");
             }
         }
     }

@@ -844,3 +844,50 @@ fn a_command_waiting_for_a_lock_says_so_once() {
         assert_eq!(err.matches(said).count(), 1, "said once:\n{err}");
     }
 }
+
+/// --quiet (#13): only errors and the result. An update's hook output and a chroot's note go;
+/// the report line stays; --json is unchanged; and --quiet cannot go with --verbose.
+#[test]
+fn quiet_prints_only_errors_and_the_result() {
+    let env = Env::new();
+    let t = tree(&env, "t");
+    env.getimage(&t, "img", &[]);
+    let hooks = env.path("hooks");
+    let hook = hooks.join("post-update/10all.say");
+    sh(&format!(
+        "mkdir -p {d} && printf '#!/bin/sh\\necho HELLO\\n' > {h} && chmod 755 {h}",
+        d = hook.parent().unwrap().display(),
+        h = hook.display()
+    ));
+    let update = |node: &str, quiet: bool| {
+        let root = env.path(node);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut args = vec!["updateclient", "--image", "img@1", "--adopt"];
+        args.extend(["--root", root.to_str().unwrap()]);
+        args.extend(["--hooks", hooks.to_str().unwrap()]);
+        if quiet {
+            args.insert(0, "--quiet");
+        }
+        let out = env.run(&args);
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (out, err) = update("loud", false);
+    assert!(out.contains("updateclient: "), "{out}");
+    assert!(
+        err.contains("hook post-update/10all.say") && err.contains("HELLO"),
+        "{err}"
+    );
+    let (out, err) = update("quiet", true);
+    assert!(out.contains("updateclient: "), "{out}");
+    assert_eq!(err, "");
+
+    let json = env.ok(&["--quiet", "lsimage", "--json"]);
+    assert_eq!(json, env.ok(&["lsimage", "--json"]));
+
+    let err = env.fails(&["--quiet", "--verbose", "lsimage"], 2);
+    assert!(err.contains("--verbose"), "{err}");
+}

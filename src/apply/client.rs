@@ -1,0 +1,273 @@
+//! The commands run on a node, end to end: `updateclient`, `rollback` and `mark-good`.
+//!
+//! [`update::update`] brings a root to a manifest. Around it a node command finds the target
+//! (a revision spec, the previous revision, the last-known-good one), fetches its manifest
+//! (as a delta against the one the node runs when the server makes deltas), lays the node's
+//! overrides over it, runs the update hooks and tells the server how it went. That is all
+//! here, so the CLI only fills [`ClientUpdate`] or [`RollbackTo`] and prints the report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::apply::hooks::{self, HookEnv, Identity, Stage};
+use crate::apply::node::{Node, RevRef};
+use crate::apply::overrides;
+use crate::apply::source::{RevisionSource, Target};
+use crate::apply::update::{self, Overlay, UpdateOptions, UpdateReport};
+use crate::catalog::{NodeAction, NodeReport, Outcome};
+use crate::error::{invalid, Result};
+use crate::format::manifest::Manifest;
+use crate::format::Id;
+use crate::progress::Progress;
+
+/// This machine's host name, as hooks and reports give it.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Called with each hook's name and output once it has run.
+pub type HookOutput = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// The update hooks to run around an update.
+pub struct ClientHooks {
+    /// The hooks directory (`pre-update/`, `post-update/`).
+    pub dir: PathBuf,
+    /// The node's group, for choosing hooks.
+    pub group: Option<String>,
+    pub on_output: HookOutput,
+}
+
+/// An `updateclient` run.
+pub struct ClientUpdate {
+    /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or an id.
+    pub spec: String,
+    /// What the update does; its `overlay` and `before_writes` are filled here.
+    pub opts: UpdateOptions,
+    /// Override images to start following, and to stop following.
+    pub add_override: Vec<String>,
+    pub no_override: Vec<String>,
+    /// Not run on a dry run.
+    pub hooks: Option<ClientHooks>,
+}
+
+/// Brings `node` to the revision `run.spec` names, from `source`, and reports the outcome to
+/// the source (not on a dry run).
+pub fn updateclient(
+    node: &Node,
+    source: &dyn RevisionSource,
+    mut run: ClientUpdate,
+    progress: &dyn Progress,
+) -> Result<UpdateReport> {
+    let dry_run = run.opts.dry_run;
+    let result = (|| -> Result<UpdateReport> {
+        let target = source.resolve(&run.spec)?;
+        let image = fetch_manifest(node, source, &target.id)?;
+        let follow = overrides::edit_follow(
+            &node.state()?.overrides,
+            &run.add_override,
+            &run.no_override,
+        )?;
+        let (manifest, overlay) = overrides::for_node(source, image, follow, &run.add_override)?;
+        run.opts.overlay = Some(overlay);
+        let hooks = run.hooks.as_ref().filter(|_| !dry_run);
+        let env = HookEnv {
+            who: Identity {
+                image: target.image.clone().unwrap_or_default(),
+                group: hooks.and_then(|h| h.group.clone()),
+                hostname: hostname(),
+            },
+            root: node.root.clone(),
+            revision: target.id.hex(),
+            server: source.describe(),
+            ..Default::default()
+        };
+        if let Some(h) = hooks {
+            let (dir, env, out) = (h.dir.clone(), env.clone(), h.on_output.clone());
+            run.opts.before_writes = Some(Box::new(move || {
+                run_hooks(&dir, Stage::PreUpdate, &env, out.as_ref())
+            }));
+        }
+        let r = update::update(node, &target, &manifest, Some(source), &run.opts, progress)?;
+        if let Some(h) = hooks {
+            run_hooks(&h.dir, Stage::PostUpdate, &env, h.on_output.as_ref())?;
+        }
+        Ok(r)
+    })();
+    if !dry_run {
+        report_to(
+            node,
+            Some(source),
+            NodeAction::Updateclient,
+            result.as_ref(),
+        );
+    }
+    result
+}
+
+/// Where a rollback goes.
+pub enum RollbackTo {
+    /// The revision the node ran before its last update, from its own undo area.
+    Previous,
+    /// The revision the node's `mark-good` recorded.
+    LastKnownGood,
+    /// Any revision, from the source.
+    Spec(String),
+}
+
+/// Rolls `node` back (see [`RollbackTo`]) and reports the outcome to the source when there is
+/// one. `opts.overlay` is filled here.
+pub fn rollback(
+    node: &Node,
+    source: Option<&dyn RevisionSource>,
+    to: RollbackTo,
+    mut opts: UpdateOptions,
+    progress: &dyn Progress,
+) -> Result<UpdateReport> {
+    let result = (|| -> Result<UpdateReport> {
+        let (target, manifest, overlay) = rollback_target(node, source, to)?;
+        opts.overlay = Some(overlay);
+        update::update(node, &target, &manifest, source, &opts, progress)
+    })();
+    report_to(node, source, NodeAction::Rollback, result.as_ref());
+    result
+}
+
+/// The revision, manifest and overlay a rollback goes to.
+fn rollback_target(
+    node: &Node,
+    source: Option<&dyn RevisionSource>,
+    to: RollbackTo,
+) -> Result<(Target, Manifest, Overlay)> {
+    match to {
+        RollbackTo::Spec(spec) => {
+            let s = source.ok_or_else(|| {
+                invalid("--to needs --server URL or --repo DIR to find the revision")
+            })?;
+            let t = s.resolve(&spec)?;
+            let image = fetch_manifest(node, s, &t.id)?;
+            // Another revision of the image, with the newest of the overrides the node follows.
+            let (m, overlay) = overrides::for_node(s, image, node.state()?.overrides, &[])?;
+            Ok((t, m, overlay))
+        }
+        RollbackTo::LastKnownGood => {
+            let lkg = node.state()?.last_known_good.ok_or_else(|| {
+                invalid("no last-known-good revision recorded; `aurum mark-good` records one")
+            })?;
+            match update::recorded(node, &lkg)? {
+                Some(back) => Ok(back),
+                // Without overrides the image's manifest is the tree's: the server has it.
+                None if lkg.overrides.is_empty() => {
+                    let s = source.ok_or_else(|| {
+                        invalid("the node no longer holds that manifest; give --server")
+                    })?;
+                    let id = lkg.id()?;
+                    let m = s.manifest(&id)?;
+                    let t = Target {
+                        image: lkg.image,
+                        number: lkg.number,
+                        id,
+                    };
+                    Ok((t, m, Overlay::default()))
+                }
+                None => Err(update::no_manifest(&lkg)),
+            }
+        }
+        RollbackTo::Previous => update::rollback_target(node),
+    }
+}
+
+/// Records the revision `node` runs as its last-known-good, and returns it.
+pub fn mark_good(node: &Node) -> Result<RevRef> {
+    let mut state = node.state()?;
+    let current = state
+        .current
+        .clone()
+        .ok_or_else(|| invalid("this node has not been updated by aurum yet"))?;
+    state.last_known_good = Some(current.clone());
+    node.save_state(&state)?;
+    Ok(current)
+}
+
+/// The target's manifest: as a delta against the one the node runs when the server makes
+/// deltas (a few KiB instead of the whole), else whole.
+pub fn fetch_manifest(node: &Node, source: &dyn RevisionSource, id: &Id) -> Result<Manifest> {
+    let current = node
+        .state()
+        .ok()
+        .and_then(|s| s.current)
+        .and_then(|c| c.id().ok())
+        .filter(|c| c != id);
+    if let Some(cur) = current {
+        if let Ok(Some(m)) = node.kept_manifest(&cur) {
+            let raw = m.encode();
+            if Id::of(&raw) == cur {
+                return source.manifest_from(id, (&cur, &raw));
+            }
+        }
+    }
+    source.manifest(id)
+}
+
+fn run_hooks(
+    dir: &std::path::Path,
+    stage: Stage,
+    env: &HookEnv,
+    on_output: &(dyn Fn(&str, &str) + Send + Sync),
+) -> Result<()> {
+    for (name, out) in hooks::run_stage(dir, stage, env, None)? {
+        on_output(&name, &out);
+    }
+    Ok(())
+}
+
+/// Tells the source how a node command went; a report that cannot be delivered is only logged
+/// (the node's own history has it).
+fn report_to(
+    node: &Node,
+    source: Option<&dyn RevisionSource>,
+    action: NodeAction,
+    result: std::result::Result<&UpdateReport, &crate::Error>,
+) {
+    let Some(source) = source else { return };
+    // A failed run leaves the node on what it ran before: say so.
+    let still = node.state().ok().and_then(|s| s.current);
+    let report = match result {
+        Ok(r) => NodeReport {
+            hostname: hostname(),
+            image: r.to.as_ref().and_then(|t| t.image.clone()),
+            revision: r.to.as_ref().map(|t| t.id.clone()),
+            action,
+            result: Outcome::Ok,
+            bytes: r.bytes_fetched,
+            seconds: r.seconds,
+            detail: String::new(),
+        },
+        Err(e) => NodeReport {
+            hostname: hostname(),
+            image: still.as_ref().and_then(|c| c.image.clone()),
+            revision: still.map(|c| c.id),
+            action,
+            result: Outcome::Failed,
+            bytes: 0,
+            seconds: 0.0,
+            detail: error_chain(e),
+        },
+    };
+    if let Err(e) = source.report(&report) {
+        log::info!("report not delivered: {e}");
+    }
+}
+
+/// An error and its causes, `: `-separated (as the binary prints errors).
+fn error_chain(e: &crate::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s += &format!(": {c}");
+        cause = c.source();
+    }
+    s
+}

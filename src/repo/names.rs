@@ -1,0 +1,95 @@
+//! The commands that name things: tags and image names (`tag`, `cpimage`, `mvimage`,
+//! `rmimage`).
+//!
+//! Each changes the catalog and then rewrites the `refs/` files derived from it, under a
+//! [`Publishing`](super::Publishing) marker, so that a command killed in between leaves the
+//! published refs to be rebuilt by the next one rather than out of step with the catalog.
+
+use super::{check_name, Repository};
+use crate::catalog::Revision;
+use crate::error::{invalid, Error, Result};
+
+impl Repository {
+    /// Points `IMAGE:tag` at the revision `spec` names, moving the tag if it pointed
+    /// elsewhere. Returns the revision.
+    pub fn tag(&mut self, spec: &str, tag: &str) -> Result<Revision> {
+        check_name("tag", tag)?;
+        let rev = self.resolve(spec)?;
+        self.republish(&[&rev.image], |repo| {
+            repo.catalog.set_tag(&rev.image, tag, rev.number)
+        })?;
+        Ok(rev)
+    }
+
+    /// Removes the tag `image:tag`.
+    pub fn untag(&mut self, image: &str, tag: &str) -> Result<()> {
+        self.require_image(image)?;
+        self.republish(&[image], |repo| {
+            if repo.catalog.delete_tag(image, tag)? {
+                Ok(())
+            } else {
+                Err(Error::NotFound(format!(
+                    "image `{image}` has no tag `{tag}`"
+                )))
+            }
+        })
+    }
+
+    /// Copies image `src` as `dst`, its history and tags with it. Nothing is copied on disk:
+    /// both names reach the same immutable revisions.
+    pub fn copy_image(&mut self, src: &str, dst: &str) -> Result<()> {
+        self.require_image(src)?;
+        check_name("image", dst)?;
+        if self.catalog.image_exists(dst)? {
+            return Err(invalid(format!(
+                "image `{dst}` already exists; pick another name or `aurum rmimage {dst}` first"
+            )));
+        }
+        self.republish(&[dst], |repo| repo.catalog.copy_image(src, dst))
+    }
+
+    /// Renames image `old` to `new`; its revisions and tags follow.
+    pub fn rename_image(&mut self, old: &str, new: &str) -> Result<()> {
+        self.require_image(old)?;
+        check_name("image", new)?;
+        if self.catalog.image_exists(new)? {
+            return Err(invalid(format!("image `{new}` already exists")));
+        }
+        self.republish(&[old, new], |repo| repo.catalog.rename_image(old, new))
+    }
+
+    /// Removes image `name` and its revisions from the catalog. Refuses while it has tags (a
+    /// tag usually means nodes run it) unless `force`. Its content stays until `aurum gc`.
+    pub fn remove_image(&mut self, name: &str, force: bool) -> Result<()> {
+        self.require_image(name)?;
+        let tags = self.catalog.tags(name)?;
+        if !tags.is_empty() && !force {
+            let list: Vec<String> = tags
+                .iter()
+                .map(|(t, n)| format!("{name}:{t} (@{n})"))
+                .collect();
+            return Err(invalid(format!(
+                "image `{name}` has tags {}; delete them with `aurum tag --delete`, or pass --force",
+                list.join(", ")
+            )));
+        }
+        self.republish(&[name], |repo| repo.catalog.delete_image(name))
+    }
+
+    /// Makes a catalog change and rewrites the refs of `images` after it, under a
+    /// [`Publishing`](super::Publishing) marker. A change that fails leaves the marker for
+    /// the next command, which then rebuilds the published files whatever happened.
+    fn republish(
+        &mut self,
+        images: &[&str],
+        change: impl FnOnce(&mut Repository) -> Result<()>,
+    ) -> Result<()> {
+        let publishing = self.publishing()?;
+        change(self)?;
+        for image in images {
+            self.write_refs(image)?;
+        }
+        publishing.done();
+        Ok(())
+    }
+}

@@ -6,6 +6,7 @@ use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::format::report::InstallPhase;
 use aurum::install::report::{self, PhaseReport, ServerReporter};
 use aurum::install::{InstallOptions, Phase, Reporter};
+use aurum::name::ClassName;
 use aurum::template::size::human;
 use aurum::template::store;
 use clap::Args;
@@ -226,16 +227,18 @@ impl Reporter for Terminal {
 }
 
 pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
-    let class = (a.class != "auto").then(|| a.class.clone());
+    let class = (a.class != "auto")
+        .then(|| ClassName::new(a.class.as_str()))
+        .transpose()?;
     let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
         Some(url) => {
             let http = HttpRepo::new(url, None, &a.http.options())?;
-            let t = store::from_server(&http, class.as_deref())?;
+            let t = store::from_server(&http, class.as_ref())?;
             (Box::new(http), t)
         }
         None => {
             let repo = aurum::repo::Repository::open(&g.repo, aurum::repo::Lock::Shared)?;
-            let t = store::from_repo(&repo, class.as_deref())?;
+            let t = store::from_repo(&repo, class.as_ref())?;
             (Box::new(LocalRepo::new(&g.repo)?), t)
         }
     };

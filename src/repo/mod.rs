@@ -61,29 +61,15 @@ pub struct Repository {
 
 /// Checks an image or tag name: letters, digits, `.`, `_`, `-`, not starting with a dot or dash.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
+    crate::name::check(what, name)?;
     // An image named like a revision id would hide the revisions whose ids start that way.
     let hexlike = name.len() >= 8 && name.bytes().all(|b| b.is_ascii_hexdigit());
-    if ok && what == "image" && hexlike {
+    if what == "image" && hexlike {
         return Err(invalid(format!(
             "`{name}` cannot be an image name: it reads as a revision id; add a letter that is not a hex digit"
         )));
     }
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "`{name}` is not a valid {what} name: use letters, digits, `.`, `_` and `-`, starting with a letter or digit, at most 64 characters"
-        )))
-    }
+    Ok(())
 }
 
 /// Creates a new, empty repository at `root`.

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::size::{human, Amount, MIB};
 use super::{FsSpec, PartType, Template};
 use crate::error::{invalid, Result};
+use crate::name::ClassName;
 
 /// Sectors the backup GPT takes at the end of a disk (header + 128 entries of 128 bytes).
 const BACKUP_GPT_BYTES: u64 = 33 * 512;
@@ -22,7 +23,7 @@ const EXTENT: u64 = 4 * MIB;
 /// The rendered plan of a whole class.
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
-    pub class: String,
+    pub class: ClassName,
     pub disks: Vec<DiskPlan>,
     pub raids: Vec<RaidPlan>,
     pub volume_groups: Vec<VgPlan>,
@@ -384,7 +385,7 @@ mod tests {
 
     fn compute() -> Template {
         Template::parse(
-            "compute",
+            &ClassName::new("compute").unwrap(),
             "compute.toml",
             include_str!("../../partition-templates/compute.toml"),
         )
@@ -453,7 +454,7 @@ mod tests {
             odd in 0u64..(1 << 20),
         ) {
             let text = template_text(&parts, rest_at, rest_max);
-            let t = Template::parse("p", "p.toml", &text).unwrap();
+            let t = Template::parse(&ClassName::new("p").unwrap(), "p.toml", &text).unwrap();
             let size = size_mib * MIB + odd;
             let Ok(plan) = render(&t, &[size]) else { return Ok(()) };
             let d = &plan.disks[0];

@@ -116,7 +116,7 @@ impl Excludes {
         self.set
             .matches(&abs)
             .into_iter()
-            .map(|i| &self.rules[i])
+            .filter_map(|i| self.rules.get(i))
             .find(|r| is_dir || !r.dir_only)
             .is_some_and(|r| !r.include)
     }

@@ -246,7 +246,7 @@ pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
         Some(f) => aurum::facts::load(f)?,
         None => aurum::facts::gather(std::path::Path::new("/"))?,
     };
-    let disks = if a.disk.len() == 1 && a.disk[0].as_os_str() == "auto" {
+    let disks = if matches!(a.disk.as_slice(), [d] if d.as_os_str() == "auto") {
         let d = facts
             .disks
             .iter()
@@ -339,7 +339,10 @@ pub fn install_report(_: &Global, a: InstallReportArgs) -> anyhow::Result<()> {
     let lines: Vec<&str> = text.lines().collect();
     let r = PhaseReport {
         phase: a.phase,
-        detail: lines[lines.len().saturating_sub(40)..].join("\n"),
+        detail: lines
+            .get(lines.len().saturating_sub(40)..)
+            .unwrap_or_default()
+            .join("\n"),
         revision: None,
         done: None,
         total: None,

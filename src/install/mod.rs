@@ -955,7 +955,11 @@ fn install_inner(
         }
         report.times.push(laps.lap(Step::Configure));
         // Post-install hooks run chrooted, with /dev, /proc and /sys bound in.
-        let boot_dev = layout.disks[0].boot_device()?;
+        let boot_dev = layout
+            .disks
+            .first_mut()
+            .ok_or_else(|| invalid("no disk to install on: give at least one --disk"))?
+            .boot_device()?;
         env.disk = Some(boot_dev.clone());
         env.root = "/".into();
         let mut binds = Mounts::default();

@@ -59,7 +59,7 @@ pub fn judge(t: &Template, facts: &Facts) -> Verdict {
     let mut score = 0;
     let mut reasons = Vec::new();
     let want = t.file.disks.len();
-    let disks = &facts.disks[..want.min(facts.disks.len())];
+    let disks = facts.disks.get(..want).unwrap_or(&facts.disks);
     if facts.disks.len() < want {
         ok = false;
         reasons.push(format!(

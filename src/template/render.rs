@@ -173,9 +173,10 @@ pub fn render(t: &Template, sizes: &[u64]) -> Result<Plan> {
         });
         let mut at = start;
         let mut parts = Vec::new();
-        for (i, p) in disk.partitions.iter().enumerate() {
+        // `settle` gives one size per item, in order.
+        for (i, (p, fixed)) in disk.partitions.iter().zip(&s.fixed).enumerate() {
             let p = p.get_ref();
-            let len = s.fixed[i].or(rest_size).expect("only the rest is unsized");
+            let len = fixed.or(rest_size).expect("only the rest is unsized");
             parts.push(PartPlan {
                 number: i as u32 + 1,
                 name: p.name.clone(),
@@ -261,12 +262,12 @@ pub fn render(t: &Template, sizes: &[u64]) -> Result<Plan> {
         let volumes = g
             .volumes
             .iter()
-            .enumerate()
-            .map(|(i, v)| {
+            .zip(&s.fixed)
+            .map(|(v, fixed)| {
                 let v = v.get_ref();
                 LvPlan {
                     name: v.name.clone(),
-                    size: s.fixed[i].or(rest_size).expect("only the rest is unsized"),
+                    size: fixed.or(rest_size).expect("only the rest is unsized"),
                     fs: v.fs_spec(),
                 }
             })

@@ -125,8 +125,10 @@ pub fn normalise_mac(s: &str) -> Result<String> {
         )));
     }
     let hex = hex.to_ascii_lowercase();
-    Ok((0..6)
-        .map(|i| &hex[i * 2..i * 2 + 2])
+    Ok(hex
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| pair.iter().map(|&b| char::from(b)).collect::<String>())
         .collect::<Vec<_>>()
         .join(":"))
 }

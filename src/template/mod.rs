@@ -302,9 +302,11 @@ impl Volume {
 
 /// 1-based line of byte offset `at` in `text`.
 fn line_of(text: &str, at: usize) -> usize {
-    text[..at.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
+    let text = text.as_bytes();
+    text.get(..at)
+        .unwrap_or(text)
+        .iter()
+        .filter(|&&b| b == b'\n')
         .count()
         + 1
 }

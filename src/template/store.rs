@@ -120,14 +120,7 @@ pub fn from_server(http: &HttpRepo, class: Option<&ClassName>) -> Result<Vec<Tem
     let classes: Vec<ClassName> = match class {
         Some(c) => vec![c.clone()],
         None => crate::format::refs::decode_classes(&http.get("templates/CLASSES")?)
-            .map_err(|p| crate::error::corrupt(format!("templates/CLASSES on the server: {p}")))?
-            .into_iter()
-            .map(|c| {
-                ClassName::new(c).map_err(|e| {
-                    crate::error::corrupt(format!("templates/CLASSES on the server: {e}"))
-                })
-            })
-            .collect::<Result<_>>()?,
+            .map_err(|p| crate::error::corrupt(format!("templates/CLASSES on the server: {p}")))?,
     };
     classes
         .iter()

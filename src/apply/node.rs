@@ -243,7 +243,9 @@ impl Node {
             crate::sys::write_atomic(
                 &p,
                 &manifest::compress_file(&raw, 3)?,
+                // Durable: state.json, written durably after it, names this manifest.
                 crate::sys::WriteOpts {
+                    durable: true,
                     mode: Some(STATE_FILE_MODE),
                     ..Default::default()
                 },

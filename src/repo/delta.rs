@@ -349,7 +349,10 @@ pub fn precompute(
         AtomicU64::new(0),
         AtomicU64::new(0),
     );
-    wants.par_iter().try_for_each(|w| -> Result<()> {
+    // Pairs are taken in order from one shared counter, so what the budget leaves undone is
+    // a tail of the list (the manifest's delta, first, is always made).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let one = |w: &Want| -> Result<()> {
         if std::time::Instant::now() >= deadline && w.target != *rev {
             left.fetch_add(1, Ordering::Relaxed);
             progress.advance(1);
@@ -367,7 +370,15 @@ pub fn precompute(
         }
         progress.advance(1);
         Ok(())
-    })?;
+    };
+    (0..rayon::current_num_threads())
+        .into_par_iter()
+        .try_for_each(|_| -> Result<()> {
+            while let Some(w) = wants.get(next.fetch_add(1, Ordering::Relaxed)) {
+                one(w)?;
+            }
+            Ok(())
+        })?;
     progress.finish();
     Ok(Precomputed {
         pairs: wants.len() as u64,

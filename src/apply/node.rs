@@ -15,13 +15,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Serialize};
-
 use crate::apply::source::Target;
 use crate::error::{corrupt, invalid, IoContext, Result};
 use crate::format::manifest::{self, Manifest};
 pub use crate::format::node::{short_id, HistoryEntry, NodeState, RevRef};
-use crate::format::report::NodeAction;
 use crate::format::Id;
 
 /// The node state directory, relative to the node's root.
@@ -39,24 +36,7 @@ impl From<&Target> for RevRef {
     }
 }
 
-/// `journal.json`: an update in progress.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Journal {
-    pub action: NodeAction,
-    pub from: Option<RevRef>,
-    pub to: RevRef,
-    pub undo: String,
-    /// Every temporary name (tree path, hex) the update may create, written and synced before
-    /// it creates the first: a rerun removes exactly these, and never guesses at names.
-    #[serde(default)]
-    pub temps: Vec<String>,
-    /// The node's first revision written onto a fresh root as `checkout` writes: under final
-    /// names, with no temporary names and no undo area. Until the journal goes, files may be
-    /// half written: a rerun hashes every file and rewrites those that differ, and the state
-    /// names no revision (a killed first install is never taken for a complete one).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fresh: bool,
-}
+pub use crate::format::node::Journal;
 
 /// The state directory of a node root, locked for one update at a time.
 pub struct Node {

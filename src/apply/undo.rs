@@ -23,6 +23,10 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::error::{IoContext, Result};
 use crate::format::manifest::display_path;
+pub(super) use crate::format::node::{hex, unhex};
+use crate::format::node::{
+    parse_undo_index_line as parse_index_line, undo_index_line as index_line,
+};
 use crate::sys::{self, shown};
 
 /// Prefix an undo area is renamed to when it is dropped.
@@ -199,18 +203,6 @@ pub(super) fn entries(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// The index line of entry `n`, which held tree path `rel`: `N HEXPATH`.
-fn index_line(n: u64, rel: &[u8]) -> String {
-    format!("{n} {}\n", hex(rel))
-}
-
-/// An index line (without its newline) read back; `None` for a line that is not one (a torn
-/// last line after a crash).
-fn parse_index_line(line: &str) -> Option<(u64, Vec<u8>)> {
-    let (n, h) = line.split_once(' ')?;
-    Some((n.parse().ok()?, unhex(h)?))
-}
-
 /// The areas under `undo` (the node's `undo/` directory) that are not being dropped.
 pub(super) fn areas(undo: &Path) -> Result<Vec<PathBuf>> {
     let it = match std::fs::read_dir(undo) {
@@ -264,18 +256,6 @@ pub(super) fn drop_areas(
     sys::sync_dir(undo)
 }
 
-/// A path as the index and the journal write it.
-pub(super) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// Removes a file or a whole directory tree named `name` in `dir`.
 fn remove_tree(dir: BorrowedFd, name: &[u8], shown_path: &Path) -> Result<()> {
     let st = sys::lstat_at(dir, name).at(shown_path)?;
@@ -298,21 +278,5 @@ fn remove_tree(dir: BorrowedFd, name: &[u8], shown_path: &Path) -> Result<()> {
         unlinkat(dir, name, UnlinkatFlags::RemoveDir).at(shown_path)
     } else {
         unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).at(shown_path)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_lines_round_trip_any_path_and_refuse_torn_ones() {
-        let p = b"etc/\xff\x00name with space".to_vec();
-        let line = index_line(7, &p);
-        assert_eq!(parse_index_line(line.trim_end()), Some((7, p)));
-        assert_eq!(parse_index_line("7 6574632f7"), None);
-        assert_eq!(parse_index_line("7"), None);
-        assert_eq!(parse_index_line("x 6574"), None);
-        assert_eq!(unhex("zz"), None);
     }
 }

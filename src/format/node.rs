@@ -5,8 +5,9 @@
 //! follows, and the history of its runs. It carries no version field: every field added since
 //! the first version is optional on reading ([`VERSION`] counts those additions), so any aurum
 //! reads any state file, and a file without the new fields is what an older aurum wrote.
-//! `node` owns the directory and writes the file atomically; `journal.json` and the undo index
-//! belong to the update engine (`apply`).
+//! `node` owns the directory and writes the file atomically. `journal.json` ([`Journal`]) and
+//! the undo index lines ([`undo_index_line`]) are defined here too; the update engine
+//! (`apply`) writes them.
 
 use serde::{Deserialize, Serialize};
 
@@ -244,5 +245,82 @@ mod tests {
         assert!(!r.same_tree(&plain));
         r.tree = None;
         assert!(r.same_tree(&plain));
+    }
+}
+
+/// `journal.json`: an update in progress.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Journal {
+    pub action: super::report::NodeAction,
+    pub from: Option<RevRef>,
+    pub to: RevRef,
+    pub undo: String,
+    /// Every temporary name (tree path, hex) the update may create, written and synced before
+    /// it creates the first: a rerun removes exactly these, and never guesses at names.
+    #[serde(default)]
+    pub temps: Vec<String>,
+    /// The node's first revision written onto a fresh root as `checkout` writes: under final
+    /// names, with no temporary names and no undo area. Until the journal goes, files may be
+    /// half written: a rerun hashes every file and rewrites those that differ, and the state
+    /// names no revision (a killed first install is never taken for a complete one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
+}
+
+/// The undo index line of entry `n` of an undo area, which held tree path `rel`: `N HEXPATH`
+/// (the file `N` of the area holds what the path held). Version 1, not stored: the areas of
+/// a run are read only by the same aurum's rerun or rollback.
+pub fn undo_index_line(n: u64, rel: &[u8]) -> String {
+    format!("{n} {}\n", hex(rel))
+}
+
+/// An undo index line (without its newline) read back; `None` for a line that is not one (a
+/// torn last line after a crash).
+pub fn parse_undo_index_line(line: &str) -> Option<(u64, Vec<u8>)> {
+    let (n, h) = line.split_once(' ')?;
+    Some((n.parse().ok()?, unhex(h)?))
+}
+
+/// A tree path as the undo index and the journal's `temps` write it: lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A path written by [`hex`]; `None` for anything else.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod undo_index_tests {
+    use super::*;
+
+    #[test]
+    fn undo_index_lines_round_trip_any_path_and_refuse_torn_ones() {
+        let p = b"etc/\xff\x00name with space".to_vec();
+        let line = undo_index_line(7, &p);
+        assert_eq!(parse_undo_index_line(line.trim_end()), Some((7, p)));
+        assert_eq!(parse_undo_index_line("7 6574632f7"), None);
+        assert_eq!(parse_undo_index_line("7"), None);
+        assert_eq!(parse_undo_index_line("x 6574"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
+    fn a_journal_round_trips_and_older_journals_read() {
+        let j: Journal = serde_json::from_str(
+            r#"{"action":"updateclient","from":null,"to":{"image":"a","number":2,"id":"00"},"undo":"u1"}"#,
+        )
+        .unwrap();
+        assert!(j.temps.is_empty() && !j.fresh);
+        let back: Journal = serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
+        assert_eq!(back.undo, "u1");
+        assert!(serde_json::from_str::<Journal>("{\"action\":\"nothing\"}").is_err());
     }
 }

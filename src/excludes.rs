@@ -72,15 +72,15 @@ impl Excludes {
         let mut regexes = Vec::new();
         let mut rules = Vec::new();
         for p in patterns {
-            let (include, pattern) = match p.as_bytes() {
-                [b'+', b' ', ..] => (true, &p[2..]),
-                [b'-', b' ', ..] => (false, &p[2..]),
-                [b'!'] | [b'!', b' ', ..] => {
-                    return Err(invalid(format!(
-                        "exclude rule `{p}` (rsync's \"clear the list\") is not supported: leave the defaults out with --no-default-excludes instead"
-                    )))
-                }
-                _ => (false, p.as_str()),
+            if p == "!" || p.starts_with("! ") {
+                return Err(invalid(format!(
+                    "exclude rule `{p}` (rsync's \"clear the list\") is not supported: leave the defaults out with --no-default-excludes instead"
+                )));
+            }
+            let (include, pattern) = match (p.strip_prefix("+ "), p.strip_prefix("- ")) {
+                (Some(rest), _) => (true, rest),
+                (None, Some(rest)) => (false, rest),
+                (None, None) => (false, p.as_str()),
             };
             if pattern.is_empty() {
                 return Err(invalid(format!("exclude rule `{p}` has no pattern")));
@@ -116,7 +116,7 @@ impl Excludes {
         self.set
             .matches(&abs)
             .into_iter()
-            .map(|i| &self.rules[i])
+            .filter_map(|i| self.rules.get(i))
             .find(|r| is_dir || !r.dir_only)
             .is_some_and(|r| !r.include)
     }

@@ -8,7 +8,8 @@
 //! 1. base: [`error`], [`sys`] (file calls relative to directory descriptors, so no symlink
 //!    leads a write outside a target root; the mount table; locking; atomic writes),
 //!    [`progress`], [`excludes`] (the path patterns capture and update leave alone),
-//!    [`devices`] (block devices and the tools that handle them), [`facts`] (a node's hardware).
+//!    [`devices`] (block devices and the tools that handle them), [`facts`] (a node's hardware),
+//!    [`name`] (the syntax of names, and [`name::ClassName`], a hardware class).
 //! 2. [`format`]: every byte layout on disk or on the wire. It depends on nothing else in aurum.
 //! 3. [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with
 //!    verification, and [`store::BlobSource`], how writers get blobs.
@@ -34,6 +35,7 @@ pub mod excludes;
 pub mod facts;
 pub mod format;
 pub mod install;
+pub mod name;
 pub mod netboot;
 pub mod progress;
 pub mod repo;

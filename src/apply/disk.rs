@@ -338,3 +338,42 @@ pub(crate) mod memory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real view sees a tree as the engine writes it: a symlink in the middle of a path
+    /// leads nowhere (an image cannot make the update read or write outside the root).
+    #[test]
+    fn the_root_view_follows_no_symlink_and_lists_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"x").unwrap();
+        std::fs::write(root.join("etc/motd"), b"hello").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let view = RootView::open(root).unwrap();
+        let motd = view.stat(b"etc/motd").unwrap();
+        assert_eq!((motd.format(), motd.size), (libc::S_IFREG, 5));
+        assert!(view.stat(b"").unwrap().is_dir());
+        assert_eq!(view.stat(b"link").unwrap().format(), libc::S_IFLNK);
+        assert_eq!(
+            view.readlink(b"link").unwrap(),
+            outside.as_os_str().as_bytes()
+        );
+        assert!(view.stat(b"link/secret").is_none());
+        assert!(view.list(b"link").is_none());
+        let mut names = view.list(b"").unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![(b"etc".to_vec(), true), (b"link".to_vec(), false)]
+        );
+        let chunks = view.chunks(b"etc/motd", &motd).unwrap().unwrap();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].id, crate::format::Id::of(b"hello"));
+    }
+}

@@ -177,13 +177,13 @@ fn detach_links(
         .filter(|e| layer.get(&e.path).is_none())
         .map(|e| e.path.clone())
         .collect();
-    let Some(first) = links.first() else {
+    // A link to a path the tree lacks (a damaged manifest) has no content to keep.
+    let (Some(first), Some(mut own)) = (links.first(), tree.get(path).cloned()) else {
         return;
     };
-    let mut own = tree[path].clone();
     own.path = first.clone();
     tree.insert(first.clone(), own);
-    for l in &links[1..] {
+    for l in links.iter().skip(1) {
         if let Some(e) = tree.get_mut(l) {
             e.kind = Kind::Hardlink {
                 target: first.clone(),

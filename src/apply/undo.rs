@@ -107,7 +107,7 @@ impl UndoArea {
         for rel in rels {
             let n = self.next;
             self.next += 1;
-            lines.push_str(&format!("{n} {}\n", hex(rel)));
+            lines.push_str(&index_line(n, rel));
             self.announced.insert(rel.to_vec(), n);
         }
         let index = self.index.as_mut().expect("opened with the journal");
@@ -194,11 +194,21 @@ pub(super) fn entries(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     };
     index
         .lines()
-        .filter_map(|line| {
-            let (n, h) = line.split_once(' ')?;
-            Some((dir.join(n), unhex(h)?))
-        })
+        .filter_map(parse_index_line)
+        .map(|(n, path)| (dir.join(n.to_string()), path))
         .collect()
+}
+
+/// The index line of entry `n`, which held tree path `rel`: `N HEXPATH`.
+fn index_line(n: u64, rel: &[u8]) -> String {
+    format!("{n} {}\n", hex(rel))
+}
+
+/// An index line (without its newline) read back; `None` for a line that is not one (a torn
+/// last line after a crash).
+fn parse_index_line(line: &str) -> Option<(u64, Vec<u8>)> {
+    let (n, h) = line.split_once(' ')?;
+    Some((n.parse().ok()?, unhex(h)?))
 }
 
 /// The areas under `undo` (the node's `undo/` directory) that are not being dropped.
@@ -296,9 +306,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn index_paths_round_trip_any_bytes() {
+    fn index_lines_round_trip_any_path_and_refuse_torn_ones() {
         let p = b"etc/\xff\x00name with space".to_vec();
-        assert_eq!(unhex(&hex(&p)), Some(p));
+        let line = index_line(7, &p);
+        assert_eq!(parse_index_line(line.trim_end()), Some((7, p)));
+        assert_eq!(parse_index_line("7 6574632f7"), None);
+        assert_eq!(parse_index_line("7"), None);
+        assert_eq!(parse_index_line("x 6574"), None);
         assert_eq!(unhex("zz"), None);
     }
 }

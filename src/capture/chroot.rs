@@ -276,8 +276,11 @@ fn default_shell(root: &Path) -> Vec<OsString> {
 }
 
 fn spawn_and_wait(root: &Path, argv: &[OsString], signals: &Signals) -> Result<RunOutcome> {
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
+    let [program, args @ ..] = argv else {
+        return Err(invalid("no command to run in the image"));
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
     // The host's environment names host paths and settings; the chroot gets a clean one.
     cmd.env_clear()
         .env(
@@ -307,7 +310,7 @@ fn spawn_and_wait(root: &Path, argv: &[OsString], signals: &Signals) -> Result<R
     let mut child = cmd.spawn().map_err(|e| {
         invalid(format!(
             "cannot run {} in the image: {e}",
-            argv[0].to_string_lossy()
+            program.to_string_lossy()
         ))
     })?;
     let pid = Pid::from_raw(child.id() as i32);
@@ -741,11 +744,11 @@ pub fn unmount_below(root: &Path) -> Result<()> {
         }
     }
     let left = mounts_below(&root);
-    if left.is_empty() {
+    let Some(first) = left.first() else {
         return Ok(());
-    }
+    };
     Err(Error::Io {
-        path: left[0].clone(),
+        path: first.clone(),
         source: std::io::Error::other(format!(
             "{} mounts below {} could not be unmounted; unmount them (`umount -R {}`) before removing or committing it",
             left.len(),

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, Result};
+use crate::name::ClassName;
 
 /// What a node's next network boot does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +65,7 @@ pub struct NodeEntry {
     pub mac: String,
     pub ip: Option<String>,
     /// Hardware class (partition template); `None`: matched from the node's facts.
-    pub class: Option<String>,
+    pub class: Option<ClassName>,
     /// Revision reference to install (IMAGE, IMAGE@N, IMAGE:TAG).
     pub image: Option<String>,
     pub group: Option<String>,
@@ -124,8 +125,10 @@ pub fn normalise_mac(s: &str) -> Result<String> {
         )));
     }
     let hex = hex.to_ascii_lowercase();
-    Ok((0..6)
-        .map(|i| &hex[i * 2..i * 2 + 2])
+    Ok(hex
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| pair.iter().map(|&b| char::from(b)).collect::<String>())
         .collect::<Vec<_>>()
         .join(":"))
 }
@@ -185,7 +188,7 @@ pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {
         let mut node =
             NodeEntry::new(get("name").unwrap_or(""), get("mac").unwrap_or("")).map_err(at)?;
         node.set_ip(get("ip")).map_err(at)?;
-        node.class = get("class").map(String::from);
+        node.class = get("class").map(ClassName::new).transpose().map_err(at)?;
         node.image = get("image").map(String::from);
         node.group = get("group").map(String::from);
         node.bmc = get("bmc").map(String::from);
@@ -229,5 +232,31 @@ mod tests {
         assert!(e.to_string().contains("t.csv:2"), "{e}");
         let e = parse_csv("name,mac,rack\n", "t.csv").unwrap_err();
         assert!(e.to_string().contains("unknown column `rack`"), "{e}");
+    }
+
+    #[test]
+    fn csv_class_names_are_checked() {
+        let nodes = parse_csv(
+            "name,mac,class\nn01,52:54:00:00:00:01,bios-legacy\n",
+            "t.csv",
+        )
+        .unwrap();
+        assert_eq!(
+            nodes[0].class.as_ref().map(ClassName::as_str),
+            Some("bios-legacy")
+        );
+        for bad in ["../etc", "a b", "-x", "comp/ute"] {
+            let e = parse_csv(
+                &format!("name,mac,class\nn01,52:54:00:00:00:01,{bad}\n"),
+                "t.csv",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("t.csv:2: `")
+                    && e.contains("is not a valid class name: use letters, digits"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

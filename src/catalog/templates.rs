@@ -8,11 +8,12 @@ use serde::Serialize;
 
 use super::{now, Catalog};
 use crate::error::Result;
+use crate::name::ClassName;
 
 /// One saved version of a class's template.
 #[derive(Clone, Debug, Serialize)]
 pub struct TemplateVersion {
-    pub class: String,
+    pub class: ClassName,
     pub version: u32,
     pub text: String,
     pub created: i64,
@@ -32,7 +33,11 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<TemplateVersion> {
 
 impl Catalog {
     /// The newest version of `class`, or version `version`.
-    pub fn template(&self, class: &str, version: Option<u32>) -> Result<Option<TemplateVersion>> {
+    pub fn template(
+        &self,
+        class: &ClassName,
+        version: Option<u32>,
+    ) -> Result<Option<TemplateVersion>> {
         let sql = "SELECT class, version, text, created, note FROM templates WHERE class = ?1";
         Ok(match version {
             Some(v) => self
@@ -51,7 +56,7 @@ impl Catalog {
     }
 
     /// Every version of `class`, oldest first.
-    pub fn template_versions(&self, class: &str) -> Result<Vec<TemplateVersion>> {
+    pub fn template_versions(&self, class: &ClassName) -> Result<Vec<TemplateVersion>> {
         let mut st = self.conn.prepare(
             "SELECT class, version, text, created, note FROM templates WHERE class = ?1 ORDER BY version",
         )?;
@@ -72,7 +77,12 @@ impl Catalog {
 
     /// Saves `text` as the next version of `class`, unless it equals the newest version.
     /// Returns the version that holds `text` and whether it is new.
-    pub fn add_template(&mut self, class: &str, text: &str, note: &str) -> Result<(u32, bool)> {
+    pub fn add_template(
+        &mut self,
+        class: &ClassName,
+        text: &str,
+        note: &str,
+    ) -> Result<(u32, bool)> {
         let tx = self.conn.transaction()?;
         let newest: Option<(u32, String)> = tx
             .query_row(

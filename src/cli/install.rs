@@ -6,6 +6,7 @@ use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::format::report::InstallPhase;
 use aurum::install::report::{self, PhaseReport, ServerReporter};
 use aurum::install::{InstallOptions, Phase, Reporter};
+use aurum::name::ClassName;
 use aurum::template::size::human;
 use aurum::template::store;
 use clap::Args;
@@ -226,16 +227,18 @@ impl Reporter for Terminal {
 }
 
 pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
-    let class = (a.class != "auto").then(|| a.class.clone());
+    let class = (a.class != "auto")
+        .then(|| ClassName::new(a.class.as_str()))
+        .transpose()?;
     let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
         Some(url) => {
             let http = HttpRepo::new(url, None, &a.http.options())?;
-            let t = store::from_server(&http, class.as_deref())?;
+            let t = store::from_server(&http, class.as_ref())?;
             (Box::new(http), t)
         }
         None => {
             let repo = aurum::repo::Repository::open(&g.repo, aurum::repo::Lock::Shared)?;
-            let t = store::from_repo(&repo, class.as_deref())?;
+            let t = store::from_repo(&repo, class.as_ref())?;
             (Box::new(LocalRepo::new(&g.repo)?), t)
         }
     };
@@ -243,7 +246,7 @@ pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
         Some(f) => aurum::facts::load(f)?,
         None => aurum::facts::gather(std::path::Path::new("/"))?,
     };
-    let disks = if a.disk.len() == 1 && a.disk[0].as_os_str() == "auto" {
+    let disks = if matches!(a.disk.as_slice(), [d] if d.as_os_str() == "auto") {
         let d = facts
             .disks
             .iter()
@@ -336,7 +339,10 @@ pub fn install_report(_: &Global, a: InstallReportArgs) -> anyhow::Result<()> {
     let lines: Vec<&str> = text.lines().collect();
     let r = PhaseReport {
         phase: a.phase,
-        detail: lines[lines.len().saturating_sub(40)..].join("\n"),
+        detail: lines
+            .get(lines.len().saturating_sub(40)..)
+            .unwrap_or_default()
+            .join("\n"),
         revision: None,
         done: None,
         total: None,

@@ -228,15 +228,17 @@ fn open(g: &Global) -> aurum::Result<Repository> {
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
+    let mut unit = UNITS.iter();
+    let mut u = unit.next().unwrap_or(&"B");
+    while v >= 1024.0 {
+        let Some(next) = unit.next() else { break };
         v /= 1024.0;
-        u += 1;
+        u = next;
     }
-    if u == 0 {
+    if n < 1024 {
         format!("{n} B")
     } else {
-        format!("{v:.1} {}", UNITS[u])
+        format!("{v:.1} {u}")
     }
 }
 

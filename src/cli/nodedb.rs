@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use aurum::catalog::nodes::{self, Boot, NodeEntry};
+use aurum::name::ClassName;
 use aurum::repo::{Lock, Repository};
 use clap::{Args, Subcommand};
 
@@ -61,7 +62,13 @@ impl Fields {
                 *slot = (!v.is_empty()).then_some(v);
             }
         };
-        set(&mut n.class, self.class);
+        if let Some(c) = self.class {
+            n.class = if c.is_empty() {
+                None
+            } else {
+                Some(ClassName::new(c)?)
+            };
+        }
         set(&mut n.image, self.image);
         set(&mut n.group, self.group);
         set(&mut n.bmc, self.bmc);
@@ -161,7 +168,7 @@ pub fn exec(g: &Global, a: NodeArgs) -> anyhow::Result<()> {
                     n.name,
                     n.mac,
                     n.ip.as_deref().unwrap_or("-"),
-                    n.class.as_deref().unwrap_or("-"),
+                    n.class.as_ref().map_or("-", ClassName::as_str),
                     n.image.as_deref().unwrap_or("-"),
                     n.group.as_deref().unwrap_or("-"),
                     n.boot.as_str(),
@@ -183,7 +190,10 @@ pub fn exec(g: &Global, a: NodeArgs) -> anyhow::Result<()> {
             println!("node      {}", n.name);
             println!("mac       {}", n.mac);
             println!("ip        {}", or(&n.ip));
-            println!("class     {}", or(&n.class));
+            println!(
+                "class     {}",
+                n.class.as_ref().map_or("-", ClassName::as_str)
+            );
             println!("image     {}", or(&n.image));
             println!("group     {}", or(&n.group));
             println!("bmc       {}", or(&n.bmc));

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use aurum::name::ClassName;
 use aurum::repo::{Lock, Repository};
 use aurum::template::size::{human, parse_bytes};
 use aurum::template::{render, smallest_disk, store, Template};
@@ -97,7 +98,7 @@ struct MatchArgs {
 /// reason (file and line), the old version stays current, and the copy is kept for another try.
 #[derive(Args)]
 struct EditArgs {
-    class: String,
+    class: ClassName,
     /// Edit this file instead of a copy of the newest version (to retry a refused edit).
     #[arg(long, value_name = "FILE")]
     from_file: Option<PathBuf>,
@@ -106,10 +107,10 @@ struct EditArgs {
 /// Create a class, as a copy of another class (default: compute).
 #[derive(Args)]
 struct NewArgs {
-    class: String,
+    class: ClassName,
     /// The class to copy.
     #[arg(long, default_value = "compute")]
-    from: String,
+    from: ClassName,
 }
 
 /// Add or update classes from template files (class = file name without .toml).
@@ -170,8 +171,9 @@ fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
         ),
         None => (a.class.as_str(), None),
     };
-    let (v, _) = store::load(&repo, class, version)?;
-    let versions = repo.catalog.template_versions(class)?;
+    let class = ClassName::new(class)?;
+    let (v, _) = store::load(&repo, &class, version)?;
+    let versions = repo.catalog.template_versions(&class)?;
     println!(
         "# class {}, version {} of {} ({}, {})",
         v.class,
@@ -270,7 +272,7 @@ fn template_arg(g: &Global, spec: &str) -> anyhow::Result<Template> {
         })?;
         return Ok(Template::parse(&store::class_of(p)?, spec, &text)?);
     }
-    Ok(store::load(&open(g)?, spec, None)?.1)
+    Ok(store::load(&open(g)?, &ClassName::new(spec)?, None)?.1)
 }
 
 fn render_cmd(g: &Global, a: RenderArgs) -> anyhow::Result<()> {
@@ -416,7 +418,6 @@ fn edit(g: &Global, a: EditArgs) -> anyhow::Result<()> {
 
 fn new(g: &Global, a: NewArgs) -> anyhow::Result<()> {
     let mut repo = Repository::open(&g.repo, Lock::Shared)?;
-    aurum::template::check_class(&a.class)?;
     if repo.catalog.template(&a.class, None)?.is_some() {
         return Err(aurum::Error::Invalid(format!(
             "class {} exists: change it with `aurum template edit {}`",
@@ -428,7 +429,7 @@ fn new(g: &Global, a: NewArgs) -> anyhow::Result<()> {
         Some(v) => v.text,
         None => store::SHIPPED
             .iter()
-            .find(|(c, _)| *c == a.from)
+            .find(|(c, _)| a.from == *c)
             .map(|(_, t)| t.to_string())
             .ok_or_else(|| aurum::Error::NotFound(format!("no class {} to copy", a.from)))?,
     };

@@ -11,6 +11,7 @@
 use std::fmt;
 
 use super::Id;
+use crate::name::ClassName;
 
 /// What every `FORMAT` file starts with; the repository layout version follows.
 pub const FORMAT_PREFIX: &str = "aurum repository format";
@@ -99,7 +100,7 @@ pub fn decode_pack_list(data: &[u8]) -> Result<Vec<(Id, u64)>, Problem> {
 }
 
 /// `templates/CLASSES`: one class name a line.
-pub fn encode_classes<'a>(classes: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+pub fn encode_classes<'a>(classes: impl IntoIterator<Item = &'a ClassName>) -> Vec<u8> {
     classes
         .into_iter()
         .map(|c| format!("{c}\n"))
@@ -107,14 +108,20 @@ pub fn encode_classes<'a>(classes: impl IntoIterator<Item = &'a str>) -> Vec<u8>
         .into_bytes()
 }
 
-/// Reads `templates/CLASSES` (empty lines are skipped; the names are checked by their user).
-pub fn decode_classes(data: &[u8]) -> Result<Vec<String>, Problem> {
+/// Reads `templates/CLASSES` (empty lines are skipped); each name must be a valid class name,
+/// since it becomes a file name and a URL part.
+pub fn decode_classes(data: &[u8]) -> Result<Vec<ClassName>, Problem> {
     let text = text_of(data)?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect())
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, l)| {
+            ClassName::new(l).map_err(|_| Problem::BadLine {
+                line: i + 1,
+                want: "CLASS (letters, digits, `.`, `_`, `-`)",
+            })
+        })
+        .collect()
 }
 
 fn text_of(data: &[u8]) -> Result<&str, Problem> {
@@ -166,8 +173,8 @@ mod tests {
             prop_assert_eq!(decode_ref(&encode_ref(&head)), Some(head));
             prop_assert_eq!(decode_revisions(&encode_revisions(revs.clone())).unwrap(), revs);
             prop_assert_eq!(decode_pack_list(&encode_pack_list(packs.clone())).unwrap(), packs);
-            let c = encode_classes(classes.iter().map(String::as_str));
-            prop_assert_eq!(decode_classes(&c).unwrap(), classes);
+            let classes: Vec<ClassName> = classes.into_iter().map(|c| ClassName::new(c).unwrap()).collect();
+            prop_assert_eq!(decode_classes(&encode_classes(&classes)).unwrap(), classes);
             prop_assert_eq!(format_version(format_file(version).as_bytes()), Some(version));
         }
 
@@ -176,6 +183,12 @@ mod tests {
             let _ = (decode_ref(&data), decode_revisions(&data), decode_pack_list(&data));
             let _ = (decode_classes(&data), format_version(&data));
         }
+    }
+
+    #[test]
+    fn a_bad_class_in_classes_is_a_bad_line() {
+        let e = decode_classes(b"compute\n../../etc/passwd\n").unwrap_err();
+        assert!(matches!(e, Problem::BadLine { line: 2, .. }), "{e}");
     }
 
     #[test]

@@ -44,6 +44,7 @@ use crate::excludes::Excludes;
 use crate::facts::{DiskFact, Facts, Firmware};
 use crate::format::manifest::Manifest;
 use crate::format::report::{InstallPhase, NodeAction};
+use crate::name::ClassName;
 use crate::progress::Progress;
 use crate::template::render::{DiskPlan, Plan};
 use crate::template::size::human;
@@ -101,7 +102,7 @@ pub struct InstallOptions {
     /// The disks (block devices or image files), in template order.
     pub disks: Vec<PathBuf>,
     /// The class, or `None` to pick it from the facts.
-    pub class: Option<String>,
+    pub class: Option<ClassName>,
     /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or an id.
     pub image: String,
     pub hostname: Option<String>,
@@ -116,9 +117,9 @@ pub struct InstallOptions {
 }
 
 /// What an install did.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 pub struct InstallReport {
-    pub class: String,
+    pub class: ClassName,
     pub revision: String,
     pub plan: Option<Plan>,
     /// `mount point -> UUID` of each filesystem made.
@@ -866,7 +867,13 @@ fn install_inner(
         class: template.class.clone(),
         revision: target.name(),
         plan: Some(plan.clone()),
-        ..Default::default()
+        filesystems: Vec::new(),
+        bytes: 0,
+        hooks: Vec::new(),
+        overrides: Vec::new(),
+        warnings: Vec::new(),
+        seconds: 0.0,
+        times: Vec::new(),
     };
     report.times.push(laps.lap(Step::Plan));
     if opts.dry_run {
@@ -902,7 +909,7 @@ fn install_inner(
         root: mnt.clone(),
         revision: target.id.hex(),
         server: source.describe(),
-        class: Some(template.class.clone()),
+        class: Some(template.class.to_string()),
         firmware: Some(match facts.firmware {
             Firmware::Uefi => "uefi",
             Firmware::Bios => "bios",
@@ -948,7 +955,11 @@ fn install_inner(
         }
         report.times.push(laps.lap(Step::Configure));
         // Post-install hooks run chrooted, with /dev, /proc and /sys bound in.
-        let boot_dev = layout.disks[0].boot_device()?;
+        let boot_dev = layout
+            .disks
+            .first_mut()
+            .ok_or_else(|| invalid("no disk to install on: give at least one --disk"))?
+            .boot_device()?;
         env.disk = Some(boot_dev.clone());
         env.root = "/".into();
         let mut binds = Mounts::default();

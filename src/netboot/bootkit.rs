@@ -351,7 +351,10 @@ pub fn build(o: &KitOptions) -> Result<KitReport> {
     // Modules, decompressed (busybox insmod reads plain .ko), and their load order.
     let mut list = String::new();
     for m in &order {
-        let rel = &deps[m].0;
+        // load_order returns only modules found in `deps`.
+        let Some((rel, _)) = deps.get(m) else {
+            continue;
+        };
         let plain = rel
             .trim_end_matches(".xz")
             .trim_end_matches(".zst")

@@ -421,7 +421,7 @@ mod tests {
     fn node(boot: Boot) -> NodeEntry {
         let mut n = NodeEntry::new("n01", "52:54:00:11:23:01").unwrap();
         n.image = Some("compute:prod".into());
-        n.class = Some("compute".into());
+        n.class = Some(crate::name::ClassName::new("compute").unwrap());
         n.boot = boot;
         n
     }

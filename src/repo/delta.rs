@@ -264,15 +264,22 @@ pub fn get_or_make(
     // The delta, or the blob compressed alone when that is smaller (a rewritten file): either
     // decodes with the base as prefix. Sent when it beats the blob's raw size by 5 %,
     // else the node fetches the blob from its pack.
+    // A frame with the base as prefix is never much larger than the blob compressed alone
+    // (zstd may ignore the prefix), so the blob is compressed alone only when the delta does
+    // not pay: half the work of every delta that does (issue #14).
     let delta = encode(&base, &target, level)?;
-    let alone = encode(&[], &target, level)?;
-    let best = if alone.len() < delta.len() {
-        alone
-    } else {
+    let pays = |d: &[u8]| (d.len() as u64) * PAYS_DEN <= (target.len() as u64) * PAYS_NUM;
+    let best = if pays(&delta) {
         delta
+    } else {
+        let alone = encode(&[], &target, level)?;
+        if alone.len() < delta.len() {
+            alone
+        } else {
+            delta
+        }
     };
-    let pays = (best.len() as u64) * PAYS_DEN <= (target.len() as u64) * PAYS_NUM;
-    let delta = pays.then_some(best);
+    let delta = pays(&best).then_some(best);
     cache.put(w, delta.as_deref())?;
     Ok(delta)
 }

@@ -67,43 +67,47 @@ pub fn entry_changes(old: &Entry, new: &Entry) -> Vec<&'static str> {
 
 /// Every path that differs, in path order.
 pub fn diff(a: &Manifest, b: &Manifest) -> Vec<Change> {
+    use std::cmp::Ordering;
     let mut out = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    let (ea, eb) = (&a.entries, &b.entries);
-    while i < ea.len() || j < eb.len() {
-        let ord = match (ea.get(i), eb.get(j)) {
+    let mut ea = a.entries.iter().peekable();
+    let mut eb = b.entries.iter().peekable();
+    loop {
+        let ord = match (ea.peek(), eb.peek()) {
             (Some(x), Some(y)) => x.path.cmp(&y.path),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => break,
         };
         match ord {
-            std::cmp::Ordering::Less => {
-                out.push(Change {
-                    path: ea[i].display(),
-                    status: "removed",
-                    what: vec![],
-                });
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push(Change {
-                    path: eb[j].display(),
-                    status: "added",
-                    what: vec![],
-                });
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                let what = entry_changes(&ea[i], &eb[j]);
-                if !what.is_empty() {
+            Ordering::Less => {
+                if let Some(x) = ea.next() {
                     out.push(Change {
-                        path: eb[j].display(),
-                        status: "changed",
-                        what,
+                        path: x.display(),
+                        status: "removed",
+                        what: vec![],
                     });
                 }
-                i += 1;
-                j += 1;
+            }
+            Ordering::Greater => {
+                if let Some(y) = eb.next() {
+                    out.push(Change {
+                        path: y.display(),
+                        status: "added",
+                        what: vec![],
+                    });
+                }
+            }
+            Ordering::Equal => {
+                if let (Some(x), Some(y)) = (ea.next(), eb.next()) {
+                    let what = entry_changes(x, y);
+                    if !what.is_empty() {
+                        out.push(Change {
+                            path: y.display(),
+                            status: "changed",
+                            what,
+                        });
+                    }
+                }
             }
         }
     }

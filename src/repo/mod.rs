@@ -61,29 +61,15 @@ pub struct Repository {
 
 /// Checks an image or tag name: letters, digits, `.`, `_`, `-`, not starting with a dot or dash.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
+    crate::name::check(what, name)?;
     // An image named like a revision id would hide the revisions whose ids start that way.
     let hexlike = name.len() >= 8 && name.bytes().all(|b| b.is_ascii_hexdigit());
-    if ok && what == "image" && hexlike {
+    if what == "image" && hexlike {
         return Err(invalid(format!(
             "`{name}` cannot be an image name: it reads as a revision id; add a letter that is not a hex digit"
         )));
     }
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "`{name}` is not a valid {what} name: use letters, digits, `.`, `_` and `-`, starting with a letter or digit, at most 64 characters"
-        )))
-    }
+    Ok(())
 }
 
 /// Creates a new, empty repository at `root`.
@@ -854,9 +840,14 @@ impl Repository {
 impl crate::store::BlobSource for RepoBlobs {
     fn get(&self, id: &Id) -> Result<Vec<u8>> {
         // Threads outside the pool share the last connection.
-        let last = self.catalogs.len() - 1;
+        let last = self.catalogs.len().saturating_sub(1);
         let slot = rayon::current_thread_index().map_or(last, |i| i.min(last));
-        let mut catalog = self.catalogs[slot].lock().expect("catalog lock");
+        let mut catalog = self
+            .catalogs
+            .get(slot)
+            .ok_or_else(|| Error::Invalid("a blob source with no catalog connection".into()))?
+            .lock()
+            .expect("catalog lock");
         if catalog.is_none() {
             *catalog = Some(Catalog::open(&self.db)?);
         }
@@ -932,7 +923,7 @@ impl Read for ContentReader<'_> {
         if self.pos < ext_off {
             // In a hole.
             let n = out.len().min((ext_off - self.pos) as usize);
-            out[..n].fill(0);
+            out.iter_mut().take(n).for_each(|b| *b = 0);
             self.pos += n as u64;
             return Ok(n);
         }
@@ -947,12 +938,18 @@ impl Read for ContentReader<'_> {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             self.buf_at = 0;
         }
-        let left_in_ext = ext_off + ext_len - self.pos;
+        // The extents come from a manifest: overlapping ones are an error, not a panic.
+        let left_in_ext = (ext_off + ext_len).checked_sub(self.pos).ok_or_else(|| {
+            std::io::Error::other("the file's data extents overlap (a damaged manifest)")
+        })?;
+        let rest = self.buf.get(self.buf_at..).unwrap_or_default();
         let n = out
             .len()
-            .min(self.buf.len() - self.buf_at)
-            .min(left_in_ext as usize);
-        out[..n].copy_from_slice(&self.buf[self.buf_at..self.buf_at + n]);
+            .min(rest.len())
+            .min(usize::try_from(left_in_ext).unwrap_or(usize::MAX));
+        if let (Some(dst), Some(src)) = (out.get_mut(..n), rest.get(..n)) {
+            dst.copy_from_slice(src);
+        }
         self.buf_at += n;
         self.pos += n as u64;
         if self.pos == ext_off + ext_len {

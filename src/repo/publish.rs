@@ -89,7 +89,7 @@ pub fn refs(catalog: &Catalog, image: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>
 pub fn templates(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     let mut files = BTreeMap::new();
     let templates = catalog.templates()?;
-    let classes = encode_classes(templates.iter().map(|v| v.class.as_str()));
+    let classes = encode_classes(templates.iter().map(|v| &v.class));
     for v in templates {
         files.insert(
             Path::new("templates").join(format!("{}.toml", v.class)),

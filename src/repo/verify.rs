@@ -11,7 +11,6 @@
 //! A node updating over HTTP trusts those files; `--repair` rebuilds them.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -300,20 +299,14 @@ fn check_pack(
     let pack_problem = match std::fs::File::open(&path) {
         Ok(mut f) => {
             let mut h = blake3::Hasher::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                match f.read(&mut buf) {
-                    Ok(0) => break None,
-                    Ok(n) => {
-                        h.update(&buf[..n]);
-                    }
-                    Err(e) => break Some(format!("cannot read: {e}")),
-                }
-            }
-            .or_else(|| {
-                (Id::from(h.finalize()) != *pack)
-                    .then(|| "its content does not match its name (damaged on disk)".to_string())
-            })
+            h.update_reader(&mut f)
+                .err()
+                .map(|e| format!("cannot read: {e}"))
+                .or_else(|| {
+                    (Id::from(h.finalize()) != *pack).then(|| {
+                        "its content does not match its name (damaged on disk)".to_string()
+                    })
+                })
         }
         Err(e) => Some(format!("cannot open {}: {e}", path.display())),
     };

@@ -627,7 +627,11 @@ impl Conn {
                 MsgFlags::empty()
             };
             let flags = more | MsgFlags::MSG_NOSIGNAL;
-            match nix::sys::socket::send(self.stream.as_raw_fd(), &self.out[self.sent..], flags) {
+            match nix::sys::socket::send(
+                self.stream.as_raw_fd(),
+                self.out.get(self.sent..).unwrap_or_default(),
+                flags,
+            ) {
                 Ok(n) => {
                     self.sent += n;
                     self.deadline = Instant::now() + stalled;

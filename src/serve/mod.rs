@@ -26,6 +26,7 @@ use crate::catalog::{Catalog, NodeAction, NodeReport, Outcome};
 use crate::error::{invalid, Error, Result};
 use crate::format::report::InstallPhase;
 use crate::format::report::PhaseReport;
+use crate::name::ClassName;
 
 /// The port `aurum serve` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 8035;
@@ -280,7 +281,7 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
         (Method::Get, ["templates"]) => Ok(json_answer(&cat.templates()?)),
         (Method::Get, ["templates", class]) => {
             let t = cat
-                .template(class, None)?
+                .template(&ClassName::new(*class)?, None)?
                 .ok_or_else(|| Error::NotFound(format!("no template for class `{class}`")))?;
             Ok(Answer::new(
                 200,

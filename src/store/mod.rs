@@ -59,7 +59,7 @@ const INCOMPRESSIBLE: f64 = 0.95;
 /// Whether a blob is worth compressing, judged on a sample (already compressed data, media and
 /// packages are not, and are kept out of groups so that they are not compressed for nothing).
 pub fn compressible(data: &[u8]) -> bool {
-    let sample = &data[..data.len().min(16 << 10)];
+    let sample = data.get(..16 << 10).unwrap_or(data);
     if sample.len() < 64 {
         return true;
     }

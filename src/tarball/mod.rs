@@ -321,14 +321,13 @@ pub fn import(
     // Parents the archive left implicit.
     let paths: Vec<Vec<u8>> = entries.keys().cloned().collect();
     for p in paths {
-        let mut cut = p.len();
-        while let Some(i) = p[..cut].iter().rposition(|&b| b == b'/') {
-            let parent = p[..i].to_vec();
-            if entries.contains_key(&parent) {
+        let mut here = p.as_slice();
+        while let Some(i) = here.iter().rposition(|&b| b == b'/') {
+            here = here.split_at(i).0;
+            if entries.contains_key(here) {
                 break;
             }
-            entries.insert(parent.clone(), implied_dir(parent, newest));
-            cut = i;
+            entries.insert(here.to_vec(), implied_dir(here.to_vec(), newest));
         }
     }
     let mut list = vec![root.unwrap_or_else(|| implied_dir(Vec::new(), newest))];

@@ -97,7 +97,7 @@ impl Tree {
                     node.entry.path = path;
                     with_acls(node, accounts)?
                 }
-                Slot::Linked(id) => match &first[id] {
+                Slot::Linked(id) => match first.get(id).and_then(Option::as_ref) {
                     Some(primary) => Entry {
                         path,
                         kind: Kind::Hardlink {
@@ -106,10 +106,16 @@ impl Tree {
                         ..primary.clone()
                     },
                     None => {
-                        let mut node = inodes[id].take().expect("each inode once");
+                        // `link` hands out ids of `inodes`, each taken once here.
+                        let mut node = inodes
+                            .get_mut(id)
+                            .and_then(Option::take)
+                            .expect("each inode once");
                         node.entry.path = path;
                         let e = with_acls(node, accounts)?;
-                        first[id] = Some(e.clone());
+                        if let Some(f) = first.get_mut(id) {
+                            *f = Some(e.clone());
+                        }
                         e
                     }
                 },

@@ -12,6 +12,7 @@ use super::size::{human, Bytes};
 use super::{render, Template};
 use crate::error::{invalid, Result};
 use crate::facts::{Facts, Firmware};
+use crate::name::ClassName;
 
 /// The `[match]` section.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -35,7 +36,7 @@ pub struct Match {
 /// One class's verdict.
 #[derive(Debug, serde::Serialize)]
 pub struct Verdict {
-    pub class: String,
+    pub class: ClassName,
     pub matches: bool,
     /// Criteria the template states (more wins).
     pub score: usize,
@@ -58,7 +59,7 @@ pub fn judge(t: &Template, facts: &Facts) -> Verdict {
     let mut score = 0;
     let mut reasons = Vec::new();
     let want = t.file.disks.len();
-    let disks = &facts.disks[..want.min(facts.disks.len())];
+    let disks = facts.disks.get(..want).unwrap_or(&facts.disks);
     if facts.disks.len() < want {
         ok = false;
         reasons.push(format!(
@@ -147,7 +148,7 @@ pub fn judge(t: &Template, facts: &Facts) -> Verdict {
 }
 
 /// Every verdict, and the class chosen (the one matching class stating the most criteria).
-pub fn choose(templates: &[Template], facts: &Facts) -> (Vec<Verdict>, Result<String>) {
+pub fn choose(templates: &[Template], facts: &Facts) -> (Vec<Verdict>, Result<ClassName>) {
     let verdicts: Vec<Verdict> = templates.iter().map(|t| judge(t, facts)).collect();
     let best = verdicts.iter().filter(|v| v.matches).map(|v| v.score).max();
     let chosen = match best {
@@ -161,7 +162,7 @@ pub fn choose(templates: &[Template], facts: &Facts) -> (Vec<Verdict>, Result<St
                 .map(|v| v.class.as_str())
                 .collect();
             if let [one] = top.as_slice() {
-                Ok(one.to_string())
+                ClassName::new(*one)
             } else {
                 Err(invalid(format!(
                     "classes {} match this machine equally well: give one with --class, or make their [match] sections more specific",

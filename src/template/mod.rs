@@ -24,6 +24,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{invalid, Result};
+use crate::name::ClassName;
 use size::{Amount, Bytes};
 
 pub use render::{render, smallest_disk, Plan};
@@ -32,7 +33,7 @@ pub use render::{render, smallest_disk, Plan};
 #[derive(Clone, Debug)]
 pub struct Template {
     /// The hardware class (the file's stem).
-    pub class: String,
+    pub class: ClassName,
     pub file: TemplateFile,
 }
 
@@ -301,9 +302,11 @@ impl Volume {
 
 /// 1-based line of byte offset `at` in `text`.
 fn line_of(text: &str, at: usize) -> usize {
-    text[..at.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
+    let text = text.as_bytes();
+    text.get(..at)
+        .unwrap_or(text)
+        .iter()
+        .filter(|&&b| b == b'\n')
         .count()
         + 1
 }
@@ -565,15 +568,9 @@ impl Checker<'_> {
     }
 }
 
-/// Checks a class name (a file stem, a catalog key, a URL part).
-pub fn check_class(class: &str) -> Result<()> {
-    crate::repo::check_name("class", class)
-}
-
 impl Template {
     /// Parses and checks `text`; `origin` names the file in errors (`compute.toml`).
-    pub fn parse(class: &str, origin: &str, text: &str) -> Result<Template> {
-        check_class(class)?;
+    pub fn parse(class: &ClassName, origin: &str, text: &str) -> Result<Template> {
         let file: TemplateFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             let msg = e.message().trim_end();
@@ -583,7 +580,7 @@ impl Template {
             }
         })?;
         let t = Template {
-            class: class.to_string(),
+            class: class.clone(),
             file,
         };
         t.check(origin, text)?;
@@ -661,20 +658,20 @@ mount = "/scr"
 
     #[test]
     fn parses_a_good_template() {
-        let t = Template::parse("compute", "compute.toml", GOOD).unwrap();
+        let t = Template::parse(&ClassName::new("compute").unwrap(), "compute.toml", GOOD).unwrap();
         assert_eq!(t.file.disks[0].partitions.len(), 3);
     }
 
     #[test]
     fn errors_name_file_line_and_key() {
         let bad = GOOD.replace("fs = \"xfs\"", "fss = \"xfs\"");
-        let e = Template::parse("compute", "compute.toml", &bad)
+        let e = Template::parse(&ClassName::new("compute").unwrap(), "compute.toml", &bad)
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("compute.toml:15:"), "{e}");
         assert!(e.contains("fss"), "{e}");
         let bad = GOOD.replace("\"4GiB\"", "\"4 gigs\"");
-        let e = Template::parse("compute", "compute.toml", &bad)
+        let e = Template::parse(&ClassName::new("compute").unwrap(), "compute.toml", &bad)
             .unwrap_err()
             .to_string();
         assert!(
@@ -682,12 +679,12 @@ mount = "/scr"
             "{e}"
         );
         let bad = GOOD.replace("\"4GiB\"", "\"*\"");
-        let e = Template::parse("compute", "compute.toml", &bad)
+        let e = Template::parse(&ClassName::new("compute").unwrap(), "compute.toml", &bad)
             .unwrap_err()
             .to_string();
         assert!(e.contains("two `*` partitions"), "{e}");
         let bad = GOOD.replace("mount = \"/\"", "mount = \"/scr\"");
-        let e = Template::parse("compute", "compute.toml", &bad)
+        let e = Template::parse(&ClassName::new("compute").unwrap(), "compute.toml", &bad)
             .unwrap_err()
             .to_string();
         assert!(e.contains("used twice"), "{e}");
@@ -716,7 +713,7 @@ mount = "/scr"
             ),
         ];
         for (text, want) in cases {
-            let e = Template::parse("x", "x.toml", &text)
+            let e = Template::parse(&ClassName::new("x").unwrap(), "x.toml", &text)
                 .unwrap_err()
                 .to_string();
             let table = if want.contains("root-b") {

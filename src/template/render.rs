@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::size::{human, Amount, MIB};
 use super::{FsSpec, PartType, Template};
 use crate::error::{invalid, Result};
+use crate::name::ClassName;
 
 /// Sectors the backup GPT takes at the end of a disk (header + 128 entries of 128 bytes).
 const BACKUP_GPT_BYTES: u64 = 33 * 512;
@@ -22,7 +23,7 @@ const EXTENT: u64 = 4 * MIB;
 /// The rendered plan of a whole class.
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
-    pub class: String,
+    pub class: ClassName,
     pub disks: Vec<DiskPlan>,
     pub raids: Vec<RaidPlan>,
     pub volume_groups: Vec<VgPlan>,
@@ -172,9 +173,10 @@ pub fn render(t: &Template, sizes: &[u64]) -> Result<Plan> {
         });
         let mut at = start;
         let mut parts = Vec::new();
-        for (i, p) in disk.partitions.iter().enumerate() {
+        // `settle` gives one size per item, in order.
+        for (i, (p, fixed)) in disk.partitions.iter().zip(&s.fixed).enumerate() {
             let p = p.get_ref();
-            let len = s.fixed[i].or(rest_size).expect("only the rest is unsized");
+            let len = fixed.or(rest_size).expect("only the rest is unsized");
             parts.push(PartPlan {
                 number: i as u32 + 1,
                 name: p.name.clone(),
@@ -260,12 +262,12 @@ pub fn render(t: &Template, sizes: &[u64]) -> Result<Plan> {
         let volumes = g
             .volumes
             .iter()
-            .enumerate()
-            .map(|(i, v)| {
+            .zip(&s.fixed)
+            .map(|(v, fixed)| {
                 let v = v.get_ref();
                 LvPlan {
                     name: v.name.clone(),
-                    size: s.fixed[i].or(rest_size).expect("only the rest is unsized"),
+                    size: fixed.or(rest_size).expect("only the rest is unsized"),
                     fs: v.fs_spec(),
                 }
             })
@@ -384,7 +386,7 @@ mod tests {
 
     fn compute() -> Template {
         Template::parse(
-            "compute",
+            &ClassName::new("compute").unwrap(),
             "compute.toml",
             include_str!("../../partition-templates/compute.toml"),
         )
@@ -453,7 +455,7 @@ mod tests {
             odd in 0u64..(1 << 20),
         ) {
             let text = template_text(&parts, rest_at, rest_max);
-            let t = Template::parse("p", "p.toml", &text).unwrap();
+            let t = Template::parse(&ClassName::new("p").unwrap(), "p.toml", &text).unwrap();
             let size = size_mib * MIB + odd;
             let Ok(plan) = render(&t, &[size]) else { return Ok(()) };
             let d = &plan.disks[0];

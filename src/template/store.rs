@@ -16,6 +16,7 @@ use super::Template;
 use crate::apply::source::{HttpRepo, RevisionSource};
 use crate::catalog::TemplateVersion;
 use crate::error::{Error, Result};
+use crate::name::ClassName;
 use crate::repo::Repository;
 
 /// The templates shipped in partition-templates/, compiled in: `(class, text)`.
@@ -44,24 +45,28 @@ pub const SHIPPED: &[(&str, &str)] = &[
 ];
 
 /// The class a template file is for: its stem (`compute.toml` -> `compute`).
-pub fn class_of(path: &Path) -> Result<String> {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    super::check_class(&stem)?;
-    Ok(stem)
+pub fn class_of(path: &Path) -> Result<ClassName> {
+    ClassName::new(
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    )
 }
 
 /// Path of the mirror file of `class`.
-pub fn mirror_path(repo: &Path, class: &str) -> std::path::PathBuf {
+pub fn mirror_path(repo: &Path, class: &ClassName) -> std::path::PathBuf {
     crate::store::published(repo)
         .join("templates")
         .join(format!("{class}.toml"))
 }
 
 /// Checks `text` and saves it as the next version of `class`. Returns `(version, is_new)`.
-pub fn save(repo: &mut Repository, class: &str, text: &str, note: &str) -> Result<(u32, bool)> {
+pub fn save(
+    repo: &mut Repository,
+    class: &ClassName,
+    text: &str,
+    note: &str,
+) -> Result<(u32, bool)> {
     Template::parse(class, &format!("{class}.toml"), text)?;
     let publishing = repo.publishing()?;
     let r = repo.catalog.add_template(class, text, note)?;
@@ -80,7 +85,7 @@ pub fn save(repo: &mut Repository, class: &str, text: &str, note: &str) -> Resul
 /// The newest (or a given) version of `class`, parsed.
 pub fn load(
     repo: &Repository,
-    class: &str,
+    class: &ClassName,
     version: Option<u32>,
 ) -> Result<(TemplateVersion, Template)> {
     let v = repo.catalog.template(class, version)?.ok_or_else(|| {
@@ -111,16 +116,15 @@ pub fn all(repo: &Repository) -> Result<Vec<Template>> {
 
 /// The templates a node installing from `http` (a server or any static copy of a repository)
 /// can use: `class` alone, or every class listed in `templates/CLASSES`.
-pub fn from_server(http: &HttpRepo, class: Option<&str>) -> Result<Vec<Template>> {
-    let classes: Vec<String> = match class {
-        Some(c) => vec![c.to_string()],
+pub fn from_server(http: &HttpRepo, class: Option<&ClassName>) -> Result<Vec<Template>> {
+    let classes: Vec<ClassName> = match class {
+        Some(c) => vec![c.clone()],
         None => crate::format::refs::decode_classes(&http.get("templates/CLASSES")?)
             .map_err(|p| crate::error::corrupt(format!("templates/CLASSES on the server: {p}")))?,
     };
     classes
         .iter()
         .map(|c| {
-            super::check_class(c)?;
             let text = http.get(&format!("templates/{c}.toml"))?;
             let text = String::from_utf8(text).map_err(|_| {
                 crate::error::corrupt(format!("templates/{c}.toml on the server is not UTF-8"))
@@ -131,7 +135,7 @@ pub fn from_server(http: &HttpRepo, class: Option<&str>) -> Result<Vec<Template>
 }
 
 /// The same from a repository directory.
-pub fn from_repo(repo: &Repository, class: Option<&str>) -> Result<Vec<Template>> {
+pub fn from_repo(repo: &Repository, class: Option<&ClassName>) -> Result<Vec<Template>> {
     match class {
         Some(c) => Ok(vec![load(repo, c, None)?.1]),
         None => all(repo),
@@ -139,11 +143,12 @@ pub fn from_repo(repo: &Repository, class: Option<&str>) -> Result<Vec<Template>
 }
 
 /// Saves the shipped templates the repository lacks (or whose newest version differs).
-pub fn seed(repo: &mut Repository) -> Result<Vec<(String, u32, bool)>> {
+pub fn seed(repo: &mut Repository) -> Result<Vec<(ClassName, u32, bool)>> {
     let mut out = Vec::new();
     for (class, text) in SHIPPED {
-        let (v, new) = save(repo, class, text, "shipped with aurum")?;
-        out.push((class.to_string(), v, new));
+        let class = ClassName::new(*class)?;
+        let (v, new) = save(repo, &class, text, "shipped with aurum")?;
+        out.push((class, v, new));
     }
     Ok(out)
 }
@@ -155,7 +160,8 @@ mod tests {
     #[test]
     fn every_shipped_template_parses_and_renders_on_its_smallest_disk() {
         for (class, text) in SHIPPED {
-            let t = Template::parse(class, &format!("{class}.toml"), text).unwrap();
+            let c = ClassName::new(*class).unwrap();
+            let t = Template::parse(&c, &format!("{class}.toml"), text).unwrap();
             let min = t.file.matching.disk_min.map_or(64 << 30, |b| b.0);
             let sizes = vec![min; t.file.disks.len()];
             super::super::render(&t, &sizes).unwrap_or_else(|e| panic!("{class}: {e}"));

@@ -87,9 +87,35 @@ fn node_database_refuses_duplicates_and_normalises_macs() {
     assert!(e.contains("node n01 already exists"), "{e}");
     let e = env.fails(&["node", "add", "n02", "--mac", "52:54:00:11:23"], 2);
     assert!(e.contains("is not a MAC address"), "{e}");
+    let e = env.fails(
+        &[
+            "node",
+            "add",
+            "n02",
+            "--mac",
+            "52:54:00:11:23:02",
+            "--class",
+            "../x",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("`../x` is not a valid class name: use letters, digits"),
+        "{e}"
+    );
 
     // Import: all or nothing.
     let csv = env.path("nodes.csv");
+    fs::write(
+        &csv,
+        "name,mac,class\nn02,52:54:00:11:23:02,compute\nn03,52:54:00:11:23:03,gpu/a100\n",
+    )
+    .unwrap();
+    let e = env.fails(&["node", "import", csv.to_str().unwrap()], 2);
+    assert!(
+        e.contains("nodes.csv:3: `gpu/a100` is not a valid class name"),
+        "{e}"
+    );
     fs::write(
         &csv,
         "name,mac,ip,class,image,group\nn02,52:54:00:11:23:02,10.0.1.2,compute,compute,rack1\nn03,52:54:00:11:23:0A,10.0.1.3,,,\n",

@@ -226,7 +226,7 @@ impl<'a> LastDir<'a> {
     }
 
     /// Opens the regular file at `rel` for reading, following no symlink on the way (as
-    /// [`scan::open_file_beneath`] does).
+    /// [`crate::sys::open_file_beneath`] does).
     fn open_file(&mut self, rel: &[u8], shown_root: &Path) -> Result<std::fs::File> {
         use std::os::fd::AsFd;
         let (parent, name) = match rel.iter().rposition(|&b| b == b'/') {

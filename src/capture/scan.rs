@@ -362,5 +362,3 @@ pub fn vanished(rel: &[u8]) -> String {
 pub fn is_vanished(e: &crate::Error) -> bool {
     matches!(e, crate::Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOENT))
 }
-
-pub use crate::sys::open_file_beneath;

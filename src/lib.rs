@@ -10,7 +10,7 @@
 //!    [`progress`], [`excludes`] (the path patterns capture and update leave alone),
 //!    [`devices`] (block devices and the tools that handle them), [`facts`] (a node's hardware),
 //!    [`name`] (the syntax of names, and [`name::ClassName`], a hardware class).
-//! 2. [`format`]: every byte layout on disk or on the wire. It depends on nothing else in aurum.
+//! 2. [`format`]: every byte layout on disk or on the wire. It uses only the base layer.
 //! 3. [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with
 //!    verification, and [`store::BlobSource`], how writers get blobs.
 //! 4. [`repo`] (a repository: store + catalog + published files + lock; revision references;

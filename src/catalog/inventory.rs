@@ -9,18 +9,40 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use super::{now, Catalog};
 use crate::catalog::nodes::{Boot, InstallPhase, LastPhase, NodeEntry};
 use crate::error::{invalid, Error, Result};
+use crate::name::ClassName;
 
 const COLUMNS: &str =
     "name, mac, ip, class, image, grp, bmc, boot, phase, phase_detail, phase_revision, phase_time";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<NodeEntry> {
+    let name: String = r.get(0)?;
     let boot: String = r.get(7)?;
-    let phase: Option<InstallPhase> = r.get(8)?;
+    // Older aurum stored any class a node was given and any install phase a node reported.
+    // Such a value reads as absent, with a warning naming the fix, so that listing the nodes
+    // and `node set` (which repairs it) keep working.
+    let class = r.get::<_, Option<String>>(3)?.and_then(|c| match c.parse::<ClassName>() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!(
+                "node {name}: its class `{c}` is not valid ({e}); shown as none: set it with `aurum node set {name} --class NAME`"
+            );
+            None
+        }
+    });
+    let phase = r.get::<_, Option<String>>(8)?.and_then(|p| match InstallPhase::parse(&p) {
+        Some(p) => Some(p),
+        None => {
+            log::warn!(
+                "node {name}: its last install phase `{p}` is not one this aurum knows; shown as none until the node reports again"
+            );
+            None
+        }
+    });
     Ok(NodeEntry {
-        name: r.get(0)?,
+        name,
         mac: r.get(1)?,
         ip: r.get(2)?,
-        class: r.get(3)?,
+        class,
         image: r.get(4)?,
         group: r.get(5)?,
         bmc: r.get(6)?,

@@ -78,7 +78,7 @@ pub struct NodeEntry {
 impl NodeEntry {
     /// A new node with the required fields checked and normalised.
     pub fn new(name: &str, mac: &str) -> Result<NodeEntry> {
-        crate::repo::check_name("node", name)?;
+        crate::name::check("node", name)?;
         Ok(NodeEntry {
             name: name.to_string(),
             mac: normalise_mac(mac)?,

@@ -60,7 +60,11 @@ macro_rules! named_enum {
                 let s = v.as_str()?;
                 $name::parse(s).ok_or_else(|| {
                     rusqlite::types::FromSqlError::Other(
-                        format!("`{s}` is not a {}", stringify!($name)).into(),
+                        format!(
+                            "`{s}` is none of {} (written by another version of aurum?)",
+                            Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                        .into(),
                     )
                 })
             }

@@ -159,7 +159,7 @@ const PUBLISHING_PREFIX: &str = "publishing-";
 /// a tag, an image name, a template) until it has rewritten them: a marker file in `tmp/`,
 /// locked while the command lives. A command killed in between leaves the marker unlocked,
 /// and the next command to open the repository rebuilds the published files from the catalog
-/// ([`finish_publishing`]), so a revision committed just before a kill is never left invisible
+/// ([`lock_and_recover`]), so a revision committed just before a kill is never left invisible
 /// to nodes that read `refs/` over HTTP.
 pub struct Publishing {
     path: PathBuf,
@@ -170,16 +170,22 @@ impl Publishing {
     fn begin(root: &Path) -> Result<Publishing> {
         let tmp = store::tmp_dir(root);
         fs::create_dir_all(&tmp).at(&tmp)?;
-        let (file, path) = tempfile::Builder::new()
-            .prefix(PUBLISHING_PREFIX)
+        // Locked under a name the orphan scan ignores, then renamed: a live command's marker
+        // is never seen unlocked, and the scan's own probe never meets a marker being made.
+        let (file, made) = tempfile::Builder::new()
+            .prefix(".publishing-new-")
             .tempfile_in(&tmp)
             .at(&tmp)?
             .keep()
             .map_err(|e| e.error)
             .at(&tmp)?;
-        file.try_lock()
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .at(&path)?;
+        file.lock().at(&made)?;
+        let unique = made
+            .file_name()
+            .map(|n| n.to_string_lossy().replace(".publishing-new-", ""))
+            .unwrap_or_default();
+        let path = tmp.join(format!("{PUBLISHING_PREFIX}{unique}"));
+        fs::rename(&made, &path).at(&path)?;
         // Durable before the catalog changes, so a power cut in between is also repaired.
         crate::sys::sync_dir(&tmp)?;
         Ok(Publishing { path, _file: file })
@@ -194,61 +200,63 @@ impl Publishing {
     }
 }
 
-/// Rebuilds the published files if a command was killed between changing the catalog and
-/// publishing ([`Publishing`]): a marker nobody holds locked. Needs the exclusive lock for
-/// the rebuild (taken here if `held` is shared and no one else works on the repository, and
-/// given back after); when others are at work, the next command to open it does it. A
-/// repository where the rebuild fails (read-only, or a damaged `public/`) is left as it is,
-/// with a warning.
-fn finish_publishing(root: &Path, catalog: &Catalog, lock: &File, held: Lock) -> Result<()> {
-    let orphans = || -> Vec<PathBuf> {
-        let Ok(dir) = fs::read_dir(store::tmp_dir(root)) else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(PUBLISHING_PREFIX)
-            })
-            .map(|e| e.path())
-            .filter(|p| File::open(p).is_ok_and(|f| f.try_lock().is_ok()))
-            .collect()
+/// Markers in `tmp/` that no living command holds locked: commands killed (or failed)
+/// between changing the catalog and publishing ([`Publishing`]).
+fn orphan_markers(root: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = fs::read_dir(store::tmp_dir(root)) else {
+        return Vec::new();
     };
-    if orphans().is_empty() {
-        return Ok(());
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(PUBLISHING_PREFIX)
+        })
+        .map(|e| e.path())
+        .filter(|p| File::open(p).is_ok_and(|f| f.try_lock().is_ok()))
+        .collect()
+}
+
+/// Takes the repository lock as asked, first finishing what a command killed between a
+/// catalog change and its publishing left ([`Publishing`]): when orphan markers are there
+/// and the lock can be had exclusively without waiting (nobody else is at work), the
+/// published files are rebuilt from the catalog under it, and the lock is then given back
+/// down to `lock` before the command does anything. When others are at work, the next
+/// command to find the repository free does it. A failed rebuild (a read-only copy, a
+/// damaged `public/`) is a warning; `verify` names what is stale.
+///
+/// Shared to exclusive is never converted on a held lock: Linux drops the shared lock first,
+/// so a failed conversion would leave the command working with no lock at all.
+fn lock_and_recover(root: &Path, file: &File, lock: Lock) -> Result<Catalog> {
+    let lock_path = root.join("lock");
+    let recover = !orphan_markers(root).is_empty() && file.try_lock().is_ok();
+    if !recover {
+        flock(file, lock, &lock_path)?;
+        return Catalog::open(&root.join("aurum.db"));
     }
-    if held == Lock::Shared && lock.try_lock().is_err() {
-        return Ok(());
-    }
-    // Under the exclusive lock no command is publishing: every marker left is an orphan.
-    let left = orphans();
-    let result = if left.is_empty() {
-        Ok(())
-    } else {
-        publish::rebuild(root, catalog).map(|rebuilt| {
+    let catalog = Catalog::open(&root.join("aurum.db"))?;
+    let left = orphan_markers(root);
+    match publish::rebuild(root, &catalog) {
+        Ok(rebuilt) => {
             for p in &left {
                 let _ = fs::remove_file(p);
             }
             log::info!(
-                "{}: a command was killed before publishing what it recorded; rebuilt {} published files",
+                "{}: a command stopped before publishing what it recorded; rebuilt {} published files",
                 root.display(),
                 rebuilt.len()
             );
-        })
-    };
-    if held == Lock::Shared {
-        flock(lock, Lock::Shared, &root.join("lock"))?;
-    }
-    if let Err(e) = result {
-        // A read-only copy (an NFS export) or a damaged public/: the command goes on, and
-        // `verify` names what is stale.
-        log::warn!(
-            "{}: a command was killed before publishing what it recorded, and rebuilding the published files failed: {e}; `aurum verify --repair` rebuilds them",
+        }
+        Err(e) => log::warn!(
+            "{}: a command stopped before publishing what it recorded, and rebuilding the published files failed: {e}; `aurum verify --repair` rebuilds them",
             root.display()
-        );
+        ),
     }
-    Ok(())
+    if lock == Lock::Shared {
+        // May wait for a gc that slips in meanwhile; nothing has been done yet.
+        flock(file, Lock::Shared, &lock_path)?;
+    }
+    Ok(catalog)
 }
 
 /// Brings an older repository's file modes to today's, once (the first time this aurum opens
@@ -354,9 +362,7 @@ impl Repository {
             .open(&lock_path)
             .or_else(|_| File::open(&lock_path))
             .at(&lock_path)?;
-        flock(&lock_file, lock, &lock_path)?;
-        let catalog = Catalog::open(&root.join("aurum.db"))?;
-        finish_publishing(root, &catalog, &lock_file, lock)?;
+        let catalog = lock_and_recover(root, &lock_file, lock)?;
         if catalog.get_meta(LAYOUT_META)?.is_none() {
             upgrade_layout(root, &catalog, &lock_file, lock).map_err(|e| {
                 e.with_note(&format!(
@@ -505,9 +511,17 @@ impl Repository {
     ) -> Result<Revision> {
         check_name("image", image)?;
         let publishing = self.publishing()?;
-        let number = self
+        let number = match self
             .catalog
-            .add_revision(image, id, parent, message, source, stats)?;
+            .add_revision(image, id, parent, message, source, stats)
+        {
+            Ok(n) => n,
+            Err(e) => {
+                // One transaction, rolled back: nothing to publish.
+                publishing.done();
+                return Err(e);
+            }
+        };
         // Packs first: a static client that sees the new head must find its packs listed.
         self.write_pack_list()?;
         self.write_refs(image)?;

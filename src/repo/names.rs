@@ -77,15 +77,20 @@ impl Repository {
     }
 
     /// Makes a catalog change and rewrites the refs of `images` after it, under a
-    /// [`Publishing`](super::Publishing) marker. A change that fails leaves the marker for
-    /// the next command, which then rebuilds the published files whatever happened.
+    /// [`Publishing`](super::Publishing) marker. A change that fails (one transaction, so
+    /// nothing changed) removes the marker; a rewrite that fails leaves it for the next
+    /// command, which then rebuilds the published files.
     fn republish(
         &mut self,
         images: &[&str],
         change: impl FnOnce(&mut Repository) -> Result<()>,
     ) -> Result<()> {
         let publishing = self.publishing()?;
-        change(self)?;
+        if let Err(e) = change(self) {
+            // Each change is one catalog transaction: when it fails, nothing changed.
+            publishing.done();
+            return Err(e);
+        }
         for image in images {
             self.write_refs(image)?;
         }

@@ -69,7 +69,14 @@ pub fn save(
 ) -> Result<(u32, bool)> {
     Template::parse(class, &format!("{class}.toml"), text)?;
     let publishing = repo.publishing()?;
-    let r = repo.catalog.add_template(class, text, note)?;
+    let r = match repo.catalog.add_template(class, text, note) {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing changed: nothing to publish.
+            publishing.done();
+            return Err(e);
+        }
+    };
     crate::repo::publish::write(&repo.root, &crate::repo::publish::templates(&repo.catalog)?)?;
     publishing.done();
     if r.1 {

@@ -51,42 +51,210 @@ fn module_of(rel: &Path) -> String {
     name.strip_suffix(".rs").unwrap_or(&name).to_string()
 }
 
-/// The top-level modules `code` names through `crate::`: `crate::x::...`, `use crate::x`, and
-/// each member of `use crate::{a, b::c}`. Comments are skipped.
-fn crate_imports(code: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for line in code.lines() {
-        let line = match line.find("//") {
-            Some(i) => line.get(..i).unwrap_or(""),
-            None => line,
-        };
-        let mut rest = line;
-        while let Some(i) = rest.find("crate::") {
-            rest = rest.get(i + "crate::".len()..).unwrap_or("");
-            if let Some(group) = rest.strip_prefix('{') {
-                let end = group.find('}').unwrap_or(group.len());
-                for member in group.get(..end).unwrap_or("").split(',') {
-                    let name: String = member
-                        .trim()
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    if !name.is_empty() {
-                        found.push(name);
+/// `code` without comments and without the contents of string and char literals, so that
+/// neither a `//` inside a string nor a path inside a comment or a message counts.
+fn strip(code: &str) -> String {
+    let c: Vec<char> = code.chars().collect();
+    let mut out = String::with_capacity(code.len());
+    let mut i = 0;
+    while let Some(&ch) = c.get(i) {
+        let next = c.get(i + 1).copied();
+        if ch == '/' && next == Some('/') {
+            while c.get(i).is_some_and(|&x| x != '\n') {
+                i += 1;
+            }
+        } else if ch == '/' && next == Some('*') {
+            i += 2;
+            while i < c.len() && !(c.get(i) == Some(&'*') && c.get(i + 1) == Some(&'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if ch == 'r'
+            && (next == Some('"') || next == Some('#'))
+            && !i
+                .checked_sub(1)
+                .and_then(|p| c.get(p))
+                .is_some_and(|p| p.is_alphanumeric() || *p == '_')
+        {
+            // A raw string: r"..." or r#"..."#, with as many hashes.
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while c.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if c.get(j) != Some(&'"') {
+                out.push(ch);
+                i += 1;
+                continue;
+            }
+            j += 1;
+            loop {
+                match c.get(j) {
+                    None => break,
+                    Some('"') if (1..=hashes).all(|k| c.get(j + k) == Some(&'#')) => {
+                        j += 1 + hashes;
+                        break;
                     }
+                    _ => j += 1,
                 }
+            }
+            out.push_str("\"\"");
+            i = j;
+        } else if ch == '"' {
+            i += 1;
+            while let Some(&x) = c.get(i) {
+                i += if x == '\\' { 2 } else { 1 };
+                if x == '"' {
+                    break;
+                }
+            }
+            out.push_str("\"\"");
+        } else if ch == '\'' {
+            // A char literal ('x', '\n', '\'') or a lifetime ('a).
+            if next == Some('\\') {
+                i += 3;
+                while c.get(i).is_some_and(|&x| x != '\'') {
+                    i += 1;
+                }
+                i += 1;
+            } else if c.get(i + 2) == Some(&'\'') {
+                i += 3;
             } else {
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    found.push(name);
+                out.push(ch);
+                i += 1;
+            }
+        } else {
+            out.push(ch);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The identifier at the start of `s` (after blanks).
+fn ident(s: &str) -> String {
+    s.trim_start()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The first segment of each member of the `{...}` group `s` starts with (nested groups and
+/// line breaks included): `{a::{b, c}, d}` gives `a` and `d`.
+fn group_members(s: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut depth = 0;
+    let mut start = true;
+    for (k, ch) in s.char_indices() {
+        match ch {
+            '{' => {
+                depth += 1;
+                continue;
+            }
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
                 }
+                continue;
+            }
+            ',' if depth == 1 => {
+                start = true;
+                continue;
+            }
+            _ => {}
+        }
+        if depth == 1 && start && !ch.is_whitespace() {
+            start = false;
+            let name = ident(s.get(k..).unwrap_or(""));
+            if !name.is_empty() {
+                found.push(name);
             }
         }
     }
     found
+}
+
+/// The names right after each `prefix` in `code` that is not the tail of a longer word: the
+/// identifier, or each member of a `{...}` group.
+fn after_each(code: &str, prefix: &str, mut keep: impl FnMut(&str, usize) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(i) = code.get(at..).and_then(|r| r.find(prefix)) {
+        let start = at + i;
+        at = start + prefix.len();
+        let before = code.get(..start).and_then(|p| p.chars().last());
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            continue; // `$crate::`, or a word that ends in the prefix
+        }
+        let rest = code.get(at..).unwrap_or("");
+        if !keep(rest, start) {
+            continue;
+        }
+        if rest.starts_with('{') {
+            found.extend(group_members(rest));
+        } else {
+            let name = ident(rest);
+            if !name.is_empty() {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+/// The top-level modules `code` names: through `crate::` (`crate::x::...`, `use crate::x`,
+/// and each member of `use crate::{a, b::{c, d}}` over any number of lines), and through a
+/// chain of `super::` long enough to reach the crate's root from a file `depth` modules deep
+/// (`src/repo/gc.rs` is 2 deep, `src/repo/mod.rs` 1). Comments and literals are skipped. A
+/// `super::` inside an inline `mod tests` is resolved as if it were not there, which can only
+/// take a module of the file's own folder for a top-level one: a name with no layer, ignored.
+fn crate_imports(code: &str, depth: usize) -> Vec<String> {
+    let code = strip(code);
+    let mut found = after_each(&code, "crate::", |_, _| true);
+    // `super::super::x`: the whole chain, counted from its first `super::`.
+    let chains: Vec<(usize, usize)> = {
+        let mut v = Vec::new();
+        let mut at = 0;
+        while let Some(i) = code.get(at..).and_then(|r| r.find("super::")) {
+            let start = at + i;
+            let mut n = 0;
+            let mut end = start;
+            while code.get(end..).is_some_and(|r| r.starts_with("super::")) {
+                n += 1;
+                end += "super::".len();
+            }
+            v.push((end, n));
+            at = end;
+        }
+        v
+    };
+    for (end, n) in chains {
+        if n < depth {
+            continue;
+        }
+        let rest = code.get(end..).unwrap_or("");
+        if rest.starts_with('{') {
+            found.extend(group_members(rest));
+        } else {
+            let name = ident(rest);
+            if !name.is_empty() {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+/// How many modules deep a file of `src/` is: `sys.rs` 1, `repo/mod.rs` 1, `repo/gc.rs` 2.
+fn depth_of(rel: &Path) -> usize {
+    let n = rel.components().count();
+    if rel.file_name().is_some_and(|f| f == "mod.rs") {
+        n - 1
+    } else {
+        n
+    }
 }
 
 /// Every import that runs up a layer in the `(file, code)` pairs: `(file, its module, the
@@ -97,7 +265,7 @@ fn upward(files: &[(PathBuf, String)]) -> Vec<(PathBuf, String, String)> {
         let me = module_of(rel);
         let mine = layer_of(&me)
             .unwrap_or_else(|| panic!("{}: module `{me}` has no layer in LAYERS", rel.display()));
-        for other in crate_imports(code) {
+        for other in crate_imports(code, depth_of(rel)) {
             if let Some(theirs) = layer_of(&other) {
                 if theirs > mine {
                     bad.push((rel.clone(), me.clone(), other));
@@ -184,6 +352,34 @@ fn the_checker_finds_upward_imports_in_every_form() {
             PathBuf::from("apply/mod.rs"),
             "use crate::{format, store::BlobSource};\n".to_string(),
         ),
+        (
+            PathBuf::from("repo/gc.rs"),
+            "use crate::{\n    error::Result,\n    apply::BlobSource,\n};\n".to_string(),
+        ),
+        (
+            PathBuf::from("store/chunk.rs"),
+            "use crate::{format::{Id, pack}, serve::x};\n".to_string(),
+        ),
+        (
+            PathBuf::from("format/wire.rs"),
+            "let u = format!(\"http://{}\", crate::install::x());\n".to_string(),
+        ),
+        (
+            PathBuf::from("sys.rs"),
+            "let s = \"crate::cli\"; /* crate::cli */\n".to_string(),
+        ),
+        (
+            PathBuf::from("catalog/nodes.rs"),
+            "use super::super::apply::X;\n".to_string(),
+        ),
+        (
+            PathBuf::from("catalog/nodes.rs"),
+            "use super::Catalog;\n".to_string(),
+        ),
+        (
+            PathBuf::from("store/mod.rs"),
+            "fn f<'a>(x: &'a str) -> char { '\"' }\nuse crate::capture;\n".to_string(),
+        ),
     ];
     let found: Vec<(String, String)> = upward(&files).into_iter().map(|(_, a, b)| (a, b)).collect();
     assert_eq!(
@@ -192,6 +388,11 @@ fn the_checker_finds_upward_imports_in_every_form() {
             ("store".to_string(), "apply".to_string()),
             ("format".to_string(), "repo".to_string()),
             ("sys".to_string(), "install".to_string()),
+            ("repo".to_string(), "apply".to_string()),
+            ("store".to_string(), "serve".to_string()),
+            ("format".to_string(), "install".to_string()),
+            ("catalog".to_string(), "apply".to_string()),
+            ("store".to_string(), "capture".to_string()),
         ]
     );
 }

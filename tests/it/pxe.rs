@@ -974,3 +974,40 @@ fn qemu_node_installs_with_the_generated_dnsmasq_config() {
 fn qemu_uefi_node_installs_over_the_network() {
     pxe_install(Net::User, true);
 }
+
+/// A node row an older aurum wrote with a class name or install phase this one refuses (it
+/// stored any) does not stop `node list`, `node show` or `node set`, which repairs it.
+#[test]
+fn node_rows_with_old_invalid_values_are_shown_and_repairable() {
+    let env = Env::new();
+    env.ok(&[
+        "node",
+        "add",
+        "n1",
+        "--mac",
+        "52:54:00:00:00:01",
+        "--class",
+        "compute",
+    ]);
+    let db = rusqlite::Connection::open(env.repo().join("aurum.db")).unwrap();
+    db.execute(
+        "UPDATE inventory SET class = 'gpu a100', phase = 'hook-custom' WHERE name = 'n1'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let out = env.run(&["node", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "node list fails on an old row: {err}");
+    assert!(
+        err.contains("aurum node set n1 --class"),
+        "no warning naming the fix: {err}"
+    );
+    env.ok(&["node", "show", "n1"]);
+    env.ok(&["node", "set", "n1", "--class", "compute"]);
+    let out = env.run(&["node", "list"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("is not valid"),
+        "the class was not repaired"
+    );
+}

@@ -10,13 +10,14 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::dir::Dir;
 use nix::fcntl::{openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode};
+use rayon::prelude::*;
 
 use crate::error::{IoContext, Result};
 use crate::excludes::Excludes;
@@ -80,6 +81,26 @@ fn stat_key(st: &FileStat) -> StatKey {
     }
 }
 
+/// A name that is there to record.
+struct Found {
+    name: Vec<u8>,
+    path: Vec<u8>,
+    st: FileStat,
+    kind: Kind,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One name of a directory, looked at.
+enum Probe {
+    Found(Box<Found>),
+    /// Left out by the excludes.
+    Excluded,
+    /// Gone since the directory was listed.
+    Vanished(Vec<u8>),
+    /// Neither a file, a directory, a link nor a device: skipped with a warning.
+    Unknown(Vec<u8>),
+}
+
 struct Walker<'a> {
     root: PathBuf,
     abs_root: PathBuf,
@@ -116,7 +137,8 @@ pub fn scan(
         entry: entry_from_stat(Vec::new(), Kind::Dir, &st, xattrs),
         stat: stat_key(&st),
     });
-    w.walk(fd, Vec::new(), st.st_dev)?;
+    // In the pool, so that each directory's parallel calls do not cross into it from outside.
+    rayon::scope(|_| w.walk(fd, Vec::new(), st.st_dev))?;
     progress.finish();
     let Walker {
         mut out,
@@ -163,57 +185,31 @@ impl Walker<'_> {
             }
         }
         names.sort();
-        for name in names {
-            let mut path = rel.clone();
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(&name);
-            // A live system changes under us: a name listed may be gone by the time we look at
-            // it (or its directory may be gone while we walk it). Like rsync's "file has
-            // vanished", that leaves the entry out with a warning rather than fails the capture.
-            let st = match sys::lstat_at(dir.as_fd(), &name) {
-                Ok(st) => st,
-                Err(nix::errno::Errno::ENOENT) => {
+        // The calls made for each name (lstat, listxattr, readlink) are most of a scan's time
+        // and wait on the kernel: made for a directory's names in parallel, they keep both
+        // cores busy. What follows (opening and descending into directories, recording) stays
+        // in name order, so entries and warnings come out as a sequential walk makes them, and
+        // at most one directory per level is open at a time.
+        let probes: Vec<Result<Probe>> = names
+            .par_iter()
+            .with_min_len(16)
+            .map(|name| self.probe(dir.as_fd(), &rel, name))
+            .collect();
+        for probe in probes {
+            let Found {
+                name,
+                path,
+                st,
+                kind,
+                xattrs,
+            } = match probe? {
+                Probe::Found(f) => *f,
+                Probe::Excluded => continue,
+                Probe::Vanished(path) => {
                     self.vanished(&path);
                     continue;
                 }
-                Err(e) => return Err(e).at(shown(&self.root, &path)),
-            };
-            let fmt = st.st_mode & libc::S_IFMT;
-            if self.excludes.excluded(&path, fmt == libc::S_IFDIR) {
-                continue;
-            }
-            let xattrs = match sys::xattrs_at(dir.as_fd(), &name) {
-                Ok(x) => x,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    self.vanished(&path);
-                    continue;
-                }
-                Err(e) => return Err(e).at(shown(&self.root, &path)),
-            };
-            let kind = match fmt {
-                libc::S_IFREG => Kind::File {
-                    size: st.st_size as u64,
-                    chunks: Vec::new(),
-                    extents: None,
-                },
-                libc::S_IFDIR => Kind::Dir,
-                libc::S_IFLNK => match readlinkat(dir.as_fd(), name.as_slice()) {
-                    Ok(target) => Kind::Symlink {
-                        target: target.as_bytes().to_vec(),
-                    },
-                    Err(nix::errno::Errno::ENOENT) => {
-                        self.vanished(&path);
-                        continue;
-                    }
-                    Err(e) => return Err(e).at(shown(&self.root, &path)),
-                },
-                libc::S_IFCHR => Kind::Char { rdev: st.st_rdev },
-                libc::S_IFBLK => Kind::Block { rdev: st.st_rdev },
-                libc::S_IFIFO => Kind::Fifo,
-                libc::S_IFSOCK => Kind::Socket,
-                _ => {
+                Probe::Unknown(path) => {
                     self.warnings.push(format!(
                         "{}: unknown file type, skipped",
                         shown(&self.root, &path).display()
@@ -221,6 +217,7 @@ impl Walker<'_> {
                     continue;
                 }
             };
+            let fmt = st.st_mode & libc::S_IFMT;
             // A directory is opened before it is recorded, so that one gone by now is left out.
             let sub = if fmt == libc::S_IFDIR {
                 match openat(dir.as_fd(), name.as_slice(), DIR_FLAGS, Mode::empty()) {
@@ -265,6 +262,59 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// What one name of a directory is, from the calls that may run in parallel.
+    fn probe(&self, dir: BorrowedFd, rel: &[u8], name: &[u8]) -> Result<Probe> {
+        let mut path = rel.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        // A live system changes under us: a name listed may be gone by the time we look at
+        // it (or its directory may be gone while we walk it). Like rsync's "file has
+        // vanished", that leaves the entry out with a warning rather than fails the capture.
+        let st = match sys::lstat_at(dir, name) {
+            Ok(st) => st,
+            Err(nix::errno::Errno::ENOENT) => return Ok(Probe::Vanished(path)),
+            Err(e) => return Err(e).at(shown(&self.root, &path)),
+        };
+        let fmt = st.st_mode & libc::S_IFMT;
+        if self.excludes.excluded(&path, fmt == libc::S_IFDIR) {
+            return Ok(Probe::Excluded);
+        }
+        let xattrs = match sys::xattrs_at(dir, name) {
+            Ok(x) => x,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Probe::Vanished(path)),
+            Err(e) => return Err(e).at(shown(&self.root, &path)),
+        };
+        let kind = match fmt {
+            libc::S_IFREG => Kind::File {
+                size: st.st_size as u64,
+                chunks: Vec::new(),
+                extents: None,
+            },
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => match readlinkat(dir, name) {
+                Ok(target) => Kind::Symlink {
+                    target: target.as_bytes().to_vec(),
+                },
+                Err(nix::errno::Errno::ENOENT) => return Ok(Probe::Vanished(path)),
+                Err(e) => return Err(e).at(shown(&self.root, &path)),
+            },
+            libc::S_IFCHR => Kind::Char { rdev: st.st_rdev },
+            libc::S_IFBLK => Kind::Block { rdev: st.st_rdev },
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            _ => return Ok(Probe::Unknown(path)),
+        };
+        Ok(Probe::Found(Box::new(Found {
+            name: name.to_vec(),
+            path,
+            st,
+            kind,
+            xattrs,
+        })))
     }
 
     fn vanished(&mut self, rel: &[u8]) {
@@ -312,5 +362,3 @@ pub fn vanished(rel: &[u8]) -> String {
 pub fn is_vanished(e: &crate::Error) -> bool {
     matches!(e, crate::Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOENT))
 }
-
-pub use crate::sys::open_file_beneath;

@@ -176,9 +176,8 @@ fn group_members(s: &str) -> Vec<String> {
     found
 }
 
-/// The names right after each `prefix` in `code` that is not the tail of a longer word: the
-/// identifier, or each member of a `{...}` group.
-fn after_each(code: &str, prefix: &str, mut keep: impl FnMut(&str, usize) -> bool) -> Vec<String> {
+/// The names right after each `prefix` in `code` that is not the tail of a longer word.
+fn after_each(code: &str, prefix: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut at = 0;
     while let Some(i) = code.get(at..).and_then(|r| r.find(prefix)) {
@@ -188,20 +187,23 @@ fn after_each(code: &str, prefix: &str, mut keep: impl FnMut(&str, usize) -> boo
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
             continue; // `$crate::`, or a word that ends in the prefix
         }
-        let rest = code.get(at..).unwrap_or("");
-        if !keep(rest, start) {
-            continue;
-        }
-        if rest.starts_with('{') {
-            found.extend(group_members(rest));
-        } else {
-            let name = ident(rest);
-            if !name.is_empty() {
-                found.push(name);
-            }
-        }
+        found.extend(names_at(code.get(at..).unwrap_or("")));
     }
     found
+}
+
+/// The module names a path continues with at the start of `rest`: each member of a
+/// `{...}` group, or the one identifier.
+fn names_at(rest: &str) -> Vec<String> {
+    if rest.starts_with('{') {
+        return group_members(rest);
+    }
+    let name = ident(rest);
+    if name.is_empty() {
+        Vec::new()
+    } else {
+        vec![name]
+    }
 }
 
 /// The top-level modules `code` names: through `crate::` (`crate::x::...`, `use crate::x`,
@@ -212,7 +214,7 @@ fn after_each(code: &str, prefix: &str, mut keep: impl FnMut(&str, usize) -> boo
 /// take a module of the file's own folder for a top-level one: a name with no layer, ignored.
 fn crate_imports(code: &str, depth: usize) -> Vec<String> {
     let code = strip(code);
-    let mut found = after_each(&code, "crate::", |_, _| true);
+    let mut found = after_each(&code, "crate::");
     // `super::super::x`: the whole chain, counted from its first `super::`.
     let chains: Vec<(usize, usize)> = {
         let mut v = Vec::new();
@@ -234,15 +236,7 @@ fn crate_imports(code: &str, depth: usize) -> Vec<String> {
         if n < depth {
             continue;
         }
-        let rest = code.get(end..).unwrap_or("");
-        if rest.starts_with('{') {
-            found.extend(group_members(rest));
-        } else {
-            let name = ident(rest);
-            if !name.is_empty() {
-                found.push(name);
-            }
-        }
+        found.extend(names_at(code.get(end..).unwrap_or("")));
     }
     found
 }

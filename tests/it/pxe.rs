@@ -800,6 +800,10 @@ fn pxe_install(net: Net, uefi: bool) {
             c
         }
     };
+    // One TCG guest at a time: on a 2-core runner two or three at once starved a guest's
+    // kernel (RCU stalls) past the time limit while other tests ran beside them.
+    static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guest = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let booted = Instant::now();
     let mut qemu = {
         use std::os::unix::process::CommandExt;

@@ -65,8 +65,8 @@ fi
 mkdir -p /run/sshd 2>/dev/null || true
 
 # QEMU for the PXE test. qemu-utils from bookworm-backports may already be installed, and the
-# bookworm qemu-system-x86 conflicts with it, so QEMU comes from backports
-# (/work/shared/reference/qemu-pxe-testbed.md). The backports suite is added on the archive the
+# bookworm qemu-system-x86 conflicts with it, so QEMU comes from backports (TCG only: no KVM
+# is assumed). The backports suite is added on the archive the
 # machine's own APT sources already use: never a hard-coded mirror host.
 debian_archive() {
   local f u

@@ -5,8 +5,8 @@
 //!
 //! The QEMU test needs what ./test.sh installs (qemu-system-x86 from bookworm-backports,
 //! ipxe-qemu, busybox-static, kmod, gdisk, e2fsprogs, dosfstools) and downloads Debian's
-//! kernel package once into /var/cache/aurum-test (see
-//! /work/shared/reference/qemu-pxe-testbed.md).
+//! kernel package once into /var/cache/aurum-test, from the archive of the machine's own APT
+//! sources. QEMU runs under TCG (no KVM), one guest at a time.
 
 use std::fs;
 use std::io::Read;

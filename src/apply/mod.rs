@@ -156,24 +156,14 @@ fn checkout_into(
     progress.phase("writing files", Some(total), true);
     // Each worker keeps the directory it wrote into last: files come in tree order, so most
     // of them need no directory opened.
-    files.par_iter().try_for_each_init(
-        || None::<(Vec<u8>, OwnedFd)>,
-        |last, e| -> Result<()> {
-            let p = parent(&e.path);
-            let dir = match last {
-                Some((lp, fd)) if lp.as_slice() == p => fd,
-                _ => {
-                    let fd = sys::open_dir_beneath(root.as_fd(), p, target)?;
-                    &last.insert((p.to_vec(), fd)).1
-                }
-            };
+    files
+        .par_iter()
+        .try_for_each_init(sys::LastDir::default, |last, e| -> Result<()> {
+            let dir = last.dir(root.as_fd(), parent(&e.path), target)?;
             let name = file_name(&e.path);
-            let file = write_file(dir.as_fd(), name, e, blobs, target, progress)?;
-            set_metadata(dir.as_fd(), name, e, Some(&file), target, &|w| {
-                warnings.push(w)
-            })
-        },
-    )?;
+            let file = write_file(dir, name, e, blobs, target, progress)?;
+            set_metadata(dir, name, e, Some(&file), target, &|w| warnings.push(w))
+        })?;
     progress.finish();
 
     // Everything else, in manifest order so hardlink targets exist before their links.

@@ -35,6 +35,7 @@ pub mod excludes;
 pub mod facts;
 pub mod format;
 pub mod install;
+pub mod migrate;
 pub mod name;
 pub mod netboot;
 pub mod progress;

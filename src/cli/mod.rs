@@ -16,6 +16,7 @@ mod nodedb;
 mod progress;
 mod pxe;
 mod serve;
+mod si;
 mod tarball;
 mod template;
 
@@ -174,6 +175,7 @@ pub enum Command {
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
     Install(install::InstallArgs),
+    ImportSi(si::ImportSiArgs),
     #[command(hide = true)]
     InstallReport(install::InstallReportArgs),
 }
@@ -215,6 +217,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),
         Command::Install(a) => install::install(g, a),
+        Command::ImportSi(a) => si::import_si(g, a),
         Command::InstallReport(a) => install::install_report(g, a),
     }
 }

@@ -33,6 +33,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("apply", 4),
     ("template", 5),
     ("install", 5),
+    ("migrate", 5),
     ("netboot", 5),
     ("serve", 5),
     ("cli", 6),

@@ -627,11 +627,12 @@ impl Converter<'_> {
             }
             let raid = &self.raids[r];
             let n = raid.members.len();
-            let active = raid.active.unwrap_or(n - raid.spares.unwrap_or(0));
-            if active > n || raid.spares.is_some_and(|s| s + active != n) {
+            let spares = raid.spares.unwrap_or(0);
+            let active = raid.active.unwrap_or(n.saturating_sub(spares));
+            if active + spares != n {
                 return Err(invalid(format!(
-                    "{}: array {}: raid_devices and spare_devices say {} + {} devices, devices lists {n}; nothing was converted",
-                    self.origin, raid.dev, active, raid.spares.unwrap_or(n - active)
+                    "{}: array {}: raid_devices and spare_devices say {active} + {spares} devices, devices lists {n}; nothing was converted",
+                    self.origin, raid.dev
                 )));
             }
             self.raids[r].active = Some(active);
@@ -961,5 +962,243 @@ impl Converter<'_> {
                 write_fs(out, &lv.fs, true);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::render;
+
+    /// A layout using most of the format: two msdos disks, an extended partition with logical
+    /// ones, a RAID1 across the disks, LVM on a partition, fstab lines, GRUB for BIOS.
+    const BASE: &str = r#"<config>
+  <disk dev="/dev/sda" label_type="msdos" unit_of_measurement="MB">
+    <part num="1" size="512" p_type="primary" p_name="-" flags="boot" />
+    <part num="2" size="*" p_type="extended" p_name="-" flags="-" />
+    <part num="5" size="4096" p_type="logical" p_name="-" flags="raid" />
+    <part num="6" size="*" p_type="logical" p_name="-" flags="-" />
+  </disk>
+  <disk dev="/dev/sdb" label_type="msdos" unit_of_measurement="MB">
+    <part num="1" size="4096" p_type="primary" p_name="-" flags="raid" />
+    <part num="2" size="2048" p_type="primary" p_name="-" flags="lvm" lvm_group="vg0" />
+    <part num="3" size="*" p_type="primary" p_name="-" flags="-" />
+  </disk>
+  <raid name="/dev/md0" raid_level="raid1" raid_devices="2" spare_devices="0" rounding="" layout="" chunk_size="" lvm_group="" devices="/dev/sda5 /dev/sdb1" />
+  <lvm version="2">
+    <lvm_group name="vg0" max_log_vols="0" max_phys_vols="0" phys_extent_size="4096K">
+      <lv name="var" size="1G" lv_options="" />
+      <lv name="log" size="*" />
+    </lvm_group>
+  </lvm>
+  <fsinfo line="10" real_dev="/dev/md0" mount_dev="LABEL=root" mp="/" fs="ext3" options="errors=remount-ro" dump="1" pass="1" />
+  <fsinfo line="20" real_dev="/dev/sda1" mp="/boot" fs="ext2" options="defaults" dump="1" pass="2" />
+  <fsinfo line="30" real_dev="/dev/sda6" mp="/scratch" fs="xfs" mkfs_opts="-f" options="noatime" dump="0" pass="2" />
+  <fsinfo line="40" real_dev="/dev/sdb3" mp="/data" fs="ext4" options="defaults" dump="0" pass="2" />
+  <fsinfo line="50" real_dev="/dev/vg0/var" mp="/var" fs="ext4" options="defaults" dump="0" pass="2" />
+  <fsinfo line="60" real_dev="/dev/mapper/vg0-log" mp="/var/log" fs="xfs" options="defaults" dump="0" pass="2" />
+  <fsinfo line="70" real_dev="proc" mp="/proc" fs="proc" options="defaults" dump="0" pass="0" />
+  <bootloader flavor="grub2" install_type="legacy" default_entry="0" timeout="5">
+    <target dev="/dev/sda" />
+  </bootloader>
+  <boel devstyle="udev"/>
+</config>"#;
+
+    fn class() -> ClassName {
+        ClassName::new("si").unwrap()
+    }
+
+    fn conv(xml: &str) -> Result<Conversion> {
+        convert(xml, "layout.xml", &class())
+    }
+
+    fn plan(text: &str, sizes: &[u64]) -> render::Plan {
+        let t = Template::parse(&class(), "si.toml", text).unwrap();
+        render(&t, sizes).unwrap()
+    }
+
+    #[test]
+    fn msdos_extended_logical_raid_lvm_fsinfo_and_bootloader_convert() {
+        let c = conv(BASE).unwrap();
+        let p = plan(&c.text, &[20 << 30, 20 << 30]);
+        let a = &p.disks[0];
+        assert_eq!(a.label, Label::Msdos);
+        fn row(d: &render::DiskPlan) -> Vec<(u32, Option<Role>, PartType, Option<&str>)> {
+            d.partitions
+                .iter()
+                .map(|q| (q.number, q.role, q.kind, q.fs.mount.as_deref()))
+                .collect()
+        }
+        use PartType::*;
+        assert_eq!(
+            row(a),
+            [
+                (1, Some(Role::Primary), Linux, Some("/boot")),
+                (2, Some(Role::Extended), Linux, None),
+                (5, Some(Role::Logical), Raid, None),
+                (6, Some(Role::Logical), Linux, Some("/scratch")),
+            ]
+        );
+        assert!(a.partitions[0].boot);
+        assert_eq!(a.partitions[0].size, 512_000_000u64.div_ceil(MIB) * MIB);
+        assert_eq!(a.partitions[0].fs.fs, Some(Fs::Ext2));
+        assert_eq!(a.partitions[3].fs.mount_options.as_deref(), Some("noatime"));
+        assert_eq!(a.partitions[3].fs.mkfs_options.as_deref(), Some("-f"));
+        assert_eq!(row(&p.disks[1])[1].2, Lvm);
+        let r = &p.raids[0];
+        assert_eq!((r.name.as_str(), r.level, r.members.as_slice()), ("md0", 1, &[(0, 5), (1, 1)][..]));
+        assert_eq!((r.fs.fs, r.fs.label.as_deref()), (Some(Fs::Ext3), Some("root")));
+        assert_eq!(r.fs.mount_options.as_deref(), Some("errors=remount-ro"));
+        let g = &p.volume_groups[0];
+        assert_eq!(g.devices, ["sdb2"]);
+        assert_eq!(g.volumes[0].size, 1 << 30);
+        assert_eq!(g.volumes[1].fs.mount.as_deref(), Some("/var/log"));
+        assert!(c.text.contains("[match]\nfirmware = \"bios\""), "{}", c.text);
+        assert!(c.notes.iter().any(|n| n.contains("/proc (proc) dropped")), "{:?}", c.notes);
+        assert!(c.notes.iter().any(|n| n.contains("dump numbers")), "{:?}", c.notes);
+        assert!(c.notes.iter().any(|n| n.contains("<boel>")), "{:?}", c.notes);
+    }
+
+    #[test]
+    fn units_percent_sectors_and_gigabytes() {
+        let xml = |unit: &str, a: &str| {
+            format!(r#"<config><disk dev="/dev/vda" label_type="gpt" unit_of_measurement="{unit}">
+              <part num="1" size="{a}" p_type="primary" /><part num="2" size="*" p_type="primary" /></disk>
+              <fsinfo real_dev="/dev/vda2" mp="/" fs="ext4" dump="0" pass="1" /></config>"#)
+        };
+        for (unit, a, want) in [
+            ("%", "25", 25u64 << 30),
+            ("percentage", "25", 25 << 30),
+            ("s", "2048", MIB),
+            ("GB", "2", 2_000_000_000u64.div_ceil(MIB) * MIB),
+            ("GiB", "2", 2 << 30),
+        ] {
+            let c = conv(&xml(unit, a)).unwrap();
+            let p = plan(&c.text, &[100 << 30]);
+            assert_eq!(p.disks[0].partitions[0].size, want, "{unit}: {}", c.text);
+            assert!(p.disks[0].partitions[1].rest);
+        }
+    }
+
+    #[test]
+    fn a_disk_the_layout_skips_is_left_untouched() {
+        let xml = r#"<config><disk dev="/dev/sdc" label_type="gpt" unit_of_measurement="MB">
+            <part num="1" size="*" p_type="primary" /></disk>
+            <fsinfo real_dev="/dev/sdc1" mp="/" fs="ext4" dump="0" pass="1" /></config>"#;
+        let c = conv(xml).unwrap();
+        let p = plan(&c.text, &[1 << 30, 1 << 30, 10 << 30]);
+        assert!(p.disks[0].untouched && p.disks[1].untouched && !p.disks[2].untouched);
+        // Two untouched disks first need no size for a third... but they are before it.
+        assert!(c.text.contains("disk 1 untouched, disk 2 untouched, disk 3 = /dev/sdc"));
+    }
+
+    #[test]
+    fn raid_levels_spares_chunk_layout_and_nested_raid_disks() {
+        let xml = r#"<config><disk dev="/dev/sda" label_type="gpt" unit_of_measurement="MB">
+            <part num="1" size="1" p_type="primary" flags="bios_grub" />
+            <part num="2" size="*" p_type="primary" flags="raid" /></disk>
+            <disk dev="/dev/sdb" label_type="gpt" unit_of_measurement="MB"><part num="1" size="*" p_type="primary" raid_dev="/dev/md/data" /></disk>
+            <disk dev="/dev/sdc" label_type="gpt" unit_of_measurement="MB"><part num="1" size="*" p_type="primary" raid_dev="/dev/md/data" /></disk>
+            <disk dev="/dev/sdd" label_type="gpt" unit_of_measurement="MB"><part num="1" size="*" p_type="primary" raid_dev="/dev/md/data" /></disk>
+            <raid><raid_disk name="/dev/md/data" raid_level="raid5" raid_devices="3" spare_devices="1" chunk_size="128" layout="left-asymmetric" devices="/dev/sda2" /></raid>
+            <fsinfo real_dev="/dev/md/data" mp="/" fs="xfs" dump="0" pass="1" />
+            <bootloader flavor="grub2" install_type="legacy"><target dev="/dev/sda" /></bootloader></config>"#;
+        let c = conv(xml).unwrap();
+        let p = plan(&c.text, &[10 << 30; 4]);
+        let r = &p.raids[0];
+        assert_eq!(r.level, 5);
+        assert_eq!(r.members, [(0, 2), (1, 1), (2, 1)]);
+        assert_eq!(r.spares, [(3, 1)]);
+        assert_eq!(r.chunk, Some(128 << 10));
+        assert_eq!(r.layout.as_deref(), Some("left-asymmetric"));
+        assert_eq!(r.size, 2 * p.disks[0].partitions[1].size);
+        assert_eq!(p.disks[0].partitions[0].kind, PartType::BiosBoot);
+        for (level, n, want) in [("0", 2, 0), ("stripe", 2, 0), ("mirror", 2, 1), ("raid6", 4, 6), ("10", 2, 10), ("raid4", 3, 4)] {
+            let disks: String = (0..n)
+                .map(|i| format!(r#"<disk dev="/dev/sd{}" label_type="msdos" unit_of_measurement="MB"><part num="1" size="*" p_type="primary" flags="raid" /></disk>"#, (b'a' + i) as char))
+                .collect();
+            let devs: Vec<String> = (0..n).map(|i| format!("/dev/sd{}1", (b'a' + i) as char)).collect();
+            let x = format!(r#"<config>{disks}<raid name="/dev/md0" raid_level="{level}" devices="{}" /><fsinfo real_dev="/dev/md0" mp="/" fs="ext4" dump="0" pass="1" /></config>"#, devs.join(" "));
+            let c = conv(&x).unwrap_or_else(|e| panic!("{level}: {e}"));
+            assert_eq!(plan(&c.text, &vec![1 << 30; n as usize]).raids[0].level, want);
+        }
+    }
+
+    #[test]
+    fn efi_bootloader_needs_and_marks_the_esp() {
+        let xml = r#"<config><disk dev="/dev/nvme0n1" label_type="gpt" unit_of_measurement="MiB">
+            <part num="1" size="512" p_type="primary" /><part num="2" size="*" p_type="primary" /></disk>
+            <fsinfo real_dev="/dev/nvme0n1p1" mp="/boot/efi" fs="vfat" mkfs_opts="-F 32" dump="0" pass="2" />
+            <fsinfo real_dev="/dev/nvme0n1p2" mp="/" fs="ext4" dump="0" pass="1" />
+            <bootloader flavor="grub2" install_type="efi"><target dev="/dev/nvme0n1" path="/boot/efi" /></bootloader></config>"#;
+        let c = conv(xml).unwrap();
+        let p = plan(&c.text, &[10 << 30]);
+        assert_eq!(p.disks[0].partitions[0].kind, PartType::Efi);
+        assert!(c.text.contains("firmware = \"uefi\""));
+        let e = conv(&xml.replace("/boot/efi\" fs", "/efi\" fs")).unwrap_err().to_string();
+        assert!(e.contains("<bootloader install_type=\"efi\">") && e.contains("EFI system partition mounted at /boot/efi"), "{e}");
+    }
+
+    /// Every refusal names the file, the line, the element, the attribute and the reason.
+    #[test]
+    fn what_a_template_cannot_say_is_refused_by_element_attribute_and_reason() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (r#"label_type="msdos" unit_of_measurement="MB">
+    <part num="1" size="512""#, r#"label_type="convert" unit_of_measurement="MB">
+    <part num="1" size="512""#, &["layout.xml:2:", r#"<disk label_type="convert">"#, "writes a new table"]),
+            (r#"<disk dev="/dev/sdb" label_type="msdos""#, r#"<disk dev="/dev/sdb" label_type="none""#, &[r#"<disk label_type="none">"#, "leave this <disk> out"]),
+            (r#"<disk dev="/dev/sdb""#, r#"<disk dev="/dev/disk/by-id/wwn-0x5000""#, &[r#"<disk dev="/dev/disk/by-id/wwn-0x5000">"#, "cannot tell where"]),
+            ("<disk dev=\"/dev/sdb\"", "<disk dev=\"/dev/sda\"", &["laid out twice"]),
+            (r#"flags="boot" />"#, r#"flags="boot" cyl="3" />"#, &[r#"<part cyl="3">"#, "does not know this attribute"]),
+            (r#"flags="boot" />"#, r#"flags="boot,hidden" />"#, &[r#"<part flags="boot,hidden">"#, "flag `hidden`"]),
+            (r#"flags="boot" />"#, r#"flags="boot" id="7" />"#, &[r#"<part id="7">"#, "aurum sets the ids"]),
+            (r#"num="3" size="*""#, r#"num="3" size="lots""#, &[r#"<part size="lots">"#, "neither a number nor `*`"]),
+            (r#"num="3" size="*""#, r#"num="3" size="0""#, &[r#"<part size="0">"#, "zero"]),
+            (r#"unit_of_measurement="MB">
+    <part num="1" size="4096""#, r#"unit_of_measurement="cyl">
+    <part num="1" size="4096""#, &[r#"<part size="4096">"#, "unit_of_measurement `cyl`"]),
+            (r#"raid_level="raid1""#, r#"raid_level="linear""#, &[r#"<raid raid_level="linear">"#, "not linear arrays"]),
+            (r#"rounding="""#, r#"rounding="64""#, &[r#"<raid rounding="64">"#, "linear arrays"]),
+            ("/dev/sda5 /dev/sdb1", "/dev/sda5 /dev/sdc", &["member /dev/sdc", "not of whole disks"]),
+            (r#"raid_devices="2""#, r#"raid_devices="3""#, &["raid_devices and spare_devices say 3 + 0 devices, devices lists 2"]),
+            (r#"lvm_group="" devices"#, r#"lvm_group="vg9" devices"#, &["volume group vg9", "no such <lvm_group>"]),
+            (r#"<lvm version="2">"#, r#"<lvm version="1">"#, &[r#"<lvm version="1">"#, "LVM2"]),
+            (r#"phys_extent_size="4096K""#, r#"phys_extent_size="32M""#, &[r#"<lvm_group phys_extent_size="32M">"#, "4 MiB extents"]),
+            (r#"lv_options="""#, r#"lv_options="-i 2""#, &[r#"<lv lv_options="-i 2">"#, "no lvcreate options"]),
+            (r#"mp="/data" fs="ext4""#, r#"mp="/data" fs="reiserfs""#, &[r#"<fsinfo fs="reiserfs">"#, "aurum makes ext2, ext3"]),
+            (r#"mp="/data" fs="ext4""#, r#"mp="/data" fs="msdos""#, &[r#"<fsinfo fs="msdos">"#, "vfat"]),
+            (r#"mp="/data" fs="ext4""#, r#"mp="data" fs="ext4""#, &[r#"<fsinfo mp="data">"#, "absolute path"]),
+            (r#"options="defaults" dump="0" pass="2" />
+  <fsinfo line="50""#, r#"options="defaults" dump="0" pass="2" format="no" />
+  <fsinfo line="50""#, &[r#"<fsinfo format="no">"#, "makes every filesystem"]),
+            (r#"real_dev="proc" mp="/proc" fs="proc""#, r#"real_dev="nfs:/home" mp="/home" fs="nfs""#, &[r#"<fsinfo real_dev="nfs:/home">"#, "nfs at /home"]),
+            (r#"real_dev="/dev/sdb3""#, r#"real_dev="/dev/sdb9""#, &[r#"<fsinfo real_dev="/dev/sdb9">"#, "no partition, array or logical volume"]),
+            (r#"real_dev="/dev/sdb3""#, r#"real_dev="/dev/sdb1""#, &[r#"<fsinfo real_dev="/dev/sdb1">"#, "RAID member"]),
+            (r#"real_dev="/dev/sdb3""#, r#"real_dev="/dev/sda1""#, &["a second <fsinfo> for the same device"]),
+            (r#"flavor="grub2""#, r#"flavor="grub""#, &[r#"<bootloader flavor="grub">"#, "GRUB legacy"]),
+            (r#"<target dev="/dev/sda" />"#, r#"<target dev="/dev/sdb" />"#, &[r#"<target dev="/dev/sdb">"#, "first disk"]),
+            (r#"<target dev="/dev/sda" />"#, r#"<target dev="/dev/sda" /><target dev="/dev/sdb" />"#, &["<target>", "installs GRUB once"]),
+            (r#"install_type="legacy""#, r#"install_type="efi""#, &[r#"<bootloader install_type="efi">"#, "EFI system partition"]),
+            ("<boel devstyle=\"udev\"/>", "<autoinstall/>", &["<autoinstall>", "not an element"]),
+            (r#"<part num="3" size="*" p_type="primary" p_name="-" flags="-" />"#, r#"<part num="3" size="100" p_type="primary" /><part num="4" size="100" p_type="primary" /><part num="7" size="*" p_type="primary" />"#, &["not a valid template", "more than four primary partitions"]),
+            ("<config>", "<layout>", &["not a SystemImager layout", "broken"]),
+        ];
+        for (from, to, want) in cases {
+            assert!(BASE.contains(from), "case {to}: BASE lacks {from}");
+            let e = conv(&BASE.replacen(from, to, 1)).unwrap_err().to_string();
+            for w in *want {
+                assert!(e.contains(w), "{to}: `{w}` not in: {e}");
+            }
+            assert!(e.starts_with("layout.xml"), "{e}");
+        }
+        let gpt = BASE.replace(r#"label_type="msdos""#, r#"label_type="gpt""#);
+        let e = conv(&gpt).unwrap_err().to_string();
+        assert!(e.contains(r#"<part p_type="extended">"#) && e.contains("only primary"), "{e}");
+        let no_grub = gpt
+            .replace(r#"p_type="extended""#, r#"p_type="primary""#)
+            .replace(r#"p_type="logical""#, r#"p_type="primary""#)
+            .replacen(r#"size="*" p_type="primary""#, r#"size="100" p_type="primary""#, 1);
+        let e = conv(&no_grub).unwrap_err().to_string();
+        assert!(e.contains("bios-boot partition"), "{e}");
     }
 }

@@ -912,4 +912,34 @@ mount = "/scr"
             assert!(e.starts_with(&format!("x.toml:{line}: {want}")), "{e}");
         }
     }
+
+    #[test]
+    fn msdos_rules_raid_levels_and_untouched_disks_are_checked() {
+        let one = |body: &str| {
+            Template::parse(&ClassName::new("x").unwrap(), "x.toml", body)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let root = "[[disk.partition]]\nsize = \"*\"\nfs = \"ext4\"\nmount = \"/\"\n";
+        let part = |extra: &str| format!("[[disk.partition]]\nsize = \"1GiB\"\n{extra}\n");
+        let cases = [
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{root}", part("role = \"logical\"")), "must follow the extended partition"),
+            (format!("[[disk]]\n{}{root}", part("role = \"extended\"")), "is GPT, which has no extended"),
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{}{root}", part("role = \"extended\""), part("role = \"extended\"")), "two extended partitions"),
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{}{}{}{root}", part(""), part(""), part(""), part("")), "more than four primary"),
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{root}", part("type = \"bios-boot\"")), "needs no bios-boot"),
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{root}", part("role = \"extended\"\nfs = \"ext4\"")), "only holds logical partitions"),
+            (format!("[[disk]]\n{root}[[disk]]\nuntouched = true\n{}", part("")), "is `untouched` and has partitions"),
+            (format!("[[disk]]\n{root}[[disk]]\n"), "to leave it as it is, say untouched = true"),
+            (format!("[[disk]]\n{}{}{root}[[raid]]\nname = \"r\"\nlevel = 3\ndevices = [\"a\", \"b\"]\n", part("name = \"a\"\ntype = \"raid\""), part("name = \"b\"\ntype = \"raid\"")), "RAID level 3 is not supported"),
+            (format!("[[disk]]\n{}{}{root}[[raid]]\nname = \"r\"\nlevel = 5\ndevices = [\"a\", \"b\"]\n", part("name = \"a\"\ntype = \"raid\""), part("name = \"b\"\ntype = \"raid\"")), "RAID5 array needs at least 3 devices"),
+            (format!("[[disk]]\n{}{}{root}[[raid]]\nname = \"r\"\nlevel = 1\nchunk = \"64KiB\"\ndevices = [\"a\", \"b\"]\n", part("name = \"a\"\ntype = \"raid\""), part("name = \"b\"\ntype = \"raid\"")), "no chunk size"),
+        ];
+        for (text, want) in cases {
+            let e = one(&text).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}\n{text}");
+        }
+        let ok = format!("[[disk]]\nlabel = \"msdos\"\n{}{}{}{}{root}", part("fs = \"ext2\"\nmount = \"/boot\"\nboot = true"), part("role = \"extended\""), part("role = \"logical\"\ntype = \"swap\""), part("role = \"logical\"\nfs = \"ext3\"\nmount = \"/var\""));
+        assert_eq!(one(&ok), Ok(()), "{ok}");
+    }
 }

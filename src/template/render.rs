@@ -602,4 +602,96 @@ mod tests {
             }
         }
     }
+
+    const MSDOS: &str = r#"
+[[disk]]
+label = "msdos"
+[[disk.partition]]
+size = "512MiB"
+fs = "ext2"
+mount = "/boot"
+boot = true
+[[disk.partition]]
+role = "extended"
+size = "*"
+[[disk.partition]]
+name = "a"
+role = "logical"
+type = "raid"
+size = "10%"
+[[disk.partition]]
+name = "b"
+role = "logical"
+type = "raid"
+size = "10%"
+[[disk.partition]]
+role = "logical"
+size = "*"
+fs = "ext3"
+mount = "/scr"
+[[disk.partition]]
+size = "1GiB"
+type = "swap"
+[[disk]]
+untouched = true
+[[raid]]
+name = "root"
+level = 1
+devices = ["a", "b"]
+fs = "ext4"
+mount = "/"
+"#;
+
+    fn msdos() -> Template {
+        Template::parse(&ClassName::new("m").unwrap(), "m.toml", MSDOS).unwrap()
+    }
+
+    #[test]
+    fn msdos_logical_partitions_are_numbered_from_5_inside_the_extended_one() {
+        let p = render(&msdos(), &[20 * GIB]).unwrap();
+        let d = &p.disks[0];
+        let n: Vec<(u32, Option<Role>)> = d.partitions.iter().map(|p| (p.number, p.role)).collect();
+        use Role::*;
+        assert_eq!(
+            n,
+            [(1, Some(Primary)), (2, Some(Extended)), (5, Some(Logical)), (6, Some(Logical)), (7, Some(Logical)), (3, Some(Primary))]
+        );
+        let ext = &d.partitions[1];
+        // Each logical partition sits a MiB after the previous one ends (its boot record),
+        // inside the extended one, and the swap after the extended one.
+        let mut at = ext.start;
+        for l in &d.partitions[2..5] {
+            assert_eq!(l.start, at + MIB);
+            at = l.end;
+        }
+        assert_eq!(at, ext.end);
+        assert_eq!(d.partitions[5].start, ext.end);
+        assert_eq!(d.partitions[5].end, 20 * GIB, "an MBR keeps nothing at the end");
+        assert_eq!(d.partitions[2].size, 2 * GIB, "percentages are of the whole disk");
+        assert!(p.disks[1].untouched && p.disks[1].partitions.is_empty());
+        // The untouched disk at the end need not be there.
+        assert_eq!(p.raids[0].size, 2 * GIB);
+        // An MBR addresses 2 TiB: the rest of a 3 TiB disk stays free.
+        let big = render(&msdos(), &[3 << 40]).unwrap();
+        assert_eq!(big.disks[0].partitions[5].end, 2 << 40);
+        assert_eq!(big.disks[0].free, 0);
+    }
+
+    #[test]
+    fn a_too_small_extended_partition_names_itself() {
+        let text = MSDOS.replacen("role = \"extended\"\nsize = \"*\"", "role = \"extended\"\nsize = \"3GiB\"", 1);
+        let t = Template::parse(&ClassName::new("m").unwrap(), "m.toml", &text).unwrap();
+        let e = render(&t, &[20 * GIB]).unwrap_err().to_string();
+        assert!(e.contains("the extended partition #2 of disk 1 is 3 GiB"), "{e}");
+    }
+
+    #[test]
+    fn raid_sizes_follow_the_level() {
+        use super::super::raid_size;
+        assert_eq!(raid_size(0, 3, GIB), 3 * GIB);
+        assert_eq!(raid_size(1, 3, GIB), GIB);
+        assert_eq!(raid_size(5, 4, GIB), 3 * GIB);
+        assert_eq!(raid_size(6, 4, GIB), 2 * GIB);
+        assert_eq!(raid_size(10, 4, GIB), 2 * GIB);
+    }
 }

@@ -19,5 +19,6 @@ mod pxe;
 mod remote;
 mod repository;
 mod serve;
+mod si;
 mod tarball;
 mod update;

@@ -420,11 +420,14 @@ impl Plan {
                 continue;
             }
             out += &format!(
-                "disk {} ({}, {} bytes, {}), class {}\n",
+                "disk {} ({}, {} bytes{}), class {}\n",
                 i + 1,
                 human(d.size),
                 d.size,
-                d.label.name(),
+                match d.label {
+                    Label::Gpt => "",
+                    Label::Msdos => ", msdos",
+                },
                 self.class
             );
             out += &format!(

@@ -41,6 +41,10 @@ want fallocate util-linux
 want mkswap util-linux
 want chroot coreutils
 want busybox busybox-static
+# msdos disks and software RAID (tests/it/si.rs, and the boot kit of the SystemImager layout's
+# QEMU install, which runs sfdisk and mdadm in the guest).
+want sfdisk fdisk
+want mdadm mdadm
 # The PXE end-to-end test (tests/it/pxe.rs): dnsmasq checks the generated config, cpio and kmod
 # build the boot kit, iPXE ROMs boot QEMU's NIC, OVMF is its UEFI firmware, ip and unshare make
 # the network namespace of the dnsmasq route.

@@ -23,7 +23,8 @@
 //!    sources, overrides and hooks).
 //! 6. [`template`] (partition templates per hardware class), [`install`] (a bare node's disks
 //!    from its template, then a revision onto them), [`netboot`] (PXE configuration and the
-//!    boot kit) and [`serve`] (the HTTP server nodes fetch from).
+//!    boot kit), [`serve`] (the HTTP server nodes fetch from) and [`migrate`] (SystemImager's
+//!    layouts as templates, its image directories as revisions).
 //! 7. the binary's `cli/`: one file per group of commands.
 
 pub mod apply;

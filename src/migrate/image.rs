@@ -148,7 +148,7 @@ pub fn plan(o: &ImportOptions) -> Result<ImportPlan> {
                 )))
             }
             Some(d) => Some(d.clone()),
-            None => beside.is_dir().then_some(beside),
+            None => beside.canonicalize().ok().filter(|d| d.is_dir()),
         }
         .map(|d| {
             let name = o

@@ -6,7 +6,8 @@
 //! 2. `store`: packs, blobs, chunking, `BlobSource`
 //! 3. `repo`, `catalog`: a repository and its catalog (publish, gc, verify, diff, delta; nodes)
 //! 4. `capture`, `tarball`, `apply`: revisions in, revisions out
-//! 5. `template`, `install`, `netboot`, `serve`: bare nodes and the network
+//! 5. `template`, `install`, `netboot`, `serve`, `migrate`: bare nodes, the network, and what
+//!    comes from SystemImager
 //! 6. `cli`, `main`, `lib`: the command line
 //!
 //! A module may use its own layer and those below. A trait a lower layer needs is defined there

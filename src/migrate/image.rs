@@ -119,11 +119,17 @@ pub fn plan(o: &ImportOptions) -> Result<ImportPlan> {
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     files.sort();
-    for f in files.into_iter().filter(|f| f.extension().is_some_and(|x| x == "exclude")) {
+    for f in files
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "exclude"))
+    {
         let rules = read_exclude_file(&f)?;
         // Each file's rules must read as aurum reads them, whichever side uses them.
         Excludes::new(&rules).map_err(|e| {
-            invalid(format!("{}: {e}; fix the file (rsync syntax) and import again", f.display()))
+            invalid(format!(
+                "{}: {e}; fix the file (rsync syntax) and import again",
+                f.display()
+            ))
         })?;
         if f.file_name().is_some_and(|n| n == UPDATE_EXCLUDE) {
             update_exclude_file = Some(format!("/{SI_ETC}/{UPDATE_EXCLUDE}"));
@@ -190,7 +196,11 @@ pub fn plan(o: &ImportOptions) -> Result<ImportPlan> {
 }
 
 /// Captures the image and its overrides, and saves the template, as `plan` says.
-pub fn run(repo: &mut Repository, plan: ImportPlan, progress: &dyn Progress) -> Result<ImportReport> {
+pub fn run(
+    repo: &mut Repository,
+    plan: ImportPlan,
+    progress: &dyn Progress,
+) -> Result<ImportReport> {
     let message = format!("imported from SystemImager image {}", plan.dir.display());
     let mut src = LocalSource::new(&plan.dir, Excludes::new(&plan.patterns)?);
     let r = capture::getimage(

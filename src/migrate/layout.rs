@@ -108,8 +108,11 @@ struct Converter<'a> {
 
 /// Converts the layout `xml` (`origin` names it in messages) into a template of `class`.
 pub fn convert(xml: &str, origin: &str, class: &ClassName) -> Result<Conversion> {
-    let doc = Document::parse(xml)
-        .map_err(|e| invalid(format!("{origin}: not a SystemImager layout: the XML is broken: {e}")))?;
+    let doc = Document::parse(xml).map_err(|e| {
+        invalid(format!(
+            "{origin}: not a SystemImager layout: the XML is broken: {e}"
+        ))
+    })?;
     let mut c = Converter {
         origin,
         doc: &doc,
@@ -140,8 +143,7 @@ pub fn convert(xml: &str, origin: &str, class: &ClassName) -> Result<Conversion>
             "fsinfo" => fsinfo.push(e),
             "bootloader" => bootloaders.push(e),
             "boel" => c.notes.push(
-                "<boel> ignored: it told SystemImager's old installer how to name devices"
-                    .into(),
+                "<boel> ignored: it told SystemImager's old installer how to name devices".into(),
             ),
             other => {
                 return Err(c.refuse(
@@ -251,7 +253,11 @@ fn size_with_unit(value: &str, unit: &str) -> std::result::Result<String, String
         "%" | "percent" | "percentage" => format!("{value}%"),
         "s" => format!("{}B", (n * 512.0).round() as u64),
         "TB" | "TiB" | "GB" | "GiB" | "MB" | "MiB" | "kB" | "KiB" | "B" => format!("{value}{unit}"),
-        other => return Err(format!("unit_of_measurement `{other}` is not one SystemImager writes")),
+        other => {
+            return Err(format!(
+                "unit_of_measurement `{other}` is not one SystemImager writes"
+            ))
+        }
     };
     parse_amount(&s)?;
     Ok(s)
@@ -273,7 +279,11 @@ fn lvm_size(value: &str) -> std::result::Result<String, String> {
         'm' => "MiB",
         'g' => "GiB",
         't' => "TiB",
-        other => return Err(format!("unit `{other}` is not one lvcreate reads (k, m, g, t)")),
+        other => {
+            return Err(format!(
+                "unit `{other}` is not one lvcreate reads (k, m, g, t)"
+            ))
+        }
     };
     let s = format!("{num}{unit}");
     parse_amount(&s)?;
@@ -335,7 +345,11 @@ impl Converter<'_> {
             disk.parts.push(part);
         }
         if disk.parts.is_empty() {
-            return Err(self.refuse(e, None, "the disk has no <part>: leave it out to keep it untouched"));
+            return Err(self.refuse(
+                e,
+                None,
+                "the disk has no <part>: leave it out to keep it untouched",
+            ));
         }
         self.disks.push(disk);
         Ok(())
@@ -345,12 +359,23 @@ impl Converter<'_> {
         only(
             self,
             p,
-            &["num", "size", "p_type", "id", "p_name", "flags", "raid_dev", "lvm_group"],
+            &[
+                "num",
+                "size",
+                "p_type",
+                "id",
+                "p_name",
+                "flags",
+                "raid_dev",
+                "lvm_group",
+            ],
         )?;
         let num: u32 = given(p, "num")
             .and_then(|n| n.parse().ok())
             .filter(|&n| n > 0)
-            .ok_or_else(|| self.refuse(p, Some("num"), "the partition number is a positive integer"))?;
+            .ok_or_else(|| {
+                self.refuse(p, Some("num"), "the partition number is a positive integer")
+            })?;
         let dev = partition_node(std::path::Path::new(&disk.dev), num)
             .display()
             .to_string();
@@ -363,7 +388,13 @@ impl Converter<'_> {
             "primary" => Role::Primary,
             "extended" => Role::Extended,
             "logical" => Role::Logical,
-            _ => return Err(self.refuse(p, Some("p_type"), "a partition is primary, extended or logical")),
+            _ => {
+                return Err(self.refuse(
+                    p,
+                    Some("p_type"),
+                    "a partition is primary, extended or logical",
+                ))
+            }
         };
         if disk.label == Label::Gpt && role != Role::Primary {
             return Err(self.refuse(p, Some("p_type"), "a GPT disk has only primary partitions"));
@@ -379,7 +410,8 @@ impl Converter<'_> {
         };
         out.name = match given(p, "p_name") {
             Some(n)
-                if n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                if n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                     && !self.all_names().any(|m| m == n) =>
             {
                 n.to_string()
@@ -407,7 +439,11 @@ impl Converter<'_> {
     }
 
     fn flags(&self, p: Node, out: &mut PartOut) -> Result<()> {
-        for f in given(p, "flags").unwrap_or_default().split(',').map(str::trim) {
+        for f in given(p, "flags")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+        {
             match f {
                 "" | "-" => {}
                 "boot" => out.boot = true,
@@ -472,8 +508,10 @@ fn md_name(dev: &str) -> Option<String> {
     let n = dev
         .strip_prefix("/dev/md/")
         .or_else(|| dev.strip_prefix("/dev/"))?;
-    (!n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-        .then(|| n.to_string())
+    (!n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    .then(|| n.to_string())
 }
 
 impl Converter<'_> {
@@ -498,13 +536,25 @@ impl Converter<'_> {
             self,
             r,
             &[
-                "name", "raid_level", "raid_devices", "spare_devices", "rounding", "layout",
-                "chunk_size", "lvm_group", "devices", "persistence",
+                "name",
+                "raid_level",
+                "raid_devices",
+                "spare_devices",
+                "rounding",
+                "layout",
+                "chunk_size",
+                "lvm_group",
+                "devices",
+                "persistence",
             ],
         )?;
         let dev = given(r, "name").unwrap_or_default().to_string();
         let name = md_name(&dev).ok_or_else(|| {
-            self.refuse(r, Some("name"), "an array is named /dev/mdN or /dev/md/NAME")
+            self.refuse(
+                r,
+                Some("name"),
+                "an array is named /dev/mdN or /dev/md/NAME",
+            )
         })?;
         let level = match given(r, "raid_level") {
             Some("linear") => return Err(self.refuse(r, Some("raid_level"), "aurum builds RAID 0, 1, 4, 5, 6 and 10, not linear arrays: use raid0 (striped) or lay the partitions out as an LVM volume group")),
@@ -512,14 +562,25 @@ impl Converter<'_> {
             None => return Err(self.refuse(r, None, "an array needs raid_level")),
         };
         if given(r, "rounding").is_some() {
-            return Err(self.refuse(r, Some("rounding"), "rounding is for linear arrays, which aurum does not build"));
+            return Err(self.refuse(
+                r,
+                Some("rounding"),
+                "rounding is for linear arrays, which aurum does not build",
+            ));
         }
         if given(r, "persistence").is_some_and(|v| v != "yes") {
-            return Err(self.refuse(r, Some("persistence"), "aurum's arrays always have a superblock (mdadm metadata 1.2)"));
+            return Err(self.refuse(
+                r,
+                Some("persistence"),
+                "aurum's arrays always have a superblock (mdadm metadata 1.2)",
+            ));
         }
         let count = |attr: &str| -> Result<Option<usize>> {
             given(r, attr)
-                .map(|v| v.parse().map_err(|_| self.refuse(r, Some(attr), "a number of devices")))
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| self.refuse(r, Some(attr), "a number of devices"))
+                })
                 .transpose()
         };
         let chunk = given(r, "chunk_size")
@@ -529,7 +590,13 @@ impl Converter<'_> {
                     .ok()
                     .filter(|k| k.is_power_of_two())
                     .map(|k| format!("{k}KiB"))
-                    .ok_or_else(|| self.refuse(r, Some("chunk_size"), "the chunk size is a power of 2 in KB"))
+                    .ok_or_else(|| {
+                        self.refuse(
+                            r,
+                            Some("chunk_size"),
+                            "the chunk size is a power of 2 in KB",
+                        )
+                    })
             })
             .transpose()?;
         let members = given(r, "devices")
@@ -553,19 +620,29 @@ impl Converter<'_> {
     fn lvm(&mut self, e: Node) -> Result<()> {
         only(self, e, &["version"])?;
         if given(e, "version").is_some_and(|v| v != "2") {
-            return Err(self.refuse(e, Some("version"), "aurum makes LVM2 volume groups (lvm2 no longer writes LVM1 metadata)"));
+            return Err(self.refuse(
+                e,
+                Some("version"),
+                "aurum makes LVM2 volume groups (lvm2 no longer writes LVM1 metadata)",
+            ));
         }
         for g in e.children().filter(Node::is_element) {
             if g.tag_name().name() != "lvm_group" {
                 return Err(self.refuse(g, None, "<lvm> holds <lvm_group>s only"));
             }
-            only(self, g, &["name", "max_log_vols", "max_phys_vols", "phys_extent_size"])?;
+            only(
+                self,
+                g,
+                &["name", "max_log_vols", "max_phys_vols", "phys_extent_size"],
+            )?;
             let name = given(g, "name")
                 .ok_or_else(|| self.refuse(g, None, "a volume group needs a name"))?
                 .to_string();
             for a in ["max_log_vols", "max_phys_vols"] {
                 if given(g, a).is_some_and(|v| v != "0") {
-                    self.notes.push(format!("volume group {name}: {a} ignored (LVM2 has no such limit)"));
+                    self.notes.push(format!(
+                        "volume group {name}: {a} ignored (LVM2 has no such limit)"
+                    ));
                 }
             }
             if let Some(pe) = given(g, "phys_extent_size") {
@@ -573,7 +650,11 @@ impl Converter<'_> {
                     .ok()
                     .and_then(|s| crate::template::size::parse_bytes(&s).ok());
                 if bytes != Some(4 * MIB) {
-                    return Err(self.refuse(g, Some("phys_extent_size"), "aurum makes volume groups with 4 MiB extents (lvcreate's default)"));
+                    return Err(self.refuse(
+                        g,
+                        Some("phys_extent_size"),
+                        "aurum makes volume groups with 4 MiB extents (lvcreate's default)",
+                    ));
                 }
             }
             let mut vg = VgOut {
@@ -586,7 +667,11 @@ impl Converter<'_> {
                 }
                 only(self, lv, &["name", "size", "lv_options"])?;
                 if given(lv, "lv_options").is_some() {
-                    return Err(self.refuse(lv, Some("lv_options"), "aurum makes plain linear logical volumes and takes no lvcreate options"));
+                    return Err(self.refuse(
+                        lv,
+                        Some("lv_options"),
+                        "aurum makes plain linear logical volumes and takes no lvcreate options",
+                    ));
                 }
                 vg.lvs.push(LvOut {
                     name: given(lv, "name")
@@ -607,7 +692,11 @@ impl Converter<'_> {
     fn members(&mut self) -> Result<()> {
         let root = self.doc.root_element();
         for (dev, md) in self.part_raid.clone() {
-            let Some(r) = self.raids.iter_mut().find(|r| r.dev == md || md_name(&md) == Some(r.name.clone())) else {
+            let Some(r) = self
+                .raids
+                .iter_mut()
+                .find(|r| r.dev == md || md_name(&md) == Some(r.name.clone()))
+            else {
                 return Err(invalid(format!("{}: partition {dev} names the array {md} in raid_dev, and the layout has no such <raid>; nothing was converted", self.origin)));
             };
             if !r.members.contains(&dev) {
@@ -653,12 +742,10 @@ impl Converter<'_> {
     }
 
     fn find_part(&self, dev: &str) -> Option<(usize, usize)> {
-        self.disks.iter().enumerate().find_map(|(d, disk)| {
-            disk.parts
-                .iter()
-                .position(|p| p.dev == dev)
-                .map(|p| (d, p))
-        })
+        self.disks
+            .iter()
+            .enumerate()
+            .find_map(|(d, disk)| disk.parts.iter().position(|p| p.dev == dev).map(|p| (d, p)))
     }
 
     /// What a `real_dev` names: a partition, an array, or a logical volume.
@@ -691,8 +778,23 @@ impl Converter<'_> {
 
 /// fstab types that are no disk filesystem: systemd mounts them without an fstab line.
 const PSEUDO: &[&str] = &[
-    "proc", "sysfs", "devpts", "usbfs", "devfs", "securityfs", "debugfs", "configfs", "cgroup",
-    "cgroup2", "binfmt_misc", "fusectl", "mqueue", "hugetlbfs", "efivarfs", "pstore", "tracefs",
+    "proc",
+    "sysfs",
+    "devpts",
+    "usbfs",
+    "devfs",
+    "securityfs",
+    "debugfs",
+    "configfs",
+    "cgroup",
+    "cgroup2",
+    "binfmt_misc",
+    "fusectl",
+    "mqueue",
+    "hugetlbfs",
+    "efivarfs",
+    "pstore",
+    "tracefs",
     "rpc_pipefs",
 ];
 
@@ -723,8 +825,17 @@ impl Converter<'_> {
             self,
             e,
             &[
-                "line", "comment", "real_dev", "mount_dev", "mp", "fs", "mkfs_opts", "options",
-                "dump", "pass", "format",
+                "line",
+                "comment",
+                "real_dev",
+                "mount_dev",
+                "mp",
+                "fs",
+                "mkfs_opts",
+                "options",
+                "dump",
+                "pass",
+                "format",
             ],
         )?;
         // A line with only a comment is a comment of the old fstab.
@@ -746,19 +857,39 @@ impl Converter<'_> {
             return Err(self.refuse(e, Some("format"), "aurum makes every filesystem it mounts on a fresh install; keeping an old one is not in a template"));
         }
         let target = self.target(real).ok_or_else(|| {
-            self.refuse(e, Some("real_dev"), "no partition, array or logical volume of the layout is this device")
+            self.refuse(
+                e,
+                Some("real_dev"),
+                "no partition, array or logical volume of the layout is this device",
+            )
         })?;
         let fs = match fs {
-            "msdos" | "fat" => return Err(self.refuse(e, Some("fs"), "aurum makes vfat (FAT with long names), not msdos: say fs=\"vfat\" if that serves")),
+            "msdos" | "fat" => return Err(self.refuse(
+                e,
+                Some("fs"),
+                "aurum makes vfat (FAT with long names), not msdos: say fs=\"vfat\" if that serves",
+            )),
             other => Fs::ALL
                 .into_iter()
                 .find(|f| f.name() == other)
-                .ok_or_else(|| self.refuse(e, Some("fs"), "aurum makes ext2, ext3, ext4, xfs, vfat, btrfs and swap"))?,
+                .ok_or_else(|| {
+                    self.refuse(
+                        e,
+                        Some("fs"),
+                        "aurum makes ext2, ext3, ext4, xfs, vfat, btrfs and swap",
+                    )
+                })?,
         };
         let mount = match fs {
             Fs::Swap => None,
             _ if mp.starts_with('/') => Some(mp.to_string()),
-            _ => return Err(self.refuse(e, Some("mp"), "a filesystem's mount point is an absolute path")),
+            _ => {
+                return Err(self.refuse(
+                    e,
+                    Some("mp"),
+                    "a filesystem's mount point is an absolute path",
+                ))
+            }
         };
         let mut out = FsOut {
             fs: Some(fs),
@@ -791,7 +922,11 @@ impl Converter<'_> {
                     _ => {}
                 }
                 if part.role == Role::Extended {
-                    return Err(self.refuse(e, Some("real_dev"), "the extended partition holds logical partitions, not a filesystem"));
+                    return Err(self.refuse(
+                        e,
+                        Some("real_dev"),
+                        "the extended partition holds logical partitions, not a filesystem",
+                    ));
                 }
                 &mut self.disks[d].parts[p].fs
             }
@@ -806,7 +941,11 @@ impl Converter<'_> {
     }
 
     fn bootloader(&mut self, e: Node) -> Result<()> {
-        only(self, e, &["flavor", "install_type", "default_entry", "timeout"])?;
+        only(
+            self,
+            e,
+            &["flavor", "install_type", "default_entry", "timeout"],
+        )?;
         match given(e, "flavor") {
             Some("grub2") => {}
             Some("grub") => return Err(self.refuse(e, Some("flavor"), "aurum's bootloader hook installs GRUB 2 from the image; GRUB legacy (0.97) is not installed")),
@@ -836,19 +975,30 @@ impl Converter<'_> {
         }
         let first = self.disks.iter().find(|d| d.index == 0);
         if efi {
-            let esp = self.disks.iter_mut().flat_map(|d| d.parts.iter_mut()).find(|p| {
-                p.kind == PartType::Efi || (p.fs.fs == Some(Fs::Vfat) && p.fs.mount.as_deref() == Some("/boot/efi"))
-            });
+            let esp = self
+                .disks
+                .iter_mut()
+                .flat_map(|d| d.parts.iter_mut())
+                .find(|p| {
+                    p.kind == PartType::Efi
+                        || (p.fs.fs == Some(Fs::Vfat) && p.fs.mount.as_deref() == Some("/boot/efi"))
+                });
             match esp {
                 Some(p) if p.fs.mount.as_deref() == Some("/boot/efi") => p.kind = PartType::Efi,
                 _ => return Err(self.refuse(e, Some("install_type"), "an EFI install needs an EFI system partition mounted at /boot/efi (flags esp, fs vfat), where aurum's bootloader hook puts GRUB")),
             }
-        } else if first.is_some_and(|d| d.label == Label::Gpt && !d.parts.iter().any(|p| p.kind == PartType::BiosBoot)) {
+        } else if first.is_some_and(|d| {
+            d.label == Label::Gpt && !d.parts.iter().any(|p| p.kind == PartType::BiosBoot)
+        }) {
             return Err(self.refuse(e, Some("install_type"), "GRUB on a GPT disk booted by BIOS needs a bios-boot partition (flags bios_grub) on the first disk"));
         }
         let fw = if efi { "uefi" } else { "bios" };
         if self.firmware.is_some_and(|f| f != fw) {
-            return Err(self.refuse(e, Some("install_type"), "a second bootloader for other firmware: a template is for one kind of machine"));
+            return Err(self.refuse(
+                e,
+                Some("install_type"),
+                "a second bootloader for other firmware: a template is for one kind of machine",
+            ));
         }
         self.firmware = Some(fw);
         Ok(())
@@ -856,7 +1006,10 @@ impl Converter<'_> {
 
     /// The template's text.
     fn write(&mut self) -> String {
-        let mut out = format!("# Converted by `aurum template import-si` from {}.\n", self.origin);
+        let mut out = format!(
+            "# Converted by `aurum template import-si` from {}.\n",
+            self.origin
+        );
         self.disks.sort_by_key(|d| d.index);
         let last = self.disks.last().map_or(0, |d| d.index);
         let names: Vec<String> = (0..=last)
@@ -869,7 +1022,11 @@ impl Converter<'_> {
         for n in &self.notes {
             out += &format!("# note: {n}\n");
         }
-        kv(&mut out, "description", &format!("SystemImager layout from {}", self.origin));
+        kv(
+            &mut out,
+            "description",
+            &format!("SystemImager layout from {}", self.origin),
+        );
         if let Some(fw) = self.firmware {
             out += "\n[match]\n";
             kv(&mut out, "firmware", fw);
@@ -882,9 +1039,11 @@ impl Converter<'_> {
             };
             kv(&mut out, "label", d.label.name());
             // Logical partitions right after the extended one, each list in file order.
-            let mut parts: Vec<&PartOut> = d.parts.iter().filter(|p| p.role != Role::Logical).collect();
+            let mut parts: Vec<&PartOut> =
+                d.parts.iter().filter(|p| p.role != Role::Logical).collect();
             if let Some(x) = parts.iter().position(|p| p.role == Role::Extended) {
-                let logical: Vec<&PartOut> = d.parts.iter().filter(|p| p.role == Role::Logical).collect();
+                let logical: Vec<&PartOut> =
+                    d.parts.iter().filter(|p| p.role == Role::Logical).collect();
                 parts.splice(x + 1..x + 1, logical);
             }
             for p in parts {
@@ -894,7 +1053,15 @@ impl Converter<'_> {
                     kv(&mut out, "type", p.kind.name());
                 }
                 if d.label == Label::Msdos && p.role != Role::Primary {
-                    kv(&mut out, "role", if p.role == Role::Extended { "extended" } else { "logical" });
+                    kv(
+                        &mut out,
+                        "role",
+                        if p.role == Role::Extended {
+                            "extended"
+                        } else {
+                            "logical"
+                        },
+                    );
                 }
                 kv(&mut out, "size", &p.size);
                 if p.boot {
@@ -1046,25 +1213,49 @@ mod tests {
         assert_eq!(a.partitions[3].fs.mkfs_options.as_deref(), Some("-f"));
         assert_eq!(row(&p.disks[1])[1].2, Lvm);
         let r = &p.raids[0];
-        assert_eq!((r.name.as_str(), r.level, r.members.as_slice()), ("md0", 1, &[(0, 5), (1, 1)][..]));
-        assert_eq!((r.fs.fs, r.fs.label.as_deref()), (Some(Fs::Ext3), Some("root")));
+        assert_eq!(
+            (r.name.as_str(), r.level, r.members.as_slice()),
+            ("md0", 1, &[(0, 5), (1, 1)][..])
+        );
+        assert_eq!(
+            (r.fs.fs, r.fs.label.as_deref()),
+            (Some(Fs::Ext3), Some("root"))
+        );
         assert_eq!(r.fs.mount_options.as_deref(), Some("errors=remount-ro"));
         let g = &p.volume_groups[0];
         assert_eq!(g.devices, ["sdb2"]);
         assert_eq!(g.volumes[0].size, 1 << 30);
         assert_eq!(g.volumes[1].fs.mount.as_deref(), Some("/var/log"));
-        assert!(c.text.contains("[match]\nfirmware = \"bios\""), "{}", c.text);
-        assert!(c.notes.iter().any(|n| n.contains("/proc (proc) dropped")), "{:?}", c.notes);
-        assert!(c.notes.iter().any(|n| n.contains("dump numbers")), "{:?}", c.notes);
-        assert!(c.notes.iter().any(|n| n.contains("<boel>")), "{:?}", c.notes);
+        assert!(
+            c.text.contains("[match]\nfirmware = \"bios\""),
+            "{}",
+            c.text
+        );
+        assert!(
+            c.notes.iter().any(|n| n.contains("/proc (proc) dropped")),
+            "{:?}",
+            c.notes
+        );
+        assert!(
+            c.notes.iter().any(|n| n.contains("dump numbers")),
+            "{:?}",
+            c.notes
+        );
+        assert!(
+            c.notes.iter().any(|n| n.contains("<boel>")),
+            "{:?}",
+            c.notes
+        );
     }
 
     #[test]
     fn units_percent_sectors_and_gigabytes() {
         let xml = |unit: &str, a: &str| {
-            format!(r#"<config><disk dev="/dev/vda" label_type="gpt" unit_of_measurement="{unit}">
+            format!(
+                r#"<config><disk dev="/dev/vda" label_type="gpt" unit_of_measurement="{unit}">
               <part num="1" size="{a}" p_type="primary" /><part num="2" size="*" p_type="primary" /></disk>
-              <fsinfo real_dev="/dev/vda2" mp="/" fs="ext4" dump="0" pass="1" /></config>"#)
+              <fsinfo real_dev="/dev/vda2" mp="/" fs="ext4" dump="0" pass="1" /></config>"#
+            )
         };
         for (unit, a, want) in [
             ("%", "25", 25u64 << 30),
@@ -1089,7 +1280,9 @@ mod tests {
         let p = plan(&c.text, &[1 << 30, 1 << 30, 10 << 30]);
         assert!(p.disks[0].untouched && p.disks[1].untouched && !p.disks[2].untouched);
         // Two untouched disks first need no size for a third... but they are before it.
-        assert!(c.text.contains("disk 1 untouched, disk 2 untouched, disk 3 = /dev/sdc"));
+        assert!(c
+            .text
+            .contains("disk 1 untouched, disk 2 untouched, disk 3 = /dev/sdc"));
     }
 
     #[test]
@@ -1113,14 +1306,29 @@ mod tests {
         assert_eq!(r.layout.as_deref(), Some("left-asymmetric"));
         assert_eq!(r.size, 2 * p.disks[0].partitions[1].size);
         assert_eq!(p.disks[0].partitions[0].kind, PartType::BiosBoot);
-        for (level, n, want) in [("0", 2, 0), ("stripe", 2, 0), ("mirror", 2, 1), ("raid6", 4, 6), ("10", 2, 10), ("raid4", 3, 4)] {
+        for (level, n, want) in [
+            ("0", 2, 0),
+            ("stripe", 2, 0),
+            ("mirror", 2, 1),
+            ("raid6", 4, 6),
+            ("10", 2, 10),
+            ("raid4", 3, 4),
+        ] {
             let disks: String = (0..n)
                 .map(|i| format!(r#"<disk dev="/dev/sd{}" label_type="msdos" unit_of_measurement="MB"><part num="1" size="*" p_type="primary" flags="raid" /></disk>"#, (b'a' + i) as char))
                 .collect();
-            let devs: Vec<String> = (0..n).map(|i| format!("/dev/sd{}1", (b'a' + i) as char)).collect();
-            let x = format!(r#"<config>{disks}<raid name="/dev/md0" raid_level="{level}" devices="{}" /><fsinfo real_dev="/dev/md0" mp="/" fs="ext4" dump="0" pass="1" /></config>"#, devs.join(" "));
+            let devs: Vec<String> = (0..n)
+                .map(|i| format!("/dev/sd{}1", (b'a' + i) as char))
+                .collect();
+            let x = format!(
+                r#"<config>{disks}<raid name="/dev/md0" raid_level="{level}" devices="{}" /><fsinfo real_dev="/dev/md0" mp="/" fs="ext4" dump="0" pass="1" /></config>"#,
+                devs.join(" ")
+            );
             let c = conv(&x).unwrap_or_else(|e| panic!("{level}: {e}"));
-            assert_eq!(plan(&c.text, &vec![1 << 30; n as usize]).raids[0].level, want);
+            assert_eq!(
+                plan(&c.text, &vec![1 << 30; n as usize]).raids[0].level,
+                want
+            );
         }
     }
 
@@ -1135,53 +1343,201 @@ mod tests {
         let p = plan(&c.text, &[10 << 30]);
         assert_eq!(p.disks[0].partitions[0].kind, PartType::Efi);
         assert!(c.text.contains("firmware = \"uefi\""));
-        let e = conv(&xml.replace("/boot/efi\" fs", "/efi\" fs")).unwrap_err().to_string();
-        assert!(e.contains("<bootloader install_type=\"efi\">") && e.contains("EFI system partition mounted at /boot/efi"), "{e}");
+        let e = conv(&xml.replace("/boot/efi\" fs", "/efi\" fs"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("<bootloader install_type=\"efi\">")
+                && e.contains("EFI system partition mounted at /boot/efi"),
+            "{e}"
+        );
     }
 
     /// Every refusal names the file, the line, the element, the attribute and the reason.
     #[test]
     fn what_a_template_cannot_say_is_refused_by_element_attribute_and_reason() {
         let cases: &[(&str, &str, &[&str])] = &[
-            (r#"label_type="msdos" unit_of_measurement="MB">
-    <part num="1" size="512""#, r#"label_type="convert" unit_of_measurement="MB">
-    <part num="1" size="512""#, &["layout.xml:2:", r#"<disk label_type="convert">"#, "writes a new table"]),
-            (r#"<disk dev="/dev/sdb" label_type="msdos""#, r#"<disk dev="/dev/sdb" label_type="none""#, &[r#"<disk label_type="none">"#, "leave this <disk> out"]),
-            (r#"<disk dev="/dev/sdb""#, r#"<disk dev="/dev/disk/by-id/wwn-0x5000""#, &[r#"<disk dev="/dev/disk/by-id/wwn-0x5000">"#, "cannot tell where"]),
-            ("<disk dev=\"/dev/sdb\"", "<disk dev=\"/dev/sda\"", &["laid out twice"]),
-            (r#"flags="boot" />"#, r#"flags="boot" cyl="3" />"#, &[r#"<part cyl="3">"#, "does not know this attribute"]),
-            (r#"flags="boot" />"#, r#"flags="boot,hidden" />"#, &[r#"<part flags="boot,hidden">"#, "flag `hidden`"]),
-            (r#"flags="boot" />"#, r#"flags="boot" id="7" />"#, &[r#"<part id="7">"#, "aurum sets the ids"]),
-            (r#"num="3" size="*""#, r#"num="3" size="lots""#, &[r#"<part size="lots">"#, "neither a number nor `*`"]),
-            (r#"num="3" size="*""#, r#"num="3" size="0""#, &[r#"<part size="0">"#, "zero"]),
-            (r#"unit_of_measurement="MB">
-    <part num="1" size="4096""#, r#"unit_of_measurement="cyl">
-    <part num="1" size="4096""#, &[r#"<part size="4096">"#, "unit_of_measurement `cyl`"]),
-            (r#"raid_level="raid1""#, r#"raid_level="linear""#, &[r#"<raid raid_level="linear">"#, "not linear arrays"]),
-            (r#"rounding="""#, r#"rounding="64""#, &[r#"<raid rounding="64">"#, "linear arrays"]),
-            ("/dev/sda5 /dev/sdb1", "/dev/sda5 /dev/sdc", &["member /dev/sdc", "not of whole disks"]),
-            (r#"raid_devices="2""#, r#"raid_devices="3""#, &["raid_devices and spare_devices say 3 + 0 devices, devices lists 2"]),
-            (r#"lvm_group="" devices"#, r#"lvm_group="vg9" devices"#, &["volume group vg9", "no such <lvm_group>"]),
-            (r#"<lvm version="2">"#, r#"<lvm version="1">"#, &[r#"<lvm version="1">"#, "LVM2"]),
-            (r#"phys_extent_size="4096K""#, r#"phys_extent_size="32M""#, &[r#"<lvm_group phys_extent_size="32M">"#, "4 MiB extents"]),
-            (r#"lv_options="""#, r#"lv_options="-i 2""#, &[r#"<lv lv_options="-i 2">"#, "no lvcreate options"]),
-            (r#"mp="/data" fs="ext4""#, r#"mp="/data" fs="reiserfs""#, &[r#"<fsinfo fs="reiserfs">"#, "aurum makes ext2, ext3"]),
-            (r#"mp="/data" fs="ext4""#, r#"mp="/data" fs="msdos""#, &[r#"<fsinfo fs="msdos">"#, "vfat"]),
-            (r#"mp="/data" fs="ext4""#, r#"mp="data" fs="ext4""#, &[r#"<fsinfo mp="data">"#, "absolute path"]),
-            (r#"options="defaults" dump="0" pass="2" />
-  <fsinfo line="50""#, r#"options="defaults" dump="0" pass="2" format="no" />
-  <fsinfo line="50""#, &[r#"<fsinfo format="no">"#, "makes every filesystem"]),
-            (r#"real_dev="proc" mp="/proc" fs="proc""#, r#"real_dev="nfs:/home" mp="/home" fs="nfs""#, &[r#"<fsinfo real_dev="nfs:/home">"#, "nfs at /home"]),
-            (r#"real_dev="/dev/sdb3""#, r#"real_dev="/dev/sdb9""#, &[r#"<fsinfo real_dev="/dev/sdb9">"#, "no partition, array or logical volume"]),
-            (r#"real_dev="/dev/sdb3""#, r#"real_dev="/dev/sdb1""#, &[r#"<fsinfo real_dev="/dev/sdb1">"#, "RAID member"]),
-            (r#"real_dev="/dev/sdb3""#, r#"real_dev="/dev/sda1""#, &["a second <fsinfo> for the same device"]),
-            (r#"flavor="grub2""#, r#"flavor="grub""#, &[r#"<bootloader flavor="grub">"#, "GRUB legacy"]),
-            (r#"<target dev="/dev/sda" />"#, r#"<target dev="/dev/sdb" />"#, &[r#"<target dev="/dev/sdb">"#, "first disk"]),
-            (r#"<target dev="/dev/sda" />"#, r#"<target dev="/dev/sda" /><target dev="/dev/sdb" />"#, &["<target>", "installs GRUB once"]),
-            (r#"install_type="legacy""#, r#"install_type="efi""#, &[r#"<bootloader install_type="efi">"#, "EFI system partition"]),
-            ("<boel devstyle=\"udev\"/>", "<autoinstall/>", &["<autoinstall>", "not an element"]),
-            (r#"<part num="3" size="*" p_type="primary" p_name="-" flags="-" />"#, r#"<part num="3" size="100" p_type="primary" /><part num="4" size="100" p_type="primary" /><part num="7" size="*" p_type="primary" />"#, &["not a valid template", "more than four primary partitions"]),
-            ("<config>", "<layout>", &["not a SystemImager layout", "broken"]),
+            (
+                r#"label_type="msdos" unit_of_measurement="MB">
+    <part num="1" size="512""#,
+                r#"label_type="convert" unit_of_measurement="MB">
+    <part num="1" size="512""#,
+                &[
+                    "layout.xml:2:",
+                    r#"<disk label_type="convert">"#,
+                    "writes a new table",
+                ],
+            ),
+            (
+                r#"<disk dev="/dev/sdb" label_type="msdos""#,
+                r#"<disk dev="/dev/sdb" label_type="none""#,
+                &[r#"<disk label_type="none">"#, "leave this <disk> out"],
+            ),
+            (
+                r#"<disk dev="/dev/sdb""#,
+                r#"<disk dev="/dev/disk/by-id/wwn-0x5000""#,
+                &[
+                    r#"<disk dev="/dev/disk/by-id/wwn-0x5000">"#,
+                    "cannot tell where",
+                ],
+            ),
+            (
+                "<disk dev=\"/dev/sdb\"",
+                "<disk dev=\"/dev/sda\"",
+                &["laid out twice"],
+            ),
+            (
+                r#"flags="boot" />"#,
+                r#"flags="boot" cyl="3" />"#,
+                &[r#"<part cyl="3">"#, "does not know this attribute"],
+            ),
+            (
+                r#"flags="boot" />"#,
+                r#"flags="boot,hidden" />"#,
+                &[r#"<part flags="boot,hidden">"#, "flag `hidden`"],
+            ),
+            (
+                r#"flags="boot" />"#,
+                r#"flags="boot" id="7" />"#,
+                &[r#"<part id="7">"#, "aurum sets the ids"],
+            ),
+            (
+                r#"num="3" size="*""#,
+                r#"num="3" size="lots""#,
+                &[r#"<part size="lots">"#, "neither a number nor `*`"],
+            ),
+            (
+                r#"num="3" size="*""#,
+                r#"num="3" size="0""#,
+                &[r#"<part size="0">"#, "zero"],
+            ),
+            (
+                r#"unit_of_measurement="MB">
+    <part num="1" size="4096""#,
+                r#"unit_of_measurement="cyl">
+    <part num="1" size="4096""#,
+                &[r#"<part size="4096">"#, "unit_of_measurement `cyl`"],
+            ),
+            (
+                r#"raid_level="raid1""#,
+                r#"raid_level="linear""#,
+                &[r#"<raid raid_level="linear">"#, "not linear arrays"],
+            ),
+            (
+                r#"rounding="""#,
+                r#"rounding="64""#,
+                &[r#"<raid rounding="64">"#, "linear arrays"],
+            ),
+            (
+                "/dev/sda5 /dev/sdb1",
+                "/dev/sda5 /dev/sdc",
+                &["member /dev/sdc", "not of whole disks"],
+            ),
+            (
+                r#"raid_devices="2""#,
+                r#"raid_devices="3""#,
+                &["raid_devices and spare_devices say 3 + 0 devices, devices lists 2"],
+            ),
+            (
+                r#"lvm_group="" devices"#,
+                r#"lvm_group="vg9" devices"#,
+                &["volume group vg9", "no such <lvm_group>"],
+            ),
+            (
+                r#"<lvm version="2">"#,
+                r#"<lvm version="1">"#,
+                &[r#"<lvm version="1">"#, "LVM2"],
+            ),
+            (
+                r#"phys_extent_size="4096K""#,
+                r#"phys_extent_size="32M""#,
+                &[r#"<lvm_group phys_extent_size="32M">"#, "4 MiB extents"],
+            ),
+            (
+                r#"lv_options="""#,
+                r#"lv_options="-i 2""#,
+                &[r#"<lv lv_options="-i 2">"#, "no lvcreate options"],
+            ),
+            (
+                r#"mp="/data" fs="ext4""#,
+                r#"mp="/data" fs="reiserfs""#,
+                &[r#"<fsinfo fs="reiserfs">"#, "aurum makes ext2, ext3"],
+            ),
+            (
+                r#"mp="/data" fs="ext4""#,
+                r#"mp="/data" fs="msdos""#,
+                &[r#"<fsinfo fs="msdos">"#, "vfat"],
+            ),
+            (
+                r#"mp="/data" fs="ext4""#,
+                r#"mp="data" fs="ext4""#,
+                &[r#"<fsinfo mp="data">"#, "absolute path"],
+            ),
+            (
+                r#"options="defaults" dump="0" pass="2" />
+  <fsinfo line="50""#,
+                r#"options="defaults" dump="0" pass="2" format="no" />
+  <fsinfo line="50""#,
+                &[r#"<fsinfo format="no">"#, "makes every filesystem"],
+            ),
+            (
+                r#"real_dev="proc" mp="/proc" fs="proc""#,
+                r#"real_dev="nfs:/home" mp="/home" fs="nfs""#,
+                &[r#"<fsinfo real_dev="nfs:/home">"#, "nfs at /home"],
+            ),
+            (
+                r#"real_dev="/dev/sdb3""#,
+                r#"real_dev="/dev/sdb9""#,
+                &[
+                    r#"<fsinfo real_dev="/dev/sdb9">"#,
+                    "no partition, array or logical volume",
+                ],
+            ),
+            (
+                r#"real_dev="/dev/sdb3""#,
+                r#"real_dev="/dev/sdb1""#,
+                &[r#"<fsinfo real_dev="/dev/sdb1">"#, "RAID member"],
+            ),
+            (
+                r#"real_dev="/dev/sdb3""#,
+                r#"real_dev="/dev/sda1""#,
+                &["a second <fsinfo> for the same device"],
+            ),
+            (
+                r#"flavor="grub2""#,
+                r#"flavor="grub""#,
+                &[r#"<bootloader flavor="grub">"#, "GRUB legacy"],
+            ),
+            (
+                r#"<target dev="/dev/sda" />"#,
+                r#"<target dev="/dev/sdb" />"#,
+                &[r#"<target dev="/dev/sdb">"#, "first disk"],
+            ),
+            (
+                r#"<target dev="/dev/sda" />"#,
+                r#"<target dev="/dev/sda" /><target dev="/dev/sdb" />"#,
+                &["<target>", "installs GRUB once"],
+            ),
+            (
+                r#"install_type="legacy""#,
+                r#"install_type="efi""#,
+                &[r#"<bootloader install_type="efi">"#, "EFI system partition"],
+            ),
+            (
+                "<boel devstyle=\"udev\"/>",
+                "<autoinstall/>",
+                &["<autoinstall>", "not an element"],
+            ),
+            (
+                r#"<part num="3" size="*" p_type="primary" p_name="-" flags="-" />"#,
+                r#"<part num="3" size="100" p_type="primary" /><part num="4" size="100" p_type="primary" /><part num="7" size="*" p_type="primary" />"#,
+                &["not a valid template", "more than four primary partitions"],
+            ),
+            (
+                "<config>",
+                "<layout>",
+                &["not a SystemImager layout", "broken"],
+            ),
         ];
         for (from, to, want) in cases {
             assert!(BASE.contains(from), "case {to}: BASE lacks {from}");
@@ -1193,11 +1549,18 @@ mod tests {
         }
         let gpt = BASE.replace(r#"label_type="msdos""#, r#"label_type="gpt""#);
         let e = conv(&gpt).unwrap_err().to_string();
-        assert!(e.contains(r#"<part p_type="extended">"#) && e.contains("only primary"), "{e}");
+        assert!(
+            e.contains(r#"<part p_type="extended">"#) && e.contains("only primary"),
+            "{e}"
+        );
         let no_grub = gpt
             .replace(r#"p_type="extended""#, r#"p_type="primary""#)
             .replace(r#"p_type="logical""#, r#"p_type="primary""#)
-            .replacen(r#"size="*" p_type="primary""#, r#"size="100" p_type="primary""#, 1);
+            .replacen(
+                r#"size="*" p_type="primary""#,
+                r#"size="100" p_type="primary""#,
+                1,
+            );
         let e = conv(&no_grub).unwrap_err().to_string();
         assert!(e.contains("bios-boot partition"), "{e}");
     }

@@ -526,7 +526,11 @@ impl Checker<'_> {
                     span,
                     format!(
                         "disk {n} has two `*` {}: only one may take the rest",
-                        if inner == 1 { "logical partitions" } else { "partitions" }
+                        if inner == 1 {
+                            "logical partitions"
+                        } else {
+                            "partitions"
+                        }
                     ),
                 ));
             }
@@ -577,7 +581,10 @@ impl Checker<'_> {
                 Role::Logical => {}
             }
             if extended > 1 {
-                return Err(self.at(span, format!("disk {n} has two extended partitions: an MBR holds one")));
+                return Err(self.at(
+                    span,
+                    format!("disk {n} has two extended partitions: an MBR holds one"),
+                ));
             }
             if primary + extended > 4 {
                 return Err(self.at(span, format!("disk {n} has more than four primary partitions (the extended one counts): make some logical, or use label = \"gpt\"")));
@@ -585,7 +592,9 @@ impl Checker<'_> {
             if q.kind == PartType::BiosBoot {
                 return Err(self.at(span, "an msdos disk needs no bios-boot partition (GRUB lives after the MBR): remove it".into()));
             }
-            if role == Role::Extended && (q.kind != PartType::Linux || q.fs.is_some() || q.mount.is_some() || q.boot) {
+            if role == Role::Extended
+                && (q.kind != PartType::Linux || q.fs.is_some() || q.mount.is_some() || q.boot)
+            {
                 return Err(self.at(span, "the extended partition only holds logical partitions: no type, fs, mount or boot on it".into()));
             }
             prev = role;
@@ -676,10 +685,16 @@ impl Checker<'_> {
             ));
         }
         if r.level == 1 && r.chunk.is_some() {
-            return Err(self.at(span, "a RAID1 mirror has no chunk size: remove `chunk`".into()));
+            return Err(self.at(
+                span,
+                "a RAID1 mirror has no chunk size: remove `chunk`".into(),
+            ));
         }
         if r.layout.is_some() && !matches!(r.level, 5 | 6 | 10) {
-            return Err(self.at(span, format!("RAID{} has no parity layout: remove `layout`", r.level)));
+            return Err(self.at(
+                span,
+                format!("RAID{} has no parity layout: remove `layout`", r.level),
+            ));
         }
         for dev in r.devices.iter().chain(&r.spares) {
             if self.part_kind(dev) != Some(PartType::Raid) {
@@ -939,7 +954,13 @@ mount = "/scr"
             let e = one(&text).unwrap_err();
             assert!(e.contains(want), "{want}: {e}\n{text}");
         }
-        let ok = format!("[[disk]]\nlabel = \"msdos\"\n{}{}{}{}{root}", part("fs = \"ext2\"\nmount = \"/boot\"\nboot = true"), part("role = \"extended\""), part("role = \"logical\"\ntype = \"swap\""), part("role = \"logical\"\nfs = \"ext3\"\nmount = \"/var\""));
+        let ok = format!(
+            "[[disk]]\nlabel = \"msdos\"\n{}{}{}{}{root}",
+            part("fs = \"ext2\"\nmount = \"/boot\"\nboot = true"),
+            part("role = \"extended\""),
+            part("role = \"logical\"\ntype = \"swap\""),
+            part("role = \"logical\"\nfs = \"ext3\"\nmount = \"/var\"")
+        );
         assert_eq!(one(&ok), Ok(()), "{ok}");
     }
 }

@@ -131,7 +131,11 @@ fn read_msdos(disk: &Path) -> Result<Vec<Entry>> {
         // sfdisk names each partition by its device: the number is its last digits.
         let digits = p.node.len() - p.node.trim_end_matches(|c: char| c.is_ascii_digit()).len();
         let number: u32 = p.node[p.node.len() - digits..].parse().map_err(|_| {
-            invalid(format!("sfdisk --json {}: partition `{}` has no number", disk.display(), p.node))
+            invalid(format!(
+                "sfdisk --json {}: partition `{}` has no number",
+                disk.display(),
+                p.node
+            ))
         })?;
         let id = u8::from_str_radix(&p.kind, 16).unwrap_or(0x83);
         let role = match (id, number) {
@@ -252,9 +256,7 @@ pub fn prepare(disk: &Path) -> Result<String> {
     let data = |f: &Found| f.kind == PartType::Linux && f.role != Some(Role::Extended);
     let rest = found
         .iter()
-        .rposition(|(_, _, f)| {
-            data(f) && f.mount.is_some() && f.mount.as_deref() != Some("/")
-        })
+        .rposition(|(_, _, f)| data(f) && f.mount.is_some() && f.mount.as_deref() != Some("/"))
         .or_else(|| found.iter().rposition(|(_, _, f)| data(f)));
     // A logical partition taking the rest needs an extended one that does too.
     let rest_logical = rest.is_some_and(|i| found[i].2.role == Some(Role::Logical));

@@ -192,7 +192,11 @@ fn render_disk(t: &Template, which: &str, disk: &Disk, size: u64) -> Result<Disk
     let amount = |p: &super::Partition| (p.size, p.min.map(|b| b.0), p.max.map(|b| b.0));
     let logical = |p: &super::Partition| p.role == Some(Role::Logical);
     let (start, end) = usable_for(disk.label, size);
-    let top: Vec<_> = parts.iter().filter(|p| !logical(p)).map(|p| amount(p)).collect();
+    let top: Vec<_> = parts
+        .iter()
+        .filter(|p| !logical(p))
+        .map(|p| amount(p))
+        .collect();
     let tail = match disk.label {
         Label::Gpt => BACKUP_GPT_BYTES,
         Label::Msdos => 0,
@@ -223,7 +227,11 @@ fn render_disk(t: &Template, which: &str, disk: &Disk, size: u64) -> Result<Disk
             continue;
         }
         // The logical partitions that follow, each after a MiB for its boot record.
-        let inner: Vec<_> = parts[i..].iter().take_while(|q| logical(q)).map(|q| amount(q)).collect();
+        let inner: Vec<_> = parts[i..]
+            .iter()
+            .take_while(|q| logical(q))
+            .map(|q| amount(q))
+            .collect();
         let n = inner.len() as u64;
         let lens = fit(&inner, size, len.saturating_sub(n * MIB)).map_err(|need| {
             invalid(format!(
@@ -270,7 +278,11 @@ fn part_plan(p: &super::Partition, number: u32, start: u64, len: u64, label: Lab
 pub fn render(t: &Template, sizes: &[u64]) -> Result<Plan> {
     let f = &t.file;
     // A disk left untouched at the end of the list need not be there.
-    let needed = f.disks.iter().rposition(|d| !d.untouched).map_or(0, |i| i + 1);
+    let needed = f
+        .disks
+        .iter()
+        .rposition(|d| !d.untouched)
+        .map_or(0, |i| i + 1);
     if sizes.len() < needed {
         return Err(invalid(format!(
             "class {} needs {} disks, the node has {}",
@@ -286,7 +298,12 @@ pub fn render(t: &Template, sizes: &[u64]) -> Result<Plan> {
         } else {
             "disk".into()
         };
-        disks.push(render_disk(t, &which, disk, sizes.get(d).copied().unwrap_or(0))?);
+        disks.push(render_disk(
+            t,
+            &which,
+            disk,
+            sizes.get(d).copied().unwrap_or(0),
+        )?);
     }
     let find = |name: &str| -> Option<(usize, &PartPlan)> {
         disks.iter().enumerate().find_map(|(i, d)| {
@@ -312,7 +329,11 @@ pub fn render(t: &Template, sizes: &[u64]) -> Result<Plan> {
             spares: r
                 .spares
                 .iter()
-                .map(|n| find(n).map(|(d, p)| (d, p.number)).expect("checked at parse"))
+                .map(|n| {
+                    find(n)
+                        .map(|(d, p)| (d, p.number))
+                        .expect("checked at parse")
+                })
                 .collect(),
             chunk: r.chunk.map(|b| b.0),
             layout: r.layout.clone(),
@@ -657,7 +678,14 @@ mount = "/"
         use Role::*;
         assert_eq!(
             n,
-            [(1, Some(Primary)), (2, Some(Extended)), (5, Some(Logical)), (6, Some(Logical)), (7, Some(Logical)), (3, Some(Primary))]
+            [
+                (1, Some(Primary)),
+                (2, Some(Extended)),
+                (5, Some(Logical)),
+                (6, Some(Logical)),
+                (7, Some(Logical)),
+                (3, Some(Primary))
+            ]
         );
         let ext = &d.partitions[1];
         // Each logical partition sits a MiB after the previous one ends (its boot record),
@@ -669,8 +697,16 @@ mount = "/"
         }
         assert_eq!(at, ext.end);
         assert_eq!(d.partitions[5].start, ext.end);
-        assert_eq!(d.partitions[5].end, 20 * GIB, "an MBR keeps nothing at the end");
-        assert_eq!(d.partitions[2].size, 2 * GIB, "percentages are of the whole disk");
+        assert_eq!(
+            d.partitions[5].end,
+            20 * GIB,
+            "an MBR keeps nothing at the end"
+        );
+        assert_eq!(
+            d.partitions[2].size,
+            2 * GIB,
+            "percentages are of the whole disk"
+        );
         assert!(p.disks[1].untouched && p.disks[1].partitions.is_empty());
         // The untouched disk at the end need not be there.
         assert_eq!(p.raids[0].size, 2 * GIB);
@@ -682,10 +718,17 @@ mount = "/"
 
     #[test]
     fn a_too_small_extended_partition_names_itself() {
-        let text = MSDOS.replacen("role = \"extended\"\nsize = \"*\"", "role = \"extended\"\nsize = \"3GiB\"", 1);
+        let text = MSDOS.replacen(
+            "role = \"extended\"\nsize = \"*\"",
+            "role = \"extended\"\nsize = \"3GiB\"",
+            1,
+        );
         let t = Template::parse(&ClassName::new("m").unwrap(), "m.toml", &text).unwrap();
         let e = render(&t, &[20 * GIB]).unwrap_err().to_string();
-        assert!(e.contains("the extended partition #2 of disk 1 is 3 GiB"), "{e}");
+        assert!(
+            e.contains("the extended partition #2 of disk 1 is 3 GiB"),
+            "{e}"
+        );
     }
 
     #[test]

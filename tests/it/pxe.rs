@@ -656,11 +656,7 @@ fn pxe_install(net: Net, uefi: bool, layout: Layout) {
         Layout::Gpt => &[],
         Layout::SiMsdosRaid1 => &["sfdisk", "mdadm", "mkfs.ext2", "mkfs.ext3", "mkswap"],
     };
-    let missing: Vec<&&str> = needs
-        .iter()
-        .chain(si_needs)
-        .filter(|p| !have(p))
-        .collect();
+    let missing: Vec<&&str> = needs.iter().chain(si_needs).filter(|p| !have(p)).collect();
     if !missing.is_empty() || !rom.exists() {
         skip(&format!(
             "the PXE install test needs {missing:?}{}",
@@ -969,18 +965,8 @@ fn check_gpt_disk(env: &Env, disk: &Path, g: &Path) {
     assert_eq!((rows[0][5], rows[0][6]), ("EF00", "esp"), "{gpt}");
     assert_eq!((rows[1][5], rows[1][6]), ("8300", "root"), "{gpt}");
     let offset: u64 = rows[1][1].parse::<u64>().unwrap() * 512;
-    let fsimg = format!("{}?offset={offset}", disk.display());
-    let out = Command::new("e2fsck")
-        .args(["-fn", &fsimg])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "e2fsck -fn: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cat = |p: &str| sh(&format!("debugfs -R 'cat {p}' '{fsimg}' 2>/dev/null"));
+    fsck_clean(disk, offset);
+    let cat = |p: &str| debugfs_cat(disk, offset, p);
     assert_eq!(cat("/etc/motd"), "installed over the network\n");
     assert_eq!(cat("/etc/hostname"), "vm1\n");
     assert!(cat("/etc/fstab").contains("/boot/efi"));
@@ -1001,6 +987,14 @@ fn check_gpt_disk(env: &Env, disk: &Path, g: &Path) {
             "the installed files differ from the golden client's:\n{listing}"
         );
     }
+}
+
+/// The file `path` of the ext filesystem at `offset` of `disk`, read with debugfs.
+fn debugfs_cat(disk: &Path, offset: u64, path: &str) -> String {
+    sh(&format!(
+        "debugfs -R 'cat {path}' '{}?offset={offset}' 2>/dev/null",
+        disk.display()
+    ))
 }
 
 /// `e2fsck -fn` passes on the filesystem at `offset` of `disk`.
@@ -1032,13 +1026,21 @@ fn check_msdos_raid1_disk(disk: &Path, g: &Path) {
         .map(|p| (p["node"].as_str().unwrap(), p["type"].as_str().unwrap()))
         .collect();
     let name = disk.display().to_string();
-    let want: Vec<(String, &str)> = [("1", "83"), ("2", "5"), ("5", "fd"), ("6", "fd"), ("7", "82")]
-        .iter()
-        .map(|(n, t)| (format!("{name}{n}"), *t))
-        .collect();
+    let want: Vec<(String, &str)> = [
+        ("1", "83"),
+        ("2", "5"),
+        ("5", "fd"),
+        ("6", "fd"),
+        ("7", "82"),
+    ]
+    .iter()
+    .map(|(n, t)| (format!("{name}{n}"), *t))
+    .collect();
     assert_eq!(
         kinds,
-        want.iter().map(|(n, t)| (n.as_str(), *t)).collect::<Vec<_>>(),
+        want.iter()
+            .map(|(n, t)| (n.as_str(), *t))
+            .collect::<Vec<_>>(),
         "{table}"
     );
     assert_eq!(parts[0]["bootable"], true, "{table}");
@@ -1082,21 +1084,24 @@ fn check_msdos_raid1_disk(disk: &Path, g: &Path) {
         // Each mirror half holds the whole root filesystem after mdadm's data offset.
         let root = start(i) + data * 512;
         let info = probe(root);
-        assert!(info.contains("TYPE=ext3") && info.contains("LABEL=root"), "{info}");
+        assert!(
+            info.contains("TYPE=ext3") && info.contains("LABEL=root"),
+            "{info}"
+        );
         fsck_clean(disk, root);
-        let fsimg = format!("{}?offset={root}", disk.display());
-        let cat = |p: &str| sh(&format!("debugfs -R 'cat {p}' '{fsimg}' 2>/dev/null"));
+        let cat = |p: &str| debugfs_cat(disk, root, p);
         assert_eq!(cat("/etc/motd"), "installed over the network\n");
         assert_eq!(cat("/etc/hostname"), "vm1\n");
         let fstab = cat("/etc/fstab");
         for want in ["/boot", "ext2", "ext3", "swap"] {
             assert!(fstab.contains(want), "no {want} in /etc/fstab:\n{fstab}");
         }
-        let stat = sh(&format!(
-            "debugfs -R 'cat /var/lib/app/data' '{fsimg}' 2>/dev/null | cmp - {}; echo same",
+        let data = sh(&format!(
+            "debugfs -R 'cat /var/lib/app/data' '{}?offset={root}' 2>/dev/null | cmp - {} && echo same",
+            disk.display(),
             g.join("var/lib/app/data").display()
         ));
-        assert!(stat.contains("same"), "{stat}");
+        assert!(data.contains("same"), "{data}");
     }
     assert_eq!(uuids[0], uuids[1], "the two members are of one array");
 }

@@ -169,7 +169,9 @@ fn a_layout_aurum_cannot_express_is_refused_and_nothing_is_saved() {
         2,
     );
     assert!(
-        err.contains("linear.conf:22: <raid raid_level=\"linear\">: aurum builds RAID 0, 1, 4, 5, 6 and 10"),
+        err.contains(
+            "linear.conf:22: <raid raid_level=\"linear\">: aurum builds RAID 0, 1, 4, 5, 6 and 10"
+        ),
         "{err}"
     );
     assert!(err.contains("nothing was converted"), "{err}");
@@ -241,14 +243,26 @@ fn import_si_captures_the_image_its_overrides_excludes_and_layout() {
     assert!(!env.ok(&["lsimage"]).contains("compute"));
 
     let r = json(&env.ok(&["import-si", dir, "--json"]));
-    assert!(r["revision"].as_str().unwrap().starts_with("compute@1"), "{r}");
+    assert!(
+        r["revision"].as_str().unwrap().starts_with("compute@1"),
+        "{r}"
+    );
     assert_eq!(r["override_revision"], "override.compute@1");
     assert_eq!(r["template"][0], "compute");
     let ls = env.ok(&["ls", "compute", "-r"]);
     assert!(ls.contains("var/cache/site/keep.db"), "{ls}");
-    assert!(!ls.contains("big.tmp"), "getimage.exclude was not applied:\n{ls}");
-    assert!(!ls.contains("etc/hostname"), "the default excludes were not applied:\n{ls}");
-    assert!(ls.contains("etc/systemimager/updateclient.local.exclude"), "{ls}");
+    assert!(
+        !ls.contains("big.tmp"),
+        "getimage.exclude was not applied:\n{ls}"
+    );
+    assert!(
+        !ls.contains("etc/hostname"),
+        "the default excludes were not applied:\n{ls}"
+    );
+    assert!(
+        ls.contains("etc/systemimager/updateclient.local.exclude"),
+        "{ls}"
+    );
     // Overrides are captured exactly: an override's /etc/hostname is meant.
     let o = env.ok(&["cat", "override.compute", "etc/hostname"]);
     assert_eq!(o, "kept in the override\n");
@@ -257,7 +271,10 @@ fn import_si_captures_the_image_its_overrides_excludes_and_layout() {
         "from the override\n"
     );
     let t = env.ok(&["template", "show", "compute"]);
-    assert!(t.contains("label = \"msdos\"") && t.contains("role = \"logical\""), "{t}");
+    assert!(
+        t.contains("label = \"msdos\"") && t.contains("role = \"logical\""),
+        "{t}"
+    );
 
     // A layout aurum refuses stops the import before anything is captured.
     let env2 = Env::new();
@@ -269,10 +286,7 @@ fn import_si_captures_the_image_its_overrides_excludes_and_layout() {
             .replace("fs=\"xfs\"", "fs=\"jfs\""),
     )
     .unwrap();
-    let err = env2.fails(
-        &["import-si", dir, "--layout", bad.to_str().unwrap()],
-        2,
-    );
+    let err = env2.fails(&["import-si", dir, "--layout", bad.to_str().unwrap()], 2);
     assert!(err.contains("<fsinfo fs=\"jfs\">"), "{err}");
     assert!(!env2.ok(&["lsimage"]).contains("compute"));
     // So does an exclude rule aurum cannot read.
@@ -288,9 +302,15 @@ fn import_si_captures_the_image_its_overrides_excludes_and_layout() {
 
 #[test]
 fn prepareclient_records_an_msdos_disk_with_logical_partitions() {
-    let tools = ["sfdisk", "losetup", "mkfs.ext2", "mkfs.ext3", "mkswap", "blkid"];
-    if !is_root() || !Path::new("/dev/loop-control").exists() || !tools.iter().all(|t| have(t))
-    {
+    let tools = [
+        "sfdisk",
+        "losetup",
+        "mkfs.ext2",
+        "mkfs.ext3",
+        "mkswap",
+        "blkid",
+    ];
+    if !is_root() || !Path::new("/dev/loop-control").exists() || !tools.iter().all(|t| have(t)) {
         skip("needs root, loop devices, fdisk (sfdisk), e2fsprogs, util-linux");
         return;
     }

@@ -9,8 +9,10 @@
 //!    fit, before anything is written); the revision is resolved and its manifest fetched, and
 //!    every tool the plan needs is looked for, also before anything is written;
 //! 4. pre-install hooks;
-//! 5. partition: a fresh GPT and protective MBR, written in one pass (see [`write_gpt`]), then
-//!    RAID1 arrays (mdadm) and LVM volumes (lvm2) when the template has them;
+//! 5. partition: a fresh GPT and protective MBR, written in one pass (see [`write_gpt`]), or
+//!    an MBR with primary, extended and logical partitions (msdos label, [`write_msdos`]);
+//!    disks marked untouched are skipped; then RAID arrays (mdadm) and LVM volumes (lvm2)
+//!    when the template has them;
 //! 6. mkfs: each filesystem with its own tool, with the template's label and options;
 //! 7. transfer: the filesystems are mounted under a temporary directory and the revision is
 //!    applied with the updateclient engine, which also writes the node state

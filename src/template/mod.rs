@@ -1,8 +1,10 @@
 //! Partition templates: one TOML file per hardware class, rendered for a node's real disks.
 //!
 //! A template says which partitions each disk gets (sizes in bytes, percent of the disk, with
-//! `min`/`max`, and `*` for the rest), what filesystem each holds and where it is mounted, and
-//! optionally software RAID1 arrays and LVM volume groups built on partitions. Its `[match]`
+//! `min`/`max`, and `*` for the rest) in a GPT or an MBR (msdos label: primary, extended and
+//! logical partitions), or that a disk is left untouched; what filesystem each partition holds
+//! and where it is mounted; and optionally software RAID arrays (levels 0, 1, 4, 5, 6, 10) and
+//! LVM volume groups built on partitions. Its `[match]`
 //! section says which machines the class is for (see [`matching`]).
 //!
 //! Parsing is strict (`deny_unknown_fields`, kebab-case keys) and every error names the file and

@@ -14,7 +14,7 @@
 
 use std::fmt::Display;
 
-use roxmltree::{Document, Node};
+use roxmltree::{Document, Node, NodeId};
 
 use crate::devices::partition_node;
 use crate::error::{invalid, Error, Result};
@@ -59,6 +59,8 @@ struct DiskOut {
 }
 
 struct RaidOut {
+    /// Its element, for refusals made once the whole file is read.
+    at: NodeId,
     dev: String,
     name: String,
     level: u8,
@@ -98,9 +100,10 @@ struct Converter<'a> {
     disks: Vec<DiskOut>,
     raids: Vec<RaidOut>,
     vgs: Vec<VgOut>,
-    /// Parts naming their array or volume group (`raid_dev`, `lvm_group`): (device, name).
-    part_raid: Vec<(String, String)>,
-    part_vg: Vec<(String, String)>,
+    /// Parts naming their array or volume group (`raid_dev`, `lvm_group`): (element, device,
+    /// name).
+    part_raid: Vec<(NodeId, String, String)>,
+    part_vg: Vec<(NodeId, String, String)>,
     firmware: Option<&'static str>,
     /// Devices whose fstab line had a dump number other than 0.
     dumped: Vec<String>,
@@ -422,11 +425,12 @@ impl Converter<'_> {
         self.part_id(p, &mut out)?;
         if let Some(md) = given(p, "raid_dev") {
             out.kind = PartType::Raid;
-            self.part_raid.push((out.dev.clone(), md.to_string()));
+            self.part_raid
+                .push((p.id(), out.dev.clone(), md.to_string()));
         }
         if let Some(vg) = given(p, "lvm_group") {
             out.kind = PartType::Lvm;
-            self.part_vg.push((out.dev.clone(), vg.to_string()));
+            self.part_vg.push((p.id(), out.dev.clone(), vg.to_string()));
         }
         Ok(out)
     }
@@ -603,6 +607,7 @@ impl Converter<'_> {
             .map(|v| v.split_whitespace().map(String::from).collect())
             .unwrap_or_default();
         self.raids.push(RaidOut {
+            at: r.id(),
             dev,
             name,
             level,
@@ -687,30 +692,39 @@ impl Converter<'_> {
         Ok(())
     }
 
+    /// The refusal of the element `at` (and its attribute `attr`), once the file is read.
+    fn refuse_id(&self, at: NodeId, attr: Option<&str>, why: impl Display) -> Error {
+        let e = self.doc.get_node(at).expect("an id of this document");
+        self.refuse(e, attr, why)
+    }
+
     /// Ties partitions to their arrays and volume groups (from either side), and gives every
     /// member the partition type it needs.
     fn members(&mut self) -> Result<()> {
-        let root = self.doc.root_element();
-        for (dev, md) in self.part_raid.clone() {
+        for (at, dev, md) in self.part_raid.clone() {
             let Some(r) = self
                 .raids
                 .iter_mut()
                 .find(|r| r.dev == md || md_name(&md) == Some(r.name.clone()))
             else {
-                return Err(invalid(format!("{}: partition {dev} names the array {md} in raid_dev, and the layout has no such <raid>; nothing was converted", self.origin)));
+                return Err(self.refuse_id(
+                    at,
+                    Some("raid_dev"),
+                    "the layout has no <raid> of this name",
+                ));
             };
             if !r.members.contains(&dev) {
                 r.members.push(dev);
             }
         }
         for r in 0..self.raids.len() {
-            let raid = &self.raids[r];
-            if raid.members.is_empty() {
-                return Err(self.refuse(root, None, format!("array {} has no devices", raid.dev)));
+            let (at, members) = (self.raids[r].at, self.raids[r].members.clone());
+            if members.is_empty() {
+                return Err(self.refuse_id(at, Some("name"), "the array has no devices: list them in devices=, or name it in raid_dev= on its partitions"));
             }
-            for m in raid.members.clone() {
+            for m in members {
                 let (d, p) = self.find_part(&m).ok_or_else(|| {
-                    invalid(format!("{}: array {} has the member {m}, which is no partition of the layout (aurum builds arrays of partitions, not of whole disks); nothing was converted", self.origin, self.raids[r].dev))
+                    self.refuse_id(at, Some("devices"), format!("{m} is no partition of the layout (aurum builds arrays of partitions it makes, not of whole disks)"))
                 })?;
                 self.disks[d].parts[p].kind = PartType::Raid;
             }
@@ -719,22 +733,29 @@ impl Converter<'_> {
             let spares = raid.spares.unwrap_or(0);
             let active = raid.active.unwrap_or(n.saturating_sub(spares));
             if active + spares != n {
-                return Err(invalid(format!(
-                    "{}: array {}: raid_devices and spare_devices say {active} + {spares} devices, devices lists {n}; nothing was converted",
-                    self.origin, raid.dev
+                return Err(self.refuse_id(at, Some("raid_devices"), format!(
+                    "raid_devices and spare_devices say {active} + {spares} devices, and the array has {n}"
                 )));
             }
             self.raids[r].active = Some(active);
         }
-        for (dev, vg) in self.part_vg.clone() {
-            if !self.vgs.iter().any(|g| g.name == vg) {
-                return Err(invalid(format!("{}: partition {dev} names the volume group {vg} in lvm_group, and <lvm> has no such <lvm_group>; nothing was converted", self.origin)));
+        for (at, _, vg) in &self.part_vg {
+            if !self.vgs.iter().any(|g| &g.name == vg) {
+                return Err(self.refuse_id(
+                    *at,
+                    Some("lvm_group"),
+                    "<lvm> has no <lvm_group> of this name",
+                ));
             }
         }
         for r in &self.raids {
             if let Some(vg) = &r.vg {
                 if !self.vgs.iter().any(|g| &g.name == vg) {
-                    return Err(invalid(format!("{}: array {} names the volume group {vg} in lvm_group, and <lvm> has no such <lvm_group>; nothing was converted", self.origin, r.dev)));
+                    return Err(self.refuse_id(
+                        r.at,
+                        Some("lvm_group"),
+                        "<lvm> has no <lvm_group> of this name",
+                    ));
                 }
             }
         }
@@ -1110,8 +1131,8 @@ impl Converter<'_> {
             let mut pvs: Vec<String> = self
                 .part_vg
                 .iter()
-                .filter(|(_, vg)| vg == &g.name)
-                .map(|(dev, _)| name_of(dev))
+                .filter(|(_, _, vg)| vg == &g.name)
+                .map(|(_, dev, _)| name_of(dev))
                 .collect();
             pvs.extend(
                 self.raids
@@ -1355,6 +1376,32 @@ mod tests {
 
     /// Every refusal names the file, the line, the element, the attribute and the reason.
     #[test]
+    fn a_partition_naming_a_missing_array_or_volume_group_is_refused_at_its_line() {
+        let x = BASE.replacen(
+            r#"flags="raid" />"#,
+            r#"flags="raid" raid_dev="/dev/md7" />"#,
+            1,
+        );
+        let e = conv(&x).unwrap_err().to_string();
+        assert!(
+            e.starts_with(r#"layout.xml:5: <part raid_dev="/dev/md7">: the layout has no <raid>"#),
+            "{e}"
+        );
+        let x = BASE.replace(r#"lvm_group="vg0" />"#, r#"lvm_group="vg1" />"#);
+        let e = conv(&x).unwrap_err().to_string();
+        assert!(
+            e.starts_with(r#"layout.xml:10: <part lvm_group="vg1">: <lvm> has no"#),
+            "{e}"
+        );
+        let x = BASE.replace(r#"devices="/dev/sda5 /dev/sdb1" "#, "");
+        let e = conv(&x).unwrap_err().to_string();
+        assert!(
+            e.starts_with(r#"layout.xml:13: <raid name="/dev/md0">: the array has no devices"#),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn what_a_template_cannot_say_is_refused_by_element_attribute_and_reason() {
         let cases: &[(&str, &str, &[&str])] = &[
             (
@@ -1431,17 +1478,24 @@ mod tests {
             (
                 "/dev/sda5 /dev/sdb1",
                 "/dev/sda5 /dev/sdc",
-                &["member /dev/sdc", "not of whole disks"],
+                &[
+                    r#"<raid devices="/dev/sda5 /dev/sdc">"#,
+                    "/dev/sdc is no partition",
+                    "not of whole disks",
+                ],
             ),
             (
                 r#"raid_devices="2""#,
                 r#"raid_devices="3""#,
-                &["raid_devices and spare_devices say 3 + 0 devices, devices lists 2"],
+                &[
+                    r#"<raid raid_devices="3">"#,
+                    "say 3 + 0 devices, and the array has 2",
+                ],
             ),
             (
                 r#"lvm_group="" devices"#,
                 r#"lvm_group="vg9" devices"#,
-                &["volume group vg9", "no such <lvm_group>"],
+                &[r#"<raid lvm_group="vg9">"#, "no <lvm_group> of this name"],
             ),
             (
                 r#"<lvm version="2">"#,

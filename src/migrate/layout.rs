@@ -1300,7 +1300,6 @@ mod tests {
         let c = conv(xml).unwrap();
         let p = plan(&c.text, &[1 << 30, 1 << 30, 10 << 30]);
         assert!(p.disks[0].untouched && p.disks[1].untouched && !p.disks[2].untouched);
-        // Two untouched disks first need no size for a third... but they are before it.
         assert!(c
             .text
             .contains("disk 1 untouched, disk 2 untouched, disk 3 = /dev/sdc"));
@@ -1401,9 +1400,21 @@ mod tests {
         );
     }
 
+    /// Each case: BASE with `from` replaced by `to` is refused with every text of `want`.
+    fn refused(cases: &[(&str, &str, &[&str])]) {
+        for (from, to, want) in cases {
+            assert!(BASE.contains(from), "case {to}: BASE lacks {from}");
+            let e = conv(&BASE.replacen(from, to, 1)).unwrap_err().to_string();
+            for w in *want {
+                assert!(e.contains(w), "{to}: `{w}` not in: {e}");
+            }
+            assert!(e.starts_with("layout.xml"), "{e}");
+        }
+    }
+
     #[test]
-    fn what_a_template_cannot_say_is_refused_by_element_attribute_and_reason() {
-        let cases: &[(&str, &str, &[&str])] = &[
+    fn disks_and_partitions_a_template_cannot_say_are_refused_by_element_attribute_and_reason() {
+        refused(&[
             (
                 r#"label_type="msdos" unit_of_measurement="MB">
     <part num="1" size="512""#,
@@ -1465,6 +1476,12 @@ mod tests {
     <part num="1" size="4096""#,
                 &[r#"<part size="4096">"#, "unit_of_measurement `cyl`"],
             ),
+        ]);
+    }
+
+    #[test]
+    fn arrays_volumes_filesystems_and_bootloaders_a_template_cannot_say_are_refused() {
+        refused(&[
             (
                 r#"raid_level="raid1""#,
                 r#"raid_level="linear""#,
@@ -1592,15 +1609,7 @@ mod tests {
                 "<layout>",
                 &["not a SystemImager layout", "broken"],
             ),
-        ];
-        for (from, to, want) in cases {
-            assert!(BASE.contains(from), "case {to}: BASE lacks {from}");
-            let e = conv(&BASE.replacen(from, to, 1)).unwrap_err().to_string();
-            for w in *want {
-                assert!(e.contains(w), "{to}: `{w}` not in: {e}");
-            }
-            assert!(e.starts_with("layout.xml"), "{e}");
-        }
+        ]);
         let gpt = BASE.replace(r#"label_type="msdos""#, r#"label_type="gpt""#);
         let e = conv(&gpt).unwrap_err().to_string();
         assert!(

@@ -672,6 +672,7 @@ mount = "/"
 
     #[test]
     fn msdos_logical_partitions_are_numbered_from_5_inside_the_extended_one() {
+        // One size for two disks: the untouched disk at the end need not be there.
         let p = render(&msdos(), &[20 * GIB]).unwrap();
         let d = &p.disks[0];
         let n: Vec<(u32, Option<Role>)> = d.partitions.iter().map(|p| (p.number, p.role)).collect();
@@ -708,7 +709,6 @@ mount = "/"
             "percentages are of the whole disk"
         );
         assert!(p.disks[1].untouched && p.disks[1].partitions.is_empty());
-        // The untouched disk at the end need not be there.
         assert_eq!(p.raids[0].size, 2 * GIB);
         // An MBR addresses 2 TiB: the rest of a 3 TiB disk stays free.
         let big = render(&msdos(), &[3 << 40]).unwrap();

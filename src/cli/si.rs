@@ -24,7 +24,9 @@ use super::{print_json, say, Global};
 pub struct TemplateImportSiArgs {
     /// The layout file.
     file: PathBuf,
-    /// The class to save it as (default: the file's name without its extension).
+    /// The class to save it as (default: the file's name without its extension, e.g.
+    /// compute for SystemImager 5's disks-layouts/compute.xml; an autoinstallscript.conf needs
+    /// --class).
     #[arg(long)]
     class: Option<ClassName>,
     /// Write the template to this file instead of saving it in the repository.
@@ -39,11 +41,16 @@ pub fn template_import_si(g: &Global, a: TemplateImportSiArgs) -> anyhow::Result
     let class = match (&a.class, &a.output) {
         (Some(c), _) => c.clone(),
         (None, Some(out)) => store::class_of(out)?,
-        (None, None) => store::class_of(&a.file).map_err(|e| {
-            aurum::Error::Invalid(format!(
-                "{e}: the file's name is no class name; give one with --class"
-            ))
-        })?,
+        (None, None) => match store::class_of(&a.file) {
+            Ok(c) if c.to_string() != "autoinstallscript" => c,
+            _ => {
+                return Err(aurum::Error::Invalid(format!(
+                    "{}: the file's name says no class: give one with --class NAME",
+                    a.file.display()
+                ))
+                .into())
+            }
+        },
     };
     let xml = std::fs::read_to_string(&a.file).map_err(|e| aurum::Error::Io {
         path: a.file.clone(),

@@ -176,7 +176,11 @@ fn a_layout_aurum_cannot_express_is_refused_and_nothing_is_saved() {
     );
     assert!(err.contains("nothing was converted"), "{err}");
     assert!(!env.ok(&["template", "list"]).contains("linear"));
-    // A file whose name is no class needs --class.
+    // A file whose name says no class needs --class.
+    let conf = env.path("autoinstallscript.conf");
+    fs::copy(layout("msdos-raid1.conf"), &conf).unwrap();
+    let err = env.fails(&["template", "import-si", conf.to_str().unwrap()], 2);
+    assert!(err.contains("give one with --class NAME"), "{err}");
     let err = env.fails(
         &[
             "template",

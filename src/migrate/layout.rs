@@ -874,6 +874,13 @@ impl Converter<'_> {
         if !real.starts_with("/dev/") {
             return Err(self.refuse(e, Some("real_dev"), format!("aurum writes /etc/fstab from the template, which holds the filesystems it makes; {fs} at {mp} is none: mount it from a post-install hook or the image's own configuration")));
         }
+        let noauto = given(e, "options").is_some_and(|o| o.split(',').any(|x| x == "noauto"));
+        if noauto && self.target(real).is_none() {
+            self.notes.push(format!(
+                "fstab line for {real} at {mp} dropped: a device outside the layout mounted by hand (noauto), such as a floppy or CD drive; a post-install hook can add it to /etc/fstab"
+            ));
+            return Ok(());
+        }
         if given(e, "format").is_some_and(|v| v.eq_ignore_ascii_case("no")) {
             return Err(self.refuse(e, Some("format"), "aurum makes every filesystem it mounts on a fresh install; keeping an old one is not in a template"));
         }
@@ -1186,6 +1193,7 @@ mod tests {
   <fsinfo line="50" real_dev="/dev/vg0/var" mp="/var" fs="ext4" options="defaults" dump="0" pass="2" />
   <fsinfo line="60" real_dev="/dev/mapper/vg0-log" mp="/var/log" fs="xfs" options="defaults" dump="0" pass="2" />
   <fsinfo line="70" real_dev="proc" mp="/proc" fs="proc" options="defaults" dump="0" pass="0" />
+  <fsinfo line="80" real_dev="/dev/fd0" mp="/media/floppy" fs="auto" options="noauto,owner,kudzu" dump="0" pass="0" format="no" />
   <bootloader flavor="grub2" install_type="legacy" default_entry="0" timeout="5">
     <target dev="/dev/sda" />
   </bootloader>
@@ -1251,6 +1259,13 @@ mod tests {
             c.text.contains("[match]\nfirmware = \"bios\""),
             "{}",
             c.text
+        );
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n.contains("/dev/fd0 at /media/floppy dropped")),
+            "{:?}",
+            c.notes
         );
         assert!(
             c.notes.iter().any(|n| n.contains("/proc (proc) dropped")),

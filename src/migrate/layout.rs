@@ -1431,6 +1431,54 @@ mod tests {
     fn disks_and_partitions_a_template_cannot_say_are_refused_by_element_attribute_and_reason() {
         refused(&[
             (
+                r#"<disk dev="/dev/sdb" label_type="msdos""#,
+                r#"<disk label_type="msdos""#,
+                &["<disk>", "needs dev="],
+            ),
+            (
+                r#"<part num="3" size="*" p_type="primary" p_name="-" flags="-" />"#,
+                r#"<part num="3" size="*" p_type="primary" /><partition />"#,
+                &["<partition>", "holds <part>s only"],
+            ),
+            (
+                "  <raid name=",
+                r#"<disk dev="/dev/sdc" label_type="msdos" unit_of_measurement="MB"></disk><raid name="#,
+                &["<disk>", "has no <part>"],
+            ),
+            (
+                r#"num="3" size="*""#,
+                r#"num="x" size="*""#,
+                &[r#"<part num="x">"#, "positive integer"],
+            ),
+            (
+                r#"num="3" size="*""#,
+                r#"num="2" size="*""#,
+                &[r#"<part num="2">"#, "two partitions have this number"],
+            ),
+            (
+                r#"p_type="primary" p_name="-" flags="boot""#,
+                r#"p_type="first" p_name="-" flags="boot""#,
+                &[r#"<part p_type="first">"#, "primary, extended or logical"],
+            ),
+            (
+                r#"flags="boot" />"#,
+                r#"flags="esp" />"#,
+                &[r#"<fsinfo fs="ext2">"#, "EFI system partition is vfat"],
+            ),
+            (
+                r#"<part num="3" size="*" p_type="primary" p_name="-" flags="-" />"#,
+                r#"<part num="3" size="*" p_type="primary" p_name="-" flags="swap" />"#,
+                &[r#"<fsinfo fs="ext4">"#, "flagged swap"],
+            ),
+            (
+                r#"real_dev="/dev/sdb3""#,
+                r#"real_dev="/dev/sda2""#,
+                &[
+                    r#"<fsinfo real_dev="/dev/sda2">"#,
+                    "the extended partition holds",
+                ],
+            ),
+            (
                 r#"label_type="msdos" unit_of_measurement="MB">
     <part num="1" size="512""#,
                 r#"label_type="convert" unit_of_measurement="MB">
@@ -1495,8 +1543,86 @@ mod tests {
     }
 
     #[test]
-    fn arrays_volumes_filesystems_and_bootloaders_a_template_cannot_say_are_refused() {
+    fn arrays_and_volume_groups_a_template_cannot_say_are_refused() {
         refused(&[
+            (
+                r#"name="/dev/md0""#,
+                r#"name="md0""#,
+                &[r#"<raid name="md0">"#, "/dev/mdN or /dev/md/NAME"],
+            ),
+            (
+                r#"raid_level="raid1" "#,
+                "",
+                &["<raid>", "needs raid_level"],
+            ),
+            (
+                r#"raid_level="raid1""#,
+                r#"raid_level="raid7""#,
+                &[r#"<raid raid_level="raid7">"#, "not a RAID level"],
+            ),
+            (
+                r#"rounding="""#,
+                r#"rounding="" persistence="no""#,
+                &[r#"<raid persistence="no">"#, "superblock"],
+            ),
+            (
+                r#"chunk_size="""#,
+                r#"chunk_size="100""#,
+                &[r#"<raid chunk_size="100">"#, "power of 2"],
+            ),
+            (
+                r#"raid_devices="2""#,
+                r#"raid_devices="two""#,
+                &[r#"<raid raid_devices="two">"#, "a number of devices"],
+            ),
+            (
+                "  <lvm version=",
+                "<raid><bogus /></raid><lvm version=",
+                &["<bogus>", "holds <raid_disk>s only"],
+            ),
+            (
+                r#"<lvm_group name="vg0" "#,
+                "<lvm_group ",
+                &["<lvm_group>", "needs a name"],
+            ),
+            (
+                r#"<lvm version="2">"#,
+                r#"<lvm version="2"><lv name="x" size="1G" />"#,
+                &["<lv>", "holds <lvm_group>s only"],
+            ),
+            (
+                r#"<lv name="var" size="1G""#,
+                r#"<lv size="1G""#,
+                &["<lv>", "needs a name"],
+            ),
+            (
+                r#"<lv name="var" size="1G""#,
+                r#"<lv name="var" size="1Q""#,
+                &[r#"<lv size="1Q">"#, "unit `q`"],
+            ),
+            (
+                r#"<lv name="log" size="*" />"#,
+                r#"<lv name="log" size="*" /><pv />"#,
+                &["<pv>", "holds <lv>s only"],
+            ),
+            (
+                r#"flavor="grub2""#,
+                r#"flavor="rEFInd""#,
+                &[r#"<bootloader flavor="rEFInd">"#, "GRUB 2 only"],
+            ),
+            (
+                r#"install_type="legacy""#,
+                r#"install_type="uefi""#,
+                &[
+                    r#"<bootloader install_type="uefi">"#,
+                    "legacy (BIOS) or efi",
+                ],
+            ),
+            (
+                r#"<target dev="/dev/sda" />"#,
+                r#"<device dev="/dev/sda" />"#,
+                &["<device>", "holds <target>s only"],
+            ),
             (
                 r#"raid_level="raid1""#,
                 r#"raid_level="linear""#,
@@ -1544,6 +1670,12 @@ mod tests {
                 r#"lv_options="-i 2""#,
                 &[r#"<lv lv_options="-i 2">"#, "no lvcreate options"],
             ),
+        ]);
+    }
+
+    #[test]
+    fn filesystems_and_bootloaders_a_template_cannot_say_are_refused() {
+        refused(&[
             (
                 r#"mp="/data" fs="ext4""#,
                 r#"mp="/data" fs="reiserfs""#,

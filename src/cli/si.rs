@@ -42,7 +42,7 @@ pub fn template_import_si(g: &Global, a: TemplateImportSiArgs) -> anyhow::Result
         (Some(c), _) => c.clone(),
         (None, Some(out)) => store::class_of(out)?,
         (None, None) => match store::class_of(&a.file) {
-            Ok(c) if c.to_string() != "autoinstallscript" => c,
+            Ok(c) if c != "autoinstallscript" => c,
             _ => {
                 return Err(aurum::Error::Invalid(format!(
                     "{}: the file's name says no class: give one with --class NAME",

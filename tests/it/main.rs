@@ -7,6 +7,7 @@ mod adopt;
 mod chroot;
 mod common;
 mod crash;
+mod deb;
 mod delta;
 mod fidelity;
 mod install;

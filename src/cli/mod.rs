@@ -37,7 +37,12 @@ use clap::{Args, Parser, Subcommand};
     name = "aurum",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_long_help = "Configuration: /etc/aurum/aurum.toml (repository, listen, url) on the image \
+server and /etc/aurum/node.toml (server, image, exclude, exclude-file, overrides, hooks, group) \
+on a node; AURUM_CONFIG_DIR names another directory. AURUM_REPO and AURUM_SERVER override the \
+files, flags override both; `aurum config show` prints what is in effect and why.\n\n\
+Exit codes: 0 success, 1 failure, 2 bad input or something missing, 3 damaged data."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -125,10 +125,10 @@ pub struct UpdateclientArgs {
     source: SourceArgs,
     /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id. Default: `image` in
     /// node.toml.
-    #[arg(long)]
+    #[arg(long, value_name = "REV")]
     image: Option<String>,
     /// The node's root.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
     /// Print the itemised plan and the bytes it would fetch; change nothing.
     #[arg(long, short = 'n')]
@@ -165,7 +165,7 @@ pub struct UpdateclientArgs {
     #[arg(long, value_name = "DIR")]
     hooks: Option<PathBuf>,
     /// The node's group, for choosing hooks. Default: `group` in node.toml.
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     group: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
@@ -296,7 +296,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct RollbackArgs {
     /// Go to this revision instead (IMAGE, IMAGE@N, IMAGE:TAG or an id).
-    #[arg(long, conflicts_with = "last_known_good")]
+    #[arg(long, conflicts_with = "last_known_good", value_name = "REV")]
     to: Option<String>,
     /// Go to the node's last-known-good revision.
     #[arg(long)]
@@ -304,7 +304,7 @@ pub struct RollbackArgs {
     #[command(flatten)]
     source: SourceArgs,
     /// The node's root.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
     #[command(flatten)]
     excludes: ExcludeArgs,
@@ -357,7 +357,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct MarkGoodArgs {
     /// The node's root.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
     /// Print JSON: {"last_known_good": {"image", "number", "id", ...}, "revision": "IMAGE@N"}.
     #[arg(long)]
@@ -381,7 +381,7 @@ pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct NodeStatusArgs {
     /// The node's root.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
     /// Print JSON.
     #[arg(long)]

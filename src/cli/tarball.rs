@@ -166,7 +166,7 @@ fn without_temp_name(dir: &std::path::Path, e: std::io::Error) -> std::io::Error
 #[derive(Args)]
 pub struct ImportArgs {
     /// The image to add the revision to (created when new).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     image: String,
     /// A note kept with the revision.
     #[arg(short, long, default_value = "")]

@@ -80,6 +80,9 @@ pub struct PrepareclientArgs {
     /// Write the template here instead of standard output (its name is the class).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// With --output, print JSON: {"disk", "file", "class"}.
+    #[arg(long, requires = "output")]
+    json: bool,
 }
 
 /// The disk holding the root filesystem (`/dev/sda` for `/dev/sda2`).
@@ -122,6 +125,13 @@ pub fn prepareclient(_: &Global, a: PrepareclientArgs) -> anyhow::Result<()> {
                 path: out.clone(),
                 source: e,
             })?;
+            if a.json {
+                return print_json(&serde_json::json!({
+                    "disk": disk.display().to_string(),
+                    "file": out.display().to_string(),
+                    "class": class,
+                }));
+            }
             eprintln!(
                 "wrote the layout of {} to {} (class {class}); add it with `aurum template import {}`",
                 disk.display(),
@@ -160,16 +170,16 @@ pub struct InstallArgs {
     #[command(flatten)]
     http: super::HttpArgs,
     /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id.
-    #[arg(long)]
+    #[arg(long, value_name = "REV")]
     image: String,
     /// The hardware class, or `auto` to pick it from this machine's facts.
     #[arg(long, default_value = "auto")]
     class: String,
     /// The node's hostname (written to /etc/hostname; picks hostname hooks and overrides).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
     /// The node's group (picks group hooks and overrides).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     group: Option<String>,
     /// Hooks directory (pre-install/, post-install/...). Default: the repository's `hooks`
     /// image when it has one, else the hooks shipped with aurum.

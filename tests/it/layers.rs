@@ -1,7 +1,7 @@
 //! The architecture's one rule, checked from the code: no module of `src/` imports from a
 //! higher layer. The layers, bottom up (book/src/design.md, "Layers and folder map"):
 //!
-//! 0. base: `error`, `sys`, `progress`, `excludes`, `devices`, `facts`, `name`
+//! 0. base: `error`, `sys`, `progress`, `excludes`, `devices`, `facts`, `name`, `config`
 //! 1. `format`: every byte layout
 //! 2. `store`: packs, blobs, chunking, `BlobSource`
 //! 3. `repo`, `catalog`: a repository and its catalog (publish, gc, verify, diff, delta; nodes)
@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("devices", 0),
     ("facts", 0),
     ("name", 0),
+    ("config", 0),
     ("format", 1),
     ("store", 2),
     ("repo", 3),

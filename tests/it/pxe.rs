@@ -279,7 +279,7 @@ fn serve_gives_per_node_scripts_and_a_done_report_switches_to_local_boot() {
     env.ok(&[
         "pxe",
         "tftp",
-        "--root",
+        "--tftp-root",
         tftp.to_str().unwrap(),
         "--server",
         &base,
@@ -750,7 +750,7 @@ fn pxe_install(net: Net, uefi: bool) {
             env.ok(&[
                 "pxe",
                 "tftp",
-                "--root",
+                "--tftp-root",
                 tftp.to_str().unwrap(),
                 "--server",
                 &format!("http://10.0.2.2:{port}"),
@@ -768,7 +768,7 @@ fn pxe_install(net: Net, uefi: bool) {
             env.ok(&[
                 "pxe",
                 "tftp",
-                "--root",
+                "--tftp-root",
                 tftp.to_str().unwrap(),
                 "--server",
                 &server,

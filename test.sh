@@ -97,6 +97,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cargo build --locked --all-targets
+# The Debian package test (tests/it/deb.rs) packages the release binary with cargo-deb.
+cargo build --locked --release
+command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb
 if [ "$(id -u)" -eq 0 ]; then
   # The benchmark harness's smoke mode: a tiny tree through every aurum command it times,
   # each result checked with rsync -c (the full bench is bench/run, not run in CI).

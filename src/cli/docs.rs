@@ -29,6 +29,10 @@ pub fn completions(_: &Global, a: CompletionsArgs) -> anyhow::Result<()> {
     match &a.dir {
         None => clap_complete::generate(a.shell, &mut cmd, "aurum", &mut std::io::stdout()),
         Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| aurum::Error::Io {
+                path: dir.clone(),
+                source: e,
+            })?;
             let path = clap_complete::generate_to(a.shell, &mut cmd, "aurum", dir).map_err(|e| {
                 aurum::Error::Io {
                     path: dir.clone(),

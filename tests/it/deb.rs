@@ -116,7 +116,10 @@ fn the_deb_installs_into_a_debian_root_with_man_pages_completions_and_disabled_u
 
     // The units verify against the root they were installed into (ExecStart, man pages named
     // in Documentation=, targets), and nothing is enabled by the install.
+    // (Documentation= is checked by running the machine's own `man`: MANPATH points it at the
+    // root's pages.)
     let out = Command::new("systemd-analyze")
+        .env("MANPATH", root.join("usr/share/man"))
         .arg(format!("--root={}", root.display()))
         .arg("verify")
         .args(UNITS)

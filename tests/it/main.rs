@@ -9,6 +9,7 @@ mod common;
 mod crash;
 mod deb;
 mod delta;
+mod fleet;
 mod fidelity;
 mod install;
 mod layers;

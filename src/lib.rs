@@ -24,7 +24,8 @@
 //!    sources, overrides and hooks).
 //! 6. [`template`] (partition templates per hardware class), [`install`] (a bare node's disks
 //!    from its template, then a revision onto them), [`netboot`] (PXE configuration and the
-//!    boot kit) and [`serve`] (the HTTP server nodes fetch from).
+//!    boot kit), [`serve`] (the HTTP server nodes fetch from) and [`fleet`] (node sets, and
+//!    commands and copies on many nodes over ssh).
 //! 7. the binary's `cli/`: one file per group of commands.
 
 pub mod apply;
@@ -35,6 +36,7 @@ pub mod devices;
 pub mod error;
 pub mod excludes;
 pub mod facts;
+pub mod fleet;
 pub mod format;
 pub mod install;
 pub mod name;

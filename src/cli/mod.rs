@@ -7,6 +7,7 @@ mod checkout;
 mod chroot;
 mod config;
 mod docs;
+mod fleet;
 mod getimage;
 mod images;
 mod init;
@@ -195,6 +196,8 @@ pub enum Command {
     MarkGood(node::MarkGoodArgs),
     NodeStatus(node::NodeStatusArgs),
     Node(nodedb::NodeArgs),
+    Exec(fleet::ExecArgs),
+    Copy(fleet::CopyArgs),
     Pxe(pxe::PxeArgs),
     Bootkit(bootkit::BootkitArgs),
     Template(template::TemplateArgs),
@@ -240,6 +243,8 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::MarkGood(a) => node::mark_good(g, a),
         Command::NodeStatus(a) => node::node_status(g, a),
         Command::Node(a) => nodedb::exec(g, a),
+        Command::Exec(a) => fleet::exec(g, a),
+        Command::Copy(a) => fleet::copy(g, a),
         Command::Pxe(a) => pxe::exec(g, a),
         Command::Bootkit(a) => bootkit::exec(g, a),
         Command::Template(a) => template::exec(g, a),

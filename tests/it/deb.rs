@@ -10,7 +10,11 @@ use std::process::Command;
 
 use crate::common::{can_run, have, is_root, sh};
 
-const UNITS: [&str; 3] = ["aurum.service", "aurum-update.service", "aurum-update.timer"];
+const UNITS: [&str; 3] = [
+    "aurum.service",
+    "aurum-update.service",
+    "aurum-update.timer",
+];
 
 /// The release binary the package is made from, when it is there and not older than the debug
 /// binary this test run was built with (a stale one would package yesterday's program).
@@ -65,7 +69,10 @@ fn build_deb(release: &Path, out: &Path) -> PathBuf {
 fn the_deb_installs_into_a_debian_root_with_man_pages_completions_and_disabled_units() {
     let release = release_binary();
     if !can_run(is_root(), "root (chroot, dpkg into a Debian root)")
-        || !can_run(have("cargo-deb"), "cargo-deb (cargo install cargo-deb; test.sh does)")
+        || !can_run(
+            have("cargo-deb"),
+            "cargo-deb (cargo install cargo-deb; test.sh does)",
+        )
         || !can_run(have("systemd-analyze"), "systemd-analyze (systemd)")
         || !can_run(
             release.is_some(),
@@ -90,7 +97,10 @@ fn the_deb_installs_into_a_debian_root_with_man_pages_completions_and_disabled_u
         "./usr/lib/systemd/system/aurum.service",
         "./usr/lib/systemd/system/aurum-update.timer",
     ] {
-        assert!(listing.contains(want), "{want} is not in the package:\n{listing}");
+        assert!(
+            listing.contains(want),
+            "{want} is not in the package:\n{listing}"
+        );
     }
 
     // A scratch copy of the cached Debian root, the package installed into it with its own dpkg.
@@ -107,11 +117,15 @@ fn the_deb_installs_into_a_debian_root_with_man_pages_completions_and_disabled_u
     };
     chroot(&["dpkg", "-i", "/tmp/aurum.deb"]);
     let version = chroot(&["aurum", "--version"]);
-    assert_eq!(version.trim(), format!("aurum {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version.trim(),
+        format!("aurum {}", env!("CARGO_PKG_VERSION"))
+    );
     assert!(chroot(&["man", "--where", "aurum-updateclient"]).contains("aurum-updateclient.1"));
     sh(&format!(
         "bash -n '{}'",
-        root.join("usr/share/bash-completion/completions/aurum").display()
+        root.join("usr/share/bash-completion/completions/aurum")
+            .display()
     ));
 
     // The units verify against the root they were installed into (ExecStart, man pages named
@@ -136,7 +150,11 @@ fn the_deb_installs_into_a_debian_root_with_man_pages_completions_and_disabled_u
             .args(["systemctl", "is-enabled", unit])
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "disabled", "{unit}");
+        assert_eq!(
+            String::from_utf8_lossy(&state.stdout).trim(),
+            "disabled",
+            "{unit}"
+        );
     }
 
     // And it goes away cleanly.

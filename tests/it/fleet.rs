@@ -48,7 +48,10 @@ impl Fleet {
         };
         let mut fleet = fleet;
         fleet.master = value("FLEET_MASTER");
-        fleet.nodes = value("FLEET_NODES").split(' ').map(str::to_string).collect();
+        fleet.nodes = value("FLEET_NODES")
+            .split(' ')
+            .map(str::to_string)
+            .collect();
         fleet
     }
 
@@ -80,6 +83,28 @@ impl Fleet {
             .unwrap()
     }
 
+    /// Runs `cmd` in the master's namespace to its end.
+    pub fn on_master(&self, cmd: &[&str]) -> std::process::Output {
+        self.rig("master").args(cmd).output().unwrap()
+    }
+
+    /// The ssh command line, for `--ssh`, that reaches the nodes from the master.
+    pub fn ssh_command(&self) -> String {
+        format!(
+            "ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            self.state.join("id_ed25519").display()
+        )
+    }
+
+    /// A node's address.
+    pub fn address(&self, node: &str) -> String {
+        let net = self.master.rsplit_once('.').unwrap().0;
+        format!(
+            "{net}.{}",
+            node.trim_start_matches('n').parse::<u32>().unwrap()
+        )
+    }
+
     /// Waits until something listens on the master's `port`.
     pub fn wait_port(&self, port: u16) {
         let probe = format!("exec 3<>/dev/tcp/{}/{port}", self.master);
@@ -96,7 +121,10 @@ impl Fleet {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        panic!("nothing listens on {}:{port} in the master namespace", self.master);
+        panic!(
+            "nothing listens on {}:{port} in the master namespace",
+            self.master
+        );
     }
 
     /// A node's root file system, seen from the host.
@@ -177,12 +205,228 @@ fn fleet_nodes_are_separate_machines_that_update_from_the_master() {
     // And the master's report list names each node by the hostname it reported.
     let nodes = env.ok(&["nodes", "--json"]);
     for node in &fleet.nodes {
-        assert!(nodes.contains(&format!("\"{node}\"")), "{node} not in {nodes}");
+        assert!(
+            nodes.contains(&format!("\"{node}\"")),
+            "{node} not in {nodes}"
+        );
     }
     serve.kill().unwrap();
     serve.wait().unwrap();
     let state = fleet.state.clone();
     drop(fleet);
     assert!(!state.exists(), "fleet down left {}", state.display());
-    assert!(!sh("mount").contains(state.to_str().unwrap()), "fleet down left mounts");
+    assert!(
+        !sh("mount").contains(state.to_str().unwrap()),
+        "fleet down left mounts"
+    );
+}
+
+/// `aurum exec` and `copy` on the fleet: node sets with the node database's groups and
+/// addresses, folded output, an exit status that counts failures, per-node timeouts, nodes
+/// that cannot be reached, relays (--tree), and copies that keep owners and modes.
+#[test]
+fn exec_and_copy_fan_out_fold_and_count_failures() {
+    if !fleet_can_run() {
+        return;
+    }
+    let env = Env::new();
+    let fleet = Fleet::up(env.dir.path(), 4);
+    for (i, node) in fleet.nodes.iter().enumerate() {
+        let group = if i < 2 { "rack1" } else { "rack2" };
+        env.ok(&[
+            "node",
+            "add",
+            node,
+            "--mac",
+            &format!("52:54:00:00:00:0{}", i + 1),
+            "--ip",
+            &fleet.address(node),
+            "--group",
+            group,
+        ]);
+    }
+    // n05 is in the database at an address nobody answers on.
+    env.ok(&[
+        "node",
+        "add",
+        "n05",
+        "--mac",
+        "52:54:00:00:00:05",
+        "--ip",
+        &fleet.address("n99"),
+    ]);
+    std::fs::write(fleet.root("n03").join("etc/debian_version"), "12.0\n").unwrap();
+    let ssh = fleet.ssh_command();
+    let repo = env.repo();
+    let aurum = |args: &[&str]| {
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-progress",
+        ];
+        cmd.extend_from_slice(args);
+        fleet.on_master(&cmd)
+    };
+
+    let out = aurum(&[
+        "exec",
+        "@all!n05",
+        "--ssh",
+        &ssh,
+        "--",
+        "cat",
+        "/etc/debian_version",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = std::fs::read_to_string(fleet.root("n01").join("etc/debian_version")).unwrap();
+    assert_eq!(
+        stdout,
+        format!("---------------\nn[01-02,04] (3)\n---------------\n{version}---------------\nn03\n---------------\n12.0\n")
+    );
+
+    // One node fails, one times out, one cannot be reached: the exit status is 3, each is
+    // named, and --json says which is which.
+    let script = "case $(hostname) in n02) exit 7;; n04) sleep 30;; esac; echo fine";
+    let started = std::time::Instant::now();
+    let out = aurum(&[
+        "exec",
+        "@all",
+        "--ssh",
+        &ssh,
+        "--timeout",
+        "3",
+        "--connect-timeout",
+        "2",
+        "--json",
+        "--",
+        script,
+    ]);
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "the timeout did not cut n04 short"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = crate::common::json(&String::from_utf8_lossy(&out.stdout));
+    let status = |node: &str| {
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == node)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status("n01"), "ok");
+    assert_eq!(status("n02"), "failed");
+    assert_eq!(status("n04"), "timeout");
+    assert_eq!(status("n05"), "unreachable");
+    assert_eq!(report["ok"], 2);
+    let out = aurum(&["exec", "n0[1-2]", "--ssh", &ssh, "--", script]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("aurum: n02: exit status 7"));
+
+    // Through a relay: n01 reaches n[02-04] itself (with its own key) and reports back.
+    std::fs::copy(
+        fleet.state.join("id_ed25519"),
+        fleet.root("n01").join("root/.ssh/id_ed25519"),
+    )
+    .unwrap();
+    let relay_ssh =
+        "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
+    let out = aurum(&[
+        "exec",
+        "n0[2-4]",
+        "--ssh",
+        &ssh,
+        "--tree",
+        "n01",
+        "--relay-ssh",
+        relay_ssh,
+        "--json",
+        "--",
+        "hostname",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = crate::common::json(&String::from_utf8_lossy(&out.stdout));
+    let said: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["stdout"].as_str().unwrap().trim())
+        .collect();
+    assert_eq!(said, ["n02", "n03", "n04"]);
+
+    // A copy keeps owners and modes, into a directory made on the way.
+    let src = env.path("conf");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/slurm.conf"), "ClusterName=test\n").unwrap();
+    sh(&format!(
+        "chown -R 1234:4321 '{0}' && chmod 0640 '{0}/sub/slurm.conf'",
+        src.display()
+    ));
+    let out = aurum(&[
+        "copy",
+        "@rack2",
+        src.to_str().unwrap(),
+        "/etc/new/place",
+        "--ssh",
+        &ssh,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in ["n03", "n04"] {
+        let f = fleet.root(node).join("etc/new/place/conf/sub/slurm.conf");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "ClusterName=test\n");
+        let st = sh(&format!("stat -c '%u:%g %a' '{}'", f.display()));
+        assert_eq!(st.trim(), "1234:4321 640");
+    }
+    assert!(!fleet.root("n01").join("etc/new").exists());
+    // And through the relay, which unpacks the archive it is sent and copies on.
+    let out = aurum(&[
+        "copy",
+        "n0[2-3]",
+        src.to_str().unwrap(),
+        "/opt/relayed",
+        "--ssh",
+        &ssh,
+        "--tree",
+        "n01",
+        "--relay-ssh",
+        relay_ssh,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in ["n02", "n03"] {
+        let f = fleet.root(node).join("opt/relayed/conf/sub/slurm.conf");
+        let st = sh(&format!("stat -c '%u:%g %a' '{}'", f.display()));
+        assert_eq!(st.trim(), "1234:4321 640", "{node}");
+    }
+
+    // A node set that names a group nobody is in says which groups there are.
+    let out = aurum(&["exec", "@rack9", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the groups are rack1, rack2"));
 }

@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("install", 5),
     ("netboot", 5),
     ("serve", 5),
+    ("fleet", 5),
     ("cli", 6),
     ("main", 6),
     ("lib", 6),

@@ -41,6 +41,12 @@ want fallocate util-linux
 want mkswap util-linux
 want chroot coreutils
 want busybox busybox-static
+# Conventions (tests/it/conventions.rs): the generated completions load in zsh and fish, and
+# man renders every generated page.
+want zsh zsh
+want fish fish
+want man man-db
+want groff groff-base
 # The PXE end-to-end test (tests/it/pxe.rs): dnsmasq checks the generated config, cpio and kmod
 # build the boot kit, iPXE ROMs boot QEMU's NIC, OVMF is its UEFI firmware, ip and unshare make
 # the network namespace of the dnsmasq route.

@@ -19,7 +19,8 @@ pub struct CompletionsArgs {
     #[arg(value_enum)]
     shell: Shell,
     /// Write the script into DIR under the name the shell looks for (aurum.bash, _aurum,
-    /// aurum.fish, aurum.elv, _aurum.ps1) instead of printing it; the path is printed.
+    /// aurum.fish, aurum.elv, _aurum.ps1) instead of printing it (DIR is created when
+    /// missing); the path is printed.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
 }
@@ -29,6 +30,10 @@ pub fn completions(_: &Global, a: CompletionsArgs) -> anyhow::Result<()> {
     match &a.dir {
         None => clap_complete::generate(a.shell, &mut cmd, "aurum", &mut std::io::stdout()),
         Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| aurum::Error::Io {
+                path: dir.clone(),
+                source: e,
+            })?;
             let path = clap_complete::generate_to(a.shell, &mut cmd, "aurum", dir).map_err(|e| {
                 aurum::Error::Io {
                     path: dir.clone(),

@@ -184,13 +184,19 @@ impl Config {
     }
 
     /// aurum.toml's value of a setting, with its path for [`pick`].
-    pub fn server_value<'a, T>(&'a self, get: impl Fn(&'a ServerFile) -> Option<T>) -> Option<(T, &'a Path)> {
+    pub fn server_value<'a, T>(
+        &'a self,
+        get: impl Fn(&'a ServerFile) -> Option<T>,
+    ) -> Option<(T, &'a Path)> {
         let path = self.server_path.as_deref()?;
         get(&self.server).map(|v| (v, path))
     }
 
     /// node.toml's value of a setting, with its path for [`pick`].
-    pub fn node_value<'a, T>(&'a self, get: impl Fn(&'a NodeFile) -> Option<T>) -> Option<(T, &'a Path)> {
+    pub fn node_value<'a, T>(
+        &'a self,
+        get: impl Fn(&'a NodeFile) -> Option<T>,
+    ) -> Option<(T, &'a Path)> {
         let path = self.node_path.as_deref()?;
         get(&self.node).map(|v| (v, path))
     }
@@ -307,7 +313,9 @@ mod tests {
     fn unknown_keys_are_refused_with_the_file_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(NODE_FILE), "sever = \"http://a\"\n").unwrap();
-        let e = Config::load_from(dir.path(), Origin::Default).unwrap_err().to_string();
+        let e = Config::load_from(dir.path(), Origin::Default)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node.toml") && e.contains("sever"), "{e}");
     }
 }

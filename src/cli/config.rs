@@ -43,10 +43,7 @@ struct Row {
 fn row<T: Serialize>(key: &'static str, s: Setting<T>) -> Row {
     Row {
         key,
-        setting: Setting::new(
-            serde_json::to_value(&s.value).unwrap_or_default(),
-            s.origin,
-        ),
+        setting: Setting::new(serde_json::to_value(&s.value).unwrap_or_default(), s.origin),
     }
 }
 
@@ -56,9 +53,21 @@ fn node_lists(c: &Config, rows: &mut Vec<Row>) {
     let file = |v: serde_json::Value| Setting::new(v, Origin::File(path.clone()));
     let n = &c.node;
     let lists: [(&'static str, serde_json::Value, bool); 5] = [
-        ("exclude", serde_json::json!(n.exclude), n.exclude.is_empty()),
-        ("exclude-file", serde_json::json!(n.exclude_file), n.exclude_file.is_empty()),
-        ("overrides", serde_json::json!(n.overrides), n.overrides.is_empty()),
+        (
+            "exclude",
+            serde_json::json!(n.exclude),
+            n.exclude.is_empty(),
+        ),
+        (
+            "exclude-file",
+            serde_json::json!(n.exclude_file),
+            n.exclude_file.is_empty(),
+        ),
+        (
+            "overrides",
+            serde_json::json!(n.overrides),
+            n.overrides.is_empty(),
+        ),
         ("hooks", serde_json::json!(n.hooks), n.hooks.is_none()),
         ("group", serde_json::json!(n.group), n.group.is_none()),
     ];
@@ -78,7 +87,10 @@ pub fn exec(g: &Global, a: ConfigArgs) -> anyhow::Result<()> {
     let mut rows = vec![
         row(
             "config-dir",
-            Setting::new(c.dir.clone(), c.dir_origin.clone().unwrap_or(Origin::Default)),
+            Setting::new(
+                c.dir.clone(),
+                c.dir_origin.clone().unwrap_or(Origin::Default),
+            ),
         ),
         row("repository", g.repo_setting()),
         row("listen", c.listen(None)),
@@ -100,7 +112,12 @@ pub fn exec(g: &Global, a: ConfigArgs) -> anyhow::Result<()> {
     if a.json {
         let settings: serde_json::Map<String, serde_json::Value> = rows
             .iter()
-            .map(|r| (r.key.to_string(), serde_json::to_value(&r.setting).unwrap_or_default()))
+            .map(|r| {
+                (
+                    r.key.to_string(),
+                    serde_json::to_value(&r.setting).unwrap_or_default(),
+                )
+            })
             .collect();
         return print_json(&serde_json::json!({ "settings": settings, "files": files }));
     }

@@ -34,12 +34,13 @@ pub fn completions(_: &Global, a: CompletionsArgs) -> anyhow::Result<()> {
                 path: dir.clone(),
                 source: e,
             })?;
-            let path = clap_complete::generate_to(a.shell, &mut cmd, "aurum", dir).map_err(|e| {
-                aurum::Error::Io {
-                    path: dir.clone(),
-                    source: e,
-                }
-            })?;
+            let path =
+                clap_complete::generate_to(a.shell, &mut cmd, "aurum", dir).map_err(|e| {
+                    aurum::Error::Io {
+                        path: dir.clone(),
+                        source: e,
+                    }
+                })?;
             println!("{}", path.display());
         }
     }

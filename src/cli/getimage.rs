@@ -9,7 +9,6 @@ use clap::Args;
 
 use super::{human_bytes, open, Global};
 
-
 /// Capture a golden client into a new revision of an image.
 ///
 /// SOURCE is a directory on this machine (a mounted root or a chroot) or
@@ -185,12 +184,14 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
         v["seconds"] = r.elapsed.as_secs_f64().into();
         v["warnings"] = serde_json::json!(r.warnings);
         v["adopted_packs"] = r.adopted_packs.into();
-        v["deltas"] = deltas.as_ref().map_or(serde_json::Value::Null, |(from, p, _)| {
-            serde_json::json!({
-                "from": from.hex(), "deltas": p.deltas, "delta_bytes": p.delta_bytes,
-                "target_bytes": p.target_bytes, "left": p.left,
-            })
-        });
+        v["deltas"] = deltas
+            .as_ref()
+            .map_or(serde_json::Value::Null, |(from, p, _)| {
+                serde_json::json!({
+                    "from": from.hex(), "deltas": p.deltas, "delta_bytes": p.delta_bytes,
+                    "target_bytes": p.target_bytes, "left": p.left,
+                })
+            });
         return super::print_json(&v);
     }
     for w in &r.warnings {

@@ -54,12 +54,13 @@ impl SourceArgs {
         for (i, url) in servers.value.iter().enumerate() {
             let last_one = i + 1 == count;
             // Making the client reads the server's FORMAT: it fails on a server that is down.
-            let probe = HttpRepo::new(url, cache.as_deref(), &self.http.options()).and_then(|h| {
-                match spec {
-                    Some(spec) if !last_one => h.resolve(spec).map(|_| h),
-                    _ => Ok(h),
-                }
-            });
+            let probe =
+                HttpRepo::new(url, cache.as_deref(), &self.http.options()).and_then(
+                    |h| match spec {
+                        Some(spec) if !last_one => h.resolve(spec).map(|_| h),
+                        _ => Ok(h),
+                    },
+                );
             match probe {
                 Ok(http) => return Ok(Some(Box::new(http))),
                 Err(e) if last_one => return Err(e.into()),

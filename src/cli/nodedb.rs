@@ -269,11 +269,7 @@ fn set(g: &Global, a: SetArgs) -> anyhow::Result<()> {
     let class = a.fields.class.as_ref().filter(|c| !c.is_empty()).cloned();
     let image = a.fields.image.as_ref().filter(|i| !i.is_empty()).cloned();
     a.fields.apply(&mut n)?;
-    repo.check_node_fields(
-        &n.name,
-        class.and(n.class.as_ref()),
-        image.as_deref(),
-    )?;
+    repo.check_node_fields(&n.name, class.and(n.class.as_ref()), image.as_deref())?;
     repo.catalog.update_node(&n)?;
     if a.json {
         return print_json(&n);

@@ -494,7 +494,9 @@ fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
     if a.json {
         let v: Vec<_> = done
             .iter()
-            .map(|(class, v, new)| serde_json::json!({"class": class, "version": v, "changed": new}))
+            .map(
+                |(class, v, new)| serde_json::json!({"class": class, "version": v, "changed": new}),
+            )
             .collect();
         return print_json(&v);
     }

@@ -94,7 +94,12 @@ impl Repository {
         }
         Ok(ImageRemoval {
             image: name.to_string(),
-            revisions: self.catalog.revisions(name)?.iter().map(|r| r.number).collect(),
+            revisions: self
+                .catalog
+                .revisions(name)?
+                .iter()
+                .map(|r| r.number)
+                .collect(),
             tags: tags.into_iter().map(|(t, _)| t).collect(),
         })
     }

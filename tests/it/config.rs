@@ -284,3 +284,49 @@ fn node_add_checks_class_image_and_mac() {
         1
     );
 }
+
+/// aurum.toml's `listen` is where `serve` listens and its `url` what the PXE files point
+/// nodes at, with no flag; without `url`, pxe says how to give it.
+#[test]
+fn aurum_toml_gives_serve_and_pxe_their_defaults() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    let tftp = env.path("tftp");
+    let err = env.fails(&["pxe", "tftp", "--tftp-root", tftp.to_str().unwrap()], 2);
+    assert!(
+        err.contains("--server URL") && err.contains("aurum.toml"),
+        "{err}"
+    );
+    write(
+        &env,
+        "aurum.toml",
+        &format!(
+            "repository = \"{}\"\nlisten = \"127.0.0.1:0\"\nurl = \"http://10.9.8.7:8035\"\n",
+            env.repo().display()
+        ),
+    );
+    let mut child = env
+        .bare(&["serve"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.contains(&format!(
+            "serving {} on http://127.0.0.1:",
+            env.repo().display()
+        )),
+        "{first}"
+    );
+    let (ok, _, err) =
+        output(&mut env.bare(&["pxe", "tftp", "--tftp-root", tftp.to_str().unwrap()]));
+    assert!(ok, "{err}");
+    let boot = std::fs::read_to_string(tftp.join("boot.ipxe")).unwrap();
+    assert!(boot.contains("http://10.9.8.7:8035"), "{boot}");
+}

@@ -63,6 +63,11 @@ fn completions_load_in_every_shell_and_complete_commands_and_flags() {
         let printed = env.ok(&["completions", shell, "--dir", dir.to_str().unwrap()]);
         assert_eq!(printed.trim(), dir.join(file).display().to_string());
     }
+    // The acceptance check of issue #15, as written there.
+    sh(&format!(
+        "{} completions bash | bash -n",
+        env!("CARGO_BIN_EXE_aurum")
+    ));
     let bash = dir.join("aurum.bash");
     sh(&format!("bash -n {}", bash.display()));
     // Loaded into a bash, it completes a command name and a subcommand's flag.

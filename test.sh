@@ -44,6 +44,12 @@ want busybox busybox-static
 # Scratch Debian roots (tests/rig/debian-root): the .deb install test.
 want debootstrap debootstrap
 want dpkg-deb dpkg
+# Conventions (tests/it/conventions.rs): the generated completions load in zsh and fish, and
+# man renders every generated page.
+want zsh zsh
+want fish fish
+want man man-db
+want groff groff-base
 # The PXE end-to-end test (tests/it/pxe.rs): dnsmasq checks the generated config, cpio and kmod
 # build the boot kit, iPXE ROMs boot QEMU's NIC, OVMF is its UEFI firmware, ip and unshare make
 # the network namespace of the dnsmasq route.

@@ -124,9 +124,14 @@ pub fn exec(g: &Global, a: ConfigArgs) -> anyhow::Result<()> {
     for r in &rows {
         let v = match &r.setting.value {
             serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(", "),
             other => other.to_string(),
         };
-        println!("{:<13} {:<40} ({})", r.key, v, r.setting.origin);
+        println!("{:<12} {v}  ({})", r.key, r.setting.origin);
     }
     if files.is_empty() {
         super::say!(

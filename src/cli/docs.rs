@@ -19,7 +19,8 @@ pub struct CompletionsArgs {
     #[arg(value_enum)]
     shell: Shell,
     /// Write the script into DIR under the name the shell looks for (aurum.bash, _aurum,
-    /// aurum.fish, aurum.elv, _aurum.ps1) instead of printing it; the path is printed.
+    /// aurum.fish, aurum.elv, _aurum.ps1) instead of printing it (DIR is created when
+    /// missing); the path is printed.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
 }

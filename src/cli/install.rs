@@ -163,8 +163,8 @@ pub struct InstallArgs {
     /// `auto`: this machine's first disk that is not removable (for the boot kit).
     #[arg(long, required = true, value_name = "DEV|FILE|auto")]
     disk: Vec<PathBuf>,
-    /// The image server (`aurum serve` or any copy of the repository over HTTP). Without it,
-    /// the repository directory --repo is read.
+    /// The image server (`aurum serve` or any copy of the repository over HTTP). Default:
+    /// $AURUM_SERVER; without either, the repository directory --repo is read.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     #[command(flatten)]
@@ -198,7 +198,7 @@ pub struct InstallArgs {
     json: bool,
     /// Also send each phase to the --server as node --hostname's install progress
     /// (`aurum nodes`, `aurum node show`); success switches the node to local boot.
-    #[arg(long, requires_all = ["server", "hostname"])]
+    #[arg(long, requires = "hostname")]
     report: bool,
 }
 
@@ -236,7 +236,18 @@ impl Reporter for Terminal {
     }
 }
 
-pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
+pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
+    // --server, else AURUM_SERVER; node.toml is a running node's, not an installer's.
+    a.server = a
+        .server
+        .or_else(|| aurum::config::env_var(aurum::config::SERVER_ENV));
+    if a.report && a.server.is_none() {
+        return Err(aurum::Error::Invalid(
+            "--report sends the phases to the image server: give --server URL (or AURUM_SERVER)"
+                .into(),
+        )
+        .into());
+    }
     let class = (a.class != "auto")
         .then(|| ClassName::new(a.class.as_str()))
         .transpose()?;

@@ -214,7 +214,10 @@ pub enum Command {
 /// Runs the chosen command.
 pub fn run(mut cli: Cli) -> anyhow::Result<()> {
     QUIET.store(cli.global.quiet, std::sync::atomic::Ordering::Relaxed);
-    cli.global.configure()?;
+    // The agent runs on a golden client for a capture: its /etc/aurum is not ours to read.
+    if !matches!(cli.command, Command::Agent(_)) {
+        cli.global.configure()?;
+    }
     let g = &cli.global;
     match cli.command {
         Command::Init(a) => init::exec(g, a),

@@ -51,25 +51,29 @@ impl SourceArgs {
             });
         };
         let count = servers.value.len();
-        let mut last = None;
         for (i, url) in servers.value.iter().enumerate() {
-            let http = HttpRepo::new(url, cache.as_deref(), &self.http.options())?;
-            let probe = match spec {
-                Some(spec) if i + 1 < count => http.resolve(spec).map(drop),
-                _ => Ok(()),
-            };
+            let last_one = i + 1 == count;
+            // Making the client reads the server's FORMAT: it fails on a server that is down.
+            let probe =
+                HttpRepo::new(url, cache.as_deref(), &self.http.options()).and_then(
+                    |h| match spec {
+                        Some(spec) if !last_one => h.resolve(spec).map(|_| h),
+                        _ => Ok(h),
+                    },
+                );
             match probe {
-                Ok(()) => return Ok(Some(Box::new(http))),
+                Ok(http) => return Ok(Some(Box::new(http))),
+                Err(e) if last_one => return Err(e.into()),
                 Err(e) => {
                     super::warning(format!(
                         "server {url} ({}): {e:#}; trying the next",
                         servers.origin
                     ));
-                    last = Some(e);
                 }
             }
         }
-        Err(last.map_or_else(|| anyhow::anyhow!("no server given"), Into::into))
+        // An empty list (`server = []`) names no server.
+        Ok(None)
     }
 }
 
@@ -359,7 +363,8 @@ pub struct MarkGoodArgs {
     /// The node's root.
     #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
-    /// Print JSON: {"last_known_good": {"image", "number", "id", ...}, "revision": "IMAGE@N"}.
+    /// Print JSON: {"revision": "IMAGE@N", "id", "last_known_good": {"image", "number", "id",
+    /// "overrides"}}.
     #[arg(long)]
     json: bool,
 }
@@ -369,8 +374,12 @@ pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
     let node = Node::open_deferred(&a.root)?;
     let current = client::mark_good(&node)?;
     if a.json {
+        let revision = match (&current.image, current.number) {
+            (Some(i), Some(n)) => format!("{i}@{n}"),
+            _ => current.id.clone(),
+        };
         return print_json(
-            &serde_json::json!({"last_known_good": current, "revision": current.name()}),
+            &serde_json::json!({"last_known_good": current, "revision": revision, "id": current.id}),
         );
     }
     println!("last-known-good: {}", current.name());

@@ -125,10 +125,10 @@ struct SetArgs {
     json: bool,
 }
 
-/// Remove a node from the database.
+/// Remove nodes from the database, all or none.
 #[derive(Args)]
 struct RmArgs {
-    /// Node name(s).
+    /// Node name(s) or MAC(s).
     #[arg(required = true)]
     names: Vec<String>,
     /// Say which nodes would be removed; change nothing.
@@ -280,21 +280,23 @@ fn set(g: &Global, a: SetArgs) -> anyhow::Result<()> {
 
 fn rm(g: &Global, a: RmArgs) -> anyhow::Result<()> {
     let mut repo = Repository::open(&g.repo, Lock::Shared)?;
-    // All or none: every name is looked up before any is removed.
-    for name in &a.names {
-        repo.catalog.inventory_get(name)?;
-    }
+    // All or none: every node is looked up (by name or MAC) before any is removed.
+    let names = a
+        .names
+        .iter()
+        .map(|n| repo.catalog.inventory_get(n).map(|e| e.name))
+        .collect::<Result<Vec<String>, _>>()?;
     if !a.dry_run {
-        for name in &a.names {
+        for name in &names {
             if !repo.catalog.remove_node(name)? {
                 return Err(aurum::Error::NotFound(format!("no node {name}")).into());
             }
         }
     }
     if a.json {
-        return print_json(&serde_json::json!({ "removed": a.names, "dry_run": a.dry_run }));
+        return print_json(&serde_json::json!({ "removed": names, "dry_run": a.dry_run }));
     }
-    for name in &a.names {
+    for name in &names {
         match a.dry_run {
             true => println!("would remove node {name}"),
             false => println!("removed node {name}"),

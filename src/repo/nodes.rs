@@ -33,9 +33,10 @@ impl Repository {
         }
         if let Some(spec) = image {
             self.resolve(spec).map_err(|e| match e {
-                Error::NotFound(m) | Error::Invalid(m) => Error::NotFound(format!(
-                    "node {node}: --image {spec}: {m}; capture the image first (`aurum getimage`), or give a revision that exists"
-                )),
+                // resolve's message already says where to look (`aurum lsimage`, `aurum log`).
+                Error::NotFound(m) | Error::Invalid(m) => {
+                    Error::NotFound(format!("node {node}: --image {spec}: {m}"))
+                }
                 other => other,
             })?;
         }

@@ -6,6 +6,8 @@
 mod adopt;
 mod chroot;
 mod common;
+mod config;
+mod conventions;
 mod crash;
 mod deb;
 mod delta;

@@ -6,9 +6,13 @@
 mod adopt;
 mod chroot;
 mod common;
+mod config;
+mod conventions;
 mod crash;
+mod deb;
 mod delta;
 mod fidelity;
+mod fleet;
 mod install;
 mod layers;
 mod network;

@@ -48,6 +48,8 @@ want mdadm mdadm
 # Scratch Debian roots (tests/rig/debian-root): the .deb install test.
 want debootstrap debootstrap
 want dpkg-deb dpkg
+# aurum exec folds output as clubak does (tests/it/fleet.rs compares the two).
+want clubak clustershell
 # Conventions (tests/it/conventions.rs): the generated completions load in zsh and fish, and
 # man renders every generated page.
 want zsh zsh

@@ -12,7 +12,7 @@ use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use aurum::format::report::NodeAction;
 use clap::Args;
 
-use super::{human_bytes, human_time, print_json, Global, HttpArgs};
+use super::{human_bytes, human_time, print_json, say, Global, HttpArgs};
 
 /// Where a node gets revisions from: --server, or a repository directory given with the
 /// global --repo (or AURUM_REPO), e.g. an NFS mount of the master's; else node.toml's server.
@@ -386,6 +386,84 @@ pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run this node's health checks and record the result.
+///
+/// Runs the executables in ROOT/etc/aurum/health/required.d/ (any failure makes the node
+/// unhealthy) and wanted.d/ (failures are only reported), each in name order with a time limit,
+/// chrooted into ROOT when it is not /. Images carry their checks: put them in the golden
+/// client's /etc/aurum/health/. The result is kept in the node's state (shown by node-status)
+/// when aurum manages the root. Exits 0 when healthy, 1 when a required check failed.
+#[derive(Args)]
+pub struct HealthArgs {
+    /// The node's root.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    root: PathBuf,
+    /// The longest one check may run; it is then killed (with its children) and fails.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    timeout: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn health(_: &Global, a: HealthArgs) -> anyhow::Result<()> {
+    use aurum::apply::health::{self, CheckStatus};
+    let limit = std::time::Duration::from_secs(a.timeout.max(1));
+    let (record, recorded) = health::check(&a.root, limit)?;
+    if a.json {
+        print_json(&serde_json::json!({"health": record, "recorded": recorded}))?;
+    } else {
+        for c in &record.checks {
+            let status = match c.status {
+                CheckStatus::Pass => "pass",
+                CheckStatus::Fail => "FAIL",
+                CheckStatus::Timeout => "TIMEOUT",
+                CheckStatus::Error => "ERROR",
+            };
+            let kind = if c.required { "required" } else { "wanted" };
+            println!("{status:<8} {kind:<9} {:<24} {:.2} s", c.name, c.seconds);
+            if c.status != CheckStatus::Pass {
+                for line in c
+                    .output
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    println!("         | {line}");
+                }
+            }
+        }
+        if record.checks.is_empty() {
+            say!(
+                "aurum: {} has no health checks ({}/required.d/ and wanted.d/ are empty or missing)",
+                a.root.display(),
+                health::HEALTH_DIR
+            );
+        }
+        println!(
+            "{}",
+            if record.healthy {
+                "healthy"
+            } else {
+                "UNHEALTHY"
+            }
+        );
+        if !recorded {
+            say!(
+                "aurum: not recorded: aurum has not installed or updated {}",
+                a.root.display()
+            );
+        }
+    }
+    if !record.healthy {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 /// Show what this node runs: current, previous and last-known-good revisions, and history.
 #[derive(Args)]
 pub struct NodeStatusArgs {
@@ -422,6 +500,24 @@ pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
             state.overrides.join(", ")
         }
     );
+    if let Some(h) = &state.health {
+        let failed: Vec<&str> = h
+            .checks
+            .iter()
+            .filter(|c| c.status != aurum::apply::health::CheckStatus::Pass)
+            .map(|c| c.name.as_str())
+            .collect();
+        println!(
+            "health           {} at {}{}",
+            if h.healthy { "healthy" } else { "UNHEALTHY" },
+            human_time(h.time),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" (failed: {})", failed.join(", "))
+            }
+        );
+    }
     if let Some(j) = journal {
         println!(
             "INTERRUPTED      {} to {}: rerun it to finish",

@@ -230,9 +230,11 @@ fn exec_and_copy_fan_out_fold_and_count_failures() {
         return;
     }
     let env = Env::new();
-    let fleet = Fleet::up(env.dir.path(), 4);
+    let fleet = Fleet::up(env.dir.path(), 8);
     for (i, node) in fleet.nodes.iter().enumerate() {
-        let group = if i < 2 { "rack1" } else { "rack2" };
+        let group = ["rack1", "rack1", "rack2", "rack2"]
+            .get(i)
+            .unwrap_or(&"rack3");
         env.ok(&[
             "node",
             "add",
@@ -245,13 +247,13 @@ fn exec_and_copy_fan_out_fold_and_count_failures() {
             group,
         ]);
     }
-    // n05 is in the database at an address nobody answers on.
+    // n09 is in the database at an address nobody answers on.
     env.ok(&[
         "node",
         "add",
-        "n05",
+        "n09",
         "--mac",
-        "52:54:00:00:00:05",
+        "52:54:00:00:00:09",
         "--ip",
         &fleet.address("n99"),
     ]);
@@ -271,7 +273,7 @@ fn exec_and_copy_fan_out_fold_and_count_failures() {
 
     let out = aurum(&[
         "exec",
-        "@all!n05",
+        "@all!n09",
         "--ssh",
         &ssh,
         "--",
@@ -287,7 +289,7 @@ fn exec_and_copy_fan_out_fold_and_count_failures() {
     let version = std::fs::read_to_string(fleet.root("n01").join("etc/debian_version")).unwrap();
     assert_eq!(
         stdout,
-        format!("---------------\nn[01-02,04] (3)\n---------------\n{version}---------------\nn03\n---------------\n12.0\n")
+        format!("---------------\nn[01-02,04-08] (7)\n---------------\n{version}---------------\nn03\n---------------\n12.0\n")
     );
 
     // One node fails, one times out, one cannot be reached: the exit status is 3, each is
@@ -332,8 +334,8 @@ fn exec_and_copy_fan_out_fold_and_count_failures() {
     assert_eq!(status("n01"), "ok");
     assert_eq!(status("n02"), "failed");
     assert_eq!(status("n04"), "timeout");
-    assert_eq!(status("n05"), "unreachable");
-    assert_eq!(report["ok"], 2);
+    assert_eq!(status("n09"), "unreachable");
+    assert_eq!(report["ok"], 6);
     let out = aurum(&["exec", "n0[1-2]", "--ssh", &ssh, "--", script]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("aurum: n02: exit status 7"));
@@ -423,6 +425,60 @@ fn exec_and_copy_fan_out_fold_and_count_failures() {
         let f = fleet.root(node).join("opt/relayed/conf/sub/slurm.conf");
         let st = sh(&format!("stat -c '%u:%g %a' '{}'", f.display()));
         assert_eq!(st.trim(), "1234:4321 640", "{node}");
+    }
+
+    // On 8 nodes, two at a time and through two relays, the output is what clubak prints.
+    if can_run(have("clubak"), "clubak (clustershell)") {
+        for relay in ["n01", "n05"] {
+            let key = fleet.root(relay).join("root/.ssh/id_ed25519");
+            std::fs::copy(fleet.state.join("id_ed25519"), key).unwrap();
+        }
+        let hosts: Vec<String> = fleet
+            .nodes
+            .iter()
+            .map(|n| format!("{n}={}", fleet.address(n)))
+            .collect();
+        let hosts = hosts.join(",");
+        let script =
+            "case $(hostname) in n0[1-3]) echo a;; n0[4-6]) echo b; echo c;; *) echo d;; esac";
+        let direct = aurum(&[
+            "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2", "--json", "--",
+            script,
+        ]);
+        let report = crate::common::json(&String::from_utf8_lossy(&direct.stdout));
+        let mut lines = String::new();
+        for r in report["results"].as_array().unwrap() {
+            for line in r["stdout"].as_str().unwrap().lines() {
+                lines.push_str(&format!("{}: {line}\n", r["node"].as_str().unwrap()));
+            }
+        }
+        let clubak = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s' '{lines}' | clubak -c -S ': '"))
+            .output()
+            .unwrap();
+        let expected = String::from_utf8_lossy(&clubak.stdout).into_owned();
+        assert!(expected.contains("n[04-06] (3)"), "{expected}");
+        for tree in [None, Some("n01,n05")] {
+            let mut args = vec![
+                "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2",
+            ];
+            if let Some(relays) = tree {
+                args.extend(["--tree", relays, "--relay-ssh", relay_ssh]);
+            }
+            args.extend(["--", script]);
+            let out = aurum(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                expected,
+                "tree {tree:?}"
+            );
+        }
     }
 
     // A node set that names a group nobody is in says which groups there are.

@@ -321,9 +321,12 @@ fn every_top_level_module_has_a_layer() {
     for e in std::fs::read_dir(&src).unwrap() {
         let e = e.unwrap();
         // A directory without Rust files is no module (src/packaging: the systemd units).
-        let rust = |p: &Path| std::fs::read_dir(p).map_or(true, |d| {
-            d.flatten().any(|f| f.path().extension().is_some_and(|x| x == "rs"))
-        });
+        let rust = |p: &Path| {
+            std::fs::read_dir(p).map_or(true, |d| {
+                d.flatten()
+                    .any(|f| f.path().extension().is_some_and(|x| x == "rs"))
+            })
+        };
         if e.path().is_dir() && !rust(&e.path()) {
             continue;
         }

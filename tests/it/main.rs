@@ -13,6 +13,7 @@ mod deb;
 mod delta;
 mod fidelity;
 mod fleet;
+mod health;
 mod install;
 mod layers;
 mod network;

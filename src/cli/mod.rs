@@ -18,6 +18,7 @@ mod node;
 mod nodedb;
 mod progress;
 mod pxe;
+mod rollout;
 mod serve;
 mod si;
 mod tarball;
@@ -199,6 +200,7 @@ pub enum Command {
     Health(node::HealthArgs),
     Node(nodedb::NodeArgs),
     Exec(fleet::ExecArgs),
+    Rollout(rollout::RolloutArgs),
     Copy(fleet::CopyArgs),
     Pxe(pxe::PxeArgs),
     Bootkit(bootkit::BootkitArgs),
@@ -251,6 +253,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Health(a) => node::health(g, a),
         Command::Node(a) => nodedb::exec(g, a),
         Command::Exec(a) => fleet::exec(g, a),
+        Command::Rollout(a) => rollout::exec(g, a),
         Command::Copy(a) => fleet::copy(g, a),
         Command::Pxe(a) => pxe::exec(g, a),
         Command::Bootkit(a) => bootkit::exec(g, a),

@@ -486,3 +486,269 @@ fn exec_and_copy_fan_out_fold_and_count_failures() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the groups are rack1, rack2"));
 }
+
+/// A busybox root carrying a required health check that passes when `healthy`, with
+/// /etc/version saying `version`.
+fn checked_golden(env: &Env, version: u32, healthy: bool) -> PathBuf {
+    let root = env.path(&format!("golden{version}"));
+    let state = if healthy { "running" } else { "stopped" };
+    sh(&format!(
+        r#"
+        r={root}
+        mkdir -p $r/bin $r/etc/aurum/health/required.d $r/tmp
+        cp /bin/busybox $r/bin/busybox
+        for t in $(/bin/busybox --list); do [ $t = busybox ] || ln -sf busybox $r/bin/$t; done
+        echo {state} > $r/etc/service.state
+        echo {version} > $r/etc/version
+        printf '#!/bin/sh\nstate=$(cat /etc/service.state)\necho "service is $state"\n[ "$state" = running ]\n' > $r/etc/aurum/health/required.d/10-service
+        chmod 755 $r/etc/aurum/health/required.d/10-service
+        "#,
+        root = root.display()
+    ));
+    root
+}
+
+/// The master side of a rollout test: the fleet, the repository served from the master's
+/// namespace, and every node on `img@1` under /srv/node.
+struct RolloutRig {
+    env: Env,
+    fleet: Fleet,
+    serve: Child,
+}
+
+impl RolloutRig {
+    fn new(nodes: usize, versions: &[(u32, bool)]) -> RolloutRig {
+        let env = Env::new();
+        for &(v, healthy) in versions {
+            let golden = checked_golden(&env, v, healthy);
+            env.getimage(&golden, "img", &[]);
+        }
+        let fleet = Fleet::up(env.dir.path(), nodes);
+        for (i, node) in fleet.nodes.iter().enumerate() {
+            env.ok(&[
+                "node",
+                "add",
+                node,
+                "--mac",
+                &format!("52:54:00:00:01:{:02x}", i + 1),
+                "--ip",
+                &fleet.address(node),
+                "--group",
+                "compute",
+            ]);
+        }
+        let listen = format!("{}:8035", fleet.master);
+        let repo = env.repo();
+        let serve = fleet.spawn_on_master(&[
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "serve",
+            "--listen",
+            &listen,
+        ]);
+        fleet.wait_port(8035);
+        let rig = RolloutRig { env, fleet, serve };
+        let out = rig.aurum(&[
+            "exec", "@compute", "--ssh", &rig.fleet.ssh_command(), "--",
+            "mkdir -p /srv/node && aurum --quiet updateclient --server http://master:8035 --image img@1 --root /srv/node",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        rig
+    }
+
+    /// aurum run in the master's namespace on the repository.
+    fn aurum(&self, args: &[&str]) -> std::process::Output {
+        let repo = self.env.repo();
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-progress",
+        ];
+        cmd.extend_from_slice(args);
+        self.fleet.on_master(&cmd)
+    }
+
+    /// The arguments of a rollout of `rev` over the fleet, before the options of the test.
+    fn start_args(&self, rev: &str) -> Vec<String> {
+        [
+            "rollout",
+            "start",
+            rev,
+            "@compute",
+            "--server",
+            "http://master:8035",
+            "--node-root",
+            "/srv/node",
+            "--ssh",
+            &self.fleet.ssh_command(),
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// The version each node's /srv/node holds.
+    fn versions(&self) -> Vec<String> {
+        self.fleet
+            .nodes
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(self.fleet.root(n).join("srv/node/etc/version"))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn rollout(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let out = self.aurum(args);
+        let v = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    }
+}
+
+impl Drop for RolloutRig {
+    fn drop(&mut self) {
+        let _ = self.serve.kill();
+        let _ = self.serve.wait();
+    }
+}
+
+fn states(v: &serde_json::Value) -> Vec<String> {
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{}={}",
+                n["node"].as_str().unwrap(),
+                n["state"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Rollouts on 8 simulated nodes: a good revision goes canary -> waves -> done and moves
+/// last-known-good; one that fails its health check stops at the canary, which is back on its
+/// previous revision, with no other node changed; dead nodes count as failed and --max-failed
+/// decides.
+#[test]
+fn rollouts_gate_waves_on_health_and_failures() {
+    if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {
+        return;
+    }
+    let rig = RolloutRig::new(8, &[(1, true), (2, true), (3, false), (4, true), (5, true)]);
+    let started = std::time::Instant::now();
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--waves", "50%,100%"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let good_rollout = started.elapsed();
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["rollout"]["state"], "done");
+    assert_eq!(v["rollout"]["plan"]["waves"], 3);
+    assert!(states(&v).iter().all(|s| s.ends_with("=done")), "{v}");
+    assert_eq!(rig.versions(), vec!["2"; 8]);
+    let log = rig.env.ok(&["log", "img", "--json"]);
+    assert!(log.contains("last-known-good"), "{log}");
+    let tagged = rig.env.ok(&["show", "img:last-known-good", "--json"]);
+    assert_eq!(crate::common::json(&tagged)["number"], 2, "{tagged}");
+
+    // A revision whose health check fails: the canary takes it, fails, is rolled back, and the
+    // rollout stops there.
+    let mut args = rig.start_args("img@3");
+    args.extend(["--canary", "1", "--waves", "100%"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rollout"]["state"], "failed");
+    assert_eq!(v["rollout"]["wave"], 0);
+    let s = states(&v);
+    assert_eq!(s[0], "n01=failed", "{v}");
+    assert!(s[1..].iter().all(|s| s.ends_with("=pending")), "{v}");
+    let detail = v["nodes"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("unhealthy (10-service); rolled back"),
+        "{detail}"
+    );
+    assert_eq!(
+        rig.versions(),
+        vec!["2"; 8],
+        "the canary is back on img@2, no other node moved"
+    );
+    let tagged = rig.env.ok(&["show", "img:last-known-good", "--json"]);
+    assert_eq!(crate::common::json(&tagged)["number"], 2);
+
+    // Two dead nodes (sshd killed) with --max-failed 1: the rollout fails, and the wave's
+    // healthy nodes are rolled back. With one dead node it would pass.
+    for node in ["n04", "n07"] {
+        sh(&format!(
+            "kill $(cat '{}/run/sshd.pid')",
+            rig.fleet.root(node).display()
+        ));
+    }
+    let mut args = rig.start_args("img@4");
+    args.extend(
+        [
+            "--canary",
+            "0",
+            "--waves",
+            "100%",
+            "--max-failed",
+            "1",
+            "--connect-timeout",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rollout"]["state"], "failed");
+    let s = states(&v);
+    assert!(
+        s.contains(&"n04=failed".to_string()) && s.contains(&"n07=failed".to_string()),
+        "{v}"
+    );
+    let versions = rig.versions();
+    assert!(
+        versions.iter().all(|x| x == "2"),
+        "the wave was rolled back: {versions:?}"
+    );
+    let mut args = rig.start_args("img@5");
+    args.extend(["--nodeset-unused"].map(String::from));
+    args.pop();
+    args[3] = "@compute!n07".into();
+    args.extend(
+        [
+            "--canary",
+            "0",
+            "--max-failed",
+            "1",
+            "--connect-timeout",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["rollout"]["state"], "done");
+    assert!(states(&v).contains(&"n04=failed".to_string()));
+    let versions = rig.versions();
+    assert_eq!(
+        versions.iter().filter(|x| *x == "5").count(),
+        6,
+        "{versions:?}"
+    );
+    eprintln!(
+        "rollout of a good revision over 8 nodes: {:.1} s",
+        good_rollout.as_secs_f64()
+    );
+}

@@ -752,3 +752,111 @@ fn rollouts_gate_waves_on_health_and_failures() {
         good_rollout.as_secs_f64()
     );
 }
+
+/// A rollout paused between waves stops there and `resume` finishes it; a driver killed
+/// mid-wave (the master restarting) leaves it running, and `resume` drives it on to the end.
+#[test]
+fn rollouts_pause_resume_and_survive_a_master_restart() {
+    if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {
+        return;
+    }
+    let rig = RolloutRig::new(8, &[(1, true), (2, true), (3, true)]);
+    let status = |id: &str| {
+        let out = rig.aurum(&["rollout", "status", id, "--json"]);
+        // Null until the rollout exists.
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let spawn = |args: &[String]| {
+        let repo = rig.env.repo();
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-progress",
+        ];
+        cmd.extend(args.iter().map(String::as_str));
+        rig.fleet.spawn_on_master(&cmd)
+    };
+    let wait_for = |id: &str, what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..600 {
+            let v = status(id);
+            if ok(&v) {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("rollout {id}: {what} never happened: {}", status(id));
+    };
+
+    // Paused in the window between the canary and the next wave.
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--waves", "100%", "--pause-between", "30"].map(String::from));
+    let mut driver = spawn(&args);
+    wait_for("1", "the canary", &|v| v["nodes"][0]["state"] == "done");
+    let out = rig.aurum(&["rollout", "pause", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        driver.wait().unwrap().success(),
+        "a paused rollout is no failure"
+    );
+    let v = status("1");
+    assert_eq!(v["rollout"]["state"], "paused", "{v}");
+    assert_eq!(rig.versions().iter().filter(|x| *x == "2").count(), 1);
+    let out = rig.aurum(&["rollout", "resume", "1", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status("1")["rollout"]["state"], "done");
+    assert_eq!(rig.versions(), vec!["2"; 8]);
+
+    // The driver killed mid-wave, one node at a time: the rollout stays running, and resume
+    // ends it with every node on the revision.
+    let mut args = rig.start_args("img@3");
+    args.extend(["--canary", "0", "--waves", "100%", "--max-unavailable", "1"].map(String::from));
+    let mut driver = spawn(&args);
+    wait_for("2", "a third node done", &|v| {
+        v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().filter(|n| n["state"] == "done").count() >= 3)
+    });
+    // (`fleet master` and `ip netns exec` exec the driver: its pid is the child's.)
+    driver.kill().unwrap();
+    let _ = driver.wait();
+    assert!(
+        !sh("ps -eo args").contains("rollout start img@3"),
+        "the driver survived"
+    );
+    let v = status("2");
+    assert_eq!(v["rollout"]["state"], "running", "{v}");
+    assert!(
+        rig.versions().iter().any(|x| x == "2"),
+        "killed before the end"
+    );
+    let out = rig.aurum(&["rollout", "resume", "2", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = status("2");
+    assert_eq!(v["rollout"]["state"], "done", "{v}");
+    assert_eq!(rig.versions(), vec!["3"; 8]);
+    let events: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("done: every wave passed")),
+        "{events:?}"
+    );
+}

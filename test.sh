@@ -50,6 +50,10 @@ want debootstrap debootstrap
 want dpkg-deb dpkg
 # aurum exec folds output as clubak does (tests/it/fleet.rs compares the two).
 want clubak clustershell
+# The status page test drives headless Chromium with Debian's selenium (tests/it/fleet.rs).
+want chromium chromium
+want chromedriver chromium-driver
+[ -e /usr/lib/python3/dist-packages/selenium ] || need+=(python3-selenium)
 # Conventions (tests/it/conventions.rs): the generated completions load in zsh and fish, and
 # man renders every generated page.
 want zsh zsh

@@ -26,4 +26,5 @@ mod repository;
 mod serve;
 mod si;
 mod tarball;
+mod tiers;
 mod update;

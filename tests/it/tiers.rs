@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::common::{write_random, Env};
+use crate::common::{sh, write_random, Env};
 use crate::serve::{http, Server};
 
 /// A repository with `img@1`: 40 files of 64 KiB to 1 MiB of random data.
@@ -187,6 +187,78 @@ fn past_max_transfers_the_server_says_busy_and_nodes_wait() {
     release.join().unwrap();
     assert_eq!(
         crate::common::rsync_diff(&root.join("data"), &env.path("golden/data")),
+        ""
+    );
+}
+
+/// nginx's `proxy_cache` in front of `aurum serve`, configured as the book says: the second
+/// node behind it costs the origin under 1 % of the first, and a conditional GET gets 304.
+#[test]
+fn nginx_proxy_cache_as_the_book_configures_it_carries_nodes() {
+    if !crate::common::need("nginx") {
+        return;
+    }
+    let origin_env = origin();
+    let origin = Server::start(&origin_env);
+    let book = include_str!("../../book/src/commands/serve.md");
+    let example = book
+        .split("```nginx\n")
+        .find(|b| b.contains("proxy_cache_path"))
+        .and_then(|b| b.split("```").next())
+        .expect("the book's nginx cache example");
+    let dir = origin_env.path("nginx");
+    std::fs::create_dir_all(&dir).unwrap();
+    sh(&format!("chown www-data '{}'", dir.display()));
+    let port = crate::published::free_port();
+    let mut conf = example.to_string();
+    for (from, to) in [
+        (
+            "/var/cache/nginx/aurum",
+            dir.join("cache").display().to_string(),
+        ),
+        ("listen 8035;", format!("listen 127.0.0.1:{port};")),
+        ("http://master:8035", format!("http://{}", origin.addr)),
+    ] {
+        assert!(
+            conf.contains(from),
+            "the book's nginx cache example lost `{from}`"
+        );
+        conf = conf.replace(from, &to);
+    }
+    let nginx = crate::published::Nginx::run(&dir, port, &conf);
+
+    let first = origin_env.path("node-a");
+    update(&origin_env, &nginx.addr, first.to_str().unwrap());
+    let after_first = origin.sent.load(Ordering::Relaxed);
+    let second = origin_env.path("node-b");
+    update(&origin_env, &nginx.addr, second.to_str().unwrap());
+    let by_second = origin.sent.load(Ordering::Relaxed) - after_first;
+    assert!(
+        by_second * 100 < after_first,
+        "the second node behind nginx cost the origin {by_second} bytes (the first {after_first})"
+    );
+    assert_eq!(
+        crate::common::rsync_diff(&second.join("data"), &origin_env.path("golden/data")),
+        ""
+    );
+    let list = String::from_utf8(http(&nginx.addr, "GET", "/packs/list", &[], b"").2).unwrap();
+    let pack_id = list.split_whitespace().next().unwrap();
+    let pack = format!("/packs/{}/{pack_id}.pack", &pack_id[..2]);
+    let (status, head, _) = http(
+        &nginx.addr,
+        "GET",
+        &pack,
+        &[("If-None-Match", &format!("\"{pack_id}\""))],
+        b"",
+    );
+    assert_eq!(status, 304, "{head}");
+    // And an update through the cache after a new revision: only the new objects move.
+    let golden = origin_env.path("golden");
+    write_random(&golden.join("data/patch"), 5, 200_000);
+    origin_env.getimage(&golden, "img", &[]);
+    update(&origin_env, &nginx.addr, first.to_str().unwrap());
+    assert_eq!(
+        crate::common::rsync_diff(&first.join("data"), &golden.join("data")),
         ""
     );
 }

@@ -295,7 +295,8 @@ impl Nginx {
         let book = include_str!("../../book/src/commands/serve.md");
         let example = book
             .split("```nginx\n")
-            .nth(1)
+            .skip(1)
+            .find(|b| !b.contains("proxy_cache_path"))
             .and_then(|b| b.split("```").next())
             .expect("the book's nginx example");
         let mut server = example.to_string();

@@ -262,3 +262,90 @@ fn nginx_proxy_cache_as_the_book_configures_it_carries_nodes() {
         ""
     );
 }
+
+/// Squid as a reverse proxy in front of `aurum serve`, configured as the book says: the second
+/// node behind it costs the origin under 1 % of the first.
+#[test]
+fn squid_as_the_book_configures_it_carries_nodes() {
+    if !crate::common::need("squid") {
+        return;
+    }
+    let origin_env = origin();
+    let origin = Server::start(&origin_env);
+    let book = include_str!("../../book/src/commands/serve.md");
+    let example = book
+        .split("```squid\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the book's squid example");
+    let dir = origin_env.path("squid");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = crate::published::free_port();
+    let (host, origin_port) = origin.addr.split_once(':').unwrap();
+    let mut conf = example.to_string();
+    for (from, to) in [
+        ("http_port 8035", format!("http_port 127.0.0.1:{port}")),
+        (
+            "cache_peer master parent 8035",
+            format!("cache_peer {host} parent {origin_port}"),
+        ),
+        (
+            "/var/spool/squid-aurum 100000",
+            format!("{}/cache 1000", dir.display()),
+        ),
+    ] {
+        assert!(
+            conf.contains(from),
+            "the book's squid example lost `{from}`"
+        );
+        conf = conf.replace(from, &to);
+    }
+    let d = dir.display();
+    conf.push_str(&format!(
+        "pid_filename {d}/squid.pid\naccess_log {d}/access.log\ncache_log {d}/cache.log\n\
+         coredump_dir {d}\ncache_effective_user proxy\n"
+    ));
+    let file = dir.join("squid.conf");
+    std::fs::write(&file, conf).unwrap();
+    sh(&format!(
+        "chown -R proxy '{d}' && squid -N -z -f '{}' 2>&1",
+        file.display()
+    ));
+    let mut squid = std::process::Command::new("squid")
+        .args(["-N", "-f"])
+        .arg(&file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start squid");
+    let addr = format!("127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        up,
+        "squid did not listen: {}",
+        std::fs::read_to_string(dir.join("cache.log")).unwrap_or_default()
+    );
+
+    let first = origin_env.path("node-a");
+    update(&origin_env, &addr, first.to_str().unwrap());
+    let after_first = origin.sent.load(Ordering::Relaxed);
+    let second = origin_env.path("node-b");
+    update(&origin_env, &addr, second.to_str().unwrap());
+    let by_second = origin.sent.load(Ordering::Relaxed) - after_first;
+    let _ = squid.kill();
+    let _ = squid.wait();
+    assert!(
+        by_second * 100 < after_first,
+        "the second node behind squid cost the origin {by_second} bytes (the first {after_first})"
+    );
+    assert_eq!(
+        crate::common::rsync_diff(&second.join("data"), &origin_env.path("golden/data")),
+        ""
+    );
+}

@@ -23,7 +23,8 @@
 //!    sources, overrides and hooks).
 //! 6. [`template`] (partition templates per hardware class), [`install`] (a bare node's disks
 //!    from its template, then a revision onto them), [`netboot`] (PXE configuration and the
-//!    boot kit) and [`serve`] (the HTTP server nodes fetch from).
+//!    boot kit), [`serve`] (the HTTP server nodes fetch from) and [`replicate`] (pull and
+//!    push between repositories).
 //! 7. the binary's `cli/`: one file per group of commands.
 
 pub mod apply;
@@ -38,6 +39,7 @@ pub mod install;
 pub mod name;
 pub mod netboot;
 pub mod progress;
+pub mod replicate;
 pub mod repo;
 pub mod serve;
 pub mod store;

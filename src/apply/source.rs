@@ -318,7 +318,7 @@ impl HttpRepo {
     }
 
     /// GETs bytes `start..=end` of a file.
-    fn get_range(
+    pub fn get_range(
         &self,
         path: &str,
         start: u64,

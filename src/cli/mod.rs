@@ -15,6 +15,7 @@ mod node;
 mod nodedb;
 mod progress;
 mod pxe;
+mod replicate;
 mod serve;
 mod tarball;
 mod template;
@@ -171,6 +172,9 @@ pub enum Command {
     Pxe(pxe::PxeArgs),
     Bootkit(bootkit::BootkitArgs),
     Template(template::TemplateArgs),
+    Pull(replicate::PullArgs),
+    Push(replicate::PushArgs),
+    Remote(replicate::RemoteArgs),
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
     Install(install::InstallArgs),
@@ -212,6 +216,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pxe(a) => pxe::exec(g, a),
         Command::Bootkit(a) => bootkit::exec(g, a),
         Command::Template(a) => template::exec(g, a),
+        Command::Pull(a) => replicate::pull(g, a),
+        Command::Push(a) => replicate::push(g, a),
+        Command::Remote(a) => replicate::remote(g, a),
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),
         Command::Install(a) => install::install(g, a),

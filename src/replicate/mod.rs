@@ -23,7 +23,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::apply::source::HttpOptions;
 use crate::catalog::PulledImage;
@@ -54,7 +54,7 @@ pub struct PullOptions {
 }
 
 /// One image a pull brought.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PulledReport {
     /// Its name here.
     pub image: String,
@@ -68,7 +68,7 @@ pub struct PulledReport {
 }
 
 /// What a pull did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PullReport {
     pub source: String,
     pub remote: Option<String>,
@@ -717,4 +717,55 @@ fn pull_templates(repo: &mut Repository, src: &dyn Source, url: &str) -> Result<
         saved += u64::from(new);
     }
     Ok(saved)
+}
+
+/// Records a remote: `url` is `http://…`, `ssh://[user@]host/path` or a directory (made
+/// absolute). Refused when an image has the name (its images would be `NAME/IMAGE`).
+pub fn add_remote(repo: &mut Repository, name: &str, url: &str, mirror: bool) -> Result<String> {
+    crate::name::check("remote", name)?;
+    if repo.catalog.image_exists(name)? {
+        return Err(invalid(format!(
+            "there is an image called `{name}`: a remote cannot have an image's name (its images land as {name}/IMAGE); pick another name"
+        )));
+    }
+    let url = if url.contains("://") {
+        if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("ssh://")) {
+            return Err(invalid(format!(
+                "`{url}`: a remote is http://HOST:PORT, ssh://[user@]host/path or a directory"
+            )));
+        }
+        url.to_string()
+    } else {
+        let p = Path::new(url);
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(Error::Os)?.join(p)
+        };
+        abs.display().to_string()
+    };
+    repo.catalog.add_remote(name, &url, mirror)?;
+    Ok(url)
+}
+
+/// Forgets a remote; with `prune`, also removes the images pulled from it (`NAME/…`, tags
+/// and all). Returns the images removed.
+pub fn remove_remote(repo: &mut Repository, name: &str, prune: bool) -> Result<Vec<String>> {
+    if repo.catalog.remote(name)?.is_none() {
+        return Err(Error::NotFound(format!(
+            "no remote `{name}`; `aurum remote list` lists them"
+        )));
+    }
+    let mut removed = Vec::new();
+    if prune {
+        let prefix = format!("{name}/");
+        for image in repo.catalog.images()? {
+            if image.name.starts_with(&prefix) {
+                repo.remove_image(&image.name, true)?;
+                removed.push(image.name);
+            }
+        }
+    }
+    repo.catalog.remove_remote(name)?;
+    Ok(removed)
 }

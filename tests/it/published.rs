@@ -282,13 +282,13 @@ fn free_port() -> u16 {
 
 /// nginx configured as the book says (`commands/serve.md`), with only its address, root and
 /// API port changed: the root is the repository's `public/`, the workers run as www-data.
-struct Nginx {
+pub struct Nginx {
     child: Child,
-    addr: String,
+    pub addr: String,
 }
 
 impl Nginx {
-    fn start(env: &Env) -> Nginx {
+    pub fn start(env: &Env) -> Nginx {
         let dir = env.path("nginx");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();

@@ -1,0 +1,367 @@
+//! Replicating repositories (issue #16 items 1, 2 and 4's format check): `aurum pull` from a
+//! directory, from `aurum serve`, from nginx serving `public/` and over ssh; `aurum push` to a
+//! directory and over ssh; remotes and their last error; what a second pull and a killed pull
+//! move; and the refusals (a damaged pack, a diverged image, a tag moving back, a newer format).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Instant;
+
+use crate::common::{is_root, json, need, skip, write_random, Env};
+use crate::published::Nginx;
+use crate::remote::{ready, Sshd};
+use crate::serve::Server;
+
+/// A golden tree of `files` incompressible files of `size` bytes, plus a small text file.
+fn golden(dir: &Path, seed: u64, files: usize, size: usize) {
+    for i in 0..files {
+        write_random(&dir.join(format!("data/f{i}")), seed * 1000 + i as u64, size);
+    }
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("etc/motd"), format!("tree {seed}\n")).unwrap();
+}
+
+/// A source repository with `compute` (2 revisions, tags prod=@1 and latest=@2) and `login`.
+fn source(env: &Env) {
+    let g = env.path("gold");
+    golden(&g, 1, 6, 300_000);
+    env.getimage(&g, "compute", &["-q"]);
+    write_random(&g.join("data/new"), 77, 200_000);
+    env.getimage(&g, "compute", &["-q"]);
+    env.ok(&["tag", "compute@1", "prod"]);
+    env.ok(&["tag", "compute@2", "latest"]);
+    let l = env.path("login");
+    golden(&l, 2, 2, 100_000);
+    env.getimage(&l, "login", &["-q"]);
+}
+
+/// An image's revisions as `log --json` gives them, without the image's name.
+fn revisions(env: &Env, image: &str) -> Vec<serde_json::Value> {
+    let mut revs = json(&env.ok(&["log", image, "--json"]))
+        .as_array()
+        .expect("log --json is an array")
+        .clone();
+    for r in &mut revs {
+        r.as_object_mut().unwrap().remove("image");
+    }
+    revs
+}
+
+/// Every image of `from` is in `to` (as PREFIX + name) with the same revisions (numbers,
+/// ids, parents, dates, messages, sizes) and tags; `to` verifies.
+fn same_images(from: &Env, to: &Env, prefix: &str) {
+    for image in ["compute", "login"] {
+        assert_eq!(
+            revisions(from, image),
+            revisions(to, &format!("{prefix}{image}")),
+            "{image} after the pull"
+        );
+    }
+    to.ok(&["verify"]);
+}
+
+/// A pull's JSON summary.
+fn pull(env: &Env, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["pull", "--json"];
+    all.extend_from_slice(args);
+    json(&env.ok(&all))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn pull_from_a_directory_keeps_everything_and_moves_only_what_is_new() {
+    let a = Env::new();
+    source(&a);
+    let b = Env::new();
+    b.ok(&["remote", "add", "sup", s(&a.repo())]);
+    let r = pull(&b, &["sup"]);
+    assert_eq!(r["revisions"], 3, "{r}");
+    assert_eq!(r["tags"], 2, "{r}");
+    same_images(&a, &b, "sup/");
+    let full = r["bytes"].as_u64().unwrap();
+
+    // Pulled images are read-only here, and named like that in refs/.
+    let e = b.fails(
+        &["getimage", "--golden-client", s(&a.path("gold")), "--image", "sup/compute"],
+        2,
+    );
+    assert!(e.contains("cpimage"), "{e}");
+    assert!(b.public().join("refs/sup/compute/tags/prod").is_file());
+    assert!(std::fs::read_to_string(b.public().join("refs/IMAGES"))
+        .unwrap()
+        .contains("sup/compute\n"));
+    // A remote cannot take an image's name, nor an image a remote's.
+    b.ok(&["cpimage", "sup/compute", "mine"]);
+    let e = b.fails(&["remote", "add", "mine", s(&a.repo())], 2);
+    assert!(e.contains("image called `mine`"), "{e}");
+
+    // A second pull after one new revision moves about that revision's new objects.
+    write_random(&a.path("gold/data/f0"), 999, 300_000);
+    a.getimage(&a.path("gold"), "compute", &["-q"]);
+    let new_bytes = revisions(&a, "compute")[0]["new_bytes"].as_u64().unwrap();
+    let r = pull(&b, &["sup"]);
+    let moved = r["bytes"].as_u64().unwrap();
+    eprintln!(
+        "full pull {full} B; second pull after one revision storing {new_bytes} B: {moved} B"
+    );
+    assert_eq!(r["revisions"], 1, "{r}");
+    assert!(
+        moved as f64 <= 1.1 * new_bytes as f64 + 256.0 * 1024.0,
+        "second pull moved {moved} B for a revision of {new_bytes} new bytes"
+    );
+    same_images(&a, &b, "sup/");
+    let remotes = json(&b.ok(&["remote", "list", "--json"]));
+    assert_eq!(remotes[0]["lag"], 0, "{remotes}");
+    assert!(remotes[0]["last_success"].is_i64(), "{remotes}");
+
+    // A tag moving back is refused without --force.
+    a.ok(&["tag", "compute@1", "latest"]);
+    let e = b.fails(&["pull", "sup"], 2);
+    assert!(e.contains("would move back"), "{e}");
+    b.ok(&["pull", "sup", "--force"]);
+    same_images(&a, &b, "sup/");
+
+    // remove keeps the images unless --prune.
+    b.ok(&["remote", "remove", "sup"]);
+    assert!(!revisions(&b, "sup/compute").is_empty());
+    b.ok(&["remote", "add", "sup", s(&a.repo())]);
+    b.ok(&["remote", "remove", "sup", "--prune"]);
+    assert!(b.run(&["log", "sup/compute"]).status.code() == Some(2));
+    b.ok(&["verify"]);
+}
+
+#[test]
+fn a_diverged_image_and_a_damaged_pack_are_refused_with_nothing_recorded() {
+    let a = Env::new();
+    source(&a);
+    // A mirror of a, then each captures its own compute@3.
+    let c = Env::new();
+    pull(&c, &["--mirror", s(&a.public())]);
+    same_images(&a, &c, "");
+    let g = c.path("other");
+    golden(&g, 5, 1, 1000);
+    c.getimage(&g, "compute", &["-q"]);
+    write_random(&a.path("gold/data/f1"), 4242, 1000);
+    a.getimage(&a.path("gold"), "compute", &["-q"]);
+    let theirs = revisions(&a, "compute")[0]["id"].as_str().unwrap().to_string();
+    let mine = revisions(&c, "compute")[0]["id"].as_str().unwrap().to_string();
+    let e = c.fails(&["pull", "--mirror", s(&a.repo())], 2);
+    assert!(
+        e.contains("diverged") && e.contains(&theirs) && e.contains(&mine) && e.contains("compute"),
+        "{e}"
+    );
+    assert_eq!(revisions(&c, "compute")[0]["id"], mine.as_str());
+
+    // One byte of a pack changed on the source: refused, nothing registered.
+    let d = Env::new();
+    let pack = walk_packs(&a.public());
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&pack, &bytes).unwrap();
+    let e = d.fails(&["pull", "--mirror", s(&a.repo())], 3);
+    assert!(e.contains("damaged") && e.contains("nothing was registered"), "{e}");
+    assert!(d.ok(&["lsimage"]).contains("no images"));
+    let v = json(&d.ok(&["verify", "--json"]));
+    assert_eq!(v["packs"], 0, "{v}");
+    assert!(walk_packs_opt(&d.public()).is_none(), "a pack was registered");
+}
+
+/// The largest pack file under `public`.
+fn walk_packs(public: &Path) -> std::path::PathBuf {
+    walk_packs_opt(public).expect("a pack")
+}
+
+fn walk_packs_opt(public: &Path) -> Option<std::path::PathBuf> {
+    let mut best: Option<(u64, std::path::PathBuf)> = None;
+    for sub in std::fs::read_dir(public.join("packs")).ok()?.flatten() {
+        let Ok(files) = std::fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            let len = f.metadata().unwrap().len();
+            if p.extension().is_some_and(|e| e == "pack") && best.as_ref().is_none_or(|b| b.0 < len)
+            {
+                best = Some((len, p));
+            }
+        }
+    }
+    best.map(|b| b.1)
+}
+
+#[test]
+fn pull_from_serve_and_a_failed_pull_is_shown_by_remote_list() {
+    let a = Env::new();
+    source(&a);
+    let srv = Server::start(&a);
+    let b = Env::new();
+    b.ok(&["remote", "add", "web", &format!("http://{}", srv.addr), "--mirror"]);
+    pull(&b, &["web"]);
+    same_images(&a, &b, "");
+    drop(srv);
+    // The source is down: the pull fails, and remote list says so.
+    b.fails(&["pull", "web", "--http-tries", "1"], 1);
+    let remotes = json(&b.ok(&["remote", "list", "--json"]));
+    let err = remotes[0]["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("no answer"), "{remotes}");
+    assert!(remotes[0]["last_error_time"].is_i64(), "{remotes}");
+    assert!(remotes[0]["last_success"].is_i64(), "{remotes}");
+    assert!(b.ok(&["remote", "list"]).contains("last error"));
+}
+
+#[test]
+fn a_repository_made_by_a_newer_aurum_is_refused() {
+    let a = Env::new();
+    std::fs::write(a.repo().join("FORMAT"), "aurum repository format 9\n").unwrap();
+    let e = a.fails(&["lsimage"], 2);
+    assert!(
+        e.contains("made by a newer aurum (format 9, this aurum reads up to 2): upgrade aurum"),
+        "{e}"
+    );
+    std::fs::write(a.public().join("FORMAT"), "aurum repository format 9\n").unwrap();
+    let b = Env::new();
+    let e = b.fails(&["pull", "--mirror", s(&a.public())], 2);
+    assert!(e.contains("newer aurum"), "{e}");
+}
+
+/// Bytes nginx sent, from its access log (combined format: the field after the status).
+fn nginx_bytes(env: &Env) -> u64 {
+    std::fs::read_to_string(env.path("nginx/access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('"').nth(2))
+        .filter_map(|rest| rest.split_whitespace().nth(1))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
+/// nginx (as www-data, configured as the book says) serving the source's public/; a pull
+/// killed at several points finishes on its re-run, moving at most 1.3x a full pull.
+#[test]
+fn pull_from_nginx_survives_kills() {
+    if !is_root() {
+        return skip("needs root (nginx's workers switch to www-data)");
+    }
+    if !need("nginx") {
+        return;
+    }
+    let a = Env::new();
+    std::fs::set_permissions(a.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let g = a.path("gold");
+    golden(&g, 3, 48, 1 << 20);
+    a.getimage(&g, "compute", &["-q"]);
+    let nginx = Nginx::start(&a);
+    let url = format!("http://{}", nginx.addr);
+
+    let b = Env::new();
+    let before = nginx_bytes(&a);
+    let started = Instant::now();
+    pull(&b, &["--mirror", &url]);
+    let took = started.elapsed();
+    let full = nginx_bytes(&a) - before;
+    assert_eq!(revisions(&a, "compute"), revisions(&b, "compute"));
+    b.ok(&["verify"]);
+
+    let c = Env::new();
+    let before = nginx_bytes(&a);
+    let mut kills = 0;
+    // Each run goes on from where the one before was killed: kill each after 8 to 20 % of
+    // a full pull's time, at points that differ from run to run (the seed is printed).
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    eprintln!("kill points seeded with {seed}");
+    let mut x = u64::from(seed) | 1;
+    for _ in 0..6 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let percent = 8 + (x % 13) as u32;
+        let mut child = c
+            .cmd(&["pull", "--mirror", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(took * percent / 100);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    pull(&c, &["--mirror", &url]);
+    let total = nginx_bytes(&a) - before;
+    eprintln!(
+        "full pull from nginx: {full} B in {:.2} s; with {kills} kills: {total} B ({:.2}x)",
+        took.as_secs_f64(),
+        total as f64 / full as f64
+    );
+    assert!(kills >= 4, "only {kills} pulls were killed before they ended");
+    assert!(
+        total as f64 <= 1.3 * full as f64,
+        "killed pulls moved {total} B against {full} B for one full pull"
+    );
+    assert_eq!(revisions(&a, "compute"), revisions(&c, "compute"));
+    c.ok(&["verify"]);
+}
+
+/// Over ssh: a pull reads with cat and tail; a push copies what the destination lacks and
+/// runs aurum pull there; a push to a directory is a pull there.
+#[test]
+fn pull_and_push_over_ssh_and_to_a_directory() {
+    if !ready() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let ssh = sshd.ssh_command();
+    let a = Env::new();
+    source(&a);
+    let b = Env::new();
+    let r = pull(&b, &["--mirror", "--ssh", &ssh, &sshd.url(&a.repo())]);
+    assert_eq!(r["revisions"], 3, "{r}");
+    same_images(&a, &b, "");
+
+    // Push to a directory.
+    let d = Env::new();
+    let out = a.ok(&["push", s(&d.repo()), "--json"]);
+    assert_eq!(json(&out)["revisions"], 3, "{out}");
+    same_images(&a, &d, "");
+
+    // Push over ssh: once everything, then one new revision.
+    let e = Env::new();
+    let aurum = env!("CARGO_BIN_EXE_aurum");
+    let dest = sshd.url(&e.repo());
+    let push = |extra: &[&str]| {
+        let mut args = vec!["push", "--json", "--ssh", &ssh, "--aurum-command", aurum, &dest];
+        args.extend_from_slice(extra);
+        json(&a.ok(&args))
+    };
+    let r = push(&[]);
+    assert_eq!(r["revisions"], 3, "{r}");
+    same_images(&a, &e, "");
+    write_random(&a.path("gold/data/f2"), 31337, 300_000);
+    a.getimage(&a.path("gold"), "compute", &["-q"]);
+    let r = push(&[]);
+    assert_eq!(r["revisions"], 1, "{r}");
+    let new_bytes = revisions(&a, "compute")[0]["new_bytes"].as_u64().unwrap();
+    eprintln!("push over ssh of one revision storing {new_bytes} B sent {} B", r["bytes"]);
+    same_images(&a, &e, "");
+    // A tag moving back at the destination is refused without --force.
+    a.ok(&["tag", "compute@1", "latest"]);
+    let out = a.run(&["push", "--ssh", &ssh, "--aurum-command", aurum, &dest]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("would move back"));
+    push(&["--force"]);
+    same_images(&a, &e, "");
+    // Without aurum there, the error says so.
+    let out = a.run(&["push", "--ssh", &ssh, "--aurum-command", "/nonexistent/aurum", &dest]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not installed there"), "{err}");
+}

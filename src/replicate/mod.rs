@@ -543,6 +543,12 @@ impl Fetch<'_> {
 
     /// Appends what `file` lacks of pack `id`; returns the bytes it already held.
     fn fetch_pack(&self, id: &Id, size: u64, file: &Path) -> Result<u64> {
+        // A pull killed between placing a pack and recording it left it in packs/: taken
+        // back to be checked like anything staged.
+        let placed = store::pack_path(&self.repo.root, id, "pack");
+        if !file.exists() && placed.exists() {
+            fs::rename(&placed, file).at(file)?;
+        }
         let mut had = fs::metadata(file).map(|m| m.len()).unwrap_or(0);
         if had > size {
             fs::remove_file(file).at(file)?;

@@ -509,7 +509,7 @@ fn backoff(n: u32, base: Duration) -> Duration {
 }
 
 fn ref_name_ok(s: &str) -> bool {
-    crate::repo::check_name("image", s).is_ok()
+    crate::repo::is_image_name(s)
 }
 
 impl RevisionSource for HttpRepo {

@@ -82,6 +82,13 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `name` may name an image to read: a name [`check_name`] takes, or `REMOTE/NAME`
+/// for an image pulled from a remote (read-only, so `check_name` refuses it for writing).
+pub fn is_image_name(name: &str) -> bool {
+    crate::format::refs::image_name_ok(name)
+        && name.split('/').all(|part| check_name("image", part).is_ok())
+}
+
 /// Creates a new, empty repository at `root`.
 pub fn init(root: &Path) -> Result<()> {
     // FORMAT is written last, so a directory without it is at most a half-made repository

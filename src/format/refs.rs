@@ -1,10 +1,11 @@
 //! The small text files of `public/` that name things, for clients that read a repository as
 //! static files: `FORMAT`, `refs/IMAGES`, `refs/IMAGE/{head,revisions,log,tags/TAG}`,
-//! `packs/list`, `deltas/list` and `templates/CLASSES`.
+//! `packs/list`, `deltas/list`, `templates/CLASSES` and `templates/log`.
 //!
 //! `refs/IMAGES`, `refs/IMAGE/log` and `deltas/list` exist for `aurum pull` (version 2 of
 //! these files): a web server cannot list directories, so a repository says which images it
-//! has, everything a revision's catalog row holds, and which precomputed deltas it keeps.
+//! has, everything a revision's catalog row holds, and which precomputed deltas it keeps;
+//! `templates/log` (also version 2) holds every saved version of the partition templates.
 //!
 //! Each is ASCII (class names aside, which are checked names), one item a line, every line
 //! ending in `\n`. They are derived from the catalog (`publish` says what each must hold and
@@ -278,6 +279,46 @@ pub fn decode_log(data: &[u8]) -> Result<ImageLog, Problem> {
     Ok(log)
 }
 
+/// One saved version of a partition template, as `templates/log` holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedTemplate {
+    pub class: String,
+    pub version: u32,
+    /// Seconds since the epoch.
+    pub created: i64,
+    pub note: String,
+    /// The TOML text as saved.
+    pub text: String,
+}
+
+/// `templates/log`: JSON lines, one per saved version of every class, by class then
+/// version, so that a puller copies a class's history and not only its newest version.
+pub fn encode_template_log(versions: &[LoggedTemplate]) -> Vec<u8> {
+    let mut out = String::new();
+    for v in versions {
+        out.push_str(&serde_json::to_string(v).expect("plain data serializes"));
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// Reads `templates/log`, refusing a class that is no class name (it becomes a path).
+pub fn decode_template_log(data: &[u8]) -> Result<Vec<LoggedTemplate>, Problem> {
+    text_of(data)?
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str::<LoggedTemplate>(l)
+                .ok()
+                .filter(|v| crate::name::is_valid(&v.class))
+                .ok_or(Problem::BadLine {
+                    line: i + 1,
+                    want: "a JSON template version",
+                })
+        })
+        .collect()
+}
+
 /// Whether `rel` is the name of a delta cache file, relative to `deltas/`
 /// (`XX/<target>-<key>.zd` or `.none`, see [`super::delta::cache_stem`]).
 pub fn delta_name_ok(rel: &str) -> bool {
@@ -429,11 +470,24 @@ mod tests {
                 .collect();
             files.sort();
             prop_assert_eq!(decode_delta_list(&encode_delta_list(files.clone())).unwrap(), files);
+            let templates: Vec<LoggedTemplate> = log
+                .revisions
+                .iter()
+                .map(|r| LoggedTemplate {
+                    class: format!("c{}", r.number),
+                    version: r.number,
+                    created: r.created,
+                    note: r.message.clone(),
+                    text: r.source.clone(),
+                })
+                .collect();
+            prop_assert_eq!(decode_template_log(&encode_template_log(&templates)).unwrap(), templates);
         }
 
         #[test]
         fn any_bytes_decode_or_fail_too(data in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = (decode_images(&data), decode_log(&data), decode_delta_list(&data));
+        let _ = decode_template_log(&data);
         }
     }
 

@@ -703,26 +703,45 @@ fn pull_deltas(repo: &Repository, src: &dyn Source, manifests: &[(Id, Vec<u8>)])
     Ok(copied)
 }
 
-/// Saves the source's templates whose newest version differs from this repository's as a
-/// new version here. Returns how many were saved.
+/// Saves the source's template versions, oldest first, each as a new version here when
+/// it differs from this repository's newest of its class (so a class's history comes
+/// along, and a text both have is not saved twice). A source without `templates/log` gives
+/// its newest versions only. Returns how many versions were saved.
 fn pull_templates(repo: &mut Repository, src: &dyn Source, url: &str) -> Result<u64> {
-    let Some(text) = src.get("templates/CLASSES")? else {
-        return Ok(0);
+    let versions = match src.get("templates/log")? {
+        Some(text) => refs::decode_template_log(&text)
+            .map_err(|p| inconsistent(src, "templates/log", p))?
+            .into_iter()
+            .map(|v| (v.class, v.text, format!("pulled from {url} (version {} there: {})", v.version, v.note)))
+            .collect(),
+        None => newest_templates(src, url)?,
     };
-    let classes =
-        refs::decode_classes(&text).map_err(|p| inconsistent(src, "templates/CLASSES", p))?;
     let mut saved = 0;
-    for class in classes {
-        let path = format!("templates/{class}.toml");
-        let Some(bytes) = src.get(&path)? else {
-            continue;
-        };
-        let text = String::from_utf8(bytes)
-            .map_err(|_| corrupt(format!("{url}: {path} is not text")))?;
-        let (_, new) = crate::template::store::save(repo, &class, &text, &format!("pulled from {url}"))?;
+    for (class, text, note) in versions {
+        let class = crate::name::ClassName::new(class)?;
+        let (_, new) = crate::template::store::save(repo, &class, &text, &note)?;
         saved += u64::from(new);
     }
     Ok(saved)
+}
+
+/// The newest version of each of the source's templates, from `templates/CLASSES`.
+fn newest_templates(src: &dyn Source, url: &str) -> Result<Vec<(String, String, String)>> {
+    let Some(text) = src.get("templates/CLASSES")? else {
+        return Ok(Vec::new());
+    };
+    let classes =
+        refs::decode_classes(&text).map_err(|p| inconsistent(src, "templates/CLASSES", p))?;
+    let mut out = Vec::new();
+    for class in classes {
+        let path = format!("templates/{class}.toml");
+        if let Some(bytes) = src.get(&path)? {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| corrupt(format!("{url}: {path} is not text")))?;
+            out.push((class.to_string(), text, format!("pulled from {url}")));
+        }
+    }
+    Ok(out)
 }
 
 /// Records a remote: `url` is `http://…`, `ssh://[user@]host/path` or a directory (made

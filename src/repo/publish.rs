@@ -30,8 +30,8 @@ use crate::catalog::Catalog;
 use crate::error::{IoContext, Result};
 use crate::format::refs::{
     decode_delta_list, decode_pack_list, encode_classes, encode_delta_list, encode_images,
-    encode_log, encode_pack_list, encode_ref, encode_revisions, format_file, ImageLog,
-    LoggedRevision,
+    encode_log, encode_pack_list, encode_ref, encode_revisions, encode_template_log, format_file,
+    ImageLog, LoggedRevision, LoggedTemplate,
 };
 use crate::format::{Id, FORMAT_VERSION};
 use crate::store::{self, published};
@@ -170,7 +170,8 @@ fn check_delta_list(root: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// The files of `templates/`: each class's newest version, and `CLASSES` listing them.
+/// The files of `templates/`: each class's newest version, `CLASSES` listing them, and
+/// `log`, every version of every class (for pullers).
 pub fn templates(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     let mut files = BTreeMap::new();
     let templates = catalog.templates()?;
@@ -182,6 +183,18 @@ pub fn templates(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
         );
     }
     files.insert(Path::new("templates").join("CLASSES"), classes);
+    let all: Vec<LoggedTemplate> = catalog
+        .all_template_versions()?
+        .into_iter()
+        .map(|v| LoggedTemplate {
+            class: v.class.to_string(),
+            version: v.version,
+            created: v.created,
+            note: v.note,
+            text: v.text,
+        })
+        .collect();
+    files.insert(Path::new("templates").join("log"), encode_template_log(&all));
     Ok(files)
 }
 

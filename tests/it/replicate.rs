@@ -34,6 +34,12 @@ fn source(env: &Env) {
     let l = env.path("login");
     golden(&l, 2, 2, 100_000);
     env.getimage(&l, "login", &["-q"]);
+    // A class with two versions.
+    env.ok(&["template", "new", "gpu"]);
+    let text = std::fs::read_to_string(env.public().join("templates/gpu.toml")).unwrap();
+    let file = env.path("gpu.toml");
+    std::fs::write(&file, format!("{text}# second version\n")).unwrap();
+    env.ok(&["template", "import", s(&file)]);
 }
 
 /// An image's revisions as `log --json` gives them, without the image's name.
@@ -83,6 +89,10 @@ fn pull_from_a_directory_keeps_everything_and_moves_only_what_is_new() {
     assert_eq!(r["tags"], 2, "{r}");
     same_images(&a, &b, "sup/");
     let full = r["bytes"].as_u64().unwrap();
+    // Templates come with their history.
+    assert_eq!(r["templates"], 2, "{r}");
+    assert!(b.ok(&["template", "show", "gpu"]).contains("# second version"));
+    assert!(!b.ok(&["template", "show", "gpu@1"]).contains("# second version"));
 
     // Pulled images are read-only here, and named like that in refs/.
     let e = b.fails(
@@ -385,4 +395,40 @@ fn pull_and_push_over_ssh_and_to_a_directory() {
     let out = a.run(&["push", "--ssh", &ssh, "--aurum-command", "/nonexistent/aurum", &dest]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("not installed there"), "{err}");
+}
+
+/// A repository made before the files for pullers existed gets them at its next open; a
+/// static copy of one (no aurum to add them) is refused with what to do.
+#[test]
+fn an_older_repository_gets_the_files_pullers_read() {
+    let a = Env::new();
+    source(&a);
+    let strip = |env: &Env| {
+        let db = rusqlite::Connection::open(env.repo().join("aurum.db")).unwrap();
+        db.execute("DELETE FROM meta WHERE key = 'pull-files'", []).unwrap();
+        let p = env.public();
+        for f in ["refs/IMAGES", "refs/compute/log", "refs/login/log", "templates/log"] {
+            std::fs::remove_file(p.join(f)).unwrap();
+        }
+        let _ = std::fs::remove_file(p.join("deltas/list"));
+    };
+    strip(&a);
+    let copy = a.path("copy");
+    crate::common::sh(&format!("cp -a {} {}", a.public().display(), copy.display()));
+    let b = Env::new();
+    let e = b.fails(&["pull", "--mirror", s(&copy)], 2);
+    assert!(e.contains("older aurum") && e.contains("refs/IMAGES"), "{e}");
+    // Any command opening the repository publishes them.
+    a.ok(&["lsimage"]);
+    for f in ["refs/IMAGES", "refs/compute/log", "refs/login/log", "templates/log"] {
+        assert!(a.public().join(f).is_file(), "{f} was not published");
+    }
+    a.ok(&["verify"]);
+    pull(&b, &["--mirror", s(&a.repo())]);
+    same_images(&a, &b, "");
+    // verify names a log that disagrees with the catalog.
+    std::fs::write(a.public().join("refs/login/log"), "{\"kind\":\"log\",\"version\":1}\n").unwrap();
+    let v = a.fails(&["verify"], 3);
+    let out = String::from_utf8_lossy(&a.run(&["verify"]).stdout).into_owned();
+    assert!(out.contains("refs/login/log") || v.contains("refs/login/log"), "{out}{v}");
 }

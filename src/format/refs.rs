@@ -459,7 +459,7 @@ mod tests {
             revs.dedup_by_key(|r| r.number);
             let tags = revs.iter().map(|r| (format!("t{}", r.number), r.number)).collect();
             let log = ImageLog { revisions: revs, tags };
-            prop_assert_eq!(decode_log(&encode_log(&log)).unwrap(), log);
+            prop_assert_eq!(decode_log(&encode_log(&log)).unwrap(), log.clone());
             let mut files: Vec<(String, u64)> = deltas
                 .into_iter()
                 .map(|(t, k, none, size)| {

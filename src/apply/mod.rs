@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 pub mod client;
 mod disk;
+pub mod health;
 pub mod hooks;
 pub mod node;
 pub mod overrides;

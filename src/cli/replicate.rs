@@ -89,6 +89,9 @@ enum RemoteCommand {
         /// Pull its images under their own names.
         #[arg(long)]
         mirror: bool,
+        /// Print JSON: {"remote", "url", "mirror"}.
+        #[arg(long)]
+        json: bool,
     },
     /// List remotes: URL, last successful pull, last error and its time, and the lag
     /// (revisions the remote had that this repository lacked at the last contact).
@@ -103,6 +106,12 @@ enum RemoteCommand {
         /// Also remove the images pulled from it (NAME/IMAGE), tags and all.
         #[arg(long)]
         prune: bool,
+        /// Say what would be removed; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// Print JSON: {"remote", "images": [...], "dry_run"}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -172,15 +181,37 @@ pub fn push(g: &Global, a: PushArgs) -> anyhow::Result<()> {
 pub fn remote(g: &Global, a: RemoteArgs) -> anyhow::Result<()> {
     let mut repo = open(g)?;
     match a.command {
-        RemoteCommand::Add { name, url, mirror } => {
+        RemoteCommand::Add {
+            name,
+            url,
+            mirror,
+            json,
+        } => {
             let url = replicate::add_remote(&mut repo, &name, &url, mirror)?;
+            if json {
+                return print_json(
+                    &serde_json::json!({ "remote": name, "url": url, "mirror": mirror }),
+                );
+            }
             println!("added remote {name} ({url}); `aurum pull {name}` copies its images");
         }
-        RemoteCommand::Remove { name, prune } => {
-            let removed = replicate::remove_remote(&mut repo, &name, prune)?;
-            println!("removed remote {name}");
-            for image in removed {
-                println!("removed image {image}");
+        RemoteCommand::Remove {
+            name,
+            prune,
+            dry_run,
+            json,
+        } => {
+            let r = replicate::remove_remote(&mut repo, &name, prune, dry_run)?;
+            if json {
+                return print_json(&r);
+            }
+            let would = if dry_run { "would remove" } else { "removed" };
+            println!("{would} remote {name}");
+            for image in &r.images {
+                println!("{would} image {image}");
+            }
+            if dry_run {
+                println!("nothing was changed");
             }
         }
         RemoteCommand::List { json } => {

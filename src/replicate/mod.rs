@@ -773,24 +773,46 @@ pub fn add_remote(repo: &mut Repository, name: &str, url: &str, mirror: bool) ->
     Ok(url)
 }
 
+/// What `remote remove` did (or, as a dry run, would do).
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteRemoved {
+    pub remote: String,
+    /// Images removed with it (`--prune`).
+    pub images: Vec<String>,
+    pub dry_run: bool,
+}
+
 /// Forgets a remote; with `prune`, also removes the images pulled from it (`NAME/…`, tags
-/// and all). Returns the images removed.
-pub fn remove_remote(repo: &mut Repository, name: &str, prune: bool) -> Result<Vec<String>> {
+/// and all). With `dry_run`, only says what it would remove.
+pub fn remove_remote(
+    repo: &mut Repository,
+    name: &str,
+    prune: bool,
+    dry_run: bool,
+) -> Result<RemoteRemoved> {
     if repo.catalog.remote(name)?.is_none() {
         return Err(Error::NotFound(format!(
             "no remote `{name}`; `aurum remote list` lists them"
         )));
     }
-    let mut removed = Vec::new();
+    let prefix = format!("{name}/");
+    let mut images = Vec::new();
     if prune {
-        let prefix = format!("{name}/");
         for image in repo.catalog.images()? {
             if image.name.starts_with(&prefix) {
-                repo.remove_image(&image.name, true)?;
-                removed.push(image.name);
+                images.push(image.name);
             }
         }
     }
-    repo.catalog.remove_remote(name)?;
-    Ok(removed)
+    if !dry_run {
+        for image in &images {
+            repo.remove_image(image, true)?;
+        }
+        repo.catalog.remove_remote(name)?;
+    }
+    Ok(RemoteRemoved {
+        remote: name.to_string(),
+        images,
+        dry_run,
+    })
 }

@@ -6,9 +6,14 @@
 mod adopt;
 mod chroot;
 mod common;
+mod config;
+mod conventions;
 mod crash;
+mod deb;
 mod delta;
 mod fidelity;
+mod fleet;
+mod health;
 mod install;
 mod layers;
 mod network;

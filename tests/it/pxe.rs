@@ -48,6 +48,11 @@ fn post(url: &str, body: &str) -> u16 {
 #[test]
 fn node_database_refuses_duplicates_and_normalises_macs() {
     let env = Env::new();
+    // A node's image must exist (issue #15): compute:prod.
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    env.getimage(&tree, "compute", &[]);
+    env.ok(&["tag", "compute@1", "prod"]);
     env.ok(&[
         "node",
         "add",
@@ -270,6 +275,13 @@ fn dhcp_configs_pass_dnsmasq_and_dhcpd_checks() {
 #[test]
 fn serve_gives_per_node_scripts_and_a_done_report_switches_to_local_boot() {
     let env = Env::new();
+    // A node's class and image must exist (issue #15).
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    env.getimage(&tree, "tiny", &[]);
+    let t = env.path("tiny.toml");
+    fs::write(&t, TEMPLATE).unwrap();
+    env.ok(&["template", "import", t.to_str().unwrap()]);
     env.ok(&[
         "node", "add", "n01", "--mac", MAC, "--image", "tiny", "--class", "tiny",
     ]);
@@ -279,7 +291,7 @@ fn serve_gives_per_node_scripts_and_a_done_report_switches_to_local_boot() {
     env.ok(&[
         "pxe",
         "tftp",
-        "--root",
+        "--tftp-root",
         tftp.to_str().unwrap(),
         "--server",
         &base,
@@ -750,7 +762,7 @@ fn pxe_install(net: Net, uefi: bool) {
             env.ok(&[
                 "pxe",
                 "tftp",
-                "--root",
+                "--tftp-root",
                 tftp.to_str().unwrap(),
                 "--server",
                 &format!("http://10.0.2.2:{port}"),
@@ -768,7 +780,7 @@ fn pxe_install(net: Net, uefi: bool) {
             env.ok(&[
                 "pxe",
                 "tftp",
-                "--root",
+                "--tftp-root",
                 tftp.to_str().unwrap(),
                 "--server",
                 &server,

@@ -352,6 +352,26 @@ fn inconsistent(src: &dyn Source, file: &str, problem: refs::Problem) -> Error {
     }
 }
 
+/// A manifest fetched and checked, waiting to be placed.
+struct Staged {
+    id: Id,
+    /// The manifest file's bytes (compressed).
+    packed: Vec<u8>,
+    /// The blobs it names.
+    blobs: Vec<Id>,
+}
+
+/// The blob ids an encoded manifest names.
+fn blob_ids(raw: &[u8]) -> Result<Vec<Id>> {
+    let mut out = Vec::new();
+    for e in Manifest::decode(raw)?.entries {
+        if let Kind::File { chunks, .. } = e.kind {
+            out.extend(chunks.into_iter().map(|c| c.id));
+        }
+    }
+    Ok(out)
+}
+
 /// A pack fetched and checked, waiting in the staging directory to be registered.
 struct Checked {
     id: Id,
@@ -369,8 +389,8 @@ struct Fetch<'a> {
 }
 
 impl Fetch<'_> {
-    /// Fetches (or finds staged, and checks again) the manifests; returns their encoded bytes.
-    fn manifests(&self, ids: &[Id]) -> Result<Vec<(Id, Vec<u8>)>> {
+    /// Fetches (or finds staged, and checks again) the manifests.
+    fn manifests(&self, ids: &[Id]) -> Result<Vec<Staged>> {
         let dir = self.stage.join("manifests");
         fs::create_dir_all(&dir).at(&dir)?;
         self.progress
@@ -402,8 +422,11 @@ impl Fetch<'_> {
             })?;
             // Decoded here so that a manifest that does not decode is refused before
             // anything is registered.
-            Manifest::decode(&raw)?;
-            out.push((*id, packed));
+            out.push(Staged {
+                id: *id,
+                packed,
+                blobs: blob_ids(&raw)?,
+            });
             self.progress.advance(1);
         }
         self.progress.finish();
@@ -411,17 +434,8 @@ impl Fetch<'_> {
     }
 
     /// The blobs the manifests name that this repository lacks.
-    fn wanted_blobs(&self, manifests: &[(Id, Vec<u8>)]) -> Result<HashSet<Id>> {
-        let mut named = HashSet::new();
-        for (id, packed) in manifests {
-            let raw = manifest::decompress_file(&packed[..], id)
-                .map_err(|p| corrupt(format!("manifest {}: {p}", id.short())))?;
-            for e in Manifest::decode(&raw)?.entries {
-                if let Kind::File { chunks, .. } = e.kind {
-                    named.extend(chunks.into_iter().map(|c| c.id));
-                }
-            }
-        }
+    fn wanted_blobs(&self, manifests: &[Staged]) -> Result<HashSet<Id>> {
+        let named: HashSet<Id> = manifests.iter().flat_map(|m| m.blobs.iter().copied()).collect();
         let cat = &self.repo.catalog;
         cat.reading(|c| {
             let mut wanted = HashSet::new();
@@ -617,7 +631,7 @@ fn check_pack(file: &Path, id: &Id, size: u64, entries: &[IndexEntry]) -> Result
 
 /// Registers the checked packs (file, index, catalog row, each durable before the next) and
 /// places the manifests.
-fn register(repo: &mut Repository, packs: &[Checked], manifests: &[(Id, Vec<u8>)]) -> Result<()> {
+fn register(repo: &mut Repository, packs: &[Checked], manifests: &[Staged]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for p in packs {
         let to = store::pack_path(&repo.root, &p.id, "pack");
@@ -642,10 +656,10 @@ fn register(repo: &mut Repository, packs: &[Checked], manifests: &[(Id, Vec<u8>)
     if !packs.is_empty() {
         repo.write_pack_list()?;
     }
-    for (id, packed) in manifests {
-        let path = store::manifest_path(&repo.root, id);
+    for m in manifests {
+        let path = store::manifest_path(&repo.root, &m.id);
         if !path.exists() {
-            store::write_atomic(&repo.root, &path, packed)?;
+            store::write_atomic(&repo.root, &path, &m.packed)?;
         }
     }
     Ok(())
@@ -669,21 +683,15 @@ fn record(repo: &mut Repository, images: &[PulledImage]) -> Result<()> {
 /// Copies the deltas the source precomputed towards the pulled manifests and blobs (as
 /// listed in its `deltas/list`; a source without one has none to give). Deltas are checked by
 /// the node that applies them (the result against its id), like the ones made here.
-fn pull_deltas(repo: &Repository, src: &dyn Source, manifests: &[(Id, Vec<u8>)]) -> Result<u64> {
+fn pull_deltas(repo: &Repository, src: &dyn Source, manifests: &[Staged]) -> Result<u64> {
     let Some(text) = src.get("deltas/list")? else {
         return Ok(0);
     };
     let list = refs::decode_delta_list(&text).map_err(|p| inconsistent(src, "deltas/list", p))?;
-    let mut targets: HashSet<Id> = manifests.iter().map(|m| m.0).collect();
-    for (id, packed) in manifests {
-        if let Ok(raw) = manifest::decompress_file(&packed[..], id) {
-            for e in Manifest::decode(&raw)?.entries {
-                if let Kind::File { chunks, .. } = e.kind {
-                    targets.extend(chunks.into_iter().map(|c| c.id));
-                }
-            }
-        }
-    }
+    let targets: HashSet<Id> = manifests
+        .iter()
+        .flat_map(|m| std::iter::once(m.id).chain(m.blobs.iter().copied()))
+        .collect();
     let dir = store::published(&repo.root).join("deltas");
     let mut copied = 0;
     for (name, _) in list {

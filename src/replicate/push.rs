@@ -11,10 +11,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+
 use super::{source, PullOptions, PullReport};
-use crate::capture::remote::{ssh_defaults, SshUrl};
+use crate::capture::remote::SshUrl;
 use crate::error::{invalid, Error, IoContext, Result};
-use crate::format::manifest::{self, Kind, Manifest};
+use crate::format::manifest;
 use crate::format::refs;
 use crate::format::Id;
 use crate::progress::Progress;
@@ -131,24 +132,18 @@ fn stage(
         repo.catalog.packs()?.into_iter().map(|p| (p.0, p.1)).collect();
     let mut seen = HashSet::new();
     for id in &manifests {
-        let raw = repo.load_manifest_raw(id)?;
-        for e in Manifest::decode(&raw)?.entries {
-            let Kind::File { chunks, .. } = e.kind else {
+        for blob in super::blob_ids(&repo.load_manifest_raw(id)?)? {
+            if !seen.insert(blob) {
                 continue;
-            };
-            for c in chunks {
-                if !seen.insert(c.id) {
-                    continue;
-                }
-                let (pack, _) = repo.catalog.blob(&c.id)?.ok_or_else(|| {
-                    Error::Corrupt(format!(
-                        "blob {} is missing from the repository; run `aurum verify`",
-                        c.id.short()
-                    ))
-                })?;
-                if !dest_packs.contains(&pack) {
-                    packs.insert(pack, sizes.get(&pack).copied().unwrap_or(0));
-                }
+            }
+            let (pack, _) = repo.catalog.blob(&blob)?.ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "blob {} is missing from the repository; run `aurum verify`",
+                    blob.short()
+                ))
+            })?;
+            if !dest_packs.contains(&pack) {
+                packs.insert(pack, sizes.get(&pack).copied().unwrap_or(0));
             }
         }
     }
@@ -263,22 +258,8 @@ fn send(
     Ok(report)
 }
 
-/// `ssh [options] host -- script`.
 fn ssh(url: &SshUrl, opts: &PushOptions, script: &str) -> Result<Command> {
-    let (prog, words) = opts
-        .ssh
-        .split_first()
-        .ok_or_else(|| invalid("the ssh command is empty"))?;
-    let mut cmd = Command::new(prog);
-    cmd.args(words).args(ssh_defaults()).args(["-o", "BatchMode=yes"]);
-    if let Some(port) = url.port {
-        cmd.arg("-p").arg(port.to_string());
-    }
-    if let Some(user) = &url.user {
-        cmd.arg("-l").arg(user);
-    }
-    cmd.arg(&url.host).arg("--").arg(script);
-    Ok(cmd)
+    source::ssh_command(url, &opts.ssh, script)
 }
 
 /// A writer that counts what passes.

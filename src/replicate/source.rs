@@ -185,6 +185,26 @@ struct Ssh {
     moved: AtomicU64,
 }
 
+/// `ssh [options] host -- script`: the administrator's ssh command and options first (ssh
+/// keeps the first value it reads for an option), then connection sharing, no prompts.
+pub fn ssh_command(url: &SshUrl, ssh: &[String], script: &str) -> Result<Command> {
+    let (prog, opts) = ssh
+        .split_first()
+        .ok_or_else(|| invalid("the ssh command is empty"))?;
+    let mut cmd = Command::new(prog);
+    cmd.args(opts)
+        .args(ssh_defaults())
+        .args(["-o", "BatchMode=yes"]);
+    if let Some(port) = url.port {
+        cmd.arg("-p").arg(port.to_string());
+    }
+    if let Some(user) = &url.user {
+        cmd.arg("-l").arg(user);
+    }
+    cmd.arg(&url.host).arg("--").arg(script);
+    Ok(cmd)
+}
+
 /// Exit status our remote commands give for a file that is not there (ssh itself uses 255).
 const MISSING: i32 = 44;
 
@@ -212,26 +232,15 @@ impl Ssh {
 
     /// Runs `script` (a POSIX shell command) on the host; stdout goes to `out`.
     fn run(&self, script: &str, out: Stdio) -> Result<std::process::Child> {
-        let (prog, opts) = self
-            .command
-            .split_first()
-            .ok_or_else(|| invalid("the ssh command is empty"))?;
-        let mut cmd = Command::new(prog);
-        cmd.args(opts).args(ssh_defaults()).arg("-o").arg("BatchMode=yes");
-        if let Some(port) = self.url.port {
-            cmd.arg("-p").arg(port.to_string());
-        }
-        if let Some(user) = &self.url.user {
-            cmd.arg("-l").arg(user);
-        }
-        cmd.arg(&self.url.host).arg("--").arg(script);
-        cmd.stdin(Stdio::null())
+        ssh_command(&self.url, &self.command, script)?
+            .stdin(Stdio::null())
             .stdout(out)
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| {
                 Error::Remote(format!(
-                    "cannot run `{prog}`: {e}; install openssh-client or pass --ssh"
+                    "cannot run `{}`: {e}; install openssh-client or pass --ssh",
+                    self.command.join(" ")
                 ))
             })
     }

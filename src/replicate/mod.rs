@@ -695,8 +695,7 @@ fn pull_deltas(repo: &Repository, src: &dyn Source, manifests: &[Staged]) -> Res
     let dir = store::published(&repo.root).join("deltas");
     let mut copied = 0;
     for (name, _) in list {
-        let wanted = crate::format::delta::cache_target(name.split('/').nth(1).unwrap_or(""))
-            .is_some_and(|t| targets.contains(&t));
+        let wanted = delta_target(&name).is_some_and(|t| targets.contains(&t));
         if !wanted || dir.join(&name).exists() {
             continue;
         }
@@ -709,6 +708,11 @@ fn pull_deltas(repo: &Repository, src: &dyn Source, manifests: &[Staged]) -> Res
         crate::repo::publish::write_delta_list(&repo.root)?;
     }
     Ok(copied)
+}
+
+/// The target (a blob or manifest id) of a delta cache file named as in `deltas/list`.
+fn delta_target(name: &str) -> Option<Id> {
+    crate::format::delta::cache_target(name.split('/').nth(1)?)
 }
 
 /// Saves the source's template versions, oldest first, each as a new version here when

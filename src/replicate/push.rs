@@ -171,6 +171,19 @@ fn stage(
         link(crate::format::pack::path(id, "pack"))?;
         link(crate::format::pack::path(id, "idx"))?;
     }
+    // The deltas this repository keeps towards what is sent, for DEST's nodes.
+    let targets: HashSet<Id> = seen.into_iter().chain(manifests.iter().copied()).collect();
+    let deltas: Vec<(String, u64)> = refs::decode_delta_list(&publish::delta_list(&repo.root)?)
+        .map_err(|p| invalid(format!("{}: deltas/list: {p}", repo.root.display())))?
+        .into_iter()
+        .filter(|(name, _)| super::delta_target(name).is_some_and(|t| targets.contains(&t)))
+        .collect();
+    for (name, _) in &deltas {
+        link(format!("deltas/{name}"))?;
+    }
+    let list = public.join("deltas/list");
+    fs::create_dir_all(public.join("deltas")).at(&list)?;
+    fs::write(&list, refs::encode_delta_list(deltas)).at(&list)?;
     progress.finish();
     Ok(())
 }

@@ -119,6 +119,8 @@ fn pull_from_a_directory_keeps_everything_and_moves_only_what_is_new() {
         "full pull {full} B; second pull after one revision storing {new_bytes} B: {moved} B"
     );
     assert_eq!(r["revisions"], 1, "{r}");
+    // The deltas the source precomputed for the changed file came along.
+    assert!(r["deltas"].as_u64().unwrap() > 0, "{r}");
     assert!(
         moved as f64 <= 1.1 * new_bytes as f64 + 256.0 * 1024.0,
         "second pull moved {moved} B for a revision of {new_bytes} new bytes"
@@ -381,6 +383,7 @@ fn pull_and_push_over_ssh_and_to_a_directory() {
     a.getimage(&a.path("gold"), "compute", &["-q"]);
     let r = push(&[]);
     assert_eq!(r["revisions"], 1, "{r}");
+    assert!(r["deltas"].as_u64().unwrap() > 0, "{r}");
     let new_bytes = revisions(&a, "compute")[0]["new_bytes"].as_u64().unwrap();
     eprintln!("push over ssh of one revision storing {new_bytes} B sent {} B", r["bytes"]);
     same_images(&a, &e, "");

@@ -174,7 +174,7 @@ fn pull_from(
         progress,
     };
     let manifests = fetched.manifests(&plan.manifests)?;
-    let wanted = fetched.wanted_blobs(&manifests)?;
+    let wanted = fetched.wanted_blobs(&manifests, &plan.present)?;
     let packs = fetched.choose_packs(wanted)?;
     let checked = fetched.packs(&packs, &mut report)?;
     register(repo, &checked, &manifests)?;
@@ -196,6 +196,10 @@ struct Plan {
     images: Vec<PulledImage>,
     /// Manifests of those revisions this repository lacks.
     manifests: Vec<Id>,
+    /// Manifests of those revisions this repository has already (the same tree recorded
+    /// under another name, or placed by a pull killed before it recorded its revisions):
+    /// their blobs are wanted too when missing.
+    present: Vec<Id>,
 }
 
 /// Reads the source's images and logs, and decides what to add: refuses an image that
@@ -227,6 +231,7 @@ fn plan(
     let mut plan = Plan {
         images: Vec::new(),
         manifests: Vec::new(),
+        present: Vec::new(),
     };
     let mut seen_manifests = HashSet::new();
     for image in all
@@ -244,7 +249,12 @@ fn plan(
         let log = refs::decode_log(&text).map_err(|p| inconsistent(src, &path, p))?;
         let (pulled, moved) = plan_image(repo, &local, &log, opts.force, src)?;
         for r in &pulled.revisions {
-            if seen_manifests.insert(r.id) && !store::manifest_path(&repo.root, &r.id).exists() {
+            if !seen_manifests.insert(r.id) {
+                continue;
+            }
+            if store::manifest_path(&repo.root, &r.id).exists() {
+                plan.present.push(r.id);
+            } else {
                 plan.manifests.push(r.id);
             }
         }
@@ -433,9 +443,13 @@ impl Fetch<'_> {
         Ok(out)
     }
 
-    /// The blobs the manifests name that this repository lacks.
-    fn wanted_blobs(&self, manifests: &[Staged]) -> Result<HashSet<Id>> {
-        let named: HashSet<Id> = manifests.iter().flat_map(|m| m.blobs.iter().copied()).collect();
+    /// The blobs the manifests (fetched, or `present` here) name that this repository lacks.
+    fn wanted_blobs(&self, manifests: &[Staged], present: &[Id]) -> Result<HashSet<Id>> {
+        let mut named: HashSet<Id> =
+            manifests.iter().flat_map(|m| m.blobs.iter().copied()).collect();
+        for id in present {
+            named.extend(blob_ids(&self.repo.load_manifest_raw(id)?)?);
+        }
         let cat = &self.repo.catalog;
         cat.reading(|c| {
             let mut wanted = HashSet::new();
@@ -827,4 +841,65 @@ pub fn remove_remote(
         images,
         dry_run,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::Lock;
+
+    /// A repository holding one pack of a few blobs (grouped and alone); returns the pack's
+    /// path, id, size and index.
+    fn one_pack(dir: &Path) -> (PathBuf, Id, u64, Vec<IndexEntry>) {
+        let root = dir.join("repo");
+        crate::repo::init(&root).unwrap();
+        let repo = Repository::open(&root, Lock::Shared).unwrap();
+        let mut w = repo.blob_writer().unwrap();
+        for n in 0..5u8 {
+            let data = vec![n; 10_000 + usize::from(n)];
+            let id = Id::of(&data);
+            assert!(w.claim(&id).unwrap());
+            if n < 3 {
+                w.put_grouped(&id, &data).unwrap();
+            } else {
+                let (codec, payload) = store::compress(&data);
+                w.put(&id, codec, data.len() as u32, &payload).unwrap();
+            }
+        }
+        w.finish().unwrap();
+        let (id, size, _) = repo.catalog.packs().unwrap()[0];
+        let entries = repo.catalog.pack_blobs(&id).unwrap();
+        (store::pack_path(&root, &id, "pack"), id, size, entries)
+    }
+
+    #[test]
+    fn a_pack_is_checked_whole_and_blob_by_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, id, size, entries) = one_pack(dir.path());
+        check_pack(&path, &id, size, &entries).unwrap();
+        // Its size, its name, and an index that lies about a blob are each refused.
+        assert!(check_pack(&path, &id, size + 1, &entries).is_err());
+        assert!(check_pack(&path, &Id::of(b"other"), size, &entries).is_err());
+        let mut lying = entries.clone();
+        lying[0].id = Id::of(b"not this blob");
+        assert!(check_pack(&path, &id, size, &lying).is_err());
+        let mut outside = entries.clone();
+        outside[1].offset = size + 10;
+        assert!(check_pack(&path, &id, size, &outside).is_err());
+        // One byte changed.
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let bad = dir.path().join("bad.pack");
+        fs::write(&bad, &bytes).unwrap();
+        assert!(check_pack(&bad, &id, size, &entries).is_err());
+    }
+
+    #[test]
+    fn staging_keys_are_file_names() {
+        assert_eq!(staging_key(Some("super"), "http://x"), "remote-super");
+        let k = staging_key(None, "ssh://root@h/srv/aurum");
+        assert!(k.starts_with("url-") && k.len() == 20 && !k.contains('/'), "{k}");
+        assert_eq!(delta_target("ab/not-a-delta"), None);
+    }
 }

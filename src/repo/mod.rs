@@ -251,8 +251,11 @@ fn orphan_markers(root: &Path) -> Vec<PathBuf> {
 /// so a failed conversion would leave the command working with no lock at all.
 fn lock_and_recover(root: &Path, file: &File, lock: Lock) -> Result<Catalog> {
     let lock_path = root.join("lock");
+    // refs/IMAGES is written with the other pull files and always exists once they are (an
+    // empty repository's is empty): its presence spares every command a catalog look-up.
     let behind = || {
-        Catalog::open(&root.join("aurum.db"))
+        !store::published(root).join("refs/IMAGES").exists()
+            && Catalog::open(&root.join("aurum.db"))
             .and_then(|c| c.get_meta(PULL_FILES_META))
             .is_ok_and(|m| m.is_none())
     };

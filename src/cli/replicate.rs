@@ -96,7 +96,8 @@ enum RemoteCommand {
     /// List remotes: URL, last successful pull, last error and its time, and the lag
     /// (revisions the remote had that this repository lacked at the last contact).
     List {
-        /// Print JSON.
+        /// Print JSON: [{"name", "url", "mirror", "created", "last_success", "since_success"
+        /// (seconds), "last_error", "last_error_time", "last_contact", "lag"}].
         #[arg(long)]
         json: bool,
     },
@@ -216,10 +217,16 @@ pub fn remote(g: &Global, a: RemoteArgs) -> anyhow::Result<()> {
         }
         RemoteCommand::List { json } => {
             let remotes = repo.catalog.remotes()?;
-            if json {
-                return print_json(&remotes);
-            }
             let now = aurum::catalog::now();
+            if json {
+                // With the time since the last successful pull, which a monitoring script
+                // compares with its limit.
+                let mut v = serde_json::to_value(&remotes)?;
+                for (r, row) in remotes.iter().zip(v.as_array_mut().into_iter().flatten()) {
+                    row["since_success"] = r.last_success.map(|t| now - t).into();
+                }
+                return print_json(&v);
+            }
             for r in remotes {
                 let ok = match r.last_success {
                     Some(t) => format!("{} ({} s ago)", human_time(t), now - t),

@@ -129,6 +129,7 @@ fn pull_from_a_directory_keeps_everything_and_moves_only_what_is_new() {
     let remotes = json(&b.ok(&["remote", "list", "--json"]));
     assert_eq!(remotes[0]["lag"], 0, "{remotes}");
     assert!(remotes[0]["last_success"].is_i64(), "{remotes}");
+    assert!(remotes[0]["since_success"].as_i64().unwrap() < 60, "{remotes}");
 
     // A tag moving back is refused without --force.
     a.ok(&["tag", "compute@1", "latest"]);

@@ -1080,3 +1080,32 @@ impl Repository {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulled_images_are_read_but_not_written() {
+        assert!(is_image_name("compute") && is_image_name("super/compute"));
+        assert!(!is_image_name("a/b/c") && !is_image_name("/compute") && !is_image_name("super/"));
+        assert!(!is_image_name("super/deadbeef12"), "a part that reads as an id");
+        let e = check_name("image", "super/compute").unwrap_err().to_string();
+        assert!(e.contains("cpimage super/compute"), "{e}");
+        assert!(check_name("image", "a/b/c").is_err());
+    }
+
+    #[test]
+    fn a_newer_format_says_to_upgrade() {
+        let e = check_format("/srv/aurum", b"aurum repository format 9\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("/srv/aurum was made by a newer aurum (format 9, this aurum reads up to {FORMAT_VERSION}): upgrade aurum")
+        );
+        assert_eq!(check_format("x", b"aurum repository format 2\n").unwrap(), 2);
+        assert!(check_format("x", b"something else 2\n").is_err());
+        assert!(check_format("x", b"aurum repository format 0\n").is_err());
+    }
+}

@@ -358,8 +358,12 @@ fn pull_and_push_over_ssh_and_to_a_directory() {
     let a = Env::new();
     source(&a);
     let b = Env::new();
-    let r = pull(&b, &["--mirror", "--ssh", &ssh, &sshd.url(&a.repo())]);
+    let url = sshd.url(&a.repo());
+    let half = stage_half(&b, &a, &url, false);
+    let r = pull(&b, &["--mirror", "--ssh", &ssh, &url]);
     assert_eq!(r["revisions"], 3, "{r}");
+    // The rest of a half-fetched pack came with `tail -c +N`.
+    assert_eq!(r["resumed_bytes"].as_u64().unwrap(), half, "{r}");
     same_images(&a, &b, "");
 
     // Push to a directory.
@@ -435,4 +439,53 @@ fn an_older_repository_gets_the_files_pullers_read() {
     let v = a.fails(&["verify"], 3);
     let out = String::from_utf8_lossy(&a.run(&["verify"]).stdout).into_owned();
     assert!(out.contains("refs/login/log") || v.contains("refs/login/log"), "{out}{v}");
+}
+
+/// Stages what a killed pull from `url` into `env` would have left: the first half of the
+/// source's largest pack (or, with `garbage`, as many wrong bytes) and a damaged manifest
+/// of its newest compute revision. Returns the bytes staged.
+fn stage_half(env: &Env, source: &Env, url: &str, garbage: bool) -> u64 {
+    let key = format!("url-{}", &blake3::hash(url.as_bytes()).to_hex()[..16]);
+    let stage = env.repo().join("tmp").join(format!("pull-{key}"));
+    let pack = walk_packs(&source.public());
+    let bytes = std::fs::read(&pack).unwrap();
+    let half = &bytes[..bytes.len() / 2];
+    let part = stage.join("packs").join(format!(
+        "{}.part",
+        pack.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    let staged: Vec<u8> = if garbage {
+        half.iter().map(|b| b ^ 0xff).collect()
+    } else {
+        half.to_vec()
+    };
+    std::fs::write(&part, &staged).unwrap();
+    let newest = revisions(source, "compute")[0]["id"].as_str().unwrap().to_string();
+    std::fs::create_dir_all(stage.join("manifests")).unwrap();
+    std::fs::write(stage.join(format!("manifests/{newest}.mf")), b"not a manifest").unwrap();
+    half.len() as u64
+}
+
+/// A pull finds what a killed one staged, checks it again, and goes on from there: a good
+/// half pack is completed, a damaged one and a damaged manifest fetched again.
+#[test]
+fn a_rerun_checks_what_a_killed_pull_staged() {
+    let a = Env::new();
+    source(&a);
+    for garbage in [false, true] {
+        let b = Env::new();
+        let url = s(&a.repo()).to_string();
+        let half = stage_half(&b, &a, &url, garbage);
+        let r = pull(&b, &["--mirror", &url]);
+        assert_eq!(r["resumed_bytes"].as_u64().unwrap(), half, "{r}");
+        same_images(&a, &b, "");
+        assert!(
+            std::fs::read_dir(b.repo().join("tmp"))
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().starts_with("pull-")),
+            "the staging directory is left after a pull that finished"
+        );
+    }
 }

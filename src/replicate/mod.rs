@@ -546,6 +546,7 @@ impl Fetch<'_> {
             let file = dir.join(format!("{}.pack.part", id.hex()));
             let had = self.fetch_pack(id, *size, &file)?;
             report.resumed_bytes += had;
+            self.progress.advance(had);
             let mut entries = entries.clone();
             if let Err(e) = check_pack(&file, id, *size, &entries) {
                 if had == 0 {
@@ -557,7 +558,6 @@ impl Fetch<'_> {
                 self.fetch_pack(id, *size, &file)?;
                 check_pack(&file, id, *size, &entries).map_err(|e| refused(self.src, id, e))?;
             }
-            self.progress.advance(*size);
             out.push(Checked {
                 id: *id,
                 size: *size,
@@ -589,7 +589,7 @@ impl Fetch<'_> {
             .at(file)?;
         if had < size {
             self.src
-                .fetch_from(&packfmt::path(id, "pack"), had, size, &mut f)?;
+                .fetch_from(&packfmt::path(id, "pack"), had, size, &mut f, self.progress)?;
         }
         f.flush().at(file)?;
         f.sync_all().at(file)?;

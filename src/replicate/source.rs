@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::apply::source::{HttpOptions, HttpRepo, RevisionSource};
 use crate::capture::remote::{ssh_defaults, SshUrl};
 use crate::error::{invalid, Error, IoContext, Result};
+use crate::progress::Progress;
 
 /// Bytes asked for in one HTTP range request while fetching a pack: small enough that a
 /// killed pull loses little (a piece is written once it has all come: six kills of a 50 MB
@@ -29,8 +30,16 @@ pub trait Source {
     fn describe(&self) -> String;
     /// A whole file (relative to `public/`), `None` when the source has no such file.
     fn get(&self, path: &str) -> Result<Option<Vec<u8>>>;
-    /// Appends the bytes of `path` from `offset` (its whole length being `size`) to `out`.
-    fn fetch_from(&self, path: &str, offset: u64, size: u64, out: &mut File) -> Result<()>;
+    /// Appends the bytes of `path` from `offset` (its whole length being `size`) to `out`,
+    /// advancing `progress` by the bytes written.
+    fn fetch_from(
+        &self,
+        path: &str,
+        offset: u64,
+        size: u64,
+        out: &mut File,
+        progress: &dyn Progress,
+    ) -> Result<()>;
     /// Bytes read from the source so far.
     fn bytes_moved(&self) -> u64;
 }
@@ -117,7 +126,14 @@ impl Source for Dir {
         }
     }
 
-    fn fetch_from(&self, path: &str, offset: u64, _size: u64, out: &mut File) -> Result<()> {
+    fn fetch_from(
+        &self,
+        path: &str,
+        offset: u64,
+        _size: u64,
+        out: &mut File,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let p = self.public.join(path);
         let mut f = File::open(&p).at(&p)?;
         f.seek(SeekFrom::Start(offset)).at(&p)?;
@@ -130,6 +146,7 @@ impl Source for Dir {
             out.write_all(buf.get(..n).unwrap_or_default())
                 .map_err(Error::Os)?;
             self.moved.fetch_add(n as u64, Ordering::Relaxed);
+            progress.advance(n as u64);
         }
     }
 
@@ -157,14 +174,20 @@ impl Source for Http {
         }
     }
 
-    fn fetch_from(&self, path: &str, offset: u64, size: u64, out: &mut File) -> Result<()> {
+    fn fetch_from(
+        &self,
+        path: &str,
+        offset: u64,
+        size: u64,
+        out: &mut File,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let mut at = offset;
         while at < size {
             let end = (at + PIECE).min(size) - 1;
-            let bytes = self
-                .repo
-                .get_range(path, at, end, &crate::progress::Quiet)?;
+            let bytes = self.repo.get_range(path, at, end, progress)?;
             out.write_all(&bytes).map_err(Error::Os)?;
+            progress.advance(bytes.len() as u64);
             at = end + 1;
         }
         Ok(())
@@ -290,7 +313,14 @@ impl Source for Ssh {
         Ok(Some(data))
     }
 
-    fn fetch_from(&self, path: &str, offset: u64, _size: u64, out: &mut File) -> Result<()> {
+    fn fetch_from(
+        &self,
+        path: &str,
+        offset: u64,
+        _size: u64,
+        out: &mut File,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let q = self.quoted(path);
         let mut child = self.run(
             &format!(
@@ -300,8 +330,17 @@ impl Source for Ssh {
             Stdio::piped(),
         )?;
         let mut from = child.stdout.take().expect("piped");
-        let n = std::io::copy(&mut from, out).map_err(Error::Os)?;
-        self.moved.fetch_add(n, Ordering::Relaxed);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = from.read(&mut buf).map_err(Error::Os)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(buf.get(..n).unwrap_or_default())
+                .map_err(Error::Os)?;
+            self.moved.fetch_add(n as u64, Ordering::Relaxed);
+            progress.advance(n as u64);
+        }
         if !self.finish(child, path)? {
             return Err(Error::NotFound(format!(
                 "{}: {path} is listed but not there",

@@ -153,33 +153,24 @@ pub fn image_name_ok(name: &str) -> bool {
     }
 }
 
-/// `refs/IMAGES`: one image name a line, sorted.
-pub fn encode_images<'a>(images: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
-    let mut names: Vec<&str> = images.into_iter().collect();
-    names.sort_unstable();
-    names
+/// `refs/IMAGES`: `IMAGE LOG-ID\n` per image, sorted by name; `LOG-ID` is the blake3 hash
+/// of the image's `refs/IMAGE/log`, so a puller whose copy of the log hashes the same need
+/// not fetch it (a long history's log is far larger than a new revision's objects).
+pub fn encode_images<'a>(images: impl IntoIterator<Item = (&'a str, Id)>) -> Vec<u8> {
+    let mut lines: Vec<(&str, Id)> = images.into_iter().collect();
+    lines.sort_unstable();
+    lines
         .into_iter()
-        .map(|n| format!("{n}\n"))
+        .map(|(n, log)| format!("{n} {}\n", log.hex()))
         .collect::<String>()
         .into_bytes()
 }
 
 /// Reads `refs/IMAGES`, refusing a name that could not be an image's (it becomes a path).
-pub fn decode_images(data: &[u8]) -> Result<Vec<String>, Problem> {
-    text_of(data)?
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            if image_name_ok(l) {
-                Ok(l.to_string())
-            } else {
-                Err(Problem::BadLine {
-                    line: i + 1,
-                    want: "IMAGE",
-                })
-            }
-        })
-        .collect()
+pub fn decode_images(data: &[u8]) -> Result<Vec<(String, Id)>, Problem> {
+    decode_pairs(data, "IMAGE LOG-ID", |a, b| {
+        image_name_ok(a).then(|| Some((a.to_string(), Id::from_hex(b)?)))?
+    })
 }
 
 /// One revision as `refs/IMAGE/log` holds it: its catalog row.
@@ -452,9 +443,10 @@ mod tests {
             mut revs in prop::collection::vec(logged(), 0..6),
             deltas in prop::collection::vec((id(), any::<[u8; 16]>(), any::<bool>(), any::<u64>()), 0..5),
         ) {
-            let mut sorted = images.clone();
+            let mut sorted: Vec<(String, Id)> = images.iter().map(|n| (n.clone(), Id::of(n.as_bytes()))).collect();
             sorted.sort();
-            prop_assert_eq!(decode_images(&encode_images(images.iter().map(|s| s.as_str()))).unwrap(), sorted);
+            let encoded = encode_images(sorted.iter().rev().map(|(n, i)| (n.as_str(), *i)));
+            prop_assert_eq!(decode_images(&encoded).unwrap(), sorted);
             revs.sort_by_key(|r| r.number);
             revs.dedup_by_key(|r| r.number);
             let tags = revs.iter().map(|r| (format!("t{}", r.number), r.number)).collect();
@@ -493,9 +485,11 @@ mod tests {
 
     #[test]
     fn replication_files_refuse_what_they_cannot_read() {
-        assert!(decode_images(b"a/b/c\n").is_err());
-        assert!(decode_images(b"../etc\n").is_err());
-        assert!(decode_images(b"super/compute\ncompute\n").is_ok());
+        let log = Id::of(b"log").hex();
+        assert!(decode_images(format!("a/b/c {log}\n").as_bytes()).is_err());
+        assert!(decode_images(format!("../etc {log}\n").as_bytes()).is_err());
+        assert!(decode_images(b"compute\n").is_err());
+        assert!(decode_images(format!("super/compute {log}\ncompute {log}\n").as_bytes()).is_ok());
         assert_eq!(
             decode_log(b"{\"kind\":\"log\",\"version\":9}\n"),
             Err(Problem::Newer {

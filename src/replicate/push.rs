@@ -120,10 +120,14 @@ fn stage(
         }
         files.extend(publish::refs(&repo.catalog, image)?);
     }
-    files.insert(
-        PathBuf::from("refs/IMAGES"),
-        refs::encode_images(images.iter().map(String::as_str)),
-    );
+    let mut logs = Vec::new();
+    for image in images {
+        let log = files
+            .get(&PathBuf::from(format!("refs/{image}/log")))
+            .expect("publish::refs writes the log");
+        logs.push((image.as_str(), Id::of(log)));
+    }
+    files.insert(PathBuf::from("refs/IMAGES"), refs::encode_images(logs));
     files.insert(PathBuf::from("FORMAT"), publish::format_text().into_bytes());
     files.extend(publish::templates(&repo.catalog)?);
     // The packs holding the blobs of those revisions, unless DEST has the pack.

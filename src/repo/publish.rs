@@ -74,7 +74,24 @@ pub fn refs(catalog: &Catalog, image: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>
         dir.join("revisions"),
         encode_revisions(revs.iter().rev().map(|r| (r.number, r.id))),
     );
-    let log = ImageLog {
+    files.insert(dir.join("log"), encode_log(&image_log(catalog, image, &revs)?));
+    if let Some(head) = revs.first() {
+        files.insert(dir.join("head"), encode_ref(&head.id));
+    }
+    for (tag, number) in catalog.tags(image)? {
+        let rev = revs
+            .iter()
+            .find(|r| r.number == number)
+            .expect("tags name existing revisions");
+        files.insert(dir.join("tags").join(tag), encode_ref(&rev.id));
+    }
+    Ok(files)
+}
+
+/// What `refs/IMAGE/log` holds: `revs` (the image's revisions, newest first, as
+/// [`Catalog::revisions`] gives them) and its tags.
+fn image_log(catalog: &Catalog, image: &str, revs: &[crate::catalog::Revision]) -> Result<ImageLog> {
+    Ok(ImageLog {
         revisions: revs
             .iter()
             .rev()
@@ -91,27 +108,21 @@ pub fn refs(catalog: &Catalog, image: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>
             })
             .collect(),
         tags: catalog.tags(image)?,
-    };
-    files.insert(dir.join("log"), encode_log(&log));
-    if let Some(head) = revs.first() {
-        files.insert(dir.join("head"), encode_ref(&head.id));
-    }
-    for (tag, number) in catalog.tags(image)? {
-        let rev = revs
-            .iter()
-            .find(|r| r.number == number)
-            .expect("tags name existing revisions");
-        files.insert(dir.join("tags").join(tag), encode_ref(&rev.id));
-    }
-    Ok(files)
+    })
 }
 
-/// `refs/IMAGES`: every image of the catalog, for pullers that cannot list `refs/`.
+/// `refs/IMAGES`: every image of the catalog with the id of its log, for pullers that
+/// cannot list `refs/`.
 pub fn images(catalog: &Catalog) -> Result<(PathBuf, Vec<u8>)> {
-    let images = catalog.images()?;
+    let mut lines = Vec::new();
+    for image in catalog.images()? {
+        let revs = catalog.revisions(&image.name)?;
+        let log = encode_log(&image_log(catalog, &image.name, &revs)?);
+        lines.push((image.name, Id::of(&log)));
+    }
     Ok((
         PathBuf::from("refs/IMAGES"),
-        encode_images(images.iter().map(|i| i.name.as_str())),
+        encode_images(lines.iter().map(|(n, id)| (n.as_str(), *id))),
     ))
 }
 

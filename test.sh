@@ -41,11 +41,19 @@ want fallocate util-linux
 want mkswap util-linux
 want chroot coreutils
 want busybox busybox-static
+# msdos disks and software RAID (tests/it/si.rs, and the boot kit of the SystemImager layout's
+# QEMU install, which runs sfdisk and mdadm in the guest).
+want sfdisk fdisk
+want mdadm mdadm
 # Scratch Debian roots (tests/rig/debian-root): the .deb install test.
 want debootstrap debootstrap
 want dpkg-deb dpkg
 # aurum exec folds output as clubak does (tests/it/fleet.rs compares the two).
 want clubak clustershell
+# The status page test drives headless Chromium with Debian's selenium (tests/it/fleet.rs).
+want chromium chromium
+want chromedriver chromium-driver
+[ -e /usr/lib/python3/dist-packages/selenium ] || need+=(python3-selenium)
 # Conventions (tests/it/conventions.rs): the generated completions load in zsh and fish, and
 # man renders every generated page.
 want zsh zsh

@@ -9,6 +9,7 @@ mod inventory;
 pub mod migrations;
 pub mod nodes;
 mod remotes;
+pub mod rollouts;
 mod templates;
 
 use std::path::Path;
@@ -774,6 +775,33 @@ impl Catalog {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Each node's latest report of `action` (e.g. its last health check), by hostname.
+    pub fn latest_reports(&self, action: NodeAction) -> Result<Vec<NodeState>> {
+        let mut st = self.conn.prepare(
+            "SELECT hostname, image, revision, action, result, bytes, seconds, address, detail, time
+             FROM node_reports r WHERE action = ?1
+             AND time = (SELECT MAX(time) FROM node_reports WHERE hostname = r.hostname AND action = ?1)
+             GROUP BY hostname ORDER BY hostname",
+        )?;
+        let rows = st.query_map([action], |r| {
+            Ok(NodeState {
+                report: NodeReport {
+                    hostname: r.get(0)?,
+                    image: r.get(1)?,
+                    revision: r.get(2)?,
+                    action: r.get(3)?,
+                    result: r.get(4)?,
+                    bytes: r.get::<_, i64>(5)? as u64,
+                    seconds: r.get(6)?,
+                    detail: r.get(8)?,
+                },
+                address: r.get(7)?,
+                reported: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Every node that has reported, with its latest report.

@@ -14,6 +14,7 @@
 //! are marked cacheable forever; refs and `packs/list` must be revalidated.
 
 mod http;
+pub mod status;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -102,6 +103,13 @@ impl Handler for Worker<'_> {
                     TEXT,
                     format!("#!ipxe\necho aurum: {e:#}\nsleep 10\nexit\n").into_bytes(),
                 ),
+            };
+            return answer.header("Cache-Control", "no-store").send(reply);
+        }
+        if matches!(rq.method, Method::Get | Method::Head) && matches!(path, "/" | "/status") {
+            let answer = match self.catalog().and_then(|c| status::page(c)) {
+                Ok(html) => Answer::new(200, "text/html; charset=utf-8", html.into_bytes()),
+                Err(e) => text(500, &format!("{e:#}")),
             };
             return answer.header("Cache-Control", "no-store").send(reply);
         }
@@ -265,6 +273,24 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
             Ok(json_answer(&cat.revisions(name)?))
         }
         (Method::Get, ["nodes"]) => Ok(json_answer(&cat.nodes()?)),
+        (Method::Get, ["rollouts"]) => {
+            let mut all = Vec::new();
+            for r in cat.rollouts()? {
+                let nodes = cat.rollout_nodes(r.id)?;
+                all.push(serde_json::json!({"rollout": r, "nodes": nodes}));
+            }
+            Ok(json_answer(&all))
+        }
+        (Method::Get, ["rollouts", id]) => {
+            let id: i64 = id
+                .parse()
+                .map_err(|_| Error::NotFound(format!("no rollout `{id}`")))?;
+            Ok(json_answer(&serde_json::json!({
+                "rollout": cat.rollout(id)?,
+                "nodes": cat.rollout_nodes(id)?,
+                "events": cat.rollout_events(id)?,
+            })))
+        }
         (Method::Post, ["deltas"]) => {
             if body.len() > MAX_DELTA_BODY {
                 return Err(invalid("delta request too large"));
@@ -316,9 +342,13 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
 /// The one method an API endpoint answers, for a 405 to name.
 fn endpoint_method(parts: &[&str]) -> Option<&'static str> {
     match parts {
-        ["images"] | ["images", _, "revisions"] | ["nodes"] | ["templates"] | ["templates", _] => {
-            Some("GET")
-        }
+        ["images"]
+        | ["images", _, "revisions"]
+        | ["nodes"]
+        | ["templates"]
+        | ["templates", _]
+        | ["rollouts"]
+        | ["rollouts", _] => Some("GET"),
         ["deltas"] | ["install", _] | ["reports"] => Some("POST"),
         _ => None,
     }

@@ -25,5 +25,6 @@ mod remote;
 mod replicate;
 mod repository;
 mod serve;
+mod si;
 mod tarball;
 mod update;

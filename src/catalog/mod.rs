@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::format::pack::{Codec, IndexEntry};
+use crate::format::refs::LoggedRevision;
 use crate::format::wire::StatKey;
 use crate::format::Id;
 use crate::store::FinishedPack;
@@ -166,12 +167,40 @@ pub struct PulledImage {
     /// Its name here (`REMOTE/IMAGE`, or the source's name for a mirror).
     pub name: String,
     /// The revisions to add, oldest first.
-    pub revisions: Vec<crate::format::refs::LoggedRevision>,
+    pub revisions: Vec<LoggedRevision>,
     /// Every tag of the image in the source.
     pub tags: Vec<(String, u32)>,
     /// Delete the image's tags the source does not have (an image pulled from a remote
     /// mirrors its tags; a mirror pull keeps tags made here).
     pub exact_tags: bool,
+}
+
+/// Inserts a revision row of `image` (`conflict`: `""`, or `"OR IGNORE"` to keep a row of
+/// that number already there).
+fn insert_revision(
+    tx: &rusqlite::Transaction,
+    image: &str,
+    r: &LoggedRevision,
+    conflict: &str,
+) -> Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT {conflict} INTO revisions({REVISION_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
+        ),
+        params![
+            image,
+            r.number,
+            r.id.hex(),
+            r.parent.map(|p| p.hex()),
+            r.created,
+            r.message,
+            r.source,
+            r.files as i64,
+            r.bytes as i64,
+            r.new_bytes as i64
+        ],
+    )?;
+    Ok(())
 }
 
 fn record_pulled_image(tx: &rusqlite::Transaction, im: &PulledImage) -> Result<()> {
@@ -181,23 +210,7 @@ fn record_pulled_image(tx: &rusqlite::Transaction, im: &PulledImage) -> Result<(
         params![im.name, created],
     )?;
     for r in &im.revisions {
-        tx.execute(
-            &format!(
-                "INSERT OR IGNORE INTO revisions({REVISION_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
-            ),
-            params![
-                im.name,
-                r.number,
-                r.id.hex(),
-                r.parent.map(|p| p.hex()),
-                r.created,
-                r.message,
-                r.source,
-                r.files as i64,
-                r.bytes as i64,
-                r.new_bytes as i64
-            ],
-        )?;
+        insert_revision(tx, &im.name, r, "OR IGNORE")?;
     }
     if im.exact_tags {
         tx.execute("DELETE FROM tags WHERE image = ?1", [&im.name])?;
@@ -511,23 +524,18 @@ impl Catalog {
             [image],
             |r| r.get(0),
         )?;
-        tx.execute(
-            &format!(
-                "INSERT INTO revisions({REVISION_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
-            ),
-            params![
-                image,
-                number,
-                id.hex(),
-                parent.map(|p| p.hex()),
-                now(),
-                message,
-                source,
-                stats.files as i64,
-                stats.bytes as i64,
-                stats.new_bytes as i64
-            ],
-        )?;
+        let row = LoggedRevision {
+            number,
+            id: *id,
+            parent: parent.copied(),
+            created: now(),
+            message: message.to_string(),
+            source: source.to_string(),
+            files: stats.files,
+            bytes: stats.bytes,
+            new_bytes: stats.new_bytes,
+        };
+        insert_revision(&tx, image, &row, "")?;
         tx.execute(
             "INSERT INTO events(time, kind, image, detail) VALUES (?1, 'revision', ?2, ?3)",
             params![

@@ -27,4 +27,5 @@ mod repository;
 mod serve;
 mod si;
 mod tarball;
+mod tiers;
 mod update;

@@ -338,7 +338,7 @@ impl HttpRepo {
     }
 
     /// GETs bytes `start..=end` of a file.
-    fn get_range(
+    pub fn get_range(
         &self,
         path: &str,
         start: u64,
@@ -554,7 +554,7 @@ fn backoff(n: u32, base: Duration) -> Duration {
 }
 
 fn ref_name_ok(s: &str) -> bool {
-    crate::repo::check_name("image", s).is_ok()
+    crate::repo::is_image_name(s)
 }
 
 impl RevisionSource for HttpRepo {

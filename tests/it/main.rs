@@ -22,6 +22,7 @@ mod overrides;
 mod published;
 mod pxe;
 mod remote;
+mod replicate;
 mod repository;
 mod serve;
 mod si;

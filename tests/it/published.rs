@@ -288,7 +288,7 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    fn start(env: &Env) -> Nginx {
+    pub fn start(env: &Env) -> Nginx {
         let dir = env.path("nginx");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();

@@ -43,7 +43,10 @@ pub enum Problem {
         want: &'static str,
     },
     /// Written by a newer aurum, in a version this one cannot read.
-    Newer { version: u32, reads: u32 },
+    Newer {
+        version: u32,
+        reads: u32,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -201,9 +204,14 @@ pub struct ImageLog {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 enum LogLine {
     /// The first line.
-    Log { version: u32 },
+    Log {
+        version: u32,
+    },
     Revision(LoggedRevision),
-    Tag { tag: String, number: u32 },
+    Tag {
+        tag: String,
+        number: u32,
+    },
 }
 
 /// `refs/IMAGE/log`: JSON lines, `{"kind":"log","version":1}` first, then a `revision` line
@@ -249,7 +257,8 @@ pub fn decode_log(data: &[u8]) -> Result<ImageLog, Problem> {
             (0, LogLine::Log { .. }) => {}
             (0, _) | (_, LogLine::Log { .. }) => return Err(bad(i + 1)),
             (_, LogLine::Revision(r)) => {
-                if log.revisions.last().is_some_and(|p| p.number >= r.number) || !log.tags.is_empty()
+                if log.revisions.last().is_some_and(|p| p.number >= r.number)
+                    || !log.tags.is_empty()
                 {
                     return Err(bad(i + 1));
                 }
@@ -313,7 +322,9 @@ pub fn decode_template_log(data: &[u8]) -> Result<Vec<LoggedTemplate>, Problem> 
 /// Whether `rel` is the name of a delta cache file, relative to `deltas/`
 /// (`XX/<target>-<key>.zd` or `.none`, see [`super::delta::cache_stem`]).
 pub fn delta_name_ok(rel: &str) -> bool {
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
     let Some((sub, file)) = rel.split_once('/') else {
         return false;
     };
@@ -421,19 +432,21 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
         )
-            .prop_map(|(n, id, parent, created, message, source, files, bytes, new_bytes)| {
-                LoggedRevision {
-                    number: u32::from(n),
-                    id,
-                    parent,
-                    created,
-                    message,
-                    source,
-                    files,
-                    bytes,
-                    new_bytes,
-                }
-            })
+            .prop_map(
+                |(n, id, parent, created, message, source, files, bytes, new_bytes)| {
+                    LoggedRevision {
+                        number: u32::from(n),
+                        id,
+                        parent,
+                        created,
+                        message,
+                        source,
+                        files,
+                        bytes,
+                        new_bytes,
+                    }
+                },
+            )
     }
 
     proptest! {
@@ -499,7 +512,10 @@ mod tests {
         );
         assert!(decode_log(b"").is_err());
         // A tag naming a revision the log lacks.
-        assert!(decode_log(b"{\"kind\":\"log\",\"version\":1}\n{\"kind\":\"tag\",\"tag\":\"a\",\"number\":1}\n").is_err());
+        assert!(decode_log(
+            b"{\"kind\":\"log\",\"version\":1}\n{\"kind\":\"tag\",\"tag\":\"a\",\"number\":1}\n"
+        )
+        .is_err());
         assert!(decode_delta_list(b"ab/../../x 1\n").is_err());
         assert!(!delta_name_ok("ab/cd-ef.zd"));
     }

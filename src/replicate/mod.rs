@@ -142,9 +142,9 @@ fn pull_from(
     progress: &dyn Progress,
 ) -> Result<PullReport> {
     let src = source::open(url, &opts.ssh, &opts.http)?;
-    let format = src
-        .get("FORMAT")?
-        .ok_or_else(|| Error::NotFound(format!("{url} has no FORMAT: it is no aurum repository")))?;
+    let format = src.get("FORMAT")?.ok_or_else(|| {
+        Error::NotFound(format!("{url} has no FORMAT: it is no aurum repository"))
+    })?;
     crate::repo::check_format(url, &format)?;
     let stage = staging(&repo.root, &staging_key(remote, url));
     fs::create_dir_all(&stage).at(&stage)?;
@@ -164,8 +164,10 @@ fn pull_from(
     };
     let plan = plan(repo, src.as_ref(), opts, remote, mirror, &mut report)?;
     if let Some(r) = remote {
-        repo.catalog
-            .remote_contacted(r, plan.images.iter().map(|i| i.revisions.len() as u64).sum())?;
+        repo.catalog.remote_contacted(
+            r,
+            plan.images.iter().map(|i| i.revisions.len() as u64).sum(),
+        )?;
     }
     let fetched = Fetch {
         repo,
@@ -259,7 +261,10 @@ fn plan(
         }
         let path = format!("refs/{image}/log");
         let text = src.get(&path)?.ok_or_else(|| {
-            Error::NotFound(format!("{} lists image `{image}` but has no {path}", src.describe()))
+            Error::NotFound(format!(
+                "{} lists image `{image}` but has no {path}",
+                src.describe()
+            ))
         })?;
         let log = refs::decode_log(&text).map_err(|p| inconsistent(src, &path, p))?;
         let (pulled, moved) = plan_image(repo, &local, &log, opts.force, src)?;
@@ -460,8 +465,10 @@ impl Fetch<'_> {
 
     /// The blobs the manifests (fetched, or `present` here) name that this repository lacks.
     fn wanted_blobs(&self, manifests: &[Staged], present: &[Id]) -> Result<HashSet<Id>> {
-        let mut named: HashSet<Id> =
-            manifests.iter().flat_map(|m| m.blobs.iter().copied()).collect();
+        let mut named: HashSet<Id> = manifests
+            .iter()
+            .flat_map(|m| m.blobs.iter().copied())
+            .collect();
         for id in present {
             named.extend(blob_ids(&self.repo.load_manifest_raw(id)?)?);
         }
@@ -483,12 +490,19 @@ impl Fetch<'_> {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        let text = self.src.get("packs/list")?.ok_or_else(|| {
-            Error::NotFound(format!("{} has no packs/list", self.src.describe()))
-        })?;
+        let text = self
+            .src
+            .get("packs/list")?
+            .ok_or_else(|| Error::NotFound(format!("{} has no packs/list", self.src.describe())))?;
         let list =
             refs::decode_pack_list(&text).map_err(|p| inconsistent(self.src, "packs/list", p))?;
-        let have: HashSet<Id> = self.repo.catalog.packs()?.into_iter().map(|p| p.0).collect();
+        let have: HashSet<Id> = self
+            .repo
+            .catalog
+            .packs()?
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
         let dir = self.stage.join("idx");
         fs::create_dir_all(&dir).at(&dir)?;
         let mut chosen = Vec::new();
@@ -567,7 +581,10 @@ impl Fetch<'_> {
                 if had == 0 {
                     return Err(refused(self.src, id, e));
                 }
-                log::info!("pack {} staged by an earlier pull fails its check ({e}): fetching it again", id.short());
+                log::info!(
+                    "pack {} staged by an earlier pull fails its check ({e}): fetching it again",
+                    id.short()
+                );
                 fs::remove_file(&file).at(&file)?;
                 entries = self.index(&self.stage.join("idx"), id, true)?;
                 self.fetch_pack(id, *size, &file)?;
@@ -652,7 +669,10 @@ fn check_pack(file: &Path, id: &Id, size: u64, entries: &[IndexEntry]) -> Result
             .get(e.inner as usize..(e.inner as usize).saturating_add(e.raw_len as usize))
             .ok_or_else(|| corrupt(format!("blob {} lies outside its group", e.id.short())))?;
         if Id::of(raw) != e.id {
-            return Err(corrupt(format!("blob {} does not match its id", e.id.short())));
+            return Err(corrupt(format!(
+                "blob {} does not match its id",
+                e.id.short()
+            )));
         }
     }
     Ok(())
@@ -666,8 +686,7 @@ fn register(repo: &mut Repository, packs: &[Checked], manifests: &[Staged]) -> R
         let to = store::pack_path(&repo.root, &p.id, "pack");
         let dir = to.parent().expect("packs/XX");
         store::create_public_dir(&repo.root, dir)?;
-        fs::set_permissions(&p.file, fs::Permissions::from_mode(store::PUBLIC_FILE))
-            .at(&p.file)?;
+        fs::set_permissions(&p.file, fs::Permissions::from_mode(store::PUBLIC_FILE)).at(&p.file)?;
         fs::rename(&p.file, &to).at(&to)?;
         crate::sys::sync_dir(dir)?;
         let mut entries = p.entries.clone();
@@ -753,7 +772,16 @@ fn pull_templates(repo: &mut Repository, src: &dyn Source, url: &str) -> Result<
         Some(text) => refs::decode_template_log(&text)
             .map_err(|p| inconsistent(src, "templates/log", p))?
             .into_iter()
-            .map(|v| (v.class, v.text, format!("pulled from {url} (version {} there: {})", v.version, v.note)))
+            .map(|v| {
+                (
+                    v.class,
+                    v.text,
+                    format!(
+                        "pulled from {url} (version {} there: {})",
+                        v.version, v.note
+                    ),
+                )
+            })
             .collect(),
         None => newest_templates(src, url)?,
     };
@@ -795,7 +823,8 @@ pub fn add_remote(repo: &mut Repository, name: &str, url: &str, mirror: bool) ->
         )));
     }
     let url = if url.contains("://") {
-        if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("ssh://")) {
+        if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("ssh://"))
+        {
             return Err(invalid(format!(
                 "`{url}`: a remote is http://HOST:PORT, ssh://[user@]host/path or a directory"
             )));
@@ -914,7 +943,10 @@ mod tests {
     fn staging_keys_are_file_names() {
         assert_eq!(staging_key(Some("super"), "http://x"), "remote-super");
         let k = staging_key(None, "ssh://root@h/srv/aurum");
-        assert!(k.starts_with("url-") && k.len() == 20 && !k.contains('/'), "{k}");
+        assert!(
+            k.starts_with("url-") && k.len() == 20 && !k.contains('/'),
+            "{k}"
+        );
         assert_eq!(delta_target("ab/not-a-delta"), None);
     }
 }

@@ -11,7 +11,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-
 use super::{source, PullOptions, PullReport};
 use crate::capture::remote::SshUrl;
 use crate::error::{invalid, Error, IoContext, Result};
@@ -72,11 +71,21 @@ pub fn push_ssh(
     } else {
         opts.images.clone()
     };
-    let key = format!("push-{}", &Id::of(format!("{}{:?}", url.canonical(), std::time::SystemTime::now()).as_bytes()).hex()[..16]);
+    let key = format!(
+        "push-{}",
+        &Id::of(format!("{}{:?}", url.canonical(), std::time::SystemTime::now()).as_bytes()).hex()
+            [..16]
+    );
     let local = store::tmp_dir(root).join(&key);
     let _ = fs::remove_dir_all(&local);
-    let result = stage(&repo, dest.as_ref(), &images, &local.join(store::PUBLISHED), progress)
-        .and_then(|()| send(url, opts, &local, &key, &images, progress));
+    let result = stage(
+        &repo,
+        dest.as_ref(),
+        &images,
+        &local.join(store::PUBLISHED),
+        progress,
+    )
+    .and_then(|()| send(url, opts, &local, &key, &images, progress));
     let _ = fs::remove_dir_all(&local);
     result
 }
@@ -132,8 +141,12 @@ fn stage(
     files.extend(publish::templates(&repo.catalog)?);
     // The packs holding the blobs of those revisions, unless DEST has the pack.
     let mut packs: BTreeMap<Id, u64> = BTreeMap::new();
-    let sizes: std::collections::HashMap<Id, u64> =
-        repo.catalog.packs()?.into_iter().map(|p| (p.0, p.1)).collect();
+    let sizes: std::collections::HashMap<Id, u64> = repo
+        .catalog
+        .packs()?
+        .into_iter()
+        .map(|p| (p.0, p.1))
+        .collect();
     let mut seen = HashSet::new();
     for id in &manifests {
         for blob in super::blob_ids(&repo.load_manifest_raw(id)?)? {
@@ -206,12 +219,16 @@ fn send(
     let staging = format!("{top}/tmp/{key}");
     let q = |s: &str| shell_words::quote(s).into_owned();
     progress.phase("sending", None, true);
-    let mut child = ssh(url, opts, &format!("mkdir -p {0} && tar -x -C {0}", q(&staging)))?
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Remote(format!("cannot run ssh: {e}")))?;
+    let mut child = ssh(
+        url,
+        opts,
+        &format!("mkdir -p {0} && tar -x -C {0}", q(&staging)),
+    )?
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .map_err(|e| Error::Remote(format!("cannot run ssh: {e}")))?;
     let sent = {
         let mut counter = Counting {
             inner: child.stdin.take().expect("piped"),

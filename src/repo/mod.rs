@@ -88,7 +88,9 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
 /// for an image pulled from a remote (read-only, so `check_name` refuses it for writing).
 pub fn is_image_name(name: &str) -> bool {
     crate::format::refs::image_name_ok(name)
-        && name.split('/').all(|part| check_name("image", part).is_ok())
+        && name
+            .split('/')
+            .all(|part| check_name("image", part).is_ok())
 }
 
 /// Creates a new, empty repository at `root`.
@@ -256,8 +258,8 @@ fn lock_and_recover(root: &Path, file: &File, lock: Lock) -> Result<Catalog> {
     let behind = || {
         !store::published(root).join("refs/IMAGES").exists()
             && Catalog::open(&root.join("aurum.db"))
-            .and_then(|c| c.get_meta(PULL_FILES_META))
-            .is_ok_and(|m| m.is_none())
+                .and_then(|c| c.get_meta(PULL_FILES_META))
+                .is_ok_and(|m| m.is_none())
     };
     let recover = (!orphan_markers(root).is_empty() || behind()) && file.try_lock().is_ok();
     if !recover {
@@ -1089,8 +1091,13 @@ mod tests {
     fn pulled_images_are_read_but_not_written() {
         assert!(is_image_name("compute") && is_image_name("super/compute"));
         assert!(!is_image_name("a/b/c") && !is_image_name("/compute") && !is_image_name("super/"));
-        assert!(!is_image_name("super/deadbeef12"), "a part that reads as an id");
-        let e = check_name("image", "super/compute").unwrap_err().to_string();
+        assert!(
+            !is_image_name("super/deadbeef12"),
+            "a part that reads as an id"
+        );
+        let e = check_name("image", "super/compute")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cpimage super/compute"), "{e}");
         assert!(check_name("image", "a/b/c").is_err());
     }
@@ -1104,7 +1111,10 @@ mod tests {
             e,
             format!("/srv/aurum was made by a newer aurum (format 9, this aurum reads up to {FORMAT_VERSION}): upgrade aurum")
         );
-        assert_eq!(check_format("x", b"aurum repository format 2\n").unwrap(), 2);
+        assert_eq!(
+            check_format("x", b"aurum repository format 2\n").unwrap(),
+            2
+        );
         assert!(check_format("x", b"something else 2\n").is_err());
         assert!(check_format("x", b"aurum repository format 0\n").is_err());
     }

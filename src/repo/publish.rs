@@ -74,7 +74,10 @@ pub fn refs(catalog: &Catalog, image: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>
         dir.join("revisions"),
         encode_revisions(revs.iter().rev().map(|r| (r.number, r.id))),
     );
-    files.insert(dir.join("log"), encode_log(&image_log(catalog, image, &revs)?));
+    files.insert(
+        dir.join("log"),
+        encode_log(&image_log(catalog, image, &revs)?),
+    );
     if let Some(head) = revs.first() {
         files.insert(dir.join("head"), encode_ref(&head.id));
     }
@@ -90,7 +93,11 @@ pub fn refs(catalog: &Catalog, image: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>
 
 /// What `refs/IMAGE/log` holds: `revs` (the image's revisions, newest first, as
 /// [`Catalog::revisions`] gives them) and its tags.
-fn image_log(catalog: &Catalog, image: &str, revs: &[crate::catalog::Revision]) -> Result<ImageLog> {
+fn image_log(
+    catalog: &Catalog,
+    image: &str,
+    revs: &[crate::catalog::Revision],
+) -> Result<ImageLog> {
     Ok(ImageLog {
         revisions: revs
             .iter()
@@ -205,7 +212,10 @@ pub fn templates(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
             text: v.text,
         })
         .collect();
-    files.insert(Path::new("templates").join("log"), encode_template_log(&all));
+    files.insert(
+        Path::new("templates").join("log"),
+        encode_template_log(&all),
+    );
     Ok(files)
 }
 

@@ -335,7 +335,7 @@ impl Nginx {
         .unwrap();
         let child = Command::new("nginx")
             .arg("-p")
-            .arg(&dir)
+            .arg(dir)
             .arg("-e")
             .arg(dir.join("error.log"))
             .arg("-c")

@@ -16,7 +16,11 @@ use crate::serve::Server;
 /// A golden tree of `files` incompressible files of `size` bytes, plus a small text file.
 fn golden(dir: &Path, seed: u64, files: usize, size: usize) {
     for i in 0..files {
-        write_random(&dir.join(format!("data/f{i}")), seed * 1000 + i as u64, size);
+        write_random(
+            &dir.join(format!("data/f{i}")),
+            seed * 1000 + i as u64,
+            size,
+        );
     }
     std::fs::create_dir_all(dir.join("etc")).unwrap();
     std::fs::write(dir.join("etc/motd"), format!("tree {seed}\n")).unwrap();
@@ -91,12 +95,22 @@ fn pull_from_a_directory_keeps_everything_and_moves_only_what_is_new() {
     let full = r["bytes"].as_u64().unwrap();
     // Templates come with their history.
     assert_eq!(r["templates"], 2, "{r}");
-    assert!(b.ok(&["template", "show", "gpu"]).contains("# second version"));
-    assert!(!b.ok(&["template", "show", "gpu@1"]).contains("# second version"));
+    assert!(b
+        .ok(&["template", "show", "gpu"])
+        .contains("# second version"));
+    assert!(!b
+        .ok(&["template", "show", "gpu@1"])
+        .contains("# second version"));
 
     // Pulled images are read-only here, and named like that in refs/.
     let e = b.fails(
-        &["getimage", "--golden-client", s(&a.path("gold")), "--image", "sup/compute"],
+        &[
+            "getimage",
+            "--golden-client",
+            s(&a.path("gold")),
+            "--image",
+            "sup/compute",
+        ],
         2,
     );
     assert!(e.contains("cpimage"), "{e}");
@@ -134,7 +148,10 @@ fn pull_from_a_directory_keeps_everything_and_moves_only_what_is_new() {
     let remotes = json(&b.ok(&["remote", "list", "--json"]));
     assert_eq!(remotes[0]["lag"], 0, "{remotes}");
     assert!(remotes[0]["last_success"].is_i64(), "{remotes}");
-    assert!(remotes[0]["since_success"].as_i64().unwrap() < 60, "{remotes}");
+    assert!(
+        remotes[0]["since_success"].as_i64().unwrap() < 60,
+        "{remotes}"
+    );
 
     // A tag moving back is refused without --force.
     a.ok(&["tag", "compute@1", "latest"]);
@@ -165,8 +182,14 @@ fn a_diverged_image_and_a_damaged_pack_are_refused_with_nothing_recorded() {
     c.getimage(&g, "compute", &["-q"]);
     write_random(&a.path("gold/data/f1"), 4242, 1000);
     a.getimage(&a.path("gold"), "compute", &["-q"]);
-    let theirs = revisions(&a, "compute")[0]["id"].as_str().unwrap().to_string();
-    let mine = revisions(&c, "compute")[0]["id"].as_str().unwrap().to_string();
+    let theirs = revisions(&a, "compute")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mine = revisions(&c, "compute")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let e = c.fails(&["pull", "--mirror", s(&a.repo())], 2);
     assert!(
         e.contains("diverged") && e.contains(&theirs) && e.contains(&mine) && e.contains("compute"),
@@ -182,11 +205,17 @@ fn a_diverged_image_and_a_damaged_pack_are_refused_with_nothing_recorded() {
     bytes[mid] ^= 0x55;
     std::fs::write(&pack, &bytes).unwrap();
     let e = d.fails(&["pull", "--mirror", s(&a.repo())], 3);
-    assert!(e.contains("damaged") && e.contains("nothing was registered"), "{e}");
+    assert!(
+        e.contains("damaged") && e.contains("nothing was registered"),
+        "{e}"
+    );
     assert!(d.ok(&["lsimage"]).contains("no images"));
     let v = json(&d.ok(&["verify", "--json"]));
     assert_eq!(v["packs"], 0, "{v}");
-    assert!(walk_packs_opt(&d.public()).is_none(), "a pack was registered");
+    assert!(
+        walk_packs_opt(&d.public()).is_none(),
+        "a pack was registered"
+    );
 }
 
 /// The largest pack file under `public`.
@@ -218,7 +247,13 @@ fn pull_from_serve_and_a_failed_pull_is_shown_by_remote_list() {
     source(&a);
     let srv = Server::start(&a);
     let b = Env::new();
-    b.ok(&["remote", "add", "web", &format!("http://{}", srv.addr), "--mirror"]);
+    b.ok(&[
+        "remote",
+        "add",
+        "web",
+        &format!("http://{}", srv.addr),
+        "--mirror",
+    ]);
     pull(&b, &["web"]);
     same_images(&a, &b, "");
     drop(srv);
@@ -306,7 +341,10 @@ fn pull_from_nginx_survives_kills() {
         let mut n = 0;
         for d in std::fs::read_dir(env.repo().join("tmp")).unwrap().flatten() {
             if let Ok(packs) = std::fs::read_dir(d.path().join("packs")) {
-                n += packs.flatten().map(|f| f.metadata().unwrap().len()).sum::<u64>();
+                n += packs
+                    .flatten()
+                    .map(|f| f.metadata().unwrap().len())
+                    .sum::<u64>();
             }
         }
         n
@@ -342,7 +380,10 @@ fn pull_from_nginx_survives_kills() {
         total as f64 / full as f64,
         last["resumed_bytes"]
     );
-    assert!(kills >= 3, "only {kills} pulls were killed before they ended");
+    assert!(
+        kills >= 3,
+        "only {kills} pulls were killed before they ended"
+    );
     assert!(
         total as f64 <= 1.3 * full as f64,
         "killed pulls moved {total} B against {full} B for one full pull"
@@ -382,7 +423,15 @@ fn pull_and_push_over_ssh_and_to_a_directory() {
     let aurum = env!("CARGO_BIN_EXE_aurum");
     let dest = sshd.url(&e.repo());
     let push = |extra: &[&str]| {
-        let mut args = vec!["push", "--json", "--ssh", &ssh, "--aurum-command", aurum, &dest];
+        let mut args = vec![
+            "push",
+            "--json",
+            "--ssh",
+            &ssh,
+            "--aurum-command",
+            aurum,
+            &dest,
+        ];
         args.extend_from_slice(extra);
         json(&a.ok(&args))
     };
@@ -395,7 +444,10 @@ fn pull_and_push_over_ssh_and_to_a_directory() {
     assert_eq!(r["revisions"], 1, "{r}");
     assert!(r["deltas"].as_u64().unwrap() > 0, "{r}");
     let new_bytes = revisions(&a, "compute")[0]["new_bytes"].as_u64().unwrap();
-    eprintln!("push over ssh of one revision storing {new_bytes} B sent {} B", r["bytes"]);
+    eprintln!(
+        "push over ssh of one revision storing {new_bytes} B sent {} B",
+        r["bytes"]
+    );
     same_images(&a, &e, "");
     // A tag moving back at the destination is refused without --force.
     a.ok(&["tag", "compute@1", "latest"]);
@@ -405,9 +457,19 @@ fn pull_and_push_over_ssh_and_to_a_directory() {
     push(&["--force"]);
     same_images(&a, &e, "");
     // Without aurum there, the error says so.
-    let out = a.run(&["push", "--ssh", &ssh, "--aurum-command", "/nonexistent/aurum", &dest]);
+    let out = a.run(&[
+        "push",
+        "--ssh",
+        &ssh,
+        "--aurum-command",
+        "/nonexistent/aurum",
+        &dest,
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("not installed there"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("not installed there"),
+        "{err}"
+    );
 }
 
 /// A repository made before the files for pullers existed gets them at its next open; a
@@ -418,32 +480,57 @@ fn an_older_repository_gets_the_files_pullers_read() {
     source(&a);
     let strip = |env: &Env| {
         let db = rusqlite::Connection::open(env.repo().join("aurum.db")).unwrap();
-        db.execute("DELETE FROM meta WHERE key = 'pull-files'", []).unwrap();
+        db.execute("DELETE FROM meta WHERE key = 'pull-files'", [])
+            .unwrap();
         let p = env.public();
-        for f in ["refs/IMAGES", "refs/compute/log", "refs/login/log", "templates/log"] {
+        for f in [
+            "refs/IMAGES",
+            "refs/compute/log",
+            "refs/login/log",
+            "templates/log",
+        ] {
             std::fs::remove_file(p.join(f)).unwrap();
         }
         let _ = std::fs::remove_file(p.join("deltas/list"));
     };
     strip(&a);
     let copy = a.path("copy");
-    crate::common::sh(&format!("cp -a {} {}", a.public().display(), copy.display()));
+    crate::common::sh(&format!(
+        "cp -a {} {}",
+        a.public().display(),
+        copy.display()
+    ));
     let b = Env::new();
     let e = b.fails(&["pull", "--mirror", s(&copy)], 2);
-    assert!(e.contains("older aurum") && e.contains("refs/IMAGES"), "{e}");
+    assert!(
+        e.contains("older aurum") && e.contains("refs/IMAGES"),
+        "{e}"
+    );
     // Any command opening the repository publishes them.
     a.ok(&["lsimage"]);
-    for f in ["refs/IMAGES", "refs/compute/log", "refs/login/log", "templates/log"] {
+    for f in [
+        "refs/IMAGES",
+        "refs/compute/log",
+        "refs/login/log",
+        "templates/log",
+    ] {
         assert!(a.public().join(f).is_file(), "{f} was not published");
     }
     a.ok(&["verify"]);
     pull(&b, &["--mirror", s(&a.repo())]);
     same_images(&a, &b, "");
     // verify names a log that disagrees with the catalog.
-    std::fs::write(a.public().join("refs/login/log"), "{\"kind\":\"log\",\"version\":1}\n").unwrap();
+    std::fs::write(
+        a.public().join("refs/login/log"),
+        "{\"kind\":\"log\",\"version\":1}\n",
+    )
+    .unwrap();
     let v = a.fails(&["verify"], 3);
     let out = String::from_utf8_lossy(&a.run(&["verify"]).stdout).into_owned();
-    assert!(out.contains("refs/login/log") || v.contains("refs/login/log"), "{out}{v}");
+    assert!(
+        out.contains("refs/login/log") || v.contains("refs/login/log"),
+        "{out}{v}"
+    );
 }
 
 /// Stages what a killed pull from `url` into `env` would have left: the first half of the
@@ -466,9 +553,16 @@ fn stage_half(env: &Env, source: &Env, url: &str, garbage: bool) -> u64 {
         half.to_vec()
     };
     std::fs::write(&part, &staged).unwrap();
-    let newest = revisions(source, "compute")[0]["id"].as_str().unwrap().to_string();
+    let newest = revisions(source, "compute")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     std::fs::create_dir_all(stage.join("manifests")).unwrap();
-    std::fs::write(stage.join(format!("manifests/{newest}.mf")), b"not a manifest").unwrap();
+    std::fs::write(
+        stage.join(format!("manifests/{newest}.mf")),
+        b"not a manifest",
+    )
+    .unwrap();
     half.len() as u64
 }
 

@@ -1194,7 +1194,7 @@ fn finish_tree(
     for &i in plan.dirs.iter().rev() {
         let e = &manifest.entries[i];
         if e.path.is_empty() {
-            super::set_metadata_root(&engine.disk.root_fd, e, root, warn)?;
+            super::set_metadata_root(engine.disk.root_fd.as_fd(), e, root, warn)?;
         } else if let Ok(dir) = engine.dir(parent(&e.path)) {
             set_metadata(dir.as_fd(), file_name(&e.path), e, None, root, warn)?;
         }
@@ -1299,7 +1299,7 @@ fn put_step(
         _ => {
             let dir = dir.as_ref().expect("not the root");
             let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
-            create_special(dir.as_fd(), &temp, &engine.disk.root_fd, e, &root)?;
+            create_special(dir.as_fd(), &temp, engine.disk.root_fd.as_fd(), e, &root)?;
             if !matches!(e.kind, Kind::Hardlink { .. }) {
                 set_metadata(dir.as_fd(), &temp, e, None, &root, &|w| engine.warn(w))?;
             }

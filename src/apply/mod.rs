@@ -394,6 +394,30 @@ pub fn set_metadata(
     shown_root: &Path,
     warn: &dyn Fn(String),
 ) -> Result<()> {
+    set_metadata_of(dir, name, e, file, shown_root, warn, false)
+}
+
+/// Whether a new entry made in `dir` may be given xattrs by the kernel: the directory has a
+/// default ACL (or its xattrs cannot be read, so nobody can tell). Without one, a new entry
+/// gets none but a security label (which is the node's, see [`NODE_LABEL`]).
+pub fn gives_xattrs(dir: BorrowedFd) -> bool {
+    sys::xattrs_at(dir, b"")
+        .map(|x| x.iter().any(|(k, _)| k == b"system.posix_acl_default"))
+        .unwrap_or(true)
+}
+
+/// [`set_metadata`]; `bare`: `e` was just made by aurum in a directory that gives new entries
+/// no xattrs (see [`gives_xattrs`]), so when `e` has none either, there are none to read,
+/// set or remove (a `llistxattr` per file saved).
+pub fn set_metadata_of(
+    dir: BorrowedFd,
+    name: &[u8],
+    e: &Entry,
+    file: Option<&File>,
+    shown_root: &Path,
+    warn: &dyn Fn(String),
+    bare: bool,
+) -> Result<()> {
     let shown_path = shown(shown_root, &e.path);
     let uid = Some(Uid::from_raw(e.uid));
     let gid = Some(Gid::from_raw(e.gid));
@@ -417,7 +441,9 @@ pub fn set_metadata(
             .at(&shown_path)?,
         }
     }
-    set_xattrs(dir, name, e, shown_root, warn)?;
+    if !(bare && e.xattrs.is_empty()) {
+        set_xattrs(dir, name, e, shown_root, warn)?;
+    }
     let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
     utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).at(&shown_path)
 }

@@ -19,7 +19,10 @@ use std::sync::Mutex;
 use nix::sys::stat::{mkdirat, Mode};
 use rayon::prelude::*;
 
-use super::{create_special, set_metadata, set_metadata_root, write_file, BlobSource, Warnings};
+use super::{
+    create_special, gives_xattrs, set_metadata, set_metadata_of, set_metadata_root, write_file,
+    BlobSource, Warnings,
+};
 use crate::error::{IoContext, Result};
 use crate::format::manifest::{file_name, parent, Entry, Kind};
 use crate::progress::Progress;
@@ -49,6 +52,9 @@ pub struct TreeWriter<'a> {
     /// error: a checkout keeps going without devices, as it does without ownership.
     lenient_devices: bool,
     warnings: Warnings,
+    /// Whether new entries get no xattrs from the kernel: the root has no default ACL, and
+    /// every directory beneath it is made here and gets its own xattrs only at the end.
+    bare: bool,
     /// The directory caches of the workers, each taken for a run of files and given back.
     lasts: Mutex<Vec<LastDir>>,
 }
@@ -60,8 +66,15 @@ impl<'a> TreeWriter<'a> {
             shown_root,
             lenient_devices,
             warnings: Warnings(Mutex::new(Vec::new())),
+            bare: !gives_xattrs(root),
             lasts: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Notes a directory already there (a mount point) that new entries are made in: its
+    /// default ACL, if any, would give them xattrs.
+    pub fn beneath(&mut self, dir: BorrowedFd) {
+        self.bare &= !gives_xattrs(dir);
     }
 
     /// What could not be kept (ownership when not root, xattrs the filesystem refuses).
@@ -128,7 +141,8 @@ impl<'a> TreeWriter<'a> {
         let dir = last.dir(self.root, parent(&e.path), self.shown_root)?;
         let name = file_name(&e.path);
         let file = write_file(dir, name, e, blobs, self.shown_root, progress)?;
-        set_metadata(dir, name, e, Some(&file), self.shown_root, &|w| self.warn(w))
+        let warn = |w| self.warn(w);
+        set_metadata_of(dir, name, e, Some(&file), self.shown_root, &warn, self.bare)
     }
 
     /// Writes the regular files `files` in parallel: the work is decompressing, hashing and
@@ -172,7 +186,8 @@ impl<'a> TreeWriter<'a> {
             if matches!(e.kind, Kind::Hardlink { .. }) {
                 return Ok(());
             }
-            set_metadata(dir, name, e, None, self.shown_root, &|w| self.warn(w))
+            let warn = |w| self.warn(w);
+            set_metadata_of(dir, name, e, None, self.shown_root, &warn, self.bare)
         })
     }
 

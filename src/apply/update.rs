@@ -43,7 +43,7 @@ pub use super::plan::LocalChange;
 use super::plan::{self, Act, PlanOptions, Step, UpdatePlan};
 use super::preflight;
 use super::undo::{self, UndoArea};
-use super::{create_special, set_metadata, temp_name, write_file, BlobSource};
+use super::{create_special, set_metadata, set_metadata_of, temp_name, write_file, BlobSource};
 use crate::apply::node::{HistoryEntry, Journal, Node, NodeState, RevRef, STATE_DIR};
 use crate::apply::source::{RevisionSource, Target};
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
@@ -207,6 +207,10 @@ struct Engine {
     /// an in-place edit change what a later rollback restores.
     drops_others: bool,
     drops_own: bool,
+    /// Whether the run finishes an interrupted one (temporary names may be left over).
+    resuming: bool,
+    /// Tree directories by whether they give new entries xattrs (see [`Engine::gives_xattrs`]).
+    acl_dirs: Mutex<HashMap<Vec<u8>, bool>>,
 }
 
 /// A key for a regular file's whole content (its chunk list and sparse map).
@@ -244,6 +248,8 @@ impl Engine {
             whole: HashMap::new(),
             drops_others: false,
             drops_own: false,
+            resuming: false,
+            acl_dirs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -299,6 +305,7 @@ impl Engine {
 
     /// Writes the file `e` under `temp` in `dir`, with its metadata: linked back from an undo
     /// area that holds its very content (a rollback), else written from `blobs`.
+    /// Returns whether it was linked (it may then be the very inode already in place).
     fn write_temp(
         &self,
         dir: BorrowedFd,
@@ -306,17 +313,35 @@ impl Engine {
         e: &Entry,
         blobs: &dyn BlobSource,
         progress: &dyn Progress,
-    ) -> Result<()> {
-        let _ = unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir);
-        let file = if self.link_whole(dir, temp, e) {
+    ) -> Result<bool> {
+        // Only a run after a crash finds a temporary name left over.
+        if self.resuming {
+            let _ = unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir);
+        }
+        let (file, linked) = if self.link_whole(dir, temp, e) {
             progress.advance(e.data_len());
-            None
+            (None, true)
         } else {
-            Some(write_file(dir, temp, e, blobs, &self.disk.root, progress)?)
+            let file = write_file(dir, temp, e, blobs, &self.disk.root, progress)?;
+            (Some(file), false)
         };
-        set_metadata(dir, temp, e, file.as_ref(), &self.disk.root, &|w| {
-            self.warn(w)
-        })
+        // A file just written in a directory without a default ACL has no xattrs to look at.
+        let bare = !linked && !self.gives_xattrs(parent(&e.path), dir);
+        let warn = |w| self.warn(w);
+        set_metadata_of(dir, temp, e, file.as_ref(), &self.disk.root, &warn, bare)?;
+        Ok(linked)
+    }
+
+    /// Whether the tree directory `rel` (open as `dir`) gives new entries xattrs (see
+    /// [`super::gives_xattrs`]), asked once per directory.
+    fn gives_xattrs(&self, rel: &[u8], dir: BorrowedFd) -> bool {
+        let mut known = self.acl_dirs.lock().expect("lock");
+        if let Some(&gives) = known.get(rel) {
+            return gives;
+        }
+        let gives = super::gives_xattrs(dir);
+        known.insert(rel.to_vec(), gives);
+        gives
     }
 
     /// Removes the temporary names an interrupted run listed in its journal; those it had not
@@ -334,6 +359,8 @@ impl Engine {
     /// the very file an interrupted run had put in place), rename(2) would do nothing and
     /// leave the temporary name behind: it is removed instead, and the entry, already right,
     /// is not kept as its own old version.
+    /// `linked`: the temporary name was linked rather than written (only then can it be the
+    /// inode in place).
     fn put_in_place(
         &mut self,
         dir: BorrowedFd,
@@ -341,23 +368,25 @@ impl Engine {
         name: &[u8],
         rel: &[u8],
         act: Act,
+        linked: bool,
     ) -> Result<()> {
         let root = &self.disk.root;
         if act != Act::Create {
-            let same = match (sys::lstat_at(dir, temp), sys::lstat_at(dir, name)) {
-                (Ok(t), Ok(n)) => (t.st_dev, t.st_ino) == (n.st_dev, n.st_ino),
-                _ => false,
-            };
+            let same = linked
+                && match (sys::lstat_at(dir, temp), sys::lstat_at(dir, name)) {
+                    (Ok(t), Ok(n)) => (t.st_dev, t.st_ino) == (n.st_dev, n.st_ino),
+                    _ => false,
+                };
             if same {
                 return unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir).at(shown(root, rel));
             }
-            self.keep(dir, name, rel)?;
+            self.keep(dir, name, rel, act)?;
         }
         renameat(dir, temp, dir, name).at(shown(&self.disk.root, rel))
     }
 
     /// The directory `rel` of the tree.
-    fn dir(&self, rel: &[u8]) -> Result<OwnedFd> {
+    fn dir(&self, rel: &[u8]) -> Result<Arc<OwnedFd>> {
         self.disk.dir(rel)
     }
 
@@ -372,8 +401,10 @@ impl Engine {
 
     /// Keeps the entry `name` in `dir` in the undo area ahead of renaming a new one over it
     /// (see [`UndoArea::keep_file`]); a directory is moved there.
-    fn keep(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
-        let is_dir = sys::lstat_at(dir, name)
+    /// `act` [`Act::Content`]: the planner found a regular file there (no need to look).
+    fn keep(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8], act: Act) -> Result<()> {
+        let is_dir = act != Act::Content
+            && sys::lstat_at(dir, name)
             .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
             .unwrap_or(false);
         if is_dir {
@@ -749,6 +780,7 @@ fn run(
     let mut engine = Engine::for_root(node)?;
     engine.drops_others = !run.from.as_ref().is_some_and(|f| f.same_tree(&run.to));
     engine.drops_own = undoing.is_some();
+    engine.resuming = run.journal.is_some() || undoing.is_some();
     if let (Some(j), false) = (&run.journal, opts.dry_run) {
         engine.remove_temps(&j.temps);
     }
@@ -1105,7 +1137,7 @@ impl<'a> Run<'a> {
         let prewritten = prewrite(engine, manifest, plan, &self.staging, syncer, progress)?;
         // Pass 2, in manifest order.
         for s in &plan.steps {
-            let written = prewritten.contains(&s.entry);
+            let written = prewritten.get(&s.entry).copied();
             put_step(
                 engine,
                 manifest,
@@ -1202,7 +1234,7 @@ fn finish_tree(
     engine.undo.sync()?;
     for p in &plan.removals {
         if let Ok(d) = engine.dir(parent(p)) {
-            syncer.note(d.as_fd());
+            syncer.note_dir(parent(p), d.as_fd());
         }
     }
     syncer.sync(root)
@@ -1211,7 +1243,7 @@ fn finish_tree(
 /// Pass 1 of [`Run::execute`]: the new content of every file whose directory exists is written
 /// under a temporary name, then made durable with one syncfs, so that pass 2 only renames: a
 /// crash at any point leaves each path with its old content or its new. Returns the steps
-/// written.
+/// written, each with whether it was linked (see [`Engine::write_temp`]).
 fn prewrite(
     engine: &Engine,
     manifest: &Manifest,
@@ -1219,12 +1251,12 @@ fn prewrite(
     staging: &Path,
     syncer: &sys::Syncer,
     progress: &dyn Progress,
-) -> Result<HashSet<usize>> {
+) -> Result<HashMap<usize, bool>> {
     let provider = Provider {
         engine,
         staging: staging.to_path_buf(),
     };
-    let mut prewritten = HashSet::new();
+    let mut prewritten = HashMap::new();
     syncer.note(engine.disk.root_fd.as_fd());
     for s in &plan.steps {
         let e = &manifest.entries[s.entry];
@@ -1235,9 +1267,9 @@ fn prewrite(
             continue; // a directory this update creates: written in pass 2
         };
         let temp = temp_name(file_name(&e.path));
-        syncer.note(dir.as_fd());
-        engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
-        prewritten.insert(s.entry);
+        syncer.note_dir(parent(&e.path), dir.as_fd());
+        let linked = engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+        prewritten.insert(s.entry, linked);
     }
     if !prewritten.is_empty() {
         syncer.sync(&engine.disk.root)?;
@@ -1246,12 +1278,12 @@ fn prewrite(
 }
 
 /// Pass 2 of [`Run::execute`] for step `s`: makes a directory, puts a file (`written` in pass 1,
-/// else written now) or a special entry in place over the old one, or sets metadata.
+/// `Some(linked)`, else written now) or a special entry in place over the old one, or sets metadata.
 fn put_step(
     engine: &mut Engine,
     manifest: &Manifest,
     s: &Step,
-    written: bool,
+    written: Option<bool>,
     staging: &Path,
     syncer: &sys::Syncer,
     progress: &dyn Progress,
@@ -1263,7 +1295,7 @@ fn put_step(
         Some(engine.dir(parent(&e.path))?)
     };
     if let Some(d) = &dir {
-        syncer.note(d.as_fd());
+        syncer.note_dir(parent(&e.path), d.as_fd());
     }
     let name = file_name(&e.path);
     let temp = temp_name(name);
@@ -1287,14 +1319,15 @@ fn put_step(
         }
         (_, Kind::File { .. }) => {
             let dir = dir.as_ref().expect("not the root");
-            if !written {
+            let mut linked = written.unwrap_or(false);
+            if written.is_none() {
                 let provider = Provider {
                     engine: &*engine,
                     staging: staging.to_path_buf(),
                 };
-                engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+                linked = engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
             }
-            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act, linked)?;
         }
         _ => {
             let dir = dir.as_ref().expect("not the root");
@@ -1303,7 +1336,7 @@ fn put_step(
             if !matches!(e.kind, Kind::Hardlink { .. }) {
                 set_metadata(dir.as_fd(), &temp, e, None, &root, &|w| engine.warn(w))?;
             }
-            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act, true)?;
         }
     }
     Ok(())

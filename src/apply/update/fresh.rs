@@ -68,15 +68,17 @@ impl<'a> Writer<'a> {
     ) -> Result<Writer<'a>> {
         node.begin(&journal)?;
         syncer.note(engine.disk.root_fd.as_fd());
+        let mut tree = TreeWriter::new(engine.disk.root_fd.as_fd(), &engine.disk.root, false);
         for s in steps.iter().filter(|s| s.act == Act::Meta) {
-            syncer.note(engine.dir(&manifest.entries[s.entry].path)?.as_fd());
+            let dir = engine.dir(&manifest.entries[s.entry].path)?;
+            syncer.note(dir.as_fd());
+            tree.beneath(dir.as_fd());
         }
         let created: Vec<&Entry> = steps
             .iter()
             .filter(|s| s.act == Act::Create)
             .map(|s| &manifest.entries[s.entry])
             .collect();
-        let tree = TreeWriter::new(engine.disk.root_fd.as_fd(), &engine.disk.root, false);
         // Parents come first in a manifest.
         for e in created.iter().filter(|e| e.kind == Kind::Dir) {
             tree.make_dir(e)?;

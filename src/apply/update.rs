@@ -37,6 +37,7 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde::Serialize;
 
 mod fresh;
+mod rollback;
 
 use super::disk::{is_under, RootView};
 pub use super::plan::LocalChange;
@@ -717,6 +718,7 @@ fn stage(staging: &Path, id: &Id, data: &[u8]) -> Result<()> {
     crate::sys::write_atomic(&staging.join(id.hex()), data, Default::default())
 }
 
+
 /// Deletes the staged blobs of an update that will not use them (or has used them).
 fn free_staging(node: &Node) {
     let staging = node.dir.join("staging");
@@ -784,6 +786,12 @@ fn run(
     if let (Some(j), false) = (&run.journal, opts.dry_run) {
         engine.remove_temps(&j.temps);
     }
+    // Right after an update, a rollback renames back what it moved aside.
+    if let Some(restore) = rollback::plan(&run, &engine)? {
+        let mut report = rollback::apply(run, &mut engine, restore, new_undo_name(), started)?;
+        report.warnings = engine.warnings.into_inner().expect("lock");
+        return Ok(report);
+    }
     let (mut plan, mut report) = run.plan(&engine)?;
     let blobs = run.locate(&mut engine, &plan, &mut report)?;
     if opts.dry_run {
@@ -812,6 +820,15 @@ fn run(
     run.commit(&engine, &mut report, started)?;
     report.warnings = engine.warnings.into_inner().expect("lock");
     Ok(report)
+}
+
+/// The name of a new undo area: its time and the process.
+fn new_undo_name() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{t}-{}", std::process::id())
 }
 
 /// The blobs a run needs from outside the node, and the length of every blob of the target.
@@ -961,13 +978,7 @@ impl<'a> Run<'a> {
     ) -> Result<String> {
         let undo_name = match &self.journal {
             Some(j) => j.undo.clone(),
-            None => {
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                format!("{t}-{}", std::process::id())
-            }
+            None => new_undo_name(),
         };
         engine.undo = UndoArea::at(self.node.dir.join("undo").join(&undo_name));
         // Undoing a failed update writes next to nothing (it links back what the update moved

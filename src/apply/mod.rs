@@ -25,6 +25,7 @@ use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 
 pub mod client;
 mod disk;
+pub mod health;
 pub mod hooks;
 pub mod node;
 pub mod overrides;

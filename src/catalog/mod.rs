@@ -8,6 +8,7 @@
 mod inventory;
 pub mod migrations;
 pub mod nodes;
+pub mod rollouts;
 mod templates;
 
 use std::path::Path;

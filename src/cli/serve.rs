@@ -19,12 +19,12 @@ use super::{human_bytes, human_time, open, print_json, Global};
 /// Logs one line per request on stderr; stops cleanly on SIGTERM or Ctrl-C.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address and port to listen on.
-    #[arg(long, default_value = "0.0.0.0:8035", value_name = "ADDR:PORT")]
-    listen: String,
+    /// Address and port to listen on. Default: `listen` in aurum.toml, else 0.0.0.0:8035.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
     /// Requests worked on at once. Connections take no thread while they wait (idle, or a
     /// node's socket full), so thousands of nodes may stay connected.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_name = "N")]
     threads: usize,
     /// Close a connection that stalls this long: a request head not complete this long after
     /// its first byte, a kept-alive connection with no request, a node that stops reading its
@@ -41,11 +41,13 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     signals.thread_block()?;
     // Opening it brings a repository of an older aurum to the public/ layout served below.
     drop(open(g)?);
+    let listen = g.config.listen(a.listen);
     let serving = aurum::serve::bind(
         &g.repo,
-        &a.listen,
+        &listen.value,
         std::time::Duration::from_secs(a.stall_timeout.max(1)),
     )?;
+    // Printed even with --quiet: it is serve's result, the address a port 0 was bound to.
     eprintln!(
         "aurum: serving {} on http://{} (SIGTERM or Ctrl-C stops)",
         g.repo.display(),
@@ -55,12 +57,12 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     let flag = stop.clone();
     std::thread::spawn(move || {
         if let Ok(sig) = signals.wait() {
-            eprintln!("aurum: {sig}: finishing the requests in progress");
+            super::say!("aurum: {sig}: finishing the requests in progress");
         }
         flag.store(true, Ordering::Relaxed);
     });
     serving.run(&g.repo, a.threads, &stop)?;
-    eprintln!("aurum: stopped");
+    super::say!("aurum: stopped");
     Ok(())
 }
 

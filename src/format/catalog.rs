@@ -6,7 +6,7 @@
 //! the catalog's to query. `book/src/format.md` (Catalog) shows the schema as it stands.
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -133,6 +133,39 @@ pub const MIGRATIONS: &[&str] = &[
         phase TEXT NOT NULL,
         detail TEXT NOT NULL,
         revision TEXT
+    );
+    "#,
+    // 4 -> 5: rollouts (a revision to a node set in waves) with each node's part and a log.
+    r#"
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        image TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        revision TEXT NOT NULL,
+        nodeset TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        state TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    CREATE TABLE rollout_nodes (
+        rollout INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+        node TEXT NOT NULL,
+        host TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        previous TEXT,
+        detail TEXT NOT NULL,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (rollout, node)
+    );
+    CREATE TABLE rollout_events (
+        rollout INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+        time INTEGER NOT NULL,
+        node TEXT,
+        event TEXT NOT NULL
     );
     "#,
 ];

@@ -80,6 +80,7 @@ pub mod node;
 pub mod pack;
 pub mod refs;
 pub mod report;
+pub mod rollout;
 pub mod wire;
 
 use std::fmt;

@@ -31,7 +31,9 @@ use crate::format::{Id, FORMAT_VERSION};
 use crate::store::{self, FinishedPack, PackReader, PackWriter};
 
 mod names;
+mod nodes;
 mod revspec;
+pub use names::ImageRemoval;
 pub use revspec::{step_back, RevSpec};
 
 /// Catalog meta key set once the repository's file modes were brought to what

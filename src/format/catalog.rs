@@ -6,7 +6,7 @@
 //! the catalog's to query. `book/src/format.md` (Catalog) shows the schema as it stands.
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -168,6 +168,20 @@ pub const MIGRATIONS: &[&str] = &[
         event TEXT NOT NULL
     );
     "#,
+    // 5 -> 6: remotes, the repositories `aurum pull` copies from, with how the last pulls went.
+    r#"
+    CREATE TABLE remotes (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        mirror INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        last_success INTEGER,
+        last_error TEXT,
+        last_error_time INTEGER,
+        last_contact INTEGER,
+        lag INTEGER
+    );
+    "#,
 ];
 
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
@@ -202,6 +216,7 @@ mod tests {
             "node_reports",
             "nodes",
             "packs",
+            "remotes",
             "revisions",
             "sources",
             "statcache",

@@ -73,11 +73,23 @@ impl Fleet {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts `cmd` in the master's namespace.
+    /// Starts `cmd` in the master's namespace, its output dropped (a server's log must not
+    /// fill an unread pipe; use `spawn_capturing` to read it).
     pub fn spawn_on_master(&self, cmd: &[&str]) -> Child {
         self.rig("master")
             .args(cmd)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts `cmd` in the master's namespace with its output piped, to be read with
+    /// `wait_with_output`.
+    pub fn spawn_capturing(&self, cmd: &[&str]) -> Child {
+        self.rig("master")
+            .args(cmd)
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -859,4 +871,88 @@ fn rollouts_pause_resume_and_survive_a_master_restart() {
             .any(|e| e.starts_with("done: every wave passed")),
         "{events:?}"
     );
+}
+
+/// The status page of `aurum serve`, in headless Chromium: it shows each node's revision and
+/// health, and updates by itself (no reload by the browser) while a rollout runs.
+#[test]
+fn the_status_page_follows_a_rollout_in_a_browser() {
+    if !fleet_can_run()
+        || !can_run(Path::new("/bin/busybox").exists(), "busybox-static")
+        || !can_run(
+            have("chromium") && have("chromedriver"),
+            "chromium and chromium-driver",
+        )
+        || !can_run(
+            Command::new("/usr/bin/python3")
+                .args(["-c", "import selenium"])
+                .status()
+                .is_ok_and(|s| s.success()),
+            "selenium for python3 (python3-selenium)",
+        )
+    {
+        return;
+    }
+    let rig = RolloutRig::new(3, &[(1, true), (2, true)]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/statuspage.py");
+    let url = format!("http://{}:8035/", rig.fleet.master);
+    let watch = |checks: serde_json::Value, timeout: u32| {
+        let checks = checks.to_string();
+        let timeout = timeout.to_string();
+        rig.fleet.spawn_capturing(&[
+            "/usr/bin/python3",
+            script.to_str().unwrap(),
+            &url,
+            &checks,
+            &timeout,
+        ])
+    };
+    let finish = |child: Child| {
+        let out = child.wait_with_output().unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "the page never showed it: {shown}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crate::common::json(&shown)
+    };
+
+    // Before: every node on img@1.
+    let before = finish(watch(
+        serde_json::json!([
+            ["node", "n01", "revision", "img@1"],
+            ["node", "n03", "revision", "img@1"]
+        ]),
+        60,
+    ));
+    assert_eq!(before["node"]["n02"]["rollout"], "-");
+
+    // One browser watches the whole rollout: the page must bring the canary's new revision and
+    // health, then the end, through its own refreshes.
+    let browser = watch(
+        serde_json::json!([
+            ["node", "n01", "revision", "img@2"],
+            ["node", "n01", "health", "healthy"],
+            ["node", "n03", "revision", "img@2"],
+            ["node", "n03", "rollout", "done"],
+            ["rollout", "1", "state", "done"],
+        ]),
+        120,
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--pause-between", "6"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{v}");
+    let after = finish(browser);
+    assert!(
+        after["node"]["n02"]["rollout"]
+            .as_str()
+            .unwrap()
+            .contains("#1 wave 1 done"),
+        "{after}"
+    );
+    // The page the browser opened before the rollout reloaded itself to show all this.
+    assert_eq!(after["reloaded"], true, "{after}");
 }

@@ -46,6 +46,56 @@ impl Boot {
 
 pub use crate::format::report::InstallPhase;
 
+/// The protocol a BMC speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BmcProtocol {
+    /// IPMI v2.0 over LAN (RMCP+, `ipmitool -I lanplus`).
+    Ipmi,
+    /// DMTF Redfish over HTTP(S).
+    Redfish,
+}
+
+impl BmcProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BmcProtocol::Ipmi => "ipmi",
+            BmcProtocol::Redfish => "redfish",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<BmcProtocol> {
+        match s {
+            "ipmi" => Ok(BmcProtocol::Ipmi),
+            "redfish" => Ok(BmcProtocol::Redfish),
+            _ => Err(invalid(format!(
+                "`{s}` is not a BMC protocol: ipmi (IPMI v2.0 lanplus) or redfish"
+            ))),
+        }
+    }
+}
+
+/// How a node's BMC is logged in to. The password itself is never stored: it is read from
+/// `bmc_password_file` each time the BMC is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BmcAccess {
+    /// `None`: IPMI.
+    pub bmc_protocol: Option<BmcProtocol>,
+    pub bmc_user: Option<String>,
+    /// Absolute path of the file holding the password (its first line).
+    pub bmc_password_file: Option<String>,
+    /// Redfish over HTTPS: the PEM file of the CA (or the self-signed certificate) the BMC's
+    /// certificate is checked against, instead of the system's roots.
+    pub bmc_ca_file: Option<String>,
+}
+
+impl BmcAccess {
+    /// The protocol used: IPMI unless Redfish was chosen.
+    pub fn protocol(&self) -> BmcProtocol {
+        self.bmc_protocol.unwrap_or(BmcProtocol::Ipmi)
+    }
+}
+
 /// The last install phase a node reported.
 #[derive(Clone, Debug, Serialize)]
 pub struct LastPhase {
@@ -69,8 +119,11 @@ pub struct NodeEntry {
     /// Revision reference to install (IMAGE, IMAGE@N, IMAGE:TAG).
     pub image: Option<String>,
     pub group: Option<String>,
-    /// The BMC's address, for `ipmitool -H`.
+    /// The BMC's address: `HOST[:PORT]` (IPMI, or Redfish over HTTPS), or a Redfish URL.
     pub bmc: Option<String>,
+    /// How the BMC is reached, besides its address (no password: only where to read it).
+    #[serde(flatten)]
+    pub bmc_access: BmcAccess,
     pub boot: Boot,
     pub last: Option<LastPhase>,
 }
@@ -87,6 +140,7 @@ impl NodeEntry {
             image: None,
             group: None,
             bmc: None,
+            bmc_access: BmcAccess::default(),
             boot: Boot::Install,
             last: None,
         })

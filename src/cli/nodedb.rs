@@ -1,8 +1,8 @@
 //! `node` subcommand group: the node database (`add`, `list`, `show`, `set`, `rm`, `import`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use aurum::catalog::nodes::{self, Boot, NodeEntry};
+use aurum::catalog::nodes::{self, BmcProtocol, Boot, NodeEntry};
 use aurum::name::ClassName;
 use aurum::repo::{Lock, Repository};
 use clap::{Args, Subcommand};
@@ -48,9 +48,24 @@ struct Fields {
     /// Group (picks group overrides and hooks).
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
-    /// Address of its BMC (IPMI/Redfish), for power and boot-device control.
+    /// Address of its BMC, for `aurum power` and `aurum reinstall`: HOST or HOST:PORT (IPMI,
+    /// UDP port 623 by default; Redfish: https://HOST), or a Redfish URL (http://HOST:PORT,
+    /// or one ending in /redfish/v1/Systems/ID when the BMC has several systems).
     #[arg(long, value_name = "ADDR")]
     bmc: Option<String>,
+    /// The BMC's protocol: ipmi (IPMI v2.0 lanplus, through ipmitool; the default) or redfish.
+    #[arg(long, value_name = "PROTO", value_parser = ["ipmi", "redfish", ""])]
+    bmc_protocol: Option<String>,
+    /// The BMC user aurum logs in as.
+    #[arg(long, value_name = "USER")]
+    bmc_user: Option<String>,
+    /// The file holding the BMC password (its first line; keep it mode 0600). The password is
+    /// read at each use and never stored in the database.
+    #[arg(long, value_name = "FILE")]
+    bmc_password_file: Option<PathBuf>,
+    /// Redfish over HTTPS: a PEM file with the CA (or self-signed) certificate of the BMC.
+    #[arg(long, value_name = "FILE")]
+    bmc_ca_file: Option<PathBuf>,
 }
 
 impl Fields {
@@ -73,7 +88,64 @@ impl Fields {
         set(&mut n.image, self.image);
         set(&mut n.group, self.group);
         set(&mut n.bmc, self.bmc);
+        let b = &mut n.bmc_access;
+        if let Some(p) = self.bmc_protocol {
+            b.bmc_protocol = match p.as_str() {
+                "" => None,
+                p => Some(BmcProtocol::parse(p)?),
+            };
+        }
+        set(&mut b.bmc_user, self.bmc_user);
+        if let Some(f) = self.bmc_password_file {
+            b.bmc_password_file = secret_file(&f, "--bmc-password-file", true)?;
+        }
+        if let Some(f) = self.bmc_ca_file {
+            b.bmc_ca_file = secret_file(&f, "--bmc-ca-file", false)?;
+        }
         Ok(())
+    }
+}
+
+/// The absolute path of `file`, checked readable (`None` for an empty value: unset). A
+/// password file that others can read is accepted with a warning.
+fn secret_file(file: &Path, flag: &str, secret: bool) -> aurum::Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    if file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let abs = std::path::absolute(file).map_err(|e| aurum::Error::Io {
+        path: file.to_path_buf(),
+        source: e,
+    })?;
+    let meta = std::fs::File::open(&abs)
+        .and_then(|f| f.metadata())
+        .map_err(|e| {
+            aurum::Error::Invalid(format!(
+                "{flag} {}: cannot read it ({e}); it is read each time the BMC is used",
+                abs.display()
+            ))
+        })?;
+    if !meta.is_file() {
+        return Err(aurum::Error::Invalid(format!(
+            "{flag} {}: not a regular file",
+            abs.display()
+        )));
+    }
+    if secret && meta.permissions().mode() & 0o077 != 0 {
+        super::say!(
+            "aurum: warning: {} can be read by other users than its owner: `chmod 600 {}`",
+            abs.display(),
+            abs.display()
+        );
+    }
+    Ok(Some(abs.display().to_string()))
+}
+
+/// `ipmi:ADDR`, `redfish:URL` or `-`.
+fn bmc_summary(n: &NodeEntry) -> String {
+    match &n.bmc {
+        Some(a) => format!("{}:{a}", n.bmc_access.protocol().as_str()),
+        None => "-".into(),
     }
 }
 
@@ -190,12 +262,12 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} LAST PHASE",
-        "NODE", "MAC", "IP", "CLASS", "IMAGE", "GROUP", "BOOT"
+        "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} {:<24} LAST PHASE",
+        "NODE", "MAC", "IP", "CLASS", "IMAGE", "GROUP", "BOOT", "BMC"
     );
     for n in nodes {
         println!(
-            "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} {}",
+            "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} {:<24} {}",
             n.name,
             n.mac,
             n.ip.as_deref().unwrap_or("-"),
@@ -203,6 +275,7 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<()> {
             n.image.as_deref().unwrap_or("-"),
             n.group.as_deref().unwrap_or("-"),
             n.boot.as_str(),
+            bmc_summary(&n),
             n.last
                 .as_ref()
                 .map(|l| format!("{} {}", l.phase, human_time(l.time)))
@@ -229,7 +302,18 @@ fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
     );
     println!("image     {}", or(&n.image));
     println!("group     {}", or(&n.group));
-    println!("bmc       {}", or(&n.bmc));
+    println!("bmc       {}", bmc_summary(&n));
+    if n.bmc.is_some() {
+        let b = &n.bmc_access;
+        println!("bmc user  {}", or(&b.bmc_user));
+        println!("bmc pass  {}", match &b.bmc_password_file {
+            Some(f) => format!("read from {f}"),
+            None => "-".into(),
+        });
+        if let Some(ca) = &b.bmc_ca_file {
+            println!("bmc CA    {ca}");
+        }
+    }
     println!(
         "boot      {}",
         match n.boot {

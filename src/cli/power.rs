@@ -49,8 +49,9 @@ enum PowerCommand {
 /// What every power command takes.
 #[derive(Args)]
 struct Common {
-    /// The nodes: a node set (n[01-64], @GROUP, @all; ClusterShell's syntax).
-    nodeset: String,
+    /// The nodes: node sets (n[01-64], @GROUP, @all; ClusterShell's syntax), their union.
+    #[arg(required = true, value_name = "NODESET")]
+    nodeset: Vec<String>,
     #[command(flatten)]
     bmc: BmcOptions,
     /// Print JSON: [{"node", "bmc", "protocol", "status", "power", "message", "seconds"}...].
@@ -140,9 +141,9 @@ pub fn exec(g: &Global, a: PowerArgs) -> anyhow::Result<()> {
     exit_with(failed)
 }
 
-/// The names of the node set `expr`.
-fn names(expr: &str, inventory: &[NodeEntry]) -> anyhow::Result<Vec<String>> {
-    Ok(nodeset::resolve(expr, inventory)?
+/// The names of the union of the node sets `sets`.
+fn names(sets: &[String], inventory: &[NodeEntry]) -> anyhow::Result<Vec<String>> {
+    Ok(nodeset::resolve(&sets.join(","), inventory)?
         .into_iter()
         .map(|t| t.name)
         .collect())
@@ -194,8 +195,9 @@ fn show(results: &[PowerResult]) {
 /// Example: aurum reinstall 'n[01-04]' --image compute@12 --wait 1800
 #[derive(Args)]
 pub struct ReinstallArgs {
-    /// The nodes (a node set of the node database).
-    nodeset: String,
+    /// The nodes: node sets of the node database (n[01-04], @GROUP), their union.
+    #[arg(required = true, value_name = "NODESET")]
+    nodeset: Vec<String>,
     /// The revision to install, IMAGE, IMAGE@N or IMAGE:TAG (kept as each node's image).
     /// Default: each node's own image.
     #[arg(long, value_name = "I@R")]

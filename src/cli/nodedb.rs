@@ -62,10 +62,11 @@ struct Fields {
     /// The file holding the BMC password (its first line; keep it mode 0600). The password is
     /// read at each use and never stored in the database.
     #[arg(long, value_name = "FILE")]
-    bmc_password_file: Option<PathBuf>,
-    /// Redfish over HTTPS: a PEM file with the CA (or self-signed) certificate of the BMC.
+    bmc_password_file: Option<String>,
+    /// Redfish over HTTPS: a PEM file with the CA certificate that signed the BMC's
+    /// certificate, trusted for this BMC instead of the usual public roots.
     #[arg(long, value_name = "FILE")]
-    bmc_ca_file: Option<PathBuf>,
+    bmc_ca_file: Option<String>,
 }
 
 impl Fields {
@@ -97,10 +98,10 @@ impl Fields {
         }
         set(&mut b.bmc_user, self.bmc_user);
         if let Some(f) = self.bmc_password_file {
-            b.bmc_password_file = secret_file(&f, "--bmc-password-file", true)?;
+            b.bmc_password_file = secret_file(Path::new(&f), "--bmc-password-file", true)?;
         }
         if let Some(f) = self.bmc_ca_file {
-            b.bmc_ca_file = secret_file(&f, "--bmc-ca-file", false)?;
+            b.bmc_ca_file = secret_file(Path::new(&f), "--bmc-ca-file", false)?;
         }
         Ok(())
     }

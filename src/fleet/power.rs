@@ -634,12 +634,15 @@ impl Redfish<'_> {
     }
 
     fn transport(&self, url: &str, e: ureq::Error) -> Fail {
+        // rustls' refusals of the BMC's certificate may come wrapped in an I/O error.
+        let tls = matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_))
+            || e.to_string().contains("certificate");
         match e {
             ureq::Error::Timeout(_) => self.bmc.timed_out(),
-            ureq::Error::Tls(_) | ureq::Error::Rustls(_) => Fail(
+            e if tls => Fail(
                 Outcome::Failed,
                 format!(
-                    "{url}: TLS: {e}: give the BMC's CA or self-signed certificate with `aurum node set {} --bmc-ca-file PEM`",
+                    "{url}: TLS: {e}: give the CA that signed the BMC's certificate with `aurum node set {} --bmc-ca-file PEM`",
                     self.bmc.node
                 ),
             ),

@@ -512,19 +512,26 @@ fn ipmi_power_and_boot_device_through_ipmi_sim_without_showing_the_password() {
     );
 }
 
-/// A self-signed certificate for 127.0.0.1 (the BMC's own): (cert, key).
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("bmc.crt"), dir.join("bmc.key"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (cert, key)
+/// A CA and the BMC's certificate for 127.0.0.1 signed by it: (CA, certificate, key).
+fn bmc_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    crate::common::sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=BMC test CA' -keyout {ca_key} -out {ca} 2>/dev/null
+         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {key} -out {csr} 2>/dev/null
+         openssl x509 -req -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial -days 2 -extfile {ext} -out {cert} 2>/dev/null",
+        ca_key = p("ca.key"),
+        ca = p("ca.pem"),
+        key = p("bmc.key"),
+        csr = p("bmc.csr"),
+        ext = p("leaf.ext"),
+        cert = p("bmc.crt"),
+    ));
+    (dir.join("ca.pem"), dir.join("bmc.crt"), dir.join("bmc.key"))
 }
 
 #[test]
@@ -533,14 +540,14 @@ fn redfish_power_and_boot_device_through_sushy_tools() {
         return;
     }
     let env = Env::new();
-    let (cert, key) = self_signed(env.dir.path());
+    let (ca, cert, key) = bmc_certificate(env.dir.path());
     let plain = Sushy::start(env.dir.path(), None);
     let tls = Sushy::start(env.dir.path(), Some((&cert, &key)));
     let pw = env.path("rf-password");
     write_mode(&pw, &format!("{REDFISH_PASSWORD}\n"), 0o600);
     let bad = env.path("rf-wrong");
     write_mode(&bad, "nope\n", 0o600);
-    let (pw_s, bad_s, cert_s) = (pw.to_str().unwrap(), bad.to_str().unwrap(), cert.to_str().unwrap());
+    let (pw_s, bad_s, ca_s) = (pw.to_str().unwrap(), bad.to_str().unwrap(), ca.to_str().unwrap());
     let rf = ["--bmc-protocol", "redfish", "--bmc-user", "admin"];
     let node = |name: &str, mac: &str, addr: &str, pwf: &str, extra: &[&str]| {
         let mut a = vec!["--bmc", addr, "--bmc-password-file", pwf];
@@ -549,19 +556,19 @@ fn redfish_power_and_boot_device_through_sushy_tools() {
         add_node(&env, name, mac, &a);
     };
     node("r01", "52:54:00:00:20:01", &plain.url, pw_s, &[]);
-    node("r02", "52:54:00:00:20:02", &tls.url, pw_s, &["--bmc-ca-file", cert_s]);
+    node("r02", "52:54:00:00:20:02", &tls.url, pw_s, &["--bmc-ca-file", ca_s]);
     node("r03", "52:54:00:00:20:03", &tls.url, pw_s, &[]);
     node("r04", "52:54:00:00:20:04", &plain.url, bad_s, &[]);
     let closed = format!("http://127.0.0.1:{}", free_tcp_port());
     node("r05", "52:54:00:00:20:05", &closed, pw_s, &[]);
     let mut seen = Seen::default();
     let show = seen.add(&env.run(&["node", "show", "r02"]));
-    assert!(show.contains(&format!("bmc CA    {cert_s}")), "{show}");
+    assert!(show.contains(&format!("bmc CA    {ca_s}")), "{show}");
 
     let t = Instant::now();
     let on = env.run(&["power", "on", "r01", "r02", "--json"]);
     let on_secs = t.elapsed().as_secs_f64();
-    assert!(on.status.success(), "{}", String::from_utf8_lossy(&on.stderr));
+    assert!(on.status.success(), "{}", String::from_utf8_lossy(&on.stdout));
     seen.add(&on);
     // The fake driver applies power changes 1 to 11 s later, as real hardware lags.
     let t = Instant::now();
@@ -575,11 +582,11 @@ fn redfish_power_and_boot_device_through_sushy_tools() {
     // Boot device: target and mode land in the system's Boot object.
     let out = seen.add(&env.run(&["power", "bootdev", "pxe", "r02", "--uefi"]));
     assert!(out.contains("r02: next boot: pxe (UEFI)"), "{out}");
-    let system = boot_of(&tls.url, &cert);
+    let system = boot_of(&tls.url, &ca);
     assert_eq!(system["BootSourceOverrideTarget"], "Pxe", "{system}");
     assert_eq!(system["BootSourceOverrideMode"], "UEFI", "{system}");
     seen.add(&env.run(&["power", "bootdev", "disk", "r02", "--persistent"]));
-    assert_eq!(boot_of(&tls.url, &cert)["BootSourceOverrideTarget"], "Hdd");
+    assert_eq!(boot_of(&tls.url, &ca)["BootSourceOverrideTarget"], "Hdd");
     // sushy lists no PowerCycle among its reset types: a cycle is ForceOff then On.
     let cycle = seen.add(&env.run(&["power", "cycle", "r01", "--json"]));
     assert_eq!(by_node(&cycle)["r01"]["message"], "power cycle sent", "{cycle}");
@@ -600,8 +607,8 @@ fn redfish_power_and_boot_device_through_sushy_tools() {
     eprintln!("measured: Redfish power on of 2 BMCs {on_secs:.2} s; sushy's fake systems showed On after {settle:.1} s");
 }
 
-/// The `Boot` object of the one system of the sushy at `url`, read with the certificate.
-fn boot_of(url: &str, cert: &Path) -> serde_json::Value {
+/// The `Boot` object of the one system of the sushy at `url`, checked against the CA.
+fn boot_of(url: &str, ca: &Path) -> serde_json::Value {
     let script = format!(
         "import json,ssl,urllib.request,base64\n\
          ctx=ssl.create_default_context(cafile='{}')\n\
@@ -609,7 +616,7 @@ fn boot_of(url: &str, cert: &Path) -> serde_json::Value {
          get=lambda p: json.load(urllib.request.urlopen(urllib.request.Request('{url}'+p,headers=h),context=ctx))\n\
          s=get('/redfish/v1/Systems')['Members'][0]['@odata.id']\n\
          print(json.dumps(get(s)['Boot']))",
-        cert.display()
+        ca.display()
     );
     let out = Command::new("python3").args(["-c", &script]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

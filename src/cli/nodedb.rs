@@ -14,7 +14,8 @@ use super::{human_time, open, print_json, Global};
 /// Each node has a MAC (its boot script is picked by it), optionally a fixed IP (DHCP host
 /// entry), a class (its partition template; without one the templates' [match] sections
 /// pick), an image (the revision it installs), a group (overrides and hooks) and a BMC
-/// address. Names, MACs and IPs are unique. Each node also has a boot mode, `install` or
+/// (address, protocol, user, password file: for `aurum power` and `aurum reinstall`). Names,
+/// MACs and IPs are unique. Each node also has a boot mode, `install` or
 /// `local`, switched by `aurum pxe netboot` and by a successful install.
 #[derive(Args)]
 pub struct NodeArgs {

@@ -274,9 +274,11 @@ impl Catalog {
 
     /// A mark in the install phases: those reported after it are [`Self::install_phases_after`].
     pub fn install_phase_mark(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT COALESCE(MAX(rowid), 0) FROM install_phases", [], |r| r.get(0))?)
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(rowid), 0) FROM install_phases",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// The install phases node `name` reported after `mark`, oldest first.

@@ -216,7 +216,8 @@ struct RmArgs {
 /// Add the nodes of a CSV file, all or none.
 ///
 /// The first line names the columns, in any order: name,mac,ip,class,image,group (and
-/// optionally bmc); name and mac are required, empty fields are unset, lines starting with
+/// optionally bmc, bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file: the files as
+/// absolute paths); name and mac are required, empty fields are unset, lines starting with
 /// `#` are skipped. One bad line (or a duplicate name, MAC or IP) and nothing is added.
 #[derive(Args)]
 struct ImportArgs {
@@ -308,10 +309,13 @@ fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
     if n.bmc.is_some() {
         let b = &n.bmc_access;
         println!("bmc user  {}", or(&b.bmc_user));
-        println!("bmc pass  {}", match &b.bmc_password_file {
-            Some(f) => format!("read from {f}"),
-            None => "-".into(),
-        });
+        println!(
+            "bmc pass  {}",
+            match &b.bmc_password_file {
+                Some(f) => format!("read from {f}"),
+                None => "-".into(),
+            }
+        );
         if let Some(ca) = &b.bmc_ca_file {
             println!("bmc CA    {ca}");
         }

@@ -220,7 +220,10 @@ pub fn reinstall(g: &Global, a: ReinstallArgs) -> anyhow::Result<()> {
     let mut repo = Repository::open(&g.repo, Lock::Shared)?;
     let inventory = repo.catalog.inventory()?;
     let names = names(&a.nodeset, &inventory)?;
-    if let Some(unknown) = names.iter().find(|n| !inventory.iter().any(|i| &i.name == *n)) {
+    if let Some(unknown) = names
+        .iter()
+        .find(|n| !inventory.iter().any(|i| &i.name == *n))
+    {
         return Err(aurum::Error::NotFound(format!(
             "no node {unknown} in the node database: only its nodes can be reinstalled (`aurum node add {unknown} --mac MAC --bmc ADDR ...`)"
         ))
@@ -236,7 +239,11 @@ pub fn reinstall(g: &Global, a: ReinstallArgs) -> anyhow::Result<()> {
     let json = a.json;
     let results = reinstall::reinstall(&mut repo, &names, &opts, progress.as_ref(), &|node, p| {
         if !json {
-            say!("{node}: {} {}", p.phase, p.detail.lines().next().unwrap_or(""));
+            say!(
+                "{node}: {} {}",
+                p.phase,
+                p.detail.lines().next().unwrap_or("")
+            );
         }
     })?;
     let failed = results

@@ -262,9 +262,7 @@ impl<'a> Bmc<'a> {
 
     fn power(&self, op: Op) -> Res<()> {
         match self.protocol {
-            BmcProtocol::Ipmi => self
-                .ipmitool(&["chassis", "power", op.ipmi()])
-                .map(drop),
+            BmcProtocol::Ipmi => self.ipmitool(&["chassis", "power", op.ipmi()]).map(drop),
             BmcProtocol::Redfish => self.redfish()?.reset(op),
         }
     }
@@ -416,9 +414,10 @@ impl Bmc<'_> {
     fn ipmitool(&self, args: &[&str]) -> Res<String> {
         self.check_password_file()?;
         match self.ipmitool_with("17", args) {
-            Err(Fail(Outcome::Failed, m)) if m.contains("invalid authentication algorithm")
-                || m.contains("invalid integrity algorithm")
-                || m.contains("invalid confidentiality algorithm") =>
+            Err(Fail(Outcome::Failed, m))
+                if m.contains("invalid authentication algorithm")
+                    || m.contains("invalid integrity algorithm")
+                    || m.contains("invalid confidentiality algorithm") =>
             {
                 self.ipmitool_with("3", args)
             }
@@ -467,7 +466,10 @@ impl Bmc<'_> {
                 || has("invalid integrity algorithm")
                 || has("invalid confidentiality algorithm")
             {
-                Fail(Outcome::Failed, format!("the BMC refused cipher suite {cipher}: {}", said.join("; ")))
+                Fail(
+                    Outcome::Failed,
+                    format!("the BMC refused cipher suite {cipher}: {}", said.join("; ")),
+                )
             } else if has("Get Auth Capabilities error")
                 || has("No response from remote controller")
                 || has("Unable to establish")
@@ -504,8 +506,18 @@ impl Bmc<'_> {
                 s
             })
         };
-        let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-        let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
         let end = Instant::now() + left;
         let status = loop {
             match child.try_wait() {
@@ -604,10 +616,19 @@ impl<'a> Bmc<'a> {
 
 impl Redfish<'_> {
     /// Sends a request; the JSON answer (`Null` for an empty body).
-    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Res<serde_json::Value> {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Res<serde_json::Value> {
         let url = format!("{}{path}", self.root);
         let sent = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("Authorization", &self.auth).call(),
+            ("GET", _) => self
+                .agent
+                .get(&url)
+                .header("Authorization", &self.auth)
+                .call(),
             (m, body) => {
                 let body = body.unwrap_or_default().to_string();
                 let req = match m {
@@ -703,7 +724,11 @@ impl Redfish<'_> {
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect());
         let cycle_by_hand =
             matches!(op, Op::Cycle) && allowed.is_some_and(|a| !a.contains(&"PowerCycle"));
-        let types: &[Op] = if cycle_by_hand { &[Op::Off, Op::On] } else { &[op] };
+        let types: &[Op] = if cycle_by_hand {
+            &[Op::Off, Op::On]
+        } else {
+            &[op]
+        };
         for t in types {
             let body = serde_json::json!({ "ResetType": t.redfish() });
             self.call("POST", &target, Some(body))?;
@@ -722,8 +747,12 @@ impl Redfish<'_> {
         if uefi {
             boot["BootSourceOverrideMode"] = "UEFI".into();
         }
-        self.call("PATCH", &self.system, Some(serde_json::json!({ "Boot": boot })))
-            .map(drop)
+        self.call(
+            "PATCH",
+            &self.system,
+            Some(serde_json::json!({ "Boot": boot })),
+        )
+        .map(drop)
     }
 }
 

@@ -130,7 +130,11 @@ pub fn reinstall(
 
 /// Tells each node's BMC to boot from the network once, then boots the node; per node, the
 /// first failure or the boot's result.
-fn boot_all(nodes: &[NodeEntry], opts: &Options, progress: &dyn Progress) -> Vec<power::PowerResult> {
+fn boot_all(
+    nodes: &[NodeEntry],
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Vec<power::PowerResult> {
     progress.phase("BMCs", Some(nodes.len() as u64), false);
     let results = super::exec::fan_out(nodes, opts.power.fanout, progress, |n| {
         let pxe = Action::Bootdev {
@@ -198,7 +202,12 @@ fn wait(
 }
 
 /// Records a node's final phase: done switches it (back) to local boot.
-fn finish(repo: &mut Repository, r: &mut NodeReinstall, phase: InstallPhase, detail: &str) -> Result<()> {
+fn finish(
+    repo: &mut Repository,
+    r: &mut NodeReinstall,
+    phase: InstallPhase,
+    detail: &str,
+) -> Result<()> {
     if phase == InstallPhase::Done {
         pxe::netboot(&mut repo.catalog, &r.node, Boot::Local)?;
         r.state = State::Installed;

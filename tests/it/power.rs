@@ -184,7 +184,11 @@ set_working_mc 0x20
                 .map(|o| o.status.success())
                 .unwrap_or(false)
         });
-        assert!(ready, "ipmi_sim did not answer: {}", sim.file("ipmi_sim.log"));
+        assert!(
+            ready,
+            "ipmi_sim did not answer: {}",
+            sim.file("ipmi_sim.log")
+        );
         let _ = fs::remove_file(sim.state.join("calls.log"));
         sim
     }
@@ -232,9 +236,16 @@ impl Sushy {
                 c.wait_with_output()
             })
             .unwrap();
-        assert!(hash.status.success(), "bcrypt (from sushy-tools) in python3");
+        assert!(
+            hash.status.success(),
+            "bcrypt (from sushy-tools) in python3"
+        );
         let users = sd.join("htpasswd");
-        write_mode(&users, &format!("admin:{}", String::from_utf8_lossy(&hash.stdout)), 0o600);
+        write_mode(
+            &users,
+            &format!("admin:{}", String::from_utf8_lossy(&hash.stdout)),
+            0o600,
+        );
         fs::write(
             sd.join("conf.py"),
             format!(
@@ -252,12 +263,17 @@ impl Sushy {
             .arg(sd.join("conf.py"))
             .args(["-i", "127.0.0.1", "-p", &port.to_string()]);
         if let Some((cert, key)) = tls {
-            c.arg("--ssl-certificate").arg(cert).arg("--ssl-key").arg(key);
+            c.arg("--ssl-certificate")
+                .arg(cert)
+                .arg("--ssl-key")
+                .arg(key);
         }
         let child = c
             .stdin(Stdio::null())
             .stdout(fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(fs::File::options().append(true).open(&log).unwrap()))
+            .stderr(Stdio::from(
+                fs::File::options().append(true).open(&log).unwrap(),
+            ))
             .spawn()
             .expect("start sushy-emulator");
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -269,7 +285,11 @@ impl Sushy {
         let up = wait_for(Duration::from_secs(30), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(up, "sushy-emulator did not start: {}", fs::read_to_string(&s.log).unwrap_or_default());
+        assert!(
+            up,
+            "sushy-emulator did not start: {}",
+            fs::read_to_string(&s.log).unwrap_or_default()
+        );
         s
     }
 }
@@ -308,7 +328,11 @@ impl Seen {
     /// included) or in `extra` files.
     fn assert_clean(&self, env: &Env, extra: &[&Path]) {
         for pw in [IPMI_PASSWORD, REDFISH_PASSWORD] {
-            assert!(!self.0.contains(pw), "a password in aurum's output:\n{}", self.0);
+            assert!(
+                !self.0.contains(pw),
+                "a password in aurum's output:\n{}",
+                self.0
+            );
             let mut files = vec![];
             collect(&env.repo(), &mut files);
             files.extend(extra.iter().map(|p| p.to_path_buf()));
@@ -376,7 +400,10 @@ impl PsWatch {
     fn finish(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         let (seen, leaks) = self.handle.join().unwrap();
-        assert!(leaks.is_empty(), "a password in the process table: {leaks:?}");
+        assert!(
+            leaks.is_empty(),
+            "a password in the process table: {leaks:?}"
+        );
         seen
     }
 }
@@ -412,7 +439,14 @@ fn ipmi_power_and_boot_device_through_ipmi_sim_without_showing_the_password() {
     let ipmi = ["--bmc-protocol", "ipmi", "--bmc-user", "admin"];
     for i in 1..=4 {
         let mac = format!("52:54:00:00:10:0{i}");
-        let mut a = vec!["--bmc", &sim.addr, "--bmc-password-file", pw_s, "--group", "rack1"];
+        let mut a = vec![
+            "--bmc",
+            &sim.addr,
+            "--bmc-password-file",
+            pw_s,
+            "--group",
+            "rack1",
+        ];
         a.extend_from_slice(&ipmi);
         add_node(&env, &format!("n0{i}"), &mac, &a);
     }
@@ -447,22 +481,35 @@ fn ipmi_power_and_boot_device_through_ipmi_sim_without_showing_the_password() {
     let t = Instant::now();
     let on = env.run(&["power", "on", "@rack1", "--json"]);
     let on_secs = t.elapsed().as_secs_f64();
-    assert!(on.status.success(), "{}", String::from_utf8_lossy(&on.stderr));
+    assert!(
+        on.status.success(),
+        "{}",
+        String::from_utf8_lossy(&on.stderr)
+    );
     let r = by_node(&seen.add(&on));
     assert_eq!(r.len(), 4);
-    assert!(r.values().all(|v| v["status"] == "ok" && v["protocol"] == "ipmi"), "{r:?}");
+    assert!(
+        r.values()
+            .all(|v| v["status"] == "ok" && v["protocol"] == "ipmi"),
+        "{r:?}"
+    );
     assert_eq!(sim.power(), "1");
     let t = Instant::now();
     let status = seen.add(&env.run(&["power", "status", "n[01-04]", "--json"]));
     let status_secs = t.elapsed().as_secs_f64();
-    assert!(by_node(&status).values().all(|v| v["power"] == "on"), "{status}");
+    assert!(
+        by_node(&status).values().all(|v| v["power"] == "on"),
+        "{status}"
+    );
     let out = seen.add(&env.run(&["power", "bootdev", "pxe", "n01", "--persistent", "--uefi"]));
     assert!(out.contains("n01: next boots: pxe (UEFI)"), "{out}");
     assert_eq!(sim.file("boot").trim(), "pxe");
     let out = seen.add(&env.run(&["power", "off", "n01"]));
     assert!(out.contains("n01: power off sent"), "{out}");
     assert_eq!(sim.power(), "0");
-    assert!(seen.add(&env.run(&["power", "status", "n01"])).contains("n01: off"));
+    assert!(seen
+        .add(&env.run(&["power", "status", "n01"]))
+        .contains("n01: off"));
     // A cycle of a node that is off powers it on.
     let out = seen.add(&env.run(&["power", "cycle", "n01", "--json"]));
     let r = by_node(&out);
@@ -474,14 +521,22 @@ fn ipmi_power_and_boot_device_through_ipmi_sim_without_showing_the_password() {
     assert!(calls.contains("set reset 1"), "{calls}");
     assert!(calls.contains("set boot pxe"), "{calls}");
     let ipmitools = watch.finish();
-    assert!(ipmitools > 0, "the process table was never sampled while ipmitool ran");
+    assert!(
+        ipmitools > 0,
+        "the process table was never sampled while ipmitool ran"
+    );
 
     // The failures: one line each on stderr, a status per kind in JSON, the exit status the
     // number of failed nodes.
     let t = Instant::now();
     let bad = env.run(&["power", "status", "n[05-07]", "--timeout", "15", "--json"]);
     let bad_secs = t.elapsed().as_secs_f64();
-    assert_eq!(bad.status.code(), Some(3), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert_eq!(
+        bad.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     let mut r = by_node(&seen.add(&bad));
     // A BMC that never answers, with a limit shorter than ipmitool's own retries.
     let slow = env.run(&["power", "status", "n08", "--timeout", "3", "--json"]);
@@ -499,7 +554,10 @@ fn ipmi_power_and_boot_device_through_ipmi_sim_without_showing_the_password() {
     let text = env.run(&["power", "status", "n05", "n06"]);
     let err = String::from_utf8_lossy(&text.stderr).into_owned();
     seen.add(&text);
-    assert!(err.contains("aurum: n06: the BMC at") && err.contains("refused user admin"), "{err}");
+    assert!(
+        err.contains("aurum: n06: the BMC at") && err.contains("refused user admin"),
+        "{err}"
+    );
     assert!(err.contains("0 of 2 BMCs succeeded"), "{err}");
 
     // Debug logging on: still no password.
@@ -547,7 +605,11 @@ fn redfish_power_and_boot_device_through_sushy_tools() {
     write_mode(&pw, &format!("{REDFISH_PASSWORD}\n"), 0o600);
     let bad = env.path("rf-wrong");
     write_mode(&bad, "nope\n", 0o600);
-    let (pw_s, bad_s, ca_s) = (pw.to_str().unwrap(), bad.to_str().unwrap(), ca.to_str().unwrap());
+    let (pw_s, bad_s, ca_s) = (
+        pw.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        ca.to_str().unwrap(),
+    );
     let rf = ["--bmc-protocol", "redfish", "--bmc-user", "admin"];
     let node = |name: &str, mac: &str, addr: &str, pwf: &str, extra: &[&str]| {
         let mut a = vec!["--bmc", addr, "--bmc-password-file", pwf];
@@ -556,7 +618,13 @@ fn redfish_power_and_boot_device_through_sushy_tools() {
         add_node(&env, name, mac, &a);
     };
     node("r01", "52:54:00:00:20:01", &plain.url, pw_s, &[]);
-    node("r02", "52:54:00:00:20:02", &tls.url, pw_s, &["--bmc-ca-file", ca_s]);
+    node(
+        "r02",
+        "52:54:00:00:20:02",
+        &tls.url,
+        pw_s,
+        &["--bmc-ca-file", ca_s],
+    );
     node("r03", "52:54:00:00:20:03", &tls.url, pw_s, &[]);
     node("r04", "52:54:00:00:20:04", &plain.url, bad_s, &[]);
     let closed = format!("http://127.0.0.1:{}", free_tcp_port());
@@ -568,7 +636,11 @@ fn redfish_power_and_boot_device_through_sushy_tools() {
     let t = Instant::now();
     let on = env.run(&["power", "on", "r01", "r02", "--json"]);
     let on_secs = t.elapsed().as_secs_f64();
-    assert!(on.status.success(), "{}", String::from_utf8_lossy(&on.stdout));
+    assert!(
+        on.status.success(),
+        "{}",
+        String::from_utf8_lossy(&on.stdout)
+    );
     seen.add(&on);
     // The fake driver applies power changes 1 to 11 s later, as real hardware lags.
     let t = Instant::now();
@@ -589,7 +661,11 @@ fn redfish_power_and_boot_device_through_sushy_tools() {
     assert_eq!(boot_of(&tls.url, &ca)["BootSourceOverrideTarget"], "Hdd");
     // sushy lists no PowerCycle among its reset types: a cycle is ForceOff then On.
     let cycle = seen.add(&env.run(&["power", "cycle", "r01", "--json"]));
-    assert_eq!(by_node(&cycle)["r01"]["message"], "power cycle sent", "{cycle}");
+    assert_eq!(
+        by_node(&cycle)["r01"]["message"],
+        "power cycle sent",
+        "{cycle}"
+    );
     let log = fs::read_to_string(&plain.log).unwrap();
     assert_eq!(log.matches("POST /redfish/v1/Systems/").count(), 3, "{log}");
     seen.add(&env.run(&["power", "off", "r01", "r02"]));
@@ -618,8 +694,15 @@ fn boot_of(url: &str, ca: &Path) -> serde_json::Value {
          print(json.dumps(get(s)['Boot']))",
         ca.display()
     );
-    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     json(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -641,9 +724,28 @@ fn reinstall_boots_the_node_through_its_bmc_and_waits_for_the_install() {
         &env,
         "n01",
         mac,
-        &["--bmc", &sim.addr, "--bmc-user", "admin", "--bmc-password-file", pw.to_str().unwrap()],
+        &[
+            "--bmc",
+            &sim.addr,
+            "--bmc-user",
+            "admin",
+            "--bmc-password-file",
+            pw.to_str().unwrap(),
+        ],
     );
-    add_node(&env, "n02", "52:54:00:00:30:02", &["--bmc", "127.0.0.1:9", "--bmc-user", "admin", "--bmc-password-file", pw.to_str().unwrap()]);
+    add_node(
+        &env,
+        "n02",
+        "52:54:00:00:30:02",
+        &[
+            "--bmc",
+            "127.0.0.1:9",
+            "--bmc-user",
+            "admin",
+            "--bmc-password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
     env.ok(&["pxe", "netboot", "n01", "n02", "--local"]);
     let srv = Server::start(&env);
     let base = format!("http://{}", srv.addr);
@@ -652,26 +754,56 @@ fn reinstall_boots_the_node_through_its_bmc_and_waits_for_the_install() {
 
     // Powered off: reinstall powers it on, from the network once.
     let t = Instant::now();
-    let out = env.run(&["reinstall", "n01", "--image", "tiny@1", "--wait", "60", "--json"]);
+    let out = env.run(&[
+        "reinstall",
+        "n01",
+        "--image",
+        "tiny@1",
+        "--wait",
+        "60",
+        "--json",
+    ]);
     let secs = t.elapsed().as_secs_f64();
     let text = seen.add(&out);
-    assert!(out.status.success(), "{text}\n{}\nnode: {}", String::from_utf8_lossy(&out.stderr), sim.file("node.log"));
+    assert!(
+        out.status.success(),
+        "{text}\n{}\nnode: {}",
+        String::from_utf8_lossy(&out.stderr),
+        sim.file("node.log")
+    );
     let r = &by_node(&text)["n01"];
     assert_eq!(r["state"], "installed", "{r}");
     assert_eq!(r["boot"], "local");
     assert_eq!(r["revision"], "tiny@1 5151");
-    let phases: Vec<&str> = r["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    let phases: Vec<&str> = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
     assert_eq!(phases, ["facts", "partition", "transfer", "done"]);
-    assert!(r["power"]["message"].as_str().unwrap().contains("was off: power on sent"), "{r}");
+    assert!(
+        r["power"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("was off: power on sent"),
+        "{r}"
+    );
     assert!(sim.file("node.log").contains("netboot entry installs"));
     let calls = sim.file("calls.log");
-    let (boot_at, on_at) = (calls.find("set boot pxe").unwrap(), calls.find("set power 1").unwrap());
+    let (boot_at, on_at) = (
+        calls.find("set boot pxe").unwrap(),
+        calls.find("set power 1").unwrap(),
+    );
     assert!(boot_at < on_at, "PXE was not set before the boot:\n{calls}");
     let show = json(&env.ok(&["node", "show", "n01", "--json"]));
     assert_eq!(show["node"]["boot"], "local");
     assert_eq!(show["node"]["image"], "tiny@1");
     let script = crate::serve::http(&srv.addr, "GET", &format!("/boot/{mac}.ipxe"), &[], b"").2;
-    assert!(String::from_utf8_lossy(&script).contains("sanboot"), "the netboot entry is not local again");
+    assert!(
+        String::from_utf8_lossy(&script).contains("sanboot"),
+        "the netboot entry is not local again"
+    );
 
     // Running now: a reset; this time the install fails, and the node stays on install.
     fs::write(sim.state.join("fail"), "").unwrap();
@@ -679,18 +811,35 @@ fn reinstall_boots_the_node_through_its_bmc_and_waits_for_the_install() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     seen.add(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("n01: the install failed: sgdisk: cannot open /dev/vda"), "{err}");
+    assert!(
+        err.contains("n01: the install failed: sgdisk: cannot open /dev/vda"),
+        "{err}"
+    );
     assert!(err.contains("next network boot: install"), "{err}");
     assert!(sim.file("calls.log").contains("set reset 1"));
-    assert_eq!(json(&env.ok(&["node", "show", "n01", "--json"]))["node"]["boot"], "install");
+    assert_eq!(
+        json(&env.ok(&["node", "show", "n01", "--json"]))["node"]["boot"],
+        "install"
+    );
 
     // A BMC that cannot be reached: the node is left as it was (local boot).
-    let out = env.run(&["reinstall", "n02", "--wait", "5", "--timeout", "4", "--json"]);
+    let out = env.run(&[
+        "reinstall",
+        "n02",
+        "--wait",
+        "5",
+        "--timeout",
+        "4",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let r = &by_node(&seen.add(&out))["n02"];
     assert_eq!(r["state"], "power-failed", "{r}");
     assert_eq!(r["boot"], "local");
-    assert_eq!(json(&env.ok(&["node", "show", "n02", "--json"]))["node"]["boot"], "local");
+    assert_eq!(
+        json(&env.ok(&["node", "show", "n02", "--json"]))["node"]["boot"],
+        "local"
+    );
     seen.assert_clean(&env, &[&sim.state.join("node.log")]);
     eprintln!("measured: reinstall of a powered-off node through ipmi_sim to its done report: {secs:.2} s");
 }

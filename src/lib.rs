@@ -25,8 +25,9 @@
 //! 6. [`template`] (partition templates per hardware class), [`install`] (a bare node's disks
 //!    from its template, then a revision onto them), [`netboot`] (PXE configuration and the
 //!    boot kit), [`serve`] (the HTTP server nodes fetch from), [`fleet`] (node sets, and
-//!    commands and copies on many nodes over ssh) and [`migrate`] (SystemImager's layouts as
-//!    templates, its image directories as revisions).
+//!    commands and copies on many nodes over ssh), [`migrate`] (SystemImager's layouts as
+//!    templates, its image directories as revisions) and [`replicate`] (pull and push
+//!    between repositories).
 //! 7. the binary's `cli/`: one file per group of commands.
 
 pub mod apply;
@@ -44,6 +45,7 @@ pub mod migrate;
 pub mod name;
 pub mod netboot;
 pub mod progress;
+pub mod replicate;
 pub mod repo;
 pub mod serve;
 pub mod store;

@@ -19,6 +19,7 @@ mod nodedb;
 mod power;
 mod progress;
 mod pxe;
+mod replicate;
 mod rollout;
 mod serve;
 mod si;
@@ -211,6 +212,9 @@ pub enum Command {
     Config(config::ConfigArgs),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
+    Pull(replicate::PullArgs),
+    Push(replicate::PushArgs),
+    Remote(replicate::RemoteArgs),
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
     Install(install::InstallArgs),
@@ -266,6 +270,9 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Config(a) => config::exec(g, a),
         Command::Completions(a) => docs::completions(g, a),
         Command::Man(a) => docs::man(g, a),
+        Command::Pull(a) => replicate::pull(g, a),
+        Command::Push(a) => replicate::push(g, a),
+        Command::Remote(a) => replicate::remote(g, a),
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),
         Command::Install(a) => install::install(g, a),

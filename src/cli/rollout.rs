@@ -25,7 +25,7 @@ pub struct RolloutArgs {
 
 #[derive(Subcommand)]
 enum RolloutCommand {
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     Status(StatusArgs),
     Pause(IdArgs),
     Resume(IdArgs),
@@ -105,7 +105,7 @@ struct IdArgs {
 
 pub fn exec(g: &Global, a: RolloutArgs) -> anyhow::Result<()> {
     match a.command {
-        RolloutCommand::Start(a) => start(g, a),
+        RolloutCommand::Start(a) => start(g, *a),
         RolloutCommand::Status(a) => status(g, a),
         RolloutCommand::Pause(a) => steer(g, a, RolloutState::Paused),
         RolloutCommand::Resume(a) => resume(g, a),

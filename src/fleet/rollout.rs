@@ -224,6 +224,8 @@ fn drive_node(r: &Rollout, t: &Target, cat: &Mutex<&mut Catalog>) -> Result<Node
             &plan.node_root,
             "--timeout",
             &timeout,
+            "--server",
+            &plan.server,
             "--json",
         ],
         plan.update_timeout,

@@ -6,7 +6,7 @@
 //! the catalog's to query. `book/src/format.md` (Catalog) shows the schema as it stands.
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -168,7 +168,21 @@ pub const MIGRATIONS: &[&str] = &[
         event TEXT NOT NULL
     );
     "#,
-    // 5 -> 6: how each node's BMC is reached (`bmc` holds its address since version 1). The
+    // 5 -> 6: remotes, the repositories `aurum pull` copies from, with how the last pulls went.
+    r#"
+    CREATE TABLE remotes (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        mirror INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        last_success INTEGER,
+        last_error TEXT,
+        last_error_time INTEGER,
+        last_contact INTEGER,
+        lag INTEGER
+    );
+    "#,
+    // 6 -> 7: how each node's BMC is reached (`bmc` has held its address since version 4). The
     // password is never stored: `bmc_password_file` names the file it is read from at use.
     r#"
     ALTER TABLE inventory ADD COLUMN bmc_protocol TEXT;
@@ -210,6 +224,7 @@ mod tests {
             "node_reports",
             "nodes",
             "packs",
+            "remotes",
             "revisions",
             "sources",
             "statcache",

@@ -73,11 +73,23 @@ impl Fleet {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts `cmd` in the master's namespace.
+    /// Starts `cmd` in the master's namespace, its output dropped (a server's log must not
+    /// fill an unread pipe; use `spawn_capturing` to read it).
     pub fn spawn_on_master(&self, cmd: &[&str]) -> Child {
         self.rig("master")
             .args(cmd)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts `cmd` in the master's namespace with its output piped, to be read with
+    /// `wait_with_output`.
+    pub fn spawn_capturing(&self, cmd: &[&str]) -> Child {
+        self.rig("master")
+            .args(cmd)
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -751,4 +763,196 @@ fn rollouts_gate_waves_on_health_and_failures() {
         "rollout of a good revision over 8 nodes: {:.1} s",
         good_rollout.as_secs_f64()
     );
+}
+
+/// A rollout paused between waves stops there and `resume` finishes it; a driver killed
+/// mid-wave (the master restarting) leaves it running, and `resume` drives it on to the end.
+#[test]
+fn rollouts_pause_resume_and_survive_a_master_restart() {
+    if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {
+        return;
+    }
+    let rig = RolloutRig::new(8, &[(1, true), (2, true), (3, true)]);
+    let status = |id: &str| {
+        let out = rig.aurum(&["rollout", "status", id, "--json"]);
+        // Null until the rollout exists.
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let spawn = |args: &[String]| {
+        let repo = rig.env.repo();
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-progress",
+        ];
+        cmd.extend(args.iter().map(String::as_str));
+        rig.fleet.spawn_on_master(&cmd)
+    };
+    let wait_for = |id: &str, what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..600 {
+            let v = status(id);
+            if ok(&v) {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("rollout {id}: {what} never happened: {}", status(id));
+    };
+
+    // Paused in the window between the canary and the next wave.
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--waves", "100%", "--pause-between", "30"].map(String::from));
+    let mut driver = spawn(&args);
+    wait_for("1", "the canary", &|v| v["nodes"][0]["state"] == "done");
+    let out = rig.aurum(&["rollout", "pause", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        driver.wait().unwrap().success(),
+        "a paused rollout is no failure"
+    );
+    let v = status("1");
+    assert_eq!(v["rollout"]["state"], "paused", "{v}");
+    assert_eq!(rig.versions().iter().filter(|x| *x == "2").count(), 1);
+    let out = rig.aurum(&["rollout", "resume", "1", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status("1")["rollout"]["state"], "done");
+    assert_eq!(rig.versions(), vec!["2"; 8]);
+
+    // The driver killed mid-wave, one node at a time: the rollout stays running, and resume
+    // ends it with every node on the revision.
+    let mut args = rig.start_args("img@3");
+    args.extend(["--canary", "0", "--waves", "100%", "--max-unavailable", "1"].map(String::from));
+    let mut driver = spawn(&args);
+    wait_for("2", "a third node done", &|v| {
+        v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().filter(|n| n["state"] == "done").count() >= 3)
+    });
+    // (`fleet master` and `ip netns exec` exec the driver: its pid is the child's.)
+    driver.kill().unwrap();
+    let _ = driver.wait();
+    assert!(
+        !sh("ps -eo args").contains("rollout start img@3"),
+        "the driver survived"
+    );
+    let v = status("2");
+    assert_eq!(v["rollout"]["state"], "running", "{v}");
+    assert!(
+        rig.versions().iter().any(|x| x == "2"),
+        "killed before the end"
+    );
+    let out = rig.aurum(&["rollout", "resume", "2", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = status("2");
+    assert_eq!(v["rollout"]["state"], "done", "{v}");
+    assert_eq!(rig.versions(), vec!["3"; 8]);
+    let events: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("done: every wave passed")),
+        "{events:?}"
+    );
+}
+
+/// The status page of `aurum serve`, in headless Chromium: it shows each node's revision and
+/// health, and updates by itself (no reload by the browser) while a rollout runs.
+#[test]
+fn the_status_page_follows_a_rollout_in_a_browser() {
+    if !fleet_can_run()
+        || !can_run(Path::new("/bin/busybox").exists(), "busybox-static")
+        || !can_run(
+            have("chromium") && have("chromedriver"),
+            "chromium and chromium-driver",
+        )
+        || !can_run(
+            Command::new("/usr/bin/python3")
+                .args(["-c", "import selenium"])
+                .status()
+                .is_ok_and(|s| s.success()),
+            "selenium for python3 (python3-selenium)",
+        )
+    {
+        return;
+    }
+    let rig = RolloutRig::new(3, &[(1, true), (2, true)]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/statuspage.py");
+    let url = format!("http://{}:8035/", rig.fleet.master);
+    let watch = |checks: serde_json::Value, timeout: u32| {
+        let checks = checks.to_string();
+        let timeout = timeout.to_string();
+        rig.fleet.spawn_capturing(&[
+            "/usr/bin/python3",
+            script.to_str().unwrap(),
+            &url,
+            &checks,
+            &timeout,
+        ])
+    };
+    let finish = |child: Child| {
+        let out = child.wait_with_output().unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "the page never showed it: {shown}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crate::common::json(&shown)
+    };
+
+    // Before: every node on img@1.
+    let before = finish(watch(
+        serde_json::json!([
+            ["node", "n01", "revision", "img@1"],
+            ["node", "n03", "revision", "img@1"]
+        ]),
+        60,
+    ));
+    assert_eq!(before["node"]["n02"]["rollout"], "-");
+
+    // One browser watches the whole rollout: the page must bring the canary's new revision and
+    // health, then the end, through its own refreshes.
+    let browser = watch(
+        serde_json::json!([
+            ["node", "n01", "revision", "img@2"],
+            ["node", "n01", "health", "healthy"],
+            ["node", "n03", "revision", "img@2"],
+            ["node", "n03", "rollout", "done"],
+            ["rollout", "1", "state", "done"],
+        ]),
+        120,
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--pause-between", "6"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{v}");
+    let after = finish(browser);
+    assert!(
+        after["node"]["n02"]["rollout"]
+            .as_str()
+            .unwrap()
+            .contains("#1 wave 1 done"),
+        "{after}"
+    );
+    // The page the browser opened before the rollout reloaded itself to show all this.
+    assert_eq!(after["reloaded"], true, "{after}");
 }

@@ -623,6 +623,8 @@ impl Redfish<'_> {
         body: Option<serde_json::Value>,
     ) -> Res<serde_json::Value> {
         let url = format!("{}{path}", self.root);
+        // No new request once the node's time is up (each may take what was left at start).
+        self.bmc.left()?;
         let sent = match (method, body) {
             ("GET", _) => self
                 .agent

@@ -64,15 +64,27 @@ const CHASSIS_SH: &str = r#"#!/bin/sh
 state=$(dirname "$0")
 echo "$@" >> "$state/calls.log"
 op=$1; shift
+# With a QEMU node (qemu.sh), the power is whether its QEMU runs.
+power_now() {
+  if [ -x "$state/qemu.sh" ]; then
+    [ -s "$state/qemu.pid" ] && kill -0 "$(cat "$state/qemu.pid")" 2>/dev/null && echo 1 || echo 0
+  else
+    cat "$state/power" 2>/dev/null || echo 0
+  fi
+}
 boot_node() {
-  [ -s "$state/node.args" ] || return 0
-  setsid python3 "$state/node.py" "$state" $(cat "$state/node.args") >>"$state/node.log" 2>&1 </dev/null &
+  if [ -x "$state/qemu.sh" ]; then
+    [ -s "$state/qemu.pid" ] && kill "$(cat "$state/qemu.pid")" 2>/dev/null
+    setsid "$state/qemu.sh" >>"$state/node.log" 2>&1 </dev/null &
+  elif [ -s "$state/node.args" ]; then
+    setsid python3 "$state/node.py" "$state" $(cat "$state/node.args") >>"$state/node.log" 2>&1 </dev/null &
+  fi
 }
 case "$op" in
 get)
   for p in "$@"; do
     case $p in
-      power) echo "power:$(cat "$state/power" 2>/dev/null || echo 0)" ;;
+      power) echo "power:$(power_now)" ;;
       boot) echo "boot:$(cat "$state/boot" 2>/dev/null || echo default)" ;;
     esac
   done ;;
@@ -80,9 +92,10 @@ set)
   while [ -n "$1" ]; do
     case $1 in
       power)
-        was=$(cat "$state/power" 2>/dev/null || echo 0)
+        was=$(power_now)
         echo "$2" > "$state/power"
-        [ "$2" = 1 ] && [ "$was" = 0 ] && boot_node ;;
+        if [ "$2" = 1 ] && [ "$was" = 0 ]; then boot_node; fi
+        if [ "$2" = 0 ] && [ -s "$state/qemu.pid" ]; then kill "$(cat "$state/qemu.pid")" 2>/dev/null; fi ;;
       reset) boot_node ;;
       boot) echo "$2" > "$state/boot" ;;
     esac
@@ -204,6 +217,15 @@ set_working_mc 0x20
 
 impl Drop for IpmiSim {
     fn drop(&mut self) {
+        // A QEMU node the BMC started goes with it.
+        if let Ok(pid) = fs::read_to_string(self.state.join("qemu.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -842,4 +864,150 @@ fn reinstall_boots_the_node_through_its_bmc_and_waits_for_the_install() {
     );
     seen.assert_clean(&env, &[&sim.state.join("node.log")]);
     eprintln!("measured: reinstall of a powered-off node through ipmi_sim to its done report: {secs:.2} s");
+}
+
+/// A QEMU node (SeaBIOS, iPXE, QEMU's user network) that ipmi_sim powers: its chassis script
+/// starts QEMU on power on or reset and kills it on power off. `aurum reinstall` switches the
+/// node (installed, on local boot) back to install, sets PXE through the BMC, powers it on and
+/// waits for the boot kit's reports; the guest installs and powers off.
+#[test]
+fn qemu_node_is_reinstalled_through_ipmi_sim() {
+    let rom = Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom");
+    let tools = [
+        "ipmi_sim",
+        "ipmitool",
+        "qemu-system-x86_64",
+        "busybox",
+        "sgdisk",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "depmod",
+        "apt-get",
+        "dpkg",
+    ];
+    if !tools.iter().all(|t| need(t)) || !crate::common::can_run(rom.exists(), "ipxe-qemu's ROMs") {
+        return;
+    }
+    let env = Env::new();
+    let (kernel, tree) = crate::pxe::debian_kernel();
+    let kit = env.repo().join("bootkit");
+    env.ok(&[
+        "bootkit",
+        "build",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--modules",
+        tree.to_str().unwrap(),
+        "-o",
+        kit.to_str().unwrap(),
+        "--append",
+        "console=ttyS0,115200 aurum.done=poweroff",
+    ]);
+    let g = env.path("golden");
+    crate::pxe::golden(&g);
+    env.getimage(&g, "tiny", &[]);
+    let t = env.path("tiny.toml");
+    fs::write(&t, crate::pxe::TEMPLATE).unwrap();
+    env.ok(&["template", "import", t.to_str().unwrap()]);
+    let sim = IpmiSim::start(env.dir.path());
+    let pw = env.path("bmc-password");
+    write_mode(&pw, &format!("{IPMI_PASSWORD}\n"), 0o600);
+    let mac = crate::pxe::MAC;
+    add_node(
+        &env,
+        "vm1",
+        mac,
+        &[
+            "--image",
+            "tiny",
+            "--class",
+            "tiny",
+            "--bmc",
+            &sim.addr,
+            "--bmc-user",
+            "admin",
+            "--bmc-password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    // As after an earlier install: its network boots go to the local disk.
+    env.ok(&["pxe", "netboot", "vm1", "--local"]);
+    let srv = Server::start(&env);
+    let port = srv.addr.rsplit(':').next().unwrap().to_string();
+    let tftp = env.path("tftp");
+    env.ok(&[
+        "pxe",
+        "tftp",
+        "--tftp-root",
+        tftp.to_str().unwrap(),
+        "--server",
+        &format!("http://10.0.2.2:{port}"),
+    ]);
+    let disk = env.path("disk.raw");
+    fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
+    let serial = env.path("serial.log");
+    let qemu = format!(
+        "#!/bin/sh\necho $$ > {pid}\nexec qemu-system-x86_64 -accel tcg -cpu max -M q35 -m 1024 -smp 2 \
+         -nographic -no-reboot -nodefaults -serial stdio -boot order=n \
+         -device virtio-net-pci,netdev=n0,mac={mac} \
+         -drive file={disk},format=raw,if=virtio,cache=unsafe \
+         -netdev user,id=n0,net=10.0.2.0/24,tftp={tftp},bootfile=boot.ipxe >{serial} 2>&1\n",
+        pid = sim.state.join("qemu.pid").display(),
+        disk = disk.display(),
+        tftp = tftp.display(),
+        serial = serial.display(),
+    );
+    write_mode(&sim.state.join("qemu.sh"), &qemu, 0o755);
+    let mut seen = Seen::default();
+    let _guest = crate::pxe::ONE_GUEST
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let t = Instant::now();
+    let out = env.run(&["reinstall", "vm1", "--wait", "400", "--json"]);
+    let secs = t.elapsed().as_secs_f64();
+    let text = seen.add(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}\nserial console:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        crate::pxe::tail(&serial, 60)
+    );
+    let r = &by_node(&text)["vm1"];
+    assert_eq!(r["state"], "installed", "{r}");
+    assert_eq!(r["boot"], "local");
+    assert!(
+        r["revision"].as_str().unwrap().starts_with("tiny@1 "),
+        "{r}"
+    );
+    let phases: Vec<&str> = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert!(
+        phases.contains(&"transfer") && phases.last() == Some(&"done"),
+        "{phases:?}"
+    );
+    let calls = sim.file("calls.log");
+    assert!(
+        calls.find("set boot pxe").unwrap() < calls.find("set power 1").unwrap(),
+        "{calls}"
+    );
+    // The guest powers itself off after the install: the BMC sees it off.
+    let off = wait_for(Duration::from_secs(60), || {
+        env.ok(&["power", "status", "vm1"]).contains("vm1: off")
+    });
+    assert!(off, "QEMU still runs:\n{}", crate::pxe::tail(&serial, 20));
+    let console = fs::read_to_string(&serial).unwrap_or_default();
+    assert!(
+        console.contains("aurum: install done"),
+        "{}",
+        crate::pxe::tail(&serial, 40)
+    );
+    seen.assert_clean(&env, &[&serial]);
+    eprintln!(
+        "measured: QEMU node (TCG) reinstalled through ipmi_sim, from the command to the done report: {secs:.1} s, {} phases reported",
+        phases.len()
+    );
 }

@@ -19,6 +19,7 @@ mod layers;
 mod network;
 mod nodesafety;
 mod overrides;
+mod power;
 mod published;
 mod pxe;
 mod remote;

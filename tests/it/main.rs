@@ -4,6 +4,7 @@
 //! tool say so; `./test.sh` (what CI runs) installs the tools and runs as root.
 
 mod adopt;
+mod book;
 mod chroot;
 mod common;
 mod config;

@@ -322,7 +322,6 @@ fn split_output(text: &str) -> BTreeMap<usize, (Vec<String>, i32)> {
 
 static FIGURES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
     [
-        (r"\b[0-9a-f]{4,64}\b", "ID"),
         (r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d", "TIME"),
         (r"\b\d+(\.\d+)? (B|KiB|MiB|GiB|TiB)\b", "SIZE"),
         (r"\b\d+(\.\d+)? ?(s|ms)\b", "DURATION"),
@@ -336,7 +335,17 @@ static FIGURES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
 
 /// A line with its figures replaced by placeholders and its spacing made uniform.
 fn normalise(line: &str) -> String {
-    let mut l = line.trim().to_string();
+    static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b[0-9a-f]{4,64}\b").unwrap());
+    let mut l = ID
+        .replace_all(line.trim(), |c: &regex::Captures| {
+            let m = &c[0];
+            if m.len() >= 8 || m.chars().any(|ch| ch.is_ascii_alphabetic()) {
+                "N".to_string()
+            } else {
+                m.to_string()
+            }
+        })
+        .into_owned();
     for (re, rep) in FIGURES.iter() {
         l = re.replace_all(&l, *rep).into_owned();
     }

@@ -12,7 +12,7 @@
 //!   its fixture in a hidden `<!-- setup: ... -->` comment, run first; `golden DIR` there makes
 //!   the small sample golden client.
 //! - Output is compared line by line, blank lines ignored, runs of spaces as one: `...` alone
-//!   on a line stands for any number of lines, `[..]` for any text within a line, and figures
+//!   on a line stands for any number of lines, `[..]` for any text within a line (`c0ffee12[..]` for a long id cut short), and figures
 //!   (hex ids of 4 digits or more, sizes, durations, dates and other numbers, but not `@N` revision
 //!   numbers) match any figure. A command that shows no output only has to succeed; one that
 //!   shows an `aurum: error:` line has to fail.
@@ -161,6 +161,7 @@ static SCRATCH_PATHS: LazyLock<Regex> = LazyLock::new(|| {
 
 /// The shell functions a page's setup can call.
 const HELPERS: &str = r#"
+ls() { command ls -C "$@"; }  # as on a terminal
 golden() {  # golden DIR: the small sample golden client
     mkdir -p "$1"/etc/ssh "$1"/usr/bin "$1"/usr/lib "$1"/var/log "$1"/home "$1"/tmp "$1"/usr/share/doc/openssl
     echo 'compute' > "$1"/etc/hostname
@@ -256,7 +257,7 @@ fn run_page(rel: &str, page: &Page) -> Vec<String> {
 /// Programs an example may run: aurum and read-only or scratch-local shell tools.
 const ALLOWED: &[&str] = &[
     "aurum", "export", "ls", "cat", "head", "tail", "grep", "diff", "cp", "mkdir", "echo", "cd",
-    "zcat", "xz", "tar", "sort", "wc", "bash", "sh", "test", "true", "man",
+    "zcat", "xz", "tar", "sort", "wc", "bash", "sh", "test", "true", "man", "golden", "revisions",
 ];
 
 /// aurum commands that change the root they run on (`/` unless --root).

@@ -257,7 +257,7 @@ fn run_page(rel: &str, page: &Page) -> Vec<String> {
 /// Programs an example may run: aurum and read-only or scratch-local shell tools.
 const ALLOWED: &[&str] = &[
     "aurum", "export", "ls", "cat", "head", "tail", "grep", "diff", "cp", "mkdir", "echo", "cd",
-    "zcat", "xz", "tar", "sort", "wc", "bash", "sh", "test", "true", "man", "golden", "revisions",
+    "zcat", "xz", "tar", "sort", "wc", "bash", "sh", "test", "true", "man", "golden", "revisions", "rm", "mv", "p", "printf", "dd", "command",
 ];
 
 /// aurum commands that change the root they run on (`/` unless --root).

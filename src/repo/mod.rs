@@ -349,11 +349,26 @@ impl Repository {
             }
             Err(e) => return Err(e).at(&format),
         };
-        let version = crate::format::refs::format_version(text.as_bytes()).unwrap_or(0);
+        let Some(version) = crate::format::refs::format_version(text.as_bytes()) else {
+            return Err(Error::Corrupt(format!(
+                "{} is damaged: it reads `{}`, not a repository format line; restore it from a \
+                 replica or backup (this aurum writes `{} {FORMAT_VERSION}`), then run `aurum verify`",
+                format.display(),
+                text.trim().chars().take(40).collect::<String>(),
+                crate::format::refs::FORMAT_PREFIX
+            )));
+        };
         if version != FORMAT_VERSION && version != TOP_LEVEL_FORMAT {
+            let why = if version > FORMAT_VERSION {
+                "a newer aurum wrote it: install that version (or newer) here to use it"
+            } else {
+                "an aurum too old to read is needed for it; export its images with that version"
+            };
             return Err(invalid(format!(
-                "{} holds repository format {version}; this aurum reads formats {TOP_LEVEL_FORMAT} and {FORMAT_VERSION}",
-                root.display()
+                "{} holds repository format {version}, and this aurum ({}) reads formats \
+                 {TOP_LEVEL_FORMAT} and {FORMAT_VERSION}: {why}",
+                root.display(),
+                env!("CARGO_PKG_VERSION")
             )));
         }
         let lock_path = root.join("lock");

@@ -99,8 +99,8 @@ pub fn verify(
             Err(e) => report.damage.push(Damage {
                 kind: "manifest",
                 id: id.hex(),
-                problem: e.to_string(),
-                breaks: names.clone(),
+                problem: e.to_string().replace(RUN_VERIFY, ""),
+                breaks: sorted_revisions(names.clone()),
             }),
         }
     }
@@ -334,6 +334,9 @@ fn index_problem(
     let missing = blobs.iter().filter(|b| !listed.contains(b)).count();
     (missing > 0).then(|| format!("its index lacks {missing} of its blobs"))
 }
+
+/// The advice a damaged manifest's error gives outside verify.
+const RUN_VERIFY: &str = "; run `aurum verify`";
 
 /// Revision names (`image@N`) by image, then number, so that a report reads the same each run.
 fn sorted_revisions(mut names: Vec<String>) -> Vec<String> {

@@ -51,8 +51,17 @@ fn main() {
         .init();
     if let Err(err) = cli::run(args) {
         eprintln!("aurum: error: {}{}", chain(&err), io_hint(&err));
+        // The first aurum error in the chain decides, also one carried inside an io::Error (a
+        // damaged blob met by a reader that `std::io::copy` drives, as in `cat`).
         let code = err
-            .downcast_ref::<aurum::Error>()
+            .chain()
+            .find_map(|c| {
+                c.downcast_ref::<aurum::Error>().or_else(|| {
+                    c.downcast_ref::<std::io::Error>()
+                        .and_then(|e| e.get_ref())
+                        .and_then(|e| e.downcast_ref::<aurum::Error>())
+                })
+            })
             .map(aurum::Error::exit_code)
             .unwrap_or(1);
         std::process::exit(code);

@@ -962,16 +962,22 @@ impl Read for ContentReader<'_> {
             let c = self
                 .chunks
                 .next()
-                .ok_or_else(|| std::io::Error::other("file content is shorter than its size"))?;
+                .ok_or_else(|| {
+                    std::io::Error::other(Error::Corrupt(
+                        "file content is shorter than its size (a damaged manifest); run `aurum verify`".into(),
+                    ))
+                })?;
             self.buf = self
                 .repo
                 .read_blob(&c.id)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                .map_err(std::io::Error::other)?;
             self.buf_at = 0;
         }
         // The extents come from a manifest: overlapping ones are an error, not a panic.
         let left_in_ext = (ext_off + ext_len).checked_sub(self.pos).ok_or_else(|| {
-            std::io::Error::other("the file's data extents overlap (a damaged manifest)")
+            std::io::Error::other(Error::Corrupt(
+                "the file's data extents overlap (a damaged manifest); run `aurum verify`".into(),
+            ))
         })?;
         let rest = self.buf.get(self.buf_at..).unwrap_or_default();
         let n = out

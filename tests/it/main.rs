@@ -11,6 +11,7 @@ mod config;
 mod conventions;
 mod crash;
 mod deb;
+mod errors;
 mod delta;
 mod fidelity;
 mod fleet;

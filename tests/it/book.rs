@@ -265,6 +265,9 @@ const ON_A_NODE: &[&str] = &[
     "updateclient", "rollback", "mark-good", "health", "install", "agent", "exec", "copy",
 ];
 
+/// An output redirection (`> FILE`, `2>>FILE`), not a `=>` in quoted text.
+static REDIRECT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(^|[\s\d])>>?\s*[^\s&]").unwrap());
+
 /// Why a command must not run in the test (it would touch the machine outside the scratch
 /// directory), or None.
 fn unsafe_reason(cmd: &str, scratch: &str) -> Option<String> {
@@ -291,7 +294,7 @@ fn unsafe_reason(cmd: &str, scratch: &str) -> Option<String> {
         let reads = ["aurum ls ", "aurum cat ", "aurum diff ", "ls ", "cat ", "grep "]
             .iter()
             .any(|r| cmd.starts_with(r));
-        if w.starts_with('~') || (outside && (cmd.contains('>') || !reads)) {
+        if w.starts_with('~') || (outside && (REDIRECT.is_match(cmd) || !reads)) {
             return Some(format!("it writes {w}"));
         }
     }

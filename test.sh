@@ -41,11 +41,21 @@ want fallocate util-linux
 want mkswap util-linux
 want chroot coreutils
 want busybox busybox-static
+# msdos disks and software RAID (tests/it/si.rs, and the boot kit of the SystemImager layout's
+# QEMU install, which runs sfdisk and mdadm in the guest).
+want sfdisk fdisk
+want mdadm mdadm
 # Scratch Debian roots (tests/rig/debian-root): the .deb install test.
 want debootstrap debootstrap
 want dpkg-deb dpkg
 # aurum exec folds output as clubak does (tests/it/fleet.rs compares the two).
 want clubak clustershell
+# Caches in front of aurum serve, as the book configures them (tests/it/tiers.rs).
+want squid squid
+# The status page test drives headless Chromium with Debian's selenium (tests/it/fleet.rs).
+want chromium chromium
+want chromedriver chromium-driver
+[ -e /usr/lib/python3/dist-packages/selenium ] || need+=(python3-selenium)
 # Conventions (tests/it/conventions.rs): the generated completions load in zsh and fish, and
 # man renders every generated page.
 want zsh zsh
@@ -74,6 +84,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
 mkdir -p /run/sshd 2>/dev/null || true
+# The package starts a squid on all interfaces; the tests start their own on 127.0.0.1.
+if [ "$(id -u)" -eq 0 ]; then pkill -x squid 2>/dev/null || true; fi
 
 # QEMU for the PXE test. qemu-utils from bookworm-backports may already be installed, and the
 # bookworm qemu-system-x86 conflicts with it, so QEMU comes from backports (TCG only: no KVM

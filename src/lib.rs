@@ -24,8 +24,10 @@
 //!    sources, overrides and hooks).
 //! 6. [`template`] (partition templates per hardware class), [`install`] (a bare node's disks
 //!    from its template, then a revision onto them), [`netboot`] (PXE configuration and the
-//!    boot kit), [`serve`] (the HTTP server nodes fetch from) and [`fleet`] (node sets, and
-//!    commands and copies on many nodes over ssh).
+//!    boot kit), [`serve`] (the HTTP server nodes fetch from), [`fleet`] (node sets, and
+//!    commands and copies on many nodes over ssh), [`migrate`] (SystemImager's layouts as
+//!    templates, its image directories as revisions) and [`replicate`] (pull and push
+//!    between repositories).
 //! 7. the binary's `cli/`: one file per group of commands.
 
 pub mod apply;
@@ -39,9 +41,11 @@ pub mod facts;
 pub mod fleet;
 pub mod format;
 pub mod install;
+pub mod migrate;
 pub mod name;
 pub mod netboot;
 pub mod progress;
+pub mod replicate;
 pub mod repo;
 pub mod serve;
 pub mod store;

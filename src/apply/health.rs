@@ -190,6 +190,38 @@ pub fn check(root: &Path, limit: Duration) -> Result<(HealthRecord, bool)> {
     Ok((record, managed))
 }
 
+/// Tells the server at `url` how the health check went (`POST /api/v1/reports`, action
+/// `health`; the failed checks in the detail). The status page shows it.
+pub fn report(url: &str, record: &HealthRecord) -> Result<()> {
+    use crate::apply::source::{HttpOptions, HttpRepo, RevisionSource};
+    use crate::format::report::{NodeAction, NodeReport, Outcome};
+    let failed: Vec<&str> = record
+        .checks
+        .iter()
+        .filter(|c| c.status != CheckStatus::Pass)
+        .map(|c| c.name.as_str())
+        .collect();
+    let report = NodeReport {
+        hostname: crate::apply::client::hostname(),
+        image: record.revision.as_ref().and_then(|r| r.image.clone()),
+        revision: record.revision.as_ref().map(|r| r.id.clone()),
+        action: NodeAction::Health,
+        result: if record.healthy {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        },
+        bytes: 0,
+        seconds: record.checks.iter().map(|c| c.seconds).sum(),
+        detail: if failed.is_empty() {
+            String::new()
+        } else {
+            format!("failed: {}", failed.join(", "))
+        },
+    };
+    HttpRepo::new(url, None, &HttpOptions::default())?.report(&report)
+}
+
 /// Whether `checks` leave the node healthy: no required check other than passed.
 pub fn healthy(checks: &[CheckResult]) -> bool {
     checks

@@ -18,7 +18,10 @@ mod node;
 mod nodedb;
 mod progress;
 mod pxe;
+mod replicate;
+mod rollout;
 mod serve;
+mod si;
 mod tarball;
 mod template;
 
@@ -198,6 +201,7 @@ pub enum Command {
     Health(node::HealthArgs),
     Node(nodedb::NodeArgs),
     Exec(fleet::ExecArgs),
+    Rollout(rollout::RolloutArgs),
     Copy(fleet::CopyArgs),
     Pxe(pxe::PxeArgs),
     Bootkit(bootkit::BootkitArgs),
@@ -205,9 +209,13 @@ pub enum Command {
     Config(config::ConfigArgs),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
+    Pull(replicate::PullArgs),
+    Push(replicate::PushArgs),
+    Remote(replicate::RemoteArgs),
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
     Install(install::InstallArgs),
+    ImportSi(si::ImportSiArgs),
     #[command(hide = true)]
     InstallReport(install::InstallReportArgs),
 }
@@ -249,6 +257,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Health(a) => node::health(g, a),
         Command::Node(a) => nodedb::exec(g, a),
         Command::Exec(a) => fleet::exec(g, a),
+        Command::Rollout(a) => rollout::exec(g, a),
         Command::Copy(a) => fleet::copy(g, a),
         Command::Pxe(a) => pxe::exec(g, a),
         Command::Bootkit(a) => bootkit::exec(g, a),
@@ -256,9 +265,13 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Config(a) => config::exec(g, a),
         Command::Completions(a) => docs::completions(g, a),
         Command::Man(a) => docs::man(g, a),
+        Command::Pull(a) => replicate::pull(g, a),
+        Command::Push(a) => replicate::push(g, a),
+        Command::Remote(a) => replicate::remote(g, a),
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),
         Command::Install(a) => install::install(g, a),
+        Command::ImportSi(a) => si::import_si(g, a),
         Command::InstallReport(a) => install::install_report(g, a),
     }
 }

@@ -401,15 +401,26 @@ pub struct HealthArgs {
     /// The longest one check may run; it is then killed (with its children) and fails.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     timeout: u64,
+    /// Report the result to this server (`aurum serve`: its status page shows it). Default:
+    /// AURUM_SERVER, else node.toml's server; none: no report.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
 
-pub fn health(_: &Global, a: HealthArgs) -> anyhow::Result<()> {
+pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
     use aurum::apply::health::{self, CheckStatus};
     let limit = std::time::Duration::from_secs(a.timeout.max(1));
     let (record, recorded) = health::check(&a.root, limit)?;
+    if let Some(servers) = g.config.servers(a.server.clone()) {
+        if let Some(url) = servers.value.first() {
+            if let Err(e) = health::report(url, &record) {
+                super::warning(format!("the result was not reported to {url}: {e}"));
+            }
+        }
+    }
     if a.json {
         print_json(&serde_json::json!({"health": record, "recorded": recorded}))?;
     } else {

@@ -1,4 +1,5 @@
-//! `template` subcommands: list, show, check, render, match, edit, new, import.
+//! `template` subcommands: list, show, check, render, match, edit, new, import, import-si
+//! (in `si.rs`, with the other SystemImager migration command).
 
 use std::path::PathBuf;
 
@@ -32,6 +33,7 @@ enum TemplateCmd {
     Edit(EditArgs),
     New(NewArgs),
     Import(ImportArgs),
+    ImportSi(super::si::TemplateImportSiArgs),
 }
 
 /// List the classes: newest version, disk range, description.
@@ -141,6 +143,7 @@ pub fn exec(g: &Global, a: TemplateArgs) -> anyhow::Result<()> {
         TemplateCmd::Edit(a) => edit(g, a),
         TemplateCmd::New(a) => new(g, a),
         TemplateCmd::Import(a) => import(g, a),
+        TemplateCmd::ImportSi(a) => super::si::template_import_si(g, a),
     }
 }
 

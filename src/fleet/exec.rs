@@ -91,6 +91,11 @@ impl NodeResult {
         }
     }
 
+    /// A node whose command could not even start, for `why`.
+    pub fn failed(t: &Target, why: &str) -> NodeResult {
+        NodeResult::new(t, Status::Failed, why.to_string())
+    }
+
     /// What went wrong, in words (empty when it went well).
     pub fn problem(&self) -> String {
         let last = self.stderr.lines().rev().find(|l| !l.trim().is_empty());
@@ -159,7 +164,7 @@ fn slice(targets: &[Target], n: usize) -> Vec<&[Target]> {
 }
 
 /// Applies `work` to every item with at most `fanout` at once; results in the items' order.
-fn fan_out<T: Sync, R: Send>(
+pub(crate) fn fan_out<T: Sync, R: Send>(
     items: &[T],
     fanout: usize,
     progress: &dyn Progress,

@@ -9,3 +9,4 @@
 pub mod exec;
 pub mod fold;
 pub mod nodeset;
+pub mod rollout;

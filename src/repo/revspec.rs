@@ -101,6 +101,21 @@ mod tests {
             }
         );
         assert_eq!(p("compute"), RevSpec::Bare("compute".into()));
+        // An image pulled from a remote (`aurum pull`) is REMOTE/IMAGE.
+        assert_eq!(
+            p("super/compute@3"),
+            RevSpec::Number {
+                image: "super/compute".into(),
+                number: 3
+            }
+        );
+        assert_eq!(
+            p("super/compute:prod"),
+            RevSpec::Tag {
+                image: "super/compute".into(),
+                tag: "prod".into()
+            }
+        );
         assert!("compute@x".parse::<RevSpec>().is_err());
         assert!("compute@".parse::<RevSpec>().is_err());
         assert!("compute@-1".parse::<RevSpec>().is_err());

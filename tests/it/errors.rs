@@ -53,7 +53,7 @@ const CASES: &[Case] = &[
     Case { name: "mvimage of a missing image", script: "aurum mvimage nosuch other", code: 2, says: &["no image `nosuch`", "aurum lsimage"] },
     // Repository.
     Case { name: "no repository", script: "$AURUM --repo $D/none lsimage", code: 2, says: &["no aurum repository at", "aurum init --repo"] },
-    Case { name: "newer repository format", script: "echo 'aurum repository format 9' > $R/FORMAT; aurum lsimage", code: 2, says: &["format 9", "a newer aurum wrote it", "install"] },
+    Case { name: "newer repository format", script: "echo 'aurum repository format 9' > $R/FORMAT; aurum lsimage", code: 2, says: &["format 9", "newer aurum", "upgrade aurum"] },
     Case { name: "damaged FORMAT file", script: "echo garbage > $R/FORMAT; aurum lsimage", code: 3, says: &["FORMAT is damaged", "`garbage`", "restore it"] },
     Case { name: "flipped byte in a pack", script: "p=$(ls $R/public/packs/*/*.pack | head -1); printf X | dd of=$p bs=1 seek=100 conv=notrunc status=none; aurum verify", code: 3, says: &["DAMAGED pack", "aurum verify --repair"] },
     Case { name: "flipped byte read by cat", script: "for p in $R/public/packs/*/*.pack; do printf X | dd of=$p bs=1 seek=100 conv=notrunc status=none; done; aurum cat compute@1 /usr/lib/big", code: 3, says: &["is damaged", "aurum verify"] },

@@ -73,11 +73,23 @@ impl Fleet {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts `cmd` in the master's namespace.
+    /// Starts `cmd` in the master's namespace, its output dropped (a server's log must not
+    /// fill an unread pipe; use `spawn_capturing` to read it).
     pub fn spawn_on_master(&self, cmd: &[&str]) -> Child {
         self.rig("master")
             .args(cmd)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts `cmd` in the master's namespace with its output piped, to be read with
+    /// `wait_with_output`.
+    pub fn spawn_capturing(&self, cmd: &[&str]) -> Child {
+        self.rig("master")
+            .args(cmd)
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -485,4 +497,462 @@ fn exec_and_copy_fan_out_fold_and_count_failures() {
     let out = aurum(&["exec", "@rack9", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the groups are rack1, rack2"));
+}
+
+/// A busybox root carrying a required health check that passes when `healthy`, with
+/// /etc/version saying `version`.
+fn checked_golden(env: &Env, version: u32, healthy: bool) -> PathBuf {
+    let root = env.path(&format!("golden{version}"));
+    let state = if healthy { "running" } else { "stopped" };
+    sh(&format!(
+        r#"
+        r={root}
+        mkdir -p $r/bin $r/etc/aurum/health/required.d $r/tmp
+        cp /bin/busybox $r/bin/busybox
+        for t in $(/bin/busybox --list); do [ $t = busybox ] || ln -sf busybox $r/bin/$t; done
+        echo {state} > $r/etc/service.state
+        echo {version} > $r/etc/version
+        printf '#!/bin/sh\nstate=$(cat /etc/service.state)\necho "service is $state"\n[ "$state" = running ]\n' > $r/etc/aurum/health/required.d/10-service
+        chmod 755 $r/etc/aurum/health/required.d/10-service
+        "#,
+        root = root.display()
+    ));
+    root
+}
+
+/// The master side of a rollout test: the fleet, the repository served from the master's
+/// namespace, and every node on `img@1` under /srv/node.
+struct RolloutRig {
+    env: Env,
+    fleet: Fleet,
+    serve: Child,
+}
+
+impl RolloutRig {
+    fn new(nodes: usize, versions: &[(u32, bool)]) -> RolloutRig {
+        let env = Env::new();
+        for &(v, healthy) in versions {
+            let golden = checked_golden(&env, v, healthy);
+            env.getimage(&golden, "img", &[]);
+        }
+        let fleet = Fleet::up(env.dir.path(), nodes);
+        for (i, node) in fleet.nodes.iter().enumerate() {
+            env.ok(&[
+                "node",
+                "add",
+                node,
+                "--mac",
+                &format!("52:54:00:00:01:{:02x}", i + 1),
+                "--ip",
+                &fleet.address(node),
+                "--group",
+                "compute",
+            ]);
+        }
+        let listen = format!("{}:8035", fleet.master);
+        let repo = env.repo();
+        let serve = fleet.spawn_on_master(&[
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "serve",
+            "--listen",
+            &listen,
+        ]);
+        fleet.wait_port(8035);
+        let rig = RolloutRig { env, fleet, serve };
+        let out = rig.aurum(&[
+            "exec", "@compute", "--ssh", &rig.fleet.ssh_command(), "--",
+            "mkdir -p /srv/node && aurum --quiet updateclient --server http://master:8035 --image img@1 --root /srv/node",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        rig
+    }
+
+    /// aurum run in the master's namespace on the repository.
+    fn aurum(&self, args: &[&str]) -> std::process::Output {
+        let repo = self.env.repo();
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-progress",
+        ];
+        cmd.extend_from_slice(args);
+        self.fleet.on_master(&cmd)
+    }
+
+    /// The arguments of a rollout of `rev` over the fleet, before the options of the test.
+    fn start_args(&self, rev: &str) -> Vec<String> {
+        [
+            "rollout",
+            "start",
+            rev,
+            "@compute",
+            "--server",
+            "http://master:8035",
+            "--node-root",
+            "/srv/node",
+            "--ssh",
+            &self.fleet.ssh_command(),
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// The version each node's /srv/node holds.
+    fn versions(&self) -> Vec<String> {
+        self.fleet
+            .nodes
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(self.fleet.root(n).join("srv/node/etc/version"))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn rollout(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let out = self.aurum(args);
+        let v = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    }
+}
+
+impl Drop for RolloutRig {
+    fn drop(&mut self) {
+        let _ = self.serve.kill();
+        let _ = self.serve.wait();
+    }
+}
+
+fn states(v: &serde_json::Value) -> Vec<String> {
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{}={}",
+                n["node"].as_str().unwrap(),
+                n["state"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Rollouts on 8 simulated nodes: a good revision goes canary -> waves -> done and moves
+/// last-known-good; one that fails its health check stops at the canary, which is back on its
+/// previous revision, with no other node changed; dead nodes count as failed and --max-failed
+/// decides.
+#[test]
+fn rollouts_gate_waves_on_health_and_failures() {
+    if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {
+        return;
+    }
+    let rig = RolloutRig::new(8, &[(1, true), (2, true), (3, false), (4, true), (5, true)]);
+    let started = std::time::Instant::now();
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--waves", "50%,100%"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let good_rollout = started.elapsed();
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["rollout"]["state"], "done");
+    assert_eq!(v["rollout"]["plan"]["waves"], 3);
+    assert!(states(&v).iter().all(|s| s.ends_with("=done")), "{v}");
+    assert_eq!(rig.versions(), vec!["2"; 8]);
+    let log = rig.env.ok(&["log", "img", "--json"]);
+    assert!(log.contains("last-known-good"), "{log}");
+    let tagged = rig.env.ok(&["show", "img:last-known-good", "--json"]);
+    assert_eq!(crate::common::json(&tagged)["number"], 2, "{tagged}");
+
+    // A revision whose health check fails: the canary takes it, fails, is rolled back, and the
+    // rollout stops there.
+    let mut args = rig.start_args("img@3");
+    args.extend(["--canary", "1", "--waves", "100%"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rollout"]["state"], "failed");
+    assert_eq!(v["rollout"]["wave"], 0);
+    let s = states(&v);
+    assert_eq!(s[0], "n01=failed", "{v}");
+    assert!(s[1..].iter().all(|s| s.ends_with("=pending")), "{v}");
+    let detail = v["nodes"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("unhealthy (10-service); rolled back"),
+        "{detail}"
+    );
+    assert_eq!(
+        rig.versions(),
+        vec!["2"; 8],
+        "the canary is back on img@2, no other node moved"
+    );
+    let tagged = rig.env.ok(&["show", "img:last-known-good", "--json"]);
+    assert_eq!(crate::common::json(&tagged)["number"], 2);
+
+    // Two dead nodes (sshd killed) with --max-failed 1: the rollout fails, and the wave's
+    // healthy nodes are rolled back. With one dead node it would pass.
+    for node in ["n04", "n07"] {
+        sh(&format!(
+            "kill $(cat '{}/run/sshd.pid')",
+            rig.fleet.root(node).display()
+        ));
+    }
+    let mut args = rig.start_args("img@4");
+    args.extend(
+        [
+            "--canary",
+            "0",
+            "--waves",
+            "100%",
+            "--max-failed",
+            "1",
+            "--connect-timeout",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rollout"]["state"], "failed");
+    let s = states(&v);
+    assert!(
+        s.contains(&"n04=failed".to_string()) && s.contains(&"n07=failed".to_string()),
+        "{v}"
+    );
+    let versions = rig.versions();
+    assert!(
+        versions.iter().all(|x| x == "2"),
+        "the wave was rolled back: {versions:?}"
+    );
+    let mut args = rig.start_args("img@5");
+    args.extend(["--nodeset-unused"].map(String::from));
+    args.pop();
+    args[3] = "@compute!n07".into();
+    args.extend(
+        [
+            "--canary",
+            "0",
+            "--max-failed",
+            "1",
+            "--connect-timeout",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["rollout"]["state"], "done");
+    assert!(states(&v).contains(&"n04=failed".to_string()));
+    let versions = rig.versions();
+    assert_eq!(
+        versions.iter().filter(|x| *x == "5").count(),
+        6,
+        "{versions:?}"
+    );
+    eprintln!(
+        "rollout of a good revision over 8 nodes: {:.1} s",
+        good_rollout.as_secs_f64()
+    );
+}
+
+/// A rollout paused between waves stops there and `resume` finishes it; a driver killed
+/// mid-wave (the master restarting) leaves it running, and `resume` drives it on to the end.
+#[test]
+fn rollouts_pause_resume_and_survive_a_master_restart() {
+    if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {
+        return;
+    }
+    let rig = RolloutRig::new(8, &[(1, true), (2, true), (3, true)]);
+    let status = |id: &str| {
+        let out = rig.aurum(&["rollout", "status", id, "--json"]);
+        // Null until the rollout exists.
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let spawn = |args: &[String]| {
+        let repo = rig.env.repo();
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-progress",
+        ];
+        cmd.extend(args.iter().map(String::as_str));
+        rig.fleet.spawn_on_master(&cmd)
+    };
+    let wait_for = |id: &str, what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..600 {
+            let v = status(id);
+            if ok(&v) {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("rollout {id}: {what} never happened: {}", status(id));
+    };
+
+    // Paused in the window between the canary and the next wave.
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--waves", "100%", "--pause-between", "30"].map(String::from));
+    let mut driver = spawn(&args);
+    wait_for("1", "the canary", &|v| v["nodes"][0]["state"] == "done");
+    let out = rig.aurum(&["rollout", "pause", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        driver.wait().unwrap().success(),
+        "a paused rollout is no failure"
+    );
+    let v = status("1");
+    assert_eq!(v["rollout"]["state"], "paused", "{v}");
+    assert_eq!(rig.versions().iter().filter(|x| *x == "2").count(), 1);
+    let out = rig.aurum(&["rollout", "resume", "1", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status("1")["rollout"]["state"], "done");
+    assert_eq!(rig.versions(), vec!["2"; 8]);
+
+    // The driver killed mid-wave, one node at a time: the rollout stays running, and resume
+    // ends it with every node on the revision.
+    let mut args = rig.start_args("img@3");
+    args.extend(["--canary", "0", "--waves", "100%", "--max-unavailable", "1"].map(String::from));
+    let mut driver = spawn(&args);
+    wait_for("2", "a third node done", &|v| {
+        v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().filter(|n| n["state"] == "done").count() >= 3)
+    });
+    // (`fleet master` and `ip netns exec` exec the driver: its pid is the child's.)
+    driver.kill().unwrap();
+    let _ = driver.wait();
+    assert!(
+        !sh("ps -eo args").contains("rollout start img@3"),
+        "the driver survived"
+    );
+    let v = status("2");
+    assert_eq!(v["rollout"]["state"], "running", "{v}");
+    assert!(
+        rig.versions().iter().any(|x| x == "2"),
+        "killed before the end"
+    );
+    let out = rig.aurum(&["rollout", "resume", "2", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = status("2");
+    assert_eq!(v["rollout"]["state"], "done", "{v}");
+    assert_eq!(rig.versions(), vec!["3"; 8]);
+    let events: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("done: every wave passed")),
+        "{events:?}"
+    );
+}
+
+/// The status page of `aurum serve`, in headless Chromium: it shows each node's revision and
+/// health, and updates by itself (no reload by the browser) while a rollout runs.
+#[test]
+fn the_status_page_follows_a_rollout_in_a_browser() {
+    if !fleet_can_run()
+        || !can_run(Path::new("/bin/busybox").exists(), "busybox-static")
+        || !can_run(
+            have("chromium") && have("chromedriver"),
+            "chromium and chromium-driver",
+        )
+        || !can_run(
+            Command::new("/usr/bin/python3")
+                .args(["-c", "import selenium"])
+                .status()
+                .is_ok_and(|s| s.success()),
+            "selenium for python3 (python3-selenium)",
+        )
+    {
+        return;
+    }
+    let rig = RolloutRig::new(3, &[(1, true), (2, true)]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/statuspage.py");
+    let url = format!("http://{}:8035/", rig.fleet.master);
+    let watch = |checks: serde_json::Value, timeout: u32| {
+        let checks = checks.to_string();
+        let timeout = timeout.to_string();
+        rig.fleet.spawn_capturing(&[
+            "/usr/bin/python3",
+            script.to_str().unwrap(),
+            &url,
+            &checks,
+            &timeout,
+        ])
+    };
+    let finish = |child: Child| {
+        let out = child.wait_with_output().unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "the page never showed it: {shown}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crate::common::json(&shown)
+    };
+
+    // Before: every node on img@1.
+    let before = finish(watch(
+        serde_json::json!([
+            ["node", "n01", "revision", "img@1"],
+            ["node", "n03", "revision", "img@1"]
+        ]),
+        60,
+    ));
+    assert_eq!(before["node"]["n02"]["rollout"], "-");
+
+    // One browser watches the whole rollout: the page must bring the canary's new revision and
+    // health, then the end, through its own refreshes.
+    let browser = watch(
+        serde_json::json!([
+            ["node", "n01", "revision", "img@2"],
+            ["node", "n01", "health", "healthy"],
+            ["node", "n03", "revision", "img@2"],
+            ["node", "n03", "rollout", "done"],
+            ["rollout", "1", "state", "done"],
+        ]),
+        120,
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--pause-between", "6"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{v}");
+    let after = finish(browser);
+    assert!(
+        after["node"]["n02"]["rollout"]
+            .as_str()
+            .unwrap()
+            .contains("#1 wave 1 done"),
+        "{after}"
+    );
+    // The page the browser opened before the rollout reloaded itself to show all this.
+    assert_eq!(after["reloaded"], true, "{after}");
 }

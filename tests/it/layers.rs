@@ -6,7 +6,8 @@
 //! 2. `store`: packs, blobs, chunking, `BlobSource`
 //! 3. `repo`, `catalog`: a repository and its catalog (publish, gc, verify, diff, delta; nodes)
 //! 4. `capture`, `tarball`, `apply`: revisions in, revisions out
-//! 5. `template`, `install`, `netboot`, `serve`: bare nodes and the network
+//! 5. `template`, `install`, `netboot`, `serve`, `fleet`, `migrate`, `replicate`: bare nodes,
+//!    the network, many nodes at once, what comes from SystemImager, other repositories
 //! 6. `cli`, `main`, `lib`: the command line
 //!
 //! A module may use its own layer and those below. A trait a lower layer needs is defined there
@@ -34,9 +35,11 @@ const LAYERS: &[(&str, u8)] = &[
     ("apply", 4),
     ("template", 5),
     ("install", 5),
+    ("migrate", 5),
     ("netboot", 5),
     ("serve", 5),
     ("fleet", 5),
+    ("replicate", 5),
     ("cli", 6),
     ("main", 6),
     ("lib", 6),

@@ -10,7 +10,7 @@
 //!   stands for `/srv`, `/path/to`, `/tmp`, `/var/lib/aurum` and `/etc/aurum` (those paths in
 //!   commands are moved below it, and its path is taken out of the output). A page prepares
 //!   its fixture in a hidden `<!-- setup: ... -->` comment, run first; `golden DIR` there makes
-//!   the small sample golden client.
+//!   the small sample golden client, and `$BOOK_SOURCE` is the source tree (for its test data).
 //! - Output is compared line by line, blank lines ignored, runs of spaces as one: `...` alone
 //!   on a line stands for any number of lines, `[..]` for any text within a line (`c0ffee12[..]` for a long id cut short), and figures
 //!   (hex ids of 4 digits or more, sizes, durations, dates and other numbers, but not `@N` revision
@@ -217,6 +217,7 @@ fn run_page(rel: &str, page: &Page) -> Vec<String> {
         .arg(&script)
         .env("PATH", path_with_aurum())
         .env("COLUMNS", "100")
+        .env("BOOK_SOURCE", env!("CARGO_MANIFEST_DIR"))
         .env_remove("AURUM_SERVER")
         .output()
         .unwrap();

@@ -61,8 +61,10 @@ struct Example {
 struct Page {
     setup: String,
     examples: Vec<Example>,
-    unmarked: Vec<usize>,
+    unmarked: Vec<(usize, &'static str)>,
 }
+
+const UNMARKED: &str = "a console block that is neither run (each command after a `$ ` or `# ` prompt) nor marked `<!-- not run: REASON -->`";
 
 static PROMPT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[$#] (.*)$").unwrap());
 
@@ -105,6 +107,10 @@ fn parse(text: &str) -> Page {
                 body.push((i + 1, lines[i]));
                 i += 1;
             }
+            let script = body.first().is_some_and(|(_, l)| l.starts_with("#!"));
+            if ["sh", "bash", "shell"].contains(&lang) && !script {
+                page.unmarked.push((start + 1, "shell commands in a `sh` block: write them as a console block with `# ` prompts (a `sh` block is for a script, starting with #!)"));
+            }
             if lang == "console" {
                 if prev.trim().starts_with("<!-- not run:") {
                     // documented as not run
@@ -124,12 +130,12 @@ fn parse(text: &str) -> Page {
 fn examples_of(
     body: &[(usize, &str)],
     out: &mut Vec<Example>,
-    bad: &mut Vec<usize>,
+    bad: &mut Vec<(usize, &'static str)>,
     fence: usize,
 ) {
     let mut k = 0;
     if body.first().is_none_or(|(_, l)| !PROMPT.is_match(l)) {
-        bad.push(fence); // a console block must start with a command
+        bad.push((fence, UNMARKED)); // a console block must start with a `$ ` or `# ` command
         return;
     }
     while k < body.len() {
@@ -417,10 +423,8 @@ fn every_example_runs() {
             continue;
         }
         let page = parse(&fs::read_to_string(&p).unwrap());
-        for l in &page.unmarked {
-            fails.push(format!(
-                "{rel}:{l}: a console block that is neither run nor marked `<!-- not run: REASON -->`"
-            ));
+        for (l, why) in &page.unmarked {
+            fails.push(format!("{rel}:{l}: {why}"));
         }
         if page.examples.is_empty() {
             continue;

@@ -581,8 +581,7 @@ impl RevisionSource for HttpRepo {
         };
         let parsed: RevSpec = spec.parse()?;
         match &parsed {
-            RevSpec::Number { image, number } => {
-                let number = *number;
+            RevSpec::Number { image, .. } | RevSpec::Back { image, .. } => {
                 if !ref_name_ok(image) {
                     return Err(invalid(format!("`{image}` is not an image name")));
                 }
@@ -590,8 +589,11 @@ impl RevisionSource for HttpRepo {
                     .get(&format!("refs/{image}/revisions"))
                     .map_err(|e| self.no_image(image, e))?;
                 let path = format!("refs/{image}/revisions");
-                let id = refs::decode_revisions(&list)
-                    .map_err(|p| self.inconsistent(&path, &p.to_string()))?
+                let list = refs::decode_revisions(&list)
+                    .map_err(|p| self.inconsistent(&path, &p.to_string()))?;
+                let numbers: Vec<u32> = list.iter().map(|(n, _)| *n).collect();
+                let number = parsed.number_among(&numbers)?;
+                let id = list
                     .into_iter()
                     .find_map(|(n, id)| (n == number).then_some(id))
                     .ok_or_else(|| {
@@ -650,7 +652,7 @@ impl RevisionSource for HttpRepo {
             });
         }
         Err(invalid(format!(
-            "`{spec}`: from an HTTP server, name a revision as IMAGE, IMAGE@N, IMAGE:TAG or its full 64-digit id"
+            "`{spec}`: from an HTTP server, name a revision as IMAGE, IMAGE@N, IMAGE:TAG, IMAGE~N or its full 64-digit id"
         )))
     }
 

@@ -35,7 +35,8 @@ use clap::{Args, Parser, Subcommand};
 /// A golden client (a configured machine, or a directory holding a root filesystem) is
 /// captured into an image; every capture is an immutable, content-addressed revision
 /// (compute@1, compute@2, ...) that can be tagged, compared, checked out and verified.
-/// Revisions are named IMAGE (newest), IMAGE@N, IMAGE:TAG or by 8+ hex digits of their id.
+/// Revisions are named IMAGE (newest), IMAGE@N, IMAGE:TAG, IMAGE~N (N before the newest) or by
+/// 8+ hex digits of their id.
 #[derive(Parser)]
 #[command(
     name = "aurum",

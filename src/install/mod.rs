@@ -995,7 +995,7 @@ fn install_inner(
         root: mnt.clone(),
         revision: target.id.hex(),
         server: source.describe(),
-        class: Some(template.class.to_string()),
+        class: Some(template.class.clone()),
         firmware: Some(match facts.firmware {
             Firmware::Uefi => "uefi",
             Firmware::Bios => "bios",

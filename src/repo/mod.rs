@@ -34,7 +34,7 @@ mod names;
 mod nodes;
 mod revspec;
 pub use names::ImageRemoval;
-pub use revspec::RevSpec;
+pub use revspec::{step_back, RevSpec};
 
 /// Catalog meta key set once the repository's file modes were brought to what
 /// [`publish::check_modes`] wants (repositories made before it had everything 0600).
@@ -441,7 +441,7 @@ impl Repository {
         })
     }
 
-    /// Resolves `IMAGE`, `IMAGE@N`, `IMAGE:TAG` or a hex prefix of at least 8 digits.
+    /// Resolves `IMAGE`, `IMAGE@N`, `IMAGE:TAG`, `IMAGE~N` or a hex prefix of at least 8 digits.
     pub fn resolve(&self, spec: &str) -> Result<Revision> {
         let not_found = |what: String| Error::NotFound(what);
         let parsed: RevSpec = spec.parse()?;
@@ -472,6 +472,20 @@ impl Repository {
                     .revision(image, number)?
                     .expect("tags reference existing revisions"));
             }
+            RevSpec::Back { image, back } => {
+                self.require_image(image)?;
+                let numbers: Vec<u32> = self
+                    .catalog
+                    .revisions(image)?
+                    .iter()
+                    .map(|r| r.number)
+                    .collect();
+                let number = revspec::step_back(image, *back, &numbers)?;
+                return Ok(self
+                    .catalog
+                    .revision(image, number)?
+                    .expect("listed just above"));
+            }
             RevSpec::Bare(_) => {}
         }
         if self.catalog.image_exists(spec)? {
@@ -494,7 +508,7 @@ impl Repository {
             }
         }
         Err(not_found(format!(
-            "no image or revision `{spec}`; `aurum lsimage` lists images (references: IMAGE, IMAGE@N, IMAGE:TAG, or 8+ hex digits of a revision id)"
+            "no image or revision `{spec}`; `aurum lsimage` lists images (references: IMAGE, IMAGE@N, IMAGE:TAG, IMAGE~N, or 8+ hex digits of a revision id)"
         )))
     }
 

@@ -526,9 +526,9 @@ fn help_and_book_name_the_same_flags() {
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
 
-/// Flags of other programs the book quotes (rsync, apt, sgdisk, ...).
+/// Flags of other programs the book quotes (rsync, apt, sgdisk, mdadm, bench/scale, ...).
 const FOREIGN_FLAGS: &[&str] = &[
-    "--acls", "--chunk", "--copy", "--create", "--directory", "--drive", "--exclude-from", "--format",
+    "--acls", "--cache-rate", "--chunk", "--copy", "--max", "--rate", "--size", "--create", "--directory", "--drive", "--exclude-from", "--format",
     "--installroot", "--no-build", "--no-describe", "--no-fflags", "--now", "--numeric-ids",
     "--numeric-owner", "--offset", "--only", "--only-upgrade", "--patch-from", "--path",
     "--release", "--security", "--selinux", "--sizelimit", "--strip", "--test", "--variant",

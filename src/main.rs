@@ -73,12 +73,12 @@ fn main() {
 fn io_hint(err: &anyhow::Error) -> &'static str {
     let text = err.to_string();
     let kind = err.chain().find_map(|c| {
-        c.downcast_ref::<std::io::Error>().map(std::io::Error::kind).or_else(|| {
-            match c.downcast_ref::<aurum::Error>() {
+        c.downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| match c.downcast_ref::<aurum::Error>() {
                 Some(aurum::Error::Io { source, .. }) => Some(source.kind()),
                 _ => None,
-            }
-        })
+            })
     });
     match kind {
         Some(std::io::ErrorKind::PermissionDenied) if !text.contains("as root") => {

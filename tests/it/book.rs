@@ -197,7 +197,11 @@ fn run_page(rel: &str, page: &Page) -> Vec<String> {
     for d in ["srv", "path/to", "tmp", "var/lib", "etc/aurum"] {
         fs::create_dir_all(scratch.path().join(d)).unwrap();
     }
-    let map = |cmd: &str| SCRATCH_PATHS.replace_all(cmd, format!("${{1}}{s}${{2}}")).into_owned();
+    let map = |cmd: &str| {
+        SCRATCH_PATHS
+            .replace_all(cmd, format!("${{1}}{s}${{2}}"))
+            .into_owned()
+    };
     let mut script = format!(
         "cd {s}/tmp\nexport S={s} TMPDIR={s}/tmp\nexport AURUM_REPO={s}/var/lib/aurum AURUM_CONFIG_DIR={s}/etc/aurum\n\
          {HELPERS}\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n{{ :\n{}\n}} >/dev/null 2>&1 || echo '@@SETUP-FAILED'\n",
@@ -213,7 +217,11 @@ fn run_page(rel: &str, page: &Page) -> Vec<String> {
             ));
             continue;
         }
-        let settle = if cmd.trim_end().ends_with('&') { "\nsleep 1" } else { "" };
+        let settle = if cmd.trim_end().ends_with('&') {
+            "\nsleep 1"
+        } else {
+            ""
+        };
         script.push_str(&format!(
             "echo '@@CMD {n}'\n{{ {cmd}{settle}\n}} 2>&1\necho \"@@RC $?\"\n"
         ));
@@ -233,7 +241,10 @@ fn run_page(rel: &str, page: &Page) -> Vec<String> {
     }
     let sections = split_output(&text);
     for (n, ex) in page.examples.iter().enumerate() {
-        if fails.iter().any(|f| f.starts_with(&format!("{rel}:{}:", ex.line))) {
+        if fails
+            .iter()
+            .any(|f| f.starts_with(&format!("{rel}:{}:", ex.line)))
+        {
             continue;
         }
         let Some((actual, rc)) = sections.get(&n) else {
@@ -252,7 +263,11 @@ fn run_page(rel: &str, page: &Page) -> Vec<String> {
                 "{rel}:{}: `{}` exited {rc}{}; the book shows:\n{}\nthe program printed:\n{}\n",
                 ex.line,
                 ex.command,
-                if wants_error { " (the book shows an error)" } else { "" },
+                if wants_error {
+                    " (the book shows an error)"
+                } else {
+                    ""
+                },
                 ex.expected.join("\n"),
                 actual.join("\n")
             ));
@@ -263,13 +278,48 @@ fn run_page(rel: &str, page: &Page) -> Vec<String> {
 
 /// Programs an example may run: aurum and read-only or scratch-local shell tools.
 const ALLOWED: &[&str] = &[
-    "aurum", "export", "ls", "cat", "head", "tail", "grep", "diff", "cp", "mkdir", "echo", "cd",
-    "zcat", "xz", "tar", "sort", "wc", "bash", "sh", "test", "true", "man", "golden", "revisions", "rm", "mv", "p", "printf", "dd", "command",
+    "aurum",
+    "export",
+    "ls",
+    "cat",
+    "head",
+    "tail",
+    "grep",
+    "diff",
+    "cp",
+    "mkdir",
+    "echo",
+    "cd",
+    "zcat",
+    "xz",
+    "tar",
+    "sort",
+    "wc",
+    "bash",
+    "sh",
+    "test",
+    "true",
+    "man",
+    "golden",
+    "revisions",
+    "rm",
+    "mv",
+    "p",
+    "printf",
+    "dd",
+    "command",
 ];
 
 /// aurum commands that change the root they run on (`/` unless --root).
 const ON_A_NODE: &[&str] = &[
-    "updateclient", "rollback", "mark-good", "health", "install", "agent", "exec", "copy",
+    "updateclient",
+    "rollback",
+    "mark-good",
+    "health",
+    "install",
+    "agent",
+    "exec",
+    "copy",
 ];
 
 /// An output redirection (`> FILE`, `2>>FILE`), not a `=>` in quoted text.
@@ -281,26 +331,46 @@ fn unsafe_reason(cmd: &str, scratch: &str) -> Option<String> {
     static SPLIT: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"\|\||&&|\||;|\$\(|<\(|`").unwrap());
     for part in SPLIT.split(cmd) {
-        let words: Vec<&str> = part.split_whitespace().filter(|w| !w.contains('=') || w.starts_with('-')).collect();
+        let words: Vec<&str> = part
+            .split_whitespace()
+            .filter(|w| !w.contains('=') || w.starts_with('-'))
+            .collect();
         let Some(prog) = words.first() else { continue };
         if !ALLOWED.contains(prog) {
             return Some(format!("it runs {prog}"));
         }
         if *prog == "aurum" {
-            let sub = words.iter().skip(1).find(|w| !w.starts_with('-') && !w.starts_with('/'));
+            let sub = words
+                .iter()
+                .skip(1)
+                .find(|w| !w.starts_with('-') && !w.starts_with('/'));
             if sub.is_some_and(|s| ON_A_NODE.contains(s)) && !part.contains("--root") {
-                return Some(format!("aurum {} changes this machine's root", sub.unwrap()));
+                return Some(format!(
+                    "aurum {} changes this machine's root",
+                    sub.unwrap()
+                ));
             }
         }
     }
     for w in cmd.split_whitespace() {
         let w = w.trim_start_matches(['>', '<', '"', '\'']);
-        let outside = (w.starts_with("/usr/") || w.starts_with("/etc/") || w.starts_with("/var/")
-            || w.starts_with("/boot") || w.starts_with("/root") || w.starts_with("/dev/sd"))
+        let outside = (w.starts_with("/usr/")
+            || w.starts_with("/etc/")
+            || w.starts_with("/var/")
+            || w.starts_with("/boot")
+            || w.starts_with("/root")
+            || w.starts_with("/dev/sd"))
             && !w.starts_with(scratch);
-        let reads = ["aurum ls ", "aurum cat ", "aurum diff ", "ls ", "cat ", "grep "]
-            .iter()
-            .any(|r| cmd.starts_with(r));
+        let reads = [
+            "aurum ls ",
+            "aurum cat ",
+            "aurum diff ",
+            "ls ",
+            "cat ",
+            "grep ",
+        ]
+        .iter()
+        .any(|r| cmd.starts_with(r));
         if w.starts_with('~') || (outside && (REDIRECT.is_match(cmd) || !reads)) {
             return Some(format!("it writes {w}"));
         }
@@ -310,7 +380,11 @@ fn unsafe_reason(cmd: &str, scratch: &str) -> Option<String> {
 
 fn path_with_aurum() -> String {
     let bin = Path::new(env!("CARGO_BIN_EXE_aurum")).parent().unwrap();
-    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 /// The output of each example by its number, with its exit status.
@@ -372,7 +446,9 @@ fn line_matches(expected: &str, actual: &str) -> bool {
     let mut rest = a.as_str();
     for (k, p) in parts.iter().enumerate() {
         if k == 0 {
-            let Some(r) = rest.strip_prefix(p) else { return false };
+            let Some(r) = rest.strip_prefix(p) else {
+                return false;
+            };
             rest = r;
         } else if k == parts.len() - 1 {
             return rest.ends_with(p);
@@ -386,8 +462,16 @@ fn line_matches(expected: &str, actual: &str) -> bool {
 
 /// Whether the output matches the lines the book shows (`...` = any lines).
 fn matches(expected: &[String], actual: &[String]) -> bool {
-    let e: Vec<&str> = expected.iter().map(|s| s.as_str()).filter(|l| !l.trim().is_empty()).collect();
-    let a: Vec<&str> = actual.iter().map(|s| s.as_str()).filter(|l| !l.trim().is_empty()).collect();
+    let e: Vec<&str> = expected
+        .iter()
+        .map(|s| s.as_str())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let a: Vec<&str> = actual
+        .iter()
+        .map(|s| s.as_str())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     fn go(e: &[&str], a: &[&str]) -> bool {
         match e.first() {
             None => a.is_empty(),
@@ -401,9 +485,15 @@ fn matches(expected: &[String], actual: &[String]) -> bool {
 #[test]
 fn matcher() {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    assert!(line_matches("compute@2 9a0b7c11 (unchanged)", "compute@2 0d1e2f3a (unchanged)"));
+    assert!(line_matches(
+        "compute@2 9a0b7c11 (unchanged)",
+        "compute@2 0d1e2f3a (unchanged)"
+    ));
     assert!(!line_matches("compute@2 9a0b7c11", "compute@3 9a0b7c11"));
-    assert!(line_matches("48215 entries, 2.1 GiB in 1.84 s", "7 entries,   12 KiB in 0.01 s"));
+    assert!(line_matches(
+        "48215 entries, 2.1 GiB in 1.84 s",
+        "7 entries,   12 KiB in 0.01 s"
+    ));
     assert!(line_matches("a [..] z", "a b c z"));
     assert!(matches(&s(&["a", "...", "z"]), &s(&["a", "b", "c", "z"])));
     assert!(!matches(&s(&["a"]), &s(&["a", "b"])));
@@ -433,7 +523,12 @@ fn every_example_runs() {
         fails.extend(run_page(&rel, &page));
     }
     eprintln!("{ran} book examples run");
-    assert!(fails.is_empty(), "{} book examples fail:\n{}", fails.len(), fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "{} book examples fail:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
 }
 
 /// The flags `aurum ARGS --help` lists, and its subcommands.
@@ -476,7 +571,10 @@ fn command_pages() -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     for l in summary.lines() {
         if let Some(c) = re.captures(l) {
-            for name in c[1].split([',', ' ']).filter(|w| !w.is_empty() && *w != "and") {
+            for name in c[1]
+                .split([',', ' '])
+                .filter(|w| !w.is_empty() && *w != "and")
+            {
                 out.push((name.to_string(), book_src().join(&c[2])));
             }
         }
@@ -494,7 +592,9 @@ fn help_and_book_name_the_same_flags() {
     let mut all = global.clone();
     for cmd in &top {
         let Some((_, page)) = cmd_pages.iter().find(|(n, _)| n == cmd) else {
-            fails.push(format!("aurum {cmd} has no page under book/src/commands (SUMMARY.md)"));
+            fails.push(format!(
+                "aurum {cmd} has no page under book/src/commands (SUMMARY.md)"
+            ));
             continue;
         };
         let text = fs::read_to_string(page).unwrap();
@@ -506,7 +606,10 @@ fn help_and_book_name_the_same_flags() {
         for (name, flags) in each {
             for f in flags.difference(&global) {
                 if f != "--help" && !mentions(&text, f) {
-                    fails.push(format!("`aurum {name} --help` lists {f}; {} does not", rel(page)));
+                    fails.push(format!(
+                        "`aurum {name} --help` lists {f}; {} does not",
+                        rel(page)
+                    ));
                 }
                 all.insert(f.clone());
             }
@@ -517,7 +620,11 @@ fn help_and_book_name_the_same_flags() {
         let text = fs::read_to_string(&p).unwrap();
         for c in flag.captures_iter(&text) {
             if !all.contains(&c[2]) && !FOREIGN_FLAGS.contains(&&c[2]) {
-                fails.push(format!("{} names {}, which no aurum command has", rel(&p), &c[2]));
+                fails.push(format!(
+                    "{} names {}, which no aurum command has",
+                    rel(&p),
+                    &c[2]
+                ));
             }
         }
     }
@@ -528,11 +635,41 @@ fn help_and_book_name_the_same_flags() {
 
 /// Flags of other programs the book quotes (rsync, apt, sgdisk, mdadm, bench/scale, ...).
 const FOREIGN_FLAGS: &[&str] = &[
-    "--acls", "--cache-rate", "--chunk", "--copy", "--max", "--rate", "--size", "--create", "--directory", "--drive", "--exclude-from", "--format",
-    "--installroot", "--no-build", "--no-describe", "--no-fflags", "--now", "--numeric-ids",
-    "--numeric-owner", "--offset", "--only", "--only-upgrade", "--patch-from", "--path",
-    "--release", "--security", "--selinux", "--sizelimit", "--strip", "--test", "--variant",
-    "--where", "--xattrs", "--xattrs-include", "--zap-all",
+    "--acls",
+    "--cache-rate",
+    "--chunk",
+    "--copy",
+    "--max",
+    "--rate",
+    "--size",
+    "--create",
+    "--directory",
+    "--drive",
+    "--exclude-from",
+    "--format",
+    "--installroot",
+    "--no-build",
+    "--no-describe",
+    "--no-fflags",
+    "--now",
+    "--numeric-ids",
+    "--numeric-owner",
+    "--offset",
+    "--only",
+    "--only-upgrade",
+    "--patch-from",
+    "--path",
+    "--release",
+    "--security",
+    "--selinux",
+    "--sizelimit",
+    "--strip",
+    "--test",
+    "--variant",
+    "--where",
+    "--xattrs",
+    "--xattrs-include",
+    "--zap-all",
 ];
 
 fn mentions(text: &str, flag: &str) -> bool {

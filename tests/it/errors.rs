@@ -36,6 +36,7 @@ s = http.server.HTTPServer(("127.0.0.1", 0), H); print(s.server_port, flush=True
 trap 'kill $(jobs -p) 2>/dev/null' EXIT
 "#;
 
+#[rustfmt::skip]
 const CASES: &[Case] = &[
     // Revision references.
     Case { name: "revision number out of range", script: "aurum show compute@9", code: 2, says: &["compute", "no revision 9", "aurum log compute"] },
@@ -143,24 +144,43 @@ fn check(case: &Case) -> Option<String> {
             }
         }
     }
-    (!wrong.is_empty()).then(|| format!("{}: {}\n  {}", case.name, wrong.join(", "), all.trim().replace('\n', "\n  ")))
+    (!wrong.is_empty()).then(|| {
+        format!(
+            "{}: {}\n  {}",
+            case.name,
+            wrong.join(", "),
+            all.trim().replace('\n', "\n  ")
+        )
+    })
 }
 
 #[test]
 fn every_error_says_what_why_and_what_to_do() {
-    if !can_run(have("python3"), "python3 (the HTTP server of the server rows)") {
+    if !can_run(
+        have("python3"),
+        "python3 (the HTTP server of the server rows)",
+    ) {
         return;
     }
     assert!(CASES.len() >= 40, "the table has {} rows", CASES.len());
     let fails: Vec<String> = CASES.iter().filter_map(check).collect();
-    assert!(fails.is_empty(), "{} of {} errors fail the bar:\n{}", fails.len(), CASES.len(), fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "{} of {} errors fail the bar:\n{}",
+        fails.len(),
+        CASES.len(),
+        fails.join("\n")
+    );
 }
 
 /// Privilege and space: not root where root is needed, an unreadable golden client, a full
 /// disk. These need root to set up (setpriv, a loop-mounted ext4).
 #[test]
 fn privilege_and_space_errors_say_what_to_do() {
-    if !can_run(is_root() && have("setpriv") && have("mkfs.ext4"), "root, setpriv and mkfs.ext4") {
+    if !can_run(
+        is_root() && have("setpriv") && have("mkfs.ext4"),
+        "root, setpriv and mkfs.ext4",
+    ) {
         return;
     }
     let env = Env::new();
@@ -170,7 +190,10 @@ fn privilege_and_space_errors_say_what_to_do() {
     let fs = Ext4::mount(&env.path("img"), &env.path("mnt"), 8);
     let full = env.path("mnt/co");
     let err = env.fails(&["checkout", "big", full.to_str().unwrap()], 1);
-    assert!(err.contains("No space left") && err.contains("free space on that filesystem"), "{err}");
+    assert!(
+        err.contains("No space left") && err.contains("free space on that filesystem"),
+        "{err}"
+    );
     assert!(!full.exists(), "the failed checkout was removed");
     drop(fs);
 
@@ -192,15 +215,36 @@ fn privilege_and_space_errors_say_what_to_do() {
             .env("AURUM_CONFIG_DIR", env.config_dir())
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     assert_eq!(as_nobody(&["init"]).0, Some(0));
-    let (code, err) = as_nobody(&["getimage", "--golden-client", nobody.join("secret").to_str().unwrap(), "--image", "s"]);
+    let (code, err) = as_nobody(&[
+        "getimage",
+        "--golden-client",
+        nobody.join("secret").to_str().unwrap(),
+        "--image",
+        "s",
+    ]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("Permission denied") && err.contains("run the command as root"), "{err}");
-    let (code, err) = as_nobody(&["getimage", "--golden-client", nobody.join("pub").to_str().unwrap(), "--image", "p"]);
+    assert!(
+        err.contains("Permission denied") && err.contains("run the command as root"),
+        "{err}"
+    );
+    let (code, err) = as_nobody(&[
+        "getimage",
+        "--golden-client",
+        nobody.join("pub").to_str().unwrap(),
+        "--image",
+        "p",
+    ]);
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = as_nobody(&["chroot", "p", "--", "true"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("run it as root") || err.contains("as root"), "{err}");
+    assert!(
+        err.contains("run it as root") || err.contains("as root"),
+        "{err}"
+    );
 }

@@ -646,6 +646,7 @@ const FOREIGN_FLAGS: &[&str] = &[
     "--directory",
     "--drive",
     "--exclude-from",
+    "--fake",
     "--format",
     "--installroot",
     "--no-build",

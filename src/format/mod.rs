@@ -199,11 +199,37 @@ pub struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
     what: &'static str,
+    /// Where `data` starts in the whole input, for the offsets errors name.
+    base: u64,
+    /// Whether a read ran past the end of `data` (a streaming reader then reads more and tries
+    /// again).
+    ran_short: std::cell::Cell<bool>,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(data: &'a [u8], what: &'static str) -> Self {
-        Reader { data, pos: 0, what }
+        Reader::at(data, what, 0)
+    }
+
+    /// A reader over `data`, which starts at byte `base` of a longer input.
+    pub fn at(data: &'a [u8], what: &'static str, base: u64) -> Self {
+        Reader {
+            data,
+            pos: 0,
+            what,
+            base,
+            ran_short: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Whether some read failed for want of bytes (rather than for bad ones).
+    pub fn ran_short(&self) -> bool {
+        self.ran_short.get()
     }
 
     /// Bytes not read yet.
@@ -216,7 +242,12 @@ impl<'a> Reader<'a> {
     }
 
     fn short(&self) -> crate::Error {
-        corrupt(format!("{} is truncated at byte {}", self.what, self.pos))
+        self.ran_short.set(true);
+        corrupt(format!(
+            "{} is truncated at byte {}",
+            self.what,
+            self.base + self.pos as u64
+        ))
     }
 
     pub fn u8(&mut self) -> Result<u8> {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::catalog::Revision;
 use crate::error::Result;
-use crate::format::manifest::Kind;
+use crate::format::manifest::{Entry, Kind};
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::publish::{Misplacement, PUBLISHED};
@@ -75,111 +75,59 @@ pub fn verify(
             repo.catalog.all_revisions()?
         }
     };
-    // Manifests, and which revisions use each blob.
-    let mut users: HashMap<Id, Vec<String>> = HashMap::new();
+    // Manifests, streamed: each blob named is checked (one revision) or located (all) once.
     let mut by_id: HashMap<Id, Vec<String>> = HashMap::new();
     for r in &revisions {
         by_id.entry(r.id).or_default().push(r.name());
     }
+    report.revisions = revisions.len() as u64;
+    let mut bad_blobs: Vec<(Id, String)> = Vec::new();
+    let mut needed = HashSet::new();
+    let mut seen = BlobsSeen::default();
     for (id, names) in &by_id {
-        report.revisions += names.len() as u64;
-        match repo.load_manifest(id) {
-            Ok(m) => {
-                for e in &m.entries {
-                    if let Kind::File { chunks, .. } = &e.kind {
-                        for c in chunks {
-                            let u = users.entry(c.id).or_default();
-                            if u.last() != names.last() {
-                                u.extend(names.iter().cloned());
+        let scanned = match repo.manifest_entries(id) {
+            Err(e) => Ok(Err(e)),
+            Ok(entries) if only.is_some() => {
+                progress.phase("verifying blobs", Some(entries.remaining()), false);
+                let r = each_new_blob(entries, &mut seen, progress, |id| {
+                    match repo.catalog.blob(id)? {
+                        None => bad_blobs.push((*id, "missing from the repository".into())),
+                        Some((pack, entry)) => {
+                            report.blobs += 1;
+                            report.bytes += u64::from(entry.raw_len);
+                            if let Err(e) = repo.packs.read(&pack, &entry) {
+                                bad_blobs.push((*id, e.to_string()));
                             }
                         }
                     }
-                }
+                    Ok(())
+                });
+                progress.finish();
+                r
             }
-            Err(e) => report.damage.push(Damage {
-                kind: "manifest",
-                id: id.hex(),
-                problem: e.to_string(),
-                breaks: names.clone(),
-            }),
-        }
-    }
-    let mut bad_blobs: Vec<(Id, String)> = Vec::new();
-    match only {
-        Some(_) => {
-            progress.phase("verifying blobs", Some(users.len() as u64), false);
-            for id in users.keys() {
-                match repo.catalog.blob(id)? {
-                    None => bad_blobs.push((*id, "missing from the repository".into())),
-                    Some((pack, entry)) => {
-                        report.blobs += 1;
-                        report.bytes += u64::from(entry.raw_len);
-                        if let Err(e) = repo.packs.read(&pack, &entry) {
-                            bad_blobs.push((*id, e.to_string()));
-                        }
-                    }
-                }
-                progress.advance(1);
-            }
-            progress.finish();
-        }
-        None => {
-            let packs = repo.catalog.packs()?;
-            let mut work = Vec::new();
-            for (pack, size, _) in &packs {
-                work.push((*pack, *size, repo.catalog.pack_blobs(pack)?));
-            }
-            let total: u64 = packs.iter().map(|p| p.1).sum();
-            progress.phase("verifying packs", Some(total), true);
-            let (root, packs_reader) = (&repo.root, &repo.packs);
-            #[allow(clippy::type_complexity)] // one use: bad blobs, a pack error, two counts
-            let results: Vec<(Vec<(Id, String)>, Option<String>, u64, u64)> = work
-                .par_iter()
-                .map(|(pack, _, blobs)| check_pack(root, packs_reader, pack, blobs, progress))
-                .collect();
-            progress.finish();
-            let mut repack = crate::repo::gc::Repacker::new(&repo.root);
-            let mut damaged_packs = 0;
-            for ((pack, _, blobs), (bad, pack_problem, n, bytes)) in work.iter().zip(results) {
-                report.packs += 1;
-                report.blobs += n;
-                report.bytes += bytes;
-                if repair && (pack_problem.is_some() || !bad.is_empty()) {
-                    // Keep what is still good in a new pack; the damaged one goes aside.
-                    let bad_ids: HashSet<Id> = bad.iter().map(|b| b.0).collect();
-                    let good: Vec<_> = blobs
-                        .iter()
-                        .filter(|b| !bad_ids.contains(&b.id))
-                        .cloned()
-                        .collect();
-                    repack.copy(repo, pack, &good)?;
-                    repack.retire(*pack);
-                    damaged_packs += 1;
-                }
-                bad_blobs.extend(bad);
-                if let Some(p) = pack_problem {
-                    report.damage.push(Damage {
-                        kind: "pack",
-                        id: pack.hex(),
-                        problem: p,
-                        breaks: vec![],
-                    });
-                }
-            }
-            if damaged_packs > 0 {
-                repack.commit(repo, Some(&repo.root.join("damaged")))?;
-            }
-            let mut needed = HashSet::new();
-            for id in users.keys() {
+            Ok(entries) => each_new_blob(entries, &mut seen, &crate::progress::Quiet, |id| {
                 match repo.catalog.blob(id)? {
                     Some((pack, _)) => {
                         needed.insert(pack);
                     }
                     None => bad_blobs.push((*id, "missing from the repository".into())),
                 }
-            }
-            check_published(repo, &needed, repair, &mut report)?;
+                Ok(())
+            }),
+        };
+        if let Err(e) = scanned? {
+            report.damage.push(Damage {
+                kind: "manifest",
+                id: id.hex(),
+                problem: e.to_string(),
+                breaks: names.clone(),
+            });
         }
+    }
+    drop(seen);
+    if only.is_none() {
+        check_packs(repo, repair, progress, &mut report, &mut bad_blobs)?;
+        check_published(repo, &needed, repair, &mut report)?;
     }
     if repair {
         // Whole-repository repair already left damaged blobs out of the new packs.
@@ -200,6 +148,7 @@ pub fn verify(
             )?;
         }
     }
+    let users = users_of(repo, &by_id, &bad_blobs)?;
     let mut seen = HashSet::new();
     for (id, problem) in bad_blobs {
         if seen.insert(id) {
@@ -212,6 +161,159 @@ pub fn verify(
         }
     }
     Ok(report)
+}
+
+/// Blobs already looked at, by the first 8 bytes of their id (ids are hashes: 8 bytes tell
+/// a million blobs apart but for odds of one in 10^7, and cost 8 bytes each where the ids
+/// would cost 32).
+#[derive(Default)]
+struct BlobsSeen(HashSet<u64, std::hash::BuildHasherDefault<FirstBytes>>);
+
+impl BlobsSeen {
+    /// Whether `id` is new (and notes it).
+    fn first(&mut self, id: &Id) -> bool {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&id.0[..8]);
+        self.0.insert(u64::from_le_bytes(head))
+    }
+}
+
+/// A hasher for the u64 heads of ids, uniform already.
+#[derive(Default)]
+struct FirstBytes(u64);
+
+impl std::hash::Hasher for FirstBytes {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Calls `each` once for every blob `entries` name that `seen` has not seen. The outer error
+/// is `each`'s; the inner one is the manifest's (damage to report, not a failure of verify).
+fn each_new_blob(
+    entries: impl Iterator<Item = Result<Entry>>,
+    seen: &mut BlobsSeen,
+    progress: &dyn Progress,
+    mut each: impl FnMut(&Id) -> Result<()>,
+) -> Result<Result<()>> {
+    for e in entries {
+        let e = match e {
+            Ok(e) => e,
+            Err(damage) => return Ok(Err(damage)),
+        };
+        if let Kind::File { chunks, .. } = &e.kind {
+            for c in chunks {
+                if seen.first(&c.id) {
+                    each(&c.id)?;
+                }
+            }
+        }
+        progress.advance(1);
+    }
+    Ok(Ok(()))
+}
+
+/// The revisions that name each of `bad` blobs: a second pass over the manifests, made only
+/// when something is damaged, so that the first keeps no list of users.
+fn users_of(
+    repo: &Repository,
+    by_id: &HashMap<Id, Vec<String>>,
+    bad: &[(Id, String)],
+) -> Result<HashMap<Id, Vec<String>>> {
+    let mut users: HashMap<Id, Vec<String>> = bad.iter().map(|b| (b.0, Vec::new())).collect();
+    if users.is_empty() {
+        return Ok(users);
+    }
+    for (id, names) in by_id {
+        let Ok(entries) = repo.manifest_entries(id) else {
+            continue;
+        };
+        let mut named: HashSet<Id> = HashSet::new();
+        for e in entries.map_while(|e| e.ok()) {
+            if let Kind::File { chunks, .. } = &e.kind {
+                named.extend(
+                    chunks
+                        .iter()
+                        .filter(|c| users.contains_key(&c.id))
+                        .map(|c| c.id),
+                );
+            }
+        }
+        for blob in named {
+            users.entry(blob).or_default().extend(names.iter().cloned());
+        }
+    }
+    Ok(users)
+}
+
+/// Checks every pack (its blobs, its name, its index) a few at a time, in parallel within a
+/// batch, so that only a batch's blob lists are in memory; with `repair`, copies the good
+/// blobs of a damaged pack into a new one and moves it aside.
+fn check_packs(
+    repo: &mut Repository,
+    repair: bool,
+    progress: &dyn Progress,
+    report: &mut VerifyReport,
+    bad_blobs: &mut Vec<(Id, String)>,
+) -> Result<()> {
+    let packs = repo.catalog.packs()?;
+    let total: u64 = packs.iter().map(|p| p.1).sum();
+    progress.phase("verifying packs", Some(total), true);
+    let mut repack = crate::repo::gc::Repacker::new(&repo.root);
+    let mut damaged_packs = 0;
+    for batch in packs.chunks(rayon::current_num_threads().max(1)) {
+        let mut work = Vec::new();
+        for (pack, size, _) in batch {
+            work.push((*pack, *size, repo.catalog.pack_blobs(pack)?));
+        }
+        let (root, packs_reader) = (&repo.root, &repo.packs);
+        #[allow(clippy::type_complexity)] // one use: bad blobs, a pack error, two counts
+        let results: Vec<(Vec<(Id, String)>, Option<String>, u64, u64)> = work
+            .par_iter()
+            .map(|(pack, _, blobs)| check_pack(root, packs_reader, pack, blobs, progress))
+            .collect();
+        for ((pack, _, blobs), (bad, pack_problem, n, bytes)) in work.iter().zip(results) {
+            report.packs += 1;
+            report.blobs += n;
+            report.bytes += bytes;
+            if repair && (pack_problem.is_some() || !bad.is_empty()) {
+                // Keep what is still good in a new pack; the damaged one goes aside.
+                let bad_ids: HashSet<Id> = bad.iter().map(|b| b.0).collect();
+                let good: Vec<_> = blobs
+                    .iter()
+                    .filter(|b| !bad_ids.contains(&b.id))
+                    .cloned()
+                    .collect();
+                repack.copy(repo, pack, &good)?;
+                repack.retire(*pack);
+                damaged_packs += 1;
+            }
+            bad_blobs.extend(bad);
+            if let Some(p) = pack_problem {
+                report.damage.push(Damage {
+                    kind: "pack",
+                    id: pack.hex(),
+                    problem: p,
+                    breaks: vec![],
+                });
+            }
+        }
+    }
+    progress.finish();
+    if damaged_packs > 0 {
+        repack.commit(repo, Some(&repo.root.join("damaged")))?;
+    }
+    Ok(())
 }
 
 /// Checks the layout (the published files, and only they, in `public/`), the published

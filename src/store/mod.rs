@@ -156,6 +156,37 @@ fn place(repo: &Path, path: &Path, data: &[u8], durable: bool) -> Result<()> {
     )
 }
 
+/// Writes a file whose name depends on its content, as a streamed manifest's does: `write`
+/// fills a temporary file in `tmp/` and returns the id its bytes are named by, `path` makes
+/// that name; the file is made durable and renamed there, world-readable (unless a file of
+/// that name is there already: same id, same content).
+pub fn place_with(
+    repo: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&File>) -> Result<Id>,
+    path: impl FnOnce(&Id) -> PathBuf,
+) -> Result<Id> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tmp_dir(repo);
+    let file = tempfile::NamedTempFile::new_in(&tmp).at(&tmp)?;
+    let mut out = std::io::BufWriter::new(file.as_file());
+    let id = write(&mut out)?;
+    out.flush().at(file.path())?;
+    drop(out);
+    let path = path(&id);
+    if path.exists() {
+        return Ok(id);
+    }
+    let dir = path.parent().expect("store paths have a parent");
+    create_public_dir(repo, dir)?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(PUBLIC_FILE))
+        .at(file.path())?;
+    file.as_file().sync_all().at(file.path())?;
+    file.persist(&path).map_err(|e| e.error).at(&path)?;
+    crate::sys::sync_dir(dir)?;
+    Ok(id)
+}
+
 thread_local! {
     static SAMPLER: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
         std::cell::RefCell::new(zstd::bulk::Compressor::new(1).expect("zstd context"));

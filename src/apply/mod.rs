@@ -36,7 +36,7 @@ mod undo;
 pub mod update;
 
 use crate::error::{invalid, IoContext, Result};
-use crate::format::manifest::{file_name, parent, Entry, Kind, Manifest};
+use crate::format::manifest::{file_name, parent, Entry, EntrySource, Kind};
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::sys::{self, shown};
@@ -71,12 +71,11 @@ impl Warnings {
 /// removed again and the error says so, so that no file that looks complete but is not (a
 /// 0-byte or half-written one, a directory without its files) is left behind.
 pub fn checkout(
-    manifest: &Manifest,
+    manifest: &dyn EntrySource,
     blobs: &dyn BlobSource,
     target: &Path,
     progress: &dyn Progress,
 ) -> Result<ApplyReport> {
-    manifest.validate()?;
     let created = match std::fs::read_dir(target) {
         Ok(mut it) => {
             if it.next().is_some() {
@@ -123,9 +122,15 @@ fn remove_checkout(target: &Path, created: bool) -> Result<()> {
     Ok(())
 }
 
-/// [`checkout`] into an empty `target`.
+/// Files a checkout writes in parallel at a time: enough to keep every core busy, few enough
+/// that their entries cost little memory whatever the size of the tree.
+const FILE_BATCH: usize = 4096;
+
+/// [`checkout`] into an empty `target`: passes over the entries (directories, files, the
+/// rest), each streamed from `manifest`, so that only the directories are held (for their
+/// metadata, set last).
 fn checkout_into(
-    manifest: &Manifest,
+    manifest: &dyn EntrySource,
     blobs: &dyn BlobSource,
     target: &Path,
     progress: &dyn Progress,
@@ -134,41 +139,70 @@ fn checkout_into(
     let warnings = Warnings(Mutex::new(Vec::new()));
 
     // Directories first, private until their metadata is set at the end.
-    for e in manifest.entries.iter().skip(1) {
+    let (mut dirs, mut entries, mut files, mut total) = (Vec::new(), 0u64, 0u64, 0u64);
+    for e in manifest.entries()? {
+        let e = e?;
+        entries += 1;
+        match e.kind {
+            Kind::Dir if !e.path.is_empty() => {
+                let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
+                mkdirat(
+                    dir.as_fd(),
+                    file_name(&e.path),
+                    Mode::from_bits_truncate(0o700),
+                )
+                .at(shown(target, &e.path))?;
+            }
+            Kind::File { .. } => {
+                files += 1;
+                total += e.data_len();
+                continue;
+            }
+            _ => {}
+        }
         if e.kind == Kind::Dir {
-            let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
-            mkdirat(
-                dir.as_fd(),
-                file_name(&e.path),
-                Mode::from_bits_truncate(0o700),
-            )
-            .at(shown(target, &e.path))?;
+            dirs.push(e);
         }
     }
 
-    // Regular files, in parallel: the work is decompressing, hashing and writing.
-    let files: Vec<&Entry> = manifest
-        .entries
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::File { .. }))
-        .collect();
-    let total: u64 = files.iter().map(|e| e.data_len()).sum();
+    // Regular files, in parallel a batch at a time: the work is decompressing, hashing and
+    // writing.
     progress.phase("writing files", Some(total), true);
-    // Each worker keeps the directory it wrote into last: files come in tree order, so most
-    // of them need no directory opened.
-    files
-        .par_iter()
-        .try_for_each_init(sys::LastDir::default, |last, e| -> Result<()> {
-            let dir = last.dir(root.as_fd(), parent(&e.path), target)?;
-            let name = file_name(&e.path);
-            let file = write_file(dir, name, e, blobs, target, progress)?;
-            set_metadata(dir, name, e, Some(&file), target, &|w| warnings.push(w))
-        })?;
+    let mut batch = Vec::with_capacity(FILE_BATCH);
+    let mut stream = manifest.entries()?;
+    loop {
+        batch.clear();
+        for e in stream.by_ref() {
+            let e = e?;
+            if matches!(e.kind, Kind::File { .. }) {
+                batch.push(e);
+                if batch.len() == FILE_BATCH {
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        // Each worker keeps the directory it wrote into last: files come in tree order, so
+        // most of them need no directory opened.
+        batch
+            .par_iter()
+            .try_for_each_init(sys::LastDir::default, |last, e| -> Result<()> {
+                let dir = last.dir(root.as_fd(), parent(&e.path), target)?;
+                let name = file_name(&e.path);
+                let file = write_file(dir, name, e, blobs, target, progress)?;
+                set_metadata(dir, name, e, Some(&file), target, &|w| warnings.push(w))
+            })?;
+    }
+    drop(stream);
     progress.finish();
 
     // Everything else, in manifest order so hardlink targets exist before their links.
     let mut last: Option<(Vec<u8>, OwnedFd)> = None;
-    for e in manifest.entries.iter().skip(1) {
+    for e in manifest.entries()? {
+        let e = e?;
+        let e = &e;
         if matches!(e.kind, Kind::File { .. } | Kind::Dir) {
             continue;
         }
@@ -200,8 +234,8 @@ fn checkout_into(
     }
 
     // Directory metadata, deepest first, the root last.
-    for e in manifest.entries.iter().rev() {
-        if e.kind == Kind::Dir {
+    for e in dirs.iter().rev() {
+        {
             if e.path.is_empty() {
                 set_metadata_root(&root, e, target, &|w| warnings.push(w))?;
             } else {
@@ -216,8 +250,8 @@ fn checkout_into(
     // Like cp, a checkout leaves the flushing to the kernel: it writes into a new directory,
     // so a crash loses nothing that was there. `aurum checkout --sync` flushes.
     Ok(ApplyReport {
-        entries: manifest.entries.len() as u64,
-        files: files.len() as u64,
+        entries,
+        files,
         bytes: total,
         warnings: warnings.0.into_inner().expect("warnings lock"),
     })

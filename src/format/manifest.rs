@@ -266,6 +266,28 @@ pub fn is_clean_path(path: &[u8]) -> bool {
             .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
+/// A boxed stream of entries in path order, each checked, the first error ending it.
+pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+
+/// A tree whose entries can be read in path order, from the start, as often as needed: a
+/// manifest in memory, or one streamed from its file each time (which keeps a consumer that
+/// makes several passes, as checkout does, in memory that does not grow with the tree).
+pub trait EntrySource {
+    /// The entries from the first, each checked as [`Manifest::decode`] checks them.
+    fn entries(&self) -> Result<EntryIter<'_>>;
+}
+
+impl EntrySource for Manifest {
+    fn entries(&self) -> Result<EntryIter<'_>> {
+        let mut check = Validator::default();
+        Ok(Box::new(
+            self.entries
+                .iter()
+                .map(move |e| check.check(e).map(|()| e.clone())),
+        ))
+    }
+}
+
 /// A whole tree.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {

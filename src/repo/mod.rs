@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, Revision, RevisionStats};
 use crate::error::{invalid, Error, IoContext, Result};
-use crate::format::manifest::{Entries, FileSource, Manifest, ManifestWriter};
+use crate::format::manifest::{
+    Entries, EntryIter, EntrySource, FileSource, Manifest, ManifestWriter,
+};
 
 /// The zstd level of a repository's manifest files.
 const MANIFEST_LEVEL: i32 = 9;
@@ -928,6 +930,18 @@ impl crate::store::BlobSource for BlobsAndManifests<'_> {
                 }
             }
         }
+    }
+}
+
+/// A revision's manifest read from its file at each pass (see [`EntrySource`]).
+pub struct StoredManifest<'a> {
+    pub repo: &'a Repository,
+    pub id: Id,
+}
+
+impl EntrySource for StoredManifest<'_> {
+    fn entries(&self) -> Result<EntryIter<'_>> {
+        Ok(Box::new(self.repo.manifest_entries(&self.id)?))
     }
 }
 

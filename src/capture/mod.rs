@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use crate::catalog::{Revision, RevisionStats};
 use crate::error::{invalid, Result};
 use crate::excludes::Excludes;
-use crate::format::manifest::{decode_content, encode_content, Kind, Manifest};
+use crate::format::manifest::{decode_content, encode_content, Entry, Kind, Validator};
 use crate::format::pack::Codec;
 use crate::format::wire::Known;
 use crate::format::Id;
@@ -639,14 +639,23 @@ pub fn getimage(
             *extents = c.extents;
         }
     }
-    let mut entries: Vec<_> = scanned.into_iter().map(|s| s.entry).collect();
-    if let Some(edit) = &opts.edit {
-        entries = keep::splice(entries, &edit.keep, &mut warnings);
+    let entries: Box<dyn Iterator<Item = Entry>> = match &opts.edit {
+        Some(edit) => {
+            let all = scanned.into_iter().map(|s| s.entry).collect();
+            Box::new(keep::splice(all, &edit.keep, &mut warnings).into_iter())
+        }
+        None => Box::new(scanned.into_iter().map(|s| s.entry)),
+    };
+    // Each entry is checked, encoded and let go: no encoded copy of the whole manifest.
+    let mut manifest = repo.manifest_writer()?;
+    let mut check = Validator::default();
+    for e in entries {
+        check.check(&e)?;
+        manifest.push(&e)?;
     }
-    let manifest = Manifest { entries };
-    manifest.validate()?;
-    let entries = manifest.entries.len() as u64;
-    let id = repo.store_manifest(&manifest)?;
+    drop(check);
+    let entries = manifest.count();
+    let id = repo.store_manifest_from(manifest)?;
     let stats = RevisionStats {
         files,
         bytes,

@@ -37,10 +37,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use super::{decode_entry, display_path, encode_entry, is_clean_path, parent, Entry, Kind};
 use super::{MAGIC, MAX_FILE};
 use crate::error::{corrupt, Result};
-use crate::format::{Id, Reader, Writer};
-
-/// How much a reader asks its source for at a time.
-const FILL: usize = 1 << 16;
+use crate::format::{Id, StreamReader, Writer};
 
 /// A hasher for values that are hashes already.
 #[derive(Default)]
@@ -177,25 +174,22 @@ pub type FileSource<R> = std::io::Take<zstd::stream::read::Decoder<'static, std:
 /// The entries of an encoded manifest, decoded and checked one at a time (an iterator; the
 /// first error ends it).
 pub struct Entries<R> {
-    src: R,
-    buf: Vec<u8>,
-    /// Start of the bytes of `buf` not decoded yet.
-    start: usize,
-    /// Offset of `buf[start]` in the encoded manifest.
-    offset: u64,
-    eof: bool,
+    src: StreamReader<R>,
     /// Entries the header announced and not read yet.
     left: u64,
     check: Validator,
-    /// For a manifest file: the hash of the bytes so far, and the id they must hash to.
-    hash: Option<(blake3::Hasher, Id)>,
+    /// For a manifest file: the id its bytes must hash to.
+    id: Option<Id>,
     done: bool,
 }
 
 impl<'a> Entries<&'a [u8]> {
     /// The entries of the encoded (uncompressed) manifest `raw`.
     pub fn of_bytes(raw: &'a [u8]) -> Result<Self> {
-        Entries::start(raw, None)
+        Entries::start(
+            StreamReader::new(raw, "manifest", "manifest".into(), false),
+            None,
+        )
     }
 }
 
@@ -203,7 +197,9 @@ impl<R: Read> Entries<FileSource<R>> {
     /// The entries of a manifest file (zstd frames), whose encoded bytes must hash to `id`.
     pub fn of_file(packed: R, id: &Id) -> Result<Self> {
         let dec = zstd::stream::read::Decoder::new(packed).map_err(|e| damaged(id, &e))?;
-        Entries::start(dec.take(MAX_FILE), Some((blake3::Hasher::new(), *id)))
+        let label = format!("manifest {}", id.short());
+        let src = StreamReader::new(dec.take(MAX_FILE), "manifest", label, true);
+        Entries::start(src, Some(*id))
     }
 }
 
@@ -215,19 +211,8 @@ fn damaged(id: &Id, problem: &dyn std::fmt::Display) -> crate::Error {
 }
 
 impl<R: Read> Entries<R> {
-    fn start(src: R, hash: Option<(blake3::Hasher, Id)>) -> Result<Self> {
-        let mut s = Entries {
-            src,
-            buf: Vec::new(),
-            start: 0,
-            offset: 0,
-            eof: false,
-            left: 0,
-            check: Validator::default(),
-            hash,
-            done: false,
-        };
-        s.left = s.parse(|r| {
+    fn start(mut src: StreamReader<R>, id: Option<Id>) -> Result<Self> {
+        let left = src.parse(|r| {
             if r.raw(8)? != MAGIC {
                 return Err(corrupt(
                     "not an aurum manifest (bad magic); the repository may be damaged or newer than this aurum",
@@ -235,7 +220,13 @@ impl<R: Read> Entries<R> {
             }
             r.var()
         })?;
-        Ok(s)
+        Ok(Entries {
+            src,
+            left,
+            check: Validator::default(),
+            id,
+            done: false,
+        })
     }
 
     /// How many entries are still to come (as the header announced them).
@@ -243,63 +234,13 @@ impl<R: Read> Entries<R> {
         self.left
     }
 
-    /// Reads more of the source into the buffer; false at its end.
-    fn fill(&mut self) -> Result<bool> {
-        self.buf.drain(..self.start);
-        self.start = 0;
-        let old = self.buf.len();
-        self.buf.resize(old + FILL.max(old), 0);
-        let got = loop {
-            match self.src.read(self.buf.get_mut(old..).unwrap_or_default()) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(match &self.hash {
-                        Some((_, id)) => damaged(id, &e),
-                        None => corrupt(format!("cannot read the manifest: {e}")),
-                    });
-                }
-            }
-        };
-        self.buf.truncate(old + got);
-        if let Some((h, _)) = &mut self.hash {
-            h.update(self.buf.get(old..).unwrap_or_default());
-        }
-        self.eof = got == 0;
-        Ok(got > 0)
-    }
-
-    /// Runs `f` over the bytes not decoded yet, reading more and trying again while it runs
-    /// out of them, until the source ends.
-    fn parse<T>(&mut self, f: impl Fn(&mut Reader) -> Result<T>) -> Result<T> {
-        loop {
-            let rest = self.buf.get(self.start..).unwrap_or_default();
-            let mut r = Reader::at(rest, "manifest", self.offset);
-            match f(&mut r) {
-                Ok(v) => {
-                    let used = r.position();
-                    self.start += used;
-                    self.offset += used as u64;
-                    return Ok(v);
-                }
-                Err(e) => {
-                    if !r.ran_short() || self.eof || !self.fill()? {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-    }
-
     /// After the last entry: nothing may follow, and a file's bytes must hash to its id.
     fn finish(&mut self) -> Result<()> {
-        while self.start == self.buf.len() && self.fill()? {}
-        if self.start < self.buf.len() {
+        if !self.src.at_end()? {
             return Err(corrupt("manifest has trailing bytes"));
         }
-        if let Some((h, id)) = &self.hash {
-            if Id::from(h.finalize()) != *id {
+        if let Some(id) = &self.id {
+            if self.src.hash().as_ref() != Some(id) {
                 return Err(damaged(id, &"hash mismatch"));
             }
         }
@@ -311,7 +252,7 @@ impl<R: Read> Entries<R> {
             self.finish()?;
             return Ok(None);
         }
-        let e = self.parse(decode_entry)?;
+        let e = self.src.parse(decode_entry)?;
         self.left -= 1;
         self.check.check(&e)?;
         Ok(Some(e))

@@ -242,8 +242,11 @@ pub fn store<S: BlobSink + ?Sized>(sink: &S, id: &Id, data: &[u8]) -> Result<()>
     }
 }
 
-/// Files hashed together before their new blobs are stored in order (bounds memory).
+/// Files hashed together before their new blobs are stored in order (bounds memory): up to
+/// this many bytes, and this many files (a million files of a few bytes each made one batch
+/// of a few hundred MiB of bookkeeping before).
 const BATCH_BYTES: u64 = 8 << 20;
+const BATCH_FILES: usize = 4096;
 
 impl Source for LocalSource {
     fn describe(&self) -> String {
@@ -317,7 +320,10 @@ impl Source for LocalSource {
             let mut bytes = 0;
             // A file bigger than a batch gets a batch of its own (below), never the end of one.
             while n < rest.len()
-                && (n == 0 || (bytes < BATCH_BYTES && scanned[rest[n]].stat.size <= BATCH_BYTES))
+                && (n == 0
+                    || (bytes < BATCH_BYTES
+                        && n < BATCH_FILES
+                        && scanned[rest[n]].stat.size <= BATCH_BYTES))
             {
                 bytes += scanned[rest[n]].stat.size;
                 n += 1;

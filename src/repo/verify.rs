@@ -393,9 +393,13 @@ fn check_pack(
         let page = repo.catalog.pack_blobs_after(pack, after.as_ref(), PAGE)?;
         let Some(last) = page.last() else { break };
         after = Some(last.clone());
+        // A record (a group, or a blob alone) is read and decompressed once for its members.
+        let records: Vec<&[crate::format::pack::IndexEntry]> =
+            page.chunk_by(|a, b| a.offset == b.offset).collect();
         bad.extend(
-            page.par_iter()
-                .filter_map(|b| reader.read(pack, b).err().map(|e| (b.id, e.to_string())))
+            records
+                .par_iter()
+                .flat_map_iter(|members| reader.check_record(pack, members))
                 .collect::<Vec<_>>(),
         );
         let mut last_record = None;

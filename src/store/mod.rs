@@ -230,15 +230,24 @@ pub fn compress(raw: &[u8]) -> (Codec, Vec<u8>) {
 
 /// Decompresses a whole group payload.
 pub fn decode_group_payload(id: &Id, payload: &[u8]) -> Result<Vec<u8>> {
-    let mut body = zstd::stream::decode_all(payload).map_err(|e| {
+    let bad = |e: std::io::Error| {
         corrupt(format!(
             "the group holding blob {} does not decompress: {e}",
             id.short()
         ))
-    })?;
-    // The buffer grew by doubling: up to twice the body, for as long as a cache keeps it.
-    body.shrink_to_fit();
-    Ok(body)
+    };
+    // Into a buffer of the size the frame header gives, when it gives one a group can have:
+    // decode_all's doubling held up to twice the body, and copied it on the way.
+    match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(n)) if n <= (GROUP_TARGET + (2 << 20)) as u64 => {
+            zstd::bulk::decompress(payload, n as usize).map_err(bad)
+        }
+        _ => {
+            let mut body = zstd::stream::decode_all(payload).map_err(bad)?;
+            body.shrink_to_fit();
+            Ok(body)
+        }
+    }
 }
 
 /// Turns a stored payload back into the blob and checks it against its id.

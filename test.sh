@@ -41,6 +41,27 @@ want fallocate util-linux
 want mkswap util-linux
 want chroot coreutils
 want busybox busybox-static
+# msdos disks and software RAID (tests/it/si.rs, and the boot kit of the SystemImager layout's
+# QEMU install, which runs sfdisk and mdadm in the guest).
+want sfdisk fdisk
+want mdadm mdadm
+# Scratch Debian roots (tests/rig/debian-root): the .deb install test.
+want debootstrap debootstrap
+want dpkg-deb dpkg
+# aurum exec folds output as clubak does (tests/it/fleet.rs compares the two).
+want clubak clustershell
+# Caches in front of aurum serve, as the book configures them (tests/it/tiers.rs).
+want squid squid
+# The status page test drives headless Chromium with Debian's selenium (tests/it/fleet.rs).
+want chromium chromium
+want chromedriver chromium-driver
+[ -e /usr/lib/python3/dist-packages/selenium ] || need+=(python3-selenium)
+# Conventions (tests/it/conventions.rs): the generated completions load in zsh and fish, and
+# man renders every generated page.
+want zsh zsh
+want fish fish
+want man man-db
+want groff groff-base
 # The PXE end-to-end test (tests/it/pxe.rs): dnsmasq checks the generated config, cpio and kmod
 # build the boot kit, iPXE ROMs boot QEMU's NIC, OVMF is its UEFI firmware, ip and unshare make
 # the network namespace of the dnsmasq route.
@@ -63,30 +84,17 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
 mkdir -p /run/sshd 2>/dev/null || true
+# The package starts a squid on all interfaces; the tests start their own on 127.0.0.1.
+if [ "$(id -u)" -eq 0 ]; then pkill -x squid 2>/dev/null || true; fi
 
 # QEMU for the PXE test. qemu-utils from bookworm-backports may already be installed, and the
 # bookworm qemu-system-x86 conflicts with it, so QEMU comes from backports (TCG only: no KVM
 # is assumed). The backports suite is added on the archive the
 # machine's own APT sources already use: never a hard-coded mirror host.
-debian_archive() {
-  local f u
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -e "$f" ] || continue
-    # deb822 stanzas: the URIs of the stanza whose Suites hold bookworm (not -security).
-    u=$(awk -v RS= '/(^|\n)Suites:[^\n]*bookworm([ \n]|$)/ && !/security/ {
-      if (match($0, /URIs:[ \t]*[^ \t\n]+/)) { u = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", u); print u; exit } }' "$f")
-    if [ -n "$u" ]; then echo "$u"; return 0; fi
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -e "$f" ] || continue
-    u=$(awk '$1 == "deb" && $3 == "bookworm" && $2 !~ /security/ { print $2; exit }' "$f")
-    if [ -n "$u" ]; then echo "$u"; return 0; fi
-  done
-}
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] \
     && grep -qs bookworm /etc/os-release; then
   if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    archive=$(debian_archive)
+    archive=$(tests/rig/debian-archive || true)
     if [ -z "$archive" ]; then
       echo "test.sh: no APT source serves Debian bookworm here, so bookworm-backports (QEMU) cannot be added; add QEMU by hand" >&2
       exit 1
@@ -109,6 +117,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cargo build --locked --all-targets
+# The Debian package test (tests/it/deb.rs) packages the release binary with cargo-deb.
+cargo build --locked --release
+command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb
 if [ "$(id -u)" -eq 0 ]; then
   # The benchmark harness's smoke mode: a tiny tree through every aurum command it times,
   # each result checked with rsync -c (the full bench is bench/run, not run in CI).

@@ -9,7 +9,8 @@
 //!    leads a write outside a target root; the mount table; locking; atomic writes),
 //!    [`progress`], [`excludes`] (the path patterns capture and update leave alone),
 //!    [`devices`] (block devices and the tools that handle them), [`facts`] (a node's hardware),
-//!    [`name`] (the syntax of names, and [`name::ClassName`], a hardware class).
+//!    [`name`] (the syntax of names, and [`name::ClassName`], a hardware class), [`config`]
+//!    (/etc/aurum/aurum.toml and node.toml, and where each setting came from).
 //! 2. [`format`]: every byte layout on disk or on the wire. It uses only the base layer.
 //! 3. [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with
 //!    verification, and [`store::BlobSource`], how writers get blobs.
@@ -23,21 +24,28 @@
 //!    sources, overrides and hooks).
 //! 6. [`template`] (partition templates per hardware class), [`install`] (a bare node's disks
 //!    from its template, then a revision onto them), [`netboot`] (PXE configuration and the
-//!    boot kit) and [`serve`] (the HTTP server nodes fetch from).
+//!    boot kit), [`serve`] (the HTTP server nodes fetch from), [`fleet`] (node sets, and
+//!    commands and copies on many nodes over ssh), [`migrate`] (SystemImager's layouts as
+//!    templates, its image directories as revisions) and [`replicate`] (pull and push
+//!    between repositories).
 //! 7. the binary's `cli/`: one file per group of commands.
 
 pub mod apply;
 pub mod capture;
 pub mod catalog;
+pub mod config;
 pub mod devices;
 pub mod error;
 pub mod excludes;
 pub mod facts;
+pub mod fleet;
 pub mod format;
 pub mod install;
+pub mod migrate;
 pub mod name;
 pub mod netboot;
 pub mod progress;
+pub mod replicate;
 pub mod repo;
 pub mod serve;
 pub mod store;

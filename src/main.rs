@@ -6,7 +6,7 @@
 
 mod cli;
 
-use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
     // Like every Unix tool, end quietly when the reader of our output goes away
@@ -23,11 +23,7 @@ fn main() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
     }
     let matches = cli::Cli::command().get_matches();
-    let mut args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    args.global.repo_given = matches!(
-        matches.value_source("repo"),
-        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-    );
+    let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let level = match args.global.verbose {
         _ if args.global.quiet => "error",
         0 => "warn",

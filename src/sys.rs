@@ -252,9 +252,23 @@ pub fn sync_fs(fd: BorrowedFd, shown: &Path) -> Result<()> {
 #[derive(Default)]
 pub struct Syncer {
     fds: std::sync::Mutex<std::collections::HashMap<u64, OwnedFd>>,
+    /// The tree directory [`Syncer::note_dir`] noted last.
+    last: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl Syncer {
+    /// [`Syncer::note`] for the directory `rel` of one tree: nothing to do (not even an
+    /// `fstat`) when it is the directory noted just before, as it is for most entries of a
+    /// tree walked in order.
+    pub fn note_dir(&self, rel: &[u8], dir: BorrowedFd) {
+        let mut last = self.last.lock().expect("syncer lock");
+        if last.as_deref() == Some(rel) {
+            return;
+        }
+        self.note(dir);
+        *last = Some(rel.to_vec());
+    }
+
     /// Notes the filesystem of `dir` (a directory something was written in).
     pub fn note(&self, dir: BorrowedFd) {
         let Ok(st) = nix::sys::stat::fstat(dir) else {
@@ -285,11 +299,27 @@ pub const FS_APPEND_FL: libc::c_long = 0x20;
 /// The inode flags (`lsattr`) of `name` in `dir`, for a regular file or a directory; `None`
 /// for other kinds (opening a device or a fifo to ask could block or act on hardware) and
 /// where the filesystem keeps no such flags (tmpfs).
+///
+/// One `statx` answers where the filesystem reports these two flags in its attributes (ext4,
+/// XFS, btrfs, tmpfs); elsewhere the file is opened and asked with `FS_IOC_GETFLAGS`.
 pub fn inode_flags_at(dir: BorrowedFd, name: &[u8]) -> Option<libc::c_long> {
-    let st = lstat_at(dir, name).ok()?;
-    let fmt = st.st_mode & libc::S_IFMT;
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
+    let st = statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE).ok()?;
+    let fmt = u32::from(st.stx_mode) & libc::S_IFMT;
     if fmt != libc::S_IFREG && fmt != libc::S_IFDIR {
         return None;
+    }
+    let both = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
+    if st.stx_attributes_mask.contains(both) {
+        let attrs = st.stx_attributes;
+        let mut flags = 0;
+        if attrs.contains(StatxAttributes::IMMUTABLE) {
+            flags |= FS_IMMUTABLE_FL;
+        }
+        if attrs.contains(StatxAttributes::APPEND) {
+            flags |= FS_APPEND_FL;
+        }
+        return Some(flags);
     }
     let fd = openat(
         dir,

@@ -131,7 +131,10 @@ pub fn rollback(
         opts.overlay = Some(overlay);
         update::update(node, &target, &manifest, source, &opts, progress)
     })();
-    report_to(node, source, NodeAction::Rollback, result.as_ref());
+    // A dry run changed nothing: there is nothing to tell the server.
+    if !opts.dry_run {
+        report_to(node, source, NodeAction::Rollback, result.as_ref());
+    }
     result
 }
 

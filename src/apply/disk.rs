@@ -13,11 +13,11 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::stat::FileStat;
 
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::format::manifest::{file_name, parent, Chunk};
 use crate::store::chunk::file_chunks;
 use crate::sys::{self, Xattrs};
@@ -101,8 +101,9 @@ pub(crate) struct RootView {
     pub root_fd: OwnedFd,
     /// The root as the administrator named it (for messages).
     pub root: PathBuf,
-    /// The directory [`RootView::dir`] opened last.
-    last_dir: Mutex<Option<(Vec<u8>, OwnedFd)>>,
+    /// The directory [`RootView::dir`] opened last, shared with its callers (no `dup` and
+    /// `close` per entry).
+    last_dir: Mutex<Option<(Vec<u8>, Arc<OwnedFd>)>>,
 }
 
 impl RootView {
@@ -117,10 +118,10 @@ impl RootView {
     /// The directory `rel` of the tree. The engine walks the tree in manifest order, so the
     /// directory asked for is mostly the last one or below it: it is opened from there (one
     /// `openat`, or none) rather than from the root, one component at a time, for every entry.
-    pub fn dir(&self, rel: &[u8]) -> Result<OwnedFd> {
+    pub fn dir(&self, rel: &[u8]) -> Result<Arc<OwnedFd>> {
         let mut last = self.last_dir.lock().expect("dir lock");
         let from = match last.as_ref() {
-            Some((p, fd)) if p.as_slice() == rel => return nix::unistd::dup(fd).at(&self.root),
+            Some((p, fd)) if p.as_slice() == rel => return Ok(fd.clone()),
             Some((p, fd)) if p.is_empty() => Some((fd, rel)),
             Some((p, fd)) if is_under(rel, p) => Some((fd, &rel[p.len() + 1..])),
             _ => None,
@@ -128,11 +129,11 @@ impl RootView {
         let opened =
             from.and_then(|(fd, rest)| sys::open_dir_beneath(fd.as_fd(), rest, &self.root).ok());
         // Failing from the last directory, open from the root, so the error names the path.
-        let fd = match opened {
+        let fd = Arc::new(match opened {
             Some(fd) => fd,
             None => sys::open_dir_beneath(self.root_fd.as_fd(), rel, &self.root)?,
-        };
-        *last = Some((rel.to_vec(), nix::unistd::dup(&fd).at(&self.root)?));
+        });
+        *last = Some((rel.to_vec(), fd.clone()));
         Ok(fd)
     }
 

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{invalid, Error, IoContext, Result};
+use crate::name::ClassName;
 
 /// When a hook runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +60,7 @@ pub struct HookEnv {
     /// `AURUM_SERVER`: where the revision comes from.
     pub server: String,
     /// `AURUM_CLASS`: the partition template's class (install only).
-    pub class: Option<String>,
+    pub class: Option<ClassName>,
     /// `AURUM_FIRMWARE`: `uefi` or `bios` (install only).
     pub firmware: Option<&'static str>,
     /// `AURUM_DISK`: the disk to boot from (post-install only).
@@ -78,7 +79,7 @@ impl HookEnv {
             ("AURUM_SERVER", self.server.clone()),
         ];
         if let Some(c) = &self.class {
-            v.push(("AURUM_CLASS", c.clone()));
+            v.push(("AURUM_CLASS", c.to_string()));
         }
         if let Some(f) = self.firmware {
             v.push(("AURUM_FIRMWARE", f.into()));

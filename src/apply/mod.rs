@@ -13,25 +13,26 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 
 use nix::fcntl::{openat, AtFlags, OFlag};
-use nix::sys::stat::{mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{mknodat, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
-use rayon::prelude::*;
 
 pub mod client;
 mod disk;
+pub mod health;
 pub mod hooks;
 pub mod node;
 pub mod overrides;
 mod plan;
 mod preflight;
 pub mod source;
+mod tree;
 mod undo;
 pub mod update;
 
@@ -40,6 +41,7 @@ use crate::format::manifest::{file_name, parent, Entry, EntrySource, Kind};
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::sys::{self, shown};
+use tree::TreeWriter;
 
 pub use crate::store::BlobSource;
 
@@ -122,13 +124,9 @@ fn remove_checkout(target: &Path, created: bool) -> Result<()> {
     Ok(())
 }
 
-/// Files a checkout writes in parallel at a time: enough to keep every core busy, few enough
-/// that their entries cost little memory whatever the size of the tree.
-const FILE_BATCH: usize = 4096;
-
-/// [`checkout`] into an empty `target`: passes over the entries (directories, files, the
-/// rest), each streamed from `manifest`, so that only the directories are held (for their
-/// metadata, set last).
+/// [`checkout`] into an empty `target`, through the one fresh-tree writer, the entries
+/// streamed from `manifest` (each checked as it comes; a bad one stops the checkout, which
+/// then takes back what it wrote): two passes, one for the progress total, one to write.
 fn checkout_into(
     manifest: &dyn EntrySource,
     blobs: &dyn BlobSource,
@@ -136,124 +134,28 @@ fn checkout_into(
     progress: &dyn Progress,
 ) -> Result<ApplyReport> {
     let root = sys::open_root(target)?;
-    let warnings = Warnings(Mutex::new(Vec::new()));
-
-    // Directories first, private until their metadata is set at the end.
-    let (mut dirs, mut entries, mut files, mut total) = (Vec::new(), 0u64, 0u64, 0u64);
+    let writer = TreeWriter::new(root.as_fd(), target, true);
+    let mut total = 0u64;
     for e in manifest.entries()? {
-        let e = e?;
-        entries += 1;
-        match e.kind {
-            Kind::Dir if !e.path.is_empty() => {
-                let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
-                mkdirat(
-                    dir.as_fd(),
-                    file_name(&e.path),
-                    Mode::from_bits_truncate(0o700),
-                )
-                .at(shown(target, &e.path))?;
-            }
-            Kind::File { .. } => {
-                files += 1;
-                total += e.data_len();
-                continue;
-            }
-            _ => {}
-        }
-        if e.kind == Kind::Dir {
-            dirs.push(e);
-        }
+        total += e?.data_len();
     }
-
-    // Regular files, in parallel a batch at a time: the work is decompressing, hashing and
-    // writing.
     progress.phase("writing files", Some(total), true);
-    let mut batch = Vec::with_capacity(FILE_BATCH);
-    let mut stream = manifest.entries()?;
-    loop {
-        batch.clear();
-        for e in stream.by_ref() {
-            let e = e?;
-            if matches!(e.kind, Kind::File { .. }) {
-                batch.push(e);
-                if batch.len() == FILE_BATCH {
-                    break;
-                }
-            }
-        }
-        if batch.is_empty() {
-            break;
-        }
-        // Each worker keeps the directory it wrote into last: files come in tree order, so
-        // most of them need no directory opened.
-        batch
-            .par_iter()
-            .try_for_each_init(sys::LastDir::default, |last, e| -> Result<()> {
-                let dir = last.dir(root.as_fd(), parent(&e.path), target)?;
-                let name = file_name(&e.path);
-                let file = write_file(dir, name, e, blobs, target, progress)?;
-                set_metadata(dir, name, e, Some(&file), target, &|w| warnings.push(w))
-            })?;
+    let mut failed = None;
+    let entries = manifest
+        .entries()?
+        .map_while(|e| e.map_err(|err| failed = Some(err)).ok());
+    let counts = writer.write_tree(entries, blobs, progress)?;
+    if let Some(err) = failed {
+        return Err(err);
     }
-    drop(stream);
     progress.finish();
-
-    // Everything else, in manifest order so hardlink targets exist before their links.
-    let mut last: Option<(Vec<u8>, OwnedFd)> = None;
-    for e in manifest.entries()? {
-        let e = e?;
-        let e = &e;
-        if matches!(e.kind, Kind::File { .. } | Kind::Dir) {
-            continue;
-        }
-        let p = parent(&e.path);
-        if last.as_ref().map(|(lp, _)| lp.as_slice()) != Some(p) {
-            last = Some((p.to_vec(), sys::open_dir_beneath(root.as_fd(), p, target)?));
-        }
-        let dir = &last.as_ref().expect("set above").1;
-        let created = match create_special(dir.as_fd(), file_name(&e.path), &root, e, target) {
-            // Only root may make device nodes; an unprivileged checkout keeps going without them,
-            // as it does without ownership.
-            Err(crate::Error::Io { source, .. })
-                if source.raw_os_error() == Some(libc::EPERM)
-                    && matches!(e.kind, Kind::Char { .. } | Kind::Block { .. }) =>
-            {
-                warnings.push(format!(
-                    "{}: cannot make a device node (run as root to keep devices)",
-                    shown(target, &e.path).display()
-                ));
-                false
-            }
-            r => r.map(|()| true)?,
-        };
-        if created && !matches!(e.kind, Kind::Hardlink { .. }) {
-            set_metadata(dir.as_fd(), file_name(&e.path), e, None, target, &|w| {
-                warnings.push(w)
-            })?;
-        }
-    }
-
-    // Directory metadata, deepest first, the root last.
-    for e in dirs.iter().rev() {
-        {
-            if e.path.is_empty() {
-                set_metadata_root(&root, e, target, &|w| warnings.push(w))?;
-            } else {
-                let dir = sys::open_dir_beneath(root.as_fd(), parent(&e.path), target)?;
-                set_metadata(dir.as_fd(), file_name(&e.path), e, None, target, &|w| {
-                    warnings.push(w)
-                })?;
-            }
-        }
-    }
-
     // Like cp, a checkout leaves the flushing to the kernel: it writes into a new directory,
     // so a crash loses nothing that was there. `aurum checkout --sync` flushes.
     Ok(ApplyReport {
-        entries,
-        files,
-        bytes: total,
-        warnings: warnings.0.into_inner().expect("warnings lock"),
+        entries: counts.entries,
+        files: counts.files,
+        bytes: counts.bytes,
+        warnings: writer.into_warnings(),
     })
 }
 
@@ -358,7 +260,7 @@ pub fn write_file(
 pub fn create_special(
     dir: BorrowedFd,
     name: &[u8],
-    root: &OwnedFd,
+    root: BorrowedFd,
     e: &Entry,
     shown_root: &Path,
 ) -> Result<()> {
@@ -371,15 +273,15 @@ pub fn create_special(
         Kind::Fifo => mknodat(dir, name, SFlag::S_IFIFO, perm, 0).at(&shown_path),
         Kind::Socket => mknodat(dir, name, SFlag::S_IFSOCK, perm, 0).at(&shown_path),
         Kind::Hardlink { target } => {
-            let tdir = sys::open_dir_beneath(root.as_fd(), parent(target), shown_root)?;
+            let tdir = sys::open_dir_beneath(root, parent(target), shown_root)?;
             linkat(tdir.as_fd(), file_name(target), dir, name, AtFlags::empty()).at(&shown_path)
         }
         Kind::File { .. } | Kind::Dir => unreachable!("created elsewhere"),
     }
 }
 
-fn set_metadata_root(
-    root: &OwnedFd,
+pub(crate) fn set_metadata_root(
+    root: BorrowedFd,
     e: &Entry,
     shown_root: &Path,
     warn: &dyn Fn(String),
@@ -397,7 +299,7 @@ fn set_metadata_root(
         warn,
     )?;
     nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(e.mode)).at(shown_root)?;
-    set_xattrs(root.as_fd(), b"", e, shown_root, warn)?;
+    set_xattrs(root, b"", e, shown_root, warn)?;
     let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
     nix::sys::stat::futimens(&file, &t, &t).at(shown_root)
 }
@@ -504,6 +406,30 @@ pub fn set_metadata(
     shown_root: &Path,
     warn: &dyn Fn(String),
 ) -> Result<()> {
+    set_metadata_of(dir, name, e, file, shown_root, warn, false)
+}
+
+/// Whether a new entry made in `dir` may be given xattrs by the kernel: the directory has a
+/// default ACL (or its xattrs cannot be read, so nobody can tell). Without one, a new entry
+/// gets none but a security label (which is the node's, see [`NODE_LABEL`]).
+pub fn gives_xattrs(dir: BorrowedFd) -> bool {
+    sys::xattrs_at(dir, b"")
+        .map(|x| x.iter().any(|(k, _)| k == b"system.posix_acl_default"))
+        .unwrap_or(true)
+}
+
+/// [`set_metadata`]; `bare`: `e` was just made by aurum in a directory that gives new entries
+/// no xattrs (see [`gives_xattrs`]), so when `e` has none either, there are none to read,
+/// set or remove (a `llistxattr` per file saved).
+pub fn set_metadata_of(
+    dir: BorrowedFd,
+    name: &[u8],
+    e: &Entry,
+    file: Option<&File>,
+    shown_root: &Path,
+    warn: &dyn Fn(String),
+    bare: bool,
+) -> Result<()> {
     let shown_path = shown(shown_root, &e.path);
     let uid = Some(Uid::from_raw(e.uid));
     let gid = Some(Gid::from_raw(e.gid));
@@ -527,7 +453,9 @@ pub fn set_metadata(
             .at(&shown_path)?,
         }
     }
-    set_xattrs(dir, name, e, shown_root, warn)?;
+    if !(bare && e.xattrs.is_empty()) {
+        set_xattrs(dir, name, e, shown_root, warn)?;
+    }
     let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
     utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).at(&shown_path)
 }

@@ -127,6 +127,7 @@ pub(crate) fn plan(
         excluded_dirs: Vec::new(),
         children: HashMap::new(),
         hashed: HashMap::new(),
+        looked: HashMap::new(),
         relink: Vec::new(),
     };
     for (i, e) in manifest.entries.iter().enumerate() {
@@ -166,6 +167,8 @@ struct Planner<'a> {
     children: HashMap<&'a [u8], HashSet<&'a [u8]>>,
     /// The chunks of disk files the plan read, by entry, for the hand-change check.
     hashed: HashMap<usize, Option<Vec<Chunk>>>,
+    /// What the disk showed of the entries the plan touches, by entry.
+    looked: HashMap<usize, (Stat, Xattrs)>,
     relink: Vec<usize>,
 }
 
@@ -216,6 +219,18 @@ impl<'a> Planner<'a> {
             self.push(i, &e.path, Act::Create, vec![]);
             return Ok(());
         };
+        let before = self.steps.len();
+        self.decide(i, e, &st, &x)?;
+        // Kept for the hand-change check of what the plan touches: looked at once.
+        if self.steps.len() > before && self.opts.current.is_some() && !self.opts.resuming {
+            self.looked.insert(i, (st, x));
+        }
+        Ok(())
+    }
+
+    /// Plans entry `i`, `e`, found on disk as `st`, `x`.
+    fn decide(&mut self, i: usize, e: &'a Entry, st: &Stat, x: &Xattrs) -> Result<()> {
+        let st = *st;
         if let Kind::Hardlink { target: t } = &e.kind {
             let same_inode = !self.changing.contains(t.as_slice())
                 && self.view.stat(t).is_some_and(|p| p.same_inode(&st));
@@ -228,7 +243,7 @@ impl<'a> Planner<'a> {
             self.push(i, &e.path, Act::Replace, vec!["type"]);
             return Ok(());
         }
-        let mut what = meta_diff(&st, &x, e);
+        let mut what = meta_diff(&st, x, e);
         match &e.kind {
             Kind::File { .. } if !self.same_content(i, e, &st)? => {
                 what.insert(0, "content");
@@ -362,7 +377,8 @@ impl<'a> Planner<'a> {
         let mut changes = Vec::new();
         for (p, i) in touched {
             let on_disk = i.and_then(|i| self.hashed.get(&i));
-            let what = changed_by_hand(self.view, cur, p, on_disk, self.opts.verify_local)?;
+            let looked = i.and_then(|i| self.looked.get(&i));
+            let what = changed_by_hand(self.view, cur, p, on_disk, looked, self.opts.verify_local)?;
             if !what.is_empty() {
                 changes.push(LocalChange {
                     path: display_path(p),
@@ -428,16 +444,22 @@ fn kind_matches(st: &Stat, e: &Entry) -> bool {
 }
 
 /// What differs between the disk at `rel` and its entry in `cur`, the revision the node runs:
-/// what was changed there by hand. `on_disk` is the disk file's chunks when the plan read them;
+/// what was changed there by hand. `looked` is what the plan saw of it on disk, `on_disk` the
+/// disk file's chunks when the plan read them;
 /// they are read here only when size and mtime cannot tell (or with `verify_local`).
 fn changed_by_hand(
     view: &dyn DiskView,
     cur: &Manifest,
     rel: &[u8],
     on_disk: Option<&Option<Vec<Chunk>>>,
+    looked: Option<&(Stat, Xattrs)>,
     verify_local: bool,
 ) -> Result<Vec<&'static str>> {
-    let (old, (st, x)) = match (cur.get(rel).map(|o| cur.resolve(o)), view.look(rel)) {
+    let disk = match looked {
+        Some((st, x)) => Some((*st, x.clone())),
+        None => view.look(rel),
+    };
+    let (old, (st, x)) = match (cur.get(rel).map(|o| cur.resolve(o)), disk) {
         (Some(old), Some(disk)) => (old, disk),
         (Some(_), None) => return Ok(vec!["deleted"]),
         (None, Some(_)) => return Ok(vec!["added"]),

@@ -68,9 +68,11 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
     let mut blocked: Vec<String> = Vec::new();
     let mut checked_dirs: HashMap<Vec<u8>, ()> = HashMap::new();
     let mut missing: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let mut check_dir = |rel: &[u8], blocked: &mut Vec<String>| {
+    // Most entries are in the directory of the one before.
+    let mut last = sys::LastDir::default();
+    let mut check_dir = |rel: &[u8], blocked: &mut Vec<String>, last: &mut sys::LastDir| {
         if checked_dirs.insert(rel.to_vec(), ()).is_none() {
-            flag_check(root_fd, root, rel, "write in it", blocked);
+            flag_check(root_fd, root, rel, "write in it", blocked, last);
         }
     };
     for &(path, bytes) in &needs.writes {
@@ -84,7 +86,7 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
         ) else {
             continue;
         };
-        check_dir(&dir_rel, &mut blocked);
+        check_dir(&dir_rel, &mut blocked, &mut last);
         let fs = fss.get_mut(&dev).expect("registered");
         fs.bytes += bytes.div_ceil(fs.block) * fs.block;
         fs.inodes += 1;
@@ -103,14 +105,14 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
             continue;
         }
         if touch != Touch::Change {
-            check_dir(parent(path), &mut blocked);
+            check_dir(parent(path), &mut blocked, &mut last);
         }
         let what = match touch {
             Touch::Replace => "replace it",
             Touch::Change => "change it",
             Touch::Delete => "delete it",
         };
-        flag_check(root_fd, root, path, what, &mut blocked);
+        flag_check(root_fd, root, path, what, &mut blocked, &mut last);
     }
     for fs in fss.values() {
         let Ok(vfs) = fstatvfs(fs.dir.as_fd()) else {
@@ -232,12 +234,19 @@ fn existing_dir(
 }
 
 /// Notes in `blocked` an entry whose `chattr` flags forbid what the update does to it.
-fn flag_check(root_fd: BorrowedFd, root: &Path, rel: &[u8], what: &str, blocked: &mut Vec<String>) {
+fn flag_check(
+    root_fd: BorrowedFd,
+    root: &Path,
+    rel: &[u8],
+    what: &str,
+    blocked: &mut Vec<String>,
+    last: &mut sys::LastDir,
+) {
     let flags = if rel.is_empty() {
         sys::inode_flags_at(root_fd, b".")
     } else {
-        match sys::open_dir_beneath(root_fd, parent(rel), root) {
-            Ok(dir) => sys::inode_flags_at(dir.as_fd(), file_name(rel)),
+        match last.dir(root_fd, parent(rel), root) {
+            Ok(dir) => sys::inode_flags_at(dir, file_name(rel)),
             Err(_) => None,
         }
     };

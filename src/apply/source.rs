@@ -188,6 +188,26 @@ enum Failure {
     Transient(String),
     /// Another try would get the same answer (a 404, wrong bytes).
     Final(Error),
+    /// The server is busy (503 with Retry-After): come back after `after`. Not counted as a
+    /// try, up to [`MAX_BUSY`] of waiting in all.
+    Busy { why: String, after: Duration },
+}
+
+/// The longest a node waits in all on a server that says it is busy.
+const MAX_BUSY: Duration = Duration::from_secs(3600);
+
+/// The Retry-After of an answer, in seconds (its date form is not used by aurum serve), at
+/// most 5 minutes.
+fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
+    let secs: u64 = resp
+        .headers()
+        .get("Retry-After")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(300)))
 }
 
 /// A repository served over HTTP.
@@ -312,13 +332,13 @@ impl HttpRepo {
                     "{} not found on the server",
                     self.url(path)
                 )))),
-                s => Err(self.status_failure(path, s)),
+                s => Err(self.status_failure(path, s, retry_after(&resp))),
             }
         })
     }
 
     /// GETs bytes `start..=end` of a file.
-    fn get_range(
+    pub fn get_range(
         &self,
         path: &str,
         start: u64,
@@ -335,7 +355,7 @@ impl HttpRepo {
                 .map_err(transient)?;
             let status = resp.status().as_u16();
             if status >= 500 {
-                return Err(self.status_failure(path, status));
+                return Err(self.status_failure(path, status, retry_after(&resp)));
             }
             let body = self
                 .body(&mut resp, path, 1 << 34)
@@ -360,7 +380,16 @@ impl HttpRepo {
 
     /// An HTTP status that is not an answer: a 5xx may pass (a restarting backend, an
     /// overloaded cache), anything else will not.
-    fn status_failure(&self, path: &str, status: u16) -> Failure {
+    fn status_failure(&self, path: &str, status: u16, retry_after: Option<Duration>) -> Failure {
+        if let (503, Some(after)) = (status, retry_after) {
+            return Failure::Busy {
+                why: format!(
+                    "HTTP 503: the server is busy, asks to come back in {} s",
+                    after.as_secs()
+                ),
+                after,
+            };
+        }
         if status >= 500 {
             Failure::Transient(format!("HTTP {status}"))
         } else {
@@ -384,16 +413,32 @@ impl HttpRepo {
             None => path.to_string(),
         };
         let attempts = self.options.attempts;
-        for n in 1.. {
+        let mut busy = Duration::ZERO;
+        let mut n = 1;
+        loop {
             let why = match attempt() {
                 Ok(v) => {
-                    if n > 1 {
+                    if n > 1 || !busy.is_zero() {
                         progress.note("");
                     }
                     return Ok(v);
                 }
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Transient(why)) => why,
+                Err(Failure::Busy { why, after }) if busy < MAX_BUSY => {
+                    // Spread the returns of many nodes told the same delay.
+                    let pause = after + backoff(1, Duration::from_secs(1)) / 2;
+                    busy += pause;
+                    log::warn!(
+                        "{}: {object}: {why}; waiting {:.1} s",
+                        self.base,
+                        pause.as_secs_f64()
+                    );
+                    progress.note("server busy: waiting");
+                    std::thread::sleep(pause);
+                    continue;
+                }
+                Err(Failure::Busy { why, .. }) => why,
             };
             if n >= attempts {
                 return Err(Error::Unanswered {
@@ -414,8 +459,8 @@ impl HttpRepo {
             log::warn!("{msg}");
             progress.note(&format!("server stalled: retry {} of {attempts}", n + 1));
             std::thread::sleep(pause);
+            n += 1;
         }
-        unreachable!("the loop returns")
     }
 
     fn pack_index(&self, pack: &Id) -> Result<Vec<IndexEntry>> {
@@ -509,7 +554,7 @@ fn backoff(n: u32, base: Duration) -> Duration {
 }
 
 fn ref_name_ok(s: &str) -> bool {
-    crate::repo::check_name("image", s).is_ok()
+    crate::repo::is_image_name(s)
 }
 
 impl RevisionSource for HttpRepo {
@@ -528,8 +573,7 @@ impl RevisionSource for HttpRepo {
         };
         let parsed: RevSpec = spec.parse()?;
         match &parsed {
-            RevSpec::Number { image, number } => {
-                let number = *number;
+            RevSpec::Number { image, .. } | RevSpec::Back { image, .. } => {
                 if !ref_name_ok(image) {
                     return Err(invalid(format!("`{image}` is not an image name")));
                 }
@@ -537,8 +581,11 @@ impl RevisionSource for HttpRepo {
                     .get(&format!("refs/{image}/revisions"))
                     .map_err(|e| self.no_image(image, e))?;
                 let path = format!("refs/{image}/revisions");
-                let id = refs::decode_revisions(&list)
-                    .map_err(|p| self.inconsistent(&path, &p.to_string()))?
+                let list = refs::decode_revisions(&list)
+                    .map_err(|p| self.inconsistent(&path, &p.to_string()))?;
+                let numbers: Vec<u32> = list.iter().map(|(n, _)| *n).collect();
+                let number = parsed.number_among(&numbers)?;
+                let id = list
                     .into_iter()
                     .find_map(|(n, id)| (n == number).then_some(id))
                     .ok_or_else(|| {
@@ -597,7 +644,7 @@ impl RevisionSource for HttpRepo {
             });
         }
         Err(invalid(format!(
-            "`{spec}`: from an HTTP server, name a revision as IMAGE, IMAGE@N, IMAGE:TAG or its full 64-digit id"
+            "`{spec}`: from an HTTP server, name a revision as IMAGE, IMAGE@N, IMAGE:TAG, IMAGE~N or its full 64-digit id"
         )))
     }
 

@@ -37,13 +37,14 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde::Serialize;
 
 mod fresh;
+mod rollback;
 
 use super::disk::{is_under, RootView};
 pub use super::plan::LocalChange;
 use super::plan::{self, Act, PlanOptions, Step, UpdatePlan};
 use super::preflight;
 use super::undo::{self, UndoArea};
-use super::{create_special, set_metadata, temp_name, write_file, BlobSource};
+use super::{create_special, set_metadata, set_metadata_of, temp_name, write_file, BlobSource};
 use crate::apply::node::{HistoryEntry, Journal, Node, NodeState, RevRef, STATE_DIR};
 use crate::apply::source::{RevisionSource, Target};
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
@@ -207,6 +208,12 @@ struct Engine {
     /// an in-place edit change what a later rollback restores.
     drops_others: bool,
     drops_own: bool,
+    /// Whether the run finishes an interrupted one (temporary names may be left over).
+    resuming: bool,
+    /// Tree directories by whether they give new entries xattrs (see [`Engine::gives_xattrs`]).
+    acl_dirs: Mutex<HashMap<Vec<u8>, bool>>,
+    /// Fetched blobs held in memory (see [`Engine::keep_blob`]).
+    held: Mutex<Held>,
 }
 
 /// A key for a regular file's whole content (its chunk list and sparse map).
@@ -244,6 +251,9 @@ impl Engine {
             whole: HashMap::new(),
             drops_others: false,
             drops_own: false,
+            resuming: false,
+            acl_dirs: Mutex::new(HashMap::new()),
+            held: Mutex::default(),
         })
     }
 
@@ -299,6 +309,7 @@ impl Engine {
 
     /// Writes the file `e` under `temp` in `dir`, with its metadata: linked back from an undo
     /// area that holds its very content (a rollback), else written from `blobs`.
+    /// Returns whether it was linked (it may then be the very inode already in place).
     fn write_temp(
         &self,
         dir: BorrowedFd,
@@ -306,17 +317,35 @@ impl Engine {
         e: &Entry,
         blobs: &dyn BlobSource,
         progress: &dyn Progress,
-    ) -> Result<()> {
-        let _ = unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir);
-        let file = if self.link_whole(dir, temp, e) {
+    ) -> Result<bool> {
+        // Only a run after a crash finds a temporary name left over.
+        if self.resuming {
+            let _ = unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir);
+        }
+        let (file, linked) = if self.link_whole(dir, temp, e) {
             progress.advance(e.data_len());
-            None
+            (None, true)
         } else {
-            Some(write_file(dir, temp, e, blobs, &self.disk.root, progress)?)
+            let file = write_file(dir, temp, e, blobs, &self.disk.root, progress)?;
+            (Some(file), false)
         };
-        set_metadata(dir, temp, e, file.as_ref(), &self.disk.root, &|w| {
-            self.warn(w)
-        })
+        // A file just written in a directory without a default ACL has no xattrs to look at.
+        let bare = !linked && !self.gives_xattrs(parent(&e.path), dir);
+        let warn = |w| self.warn(w);
+        set_metadata_of(dir, temp, e, file.as_ref(), &self.disk.root, &warn, bare)?;
+        Ok(linked)
+    }
+
+    /// Whether the tree directory `rel` (open as `dir`) gives new entries xattrs (see
+    /// [`super::gives_xattrs`]), asked once per directory.
+    fn gives_xattrs(&self, rel: &[u8], dir: BorrowedFd) -> bool {
+        let mut known = self.acl_dirs.lock().expect("lock");
+        if let Some(&gives) = known.get(rel) {
+            return gives;
+        }
+        let gives = super::gives_xattrs(dir);
+        known.insert(rel.to_vec(), gives);
+        gives
     }
 
     /// Removes the temporary names an interrupted run listed in its journal; those it had not
@@ -334,6 +363,8 @@ impl Engine {
     /// the very file an interrupted run had put in place), rename(2) would do nothing and
     /// leave the temporary name behind: it is removed instead, and the entry, already right,
     /// is not kept as its own old version.
+    /// `linked`: the temporary name was linked rather than written (only then can it be the
+    /// inode in place).
     fn put_in_place(
         &mut self,
         dir: BorrowedFd,
@@ -341,23 +372,25 @@ impl Engine {
         name: &[u8],
         rel: &[u8],
         act: Act,
+        linked: bool,
     ) -> Result<()> {
         let root = &self.disk.root;
         if act != Act::Create {
-            let same = match (sys::lstat_at(dir, temp), sys::lstat_at(dir, name)) {
-                (Ok(t), Ok(n)) => (t.st_dev, t.st_ino) == (n.st_dev, n.st_ino),
-                _ => false,
-            };
+            let same = linked
+                && match (sys::lstat_at(dir, temp), sys::lstat_at(dir, name)) {
+                    (Ok(t), Ok(n)) => (t.st_dev, t.st_ino) == (n.st_dev, n.st_ino),
+                    _ => false,
+                };
             if same {
                 return unlinkat(dir, temp, UnlinkatFlags::NoRemoveDir).at(shown(root, rel));
             }
-            self.keep(dir, name, rel)?;
+            self.keep(dir, name, rel, act)?;
         }
         renameat(dir, temp, dir, name).at(shown(&self.disk.root, rel))
     }
 
     /// The directory `rel` of the tree.
-    fn dir(&self, rel: &[u8]) -> Result<OwnedFd> {
+    fn dir(&self, rel: &[u8]) -> Result<Arc<OwnedFd>> {
         self.disk.dir(rel)
     }
 
@@ -372,10 +405,12 @@ impl Engine {
 
     /// Keeps the entry `name` in `dir` in the undo area ahead of renaming a new one over it
     /// (see [`UndoArea::keep_file`]); a directory is moved there.
-    fn keep(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
-        let is_dir = sys::lstat_at(dir, name)
-            .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
-            .unwrap_or(false);
+    /// `act` [`Act::Content`]: the planner found a regular file there (no need to look).
+    fn keep(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8], act: Act) -> Result<()> {
+        let is_dir = act != Act::Content
+            && sys::lstat_at(dir, name)
+                .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .unwrap_or(false);
         if is_dir {
             return self.stash(dir, name, rel);
         }
@@ -437,6 +472,9 @@ struct Provider<'a> {
 
 impl BlobSource for Provider<'_> {
     fn get(&self, id: &Id) -> Result<Vec<u8>> {
+        if let Some(data) = self.engine.held.lock().expect("lock").blobs.get(id) {
+            return Ok(data.clone());
+        }
         let staged = self.staging.join(id.hex());
         if let Ok(data) = std::fs::read(&staged) {
             if Id::of(&data) == *id {
@@ -686,6 +724,50 @@ fn stage(staging: &Path, id: &Id, data: &[u8]) -> Result<()> {
     crate::sys::write_atomic(&staging.join(id.hex()), data, Default::default())
 }
 
+/// Fetched blobs held in memory rather than staged, at most this many bytes: a staged small
+/// blob costs some ten system calls (create, write, rename, open, read, unlink), as many as the
+/// file it is for, and its unlink alone took 0.3 ms on a busy disk.
+const HELD_BYTES: u64 = 64 << 20;
+
+/// Blobs held in memory, and the room left for them. The room is reserved on disk (a file of
+/// that size in `staging`, removed with the staged blobs), so that, as with staged blobs, an
+/// update stopped by a full disk frees that much for the undo that follows.
+#[derive(Default)]
+struct Held {
+    blobs: HashMap<Id, Vec<u8>>,
+    room: u64,
+}
+
+impl Engine {
+    /// Reserves room for up to `bytes` of held blobs (nothing held when the disk refuses).
+    fn reserve(&self, staging: &Path, bytes: u64) {
+        let bytes = bytes.min(HELD_BYTES);
+        if bytes == 0 || std::fs::create_dir_all(staging).is_err() {
+            return;
+        }
+        let reserved = File::create(staging.join("reserve")).ok().filter(|f| {
+            nix::fcntl::fallocate(f, nix::fcntl::FallocateFlags::empty(), 0, bytes as i64).is_ok()
+        });
+        if reserved.is_some() {
+            self.held.lock().expect("lock").room = bytes;
+        }
+    }
+
+    /// Keeps a fetched or rebuilt blob until the run uses it: held in memory while the
+    /// reserved room lasts, else staged.
+    fn keep_blob(&self, staging: &Path, id: &Id, data: Vec<u8>) -> Result<()> {
+        {
+            let mut held = self.held.lock().expect("lock");
+            if data.len() as u64 <= held.room {
+                held.room -= data.len() as u64;
+                held.blobs.insert(*id, data);
+                return Ok(());
+            }
+        }
+        stage(staging, id, &data)
+    }
+}
+
 /// Deletes the staged blobs of an update that will not use them (or has used them).
 fn free_staging(node: &Node) {
     let staging = node.dir.join("staging");
@@ -749,8 +831,15 @@ fn run(
     let mut engine = Engine::for_root(node)?;
     engine.drops_others = !run.from.as_ref().is_some_and(|f| f.same_tree(&run.to));
     engine.drops_own = undoing.is_some();
+    engine.resuming = run.journal.is_some() || undoing.is_some();
     if let (Some(j), false) = (&run.journal, opts.dry_run) {
         engine.remove_temps(&j.temps);
+    }
+    // Right after an update, a rollback renames back what it moved aside.
+    if let Some(restore) = rollback::plan(&run, &engine)? {
+        let mut report = rollback::apply(run, &mut engine, restore, new_undo_name(), started)?;
+        report.warnings = engine.warnings.into_inner().expect("lock");
+        return Ok(report);
     }
     let (mut plan, mut report) = run.plan(&engine)?;
     let blobs = run.locate(&mut engine, &plan, &mut report)?;
@@ -780,6 +869,15 @@ fn run(
     run.commit(&engine, &mut report, started)?;
     report.warnings = engine.warnings.into_inner().expect("lock");
     Ok(report)
+}
+
+/// The name of a new undo area: its time and the process.
+fn new_undo_name() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{t}-{}", std::process::id())
 }
 
 /// The blobs a run needs from outside the node, and the length of every blob of the target.
@@ -929,13 +1027,7 @@ impl<'a> Run<'a> {
     ) -> Result<String> {
         let undo_name = match &self.journal {
             Some(j) => j.undo.clone(),
-            None => {
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                format!("{t}-{}", std::process::id())
-            }
+            None => new_undo_name(),
         };
         engine.undo = UndoArea::at(self.node.dir.join("undo").join(&undo_name));
         // Undoing a failed update writes next to nothing (it links back what the update moved
@@ -970,6 +1062,7 @@ impl<'a> Run<'a> {
             mut to_fetch,
             chunk_len,
         } = blobs;
+        engine.reserve(&self.staging, report.bytes_to_fetch);
         // Blobs whose older version the node holds: ask for a binary delta against it first.
         let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
         if let (Some(cur), Some(_)) = (self.current.as_ref(), self.source) {
@@ -1007,7 +1100,7 @@ impl<'a> Run<'a> {
                         return Ok(());
                     }
                 }
-                stage(staging, id, &data)
+                engine.keep_blob(staging, id, data)
             },
             self.progress,
         )?;
@@ -1044,7 +1137,7 @@ impl<'a> Run<'a> {
                 }
                 match delta::decode(&base, &d, target) {
                     Ok(data) => {
-                        stage(staging, target, &data)?;
+                        engine.keep_blob(staging, target, data)?;
                         rebuilt.lock().expect("lock").insert(*target);
                     }
                     Err(e) => log::warn!("{e:#}; fetching the whole blob"),
@@ -1105,7 +1198,7 @@ impl<'a> Run<'a> {
         let prewritten = prewrite(engine, manifest, plan, &self.staging, syncer, progress)?;
         // Pass 2, in manifest order.
         for s in &plan.steps {
-            let written = prewritten.contains(&s.entry);
+            let written = prewritten.get(&s.entry).copied();
             put_step(
                 engine,
                 manifest,
@@ -1194,7 +1287,7 @@ fn finish_tree(
     for &i in plan.dirs.iter().rev() {
         let e = &manifest.entries[i];
         if e.path.is_empty() {
-            super::set_metadata_root(&engine.disk.root_fd, e, root, warn)?;
+            super::set_metadata_root(engine.disk.root_fd.as_fd(), e, root, warn)?;
         } else if let Ok(dir) = engine.dir(parent(&e.path)) {
             set_metadata(dir.as_fd(), file_name(&e.path), e, None, root, warn)?;
         }
@@ -1202,7 +1295,7 @@ fn finish_tree(
     engine.undo.sync()?;
     for p in &plan.removals {
         if let Ok(d) = engine.dir(parent(p)) {
-            syncer.note(d.as_fd());
+            syncer.note_dir(parent(p), d.as_fd());
         }
     }
     syncer.sync(root)
@@ -1211,7 +1304,7 @@ fn finish_tree(
 /// Pass 1 of [`Run::execute`]: the new content of every file whose directory exists is written
 /// under a temporary name, then made durable with one syncfs, so that pass 2 only renames: a
 /// crash at any point leaves each path with its old content or its new. Returns the steps
-/// written.
+/// written, each with whether it was linked (see [`Engine::write_temp`]).
 fn prewrite(
     engine: &Engine,
     manifest: &Manifest,
@@ -1219,12 +1312,12 @@ fn prewrite(
     staging: &Path,
     syncer: &sys::Syncer,
     progress: &dyn Progress,
-) -> Result<HashSet<usize>> {
+) -> Result<HashMap<usize, bool>> {
     let provider = Provider {
         engine,
         staging: staging.to_path_buf(),
     };
-    let mut prewritten = HashSet::new();
+    let mut prewritten = HashMap::new();
     syncer.note(engine.disk.root_fd.as_fd());
     for s in &plan.steps {
         let e = &manifest.entries[s.entry];
@@ -1235,9 +1328,9 @@ fn prewrite(
             continue; // a directory this update creates: written in pass 2
         };
         let temp = temp_name(file_name(&e.path));
-        syncer.note(dir.as_fd());
-        engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
-        prewritten.insert(s.entry);
+        syncer.note_dir(parent(&e.path), dir.as_fd());
+        let linked = engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+        prewritten.insert(s.entry, linked);
     }
     if !prewritten.is_empty() {
         syncer.sync(&engine.disk.root)?;
@@ -1246,12 +1339,12 @@ fn prewrite(
 }
 
 /// Pass 2 of [`Run::execute`] for step `s`: makes a directory, puts a file (`written` in pass 1,
-/// else written now) or a special entry in place over the old one, or sets metadata.
+/// `Some(linked)`, else written now) or a special entry in place over the old one, or sets metadata.
 fn put_step(
     engine: &mut Engine,
     manifest: &Manifest,
     s: &Step,
-    written: bool,
+    written: Option<bool>,
     staging: &Path,
     syncer: &sys::Syncer,
     progress: &dyn Progress,
@@ -1263,7 +1356,7 @@ fn put_step(
         Some(engine.dir(parent(&e.path))?)
     };
     if let Some(d) = &dir {
-        syncer.note(d.as_fd());
+        syncer.note_dir(parent(&e.path), d.as_fd());
     }
     let name = file_name(&e.path);
     let temp = temp_name(name);
@@ -1287,23 +1380,24 @@ fn put_step(
         }
         (_, Kind::File { .. }) => {
             let dir = dir.as_ref().expect("not the root");
-            if !written {
+            let mut linked = written.unwrap_or(false);
+            if written.is_none() {
                 let provider = Provider {
                     engine: &*engine,
                     staging: staging.to_path_buf(),
                 };
-                engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
+                linked = engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
             }
-            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act, linked)?;
         }
         _ => {
             let dir = dir.as_ref().expect("not the root");
             let _ = unlinkat(dir.as_fd(), temp.as_slice(), UnlinkatFlags::NoRemoveDir);
-            create_special(dir.as_fd(), &temp, &engine.disk.root_fd, e, &root)?;
+            create_special(dir.as_fd(), &temp, engine.disk.root_fd.as_fd(), e, &root)?;
             if !matches!(e.kind, Kind::Hardlink { .. }) {
                 set_metadata(dir.as_fd(), &temp, e, None, &root, &|w| engine.warn(w))?;
             }
-            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act)?;
+            engine.put_in_place(dir.as_fd(), &temp, name, &e.path, s.act, true)?;
         }
     }
     Ok(())

@@ -242,7 +242,7 @@ impl RemoteSource {
 
 /// The ssh options a capture adds after the administrator's `--ssh` words (see the module
 /// documentation); a value given there wins.
-fn ssh_defaults() -> Vec<String> {
+pub fn ssh_defaults() -> Vec<String> {
     let mut opts = vec![
         "-o".to_string(),
         "Compression=no".to_string(),

@@ -8,6 +8,8 @@
 mod inventory;
 pub mod migrations;
 pub mod nodes;
+mod remotes;
+pub mod rollouts;
 mod templates;
 
 use std::path::Path;
@@ -18,10 +20,12 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::format::pack::{Codec, IndexEntry};
+use crate::format::refs::LoggedRevision;
 use crate::format::wire::StatKey;
 use crate::format::Id;
 use crate::store::FinishedPack;
 
+pub use remotes::Remote;
 pub use templates::TemplateVersion;
 
 /// Seconds since the epoch, now.
@@ -153,6 +157,80 @@ fn insert_pack(tx: &rusqlite::Transaction, pack: &FinishedPack, conflict: &str) 
             e.codec as u8,
             e.inner
         ])?;
+    }
+    Ok(())
+}
+
+/// One image as a pull records it ([`Catalog::record_pulled`]).
+#[derive(Clone, Debug)]
+pub struct PulledImage {
+    /// Its name here (`REMOTE/IMAGE`, or the source's name for a mirror).
+    pub name: String,
+    /// The revisions to add, oldest first.
+    pub revisions: Vec<LoggedRevision>,
+    /// Every tag of the image in the source.
+    pub tags: Vec<(String, u32)>,
+    /// Delete the image's tags the source does not have (an image pulled from a remote
+    /// mirrors its tags; a mirror pull keeps tags made here).
+    pub exact_tags: bool,
+}
+
+/// Inserts a revision row of `image` (`conflict`: `""`, or `"OR IGNORE"` to keep a row of
+/// that number already there).
+fn insert_revision(
+    tx: &rusqlite::Transaction,
+    image: &str,
+    r: &LoggedRevision,
+    conflict: &str,
+) -> Result<()> {
+    tx.execute(
+        &format!(
+            "INSERT {conflict} INTO revisions({REVISION_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
+        ),
+        params![
+            image,
+            r.number,
+            r.id.hex(),
+            r.parent.map(|p| p.hex()),
+            r.created,
+            r.message,
+            r.source,
+            r.files as i64,
+            r.bytes as i64,
+            r.new_bytes as i64
+        ],
+    )?;
+    Ok(())
+}
+
+fn record_pulled_image(tx: &rusqlite::Transaction, im: &PulledImage) -> Result<()> {
+    let created = im.revisions.first().map_or_else(now, |r| r.created);
+    tx.execute(
+        "INSERT OR IGNORE INTO images(name, created) VALUES (?1, ?2)",
+        params![im.name, created],
+    )?;
+    for r in &im.revisions {
+        insert_revision(tx, &im.name, r, "OR IGNORE")?;
+    }
+    if im.exact_tags {
+        tx.execute("DELETE FROM tags WHERE image = ?1", [&im.name])?;
+    }
+    for (tag, number) in &im.tags {
+        tx.execute(
+            "INSERT INTO tags(image, tag, number, created) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(image, tag) DO UPDATE SET number = excluded.number, created = excluded.created",
+            params![im.name, tag, number, now()],
+        )?;
+    }
+    if !im.revisions.is_empty() {
+        tx.execute(
+            "INSERT INTO events(time, kind, image, detail) VALUES (?1, 'pull', ?2, ?3)",
+            params![
+                now(),
+                im.name,
+                format!("pulled {} revisions of {}", im.revisions.len(), im.name)
+            ],
+        )?;
     }
     Ok(())
 }
@@ -459,23 +537,18 @@ impl Catalog {
             [image],
             |r| r.get(0),
         )?;
-        tx.execute(
-            &format!(
-                "INSERT INTO revisions({REVISION_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"
-            ),
-            params![
-                image,
-                number,
-                id.hex(),
-                parent.map(|p| p.hex()),
-                now(),
-                message,
-                source,
-                stats.files as i64,
-                stats.bytes as i64,
-                stats.new_bytes as i64
-            ],
-        )?;
+        let row = LoggedRevision {
+            number,
+            id: *id,
+            parent: parent.copied(),
+            created: now(),
+            message: message.to_string(),
+            source: source.to_string(),
+            files: stats.files,
+            bytes: stats.bytes,
+            new_bytes: stats.new_bytes,
+        };
+        insert_revision(&tx, image, &row, "")?;
         tx.execute(
             "INSERT INTO events(time, kind, image, detail) VALUES (?1, 'revision', ?2, ?3)",
             params![
@@ -486,6 +559,20 @@ impl Catalog {
         )?;
         tx.commit()?;
         Ok(number)
+    }
+
+    /// Records what a pull brought, in one transaction (a pull killed before it commits
+    /// recorded nothing): each image's revisions with their numbers, ids and dates as they are
+    /// in the source, and its tags (with `exact_tags`, the image's other tags are deleted).
+    /// Revisions an image already has (same number) are left as they are; the caller checked
+    /// that their ids agree.
+    pub fn record_pulled(&mut self, images: &[PulledImage]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for im in images {
+            record_pulled_image(&tx, im)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Every image with its newest revision and tags.
@@ -709,6 +796,33 @@ impl Catalog {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Each node's latest report of `action` (e.g. its last health check), by hostname.
+    pub fn latest_reports(&self, action: NodeAction) -> Result<Vec<NodeState>> {
+        let mut st = self.conn.prepare(
+            "SELECT hostname, image, revision, action, result, bytes, seconds, address, detail, time
+             FROM node_reports r WHERE action = ?1
+             AND time = (SELECT MAX(time) FROM node_reports WHERE hostname = r.hostname AND action = ?1)
+             GROUP BY hostname ORDER BY hostname",
+        )?;
+        let rows = st.query_map([action], |r| {
+            Ok(NodeState {
+                report: NodeReport {
+                    hostname: r.get(0)?,
+                    image: r.get(1)?,
+                    revision: r.get(2)?,
+                    action: r.get(3)?,
+                    result: r.get(4)?,
+                    bytes: r.get::<_, i64>(5)? as u64,
+                    seconds: r.get(6)?,
+                    detail: r.get(8)?,
+                },
+                address: r.get(7)?,
+                reported: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Every node that has reported, with its latest report.

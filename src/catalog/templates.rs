@@ -64,6 +64,15 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every version of every class, by class and version.
+    pub fn all_template_versions(&self) -> Result<Vec<TemplateVersion>> {
+        let mut st = self.conn.prepare(
+            "SELECT class, version, text, created, note FROM templates ORDER BY class, version",
+        )?;
+        let rows = st.query_map([], row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The newest version of every class, by class name.
     pub fn templates(&self) -> Result<Vec<TemplateVersion>> {
         let mut st = self.conn.prepare(

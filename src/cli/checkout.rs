@@ -22,6 +22,10 @@ pub struct CheckoutArgs {
     /// or pulling a USB disk. Without it, like cp, the kernel writes it back in its own time.
     #[arg(long)]
     sync: bool,
+    /// Print JSON: the revision ({"revision", "image", "number", "id"}), "dir", the counts and
+    /// "warnings".
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn exec(g: &Global, a: CheckoutArgs) -> anyhow::Result<()> {
@@ -39,6 +43,16 @@ pub fn exec(g: &Global, a: CheckoutArgs) -> anyhow::Result<()> {
     if a.sync {
         let fd = aurum::sys::open_root(&a.dir)?;
         aurum::sys::sync_fs(std::os::fd::AsFd::as_fd(&fd), &a.dir)?;
+    }
+    if a.json {
+        let mut v = super::revision_json(&rev);
+        v["dir"] = a.dir.display().to_string().into();
+        v["entries"] = r.entries.into();
+        v["files"] = r.files.into();
+        v["bytes"] = r.bytes.into();
+        v["seconds"] = started.elapsed().as_secs_f64().into();
+        v["warnings"] = serde_json::json!(r.warnings);
+        return super::print_json(&v);
     }
     for w in &r.warnings {
         super::warning(w);

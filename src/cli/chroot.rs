@@ -65,6 +65,10 @@ pub struct ChrootArgs {
     /// the one it was last committed as.
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    /// Print JSON at the end: the new revision ({"revision", "image", "number", "id"}),
+    /// "parent", "unchanged" and "changes"; or {"committed": false, "reason"} when nothing was.
+    #[arg(long)]
+    json: bool,
     /// The command to run and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -136,7 +140,11 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
             Some(Ending::Killed) => "the command was killed by a signal, which never commits",
             _ => "the command failed; --commit-on-failure commits anyway",
         };
-        eprintln!("aurum: nothing committed ({why})");
+        if a.json {
+            super::print_json(&serde_json::json!({"committed": false, "reason": why}))?;
+        } else {
+            eprintln!("aurum: nothing committed ({why})");
+        }
         let result = match outcome.filter(|o| !o.success()) {
             Some(o) => Err(anyhow::anyhow!(
                 "the command in the chroot: {}",
@@ -165,6 +173,16 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
         }
     }
     drop(repo);
+    if a.json {
+        let mut v = super::revision_json(&r.capture.revision);
+        v["committed"] = (!r.capture.unchanged).into();
+        v["unchanged"] = r.capture.unchanged.into();
+        v["parent"] = super::revision_json(&r.parent);
+        v["changes"] = serde_json::to_value(&r.changes)?;
+        v["warnings"] = serde_json::json!(r.capture.warnings);
+        super::print_json(&v)?;
+        return finish(work, a.keep, Ok(()));
+    }
     for w in &r.capture.warnings {
         super::warning(w);
     }

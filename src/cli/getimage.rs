@@ -78,6 +78,44 @@ pub struct GetimageArgs {
     /// The command that runs aurum on a remote golden client.
     #[arg(long, value_name = "COMMAND", default_value = "aurum")]
     agent_command: String,
+    /// Print JSON instead of the summary lines: the revision ({"revision", "image", "number",
+    /// "id"}), "unchanged", the counts, "warnings" and "deltas".
+    #[arg(long)]
+    json: bool,
+}
+
+/// The golden client `golden` names: a local directory, or ssh://... reached through `ssh`.
+fn source_of(
+    g: &Global,
+    golden: &str,
+    ssh: &str,
+    agent_command: &str,
+    mut patterns: Vec<String>,
+) -> anyhow::Result<Box<dyn Source>> {
+    Ok(match SshUrl::parse(golden) {
+        Some(url) => {
+            let ssh = shell_words::split(ssh).map_err(|e| {
+                aurum::Error::Invalid(format!("--ssh `{ssh}` is not a valid command line: {e}"))
+            })?;
+            Box::new(RemoteSource::connect(url?, &ssh, agent_command, patterns)?)
+        }
+        None => {
+            let root = PathBuf::from(golden);
+            if !root.is_dir() {
+                return Err(aurum::Error::Invalid(format!(
+                    "golden client {golden} is not a directory; give a mounted root, a chroot, or ssh://host/"
+                ))
+                .into());
+            }
+            // A repository inside the tree it captures would capture itself.
+            if let (Ok(r), Ok(s)) = (std::fs::canonicalize(&g.repo), std::fs::canonicalize(&root)) {
+                if let Ok(rel) = r.strip_prefix(&s) {
+                    patterns.insert(0, format!("/{}", rel.display()));
+                }
+            }
+            Box::new(LocalSource::new(&root, Excludes::new(&patterns)?))
+        }
+    })
 }
 
 pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
@@ -113,38 +151,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
 
     aurum::store::set_level(a.level);
     let mut repo = open(g)?;
-    let mut source: Box<dyn Source> = match SshUrl::parse(&golden) {
-        Some(url) => {
-            let ssh = shell_words::split(&a.ssh).map_err(|e| {
-                aurum::Error::Invalid(format!(
-                    "--ssh `{}` is not a valid command line: {e}",
-                    a.ssh
-                ))
-            })?;
-            Box::new(RemoteSource::connect(
-                url?,
-                &ssh,
-                &a.agent_command,
-                patterns,
-            )?)
-        }
-        None => {
-            let root = PathBuf::from(&golden);
-            if !root.is_dir() {
-                return Err(aurum::Error::Invalid(format!(
-                    "golden client {golden} is not a directory; give a mounted root, a chroot, or ssh://host/"
-                ))
-                .into());
-            }
-            // A repository inside the tree it captures would capture itself.
-            if let (Ok(r), Ok(s)) = (std::fs::canonicalize(&g.repo), std::fs::canonicalize(&root)) {
-                if let Ok(rel) = r.strip_prefix(&s) {
-                    patterns.insert(0, format!("/{}", rel.display()));
-                }
-            }
-            Box::new(LocalSource::new(&root, Excludes::new(&patterns)?))
-        }
-    };
+    let mut source = source_of(g, &golden, &a.ssh, &a.agent_command, patterns)?;
     let progress = g.progress();
     let opts = CaptureOptions {
         image,
@@ -153,10 +160,43 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     };
     let r = capture::getimage(&mut repo, source.as_mut(), &opts, progress.as_ref())?;
     drop(source);
+    let rev = &r.revision;
+    // Deltas first, so that --json can say what they came to.
+    let deltas = match (rev.parent, r.unchanged, a.no_deltas) {
+        (Some(parent), false, false) => {
+            let t = std::time::Instant::now();
+            let budget = delta_budget.unwrap_or(r.elapsed);
+            let p =
+                aurum::repo::delta::precompute(&repo, &parent, &rev.id, budget, progress.as_ref())?;
+            Some((parent, p, t.elapsed()))
+        }
+        _ => None,
+    };
+    if a.json {
+        let mut v = super::revision_json(rev);
+        v["unchanged"] = r.unchanged.into();
+        v["entries"] = r.entries.into();
+        v["files"] = r.files.into();
+        v["bytes"] = r.bytes.into();
+        v["bytes_hashed"] = r.bytes_hashed.into();
+        v["from_cache"] = r.from_cache.into();
+        v["new_bytes"] = r.new_bytes.into();
+        v["seconds"] = r.elapsed.as_secs_f64().into();
+        v["warnings"] = serde_json::json!(r.warnings);
+        v["adopted_packs"] = r.adopted_packs.into();
+        v["deltas"] = deltas
+            .as_ref()
+            .map_or(serde_json::Value::Null, |(from, p, _)| {
+                serde_json::json!({
+                    "from": from.hex(), "deltas": p.deltas, "delta_bytes": p.delta_bytes,
+                    "target_bytes": p.target_bytes, "left": p.left,
+                })
+            });
+        return super::print_json(&v);
+    }
     for w in &r.warnings {
         super::warning(w);
     }
-    let rev = &r.revision;
     println!(
         "{} {}{}",
         rev.name(),
@@ -178,28 +218,23 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
         human_bytes(r.new_bytes),
         r.elapsed.as_secs_f64()
     );
-    if let (Some(parent), false, false) = (rev.parent, r.unchanged, a.no_deltas) {
-        let t = std::time::Instant::now();
-        let budget = delta_budget.unwrap_or(r.elapsed);
-        let p = aurum::repo::delta::precompute(&repo, &parent, &rev.id, budget, progress.as_ref())?;
-        if p.pairs > 0 {
-            let left = if p.left > 0 {
-                format!(
-                    "; {} left for `aurum serve` to make when first asked (--delta-budget)",
-                    p.left
-                )
-            } else {
-                String::new()
-            };
-            println!(
-                "{} deltas from {} precomputed (changed files and the manifest): {} for {}, {:.2} s{left}",
-                p.deltas,
-                parent.short(),
-                human_bytes(p.delta_bytes),
-                human_bytes(p.target_bytes),
-                t.elapsed().as_secs_f64()
-            );
-        }
+    if let Some((parent, p, took)) = deltas.filter(|(_, p, _)| p.pairs > 0) {
+        let left = if p.left > 0 {
+            format!(
+                "; {} left for `aurum serve` to make when first asked (--delta-budget)",
+                p.left
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "{} deltas from {} precomputed (changed files and the manifest): {} for {}, {:.2} s{left}",
+            p.deltas,
+            parent.short(),
+            human_bytes(p.delta_bytes),
+            human_bytes(p.target_bytes),
+            took.as_secs_f64()
+        );
     }
     if r.adopted_packs > 0 {
         println!(

@@ -3,7 +3,7 @@
 use aurum::repo::RevSpec;
 use clap::Args;
 
-use super::{open, Global};
+use super::{open, print_json, revision_json, Global};
 
 /// Put a movable name on a revision (compute:production), or remove one.
 ///
@@ -19,11 +19,19 @@ pub struct TagArgs {
     /// Remove the tag IMAGE:TAG instead.
     #[arg(long, short = 'd')]
     delete: bool,
+    /// Say which revision the tag would name (or, with --delete, which it names now); change
+    /// nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// Print JSON: {"tag": "IMAGE:TAG", "revision", "image", "number", "id", "deleted",
+    /// "dry_run"}.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn tag(g: &Global, a: TagArgs) -> anyhow::Result<()> {
     let mut repo = open(g)?;
-    if a.delete {
+    let (image, tag, rev) = if a.delete {
         let Ok(RevSpec::Tag { image, tag }) = a.rev.parse() else {
             return Err(aurum::Error::Invalid(format!(
                 "`{}`: give the tag to delete as IMAGE:TAG",
@@ -31,13 +39,44 @@ pub fn tag(g: &Global, a: TagArgs) -> anyhow::Result<()> {
             ))
             .into());
         };
-        repo.untag(&image, &tag)?;
-        println!("deleted {image}:{tag}");
-        return Ok(());
+        // The revision it names, which also checks that the tag exists.
+        let rev = repo.resolve(&a.rev)?;
+        if !a.dry_run {
+            repo.untag(&image, &tag)?;
+        }
+        (image, tag, rev)
+    } else {
+        let tag = a.tag.expect("required by clap");
+        let rev = if a.dry_run {
+            aurum::repo::check_name("tag", &tag)?;
+            repo.resolve(&a.rev)?
+        } else {
+            repo.tag(&a.rev, &tag)?
+        };
+        (rev.image.clone(), tag, rev)
+    };
+    if a.json {
+        let mut v = revision_json(&rev);
+        v["tag"] = format!("{image}:{tag}").into();
+        v["deleted"] = a.delete.into();
+        v["dry_run"] = a.dry_run.into();
+        return print_json(&v);
     }
-    let tag = a.tag.expect("required by clap");
-    let rev = repo.tag(&a.rev, &tag)?;
-    println!("{}:{tag} -> {} {}", rev.image, rev.name(), rev.id.short());
+    let would = if a.dry_run { "would be " } else { "" };
+    if a.delete {
+        println!(
+            "{would}deleted {image}:{tag} (it named {} {})",
+            rev.name(),
+            rev.id.short()
+        );
+    } else {
+        println!(
+            "{}{image}:{tag} -> {} {}",
+            if a.dry_run { "would tag " } else { "" },
+            rev.name(),
+            rev.id.short()
+        );
+    }
     Ok(())
 }
 
@@ -51,10 +90,16 @@ pub struct CpimageArgs {
     src: String,
     /// The new image name.
     dst: String,
+    /// Print JSON: {"image", "from"}.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn cpimage(g: &Global, a: CpimageArgs) -> anyhow::Result<()> {
     open(g)?.copy_image(&a.src, &a.dst)?;
+    if a.json {
+        return print_json(&serde_json::json!({ "image": a.dst, "from": a.src }));
+    }
     println!("copied {} to {}", a.src, a.dst);
     Ok(())
 }
@@ -66,11 +111,32 @@ pub struct MvimageArgs {
     old: String,
     /// The new name.
     new: String,
+    /// Check that the rename would succeed; change nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// Print JSON: {"image", "from", "dry_run"}.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn mvimage(g: &Global, a: MvimageArgs) -> anyhow::Result<()> {
-    open(g)?.rename_image(&a.old, &a.new)?;
-    println!("renamed {} to {}", a.old, a.new);
+    let mut repo = open(g)?;
+    if a.dry_run {
+        repo.check_rename_image(&a.old, &a.new)?;
+    } else {
+        repo.rename_image(&a.old, &a.new)?;
+    }
+    if a.json {
+        return print_json(
+            &serde_json::json!({ "image": a.new, "from": a.old, "dry_run": a.dry_run }),
+        );
+    }
+    println!(
+        "{} {} to {}",
+        if a.dry_run { "would rename" } else { "renamed" },
+        a.old,
+        a.new
+    );
     Ok(())
 }
 
@@ -85,13 +151,43 @@ pub struct RmimageArgs {
     /// Remove it even though it has tags.
     #[arg(long)]
     force: bool,
+    /// Say what would be removed (its revisions and tags); change nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// Print JSON: {"image", "revisions": [N...], "tags": [...], "dry_run"}.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn rmimage(g: &Global, a: RmimageArgs) -> anyhow::Result<()> {
-    open(g)?.remove_image(&a.name, a.force)?;
-    println!(
-        "removed image {}; run `aurum gc` to free the space only it used",
-        a.name
-    );
+    let mut repo = open(g)?;
+    let r = if a.dry_run {
+        repo.plan_remove_image(&a.name, a.force)?
+    } else {
+        repo.remove_image(&a.name, a.force)?
+    };
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["dry_run"] = a.dry_run.into();
+        return print_json(&v);
+    }
+    let tags = if r.tags.is_empty() {
+        String::new()
+    } else {
+        format!(" and its tags {}", r.tags.join(", "))
+    };
+    if a.dry_run {
+        println!(
+            "would remove image {} ({} revisions{tags}); nothing was changed",
+            r.image,
+            r.revisions.len()
+        );
+    } else {
+        println!(
+            "removed image {} ({} revisions{tags}); run `aurum gc` to free the space only it used",
+            r.image,
+            r.revisions.len()
+        );
+    }
     Ok(())
 }

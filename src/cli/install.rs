@@ -80,6 +80,9 @@ pub struct PrepareclientArgs {
     /// Write the template here instead of standard output (its name is the class).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// With --output, print JSON: {"disk", "file", "class"}.
+    #[arg(long, requires = "output")]
+    json: bool,
 }
 
 /// The disk holding the root filesystem (`/dev/sda` for `/dev/sda2`).
@@ -122,6 +125,13 @@ pub fn prepareclient(_: &Global, a: PrepareclientArgs) -> anyhow::Result<()> {
                 path: out.clone(),
                 source: e,
             })?;
+            if a.json {
+                return print_json(&serde_json::json!({
+                    "disk": disk.display().to_string(),
+                    "file": out.display().to_string(),
+                    "class": class,
+                }));
+            }
             eprintln!(
                 "wrote the layout of {} to {} (class {class}); add it with `aurum template import {}`",
                 disk.display(),
@@ -153,23 +163,23 @@ pub struct InstallArgs {
     /// `auto`: this machine's first disk that is not removable (for the boot kit).
     #[arg(long, required = true, value_name = "DEV|FILE|auto")]
     disk: Vec<PathBuf>,
-    /// The image server (`aurum serve` or any copy of the repository over HTTP). Without it,
-    /// the repository directory --repo is read.
+    /// The image server (`aurum serve` or any copy of the repository over HTTP). Default:
+    /// $AURUM_SERVER; without either, the repository directory --repo is read.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     #[command(flatten)]
     http: super::HttpArgs,
     /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id.
-    #[arg(long)]
+    #[arg(long, value_name = "REV")]
     image: String,
     /// The hardware class, or `auto` to pick it from this machine's facts.
     #[arg(long, default_value = "auto")]
     class: String,
     /// The node's hostname (written to /etc/hostname; picks hostname hooks and overrides).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
     /// The node's group (picks group hooks and overrides).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     group: Option<String>,
     /// Hooks directory (pre-install/, post-install/...). Default: the repository's `hooks`
     /// image when it has one, else the hooks shipped with aurum.
@@ -188,7 +198,7 @@ pub struct InstallArgs {
     json: bool,
     /// Also send each phase to the --server as node --hostname's install progress
     /// (`aurum nodes`, `aurum node show`); success switches the node to local boot.
-    #[arg(long, requires_all = ["server", "hostname"])]
+    #[arg(long, requires = "hostname")]
     report: bool,
 }
 
@@ -226,7 +236,18 @@ impl Reporter for Terminal {
     }
 }
 
-pub fn install(g: &Global, a: InstallArgs) -> anyhow::Result<()> {
+pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
+    // --server, else AURUM_SERVER; node.toml is a running node's, not an installer's.
+    a.server = a
+        .server
+        .or_else(|| aurum::config::env_var(aurum::config::SERVER_ENV));
+    if a.report && a.server.is_none() {
+        return Err(aurum::Error::Invalid(
+            "--report sends the phases to the image server: give --server URL (or AURUM_SERVER)"
+                .into(),
+        )
+        .into());
+    }
     let class = (a.class != "auto")
         .then(|| ClassName::new(a.class.as_str()))
         .transpose()?;

@@ -129,7 +129,7 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct GcArgs {
     /// Report what would be freed, change nothing.
-    #[arg(long)]
+    #[arg(long, short = 'n')]
     dry_run: bool,
     /// Print JSON.
     #[arg(long)]

@@ -5,6 +5,9 @@
 mod bootkit;
 mod checkout;
 mod chroot;
+mod config;
+mod docs;
+mod fleet;
 mod getimage;
 mod images;
 mod init;
@@ -15,7 +18,10 @@ mod node;
 mod nodedb;
 mod progress;
 mod pxe;
+mod replicate;
+mod rollout;
 mod serve;
+mod si;
 mod tarball;
 mod template;
 
@@ -29,13 +35,19 @@ use clap::{Args, Parser, Subcommand};
 /// A golden client (a configured machine, or a directory holding a root filesystem) is
 /// captured into an image; every capture is an immutable, content-addressed revision
 /// (compute@1, compute@2, ...) that can be tagged, compared, checked out and verified.
-/// Revisions are named IMAGE (newest), IMAGE@N, IMAGE:TAG or by 8+ hex digits of their id.
+/// Revisions are named IMAGE (newest), IMAGE@N, IMAGE:TAG, IMAGE~N (N before the newest) or by
+/// 8+ hex digits of their id.
 #[derive(Parser)]
 #[command(
     name = "aurum",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_long_help = "Configuration: /etc/aurum/aurum.toml (repository, listen, url) on the image \
+server and /etc/aurum/node.toml (server, image, exclude, exclude-file, overrides, hooks, group) \
+on a node; AURUM_CONFIG_DIR names another directory. AURUM_REPO and AURUM_SERVER override the \
+files, flags override both; `aurum config show` prints what is in effect and why.\n\n\
+Exit codes: 0 success, 1 failure, 2 bad input or something missing, 3 damaged data."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -47,17 +59,19 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Args)]
 pub struct Global {
-    /// The repository directory.
-    #[arg(
-        long,
-        global = true,
-        env = "AURUM_REPO",
-        default_value = "/var/lib/aurum"
-    )]
+    /// The repository directory. Default: $AURUM_REPO, else `repository` in aurum.toml, else
+    /// /var/lib/aurum.
+    #[arg(long = "repo", id = "repo", global = true, value_name = "DIR")]
+    repo_flag: Option<PathBuf>,
+    /// The repository directory in effect (flag, environment, aurum.toml or default).
+    #[arg(skip)]
     pub repo: PathBuf,
     /// Whether --repo or AURUM_REPO was given (a node's commands then read from it).
     #[arg(skip)]
     pub repo_given: bool,
+    /// The configuration files (aurum.toml, node.toml), read before the command runs.
+    #[arg(skip)]
+    pub config: aurum::config::Config,
     /// Never draw progress bars (they are drawn only on a terminal anyway).
     #[arg(long, global = true)]
     pub no_progress: bool,
@@ -71,6 +85,24 @@ pub struct Global {
 }
 
 impl Global {
+    /// Reads the configuration files and settles the repository directory: --repo, else
+    /// AURUM_REPO, else aurum.toml's `repository`, else /var/lib/aurum.
+    fn configure(&mut self) -> anyhow::Result<()> {
+        self.config = aurum::config::Config::load()?;
+        let repo = self.config.repository(self.repo_flag.clone());
+        self.repo_given = matches!(
+            repo.origin,
+            aurum::config::Origin::Flag(_) | aurum::config::Origin::Env(_)
+        );
+        self.repo = repo.value;
+        Ok(())
+    }
+
+    /// The repository directory and where it came from.
+    pub fn repo_setting(&self) -> aurum::config::Setting<PathBuf> {
+        self.config.repository(self.repo_flag.clone())
+    }
+
     /// The progress display the options ask for: bars on a terminal, unless --no-progress or
     /// --quiet.
     pub fn progress(&self) -> Box<dyn aurum::progress::Progress> {
@@ -167,21 +199,36 @@ pub enum Command {
     Rollback(node::RollbackArgs),
     MarkGood(node::MarkGoodArgs),
     NodeStatus(node::NodeStatusArgs),
+    Health(node::HealthArgs),
     Node(nodedb::NodeArgs),
+    Exec(fleet::ExecArgs),
+    Rollout(rollout::RolloutArgs),
+    Copy(fleet::CopyArgs),
     Pxe(pxe::PxeArgs),
     Bootkit(bootkit::BootkitArgs),
     Template(template::TemplateArgs),
+    Config(config::ConfigArgs),
+    Completions(docs::CompletionsArgs),
+    Man(docs::ManArgs),
+    Pull(replicate::PullArgs),
+    Push(replicate::PushArgs),
+    Remote(replicate::RemoteArgs),
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
     Install(install::InstallArgs),
+    ImportSi(si::ImportSiArgs),
     #[command(hide = true)]
     InstallReport(install::InstallReportArgs),
 }
 
 /// Runs the chosen command.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(mut cli: Cli) -> anyhow::Result<()> {
+    QUIET.store(cli.global.quiet, std::sync::atomic::Ordering::Relaxed);
+    // The agent runs on a golden client for a capture: its /etc/aurum is not ours to read.
+    if !matches!(cli.command, Command::Agent(_)) {
+        cli.global.configure()?;
+    }
     let g = &cli.global;
-    QUIET.store(g.quiet, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Init(a) => init::exec(g, a),
         Command::Getimage(a) => getimage::exec(g, a),
@@ -208,13 +255,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(a) => node::rollback(g, a),
         Command::MarkGood(a) => node::mark_good(g, a),
         Command::NodeStatus(a) => node::node_status(g, a),
+        Command::Health(a) => node::health(g, a),
         Command::Node(a) => nodedb::exec(g, a),
+        Command::Exec(a) => fleet::exec(g, a),
+        Command::Rollout(a) => rollout::exec(g, a),
+        Command::Copy(a) => fleet::copy(g, a),
         Command::Pxe(a) => pxe::exec(g, a),
         Command::Bootkit(a) => bootkit::exec(g, a),
         Command::Template(a) => template::exec(g, a),
+        Command::Config(a) => config::exec(g, a),
+        Command::Completions(a) => docs::completions(g, a),
+        Command::Man(a) => docs::man(g, a),
+        Command::Pull(a) => replicate::pull(g, a),
+        Command::Push(a) => replicate::push(g, a),
+        Command::Remote(a) => replicate::remote(g, a),
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),
         Command::Install(a) => install::install(g, a),
+        Command::ImportSi(a) => si::import_si(g, a),
         Command::InstallReport(a) => install::install_report(g, a),
     }
 }
@@ -262,6 +320,17 @@ pub fn human_time(secs: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// The JSON naming a revision, which every command that makes or names one prints:
+/// {"revision": "compute@3", "image": "compute", "number": 3, "id": "<64 hex digits>"}.
+fn revision_json(r: &aurum::catalog::Revision) -> serde_json::Value {
+    serde_json::json!({
+        "revision": r.name(),
+        "image": r.image,
+        "number": r.number,
+        "id": r.id.hex(),
+    })
 }
 
 /// Prints a value as pretty JSON on stdout.

@@ -7,18 +7,20 @@ use aurum::apply::client::{self, ClientHooks, ClientUpdate, RollbackTo};
 use aurum::apply::node::Node;
 use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::apply::update::{default_update_excludes, UpdateOptions, UpdateReport};
+use aurum::config::{NodeFile, Origin};
 use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use aurum::format::report::NodeAction;
 use clap::Args;
 
-use super::{human_bytes, human_time, print_json, Global, HttpArgs};
+use super::{human_bytes, human_time, print_json, say, Global, HttpArgs};
 
 /// Where a node gets revisions from: --server, or a repository directory given with the
-/// global --repo (or AURUM_REPO), e.g. an NFS mount of the master's.
+/// global --repo (or AURUM_REPO), e.g. an NFS mount of the master's; else node.toml's server.
 #[derive(Args)]
 pub struct SourceArgs {
     /// The image server: `aurum serve`, or any web server or cache holding a copy of the
-    /// repository (http://master:8035, http://cache/aurum). Without it, --repo DIR is read.
+    /// repository (http://master:8035, http://cache/aurum). Default: $AURUM_SERVER, else
+    /// --repo DIR when given, else `server` in node.toml (several there are tried in order).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     #[command(flatten)]
@@ -26,32 +28,66 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    fn open(&self, g: &Global, node: &Node) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
+    /// The source to read revisions from, none when nothing names one. With several servers
+    /// (node.toml's list), the first that resolves `spec` is used.
+    fn open(
+        &self,
+        g: &Global,
+        node: &Node,
+        spec: Option<&str>,
+    ) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
         // Pack indexes are cached in the node state directory; on a root that has none yet
         // they go to a private temporary directory, so that planning, a dry run and a refused
         // update create nothing under the root.
         let cache = node.dir.is_dir().then(|| node.dir.join("cache"));
-        Ok(match &self.server {
-            Some(url) => Some(Box::new(HttpRepo::new(
-                url,
-                cache.as_deref(),
-                &self.http.options(),
-            )?)),
-            None if g.repo_given => Some(Box::new(LocalRepo::new(&g.repo)?)),
-            None => None,
-        })
+        let servers = g.config.servers(self.server.clone());
+        // A --repo or AURUM_REPO given for this command wins over node.toml's server; a
+        // --server or AURUM_SERVER wins over both.
+        let servers = servers.filter(|s| !g.repo_given || !matches!(s.origin, Origin::File(_)));
+        let Some(servers) = servers else {
+            return Ok(match g.repo_given {
+                true => Some(Box::new(LocalRepo::new(&g.repo)?)),
+                false => None,
+            });
+        };
+        let count = servers.value.len();
+        for (i, url) in servers.value.iter().enumerate() {
+            let last_one = i + 1 == count;
+            // Making the client reads the server's FORMAT: it fails on a server that is down.
+            let probe =
+                HttpRepo::new(url, cache.as_deref(), &self.http.options()).and_then(
+                    |h| match spec {
+                        Some(spec) if !last_one => h.resolve(spec).map(|_| h),
+                        _ => Ok(h),
+                    },
+                );
+            match probe {
+                Ok(http) => return Ok(Some(Box::new(http))),
+                Err(e) if last_one => return Err(e.into()),
+                Err(e) => {
+                    super::warning(format!(
+                        "server {url} ({}): {e:#}; trying the next",
+                        servers.origin
+                    ));
+                }
+            }
+        }
+        // An empty list (`server = []`) names no server.
+        Ok(None)
     }
 }
 
 /// Which paths an update leaves alone.
 #[derive(Args)]
 pub struct ExcludeArgs {
-    /// Leave paths matching PATTERN alone (never written, never deleted). Repeatable.
+    /// Leave paths matching PATTERN alone (never written, never deleted). Repeatable; these
+    /// come before node.toml's `exclude`.
     #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
     /// Read more exclude rules from FILE, as `rsync --exclude-from` does (SystemImager's
     /// updateclient.local.exclude works as it is): `- ` or `+ ` before a pattern, `#` or `;`
-    /// comments; the first rule that matches decides, and these come before the defaults.
+    /// comments; the first rule that matches decides, and these come before node.toml's
+    /// `exclude-file` and `exclude`, and all before the defaults.
     #[arg(long, value_name = "FILE")]
     exclude_file: Vec<PathBuf>,
     /// Do not apply the default update excludes (SystemImager's updateclient.local.exclude:
@@ -61,14 +97,18 @@ pub struct ExcludeArgs {
 }
 
 impl ExcludeArgs {
-    fn build(&self) -> anyhow::Result<Excludes> {
-        // The first rule that matches decides (as in rsync): the administrator's before the
-        // defaults, nothing before what is never touched.
+    fn build(&self, config: &NodeFile) -> anyhow::Result<Excludes> {
+        // The first rule that matches decides (as in rsync): the command line's before
+        // node.toml's, both before the defaults, nothing before what is never touched.
         let mut p: Vec<String> = ALWAYS_EXCLUDED.iter().map(|s| s.to_string()).collect();
         for f in &self.exclude_file {
             p.extend(read_exclude_file(f)?);
         }
         p.extend(self.exclude.iter().cloned());
+        for f in &config.exclude_file {
+            p.extend(read_exclude_file(f)?);
+        }
+        p.extend(config.exclude.iter().cloned());
         if !self.no_default_excludes {
             p.extend(default_update_excludes().into_iter().map(String::from));
         }
@@ -87,11 +127,12 @@ impl ExcludeArgs {
 pub struct UpdateclientArgs {
     #[command(flatten)]
     source: SourceArgs,
-    /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id.
-    #[arg(long)]
+    /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id. Default: `image` in
+    /// node.toml.
+    #[arg(long, value_name = "REV")]
     image: Option<String>,
     /// The node's root.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
     /// Print the itemised plan and the bytes it would fetch; change nothing.
     #[arg(long, short = 'n')]
@@ -108,7 +149,8 @@ pub struct UpdateclientArgs {
     #[arg(long)]
     adopt: bool,
     /// Also lay the override image IMAGE over this node, now and on every later update
-    /// (after the overrides it follows, so it wins). Repeatable.
+    /// (after the overrides it follows, so it wins). Repeatable; node.toml's `overrides` are
+    /// added on every update too.
     #[arg(long = "override", value_name = "IMAGE")]
     add_override: Vec<String>,
     /// Stop laying the override image IMAGE over this node: its files go back to the image's
@@ -123,19 +165,23 @@ pub struct UpdateclientArgs {
     /// Run the pre-update/ and post-update/ hooks of this hooks directory (named
     /// NN<class>.<what>; class all, the image, --group or this host's name) before and after
     /// the update. A failing pre-update hook stops the update before anything changes.
+    /// Default: `hooks` in node.toml.
     #[arg(long, value_name = "DIR")]
     hooks: Option<PathBuf>,
-    /// The node's group, for choosing hooks.
-    #[arg(long, requires = "hooks")]
+    /// The node's group, for choosing hooks. Default: `group` in node.toml.
+    #[arg(long, value_name = "NAME")]
     group: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
-fn print_report(action: &str, r: &UpdateReport, json: bool) -> anyhow::Result<()> {
+fn print_report(action: &str, r: &UpdateReport, dry_run: bool, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(r);
+    }
+    if dry_run {
+        super::say!("aurum: {action} --dry-run: nothing was changed; the plan follows");
     }
     for line in &r.plan {
         println!("{line}");
@@ -179,9 +225,14 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let spec = a.image.as_deref().ok_or_else(|| {
-        aurum::Error::Invalid("give the revision to update to with --image".into())
+    let config = &g.config;
+    let spec = config.image(a.image.clone()).ok_or_else(|| {
+        aurum::Error::Invalid(format!(
+            "give the revision to update to with --image, or set `image` in {}",
+            config.dir.join(aurum::config::NODE_FILE).display()
+        ))
     })?;
+    let spec = spec.value.as_str();
     // A dry run writes nothing under the root, not even the state directory or its lock; nor
     // does a real run before its plan passed (see --adopt).
     let node = if a.dry_run {
@@ -189,30 +240,44 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     } else {
         Node::open_deferred(&a.root)?
     };
-    let source = a.source.open(g, &node)?.ok_or_else(|| {
-        aurum::Error::Invalid(
-            "give the image server with --server URL (or a repository directory with --repo DIR)"
-                .into(),
-        )
+    let source = a.source.open(g, &node, Some(spec))?.ok_or_else(|| {
+        aurum::Error::Invalid(format!(
+            "give the image server with --server URL (or AURUM_SERVER, or `server` in {}), or a repository directory with --repo DIR",
+            config.dir.join(aurum::config::NODE_FILE).display()
+        ))
     })?;
     let opts = UpdateOptions {
         action: NodeAction::Updateclient,
         dry_run: a.dry_run,
         no_delete: a.no_delete,
         verify_local: a.verify_local,
-        excludes: a.excludes.build()?,
+        excludes: a.excludes.build(&config.node)?,
         adopt: a.adopt,
         overlay: None,
         before_writes: None,
     };
+    // node.toml's overrides are followed on every update, unless this one stops following one.
+    let mut add_override = a.add_override;
+    for o in &config.node.overrides {
+        if !add_override.contains(o) && !a.no_override.contains(o) {
+            add_override.push(o.clone());
+        }
+    }
+    let hooks = a.hooks.or_else(|| config.node.hooks.clone());
+    if hooks.is_none() && a.group.is_some() {
+        return Err(aurum::Error::Invalid(
+            "--group chooses hooks: give --hooks DIR too (or `hooks` in node.toml)".into(),
+        )
+        .into());
+    }
     let run = ClientUpdate {
         spec: spec.to_string(),
         opts,
-        add_override: a.add_override,
+        add_override,
         no_override: a.no_override,
-        hooks: a.hooks.map(|dir| ClientHooks {
+        hooks: hooks.map(|dir| ClientHooks {
             dir,
-            group: a.group,
+            group: a.group.or_else(|| config.node.group.clone()),
             on_output: Arc::new(|name: &str, out: &str| {
                 super::say!("updateclient: hook {name}");
                 for line in out.lines() {
@@ -223,7 +288,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     };
     let progress = g.progress();
     let r = client::updateclient(&node, source.as_ref(), run, progress.as_ref())?;
-    print_report("updateclient", &r, a.json)
+    print_report("updateclient", &r, a.dry_run, a.json)
 }
 
 /// Return this node to the revision it ran before its last update, from its own undo area.
@@ -235,7 +300,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct RollbackArgs {
     /// Go to this revision instead (IMAGE, IMAGE@N, IMAGE:TAG or an id).
-    #[arg(long, conflicts_with = "last_known_good")]
+    #[arg(long, conflicts_with = "last_known_good", value_name = "REV")]
     to: Option<String>,
     /// Go to the node's last-known-good revision.
     #[arg(long)]
@@ -243,19 +308,28 @@ pub struct RollbackArgs {
     #[command(flatten)]
     source: SourceArgs,
     /// The node's root.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
     #[command(flatten)]
     excludes: ExcludeArgs,
+    /// Print the itemised plan of the rollback and the bytes it would fetch; change nothing
+    /// (no file, no node state, no report to the server).
+    #[arg(long, short = 'n')]
+    dry_run: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
-    let node = Node::open_deferred(&a.root)?;
+    // A dry run writes nothing under the root, not even the node's lock.
+    let node = if a.dry_run {
+        Node::open_read_only(&a.root)?
+    } else {
+        Node::open_deferred(&a.root)?
+    };
     // A plain rollback needs no source: do not fail on one that cannot be reached.
-    let source = match a.source.open(g, &node) {
+    let source = match a.source.open(g, &node, a.to.as_deref()) {
         Ok(s) => s,
         Err(e) if a.to.is_none() => {
             log::warn!("not using the repository given: {e:#}");
@@ -265,10 +339,10 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
     };
     let opts = UpdateOptions {
         action: NodeAction::Rollback,
-        dry_run: false,
+        dry_run: a.dry_run,
         no_delete: false,
         verify_local: false,
-        excludes: a.excludes.build()?,
+        excludes: a.excludes.build(&g.config.node)?,
         adopt: false,
         overlay: None,
         before_writes: None,
@@ -280,22 +354,124 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
     };
     let progress = g.progress();
     let r = client::rollback(&node, source.as_deref(), to, opts, progress.as_ref())?;
-    print_report("rollback", &r, a.json)
+    print_report("rollback", &r, a.dry_run, a.json)
 }
 
 /// Record the revision this node runs as its last-known-good.
 #[derive(Args)]
 pub struct MarkGoodArgs {
     /// The node's root.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
+    /// Print JSON: {"revision": "IMAGE@N", "id", "last_known_good": {"image", "number", "id",
+    /// "overrides"}}.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
     // On a root aurum never updated there is nothing to mark: create nothing there.
     let node = Node::open_deferred(&a.root)?;
     let current = client::mark_good(&node)?;
+    if a.json {
+        let revision = match (&current.image, current.number) {
+            (Some(i), Some(n)) => format!("{i}@{n}"),
+            _ => current.id.clone(),
+        };
+        return print_json(
+            &serde_json::json!({"last_known_good": current, "revision": revision, "id": current.id}),
+        );
+    }
     println!("last-known-good: {}", current.name());
+    Ok(())
+}
+
+/// Run this node's health checks and record the result.
+///
+/// Runs the executables in ROOT/etc/aurum/health/required.d/ (any failure makes the node
+/// unhealthy) and wanted.d/ (failures are only reported), each in name order with a time limit,
+/// chrooted into ROOT when it is not /. Images carry their checks: put them in the golden
+/// client's /etc/aurum/health/. The result is kept in the node's state (shown by node-status)
+/// when aurum manages the root. Exits 0 when healthy, 1 when a required check failed.
+#[derive(Args)]
+pub struct HealthArgs {
+    /// The node's root.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    root: PathBuf,
+    /// The longest one check may run; it is then killed (with its children) and fails.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    timeout: u64,
+    /// Report the result to this server (`aurum serve`: its status page shows it). Default:
+    /// AURUM_SERVER, else node.toml's server; none: no report.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
+    use aurum::apply::health::{self, CheckStatus};
+    let limit = std::time::Duration::from_secs(a.timeout.max(1));
+    let (record, recorded) = health::check(&a.root, limit)?;
+    if let Some(servers) = g.config.servers(a.server.clone()) {
+        if let Some(url) = servers.value.first() {
+            if let Err(e) = health::report(url, &record) {
+                super::warning(format!("the result was not reported to {url}: {e}"));
+            }
+        }
+    }
+    if a.json {
+        print_json(&serde_json::json!({"health": record, "recorded": recorded}))?;
+    } else {
+        for c in &record.checks {
+            let status = match c.status {
+                CheckStatus::Pass => "pass",
+                CheckStatus::Fail => "FAIL",
+                CheckStatus::Timeout => "TIMEOUT",
+                CheckStatus::Error => "ERROR",
+            };
+            let kind = if c.required { "required" } else { "wanted" };
+            println!("{status:<8} {kind:<9} {:<24} {:.2} s", c.name, c.seconds);
+            if c.status != CheckStatus::Pass {
+                for line in c
+                    .output
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    println!("         | {line}");
+                }
+            }
+        }
+        if record.checks.is_empty() {
+            say!(
+                "aurum: {} has no health checks ({}/required.d/ and wanted.d/ are empty or missing)",
+                a.root.display(),
+                health::HEALTH_DIR
+            );
+        }
+        println!(
+            "{}",
+            if record.healthy {
+                "healthy"
+            } else {
+                "UNHEALTHY"
+            }
+        );
+        if !recorded {
+            say!(
+                "aurum: not recorded: aurum has not installed or updated {}",
+                a.root.display()
+            );
+        }
+    }
+    if !record.healthy {
+        std::process::exit(1);
+    }
     Ok(())
 }
 
@@ -303,7 +479,7 @@ pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct NodeStatusArgs {
     /// The node's root.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
     /// Print JSON.
     #[arg(long)]
@@ -335,6 +511,24 @@ pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
             state.overrides.join(", ")
         }
     );
+    if let Some(h) = &state.health {
+        let failed: Vec<&str> = h
+            .checks
+            .iter()
+            .filter(|c| c.status != aurum::apply::health::CheckStatus::Pass)
+            .map(|c| c.name.as_str())
+            .collect();
+        println!(
+            "health           {} at {}{}",
+            if h.healthy { "healthy" } else { "UNHEALTHY" },
+            human_time(h.time),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" (failed: {})", failed.join(", "))
+            }
+        );
+    }
     if let Some(j) = journal {
         println!(
             "INTERRUPTED      {} to {}: rerun it to finish",

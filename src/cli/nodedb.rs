@@ -38,14 +38,15 @@ struct Fields {
     /// Fixed IP address (written as the node's DHCP host entry).
     #[arg(long)]
     ip: Option<String>,
-    /// Hardware class: the partition template it is installed with.
+    /// Hardware class: the partition template it is installed with (a class of `aurum
+    /// template list`).
     #[arg(long)]
     class: Option<String>,
-    /// The revision it installs: IMAGE, IMAGE@N or IMAGE:TAG.
-    #[arg(long, value_name = "REF")]
+    /// The revision it installs: IMAGE, IMAGE@N or IMAGE:TAG (one the repository holds).
+    #[arg(long, value_name = "REV")]
     image: Option<String>,
     /// Group (picks group overrides and hooks).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     group: Option<String>,
     /// Address of its BMC (IPMI/Redfish), for power and boot-device control.
     #[arg(long, value_name = "ADDR")]
@@ -86,6 +87,9 @@ struct AddArgs {
     mac: String,
     #[command(flatten)]
     fields: Fields,
+    /// Print the node added as JSON (as `node show --json` prints it).
+    #[arg(long)]
+    json: bool,
 }
 
 /// List the nodes of the database.
@@ -116,14 +120,23 @@ struct SetArgs {
     mac: Option<String>,
     #[command(flatten)]
     fields: Fields,
+    /// Print the node as changed, as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
-/// Remove a node from the database.
+/// Remove nodes from the database, all or none.
 #[derive(Args)]
 struct RmArgs {
-    /// Node name(s).
+    /// Node name(s) or MAC(s).
     #[arg(required = true)]
     names: Vec<String>,
+    /// Say which nodes would be removed; change nothing.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// Print JSON: {"removed": [NODE...], "dry_run"}.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Add the nodes of a CSV file, all or none.
@@ -135,123 +148,178 @@ struct RmArgs {
 struct ImportArgs {
     /// The CSV file.
     file: PathBuf,
+    /// Print the nodes added as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn exec(g: &Global, a: NodeArgs) -> anyhow::Result<()> {
     match a.command {
-        NodeCommand::Add(a) => {
-            let mut n = NodeEntry::new(&a.name, &a.mac)?;
-            a.fields.apply(&mut n)?;
-            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
-            repo.catalog.add_nodes(std::slice::from_ref(&n))?;
+        NodeCommand::Add(a) => add(g, a),
+        NodeCommand::List(a) => list(g, a),
+        NodeCommand::Show(a) => show(g, a),
+        NodeCommand::Set(a) => set(g, a),
+        NodeCommand::Rm(a) => rm(g, a),
+        NodeCommand::Import(a) => import(g, a),
+    }
+}
+
+fn add(g: &Global, a: AddArgs) -> anyhow::Result<()> {
+    let mut n = NodeEntry::new(&a.name, &a.mac)?;
+    a.fields.apply(&mut n)?;
+    let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+    repo.check_node(&n)?;
+    repo.catalog.add_nodes(std::slice::from_ref(&n))?;
+    if a.json {
+        return print_json(&n);
+    }
+    println!(
+        "added node {} ({}): next network boot installs",
+        n.name, n.mac
+    );
+    Ok(())
+}
+
+fn list(g: &Global, a: ListArgs) -> anyhow::Result<()> {
+    let nodes = open(g)?.catalog.inventory()?;
+    if a.json {
+        return print_json(&nodes);
+    }
+    if nodes.is_empty() {
+        println!("no nodes: add them with `aurum node add` or `aurum node import`");
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} LAST PHASE",
+        "NODE", "MAC", "IP", "CLASS", "IMAGE", "GROUP", "BOOT"
+    );
+    for n in nodes {
+        println!(
+            "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} {}",
+            n.name,
+            n.mac,
+            n.ip.as_deref().unwrap_or("-"),
+            n.class.as_ref().map_or("-", ClassName::as_str),
+            n.image.as_deref().unwrap_or("-"),
+            n.group.as_deref().unwrap_or("-"),
+            n.boot.as_str(),
+            n.last
+                .as_ref()
+                .map(|l| format!("{} {}", l.phase, human_time(l.time)))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}
+
+fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    let n = repo.catalog.inventory_get(&a.name)?;
+    let phases = repo.catalog.install_phases(&n.name, 40)?;
+    if a.json {
+        return print_json(&serde_json::json!({ "node": n, "phases": phases }));
+    }
+    let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("node      {}", n.name);
+    println!("mac       {}", n.mac);
+    println!("ip        {}", or(&n.ip));
+    println!(
+        "class     {}",
+        n.class.as_ref().map_or("-", ClassName::as_str)
+    );
+    println!("image     {}", or(&n.image));
+    println!("group     {}", or(&n.group));
+    println!("bmc       {}", or(&n.bmc));
+    println!(
+        "boot      {}",
+        match n.boot {
+            Boot::Install => "install (the next network boot installs it)",
+            Boot::Local => "local (network boots go on to the local disk)",
+        }
+    );
+    match &n.last {
+        None => println!("install   never reported"),
+        Some(l) => {
             println!(
-                "added node {} ({}): next network boot installs",
-                n.name, n.mac
+                "phase     {} {}",
+                l.phase,
+                l.detail.lines().next().unwrap_or("")
             );
-        }
-        NodeCommand::List(a) => {
-            let nodes = open(g)?.catalog.inventory()?;
-            if a.json {
-                return print_json(&nodes);
-            }
-            if nodes.is_empty() {
-                println!("no nodes: add them with `aurum node add` or `aurum node import`");
-                return Ok(());
-            }
-            println!(
-                "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} LAST PHASE",
-                "NODE", "MAC", "IP", "CLASS", "IMAGE", "GROUP", "BOOT"
-            );
-            for n in nodes {
-                println!(
-                    "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} {}",
-                    n.name,
-                    n.mac,
-                    n.ip.as_deref().unwrap_or("-"),
-                    n.class.as_ref().map_or("-", ClassName::as_str),
-                    n.image.as_deref().unwrap_or("-"),
-                    n.group.as_deref().unwrap_or("-"),
-                    n.boot.as_str(),
-                    n.last
-                        .as_ref()
-                        .map(|l| format!("{} {}", l.phase, human_time(l.time)))
-                        .unwrap_or_else(|| "-".into())
-                );
-            }
-        }
-        NodeCommand::Show(a) => {
-            let repo = open(g)?;
-            let n = repo.catalog.inventory_get(&a.name)?;
-            let phases = repo.catalog.install_phases(&n.name, 40)?;
-            if a.json {
-                return print_json(&serde_json::json!({ "node": n, "phases": phases }));
-            }
-            let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-            println!("node      {}", n.name);
-            println!("mac       {}", n.mac);
-            println!("ip        {}", or(&n.ip));
-            println!(
-                "class     {}",
-                n.class.as_ref().map_or("-", ClassName::as_str)
-            );
-            println!("image     {}", or(&n.image));
-            println!("group     {}", or(&n.group));
-            println!("bmc       {}", or(&n.bmc));
-            println!(
-                "boot      {}",
-                match n.boot {
-                    Boot::Install => "install (the next network boot installs it)",
-                    Boot::Local => "local (network boots go on to the local disk)",
-                }
-            );
-            match &n.last {
-                None => println!("install   never reported"),
-                Some(l) => {
-                    println!(
-                        "phase     {} {}",
-                        l.phase,
-                        l.detail.lines().next().unwrap_or("")
-                    );
-                    println!("revision  {}", or(&l.revision));
-                    println!("time      {}", human_time(l.time));
-                }
-            }
-            if !phases.is_empty() {
-                println!("\nphases of its installs (newest last):");
-                for p in phases {
-                    println!("  {}  {:<10} {}", human_time(p.time), p.phase, p.detail);
-                }
-            }
-        }
-        NodeCommand::Set(a) => {
-            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
-            let mut n = repo.catalog.inventory_get(&a.name)?;
-            if let Some(mac) = a.mac {
-                n.mac = nodes::normalise_mac(&mac)?;
-            }
-            a.fields.apply(&mut n)?;
-            repo.catalog.update_node(&n)?;
-            println!("updated node {}", n.name);
-        }
-        NodeCommand::Rm(a) => {
-            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
-            for name in &a.names {
-                if !repo.catalog.remove_node(name)? {
-                    return Err(aurum::Error::NotFound(format!("no node {name}")).into());
-                }
-                println!("removed node {name}");
-            }
-        }
-        NodeCommand::Import(a) => {
-            let text = std::fs::read_to_string(&a.file).map_err(|e| aurum::Error::Io {
-                path: a.file.clone(),
-                source: e,
-            })?;
-            let nodes = nodes::parse_csv(&text, &a.file.display().to_string())?;
-            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
-            repo.catalog.add_nodes(&nodes)?;
-            println!("imported {} nodes from {}", nodes.len(), a.file.display());
+            println!("revision  {}", or(&l.revision));
+            println!("time      {}", human_time(l.time));
         }
     }
+    if !phases.is_empty() {
+        println!("\nphases of its installs (newest last):");
+        for p in phases {
+            println!("  {}  {:<10} {}", human_time(p.time), p.phase, p.detail);
+        }
+    }
+    Ok(())
+}
+
+fn set(g: &Global, a: SetArgs) -> anyhow::Result<()> {
+    let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+    let mut n = repo.catalog.inventory_get(&a.name)?;
+    if let Some(mac) = a.mac {
+        n.mac = nodes::normalise_mac(&mac)?;
+    }
+    // Only what is being set is checked: a node whose image was removed since can still be
+    // given a new group.
+    let class = a.fields.class.as_ref().filter(|c| !c.is_empty()).cloned();
+    let image = a.fields.image.as_ref().filter(|i| !i.is_empty()).cloned();
+    a.fields.apply(&mut n)?;
+    repo.check_node_fields(&n.name, class.and(n.class.as_ref()), image.as_deref())?;
+    repo.catalog.update_node(&n)?;
+    if a.json {
+        return print_json(&n);
+    }
+    println!("updated node {}", n.name);
+    Ok(())
+}
+
+fn rm(g: &Global, a: RmArgs) -> anyhow::Result<()> {
+    let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+    // All or none: every node is looked up (by name or MAC) before any is removed.
+    let names = a
+        .names
+        .iter()
+        .map(|n| repo.catalog.inventory_get(n).map(|e| e.name))
+        .collect::<Result<Vec<String>, _>>()?;
+    if !a.dry_run {
+        for name in &names {
+            if !repo.catalog.remove_node(name)? {
+                return Err(aurum::Error::NotFound(format!("no node {name}")).into());
+            }
+        }
+    }
+    if a.json {
+        return print_json(&serde_json::json!({ "removed": names, "dry_run": a.dry_run }));
+    }
+    for name in &names {
+        match a.dry_run {
+            true => println!("would remove node {name}"),
+            false => println!("removed node {name}"),
+        }
+    }
+    Ok(())
+}
+
+fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.file).map_err(|e| aurum::Error::Io {
+        path: a.file.clone(),
+        source: e,
+    })?;
+    let nodes = nodes::parse_csv(&text, &a.file.display().to_string())?;
+    let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+    for n in &nodes {
+        repo.check_node(n)
+            .map_err(|e| e.with_note(&format!("nothing was imported from {}", a.file.display())))?;
+    }
+    repo.catalog.add_nodes(&nodes)?;
+    if a.json {
+        return print_json(&nodes);
+    }
+    println!("imported {} nodes from {}", nodes.len(), a.file.display());
     Ok(())
 }

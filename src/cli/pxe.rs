@@ -8,7 +8,7 @@ use aurum::netboot::pxe::{self, DhcpOptions};
 use aurum::repo::{Lock, Repository};
 use clap::{Args, Subcommand};
 
-use super::{open, Global};
+use super::{open, print_json, Global};
 
 /// Network boot: DHCP configuration, the TFTP tree, install or local boot per node.
 ///
@@ -45,9 +45,9 @@ struct ConfigArgs {
     /// Write an ISC dhcpd configuration here.
     #[arg(long, value_name = "FILE", group = "kind")]
     dhcpd: Option<PathBuf>,
-    /// Where nodes reach `aurum serve`.
+    /// Where nodes reach `aurum serve`. Default: `url` in aurum.toml.
     #[arg(long, value_name = "URL")]
-    server: String,
+    server: Option<String>,
     /// The TFTP server's address (next-server), when it is not the DHCP server.
     #[arg(long, value_name = "ADDR")]
     tftp_server: Option<String>,
@@ -66,6 +66,9 @@ struct ConfigArgs {
     /// dnsmasq: ProxyDHCP, beside an existing DHCP server that hands out the addresses.
     #[arg(long)]
     proxy: bool,
+    /// Print JSON: {"file", "kind", "nodes"}.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Write the TFTP tree: the first iPXE script, and each node's pxelinux and iPXE files.
@@ -77,15 +80,18 @@ struct ConfigArgs {
 /// `aurum pxe netboot` and install reports rewrite a node's files in it.
 #[derive(Args)]
 struct TftpArgs {
-    /// The TFTP root directory.
-    #[arg(long, value_name = "DIR")]
-    root: PathBuf,
-    /// Where nodes reach `aurum serve`.
+    /// The TFTP root directory (as `pxe config --tftp-root`; `--root` is its old spelling).
+    #[arg(long = "tftp-root", alias = "root", value_name = "DIR")]
+    tftp_root: PathBuf,
+    /// Where nodes reach `aurum serve`. Default: `url` in aurum.toml.
     #[arg(long, value_name = "URL")]
-    server: String,
+    server: Option<String>,
     /// The boot kit directory. Default: REPO/bootkit.
     #[arg(long, value_name = "DIR")]
     kit: Option<PathBuf>,
+    /// Print JSON: {"tftp_root", "nodes", "notes"}.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Switch a node's next network boot to install or to its local disk (si_mkclientnetboot).
@@ -103,74 +109,120 @@ struct NetbootArgs {
     /// Boot from the local disk.
     #[arg(long, group = "mode")]
     local: bool,
+    /// Print JSON: [{"node", "boot", "tftp_root"}...].
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where nodes reach `aurum serve`: --server, else aurum.toml's `url`.
+fn server_url(g: &Global, flag: Option<String>) -> anyhow::Result<String> {
+    Ok(g.config
+        .url(flag)
+        .ok_or_else(|| {
+            aurum::Error::Invalid(format!(
+                "give where nodes reach `aurum serve` with --server URL, or set `url` in {}",
+                g.config.dir.join(aurum::config::SERVER_FILE).display()
+            ))
+        })?
+        .value)
 }
 
 pub fn exec(g: &Global, a: PxeArgs) -> anyhow::Result<()> {
     match a.command {
-        PxeCommand::Config(a) => {
-            let nodes = open(g)?.catalog.inventory()?;
-            let range = match &a.range {
-                Some(r) => Some(
-                    r.split_once(',')
-                        .map(|(x, y)| (x.trim().to_string(), y.trim().to_string()))
-                        .ok_or_else(|| aurum::Error::Invalid(format!("--range `{r}`: give A,B")))?,
-                ),
-                None => None,
-            };
-            let o = DhcpOptions {
-                server: a.server,
-                tftp_server: a.tftp_server,
-                interface: a.interface,
-                subnet: a.subnet,
-                range,
-                proxy: a.proxy,
-                tftp_root: a.tftp_root,
-            };
-            let (file, text) = match (a.dnsmasq, a.dhcpd) {
-                (Some(f), _) => (f, pxe::dnsmasq_config(&nodes, &o)?),
-                (None, Some(f)) => (f, pxe::dhcpd_config(&nodes, &o)?),
-                (None, None) => unreachable!("clap requires one"),
-            };
-            std::fs::write(&file, text).map_err(|e| aurum::Error::Io {
-                path: file.clone(),
-                source: e,
-            })?;
-            println!("wrote {} ({} nodes)", file.display(), nodes.len());
+        PxeCommand::Config(a) => config(g, a),
+        PxeCommand::Tftp(a) => tftp(g, a),
+        PxeCommand::Netboot(a) => netboot(g, a),
+    }
+}
+
+fn config(g: &Global, a: ConfigArgs) -> anyhow::Result<()> {
+    let nodes = open(g)?.catalog.inventory()?;
+    let range = match &a.range {
+        Some(r) => Some(
+            r.split_once(',')
+                .map(|(x, y)| (x.trim().to_string(), y.trim().to_string()))
+                .ok_or_else(|| aurum::Error::Invalid(format!("--range `{r}`: give A,B")))?,
+        ),
+        None => None,
+    };
+    let o = DhcpOptions {
+        server: server_url(g, a.server)?,
+        tftp_server: a.tftp_server,
+        interface: a.interface,
+        subnet: a.subnet,
+        range,
+        proxy: a.proxy,
+        tftp_root: a.tftp_root,
+    };
+    let (file, kind, text) = match (a.dnsmasq, a.dhcpd) {
+        (Some(f), _) => (f, "dnsmasq", pxe::dnsmasq_config(&nodes, &o)?),
+        (None, Some(f)) => (f, "dhcpd", pxe::dhcpd_config(&nodes, &o)?),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    std::fs::write(&file, text).map_err(|e| aurum::Error::Io {
+        path: file.clone(),
+        source: e,
+    })?;
+    if a.json {
+        return print_json(&serde_json::json!({
+            "file": file.display().to_string(), "kind": kind, "nodes": nodes.len(),
+        }));
+    }
+    println!("wrote {} ({} nodes)", file.display(), nodes.len());
+    Ok(())
+}
+
+fn tftp(g: &Global, a: TftpArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    let kit = a.kit.unwrap_or_else(|| g.repo.join("bootkit"));
+    let server = server_url(g, a.server)?;
+    let notes = pxe::tftp(&repo.catalog, &a.tftp_root, &server, &kit)?;
+    let nodes = repo.catalog.inventory()?.len();
+    if a.json {
+        return print_json(&serde_json::json!({
+            "tftp_root": a.tftp_root.display().to_string(), "nodes": nodes, "notes": notes,
+        }));
+    }
+    for n in notes {
+        super::say!("aurum: note: {n}");
+    }
+    println!(
+        "wrote the TFTP tree at {} ({nodes} nodes)",
+        a.tftp_root.display()
+    );
+    Ok(())
+}
+
+fn netboot(g: &Global, a: NetbootArgs) -> anyhow::Result<()> {
+    let boot = if a.install {
+        Boot::Install
+    } else {
+        Boot::Local
+    };
+    let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+    let mut done = Vec::new();
+    for name in &a.nodes {
+        let (n, root) = pxe::netboot(&mut repo.catalog, name, boot)?;
+        if a.json {
+            done.push(serde_json::json!({
+                "node": n.name, "boot": boot.as_str(),
+                "tftp_root": root.map(|r| r.display().to_string()),
+            }));
+            continue;
         }
-        PxeCommand::Tftp(a) => {
-            let repo = open(g)?;
-            let kit = a.kit.unwrap_or_else(|| g.repo.join("bootkit"));
-            let notes = pxe::tftp(&repo.catalog, &a.root, &a.server, &kit)?;
-            for n in notes {
-                super::say!("aurum: note: {n}");
-            }
-            println!(
-                "wrote the TFTP tree at {} ({} nodes)",
-                a.root.display(),
-                repo.catalog.inventory()?.len()
-            );
-        }
-        PxeCommand::Netboot(a) => {
-            let boot = if a.install {
-                Boot::Install
-            } else {
-                Boot::Local
-            };
-            let mut repo = Repository::open(&g.repo, Lock::Shared)?;
-            for name in &a.nodes {
-                let (n, root) = pxe::netboot(&mut repo.catalog, name, boot)?;
-                println!(
-                    "{}: next network boot {}{}",
-                    n.name,
-                    match boot {
-                        Boot::Install => "installs",
-                        Boot::Local => "boots the local disk",
-                    },
-                    root.map(|r| format!(" (TFTP files in {} rewritten)", r.display()))
-                        .unwrap_or_default()
-                );
-            }
-        }
+        println!(
+            "{}: next network boot {}{}",
+            n.name,
+            match boot {
+                Boot::Install => "installs",
+                Boot::Local => "boots the local disk",
+            },
+            root.map(|r| format!(" (TFTP files in {} rewritten)", r.display()))
+                .unwrap_or_default()
+        );
+    }
+    if a.json {
+        return print_json(&done);
     }
     Ok(())
 }

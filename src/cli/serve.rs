@@ -19,18 +19,29 @@ use super::{human_bytes, human_time, open, print_json, Global};
 /// Logs one line per request on stderr; stops cleanly on SIGTERM or Ctrl-C.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address and port to listen on.
-    #[arg(long, default_value = "0.0.0.0:8035", value_name = "ADDR:PORT")]
-    listen: String,
+    /// Address and port to listen on. Default: `listen` in aurum.toml, else 0.0.0.0:8035.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
     /// Requests worked on at once. Connections take no thread while they wait (idle, or a
     /// node's socket full), so thousands of nodes may stay connected.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_name = "N")]
     threads: usize,
     /// Close a connection that stalls this long: a request head not complete this long after
     /// its first byte, a kept-alive connection with no request, a node that stops reading its
     /// answer. A slow node that keeps reading is never dropped.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     stall_timeout: u64,
+    /// Send at most N files at once (packs, large manifests); past that, answer 503 with a
+    /// Retry-After, which aurum nodes honour, instead of slowing every transfer down.
+    /// 0: no limit.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    max_transfers: usize,
+    /// Be a cache tier of the aurum serve at URL: --repo is then a cache directory (made when
+    /// missing). Packs, indexes, manifests and deltas this server lacks are fetched once,
+    /// checked against their ids, kept and served; refs, the API and boot scripts are passed
+    /// on. Give nodes this server's address; the upstream sees one fetch per object.
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
 }
 
 pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
@@ -40,27 +51,44 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     signals.add(Signal::SIGINT);
     signals.thread_block()?;
     // Opening it brings a repository of an older aurum to the public/ layout served below.
-    drop(open(g)?);
-    let serving = aurum::serve::bind(
+    // A cache tier has none.
+    if a.upstream.is_none() {
+        drop(open(g)?);
+    }
+    let listen = g.config.listen(a.listen);
+    let options = aurum::serve::Options {
+        max_transfers: a.max_transfers,
+        upstream: a.upstream.clone(),
+    };
+    let serving = aurum::serve::bind_with(
         &g.repo,
-        &a.listen,
+        &listen.value,
         std::time::Duration::from_secs(a.stall_timeout.max(1)),
+        options,
     )?;
-    eprintln!(
-        "aurum: serving {} on http://{} (SIGTERM or Ctrl-C stops)",
-        g.repo.display(),
-        serving.addr
-    );
+    // Printed even with --quiet: it is serve's result, the address a port 0 was bound to.
+    match &a.upstream {
+        None => eprintln!(
+            "aurum: serving {} on http://{} (SIGTERM or Ctrl-C stops)",
+            g.repo.display(),
+            serving.addr
+        ),
+        Some(up) => eprintln!(
+            "aurum: caching {up} in {} on http://{} (SIGTERM or Ctrl-C stops)",
+            g.repo.display(),
+            serving.addr
+        ),
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     std::thread::spawn(move || {
         if let Ok(sig) = signals.wait() {
-            eprintln!("aurum: {sig}: finishing the requests in progress");
+            super::say!("aurum: {sig}: finishing the requests in progress");
         }
         flag.store(true, Ordering::Relaxed);
     });
     serving.run(&g.repo, a.threads, &stop)?;
-    eprintln!("aurum: stopped");
+    super::say!("aurum: stopped");
     Ok(())
 }
 

@@ -21,6 +21,10 @@ pub struct ExportArgs {
     /// FILE.tzst (zstd), or `-` for standard output (plain).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
+    /// Print JSON: the revision ({"revision", "image", "number", "id"}), "output", "bytes"
+    /// and "warnings" (not with `-o -`).
+    #[arg(long)]
+    json: bool,
 }
 
 /// How an archive named FILE is compressed, from its ending.
@@ -55,6 +59,12 @@ impl Compression {
 
 pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
     let name = a.output.to_string_lossy().into_owned();
+    if a.json && name == "-" {
+        return Err(aurum::Error::Invalid(
+            "--json with `-o -`: standard output carries the archive; give -o FILE".into(),
+        )
+        .into());
+    }
     let compression = if name == "-" {
         Compression::Plain
     } else {
@@ -69,11 +79,20 @@ pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
         write_archive(&repo, &manifest, &a.output, compression)
             .with_context(|| a.output.display().to_string())?
     };
-    for w in &warnings {
-        super::warning(w);
+    if !a.json {
+        for w in &warnings {
+            super::warning(w);
+        }
     }
     if name != "-" {
         let size = std::fs::metadata(&a.output)?.len();
+        if a.json {
+            let mut v = super::revision_json(&rev);
+            v["output"] = a.output.display().to_string().into();
+            v["bytes"] = size.into();
+            v["warnings"] = serde_json::json!(warnings);
+            return super::print_json(&v);
+        }
         super::say!(
             "{} {} -> {} ({})",
             rev.name(),
@@ -147,19 +166,30 @@ fn without_temp_name(dir: &std::path::Path, e: std::io::Error) -> std::io::Error
 #[derive(Args)]
 pub struct ImportArgs {
     /// The image to add the revision to (created when new).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     image: String,
     /// A note kept with the revision.
     #[arg(short, long, default_value = "")]
     message: String,
     /// The archive.
     file: PathBuf,
+    /// Print JSON: the revision ({"revision", "image", "number", "id"}) and the counts.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
     let mut repo = open(g)?;
     let started = std::time::Instant::now();
     let (rev, stats) = aurum::tarball::import(&mut repo, &a.file, &a.image, &a.message)?;
+    if a.json {
+        let mut v = super::revision_json(&rev);
+        v["files"] = stats.files.into();
+        v["bytes"] = stats.bytes.into();
+        v["new_bytes"] = stats.new_bytes.into();
+        v["seconds"] = started.elapsed().as_secs_f64().into();
+        return super::print_json(&v);
+    }
     println!("{} {}", rev.name(), rev.id.short());
     println!(
         "{} files, {}, {} new stored, {:.2} s",

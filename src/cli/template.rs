@@ -1,4 +1,5 @@
-//! `template` subcommands: list, show, check, render, match, edit, new, import.
+//! `template` subcommands: list, show, check, render, match, edit, new, import, import-si
+//! (in `si.rs`, with the other SystemImager migration command).
 
 use std::path::PathBuf;
 
@@ -32,6 +33,7 @@ enum TemplateCmd {
     Edit(EditArgs),
     New(NewArgs),
     Import(ImportArgs),
+    ImportSi(super::si::TemplateImportSiArgs),
 }
 
 /// List the classes: newest version, disk range, description.
@@ -102,6 +104,9 @@ struct EditArgs {
     /// Edit this file instead of a copy of the newest version (to retry a refused edit).
     #[arg(long, value_name = "FILE")]
     from_file: Option<PathBuf>,
+    /// Print JSON at the end: {"class", "version", "previous", "saved"}.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Create a class, as a copy of another class (default: compute).
@@ -109,8 +114,11 @@ struct EditArgs {
 struct NewArgs {
     class: ClassName,
     /// The class to copy.
-    #[arg(long, default_value = "compute")]
+    #[arg(long, default_value = "compute", value_name = "CLASS")]
     from: ClassName,
+    /// Print JSON: {"class", "version", "from"}.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Add or update classes from template files (class = file name without .toml).
@@ -120,6 +128,9 @@ struct ImportArgs {
     /// Also import the templates shipped with aurum (what `aurum init` does).
     #[arg(long)]
     shipped: bool,
+    /// Print JSON: [{"class", "version", "changed"}...].
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn exec(g: &Global, a: TemplateArgs) -> anyhow::Result<()> {
@@ -132,6 +143,7 @@ pub fn exec(g: &Global, a: TemplateArgs) -> anyhow::Result<()> {
         TemplateCmd::Edit(a) => edit(g, a),
         TemplateCmd::New(a) => new(g, a),
         TemplateCmd::Import(a) => import(g, a),
+        TemplateCmd::ImportSi(a) => super::si::template_import_si(g, a),
     }
 }
 
@@ -375,6 +387,11 @@ fn edit(g: &Global, a: EditArgs) -> anyhow::Result<()> {
     })?;
     if text == old.text {
         let _ = std::fs::remove_file(&copy);
+        if a.json {
+            return print_json(&serde_json::json!({
+                "class": a.class, "version": old.version, "previous": old.version, "saved": false,
+            }));
+        }
         println!(
             "class {}: no change (still version {})",
             a.class, old.version
@@ -396,6 +413,11 @@ fn edit(g: &Global, a: EditArgs) -> anyhow::Result<()> {
             let plan = render(&t, &vec![size; t.file.disks.len()])?;
             let (v, _) = store::save(&mut repo, &a.class, &text, "edited")?;
             let _ = std::fs::remove_file(&copy);
+            if a.json {
+                return print_json(&serde_json::json!({
+                    "class": a.class, "version": v, "previous": old.version, "saved": true,
+                }));
+            }
             print!("{}", plan.table());
             println!("{line}");
             println!(
@@ -439,6 +461,9 @@ fn new(g: &Global, a: NewArgs) -> anyhow::Result<()> {
         &text,
         &format!("new, copied from {}", a.from),
     )?;
+    if a.json {
+        return print_json(&serde_json::json!({"class": a.class, "version": v, "from": a.from}));
+    }
     println!(
         "class {} created (version {v}, a copy of {}); change it with `aurum template edit {}`",
         a.class, a.from, a.class
@@ -468,6 +493,15 @@ fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
             &format!("imported from {}", f.display()),
         )?;
         done.push((class, v, new));
+    }
+    if a.json {
+        let v: Vec<_> = done
+            .iter()
+            .map(
+                |(class, v, new)| serde_json::json!({"class": class, "version": v, "changed": new}),
+            )
+            .collect();
+        return print_json(&v);
     }
     for (class, v, new) in done {
         println!(

@@ -6,7 +6,7 @@
 //! the catalog's to query. `book/src/format.md` (Catalog) shows the schema as it stands.
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -135,6 +135,53 @@ pub const MIGRATIONS: &[&str] = &[
         revision TEXT
     );
     "#,
+    // 4 -> 5: rollouts (a revision to a node set in waves) with each node's part and a log.
+    r#"
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        image TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        revision TEXT NOT NULL,
+        nodeset TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        state TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    CREATE TABLE rollout_nodes (
+        rollout INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+        node TEXT NOT NULL,
+        host TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        previous TEXT,
+        detail TEXT NOT NULL,
+        updated INTEGER NOT NULL,
+        PRIMARY KEY (rollout, node)
+    );
+    CREATE TABLE rollout_events (
+        rollout INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+        time INTEGER NOT NULL,
+        node TEXT,
+        event TEXT NOT NULL
+    );
+    "#,
+    // 5 -> 6: remotes, the repositories `aurum pull` copies from, with how the last pulls went.
+    r#"
+    CREATE TABLE remotes (
+        name TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        mirror INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        last_success INTEGER,
+        last_error TEXT,
+        last_error_time INTEGER,
+        last_contact INTEGER,
+        lag INTEGER
+    );
+    "#,
 ];
 
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
@@ -169,6 +216,7 @@ mod tests {
             "node_reports",
             "nodes",
             "packs",
+            "remotes",
             "revisions",
             "sources",
             "statcache",

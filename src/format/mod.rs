@@ -80,6 +80,7 @@ pub mod node;
 pub mod pack;
 pub mod refs;
 pub mod report;
+pub mod rollout;
 pub mod wire;
 
 use std::fmt;
@@ -139,6 +140,20 @@ impl Id {
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.hex())
+    }
+}
+
+/// In JSON (`refs/IMAGE/log`) an id is its 64 hex digits.
+impl serde::Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Id, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Id::from_hex(&s).ok_or_else(|| serde::de::Error::custom("not an id of 64 hex digits"))
     }
 }
 

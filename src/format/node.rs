@@ -15,8 +15,47 @@ use super::Id;
 use crate::error::{corrupt, Result};
 
 /// Version of `state.json`, not stored: 1 had revisions and history; 2 added `overrides` and
-/// `tree` to a revision and the node's `overrides` list, both absent (empty) when not used.
-pub const VERSION: u32 = 2;
+/// `tree` to a revision and the node's `overrides` list, both absent (empty) when not used;
+/// 3 added `health`, the last health check, absent until `aurum health` runs.
+pub const VERSION: u32 = 3;
+
+/// How one health check ended.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckStatus {
+    Pass,
+    /// It exited non-zero or was killed by a signal.
+    Fail,
+    /// It ran past its time limit and was killed.
+    Timeout,
+    /// It could not be started (not executable, bad interpreter line).
+    Error,
+}
+
+/// One check of a health run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckResult {
+    /// The file name in `required.d/` or `wanted.d/`.
+    pub name: String,
+    /// Whether its failure makes the node unhealthy (`required.d`) or is only reported.
+    pub required: bool,
+    pub status: CheckStatus,
+    pub exit: Option<i32>,
+    pub seconds: f64,
+    /// The end of what it printed (stdout and stderr), at most a few KiB.
+    pub output: String,
+}
+
+/// The last run of the node's health checks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthRecord {
+    pub time: i64,
+    /// The revision the node ran when checked (its current one), if aurum installed it.
+    pub revision: Option<RevRef>,
+    /// No required check failed.
+    pub healthy: bool,
+    pub checks: Vec<CheckResult>,
+}
 
 /// A revision as the node records it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -101,6 +140,9 @@ pub struct NodeState {
     /// --override`/`--no-override` change the list. Absent from older state files: none.
     #[serde(default)]
     pub overrides: Vec<String>,
+    /// The last health check (`aurum health`); absent until one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthRecord>,
 }
 
 impl NodeState {
@@ -185,6 +227,7 @@ mod tests {
                     last_known_good,
                     history,
                     overrides,
+                    health: None,
                 }
             })
     }

@@ -27,6 +27,8 @@ named_enum! {
         Updateclient = "updateclient",
         Rollback = "rollback",
         Install = "install",
+        /// Its health checks ran (`aurum health --server`): result ok = healthy.
+        Health = "health",
     }
 }
 

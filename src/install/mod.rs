@@ -9,8 +9,10 @@
 //!    fit, before anything is written); the revision is resolved and its manifest fetched, and
 //!    every tool the plan needs is looked for, also before anything is written;
 //! 4. pre-install hooks;
-//! 5. partition: a fresh GPT and protective MBR, written in one pass (see [`write_gpt`]), then
-//!    RAID1 arrays (mdadm) and LVM volumes (lvm2) when the template has them;
+//! 5. partition: a fresh GPT and protective MBR, written in one pass (see [`write_gpt`]), or
+//!    an MBR with primary, extended and logical partitions (msdos label, [`write_msdos`]);
+//!    disks marked untouched are skipped; then RAID arrays (mdadm) and LVM volumes (lvm2)
+//!    when the template has them;
 //! 6. mkfs: each filesystem with its own tool, with the template's label and options;
 //! 7. transfer: the filesystems are mounted under a temporary directory and the revision is
 //!    applied with the updateclient engine, which also writes the node state
@@ -46,9 +48,9 @@ use crate::format::manifest::Manifest;
 use crate::format::report::{InstallPhase, NodeAction};
 use crate::name::ClassName;
 use crate::progress::Progress;
-use crate::template::render::{DiskPlan, Plan};
+use crate::template::render::{DiskPlan, Plan, RaidPlan};
 use crate::template::size::human;
-use crate::template::{matching, render, Fs, FsSpec, PartType, Template};
+use crate::template::{matching, render, Fs, FsSpec, Label, PartType, Role, Template};
 
 /// A phase of an install, as reported.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -302,6 +304,13 @@ fn check_tools(plan: &Plan, any_file: bool) -> Result<()> {
     if !plan.raids.is_empty() {
         need.push("mdadm");
     }
+    if plan
+        .disks
+        .iter()
+        .any(|d| d.label == Label::Msdos && !d.untouched)
+    {
+        need.push("sfdisk");
+    }
     if !plan.volume_groups.is_empty() {
         need.extend(["pvcreate", "vgcreate", "lvcreate", "vgchange"]);
     }
@@ -333,7 +342,8 @@ fn check_tools(plan: &Plan, any_file: bool) -> Result<()> {
         "mdadm" => "mdadm",
         "pvcreate" | "vgcreate" | "lvcreate" | "vgchange" => "lvm2",
         "chroot" => "coreutils",
-        _ => [Fs::Ext4, Fs::Xfs, Fs::Vfat, Fs::Btrfs, Fs::Swap]
+        "sfdisk" => "fdisk",
+        _ => Fs::ALL
             .into_iter()
             .map(Fs::mkfs)
             .find(|m| m.program == p)
@@ -353,19 +363,14 @@ fn check_tools(plan: &Plan, any_file: bool) -> Result<()> {
     )))
 }
 
-/// Bytes wiped at each end of a disk before its new GPT is written: the old primary and backup
-/// GPTs, an old MBR, and the MD (0.90, 1.0) and LVM signatures that sit near either end and
-/// would otherwise be found again by the kernel or by blkid.
+/// Bytes wiped at each end of a disk before its new table is written: the old primary and
+/// backup GPTs, an old MBR, and the MD (0.90, 1.0) and LVM signatures that sit near either end
+/// and would otherwise be found again by the kernel or by blkid.
 const WIPE: u64 = 1 << 20;
 
-/// Writes a fresh GPT with a protective MBR and the plan's partitions, in one pass with the
-/// gpt crate. `sgdisk` did this before, twice (`--zap-all`, then the table): each run ends
-/// with a `sync` and a one-second sleep, two of the four seconds of a small install.
-fn write_gpt(disk: &Path, plan: &DiskPlan) -> Result<()> {
-    let err = |e: &dyn std::fmt::Display| {
-        crate::Error::Tool(format!("writing the GPT of {}: {e}", disk.display()))
-    };
-    let mut f = std::fs::OpenOptions::new()
+/// Opens `disk` for writing and zeroes [`WIPE`] bytes at each end; returns it and its size.
+fn wipe_ends(disk: &Path) -> Result<(std::fs::File, u64)> {
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(disk)
@@ -374,6 +379,20 @@ fn write_gpt(disk: &Path, plan: &DiskPlan) -> Result<()> {
     let zeros = vec![0u8; WIPE.min(size / 2) as usize];
     f.write_all_at(&zeros, 0).at(disk)?;
     f.write_all_at(&zeros, size - zeros.len() as u64).at(disk)?;
+    Ok((f, size))
+}
+
+/// The GPT attribute bit "legacy BIOS bootable", what `boot = true` sets on a GPT disk.
+const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
+
+/// Writes a fresh GPT with a protective MBR and the plan's partitions, in one pass with the
+/// gpt crate. `sgdisk` did this before, twice (`--zap-all`, then the table): each run ends
+/// with a `sync` and a one-second sleep, two of the four seconds of a small install.
+fn write_gpt(disk: &Path, plan: &DiskPlan) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| {
+        crate::Error::Tool(format!("writing the GPT of {}: {e}", disk.display()))
+    };
+    let (mut f, size) = wipe_ends(disk)?;
     let sectors = size / 512;
     let mbr =
         gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(0xFFFF_FFFF));
@@ -393,12 +412,51 @@ fn write_gpt(disk: &Path, plan: &DiskPlan) -> Result<()> {
             p.start / 512,
             (p.end - p.start) / 512,
             p.kind.gpt_type(),
-            0,
+            if p.boot { LEGACY_BIOS_BOOTABLE } else { 0 },
         )
         .map_err(|e| err(&e))?;
     }
     let f = g.write().map_err(|e| err(&e))?;
     f.sync_all().at(disk)
+}
+
+/// The `sfdisk` script of an msdos plan: one line per partition, named by its number (`sfdisk`
+/// reads the number from the name's last digits), so logical partitions get 5, 6, ... and
+/// land inside the extended one.
+fn sfdisk_script(disk: &Path, plan: &DiskPlan) -> String {
+    let mut s = String::from("label: dos\nunit: sectors\n\n");
+    for p in &plan.partitions {
+        let id = match p.role {
+            Some(Role::Extended) => 0x05,
+            _ => p.kind.mbr_id().unwrap_or(0x83),
+        };
+        s += &format!(
+            "{} : start={}, size={}, type={id:x}{}\n",
+            devices::partition_node(disk, p.number).display(),
+            p.start / 512,
+            p.size / 512,
+            if p.boot { ", bootable" } else { "" }
+        );
+    }
+    s
+}
+
+/// Writes a fresh MBR (msdos label) with the plan's primary, extended and logical partitions
+/// with `sfdisk` (util-linux), which writes the extended boot records of the logical ones.
+fn write_msdos(disk: &Path, plan: &DiskPlan) -> Result<()> {
+    let (f, _) = wipe_ends(disk)?;
+    f.sync_all().at(disk)?;
+    drop(f);
+    let mut script = tempfile::NamedTempFile::new()?;
+    script
+        .write_all(sfdisk_script(disk, plan).as_bytes())
+        .at(script.path())?;
+    let input = std::fs::File::open(script.path()).at(script.path())?;
+    run(Command::new("sfdisk")
+        .args(["--quiet", "--wipe", "always", "--no-reread"])
+        .arg(disk)
+        .stdin(input))?;
+    Ok(())
 }
 
 /// `UUID=... /scr ext4 noatime 0 2` lines for the filesystems made.
@@ -532,6 +590,26 @@ fn choose_template(
     Ok(t)
 }
 
+/// The `mdadm --create` of one array: its level, members, spares, chunk and layout.
+fn mdadm_create(r: &RaidPlan, md: &Path, members: &[PathBuf], spares: &[PathBuf]) -> Command {
+    let mut c = Command::new("mdadm");
+    c.args(["--create", "--run", "--metadata=1.2", "--homehost=any"]);
+    c.arg(format!("--level={}", r.level));
+    c.arg(format!("--raid-devices={}", members.len()));
+    if !spares.is_empty() {
+        c.arg(format!("--spare-devices={}", spares.len()));
+    }
+    if let Some(k) = r.chunk {
+        c.arg(format!("--chunk={}", k / 1024));
+    }
+    if let Some(layout) = &r.layout {
+        c.arg(format!("--layout={layout}"));
+    }
+    c.arg(format!("--name={}", r.name));
+    c.arg(md).args(members).args(spares);
+    c
+}
+
 /// Block devices made by partitioning, released on drop in field order: volume groups
 /// first, then arrays, then the disks' loop devices.
 struct Layout {
@@ -556,12 +634,27 @@ fn partition(
         targets: Vec::new(),
     };
     for (path, dp) in paths.iter().zip(&plan.disks) {
+        if dp.untouched {
+            reporter.report(Phase::Partition(format!(
+                "{}: left untouched",
+                path.display()
+            )));
+            l.disks.push(Disk::open(path)?);
+            continue;
+        }
         reporter.report(Phase::Partition(format!(
-            "{}: GPT with {} partitions",
+            "{}: {} with {} partitions",
             path.display(),
+            match dp.label {
+                Label::Gpt => "GPT",
+                Label::Msdos => "MBR (msdos)",
+            },
             dp.partitions.len()
         )));
-        write_gpt(path, dp)?;
+        match dp.label {
+            Label::Gpt => write_gpt(path, dp)?,
+            Label::Msdos => write_msdos(path, dp)?,
+        }
         let disk = Disk::open(path)?;
         if disk.is_block {
             // Let the kernel (and udev, when there is one) see the new partitions.
@@ -575,7 +668,7 @@ fn partition(
     let mut named: Vec<(String, PathBuf)> = Vec::new();
     for (disk, dp) in l.disks.iter_mut().zip(&plan.disks) {
         for p in &dp.partitions {
-            if p.kind == PartType::BiosBoot {
+            if p.kind == PartType::BiosBoot || p.role == Some(Role::Extended) {
                 continue;
             }
             let dev = disk.partition(p.number, p.start, p.size)?;
@@ -600,34 +693,27 @@ fn partition(
     };
     for r in &plan.raids {
         let md = PathBuf::from(format!("/dev/md/{}", r.name));
-        let members: Vec<PathBuf> = template
+        let spec = template
             .file
             .raid
             .iter()
             .find(|x| x.get_ref().name == r.name)
             .expect("planned from these")
-            .get_ref()
-            .devices
-            .iter()
-            .map(|n| dev_of(&named, n))
-            .collect();
+            .get_ref();
+        let members: Vec<PathBuf> = spec.devices.iter().map(|n| dev_of(&named, n)).collect();
+        let spares: Vec<PathBuf> = spec.spares.iter().map(|n| dev_of(&named, n)).collect();
         reporter.report(Phase::Partition(format!(
-            "RAID1 {} over {} devices",
+            "RAID{} {} over {} devices{}",
+            r.level,
             md.display(),
-            members.len()
+            members.len(),
+            if spares.is_empty() {
+                String::new()
+            } else {
+                format!(" and {} spares", spares.len())
+            }
         )));
-        let mut c = Command::new("mdadm");
-        c.args([
-            "--create",
-            "--run",
-            "--metadata=1.2",
-            "--level=1",
-            "--homehost=any",
-        ]);
-        c.arg(format!("--raid-devices={}", members.len()));
-        c.arg(format!("--name={}", r.name));
-        c.arg(&md).args(&members);
-        run(&mut c)?;
+        run(&mut mdadm_create(r, &md, &members, &spares))?;
         l.arrays.0.push(md.clone());
         named.push((r.name.clone(), md.clone()));
         if r.fs.fs.is_some() {
@@ -909,7 +995,7 @@ fn install_inner(
         root: mnt.clone(),
         revision: target.id.hex(),
         server: source.describe(),
-        class: Some(template.class.to_string()),
+        class: Some(template.class.clone()),
         firmware: Some(match facts.firmware {
             Firmware::Uefi => "uefi",
             Firmware::Bios => "bios",

@@ -44,6 +44,11 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ahci",
     "nvme",
     "crc32c_generic",
+    "md_mod",
+    "raid0",
+    "raid1",
+    "raid10",
+    "raid456",
     "ext4",
     "xfs",
     "vfat",
@@ -56,6 +61,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
 const REQUIRED_TOOLS: &[&str] = &["sgdisk", "mkfs.ext4", "blkid", "mount", "umount"];
 const OPTIONAL_TOOLS: &[&str] = &[
     "mke2fs",
+    "mkfs.ext2",
+    "mkfs.ext3",
+    "sfdisk",
     "mkfs.vfat",
     "mkfs.fat",
     "mkfs.xfs",

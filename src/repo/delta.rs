@@ -380,6 +380,7 @@ pub fn precompute(
             Ok(())
         })?;
     progress.finish();
+    crate::repo::publish::write_delta_list(&repo.root)?;
     Ok(Precomputed {
         pairs: wants.len() as u64,
         deltas: deltas.into_inner(),

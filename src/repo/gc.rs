@@ -138,6 +138,7 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
     if !dry_run {
         report.deltas_deleted = crate::repo::delta::Cache::new(&repo.root)
             .prune(&|id| live.contains(id) || revisions.contains(id))?;
+        crate::repo::publish::write_delta_list(&repo.root)?;
     }
     if !dry_run {
         repo.catalog.event(

@@ -39,8 +39,10 @@ use crate::format::{Id, FORMAT_VERSION};
 use crate::store::{self, FinishedPack, PackReader, PackWriter};
 
 mod names;
+mod nodes;
 mod revspec;
-pub use revspec::RevSpec;
+pub use names::ImageRemoval;
+pub use revspec::{step_back, RevSpec};
 
 /// Catalog meta key set once the repository's file modes were brought to what
 /// [`publish::check_modes`] wants (repositories made before it had everything 0600).
@@ -48,6 +50,10 @@ const MODES_META: &str = "file-modes";
 /// Catalog meta key set once the published files lie in `public/` (format 1 had them at the
 /// repository's top): the end of [`upgrade_layout`], which `FORMAT` saying 2 only begins.
 const LAYOUT_META: &str = "public-dir";
+/// Catalog meta key set once the published files include those `aurum pull` reads
+/// (`refs/IMAGES`, `refs/IMAGE/log`, `deltas/list`; version 2 of [`crate::format::refs`]):
+/// a repository made before gets them at its first open by this aurum, as a recovery.
+const PULL_FILES_META: &str = "pull-files";
 /// The repository format that had the published directories at the top; opened by moving
 /// them into `public/`.
 const TOP_LEVEL_FORMAT: u32 = 1;
@@ -69,6 +75,12 @@ pub struct Repository {
 
 /// Checks an image or tag name: letters, digits, `.`, `_`, `-`, not starting with a dot or dash.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
+    if what == "image" && crate::format::refs::image_name_ok(name) && name.contains('/') {
+        return Err(invalid(format!(
+            "`{name}` is an image pulled from remote `{}` and is read-only here: copy it with `aurum cpimage {name} NEW-NAME` and work on the copy",
+            name.split('/').next().unwrap_or_default()
+        )));
+    }
     crate::name::check(what, name)?;
     // An image named like a revision id would hide the revisions whose ids start that way.
     let hexlike = name.len() >= 8 && name.bytes().all(|b| b.is_ascii_hexdigit());
@@ -78,6 +90,15 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Whether `name` may name an image to read: a name [`check_name`] takes, or `REMOTE/NAME`
+/// for an image pulled from a remote (read-only, so `check_name` refuses it for writing).
+pub fn is_image_name(name: &str) -> bool {
+    crate::format::refs::image_name_ok(name)
+        && name
+            .split('/')
+            .all(|part| check_name("image", part).is_ok())
 }
 
 /// Creates a new, empty repository at `root`.
@@ -134,6 +155,9 @@ pub fn init(root: &Path) -> Result<()> {
     let catalog = Catalog::open(&root.join("aurum.db"))?;
     catalog.set_meta(MODES_META, "1")?;
     catalog.set_meta(LAYOUT_META, "1")?;
+    let (images, list) = publish::images(&catalog)?;
+    store::write_atomic(root, &public.join(images), &list)?;
+    catalog.set_meta(PULL_FILES_META, "1")?;
     catalog.set_meta("format", &FORMAT_VERSION.to_string())?;
     catalog.set_meta("created", &crate::catalog::now().to_string())?;
     store::write_atomic(
@@ -237,7 +261,15 @@ fn orphan_markers(root: &Path) -> Vec<PathBuf> {
 /// so a failed conversion would leave the command working with no lock at all.
 fn lock_and_recover(root: &Path, file: &File, lock: Lock) -> Result<Catalog> {
     let lock_path = root.join("lock");
-    let recover = !orphan_markers(root).is_empty() && file.try_lock().is_ok();
+    // refs/IMAGES is written with the other pull files and always exists once they are (an
+    // empty repository's is empty): its presence spares every command a catalog look-up.
+    let behind = || {
+        !store::published(root).join("refs/IMAGES").exists()
+            && Catalog::open(&root.join("aurum.db"))
+                .and_then(|c| c.get_meta(PULL_FILES_META))
+                .is_ok_and(|m| m.is_none())
+    };
+    let recover = (!orphan_markers(root).is_empty() || behind()) && file.try_lock().is_ok();
     if !recover {
         flock(file, lock, &lock_path)?;
         return Catalog::open(&root.join("aurum.db"));
@@ -248,6 +280,9 @@ fn lock_and_recover(root: &Path, file: &File, lock: Lock) -> Result<Catalog> {
         Ok(rebuilt) => {
             for p in &left {
                 let _ = fs::remove_file(p);
+            }
+            if let Err(e) = catalog.set_meta(PULL_FILES_META, "1") {
+                log::debug!("cannot record that the pull files are published: {e}");
             }
             log::info!(
                 "{}: a command stopped before publishing what it recorded; rebuilt {} published files",
@@ -340,6 +375,28 @@ fn upgrade_layout(root: &Path, catalog: &Catalog, lock: &File, held: Lock) -> Re
     Ok(())
 }
 
+/// Checks a `FORMAT` file's text (of a repository at `place`, a path or a URL): refuses a
+/// repository made by a newer aurum, saying to upgrade, and anything that is not a
+/// repository this aurum reads. Returns the format.
+pub fn check_format(place: &str, text: &[u8]) -> Result<u32> {
+    let Some(version) = crate::format::refs::format_version(text) else {
+        return Err(invalid(format!(
+            "{place}: its FORMAT file is not an aurum repository's"
+        )));
+    };
+    if version > FORMAT_VERSION {
+        return Err(invalid(format!(
+            "{place} was made by a newer aurum (format {version}, this aurum reads up to {FORMAT_VERSION}): upgrade aurum"
+        )));
+    }
+    if version != FORMAT_VERSION && version != TOP_LEVEL_FORMAT {
+        return Err(invalid(format!(
+            "{place} holds repository format {version}; this aurum reads formats {TOP_LEVEL_FORMAT} and {FORMAT_VERSION}"
+        )));
+    }
+    Ok(version)
+}
+
 impl Repository {
     /// Opens the repository at `root`, holding its lock as asked.
     pub fn open(root: &Path, lock: Lock) -> Result<Repository> {
@@ -355,13 +412,7 @@ impl Repository {
             }
             Err(e) => return Err(e).at(&format),
         };
-        let version = crate::format::refs::format_version(text.as_bytes()).unwrap_or(0);
-        if version != FORMAT_VERSION && version != TOP_LEVEL_FORMAT {
-            return Err(invalid(format!(
-                "{} holds repository format {version}; this aurum reads formats {TOP_LEVEL_FORMAT} and {FORMAT_VERSION}",
-                root.display()
-            )));
-        }
+        check_format(&root.display().to_string(), text.as_bytes())?;
         let lock_path = root.join("lock");
         let lock_file = fs::OpenOptions::new()
             .read(true)
@@ -389,7 +440,7 @@ impl Repository {
         })
     }
 
-    /// Resolves `IMAGE`, `IMAGE@N`, `IMAGE:TAG` or a hex prefix of at least 8 digits.
+    /// Resolves `IMAGE`, `IMAGE@N`, `IMAGE:TAG`, `IMAGE~N` or a hex prefix of at least 8 digits.
     pub fn resolve(&self, spec: &str) -> Result<Revision> {
         let not_found = |what: String| Error::NotFound(what);
         let parsed: RevSpec = spec.parse()?;
@@ -420,6 +471,20 @@ impl Repository {
                     .revision(image, number)?
                     .expect("tags reference existing revisions"));
             }
+            RevSpec::Back { image, back } => {
+                self.require_image(image)?;
+                let numbers: Vec<u32> = self
+                    .catalog
+                    .revisions(image)?
+                    .iter()
+                    .map(|r| r.number)
+                    .collect();
+                let number = revspec::step_back(image, *back, &numbers)?;
+                return Ok(self
+                    .catalog
+                    .revision(image, number)?
+                    .expect("listed just above"));
+            }
             RevSpec::Bare(_) => {}
         }
         if self.catalog.image_exists(spec)? {
@@ -442,7 +507,7 @@ impl Repository {
             }
         }
         Err(not_found(format!(
-            "no image or revision `{spec}`; `aurum lsimage` lists images (references: IMAGE, IMAGE@N, IMAGE:TAG, or 8+ hex digits of a revision id)"
+            "no image or revision `{spec}`; `aurum lsimage` lists images (references: IMAGE, IMAGE@N, IMAGE:TAG, IMAGE~N, or 8+ hex digits of a revision id)"
         )))
     }
 
@@ -544,6 +609,11 @@ impl Repository {
         stats: &RevisionStats,
     ) -> Result<Revision> {
         check_name("image", image)?;
+        if self.catalog.remote(image)?.is_some() {
+            return Err(invalid(format!(
+                "`{image}` is the name of a remote (its images are `{image}/IMAGE`): give the image another name"
+            )));
+        }
         let publishing = self.publishing()?;
         let number = match self
             .catalog
@@ -577,13 +647,15 @@ impl Repository {
         let public = store::published(&self.root);
         let dir = public.join("refs").join(image);
         let files = publish::refs(&self.catalog, image)?;
+        let (images, list) = publish::images(&self.catalog)?;
         if files.is_empty() {
             if dir.exists() {
                 fs::remove_dir_all(&dir).at(&dir)?;
             }
-            return Ok(());
+            return store::write_atomic(&self.root, &public.join(images), &list);
         }
         publish::write(&self.root, &files)?;
+        store::write_atomic(&self.root, &public.join(images), &list)?;
         let tag_dir = dir.join("tags");
         store::create_public_dir(&self.root, &tag_dir)?;
         for old in fs::read_dir(&tag_dir).at(&tag_dir)? {
@@ -1068,5 +1140,42 @@ impl Repository {
             buf: Vec::new(),
             buf_at: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulled_images_are_read_but_not_written() {
+        assert!(is_image_name("compute") && is_image_name("super/compute"));
+        assert!(!is_image_name("a/b/c") && !is_image_name("/compute") && !is_image_name("super/"));
+        assert!(
+            !is_image_name("super/deadbeef12"),
+            "a part that reads as an id"
+        );
+        let e = check_name("image", "super/compute")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cpimage super/compute"), "{e}");
+        assert!(check_name("image", "a/b/c").is_err());
+    }
+
+    #[test]
+    fn a_newer_format_says_to_upgrade() {
+        let e = check_format("/srv/aurum", b"aurum repository format 9\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("/srv/aurum was made by a newer aurum (format 9, this aurum reads up to {FORMAT_VERSION}): upgrade aurum")
+        );
+        assert_eq!(
+            check_format("x", b"aurum repository format 2\n").unwrap(),
+            2
+        );
+        assert!(check_format("x", b"something else 2\n").is_err());
+        assert!(check_format("x", b"aurum repository format 0\n").is_err());
     }
 }

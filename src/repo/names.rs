@@ -9,6 +9,16 @@ use super::{check_name, Repository};
 use crate::catalog::Revision;
 use crate::error::{invalid, Error, Result};
 
+/// What `rmimage` removes (or, on a dry run, would remove).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageRemoval {
+    pub image: String,
+    /// The numbers of its revisions, newest first.
+    pub revisions: Vec<u32>,
+    /// Its tags, removed with it.
+    pub tags: Vec<String>,
+}
+
 impl Repository {
     /// Points `IMAGE:tag` at the revision `spec` names, moving the tag if it pointed
     /// elsewhere. Returns the revision.
@@ -48,19 +58,28 @@ impl Repository {
         self.republish(&[dst], |repo| repo.catalog.copy_image(src, dst))
     }
 
-    /// Renames image `old` to `new`; its revisions and tags follow.
-    pub fn rename_image(&mut self, old: &str, new: &str) -> Result<()> {
+    /// The checks renaming image `old` to `new` makes; changes nothing (`mvimage --dry-run`).
+    pub fn check_rename_image(&self, old: &str, new: &str) -> Result<()> {
         self.require_image(old)?;
         check_name("image", new)?;
         if self.catalog.image_exists(new)? {
-            return Err(invalid(format!("image `{new}` already exists")));
+            return Err(invalid(format!(
+                "image `{new}` already exists; pick another name or `aurum rmimage {new}` first"
+            )));
         }
+        Ok(())
+    }
+
+    /// Renames image `old` to `new`; its revisions and tags follow.
+    pub fn rename_image(&mut self, old: &str, new: &str) -> Result<()> {
+        self.check_rename_image(old, new)?;
         self.republish(&[old, new], |repo| repo.catalog.rename_image(old, new))
     }
 
-    /// Removes image `name` and its revisions from the catalog. Refuses while it has tags (a
-    /// tag usually means nodes run it) unless `force`. Its content stays until `aurum gc`.
-    pub fn remove_image(&mut self, name: &str, force: bool) -> Result<()> {
+    /// What removing image `name` would remove, after the checks the removal makes: it
+    /// refuses while the image has tags (a tag usually means nodes run it) unless `force`.
+    /// Changes nothing: `rmimage --dry-run` prints it.
+    pub fn plan_remove_image(&self, name: &str, force: bool) -> Result<ImageRemoval> {
         self.require_image(name)?;
         let tags = self.catalog.tags(name)?;
         if !tags.is_empty() && !force {
@@ -73,7 +92,25 @@ impl Repository {
                 list.join(", ")
             )));
         }
-        self.republish(&[name], |repo| repo.catalog.delete_image(name))
+        Ok(ImageRemoval {
+            image: name.to_string(),
+            revisions: self
+                .catalog
+                .revisions(name)?
+                .iter()
+                .map(|r| r.number)
+                .collect(),
+            tags: tags.into_iter().map(|(t, _)| t).collect(),
+        })
+    }
+
+    /// Removes image `name` and its revisions from the catalog, as
+    /// [`plan_remove_image`](Self::plan_remove_image) planned. Its content stays until
+    /// `aurum gc`.
+    pub fn remove_image(&mut self, name: &str, force: bool) -> Result<ImageRemoval> {
+        let plan = self.plan_remove_image(name, force)?;
+        self.republish(&[name], |repo| repo.catalog.delete_image(name))?;
+        Ok(plan)
     }
 
     /// Makes a catalog change and rewrites the refs of `images` after it, under a

@@ -29,7 +29,9 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::error::{IoContext, Result};
 use crate::format::refs::{
-    decode_pack_list, encode_classes, encode_pack_list, encode_ref, encode_revisions, format_file,
+    decode_delta_list, decode_pack_list, encode_classes, encode_delta_list, encode_images,
+    encode_log, encode_pack_list, encode_ref, encode_revisions, encode_template_log, format_file,
+    ImageLog, LoggedRevision, LoggedTemplate,
 };
 use crate::format::{Id, FORMAT_VERSION};
 use crate::store::{self, published};
@@ -72,6 +74,10 @@ pub fn refs(catalog: &Catalog, image: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>
         dir.join("revisions"),
         encode_revisions(revs.iter().rev().map(|r| (r.number, r.id))),
     );
+    files.insert(
+        dir.join("log"),
+        encode_log(&image_log(catalog, image, &revs)?),
+    );
     if let Some(head) = revs.first() {
         files.insert(dir.join("head"), encode_ref(&head.id));
     }
@@ -85,7 +91,105 @@ pub fn refs(catalog: &Catalog, image: &str) -> Result<BTreeMap<PathBuf, Vec<u8>>
     Ok(files)
 }
 
-/// The files of `templates/`: each class's newest version, and `CLASSES` listing them.
+/// What `refs/IMAGE/log` holds: `revs` (the image's revisions, newest first, as
+/// [`Catalog::revisions`] gives them) and its tags.
+fn image_log(
+    catalog: &Catalog,
+    image: &str,
+    revs: &[crate::catalog::Revision],
+) -> Result<ImageLog> {
+    Ok(ImageLog {
+        revisions: revs
+            .iter()
+            .rev()
+            .map(|r| LoggedRevision {
+                number: r.number,
+                id: r.id,
+                parent: r.parent,
+                created: r.created,
+                message: r.message.clone(),
+                source: r.source.clone(),
+                files: r.files,
+                bytes: r.bytes,
+                new_bytes: r.new_bytes,
+            })
+            .collect(),
+        tags: catalog.tags(image)?,
+    })
+}
+
+/// `refs/IMAGES`: every image of the catalog with the id of its log, for pullers that
+/// cannot list `refs/`.
+pub fn images(catalog: &Catalog) -> Result<(PathBuf, Vec<u8>)> {
+    let mut lines = Vec::new();
+    for image in catalog.images()? {
+        let revs = catalog.revisions(&image.name)?;
+        let log = encode_log(&image_log(catalog, &image.name, &revs)?);
+        lines.push((image.name, Id::of(&log)));
+    }
+    Ok((
+        PathBuf::from("refs/IMAGES"),
+        encode_images(lines.iter().map(|(n, id)| (n.as_str(), *id))),
+    ))
+}
+
+/// Path of the delta list, relative to `public/`.
+const DELTA_LIST: &str = "deltas/list";
+
+/// `deltas/list`: every delta cache file under `public/deltas/` with its size, so that a
+/// puller finds the deltas this repository precomputed (the cache has no catalog rows).
+pub fn delta_list(root: &Path) -> Result<Vec<u8>> {
+    let public = published(root);
+    let mut files = Vec::new();
+    for rel in files_under(&public.join("deltas"), "")? {
+        let name = rel.to_string_lossy().into_owned();
+        if crate::format::refs::delta_name_ok(&name) {
+            let size = fs::metadata(public.join("deltas").join(&rel))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            files.push((name, size));
+        }
+    }
+    Ok(encode_delta_list(files))
+}
+
+/// Rewrites `deltas/list` from the delta cache (after a capture precomputed deltas, a gc
+/// pruned them, a pull brought some).
+pub fn write_delta_list(root: &Path) -> Result<()> {
+    let list = delta_list(root)?;
+    store::write_cached(root, &published(root).join(DELTA_LIST), &list)
+}
+
+/// Checks `deltas/list`: it must parse and name only files that are there with their sizes
+/// (deltas `aurum serve` made on demand since may be missing from it).
+fn check_delta_list(root: &Path) -> Result<Option<String>> {
+    let public = published(root);
+    let path = public.join(DELTA_LIST);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let has_deltas = !files_under(&public.join("deltas"), "")?.is_empty();
+            return Ok(has_deltas.then(|| "missing".into()));
+        }
+        Err(e) => return Err(e).at(&path),
+    };
+    let list = match decode_delta_list(&text) {
+        Ok(list) => list,
+        Err(problem) => return Ok(Some(problem.to_string())),
+    };
+    for (name, size) in list {
+        let there = fs::metadata(public.join("deltas").join(&name)).map(|m| m.len());
+        if there.ok() != Some(size) {
+            return Ok(Some(format!(
+                "it names deltas/{name} (size {size}), which is not there with that size"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The files of `templates/`: each class's newest version, `CLASSES` listing them, and
+/// `log`, every version of every class (for pullers).
 pub fn templates(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     let mut files = BTreeMap::new();
     let templates = catalog.templates()?;
@@ -97,6 +201,21 @@ pub fn templates(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
         );
     }
     files.insert(Path::new("templates").join("CLASSES"), classes);
+    let all: Vec<LoggedTemplate> = catalog
+        .all_template_versions()?
+        .into_iter()
+        .map(|v| LoggedTemplate {
+            class: v.class.to_string(),
+            version: v.version,
+            created: v.created,
+            note: v.note,
+            text: v.text,
+        })
+        .collect();
+    files.insert(
+        Path::new("templates").join("log"),
+        encode_template_log(&all),
+    );
     Ok(files)
 }
 
@@ -121,6 +240,8 @@ pub struct Stale {
 /// catalog by packs no revision uses: see [`check_pack_list`]).
 fn expected(catalog: &Catalog) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     let mut all = templates(catalog)?;
+    let (path, bytes) = images(catalog)?;
+    all.insert(path, bytes);
     for image in catalog.images()? {
         all.extend(refs(catalog, &image.name)?);
     }
@@ -199,6 +320,12 @@ pub fn check(root: &Path, catalog: &Catalog, needed: &HashSet<Id>) -> Result<Vec
             problem,
         });
     }
+    if let Some(problem) = check_delta_list(root)? {
+        stale.push(Stale {
+            file: DELTA_LIST.into(),
+            problem,
+        });
+    }
     let want = expected(catalog)?;
     let public = published(root);
     let mut present = HashSet::new();
@@ -254,6 +381,7 @@ pub fn rebuild(root: &Path, catalog: &Catalog) -> Result<Vec<Republished>> {
     let public = published(root);
     let mut want = expected(catalog)?;
     want.insert(PathBuf::from("packs/list"), pack_list(catalog)?);
+    want.insert(PathBuf::from(DELTA_LIST), delta_list(root)?);
     for (rel, bytes) in &want {
         if fs::read(public.join(rel)).ok().as_ref() != Some(bytes) {
             store::write_atomic(root, &public.join(rel), bytes)?;

@@ -34,7 +34,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -53,7 +53,7 @@ const MAX_HEADERS: usize = 48;
 pub(crate) const MAX_BODY: u64 = 8 << 20;
 /// File bodies up to this size are read into the answer and sent with its head in one
 /// `send`; larger ones go with `sendfile`.
-const INLINE_FILE: u64 = 16 << 10;
+pub(crate) const INLINE_FILE: u64 = 16 << 10;
 /// Bytes asked of each `read`.
 const READ_CHUNK: usize = 8 << 10;
 /// The epoll token of the listening socket; connections count up from 1.
@@ -96,11 +96,33 @@ impl Request<'_> {
     }
 }
 
-/// A file body still to be sent: bytes `offset..end` of `file`.
+/// A file body still to be sent: bytes `offset..end` of `file`. While one lives it counts in
+/// [`transfers`].
 struct FileBody {
     file: File,
     offset: i64,
     end: i64,
+}
+
+/// File bodies being sent, in every server of this process.
+static TRANSFERS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many file answers (bodies too large to go out with their head) are being sent now.
+pub(crate) fn transfers() -> usize {
+    TRANSFERS.load(Ordering::Relaxed)
+}
+
+impl FileBody {
+    fn new(file: File, offset: i64, end: i64) -> FileBody {
+        TRANSFERS.fetch_add(1, Ordering::Relaxed);
+        FileBody { file, offset, end }
+    }
+}
+
+impl Drop for FileBody {
+    fn drop(&mut self) {
+        TRANSFERS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The answer being written: status line and headers go straight into the connection's
@@ -165,11 +187,7 @@ impl Reply<'_> {
             }
         } else {
             self.end_head(len);
-            *self.file = Some(FileBody {
-                file,
-                offset: start as i64,
-                end: (start + len) as i64,
-            });
+            *self.file = Some(FileBody::new(file, start as i64, (start + len) as i64));
         }
         Ok(())
     }
@@ -203,6 +221,8 @@ fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
         _ => "",
     }
 }

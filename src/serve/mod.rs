@@ -14,6 +14,8 @@
 //! are marked cacheable forever; refs and `packs/list` must be revalidated.
 
 mod http;
+pub mod status;
+mod upstream;
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -41,12 +43,36 @@ pub struct Serving {
     listener: TcpListener,
     stalled: Duration,
     pub addr: SocketAddr,
+    options: Options,
+}
+
+/// How a server behaves beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// File answers sent at once at most (0: no limit); past it, `503` with `Retry-After`.
+    pub max_transfers: usize,
+    /// A cache tier: files this server lacks are fetched from here, checked, kept and served;
+    /// the API and boot scripts are passed on.
+    pub upstream: Option<String>,
 }
 
 /// Binds `listen` for the repository at `root`; connections that stall for `stalled` (a
 /// request head not complete, an idle kept-alive connection, an answer not read) are closed.
 pub fn bind(root: &Path, listen: &str, stalled: Duration) -> Result<Serving> {
-    if !root.join("FORMAT").exists() {
+    bind_with(root, listen, stalled, Options::default())
+}
+
+/// [`bind`] with `options`. A cache tier (`options.upstream`) needs no repository at `root`:
+/// the directory (created when missing) holds what it has fetched, under `public/`.
+pub fn bind_with(
+    root: &Path,
+    listen: &str,
+    stalled: Duration,
+    options: Options,
+) -> Result<Serving> {
+    if options.upstream.is_some() {
+        upstream::prepare(root)?;
+    } else if !root.join("FORMAT").exists() {
         return Err(Error::NotFound(format!(
             "no aurum repository at {}: create one with `aurum init`",
             root.display()
@@ -59,6 +85,7 @@ pub fn bind(root: &Path, listen: &str, stalled: Duration) -> Result<Serving> {
         listener,
         stalled,
         addr,
+        options,
     })
 }
 
@@ -66,9 +93,17 @@ impl Serving {
     /// Answers requests on `threads` threads until `stop` is set; returns once the answers
     /// being sent are done.
     pub fn run(self, root: &Path, threads: usize, stop: &AtomicBool) -> Result<()> {
+        let options = &self.options;
+        let upstream = match &options.upstream {
+            Some(url) => Some(upstream::Upstream::new(url)?),
+            None => None,
+        };
+        let upstream = upstream.as_ref();
         http::run(self.listener, threads, self.stalled, stop, || Worker {
             root,
             catalog: None,
+            options,
+            upstream,
         })
     }
 }
@@ -78,6 +113,8 @@ impl Serving {
 struct Worker<'a> {
     root: &'a Path,
     catalog: Option<Catalog>,
+    options: &'a Options,
+    upstream: Option<&'a upstream::Upstream>,
 }
 
 impl Worker<'_> {
@@ -93,6 +130,9 @@ impl Handler for Worker<'_> {
     /// One request: route it and answer it (the engine logs it).
     fn handle(&mut self, rq: &Request, reply: &mut Reply) {
         let path = rq.path();
+        if let Some(up) = self.upstream {
+            return up.handle(self.root, rq, reply, self.options.max_transfers);
+        }
         if let Some(mac) = boot_mac(rq.method, path) {
             let host = rq.header("Host");
             let answer = match boot_response(self, mac, host) {
@@ -102,6 +142,13 @@ impl Handler for Worker<'_> {
                     TEXT,
                     format!("#!ipxe\necho aurum: {e:#}\nsleep 10\nexit\n").into_bytes(),
                 ),
+            };
+            return answer.header("Cache-Control", "no-store").send(reply);
+        }
+        if matches!(rq.method, Method::Get | Method::Head) && matches!(path, "/" | "/status") {
+            let answer = match self.catalog().and_then(|c| status::page(c)) {
+                Ok(html) => Answer::new(200, "text/html; charset=utf-8", html.into_bytes()),
+                Err(e) => text(500, &format!("{e:#}")),
             };
             return answer.header("Cache-Control", "no-store").send(reply);
         }
@@ -116,7 +163,7 @@ impl Handler for Worker<'_> {
             });
             return answer.send(reply);
         }
-        if let Err((code, msg)) = static_file(self.root, rq, reply) {
+        if let Err((code, msg)) = static_file(self.root, rq, reply, self.options.max_transfers) {
             let answer = text(code, &msg);
             match code {
                 405 => answer.header("Allow", "GET, HEAD"),
@@ -265,6 +312,24 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
             Ok(json_answer(&cat.revisions(name)?))
         }
         (Method::Get, ["nodes"]) => Ok(json_answer(&cat.nodes()?)),
+        (Method::Get, ["rollouts"]) => {
+            let mut all = Vec::new();
+            for r in cat.rollouts()? {
+                let nodes = cat.rollout_nodes(r.id)?;
+                all.push(serde_json::json!({"rollout": r, "nodes": nodes}));
+            }
+            Ok(json_answer(&all))
+        }
+        (Method::Get, ["rollouts", id]) => {
+            let id: i64 = id
+                .parse()
+                .map_err(|_| Error::NotFound(format!("no rollout `{id}`")))?;
+            Ok(json_answer(&serde_json::json!({
+                "rollout": cat.rollout(id)?,
+                "nodes": cat.rollout_nodes(id)?,
+                "events": cat.rollout_events(id)?,
+            })))
+        }
         (Method::Post, ["deltas"]) => {
             if body.len() > MAX_DELTA_BODY {
                 return Err(invalid("delta request too large"));
@@ -316,9 +381,13 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
 /// The one method an API endpoint answers, for a 405 to name.
 fn endpoint_method(parts: &[&str]) -> Option<&'static str> {
     match parts {
-        ["images"] | ["images", _, "revisions"] | ["nodes"] | ["templates"] | ["templates", _] => {
-            Some("GET")
-        }
+        ["images"]
+        | ["images", _, "revisions"]
+        | ["nodes"]
+        | ["templates"]
+        | ["templates", _]
+        | ["rollouts"]
+        | ["rollouts", _] => Some("GET"),
         ["deltas"] | ["install", _] | ["reports"] => Some("POST"),
         _ => None,
     }
@@ -403,13 +472,21 @@ pub fn parse_range(spec: &str, size: u64) -> RangeAsk {
 
 /// A file's validators: its `ETag` (nginx's form: modification time and size in hex) and
 /// its `Last-Modified`, both in whole seconds.
-struct Validators {
+struct Validators<'a> {
     mtime: u64,
     size: u64,
+    /// The object's id, for a file named by its hash: its entity tag, the same on every
+    /// server and cache that holds it.
+    id: Option<&'a str>,
 }
 
-impl Validators {
-    fn of(meta: &std::fs::Metadata) -> Validators {
+/// Seconds a client told "busy" should wait: 1 at the limit, more the further past it.
+fn busy_delay(transfers: usize, max: usize) -> u64 {
+    (1 + transfers.saturating_sub(max) as u64 / max.max(1) as u64).min(30)
+}
+
+impl<'a> Validators<'a> {
+    fn of(meta: &std::fs::Metadata, id: Option<&'a str>) -> Validators<'a> {
         let mtime = meta
             .modified()
             .ok()
@@ -418,14 +495,18 @@ impl Validators {
         Validators {
             mtime,
             size: meta.len(),
+            id,
         }
     }
 
     fn etag(&self) -> impl std::fmt::Display + '_ {
-        struct Tag<'a>(&'a Validators);
-        impl std::fmt::Display for Tag<'_> {
+        struct Tag<'a, 'b>(&'a Validators<'b>);
+        impl std::fmt::Display for Tag<'_, '_> {
             fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                write!(f, "\"{:x}-{:x}\"", self.0.mtime, self.0.size)
+                match self.0.id {
+                    Some(id) => write!(f, "\"{id}\""),
+                    None => write!(f, "\"{:x}-{:x}\"", self.0.mtime, self.0.size),
+                }
             }
         }
         Tag(self)
@@ -442,10 +523,11 @@ impl Validators {
             Some(_) => return false,
             None => tag,
         };
-        let parts = tag
-            .strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .and_then(|t| t.split_once('-'));
+        let quoted = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+        if let Some(id) = self.id {
+            return quoted == Some(id);
+        }
+        let parts = quoted.and_then(|t| t.split_once('-'));
         parts.is_some_and(|(m, s)| {
             u64::from_str_radix(m, 16) == Ok(self.mtime)
                 && u64::from_str_radix(s, 16) == Ok(self.size)
@@ -488,6 +570,7 @@ fn static_file(
     root: &Path,
     rq: &Request,
     reply: &mut Reply,
+    max_transfers: usize,
 ) -> std::result::Result<(), (u16, String)> {
     let path = rq.path();
     if rq.method != Method::Get && rq.method != Method::Head {
@@ -500,8 +583,15 @@ fn static_file(
         return Err((404, format!("{path} is not a file")));
     }
     let size = meta.len();
-    let v = Validators::of(&meta);
-    let immutable = path.ends_with(".pack") || path.ends_with(".idx") || path.ends_with(".mf");
+    let immutable = path.ends_with(".pack")
+        || path.ends_with(".idx")
+        || path.ends_with(".mf")
+        || path.starts_with("/deltas/");
+    // A file named by its hash has that hash as its strong entity tag.
+    let id = immutable
+        .then(|| file_path.file_stem().and_then(|s| s.to_str()))
+        .flatten();
+    let v = Validators::of(&meta, id);
     let cache = if immutable {
         "public, max-age=31536000, immutable"
     } else {
@@ -519,6 +609,23 @@ fn static_file(
         Some(r) if v.range_applies(rq) => parse_range(r, size),
         _ => RangeAsk::Whole,
     };
+    let sending = match ask {
+        RangeAsk::Whole => size,
+        RangeAsk::Part(a, b) => b - a + 1,
+        RangeAsk::Unsatisfiable => 0,
+    };
+    if max_transfers > 0 && sending > http::INLINE_FILE && http::transfers() >= max_transfers {
+        reply
+            .status(503)
+            .header("Retry-After", busy_delay(http::transfers(), max_transfers))
+            .header("Cache-Control", "no-store")
+            .header("Content-Type", TEXT);
+        reply.bytes(
+            format!("{path}: the server is busy ({max_transfers} transfers); retry later\n")
+                .as_bytes(),
+        );
+        return Ok(());
+    }
     let (start, len) = match ask {
         RangeAsk::Whole => {
             reply.status(200);

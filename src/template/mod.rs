@@ -1,8 +1,10 @@
 //! Partition templates: one TOML file per hardware class, rendered for a node's real disks.
 //!
 //! A template says which partitions each disk gets (sizes in bytes, percent of the disk, with
-//! `min`/`max`, and `*` for the rest), what filesystem each holds and where it is mounted, and
-//! optionally software RAID1 arrays and LVM volume groups built on partitions. Its `[match]`
+//! `min`/`max`, and `*` for the rest) in a GPT or an MBR (msdos label: primary, extended and
+//! logical partitions), or that a disk is left untouched; what filesystem each partition holds
+//! and where it is mounted; and optionally software RAID arrays (levels 0, 1, 4, 5, 6, 10) and
+//! LVM volume groups built on partitions. Its `[match]`
 //! section says which machines the class is for (see [`matching`]).
 //!
 //! Parsing is strict (`deny_unknown_fields`, kebab-case keys) and every error names the file and
@@ -59,8 +61,49 @@ pub struct TemplateFile {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Disk {
-    #[serde(rename = "partition")]
+    /// The partition table: `gpt` (the default) or `msdos` (an MBR, with primary, extended
+    /// and logical partitions).
+    #[serde(default)]
+    pub label: Label,
+    /// Leave this disk as it is: no table written, nothing made on it. It keeps its place in
+    /// the order of disks, so the disks after it get their own layouts.
+    #[serde(default)]
+    pub untouched: bool,
+    #[serde(rename = "partition", default)]
     pub partitions: Vec<Spanned<Partition>>,
+}
+
+/// A disk's partition table.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Label {
+    #[default]
+    Gpt,
+    /// An MBR (DOS) table: at most four primary partitions, one of which may be an extended
+    /// partition holding logical ones (numbered from 5); addresses end at 2 TiB.
+    Msdos,
+}
+
+impl Label {
+    pub fn name(self) -> &'static str {
+        match self {
+            Label::Gpt => "gpt",
+            Label::Msdos => "msdos",
+        }
+    }
+}
+
+/// Where a partition of an msdos disk lives.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// One of the four entries of the MBR.
+    #[default]
+    Primary,
+    /// The primary partition that holds the logical ones (which follow it in the list).
+    Extended,
+    /// A partition inside the extended one.
+    Logical,
 }
 
 /// GPT partition types a template may ask for.
@@ -77,6 +120,19 @@ pub enum PartType {
 }
 
 impl PartType {
+    /// The MBR partition id (`sfdisk` and `fdisk -l` show it): none for bios-boot, which an
+    /// MBR disk does not need (GRUB lives in the gap after the MBR).
+    pub fn mbr_id(self) -> Option<u8> {
+        match self {
+            PartType::Efi => Some(0xef),
+            PartType::BiosBoot => None,
+            PartType::Linux => Some(0x83),
+            PartType::Swap => Some(0x82),
+            PartType::Raid => Some(0xfd),
+            PartType::Lvm => Some(0x8e),
+        }
+    }
+
     /// The GPT partition type (the one `sgdisk -p` shows as ef00, ef02, 8300, 8200, fd00,
     /// 8e00).
     pub fn gpt_type(self) -> gpt::partition_types::Type {
@@ -107,6 +163,8 @@ impl PartType {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fs {
+    Ext2,
+    Ext3,
     Ext4,
     Xfs,
     Vfat,
@@ -115,8 +173,21 @@ pub enum Fs {
 }
 
 impl Fs {
+    /// Every filesystem, for tables that look one up by a property.
+    pub const ALL: [Fs; 7] = [
+        Fs::Ext2,
+        Fs::Ext3,
+        Fs::Ext4,
+        Fs::Xfs,
+        Fs::Vfat,
+        Fs::Btrfs,
+        Fs::Swap,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
+            Fs::Ext2 => "ext2",
+            Fs::Ext3 => "ext3",
             Fs::Ext4 => "ext4",
             Fs::Xfs => "xfs",
             Fs::Vfat => "vfat",
@@ -142,12 +213,16 @@ impl Fs {
                 package,
             }
         }
+        const EXT2: Mkfs = m("mkfs.ext2", &["-F", "-q"], "-L", 16, "e2fsprogs");
+        const EXT3: Mkfs = m("mkfs.ext3", &["-F", "-q"], "-L", 16, "e2fsprogs");
         const EXT4: Mkfs = m("mkfs.ext4", &["-F", "-q"], "-L", 16, "e2fsprogs");
         const XFS: Mkfs = m("mkfs.xfs", &["-f", "-q"], "-L", 12, "xfsprogs");
         const VFAT: Mkfs = m("mkfs.vfat", &[], "-n", 11, "dosfstools");
         const BTRFS: Mkfs = m("mkfs.btrfs", &["-f", "-q"], "-L", 255, "btrfs-progs");
         const SWAP: Mkfs = m("mkswap", &["-f"], "-L", 15, "util-linux");
         match self {
+            Fs::Ext2 => &EXT2,
+            Fs::Ext3 => &EXT3,
             Fs::Ext4 => &EXT4,
             Fs::Xfs => &XFS,
             Fs::Vfat => &VFAT,
@@ -164,8 +239,8 @@ impl Fs {
     /// The fsck pass number for /etc/fstab.
     pub fn fsck_pass(self, mount: &str) -> u8 {
         match self {
-            Fs::Ext4 | Fs::Vfat if mount == "/" => 1,
-            Fs::Ext4 | Fs::Vfat => 2,
+            Fs::Ext2 | Fs::Ext3 | Fs::Ext4 | Fs::Vfat if mount == "/" => 1,
+            Fs::Ext2 | Fs::Ext3 | Fs::Ext4 | Fs::Vfat => 2,
             _ => 0,
         }
     }
@@ -199,6 +274,12 @@ pub struct Partition {
     pub name: Option<String>,
     #[serde(rename = "type", default)]
     pub kind: PartType,
+    /// On an msdos disk: primary (the default), extended or logical.
+    pub role: Option<Role>,
+    /// The boot flag: the active partition of an MBR, the legacy-BIOS-bootable attribute on
+    /// GPT (what old BIOSes and some boot loaders look for).
+    #[serde(default)]
+    pub boot: bool,
     pub size: Amount,
     pub min: Option<Bytes>,
     pub max: Option<Bytes>,
@@ -215,10 +296,17 @@ pub struct Partition {
 pub struct Raid {
     /// The array's name: `/dev/md/NAME`.
     pub name: String,
-    /// The RAID level; aurum builds mirrors (1).
+    /// The RAID level: 0, 1, 4, 5, 6 or 10.
     pub level: u8,
-    /// Names of the member partitions.
+    /// Names of the member partitions (active ones).
     pub devices: Vec<String>,
+    /// Names of spare partitions (mdadm --spare-devices).
+    #[serde(default)]
+    pub spares: Vec<String>,
+    /// Chunk size of a striped level (mdadm --chunk; default mdadm's, 512KiB).
+    pub chunk: Option<Bytes>,
+    /// Parity layout of RAID 5 or 6 (mdadm --layout: left-symmetric, right-asymmetric...).
+    pub layout: Option<String>,
     pub fs: Option<Fs>,
     pub label: Option<String>,
     pub mkfs_options: Option<String>,
@@ -297,6 +385,29 @@ impl Volume {
             mount: self.mount.clone(),
             mount_options: self.mount_options.clone(),
         }
+    }
+}
+
+/// The fewest active members of a RAID level aurum builds, or `None` for another level.
+pub fn raid_min_devices(level: u8) -> Option<usize> {
+    match level {
+        0 | 1 | 10 => Some(2),
+        4 | 5 => Some(3),
+        6 => Some(4),
+        _ => None,
+    }
+}
+
+/// The usable size of a RAID array of `n` active members whose smallest is `smallest` bytes
+/// (before mdadm's superblock and bitmap, a few MiB at most).
+pub fn raid_size(level: u8, n: u64, smallest: u64) -> u64 {
+    match level {
+        0 => smallest * n,
+        1 => smallest,
+        4 | 5 => smallest * n.saturating_sub(1),
+        6 => smallest * n.saturating_sub(2),
+        // mdadm's default for RAID10 keeps two copies of each block (the near-2 layout).
+        _ => smallest * n / 2,
     }
 }
 
@@ -381,14 +492,23 @@ impl Checker<'_> {
 
     /// Disk number `n` (1-based) and its partitions.
     fn disk(&mut self, n: usize, disk: &Disk) -> Result<()> {
+        if disk.untouched {
+            if !disk.partitions.is_empty() {
+                return Err(invalid(format!(
+                    "{}: disk {n} is `untouched` and has partitions: remove one or the other",
+                    self.origin
+                )));
+            }
+            return Ok(());
+        }
         if disk.partitions.is_empty() {
             return Err(invalid(format!(
-                "{}: disk {n} has no partitions",
+                "{}: disk {n} has no partitions (to leave it as it is, say untouched = true)",
                 self.origin
             )));
         }
-        let mut rest = 0;
-        let mut percent = 0.0;
+        // `*` and percentages count per space: the disk, and (msdos) the extended partition.
+        let (mut rest, mut percent) = ([0, 0], [0.0, 0.0]);
         for p in &disk.partitions {
             let span = p.span();
             let p = p.get_ref();
@@ -397,24 +517,89 @@ impl Checker<'_> {
                     return Err(self.at(span, format!("partition name `{name}` is used twice")));
                 }
             }
+            let inner = usize::from(p.role == Some(Role::Logical));
             match p.size {
-                Amount::Rest => rest += 1,
-                Amount::Percent(v) => percent += v,
+                Amount::Rest => rest[inner] += 1,
+                Amount::Percent(v) => percent[inner] += v,
                 Amount::Bytes(_) => {}
             }
-            if rest > 1 {
+            if rest[inner] > 1 {
                 return Err(self.at(
                     span,
-                    format!("disk {n} has two `*` partitions: only one may take the rest"),
+                    format!(
+                        "disk {n} has two `*` {}: only one may take the rest",
+                        if inner == 1 {
+                            "logical partitions"
+                        } else {
+                            "partitions"
+                        }
+                    ),
                 ));
             }
             self.partition(p, span)?;
         }
-        if percent > 100.0 {
-            return Err(invalid(format!(
-                "{}: disk {n} asks for {percent}% of the disk in all: at most 100% fits",
-                self.origin
-            )));
+        for v in percent {
+            if v > 100.0 {
+                return Err(invalid(format!(
+                    "{}: disk {n} asks for {v}% of the disk in all: at most 100% fits",
+                    self.origin
+                )));
+            }
+        }
+        match disk.label {
+            Label::Gpt => self.gpt_roles(n, disk),
+            Label::Msdos => self.msdos_roles(n, disk),
+        }
+    }
+
+    /// A GPT has only primary partitions, and no limit of four.
+    fn gpt_roles(&self, n: usize, disk: &Disk) -> Result<()> {
+        for p in &disk.partitions {
+            if matches!(p.get_ref().role, Some(Role::Extended | Role::Logical)) {
+                return Err(self.at(
+                    p.span(),
+                    format!("disk {n} is GPT, which has no extended or logical partitions: say label = \"msdos\" on the disk, or remove `role`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An MBR: four primary entries at most, one of them may be the extended partition, and
+    /// the logical partitions follow it in the list.
+    fn msdos_roles(&self, n: usize, disk: &Disk) -> Result<()> {
+        let (mut primary, mut extended) = (0, 0);
+        let mut prev = Role::Primary;
+        for p in &disk.partitions {
+            let span = p.span();
+            let q = p.get_ref();
+            let role = q.role.unwrap_or_default();
+            match role {
+                Role::Primary => primary += 1,
+                Role::Extended => extended += 1,
+                Role::Logical if prev == Role::Primary => {
+                    return Err(self.at(span, format!("disk {n}: a logical partition must follow the extended partition or another logical one")));
+                }
+                Role::Logical => {}
+            }
+            if extended > 1 {
+                return Err(self.at(
+                    span,
+                    format!("disk {n} has two extended partitions: an MBR holds one"),
+                ));
+            }
+            if primary + extended > 4 {
+                return Err(self.at(span, format!("disk {n} has more than four primary partitions (the extended one counts): make some logical, or use label = \"gpt\"")));
+            }
+            if q.kind == PartType::BiosBoot {
+                return Err(self.at(span, "an msdos disk needs no bios-boot partition (GRUB lives after the MBR): remove it".into()));
+            }
+            if role == Role::Extended
+                && (q.kind != PartType::Linux || q.fs.is_some() || q.mount.is_some() || q.boot)
+            {
+                return Err(self.at(span, "the extended partition only holds logical partitions: no type, fs, mount or boot on it".into()));
+            }
+            prev = role;
         }
         Ok(())
     }
@@ -486,19 +671,34 @@ impl Checker<'_> {
     fn raid(&mut self, r: &Spanned<Raid>) -> Result<()> {
         let span = r.span();
         let r = r.get_ref();
-        if r.level != 1 {
+        let Some(min) = raid_min_devices(r.level) else {
             return Err(self.at(
                 span,
                 format!(
-                    "RAID level {} is not supported: aurum builds mirrors (level = 1)",
+                    "RAID level {} is not supported: aurum builds levels 0, 1, 4, 5, 6 and 10",
                     r.level
                 ),
             ));
+        };
+        if r.devices.len() < min {
+            return Err(self.at(
+                span,
+                format!("a RAID{} array needs at least {min} devices", r.level),
+            ));
         }
-        if r.devices.len() < 2 {
-            return Err(self.at(span, "a RAID1 array needs at least two devices".into()));
+        if r.level == 1 && r.chunk.is_some() {
+            return Err(self.at(
+                span,
+                "a RAID1 mirror has no chunk size: remove `chunk`".into(),
+            ));
         }
-        for dev in &r.devices {
+        if r.layout.is_some() && !matches!(r.level, 5 | 6 | 10) {
+            return Err(self.at(
+                span,
+                format!("RAID{} has no parity layout: remove `layout`", r.level),
+            ));
+        }
+        for dev in r.devices.iter().chain(&r.spares) {
             if self.part_kind(dev) != Some(PartType::Raid) {
                 return Err(self.at(
                     span,
@@ -728,5 +928,41 @@ mount = "/scr"
             let line = line_of(&text, text.find(table).unwrap());
             assert!(e.starts_with(&format!("x.toml:{line}: {want}")), "{e}");
         }
+    }
+
+    #[test]
+    fn msdos_rules_raid_levels_and_untouched_disks_are_checked() {
+        let one = |body: &str| {
+            Template::parse(&ClassName::new("x").unwrap(), "x.toml", body)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let root = "[[disk.partition]]\nsize = \"*\"\nfs = \"ext4\"\nmount = \"/\"\n";
+        let part = |extra: &str| format!("[[disk.partition]]\nsize = \"1GiB\"\n{extra}\n");
+        let cases = [
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{root}", part("role = \"logical\"")), "must follow the extended partition"),
+            (format!("[[disk]]\n{}{root}", part("role = \"extended\"")), "is GPT, which has no extended"),
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{}{root}", part("role = \"extended\""), part("role = \"extended\"")), "two extended partitions"),
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{}{}{}{root}", part(""), part(""), part(""), part("")), "more than four primary"),
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{root}", part("type = \"bios-boot\"")), "needs no bios-boot"),
+            (format!("[[disk]]\nlabel = \"msdos\"\n{}{root}", part("role = \"extended\"\nfs = \"ext4\"")), "only holds logical partitions"),
+            (format!("[[disk]]\n{root}[[disk]]\nuntouched = true\n{}", part("")), "is `untouched` and has partitions"),
+            (format!("[[disk]]\n{root}[[disk]]\n"), "to leave it as it is, say untouched = true"),
+            (format!("[[disk]]\n{}{}{root}[[raid]]\nname = \"r\"\nlevel = 3\ndevices = [\"a\", \"b\"]\n", part("name = \"a\"\ntype = \"raid\""), part("name = \"b\"\ntype = \"raid\"")), "RAID level 3 is not supported"),
+            (format!("[[disk]]\n{}{}{root}[[raid]]\nname = \"r\"\nlevel = 5\ndevices = [\"a\", \"b\"]\n", part("name = \"a\"\ntype = \"raid\""), part("name = \"b\"\ntype = \"raid\"")), "RAID5 array needs at least 3 devices"),
+            (format!("[[disk]]\n{}{}{root}[[raid]]\nname = \"r\"\nlevel = 1\nchunk = \"64KiB\"\ndevices = [\"a\", \"b\"]\n", part("name = \"a\"\ntype = \"raid\""), part("name = \"b\"\ntype = \"raid\"")), "no chunk size"),
+        ];
+        for (text, want) in cases {
+            let e = one(&text).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}\n{text}");
+        }
+        let ok = format!(
+            "[[disk]]\nlabel = \"msdos\"\n{}{}{}{}{root}",
+            part("fs = \"ext2\"\nmount = \"/boot\"\nboot = true"),
+            part("role = \"extended\""),
+            part("role = \"logical\"\ntype = \"swap\""),
+            part("role = \"logical\"\nfs = \"ext3\"\nmount = \"/var\"")
+        );
+        assert_eq!(one(&ok), Ok(()), "{ok}");
     }
 }

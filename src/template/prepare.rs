@@ -1,6 +1,8 @@
 //! `prepareclient`: the golden client's disk layout, written as a partition template.
 //!
-//! The GPT is read with the `gpt` crate (no partitioning tool needed on the golden client);
+//! A GPT is read with the `gpt` crate (no partitioning tool needed on the golden client); an
+//! MBR (msdos label, with its extended and logical partitions) with `sfdisk --json`, which
+//! follows the chain of extended boot records as the kernel does;
 //! each partition's filesystem, label and UUID come from `blkid`, and its mount point and
 //! options from the system's mounts and /etc/fstab. For a disk image file (a golden client's
 //! disk copied with dd, or a disk `aurum install` wrote) each partition is reached through a
@@ -8,13 +10,15 @@
 //! image's root filesystem.
 //!
 //! Sizes are written exactly (in MiB when they are whole MiB) except the last data partition,
-//! which becomes `*`, so the template fits the golden client's disk and grows with bigger ones.
+//! which becomes `*` (and so does the extended partition holding it, on an msdos disk), so the
+//! template fits the golden client's disk and grows with bigger ones.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::size::exact;
-use super::PartType;
-use crate::devices::{blkid, blkid_value, is_block, partition_node, Loop, Mount};
+use super::{Label, PartType, Role};
+use crate::devices::{blkid, blkid_value, is_block, partition_node, run, Loop, Mount};
 use crate::error::{invalid, Result};
 use crate::sys::{parse_fstab, FstabEntry};
 
@@ -24,6 +28,8 @@ struct Found {
     number: u32,
     name: String,
     kind: PartType,
+    role: Option<Role>,
+    boot: bool,
     size: u64,
     fs: Option<String>,
     label: Option<String>,
@@ -40,42 +46,155 @@ fn kind_of(t: &gpt::partition_types::Type) -> PartType {
         .unwrap_or(Linux)
 }
 
-/// Reads the layout of `disk` (a block device or an image file) and writes it as a template.
-pub fn prepare(disk: &Path) -> Result<String> {
-    let gd = gpt::GptConfig::new()
-        .writable(false)
-        .open(disk)
-        .map_err(|e| {
+/// One entry of a partition table: where it is and what the table says of it.
+struct Entry {
+    number: u32,
+    start: u64,
+    size: u64,
+    name: String,
+    kind: PartType,
+    role: Option<Role>,
+    boot: bool,
+}
+
+/// The GPT of `disk`, or `None` when it has none.
+fn read_gpt(disk: &Path) -> Option<Vec<Entry>> {
+    let gd = gpt::GptConfig::new().writable(false).open(disk).ok()?;
+    let lb: u64 = (*gd.logical_block_size()).into();
+    Some(
+        gd.partitions()
+            .iter()
+            .filter(|(_, p)| p.is_used())
+            .map(|(&n, p)| Entry {
+                number: n,
+                start: p.first_lba * lb,
+                size: (p.last_lba + 1 - p.first_lba) * lb,
+                name: p.name.clone(),
+                kind: kind_of(&p.part_type_guid),
+                role: None,
+                boot: p.flags & (1 << 2) != 0,
+            })
+            .collect(),
+    )
+}
+
+/// `sfdisk --json`'s view of a DOS table.
+#[derive(serde::Deserialize)]
+struct SfdiskDump {
+    partitiontable: SfdiskTable,
+}
+
+#[derive(serde::Deserialize)]
+struct SfdiskTable {
+    label: String,
+    #[serde(default = "sector")]
+    sectorsize: u64,
+    #[serde(default)]
+    partitions: Vec<SfdiskPart>,
+}
+
+fn sector() -> u64 {
+    512
+}
+
+#[derive(serde::Deserialize)]
+struct SfdiskPart {
+    node: String,
+    start: u64,
+    size: u64,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    bootable: bool,
+}
+
+/// The MBR of `disk` (primary, extended and logical partitions), read with `sfdisk --json`.
+fn read_msdos(disk: &Path) -> Result<Vec<Entry>> {
+    let out = run(Command::new("sfdisk").arg("--json").arg(disk)).map_err(|e| {
+        invalid(format!(
+            "{}: no readable GPT, and sfdisk reads no MBR either ({e}); prepareclient reads GPT and msdos disks (install util-linux's fdisk package for msdos)",
+            disk.display()
+        ))
+    })?;
+    let dump: SfdiskDump = serde_json::from_str(&out)
+        .map_err(|e| invalid(format!("sfdisk --json {}: {e}", disk.display())))?;
+    let t = dump.partitiontable;
+    if t.label != "dos" {
+        return Err(invalid(format!(
+            "{}: a `{}` partition table; prepareclient reads GPT and msdos disks",
+            disk.display(),
+            t.label
+        )));
+    }
+    let mut v = Vec::new();
+    for p in t.partitions {
+        // sfdisk names each partition by its device: the number is its last digits.
+        let digits = p.node.len() - p.node.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let number: u32 = p.node[p.node.len() - digits..].parse().map_err(|_| {
             invalid(format!(
-                "{}: no readable GPT ({e}); prepareclient reads GPT disks only",
-                disk.display()
+                "sfdisk --json {}: partition `{}` has no number",
+                disk.display(),
+                p.node
             ))
         })?;
-    let lb: u64 = (*gd.logical_block_size()).into();
+        let id = u8::from_str_radix(&p.kind, 16).unwrap_or(0x83);
+        let role = match (id, number) {
+            (0x05 | 0x0f | 0x85, _) => Role::Extended,
+            (_, 5..) => Role::Logical,
+            _ => Role::Primary,
+        };
+        v.push(Entry {
+            number,
+            start: p.start * t.sectorsize,
+            size: p.size * t.sectorsize,
+            name: String::new(),
+            kind: [PartType::Efi, PartType::Swap, PartType::Raid, PartType::Lvm]
+                .into_iter()
+                .find(|k| k.mbr_id() == Some(id))
+                .unwrap_or(PartType::Linux),
+            role: Some(role),
+            boot: p.bootable,
+        });
+    }
+    Ok(v)
+}
+
+/// Reads the layout of `disk` (a block device or an image file) and writes it as a template.
+pub fn prepare(disk: &Path) -> Result<String> {
+    let (label, entries) = match read_gpt(disk) {
+        Some(e) => (Label::Gpt, e),
+        None => (Label::Msdos, read_msdos(disk)?),
+    };
     let disk_size = crate::devices::size_of(disk)?;
     let block = is_block(disk)?;
     let mut found = Vec::new();
     let mut loops = Vec::new();
-    for (&n, p) in gd.partitions().iter().filter(|(_, p)| p.is_used()) {
-        let start = p.first_lba * lb;
-        let size = (p.last_lba + 1 - p.first_lba) * lb;
-        let dev = if block {
-            partition_node(disk, n)
+    for e in entries {
+        let (dev, tags) = if e.role == Some(Role::Extended) {
+            // It holds the logical partitions' boot records: nothing to probe.
+            (PathBuf::new(), Vec::new())
         } else {
-            let l = Loop::attach(disk, start, size)?;
-            let d = l.dev.clone();
-            loops.push(l);
-            d
+            let dev = if block {
+                partition_node(disk, e.number)
+            } else {
+                let l = Loop::attach(disk, e.start, e.size)?;
+                let d = l.dev.clone();
+                loops.push(l);
+                d
+            };
+            let tags = blkid(&dev)?;
+            (dev, tags)
         };
-        let tags = blkid(&dev)?;
         found.push((
-            start,
+            e.start,
             dev,
             Found {
-                number: n,
-                name: p.name.clone(),
-                kind: kind_of(&p.part_type_guid),
-                size,
+                number: e.number,
+                name: e.name,
+                kind: e.kind,
+                role: e.role,
+                boot: e.boot,
+                size: e.size,
                 fs: blkid_value(&tags, "TYPE"),
                 label: blkid_value(&tags, "LABEL"),
                 uuid: blkid_value(&tags, "UUID"),
@@ -134,24 +253,22 @@ pub fn prepare(disk: &Path) -> Result<String> {
     }
     drop(loops);
 
+    let data = |f: &Found| f.kind == PartType::Linux && f.role != Some(Role::Extended);
     let rest = found
         .iter()
-        .rposition(|(_, _, f)| {
-            f.kind == PartType::Linux && f.mount.is_some() && f.mount.as_deref() != Some("/")
-        })
-        .or_else(|| {
-            found
-                .iter()
-                .rposition(|(_, _, f)| f.kind == PartType::Linux)
-        });
+        .rposition(|(_, _, f)| data(f) && f.mount.is_some() && f.mount.as_deref() != Some("/"))
+        .or_else(|| found.iter().rposition(|(_, _, f)| data(f)));
+    // A logical partition taking the rest needs an extended one that does too.
+    let rest_logical = rest.is_some_and(|i| found[i].2.role == Some(Role::Logical));
     let mut out = format!(
         "# Written by `aurum prepareclient` from {} ({} bytes).\n\
          # Every size is as found, except the last data partition, which takes the rest (`*`).\n\
          # Add a [match] section saying which machines this class is for.\n\
-         description = \"layout of {}\"\n\n[[disk]]\n",
+         description = \"layout of {}\"\n\n[[disk]]\nlabel = \"{}\"\n",
         disk.display(),
         disk_size,
-        disk.display()
+        disk.display(),
+        label.name()
     );
     let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
     for (i, (_, _, f)) in found.iter().enumerate() {
@@ -169,14 +286,24 @@ pub fn prepare(disk: &Path) -> Result<String> {
         if f.kind != PartType::Linux {
             out += &format!("type = \"{}\"\n", f.kind.name());
         }
-        if Some(i) == rest {
+        match f.role {
+            Some(Role::Extended) => out += "role = \"extended\"\n",
+            Some(Role::Logical) => out += "role = \"logical\"\n",
+            _ => {}
+        }
+        if f.boot {
+            out += "boot = true\n";
+        }
+        if Some(i) == rest || (rest_logical && f.role == Some(Role::Extended)) {
             out += "size = \"*\"\n";
         } else {
             out += &format!("size = \"{}\"\n", exact(f.size));
         }
         let fs = match (f.kind, f.fs.as_deref()) {
             (PartType::Raid | PartType::Lvm | PartType::BiosBoot, _) => None,
-            (_, Some(fs @ ("ext4" | "xfs" | "vfat" | "btrfs" | "swap"))) => Some(fs),
+            (_, Some(fs @ ("ext2" | "ext3" | "ext4" | "xfs" | "vfat" | "btrfs" | "swap"))) => {
+                Some(fs)
+            }
             _ => None,
         };
         if let Some(fs) = fs {

@@ -33,14 +33,28 @@ impl Env {
         self.repo().join("public")
     }
 
-    /// The aurum command with --repo set and progress off.
-    pub fn cmd(&self, args: &[&str]) -> Command {
+    /// The configuration directory the commands read (AURUM_CONFIG_DIR): `etc/` of the temp
+    /// dir, absent until a test writes aurum.toml or node.toml there, so that no test reads
+    /// the host's /etc/aurum.
+    pub fn config_dir(&self) -> PathBuf {
+        self.path("etc")
+    }
+
+    /// The aurum command with progress off, the test's configuration directory and none of
+    /// the caller's AURUM_REPO or AURUM_SERVER; no --repo.
+    pub fn bare(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_aurum"));
-        c.arg("--repo")
-            .arg(self.repo())
-            .arg("--no-progress")
-            .args(args);
-        c.env_remove("AURUM_REPO");
+        c.arg("--no-progress").args(args);
+        c.env_remove("AURUM_REPO")
+            .env_remove("AURUM_SERVER")
+            .env("AURUM_CONFIG_DIR", self.config_dir());
+        c
+    }
+
+    /// The aurum command with --repo set and progress off (see [`Env::bare`]).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.bare(&[]);
+        c.arg("--repo").arg(self.repo()).args(args);
         c
     }
 

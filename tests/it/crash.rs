@@ -1126,3 +1126,120 @@ fn recovering_a_publish_never_leaves_a_command_without_the_lock() {
     env.ok(&["lsimage"]);
     assert_eq!(markers(), 0, "the orphan marker was not recovered");
 }
+
+/// Issue #14, item 4: a rollback right after an update renames each entry back from the undo
+/// area, one rename per file. Killed at any point, every file is its old or its new version
+/// (never missing, never half written), and rerunning `aurum rollback` finishes it exactly,
+/// leaving no inode shared with the state directory. At least one kill must land between two
+/// renames (some files back, some not), or the test proved nothing.
+#[test]
+fn a_killed_rollback_by_rename_leaves_every_file_old_or_new_and_finishes_when_rerun() {
+    require_rsync();
+    let env = Env::new();
+    let (a, b) = (env.path("rev1"), env.path("rev2"));
+    let files: Vec<String> = (0..12)
+        .flat_map(|d| (0..400).map(move |f| format!("usr/d{d:02}/f{f:03}")))
+        .collect();
+    for (i, rel) in files.iter().enumerate() {
+        let seed = i as u64;
+        write_random(&a.join(rel), seed, 700);
+        let changed = if i % 2 == 0 { seed + 1_000_000 } else { seed };
+        write_random(&b.join(rel), changed, 700);
+    }
+    sh(&format!(
+        "mkdir -p {a}/var/lib {b}/var/lib && printf gone > {a}/usr/only-in-1 && printf new > {b}/usr/only-in-2",
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "r", &[]);
+    env.getimage(&b, "r", &[]);
+    let node = crate::update::node_at(&env, "node", "r@1");
+    let (repo, n) = (env.repo(), node.to_str().unwrap().to_string());
+    crate::update::ok(&[
+        "--repo",
+        repo.to_str().unwrap(),
+        "updateclient",
+        "--image",
+        "r@2",
+        "--root",
+        &n,
+        "--no-default-excludes",
+    ]);
+    let back = ["rollback", "--root", &n, "--no-default-excludes"];
+    let current = || {
+        let status = json(&crate::update::ok(&["node-status", "--root", &n, "--json"]));
+        (
+            status["state"]["current"]["number"].as_u64().unwrap_or(0),
+            !status["interrupted"].is_null(),
+        )
+    };
+    // Each rollback goes the other way (r@2 -> r@1 -> r@2 ...), from the area the one before
+    // left; timed once whole to place the kills.
+    let t = Instant::now();
+    crate::update::ok(&back);
+    let whole = t.elapsed();
+    assert_eq!(crate::update::node_diff(&a, &node), "", "rollback to r@1");
+    let (mut mixed, mut killed) = (0, 0);
+    for f in [0.3, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95, 0.5, 0.6, 0.7] {
+        let (before, _) = current();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aurum"))
+            .arg("--no-progress")
+            .args(back)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(whole.mul_f64(f));
+        let _ = child.kill();
+        let status = child.wait().expect("wait for aurum");
+        assert!(
+            status.success() || status.signal() == Some(9),
+            "aurum rollback failed by itself ({status}), not by our SIGKILL"
+        );
+        killed += u32::from(status.signal() == Some(9));
+        // Every file is whole: its r@1 or its r@2 version.
+        let (mut old, mut new) = (0, 0);
+        for rel in &files {
+            let have =
+                fs::read(node.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e} (killed at {f})"));
+            let (one, two) = (
+                fs::read(a.join(rel)).unwrap(),
+                fs::read(b.join(rel)).unwrap(),
+            );
+            if one == two {
+                assert_eq!(have, one, "{rel}, killed at {f}");
+            } else if have == one {
+                old += 1;
+            } else {
+                assert_eq!(have, two, "{rel} is neither version, killed at {f}");
+                new += 1;
+            }
+        }
+        mixed += u32::from(old > 0 && new > 0);
+        let (now, interrupted) = current();
+        if interrupted {
+            crate::update::ok(&back);
+        }
+        let (after, interrupted) = current();
+        assert!(!interrupted, "the rerun finished it (killed at {f})");
+        assert!(
+            !interrupted && (after != before || !status.success() || now != before),
+            "a finished rollback changes the revision (killed at {f})"
+        );
+        let want = if after == 1 { &a } else { &b };
+        assert_eq!(
+            crate::update::node_diff(want, &node),
+            "",
+            "killed at {f}, rerun"
+        );
+        assert_eq!(
+            shared_with_state(&node),
+            Vec::<PathBuf>::new(),
+            "killed at {f}"
+        );
+    }
+    assert!(
+        killed >= 1 && mixed >= 1,
+        "no kill landed between two renames ({killed} killed, {mixed} mixed): the test proved nothing"
+    );
+}

@@ -71,7 +71,12 @@ fn delta_files(repo: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(dirs) = std::fs::read_dir(repo.join("public/deltas")) {
         for d in dirs {
-            for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            // deltas/list, beside the fan-out directories, names them for pullers.
+            let d = d.unwrap().path();
+            if !d.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(d).unwrap() {
                 let f = f.unwrap().path();
                 if f.extension().is_some_and(|e| e == "zd") {
                     out.push(f);

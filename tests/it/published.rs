@@ -272,7 +272,7 @@ fn issue12_verify_catches_damaged_published_files_and_repair_rebuilds_them() {
 }
 
 /// A port nothing listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -282,20 +282,21 @@ fn free_port() -> u16 {
 
 /// nginx configured as the book says (`commands/serve.md`), with only its address, root and
 /// API port changed: the root is the repository's `public/`, the workers run as www-data.
-struct Nginx {
+pub struct Nginx {
     child: Child,
-    addr: String,
+    pub addr: String,
 }
 
 impl Nginx {
-    fn start(env: &Env) -> Nginx {
+    pub fn start(env: &Env) -> Nginx {
         let dir = env.path("nginx");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let book = include_str!("../../book/src/commands/serve.md");
         let example = book
             .split("```nginx\n")
-            .nth(1)
+            .skip(1)
+            .find(|b| !b.contains("proxy_cache_path"))
             .and_then(|b| b.split("```").next())
             .expect("the book's nginx example");
         let mut server = example.to_string();
@@ -314,6 +315,11 @@ impl Nginx {
             );
             server = server.replace(from, &to);
         }
+        Nginx::run(&dir, port, &server)
+    }
+
+    /// nginx in `dir` on 127.0.0.1:`port` with `server` (the `http` block's inside).
+    pub fn run(dir: &Path, port: u16, server: &str) -> Nginx {
         let d = dir.display();
         let conf = dir.join("nginx.conf");
         std::fs::write(
@@ -329,7 +335,7 @@ impl Nginx {
         .unwrap();
         let child = Command::new("nginx")
             .arg("-p")
-            .arg(&dir)
+            .arg(dir)
             .arg("-e")
             .arg(dir.join("error.log"))
             .arg("-c")

@@ -48,6 +48,11 @@ fn post(url: &str, body: &str) -> u16 {
 #[test]
 fn node_database_refuses_duplicates_and_normalises_macs() {
     let env = Env::new();
+    // A node's image must exist (issue #15): compute:prod.
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    env.getimage(&tree, "compute", &[]);
+    env.ok(&["tag", "compute@1", "prod"]);
     env.ok(&[
         "node",
         "add",
@@ -270,6 +275,13 @@ fn dhcp_configs_pass_dnsmasq_and_dhcpd_checks() {
 #[test]
 fn serve_gives_per_node_scripts_and_a_done_report_switches_to_local_boot() {
     let env = Env::new();
+    // A node's class and image must exist (issue #15).
+    let tree = env.path("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    env.getimage(&tree, "tiny", &[]);
+    let t = env.path("tiny.toml");
+    fs::write(&t, TEMPLATE).unwrap();
+    env.ok(&["template", "import", t.to_str().unwrap()]);
     env.ok(&[
         "node", "add", "n01", "--mac", MAC, "--image", "tiny", "--class", "tiny",
     ]);
@@ -279,7 +291,7 @@ fn serve_gives_per_node_scripts_and_a_done_report_switches_to_local_boot() {
     env.ok(&[
         "pxe",
         "tftp",
-        "--root",
+        "--tftp-root",
         tftp.to_str().unwrap(),
         "--server",
         &base,
@@ -624,9 +636,20 @@ fn can_netns() -> bool {
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
-/// PXE-installs a QEMU node over `net`, booting SeaBIOS or (`uefi`) OVMF, and checks the
-/// disk, the reports and the switch to local boot.
-fn pxe_install(net: Net, uefi: bool) {
+/// The disk layout a PXE test installs.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// [`TEMPLATE`]: GPT, an ESP and an ext4 root.
+    Gpt,
+    /// tests/data/si/qemu-msdos-raid1.xml converted by `template import-si`: an msdos label,
+    /// ext2 /boot, an extended partition with two RAID1 members (mdadm in the guest: the test
+    /// machine's kernel has no md module) holding an ext3 root, and swap.
+    SiMsdosRaid1,
+}
+
+/// PXE-installs a QEMU node over `net`, booting SeaBIOS or (`uefi`) OVMF, with `layout`, and
+/// checks the disk, the reports and the switch to local boot.
+fn pxe_install(net: Net, uefi: bool, layout: Layout) {
     let rom = Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom");
     let needs = [
         "qemu-system-x86_64",
@@ -640,7 +663,12 @@ fn pxe_install(net: Net, uefi: bool) {
         "apt-get",
         "dpkg",
     ];
-    let missing: Vec<&&str> = needs.iter().filter(|p| !have(p)).collect();
+    // The kit carries the host's sfdisk, mdadm and mkfs.ext2/3 for the guest.
+    let si_needs: &[&str] = match layout {
+        Layout::Gpt => &[],
+        Layout::SiMsdosRaid1 => &["sfdisk", "mdadm", "mkfs.ext2", "mkfs.ext3", "mkswap"],
+    };
+    let missing: Vec<&&str> = needs.iter().chain(si_needs).filter(|p| !have(p)).collect();
     if !missing.is_empty() || !rom.exists() {
         skip(&format!(
             "the PXE install test needs {missing:?}{}",
@@ -685,9 +713,23 @@ fn pxe_install(net: Net, uefi: bool) {
     let captured = env.getimage(&g, "tiny", &[]);
     // `tiny@1 1f2e3d4c`: the node names the revision by image and short id.
     let short_id = captured.split_whitespace().nth(1).unwrap().to_string();
-    let t = env.path("tiny.toml");
-    fs::write(&t, TEMPLATE).unwrap();
-    env.ok(&["template", "import", t.to_str().unwrap()]);
+    match layout {
+        Layout::Gpt => {
+            let t = env.path("tiny.toml");
+            fs::write(&t, TEMPLATE).unwrap();
+            env.ok(&["template", "import", t.to_str().unwrap()]);
+        }
+        Layout::SiMsdosRaid1 => {
+            let xml = crate::si::layout("qemu-msdos-raid1.xml");
+            env.ok(&[
+                "template",
+                "import-si",
+                xml.to_str().unwrap(),
+                "--class",
+                "tiny",
+            ]);
+        }
+    }
     let mut add = vec![
         "node", "add", "vm1", "--mac", MAC, "--image", "tiny", "--class", "tiny",
     ];
@@ -750,7 +792,7 @@ fn pxe_install(net: Net, uefi: bool) {
             env.ok(&[
                 "pxe",
                 "tftp",
-                "--root",
+                "--tftp-root",
                 tftp.to_str().unwrap(),
                 "--server",
                 &format!("http://10.0.2.2:{port}"),
@@ -768,7 +810,7 @@ fn pxe_install(net: Net, uefi: bool) {
             env.ok(&[
                 "pxe",
                 "tftp",
-                "--root",
+                "--tftp-root",
                 tftp.to_str().unwrap(),
                 "--server",
                 &server,
@@ -889,7 +931,50 @@ fn pxe_install(net: Net, uefi: bool) {
         install_time.as_secs_f64()
     );
 
-    // The disk: GPT as the template says, a clean ext4 root holding the revision.
+    match layout {
+        Layout::Gpt => check_gpt_disk(&env, &disk, &g),
+        Layout::SiMsdosRaid1 => check_msdos_raid1_disk(&disk, &g),
+    }
+
+    // The node reported every phase, and is switched to local boot.
+    let show = env.ok(&["node", "show", "vm1"]);
+    assert!(show.contains("boot      local"), "{show}");
+    assert!(show.contains("phase     done"), "{show}");
+    assert!(
+        show.contains(&format!("revision  tiny@1 {short_id}")),
+        "{show}"
+    );
+    // Every phase reached the server. From the catalog, not `node show`, which lists the
+    // last 40 (a RAID layout's install reports more: each array and filesystem).
+    let db = rusqlite::Connection::open(env.repo().join("aurum.db")).unwrap();
+    let reported: Vec<String> = db
+        .prepare("SELECT DISTINCT phase FROM install_phases WHERE node = 'vm1'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for phase in [
+        "facts",
+        "partition",
+        "mkfs",
+        "transfer",
+        "hooks",
+        "bootloader",
+        "done",
+    ] {
+        assert!(
+            reported.iter().any(|p| p == phase),
+            "no {phase} phase reported: {reported:?}\n{show}"
+        );
+    }
+    let script = fs::read_to_string(tftp.join("ipxe/52-54-00-00-00-10.ipxe")).unwrap();
+    assert!(script.contains("sanboot"), "{script}");
+}
+
+/// The disk of a [`Layout::Gpt`] install: GPT as the template says, a clean ext4 root holding
+/// the revision.
+fn check_gpt_disk(env: &Env, disk: &Path, g: &Path) {
     let gpt = sh(&format!("sgdisk -p {}", disk.display()));
     let rows: Vec<Vec<&str>> = gpt
         .lines()
@@ -901,18 +986,8 @@ fn pxe_install(net: Net, uefi: bool) {
     assert_eq!((rows[0][5], rows[0][6]), ("EF00", "esp"), "{gpt}");
     assert_eq!((rows[1][5], rows[1][6]), ("8300", "root"), "{gpt}");
     let offset: u64 = rows[1][1].parse::<u64>().unwrap() * 512;
-    let fsimg = format!("{}?offset={offset}", disk.display());
-    let out = Command::new("e2fsck")
-        .args(["-fn", &fsimg])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "e2fsck -fn: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cat = |p: &str| sh(&format!("debugfs -R 'cat {p}' '{fsimg}' 2>/dev/null"));
+    fsck_clean(disk, offset);
+    let cat = |p: &str| debugfs_cat(disk, offset, p);
     assert_eq!(cat("/etc/motd"), "installed over the network\n");
     assert_eq!(cat("/etc/hostname"), "vm1\n");
     assert!(cat("/etc/fstab").contains("/boot/efi"));
@@ -933,50 +1008,149 @@ fn pxe_install(net: Net, uefi: bool) {
             "the installed files differ from the golden client's:\n{listing}"
         );
     }
+}
 
-    // The node reported every phase, and is switched to local boot.
-    let show = env.ok(&["node", "show", "vm1"]);
-    assert!(show.contains("boot      local"), "{show}");
-    assert!(show.contains("phase     done"), "{show}");
+/// The file `path` of the ext filesystem at `offset` of `disk`, read with debugfs.
+fn debugfs_cat(disk: &Path, offset: u64, path: &str) -> String {
+    sh(&format!(
+        "debugfs -R 'cat {path}' '{}?offset={offset}' 2>/dev/null",
+        disk.display()
+    ))
+}
+
+/// `e2fsck -fn` passes on the filesystem at `offset` of `disk`.
+fn fsck_clean(disk: &Path, offset: u64) {
+    let fsimg = format!("{}?offset={offset}", disk.display());
+    let out = Command::new("e2fsck")
+        .args(["-fn", &fsimg])
+        .output()
+        .unwrap();
     assert!(
-        show.contains(&format!("revision  tiny@1 {short_id}")),
-        "{show}"
+        out.status.success(),
+        "e2fsck -fn {fsimg}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    for phase in [
-        "facts",
-        "partition",
-        "mkfs",
-        "transfer",
-        "hooks",
-        "bootloader",
-        "done",
-    ] {
+}
+
+/// The disk of a [`Layout::SiMsdosRaid1`] install: an MBR with the partition types and boot
+/// flag of the layout, an ext2 /boot, two RAID1 members of one array (read with `mdadm
+/// --examine` through a loop device: no md driver needed on this side) each holding the same
+/// clean ext3 root with the revision, and swap.
+fn check_msdos_raid1_disk(disk: &Path, g: &Path) {
+    let table = json(&sh(&format!("sfdisk --json {}", disk.display())));
+    let t = &table["partitiontable"];
+    assert_eq!(t["label"], "dos", "{table}");
+    let parts = t["partitions"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = parts
+        .iter()
+        .map(|p| (p["node"].as_str().unwrap(), p["type"].as_str().unwrap()))
+        .collect();
+    let name = disk.display().to_string();
+    let want: Vec<(String, &str)> = [
+        ("1", "83"),
+        ("2", "5"),
+        ("5", "fd"),
+        ("6", "fd"),
+        ("7", "82"),
+    ]
+    .iter()
+    .map(|(n, t)| (format!("{name}{n}"), *t))
+    .collect();
+    assert_eq!(
+        kinds,
+        want.iter()
+            .map(|(n, t)| (n.as_str(), *t))
+            .collect::<Vec<_>>(),
+        "{table}"
+    );
+    assert_eq!(parts[0]["bootable"], true, "{table}");
+    let start = |i: usize| parts[i]["start"].as_u64().unwrap() * 512;
+    let probe = |offset: u64| {
+        sh(&format!(
+            "blkid -p -O {offset} -o export {} || true",
+            disk.display()
+        ))
+    };
+    assert!(probe(start(0)).contains("TYPE=ext2"), "{}", probe(start(0)));
+    fsck_clean(disk, start(0));
+    assert!(probe(start(4)).contains("TYPE=swap"), "{}", probe(start(4)));
+    let mut uuids = Vec::new();
+    for i in [2, 3] {
+        let info = probe(start(i));
+        assert!(info.contains("TYPE=linux_raid_member"), "{info}");
+        let examine = sh(&format!(
+            "l=$(losetup --find --show --read-only --offset {} --sizelimit {} {}); \
+             mdadm --examine $l; r=$?; losetup -d $l; exit $r",
+            start(i),
+            parts[i]["size"].as_u64().unwrap() * 512,
+            disk.display()
+        ));
+        assert!(examine.contains("Raid Level : raid1"), "{examine}");
+        assert!(examine.contains("Raid Devices : 2"), "{examine}");
+        let field = |k: &str| {
+            examine
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(k))
+                .map(|v| v.trim_start_matches([' ', ':']).to_string())
+                .unwrap_or_else(|| panic!("no {k} in:\n{examine}"))
+        };
+        uuids.push(field("Array UUID"));
+        let data: u64 = field("Data Offset")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Each mirror half holds the whole root filesystem after mdadm's data offset.
+        let root = start(i) + data * 512;
+        let info = probe(root);
         assert!(
-            show.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some(phase)),
-            "no {phase} phase reported:\n{show}"
+            info.contains("TYPE=ext3") && info.contains("LABEL=root"),
+            "{info}"
         );
+        fsck_clean(disk, root);
+        let cat = |p: &str| debugfs_cat(disk, root, p);
+        assert_eq!(cat("/etc/motd"), "installed over the network\n");
+        assert_eq!(cat("/etc/hostname"), "vm1\n");
+        let fstab = cat("/etc/fstab");
+        for want in ["/boot", "ext2", "ext3", "swap"] {
+            assert!(fstab.contains(want), "no {want} in /etc/fstab:\n{fstab}");
+        }
+        let data = sh(&format!(
+            "debugfs -R 'cat /var/lib/app/data' '{}?offset={root}' 2>/dev/null | cmp - {} && echo same",
+            disk.display(),
+            g.join("var/lib/app/data").display()
+        ));
+        assert!(data.contains("same"), "{data}");
     }
-    let script = fs::read_to_string(tftp.join("ipxe/52-54-00-00-00-10.ipxe")).unwrap();
-    assert!(script.contains("sanboot"), "{script}");
+    assert_eq!(uuids[0], uuids[1], "the two members are of one array");
 }
 
 #[test]
 fn qemu_node_installs_over_the_network_and_switches_to_local_boot() {
-    pxe_install(Net::User, false);
+    pxe_install(Net::User, false, Layout::Gpt);
 }
 
 /// The same install with aurum's generated dnsmasq configuration as the DHCP server.
 #[test]
 fn qemu_node_installs_with_the_generated_dnsmasq_config() {
-    pxe_install(Net::Dnsmasq, false);
+    pxe_install(Net::Dnsmasq, false, Layout::Gpt);
 }
 
 /// The same install on UEFI firmware (OVMF): iPXE's EFI build, the kernel's EFI stub, and
 /// facts that say UEFI.
 #[test]
 fn qemu_uefi_node_installs_over_the_network() {
-    pxe_install(Net::User, true);
+    pxe_install(Net::User, true, Layout::Gpt);
+}
+
+/// A SystemImager layout (msdos label, extended and logical partitions, RAID1 of two logical
+/// partitions with ext3, ext2 /boot, swap) converted by `template import-si` and installed over
+/// the network: sfdisk and mdadm run in the guest.
+#[test]
+fn qemu_node_installs_a_converted_systemimager_msdos_raid1_layout() {
+    pxe_install(Net::User, false, Layout::SiMsdosRaid1);
 }
 
 /// A node row an older aurum wrote with a class name or install phase this one refuses (it

@@ -22,7 +22,7 @@ use crate::common::{have, is_root, rev_of, revisions_of, rsync_diff, sh, skip, w
 const SSHD: &str = "/usr/sbin/sshd";
 
 /// False (after saying so) when not root; panics when a needed tool is missing.
-fn ready() -> bool {
+pub fn ready() -> bool {
     if !is_root() {
         skip("needs root");
         return false;
@@ -48,7 +48,7 @@ fn ready() -> bool {
 }
 
 /// A private sshd on 127.0.0.1, killed when dropped.
-struct Sshd {
+pub struct Sshd {
     child: Child,
     port: u16,
     client_key: PathBuf,
@@ -75,7 +75,7 @@ fn free_port() -> u16 {
 }
 
 impl Sshd {
-    fn start() -> Sshd {
+    pub fn start() -> Sshd {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let host_key = d.join("host_ed25519");
@@ -158,7 +158,7 @@ impl Sshd {
     }
 
     /// The --ssh value: our throwaway key, no host key checks, no prompts.
-    fn ssh_command(&self) -> String {
+    pub fn ssh_command(&self) -> String {
         format!(
             "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR",
             self.client_key.display()
@@ -166,12 +166,12 @@ impl Sshd {
     }
 
     /// ssh://root@127.0.0.1:PORT/ABS/PATH
-    fn url(&self, path: &Path) -> String {
+    pub fn url(&self, path: &Path) -> String {
         assert!(path.is_absolute());
         format!("ssh://root@127.0.0.1:{}{}", self.port, path.display())
     }
 
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

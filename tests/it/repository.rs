@@ -70,6 +70,17 @@ fn references_listings_and_tags() {
         .contains("compute@1"));
     let err = env.fails(&["show", "compute@9"], 2);
     assert!(err.contains("no revision 9"), "{err}");
+    // IMAGE~N counts back from the newest; past the first revision is an error naming it.
+    assert!(env.ok(&["show", "compute~1"]).contains("first"));
+    assert!(env.ok(&["show", "compute~"]).contains("compute@1"));
+    assert!(env.ok(&["show", "compute~0"]).contains("compute@2"));
+    let err = env.fails(&["show", "compute~2"], 2);
+    assert!(
+        err.contains("past the first revision") && err.contains("compute~1"),
+        "{err}"
+    );
+    let err = env.fails(&["show", "compute@2~1"], 2);
+    assert!(err.contains("IMAGE~N"), "{err}");
     let err = env.fails(&["show", "nosuch"], 2);
     assert!(err.contains("lsimage"), "{err}");
     env.fails(&["show", "compute:nosuchtag"], 2);

@@ -12,6 +12,8 @@ use crate::common::{json, write_random, Env};
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// Body bytes sent so far, from the server's request log.
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Server {
@@ -30,18 +32,35 @@ impl Server {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         // Notes may come first (an older repository's upgrade); the address line says `serving`.
         let first = lines
-            .find(|l| l.as_ref().map_or(true, |l| l.contains("serving")))
+            .find(|l| {
+                l.as_ref()
+                    .map_or(true, |l| l.contains("serving") || l.contains("caching"))
+            })
             .expect("serve prints its address")
             .unwrap();
+        // The last URL of the line: a cache tier names its upstream first.
         let addr = first
-            .split("http://")
-            .nth(1)
+            .rsplit("http://")
+            .next()
             .and_then(|s| s.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in `{first}`"))
             .to_string();
-        // Keep draining the request log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
+        // Keep draining the request log so the server never blocks on a full pipe, adding
+        // up the body bytes of each line (`PEER METHOD TARGET STATUS BYTES`).
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(n) = line
+                    .split_whitespace()
+                    .last()
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        Server { child, addr, sent }
     }
 }
 

@@ -1,0 +1,561 @@
+//! Rollouts: a revision onto a node set in waves, each gated by the nodes' health checks.
+//!
+//! The nodes are cut into waves: an optional canary (the first N nodes), then waves whose
+//! sizes are cumulative shares of the set (`10%,50%,100%`) or counts. In a wave, at most
+//! `max_unavailable` nodes are worked on at once; each node is updated over ssh
+//! (`aurum updateclient` from the server), then its health checks run (`aurum health`), and an
+//! unhealthy node is rolled back on the spot. A node that cannot be reached or whose update
+//! fails counts as failed too. When the failures exceed `max_failed`, the rollout stops and the
+//! wave's healthy nodes are rolled back as well; when the last wave passes, the image's
+//! `last-known-good` tag moves to the revision.
+//!
+//! Every transition is written to the catalog as it happens ([`crate::catalog::rollouts`]): a
+//! driver that dies (the master restarted) leaves the rollout `running`, and `rollout resume`
+//! drives it on, redoing the nodes that were in flight (an update to the revision a node already
+//! runs changes nothing). `pause` and `abort` are rows written by another command; the driver
+//! reads them between nodes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::exec::{self, Job, NodeResult, Options, Status};
+use super::nodeset::Target;
+use crate::catalog::rollouts::{Rollout, RolloutNode};
+use crate::catalog::Catalog;
+use crate::error::{invalid, Result};
+use crate::format::rollout::{NodeStep, Plan, RolloutState, Threshold};
+use crate::progress::Progress;
+use crate::repo::Repository;
+
+/// The tag a passed rollout moves.
+pub const LAST_KNOWN_GOOD: &str = "last-known-good";
+
+/// How big the waves after the canary are: each a cumulative share of the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaveSize {
+    Percent(u32),
+    Count(usize),
+}
+
+/// Reads `--waves`: `10%,50%,100%` or `2,10,all`.
+pub fn parse_waves(text: &str) -> Result<Vec<WaveSize>> {
+    text.split(',')
+        .map(|w| {
+            let w = w.trim();
+            let bad = || {
+                invalid(format!(
+                    "`{w}` in --waves is not a share (10%) or a count of nodes (4); write e.g. 10%,50%,100%"
+                ))
+            };
+            if w == "all" {
+                Ok(WaveSize::Percent(100))
+            } else if let Some(p) = w.strip_suffix('%') {
+                let p: u32 = p.parse().map_err(|_| bad())?;
+                if p == 0 || p > 100 {
+                    return Err(bad());
+                }
+                Ok(WaveSize::Percent(p))
+            } else {
+                let n: usize = w.parse().map_err(|_| bad())?;
+                if n == 0 {
+                    return Err(bad());
+                }
+                Ok(WaveSize::Count(n))
+            }
+        })
+        .collect()
+}
+
+/// Reads `--max-failed`: a count (`2`) or a share (`10%`).
+pub fn parse_threshold(text: &str) -> Result<Threshold> {
+    let bad = || {
+        invalid(format!(
+            "--max-failed `{text}` is not a count (2) or a share (10%)"
+        ))
+    };
+    match text.strip_suffix('%') {
+        Some(p) => Ok(Threshold::Percent(p.parse().map_err(|_| bad())?)),
+        None => Ok(Threshold::Count(text.parse().map_err(|_| bad())?)),
+    }
+}
+
+/// The wave of each of `n` nodes: the first `canary` in wave 0, then the waves `sizes` say
+/// (cumulative), the last always reaching every node. Returns the wave per node and the number
+/// of waves.
+pub fn assign_waves(n: usize, canary: usize, sizes: &[WaveSize]) -> (Vec<usize>, usize) {
+    let mut waves = Vec::with_capacity(n);
+    let canary = canary.min(n);
+    waves.extend(std::iter::repeat_n(0, canary));
+    let first = usize::from(canary > 0);
+    let mut wave = first;
+    for size in sizes {
+        let upto = match *size {
+            WaveSize::Percent(p) => (n * p as usize).div_ceil(100),
+            WaveSize::Count(c) => canary + c,
+        }
+        .min(n);
+        if upto > waves.len() {
+            waves.resize(upto, wave);
+            wave += 1;
+        }
+    }
+    if waves.len() < n {
+        waves.resize(n, wave);
+        wave += 1;
+    }
+    (waves, wave.max(first))
+}
+
+/// What a command run through ssh on one node says, and how it ended.
+fn on_node(t: &Target, plan: &Plan, words: &[&str], timeout: u64) -> NodeResult {
+    let mut cmd = vec![plan.aurum.as_str(), "--no-progress", "--quiet"];
+    cmd.extend_from_slice(words);
+    let opts = Options {
+        ssh: plan.ssh.clone(),
+        fanout: 1,
+        timeout: Some(Duration::from_secs(timeout.max(1))),
+        connect_timeout: plan.connect_timeout,
+        relays: Vec::new(),
+        relay_ssh: String::new(),
+        relay_aurum: String::new(),
+    };
+    let job = Job::Command(shell_words::join(&cmd));
+    match exec::run(
+        std::slice::from_ref(t),
+        &job,
+        &opts,
+        &crate::progress::Quiet,
+    ) {
+        Ok(mut r) if !r.is_empty() => r.swap_remove(0),
+        Ok(_) => NodeResult::failed(t, "no result"),
+        Err(e) => NodeResult::failed(t, &e.to_string()),
+    }
+}
+
+/// Why a node's command failed, in a few words.
+fn why(r: &NodeResult) -> String {
+    let last = r
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .trim_start_matches("aurum: error: ");
+    match r.status {
+        Status::Unreachable => format!("unreachable ({last})"),
+        Status::Timeout => r.problem(),
+        _ if last.is_empty() => r.problem(),
+        _ => last.to_string(),
+    }
+}
+
+/// The revision an update's JSON report says the node ran before (`image@N`, or an id).
+fn previous_of(report: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(report).ok()?;
+    let from = v.get("from")?;
+    match (from.get("image")?.as_str(), from.get("number")?.as_u64()) {
+        (Some(image), Some(n)) => Some(format!("{image}@{n}")),
+        _ => from.get("id")?.as_str().map(str::to_string),
+    }
+}
+
+/// The names of the required checks that failed, from `aurum health --json`.
+fn failed_checks(report: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(report) else {
+        return "no health report".to_string();
+    };
+    let names: Vec<String> = v["health"]["checks"]
+        .as_array()
+        .map(|checks| {
+            checks
+                .iter()
+                .filter(|c| c["required"] == true && c["status"] != "pass")
+                .map(|c| c["name"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.join(", ")
+}
+
+/// One node through its update and health gate. Writes each step to the catalog.
+fn drive_node(r: &Rollout, t: &Target, cat: &Mutex<&mut Catalog>) -> Result<NodeStep> {
+    let plan = &r.plan;
+    let set = |step, previous: Option<&str>, detail: &str| -> Result<()> {
+        cat.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_rollout_node(r.id, &t.name, step, previous, detail)
+    };
+    let target = format!("{}@{}", r.image, r.number);
+    set(NodeStep::Updating, None, &target)?;
+    let update = on_node(
+        t,
+        plan,
+        &[
+            "updateclient",
+            "--server",
+            &plan.server,
+            "--image",
+            &target,
+            "--root",
+            &plan.node_root,
+            "--json",
+        ],
+        plan.update_timeout,
+    );
+    if update.status != Status::Ok {
+        set(
+            NodeStep::Failed,
+            None,
+            &format!("update failed: {}", why(&update)),
+        )?;
+        return Ok(NodeStep::Failed);
+    }
+    let previous = previous_of(&update.stdout);
+    set(NodeStep::Checking, previous.as_deref(), "health checks")?;
+    let timeout = plan.health_timeout.to_string();
+    let health = on_node(
+        t,
+        plan,
+        &[
+            "health",
+            "--root",
+            &plan.node_root,
+            "--timeout",
+            &timeout,
+            "--server",
+            &plan.server,
+            "--json",
+        ],
+        plan.update_timeout,
+    );
+    match (health.status, health.exit) {
+        (Status::Ok, _) => {
+            set(NodeStep::Done, None, "healthy")?;
+            Ok(NodeStep::Done)
+        }
+        (Status::Failed, Some(1)) => {
+            let failed = failed_checks(&health.stdout);
+            let back = rollback(t, plan);
+            set(
+                NodeStep::Failed,
+                None,
+                &format!("unhealthy ({failed}); {back}"),
+            )?;
+            Ok(NodeStep::Failed)
+        }
+        _ => {
+            set(
+                NodeStep::Failed,
+                None,
+                &format!("health checks did not run: {}", why(&health)),
+            )?;
+            Ok(NodeStep::Failed)
+        }
+    }
+}
+
+/// Rolls `t` back to the revision before its update; says how that went.
+fn rollback(t: &Target, plan: &Plan) -> String {
+    let r = on_node(
+        t,
+        plan,
+        &["rollback", "--root", &plan.node_root, "--json"],
+        plan.update_timeout,
+    );
+    if r.status == Status::Ok {
+        "rolled back".to_string()
+    } else {
+        format!("rollback failed: {}", why(&r))
+    }
+}
+
+/// Whether another command paused or aborted rollout `id`.
+fn stop_asked(catalog_path: &std::path::Path, id: i64) -> Option<RolloutState> {
+    let cat = Catalog::open(catalog_path).ok()?;
+    let state = cat.rollout(id).ok()?.state;
+    matches!(state, RolloutState::Paused | RolloutState::Aborted).then_some(state)
+}
+
+/// The lock a rollout's driver holds while it runs (`tmp/rollout-ID.lock`), so that two
+/// drivers never work the same rollout.
+fn driver_lock(repo: &Repository, id: i64) -> Result<std::fs::File> {
+    try_driver_lock(repo, id)?.ok_or_else(|| {
+        invalid(format!(
+            "rollout {id} is being driven by another aurum; `aurum rollout status {id}` shows it"
+        ))
+    })
+}
+
+/// The driver's lock, or `None` when a driver holds it.
+fn try_driver_lock(repo: &Repository, id: i64) -> Result<Option<std::fs::File>> {
+    use crate::error::IoContext;
+    let path = repo.root.join(format!("tmp/rollout-{id}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).at(&path),
+    }
+}
+
+/// Pauses or aborts rollout `id`. With a driver running, writes the request, which the driver
+/// carries out between nodes; with none, carries it out here (an abort rolls the current wave
+/// back). Says what was done.
+pub fn steer(
+    repo: &mut Repository,
+    id: i64,
+    to: RolloutState,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<String> {
+    let r = repo.catalog.rollout(id)?;
+    match try_driver_lock(repo, id)? {
+        None => {
+            repo.catalog
+                .set_rollout(id, to, r.wave, &format!("{to} asked"))?;
+            Ok(format!("{to} asked; its driver stops between two nodes"))
+        }
+        Some(_lock) => {
+            finish_stop(repo, &r, r.wave, to, say)?;
+            Ok(to.to_string())
+        }
+    }
+}
+
+/// Drives rollout `id` from where it stands to its end, or until paused. `say` receives a
+/// line per transition.
+pub fn drive(
+    repo: &mut Repository,
+    id: i64,
+    progress: &dyn Progress,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<RolloutState> {
+    let _driver = driver_lock(repo, id)?;
+    let catalog_path = repo.root.join("aurum.db");
+    let mut r = repo.catalog.rollout(id)?;
+    if r.state.is_final() {
+        return Ok(r.state);
+    }
+    if r.state == RolloutState::Paused {
+        repo.catalog
+            .set_rollout(id, RolloutState::Running, r.wave, "resumed")?;
+        say(&format!("rollout {id}: resumed at wave {}", r.wave));
+    }
+    let nodes = repo.catalog.rollout_nodes(id)?;
+    let total = nodes.len();
+    let allowed = r.plan.max_failed.allowed(total);
+    progress.phase("nodes", Some(total as u64), false);
+    progress.advance(
+        nodes
+            .iter()
+            .filter(|n| {
+                matches!(
+                    n.state,
+                    NodeStep::Done | NodeStep::Failed | NodeStep::RolledBack
+                )
+            })
+            .count() as u64,
+    );
+    for wave in r.wave..r.plan.waves {
+        r = repo.catalog.rollout(id)?;
+        if let Some(stop) = stop_asked(&catalog_path, id) {
+            return finish_stop(repo, &r, wave, stop, say);
+        }
+        repo.catalog
+            .set_rollout(id, RolloutState::Running, wave, &format!("wave {wave}"))?;
+        say(&format!("rollout {id}: wave {wave}"));
+        let todo: Vec<RolloutNode> = repo
+            .catalog
+            .rollout_nodes(id)?
+            .into_iter()
+            .filter(|n| {
+                n.wave == wave
+                    && !matches!(
+                        n.state,
+                        NodeStep::Done | NodeStep::Failed | NodeStep::RolledBack
+                    )
+            })
+            .collect();
+        let halt = AtomicBool::new(false);
+        let stopped = Mutex::new(None);
+        let failed_before = repo
+            .catalog
+            .rollout_nodes(id)?
+            .iter()
+            .filter(|n| n.state == NodeStep::Failed)
+            .count();
+        let failures = std::sync::atomic::AtomicUsize::new(failed_before);
+        {
+            let cat = Mutex::new(&mut repo.catalog);
+            let fanout = if r.plan.max_unavailable == 0 {
+                todo.len()
+            } else {
+                r.plan.max_unavailable
+            };
+            let results: Vec<Result<()>> =
+                exec::fan_out(&todo, fanout, &crate::progress::Quiet, |n| {
+                    if halt.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    if let Some(stop) = stop_asked(&catalog_path, id) {
+                        *stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop);
+                        halt.store(true, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    let t = Target {
+                        name: n.node.clone(),
+                        host: n.host.clone(),
+                    };
+                    let step = drive_node(&r, &t, &cat)?;
+                    progress.advance(1);
+                    say(&format!("rollout {id}: {}: {step}", n.node));
+                    if step == NodeStep::Failed
+                        && failures.fetch_add(1, Ordering::Relaxed) + 1 > allowed
+                    {
+                        halt.store(true, Ordering::Relaxed);
+                    }
+                    Ok(())
+                });
+            results.into_iter().collect::<Result<Vec<()>>>()?;
+        }
+        let failed = failures.load(Ordering::Relaxed);
+        if failed > allowed {
+            let reason = format!("{failed} nodes failed, more than --max-failed allows ({allowed}); wave {wave} rolled back");
+            roll_back_wave(repo, &r, wave, say)?;
+            repo.catalog
+                .set_rollout(id, RolloutState::Failed, wave, &reason)?;
+            say(&format!("rollout {id}: failed: {reason}"));
+            progress.finish();
+            return Ok(RolloutState::Failed);
+        }
+        if let Some(stop) = stopped.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return finish_stop(repo, &r, wave, stop, say);
+        }
+        if wave + 1 < r.plan.waves && r.plan.pause_between > 0 {
+            say(&format!(
+                "rollout {id}: wave {wave} passed; next in {} s",
+                r.plan.pause_between
+            ));
+            for _ in 0..r.plan.pause_between {
+                if stop_asked(&catalog_path, id).is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    progress.finish();
+    let target = format!("{}@{}", r.image, r.number);
+    repo.tag(&target, LAST_KNOWN_GOOD)?;
+    let reason = format!(
+        "every wave passed; {}:{LAST_KNOWN_GOOD} is {target}",
+        r.image
+    );
+    repo.catalog.set_rollout(
+        id,
+        RolloutState::Done,
+        r.plan.waves.saturating_sub(1),
+        &reason,
+    )?;
+    say(&format!("rollout {id}: done: {reason}"));
+    Ok(RolloutState::Done)
+}
+
+/// A pause or an abort asked for by another command, carried out at `wave`.
+fn finish_stop(
+    repo: &mut Repository,
+    r: &Rollout,
+    wave: usize,
+    stop: RolloutState,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<RolloutState> {
+    if stop == RolloutState::Aborted {
+        roll_back_wave(repo, r, wave, say)?;
+        repo.catalog.set_rollout(
+            r.id,
+            RolloutState::Aborted,
+            wave,
+            &format!("aborted; wave {wave} rolled back"),
+        )?;
+    } else {
+        repo.catalog.set_rollout(
+            r.id,
+            RolloutState::Paused,
+            wave,
+            &format!("paused at wave {wave}"),
+        )?;
+    }
+    say(&format!("rollout {}: {stop} at wave {wave}", r.id));
+    Ok(stop)
+}
+
+/// Rolls back the nodes of `wave` that were updated and healthy.
+fn roll_back_wave(
+    repo: &mut Repository,
+    r: &Rollout,
+    wave: usize,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<()> {
+    let done: Vec<RolloutNode> = repo
+        .catalog
+        .rollout_nodes(r.id)?
+        .into_iter()
+        .filter(|n| {
+            n.wave == wave
+                && matches!(
+                    n.state,
+                    NodeStep::Done | NodeStep::Checking | NodeStep::Updating
+                )
+        })
+        .collect();
+    let cat = Mutex::new(&mut repo.catalog);
+    let fanout = done.len().max(1);
+    let results: Vec<Result<()>> = exec::fan_out(&done, fanout, &crate::progress::Quiet, |n| {
+        let t = Target {
+            name: n.node.clone(),
+            host: n.host.clone(),
+        };
+        let back = rollback(&t, &r.plan);
+        say(&format!("rollout {}: {}: {back}", r.id, n.node));
+        let step = if back == "rolled back" {
+            NodeStep::RolledBack
+        } else {
+            NodeStep::Failed
+        };
+        cat.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_rollout_node(r.id, &n.node, step, None, &back)
+    });
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waves_are_cumulative_and_the_last_reaches_every_node() {
+        let waves = parse_waves("10%,50%,100%").unwrap();
+        let (w, n) = assign_waves(10, 1, &waves);
+        assert_eq!(w, [0, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
+        assert_eq!(n, 3);
+        let (w, n) = assign_waves(8, 0, &parse_waves("2,4").unwrap());
+        assert_eq!(w, [0, 0, 1, 1, 2, 2, 2, 2]);
+        assert_eq!(n, 3);
+        let (w, n) = assign_waves(3, 5, &parse_waves("100%").unwrap());
+        assert_eq!(w, [0, 0, 0]);
+        assert_eq!(n, 1);
+        assert!(parse_waves("0%").is_err());
+        assert!(parse_waves("ten").is_err());
+        assert_eq!(parse_threshold("10%").unwrap(), Threshold::Percent(10));
+        assert_eq!(parse_threshold("2").unwrap(), Threshold::Count(2));
+        assert!(parse_threshold("x").is_err());
+    }
+}

@@ -1,0 +1,958 @@
+//! The simulated fleet (tests/rig/fleet) that rollout, scheduler and scale-out tests share:
+//! nodes that are network namespaces with their own address, hostname and root file system,
+//! sshd inside, aurum inside, and a master namespace whose `aurum serve` they update from.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::common::{can_run, have, is_root, sh, write_random, Env};
+
+/// A fleet brought up for one test and always brought down.
+pub struct Fleet {
+    state: PathBuf,
+    pub master: String,
+    pub nodes: Vec<String>,
+}
+
+fn rig() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rig/fleet")
+}
+
+impl Fleet {
+    /// `count` nodes, their state under `dir`.
+    pub fn up(dir: &Path, count: usize) -> Fleet {
+        let state = dir.join("fleet");
+        let out = Command::new(rig())
+            .args(["up", "-n", &count.to_string(), "--state"])
+            .arg(&state)
+            .args(["--aurum", env!("CARGO_BIN_EXE_aurum")])
+            .output()
+            .unwrap();
+        let fleet = Fleet {
+            state,
+            master: String::new(),
+            nodes: Vec::new(),
+        };
+        assert!(
+            out.status.success(),
+            "fleet up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = std::fs::read_to_string(fleet.state.join("env")).unwrap();
+        let value = |key: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap()
+                .trim_matches('"')
+                .to_string()
+        };
+        let mut fleet = fleet;
+        fleet.master = value("FLEET_MASTER");
+        fleet.nodes = value("FLEET_NODES")
+            .split(' ')
+            .map(str::to_string)
+            .collect();
+        fleet
+    }
+
+    fn rig(&self, verb: &str) -> Command {
+        let mut c = Command::new(rig());
+        c.arg(verb).arg("--state").arg(&self.state);
+        c
+    }
+
+    /// Runs `script` on `node` over ssh from the master; its output, panicking on failure.
+    pub fn ssh(&self, node: &str, script: &str) -> String {
+        let out = self.rig("ssh").arg(node).arg(script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{node}: `{script}` failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `cmd` in the master's namespace, its output dropped (a server's log must not
+    /// fill an unread pipe; use `spawn_capturing` to read it).
+    pub fn spawn_on_master(&self, cmd: &[&str]) -> Child {
+        self.rig("master")
+            .args(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts `cmd` in the master's namespace with its output piped, to be read with
+    /// `wait_with_output`.
+    pub fn spawn_capturing(&self, cmd: &[&str]) -> Child {
+        self.rig("master")
+            .args(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs `cmd` in the master's namespace to its end.
+    pub fn on_master(&self, cmd: &[&str]) -> std::process::Output {
+        self.rig("master").args(cmd).output().unwrap()
+    }
+
+    /// The ssh command line, for `--ssh`, that reaches the nodes from the master.
+    pub fn ssh_command(&self) -> String {
+        format!(
+            "ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            self.state.join("id_ed25519").display()
+        )
+    }
+
+    /// A node's address.
+    pub fn address(&self, node: &str) -> String {
+        let net = self.master.rsplit_once('.').unwrap().0;
+        format!(
+            "{net}.{}",
+            node.trim_start_matches('n').parse::<u32>().unwrap()
+        )
+    }
+
+    /// Waits until something listens on the master's `port`.
+    pub fn wait_port(&self, port: u16) {
+        let probe = format!("exec 3<>/dev/tcp/{}/{port}", self.master);
+        for _ in 0..100 {
+            let ok = self
+                .rig("master")
+                .args(["bash", "-c", &probe])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "nothing listens on {}:{port} in the master namespace",
+            self.master
+        );
+    }
+
+    /// A node's root file system, seen from the host.
+    pub fn root(&self, node: &str) -> PathBuf {
+        self.state.join("nodes").join(node).join("root")
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.rig("down").status();
+    }
+}
+
+/// Whether the fleet rig can run here (root, sshd, ip, and the cached Debian root it builds).
+pub fn fleet_can_run() -> bool {
+    can_run(is_root(), "root (network namespaces, overlay mounts)")
+        && can_run(have("sshd"), "sshd (openssh-server)")
+        && can_run(have("ip"), "ip (iproute2)")
+        && can_run(have("debootstrap"), "debootstrap (the nodes' Debian root)")
+}
+
+#[test]
+fn fleet_nodes_are_separate_machines_that_update_from_the_master() {
+    if !fleet_can_run() {
+        return;
+    }
+    let env = Env::new();
+    let golden = env.path("golden");
+    std::fs::create_dir_all(golden.join("etc")).unwrap();
+    std::fs::write(golden.join("etc/motd"), "revision one\n").unwrap();
+    write_random(&golden.join("opt/data.bin"), 7, 300_000);
+    env.getimage(&golden, "compute", &[]);
+
+    let fleet = Fleet::up(env.dir.path(), 3);
+    assert_eq!(fleet.nodes, ["n01", "n02", "n03"]);
+    // Each node is its own machine: its name, its address, its own files.
+    let mut addresses = Vec::new();
+    for node in &fleet.nodes {
+        let said = fleet.ssh(node, "hostname; hostname -I; cat /etc/debian_version");
+        let mut lines = said.lines();
+        assert_eq!(lines.next(), Some(node.as_str()));
+        addresses.push(lines.next().unwrap().trim().to_string());
+        assert!(lines.next().unwrap().starts_with("12."), "{said}");
+    }
+    addresses.dedup();
+    assert_eq!(addresses.len(), 3, "{addresses:?}");
+    fleet.ssh("n01", "echo only-here > /etc/n01-only");
+    assert!(!fleet.root("n02").join("etc/n01-only").exists());
+
+    // The master serves; every node updates a directory from it over the fleet's network.
+    let repo = env.repo();
+    let listen = format!("{}:8035", fleet.master);
+    let mut serve = fleet.spawn_on_master(&[
+        env!("CARGO_BIN_EXE_aurum"),
+        "--repo",
+        repo.to_str().unwrap(),
+        "serve",
+        "--listen",
+        &listen,
+    ]);
+    fleet.wait_port(8035);
+    for node in &fleet.nodes {
+        fleet.ssh(
+            node,
+            "mkdir -p /srv/node && aurum --no-progress updateclient --server http://master:8035 --image compute --root /srv/node --quiet",
+        );
+        let got = fleet.root(node).join("srv/node");
+        assert_eq!(
+            std::fs::read_to_string(got.join("etc/motd")).unwrap(),
+            "revision one\n"
+        );
+        assert_eq!(
+            std::fs::read(got.join("opt/data.bin")).unwrap(),
+            std::fs::read(golden.join("opt/data.bin")).unwrap()
+        );
+    }
+    // And the master's report list names each node by the hostname it reported.
+    let nodes = env.ok(&["nodes", "--json"]);
+    for node in &fleet.nodes {
+        assert!(
+            nodes.contains(&format!("\"{node}\"")),
+            "{node} not in {nodes}"
+        );
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let state = fleet.state.clone();
+    drop(fleet);
+    assert!(!state.exists(), "fleet down left {}", state.display());
+    assert!(
+        !sh("mount").contains(state.to_str().unwrap()),
+        "fleet down left mounts"
+    );
+}
+
+/// `aurum exec` and `copy` on the fleet: node sets with the node database's groups and
+/// addresses, folded output, an exit status that counts failures, per-node timeouts, nodes
+/// that cannot be reached, relays (--tree), and copies that keep owners and modes.
+#[test]
+fn exec_and_copy_fan_out_fold_and_count_failures() {
+    if !fleet_can_run() {
+        return;
+    }
+    let env = Env::new();
+    let fleet = Fleet::up(env.dir.path(), 8);
+    for (i, node) in fleet.nodes.iter().enumerate() {
+        let group = ["rack1", "rack1", "rack2", "rack2"]
+            .get(i)
+            .unwrap_or(&"rack3");
+        env.ok(&[
+            "node",
+            "add",
+            node,
+            "--mac",
+            &format!("52:54:00:00:00:0{}", i + 1),
+            "--ip",
+            &fleet.address(node),
+            "--group",
+            group,
+        ]);
+    }
+    // n09 is in the database at an address nobody answers on.
+    env.ok(&[
+        "node",
+        "add",
+        "n09",
+        "--mac",
+        "52:54:00:00:00:09",
+        "--ip",
+        &fleet.address("n99"),
+    ]);
+    std::fs::write(fleet.root("n03").join("etc/debian_version"), "12.0\n").unwrap();
+    let ssh = fleet.ssh_command();
+    let repo = env.repo();
+    let aurum = |args: &[&str]| {
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-progress",
+        ];
+        cmd.extend_from_slice(args);
+        fleet.on_master(&cmd)
+    };
+
+    let out = aurum(&[
+        "exec",
+        "@all!n09",
+        "--ssh",
+        &ssh,
+        "--",
+        "cat",
+        "/etc/debian_version",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = std::fs::read_to_string(fleet.root("n01").join("etc/debian_version")).unwrap();
+    assert_eq!(
+        stdout,
+        format!("---------------\nn[01-02,04-08] (7)\n---------------\n{version}---------------\nn03\n---------------\n12.0\n")
+    );
+
+    // One node fails, one times out, one cannot be reached: the exit status is 3, each is
+    // named, and --json says which is which.
+    let script = "case $(hostname) in n02) exit 7;; n04) sleep 30;; esac; echo fine";
+    let started = std::time::Instant::now();
+    let out = aurum(&[
+        "exec",
+        "@all",
+        "--ssh",
+        &ssh,
+        "--timeout",
+        "3",
+        "--connect-timeout",
+        "2",
+        "--json",
+        "--",
+        script,
+    ]);
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "the timeout did not cut n04 short"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = crate::common::json(&String::from_utf8_lossy(&out.stdout));
+    let status = |node: &str| {
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == node)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status("n01"), "ok");
+    assert_eq!(status("n02"), "failed");
+    assert_eq!(status("n04"), "timeout");
+    assert_eq!(status("n09"), "unreachable");
+    assert_eq!(report["ok"], 6);
+    let out = aurum(&["exec", "n0[1-2]", "--ssh", &ssh, "--", script]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("aurum: n02: exit status 7"));
+
+    // Through a relay: n01 reaches n[02-04] itself (with its own key) and reports back.
+    std::fs::copy(
+        fleet.state.join("id_ed25519"),
+        fleet.root("n01").join("root/.ssh/id_ed25519"),
+    )
+    .unwrap();
+    let relay_ssh =
+        "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
+    let out = aurum(&[
+        "exec",
+        "n0[2-4]",
+        "--ssh",
+        &ssh,
+        "--tree",
+        "n01",
+        "--relay-ssh",
+        relay_ssh,
+        "--json",
+        "--",
+        "hostname",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = crate::common::json(&String::from_utf8_lossy(&out.stdout));
+    let said: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["stdout"].as_str().unwrap().trim())
+        .collect();
+    assert_eq!(said, ["n02", "n03", "n04"]);
+
+    // A copy keeps owners and modes, into a directory made on the way.
+    let src = env.path("conf");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/slurm.conf"), "ClusterName=test\n").unwrap();
+    sh(&format!(
+        "chown -R 1234:4321 '{0}' && chmod 0640 '{0}/sub/slurm.conf'",
+        src.display()
+    ));
+    let out = aurum(&[
+        "copy",
+        "@rack2",
+        src.to_str().unwrap(),
+        "/etc/new/place",
+        "--ssh",
+        &ssh,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in ["n03", "n04"] {
+        let f = fleet.root(node).join("etc/new/place/conf/sub/slurm.conf");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "ClusterName=test\n");
+        let st = sh(&format!("stat -c '%u:%g %a' '{}'", f.display()));
+        assert_eq!(st.trim(), "1234:4321 640");
+    }
+    assert!(!fleet.root("n01").join("etc/new").exists());
+    // And through the relay, which unpacks the archive it is sent and copies on.
+    let out = aurum(&[
+        "copy",
+        "n0[2-3]",
+        src.to_str().unwrap(),
+        "/opt/relayed",
+        "--ssh",
+        &ssh,
+        "--tree",
+        "n01",
+        "--relay-ssh",
+        relay_ssh,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in ["n02", "n03"] {
+        let f = fleet.root(node).join("opt/relayed/conf/sub/slurm.conf");
+        let st = sh(&format!("stat -c '%u:%g %a' '{}'", f.display()));
+        assert_eq!(st.trim(), "1234:4321 640", "{node}");
+    }
+
+    // On 8 nodes, two at a time and through two relays, the output is what clubak prints.
+    if can_run(have("clubak"), "clubak (clustershell)") {
+        for relay in ["n01", "n05"] {
+            let key = fleet.root(relay).join("root/.ssh/id_ed25519");
+            std::fs::copy(fleet.state.join("id_ed25519"), key).unwrap();
+        }
+        let hosts: Vec<String> = fleet
+            .nodes
+            .iter()
+            .map(|n| format!("{n}={}", fleet.address(n)))
+            .collect();
+        let hosts = hosts.join(",");
+        let script =
+            "case $(hostname) in n0[1-3]) echo a;; n0[4-6]) echo b; echo c;; *) echo d;; esac";
+        let direct = aurum(&[
+            "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2", "--json", "--",
+            script,
+        ]);
+        let report = crate::common::json(&String::from_utf8_lossy(&direct.stdout));
+        let mut lines = String::new();
+        for r in report["results"].as_array().unwrap() {
+            for line in r["stdout"].as_str().unwrap().lines() {
+                lines.push_str(&format!("{}: {line}\n", r["node"].as_str().unwrap()));
+            }
+        }
+        let clubak = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s' '{lines}' | clubak -c -S ': '"))
+            .output()
+            .unwrap();
+        let expected = String::from_utf8_lossy(&clubak.stdout).into_owned();
+        assert!(expected.contains("n[04-06] (3)"), "{expected}");
+        for tree in [None, Some("n01,n05")] {
+            let mut args = vec![
+                "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2",
+            ];
+            if let Some(relays) = tree {
+                args.extend(["--tree", relays, "--relay-ssh", relay_ssh]);
+            }
+            args.extend(["--", script]);
+            let out = aurum(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                expected,
+                "tree {tree:?}"
+            );
+        }
+    }
+
+    // A node set that names a group nobody is in says which groups there are.
+    let out = aurum(&["exec", "@rack9", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the groups are rack1, rack2"));
+}
+
+/// A busybox root carrying a required health check that passes when `healthy`, with
+/// /etc/version saying `version`.
+fn checked_golden(env: &Env, version: u32, healthy: bool) -> PathBuf {
+    let root = env.path(&format!("golden{version}"));
+    let state = if healthy { "running" } else { "stopped" };
+    sh(&format!(
+        r#"
+        r={root}
+        mkdir -p $r/bin $r/etc/aurum/health/required.d $r/tmp
+        cp /bin/busybox $r/bin/busybox
+        for t in $(/bin/busybox --list); do [ $t = busybox ] || ln -sf busybox $r/bin/$t; done
+        echo {state} > $r/etc/service.state
+        echo {version} > $r/etc/version
+        printf '#!/bin/sh\nstate=$(cat /etc/service.state)\necho "service is $state"\n[ "$state" = running ]\n' > $r/etc/aurum/health/required.d/10-service
+        chmod 755 $r/etc/aurum/health/required.d/10-service
+        "#,
+        root = root.display()
+    ));
+    root
+}
+
+/// The master side of a rollout test: the fleet, the repository served from the master's
+/// namespace, and every node on `img@1` under /srv/node.
+struct RolloutRig {
+    env: Env,
+    fleet: Fleet,
+    serve: Child,
+}
+
+impl RolloutRig {
+    fn new(nodes: usize, versions: &[(u32, bool)]) -> RolloutRig {
+        let env = Env::new();
+        for &(v, healthy) in versions {
+            let golden = checked_golden(&env, v, healthy);
+            env.getimage(&golden, "img", &[]);
+        }
+        let fleet = Fleet::up(env.dir.path(), nodes);
+        for (i, node) in fleet.nodes.iter().enumerate() {
+            env.ok(&[
+                "node",
+                "add",
+                node,
+                "--mac",
+                &format!("52:54:00:00:01:{:02x}", i + 1),
+                "--ip",
+                &fleet.address(node),
+                "--group",
+                "compute",
+            ]);
+        }
+        let listen = format!("{}:8035", fleet.master);
+        let repo = env.repo();
+        let serve = fleet.spawn_on_master(&[
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "serve",
+            "--listen",
+            &listen,
+        ]);
+        fleet.wait_port(8035);
+        let rig = RolloutRig { env, fleet, serve };
+        let out = rig.aurum(&[
+            "exec", "@compute", "--ssh", &rig.fleet.ssh_command(), "--",
+            "mkdir -p /srv/node && aurum --quiet updateclient --server http://master:8035 --image img@1 --root /srv/node",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        rig
+    }
+
+    /// aurum run in the master's namespace on the repository.
+    fn aurum(&self, args: &[&str]) -> std::process::Output {
+        let repo = self.env.repo();
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-progress",
+        ];
+        cmd.extend_from_slice(args);
+        self.fleet.on_master(&cmd)
+    }
+
+    /// The arguments of a rollout of `rev` over the fleet, before the options of the test.
+    fn start_args(&self, rev: &str) -> Vec<String> {
+        [
+            "rollout",
+            "start",
+            rev,
+            "@compute",
+            "--server",
+            "http://master:8035",
+            "--node-root",
+            "/srv/node",
+            "--ssh",
+            &self.fleet.ssh_command(),
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// The version each node's /srv/node holds.
+    fn versions(&self) -> Vec<String> {
+        self.fleet
+            .nodes
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(self.fleet.root(n).join("srv/node/etc/version"))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn rollout(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let out = self.aurum(args);
+        let v = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v)
+    }
+}
+
+impl Drop for RolloutRig {
+    fn drop(&mut self) {
+        let _ = self.serve.kill();
+        let _ = self.serve.wait();
+    }
+}
+
+fn states(v: &serde_json::Value) -> Vec<String> {
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{}={}",
+                n["node"].as_str().unwrap(),
+                n["state"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Rollouts on 8 simulated nodes: a good revision goes canary -> waves -> done and moves
+/// last-known-good; one that fails its health check stops at the canary, which is back on its
+/// previous revision, with no other node changed; dead nodes count as failed and --max-failed
+/// decides.
+#[test]
+fn rollouts_gate_waves_on_health_and_failures() {
+    if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {
+        return;
+    }
+    let rig = RolloutRig::new(8, &[(1, true), (2, true), (3, false), (4, true), (5, true)]);
+    let started = std::time::Instant::now();
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--waves", "50%,100%"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let good_rollout = started.elapsed();
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["rollout"]["state"], "done");
+    assert_eq!(v["rollout"]["plan"]["waves"], 3);
+    assert!(states(&v).iter().all(|s| s.ends_with("=done")), "{v}");
+    assert_eq!(rig.versions(), vec!["2"; 8]);
+    let log = rig.env.ok(&["log", "img", "--json"]);
+    assert!(log.contains("last-known-good"), "{log}");
+    let tagged = rig.env.ok(&["show", "img:last-known-good", "--json"]);
+    assert_eq!(crate::common::json(&tagged)["number"], 2, "{tagged}");
+
+    // A revision whose health check fails: the canary takes it, fails, is rolled back, and the
+    // rollout stops there.
+    let mut args = rig.start_args("img@3");
+    args.extend(["--canary", "1", "--waves", "100%"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rollout"]["state"], "failed");
+    assert_eq!(v["rollout"]["wave"], 0);
+    let s = states(&v);
+    assert_eq!(s[0], "n01=failed", "{v}");
+    assert!(s[1..].iter().all(|s| s.ends_with("=pending")), "{v}");
+    let detail = v["nodes"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("unhealthy (10-service); rolled back"),
+        "{detail}"
+    );
+    assert_eq!(
+        rig.versions(),
+        vec!["2"; 8],
+        "the canary is back on img@2, no other node moved"
+    );
+    let tagged = rig.env.ok(&["show", "img:last-known-good", "--json"]);
+    assert_eq!(crate::common::json(&tagged)["number"], 2);
+
+    // Two dead nodes (sshd killed) with --max-failed 1: the rollout fails, and the wave's
+    // healthy nodes are rolled back. With one dead node it would pass.
+    for node in ["n04", "n07"] {
+        sh(&format!(
+            "kill $(cat '{}/run/sshd.pid')",
+            rig.fleet.root(node).display()
+        ));
+    }
+    let mut args = rig.start_args("img@4");
+    args.extend(
+        [
+            "--canary",
+            "0",
+            "--waves",
+            "100%",
+            "--max-failed",
+            "1",
+            "--connect-timeout",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rollout"]["state"], "failed");
+    let s = states(&v);
+    assert!(
+        s.contains(&"n04=failed".to_string()) && s.contains(&"n07=failed".to_string()),
+        "{v}"
+    );
+    let versions = rig.versions();
+    assert!(
+        versions.iter().all(|x| x == "2"),
+        "the wave was rolled back: {versions:?}"
+    );
+    let mut args = rig.start_args("img@5");
+    args.extend(["--nodeset-unused"].map(String::from));
+    args.pop();
+    args[3] = "@compute!n07".into();
+    args.extend(
+        [
+            "--canary",
+            "0",
+            "--max-failed",
+            "1",
+            "--connect-timeout",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["rollout"]["state"], "done");
+    assert!(states(&v).contains(&"n04=failed".to_string()));
+    let versions = rig.versions();
+    assert_eq!(
+        versions.iter().filter(|x| *x == "5").count(),
+        6,
+        "{versions:?}"
+    );
+    eprintln!(
+        "rollout of a good revision over 8 nodes: {:.1} s",
+        good_rollout.as_secs_f64()
+    );
+}
+
+/// A rollout paused between waves stops there and `resume` finishes it; a driver killed
+/// mid-wave (the master restarting) leaves it running, and `resume` drives it on to the end.
+#[test]
+fn rollouts_pause_resume_and_survive_a_master_restart() {
+    if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {
+        return;
+    }
+    let rig = RolloutRig::new(8, &[(1, true), (2, true), (3, true)]);
+    let status = |id: &str| {
+        let out = rig.aurum(&["rollout", "status", id, "--json"]);
+        // Null until the rollout exists.
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let spawn = |args: &[String]| {
+        let repo = rig.env.repo();
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--no-progress",
+        ];
+        cmd.extend(args.iter().map(String::as_str));
+        rig.fleet.spawn_on_master(&cmd)
+    };
+    let wait_for = |id: &str, what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..600 {
+            let v = status(id);
+            if ok(&v) {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("rollout {id}: {what} never happened: {}", status(id));
+    };
+
+    // Paused in the window between the canary and the next wave.
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--waves", "100%", "--pause-between", "30"].map(String::from));
+    let mut driver = spawn(&args);
+    wait_for("1", "the canary", &|v| v["nodes"][0]["state"] == "done");
+    let out = rig.aurum(&["rollout", "pause", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        driver.wait().unwrap().success(),
+        "a paused rollout is no failure"
+    );
+    let v = status("1");
+    assert_eq!(v["rollout"]["state"], "paused", "{v}");
+    assert_eq!(rig.versions().iter().filter(|x| *x == "2").count(), 1);
+    let out = rig.aurum(&["rollout", "resume", "1", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status("1")["rollout"]["state"], "done");
+    assert_eq!(rig.versions(), vec!["2"; 8]);
+
+    // The driver killed mid-wave, one node at a time: the rollout stays running, and resume
+    // ends it with every node on the revision.
+    let mut args = rig.start_args("img@3");
+    args.extend(["--canary", "0", "--waves", "100%", "--max-unavailable", "1"].map(String::from));
+    let mut driver = spawn(&args);
+    wait_for("2", "a third node done", &|v| {
+        v["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().filter(|n| n["state"] == "done").count() >= 3)
+    });
+    // (`fleet master` and `ip netns exec` exec the driver: its pid is the child's.)
+    driver.kill().unwrap();
+    let _ = driver.wait();
+    assert!(
+        !sh("ps -eo args").contains("rollout start img@3"),
+        "the driver survived"
+    );
+    let v = status("2");
+    assert_eq!(v["rollout"]["state"], "running", "{v}");
+    assert!(
+        rig.versions().iter().any(|x| x == "2"),
+        "killed before the end"
+    );
+    let out = rig.aurum(&["rollout", "resume", "2", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = status("2");
+    assert_eq!(v["rollout"]["state"], "done", "{v}");
+    assert_eq!(rig.versions(), vec!["3"; 8]);
+    let events: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("done: every wave passed")),
+        "{events:?}"
+    );
+}
+
+/// The status page of `aurum serve`, in headless Chromium: it shows each node's revision and
+/// health, and updates by itself (no reload by the browser) while a rollout runs.
+#[test]
+fn the_status_page_follows_a_rollout_in_a_browser() {
+    if !fleet_can_run()
+        || !can_run(Path::new("/bin/busybox").exists(), "busybox-static")
+        || !can_run(
+            have("chromium") && have("chromedriver"),
+            "chromium and chromium-driver",
+        )
+        || !can_run(
+            Command::new("/usr/bin/python3")
+                .args(["-c", "import selenium"])
+                .status()
+                .is_ok_and(|s| s.success()),
+            "selenium for python3 (python3-selenium)",
+        )
+    {
+        return;
+    }
+    let rig = RolloutRig::new(3, &[(1, true), (2, true)]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/statuspage.py");
+    let url = format!("http://{}:8035/", rig.fleet.master);
+    let watch = |checks: serde_json::Value, timeout: u32| {
+        let checks = checks.to_string();
+        let timeout = timeout.to_string();
+        rig.fleet.spawn_capturing(&[
+            "/usr/bin/python3",
+            script.to_str().unwrap(),
+            &url,
+            &checks,
+            &timeout,
+        ])
+    };
+    let finish = |child: Child| {
+        let out = child.wait_with_output().unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "the page never showed it: {shown}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crate::common::json(&shown)
+    };
+
+    // Before: every node on img@1.
+    let before = finish(watch(
+        serde_json::json!([
+            ["node", "n01", "revision", "img@1"],
+            ["node", "n03", "revision", "img@1"]
+        ]),
+        60,
+    ));
+    assert_eq!(before["node"]["n02"]["rollout"], "-");
+
+    // One browser watches the whole rollout: the page must bring the canary's new revision and
+    // health, then the end, through its own refreshes.
+    let browser = watch(
+        serde_json::json!([
+            ["node", "n01", "revision", "img@2"],
+            ["node", "n01", "health", "healthy"],
+            ["node", "n03", "revision", "img@2"],
+            ["node", "n03", "rollout", "done"],
+            ["rollout", "1", "state", "done"],
+        ]),
+        120,
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--pause-between", "6"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(0), "{v}");
+    let after = finish(browser);
+    assert!(
+        after["node"]["n02"]["rollout"]
+            .as_str()
+            .unwrap()
+            .contains("#1 wave 1 done"),
+        "{after}"
+    );
+    // The page the browser opened before the rollout reloaded itself to show all this.
+    assert_eq!(after["reloaded"], true, "{after}");
+}

@@ -108,6 +108,25 @@ pub struct NodeState {
     pub reported: i64,
 }
 
+/// A node's report as `nodes` and `node_reports` hold it: hostname, image, revision, action,
+/// result, bytes, seconds, address, detail, time.
+fn state_row(r: &rusqlite::Row) -> rusqlite::Result<NodeState> {
+    Ok(NodeState {
+        report: NodeReport {
+            hostname: r.get(0)?,
+            image: r.get(1)?,
+            revision: r.get(2)?,
+            action: r.get(3)?,
+            result: r.get(4)?,
+            bytes: r.get::<_, i64>(5)? as u64,
+            seconds: r.get(6)?,
+            detail: r.get(8)?,
+        },
+        address: r.get(7)?,
+        reported: r.get(9)?,
+    })
+}
+
 /// The open catalog.
 pub struct Catalog {
     conn: Connection,
@@ -806,22 +825,7 @@ impl Catalog {
              AND time = (SELECT MAX(time) FROM node_reports WHERE hostname = r.hostname AND action = ?1)
              GROUP BY hostname ORDER BY hostname",
         )?;
-        let rows = st.query_map([action], |r| {
-            Ok(NodeState {
-                report: NodeReport {
-                    hostname: r.get(0)?,
-                    image: r.get(1)?,
-                    revision: r.get(2)?,
-                    action: r.get(3)?,
-                    result: r.get(4)?,
-                    bytes: r.get::<_, i64>(5)? as u64,
-                    seconds: r.get(6)?,
-                    detail: r.get(8)?,
-                },
-                address: r.get(7)?,
-                reported: r.get(9)?,
-            })
-        })?;
+        let rows = st.query_map([action], state_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -831,22 +835,7 @@ impl Catalog {
             "SELECT hostname, image, revision, action, result, bytes, seconds, address, detail, reported
              FROM nodes ORDER BY hostname",
         )?;
-        let rows = st.query_map([], |r| {
-            Ok(NodeState {
-                report: NodeReport {
-                    hostname: r.get(0)?,
-                    image: r.get(1)?,
-                    revision: r.get(2)?,
-                    action: r.get(3)?,
-                    result: r.get(4)?,
-                    bytes: r.get::<_, i64>(5)? as u64,
-                    seconds: r.get(6)?,
-                    detail: r.get(8)?,
-                },
-                address: r.get(7)?,
-                reported: r.get(9)?,
-            })
-        })?;
+        let rows = st.query_map([], state_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

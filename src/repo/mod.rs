@@ -1077,10 +1077,7 @@ impl Read for ContentReader<'_> {
                         "file content is shorter than its size (a damaged manifest); run `aurum verify`".into(),
                     ))
                 })?;
-            self.buf = self
-                .repo
-                .read_blob(&c.id)
-                .map_err(std::io::Error::other)?;
+            self.buf = self.repo.read_blob(&c.id).map_err(std::io::Error::other)?;
             self.buf_at = 0;
         }
         // The extents come from a manifest: overlapping ones are an error, not a panic.

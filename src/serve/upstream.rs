@@ -36,7 +36,8 @@ pub struct Upstream {
     /// The objects being fetched now, each with the lock its fetcher holds: a node asking for
     /// one waits for that fetch instead of starting another (a rack of nodes asking for the
     /// same pack at once costs the upstream one copy).
-    fetching: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
+    fetching:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
 }
 
 /// Whether a URL path names a file that never changes (named by its hash).
@@ -99,7 +100,12 @@ impl Upstream {
 
     /// [`Upstream::fetch`], one fetch per object at a time: who comes while it runs waits for
     /// it and finds the file.
-    fn fetch_once(&self, root: &Path, path: &str, file: &Path) -> std::result::Result<(), (u16, String)> {
+    fn fetch_once(
+        &self,
+        root: &Path,
+        path: &str,
+        file: &Path,
+    ) -> std::result::Result<(), (u16, String)> {
         let lock = self
             .fetching
             .lock()

@@ -889,20 +889,7 @@ fn qemu_node_is_reinstalled_through_ipmi_sim() {
         return;
     }
     let env = Env::new();
-    let (kernel, tree) = crate::pxe::debian_kernel();
-    let kit = env.repo().join("bootkit");
-    env.ok(&[
-        "bootkit",
-        "build",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--modules",
-        tree.to_str().unwrap(),
-        "-o",
-        kit.to_str().unwrap(),
-        "--append",
-        "console=ttyS0,115200 aurum.done=poweroff",
-    ]);
+    crate::pxe::build_kit(&env);
     let g = env.path("golden");
     crate::pxe::golden(&g);
     env.getimage(&g, "tiny", &[]);

@@ -697,20 +697,7 @@ fn pxe_install(net: Net, uefi: bool, layout: Layout) {
     }
     let started = Instant::now();
     let env = Env::new();
-    let (kernel, tree) = debian_kernel();
-    let kit = env.repo().join("bootkit");
-    env.ok(&[
-        "bootkit",
-        "build",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--modules",
-        tree.to_str().unwrap(),
-        "-o",
-        kit.to_str().unwrap(),
-        "--append",
-        "console=ttyS0,115200 aurum.done=poweroff",
-    ]);
+    build_kit(&env);
     let kit_built = started.elapsed();
 
     let g = env.path("golden");
@@ -1190,4 +1177,24 @@ fn node_rows_with_old_invalid_values_are_shown_and_repairable() {
         !String::from_utf8_lossy(&out.stderr).contains("is not valid"),
         "the class was not repaired"
     );
+}
+
+/// The boot kit of the Debian kernel in `env`'s repository (`bootkit/`), whose installer
+/// reports on the serial console and powers off when done.
+pub(crate) fn build_kit(env: &Env) -> std::path::PathBuf {
+    let (kernel, tree) = debian_kernel();
+    let kit = env.repo().join("bootkit");
+    env.ok(&[
+        "bootkit",
+        "build",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--modules",
+        tree.to_str().unwrap(),
+        "-o",
+        kit.to_str().unwrap(),
+        "--append",
+        "console=ttyS0,115200 aurum.done=poweroff",
+    ]);
+    kit
 }

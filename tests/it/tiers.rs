@@ -46,6 +46,33 @@ fn update(env: &Env, server: &str, root: &str) {
     );
 }
 
+/// Two nodes install `img` one after the other through the cache at `addr`: the origin's bytes
+/// for the first, and for the second; the second's tree is checked.
+fn two_nodes_through(origin_env: &Env, origin: &Server, addr: &str) -> (u64, u64) {
+    let first = origin_env.path("node-a");
+    update(origin_env, addr, first.to_str().unwrap());
+    let after_first = origin.sent.load(Ordering::Relaxed);
+    let second = origin_env.path("node-b");
+    update(origin_env, addr, second.to_str().unwrap());
+    let by_second = origin.sent.load(Ordering::Relaxed) - after_first;
+    assert_eq!(
+        crate::common::rsync_diff(&second.join("data"), &origin_env.path("golden/data")),
+        ""
+    );
+    (after_first, by_second)
+}
+
+/// The book's configuration block (of `serve.md`) after the fence "```LANG" that holds `marker`.
+fn book_block(lang: &str, marker: &str) -> String {
+    let book = include_str!("../../book/src/commands/serve.md");
+    book.split(&format!("```{lang}\n"))
+        .skip(1)
+        .find(|b| b.contains(marker))
+        .and_then(|b| b.split("```").next())
+        .unwrap_or_else(|| panic!("the book's {lang} example with `{marker}`"))
+        .to_string()
+}
+
 #[test]
 fn a_cache_tier_fetches_each_object_once_and_checks_it() {
     let origin_env = origin();
@@ -200,12 +227,7 @@ fn nginx_proxy_cache_as_the_book_configures_it_carries_nodes() {
     }
     let origin_env = origin();
     let origin = Server::start(&origin_env);
-    let book = include_str!("../../book/src/commands/serve.md");
-    let example = book
-        .split("```nginx\n")
-        .find(|b| b.contains("proxy_cache_path"))
-        .and_then(|b| b.split("```").next())
-        .expect("the book's nginx cache example");
+    let example = book_block("nginx", "proxy_cache_path");
     let dir = origin_env.path("nginx");
     std::fs::create_dir_all(&dir).unwrap();
     sh(&format!("chown www-data '{}'", dir.display()));
@@ -227,20 +249,12 @@ fn nginx_proxy_cache_as_the_book_configures_it_carries_nodes() {
     }
     let nginx = crate::published::Nginx::run(&dir, port, &conf);
 
-    let first = origin_env.path("node-a");
-    update(&origin_env, &nginx.addr, first.to_str().unwrap());
-    let after_first = origin.sent.load(Ordering::Relaxed);
-    let second = origin_env.path("node-b");
-    update(&origin_env, &nginx.addr, second.to_str().unwrap());
-    let by_second = origin.sent.load(Ordering::Relaxed) - after_first;
+    let (after_first, by_second) = two_nodes_through(&origin_env, &origin, &nginx.addr);
     assert!(
         by_second * 100 < after_first,
         "the second node behind nginx cost the origin {by_second} bytes (the first {after_first})"
     );
-    assert_eq!(
-        crate::common::rsync_diff(&second.join("data"), &origin_env.path("golden/data")),
-        ""
-    );
+    let first = origin_env.path("node-a");
     let list = String::from_utf8(http(&nginx.addr, "GET", "/packs/list", &[], b"").2).unwrap();
     let pack_id = list.split_whitespace().next().unwrap();
     let pack = format!("/packs/{}/{pack_id}.pack", &pack_id[..2]);
@@ -272,12 +286,7 @@ fn squid_as_the_book_configures_it_carries_nodes() {
     }
     let origin_env = origin();
     let origin = Server::start(&origin_env);
-    let book = include_str!("../../book/src/commands/serve.md");
-    let example = book
-        .split("```squid\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("the book's squid example");
+    let example = book_block("squid", "cache_peer");
     let dir = origin_env.path("squid");
     std::fs::create_dir_all(&dir).unwrap();
     let port = crate::published::free_port();
@@ -332,20 +341,11 @@ fn squid_as_the_book_configures_it_carries_nodes() {
         std::fs::read_to_string(dir.join("cache.log")).unwrap_or_default()
     );
 
-    let first = origin_env.path("node-a");
-    update(&origin_env, &addr, first.to_str().unwrap());
-    let after_first = origin.sent.load(Ordering::Relaxed);
-    let second = origin_env.path("node-b");
-    update(&origin_env, &addr, second.to_str().unwrap());
-    let by_second = origin.sent.load(Ordering::Relaxed) - after_first;
+    let (after_first, by_second) = two_nodes_through(&origin_env, &origin, &addr);
     let _ = squid.kill();
     let _ = squid.wait();
     assert!(
         by_second * 100 < after_first,
         "the second node behind squid cost the origin {by_second} bytes (the first {after_first})"
-    );
-    assert_eq!(
-        crate::common::rsync_diff(&second.join("data"), &origin_env.path("golden/data")),
-        ""
     );
 }

@@ -142,6 +142,12 @@ fn run_one(
             Err(_) => break (None, false),
         }
     };
+    // What the check left running (a daemon it started, `sleep &`) must not keep the node's
+    // health waiting: the whole group goes, as it does at the time limit.
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let mut output = Vec::new();
     for r in readers.into_iter().flatten() {
         output.extend(r.join().unwrap_or_default());

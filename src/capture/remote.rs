@@ -70,7 +70,11 @@ impl SshUrl {
                 None => (hostport.to_string(), None),
             }
         };
-        if host.is_empty() {
+        // A host or user starting with `-` would be read by ssh as an option.
+        if host.is_empty()
+            || host.starts_with('-')
+            || user.as_deref().is_some_and(|u| u.starts_with('-'))
+        {
             return Err(bad());
         }
         Ok(SshUrl {

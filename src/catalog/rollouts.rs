@@ -20,6 +20,8 @@ pub struct Rollout {
     pub nodeset: String,
     pub plan: Plan,
     pub state: RolloutState,
+    /// A pause or an abort asked by another command and not carried out yet.
+    pub request: Option<RolloutState>,
     /// The wave being worked on (or last worked on).
     pub wave: usize,
     /// Why it stands where it does (the last transition's reason).
@@ -50,7 +52,7 @@ pub struct RolloutEvent {
 }
 
 const ROLLOUT: &str =
-    "id, image, number, revision, nodeset, plan, state, wave, reason, created, updated";
+    "id, image, number, revision, nodeset, plan, state, wave, reason, created, updated, request";
 
 fn rollout_row(r: &rusqlite::Row) -> rusqlite::Result<(Rollout, String)> {
     let plan: String = r.get(5)?;
@@ -67,6 +69,7 @@ fn rollout_row(r: &rusqlite::Row) -> rusqlite::Result<(Rollout, String)> {
             reason: r.get(8)?,
             created: r.get(9)?,
             updated: r.get(10)?,
+            request: r.get(11)?,
         },
         plan,
     ))
@@ -185,6 +188,24 @@ impl Catalog {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Asks rollout `id`'s driver to pause or abort (`None`: the request was carried out).
+    pub fn set_rollout_request(&mut self, id: i64, request: Option<RolloutState>) -> Result<()> {
+        let t = now();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE rollouts SET request = ?2, updated = ?3 WHERE id = ?1",
+            params![id, request, t],
+        )?;
+        if let Some(r) = request {
+            tx.execute(
+                "INSERT INTO rollout_events(rollout, time, node, event) VALUES (?1, ?2, NULL, ?3)",
+                params![id, t, format!("{r} asked")],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Moves rollout `id` to `state` at `wave`, saying why, and logs it.

@@ -11,6 +11,7 @@
 //! instead of one per node.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -272,10 +273,13 @@ fn run_one(
             return NodeResult::new(t, Status::Failed, format!("cannot read the archive: {e}"))
         }
     };
+    // Its own process group, so that a time limit stops whatever it started too (a wrapper
+    // around ssh, sshpass) and nothing left behind holds the output pipes open.
     let child = cmd
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn();
     let mut child = match child {
         Ok(c) => c,
@@ -292,6 +296,11 @@ fn run_one(
     };
     let (out, err) = (reader(child.stdout.take()), reader(child.stderr.take()));
     let (status, timed_out) = wait(&mut child, timeout);
+    // Whatever the command left running in its group goes with it.
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     let exit = status.and_then(|s| s.code());
@@ -337,7 +346,10 @@ fn wait(child: &mut Child, timeout: Option<Duration>) -> (Option<std::process::E
         match child.try_wait() {
             Ok(Some(status)) => return (Some(status), false),
             Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 return (child.wait().ok(), true);
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),

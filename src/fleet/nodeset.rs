@@ -12,6 +12,9 @@ use nodeset::NodeSet;
 use crate::catalog::nodes::NodeEntry;
 use crate::error::{invalid, Result};
 
+/// The most nodes one set may name (a typo such as `n[1-999999999]` is refused, not expanded).
+pub const MAX_NODES: usize = 1_000_000;
+
 /// One node of a set: its name, and the host ssh connects to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -48,6 +51,12 @@ pub fn expand(expr: &str) -> Result<Vec<String>> {
             "`{expr}` is not a node set ({e}): write names and ranges as ClusterShell does, e.g. n[01-64,70] or @group"
         ))
     })?;
+    if set.len() > MAX_NODES {
+        return Err(invalid(format!(
+            "`{expr}` names {} nodes, more than the {MAX_NODES} aurum works on at once: check the ranges",
+            set.len()
+        )));
+    }
     Ok(set.iter().collect())
 }
 
@@ -165,5 +174,9 @@ mod tests {
             .contains("rack1, rack2"));
         assert!(resolve("n[3-1", &inv).is_err());
         assert!(resolve("n[01-003]", &inv).is_err());
+        assert!(resolve("n[1-999999999]", &inv)
+            .unwrap_err()
+            .to_string()
+            .contains("more than"));
     }
 }

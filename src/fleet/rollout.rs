@@ -151,14 +151,31 @@ fn why(r: &NodeResult) -> String {
     }
 }
 
-/// The revision an update's JSON report says the node ran before (`image@N`, or an id).
-fn previous_of(report: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(report).ok()?;
-    let from = v.get("from")?;
-    match (from.get("image")?.as_str(), from.get("number")?.as_u64()) {
-        (Some(image), Some(n)) => Some(format!("{image}@{n}")),
-        _ => from.get("id")?.as_str().map(str::to_string),
+/// The revision a node runs (`image@N`, or its id), from `aurum node-status --json`; `None`
+/// when aurum never updated that root; the error says why the node could not be asked.
+fn node_revision(t: &Target, plan: &Plan) -> std::result::Result<Option<String>, String> {
+    let r = on_node(
+        t,
+        plan,
+        &["node-status", "--root", &plan.node_root, "--json"],
+        plan.connect_timeout + 60,
+    );
+    if r.status == Status::Unreachable || r.status == Status::Timeout {
+        return Err(why(&r));
     }
+    if r.status != Status::Ok {
+        // Not updated by aurum yet (node-status says so and exits non-zero).
+        return Ok(None);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).map_err(|e| format!("node-status said no JSON: {e}"))?;
+    let current = &v["state"]["current"];
+    Ok(
+        match (current["image"].as_str(), current["number"].as_u64()) {
+            (Some(image), Some(n)) => Some(format!("{image}@{n}")),
+            _ => current["id"].as_str().map(str::to_string),
+        },
+    )
 }
 
 /// The names of the required checks that failed, from `aurum health --json`.
@@ -179,8 +196,15 @@ fn failed_checks(report: &str) -> String {
     names.join(", ")
 }
 
-/// One node through its update and health gate. Writes each step to the catalog.
-fn drive_node(r: &Rollout, t: &Target, cat: &Mutex<&mut Catalog>) -> Result<NodeStep> {
+/// One node through its update and health gate, writing each step to the catalog. `failed`
+/// is called the moment the node is known to have failed (before any rollback, which may take
+/// long), so the threshold stops further nodes at once.
+fn drive_node(
+    r: &Rollout,
+    t: &Target,
+    cat: &Mutex<&mut Catalog>,
+    failed: &(dyn Fn() + Sync),
+) -> Result<NodeStep> {
     let plan = &r.plan;
     let set = |step, previous: Option<&str>, detail: &str| -> Result<()> {
         cat.lock()
@@ -188,7 +212,16 @@ fn drive_node(r: &Rollout, t: &Target, cat: &Mutex<&mut Catalog>) -> Result<Node
             .set_rollout_node(r.id, &t.name, step, previous, detail)
     };
     let target = format!("{}@{}", r.image, r.number);
-    set(NodeStep::Updating, None, &target)?;
+    // What it runs now is what a rollback must return it to, recorded before anything moves.
+    let previous = match node_revision(t, plan) {
+        Ok(p) => p,
+        Err(why) => {
+            failed();
+            set(NodeStep::Failed, None, &format!("unreachable: {why}"))?;
+            return Ok(NodeStep::Failed);
+        }
+    };
+    set(NodeStep::Updating, previous.as_deref(), &target)?;
     let update = on_node(
         t,
         plan,
@@ -205,15 +238,15 @@ fn drive_node(r: &Rollout, t: &Target, cat: &Mutex<&mut Catalog>) -> Result<Node
         plan.update_timeout,
     );
     if update.status != Status::Ok {
-        set(
-            NodeStep::Failed,
-            None,
-            &format!("update failed: {}", why(&update)),
-        )?;
+        failed();
+        // An update cut short by its time limit (or a lost connection) may still finish on
+        // the node: put it back if it did.
+        let back = restore(t, plan, &target, previous.as_deref());
+        let detail = format!("update failed: {}; {back}", why(&update));
+        set(NodeStep::Failed, None, &detail)?;
         return Ok(NodeStep::Failed);
     }
-    let previous = previous_of(&update.stdout);
-    set(NodeStep::Checking, previous.as_deref(), "health checks")?;
+    set(NodeStep::Checking, None, "health checks")?;
     let timeout = plan.health_timeout.to_string();
     let health = on_node(
         t,
@@ -230,52 +263,60 @@ fn drive_node(r: &Rollout, t: &Target, cat: &Mutex<&mut Catalog>) -> Result<Node
         ],
         plan.update_timeout,
     );
-    match (health.status, health.exit) {
-        (Status::Ok, _) => {
-            set(NodeStep::Done, None, "healthy")?;
-            Ok(NodeStep::Done)
+    if health.status == Status::Ok {
+        set(NodeStep::Done, None, "healthy")?;
+        return Ok(NodeStep::Done);
+    }
+    failed();
+    let why_failed = match (health.status, health.exit) {
+        (Status::Failed, Some(1)) => format!("unhealthy ({})", failed_checks(&health.stdout)),
+        _ => format!("health checks did not run: {}", why(&health)),
+    };
+    let back = restore(t, plan, &target, previous.as_deref());
+    set(NodeStep::Failed, None, &format!("{why_failed}; {back}"))?;
+    Ok(NodeStep::Failed)
+}
+
+/// Puts `t` back on `previous` if it runs `target` (and did not before the rollout); says
+/// what it did. A node that never reached the target is left as it is.
+fn restore(t: &Target, plan: &Plan, target: &str, previous: Option<&str>) -> String {
+    if previous == Some(target) {
+        return format!("it ran {target} before the rollout: left on it");
+    }
+    match node_revision(t, plan) {
+        Err(why) => format!("not rolled back: {why}"),
+        Ok(Some(now)) if now == target => {
+            // Right after its update, the node's own previous revision is `previous`: the
+            // rollback by rename, from its undo area.
+            let r = on_node(
+                t,
+                plan,
+                &[
+                    "rollback",
+                    "--server",
+                    &plan.server,
+                    "--root",
+                    &plan.node_root,
+                    "--json",
+                ],
+                plan.update_timeout,
+            );
+            if r.status == Status::Ok {
+                format!(
+                    "rolled back to {}",
+                    previous.unwrap_or("its previous revision")
+                )
+            } else {
+                format!("rollback failed: {}", why(&r))
+            }
         }
-        (Status::Failed, Some(1)) => {
-            let failed = failed_checks(&health.stdout);
-            let back = rollback(t, plan);
-            set(
-                NodeStep::Failed,
-                None,
-                &format!("unhealthy ({failed}); {back}"),
-            )?;
-            Ok(NodeStep::Failed)
-        }
-        _ => {
-            set(
-                NodeStep::Failed,
-                None,
-                &format!("health checks did not run: {}", why(&health)),
-            )?;
-            Ok(NodeStep::Failed)
-        }
+        Ok(now) => format!("left on {}", now.as_deref().unwrap_or("what it ran")),
     }
 }
 
-/// Rolls `t` back to the revision before its update; says how that went.
-fn rollback(t: &Target, plan: &Plan) -> String {
-    let r = on_node(
-        t,
-        plan,
-        &["rollback", "--root", &plan.node_root, "--json"],
-        plan.update_timeout,
-    );
-    if r.status == Status::Ok {
-        "rolled back".to_string()
-    } else {
-        format!("rollback failed: {}", why(&r))
-    }
-}
-
-/// Whether another command paused or aborted rollout `id`.
-fn stop_asked(catalog_path: &std::path::Path, id: i64) -> Option<RolloutState> {
-    let cat = Catalog::open(catalog_path).ok()?;
-    let state = cat.rollout(id).ok()?.state;
-    matches!(state, RolloutState::Paused | RolloutState::Aborted).then_some(state)
+/// The pause or abort another command asked of rollout `id`, if any.
+fn request(catalog_path: &std::path::Path, id: i64) -> Result<Option<RolloutState>> {
+    Ok(Catalog::open(catalog_path)?.rollout(id)?.request)
 }
 
 /// The lock a rollout's driver holds while it runs (`tmp/rollout-ID.lock`), so that two
@@ -305,23 +346,20 @@ fn try_driver_lock(repo: &Repository, id: i64) -> Result<Option<std::fs::File>> 
     }
 }
 
-/// Pauses or aborts rollout `id`. With a driver running, writes the request, which the driver
-/// carries out between nodes; with none, carries it out here (an abort rolls the current wave
-/// back). Says what was done.
+/// Pauses or aborts rollout `id`. The request is written beside the rollout's state; with a
+/// driver running, it carries it out before its next node and after the nodes in flight; with
+/// none, it is carried out here (an abort rolls the current wave back). Says what was done.
 pub fn steer(
     repo: &mut Repository,
     id: i64,
     to: RolloutState,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<String> {
-    let r = repo.catalog.rollout(id)?;
+    repo.catalog.set_rollout_request(id, Some(to))?;
     match try_driver_lock(repo, id)? {
-        None => {
-            repo.catalog
-                .set_rollout(id, to, r.wave, &format!("{to} asked"))?;
-            Ok(format!("{to} asked; its driver stops between two nodes"))
-        }
+        None => Ok(format!("{to} asked; its driver stops before its next node")),
         Some(_lock) => {
+            let r = repo.catalog.rollout(id)?;
             finish_stop(repo, &r, r.wave, to, say)?;
             Ok(to.to_string())
         }
@@ -342,7 +380,12 @@ pub fn drive(
     if r.state.is_final() {
         return Ok(r.state);
     }
-    if r.state == RolloutState::Paused {
+    // An abort asked while no driver ran (or whose rollback was cut short) is finished first.
+    if r.request == Some(RolloutState::Aborted) {
+        return finish_stop(repo, &r, r.wave, RolloutState::Aborted, say);
+    }
+    if r.state == RolloutState::Paused || r.request == Some(RolloutState::Paused) {
+        repo.catalog.set_rollout_request(id, None)?;
         repo.catalog
             .set_rollout(id, RolloutState::Running, r.wave, "resumed")?;
         say(&format!("rollout {id}: resumed at wave {}", r.wave));
@@ -351,21 +394,21 @@ pub fn drive(
     let total = nodes.len();
     let allowed = r.plan.max_failed.allowed(total);
     progress.phase("nodes", Some(total as u64), false);
-    progress.advance(
-        nodes
-            .iter()
-            .filter(|n| {
-                matches!(
-                    n.state,
-                    NodeStep::Done | NodeStep::Failed | NodeStep::RolledBack
-                )
-            })
-            .count() as u64,
-    );
+    progress.advance(nodes.iter().filter(|n| settled(n.state)).count() as u64);
     for wave in r.wave..r.plan.waves {
         r = repo.catalog.rollout(id)?;
-        if let Some(stop) = stop_asked(&catalog_path, id) {
+        if let Some(stop) = r.request {
             return finish_stop(repo, &r, wave, stop, say);
+        }
+        let failed_before = repo
+            .catalog
+            .rollout_nodes(id)?
+            .iter()
+            .filter(|n| n.state == NodeStep::Failed)
+            .count();
+        // A rollout that was past its threshold when its driver died goes no further.
+        if failed_before > allowed {
+            return fail(repo, &r, wave, failed_before, allowed, say);
         }
         repo.catalog
             .set_rollout(id, RolloutState::Running, wave, &format!("wave {wave}"))?;
@@ -374,67 +417,43 @@ pub fn drive(
             .catalog
             .rollout_nodes(id)?
             .into_iter()
-            .filter(|n| {
-                n.wave == wave
-                    && !matches!(
-                        n.state,
-                        NodeStep::Done | NodeStep::Failed | NodeStep::RolledBack
-                    )
-            })
+            .filter(|n| n.wave == wave && !settled(n.state))
             .collect();
         let halt = AtomicBool::new(false);
-        let stopped = Mutex::new(None);
-        let failed_before = repo
-            .catalog
-            .rollout_nodes(id)?
-            .iter()
-            .filter(|n| n.state == NodeStep::Failed)
-            .count();
         let failures = std::sync::atomic::AtomicUsize::new(failed_before);
+        let failed_now = || {
+            if failures.fetch_add(1, Ordering::Relaxed) + 1 > allowed {
+                halt.store(true, Ordering::Relaxed);
+            }
+        };
         {
             let cat = Mutex::new(&mut repo.catalog);
-            let fanout = if r.plan.max_unavailable == 0 {
-                todo.len()
-            } else {
-                r.plan.max_unavailable
+            let fanout = match r.plan.max_unavailable {
+                0 => todo.len(),
+                n => n,
             };
             let results: Vec<Result<()>> =
                 exec::fan_out(&todo, fanout, &crate::progress::Quiet, |n| {
-                    if halt.load(Ordering::Relaxed) {
-                        return Ok(());
-                    }
-                    if let Some(stop) = stop_asked(&catalog_path, id) {
-                        *stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop);
-                        halt.store(true, Ordering::Relaxed);
+                    if halt.load(Ordering::Relaxed) || request(&catalog_path, id)?.is_some() {
                         return Ok(());
                     }
                     let t = Target {
                         name: n.node.clone(),
                         host: n.host.clone(),
                     };
-                    let step = drive_node(&r, &t, &cat)?;
+                    let step = drive_node(&r, &t, &cat, &failed_now)?;
                     progress.advance(1);
                     say(&format!("rollout {id}: {}: {step}", n.node));
-                    if step == NodeStep::Failed
-                        && failures.fetch_add(1, Ordering::Relaxed) + 1 > allowed
-                    {
-                        halt.store(true, Ordering::Relaxed);
-                    }
                     Ok(())
                 });
             results.into_iter().collect::<Result<Vec<()>>>()?;
         }
         let failed = failures.load(Ordering::Relaxed);
         if failed > allowed {
-            let reason = format!("{failed} nodes failed, more than --max-failed allows ({allowed}); wave {wave} rolled back");
-            roll_back_wave(repo, &r, wave, say)?;
-            repo.catalog
-                .set_rollout(id, RolloutState::Failed, wave, &reason)?;
-            say(&format!("rollout {id}: failed: {reason}"));
-            progress.finish();
-            return Ok(RolloutState::Failed);
+            return fail(repo, &r, wave, failed, allowed, say);
         }
-        if let Some(stop) = stopped.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        // A pause or abort asked while the wave's nodes were in flight.
+        if let Some(stop) = request(&catalog_path, id)? {
             return finish_stop(repo, &r, wave, stop, say);
         }
         if wave + 1 < r.plan.waves && r.plan.pause_between > 0 {
@@ -443,7 +462,7 @@ pub fn drive(
                 r.plan.pause_between
             ));
             for _ in 0..r.plan.pause_between {
-                if stop_asked(&catalog_path, id).is_some() {
+                if request(&catalog_path, id)?.is_some() {
                     break;
                 }
                 std::thread::sleep(Duration::from_secs(1));
@@ -451,6 +470,11 @@ pub fn drive(
         }
     }
     progress.finish();
+    r = repo.catalog.rollout(id)?;
+    if let Some(stop) = r.request {
+        let last = r.plan.waves.saturating_sub(1);
+        return finish_stop(repo, &r, last, stop, say);
+    }
     let target = format!("{}@{}", r.image, r.number);
     repo.tag(&target, LAST_KNOWN_GOOD)?;
     let reason = format!(
@@ -467,7 +491,36 @@ pub fn drive(
     Ok(RolloutState::Done)
 }
 
-/// A pause or an abort asked for by another command, carried out at `wave`.
+/// Whether a node's part is over (nothing more to do for it in this rollout).
+fn settled(step: NodeStep) -> bool {
+    matches!(
+        step,
+        NodeStep::Done | NodeStep::Failed | NodeStep::RolledBack
+    )
+}
+
+/// The threshold is passed at `wave`: the wave goes back, the rollout fails.
+fn fail(
+    repo: &mut Repository,
+    r: &Rollout,
+    wave: usize,
+    failed: usize,
+    allowed: usize,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<RolloutState> {
+    roll_back(repo, r, Some(wave), say)?;
+    let reason = format!(
+        "{failed} nodes failed, more than --max-failed allows ({allowed}); wave {wave} rolled back"
+    );
+    repo.catalog
+        .set_rollout(r.id, RolloutState::Failed, wave, &reason)?;
+    say(&format!("rollout {}: failed: {reason}", r.id));
+    Ok(RolloutState::Failed)
+}
+
+/// A pause or an abort asked for by another command, carried out at `wave`. The rollout
+/// becomes `aborted` only once its wave is back, so an abort cut short is finished by `resume`
+/// or another `abort`.
 fn finish_stop(
     repo: &mut Repository,
     r: &Rollout,
@@ -476,12 +529,13 @@ fn finish_stop(
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<RolloutState> {
     if stop == RolloutState::Aborted {
-        roll_back_wave(repo, r, wave, say)?;
+        // Every node the rollout moved goes back: the cluster as it was before it.
+        roll_back(repo, r, None, say)?;
         repo.catalog.set_rollout(
             r.id,
             RolloutState::Aborted,
             wave,
-            &format!("aborted; wave {wave} rolled back"),
+            "aborted; every node it had moved rolled back",
         )?;
     } else {
         repo.catalog.set_rollout(
@@ -491,42 +545,46 @@ fn finish_stop(
             &format!("paused at wave {wave}"),
         )?;
     }
+    repo.catalog.set_rollout_request(r.id, None)?;
     say(&format!("rollout {}: {stop} at wave {wave}", r.id));
     Ok(stop)
 }
 
-/// Rolls back the nodes of `wave` that were updated and healthy.
-fn roll_back_wave(
+/// Puts back every node of `wave` (of every wave: `None`) the rollout moved: those done, those
+/// in flight when it stopped, and those that failed after their update may have gone through.
+fn roll_back(
     repo: &mut Repository,
     r: &Rollout,
-    wave: usize,
+    wave: Option<usize>,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<()> {
-    let done: Vec<RolloutNode> = repo
+    let touched: Vec<RolloutNode> = repo
         .catalog
         .rollout_nodes(r.id)?
         .into_iter()
-        .filter(|n| {
-            n.wave == wave
-                && matches!(
-                    n.state,
-                    NodeStep::Done | NodeStep::Checking | NodeStep::Updating
-                )
-        })
+        .filter(|n| wave.is_none_or(|w| n.wave == w))
+        .filter(|n| !matches!(n.state, NodeStep::Pending | NodeStep::RolledBack))
         .collect();
+    let target = format!("{}@{}", r.image, r.number);
     let cat = Mutex::new(&mut repo.catalog);
-    let fanout = done.len().max(1);
-    let results: Vec<Result<()>> = exec::fan_out(&done, fanout, &crate::progress::Quiet, |n| {
+    let fanout = touched.len().max(1);
+    let results: Vec<Result<()>> = exec::fan_out(&touched, fanout, &crate::progress::Quiet, |n| {
         let t = Target {
             name: n.node.clone(),
             host: n.host.clone(),
         };
-        let back = rollback(&t, &r.plan);
+        let back = restore(&t, &r.plan, &target, n.previous.as_deref());
+        if n.state == NodeStep::Failed && back.starts_with("left on") {
+            // Failed and already put back (or never moved): its own story stands.
+            return Ok(());
+        }
         say(&format!("rollout {}: {}: {back}", r.id, n.node));
-        let step = if back == "rolled back" {
-            NodeStep::RolledBack
-        } else {
-            NodeStep::Failed
+        let step = match n.state {
+            NodeStep::Failed => NodeStep::Failed,
+            _ if back.starts_with("rolled back") || back.starts_with("left on") => {
+                NodeStep::RolledBack
+            }
+            _ => NodeStep::Failed,
         };
         cat.lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -145,6 +145,7 @@ pub const MIGRATIONS: &[&str] = &[
         nodeset TEXT NOT NULL,
         plan TEXT NOT NULL,
         state TEXT NOT NULL,
+        request TEXT,
         wave INTEGER NOT NULL,
         reason TEXT NOT NULL,
         created INTEGER NOT NULL,

@@ -224,7 +224,7 @@ pub fn ssh_command(url: &SshUrl, ssh: &[String], script: &str) -> Result<Command
     if let Some(user) = &url.user {
         cmd.arg("-l").arg(user);
     }
-    cmd.arg(&url.host).arg("--").arg(script);
+    cmd.arg("--").arg(&url.host).arg(script);
     Ok(cmd)
 }
 

@@ -871,6 +871,25 @@ fn rollouts_pause_resume_and_survive_a_master_restart() {
             .any(|e| e.starts_with("done: every wave passed")),
         "{events:?}"
     );
+
+    // Aborted after its canary: every node it moved goes back, and it reads aborted.
+    let mut args = rig.start_args("img@2");
+    args.extend(["--canary", "1", "--waves", "100%", "--pause-between", "30"].map(String::from));
+    let mut driver = spawn(&args);
+    wait_for("3", "the canary", &|v| v["nodes"][0]["state"] == "done");
+    assert_eq!(rig.versions()[0], "2");
+    let out = rig.aurum(&["rollout", "abort", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exit = driver.wait().unwrap();
+    assert_eq!(exit.code(), Some(1), "an aborted rollout exits 1");
+    let v = status("3");
+    assert_eq!(v["rollout"]["state"], "aborted", "{v}");
+    assert_eq!(v["nodes"][0]["state"], "rolled-back", "{v}");
+    assert_eq!(rig.versions(), vec!["3"; 8], "the canary went back");
 }
 
 /// The status page of `aurum serve`, in headless Chromium: it shows each node's revision and

@@ -261,7 +261,7 @@ fn pull_from_serve_and_a_failed_pull_is_shown_by_remote_list() {
     b.fails(&["pull", "web", "--http-tries", "1"], 1);
     let remotes = json(&b.ok(&["remote", "list", "--json"]));
     let err = remotes[0]["last_error"].as_str().unwrap_or_default();
-    assert!(err.contains("no answer"), "{remotes}");
+    assert!(err.contains("no usable answer"), "{remotes}");
     assert!(remotes[0]["last_error_time"].is_i64(), "{remotes}");
     assert!(remotes[0]["last_success"].is_i64(), "{remotes}");
     assert!(b.ok(&["remote", "list"]).contains("last error"));

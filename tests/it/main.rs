@@ -26,6 +26,7 @@ mod replicate;
 mod repository;
 mod serve;
 mod si;
+mod stage;
 mod tarball;
 mod tiers;
 mod update;

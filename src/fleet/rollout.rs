@@ -5,7 +5,10 @@
 //! `max_unavailable` nodes are worked on at once; each node is updated over ssh
 //! (`aurum updateclient` from the server), then its health checks run (`aurum health`), and an
 //! unhealthy node is rolled back on the spot. A node that cannot be reached or whose update
-//! fails counts as failed too. When the failures exceed `max_failed`, the rollout stops and the
+//! fails counts as failed too. With the plan's `stage`, every node of a wave first stages the
+//! revision (`updateclient --stage`, the node keeps running), and only once the whole wave is
+//! staged does each activate it (`updateclient --activate`): a node is down for its activation
+//! only; a node whose staging fails counts as failed and is left as it was. When the failures exceed `max_failed`, the rollout stops and the
 //! wave's healthy nodes are rolled back as well; when the last wave passes, the image's
 //! `last-known-good` tag moves to the revision.
 //!
@@ -188,20 +191,24 @@ fn drive_node(r: &Rollout, t: &Target, cat: &Mutex<&mut Catalog>) -> Result<Node
             .set_rollout_node(r.id, &t.name, step, previous, detail)
     };
     let target = format!("{}@{}", r.image, r.number);
-    set(NodeStep::Updating, None, &target)?;
+    let words: &[&str] = match plan.stage {
+        true => &["--activate"],
+        false => &["--image", &target],
+    };
+    set(
+        NodeStep::Updating,
+        None,
+        &format!("{}{target}", if plan.stage { "activating " } else { "" }),
+    )?;
     let update = on_node(
         t,
         plan,
         &[
-            "updateclient",
-            "--server",
-            &plan.server,
-            "--image",
-            &target,
-            "--root",
-            &plan.node_root,
-            "--json",
-        ],
+            &["updateclient", "--server", &plan.server][..],
+            words,
+            &["--root", &plan.node_root, "--json"],
+        ]
+        .concat(),
         plan.update_timeout,
     );
     if update.status != Status::Ok {
@@ -254,6 +261,60 @@ fn drive_node(r: &Rollout, t: &Target, cat: &Mutex<&mut Catalog>) -> Result<Node
             Ok(NodeStep::Failed)
         }
     }
+}
+
+/// Stages the revision on every node of `todo` at once (staging does not take a node down);
+/// a node whose staging fails is marked failed, counted in `failures` (setting `halt` past
+/// `allowed`) and left out. Returns the nodes staged, to activate.
+fn stage_wave(
+    r: &Rollout,
+    todo: Vec<RolloutNode>,
+    cat: &Mutex<&mut Catalog>,
+    failures: &std::sync::atomic::AtomicUsize,
+    allowed: usize,
+    halt: &AtomicBool,
+) -> Result<Vec<RolloutNode>> {
+    let plan = &r.plan;
+    let target = format!("{}@{}", r.image, r.number);
+    let set = |node: &str, step, detail: &str| -> Result<()> {
+        cat.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_rollout_node(r.id, node, step, None, detail)
+    };
+    let staged = Mutex::new(Vec::new());
+    let fanout = todo.len().max(1);
+    let results: Vec<Result<()>> = exec::fan_out(&todo, fanout, &crate::progress::Quiet, |n| {
+        let t = Target {
+            name: n.node.clone(),
+            host: n.host.clone(),
+        };
+        set(&n.node, NodeStep::Pending, &format!("staging {target}"))?;
+        let words = [
+            "updateclient",
+            "--stage",
+            "--server",
+            &plan.server,
+            "--image",
+            &target,
+            "--root",
+            &plan.node_root,
+            "--json",
+        ];
+        let out = on_node(&t, plan, &words, plan.update_timeout);
+        if out.status == Status::Ok {
+            set(&n.node, NodeStep::Pending, &format!("staged {target}"))?;
+            staged.lock().unwrap_or_else(|e| e.into_inner()).push(n.node.clone());
+        } else {
+            set(&n.node, NodeStep::Failed, &format!("staging failed: {}", why(&out)))?;
+            if failures.fetch_add(1, Ordering::Relaxed) + 1 > allowed {
+                halt.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    });
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let staged = staged.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(todo.into_iter().filter(|n| staged.contains(&n.node)).collect())
 }
 
 /// Rolls `t` back to the revision before its update; says how that went.
@@ -393,6 +454,10 @@ pub fn drive(
         let failures = std::sync::atomic::AtomicUsize::new(failed_before);
         {
             let cat = Mutex::new(&mut repo.catalog);
+            let todo = match r.plan.stage {
+                true => stage_wave(&r, todo, &cat, &failures, allowed, &halt)?,
+                false => todo,
+            };
             let fanout = if r.plan.max_unavailable == 0 {
                 todo.len()
             } else {

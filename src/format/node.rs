@@ -287,6 +287,23 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_revision_round_trips_and_files_without_one_read() {
+        let old = br#"{"current":{"image":"c","number":2,"id":"ab"},"previous":null,
+            "last_known_good":null,"history":[],"overrides":[]}"#;
+        let mut s = NodeState::decode(old, "state.json").unwrap();
+        assert!(s.staged.is_none());
+        assert!(!String::from_utf8(s.encode()).unwrap().contains("staged"));
+        s.staged = Some(Staged {
+            revision: s.current.clone().unwrap(),
+            time: 1_795_320_421,
+            bytes: 4096,
+            blobs: 3,
+            follow: Some(vec!["override".into()]),
+        });
+        assert_eq!(NodeState::decode(&s.encode(), "state.json").unwrap(), s);
+    }
+
+    #[test]
     fn the_tree_is_the_composed_manifest_when_there_is_one() {
         let o = RevRef {
             image: Some("override.n05".into()),

@@ -71,6 +71,11 @@ want cpio cpio
 want depmod kmod
 want ip iproute2
 want unshare util-linux
+# BMC control (tests/it/power.rs): OpenIPMI's ipmi_sim as the BMC, the real ipmitool, and
+# openssl for the Redfish BMC's test certificates.
+want ipmi_sim openipmi
+want ipmitool ipmitool
+want openssl openssl
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
 if [ ${#need[@]} -gt 0 ]; then
@@ -110,6 +115,21 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] \
     # Under CI a PXE test that cannot run is a failure, not a skip.
     if [ "${CI:-}" = true ]; then exit 1; fi
   fi
+fi
+
+# sushy-tools (PyPI) as the Redfish BMC of tests/it/power.rs, from the Python package index
+# with pip; Debian's python3-pip first when pip is missing.
+if ! command -v sushy-emulator >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  echo "test.sh: installing sushy-tools with pip"
+  # Debian's python3 is externally managed (PEP 668): the test tool goes beside it anyway.
+  python3 -m pip install --quiet sushy-tools 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages sushy-tools \
+    || { echo "test.sh: could not install sushy-tools with pip" >&2; if [ "${CI:-}" = true ]; then exit 1; fi; }
 fi
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -41,7 +41,7 @@ pub enum Error {
     Unwritable(String),
     /// An HTTP server did not answer, after every retry.
     #[error(
-        "{server}: no answer for {object} after {attempts} tries over {:.0} s (last: {last}); check that the server (`aurum serve`, or the web server) is up and reachable, or give it longer with --idle-timeout / --connect-timeout / --http-tries",
+        "{server}: no usable answer for {object} after {attempts} tries over {:.0} s (last: {last}); check that the server (`aurum serve`, or the web server) is up and reachable, and its log when it answers an error (HTTP 5xx), or give it longer with --idle-timeout / --connect-timeout / --http-tries",
         waited.as_secs_f64()
     )]
     Unanswered {

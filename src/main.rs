@@ -50,12 +50,44 @@ fn main() {
         })
         .init();
     if let Err(err) = cli::run(args) {
-        eprintln!("aurum: error: {}", chain(&err));
+        eprintln!("aurum: error: {}{}", chain(&err), io_hint(&err));
+        // The first aurum error in the chain decides, also one carried inside an io::Error (a
+        // damaged blob met by a reader that `std::io::copy` drives, as in `cat`).
         let code = err
-            .downcast_ref::<aurum::Error>()
+            .chain()
+            .find_map(|c| {
+                c.downcast_ref::<aurum::Error>().or_else(|| {
+                    c.downcast_ref::<std::io::Error>()
+                        .and_then(|e| e.get_ref())
+                        .and_then(|e| e.downcast_ref::<aurum::Error>())
+                })
+            })
             .map(aurum::Error::exit_code)
             .unwrap_or(1);
         std::process::exit(code);
+    }
+}
+
+/// What to do about an I/O error whose message does not say it already: a permission the
+/// command lacks, or a full filesystem.
+fn io_hint(err: &anyhow::Error) -> &'static str {
+    let text = err.to_string();
+    let kind = err.chain().find_map(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+            .or_else(|| match c.downcast_ref::<aurum::Error>() {
+                Some(aurum::Error::Io { source, .. }) => Some(source.kind()),
+                _ => None,
+            })
+    });
+    match kind {
+        Some(std::io::ErrorKind::PermissionDenied) if !text.contains("as root") => {
+            "; run the command as root (or give this user access to that path)"
+        }
+        Some(std::io::ErrorKind::StorageFull) if !text.contains("free space") => {
+            "; free space on that filesystem (`df -h` shows it), or use another, and run the same command again"
+        }
+        _ => "",
     }
 }
 

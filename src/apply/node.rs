@@ -156,7 +156,11 @@ impl Node {
     /// locks it before anything is written.
     pub fn open_deferred(root: &Path) -> Result<Node> {
         if !root.is_dir() {
-            return Err(invalid(format!("{} is not a directory", root.display())));
+            return Err(invalid(format!(
+                "{} is not a directory: give --root the directory the node runs from (`/`, or \
+                 a mounted node root)",
+                root.display()
+            )));
         }
         let node = Node {
             root: root.to_path_buf(),
@@ -196,7 +200,11 @@ impl Node {
     /// not one an update is halfway through.
     pub fn open_read_only(root: &Path) -> Result<Node> {
         if !root.is_dir() {
-            return Err(invalid(format!("{} is not a directory", root.display())));
+            return Err(invalid(format!(
+                "{} is not a directory: give --root the directory the node runs from (`/`, or \
+                 a mounted node root)",
+                root.display()
+            )));
         }
         let dir = root.join(STATE_DIR);
         let lock_path = dir.join("lock");

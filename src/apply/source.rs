@@ -284,10 +284,18 @@ impl HttpRepo {
             received: AtomicU64::new(0),
             deltas_off: AtomicBool::new(false),
         };
-        let format = me.get("FORMAT")?;
+        let format = me.get("FORMAT").map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "{base} serves no aurum repository (it has no /FORMAT): check the URL; \
+                 `aurum serve` serves the repository at its root, a web server must serve the \
+                 repository's public/ directory"
+            )),
+            e => e,
+        })?;
         if !format.starts_with(refs::FORMAT_PREFIX.as_bytes()) {
             return Err(invalid(format!(
-                "{base} does not serve an aurum repository (its /FORMAT is not aurum's)"
+                "{base} does not serve an aurum repository (its /FORMAT is not aurum's): check \
+                 the URL; a web server must serve the repository's public/ directory"
             )));
         }
         Ok(me)
@@ -502,7 +510,7 @@ impl HttpRepo {
     fn no_image(&self, image: &str, e: Error) -> Error {
         match e {
             Error::NotFound(_) => Error::NotFound(format!(
-                "{} has no image `{image}` (`aurum lsimage` on the server lists them)",
+                "{} has no image `{image}`: `aurum lsimage` on the server lists them; if it lists `{image}`, its published refs/{image}/head is missing, and `aurum verify --repair` there rebuilds it",
                 self.base
             )),
             e => e,

@@ -1551,7 +1551,10 @@ pub fn rollback_target(node: &Node) -> Result<(Target, Manifest, Overlay)> {
         Some(j) => j.from,
         None => state.previous.clone(),
     }
-    .ok_or_else(|| invalid("this node has no previous revision to roll back to"))?;
+    .ok_or_else(|| invalid(
+        "this node has no previous revision to roll back to: `aurum node-status` shows what \
+         it runs; `aurum rollback --to REV --server URL` goes to a given revision",
+    ))?;
     recorded(node, &back)?.ok_or_else(|| no_manifest(&back))
 }
 

@@ -7,12 +7,13 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{now, Catalog};
-use crate::catalog::nodes::{Boot, InstallPhase, LastPhase, NodeEntry};
+use crate::catalog::nodes::{BmcAccess, BmcProtocol, Boot, InstallPhase, LastPhase, NodeEntry};
 use crate::error::{invalid, Error, Result};
 use crate::name::ClassName;
 
 const COLUMNS: &str =
-    "name, mac, ip, class, image, grp, bmc, boot, phase, phase_detail, phase_revision, phase_time";
+    "name, mac, ip, class, image, grp, bmc, boot, phase, phase_detail, phase_revision, phase_time,
+     bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<NodeEntry> {
     let name: String = r.get(0)?;
@@ -38,7 +39,20 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<NodeEntry> {
             None
         }
     });
+    let bmc_protocol = r.get::<_, Option<String>>(12)?.and_then(|p| match BmcProtocol::parse(&p) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::warn!("node {name}: {e}; shown as none: set it with `aurum node set {name} --bmc-protocol ipmi|redfish`");
+            None
+        }
+    });
     Ok(NodeEntry {
+        bmc_access: BmcAccess {
+            bmc_protocol,
+            bmc_user: r.get(13)?,
+            bmc_password_file: r.get(14)?,
+            bmc_ca_file: r.get(15)?,
+        },
         name,
         mac: r.get(1)?,
         ip: r.get(2)?,
@@ -60,6 +74,16 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<NodeEntry> {
             }),
             None => None,
         },
+    })
+}
+
+/// A row of `phase, detail, revision, time` from `install_phases`.
+fn phase_row(r: &rusqlite::Row) -> rusqlite::Result<LastPhase> {
+    Ok(LastPhase {
+        phase: r.get(0)?,
+        detail: r.get(1)?,
+        revision: r.get(2)?,
+        time: r.get(3)?,
     })
 }
 
@@ -99,8 +123,9 @@ fn check_unique(tx: &Transaction, n: &NodeEntry, except: Option<&str>) -> Result
 fn insert(tx: &Transaction, n: &NodeEntry) -> Result<()> {
     check_unique(tx, n, None)?;
     tx.execute(
-        "INSERT INTO inventory(name, mac, ip, class, image, grp, bmc, boot, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO inventory(name, mac, ip, class, image, grp, bmc, boot, created,
+             bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             n.name,
             n.mac,
@@ -110,7 +135,11 @@ fn insert(tx: &Transaction, n: &NodeEntry) -> Result<()> {
             n.group,
             n.bmc,
             n.boot.as_str(),
-            now()
+            now(),
+            n.bmc_access.bmc_protocol.map(BmcProtocol::as_str),
+            n.bmc_access.bmc_user,
+            n.bmc_access.bmc_password_file,
+            n.bmc_access.bmc_ca_file,
         ],
     )?;
     Ok(())
@@ -166,9 +195,23 @@ impl Catalog {
         let tx = self.conn.transaction()?;
         check_unique(&tx, n, Some(&n.name))?;
         let changed = tx.execute(
-            "UPDATE inventory SET mac = ?2, ip = ?3, class = ?4, image = ?5, grp = ?6, bmc = ?7, boot = ?8
+            "UPDATE inventory SET mac = ?2, ip = ?3, class = ?4, image = ?5, grp = ?6, bmc = ?7, boot = ?8,
+                 bmc_protocol = ?9, bmc_user = ?10, bmc_password_file = ?11, bmc_ca_file = ?12
              WHERE name = ?1",
-            params![n.name, n.mac, n.ip, n.class, n.image, n.group, n.bmc, n.boot.as_str()],
+            params![
+                n.name,
+                n.mac,
+                n.ip,
+                n.class,
+                n.image,
+                n.group,
+                n.bmc,
+                n.boot.as_str(),
+                n.bmc_access.bmc_protocol.map(BmcProtocol::as_str),
+                n.bmc_access.bmc_user,
+                n.bmc_access.bmc_password_file,
+                n.bmc_access.bmc_ca_file,
+            ],
         )?;
         if changed == 0 {
             return Err(Error::NotFound(format!("no node {}", n.name)));
@@ -223,16 +266,28 @@ impl Catalog {
             "SELECT phase, detail, revision, time FROM install_phases WHERE node = ?1
              ORDER BY rowid DESC LIMIT ?2",
         )?;
-        let rows = st.query_map(params![name, limit as i64], |r| {
-            Ok(LastPhase {
-                phase: r.get(0)?,
-                detail: r.get(1)?,
-                revision: r.get(2)?,
-                time: r.get(3)?,
-            })
-        })?;
+        let rows = st.query_map(params![name, limit as i64], phase_row)?;
         let mut v: Vec<LastPhase> = rows.collect::<rusqlite::Result<_>>()?;
         v.reverse();
         Ok(v)
+    }
+
+    /// A mark in the install phases: those reported after it are [`Self::install_phases_after`].
+    pub fn install_phase_mark(&self) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(rowid), 0) FROM install_phases",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The install phases node `name` reported after `mark`, oldest first.
+    pub fn install_phases_after(&self, name: &str, mark: i64) -> Result<Vec<LastPhase>> {
+        let mut st = self.conn.prepare(
+            "SELECT phase, detail, revision, time FROM install_phases WHERE node = ?1 AND rowid > ?2
+             ORDER BY rowid",
+        )?;
+        let rows = st.query_map(params![name, mark], phase_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

@@ -46,6 +46,56 @@ impl Boot {
 
 pub use crate::format::report::InstallPhase;
 
+/// The protocol a BMC speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BmcProtocol {
+    /// IPMI v2.0 over LAN (RMCP+, `ipmitool -I lanplus`).
+    Ipmi,
+    /// DMTF Redfish over HTTP(S).
+    Redfish,
+}
+
+impl BmcProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BmcProtocol::Ipmi => "ipmi",
+            BmcProtocol::Redfish => "redfish",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<BmcProtocol> {
+        match s {
+            "ipmi" => Ok(BmcProtocol::Ipmi),
+            "redfish" => Ok(BmcProtocol::Redfish),
+            _ => Err(invalid(format!(
+                "`{s}` is not a BMC protocol: ipmi (IPMI v2.0 lanplus) or redfish"
+            ))),
+        }
+    }
+}
+
+/// How a node's BMC is logged in to. The password itself is never stored: it is read from
+/// `bmc_password_file` each time the BMC is used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BmcAccess {
+    /// `None`: IPMI.
+    pub bmc_protocol: Option<BmcProtocol>,
+    pub bmc_user: Option<String>,
+    /// Absolute path of the file holding the password (its first line).
+    pub bmc_password_file: Option<String>,
+    /// Redfish over HTTPS: the PEM file of the CA (or the self-signed certificate) the BMC's
+    /// certificate is checked against, instead of the system's roots.
+    pub bmc_ca_file: Option<String>,
+}
+
+impl BmcAccess {
+    /// The protocol used: IPMI unless Redfish was chosen.
+    pub fn protocol(&self) -> BmcProtocol {
+        self.bmc_protocol.unwrap_or(BmcProtocol::Ipmi)
+    }
+}
+
 /// The last install phase a node reported.
 #[derive(Clone, Debug, Serialize)]
 pub struct LastPhase {
@@ -69,8 +119,11 @@ pub struct NodeEntry {
     /// Revision reference to install (IMAGE, IMAGE@N, IMAGE:TAG).
     pub image: Option<String>,
     pub group: Option<String>,
-    /// The BMC's address, for `ipmitool -H`.
+    /// The BMC's address: `HOST[:PORT]` (IPMI, or Redfish over HTTPS), or a Redfish URL.
     pub bmc: Option<String>,
+    /// How the BMC is reached, besides its address (no password: only where to read it).
+    #[serde(flatten)]
+    pub bmc_access: BmcAccess,
     pub boot: Boot,
     pub last: Option<LastPhase>,
 }
@@ -87,6 +140,7 @@ impl NodeEntry {
             image: None,
             group: None,
             bmc: None,
+            bmc_access: BmcAccess::default(),
             boot: Boot::Install,
             last: None,
         })
@@ -134,10 +188,23 @@ pub fn normalise_mac(s: &str) -> Result<String> {
 }
 
 /// The columns `aurum node import` knows; `name` and `mac` are required.
-const CSV_COLUMNS: [&str; 7] = ["name", "mac", "ip", "class", "image", "group", "bmc"];
+const CSV_COLUMNS: [&str; 11] = [
+    "name",
+    "mac",
+    "ip",
+    "class",
+    "image",
+    "group",
+    "bmc",
+    "bmc_protocol",
+    "bmc_user",
+    "bmc_password_file",
+    "bmc_ca_file",
+];
 
 /// Parses the CSV of `aurum node import`: a header line naming the columns (name,mac,ip,
-/// class,image,group and optionally bmc, in any order), then one node a line. Empty fields
+/// class,image,group and optionally bmc, bmc_protocol, bmc_user, bmc_password_file and
+/// bmc_ca_file, in any order; the two files as absolute paths), then one node a line. Empty fields
 /// are unset; blank lines and lines starting with `#` are skipped. Quoting is not supported
 /// (no field of a node needs a comma).
 pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {
@@ -192,6 +259,21 @@ pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {
         node.image = get("image").map(String::from);
         node.group = get("group").map(String::from);
         node.bmc = get("bmc").map(String::from);
+        let b = &mut node.bmc_access;
+        b.bmc_protocol = get("bmc_protocol")
+            .map(BmcProtocol::parse)
+            .transpose()
+            .map_err(at)?;
+        b.bmc_user = get("bmc_user").map(String::from);
+        for (col, slot) in [
+            ("bmc_password_file", &mut b.bmc_password_file),
+            ("bmc_ca_file", &mut b.bmc_ca_file),
+        ] {
+            *slot = get(col).map(String::from);
+            if slot.as_deref().is_some_and(|f| !f.starts_with('/')) {
+                return Err(at(invalid(format!("{col} must be an absolute path"))));
+            }
+        }
         out.push(node);
     }
     Ok(out)
@@ -232,6 +314,35 @@ mod tests {
         assert!(e.to_string().contains("t.csv:2"), "{e}");
         let e = parse_csv("name,mac,rack\n", "t.csv").unwrap_err();
         assert!(e.to_string().contains("unknown column `rack`"), "{e}");
+    }
+
+    #[test]
+    fn csv_carries_bmc_access_but_no_relative_files() {
+        let nodes = parse_csv(
+            "name,mac,bmc,bmc_protocol,bmc_user,bmc_password_file\nn01,52:54:00:00:00:01,10.0.9.1,redfish,root,/etc/aurum/bmc.pw\n",
+            "t.csv",
+        )
+        .unwrap();
+        let b = &nodes[0].bmc_access;
+        assert_eq!(b.protocol(), BmcProtocol::Redfish);
+        assert_eq!(b.bmc_user.as_deref(), Some("root"));
+        assert_eq!(b.bmc_password_file.as_deref(), Some("/etc/aurum/bmc.pw"));
+        let e = parse_csv(
+            "name,mac,bmc_password_file\nn01,52:54:00:00:00:01,bmc.pw\n",
+            "t.csv",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("t.csv:2: bmc_password_file must be an absolute path"),
+            "{e}"
+        );
+        let e = parse_csv(
+            "name,mac,bmc_protocol\nn01,52:54:00:00:00:01,snmp\n",
+            "t.csv",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a BMC protocol"), "{e}");
     }
 
     #[test]

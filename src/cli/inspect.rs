@@ -225,7 +225,12 @@ pub fn ls(g: &Global, a: LsArgs) -> anyhow::Result<()> {
     let m = repo.load_manifest(&r.id)?;
     let (base, start) = inside_path(&m, &a.path);
     let start = start.ok_or_else(|| {
-        aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&base)))
+        aurum::Error::NotFound(format!(
+            "{} has no {}; `aurum ls {} /` lists its top directory",
+            r.name(),
+            display_path(&base),
+            r.name()
+        ))
     })?;
     let selected: Vec<&Entry> = if start.kind != Kind::Dir {
         vec![start]
@@ -309,15 +314,22 @@ pub fn cat(g: &Global, a: CatArgs) -> anyhow::Result<()> {
     let m = repo.load_manifest(&r.id)?;
     let (p, e) = inside_path(&m, &a.path);
     let e = e.ok_or_else(|| {
-        aurum::Error::NotFound(format!("{} has no {}", r.name(), display_path(&p)))
+        aurum::Error::NotFound(format!(
+            "{} has no {}; `aurum ls {} DIR` lists what a directory holds",
+            r.name(),
+            display_path(&p),
+            r.name()
+        ))
     })?;
     let e = m.resolve(e);
     let Kind::File { .. } = &e.kind else {
         return Err(aurum::Error::Invalid(format!(
-            "{} is a {} in {}, not a file",
+            "{} is a {} in {}, not a file: `cat` writes a regular file; `aurum ls {} {}` shows it",
             display_path(&p),
             e.kind.name(),
-            r.name()
+            r.name(),
+            r.name(),
+            display_path(&p)
         ))
         .into());
     };

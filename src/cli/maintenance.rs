@@ -99,7 +99,11 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
         }
     }
     let breaks_nothing = report.damage.iter().all(|d| d.breaks.is_empty());
-    if a.repair && breaks_nothing && report.damage.iter().all(|d| d.kind == "pack") {
+    if a.repair
+        && !report.damage.is_empty()
+        && breaks_nothing
+        && report.damage.iter().all(|d| d.kind == "pack")
+    {
         // A damaged pack whose blobs were all good (a bad index, a stray byte outside every
         // blob) is rewritten whole by the repair: nothing is lost.
         if !a.json {

@@ -16,6 +16,7 @@ mod install;
 mod maintenance;
 mod node;
 mod nodedb;
+mod power;
 mod progress;
 mod pxe;
 mod replicate;
@@ -203,6 +204,8 @@ pub enum Command {
     Node(nodedb::NodeArgs),
     Exec(fleet::ExecArgs),
     Rollout(rollout::RolloutArgs),
+    Power(power::PowerArgs),
+    Reinstall(power::ReinstallArgs),
     Copy(fleet::CopyArgs),
     Pxe(pxe::PxeArgs),
     Bootkit(bootkit::BootkitArgs),
@@ -259,6 +262,8 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Node(a) => nodedb::exec(g, a),
         Command::Exec(a) => fleet::exec(g, a),
         Command::Rollout(a) => rollout::exec(g, a),
+        Command::Power(a) => power::exec(g, a),
+        Command::Reinstall(a) => power::reinstall(g, a),
         Command::Copy(a) => fleet::copy(g, a),
         Command::Pxe(a) => pxe::exec(g, a),
         Command::Bootkit(a) => bootkit::exec(g, a),

@@ -1,8 +1,8 @@
 //! `node` subcommand group: the node database (`add`, `list`, `show`, `set`, `rm`, `import`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use aurum::catalog::nodes::{self, Boot, NodeEntry};
+use aurum::catalog::nodes::{self, BmcProtocol, Boot, NodeEntry};
 use aurum::name::ClassName;
 use aurum::repo::{Lock, Repository};
 use clap::{Args, Subcommand};
@@ -14,7 +14,8 @@ use super::{human_time, open, print_json, Global};
 /// Each node has a MAC (its boot script is picked by it), optionally a fixed IP (DHCP host
 /// entry), a class (its partition template; without one the templates' [match] sections
 /// pick), an image (the revision it installs), a group (overrides and hooks) and a BMC
-/// address. Names, MACs and IPs are unique. Each node also has a boot mode, `install` or
+/// (address, protocol, user, password file: for `aurum power` and `aurum reinstall`). Names,
+/// MACs and IPs are unique. Each node also has a boot mode, `install` or
 /// `local`, switched by `aurum pxe netboot` and by a successful install.
 #[derive(Args)]
 pub struct NodeArgs {
@@ -48,9 +49,25 @@ struct Fields {
     /// Group (picks group overrides and hooks).
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
-    /// Address of its BMC (IPMI/Redfish), for power and boot-device control.
+    /// Address of its BMC, for `aurum power` and `aurum reinstall`: HOST or HOST:PORT (IPMI,
+    /// UDP port 623 by default; Redfish: https://HOST), or a Redfish URL (http://HOST:PORT,
+    /// or one ending in /redfish/v1/Systems/ID when the BMC has several systems).
     #[arg(long, value_name = "ADDR")]
     bmc: Option<String>,
+    /// The BMC's protocol: ipmi (IPMI v2.0 lanplus, through ipmitool; the default) or redfish.
+    #[arg(long, value_name = "PROTO", value_parser = ["ipmi", "redfish", ""])]
+    bmc_protocol: Option<String>,
+    /// The BMC user aurum logs in as.
+    #[arg(long, value_name = "USER")]
+    bmc_user: Option<String>,
+    /// The file holding the BMC password (its first line; keep it mode 0600). The password is
+    /// read at each use and never stored in the database.
+    #[arg(long, value_name = "FILE")]
+    bmc_password_file: Option<String>,
+    /// Redfish over HTTPS: a PEM file with the CA certificate that signed the BMC's
+    /// certificate, trusted for this BMC instead of the usual public roots.
+    #[arg(long, value_name = "FILE")]
+    bmc_ca_file: Option<String>,
 }
 
 impl Fields {
@@ -73,7 +90,64 @@ impl Fields {
         set(&mut n.image, self.image);
         set(&mut n.group, self.group);
         set(&mut n.bmc, self.bmc);
+        let b = &mut n.bmc_access;
+        if let Some(p) = self.bmc_protocol {
+            b.bmc_protocol = match p.as_str() {
+                "" => None,
+                p => Some(BmcProtocol::parse(p)?),
+            };
+        }
+        set(&mut b.bmc_user, self.bmc_user);
+        if let Some(f) = self.bmc_password_file {
+            b.bmc_password_file = secret_file(Path::new(&f), "--bmc-password-file", true)?;
+        }
+        if let Some(f) = self.bmc_ca_file {
+            b.bmc_ca_file = secret_file(Path::new(&f), "--bmc-ca-file", false)?;
+        }
         Ok(())
+    }
+}
+
+/// The absolute path of `file`, checked readable (`None` for an empty value: unset). A
+/// password file that others can read is accepted with a warning.
+fn secret_file(file: &Path, flag: &str, secret: bool) -> aurum::Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    if file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let abs = std::path::absolute(file).map_err(|e| aurum::Error::Io {
+        path: file.to_path_buf(),
+        source: e,
+    })?;
+    let meta = std::fs::File::open(&abs)
+        .and_then(|f| f.metadata())
+        .map_err(|e| {
+            aurum::Error::Invalid(format!(
+                "{flag} {}: cannot read it ({e}); it is read each time the BMC is used",
+                abs.display()
+            ))
+        })?;
+    if !meta.is_file() {
+        return Err(aurum::Error::Invalid(format!(
+            "{flag} {}: not a regular file",
+            abs.display()
+        )));
+    }
+    if secret && meta.permissions().mode() & 0o077 != 0 {
+        super::say!(
+            "aurum: warning: {} can be read by other users than its owner: `chmod 600 {}`",
+            abs.display(),
+            abs.display()
+        );
+    }
+    Ok(Some(abs.display().to_string()))
+}
+
+/// `ipmi:ADDR`, `redfish:URL` or `-`.
+fn bmc_summary(n: &NodeEntry) -> String {
+    match &n.bmc {
+        Some(a) => format!("{}:{a}", n.bmc_access.protocol().as_str()),
+        None => "-".into(),
     }
 }
 
@@ -142,7 +216,8 @@ struct RmArgs {
 /// Add the nodes of a CSV file, all or none.
 ///
 /// The first line names the columns, in any order: name,mac,ip,class,image,group (and
-/// optionally bmc); name and mac are required, empty fields are unset, lines starting with
+/// optionally bmc, bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file: the files as
+/// absolute paths); name and mac are required, empty fields are unset, lines starting with
 /// `#` are skipped. One bad line (or a duplicate name, MAC or IP) and nothing is added.
 #[derive(Args)]
 struct ImportArgs {
@@ -190,12 +265,12 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} LAST PHASE",
-        "NODE", "MAC", "IP", "CLASS", "IMAGE", "GROUP", "BOOT"
+        "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} {:<24} LAST PHASE",
+        "NODE", "MAC", "IP", "CLASS", "IMAGE", "GROUP", "BOOT", "BMC"
     );
     for n in nodes {
         println!(
-            "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} {}",
+            "{:<16} {:<17} {:<15} {:<10} {:<16} {:<8} {:<7} {:<24} {}",
             n.name,
             n.mac,
             n.ip.as_deref().unwrap_or("-"),
@@ -203,6 +278,7 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<()> {
             n.image.as_deref().unwrap_or("-"),
             n.group.as_deref().unwrap_or("-"),
             n.boot.as_str(),
+            bmc_summary(&n),
             n.last
                 .as_ref()
                 .map(|l| format!("{} {}", l.phase, human_time(l.time)))
@@ -229,7 +305,21 @@ fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
     );
     println!("image     {}", or(&n.image));
     println!("group     {}", or(&n.group));
-    println!("bmc       {}", or(&n.bmc));
+    println!("bmc       {}", bmc_summary(&n));
+    if n.bmc.is_some() {
+        let b = &n.bmc_access;
+        println!("bmc user  {}", or(&b.bmc_user));
+        println!(
+            "bmc pass  {}",
+            match &b.bmc_password_file {
+                Some(f) => format!("read from {f}"),
+                None => "-".into(),
+            }
+        );
+        if let Some(ca) = &b.bmc_ca_file {
+            println!("bmc CA    {ca}");
+        }
+    }
     println!(
         "boot      {}",
         match n.boot {

@@ -180,6 +180,14 @@ pub struct ImportArgs {
 
 pub fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
     let mut repo = open(g)?;
+    if a.file != std::path::Path::new("-") && !a.file.exists() {
+        return Err(aurum::Error::NotFound(format!(
+            "no archive {}: give the path of a tar file (plain or compressed), or `-` for \
+             standard input",
+            a.file.display()
+        ))
+        .into());
+    }
     let started = std::time::Instant::now();
     let (rev, stats) = aurum::tarball::import(&mut repo, &a.file, &a.image, &a.message)?;
     if a.json {

@@ -482,6 +482,14 @@ fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
     }
     for f in &a.files {
         let class = store::class_of(f)?;
+        if !f.exists() {
+            return Err(aurum::Error::NotFound(format!(
+                "no template file {}: give CLASS.toml files; `aurum template show CLASS` prints \
+                 one to start from",
+                f.display()
+            ))
+            .into());
+        }
         let text = std::fs::read_to_string(f).map_err(|e| aurum::Error::Io {
             path: f.clone(),
             source: e,

@@ -9,4 +9,6 @@
 pub mod exec;
 pub mod fold;
 pub mod nodeset;
+pub mod power;
+pub mod reinstall;
 pub mod rollout;

@@ -125,6 +125,7 @@ mod tests {
             image: None,
             group: group.map(Into::into),
             bmc: None,
+            bmc_access: Default::default(),
             boot: Boot::Local,
             last: None,
         }

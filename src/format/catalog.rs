@@ -6,7 +6,7 @@
 //! the catalog's to query. `book/src/format.md` (Catalog) shows the schema as it stands.
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -181,6 +181,14 @@ pub const MIGRATIONS: &[&str] = &[
         last_contact INTEGER,
         lag INTEGER
     );
+    "#,
+    // 6 -> 7: how each node's BMC is reached (`bmc` has held its address since version 4). The
+    // password is never stored: `bmc_password_file` names the file it is read from at use.
+    r#"
+    ALTER TABLE inventory ADD COLUMN bmc_protocol TEXT;
+    ALTER TABLE inventory ADD COLUMN bmc_user TEXT;
+    ALTER TABLE inventory ADD COLUMN bmc_password_file TEXT;
+    ALTER TABLE inventory ADD COLUMN bmc_ca_file TEXT;
     "#,
 ];
 

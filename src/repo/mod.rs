@@ -404,6 +404,15 @@ impl Repository {
             }
             Err(e) => return Err(e).at(&format),
         };
+        if crate::format::refs::format_version(text.as_bytes()).is_none() {
+            return Err(Error::Corrupt(format!(
+                "{} is damaged: it reads `{}`, not a repository format line; restore it from a \
+                 replica or backup (this aurum writes `{} {FORMAT_VERSION}`), then run `aurum verify`",
+                format.display(),
+                text.trim().chars().take(40).collect::<String>(),
+                crate::format::refs::FORMAT_PREFIX
+            )));
+        }
         check_format(&root.display().to_string(), text.as_bytes())?;
         let lock_path = root.join("lock");
         let lock_file = fs::OpenOptions::new()
@@ -1017,16 +1026,22 @@ impl Read for ContentReader<'_> {
             let c = self
                 .chunks
                 .next()
-                .ok_or_else(|| std::io::Error::other("file content is shorter than its size"))?;
+                .ok_or_else(|| {
+                    std::io::Error::other(Error::Corrupt(
+                        "file content is shorter than its size (a damaged manifest); run `aurum verify`".into(),
+                    ))
+                })?;
             self.buf = self
                 .repo
                 .read_blob(&c.id)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                .map_err(std::io::Error::other)?;
             self.buf_at = 0;
         }
         // The extents come from a manifest: overlapping ones are an error, not a panic.
         let left_in_ext = (ext_off + ext_len).checked_sub(self.pos).ok_or_else(|| {
-            std::io::Error::other("the file's data extents overlap (a damaged manifest)")
+            std::io::Error::other(Error::Corrupt(
+                "the file's data extents overlap (a damaged manifest); run `aurum verify`".into(),
+            ))
         })?;
         let rest = self.buf.get(self.buf_at..).unwrap_or_default();
         let n = out

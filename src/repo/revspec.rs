@@ -89,7 +89,9 @@ impl FromStr for RevSpec {
         if let Some((image, n)) = spec.split_once('@') {
             let number: u32 = n.parse().map_err(|_| {
                 invalid(format!(
-                    "`{spec}`: the part after @ must be a revision number"
+                    "`{spec}`: the part after @ must be a revision number, as in `{image}@3`; \
+                     `aurum log {image}` lists the revisions",
+                    image = spec.split('@').next().unwrap_or_default()
                 ))
             })?;
             return Ok(RevSpec::Number {

@@ -99,8 +99,8 @@ pub fn verify(
             Err(e) => report.damage.push(Damage {
                 kind: "manifest",
                 id: id.hex(),
-                problem: e.to_string(),
-                breaks: names.clone(),
+                problem: e.to_string().replace(RUN_VERIFY, ""),
+                breaks: sorted_revisions(names.clone()),
             }),
         }
     }
@@ -206,8 +206,8 @@ pub fn verify(
             report.damage.push(Damage {
                 kind: "blob",
                 id: id.hex(),
-                problem,
-                breaks: users.get(&id).cloned().unwrap_or_default(),
+                problem: problem.replace(crate::store::FIND_BROKEN, ""),
+                breaks: sorted_revisions(users.get(&id).cloned().unwrap_or_default()),
             });
         }
     }
@@ -333,4 +333,16 @@ fn index_problem(
     let listed: HashSet<&crate::format::pack::IndexEntry> = entries.iter().collect();
     let missing = blobs.iter().filter(|b| !listed.contains(b)).count();
     (missing > 0).then(|| format!("its index lacks {missing} of its blobs"))
+}
+
+/// The advice a damaged manifest's error gives outside verify.
+const RUN_VERIFY: &str = "; run `aurum verify`";
+
+/// Revision names (`image@N`) by image, then number, so that a report reads the same each run.
+fn sorted_revisions(mut names: Vec<String>) -> Vec<String> {
+    names.sort_by_key(|n| match n.rsplit_once('@') {
+        Some((image, num)) => (image.to_string(), num.parse::<u64>().unwrap_or(0)),
+        None => (n.clone(), 0),
+    });
+    names
 }

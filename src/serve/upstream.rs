@@ -33,6 +33,10 @@ pub fn prepare(root: &Path) -> Result<()> {
 pub struct Upstream {
     base: String,
     agent: ureq::Agent,
+    /// The objects being fetched now, each with the lock its fetcher holds: a node asking for
+    /// one waits for that fetch instead of starting another (a rack of nodes asking for the
+    /// same pack at once costs the upstream one copy).
+    fetching: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
 }
 
 /// Whether a URL path names a file that never changes (named by its hash).
@@ -58,6 +62,7 @@ impl Upstream {
         Ok(Upstream {
             base: url.trim_end_matches('/').to_string(),
             agent,
+            fetching: Default::default(),
         })
     }
 
@@ -73,7 +78,7 @@ impl Upstream {
         if immutable(path) && matches!(rq.method, Method::Get | Method::Head) {
             if let Some(file) = static_path(root, path) {
                 if !file.exists() {
-                    if let Err((code, msg)) = self.fetch(root, path, &file) {
+                    if let Err((code, msg)) = self.fetch_once(root, path, &file) {
                         return text(code, &msg).send(reply);
                     }
                 }
@@ -90,6 +95,32 @@ impl Upstream {
             )
             .send(reply);
         }
+    }
+
+    /// [`Upstream::fetch`], one fetch per object at a time: who comes while it runs waits for
+    /// it and finds the file.
+    fn fetch_once(&self, root: &Path, path: &str, file: &Path) -> std::result::Result<(), (u16, String)> {
+        let lock = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_string())
+            .or_default()
+            .clone();
+        let result = {
+            let _only = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if file.exists() {
+                Ok(())
+            } else {
+                self.fetch(root, path, file)
+            }
+        };
+        let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        // The last one out forgets the object.
+        if std::sync::Arc::strong_count(&lock) <= 2 {
+            fetching.remove(path);
+        }
+        result
     }
 
     /// Fetches the immutable file `path` into `file`, checked; the status and message to

@@ -230,11 +230,15 @@ fn member(e: &IndexEntry, body: &[u8]) -> Result<Vec<u8>> {
         .ok_or_else(|| corrupt(format!("blob {} lies outside its group", e.id.short())))
 }
 
+/// What a damaged blob's error tells a command other than verify to do; verify, which names
+/// the revisions itself, leaves it out.
+pub const FIND_BROKEN: &str = "; run `aurum verify` to see which revisions it breaks";
+
 fn check(e: &IndexEntry, raw: Vec<u8>) -> Result<Vec<u8>> {
     let (id, raw_len) = (&e.id, e.raw_len);
     if raw.len() != raw_len as usize || Id::of(&raw) != *id {
         return Err(corrupt(format!(
-            "blob {} is damaged (its content no longer matches its hash); run `aurum verify` to see which revisions it breaks",
+            "blob {} is damaged (its content no longer matches its hash){FIND_BROKEN}",
             id.short()
         )));
     }

@@ -234,7 +234,9 @@ fn normalise(name: &[u8]) -> Result<Option<Vec<u8>>> {
             b"" | b"." => {}
             b".." => {
                 return Err(invalid(format!(
-                    "archive member `{}` leaves the root; refusing the archive",
+                    "archive member `{}` leaves the root; refusing the archive (nothing was recorded): \
+                     repack it without `..` names, or extract it where you trust it and capture \
+                     the directory with `aurum getimage`",
                     String::from_utf8_lossy(name)
                 )))
             }

@@ -4,12 +4,14 @@
 //! tool say so; `./test.sh` (what CI runs) installs the tools and runs as root.
 
 mod adopt;
+mod book;
 mod chroot;
 mod common;
 mod config;
 mod conventions;
 mod crash;
 mod deb;
+mod errors;
 mod delta;
 mod fidelity;
 mod fleet;
@@ -19,6 +21,7 @@ mod layers;
 mod network;
 mod nodesafety;
 mod overrides;
+mod power;
 mod published;
 mod pxe;
 mod remote;

@@ -223,7 +223,7 @@ fn issue12_a_silent_server_fails_fast_with_its_name() {
     assert!(!o.status.success());
     assert!(started.elapsed() < Duration::from_secs(20), "{err}");
     assert!(
-        err.contains(&format!("{url}: no answer for FORMAT after 2 tries over")),
+        err.contains(&format!("{url}: no usable answer for FORMAT after 2 tries over")),
         "{err}"
     );
 }

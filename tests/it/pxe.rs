@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::common::{have, is_root, json, sh, skip, Env};
 use crate::serve::Server;
 
-const MAC: &str = "52:54:00:00:00:10";
+pub(crate) const MAC: &str = "52:54:00:00:00:10";
 
 fn get(url: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -502,9 +502,14 @@ fn bootkit_has_init_tools_and_modules_in_dependency_order() {
         .contains("aurum \"$@\""));
 }
 
+/// One TCG guest at a time: on a 2-core runner two or three at once starved a guest's kernel
+/// (RCU stalls) past the time limit while other tests ran beside them (tests/it/power.rs's
+/// reinstall guest takes it too).
+pub(crate) static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The kernel and its modules, from Debian's package, unpacked once into a cache outside the
 /// repository. Returns (vmlinuz, the unpacked tree).
-fn debian_kernel() -> (PathBuf, PathBuf) {
+pub(crate) fn debian_kernel() -> (PathBuf, PathBuf) {
     // The QEMU tests run in parallel: one downloads and unpacks, the others wait for it.
     static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _once = ONCE.lock().unwrap_or_else(|e| e.into_inner());
@@ -547,7 +552,7 @@ fn debian_kernel() -> (PathBuf, PathBuf) {
 }
 
 /// A golden client of a few MB: busybox (so the chrooted hooks run) and some files.
-fn golden(root: &Path) {
+pub(crate) fn golden(root: &Path) {
     for d in ["bin", "etc", "dev", "proc", "sys", "tmp", "var/lib/app"] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -561,7 +566,7 @@ fn golden(root: &Path) {
     crate::common::write_random(&root.join("var/lib/app/data"), 11, 2 << 20);
 }
 
-const TEMPLATE: &str = r#"description = "PXE test node: a small ESP and root"
+pub(crate) const TEMPLATE: &str = r#"description = "PXE test node: a small ESP and root"
 
 [[disk]]
 
@@ -583,7 +588,7 @@ mount = "/"
 "#;
 
 /// The last lines of a serial log.
-fn tail(log: &Path, n: usize) -> String {
+pub(crate) fn tail(log: &Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).into_owned();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -842,9 +847,6 @@ fn pxe_install(net: Net, uefi: bool, layout: Layout) {
             c
         }
     };
-    // One TCG guest at a time: on a 2-core runner two or three at once starved a guest's
-    // kernel (RCU stalls) past the time limit while other tests ran beside them.
-    static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guest = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let booted = Instant::now();
     let mut qemu = {

@@ -12,20 +12,25 @@
 //! in neither is fetched, and without a server that is refused before anything changes. The
 //! update commits like any other (undo area, `aurum rollback` works after it), clearing
 //! `staged`; the stage is then deleted. A second `--stage` replaces the first; `--unstage`
-//! frees it.
+//! frees it. Blobs and manifests in the stage are named by id, so a new stage is fetched
+//! next to the one before (reusing its blobs), and what only the old one needed is deleted
+//! once the state names the new one: a `--stage` that fails or is killed leaves a whole
+//! stage, the one before it.
 
+use std::collections::HashSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::apply::client::{self, ClientHooks, ClientUpdate};
 use crate::apply::hooks::Stage as HookStage;
-use crate::apply::node::{kept_manifest_in, keep_manifest_in, Node, RevRef, Staged};
+use crate::apply::node::{keep_manifest_in, kept_manifest_in, Node, RevRef, Staged};
 use crate::apply::source::{RevisionSource, Target};
 use crate::apply::update::{self, Overlay, StageAt, UpdateOptions, UpdateReport};
 use crate::catalog::NodeAction;
 use crate::error::{corrupt, invalid, IoContext, Result};
+use crate::format::manifest::{Kind, Manifest};
 use crate::progress::Progress;
 
 /// What `updateclient --stage` did.
@@ -49,13 +54,14 @@ pub struct UnstageReport {
     pub bytes_freed: u64,
 }
 
-fn blobs_dir(node: &Node) -> std::path::PathBuf {
-    node.stage_dir().join("blobs")
+fn blobs_dir(stage: &Path) -> PathBuf {
+    stage.join("blobs")
 }
 
-fn manifests_dir(node: &Node) -> std::path::PathBuf {
-    node.stage_dir().join("manifests")
+fn manifests_dir(stage: &Path) -> PathBuf {
+    stage.join("manifests")
 }
+
 
 /// Refuses to stage or activate on a root aurum does not manage, or (`staging`) with an
 /// update unfinished.
@@ -94,17 +100,18 @@ pub fn stage(
         &run.add_override,
         &run.no_override,
     )?;
-    let replaced = drop_stage(node)?.unstaged;
+    let stage = node.stage_dir();
+    let before = node.state()?.staged.map(|s| s.revision);
     let result = (|| -> Result<StageReport> {
-        keep_manifest_in(&manifests_dir(node), &manifest)?;
+        keep_manifest_in(&manifests_dir(&stage), &manifest)?;
         if let Some(image) = &overlay.image {
-            keep_manifest_in(&manifests_dir(node), image)?;
+            keep_manifest_in(&manifests_dir(&stage), image)?;
         }
         let follow = overlay.follow.clone();
         run.opts.overlay = Some(overlay);
         run.opts.before_writes = None;
         run.opts.stage = Some(StageAt {
-            blobs: blobs_dir(node),
+            blobs: blobs_dir(&stage),
             only_fetch: true,
         });
         let update = update::update(node, &target, &manifest, Some(source), &run.opts, progress)?;
@@ -112,27 +119,66 @@ pub fn stage(
             .to
             .clone()
             .unwrap_or_else(|| RevRef::from(&target));
-        let (bytes, files) = disk_usage(&node.stage_dir());
-        let staged = Staged {
+        // The blobs are durable (one syncfs) before the state names the new stage.
+        let fd = crate::sys::open_root(&stage)?;
+        crate::sys::sync_fs(std::os::fd::AsFd::as_fd(&fd), &stage)?;
+        let mut staged = Staged {
             revision,
             time: crate::catalog::now(),
-            bytes,
-            blobs: files.saturating_sub(count_files(&manifests_dir(node))),
+            bytes: 0,
+            blobs: 0,
             follow,
         };
         let mut state = node.state()?;
         state.staged = Some(staged.clone());
         node.save_state(&state)?;
+        // Only now does what the stage before held and this one does not need go.
+        prune(&stage, &manifest, kept_manifests(&staged.revision)?)?;
+        (staged.bytes, staged.blobs) = disk_usage(&blobs_dir(&stage));
+        staged.bytes += disk_usage(&manifests_dir(&stage)).0;
+        state.staged = Some(staged.clone());
+        node.save_state(&state)?;
         Ok(StageReport {
             staged,
-            replaced,
+            replaced: before.clone(),
             update,
         })
     })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(node.stage_dir());
+    // A failed first stage frees what it fetched; a stage before it stays whole (its files
+    // are all there: nothing is deleted before the state names the new one).
+    if result.is_err() && before.is_none() {
+        let _ = fs::remove_dir_all(&stage);
     }
     result
+}
+
+/// The manifest files a stage of `rev` keeps: the tree's, and with overrides the image's.
+fn kept_manifests(rev: &RevRef) -> Result<Vec<String>> {
+    let mut ids = vec![format!("{}.mf", rev.tree_id()?.hex())];
+    ids.push(format!("{}.mf", rev.id()?.hex()));
+    Ok(ids)
+}
+
+/// Deletes from the stage the blobs `manifest` does not use and the manifests other than
+/// `keep` (file names).
+fn prune(stage: &Path, manifest: &Manifest, keep: Vec<String>) -> Result<()> {
+    let used: HashSet<String> = manifest
+        .entries
+        .iter()
+        .flat_map(|e| match &e.kind {
+            Kind::File { chunks, .. } => chunks.iter().map(|c| c.id.hex()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    for (dir, wanted) in [(blobs_dir(stage), &used), (manifests_dir(stage), &keep.into_iter().collect())] {
+        let Ok(it) = fs::read_dir(&dir) else { continue };
+        for f in it.flatten() {
+            if !wanted.contains(&*f.file_name().to_string_lossy()) {
+                let _ = fs::remove_file(f.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Applies the staged revision: the same engine as any update, with the stage as its first
@@ -159,10 +205,11 @@ pub fn activate(
             rev.name()
         ))
     };
-    let manifest = kept_manifest_in(&manifests_dir(node), &rev.tree_id()?)?.ok_or_else(missing)?;
+    let stage = node.stage_dir();
+    let manifest = kept_manifest_in(&manifests_dir(&stage), &rev.tree_id()?)?.ok_or_else(missing)?;
     let image = match rev.overrides.is_empty() {
         true => None,
-        false => Some(kept_manifest_in(&manifests_dir(node), &rev.id()?)?.ok_or_else(missing)?),
+        false => Some(kept_manifest_in(&manifests_dir(&stage), &rev.id()?)?.ok_or_else(missing)?),
     };
     let target = Target {
         image: rev.image.clone(),
@@ -175,7 +222,7 @@ pub fn activate(
         follow: staged.follow.clone(),
     });
     opts.stage = Some(StageAt {
-        blobs: blobs_dir(node),
+        blobs: blobs_dir(&stage),
         only_fetch: false,
     });
     let server = source.map(|s| s.describe()).unwrap_or_default();
@@ -238,15 +285,20 @@ fn drop_stage(node: &Node) -> Result<UnstageReport> {
     }
     let dir = node.stage_dir();
     let (bytes_freed, _) = disk_usage(&dir);
-    match fs::remove_dir_all(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).at(&dir),
-    }
+    remove_dir(&dir)?;
     Ok(UnstageReport {
         unstaged,
         bytes_freed,
     })
+}
+
+/// Removes `dir` and everything in it; nothing there is fine.
+fn remove_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at(dir),
+    }
 }
 
 /// Bytes allocated on disk under `dir`, and the number of files.
@@ -268,8 +320,4 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
         }
     }
     (bytes, files)
-}
-
-fn count_files(dir: &Path) -> u64 {
-    disk_usage(dir).1
 }

@@ -96,6 +96,16 @@ fn a_second_stage_replaces_the_first_and_unstage_frees_it() {
     stage("c@2");
     let second = stage("c@3");
     assert_eq!(second["replaced"]["number"], 2, "{second}");
+    // A stage killed part way leaves a whole stage: the one before, or its own.
+    let again = [
+        "updateclient", "--stage", "--repo", r, "--image", "c@2", "--root", n,
+        "--no-default-excludes",
+    ];
+    killed(&again, &node, KillAt::Ms(40));
+    let st = status(&node);
+    let number = st["staged"]["revision"]["number"].as_u64();
+    assert!(matches!(number, Some(2 | 3)), "{st}");
+    let second = stage("c@3");
     assert_eq!(status(&node)["staged"]["revision"]["number"], 3);
     let bytes = second["staged"]["bytes"].as_u64().unwrap();
     assert!(bytes > 2 << 20, "{second}");

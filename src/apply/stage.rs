@@ -62,7 +62,6 @@ fn manifests_dir(stage: &Path) -> PathBuf {
     stage.join("manifests")
 }
 
-
 /// Refuses to stage or activate on a root aurum does not manage, or (`staging`) with an
 /// update unfinished.
 fn check_node(node: &Node, staging: bool) -> Result<()> {
@@ -93,13 +92,8 @@ pub fn stage(
     progress: &dyn Progress,
 ) -> Result<StageReport> {
     check_node(node, true)?;
-    let (target, manifest, overlay) = client::resolve_for_node(
-        node,
-        source,
-        &run.spec,
-        &run.add_override,
-        &run.no_override,
-    )?;
+    let (target, manifest, overlay) =
+        client::resolve_for_node(node, source, &run.spec, &run.add_override, &run.no_override)?;
     let stage = node.stage_dir();
     let before = node.state()?.staged.map(|s| s.revision);
     let result = (|| -> Result<StageReport> {
@@ -115,10 +109,7 @@ pub fn stage(
             only_fetch: true,
         });
         let update = update::update(node, &target, &manifest, Some(source), &run.opts, progress)?;
-        let revision = update
-            .to
-            .clone()
-            .unwrap_or_else(|| RevRef::from(&target));
+        let revision = update.to.clone().unwrap_or_else(|| RevRef::from(&target));
         // The blobs are durable (one syncfs) before the state names the new stage.
         let fd = crate::sys::open_root(&stage)?;
         crate::sys::sync_fs(std::os::fd::AsFd::as_fd(&fd), &stage)?;
@@ -170,7 +161,10 @@ fn prune(stage: &Path, manifest: &Manifest, keep: Vec<String>) -> Result<()> {
             _ => Vec::new(),
         })
         .collect();
-    for (dir, wanted) in [(blobs_dir(stage), &used), (manifests_dir(stage), &keep.into_iter().collect())] {
+    for (dir, wanted) in [
+        (blobs_dir(stage), &used),
+        (manifests_dir(stage), &keep.into_iter().collect()),
+    ] {
         let Ok(it) = fs::read_dir(&dir) else { continue };
         for f in it.flatten() {
             if !wanted.contains(&*f.file_name().to_string_lossy()) {
@@ -206,7 +200,8 @@ pub fn activate(
         ))
     };
     let stage = node.stage_dir();
-    let manifest = kept_manifest_in(&manifests_dir(&stage), &rev.tree_id()?)?.ok_or_else(missing)?;
+    let manifest =
+        kept_manifest_in(&manifests_dir(&stage), &rev.tree_id()?)?.ok_or_else(missing)?;
     let image = match rev.overrides.is_empty() {
         true => None,
         false => Some(kept_manifest_in(&manifests_dir(&stage), &rev.id()?)?.ok_or_else(missing)?),

@@ -646,7 +646,9 @@ pub fn update(
     // Staging writes nothing in the tree: there is nothing to undo.
     let staging_only = opts.stage.as_ref().is_some_and(|s| s.only_fetch);
     match refused_write(&err) {
-        Some(errno) if !opts.dry_run && !staging_only => undo_failed(node, manifest, opts, progress, err, errno),
+        Some(errno) if !opts.dry_run && !staging_only => {
+            undo_failed(node, manifest, opts, progress, err, errno)
+        }
         _ => Err(err),
     }
 }

@@ -301,16 +301,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         opts,
         add_override,
         no_override: a.no_override,
-        hooks: hooks.map(|dir| ClientHooks {
-            dir,
-            group: a.group.or_else(|| config.node.group.clone()),
-            on_output: Arc::new(|name: &str, out: &str| {
-                super::say!("updateclient: hook {name}");
-                for line in out.lines() {
-                    super::say!("    {line}");
-                }
-            }),
-        }),
+        hooks: hooks.map(|dir| client_hooks(dir, a.group.or_else(|| config.node.group.clone()))),
     };
     let progress = g.progress();
     if a.stage {
@@ -319,6 +310,20 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     }
     let r = client::updateclient(&node, source.as_ref(), run, progress.as_ref())?;
     print_report("updateclient", &r, a.dry_run, a.json)
+}
+
+/// The update hooks of `dir`, their output printed as they run.
+fn client_hooks(dir: PathBuf, group: Option<String>) -> ClientHooks {
+    ClientHooks {
+        dir,
+        group,
+        on_output: Arc::new(|name: &str, out: &str| {
+            super::say!("updateclient: hook {name}");
+            for line in out.lines() {
+                super::say!("    {line}");
+            }
+        }),
+    }
 }
 
 fn print_stage(r: &stage::StageReport, json: bool) -> anyhow::Result<()> {
@@ -340,7 +345,11 @@ fn print_stage(r: &stage::StageReport, json: bool) -> anyhow::Result<()> {
         r.staged.blobs,
         human_bytes(r.staged.bytes),
         human_bytes(u.bytes_fetched),
-        if u.deltas > 0 { format!(" ({} blobs as deltas)", u.deltas) } else { String::new() },
+        if u.deltas > 0 {
+            format!(" ({} blobs as deltas)", u.deltas)
+        } else {
+            String::new()
+        },
         human_bytes(u.bytes_reused),
         u.created,
         u.changed,
@@ -373,18 +382,19 @@ fn activate(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         before_writes: None,
         stage: None,
     };
-    let hooks = a.hooks.or_else(|| g.config.node.hooks.clone()).map(|dir| ClientHooks {
-        dir,
-        group: a.group.or_else(|| g.config.node.group.clone()),
-        on_output: Arc::new(|name: &str, out: &str| {
-            super::say!("updateclient: hook {name}");
-            for line in out.lines() {
-                super::say!("    {line}");
-            }
-        }),
-    });
+    let group = a.group.or_else(|| g.config.node.group.clone());
+    let hooks = a
+        .hooks
+        .or_else(|| g.config.node.hooks.clone())
+        .map(|dir| client_hooks(dir, group));
     let progress = g.progress();
-    let r = stage::activate(&node, source.as_deref(), opts, hooks.as_ref(), progress.as_ref())?;
+    let r = stage::activate(
+        &node,
+        source.as_deref(),
+        opts,
+        hooks.as_ref(),
+        progress.as_ref(),
+    )?;
     print_report("activate", &r, false, a.json)
 }
 
@@ -395,7 +405,11 @@ fn unstage(root: &std::path::Path, json: bool) -> anyhow::Result<()> {
         return print_json(&r);
     }
     match &r.unstaged {
-        Some(rev) => println!("unstaged {}: {} freed", rev.name(), human_bytes(r.bytes_freed)),
+        Some(rev) => println!(
+            "unstaged {}: {} freed",
+            rev.name(),
+            human_bytes(r.bytes_freed)
+        ),
         None => println!("nothing was staged ({} freed)", human_bytes(r.bytes_freed)),
     }
     Ok(())

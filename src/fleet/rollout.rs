@@ -303,9 +303,16 @@ fn stage_wave(
         let out = on_node(&t, plan, &words, plan.update_timeout);
         if out.status == Status::Ok {
             set(&n.node, NodeStep::Pending, &format!("staged {target}"))?;
-            staged.lock().unwrap_or_else(|e| e.into_inner()).push(n.node.clone());
+            staged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(n.node.clone());
         } else {
-            set(&n.node, NodeStep::Failed, &format!("staging failed: {}", why(&out)))?;
+            set(
+                &n.node,
+                NodeStep::Failed,
+                &format!("staging failed: {}", why(&out)),
+            )?;
             if failures.fetch_add(1, Ordering::Relaxed) + 1 > allowed {
                 halt.store(true, Ordering::Relaxed);
             }
@@ -314,7 +321,33 @@ fn stage_wave(
     });
     results.into_iter().collect::<Result<Vec<()>>>()?;
     let staged = staged.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok(todo.into_iter().filter(|n| staged.contains(&n.node)).collect())
+    let staged: Vec<RolloutNode> = todo
+        .into_iter()
+        .filter(|n| staged.contains(&n.node))
+        .collect();
+    if !halt.load(Ordering::Relaxed) {
+        return Ok(staged);
+    }
+    // Too many failed to stage: the wave stops before any node activates; the others' stages
+    // are freed (the nodes were never changed).
+    let freed: Vec<Result<()>> = exec::fan_out(&staged, fanout, &crate::progress::Quiet, |n| {
+        let t = Target {
+            name: n.node.clone(),
+            host: n.host.clone(),
+        };
+        let words = ["updateclient", "--unstage", "--root", &plan.node_root];
+        let out = on_node(&t, plan, &words, plan.update_timeout);
+        let detail = match out.status {
+            Status::Ok => "staged, not activated: the wave stopped; stage freed".to_string(),
+            _ => format!(
+                "staged, not activated: the wave stopped; unstage failed: {}",
+                why(&out)
+            ),
+        };
+        set(&n.node, NodeStep::Pending, &detail)
+    });
+    freed.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(Vec::new())
 }
 
 /// Rolls `t` back to the revision before its update; says how that went.

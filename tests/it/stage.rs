@@ -10,7 +10,13 @@ use crate::serve::Server;
 use crate::update::{killed, node_at, node_diff, ok, two_revisions, KillAt};
 
 fn status(node: &Path) -> serde_json::Value {
-    json(&ok(&["node-status", "--root", node.to_str().unwrap(), "--json"]))["state"].clone()
+    json(&ok(&[
+        "node-status",
+        "--root",
+        node.to_str().unwrap(),
+        "--json",
+    ]))["state"]
+        .clone()
 }
 
 fn stage_dir(node: &Path) -> std::path::PathBuf {
@@ -37,11 +43,22 @@ fn a_staged_revision_activates_with_the_server_down_and_rolls_back() {
     let srv = Server::start(&env);
     let url = format!("http://{}", srv.addr);
     let staged = json(&ok(&[
-        "updateclient", "--stage", "--server", &url, "--image", "c@2", "--root", n,
-        "--no-default-excludes", "--json",
+        "updateclient",
+        "--stage",
+        "--server",
+        &url,
+        "--image",
+        "c@2",
+        "--root",
+        n,
+        "--no-default-excludes",
+        "--json",
     ]));
     assert_eq!(staged["staged"]["revision"]["number"], 2, "{staged}");
-    assert!(staged["update"]["bytes_fetched"].as_u64().unwrap() > 0, "{staged}");
+    assert!(
+        staged["update"]["bytes_fetched"].as_u64().unwrap() > 0,
+        "{staged}"
+    );
     // Nothing in the tree changed; the state names the stage (read by a new process: the stage
     // is on disk, as after a reboot).
     assert_eq!(node_diff(&rev1, &node), "", "staging changed the tree");
@@ -55,7 +72,13 @@ fn a_staged_revision_activates_with_the_server_down_and_rolls_back() {
     // The server goes away; activation needs only the stage.
     drop(srv);
     let r = json(&ok(&[
-        "updateclient", "--activate", "--server", &url, "--root", n, "--no-default-excludes",
+        "updateclient",
+        "--activate",
+        "--server",
+        &url,
+        "--root",
+        n,
+        "--no-default-excludes",
         "--json",
     ]));
     assert_eq!(r["bytes_fetched"], 0, "{r}");
@@ -89,8 +112,16 @@ fn a_second_stage_replaces_the_first_and_unstage_frees_it() {
     let r = repo.to_str().unwrap();
     let stage = |rev: &str| {
         json(&ok(&[
-            "updateclient", "--stage", "--repo", r, "--image", rev, "--root", n,
-            "--no-default-excludes", "--json",
+            "updateclient",
+            "--stage",
+            "--repo",
+            r,
+            "--image",
+            rev,
+            "--root",
+            n,
+            "--no-default-excludes",
+            "--json",
         ]))
     };
     stage("c@2");
@@ -98,7 +129,14 @@ fn a_second_stage_replaces_the_first_and_unstage_frees_it() {
     assert_eq!(second["replaced"]["number"], 2, "{second}");
     // A stage killed part way leaves a whole stage: the one before, or its own.
     let again = [
-        "updateclient", "--stage", "--repo", r, "--image", "c@2", "--root", n,
+        "updateclient",
+        "--stage",
+        "--repo",
+        r,
+        "--image",
+        "c@2",
+        "--root",
+        n,
         "--no-default-excludes",
     ];
     killed(&again, &node, KillAt::Ms(40));
@@ -112,7 +150,10 @@ fn a_second_stage_replaces_the_first_and_unstage_frees_it() {
     assert_eq!(node_diff(&rev1, &node), "");
     let freed = json(&ok(&["updateclient", "--unstage", "--root", n, "--json"]));
     assert_eq!(freed["unstaged"]["number"], 3, "{freed}");
-    assert!(freed["bytes_freed"].as_u64().unwrap() >= bytes - 4096, "{freed}");
+    assert!(
+        freed["bytes_freed"].as_u64().unwrap() >= bytes - 4096,
+        "{freed}"
+    );
     assert!(!stage_dir(&node).exists());
     assert!(status(&node)["staged"].is_null());
     let again = json(&ok(&["updateclient", "--unstage", "--root", n, "--json"]));
@@ -128,7 +169,14 @@ fn a_node_changed_since_staging_still_ends_on_the_revision() {
     let (n, repo) = (node.to_str().unwrap(), env.repo());
     let r = repo.to_str().unwrap();
     let stage = [
-        "updateclient", "--stage", "--repo", r, "--image", "c@2", "--root", n,
+        "updateclient",
+        "--stage",
+        "--repo",
+        r,
+        "--image",
+        "c@2",
+        "--root",
+        n,
         "--no-default-excludes",
     ];
     ok(&stage);
@@ -137,7 +185,13 @@ fn a_node_changed_since_staging_still_ends_on_the_revision() {
         "cd {n} && printf edited > etc/a && rm etc/gone && printf stray > etc/stray \
          && chmod 600 etc/keep && rm -r srv/old"
     ));
-    ok(&["updateclient", "--activate", "--root", n, "--no-default-excludes"]);
+    ok(&[
+        "updateclient",
+        "--activate",
+        "--root",
+        n,
+        "--no-default-excludes",
+    ]);
     let d = node_diff(&rev2, &node);
     assert_eq!(d, "", "changed node, activated:\n{d}");
 
@@ -147,17 +201,36 @@ fn a_node_changed_since_staging_still_ends_on_the_revision() {
     let node = node_at(&env, "node2", "c@1");
     let n = node.to_str().unwrap();
     ok(&[
-        "updateclient", "--stage", "--repo", r, "--image", "c@2", "--root", n,
+        "updateclient",
+        "--stage",
+        "--repo",
+        r,
+        "--image",
+        "c@2",
+        "--root",
+        n,
         "--no-default-excludes",
     ]);
     write_random(&node.join("usr/lib/libbig.so"), 77, 3 << 20);
-    let e = fails(&["updateclient", "--activate", "--root", n, "--no-default-excludes"]);
+    let e = fails(&[
+        "updateclient",
+        "--activate",
+        "--root",
+        n,
+        "--no-default-excludes",
+    ]);
     assert!(e.contains("neither in the stage nor on the node"), "{e}");
     assert_eq!(status(&node)["current"]["number"], 1);
     assert_eq!(status(&node)["staged"]["revision"]["number"], 2);
     // With the server reachable the rest is fetched.
     ok(&[
-        "updateclient", "--activate", "--repo", r, "--root", n, "--no-default-excludes",
+        "updateclient",
+        "--activate",
+        "--repo",
+        r,
+        "--root",
+        n,
+        "--no-default-excludes",
     ]);
     let d = node_diff(&rev2, &node);
     assert_eq!(d, "", "changed node, activated with a server:\n{d}");
@@ -191,7 +264,16 @@ fn a_killed_activation_finishes_when_rerun() {
     for (i, at) in points.into_iter().enumerate() {
         let node = node_at(&env, &format!("node{i}"), "k@1");
         let n = node.to_str().unwrap();
-        ok(&["updateclient", "--stage", "--repo", r, "--image", "k@2", "--root", n]);
+        ok(&[
+            "updateclient",
+            "--stage",
+            "--repo",
+            r,
+            "--image",
+            "k@2",
+            "--root",
+            n,
+        ]);
         let activate = ["updateclient", "--activate", "--root", n];
         activations_killed += killed(&activate, &node, at) as u32;
         // Every file is old or new: each is one of the two revisions' versions.
@@ -208,10 +290,18 @@ fn a_killed_activation_finishes_when_rerun() {
         if !st["interrupted"].is_null() || !st["state"]["staged"].is_null() {
             ok(&activate);
         }
-        assert_eq!(node_diff(&b, &node), "", "activation killed at {at:?}, then rerun");
+        assert_eq!(
+            node_diff(&b, &node),
+            "",
+            "activation killed at {at:?}, then rerun"
+        );
         assert!(status(&node)["staged"].is_null());
         ok(&["rollback", "--root", n]);
-        assert_eq!(node_diff(&a, &node), "", "rollback after a killed activation");
+        assert_eq!(
+            node_diff(&a, &node),
+            "",
+            "rollback after a killed activation"
+        );
     }
     assert!(activations_killed >= 1, "no kill landed");
 }

@@ -304,13 +304,7 @@ pub const FS_APPEND_FL: libc::c_long = 0x20;
 /// XFS, btrfs, tmpfs); elsewhere the file is opened and asked with `FS_IOC_GETFLAGS`.
 pub fn inode_flags_at(dir: BorrowedFd, name: &[u8]) -> Option<libc::c_long> {
     use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
-    let st = statx(
-        dir,
-        name,
-        AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::TYPE,
-    )
-    .ok()?;
+    let st = statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE).ok()?;
     let fmt = u32::from(st.stx_mode) & libc::S_IFMT;
     if fmt != libc::S_IFREG && fmt != libc::S_IFDIR {
         return None;

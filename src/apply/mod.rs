@@ -38,11 +38,11 @@ mod undo;
 pub mod update;
 
 use crate::error::{invalid, IoContext, Result};
-use crate::format::manifest::{file_name, parent, Entry, Kind, Manifest};
-use tree::TreeWriter;
+use crate::format::manifest::{file_name, parent, Entry, EntrySource, Kind};
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::sys::{self, shown};
+use tree::TreeWriter;
 
 pub use crate::store::BlobSource;
 
@@ -74,12 +74,11 @@ impl Warnings {
 /// removed again and the error says so, so that no file that looks complete but is not (a
 /// 0-byte or half-written one, a directory without its files) is left behind.
 pub fn checkout(
-    manifest: &Manifest,
+    manifest: &dyn EntrySource,
     blobs: &dyn BlobSource,
     target: &Path,
     progress: &dyn Progress,
 ) -> Result<ApplyReport> {
-    manifest.validate()?;
     let created = match std::fs::read_dir(target) {
         Ok(mut it) => {
             if it.next().is_some() {
@@ -126,18 +125,30 @@ fn remove_checkout(target: &Path, created: bool) -> Result<()> {
     Ok(())
 }
 
-/// [`checkout`] into an empty `target`, through the one fresh-tree writer.
+/// [`checkout`] into an empty `target`, through the one fresh-tree writer, the entries
+/// streamed from `manifest` (each checked as it comes; a bad one stops the checkout, which
+/// then takes back what it wrote): two passes, one for the progress total, one to write.
 fn checkout_into(
-    manifest: &Manifest,
+    manifest: &dyn EntrySource,
     blobs: &dyn BlobSource,
     target: &Path,
     progress: &dyn Progress,
 ) -> Result<ApplyReport> {
     let root = sys::open_root(target)?;
     let writer = TreeWriter::new(root.as_fd(), target, true);
-    let total: u64 = manifest.entries.iter().map(|e| e.data_len()).sum();
+    let mut total = 0u64;
+    for e in manifest.entries()? {
+        total += e?.data_len();
+    }
     progress.phase("writing files", Some(total), true);
-    let counts = writer.write_tree(&manifest.entries, blobs, progress)?;
+    let mut failed = None;
+    let entries = manifest
+        .entries()?
+        .map_while(|e| e.map_err(|err| failed = Some(err)).ok());
+    let counts = writer.write_tree(entries, blobs, progress)?;
+    if let Some(err) = failed {
+        return Err(err);
+    }
     progress.finish();
     // Like cp, a checkout leaves the flushing to the kernel: it writes into a new directory,
     // so a crash loses nothing that was there. `aurum checkout --sync` flushes.

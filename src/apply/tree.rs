@@ -225,7 +225,9 @@ impl<'a> TreeWriter<'a> {
         let flush = |files: &mut Vec<E>, others: &mut Vec<E>| -> Result<()> {
             self.write_files(files, blobs, progress)?;
             files.clear();
-            others.drain(..).try_for_each(|e| self.make_special(e.borrow()))
+            others
+                .drain(..)
+                .try_for_each(|e| self.make_special(e.borrow()))
         };
         for item in entries {
             let e = item.borrow();

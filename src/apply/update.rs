@@ -423,8 +423,8 @@ impl Engine {
     fn keep(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8], act: Act) -> Result<()> {
         let is_dir = act != Act::Content
             && sys::lstat_at(dir, name)
-            .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
-            .unwrap_or(false);
+                .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .unwrap_or(false);
         if is_dir {
             return self.stash(dir, name, rel);
         }
@@ -742,7 +742,6 @@ fn undo_failed(
 fn stage(staging: &Path, id: &Id, data: &[u8]) -> Result<()> {
     crate::sys::write_atomic(&staging.join(id.hex()), data, Default::default())
 }
-
 
 /// Fetched blobs held in memory rather than staged, at most this many bytes: a staged small
 /// blob costs some ten system calls (create, write, rename, open, read, unlink), as many as the

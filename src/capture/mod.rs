@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use crate::catalog::{Revision, RevisionStats};
 use crate::error::{invalid, Result};
 use crate::excludes::Excludes;
-use crate::format::manifest::{decode_content, encode_content, Kind, Manifest};
+use crate::format::manifest::{decode_content, encode_content, Entry, Kind, Validator};
 use crate::format::pack::Codec;
 use crate::format::wire::Known;
 use crate::format::Id;
@@ -242,8 +242,11 @@ pub fn store<S: BlobSink + ?Sized>(sink: &S, id: &Id, data: &[u8]) -> Result<()>
     }
 }
 
-/// Files hashed together before their new blobs are stored in order (bounds memory).
+/// Files hashed together before their new blobs are stored in order (bounds memory): up to
+/// this many bytes, and this many files (a million files of a few bytes each made one batch
+/// of a few hundred MiB of bookkeeping before).
 const BATCH_BYTES: u64 = 8 << 20;
+const BATCH_FILES: usize = 4096;
 
 impl Source for LocalSource {
     fn describe(&self) -> String {
@@ -317,7 +320,10 @@ impl Source for LocalSource {
             let mut bytes = 0;
             // A file bigger than a batch gets a batch of its own (below), never the end of one.
             while n < rest.len()
-                && (n == 0 || (bytes < BATCH_BYTES && scanned[rest[n]].stat.size <= BATCH_BYTES))
+                && (n == 0
+                    || (bytes < BATCH_BYTES
+                        && n < BATCH_FILES
+                        && scanned[rest[n]].stat.size <= BATCH_BYTES))
             {
                 bytes += scanned[rest[n]].stat.size;
                 n += 1;
@@ -639,14 +645,23 @@ pub fn getimage(
             *extents = c.extents;
         }
     }
-    let mut entries: Vec<_> = scanned.into_iter().map(|s| s.entry).collect();
-    if let Some(edit) = &opts.edit {
-        entries = keep::splice(entries, &edit.keep, &mut warnings);
+    let entries: Box<dyn Iterator<Item = Entry>> = match &opts.edit {
+        Some(edit) => {
+            let all = scanned.into_iter().map(|s| s.entry).collect();
+            Box::new(keep::splice(all, &edit.keep, &mut warnings).into_iter())
+        }
+        None => Box::new(scanned.into_iter().map(|s| s.entry)),
+    };
+    // Each entry is checked, encoded and let go: no encoded copy of the whole manifest.
+    let mut manifest = repo.manifest_writer()?;
+    let mut check = Validator::default();
+    for e in entries {
+        check.check(&e)?;
+        manifest.push(&e)?;
     }
-    let manifest = Manifest { entries };
-    manifest.validate()?;
-    let entries = manifest.entries.len() as u64;
-    let id = repo.store_manifest(&manifest)?;
+    drop(check);
+    let entries = manifest.count();
+    let id = repo.store_manifest_from(manifest)?;
     let stats = RevisionStats {
         files,
         bytes,

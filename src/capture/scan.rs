@@ -8,7 +8,7 @@
 //! Entries come back sorted by path bytes, with hardlinks resolved so that the first name of each
 //! inode in that order carries the content and the others point at it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -146,30 +146,17 @@ pub fn scan(
         warnings,
         ..
     } = w;
-    // Hardlinks: the first name in manifest order carries the content.
-    let mut order: Vec<usize> = (0..out.len()).collect();
-    order.sort_by(|&a, &b| out[a].entry.path.cmp(&out[b].entry.path));
-    let mut rank = vec![0usize; out.len()];
-    for (r, &i) in order.iter().enumerate() {
-        rank[i] = r;
-    }
+    // The walk made them in path order: hardlinks' first name in it carries the content.
     for group in inodes.values().filter(|g| g.len() > 1) {
-        let first = *group.iter().min_by_key(|&&i| rank[i]).expect("non-empty");
+        let first = *group.iter().min().expect("non-empty");
         let target = out[first].entry.path.clone();
-        for &i in group {
-            if i != first {
-                out[i].entry.kind = Kind::Hardlink {
-                    target: target.clone(),
-                };
-            }
+        for &i in group.iter().filter(|&&i| i != first) {
+            out[i].entry.kind = Kind::Hardlink {
+                target: target.clone(),
+            };
         }
     }
-    let mut sorted: Vec<Option<Scanned>> = out.into_iter().map(Some).collect();
-    let result = order
-        .into_iter()
-        .map(|i| sorted[i].take().expect("each index once"))
-        .collect();
-    Ok((result, warnings))
+    Ok((out, warnings))
 }
 
 impl Walker<'_> {
@@ -195,6 +182,10 @@ impl Walker<'_> {
             .with_min_len(16)
             .map(|name| self.probe(dir.as_fd(), &rel, name))
             .collect();
+        // Entries come out in path byte order with no sort of the whole tree: a directory's
+        // subtree (`name/...`) is walked once every sibling sorting before `name/` is out, as
+        // `name.d` sorts between `name` and `name/x` ('.' < '/').
+        let mut subtrees: BTreeMap<Vec<u8>, (OwnedFd, Vec<u8>, u64)> = BTreeMap::new();
         for probe in probes {
             let Found {
                 name,
@@ -217,6 +208,7 @@ impl Walker<'_> {
                     continue;
                 }
             };
+            self.walk_subtrees(&mut subtrees, Some(&name))?;
             let fmt = st.st_mode & libc::S_IFMT;
             // A directory is opened before it is recorded, so that one gone by now is left out.
             let sub = if fmt == libc::S_IFDIR {
@@ -258,8 +250,26 @@ impl Walker<'_> {
             });
             self.progress.advance(1);
             if let Some(sub) = sub.filter(|_| descend) {
-                self.walk(sub, path, st.st_dev)?;
+                let mut key = name;
+                key.push(b'/');
+                subtrees.insert(key, (sub, path, st.st_dev));
             }
+        }
+        self.walk_subtrees(&mut subtrees, None)
+    }
+
+    /// Walks the subtrees held back whose `name/` sorts before `name` (all with None).
+    fn walk_subtrees(
+        &mut self,
+        subtrees: &mut BTreeMap<Vec<u8>, (OwnedFd, Vec<u8>, u64)>,
+        name: Option<&[u8]>,
+    ) -> Result<()> {
+        while let Some(first) = subtrees.first_entry() {
+            if name.is_some_and(|n| first.key().as_slice() >= n) {
+                break;
+            }
+            let (sub, path, dev) = first.remove();
+            self.walk(sub, path, dev)?;
         }
         Ok(())
     }

@@ -361,11 +361,24 @@ impl Catalog {
 
     /// The blobs the catalog places in a pack, in pack order.
     pub fn pack_blobs(&self, pack: &Id) -> Result<Vec<IndexEntry>> {
-        let mut st = self.conn.prepare(
+        self.pack_blobs_after(pack, None, i64::MAX)
+    }
+
+    /// Up to `limit` of the blobs the catalog places in a pack, in pack order, from the one
+    /// after `after` (its offset and inner offset): a pack's blobs a page at a time.
+    pub fn pack_blobs_after(
+        &self,
+        pack: &Id,
+        after: Option<&IndexEntry>,
+        limit: i64,
+    ) -> Result<Vec<IndexEntry>> {
+        let mut st = self.conn.prepare_cached(
             "SELECT id, offset, stored_len, raw_len, codec, inner FROM blobs
-             WHERE pack = (SELECT key FROM packs WHERE id = ?1) ORDER BY offset, inner",
+             WHERE pack = (SELECT key FROM packs WHERE id = ?1) AND (offset, inner) > (?2, ?3)
+             ORDER BY offset, inner LIMIT ?4",
         )?;
-        let rows = st.query_map([pack.hex()], |r| {
+        let (offset, inner) = after.map_or((-1, -1), |e| (e.offset as i64, i64::from(e.inner)));
+        let rows = st.query_map(rusqlite::params![pack.hex(), offset, inner, limit], |r| {
             Ok((
                 id_from_blob(r.get(0)?)?,
                 r.get::<_, i64>(1)?,

@@ -31,7 +31,11 @@ pub struct CheckoutArgs {
 pub fn exec(g: &Global, a: CheckoutArgs) -> anyhow::Result<()> {
     let repo = open(g)?;
     let rev = repo.resolve(&a.rev)?;
-    let manifest = repo.load_manifest(&rev.id)?;
+    // Streamed from its file at each pass: a checkout's memory does not grow with the tree.
+    let manifest = aurum::repo::StoredManifest {
+        repo: &repo,
+        id: rev.id,
+    };
     let blobs = repo.blobs()?;
     let progress = g.progress();
     let started = std::time::Instant::now();

@@ -200,7 +200,7 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
             rev.id.short(),
             r.parent.name()
         );
-        let counts = print_changes(&r.changes)?;
+        let counts = print_changes(r.changes.iter().map(Ok))?;
         println!("{} -> {}: {counts}", r.parent.name(), rev.name());
     }
     finish(work, a.keep, Ok(()))

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use super::{human_bytes, human_time, open, print_json, Global};
+use super::{human_bytes, human_time, open, print_json, print_json_seq, Global};
 
 /// List images with their newest revision and tags (like si_lsimage).
 #[derive(Args)]
@@ -358,25 +358,42 @@ pub fn diff(g: &Global, a: DiffArgs) -> anyhow::Result<()> {
     let repo = open(g)?;
     let from = repo.resolve(&a.from)?;
     let to = repo.resolve(&a.to)?;
-    let changes =
-        aurum::repo::diff::diff(&repo.load_manifest(&from.id)?, &repo.load_manifest(&to.id)?);
+    // Both manifests stream: a diff of two million-entry revisions holds two entries.
+    let changes = aurum::repo::diff::Merge::new(
+        repo.manifest_entries(&from.id)?,
+        repo.manifest_entries(&to.id)?,
+    );
     if a.json {
-        return print_json(&changes);
+        return print_json_seq(changes);
     }
-    let counts = print_changes(&changes)?;
+    let counts = print_changes(changes)?;
     super::say!("{} -> {}: {counts}", from.name(), to.name());
     Ok(())
 }
 
-/// Prints changes one a line (`A /path`, `D /path`, `M /path  (content, mode)`); returns
-/// their count (`2 added, 0 removed, 1 changed`).
-pub(super) fn print_changes(changes: &[aurum::repo::diff::Change]) -> std::io::Result<String> {
+/// Prints changes one a line as they come (`A /path`, `D /path`, `M /path  (content,
+/// mode)`); returns their count (`2 added, 0 removed, 1 changed`).
+pub(super) fn print_changes<C: std::borrow::Borrow<aurum::repo::diff::Change>>(
+    changes: impl IntoIterator<Item = aurum::Result<C>>,
+) -> anyhow::Result<String> {
     let mut out = std::io::stdout().lock();
+    let (mut added, mut removed, mut changed) = (0u64, 0u64, 0u64);
     for c in changes {
+        let c = c?;
+        let c = c.borrow();
         let letter = match c.status {
-            "added" => 'A',
-            "removed" => 'D',
-            _ => 'M',
+            "added" => {
+                added += 1;
+                'A'
+            }
+            "removed" => {
+                removed += 1;
+                'D'
+            }
+            _ => {
+                changed += 1;
+                'M'
+            }
         };
         if c.what.is_empty() {
             writeln!(out, "{letter} {}", c.path)?;
@@ -384,11 +401,7 @@ pub(super) fn print_changes(changes: &[aurum::repo::diff::Change]) -> std::io::R
             writeln!(out, "{letter} {}  ({})", c.path, c.what.join(", "))?;
         }
     }
-    let count = |s: &str| changes.iter().filter(|c| c.status == s).count();
     Ok(format!(
-        "{} added, {} removed, {} changed",
-        count("added"),
-        count("removed"),
-        count("changed")
+        "{added} added, {removed} removed, {changed} changed"
     ))
 }

@@ -344,6 +344,24 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a JSON array as [`print_json`] would, one item at a time as `items` yields them (a
+/// listing that streams stays small in memory); the first error stops it.
+fn print_json_seq<T: serde::Serialize>(
+    items: impl Iterator<Item = aurum::Result<T>>,
+) -> anyhow::Result<()> {
+    use serde::Serializer;
+    use std::io::Write;
+    let mut failed = None;
+    let items = items.map_while(|r| r.map_err(|e| failed = Some(e)).ok());
+    let mut out = std::io::stdout().lock();
+    serde_json::Serializer::pretty(&mut out).collect_seq(items)?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

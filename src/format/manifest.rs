@@ -12,14 +12,18 @@
 //!
 //! A manifest *file* (`.mf`, in a repository and in a node's state directory) is the encoded
 //! manifest compressed as zstd frames, named by the id of the encoded bytes:
-//! [`compress_file`] and [`decompress_file`].
+//! [`compress_file`] and [`decompress_file`] whole, or one entry at a time with [`Entries`] and
+//! [`ManifestWriter`] (the `stream` submodule), which keep memory flat for any size of tree.
 
-use std::collections::HashSet;
+mod stream;
+
 use std::fmt;
 use std::io::Read;
 
 use super::{Id, Reader, Writer};
 use crate::error::{corrupt, Result};
+
+pub use stream::{Entries, FileSource, ManifestWriter, Validator};
 
 const MAGIC: &[u8; 8] = b"AURUMMF\x01";
 
@@ -262,6 +266,28 @@ pub fn is_clean_path(path: &[u8]) -> bool {
             .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
+/// A boxed stream of entries in path order, each checked, the first error ending it.
+pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+
+/// A tree whose entries can be read in path order, from the start, as often as needed: a
+/// manifest in memory, or one streamed from its file each time (which keeps a consumer that
+/// makes several passes, as checkout does, in memory that does not grow with the tree).
+pub trait EntrySource {
+    /// The entries from the first, each checked as [`Manifest::decode`] checks them.
+    fn entries(&self) -> Result<EntryIter<'_>>;
+}
+
+impl EntrySource for Manifest {
+    fn entries(&self) -> Result<EntryIter<'_>> {
+        let mut check = Validator::default();
+        Ok(Box::new(
+            self.entries
+                .iter()
+                .map(move |e| check.check(e).map(|()| e.clone())),
+        ))
+    }
+}
+
 /// A whole tree.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
@@ -280,25 +306,15 @@ impl Manifest {
         w.buf
     }
 
-    /// Parses and validates (see the module doc).
+    /// Parses and validates (see the module doc): the streaming reader, [`Entries`], over
+    /// the whole bytes, so both refuse the same manifests.
     pub fn decode(data: &[u8]) -> Result<Manifest> {
-        let mut r = Reader::new(data, "manifest");
-        if r.raw(8)? != MAGIC {
-            return Err(corrupt(
-                "not an aurum manifest (bad magic); the repository may be damaged or newer than this aurum",
-            ));
+        let stream = Entries::of_bytes(data)?;
+        let mut entries = Vec::with_capacity(stream.remaining().min(1 << 20) as usize);
+        for e in stream {
+            entries.push(e?);
         }
-        let n = r.var()?;
-        let mut entries = Vec::with_capacity(n.min(1 << 20) as usize);
-        for _ in 0..n {
-            entries.push(decode_entry(&mut r)?);
-        }
-        if !r.at_end() {
-            return Err(corrupt("manifest has trailing bytes"));
-        }
-        let m = Manifest { entries };
-        m.validate()?;
-        Ok(m)
+        Ok(Manifest { entries })
     }
 
     /// The entry at `path`, by binary search.
@@ -319,77 +335,8 @@ impl Manifest {
 
     /// Checks the invariants that make a manifest safe to apply.
     pub fn validate(&self) -> Result<()> {
-        let mut dirs: HashSet<&[u8]> = HashSet::new();
-        let mut linkable: HashSet<&[u8]> = HashSet::new();
-        let mut prev: Option<&[u8]> = None;
-        for e in &self.entries {
-            let p = e.path.as_slice();
-            let shown = e.display();
-            if !is_clean_path(p) {
-                return Err(corrupt(format!(
-                    "manifest path {shown} is not a clean relative path; refusing it"
-                )));
-            }
-            if let Some(q) = prev {
-                if q >= p {
-                    return Err(corrupt(format!("manifest is not sorted at {shown}")));
-                }
-            } else if !p.is_empty() || e.kind != Kind::Dir {
-                return Err(corrupt("manifest does not start with the root directory"));
-            }
-            if !p.is_empty() && !dirs.contains(parent(p)) {
-                return Err(corrupt(format!(
-                    "manifest entry {shown} lies under something that is not a directory; refusing it"
-                )));
-            }
-            match &e.kind {
-                Kind::Dir => {
-                    dirs.insert(p);
-                }
-                Kind::Hardlink { target } => {
-                    if !linkable.contains(target.as_slice()) {
-                        return Err(corrupt(format!(
-                            "hardlink {shown} points at {}, which is not an earlier file",
-                            display_path(target)
-                        )));
-                    }
-                }
-                Kind::File {
-                    size,
-                    chunks: _,
-                    extents,
-                } => {
-                    let covered = match extents {
-                        None => *size,
-                        Some(ext) => {
-                            let mut end = 0u64;
-                            let mut sum = 0u64;
-                            for &(off, len) in ext {
-                                if off < end || off.saturating_add(len) > *size || len == 0 {
-                                    return Err(corrupt(format!(
-                                        "sparse map of {shown} is out of order or out of bounds"
-                                    )));
-                                }
-                                end = off + len;
-                                sum += len;
-                            }
-                            sum
-                        }
-                    };
-                    if covered != e.data_len() {
-                        return Err(corrupt(format!(
-                            "chunks of {shown} do not add up to its size"
-                        )));
-                    }
-                    linkable.insert(p);
-                }
-                _ => {
-                    linkable.insert(p);
-                }
-            }
-            prev = Some(p);
-        }
-        Ok(())
+        let mut check = Validator::default();
+        self.entries.iter().try_for_each(|e| check.check(e))
     }
 }
 
@@ -658,6 +605,186 @@ mod tests {
             ],
         };
         assert!(Manifest::decode(&m.encode()).is_err());
+    }
+
+    /// The whole-manifest rules as they were written before streaming, with exact path sets:
+    /// the oracle the streaming validator must agree with.
+    fn exact_validate(m: &Manifest) -> std::result::Result<(), String> {
+        use std::collections::HashSet;
+        let mut dirs: HashSet<&[u8]> = HashSet::new();
+        let mut linkable: HashSet<&[u8]> = HashSet::new();
+        let mut prev: Option<&[u8]> = None;
+        for e in &m.entries {
+            let p = e.path.as_slice();
+            let shown = e.display();
+            if !is_clean_path(p) {
+                return Err(format!(
+                    "manifest path {shown} is not a clean relative path; refusing it"
+                ));
+            }
+            match prev {
+                Some(q) if q >= p => return Err(format!("manifest is not sorted at {shown}")),
+                None if !p.is_empty() || e.kind != Kind::Dir => {
+                    return Err("manifest does not start with the root directory".into())
+                }
+                _ => {}
+            }
+            if !p.is_empty() && !dirs.contains(parent(p)) {
+                return Err(format!("manifest entry {shown} lies under something that is not a directory; refusing it"));
+            }
+            match &e.kind {
+                Kind::Dir => {
+                    dirs.insert(p);
+                }
+                Kind::Hardlink { target } if !linkable.contains(target.as_slice()) => {
+                    return Err(format!(
+                        "hardlink {shown} points at {}, which is not an earlier file",
+                        display_path(target)
+                    ));
+                }
+                Kind::Hardlink { .. } => {}
+                _ => {
+                    linkable.insert(p);
+                }
+            }
+            prev = Some(p);
+        }
+        Ok(())
+    }
+
+    /// Paths from a small alphabet, so that generated manifests hit every rule: unsorted,
+    /// duplicate, unclean (`.`, `..`, `//`), under a non-directory, hardlinks anywhere.
+    fn arb_tree() -> impl Strategy<Value = Manifest> {
+        let path = proptest::collection::vec(
+            prop_oneof![Just(b'a'), Just(b'b'), Just(b'.'), Just(b'/')],
+            0..6,
+        );
+        let kind = prop_oneof![
+            3 => Just(Kind::Dir),
+            2 => Just(Kind::Fifo),
+            1 => proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'.'), Just(b'/')], 0..6)
+                .prop_map(|target| Kind::Hardlink { target }),
+        ];
+        (
+            proptest::collection::vec((path, kind), 0..12),
+            any::<bool>(),
+        )
+            .prop_map(|(items, sort)| {
+                let mut entries: Vec<Entry> = items
+                    .into_iter()
+                    .map(|(p, k)| Entry {
+                        path: p,
+                        kind: k,
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        mtime: 0,
+                        mtime_nsec: 0,
+                        xattrs: vec![],
+                    })
+                    .collect();
+                if sort {
+                    entries.sort_by(|a, b| a.path.cmp(&b.path));
+                    entries.dedup_by(|a, b| a.path == b.path);
+                }
+                entries.insert(0, entry("", Kind::Dir));
+                Manifest { entries }
+            })
+    }
+
+    fn stream_file(m: &Manifest) -> (Vec<u8>, Id) {
+        let mut w = ManifestWriter::new(tempfile::tempfile().unwrap(), 3).unwrap();
+        for e in &m.entries {
+            w.push(e).unwrap();
+        }
+        let mut file = Vec::new();
+        let id = w.finish(&mut file).unwrap();
+        (file, id)
+    }
+
+    proptest! {
+        /// What the streaming writer writes, the streaming reader reads back; and its id is
+        /// that of `Manifest::encode`'s bytes, which old readers decompress whole.
+        #[test]
+        fn streamed_manifest_files_round_trip(tree in arb_tree()) {
+            // Keep the entries that leave the manifest valid.
+            let mut m = Manifest::default();
+            for e in tree.entries {
+                m.entries.push(e);
+                if exact_validate(&m).is_err() {
+                    m.entries.pop();
+                }
+            }
+            let (file, id) = stream_file(&m);
+            prop_assert_eq!(id, Id::of(&m.encode()));
+            let back: Vec<Entry> = Entries::of_file(&file[..], &id).unwrap().collect::<Result<_>>().unwrap();
+            prop_assert_eq!(&back, &m.entries);
+            prop_assert_eq!(decompress_file(&file[..], &id).unwrap(), m.encode());
+        }
+
+        /// The streaming reader refuses exactly what the exact whole-manifest rules refuse,
+        /// with the same message, from a file as from bytes.
+        #[test]
+        fn streamed_decode_refuses_as_the_whole_rules(m in arb_tree()) {
+            let raw = m.encode();
+            let want = exact_validate(&m);
+            let streamed: std::result::Result<Vec<Entry>, String> = Entries::of_bytes(&raw)
+                .unwrap()
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| e.to_string());
+            let id = Id::of(&raw);
+            let packed = compress_file(&raw, 1).unwrap();
+            let from_file: std::result::Result<Vec<Entry>, String> = Entries::of_file(&packed[..], &id)
+                .unwrap()
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| e.to_string());
+            prop_assert_eq!(&streamed, &from_file);
+            match (want, streamed) {
+                (Ok(()), Ok(got)) => prop_assert_eq!(got, m.entries),
+                (Err(w), Err(g)) => prop_assert!(g.ends_with(&w), "{} vs {}", g, w),
+                (w, g) => prop_assert!(false, "exact rules {:?}, stream {:?}", w, g),
+            }
+        }
+
+        /// Truncated, extended or flipped bytes: the stream fails where the whole decoder
+        /// fails, with the same message, and never panics.
+        #[test]
+        fn streamed_decode_of_damaged_bytes(m in arb_tree(), cut in any::<prop::sample::Index>(), flip in any::<u8>()) {
+            let mut raw = m.encode();
+            let i = cut.index(raw.len());
+            raw[i] ^= flip;
+            for bytes in [&raw[..], &raw[..i], &[&raw[..], b"x"].concat()[..]] {
+                let whole = Manifest::decode(bytes).map_err(|e| e.to_string());
+                let streamed = Entries::of_bytes(bytes)
+                    .and_then(|s| s.collect::<Result<Vec<_>>>())
+                    .map(|entries| Manifest { entries })
+                    .map_err(|e| e.to_string());
+                prop_assert_eq!(whole, streamed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_file_with_the_wrong_id_or_cut_short_is_damaged() {
+        let m = Manifest {
+            entries: vec![entry("", Kind::Dir), entry("f", Kind::Fifo)],
+        };
+        let (file, id) = stream_file(&m);
+        let err = Entries::of_file(&file[..], &Id::of(b"other"))
+            .unwrap()
+            .collect::<Result<Vec<_>>>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hash mismatch") && err.contains("aurum verify"),
+            "{err}"
+        );
+        let cut = &file[..file.len() - 3];
+        let err = Entries::of_file(cut, &id)
+            .and_then(|s| s.collect::<Result<Vec<_>>>())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("damaged"), "{err}");
     }
 
     #[test]

@@ -214,11 +214,37 @@ pub struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
     what: &'static str,
+    /// Where `data` starts in the whole input, for the offsets errors name.
+    base: u64,
+    /// Whether a read ran past the end of `data` (a streaming reader then reads more and tries
+    /// again).
+    ran_short: std::cell::Cell<bool>,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(data: &'a [u8], what: &'static str) -> Self {
-        Reader { data, pos: 0, what }
+        Reader::at(data, what, 0)
+    }
+
+    /// A reader over `data`, which starts at byte `base` of a longer input.
+    pub fn at(data: &'a [u8], what: &'static str, base: u64) -> Self {
+        Reader {
+            data,
+            pos: 0,
+            what,
+            base,
+            ran_short: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Whether some read failed for want of bytes (rather than for bad ones).
+    pub fn ran_short(&self) -> bool {
+        self.ran_short.get()
     }
 
     /// Bytes not read yet.
@@ -231,7 +257,12 @@ impl<'a> Reader<'a> {
     }
 
     fn short(&self) -> crate::Error {
-        corrupt(format!("{} is truncated at byte {}", self.what, self.pos))
+        self.ran_short.set(true);
+        corrupt(format!(
+            "{} is truncated at byte {}",
+            self.what,
+            self.base + self.pos as u64
+        ))
     }
 
     pub fn u8(&mut self) -> Result<u8> {
@@ -279,6 +310,106 @@ impl<'a> Reader<'a> {
         let mut id = [0u8; 32];
         id.copy_from_slice(self.raw(32)?);
         Ok(Id(id))
+    }
+}
+
+/// Reads a long encoding from a byte stream one item at a time: items are decoded with a
+/// [`Reader`] over a small buffer (64 KiB, grown only for a larger item), which is refilled and
+/// the item decoded again when it ran out of bytes. Optionally hashes every byte read.
+pub struct StreamReader<R> {
+    src: R,
+    buf: Vec<u8>,
+    /// Start of the bytes of `buf` not decoded yet.
+    start: usize,
+    /// Offset of `buf[start]` in the whole input.
+    offset: u64,
+    eof: bool,
+    what: &'static str,
+    /// How a failed read is named: `manifest 1a2b3c4d`.
+    label: String,
+    hash: Option<blake3::Hasher>,
+}
+
+impl<R: std::io::Read> StreamReader<R> {
+    const FILL: usize = 1 << 16;
+
+    /// A reader of the `what` (for messages) in `src`; `label` names it when reading fails.
+    pub fn new(src: R, what: &'static str, label: String, hashed: bool) -> Self {
+        StreamReader {
+            src,
+            buf: Vec::new(),
+            start: 0,
+            offset: 0,
+            eof: false,
+            what,
+            label,
+            hash: hashed.then(blake3::Hasher::new),
+        }
+    }
+
+    /// Reads more of the source into the buffer; false at its end.
+    fn fill(&mut self) -> Result<bool> {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let old = self.buf.len();
+        self.buf.resize(old + Self::FILL.max(old), 0);
+        let got = loop {
+            match self.src.read(self.buf.get_mut(old..).unwrap_or_default()) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(corrupt(format!(
+                        "{} is damaged ({e}); run `aurum verify`",
+                        self.label
+                    )));
+                }
+            }
+        };
+        self.buf.truncate(old + got);
+        if let Some(h) = &mut self.hash {
+            h.update(self.buf.get(old..).unwrap_or_default());
+        }
+        self.eof = got == 0;
+        Ok(got > 0)
+    }
+
+    /// Runs `f` over the bytes not decoded yet, reading more and trying again while it runs
+    /// out of them, until the source ends; on success, what `f` read is consumed.
+    pub fn parse<T>(&mut self, f: impl Fn(&mut Reader) -> Result<T>) -> Result<T> {
+        loop {
+            let rest = self.buf.get(self.start..).unwrap_or_default();
+            let mut r = Reader::at(rest, self.what, self.offset);
+            match f(&mut r) {
+                Ok(v) => {
+                    let used = r.position();
+                    self.start += used;
+                    self.offset += used as u64;
+                    return Ok(v);
+                }
+                Err(e) => {
+                    if !r.ran_short() || self.eof || !self.fill()? {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the input is all read (reading on to find out).
+    pub fn at_end(&mut self) -> Result<bool> {
+        while self.start == self.buf.len() && self.fill()? {}
+        Ok(self.start == self.buf.len())
+    }
+
+    /// The hash of every byte read so far (for a reader made `hashed`).
+    pub fn hash(&self) -> Option<Id> {
+        self.hash.as_ref().map(|h| h.finalize().into())
+    }
+
+    /// The source, for what follows the part read.
+    pub fn into_inner(self) -> R {
+        self.src
     }
 }
 

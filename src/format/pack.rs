@@ -9,7 +9,7 @@
 //! Its index (`.idx`, same name) lists the blobs sorted by id with their payload offsets and ends
 //! with a blake3 checksum of itself.
 
-use super::{Id, Reader, Writer};
+use super::{Id, Reader, StreamReader, Writer};
 use crate::error::{corrupt, Result};
 
 /// First bytes of every pack.
@@ -150,25 +150,96 @@ pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>> {
     let n = r.var()?;
     let mut out = Vec::with_capacity(n.min(1 << 20) as usize);
     for _ in 0..n {
-        let id = r.id()?;
-        let offset = r.var()?;
-        let stored_len = u32::try_from(r.var()?).map_err(|_| corrupt("pack index length"))?;
-        let raw_len = u32::try_from(r.var()?).map_err(|_| corrupt("pack index length"))?;
-        let codec = Codec::from_u8(r.u8()?)?;
-        let inner = u32::try_from(r.var()?).map_err(|_| corrupt("pack index offset"))?;
-        out.push(IndexEntry {
-            id,
-            offset,
-            stored_len,
-            raw_len,
-            codec,
-            inner,
-        });
+        out.push(read_index_entry(&mut r)?);
     }
     if !r.at_end() {
         return Err(corrupt("pack index has trailing bytes"));
     }
     Ok(out)
+}
+
+fn read_index_entry(r: &mut Reader) -> Result<IndexEntry> {
+    let id = r.id()?;
+    let offset = r.var()?;
+    let stored_len = u32::try_from(r.var()?).map_err(|_| corrupt("pack index length"))?;
+    let raw_len = u32::try_from(r.var()?).map_err(|_| corrupt("pack index length"))?;
+    let codec = Codec::from_u8(r.u8()?)?;
+    let inner = u32::try_from(r.var()?).map_err(|_| corrupt("pack index offset"))?;
+    Ok(IndexEntry {
+        id,
+        offset,
+        stored_len,
+        raw_len,
+        codec,
+        inner,
+    })
+}
+
+/// A pack index read one entry at a time (in id order), for a check of a pack of any size in
+/// small memory: it refuses what [`decode_index`] refuses, the checksum after the last entry
+/// (an iterator; the first error ends it).
+pub struct IndexEntries<R> {
+    /// None once read to the end.
+    body: Option<StreamReader<std::io::Take<R>>>,
+    left: u64,
+}
+
+impl<R: std::io::Read> IndexEntries<R> {
+    /// The entries of the index `file`, `len` bytes long.
+    pub fn new(file: R, len: u64) -> Result<Self> {
+        let bad_magic = || corrupt("not an aurum pack index (bad magic)");
+        let body_len = len.checked_sub(32).ok_or_else(bad_magic)?;
+        let mut body =
+            StreamReader::new(file.take(body_len), "pack index", "pack index".into(), true);
+        let left = body.parse(|r| {
+            if r.raw(INDEX_MAGIC.len()).ok() != Some(&INDEX_MAGIC[..]) {
+                return Err(bad_magic());
+            }
+            r.var()
+        })?;
+        Ok(IndexEntries {
+            body: Some(body),
+            left,
+        })
+    }
+
+    fn next_entry(&mut self) -> Result<Option<IndexEntry>> {
+        let Some(body) = &mut self.body else {
+            return Ok(None);
+        };
+        if self.left > 0 {
+            self.left -= 1;
+            return body.parse(read_index_entry).map(Some);
+        }
+        if !body.at_end()? {
+            return Err(corrupt("pack index has trailing bytes"));
+        }
+        let hash = body.hash();
+        let mut sum = [0u8; 32];
+        let mut file = self
+            .body
+            .take()
+            .expect("checked above")
+            .into_inner()
+            .into_inner();
+        file.read_exact(&mut sum)?;
+        if hash != Some(Id(sum)) {
+            return Err(corrupt("pack index checksum does not match"));
+        }
+        Ok(None)
+    }
+}
+
+impl<R: std::io::Read> Iterator for IndexEntries<R> {
+    type Item = Result<IndexEntry>;
+
+    fn next(&mut self) -> Option<Result<IndexEntry>> {
+        let got = self.next_entry();
+        if got.is_err() {
+            self.body = None;
+        }
+        got.transpose()
+    }
 }
 
 #[cfg(test)]
@@ -221,8 +292,24 @@ mod tests {
         ];
         let mut bytes = encode_index(&mut entries);
         assert_eq!(decode_index(&bytes).unwrap(), entries);
+        assert_eq!(streamed(&bytes).unwrap(), entries);
+        // Every byte flipped and every length cut: refused whole and streamed alike.
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x41;
+            assert!(
+                decode_index(&bad).is_err() && streamed(&bad).is_err(),
+                "flip at {i}"
+            );
+            assert!(streamed(&bytes[..i]).is_err(), "cut at {i}");
+        }
+        assert!(streamed(&[&bytes[..], b"x"].concat()).is_err());
         bytes[12] ^= 1;
         assert!(decode_index(&bytes).is_err());
+    }
+
+    fn streamed(bytes: &[u8]) -> Result<Vec<IndexEntry>> {
+        IndexEntries::new(bytes, bytes.len() as u64)?.collect()
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! Differences between two revisions, entry by entry.
+//! Differences between two revisions, entry by entry: a merge-join of two sorted entry
+//! streams.
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 
 use serde::Serialize;
 
+use crate::error::Result;
 use crate::format::manifest::{Entry, Kind, Manifest};
 
 /// How one path differs.
@@ -67,51 +72,91 @@ pub fn entry_changes(old: &Entry, new: &Entry) -> Vec<&'static str> {
 
 /// Every path that differs, in path order.
 pub fn diff(a: &Manifest, b: &Manifest) -> Vec<Change> {
-    use std::cmp::Ordering;
-    let mut out = Vec::new();
-    let mut ea = a.entries.iter().peekable();
-    let mut eb = b.entries.iter().peekable();
-    loop {
-        let ord = match (ea.peek(), eb.peek()) {
-            (Some(x), Some(y)) => x.path.cmp(&y.path),
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (None, None) => break,
-        };
-        match ord {
-            Ordering::Less => {
-                if let Some(x) = ea.next() {
-                    out.push(Change {
-                        path: x.display(),
-                        status: "removed",
-                        what: vec![],
-                    });
-                }
-            }
-            Ordering::Greater => {
-                if let Some(y) = eb.next() {
-                    out.push(Change {
-                        path: y.display(),
-                        status: "added",
-                        what: vec![],
-                    });
-                }
-            }
-            Ordering::Equal => {
-                if let (Some(x), Some(y)) = (ea.next(), eb.next()) {
-                    let what = entry_changes(x, y);
-                    if !what.is_empty() {
-                        out.push(Change {
-                            path: y.display(),
-                            status: "changed",
-                            what,
-                        });
-                    }
-                }
-            }
+    let ok = |e| -> Result<&Entry> { Ok(e) };
+    Merge::new(a.entries.iter().map(ok), b.entries.iter().map(ok))
+        .collect::<Result<_>>()
+        .expect("entries in memory read without error")
+}
+
+/// Every path that differs between two entry streams (each in path order, as manifests and
+/// [`crate::repo::Repository::manifest_entries`] give them), as an iterator: a merge-join
+/// that holds one entry of each side, so two revisions of any size diff in the same small
+/// memory. The first error of either stream ends it.
+pub struct Merge<A: Iterator, B: Iterator> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<E, A, B> Merge<A, B>
+where
+    E: Borrow<Entry>,
+    A: Iterator<Item = Result<E>>,
+    B: Iterator<Item = Result<E>>,
+{
+    pub fn new(a: A, b: B) -> Self {
+        Merge {
+            a: a.peekable(),
+            b: b.peekable(),
         }
     }
-    out
+
+    /// The next pair of entries at the same path (either side missing where the path is
+    /// only in the other); None at the end of both.
+    #[allow(clippy::type_complexity)] // a pair of optional entries
+    fn pair(&mut self) -> Result<Option<(Option<E>, Option<E>)>> {
+        let ord = match (self.a.peek(), self.b.peek()) {
+            (Some(Err(_)), _) | (_, Some(Err(_))) => Ordering::Equal,
+            (Some(Ok(x)), Some(Ok(y))) => x.borrow().path.cmp(&y.borrow().path),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(match ord {
+            Ordering::Less => (self.a.next().transpose()?, None),
+            Ordering::Greater => (None, self.b.next().transpose()?),
+            Ordering::Equal => (self.a.next().transpose()?, self.b.next().transpose()?),
+        }))
+    }
+}
+
+impl<E, A, B> Iterator for Merge<A, B>
+where
+    E: Borrow<Entry>,
+    A: Iterator<Item = Result<E>>,
+    B: Iterator<Item = Result<E>>,
+{
+    type Item = Result<Change>;
+
+    fn next(&mut self) -> Option<Result<Change>> {
+        loop {
+            let change = match self.pair().transpose()? {
+                Err(e) => return Some(Err(e)),
+                Ok((Some(x), None)) => Change {
+                    path: x.borrow().display(),
+                    status: "removed",
+                    what: vec![],
+                },
+                Ok((None, Some(y))) => Change {
+                    path: y.borrow().display(),
+                    status: "added",
+                    what: vec![],
+                },
+                Ok((Some(x), Some(y))) => {
+                    let what = entry_changes(x.borrow(), y.borrow());
+                    if what.is_empty() {
+                        continue;
+                    }
+                    Change {
+                        path: y.borrow().display(),
+                        status: "changed",
+                        what,
+                    }
+                }
+                Ok((None, None)) => continue,
+            };
+            return Some(Ok(change));
+        }
+    }
 }
 
 #[cfg(test)]

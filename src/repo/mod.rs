@@ -25,7 +25,15 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, Revision, RevisionStats};
 use crate::error::{invalid, Error, IoContext, Result};
-use crate::format::manifest::Manifest;
+use crate::format::manifest::{
+    Entries, EntryIter, EntrySource, FileSource, Manifest, ManifestWriter,
+};
+
+/// The zstd level of a repository's manifest files.
+const MANIFEST_LEVEL: i32 = 9;
+
+/// A revision's entries as [`Repository::manifest_entries`] reads them.
+pub type ManifestEntries = Entries<FileSource<File>>;
 use crate::format::pack::{decode_index, Codec};
 use crate::format::{Id, FORMAT_VERSION};
 use crate::store::{self, FinishedPack, PackReader, PackWriter};
@@ -532,6 +540,32 @@ impl Repository {
     pub fn load_manifest_raw(&self, id: &Id) -> Result<Vec<u8>> {
         manifest_raw_at(&self.root, id)
     }
+
+    /// A revision's entries, read and checked one at a time in path order: what a command
+    /// that looks at each entry once uses, in memory that does not grow with the tree. The
+    /// file's hash is checked after the last entry (see [`crate::format::manifest::Entries`]).
+    pub fn manifest_entries(&self, id: &Id) -> Result<ManifestEntries> {
+        let path = store::manifest_path(&self.root, id);
+        let file = File::open(&path).at(&path)?;
+        Entries::of_file(file, id)
+    }
+
+    /// A writer for a new manifest, entries pushed in path order; [`Self::store_manifest_from`]
+    /// stores it.
+    pub fn manifest_writer(&self) -> Result<ManifestWriter> {
+        let tmp = store::tmp_dir(&self.root);
+        let spill = tempfile::tempfile_in(&tmp).at(&tmp)?;
+        ManifestWriter::new(spill, MANIFEST_LEVEL)
+    }
+
+    /// Stores what `w` was given durably, as [`Self::store_manifest`] does; returns its id.
+    pub fn store_manifest_from(&self, w: ManifestWriter) -> Result<Id> {
+        store::place_with(
+            &self.root,
+            |out| w.finish(out),
+            |id| store::manifest_path(&self.root, id),
+        )
+    }
 }
 
 impl Repository {
@@ -541,7 +575,7 @@ impl Repository {
         let id = Id::of(&raw);
         let path = store::manifest_path(&self.root, &id);
         if !path.exists() {
-            let packed = crate::format::manifest::compress_file(&raw, 9)?;
+            let packed = crate::format::manifest::compress_file(&raw, MANIFEST_LEVEL)?;
             store::write_atomic(&self.root, &path, &packed)?;
         }
         Ok(id)
@@ -977,6 +1011,18 @@ impl crate::store::BlobSource for BlobsAndManifests<'_> {
                 }
             }
         }
+    }
+}
+
+/// A revision's manifest read from its file at each pass (see [`EntrySource`]).
+pub struct StoredManifest<'a> {
+    pub repo: &'a Repository,
+    pub id: Id,
+}
+
+impl EntrySource for StoredManifest<'_> {
+    fn entries(&self) -> Result<EntryIter<'_>> {
+        Ok(Box::new(self.repo.manifest_entries(&self.id)?))
     }
 }
 

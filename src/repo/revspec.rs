@@ -189,8 +189,21 @@ mod tests {
                 back: 1
             }
         );
-        assert_eq!(p("compute~0"), RevSpec::Back { image: "compute".into(), back: 0 });
-        for bad in ["compute~x", "compute~-1", "compute~1~1", "~1", "compute@3~1", "compute:prod~1"] {
+        assert_eq!(
+            p("compute~0"),
+            RevSpec::Back {
+                image: "compute".into(),
+                back: 0
+            }
+        );
+        for bad in [
+            "compute~x",
+            "compute~-1",
+            "compute~1~1",
+            "~1",
+            "compute@3~1",
+            "compute:prod~1",
+        ] {
             assert!(bad.parse::<RevSpec>().is_err(), "{bad}");
         }
         // Multi-byte text around the separators is split on characters, never mid-character.
@@ -212,7 +225,10 @@ mod tests {
         assert_eq!(step_back("c", 2, &numbers).unwrap(), 2);
         assert_eq!(step_back("c", 3, &numbers).unwrap(), 1);
         let err = step_back("c", 4, &numbers).unwrap_err().to_string();
-        assert!(err.contains("past the first revision") && err.contains("c~3"), "{err}");
+        assert!(
+            err.contains("past the first revision") && err.contains("c~3"),
+            "{err}"
+        );
         let err = step_back("c", 1, &[7]).unwrap_err().to_string();
         assert!(err.contains("1 revision (newest c@7)"), "{err}");
         assert!(step_back("c", 0, &[]).is_err());

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::catalog::Revision;
 use crate::error::Result;
-use crate::format::manifest::Kind;
+use crate::format::manifest::{Entry, Kind};
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::publish::{Misplacement, PUBLISHED};
@@ -75,111 +75,59 @@ pub fn verify(
             repo.catalog.all_revisions()?
         }
     };
-    // Manifests, and which revisions use each blob.
-    let mut users: HashMap<Id, Vec<String>> = HashMap::new();
+    // Manifests, streamed: each blob named is checked (one revision) or located (all) once.
     let mut by_id: HashMap<Id, Vec<String>> = HashMap::new();
     for r in &revisions {
         by_id.entry(r.id).or_default().push(r.name());
     }
+    report.revisions = revisions.len() as u64;
+    let mut bad_blobs: Vec<(Id, String)> = Vec::new();
+    let mut needed = HashSet::new();
+    let mut seen = BlobsSeen::default();
     for (id, names) in &by_id {
-        report.revisions += names.len() as u64;
-        match repo.load_manifest(id) {
-            Ok(m) => {
-                for e in &m.entries {
-                    if let Kind::File { chunks, .. } = &e.kind {
-                        for c in chunks {
-                            let u = users.entry(c.id).or_default();
-                            if u.last() != names.last() {
-                                u.extend(names.iter().cloned());
+        let scanned = match repo.manifest_entries(id) {
+            Err(e) => Ok(Err(e)),
+            Ok(entries) if only.is_some() => {
+                progress.phase("verifying blobs", Some(entries.remaining()), false);
+                let r = each_new_blob(entries, &mut seen, progress, |id| {
+                    match repo.catalog.blob(id)? {
+                        None => bad_blobs.push((*id, "missing from the repository".into())),
+                        Some((pack, entry)) => {
+                            report.blobs += 1;
+                            report.bytes += u64::from(entry.raw_len);
+                            if let Err(e) = repo.packs.read(&pack, &entry) {
+                                bad_blobs.push((*id, e.to_string()));
                             }
                         }
                     }
-                }
+                    Ok(())
+                });
+                progress.finish();
+                r
             }
-            Err(e) => report.damage.push(Damage {
-                kind: "manifest",
-                id: id.hex(),
-                problem: e.to_string().replace(RUN_VERIFY, ""),
-                breaks: sorted_revisions(names.clone()),
-            }),
-        }
-    }
-    let mut bad_blobs: Vec<(Id, String)> = Vec::new();
-    match only {
-        Some(_) => {
-            progress.phase("verifying blobs", Some(users.len() as u64), false);
-            for id in users.keys() {
-                match repo.catalog.blob(id)? {
-                    None => bad_blobs.push((*id, "missing from the repository".into())),
-                    Some((pack, entry)) => {
-                        report.blobs += 1;
-                        report.bytes += u64::from(entry.raw_len);
-                        if let Err(e) = repo.packs.read(&pack, &entry) {
-                            bad_blobs.push((*id, e.to_string()));
-                        }
-                    }
-                }
-                progress.advance(1);
-            }
-            progress.finish();
-        }
-        None => {
-            let packs = repo.catalog.packs()?;
-            let mut work = Vec::new();
-            for (pack, size, _) in &packs {
-                work.push((*pack, *size, repo.catalog.pack_blobs(pack)?));
-            }
-            let total: u64 = packs.iter().map(|p| p.1).sum();
-            progress.phase("verifying packs", Some(total), true);
-            let (root, packs_reader) = (&repo.root, &repo.packs);
-            #[allow(clippy::type_complexity)] // one use: bad blobs, a pack error, two counts
-            let results: Vec<(Vec<(Id, String)>, Option<String>, u64, u64)> = work
-                .par_iter()
-                .map(|(pack, _, blobs)| check_pack(root, packs_reader, pack, blobs, progress))
-                .collect();
-            progress.finish();
-            let mut repack = crate::repo::gc::Repacker::new(&repo.root);
-            let mut damaged_packs = 0;
-            for ((pack, _, blobs), (bad, pack_problem, n, bytes)) in work.iter().zip(results) {
-                report.packs += 1;
-                report.blobs += n;
-                report.bytes += bytes;
-                if repair && (pack_problem.is_some() || !bad.is_empty()) {
-                    // Keep what is still good in a new pack; the damaged one goes aside.
-                    let bad_ids: HashSet<Id> = bad.iter().map(|b| b.0).collect();
-                    let good: Vec<_> = blobs
-                        .iter()
-                        .filter(|b| !bad_ids.contains(&b.id))
-                        .cloned()
-                        .collect();
-                    repack.copy(repo, pack, &good)?;
-                    repack.retire(*pack);
-                    damaged_packs += 1;
-                }
-                bad_blobs.extend(bad);
-                if let Some(p) = pack_problem {
-                    report.damage.push(Damage {
-                        kind: "pack",
-                        id: pack.hex(),
-                        problem: p,
-                        breaks: vec![],
-                    });
-                }
-            }
-            if damaged_packs > 0 {
-                repack.commit(repo, Some(&repo.root.join("damaged")))?;
-            }
-            let mut needed = HashSet::new();
-            for id in users.keys() {
+            Ok(entries) => each_new_blob(entries, &mut seen, &crate::progress::Quiet, |id| {
                 match repo.catalog.blob(id)? {
                     Some((pack, _)) => {
                         needed.insert(pack);
                     }
                     None => bad_blobs.push((*id, "missing from the repository".into())),
                 }
-            }
-            check_published(repo, &needed, repair, &mut report)?;
+                Ok(())
+            }),
+        };
+        if let Err(e) = scanned? {
+            report.damage.push(Damage {
+                kind: "manifest",
+                id: id.hex(),
+                problem: e.to_string().replace(RUN_VERIFY, ""),
+                breaks: sorted_revisions(names.clone()),
+            });
         }
+    }
+    drop(seen);
+    if only.is_none() {
+        check_packs(repo, repair, progress, &mut report, &mut bad_blobs)?;
+        check_published(repo, &needed, repair, &mut report)?;
     }
     if repair {
         // Whole-repository repair already left damaged blobs out of the new packs.
@@ -200,6 +148,7 @@ pub fn verify(
             )?;
         }
     }
+    let users = users_of(repo, &by_id, &bad_blobs)?;
     let mut seen = HashSet::new();
     for (id, problem) in bad_blobs {
         if seen.insert(id) {
@@ -212,6 +161,99 @@ pub fn verify(
         }
     }
     Ok(report)
+}
+
+/// Blobs already looked at, by the first 8 bytes of their id (ids are hashes: 8 bytes tell
+/// a million blobs apart but for odds of one in 10^7, and cost 8 bytes each where the ids
+/// would cost 32).
+#[derive(Default)]
+struct BlobsSeen(HashSet<u64, std::hash::BuildHasherDefault<FirstBytes>>);
+
+impl BlobsSeen {
+    /// Whether `id` is new (and notes it).
+    fn first(&mut self, id: &Id) -> bool {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&id.0[..8]);
+        self.0.insert(u64::from_le_bytes(head))
+    }
+}
+
+/// A hasher for the u64 heads of ids, uniform already.
+#[derive(Default)]
+struct FirstBytes(u64);
+
+impl std::hash::Hasher for FirstBytes {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Calls `each` once for every blob `entries` name that `seen` has not seen. The outer error
+/// is `each`'s; the inner one is the manifest's (damage to report, not a failure of verify).
+fn each_new_blob(
+    entries: impl Iterator<Item = Result<Entry>>,
+    seen: &mut BlobsSeen,
+    progress: &dyn Progress,
+    mut each: impl FnMut(&Id) -> Result<()>,
+) -> Result<Result<()>> {
+    for e in entries {
+        let e = match e {
+            Ok(e) => e,
+            Err(damage) => return Ok(Err(damage)),
+        };
+        if let Kind::File { chunks, .. } = &e.kind {
+            for c in chunks {
+                if seen.first(&c.id) {
+                    each(&c.id)?;
+                }
+            }
+        }
+        progress.advance(1);
+    }
+    Ok(Ok(()))
+}
+
+/// The revisions that name each of `bad` blobs: a second pass over the manifests, made only
+/// when something is damaged, so that the first keeps no list of users.
+fn users_of(
+    repo: &Repository,
+    by_id: &HashMap<Id, Vec<String>>,
+    bad: &[(Id, String)],
+) -> Result<HashMap<Id, Vec<String>>> {
+    let mut users: HashMap<Id, Vec<String>> = bad.iter().map(|b| (b.0, Vec::new())).collect();
+    if users.is_empty() {
+        return Ok(users);
+    }
+    for (id, names) in by_id {
+        let Ok(entries) = repo.manifest_entries(id) else {
+            continue;
+        };
+        let mut named: HashSet<Id> = HashSet::new();
+        for e in entries.map_while(|e| e.ok()) {
+            if let Kind::File { chunks, .. } = &e.kind {
+                named.extend(
+                    chunks
+                        .iter()
+                        .filter(|c| users.contains_key(&c.id))
+                        .map(|c| c.id),
+                );
+            }
+        }
+        for blob in named {
+            users.entry(blob).or_default().extend(names.iter().cloned());
+        }
+    }
+    Ok(users)
 }
 
 /// Checks the layout (the published files, and only they, in `public/`), the published
@@ -273,30 +315,119 @@ fn check_published(
     Ok(())
 }
 
-/// Checks a pack's blobs and its name; returns (bad blobs, pack problem, blobs, bytes).
-fn check_pack(
-    root: &std::path::Path,
-    reader: &crate::store::PackReader,
-    pack: &Id,
-    blobs: &[crate::format::pack::IndexEntry],
+/// Blobs of a pack checked at a time: their catalog rows are all verify holds of a pack.
+const PAGE: i64 = 1 << 16;
+
+/// Checks every pack (its blobs, its name, its index), one after the other, each a page of
+/// blobs at a time read in parallel while the pack file is hashed, so that memory does not
+/// grow with a pack's blob count; with `repair`, copies the good blobs of a damaged pack into
+/// a new one and moves it aside.
+fn check_packs(
+    repo: &mut Repository,
+    repair: bool,
     progress: &dyn Progress,
-) -> (Vec<(Id, String)>, Option<String>, u64, u64) {
-    let mut bad = Vec::new();
-    let mut bytes = 0;
-    let mut last_record = None;
-    for b in blobs {
-        if let Err(e) = reader.read(pack, b) {
-            bad.push((b.id, e.to_string()));
+    report: &mut VerifyReport,
+    bad_blobs: &mut Vec<(Id, String)>,
+) -> Result<()> {
+    let packs = repo.catalog.packs()?;
+    let total: u64 = packs.iter().map(|p| p.1).sum();
+    progress.phase("verifying packs", Some(total), true);
+    let mut repack = crate::repo::gc::Repacker::new(&repo.root);
+    let mut damaged_packs = 0;
+    for (pack, _, _) in &packs {
+        let root = repo.root.as_path();
+        let (file_problem, checked) = std::thread::scope(|scope| {
+            let hashing = scope.spawn(|| pack_file_problem(root, pack));
+            let checked = check_pack(repo, pack, progress);
+            (hashing.join().expect("pack hashing thread"), checked)
+        });
+        let (bad, n, bytes, index_problem) = checked?;
+        let pack_problem = file_problem.or(index_problem);
+        report.packs += 1;
+        report.blobs += n;
+        report.bytes += bytes;
+        if repair && (pack_problem.is_some() || !bad.is_empty()) {
+            // Keep what is still good in a new pack; the damaged one goes aside.
+            let bad_ids: HashSet<Id> = bad.iter().map(|b| b.0).collect();
+            let good: Vec<_> = repo
+                .catalog
+                .pack_blobs(pack)?
+                .into_iter()
+                .filter(|b| !bad_ids.contains(&b.id))
+                .collect();
+            repack.copy(repo, pack, &good)?;
+            repack.retire(*pack);
+            damaged_packs += 1;
         }
-        bytes += u64::from(b.raw_len);
-        // Group members share a record: advance once per record.
-        if last_record != Some(b.offset) {
-            progress.advance(u64::from(b.stored_len) + crate::format::pack::RECORD_HEADER as u64);
-            last_record = Some(b.offset);
+        bad_blobs.extend(bad);
+        if let Some(p) = pack_problem {
+            report.damage.push(Damage {
+                kind: "pack",
+                id: pack.hex(),
+                problem: p,
+                breaks: vec![],
+            });
         }
     }
+    progress.finish();
+    if damaged_packs > 0 {
+        repack.commit(repo, Some(&repo.root.join("damaged")))?;
+    }
+    Ok(())
+}
+
+/// Reads and checks every blob the catalog places in `pack`, a page at a time, and compares
+/// them with the pack's index; returns (bad blobs, blobs, bytes, index problem).
+#[allow(clippy::type_complexity)] // one use
+fn check_pack(
+    repo: &Repository,
+    pack: &Id,
+    progress: &dyn Progress,
+) -> Result<(Vec<(Id, String)>, u64, u64, Option<String>)> {
+    let (mut bad, mut n, mut bytes) = (Vec::new(), 0u64, 0u64);
+    let listed = index_listing(&repo.root, pack);
+    let mut unlisted = 0u64;
+    let mut after: Option<crate::format::pack::IndexEntry> = None;
+    let reader = &repo.packs;
+    loop {
+        let page = repo.catalog.pack_blobs_after(pack, after.as_ref(), PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.clone());
+        // A record (a group, or a blob alone) is read and decompressed once for its members.
+        let records: Vec<&[crate::format::pack::IndexEntry]> =
+            page.chunk_by(|a, b| a.offset == b.offset).collect();
+        bad.extend(
+            records
+                .par_iter()
+                .flat_map_iter(|members| reader.check_record(pack, members))
+                .collect::<Vec<_>>(),
+        );
+        let mut last_record = None;
+        for b in &page {
+            n += 1;
+            bytes += u64::from(b.raw_len);
+            if let Ok(listed) = &listed {
+                unlisted += u64::from(!listed.holds(b));
+            }
+            // Group members share a record: advance once per record.
+            if last_record != Some(b.offset) {
+                progress
+                    .advance(u64::from(b.stored_len) + crate::format::pack::RECORD_HEADER as u64);
+                last_record = Some(b.offset);
+            }
+        }
+    }
+    let index_problem = match listed {
+        Err(problem) => Some(problem),
+        Ok(_) => (unlisted > 0).then(|| format!("its index lacks {unlisted} of its blobs")),
+    };
+    Ok((bad, n, bytes, index_problem))
+}
+
+/// Whether the pack file's content matches its name.
+fn pack_file_problem(root: &std::path::Path, pack: &Id) -> Option<String> {
     let path = pack_path(root, pack, "pack");
-    let pack_problem = match std::fs::File::open(&path) {
+    match std::fs::File::open(&path) {
         Ok(mut f) => {
             let mut h = blake3::Hasher::new();
             h.update_reader(&mut f)
@@ -309,30 +440,45 @@ fn check_pack(
                 })
         }
         Err(e) => Some(format!("cannot open {}: {e}", path.display())),
-    };
-    let problem = pack_problem.or_else(|| index_problem(root, pack, blobs));
-    (bad, problem, blobs.len() as u64, bytes)
+    }
 }
 
-/// Checks a pack's index, which HTTP clients read to find blobs: it must decode and list
-/// every blob the catalog places in this pack, where the catalog places it.
-fn index_problem(
-    root: &std::path::Path,
-    pack: &Id,
-    blobs: &[crate::format::pack::IndexEntry],
-) -> Option<String> {
+/// What a pack's index lists, as keyed 64-bit hashes of its entries (8 bytes and a control
+/// byte an entry instead of the entries): HTTP clients read the index to find blobs, so it
+/// must list every blob the catalog places in the pack, where the catalog places it.
+struct Listing {
+    keys: std::collections::hash_map::RandomState,
+    seen: HashSet<u64, std::hash::BuildHasherDefault<FirstBytes>>,
+}
+
+impl Listing {
+    fn holds(&self, e: &crate::format::pack::IndexEntry) -> bool {
+        use std::hash::BuildHasher;
+        self.seen.contains(&self.keys.hash_one(e))
+    }
+}
+
+/// The listing of a pack's index, read a page at a time; the error says what is wrong with
+/// the index.
+fn index_listing(root: &std::path::Path, pack: &Id) -> std::result::Result<Listing, String> {
+    use std::hash::BuildHasher;
     let path = pack_path(root, pack, "idx");
-    let data = match std::fs::read(&path) {
-        Ok(d) => d,
-        Err(e) => return Some(format!("cannot read its index {}: {e}", path.display())),
+    let file = std::fs::File::open(&path)
+        .and_then(|f| Ok((f.metadata()?.len(), f)))
+        .map_err(|e| format!("cannot read its index {}: {e}", path.display()))?;
+    let (len, file) = file;
+    let damaged = |e: crate::Error| format!("its index is damaged: {e}");
+    let entries = crate::format::pack::IndexEntries::new(std::io::BufReader::new(file), len)
+        .map_err(damaged)?;
+    let mut listing = Listing {
+        keys: Default::default(),
+        seen: Default::default(),
     };
-    let entries = match crate::format::pack::decode_index(&data) {
-        Ok(e) => e,
-        Err(e) => return Some(format!("its index is damaged: {e}")),
-    };
-    let listed: HashSet<&crate::format::pack::IndexEntry> = entries.iter().collect();
-    let missing = blobs.iter().filter(|b| !listed.contains(b)).count();
-    (missing > 0).then(|| format!("its index lacks {missing} of its blobs"))
+    for e in entries {
+        let e = e.map_err(damaged)?;
+        listing.seen.insert(listing.keys.hash_one(&e));
+    }
+    Ok(listing)
 }
 
 /// The advice a damaged manifest's error gives outside verify.

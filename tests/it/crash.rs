@@ -1200,8 +1200,12 @@ fn a_killed_rollback_by_rename_leaves_every_file_old_or_new_and_finishes_when_re
         // Every file is whole: its r@1 or its r@2 version.
         let (mut old, mut new) = (0, 0);
         for rel in &files {
-            let have = fs::read(node.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e} (killed at {f})"));
-            let (one, two) = (fs::read(a.join(rel)).unwrap(), fs::read(b.join(rel)).unwrap());
+            let have =
+                fs::read(node.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e} (killed at {f})"));
+            let (one, two) = (
+                fs::read(a.join(rel)).unwrap(),
+                fs::read(b.join(rel)).unwrap(),
+            );
             if one == two {
                 assert_eq!(have, one, "{rel}, killed at {f}");
             } else if have == one {
@@ -1223,7 +1227,11 @@ fn a_killed_rollback_by_rename_leaves_every_file_old_or_new_and_finishes_when_re
             "a finished rollback changes the revision (killed at {f})"
         );
         let want = if after == 1 { &a } else { &b };
-        assert_eq!(crate::update::node_diff(want, &node), "", "killed at {f}, rerun");
+        assert_eq!(
+            crate::update::node_diff(want, &node),
+            "",
+            "killed at {f}, rerun"
+        );
         assert_eq!(
             shared_with_state(&node),
             Vec::<PathBuf>::new(),

@@ -75,7 +75,10 @@ fn references_listings_and_tags() {
     assert!(env.ok(&["show", "compute~"]).contains("compute@1"));
     assert!(env.ok(&["show", "compute~0"]).contains("compute@2"));
     let err = env.fails(&["show", "compute~2"], 2);
-    assert!(err.contains("past the first revision") && err.contains("compute~1"), "{err}");
+    assert!(
+        err.contains("past the first revision") && err.contains("compute~1"),
+        "{err}"
+    );
     let err = env.fails(&["show", "compute@2~1"], 2);
     assert!(err.contains("IMAGE~N"), "{err}");
     let err = env.fails(&["show", "nosuch"], 2);
@@ -187,6 +190,38 @@ fn dedup_and_stat_cache() {
     let changed = env.getimage(&b, "two", &[]);
     assert_eq!(rev_of(&changed), "two@2");
     assert_eq!(env.ok(&["cat", "two", "/etc/b"]), "B\n");
+}
+
+/// The walk puts entries out in path byte order by itself, with no sort of the whole tree:
+/// `d-x` and `d.x` sort between `d` and `d/...`, and the first name of a hardlinked file in
+/// that order (`d-x/link`, not `d/sub/f` walked first) carries its content.
+#[test]
+fn names_sorting_between_a_directory_and_its_children_capture_in_path_order() {
+    let env = Env::new();
+    let src = env.path("g");
+    sh(&format!(
+        "mkdir -p {s}/d/sub {s}/d.x/y {s}/d-x && echo 1 > {s}/d/sub/f && echo 2 > {s}/d.x/y/f \
+         && ln {s}/d/sub/f {s}/d-x/link && ln {s}/d/sub/f {s}/d.x/link && echo 3 > {s}/d0",
+        s = src.display()
+    ));
+    let s = src.to_str().unwrap();
+    env.ok(&["getimage", "--golden-client", s, "--image", "i"]);
+    let listing = env.ok(&["ls", "i", "-r", "--json"]);
+    let paths: Vec<String> = serde_json::from_str::<serde_json::Value>(&listing)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = paths.clone();
+    sorted.sort();
+    assert_eq!(paths, sorted);
+    assert!(paths.iter().any(|p| p == "/d.x/y/f"), "{paths:?}");
+    let out = env.path("co");
+    env.ok(&["checkout", "i", out.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &out), "");
+    assert_eq!(env.ok(&["cat", "i", "/d-x/link"]), "1\n");
 }
 
 #[test]

@@ -92,8 +92,7 @@ fn same_metadata(a: &Entry, b: &Entry) -> bool {
 /// The rollback by rename `run` can make, or `None` when the full engine must run.
 pub(super) fn plan(run: &Run, engine: &Engine) -> Result<Option<Restore>> {
     let opts = run.opts;
-    let (Some(cur), Some(from), Some(prev)) = (&run.current, &run.from, &run.state.previous)
-    else {
+    let (Some(cur), Some(from), Some(prev)) = (&run.current, &run.from, &run.state.previous) else {
         return Ok(None);
     };
     if opts.action != NodeAction::Rollback
@@ -142,8 +141,12 @@ fn diff(
     let area_fd = sys::open_root(area)?;
     let (mut tree_dir, mut area_dir) = (LastDir::default(), LastDir::default());
     let mut tree_stat = |rel: &[u8]| -> Option<Stat> {
-        let dir = tree_dir.dir(engine.disk.root_fd.as_fd(), parent(rel), root).ok()?;
-        sys::lstat_at(dir, file_name(rel)).ok().map(|s| Stat::from(&s))
+        let dir = tree_dir
+            .dir(engine.disk.root_fd.as_fd(), parent(rel), root)
+            .ok()?;
+        sys::lstat_at(dir, file_name(rel))
+            .ok()
+            .map(|s| Stat::from(&s))
     };
     let mut r = Restore {
         area: PathBuf::new(),
@@ -196,10 +199,7 @@ fn diff(
             }
             continue;
         }
-        if path == state_dir
-            || is_under(path, state_dir)
-            || under_done(&done, path)
-        {
+        if path == state_dir || is_under(path, state_dir) || under_done(&done, path) {
             continue;
         }
         let is_dir = p.or(c).is_some_and(|e| e.kind == Kind::Dir);
@@ -226,7 +226,8 @@ fn diff(
             let xattrs = sys::xattrs_at(adir, file).unwrap_or_default();
             let fix = !crate::apply::same_xattrs(&xattrs, &want.xattrs)
                 || (st.uid, st.gid) != (want.uid, want.gid)
-                || (want.kind != Kind::Dir && (st.mtime, st.mtime_nsec) != (want.mtime, want.mtime_nsec))
+                || (want.kind != Kind::Dir
+                    && (st.mtime, st.mtime_nsec) != (want.mtime, want.mtime_nsec))
                 || (!matches!(want.kind, Kind::Symlink { .. }) && st.mode & 0o7777 != want.mode);
             let now = tree_stat(path);
             match (c, now) {

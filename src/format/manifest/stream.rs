@@ -1,0 +1,344 @@
+//! Manifests read and written one entry at a time, so that no command needs a whole image's
+//! entry list in memory (a million entries decode to several hundred MiB).
+//!
+//! The bytes are those of [`Manifest::encode`](super::Manifest::encode): a reader yields each
+//! entry as soon as it is decoded and checked, and a writer takes entries in path order.
+//!
+//! **Reading.** [`Entries`] pulls the decompressed bytes through a small buffer (64 KiB, grown
+//! only for an entry larger than that), decodes one entry, and checks it with a [`Validator`]
+//! before handing it out, so a consumer never sees an entry the whole-manifest decoder would
+//! refuse. The hash of a manifest file is computed over the bytes as they pass, and checked when
+//! the last entry has been read: a consumer that writes as it reads (checkout) sees a damaged
+//! file as an error at the end, after entries that were each valid on their own.
+//! [`Manifest::decode`](super::Manifest::decode) is this same reader over a byte slice, so the
+//! two refuse exactly the same inputs with the same messages.
+//!
+//! **Validating in bounded memory.** Sorted order needs the previous path only. "The parent is a
+//! directory" and "a hardlink names an earlier non-directory" need the paths seen so far: they
+//! are kept as 64-bit hashes keyed at random per reader (SipHash-1-3, as std's hash maps), 8
+//! bytes and a control byte per entry, about 18 MiB for a million entries, rather than the paths
+//! themselves. An attacker who does not know the key cannot aim a collision; and a hardlink
+//! target must in any case be a clean path sorting before the link, so even a chance collision
+//! could only name a path inside the tree (the link call then fails).
+//!
+//! **Writing.** The encoding starts with the entry count, which a capture knows only at the end.
+//! [`ManifestWriter`] therefore compresses the entries into a spill file as they come, and
+//! [`ManifestWriter::finish`] writes the header as a zstd frame of its own followed by the
+//! spilled frames (zstd readers read concatenated frames as one stream), after one pass over
+//! the spill to hash header and entries in order: the id is that of the same bytes
+//! `Manifest::encode` would produce, so streaming changed no revision id.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
+use std::fs::File;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+
+use super::{decode_entry, display_path, encode_entry, is_clean_path, parent, Entry, Kind};
+use super::{MAGIC, MAX_FILE};
+use crate::error::{corrupt, Result};
+use crate::format::{Id, StreamReader, Writer};
+
+/// A hasher for values that are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Seen = HashSet<u64, BuildHasherDefault<Prehashed>>;
+
+/// Checks the invariants that make a manifest safe to apply, one entry at a time in path
+/// order (see the module doc for what it keeps).
+pub struct Validator {
+    prev: Option<Vec<u8>>,
+    keys: RandomState,
+    dirs: Seen,
+    linkable: Seen,
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Validator {
+            prev: None,
+            keys: RandomState::new(),
+            dirs: Seen::default(),
+            linkable: Seen::default(),
+        }
+    }
+}
+
+impl Validator {
+    fn key(&self, path: &[u8]) -> u64 {
+        self.keys.hash_one(path)
+    }
+
+    /// Checks `e`, the entry after every entry checked so far.
+    pub fn check(&mut self, e: &Entry) -> Result<()> {
+        let p = e.path.as_slice();
+        let shown = e.display();
+        if !is_clean_path(p) {
+            return Err(corrupt(format!(
+                "manifest path {shown} is not a clean relative path; refusing it"
+            )));
+        }
+        match &self.prev {
+            Some(q) if q.as_slice() >= p => {
+                return Err(corrupt(format!("manifest is not sorted at {shown}")));
+            }
+            Some(_) => {}
+            None if !p.is_empty() || e.kind != Kind::Dir => {
+                return Err(corrupt("manifest does not start with the root directory"));
+            }
+            None => {}
+        }
+        if !p.is_empty() && !self.dirs.contains(&self.key(parent(p))) {
+            return Err(corrupt(format!(
+                "manifest entry {shown} lies under something that is not a directory; refusing it"
+            )));
+        }
+        let key = self.key(p);
+        match &e.kind {
+            Kind::Dir => {
+                self.dirs.insert(key);
+            }
+            Kind::Hardlink { target } => {
+                let t = target.as_slice();
+                if !(t < p && is_clean_path(t) && self.linkable.contains(&self.key(t))) {
+                    return Err(corrupt(format!(
+                        "hardlink {shown} points at {}, which is not an earlier file",
+                        display_path(target)
+                    )));
+                }
+            }
+            Kind::File { size, extents, .. } => {
+                check_content(e, *size, extents.as_deref())?;
+                self.linkable.insert(key);
+            }
+            _ => {
+                self.linkable.insert(key);
+            }
+        }
+        let prev = self.prev.get_or_insert_with(Vec::new);
+        prev.clear();
+        prev.extend_from_slice(p);
+        Ok(())
+    }
+}
+
+/// A file's sparse map lies in order within its size, and its chunks cover exactly its data.
+fn check_content(e: &Entry, size: u64, extents: Option<&[(u64, u64)]>) -> Result<()> {
+    let covered = match extents {
+        None => size,
+        Some(ext) => {
+            let mut end = 0u64;
+            let mut sum = 0u64;
+            for &(off, len) in ext {
+                if off < end || off.saturating_add(len) > size || len == 0 {
+                    return Err(corrupt(format!(
+                        "sparse map of {} is out of order or out of bounds",
+                        e.display()
+                    )));
+                }
+                end = off + len;
+                sum += len;
+            }
+            sum
+        }
+    };
+    if covered != e.data_len() {
+        return Err(corrupt(format!(
+            "chunks of {} do not add up to its size",
+            e.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The source of a manifest file's entries: its zstd frames, decompressed.
+pub type FileSource<R> = std::io::Take<zstd::stream::read::Decoder<'static, std::io::BufReader<R>>>;
+
+/// The entries of an encoded manifest, decoded and checked one at a time (an iterator; the
+/// first error ends it).
+pub struct Entries<R> {
+    src: StreamReader<R>,
+    /// Entries the header announced and not read yet.
+    left: u64,
+    check: Validator,
+    /// For a manifest file: the id its bytes must hash to.
+    id: Option<Id>,
+    done: bool,
+}
+
+impl<'a> Entries<&'a [u8]> {
+    /// The entries of the encoded (uncompressed) manifest `raw`.
+    pub fn of_bytes(raw: &'a [u8]) -> Result<Self> {
+        Entries::start(
+            StreamReader::new(raw, "manifest", "manifest".into(), false),
+            None,
+        )
+    }
+}
+
+impl<R: Read> Entries<FileSource<R>> {
+    /// The entries of a manifest file (zstd frames), whose encoded bytes must hash to `id`.
+    pub fn of_file(packed: R, id: &Id) -> Result<Self> {
+        let dec = zstd::stream::read::Decoder::new(packed).map_err(|e| damaged(id, &e))?;
+        let label = format!("manifest {}", id.short());
+        let src = StreamReader::new(dec.take(MAX_FILE), "manifest", label, true);
+        Entries::start(src, Some(*id))
+    }
+}
+
+fn damaged(id: &Id, problem: &dyn std::fmt::Display) -> crate::Error {
+    corrupt(format!(
+        "manifest {} is damaged ({problem}); run `aurum verify`",
+        id.short()
+    ))
+}
+
+impl<R: Read> Entries<R> {
+    fn start(mut src: StreamReader<R>, id: Option<Id>) -> Result<Self> {
+        let left = src.parse(|r| {
+            if r.raw(8)? != MAGIC {
+                return Err(corrupt(
+                    "not an aurum manifest (bad magic); the repository may be damaged or newer than this aurum",
+                ));
+            }
+            r.var()
+        })?;
+        Ok(Entries {
+            src,
+            left,
+            check: Validator::default(),
+            id,
+            done: false,
+        })
+    }
+
+    /// How many entries are still to come (as the header announced them).
+    pub fn remaining(&self) -> u64 {
+        self.left
+    }
+
+    /// After the last entry: nothing may follow, and a file's bytes must hash to its id.
+    fn finish(&mut self) -> Result<()> {
+        if !self.src.at_end()? {
+            return Err(corrupt("manifest has trailing bytes"));
+        }
+        if let Some(id) = &self.id {
+            if self.src.hash().as_ref() != Some(id) {
+                return Err(damaged(id, &"hash mismatch"));
+            }
+        }
+        Ok(())
+    }
+
+    fn next_entry(&mut self) -> Result<Option<Entry>> {
+        if self.left == 0 {
+            self.finish()?;
+            return Ok(None);
+        }
+        let e = self.src.parse(decode_entry)?;
+        self.left -= 1;
+        self.check.check(&e)?;
+        Ok(Some(e))
+    }
+}
+
+impl<R: Read> Iterator for Entries<R> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if self.done {
+            return None;
+        }
+        let got = self.next_entry();
+        if !matches!(got, Ok(Some(_))) {
+            self.done = true;
+        }
+        got.transpose()
+    }
+}
+
+/// Writes a manifest file from entries given in path order (see the module doc).
+pub struct ManifestWriter {
+    enc: zstd::stream::write::Encoder<'static, BufWriter<File>>,
+    one: Writer,
+    count: u64,
+    prev: Option<Vec<u8>>,
+    level: i32,
+}
+
+impl ManifestWriter {
+    /// A writer that spills into `spill` (an empty file of its own, unnamed), compressing at
+    /// `level`.
+    pub fn new(spill: File, level: i32) -> Result<Self> {
+        Ok(ManifestWriter {
+            enc: zstd::stream::write::Encoder::new(BufWriter::new(spill), level)?,
+            one: Writer::default(),
+            count: 0,
+            prev: None,
+            level,
+        })
+    }
+
+    /// Appends `e`, which must sort after the entry before it.
+    pub fn push(&mut self, e: &Entry) -> Result<()> {
+        if let Some(p) = &self.prev {
+            if p.as_slice() >= e.path.as_slice() {
+                return Err(corrupt(format!(
+                    "entries reached the manifest writer out of order at {} (after {}); this is a bug in aurum",
+                    e.display(),
+                    display_path(p)
+                )));
+            }
+        }
+        let prev = self.prev.get_or_insert_with(Vec::new);
+        prev.clear();
+        prev.extend_from_slice(&e.path);
+        self.one.buf.clear();
+        encode_entry(&mut self.one, e);
+        self.enc.write_all(&self.one.buf)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Entries pushed so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Writes the manifest file to `out`; returns its id.
+    pub fn finish(self, out: &mut impl Write) -> Result<Id> {
+        let mut spill = self
+            .enc
+            .finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        let mut head = Writer::default();
+        head.raw(MAGIC);
+        head.var(self.count);
+        let mut h = blake3::Hasher::new();
+        h.update(&head.buf);
+        spill.seek(SeekFrom::Start(0))?;
+        h.update_reader(zstd::stream::read::Decoder::new(&spill)?)?;
+        out.write_all(&zstd::bulk::compress(&head.buf, self.level)?)?;
+        spill.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut spill, out)?;
+        Ok(h.finalize().into())
+    }
+}

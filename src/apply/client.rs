@@ -63,33 +63,11 @@ pub fn updateclient(
 ) -> Result<UpdateReport> {
     let dry_run = run.opts.dry_run;
     let result = (|| -> Result<UpdateReport> {
-        let target = source.resolve(&run.spec)?;
-        let image = fetch_manifest(node, source, &target.id)?;
-        let follow = overrides::edit_follow(
-            &node.state()?.overrides,
-            &run.add_override,
-            &run.no_override,
-        )?;
-        let (manifest, overlay) = overrides::for_node(source, image, follow, &run.add_override)?;
+        let (target, manifest, overlay) =
+            resolve_for_node(node, source, &run.spec, &run.add_override, &run.no_override)?;
         run.opts.overlay = Some(overlay);
         let hooks = run.hooks.as_ref().filter(|_| !dry_run);
-        let env = HookEnv {
-            who: Identity {
-                image: target.image.clone().unwrap_or_default(),
-                group: hooks.and_then(|h| h.group.clone()),
-                hostname: hostname(),
-            },
-            root: node.root.clone(),
-            revision: target.id.hex(),
-            server: source.describe(),
-            ..Default::default()
-        };
-        if let Some(h) = hooks {
-            let (dir, env, out) = (h.dir.clone(), env.clone(), h.on_output.clone());
-            run.opts.before_writes = Some(Box::new(move || {
-                run_hooks(&dir, Stage::PreUpdate, &env, out.as_ref())
-            }));
-        }
+        let env = hook_env(node, hooks, &target, source.describe(), &mut run.opts);
         let r = update::update(node, &target, &manifest, Some(source), &run.opts, progress)?;
         if let Some(h) = hooks {
             run_hooks(&h.dir, Stage::PostUpdate, &env, h.on_output.as_ref())?;
@@ -105,6 +83,53 @@ pub fn updateclient(
         );
     }
     result
+}
+
+/// The revision `spec` names, and the tree `node` is to hold at it: its manifest (fetched as
+/// a delta when it can be) with the overrides the node follows composed over it, the list
+/// edited by `add` and `remove` first.
+pub(crate) fn resolve_for_node(
+    node: &Node,
+    source: &dyn RevisionSource,
+    spec: &str,
+    add: &[String],
+    remove: &[String],
+) -> Result<(Target, Manifest, Overlay)> {
+    let target = source.resolve(spec)?;
+    let image = fetch_manifest(node, source, &target.id)?;
+    let follow = overrides::edit_follow(&node.state()?.overrides, add, remove)?;
+    let (manifest, overlay) = overrides::for_node(source, image, follow, add)?;
+    Ok((target, manifest, overlay))
+}
+
+/// The environment of the update hooks for an update of `node` to `target`; with `hooks`,
+/// the pre-update ones are set to run in `opts.before_writes` (once the plan passed every
+/// check). The caller runs the post-update ones with it.
+pub(crate) fn hook_env(
+    node: &Node,
+    hooks: Option<&ClientHooks>,
+    target: &Target,
+    server: String,
+    opts: &mut UpdateOptions,
+) -> HookEnv {
+    let env = HookEnv {
+        who: Identity {
+            image: target.image.clone().unwrap_or_default(),
+            group: hooks.and_then(|h| h.group.clone()),
+            hostname: hostname(),
+        },
+        root: node.root.clone(),
+        revision: target.id.hex(),
+        server,
+        ..Default::default()
+    };
+    if let Some(h) = hooks {
+        let (dir, env, out) = (h.dir.clone(), env.clone(), h.on_output.clone());
+        opts.before_writes = Some(Box::new(move || {
+            run_hooks(&dir, Stage::PreUpdate, &env, out.as_ref())
+        }));
+    }
+    env
 }
 
 /// Where a rollback goes.
@@ -214,7 +239,7 @@ pub fn fetch_manifest(node: &Node, source: &dyn RevisionSource, id: &Id) -> Resu
     source.manifest(id)
 }
 
-fn run_hooks(
+pub(crate) fn run_hooks(
     dir: &std::path::Path,
     stage: Stage,
     env: &HookEnv,
@@ -228,7 +253,7 @@ fn run_hooks(
 
 /// Tells the source how a node command went; a report that cannot be delivered is only logged
 /// (the node's own history has it).
-fn report_to(
+pub(crate) fn report_to(
     node: &Node,
     source: Option<&dyn RevisionSource>,
     action: NodeAction,

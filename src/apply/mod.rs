@@ -32,6 +32,7 @@ pub mod overrides;
 mod plan;
 mod preflight;
 pub mod source;
+pub mod stage;
 mod tree;
 mod undo;
 pub mod update;

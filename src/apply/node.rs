@@ -5,9 +5,10 @@
 //! history; `manifests/` holds their manifests (so diffs and rollbacks need no server): the
 //! image's, and for a revision with overrides the composed tree's too; `undo/` holds
 //! what the last update replaced or deleted; `staging/` the blobs fetched for an update in
-//! progress; `journal.json` exists only while an update runs, so a rerun knows to finish it
-//! (and a first install that was killed is never taken for a complete one: see
-//! [`Journal::fresh`]).
+//! progress; `stage/` the manifests and blobs of a staged revision (`updateclient --stage`,
+//! see [`crate::apply::stage`]); `journal.json` exists only while an update runs, so a
+//! rerun knows to finish it (and a first install that was killed is never taken for a
+//! complete one: see [`Journal::fresh`]).
 //! This directory is excluded from every capture and every update. The layout of
 //! `state.json` is [`crate::format::node`].
 
@@ -18,7 +19,7 @@ use std::sync::OnceLock;
 use crate::apply::source::Target;
 use crate::error::{corrupt, invalid, IoContext, Result};
 use crate::format::manifest::{self, Manifest};
-pub use crate::format::node::{short_id, HistoryEntry, NodeState, RevRef};
+pub use crate::format::node::{short_id, HistoryEntry, NodeState, RevRef, Staged};
 use crate::format::Id;
 
 /// The node state directory, relative to the node's root.
@@ -37,6 +38,43 @@ impl From<&Target> for RevRef {
 }
 
 pub use crate::format::node::Journal;
+
+/// The stage directory (`updateclient --stage`), in the state directory.
+pub const STAGE: &str = "stage";
+
+/// Keeps a copy of manifest `m` in `dir` (compressed, named by its id), durably: node state
+/// written after it names it.
+pub fn keep_manifest_in(dir: &Path, m: &Manifest) -> Result<Id> {
+    let raw = m.encode();
+    let id = Id::of(&raw);
+    let p = dir.join(format!("{}.mf", id.hex()));
+    if !p.exists() {
+        fs::create_dir_all(dir).at(dir)?;
+        crate::sys::write_atomic(
+            &p,
+            &manifest::compress_file(&raw, 3)?,
+            crate::sys::WriteOpts {
+                durable: true,
+                mode: Some(STATE_FILE_MODE),
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(id)
+}
+
+/// A manifest kept in `dir` by [`keep_manifest_in`], if there is one.
+pub fn kept_manifest_in(dir: &Path, id: &Id) -> Result<Option<Manifest>> {
+    let p = dir.join(format!("{}.mf", id.hex()));
+    let packed = match fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).at(&p),
+    };
+    let raw = manifest::decompress_file(&packed[..], id)
+        .map_err(|problem| corrupt(format!("{} is damaged ({problem})", p.display())))?;
+    Manifest::decode(&raw).map(Some)
+}
 
 /// The state directory of a node root, locked for one update at a time.
 pub struct Node {
@@ -224,35 +262,17 @@ impl Node {
 
     /// Keeps a copy of a manifest the node may need without a server.
     pub fn keep_manifest(&self, m: &Manifest) -> Result<Id> {
-        let raw = m.encode();
-        let id = Id::of(&raw);
-        let p = self.dir.join("manifests").join(format!("{}.mf", id.hex()));
-        if !p.exists() {
-            crate::sys::write_atomic(
-                &p,
-                &manifest::compress_file(&raw, 3)?,
-                // Durable: state.json, written durably after it, names this manifest.
-                crate::sys::WriteOpts {
-                    durable: true,
-                    mode: Some(STATE_FILE_MODE),
-                    ..Default::default()
-                },
-            )?;
-        }
-        Ok(id)
+        keep_manifest_in(&self.dir.join("manifests"), m)
     }
 
     /// A manifest kept by [`Self::keep_manifest`], if there is one.
     pub fn kept_manifest(&self, id: &Id) -> Result<Option<Manifest>> {
-        let p = self.dir.join("manifests").join(format!("{}.mf", id.hex()));
-        let packed = match fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).at(&p),
-        };
-        let raw = manifest::decompress_file(&packed[..], id)
-            .map_err(|problem| corrupt(format!("{} is damaged ({problem})", p.display())))?;
-        Manifest::decode(&raw).map(Some)
+        kept_manifest_in(&self.dir.join("manifests"), id)
+    }
+
+    /// The stage (`updateclient --stage`): the staged revision's manifests and blobs.
+    pub fn stage_dir(&self) -> PathBuf {
+        self.dir.join(STAGE)
     }
 
     /// Deletes kept manifests no state entry names any more.

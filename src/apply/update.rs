@@ -129,6 +129,20 @@ pub struct UpdateOptions {
     /// before the first write: updateclient's pre-update hooks, which a refused plan must not
     /// run (they typically stop services).
     pub before_writes: Option<Box<dyn Fn() -> Result<()>>>,
+    /// A staged update (`updateclient --stage`, `--activate`); `None`: an ordinary one.
+    pub stage: Option<StageAt>,
+}
+
+/// Where the blobs of a staged update are kept, and which half of it a run is.
+#[derive(Clone, Debug)]
+pub struct StageAt {
+    /// The stage's blob directory (in the node state directory).
+    pub blobs: PathBuf,
+    /// Stage only: plan against the tree, fetch into `blobs` what the node lacks (whole,
+    /// deltas rebuilt), and stop, changing nothing in the tree. Otherwise activate: read
+    /// blobs from `blobs` first, fetch only what is neither there nor on the node, and clear
+    /// the node state's `staged` when the update commits.
+    pub only_fetch: bool,
 }
 
 /// The overrides of an update: the manifest it is given is the image's with these composed
@@ -629,8 +643,12 @@ pub fn update(
         Ok(report) => return Ok(report),
         Err(err) => err,
     };
+    // Staging writes nothing in the tree: there is nothing to undo.
+    let staging_only = opts.stage.as_ref().is_some_and(|s| s.only_fetch);
     match refused_write(&err) {
-        Some(errno) if !opts.dry_run => undo_failed(node, manifest, opts, progress, err, errno),
+        Some(errno) if !opts.dry_run && !staging_only => {
+            undo_failed(node, manifest, opts, progress, err, errno)
+        }
         _ => Err(err),
     }
 }
@@ -696,6 +714,7 @@ fn undo_failed(
         adopt: true,
         overlay: Some(overlay),
         before_writes: None,
+        stage: None,
     };
     let cause = err.to_string();
     let undoing = Undoing {
@@ -849,6 +868,12 @@ fn run(
         report.warnings = engine.warnings.into_inner().expect("lock");
         return Ok(report);
     }
+    if opts.stage.as_ref().is_some_and(|s| s.only_fetch) {
+        run.fetch_to_stage(&engine, blobs, &mut report)?;
+        report.seconds = started.elapsed().as_secs_f64();
+        report.warnings = engine.warnings.into_inner().expect("lock");
+        return Ok(report);
+    }
     let undo_name = run.prepare(&mut engine, &mut plan, &report)?;
     let syncer = sys::Syncer::default();
     let fresh = match run.from.is_none() && undoing.is_none() && plan.only_creates(manifest) {
@@ -916,7 +941,10 @@ impl<'a> Run<'a> {
             opts,
             progress,
             undoing,
-            staging: node.dir.join("staging"),
+            staging: match &opts.stage {
+                Some(s) => s.blobs.clone(),
+                None => node.dir.join("staging"),
+            },
             to: target_ref(target, manifest, opts),
             state,
             journal,
@@ -1062,7 +1090,10 @@ impl<'a> Run<'a> {
             mut to_fetch,
             chunk_len,
         } = blobs;
-        engine.reserve(&self.staging, report.bytes_to_fetch);
+        // A stage keeps every blob on disk, for an activation by another process.
+        if !self.stage_only() {
+            engine.reserve(&self.staging, report.bytes_to_fetch);
+        }
         // Blobs whose older version the node holds: ask for a binary delta against it first.
         let mut delta_wants: Vec<(delta::Want, u32)> = Vec::new();
         if let (Some(cur), Some(_)) = (self.current.as_ref(), self.source) {
@@ -1083,11 +1114,17 @@ impl<'a> Run<'a> {
         if to_fetch.is_empty() {
             return Ok(());
         }
-        let source = self.source.ok_or_else(|| {
-            Error::NotFound(format!(
+        let source = self.source.ok_or_else(|| match &self.opts.stage {
+            Some(_) => Error::NotFound(format!(
+                "{} blobs the staged revision needs are neither in the stage nor on the node \
+                 (files changed on the node since it was staged); nothing was changed: activate \
+                 with the server reachable (--server) to fetch them, or stage it again",
+                to_fetch.len()
+            )),
+            None => Error::NotFound(format!(
                 "{} blobs of the target are not on this node (undo area and files); give --server or --repo to fetch them",
                 to_fetch.len()
-            ))
+            )),
         })?;
         // Not `self` in the callback: the options' hook is not Sync.
         let staging = &self.staging;
@@ -1105,6 +1142,33 @@ impl<'a> Run<'a> {
             self.progress,
         )?;
         Ok(())
+    }
+
+    fn stage_only(&self) -> bool {
+        self.opts.stage.as_ref().is_some_and(|s| s.only_fetch)
+    }
+
+    /// `updateclient --stage`: fetches into the stage what the plan needs and the node lacks,
+    /// after checking the stage's filesystem has room for it; the tree is not touched.
+    fn fetch_to_stage(
+        &self,
+        engine: &Engine,
+        blobs: Blobs,
+        report: &mut UpdateReport,
+    ) -> Result<()> {
+        self.node.claim()?;
+        std::fs::create_dir_all(&self.staging).at(&self.staging)?;
+        let stage_rel = self
+            .staging
+            .strip_prefix(&self.node.root)
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .unwrap_or_else(|_| STAGED.as_bytes().to_vec());
+        let needs = preflight::Needs {
+            writes: vec![(stage_rel.as_slice(), report.bytes_to_fetch)],
+            touched: Vec::new(),
+        };
+        preflight::check(engine.disk.root_fd.as_fd(), &engine.disk.root, &needs)?;
+        self.fetch(engine, blobs, None, report)
     }
 
     /// Asks `source` for the deltas `wants`, rebuilds each target blob from its base on the
@@ -1242,6 +1306,10 @@ impl<'a> Run<'a> {
         state.current = Some(to.clone());
         if let Some(follow) = opts.overlay.as_ref().and_then(|o| o.follow.as_ref()) {
             state.overrides = follow.clone();
+        }
+        // An activation consumes the stage (its files go once the state says so).
+        if opts.stage.is_some() {
+            state.staged = None;
         }
         report.seconds = started.elapsed().as_secs_f64();
         // What crossed the network: the blobs and deltas counted above, and also the refs,

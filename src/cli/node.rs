@@ -6,6 +6,7 @@ use std::sync::Arc;
 use aurum::apply::client::{self, ClientHooks, ClientUpdate, RollbackTo};
 use aurum::apply::node::Node;
 use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
+use aurum::apply::stage;
 use aurum::apply::update::{default_update_excludes, UpdateOptions, UpdateReport};
 use aurum::config::{NodeFile, Origin};
 use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
@@ -123,6 +124,11 @@ impl ExcludeArgs {
 /// writes each file under a temporary name before renaming it into place. What it replaces or
 /// deletes goes to the undo area first, so `aurum rollback` can return without a network. Files
 /// changed by hand are overwritten and listed. An interrupted update finishes when rerun.
+///
+/// Staged: --stage fetches the revision into /var/lib/aurum-node/stage/ while the node keeps
+/// working (nothing in the tree changes); --activate later applies it in seconds from the stage
+/// alone, with no network needed, as a normal update (rollback works after it); --unstage frees
+/// the stage. `aurum node-status` shows the staged revision.
 #[derive(Args)]
 pub struct UpdateclientArgs {
     #[command(flatten)]
@@ -171,6 +177,19 @@ pub struct UpdateclientArgs {
     /// The node's group, for choosing hooks. Default: `group` in node.toml.
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
+    /// Fetch and stage the revision without changing the tree: its manifest and every blob
+    /// the node lacks go to the node's state directory (stage/), and node-status shows it.
+    /// The stage survives a reboot; a later --stage replaces it. Hooks do not run.
+    #[arg(long, conflicts_with_all = ["activate", "unstage", "dry_run"])]
+    stage: bool,
+    /// Apply the staged revision from the stage: no network needed (a server, when
+    /// reachable, only fetches what changed on the node since staging). Journalled, with an
+    /// undo area, as any update; the hooks run; the stage is freed once it is done.
+    #[arg(long, conflicts_with_all = ["unstage", "dry_run", "image", "add_override", "no_override"])]
+    activate: bool,
+    /// Forget the staged revision and delete the stage.
+    #[arg(long, conflicts_with_all = ["dry_run", "image", "add_override", "no_override"])]
+    unstage: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -225,6 +244,12 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if a.unstage {
+        return unstage(&a.root, a.json);
+    }
+    if a.activate {
+        return activate(g, a);
+    }
     let config = &g.config;
     let spec = config.image(a.image.clone()).ok_or_else(|| {
         aurum::Error::Invalid(format!(
@@ -255,6 +280,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         adopt: a.adopt,
         overlay: None,
         before_writes: None,
+        stage: None,
     };
     // node.toml's overrides are followed on every update, unless this one stops following one.
     let mut add_override = a.add_override;
@@ -275,20 +301,118 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         opts,
         add_override,
         no_override: a.no_override,
-        hooks: hooks.map(|dir| ClientHooks {
-            dir,
-            group: a.group.or_else(|| config.node.group.clone()),
-            on_output: Arc::new(|name: &str, out: &str| {
-                super::say!("updateclient: hook {name}");
-                for line in out.lines() {
-                    super::say!("    {line}");
-                }
-            }),
-        }),
+        hooks: hooks.map(|dir| client_hooks(dir, a.group.or_else(|| config.node.group.clone()))),
     };
     let progress = g.progress();
+    if a.stage {
+        let r = stage::stage(&node, source.as_ref(), run, progress.as_ref())?;
+        return print_stage(&r, a.json);
+    }
     let r = client::updateclient(&node, source.as_ref(), run, progress.as_ref())?;
     print_report("updateclient", &r, a.dry_run, a.json)
+}
+
+/// The update hooks of `dir`, their output printed as they run.
+fn client_hooks(dir: PathBuf, group: Option<String>) -> ClientHooks {
+    ClientHooks {
+        dir,
+        group,
+        on_output: Arc::new(|name: &str, out: &str| {
+            super::say!("updateclient: hook {name}");
+            for line in out.lines() {
+                super::say!("    {line}");
+            }
+        }),
+    }
+}
+
+fn print_stage(r: &stage::StageReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(r);
+    }
+    for w in &r.update.warnings {
+        super::warning(w);
+    }
+    if let Some(old) = &r.replaced {
+        super::say!("aurum: the stage of {} was replaced", old.name());
+    }
+    let u = &r.update;
+    println!(
+        "staged: {}: {} blobs, {} on disk; {} fetched{}, {} on the node; against the tree now: \
+         {} created, {} changed, {} metadata only, {} deleted; {:.2} s. Apply it with \
+         `aurum updateclient --activate`",
+        r.staged.revision.name(),
+        r.staged.blobs,
+        human_bytes(r.staged.bytes),
+        human_bytes(u.bytes_fetched),
+        if u.deltas > 0 {
+            format!(" ({} blobs as deltas)", u.deltas)
+        } else {
+            String::new()
+        },
+        human_bytes(u.bytes_reused),
+        u.created,
+        u.changed,
+        u.metadata_only,
+        u.deleted,
+        u.seconds
+    );
+    Ok(())
+}
+
+/// `updateclient --activate`: the staged revision, from the stage; a server is used only when
+/// one is given and answers.
+fn activate(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
+    let node = Node::open_deferred(&a.root)?;
+    let source = match a.source.open(g, &node, None) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("activating without a server: {e:#}");
+            None
+        }
+    };
+    let opts = UpdateOptions {
+        action: NodeAction::Updateclient,
+        dry_run: false,
+        no_delete: a.no_delete,
+        verify_local: a.verify_local,
+        excludes: a.excludes.build(&g.config.node)?,
+        adopt: false,
+        overlay: None,
+        before_writes: None,
+        stage: None,
+    };
+    let group = a.group.or_else(|| g.config.node.group.clone());
+    let hooks = a
+        .hooks
+        .or_else(|| g.config.node.hooks.clone())
+        .map(|dir| client_hooks(dir, group));
+    let progress = g.progress();
+    let r = stage::activate(
+        &node,
+        source.as_deref(),
+        opts,
+        hooks.as_ref(),
+        progress.as_ref(),
+    )?;
+    print_report("activate", &r, false, a.json)
+}
+
+fn unstage(root: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let node = Node::open_deferred(root)?;
+    let r = stage::unstage(&node)?;
+    if json {
+        return print_json(&r);
+    }
+    match &r.unstaged {
+        Some(rev) => println!(
+            "unstaged {}: {} freed",
+            rev.name(),
+            human_bytes(r.bytes_freed)
+        ),
+        None => println!("nothing was staged ({} freed)", human_bytes(r.bytes_freed)),
+    }
+    Ok(())
 }
 
 /// Return this node to the revision it ran before its last update, from its own undo area.
@@ -346,6 +470,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         adopt: false,
         overlay: None,
         before_writes: None,
+        stage: None,
     };
     let to = match (a.to, a.last_known_good) {
         (Some(spec), _) => RollbackTo::Spec(spec),
@@ -503,6 +628,15 @@ pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
     println!("current          {}", show(&state.current));
     println!("previous         {}", show(&state.previous));
     println!("last-known-good  {}", show(&state.last_known_good));
+    if let Some(st) = &state.staged {
+        println!(
+            "staged           {} at {} ({} blobs, {})",
+            st.revision.name(),
+            human_time(st.time),
+            st.blobs,
+            human_bytes(st.bytes)
+        );
+    }
     println!(
         "overrides        {}",
         if state.overrides.is_empty() {

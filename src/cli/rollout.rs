@@ -12,7 +12,8 @@ use aurum::repo::{Lock, Repository};
 /// Roll a revision out to a node set in waves, each gated by the nodes' health checks.
 ///
 /// `start` cuts the nodes into a canary and waves, updates each node over ssh from the server
-/// (`aurum updateclient`), runs its health checks (`aurum health`), rolls an unhealthy node
+/// (`aurum updateclient`; with --stage, every node of a wave stages the revision before any
+/// activates it), runs its health checks (`aurum health`), rolls an unhealthy node
 /// back on the spot, stops and rolls the wave back when failures exceed --max-failed, and moves
 /// the image's last-known-good tag to the revision when the last wave passes. The rollout is
 /// kept in the catalog: `status` shows it while it runs, `pause`/`resume`/`abort` steer it,
@@ -79,6 +80,12 @@ struct StartArgs {
     /// The aurum command on the nodes.
     #[arg(long, default_value = "aurum", value_name = "COMMAND")]
     node_aurum: String,
+    /// Stage the revision on every node of a wave first (`updateclient --stage`, while they
+    /// keep working), then activate it on each (`--activate`, at most --max-unavailable at
+    /// once): a node is down only for its activation. A node whose staging fails counts as
+    /// failed and is not touched.
+    #[arg(long)]
+    stage: bool,
     /// Print the rollout's end as JSON (what `rollout status ID --json` prints).
     #[arg(long)]
     json: bool,
@@ -146,6 +153,7 @@ fn start(g: &Global, a: StartArgs) -> anyhow::Result<()> {
         aurum: a.node_aurum,
         waves: count,
         canary: a.canary > 0,
+        stage: a.stage,
     };
     let nodes: Vec<(String, String, usize)> = targets
         .into_iter()

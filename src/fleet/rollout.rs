@@ -5,7 +5,10 @@
 //! `max_unavailable` nodes are worked on at once; each node is updated over ssh
 //! (`aurum updateclient` from the server), then its health checks run (`aurum health`), and an
 //! unhealthy node is rolled back on the spot. A node that cannot be reached or whose update
-//! fails counts as failed too. When the failures exceed `max_failed`, the rollout stops and the
+//! fails counts as failed too. With the plan's `stage`, every node of a wave first stages the
+//! revision (`updateclient --stage`, the node keeps running), and only once the whole wave is
+//! staged does each activate it (`updateclient --activate`): a node is down for its activation
+//! only; a node whose staging fails counts as failed and is left as it was. When the failures exceed `max_failed`, the rollout stops and the
 //! wave's healthy nodes are rolled back as well; when the last wave passes, the image's
 //! `last-known-good` tag moves to the revision.
 //!
@@ -221,20 +224,24 @@ fn drive_node(
             return Ok(NodeStep::Failed);
         }
     };
-    set(NodeStep::Updating, previous.as_deref(), &target)?;
+    let words: &[&str] = match plan.stage {
+        true => &["--activate"],
+        false => &["--image", &target],
+    };
+    set(
+        NodeStep::Updating,
+        previous.as_deref(),
+        &format!("{}{target}", if plan.stage { "activating " } else { "" }),
+    )?;
     let update = on_node(
         t,
         plan,
         &[
-            "updateclient",
-            "--server",
-            &plan.server,
-            "--image",
-            &target,
-            "--root",
-            &plan.node_root,
-            "--json",
-        ],
+            &["updateclient", "--server", &plan.server][..],
+            words,
+            &["--root", &plan.node_root, "--json"],
+        ]
+        .concat(),
         plan.update_timeout,
     );
     if update.status != Status::Ok {
@@ -312,6 +319,93 @@ fn restore(t: &Target, plan: &Plan, target: &str, previous: Option<&str>) -> Str
         }
         Ok(now) => format!("left on {}", now.as_deref().unwrap_or("what it ran")),
     }
+}
+
+/// Stages the revision on every node of `todo` at once (staging does not take a node down);
+/// a node whose staging fails is marked failed, counted in `failures` (setting `halt` past
+/// `allowed`) and left out. Returns the nodes staged, to activate.
+fn stage_wave(
+    r: &Rollout,
+    todo: Vec<RolloutNode>,
+    cat: &Mutex<&mut Catalog>,
+    failures: &std::sync::atomic::AtomicUsize,
+    allowed: usize,
+    halt: &AtomicBool,
+) -> Result<Vec<RolloutNode>> {
+    let plan = &r.plan;
+    let target = format!("{}@{}", r.image, r.number);
+    let set = |node: &str, step, detail: &str| -> Result<()> {
+        cat.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_rollout_node(r.id, node, step, None, detail)
+    };
+    let staged = Mutex::new(Vec::new());
+    let fanout = todo.len().max(1);
+    let results: Vec<Result<()>> = exec::fan_out(&todo, fanout, &crate::progress::Quiet, |n| {
+        let t = Target {
+            name: n.node.clone(),
+            host: n.host.clone(),
+        };
+        set(&n.node, NodeStep::Pending, &format!("staging {target}"))?;
+        let words = [
+            "updateclient",
+            "--stage",
+            "--server",
+            &plan.server,
+            "--image",
+            &target,
+            "--root",
+            &plan.node_root,
+            "--json",
+        ];
+        let out = on_node(&t, plan, &words, plan.update_timeout);
+        if out.status == Status::Ok {
+            set(&n.node, NodeStep::Pending, &format!("staged {target}"))?;
+            staged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(n.node.clone());
+        } else {
+            set(
+                &n.node,
+                NodeStep::Failed,
+                &format!("staging failed: {}", why(&out)),
+            )?;
+            if failures.fetch_add(1, Ordering::Relaxed) + 1 > allowed {
+                halt.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    });
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let staged = staged.into_inner().unwrap_or_else(|e| e.into_inner());
+    let staged: Vec<RolloutNode> = todo
+        .into_iter()
+        .filter(|n| staged.contains(&n.node))
+        .collect();
+    if !halt.load(Ordering::Relaxed) {
+        return Ok(staged);
+    }
+    // Too many failed to stage: the wave stops before any node activates; the others' stages
+    // are freed (the nodes were never changed).
+    let freed: Vec<Result<()>> = exec::fan_out(&staged, fanout, &crate::progress::Quiet, |n| {
+        let t = Target {
+            name: n.node.clone(),
+            host: n.host.clone(),
+        };
+        let words = ["updateclient", "--unstage", "--root", &plan.node_root];
+        let out = on_node(&t, plan, &words, plan.update_timeout);
+        let detail = match out.status {
+            Status::Ok => "staged, not activated: the wave stopped; stage freed".to_string(),
+            _ => format!(
+                "staged, not activated: the wave stopped; unstage failed: {}",
+                why(&out)
+            ),
+        };
+        set(&n.node, NodeStep::Pending, &detail)
+    });
+    freed.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(Vec::new())
 }
 
 /// The pause or abort another command asked of rollout `id`, if any.
@@ -428,9 +522,14 @@ pub fn drive(
         };
         {
             let cat = Mutex::new(&mut repo.catalog);
-            let fanout = match r.plan.max_unavailable {
-                0 => todo.len(),
-                n => n,
+            let todo = match r.plan.stage {
+                true => stage_wave(&r, todo, &cat, &failures, allowed, &halt)?,
+                false => todo,
+            };
+            let fanout = if r.plan.max_unavailable == 0 {
+                todo.len()
+            } else {
+                r.plan.max_unavailable
             };
             let results: Vec<Result<()>> =
                 exec::fan_out(&todo, fanout, &crate::progress::Quiet, |n| {

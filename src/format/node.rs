@@ -16,8 +16,28 @@ use crate::error::{corrupt, Result};
 
 /// Version of `state.json`, not stored: 1 had revisions and history; 2 added `overrides` and
 /// `tree` to a revision and the node's `overrides` list, both absent (empty) when not used;
-/// 3 added `health`, the last health check, absent until `aurum health` runs.
-pub const VERSION: u32 = 3;
+/// 3 added `health`, the last health check, absent until `aurum health` runs; 4 added
+/// `staged`, the revision `updateclient --stage` fetched and staged, absent when none is.
+pub const VERSION: u32 = 4;
+
+/// A revision staged on the node (`updateclient --stage`): what it needs is in the state
+/// directory's `stage/` (its manifests and the blobs the node lacked), so that `updateclient
+/// --activate` applies it without a network.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Staged {
+    /// The revision as the node will record it once activated (its overrides and tree too).
+    pub revision: RevRef,
+    /// When it was staged (seconds since the epoch).
+    pub time: i64,
+    /// Bytes the stage holds on disk (blobs and manifests).
+    pub bytes: u64,
+    /// Blobs in the stage.
+    pub blobs: u64,
+    /// The override images the node follows once it is activated, when staging changed the
+    /// list (`--override`, `--no-override`); absent: the list stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<Vec<String>>,
+}
 
 /// How one health check ended.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -143,6 +163,9 @@ pub struct NodeState {
     /// The last health check (`aurum health`); absent until one ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthRecord>,
+    /// The revision staged for activation (`updateclient --stage`); absent when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Staged>,
 }
 
 impl NodeState {
@@ -228,6 +251,7 @@ mod tests {
                     history,
                     overrides,
                     health: None,
+                    staged: None,
                 }
             })
     }
@@ -260,6 +284,23 @@ mod tests {
         );
         let err = NodeState::decode(b"{\"current\": 3}", "state.json").unwrap_err();
         assert!(err.to_string().contains("state.json"), "{err}");
+    }
+
+    #[test]
+    fn a_staged_revision_round_trips_and_files_without_one_read() {
+        let old = br#"{"current":{"image":"c","number":2,"id":"ab"},"previous":null,
+            "last_known_good":null,"history":[],"overrides":[]}"#;
+        let mut s = NodeState::decode(old, "state.json").unwrap();
+        assert!(s.staged.is_none());
+        assert!(!String::from_utf8(s.encode()).unwrap().contains("staged"));
+        s.staged = Some(Staged {
+            revision: s.current.clone().unwrap(),
+            time: 1_795_320_421,
+            bytes: 4096,
+            blobs: 3,
+            follow: Some(vec!["override".into()]),
+        });
+        assert_eq!(NodeState::decode(&s.encode(), "state.json").unwrap(), s);
     }
 
     #[test]

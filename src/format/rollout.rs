@@ -97,6 +97,11 @@ pub struct Plan {
     pub waves: usize,
     /// Whether wave 0 is a canary.
     pub canary: bool,
+    /// Stage the revision on every node of a wave (`updateclient --stage`) before any of
+    /// them activates it (`--activate`), so that a node is down only while it activates.
+    /// Absent from rollouts started before it existed: off.
+    #[serde(default)]
+    pub stage: bool,
 }
 
 #[cfg(test)]
@@ -118,6 +123,7 @@ mod tests {
             aurum: "aurum".into(),
             waves: 3,
             canary: true,
+            stage: true,
         };
         let text = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&text).unwrap(), p);

@@ -866,6 +866,7 @@ fn transfer(
             adopt: false,
             overlay: Some(overlay),
             before_writes: None,
+            stage: None,
         },
         &progress,
     )?;

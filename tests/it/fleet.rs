@@ -765,6 +765,88 @@ fn rollouts_gate_waves_on_health_and_failures() {
     );
 }
 
+/// A rollout with --stage: every node of a wave stages the revision before any activates it
+/// (the events say so), the rollout ends done with no stage left; a revision failing its
+/// health check stops at the canary, which is back on its previous revision, and the nodes of
+/// the later wave were never staged; a node that cannot stage stops the wave before any node
+/// activates, and the others' stages are freed.
+#[test]
+fn staged_rollouts_stage_each_wave_before_activating() {
+    if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {
+        return;
+    }
+    let rig = RolloutRig::new(4, &[(1, true), (2, true), (3, false), (4, true)]);
+    let started = std::time::Instant::now();
+    let mut args = rig.start_args("img@2");
+    args.extend(["--stage", "--canary", "1", "--waves", "100%"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["rollout"]["state"], "done", "{v}");
+    assert_eq!(v["rollout"]["plan"]["stage"], true, "{v}");
+    assert!(states(&v).iter().all(|s| s.ends_with("=done")), "{v}");
+    assert_eq!(rig.versions(), vec!["2"; 4]);
+    // Wave 1 (n02..n04): all three staged before the first activation.
+    let events: Vec<String> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["node"].as_str().is_some_and(|n| n != "n01"))
+        .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let last_staged = events.iter().rposition(|e| e.contains("staged img@2"));
+    let first_activation = events.iter().position(|e| e.contains("activating img@2"));
+    assert_eq!(
+        events.iter().filter(|e| e.contains("staged img@2")).count(),
+        3,
+        "{events:?}"
+    );
+    assert!(last_staged < first_activation, "{events:?}");
+    for n in &rig.fleet.nodes {
+        let stage = rig.fleet.root(n).join("srv/node/var/lib/aurum-node/stage");
+        assert!(!stage.exists(), "{n} kept its stage after activating");
+    }
+
+    let mut args = rig.start_args("img@3");
+    args.extend(["--stage", "--canary", "1", "--waves", "100%"].map(String::from));
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rollout"]["state"], "failed", "{v}");
+    let s = states(&v);
+    assert_eq!(s[0], "n01=failed", "{v}");
+    assert!(s[1..].iter().all(|s| s.ends_with("=pending")), "{v}");
+    assert_eq!(rig.versions(), vec!["2"; 4], "the canary is back on img@2");
+    for n in &rig.fleet.nodes[1..] {
+        let stage = rig.fleet.root(n).join("srv/node/var/lib/aurum-node/stage");
+        assert!(!stage.exists(), "{n} of a wave never reached was staged");
+    }
+
+    // A node that cannot stage (sshd killed) with --max-failed 0: the wave stops before any
+    // node activates, and the others' stages are freed.
+    sh(&format!(
+        "kill $(cat '{}/run/sshd.pid')",
+        rig.fleet.root("n03").display()
+    ));
+    let mut args = rig.start_args("img@4");
+    args.extend(
+        ["--stage", "--canary", "0", "--waves", "100%", "--connect-timeout", "2"]
+            .map(String::from),
+    );
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rollout"]["state"], "failed", "{v}");
+    assert!(states(&v).contains(&"n03=failed".to_string()), "{v}");
+    assert_eq!(rig.versions(), vec!["2"; 4], "no node activated");
+    for n in &rig.fleet.nodes {
+        let stage = rig.fleet.root(n).join("srv/node/var/lib/aurum-node/stage");
+        assert!(!stage.exists(), "{n} kept a stage of a stopped wave");
+    }
+    eprintln!(
+        "staged rollout of a good revision over 4 nodes: {:.1} s",
+        took.as_secs_f64()
+    );
+}
+
 /// A rollout paused between waves stops there and `resume` finishes it; a driver killed
 /// mid-wave (the master restarting) leaves it running, and `resume` drives it on to the end.
 #[test]

@@ -29,6 +29,7 @@ mod replicate;
 mod repository;
 mod serve;
 mod si;
+mod stage;
 mod tarball;
 mod tiers;
 mod update;

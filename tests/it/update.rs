@@ -356,13 +356,13 @@ fn a_symlink_on_the_node_cannot_lead_writes_outside_the_root() {
 /// When to kill a command: `ms` after its start, or as soon as the node's journal appears
 /// (it has begun to change the root).
 #[derive(Clone, Copy, Debug)]
-enum KillAt {
+pub enum KillAt {
     Ms(u64),
     Journal,
 }
 
 /// Runs aurum and kills it (SIGKILL) at `at`; whether it was still running then.
-fn killed(args: &[&str], root: &Path, at: KillAt) -> bool {
+pub fn killed(args: &[&str], root: &Path, at: KillAt) -> bool {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aurum"))
         .arg("--no-progress")
         .args(args)

@@ -135,6 +135,22 @@ pub fn stage(
             update,
         })
     })();
+    if let Ok(r) = &result {
+        // The server's status page shows what each node has staged.
+        let report = crate::format::report::NodeReport {
+            hostname: client::hostname(),
+            image: r.staged.revision.image.clone(),
+            revision: Some(r.staged.revision.id.clone()),
+            action: NodeAction::Stage,
+            result: crate::format::report::Outcome::Ok,
+            bytes: r.update.bytes_fetched,
+            seconds: r.update.seconds,
+            detail: String::new(),
+        };
+        if let Err(e) = source.report(&report) {
+            log::info!("report not delivered: {e}");
+        }
+    }
     // A failed first stage frees what it fetched; a stage before it stays whole (its files
     // are all there: nothing is deleted before the state names the new one).
     if result.is_err() && before.is_none() {

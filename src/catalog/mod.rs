@@ -808,11 +808,15 @@ impl Catalog {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![t, r.hostname, r.image, r.revision, r.action, r.result, r.bytes as i64, r.seconds, address, r.detail],
         )?;
-        tx.execute(
-            "INSERT OR REPLACE INTO nodes(hostname, image, revision, action, result, bytes, seconds, address, detail, reported)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![r.hostname, r.image, r.revision, r.action, r.result, r.bytes as i64, r.seconds, address, r.detail, t],
-        )?;
+        // A health check or a stage says nothing of what the node runs: `nodes` keeps the
+        // last report that does (its history has them all).
+        if !matches!(r.action, NodeAction::Health | NodeAction::Stage) {
+            tx.execute(
+                "INSERT OR REPLACE INTO nodes(hostname, image, revision, action, result, bytes, seconds, address, detail, reported)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![r.hostname, r.image, r.revision, r.action, r.result, r.bytes as i64, r.seconds, address, r.detail, t],
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }

@@ -29,6 +29,8 @@ named_enum! {
         Install = "install",
         /// Its health checks ran (`aurum health --server`): result ok = healthy.
         Health = "health",
+        /// It staged a revision (`updateclient --stage`): the revision is the staged one.
+        Stage = "stage",
     }
 }
 

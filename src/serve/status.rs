@@ -68,6 +68,7 @@ struct Row {
     assigned: String,
     last: Option<NodeState>,
     health: Option<NodeState>,
+    staged: Option<NodeState>,
     rollout: Option<(i64, RolloutNode)>,
 }
 
@@ -90,6 +91,10 @@ pub fn page(cat: &Catalog) -> Result<String> {
         if row.last.as_ref().is_none_or(|l| l.reported < n.reported) {
             row.last = Some(n);
         }
+    }
+    for n in cat.latest_reports(NodeAction::Stage)? {
+        let host = n.report.hostname.clone();
+        rows.entry(host).or_default().staged = Some(n);
     }
     for n in cat.latest_reports(NodeAction::Health)? {
         let host = n.report.hostname.clone();
@@ -119,7 +124,7 @@ pub fn page(cat: &Catalog) -> Result<String> {
          .ok{{color:#060}} .bad{{color:#b00;font-weight:bold}} .busy{{color:#a60}}\
          </style></head><body>\n<h1>aurum</h1>\n<h2>Nodes ({})</h2>\n\
          <table id=\"nodes\"><tr><th>node</th><th>address</th><th>revision</th>\
-         <th>last update</th><th>health</th><th>rollout</th></tr>\n",
+         <th>staged</th><th>last update</th><th>health</th><th>rollout</th></tr>\n",
         rows.len()
     );
     for (name, row) in &rows {
@@ -139,6 +144,17 @@ pub fn page(cat: &Catalog) -> Result<String> {
                 ),
             ),
             None => ("-".to_string(), "-".to_string()),
+        };
+        // A stage newer than the node's last update (an activation reports as an update).
+        let staged = match (&row.staged, &row.last) {
+            (Some(st), last) if last.as_ref().is_none_or(|l| l.reported < st.reported) => {
+                revision_name(
+                    cat,
+                    st.report.image.as_deref(),
+                    st.report.revision.as_deref(),
+                )?
+            }
+            _ => "-".to_string(),
         };
         let health = match &row.health {
             Some(h) if h.report.result == Outcome::Ok => {
@@ -167,10 +183,12 @@ pub fn page(cat: &Catalog) -> Result<String> {
         };
         let _ = writeln!(
             html,
-            "<tr id=\"node-{n}\"><td>{n}</td><td>{}</td><td class=\"revision\">{}</td><td>{last}</td>\
+            "<tr id=\"node-{n}\"><td>{n}</td><td>{}</td><td class=\"revision\">{}</td>\
+             <td class=\"staged\">{}</td><td>{last}</td>\
              <td class=\"health\">{health}</td><td class=\"rollout\">{rollout}</td></tr>",
             esc(&row.ip),
             esc(&revision),
+            esc(&staged),
             n = esc(name),
         );
     }

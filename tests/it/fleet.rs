@@ -829,8 +829,16 @@ fn staged_rollouts_stage_each_wave_before_activating() {
     ));
     let mut args = rig.start_args("img@4");
     args.extend(
-        ["--stage", "--canary", "0", "--waves", "100%", "--connect-timeout", "2"]
-            .map(String::from),
+        [
+            "--stage",
+            "--canary",
+            "0",
+            "--waves",
+            "100%",
+            "--connect-timeout",
+            "2",
+        ]
+        .map(String::from),
     );
     let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, Some(1), "{v}");

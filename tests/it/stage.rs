@@ -68,6 +68,16 @@ fn a_staged_revision_activates_with_the_server_down_and_rolls_back() {
     assert!(stage_dir(&node).join("blobs").is_dir());
     let shown = ok(&["node-status", "--root", n]);
     assert!(shown.contains("staged           c@2"), "{shown}");
+    // The node told the server, whose status page shows the stage; what the node runs is
+    // still its last update's report.
+    let (_, _, page) = crate::serve::http(&srv.addr, "GET", "/", &[], b"");
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("<td class=\"staged\">c@2</td>"), "{page}");
+    let nodes = env.ok(&["nodes", "--json"]);
+    assert!(
+        !nodes.contains("\"stage\""),
+        "a stage replaced the node's last report: {nodes}"
+    );
 
     // The server goes away; activation needs only the stage.
     drop(srv);

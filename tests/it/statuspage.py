@@ -25,7 +25,7 @@ def read(drv):
     for row in drv.find_elements(By.CSS_SELECTOR, "#nodes tr[id^=node-]"):
         name = row.get_attribute("id")[len("node-"):]
         shown["node"][name] = {
-            f: row.find_element(By.CSS_SELECTOR, "td." + f).text for f in ("revision", "health", "rollout")
+            f: row.find_element(By.CSS_SELECTOR, "td." + f).text for f in ("revision", "staged", "health", "rollout")
         }
     for row in drv.find_elements(By.CSS_SELECTOR, "#rollouts tr[id^=rollout-]"):
         rid = row.get_attribute("id")[len("rollout-"):]

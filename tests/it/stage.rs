@@ -249,19 +249,7 @@ fn a_node_changed_since_staging_still_ends_on_the_revision() {
 #[test]
 fn a_killed_activation_finishes_when_rerun() {
     let env = Env::new();
-    let a = env.path("rev1");
-    let b = env.path("rev2");
-    for i in 0..60 {
-        write_random(&a.join(format!("data/f{i:02}")), i, 300_000);
-        write_random(&b.join(format!("data/f{i:02}")), 1000 + i, 300_000);
-    }
-    sh(&format!(
-        "mkdir -p {a}/var/lib {b}/var/lib && printf a > {a}/only-a && printf b > {b}/only-b",
-        a = a.display(),
-        b = b.display()
-    ));
-    env.getimage(&a, "k", &[]);
-    env.getimage(&b, "k", &[]);
+    let (a, b) = crate::update::kill_revisions(&env);
     let repo = env.repo();
     let r = repo.to_str().unwrap();
     let mut activations_killed = 0;

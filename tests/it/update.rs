@@ -384,9 +384,9 @@ pub fn killed(args: &[&str], root: &Path, at: KillAt) -> bool {
     std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL)
 }
 
-#[test]
-fn killed_updates_and_rollbacks_finish_when_rerun() {
-    let env = Env::new();
+/// Two revisions of image `k`, 60 files of 300,000 bytes each all changed between them,
+/// and one file only in each: what the kill tests cut short. Returns the two trees.
+pub fn kill_revisions(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
     let a = env.path("rev1");
     let b = env.path("rev2");
     for i in 0..60 {
@@ -400,6 +400,13 @@ fn killed_updates_and_rollbacks_finish_when_rerun() {
     ));
     env.getimage(&a, "k", &[]);
     env.getimage(&b, "k", &[]);
+    (a, b)
+}
+
+#[test]
+fn killed_updates_and_rollbacks_finish_when_rerun() {
+    let env = Env::new();
+    let (a, b) = kill_revisions(&env);
     let repo = env.repo();
     let r = repo.to_str().unwrap();
     let (mut updates_killed, mut rollbacks_killed) = (0, 0);

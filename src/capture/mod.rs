@@ -500,6 +500,32 @@ pub struct CaptureReport {
 }
 
 /// Captures `source` as a new revision of `opts.image`.
+/// Writes the revision's manifest from the scanned entries (spliced with the kept parent
+/// paths of an edit): each entry is checked, encoded and let go, with no encoded copy of the
+/// whole manifest. Returns its id and its number of entries.
+fn store_manifest(
+    repo: &Repository,
+    scanned: Vec<Scanned>,
+    opts: &CaptureOptions,
+    warnings: &mut Vec<String>,
+) -> Result<(Id, u64)> {
+    let entries: Box<dyn Iterator<Item = Entry>> = match &opts.edit {
+        Some(edit) => {
+            let all = scanned.into_iter().map(|s| s.entry).collect();
+            Box::new(keep::splice(all, &edit.keep, warnings).into_iter())
+        }
+        None => Box::new(scanned.into_iter().map(|s| s.entry)),
+    };
+    let mut manifest = repo.manifest_writer()?;
+    let mut check = Validator::default();
+    for e in entries {
+        check.check(&e)?;
+        manifest.push(&e)?;
+    }
+    let entries = manifest.count();
+    Ok((repo.store_manifest_from(manifest)?, entries))
+}
+
 pub fn getimage(
     repo: &mut Repository,
     source: &mut dyn Source,
@@ -645,23 +671,7 @@ pub fn getimage(
             *extents = c.extents;
         }
     }
-    let entries: Box<dyn Iterator<Item = Entry>> = match &opts.edit {
-        Some(edit) => {
-            let all = scanned.into_iter().map(|s| s.entry).collect();
-            Box::new(keep::splice(all, &edit.keep, &mut warnings).into_iter())
-        }
-        None => Box::new(scanned.into_iter().map(|s| s.entry)),
-    };
-    // Each entry is checked, encoded and let go: no encoded copy of the whole manifest.
-    let mut manifest = repo.manifest_writer()?;
-    let mut check = Validator::default();
-    for e in entries {
-        check.check(&e)?;
-        manifest.push(&e)?;
-    }
-    drop(check);
-    let entries = manifest.count();
-    let id = repo.store_manifest_from(manifest)?;
+    let (id, entries) = store_manifest(repo, scanned, opts, &mut warnings)?;
     let stats = RevisionStats {
         files,
         bytes,

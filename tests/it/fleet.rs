@@ -441,56 +441,7 @@ fn exec_and_copy_fan_out_fold_and_count_failures() {
 
     // On 8 nodes, two at a time and through two relays, the output is what clubak prints.
     if can_run(have("clubak"), "clubak (clustershell)") {
-        for relay in ["n01", "n05"] {
-            let key = fleet.root(relay).join("root/.ssh/id_ed25519");
-            std::fs::copy(fleet.state.join("id_ed25519"), key).unwrap();
-        }
-        let hosts: Vec<String> = fleet
-            .nodes
-            .iter()
-            .map(|n| format!("{n}={}", fleet.address(n)))
-            .collect();
-        let hosts = hosts.join(",");
-        let script =
-            "case $(hostname) in n0[1-3]) echo a;; n0[4-6]) echo b; echo c;; *) echo d;; esac";
-        let direct = aurum(&[
-            "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2", "--json", "--",
-            script,
-        ]);
-        let report = crate::common::json(&String::from_utf8_lossy(&direct.stdout));
-        let mut lines = String::new();
-        for r in report["results"].as_array().unwrap() {
-            for line in r["stdout"].as_str().unwrap().lines() {
-                lines.push_str(&format!("{}: {line}\n", r["node"].as_str().unwrap()));
-            }
-        }
-        let clubak = Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf '%s' '{lines}' | clubak -c -S ': '"))
-            .output()
-            .unwrap();
-        let expected = String::from_utf8_lossy(&clubak.stdout).into_owned();
-        assert!(expected.contains("n[04-06] (3)"), "{expected}");
-        for tree in [None, Some("n01,n05")] {
-            let mut args = vec![
-                "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2",
-            ];
-            if let Some(relays) = tree {
-                args.extend(["--tree", relays, "--relay-ssh", relay_ssh]);
-            }
-            args.extend(["--", script]);
-            let out = aurum(&args);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
-                expected,
-                "tree {tree:?}"
-            );
-        }
+        clubak_folds_the_same(&fleet, &aurum, &ssh, relay_ssh);
     }
 
     // A node set that names a group nobody is in says which groups there are.
@@ -654,6 +605,66 @@ fn states(v: &serde_json::Value) -> Vec<String> {
 /// last-known-good; one that fails its health check stops at the canary, which is back on its
 /// previous revision, with no other node changed; dead nodes count as failed and --max-failed
 /// decides.
+
+/// On the fleet's 8 nodes, `--fanout 2`, direct and through two relays: `aurum exec` prints
+/// what `clubak -c` prints for the same outputs.
+fn clubak_folds_the_same(
+    fleet: &Fleet,
+    aurum: &dyn Fn(&[&str]) -> std::process::Output,
+    ssh: &str,
+    relay_ssh: &str,
+) {
+    for relay in ["n01", "n05"] {
+        let key = fleet.root(relay).join("root/.ssh/id_ed25519");
+        std::fs::copy(fleet.state.join("id_ed25519"), key).unwrap();
+    }
+    let hosts: Vec<String> = fleet
+        .nodes
+        .iter()
+        .map(|n| format!("{n}={}", fleet.address(n)))
+        .collect();
+    let hosts = hosts.join(",");
+    let script = "case $(hostname) in n0[1-3]) echo a;; n0[4-6]) echo b; echo c;; *) echo d;; esac";
+    let direct = aurum(&[
+        "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2", "--json", "--",
+        script,
+    ]);
+    let report = crate::common::json(&String::from_utf8_lossy(&direct.stdout));
+    let mut lines = String::new();
+    for r in report["results"].as_array().unwrap() {
+        for line in r["stdout"].as_str().unwrap().lines() {
+            lines.push_str(&format!("{}: {line}\n", r["node"].as_str().unwrap()));
+        }
+    }
+    let clubak = Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf '%s' '{lines}' | clubak -c -S ': '"))
+        .output()
+        .unwrap();
+    let expected = String::from_utf8_lossy(&clubak.stdout).into_owned();
+    assert!(expected.contains("n[04-06] (3)"), "{expected}");
+    for tree in [None, Some("n01,n05")] {
+        let mut args = vec![
+            "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2",
+        ];
+        if let Some(relays) = tree {
+            args.extend(["--tree", relays, "--relay-ssh", relay_ssh]);
+        }
+        args.extend(["--", script]);
+        let out = aurum(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            expected,
+            "tree {tree:?}"
+        );
+    }
+}
+
 #[test]
 fn rollouts_gate_waves_on_health_and_failures() {
     if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {

@@ -557,6 +557,14 @@ impl RolloutRig {
         .collect()
     }
 
+    /// Runs a rollout of `rev` over the fleet with the test's options `extra`, to its end: its
+    /// exit status and `rollout status --json`.
+    fn start(&self, rev: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let mut args = self.start_args(rev);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// The version each node's /srv/node holds.
     fn versions(&self) -> Vec<String> {
         self.fleet
@@ -672,9 +680,7 @@ fn rollouts_gate_waves_on_health_and_failures() {
     }
     let rig = RolloutRig::new(8, &[(1, true), (2, true), (3, false), (4, true), (5, true)]);
     let started = std::time::Instant::now();
-    let mut args = rig.start_args("img@2");
-    args.extend(["--canary", "1", "--waves", "50%,100%"].map(String::from));
-    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, v) = rig.start("img@2", &["--canary", "1", "--waves", "50%,100%"]);
     let good_rollout = started.elapsed();
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["rollout"]["state"], "done");
@@ -688,9 +694,7 @@ fn rollouts_gate_waves_on_health_and_failures() {
 
     // A revision whose health check fails: the canary takes it, fails, is rolled back, and the
     // rollout stops there.
-    let mut args = rig.start_args("img@3");
-    args.extend(["--canary", "1", "--waves", "100%"].map(String::from));
-    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, v) = rig.start("img@3", &["--canary", "1", "--waves", "100%"]);
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["rollout"]["state"], "failed");
     assert_eq!(v["rollout"]["wave"], 0);
@@ -718,9 +722,9 @@ fn rollouts_gate_waves_on_health_and_failures() {
             rig.fleet.root(node).display()
         ));
     }
-    let mut args = rig.start_args("img@4");
-    args.extend(
-        [
+    let (code, v) = rig.start(
+        "img@4",
+        &[
             "--canary",
             "0",
             "--waves",
@@ -729,10 +733,8 @@ fn rollouts_gate_waves_on_health_and_failures() {
             "1",
             "--connect-timeout",
             "2",
-        ]
-        .map(String::from),
+        ],
     );
-    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["rollout"]["state"], "failed");
     let s = states(&v);
@@ -776,6 +778,9 @@ fn rollouts_gate_waves_on_health_and_failures() {
     );
 }
 
+/// Where a rollout test's node keeps its stage, under its root.
+const NODE_STAGE: &str = "srv/node/var/lib/aurum-node/stage";
+
 /// A rollout with --stage: every node of a wave stages the revision before any activates it
 /// (the events say so), the rollout ends done with no stage left; a revision failing its
 /// health check stops at the canary, which is back on its previous revision, and the nodes of
@@ -788,9 +793,7 @@ fn staged_rollouts_stage_each_wave_before_activating() {
     }
     let rig = RolloutRig::new(4, &[(1, true), (2, true), (3, false), (4, true)]);
     let started = std::time::Instant::now();
-    let mut args = rig.start_args("img@2");
-    args.extend(["--stage", "--canary", "1", "--waves", "100%"].map(String::from));
-    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, v) = rig.start("img@2", &["--stage", "--canary", "1", "--waves", "100%"]);
     let took = started.elapsed();
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["rollout"]["state"], "done", "{v}");
@@ -814,13 +817,11 @@ fn staged_rollouts_stage_each_wave_before_activating() {
     );
     assert!(last_staged < first_activation, "{events:?}");
     for n in &rig.fleet.nodes {
-        let stage = rig.fleet.root(n).join("srv/node/var/lib/aurum-node/stage");
+        let stage = rig.fleet.root(n).join(NODE_STAGE);
         assert!(!stage.exists(), "{n} kept its stage after activating");
     }
 
-    let mut args = rig.start_args("img@3");
-    args.extend(["--stage", "--canary", "1", "--waves", "100%"].map(String::from));
-    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, v) = rig.start("img@3", &["--stage", "--canary", "1", "--waves", "100%"]);
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["rollout"]["state"], "failed", "{v}");
     let s = states(&v);
@@ -828,7 +829,7 @@ fn staged_rollouts_stage_each_wave_before_activating() {
     assert!(s[1..].iter().all(|s| s.ends_with("=pending")), "{v}");
     assert_eq!(rig.versions(), vec!["2"; 4], "the canary is back on img@2");
     for n in &rig.fleet.nodes[1..] {
-        let stage = rig.fleet.root(n).join("srv/node/var/lib/aurum-node/stage");
+        let stage = rig.fleet.root(n).join(NODE_STAGE);
         assert!(!stage.exists(), "{n} of a wave never reached was staged");
     }
 
@@ -838,9 +839,9 @@ fn staged_rollouts_stage_each_wave_before_activating() {
         "kill $(cat '{}/run/sshd.pid')",
         rig.fleet.root("n03").display()
     ));
-    let mut args = rig.start_args("img@4");
-    args.extend(
-        [
+    let (code, v) = rig.start(
+        "img@4",
+        &[
             "--stage",
             "--canary",
             "0",
@@ -848,16 +849,14 @@ fn staged_rollouts_stage_each_wave_before_activating() {
             "100%",
             "--connect-timeout",
             "2",
-        ]
-        .map(String::from),
+        ],
     );
-    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["rollout"]["state"], "failed", "{v}");
     assert!(states(&v).contains(&"n03=failed".to_string()), "{v}");
     assert_eq!(rig.versions(), vec!["2"; 4], "no node activated");
     for n in &rig.fleet.nodes {
-        let stage = rig.fleet.root(n).join("srv/node/var/lib/aurum-node/stage");
+        let stage = rig.fleet.root(n).join(NODE_STAGE);
         assert!(!stage.exists(), "{n} kept a stage of a stopped wave");
     }
     eprintln!(
@@ -1061,9 +1060,7 @@ fn the_status_page_follows_a_rollout_in_a_browser() {
         120,
     );
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let mut args = rig.start_args("img@2");
-    args.extend(["--canary", "1", "--pause-between", "6"].map(String::from));
-    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, v) = rig.start("img@2", &["--canary", "1", "--pause-between", "6"]);
     assert_eq!(code, Some(0), "{v}");
     let after = finish(browser);
     assert!(

@@ -117,6 +117,21 @@ impl Fleet {
         )
     }
 
+    /// `aurum serve` of `repo` on the master's address, port 8035, once it answers.
+    pub fn serve(&self, repo: &Path) -> Child {
+        let listen = format!("{}:8035", self.master);
+        let child = self.spawn_on_master(&[
+            env!("CARGO_BIN_EXE_aurum"),
+            "--repo",
+            repo.to_str().unwrap(),
+            "serve",
+            "--listen",
+            &listen,
+        ]);
+        self.wait_port(8035);
+        child
+    }
+
     /// Waits until something listens on the master's `port`.
     pub fn wait_port(&self, port: u16) {
         let probe = format!("exec 3<>/dev/tcp/{}/{port}", self.master);
@@ -188,17 +203,7 @@ fn fleet_nodes_are_separate_machines_that_update_from_the_master() {
     assert!(!fleet.root("n02").join("etc/n01-only").exists());
 
     // The master serves; every node updates a directory from it over the fleet's network.
-    let repo = env.repo();
-    let listen = format!("{}:8035", fleet.master);
-    let mut serve = fleet.spawn_on_master(&[
-        env!("CARGO_BIN_EXE_aurum"),
-        "--repo",
-        repo.to_str().unwrap(),
-        "serve",
-        "--listen",
-        &listen,
-    ]);
-    fleet.wait_port(8035);
+    let mut serve = fleet.serve(&env.repo());
     for node in &fleet.nodes {
         fleet.ssh(
             node,
@@ -500,17 +505,7 @@ impl RolloutRig {
                 "compute",
             ]);
         }
-        let listen = format!("{}:8035", fleet.master);
-        let repo = env.repo();
-        let serve = fleet.spawn_on_master(&[
-            env!("CARGO_BIN_EXE_aurum"),
-            "--repo",
-            repo.to_str().unwrap(),
-            "serve",
-            "--listen",
-            &listen,
-        ]);
-        fleet.wait_port(8035);
+        let serve = fleet.serve(&env.repo());
         let rig = RolloutRig { env, fleet, serve };
         let out = rig.aurum(&[
             "exec", "@compute", "--ssh", &rig.fleet.ssh_command(), "--",

@@ -17,8 +17,77 @@ use crate::error::{corrupt, Result};
 /// Version of `state.json`, not stored: 1 had revisions and history; 2 added `overrides` and
 /// `tree` to a revision and the node's `overrides` list, both absent (empty) when not used;
 /// 3 added `health`, the last health check, absent until `aurum health` runs; 4 added
-/// `staged`, the revision `updateclient --stage` fetched and staged, absent when none is.
-pub const VERSION: u32 = 4;
+/// `staged`, the revision `updateclient --stage` fetched and staged, absent when none is;
+/// 5 added `trial`, a revision on trial under boot counting, and `boot`, the last boot's
+/// record, both absent until boot counting is used.
+pub const VERSION: u32 = 5;
+
+named_enum! {
+    /// The boot loader whose own counter a trial uses.
+    pub enum Bootloader {
+        /// GRUB (BIOS or UEFI): the counter is in its environment block, `/boot/grub/grubenv`.
+        Grub = "grub",
+        /// systemd-boot: the counter is in the boot entry's file name (`NAME+LEFT-DONE.conf`).
+        SystemdBoot = "systemd-boot",
+    }
+}
+
+/// A revision on trial: written onto the node's disk, booted under the boot loader's try
+/// counter, and not yet blessed (a boot whose `aurum health` passed). While a trial lasts
+/// `last_known_good` stays the revision before it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Trial {
+    /// The revision on trial (the node's current one).
+    pub revision: RevRef,
+    /// The revision the node goes back to when the trial fails: the last-known-good one when
+    /// the trial began (or the one it ran, when none was recorded).
+    pub fallback: RevRef,
+    /// Boots it is given before the boot loader boots the fallback entry.
+    pub tries: u32,
+    pub bootloader: Bootloader,
+    /// When the trial began (seconds since the epoch).
+    pub started: i64,
+    /// For systemd-boot, the entry file the counter is in (its name without the counter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+}
+
+named_enum! {
+    /// What a boot of a node came to.
+    pub enum BootOutcome {
+        /// A boot with no trial: the node runs its revision as before.
+        Booted = "booted",
+        /// A boot of the revision on trial; tries remain, it is not blessed yet.
+        Trial = "trial",
+        /// The revision on trial passed its health checks on this boot and is now the
+        /// last-known-good one.
+        Blessed = "blessed",
+        /// The revision on trial used up its boots or failed its health checks: the node went
+        /// back to the fallback revision.
+        FellBack = "fell-back",
+    }
+}
+
+/// What the node records of a boot (`aurum boot` at startup, and `aurum health` on a trial
+/// boot), and reports to the server.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BootRecord {
+    pub time: i64,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): which boot this record is of.
+    pub boot_id: String,
+    /// The revision the node runs after this boot's checks (after a fallback, the fallback).
+    pub revision: Option<RevRef>,
+    pub outcome: BootOutcome,
+    /// Tries left on the boot loader's counter after this boot, on a trial boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries_left: Option<u32>,
+    /// The revision that was on trial, when the node fell back from it or blessed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<RevRef>,
+    /// Why the node fell back: the boots it used up, or the health checks that failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
 
 /// A revision staged on the node (`updateclient --stage`): what it needs is in the state
 /// directory's `stage/` (its manifests and the blobs the node lacked), so that `updateclient
@@ -166,6 +235,12 @@ pub struct NodeState {
     /// The revision staged for activation (`updateclient --stage`); absent when none is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged: Option<Staged>,
+    /// The revision on trial under boot counting; absent when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<Trial>,
+    /// The last boot's record; absent until `aurum boot` ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootRecord>,
 }
 
 impl NodeState {
@@ -252,6 +327,8 @@ mod tests {
                     overrides,
                     health: None,
                     staged: None,
+                    trial: None,
+                    boot: None,
                 }
             })
     }
@@ -301,6 +378,38 @@ mod tests {
             follow: Some(vec!["override".into()]),
         });
         assert_eq!(NodeState::decode(&s.encode(), "state.json").unwrap(), s);
+    }
+
+    #[test]
+    fn a_trial_and_a_boot_record_round_trip_and_older_files_read() {
+        let old = br#"{"current":{"image":"c","number":2,"id":"ab"},"previous":null,
+            "last_known_good":null,"history":[],"overrides":[]}"#;
+        let mut s = NodeState::decode(old, "state.json").unwrap();
+        assert!(s.trial.is_none() && s.boot.is_none());
+        let text = String::from_utf8(s.encode()).unwrap();
+        assert!(!text.contains("trial") && !text.contains("boot"), "{text}");
+        let rev = s.current.clone().unwrap();
+        s.trial = Some(Trial {
+            revision: rev.clone(),
+            fallback: rev.clone(),
+            tries: 3,
+            bootloader: Bootloader::Grub,
+            started: 1_795_320_421,
+            entry: None,
+        });
+        s.boot = Some(BootRecord {
+            time: 1_795_320_500,
+            boot_id: "0f4c".into(),
+            revision: Some(rev.clone()),
+            outcome: BootOutcome::FellBack,
+            tries_left: None,
+            trial: Some(rev),
+            reason: "health check 10-app failed".into(),
+        });
+        assert_eq!(NodeState::decode(&s.encode(), "state.json").unwrap(), s);
+        let text = String::from_utf8(s.encode()).unwrap();
+        assert!(text.contains("\"outcome\": \"fell-back\""), "{text}");
+        assert!(text.contains("\"bootloader\": \"grub\""), "{text}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod delta;
 mod errors;
 mod fidelity;
 mod fleet;
+mod grubenv;
 mod health;
 mod install;
 mod layers;

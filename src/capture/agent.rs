@@ -163,7 +163,11 @@ fn converse<W: Write + Send>(input: &mut impl Read, out: &Mutex<W>) -> Result<()
                     <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&root),
                 ));
                 let mut source = LocalSource::new(&root, Excludes::new(&excludes)?);
-                let (scanned, warnings) = source.scan(&Quiet)?;
+                let mut scanned = Vec::new();
+                let warnings = source.scan(&Quiet, &mut |s| {
+                    scanned.push(s);
+                    Ok(())
+                })?;
                 for w in warnings {
                     send(&Msg::Warning(w))?;
                 }

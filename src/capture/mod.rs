@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::catalog::{Revision, RevisionStats};
-use crate::error::{invalid, Result};
+use crate::error::{invalid, IoContext, Result};
 use crate::excludes::Excludes;
 use crate::format::manifest::{decode_content, encode_content, Entry, Kind, Validator};
 use crate::format::pack::Codec;
@@ -140,8 +140,14 @@ impl BlobSink for Mutex<BlobWriter> {
 pub trait Source {
     /// How the revision records where it came from; also the stat cache's key.
     fn describe(&self) -> String;
-    /// The whole tree, sorted, and warnings for the administrator.
-    fn scan(&mut self, progress: &dyn Progress) -> Result<(Vec<Scanned>, Vec<String>)>;
+    /// Hands the whole tree to `emit`, sorted; returns warnings for the administrator.
+    fn scan(&mut self, progress: &dyn Progress, emit: &mut scan::Emit) -> Result<Vec<String>>;
+    /// How many entries [`getimage`] hashes, stores and writes out at a time (the memory a
+    /// capture holds is about this many entries); `usize::MAX` for all at once, for a source
+    /// whose file numbers must count from the start of the scan.
+    fn batch_entries(&self) -> usize {
+        usize::MAX
+    }
     /// Content of the files at these indexes of the scan; blobs `sink` claims are stored now.
     /// `None` for a file that no longer exists (it vanished since the scan).
     fn hash(
@@ -248,14 +254,22 @@ pub fn store<S: BlobSink + ?Sized>(sink: &S, id: &Id, data: &[u8]) -> Result<()>
 const BATCH_BYTES: u64 = 8 << 20;
 const BATCH_FILES: usize = 4096;
 
+/// Entries of a local golden client captured at a time: a batch's entries, contents and stat
+/// cache rows are what a capture holds in memory (some 10 MiB), whatever the tree's size.
+const LOCAL_BATCH: usize = 32_768;
+
 impl Source for LocalSource {
     fn describe(&self) -> String {
         let abs = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
         format!("local:{}", abs.display())
     }
 
-    fn scan(&mut self, progress: &dyn Progress) -> Result<(Vec<Scanned>, Vec<String>)> {
-        scan::scan(&self.root, &self.excludes, progress)
+    fn scan(&mut self, progress: &dyn Progress, emit: &mut scan::Emit) -> Result<Vec<String>> {
+        scan::walk(&self.root, &self.excludes, progress, emit)
+    }
+
+    fn batch_entries(&self) -> usize {
+        LOCAL_BATCH
     }
 
     fn hash(
@@ -423,31 +437,43 @@ fn missing_chunks(
     wants
 }
 
-/// After the files at `vanished` went away: for each that carried the content of a hardlink
-/// group, makes the group's next name (in path order) a plain file and points the others at
-/// it. Returns the files so made, which still need reading.
-fn promote_hardlinks(scanned: &mut [Scanned], gone: &[bool], vanished: &[usize]) -> Vec<usize> {
-    let mut promoted = Vec::new();
-    for &v in vanished {
-        if !matches!(scanned[v].entry.kind, Kind::File { .. }) {
-            continue;
+/// Hardlink groups whose content-carrying name vanished during the capture: the group's next
+/// name (in path order, in this batch or a later one) becomes a plain file and carries the
+/// content, and the others point at it.
+#[derive(Default)]
+struct Heirs {
+    /// Vanished first name -> the name that took over, once one did.
+    heirs: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Heirs {
+    fn vanished(&mut self, path: &[u8]) {
+        self.heirs.insert(path.to_vec(), None);
+    }
+
+    /// Points this batch's hardlinks to vanished names at their heirs; returns the entries
+    /// made plain files, which still need reading.
+    fn adopt(&mut self, batch: &mut [Scanned], gone: &[bool]) -> Vec<usize> {
+        let mut promoted = Vec::new();
+        if self.heirs.is_empty() {
+            return promoted;
         }
-        let old = scanned[v].entry.path.clone();
-        let mut heir: Option<Vec<u8>> = None;
-        for i in 0..scanned.len() {
+        for (i, s) in batch.iter_mut().enumerate() {
+            let Kind::Hardlink { target } = &s.entry.kind else {
+                continue;
+            };
             if gone[i] {
                 continue;
             }
-            let s = &mut scanned[i];
-            if !matches!(&s.entry.kind, Kind::Hardlink { target } if *target == old) {
+            let Some(heir) = self.heirs.get_mut(target) else {
                 continue;
-            }
-            s.entry.kind = match &heir {
+            };
+            s.entry.kind = match heir {
                 Some(path) => Kind::Hardlink {
                     target: path.clone(),
                 },
                 None => {
-                    heir = Some(s.entry.path.clone());
+                    *heir = Some(s.entry.path.clone());
                     promoted.push(i);
                     Kind::File {
                         size: s.stat.size,
@@ -457,8 +483,109 @@ fn promote_hardlinks(scanned: &mut [Scanned], gone: &[bool], vanished: &[usize])
                 }
             };
         }
+        promoted
     }
-    promoted
+}
+
+/// The scan, spooled to an unnamed file in the repository's `tmp/` (gone with the process,
+/// however it ends) and read back a batch at a time: the tree is never in memory whole.
+struct Spool {
+    out: std::io::BufWriter<std::fs::File>,
+    entries: u64,
+    file_bytes: u64,
+}
+
+impl Spool {
+    fn new(repo: &Repository) -> Result<Spool> {
+        let tmp = crate::store::tmp_dir(&repo.root);
+        let file = tempfile::tempfile_in(&tmp).at(&tmp)?;
+        Ok(Spool {
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            entries: 0,
+            file_bytes: 0,
+        })
+    }
+
+    fn push(&mut self, s: Scanned) -> Result<()> {
+        if matches!(s.entry.kind, Kind::File { .. }) {
+            self.file_bytes += s.stat.size;
+        }
+        self.entries += 1;
+        crate::format::wire::send(
+            &mut self.out,
+            &crate::format::wire::Msg::Entry {
+                entry: s.entry,
+                stat: s.stat,
+            },
+        )
+    }
+
+    fn read(self) -> Result<SpoolReader> {
+        use std::io::Seek;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| crate::Error::Os(e.into_error()))?;
+        file.rewind()?;
+        Ok(SpoolReader {
+            input: std::io::BufReader::with_capacity(1 << 20, file),
+        })
+    }
+}
+
+struct SpoolReader {
+    input: std::io::BufReader<std::fs::File>,
+}
+
+impl SpoolReader {
+    /// The next `n` entries (fewer at the end, none after it).
+    fn batch(&mut self, n: usize) -> Result<Vec<Scanned>> {
+        let mut out = Vec::with_capacity(n.min(LOCAL_BATCH));
+        while out.len() < n {
+            match crate::format::wire::recv(&mut self.input)? {
+                Some(crate::format::wire::Msg::Entry { entry, stat }) => {
+                    out.push(Scanned { entry, stat })
+                }
+                Some(_) => {
+                    return Err(crate::error::corrupt("the capture's scan spool is damaged"))
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One progress bar for the whole capture after the scan: batches hash, store and fetch in
+/// turn, and each would otherwise start a bar of its own.
+struct OneBar<'a>(&'a dyn Progress);
+
+impl Progress for OneBar<'_> {
+    fn phase(&self, _: &str, _: Option<u64>, _: bool) {}
+    fn advance(&self, n: u64) {
+        self.0.advance(n)
+    }
+    fn finish(&self) {}
+    fn note(&self, note: &str) {
+        self.0.note(note)
+    }
+}
+
+/// What the batches of a capture add up to.
+#[derive(Default)]
+struct Counts {
+    files: u64,
+    bytes: u64,
+    bytes_hashed: u64,
+    hashed: u64,
+    from_cache: u64,
+}
+
+/// Where a capture's entries go: straight into the manifest, or (an edit, whose kept parent
+/// paths are spliced in at the end) held until the end.
+enum ManifestOut {
+    Stream(Box<(crate::format::manifest::ManifestWriter, Validator)>),
+    Held(Vec<Entry>),
 }
 
 /// What getimage was asked to do.
@@ -499,33 +626,126 @@ pub struct CaptureReport {
     pub elapsed: Duration,
 }
 
-/// Captures `source` as a new revision of `opts.image`.
-/// Writes the revision's manifest from the scanned entries (spliced with the kept parent
-/// paths of an edit): each entry is checked, encoded and let go, with no encoded copy of the
-/// whole manifest. Returns its id and its number of entries.
-fn store_manifest(
-    repo: &Repository,
-    scanned: Vec<Scanned>,
-    opts: &CaptureOptions,
-    warnings: &mut Vec<String>,
-) -> Result<(Id, u64)> {
-    let entries: Box<dyn Iterator<Item = Entry>> = match &opts.edit {
-        Some(edit) => {
-            let all = scanned.into_iter().map(|s| s.entry).collect();
-            Box::new(keep::splice(all, &edit.keep, warnings).into_iter())
-        }
-        None => Box::new(scanned.into_iter().map(|s| s.entry)),
-    };
-    let mut manifest = repo.manifest_writer()?;
-    let mut check = Validator::default();
-    for e in entries {
-        check.check(&e)?;
-        manifest.push(&e)?;
-    }
-    let entries = manifest.count();
-    Ok((repo.store_manifest_from(manifest)?, entries))
+/// What one batch of the scan holds once captured: each entry's content (files), and which
+/// entries vanished on the way and are left out.
+struct Captured {
+    contents: Vec<Option<Content>>,
+    gone: Vec<bool>,
 }
 
+/// Steps 2 to 4 for one batch: the stat cache, hashing, fetching what is still missing.
+#[allow(clippy::too_many_arguments)]
+fn capture_batch(
+    repo: &Repository,
+    source: &mut dyn Source,
+    sink: &Mutex<BlobWriter>,
+    describe: &str,
+    use_cache: bool,
+    batch: &mut [Scanned],
+    heirs: &mut Heirs,
+    warnings: &mut Vec<String>,
+    counts: &mut Counts,
+    progress: &dyn Progress,
+) -> Result<Captured> {
+    let n = batch.len();
+    let mut contents: Vec<Option<Content>> = vec![None; n];
+    let mut gone = vec![false; n];
+    // Names of hardlink groups whose first name vanished in an earlier batch.
+    let mut to_hash = heirs.adopt(batch, &gone);
+    let files: Vec<usize> = (0..n)
+        .filter(|&i| matches!(batch[i].entry.kind, Kind::File { .. }) && !to_hash.contains(&i))
+        .collect();
+    let cached = if use_cache {
+        repo.catalog.statcache_get_many(
+            describe,
+            files
+                .iter()
+                .map(|&i| (batch[i].entry.path.as_slice(), &batch[i].stat)),
+        )?
+    } else {
+        vec![None; files.len()]
+    };
+    for (&i, cached) in files.iter().zip(cached) {
+        match cached.map(|bytes| decode_content(&bytes)) {
+            Some(Ok((chunks, extents))) => {
+                contents[i] = Some(Content { chunks, extents });
+                counts.from_cache += 1;
+                progress.advance(batch[i].stat.size);
+            }
+            _ => to_hash.push(i),
+        }
+    }
+    to_hash.sort_unstable();
+    counts.hashed += to_hash.len() as u64;
+    counts.bytes_hashed += to_hash.iter().map(|&i| batch[i].stat.size).sum::<u64>();
+
+    // Hash what the cache cannot vouch for, then fetch every chunk still missing (remote
+    // sources, or blobs gc removed since caching). A file that vanishes on the way is left
+    // out; when it carried the content of a hardlink group, the next name of the group takes
+    // over and is read in another round, and chunks only it had are let go.
+    let mut considered = vec![false; n];
+    let mut pending_hash = to_hash;
+    loop {
+        let mut vanished = Vec::new();
+        if !pending_hash.is_empty() {
+            let hashed = source.hash(&pending_hash, batch, sink, progress)?;
+            for (&i, c) in pending_hash.iter().zip(hashed) {
+                match c {
+                    Some(c) => contents[i] = Some(c),
+                    None => vanished.push(i),
+                }
+            }
+        }
+        for &i in &vanished {
+            gone[i] = true;
+        }
+        let wants = {
+            let mut w = sink.lock().expect("blob writer lock");
+            let fresh: Vec<usize> = (0..n)
+                .filter(|&i| !considered[i] && !gone[i] && contents[i].is_some())
+                .collect();
+            let ids = fresh
+                .iter()
+                .flat_map(|&i| &contents[i].as_ref().expect("some").chunks);
+            w.claim_many(ids.map(|ch| &ch.id))?;
+            for &i in &fresh {
+                considered[i] = true;
+            }
+            if gone.iter().any(|&g| g) {
+                // Every earlier batch left nothing pending: what is pending is this batch's.
+                let live: std::collections::HashSet<Id> = (0..n)
+                    .filter(|&i| !gone[i])
+                    .filter_map(|i| contents[i].as_ref())
+                    .flat_map(|c| c.chunks.iter().map(|ch| ch.id))
+                    .collect();
+                w.release(|id| live.contains(id));
+            }
+            missing_chunks(&contents, &gone, w.pending())
+        };
+        if !wants.is_empty() {
+            vanished.extend(source.fetch(&wants, batch, sink, progress)?);
+        }
+        for &i in &vanished {
+            gone[i] = true;
+            contents[i] = None;
+            warnings.push(scan::vanished(&batch[i].entry.path));
+            if matches!(batch[i].entry.kind, Kind::File { .. }) {
+                heirs.vanished(&batch[i].entry.path);
+            }
+        }
+        pending_hash = heirs.adopt(batch, &gone);
+        if vanished.is_empty() {
+            break;
+        }
+    }
+    Ok(Captured { contents, gone })
+}
+
+/// Captures `source` as a new revision of `opts.image`.
+///
+/// Memory stays flat whatever the tree's size: the scan is spooled to a file, and read back a
+/// batch at a time ([`Source::batch_entries`]); each batch is looked up in the stat cache,
+/// hashed, stored, and written to the streaming manifest before the next is read.
 pub fn getimage(
     repo: &mut Repository,
     source: &mut dyn Source,
@@ -541,140 +761,109 @@ pub fn getimage(
         None => source.describe(),
     };
 
-    let (mut scanned, mut warnings) = source.scan(progress)?;
-    if scanned.is_empty() {
+    // Step 1: the scan, spooled.
+    let mut spool = Spool::new(repo)?;
+    let mut warnings = source.scan(progress, &mut |s| spool.push(s))?;
+    if spool.entries == 0 {
         return Err(invalid("the golden client's tree is empty"));
     }
+    progress.phase("capturing", Some(spool.file_bytes), true);
+    let bar = OneBar(progress);
+    let mut batches = spool.read()?;
 
-    // Step 2: the stat cache.
-    let mut contents: Vec<Option<Content>> = vec![None; scanned.len()];
-    let mut to_hash = Vec::new();
-    let mut from_cache = 0u64;
-    let files: Vec<usize> = (0..scanned.len())
-        .filter(|&i| matches!(scanned[i].entry.kind, Kind::File { .. }))
-        .collect();
-    let cached = if opts.edit.is_some() {
-        vec![None; files.len()]
-    } else {
-        repo.catalog.statcache_get_many(
-            &describe,
-            files
-                .iter()
-                .map(|&i| (scanned[i].entry.path.as_slice(), &scanned[i].stat)),
-        )?
-    };
-    for (&i, cached) in files.iter().zip(cached) {
-        match cached {
-            Some(bytes) => match decode_content(&bytes) {
-                Ok((chunks, extents)) => {
-                    contents[i] = Some(Content { chunks, extents });
-                    from_cache += 1;
-                }
-                Err(_) => to_hash.push(i),
-            },
-            None => to_hash.push(i),
-        }
+    // Steps 2 to 4, a batch at a time; each batch's entries go to the manifest at once.
+    // A work tree is new every time, so an edit neither reads nor fills the stat cache.
+    let use_cache = opts.edit.is_none();
+    if use_cache {
+        repo.catalog.statcache_stage_begin()?;
     }
-    let bytes_hashed: u64 = to_hash.iter().map(|&i| scanned[i].stat.size).sum();
-    let to_hash_count = to_hash.len();
-
-    // Steps 3 and 4: hash what the cache cannot vouch for, then fetch every chunk still
-    // missing (remote sources, or blobs gc removed since caching). A file that vanishes on the
-    // way is left out; when it carried the content of a hardlink group, the next name of the
-    // group takes over and is read in another round, and chunks only it had are let go.
     let sink = Mutex::new(repo.blob_writer()?);
-    let mut gone = vec![false; scanned.len()];
-    let mut considered = vec![false; scanned.len()];
-    let mut pending_hash = to_hash;
+    let mut out = match &opts.edit {
+        Some(_) => ManifestOut::Held(Vec::new()),
+        None => ManifestOut::Stream(Box::new((repo.manifest_writer()?, Validator::default()))),
+    };
+    let mut heirs = Heirs::default();
+    let mut counts = Counts::default();
+    let batch_entries = source.batch_entries().max(1);
     loop {
-        let mut vanished = Vec::new();
-        if !pending_hash.is_empty() {
-            let hashed = source.hash(&pending_hash, &scanned, &sink, progress)?;
-            for (&i, c) in pending_hash.iter().zip(hashed) {
-                match c {
-                    Some(c) => contents[i] = Some(c),
-                    None => vanished.push(i),
-                }
-            }
-        }
-        for &i in &vanished {
-            gone[i] = true;
-        }
-        let wants = {
-            let mut w = sink.lock().expect("blob writer lock");
-            let fresh: Vec<usize> = (0..scanned.len())
-                .filter(|&i| !considered[i] && !gone[i] && contents[i].is_some())
-                .collect();
-            let ids = fresh
-                .iter()
-                .flat_map(|&i| &contents[i].as_ref().expect("some").chunks);
-            w.claim_many(ids.map(|ch| &ch.id))?;
-            for &i in &fresh {
-                considered[i] = true;
-            }
-            if gone.iter().any(|&g| g) {
-                let live: std::collections::HashSet<Id> = (0..scanned.len())
-                    .filter(|&i| !gone[i])
-                    .filter_map(|i| contents[i].as_ref())
-                    .flat_map(|c| c.chunks.iter().map(|ch| ch.id))
-                    .collect();
-                w.release(|id| live.contains(id));
-            }
-            missing_chunks(&contents, &gone, w.pending())
-        };
-        if !wants.is_empty() {
-            vanished.extend(source.fetch(&wants, &scanned, &sink, progress)?);
-        }
-        for &i in &vanished {
-            gone[i] = true;
-            contents[i] = None;
-            warnings.push(scan::vanished(&scanned[i].entry.path));
-        }
-        pending_hash = promote_hardlinks(&mut scanned, &gone, &vanished);
-        if vanished.is_empty() {
+        let mut batch = batches.batch(batch_entries)?;
+        if batch.is_empty() {
             break;
         }
+        let Captured { contents, gone } = capture_batch(
+            repo,
+            source,
+            &sink,
+            &describe,
+            use_cache,
+            &mut batch,
+            &mut heirs,
+            &mut warnings,
+            &mut counts,
+            &bar,
+        )?;
+        let mut cache_rows = Vec::new();
+        for ((mut s, c), gone) in batch.into_iter().zip(contents).zip(gone) {
+            if gone {
+                continue;
+            }
+            if let Kind::File {
+                chunks, extents, ..
+            } = &mut s.entry.kind
+            {
+                let c = c.ok_or_else(|| invalid("a file of the capture has no content"))?;
+                counts.files += 1;
+                counts.bytes += s.stat.size;
+                // Files touched in the last seconds may change again within the same
+                // timestamp; caching them could vouch for content we never read.
+                let racy = s.stat.mtime_ns >= started_ns - 2_000_000_000
+                    || s.stat.ctime_ns >= started_ns - 2_000_000_000;
+                if !racy && use_cache {
+                    cache_rows.push((
+                        s.entry.path.clone(),
+                        s.stat,
+                        encode_content(&c.chunks, c.extents.as_deref()),
+                    ));
+                }
+                *chunks = c.chunks;
+                *extents = c.extents;
+            }
+            match &mut out {
+                ManifestOut::Stream(stream) => {
+                    let (manifest, check) = &mut **stream;
+                    check.check(&s.entry)?;
+                    manifest.push(&s.entry)?;
+                }
+                ManifestOut::Held(all) => all.push(s.entry),
+            }
+        }
+        if use_cache {
+            repo.catalog.statcache_stage(&describe, &cache_rows)?;
+        }
     }
+    progress.finish();
     let mut sink = sink.into_inner().expect("blob writer lock");
     sink.finish()?;
 
     // Step 5: the manifest, then the revision.
-    let mut cache_rows = Vec::new();
-    let mut files = 0u64;
-    let mut bytes = 0u64;
-    let (mut scanned, contents): (Vec<Scanned>, Vec<Option<Content>>) = scanned
-        .into_iter()
-        .zip(contents)
-        .zip(gone)
-        .filter_map(|(sc, gone)| (!gone).then_some(sc))
-        .unzip();
-    for (s, c) in scanned.iter_mut().zip(contents) {
-        if let Kind::File {
-            chunks, extents, ..
-        } = &mut s.entry.kind
-        {
-            let c = c.expect("every file has content by now");
-            files += 1;
-            bytes += s.stat.size;
-            // Files touched in the last seconds may change again within the same timestamp;
-            // caching them could vouch for content we never read.
-            let racy = s.stat.mtime_ns >= started_ns - 2_000_000_000
-                || s.stat.ctime_ns >= started_ns - 2_000_000_000;
-            if !racy && opts.edit.is_none() {
-                cache_rows.push((
-                    s.entry.path.clone(),
-                    s.stat,
-                    encode_content(&c.chunks, c.extents.as_deref()),
-                ));
+    let manifest = match out {
+        ManifestOut::Stream(stream) => stream.0,
+        ManifestOut::Held(all) => {
+            let edit = opts.edit.as_ref().expect("held only for an edit");
+            let mut manifest = repo.manifest_writer()?;
+            let mut check = Validator::default();
+            for e in keep::splice(all, &edit.keep, &mut warnings) {
+                check.check(&e)?;
+                manifest.push(&e)?;
             }
-            *chunks = c.chunks;
-            *extents = c.extents;
+            manifest
         }
-    }
-    let (id, entries) = store_manifest(repo, scanned, opts, &mut warnings)?;
+    };
+    let entries = manifest.count();
+    let id = repo.store_manifest_from(manifest)?;
     let stats = RevisionStats {
-        files,
-        bytes,
+        files: counts.files,
+        bytes: counts.bytes,
         new_bytes: sink.new_bytes(),
     };
     let base = match &opts.edit {
@@ -697,17 +886,21 @@ pub fn getimage(
     };
     // An unchanged tree read wholly from the cache leaves the cache as it was: rewriting its
     // rows would be most of the cost of an unchanged re-capture.
-    if opts.edit.is_none() && !(unchanged && to_hash_count == 0) {
-        repo.catalog.statcache_replace(&describe, &cache_rows)?;
+    if use_cache {
+        if unchanged && counts.hashed == 0 {
+            repo.catalog.statcache_discard()?;
+        } else {
+            repo.catalog.statcache_commit(&describe)?;
+        }
     }
     Ok(CaptureReport {
         revision,
         unchanged,
         entries,
-        files,
-        bytes,
-        bytes_hashed,
-        from_cache,
+        files: counts.files,
+        bytes: counts.bytes,
+        bytes_hashed: counts.bytes_hashed,
+        from_cache: counts.from_cache,
         new_bytes: sink.new_bytes(),
         adopted_packs,
         warnings,

@@ -294,19 +294,22 @@ impl Source for RemoteSource {
         self.url.canonical()
     }
 
-    fn scan(&mut self, progress: &dyn Progress) -> Result<(Vec<Scanned>, Vec<String>)> {
+    fn scan(
+        &mut self,
+        progress: &dyn Progress,
+        emit: &mut super::scan::Emit,
+    ) -> Result<Vec<String>> {
         let msg = Msg::Scan {
             root: self.url.path.clone().into_bytes(),
             excludes: self.excludes.clone(),
         };
         self.send(&msg)?;
         progress.phase("scanning (remote)", None, false);
-        let mut out = Vec::new();
         let mut warnings = Vec::new();
         loop {
             match self.recv()? {
                 Msg::Entry { entry, stat } => {
-                    out.push(Scanned { entry, stat });
+                    emit(Scanned { entry, stat })?;
                     progress.advance(1);
                 }
                 Msg::Warning(w) => warnings.push(w),
@@ -319,7 +322,7 @@ impl Source for RemoteSource {
             }
         }
         progress.finish();
-        Ok((out, warnings))
+        Ok(warnings)
     }
 
     fn hash(

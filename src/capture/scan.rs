@@ -101,23 +101,46 @@ enum Probe {
     Unknown(Vec<u8>),
 }
 
-struct Walker<'a> {
+/// Where a walk hands each entry as it finds it, in path order.
+pub type Emit<'a> = dyn FnMut(Scanned) -> Result<()> + Send + 'a;
+
+struct Walker<'a, 'e> {
     root: PathBuf,
     abs_root: PathBuf,
     excludes: &'a Excludes,
     mounts: HashMap<PathBuf, String>,
-    out: Vec<Scanned>,
-    inodes: HashMap<(u64, u64), Vec<usize>>,
+    emit: &'a mut Emit<'e>,
+    /// The first name (in path order) of each inode with several names: the one that
+    /// carries the content. Only multiply-linked files are kept, not the whole tree.
+    inodes: HashMap<(u64, u64), Vec<u8>>,
     warnings: Vec<String>,
     progress: &'a dyn Progress,
 }
 
 /// Walks `root` and returns its entries, sorted, plus warnings for the administrator.
+/// Holds the whole tree: [`walk`] hands entries on as it goes instead.
 pub fn scan(
     root: &Path,
     excludes: &Excludes,
     progress: &dyn Progress,
 ) -> Result<(Vec<Scanned>, Vec<String>)> {
+    let mut out = Vec::new();
+    let warnings = walk(root, excludes, progress, &mut |s| {
+        out.push(s);
+        Ok(())
+    })?;
+    Ok((out, warnings))
+}
+
+/// Walks `root`, handing each entry to `emit` in path byte order, with hardlinks resolved
+/// (the first name of each inode carries the content, the others point at it); returns the
+/// warnings for the administrator. Memory stays flat whatever the tree's size.
+pub fn walk(
+    root: &Path,
+    excludes: &Excludes,
+    progress: &dyn Progress,
+    emit: &mut Emit,
+) -> Result<Vec<String>> {
     let fd = sys::open_root(root)?;
     let st = nix::sys::stat::fstat(&fd).at(root)?;
     let xattrs = sys::xattrs_at(fd.as_fd(), b"").at(root)?;
@@ -127,39 +150,23 @@ pub fn scan(
         abs_root,
         excludes,
         mounts: mount_table(),
-        out: Vec::new(),
+        emit,
         inodes: HashMap::new(),
         warnings: Vec::new(),
         progress,
     };
     progress.phase("scanning", None, false);
-    w.out.push(Scanned {
+    (w.emit)(Scanned {
         entry: entry_from_stat(Vec::new(), Kind::Dir, &st, xattrs),
         stat: stat_key(&st),
-    });
+    })?;
     // In the pool, so that each directory's parallel calls do not cross into it from outside.
     rayon::scope(|_| w.walk(fd, Vec::new(), st.st_dev))?;
     progress.finish();
-    let Walker {
-        mut out,
-        inodes,
-        warnings,
-        ..
-    } = w;
-    // The walk made them in path order: hardlinks' first name in it carries the content.
-    for group in inodes.values().filter(|g| g.len() > 1) {
-        let first = *group.iter().min().expect("non-empty");
-        let target = out[first].entry.path.clone();
-        for &i in group.iter().filter(|&&i| i != first) {
-            out[i].entry.kind = Kind::Hardlink {
-                target: target.clone(),
-            };
-        }
-    }
-    Ok((out, warnings))
+    Ok(w.warnings)
 }
 
-impl Walker<'_> {
+impl Walker<'_, '_> {
     fn walk(&mut self, dir: OwnedFd, rel: Vec<u8>, dev: u64) -> Result<()> {
         let shown_dir = shown(&self.root, &rel);
         let listing = Dir::from_fd(nix::unistd::dup(&dir).at(&shown_dir)?).at(&shown_dir)?;
@@ -177,10 +184,11 @@ impl Walker<'_> {
         // cores busy. What follows (opening and descending into directories, recording) stays
         // in name order, so entries and warnings come out as a sequential walk makes them, and
         // at most one directory per level is open at a time.
+        let (root, excludes) = (self.root.as_path(), self.excludes);
         let probes: Vec<Result<Probe>> = names
             .par_iter()
             .with_min_len(16)
-            .map(|name| self.probe(dir.as_fd(), &rel, name))
+            .map(|name| probe(root, excludes, dir.as_fd(), &rel, name))
             .collect();
         // Entries come out in path byte order with no sort of the whole tree: a directory's
         // subtree (`name/...`) is walked once every sibling sorting before `name/` is out, as
@@ -233,21 +241,28 @@ impl Walker<'_> {
             };
             let held_empty =
                 sub.is_some() && (!descend || self.excludes.excludes_everything_in(&path));
-            let index = self.out.len();
+            // The walk goes in path order: an inode's first name seen carries the content.
+            let mut kind = kind;
             if fmt != libc::S_IFDIR && st.st_nlink > 1 {
-                self.inodes
-                    .entry((st.st_dev, st.st_ino))
-                    .or_default()
-                    .push(index);
+                match self.inodes.entry((st.st_dev, st.st_ino)) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        kind = Kind::Hardlink {
+                            target: first.get().clone(),
+                        };
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(path.clone());
+                    }
+                }
             }
             let mut entry = entry_from_stat(path.clone(), kind, &st, xattrs);
             if held_empty {
                 (entry.mtime, entry.mtime_nsec) = (HELD_EMPTY_MTIME, 0);
             }
-            self.out.push(Scanned {
+            (self.emit)(Scanned {
                 entry,
                 stat: stat_key(&st),
-            });
+            })?;
             self.progress.advance(1);
             if let Some(sub) = sub.filter(|_| descend) {
                 let mut key = name;
@@ -272,59 +287,6 @@ impl Walker<'_> {
             self.walk(sub, path, dev)?;
         }
         Ok(())
-    }
-
-    /// What one name of a directory is, from the calls that may run in parallel.
-    fn probe(&self, dir: BorrowedFd, rel: &[u8], name: &[u8]) -> Result<Probe> {
-        let mut path = rel.to_vec();
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(name);
-        // A live system changes under us: a name listed may be gone by the time we look at
-        // it (or its directory may be gone while we walk it). Like rsync's "file has
-        // vanished", that leaves the entry out with a warning rather than fails the capture.
-        let st = match sys::lstat_at(dir, name) {
-            Ok(st) => st,
-            Err(nix::errno::Errno::ENOENT) => return Ok(Probe::Vanished(path)),
-            Err(e) => return Err(e).at(shown(&self.root, &path)),
-        };
-        let fmt = st.st_mode & libc::S_IFMT;
-        if self.excludes.excluded(&path, fmt == libc::S_IFDIR) {
-            return Ok(Probe::Excluded);
-        }
-        let xattrs = match sys::xattrs_at(dir, name) {
-            Ok(x) => x,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Probe::Vanished(path)),
-            Err(e) => return Err(e).at(shown(&self.root, &path)),
-        };
-        let kind = match fmt {
-            libc::S_IFREG => Kind::File {
-                size: st.st_size as u64,
-                chunks: Vec::new(),
-                extents: None,
-            },
-            libc::S_IFDIR => Kind::Dir,
-            libc::S_IFLNK => match readlinkat(dir, name) {
-                Ok(target) => Kind::Symlink {
-                    target: target.as_bytes().to_vec(),
-                },
-                Err(nix::errno::Errno::ENOENT) => return Ok(Probe::Vanished(path)),
-                Err(e) => return Err(e).at(shown(&self.root, &path)),
-            },
-            libc::S_IFCHR => Kind::Char { rdev: st.st_rdev },
-            libc::S_IFBLK => Kind::Block { rdev: st.st_rdev },
-            libc::S_IFIFO => Kind::Fifo,
-            libc::S_IFSOCK => Kind::Socket,
-            _ => return Ok(Probe::Unknown(path)),
-        };
-        Ok(Probe::Found(Box::new(Found {
-            name: name.to_vec(),
-            path,
-            st,
-            kind,
-            xattrs,
-        })))
     }
 
     fn vanished(&mut self, rel: &[u8]) {
@@ -357,6 +319,65 @@ impl Walker<'_> {
             }
         }
     }
+}
+
+/// What one name of a directory is, from the calls that may run in parallel.
+fn probe(
+    root: &Path,
+    excludes: &Excludes,
+    dir: BorrowedFd,
+    rel: &[u8],
+    name: &[u8],
+) -> Result<Probe> {
+    let mut path = rel.to_vec();
+    if !path.is_empty() {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    // A live system changes under us: a name listed may be gone by the time we look at
+    // it (or its directory may be gone while we walk it). Like rsync's "file has
+    // vanished", that leaves the entry out with a warning rather than fails the capture.
+    let st = match sys::lstat_at(dir, name) {
+        Ok(st) => st,
+        Err(nix::errno::Errno::ENOENT) => return Ok(Probe::Vanished(path)),
+        Err(e) => return Err(e).at(shown(root, &path)),
+    };
+    let fmt = st.st_mode & libc::S_IFMT;
+    if excludes.excluded(&path, fmt == libc::S_IFDIR) {
+        return Ok(Probe::Excluded);
+    }
+    let xattrs = match sys::xattrs_at(dir, name) {
+        Ok(x) => x,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Probe::Vanished(path)),
+        Err(e) => return Err(e).at(shown(root, &path)),
+    };
+    let kind = match fmt {
+        libc::S_IFREG => Kind::File {
+            size: st.st_size as u64,
+            chunks: Vec::new(),
+            extents: None,
+        },
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFLNK => match readlinkat(dir, name) {
+            Ok(target) => Kind::Symlink {
+                target: target.as_bytes().to_vec(),
+            },
+            Err(nix::errno::Errno::ENOENT) => return Ok(Probe::Vanished(path)),
+            Err(e) => return Err(e).at(shown(root, &path)),
+        },
+        libc::S_IFCHR => Kind::Char { rdev: st.st_rdev },
+        libc::S_IFBLK => Kind::Block { rdev: st.st_rdev },
+        libc::S_IFIFO => Kind::Fifo,
+        libc::S_IFSOCK => Kind::Socket,
+        _ => return Ok(Probe::Unknown(path)),
+    };
+    Ok(Probe::Found(Box::new(Found {
+        name: name.to_vec(),
+        path,
+        st,
+        kind,
+        xattrs,
+    })))
 }
 
 /// The warning for an entry that disappeared during the capture and was left out. It names

@@ -763,27 +763,34 @@ impl Catalog {
             .optional()?)
     }
 
-    /// Replaces what the stat cache knows of a golden client with the files of its latest
-    /// capture, so that paths gone from the client leave the cache too.
-    pub fn statcache_replace(
+    /// Starts staging the stat cache rows of a capture (see [`Self::statcache_stage`]): in a
+    /// temporary table of this connection, so that the capture's batches add to it without
+    /// holding the whole tree's rows in memory, and nothing reaches the cache until
+    /// [`Self::statcache_commit`].
+    pub fn statcache_stage_begin(&self) -> Result<()> {
+        self.conn.execute_batch(
+            "DROP TABLE IF EXISTS temp.statcache_staged;
+             CREATE TEMP TABLE statcache_staged(
+                 path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
+                 ino INTEGER, content BLOB) WITHOUT ROWID;",
+        )?;
+        Ok(())
+    }
+
+    /// Adds one batch of a capture's rows: (path, stat data, encoded content).
+    pub fn statcache_stage(
         &mut self,
-        source: &str,
+        _source: &str,
         rows: &[(Vec<u8>, StatKey, Vec<u8>)],
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute("INSERT OR IGNORE INTO sources(name) VALUES (?1)", [source])?;
-        let key: i64 = tx.query_row("SELECT key FROM sources WHERE name = ?1", [source], |r| {
-            r.get(0)
-        })?;
-        tx.execute("DELETE FROM statcache WHERE source = ?1", [key])?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO statcache(source, path, size, mtime_ns, ctime_ns, ino, content)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO temp.statcache_staged(path, size, mtime_ns, ctime_ns, ino, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for (path, stat, content) in rows {
                 st.execute(params![
-                    key,
                     path,
                     stat.size as i64,
                     stat.mtime_ns,
@@ -794,6 +801,32 @@ impl Catalog {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces what the stat cache knows of a golden client with the rows staged by its
+    /// latest capture, so that paths gone from the client leave the cache too.
+    pub fn statcache_commit(&mut self, source: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("INSERT OR IGNORE INTO sources(name) VALUES (?1)", [source])?;
+        let key: i64 = tx.query_row("SELECT key FROM sources WHERE name = ?1", [source], |r| {
+            r.get(0)
+        })?;
+        tx.execute("DELETE FROM statcache WHERE source = ?1", [key])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO statcache(source, path, size, mtime_ns, ctime_ns, ino, content)
+             SELECT ?1, path, size, mtime_ns, ctime_ns, ino, content FROM temp.statcache_staged",
+            [key],
+        )?;
+        tx.execute_batch("DROP TABLE temp.statcache_staged")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops what a capture staged (the cache stays as it was).
+    pub fn statcache_discard(&self) -> Result<()> {
+        self.conn
+            .execute_batch("DROP TABLE IF EXISTS temp.statcache_staged")?;
         Ok(())
     }
 

@@ -826,6 +826,20 @@ impl BlobWriter {
         }
     }
 
+    /// Records a finished pack in the catalog. Its blobs are in the catalog from now on, so
+    /// their claims can go: what a capture remembers stays the size of one pack, not of every
+    /// blob it stored (32 MiB of claims for a million small files before).
+    fn recorded(&mut self, done: store::FinishedPack) -> Result<()> {
+        self.catalog.add_pack(&done)?;
+        for e in &done.entries {
+            self.claimed.remove(&e.id);
+        }
+        if self.claimed.capacity() > 4 * self.claimed.len().max(1024) {
+            self.claimed.shrink_to_fit();
+        }
+        Ok(())
+    }
+
     /// The blobs the repository has, as a filter.
     pub fn known(&self) -> Result<crate::format::wire::Known> {
         self.catalog.known_blobs()
@@ -855,7 +869,7 @@ impl BlobWriter {
     pub fn put(&mut self, id: &Id, codec: Codec, raw_len: u32, payload: &[u8]) -> Result<()> {
         self.unclaimed(id)?;
         if let Some(done) = self.packs.add(id, codec, raw_len, payload)? {
-            self.catalog.add_pack(&done)?;
+            self.recorded(done)?;
         }
         Ok(())
     }
@@ -864,7 +878,7 @@ impl BlobWriter {
     pub fn put_grouped(&mut self, id: &Id, raw: &[u8]) -> Result<()> {
         self.unclaimed(id)?;
         if let Some(done) = self.packs.add_grouped(id, raw)? {
-            self.catalog.add_pack(&done)?;
+            self.recorded(done)?;
         }
         Ok(())
     }
@@ -892,12 +906,12 @@ impl BlobWriter {
     ) -> Result<()> {
         for (id, data) in raw {
             if let Some(done) = self.packs.add(&id, Codec::Raw, data.len() as u32, &data)? {
-                self.catalog.add_pack(&done)?;
+                self.recorded(done)?;
             }
         }
         for g in groups {
             if let Some(done) = self.packs.add_prepared(g)? {
-                self.catalog.add_pack(&done)?;
+                self.recorded(done)?;
             }
         }
         self.packs.restore_group(open);
@@ -913,7 +927,7 @@ impl BlobWriter {
     /// and every claimed blob was put (else a file changed while it was captured).
     pub fn finish(&mut self) -> Result<()> {
         if let Some(done) = self.packs.finish()? {
-            self.catalog.add_pack(&done)?;
+            self.recorded(done)?;
         }
         if self.packs.written > 0 {
             // Listed now, not only when a revision is committed: a capture that comes out

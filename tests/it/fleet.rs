@@ -604,11 +604,6 @@ fn states(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// Rollouts on 8 simulated nodes: a good revision goes canary -> waves -> done and moves
-/// last-known-good; one that fails its health check stops at the canary, which is back on its
-/// previous revision, with no other node changed; dead nodes count as failed and --max-failed
-/// decides.
-
 /// On the fleet's 8 nodes, `--fanout 2`, direct and through two relays: `aurum exec` prints
 /// what `clubak -c` prints for the same outputs.
 fn clubak_folds_the_same(
@@ -629,7 +624,7 @@ fn clubak_folds_the_same(
     let hosts = hosts.join(",");
     let script = "case $(hostname) in n0[1-3]) echo a;; n0[4-6]) echo b; echo c;; *) echo d;; esac";
     let direct = aurum(&[
-        "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2", "--json", "--",
+        "exec", "n[01-08]", "--hosts", &hosts, "--ssh", ssh, "--fanout", "2", "--json", "--",
         script,
     ]);
     let report = crate::common::json(&String::from_utf8_lossy(&direct.stdout));
@@ -648,7 +643,7 @@ fn clubak_folds_the_same(
     assert!(expected.contains("n[04-06] (3)"), "{expected}");
     for tree in [None, Some("n01,n05")] {
         let mut args = vec![
-            "exec", "n[01-08]", "--hosts", &hosts, "--ssh", &ssh, "--fanout", "2",
+            "exec", "n[01-08]", "--hosts", &hosts, "--ssh", ssh, "--fanout", "2",
         ];
         if let Some(relays) = tree {
             args.extend(["--tree", relays, "--relay-ssh", relay_ssh]);
@@ -668,6 +663,10 @@ fn clubak_folds_the_same(
     }
 }
 
+/// Rollouts on 8 simulated nodes: a good revision goes canary -> waves -> done and moves
+/// last-known-good; one that fails its health check stops at the canary, which is back on its
+/// previous revision, with no other node changed; dead nodes count as failed and --max-failed
+/// decides.
 #[test]
 fn rollouts_gate_waves_on_health_and_failures() {
     if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {

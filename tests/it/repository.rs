@@ -192,6 +192,48 @@ fn dedup_and_stat_cache() {
     assert_eq!(env.ok(&["cat", "two", "/etc/b"]), "B\n");
 }
 
+/// A capture goes a batch of 32,768 entries at a time (issue 14: memory stays flat): a tree
+/// of 33,000 entries spans two batches, with hardlink groups whose names fall in different
+/// batches, and comes back whole; re-captured unchanged, every file of both batches comes
+/// from the stat cache, and a change in the second batch is seen.
+#[test]
+fn a_capture_larger_than_a_batch_keeps_hardlinks_across_batches_and_the_stat_cache() {
+    let env = Env::new();
+    let src = env.path("big");
+    // a/ holds 33,000 files; z/ (walked last, in the second batch) holds names of a/'s
+    // first files, and m/ (in between) names of a/'s last ones.
+    sh(&format!(
+        "mkdir -p {s}/a {s}/m {s}/z && cd {s}/a && seq -w 0 32999 | xargs -n 1000 sh -c \
+         'for n; do echo $n > f$n; done' _ && ln {s}/a/f00000 {s}/z/first && ln {s}/a/f00000 {s}/m/first \
+         && ln {s}/a/f32999 {s}/z/last && ln {s}/a/f20000 {s}/z/middle",
+        s = src.display()
+    ));
+    let s = src.to_str().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    env.ok(&["getimage", "--golden-client", s, "--image", "big"]);
+    let out = env.path("co");
+    env.ok(&["checkout", "big", out.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &out), "");
+    let ino = |p: &str| std::fs::metadata(out.join(p)).unwrap().ino();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(ino("a/f00000"), ino("z/first"));
+    assert_eq!(ino("a/f00000"), ino("m/first"));
+    assert_eq!(ino("a/f32999"), ino("z/last"));
+    assert_eq!(env.ok(&["cat", "big", "/z/middle"]), "20000\n");
+    let again = env.getimage(&src, "big", &[]);
+    assert!(again.contains("(unchanged)"), "{again}");
+    assert!(again.contains("0 B hashed"), "{again}");
+    assert!(
+        again.contains("(33000 files from the stat cache)"),
+        "{again}"
+    );
+    sh(&format!("echo changed > {s}/a/f32900"));
+    let changed = env.getimage(&src, "big", &[]);
+    assert_eq!(rev_of(&changed), "big@2");
+    assert_eq!(env.ok(&["cat", "big", "/a/f32900"]), "changed\n");
+    assert_eq!(env.ok(&["cat", "big", "/a/f32899"]), "32899\n");
+}
+
 /// The walk puts entries out in path byte order by itself, with no sort of the whole tree:
 /// `d-x` and `d.x` sort between `d` and `d/...`, and the first name of a hardlinked file in
 /// that order (`d-x/link`, not `d/sub/f` walked first) carries its content.

@@ -187,6 +187,10 @@ pub struct UpdateclientArgs {
     /// undo area, as any update; the hooks run; the stage is freed once it is done.
     #[arg(long, conflicts_with_all = ["unstage", "dry_run", "image", "add_override", "no_override"])]
     activate: bool,
+    /// With --activate: when nothing is staged, do nothing and exit 0 (for a boot-time unit
+    /// or a scheduler's reboot program, which run whether or not a rollout staged a revision).
+    #[arg(long, requires = "activate")]
+    if_staged: bool,
     /// Forget the staged revision and delete the stage.
     #[arg(long, conflicts_with_all = ["dry_run", "image", "add_override", "no_override"])]
     unstage: bool,
@@ -363,6 +367,16 @@ fn print_stage(r: &stage::StageReport, json: bool) -> anyhow::Result<()> {
 /// `updateclient --activate`: the staged revision, from the stage; a server is used only when
 /// one is given and answers.
 fn activate(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
+    if a.if_staged {
+        let staged = aurum::apply::node::peek(&a.root)?.and_then(|(state, _)| state.staged);
+        if staged.is_none() {
+            if a.json {
+                return print_json(&serde_json::json!({"activated": null}));
+            }
+            say!("aurum: nothing is staged on {}: nothing to activate", a.root.display());
+            return Ok(());
+        }
+    }
     let node = Node::open_deferred(&a.root)?;
     let source = match a.source.open(g, &node, None) {
         Ok(s) => s,
@@ -518,6 +532,14 @@ pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
 /// chrooted into ROOT when it is not /. Images carry their checks: put them in the golden
 /// client's /etc/aurum/health/. The result is kept in the node's state (shown by node-status)
 /// when aurum manages the root. Exits 0 when healthy, 1 when a required check failed.
+///
+/// With --slurm it also answers for the node in Slurm, and can be Slurm's HealthCheckProgram
+/// (slurm.conf: HealthCheckProgram=/usr/local/sbin/aurum-health, a script running
+/// `aurum --quiet health --slurm`): a node failing a required check is drained with the
+/// reason `aurum: health: CHECKS failed` (a node an administrator drained keeps its own
+/// reason); a healthy node that a failed check had drained is resumed; a node drained for
+/// another reason (a rollout's `aurum: rollout ...`, an administrator's) is left as it is.
+/// It exits 1 too when slurmctld does not know the node or its slurmd does not answer.
 #[derive(Args)]
 pub struct HealthArgs {
     /// The node's root.
@@ -530,9 +552,81 @@ pub struct HealthArgs {
     /// AURUM_SERVER, else node.toml's server; none: no report.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// Answer for this node in Slurm too: drain it when unhealthy, resume it when a failed
+    /// check had drained it and it is healthy again (needs scontrol on the node).
+    #[arg(long)]
+    slurm: bool,
+    /// This node's name in Slurm. Default: its host name, up to the first dot.
+    #[arg(long, value_name = "NAME", requires = "slurm")]
+    slurm_node: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// What `health --slurm` found and did in Slurm.
+#[derive(serde::Serialize)]
+struct SlurmGate {
+    node: String,
+    /// The node's state in Slurm before anything was done (empty when it could not be read).
+    state: String,
+    /// What was done, or why the node cannot go back to service.
+    action: String,
+    /// The node may take jobs (healthy, known to Slurm, its slurmd answering).
+    ok: bool,
+}
+
+/// Drains or resumes this node in Slurm after its health checks.
+fn slurm_gate(name: String, record: &aurum::format::node::HealthRecord) -> SlurmGate {
+    use aurum::fleet::slurm;
+    let failed: Vec<&str> = record
+        .checks
+        .iter()
+        .filter(|c| c.required && c.status != aurum::apply::health::CheckStatus::Pass)
+        .map(|c| c.name.as_str())
+        .collect();
+    let st = match slurm::node(&name) {
+        Ok(st) => st,
+        Err(e) => {
+            return SlurmGate {
+                node: name,
+                state: String::new(),
+                action: e.to_string(),
+                ok: false,
+            }
+        }
+    };
+    let (action, ok) = if !record.healthy {
+        if st.drained() && !st.drained_by_aurum() {
+            (format!("left drained (its reason: {})", st.reason), false)
+        } else {
+            let reason = format!("{} {} failed", slurm::HEALTH_REASON, failed.join(", "));
+            match slurm::drain(&name, &reason) {
+                Ok(()) => (format!("drained: {reason}"), false),
+                Err(e) => (format!("could not drain it: {e}"), false),
+            }
+        }
+    } else if !st.responding() {
+        (
+            format!("its slurmd does not answer slurmctld (state {})", st.state),
+            false,
+        )
+    } else if st.drained() && st.reason.starts_with(slurm::HEALTH_REASON) {
+        match slurm::resume(&name) {
+            Ok(()) => (format!("resumed (was drained: {})", st.reason), true),
+            Err(e) => (format!("could not resume it: {e}"), false),
+        }
+    } else if st.drained() {
+        (format!("healthy; left drained (reason: {})", st.reason), true)
+    } else {
+        ("healthy; in service".to_string(), true)
+    };
+    SlurmGate {
+        node: name,
+        state: st.state,
+        action,
+        ok,
+    }
 }
 
 pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
@@ -546,8 +640,17 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let slurm = a.slurm.then(|| {
+        let name = a.slurm_node.clone().unwrap_or_else(|| {
+            let host = aurum::apply::client::hostname();
+            host.split('.').next().unwrap_or(&host).to_string()
+        });
+        slurm_gate(name, &record)
+    });
     if a.json {
-        print_json(&serde_json::json!({"health": record, "recorded": recorded}))?;
+        print_json(
+            &serde_json::json!({"health": record, "recorded": recorded, "slurm": slurm}),
+        )?;
     } else {
         for c in &record.checks {
             let status = match c.status {
@@ -594,7 +697,10 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if !record.healthy {
+    if let (Some(gate), false) = (&slurm, a.json) {
+        println!("slurm    {} ({}): {}", gate.node, gate.state, gate.action);
+    }
+    if !record.healthy || slurm.is_some_and(|g| !g.ok) {
         std::process::exit(1);
     }
     Ok(())

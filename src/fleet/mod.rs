@@ -12,3 +12,4 @@ pub mod nodeset;
 pub mod power;
 pub mod reinstall;
 pub mod rollout;
+pub mod slurm;

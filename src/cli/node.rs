@@ -373,7 +373,10 @@ fn activate(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
             if a.json {
                 return print_json(&serde_json::json!({"activated": null}));
             }
-            say!("aurum: nothing is staged on {}: nothing to activate", a.root.display());
+            say!(
+                "aurum: nothing is staged on {}: nothing to activate",
+                a.root.display()
+            );
             return Ok(());
         }
     }
@@ -617,7 +620,10 @@ fn slurm_gate(name: String, record: &aurum::format::node::HealthRecord) -> Slurm
             Err(e) => (format!("could not resume it: {e}"), false),
         }
     } else if st.drained() {
-        (format!("healthy; left drained (reason: {})", st.reason), true)
+        (
+            format!("healthy; left drained (reason: {})", st.reason),
+            true,
+        )
     } else {
         ("healthy; in service".to_string(), true)
     };
@@ -648,9 +654,7 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
         slurm_gate(name, &record)
     });
     if a.json {
-        print_json(
-            &serde_json::json!({"health": record, "recorded": recorded, "slurm": slurm}),
-        )?;
+        print_json(&serde_json::json!({"health": record, "recorded": recorded, "slurm": slurm}))?;
     } else {
         for c in &record.checks {
             let status = match c.status {

@@ -15,7 +15,8 @@ use aurum::repo::{Lock, Repository};
 /// (`aurum updateclient`; with --stage, every node of a wave stages the revision before any
 /// activates it), runs its health checks (`aurum health`), rolls an unhealthy node
 /// back on the spot, stops and rolls the wave back when failures exceed --max-failed, and moves
-/// the image's last-known-good tag to the revision when the last wave passes. The rollout is
+/// the image's last-known-good tag to the revision when the last wave passes. With --slurm,
+/// each node is drained in Slurm and touched only once no job runs on it. The rollout is
 /// kept in the catalog: `status` shows it while it runs, `pause`/`resume`/`abort` steer it,
 /// and `resume` drives one on whose master restarted.
 #[derive(Args)]
@@ -86,6 +87,34 @@ struct StartArgs {
     /// failed and is not touched.
     #[arg(long)]
     stage: bool,
+    /// Take each node out of Slurm for its update, so that none is touched under a job: the
+    /// wave stages the revision while jobs run (as --stage), then each node is drained
+    /// (`scontrol update state=drain reason="aurum: rollout ID: REV"`), waited for until no
+    /// job runs on it, activated (`updateclient --activate --if-staged`), rebooted with
+    /// --reboot-command if given, checked with `aurum health --slurm`, and resumed. A node
+    /// whose activation or checks fail stays drained with aurum's reason and is not rolled
+    /// back; neither --max-failed nor abort rolls nodes back. Slurm's node names must be
+    /// aurum's; scontrol and squeue run here, reaching slurmctld as Slurm's own
+    /// configuration says (SLURM_CONF, or /etc/slurm/slurm.conf).
+    #[arg(long)]
+    slurm: bool,
+    /// With --slurm: the longest a drained node's jobs may run on (0: no limit); past it the
+    /// node is resumed, not updated, and counts as failed.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS", requires = "slurm")]
+    drain_timeout: u64,
+    /// With --slurm: the command that reboots a node after its activation, run on it over
+    /// ssh (e.g. `systemctl reboot`); the node is back when its slurmd has started again.
+    /// Default: no reboot, the revision is activated in place.
+    #[arg(long, value_name = "COMMAND", requires = "slurm")]
+    reboot_command: Option<String>,
+    /// With --reboot-command: the longest a node may take to come back in Slurm.
+    #[arg(
+        long,
+        default_value_t = 600,
+        value_name = "SECONDS",
+        requires = "slurm"
+    )]
+    boot_timeout: u64,
     /// Print the rollout's end as JSON (what `rollout status ID --json` prints).
     #[arg(long)]
     json: bool,
@@ -153,7 +182,11 @@ fn start(g: &Global, a: StartArgs) -> anyhow::Result<()> {
         aurum: a.node_aurum,
         waves: count,
         canary: a.canary > 0,
-        stage: a.stage,
+        stage: a.stage || a.slurm,
+        slurm: a.slurm,
+        drain_timeout: a.drain_timeout,
+        reboot_command: a.reboot_command,
+        boot_timeout: a.boot_timeout.max(1),
     };
     let nodes: Vec<(String, String, usize)> = targets
         .into_iter()

@@ -284,6 +284,248 @@ fn drive_node(
     Ok(NodeStep::Failed)
 }
 
+/// Runs `script` itself (not aurum) on `t` over ssh.
+fn on_node_raw(t: &Target, plan: &Plan, script: &str, timeout: u64) -> NodeResult {
+    let opts = Options {
+        ssh: plan.ssh.clone(),
+        fanout: 1,
+        timeout: Some(Duration::from_secs(timeout.max(1))),
+        connect_timeout: plan.connect_timeout,
+        relays: Vec::new(),
+        relay_ssh: String::new(),
+        relay_aurum: String::new(),
+    };
+    let job = Job::Command(script.to_string());
+    match exec::run(
+        std::slice::from_ref(t),
+        &job,
+        &opts,
+        &crate::progress::Quiet,
+    ) {
+        Ok(mut r) if !r.is_empty() => r.swap_remove(0),
+        Ok(_) => NodeResult::failed(t, "no result"),
+        Err(e) => NodeResult::failed(t, &e.to_string()),
+    }
+}
+
+/// How often a `--slurm` rollout asks Slurm about a node it waits for.
+const SLURM_POLL: Duration = Duration::from_millis(500);
+
+/// One node of a `--slurm` rollout: drained in Slurm, waited for until no job runs on it,
+/// its staged revision activated (and the node rebooted, with a reboot command), its health
+/// checked with `aurum health --slurm`, and resumed. A node that fails any step after its
+/// drain stays drained with aurum's reason and is not rolled back; a pause or abort asked
+/// while its jobs run undoes the drain and leaves it pending.
+fn drive_slurm_node(
+    r: &Rollout,
+    t: &Target,
+    cat: &Mutex<&mut Catalog>,
+    failed: &(dyn Fn() + Sync),
+    catalog_path: &std::path::Path,
+) -> Result<NodeStep> {
+    use super::slurm;
+    let plan = &r.plan;
+    let set = |step, previous: Option<&str>, detail: &str| -> Result<()> {
+        cat.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_rollout_node(r.id, &t.name, step, previous, detail)
+    };
+    let target = format!("{}@{}", r.image, r.number);
+    let reason = format!("{} rollout {}: {target}", slurm::REASON_PREFIX, r.id);
+    let give_up = |why: String| -> Result<NodeStep> {
+        failed();
+        set(NodeStep::Failed, None, &why)?;
+        Ok(NodeStep::Failed)
+    };
+    let previous = match node_revision(t, plan) {
+        Ok(p) => p,
+        Err(why) => return give_up(format!("unreachable: {why}; not drained")),
+    };
+    let before = match slurm::node(&t.name) {
+        Ok(st) => st,
+        Err(e) => return give_up(format!("not drained: {e}")),
+    };
+    // A node drained by someone else (an administrator's reason) is updated but stays
+    // drained: putting it back in service is not the rollout's to decide.
+    let theirs = before.drained() && !before.drained_by_aurum();
+    if !theirs {
+        if let Err(e) = slurm::drain(&t.name, &reason) {
+            return give_up(format!("not drained: {e}"));
+        }
+    }
+    // After the drain, a failure leaves the node drained, with what happened as its reason.
+    let leave_drained = |why: String| -> Result<NodeStep> {
+        let said = if theirs {
+            "left drained (drained before the rollout)".to_string()
+        } else {
+            let mut text = format!("{reason}: {why}");
+            if text.len() > 200 {
+                let mut cut = 200;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+            match slurm::drain(&t.name, &text) {
+                Ok(()) => "left drained in Slurm, not rolled back".to_string(),
+                Err(e) => format!("could not set its drain reason: {e}"),
+            }
+        };
+        give_up(format!("{why}; {said}"))
+    };
+    set(
+        NodeStep::Draining,
+        previous.as_deref(),
+        &format!("drained in Slurm ({}); waiting for its jobs", before.state),
+    )?;
+    let started = std::time::Instant::now();
+    let mut errors = 0;
+    loop {
+        let st = match slurm::node(&t.name) {
+            Ok(st) => st,
+            Err(e) => {
+                errors += 1;
+                if errors > 20 {
+                    return leave_drained(format!("Slurm stopped answering: {e}"));
+                }
+                std::thread::sleep(SLURM_POLL);
+                continue;
+            }
+        };
+        if !st.drained() {
+            return give_up(format!(
+                "resumed in Slurm by someone else while its jobs ended ({}); not updated",
+                st.state
+            ));
+        }
+        if st.no_job() && slurm::jobs_on(&t.name).is_ok_and(|j| j.is_empty()) {
+            break;
+        }
+        if request(catalog_path, r.id)?.is_some() {
+            if !theirs {
+                slurm::resume(&t.name)?;
+            }
+            set(
+                NodeStep::Pending,
+                None,
+                "drain undone: the rollout was asked to stop while its jobs ran",
+            )?;
+            return Ok(NodeStep::Pending);
+        }
+        if plan.drain_timeout > 0 && started.elapsed().as_secs() >= plan.drain_timeout {
+            if !theirs {
+                slurm::resume(&t.name)?;
+            }
+            return give_up(format!(
+                "jobs still ran after --drain-timeout {} s; resumed in Slurm, not updated",
+                plan.drain_timeout
+            ));
+        }
+        std::thread::sleep(SLURM_POLL);
+    }
+    set(
+        NodeStep::Updating,
+        None,
+        &format!("no job runs: activating {target}"),
+    )?;
+    let update = on_node(
+        t,
+        plan,
+        &[
+            "updateclient",
+            "--server",
+            &plan.server,
+            "--activate",
+            "--if-staged",
+            "--root",
+            &plan.node_root,
+            "--json",
+        ],
+        plan.update_timeout,
+    );
+    if update.status != Status::Ok {
+        return leave_drained(format!("activation failed: {}", why(&update)));
+    }
+    match node_revision(t, plan) {
+        Ok(Some(now)) if now == target => {}
+        Ok(now) => {
+            return leave_drained(format!(
+                "runs {} after its activation, not {target} (was it staged?)",
+                now.as_deref().unwrap_or("no revision of aurum's")
+            ))
+        }
+        Err(why) => return leave_drained(format!("unreachable after its activation: {why}")),
+    }
+    if let Some(cmd) = &plan.reboot_command {
+        set(NodeStep::Updating, None, &format!("rebooting: {cmd}"))?;
+        // The connection may drop as the node goes down: what the command says is not
+        // the answer; slurmd starting again is.
+        let _ = on_node_raw(t, plan, cmd, plan.connect_timeout + 30);
+        let since = std::time::Instant::now();
+        loop {
+            if let Ok(st) = slurm::node(&t.name) {
+                if st.slurmd_start != before.slurmd_start && st.responding() {
+                    break;
+                }
+            }
+            if since.elapsed().as_secs() >= plan.boot_timeout.max(1) {
+                return leave_drained(format!(
+                    "its slurmd did not start again within {} s of its reboot",
+                    plan.boot_timeout
+                ));
+            }
+            std::thread::sleep(SLURM_POLL);
+        }
+    }
+    set(NodeStep::Checking, None, "health checks")?;
+    let timeout = plan.health_timeout.to_string();
+    let health = on_node(
+        t,
+        plan,
+        &[
+            "health",
+            "--slurm",
+            "--slurm-node",
+            &t.name,
+            "--root",
+            &plan.node_root,
+            "--timeout",
+            &timeout,
+            "--server",
+            &plan.server,
+            "--json",
+        ],
+        plan.update_timeout,
+    );
+    if health.status != Status::Ok {
+        let v: serde_json::Value = serde_json::from_str(&health.stdout).unwrap_or_default();
+        let why_failed = match (health.status, health.exit) {
+            (Status::Failed, Some(1)) if v["health"]["healthy"] == false => {
+                format!("unhealthy ({})", failed_checks(&health.stdout))
+            }
+            (Status::Failed, Some(1)) => format!(
+                "not back in Slurm: {}",
+                v["slurm"]["action"].as_str().unwrap_or("?")
+            ),
+            _ => format!("health checks did not run: {}", why(&health)),
+        };
+        return leave_drained(why_failed);
+    }
+    if theirs {
+        set(
+            NodeStep::Done,
+            None,
+            &format!("healthy; left drained ({})", before.reason),
+        )?;
+        return Ok(NodeStep::Done);
+    }
+    if let Err(e) = slurm::resume(&t.name) {
+        return leave_drained(format!("healthy, but not resumed: {e}"));
+    }
+    set(NodeStep::Done, None, "healthy; resumed in Slurm")?;
+    Ok(NodeStep::Done)
+}
+
 /// Puts `t` back on `previous` if it runs `target` (and did not before the rollout); says
 /// what it did. A node that never reached the target is left as it is.
 fn restore(t: &Target, plan: &Plan, target: &str, previous: Option<&str>) -> String {
@@ -540,7 +782,10 @@ pub fn drive(
                         name: n.node.clone(),
                         host: n.host.clone(),
                     };
-                    let step = drive_node(&r, &t, &cat, &failed_now)?;
+                    let step = match r.plan.slurm {
+                        true => drive_slurm_node(&r, &t, &cat, &failed_now, &catalog_path)?,
+                        false => drive_node(&r, &t, &cat, &failed_now)?,
+                    };
                     progress.advance(1);
                     say(&format!("rollout {id}: {}: {step}", n.node));
                     Ok(())
@@ -607,10 +852,16 @@ fn fail(
     allowed: usize,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<RolloutState> {
-    roll_back(repo, r, Some(wave), say)?;
-    let reason = format!(
-        "{failed} nodes failed, more than --max-failed allows ({allowed}); wave {wave} rolled back"
-    );
+    let reason = if r.plan.slurm {
+        format!(
+            "{failed} nodes failed, more than --max-failed allows ({allowed}); stopped at wave {wave} (--slurm: nothing rolled back, failed nodes left drained)"
+        )
+    } else {
+        roll_back(repo, r, Some(wave), say)?;
+        format!(
+            "{failed} nodes failed, more than --max-failed allows ({allowed}); wave {wave} rolled back"
+        )
+    };
     repo.catalog
         .set_rollout(r.id, RolloutState::Failed, wave, &reason)?;
     say(&format!("rollout {}: failed: {reason}", r.id));
@@ -627,7 +878,15 @@ fn finish_stop(
     stop: RolloutState,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<RolloutState> {
-    if stop == RolloutState::Aborted {
+    if stop == RolloutState::Aborted && r.plan.slurm {
+        // Under Slurm the nodes done are back in service, running jobs: they stay.
+        repo.catalog.set_rollout(
+            r.id,
+            RolloutState::Aborted,
+            wave,
+            "aborted; --slurm: the nodes done stay on the revision, in service",
+        )?;
+    } else if stop == RolloutState::Aborted {
         // Every node the rollout moved goes back: the cluster as it was before it.
         roll_back(repo, r, None, say)?;
         repo.catalog.set_rollout(

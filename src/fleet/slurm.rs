@@ -71,7 +71,11 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
         })?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
-        let said = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let said = said
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         return Err(Error::Tool(format!(
             "`{program} {}` failed ({}): {}",
             args.join(" "),
@@ -178,11 +182,14 @@ mod tests {
         assert_eq!(n.reason, "aurum: rollout 3: img@2");
         assert_eq!(n.slurmd_start, "2026-12-06T20:01:02");
         assert!(n.drained() && n.drained_by_aurum() && !n.no_job() && n.responding());
-        let idle = parse_node("NodeName=n01 State=IDLE+DRAIN Reason=maintenance [admin@x]").unwrap();
+        let idle =
+            parse_node("NodeName=n01 State=IDLE+DRAIN Reason=maintenance [admin@x]").unwrap();
         assert!(idle.drained() && idle.no_job() && !idle.drained_by_aurum());
         let down = parse_node("NodeName=n03 State=IDLE+NOT_RESPONDING").unwrap();
         assert!(!down.responding() && !down.drained() && down.reason.is_empty());
-        assert!(!parse_node("NodeName=n04 State=IDLE+COMPLETING+DRAIN").unwrap().no_job());
+        assert!(!parse_node("NodeName=n04 State=IDLE+COMPLETING+DRAIN")
+            .unwrap()
+            .no_job());
         assert_eq!(parse_node("no such node"), None);
     }
 }

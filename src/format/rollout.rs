@@ -34,6 +34,8 @@ named_enum! {
     /// Where one node of a rollout stands.
     pub enum NodeStep {
         Pending = "pending",
+        /// Drained in Slurm (a `--slurm` rollout); waiting for its jobs to end.
+        Draining = "draining",
         /// Its update was started.
         Updating = "updating",
         /// Updated; its health checks run.
@@ -102,6 +104,20 @@ pub struct Plan {
     /// Absent from rollouts started before it existed: off.
     #[serde(default)]
     pub stage: bool,
+    /// Take each node out of Slurm for its activation: drain it, wait until no job runs on
+    /// it, activate (and reboot), check, resume. Implies `stage`. Absent: off.
+    #[serde(default)]
+    pub slurm: bool,
+    /// Seconds a drained node's jobs may take to end (0: no limit).
+    #[serde(default)]
+    pub drain_timeout: u64,
+    /// The command run on a node after its activation to reboot it (`--slurm`); the driver
+    /// then waits for its slurmd to start again. None: the revision is activated in place.
+    #[serde(default)]
+    pub reboot_command: Option<String>,
+    /// Seconds a rebooted node has to come back in Slurm.
+    #[serde(default)]
+    pub boot_timeout: u64,
 }
 
 #[cfg(test)]
@@ -124,6 +140,10 @@ mod tests {
             waves: 3,
             canary: true,
             stage: true,
+            slurm: true,
+            drain_timeout: 0,
+            reboot_command: Some("systemctl reboot".into()),
+            boot_timeout: 600,
         };
         let text = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&text).unwrap(), p);

@@ -486,9 +486,15 @@ struct RolloutRig {
 
 impl RolloutRig {
     fn new(nodes: usize, versions: &[(u32, bool)]) -> RolloutRig {
+        RolloutRig::new_with(nodes, versions, |_, _| {})
+    }
+
+    /// As `new`, with `tweak` called on each golden root (with its version) before capture.
+    fn new_with(nodes: usize, versions: &[(u32, bool)], tweak: impl Fn(u32, &Path)) -> RolloutRig {
         let env = Env::new();
         for &(v, healthy) in versions {
             let golden = checked_golden(&env, v, healthy);
+            tweak(v, &golden);
             env.getimage(&golden, "img", &[]);
         }
         let fleet = Fleet::up(env.dir.path(), nodes);
@@ -856,6 +862,375 @@ fn staged_rollouts_stage_each_wave_before_activating() {
     eprintln!(
         "staged rollout of a good revision over 4 nodes: {:.1} s",
         took.as_secs_f64()
+    );
+}
+
+/// A real Slurm cluster (tests/rig/slurm) on a fleet: slurmctld on the master, a slurmd in
+/// every node; stopped when dropped (before the fleet is).
+struct Slurm<'a> {
+    fleet: &'a Fleet,
+}
+
+fn slurm_rig() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rig/slurm")
+}
+
+impl<'a> Slurm<'a> {
+    fn up(fleet: &'a Fleet) -> Slurm<'a> {
+        let out = Command::new(slurm_rig())
+            .arg("up")
+            .arg("--state")
+            .arg(&fleet.state)
+            .output()
+            .unwrap();
+        let slurm = Slurm { fleet };
+        assert!(
+            out.status.success(),
+            "slurm up: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        slurm
+    }
+
+    /// The path of slurm.conf on the master (SLURM_CONF for Slurm's commands there).
+    fn conf(&self) -> PathBuf {
+        self.fleet.state.join("slurm/slurm.conf")
+    }
+
+    /// A Slurm command run on the master, times as seconds since the epoch; its output.
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(slurm_rig())
+            .arg("ctl")
+            .arg("--state")
+            .arg(&self.fleet.state)
+            .args(args)
+            .env("SLURM_TIME_FORMAT", "%s")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `KEY=value` of a `scontrol show ... --oneliner` line.
+    fn field(line: &str, key: &str) -> String {
+        line.split(' ')
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// A node's state and drain reason as scontrol shows them.
+    fn node(&self, node: &str) -> (String, String) {
+        let line = self.ctl(&["scontrol", "show", "node", node, "--oneliner"]);
+        let reason = line
+            .split_once(" Reason=")
+            .map(|(_, r)| r.trim().to_string())
+            .unwrap_or_default();
+        (Slurm::field(&line, "State"), reason)
+    }
+}
+
+impl Drop for Slurm<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(slurm_rig())
+            .arg("down")
+            .arg("--state")
+            .arg(&self.fleet.state)
+            .status();
+    }
+}
+
+/// A job as Slurm recorded it: id, node, state, exit code, start and end (epoch seconds).
+#[derive(Debug)]
+struct SlurmJob {
+    id: u64,
+    nodes: String,
+    state: String,
+    exit: String,
+    start: i64,
+    end: i64,
+}
+
+/// `aurum rollout start --slurm` on 4 nodes of a real Slurm cluster, with jobs (sbatch and
+/// srun) running all along: each node is drained, activated (and rebooted: its slurmd
+/// restarted) only once no job runs on it, checked and resumed; no job is lost; the node whose
+/// health check fails stays drained with aurum's reason and is not rolled back. The timeline
+/// (the rollout's events against the jobs Slurm ran) shows no job on a node while it was out.
+#[test]
+fn slurm_rollouts_reboot_no_node_under_a_job() {
+    if !fleet_can_run()
+        || !can_run(Path::new("/bin/busybox").exists(), "busybox-static")
+        || !can_run(
+            have("slurmctld") && have("slurmd") && have("scontrol"),
+            "slurmctld, slurmd and slurm-client",
+        )
+    {
+        return;
+    }
+    // Revision 2 carries a check that fails on n03 only (its "GPU" is missing).
+    let rig = RolloutRig::new_with(4, &[(1, true), (2, true)], |v, root| {
+        if v == 2 {
+            let check = root.join("etc/aurum/health/required.d/20-gpu");
+            std::fs::write(
+                &check,
+                "#!/bin/sh\n[ \"$(hostname)\" != n03 ] || { echo no GPU; exit 1; }\n",
+            )
+            .unwrap();
+            sh(&format!("chmod 755 '{}'", check.display()));
+        }
+    });
+    let slurm = Slurm::up(&rig.fleet);
+    let began = std::time::Instant::now();
+
+    // A job on every node when the rollout starts, then a stream of batch jobs and two
+    // interactive ones (srun) that keep going while it runs.
+    for _ in 0..4 {
+        slurm.ctl(&["sbatch", "--output=/dev/null", "--wrap", "sleep 6"]);
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let srun_failures = std::sync::atomic::AtomicUsize::new(0);
+    let (code, v, submitted) = std::thread::scope(|s| {
+        let feeder = s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                slurm.ctl(&["sbatch", "--output=/dev/null", "--wrap", "sleep 3"]);
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2500));
+            }
+            n
+        });
+        let mut sruns = Vec::new();
+        for _ in 0..2 {
+            sruns.push(s.spawn(|| {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ok = Command::new(slurm_rig())
+                        .args(["ctl", "--state"])
+                        .arg(&rig.fleet.state)
+                        .args(["srun", "-N1", "sleep", "2"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .unwrap()
+                        .success();
+                    if !ok {
+                        srun_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+                n
+            }));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let mut args = rig.start_args("img@2");
+        let conf = slurm.conf();
+        args.extend(
+            [
+                "--slurm",
+                "--canary",
+                "1",
+                "--waves",
+                "100%",
+                "--max-unavailable",
+                "1",
+                "--max-failed",
+                "1",
+                "--reboot-command",
+                "/usr/local/sbin/simulated-reboot",
+                "--boot-timeout",
+                "60",
+            ]
+            .map(String::from),
+        );
+        let repo = rig.env.repo();
+        let mut cmd = vec![
+            "env".to_string(),
+            format!("SLURM_CONF={}", conf.display()),
+            env!("CARGO_BIN_EXE_aurum").to_string(),
+            "--repo".to_string(),
+            repo.display().to_string(),
+            "--no-progress".to_string(),
+        ];
+        cmd.extend(args);
+        let out = rig
+            .fleet
+            .on_master(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        let batch = feeder.join().unwrap();
+        let interactive: usize = sruns.into_iter().map(|h| h.join().unwrap()).sum();
+        (out.status.code(), v, 4 + batch + interactive)
+    });
+    let rollout_took = began.elapsed();
+
+    // The rollout: done with one failure tolerated, n03 failed and left drained.
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["rollout"]["state"], "done", "{v}");
+    let s = states(&v);
+    assert_eq!(s, ["n01=done", "n02=done", "n03=failed", "n04=done"], "{v}");
+    let detail = v["nodes"][2]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("unhealthy (20-gpu)") && detail.contains("left drained"),
+        "{detail}"
+    );
+    // Every node on the new revision, n03 too: it was not rolled back.
+    assert_eq!(rig.versions(), vec!["2"; 4]);
+    for node in ["n01", "n02", "n04"] {
+        let (state, reason) = slurm.node(node);
+        assert!(!state.contains("DRAIN"), "{node} is {state} ({reason})");
+    }
+    let (state, reason) = slurm.node("n03");
+    assert!(state.contains("DRAIN"), "n03 is {state}");
+    assert!(
+        reason.starts_with("aurum: rollout 1: img@2: unhealthy (20-gpu)"),
+        "{reason}"
+    );
+
+    // Every job submitted ran to its end: none lost, none failed.
+    for _ in 0..120 {
+        if slurm.ctl(&["squeue", "--noheader"]).trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(srun_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let jobs: Vec<SlurmJob> = slurm
+        .ctl(&["scontrol", "show", "job", "--oneliner"])
+        .lines()
+        .filter(|l| l.starts_with("JobId="))
+        .map(|l| SlurmJob {
+            id: Slurm::field(l, "JobId").parse().unwrap(),
+            nodes: Slurm::field(l, "NodeList"),
+            state: Slurm::field(l, "JobState"),
+            exit: Slurm::field(l, "ExitCode"),
+            start: Slurm::field(l, "StartTime").parse().unwrap_or(0),
+            end: Slurm::field(l, "EndTime").parse().unwrap_or(0),
+        })
+        .collect();
+    assert_eq!(jobs.len(), submitted, "{jobs:?}");
+    for j in &jobs {
+        assert_eq!(
+            (j.state.as_str(), j.exit.as_str()),
+            ("COMPLETED", "0:0"),
+            "{j:?}"
+        );
+    }
+    // sacct reads the same from Slurm's job completion log.
+    let sacct = slurm.ctl(&[
+        "sacct",
+        "--completion",
+        "--noheader",
+        "--parsable2",
+        "--format=JobID,State",
+    ]);
+    let completed = sacct.lines().filter(|l| l.ends_with("|COMPLETED")).count();
+    assert_eq!(completed, submitted, "{sacct}");
+
+    // The timeline: per node, when it was drained, activated, back; no job ran on a node
+    // from its activation to its return, and at least the canary had a job to wait for.
+    let events = v["events"].as_array().unwrap();
+    let at = |node: &str, prefix: &str| -> i64 {
+        events
+            .iter()
+            .find(|e| e["node"] == node && e["event"].as_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("{node}: no `{prefix}` event in {events:?}"))["time"]
+            .as_i64()
+            .unwrap()
+    };
+    let start = at("n01", "pending: staging");
+    let mut waited_for_jobs = 0;
+    eprintln!("slurm rollout timeline (s after the rollout began):");
+    for node in &rig.fleet.nodes {
+        let drained = at(node, "draining");
+        let activated = at(node, "updating: no job runs");
+        let back = events
+            .iter()
+            .rev()
+            .find(|e| e["node"] == node.as_str())
+            .unwrap()["time"]
+            .as_i64()
+            .unwrap();
+        let on_node: Vec<&SlurmJob> = jobs.iter().filter(|j| j.nodes == *node).collect();
+        for j in &on_node {
+            assert!(
+                j.end <= activated || j.start >= back,
+                "job {} ran on {node} from {} to {} while it was out ({activated}..{back})",
+                j.id,
+                j.start,
+                j.end
+            );
+        }
+        let waited = on_node
+            .iter()
+            .filter(|j| j.start <= drained && j.end > drained)
+            .count();
+        waited_for_jobs += usize::from(waited > 0);
+        eprintln!(
+            "  {node}: drained {:>3}, {waited} job(s) running then; activated {:>3}, back {:>3}; {} job(s) ran on it",
+            drained - start,
+            activated - start,
+            back - start,
+            on_node.len()
+        );
+    }
+    assert!(
+        waited_for_jobs >= 1,
+        "no drain waited for a job: the test proves nothing"
+    );
+
+    // As Slurm's HealthCheckProgram: n03 still fails and keeps an aurum reason; a healthy
+    // node that a failed check had drained is resumed.
+    let out = rig.fleet.on_master(&[
+        "ssh",
+        "-i",
+        rig.fleet.state.join("id_ed25519").to_str().unwrap(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        &format!("root@{}", rig.fleet.address("n03")),
+        "aurum --quiet health --slurm --root /srv/node",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let (_, reason) = slurm.node("n03");
+    assert!(
+        reason.starts_with("aurum: health: 20-gpu failed"),
+        "{reason}"
+    );
+    slurm.ctl(&[
+        "scontrol",
+        "update",
+        "nodename=n01",
+        "state=drain",
+        "reason=aurum: health: 20-gpu failed",
+    ]);
+    let said = rig
+        .fleet
+        .ssh("n01", "aurum health --slurm --root /srv/node");
+    assert!(said.contains("resumed"), "{said}");
+    assert!(!slurm.node("n01").0.contains("DRAIN"));
+    // An administrator's drain is not aurum's to lift.
+    slurm.ctl(&[
+        "scontrol",
+        "update",
+        "nodename=n02",
+        "state=drain",
+        "reason=bad DIMM",
+    ]);
+    rig.fleet
+        .ssh("n02", "aurum --quiet health --slurm --root /srv/node");
+    assert!(slurm.node("n02").1.starts_with("bad DIMM"));
+    eprintln!(
+        "slurm rollout of 4 nodes with {submitted} jobs: {:.1} s, jobs lost 0, nodes waiting for jobs at their drain: {waited_for_jobs}",
+        rollout_took.as_secs_f64()
     );
 }
 

@@ -76,6 +76,11 @@ want unshare util-linux
 want ipmi_sim openipmi
 want ipmitool ipmitool
 want openssl openssl
+# Slurm-aware rollouts (tests/rig/slurm, tests/it/fleet.rs): a real slurmctld and a slurmd per
+# simulated node (auth/none: no munge), and Slurm's commands (scontrol, sbatch, srun, sacct).
+want slurmctld slurmctld
+want slurmd slurmd
+want scontrol slurm-client
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
 if [ ${#need[@]} -gt 0 ]; then

@@ -8,7 +8,10 @@
 //! fails counts as failed too. With the plan's `stage`, every node of a wave first stages the
 //! revision (`updateclient --stage`, the node keeps running), and only once the whole wave is
 //! staged does each activate it (`updateclient --activate`): a node is down for its activation
-//! only; a node whose staging fails counts as failed and is left as it was. When the failures exceed `max_failed`, the rollout stops and the
+//! only; a node whose staging fails counts as failed and is left as it was. With the plan's `slurm`,
+//! each staged node is drained in Slurm, waited for until no job runs on it, activated (and
+//! rebooted), checked with `aurum health --slurm` and resumed; a node failing any of it stays
+//! drained with aurum's reason, and nothing is rolled back ([`super::slurm`]). When the failures exceed `max_failed`, the rollout stops and the
 //! wave's healthy nodes are rolled back as well; when the last wave passes, the image's
 //! `last-known-good` tag moves to the revision.
 //!

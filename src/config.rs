@@ -86,6 +86,12 @@ pub struct NodeFile {
     pub hooks: Option<PathBuf>,
     /// The node's group, for choosing hooks (`updateclient --group`).
     pub group: Option<String>,
+    /// The HTTP proxy requests go through (`updateclient --proxy`), when the environment
+    /// names none (`http_proxy`); `""`: none.
+    pub proxy: Option<String>,
+    /// Hosts reached without the proxy, as curl's `no_proxy` (when the environment has
+    /// none): `no-proxy = "master,10.0.0.0/8,.cluster"`.
+    pub no_proxy: Option<String>,
 }
 
 /// Where a setting's value came from.
@@ -213,12 +219,21 @@ impl Config {
         .expect("a default is given")
     }
 
-    /// The image server(s) a node uses: `flag` (`--server`), else `AURUM_SERVER`, else
+    /// The image server(s) a node uses: `flag` (`--server`, repeatable), else `AURUM_SERVER`
+    /// (several separated by commas or spaces), else
     /// node.toml's `server`; none when none is named.
-    pub fn servers(&self, flag: Option<String>) -> Option<Setting<Vec<String>>> {
+    pub fn servers(&self, flag: Vec<String>) -> Option<Setting<Vec<String>>> {
         pick(
-            flag.map(|s| (vec![s], "--server")),
-            env_var(SERVER_ENV).map(|v| (vec![v], SERVER_ENV)),
+            (!flag.is_empty()).then_some((flag, "--server")),
+            env_var(SERVER_ENV).map(|v| {
+                (
+                    v.split(|c: char| c == ',' || c.is_whitespace())
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect(),
+                    SERVER_ENV,
+                )
+            }),
             self.node_value(|n| n.server.as_ref().map(Servers::list)),
             None,
         )

@@ -45,6 +45,7 @@ pub mod migrate;
 pub mod name;
 pub mod netboot;
 pub mod progress;
+pub mod proxy;
 pub mod replicate;
 pub mod repo;
 pub mod serve;

@@ -225,7 +225,11 @@ pub fn report(url: &str, record: &HealthRecord) -> Result<()> {
             format!("failed: {}", failed.join(", "))
         },
     };
-    HttpRepo::new(url, None, &HttpOptions::default())?.report(&report)
+    let options = HttpOptions {
+        proxies: crate::proxy::Proxies::from_env()?,
+        ..HttpOptions::default()
+    };
+    HttpRepo::new(url, None, &options)?.report(&report)
 }
 
 /// Whether `checks` leave the node healthy: no required check other than passed.

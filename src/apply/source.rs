@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -165,8 +165,10 @@ pub struct HttpOptions {
     /// Time a read (or write) may wait without one byte moving: a slow server that keeps
     /// sending is never cut off, a silent one is after this long.
     pub idle_timeout: Duration,
-    /// Tries of each GET (1 = no retry).
+    /// Tries of each GET on each server (1 = no retry).
     pub attempts: u32,
+    /// The HTTP proxies requests go through.
+    pub proxies: crate::proxy::Proxies,
 }
 
 impl Default for HttpOptions {
@@ -178,6 +180,7 @@ impl Default for HttpOptions {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             attempts: 4,
+            proxies: crate::proxy::Proxies::none(),
         }
     }
 }
@@ -191,6 +194,9 @@ enum Failure {
     /// The server is busy (503 with Retry-After): come back after `after`. Not counted as a
     /// try, up to [`MAX_BUSY`] of waiting in all.
     Busy { why: String, after: Duration },
+    /// This server lacks a file named by its hash (a mirror not yet complete): another
+    /// server may have it; when none has, this is the error.
+    Missing(Error),
 }
 
 /// The longest a node waits in all on a server that says it is busy.
@@ -210,9 +216,21 @@ fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(300)))
 }
 
-/// A repository served over HTTP.
+/// Whether a repository path names a file that never changes (named by its hash): one cut
+/// short may be resumed with a Range request, and one a server lacks may be on another.
+fn immutable(path: &str) -> bool {
+    path.starts_with("manifests/") || (path.starts_with("packs/") && path != "packs/list")
+}
+
+/// A repository served over HTTP, by one server or several holding the same repository
+/// (replicas, or caches of one master): each request goes to the server that answered last;
+/// one that fails is retried at once on the next, and a transfer cut short resumes there
+/// from the byte it stopped at. Only after every server failed does the node pause (the
+/// jittered backoff) before a new round.
 pub struct HttpRepo {
-    base: String,
+    bases: Vec<String>,
+    /// The index in `bases` of the server in use.
+    current: AtomicUsize,
     agent: ureq::Agent,
     options: HttpOptions,
     /// Where pack indexes are kept between updates (they never change).
@@ -225,39 +243,62 @@ pub struct HttpRepo {
     deltas_off: AtomicBool,
 }
 
+/// Checks a server URL: plain http://.
+fn check_base(base: &str) -> Result<()> {
+    if base.starts_with("https://") {
+        return Err(invalid(format!(
+            "{base}: aurum speaks plain HTTP (every blob and manifest is checked against its \
+             id, so TLS adds no integrity); give the server as http://HOST:8035"
+        )));
+    }
+    if !base.starts_with("http://") {
+        return Err(invalid(format!(
+            "{base}: give the server as an http:// URL, e.g. http://{}",
+            if base.contains(':') {
+                base.to_string()
+            } else {
+                format!("{base}:8035")
+            }
+        )));
+    }
+    Ok(())
+}
+
 impl HttpRepo {
     /// `base` is the URL of the repository's top (where FORMAT is). Pack indexes are cached
     /// in `cache`; `None`: in a private temporary directory, removed when the value goes (a
     /// shared one in /tmp could be seeded by any local user).
     pub fn new(base: &str, cache: Option<&Path>, options: &HttpOptions) -> Result<HttpRepo> {
-        if base.starts_with("https://") {
-            return Err(invalid(format!(
-                "{base}: aurum speaks plain HTTP (every blob and manifest is checked against its \
-                 id, so TLS adds no integrity); give the server as http://HOST:8035"
-            )));
+        HttpRepo::with_servers(&[base.to_string()], cache, options)
+    }
+
+    /// [`HttpRepo::new`] with several servers of the same repository, in order of
+    /// preference. The first whose FORMAT answers is used first; those that did not answer
+    /// stay in the list (they may be back when another fails).
+    pub fn with_servers(
+        bases: &[String],
+        cache: Option<&Path>,
+        options: &HttpOptions,
+    ) -> Result<HttpRepo> {
+        if bases.is_empty() {
+            return Err(invalid("no server given"));
         }
-        if !base.starts_with("http://") {
-            return Err(invalid(format!(
-                "{base}: give the server as an http:// URL, e.g. http://{}",
-                if base.contains(':') {
-                    base.to_string()
-                } else {
-                    format!("{base}:8035")
-                }
-            )));
+        for b in bases {
+            check_base(b)?;
         }
         // No total timeout: a 16 MiB range over a slow link may take minutes and is fine as
         // long as bytes keep coming; the idle timeout is what catches a stall.
         // TCP_NODELAY (ureq's default, said here because it matters): a POST's body written
         // after its head must not wait for the server's delayed ACK (issue #23).
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .no_delay(true)
-            .timeout_connect(Some(options.connect_timeout))
-            .timeout_per_read(Some(options.idle_timeout))
-            .timeout_per_write(Some(options.idle_timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = crate::proxy::agent(
+            ureq::Agent::config_builder()
+                .no_delay(true)
+                .timeout_connect(Some(options.connect_timeout))
+                .timeout_per_read(Some(options.idle_timeout))
+                .timeout_per_write(Some(options.idle_timeout))
+                .http_status_as_error(false),
+            &options.proxies,
+        );
         let scratch = match cache {
             Some(_) => None,
             None => Some(
@@ -273,7 +314,11 @@ impl HttpRepo {
             (None, None) => unreachable!("made just above"),
         };
         let me = HttpRepo {
-            base: base.trim_end_matches('/').to_string(),
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_string())
+                .collect(),
+            current: AtomicUsize::new(0),
             agent,
             options: HttpOptions {
                 attempts: options.attempts.max(1),
@@ -284,68 +329,142 @@ impl HttpRepo {
             received: AtomicU64::new(0),
             deltas_off: AtomicBool::new(false),
         };
+        // The first server whose FORMAT answers; the others are tried in turn (retried as
+        // any request is), so a node whose first server is down starts on the second.
         let format = me.get("FORMAT").map_err(|e| match e {
             Error::NotFound(_) => Error::NotFound(format!(
-                "{base} serves no aurum repository (it has no /FORMAT): check the URL; \
+                "{} serves no aurum repository (it has no /FORMAT): check the URL; \
                  `aurum serve` serves the repository at its root, a web server must serve the \
-                 repository's public/ directory"
+                 repository's public/ directory",
+                me.base()
             )),
             e => e,
         })?;
         if !format.starts_with(refs::FORMAT_PREFIX.as_bytes()) {
             return Err(invalid(format!(
-                "{base} does not serve an aurum repository (its /FORMAT is not aurum's): check \
-                 the URL; a web server must serve the repository's public/ directory"
+                "{} does not serve an aurum repository (its /FORMAT is not aurum's): check \
+                 the URL; a web server must serve the repository's public/ directory",
+                me.base()
             )));
+        }
+        if let Some(p) = me.options.proxies.for_url(me.base()) {
+            log::info!("{}: through the proxy {p}", me.base());
         }
         Ok(me)
     }
 
+    /// The server in use.
+    fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every server, for messages.
+    fn all_bases(&self) -> String {
+        self.bases.join(", ")
+    }
+
     fn url(&self, path: &str) -> String {
-        format!("{}/{}", self.base, path)
+        format!("{}/{}", self.base(), path)
+    }
+
+    fn url_at(&self, server: usize, path: &str) -> String {
+        format!("{}/{}", self.bases[server], path)
     }
 
     fn net(&self, path: &str, e: impl std::fmt::Display) -> Error {
         Error::Remote(format!("{}: {e}", self.url(path)))
     }
 
-    /// Reads an answer's body (at most `limit` bytes), counting it in `received`; the error
-    /// (a timeout, a connection cut) says what went wrong with `path`.
+    /// Reads an answer's body onto the end of `into` (at most `limit` bytes), counting every
+    /// byte in `received` as it comes: a body cut short leaves what arrived in `into`, for a
+    /// resumed request to go on from. The error (a timeout, a connection cut) says what went
+    /// wrong with `path`.
+    fn body_into(
+        &self,
+        resp: &mut ureq::http::Response<ureq::Body>,
+        path: &str,
+        limit: u64,
+        into: &mut Vec<u8>,
+    ) -> std::result::Result<(), String> {
+        use std::io::Read;
+        let mut reader = resp.body_mut().with_config().limit(limit).reader();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    into.extend_from_slice(&buf[..n]);
+                    self.received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let why = match e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
+                        Some(u) => describe(u),
+                        None => e.to_string(),
+                    };
+                    return Err(format!("reading {path}: {why}"));
+                }
+            }
+        }
+    }
+
+    /// Reads an answer's whole body (at most `limit` bytes).
     fn body(
         &self,
         resp: &mut ureq::http::Response<ureq::Body>,
         path: &str,
         limit: u64,
     ) -> std::result::Result<Vec<u8>, String> {
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|e| format!("reading {path}: {}", describe(&e)))?;
-        self.received
-            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        let mut body = Vec::new();
+        self.body_into(resp, path, limit, &mut body)?;
         Ok(body)
     }
 
-    /// GETs a whole file (up to 1 GiB) of the repository, e.g. `templates/compute.toml`.
+    /// GETs a whole file (up to 1 GiB) of the repository, e.g. `templates/compute.toml`. A
+    /// file named by its hash that was cut short is resumed (on the next server when there
+    /// are several) from the byte it stopped at.
     pub fn get(&self, path: &str) -> Result<Vec<u8>> {
-        self.retrying(path, None, &crate::progress::Quiet, || {
-            let mut resp = self.agent.get(self.url(path)).call().map_err(transient)?;
-            match resp.status().as_u16() {
-                200 => self
-                    .body(&mut resp, path, 1 << 30)
-                    .map_err(Failure::Transient),
-                404 => Err(Failure::Final(Error::NotFound(format!(
-                    "{} not found on the server",
-                    self.url(path)
-                )))),
-                s => Err(self.status_failure(path, s, retry_after(&resp))),
+        let got: std::cell::RefCell<Vec<u8>> = Default::default();
+        let resumable = immutable(path);
+        self.retrying(path, None, &crate::progress::Quiet, |server| {
+            let mut got = got.borrow_mut();
+            if !resumable {
+                got.clear();
             }
+            let mut rq = self.agent.get(self.url_at(server, path));
+            if !got.is_empty() {
+                log::warn!(
+                    "{}: resuming {path} at byte {}",
+                    self.bases[server],
+                    got.len()
+                );
+                rq = rq.header("Range", &format!("bytes={}-", got.len()));
+            }
+            let mut resp = rq.call().map_err(transient)?;
+            match resp.status().as_u16() {
+                206 => {}
+                200 => got.clear(),
+                404 => {
+                    let e = Error::NotFound(format!(
+                        "{} not found on the server",
+                        self.url_at(server, path)
+                    ));
+                    return Err(match resumable && self.bases.len() > 1 {
+                        true => Failure::Missing(e),
+                        false => Failure::Final(e),
+                    });
+                }
+                s => return Err(self.status_failure(server, path, s, retry_after(&resp))),
+            }
+            self.body_into(&mut resp, path, 1 << 30, &mut got)
+                .map_err(Failure::Transient)?;
+            Ok(std::mem::take(&mut *got))
         })
     }
 
-    /// GETs bytes `start..=end` of a file.
+    /// GETs bytes `start..=end` of a file. A transfer cut short (a server gone, a stall) is
+    /// resumed from the byte it stopped at, on the next server when there are several:
+    /// nothing that arrived is fetched again.
     pub fn get_range(
         &self,
         path: &str,
@@ -354,41 +473,84 @@ impl HttpRepo {
         progress: &dyn Progress,
     ) -> Result<Vec<u8>> {
         let what = format!("bytes {start}-{end}");
-        self.retrying(path, Some(&what), progress, || {
+        let want = (end + 1).saturating_sub(start);
+        let got: std::cell::RefCell<Vec<u8>> = Default::default();
+        self.retrying(path, Some(&what), progress, |server| {
+            let mut got = got.borrow_mut();
+            let from = start + got.len() as u64;
+            if !got.is_empty() {
+                log::warn!(
+                    "{}: resuming {path} ({what}) at byte {from}: {} bytes already here",
+                    self.bases[server],
+                    got.len()
+                );
+            }
             let mut resp = self
                 .agent
-                .get(self.url(path))
-                .header("Range", &format!("bytes={start}-{end}"))
+                .get(self.url_at(server, path))
+                .header("Range", &format!("bytes={from}-{end}"))
                 .call()
                 .map_err(transient)?;
             let status = resp.status().as_u16();
-            if status >= 500 {
-                return Err(self.status_failure(path, status, retry_after(&resp)));
+            if status == 404 && self.bases.len() > 1 {
+                return Err(Failure::Missing(Error::NotFound(format!(
+                    "{} not found on the server",
+                    self.url_at(server, path)
+                ))));
             }
-            let body = self
-                .body(&mut resp, path, 1 << 34)
-                .map_err(Failure::Transient)?;
-            match status {
-                206 if body.len() as u64 == end - start + 1 => Ok(body),
-                // A server that ignores Range sends the whole file.
-                200 if body.len() as u64 > end && start <= end => Ok(body
-                    .get(start as usize..=end as usize)
-                    .unwrap_or_default()
-                    .to_vec()),
-                s => Err(Failure::Final(self.net(
+            if status >= 500 {
+                return Err(self.status_failure(server, path, status, retry_after(&resp)));
+            }
+            if status == 200 {
+                // A server that ignores Range sends the whole file: the part wanted is cut
+                // out of it.
+                let body = self
+                    .body(&mut resp, path, 1 << 34)
+                    .map_err(Failure::Transient)?;
+                if body.len() as u64 > end && start <= end {
+                    got.clear();
+                    return Ok(body[start as usize..=end as usize].to_vec());
+                }
+                return Err(Failure::Final(self.net(
                     path,
                     format!(
-                        "HTTP {s} for bytes {start}-{end} ({} bytes came)",
+                        "HTTP 200 for bytes {start}-{end} ({} bytes came)",
                         body.len()
                     ),
-                ))),
+                )));
             }
+            if status != 206 {
+                return Err(Failure::Final(
+                    self.net(path, format!("HTTP {status} for bytes {from}-{end}")),
+                ));
+            }
+            let before = got.len();
+            self.body_into(&mut resp, path, want - before as u64 + 1, &mut got)
+                .map_err(|why| {
+                    Failure::Transient(format!("{why} ({} bytes kept)", got.len() - before))
+                })?;
+            if got.len() as u64 != want {
+                return Err(Failure::Final(self.net(
+                    path,
+                    format!(
+                        "HTTP 206 for bytes {from}-{end} ({} bytes came)",
+                        got.len() - before
+                    ),
+                )));
+            }
+            Ok(std::mem::take(&mut *got))
         })
     }
 
     /// An HTTP status that is not an answer: a 5xx may pass (a restarting backend, an
     /// overloaded cache), anything else will not.
-    fn status_failure(&self, path: &str, status: u16, retry_after: Option<Duration>) -> Failure {
+    fn status_failure(
+        &self,
+        server: usize,
+        path: &str,
+        status: u16,
+        retry_after: Option<Duration>,
+    ) -> Failure {
         if let (503, Some(after)) = (status, retry_after) {
             return Failure::Busy {
                 why: format!(
@@ -401,73 +563,117 @@ impl HttpRepo {
         if status >= 500 {
             Failure::Transient(format!("HTTP {status}"))
         } else {
-            Failure::Final(self.net(path, format!("HTTP {status}")))
+            Failure::Final(Error::Remote(format!(
+                "{}: HTTP {status}",
+                self.url_at(server, path)
+            )))
         }
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or has been tried
-    /// [`HttpOptions::attempts`] times, sleeping a jittered, doubling backoff between tries.
-    /// Each retry is said on stderr and on the progress line, so that a stall is never silent.
+    /// Runs `attempt` (given the index of the server to ask) until it succeeds, fails for
+    /// good, or has been tried [`HttpOptions::attempts`] times on every server. A server
+    /// that fails hands over to the next at once; once every server failed in a round, a
+    /// jittered, doubling backoff before the next round. A busy server (503 + Retry-After)
+    /// hands over too, and when every server is busy the node waits as asked, without
+    /// counting a try. Each handover and retry is said on stderr and on the progress line,
+    /// so that a stall is never silent.
     fn retrying<T>(
         &self,
         path: &str,
         part: Option<&str>,
         progress: &dyn Progress,
-        attempt: impl Fn() -> std::result::Result<T, Failure>,
+        attempt: impl Fn(usize) -> std::result::Result<T, Failure>,
     ) -> Result<T> {
         let started = Instant::now();
         let object = match part {
             Some(p) => format!("{path} ({p})"),
             None => path.to_string(),
         };
+        let servers = self.bases.len();
         let attempts = self.options.attempts;
+        let mut server = self.current.load(Ordering::Relaxed) % servers;
         let mut busy = Duration::ZERO;
-        let mut n = 1;
+        let mut round = 1;
+        // This round's failures: how many, how many said busy (the shortest wait asked),
+        // how many lacked the file.
+        let (mut failed, mut missing) = (0, 0);
+        let mut busy_for: Option<Duration> = None;
+        let mut noted = false;
         loop {
-            let why = match attempt() {
+            let why = match attempt(server) {
                 Ok(v) => {
-                    if n > 1 || !busy.is_zero() {
+                    if noted {
                         progress.note("");
                     }
+                    self.current.store(server, Ordering::Relaxed);
                     return Ok(v);
                 }
                 Err(Failure::Final(e)) => return Err(e),
-                Err(Failure::Transient(why)) => why,
-                Err(Failure::Busy { why, after }) if busy < MAX_BUSY => {
-                    // Spread the returns of many nodes told the same delay.
-                    let pause = after + backoff(1, Duration::from_secs(1)) / 2;
-                    busy += pause;
-                    log::warn!(
-                        "{}: {object}: {why}; waiting {:.1} s",
-                        self.base,
-                        pause.as_secs_f64()
-                    );
-                    progress.note("server busy: waiting");
-                    std::thread::sleep(pause);
-                    continue;
+                Err(Failure::Missing(e)) => {
+                    missing += 1;
+                    if missing >= servers {
+                        return Err(e);
+                    }
+                    e.to_string()
                 }
-                Err(Failure::Busy { why, .. }) => why,
+                Err(Failure::Transient(why)) => why,
+                Err(Failure::Busy { why, after }) => {
+                    busy_for = Some(busy_for.map_or(after, |b| b.min(after)));
+                    why
+                }
             };
-            if n >= attempts {
-                return Err(Error::Unanswered {
-                    server: self.base.clone(),
-                    object,
-                    attempts,
-                    waited: started.elapsed(),
-                    last: why,
-                });
+            failed += 1;
+            noted = true;
+            let next = (server + 1) % servers;
+            if failed < servers {
+                log::warn!(
+                    "{}: {object}: {why}; trying the next server, {}",
+                    self.bases[server],
+                    self.bases[next]
+                );
+                progress.note(&format!("server failed: trying {}", self.bases[next]));
+                server = next;
+                continue;
             }
-            let pause = backoff(n, self.options.connect_timeout);
-            let msg = format!(
-                "{}: {object}: {why}; retrying in {:.1} s (try {} of {attempts})",
-                self.base,
-                pause.as_secs_f64(),
-                n + 1
-            );
-            log::warn!("{msg}");
-            progress.note(&format!("server stalled: retry {} of {attempts}", n + 1));
-            std::thread::sleep(pause);
-            n += 1;
+            // Every server failed this round.
+            let all_busy = busy_for.is_some() && busy < MAX_BUSY;
+            if let (true, Some(after)) = (all_busy, busy_for) {
+                // Spread the returns of many nodes told the same delay.
+                let pause = after + backoff(1, Duration::from_secs(1)) / 2;
+                busy += pause;
+                log::warn!(
+                    "{}: {object}: {why}; waiting {:.1} s",
+                    self.bases[server],
+                    pause.as_secs_f64()
+                );
+                progress.note("server busy: waiting");
+                std::thread::sleep(pause);
+            } else {
+                if round >= attempts {
+                    return Err(Error::Unanswered {
+                        server: self.all_bases(),
+                        object,
+                        attempts,
+                        waited: started.elapsed(),
+                        last: why,
+                    });
+                }
+                let pause = backoff(round, self.options.connect_timeout);
+                log::warn!(
+                    "{}: {object}: {why}; retrying in {:.1} s (try {} of {attempts})",
+                    self.bases[server],
+                    pause.as_secs_f64(),
+                    round + 1
+                );
+                progress.note(&format!(
+                    "server stalled: retry {} of {attempts}",
+                    round + 1
+                ));
+                std::thread::sleep(pause);
+                round += 1;
+            }
+            (failed, missing, busy_for) = (0, 0, None);
+            server = next;
         }
     }
 
@@ -511,7 +717,7 @@ impl HttpRepo {
         match e {
             Error::NotFound(_) => Error::NotFound(format!(
                 "{} has no image `{image}`: `aurum lsimage` on the server lists them; if it lists `{image}`, its published refs/{image}/head is missing, and `aurum verify --repair` there rebuilds it",
-                self.base
+                self.base()
             )),
             e => e,
         }
@@ -567,7 +773,7 @@ fn ref_name_ok(s: &str) -> bool {
 
 impl RevisionSource for HttpRepo {
     fn describe(&self) -> String {
-        self.base.clone()
+        self.base().to_string()
     }
 
     fn bytes_received(&self) -> u64 {
@@ -599,7 +805,7 @@ impl RevisionSource for HttpRepo {
                     .ok_or_else(|| {
                         Error::NotFound(format!(
                             "image `{image}` has no revision {number} on {}",
-                            self.base
+                            self.base()
                         ))
                     })?;
                 return Ok(Target {
@@ -618,7 +824,7 @@ impl RevisionSource for HttpRepo {
                         Error::NotFound(_) => match self.get(&format!("refs/{image}/head")) {
                             Ok(_) => Error::NotFound(format!(
                                 "image `{image}` has no tag `{tag}` on {}",
-                                self.base
+                                self.base()
                             )),
                             Err(e) => self.no_image(image, e),
                         },
@@ -667,7 +873,7 @@ impl RevisionSource for HttpRepo {
             FileProblem::Mismatch => corrupt(format!(
                 "manifest {} from {} does not match its id; refusing it",
                 id.short(),
-                self.base
+                self.base()
             )),
         })?;
         Manifest::decode(&raw)
@@ -1031,7 +1237,7 @@ impl HttpRepo {
                 progress.note(&format!(
                     "waiting {} s for {}",
                     since.elapsed().as_secs(),
-                    self.base
+                    self.base()
                 ));
                 shown = true;
             }

@@ -98,7 +98,7 @@ pub fn exec(g: &Global, a: ConfigArgs) -> anyhow::Result<()> {
     if let Some(u) = c.url(None) {
         rows.push(row("url", u));
     }
-    if let Some(s) = c.servers(None) {
+    if let Some(s) = c.servers(Vec::new()) {
         rows.push(row("server", s));
     }
     if let Some(i) = c.image(None) {

@@ -253,7 +253,7 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
         .transpose()?;
     let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
         Some(url) => {
-            let http = HttpRepo::new(url, None, &a.http.options())?;
+            let http = HttpRepo::new(url, None, &a.http.options(None)?)?;
             let t = store::from_server(&http, class.as_ref())?;
             (Box::new(http), t)
         }

@@ -160,15 +160,31 @@ pub struct HttpArgs {
     #[arg(long, env = "AURUM_HTTP_TRIES", default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=20))]
     http_tries: u32,
+    /// Send every request through this HTTP proxy (http://HOST:PORT, e.g. a site's Squid):
+    /// plain `GET http://server/...` requests, which a cache can keep. Default: the
+    /// environment's http_proxy (no_proxy honoured, as curl does), else `proxy` in node.toml;
+    /// "" for none.
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
 }
 
 impl HttpArgs {
-    pub fn options(&self) -> aurum::apply::source::HttpOptions {
-        aurum::apply::source::HttpOptions {
+    /// The options; `node` is node.toml's settings on a node (its `proxy` and `no-proxy`).
+    pub fn options(
+        &self,
+        node: Option<&aurum::config::NodeFile>,
+    ) -> aurum::Result<aurum::apply::source::HttpOptions> {
+        let proxies = aurum::proxy::Proxies::choose(
+            self.proxy.as_deref(),
+            node.and_then(|n| n.proxy.as_deref()),
+            node.and_then(|n| n.no_proxy.as_deref()),
+        )?;
+        Ok(aurum::apply::source::HttpOptions {
             connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout.max(1)),
             attempts: self.http_tries,
-        }
+            proxies,
+        })
     }
 }
 

@@ -20,23 +20,21 @@ use super::{human_bytes, human_time, print_json, say, Global, HttpArgs};
 #[derive(Args)]
 pub struct SourceArgs {
     /// The image server: `aurum serve`, or any web server or cache holding a copy of the
-    /// repository (http://master:8035, http://cache/aurum). Default: $AURUM_SERVER, else
-    /// --repo DIR when given, else `server` in node.toml (several there are tried in order).
+    /// repository (http://master:8035, http://cache/aurum). Repeatable: several servers of
+    /// the same repository (replicas, caches), tried in order; when one fails mid-update the
+    /// next takes over, resuming a cut transfer where it stopped. Default: $AURUM_SERVER
+    /// (several separated by commas), else --repo DIR when given, else `server` in node.toml.
     #[arg(long, value_name = "URL")]
-    server: Option<String>,
+    server: Vec<String>,
     #[command(flatten)]
     http: HttpArgs,
 }
 
 impl SourceArgs {
     /// The source to read revisions from, none when nothing names one. With several servers
-    /// (node.toml's list), the first that resolves `spec` is used.
-    fn open(
-        &self,
-        g: &Global,
-        node: &Node,
-        spec: Option<&str>,
-    ) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
+    /// (--server repeated, node.toml's list), the first that answers is used, and the others
+    /// take over when it fails.
+    fn open(&self, g: &Global, node: &Node) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
         // Pack indexes are cached in the node state directory; on a root that has none yet
         // they go to a private temporary directory, so that planning, a dry run and a refused
         // update create nothing under the root.
@@ -51,30 +49,13 @@ impl SourceArgs {
                 false => None,
             });
         };
-        let count = servers.value.len();
-        for (i, url) in servers.value.iter().enumerate() {
-            let last_one = i + 1 == count;
-            // Making the client reads the server's FORMAT: it fails on a server that is down.
-            let probe =
-                HttpRepo::new(url, cache.as_deref(), &self.http.options()).and_then(
-                    |h| match spec {
-                        Some(spec) if !last_one => h.resolve(spec).map(|_| h),
-                        _ => Ok(h),
-                    },
-                );
-            match probe {
-                Ok(http) => return Ok(Some(Box::new(http))),
-                Err(e) if last_one => return Err(e.into()),
-                Err(e) => {
-                    super::warning(format!(
-                        "server {url} ({}): {e:#}; trying the next",
-                        servers.origin
-                    ));
-                }
-            }
+        if servers.value.is_empty() {
+            // An empty list (`server = []`) names no server.
+            return Ok(None);
         }
-        // An empty list (`server = []`) names no server.
-        Ok(None)
+        let options = self.http.options(Some(&g.config.node))?;
+        let http = HttpRepo::with_servers(&servers.value, cache.as_deref(), &options)?;
+        Ok(Some(Box::new(http)))
     }
 }
 
@@ -269,7 +250,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     } else {
         Node::open_deferred(&a.root)?
     };
-    let source = a.source.open(g, &node, Some(spec))?.ok_or_else(|| {
+    let source = a.source.open(g, &node)?.ok_or_else(|| {
         aurum::Error::Invalid(format!(
             "give the image server with --server URL (or AURUM_SERVER, or `server` in {}), or a repository directory with --repo DIR",
             config.dir.join(aurum::config::NODE_FILE).display()
@@ -381,7 +362,7 @@ fn activate(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         }
     }
     let node = Node::open_deferred(&a.root)?;
-    let source = match a.source.open(g, &node, None) {
+    let source = match a.source.open(g, &node) {
         Ok(s) => s,
         Err(e) => {
             log::warn!("activating without a server: {e:#}");
@@ -470,7 +451,7 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
         Node::open_deferred(&a.root)?
     };
     // A plain rollback needs no source: do not fail on one that cannot be reached.
-    let source = match a.source.open(g, &node, a.to.as_deref()) {
+    let source = match a.source.open(g, &node) {
         Ok(s) => s,
         Err(e) if a.to.is_none() => {
             log::warn!("not using the repository given: {e:#}");
@@ -639,7 +620,7 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
     use aurum::apply::health::{self, CheckStatus};
     let limit = std::time::Duration::from_secs(a.timeout.max(1));
     let (record, recorded) = health::check(&a.root, limit)?;
-    if let Some(servers) = g.config.servers(a.server.clone()) {
+    if let Some(servers) = g.config.servers(a.server.clone().into_iter().collect()) {
         if let Some(url) = servers.value.first() {
             if let Err(e) = health::report(url, &record) {
                 super::warning(format!("the result was not reported to {url}: {e}"));

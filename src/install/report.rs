@@ -65,12 +65,16 @@ pub fn post(agent: &ureq::Agent, server: &str, node: &str, r: &PhaseReport) -> c
 /// A short-timeout HTTP agent for reports; TCP_NODELAY, so that the POST's body is not held
 /// back behind its head (issue #23).
 pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .no_delay(true)
-        .timeout_global(Some(Duration::from_secs(15)))
-        .http_status_as_error(false)
-        .build()
-        .into()
+    // The environment's proxies; one that does not parse was refused by the install's
+    // source already.
+    let proxies = crate::proxy::Proxies::from_env().unwrap_or_default();
+    crate::proxy::agent(
+        ureq::Agent::config_builder()
+            .no_delay(true)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .http_status_as_error(false),
+        &proxies,
+    )
 }
 
 /// Sends every phase to the server, besides passing it on to `inner` (the terminal).

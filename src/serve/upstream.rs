@@ -54,12 +54,14 @@ impl Upstream {
                 "--upstream {url}: give the http:// URL of another aurum serve (or a web server of its public/)"
             )));
         }
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_recv_body(Some(Duration::from_secs(600)))
-            .build()
-            .new_agent();
+        // The environment's proxies (http_proxy, no_proxy), as curl takes them.
+        let agent = crate::proxy::agent(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(Duration::from_secs(10)))
+                .timeout_recv_body(Some(Duration::from_secs(600))),
+            &crate::proxy::Proxies::from_env()?,
+        );
         Ok(Upstream {
             base: url.trim_end_matches('/').to_string(),
             agent,

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("facts", 0),
     ("name", 0),
     ("config", 0),
+    ("proxy", 0),
     ("format", 1),
     ("store", 2),
     ("repo", 3),

@@ -289,11 +289,10 @@ fn squid_as_the_book_configures_it_carries_nodes() {
     let example = book_block("squid", "cache_peer");
     let dir = origin_env.path("squid");
     std::fs::create_dir_all(&dir).unwrap();
-    let port = crate::published::free_port();
     let (host, origin_port) = origin.addr.split_once(':').unwrap();
     let mut conf = example.to_string();
     for (from, to) in [
-        ("http_port 8035", format!("http_port 127.0.0.1:{port}")),
+        ("http_port 8035", "http_port 127.0.0.1:@PORT@".to_string()),
         (
             "cache_peer master parent 8035",
             format!("cache_peer {host} parent {origin_port}"),
@@ -309,43 +308,269 @@ fn squid_as_the_book_configures_it_carries_nodes() {
         );
         conf = conf.replace(from, &to);
     }
-    let d = dir.display();
-    conf.push_str(&format!(
-        "pid_filename {d}/squid.pid\naccess_log {d}/access.log\ncache_log {d}/cache.log\n\
-         coredump_dir {d}\ncache_effective_user proxy\n"
-    ));
-    let file = dir.join("squid.conf");
-    std::fs::write(&file, conf).unwrap();
-    sh(&format!(
-        "chown -R proxy '{d}' && squid -N -z -f '{}' 2>&1",
-        file.display()
-    ));
-    let mut squid = std::process::Command::new("squid")
-        .args(["-N", "-f"])
-        .arg(&file)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start squid");
-    let addr = format!("127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(
-        up,
-        "squid did not listen: {}",
-        std::fs::read_to_string(dir.join("cache.log")).unwrap_or_default()
-    );
-
+    let (mut squid, addr) = Squid::start(&dir, conf);
     let (after_first, by_second) = two_nodes_through(&origin_env, &origin, &addr);
-    let _ = squid.kill();
-    let _ = squid.wait();
+    squid.stop();
     assert!(
         by_second * 100 < after_first,
         "the second node behind squid cost the origin {by_second} bytes (the first {after_first})"
     );
+}
+
+/// A Squid started by a test, on a free port of 127.0.0.1, logging into its directory.
+struct Squid {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Squid {
+    /// Starts Squid with `conf`, in which `@PORT@` is replaced by the port it listens on; its
+    /// files (pid, logs) go to `dir`. Returns it and its address.
+    fn start(dir: &std::path::Path, conf: String) -> (Squid, String) {
+        let port = crate::published::free_port();
+        let d = dir.display();
+        let mut conf = conf.replace("@PORT@", &port.to_string());
+        conf.push_str(&format!(
+            "\npid_filename {d}/squid.pid\naccess_log {d}/access.log\ncache_log {d}/cache.log\n\
+             coredump_dir {d}\ncache_effective_user proxy\n"
+        ));
+        let file = dir.join("squid.conf");
+        std::fs::write(&file, conf).unwrap();
+        sh(&format!(
+            "chown -R proxy '{d}' && squid -N -z -f '{}' 2>&1",
+            file.display()
+        ));
+        let child = std::process::Command::new("squid")
+            .args(["-N", "-f"])
+            .arg(&file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start squid");
+        let addr = format!("127.0.0.1:{port}");
+        let mut up = false;
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            up,
+            "squid did not listen: {}",
+            std::fs::read_to_string(dir.join("cache.log")).unwrap_or_default()
+        );
+        (
+            Squid {
+                child,
+                dir: dir.to_path_buf(),
+            },
+            addr,
+        )
+    }
+
+    /// Its access log so far (Squid writes it as requests end).
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Squid {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A node's update through a forward proxy: `proxy` given as `--proxy URL`, or (`None`) the
+/// environment's http_proxy = `env_proxy`.
+fn update_through(
+    env: &Env,
+    server: &str,
+    root: &std::path::Path,
+    flag: Option<&str>,
+    env_proxy: &str,
+) {
+    std::fs::create_dir_all(root).unwrap();
+    let mut cmd = env.bare(&[
+        "updateclient",
+        "--server",
+        &format!("http://{server}"),
+        "--image",
+        "img",
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    if let Some(p) = flag {
+        cmd.args(["--proxy", p]);
+    }
+    for v in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("http_proxy", env_proxy);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A site's forward Squid (Debian's default squid.conf with the book's lines for a cache): a
+/// node with `http_proxy` set sends it plain absolute-form GETs (no CONNECT), Squid keeps the
+/// packs, and a second node's fetches are cache hits that cost the origin under 1 % of the
+/// first's bytes. Then `--proxy` and node.toml's `no-proxy`, as curl takes them.
+#[test]
+fn a_forward_squid_gets_plain_gets_and_caches_them() {
+    if !crate::common::need("squid") {
+        return;
+    }
+    let debian = std::fs::read_to_string("/etc/squid/squid.conf")
+        .expect("Debian's default /etc/squid/squid.conf (package squid)");
+    let origin_env = origin();
+    let origin = Server::start(&origin_env);
+    let dir = origin_env.path("squid");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut example = book_block("squid", "forward proxy keeps");
+    let spool = "/var/spool/squid 20000";
+    assert!(
+        example.contains(spool),
+        "the book's forward squid example lost `{spool}`"
+    );
+    example = example.replace(spool, &format!("{}/cache 1000", dir.display()));
+    // Debian's file with the book's lines where it includes conf.d, listening on a free port.
+    let include = "include /etc/squid/conf.d/*.conf";
+    assert!(debian.contains(include) && debian.contains("\nhttp_port 3128"));
+    let conf = debian
+        .replace(include, &example)
+        .replace("\nhttp_port 3128", "\nhttp_port 127.0.0.1:@PORT@")
+        .replace("coredump_dir /var/spool/squid", "");
+    let (squid, proxy) = Squid::start(&dir, conf);
+
+    // The first node through http_proxy (a bare host:port, as curl takes it).
+    let first = origin_env.path("node-a");
+    update_through(&origin_env, &origin.addr, &first, None, &proxy);
+    let after_first = origin.sent.load(Ordering::Relaxed);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let url = format!("http://{}/packs/", origin.addr);
+    let first_lines = squid
+        .access_log()
+        .lines()
+        .filter(|l| l.contains(&url))
+        .count();
+    // The second through --proxy, which wins over an http_proxy that goes nowhere.
+    let second = origin_env.path("node-b");
+    update_through(
+        &origin_env,
+        &origin.addr,
+        &second,
+        Some(&format!("http://{proxy}")),
+        "http://127.0.0.1:9",
+    );
+    let by_second = origin.sent.load(Ordering::Relaxed) - after_first;
+    for node in [&first, &second] {
+        assert_eq!(
+            crate::common::rsync_diff(&node.join("data"), &origin_env.path("golden/data")),
+            ""
+        );
+    }
+    assert!(
+        after_first > 5 << 20,
+        "the first node fetched {after_first} bytes from the origin"
+    );
+    assert!(
+        by_second * 100 < after_first,
+        "the second node behind squid cost the origin {by_second} bytes (the first {after_first})"
+    );
+    // Squid's log: plain GETs with the absolute URL, no CONNECT; the second node's pack
+    // ranges were hits.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = squid.access_log();
+    let packs: Vec<&str> = log.lines().filter(|l| l.contains(&url)).collect();
+    assert!(!packs.is_empty(), "no pack request in squid's log:\n{log}");
+    assert!(!log.contains("CONNECT"), "{log}");
+    assert!(packs.iter().all(|l| l.contains(" GET ")), "{log}");
+    let second_node: Vec<&&str> = packs[first_lines..]
+        .iter()
+        .filter(|l| l.contains(".pack ") || l.contains(".idx "))
+        .collect();
+    let hits = second_node
+        .iter()
+        .filter(|l| l.contains("TCP_HIT/") || l.contains("TCP_MEM_HIT/"))
+        .count();
+    assert!(
+        hits > 0 && hits == second_node.len(),
+        "the second node's pack and index requests were not all cache hits:\n{}",
+        packs.join("\n")
+    );
+    eprintln!(
+        "forward squid: origin bytes {after_first} for the first node, {by_second} for the second; {} pack requests, {hits} hits",
+        packs.len()
+    );
+
+    // node.toml's no-proxy (curl's rules: a suffix of the host, the URL's port ignored)
+    // sends a node around a proxy that does not exist; without it the update fails.
+    let third = origin_env.path("node-c");
+    std::fs::create_dir_all(&third).unwrap();
+    std::fs::create_dir_all(origin_env.config_dir()).unwrap();
+    let node_toml = origin_env.config_dir().join("node.toml");
+    std::fs::write(
+        &node_toml,
+        "proxy = \"http://127.0.0.1:9\"\nno-proxy = \".0.0.1\"\n",
+    )
+    .unwrap();
+    let run = |root: &std::path::Path| {
+        let mut cmd = origin_env.bare(&[
+            "updateclient",
+            "--server",
+            &format!("http://{}", origin.addr),
+            "--image",
+            "img",
+            "--root",
+            root.to_str().unwrap(),
+            "--http-tries",
+            "1",
+            "--connect-timeout",
+            "2",
+        ]);
+        for v in [
+            "http_proxy",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&third);
+    assert!(!out.status.success(), "an IP is not under a name suffix");
+    std::fs::write(
+        &node_toml,
+        "proxy = \"http://127.0.0.1:9\"\nno-proxy = \"127.0.0.0/8\"\n",
+    )
+    .unwrap();
+    let out = run(&third);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&node_toml).unwrap();
 }

@@ -574,3 +574,133 @@ fn a_forward_squid_gets_plain_gets_and_caches_them() {
     );
     std::fs::remove_file(&node_toml).unwrap();
 }
+
+/// A TCP relay on 127.0.0.1 in front of `upstream` that sends answers on at about `rate`
+/// bytes a second, counting them, and cuts the client off when the upstream goes away.
+struct Relay {
+    addr: String,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    fn start(upstream: &str, rate: u64) -> Relay {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        let upstream = upstream.to_string();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 << 10];
+                    loop {
+                        match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if c_out.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                counter.fetch_add(n as u64, Ordering::Relaxed);
+                                std::thread::sleep(std::time::Duration::from_micros(
+                                    n as u64 * 1_000_000 / rate,
+                                ));
+                            }
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Relay { addr, sent }
+    }
+}
+
+/// Two `aurum serve` of one repository; the first dies in the middle of the node's pack
+/// transfer: the node goes on with the second at once, asking it only for the bytes that had
+/// not arrived (a Range from where the cut was), and finishes with the right tree.
+#[test]
+fn killing_one_of_two_servers_mid_update_the_node_resumes_on_the_other() {
+    let env = origin();
+    let mut a = Server::start(&env);
+    let b = Server::start(&env);
+    // The node reaches the first through a relay slow enough to be killed mid-pack.
+    let relay = Relay::start(&a.addr, 4 << 20);
+    let list = String::from_utf8(http(&b.addr, "GET", "/packs/list", &[], b"").2).unwrap();
+    let pack_size: u64 = list
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    let root = env.path("node");
+    std::fs::create_dir_all(&root).unwrap();
+    let started = std::time::Instant::now();
+    let child = env
+        .bare(&[
+            "updateclient",
+            "--server",
+            &format!("http://{}", relay.addr),
+            "--server",
+            &format!("http://{}", b.addr),
+            "--image",
+            "img",
+            "--root",
+            root.to_str().unwrap(),
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the first server once a quarter of the packs has gone through.
+    let cut_at = pack_size / 4;
+    while relay.sent.load(Ordering::Relaxed) < cut_at {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the node never got a quarter of the pack from the first server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        crate::common::rsync_diff(&root.join("data"), &env.path("golden/data")),
+        ""
+    );
+    assert!(err.contains("trying the next server"), "{err}");
+    assert!(err.contains("resuming packs/"), "{err}");
+    // What the first sent (heads included) and what the second sent add up to the packs
+    // once, not a quarter more: nothing that arrived was fetched again.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let from_a = relay.sent.load(Ordering::Relaxed);
+    let from_b = b.sent.load(Ordering::Relaxed);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "failover: packs {pack_size} B; first server {from_a} B (cut at {cut_at}), second {from_b} B; node's report: {}",
+        report
+    );
+    assert!(from_a >= cut_at);
+    assert!(
+        from_b < (pack_size + (256 << 10)).saturating_sub(from_a),
+        "the second server sent {from_b} bytes: more than what was missing ({} of {pack_size})",
+        pack_size.saturating_sub(from_a)
+    );
+    assert!(
+        from_a + from_b < pack_size + (512 << 10),
+        "{from_a} + {from_b} bytes moved for {pack_size} bytes of packs: something was fetched twice"
+    );
+}

@@ -81,6 +81,13 @@ want openssl openssl
 want slurmctld slurmctld
 want slurmd slurmd
 want scontrol slurm-client
+# The recursive chain in QEMU (tests/it/chain.rs): the boot kit strips aurum with binutils'
+# strip; the installed roots are the kit's initramfs unpacked (gzip, cpio) with dnsmasq and
+# the libraries ldd lists; the disks are read with debugfs.
+want strip binutils
+want gzip gzip
+want ldd libc-bin
+want debugfs e2fsprogs
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
 if [ ${#need[@]} -gt 0 ]; then

@@ -133,6 +133,32 @@ pub fn proc_path(dir: BorrowedFd, name: &[u8]) -> CString {
     CString::new(p).expect("names hold no NUL")
 }
 
+/// What every path through `/proc/self/fd` needs: a mounted /proc. A minimal init, an
+/// initramfs or a chroot may not have mounted it, and each call would then fail with a bare
+/// "No such file or directory" naming a file that is there.
+const NO_PROC: &str = "/proc is not mounted: aurum reads and sets extended attributes through \
+     /proc/self/fd; mount it (`mount -t proc proc /proc`) and run the command again";
+
+/// Refuses to start work that goes through `/proc/self/fd` when /proc is not mounted (see
+/// [`NO_PROC`]), before anything is written.
+pub fn check_proc() -> Result<()> {
+    if Path::new("/proc/self/fd").is_dir() {
+        Ok(())
+    } else {
+        Err(crate::error::invalid(NO_PROC))
+    }
+}
+
+/// `e` from a call through `/proc/self/fd`, or the reason it failed when that is a missing
+/// /proc.
+fn proc_error(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::NotFound && !Path::new("/proc/self/fd").is_dir() {
+        std::io::Error::new(std::io::ErrorKind::NotFound, NO_PROC)
+    } else {
+        e
+    }
+}
+
 /// `name` in `dir` as a path the xattr calls take (through /proc, so the name is resolved
 /// from the directory descriptor, not from a path someone may change meanwhile).
 fn xattr_path(dir: BorrowedFd, name: &[u8]) -> PathBuf {
@@ -148,7 +174,7 @@ pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Xattrs> {
     let keys = match xattr::list(&p) {
         Ok(keys) => keys,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(proc_error(e)),
     };
     let mut out = Vec::new();
     for key in keys {
@@ -162,12 +188,12 @@ pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Xattrs> {
 
 /// Sets one xattr on `name` in `dir` (not following a symlink).
 pub fn set_xattr_at(dir: BorrowedFd, name: &[u8], key: &[u8], value: &[u8]) -> std::io::Result<()> {
-    xattr::set(xattr_path(dir, name), OsStr::from_bytes(key), value)
+    xattr::set(xattr_path(dir, name), OsStr::from_bytes(key), value).map_err(proc_error)
 }
 
 /// Removes one xattr from `name` in `dir` (not following a symlink).
 pub fn remove_xattr_at(dir: BorrowedFd, name: &[u8], key: &[u8]) -> std::io::Result<()> {
-    xattr::remove(xattr_path(dir, name), OsStr::from_bytes(key))
+    xattr::remove(xattr_path(dir, name), OsStr::from_bytes(key)).map_err(proc_error)
 }
 
 /// The data extents (offset, length) of an open file, using SEEK_DATA / SEEK_HOLE.

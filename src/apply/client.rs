@@ -20,12 +20,35 @@ use crate::format::manifest::Manifest;
 use crate::format::Id;
 use crate::progress::Progress;
 
-/// This machine's host name, as hooks and reports give it.
+/// This machine's host name, as hooks and reports give it: the kernel's, or when nothing set
+/// it at boot (the kernel says `(none)`, or a placeholder `localhost`: a minimal init, a
+/// rescue system) the name in /etc/hostname, which `aurum install` writes. The server files
+/// reports by this name, so a node whose name is unset would otherwise report as `(none)`,
+/// which it refuses.
 pub fn hostname() -> String {
-    nix::unistd::gethostname()
+    let kernel = nix::unistd::gethostname()
         .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown".into())
+        .and_then(|h| h.into_string().ok());
+    let file = std::fs::read_to_string("/etc/hostname").ok();
+    pick_hostname(kernel.as_deref(), file.as_deref())
+}
+
+/// [`hostname`] from the kernel's name and /etc/hostname's text: the first of them that names
+/// the machine, else the kernel's as it is, else `unknown`.
+fn pick_hostname(kernel: Option<&str>, file: Option<&str>) -> String {
+    let unset = |h: &str| h.is_empty() || h == "(none)" || h == "localhost";
+    let kernel = kernel.map(str::trim);
+    let file = file.and_then(|f| {
+        f.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+    });
+    kernel
+        .filter(|h| !unset(h))
+        .or(file.filter(|h| !unset(h)))
+        .or(kernel.filter(|h| !h.is_empty()))
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 /// Called with each hook's name and output once it has run.
@@ -284,6 +307,13 @@ pub(crate) fn report_to(
             detail: error_chain(e),
         },
     };
+    if crate::name::check("host", &report.hostname).is_err() {
+        log::warn!(
+            "this machine's host name `{}` cannot name a node: the server will not record this \
+             report; set the name (`hostname NAME`, and /etc/hostname for the next boot)",
+            report.hostname
+        );
+    }
     if let Err(e) = source.report(&report) {
         log::info!("report not delivered: {e}");
     }
@@ -298,4 +328,20 @@ fn error_chain(e: &crate::Error) -> String {
         cause = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_hostname;
+
+    #[test]
+    fn an_unset_kernel_host_name_falls_back_to_etc_hostname() {
+        assert_eq!(pick_hostname(Some("n01"), Some("other\n")), "n01");
+        assert_eq!(pick_hostname(Some("(none)"), Some("c1\n")), "c1");
+        assert_eq!(pick_hostname(Some(""), Some("# a comment\n\n c1 \n")), "c1");
+        assert_eq!(pick_hostname(Some("localhost"), Some("c1\n")), "c1");
+        assert_eq!(pick_hostname(Some("localhost"), None), "localhost");
+        assert_eq!(pick_hostname(Some("(none)"), Some("\n")), "(none)");
+        assert_eq!(pick_hostname(None, None), "unknown");
+    }
 }

@@ -79,6 +79,7 @@ pub fn checkout(
     target: &Path,
     progress: &dyn Progress,
 ) -> Result<ApplyReport> {
+    sys::check_proc()?;
     let created = match std::fs::read_dir(target) {
         Ok(mut it) => {
             if it.next().is_some() {

@@ -639,6 +639,7 @@ pub fn update(
     opts: &UpdateOptions,
     progress: &dyn Progress,
 ) -> Result<UpdateReport> {
+    crate::sys::check_proc()?;
     let err = match run(node, target, manifest, source, opts, progress, None) {
         Ok(report) => return Ok(report),
         Err(err) => err,

@@ -141,6 +141,7 @@ pub fn walk(
     progress: &dyn Progress,
     emit: &mut Emit,
 ) -> Result<Vec<String>> {
+    sys::check_proc()?;
     let fd = sys::open_root(root)?;
     let st = nix::sys::stat::fstat(&fd).at(root)?;
     let xattrs = sys::xattrs_at(fd.as_fd(), b"").at(root)?;

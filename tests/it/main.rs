@@ -5,6 +5,7 @@
 
 mod adopt;
 mod book;
+mod chain;
 mod chroot;
 mod common;
 mod config;

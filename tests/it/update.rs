@@ -972,3 +972,53 @@ fn a_dry_run_writes_nothing_under_the_root() {
     let ro = ReadOnlyMount::new(&node, &env.path("ro-locked"));
     dry(&ro.0);
 }
+
+/// A minimal init that did not mount /proc (found booting a node from a bare busybox init):
+/// updateclient, checkout and getimage set and read extended attributes through
+/// /proc/self/fd, and without /proc they failed with "No such file or directory" naming a
+/// file that exists. Now they refuse up front, saying to mount /proc, and write nothing.
+#[test]
+fn commands_without_proc_mounted_say_to_mount_it() {
+    if !crate::common::can_run(is_root(), "root (a mount namespace hiding /proc)")
+        || !crate::common::need("unshare")
+    {
+        return;
+    }
+    let env = Env::new();
+    let g = env.path("golden");
+    std::fs::create_dir_all(g.join("etc")).unwrap();
+    std::fs::write(g.join("etc/motd"), "hello\n").unwrap();
+    env.getimage(&g, "t", &[]);
+    let node = env.path("node");
+    std::fs::create_dir_all(&node).unwrap();
+    let repo = env.repo();
+    let aurum = env!("CARGO_BIN_EXE_aurum");
+    // /proc hidden under an empty tmpfs in a mount namespace of the command's own.
+    let without_proc = |args: &str| {
+        Command::new("unshare")
+            .args(["-m", "--fork", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs none /proc && exec {aurum} --no-progress --repo {} {args}",
+                repo.display()
+            ))
+            .env("AURUM_CONFIG_DIR", env.config_dir())
+            .output()
+            .unwrap()
+    };
+    for args in [
+        format!("updateclient --image t --adopt --root {}", node.display()),
+        format!("checkout t {}", env.path("co").display()),
+        format!("getimage --golden-client {} --image t", g.display()),
+    ] {
+        let out = without_proc(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "aurum {args}: {err}");
+        assert!(
+            err.contains("/proc is not mounted") && err.contains("mount -t proc proc /proc"),
+            "aurum {args}: {err}"
+        );
+    }
+    assert!(!node.join("etc").exists(), "the update wrote into the root");
+    assert!(!env.path("co").join("etc").exists());
+    assert_eq!(crate::common::revisions_of(&env, "t"), 1);
+}

@@ -25,6 +25,7 @@ use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 
 pub mod client;
 mod disk;
+pub mod embedded;
 pub mod health;
 pub mod hooks;
 pub mod node;
@@ -38,6 +39,7 @@ mod undo;
 pub mod update;
 
 use crate::error::{invalid, IoContext, Result};
+use crate::format::embedded::is_reserved;
 use crate::format::manifest::{file_name, parent, Entry, EntrySource, Kind};
 use crate::format::Id;
 use crate::progress::Progress;
@@ -54,6 +56,8 @@ pub struct ApplyReport {
     pub bytes: u64,
     /// Things that could not be kept (ownership when not root, xattrs the filesystem refuses).
     pub warnings: Vec<String>,
+    /// The repositories the revision embeds, rebuilt.
+    pub embedded: Vec<crate::repo::embedded::Rebuilt>,
 }
 
 /// Collects warnings from several threads.
@@ -138,8 +142,13 @@ fn checkout_into(
     let root = sys::open_root(target)?;
     let writer = TreeWriter::new(root.as_fd(), target, true);
     let mut total = 0u64;
+    let mut records = Vec::new();
     for e in manifest.entries()? {
-        total += e?.data_len();
+        let e = e?;
+        total += e.data_len();
+        if crate::format::embedded::record_of(&e).is_some() {
+            records.push(e);
+        }
     }
     progress.phase("writing files", Some(total), true);
     let mut failed = None;
@@ -151,6 +160,7 @@ fn checkout_into(
         return Err(err);
     }
     progress.finish();
+    let embedded = embedded::rebuild_all(target, &records, &embedded::FromBlobs(blobs))?;
     // Like cp, a checkout leaves the flushing to the kernel: it writes into a new directory,
     // so a crash loses nothing that was there. `aurum checkout --sync` flushes.
     Ok(ApplyReport {
@@ -158,6 +168,7 @@ fn checkout_into(
         files: counts.files,
         bytes: counts.bytes,
         warnings: writer.into_warnings(),
+        embedded,
     })
 }
 
@@ -342,7 +353,8 @@ pub fn same_xattrs(have: &[(Vec<u8>, Vec<u8>)], want: &[(Vec<u8>, Vec<u8>)]) -> 
     let mut have = have
         .iter()
         .filter(|(k, _)| !(keeps_label && k == NODE_LABEL));
-    let mut want = want.iter();
+    // An embedded repository's record is aurum's, never on a disk.
+    let mut want = want.iter().filter(|(k, _)| !is_reserved(k));
     loop {
         match (have.next(), want.next()) {
             (None, None) => return true,
@@ -384,7 +396,7 @@ fn set_xattrs(
             }
         }
     }
-    for (k, v) in &e.xattrs {
+    for (k, v) in e.xattrs.iter().filter(|(k, _)| !is_reserved(k)) {
         if have.iter().any(|(hk, hv)| hk == k && hv == v) {
             continue;
         }
@@ -455,7 +467,7 @@ pub fn set_metadata_of(
             .at(&shown_path)?,
         }
     }
-    if !(bare && e.xattrs.is_empty()) {
+    if !(bare && e.xattrs.iter().all(|(k, _)| is_reserved(k))) {
         set_xattrs(dir, name, e, shown_root, warn)?;
     }
     let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));

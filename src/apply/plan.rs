@@ -77,6 +77,9 @@ pub(crate) struct PlanOptions<'a> {
     /// Undoing a failed update: the tree it was bringing. `no_delete` keeps what the node
     /// had, not what that update left on it.
     pub failed: Option<&'a Manifest>,
+    /// Directories of the repositories the manifest embeds: their aurum-managed paths are
+    /// the rebuild's, not the plan's (see [`crate::format::embedded`]).
+    pub embedded: &'a [Vec<u8>],
 }
 
 /// What an update has to do: the output of [`plan`].
@@ -100,7 +103,10 @@ pub(crate) struct UpdatePlan {
 /// Whether the update leaves `path` alone: the node's own state, or an exclude.
 fn skipped(opts: &PlanOptions, path: &[u8], is_dir: bool) -> bool {
     let state_dir = STATE_DIR.as_bytes();
-    path == state_dir || is_under(path, state_dir) || opts.excludes.excluded(path, is_dir)
+    path == state_dir
+        || is_under(path, state_dir)
+        || opts.excludes.excluded(path, is_dir)
+        || crate::format::embedded::managed_by_any(path, opts.embedded)
 }
 
 /// Plans bringing the tree `view` shows to `manifest` (a validated manifest).

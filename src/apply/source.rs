@@ -75,6 +75,9 @@ pub trait RevisionSource: Sync {
     fn fetch(&self, ids: &[Id], sink: &BlobSinkFn, progress: &dyn Progress) -> Result<u64>;
     /// Tells the server what the node did (no-op without a server).
     fn report(&self, report: &NodeReport) -> Result<()>;
+    /// A file of the repository's published directory (`packs/XX/ID.pack`), as stored,
+    /// unchecked: what rebuilding an embedded repository copies.
+    fn public_file(&self, rel: &str) -> Result<Vec<u8>>;
     /// Every byte received from the network so far (refs, manifests, indexes, blobs,
     /// deltas); 0 for a source that is not reached over a network.
     fn bytes_received(&self) -> u64 {
@@ -147,6 +150,10 @@ impl RevisionSource for LocalRepo {
 
     fn report(&self, _: &NodeReport) -> Result<()> {
         Ok(())
+    }
+
+    fn public_file(&self, rel: &str) -> Result<Vec<u8>> {
+        crate::repo::read_public(&self.root, rel)
     }
 }
 
@@ -1147,6 +1154,9 @@ impl RevisionSource for HttpRepo {
                 format!("HTTP {s} (a plain web server takes no reports)"),
             )),
         }
+    }
+    fn public_file(&self, rel: &str) -> Result<Vec<u8>> {
+        self.get(rel)
     }
 }
 

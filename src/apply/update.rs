@@ -183,6 +183,8 @@ pub struct UpdateReport {
     pub deltas_asked: u64,
     /// The itemised plan (rsync -i style), filled for a dry run.
     pub plan: Vec<String>,
+    /// The repositories the revision embeds, rebuilt (or brought to the revision's record).
+    pub embedded: Vec<crate::repo::embedded::Rebuilt>,
     pub warnings: Vec<String>,
     pub seconds: f64,
     pub unchanged: bool,
@@ -892,6 +894,15 @@ fn run(
         None => run.execute(&mut engine, &plan, &undo_name, &syncer)?,
     }
     finish_tree(&engine, manifest, &plan, &syncer)?;
+    // Before the state moves: a crash in the rebuild leaves an update that a rerun finishes.
+    if let Some(src) = source {
+        let records = super::embedded::changed(&node.root, manifest, run.current.as_ref());
+        report.embedded = super::embedded::rebuild_all(
+            &node.root,
+            &records,
+            &super::embedded::FromRevisions(src),
+        )?;
+    }
     run.commit(&engine, &mut report, started)?;
     report.warnings = engine.warnings.into_inner().expect("lock");
     Ok(report)
@@ -970,6 +981,7 @@ impl<'a> Run<'a> {
     /// (see [`check_unmanaged`]), and starts the report with what the plan does.
     fn plan(&self, engine: &Engine) -> Result<(UpdatePlan, UpdateReport)> {
         let (opts, manifest) = (self.opts, self.manifest);
+        let embedded = super::embedded::dirs(&super::embedded::records(&manifest.entries));
         let plan_opts = PlanOptions {
             excludes: &opts.excludes,
             no_delete: opts.no_delete,
@@ -977,6 +989,7 @@ impl<'a> Run<'a> {
             current: self.current.as_ref(),
             resuming: self.journal.is_some(),
             failed: self.undoing.map(|u| u.failed),
+            embedded: &embedded,
         };
         let mut plan = plan::plan(&engine.disk, manifest, &plan_opts, self.progress)?;
         let managed = self.state.current.is_some() || self.journal.is_some();

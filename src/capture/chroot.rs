@@ -813,6 +813,7 @@ pub fn commit(
                 paths: Excludes::new(&patterns)?,
             },
         }),
+        embedded_repos: true,
     };
     let capture = crate::capture::getimage(repo, &mut source, &opts, progress)?;
     let new = repo.load_manifest(&capture.revision.id)?;

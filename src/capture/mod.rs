@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod chroot;
+pub mod embedded;
 pub mod keep;
 pub mod remote;
 pub mod scan;
@@ -142,6 +143,11 @@ pub trait Source {
     fn describe(&self) -> String;
     /// Hands the whole tree to `emit`, sorted; returns warnings for the administrator.
     fn scan(&mut self, progress: &dyn Progress, emit: &mut scan::Emit) -> Result<Vec<String>>;
+    /// The tree's root on this machine, for a source that is a local directory: where the
+    /// repositories it holds are read from to be recorded by reference ([`embedded`]).
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
     /// How many entries [`getimage`] hashes, stores and writes out at a time (the memory a
     /// capture holds is about this many entries); `usize::MAX` for all at once, for a source
     /// whose file numbers must count from the start of the scan.
@@ -266,6 +272,10 @@ impl Source for LocalSource {
 
     fn scan(&mut self, progress: &dyn Progress, emit: &mut scan::Emit) -> Result<Vec<String>> {
         scan::walk(&self.root, &self.excludes, progress, emit)
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 
     fn batch_entries(&self) -> usize {
@@ -595,6 +605,9 @@ pub struct CaptureOptions {
     /// Set when the capture edits an existing revision (`aurum chroot`) instead of reading a
     /// golden client.
     pub edit: Option<Edit>,
+    /// Record the aurum repositories the tree holds by reference ([`embedded`]); `false`
+    /// (`--no-embedded-repos`) captures them as plain files.
+    pub embedded_repos: bool,
 }
 
 /// A capture of a work tree made from an existing revision.
@@ -622,6 +635,8 @@ pub struct CaptureReport {
     pub from_cache: u64,
     pub new_bytes: u64,
     pub adopted_packs: usize,
+    /// The repositories found in the tree and recorded by reference.
+    pub embedded: Vec<embedded::Embedded>,
     pub warnings: Vec<String>,
     pub elapsed: Duration,
 }
@@ -761,9 +776,24 @@ pub fn getimage(
         None => source.describe(),
     };
 
-    // Step 1: the scan, spooled.
+    // Step 1: the scan, spooled; the repositories in a local tree recorded as it passes
+    // (their catalog snapshots' blobs durable before the scan ends).
     let mut spool = Spool::new(repo)?;
-    let mut warnings = source.scan(progress, &mut |s| spool.push(s))?;
+    let root = source.local_root().filter(|_| opts.embedded_repos);
+    let mut finder = root.map(embedded::Finder::new);
+    let snapshots = Mutex::new(repo.blob_writer()?);
+    let mut warnings = source.scan(progress, &mut |s| {
+        let s = match &mut finder {
+            Some(f) => f.take(repo, &snapshots, s)?,
+            None => Some(s),
+        };
+        s.map_or(Ok(()), |s| spool.push(s))
+    })?;
+    let mut snapshots = snapshots.into_inner().expect("blob writer lock");
+    snapshots.finish()?;
+    let embedded = finder.map(|f| f.embedded).unwrap_or_default();
+    let embedded_bytes =
+        snapshots.new_bytes() + embedded.iter().map(|e| e.taken_in.bytes_added).sum::<u64>();
     if spool.entries == 0 {
         return Err(invalid("the golden client's tree is empty"));
     }
@@ -864,7 +894,7 @@ pub fn getimage(
     let stats = RevisionStats {
         files: counts.files,
         bytes: counts.bytes,
-        new_bytes: sink.new_bytes(),
+        new_bytes: sink.new_bytes() + embedded_bytes,
     };
     let base = match &opts.edit {
         Some(edit) => Some(edit.parent.clone()),
@@ -901,8 +931,9 @@ pub fn getimage(
         bytes: counts.bytes,
         bytes_hashed: counts.bytes_hashed,
         from_cache: counts.from_cache,
-        new_bytes: sink.new_bytes(),
+        new_bytes: sink.new_bytes() + embedded_bytes,
         adopted_packs,
+        embedded,
         warnings,
         elapsed: started.elapsed(),
     })

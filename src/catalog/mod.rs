@@ -269,6 +269,30 @@ impl Catalog {
         Ok(Catalog { conn })
     }
 
+    /// Writes a consistent copy of the catalog at `path` into `to` (a new file): read through
+    /// a read-only connection, so that the original is neither migrated nor written (its own
+    /// aurum may be older than this one), and without the stat cache, which only speeds up
+    /// that repository's own captures and is most of a busy catalog's size.
+    pub fn snapshot(path: &Path, to: &Path) -> Result<()> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
+        drop(conn);
+        let copy = Connection::open(to)?;
+        copy.pragma_update(None, "journal_mode", "DELETE")?;
+        let has_cache: bool = copy
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'statcache'")?
+            .exists([])?;
+        if has_cache {
+            copy.execute_batch("DELETE FROM statcache; VACUUM;")?;
+        }
+        Ok(())
+    }
+
     pub fn get_meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .conn

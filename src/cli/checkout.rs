@@ -11,7 +11,8 @@ use super::{human_bytes, open, Global};
 /// Ownership, modes (setuid, sticky), nanosecond mtimes, xattrs (ACLs, capabilities, SELinux
 /// labels), hardlinks, devices, fifos, sockets and sparse holes come out as they went in. Run
 /// it as root to keep ownership and devices. Every blob is checked against its hash before it
-/// is written; a damaged one stops the checkout.
+/// is written; a damaged one stops the checkout. An aurum repository the revision embeds (a
+/// cluster master's) is rebuilt as a working repository from this one's packs.
 #[derive(Args)]
 pub struct CheckoutArgs {
     /// The revision (IMAGE, IMAGE@N, IMAGE:TAG or 8+ hex digits).
@@ -22,8 +23,9 @@ pub struct CheckoutArgs {
     /// or pulling a USB disk. Without it, like cp, the kernel writes it back in its own time.
     #[arg(long)]
     sync: bool,
-    /// Print JSON: the revision ({"revision", "image", "number", "id"}), "dir", the counts and
-    /// "warnings".
+    /// Print JSON: the revision ({"revision", "image", "number", "id"}), "dir", the counts,
+    /// "warnings" and "embedded" (each repository rebuilt: "dir", "images", "revisions",
+    /// "packs_copied", "bytes_copied", ...).
     #[arg(long)]
     json: bool,
 }
@@ -52,10 +54,21 @@ pub fn exec(g: &Global, a: CheckoutArgs) -> anyhow::Result<()> {
         v["bytes"] = r.bytes.into();
         v["seconds"] = started.elapsed().as_secs_f64().into();
         v["warnings"] = serde_json::json!(r.warnings);
+        v["embedded"] = serde_json::json!(r.embedded);
         return super::print_json(&v);
     }
     for w in &r.warnings {
         super::warning(w);
+    }
+    for e in &r.embedded {
+        println!(
+            "rebuilt the embedded repository {}: {} images, {} revisions, {} packs copied ({})",
+            e.dir.display(),
+            e.images,
+            e.revisions,
+            e.packs_copied,
+            human_bytes(e.bytes_copied)
+        );
     }
     println!(
         "{} {} -> {}: {} entries, {} files, {} in {:.2} s",

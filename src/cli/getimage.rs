@@ -19,6 +19,9 @@ use super::{human_bytes, open, Global};
 ///
 /// A re-capture of an unchanged tree costs about a stat per file, and an identical tree
 /// records no new revision. Prints the revision (`compute@3 1f2e3d4c`) and a summary.
+///
+/// An aurum repository inside the tree (a cluster master's) is recorded by reference, not as
+/// files: see --no-embedded-repos and the book's chapter "Building the next cluster".
 #[derive(Args)]
 pub struct GetimageArgs {
     /// The golden client: a directory, or ssh://[user@]host[:port][/path].
@@ -78,8 +81,16 @@ pub struct GetimageArgs {
     /// The command that runs aurum on a remote golden client.
     #[arg(long, value_name = "COMMAND", default_value = "aurum")]
     agent_command: String,
+    /// Capture the aurum repositories found in the tree (a cluster master's) as plain files.
+    /// By default each is recorded by reference: its catalog is kept, its packs and manifests
+    /// are held once by this repository (nothing more when it was pulled from here), and
+    /// checkout, install and updateclient rebuild a working repository from them.
+    #[arg(long)]
+    no_embedded_repos: bool,
     /// Print JSON instead of the summary lines: the revision ({"revision", "image", "number",
-    /// "id"}), "unchanged", the counts, "warnings" and "deltas".
+    /// "id"}), "unchanged", the counts, "warnings", "deltas" and "embedded" (each repository
+    /// recorded by reference: "path", "images", "revisions", "packs", "catalog_bytes",
+    /// "packs_added", "manifests_added", "bytes_added").
     #[arg(long)]
     json: bool,
 }
@@ -91,6 +102,7 @@ fn source_of(
     ssh: &str,
     agent_command: &str,
     mut patterns: Vec<String>,
+    embedded_repos: bool,
 ) -> anyhow::Result<Box<dyn Source>> {
     Ok(match SshUrl::parse(golden) {
         Some(url) => {
@@ -107,8 +119,10 @@ fn source_of(
                 ))
                 .into());
             }
-            // A repository inside the tree it captures would capture itself.
-            if let (Ok(r), Ok(s)) = (std::fs::canonicalize(&g.repo), std::fs::canonicalize(&root)) {
+            // A repository inside the tree it captures would capture itself as files (recorded
+            // by reference, it is the embedded repository whose objects are all here).
+            let canonical = (std::fs::canonicalize(&g.repo), std::fs::canonicalize(&root));
+            if let (Ok(r), Ok(s), false) = (canonical.0, canonical.1, embedded_repos) {
                 if let Ok(rel) = r.strip_prefix(&s) {
                     patterns.insert(0, format!("/{}", rel.display()));
                 }
@@ -151,12 +165,20 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
 
     aurum::store::set_level(a.level);
     let mut repo = open(g)?;
-    let mut source = source_of(g, &golden, &a.ssh, &a.agent_command, patterns)?;
+    let mut source = source_of(
+        g,
+        &golden,
+        &a.ssh,
+        &a.agent_command,
+        patterns,
+        !a.no_embedded_repos,
+    )?;
     let progress = g.progress();
     let opts = CaptureOptions {
         image,
         message: a.message,
         edit: None,
+        embedded_repos: !a.no_embedded_repos,
     };
     let r = capture::getimage(&mut repo, source.as_mut(), &opts, progress.as_ref())?;
     drop(source);
@@ -184,6 +206,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
         v["seconds"] = r.elapsed.as_secs_f64().into();
         v["warnings"] = serde_json::json!(r.warnings);
         v["adopted_packs"] = r.adopted_packs.into();
+        v["embedded"] = serde_json::json!(r.embedded);
         v["deltas"] = deltas
             .as_ref()
             .map_or(serde_json::Value::Null, |(from, p, _)| {
@@ -234,6 +257,18 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
             human_bytes(p.delta_bytes),
             human_bytes(p.target_bytes),
             took.as_secs_f64()
+        );
+    }
+    for e in &r.embedded {
+        println!(
+            "embedded repository {}: {} images, {} revisions, {} packs ({} taken in, {}), catalog {}",
+            e.path,
+            e.images,
+            e.revisions,
+            e.packs,
+            e.taken_in.packs_added,
+            human_bytes(e.taken_in.bytes_added),
+            human_bytes(e.catalog_bytes)
         );
     }
     if r.adopted_packs > 0 {

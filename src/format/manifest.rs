@@ -25,7 +25,21 @@ use crate::error::{corrupt, Result};
 
 pub use stream::{Entries, FileSource, ManifestWriter, Validator};
 
+/// First bytes of a manifest: `AURUMMF` and a version byte. Version 2 is written only when
+/// an entry carries an embedded repository record ([`crate::format::embedded`]), so that an
+/// aurum that does not know the record refuses the manifest; every other manifest keeps
+/// version 1 (and its revision id).
 const MAGIC: &[u8; 8] = b"AURUMMF\x01";
+const MAGIC_V2: &[u8; 8] = b"AURUMMF\x02";
+
+/// The magic for a manifest whose entries do (`true`) or do not carry an embedded record.
+fn magic(embedded: bool) -> &'static [u8; 8] {
+    if embedded {
+        MAGIC_V2
+    } else {
+        MAGIC
+    }
+}
 
 /// Largest encoded manifest a manifest file may hold (a tree of tens of millions of entries).
 const MAX_FILE: u64 = 1 << 32;
@@ -72,6 +86,16 @@ pub fn decompress_file(packed: impl Read, id: &Id) -> std::result::Result<Vec<u8
         return Err(FileProblem::Mismatch);
     }
     Ok(raw)
+}
+
+/// Whether a manifest file's entries may carry embedded repository records (its magic says
+/// version 2), read from its first bytes alone: what lets a capture look into only those
+/// manifests of an embedded repository that embed repositories in turn.
+pub fn file_embeds(packed: impl Read) -> bool {
+    let mut magic = [0u8; 8];
+    zstd::stream::read::Decoder::new(packed)
+        .and_then(|mut d| d.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == MAGIC_V2)
 }
 
 /// One piece of a file's content: a blob and its uncompressed length.
@@ -298,7 +322,11 @@ impl Manifest {
     /// The binary form (uncompressed); its blake3 hash is the revision id.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        w.raw(MAGIC);
+        let embedded = self
+            .entries
+            .iter()
+            .any(|e| super::embedded::record_of(e).is_some());
+        w.raw(magic(embedded));
         w.var(self.entries.len() as u64);
         for e in &self.entries {
             encode_entry(&mut w, e);

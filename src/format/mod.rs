@@ -75,6 +75,7 @@ macro_rules! named_enum {
 pub mod catalog;
 pub mod chroot;
 pub mod delta;
+pub mod embedded;
 pub mod grubenv;
 pub mod manifest;
 pub mod node;

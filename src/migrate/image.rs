@@ -210,6 +210,7 @@ pub fn run(
             image: plan.image.clone(),
             message,
             edit: None,
+            embedded_repos: true,
         },
         progress,
     )?;
@@ -225,6 +226,7 @@ pub fn run(
                     image: name.clone(),
                     message: format!("imported from SystemImager overrides {}", dir.display()),
                     edit: None,
+                    embedded_repos: true,
                 },
                 progress,
             )?;

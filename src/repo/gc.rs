@@ -54,12 +54,16 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
         repo.adopt_orphan_packs()?;
     }
 
-    // Live set: every blob a revision of any image names.
+    // Live set: every blob a revision of any image names, and the packs and manifests of
+    // the repositories embedded in revisions (kept whole, see `repo::embedded`).
     let revisions: HashSet<Id> = repo.catalog.all_revision_ids()?.into_iter().collect();
     let mut live: HashSet<Id> = HashSet::new();
+    let mut pins = crate::repo::embedded::Pins::default();
     progress.phase("reading manifests", Some(revisions.len() as u64), false);
     for id in &revisions {
-        for e in repo.load_manifest(id)?.entries {
+        for e in repo.manifest_entries(id)? {
+            let e = e?;
+            pins.add(&e)?;
             if let Kind::File { chunks, .. } = e.kind {
                 live.extend(chunks.into_iter().map(|c| c.id));
             }
@@ -67,11 +71,16 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
         progress.advance(1);
     }
     progress.finish();
+    live.extend(pins.blobs.iter().copied());
 
     let packs = repo.catalog.packs()?;
     progress.phase("collecting", Some(packs.len() as u64), false);
     let mut repack = Repacker::new(&repo.root);
     for (pack, size, _) in packs {
+        if pins.packs.contains(&pack) {
+            progress.advance(1);
+            continue;
+        }
         let blobs = repo.catalog.pack_blobs(&pack)?;
         let (alive, dead): (Vec<_>, Vec<_>) = blobs.into_iter().partition(|b| live.contains(&b.id));
         report.live_blobs += alive.len() as u64;
@@ -125,7 +134,8 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
                 .and_then(|s| s.to_str())
                 .and_then(Id::from_hex);
             if let Some(id) = id {
-                if !revisions.contains(&id) && p == manifest_path(&repo.root, &id) {
+                let used = revisions.contains(&id) || pins.manifests.contains(&id);
+                if !used && p == manifest_path(&repo.root, &id) {
                     report.manifests_deleted += 1;
                     if !dry_run {
                         fs::remove_file(&p).at(&p)?;

@@ -11,6 +11,7 @@
 
 pub mod delta;
 pub mod diff;
+pub mod embedded;
 pub mod gc;
 pub mod publish;
 pub mod verify;
@@ -1004,6 +1005,23 @@ impl crate::store::BlobSource for RepoBlobs {
         })?;
         self.packs.read(&pack, &entry)
     }
+
+    fn public_file(&self, rel: &str) -> Result<Vec<u8>> {
+        let root = self.db.parent().unwrap_or(Path::new("."));
+        read_public(root, rel)
+    }
+}
+
+/// A file of the published directory of the repository at `root` (`rel` as a URL path).
+pub fn read_public(root: &Path, rel: &str) -> Result<Vec<u8>> {
+    if !rel
+        .split('/')
+        .all(|c| !c.is_empty() && c != "." && c != "..")
+    {
+        return Err(invalid(format!("{rel} is no path of a published file")));
+    }
+    let p = store::published(root).join(rel);
+    fs::read(&p).at(&p)
 }
 
 /// Blobs, and the encoded manifests too: what the delta server compresses against (a node

@@ -24,6 +24,13 @@ use crate::format::Id;
 pub trait BlobSource: Sync {
     /// The blob's content, already checked against `id`.
     fn get(&self, id: &Id) -> Result<Vec<u8>>;
+    /// A file of the repository's published directory (`packs/XX/ID.pack`), as stored: what
+    /// rebuilding an embedded repository copies. A source that is no repository has none.
+    fn public_file(&self, rel: &str) -> Result<Vec<u8>> {
+        Err(crate::error::invalid(format!(
+            "{rel}: this source holds blobs only, not a repository's files, and cannot rebuild an embedded repository"
+        )))
+    }
 }
 
 /// A pack is closed once it grows past this many bytes (the design asks for 32-64 MiB).

@@ -13,6 +13,7 @@ mod conventions;
 mod crash;
 mod deb;
 mod delta;
+mod embedded;
 mod errors;
 mod fidelity;
 mod fleet;

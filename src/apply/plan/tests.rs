@@ -122,6 +122,7 @@ fn options(excludes: &Excludes) -> PlanOptions<'_> {
         current: None,
         resuming: false,
         failed: None,
+        embedded: &[],
     }
 }
 

@@ -35,8 +35,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 
 use super::{decode_entry, display_path, encode_entry, is_clean_path, parent, Entry, Kind};
-use super::{MAGIC, MAX_FILE};
-use crate::error::{corrupt, Result};
+use super::{magic, MAGIC, MAGIC_V2, MAX_FILE};
+use crate::error::{corrupt, invalid, Result};
 use crate::format::{Id, StreamReader, Writer};
 
 /// A hasher for values that are hashes already.
@@ -213,7 +213,14 @@ fn damaged(id: &Id, problem: &dyn std::fmt::Display) -> crate::Error {
 impl<R: Read> Entries<R> {
     fn start(mut src: StreamReader<R>, id: Option<Id>) -> Result<Self> {
         let left = src.parse(|r| {
-            if r.raw(8)? != MAGIC {
+            let m = r.raw(8)?;
+            if m != MAGIC && m != MAGIC_V2 {
+                if let Some(v) = m.strip_prefix(&MAGIC[..7]).and_then(|v| v.first()) {
+                    return Err(invalid(format!(
+                        "manifest version {v} was written by a newer aurum (this one reads up to version {}): upgrade aurum",
+                        MAGIC_V2[7]
+                    )));
+                }
                 return Err(corrupt(
                     "not an aurum manifest (bad magic); the repository may be damaged or newer than this aurum",
                 ));
@@ -281,6 +288,8 @@ pub struct ManifestWriter {
     count: u64,
     prev: Option<Vec<u8>>,
     level: i32,
+    /// Whether an entry carried an embedded repository record (the magic then says version 2).
+    embedded: bool,
 }
 
 impl ManifestWriter {
@@ -293,6 +302,7 @@ impl ManifestWriter {
             count: 0,
             prev: None,
             level,
+            embedded: false,
         })
     }
 
@@ -310,6 +320,7 @@ impl ManifestWriter {
         let prev = self.prev.get_or_insert_with(Vec::new);
         prev.clear();
         prev.extend_from_slice(&e.path);
+        self.embedded |= crate::format::embedded::record_of(e).is_some();
         self.one.buf.clear();
         encode_entry(&mut self.one, e);
         self.enc.write_all(&self.one.buf)?;
@@ -330,7 +341,7 @@ impl ManifestWriter {
             .into_inner()
             .map_err(|e| e.into_error())?;
         let mut head = Writer::default();
-        head.raw(MAGIC);
+        head.raw(magic(self.embedded));
         head.var(self.count);
         let mut h = blake3::Hasher::new();
         h.update(&head.buf);

@@ -1,0 +1,386 @@
+//! Embedded repositories (issue #16): a cluster master's root holding an aurum repository is
+//! captured with the repository recorded by reference, and checkout, updateclient and
+//! install rebuild a working repository from it; gc keeps what the record names.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::common::{json, sh, write_random, Env};
+use crate::serve::Server;
+
+/// Bytes of a repository's packs and manifests (what a capture stores).
+fn stored(repo: &Path) -> u64 {
+    sh(&format!(
+        "du -sb --apparent-size {0}/public/packs {0}/public/manifests | awk '{{s+=$1}} END {{print s}}'",
+        repo.display()
+    ))
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// A small OS-like tree: text files that compress, and a binary.
+fn os_tree(dir: &Path, seed: u64) {
+    for i in 0..40 {
+        let p = dir.join(format!("usr/share/doc/pkg{i}/README"));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, format!("package {i} seed {seed}\n").repeat(200)).unwrap();
+    }
+    write_random(&dir.join("usr/bin/tool"), seed, 300_000);
+    fs::create_dir_all(dir.join("etc")).unwrap();
+    fs::write(dir.join("etc/hostname"), format!("host{seed}\n")).unwrap();
+}
+
+/// aurum with --repo `repo` (not the Env's): a repository inside a master's root.
+fn at(env: &Env, repo: &Path, args: &[&str]) -> String {
+    let out = env
+        .bare(&["--repo", repo.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aurum --repo {} {args:?} failed:\n{}\n{}",
+        repo.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A super master (the Env's repository) with image `compute` (two revisions, a tag), and a
+/// master root `master/` whose repository `var/lib/aurum` pulled it as remote `super`.
+fn super_and_master(env: &Env) -> PathBuf {
+    let gold = env.path("gold");
+    os_tree(&gold, 1);
+    env.getimage(&gold, "compute", &[]);
+    write_random(&gold.join("opt/app.bin"), 7, 2_000_000);
+    env.getimage(&gold, "compute", &[]);
+    env.ok(&["tag", "compute@1", "stable"]);
+    let master = env.path("master");
+    os_tree(&master, 2);
+    let inner = master.join("var/lib/aurum");
+    at(env, &inner, &["init"]);
+    at(
+        env,
+        &inner,
+        &["remote", "add", "super", env.repo().to_str().unwrap()],
+    );
+    at(env, &inner, &["pull", "super", "compute"]);
+    master
+}
+
+/// What a repository lists: images with their revisions (numbers, ids) and tags.
+fn listing(env: &Env, repo: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for img in json(&at(env, repo, &["lsimage", "--json"]))
+        .as_array()
+        .unwrap()
+    {
+        let name = img["name"].as_str().unwrap().to_string();
+        out.push(format!("{name} {}", img["revisions"]));
+        out.push(at(env, repo, &["log", &name]));
+    }
+    out
+}
+
+fn verify(env: &Env, repo: &Path) {
+    let v = at(env, repo, &["verify"]);
+    assert!(v.contains("repository is intact"), "{v}");
+}
+
+#[test]
+fn a_master_is_captured_by_reference_and_checks_out_as_a_working_repository() {
+    let env = Env::new();
+    let master = super_and_master(&env);
+    let inner = master.join("var/lib/aurum");
+
+    // The same root without its repository, captured into a twin of the super master, is
+    // what the repository must cost next to.
+    let twin = Env::new();
+    twin.getimage(&env.path("gold"), "compute", &[]);
+    let bare = env.path("bare");
+    sh(&format!(
+        "cp -a {} {} && rm -rf {}/var/lib/aurum",
+        master.display(),
+        bare.display(),
+        bare.display()
+    ));
+    let before_twin = stored(&twin.repo());
+    twin.getimage(&bare, "master", &[]);
+    let without = stored(&twin.repo()) - before_twin;
+
+    let before = stored(&env.repo());
+    let out = env.ok(&[
+        "getimage",
+        "--golden-client",
+        master.to_str().unwrap(),
+        "--image",
+        "master",
+        "--json",
+    ]);
+    let with = stored(&env.repo()) - before;
+    let report = json(&out);
+    let e = &report["embedded"][0];
+    assert_eq!(e["path"], "/var/lib/aurum", "{report}");
+    assert_eq!(e["images"], 1, "{report}");
+    assert_eq!(e["revisions"], 2, "{report}");
+    assert_eq!(
+        e["packs_added"], 0,
+        "packs pulled from here are here: {report}"
+    );
+    eprintln!(
+        "store cost of the master root: {without} bytes without its repository, {with} with it ({} more)",
+        with as i64 - without as i64
+    );
+    assert!(with <= without + (1 << 20), "{with} vs {without}");
+
+    // The manifest records the repository, not its files.
+    let ls = env.ok(&["ls", "master", "/var/lib/aurum"]);
+    assert!(!ls.contains("aurum.db") && !ls.contains("public"), "{ls}");
+
+    let out_dir = env.path("out");
+    let started = Instant::now();
+    let co = json(&env.ok(&["checkout", "master", out_dir.to_str().unwrap(), "--json"]));
+    eprintln!(
+        "checkout of the master with its repository rebuilt: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(co["embedded"][0]["revisions"], 2, "{co}");
+    let rebuilt = out_dir.join("var/lib/aurum");
+    verify(&env, &rebuilt);
+    assert_eq!(listing(&env, &rebuilt), listing(&env, &inner));
+    assert!(at(&env, &rebuilt, &["log", "super/compute"]).contains("stable"));
+    // The rebuilt repository works: it checks out, and it pulls what is new upstream.
+    let c = env.path("c");
+    at(
+        &env,
+        &rebuilt,
+        &["checkout", "super/compute@2", c.to_str().unwrap()],
+    );
+    assert_eq!(
+        fs::read(c.join("opt/app.bin")).unwrap(),
+        fs::read(env.path("gold/opt/app.bin")).unwrap()
+    );
+    fs::write(env.path("gold/etc/motd"), "new\n").unwrap();
+    env.getimage(&env.path("gold"), "compute", &[]);
+    let pulled = at(&env, &rebuilt, &["pull", "super", "compute"]);
+    assert!(pulled.contains("1 revisions"), "{pulled}");
+    verify(&env, &rebuilt);
+}
+
+#[test]
+fn no_embedded_repos_stores_the_repository_as_files() {
+    let env = Env::new();
+    let master = super_and_master(&env);
+    let before = stored(&env.repo());
+    env.getimage(&master, "master", &[]);
+    let by_reference = stored(&env.repo()) - before;
+    let before = stored(&env.repo());
+    let out = json(&env.ok(&[
+        "getimage",
+        "--golden-client",
+        master.to_str().unwrap(),
+        "--image",
+        "files",
+        "--no-embedded-repos",
+        "--json",
+    ]));
+    let as_files = stored(&env.repo()) - before;
+    assert_eq!(out["embedded"], serde_json::json!([]));
+    eprintln!(
+        "master root with its repository: {by_reference} bytes by reference, {as_files} more as plain files"
+    );
+    assert!(as_files > 2_000_000, "{as_files}");
+    let ls = env.ok(&["ls", "files", "/var/lib/aurum"]);
+    assert!(ls.contains("aurum.db") && ls.contains("public"), "{ls}");
+}
+
+#[test]
+fn gc_keeps_the_packs_an_embedded_repository_references() {
+    let env = Env::new();
+    let master = super_and_master(&env);
+    let inner = master.join("var/lib/aurum");
+    // An image made on the master itself: its packs exist nowhere else.
+    let local = env.path("local");
+    os_tree(&local, 3);
+    write_random(&local.join("data.bin"), 9, 1_000_000);
+    at(
+        &env,
+        &inner,
+        &[
+            "getimage",
+            "--golden-client",
+            local.to_str().unwrap(),
+            "--image",
+            "site",
+        ],
+    );
+    let out = json(&env.ok(&[
+        "getimage",
+        "--golden-client",
+        master.to_str().unwrap(),
+        "--image",
+        "master",
+        "--json",
+    ]));
+    assert!(
+        out["embedded"][0]["packs_added"].as_u64().unwrap() >= 1,
+        "{out}"
+    );
+    let gc = json(&env.ok(&["gc", "--json"]));
+    assert_eq!(gc["packs_deleted"], 0, "{gc}");
+    verify(&env, &env.repo());
+    let out_dir = env.path("out");
+    env.ok(&["checkout", "master", out_dir.to_str().unwrap()]);
+    verify(&env, &out_dir.join("var/lib/aurum"));
+    let site = env.path("site");
+    at(
+        &env,
+        &out_dir.join("var/lib/aurum"),
+        &["checkout", "site", site.to_str().unwrap()],
+    );
+    assert_eq!(
+        fs::read(site.join("data.bin")).unwrap(),
+        fs::read(local.join("data.bin")).unwrap()
+    );
+    // Once no revision records the repository, its packs go.
+    env.ok(&["rmimage", "master"]);
+    let gc = json(&env.ok(&["gc", "--json"]));
+    assert!(gc["packs_deleted"].as_u64().unwrap() >= 1, "{gc}");
+    verify(&env, &env.repo());
+}
+
+#[test]
+fn a_repository_embedded_in_an_embedded_image_is_rebuilt_at_both_levels() {
+    let env = Env::new();
+    let master = super_and_master(&env);
+    let inner = master.join("var/lib/aurum");
+    // A sub-master's root with a repository of its own, captured by the master.
+    let sub = env.path("sub");
+    os_tree(&sub, 4);
+    let sub_repo = sub.join("srv/aurum");
+    at(&env, &sub_repo, &["init"]);
+    let tiny = env.path("tiny");
+    os_tree(&tiny, 5);
+    at(
+        &env,
+        &sub_repo,
+        &[
+            "getimage",
+            "--golden-client",
+            tiny.to_str().unwrap(),
+            "--image",
+            "tiny",
+        ],
+    );
+    at(
+        &env,
+        &inner,
+        &[
+            "getimage",
+            "--golden-client",
+            sub.to_str().unwrap(),
+            "--image",
+            "submaster",
+        ],
+    );
+    env.getimage(&master, "master", &[]);
+
+    let out_dir = env.path("out");
+    env.ok(&["checkout", "master", out_dir.to_str().unwrap()]);
+    let level1 = out_dir.join("var/lib/aurum");
+    verify(&env, &level1);
+    let out2 = env.path("out2");
+    at(
+        &env,
+        &level1,
+        &["checkout", "submaster", out2.to_str().unwrap()],
+    );
+    let level2 = out2.join("srv/aurum");
+    verify(&env, &level2);
+    assert_eq!(listing(&env, &level2), listing(&env, &sub_repo));
+    let t = env.path("t");
+    at(&env, &level2, &["checkout", "tiny", t.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(t.join("usr/bin/tool")).unwrap(),
+        fs::read(tiny.join("usr/bin/tool")).unwrap()
+    );
+}
+
+#[test]
+fn updateclient_over_http_rebuilds_the_repository_and_brings_it_to_the_next_revision() {
+    let env = Env::new();
+    let master = super_and_master(&env);
+    let inner = master.join("var/lib/aurum");
+    env.getimage(&master, "master", &[]);
+    let srv = Server::start(&env);
+    let url = format!("http://{}", srv.addr);
+    let node = env.path("node");
+    fs::create_dir(&node).unwrap();
+    let update = |rev: &str| {
+        json(&env.ok(&[
+            "updateclient",
+            "--server",
+            &url,
+            "--image",
+            rev,
+            "--root",
+            node.to_str().unwrap(),
+            "--adopt",
+            "--json",
+        ]))
+    };
+    let r = update("master@1");
+    assert_eq!(r["embedded"][0]["revisions"], 2, "{r}");
+    let rebuilt = node.join("var/lib/aurum");
+    verify(&env, &rebuilt);
+    assert_eq!(listing(&env, &rebuilt), listing(&env, &inner));
+
+    // The master pulls a new compute revision; the super master captures it again.
+    fs::write(env.path("gold/etc/motd"), "v3\n").unwrap();
+    env.getimage(&env.path("gold"), "compute", &[]);
+    at(&env, &inner, &["pull", "super", "compute"]);
+    env.getimage(&master, "master", &[]);
+    let r = update("master@2");
+    assert_eq!(r["embedded"][0]["revisions"], 3, "{r}");
+    assert!(r["embedded"][0]["packs_kept"].as_u64().unwrap() >= 1, "{r}");
+    verify(&env, &rebuilt);
+    assert_eq!(listing(&env, &rebuilt), listing(&env, &inner));
+    // An update that leaves the record alone leaves the live repository alone.
+    let r = update("master@2");
+    assert_eq!(r["embedded"], serde_json::json!([]), "{r}");
+}
+
+#[test]
+fn a_repository_newer_than_this_aurum_is_refused_with_what_to_do() {
+    let env = Env::new();
+    let master = super_and_master(&env);
+    let inner = master.join("var/lib/aurum");
+    fs::write(inner.join("FORMAT"), "aurum repository format 9\n").unwrap();
+    let e = env.fails(
+        &[
+            "getimage",
+            "--golden-client",
+            master.to_str().unwrap(),
+            "--image",
+            "m",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("newer aurum")
+            && e.contains("upgrade aurum")
+            && e.contains("--no-embedded-repos"),
+        "{e}"
+    );
+    let out = env
+        .bare(&["--repo", inner.to_str().unwrap(), "lsimage"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("newer aurum"), "{e}");
+    // Captured as files, it is just files.
+    env.getimage(&master, "m", &["--no-embedded-repos"]);
+}

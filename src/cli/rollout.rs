@@ -157,6 +157,10 @@ fn start(g: &Global, a: StartArgs) -> anyhow::Result<()> {
     let mut repo = open(g)?;
     let rev = repo.resolve(&a.rev)?;
     let targets = nodeset::resolve(&a.nodeset, &repo.catalog.inventory()?)?;
+    if a.slurm {
+        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        aurum::fleet::slurm::check_known(&names)?;
+    }
     let (waves, count) = assign_waves(targets.len(), a.canary, &parse_waves(&a.waves)?);
     let server = g
         .config

@@ -112,6 +112,34 @@ pub fn parse_node(text: &str) -> Option<NodeState> {
     })
 }
 
+/// Every node slurmctld knows.
+pub fn nodes() -> Result<Vec<NodeState>> {
+    let text = run("scontrol", &["show", "node", "--oneliner"])?;
+    Ok(text.lines().filter_map(parse_node).collect())
+}
+
+/// Refuses a `--slurm` rollout of `names` when Slurm cannot be asked or lacks one of them,
+/// saying which: checked before anything is staged or drained.
+pub fn check_known(names: &[&str]) -> Result<()> {
+    let known = nodes().map_err(|e| {
+        Error::Invalid(format!(
+            "--slurm: Slurm cannot be asked here: {e}; install Slurm's client commands (slurm-client) and its configuration (SLURM_CONF, or /etc/slurm/slurm.conf) on this machine"
+        ))
+    })?;
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !known.iter().any(|k| k.name == *n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "--slurm: Slurm knows no node {}; a --slurm rollout needs Slurm's node names to be aurum's (`sinfo -N` lists Slurm's)",
+        missing.join(", ")
+    )))
+}
+
 /// Node `name` as slurmctld sees it.
 pub fn node(name: &str) -> Result<NodeState> {
     let text = run("scontrol", &["show", "node", name, "--oneliner"])?;

@@ -898,6 +898,22 @@ impl<'a> Slurm<'a> {
         self.fleet.state.join("slurm/slurm.conf")
     }
 
+    /// aurum run on the master on the rig's repository, Slurm's commands reaching this cluster.
+    fn aurum(&self, rig: &RolloutRig, args: &[String]) -> std::process::Output {
+        let repo = rig.env.repo();
+        let mut cmd = vec![
+            "env".to_string(),
+            format!("SLURM_CONF={}", self.conf().display()),
+            env!("CARGO_BIN_EXE_aurum").to_string(),
+            "--repo".to_string(),
+            repo.display().to_string(),
+            "--no-progress".to_string(),
+        ];
+        cmd.extend(args.iter().cloned());
+        self.fleet
+            .on_master(&cmd.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// A Slurm command run on the master, times as seconds since the epoch; its output.
     fn ctl(&self, args: &[&str]) -> String {
         let out = Command::new(slurm_rig())
@@ -1028,7 +1044,6 @@ fn slurm_rollouts_reboot_no_node_under_a_job() {
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
         let mut args = rig.start_args("img@2");
-        let conf = slurm.conf();
         args.extend(
             [
                 "--slurm",
@@ -1047,19 +1062,7 @@ fn slurm_rollouts_reboot_no_node_under_a_job() {
             ]
             .map(String::from),
         );
-        let repo = rig.env.repo();
-        let mut cmd = vec![
-            "env".to_string(),
-            format!("SLURM_CONF={}", conf.display()),
-            env!("CARGO_BIN_EXE_aurum").to_string(),
-            "--repo".to_string(),
-            repo.display().to_string(),
-            "--no-progress".to_string(),
-        ];
-        cmd.extend(args);
-        let out = rig
-            .fleet
-            .on_master(&cmd.iter().map(String::as_str).collect::<Vec<_>>());
+        let out = slurm.aurum(&rig, &args);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
@@ -1228,6 +1231,32 @@ fn slurm_rollouts_reboot_no_node_under_a_job() {
     rig.fleet
         .ssh("n02", "aurum --quiet health --slurm --root /srv/node");
     assert!(slurm.node("n02").1.starts_with("bad DIMM"));
+
+    // A node Slurm does not know: refused before anything starts.
+    rig.env.ok(&[
+        "node",
+        "add",
+        "n09",
+        "--mac",
+        "52:54:00:00:01:09",
+        "--ip",
+        &rig.fleet.address("n09"),
+    ]);
+    let mut args = rig.start_args("img@1");
+    args[3] = "n[01,09]".into();
+    args.push("--slurm".into());
+    let out = slurm.aurum(&rig, &args);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("Slurm knows no node n09"), "{said}");
+    let listed = rig.aurum(&["rollout", "status", "--json"]);
+    assert_eq!(
+        crate::common::json(&String::from_utf8_lossy(&listed.stdout))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     eprintln!(
         "slurm rollout of 4 nodes with {submitted} jobs: {:.1} s, jobs lost 0, nodes waiting for jobs at their drain: {waited_for_jobs}",
         rollout_took.as_secs_f64()

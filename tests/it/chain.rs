@@ -368,7 +368,8 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
     }
     let compute = sup.path("compute-root");
     compute_root(&kit, &compute, 1);
-    sup.getimage(&compute, "compute", &[]);
+    let first = sup.getimage(&compute, "compute", &[]);
+    let first_id = first.split_whitespace().nth(1).unwrap().to_string();
 
     // The master's root: a node root with dnsmasq, and a repository holding what the
     // master's cluster needs (the compute image pulled from the super master, so with the
@@ -412,6 +413,28 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
             "compute",
             "--class",
             "compute",
+        ],
+    );
+    // The two levels: the master's repository also holds the image of a master for the next
+    // cluster, whose root holds a repository of its own (at another path).
+    let submaster = sup.path("submaster-root");
+    node_root(&kit, &submaster);
+    let subrepo = submaster.join("srv/aurum");
+    inner(&sup, &subrepo, &["init"]);
+    inner(
+        &sup,
+        &subrepo,
+        &["pull", "--mirror", sup.repo().to_str().unwrap(), "compute"],
+    );
+    inner(
+        &sup,
+        &repo,
+        &[
+            "getimage",
+            "--golden-client",
+            submaster.to_str().unwrap(),
+            "--image",
+            "submaster",
         ],
     );
     sup.getimage(&master, "master", &[]);
@@ -505,6 +528,21 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
     assert!(listed.contains("compute"), "{listed}");
     let master_serves = t.elapsed();
 
+    // The repository the install laid down verifies, with the super master's revision ids;
+    // the image it holds for the next cluster's master checks out with a repository inside
+    // that verifies too.
+    let t = Instant::now();
+    m.run("aurum verify", 300);
+    let shown = m.run("aurum show compute@1", 60);
+    assert!(shown.contains(&first_id), "{shown}");
+    m.run(
+        "aurum checkout submaster /root/submaster && aurum --repo /root/submaster/srv/aurum verify",
+        600,
+    );
+    let shown = m.run("aurum --repo /root/submaster/srv/aurum show compute@1", 60);
+    assert!(shown.contains(&first_id), "{shown}");
+    let two_levels = t.elapsed();
+
     // 3. The master PXE-installs the compute node.
     let t = Instant::now();
     let compute_disk = sup.path("compute.raw");
@@ -577,7 +615,7 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
 
     eprintln!(
         "chain: prepared {}, install master {}, master serves {}, install compute {}, \
-         boot compute {}, pull {}, update {}; total {}",
+         boot compute {}, pull {}, update {}; two levels checked in the master {}; total {}",
         secs(prepared),
         secs(install_master),
         secs(master_serves),
@@ -585,6 +623,7 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
         secs(boot_compute),
         secs(pull),
         secs(update),
+        secs(two_levels),
         secs(total.elapsed())
     );
     drop(srv);

@@ -48,8 +48,15 @@ pub const DEFAULT_CAPTURE_EXCLUDES: &[&str] = &[
     "lost+found/",
 ];
 
-/// Never captured, whatever the options: a node's own aurum state.
-pub const ALWAYS_EXCLUDED: &[&str] = &["/var/lib/aurum-node"];
+/// Never captured, never touched by an update, whatever the options: a node's own aurum
+/// state, and its boot counting (GRUB's environment block, where GRUB counts a revision's
+/// boots, and aurum's GRUB configuration and kept fallback kernel; see `apply::bootcount`).
+pub const ALWAYS_EXCLUDED: &[&str] = &[
+    "/var/lib/aurum-node",
+    "/boot/grub/grubenv",
+    "/boot/grub/aurum.cfg",
+    "/boot/grub/aurum",
+];
 
 /// One rule: what a match means.
 #[derive(Clone)]

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::apply::bootcount;
 use crate::apply::hooks::{self, HookEnv, Identity, Stage};
 use crate::apply::node::{Node, RevRef};
 use crate::apply::overrides;
@@ -74,6 +75,9 @@ pub struct ClientUpdate {
     pub no_override: Vec<String>,
     /// Not run on a dry run.
     pub hooks: Option<ClientHooks>,
+    /// Boots the new revision is given on trial before the node falls back by itself (see
+    /// [`bootcount`]); 0: no trial. Only where the node boots with GRUB.
+    pub boot_tries: u32,
 }
 
 /// Brings `node` to the revision `run.spec` names, from `source`, and reports the outcome to
@@ -91,7 +95,14 @@ pub fn updateclient(
         run.opts.overlay = Some(overlay);
         let hooks = run.hooks.as_ref().filter(|_| !dry_run);
         let env = hook_env(node, hooks, &target, source.describe(), &mut run.opts);
+        let trial = match dry_run {
+            true => None,
+            false => bootcount::prepare(node, run.boot_tries)?,
+        };
         let r = update::update(node, &target, &manifest, Some(source), &run.opts, progress)?;
+        if let Some(p) = trial {
+            bootcount::begin(node, p)?;
+        }
         if let Some(h) = hooks {
             run_hooks(&h.dir, Stage::PostUpdate, &env, h.on_output.as_ref())?;
         }
@@ -177,7 +188,12 @@ pub fn rollback(
     let result = (|| -> Result<UpdateReport> {
         let (target, manifest, overlay) = rollback_target(node, source, to)?;
         opts.overlay = Some(overlay);
-        update::update(node, &target, &manifest, source, &opts, progress)
+        let r = update::update(node, &target, &manifest, source, &opts, progress)?;
+        // A rollback ends any trial: the administrator (or the fallback) chose the revision.
+        if !opts.dry_run {
+            bootcount::cancel(node)?;
+        }
+        Ok(r)
     })();
     // A dry run changed nothing: there is nothing to tell the server.
     if !opts.dry_run {
@@ -230,8 +246,10 @@ fn rollback_target(
     }
 }
 
-/// Records the revision `node` runs as its last-known-good, and returns it.
+/// Records the revision `node` runs as its last-known-good, and returns it. A revision on
+/// trial is blessed by it: the trial ends.
 pub fn mark_good(node: &Node) -> Result<RevRef> {
+    bootcount::cancel(node)?;
     let mut state = node.state()?;
     let current = state
         .current
@@ -295,6 +313,7 @@ pub(crate) fn report_to(
             bytes: r.bytes_fetched,
             seconds: r.seconds,
             detail: String::new(),
+            boot: None,
         },
         Err(e) => NodeReport {
             hostname: hostname(),
@@ -305,6 +324,7 @@ pub(crate) fn report_to(
             bytes: 0,
             seconds: 0.0,
             detail: error_chain(e),
+            boot: None,
         },
     };
     if crate::name::check("host", &report.hostname).is_err() {

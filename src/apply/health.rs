@@ -224,6 +224,7 @@ pub fn report(url: &str, record: &HealthRecord) -> Result<()> {
         } else {
             format!("failed: {}", failed.join(", "))
         },
+        boot: None,
     };
     let options = HttpOptions {
         proxies: crate::proxy::Proxies::from_env()?,

@@ -23,6 +23,7 @@ use nix::sys::stat::{mknodat, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 
+pub mod bootcount;
 pub mod client;
 mod disk;
 pub mod embedded;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::apply::bootcount;
 use crate::apply::client::{self, ClientHooks, ClientUpdate};
 use crate::apply::hooks::Stage as HookStage;
 use crate::apply::node::{keep_manifest_in, kept_manifest_in, Node, RevRef, Staged};
@@ -146,6 +147,7 @@ pub fn stage(
             bytes: r.update.bytes_fetched,
             seconds: r.update.seconds,
             detail: String::new(),
+            boot: None,
         };
         if let Err(e) = source.report(&report) {
             log::info!("report not delivered: {e}");
@@ -199,6 +201,7 @@ pub fn activate(
     source: Option<&dyn RevisionSource>,
     mut opts: UpdateOptions,
     hooks: Option<&ClientHooks>,
+    boot_tries: u32,
     progress: &dyn Progress,
 ) -> Result<UpdateReport> {
     check_node(node, false)?;
@@ -238,7 +241,11 @@ pub fn activate(
     });
     let server = source.map(|s| s.describe()).unwrap_or_default();
     let env = client::hook_env(node, hooks, &target, server, &mut opts);
+    let trial = bootcount::prepare(node, boot_tries)?;
     let result = update::update(node, &target, &manifest, source, &opts, progress).and_then(|r| {
+        if let Some(p) = trial {
+            bootcount::begin(node, p)?;
+        }
         let _ = fs::remove_dir_all(node.stage_dir());
         if let Some(h) = hooks {
             client::run_hooks(&h.dir, HookStage::PostUpdate, &env, h.on_output.as_ref())?;

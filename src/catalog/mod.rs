@@ -109,7 +109,8 @@ pub struct NodeState {
 }
 
 /// A node's report as `nodes` and `node_reports` hold it: hostname, image, revision, action,
-/// result, bytes, seconds, address, detail, time.
+/// result, bytes, seconds, address, detail, time, boot (JSON; a value another aurum wrote
+/// that this one cannot read shows as none).
 fn state_row(r: &rusqlite::Row) -> rusqlite::Result<NodeState> {
     Ok(NodeState {
         report: NodeReport {
@@ -121,6 +122,9 @@ fn state_row(r: &rusqlite::Row) -> rusqlite::Result<NodeState> {
             bytes: r.get::<_, i64>(5)? as u64,
             seconds: r.get(6)?,
             detail: r.get(8)?,
+            boot: r
+                .get::<_, Option<String>>(10)?
+                .and_then(|j| serde_json::from_str(&j).ok()),
         },
         address: r.get(7)?,
         reported: r.get(9)?,
@@ -860,18 +864,22 @@ impl Catalog {
     pub fn record_report(&mut self, r: &NodeReport, address: Option<&str>) -> Result<()> {
         let tx = self.conn.transaction()?;
         let t = now();
+        let boot = r
+            .boot
+            .as_ref()
+            .map(|b| serde_json::to_string(b).expect("strings and numbers serialise"));
         tx.execute(
-            "INSERT INTO node_reports(time, hostname, image, revision, action, result, bytes, seconds, address, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![t, r.hostname, r.image, r.revision, r.action, r.result, r.bytes as i64, r.seconds, address, r.detail],
+            "INSERT INTO node_reports(time, hostname, image, revision, action, result, bytes, seconds, address, detail, boot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![t, r.hostname, r.image, r.revision, r.action, r.result, r.bytes as i64, r.seconds, address, r.detail, boot],
         )?;
         // A health check or a stage says nothing of what the node runs: `nodes` keeps the
         // last report that does (its history has them all).
         if !matches!(r.action, NodeAction::Health | NodeAction::Stage) {
             tx.execute(
-                "INSERT OR REPLACE INTO nodes(hostname, image, revision, action, result, bytes, seconds, address, detail, reported)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![r.hostname, r.image, r.revision, r.action, r.result, r.bytes as i64, r.seconds, address, r.detail, t],
+                "INSERT OR REPLACE INTO nodes(hostname, image, revision, action, result, bytes, seconds, address, detail, reported, boot)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![r.hostname, r.image, r.revision, r.action, r.result, r.bytes as i64, r.seconds, address, r.detail, t, boot],
             )?;
         }
         tx.commit()?;
@@ -881,7 +889,7 @@ impl Catalog {
     /// Each node's latest report of `action` (e.g. its last health check), by hostname.
     pub fn latest_reports(&self, action: NodeAction) -> Result<Vec<NodeState>> {
         let mut st = self.conn.prepare(
-            "SELECT hostname, image, revision, action, result, bytes, seconds, address, detail, time
+            "SELECT hostname, image, revision, action, result, bytes, seconds, address, detail, time, boot
              FROM node_reports r WHERE action = ?1
              AND time = (SELECT MAX(time) FROM node_reports WHERE hostname = r.hostname AND action = ?1)
              GROUP BY hostname ORDER BY hostname",
@@ -893,7 +901,7 @@ impl Catalog {
     /// Every node that has reported, with its latest report.
     pub fn nodes(&self) -> Result<Vec<NodeState>> {
         let mut st = self.conn.prepare(
-            "SELECT hostname, image, revision, action, result, bytes, seconds, address, detail, reported
+            "SELECT hostname, image, revision, action, result, bytes, seconds, address, detail, reported, boot
              FROM nodes ORDER BY hostname",
         )?;
         let rows = st.query_map([], state_row)?;

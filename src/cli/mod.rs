@@ -2,6 +2,7 @@
 //!
 //! The doc comments on the option structs are the `--help` text, written for an administrator.
 
+mod boot;
 mod bootkit;
 mod checkout;
 mod chroot;
@@ -217,6 +218,7 @@ pub enum Command {
     MarkGood(node::MarkGoodArgs),
     NodeStatus(node::NodeStatusArgs),
     Health(node::HealthArgs),
+    Boot(boot::BootArgs),
     Node(nodedb::NodeArgs),
     Exec(fleet::ExecArgs),
     Rollout(rollout::RolloutArgs),
@@ -275,6 +277,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::MarkGood(a) => node::mark_good(g, a),
         Command::NodeStatus(a) => node::node_status(g, a),
         Command::Health(a) => node::health(g, a),
+        Command::Boot(a) => boot::boot(g, a),
         Command::Node(a) => nodedb::exec(g, a),
         Command::Exec(a) => fleet::exec(g, a),
         Command::Rollout(a) => rollout::exec(g, a),

@@ -34,7 +34,11 @@ impl SourceArgs {
     /// The source to read revisions from, none when nothing names one. With several servers
     /// (--server repeated, node.toml's list), the first that answers is used, and the others
     /// take over when it fails.
-    fn open(&self, g: &Global, node: &Node) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
+    pub(super) fn open(
+        &self,
+        g: &Global,
+        node: &Node,
+    ) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
         // Pack indexes are cached in the node state directory; on a root that has none yet
         // they go to a private temporary directory, so that planning, a dry run and a refused
         // update create nothing under the root.
@@ -60,7 +64,7 @@ impl SourceArgs {
 }
 
 /// Which paths an update leaves alone.
-#[derive(Args)]
+#[derive(Args, Default)]
 pub struct ExcludeArgs {
     /// Leave paths matching PATTERN alone (never written, never deleted). Repeatable; these
     /// come before node.toml's `exclude`.
@@ -79,7 +83,7 @@ pub struct ExcludeArgs {
 }
 
 impl ExcludeArgs {
-    fn build(&self, config: &NodeFile) -> anyhow::Result<Excludes> {
+    pub(super) fn build(&self, config: &NodeFile) -> anyhow::Result<Excludes> {
         // The first rule that matches decides (as in rsync): the command line's before
         // node.toml's, both before the defaults, nothing before what is never touched.
         let mut p: Vec<String> = ALWAYS_EXCLUDED.iter().map(|s| s.to_string()).collect();
@@ -175,6 +179,12 @@ pub struct UpdateclientArgs {
     /// Forget the staged revision and delete the stage.
     #[arg(long, conflicts_with_all = ["dry_run", "image", "add_override", "no_override"])]
     unstage: bool,
+    /// Boots the new revision gets on trial: GRUB counts them, and a revision that has not
+    /// passed `aurum health` after that many boots (or fails it on one) is put back to the
+    /// revision before it by the node itself. 0: no trial. Only on a node that boots with
+    /// GRUB (/boot/grub/grub.cfg); at most 9. See `aurum boot`.
+    #[arg(long, value_name = "N", default_value_t = aurum::apply::bootcount::DEFAULT_TRIES)]
+    boot_tries: u32,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -287,6 +297,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         add_override,
         no_override: a.no_override,
         hooks: hooks.map(|dir| client_hooks(dir, a.group.or_else(|| config.node.group.clone()))),
+        boot_tries: a.boot_tries,
     };
     let progress = g.progress();
     if a.stage {
@@ -391,6 +402,7 @@ fn activate(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         source.as_deref(),
         opts,
         hooks.as_ref(),
+        a.boot_tries,
         progress.as_ref(),
     )?;
     print_report("activate", &r, false, a.json)
@@ -543,6 +555,10 @@ pub struct HealthArgs {
     /// This node's name in Slurm. Default: its host name, up to the first dot.
     #[arg(long, value_name = "NAME", requires = "slurm")]
     slurm_node: Option<String>,
+    /// On a boot of a revision on trial (see `aurum boot`), a fallback does not reboot the
+    /// node (it is put back, and must be rebooted to run the revision put back).
+    #[arg(long)]
+    no_reboot: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -620,11 +636,13 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
     use aurum::apply::health::{self, CheckStatus};
     let limit = std::time::Duration::from_secs(a.timeout.max(1));
     let (record, recorded) = health::check(&a.root, limit)?;
-    if let Some(servers) = g.config.servers(a.server.clone().into_iter().collect()) {
-        if let Some(url) = servers.value.first() {
-            if let Err(e) = health::report(url, &record) {
-                super::warning(format!("the result was not reported to {url}: {e}"));
-            }
+    let server = g
+        .config
+        .servers(a.server.clone().into_iter().collect())
+        .and_then(|s| s.value.first().cloned());
+    if let Some(url) = &server {
+        if let Err(e) = health::report(url, &record) {
+            super::warning(format!("the result was not reported to {url}: {e}"));
         }
     }
     let slurm = a.slurm.then(|| {
@@ -634,8 +652,25 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
         });
         slurm_gate(name, &record)
     });
+    // On a trial boot the result blesses the revision or sends the node back.
+    let trial = match recorded {
+        // A fallback honours node.toml's excludes and the defaults, as `aurum rollback` does.
+        true => super::boot::after_health(
+            g,
+            &a.root,
+            server.as_deref(),
+            &ExcludeArgs::default(),
+            &record,
+        )?,
+        false => None,
+    };
     if a.json {
-        print_json(&serde_json::json!({"health": record, "recorded": recorded, "slurm": slurm}))?;
+        print_json(&serde_json::json!({
+            "health": record,
+            "recorded": recorded,
+            "slurm": slurm,
+            "boot": trial.as_ref().map(|t| &t.record)
+        }))?;
     } else {
         for c in &record.checks {
             let status = match c.status {
@@ -681,6 +716,12 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
                 a.root.display()
             );
         }
+        if let Some(t) = &trial {
+            super::boot::print_record(&t.record);
+        }
+    }
+    if let Some(t) = &trial {
+        super::boot::reboot_if_asked(&a.root, t, a.no_reboot)?;
     }
     if let (Some(gate), false) = (&slurm, a.json) {
         println!("slurm    {} ({}): {}", gate.node, gate.state, gate.action);
@@ -753,6 +794,19 @@ pub fn node_status(_: &Global, a: NodeStatusArgs) -> anyhow::Result<()> {
                 format!(" (failed: {})", failed.join(", "))
             }
         );
+    }
+    if let Some(t) = &state.trial {
+        println!(
+            "on trial         {} since {} ({} boots, {}; falls back to {})",
+            t.revision.name(),
+            human_time(t.started),
+            t.tries,
+            t.bootloader,
+            t.fallback.name()
+        );
+    }
+    if let Some(b) = &state.boot {
+        println!("last boot        {}", super::boot::describe(b));
     }
     if let Some(j) = journal {
         println!(

@@ -292,8 +292,14 @@ fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
     let repo = open(g)?;
     let n = repo.catalog.inventory_get(&a.name)?;
     let phases = repo.catalog.install_phases(&n.name, 40)?;
+    // The node's last boot report (boot counting: which revision booted, whether it fell back).
+    let boot = repo
+        .catalog
+        .latest_reports(aurum::format::report::NodeAction::Boot)?
+        .into_iter()
+        .find(|r| r.report.hostname == n.name);
     if a.json {
-        return print_json(&serde_json::json!({ "node": n, "phases": phases }));
+        return print_json(&serde_json::json!({ "node": n, "phases": phases, "last_boot": boot }));
     }
     let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!("node      {}", n.name);
@@ -338,6 +344,13 @@ fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
             println!("revision  {}", or(&l.revision));
             println!("time      {}", human_time(l.time));
         }
+    }
+    if let Some(b) = &boot {
+        println!(
+            "last boot {} at {}",
+            b.report.detail,
+            human_time(b.reported)
+        );
     }
     if !phases.is_empty() {
         println!("\nphases of its installs (newest last):");

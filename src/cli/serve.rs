@@ -170,5 +170,17 @@ pub fn nodes(g: &Global, a: NodesArgs) -> anyhow::Result<()> {
             "{name:<20} {image:<16} {revision:<10} {action:<13} {result:<7} {fetched:>10} {reported:<19} {boot:<7} {phase}"
         );
     }
+    // Nodes whose last boot went back from a revision on trial, and why.
+    for n in &nodes {
+        if let Some(b) = n.report.boot.as_ref().filter(|b| b.fell_back) {
+            println!(
+                "{}: fell back to {} at {}: {}",
+                n.report.hostname,
+                b.booted.as_deref().unwrap_or("-"),
+                human_time(n.reported),
+                b.reason
+            );
+        }
+    }
     Ok(())
 }

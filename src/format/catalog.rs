@@ -6,7 +6,7 @@
 //! the catalog's to query. `book/src/format.md` (Catalog) shows the schema as it stands.
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -190,6 +190,12 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE inventory ADD COLUMN bmc_user TEXT;
     ALTER TABLE inventory ADD COLUMN bmc_password_file TEXT;
     ALTER TABLE inventory ADD COLUMN bmc_ca_file TEXT;
+    "#,
+    // 7 -> 8: what a node's boot came to (a `boot` report's `BootReport`, JSON), kept with the
+    // report and as the node's latest.
+    r#"
+    ALTER TABLE nodes ADD COLUMN boot TEXT;
+    ALTER TABLE node_reports ADD COLUMN boot TEXT;
     "#,
 ];
 

@@ -27,8 +27,6 @@ named_enum! {
     pub enum Bootloader {
         /// GRUB (BIOS or UEFI): the counter is in its environment block, `/boot/grub/grubenv`.
         Grub = "grub",
-        /// systemd-boot: the counter is in the boot entry's file name (`NAME+LEFT-DONE.conf`).
-        SystemdBoot = "systemd-boot",
     }
 }
 
@@ -47,9 +45,6 @@ pub struct Trial {
     pub bootloader: Bootloader,
     /// When the trial began (seconds since the epoch).
     pub started: i64,
-    /// For systemd-boot, the entry file the counter is in (its name without the counter).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entry: Option<String>,
 }
 
 named_enum! {
@@ -395,7 +390,6 @@ mod tests {
             tries: 3,
             bootloader: Bootloader::Grub,
             started: 1_795_320_421,
-            entry: None,
         });
         s.boot = Some(BootRecord {
             time: 1_795_320_500,

@@ -31,6 +31,9 @@ named_enum! {
         Health = "health",
         /// It staged a revision (`updateclient --stage`): the revision is the staged one.
         Stage = "stage",
+        /// It booted (`aurum boot`), or a trial boot's health checks blessed the revision or
+        /// sent it back (`aurum health`): the revision is the one it runs; see `boot`.
+        Boot = "boot",
     }
 }
 
@@ -73,6 +76,30 @@ pub struct NodeReport {
     pub seconds: f64,
     #[serde(default)]
     pub detail: String,
+    /// For action `boot`: what the boot came to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootReport>,
+}
+
+/// What a node reports of a boot (action `boot`): which revision booted, whether it fell
+/// back from a revision on trial, and why.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BootReport {
+    pub outcome: crate::format::node::BootOutcome,
+    /// The node went back to its last-known-good revision (outcome `fell-back`).
+    pub fell_back: bool,
+    /// The revision the node runs after the boot, as people read it (`IMAGE@N SHORT-ID`).
+    pub booted: Option<String>,
+    /// The revision on trial (a trial boot, a blessed one, or the one fallen back from).
+    #[serde(default)]
+    pub trial: Option<String>,
+    /// Boots left on the boot loader's counter, on a trial boot.
+    #[serde(default)]
+    pub tries_left: Option<u32>,
+    /// Why the node fell back.
+    #[serde(default)]
+    pub reason: String,
 }
 
 impl NodeReport {
@@ -147,6 +174,7 @@ mod tests {
                 // A binary fraction: exact through JSON.
                 seconds: f64::from(ms) / 1024.0,
                 detail,
+                boot: None,
             };
             prop_assert_eq!(NodeReport::decode(&r.encode()).unwrap(), r);
         }
@@ -197,6 +225,31 @@ mod tests {
         assert_eq!(f("compute 0c4e2a17"), Some(("compute", "0c4e2a17")));
         assert_eq!(f("0c4e2a17"), None);
         assert_eq!(f(""), None);
+    }
+
+    #[test]
+    fn a_boot_report_round_trips() {
+        let r = NodeReport {
+            hostname: "n1".into(),
+            image: Some("compute".into()),
+            revision: Some("ab".repeat(32)),
+            action: NodeAction::Boot,
+            result: Outcome::Failed,
+            bytes: 0,
+            seconds: 0.0,
+            detail: "fell back: health".into(),
+            boot: Some(BootReport {
+                outcome: crate::format::node::BootOutcome::FellBack,
+                fell_back: true,
+                booted: Some("compute@3 abababab".into()),
+                trial: Some("compute@4 cdcdcdcd".into()),
+                tries_left: None,
+                reason: "compute@4 cdcdcdcd failed its health checks: 10-app (exit 1)".into(),
+            }),
+        };
+        let json = String::from_utf8(r.encode()).unwrap();
+        assert!(json.contains("\"fell_back\":true"), "{json}");
+        assert_eq!(NodeReport::decode(json.as_bytes()).unwrap(), r);
     }
 
     #[test]

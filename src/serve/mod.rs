@@ -279,6 +279,7 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
                 bytes: 0,
                 seconds: 0.0,
                 detail: r.detail.clone(),
+                boot: None,
             },
             Some(peer),
         )?;

@@ -10,10 +10,12 @@ use std::process::Command;
 
 use crate::common::{can_run, have, is_root, sh};
 
-const UNITS: [&str; 3] = [
+const UNITS: [&str; 5] = [
     "aurum.service",
     "aurum-update.service",
     "aurum-update.timer",
+    "aurum-boot.service",
+    "aurum-health.service",
 ];
 
 /// The release binary the package is made from, when it is there and not older than the debug

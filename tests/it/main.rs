@@ -5,6 +5,7 @@
 
 mod adopt;
 mod book;
+mod bootcount;
 mod chain;
 mod chroot;
 mod common;

@@ -1,0 +1,685 @@
+//! Boot counting: a revision written onto a node's disk is on trial until a boot of it passes
+//! its health checks, and a node whose new revision fails its boots or its checks goes back to
+//! the revision before it by itself.
+//!
+//! aurum updates a node's root in place (one root filesystem, no A/B partitions), so the boot
+//! loader cannot choose between revisions: what it chooses is a kernel. The counter has to be
+//! the boot loader's own, since a revision that cannot boot never runs aurum to count; with
+//! GRUB (BIOS and UEFI alike) it is in GRUB's environment block, the one file GRUB writes at
+//! boot. The pieces:
+//!
+//! 1. Before an update on a node whose root has `/boot/grub/grub.cfg` ([`prepare`]), the kernel
+//!    and initramfs it boots now (the fallback's, which the update may replace) are copied to
+//!    `/boot/grub/aurum/`, and the kernel command line is kept.
+//! 2. After the update committed ([`begin`]), `state.json` records the trial, `grubenv` gets
+//!    `aurum_trial` and `aurum_tries=N`, and `/boot/grub/aurum.cfg` ([`grub_cfg`], sourced from
+//!    `custom.cfg`, which Debian's and Fedora's generated `grub.cfg` read last) holds the
+//!    counting and a menu entry `aurum-fallback`: the kept kernel with the kept command line
+//!    and `aurum.fallback`. At each boot GRUB takes one from `aurum_tries` and saves it; when
+//!    none is left it boots the fallback entry instead.
+//! 3. Early at every boot `aurum boot` ([`boot`]) records the boot. On the fallback entry it
+//!    puts the root back to the fallback revision from the node's own undo area (no network),
+//!    ends the trial, and asks for a reboot into the restored root.
+//! 4. `aurum health` on a trial boot ([`after_health`]) blesses the revision when the checks
+//!    pass (it becomes last-known-good, the counter goes) or falls back at once when a
+//!    required one fails.
+//!
+//! Every outcome is recorded in `state.json` (`boot`) and reported to the server (action
+//! `boot`, with a [`BootReport`]). The files in `/boot/grub` that aurum writes are left
+//! alone by updates and captures (see `excludes`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::apply::client::{self, RollbackTo};
+use crate::apply::health::{CheckStatus, HealthRecord};
+use crate::apply::node::{Node, RevRef};
+use crate::apply::source::RevisionSource;
+use crate::apply::update::UpdateOptions;
+use crate::error::{invalid, IoContext, Result};
+use crate::excludes::Excludes;
+use crate::format::grubenv::GrubEnv;
+pub use crate::format::node::{BootOutcome, BootRecord, Bootloader, Trial};
+use crate::format::report::{BootReport, NodeAction, NodeReport, Outcome};
+use crate::progress::Progress;
+
+/// GRUB's directory on a node's root.
+pub const GRUB_DIR: &str = "boot/grub";
+/// The kernel command line word of the fallback entry.
+pub const FALLBACK_ARG: &str = "aurum.fallback";
+/// Boots a revision is given when nothing says otherwise.
+pub const DEFAULT_TRIES: u32 = 3;
+/// The most boots GRUB's script counts down from (one digit: GRUB's script has no arithmetic).
+pub const MAX_TRIES: u32 = 9;
+
+const ENV: &str = "grubenv";
+const CFG: &str = "aurum.cfg";
+const CUSTOM: &str = "custom.cfg";
+/// The kept kernel and initramfs, in GRUB's directory.
+const KEPT: &str = "aurum";
+/// The line of `custom.cfg` that reads aurum's.
+const SOURCE_LINE: &str = "if [ -f ${prefix}/aurum.cfg ]; then source ${prefix}/aurum.cfg; fi";
+
+/// The boot loader of `root` that aurum counts boots with, if any.
+pub fn bootloader(root: &Path) -> Option<Bootloader> {
+    root.join(GRUB_DIR)
+        .join("grub.cfg")
+        .is_file()
+        .then_some(Bootloader::Grub)
+}
+
+/// A trial being prepared: what [`begin`] needs once the update committed.
+pub struct Prepared {
+    fallback: RevRef,
+    tries: u32,
+    cmdline: String,
+    initrd: bool,
+}
+
+/// The kernel command line the fallback entry boots with: the running kernel's on the node
+/// itself, else (a root mounted elsewhere) the root's `/etc/kernel/cmdline` (systemd's
+/// convention); GRUB's own words and aurum's are taken out.
+fn cmdline(root: &Path) -> Result<String> {
+    let file = if root == Path::new("/") {
+        PathBuf::from("/proc/cmdline")
+    } else {
+        root.join("etc/kernel/cmdline")
+    };
+    let text = fs::read_to_string(&file).map_err(|e| {
+        invalid(format!(
+            "cannot read the kernel command line for the fallback boot entry from {} ({e}): \
+             write it there, or update with --boot-tries 0 (no boot counting)",
+            file.display()
+        ))
+    })?;
+    Ok(text
+        .split_whitespace()
+        .filter(|w| {
+            !w.starts_with("BOOT_IMAGE=") && !w.starts_with("initrd=") && *w != FALLBACK_ARG
+        })
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// The kernel and initramfs `root` boots: what `/boot/vmlinuz` (or `/vmlinuz`) points to,
+/// else the newest `/boot/vmlinuz-*`; the initramfs of the same version.
+fn kernel(root: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    let boot = root.join("boot");
+    let linked = ["boot/vmlinuz", "vmlinuz"]
+        .iter()
+        .map(|l| root.join(l))
+        .find(|p| p.is_file());
+    let kernel = match linked {
+        Some(k) => fs::canonicalize(&k).at(&k)?,
+        None => {
+            let mut found: Vec<PathBuf> = fs::read_dir(&boot)
+                .at(&boot)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_file()
+                        && p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                })
+                .collect();
+            found.sort_by(|a, b| version_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+            found.pop().ok_or_else(|| {
+                invalid(format!(
+                    "{} holds no kernel (vmlinuz or vmlinuz-VERSION) for the fallback boot \
+                     entry: update with --boot-tries 0 (no boot counting)",
+                    boot.display()
+                ))
+            })?
+        }
+    };
+    let name = kernel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let version = name.strip_prefix("vmlinuz-");
+    let mut candidates = Vec::new();
+    if let Some(v) = version {
+        candidates.push(boot.join(format!("initrd.img-{v}")));
+        candidates.push(boot.join(format!("initramfs-{v}.img")));
+    }
+    candidates.push(boot.join("initrd.img"));
+    candidates.push(root.join("initrd.img"));
+    let initrd = candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .map(|p| fs::canonicalize(&p).unwrap_or(p));
+    Ok((kernel, initrd))
+}
+
+/// Orders version strings by their numbers (`vmlinuz-6.1.0-9` before `vmlinuz-6.1.0-10`).
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |s: &str| -> Vec<(u64, String)> {
+        s.split(|c: char| !c.is_ascii_alphanumeric())
+            .map(|p| (p.parse().unwrap_or(0), p.to_string()))
+            .collect()
+    };
+    parts(a).cmp(&parts(b))
+}
+
+fn durable(path: &Path, data: &[u8]) -> Result<()> {
+    crate::sys::write_atomic(
+        path,
+        data,
+        crate::sys::WriteOpts {
+            durable: true,
+            mode: Some(0o644),
+            ..Default::default()
+        },
+    )
+}
+
+/// Before an update of `node` that puts a revision on trial for `tries` boots: keeps the
+/// kernel and initramfs the node boots now for the fallback entry. `None` when there is no
+/// trial to prepare: no boot counting asked (`tries` 0), a boot loader aurum does not count
+/// with, or a node with no revision yet to fall back to. A node already on trial keeps the
+/// fallback of that trial (the revision before it was never blessed).
+pub fn prepare(node: &Node, tries: u32) -> Result<Option<Prepared>> {
+    if tries == 0 || bootloader(&node.root).is_none() {
+        return Ok(None);
+    }
+    if tries > MAX_TRIES {
+        return Err(invalid(format!(
+            "--boot-tries {tries}: GRUB's counter goes up to {MAX_TRIES} boots"
+        )));
+    }
+    let state = node.state()?;
+    let Some(current) = state.current.clone() else {
+        return Ok(None);
+    };
+    let grub = node.root.join(GRUB_DIR);
+    let kept = grub.join(KEPT);
+    if let Some(t) = state.trial {
+        return Ok(Some(Prepared {
+            fallback: t.fallback,
+            tries,
+            cmdline: cmdline(&node.root)?,
+            initrd: kept.join("initrd.img").is_file(),
+        }));
+    }
+    let (vmlinuz, initrd) = kernel(&node.root)?;
+    fs::create_dir_all(&kept).at(&kept)?;
+    durable(&kept.join("vmlinuz"), &fs::read(&vmlinuz).at(&vmlinuz)?)?;
+    match &initrd {
+        Some(i) => durable(&kept.join("initrd.img"), &fs::read(i).at(i)?)?,
+        None => {
+            let _ = fs::remove_file(kept.join("initrd.img"));
+        }
+    }
+    Ok(Some(Prepared {
+        fallback: current,
+        tries,
+        cmdline: cmdline(&node.root)?,
+        initrd: initrd.is_some(),
+    }))
+}
+
+/// aurum's part of GRUB's configuration (`/boot/grub/aurum.cfg`): while `aurum_trial` is set,
+/// one boot is taken from `aurum_tries` and saved before the menu; with none left the default
+/// entry becomes `aurum-fallback`, the kept kernel with `aurum.fallback` on its command line.
+/// GRUB's script has no arithmetic, so the count goes down through a chain of string tests.
+pub fn grub_cfg(fallback: &RevRef, cmdline: &str, initrd: bool) -> String {
+    let mut s = String::from(
+        "# Written by aurum: boot counting for a revision on trial (see `aurum node-status`).\n\
+         # aurum rewrites this file; edits are lost.\n\
+         if [ -s ${prefix}/grubenv ]; then\n  load_env --file ${prefix}/grubenv aurum_trial aurum_tries\nfi\n\
+         if [ -n \"${aurum_trial}\" ]; then\n  if [ \"${aurum_tries}\" = 0 ]; then\n    set default=aurum-fallback\n",
+    );
+    for n in 1..=MAX_TRIES {
+        s.push_str(&format!(
+            "  elif [ \"${{aurum_tries}}\" = {n} ]; then\n    set aurum_tries={}\n    save_env --file ${{prefix}}/grubenv aurum_tries\n",
+            n - 1
+        ));
+    }
+    s.push_str("  else\n    set default=aurum-fallback\n  fi\nfi\n");
+    // Menu titles are single-quoted: a quote in a revision name must not end them.
+    let title = format!("aurum: fall back to {}", fallback.name()).replace('\'', "");
+    s.push_str(&format!(
+        "menuentry '{title}' --id aurum-fallback {{\n  linux ${{prefix}}/{KEPT}/vmlinuz {cmdline} {FALLBACK_ARG}\n"
+    ));
+    if initrd {
+        s.push_str(&format!("  initrd ${{prefix}}/{KEPT}/initrd.img\n"));
+    }
+    s.push_str("}\n");
+    s
+}
+
+fn env_path(root: &Path) -> PathBuf {
+    root.join(GRUB_DIR).join(ENV)
+}
+
+fn read_env(root: &Path) -> Result<GrubEnv> {
+    let p = env_path(root);
+    match fs::read(&p) {
+        Ok(b) => GrubEnv::decode(&b, &p.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GrubEnv::new()),
+        Err(e) => Err(e).at(&p),
+    }
+}
+
+/// Makes `custom.cfg` read `aurum.cfg`: created when there is none, the line added to one
+/// the image or an administrator wrote.
+fn source_from_custom(grub: &Path) -> Result<()> {
+    let p = grub.join(CUSTOM);
+    let text = match fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).at(&p),
+    };
+    if text.lines().any(|l| l.trim() == SOURCE_LINE) {
+        return Ok(());
+    }
+    let mut new = text;
+    if !new.is_empty() && !new.ends_with('\n') {
+        new.push('\n');
+    }
+    new.push_str(SOURCE_LINE);
+    new.push('\n');
+    durable(&p, new.as_bytes())
+}
+
+/// After the update that [`prepare`] prepared committed: puts the node's new revision on
+/// trial. `None` when the update left the node on the fallback's tree (nothing to try).
+pub fn begin(node: &Node, p: Prepared) -> Result<Option<Trial>> {
+    let mut state = node.state()?;
+    let Some(revision) = state.current.clone() else {
+        return Ok(None);
+    };
+    if revision.same_tree(&p.fallback) {
+        if state.trial.is_some() {
+            end_trial(node)?;
+            state = node.state()?;
+            state.trial = None;
+            node.save_state(&state)?;
+        }
+        return Ok(None);
+    }
+    let grub = node.root.join(GRUB_DIR);
+    durable(
+        &grub.join(CFG),
+        grub_cfg(&p.fallback, &p.cmdline, p.initrd).as_bytes(),
+    )?;
+    source_from_custom(&grub)?;
+    let trial = Trial {
+        revision: revision.clone(),
+        fallback: p.fallback,
+        tries: p.tries,
+        bootloader: Bootloader::Grub,
+        started: crate::catalog::now(),
+    };
+    // The state first: a trial the state names and GRUB does not count ends at the next boot
+    // as a trial boot would; a counter without a state trial is cleared by `aurum boot`.
+    state.trial = Some(trial.clone());
+    node.save_state(&state)?;
+    let mut env = read_env(&node.root)?;
+    env.set("aurum_trial", &revision.name())?;
+    env.set("aurum_tries", &p.tries.to_string())?;
+    durable(&env_path(&node.root), env.encode())?;
+    Ok(Some(trial))
+}
+
+/// Takes the counter out of GRUB's environment and aurum's entry out of its configuration,
+/// and frees the kept kernel.
+fn end_trial(node: &Node) -> Result<()> {
+    let grub = node.root.join(GRUB_DIR);
+    let mut env = read_env(&node.root)?;
+    let a = env.unset("aurum_trial");
+    let b = env.unset("aurum_tries");
+    if a || b {
+        durable(&env_path(&node.root), env.encode())?;
+    }
+    for f in [grub.join(CFG)] {
+        match fs::remove_file(&f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).at(&f),
+        }
+    }
+    let _ = fs::remove_dir_all(grub.join(KEPT));
+    Ok(())
+}
+
+/// Ends a trial without falling back (a rollback or `mark-good` chose the revision): the
+/// counter and aurum's entry go, the state names no trial.
+pub fn cancel(node: &Node) -> Result<()> {
+    let mut state = node.state()?;
+    if state.trial.take().is_none() {
+        return Ok(());
+    }
+    node.save_state(&state)?;
+    end_trial(node)
+}
+
+/// This boot: the kernel's command line and boot id (on the node, `/proc`'s).
+pub struct ThisBoot {
+    pub cmdline: String,
+    pub boot_id: String,
+}
+
+impl ThisBoot {
+    /// The running kernel's.
+    pub fn running() -> Result<ThisBoot> {
+        let read = |p: &str| fs::read_to_string(p).at(Path::new(p));
+        Ok(ThisBoot {
+            cmdline: read("/proc/cmdline")?,
+            boot_id: read("/proc/sys/kernel/random/boot_id")?.trim().to_string(),
+        })
+    }
+
+    fn fallback_entry(&self) -> bool {
+        self.cmdline.split_whitespace().any(|w| w == FALLBACK_ARG)
+    }
+}
+
+/// What [`boot`] and [`after_health`] work with: this boot, and what a fallback needs.
+pub struct BootContext<'a> {
+    pub this: ThisBoot,
+    /// Where to report, and where a fallback fetches what the node lacks (a fallback from
+    /// the undo area needs none).
+    pub source: Option<&'a dyn RevisionSource>,
+    /// The update excludes a fallback honours (node.toml's, as for `aurum rollback`).
+    pub excludes: Excludes,
+    pub progress: &'a dyn Progress,
+}
+
+/// What [`boot`] or [`after_health`] did.
+#[derive(Debug, serde::Serialize)]
+pub struct BootResult {
+    pub record: BootRecord,
+    /// The root was put back to the fallback revision: the running system is the revision
+    /// that failed, and the node must reboot into the restored root.
+    pub reboot: bool,
+}
+
+/// `aurum boot`, early at every boot: records the boot; on GRUB's fallback entry (the revision
+/// on trial used up its boots) puts the root back to the fallback revision.
+pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
+    let this = &cx.this;
+    let state = node.state()?;
+    let env = read_env(&node.root)?;
+    let result = match state.trial.clone() {
+        Some(t) if this.fallback_entry() => {
+            let reason = format!(
+                "{} did not pass its health checks in {} boot{}: GRUB booted the fallback entry",
+                t.revision.name(),
+                t.tries,
+                if t.tries == 1 { "" } else { "s" }
+            );
+            fall_back(node, cx, &t, reason)?
+        }
+        Some(t) => {
+            let tries_left = env.get("aurum_tries").and_then(|v| v.parse().ok());
+            let record = BootRecord {
+                time: crate::catalog::now(),
+                boot_id: this.boot_id.clone(),
+                revision: state.current.clone(),
+                outcome: BootOutcome::Trial,
+                tries_left,
+                trial: Some(t.revision),
+                reason: String::new(),
+            };
+            save_record(node, &record)?;
+            BootResult {
+                record,
+                reboot: false,
+            }
+        }
+        None => {
+            // A counter no trial explains (the state write of a trial that then failed, a
+            // root restored from elsewhere) must not send a later boot to a stale entry.
+            if env.get("aurum_trial").is_some() {
+                end_trial(node)?;
+            }
+            let record = BootRecord {
+                time: crate::catalog::now(),
+                boot_id: this.boot_id.clone(),
+                revision: state.current.clone(),
+                outcome: BootOutcome::Booted,
+                tries_left: None,
+                trial: None,
+                reason: String::new(),
+            };
+            save_record(node, &record)?;
+            BootResult {
+                record,
+                reboot: false,
+            }
+        }
+    };
+    report(cx.source, &result.record);
+    Ok(result)
+}
+
+/// After `aurum health` on `node`: on a trial boot (the boot `aurum boot` recorded as one,
+/// in this boot), blesses the revision when `health` is healthy, else falls back to the
+/// fallback revision. `None` when this is no trial boot.
+pub fn after_health(
+    node: &Node,
+    cx: &BootContext,
+    health: &HealthRecord,
+) -> Result<Option<BootResult>> {
+    let this = &cx.this;
+    let state = node.state()?;
+    let (Some(t), Some(b)) = (state.trial.clone(), state.boot.clone()) else {
+        return Ok(None);
+    };
+    let trial_boot = b.outcome == BootOutcome::Trial
+        && b.boot_id == this.boot_id
+        && b.trial.as_ref().is_some_and(|r| r.same_tree(&t.revision));
+    if !trial_boot {
+        return Ok(None);
+    }
+    let result = if health.healthy {
+        end_trial(node)?;
+        let mut state = node.state()?;
+        state.trial = None;
+        state.last_known_good = Some(t.revision.clone());
+        let record = BootRecord {
+            time: crate::catalog::now(),
+            outcome: BootOutcome::Blessed,
+            trial: Some(t.revision.clone()),
+            ..b
+        };
+        state.boot = Some(record.clone());
+        node.save_state(&state)?;
+        BootResult {
+            record,
+            reboot: false,
+        }
+    } else {
+        let failed: Vec<String> = health
+            .checks
+            .iter()
+            .filter(|c| c.required && c.status != CheckStatus::Pass)
+            .map(|c| {
+                let last = c.output.lines().last().unwrap_or("").trim();
+                let how = match (c.status, c.exit) {
+                    (CheckStatus::Timeout, _) => "timed out".to_string(),
+                    (CheckStatus::Error, _) => "could not run".to_string(),
+                    (_, Some(code)) => format!("exit {code}"),
+                    _ => "killed".to_string(),
+                };
+                match last.is_empty() {
+                    true => format!("{} ({how})", c.name),
+                    false => format!("{} ({how}: {last})", c.name),
+                }
+            })
+            .collect();
+        let reason = format!(
+            "{} failed its health checks: {}",
+            t.revision.name(),
+            failed.join(", ")
+        );
+        fall_back(node, cx, &t, reason)?
+    };
+    report(cx.source, &result.record);
+    Ok(Some(result))
+}
+
+fn save_record(node: &Node, record: &BootRecord) -> Result<()> {
+    let mut state = node.state()?;
+    state.boot = Some(record.clone());
+    node.save_state(&state)
+}
+
+/// Puts the root of `node` back to the fallback of trial `t`, ends the trial and records why.
+/// From the undo area when the trial's revision came in one update (no network), else from
+/// the manifests the node kept and `source` for what it lacks.
+fn fall_back(node: &Node, cx: &BootContext, t: &Trial, reason: String) -> Result<BootResult> {
+    let state = node.state()?;
+    let to = match &state.previous {
+        Some(p) if p.same_tree(&t.fallback) => RollbackTo::Previous,
+        _ => {
+            let mut s = state.clone();
+            s.last_known_good = Some(t.fallback.clone());
+            node.save_state(&s)?;
+            RollbackTo::LastKnownGood
+        }
+    };
+    let opts = UpdateOptions {
+        action: NodeAction::Rollback,
+        dry_run: false,
+        no_delete: false,
+        verify_local: false,
+        excludes: cx.excludes.clone(),
+        adopt: false,
+        overlay: None,
+        before_writes: None,
+        stage: None,
+    };
+    client::rollback(node, cx.source, to, opts, cx.progress).map_err(|e| {
+        crate::Error::Tool(format!(
+            "the node could not go back to {} after {reason}: {e}; it stays on the revision \
+             on trial (run `aurum rollback --last-known-good` by hand)",
+            t.fallback.name()
+        ))
+    })?;
+    end_trial(node)?;
+    let mut state = node.state()?;
+    state.trial = None;
+    state.last_known_good = Some(t.fallback.clone());
+    let record = BootRecord {
+        time: crate::catalog::now(),
+        boot_id: cx.this.boot_id.clone(),
+        revision: state.current.clone(),
+        outcome: BootOutcome::FellBack,
+        tries_left: None,
+        trial: Some(t.revision.clone()),
+        reason,
+    };
+    state.boot = Some(record.clone());
+    node.save_state(&state)?;
+    Ok(BootResult {
+        record,
+        reboot: true,
+    })
+}
+
+/// Reboots this system: through systemd when it runs (`systemctl reboot`), else the `reboot`
+/// command (busybox's or sysvinit's signals init).
+pub fn reboot() -> Result<()> {
+    let mut cmd = match Path::new("/run/systemd/system").is_dir() {
+        true => {
+            let mut c = std::process::Command::new("systemctl");
+            c.arg("reboot");
+            c
+        }
+        false => std::process::Command::new("reboot"),
+    };
+    let status = cmd
+        .status()
+        .map_err(|e| invalid(format!("cannot run reboot: {e}; reboot the node by hand")))?;
+    if !status.success() {
+        return Err(invalid(format!(
+            "reboot failed ({status}); reboot the node by hand"
+        )));
+    }
+    Ok(())
+}
+
+/// The report of a boot record, as the server keeps it.
+pub fn boot_report(record: &BootRecord) -> NodeReport {
+    let rev = record.revision.as_ref();
+    NodeReport {
+        hostname: client::hostname(),
+        image: rev.and_then(|r| r.image.clone()),
+        revision: rev.map(|r| r.id.clone()),
+        action: NodeAction::Boot,
+        result: match record.outcome {
+            BootOutcome::FellBack => Outcome::Failed,
+            _ => Outcome::Ok,
+        },
+        bytes: 0,
+        seconds: 0.0,
+        detail: match record.outcome {
+            BootOutcome::FellBack => format!("fell back: {}", record.reason),
+            o => o.as_str().to_string(),
+        },
+        boot: Some(BootReport {
+            outcome: record.outcome,
+            fell_back: record.outcome == BootOutcome::FellBack,
+            booted: rev.map(|r| r.name()),
+            trial: record.trial.as_ref().map(|r| r.name()),
+            tries_left: record.tries_left,
+            reason: record.reason.clone(),
+        }),
+    }
+}
+
+fn report(source: Option<&dyn RevisionSource>, record: &BootRecord) {
+    if let Some(s) = source {
+        if let Err(e) = s.report(&boot_report(record)) {
+            log::info!("boot report not delivered: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(n: u32) -> RevRef {
+        RevRef {
+            image: Some("compute".into()),
+            number: Some(n),
+            id: format!("{n:02}").repeat(32),
+            overrides: Vec::new(),
+            tree: None,
+        }
+    }
+
+    #[test]
+    fn the_grub_script_counts_down_and_names_the_fallback() {
+        let cfg = grub_cfg(&rev(7), "root=UUID=1234 ro quiet", true);
+        assert!(cfg.contains("elif [ \"${aurum_tries}\" = 3 ]; then\n    set aurum_tries=2\n"));
+        assert!(cfg
+            .contains("menuentry 'aurum: fall back to compute@7 07070707' --id aurum-fallback {"));
+        assert!(
+            cfg.contains("linux ${prefix}/aurum/vmlinuz root=UUID=1234 ro quiet aurum.fallback\n")
+        );
+        assert!(cfg.contains("initrd ${prefix}/aurum/initrd.img"));
+        assert!(!grub_cfg(&rev(7), "ro", false).contains("initrd"));
+    }
+
+    #[test]
+    fn kernels_sort_by_version_numbers() {
+        let mut v = vec![
+            "vmlinuz-6.1.0-10-amd64",
+            "vmlinuz-6.1.0-9-amd64",
+            "vmlinuz-5.10.0-1",
+        ];
+        v.sort_by(|a, b| version_cmp(a, b));
+        assert_eq!(
+            v,
+            [
+                "vmlinuz-5.10.0-1",
+                "vmlinuz-6.1.0-9-amd64",
+                "vmlinuz-6.1.0-10-amd64"
+            ]
+        );
+    }
+}

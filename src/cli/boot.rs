@@ -1,0 +1,160 @@
+//! `boot` command: what a node runs early at every boot (boot counting and fallback), and the
+//! pieces `health` uses on a trial boot.
+
+use std::path::{Path, PathBuf};
+
+use aurum::apply::bootcount::{self, BootContext, BootOutcome, BootRecord, BootResult, ThisBoot};
+use aurum::apply::health::HealthRecord;
+use aurum::apply::node::Node;
+use aurum::apply::source::{HttpOptions, HttpRepo, RevisionSource};
+use clap::Args;
+
+use super::node::{ExcludeArgs, SourceArgs};
+use super::{human_time, print_json, say, Global};
+
+/// Record this boot; on GRUB's fallback entry, put the node back to its last-known-good revision.
+///
+/// Run it early at every boot (aurum-boot.service does, before the network). On a boot of a
+/// revision on trial (one `aurum updateclient` wrote with --boot-tries) it records the tries
+/// left; `aurum health` passing on that boot then blesses the revision. When GRUB has used up
+/// the tries it boots aurum's fallback entry (the kernel the node ran before, with
+/// `aurum.fallback`): then this command puts the root back to the revision before the trial
+/// from the node's own undo area (no network needed), records that the node fell back and why,
+/// reports it to the server, and reboots into the restored root. Every boot is reported
+/// (action `boot`); `aurum node-status` and `aurum nodes` show the last one.
+#[derive(Args)]
+pub struct BootArgs {
+    /// The node's root.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    root: PathBuf,
+    /// The kernel command line of this boot. Default: /proc/cmdline (give it for a root mounted
+    /// elsewhere, e.g. from a rescue system: `aurum.fallback` in it means GRUB booted the
+    /// fallback entry).
+    #[arg(long, value_name = "TEXT")]
+    cmdline: Option<String>,
+    /// After a fallback, do not reboot (the root is put back; the running system is still the
+    /// revision that failed until the node reboots). Never reboots with a --root other than /.
+    #[arg(long)]
+    no_reboot: bool,
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    excludes: ExcludeArgs,
+    /// Print the boot record as JSON: {"record": {"time", "boot_id", "revision", "outcome",
+    /// "tries_left", "trial", "reason"}, "reboot"}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// This boot, from /proc, with `cmdline` given instead of the kernel's when it is.
+fn this_boot(cmdline: Option<String>) -> anyhow::Result<ThisBoot> {
+    let mut this = ThisBoot::running()?;
+    if let Some(c) = cmdline {
+        this.cmdline = c;
+    }
+    Ok(this)
+}
+
+pub fn boot(g: &Global, a: BootArgs) -> anyhow::Result<()> {
+    let node = Node::open_deferred(&a.root)?;
+    if node.state()?.current.is_none() {
+        return Err(aurum::Error::Invalid(format!(
+            "aurum has not installed or updated {} yet: there is no boot to record",
+            a.root.display()
+        ))
+        .into());
+    }
+    node.claim()?;
+    // A boot without the network still counts and falls back: the report is then lost.
+    let source = match a.source.open(g, &node) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("no server to report to: {e:#}");
+            None
+        }
+    };
+    let progress = g.progress();
+    let cx = BootContext {
+        this: this_boot(a.cmdline)?,
+        source: source.as_deref(),
+        excludes: a.excludes.build(&g.config.node)?,
+        progress: progress.as_ref(),
+    };
+    let r = bootcount::boot(&node, &cx)?;
+    if a.json {
+        print_json(&r)?;
+    } else {
+        print_record(&r.record);
+    }
+    reboot_if_asked(&a.root, &r, a.no_reboot)
+}
+
+/// `health`'s part on a trial boot (see [`bootcount::after_health`]).
+pub fn after_health(
+    g: &Global,
+    root: &Path,
+    server: Option<&str>,
+    excludes: &ExcludeArgs,
+    record: &HealthRecord,
+) -> anyhow::Result<Option<BootResult>> {
+    let node = Node::open(root)?;
+    let http = match server {
+        Some(url) => {
+            match HttpRepo::new(url, Some(&node.dir.join("cache")), &HttpOptions::default()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    log::warn!("no server to report to: {e:#}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let progress = g.progress();
+    let cx = BootContext {
+        this: this_boot(None)?,
+        source: http.as_ref().map(|h| h as &dyn RevisionSource),
+        excludes: excludes.build(&g.config.node)?,
+        progress: progress.as_ref(),
+    };
+    Ok(bootcount::after_health(&node, &cx, record)?)
+}
+
+/// One line on a boot record, as node-status shows it.
+pub fn describe(b: &BootRecord) -> String {
+    let rev = b
+        .revision
+        .as_ref()
+        .map(|r| r.name())
+        .unwrap_or_else(|| "-".into());
+    let at = human_time(b.time);
+    match b.outcome {
+        BootOutcome::Booted => format!("{rev} at {at}"),
+        BootOutcome::Trial => format!(
+            "{rev} at {at}, on trial ({} tries left)",
+            b.tries_left
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into())
+        ),
+        BootOutcome::Blessed => format!("{rev} at {at}, blessed (now last-known-good)"),
+        BootOutcome::FellBack => format!("{rev} at {at}, FELL BACK: {}", b.reason),
+    }
+}
+
+pub fn print_record(b: &BootRecord) {
+    println!("boot: {}", describe(b));
+}
+
+/// Reboots the node when a fallback put its root back, unless told not to or the root is not
+/// this system's.
+pub fn reboot_if_asked(root: &Path, r: &BootResult, no_reboot: bool) -> anyhow::Result<()> {
+    if !r.reboot {
+        return Ok(());
+    }
+    if no_reboot || root != Path::new("/") {
+        say!("aurum: the root was put back; reboot to run it");
+        return Ok(());
+    }
+    say!("aurum: the root was put back; rebooting into it");
+    Ok(bootcount::reboot()?)
+}

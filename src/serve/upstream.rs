@@ -2,7 +2,8 @@
 //!
 //! A rack server or a cluster master caches its parent: a file named by its hash (pack, pack
 //! index, manifest, delta) that this server lacks is fetched from the upstream once, checked
-//! (a pack against its id, a manifest against its id, an index against its checksum), kept
+//! (a pack against its id, a manifest against its id, an index against its checksum and
+//! against its pack, fetched first), kept
 //! under `ROOT/public/` and served from there like any repository file, Range and conditional
 //! requests included. What can change (refs, `packs/list`, templates, `FORMAT`) is asked of the
 //! upstream each time, and the API (reports, deltas, install phases) and boot scripts are passed
@@ -18,8 +19,9 @@ use super::{static_file, static_path, text};
 use crate::error::{invalid, IoContext, Result};
 use crate::format::Id;
 
-/// The largest answer passed on from the upstream whole (API answers, refs, boot scripts).
-const MAX_PASSED: u64 = 64 << 20;
+/// The largest answer passed on from the upstream (API answers, refs, boot scripts, the boot
+/// kit), spooled to disk on the way.
+const MAX_PASSED: u64 = 16 << 30;
 
 /// Makes `root` a cache directory: `public/` and `tmp/`.
 pub fn prepare(root: &Path) -> Result<()> {
@@ -91,7 +93,7 @@ impl Upstream {
             }
             return;
         }
-        if let Err(e) = self.pass_on(rq, reply) {
+        if let Err(e) = self.pass_on(root, rq, reply) {
             text(
                 502,
                 &format!("the upstream {} did not answer {path}: {e}", self.base),
@@ -182,6 +184,9 @@ impl Upstream {
                 ),
             )
         })?;
+        if path.ends_with(".idx") {
+            self.check_index(root, path, tmp.path())?;
+        }
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| (500, e.to_string()))?;
         }
@@ -194,8 +199,66 @@ impl Upstream {
         Ok(())
     }
 
+    /// Checks a fetched pack index against its pack, which is fetched first when this tier
+    /// lacks it (and checked against its id): the index must list every blob the pack's
+    /// records hold, and only where they are. An index with a good checksum that points
+    /// elsewhere (a wrong or an old index for this pack) would send every node behind this tier
+    /// to the wrong bytes; each node would refuse them, but none could update.
+    fn check_index(
+        &self,
+        root: &Path,
+        path: &str,
+        tmp: &Path,
+    ) -> std::result::Result<(), (u16, String)> {
+        let pack_path = format!("{}.pack", path.trim_end_matches(".idx"));
+        let pack_file = static_path(root, &pack_path)
+            .ok_or_else(|| (400, format!("{path}: not a pack index's path")))?;
+        if !pack_file.exists() {
+            self.fetch_once(root, &pack_path, &pack_file)
+                .map_err(|(code, msg)| {
+                    (
+                        if code == 404 { 502 } else { code },
+                        format!("{path} cannot be checked against its pack: {msg}"),
+                    )
+                })?;
+        }
+        let damaged = |why: String| {
+            (
+                502,
+                format!(
+                    "the upstream {} sent a damaged {path}: {why}; not kept",
+                    self.base
+                ),
+            )
+        };
+        let data = std::fs::read(tmp).map_err(|e| (500, e.to_string()))?;
+        let listed =
+            crate::format::pack::decode_index(&data).map_err(|e| damaged(e.to_string()))?;
+        let held = crate::store::pack_entries(&pack_file).map_err(|e| (500, e.to_string()))?;
+        let held_set: std::collections::HashSet<_> = held.iter().collect();
+        if let Some(e) = listed.iter().find(|e| !held_set.contains(e)) {
+            return Err(damaged(format!(
+                "it places blob {} where its pack holds no such record",
+                e.id.short()
+            )));
+        }
+        let listed_ids: std::collections::HashSet<_> = listed.iter().map(|e| e.id).collect();
+        if let Some(e) = held.iter().find(|e| !listed_ids.contains(&e.id)) {
+            return Err(damaged(format!(
+                "it lacks blob {} that its pack holds",
+                e.id.short()
+            )));
+        }
+        Ok(())
+    }
+
     /// Passes `rq` on to the upstream and its answer back.
-    fn pass_on(&self, rq: &Request, reply: &mut Reply) -> std::result::Result<(), String> {
+    fn pass_on(
+        &self,
+        root: &Path,
+        rq: &Request,
+        reply: &mut Reply,
+    ) -> std::result::Result<(), String> {
         let url = format!("{}{}", self.base, rq.target);
         let resp = match rq.method {
             Method::Post => {
@@ -236,23 +299,30 @@ impl Upstream {
             })
             .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        let body = resp
+        // Spooled to an unnamed file of tmp/ and sent from there with sendfile: memory stays
+        // flat whatever the size (a boot kit's initramfs, a large delta answer), and the file
+        // is gone once the answer is.
+        let mut spool = tempfile::tempfile_in(root.join("tmp"))
+            .map_err(|e| format!("spooling the answer in {}: {e}", root.join("tmp").display()))?;
+        let mut body = resp
             .into_body()
-            .with_config()
+            .into_with_config()
             .limit(MAX_PASSED)
-            .read_to_vec()
-            .map_err(|e| e.to_string())?;
+            .reader();
+        let len = std::io::copy(&mut body, &mut spool).map_err(|e| e.to_string())?;
         reply.status(status);
         for (k, v) in &headers {
             reply.header(k, v);
         }
-        reply.bytes(&body);
-        Ok(())
+        reply
+            .file(spool, 0, len)
+            .map_err(|e| format!("reading back the spooled answer: {e}"))
     }
 }
 
 /// Checks a fetched immutable file against its name: a pack's id is the hash of its bytes, a
-/// manifest's that of its decompressed bytes, an index carries its own checksum.
+/// manifest's that of its decompressed bytes, an index carries its own checksum (and is
+/// checked against its pack after, [`Upstream::check_index`]).
 fn check(path: &str, file: &Path, tmp: &Path, hash: [u8; 32]) -> Result<()> {
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     if path.ends_with(".pack") {

@@ -623,6 +623,57 @@ pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
     })
 }
 
+/// The index entries a pack file's record headers describe (a group's members from its
+/// table), read record by record: one record (at most a group) in memory at a time. The
+/// pack's content is not checked against its name here.
+pub fn pack_entries(path: &Path) -> Result<Vec<IndexEntry>> {
+    let f = File::open(path).at(path)?;
+    let len = f.metadata().at(path)?.len();
+    let truncated = || corrupt(format!("{} is truncated", path.display()));
+    let mut magic = [0u8; 8];
+    f.read_exact_at(&mut magic, 0).map_err(|_| truncated())?;
+    if &magic != pack::PACK_MAGIC {
+        return Err(corrupt(format!("{} is not an aurum pack", path.display())));
+    }
+    let mut entries = Vec::new();
+    let mut at = pack::PACK_MAGIC.len() as u64;
+    let mut header = [0u8; pack::RECORD_HEADER];
+    while at < len {
+        f.read_exact_at(&mut header, at).map_err(|_| truncated())?;
+        let (rid, codec, stored, raw) = pack::parse_record_header(&header)?;
+        let offset = at + pack::RECORD_HEADER as u64;
+        if offset + u64::from(stored) > len {
+            return Err(truncated());
+        }
+        if codec == Codec::ZstdGroup {
+            let mut payload = vec![0u8; stored as usize];
+            f.read_exact_at(&mut payload, offset).at(path)?;
+            let body = decode_group_payload(&rid, &payload)?;
+            for (mid, inner, len) in pack::decode_group(&body)? {
+                entries.push(IndexEntry {
+                    id: mid,
+                    offset,
+                    stored_len: stored,
+                    raw_len: len,
+                    codec,
+                    inner,
+                });
+            }
+        } else {
+            entries.push(IndexEntry {
+                id: rid,
+                offset,
+                stored_len: stored,
+                raw_len: raw,
+                codec,
+                inner: 0,
+            });
+        }
+        at = offset + u64::from(stored);
+    }
+    Ok(entries)
+}
+
 /// How many decompressed groups a reader keeps: two per thread (a delta reads the old
 /// version of a file from one group and the new from another) and two spare, at most 12
 /// (96 MiB of 8 MiB groups). Two in all made every thread of a delta precompute or a

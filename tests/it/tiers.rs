@@ -176,6 +176,46 @@ fn a_cache_tier_fetches_each_object_once_and_checks_it() {
         !second.join("data/new").exists(),
         "a damaged blob was installed"
     );
+
+    // An index whose checksum is good but which places a blob where its pack has no such
+    // record (one offset moved): the tier checks it against the pack and refuses it.
+    std::fs::write(&new_pack, {
+        bytes[at] ^= 0xff;
+        &bytes
+    })
+    .unwrap();
+    write_random(&golden.join("data/newer"), 98, 200_000);
+    origin_env.getimage(&golden, "img", &[]);
+    let list = String::from_utf8(http(&origin.addr, "GET", "/packs/list", &[], b"").2).unwrap();
+    let newer = list.split_whitespace().next().unwrap().to_string();
+    let idx_path = format!("packs/{}/{newer}.idx", &newer[..2]);
+    let idx = origin_env.public().join(&idx_path);
+    let mut entries = aurum::format::pack::decode_index(&std::fs::read(&idx).unwrap()).unwrap();
+    entries[0].offset += 1;
+    std::fs::write(&idx, aurum::format::pack::encode_index(&mut entries)).unwrap();
+    let (status, _, body) = http(&tier.addr, "GET", &format!("/{idx_path}"), &[], b"");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("damaged") && body.contains("where its pack holds no such record"),
+        "{body}"
+    );
+    assert!(!cache.public().join(&idx_path).exists());
+
+    // What the tier passes on is spooled to disk, not held in memory, and has no 64 MiB cap
+    // any more: a 72 MiB initramfs of the boot kit comes through whole.
+    let kit = origin_env.repo().join("bootkit");
+    std::fs::create_dir_all(&kit).unwrap();
+    let initrd: Vec<u8> = (0..72u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(kit.join("initrd.img"), &initrd).unwrap();
+    let (status, _, body) = http(&tier.addr, "GET", "/boot/kit/initrd.img", &[], b"");
+    assert_eq!(status, 200);
+    assert!(
+        body == initrd,
+        "{} bytes came of {}",
+        body.len(),
+        initrd.len()
+    );
 }
 
 #[test]

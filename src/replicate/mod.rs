@@ -33,6 +33,7 @@ use crate::format::pack::{self as packfmt, decode_index, Codec, IndexEntry};
 use crate::format::refs::{self, ImageLog};
 use crate::format::Id;
 use crate::progress::Progress;
+use crate::repo::embedded::Pins;
 use crate::repo::Repository;
 use crate::store::{self, FinishedPack};
 use source::Source;
@@ -175,9 +176,26 @@ fn pull_from(
         stage: &stage,
         progress,
     };
-    let manifests = fetched.manifests(&plan.manifests)?;
+    let mut manifests = fetched.manifests(&plan.manifests)?;
+    // The packs and manifests of repositories embedded in those revisions come whole, so
+    // that they can be rebuilt from here (see `repo::embedded`).
+    let mut pins = Pins::default();
+    for m in &manifests {
+        pins.add_file(&m.packed[..], &m.id)?;
+    }
+    for id in &plan.present {
+        pins.add_manifest(&repo.root, id)?;
+    }
+    let more: Vec<Id> = pins
+        .manifests
+        .iter()
+        .filter(|id| !manifests.iter().any(|m| m.id == **id))
+        .filter(|id| !store::manifest_path(&repo.root, id).exists())
+        .copied()
+        .collect();
+    manifests.extend(fetched.manifests(&more)?);
     let wanted = fetched.wanted_blobs(&manifests, &plan.present)?;
-    let packs = fetched.choose_packs(wanted)?;
+    let packs = fetched.choose_packs(wanted, &pins.packs)?;
     let checked = fetched.packs(&packs, &mut report)?;
     register(repo, &checked, &manifests)?;
     report.packs = checked.len() as u64;
@@ -391,10 +409,14 @@ struct Staged {
     blobs: Vec<Id>,
 }
 
-/// The blob ids an encoded manifest names.
+/// The blob ids an encoded manifest names: its files' chunks, and the catalog snapshots of
+/// the repositories it embeds.
 fn blob_ids(raw: &[u8]) -> Result<Vec<Id>> {
     let mut out = Vec::new();
     for e in Manifest::decode(raw)?.entries {
+        if let Some(r) = crate::format::embedded::decode_record(&e)? {
+            out.extend(r.catalog.iter().map(|c| c.id));
+        }
         if let Kind::File { chunks, .. } = e.kind {
             out.extend(chunks.into_iter().map(|c| c.id));
         }
@@ -485,9 +507,22 @@ impl Fetch<'_> {
     }
 
     /// The source's packs that hold the wanted blobs (newest first, as `packs/list` is),
-    /// with their sizes and indexes. Packs this repository has are never looked at.
-    fn choose_packs(&self, mut wanted: HashSet<Id>) -> Result<Vec<(Id, u64, Vec<IndexEntry>)>> {
-        if wanted.is_empty() {
+    /// and the `pinned` ones (named by embedded repositories' records, fetched whole), with
+    /// their sizes and indexes. Packs this repository has are never looked at.
+    fn choose_packs(
+        &self,
+        mut wanted: HashSet<Id>,
+        pinned: &HashSet<Id>,
+    ) -> Result<Vec<(Id, u64, Vec<IndexEntry>)>> {
+        let have: HashSet<Id> = self
+            .repo
+            .catalog
+            .packs()?
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        let mut pinned: HashSet<Id> = pinned.difference(&have).copied().collect();
+        if wanted.is_empty() && pinned.is_empty() {
             return Ok(Vec::new());
         }
         let text = self
@@ -496,25 +531,18 @@ impl Fetch<'_> {
             .ok_or_else(|| Error::NotFound(format!("{} has no packs/list", self.src.describe())))?;
         let list =
             refs::decode_pack_list(&text).map_err(|p| inconsistent(self.src, "packs/list", p))?;
-        let have: HashSet<Id> = self
-            .repo
-            .catalog
-            .packs()?
-            .into_iter()
-            .map(|p| p.0)
-            .collect();
         let dir = self.stage.join("idx");
         fs::create_dir_all(&dir).at(&dir)?;
         let mut chosen = Vec::new();
         for (pack, size) in list {
-            if wanted.is_empty() {
+            if wanted.is_empty() && pinned.is_empty() {
                 break;
             }
-            if have.contains(&pack) {
+            if have.contains(&pack) || (wanted.is_empty() && !pinned.contains(&pack)) {
                 continue;
             }
             let entries = self.index(&dir, &pack, false)?;
-            if entries.iter().any(|e| wanted.contains(&e.id)) {
+            if pinned.remove(&pack) || entries.iter().any(|e| wanted.contains(&e.id)) {
                 for e in &entries {
                     wanted.remove(&e.id);
                 }
@@ -526,6 +554,13 @@ impl Fetch<'_> {
                 "{} lacks {} blobs its revisions name (blob {} among them); run `aurum verify` there; nothing was registered",
                 self.src.describe(),
                 wanted.len(),
+                missing.short()
+            )));
+        }
+        if let Some(missing) = pinned.iter().next() {
+            return Err(corrupt(format!(
+                "{} lacks pack {}, which a repository embedded in one of its revisions holds; run `aurum verify` there; nothing was registered",
+                self.src.describe(),
                 missing.short()
             )));
         }

@@ -147,6 +147,21 @@ fn stage(
         .into_iter()
         .map(|p| (p.0, p.1))
         .collect();
+    // What the repositories embedded in those revisions hold comes whole (see
+    // `repo::embedded`): their packs, and their manifests beside the revisions'.
+    let mut pins = crate::repo::embedded::Pins::default();
+    for id in &manifests {
+        pins.add_manifest(&repo.root, id)?;
+    }
+    for pack in pins.packs.iter().filter(|p| !dest_packs.contains(p)) {
+        packs.insert(*pack, sizes.get(pack).copied().unwrap_or(0));
+    }
+    let pinned: Vec<Id> = pins
+        .manifests
+        .iter()
+        .filter(|id| !manifests.contains(id))
+        .copied()
+        .collect();
     let mut seen = HashSet::new();
     for id in &manifests {
         for blob in super::blob_ids(&repo.load_manifest_raw(id)?)? {
@@ -181,7 +196,7 @@ fn stage(
             .or_else(|_| fs::copy(&from, &to).map(|_| ()))
             .at(&to)
     };
-    for id in &manifests {
+    for id in manifests.iter().chain(&pinned) {
         link(manifest::path(id))?;
     }
     for id in packs.keys() {

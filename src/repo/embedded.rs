@@ -68,6 +68,17 @@ impl Pins {
         }
         Ok(())
     }
+
+    /// [`Pins::add_manifest`] for a manifest file's bytes (as stored, compressed).
+    pub fn add_file(&mut self, packed: &[u8], id: &Id) -> Result<()> {
+        if !manifest::file_embeds(packed) {
+            return Ok(());
+        }
+        for e in manifest::Entries::of_file(packed, id)? {
+            self.add(&e?)?;
+        }
+        Ok(())
+    }
 }
 
 /// What taking a repository in added to the capturing one.

@@ -384,3 +384,58 @@ fn a_repository_newer_than_this_aurum_is_refused_with_what_to_do() {
     // Captured as files, it is just files.
     env.getimage(&master, "m", &["--no-embedded-repos"]);
 }
+
+#[test]
+fn pulling_a_master_image_brings_the_packs_and_manifests_of_its_repository() {
+    let env = Env::new();
+    let master = super_and_master(&env);
+    let inner = master.join("var/lib/aurum");
+    // A pack only the master's repository has, taken in at capture.
+    let local = env.path("local");
+    os_tree(&local, 6);
+    at(
+        &env,
+        &inner,
+        &[
+            "getimage",
+            "--golden-client",
+            local.to_str().unwrap(),
+            "--image",
+            "site",
+        ],
+    );
+    env.getimage(&master, "master", &[]);
+    // Another site pulls only the master image: the compute revisions its repository
+    // holds come along as packs and manifests, not as revisions of that site.
+    let other = env.path("other");
+    at(&env, &other, &["init"]);
+    at(
+        &env,
+        &other,
+        &["pull", "--mirror", env.repo().to_str().unwrap(), "master"],
+    );
+    verify(&env, &other);
+    let images = at(&env, &other, &["lsimage"]);
+    assert!(
+        images.contains("master") && !images.contains("compute"),
+        "{images}"
+    );
+    let out_dir = env.path("out");
+    at(
+        &env,
+        &other,
+        &["checkout", "master", out_dir.to_str().unwrap()],
+    );
+    let rebuilt = out_dir.join("var/lib/aurum");
+    verify(&env, &rebuilt);
+    assert_eq!(listing(&env, &rebuilt), listing(&env, &inner));
+    // gc there keeps them too.
+    at(&env, &other, &["gc"]);
+    let again = env.path("again");
+    at(
+        &env,
+        &other,
+        &["checkout", "master", again.to_str().unwrap()],
+    );
+    verify(&env, &again.join("var/lib/aurum"));
+}

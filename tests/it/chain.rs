@@ -5,6 +5,8 @@
 //! dnsmasq, and PXE-installs a compute VM from it on a network of their own. Then the super
 //! master captures a new compute revision, the master pulls it (`aurum pull`) and the compute
 //! node, booted from its disk, updates to it (`aurum updateclient`) and reports to the master.
+//! The two levels: the master's repository holds a `submaster` image whose root holds a
+//! repository too; in the master VM it checks out and that repository verifies.
 //!
 //! Every VM runs under TCG. The installed roots are built from the boot kit's own initramfs
 //! (busybox, aurum and its libraries), so they have no GRUB: a VM "boots its disk" with the
@@ -416,9 +418,10 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
         ],
     );
     // The two levels: the master's repository also holds the image of a master for the next
-    // cluster, whose root holds a repository of its own (at another path).
+    // cluster, whose root holds a repository of its own (at another path). A few files and
+    // the repository are enough for that root: it is checked out in the master, not booted.
     let submaster = sup.path("submaster-root");
-    node_root(&kit, &submaster);
+    crate::pxe::golden(&submaster);
     let subrepo = submaster.join("srv/aurum");
     inner(&sup, &subrepo, &["init"]);
     inner(

@@ -26,6 +26,8 @@ pub const DIR_ENV: &str = "AURUM_CONFIG_DIR";
 pub const REPO_ENV: &str = "AURUM_REPO";
 /// The environment variable naming the image server (over node.toml's).
 pub const SERVER_ENV: &str = "AURUM_SERVER";
+/// The environment variable holding the token for a node's or installer's writes.
+pub const TOKEN_ENV: &str = "AURUM_TOKEN";
 /// The server-side file's name inside the directory.
 pub const SERVER_FILE: &str = "aurum.toml";
 /// The node-side file's name inside the directory.
@@ -92,6 +94,12 @@ pub struct NodeFile {
     /// Hosts reached without the proxy, as curl's `no_proxy` (when the environment has
     /// none): `no-proxy = "master,10.0.0.0/8,.cluster"`.
     pub no_proxy: Option<String>,
+    /// The file holding the node's token for its reports (default: the node's
+    /// /var/lib/aurum-node/token, which `aurum install` writes).
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) an https:// server's certificate must be signed by, instead of
+    /// the system's trust store.
+    pub ca: Option<PathBuf>,
 }
 
 /// Where a setting's value came from.
@@ -237,6 +245,44 @@ impl Config {
             self.node_value(|n| n.server.as_ref().map(Servers::list)),
             None,
         )
+    }
+
+    /// The token a node or an installer sends with its writes: `AURUM_TOKEN`, else the file
+    /// `flag` (`--token-file`), else node.toml's `token-file`, else `default` (the node's
+    /// token file) when it exists. The token's text is trimmed and must be printable ASCII.
+    pub fn token(&self, flag: Option<PathBuf>, default: Option<&Path>) -> Result<Option<String>> {
+        let check = |t: String, from: &dyn std::fmt::Display| -> Result<Option<String>> {
+            let t = t.trim().to_string();
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Error::Invalid(format!(
+                    "the token from {from} is not one (printable ASCII without spaces): copy it \
+                     from `aurum token create` or `aurum token node NODE`"
+                )));
+            }
+            Ok(Some(t))
+        };
+        if let Some(t) = env_var(TOKEN_ENV) {
+            return check(t, &format!("environment {TOKEN_ENV}"));
+        }
+        let file = pick(
+            flag.map(|f| (f, "--token-file")),
+            None,
+            self.node_value(|n| n.token_file.clone()),
+            default.filter(|d| d.exists()).map(Path::to_path_buf),
+        );
+        match file {
+            None => Ok(None),
+            Some(f) => {
+                let text = std::fs::read_to_string(&f.value).map_err(|e| {
+                    Error::Invalid(format!(
+                        "cannot read the token file {} ({}): {e}",
+                        f.value.display(),
+                        f.origin
+                    ))
+                })?;
+                check(text, &f.value.display())
+            }
+        }
     }
 
     /// The revision a node follows: `flag` (`--image`), else node.toml's `image`.

@@ -10,7 +10,8 @@
 //!    [`progress`], [`excludes`] (the path patterns capture and update leave alone),
 //!    [`devices`] (block devices and the tools that handle them), [`facts`] (a node's hardware),
 //!    [`name`] (the syntax of names, and [`name::ClassName`], a hardware class), [`config`]
-//!    (/etc/aurum/aurum.toml and node.toml, and where each setting came from).
+//!    (/etc/aurum/aurum.toml and node.toml, and where each setting came from), [`tls`] (whom
+//!    an HTTPS client trusts).
 //! 2. [`format`]: every byte layout on disk or on the wire. It uses only the base layer.
 //! 3. [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with
 //!    verification, and [`store::BlobSource`], how writers get blobs.
@@ -53,5 +54,6 @@ pub mod store;
 pub mod sys;
 pub mod tarball;
 pub mod template;
+pub mod tls;
 
 pub use error::{Error, Result};

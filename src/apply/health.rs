@@ -198,8 +198,12 @@ pub fn check(root: &Path, limit: Duration) -> Result<(HealthRecord, bool)> {
 
 /// Tells the server at `url` how the health check went (`POST /api/v1/reports`, action
 /// `health`; the failed checks in the detail). The status page shows it.
-pub fn report(url: &str, record: &HealthRecord) -> Result<()> {
-    use crate::apply::source::{HttpOptions, HttpRepo, RevisionSource};
+pub fn report(
+    url: &str,
+    options: &crate::apply::source::HttpOptions,
+    record: &HealthRecord,
+) -> Result<()> {
+    use crate::apply::source::{HttpRepo, RevisionSource};
     use crate::format::report::{NodeAction, NodeReport, Outcome};
     let failed: Vec<&str> = record
         .checks
@@ -226,11 +230,7 @@ pub fn report(url: &str, record: &HealthRecord) -> Result<()> {
         },
         boot: None,
     };
-    let options = HttpOptions {
-        proxies: crate::proxy::Proxies::from_env()?,
-        ..HttpOptions::default()
-    };
-    HttpRepo::new(url, None, &options)?.report(&report)
+    HttpRepo::new(url, None, options)?.report(&report)
 }
 
 /// Whether `checks` leave the node healthy: no required check other than passed.

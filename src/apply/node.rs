@@ -24,6 +24,8 @@ use crate::format::Id;
 
 /// The node state directory, relative to the node's root.
 pub const STATE_DIR: &str = "var/lib/aurum-node";
+/// The node's token for its reports, in the state directory (`aurum install` writes it; 0600).
+pub const TOKEN_FILE: &str = "token";
 
 impl From<&Target> for RevRef {
     fn from(t: &Target) -> RevRef {

@@ -176,6 +176,12 @@ pub struct HttpOptions {
     pub attempts: u32,
     /// The HTTP proxies requests go through.
     pub proxies: crate::proxy::Proxies,
+    /// Sent as `Authorization: Bearer` with the node's reports (`aurum serve` takes writes
+    /// with a token only); never with reads.
+    pub token: Option<String>,
+    /// For an https:// server: the CA its certificate must be signed by; none: the system's
+    /// trust store.
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for HttpOptions {
@@ -188,6 +194,8 @@ impl Default for HttpOptions {
             idle_timeout: Duration::from_secs(60),
             attempts: 4,
             proxies: crate::proxy::Proxies::none(),
+            token: None,
+            ca: None,
         }
     }
 }
@@ -252,15 +260,9 @@ pub struct HttpRepo {
 
 /// Checks a server URL: plain http://.
 fn check_base(base: &str) -> Result<()> {
-    if base.starts_with("https://") {
+    if !base.starts_with("http://") && !base.starts_with("https://") {
         return Err(invalid(format!(
-            "{base}: aurum speaks plain HTTP (every blob and manifest is checked against its \
-             id, so TLS adds no integrity); give the server as http://HOST:8035"
-        )));
-    }
-    if !base.starts_with("http://") {
-        return Err(invalid(format!(
-            "{base}: give the server as an http:// URL, e.g. http://{}",
+            "{base}: give the server as an http:// or https:// URL, e.g. http://{}",
             if base.contains(':') {
                 base.to_string()
             } else {
@@ -303,7 +305,8 @@ impl HttpRepo {
                 .timeout_connect(Some(options.connect_timeout))
                 .timeout_per_read(Some(options.idle_timeout))
                 .timeout_per_write(Some(options.idle_timeout))
-                .http_status_as_error(false),
+                .http_status_as_error(false)
+                .tls_config(crate::tls::client_config(options.ca.as_deref())?),
             &options.proxies,
         );
         let scratch = match cache {
@@ -743,9 +746,13 @@ impl HttpRepo {
     }
 }
 
-/// A failure to reach the server or to read its answer: worth another try.
+/// A failure to reach the server or to read its answer: worth another try, unless the
+/// server's certificate is refused (another try gets the same certificate).
 fn transient(e: ureq::Error) -> Failure {
-    Failure::Transient(describe(&e))
+    match e {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => Failure::Final(Error::Remote(describe(&e))),
+        e => Failure::Transient(describe(&e)),
+    }
 }
 
 /// What went wrong, in words an administrator can act on.
@@ -756,6 +763,9 @@ fn describe(e: &ureq::Error) -> String {
             "no data moved within the idle timeout (the server stalled)".into()
         }
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => {
+            crate::tls::explain("the server", &e.to_string())
+        }
         e => e.to_string(),
     }
 }
@@ -1141,14 +1151,30 @@ impl RevisionSource for HttpRepo {
 
     fn report(&self, report: &NodeReport) -> Result<()> {
         let body = report.encode();
-        let resp = self
+        let mut rq = self
             .agent
             .post(self.url("api/v1/reports"))
-            .content_type("application/json")
+            .content_type("application/json");
+        if let Some(t) = &self.options.token {
+            rq = rq.header("Authorization", format!("Bearer {t}"));
+        }
+        let resp = rq
             .send(&body[..])
-            .map_err(|e| self.net("api/v1/reports", e))?;
+            .map_err(|e| self.net("api/v1/reports", describe(&e)))?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),
+            s @ (401 | 403) => Err(self.net(
+                "api/v1/reports",
+                format!(
+                    "HTTP {s}: the server refused the report's token ({}); a node's token is \
+                     in /var/lib/aurum-node/token (`aurum token node NODE` on the server)",
+                    if self.options.token.is_some() {
+                        "wrong or revoked"
+                    } else {
+                        "none was sent"
+                    }
+                ),
+            )),
             s => Err(self.net(
                 "api/v1/reports",
                 format!("HTTP {s} (a plain web server takes no reports)"),

@@ -11,6 +11,7 @@ pub mod nodes;
 mod remotes;
 pub mod rollouts;
 mod templates;
+pub mod tokens;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use aurum::apply::bootcount::{self, BootContext, BootOutcome, BootRecord, BootResult, ThisBoot};
 use aurum::apply::health::HealthRecord;
 use aurum::apply::node::Node;
-use aurum::apply::source::{HttpOptions, HttpRepo, RevisionSource};
+use aurum::apply::source::{HttpRepo, RevisionSource};
 use clap::Args;
 
 use super::node::{ExcludeArgs, SourceArgs};
@@ -100,7 +100,8 @@ pub fn after_health(
     let node = Node::open(root)?;
     let http = match server {
         Some(url) => {
-            match HttpRepo::new(url, Some(&node.dir.join("cache")), &HttpOptions::default()) {
+            let options = super::node::report_options(g, root)?;
+            match HttpRepo::new(url, Some(&node.dir.join("cache")), &options) {
                 Ok(h) => Some(h),
                 Err(e) => {
                     log::warn!("no server to report to: {e:#}");

@@ -169,6 +169,8 @@ pub struct InstallArgs {
     server: Option<String>,
     #[command(flatten)]
     http: super::HttpArgs,
+    #[command(flatten)]
+    token: super::TokenArgs,
     /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id.
     #[arg(long, value_name = "REV")]
     image: String,
@@ -251,9 +253,10 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
     let class = (a.class != "auto")
         .then(|| ClassName::new(a.class.as_str()))
         .transpose()?;
+    let http_options = a.http.options(None, a.token.token(g, None)?)?;
     let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
         Some(url) => {
-            let http = HttpRepo::new(url, None, &a.http.options(None)?)?;
+            let http = HttpRepo::new(url, None, &http_options)?;
             let t = store::from_server(&http, class.as_ref())?;
             (Box::new(http), t)
         }
@@ -287,6 +290,7 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
         class,
         image: a.image,
         hostname: a.hostname,
+        token: http_options.token.clone(),
         group: a.group,
         hooks: a.hooks,
         dry_run: a.dry_run,
@@ -298,7 +302,8 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
     };
     let r = match (a.report, &a.server, &opts.hostname) {
         (true, Some(server), Some(node)) => {
-            let to_server = ServerReporter::new(&terminal, server, node);
+            let sink = report::PhaseSink::new(server, &http_options)?;
+            let to_server = ServerReporter::new(&terminal, sink, node);
             aurum::install::install(source.as_ref(), opts, &to_server)?
         }
         _ => aurum::install::install(source.as_ref(), opts, &terminal)?,
@@ -349,13 +354,17 @@ pub struct InstallReportArgs {
     /// The detail; its last 40 lines are sent.
     #[arg(long, value_name = "FILE")]
     detail_file: PathBuf,
+    #[command(flatten)]
+    http: super::HttpArgs,
+    #[command(flatten)]
+    token: super::TokenArgs,
 }
 
 fn parse_phase(s: &str) -> Result<InstallPhase, String> {
     InstallPhase::parse(s).ok_or_else(|| format!("`{s}` is not an install phase"))
 }
 
-pub fn install_report(_: &Global, a: InstallReportArgs) -> anyhow::Result<()> {
+pub fn install_report(g: &Global, a: InstallReportArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.detail_file).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let r = PhaseReport {
@@ -368,6 +377,7 @@ pub fn install_report(_: &Global, a: InstallReportArgs) -> anyhow::Result<()> {
         done: None,
         total: None,
     };
-    report::post(&report::agent(), &a.server, &a.node, &r)?;
+    let options = a.http.options(None, a.token.token(g, None)?)?;
+    report::PhaseSink::new(&a.server, &options)?.post(&a.node, &r)?;
     Ok(())
 }

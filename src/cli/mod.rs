@@ -26,6 +26,7 @@ mod serve;
 mod si;
 mod tarball;
 mod template;
+mod token;
 
 use std::path::PathBuf;
 
@@ -167,13 +168,41 @@ pub struct HttpArgs {
     /// "" for none.
     #[arg(long, value_name = "URL")]
     proxy: Option<String>,
+    /// For an https:// server: trust only certificates signed by the CA in FILE (PEM).
+    /// Default (on a node): `ca` in node.toml, else the system's trust store (/etc/ssl/certs).
+    #[arg(long, env = "AURUM_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+}
+
+/// The token a command sends with its reports to the server.
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The file holding the token sent with reports to the server (aurum serve takes writes
+    /// with a token only). Default: AURUM_TOKEN (the token itself), else `token-file` in
+    /// node.toml, else the node's /var/lib/aurum-node/token, which install writes.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token in effect; `node_token` is the node's own token file, used when nothing
+    /// names another.
+    pub fn token(
+        &self,
+        g: &Global,
+        node_token: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<String>> {
+        Ok(g.config.token(self.token_file.clone(), node_token)?)
+    }
 }
 
 impl HttpArgs {
-    /// The options; `node` is node.toml's settings on a node (its `proxy` and `no-proxy`).
+    /// The options; `node` is node.toml's settings on a node (its `proxy`, `no-proxy` and
+    /// `ca`); `token` goes with the reports.
     pub fn options(
         &self,
         node: Option<&aurum::config::NodeFile>,
+        token: Option<String>,
     ) -> aurum::Result<aurum::apply::source::HttpOptions> {
         let proxies = aurum::proxy::Proxies::choose(
             self.proxy.as_deref(),
@@ -185,6 +214,8 @@ impl HttpArgs {
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout.max(1)),
             attempts: self.http_tries,
             proxies,
+            token,
+            ca: self.ca.clone().or_else(|| node.and_then(|n| n.ca.clone())),
         })
     }
 }
@@ -234,6 +265,7 @@ pub enum Command {
     Pull(replicate::PullArgs),
     Push(replicate::PushArgs),
     Remote(replicate::RemoteArgs),
+    Token(token::TokenArgs),
     Facts(install::FactsArgs),
     Prepareclient(install::PrepareclientArgs),
     Install(install::InstallArgs),
@@ -293,6 +325,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Pull(a) => replicate::pull(g, a),
         Command::Push(a) => replicate::push(g, a),
         Command::Remote(a) => replicate::remote(g, a),
+        Command::Token(a) => token::token(g, a),
         Command::Facts(a) => install::facts(g, a),
         Command::Prepareclient(a) => install::prepareclient(g, a),
         Command::Install(a) => install::install(g, a),

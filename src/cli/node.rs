@@ -13,7 +13,7 @@ use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use aurum::format::report::NodeAction;
 use clap::Args;
 
-use super::{human_bytes, human_time, print_json, say, Global, HttpArgs};
+use super::{human_bytes, human_time, print_json, say, Global, HttpArgs, TokenArgs};
 
 /// Where a node gets revisions from: --server, or a repository directory given with the
 /// global --repo (or AURUM_REPO), e.g. an NFS mount of the master's; else node.toml's server.
@@ -28,6 +28,8 @@ pub struct SourceArgs {
     server: Vec<String>,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    token: TokenArgs,
 }
 
 impl SourceArgs {
@@ -57,7 +59,10 @@ impl SourceArgs {
             // An empty list (`server = []`) names no server.
             return Ok(None);
         }
-        let options = self.http.options(Some(&g.config.node))?;
+        let token = self
+            .token
+            .token(g, Some(&node.dir.join(aurum::apply::node::TOKEN_FILE)))?;
+        let options = self.http.options(Some(&g.config.node), token)?;
         let http = HttpRepo::with_servers(&servers.value, cache.as_deref(), &options)?;
         Ok(Some(Box::new(http)))
     }
@@ -632,6 +637,24 @@ fn slurm_gate(name: String, record: &aurum::format::node::HealthRecord) -> Slurm
     }
 }
 
+/// How a node command with no HTTP flags reaches the server for its report: the
+/// environment's proxies, node.toml's `ca`, and the node's token (AURUM_TOKEN, node.toml's
+/// `token-file`, else ROOT/var/lib/aurum-node/token).
+pub fn report_options(
+    g: &Global,
+    root: &std::path::Path,
+) -> anyhow::Result<aurum::apply::source::HttpOptions> {
+    let node_token = root
+        .join(aurum::apply::node::STATE_DIR)
+        .join(aurum::apply::node::TOKEN_FILE);
+    Ok(aurum::apply::source::HttpOptions {
+        proxies: aurum::proxy::Proxies::from_env()?,
+        token: g.config.token(None, Some(&node_token))?,
+        ca: g.config.node.ca.clone(),
+        ..Default::default()
+    })
+}
+
 pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
     use aurum::apply::health::{self, CheckStatus};
     let limit = std::time::Duration::from_secs(a.timeout.max(1));
@@ -641,7 +664,7 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
         .servers(a.server.clone().into_iter().collect())
         .and_then(|s| s.value.first().cloned());
     if let Some(url) = &server {
-        if let Err(e) = health::report(url, &record) {
+        if let Err(e) = health::report(url, &report_options(g, &a.root)?, &record) {
             super::warning(format!("the result was not reported to {url}: {e}"));
         }
     }

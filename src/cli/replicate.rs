@@ -159,7 +159,7 @@ pub fn pull(g: &Global, a: PullArgs) -> anyhow::Result<()> {
         mirror: a.mirror,
         force: a.force,
         ssh: ssh_words(&a.ssh)?,
-        http: a.http.options(None)?,
+        http: a.http.options(None, None)?,
     };
     let progress = g.progress();
     let report = replicate::pull(&mut repo, &opts, progress.as_ref())?;

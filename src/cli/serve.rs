@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// on. Give nodes this server's address; the upstream sees one fetch per object.
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
+    /// Take node reports and install phases without a token. Without it every write needs
+    /// `Authorization: Bearer TOKEN`, an admin token (`aurum token create`) or the node's own
+    /// (`aurum token node NODE`, given to installers by the boot script); reads stay open.
+    /// For a closed lab network only.
+    #[arg(long)]
+    open_writes: bool,
 }
 
 pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
@@ -59,7 +65,11 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     let options = aurum::serve::Options {
         max_transfers: a.max_transfers,
         upstream: a.upstream.clone(),
+        open_writes: a.open_writes,
     };
+    if a.open_writes {
+        super::warning("--open-writes: anyone who reaches this server can report as any node");
+    }
     let serving = aurum::serve::bind_with(
         &g.repo,
         &listen.value,

@@ -6,7 +6,7 @@
 //! the catalog's to query. `book/src/format.md` (Catalog) shows the schema as it stands.
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -197,6 +197,27 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN boot TEXT;
     ALTER TABLE node_reports ADD COLUMN boot TEXT;
     "#,
+    // 8 -> 9: tokens for the writes to `aurum serve` (`format::token`): created ones by the
+    // BLAKE3 hash of their text (never the text), the key node tokens are derived with, and
+    // each node's token generation (bumped to revoke it).
+    r#"
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        hash BLOB NOT NULL UNIQUE,
+        node TEXT,
+        created INTEGER NOT NULL,
+        revoked INTEGER
+    );
+    CREATE TABLE token_key (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        key BLOB NOT NULL
+    );
+    CREATE TABLE node_token_generations (
+        node TEXT PRIMARY KEY,
+        generation INTEGER NOT NULL,
+        revoked INTEGER NOT NULL
+    );
+    "#,
 ];
 
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
@@ -237,6 +258,7 @@ mod tests {
             "statcache",
             "tags",
             "templates",
+            "tokens",
         ] {
             assert!(
                 tables.iter().any(|have| have == t),

@@ -108,6 +108,8 @@ pub struct InstallOptions {
     /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or an id.
     pub image: String,
     pub hostname: Option<String>,
+    /// The node's token for its reports, left at /var/lib/aurum-node/token.
+    pub token: Option<String>,
     pub group: Option<String>,
     /// A hooks directory; `None`: the repository's `hooks` image, else the shipped hooks.
     pub hooks: Option<PathBuf>,
@@ -496,6 +498,24 @@ fn write_file(root: &Path, rel: &str, text: &str) -> Result<()> {
     std::fs::create_dir_all(dir).at(dir)?;
     let mut f = std::fs::File::create(&p).at(&p)?;
     f.write_all(text.as_bytes()).at(&p)?;
+    f.sync_all().at(&p)
+}
+
+/// Leaves the installer's token on the node (`/var/lib/aurum-node/token`, 0600, which updates
+/// never touch), for the node's reports to the server.
+fn write_token(root: &Path, token: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = root.join(crate::apply::node::STATE_DIR);
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let p = dir.join(crate::apply::node::TOKEN_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&p)
+        .at(&p)?;
+    f.write_all(format!("{token}\n").as_bytes()).at(&p)?;
     f.sync_all().at(&p)
 }
 
@@ -1039,6 +1059,9 @@ fn install_inner(
         write_file(&mnt, "etc/fstab", &fstab(&rows))?;
         if !hostname.is_empty() {
             write_file(&mnt, "etc/hostname", &format!("{hostname}\n"))?;
+        }
+        if let Some(token) = &opts.token {
+            write_token(&mnt, token)?;
         }
         report.times.push(laps.lap(Step::Configure));
         // Post-install hooks run chrooted, with /dev, /proc and /sys bound in.

@@ -47,42 +47,66 @@ impl PhaseReport {
     }
 }
 
-/// POSTs a report to `server`'s install endpoint for `node`.
-pub fn post(agent: &ureq::Agent, server: &str, node: &str, r: &PhaseReport) -> crate::Result<()> {
-    let url = format!("{}/api/v1/install/{node}", server.trim_end_matches('/'));
-    let body = r.encode();
-    let resp = agent
-        .post(&url)
-        .header("Content-Type", "application/json")
-        .send(&body[..])
-        .map_err(|e| crate::Error::Remote(format!("{url}: {e}")))?;
-    match resp.status().as_u16() {
-        200..=299 => Ok(()),
-        s => Err(crate::Error::Remote(format!("{url}: HTTP {s}"))),
-    }
+/// Where install phases go: the server, with the token and trust of the installer's
+/// `HttpOptions`.
+pub struct PhaseSink {
+    agent: ureq::Agent,
+    server: String,
+    token: Option<String>,
 }
 
-/// A short-timeout HTTP agent for reports; TCP_NODELAY, so that the POST's body is not held
-/// back behind its head (issue #23).
-pub fn agent() -> ureq::Agent {
-    // The environment's proxies; one that does not parse was refused by the install's
-    // source already.
-    let proxies = crate::proxy::Proxies::from_env().unwrap_or_default();
-    crate::proxy::agent(
-        ureq::Agent::config_builder()
-            .no_delay(true)
-            .timeout_global(Some(Duration::from_secs(15)))
-            .http_status_as_error(false),
-        &proxies,
-    )
+impl PhaseSink {
+    /// A short-timeout client for `server`; TCP_NODELAY, so that the POST's body is not held
+    /// back behind its head (issue #23).
+    pub fn new(
+        server: &str,
+        options: &crate::apply::source::HttpOptions,
+    ) -> crate::Result<PhaseSink> {
+        let agent = crate::proxy::agent(
+            ureq::Agent::config_builder()
+                .no_delay(true)
+                .timeout_global(Some(Duration::from_secs(15)))
+                .http_status_as_error(false)
+                .tls_config(crate::tls::client_config(options.ca.as_deref())?),
+            &options.proxies,
+        );
+        Ok(PhaseSink {
+            agent,
+            server: server.trim_end_matches('/').to_string(),
+            token: options.token.clone(),
+        })
+    }
+
+    /// POSTs a report to the server's install endpoint for `node`.
+    pub fn post(&self, node: &str, r: &PhaseReport) -> crate::Result<()> {
+        let url = format!("{}/api/v1/install/{node}", self.server);
+        let body = r.encode();
+        let mut rq = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            rq = rq.header("Authorization", format!("Bearer {t}"));
+        }
+        let resp = rq
+            .send(&body[..])
+            .map_err(|e| crate::Error::Remote(format!("{url}: {e}")))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            s @ (401 | 403) => Err(crate::Error::Remote(format!(
+                "{url}: HTTP {s}: the server refused the installer's token (the boot script \
+                 passes it as aurum.token=; by hand, AURUM_TOKEN=$(aurum token node {node}))"
+            ))),
+            s => Err(crate::Error::Remote(format!("{url}: HTTP {s}"))),
+        }
+    }
 }
 
 /// Sends every phase to the server, besides passing it on to `inner` (the terminal).
 pub struct ServerReporter<'a> {
     inner: &'a dyn Reporter,
-    server: String,
+    sink: PhaseSink,
     node: String,
-    agent: ureq::Agent,
     state: Mutex<State>,
 }
 
@@ -93,12 +117,11 @@ struct State {
 }
 
 impl<'a> ServerReporter<'a> {
-    pub fn new(inner: &'a dyn Reporter, server: &str, node: &str) -> ServerReporter<'a> {
+    pub fn new(inner: &'a dyn Reporter, sink: PhaseSink, node: &str) -> ServerReporter<'a> {
         ServerReporter {
             inner,
-            server: server.to_string(),
+            sink,
             node: node.to_string(),
-            agent: agent(),
             state: Mutex::new(State::default()),
         }
     }
@@ -137,7 +160,7 @@ impl Reporter for ServerReporter<'_> {
             cut -= 1;
         }
         report.detail.truncate(cut);
-        if let Err(e) = post(&self.agent, &self.server, &self.node, &report) {
+        if let Err(e) = self.sink.post(&self.node, &report) {
             log::warn!("could not report the {} phase: {e}", report.phase);
         }
         self.inner.report(p);

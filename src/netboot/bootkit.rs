@@ -514,6 +514,7 @@ const INIT: &str = r#"#!/bin/sh
 # aurum boot kit: install this node from aurum serve, then reboot or power off.
 # Kernel command line: aurum.server=URL aurum.node=NAME aurum.image=REF [aurum.class=CLASS]
 # [aurum.group=GROUP] [aurum.disk=DEV|auto] [aurum.done=reboot|poweroff|shell]
+# [aurum.token=TOKEN] (the node's token for its phase reports; aurum serve's boot script has it)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t proc proc /proc
@@ -533,6 +534,9 @@ CLASS=$(arg aurum.class)
 GROUP=$(arg aurum.group)
 DISK=$(arg aurum.disk)
 DONE=$(arg aurum.done)
+AURUM_TOKEN=$(arg aurum.token)
+[ -n "$AURUM_TOKEN" ] && export AURUM_TOKEN
+[ -f /etc/aurum/ca.pem ] && export AURUM_CA=/etc/aurum/ca.pem
 rescue() {
     say "$*"
     say "here is a shell; the install log is /tmp/install.log; 'poweroff -f' ends"

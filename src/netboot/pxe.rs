@@ -305,8 +305,17 @@ fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).at(path)
 }
 
+/// `append` and node `n`'s token (`aurum.token=`), so that `aurum serve` takes the phases
+/// its installer reports. Whoever can read the node's boot script or TFTP files can read the
+/// token, as they could boot as the node (the book's Security chapter).
+pub fn with_token(cat: &Catalog, n: &NodeEntry, append: &str) -> Result<String> {
+    let token = cat.node_token(&n.name)?;
+    Ok(format!("{append} aurum.token={token}").trim().to_string())
+}
+
 /// Writes node `n`'s TFTP files: `pxelinux.cfg/01-<mac>` and `ipxe/<mac>.ipxe`.
-pub fn write_node(root: &Path, n: &NodeEntry, server: &str, append: &str) -> Result<()> {
+fn write_node(root: &Path, cat: &Catalog, n: &NodeEntry, server: &str, kit: &str) -> Result<()> {
+    let append = &with_token(cat, n, kit)?;
     write(
         &root.join(format!("pxelinux.cfg/01-{}", n.mac_dashes())),
         &pxelinux_config(n, server, append),
@@ -320,17 +329,12 @@ pub fn write_node(root: &Path, n: &NodeEntry, server: &str, append: &str) -> Res
 /// Writes the whole TFTP tree: the first script, every node's files, the kit under
 /// `aurum/` (for pxelinux) when `kit` has one, and the iPXE binaries when Debian's `ipxe`
 /// package has them. Returns notes on what could not be provided.
-pub fn write_tftp(
-    root: &Path,
-    nodes: &[NodeEntry],
-    server: &str,
-    kit: &Path,
-) -> Result<Vec<String>> {
+fn write_tftp(root: &Path, cat: &Catalog, server: &str, kit: &Path) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     write(&root.join(FIRST_SCRIPT), &first_script(server))?;
     let append = kit_append(kit);
-    for n in nodes {
-        write_node(root, n, server, &append)?;
+    for n in &cat.inventory()? {
+        write_node(root, cat, n, server, &append)?;
     }
     for f in [KIT_KERNEL, KIT_INITRD] {
         let src = kit.join(f);
@@ -365,7 +369,7 @@ const META_TFTP: [&str; 3] = ["pxe.tftp-root", "pxe.server", "pxe.kit"];
 
 /// Writes the TFTP tree for every node of the catalog and remembers where.
 pub fn tftp(cat: &Catalog, root: &Path, server: &str, kit: &Path) -> Result<Vec<String>> {
-    let notes = write_tftp(root, &cat.inventory()?, server, kit)?;
+    let notes = write_tftp(root, cat, server, kit)?;
     // Absolute, for the server that rewrites files in it from another directory.
     let root = &std::fs::canonicalize(root).at(root)?;
     for (k, v) in META_TFTP.iter().zip([
@@ -389,7 +393,7 @@ pub fn refresh_tftp(cat: &Catalog, n: &NodeEntry) -> Result<Option<std::path::Pa
         return Ok(None);
     };
     let root = std::path::PathBuf::from(root);
-    write_node(&root, n, &server, &kit_append(Path::new(&kit)))?;
+    write_node(&root, cat, n, &server, &kit_append(Path::new(&kit)))?;
     Ok(Some(root))
 }
 

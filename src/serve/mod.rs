@@ -54,6 +54,8 @@ pub struct Options {
     /// A cache tier: files this server lacks are fetched from here, checked, kept and served;
     /// the API and boot scripts are passed on.
     pub upstream: Option<String>,
+    /// Take writes (node reports, install phases) without a token: for a lab network only.
+    pub open_writes: bool,
 }
 
 /// Binds `listen` for the repository at `root`; connections that stall for `stalled` (a
@@ -251,6 +253,7 @@ fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String
     };
     let server = format!("http://{}", host.unwrap_or("localhost:8035"));
     let append = crate::netboot::pxe::kit_append(&root.join("bootkit"));
+    let append = crate::netboot::pxe::with_token(cat, &node, &append)?;
     Ok(crate::netboot::pxe::ipxe_script(&node, &server, &append))
 }
 
@@ -301,6 +304,7 @@ fn install_phase(cat: &mut Catalog, node: &str, body: &[u8], peer: &str) -> Resu
 
 fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
     let root = w.root;
+    let open = w.options.open_writes;
     let cat = w.catalog()?;
     let parts: Vec<&str> = api.trim_end_matches('/').split('/').collect();
     let body = rq.body;
@@ -359,6 +363,10 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
             if body.len() > MAX_BODY {
                 return Err(invalid("report too large"));
             }
+            crate::repo::check_name("node", node)?;
+            if let Some(refused) = refuse_write(cat, rq, Some(node), open)? {
+                return Ok(refused);
+            }
             install_phase(cat, node, body, &rq.peer.to_string())?;
             Ok(no_content())
         }
@@ -368,6 +376,10 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
             }
             let report = NodeReport::decode(body)?;
             crate::repo::check_name("host", &report.hostname)?;
+            let node = Some(report.hostname.as_str());
+            if let Some(refused) = refuse_write(cat, rq, node, open)? {
+                return Ok(refused);
+            }
             cat.record_report(&report, Some(&rq.peer.to_string()))?;
             Ok(no_content())
         }
@@ -376,6 +388,42 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
                 .header("Allow", allowed)),
             None => Err(Error::NotFound(format!("no API endpoint /api/v1/{api}"))),
         },
+    }
+}
+
+/// The answer that refuses a write, or `None` when the request's bearer token allows it: an
+/// admin token, or the token of `node` (the node the write is about). No token: 401; a wrong,
+/// revoked or other node's token: 403. Every refusal is logged with the peer's address.
+fn refuse_write(
+    cat: &mut Catalog,
+    rq: &Request,
+    node: Option<&str>,
+    open: bool,
+) -> Result<Option<Answer>> {
+    if open {
+        return Ok(None);
+    }
+    let what = format!("{} {}", rq.method_name, rq.path());
+    let Some(presented) = rq
+        .header("Authorization")
+        .and_then(crate::format::token::bearer)
+    else {
+        log::warn!("{}: {what} refused: no token", rq.peer);
+        let msg = "this server takes writes with a token only: send `Authorization: Bearer TOKEN` \
+                   (a node's token is in /var/lib/aurum-node/token; see `aurum token --help`)";
+        return Ok(Some(
+            text(401, msg).header("WWW-Authenticate", "Bearer realm=\"aurum\""),
+        ));
+    };
+    match cat.authorize(presented, node)? {
+        Ok(access) => {
+            log::debug!("{}: {what} by {access:?}", rq.peer);
+            Ok(None)
+        }
+        Err(why) => {
+            log::warn!("{}: {what} refused: {why}", rq.peer);
+            Ok(Some(text(403, &format!("refused: {why}"))))
+        }
     }
 }
 

@@ -263,8 +263,12 @@ impl Upstream {
         let resp = match rq.method {
             Method::Post => {
                 let mut r = self.agent.post(&url);
-                if let Some(ct) = rq.header("Content-Type") {
-                    r = r.header("Content-Type", ct);
+                // The node's token goes on: the upstream decides on writes, a tier keeps no
+                // tokens.
+                for h in ["Content-Type", "Authorization"] {
+                    if let Some(v) = rq.header(h) {
+                        r = r.header(h, v);
+                    }
                 }
                 r.send(rq.body)
             }
@@ -295,6 +299,7 @@ impl Upstream {
                         | "accept-ranges"
                         | "retry-after"
                         | "allow"
+                        | "www-authenticate"
                 )
             })
             .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))

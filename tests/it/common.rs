@@ -41,14 +41,43 @@ impl Env {
     }
 
     /// The aurum command with progress off, the test's configuration directory and none of
-    /// the caller's AURUM_REPO or AURUM_SERVER; no --repo.
+    /// the caller's AURUM_REPO, AURUM_SERVER, AURUM_TOKEN or AURUM_CA; no --repo. Once a
+    /// test's server made its admin token ([`Env::admin_token`]), the command carries it as
+    /// AURUM_TOKEN, as an administrator's shell would.
     pub fn bare(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_aurum"));
         c.arg("--no-progress").args(args);
         c.env_remove("AURUM_REPO")
             .env_remove("AURUM_SERVER")
+            .env_remove("AURUM_TOKEN")
+            .env_remove("AURUM_CA")
             .env("AURUM_CONFIG_DIR", self.config_dir());
+        if let Ok(token) = std::fs::read_to_string(self.path("admin-token")) {
+            c.env("AURUM_TOKEN", token.trim());
+        }
         c
+    }
+
+    /// Gives the node at `root` its own token, as `aurum install` does: this machine's
+    /// hostname is the name its reports carry.
+    pub fn give_node_token(&self, root: &Path) {
+        let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let token = self.ok(&["token", "node", host.trim()]);
+        let dir = root.join("var/lib/aurum-node");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("token"), token.trim()).unwrap();
+    }
+
+    /// The repository's admin token `tests`, made on first use (`aurum token create`).
+    pub fn admin_token(&self) -> String {
+        let file = self.path("admin-token");
+        if let Ok(t) = std::fs::read_to_string(&file) {
+            return t.trim().to_string();
+        }
+        let v = json(&self.ok(&["token", "create", "tests", "--json"]));
+        let token = v["token"].as_str().expect("a token").to_string();
+        std::fs::write(&file, &token).unwrap();
+        token
     }
 
     /// The aurum command with --repo set and progress off (see [`Env::bare`]).

@@ -127,6 +127,9 @@ impl Fleet {
             "serve",
             "--listen",
             &listen,
+            // The fleet's network is the test's own lab: nodes report without tokens (the
+            // tokens themselves are tests/it/tokens.rs's).
+            "--open-writes",
         ]);
         self.wait_port(8035);
         child

@@ -1,7 +1,7 @@
 //! The architecture's one rule, checked from the code: no module of `src/` imports from a
 //! higher layer. The layers, bottom up (book/src/design.md, "Layers and folder map"):
 //!
-//! 0. base: `error`, `sys`, `progress`, `excludes`, `devices`, `facts`, `name`, `config`
+//! 0. base: `error`, `sys`, `progress`, `excludes`, `devices`, `facts`, `name`, `config`, `tls`
 //! 1. `format`: every byte layout
 //! 2. `store`: packs, blobs, chunking, `BlobSource`
 //! 3. `repo`, `catalog`: a repository and its catalog (publish, gc, verify, diff, delta; nodes)
@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("name", 0),
     ("config", 0),
     ("proxy", 0),
+    ("tls", 0),
     ("format", 1),
     ("store", 2),
     ("repo", 3),

@@ -36,4 +36,5 @@ mod si;
 mod stage;
 mod tarball;
 mod tiers;
+mod tokens;
 mod update;

@@ -25,7 +25,7 @@ const REDFISH_PASSWORD: &str = "rf-S3cret-42";
 /// it is reset), then its iPXE script from `aurum serve`, and when that installs, reports
 /// the phases of an install (or a failure, when the file `fail` exists).
 const NODE_PY: &str = r#"
-import json, os, sys, time, urllib.request
+import json, os, re, sys, time, urllib.request
 state, server, node, mac = sys.argv[1:5]
 def log(m):
     with open(os.path.join(state, "node.log"), "a") as f:
@@ -41,12 +41,15 @@ if "kernel " not in script:
     log("netboot entry boots the local disk")
     sys.exit(0)
 log("netboot entry installs")
+# The boot kit's installer reports with the token the script gives it.
+token = re.search(r"aurum\.token=(\S+)", script).group(1)
 def post(phase, detail, revision=None):
     body = {"phase": phase, "detail": detail}
     if revision:
         body["revision"] = revision
     req = urllib.request.Request("%s/api/v1/install/%s" % (server, node),
-        data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+        data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer " + token})
     urllib.request.urlopen(req).read()
     time.sleep(0.2)
 post("facts", "1 disk")

@@ -31,7 +31,8 @@ fn get(url: &str) -> (u16, String) {
     )
 }
 
-fn post(url: &str, body: &str) -> u16 {
+/// POSTs `body` with `token`, as the boot kit's installer does.
+fn post(url: &str, body: &str, token: &str) -> u16 {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -39,6 +40,7 @@ fn post(url: &str, body: &str) -> u16 {
     agent
         .post(url)
         .header("Content-Type", "application/json")
+        .header("Authorization", format!("Bearer {token}"))
         .send(body)
         .expect("POST")
         .status()
@@ -316,11 +318,18 @@ fn serve_gives_per_node_scripts_and_a_done_report_switches_to_local_boot() {
     let (_, unknown) = get(&format!("{base}/boot/52:54:00:00:00:99.ipxe"));
     assert!(unknown.contains("not in the node database"), "{unknown}");
 
+    // The script hands the installer its node's token, which its reports carry.
+    let token = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("aurum.token="))
+        .unwrap_or_else(|| panic!("no aurum.token= in {script}"))
+        .to_string();
     let url = format!("{base}/api/v1/install/n01");
     assert_eq!(
         post(
             &url,
-            r#"{"phase":"transfer","detail":"1 of 2 bytes","revision":"tiny@1 0123abcd","done":1,"total":2}"#
+            r#"{"phase":"transfer","detail":"1 of 2 bytes","revision":"tiny@1 0123abcd","done":1,"total":2}"#,
+            &token
         ),
         204
     );
@@ -330,11 +339,24 @@ fn serve_gives_per_node_scripts_and_a_done_report_switches_to_local_boot() {
     assert_eq!(
         post(
             &format!("{base}/api/v1/install/n99"),
-            r#"{"phase":"done","detail":""}"#
+            r#"{"phase":"done","detail":""}"#,
+            &token
+        ),
+        403,
+        "n01's token wrote for n99"
+    );
+    assert_eq!(
+        post(
+            &format!("{base}/api/v1/install/n99"),
+            r#"{"phase":"done","detail":""}"#,
+            &env.admin_token()
         ),
         404
     );
-    assert_eq!(post(&url, r#"{"phase":"done","detail":"installed"}"#), 204);
+    assert_eq!(
+        post(&url, r#"{"phase":"done","detail":"installed"}"#, &token),
+        204
+    );
 
     let show = env.ok(&["node", "show", "n01"]);
     assert!(show.contains("boot      local"), "{show}");

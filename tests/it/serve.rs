@@ -21,7 +21,10 @@ impl Server {
         Server::start_with(env, &[])
     }
 
+    /// Starts `aurum serve` with `extra` arguments; the writes of the test's commands carry
+    /// the repository's admin token ([`Env::admin_token`]).
     pub fn start_with(env: &Env, extra: &[&str]) -> Server {
+        env.admin_token();
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let mut child = env
@@ -231,12 +234,16 @@ fn api_lists_images_and_records_node_reports() {
     let report = format!(
         r#"{{"hostname":"n01","image":"img","revision":"{id}","action":"updateclient","result":"ok","bytes":1234,"seconds":0.5}}"#
     );
+    let auth = format!("Bearer {}", env.admin_token());
     assert_eq!(
         http(
             &srv.addr,
             "POST",
             "/api/v1/reports",
-            &[("Content-Type", "application/json")],
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &auth)
+            ],
             report.as_bytes()
         )
         .0,

@@ -41,6 +41,7 @@ fn a_staged_revision_activates_with_the_server_down_and_rolls_back() {
     let node = node_at(&env, "node", "c@1");
     let n = node.to_str().unwrap();
     let srv = Server::start(&env);
+    env.give_node_token(&node);
     let url = format!("http://{}", srv.addr);
     let staged = json(&ok(&[
         "updateclient",

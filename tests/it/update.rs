@@ -113,6 +113,7 @@ fn update_and_rollback_over_http_with_every_kind_of_change() {
     let node = node_at(&env, "node", "c@1");
     assert_eq!(node_diff(&rev1, &node), "");
     let srv = Server::start(&env);
+    env.give_node_token(&node);
     let url = format!("http://{}", srv.addr);
     let n = node.to_str().unwrap();
 
@@ -454,6 +455,9 @@ fn sixteen_nodes_update_from_one_server() {
         .map(|i| node_at(&env, &format!("n{i:02}"), "c@1"))
         .collect();
     let srv = Server::start(&env);
+    for n in &nodes {
+        env.give_node_token(n);
+    }
     let url = format!("http://{}", srv.addr);
     std::thread::scope(|s| {
         for n in &nodes {

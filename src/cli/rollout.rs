@@ -99,7 +99,7 @@ struct StartArgs {
     #[arg(long)]
     slurm: bool,
     /// With --slurm: the longest a drained node's jobs may run on (0: no limit); past it the
-    /// node is resumed, not updated, and counts as failed.
+    /// node is resumed, not updated (its stage freed), and counts as failed.
     #[arg(long, default_value_t = 0, value_name = "SECONDS", requires = "slurm")]
     drain_timeout: u64,
     /// With --slurm: the command that reboots a node after its activation, run on it over

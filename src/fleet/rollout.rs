@@ -311,6 +311,22 @@ fn on_node_raw(t: &Target, plan: &Plan, script: &str, timeout: u64) -> NodeResul
     }
 }
 
+/// Frees the stage of a node that will not be activated now (a boot-time
+/// `updateclient --activate --if-staged` would otherwise activate it at its next reboot, outside
+/// any rollout); says how that went, as the end of a detail.
+fn free_stage(t: &Target, plan: &Plan) -> String {
+    let out = on_node(
+        t,
+        plan,
+        &["updateclient", "--unstage", "--root", &plan.node_root],
+        plan.update_timeout,
+    );
+    match out.status {
+        Status::Ok => "; stage freed".to_string(),
+        _ => format!("; unstage failed: {}", why(&out)),
+    }
+}
+
 /// How often a `--slurm` rollout asks Slurm about a node it waits for.
 const SLURM_POLL: Duration = Duration::from_millis(500);
 
@@ -397,8 +413,9 @@ fn drive_slurm_node(
         };
         if !st.drained() {
             return give_up(format!(
-                "resumed in Slurm by someone else while its jobs ended ({}); not updated",
-                st.state
+                "resumed in Slurm by someone else while its jobs ended ({}); not updated{}",
+                st.state,
+                free_stage(t, plan)
             ));
         }
         if st.no_job() && slurm::jobs_on(&t.name).is_ok_and(|j| j.is_empty()) {
@@ -408,10 +425,11 @@ fn drive_slurm_node(
             if !theirs {
                 slurm::resume(&t.name)?;
             }
+            let freed = free_stage(t, plan);
             set(
                 NodeStep::Pending,
                 None,
-                "drain undone: the rollout was asked to stop while its jobs ran",
+                &format!("drain undone: the rollout was asked to stop while its jobs ran{freed}"),
             )?;
             return Ok(NodeStep::Pending);
         }
@@ -420,8 +438,9 @@ fn drive_slurm_node(
                 slurm::resume(&t.name)?;
             }
             return give_up(format!(
-                "jobs still ran after --drain-timeout {} s; resumed in Slurm, not updated",
-                plan.drain_timeout
+                "jobs still ran after --drain-timeout {} s; resumed in Slurm, not updated{}",
+                plan.drain_timeout,
+                free_stage(t, plan)
             ));
         }
         std::thread::sleep(SLURM_POLL);

@@ -1260,6 +1260,50 @@ fn slurm_rollouts_reboot_no_node_under_a_job() {
             .len(),
         1
     );
+    // A job that outlasts --drain-timeout: its node is resumed, not updated, its stage freed,
+    // and the job runs on.
+    let job = slurm.ctl(&[
+        "sbatch",
+        "--parsable",
+        "-w",
+        "n04",
+        "--output=/dev/null",
+        "--wrap",
+        "sleep 120",
+    ]);
+    let job = job.trim();
+    let job_state = || {
+        slurm
+            .ctl(&["squeue", "--noheader", "-j", job, "-o", "%T"])
+            .trim()
+            .to_string()
+    };
+    for _ in 0..100 {
+        if job_state() == "RUNNING" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(job_state(), "RUNNING");
+    let mut args = rig.start_args("img@1");
+    args[3] = "n04".into();
+    args.extend(["--slurm", "--canary", "0", "--drain-timeout", "3"].map(String::from));
+    let out = slurm.aurum(&rig, &args);
+    assert_eq!(out.status.code(), Some(1));
+    let v = crate::common::json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["nodes"][0]["state"], "failed", "{v}");
+    let detail = v["nodes"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(
+            "jobs still ran after --drain-timeout 3 s; resumed in Slurm, not updated; stage freed"
+        ),
+        "{detail}"
+    );
+    assert_eq!(job_state(), "RUNNING", "the job was touched");
+    assert!(!slurm.node("n04").0.contains("DRAIN"));
+    assert_eq!(rig.versions()[3], "2");
+    assert!(!rig.fleet.root("n04").join(NODE_STAGE).exists());
+    slurm.ctl(&["scancel", job]);
     eprintln!(
         "slurm rollout of 4 nodes with {submitted} jobs: {:.1} s, jobs lost 0, nodes waiting for jobs at their drain: {waited_for_jobs}",
         rollout_took.as_secs_f64()

@@ -610,7 +610,11 @@ impl<'a> Bmc<'a> {
                     .build(),
             );
         }
-        Ok(config.build().into())
+        // The environment's proxies as curl takes them: a BMC's https:// goes through a
+        // CONNECT tunnel of https_proxy unless no_proxy names it (BMC networks usually should).
+        let proxies =
+            crate::proxy::Proxies::from_env().map_err(|e| Fail(Outcome::Failed, e.to_string()))?;
+        Ok(crate::proxy::agent(config, &proxies))
     }
 }
 

@@ -1001,3 +1001,80 @@ fn qemu_node_is_reinstalled_through_ipmi_sim() {
         phases.len()
     );
 }
+
+/// A BMC's `https://` through the environment's `https_proxy`, as curl takes it: a CONNECT
+/// tunnel through a Squid (the TLS inside it checked against the BMC's CA), and no proxy for
+/// a host `no_proxy` names.
+#[test]
+fn redfish_over_https_goes_through_a_connect_tunnel_of_https_proxy() {
+    if !need("sushy-emulator") || !need("openssl") || !need("squid") {
+        return;
+    }
+    let env = Env::new();
+    let (ca, cert, key) = bmc_certificate(env.dir.path());
+    let tls = Sushy::start(env.dir.path(), Some((&cert, &key)));
+    let pw = env.path("rf-password");
+    write_mode(&pw, &format!("{REDFISH_PASSWORD}\n"), 0o600);
+    add_node(
+        &env,
+        "r02",
+        "52:54:00:00:20:02",
+        &[
+            "--bmc",
+            &tls.url,
+            "--bmc-password-file",
+            pw.to_str().unwrap(),
+            "--bmc-protocol",
+            "redfish",
+            "--bmc-user",
+            "admin",
+            "--bmc-ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let dir = env.path("squid");
+    fs::create_dir_all(&dir).unwrap();
+    // Debian's default allows CONNECT to port 443 only; a BMC emulator listens elsewhere.
+    let conf = "http_port 127.0.0.1:@PORT@\nhttp_access allow localhost\nhttp_access deny all\n";
+    let (squid, proxy) = crate::tiers::Squid::start(&dir, conf.to_string());
+    let status = |https_proxy: &str, no_proxy: &str| {
+        let mut c = env.cmd(&["power", "status", "r02", "--json", "--timeout", "10"]);
+        for v in [
+            "http_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ] {
+            c.env_remove(v);
+        }
+        c.env("https_proxy", https_proxy).env("no_proxy", no_proxy);
+        c.output().unwrap()
+    };
+    let port = tls.url.rsplit(':').next().unwrap().to_string();
+    let out = status(&format!("http://{proxy}"), "");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = squid.access_log();
+    assert!(
+        log.contains(&format!("CONNECT 127.0.0.1:{port}")),
+        "no CONNECT in squid's log:\n{log}"
+    );
+    // A proxy that is not there: the BMC is unreachable through it...
+    let gone = format!("http://127.0.0.1:{}", free_tcp_port());
+    let out = status(&gone, "");
+    assert!(!out.status.success());
+    // ...and reached directly when no_proxy names it (an address by its network).
+    let out = status(&gone, "127.0.0.0/8");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -2,7 +2,9 @@
 //! and get 304s; `serve --upstream` is a cache tier that fetches each object once, checks it and
 //! serves it, so a second node behind it costs the origin almost nothing; a damaged object from
 //! the upstream is never kept; `--max-transfers` answers 503 + Retry-After and nodes wait and
-//! finish. Everything on 127.0.0.1.
+//! finish; a forward Squid gets plain absolute-form GETs (never CONNECT) and caches them; a
+//! node given two servers finishes on the second when the first dies mid-pack, resuming where
+//! the cut was. Everything on 127.0.0.1.
 
 use std::sync::atomic::Ordering;
 
@@ -358,7 +360,7 @@ fn squid_as_the_book_configures_it_carries_nodes() {
 }
 
 /// A Squid started by a test, on a free port of 127.0.0.1, logging into its directory.
-struct Squid {
+pub(crate) struct Squid {
     child: std::process::Child,
     dir: std::path::PathBuf,
 }
@@ -366,7 +368,7 @@ struct Squid {
 impl Squid {
     /// Starts Squid with `conf`, in which `@PORT@` is replaced by the port it listens on; its
     /// files (pid, logs) go to `dir`. Returns it and its address.
-    fn start(dir: &std::path::Path, conf: String) -> (Squid, String) {
+    pub(crate) fn start(dir: &std::path::Path, conf: String) -> (Squid, String) {
         let port = crate::published::free_port();
         let d = dir.display();
         let mut conf = conf.replace("@PORT@", &port.to_string());
@@ -410,7 +412,7 @@ impl Squid {
     }
 
     /// Its access log so far (Squid writes it as requests end).
-    fn access_log(&self) -> String {
+    pub(crate) fn access_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
 

@@ -1009,7 +1009,7 @@ fn slurm_rollouts_reboot_no_node_under_a_job() {
     // A job on every node when the rollout starts, then a stream of batch jobs and two
     // interactive ones (srun) that keep going while it runs.
     for _ in 0..4 {
-        slurm.ctl(&["sbatch", "--output=/dev/null", "--wrap", "sleep 6"]);
+        slurm.ctl(&["sbatch", "--output=/dev/null", "--wrap", "sleep 8"]);
     }
     let stop = std::sync::atomic::AtomicBool::new(false);
     let srun_failures = std::sync::atomic::AtomicUsize::new(0);

@@ -121,11 +121,13 @@ fn record_one(
     std::fs::copy(&snapshot, &reading).at(&reading)?;
     let (packs, manifests, (images, revisions)) = {
         let cat = Catalog::open(&reading)?;
-        let packs: Vec<_> = cat
+        // Oldest first: the order a rebuild records them in again.
+        let mut packs: Vec<_> = cat
             .packs()?
             .into_iter()
             .map(|(id, size, _)| (id, size))
             .collect();
+        packs.reverse();
         let mut manifests = cat.all_revision_ids()?;
         manifests.sort();
         let counts = (
@@ -134,6 +136,7 @@ fn record_one(
         );
         (packs, manifests, counts)
     };
+    Catalog::strip_snapshot(&snapshot)?;
     let file = std::fs::File::open(&snapshot).at(&snapshot)?;
     let size = file.metadata().at(&snapshot)?.len();
     let content = super::file_chunks(file, size, false, |_, id, data| {
@@ -152,14 +155,13 @@ fn record_one(
     manifests.extend(pins.manifests);
     manifests.sort();
     manifests.dedup();
-    let mut rec = EmbeddedRepo {
+    let rec = EmbeddedRepo {
         format,
         catalog_size: size,
         catalog: content.chunks,
         packs,
         manifests,
     };
-    rec.packs.sort();
     let taken_in = take_in(repo, &abs, &rec)?;
     let report = Embedded {
         path: display_path(dir),

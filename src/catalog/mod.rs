@@ -276,8 +276,7 @@ impl Catalog {
 
     /// Writes a consistent copy of the catalog at `path` into `to` (a new file): read through
     /// a read-only connection, so that the original is neither migrated nor written (its own
-    /// aurum may be older than this one), and without the stat cache, which only speeds up
-    /// that repository's own captures and is most of a busy catalog's size.
+    /// aurum may be older than this one).
     pub fn snapshot(path: &Path, to: &Path) -> Result<()> {
         use rusqlite::OpenFlags;
         let conn = Connection::open_with_flags(
@@ -287,14 +286,27 @@ impl Catalog {
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
         conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
         drop(conn);
-        let copy = Connection::open(to)?;
-        copy.pragma_update(None, "journal_mode", "DELETE")?;
-        let has_cache: bool = copy
-            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'statcache'")?
-            .exists([])?;
-        if has_cache {
-            copy.execute_batch("DELETE FROM statcache; VACUUM;")?;
+        Connection::open(to)?.pragma_update(None, "journal_mode", "DELETE")?;
+        Ok(())
+    }
+
+    /// Empties, in a [`Catalog::snapshot`] at `path`, what can be made again: the blob index
+    /// and the pack list (rebuilt from the pack indexes, [`Catalog::add_pack`] in the order
+    /// the record keeps), and the stat cache (which only speeds up that repository's own
+    /// captures). They are most of a busy catalog's size: a row per blob.
+    pub fn strip_snapshot(path: &Path) -> Result<()> {
+        let conn = Connection::open(path)?;
+        let has = |table: &str| -> Result<bool> {
+            Ok(conn
+                .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+                .exists([table])?)
+        };
+        for table in ["statcache", "blobs", "packs"] {
+            if has(table)? {
+                conn.execute(&format!("DELETE FROM {table}"), [])?;
+            }
         }
+        conn.execute_batch("VACUUM")?;
         Ok(())
     }
 

@@ -30,11 +30,12 @@ pub const RECORD_VERSION: u64 = 1;
 pub struct EmbeddedRepo {
     /// The repository's format (its `FORMAT` file).
     pub format: u32,
-    /// Size of the catalog snapshot (`aurum.db`, the stat cache left out).
+    /// Size of the catalog snapshot (`aurum.db` without its stat cache, blob index and pack
+    /// list, which a rebuild makes again from the pack indexes).
     pub catalog_size: u64,
     /// Its chunks, stored as any file's content.
     pub catalog: Vec<Chunk>,
-    /// Packs (id, size), held by the capturing repository under the same names.
+    /// Packs (id, size), oldest first, held by the capturing repository under the same names.
     pub packs: Vec<(Id, u64)>,
     /// Manifests of every revision the catalog snapshot records, held likewise.
     pub manifests: Vec<Id>,

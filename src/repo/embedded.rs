@@ -175,6 +175,7 @@ pub struct Rebuilt {
     /// Packs and manifests that the record no longer names, removed (an update).
     pub removed: u64,
     pub bytes_copied: u64,
+    pub seconds: f64,
 }
 
 /// Makes the directory `dir` a working repository holding exactly what `record` says: its
@@ -195,6 +196,7 @@ pub fn rebuild(
             record.format
         )));
     }
+    let started = std::time::Instant::now();
     let mut out = Rebuilt {
         dir: dir.to_path_buf(),
         ..Rebuilt::default()
@@ -291,7 +293,19 @@ pub fn rebuild(
             .open(&lock)
             .at(&lock)?;
     }
-    let catalog = Catalog::open(&dir.join("aurum.db"))?;
+    let mut catalog = Catalog::open(&dir.join("aurum.db"))?;
+    // The blob index, left out of the snapshot, from the pack indexes, in the packs' order.
+    if catalog.packs()?.is_empty() {
+        for (id, size) in &record.packs {
+            let at = store::pack_path(dir, id, "idx");
+            let entries = decode_index(&fs::read(&at).at(&at)?)?;
+            catalog.add_pack(&FinishedPack {
+                id: *id,
+                size: *size,
+                entries,
+            })?;
+        }
+    }
     publish::layout(dir, true)?;
     publish::rebuild(dir, &catalog)?;
     // FORMAT last, as init writes it: without it the directory is no repository yet.
@@ -303,6 +317,7 @@ pub fn rebuild(
     if let Some((uid, gid)) = owner {
         give(dir, uid, gid)?;
     }
+    out.seconds = started.elapsed().as_secs_f64();
     Ok(out)
 }
 

@@ -47,6 +47,14 @@ pub struct ServerFile {
     pub listen: Option<String>,
     /// Where nodes reach this server (`pxe config --server`, `pxe tftp --server`).
     pub url: Option<String>,
+    /// Public keys whose signatures `verify` and `pull` accept (OpenSSH lines, or absolute
+    /// paths of files of them). With any, `pull` refuses revisions no trusted key signed.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Keys no longer accepted even when listed in `trusted-keys` (lines, paths or `SHA256:`
+    /// fingerprints).
+    #[serde(default)]
+    pub revoked_keys: Vec<String>,
 }
 
 /// One image server or several, tried in order.
@@ -100,6 +108,40 @@ pub struct NodeFile {
     /// The CA certificate (PEM) an https:// server's certificate must be signed by, instead of
     /// the system's trust store.
     pub ca: Option<PathBuf>,
+    /// Public keys a revision must be signed by before the node writes it (OpenSSH lines, or
+    /// absolute paths of files of them). None: revisions are not checked.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Keys no longer accepted even when listed in `trusted-keys` (lines, paths or `SHA256:`
+    /// fingerprints).
+    #[serde(default)]
+    pub revoked_keys: Vec<String>,
+    /// Refuse a revision whose newest trusted signature is older than this (`30d`, `12h`,
+    /// `90m`, `45s`): a server replaying old state (a freeze attack); the master signs its
+    /// heads again (`aurum sign`) more often than that.
+    pub max_age: Option<String>,
+}
+
+/// Seconds in an age written as a number and a unit: `30d`, `12h`, `90m`, `45s`.
+pub fn parse_age(text: &str) -> Result<i64> {
+    let t = text.trim();
+    let unit = t.chars().last().unwrap_or(' ');
+    let per = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => 0,
+    };
+    let number = t
+        .strip_suffix(unit)
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n >= 0 && per > 0);
+    number.map(|n| n.saturating_mul(per)).ok_or_else(|| {
+        invalid(format!(
+            "max-age `{text}` is not an age: write a number and a unit, d, h, m or s (`30d`)"
+        ))
+    })
 }
 
 /// Where a setting's value came from.
@@ -368,6 +410,16 @@ mod tests {
                 .unwrap();
         assert_eq!(two.server.unwrap().list().len(), 2);
         assert_eq!(two.image.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn ages_have_units() {
+        assert_eq!(parse_age("30d").unwrap(), 30 * 86_400);
+        assert_eq!(parse_age("3s").unwrap(), 3);
+        assert_eq!(parse_age(" 2h ").unwrap(), 7_200);
+        for bad in ["30", "d", "-1d", "3 weeks", ""] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub enum Error {
     /// A file a server publishes (packs/list, a pack index) disagrees with the server's store.
     #[error("{file} is inconsistent with the server's repository: {problem}; run `aurum verify --repair` on the server to rebuild its published files")]
     Inconsistent { file: String, problem: String },
+    /// A revision a node, a pull or `verify` refuses because its signatures do not make it
+    /// trusted (unsigned, signed by an untrusted or revoked key, altered after signing), or
+    /// because it is older than what the node runs (a rollback or freeze attack). The message
+    /// names the revision and the key, and what to do.
+    #[error("{0}")]
+    Untrusted(String),
     /// The SQLite catalog refused an operation.
     #[error("catalog: {0}")]
     Catalog(#[from] rusqlite::Error),
@@ -68,7 +74,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Invalid(_) | Error::NotFound(_) => 2,
-            Error::Corrupt(_) | Error::Inconsistent { .. } => 3,
+            Error::Corrupt(_) | Error::Inconsistent { .. } | Error::Untrusted(_) => 3,
             _ => 1,
         }
     }
@@ -90,6 +96,7 @@ impl Error {
             Error::Remote(m) => Error::Remote(m + note),
             Error::Tool(m) => Error::Tool(m + note),
             Error::Unwritable(m) => Error::Unwritable(m + note),
+            Error::Untrusted(m) => Error::Untrusted(m + note),
             Error::Inconsistent { file, problem } => Error::Inconsistent {
                 file,
                 problem: problem + note,

@@ -14,7 +14,8 @@
 //!    an HTTPS client trusts).
 //! 2. [`format`]: every byte layout on disk or on the wire. It uses only the base layer.
 //! 3. [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with
-//!    verification, and [`store::BlobSource`], how writers get blobs.
+//!    verification, and [`store::BlobSource`], how writers get blobs; [`trust`] (signing keys,
+//!    and the one decision whether a revision's signatures make it trusted).
 //! 4. [`repo`] (a repository: store + catalog + published files + lock; revision references;
 //!    [`repo::publish`], [`repo::gc`], [`repo::verify`], [`repo::diff`], [`repo::delta`]) and
 //!    [`catalog`] (the SQLite catalog: images, revisions, tags, blob index, stat cache,
@@ -55,5 +56,6 @@ pub mod sys;
 pub mod tarball;
 pub mod template;
 pub mod tls;
+pub mod trust;
 
 pub use error::{Error, Result};

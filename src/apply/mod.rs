@@ -38,6 +38,7 @@ pub mod stage;
 mod tree;
 mod undo;
 pub mod update;
+pub mod verified;
 
 use crate::error::{invalid, IoContext, Result};
 use crate::format::embedded::is_reserved;

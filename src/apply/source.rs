@@ -29,6 +29,7 @@ use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::{self, FileProblem, Manifest};
 use crate::format::pack::{decode_index, Codec, IndexEntry};
 use crate::format::refs;
+use crate::format::signature;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::delta::{self, Want};
@@ -78,6 +79,9 @@ pub trait RevisionSource: Sync {
     /// A file of the repository's published directory (`packs/XX/ID.pack`), as stored,
     /// unchecked: what rebuilding an embedded repository copies.
     fn public_file(&self, rel: &str) -> Result<Vec<u8>>;
+    /// The published signatures of `image@number` (`sigs/IMAGE/N`), unread; none when the
+    /// revision was never signed.
+    fn signatures(&self, image: &str, number: u32) -> Result<Option<Vec<u8>>>;
     /// Every byte received from the network so far (refs, manifests, indexes, blobs,
     /// deltas); 0 for a source that is not reached over a network.
     fn bytes_received(&self) -> u64 {
@@ -154,6 +158,15 @@ impl RevisionSource for LocalRepo {
 
     fn public_file(&self, rel: &str) -> Result<Vec<u8>> {
         crate::repo::read_public(&self.root, rel)
+    }
+
+    fn signatures(&self, image: &str, number: u32) -> Result<Option<Vec<u8>>> {
+        let path = store::published(&self.root).join(signature::path(image, number));
+        match std::fs::read(&path) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(&path),
+        }
     }
 }
 
@@ -795,6 +808,17 @@ impl RevisionSource for HttpRepo {
 
     fn bytes_received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    fn signatures(&self, image: &str, number: u32) -> Result<Option<Vec<u8>>> {
+        if !ref_name_ok(image) {
+            return Err(invalid(format!("`{image}` is not an image name")));
+        }
+        match self.get(&signature::path(image, number)) {
+            Ok(data) => Ok(Some(data)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn resolve(&self, spec: &str) -> Result<Target> {

@@ -65,8 +65,9 @@ pub fn boot(g: &Global, a: BootArgs) -> anyhow::Result<()> {
         .into());
     }
     node.claim()?;
-    // A boot without the network still counts and falls back: the report is then lost.
-    let source = match a.source.open(g, &node) {
+    // A boot without the network still counts and falls back: the report is then lost. A
+    // fallback goes back, as a rollback does: signatures are checked, numbers and ages not.
+    let source = match a.source.open(g, &node, true) {
         Ok(s) => s,
         Err(e) => {
             log::warn!("no server to report to: {e:#}");

@@ -55,6 +55,11 @@ struct BuildArgs {
     /// Extra kernel arguments for every install, like "console=ttyS0,115200 aurum.done=poweroff".
     #[arg(long, value_name = "ARGS", default_value = "")]
     append: String,
+    /// A public key the installer trusts (an OpenSSH line, or the absolute path of a file of
+    /// them; repeatable): written into the kit's /etc/aurum/node.toml, so that the install
+    /// refuses any revision none of them signed. See the book's Security chapter.
+    #[arg(long, value_name = "KEY|FILE")]
+    trusted_key: Vec<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -73,6 +78,7 @@ pub fn exec(_: &Global, a: BootkitArgs) -> anyhow::Result<()> {
         busybox: a.busybox,
         module_names: a.modules_wanted,
         append: a.append,
+        trusted_keys: aurum::trust::key_lines(&a.trusted_key)?,
     };
     let r = bootkit::build(&o)?;
     if a.json {

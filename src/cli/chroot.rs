@@ -65,6 +65,8 @@ pub struct ChrootArgs {
     /// the one it was last committed as.
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    #[command(flatten)]
+    sign: super::trust::SignKeyArgs,
     /// Print JSON at the end: the new revision ({"revision", "image", "number", "id"}),
     /// "parent", "unchanged" and "changes"; or {"committed": false, "reason"} when nothing was.
     #[arg(long)]
@@ -75,6 +77,7 @@ pub struct ChrootArgs {
 }
 
 pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
+    let key = a.sign.load()?;
     let progress = g.progress();
     let mut work = match &a.resume {
         Some(dir) => {
@@ -160,6 +163,9 @@ pub fn exec(g: &Global, a: ChrootArgs) -> anyhow::Result<()> {
         Ok(r) => r,
         Err(e) => return finish(work, true, Err(e.into())),
     };
+    if let Err(e) = super::trust::sign_new(&repo, &r.capture.revision, key.as_ref()) {
+        return finish(work, true, Err(e));
+    }
     if !r.capture.unchanged {
         // The deltas a node running the parent will ask for, as getimage makes them.
         if let Err(e) = aurum::repo::delta::precompute(

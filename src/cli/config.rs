@@ -52,7 +52,7 @@ fn node_lists(c: &Config, rows: &mut Vec<Row>) {
     let Some(path) = &c.node_path else { return };
     let file = |v: serde_json::Value| Setting::new(v, Origin::File(path.clone()));
     let n = &c.node;
-    let lists: [(&'static str, serde_json::Value, bool); 5] = [
+    let lists: [(&'static str, serde_json::Value, bool); 8] = [
         (
             "exclude",
             serde_json::json!(n.exclude),
@@ -70,6 +70,17 @@ fn node_lists(c: &Config, rows: &mut Vec<Row>) {
         ),
         ("hooks", serde_json::json!(n.hooks), n.hooks.is_none()),
         ("group", serde_json::json!(n.group), n.group.is_none()),
+        (
+            "trusted-keys",
+            serde_json::json!(n.trusted_keys),
+            n.trusted_keys.is_empty(),
+        ),
+        (
+            "revoked-keys",
+            serde_json::json!(n.revoked_keys),
+            n.revoked_keys.is_empty(),
+        ),
+        ("max-age", serde_json::json!(n.max_age), n.max_age.is_none()),
     ];
     for (key, v, empty) in lists {
         if !empty {

@@ -87,6 +87,8 @@ pub struct GetimageArgs {
     /// checkout, install and updateclient rebuild a working repository from them.
     #[arg(long)]
     no_embedded_repos: bool,
+    #[command(flatten)]
+    sign: super::trust::SignKeyArgs,
     /// Print JSON instead of the summary lines: the revision ({"revision", "image", "number",
     /// "id"}), "unchanged", the counts, "warnings", "deltas" and "embedded" (each repository
     /// recorded by reference: "path", "images", "revisions", "packs", "catalog_bytes",
@@ -164,6 +166,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     }
 
     aurum::store::set_level(a.level);
+    let key = a.sign.load()?;
     let mut repo = open(g)?;
     let mut source = source_of(
         g,
@@ -183,6 +186,7 @@ pub fn exec(g: &Global, a: GetimageArgs) -> anyhow::Result<()> {
     let r = capture::getimage(&mut repo, source.as_mut(), &opts, progress.as_ref())?;
     drop(source);
     let rev = &r.revision;
+    super::trust::sign_new(&repo, rev, key.as_ref())?;
     // Deltas first, so that --json can say what they came to.
     let deltas = match (rev.parent, r.unchanged, a.no_deltas) {
         (Some(parent), false, false) => {

@@ -6,6 +6,7 @@ use aurum::catalog::Revision;
 use aurum::format::manifest::{
     display_path, escape_bytes, parent, unescape_bytes, Entry, Kind, Manifest,
 };
+use aurum::trust::Checked;
 use clap::Args;
 use serde::Serialize;
 use std::ffi::{OsStr, OsString};
@@ -74,14 +75,69 @@ pub struct LogArgs {
     json: bool,
 }
 
+/// A revision with its signatures checked, as `log --json` and `show --json` print it.
+#[derive(Serialize)]
+struct SignedRevision<'a> {
+    #[serde(flatten)]
+    revision: &'a Revision,
+    signatures: Vec<Checked>,
+}
+
+/// Every revision of `revs` with its signatures, checked against aurum.toml's keys.
+fn with_signers<'a>(
+    g: &Global,
+    repo: &aurum::repo::Repository,
+    revs: &'a [Revision],
+) -> anyhow::Result<Vec<SignedRevision<'a>>> {
+    let keys = super::trust::server_keys(g)?;
+    revs.iter()
+        .map(|revision| {
+            Ok(SignedRevision {
+                revision,
+                signatures: repo.signers(revision, &keys)?,
+            })
+        })
+        .collect()
+}
+
+/// `signed by admin@master (SHA256:...) 2026-12-06 10:00:00 UTC, trusted`, one line per
+/// signature; `unsigned` when there is none.
+fn signer_lines(sigs: &[Checked]) -> Vec<String> {
+    if sigs.is_empty() {
+        return vec!["unsigned".into()];
+    }
+    sigs.iter()
+        .map(|c| {
+            let who = match &c.signer {
+                Some(s) if !s.is_empty() => format!("{s} ({})", c.key),
+                _ => c.key.clone(),
+            };
+            let why = c
+                .problem
+                .as_deref()
+                .map_or_else(String::new, |p| format!(": {p}"));
+            format!(
+                "signed by {who} {} UTC, {}{why}",
+                human_time(c.signed),
+                c.standing
+            )
+        })
+        .collect()
+}
+
 pub fn log(g: &Global, a: LogArgs) -> anyhow::Result<()> {
     let repo = open(g)?;
     repo.require_image(&a.image)?;
     let revs = repo.catalog.revisions(&a.image)?;
+    let signed = with_signers(g, &repo, &revs)?;
     if a.json {
-        return print_json(&revs);
+        return print_json(&signed);
     }
-    for r in revs {
+    for SignedRevision {
+        revision: r,
+        signatures,
+    } in signed
+    {
         let tags = if r.tags.is_empty() {
             String::new()
         } else {
@@ -101,6 +157,12 @@ pub fn log(g: &Global, a: LogArgs) -> anyhow::Result<()> {
         if let Some(of) = aurum::capture::chroot::edited_from(&r.source) {
             println!("    chroot edit of {of}");
         }
+        // Unsigned revisions are the rule where nothing is signed: no line for them.
+        if !signatures.is_empty() {
+            for line in signer_lines(&signatures) {
+                println!("    {line}");
+            }
+        }
     }
     Ok(())
 }
@@ -118,10 +180,14 @@ pub struct ShowArgs {
 pub fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
     let repo = open(g)?;
     let r = repo.resolve(&a.rev)?;
+    let signed = with_signers(g, &repo, std::slice::from_ref(&r))?;
     if a.json {
-        return print_json(&r);
+        return print_json(&signed[0]);
     }
     print_revision(&r);
+    for (i, line) in signer_lines(&signed[0].signatures).iter().enumerate() {
+        println!("{}{line}", if i == 0 { "signature " } else { "          " });
+    }
     Ok(())
 }
 

@@ -171,6 +171,12 @@ pub struct InstallArgs {
     http: super::HttpArgs,
     #[command(flatten)]
     token: super::TokenArgs,
+    /// Install only a revision signed by this key: an OpenSSH public key line, or the absolute
+    /// path of a file of them (repeatable; added to node.toml's `trusted-keys`, which the boot
+    /// kit carries when built with `bootkit build --trusted-key`). Anything else is refused
+    /// before the disk is touched.
+    #[arg(long, value_name = "KEY|FILE")]
+    trusted_key: Vec<String>,
     /// The revision: IMAGE, IMAGE@N, IMAGE:TAG or a revision id.
     #[arg(long, value_name = "REV")]
     image: String,
@@ -265,6 +271,18 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
             let t = store::from_repo(&repo, class.as_ref())?;
             (Box::new(LocalRepo::new(&g.repo)?), t)
         }
+    };
+    let mut policy = super::trust::node_policy(g, false)?;
+    if !a.trusted_key.is_empty() {
+        let n = &g.config.node;
+        let mut keys = n.trusted_keys.clone();
+        keys.extend(a.trusted_key.iter().cloned());
+        policy.keys = aurum::trust::TrustedKeys::parse(&keys, &n.revoked_keys)?;
+    }
+    // A bare node runs nothing yet: there is nothing to roll back from.
+    let source: Box<dyn RevisionSource> = match policy.keys.is_empty() {
+        true => source,
+        false => Box::new(aurum::apply::verified::Verified::new(source, policy, None)),
     };
     let facts = match &a.facts {
         Some(f) => aurum::facts::load(f)?,

@@ -16,7 +16,9 @@ use super::{human_bytes, open, print_json, Global};
 /// Also checks the layout (everything a web server may publish in REPO/public/, nothing
 /// else there), what it publishes for nodes besides packs and manifests (packs/list, refs/,
 /// templates/) against the catalog, and that published files are world-readable and the
-/// catalog and lock private.
+/// catalog and lock private; and every revision's signatures (a signature that does not
+/// check out is damage; revisions unsigned, or signed only by keys not in aurum.toml's
+/// `trusted-keys`, are counted and named).
 ///
 /// With --repair, damaged blobs are forgotten, so that capturing a golden client (or
 /// importing a tarball) that still holds their content stores it again and mends every
@@ -46,8 +48,9 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
     };
     let only = a.rev.as_deref().map(|r| repo.resolve(r)).transpose()?;
     let progress = g.progress();
+    let keys = super::trust::server_keys(g)?;
     let report =
-        aurum::repo::verify::verify(&mut repo, only.as_ref(), a.repair, progress.as_ref())?;
+        aurum::repo::verify::verify(&mut repo, only.as_ref(), a.repair, &keys, progress.as_ref())?;
     if a.json {
         print_json(&report)?;
     } else {
@@ -57,6 +60,26 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
             report.packs,
             report.blobs,
             human_bytes(report.bytes)
+        );
+        let sigs = &report.signatures;
+        println!(
+            "signatures: {} revisions signed{}, {} unsigned{}",
+            sigs.signed,
+            if keys.is_empty() {
+                ""
+            } else {
+                " by a trusted key"
+            },
+            sigs.unsigned.len(),
+            if sigs.untrusted.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} signed only by keys aurum.toml does not trust: {}",
+                    sigs.untrusted.len(),
+                    sigs.untrusted.join(", ")
+                )
+            }
         );
         for d in &report.damage {
             let breaks = if d.breaks.is_empty() {

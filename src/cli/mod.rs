@@ -27,6 +27,7 @@ mod si;
 mod tarball;
 mod template;
 mod token;
+mod trust;
 
 use std::path::PathBuf;
 
@@ -270,6 +271,8 @@ pub enum Command {
     Prepareclient(install::PrepareclientArgs),
     Install(install::InstallArgs),
     ImportSi(si::ImportSiArgs),
+    Key(trust::KeyArgs),
+    Sign(trust::SignArgs),
     #[command(hide = true)]
     InstallReport(install::InstallReportArgs),
 }
@@ -330,6 +333,8 @@ pub fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Prepareclient(a) => install::prepareclient(g, a),
         Command::Install(a) => install::install(g, a),
         Command::ImportSi(a) => si::import_si(g, a),
+        Command::Key(a) => trust::key(g, a),
+        Command::Sign(a) => trust::sign(g, a),
         Command::InstallReport(a) => install::install_report(g, a),
     }
 }

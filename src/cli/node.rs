@@ -8,6 +8,7 @@ use aurum::apply::node::Node;
 use aurum::apply::source::{HttpRepo, LocalRepo, RevisionSource};
 use aurum::apply::stage;
 use aurum::apply::update::{default_update_excludes, UpdateOptions, UpdateReport};
+use aurum::apply::verified::Verified;
 use aurum::config::{NodeFile, Origin};
 use aurum::excludes::{read_exclude_file, Excludes, ALWAYS_EXCLUDED};
 use aurum::format::report::NodeAction;
@@ -35,8 +36,27 @@ pub struct SourceArgs {
 impl SourceArgs {
     /// The source to read revisions from, none when nothing names one. With several servers
     /// (--server repeated, node.toml's list), the first that answers is used, and the others
-    /// take over when it fails.
+    /// take over when it fails. With `trusted-keys` in node.toml, every revision it resolves
+    /// is checked first (signatures, and with `allow_downgrade` unset, age and number).
     pub(super) fn open(
+        &self,
+        g: &Global,
+        node: &Node,
+        allow_downgrade: bool,
+    ) -> anyhow::Result<Option<Box<dyn RevisionSource>>> {
+        let Some(source) = self.open_unchecked(g, node)? else {
+            return Ok(None);
+        };
+        let policy = super::trust::node_policy(g, allow_downgrade)?;
+        if policy.keys.is_empty() {
+            return Ok(Some(source));
+        }
+        let current = node.state()?.current;
+        Ok(Some(Box::new(Verified::new(source, policy, current))))
+    }
+
+    /// [`Self::open`] without the signature checks of node.toml's `trusted-keys`.
+    fn open_unchecked(
         &self,
         g: &Global,
         node: &Node,
@@ -127,6 +147,12 @@ pub struct UpdateclientArgs {
     /// node.toml.
     #[arg(long, value_name = "REV")]
     image: Option<String>,
+    /// Let the node go to an older revision of its image than the one it runs, and to one
+    /// whose signature is older than node.toml's `max-age`. Without it a node that checks
+    /// signatures (`trusted-keys` in node.toml) refuses both: a server offering old, validly
+    /// signed revisions is a rollback or freeze attack.
+    #[arg(long)]
+    allow_downgrade: bool,
     /// The node's root.
     #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
@@ -265,7 +291,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
     } else {
         Node::open_deferred(&a.root)?
     };
-    let source = a.source.open(g, &node)?.ok_or_else(|| {
+    let source = a.source.open(g, &node, a.allow_downgrade)?.ok_or_else(|| {
         aurum::Error::Invalid(format!(
             "give the image server with --server URL (or AURUM_SERVER, or `server` in {}), or a repository directory with --repo DIR",
             config.dir.join(aurum::config::NODE_FILE).display()
@@ -378,7 +404,7 @@ fn activate(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         }
     }
     let node = Node::open_deferred(&a.root)?;
-    let source = match a.source.open(g, &node) {
+    let source = match a.source.open(g, &node, a.allow_downgrade) {
         Ok(s) => s,
         Err(e) => {
             log::warn!("activating without a server: {e:#}");
@@ -467,8 +493,9 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
     } else {
         Node::open_deferred(&a.root)?
     };
-    // A plain rollback needs no source: do not fail on one that cannot be reached.
-    let source = match a.source.open(g, &node) {
+    // A plain rollback needs no source: do not fail on one that cannot be reached. Going back
+    // is what a rollback is asked for: signatures are checked, revision numbers and ages not.
+    let source = match a.source.open(g, &node, true) {
         Ok(s) => s,
         Err(e) if a.to.is_none() => {
             log::warn!("not using the repository given: {e:#}");

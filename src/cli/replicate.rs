@@ -20,6 +20,10 @@ use super::{human_bytes, human_time, open, print_json, say, Global, HttpArgs};
 /// has a revision number the source gives another id (diverged), or when a tag would move
 /// to an older revision (unless --force). A pull from a remote records its outcome, which
 /// `aurum remote list` shows.
+///
+/// Revision signatures (sigs/) come along, those of revisions already here too (signed again
+/// at the source). When aurum.toml lists `trusted-keys`, a new revision no trusted key signed
+/// is refused, and nothing is pulled.
 #[derive(Args)]
 pub struct PullArgs {
     /// A remote's name, or (with --mirror) http://HOST:PORT, a directory, ssh://host/path.
@@ -137,7 +141,7 @@ fn print_report(r: &PullReport, json: bool, verb: &str) -> anyhow::Result<()> {
         say!("skipped {s}: an image the source pulled from a remote this repository does not have");
     }
     println!(
-        "{verb} {} revisions of {} images, {} tags; {} packs ({} objects), {} manifests, {} deltas, {} templates; {} moved",
+        "{verb} {} revisions of {} images, {} tags; {} packs ({} objects), {} manifests, {} deltas, {} templates, {} signatures; {} moved",
         r.revisions,
         r.images.len(),
         r.tags,
@@ -146,6 +150,7 @@ fn print_report(r: &PullReport, json: bool, verb: &str) -> anyhow::Result<()> {
         r.manifests,
         r.deltas,
         r.templates,
+        r.signatures,
         human_bytes(r.bytes)
     );
     Ok(())
@@ -160,6 +165,7 @@ pub fn pull(g: &Global, a: PullArgs) -> anyhow::Result<()> {
         force: a.force,
         ssh: ssh_words(&a.ssh)?,
         http: a.http.options(None, None)?,
+        keys: super::trust::server_keys(g)?,
     };
     let progress = g.progress();
     let report = replicate::pull(&mut repo, &opts, progress.as_ref())?;

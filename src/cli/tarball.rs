@@ -173,12 +173,15 @@ pub struct ImportArgs {
     message: String,
     /// The archive.
     file: PathBuf,
+    #[command(flatten)]
+    sign: super::trust::SignKeyArgs,
     /// Print JSON: the revision ({"revision", "image", "number", "id"}) and the counts.
     #[arg(long)]
     json: bool,
 }
 
 pub fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
+    let key = a.sign.load()?;
     let mut repo = open(g)?;
     if a.file != std::path::Path::new("-") && !a.file.exists() {
         return Err(aurum::Error::NotFound(format!(
@@ -190,6 +193,7 @@ pub fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let (rev, stats) = aurum::tarball::import(&mut repo, &a.file, &a.image, &a.message)?;
+    super::trust::sign_new(&repo, &rev, key.as_ref())?;
     if a.json {
         let mut v = super::revision_json(&rev);
         v["files"] = stats.files.into();

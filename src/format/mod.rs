@@ -83,6 +83,7 @@ pub mod pack;
 pub mod refs;
 pub mod report;
 pub mod rollout;
+pub mod signature;
 pub mod token;
 pub mod wire;
 

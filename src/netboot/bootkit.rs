@@ -87,6 +87,10 @@ pub struct KitOptions {
     pub module_names: Vec<String>,
     /// Extra kernel arguments served with the kit (`console=ttyS0,115200`).
     pub append: String,
+    /// Public key lines the installer trusts: written into the kit's /etc/aurum/node.toml,
+    /// so that `aurum install` there takes only revisions they signed. The keys come with the
+    /// kit, not over the network the kit installs from, which an attacker may control.
+    pub trusted_keys: Vec<String>,
 }
 
 /// What was built.
@@ -392,6 +396,15 @@ pub fn build(o: &KitOptions) -> Result<KitReport> {
     st.write("etc/aurum-modules", &list, 0o644)?;
     st.write("etc/udhcpc.script", UDHCPC_SCRIPT, 0o755)?;
     st.write("init", INIT, 0o755)?;
+    if !o.trusted_keys.is_empty() {
+        let node = crate::config::NodeFile {
+            trusted_keys: o.trusted_keys.clone(),
+            ..Default::default()
+        };
+        let text = toml::to_string(&node)
+            .map_err(|e| invalid(format!("cannot write the kit's node.toml: {e}")))?;
+        st.write("etc/aurum/node.toml", &text, 0o644)?;
+    }
 
     std::fs::create_dir_all(&o.out).at(&o.out)?;
     let initrd = o.out.join(KIT_INITRD);

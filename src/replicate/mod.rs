@@ -30,12 +30,14 @@ use crate::catalog::PulledImage;
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::{self, Kind, Manifest};
 use crate::format::pack::{self as packfmt, decode_index, Codec, IndexEntry};
-use crate::format::refs::{self, ImageLog};
+use crate::format::refs::{self, ImageLog, LoggedRevision};
+use crate::format::signature::{self, Signature};
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::embedded::Pins;
 use crate::repo::Repository;
 use crate::store::{self, FinishedPack};
+use crate::trust::{self, TrustedKeys, Wanted};
 use source::Source;
 
 /// What a pull is asked to do.
@@ -52,6 +54,8 @@ pub struct PullOptions {
     /// The ssh command and its options.
     pub ssh: Vec<String>,
     pub http: HttpOptions,
+    /// With any, a revision no trusted key signed is refused (aurum.toml's `trusted-keys`).
+    pub keys: TrustedKeys,
 }
 
 /// One image a pull brought.
@@ -85,6 +89,9 @@ pub struct PullReport {
     pub objects: u64,
     pub deltas: u64,
     pub templates: u64,
+    /// Signatures files written (new, or changed at the source).
+    #[serde(default)]
+    pub signatures: u64,
     /// Bytes read from the source by this run (files of every kind).
     pub bytes: u64,
     /// Bytes of packs this run found already fetched by an interrupted pull (checked again).
@@ -164,6 +171,7 @@ fn pull_from(
         ..PullReport::default()
     };
     let plan = plan(repo, src.as_ref(), opts, remote, mirror, &mut report)?;
+    let signatures = fetch_signatures(repo, src.as_ref(), &plan, &report, &opts.keys)?;
     if let Some(r) = remote {
         repo.catalog.remote_contacted(
             r,
@@ -203,6 +211,7 @@ fn pull_from(
     report.manifests = manifests.len() as u64;
     report.deltas = pull_deltas(repo, src.as_ref(), &manifests)?;
     record(repo, &plan.images)?;
+    report.signatures = write_signatures(repo, &signatures)?;
     report.templates = pull_templates(repo, src.as_ref(), url)?;
     report.bytes = src.bytes_moved();
     drop(lock);
@@ -746,6 +755,75 @@ fn register(repo: &mut Repository, packs: &[Checked], manifests: &[Staged]) -> R
         }
     }
     Ok(())
+}
+
+/// The signatures files of the pulled images' revisions, old and new (a revision signed again
+/// at the source, after a key rotation or to refresh its signing time, is so here too). With
+/// `keys`, every new revision must carry a trusted signature, or nothing is pulled: the check
+/// comes before anything is fetched or written.
+fn fetch_signatures(
+    repo: &Repository,
+    src: &dyn Source,
+    plan: &Plan,
+    report: &PullReport,
+    keys: &TrustedKeys,
+) -> Result<Vec<(String, u32, Vec<Signature>)>> {
+    let mut out = Vec::new();
+    for im in &report.images {
+        let new: HashMap<u32, &LoggedRevision> = plan
+            .images
+            .iter()
+            .find(|p| p.name == im.image)
+            .map(|p| p.revisions.iter().map(|r| (r.number, r)).collect())
+            .unwrap_or_default();
+        let mut numbers: Vec<u32> = repo
+            .catalog
+            .revisions(&im.image)?
+            .iter()
+            .map(|r| r.number)
+            .collect();
+        numbers.extend(new.keys());
+        for n in numbers {
+            let path = signature::path(&im.from, n);
+            let sigs = match src.get(&path)? {
+                Some(d) => signature::decode(&d).map_err(|p| inconsistent(src, &path, p))?,
+                None => Vec::new(),
+            };
+            if let Some(r) = new.get(&n).filter(|_| !keys.is_empty()) {
+                let want = Wanted {
+                    image: &im.image,
+                    number: n,
+                    id: r.id,
+                    parent: r.parent,
+                    created: Some(r.created),
+                };
+                trust::accept(&sigs, &want, keys).map_err(|why| {
+                    Error::Untrusted(format!(
+                        "refusing to pull {}@{n} ({}) from {}: {why}. Nothing was pulled",
+                        im.from,
+                        r.id.short(),
+                        src.describe()
+                    ))
+                })?;
+            }
+            if !sigs.is_empty() {
+                out.push((im.image.clone(), n, sigs));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the signatures files that differ from ours; returns how many.
+fn write_signatures(repo: &Repository, sigs: &[(String, u32, Vec<Signature>)]) -> Result<u64> {
+    let mut written = 0;
+    for (image, number, s) in sigs {
+        if repo.signatures(image, *number)? != *s {
+            repo.write_signatures(image, *number, s)?;
+            written += 1;
+        }
+    }
+    Ok(written)
 }
 
 /// Writes the catalog rows (one transaction) and then the published refs, under the

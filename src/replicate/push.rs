@@ -199,6 +199,15 @@ fn stage(
     for id in manifests.iter().chain(&pinned) {
         link(manifest::path(id))?;
     }
+    // Every revision's signatures, so that DEST has those made or renewed since.
+    for image in images {
+        for r in repo.catalog.revisions(image)? {
+            let rel = crate::format::signature::path(image, r.number);
+            if store::published(&repo.root).join(&rel).exists() {
+                link(rel)?;
+            }
+        }
+    }
     for id in packs.keys() {
         link(crate::format::pack::path(id, "pack"))?;
         link(crate::format::pack::path(id, "idx"))?;

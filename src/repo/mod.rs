@@ -14,6 +14,7 @@ pub mod diff;
 pub mod embedded;
 pub mod gc;
 pub mod publish;
+pub mod signatures;
 pub mod verify;
 
 use std::collections::HashSet;
@@ -662,6 +663,7 @@ impl Repository {
             if dir.exists() {
                 fs::remove_dir_all(&dir).at(&dir)?;
             }
+            self.remove_signatures(image)?;
             return store::write_atomic(&self.root, &public.join(images), &list);
         }
         publish::write(&self.root, &files)?;

@@ -9,6 +9,10 @@
 //! manifests: `packs/list`, `refs/` and `templates/` against the catalog (see
 //! [`crate::repo::publish`]), and that published files are world-readable and the catalog private.
 //! A node updating over HTTP trusts those files; `--repair` rebuilds them.
+//!
+//! Every revision's signatures are checked too ([`crate::repo::signatures::check`]): a
+//! signature that does not check out is damage (someone altered a revision or its signature),
+//! and the revisions with none, or none by a key the repository trusts, are listed.
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,13 +25,15 @@ use crate::format::manifest::{Entry, Kind};
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::publish::{Misplacement, PUBLISHED};
+use crate::repo::signatures::{self, SignatureSummary};
 use crate::repo::Repository;
 use crate::store::pack_path;
+use crate::trust::TrustedKeys;
 
 /// One thing verify found wrong.
 #[derive(Debug, Serialize)]
 pub struct Damage {
-    /// `blob`, `pack` or `manifest`.
+    /// `blob`, `pack`, `manifest` or `signature` (its id is then the key's fingerprint).
     pub kind: &'static str,
     pub id: String,
     pub problem: String,
@@ -52,6 +58,8 @@ pub struct VerifyReport {
     pub modes_fixed: Vec<(String, u32, u32)>,
     /// What was moved into or out of `public/`, or written there (with `repair`).
     pub layout_fixed: Vec<crate::repo::publish::Misplaced>,
+    /// The revisions' signatures.
+    pub signatures: SignatureSummary,
 }
 
 /// Verifies one revision (its manifest and every blob it names) or, with `None`, everything.
@@ -65,6 +73,7 @@ pub fn verify(
     repo: &mut Repository,
     only: Option<&Revision>,
     repair: bool,
+    keys: &TrustedKeys,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
@@ -125,6 +134,15 @@ pub fn verify(
         }
     }
     drop(seen);
+    report.signatures = signatures::check(repo, &revisions, keys)?;
+    for (rev, key, problem) in &report.signatures.bad {
+        report.damage.push(Damage {
+            kind: "signature",
+            id: key.clone(),
+            problem: problem.clone(),
+            breaks: vec![rev.clone()],
+        });
+    }
     if only.is_none() {
         check_packs(repo, repair, progress, &mut report, &mut bad_blobs)?;
         check_published(repo, &needed, repair, &mut report)?;

@@ -13,7 +13,7 @@ use crate::common::{have, is_root, json, rsync_diff, sh, skip, Env};
 
 /// The class used for installs: compute (with an ESP) when this kernel mounts vfat, else
 /// bios-legacy (same layout with a bios-boot partition instead of the ESP).
-fn class() -> &'static str {
+pub(crate) fn class() -> &'static str {
     let fs = fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if fs.lines().any(|l| l.trim_end().ends_with("vfat")) {
         "compute"
@@ -23,7 +23,7 @@ fn class() -> &'static str {
 }
 
 /// Whether installs can run here: root, loop devices, the tools, busybox for chrooted hooks.
-fn can_install() -> bool {
+pub(crate) fn can_install() -> bool {
     let ok = is_root()
         && Path::new("/dev/loop-control").exists()
         && [
@@ -45,7 +45,7 @@ fn can_install() -> bool {
 
 /// A tiny root filesystem: busybox as /bin/sh (so chrooted hooks run), a few files with
 /// owners, modes, a hardlink, a symlink, and files under /scr (another filesystem).
-fn tiny_tree(root: &Path) {
+pub(crate) fn tiny_tree(root: &Path) {
     for d in [
         "bin",
         "etc",
@@ -88,7 +88,7 @@ fn tiny_tree(root: &Path) {
 }
 
 /// A sparse file of `gib` GiB.
-fn disk(env: &Env, name: &str, gib: u64) -> PathBuf {
+pub(crate) fn disk(env: &Env, name: &str, gib: u64) -> PathBuf {
     let p = env.path(name);
     fs::File::create(&p).unwrap().set_len(gib << 30).unwrap();
     p
@@ -157,7 +157,7 @@ fn e2fsck_clean(img: &Path, start: u64, len: u64) {
 }
 
 /// No loop device is attached to `img` any more (so nothing of it is mounted either).
-fn detached(img: &Path) {
+pub(crate) fn detached(img: &Path) {
     // A loop device still mounted stays listed here even after a detach (autoclear).
     let out = sh(&format!("losetup --associated {}", img.display()));
     assert!(out.trim().is_empty(), "loop devices left attached: {out}");

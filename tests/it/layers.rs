@@ -3,7 +3,7 @@
 //!
 //! 0. base: `error`, `sys`, `progress`, `excludes`, `devices`, `facts`, `name`, `config`, `tls`
 //! 1. `format`: every byte layout
-//! 2. `store`: packs, blobs, chunking, `BlobSource`
+//! 2. `store`: packs, blobs, chunking, `BlobSource`; `trust`: keys and signatures
 //! 3. `repo`, `catalog`: a repository and its catalog (publish, gc, verify, diff, delta; nodes)
 //! 4. `capture`, `tarball`, `apply`: revisions in, revisions out
 //! 5. `template`, `install`, `netboot`, `serve`, `fleet`, `migrate`, `replicate`: bare nodes,
@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("tls", 0),
     ("format", 1),
     ("store", 2),
+    ("trust", 2),
     ("repo", 3),
     ("catalog", 3),
     ("capture", 4),

@@ -37,4 +37,5 @@ mod stage;
 mod tarball;
 mod tiers;
 mod tokens;
+mod trust;
 mod update;

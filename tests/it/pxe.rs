@@ -458,6 +458,10 @@ fn bootkit_has_init_tools_and_modules_in_dependency_order() {
         a.extend_from_slice(extra);
         env.run(&a)
     };
+    // The installer's trusted key travels in the kit (issue 20), given as its .pub file.
+    let key = env.path("admin.key");
+    env.ok(&["key", "generate", key.to_str().unwrap()]);
+    let key_pub = format!("{}.pub", key.display());
     let out = build(&[
         "--module",
         "ext4",
@@ -465,6 +469,8 @@ fn bootkit_has_init_tools_and_modules_in_dependency_order() {
         "virtio_blk",
         "--append",
         "console=ttyS0",
+        "--trusted-key",
+        &key_pub,
     ]);
     assert!(
         out.status.success(),
@@ -509,10 +515,16 @@ fn bootkit_has_init_tools_and_modules_in_dependency_order() {
     let x = env.path("x");
     fs::create_dir_all(&x).unwrap();
     sh(&format!(
-        "cd {} && zcat {} | cpio -id --quiet etc/aurum-modules init",
+        "cd {} && zcat {} | cpio -id --quiet etc/aurum-modules init etc/aurum/node.toml",
         x.display(),
         kit.join("initrd.img").display()
     ));
+    let node_toml = fs::read_to_string(x.join("etc/aurum/node.toml")).unwrap();
+    let key_line = fs::read_to_string(&key_pub).unwrap();
+    assert!(
+        node_toml.contains(&format!("trusted-keys = [\"{}\"]", key_line.trim())),
+        "{node_toml}"
+    );
     let order = fs::read_to_string(x.join("etc/aurum-modules")).unwrap();
     let names: Vec<&str> = order
         .lines()

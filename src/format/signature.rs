@@ -1,0 +1,273 @@
+//! `sigs/IMAGE/N`: the signatures of one revision, published beside its refs so that a node
+//! reading the repository as static files finds them.
+//!
+//! A signature is an SSH signature (the SSHSIG format of OpenSSH's `PROTOCOL.sshsig`, as
+//! `ssh-keygen -Y sign` and `git` make them) over a short text that names the revision: its
+//! image, number, manifest id, parent and creation time, and when it was signed. The text is
+//! written in the file right above the armored signature, so that what was signed can be read
+//! by a person and checked by `ssh-keygen -Y verify` with nothing but `head` and `sed` (the
+//! book's Security chapter shows how). A file holds one block per signer (a key rotation signs
+//! revisions again with the new key); blocks follow one another:
+//!
+//! ```text
+//! aurum revision signature 1
+//! image compute
+//! number 3
+//! manifest <64 hex digits>
+//! parent <64 hex digits, or ->
+//! created <seconds since the epoch>
+//! signed <seconds since the epoch>
+//! -----BEGIN SSH SIGNATURE-----
+//! ...
+//! -----END SSH SIGNATURE-----
+//! ```
+//!
+//! The signed message is the block's first seven lines, byte for byte, each ending in `\n`.
+//! The manifest id covers the whole tree (every file's content is named by id in it), so one
+//! signature over these lines authenticates everything a node writes.
+
+use std::fmt::Write as _;
+
+use super::refs::Problem;
+use super::Id;
+
+/// Version of the block layout, on each block's first line; a reader refuses a newer one.
+pub const VERSION: u32 = 1;
+
+/// The SSHSIG namespace of revision signatures: a signature made for anything else (a git
+/// commit, a file signed with `ssh-keygen -Y sign -n file`) never passes as one.
+pub const NAMESPACE: &str = "aurum-revision";
+
+/// What each block starts with; the version follows.
+const HEADER: &str = "aurum revision signature";
+const BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
+const END: &str = "-----END SSH SIGNATURE-----";
+
+/// The published path of a revision's signatures, relative to `public/`.
+pub fn path(image: &str, number: u32) -> String {
+    format!("sigs/{image}/{number}")
+}
+
+/// What a signature vouches for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedRevision {
+    /// The image's name where it was signed (a pulled copy is `REMOTE/IMAGE` here).
+    pub image: String,
+    pub number: u32,
+    /// The revision's id: its manifest's.
+    pub manifest: Id,
+    pub parent: Option<Id>,
+    /// When the revision was made, seconds since the epoch.
+    pub created: i64,
+    /// When it was signed: a node that sets `max-age` refuses a revision whose newest
+    /// signature is older (a freeze attack keeps serving old, validly signed state).
+    pub signed: i64,
+}
+
+impl SignedRevision {
+    /// The bytes the signature is made over: the block's first seven lines.
+    pub fn message(&self) -> Vec<u8> {
+        let mut s = String::new();
+        let parent = self.parent.map_or_else(|| "-".to_string(), |p| p.hex());
+        // Writing to a String cannot fail.
+        let _ = write!(
+            s,
+            "{HEADER} {VERSION}\nimage {}\nnumber {}\nmanifest {}\nparent {parent}\ncreated {}\nsigned {}\n",
+            self.image,
+            self.number,
+            self.manifest.hex(),
+            self.created,
+            self.signed
+        );
+        s.into_bytes()
+    }
+
+    /// `compute@3`.
+    pub fn name(&self) -> String {
+        format!("{}@{}", self.image, self.number)
+    }
+}
+
+/// One block: what was signed, and the armored SSH signature over [`SignedRevision::message`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    pub revision: SignedRevision,
+    /// From `-----BEGIN SSH SIGNATURE-----` to `-----END SSH SIGNATURE-----`, lines ending in
+    /// `\n`.
+    pub armored: String,
+}
+
+/// The file holding `sigs` (in the order given).
+pub fn encode(sigs: &[Signature]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in sigs {
+        out.extend(s.revision.message());
+        out.extend(s.armored.trim_end().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Reads a signatures file; refuses anything it cannot read whole.
+pub fn decode(data: &[u8]) -> Result<Vec<Signature>, Problem> {
+    let text = std::str::from_utf8(data).map_err(|_| Problem::NotText)?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(Problem::CutShort);
+    }
+    let mut lines = text.lines().enumerate().peekable();
+    let mut sigs = Vec::new();
+    while lines.peek().is_some() {
+        let mut next = |want: &'static str| {
+            lines
+                .next()
+                .map(|(n, l)| (n + 1, l))
+                .ok_or(Problem::BadLine { line: 0, want })
+        };
+        let (n, first) = next("aurum revision signature VERSION")?;
+        let version: u32 = first
+            .strip_prefix(HEADER)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .ok_or(Problem::BadLine {
+                line: n,
+                want: "aurum revision signature VERSION",
+            })?;
+        if version > VERSION {
+            return Err(Problem::Newer {
+                version,
+                reads: VERSION,
+            });
+        }
+        let mut field = |key: &'static str, want: &'static str| -> Result<String, Problem> {
+            let (n, l) = next(want)?;
+            l.strip_prefix(key)
+                .and_then(|v| v.strip_prefix(' '))
+                .filter(|v| !v.is_empty() && !v.contains(char::is_whitespace))
+                .map(str::to_string)
+                .ok_or(Problem::BadLine { line: n, want })
+        };
+        let image = field("image", "image NAME")?;
+        if image.chars().any(|c| c.is_control()) {
+            return Err(Problem::BadLine {
+                line: n + 1,
+                want: "image NAME",
+            });
+        }
+        let bad = |line: usize, want| Problem::BadLine { line, want };
+        let number = field("number", "number N")?
+            .parse()
+            .map_err(|_| bad(n + 2, "number N"))?;
+        let manifest = Id::from_hex(&field("manifest", "manifest ID")?)
+            .ok_or_else(|| bad(n + 3, "manifest ID"))?;
+        let parent = match field("parent", "parent ID")?.as_str() {
+            "-" => None,
+            p => Some(Id::from_hex(p).ok_or_else(|| bad(n + 4, "parent ID"))?),
+        };
+        let created = field("created", "created SECONDS")?
+            .parse()
+            .map_err(|_| bad(n + 5, "created SECONDS"))?;
+        let signed = field("signed", "signed SECONDS")?
+            .parse()
+            .map_err(|_| bad(n + 6, "signed SECONDS"))?;
+        let (n, begin) = next(BEGIN)?;
+        if begin != BEGIN {
+            return Err(bad(n, BEGIN));
+        }
+        let mut armored = format!("{BEGIN}\n");
+        loop {
+            let (n, l) = next(END)?;
+            if l == END {
+                break;
+            }
+            if l.is_empty()
+                || !l
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+            {
+                return Err(bad(n, "base64 signature line"));
+            }
+            armored.push_str(l);
+            armored.push('\n');
+        }
+        armored.push_str(END);
+        armored.push('\n');
+        sigs.push(Signature {
+            revision: SignedRevision {
+                image,
+                number,
+                manifest,
+                parent,
+                created,
+                signed,
+            },
+            armored,
+        });
+    }
+    Ok(sigs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sig(image: &str, number: u32, parent: bool, created: i64, signed: i64) -> Signature {
+        Signature {
+            revision: SignedRevision {
+                image: image.into(),
+                number,
+                manifest: Id::of(image.as_bytes()),
+                parent: parent.then(|| Id::of(b"parent")),
+                created,
+                signed,
+            },
+            armored: format!("{BEGIN}\nU1NIU0lH\nAAAA==\n{END}\n"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(image in "[a-z][a-z0-9_.-]{0,20}(/[a-z][a-z0-9]{0,8})?",
+                       number in any::<u32>(), parent in any::<bool>(),
+                       created in any::<i64>(), signed in any::<i64>(), count in 1usize..4) {
+            let sigs: Vec<Signature> =
+                (0..count).map(|i| sig(&image, number, parent, created, signed + i as i64)).collect();
+            let bytes = encode(&sigs);
+            prop_assert_eq!(decode(&bytes).unwrap(), sigs);
+        }
+
+        #[test]
+        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode(&data);
+        }
+    }
+
+    #[test]
+    fn the_message_is_the_blocks_first_seven_lines() {
+        let s = sig("compute", 3, true, 10, 20);
+        let file = String::from_utf8(encode(std::slice::from_ref(&s))).unwrap();
+        let head: String = file.split_inclusive('\n').take(7).collect();
+        assert_eq!(head.as_bytes(), s.revision.message());
+        assert!(head.starts_with("aurum revision signature 1\nimage compute\nnumber 3\n"));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read_whole() {
+        let good = encode(&[sig("compute", 3, false, 10, 20)]);
+        assert_eq!(decode(&good[..good.len() - 1]), Err(Problem::CutShort));
+        let text = String::from_utf8(good).unwrap();
+        let newer = text.replace("signature 1", "signature 9");
+        assert!(matches!(
+            decode(newer.as_bytes()),
+            Err(Problem::Newer { version: 9, .. })
+        ));
+        let bad = text.replace("number 3", "number three");
+        assert!(matches!(
+            decode(bad.as_bytes()),
+            Err(Problem::BadLine { line: 3, .. })
+        ));
+        let cut: String = text.lines().take(8).map(|l| format!("{l}\n")).collect();
+        assert!(decode(cut.as_bytes()).is_err());
+        assert_eq!(decode(b"").unwrap(), vec![]);
+    }
+}

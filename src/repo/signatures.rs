@@ -1,0 +1,160 @@
+//! A repository's revision signatures: `public/sigs/IMAGE/N`, one file per revision holding a
+//! block per signer ([`crate::format::signature`]).
+//!
+//! Unlike the other published files these are not derived from the catalog: a signature is
+//! made with a private key the repository never holds, so the file is the only copy (a pull
+//! copies it, a backup of `public/` keeps it). They lie in `public/` because nodes reading the
+//! repository over HTTP, and pulls, must see them. Writing one is an atomic replace under the
+//! repository's exclusive lock; a killed `sign` leaves the old file or the new one.
+
+use std::fs;
+
+use serde::Serialize;
+
+use crate::catalog::Revision;
+use crate::error::{corrupt, IoContext, Result};
+use crate::format::signature::{self, Signature, SignedRevision};
+use crate::repo::Repository;
+use crate::store;
+use crate::trust::{self, Checked, SigningKey, Standing, TrustedKeys, Wanted};
+
+/// What a signature must name to stand for `rev`.
+pub fn wanted(rev: &Revision) -> Wanted<'_> {
+    Wanted {
+        image: &rev.image,
+        number: rev.number,
+        id: rev.id,
+        parent: rev.parent,
+        created: Some(rev.created),
+    }
+}
+
+/// Reads a signatures file's bytes (`what` names it in the error).
+pub fn decode(data: &[u8], what: &str) -> Result<Vec<Signature>> {
+    signature::decode(data).map_err(|p| {
+        corrupt(format!(
+            "{what}: {p}; sign the revision again (`aurum sign`), which rewrites the file"
+        ))
+    })
+}
+
+impl Repository {
+    /// The signatures of `image@number` (none when it was never signed).
+    pub fn signatures(&self, image: &str, number: u32) -> Result<Vec<Signature>> {
+        let path = store::published(&self.root).join(signature::path(image, number));
+        match fs::read(&path) {
+            Ok(data) => decode(&data, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).at(&path),
+        }
+    }
+
+    /// Every signature of `rev`, checked against it and `keys`.
+    pub fn signers(&self, rev: &Revision, keys: &TrustedKeys) -> Result<Vec<Checked>> {
+        let sigs = self.signatures(&rev.image, rev.number)?;
+        Ok(trust::check_all(&sigs, &wanted(rev), keys))
+    }
+
+    /// Signs `rev` with `key`, now: the key's earlier signature of it is replaced (re-signing
+    /// refreshes the signing time, which nodes with `max-age` look at), others are kept.
+    /// Needs the repository locked exclusively.
+    pub fn sign(&self, rev: &Revision, key: &SigningKey) -> Result<Signature> {
+        let signed = SignedRevision {
+            image: rev.image.clone(),
+            number: rev.number,
+            manifest: rev.id,
+            parent: rev.parent,
+            created: rev.created,
+            signed: now(),
+        };
+        let sig = key.sign(signed)?;
+        let mine = key.fingerprint();
+        let mut sigs: Vec<Signature> = self
+            .signatures(&rev.image, rev.number)?
+            .into_iter()
+            .filter(|s| trust::key_of(s).as_deref() != Some(mine.as_str()))
+            .collect();
+        sigs.push(sig.clone());
+        self.write_signatures(&rev.image, rev.number, &sigs)?;
+        Ok(sig)
+    }
+
+    /// Writes the signatures file of `image@number` as given (a pull copies it this way).
+    pub fn write_signatures(&self, image: &str, number: u32, sigs: &[Signature]) -> Result<()> {
+        let path = store::published(&self.root).join(signature::path(image, number));
+        if let Some(dir) = path.parent() {
+            store::create_public_dir(&self.root, dir)?;
+        }
+        store::write_atomic(&self.root, &path, &signature::encode(sigs))
+    }
+
+    /// Removes the signatures of an image that is gone.
+    pub fn remove_signatures(&self, image: &str) -> Result<()> {
+        let dir = store::published(&self.root).join("sigs").join(image);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(&dir),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What `verify` found of the signatures.
+#[derive(Debug, Default, Serialize)]
+pub struct SignatureSummary {
+    /// Revisions with at least one sound signature by a trusted key (by any key, when the
+    /// repository trusts none).
+    pub signed: u64,
+    /// Revisions with no signature.
+    pub unsigned: Vec<String>,
+    /// Revisions whose signatures are all sound but by keys not trusted (or revoked), when
+    /// `trusted-keys` is set.
+    pub untrusted: Vec<String>,
+    /// Signatures that do not check out: (revision, key, problem).
+    pub bad: Vec<(String, String, String)>,
+}
+
+/// Checks every signature of `revisions`.
+pub fn check(
+    repo: &Repository,
+    revisions: &[Revision],
+    keys: &TrustedKeys,
+) -> Result<SignatureSummary> {
+    let mut s = SignatureSummary::default();
+    for rev in revisions {
+        let checked = match repo.signatures(&rev.image, rev.number) {
+            Ok(sigs) => trust::check_all(&sigs, &wanted(rev), keys),
+            Err(e) => {
+                s.bad.push((rev.name(), String::new(), e.to_string()));
+                continue;
+            }
+        };
+        if checked.is_empty() {
+            s.unsigned.push(rev.name());
+            continue;
+        }
+        for c in checked.iter().filter(|c| c.standing == Standing::Bad) {
+            s.bad.push((
+                rev.name(),
+                c.key.clone(),
+                c.problem.clone().unwrap_or_default(),
+            ));
+        }
+        let good = |c: &&Checked| match keys.is_empty() {
+            true => c.standing != Standing::Bad,
+            false => c.standing == Standing::Trusted,
+        };
+        if checked.iter().any(|c| good(&c)) {
+            s.signed += 1;
+        } else if checked.iter().any(|c| c.standing != Standing::Bad) {
+            s.untrusted.push(rev.name());
+        }
+    }
+    Ok(s)
+}

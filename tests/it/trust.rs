@@ -1,0 +1,570 @@
+//! Signed revisions (issue 20): keys from `aurum key generate` and from `ssh-keygen`, nodes
+//! that check them over a repository directory and over `aurum serve`, refusals of unsigned,
+//! untrusted, altered, older and stale revisions (each leaving the node as it was), key
+//! rotation and revocation, `verify`, `log`/`show`, pull and push carrying signatures, and
+//! an install refused before its disk is touched.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::common::{json, need, sh, write_random, Env};
+use crate::serve::Server;
+
+/// A small tree, different for each `version`.
+fn tree(env: &Env, version: u32) -> PathBuf {
+    let t = env.path(&format!("tree{version}"));
+    fs::create_dir_all(t.join("etc")).unwrap();
+    fs::write(t.join("etc/motd"), format!("version {version}\n")).unwrap();
+    write_random(&t.join("usr/lib/lib.so"), u64::from(version), 200_000);
+    t
+}
+
+/// `aurum key generate`: the private key's path and its public line.
+fn generate(env: &Env, name: &str) -> (PathBuf, String) {
+    let key = env.path(name);
+    let out = env.ok(&[
+        "key",
+        "generate",
+        key.to_str().unwrap(),
+        "-C",
+        &format!("{name}@master"),
+        "--json",
+    ]);
+    let v = json(&out);
+    assert_eq!(
+        v["fingerprint"].as_str().unwrap().len(),
+        "SHA256:".len() + 43
+    );
+    (key, v["public_key"].as_str().unwrap().to_string())
+}
+
+/// An ed25519 key made by ssh-keygen, as an administrator already has one.
+fn ssh_keygen(env: &Env, name: &str) -> (PathBuf, String) {
+    let key = env.path(name);
+    sh(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -C {name}@laptop -f {}",
+        key.display()
+    ));
+    let public = fs::read_to_string(env.path(&format!("{name}.pub"))).unwrap();
+    (key, public.trim().to_string())
+}
+
+/// Writes node.toml with these trusted and revoked keys and `extra` lines.
+fn node_toml(env: &Env, trusted: &[&str], revoked: &[&str], extra: &str) {
+    fs::create_dir_all(env.config_dir()).unwrap();
+    let list = |keys: &[&str]| {
+        keys.iter()
+            .map(|k| format!("{k:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    fs::write(
+        env.config_dir().join("node.toml"),
+        format!(
+            "trusted-keys = [{}]\nrevoked-keys = [{}]\n{extra}",
+            list(trusted),
+            list(revoked)
+        ),
+    )
+    .unwrap();
+}
+
+/// Every file under `root` with its content, to show that a refused update changed nothing.
+fn snapshot(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if !root.exists() {
+        return out;
+    }
+    let listing = sh(&format!("cd {} && find . | sort", root.display()));
+    for p in listing.lines() {
+        let full = root.join(p);
+        let data = if full.is_file() {
+            fs::read(&full).unwrap()
+        } else {
+            Vec::new()
+        };
+        out.push((p.to_string(), data));
+    }
+    out
+}
+
+/// Runs updateclient (with `args`) on `node`, expecting exit 3 and the node unchanged;
+/// returns the message.
+fn refused(env: &Env, node: &Path, args: &[&str]) -> String {
+    let before = snapshot(node);
+    let mut all = vec!["updateclient", "--root", node.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let e = env.fails(&all, 3);
+    assert_eq!(
+        snapshot(node),
+        before,
+        "a refused update changed the node: {e}"
+    );
+    assert!(e.contains("Nothing on this node was changed"), "{e}");
+    e
+}
+
+fn update(env: &Env, node: &Path, args: &[&str]) -> String {
+    let mut all = vec!["updateclient", "--root", node.to_str().unwrap()];
+    all.extend_from_slice(args);
+    env.ok(&all)
+}
+
+#[test]
+fn nodes_take_only_revisions_signed_by_a_trusted_key() {
+    if !need("ssh-keygen") {
+        return;
+    }
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    let (laptop, _) = ssh_keygen(&env, "laptop");
+    env.getimage(&tree(&env, 1), "compute", &[]);
+    let node = env.path("node");
+    fs::create_dir_all(&node).unwrap();
+    node_toml(&env, &[&admin_pub], &[], "");
+
+    // Unsigned: refused, naming the revision and what to do.
+    let e = refused(&env, &node, &["--image", "compute"]);
+    assert!(
+        e.contains("refusing compute@1") && e.contains("no signature"),
+        "{e}"
+    );
+    assert!(e.contains("aurum sign"), "{e}");
+
+    // Signed by a key the node does not trust (an ssh-keygen key): refused, naming the key.
+    env.ok(&["sign", "compute", "--sign-key", laptop.to_str().unwrap()]);
+    let laptop_fp = sh(&format!("ssh-keygen -lf {}.pub", laptop.display()));
+    let laptop_fp = laptop_fp.split_whitespace().nth(1).unwrap();
+    let e = refused(&env, &node, &["--image", "compute"]);
+    assert!(e.contains("does not trust") && e.contains(laptop_fp), "{e}");
+
+    // Signed by the trusted key too: taken.
+    env.ok(&["sign", "compute@1", "--sign-key", admin.to_str().unwrap()]);
+    let out = update(&env, &node, &["--image", "compute"]);
+    assert!(out.contains("-> compute@1"), "{out}");
+    assert_eq!(
+        fs::read_to_string(node.join("etc/motd")).unwrap(),
+        "version 1\n"
+    );
+
+    // ssh-keygen checks the signature on its own: the signed text is the block's first seven
+    // lines, the armored signature follows.
+    let sigs = fs::read_to_string(env.public().join("sigs/compute/1")).unwrap();
+    let blocks: Vec<&str> = sigs.split("aurum revision signature 1\n").skip(1).collect();
+    assert_eq!(blocks.len(), 2, "{sigs}");
+    // The laptop's signature came first, the admin's second.
+    let lines: Vec<&str> = blocks[1].lines().collect();
+    fs::write(
+        env.path("msg"),
+        format!("aurum revision signature 1\n{}\n", lines[..6].join("\n")),
+    )
+    .unwrap();
+    fs::write(env.path("msg.sig"), format!("{}\n", lines[6..].join("\n"))).unwrap();
+    fs::write(
+        env.path("allowed"),
+        format!("admin namespaces=\"aurum-revision\" {admin_pub}\n"),
+    )
+    .unwrap();
+    let ok = sh(&format!(
+        "cd {} && ssh-keygen -Y verify -f allowed -I admin -n aurum-revision -s msg.sig < msg",
+        env.dir.path().display()
+    ));
+    assert!(ok.contains("Good \"aurum-revision\" signature"), "{ok}");
+
+    // log and show name the signers (--json too).
+    let log = env.ok(&["log", "compute"]);
+    assert!(log.contains("signed by") && log.contains("valid"), "{log}");
+    let v = json(&env.ok(&["show", "compute@1", "--json"]));
+    let signers = v["signatures"].as_array().unwrap();
+    assert_eq!(signers.len(), 2, "{v}");
+    // With aurum.toml trusting the admin key, that signature is "trusted", the other not.
+    fs::write(
+        env.config_dir().join("aurum.toml"),
+        format!("trusted-keys = [{admin_pub:?}]\n"),
+    )
+    .unwrap();
+    let v = json(&env.ok(&["show", "compute@1", "--json"]));
+    let standings: Vec<&str> = v["signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["standing"].as_str().unwrap())
+        .collect();
+    assert!(
+        standings.contains(&"trusted") && standings.contains(&"untrusted"),
+        "{v}"
+    );
+    let shown = env.ok(&["show", "compute@1"]);
+    assert!(shown.contains("signed by admin@master ("), "{shown}");
+    let verified = env.ok(&["verify"]);
+    assert!(
+        verified.contains("signatures: 1 revisions signed by a trusted key, 0 unsigned"),
+        "{verified}"
+    );
+}
+
+#[test]
+fn altered_and_older_revisions_are_refused_over_http() {
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    let key = admin.to_str().unwrap();
+    env.getimage(&tree(&env, 1), "compute", &["--sign-key", key]);
+    env.getimage(&tree(&env, 2), "compute", &["--sign-key", key]);
+    // Signed by the trusted key, but of another image.
+    env.getimage(&tree(&env, 9), "evil", &["--sign-key", key]);
+    let server = Server::start(&env);
+    let url = format!("http://{}", server.addr);
+    let node = env.path("node");
+    fs::create_dir_all(&node).unwrap();
+    node_toml(&env, &[&admin_pub], &[], "");
+    let out = update(&env, &node, &["--server", &url, "--image", "compute"]);
+    assert!(out.contains("-> compute@2"), "{out}");
+
+    let public = env.public();
+    let save = |rel: &str| fs::read(public.join(rel)).unwrap();
+    let put = |rel: &str, data: &[u8]| fs::write(public.join(rel), data).unwrap();
+    let (head, revisions, sig2) = (
+        save("refs/compute/head"),
+        save("refs/compute/revisions"),
+        save("sigs/compute/2"),
+    );
+    let ids = String::from_utf8(revisions.clone()).unwrap();
+    let id_of = |n: &str| {
+        ids.lines()
+            .find_map(|l| l.strip_prefix(&format!("{n} ")).map(str::to_string))
+            .unwrap()
+    };
+    let (id1, id2) = (id_of("1"), id_of("2"));
+    let evil_id = String::from_utf8(save("refs/evil/head")).unwrap();
+
+    // A signed older revision presented as the newest (a rollback attack): refused.
+    put("refs/compute/head", format!("{id1}\n").as_bytes());
+    put("refs/compute/revisions", format!("1 {id1}\n").as_bytes());
+    let e = refused(&env, &node, &["--server", &url, "--image", "compute"]);
+    assert!(
+        e.contains("runs compute@2") && e.contains("--allow-downgrade"),
+        "{e}"
+    );
+    put("refs/compute/head", &head);
+    put("refs/compute/revisions", &revisions);
+
+    // Another image's revision, validly signed, served as compute@3 with its signature.
+    put(
+        "refs/compute/revisions",
+        format!("1 {id1}\n2 {id2}\n3 {}", evil_id).as_bytes(),
+    );
+    put("refs/compute/head", evil_id.as_bytes());
+    fs::copy(public.join("sigs/evil/1"), public.join("sigs/compute/3")).unwrap();
+    let e = refused(&env, &node, &["--server", &url, "--image", "compute"]);
+    assert!(
+        e.contains("made for another revision") && e.contains("evil"),
+        "{e}"
+    );
+    fs::remove_file(public.join("sigs/compute/3")).unwrap();
+    put("refs/compute/head", &head);
+    put("refs/compute/revisions", &revisions);
+
+    // The signed text edited (the number of another revision): the signature fails.
+    put(
+        "sigs/compute/2",
+        String::from_utf8(sig2.clone())
+            .unwrap()
+            .replace("created ", "created 1")
+            .as_bytes(),
+    );
+    let e = refused(&env, &node, &["--server", &url, "--image", "compute@2"]);
+    assert!(e.contains("does not check out"), "{e}");
+    let v = env.fails(&["verify"], 3);
+    assert!(v.contains("damaged"), "{v}");
+    put("sigs/compute/2", &sig2);
+
+    // A manifest altered after signing: its id no longer matches, nothing is written.
+    let mf = sh(&format!("find {} -name '{id2}.mf'", public.display()));
+    let mf = PathBuf::from(mf.trim());
+    let original = fs::read(&mf).unwrap();
+    let mut bad = original.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    fs::write(&mf, &bad).unwrap();
+    let wiped = env.path("wiped");
+    fs::create_dir_all(&wiped).unwrap();
+    let before = snapshot(&wiped);
+    env.fails(
+        &[
+            "updateclient",
+            "--root",
+            wiped.to_str().unwrap(),
+            "--server",
+            &url,
+            "--image",
+            "compute",
+        ],
+        3,
+    );
+    assert_eq!(snapshot(&wiped), before);
+    fs::write(&mf, &original).unwrap();
+
+    // A pack altered after signing: the blob fails its id, the node is left as it was.
+    let packs = sh(&format!(
+        "find {} -name '*.pack'",
+        public.join("packs").display()
+    ));
+    let originals: Vec<(String, Vec<u8>)> = packs
+        .lines()
+        .map(|p| (p.to_string(), fs::read(p).unwrap()))
+        .collect();
+    for (p, original) in &originals {
+        let mut data = original.clone();
+        let mid = data.len() / 2;
+        data[mid] ^= 0xff;
+        fs::write(p, data).unwrap();
+    }
+    env.fails(
+        &[
+            "updateclient",
+            "--root",
+            wiped.to_str().unwrap(),
+            "--server",
+            &url,
+            "--image",
+            "compute",
+        ],
+        3,
+    );
+    assert!(!wiped.join("etc/motd").exists());
+    for (p, original) in &originals {
+        fs::write(p, original).unwrap();
+    }
+
+    // Going back on purpose: --allow-downgrade (the node holds every blob it needs).
+    let out = update(
+        &env,
+        &node,
+        &[
+            "--repo",
+            env.repo().to_str().unwrap(),
+            "--image",
+            "compute@1",
+            "--allow-downgrade",
+        ],
+    );
+    assert!(
+        out.contains("compute@2") && out.contains("-> compute@1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_stale_signature_is_refused_until_the_master_signs_again() {
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    let key = admin.to_str().unwrap();
+    env.getimage(&tree(&env, 1), "compute", &["--sign-key", key]);
+    let node = env.path("node");
+    fs::create_dir_all(&node).unwrap();
+    node_toml(&env, &[&admin_pub], &[], "max-age = \"2s\"\n");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let e = refused(&env, &node, &["--image", "compute"]);
+    assert!(
+        e.contains("freeze attack") && e.contains("aurum sign compute"),
+        "{e}"
+    );
+    env.ok(&["sign", "compute", "--sign-key", key]);
+    update(&env, &node, &["--image", "compute"]);
+    // A bad age is named.
+    node_toml(&env, &[&admin_pub], &[], "max-age = \"2 weeks\"\n");
+    let e = env.fails(
+        &[
+            "updateclient",
+            "--root",
+            node.to_str().unwrap(),
+            "--image",
+            "compute",
+        ],
+        2,
+    );
+    assert!(e.contains("max-age `2 weeks`"), "{e}");
+}
+
+#[test]
+fn keys_rotate_and_a_revoked_key_no_longer_counts() {
+    if !need("ssh-keygen") {
+        return;
+    }
+    let env = Env::new();
+    let (old, old_pub) = generate(&env, "old");
+    let (new, new_pub) = ssh_keygen(&env, "new");
+    env.getimage(
+        &tree(&env, 1),
+        "compute",
+        &["--sign-key", old.to_str().unwrap()],
+    );
+    let node = env.path("node");
+    fs::create_dir_all(&node).unwrap();
+    node_toml(&env, &[&old_pub], &[], "");
+    update(&env, &node, &["--image", "compute"]);
+
+    // Rotation: nodes trust both keys; new revisions are signed with the new key; the old
+    // ones stay valid under the old key while it is trusted.
+    node_toml(&env, &[&old_pub, &new_pub], &[], "");
+    env.getimage(
+        &tree(&env, 2),
+        "compute",
+        &["--sign-key", new.to_str().unwrap()],
+    );
+    update(&env, &node, &["--image", "compute"]);
+    update(&env, &node, &["--image", "compute@1", "--allow-downgrade"]);
+
+    // The old key is stolen: revoked (by fingerprint), its signatures no longer count.
+    let old_fp = json(&env.ok(&["key", "show", old.to_str().unwrap(), "--json"]))["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    node_toml(&env, &[&old_pub, &new_pub], &[&old_fp], "");
+    let e = refused(&env, &node, &["--image", "compute@1", "--allow-downgrade"]);
+    assert!(e.contains("revoked") && e.contains(&old_fp), "{e}");
+    // Everything signed again with the new key.
+    let signed = json(&env.ok(&[
+        "sign",
+        "--all",
+        "--sign-key",
+        new.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(signed.as_array().unwrap().len(), 2);
+    update(&env, &node, &["--image", "compute@1", "--allow-downgrade"]);
+    // Re-signing replaced the new key's signature, and kept the old key's.
+    assert_eq!(
+        fs::read_to_string(env.public().join("sigs/compute/1"))
+            .unwrap()
+            .matches("BEGIN SSH SIGNATURE")
+            .count(),
+        2
+    );
+
+    // verify, with aurum.toml trusting the new key and revoking the old one.
+    fs::write(
+        env.config_dir().join("aurum.toml"),
+        format!("trusted-keys = [{new_pub:?}]\nrevoked-keys = [{old_pub:?}]\n"),
+    )
+    .unwrap();
+    let v = json(&env.ok(&["verify", "--json"]));
+    assert_eq!(v["signatures"]["signed"], 2, "{v}");
+    let log = env.ok(&["log", "compute"]);
+    assert!(
+        log.contains("REVOKED") && log.contains("new@laptop"),
+        "{log}"
+    );
+
+    // A key file that is not a private key, and a key that exists, are refused by name.
+    let e = env.fails(
+        &[
+            "sign",
+            "compute",
+            "--sign-key",
+            &format!("{}.pub", new.display()),
+        ],
+        2,
+    );
+    assert!(e.contains("not the .pub"), "{e}");
+    let e = env.fails(&["key", "generate", old.to_str().unwrap()], 2);
+    assert!(e.contains("never overwrites"), "{e}");
+    let e = env.fails(&["sign", "compute"], 2);
+    assert!(e.contains("--sign-key"), "{e}");
+}
+
+#[test]
+fn pull_and_push_carry_signatures_and_a_master_refuses_unsigned_revisions() {
+    let master = Env::new();
+    let (admin, admin_pub) = generate(&master, "admin");
+    let key = admin.to_str().unwrap();
+    master.getimage(&tree(&master, 1), "compute", &["--sign-key", key]);
+    let server = Server::start(&master);
+    let url = format!("http://{}", server.addr);
+
+    let cluster = Env::new();
+    fs::create_dir_all(cluster.config_dir()).unwrap();
+    fs::write(
+        cluster.config_dir().join("aurum.toml"),
+        format!("trusted-keys = [{admin_pub:?}]\n"),
+    )
+    .unwrap();
+    cluster.ok(&["remote", "add", "super", &url]);
+    let out = cluster.ok(&["pull", "super"]);
+    assert!(out.contains("1 signatures"), "{out}");
+    assert!(cluster.public().join("sigs/super/compute/1").exists());
+    let v = cluster.ok(&["verify"]);
+    assert!(v.contains("1 revisions signed by a trusted key"), "{v}");
+
+    // A revision signed later at the source is signed here after the next pull.
+    master.getimage(&tree(&master, 2), "compute", &[]);
+    let e = cluster.fails(&["pull", "super"], 3);
+    assert!(
+        e.contains("refusing to pull compute@2") && e.contains("no signature"),
+        "{e}"
+    );
+    assert_eq!(crate::common::revisions_of(&cluster, "super/compute"), 1);
+    master.ok(&["sign", "compute", "--sign-key", key]);
+    cluster.ok(&["pull", "super"]);
+    assert_eq!(crate::common::revisions_of(&cluster, "super/compute"), 2);
+
+    // A node of the cluster checks the pulled copy (signed as `compute` at the source).
+    let cluster_server = Server::start(&cluster);
+    let node = cluster.path("node");
+    fs::create_dir_all(&node).unwrap();
+    node_toml(&cluster, &[&admin_pub], &[], "");
+    let out = update(
+        &cluster,
+        &node,
+        &[
+            "--server",
+            &format!("http://{}", cluster_server.addr),
+            "--image",
+            "super/compute",
+        ],
+    );
+    assert!(out.contains("-> super/compute@2"), "{out}");
+
+    // A push to a directory carries them too.
+    let backup = Env::new();
+    master.ok(&["push", backup.repo().to_str().unwrap()]);
+    assert!(backup.public().join("sigs/compute/2").exists());
+    let log = backup.ok(&["log", "compute"]);
+    assert!(log.contains("signed by"), "{log}");
+}
+
+#[test]
+fn an_install_refuses_an_unsigned_revision_before_touching_the_disk() {
+    if !crate::install::can_install() {
+        return;
+    }
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    let t = env.path("tiny");
+    crate::install::tiny_tree(&t);
+    env.getimage(&t, "compute", &[]);
+    let class = crate::install::class();
+    let d = crate::install::disk(&env, "d.img", 13);
+    let args = [
+        "install",
+        "--disk",
+        d.to_str().unwrap(),
+        "--image",
+        "compute",
+        "--class",
+        class,
+        "--trusted-key",
+        &admin_pub,
+    ];
+    let e = env.fails(&args, 3);
+    assert!(
+        e.contains("refusing compute@1") && e.contains("no signature"),
+        "{e}"
+    );
+    let blocks = |p: &Path| std::os::unix::fs::MetadataExt::blocks(&fs::metadata(p).unwrap());
+    assert_eq!(blocks(&d), 0, "the refused install wrote to the disk");
+    env.ok(&["sign", "compute", "--sign-key", admin.to_str().unwrap()]);
+    let out = env.ok(&args);
+    assert!(out.contains("installed compute@1"), "{out}");
+    crate::install::detached(&d);
+}

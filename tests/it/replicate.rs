@@ -438,6 +438,17 @@ fn pull_and_push_over_ssh_and_to_a_directory() {
     let r = push(&[]);
     assert_eq!(r["revisions"], 3, "{r}");
     same_images(&a, &e, "");
+    // Signatures go along, those made after a revision was pushed or pulled too (issue 20).
+    let key = a.path("admin.key");
+    a.ok(&["key", "generate", s(&key)]);
+    a.ok(&["sign", "compute@1", "--sign-key", s(&key)]);
+    let r = push(&[]);
+    assert_eq!(r["signatures"], 1, "{r}");
+    let sig = |env: &Env| std::fs::read(env.public().join("sigs/compute/1")).unwrap();
+    assert_eq!(sig(&a), sig(&e));
+    let r = pull(&b, &["--mirror", "--ssh", &ssh, &url]);
+    assert_eq!(r["signatures"], 1, "{r}");
+    assert_eq!(sig(&a), sig(&b));
     write_random(&a.path("gold/data/f2"), 31337, 300_000);
     a.getimage(&a.path("gold"), "compute", &["-q"]);
     let r = push(&[]);

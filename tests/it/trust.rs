@@ -146,6 +146,23 @@ fn nodes_take_only_revisions_signed_by_a_trusted_key() {
         fs::read_to_string(node.join("etc/motd")).unwrap(),
         "version 1\n"
     );
+    // An override image is checked like the image.
+    let extra = env.path("extra");
+    fs::create_dir_all(extra.join("etc")).unwrap();
+    fs::write(extra.join("etc/extra.conf"), "x\n").unwrap();
+    env.getimage(&extra, "extra", &[]);
+    let e = refused(&env, &node, &["--image", "compute", "--override", "extra"]);
+    assert!(
+        e.contains("refusing extra@1") && e.contains("no signature"),
+        "{e}"
+    );
+    env.ok(&["sign", "extra", "--sign-key", admin.to_str().unwrap()]);
+    update(&env, &node, &["--image", "compute", "--override", "extra"]);
+    assert!(node.join("etc/extra.conf").exists());
+    // A staged update is checked when it stages: nothing is staged.
+    env.getimage(&tree(&env, 2), "compute", &[]);
+    let e = refused(&env, &node, &["--image", "compute", "--stage"]);
+    assert!(e.contains("refusing compute@2"), "{e}");
 
     // ssh-keygen checks the signature on its own: the signed text is the block's first seven
     // lines, the armored signature follows.
@@ -198,7 +215,7 @@ fn nodes_take_only_revisions_signed_by_a_trusted_key() {
     assert!(shown.contains("signed by admin@master ("), "{shown}");
     let verified = env.ok(&["verify"]);
     assert!(
-        verified.contains("signatures: 1 revisions signed by a trusted key, 0 unsigned"),
+        verified.contains("signatures: 2 revisions signed by a trusted key, 1 unsigned"),
         "{verified}"
     );
 }

@@ -90,6 +90,14 @@ want ldd libc-bin
 want debugfs e2fsprogs
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
+# Boot counting (tests/it/grubenv.rs, tests/it/bootcount.rs): grub-editenv is the reference for
+# aurum's environment block writer, grub-script-check checks aurum.cfg, grub-mkimage builds the
+# QEMU node's GRUB for UEFI from grub-efi-amd64-bin's modules, mtools puts it on the ESP.
+want grub-editenv grub-common
+want grub-script-check grub-common
+want grub-mkimage grub-common
+[ -e /usr/lib/grub/x86_64-efi/linux.mod ] || need+=(grub-efi-amd64-bin)
+want mcopy mtools
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root (or install them) first" >&2

@@ -272,3 +272,488 @@ fn a_failing_revision_falls_back_and_a_good_one_is_blessed() {
     let b = json(&env.ok(&["boot", "--root", r, "--cmdline", cmdline, "--json"]));
     assert_eq!(b["record"]["outcome"], "booted", "{b}");
 }
+
+/// The node's `/sbin/init`: network, `aurum boot`, `aurum health`, power off. A fallback
+/// reboots from inside `aurum boot` or `aurum health` (`/sbin/reboot`), which ends the QEMU
+/// run (`-no-reboot`): the test starts the next boot.
+const NODE_INIT: &str = r#"#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /tmp /run
+exec </dev/console >/dev/console 2>&1
+hostname -F /etc/hostname
+echo "aurum-test: up on $(cat /etc/motd)"
+ifconfig eth0 up
+udhcpc -i eth0 -n -q -t 5 -T 2 -s /etc/udhcpc.script >/dev/null 2>&1 || echo "aurum-test: no DHCP"
+aurum --no-progress boot || echo "aurum-test: aurum boot failed"
+aurum --no-progress health || echo "aurum-test: unhealthy"
+echo "aurum-test: boot over"
+sync
+poweroff -f
+"#;
+
+/// The node's initramfs `/init`: the disk and filesystem modules, then the root from `root=`.
+const INITRAMFS_INIT: &str = r#"#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+while read -r m; do insmod "$m" 2>/dev/null; done < /etc/aurum-modules
+root=$(sed -n 's/.*root=\([^ ]*\).*/\1/p' /proc/cmdline)
+mkdir -p /newroot
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    mount -t ext4 "$root" /newroot 2>/dev/null && break
+    sleep 1
+done
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /sbin/init
+"#;
+
+/// An initramfs that cannot boot the node: its `/init` gives up (the kernel panics, and
+/// `panic=1` reboots).
+const BROKEN_INIT: &str = "#!/bin/sh\necho 'aurum-test: this initramfs cannot boot'\nexit 1\n";
+
+const GRUB_CFG: &str = r#"set timeout=0
+set default=0
+if [ -s $prefix/grubenv ]; then
+  load_env
+fi
+menuentry 'aurum test node' {
+  linux /boot/vmlinuz root=/dev/vda2 console=ttyS0 panic=1
+  initrd /boot/initrd.img
+}
+if [ -f $prefix/custom.cfg ]; then
+  source $prefix/custom.cfg
+fi
+"#;
+
+/// The node's disk: an ESP (made, not mounted) and an ext4 root.
+const TEMPLATE: &str = r#"description = "boot counting test node"
+
+[[disk]]
+
+[[disk.partition]]
+name = "esp"
+type = "efi"
+size = "16MiB"
+fs = "vfat"
+label = "ESP"
+
+[[disk.partition]]
+name = "root"
+size = "*"
+fs = "ext4"
+label = "root"
+mount = "/"
+"#;
+
+fn sh_ok(script: &str) -> String {
+    crate::common::sh(script)
+}
+
+fn executable(p: &Path, text: &str) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let _ = fs::remove_file(p);
+    fs::write(p, text).unwrap();
+    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// cpio newc + gzip of `dir` into `out`.
+fn pack_initramfs(dir: &Path, out: &Path) {
+    sh_ok(&format!(
+        "cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}",
+        dir.display(),
+        out.display()
+    ));
+}
+
+/// A revision of the QEMU node's golden client: the boot kit's tree (busybox, aurum with its
+/// libraries, the kernel modules) as its root, with its own init, GRUB's configuration, a
+/// kernel and initramfs (`broken`: one that cannot boot), and a health check.
+struct NodeImage {
+    kit_tree: std::path::PathBuf,
+    kernel: std::path::PathBuf,
+    initrd: std::path::PathBuf,
+    broken_initrd: std::path::PathBuf,
+    grub_efi: std::path::PathBuf,
+    server: String,
+}
+
+impl NodeImage {
+    fn write(&self, root: &Path, label: &str, healthy: bool, broken: bool) {
+        let _ = fs::remove_dir_all(root);
+        sh_ok(&format!(
+            "cp -a {}/. {}",
+            self.kit_tree.display(),
+            root.display()
+        ));
+        let _ = fs::remove_file(root.join("init"));
+        executable(&root.join("sbin/init"), NODE_INIT);
+        executable(
+            &root.join("sbin/reboot"),
+            "#!/bin/sh\nsync\nexec busybox reboot -f\n",
+        );
+        let boot = root.join("boot");
+        fs::create_dir_all(boot.join("grub")).unwrap();
+        fs::create_dir_all(boot.join("efi")).unwrap();
+        fs::copy(&self.kernel, boot.join("vmlinuz-6.1-test")).unwrap();
+        let initrd = if broken {
+            &self.broken_initrd
+        } else {
+            &self.initrd
+        };
+        fs::copy(initrd, boot.join("initrd.img-6.1-test")).unwrap();
+        std::os::unix::fs::symlink("vmlinuz-6.1-test", boot.join("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("initrd.img-6.1-test", boot.join("initrd.img")).unwrap();
+        fs::write(boot.join("grub/grub.cfg"), GRUB_CFG).unwrap();
+        fs::create_dir_all(root.join("etc/kernel")).unwrap();
+        fs::write(
+            root.join("etc/kernel/cmdline"),
+            "root=/dev/vda2 console=ttyS0 panic=1\n",
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("etc/aurum")).unwrap();
+        fs::write(
+            root.join("etc/aurum/node.toml"),
+            format!("server = \"{}\"\n", self.server),
+        )
+        .unwrap();
+        let body = if healthy {
+            "echo the app answers"
+        } else {
+            "echo the app does not answer on port 8080; exit 3"
+        };
+        executable(
+            &root.join("etc/aurum/health/required.d/10-app"),
+            &format!("#!/bin/sh\n{body}\n"),
+        );
+        fs::write(root.join("etc/motd"), format!("{label}\n")).unwrap();
+    }
+}
+
+/// Boots the QEMU node from its disk once (OVMF, GRUB from the ESP), until it powers off or
+/// reboots; returns the serial console.
+fn boot_node(env: &Env, disk: &Path, vars: &Path, n: usize) -> String {
+    let log = env.path(&format!("serial-{n}.log"));
+    let started = std::time::Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-M",
+            "q35",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,readonly=on,file={}",
+            crate::pxe::OVMF_CODE
+        ))
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=none,id=d0,cache=unsafe",
+            disk.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=0"])
+        .args(["-netdev", "user,id=n0,net=10.0.2.0/24"])
+        .args([
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={},romfile=", crate::pxe::MAC),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start qemu");
+    let limit = std::time::Duration::from_secs(300);
+    loop {
+        if qemu.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            panic!(
+                "boot {n} timed out; serial console:\n{}",
+                crate::pxe::tail(&log, 60)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprintln!("boot {n}: {:.1} s", started.elapsed().as_secs_f64());
+    String::from_utf8_lossy(&fs::read(&log).unwrap()).into_owned()
+}
+
+/// The byte offset of partition `n` of `disk`.
+fn partition_offset(disk: &Path, n: u32) -> u64 {
+    let info = sh_ok(&format!("sgdisk -i {n} {}", disk.display()));
+    let first: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("sgdisk names the first sector");
+    first * 512
+}
+
+/// Runs `f` with the node's root filesystem mounted (the node is off).
+fn with_root<T>(env: &Env, disk: &Path, f: impl FnOnce(&Path) -> T) -> T {
+    let mnt = env.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let offset = partition_offset(disk, 2);
+    sh_ok(&format!(
+        "mount -o loop,offset={offset} {} {}",
+        disk.display(),
+        mnt.display()
+    ));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mnt)));
+    sh_ok(&format!("umount {}", mnt.display()));
+    out.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn last_boot(env: &Env) -> serde_json::Value {
+    json(&env.ok(&["nodes", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["hostname"] == "vm1")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A UEFI QEMU node installed with GRUB: a revision whose health check fails goes back to
+/// last-known-good by itself; one whose initramfs cannot boot does after its tries (GRUB's
+/// counter, then GRUB's fallback entry); a good one is blessed. Each outcome reaches the
+/// server as a boot report.
+#[test]
+fn qemu_node_falls_back_by_itself_and_blesses_a_good_revision() {
+    let tools = [
+        "qemu-system-x86_64",
+        "grub-mkimage",
+        "grub-editenv",
+        "busybox",
+        "cpio",
+        "depmod",
+        "sgdisk",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "mcopy",
+        "losetup",
+        "apt-get",
+        "dpkg",
+    ];
+    if tools.iter().any(|t| !need(t)) {
+        return;
+    }
+    if !crate::common::is_root() || !Path::new(crate::pxe::OVMF_CODE).exists() {
+        crate::common::skip("needs root (loop mounts) and OVMF (package ovmf)");
+        return;
+    }
+    let started = std::time::Instant::now();
+    let env = Env::new();
+    let kit = crate::pxe::build_kit(&env);
+    let kit_tree = env.path("kit-tree");
+    fs::create_dir_all(&kit_tree).unwrap();
+    sh_ok(&format!(
+        "cd {} && zcat {}/initrd.img | cpio -id --quiet",
+        kit_tree.display(),
+        kit.display()
+    ));
+    // The node's initramfs: the kit's tree with an init that mounts the disk's root.
+    let ird = env.path("initrd-tree");
+    sh_ok(&format!("cp -a {}/. {}", kit_tree.display(), ird.display()));
+    executable(&ird.join("init"), INITRAMFS_INIT);
+    let initrd = env.path("initrd.img");
+    pack_initramfs(&ird, &initrd);
+    let bad = env.path("broken-tree");
+    fs::create_dir_all(bad.join("bin")).unwrap();
+    fs::copy(kit_tree.join("bin/busybox"), bad.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", bad.join("bin/sh")).unwrap();
+    executable(&bad.join("init"), BROKEN_INIT);
+    let broken_initrd = env.path("broken-initrd.img");
+    pack_initramfs(&bad, &broken_initrd);
+    // GRUB for UEFI, with what the node's grub.cfg and aurum.cfg use built in.
+    let grub_efi = env.path("grubx64.efi");
+    sh_ok(&format!(
+        "grub-mkimage -O x86_64-efi -o {} -p '(hd0,gpt2)/boot/grub' part_gpt ext2 fat normal \
+         linux echo test loadenv configfile search search_fs_file gzio all_video efi_gop \
+         serial terminal sleep",
+        grub_efi.display()
+    ));
+
+    let srv = Server::start(&env);
+    let port = srv.addr.rsplit(':').next().unwrap().to_string();
+    let image = NodeImage {
+        kit_tree,
+        kernel: crate::pxe::debian_kernel().0,
+        initrd,
+        broken_initrd,
+        grub_efi,
+        server: format!("http://10.0.2.2:{port}"),
+    };
+    let g = env.path("golden");
+    for (label, healthy, broken) in [
+        ("revision 1 (good)", true, false),
+        ("revision 2 (fails its health check)", false, false),
+        ("revision 3 (cannot boot)", true, true),
+        ("revision 4 (good)", true, false),
+    ] {
+        image.write(&g, label, healthy, broken);
+        env.getimage(&g, "node", &[]);
+    }
+    // The ESP is made but not mounted by the install: this kernel may not mount vfat. GRUB
+    // goes onto it with mtools, at the removable-media path OVMF boots (what `grub-install
+    // --removable` writes).
+    let t = env.path("node.toml");
+    fs::write(&t, TEMPLATE).unwrap();
+    env.ok(&["template", "import", t.to_str().unwrap()]);
+    let disk = env.path("disk.raw");
+    fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
+    env.ok(&[
+        "install",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--image",
+        "node@1",
+        "--class",
+        "node",
+        "--hostname",
+        "vm1",
+    ]);
+    let esp = format!("{}@@{}", disk.display(), partition_offset(&disk, 1));
+    sh_ok(&format!(
+        "mmd -i {esp} ::/EFI ::/EFI/BOOT && mcopy -i {esp} {} ::/EFI/BOOT/BOOTX64.EFI",
+        image.grub_efi.display()
+    ));
+    let vars = env.path("OVMF_VARS.fd");
+    fs::copy(crate::pxe::OVMF_VARS, &vars).unwrap();
+    let url = format!("http://{}", srv.addr);
+    let update = |rev: &str| {
+        with_root(&env, &disk, |root| {
+            env.ok(&[
+                "updateclient",
+                "--root",
+                root.to_str().unwrap(),
+                "--server",
+                &url,
+                "--image",
+                rev,
+                "--boot-tries",
+                "2",
+            ])
+        })
+    };
+    let _guest = crate::pxe::ONE_GUEST
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut boots = 0;
+    let mut boot = || {
+        boots += 1;
+        boot_node(&env, &disk, &vars, boots)
+    };
+
+    // First boot from the disk: revision 1, no trial.
+    let s = boot();
+    assert!(
+        s.contains("aurum-test: up on revision 1"),
+        "{}",
+        tail_of(&s)
+    );
+    assert!(s.contains("boot: node@1"), "{}", tail_of(&s));
+    assert!(s.contains("aurum-test: boot over"), "{}", tail_of(&s));
+    assert_eq!(last_boot(&env)["boot"]["outcome"], "booted");
+
+    // Revision 2 fails its health check on its first boot: back to revision 1 at once.
+    update("node@2");
+    let s = boot();
+    assert!(
+        s.contains("aurum-test: up on revision 2"),
+        "{}",
+        tail_of(&s)
+    );
+    assert!(s.contains("rebooting into it"), "{}", tail_of(&s));
+    let n = last_boot(&env);
+    assert_eq!(n["boot"]["fell_back"], true, "{n}");
+    assert!(
+        n["boot"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("10-app (exit 3: the app does not answer on port 8080)"),
+        "{n}"
+    );
+    assert!(
+        n["boot"]["booted"].as_str().unwrap().starts_with("node@1 "),
+        "{n}"
+    );
+    let s = boot();
+    assert!(
+        s.contains("aurum-test: up on revision 1"),
+        "{}",
+        tail_of(&s)
+    );
+    assert_eq!(last_boot(&env)["boot"]["outcome"], "booted");
+
+    // Revision 3's initramfs cannot boot: two boots panic, then GRUB boots the fallback entry
+    // (revision 1's kernel and initramfs, kept), and the node puts revision 1 back itself.
+    update("node@3");
+    for _ in 0..2 {
+        let s = boot();
+        assert!(s.contains("this initramfs cannot boot"), "{}", tail_of(&s));
+    }
+    let s = boot();
+    assert!(s.contains("aurum.fallback"), "{}", tail_of(&s));
+    assert!(s.contains("rebooting into it"), "{}", tail_of(&s));
+    let n = last_boot(&env);
+    assert_eq!(n["boot"]["fell_back"], true, "{n}");
+    assert!(
+        n["boot"]["reason"].as_str().unwrap().contains("node@3")
+            && n["boot"]["reason"].as_str().unwrap().contains("in 2 boots"),
+        "{n}"
+    );
+    let s = boot();
+    assert!(
+        s.contains("aurum-test: up on revision 1"),
+        "{}",
+        tail_of(&s)
+    );
+
+    // Revision 4 is good: its first boot passes the health check and blesses it.
+    update("node@4");
+    let s = boot();
+    assert!(
+        s.contains("aurum-test: up on revision 4"),
+        "{}",
+        tail_of(&s)
+    );
+    let n = last_boot(&env);
+    assert_eq!(n["boot"]["outcome"], "blessed", "{n}");
+    with_root(&env, &disk, |root| {
+        let s = state(&env, root);
+        assert_eq!(s["last_known_good"]["number"], 4, "{s}");
+        assert!(s.get("trial").is_none(), "{s}");
+    });
+    eprintln!(
+        "{boots} boots; whole test {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn tail_of(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}

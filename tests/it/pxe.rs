@@ -672,8 +672,8 @@ fn can_netns() -> bool {
 
 /// Debian's OVMF (x86-64 UEFI firmware for QEMU), read-only code and a template of its
 /// variable store.
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub(crate) const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub(crate) const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// The disk layout a PXE test installs.
 #[derive(Clone, Copy, PartialEq)]

@@ -5,6 +5,7 @@
 //! dnsmasq, and PXE-installs a compute VM from it on a network of their own. Then the super
 //! master captures a new compute revision, the master pulls it (`aurum pull`) and the compute
 //! node, booted from its disk, updates to it (`aurum updateclient`) and reports to the master.
+//! The master's repository is captured by reference (embedded), and rebuilt by the install.
 //! The two levels: the master's repository holds a `submaster` image whose root holds a
 //! repository too; in the master VM it checks out and that repository verifies.
 //!
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{need, sh, write_random, Env};
+use crate::common::{json, need, sh, write_random, Env};
 use crate::pxe::{build_kit, tail, ONE_GUEST, TEMPLATE};
 use crate::serve::Server;
 
@@ -440,7 +441,12 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
             "submaster",
         ],
     );
-    sup.getimage(&master, "master", &[]);
+    // The master's repository is recorded by reference: its catalog, and its packs held
+    // once by the super master's repository (the compute image's are there already).
+    let captured = json(&sup.getimage(&master, "master", &["--json"]));
+    let embedded = &captured["embedded"][0];
+    assert_eq!(embedded["path"], "/var/lib/aurum", "{captured}");
+    assert_eq!(embedded["images"], 2, "{captured}");
     sup.ok(&[
         "node", "add", "m1", "--mac", MASTER_MAC, "--image", "master", "--class", "master",
     ]);
@@ -616,6 +622,10 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
         "the master has no report of the update:\n{nodes}"
     );
 
+    eprintln!(
+        "chain: the master image's repository added {} bytes to the super master's store",
+        embedded["bytes_added"]
+    );
     eprintln!(
         "chain: prepared {}, install master {}, master serves {}, install compute {}, \
          boot compute {}, pull {}, update {}; two levels checked in the master {}; total {}",

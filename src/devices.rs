@@ -119,6 +119,11 @@ impl Mount {
         })
     }
 
+    /// Leaves the filesystem mounted (the guard is given up).
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+
     /// A bind mount of `src` at `at` (for /dev, /proc, /sys in a chroot).
     pub fn bind(src: &Path, at: &Path) -> Result<Mount> {
         run(Command::new("mount").arg("--bind").arg(src).arg(at))?;

@@ -7,13 +7,15 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{now, Catalog};
-use crate::catalog::nodes::{BmcAccess, BmcProtocol, Boot, InstallPhase, LastPhase, NodeEntry};
+use crate::catalog::nodes::{
+    BmcAccess, BmcProtocol, Boot, InstallPhase, LastPhase, NodeEntry, RootFs,
+};
 use crate::error::{invalid, Error, Result};
 use crate::name::ClassName;
 
 const COLUMNS: &str =
     "name, mac, ip, class, image, grp, bmc, boot, phase, phase_detail, phase_revision, phase_time,
-     bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file";
+     bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file, rootfs";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<NodeEntry> {
     let name: String = r.get(0)?;
@@ -46,7 +48,14 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<NodeEntry> {
             None
         }
     });
+    let rootfs = r.get::<_, Option<String>>(16)?.map_or(Ok(RootFs::Disk), |v| {
+        RootFs::parse(&v).or_else(|e| {
+            log::warn!("node {name}: {e}; shown as disk: set it with `aurum node set {name} --rootfs disk|memory`");
+            Ok::<_, rusqlite::Error>(RootFs::Disk)
+        })
+    })?;
     Ok(NodeEntry {
+        rootfs,
         bmc_access: BmcAccess {
             bmc_protocol,
             bmc_user: r.get(13)?,
@@ -124,8 +133,8 @@ fn insert(tx: &Transaction, n: &NodeEntry) -> Result<()> {
     check_unique(tx, n, None)?;
     tx.execute(
         "INSERT INTO inventory(name, mac, ip, class, image, grp, bmc, boot, created,
-             bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file, rootfs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             n.name,
             n.mac,
@@ -140,6 +149,7 @@ fn insert(tx: &Transaction, n: &NodeEntry) -> Result<()> {
             n.bmc_access.bmc_user,
             n.bmc_access.bmc_password_file,
             n.bmc_access.bmc_ca_file,
+            n.rootfs.as_str(),
         ],
     )?;
     Ok(())
@@ -196,7 +206,8 @@ impl Catalog {
         check_unique(&tx, n, Some(&n.name))?;
         let changed = tx.execute(
             "UPDATE inventory SET mac = ?2, ip = ?3, class = ?4, image = ?5, grp = ?6, bmc = ?7, boot = ?8,
-                 bmc_protocol = ?9, bmc_user = ?10, bmc_password_file = ?11, bmc_ca_file = ?12
+                 bmc_protocol = ?9, bmc_user = ?10, bmc_password_file = ?11, bmc_ca_file = ?12,
+                 rootfs = ?13
              WHERE name = ?1",
             params![
                 n.name,
@@ -211,6 +222,7 @@ impl Catalog {
                 n.bmc_access.bmc_user,
                 n.bmc_access.bmc_password_file,
                 n.bmc_access.bmc_ca_file,
+                n.rootfs.as_str(),
             ],
         )?;
         if changed == 0 {
@@ -230,7 +242,8 @@ impl Catalog {
 
     /// Records an install phase of node `name` (kept in `install_phases`; it becomes the
     /// node's last phase). `done` switches the node to local boot, as si_netbootmond did, so
-    /// that its next network boot does not install it again. Returns the node after.
+    /// that its next network boot does not install it again (a diskless node, whose every boot
+    /// reports `done` too, stays as it is). Returns the node after.
     pub fn record_phase(
         &mut self,
         name: &str,
@@ -243,7 +256,8 @@ impl Catalog {
         let changed = tx.execute(
             "UPDATE inventory SET phase = ?2, phase_detail = ?3,
                  phase_revision = COALESCE(?4, phase_revision), phase_time = ?5,
-                 boot = CASE WHEN ?2 = 'done' THEN 'local' ELSE boot END
+                 boot = CASE WHEN ?2 = 'done' AND COALESCE(rootfs, 'disk') = 'disk'
+                             THEN 'local' ELSE boot END
              WHERE name = ?1",
             params![name, phase, detail, revision, t],
         )?;

@@ -44,6 +44,37 @@ impl Boot {
     }
 }
 
+/// Where a node's root filesystem lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RootFs {
+    /// Installed on its disk (`aurum install`), then booted from it.
+    #[default]
+    Disk,
+    /// Diskless: every network boot fetches its revision into a tmpfs and runs from memory
+    /// (`aurum boot-memory` in the boot kit); a reboot is an update, or a rollback.
+    Memory,
+}
+
+impl RootFs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootFs::Disk => "disk",
+            RootFs::Memory => "memory",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<RootFs> {
+        match s {
+            "disk" => Ok(RootFs::Disk),
+            "memory" => Ok(RootFs::Memory),
+            _ => Err(invalid(format!(
+                "`{s}` is not a root filesystem: disk (installed) or memory (diskless, in RAM)"
+            ))),
+        }
+    }
+}
+
 pub use crate::format::report::InstallPhase;
 
 /// The protocol a BMC speaks.
@@ -125,6 +156,8 @@ pub struct NodeEntry {
     #[serde(flatten)]
     pub bmc_access: BmcAccess,
     pub boot: Boot,
+    /// Where its root lives: on its disk, or in memory (diskless).
+    pub rootfs: RootFs,
     pub last: Option<LastPhase>,
 }
 
@@ -142,6 +175,7 @@ impl NodeEntry {
             bmc: None,
             bmc_access: BmcAccess::default(),
             boot: Boot::Install,
+            rootfs: RootFs::Disk,
             last: None,
         })
     }
@@ -188,7 +222,7 @@ pub fn normalise_mac(s: &str) -> Result<String> {
 }
 
 /// The columns `aurum node import` knows; `name` and `mac` are required.
-const CSV_COLUMNS: [&str; 11] = [
+const CSV_COLUMNS: [&str; 12] = [
     "name",
     "mac",
     "ip",
@@ -200,11 +234,12 @@ const CSV_COLUMNS: [&str; 11] = [
     "bmc_user",
     "bmc_password_file",
     "bmc_ca_file",
+    "rootfs",
 ];
 
 /// Parses the CSV of `aurum node import`: a header line naming the columns (name,mac,ip,
 /// class,image,group and optionally bmc, bmc_protocol, bmc_user, bmc_password_file and
-/// bmc_ca_file, in any order; the two files as absolute paths), then one node a line. Empty fields
+/// bmc_ca_file, and rootfs (disk or memory), in any order; the two files as absolute paths), then one node a line. Empty fields
 /// are unset; blank lines and lines starting with `#` are skipped. Quoting is not supported
 /// (no field of a node needs a comma).
 pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {
@@ -259,6 +294,11 @@ pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {
         node.image = get("image").map(String::from);
         node.group = get("group").map(String::from);
         node.bmc = get("bmc").map(String::from);
+        node.rootfs = get("rootfs")
+            .map(RootFs::parse)
+            .transpose()
+            .map_err(at)?
+            .unwrap_or_default();
         let b = &mut node.bmc_access;
         b.bmc_protocol = get("bmc_protocol")
             .map(BmcProtocol::parse)

@@ -357,6 +357,100 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Boot a diskless node: lay its revision into a tmpfs, for the boot kit to switch root into.
+///
+/// Run by the boot kit's /init on a node whose root is `memory` in the node database (`aurum
+/// node set NODE --rootfs memory`). Asks the server who this node is by its MAC (the node
+/// database names its revision and group), fetches the revision and the node's override images
+/// (`override`, `override.GROUP`, `override.NODE`: keep per-node identity such as SSH host
+/// keys there) from the server or cache tier the kit came from, checking every blob against
+/// its hash, mounts a tmpfs at --root sized to the tree plus --headroom, and lays the tree in
+/// with the updateclient engine (so node-status, health and updateclient work on the running
+/// node). Then it writes /etc/hostname and /etc/machine-id (derived from the node's name: the
+/// same at every boot, different on every node), comments the golden client's disks out of /etc/fstab, names the server in
+/// /etc/aurum/node.toml when the image has none, and reports each phase to the server
+/// (`aurum node show NODE`). The tmpfs stays mounted; /init then runs `switch_root`. On
+/// failure nothing stays mounted.
+#[derive(Args)]
+pub struct BootMemoryArgs {
+    /// The image server (`aurum serve`, or a cache tier of it), as the kit's command line
+    /// names it (aurum.server=).
+    #[arg(long, value_name = "URL")]
+    server: String,
+    #[command(flatten)]
+    http: super::HttpArgs,
+    /// The MAC of the interface that booted: the server says which node this is.
+    #[arg(long, value_name = "MAC", required_unless_present = "image")]
+    mac: Option<String>,
+    /// Boot this revision instead of asking the server (IMAGE, IMAGE@N, IMAGE:TAG); needs
+    /// --node.
+    #[arg(long, value_name = "REV", requires = "node")]
+    image: Option<String>,
+    /// The node's name (its hostname, and its override image override.NODE).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// The node's group (its override image override.GROUP); default: the database's.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// Where to mount the tmpfs and lay the root (an empty directory; created if missing).
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// The tmpfs size in MiB; default: the tree's size plus --headroom.
+    #[arg(long, value_name = "MIB")]
+    size: Option<u64>,
+    /// Room the running node may write beyond the tree (logs, /var), in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    headroom: u64,
+    /// Do not send the phases to the server.
+    #[arg(long)]
+    no_report: bool,
+    /// Print the report as JSON at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
+    use aurum::netboot::memory::{self, MemoryOptions};
+    let opts = MemoryOptions {
+        server: a.server.clone(),
+        http: a.http.options(),
+        mac: a.mac,
+        node: a.node.clone(),
+        image: a.image,
+        group: a.group,
+        root: a.root,
+        size: a.size.map(|m| m << 20),
+        headroom: a.headroom << 20,
+    };
+    let terminal = Terminal {
+        no_progress: g.no_progress,
+    };
+    let me = memory::ask_identity(&opts)?;
+    let r = if a.no_report {
+        memory::boot_memory(&opts, &me, &terminal)?
+    } else {
+        let to_server = ServerReporter::new(&terminal, &a.server, &me.node);
+        memory::boot_memory(&opts, &me, &to_server)?
+    };
+    for w in &r.warnings {
+        super::warning(w);
+    }
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "{} booted into memory as {}: {} entries, {} in a {} tmpfs, {} fetched, {:.1} s",
+        r.revision,
+        r.node,
+        r.entries,
+        human_bytes(r.tmpfs_used),
+        human_bytes(r.tmpfs_size),
+        human_bytes(r.fetched_bytes),
+        r.seconds
+    );
+    Ok(())
+}
+
 /// Send one install phase to the server (the boot kit's /init, when aurum install itself
 /// could not report: it crashed, or the tools it needs are missing).
 #[derive(Args)]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aurum::catalog::nodes::{self, BmcProtocol, Boot, NodeEntry};
+use aurum::catalog::nodes::{self, BmcProtocol, Boot, NodeEntry, RootFs};
 use aurum::name::ClassName;
 use aurum::repo::{Lock, Repository};
 use clap::{Args, Subcommand};
@@ -16,7 +16,8 @@ use super::{human_time, open, print_json, Global};
 /// pick), an image (the revision it installs), a group (overrides and hooks) and a BMC
 /// (address, protocol, user, password file: for `aurum power` and `aurum reinstall`). Names,
 /// MACs and IPs are unique. Each node also has a boot mode, `install` or
-/// `local`, switched by `aurum pxe netboot` and by a successful install.
+/// `local`, switched by `aurum pxe netboot` and by a successful install, and a root: `disk`
+/// (installed) or `memory` (diskless: every network boot lays its image into RAM).
 #[derive(Args)]
 pub struct NodeArgs {
     #[command(subcommand)]
@@ -68,6 +69,11 @@ struct Fields {
     /// certificate, trusted for this BMC instead of the usual public roots.
     #[arg(long, value_name = "FILE")]
     bmc_ca_file: Option<String>,
+    /// Where its root lives: disk (installed by `aurum install`, the default) or memory
+    /// (diskless: every network boot fetches its image from the server into a tmpfs and runs
+    /// from RAM; rebooting it is how it updates, and how it rolls back).
+    #[arg(long, value_name = "WHERE", value_parser = ["disk", "memory"])]
+    rootfs: Option<String>,
 }
 
 impl Fields {
@@ -98,6 +104,9 @@ impl Fields {
             };
         }
         set(&mut b.bmc_user, self.bmc_user);
+        if let Some(r) = self.rootfs {
+            n.rootfs = RootFs::parse(&r)?;
+        }
         if let Some(f) = self.bmc_password_file {
             b.bmc_password_file = secret_file(Path::new(&f), "--bmc-password-file", true)?;
         }
@@ -217,7 +226,7 @@ struct RmArgs {
 ///
 /// The first line names the columns, in any order: name,mac,ip,class,image,group (and
 /// optionally bmc, bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file: the files as
-/// absolute paths); name and mac are required, empty fields are unset, lines starting with
+/// absolute paths; and rootfs: disk or memory); name and mac are required, empty fields are unset, lines starting with
 /// `#` are skipped. One bad line (or a duplicate name, MAC or IP) and nothing is added.
 #[derive(Args)]
 struct ImportArgs {
@@ -249,8 +258,13 @@ fn add(g: &Global, a: AddArgs) -> anyhow::Result<()> {
         return print_json(&n);
     }
     println!(
-        "added node {} ({}): next network boot installs",
-        n.name, n.mac
+        "added node {} ({}): {}",
+        n.name,
+        n.mac,
+        match n.rootfs {
+            RootFs::Memory => "diskless: every network boot runs its image in memory",
+            RootFs::Disk => "next network boot installs",
+        }
     );
     Ok(())
 }
@@ -277,7 +291,10 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<()> {
             n.class.as_ref().map_or("-", ClassName::as_str),
             n.image.as_deref().unwrap_or("-"),
             n.group.as_deref().unwrap_or("-"),
-            n.boot.as_str(),
+            match n.rootfs {
+                RootFs::Memory => "memory",
+                RootFs::Disk => n.boot.as_str(),
+            },
             bmc_summary(&n),
             n.last
                 .as_ref()
@@ -328,9 +345,10 @@ fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
     }
     println!(
         "boot      {}",
-        match n.boot {
-            Boot::Install => "install (the next network boot installs it)",
-            Boot::Local => "local (network boots go on to the local disk)",
+        match (n.rootfs, n.boot) {
+            (RootFs::Memory, _) => "memory (diskless: every network boot runs its image from RAM)",
+            (_, Boot::Install) => "install (the next network boot installs it)",
+            (_, Boot::Local) => "local (network boots go on to the local disk)",
         }
     );
     match &n.last {

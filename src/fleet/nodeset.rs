@@ -136,6 +136,7 @@ mod tests {
             bmc: None,
             bmc_access: Default::default(),
             boot: Boot::Local,
+            rootfs: Default::default(),
             last: None,
         }
     }

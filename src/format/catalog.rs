@@ -6,7 +6,7 @@
 //! the catalog's to query. `book/src/format.md` (Catalog) shows the schema as it stands.
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -217,6 +217,11 @@ pub const MIGRATIONS: &[&str] = &[
         generation INTEGER NOT NULL,
         revoked INTEGER NOT NULL
     );
+    "#,
+    // 9 -> 10: where each node's root lives: `disk` (installed, the default: NULL reads as it)
+    // or `memory` (diskless: every boot lays its revision into a tmpfs).
+    r#"
+    ALTER TABLE inventory ADD COLUMN rootfs TEXT;
     "#,
 ];
 

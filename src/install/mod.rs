@@ -865,13 +865,30 @@ fn transfer(
             p = p.rsplit_once('/').map_or("", |(a, _)| a);
         }
     }
+    apply_to_root(source, target, manifest, overlay, mnt, &patterns, reporter)
+}
+
+/// Applies the revision (its overrides composed in: `manifest` and `overlay` from
+/// [`overrides::for_node`]) to the empty root `root` with the updateclient engine, which also
+/// writes the node state; paths matching `patterns` are left alone. Reports the transfer's
+/// progress; returns the bytes fetched and the engine's warnings. An install's transfer, and
+/// a diskless boot's (into a tmpfs).
+pub(crate) fn apply_to_root(
+    source: &dyn RevisionSource,
+    target: &crate::apply::source::Target,
+    manifest: &Manifest,
+    overlay: Overlay,
+    root: &Path,
+    patterns: &[String],
+    reporter: &dyn Reporter,
+) -> Result<(u64, Vec<String>)> {
     let progress = TransferProgress {
         reporter,
         total: AtomicU64::new(0),
         done: AtomicU64::new(0),
         shown: AtomicU64::new(0),
     };
-    let node = Node::open(mnt)?;
+    let node = Node::open(root)?;
     let up = update::update(
         &node,
         target,
@@ -882,7 +899,7 @@ fn transfer(
             dry_run: false,
             no_delete: false,
             verify_local: false,
-            excludes: Excludes::new(&patterns)?,
+            excludes: Excludes::new(patterns)?,
             adopt: false,
             overlay: Some(overlay),
             before_writes: None,

@@ -8,7 +8,9 @@
 //! `/init` loads the modules, gets an address by DHCP, reads `aurum.server=`, `aurum.node=`,
 //! `aurum.image=`, `aurum.class=`, `aurum.group=`, `aurum.disk=` and `aurum.done=` from the
 //! kernel command line, runs `aurum install --report`, then reboots or powers off; on failure
-//! it sends the log tail to the server and leaves a shell on the console.
+//! it sends the log tail to the server and leaves a shell on the console. With
+//! `aurum.rootfs=memory` (a diskless node) it runs `aurum boot-memory` instead and switches
+//! root into the tmpfs that laid the revision in ([`super::memory`]).
 //!
 //! The archive is written here (cpio "newc", gzip) rather than with cpio(1): we need entries
 //! the build cannot create as an unprivileged file (the `/dev/console` node the kernel opens
@@ -524,10 +526,12 @@ exit 0
 
 /// The initramfs's /init.
 const INIT: &str = r#"#!/bin/sh
-# aurum boot kit: install this node from aurum serve, then reboot or power off.
+# aurum boot kit: install this node from aurum serve, then reboot or power off; or, with
+# aurum.rootfs=memory, boot its revision into memory (diskless) and switch root into it.
 # Kernel command line: aurum.server=URL aurum.node=NAME aurum.image=REF [aurum.class=CLASS]
 # [aurum.group=GROUP] [aurum.disk=DEV|auto] [aurum.done=reboot|poweroff|shell]
 # [aurum.token=TOKEN] (the node's token for its phase reports; aurum serve's boot script has it)
+# Diskless: aurum.server=URL aurum.rootfs=memory [init=PATH]
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t proc proc /proc
@@ -550,6 +554,7 @@ DONE=$(arg aurum.done)
 AURUM_TOKEN=$(arg aurum.token)
 [ -n "$AURUM_TOKEN" ] && export AURUM_TOKEN
 [ -f /etc/aurum/ca.pem ] && export AURUM_CA=/etc/aurum/ca.pem
+ROOTFS=$(arg aurum.rootfs)
 rescue() {
     say "$*"
     say "here is a shell; the install log is /tmp/install.log; 'poweroff -f' ends"
@@ -572,6 +577,30 @@ for try in 1 2 3 4 5; do
     sleep 1
 done
 [ -n "$up" ] || rescue "no DHCP answer on any interface"
+
+if [ "$ROOTFS" = memory ]; then
+    # Diskless: the server says which revision this MAC boots; it goes into a tmpfs.
+    [ -n "$SERVER" ] || rescue "aurum.server= must be on the kernel command line"
+    MAC=$(cat "/sys/class/net/$up/address")
+    say "booting into memory from $SERVER as $MAC"
+    mkdir -p /newroot
+    ( aurum --no-progress boot-memory --server "$SERVER" --mac "$MAC" --root /newroot; \
+      echo $? > /tmp/rc ) 2>&1 | tee /tmp/install.log
+    [ "$(cat /tmp/rc 2>/dev/null)" = 0 ] || rescue "boot into memory failed"
+    # Name resolution as the lease gave it, unless the image brings its own.
+    [ -s /newroot/etc/resolv.conf ] || cp /etc/resolv.conf /newroot/etc/resolv.conf 2>/dev/null
+    # init= of the command line, else the image's /sbin/init, else systemd itself (Debian
+    # without systemd-sysv has no /sbin/init).
+    INIT=$(arg init)
+    for i in /sbin/init /lib/systemd/systemd /usr/lib/systemd/systemd; do
+        [ -n "$INIT" ] && break
+        { [ -L "/newroot$i" ] || [ -e "/newroot$i" ]; } && INIT=$i
+    done
+    [ -n "$INIT" ] || rescue "the image has no /sbin/init nor systemd: give init=PATH"
+    for d in dev proc sys; do mkdir -p "/newroot/$d"; mount --move "/$d" "/newroot/$d"; done
+    say "switching root to the tmpfs: $INIT"
+    exec switch_root /newroot "$INIT"
+fi
 [ -n "$SERVER" ] && [ -n "$IMAGE" ] \
     || rescue "aurum.server= and aurum.image= must be on the kernel command line"
 

@@ -3,6 +3,8 @@
 //! - [`pxe`]: DHCP/TFTP/iPXE configuration for the node database's nodes (dnsmasq, PXELINUX,
 //!   GRUB and iPXE entries), written from the catalog.
 //! - [`bootkit`]: the boot kit (kernel, initramfs with aurum inside) nodes boot to install.
+//! - [`memory`]: diskless nodes, which boot their revision into a tmpfs from the kit.
 
 pub mod bootkit;
+pub mod memory;
 pub mod pxe;

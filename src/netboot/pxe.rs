@@ -21,7 +21,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::catalog::nodes::{Boot, NodeEntry};
+use crate::catalog::nodes::{Boot, NodeEntry, RootFs};
 use crate::catalog::Catalog;
 use crate::error::{invalid, IoContext, Result};
 
@@ -211,6 +211,27 @@ pub fn dhcpd_config(nodes: &[NodeEntry], o: &DhcpOptions) -> Result<String> {
 /// arguments.
 pub fn ipxe_script(n: &NodeEntry, server: &str, append: &str) -> String {
     let server = server.trim_end_matches('/');
+    if n.rootfs == RootFs::Memory {
+        return match &n.image {
+            None => format!(
+                "#!ipxe\n\
+                 echo aurum: {name} has no image to boot: aurum node set {name} --image REF\n\
+                 sleep 10\n\
+                 exit\n",
+                name = n.name
+            ),
+            Some(image) => format!(
+                "#!ipxe\n\
+                 # aurum: {name} is diskless: it boots {image} into memory.\n\
+                 echo aurum: {name} boots {image} into memory from {server}\n\
+                 kernel {server}/boot/kit/{KIT_KERNEL} initrd={KIT_INITRD} {args}\n\
+                 initrd {server}/boot/kit/{KIT_INITRD}\n\
+                 boot\n",
+                name = n.name,
+                args = memory_args(n, server, append),
+            ),
+        };
+    }
     match n.boot {
         Boot::Local => format!(
             "#!ipxe\n\
@@ -268,8 +289,34 @@ pub fn install_args(n: &NodeEntry, server: &str, append: &str) -> String {
     a.join(" ")
 }
 
+/// The kernel command line of a diskless boot: the kit's arguments, the server and
+/// `aurum.rootfs=memory`. The node's name, revision and group are not on it: the kit asks the
+/// server by MAC at boot (`/api/v1/boot/MAC`), so the node database decides at that moment.
+/// `aurum.done=` of the kit's arguments is for installs and is left out.
+pub fn memory_args(n: &NodeEntry, server: &str, append: &str) -> String {
+    let mut a = vec![
+        format!("aurum.server={server}"),
+        format!("aurum.rootfs={}", n.rootfs.as_str()),
+    ];
+    a.extend(
+        append
+            .split_whitespace()
+            .filter(|w| !w.starts_with("aurum.done="))
+            .map(str::to_string),
+    );
+    a.join(" ")
+}
+
 /// The pxelinux configuration of node `n` (`pxelinux.cfg/01-<mac>`).
 fn pxelinux_config(n: &NodeEntry, server: &str, append: &str) -> String {
+    if n.rootfs == RootFs::Memory {
+        return format!(
+            "# aurum: {} is diskless: it boots {} into memory.\nDEFAULT memory\nLABEL memory\n  KERNEL aurum/{KIT_KERNEL}\n  INITRD aurum/{KIT_INITRD}\n  APPEND {}\n",
+            n.name,
+            n.image.as_deref().unwrap_or("(no image!)"),
+            memory_args(n, server, append)
+        );
+    }
     match n.boot {
         Boot::Local => format!(
             "# aurum: {} is installed: boot its local disk.\nDEFAULT local\nLABEL local\n  LOCALBOOT 0\n",
@@ -447,6 +494,26 @@ mod tests {
             !install_args(&node(Boot::Install), "http://x", "aurum.done=poweroff")
                 .contains("aurum.done=reboot")
         );
+    }
+
+    #[test]
+    fn diskless_nodes_always_boot_the_kit_into_memory() {
+        let mut n = node(Boot::Local);
+        n.rootfs = RootFs::Memory;
+        let s = ipxe_script(
+            &n,
+            "http://10.0.0.1:8035",
+            "console=ttyS0 aurum.done=poweroff",
+        );
+        assert!(s.contains("kernel http://10.0.0.1:8035/boot/kit/vmlinuz initrd=initrd.img aurum.server=http://10.0.0.1:8035 aurum.rootfs=memory console=ttyS0\n"), "{s}");
+        assert!(!s.contains("sanboot"), "{s}");
+        let p = pxelinux_config(&n, "http://10.0.0.1:8035", "");
+        assert!(
+            p.contains("APPEND aurum.server=http://10.0.0.1:8035 aurum.rootfs=memory"),
+            "{p}"
+        );
+        n.image = None;
+        assert!(ipxe_script(&n, "http://x", "").contains("has no image to boot"));
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! the catalog knows: images, revisions, partition templates (`/api/v1/templates/CLASS`), and
 //! the reports nodes send after an update. And network boot: the per-node iPXE scripts
 //! (`/boot/MAC.ipxe`, from the node database), the boot kit (`/boot/kit/`, from the
-//! repository's `bootkit/` directory) and the install phases nodes report
-//! (`/api/v1/install/NODE`).
+//! repository's `bootkit/` directory), the install phases nodes report
+//! (`/api/v1/install/NODE`), and who a diskless node is and what it boots (`/api/v1/boot/MAC`).
 //!
 //! Files are streamed from disk, never loaded whole, so memory stays flat however many clients
 //! fetch packs at once. Immutable files (packs, indexes, manifests: all named by their hash)
@@ -348,6 +348,10 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
                 crate::repo::delta::answer(&crate::repo::delta::Cache::new(root), &blobs, body)?;
             Ok(Answer::new(200, "application/octet-stream", answer))
         }
+        (Method::Get, ["boot", mac]) => Ok(json_answer(&crate::netboot::memory::identity(
+            root, cat, mac,
+        )?)
+        .header("Cache-Control", "no-store")),
         (Method::Get, ["templates"]) => Ok(json_answer(&cat.templates()?)),
         (Method::Get, ["templates", class]) => {
             let t = cat
@@ -436,7 +440,8 @@ fn endpoint_method(parts: &[&str]) -> Option<&'static str> {
         | ["templates"]
         | ["templates", _]
         | ["rollouts"]
-        | ["rollouts", _] => Some("GET"),
+        | ["rollouts", _]
+        | ["boot", _] => Some("GET"),
         ["deltas"] | ["install", _] | ["reports"] => Some("POST"),
         _ => None,
     }

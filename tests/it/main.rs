@@ -14,6 +14,7 @@ mod conventions;
 mod crash;
 mod deb;
 mod delta;
+mod diskless;
 mod embedded;
 mod errors;
 mod fidelity;

@@ -413,7 +413,7 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
     use aurum::netboot::memory::{self, MemoryOptions};
     let opts = MemoryOptions {
         server: a.server.clone(),
-        http: a.http.options(),
+        http: a.http.options(None)?,
         mac: a.mac,
         node: a.node.clone(),
         image: a.image,

@@ -368,7 +368,8 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
 /// with the updateclient engine (so node-status, health and updateclient work on the running
 /// node). Then it writes /etc/hostname and /etc/machine-id (derived from the node's name: the
 /// same at every boot, different on every node), comments the golden client's disks out of /etc/fstab, names the server in
-/// /etc/aurum/node.toml when the image has none, and reports each phase to the server
+/// /etc/aurum/node.toml when the image has none, leaves the token (the kit's aurum.token=) in
+/// /var/lib/aurum-node/token for the node's own reports, and reports each phase to the server
 /// (`aurum node show NODE`). The tmpfs stays mounted; /init then runs `switch_root`. On
 /// failure nothing stays mounted.
 #[derive(Args)]
@@ -379,6 +380,8 @@ pub struct BootMemoryArgs {
     server: String,
     #[command(flatten)]
     http: super::HttpArgs,
+    #[command(flatten)]
+    token: super::TokenArgs,
     /// The MAC of the interface that booted: the server says which node this is.
     #[arg(long, value_name = "MAC", required_unless_present = "image")]
     mac: Option<String>,
@@ -413,7 +416,7 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
     use aurum::netboot::memory::{self, MemoryOptions};
     let opts = MemoryOptions {
         server: a.server.clone(),
-        http: a.http.options(None)?,
+        http: a.http.options(None, a.token.token(g, None)?)?,
         mac: a.mac,
         node: a.node.clone(),
         image: a.image,
@@ -429,7 +432,8 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
     let r = if a.no_report {
         memory::boot_memory(&opts, &me, &terminal)?
     } else {
-        let to_server = ServerReporter::new(&terminal, &a.server, &me.node);
+        let sink = report::PhaseSink::new(&a.server, &opts.http)?;
+        let to_server = ServerReporter::new(&terminal, sink, &me.node);
         memory::boot_memory(&opts, &me, &to_server)?
     };
     for w in &r.warnings {

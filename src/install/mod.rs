@@ -503,7 +503,7 @@ fn write_file(root: &Path, rel: &str, text: &str) -> Result<()> {
 
 /// Leaves the installer's token on the node (`/var/lib/aurum-node/token`, 0600, which updates
 /// never touch), for the node's reports to the server.
-fn write_token(root: &Path, token: &str) -> Result<()> {
+pub(crate) fn write_token(root: &Path, token: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = root.join(crate::apply::node::STATE_DIR);
     std::fs::create_dir_all(&dir).at(&dir)?;

@@ -20,7 +20,9 @@
 //! 5. writes the node's identity: `/etc/hostname`; `/etc/machine-id` derived from the node's
 //!    name ([`machine_id`]: every node booting one image must not share the golden client's,
 //!    and an empty one would make every boot a systemd "first boot"); `/etc/fstab` without the disk entries of the golden client (there is no disk
-//!    to wait for); `/etc/aurum/node.toml` naming the server, when the image has none;
+//!    to wait for); `/etc/aurum/node.toml` naming the server, when the image has none; the
+//!    node's token (the kit's `aurum.token=`) in `/var/lib/aurum-node/token`, for the running
+//!    node's reports (`aurum health`);
 //! 6. reports the phases to the server (`aurum node show`) like an install.
 //!
 //! `/init` then switches root into the tmpfs and runs the image's own init. Updating a
@@ -336,6 +338,10 @@ fn boot_inner(
                 o.server
             ),
         )?;
+    }
+    // The node's token (the kit's aurum.token=), for the running node's own reports.
+    if let Some(t) = &o.http.token {
+        crate::install::write_token(&o.root, t)?;
     }
     let st = nix::sys::statvfs::statvfs(&o.root).map_err(|e| Error::Io {
         path: o.root.clone(),

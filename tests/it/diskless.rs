@@ -32,7 +32,8 @@ echo "AURUM-CHECK: health rc=$?, up $(cut -d' ' -f1 /proc/uptime) s"
 echo "AURUM-CHECK: memory used $(awk '/MemTotal/{t=$2} /MemAvailable/{a=$2} END{print t-a}' /proc/meminfo) KiB, root $(df -k / | awk 'NR==2{print $3}') KiB"
 # Where the boot waited: journal lines after a pause of more than 5 s.
 journalctl -b -o short-monotonic --no-pager | \
-    awk -F'[][]' '{t=$2+0; if (t-p>5) print "AURUM-CHECK: waited " int(t-p) " s before:" $3; p=t}'
+    awk '{e=index($0, "]"); t=substr($0, 2, e-2)+0;
+          if (t-p>5) print "AURUM-CHECK: waited " int(t-p) " s before: " substr($0, e+2); p=t}'
 # Mount points whose modes the kernel sets, and a directory systemd makes at boot.
 aurum --no-progress --quiet updateclient --dry-run --verify-local --json \
     --exclude /proc --exclude /sys --exclude /var/lib/systemd/timers > /run/plan.json

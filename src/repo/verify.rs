@@ -24,6 +24,7 @@ use crate::error::Result;
 use crate::format::manifest::{Entry, Kind};
 use crate::format::Id;
 use crate::progress::Progress;
+use crate::repo::embedded::Pins;
 use crate::repo::publish::{Misplacement, PUBLISHED};
 use crate::repo::signatures::{self, SignatureSummary};
 use crate::repo::Repository;
@@ -93,12 +94,13 @@ pub fn verify(
     let mut bad_blobs: Vec<(Id, String)> = Vec::new();
     let mut needed = HashSet::new();
     let mut seen = BlobsSeen::default();
+    let mut pins = Pins::default();
     for (id, names) in &by_id {
         let scanned = match repo.manifest_entries(id) {
             Err(e) => Ok(Err(e)),
             Ok(entries) if only.is_some() => {
                 progress.phase("verifying blobs", Some(entries.remaining()), false);
-                let r = each_new_blob(entries, &mut seen, progress, |id| {
+                let r = each_new_blob(entries, &mut seen, &mut pins, progress, |id| {
                     match repo.catalog.blob(id)? {
                         None => bad_blobs.push((*id, "missing from the repository".into())),
                         Some((pack, entry)) => {
@@ -114,15 +116,21 @@ pub fn verify(
                 progress.finish();
                 r
             }
-            Ok(entries) => each_new_blob(entries, &mut seen, &crate::progress::Quiet, |id| {
-                match repo.catalog.blob(id)? {
-                    Some((pack, _)) => {
-                        needed.insert(pack);
+            Ok(entries) => each_new_blob(
+                entries,
+                &mut seen,
+                &mut pins,
+                &crate::progress::Quiet,
+                |id| {
+                    match repo.catalog.blob(id)? {
+                        Some((pack, _)) => {
+                            needed.insert(pack);
+                        }
+                        None => bad_blobs.push((*id, "missing from the repository".into())),
                     }
-                    None => bad_blobs.push((*id, "missing from the repository".into())),
-                }
-                Ok(())
-            }),
+                    Ok(())
+                },
+            ),
         };
         if let Err(e) = scanned? {
             report.damage.push(Damage {
@@ -143,6 +151,7 @@ pub fn verify(
             breaks: vec![rev.clone()],
         });
     }
+    check_pins(repo, &pins, &mut report)?;
     if only.is_none() {
         check_packs(repo, repair, progress, &mut report, &mut bad_blobs)?;
         check_published(repo, &needed, repair, &mut report)?;
@@ -179,6 +188,39 @@ pub fn verify(
         }
     }
     Ok(report)
+}
+
+/// Checks that the packs and manifests embedded repositories' records name are here (gc
+/// keeps them; a rebuild copies them).
+fn check_pins(repo: &Repository, pins: &Pins, report: &mut VerifyReport) -> Result<()> {
+    let packs: HashSet<Id> = repo.catalog.packs()?.into_iter().map(|p| p.0).collect();
+    let held = "held for a repository embedded in a revision";
+    for id in pins.packs.iter().filter(|id| !packs.contains(id)) {
+        report.damage.push(Damage {
+            kind: "pack",
+            id: id.hex(),
+            problem: format!("missing ({held}); pull or capture that revision again"),
+            breaks: Vec::new(),
+        });
+    }
+    for id in &pins.manifests {
+        let path = crate::store::manifest_path(&repo.root, id);
+        let problem = match std::fs::read(&path) {
+            Err(e) => Some(e.to_string()),
+            Ok(b) => crate::format::manifest::decompress_file(&b[..], id)
+                .err()
+                .map(|p| p.to_string()),
+        };
+        if let Some(p) = problem {
+            report.damage.push(Damage {
+                kind: "manifest",
+                id: id.hex(),
+                problem: format!("{p} ({held})"),
+                breaks: Vec::new(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Blobs already looked at, by the first 8 bytes of their id (ids are hashes: 8 bytes tell
@@ -221,6 +263,7 @@ impl std::hash::Hasher for FirstBytes {
 fn each_new_blob(
     entries: impl Iterator<Item = Result<Entry>>,
     seen: &mut BlobsSeen,
+    pins: &mut Pins,
     progress: &dyn Progress,
     mut each: impl FnMut(&Id) -> Result<()>,
 ) -> Result<Result<()>> {
@@ -229,6 +272,21 @@ fn each_new_blob(
             Ok(e) => e,
             Err(damage) => return Ok(Err(damage)),
         };
+        // An embedded repository's record: its catalog snapshot's blobs are checked as a
+        // file's; its packs and manifests after the walk.
+        let before = pins.blobs.len();
+        if let Err(damage) = pins.add(&e) {
+            return Ok(Err(damage));
+        }
+        if pins.blobs.len() != before {
+            if let Some(r) = crate::format::embedded::decode_record(&e)? {
+                for c in &r.catalog {
+                    if seen.first(&c.id) {
+                        each(&c.id)?;
+                    }
+                }
+            }
+        }
         if let Kind::File { chunks, .. } = &e.kind {
             for c in chunks {
                 if seen.first(&c.id) {

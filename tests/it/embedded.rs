@@ -245,6 +245,26 @@ fn gc_keeps_the_packs_an_embedded_repository_references() {
         fs::read(site.join("data.bin")).unwrap(),
         fs::read(local.join("data.bin")).unwrap()
     );
+    // verify checks what the record names: a manifest only the record holds, gone, is
+    // damage.
+    let site_id = json(&at(&env, &inner, &["log", "--json", "site"]))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mf = env
+        .public()
+        .join(format!("manifests/{}/{site_id}.mf", &site_id[..2]));
+    let aside = env.path("aside.mf");
+    fs::rename(&mf, &aside).unwrap();
+    env.fails(&["verify"], 3);
+    let out = String::from_utf8_lossy(&env.run(&["verify"]).stdout).into_owned();
+    assert!(
+        out.contains(&format!("DAMAGED manifest {site_id}"))
+            && out.contains("held for a repository embedded"),
+        "{out}"
+    );
+    fs::rename(&aside, &mf).unwrap();
+    verify(&env, &env.repo());
     // Once no revision records the repository, its packs go.
     env.ok(&["rmimage", "master"]);
     let gc = json(&env.ok(&["gc", "--json"]));

@@ -596,10 +596,20 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
     compute_root(&kit, &compute, 2);
     let second = sup.getimage(&compute, "compute", &[]);
     let second_id = second.split_whitespace().nth(1).unwrap().to_string();
-    let pulled = m.run(&format!("aurum pull --mirror {super_url} compute"), 300);
+    // Through a named remote, so that `remote list` tells how the last pull went.
+    m.run(&format!("aurum remote add hq {super_url}"), 60);
+    let pulled = m.run("aurum pull hq compute --mirror", 300);
+    assert!(pulled.contains("pulled 1 revisions"), "{pulled}");
+    let pull = t.elapsed();
     let shown = m.run("aurum show compute@2", 60);
     assert!(shown.contains(&second_id), "{pulled}\n{shown}");
-    let pull = t.elapsed();
+    let remotes = m.run("aurum remote list", 60);
+    assert!(
+        remotes.contains("last pull:") && remotes.contains("lag: 0 revisions"),
+        "{remotes}"
+    );
+    let again = m.run("aurum pull hq compute --mirror", 300);
+    assert!(again.contains("pulled 0 revisions"), "{again}");
 
     // 5. The compute node updates to it from the master, and reports there.
     let t = Instant::now();

@@ -52,7 +52,7 @@ fn node_lists(c: &Config, rows: &mut Vec<Row>) {
     let Some(path) = &c.node_path else { return };
     let file = |v: serde_json::Value| Setting::new(v, Origin::File(path.clone()));
     let n = &c.node;
-    let lists: [(&'static str, serde_json::Value, bool); 8] = [
+    let lists: [(&'static str, serde_json::Value, bool); 10] = [
         (
             "exclude",
             serde_json::json!(n.exclude),
@@ -81,6 +81,8 @@ fn node_lists(c: &Config, rows: &mut Vec<Row>) {
             n.revoked_keys.is_empty(),
         ),
         ("max-age", serde_json::json!(n.max_age), n.max_age.is_none()),
+        ("proxy", serde_json::json!(n.proxy), n.proxy.is_none()),
+        ("no-proxy", serde_json::json!(n.no_proxy), n.no_proxy.is_none()),
     ];
     for (key, v, empty) in lists {
         if !empty {

@@ -762,9 +762,21 @@ impl HttpRepo {
 /// A failure to reach the server or to read its answer: worth another try, unless the
 /// server's certificate is refused (another try gets the same certificate).
 fn transient(e: ureq::Error) -> Failure {
+    match is_tls(&e) {
+        true => Failure::Final(Error::Remote(describe(&e))),
+        false => Failure::Transient(describe(&e)),
+    }
+}
+
+/// Whether `e` is the TLS handshake failing (a certificate refused): ureq reports rustls'
+/// verdict inside an I/O error.
+fn is_tls(e: &ureq::Error) -> bool {
     match e {
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => Failure::Final(Error::Remote(describe(&e))),
-        e => Failure::Transient(describe(&e)),
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
     }
 }
 
@@ -776,9 +788,7 @@ fn describe(e: &ureq::Error) -> String {
             "no data moved within the idle timeout (the server stalled)".into()
         }
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => {
-            crate::tls::explain("the server", &e.to_string())
-        }
+        e if is_tls(e) => crate::tls::explain("the server", &e.to_string()),
         e => e.to_string(),
     }
 }

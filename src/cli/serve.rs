@@ -48,6 +48,14 @@ pub struct ServeArgs {
     /// For a closed lab network only.
     #[arg(long)]
     open_writes: bool,
+    /// Speak HTTPS with the certificate in FILE (PEM: the server's certificate, then any
+    /// intermediates); needs --tls-key. SIGHUP reads both files again without dropping a
+    /// connection (a failed reload keeps the old certificate, with a warning).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
@@ -55,6 +63,7 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
     signals.thread_block()?;
     // Opening it brings a repository of an older aurum to the public/ layout served below.
     // A cache tier has none.
@@ -66,6 +75,16 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
         max_transfers: a.max_transfers,
         upstream: a.upstream.clone(),
         open_writes: a.open_writes,
+        tls: match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => Some(aurum::serve::tls::Certificates::load(cert, key)?),
+            _ => None,
+        },
+    };
+    let certificates = options.tls.clone();
+    let scheme = if certificates.is_some() {
+        "https"
+    } else {
+        "http"
     };
     if a.open_writes {
         super::warning("--open-writes: anyone who reaches this server can report as any node");
@@ -79,12 +98,12 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     // Printed even with --quiet: it is serve's result, the address a port 0 was bound to.
     match &a.upstream {
         None => eprintln!(
-            "aurum: serving {} on http://{} (SIGTERM or Ctrl-C stops)",
+            "aurum: serving {} on {scheme}://{} (SIGTERM or Ctrl-C stops)",
             g.repo.display(),
             serving.addr
         ),
         Some(up) => eprintln!(
-            "aurum: caching {up} in {} on http://{} (SIGTERM or Ctrl-C stops)",
+            "aurum: caching {up} in {} on {scheme}://{} (SIGTERM or Ctrl-C stops)",
             g.repo.display(),
             serving.addr
         ),
@@ -92,8 +111,23 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     std::thread::spawn(move || {
-        if let Ok(sig) = signals.wait() {
-            super::say!("aurum: {sig}: finishing the requests in progress");
+        loop {
+            match signals.wait() {
+                Ok(Signal::SIGHUP) => match &certificates {
+                    Some(c) => match c.reload() {
+                        Ok(()) => super::say!("aurum: SIGHUP: TLS certificate reloaded"),
+                        Err(e) => super::warning(format!(
+                            "SIGHUP: the TLS certificate was not reloaded (the old one stays): {e:#}"
+                        )),
+                    },
+                    None => super::say!("aurum: SIGHUP: nothing to reload (no --tls-cert)"),
+                },
+                Ok(sig) => {
+                    super::say!("aurum: {sig}: finishing the requests in progress");
+                    break;
+                }
+                Err(_) => break,
+            }
         }
         flag.store(true, Ordering::Relaxed);
     });

@@ -553,7 +553,6 @@ DISK=$(arg aurum.disk)
 DONE=$(arg aurum.done)
 AURUM_TOKEN=$(arg aurum.token)
 [ -n "$AURUM_TOKEN" ] && export AURUM_TOKEN
-[ -f /etc/aurum/ca.pem ] && export AURUM_CA=/etc/aurum/ca.pem
 ROOTFS=$(arg aurum.rootfs)
 rescue() {
     say "$*"

@@ -23,6 +23,12 @@
 //! wait for the client's delayed ACK (Nagle's algorithm made every 10 KB Range read of a
 //! kept-alive connection take 44 ms).
 //!
+//! With TLS (rustls), a connection's bytes pass through its `ServerConnection`: what arrives is
+//! decrypted into the same request buffer, answers are encrypted from the same output buffer,
+//! and a file body is read from the page cache in 16 KiB pieces and encrypted (no `sendfile`:
+//! the kernel would send it in the clear). Handshakes happen on the worker that drives the
+//! connection, like any other read, so a slow client costs no thread.
+//!
 //! Each parked connection has a deadline, and a sweeper closes the connections past it: a
 //! request head must be complete within the stall timeout of its first byte (trickling bytes
 //! does not extend it), an idle kept-alive connection lasts the stall timeout, and a body
@@ -56,6 +62,8 @@ pub(crate) const MAX_BODY: u64 = 8 << 20;
 pub(crate) const INLINE_FILE: u64 = 16 << 10;
 /// Bytes asked of each `read`.
 const READ_CHUNK: usize = 8 << 10;
+/// Bytes of a file encrypted at a time for a TLS client.
+const TLS_PIECE: usize = 16 << 10;
 /// The epoll token of the listening socket; connections count up from 1.
 const LISTENER: u64 = 0;
 
@@ -236,6 +244,62 @@ pub(crate) trait Handler {
     fn handle(&mut self, rq: &Request, reply: &mut Reply);
 }
 
+/// What one read of a connection brought.
+enum Input {
+    /// Request bytes.
+    Bytes(usize),
+    /// TLS records without request bytes (a handshake).
+    Nothing,
+    /// The client closed its side.
+    Eof,
+}
+
+impl Input {
+    fn bytes(&self) -> usize {
+        match self {
+            Input::Bytes(n) => *n,
+            _ => 0,
+        }
+    }
+}
+
+/// Reads what arrived on `stream` into `into`, decrypted when the connection speaks TLS.
+/// `WouldBlock` when nothing more is there.
+fn read_input(
+    stream: &mut TcpStream,
+    tls: Option<&mut rustls::ServerConnection>,
+    into: &mut [u8],
+) -> std::io::Result<Input> {
+    let Some(tls) = tls else {
+        return match stream.read(into)? {
+            0 => Ok(Input::Eof),
+            n => Ok(Input::Bytes(n)),
+        };
+    };
+    loop {
+        match tls.reader().read(into) {
+            Ok(0) => return Ok(Input::Eof),
+            Ok(n) => return Ok(Input::Bytes(n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        if tls.read_tls(stream)? == 0 {
+            return Ok(Input::Eof);
+        }
+        if let Err(e) = tls.process_new_packets() {
+            // The alert that says why goes out before the connection closes.
+            let _ = tls.write_tls(stream);
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidData,
+                format!("TLS: {e}"),
+            ));
+        }
+        if tls.wants_write() {
+            return Ok(Input::Nothing);
+        }
+    }
+}
+
 /// What a connection waits for once a worker is done with it.
 enum Next {
     Read,
@@ -246,6 +310,8 @@ enum Next {
 /// One client connection.
 struct Conn {
     stream: TcpStream,
+    /// The TLS session, when the server speaks TLS.
+    tls: Option<Box<rustls::ServerConnection>>,
     peer: IpAddr,
     /// Bytes received and not yet answered (a partial head, a body, pipelined requests).
     buf: Vec<u8>,
@@ -271,6 +337,7 @@ struct Shared {
     conns: Mutex<HashMap<u64, Conn>>,
     next_token: AtomicU64,
     stalled: Duration,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Serves `listener` with `threads` workers until `stop` is set; connections stalled for
@@ -280,6 +347,7 @@ pub(crate) fn run<H: Handler>(
     listener: TcpListener,
     threads: usize,
     stalled: Duration,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     stop: &AtomicBool,
     handler: impl Fn() -> H + Sync,
 ) -> Result<()> {
@@ -301,6 +369,7 @@ pub(crate) fn run<H: Handler>(
         conns: Mutex::new(HashMap::new()),
         next_token: AtomicU64::new(LISTENER + 1),
         stalled,
+        tls,
     };
     let workers_done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -359,7 +428,7 @@ impl Shared {
                 continue;
             };
             match conn.drive(handler, self.stalled, &mut line) {
-                Next::Close => {}
+                Next::Close => conn.close_tls(),
                 Next::Read => self.park(token, conn, EpollFlags::EPOLLIN),
                 Next::Write => self.park(token, conn, EpollFlags::EPOLLOUT),
             }
@@ -372,9 +441,11 @@ impl Shared {
 
     /// Whether an answer is still being sent (what a stopping server waits for).
     fn sending(&self) -> bool {
-        self.lock()
-            .values()
-            .any(|c| c.file.is_some() || c.sent < c.out.len())
+        self.lock().values().any(|c| {
+            c.file.is_some()
+                || c.sent < c.out.len()
+                || c.tls.as_ref().is_some_and(|t| t.wants_write())
+        })
     }
 
     /// Accepts every waiting connection, then re-arms the listener.
@@ -389,9 +460,20 @@ impl Shared {
                         log::debug!("{peer}: {e}");
                         continue;
                     }
+                    let tls = match &self.tls {
+                        None => None,
+                        Some(config) => match rustls::ServerConnection::new(config.clone()) {
+                            Ok(c) => Some(Box::new(c)),
+                            Err(e) => {
+                                log::warn!("{peer}: TLS: {e}");
+                                continue;
+                            }
+                        },
+                    };
                     let token = self.next_token.fetch_add(1, Ordering::Relaxed);
                     let conn = Conn {
                         stream,
+                        tls,
                         peer: peer.ip(),
                         buf: Vec::new(),
                         out: Vec::new(),
@@ -493,12 +575,20 @@ impl Conn {
             let was_empty = self.buf.is_empty();
             let at = self.buf.len();
             self.buf.resize(at + READ_CHUNK, 0);
-            let r = self.stream.read(&mut self.buf[at..]);
-            self.buf.truncate(at + *r.as_ref().unwrap_or(&0));
+            let r = read_input(
+                &mut self.stream,
+                self.tls.as_deref_mut(),
+                &mut self.buf[at..],
+            );
+            self.buf.truncate(at + r.as_ref().map_or(0, |i| i.bytes()));
             match r {
-                Ok(0) => return Next::Close,
-                Ok(n) => {
-                    drained = n < READ_CHUNK;
+                Ok(Input::Eof) => return Next::Close,
+                // TLS records that held no request bytes (a handshake): send what they call
+                // for, read on.
+                Ok(Input::Nothing) => {}
+                Ok(Input::Bytes(n)) => {
+                    // TLS reads until the socket says it would block (rustls may hold more).
+                    drained = self.tls.is_none() && n < READ_CHUNK;
                     // A head has the stall timeout from its first byte; a body from its
                     // last.
                     if was_empty || self.in_body {
@@ -624,6 +714,73 @@ impl Conn {
         true
     }
 
+    /// [`Conn::flush`] through TLS: the output, then the file body in pieces, into the
+    /// session; the session's records to the socket.
+    fn flush_tls(&mut self, stalled: Duration) -> std::io::Result<bool> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            unreachable!("called with TLS only")
+        };
+        let mut piece = Vec::new();
+        loop {
+            // Plaintext into the session, as much as its buffer takes.
+            while self.sent < self.out.len() {
+                let n = tls
+                    .writer()
+                    .write(self.out.get(self.sent..).unwrap_or_default())?;
+                if n == 0 {
+                    break;
+                }
+                self.sent += n;
+            }
+            if self.sent == self.out.len() {
+                self.out.clear();
+                self.sent = 0;
+                if let Some(f) = &mut self.file {
+                    if f.offset < f.end {
+                        let want = ((f.end - f.offset) as usize).min(TLS_PIECE);
+                        piece.resize(want, 0);
+                        let got = f.file.read_at(&mut piece, f.offset as u64)?;
+                        if got == 0 {
+                            return Err(std::io::Error::new(
+                                ErrorKind::UnexpectedEof,
+                                "the file shrank while it was being sent",
+                            ));
+                        }
+                        let taken = tls.writer().write(piece.get(..got).unwrap_or_default())?;
+                        f.offset += taken as i64;
+                    } else {
+                        self.file = None;
+                    }
+                }
+            }
+            // Records to the socket.
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                    Ok(_) => self.deadline = Instant::now() + stalled,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.sent == self.out.len() && self.file.is_none() {
+                break;
+            }
+        }
+        if self.buf.is_empty() {
+            self.deadline = Instant::now() + stalled;
+        }
+        Ok(true)
+    }
+
+    /// Says goodbye to a TLS client (close_notify), if the socket takes it now.
+    fn close_tls(mut self) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut self.stream);
+        }
+    }
+
     /// Answers a request that cannot be read, and closes the connection after it.
     fn refuse(&mut self, status: u16, msg: &str) -> bool {
         self.close = true;
@@ -641,6 +798,9 @@ impl Conn {
 
     /// Sends the pending output, then the file body; `Ok(false)` when the socket is full.
     fn flush(&mut self, stalled: Duration) -> std::io::Result<bool> {
+        if self.tls.is_some() {
+            return self.flush_tls(stalled);
+        }
         while self.sent < self.out.len() {
             // MSG_MORE: a head followed by a file goes out in full segments with it.
             let more = if self.file.is_some() {

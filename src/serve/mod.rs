@@ -15,6 +15,7 @@
 
 mod http;
 pub mod status;
+pub mod tls;
 mod upstream;
 
 use std::fs::File;
@@ -56,6 +57,8 @@ pub struct Options {
     pub upstream: Option<String>,
     /// Take writes (node reports, install phases) without a token: for a lab network only.
     pub open_writes: bool,
+    /// Speak TLS with these certificates (reloadable).
+    pub tls: Option<std::sync::Arc<tls::Certificates>>,
 }
 
 /// Binds `listen` for the repository at `root`; connections that stall for `stalled` (a
@@ -101,7 +104,11 @@ impl Serving {
             None => None,
         };
         let upstream = upstream.as_ref();
-        http::run(self.listener, threads, self.stalled, stop, || Worker {
+        let tls = match &options.tls {
+            Some(certs) => Some(certs.server_config()?),
+            None => None,
+        };
+        http::run(self.listener, threads, self.stalled, tls, stop, || Worker {
             root,
             catalog: None,
             options,

@@ -37,6 +37,7 @@ mod si;
 mod stage;
 mod tarball;
 mod tiers;
+mod tls;
 mod tokens;
 mod trust;
 mod update;

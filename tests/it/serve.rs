@@ -41,9 +41,10 @@ impl Server {
             })
             .expect("serve prints its address")
             .unwrap();
-        // The last URL of the line: a cache tier names its upstream first.
+        // The last URL of the line (http:// or https://): a cache tier names its upstream
+        // first.
         let addr = first
-            .rsplit("http://")
+            .rsplit("://")
             .next()
             .and_then(|s| s.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in `{first}`"))

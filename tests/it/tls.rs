@@ -1,0 +1,298 @@
+//! `aurum serve` over TLS (issue #20, item 5), with certificates made by openssl in the test:
+//! a node updates over https with a private CA, a certificate from another CA is refused at
+//! once with a message that names the fix, and SIGHUP makes the server present a new
+//! certificate without dropping the connection a client holds.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{json, need, Env};
+use crate::serve::Server;
+
+/// Runs openssl with `args` in `dir`; panics with its stderr on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA: `NAME.pem` and `NAME.key` in `dir`.
+pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    dir.join(pem)
+}
+
+/// A server certificate for 127.0.0.1 and localhost signed by the CA `ca` (as made by
+/// [`make_ca`]): `NAME.pem` (the certificate) and `NAME.key`.
+pub fn make_cert(dir: &Path, ca: &str, name: &str) -> (PathBuf, PathBuf) {
+    let (pem, key, csr) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    let ext = dir.join(format!("{name}.ext"));
+    fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext.to_str().unwrap(),
+        ],
+    );
+    (dir.join(pem), dir.join(key))
+}
+
+/// A ureq client trusting only `ca`.
+fn client(ca: &Path) -> ureq::Agent {
+    let certs = aurum::tls::client_config(Some(ca)).unwrap();
+    ureq::Agent::config_builder()
+        .tls_config(certs)
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, String), String> {
+    let mut r = agent.get(url).call().map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    Ok((status, r.body_mut().read_to_string().unwrap_or_default()))
+}
+
+#[test]
+fn a_node_updates_over_https_with_a_private_ca_and_a_wrong_ca_is_refused() {
+    if !need("openssl") {
+        return;
+    }
+    let env = Env::new();
+    let dir = env.path("pki");
+    fs::create_dir_all(&dir).unwrap();
+    let ca = make_ca(&dir, "site-ca");
+    let other = make_ca(&dir, "other-ca");
+    let (cert, key) = make_cert(&dir, "site-ca", "master");
+    let golden = env.path("golden");
+    fs::create_dir_all(golden.join("etc")).unwrap();
+    fs::write(golden.join("etc/motd"), "over TLS\n").unwrap();
+    crate::common::write_random(&golden.join("usr/lib/big.bin"), 3, 300_000);
+    env.getimage(&golden, "img", &[]);
+    let srv = Server::start_with(
+        &env,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://{}", srv.addr);
+    // Plain HTTP to a TLS port gets nothing served.
+    assert!(
+        get(&ureq::agent(), &format!("http://{}/FORMAT", srv.addr)).map_or(true, |(s, _)| s != 200)
+    );
+
+    let node = env.path("node");
+    fs::create_dir_all(&node).unwrap();
+    env.give_node_token(&node);
+    let update = |ca: &Path| {
+        let mut c = env.bare(&[
+            "updateclient",
+            "--server",
+            &url,
+            "--image",
+            "img",
+            "--root",
+            node.to_str().unwrap(),
+            "--no-default-excludes",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--json",
+        ]);
+        c.env_remove("AURUM_TOKEN");
+        let started = std::time::Instant::now();
+        let out = c.output().unwrap();
+        (out, started.elapsed())
+    };
+    // Another CA: refused at once (no retries), saying what to do, and the node unchanged.
+    let (out, took) = update(&other);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not signed by a CA this node trusts") && err.contains("--ca"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "a refused certificate was retried for {took:?}"
+    );
+    assert!(!node.join("etc/motd").exists());
+    // The site's CA: the update works, and its report (with the node's token) is recorded.
+    let (out, _) = update(&ca);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        json(&String::from_utf8_lossy(&out.stdout))["bytes_fetched"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        fs::read_to_string(node.join("etc/motd")).unwrap(),
+        "over TLS\n"
+    );
+    assert_eq!(
+        json(&env.ok(&["nodes", "--json"]))[0]["action"],
+        "updateclient"
+    );
+    // node.toml's `ca` does the same as --ca.
+    fs::create_dir_all(env.config_dir()).unwrap();
+    fs::write(
+        env.config_dir().join("node.toml"),
+        format!("ca = \"{}\"\n", ca.display()),
+    )
+    .unwrap();
+    let out = env.run(&[
+        "updateclient",
+        "--server",
+        &url,
+        "--image",
+        "img",
+        "--root",
+        node.to_str().unwrap(),
+        "--no-default-excludes",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sighup_serves_the_new_certificate_without_dropping_connections() {
+    if !need("openssl") {
+        return;
+    }
+    let env = Env::new();
+    let dir = env.path("pki");
+    fs::create_dir_all(&dir).unwrap();
+    let old_ca = make_ca(&dir, "old-ca");
+    let new_ca = make_ca(&dir, "new-ca");
+    let (cert, key) = make_cert(&dir, "old-ca", "server-old");
+    let live_cert = dir.join("live.pem");
+    let live_key = dir.join("live.key");
+    fs::copy(&cert, &live_cert).unwrap();
+    fs::copy(&key, &live_key).unwrap();
+    let srv = Server::start_with(
+        &env,
+        &[
+            "--tls-cert",
+            live_cert.to_str().unwrap(),
+            "--tls-key",
+            live_key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://{}/FORMAT", srv.addr);
+    let held = client(&old_ca);
+    assert_eq!(get(&held, &url).unwrap().0, 200);
+
+    // A broken pair is not taken: the old certificate stays.
+    let (new_cert, new_key) = make_cert(&dir, "new-ca", "server-new");
+    fs::copy(&new_cert, &live_cert).unwrap();
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(srv.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    hup();
+    assert_eq!(
+        get(&client(&old_ca), &url).unwrap().0,
+        200,
+        "a mismatched key replaced the certificate"
+    );
+    // The matching key: new connections get the new certificate.
+    fs::copy(&new_key, &live_key).unwrap();
+    hup();
+    let e = get(&client(&old_ca), &url).unwrap_err();
+    assert!(e.contains("UnknownIssuer") || e.contains("issuer"), "{e}");
+    assert_eq!(get(&client(&new_ca), &url).unwrap().0, 200);
+    // The connection opened before the reload still answers.
+    assert_eq!(get(&held, &url).unwrap().0, 200);
+    // The server is still up and serving after all of it.
+    assert!(srv_alive(&srv));
+}
+
+fn srv_alive(srv: &Server) -> bool {
+    std::net::TcpStream::connect(&srv.addr).is_ok()
+}

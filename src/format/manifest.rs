@@ -599,6 +599,35 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_from_a_newer_aurum_says_to_upgrade_and_records_take_version_2() {
+        let mut raw = Manifest {
+            entries: vec![entry("", Kind::Dir)],
+        }
+        .encode();
+        assert_eq!(&raw[..8], MAGIC);
+        raw[7] = 3;
+        let err = Manifest::decode(&raw).unwrap_err().to_string();
+        assert!(
+            err.contains("newer aurum") && err.contains("upgrade aurum"),
+            "{err}"
+        );
+        let mut repo = entry("", Kind::Dir);
+        crate::format::embedded::attach(
+            &mut repo,
+            &crate::format::embedded::EmbeddedRepo::default(),
+        );
+        let m = Manifest {
+            entries: vec![repo],
+        };
+        let raw = m.encode();
+        assert_eq!(&raw[..8], MAGIC_V2);
+        assert_eq!(Manifest::decode(&raw).unwrap(), m);
+        let (file, id) = stream_file(&m);
+        assert_eq!(id, Id::of(&raw));
+        assert!(file_embeds(&file[..]));
+    }
+
+    #[test]
     fn refuses_escapes_and_bad_parents() {
         for bad in ["../etc", "a/../../x", "/abs", "a//b", "./a"] {
             let m = Manifest {

@@ -68,6 +68,19 @@ pub fn bootloader(root: &Path) -> Option<Bootloader> {
         .then_some(Bootloader::Grub)
 }
 
+/// Where systemd keeps `aurum-boot.service` enabled, relative to a node's root.
+const BOOT_SERVICE_ENABLED: &str = "etc/systemd/system/sysinit.target.wants/aurum-boot.service";
+
+/// The boots a revision gets on trial on `root`: `given`, else [`DEFAULT_TRIES`] when the
+/// node runs `aurum boot` at startup (its unit is enabled), else 0. A trial on a node that
+/// never runs `aurum boot` and `aurum health` would never be blessed, and after its tries
+/// GRUB would boot the fallback entry (the old kernel) for good.
+pub fn tries(root: &Path, given: Option<u32>) -> u32 {
+    // The link, not its target: on a root mounted elsewhere it points into that root.
+    let enabled = fs::symlink_metadata(root.join(BOOT_SERVICE_ENABLED)).is_ok();
+    given.unwrap_or(if enabled { DEFAULT_TRIES } else { 0 })
+}
+
 /// A trial being prepared: what [`begin`] needs once the update committed.
 pub struct Prepared {
     fallback: RevRef,
@@ -663,6 +676,18 @@ mod tests {
         );
         assert!(cfg.contains("initrd ${prefix}/aurum/initrd.img"));
         assert!(!grub_cfg(&rev(7), "ro", false).contains("initrd"));
+    }
+
+    #[test]
+    fn trials_are_given_by_default_only_where_aurum_boot_runs() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(tries(root.path(), None), 0);
+        assert_eq!(tries(root.path(), Some(2)), 2);
+        let wants = root.path().join(BOOT_SERVICE_ENABLED);
+        fs::create_dir_all(wants.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink("/usr/lib/systemd/system/nowhere.service", &wants).unwrap();
+        assert_eq!(tries(root.path(), None), DEFAULT_TRIES);
+        assert_eq!(tries(root.path(), Some(0)), 0);
     }
 
     #[test]

@@ -213,9 +213,10 @@ pub struct UpdateclientArgs {
     /// Boots the new revision gets on trial: GRUB counts them, and a revision that has not
     /// passed `aurum health` after that many boots (or fails it on one) is put back to the
     /// revision before it by the node itself. 0: no trial. Only on a node that boots with
-    /// GRUB (/boot/grub/grub.cfg); at most 9. See `aurum boot`.
-    #[arg(long, value_name = "N", default_value_t = aurum::apply::bootcount::DEFAULT_TRIES)]
-    boot_tries: u32,
+    /// GRUB (/boot/grub/grub.cfg); at most 9. Default: 3 when the node runs aurum boot at
+    /// startup (aurum-boot.service enabled), else 0. See `aurum boot`.
+    #[arg(long, value_name = "N")]
+    boot_tries: Option<u32>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -328,7 +329,7 @@ pub fn updateclient(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         add_override,
         no_override: a.no_override,
         hooks: hooks.map(|dir| client_hooks(dir, a.group.or_else(|| config.node.group.clone()))),
-        boot_tries: a.boot_tries,
+        boot_tries: aurum::apply::bootcount::tries(&a.root, a.boot_tries),
     };
     let progress = g.progress();
     if a.stage {
@@ -433,7 +434,7 @@ fn activate(g: &Global, a: UpdateclientArgs) -> anyhow::Result<()> {
         source.as_deref(),
         opts,
         hooks.as_ref(),
-        a.boot_tries,
+        aurum::apply::bootcount::tries(&a.root, a.boot_tries),
         progress.as_ref(),
     )?;
     print_report("activate", &r, false, a.json)

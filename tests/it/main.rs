@@ -19,6 +19,7 @@ mod embedded;
 mod errors;
 mod fidelity;
 mod fleet;
+mod fuzz;
 mod grubenv;
 mod health;
 mod install;

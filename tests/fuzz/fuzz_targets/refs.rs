@@ -1,0 +1,6 @@
+//! cargo-fuzz target `refs`: see ../targets.rs.
+#![no_main]
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::refs(data));

@@ -225,9 +225,17 @@ pub fn rebuild(
             let bytes = src.public_file(&rel)?;
             check_pack(&bytes, id, *size, &rel)?;
             let idx = src.public_file(&packfmt::path(id, "idx"))?;
-            decode_index(&idx)
+            let listed = decode_index(&idx)
                 .map_err(|e| corrupt(format!("index of pack {}: {e}", id.short())))?;
             store::write_cached(dir, &to, &bytes)?;
+            // The pack is checked against its id, its index (not named by a hash) against it.
+            if let Some(why) = store::index_mismatch(&listed, &store::pack_entries(&to)?) {
+                return Err(corrupt(format!(
+                    "{} does not fit pack {} ({why}): run `aurum verify --repair` where it comes from",
+                    packfmt::path(id, "idx"),
+                    id.short()
+                )));
+            }
             store::write_cached(dir, &idx_to, &idx)?;
             Ok((true, (bytes.len() + idx.len()) as u64))
         })

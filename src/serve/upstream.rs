@@ -235,21 +235,10 @@ impl Upstream {
         let listed =
             crate::format::pack::decode_index(&data).map_err(|e| damaged(e.to_string()))?;
         let held = crate::store::pack_entries(&pack_file).map_err(|e| (500, e.to_string()))?;
-        let held_set: std::collections::HashSet<_> = held.iter().collect();
-        if let Some(e) = listed.iter().find(|e| !held_set.contains(e)) {
-            return Err(damaged(format!(
-                "it places blob {} where its pack holds no such record",
-                e.id.short()
-            )));
+        match crate::store::index_mismatch(&listed, &held) {
+            Some(why) => Err(damaged(why)),
+            None => Ok(()),
         }
-        let listed_ids: std::collections::HashSet<_> = listed.iter().map(|e| e.id).collect();
-        if let Some(e) = held.iter().find(|e| !listed_ids.contains(&e.id)) {
-            return Err(damaged(format!(
-                "it lacks blob {} that its pack holds",
-                e.id.short()
-            )));
-        }
-        Ok(())
     }
 
     /// Passes `rq` on to the upstream and its answer back.

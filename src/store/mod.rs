@@ -623,6 +623,24 @@ pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
     })
 }
 
+/// What is wrong with the index `listed` of the pack whose records are `held` (from
+/// [`pack_entries`]), none when it fits: it must place every blob where the pack holds it, and
+/// list every blob the pack holds. An index with a good checksum that points elsewhere (a wrong
+/// or an old index for this pack) would send every read to the wrong bytes.
+pub fn index_mismatch(listed: &[IndexEntry], held: &[IndexEntry]) -> Option<String> {
+    let held_set: std::collections::HashSet<_> = held.iter().collect();
+    if let Some(e) = listed.iter().find(|e| !held_set.contains(e)) {
+        return Some(format!(
+            "it places blob {} where its pack holds no such record",
+            e.id.short()
+        ));
+    }
+    let listed_ids: std::collections::HashSet<_> = listed.iter().map(|e| e.id).collect();
+    held.iter()
+        .find(|e| !listed_ids.contains(&e.id))
+        .map(|e| format!("it lacks blob {} that its pack holds", e.id.short()))
+}
+
 /// The index entries a pack file's record headers describe (a group's members from its
 /// table), read record by record: one record (at most a group) in memory at a time. The
 /// pack's content is not checked against its name here.

@@ -459,3 +459,34 @@ fn pulling_a_master_image_brings_the_packs_and_manifests_of_its_repository() {
     );
     verify(&env, &again.join("var/lib/aurum"));
 }
+
+#[test]
+fn a_pack_index_that_does_not_fit_its_pack_is_refused_by_the_rebuild() {
+    let env = Env::new();
+    let master = super_and_master(&env);
+    // The packs of `compute`, which the master's repository pulled: the record names them.
+    let idx = |repo: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(repo.join("public/packs"))
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .filter(|d| d.is_dir())
+            .flat_map(|d| fs::read_dir(d).unwrap())
+            .map(|f| f.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+            .collect();
+        v.sort();
+        v
+    };
+    let compute = idx(&env.repo());
+    assert!(compute.len() >= 2, "{compute:?}");
+    env.getimage(&master, "master", &[]);
+    // One pack's index replaced by another's: a sound index (its checksum is right) that
+    // places the blobs in the wrong pack.
+    fs::copy(&compute[1], &compute[0]).unwrap();
+    let out_dir = env.path("out");
+    let e = env.fails(&["checkout", "master", out_dir.to_str().unwrap()], 3);
+    assert!(
+        e.contains("does not fit pack") && e.contains("aurum verify --repair"),
+        "{e}"
+    );
+}

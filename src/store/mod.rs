@@ -35,6 +35,10 @@ pub trait BlobSource: Sync {
 
 /// A pack is closed once it grows past this many bytes (the design asks for 32-64 MiB).
 pub const PACK_TARGET: u64 = 48 << 20;
+/// A pack also closes at this many blobs: its index is held in memory until it closes, and a
+/// capture remembers each blob of the open pack (a million small files made one pack whose
+/// bookkeeping was over 100 MiB, issue 14).
+pub const PACK_MAX_ENTRIES: usize = 65_536;
 /// zstd level for blobs and groups (with long-distance matching, two workers per group): on a
 /// Debian root the store is then smaller than its `tar | zstd -3`, and compression, which is
 /// most of a first capture's CPU, runs on both cores. `getimage --level` raises it for a
@@ -60,6 +64,10 @@ pub fn level() -> i32 {
 /// new in one capture, so a node updating to that capture needs nearly every member of every
 /// group it fetches, and an install reads them all anyway.
 pub const GROUP_TARGET: usize = 8 << 20;
+/// A group also closes at this many members: a capture holds the open group's members, and a
+/// million files of a few bytes each made a single group of a million (issue 14). Files of a
+/// few KiB reach [`GROUP_TARGET`] first.
+pub const GROUP_MAX_MEMBERS: usize = 16_384;
 /// Blobs whose first bytes do not shrink by this factor at zstd level 1 are stored raw, alone.
 const INCOMPRESSIBLE: f64 = 0.95;
 
@@ -387,7 +395,7 @@ pub fn group_blobs(
         }
         open_bytes += data.len();
         open.push((id, data));
-        if open_bytes >= GROUP_TARGET {
+        if open_bytes >= GROUP_TARGET || open.len() >= GROUP_MAX_MEMBERS {
             full.push(std::mem::take(&mut open));
             open_bytes = 0;
         }
@@ -439,7 +447,7 @@ impl PackWriter {
     pub fn add_grouped(&mut self, id: &Id, raw: &[u8]) -> Result<Option<FinishedPack>> {
         self.group.push((*id, raw.to_vec()));
         self.group_bytes += raw.len();
-        if self.group_bytes >= GROUP_TARGET {
+        if self.group_bytes >= GROUP_TARGET || self.group.len() >= GROUP_MAX_MEMBERS {
             return self.flush_group();
         }
         Ok(None)
@@ -530,7 +538,7 @@ impl PackWriter {
             });
         }
         cur.offset += (header.len() + payload.len()) as u64;
-        if cur.offset >= PACK_TARGET {
+        if cur.offset >= PACK_TARGET || cur.entries.len() >= PACK_MAX_ENTRIES {
             return self.finish();
         }
         Ok(None)

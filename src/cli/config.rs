@@ -82,7 +82,11 @@ fn node_lists(c: &Config, rows: &mut Vec<Row>) {
         ),
         ("max-age", serde_json::json!(n.max_age), n.max_age.is_none()),
         ("proxy", serde_json::json!(n.proxy), n.proxy.is_none()),
-        ("no-proxy", serde_json::json!(n.no_proxy), n.no_proxy.is_none()),
+        (
+            "no-proxy",
+            serde_json::json!(n.no_proxy),
+            n.no_proxy.is_none(),
+        ),
     ];
     for (key, v, empty) in lists {
         if !empty {

@@ -114,26 +114,68 @@ fn cmdline(root: &Path) -> Result<String> {
         .join(" "))
 }
 
+/// The regular file at `rel` below `root` with its symlinks followed as the node follows
+/// them, `root` being its `/`: an absolute target (`/boot/vmlinuz -> /boot/vmlinuz-6.1`) is
+/// taken below `root`, never on the machine aurum runs on, and `..` stops at `root`. None
+/// when there is no such file (or too many links).
+fn follow(root: &Path, rel: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    fn parts(p: &Path) -> Vec<std::ffi::OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    }
+    let mut done: Vec<std::ffi::OsString> = Vec::new();
+    let mut todo: std::collections::VecDeque<_> = parts(rel).into();
+    let mut links = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            done.pop();
+            continue;
+        }
+        let here = root.join(done.iter().collect::<PathBuf>()).join(&c);
+        let meta = fs::symlink_metadata(&here).ok()?;
+        if !meta.file_type().is_symlink() {
+            done.push(c);
+            continue;
+        }
+        links += 1;
+        if links > 40 {
+            return None;
+        }
+        let target = fs::read_link(&here).ok()?;
+        if target.is_absolute() {
+            done.clear();
+        }
+        for t in parts(&target).into_iter().rev() {
+            todo.push_front(t);
+        }
+    }
+    let path = root.join(done.iter().collect::<PathBuf>());
+    // No component of `path` is a symlink now.
+    path.is_file().then_some(path)
+}
+
 /// The kernel and initramfs `root` boots: what `/boot/vmlinuz` (or `/vmlinuz`) points to,
-/// else the newest `/boot/vmlinuz-*`; the initramfs of the same version.
+/// else the newest `/boot/vmlinuz-*`; the initramfs of the same version. Symlinks are
+/// followed within `root` ([`follow`]).
 fn kernel(root: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     let boot = root.join("boot");
     let linked = ["boot/vmlinuz", "vmlinuz"]
         .iter()
-        .map(|l| root.join(l))
-        .find(|p| p.is_file());
+        .find_map(|l| follow(root, Path::new(l)));
     let kernel = match linked {
-        Some(k) => fs::canonicalize(&k).at(&k)?,
+        Some(k) => k,
         None => {
             let mut found: Vec<PathBuf> = fs::read_dir(&boot)
                 .at(&boot)?
                 .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.is_file()
-                        && p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-                })
+                .filter(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+                .filter_map(|e| follow(root, &Path::new("boot").join(e.file_name())))
                 .collect();
             found.sort_by(|a, b| version_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
             found.pop().ok_or_else(|| {
@@ -152,15 +194,14 @@ fn kernel(root: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     let version = name.strip_prefix("vmlinuz-");
     let mut candidates = Vec::new();
     if let Some(v) = version {
-        candidates.push(boot.join(format!("initrd.img-{v}")));
-        candidates.push(boot.join(format!("initramfs-{v}.img")));
+        candidates.push(format!("boot/initrd.img-{v}"));
+        candidates.push(format!("boot/initramfs-{v}.img"));
     }
-    candidates.push(boot.join("initrd.img"));
-    candidates.push(root.join("initrd.img"));
+    candidates.push("boot/initrd.img".into());
+    candidates.push("initrd.img".into());
     let initrd = candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .map(|p| fs::canonicalize(&p).unwrap_or(p));
+        .iter()
+        .find_map(|rel| follow(root, Path::new(rel)));
     Ok((kernel, initrd))
 }
 
@@ -654,6 +695,35 @@ fn report(source: Option<&dyn RevisionSource>, record: &BootRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_kernel_is_the_roots_even_through_an_absolute_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("boot")).unwrap();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        // A target that exists on every machine aurum runs on: followed there, the kernel
+        // kept would be the host's file.
+        fs::write(root.join("etc/hostname"), "the root's kernel").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("boot/vmlinuz")).unwrap();
+        fs::write(root.join("boot/vmlinuz-2.0"), "newest").unwrap();
+        let (k, initrd) = kernel(root).unwrap();
+        assert_eq!(fs::read_to_string(&k).unwrap(), "the root's kernel");
+        assert_eq!(initrd, None);
+        // `..` stops at the root; a relative link is followed from its directory.
+        fs::remove_file(root.join("boot/vmlinuz")).unwrap();
+        std::os::unix::fs::symlink("../../../../boot/vmlinuz-2.0", root.join("vmlinuz")).unwrap();
+        fs::write(root.join("boot/initrd.img-2.0"), "initrd").unwrap();
+        std::os::unix::fs::symlink("/boot/initrd.img-2.0", root.join("initrd.img")).unwrap();
+        let (k, initrd) = kernel(root).unwrap();
+        assert_eq!(k, root.join("boot/vmlinuz-2.0"));
+        assert_eq!(initrd, Some(root.join("boot/initrd.img-2.0")));
+        // No link at all: the newest version; a link that leaves nothing is not a kernel.
+        fs::remove_file(root.join("vmlinuz")).unwrap();
+        fs::write(root.join("boot/vmlinuz-10.0"), "newer").unwrap();
+        std::os::unix::fs::symlink("/nowhere", root.join("boot/vmlinuz-11.0")).unwrap();
+        assert_eq!(kernel(root).unwrap().0, root.join("boot/vmlinuz-10.0"));
+    }
 
     fn rev(n: u32) -> RevRef {
         RevRef {

@@ -71,6 +71,7 @@ want cpio cpio
 want depmod kmod
 want ip iproute2
 want unshare util-linux
+want flock util-linux
 # BMC control (tests/it/power.rs): OpenIPMI's ipmi_sim as the BMC, the real ipmitool, and
 # openssl for the Redfish BMC's test certificates.
 want ipmi_sim openipmi

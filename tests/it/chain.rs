@@ -18,8 +18,8 @@
 //! console, which the test types commands into.
 //!
 //! The master and the compute VM run at once (the master serves while the compute installs):
-//! the whole test holds [`crate::pxe::ONE_GUEST`], and runs under /work/qemu.lock's `flock`
-//! like every QEMU test, so no other guest competes with the two.
+//! the whole test holds [`crate::pxe::ONE_GUEST`], like every QEMU test, so no other guest
+//! of the suite competes with the two.
 
 use std::fs;
 use std::io::Write;

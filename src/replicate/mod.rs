@@ -723,9 +723,12 @@ fn check_pack(file: &Path, id: &Id, size: u64, entries: &[IndexEntry]) -> Result
 }
 
 /// Registers the checked packs (file, index, catalog row, each durable before the next) and
-/// places the manifests.
+/// places the manifests. The catalog rows and `packs/list` are written under the publishing
+/// marker: a pull killed between them leaves the list to the next command to rebuild (a
+/// re-run finds the packs registered and has none left to list itself).
 fn register(repo: &mut Repository, packs: &[Checked], manifests: &[Staged]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    let publishing = repo.publishing()?;
     for p in packs {
         let to = store::pack_path(&repo.root, &p.id, "pack");
         let dir = to.parent().expect("packs/XX");
@@ -748,6 +751,7 @@ fn register(repo: &mut Repository, packs: &[Checked], manifests: &[Staged]) -> R
     if !packs.is_empty() {
         repo.write_pack_list()?;
     }
+    publishing.done();
     for m in manifests {
         let path = store::manifest_path(&repo.root, &m.id);
         if !path.exists() {
@@ -834,6 +838,9 @@ fn record(repo: &mut Repository, images: &[PulledImage]) -> Result<()> {
         publishing.done();
         return Err(e);
     }
+    // Packs first, as a capture does: a node that sees the new heads must find their packs
+    // listed (written again here also when every pack was registered by an earlier run).
+    repo.write_pack_list()?;
     for im in images {
         repo.write_refs(&im.name)?;
     }

@@ -439,62 +439,32 @@ impl NodeImage {
 fn boot_node(env: &Env, disk: &Path, vars: &Path, n: usize) -> String {
     let log = env.path(&format!("serial-{n}.log"));
     let started = std::time::Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-M",
-            "q35",
-            "-m",
-            "1024",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,readonly=on,file={}",
-            crate::pxe::OVMF_CODE
-        ))
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=none,id=d0,cache=unsafe",
-            disk.display()
-        ))
-        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=0"])
-        .args(["-netdev", "user,id=n0,net=10.0.2.0/24"])
-        .args([
-            "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={},romfile=", crate::pxe::MAC),
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(fs::File::create(&log).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start qemu");
-    let limit = std::time::Duration::from_secs(300);
-    loop {
-        if qemu.try_wait().unwrap().is_some() {
-            break;
-        }
-        if started.elapsed() > limit {
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            panic!(
-                "boot {n} timed out; serial console:\n{}",
-                crate::pxe::tail(&log, 60)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+    let mut qemu = crate::qemu::spawn(
+        Command::new("qemu-system-x86_64")
+            .args(crate::qemu::machine())
+            .args(crate::qemu::pflash(vars))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=d0,cache=unsafe",
+                disk.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=d0,bootindex=0"])
+            .args(["-netdev", "user,id=n0,net=10.0.2.0/24"])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={},romfile=", crate::pxe::MAC),
+            ])
+            .stderr(std::process::Stdio::null()),
+        &log,
+    );
+    let wait = crate::qemu::Wait {
+        started,
+        limit: std::time::Duration::from_secs(300),
+        poll: std::time::Duration::from_millis(500),
+        lines: 60,
+    };
+    wait.exit(&mut qemu, &log, |_| None)
+        .unwrap_or_else(|why| panic!("boot {n}: {why}"));
     eprintln!("boot {n}: {:.1} s", started.elapsed().as_secs_f64());
     String::from_utf8_lossy(&fs::read(&log).unwrap()).into_owned()
 }

@@ -15,11 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{have, is_root, json, sh, skip, Env};
-use crate::pxe::{build_kit, debian_kernel, tail, MAC, ONE_GUEST};
+use crate::pxe::{build_kit, debian_kernel, tail, MAC, ONE_GUEST, OVMF_CODE, OVMF_VARS};
 use crate::serve::Server;
-
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// What the image's boot check prints on the serial console.
 const CHECK_SCRIPT: &str = r#"#!/bin/sh
@@ -244,29 +241,10 @@ fn boot_into_memory(uefi: bool) {
     assert!(script.contains("aurum.rootfs=memory"), "{script}");
 
     let log = env.path("serial.log");
-    let mut args: Vec<String> = [
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-M",
-        "q35",
-        "-m",
-        "1024",
-        "-smp",
-        "2",
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-boot",
-        "order=n",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = crate::qemu::machine();
     args.extend([
+        "-boot".into(),
+        "order=n".into(),
         "-device".into(),
         format!("virtio-net-pci,netdev=n0,mac={MAC}"),
         "-netdev".into(),
@@ -278,57 +256,33 @@ fn boot_into_memory(uefi: bool) {
     if uefi {
         let vars = env.path("OVMF_VARS.fd");
         fs::copy(OVMF_VARS, &vars).unwrap();
-        args.extend([
-            "-drive".into(),
-            format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
-            "-drive".into(),
-            format!("if=pflash,format=raw,file={}", vars.display()),
-        ]);
+        args.extend(crate::qemu::pflash(&vars));
     }
     let _guest = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let sent_before = srv.sent.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
-    let mut qemu = {
-        use std::os::unix::process::CommandExt;
+    let mut qemu = crate::qemu::spawn(
         Command::new("qemu-system-x86_64")
             .args(&args)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&log).unwrap())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start qemu")
+            .stderr(Stdio::piped()),
+        &log,
+    );
+    let wait = crate::qemu::Wait {
+        started,
+        limit: Duration::from_secs(420),
+        poll: Duration::from_millis(250),
+        lines: 80,
     };
-    let limit = Duration::from_secs(420);
     let mut healthy_at = None;
-    let status = loop {
-        if let Some(s) = qemu.try_wait().unwrap() {
-            break s;
-        }
-        let text = serial(&log);
-        if healthy_at.is_none() && text.contains("AURUM-CHECK: health rc=") {
-            healthy_at = Some(started.elapsed());
-        }
-        let failed = text.contains("here is a shell") || text.contains("Kernel panic");
-        if failed || started.elapsed() > limit {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(qemu.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = qemu.wait();
-            panic!(
-                "{} after {:.0} s; serial console (last 80 lines):\n{}",
-                if failed {
-                    "the diskless boot failed"
-                } else {
-                    "QEMU timed out"
-                },
-                started.elapsed().as_secs_f64(),
-                tail(&log, 80)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let status = wait
+        .exit(&mut qemu, &log, |text| {
+            if healthy_at.is_none() && text.contains("AURUM-CHECK: health rc=") {
+                healthy_at = Some(started.elapsed());
+            }
+            (text.contains("here is a shell") || text.contains("Kernel panic"))
+                .then_some("the diskless boot failed")
+        })
+        .unwrap_or_else(|why| panic!("{why}"));
     let powered_off = started.elapsed();
     let mut err = String::new();
     qemu.stderr

@@ -30,6 +30,7 @@ mod overrides;
 mod power;
 mod published;
 mod pxe;
+mod qemu;
 mod remote;
 mod replicate;
 mod repository;

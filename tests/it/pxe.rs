@@ -768,46 +768,22 @@ fn pxe_install(net: Net, uefi: bool, layout: Layout) {
     fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
     let log = env.path("serial.log");
 
-    let mut qemu_args: Vec<String> = [
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-M",
-        "q35",
-        "-m",
-        "1024",
-        "-smp",
-        "2",
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-boot",
-        "order=n",
-        "-device",
-        &format!("virtio-net-pci,netdev=n0,mac={MAC}"),
-        "-drive",
-        &format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()),
-        "-netdev",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut qemu_args: Vec<String> = vec!["qemu-system-x86_64".into()];
+    qemu_args.extend(crate::qemu::machine());
+    qemu_args.extend([
+        "-boot".into(),
+        "order=n".into(),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n0,mac={MAC}"),
+        "-drive".into(),
+        format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()),
+    ]);
     if uefi {
         let vars = env.path("OVMF_VARS.fd");
         fs::copy(OVMF_VARS, &vars).unwrap();
-        let last = qemu_args.pop().unwrap();
-        qemu_args.extend([
-            "-drive".into(),
-            format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
-            "-drive".into(),
-            format!("if=pflash,format=raw,file={}", vars.display()),
-            last,
-        ]);
+        qemu_args.extend(crate::qemu::pflash(&vars));
     }
+    qemu_args.push("-netdev".into());
     // Kept alive (the user route's server) until the checks are done.
     let mut _srv = None;
     let mut cmd = match net {
@@ -870,45 +846,19 @@ fn pxe_install(net: Net, uefi: bool, layout: Layout) {
     };
     let _guest = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let booted = Instant::now();
-    let mut qemu = {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&log).unwrap())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start qemu")
+    let mut qemu = crate::qemu::spawn(cmd.stderr(Stdio::piped()), &log);
+    let wait = crate::qemu::Wait {
+        started: booted,
+        limit: Duration::from_secs(240),
+        poll: Duration::from_millis(500),
+        lines: 60,
     };
-    let kill = |pid: u32| {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    };
-    let limit = Duration::from_secs(240);
-    let status = loop {
-        if let Some(s) = qemu.try_wait().unwrap() {
-            break s;
-        }
-        let text = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
-        let failed = text.contains("aurum: install failed") || text.contains("here is a shell");
-        if failed || booted.elapsed() > limit {
-            kill(qemu.id());
-            let _ = qemu.wait();
-            panic!(
-                "{} after {:.0} s; serial console (last 60 lines):\n{}\ndnsmasq: {}",
-                if failed {
-                    "the install failed"
-                } else {
-                    "QEMU timed out"
-                },
-                booted.elapsed().as_secs_f64(),
-                tail(&log, 60),
-                tail(&env.path("dnsmasq.log"), 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let status = wait
+        .exit(&mut qemu, &log, |text| {
+            (text.contains("aurum: install failed") || text.contains("here is a shell"))
+                .then_some("the install failed")
+        })
+        .unwrap_or_else(|why| panic!("{why}\ndnsmasq: {}", tail(&env.path("dnsmasq.log"), 20)));
     let mut err = String::new();
     qemu.stderr
         .take()

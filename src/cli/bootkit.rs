@@ -60,6 +60,12 @@ struct BuildArgs {
     /// refuses any revision none of them signed. See the book's Security chapter.
     #[arg(long, value_name = "KEY|FILE")]
     trusted_key: Vec<String>,
+    /// For an https:// server with a private CA: the CA's certificate (PEM), copied into the
+    /// kit (/etc/aurum/ca.pem, named by its node.toml's `ca`). The installer then trusts only
+    /// certificates that CA signed and refuses any other before it asks the server for
+    /// anything. Without it an https:// server needs a certificate from a public CA.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -79,6 +85,7 @@ pub fn exec(_: &Global, a: BootkitArgs) -> anyhow::Result<()> {
         module_names: a.modules_wanted,
         append: a.append,
         trusted_keys: aurum::trust::key_lines(&a.trusted_key)?,
+        ca: a.ca,
     };
     let r = bootkit::build(&o)?;
     if a.json {

@@ -245,7 +245,8 @@ impl Reporter for Terminal {
 }
 
 pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
-    // --server, else AURUM_SERVER; node.toml is a running node's, not an installer's.
+    // --server, else AURUM_SERVER: node.toml's server is a running node's, not an installer's.
+    // Its trust is an installer's too (the boot kit's node.toml): `trusted-keys` and `ca`.
     a.server = a
         .server
         .or_else(|| aurum::config::env_var(aurum::config::SERVER_ENV));
@@ -259,7 +260,9 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
     let class = (a.class != "auto")
         .then(|| ClassName::new(a.class.as_str()))
         .transpose()?;
-    let http_options = a.http.options(None, a.token.token(g, None)?)?;
+    let http_options = a
+        .http
+        .options(Some(&g.config.node), a.token.token(g, None)?)?;
     let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
         Some(url) => {
             let http = HttpRepo::new(url, None, &http_options)?;
@@ -416,7 +419,9 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
     use aurum::netboot::memory::{self, MemoryOptions};
     let opts = MemoryOptions {
         server: a.server.clone(),
-        http: a.http.options(None, a.token.token(g, None)?)?,
+        http: a
+            .http
+            .options(Some(&g.config.node), a.token.token(g, None)?)?,
         mac: a.mac,
         node: a.node.clone(),
         image: a.image,
@@ -424,6 +429,7 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
         root: a.root,
         size: a.size.map(|m| m << 20),
         headroom: a.headroom << 20,
+        policy: super::trust::node_policy(g, false)?,
     };
     let terminal = Terminal {
         no_progress: g.no_progress,
@@ -493,7 +499,9 @@ pub fn install_report(g: &Global, a: InstallReportArgs) -> anyhow::Result<()> {
         done: None,
         total: None,
     };
-    let options = a.http.options(None, a.token.token(g, None)?)?;
+    let options = a
+        .http
+        .options(Some(&g.config.node), a.token.token(g, None)?)?;
     report::PhaseSink::new(&a.server, &options)?.post(&a.node, &r)?;
     Ok(())
 }

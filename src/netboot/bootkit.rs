@@ -8,7 +8,11 @@
 //! `/init` loads the modules, gets an address by DHCP, reads `aurum.server=`, `aurum.node=`,
 //! `aurum.image=`, `aurum.class=`, `aurum.group=`, `aurum.disk=` and `aurum.done=` from the
 //! kernel command line, runs `aurum install --report`, then reboots or powers off; on failure
-//! it sends the log tail to the server and leaves a shell on the console. With
+//! it sends the log tail to the server and leaves a shell on the console. The trust the
+//! installer needs comes inside the kit, never over the network it installs from: the public
+//! keys revisions and templates must be signed by, and the CA an `https://` server's
+//! certificate must be signed by, in the kit's `/etc/aurum/node.toml`, which every aurum
+//! command of the kit reads. With
 //! `aurum.rootfs=memory` (a diskless node) it runs `aurum boot-memory` instead and switches
 //! root into the tmpfs that laid the revision in ([`super::memory`]).
 //!
@@ -93,7 +97,14 @@ pub struct KitOptions {
     /// so that `aurum install` there takes only revisions they signed. The keys come with the
     /// kit, not over the network the kit installs from, which an attacker may control.
     pub trusted_keys: Vec<String>,
+    /// The CA certificate (PEM) the installer trusts for an `https://` server, instead of any
+    /// public CA: copied to the kit's [`KIT_CA`] and named as `ca` in its node.toml. Like the
+    /// keys, it comes with the kit, not over the network.
+    pub ca: Option<PathBuf>,
 }
+
+/// Where the kit keeps the CA of `--ca` (the installer's node.toml names it).
+pub const KIT_CA: &str = "/etc/aurum/ca.pem";
 
 /// What was built.
 #[derive(Debug, serde::Serialize)]
@@ -398,9 +409,15 @@ pub fn build(o: &KitOptions) -> Result<KitReport> {
     st.write("etc/aurum-modules", &list, 0o644)?;
     st.write("etc/udhcpc.script", UDHCPC_SCRIPT, 0o755)?;
     st.write("init", INIT, 0o755)?;
-    if !o.trusted_keys.is_empty() {
+    if let Some(ca) = &o.ca {
+        // Checked here, so that a kit never boots with a CA file its installer cannot read.
+        crate::tls::read_certificates(ca)?;
+        st.copy(ca, KIT_CA, 0o644)?;
+    }
+    if !o.trusted_keys.is_empty() || o.ca.is_some() {
         let node = crate::config::NodeFile {
             trusted_keys: o.trusted_keys.clone(),
+            ca: o.ca.as_ref().map(|_| PathBuf::from(KIT_CA)),
             ..Default::default()
         };
         let text = toml::to_string(&node)

@@ -7,7 +7,8 @@
 //! 1. asks the server who this node is, by the MAC of the interface that got the lease
 //!    (`GET /api/v1/boot/MAC`, answered from the node database: [`identity`]), so the
 //!    revision it boots is the one the database says at that moment;
-//! 2. resolves the revision and fetches its manifest, and the node's overrides (`override`,
+//! 2. resolves the revision (refusing it, with trusted keys in the kit's node.toml, unless a
+//!    trusted key signed it: [`Verified`]) and fetches its manifest, and the node's overrides (`override`,
 //!    `override.GROUP`, `override.NODE`: per-node identity such as SSH host keys is kept on
 //!    the server in the node's override image), from the same server, or cache tier, the
 //!    kit came from;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::overrides;
 use crate::apply::source::{HttpOptions, HttpRepo, RevisionSource};
+use crate::apply::verified::{Policy, Verified};
 use crate::catalog::nodes::{normalise_mac, RootFs};
 use crate::catalog::Catalog;
 use crate::devices::Mount;
@@ -107,6 +109,9 @@ pub struct MemoryOptions {
     pub size: Option<u64>,
     /// Room left for what the running node writes (logs, /var, /tmp when not its own tmpfs).
     pub headroom: u64,
+    /// What the revision and its overrides must be signed by (the kit's node.toml): checked
+    /// before the tmpfs is mounted.
+    pub policy: Policy,
 }
 
 /// What a boot into memory did.
@@ -256,8 +261,14 @@ pub fn boot_memory(
     reporter: &dyn Reporter,
 ) -> Result<MemoryReport> {
     let started = Instant::now();
-    let r = HttpRepo::new(&o.server, None, &o.http)
-        .and_then(|http| boot_inner(o, &http, me, reporter, started));
+    let r = HttpRepo::new(&o.server, None, &o.http).and_then(|http| {
+        // A diskless node runs nothing before this boot: nothing to roll back from.
+        let source: Box<dyn RevisionSource> = match o.policy.keys.is_empty() {
+            true => Box::new(http),
+            false => Box::new(Verified::new(Box::new(http), o.policy.clone(), None)),
+        };
+        boot_inner(o, source.as_ref(), me, reporter, started)
+    });
     match &r {
         Ok(rep) => reporter.report(Phase::Done(format!(
             "{} in memory: {} MiB in a {} MiB tmpfs, {} MiB fetched, {:.1} s",
@@ -274,7 +285,7 @@ pub fn boot_memory(
 
 fn boot_inner(
     o: &MemoryOptions,
-    http: &HttpRepo,
+    http: &dyn RevisionSource,
     me: &BootIdentity,
     reporter: &dyn Reporter,
     started: Instant,

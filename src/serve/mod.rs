@@ -249,6 +249,13 @@ fn boot_mac(method: Method, path: &str) -> Option<&str> {
 /// that says so on the node's console and falls through to the next boot device.
 fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String> {
     let root = w.root;
+    // The scheme the script was asked for on: an HTTPS server's installers talk HTTPS (and
+    // check its certificate against the kit's CA), never plain HTTP to a TLS port.
+    let scheme = if w.options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let cat = w.catalog()?;
     // iPXE escapes the colons of `${mac}` in URLs (`52%3A54%3A...`).
     let mac = crate::catalog::nodes::normalise_mac(&mac.replace("%3A", ":").replace("%3a", ":"))?;
@@ -258,7 +265,7 @@ fn boot_response(w: &mut Worker, mac: &str, host: Option<&str>) -> Result<String
             "#!ipxe\necho aurum: {mac} is not in the node database (aurum node add NAME --mac {mac})\nsleep 10\nexit\n"
         ));
     };
-    let server = format!("http://{}", host.unwrap_or("localhost:8035"));
+    let server = format!("{scheme}://{}", host.unwrap_or("localhost:8035"));
     let append = crate::netboot::pxe::kit_append(&root.join("bootkit"));
     let append = crate::netboot::pxe::with_token(cat, &node, &append)?;
     Ok(crate::netboot::pxe::ipxe_script(&node, &server, &append))

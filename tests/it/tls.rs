@@ -296,3 +296,202 @@ fn sighup_serves_the_new_certificate_without_dropping_connections() {
 fn srv_alive(srv: &Server) -> bool {
     std::net::TcpStream::connect(&srv.addr).is_ok()
 }
+
+/// A boot kit with a fake kernel (only the kit's initramfs matters here) built with
+/// `extra`, unpacked into `DIR/root`: the installer's own root, as /init sees it.
+fn unpacked_kit(env: &Env, extra: &[&str]) -> PathBuf {
+    let mods = env.path("tree/lib/modules/6.1.0-99-amd64");
+    fs::create_dir_all(mods.join("kernel/fs/ext4")).unwrap();
+    fs::write(mods.join("kernel/fs/ext4/ext4.ko"), "ext4").unwrap();
+    fs::write(mods.join("modules.dep"), "kernel/fs/ext4/ext4.ko:\n").unwrap();
+    let kernel = env.path("tree/vmlinuz-6.1.0-99-amd64");
+    fs::write(&kernel, "not really a kernel").unwrap();
+    let (tree, kit) = (env.path("tree"), env.path("kit"));
+    let mut args = vec![
+        "bootkit",
+        "build",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--modules",
+        tree.to_str().unwrap(),
+        "-o",
+        kit.to_str().unwrap(),
+        "--module",
+        "ext4",
+    ];
+    args.extend_from_slice(extra);
+    env.ok(&args);
+    let root = env.path("kit/root");
+    fs::create_dir_all(&root).unwrap();
+    crate::common::sh(&format!(
+        "cd {} && zcat {} | cpio -id --quiet",
+        root.display(),
+        kit.join("initrd.img").display()
+    ));
+    root
+}
+
+/// The boot kit's installer, over an https:// server with a private CA (issue #20, the
+/// netboot path): the CA and the trusted key travel inside the kit; the kit's own aurum,
+/// chrooted into the kit's unpacked initramfs (no system trust store there, only what the kit
+/// brought), runs the install /init runs, up to everything but the writing (--dry-run: the
+/// class, the templates and the revision fetched over TLS, its signature checked). It refuses
+/// a server whose certificate another CA signed and an unsigned revision, and installs once
+/// the revision is signed; then a real install over TLS writes the disk.
+#[test]
+fn the_boot_kits_installer_trusts_only_its_ca_and_its_keys() {
+    if !need("openssl") || !need("cpio") || !crate::install::can_install() {
+        return;
+    }
+    let env = Env::new();
+    let dir = env.path("pki");
+    fs::create_dir_all(&dir).unwrap();
+    let ca = make_ca(&dir, "site-ca");
+    make_ca(&dir, "rogue-ca");
+    let (cert, key) = make_cert(&dir, "site-ca", "master");
+    let (rogue_cert, rogue_key) = make_cert(&dir, "rogue-ca", "rogue");
+    let admin = env.path("admin.key");
+    env.ok(&["key", "generate", admin.to_str().unwrap()]);
+    let admin_pub = format!("{}.pub", admin.display());
+    let root = unpacked_kit(
+        &env,
+        &["--ca", ca.to_str().unwrap(), "--trusted-key", &admin_pub],
+    );
+    assert_eq!(
+        fs::read(root.join("etc/aurum/ca.pem")).unwrap(),
+        fs::read(&ca).unwrap()
+    );
+    let node_toml = fs::read_to_string(root.join("etc/aurum/node.toml")).unwrap();
+    assert!(
+        node_toml.contains("ca = \"/etc/aurum/ca.pem\""),
+        "{node_toml}"
+    );
+    // A CA file with no certificate is refused when the kit is built, not when a node boots.
+    let e = env.fails(
+        &[
+            "bootkit",
+            "build",
+            "--kernel",
+            env.path("tree/vmlinuz-6.1.0-99-amd64").to_str().unwrap(),
+            "--modules",
+            env.path("tree").to_str().unwrap(),
+            "-o",
+            env.path("kit2").to_str().unwrap(),
+            "--ca",
+            admin_pub.as_str(),
+        ],
+        2,
+    );
+    assert!(e.contains("no PEM certificate"), "{e}");
+
+    let t = env.path("tiny");
+    crate::install::tiny_tree(&t);
+    env.getimage(&t, "compute", &[]);
+    let class = crate::install::class();
+    fs::write(root.join("tmp/facts.json"), env.ok(&["facts", "--json"])).unwrap();
+    fs::File::create(root.join("tmp/d.img"))
+        .unwrap()
+        .set_len(13 << 30)
+        .unwrap();
+    // What /init runs, less --report (no node database here) and plus --dry-run.
+    let installer = |url: &str| {
+        let out = Command::new("chroot")
+            .arg(&root)
+            .args([
+                "/usr/bin/aurum",
+                "--no-progress",
+                "install",
+                "--dry-run",
+                "--repo",
+                "/tmp/no-repo",
+                "--disk",
+                "/tmp/d.img",
+                "--server",
+                url,
+                "--image",
+                "compute",
+                "--class",
+                class,
+                "--facts",
+                "/tmp/facts.json",
+            ])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let tls = |cert: &Path, key: &Path| {
+        Server::start_with(
+            &env,
+            &[
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+        )
+    };
+    // A server (or a man in the middle) with a certificate from any other CA: refused.
+    {
+        let rogue = tls(&rogue_cert, &rogue_key);
+        let (code, _, err) = installer(&format!("https://{}", rogue.addr));
+        assert_ne!(code, Some(0));
+        assert!(err.contains("not signed by a CA this node trusts"), "{err}");
+    }
+    let srv = tls(&cert, &key);
+    let url = format!("https://{}", srv.addr);
+    // The site's server, but a revision nobody signed: refused.
+    let (code, _, err) = installer(&url);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("refusing compute@1") && err.contains("no signature"),
+        "{err}"
+    );
+    env.ok(&["sign", "compute", "--sign-key", admin.to_str().unwrap()]);
+    let (code, out, err) = installer(&url);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("would install compute@1"), "{out}");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::blocks(&fs::metadata(root.join("tmp/d.img")).unwrap()),
+        0,
+        "the dry run wrote to the disk"
+    );
+    // The boot script of an HTTPS server sends installers to it over HTTPS.
+    env.ok(&[
+        "node",
+        "add",
+        "n01",
+        "--mac",
+        "52:54:00:12:34:56",
+        "--image",
+        "compute",
+    ]);
+    let (status, script) =
+        get(&client(&ca), &format!("{url}/boot/52:54:00:12:34:56.ipxe")).unwrap();
+    assert_eq!(status, 200, "{script}");
+    assert!(script.contains(&format!("aurum.server={url} ")), "{script}");
+    // And a real install over TLS with the private CA writes the disk.
+    let d = crate::install::disk(&env, "d.img", 13);
+    let out = env.ok(&[
+        "install",
+        "--disk",
+        d.to_str().unwrap(),
+        "--server",
+        &url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--trusted-key",
+        &admin_pub,
+        "--image",
+        "compute",
+        "--class",
+        class,
+    ]);
+    assert!(out.contains("installed compute@1"), "{out}");
+    crate::install::detached(&d);
+}

@@ -585,3 +585,57 @@ fn an_install_refuses_an_unsigned_revision_before_touching_the_disk() {
     assert!(out.contains("installed compute@1"), "{out}");
     crate::install::detached(&d);
 }
+
+/// The diskless path of the netboot installer (`boot-memory`, which the boot kit's /init runs
+/// for a node whose root is memory) refuses an unsigned revision before it mounts its tmpfs,
+/// and boots the revision once signed.
+#[test]
+fn a_diskless_boot_refuses_an_unsigned_revision_before_mounting() {
+    if !crate::common::is_root() {
+        crate::common::skip("boot-memory mounts a tmpfs: needs root");
+        return;
+    }
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    env.getimage(&tree(&env, 1), "compute", &[]);
+    node_toml(&env, &[&admin_pub], &[], "");
+    let srv = crate::serve::Server::start(&env);
+    let url = format!("http://{}", srv.addr);
+    let root = env.path("newroot");
+    let args = [
+        "boot-memory",
+        "--server",
+        &url,
+        "--image",
+        "compute",
+        "--node",
+        "n01",
+        "--root",
+        root.to_str().unwrap(),
+        "--no-report",
+    ];
+    let e = env.fails(&args, 3);
+    assert!(
+        e.contains("refusing compute@1") && e.contains("no signature"),
+        "{e}"
+    );
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(root.to_str().unwrap()),
+        "a refused boot left a tmpfs mounted"
+    );
+    env.ok(&["sign", "compute", "--sign-key", admin.to_str().unwrap()]);
+    let out = env.run(&args);
+    let mounted = fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .contains(root.to_str().unwrap());
+    if mounted {
+        sh(&format!("umount {}", root.display()));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && mounted && stdout.contains("booted into memory as n01"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -240,6 +240,21 @@ impl Catalog {
             > 0)
     }
 
+    /// Sets the revision reference node `name` boots, nothing else of its entry (a rollout of
+    /// a diskless node moves it, and puts it back when the node falls back).
+    pub fn set_node_image(&mut self, name: &str, image: &str) -> Result<()> {
+        let changed = self.conn.execute(
+            "UPDATE inventory SET image = ?2 WHERE name = ?1",
+            params![name, image],
+        )?;
+        if changed == 0 {
+            return Err(Error::NotFound(format!(
+                "no node {name} in the node database: add it with `aurum node add {name} --mac MAC`"
+            )));
+        }
+        Ok(())
+    }
+
     /// Records an install phase of node `name` (kept in `install_phases`; it becomes the
     /// node's last phase). `done` switches the node to local boot, as si_netbootmond did, so
     /// that its next network boot does not install it again (a diskless node, whose every boot

@@ -911,6 +911,31 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// A mark in the node reports: those received after it are [`Self::reports_after`].
+    pub fn report_mark(&self) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(rowid), 0) FROM node_reports",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The reports of `action` that `hostname` sent after `mark`, oldest first (a diskless
+    /// node's rollout waits for the health report of its new boot this way).
+    pub fn reports_after(
+        &self,
+        hostname: &str,
+        action: NodeAction,
+        mark: i64,
+    ) -> Result<Vec<NodeState>> {
+        let mut st = self.conn.prepare(
+            "SELECT hostname, image, revision, action, result, bytes, seconds, address, detail, time, boot
+             FROM node_reports WHERE hostname = ?1 AND action = ?2 AND rowid > ?3 ORDER BY rowid",
+        )?;
+        let rows = st.query_map(params![hostname, action, mark], state_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Every node that has reported, with its latest report.
     pub fn nodes(&self) -> Result<Vec<NodeState>> {
         let mut st = self.conn.prepare(

@@ -19,6 +19,12 @@ use aurum::repo::{Lock, Repository};
 /// each node is drained in Slurm and touched only once no job runs on it. The rollout is
 /// kept in the catalog: `status` shows it while it runs, `pause`/`resume`/`abort` steer it,
 /// and `resume` drives one on whose master restarted.
+///
+/// Diskless nodes (`--rootfs memory` in the node database) are updated by a reboot: their
+/// entry is set to the revision, they are reset through their BMC (or rebooted over ssh with
+/// --reboot-command), and they must report the boot and a passing health check within
+/// --boot-timeout; if not, their entry goes back to the revision they booted before and they
+/// are rebooted into it (state `fell-back`, with the reason). A wave may mix both kinds.
 #[derive(Args)]
 pub struct RolloutArgs {
     #[command(subcommand)]
@@ -102,18 +108,15 @@ struct StartArgs {
     /// node is resumed, not updated (its stage freed), and counts as failed.
     #[arg(long, default_value_t = 0, value_name = "SECONDS", requires = "slurm")]
     drain_timeout: u64,
-    /// With --slurm: the command that reboots a node after its activation, run on it over
-    /// ssh (e.g. `systemctl reboot`); the node is back when its slurmd has started again.
-    /// Default: no reboot, the revision is activated in place.
-    #[arg(long, value_name = "COMMAND", requires = "slurm")]
+    /// The command that reboots a node, run on it over ssh: with --slurm, after its
+    /// activation (e.g. `systemctl reboot`; the node is back when its slurmd has started
+    /// again; default: no reboot, the revision is activated in place); on a diskless node
+    /// without a BMC, to boot it into the revision (default: `systemctl reboot || reboot`).
+    #[arg(long, value_name = "COMMAND")]
     reboot_command: Option<String>,
-    /// With --reboot-command: the longest a node may take to come back in Slurm.
-    #[arg(
-        long,
-        default_value_t = 600,
-        value_name = "SECONDS",
-        requires = "slurm"
-    )]
+    /// The longest a rebooted node may take to come back: in Slurm (--slurm), or, for a
+    /// diskless node, to report its boot and the health of the revision (else it falls back).
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     boot_timeout: u64,
     /// Print the rollout's end as JSON (what `rollout status ID --json` prints).
     #[arg(long)]
@@ -327,7 +330,10 @@ fn print_rollout(repo: &Repository, id: i64) -> anyhow::Result<()> {
         }
         println!("  wave {wave:<2} {name:<7} {}", parts.join(", "));
     }
-    for n in nodes.iter().filter(|n| n.state == NodeStep::Failed) {
+    for n in nodes
+        .iter()
+        .filter(|n| matches!(n.state, NodeStep::Failed | NodeStep::FellBack))
+    {
         println!("  {}: {}", n.node, n.detail);
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! database ([`crate::catalog`]) to find addresses and groups, and runs nothing of its own on a
 //! node but `ssh` (and, for relays, the same aurum binary there).
 
+pub mod diskless;
 pub mod exec;
 pub mod fold;
 pub mod nodeset;

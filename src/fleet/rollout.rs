@@ -15,6 +15,10 @@
 //! wave's healthy nodes are rolled back as well; when the last wave passes, the image's
 //! `last-known-good` tag moves to the revision.
 //!
+//! Diskless nodes (`rootfs = memory`) of any wave are updated by a reboot into the revision
+//! instead, and fall back by a reboot into their last-known-good one ([`super::diskless`]); a
+//! wave may mix them with disk nodes.
+//!
 //! Every transition is written to the catalog as it happens ([`crate::catalog::rollouts`]): a
 //! driver that dies (the master restarted) leaves the rollout `running`, and `rollout resume`
 //! drives it on, redoing the nodes that were in flight (an update to the revision a node already
@@ -25,6 +29,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use super::diskless::{self, MemoryNode};
 use super::exec::{self, Job, NodeResult, Options, Status};
 use super::nodeset::Target;
 use crate::catalog::rollouts::{Rollout, RolloutNode};
@@ -140,7 +147,7 @@ fn on_node(t: &Target, plan: &Plan, words: &[&str], timeout: u64) -> NodeResult 
 }
 
 /// Why a node's command failed, in a few words.
-fn why(r: &NodeResult) -> String {
+pub(super) fn why(r: &NodeResult) -> String {
     let last = r
         .stderr
         .lines()
@@ -288,7 +295,7 @@ fn drive_node(
 }
 
 /// Runs `script` itself (not aurum) on `t` over ssh.
-fn on_node_raw(t: &Target, plan: &Plan, script: &str, timeout: u64) -> NodeResult {
+pub(super) fn on_node_raw(t: &Target, plan: &Plan, script: &str, timeout: u64) -> NodeResult {
     let opts = Options {
         ssh: plan.ssh.clone(),
         fanout: 1,
@@ -762,7 +769,7 @@ pub fn drive(
             .catalog
             .rollout_nodes(id)?
             .iter()
-            .filter(|n| n.state == NodeStep::Failed)
+            .filter(|n| matches!(n.state, NodeStep::Failed | NodeStep::FellBack))
             .count();
         // A rollout that was past its threshold when its driver died goes no further.
         if failed_before > allowed {
@@ -777,6 +784,7 @@ pub fn drive(
             .into_iter()
             .filter(|n| n.wave == wave && !settled(n.state))
             .collect();
+        let memory = memory_nodes(repo, &todo)?;
         let halt = AtomicBool::new(false);
         let failures = std::sync::atomic::AtomicUsize::new(failed_before);
         let failed_now = || {
@@ -786,10 +794,14 @@ pub fn drive(
         };
         {
             let cat = Mutex::new(&mut repo.catalog);
-            let todo = match r.plan.stage {
+            // Diskless nodes have nothing to stage: their reboot fetches the revision.
+            let (diskless, todo): (Vec<RolloutNode>, Vec<RolloutNode>) =
+                todo.into_iter().partition(|n| memory.contains_key(&n.node));
+            let mut todo = match r.plan.stage {
                 true => stage_wave(&r, todo, &cat, &failures, allowed, &halt)?,
                 false => todo,
             };
+            todo.extend(diskless);
             let fanout = if r.plan.max_unavailable == 0 {
                 todo.len()
             } else {
@@ -804,9 +816,10 @@ pub fn drive(
                         name: n.node.clone(),
                         host: n.host.clone(),
                     };
-                    let step = match r.plan.slurm {
-                        true => drive_slurm_node(&r, &t, &cat, &failed_now, &catalog_path)?,
-                        false => drive_node(&r, &t, &cat, &failed_now)?,
+                    let step = match (memory.get(&n.node), r.plan.slurm) {
+                        (Some(m), _) => diskless::drive_node(&r, &t, m, &cat, &failed_now)?,
+                        (None, true) => drive_slurm_node(&r, &t, &cat, &failed_now, &catalog_path)?,
+                        (None, false) => drive_node(&r, &t, &cat, &failed_now)?,
                     };
                     progress.advance(1);
                     say(&format!("rollout {id}: {}: {step}", n.node));
@@ -861,8 +874,19 @@ pub fn drive(
 fn settled(step: NodeStep) -> bool {
     matches!(
         step,
-        NodeStep::Done | NodeStep::Failed | NodeStep::RolledBack
+        NodeStep::Done | NodeStep::Failed | NodeStep::RolledBack | NodeStep::FellBack
     )
+}
+
+/// The diskless nodes among `nodes`, by name, with what each booted before the rollout.
+fn memory_nodes(repo: &Repository, nodes: &[RolloutNode]) -> Result<HashMap<String, MemoryNode>> {
+    let mut found = HashMap::new();
+    for n in nodes {
+        if let Some(m) = MemoryNode::of(repo, &n.node, n.previous.as_deref())? {
+            found.insert(n.node.clone(), m);
+        }
+    }
+    Ok(found)
 }
 
 /// The threshold is passed at `wave`: the wave goes back, the rollout fails.
@@ -943,9 +967,19 @@ fn roll_back(
         .rollout_nodes(r.id)?
         .into_iter()
         .filter(|n| wave.is_none_or(|w| n.wave == w))
-        .filter(|n| !matches!(n.state, NodeStep::Pending | NodeStep::RolledBack))
+        .filter(|n| {
+            !matches!(
+                n.state,
+                NodeStep::Pending | NodeStep::RolledBack | NodeStep::FellBack
+            )
+        })
         .collect();
+    let memory = memory_nodes(repo, &touched)?;
     let target = format!("{}@{}", r.image, r.number);
+    let boot = diskless::Boot {
+        name: target.clone(),
+        id: r.revision.clone(),
+    };
     let cat = Mutex::new(&mut repo.catalog);
     let fanout = touched.len().max(1);
     let results: Vec<Result<()>> = exec::fan_out(&touched, fanout, &crate::progress::Quiet, |n| {
@@ -953,7 +987,12 @@ fn roll_back(
             name: n.node.clone(),
             host: n.host.clone(),
         };
-        let back = restore(&t, &r.plan, &target, n.previous.as_deref());
+        let back = match memory.get(&n.node) {
+            // A diskless node that failed was already fallen back (or could not be).
+            Some(_) if n.state == NodeStep::Failed => return Ok(()),
+            Some(m) => diskless::restore(&cat, &r.plan, &t, m, &boot),
+            None => restore(&t, &r.plan, &target, n.previous.as_deref()),
+        };
         if n.state == NodeStep::Failed && back.starts_with("left on") {
             // Failed and already put back (or never moved): its own story stands.
             return Ok(());

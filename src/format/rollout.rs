@@ -46,8 +46,15 @@ named_enum! {
         Failed = "failed",
         /// Healthy but rolled back with its wave (the rollout failed or was aborted).
         RolledBack = "rolled-back",
+        /// A diskless node that was unhealthy on the revision or did not come back from its
+        /// reboot: its node database entry was set back to its last-known-good revision and
+        /// it was rebooted into it. Counts as a failure.
+        FellBack = "fell-back",
     }
 }
+
+/// How a diskless node without a BMC is rebooted over ssh when the plan names no command.
+pub const DISKLESS_REBOOT: &str = "systemctl reboot || reboot";
 
 /// How many failures a rollout tolerates: a count, or a share of its nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,9 +120,12 @@ pub struct Plan {
     pub drain_timeout: u64,
     /// The command run on a node after its activation to reboot it (`--slurm`); the driver
     /// then waits for its slurmd to start again. None: the revision is activated in place.
+    /// A diskless node without a BMC is rebooted with it too (None there:
+    /// [`DISKLESS_REBOOT`]).
     #[serde(default)]
     pub reboot_command: Option<String>,
-    /// Seconds a rebooted node has to come back in Slurm.
+    /// Seconds a rebooted node has to come back in Slurm, or a diskless node to report its
+    /// boot and its health.
     #[serde(default)]
     pub boot_timeout: u64,
 }

@@ -171,7 +171,7 @@ pub fn page(cat: &Catalog) -> Result<String> {
             Some((id, n)) => {
                 let class = match n.state {
                     NodeStep::Done => "ok",
-                    NodeStep::Failed | NodeStep::RolledBack => "bad",
+                    NodeStep::Failed | NodeStep::RolledBack | NodeStep::FellBack => "bad",
                     _ => "busy",
                 };
                 format!(
@@ -203,7 +203,12 @@ pub fn page(cat: &Catalog) -> Result<String> {
             let done = of.iter().filter(|n| n.state == NodeStep::Done).count();
             let failed = of
                 .iter()
-                .filter(|n| matches!(n.state, NodeStep::Failed | NodeStep::RolledBack))
+                .filter(|n| {
+                    matches!(
+                        n.state,
+                        NodeStep::Failed | NodeStep::RolledBack | NodeStep::FellBack
+                    )
+                })
                 .count();
             waves.push(format!(
                 "{w}: {done}/{}{}",

@@ -1518,3 +1518,143 @@ fn the_status_page_follows_a_rollout_in_a_browser() {
     // The page the browser opened before the rollout reloaded itself to show all this.
     assert_eq!(after["reloaded"], true, "{after}");
 }
+
+/// The test's stand-in for a diskless node's reboot (issue 21 item 3), run on the node by the
+/// rollout's --reboot-command: what the boot kit does (`boot-memory`, asking the server by
+/// MAC which revision the node boots, into a fresh tmpfs at /srv/mem) and what the image's
+/// aurum-health.service does (`health`, reported to the server). QEMU does the real thing in
+/// diskless::qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back.
+const FAKE_BOOT: &str = r#"#!/bin/sh
+mac=$1
+umount /srv/mem 2>/dev/null
+mkdir -p /srv/mem
+{
+  echo "boot at $(date +%s)"
+  aurum --no-progress boot-memory --server http://master:8035 --mac "$mac" --root /srv/mem --headroom 16 &&
+  aurum --no-progress health --root /srv/mem --server http://master:8035
+  echo "rc $?"
+} >>/var/log/fake-boot.log 2>&1
+"#;
+
+/// A wave mixing a disk node (n01) and a diskless node (n02): the diskless node is updated by
+/// a reboot into the revision its node database entry now names; an unhealthy revision makes
+/// the disk node roll back and the diskless one fall back by a reboot into its last-known-good
+/// revision; a node silent past --boot-timeout falls back too. `rollout status --json` says so.
+#[test]
+fn rollouts_reboot_diskless_nodes_and_fall_back() {
+    if !fleet_can_run() || !can_run(Path::new("/bin/busybox").exists(), "busybox-static") {
+        return;
+    }
+    let rig = RolloutRig::new(2, &[(1, true), (2, true), (3, false), (4, true)]);
+    let mac = "52:54:00:00:01:02";
+    let boot = rig.fleet.root("n02").join("usr/local/sbin/fake-boot");
+    std::fs::write(&boot, FAKE_BOOT).unwrap();
+    sh(&format!("chmod 755 '{}'", boot.display()));
+    let reboot = format!("/usr/local/sbin/fake-boot {mac}");
+    rig.env
+        .ok(&["node", "set", "n02", "--rootfs", "memory", "--image", "img"]);
+    // Its first boot, before any rollout: img@1 (the newest then was img@4, so pin it).
+    rig.env.ok(&["node", "set", "n02", "--image", "img@1"]);
+    rig.fleet.ssh("n02", &reboot);
+    // The tmpfs is mounted in the node's own mount namespace (its sshd's): read it there.
+    let mem_version = || {
+        rig.fleet
+            .ssh("n02", "cat /srv/mem/etc/version 2>/dev/null || true")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        mem_version(),
+        "1",
+        "{}",
+        rig.fleet.ssh("n02", "cat /var/log/fake-boot.log")
+    );
+    // The entry names a moving reference: the rollout must fall back to what the node booted
+    // (img@1 then), not to what `img` names by then.
+    rig.env.ok(&["node", "set", "n02", "--image", "img"]);
+    let image_of = |node: &str| {
+        let v = crate::common::json(&rig.env.ok(&["node", "show", node, "--json"]));
+        v["node"]["image"].as_str().unwrap_or_default().to_string()
+    };
+    let detail = |v: &serde_json::Value, node: &str| -> String {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .map(|n| n["detail"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let opts = [
+        "--canary",
+        "0",
+        "--reboot-command",
+        &reboot,
+        "--boot-timeout",
+        "60",
+    ];
+
+    let started = std::time::Instant::now();
+    let (code, v) = rig.start("img@2", &opts);
+    let good = started.elapsed();
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(states(&v), ["n01=done", "n02=done"], "{v}");
+    assert_eq!(rig.versions()[0], "2");
+    assert_eq!(mem_version(), "2", "n02 rebooted into img@2");
+    assert_eq!(image_of("n02"), "img@2");
+    assert!(detail(&v, "n02").contains("healthy: booted img@2"), "{v}");
+    assert_eq!(v["nodes"][1]["previous"], "img@1", "{v}");
+
+    // Unhealthy: n01 is rolled back, n02 falls back by a reboot into img@2.
+    let started = std::time::Instant::now();
+    let (code, v) = rig.start("img@3", &opts);
+    let bad = started.elapsed();
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rollout"]["state"], "failed");
+    assert_eq!(states(&v), ["n01=failed", "n02=fell-back"], "{v}");
+    let d = detail(&v, "n02");
+    assert!(
+        d.contains(
+            "unhealthy on img@3 (10-service); fell back to img@2: rebooted into it, healthy"
+        ),
+        "{d}"
+    );
+    assert_eq!(rig.versions()[0], "2");
+    assert_eq!(mem_version(), "2", "n02 is back on img@2");
+    assert_eq!(image_of("n02"), "img@2");
+    let log = rig.fleet.ssh("n02", "cat /var/log/fake-boot.log");
+    assert_eq!(log.matches("boot at").count(), 4, "{log}");
+
+    // A node that never reports (its reboot does nothing) falls back after --boot-timeout;
+    // its entry is back on img@2 though that reboot did nothing either.
+    let mut args = rig.start_args("img@4");
+    args[3] = "n02".into();
+    args.extend(
+        [
+            "--canary",
+            "0",
+            "--reboot-command",
+            "true",
+            "--boot-timeout",
+            "3",
+        ]
+        .map(String::from),
+    );
+    let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(states(&v), ["n02=fell-back"], "{v}");
+    let d = detail(&v, "n02");
+    assert!(
+        d.starts_with("no boot report of img@4 within 3 s of its reboot")
+            && d.contains("fell back to img@2 (its node database entry), but after the reboot: no boot report of img@2"),
+        "{d}"
+    );
+    assert_eq!(image_of("n02"), "img@2");
+    let text = rig.env.ok(&["rollout", "status", "3"]);
+    assert!(text.contains("fell-back n02"), "{text}");
+    eprintln!(
+        "mixed wave (disk + diskless by reboot): good revision {:.1} s, unhealthy one with fallback {:.1} s",
+        good.as_secs_f64(),
+        bad.as_secs_f64()
+    );
+}

@@ -19,6 +19,11 @@
 //! - **freeze**: a server that keeps answering with the state of months ago. With
 //!   `max-age`, a revision whose newest trusted signature is older than that is refused;
 //!   the master re-signs its heads (`aurum sign IMAGE`, from cron) more often.
+//!
+//! `--allow-downgrade` waives the freeze check too, but only for what it allows: a revision
+//! older than the one the node runs (whose signature is naturally old, as only heads are
+//! signed again), with a warning naming the age. A revision that is not a downgrade is held
+//! to `max-age` with or without the flag, so passing it by habit opens no door to a freeze.
 
 use std::sync::Mutex;
 
@@ -122,29 +127,44 @@ impl Verified {
         };
         let accepted =
             trust::accept(&sigs, &want, &self.policy.keys).map_err(|r| refuse(r.to_string()))?;
-        if !self.policy.allow_downgrade {
-            if let Some(run) = self
-                .running
-                .iter()
-                .find(|r| r.image.as_deref() == Some(image) && r.number.is_some_and(|n| n > number))
-            {
-                return Err(refuse(format!(
-                    "this node runs {image}@{}, a newer revision; a server offering an older \
-                     revision as the one to take is what a rollback attack looks like. To go \
-                     back on purpose, rerun with --allow-downgrade (or use `aurum rollback`)",
-                    run.number.unwrap_or_default()
-                )));
-            }
+        // The newer revision of this image the node runs, when `number` goes back from it.
+        let newer = self
+            .running
+            .iter()
+            .filter(|r| r.image.as_deref() == Some(image))
+            .filter_map(|r| r.number)
+            .filter(|n| *n > number)
+            .max();
+        if let (Some(run), false) = (newer, self.policy.allow_downgrade) {
+            return Err(refuse(format!(
+                "this node runs {image}@{run}, a newer revision; a server offering an older \
+                 revision as the one to take is what a rollback attack looks like. To go back \
+                 on purpose, rerun with --allow-downgrade (or use `aurum rollback`)"
+            )));
         }
         if let Some(max) = self.policy.max_age {
             let age = crate::repo::signatures::now() - accepted.signed;
-            if age > max && !self.policy.allow_downgrade {
+            if age > max && newer.is_some() {
+                // The downgrade the administrator asked for: an old revision's signature is
+                // old (the master signs its heads again, not every revision), so the freeze
+                // check, made for the newest state, is waived for it, and said.
+                log::warn!(
+                    "{name}: its newest trusted signature (by {}) was made {} ago, longer than \
+                     max-age ({}); taken because --allow-downgrade asked to go back from \
+                     {image}@{}",
+                    accepted.key,
+                    human_age(age),
+                    human_age(max),
+                    newer.unwrap_or_default()
+                );
+            } else if age > max {
                 return Err(refuse(format!(
                     "its newest trusted signature (by {}) was made {} ago, longer than max-age \
                      ({}): the server may be replaying old state (a freeze attack), or the master \
                      has not signed again. On the master run `aurum sign {image} --sign-key KEY` \
                      (from cron, more often than max-age), or raise max-age in \
-                     node.toml",
+                     node.toml. --allow-downgrade waives this only for a revision older than \
+                     the one the node runs",
                     accepted.key,
                     human_age(age),
                     human_age(max)

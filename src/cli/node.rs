@@ -147,10 +147,11 @@ pub struct UpdateclientArgs {
     /// node.toml.
     #[arg(long, value_name = "REV")]
     image: Option<String>,
-    /// Let the node go to an older revision of its image than the one it runs, and to one
-    /// whose signature is older than node.toml's `max-age`. Without it a node that checks
-    /// signatures (`trusted-keys` in node.toml) refuses both: a server offering old, validly
-    /// signed revisions is a rollback or freeze attack.
+    /// Let the node go to an older revision of its image than the one it runs, even when
+    /// that revision's signature is older than node.toml's `max-age` (with a warning). Without
+    /// it a node that checks signatures (`trusted-keys` in node.toml) refuses an older
+    /// revision: a server offering old, validly signed revisions is a rollback attack. A
+    /// revision that is not older than the running one is held to `max-age` either way.
     #[arg(long)]
     allow_downgrade: bool,
     /// The node's root.

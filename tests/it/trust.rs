@@ -639,3 +639,50 @@ fn a_diskless_boot_refuses_an_unsigned_revision_before_mounting() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--allow-downgrade` waives `max-age` for the older revision it lets a node go back to (an
+/// old revision's signature is old: only heads are signed again), saying so, and for nothing
+/// else: a newer revision with a stale signature is refused with the flag too.
+#[test]
+fn allow_downgrade_waives_max_age_only_for_a_downgrade() {
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    for v in 1..=3 {
+        env.getimage(
+            &tree(&env, v),
+            "compute",
+            &["--sign-key", admin.to_str().unwrap()],
+        );
+    }
+    let node = env.path("node");
+    fs::create_dir_all(&node).unwrap();
+    node_toml(&env, &[&admin_pub], &[], "max-age = \"3s\"\n");
+    update(&env, &node, &["--image", "compute@2"]);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    // Every signature is stale now. Forward, the flag changes nothing: a freeze is refused.
+    let e = refused(&env, &node, &["--image", "compute@3", "--allow-downgrade"]);
+    assert!(
+        e.contains("freeze attack") && e.contains("only for a revision older"),
+        "{e}"
+    );
+    // Back without the flag: a rollback attack, refused.
+    let e = refused(&env, &node, &["--image", "compute@1"]);
+    assert!(e.contains("runs compute@2, a newer revision"), "{e}");
+    // Back with it: taken despite its stale signature, with a warning naming the age.
+    let out = env.run(&[
+        "updateclient",
+        "--root",
+        node.to_str().unwrap(),
+        "--image",
+        "compute@1",
+        "--allow-downgrade",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("aurum: warning: compute@1")
+            && err.contains("longer than max-age (3s)")
+            && err.contains("taken because --allow-downgrade asked to go back from compute@2"),
+        "{err}"
+    );
+}

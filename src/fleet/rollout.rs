@@ -124,26 +124,7 @@ pub fn assign_waves(n: usize, canary: usize, sizes: &[WaveSize]) -> (Vec<usize>,
 fn on_node(t: &Target, plan: &Plan, words: &[&str], timeout: u64) -> NodeResult {
     let mut cmd = vec![plan.aurum.as_str(), "--no-progress", "--quiet"];
     cmd.extend_from_slice(words);
-    let opts = Options {
-        ssh: plan.ssh.clone(),
-        fanout: 1,
-        timeout: Some(Duration::from_secs(timeout.max(1))),
-        connect_timeout: plan.connect_timeout,
-        relays: Vec::new(),
-        relay_ssh: String::new(),
-        relay_aurum: String::new(),
-    };
-    let job = Job::Command(shell_words::join(&cmd));
-    match exec::run(
-        std::slice::from_ref(t),
-        &job,
-        &opts,
-        &crate::progress::Quiet,
-    ) {
-        Ok(mut r) if !r.is_empty() => r.swap_remove(0),
-        Ok(_) => NodeResult::failed(t, "no result"),
-        Err(e) => NodeResult::failed(t, &e.to_string()),
-    }
+    on_node_raw(t, plan, &shell_words::join(&cmd), timeout)
 }
 
 /// Why a node's command failed, in a few words.
@@ -219,11 +200,8 @@ fn drive_node(
     failed: &(dyn Fn() + Sync),
 ) -> Result<NodeStep> {
     let plan = &r.plan;
-    let set = |step, previous: Option<&str>, detail: &str| -> Result<()> {
-        cat.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_rollout_node(r.id, &t.name, step, previous, detail)
-    };
+    let set =
+        |step, previous: Option<&str>, detail: &str| set_step(r, t, cat, step, previous, detail);
     let target = format!("{}@{}", r.image, r.number);
     // What it runs now is what a rollback must return it to, recorded before anything moves.
     let previous = match node_revision(t, plan) {
@@ -264,22 +242,7 @@ fn drive_node(
         return Ok(NodeStep::Failed);
     }
     set(NodeStep::Checking, None, "health checks")?;
-    let timeout = plan.health_timeout.to_string();
-    let health = on_node(
-        t,
-        plan,
-        &[
-            "health",
-            "--root",
-            &plan.node_root,
-            "--timeout",
-            &timeout,
-            "--server",
-            &plan.server,
-            "--json",
-        ],
-        plan.update_timeout,
-    );
+    let health = health_on_node(t, plan, &[]);
     if health.status == Status::Ok {
         set(NodeStep::Done, None, "healthy")?;
         return Ok(NodeStep::Done);
@@ -292,6 +255,40 @@ fn drive_node(
     let back = restore(t, plan, &target, previous.as_deref());
     set(NodeStep::Failed, None, &format!("{why_failed}; {back}"))?;
     Ok(NodeStep::Failed)
+}
+
+/// Writes node `t`'s step in rollout `r` to the catalog.
+fn set_step(
+    r: &Rollout,
+    t: &Target,
+    cat: &Mutex<&mut Catalog>,
+    step: NodeStep,
+    previous: Option<&str>,
+    detail: &str,
+) -> Result<()> {
+    cat.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .set_rollout_node(r.id, &t.name, step, previous, detail)
+}
+
+/// `aurum health` on `t` (with `extra` options), reporting to the plan's server.
+fn health_on_node(t: &Target, plan: &Plan, extra: &[&str]) -> NodeResult {
+    let timeout = plan.health_timeout.to_string();
+    let words = [
+        &["health"][..],
+        extra,
+        &[
+            "--root",
+            &plan.node_root,
+            "--timeout",
+            &timeout,
+            "--server",
+            &plan.server,
+            "--json",
+        ],
+    ]
+    .concat();
+    on_node(t, plan, &words, plan.update_timeout)
 }
 
 /// Runs `script` itself (not aurum) on `t` over ssh.
@@ -351,11 +348,8 @@ fn drive_slurm_node(
 ) -> Result<NodeStep> {
     use super::slurm;
     let plan = &r.plan;
-    let set = |step, previous: Option<&str>, detail: &str| -> Result<()> {
-        cat.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_rollout_node(r.id, &t.name, step, previous, detail)
-    };
+    let set =
+        |step, previous: Option<&str>, detail: &str| set_step(r, t, cat, step, previous, detail);
     let target = format!("{}@{}", r.image, r.number);
     let reason = format!("{} rollout {}: {target}", slurm::REASON_PREFIX, r.id);
     let give_up = |why: String| -> Result<NodeStep> {
@@ -507,25 +501,7 @@ fn drive_slurm_node(
         }
     }
     set(NodeStep::Checking, None, "health checks")?;
-    let timeout = plan.health_timeout.to_string();
-    let health = on_node(
-        t,
-        plan,
-        &[
-            "health",
-            "--slurm",
-            "--slurm-node",
-            &t.name,
-            "--root",
-            &plan.node_root,
-            "--timeout",
-            &timeout,
-            "--server",
-            &plan.server,
-            "--json",
-        ],
-        plan.update_timeout,
-    );
+    let health = health_on_node(t, plan, &["--slurm", "--slurm-node", &t.name]);
     if health.status != Status::Ok {
         let v: serde_json::Value = serde_json::from_str(&health.stdout).unwrap_or_default();
         let why_failed = match (health.status, health.exit) {

@@ -310,25 +310,6 @@ fn compute_root(kit: &Path, root: &Path, n: u32) {
     );
 }
 
-/// Runs aurum on the repository at `repo` (the one inside the master's root), as `env`'s.
-fn inner(env: &Env, repo: &Path, args: &[&str]) -> String {
-    let out = env
-        .bare(&[])
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aurum --repo {} {args:?}: {}{}",
-        repo.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -381,9 +362,8 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
     node_root(&kit, &master);
     copy_program("/usr/sbin/dnsmasq", &master);
     let repo = master.join(INNER_REPO);
-    inner(&sup, &repo, &["init"]);
-    inner(
-        &sup,
+    sup.ok_at(&repo, &["init"]);
+    sup.ok_at(
         &repo,
         &["pull", "--mirror", sup.repo().to_str().unwrap(), "compute"],
     );
@@ -392,8 +372,7 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
         kit.display(),
         repo.display()
     ));
-    inner(
-        &sup,
+    sup.ok_at(
         &repo,
         &[
             "template",
@@ -401,8 +380,7 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
             sup.path("compute.toml").to_str().unwrap(),
         ],
     );
-    inner(
-        &sup,
+    sup.ok_at(
         &repo,
         &[
             "node",
@@ -424,23 +402,12 @@ fn qemu_super_master_installs_a_master_that_installs_and_updates_a_compute_node(
     let submaster = sup.path("submaster-root");
     crate::pxe::golden(&submaster);
     let subrepo = submaster.join("srv/aurum");
-    inner(&sup, &subrepo, &["init"]);
-    inner(
-        &sup,
+    sup.ok_at(&subrepo, &["init"]);
+    sup.ok_at(
         &subrepo,
         &["pull", "--mirror", sup.repo().to_str().unwrap(), "compute"],
     );
-    inner(
-        &sup,
-        &repo,
-        &[
-            "getimage",
-            "--golden-client",
-            submaster.to_str().unwrap(),
-            "--image",
-            "submaster",
-        ],
-    );
+    sup.getimage_at(&repo, &submaster, "submaster", &[]);
     // The master's repository is recorded by reference: its catalog, and its packs held
     // once by the super master's repository (the compute image's are there already).
     let captured = json(&sup.getimage(&master, "master", &["--json"]));

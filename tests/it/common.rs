@@ -94,23 +94,64 @@ impl Env {
 
     /// Runs aurum, panics with its stderr unless it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "aurum {args:?} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(self.run(args), &format!("aurum {args:?}"))
+    }
+
+    /// [`Env::ok`] on the repository at `repo` rather than the Env's (one inside a master's
+    /// root, another site's).
+    pub fn ok_at(&self, repo: &Path, args: &[&str]) -> String {
+        let out = self
+            .bare(&[])
+            .arg("--repo")
+            .arg(repo)
+            .args(args)
+            .output()
+            .expect("run aurum");
+        stdout_of(out, &format!("aurum --repo {} {args:?}", repo.display()))
     }
 
     /// Captures `src` into `image` with `extra` options; returns getimage's output.
     pub fn getimage(&self, src: &Path, image: &str, extra: &[&str]) -> String {
+        self.getimage_at(&self.repo(), src, image, extra)
+    }
+
+    /// [`Env::getimage`] into the repository at `repo` (see [`Env::ok_at`]).
+    pub fn getimage_at(&self, repo: &Path, src: &Path, image: &str, extra: &[&str]) -> String {
         let src = src.to_str().expect("test paths are UTF-8");
         let mut args = vec!["getimage", "--golden-client", src, "--image", image];
         args.extend_from_slice(extra);
-        self.ok(&args)
+        self.ok_at(repo, &args)
+    }
+
+    /// `aurum updateclient` of `image` from `server` (a URL) onto the node root `root`, then
+    /// `extra`: as a node runs it, with no repository (see [`Env::bare`]).
+    pub fn updateclient(&self, server: &str, image: &str, root: &Path, extra: &[&str]) -> Command {
+        let root = root.to_str().expect("test paths are UTF-8");
+        let mut c = self.bare(&[
+            "updateclient",
+            "--server",
+            server,
+            "--image",
+            image,
+            "--root",
+            root,
+        ]);
+        c.args(extra);
+        c
+    }
+
+    /// Writes `file` (aurum.toml, node.toml) in the configuration directory the commands read.
+    pub fn write_config(&self, file: &str, text: &str) {
+        let dir = self.config_dir();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(file), text).unwrap();
+    }
+
+    /// A new empty directory `rel` in the temp dir (a node's root, a golden client).
+    pub fn empty_dir(&self, rel: &str) -> PathBuf {
+        let dir = self.path(rel);
+        fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     /// Runs aurum expecting failure with `code`; returns stderr.
@@ -127,6 +168,18 @@ impl Env {
     }
 }
 
+/// The stdout of `what`, which must have succeeded: else the test fails with its output.
+fn stdout_of(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs a shell command, panicking with its output on failure.
 pub fn sh(script: &str) -> String {
     let out = Command::new("bash")
@@ -134,13 +187,7 @@ pub fn sh(script: &str) -> String {
         .arg(script)
         .output()
         .expect("run bash");
-    assert!(
-        out.status.success(),
-        "`{script}` failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(out, &format!("`{script}`"))
 }
 
 /// Whether an external program is on PATH.

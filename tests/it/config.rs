@@ -5,12 +5,6 @@
 use crate::common::{json, sh, Env};
 use crate::serve::Server;
 
-fn write(env: &Env, file: &str, text: &str) {
-    let dir = env.config_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(file), text).unwrap();
-}
-
 fn output(cmd: &mut std::process::Command) -> (bool, String, String) {
     let o = cmd.output().expect("run aurum");
     (
@@ -33,15 +27,14 @@ fn config_show_says_where_each_value_came_from() {
     assert_eq!(s["config-dir"]["source"], "env");
     assert!(s.get("server").is_none(), "{v}");
 
-    write(
-        &env,
+    env.write_config(
         "aurum.toml",
         &format!(
             "repository = \"{}\"\nlisten = \"127.0.0.1:9000\"\n",
             env.repo().display()
         ),
     );
-    write(&env, "node.toml", "server = \"http://master:8035\"\nimage = \"compute:production\"\nexclude = [\"/scratch/*\"]\n");
+    env.write_config("node.toml", "server = \"http://master:8035\"\nimage = \"compute:production\"\nexclude = [\"/scratch/*\"]\n");
     let v = json(&output(&mut env.bare(&["config", "show", "--json"])).1);
     let s = &v["settings"];
     let server_file = conf.join("aurum.toml").display().to_string();
@@ -101,7 +94,7 @@ fn config_show_says_where_each_value_came_from() {
 #[test]
 fn a_bad_configuration_file_is_refused_naming_file_and_key() {
     let env = Env::new();
-    write(&env, "node.toml", "sever = \"http://master:8035\"\n");
+    env.write_config("node.toml", "sever = \"http://master:8035\"\n");
     let o = env.cmd(&["lsimage"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -109,7 +102,7 @@ fn a_bad_configuration_file_is_refused_naming_file_and_key() {
         err.contains("node.toml") && err.contains("sever") && err.contains("AURUM_CONFIG_DIR"),
         "{err}"
     );
-    write(&env, "node.toml", "image = 3\n");
+    env.write_config("node.toml", "image = 3\n");
     let o = env.cmd(&["config", "show"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
@@ -128,7 +121,7 @@ fn updateclient_takes_server_and_image_from_node_toml() {
     env.ok(&["tag", "compute@1", "production"]);
     let srv = Server::start(&env);
     // Port 9 on the loopback (discard) is closed here: refused at once.
-    write(&env, "node.toml", &format!(
+    env.write_config("node.toml", &format!(
         "server = [\"http://127.0.0.1:9\", \"http://{}\"]\nimage = \"compute:production\"\nexclude = [\"/scratch/*\"]\n",
         srv.addr
     ));
@@ -297,8 +290,7 @@ fn aurum_toml_gives_serve_and_pxe_their_defaults() {
         err.contains("--server URL") && err.contains("aurum.toml"),
         "{err}"
     );
-    write(
-        &env,
+    env.write_config(
         "aurum.toml",
         &format!(
             "repository = \"{}\"\nlisten = \"127.0.0.1:0\"\nurl = \"http://10.9.8.7:8035\"\n",

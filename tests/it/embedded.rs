@@ -32,23 +32,6 @@ fn os_tree(dir: &Path, seed: u64) {
     fs::write(dir.join("etc/hostname"), format!("host{seed}\n")).unwrap();
 }
 
-/// aurum with --repo `repo` (not the Env's): a repository inside a master's root.
-fn at(env: &Env, repo: &Path, args: &[&str]) -> String {
-    let out = env
-        .bare(&["--repo", repo.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aurum --repo {} {args:?} failed:\n{}\n{}",
-        repo.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A super master (the Env's repository) with image `compute` (two revisions, a tag), and a
 /// master root `master/` whose repository `var/lib/aurum` pulled it as remote `super`.
 fn super_and_master(env: &Env) -> PathBuf {
@@ -61,32 +44,31 @@ fn super_and_master(env: &Env) -> PathBuf {
     let master = env.path("master");
     os_tree(&master, 2);
     let inner = master.join("var/lib/aurum");
-    at(env, &inner, &["init"]);
-    at(
-        env,
+    env.ok_at(&inner, &["init"]);
+    env.ok_at(
         &inner,
         &["remote", "add", "super", env.repo().to_str().unwrap()],
     );
-    at(env, &inner, &["pull", "super", "compute"]);
+    env.ok_at(&inner, &["pull", "super", "compute"]);
     master
 }
 
 /// What a repository lists: images with their revisions (numbers, ids) and tags.
 fn listing(env: &Env, repo: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    for img in json(&at(env, repo, &["lsimage", "--json"]))
+    for img in json(&env.ok_at(repo, &["lsimage", "--json"]))
         .as_array()
         .unwrap()
     {
         let name = img["name"].as_str().unwrap().to_string();
         out.push(format!("{name} {}", img["revisions"]));
-        out.push(at(env, repo, &["log", &name]));
+        out.push(env.ok_at(repo, &["log", &name]));
     }
     out
 }
 
 fn verify(env: &Env, repo: &Path) {
-    let v = at(env, repo, &["verify"]);
+    let v = env.ok_at(repo, &["verify"]);
     assert!(v.contains("repository is intact"), "{v}");
 }
 
@@ -112,14 +94,7 @@ fn a_master_is_captured_by_reference_and_checks_out_as_a_working_repository() {
     let without = stored(&twin.repo()) - before_twin;
 
     let before = stored(&env.repo());
-    let out = env.ok(&[
-        "getimage",
-        "--golden-client",
-        master.to_str().unwrap(),
-        "--image",
-        "master",
-        "--json",
-    ]);
+    let out = env.getimage(&master, "master", &["--json"]);
     let with = stored(&env.repo()) - before;
     let report = json(&out);
     let e = &report["embedded"][0];
@@ -151,11 +126,12 @@ fn a_master_is_captured_by_reference_and_checks_out_as_a_working_repository() {
     let rebuilt = out_dir.join("var/lib/aurum");
     verify(&env, &rebuilt);
     assert_eq!(listing(&env, &rebuilt), listing(&env, &inner));
-    assert!(at(&env, &rebuilt, &["log", "super/compute"]).contains("stable"));
+    assert!(env
+        .ok_at(&rebuilt, &["log", "super/compute"])
+        .contains("stable"));
     // The rebuilt repository works: it checks out, and it pulls what is new upstream.
     let c = env.path("c");
-    at(
-        &env,
+    env.ok_at(
         &rebuilt,
         &["checkout", "super/compute@2", c.to_str().unwrap()],
     );
@@ -165,7 +141,7 @@ fn a_master_is_captured_by_reference_and_checks_out_as_a_working_repository() {
     );
     fs::write(env.path("gold/etc/motd"), "new\n").unwrap();
     env.getimage(&env.path("gold"), "compute", &[]);
-    let pulled = at(&env, &rebuilt, &["pull", "super", "compute"]);
+    let pulled = env.ok_at(&rebuilt, &["pull", "super", "compute"]);
     assert!(pulled.contains("1 revisions"), "{pulled}");
     verify(&env, &rebuilt);
 }
@@ -178,15 +154,7 @@ fn no_embedded_repos_stores_the_repository_as_files() {
     env.getimage(&master, "master", &[]);
     let by_reference = stored(&env.repo()) - before;
     let before = stored(&env.repo());
-    let out = json(&env.ok(&[
-        "getimage",
-        "--golden-client",
-        master.to_str().unwrap(),
-        "--image",
-        "files",
-        "--no-embedded-repos",
-        "--json",
-    ]));
+    let out = json(&env.getimage(&master, "files", &["--no-embedded-repos", "--json"]));
     let as_files = stored(&env.repo()) - before;
     assert_eq!(out["embedded"], serde_json::json!([]));
     eprintln!(
@@ -206,25 +174,8 @@ fn gc_keeps_the_packs_an_embedded_repository_references() {
     let local = env.path("local");
     os_tree(&local, 3);
     write_random(&local.join("data.bin"), 9, 1_000_000);
-    at(
-        &env,
-        &inner,
-        &[
-            "getimage",
-            "--golden-client",
-            local.to_str().unwrap(),
-            "--image",
-            "site",
-        ],
-    );
-    let out = json(&env.ok(&[
-        "getimage",
-        "--golden-client",
-        master.to_str().unwrap(),
-        "--image",
-        "master",
-        "--json",
-    ]));
+    env.getimage_at(&inner, &local, "site", &[]);
+    let out = json(&env.getimage(&master, "master", &["--json"]));
     assert!(
         out["embedded"][0]["packs_added"].as_u64().unwrap() >= 1,
         "{out}"
@@ -236,8 +187,7 @@ fn gc_keeps_the_packs_an_embedded_repository_references() {
     env.ok(&["checkout", "master", out_dir.to_str().unwrap()]);
     verify(&env, &out_dir.join("var/lib/aurum"));
     let site = env.path("site");
-    at(
-        &env,
+    env.ok_at(
         &out_dir.join("var/lib/aurum"),
         &["checkout", "site", site.to_str().unwrap()],
     );
@@ -247,7 +197,7 @@ fn gc_keeps_the_packs_an_embedded_repository_references() {
     );
     // verify checks what the record names: a manifest only the record holds, gone, is
     // damage.
-    let site_id = json(&at(&env, &inner, &["log", "--json", "site"]))[0]["id"]
+    let site_id = json(&env.ok_at(&inner, &["log", "--json", "site"]))[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -281,31 +231,11 @@ fn a_repository_embedded_in_an_embedded_image_is_rebuilt_at_both_levels() {
     let sub = env.path("sub");
     os_tree(&sub, 4);
     let sub_repo = sub.join("srv/aurum");
-    at(&env, &sub_repo, &["init"]);
+    env.ok_at(&sub_repo, &["init"]);
     let tiny = env.path("tiny");
     os_tree(&tiny, 5);
-    at(
-        &env,
-        &sub_repo,
-        &[
-            "getimage",
-            "--golden-client",
-            tiny.to_str().unwrap(),
-            "--image",
-            "tiny",
-        ],
-    );
-    at(
-        &env,
-        &inner,
-        &[
-            "getimage",
-            "--golden-client",
-            sub.to_str().unwrap(),
-            "--image",
-            "submaster",
-        ],
-    );
+    env.getimage_at(&sub_repo, &tiny, "tiny", &[]);
+    env.getimage_at(&inner, &sub, "submaster", &[]);
     env.getimage(&master, "master", &[]);
 
     let out_dir = env.path("out");
@@ -313,16 +243,12 @@ fn a_repository_embedded_in_an_embedded_image_is_rebuilt_at_both_levels() {
     let level1 = out_dir.join("var/lib/aurum");
     verify(&env, &level1);
     let out2 = env.path("out2");
-    at(
-        &env,
-        &level1,
-        &["checkout", "submaster", out2.to_str().unwrap()],
-    );
+    env.ok_at(&level1, &["checkout", "submaster", out2.to_str().unwrap()]);
     let level2 = out2.join("srv/aurum");
     verify(&env, &level2);
     assert_eq!(listing(&env, &level2), listing(&env, &sub_repo));
     let t = env.path("t");
-    at(&env, &level2, &["checkout", "tiny", t.to_str().unwrap()]);
+    env.ok_at(&level2, &["checkout", "tiny", t.to_str().unwrap()]);
     assert_eq!(
         fs::read(t.join("usr/bin/tool")).unwrap(),
         fs::read(tiny.join("usr/bin/tool")).unwrap()
@@ -361,7 +287,7 @@ fn updateclient_over_http_rebuilds_the_repository_and_brings_it_to_the_next_revi
     // The master pulls a new compute revision; the super master captures it again.
     fs::write(env.path("gold/etc/motd"), "v3\n").unwrap();
     env.getimage(&env.path("gold"), "compute", &[]);
-    at(&env, &inner, &["pull", "super", "compute"]);
+    env.ok_at(&inner, &["pull", "super", "compute"]);
     env.getimage(&master, "master", &[]);
     let r = update("master@2");
     assert_eq!(r["embedded"][0]["revisions"], 3, "{r}");
@@ -413,50 +339,31 @@ fn pulling_a_master_image_brings_the_packs_and_manifests_of_its_repository() {
     // A pack only the master's repository has, taken in at capture.
     let local = env.path("local");
     os_tree(&local, 6);
-    at(
-        &env,
-        &inner,
-        &[
-            "getimage",
-            "--golden-client",
-            local.to_str().unwrap(),
-            "--image",
-            "site",
-        ],
-    );
+    env.getimage_at(&inner, &local, "site", &[]);
     env.getimage(&master, "master", &[]);
     // Another site pulls only the master image: the compute revisions its repository
     // holds come along as packs and manifests, not as revisions of that site.
     let other = env.path("other");
-    at(&env, &other, &["init"]);
-    at(
-        &env,
+    env.ok_at(&other, &["init"]);
+    env.ok_at(
         &other,
         &["pull", "--mirror", env.repo().to_str().unwrap(), "master"],
     );
     verify(&env, &other);
-    let images = at(&env, &other, &["lsimage"]);
+    let images = env.ok_at(&other, &["lsimage"]);
     assert!(
         images.contains("master") && !images.contains("compute"),
         "{images}"
     );
     let out_dir = env.path("out");
-    at(
-        &env,
-        &other,
-        &["checkout", "master", out_dir.to_str().unwrap()],
-    );
+    env.ok_at(&other, &["checkout", "master", out_dir.to_str().unwrap()]);
     let rebuilt = out_dir.join("var/lib/aurum");
     verify(&env, &rebuilt);
     assert_eq!(listing(&env, &rebuilt), listing(&env, &inner));
     // gc there keeps them too.
-    at(&env, &other, &["gc"]);
+    env.ok_at(&other, &["gc"]);
     let again = env.path("again");
-    at(
-        &env,
-        &other,
-        &["checkout", "master", again.to_str().unwrap()],
-    );
+    env.ok_at(&other, &["checkout", "master", again.to_str().unwrap()]);
     verify(&env, &again.join("var/lib/aurum"));
 }
 

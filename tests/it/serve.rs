@@ -12,6 +12,8 @@ use crate::common::{json, write_random, Env};
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// `http://ADDR`, or `https://ADDR` for a server with a certificate.
+    pub url: String,
     /// Body bytes sent so far, from the server's request log.
     pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -49,6 +51,11 @@ impl Server {
             .and_then(|s| s.split_whitespace().next())
             .unwrap_or_else(|| panic!("no address in `{first}`"))
             .to_string();
+        let scheme = first
+            .rsplit_once("://")
+            .and_then(|(before, _)| before.rsplit(|c: char| !c.is_ascii_alphabetic()).next())
+            .unwrap_or("http");
+        let url = format!("{scheme}://{addr}");
         // Keep draining the request log so the server never blocks on a full pipe, adding
         // up the body bytes of each line (`PEER METHOD TARGET STATUS BYTES`).
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -64,7 +71,12 @@ impl Server {
                 }
             }
         });
-        Server { child, addr, sent }
+        Server {
+            child,
+            addr,
+            url,
+            sent,
+        }
     }
 }
 

@@ -30,15 +30,12 @@ fn origin() -> Env {
 fn update(env: &Env, server: &str, root: &str) {
     std::fs::create_dir_all(root).unwrap();
     let out = env
-        .bare(&[
-            "updateclient",
-            "--server",
+        .updateclient(
             &format!("http://{server}"),
-            "--image",
             "img",
-            "--root",
-            root,
-        ])
+            std::path::Path::new(root),
+            &[],
+        )
         .output()
         .unwrap();
     assert!(
@@ -160,17 +157,7 @@ fn a_cache_tier_fetches_each_object_once_and_checks_it() {
         .join(format!("packs/{}/{new_id}.pack", &new_id[..2]))
         .exists());
     let out = origin_env
-        .bare(&[
-            "updateclient",
-            "--server",
-            &format!("http://{}", tier.addr),
-            "--image",
-            "img",
-            "--root",
-            second.to_str().unwrap(),
-            "--http-tries",
-            "1",
-        ])
+        .updateclient(&tier.url, "img", &second, &["--http-tries", "1"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -428,28 +415,8 @@ impl Drop for Squid {
     }
 }
 
-/// A node's update through a forward proxy: `proxy` given as `--proxy URL`, or (`None`) the
-/// environment's http_proxy = `env_proxy`.
-fn update_through(
-    env: &Env,
-    server: &str,
-    root: &std::path::Path,
-    flag: Option<&str>,
-    env_proxy: &str,
-) {
-    std::fs::create_dir_all(root).unwrap();
-    let mut cmd = env.bare(&[
-        "updateclient",
-        "--server",
-        &format!("http://{server}"),
-        "--image",
-        "img",
-        "--root",
-        root.to_str().unwrap(),
-    ]);
-    if let Some(p) = flag {
-        cmd.args(["--proxy", p]);
-    }
+/// `cmd` without the caller's proxy variables (curl's names, both cases).
+fn no_proxy_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
     for v in [
         "http_proxy",
         "HTTP_PROXY",
@@ -462,7 +429,24 @@ fn update_through(
     ] {
         cmd.env_remove(v);
     }
-    cmd.env("http_proxy", env_proxy);
+    cmd
+}
+
+/// A node's update through a forward proxy: `proxy` given as `--proxy URL`, or (`None`) the
+/// environment's http_proxy = `env_proxy`.
+fn update_through(
+    env: &Env,
+    server: &str,
+    root: &std::path::Path,
+    flag: Option<&str>,
+    env_proxy: &str,
+) {
+    std::fs::create_dir_all(root).unwrap();
+    let mut cmd = env.updateclient(&format!("http://{server}"), "img", root, &[]);
+    if let Some(p) = flag {
+        cmd.args(["--proxy", p]);
+    }
+    no_proxy_env(&mut cmd).env("http_proxy", env_proxy);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -575,31 +559,13 @@ fn a_forward_squid_gets_plain_gets_and_caches_them() {
     )
     .unwrap();
     let run = |root: &std::path::Path| {
-        let mut cmd = origin_env.bare(&[
-            "updateclient",
-            "--server",
-            &format!("http://{}", origin.addr),
-            "--image",
+        let mut cmd = origin_env.updateclient(
+            &origin.url,
             "img",
-            "--root",
-            root.to_str().unwrap(),
-            "--http-tries",
-            "1",
-            "--connect-timeout",
-            "2",
-        ]);
-        for v in [
-            "http_proxy",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-            "no_proxy",
-            "NO_PROXY",
-        ] {
-            cmd.env_remove(v);
-        }
-        cmd.output().unwrap()
+            root,
+            &["--http-tries", "1", "--connect-timeout", "2"],
+        );
+        no_proxy_env(&mut cmd).output().unwrap()
     };
     let out = run(&third);
     assert!(!out.status.success(), "an IP is not under a name suffix");
@@ -689,18 +655,12 @@ fn killing_one_of_two_servers_mid_update_the_node_resumes_on_the_other() {
     std::fs::create_dir_all(&root).unwrap();
     let started = std::time::Instant::now();
     let child = env
-        .bare(&[
-            "updateclient",
-            "--server",
+        .updateclient(
             &format!("http://{}", relay.addr),
-            "--server",
-            &format!("http://{}", b.addr),
-            "--image",
             "img",
-            "--root",
-            root.to_str().unwrap(),
-            "--json",
-        ])
+            &root,
+            &["--server", &b.url, "--json"],
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -119,6 +119,19 @@ fn client(ca: &Path) -> ureq::Agent {
         .into()
 }
 
+/// `aurum serve` over TLS with the certificate `cert` and its key.
+fn serve_tls(env: &Env, cert: &Path, key: &Path) -> Server {
+    Server::start_with(
+        env,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+}
+
 fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, String), String> {
     let mut r = agent.get(url).call().map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
@@ -131,8 +144,7 @@ fn a_node_updates_over_https_with_a_private_ca_and_a_wrong_ca_is_refused() {
         return;
     }
     let env = Env::new();
-    let dir = env.path("pki");
-    fs::create_dir_all(&dir).unwrap();
+    let dir = env.empty_dir("pki");
     let ca = make_ca(&dir, "site-ca");
     let other = make_ca(&dir, "other-ca");
     let (cert, key) = make_cert(&dir, "site-ca", "master");
@@ -141,38 +153,27 @@ fn a_node_updates_over_https_with_a_private_ca_and_a_wrong_ca_is_refused() {
     fs::write(golden.join("etc/motd"), "over TLS\n").unwrap();
     crate::common::write_random(&golden.join("usr/lib/big.bin"), 3, 300_000);
     env.getimage(&golden, "img", &[]);
-    let srv = Server::start_with(
-        &env,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
-    let url = format!("https://{}", srv.addr);
+    let srv = serve_tls(&env, &cert, &key);
+    let url = srv.url.clone();
     // Plain HTTP to a TLS port gets nothing served.
     assert!(
         get(&ureq::agent(), &format!("http://{}/FORMAT", srv.addr)).map_or(true, |(s, _)| s != 200)
     );
 
-    let node = env.path("node");
-    fs::create_dir_all(&node).unwrap();
+    let node = env.empty_dir("node");
     env.give_node_token(&node);
     let update = |ca: &Path| {
-        let mut c = env.bare(&[
-            "updateclient",
-            "--server",
+        let mut c = env.updateclient(
             &url,
-            "--image",
             "img",
-            "--root",
-            node.to_str().unwrap(),
-            "--no-default-excludes",
-            "--ca",
-            ca.to_str().unwrap(),
-            "--json",
-        ]);
+            &node,
+            &[
+                "--no-default-excludes",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--json",
+            ],
+        );
         c.env_remove("AURUM_TOKEN");
         let started = std::time::Instant::now();
         let out = c.output().unwrap();
@@ -213,12 +214,7 @@ fn a_node_updates_over_https_with_a_private_ca_and_a_wrong_ca_is_refused() {
         "updateclient"
     );
     // node.toml's `ca` does the same as --ca.
-    fs::create_dir_all(env.config_dir()).unwrap();
-    fs::write(
-        env.config_dir().join("node.toml"),
-        format!("ca = \"{}\"\n", ca.display()),
-    )
-    .unwrap();
+    env.write_config("node.toml", &format!("ca = \"{}\"\n", ca.display()));
     let out = env.run(&[
         "updateclient",
         "--server",
@@ -242,8 +238,7 @@ fn sighup_serves_the_new_certificate_without_dropping_connections() {
         return;
     }
     let env = Env::new();
-    let dir = env.path("pki");
-    fs::create_dir_all(&dir).unwrap();
+    let dir = env.empty_dir("pki");
     let old_ca = make_ca(&dir, "old-ca");
     let new_ca = make_ca(&dir, "new-ca");
     let (cert, key) = make_cert(&dir, "old-ca", "server-old");
@@ -251,16 +246,8 @@ fn sighup_serves_the_new_certificate_without_dropping_connections() {
     let live_key = dir.join("live.key");
     fs::copy(&cert, &live_cert).unwrap();
     fs::copy(&key, &live_key).unwrap();
-    let srv = Server::start_with(
-        &env,
-        &[
-            "--tls-cert",
-            live_cert.to_str().unwrap(),
-            "--tls-key",
-            live_key.to_str().unwrap(),
-        ],
-    );
-    let url = format!("https://{}/FORMAT", srv.addr);
+    let srv = serve_tls(&env, &live_cert, &live_key);
+    let url = format!("{}/FORMAT", srv.url);
     let held = client(&old_ca);
     assert_eq!(get(&held, &url).unwrap().0, 200);
 

@@ -71,6 +71,17 @@ fn every_write_endpoint_refuses_a_missing_or_wrong_token() {
 
     let state = |env: &Env| (nodes(env), env.ok(&["node", "show", "n01"]));
     let before = state(&env);
+    // A write to `path` with `token`: (status, headers, body).
+    let post_as = |token: &str, path: &str, body: &str| {
+        let auth = format!("Bearer {token}");
+        http(
+            &srv.addr,
+            "POST",
+            path,
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        )
+    };
     for (_, path, body) in writes {
         let (st, head, text) = http(&srv.addr, "POST", path, &[], body.as_bytes());
         assert_eq!(st, 401, "{path}: {}", String::from_utf8_lossy(&text));
@@ -81,14 +92,7 @@ fn every_write_endpoint_refuses_a_missing_or_wrong_token() {
             ("another node's", n02.as_str()),
             ("a revoked", gone.as_str()),
         ] {
-            let auth = format!("Bearer {token}");
-            let (st, _, text) = http(
-                &srv.addr,
-                "POST",
-                path,
-                &[("Authorization", &auth)],
-                body.as_bytes(),
-            );
+            let (st, _, text) = post_as(token, path, body);
             assert_eq!(
                 st,
                 403,
@@ -101,46 +105,17 @@ fn every_write_endpoint_refuses_a_missing_or_wrong_token() {
     // The node's own token (derived or made for it) and an admin token are taken.
     for token in [&n01, &spare, &admin] {
         for (_, path, body) in writes {
-            let auth = format!("Bearer {token}");
-            let (st, _, text) = http(
-                &srv.addr,
-                "POST",
-                path,
-                &[("Authorization", &auth)],
-                body.as_bytes(),
-            );
+            let (st, _, text) = post_as(token, path, body);
             assert_eq!(st, 204, "{path}: {}", String::from_utf8_lossy(&text));
         }
     }
     assert_eq!(nodes(&env)[0]["hostname"], "n01");
     // Revoking n01's derived token refuses it from now on; its next one works.
     env.ok(&["token", "revoke", "--node", "n01"]);
-    let auth = format!("Bearer {n01}");
-    assert_eq!(
-        http(
-            &srv.addr,
-            "POST",
-            "/api/v1/reports",
-            &[("Authorization", &auth)],
-            report.as_bytes()
-        )
-        .0,
-        403
-    );
+    assert_eq!(post_as(&n01, "/api/v1/reports", report).0, 403);
     let next = env.ok(&["token", "node", "n01"]).trim().to_string();
     assert_ne!(next, n01);
-    let auth = format!("Bearer {next}");
-    assert_eq!(
-        http(
-            &srv.addr,
-            "POST",
-            "/api/v1/reports",
-            &[("Authorization", &auth)],
-            report.as_bytes()
-        )
-        .0,
-        204
-    );
+    assert_eq!(post_as(&next, "/api/v1/reports", report).0, 204);
     // Reads stay open, and so does the delta API (it changes nothing).
     assert_eq!(http(&srv.addr, "GET", "/api/v1/nodes", &[], b"").0, 200);
     assert_ne!(http(&srv.addr, "POST", "/api/v1/deltas", &[], b"").0, 401);
@@ -214,20 +189,9 @@ fn a_node_reports_with_its_own_token_and_not_with_another() {
     fs::write(src.join("etc/motd"), "hi\n").unwrap();
     env.getimage(&src, "img", &[]);
     let srv = Server::start(&env);
-    let url = format!("http://{}", srv.addr);
-    let node = env.path("node");
-    fs::create_dir_all(&node).unwrap();
+    let node = env.empty_dir("node");
     let update = |env: &Env| {
-        let mut c = env.bare(&[
-            "updateclient",
-            "--server",
-            &url,
-            "--image",
-            "img",
-            "--root",
-            node.to_str().unwrap(),
-            "--no-default-excludes",
-        ]);
+        let mut c = env.updateclient(&srv.url, "img", &node, &["--no-default-excludes"]);
         // The node's own token only, not the administrator's.
         c.env_remove("AURUM_TOKEN");
         let out = c.output().unwrap();

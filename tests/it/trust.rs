@@ -38,6 +38,17 @@ fn generate(env: &Env, name: &str) -> (PathBuf, String) {
     (key, v["public_key"].as_str().unwrap().to_string())
 }
 
+/// The key `admin` ([`generate`]) and `compute@1` captured signed with it.
+fn signed_compute(env: &Env) -> (PathBuf, String) {
+    let (admin, admin_pub) = generate(env, "admin");
+    env.getimage(
+        &tree(env, 1),
+        "compute",
+        &["--sign-key", admin.to_str().unwrap()],
+    );
+    (admin, admin_pub)
+}
+
 /// An ed25519 key made by ssh-keygen, as an administrator already has one.
 fn ssh_keygen(env: &Env, name: &str) -> (PathBuf, String) {
     let key = env.path(name);
@@ -51,22 +62,20 @@ fn ssh_keygen(env: &Env, name: &str) -> (PathBuf, String) {
 
 /// Writes node.toml with these trusted and revoked keys and `extra` lines.
 fn node_toml(env: &Env, trusted: &[&str], revoked: &[&str], extra: &str) {
-    fs::create_dir_all(env.config_dir()).unwrap();
     let list = |keys: &[&str]| {
         keys.iter()
             .map(|k| format!("{k:?}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    fs::write(
-        env.config_dir().join("node.toml"),
-        format!(
+    env.write_config(
+        "node.toml",
+        &format!(
             "trusted-keys = [{}]\nrevoked-keys = [{}]\n{extra}",
             list(trusted),
             list(revoked)
         ),
-    )
-    .unwrap();
+    );
 }
 
 /// Every file under `root` with its content, to show that a refused update changed nothing.
@@ -119,8 +128,7 @@ fn nodes_take_only_revisions_signed_by_a_trusted_key() {
     let (admin, admin_pub) = generate(&env, "admin");
     let (laptop, _) = ssh_keygen(&env, "laptop");
     env.getimage(&tree(&env, 1), "compute", &[]);
-    let node = env.path("node");
-    fs::create_dir_all(&node).unwrap();
+    let node = env.empty_dir("node");
     node_toml(&env, &[&admin_pub], &[], "");
 
     // Unsigned: refused, naming the revision and what to do.
@@ -195,11 +203,7 @@ fn nodes_take_only_revisions_signed_by_a_trusted_key() {
     let signers = v["signatures"].as_array().unwrap();
     assert_eq!(signers.len(), 2, "{v}");
     // With aurum.toml trusting the admin key, that signature is "trusted", the other not.
-    fs::write(
-        env.config_dir().join("aurum.toml"),
-        format!("trusted-keys = [{admin_pub:?}]\n"),
-    )
-    .unwrap();
+    env.write_config("aurum.toml", &format!("trusted-keys = [{admin_pub:?}]\n"));
     let v = json(&env.ok(&["show", "compute@1", "--json"]));
     let standings: Vec<&str> = v["signatures"]
         .as_array()
@@ -223,16 +227,14 @@ fn nodes_take_only_revisions_signed_by_a_trusted_key() {
 #[test]
 fn altered_and_older_revisions_are_refused_over_http() {
     let env = Env::new();
-    let (admin, admin_pub) = generate(&env, "admin");
+    let (admin, admin_pub) = signed_compute(&env);
     let key = admin.to_str().unwrap();
-    env.getimage(&tree(&env, 1), "compute", &["--sign-key", key]);
     env.getimage(&tree(&env, 2), "compute", &["--sign-key", key]);
     // Signed by the trusted key, but of another image.
     env.getimage(&tree(&env, 9), "evil", &["--sign-key", key]);
     let server = Server::start(&env);
-    let url = format!("http://{}", server.addr);
-    let node = env.path("node");
-    fs::create_dir_all(&node).unwrap();
+    let url = server.url.clone();
+    let node = env.empty_dir("node");
     node_toml(&env, &[&admin_pub], &[], "");
     let out = update(&env, &node, &["--server", &url, "--image", "compute"]);
     assert!(out.contains("-> compute@2"), "{out}");
@@ -303,21 +305,24 @@ fn altered_and_older_revisions_are_refused_over_http() {
     let last = bad.len() - 1;
     bad[last] ^= 1;
     fs::write(&mf, &bad).unwrap();
-    let wiped = env.path("wiped");
-    fs::create_dir_all(&wiped).unwrap();
+    let wiped = env.empty_dir("wiped");
+    // An update of an empty root, which must fail (exit 3).
+    let wiped_fails = || {
+        env.fails(
+            &[
+                "updateclient",
+                "--root",
+                wiped.to_str().unwrap(),
+                "--server",
+                &url,
+                "--image",
+                "compute",
+            ],
+            3,
+        )
+    };
     let before = snapshot(&wiped);
-    env.fails(
-        &[
-            "updateclient",
-            "--root",
-            wiped.to_str().unwrap(),
-            "--server",
-            &url,
-            "--image",
-            "compute",
-        ],
-        3,
-    );
+    wiped_fails();
     assert_eq!(snapshot(&wiped), before);
     fs::write(&mf, &original).unwrap();
 
@@ -336,18 +341,7 @@ fn altered_and_older_revisions_are_refused_over_http() {
         data[mid] ^= 0xff;
         fs::write(p, data).unwrap();
     }
-    env.fails(
-        &[
-            "updateclient",
-            "--root",
-            wiped.to_str().unwrap(),
-            "--server",
-            &url,
-            "--image",
-            "compute",
-        ],
-        3,
-    );
+    wiped_fails();
     assert!(!wiped.join("etc/motd").exists());
     for (p, original) in &originals {
         fs::write(p, original).unwrap();
@@ -374,11 +368,9 @@ fn altered_and_older_revisions_are_refused_over_http() {
 #[test]
 fn a_stale_signature_is_refused_until_the_master_signs_again() {
     let env = Env::new();
-    let (admin, admin_pub) = generate(&env, "admin");
+    let (admin, admin_pub) = signed_compute(&env);
     let key = admin.to_str().unwrap();
-    env.getimage(&tree(&env, 1), "compute", &["--sign-key", key]);
-    let node = env.path("node");
-    fs::create_dir_all(&node).unwrap();
+    let node = env.empty_dir("node");
     node_toml(&env, &[&admin_pub], &[], "max-age = \"2s\"\n");
     std::thread::sleep(std::time::Duration::from_secs(3));
     let e = refused(&env, &node, &["--image", "compute"]);
@@ -416,8 +408,7 @@ fn keys_rotate_and_a_revoked_key_no_longer_counts() {
         "compute",
         &["--sign-key", old.to_str().unwrap()],
     );
-    let node = env.path("node");
-    fs::create_dir_all(&node).unwrap();
+    let node = env.empty_dir("node");
     node_toml(&env, &[&old_pub], &[], "");
     update(&env, &node, &["--image", "compute"]);
 
@@ -460,11 +451,10 @@ fn keys_rotate_and_a_revoked_key_no_longer_counts() {
     );
 
     // verify, with aurum.toml trusting the new key and revoking the old one.
-    fs::write(
-        env.config_dir().join("aurum.toml"),
-        format!("trusted-keys = [{new_pub:?}]\nrevoked-keys = [{old_pub:?}]\n"),
-    )
-    .unwrap();
+    env.write_config(
+        "aurum.toml",
+        &format!("trusted-keys = [{new_pub:?}]\nrevoked-keys = [{old_pub:?}]\n"),
+    );
     let v = json(&env.ok(&["verify", "--json"]));
     assert_eq!(v["signatures"]["signed"], 2, "{v}");
     let log = env.ok(&["log", "compute"]);
@@ -493,19 +483,13 @@ fn keys_rotate_and_a_revoked_key_no_longer_counts() {
 #[test]
 fn pull_and_push_carry_signatures_and_a_master_refuses_unsigned_revisions() {
     let master = Env::new();
-    let (admin, admin_pub) = generate(&master, "admin");
+    let (admin, admin_pub) = signed_compute(&master);
     let key = admin.to_str().unwrap();
-    master.getimage(&tree(&master, 1), "compute", &["--sign-key", key]);
     let server = Server::start(&master);
-    let url = format!("http://{}", server.addr);
+    let url = server.url.clone();
 
     let cluster = Env::new();
-    fs::create_dir_all(cluster.config_dir()).unwrap();
-    fs::write(
-        cluster.config_dir().join("aurum.toml"),
-        format!("trusted-keys = [{admin_pub:?}]\n"),
-    )
-    .unwrap();
+    cluster.write_config("aurum.toml", &format!("trusted-keys = [{admin_pub:?}]\n"));
     cluster.ok(&["remote", "add", "super", &url]);
     let out = cluster.ok(&["pull", "super"]);
     assert!(out.contains("1 signatures"), "{out}");
@@ -527,18 +511,12 @@ fn pull_and_push_carry_signatures_and_a_master_refuses_unsigned_revisions() {
 
     // A node of the cluster checks the pulled copy (signed as `compute` at the source).
     let cluster_server = Server::start(&cluster);
-    let node = cluster.path("node");
-    fs::create_dir_all(&node).unwrap();
+    let node = cluster.empty_dir("node");
     node_toml(&cluster, &[&admin_pub], &[], "");
     let out = update(
         &cluster,
         &node,
-        &[
-            "--server",
-            &format!("http://{}", cluster_server.addr),
-            "--image",
-            "super/compute",
-        ],
+        &["--server", &cluster_server.url, "--image", "super/compute"],
     );
     assert!(out.contains("-> super/compute@2"), "{out}");
 

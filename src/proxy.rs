@@ -20,9 +20,13 @@
 //! matches itself and every name under it (`example.com` matches `example.com` and
 //! `www.example.com`, not `notexample.com`), a leading dot changes nothing (`.example.com`
 //! matches `example.com` too), a trailing dot on either side is ignored, case is ignored, and
-//! the URL's port does not matter; an IP address matches itself, and with `/BITS` (CIDR) every
-//! address of its network (`10.0.0.0/8`, `fd00::/8`); IPv6 addresses are written without
-//! brackets.
+//! an entry without a port matches the host at every port; an IP address matches itself, and
+//! with `/BITS` (CIDR) every address of its network (`10.0.0.0/8`, `fd00::/8`); IPv6 addresses
+//! are written without brackets. Beyond curl, as Go's `net/http` and Python's `urllib` take
+//! them: `HOST:PORT` (`[V6]:PORT` for an IPv6 address) matches that host at that port only
+//! (the URL's port, or 80 for `http://` and 443 for `https://` when it names none; curl
+//! compares host names alone, so such an entry never matches there), and `*.example.com` is
+//! the domain `example.com`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -146,18 +150,36 @@ fn percent_decode(s: &str) -> String {
 enum Entry {
     /// `*`
     All,
-    /// A name, lower case, without leading or trailing dots.
-    Name(String),
-    /// An address and the bits of it that count.
-    Net(IpAddr, u8),
+    /// A name, lower case, without leading or trailing dots; with a port, only that port.
+    Name(String, Option<u16>),
+    /// An address and the bits of it that count; with a port, only that port.
+    Net(IpAddr, u8, Option<u16>),
 }
 
 /// The hosts reached without a proxy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NoProxy(Vec<Entry>);
 
+/// `HOST:PORT` or `[V6]:PORT` split; a bare IPv6 address (colons, no brackets) or a name
+/// has no port. `None` when what follows the last colon is not a port.
+fn split_port(e: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(v6) = e.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        return match after.strip_prefix(':') {
+            Some(p) => Some((host, Some(p.parse().ok()?))),
+            None if after.is_empty() => Some((host, None)),
+            None => None,
+        };
+    }
+    match e.rsplit_once(':') {
+        Some((host, p)) if !host.contains(':') => Some((host, Some(p.parse().ok()?))),
+        _ => Some((e, None)),
+    }
+}
+
 impl NoProxy {
-    /// A no_proxy list: entries separated by commas or white space.
+    /// A no_proxy list: entries separated by commas or white space. An entry that cannot
+    /// match anything (`host:notaport`) is left out, as curl leaves it unmatched.
     pub fn parse(list: &str) -> NoProxy {
         let mut entries = Vec::new();
         for e in list.split(|c: char| c == ',' || c.is_whitespace()) {
@@ -169,46 +191,53 @@ impl NoProxy {
                 entries.push(Entry::All);
                 continue;
             }
-            let (addr, bits) = match e.split_once('/') {
-                Some((a, b)) => (a, b.parse::<u8>().ok()),
+            let (e, bits) = match e.split_once('/') {
+                Some((a, b)) => match b.parse::<u8>() {
+                    Ok(b) => (a, Some(b)),
+                    Err(_) => continue,
+                },
                 None => (e, None),
             };
-            if let Ok(ip) = addr
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-            {
+            let Some((host, port)) = split_port(e) else {
+                continue;
+            };
+            if let Ok(ip) = host.parse::<IpAddr>() {
                 let max = if ip.is_ipv4() { 32 } else { 128 };
-                entries.push(Entry::Net(ip, bits.unwrap_or(max).min(max)));
+                entries.push(Entry::Net(ip, bits.unwrap_or(max).min(max), port));
                 continue;
             }
-            let name = e.trim_start_matches('.').trim_end_matches('.');
+            // `*.example.com`, which curl would never match, is written often enough (Go's
+            // and wget's tools take it) to be read as the domain `example.com`.
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let name = name.trim_start_matches('.').trim_end_matches('.');
             if !name.is_empty() {
-                entries.push(Entry::Name(name.to_ascii_lowercase()));
+                entries.push(Entry::Name(name.to_ascii_lowercase(), port));
             }
         }
         NoProxy(entries)
     }
 
-    /// Whether `host` (a URL's host, a name or an address, brackets allowed) is reached
-    /// directly.
-    pub fn matches(&self, host: &str) -> bool {
+    /// Whether `host` (a URL's host, a name or an address, brackets allowed) at `port` (the
+    /// URL's, or its scheme's default) is reached directly.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .trim_end_matches('.')
             .to_ascii_lowercase();
         let ip = host.parse::<IpAddr>().ok();
+        let port_ok = |p: &Option<u16>| p.is_none_or(|p| p == port);
         self.0.iter().any(|e| match (e, ip) {
             (Entry::All, _) => true,
-            (Entry::Net(net, bits), Some(ip)) => in_network(ip, *net, *bits),
+            (Entry::Net(net, bits, p), Some(ip)) => port_ok(p) && in_network(ip, *net, *bits),
             (Entry::Net(..), None) => false,
-            (Entry::Name(name), Some(_)) => *name == host,
-            (Entry::Name(name), None) => {
-                host == *name
-                    || (host.len() > name.len()
-                        && host.ends_with(name.as_str())
-                        && host.as_bytes()[host.len() - name.len() - 1] == b'.')
+            (Entry::Name(name, p), Some(_)) => port_ok(p) && *name == host,
+            (Entry::Name(name, p), None) => {
+                port_ok(p)
+                    && (host == *name
+                        || (host.len() > name.len()
+                            && host.ends_with(name.as_str())
+                            && host.as_bytes()[host.len() - name.len() - 1] == b'.'))
             }
         })
     }
@@ -308,8 +337,9 @@ impl Proxies {
         let https = uri.scheme_str() == Some("https");
         let p = if https { &self.https } else { &self.http };
         let p = p.as_ref()?;
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         match uri.host() {
-            Some(h) if !self.no_proxy.matches(h) => Some(p),
+            Some(h) if !self.no_proxy.matches(h, port) => Some(p),
             _ => None,
         }
     }
@@ -561,7 +591,7 @@ mod tests {
             "foo.org",
             "sub.foo.org",
         ] {
-            assert!(n.matches(host), "{host} should go direct");
+            assert!(n.matches(host, 80), "{host} should go direct");
         }
         for host in [
             "notexample.com",
@@ -572,12 +602,68 @@ mod tests {
             "test",
             "local.test.evil",
         ] {
-            assert!(!n.matches(host), "{host} should go through the proxy");
+            assert!(!n.matches(host, 80), "{host} should go through the proxy");
         }
-        assert!(NoProxy::parse("*").matches("anything"));
-        assert!(!NoProxy::parse("").matches("anything"));
-        assert!(NoProxy::parse("fd00::/8").matches("fd12::1"));
-        assert!(!NoProxy::parse("fd00::/8").matches("fe80::1"));
+        assert!(NoProxy::parse("*").matches("anything", 80));
+        assert!(!NoProxy::parse("").matches("anything", 80));
+        assert!(NoProxy::parse("fd00::/8").matches("fd12::1", 80));
+        assert!(!NoProxy::parse("fd00::/8").matches("fe80::1", 80));
+        // A name without a port matches every port (curl: `local.com` matches `local.com:80`).
+        assert!(n.matches("example.com", 8035));
+    }
+
+    #[test]
+    fn no_proxy_entries_with_a_port_match_that_port_only() {
+        let n = NoProxy::parse(
+            "master:8035, .rack.test:3128,10.2.3.4:8035,192.168.1.5:80,[fd00::1]:8035,*.lab.test",
+        );
+        for (host, port) in [
+            ("master", 8035),
+            ("MASTER.", 8035),
+            ("cache.rack.test", 3128),
+            ("rack.test", 3128),
+            ("10.2.3.4", 8035),
+            ("192.168.1.5", 80),
+            ("[fd00::1]", 8035),
+            ("fd00::1", 8035),
+            ("lab.test", 1),
+            ("n01.lab.test", 8035),
+        ] {
+            assert!(n.matches(host, port), "{host}:{port} should go direct");
+        }
+        for (host, port) in [
+            ("master", 80),
+            ("master", 443),
+            ("cache.rack.test", 80),
+            ("10.2.3.4", 80),
+            ("10.2.3.5", 8035),
+            ("192.168.1.5", 8080),
+            ("fd00::1", 80),
+            ("notlab.test", 8035),
+        ] {
+            assert!(
+                !n.matches(host, port),
+                "{host}:{port} should go through the proxy"
+            );
+        }
+        // An entry whose port is not a number matches nothing, the rest of the list stands.
+        let n = NoProxy::parse("master:http,10.0.0.0/8:8035,cache");
+        assert!(!n.matches("master", 80));
+        assert!(!n.matches("10.1.1.1", 8035));
+        assert!(n.matches("cache", 80));
+        // The port a URL names, or its scheme's default.
+        let p = Proxies {
+            http: Some(ProxyUrl::parse("http://squid:3128").unwrap()),
+            https: Some(ProxyUrl::parse("http://squid:3128").unwrap()),
+            no_proxy: NoProxy::parse("master:8035,bmc:443,web:80"),
+        };
+        let via = |u: &str| p.for_url(u).is_some();
+        assert!(!via("http://master:8035/FORMAT"));
+        assert!(via("http://master/FORMAT"));
+        assert!(!via("https://bmc/redfish/v1"));
+        assert!(via("https://bmc:8443/redfish/v1"));
+        assert!(!via("http://web/"));
+        assert!(!via("http://web:80/"));
     }
 
     #[test]

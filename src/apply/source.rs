@@ -222,8 +222,8 @@ enum Failure {
     /// The server is busy (503 with Retry-After): come back after `after`. Not counted as a
     /// try, up to [`MAX_BUSY`] of waiting in all.
     Busy { why: String, after: Duration },
-    /// This server lacks a file named by its hash (a mirror not yet complete): another
-    /// server may have it; when none has, this is the error.
+    /// This server lacks the file (a mirror not yet complete, or behind the master): another
+    /// server may have it; when none has, the error says so for all of them.
     Missing(Error),
 }
 
@@ -245,15 +245,15 @@ fn retry_after(resp: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
 }
 
 /// Whether a repository path names a file that never changes (named by its hash): one cut
-/// short may be resumed with a Range request, and one a server lacks may be on another.
+/// short may be resumed with a Range request.
 fn immutable(path: &str) -> bool {
     path.starts_with("manifests/") || (path.starts_with("packs/") && path != "packs/list")
 }
 
 /// A repository served over HTTP, by one server or several holding the same repository
 /// (replicas, or caches of one master): each request goes to the server that answered last;
-/// one that fails is retried at once on the next, and a transfer cut short resumes there
-/// from the byte it stopped at. Only after every server failed does the node pause (the
+/// one that fails, or lacks the file (404), is retried at once on the next, and a transfer cut
+/// short resumes there from the byte it stopped at. Only after every server failed does the node pause (the
 /// jittered backoff) before a new round.
 pub struct HttpRepo {
     bases: Vec<String>,
@@ -356,10 +356,18 @@ impl HttpRepo {
         // any request is), so a node whose first server is down starts on the second.
         let format = me.get("FORMAT").map_err(|e| match e {
             Error::NotFound(_) => Error::NotFound(format!(
-                "{} serves no aurum repository (it has no /FORMAT): check the URL; \
-                 `aurum serve` serves the repository at its root, a web server must serve the \
-                 repository's public/ directory",
-                me.base()
+                "{}: check the URL; `aurum serve` serves the repository at its root, a web \
+                 server must serve the repository's public/ directory",
+                match me.bases.len() {
+                    1 => format!(
+                        "{} serves no aurum repository (it has no /FORMAT)",
+                        me.base()
+                    ),
+                    _ => format!(
+                        "none of {} serves an aurum repository (none has /FORMAT)",
+                        me.all_bases()
+                    ),
+                }
             )),
             e => e,
         })?;
@@ -467,16 +475,7 @@ impl HttpRepo {
             match resp.status().as_u16() {
                 206 => {}
                 200 => got.clear(),
-                404 => {
-                    let e = Error::NotFound(format!(
-                        "{} not found on the server",
-                        self.url_at(server, path)
-                    ));
-                    return Err(match resumable && self.bases.len() > 1 {
-                        true => Failure::Missing(e),
-                        false => Failure::Final(e),
-                    });
-                }
+                404 => return Err(self.not_found(server, path)),
                 s => return Err(self.status_failure(server, path, s, retry_after(&resp))),
             }
             self.body_into(&mut resp, path, 1 << 30, &mut got)
@@ -515,11 +514,8 @@ impl HttpRepo {
                 .call()
                 .map_err(transient)?;
             let status = resp.status().as_u16();
-            if status == 404 && self.bases.len() > 1 {
-                return Err(Failure::Missing(Error::NotFound(format!(
-                    "{} not found on the server",
-                    self.url_at(server, path)
-                ))));
+            if status == 404 {
+                return Err(self.not_found(server, path));
             }
             if status >= 500 {
                 return Err(self.status_failure(server, path, status, retry_after(&resp)));
@@ -563,6 +559,21 @@ impl HttpRepo {
             }
             Ok(std::mem::take(&mut *got))
         })
+    }
+
+    /// A 404 for `path` from `server`. With several servers another may have the file: a
+    /// mirror not yet complete, or one that lags behind (no ref yet for an image published
+    /// since its last pull), so the others are asked before the node gives up. With one
+    /// server it is the answer.
+    fn not_found(&self, server: usize, path: &str) -> Failure {
+        let e = Error::NotFound(format!(
+            "{} not found on the server",
+            self.url_at(server, path)
+        ));
+        match self.bases.len() > 1 {
+            true => Failure::Missing(e),
+            false => Failure::Final(e),
+        }
     }
 
     /// An HTTP status that is not an answer: a 5xx may pass (a restarting backend, an
@@ -635,7 +646,10 @@ impl HttpRepo {
                 Err(Failure::Missing(e)) => {
                     missing += 1;
                     if missing >= servers {
-                        return Err(e);
+                        return Err(Error::NotFound(format!(
+                            "{object} not found on any of {}",
+                            self.all_bases()
+                        )));
                     }
                     e.to_string()
                 }
@@ -738,6 +752,10 @@ impl HttpRepo {
     /// A missing ref file means the server has no such image.
     fn no_image(&self, image: &str, e: Error) -> Error {
         match e {
+            Error::NotFound(_) if self.bases.len() > 1 => Error::NotFound(format!(
+                "no image `{image}` on any of {}: `aurum lsimage` on the master lists them; a mirror that lacks an image the master has needs an `aurum pull`",
+                self.all_bases()
+            )),
             Error::NotFound(_) => Error::NotFound(format!(
                 "{} has no image `{image}`: `aurum lsimage` on the server lists them; if it lists `{image}`, its published refs/{image}/head is missing, and `aurum verify --repair` there rebuilds it",
                 self.base()

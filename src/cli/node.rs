@@ -22,8 +22,9 @@ use super::{human_bytes, human_time, print_json, say, Global, HttpArgs, TokenArg
 pub struct SourceArgs {
     /// The image server: `aurum serve`, or any web server or cache holding a copy of the
     /// repository (http://master:8035, http://cache/aurum). Repeatable: several servers of
-    /// the same repository (replicas, caches), tried in order; when one fails mid-update the
-    /// next takes over, resuming a cut transfer where it stopped. Default: $AURUM_SERVER
+    /// the same repository (replicas, caches), tried in order; when one fails mid-update (or
+    /// lacks a file: a stale mirror) the next takes over, resuming a cut transfer where it
+    /// stopped. Default: $AURUM_SERVER
     /// (several separated by commas), else --repo DIR when given, else `server` in node.toml.
     #[arg(long, value_name = "URL")]
     server: Vec<String>,

@@ -706,3 +706,48 @@ fn killing_one_of_two_servers_mid_update_the_node_resumes_on_the_other() {
         "{from_a} + {from_b} bytes moved for {pack_size} bytes of packs: something was fetched twice"
     );
 }
+
+/// A mirror that lacks the image (stale: not pulled since the image was published) answers
+/// 404 for its refs: the node asks the next server and installs from it. When every server
+/// lacks it, the error names them all.
+#[test]
+fn a_server_lacking_the_image_hands_over_to_the_next() {
+    let env = origin();
+    let good = Server::start(&env);
+    let stale_env = Env::new();
+    let stale = Server::start(&stale_env);
+    let stale2_env = Env::new();
+    let stale2 = Server::start(&stale2_env);
+    let root = env.path("node");
+    std::fs::create_dir_all(&root).unwrap();
+    let node = |servers: &[&str]| {
+        let mut args = vec!["updateclient", "--http-tries", "1"];
+        let urls: Vec<String> = servers.iter().map(|s| format!("http://{s}")).collect();
+        for u in &urls {
+            args.extend(["--server", u]);
+        }
+        args.extend(["--image", "img", "--root", root.to_str().unwrap()]);
+        env.bare(&args).output().unwrap()
+    };
+    let out = node(&[&stale.addr, &good.addr]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("refs/img/head not found on the server; trying the next server"),
+        "{err}"
+    );
+    assert_eq!(
+        crate::common::rsync_diff(&root.join("data"), &env.path("golden/data")),
+        ""
+    );
+    let out = node(&[&stale.addr, &stale2.addr]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "no image `img` on any of http://{}, http://{}",
+            stale.addr, stale2.addr
+        )),
+        "{err}"
+    );
+}

@@ -91,6 +91,8 @@ want ldd libc-bin
 want debugfs e2fsprogs
 [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
+# Diskless nodes on a network root (tests/it/diskless.rs): export --netroot runs mkfs.erofs.
+want mkfs.erofs erofs-utils
 # Boot counting (tests/it/grubenv.rs, tests/it/bootcount.rs): grub-editenv is the reference for
 # aurum's environment block writer, grub-script-check checks aurum.cfg, grub-mkimage builds the
 # QEMU node's GRUB for UEFI from grub-efi-amd64-bin's modules, mtools puts it on the ESP.

@@ -327,7 +327,8 @@ pub const FS_APPEND_FL: libc::c_long = 0x20;
 /// where the filesystem keeps no such flags (tmpfs).
 ///
 /// One `statx` answers where the filesystem reports these two flags in its attributes (ext4,
-/// XFS, btrfs, tmpfs); elsewhere the file is opened and asked with `FS_IOC_GETFLAGS`.
+/// XFS, btrfs, tmpfs); elsewhere (and on an overlay whose lower layer reports them) the file
+/// is opened and asked with `FS_IOC_GETFLAGS`.
 pub fn inode_flags_at(dir: BorrowedFd, name: &[u8]) -> Option<libc::c_long> {
     use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
     let st = statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE).ok()?;
@@ -336,7 +337,14 @@ pub fn inode_flags_at(dir: BorrowedFd, name: &[u8]) -> Option<libc::c_long> {
         return None;
     }
     let both = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
-    if st.stx_attributes_mask.contains(both) {
+    // An overlay reports its lower layer's attributes for a file not yet copied up, and EROFS
+    // (the read-only image under a netroot node's overlay) calls every inode immutable, yet
+    // the overlay copies the file up to write it: there, the flags of FS_IOC_GETFLAGS count.
+    let on_overlay =
+        || rustix::fs::fstatfs(dir).is_ok_and(|f| f.f_type == libc::OVERLAYFS_SUPER_MAGIC);
+    if st.stx_attributes_mask.contains(both)
+        && !(st.stx_attributes.intersects(both) && on_overlay())
+    {
         let attrs = st.stx_attributes;
         let mut flags = 0;
         if attrs.contains(StatxAttributes::IMMUTABLE) {

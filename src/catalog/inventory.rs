@@ -50,7 +50,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<NodeEntry> {
     });
     let rootfs = r.get::<_, Option<String>>(16)?.map_or(Ok(RootFs::Disk), |v| {
         RootFs::parse(&v).or_else(|e| {
-            log::warn!("node {name}: {e}; shown as disk: set it with `aurum node set {name} --rootfs disk|memory`");
+            log::warn!("node {name}: {e}; shown as disk: set it with `aurum node set {name} --rootfs disk|memory|netroot`");
             Ok::<_, rusqlite::Error>(RootFs::Disk)
         })
     })?;

@@ -54,6 +54,10 @@ pub enum RootFs {
     /// Diskless: every network boot fetches its revision into a tmpfs and runs from memory
     /// (`aurum boot-memory` in the boot kit); a reboot is an update, or a rollback.
     Memory,
+    /// Diskless on a read-only network root: every network boot fetches the revision's
+    /// exported image (`aurum export --netroot`), mounts it read-only under a tmpfs overlay
+    /// (`aurum boot-netroot` in the boot kit); a reboot is an update, or a rollback.
+    Netroot,
 }
 
 impl RootFs {
@@ -61,15 +65,22 @@ impl RootFs {
         match self {
             RootFs::Disk => "disk",
             RootFs::Memory => "memory",
+            RootFs::Netroot => "netroot",
         }
+    }
+
+    /// Whether the node boots the kit at every boot and runs without a disk of its own.
+    pub fn is_diskless(self) -> bool {
+        self != RootFs::Disk
     }
 
     pub fn parse(s: &str) -> Result<RootFs> {
         match s {
             "disk" => Ok(RootFs::Disk),
             "memory" => Ok(RootFs::Memory),
+            "netroot" => Ok(RootFs::Netroot),
             _ => Err(invalid(format!(
-                "`{s}` is not a root filesystem: disk (installed) or memory (diskless, in RAM)"
+                "`{s}` is not a root filesystem: disk (installed), memory (diskless, in RAM) or netroot (diskless, a read-only network root under a tmpfs overlay)"
             ))),
         }
     }
@@ -239,7 +250,7 @@ const CSV_COLUMNS: [&str; 12] = [
 
 /// Parses the CSV of `aurum node import`: a header line naming the columns (name,mac,ip,
 /// class,image,group and optionally bmc, bmc_protocol, bmc_user, bmc_password_file and
-/// bmc_ca_file, and rootfs (disk or memory), in any order; the two files as absolute paths), then one node a line. Empty fields
+/// bmc_ca_file, and rootfs (disk, memory or netroot), in any order; the two files as absolute paths), then one node a line. Empty fields
 /// are unset; blank lines and lines starting with `#` are skipped. Quoting is not supported
 /// (no field of a node needs a comma).
 pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {

@@ -461,6 +461,113 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Boot a diskless node from a read-only network root, for the boot kit to switch root into.
+///
+/// Run by the boot kit's /init on a node whose root is `netroot` in the node database (`aurum
+/// node set NODE --rootfs netroot`). Asks the server who this node is by its MAC, reads the
+/// record of its revision's image (published on the server with `aurum export REV --netroot`),
+/// mounts a tmpfs at --rw sized to the image plus --headroom, fetches the image into it whole
+/// (resuming a broken transfer; size and BLAKE3 hash checked), mounts it read-only and an
+/// overlay at --root whose writes go to the tmpfs. It records the revision in the node state
+/// and lays the node's override images (`override`, `override.GROUP`, `override.NODE`) over it
+/// with the updateclient engine, so node-status, health and `updateclient --verify-local`
+/// work on the running node; then writes the node's identity as boot-memory does, mounts the
+/// persistent filesystems its root lists in /etc/aurum/persist.fstab (fstab form, from an
+/// override image; `nofail` ones may be absent) and reports each phase to the server. Everything stays mounted; /init moves --rw into the new root
+/// (the kit uses /run) and runs `switch_root`. On failure nothing stays mounted.
+#[derive(Args)]
+pub struct BootNetrootArgs {
+    /// The image server (`aurum serve`, or a cache tier of it), as the kit's command line
+    /// names it (aurum.server=).
+    #[arg(long, value_name = "URL")]
+    server: String,
+    #[command(flatten)]
+    http: super::HttpArgs,
+    #[command(flatten)]
+    token: super::TokenArgs,
+    /// The MAC of the interface that booted: the server says which node this is.
+    #[arg(long, value_name = "MAC", required_unless_present = "image")]
+    mac: Option<String>,
+    /// Boot this revision instead of asking the server (IMAGE, IMAGE@N, IMAGE:TAG); needs
+    /// --node.
+    #[arg(long, value_name = "REV", requires = "node")]
+    image: Option<String>,
+    /// The node's name (its hostname, and its override image override.NODE).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// The node's group (its override image override.GROUP); default: the database's.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// Where to mount the overlay, the node's new root (created if missing).
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Where to mount the tmpfs that holds the image and the node's writes (the kit: /run,
+    /// which it moves into the new root).
+    #[arg(long, value_name = "DIR")]
+    rw: PathBuf,
+    /// The tmpfs size in MiB; default: the image's size plus --headroom.
+    #[arg(long, value_name = "MIB")]
+    size: Option<u64>,
+    /// Room the running node may write (logs, /var, /tmp when not its own tmpfs), in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    headroom: u64,
+    /// Do not send the phases to the server.
+    #[arg(long)]
+    no_report: bool,
+    /// Print the report as JSON at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn boot_netroot(g: &Global, a: BootNetrootArgs) -> anyhow::Result<()> {
+    use aurum::netboot::{memory, netroot};
+    let opts = memory::MemoryOptions {
+        server: a.server.clone(),
+        http: a
+            .http
+            .options(Some(&g.config.node), a.token.token(g, None)?)?,
+        mac: a.mac,
+        node: a.node.clone(),
+        image: a.image,
+        group: a.group,
+        root: a.root,
+        size: a.size.map(|m| m << 20),
+        headroom: a.headroom << 20,
+        policy: super::trust::node_policy(g, false)?,
+    };
+    let terminal = Terminal {
+        no_progress: g.no_progress,
+    };
+    let me = memory::ask_identity(&opts)?;
+    let r = if a.no_report {
+        netroot::boot_netroot(&opts, &a.rw, &me, &terminal)?
+    } else {
+        let sink = report::PhaseSink::new(&a.server, &opts.http)?;
+        let to_server = ServerReporter::new(&terminal, sink, &me.node);
+        netroot::boot_netroot(&opts, &a.rw, &me, &to_server)?
+    };
+    for w in &r.warnings {
+        super::warning(w);
+    }
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "{} booted from a network root as {}: image {}, {} used of a {} tmpfs, {} fetched, {:.1} s",
+        r.revision,
+        r.node,
+        human_bytes(r.image_bytes),
+        human_bytes(r.tmpfs_used),
+        human_bytes(r.tmpfs_size),
+        human_bytes(r.fetched_bytes),
+        r.seconds
+    );
+    for p in &r.persist {
+        println!("persistent filesystem mounted on {p}");
+    }
+    Ok(())
+}
+
 /// Send one install phase to the server (the boot kit's /init, when aurum install itself
 /// could not report: it crashed, or the tools it needs are missing).
 #[derive(Args)]

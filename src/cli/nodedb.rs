@@ -17,7 +17,8 @@ use super::{human_time, open, print_json, Global};
 /// (address, protocol, user, password file: for `aurum power` and `aurum reinstall`). Names,
 /// MACs and IPs are unique. Each node also has a boot mode, `install` or
 /// `local`, switched by `aurum pxe netboot` and by a successful install, and a root: `disk`
-/// (installed) or `memory` (diskless: every network boot lays its image into RAM).
+/// (installed), `memory` (diskless: every network boot lays its image into RAM) or `netroot`
+/// (diskless: every network boot mounts its image read-only, with a tmpfs for writes).
 #[derive(Args)]
 pub struct NodeArgs {
     #[command(subcommand)]
@@ -69,10 +70,12 @@ struct Fields {
     /// certificate, trusted for this BMC instead of the usual public roots.
     #[arg(long, value_name = "FILE")]
     bmc_ca_file: Option<String>,
-    /// Where its root lives: disk (installed by `aurum install`, the default) or memory
+    /// Where its root lives: disk (installed by `aurum install`, the default), memory
     /// (diskless: every network boot fetches its image from the server into a tmpfs and runs
-    /// from RAM; rebooting it is how it updates, and how it rolls back).
-    #[arg(long, value_name = "WHERE", value_parser = ["disk", "memory"])]
+    /// from RAM; rebooting it is how it updates, and how it rolls back) or netroot (diskless:
+    /// every network boot mounts its revision's image, published with `aurum export
+    /// --netroot`, read-only under a tmpfs overlay).
+    #[arg(long, value_name = "WHERE", value_parser = ["disk", "memory", "netroot"])]
     rootfs: Option<String>,
 }
 
@@ -226,7 +229,7 @@ struct RmArgs {
 ///
 /// The first line names the columns, in any order: name,mac,ip,class,image,group (and
 /// optionally bmc, bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file: the files as
-/// absolute paths; and rootfs: disk or memory); name and mac are required, empty fields are unset, lines starting with
+/// absolute paths; and rootfs: disk, memory or netroot); name and mac are required, empty fields are unset, lines starting with
 /// `#` are skipped. One bad line (or a duplicate name, MAC or IP) and nothing is added.
 #[derive(Args)]
 struct ImportArgs {
@@ -263,6 +266,8 @@ fn add(g: &Global, a: AddArgs) -> anyhow::Result<()> {
         n.mac,
         match n.rootfs {
             RootFs::Memory => "diskless: every network boot runs its image in memory",
+            RootFs::Netroot =>
+                "diskless: every network boot mounts its image read-only from the server",
             RootFs::Disk => "next network boot installs",
         }
     );
@@ -293,6 +298,7 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<()> {
             n.group.as_deref().unwrap_or("-"),
             match n.rootfs {
                 RootFs::Memory => "memory",
+                RootFs::Netroot => "netroot",
                 RootFs::Disk => n.boot.as_str(),
             },
             bmc_summary(&n),
@@ -347,6 +353,7 @@ fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
         "boot      {}",
         match (n.rootfs, n.boot) {
             (RootFs::Memory, _) => "memory (diskless: every network boot runs its image from RAM)",
+            (RootFs::Netroot, _) => "netroot (diskless: every network boot mounts its image read-only, writes go to RAM)",
             (_, Boot::Install) => "install (the next network boot installs it)",
             (_, Boot::Local) => "local (network boots go on to the local disk)",
         }

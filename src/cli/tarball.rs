@@ -1,4 +1,7 @@
 //! `export` and `import` subcommands.
+//!
+//! `export` writes a tar archive, or a read-only filesystem image for diskless nodes on a
+//! network root (`--netroot`, or `-o FILE.erofs`: [`aurum::netboot::netroot`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,23 +11,76 @@ use clap::Args;
 
 use super::{human_bytes, open, Global};
 
-/// Write a revision as a tar archive, compressed as FILE's ending says.
+/// Write a revision as a tar archive, or as a read-only EROFS image for diskless nodes.
 ///
-/// GNU tar with pax headers for xattrs, POSIX ACLs and nanosecond mtimes, as `tar --xattrs
+/// A tar archive is compressed as FILE's ending says. GNU tar with pax headers for xattrs, POSIX ACLs and nanosecond mtimes, as `tar --xattrs
 /// --acls` reads them. Sparse files keep their holes (GNU sparse entries). Sockets have no tar
 /// form and are left out with a warning.
+///
+/// With --netroot the revision is published for diskless nodes whose root is `netroot` (`aurum
+/// node set NODE --rootfs netroot`): it is checked out (every blob verified; run as root to
+/// keep owners and devices) and `mkfs.erofs` (Debian: erofs-utils) makes an LZ4HC-compressed
+/// EROFS image of it, which keeps owners, modes, nanosecond mtimes, xattrs and hardlinks, at
+/// public/netroot/ID.erofs, with a record of its size and BLAKE3 hash beside it. `aurum serve`
+/// serves it; a node boots it read-only with a tmpfs overlay for its writes, and lays its
+/// overrides over it at boot. Export every revision netroot nodes are to boot. `-o FILE.erofs`
+/// writes such an image elsewhere, without publishing it.
 #[derive(Args)]
 pub struct ExportArgs {
     /// The revision.
     rev: String,
-    /// The archive to write: FILE.tar (plain), FILE.tar.gz or FILE.tgz (gzip), FILE.tar.zst or
-    /// FILE.tzst (zstd), or `-` for standard output (plain).
-    #[arg(short, long, value_name = "FILE")]
-    output: PathBuf,
+    /// The file to write: FILE.tar (plain), FILE.tar.gz or FILE.tgz (gzip), FILE.tar.zst or
+    /// FILE.tzst (zstd), `-` for standard output (plain tar), or FILE.erofs (an EROFS image).
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present = "netroot",
+        conflicts_with = "netroot"
+    )]
+    output: Option<PathBuf>,
+    /// Publish the revision as an EROFS image for netroot nodes, in the repository's
+    /// public/netroot/, where `aurum serve` serves it.
+    #[arg(long)]
+    netroot: bool,
     /// Print JSON: the revision ({"revision", "image", "number", "id"}), "output", "bytes"
-    /// and "warnings" (not with `-o -`).
+    /// and "warnings" (not with `-o -`); for an image also "blake3", "entries",
+    /// "tree_bytes" and "seconds".
     #[arg(long)]
     json: bool,
+}
+
+/// `export --netroot` and `export -o FILE.erofs`.
+fn export_image(g: &Global, a: &ExportArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    let rev = repo.resolve(&a.rev)?;
+    let progress = g.progress();
+    let r = aurum::netboot::netroot::export(&repo, &rev, a.output.as_deref(), progress.as_ref())?;
+    if a.json {
+        let mut v = super::revision_json(&rev);
+        v["output"] = r.output.display().to_string().into();
+        v["bytes"] = r.info.bytes.into();
+        v["blake3"] = r.info.blake3.clone().into();
+        v["entries"] = r.info.entries.into();
+        v["tree_bytes"] = r.info.tree_bytes.into();
+        v["seconds"] = r.seconds.into();
+        v["warnings"] = serde_json::json!(r.warnings);
+        return super::print_json(&v);
+    }
+    for w in &r.warnings {
+        super::warning(w);
+    }
+    super::say!(
+        "{} {} -> {} ({}, {} entries, {} of files, {:.1} s)",
+        rev.name(),
+        rev.id.short(),
+        r.output.display(),
+        human_bytes(r.info.bytes),
+        r.info.entries,
+        human_bytes(r.info.tree_bytes),
+        r.seconds
+    );
+    Ok(())
 }
 
 /// How an archive named FILE is compressed, from its ending.
@@ -50,7 +106,7 @@ impl Compression {
             .map(|&(_, c)| c)
             .ok_or_else(|| {
                 aurum::Error::Invalid(format!(
-                    "cannot tell how to write `{name}`: name the archive FILE.tar, FILE.tar.gz, FILE.tgz, FILE.tar.zst or FILE.tzst, or give `-o -` for a plain tar on standard output"
+                    "cannot tell how to write `{name}`: name the archive FILE.tar, FILE.tar.gz, FILE.tgz, FILE.tar.zst or FILE.tzst, FILE.erofs for an EROFS image, or give `-o -` for a plain tar on standard output"
                 ))
                 .into()
             })
@@ -58,7 +114,17 @@ impl Compression {
 }
 
 pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
-    let name = a.output.to_string_lossy().into_owned();
+    let image = a
+        .output
+        .as_ref()
+        .is_some_and(|o| o.extension().is_some_and(|e| e == "erofs"));
+    if a.netroot || image {
+        return export_image(g, &a);
+    }
+    let Some(output) = a.output else {
+        return Err(aurum::Error::Invalid("give -o FILE or --netroot".into()).into());
+    };
+    let name = output.to_string_lossy().into_owned();
     if a.json && name == "-" {
         return Err(aurum::Error::Invalid(
             "--json with `-o -`: standard output carries the archive; give -o FILE".into(),
@@ -76,8 +142,8 @@ pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
     let warnings = if name == "-" {
         aurum::tarball::export(&repo, &manifest, std::io::stdout().lock())?
     } else {
-        write_archive(&repo, &manifest, &a.output, compression)
-            .with_context(|| a.output.display().to_string())?
+        write_archive(&repo, &manifest, &output, compression)
+            .with_context(|| output.display().to_string())?
     };
     if !a.json {
         for w in &warnings {
@@ -85,10 +151,10 @@ pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
         }
     }
     if name != "-" {
-        let size = std::fs::metadata(&a.output)?.len();
+        let size = std::fs::metadata(&output)?.len();
         if a.json {
             let mut v = super::revision_json(&rev);
-            v["output"] = a.output.display().to_string().into();
+            v["output"] = output.display().to_string().into();
             v["bytes"] = size.into();
             v["warnings"] = serde_json::json!(warnings);
             return super::print_json(&v);
@@ -97,7 +163,7 @@ pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
             "{} {} -> {} ({})",
             rev.name(),
             rev.id.short(),
-            a.output.display(),
+            output.display(),
             human_bytes(size)
         );
     }

@@ -78,6 +78,7 @@ pub mod delta;
 pub mod embedded;
 pub mod grubenv;
 pub mod manifest;
+pub mod netroot;
 pub mod node;
 pub mod pack;
 pub mod refs;

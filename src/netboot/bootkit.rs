@@ -14,7 +14,10 @@
 //! certificate must be signed by, in the kit's `/etc/aurum/node.toml`, which every aurum
 //! command of the kit reads. With
 //! `aurum.rootfs=memory` (a diskless node) it runs `aurum boot-memory` instead and switches
-//! root into the tmpfs that laid the revision in ([`super::memory`]).
+//! root into the tmpfs that laid the revision in ([`super::memory`]); with
+//! `aurum.rootfs=netroot` it runs `aurum boot-netroot`, which mounts the revision's image
+//! read-only under an overlay whose writes go to a tmpfs on `/run` ([`super::netroot`]), moves
+//! `/run` into the new root and switches root into the overlay.
 //!
 //! The archive is written here (cpio "newc", gzip) rather than with cpio(1): we need entries
 //! the build cannot create as an unprivileged file (the `/dev/console` node the kernel opens
@@ -60,6 +63,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "vfat",
     "nls_cp437",
     "nls_ascii",
+    // A netroot node's image (a loop device), its filesystem and the overlay over it.
+    "loop",
+    "erofs",
+    "overlay",
 ];
 
 /// Programs `aurum install` runs that busybox lacks or does differently (util-linux's blkid
@@ -544,11 +551,12 @@ exit 0
 /// The initramfs's /init.
 const INIT: &str = r#"#!/bin/sh
 # aurum boot kit: install this node from aurum serve, then reboot or power off; or, with
-# aurum.rootfs=memory, boot its revision into memory (diskless) and switch root into it.
+# aurum.rootfs=memory, boot its revision into memory (diskless) and switch root into it; with
+# aurum.rootfs=netroot, mount its revision's image read-only under a tmpfs overlay.
 # Kernel command line: aurum.server=URL aurum.node=NAME aurum.image=REF [aurum.class=CLASS]
 # [aurum.group=GROUP] [aurum.disk=DEV|auto] [aurum.done=reboot|poweroff|shell]
 # [aurum.token=TOKEN] (the node's token for its phase reports; aurum serve's boot script has it)
-# Diskless: aurum.server=URL aurum.rootfs=memory [init=PATH]
+# Diskless: aurum.server=URL aurum.rootfs=memory|netroot [init=PATH]
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t proc proc /proc
@@ -594,15 +602,25 @@ for try in 1 2 3 4 5; do
 done
 [ -n "$up" ] || rescue "no DHCP answer on any interface"
 
-if [ "$ROOTFS" = memory ]; then
-    # Diskless: the server says which revision this MAC boots; it goes into a tmpfs.
+if [ "$ROOTFS" = memory ] || [ "$ROOTFS" = netroot ]; then
+    # Diskless: the server says which revision this MAC boots; it goes into a tmpfs
+    # (memory), or its image is mounted read-only under an overlay whose writes go to a
+    # tmpfs on /run (netroot).
     [ -n "$SERVER" ] || rescue "aurum.server= must be on the kernel command line"
     MAC=$(cat "/sys/class/net/$up/address")
-    say "booting into memory from $SERVER as $MAC"
     mkdir -p /newroot
-    ( aurum --no-progress boot-memory --server "$SERVER" --mac "$MAC" --root /newroot; \
+    if [ "$ROOTFS" = memory ]; then
+        say "booting into memory from $SERVER as $MAC"
+        set -- boot-memory --root /newroot
+        WHERE="the tmpfs"
+    else
+        say "booting from a network root from $SERVER as $MAC"
+        set -- boot-netroot --root /newroot --rw /run
+        WHERE="the overlay"
+    fi
+    ( aurum --no-progress "$@" --server "$SERVER" --mac "$MAC"; \
       echo $? > /tmp/rc ) 2>&1 | tee /tmp/install.log
-    [ "$(cat /tmp/rc 2>/dev/null)" = 0 ] || rescue "boot into memory failed"
+    [ "$(cat /tmp/rc 2>/dev/null)" = 0 ] || rescue "boot ($ROOTFS) failed"
     # Name resolution as the lease gave it, unless the image brings its own.
     [ -s /newroot/etc/resolv.conf ] || cp /etc/resolv.conf /newroot/etc/resolv.conf 2>/dev/null
     # init= of the command line, else the image's /sbin/init, else systemd itself (Debian
@@ -614,7 +632,9 @@ if [ "$ROOTFS" = memory ]; then
     done
     [ -n "$INIT" ] || rescue "the image has no /sbin/init nor systemd: give init=PATH"
     for d in dev proc sys; do mkdir -p "/newroot/$d"; mount --move "/$d" "/newroot/$d"; done
-    say "switching root to the tmpfs: $INIT"
+    # The netroot tmpfs (image, overlay layers) goes along; systemd keeps a mounted /run.
+    if [ "$ROOTFS" = netroot ]; then mkdir -p /newroot/run; mount --move /run /newroot/run; fi
+    say "switching root to $WHERE: $INIT"
     exec switch_root /newroot "$INIT"
 fi
 [ -n "$SERVER" ] && [ -n "$IMAGE" ] \

@@ -36,7 +36,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::overrides;
-use crate::apply::source::{HttpOptions, HttpRepo, RevisionSource};
+use crate::apply::source::{HttpOptions, HttpRepo, RevisionSource, Target};
 use crate::apply::verified::{Policy, Verified};
 use crate::catalog::nodes::{normalise_mac, RootFs};
 use crate::catalog::Catalog;
@@ -164,7 +164,7 @@ pub fn tmpfs_size(pages: u64, size: Option<u64>, headroom: u64) -> Result<u64> {
 }
 
 /// `MemTotal` of /proc/meminfo, in bytes.
-fn mem_total() -> Option<u64> {
+pub(crate) fn mem_total() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -247,6 +247,41 @@ fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
     std::fs::write(&p, text).at(&p)
 }
 
+/// Writes the node's identity into its new root: `/etc/hostname`, `/etc/machine-id`
+/// ([`machine_id`]), `/etc/fstab` without the golden client's disks ([`diskless_fstab`]),
+/// `/etc/aurum/node.toml` naming `server` when the image has none, and the node's `token` for
+/// its own reports. Shared by the boots into memory and from a network root.
+pub(crate) fn write_identity(
+    root: &Path,
+    me: &BootIdentity,
+    server: &str,
+    token: Option<&str>,
+) -> Result<()> {
+    write(root, "etc/hostname", &format!("{}\n", me.node))?;
+    write(
+        root,
+        "etc/machine-id",
+        &format!("{}\n", machine_id(&me.node)),
+    )?;
+    if let Ok(fstab) = std::fs::read_to_string(root.join("etc/fstab")) {
+        write(root, "etc/fstab", &diskless_fstab(&fstab))?;
+    }
+    if !root.join("etc/aurum/node.toml").exists() {
+        write(
+            root,
+            "etc/aurum/node.toml",
+            &format!(
+                "# Written at boot by aurum: this diskless node's image server.\nserver = \"{server}\"\n"
+            ),
+        )?;
+    }
+    // The node's token (the kit's aurum.token=), for the running node's own reports.
+    if let Some(t) = token {
+        crate::install::write_token(root, t)?;
+    }
+    Ok(())
+}
+
 /// Who this node is, asked of the server by MAC (or taken from the options).
 pub fn ask_identity(o: &MemoryOptions) -> Result<BootIdentity> {
     who(o, &HttpRepo::new(&o.server, None, &o.http)?)
@@ -261,14 +296,8 @@ pub fn boot_memory(
     reporter: &dyn Reporter,
 ) -> Result<MemoryReport> {
     let started = Instant::now();
-    let r = HttpRepo::new(&o.server, None, &o.http).and_then(|http| {
-        // A diskless node runs nothing before this boot: nothing to roll back from.
-        let source: Box<dyn RevisionSource> = match o.policy.keys.is_empty() {
-            true => Box::new(http),
-            false => Box::new(Verified::new(Box::new(http), o.policy.clone(), None)),
-        };
-        boot_inner(o, source.as_ref(), me, reporter, started)
-    });
+    let r = HttpRepo::new(&o.server, None, &o.http)
+        .and_then(|http| boot_inner(o, checked(o, http).as_ref(), me, reporter, started));
     match &r {
         Ok(rep) => reporter.report(Phase::Done(format!(
             "{} in memory: {} MiB in a {} MiB tmpfs, {} MiB fetched, {:.1} s",
@@ -283,6 +312,34 @@ pub fn boot_memory(
     r
 }
 
+/// The server as a source of revisions, checking signatures when the node trusts keys. A
+/// diskless node runs nothing before this boot: nothing to roll back from.
+pub(crate) fn checked(o: &MemoryOptions, http: HttpRepo) -> Box<dyn RevisionSource> {
+    match o.policy.keys.is_empty() {
+        true => Box::new(http),
+        false => Box::new(Verified::new(Box::new(http), o.policy.clone(), None)),
+    }
+}
+
+/// The revision the server named (IMAGE@N: the reference may move while we boot), checked
+/// against the id the identity gave.
+pub(crate) fn resolve_target(
+    source: &dyn RevisionSource,
+    me: &BootIdentity,
+    server: &str,
+) -> Result<Target> {
+    let target = source.resolve(&me.revision)?;
+    if !me.id.is_empty() && target.id.hex() != me.id {
+        return Err(Error::Remote(format!(
+            "{} is {} here but the node database's server said {}: is {server} a cache of another repository?",
+            me.revision,
+            target.id.hex(),
+            me.id,
+        )));
+    }
+    Ok(target)
+}
+
 fn boot_inner(
     o: &MemoryOptions,
     http: &dyn RevisionSource,
@@ -290,17 +347,7 @@ fn boot_inner(
     reporter: &dyn Reporter,
     started: Instant,
 ) -> Result<MemoryReport> {
-    // The revision the server named (IMAGE@N: the reference may move while we boot).
-    let target = http.resolve(&me.revision)?;
-    if !me.id.is_empty() && target.id.hex() != me.id {
-        return Err(Error::Remote(format!(
-            "{} is {} here but the node database's server said {}: is {} a cache of another repository?",
-            me.revision,
-            target.id.hex(),
-            me.id,
-            o.server
-        )));
-    }
+    let target = resolve_target(http, me, &o.server)?;
     reporter.report(Phase::Revision(target.name()));
     let image_manifest = http.manifest(&target.id)?;
     let follow = overrides::names(me.group.as_deref(), &me.node);
@@ -330,30 +377,7 @@ fn boot_inner(
     for rev in &laid {
         reporter.report(Phase::Overrides(rev.clone()));
     }
-    write(&o.root, "etc/hostname", &format!("{}\n", me.node))?;
-    write(
-        &o.root,
-        "etc/machine-id",
-        &format!("{}\n", machine_id(&me.node)),
-    )?;
-    if let Ok(fstab) = std::fs::read_to_string(o.root.join("etc/fstab")) {
-        write(&o.root, "etc/fstab", &diskless_fstab(&fstab))?;
-    }
-    let node_toml = o.root.join("etc/aurum/node.toml");
-    if !node_toml.exists() {
-        write(
-            &o.root,
-            "etc/aurum/node.toml",
-            &format!(
-                "# Written at boot by aurum boot-memory: this diskless node's image server.\nserver = \"{}\"\n",
-                o.server
-            ),
-        )?;
-    }
-    // The node's token (the kit's aurum.token=), for the running node's own reports.
-    if let Some(t) = &o.http.token {
-        crate::install::write_token(&o.root, t)?;
-    }
+    write_identity(&o.root, me, &o.server, o.http.token.as_deref())?;
     let st = nix::sys::statvfs::statvfs(&o.root).map_err(|e| Error::Io {
         path: o.root.clone(),
         source: e.into(),

@@ -211,7 +211,7 @@ pub fn dhcpd_config(nodes: &[NodeEntry], o: &DhcpOptions) -> Result<String> {
 /// arguments.
 pub fn ipxe_script(n: &NodeEntry, server: &str, append: &str) -> String {
     let server = server.trim_end_matches('/');
-    if n.rootfs == RootFs::Memory {
+    if n.rootfs.is_diskless() {
         return match &n.image {
             None => format!(
                 "#!ipxe\n\
@@ -222,12 +222,13 @@ pub fn ipxe_script(n: &NodeEntry, server: &str, append: &str) -> String {
             ),
             Some(image) => format!(
                 "#!ipxe\n\
-                 # aurum: {name} is diskless: it boots {image} into memory.\n\
-                 echo aurum: {name} boots {image} into memory from {server}\n\
+                 # aurum: {name} is diskless: it boots {image} {how}.\n\
+                 echo aurum: {name} boots {image} {how} from {server}\n\
                  kernel {server}/boot/kit/{KIT_KERNEL} initrd={KIT_INITRD} {args}\n\
                  initrd {server}/boot/kit/{KIT_INITRD}\n\
                  boot\n",
                 name = n.name,
+                how = diskless_how(n.rootfs),
                 args = memory_args(n, server, append),
             ),
         };
@@ -290,7 +291,7 @@ pub fn install_args(n: &NodeEntry, server: &str, append: &str) -> String {
 }
 
 /// The kernel command line of a diskless boot: the kit's arguments, the server and
-/// `aurum.rootfs=memory`. The node's name, revision and group are not on it: the kit asks the
+/// `aurum.rootfs=memory` or `aurum.rootfs=netroot`. The node's name, revision and group are not on it: the kit asks the
 /// server by MAC at boot (`/api/v1/boot/MAC`), so the node database decides at that moment.
 /// `aurum.done=` of the kit's arguments is for installs and is left out.
 pub fn memory_args(n: &NodeEntry, server: &str, append: &str) -> String {
@@ -307,14 +308,24 @@ pub fn memory_args(n: &NodeEntry, server: &str, append: &str) -> String {
     a.join(" ")
 }
 
+/// How a diskless node boots, for the comments and messages of its boot files.
+fn diskless_how(r: RootFs) -> &'static str {
+    match r {
+        RootFs::Netroot => "from a read-only network root",
+        _ => "into memory",
+    }
+}
+
 /// The pxelinux configuration of node `n` (`pxelinux.cfg/01-<mac>`).
 fn pxelinux_config(n: &NodeEntry, server: &str, append: &str) -> String {
-    if n.rootfs == RootFs::Memory {
+    if n.rootfs.is_diskless() {
         return format!(
-            "# aurum: {} is diskless: it boots {} into memory.\nDEFAULT memory\nLABEL memory\n  KERNEL aurum/{KIT_KERNEL}\n  INITRD aurum/{KIT_INITRD}\n  APPEND {}\n",
+            "# aurum: {} is diskless: it boots {} {}.\nDEFAULT {label}\nLABEL {label}\n  KERNEL aurum/{KIT_KERNEL}\n  INITRD aurum/{KIT_INITRD}\n  APPEND {}\n",
             n.name,
             n.image.as_deref().unwrap_or("(no image!)"),
-            memory_args(n, server, append)
+            diskless_how(n.rootfs),
+            memory_args(n, server, append),
+            label = n.rootfs.as_str(),
         );
     }
     match n.boot {
@@ -512,6 +523,10 @@ mod tests {
             p.contains("APPEND aurum.server=http://10.0.0.1:8035 aurum.rootfs=memory"),
             "{p}"
         );
+        n.rootfs = RootFs::Netroot;
+        let s = ipxe_script(&n, "http://10.0.0.1:8035", "");
+        assert!(s.contains("aurum.rootfs=netroot\n"), "{s}");
+        assert!(s.contains("from a read-only network root"), "{s}");
         n.image = None;
         assert!(ipxe_script(&n, "http://x", "").contains("has no image to boot"));
     }

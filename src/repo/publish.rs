@@ -45,7 +45,15 @@ pub const PRIVATE_FILE: u32 = 0o600;
 pub const PRIVATE_DIR: u32 = 0o700;
 
 /// The directories of `public/` (besides the file `FORMAT`); nothing else belongs there.
-pub const PUBLIC_DIRS: &[&str] = &["packs", "manifests", "refs", "templates", "deltas", "sigs"];
+pub const PUBLIC_DIRS: &[&str] = &[
+    "packs",
+    "manifests",
+    "refs",
+    "templates",
+    "deltas",
+    "sigs",
+    crate::format::netroot::DIR,
+];
 
 /// What `FORMAT` holds, in the repository's top (read by aurum before it opens anything) and
 /// in `public/` (read by nodes to know they found a repository).

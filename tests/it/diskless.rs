@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{have, is_root, json, sh, skip, Env};
+use crate::common::{can_run, have, is_root, json, need, sh, skip, Env};
 use crate::pxe::{build_kit, debian_kernel, tail, MAC, ONE_GUEST, OVMF_CODE, OVMF_VARS};
 use crate::serve::Server;
 
@@ -377,4 +377,262 @@ fn qemu_bios_node_boots_a_debian_revision_into_memory() {
 #[test]
 fn qemu_uefi_node_boots_a_debian_revision_into_memory() {
     boot_into_memory(true);
+}
+
+/// Detaches a loop device when dropped.
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// Unmounts what a host-side `boot-netroot` left mounted, innermost first, when dropped.
+struct Unmount(Vec<PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = Command::new("umount").arg(p).status();
+        }
+    }
+}
+
+/// A network root booted on the host itself (no QEMU): `aurum export --netroot` publishes an
+/// EROFS image of a revision with the things an image must keep (owners, setuid, nanosecond
+/// mtimes, xattrs, hardlinks, symlinks); `aurum boot-netroot` asks `aurum serve` who the node
+/// is by MAC, fetches the image whole, mounts it read-only under a tmpfs overlay and lays the
+/// node's override over it. The root is then the revision plus the override by hash
+/// (`updateclient --dry-run --verify-local`), its writes go to the tmpfs, and a revision
+/// without an image is refused with the command that publishes one.
+#[test]
+fn netroot_on_the_host_is_the_revision_plus_overrides() {
+    if !can_run(is_root(), "root (mount)")
+        || !need("mkfs.erofs")
+        || !need("setfattr")
+        || !need("losetup")
+    {
+        return;
+    }
+    let env = Env::new();
+    let g = env.path("golden");
+    sh(&format!(
+        "set -e; mkdir -p '{g}'; cd '{g}'; mkdir -p etc/ssh usr/bin var/lib srv/data run tmp
+         echo 'root:x:0:0::/root:/bin/sh' > etc/passwd
+         mkdir -p etc/aurum; echo 'image = \"base@1\"' > etc/aurum/node.toml
+         printf 'UUID=abcd / ext4 defaults 0 1\\n' > etc/fstab
+         head -c 300000 /dev/urandom > usr/bin/tool; chmod 4755 usr/bin/tool
+         ln usr/bin/tool usr/bin/tool-again
+         ln -s tool usr/bin/tool-link
+         echo data > srv/data/file; chown 1234:5678 srv/data/file
+         touch -d '2021-02-03 04:05:06.123456789' srv/data/file
+         setfattr -n user.aurum -v netroot srv/data/file",
+        g = g.display()
+    ));
+    env.getimage(&g, "base", &[]);
+    let o = env.path("override.n1");
+    fs::create_dir_all(o.join("etc/ssh")).unwrap();
+    fs::write(o.join("etc/ssh/ssh_host_ed25519_key.pub"), "n1's key\n").unwrap();
+    fs::write(o.join("etc/motd"), "node n1\n").unwrap();
+    // Its persistent directory: a filesystem of its own (here on a loop device), listed in
+    // the override, mounted by boot-netroot; one that is absent but `nofail` is a warning.
+    let label = format!("per{}", std::process::id() % 100_000);
+    let disk = env.path("persist.img");
+    let seed = env.path("persist-seed");
+    fs::create_dir_all(&seed).unwrap();
+    fs::write(seed.join("kept"), "from the last boot\n").unwrap();
+    sh(&format!(
+        "truncate -s 16M '{d}' && mkfs.ext4 -q -F -L {label} -d '{s}' '{d}'",
+        d = disk.display(),
+        s = seed.display()
+    ));
+    let lo = sh(&format!("losetup --find --show '{}'", disk.display()));
+    let lo = lo.trim().to_string();
+    let _detach = Detach(lo.clone());
+    fs::create_dir_all(o.join("etc/aurum")).unwrap();
+    fs::write(
+        o.join("etc/aurum/persist.fstab"),
+        format!("LABEL={label} /var/lib/persist ext4 defaults 0 2\nLABEL=absent{label} /mnt/scratch auto nofail 0 0\n"),
+    )
+    .unwrap();
+    env.getimage(&o, "override.n1", &["--no-default-excludes"]);
+    env.ok(&[
+        "node",
+        "add",
+        "n1",
+        "--mac",
+        "52:54:00:00:00:21",
+        "--image",
+        "base",
+        "--rootfs",
+        "netroot",
+    ]);
+    let srv = Server::start(&env);
+    let server = format!("http://{}", srv.addr);
+    let root = env.path("newroot");
+    let rw = env.path("rw");
+    let boot = |env: &Env| {
+        env.bare(&[
+            "boot-netroot",
+            "--server",
+            &server,
+            "--mac",
+            "52:54:00:00:00:21",
+            "--root",
+            root.to_str().unwrap(),
+            "--rw",
+            rw.to_str().unwrap(),
+            "--no-report",
+            "--json",
+        ])
+        .output()
+        .unwrap()
+    };
+
+    // Not exported yet: refused, saying how to publish it, and nothing stays mounted.
+    let out = boot(&env);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has no network-root image") && err.contains("aurum export base@1 --netroot"),
+        "{err}"
+    );
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(rw.to_str().unwrap()), "{mounts}");
+
+    let started = Instant::now();
+    let e = json(&env.ok(&["export", "base", "--netroot", "--json"]));
+    let export_s = started.elapsed().as_secs_f64();
+    let id = e["id"].as_str().unwrap().to_string();
+    let image = env.public().join(format!("netroot/{id}.erofs"));
+    assert_eq!(e["output"], image.to_str().unwrap());
+    assert_eq!(
+        fs::metadata(&image).unwrap().len(),
+        e["bytes"].as_u64().unwrap()
+    );
+    let record =
+        json(&fs::read_to_string(env.public().join(format!("netroot/{id}.erofs.json"))).unwrap());
+    assert_eq!(record["blake3"], e["blake3"]);
+    // The published layout takes the image (verify does not call it foreign).
+    env.ok(&["verify"]);
+
+    let out = boot(&env);
+    let _mounted = Unmount(vec![
+        root.join("var/lib/persist"),
+        root.clone(),
+        rw.join("aurum-netroot/lower"),
+        rw.clone(),
+    ]);
+    assert!(
+        out.status.success(),
+        "boot-netroot failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["node"], "n1");
+    assert_eq!(
+        r["overrides"][0].as_str().unwrap().split(' ').next(),
+        Some("override.n1@1")
+    );
+    assert!(r["fetched_bytes"].as_u64().unwrap() >= r["image_bytes"].as_u64().unwrap());
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts.contains(&format!("{} overlay", root.display())),
+        "{mounts}"
+    );
+
+    // The revision's metadata, as the image keeps it.
+    let st = sh(&format!(
+        "cd '{}' && stat -c '%a %u:%g %y %h' usr/bin/tool srv/data/file && getfattr --only-values -n user.aurum srv/data/file && readlink usr/bin/tool-link",
+        root.display()
+    ));
+    let tool_mtime = sh(&format!("stat -c '%y' '{}/usr/bin/tool'", g.display()));
+    assert_eq!(
+        st,
+        format!(
+            "4755 0:0 {} 2\n644 1234:5678 2021-02-03 04:05:06.123456789 +0000 1\nnetroottool\n",
+            tool_mtime.trim_end()
+        )
+    );
+    // The override and the identity are in the root, written to the tmpfs.
+    assert_eq!(
+        fs::read_to_string(root.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap(),
+        "n1's key\n"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        "n1\n"
+    );
+    assert!(fs::read_to_string(root.join("etc/fstab"))
+        .unwrap()
+        .contains("#diskless# UUID=abcd"));
+    assert!(rw.join("aurum-netroot/upper/etc/motd").exists());
+    fs::write(root.join("srv/data/new"), "written on the node\n").unwrap();
+    assert!(rw.join("aurum-netroot/upper/srv/data/new").exists());
+    assert!(fs::write(rw.join("aurum-netroot/lower/srv/data/x"), "").is_err());
+    // The persistent directory is the node's own filesystem, not the tmpfs.
+    assert_eq!(
+        r["persist"],
+        serde_json::json!(["/var/lib/persist"]),
+        "{r:#}"
+    );
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("is not mounted on /mnt/scratch (nofail)"),
+        "{r:#}"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("var/lib/persist/kept")).unwrap(),
+        "from the last boot\n"
+    );
+    fs::write(root.join("var/lib/persist/new"), "this boot\n").unwrap();
+    assert!(!rw.join("aurum-netroot/upper/var/lib/persist/new").exists());
+
+    // By hash, the root is the revision and the node's override.
+    let plan = json(&env.ok(&[
+        "updateclient",
+        "--root",
+        root.to_str().unwrap(),
+        "--server",
+        &server,
+        "--image",
+        "base@1",
+        "--dry-run",
+        "--verify-local",
+        "--exclude",
+        "/srv/data/new",
+        "--exclude",
+        "/var/lib/persist",
+        "--json",
+    ]));
+    for k in ["created", "changed", "metadata_only", "deleted"] {
+        assert_eq!(
+            plan[k], 0,
+            "the netroot differs from base@1 + override.n1: {plan:#}"
+        );
+    }
+    // Changed on the node: seen as a difference.
+    fs::write(root.join("srv/data/file"), "changed\n").unwrap();
+    let plan = json(&env.ok(&[
+        "updateclient",
+        "--root",
+        root.to_str().unwrap(),
+        "--server",
+        &server,
+        "--image",
+        "base@1",
+        "--dry-run",
+        "--verify-local",
+        "--exclude",
+        "/srv/data/new",
+        "--json",
+    ]));
+    assert_eq!(plan["changed"], 1, "{plan:#}");
+    eprintln!(
+        "netroot on the host: export {export_s:.2} s, image {} bytes for {} bytes of files, boot {:.2} s, {} bytes fetched",
+        e["bytes"], e["tree_bytes"], r["seconds"].as_f64().unwrap(), r["fetched_bytes"]
+    );
 }

@@ -185,5 +185,11 @@ pub fn gc(g: &Global, a: GcArgs) -> anyhow::Result<()> {
         r.deltas_deleted,
         human_bytes(r.bytes_freed)
     );
+    if r.netroot_images_deleted > 0 {
+        println!(
+            "{} network-root images of removed revisions deleted",
+            r.netroot_images_deleted
+        );
+    }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! gc runs with the repository locked exclusively, so no capture can be between "the repository
 //! already has this blob" and "the revision naming it is recorded" while gc decides what is
 //! dead. It deletes packs with no live blob, rewrites packs whose live part is small (copying
-//! the stored bytes, not recompressing), and deletes manifests no image uses. The order of its
+//! the stored bytes, not recompressing), and deletes manifests no image uses and the
+//! network-root images of revisions that are gone. The order of its
 //! steps keeps every revision readable if it is killed at any point: new packs are durable and
 //! recorded before old ones are forgotten, and forgotten before their files are deleted.
 
@@ -34,6 +35,8 @@ pub struct GcReport {
     pub packs_repacked: u64,
     pub manifests_deleted: u64,
     pub deltas_deleted: u64,
+    /// Network-root images (`export --netroot`) of revisions that are gone.
+    pub netroot_images_deleted: u64,
     pub bytes_freed: u64,
     pub dry_run: bool,
 }
@@ -141,6 +144,27 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
                         fs::remove_file(&p).at(&p)?;
                     }
                 }
+            }
+        }
+    }
+    // Network-root images of revisions that are gone: `ID.erofs` and its record.
+    let ndir = crate::store::published(&repo.root).join(crate::format::netroot::DIR);
+    if let Ok(files) = fs::read_dir(&ndir) {
+        for f in files {
+            let f = f.at(&ndir)?;
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.split('.').next().and_then(Id::from_hex) else {
+                continue;
+            };
+            if revisions.contains(&id) {
+                continue;
+            }
+            if !name.ends_with(".json") {
+                report.netroot_images_deleted += 1;
+                report.bytes_freed += f.metadata().at(f.path())?.len();
+            }
+            if !dry_run {
+                fs::remove_file(f.path()).at(f.path())?;
             }
         }
     }

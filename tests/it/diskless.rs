@@ -26,14 +26,20 @@ echo "AURUM-CHECK: root is $(stat -f -c %T /), hostname $(hostname), up $(cut -d
 echo "AURUM-CHECK: host key $(cat /etc/ssh/ssh_host_ed25519_key.pub), machine id $(cat /etc/machine-id)"
 aurum --no-progress health --timeout 60
 echo "AURUM-CHECK: health rc=$?, up $(cut -d' ' -f1 /proc/uptime) s"
-echo "AURUM-CHECK: memory used $(awk '/MemTotal/{t=$2} /MemAvailable/{a=$2} END{print t-a}' /proc/meminfo) KiB, root $(df -k / | awk 'NR==2{print $3}') KiB"
+echo "AURUM-CHECK: memory used $(awk '/MemTotal/{t=$2} /MemAvailable/{a=$2} END{print t-a}' /proc/meminfo) KiB, root $(df -k / | awk 'NR==2{print $3}') KiB, run $(df -k /run | awk 'NR==2{print $3}') KiB"
+# A network root's persistent filesystem: what the last boot left, and a file for the next.
+if [ -d /var/lib/persist ]; then
+    echo "AURUM-CHECK: persist is $(stat -f -c %T /var/lib/persist), holds $(cat /var/lib/persist/kept)"
+    echo "written by $(hostname)" > /var/lib/persist/new
+fi
 # Where the boot waited: journal lines after a pause of more than 5 s.
 journalctl -b -o short-monotonic --no-pager | \
     awk '{e=index($0, "]"); t=substr($0, 2, e-2)+0;
           if (t-p>5) print "AURUM-CHECK: waited " int(t-p) " s before: " substr($0, e+2); p=t}'
 # Mount points whose modes the kernel sets, and a directory systemd makes at boot.
 aurum --no-progress --quiet updateclient --dry-run --verify-local --json \
-    --exclude /proc --exclude /sys --exclude /var/lib/systemd/timers > /run/plan.json
+    --exclude /proc --exclude /sys --exclude /var/lib/systemd/timers \
+    --exclude /var/lib/persist > /run/plan.json
 echo "AURUM-CHECK: verify rc=$?, up $(cut -d' ' -f1 /proc/uptime) s"
 echo AURUM-PLAN-BEGIN
 cat /run/plan.json
@@ -59,10 +65,10 @@ fn write_mode(path: &Path, text: &str, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// The Debian root with aurum, a required health check (the root is a tmpfs, the hostname and
-/// the SSH host key are the node's) and the boot check unit; `server` is the image server as
-/// the guest reaches it.
-fn debian_golden(env: &Env, server: &str, host_key_pub: &str) -> PathBuf {
+/// The Debian root with aurum, a required health check (the root is a `root_fs` (tmpfs, or
+/// overlayfs for a network root), the hostname and the SSH host key are the node's) and the
+/// boot check unit; `server` is the image server as the guest reaches it.
+fn debian_golden(env: &Env, server: &str, host_key_pub: &str, root_fs: &str) -> PathBuf {
     let rig = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rig/debian-root");
     let out = Command::new(rig)
         .output()
@@ -89,7 +95,7 @@ fn debian_golden(env: &Env, server: &str, host_key_pub: &str) -> PathBuf {
     write_mode(
         &g.join("etc/aurum/health/required.d/10-diskless"),
         &format!(
-            "#!/bin/sh\nset -e\n[ \"$(stat -f -c %T /)\" = tmpfs ]\n[ \"$(hostname)\" = vm1 ]\n\
+            "#!/bin/sh\nset -e\n[ \"$(stat -f -c %T /)\" = {root_fs} ]\n[ \"$(hostname)\" = vm1 ]\n\
              [ \"$(cat /etc/ssh/ssh_host_ed25519_key.pub)\" = '{}' ]\n",
             host_key_pub.trim()
         ),
@@ -124,11 +130,14 @@ fn debian_golden(env: &Env, server: &str, host_key_pub: &str) -> PathBuf {
     g
 }
 
-/// The node's override image: its own SSH host key, kept on the server. Returns the public
-/// key.
-fn host_key_override(env: &Env) -> String {
+/// The node's override image: its own SSH host key, kept on the server, and the files of
+/// `extra` (path, text). Returns the public key.
+fn host_key_override(env: &Env, extra: &[(&str, &str)]) -> String {
     let o = env.path("override.vm1");
     fs::create_dir_all(o.join("etc/ssh")).unwrap();
+    for (p, text) in extra {
+        write_mode(&o.join(p), text, 0o644);
+    }
     sh(&format!(
         "ssh-keygen -q -t ed25519 -N '' -C vm1 -f '{}'",
         o.join("etc/ssh/ssh_host_ed25519_key").display()
@@ -166,7 +175,21 @@ fn figure(text: &str, marker: &str, word: &str) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// Where the QEMU node's root lives.
+#[derive(Clone, Copy, PartialEq)]
+enum Root {
+    /// `--rootfs memory`: the revision laid into a tmpfs.
+    Memory,
+    /// `--rootfs netroot`: the revision's EROFS image under a tmpfs overlay, and a persistent
+    /// filesystem on a second disk.
+    Netroot,
+}
+
 fn boot_into_memory(uefi: bool) {
+    boot_diskless(uefi, Root::Memory)
+}
+
+fn boot_diskless(uefi: bool, how: Root) {
     let rom = Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom");
     let needs = [
         "qemu-system-x86_64",
@@ -179,6 +202,8 @@ fn boot_into_memory(uefi: bool) {
         "ssh-keygen",
         "sgdisk",
         "mkfs.ext4",
+        "mkfs.erofs",
+        "debugfs",
     ];
     let missing: Vec<&&str> = needs.iter().filter(|p| !have(p)).collect();
     if !missing.is_empty() || !rom.exists() || !is_root() {
@@ -207,8 +232,30 @@ fn boot_into_memory(uefi: bool) {
         format!("{} systemd.show_status=0\n", append.trim()),
     )
     .unwrap();
-    let key = host_key_override(&env);
-    let g = debian_golden(&env, &server, &key);
+    let (rootfs, root_fs, switched) = match how {
+        Root::Memory => ("memory", "tmpfs", "switching root to the tmpfs"),
+        Root::Netroot => ("netroot", "overlayfs", "switching root to the overlay"),
+    };
+    // A network root's persistent filesystem: a second disk, by label, with a file from "the
+    // last boot".
+    let persist = env.path("persist.img");
+    let persist_list = "LABEL=vm1-state /var/lib/persist ext4 defaults 0 2\n";
+    let extra: &[(&str, &str)] = match how {
+        Root::Memory => &[],
+        Root::Netroot => {
+            let seed = env.path("persist-seed");
+            fs::create_dir_all(&seed).unwrap();
+            fs::write(seed.join("kept"), "the last boot's file\n").unwrap();
+            sh(&format!(
+                "truncate -s 16M '{d}' && mkfs.ext4 -q -F -L vm1-state -d '{s}' '{d}'",
+                d = persist.display(),
+                s = seed.display()
+            ));
+            &[("etc/aurum/persist.fstab", persist_list)]
+        }
+    };
+    let key = host_key_override(&env, extra);
+    let g = debian_golden(&env, &server, &key, root_fs);
     // Documentation and translations left out: a smaller image boots sooner under TCG.
     env.getimage(
         &g,
@@ -225,8 +272,13 @@ fn boot_into_memory(uefi: bool) {
         ],
     );
     let rev = json(&env.ok(&["show", "deb", "--json"]));
+    let export = (how == Root::Netroot).then(|| {
+        let t = Instant::now();
+        let e = json(&env.ok(&["export", "deb", "--netroot", "--json"]));
+        (e, t.elapsed().as_secs_f64())
+    });
     env.ok(&[
-        "node", "add", "vm1", "--mac", MAC, "--image", "deb", "--rootfs", "memory",
+        "node", "add", "vm1", "--mac", MAC, "--image", "deb", "--rootfs", rootfs,
     ]);
     let tftp = env.path("tftp");
     env.ok(&[
@@ -238,7 +290,10 @@ fn boot_into_memory(uefi: bool) {
         &server,
     ]);
     let script = fs::read_to_string(tftp.join("ipxe/52-54-00-00-00-10.ipxe")).unwrap();
-    assert!(script.contains("aurum.rootfs=memory"), "{script}");
+    assert!(
+        script.contains(&format!("aurum.rootfs={rootfs}")),
+        "{script}"
+    );
 
     let log = env.path("serial.log");
     let mut args = crate::qemu::machine();
@@ -257,6 +312,15 @@ fn boot_into_memory(uefi: bool) {
         let vars = env.path("OVMF_VARS.fd");
         fs::copy(OVMF_VARS, &vars).unwrap();
         args.extend(crate::qemu::pflash(&vars));
+    }
+    if how == Root::Netroot {
+        args.extend([
+            "-drive".into(),
+            format!(
+                "file={},format=raw,if=virtio,cache=unsafe",
+                persist.display()
+            ),
+        ]);
     }
     let _guest = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let sent_before = srv.sent.load(std::sync::atomic::Ordering::Relaxed);
@@ -298,14 +362,10 @@ fn boot_into_memory(uefi: bool) {
     let text = serial(&log);
     let fetched = srv.sent.load(std::sync::atomic::Ordering::Relaxed) - sent_before;
 
-    // The kit booted the revision into memory and switched root into it.
+    // The kit booted the revision (into memory, or from its image) and switched root into it.
+    assert!(text.contains(switched), "{}", story(&log));
     assert!(
-        text.contains("switching root to the tmpfs"),
-        "{}",
-        story(&log)
-    );
-    assert!(
-        text.contains("AURUM-CHECK: root is tmpfs, hostname vm1"),
+        text.contains(&format!("AURUM-CHECK: root is {root_fs}, hostname vm1")),
         "{}",
         story(&log)
     );
@@ -325,7 +385,7 @@ fn boot_into_memory(uefi: bool) {
 
     // The server saw the boot (phases, no switch to local boot) and the health report.
     let show = env.ok(&["node", "show", "vm1"]);
-    assert!(show.contains("boot      memory"), "{show}");
+    assert!(show.contains(&format!("boot      {rootfs}")), "{show}");
     assert!(show.contains("phase     done deb@1"), "{show}");
     let nodes = json(&env.ok(&["nodes", "--json"]));
     let vm1 = nodes
@@ -347,10 +407,33 @@ fn boot_into_memory(uefi: bool) {
         .expect("vm1 reported its health");
     assert_eq!((result.as_str(), revision.as_str()), ("ok", id));
 
+    // The persistent filesystem: the node read the last boot's file and left its own.
+    if how == Root::Netroot {
+        assert!(
+            text.contains("AURUM-CHECK: persist is ext2/ext3, holds the last boot's file"),
+            "{}",
+            story(&log)
+        );
+        let new = sh(&format!(
+            "debugfs -R 'cat /new' '{}' 2>/dev/null",
+            persist.display()
+        ));
+        assert_eq!(new, "written by vm1\n");
+    }
+
     let used = figure(&text, "AURUM-CHECK: memory used", "used").unwrap_or(0);
     let root = figure(&text, "AURUM-CHECK: memory used", "root").unwrap_or(0);
+    let run = figure(&text, "AURUM-CHECK: memory used", "run").unwrap_or(0);
+    if let Some((e, secs)) = &export {
+        eprintln!(
+            "netroot export: {} MiB EROFS image of {} MiB of files in {secs:.1} s; /run (image and upper layer) {:.1} MiB",
+            e["bytes"].as_u64().unwrap() >> 20,
+            e["tree_bytes"].as_u64().unwrap() >> 20,
+            run as f64 / 1024.0
+        );
+    }
     eprintln!(
-        "diskless {}: power-on to health passed {:.1} s, powered off at {:.1} s; {:.1} MiB served \
+        "diskless {} ({rootfs}): power-on to health passed {:.1} s, powered off at {:.1} s; {:.1} MiB served \
          (kit and revision), root {:.1} MiB in memory, node uses {:.1} MiB; revision {} MiB in {} files",
         if uefi { "UEFI" } else { "BIOS" },
         healthy_at.unwrap_or_default().as_secs_f64(),
@@ -361,10 +444,11 @@ fn boot_into_memory(uefi: bool) {
         rev["bytes"].as_u64().unwrap_or(0) >> 20,
         rev["files"],
     );
-    for l in text
-        .lines()
-        .filter(|l| l.contains("booted into memory as") || l.starts_with("AURUM-CHECK"))
-    {
+    for l in text.lines().filter(|l| {
+        l.contains("booted into memory as")
+            || l.contains("booted from a network root as")
+            || l.starts_with("AURUM-CHECK")
+    }) {
         eprintln!("{l}");
     }
 }
@@ -377,6 +461,14 @@ fn qemu_bios_node_boots_a_debian_revision_into_memory() {
 #[test]
 fn qemu_uefi_node_boots_a_debian_revision_into_memory() {
     boot_into_memory(true);
+}
+
+/// The network root in QEMU: the Debian revision exported as an EROFS image, booted
+/// read-only under a tmpfs overlay, the node's override laid into the upper layer, its
+/// persistent filesystem (a second disk, by label) mounted from the override's list.
+#[test]
+fn qemu_bios_node_boots_a_debian_revision_from_a_network_root() {
+    boot_diskless(false, Root::Netroot);
 }
 
 /// Detaches a loop device when dropped.
@@ -631,6 +723,15 @@ fn netroot_on_the_host_is_the_revision_plus_overrides() {
         "--json",
     ]));
     assert_eq!(plan["changed"], 1, "{plan:#}");
+    // gc deletes the image with its revision.
+    env.ok(&["rmimage", "base"]);
+    let gc = json(&env.ok(&["gc", "--json"]));
+    assert_eq!(gc["netroot_images_deleted"], 1, "{gc:#}");
+    assert!(!image.exists());
+    assert!(!env
+        .public()
+        .join(format!("netroot/{id}.erofs.json"))
+        .exists());
     eprintln!(
         "netroot on the host: export {export_s:.2} s, image {} bytes for {} bytes of files, boot {:.2} s, {} bytes fetched",
         e["bytes"], e["tree_bytes"], r["seconds"].as_f64().unwrap(), r["fetched_bytes"]

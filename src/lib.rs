@@ -11,7 +11,7 @@
 //!    [`devices`] (block devices and the tools that handle them), [`facts`] (a node's hardware),
 //!    [`name`] (the syntax of names, and [`name::ClassName`], a hardware class), [`config`]
 //!    (/etc/aurum/aurum.toml and node.toml, and where each setting came from), [`tls`] (whom
-//!    an HTTPS client trusts).
+//!    an HTTPS client trusts), [`keyset`] (sets of 64-bit hashes in about 9 bytes a key).
 //! 2. [`format`]: every byte layout on disk or on the wire. It uses only the base layer.
 //! 3. [`store`]: packs of zstd-compressed blobs, chunking, reading blobs back with
 //!    verification, and [`store::BlobSource`], how writers get blobs; [`trust`] (signing keys,
@@ -43,6 +43,7 @@ pub mod facts;
 pub mod fleet;
 pub mod format;
 pub mod install;
+pub mod keyset;
 pub mod migrate;
 pub mod name;
 pub mod netboot;

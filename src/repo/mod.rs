@@ -14,6 +14,7 @@ pub mod diff;
 pub mod embedded;
 pub mod gc;
 pub mod publish;
+pub mod seen;
 pub mod signatures;
 pub mod verify;
 

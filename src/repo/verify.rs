@@ -26,6 +26,7 @@ use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::embedded::Pins;
 use crate::repo::publish::{Misplacement, PUBLISHED};
+use crate::repo::seen::IdHeads;
 use crate::repo::signatures::{self, SignatureSummary};
 use crate::repo::Repository;
 use crate::store::pack_path;
@@ -93,7 +94,7 @@ pub fn verify(
     report.revisions = revisions.len() as u64;
     let mut bad_blobs: Vec<(Id, String)> = Vec::new();
     let mut needed = HashSet::new();
-    let mut seen = BlobsSeen::default();
+    let mut seen = IdHeads::default();
     let mut pins = Pins::default();
     for (id, names) in &by_id {
         let scanned = match repo.manifest_entries(id) {
@@ -223,46 +224,11 @@ fn check_pins(repo: &Repository, pins: &Pins, report: &mut VerifyReport) -> Resu
     Ok(())
 }
 
-/// Blobs already looked at, by the first 8 bytes of their id (ids are hashes: 8 bytes tell
-/// a million blobs apart but for odds of one in 10^7, and cost 8 bytes each where the ids
-/// would cost 32).
-#[derive(Default)]
-struct BlobsSeen(HashSet<u64, std::hash::BuildHasherDefault<FirstBytes>>);
-
-impl BlobsSeen {
-    /// Whether `id` is new (and notes it).
-    fn first(&mut self, id: &Id) -> bool {
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&id.0[..8]);
-        self.0.insert(u64::from_le_bytes(head))
-    }
-}
-
-/// A hasher for the u64 heads of ids, uniform already.
-#[derive(Default)]
-struct FirstBytes(u64);
-
-impl std::hash::Hasher for FirstBytes {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 /// Calls `each` once for every blob `entries` name that `seen` has not seen. The outer error
 /// is `each`'s; the inner one is the manifest's (damage to report, not a failure of verify).
 fn each_new_blob(
     entries: impl Iterator<Item = Result<Entry>>,
-    seen: &mut BlobsSeen,
+    seen: &mut IdHeads,
     pins: &mut Pins,
     progress: &dyn Progress,
     mut each: impl FnMut(&Id) -> Result<()>,
@@ -524,7 +490,7 @@ fn pack_file_problem(root: &std::path::Path, pack: &Id) -> Option<String> {
 /// must list every blob the catalog places in the pack, where the catalog places it.
 struct Listing {
     keys: std::collections::hash_map::RandomState,
-    seen: HashSet<u64, std::hash::BuildHasherDefault<FirstBytes>>,
+    seen: HashSet<u64, std::hash::BuildHasherDefault<crate::keyset::Uniform>>,
 }
 
 impl Listing {

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 0),
     ("proxy", 0),
     ("tls", 0),
+    ("keyset", 0),
     ("format", 1),
     ("store", 2),
     ("trust", 2),

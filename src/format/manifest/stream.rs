@@ -15,9 +15,9 @@
 //!
 //! **Validating in bounded memory.** Sorted order needs the previous path only. "The parent is a
 //! directory" and "a hardlink names an earlier non-directory" need the paths seen so far: they
-//! are kept as 64-bit hashes keyed at random per reader (SipHash-1-3, as std's hash maps), 8
-//! bytes and a control byte per entry, about 18 MiB for a million entries, rather than the paths
-//! themselves. An attacker who does not know the key cannot aim a collision; and a hardlink
+//! are kept as 64-bit hashes keyed at random per reader (SipHash-1-3, as std's hash maps) in a
+//! [`KeySet`](crate::keyset::KeySet), about 9 bytes per entry (9 MiB for a million entries),
+//! rather than the paths themselves. An attacker who does not know the key cannot aim a collision; and a hardlink
 //! target must in any case be a clean path sorting before the link, so even a chance collision
 //! could only name a path inside the tree (the link call then fails).
 //!
@@ -29,9 +29,8 @@
 //! `Manifest::encode` would produce, so streaming changed no revision id.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 
 use super::{decode_entry, display_path, encode_entry, is_clean_path, parent, Entry, Kind};
@@ -39,27 +38,7 @@ use super::{magic, MAGIC, MAGIC_V2, MAX_FILE};
 use crate::error::{corrupt, invalid, Result};
 use crate::format::{Id, StreamReader, Writer};
 
-/// A hasher for values that are hashes already.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-type Seen = HashSet<u64, BuildHasherDefault<Prehashed>>;
+type Seen = crate::keyset::KeySet;
 
 /// Checks the invariants that make a manifest safe to apply, one entry at a time in path
 /// order (see the module doc for what it keeps).
@@ -105,7 +84,7 @@ impl Validator {
             }
             None => {}
         }
-        if !p.is_empty() && !self.dirs.contains(&self.key(parent(p))) {
+        if !p.is_empty() && !self.dirs.contains(self.key(parent(p))) {
             return Err(corrupt(format!(
                 "manifest entry {shown} lies under something that is not a directory; refusing it"
             )));
@@ -117,7 +96,7 @@ impl Validator {
             }
             Kind::Hardlink { target } => {
                 let t = target.as_slice();
-                if !(t < p && is_clean_path(t) && self.linkable.contains(&self.key(t))) {
+                if !(t < p && is_clean_path(t) && self.linkable.contains(self.key(t))) {
                     return Err(corrupt(format!(
                         "hardlink {shown} points at {}, which is not an earlier file",
                         display_path(target)

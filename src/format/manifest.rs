@@ -88,6 +88,15 @@ pub fn decompress_file(packed: impl Read, id: &Id) -> std::result::Result<Vec<u8
     Ok(raw)
 }
 
+/// The length of a manifest file's encoded bytes when it is at most `cap`, else `None`: read
+/// through without keeping them, and no further than `cap` (the bytes are not checked
+/// against the id; a reader of the manifest does that).
+pub fn raw_len_within(packed: impl Read, cap: u64) -> std::io::Result<Option<u64>> {
+    let dec = zstd::stream::read::Decoder::new(packed)?;
+    let n = std::io::copy(&mut dec.take(cap + 1), &mut std::io::sink())?;
+    Ok((n <= cap).then_some(n))
+}
+
 /// Whether a manifest file's entries may carry embedded repository records (its magic says
 /// version 2), read from its first bytes alone: what lets a capture look into only those
 /// manifests of an embedded repository that embed repositories in turn.

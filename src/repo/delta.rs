@@ -21,6 +21,7 @@
 //! file names) are specified in [`crate::format::delta`].
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::error::{IoContext, Result};
 use crate::format::delta::{cache_stem, cache_target, MAX_BASE_IDS};
@@ -140,22 +141,124 @@ pub fn wants(old: &Manifest, new: &Manifest, missing: Option<&dyn Fn(&Id) -> boo
         let Some(o) = old_files.get(e.path.as_slice()) else {
             continue;
         };
-        let old_chunks = chunks_of(o);
-        let old_ids: std::collections::HashSet<&Id> = old_chunks.iter().map(|c| &c.id).collect();
-        let mut offset = 0u64;
-        for c in chunks {
-            let at = offset;
-            offset += u64::from(c.len);
-            if old_ids.contains(&c.id) || missing.is_some_and(|m| !m(&c.id)) {
-                continue;
-            }
-            let base = base_for(old_chunks, at, c.len);
-            if !base.is_empty() && seen.insert(c.id) {
+        file_wants(chunks_of(o), chunks, missing, &mut |c, base| {
+            if seen.insert(c.id) {
                 out.push(Want { target: c.id, base });
+            }
+            Ok(())
+        })
+        .expect("collecting in memory does not fail");
+    }
+    out
+}
+
+/// Calls `take` with each new chunk of a file (and its base) whose old version had the chunks
+/// `old`, for the blobs in `missing` (all when `None`): what [`wants`] and [`each_want`] do
+/// for every file in both revisions.
+fn file_wants(
+    old: &[Chunk],
+    new: &[Chunk],
+    missing: Option<&dyn Fn(&Id) -> bool>,
+    take: &mut dyn FnMut(&Chunk, Vec<Id>) -> Result<()>,
+) -> Result<()> {
+    let old_ids: std::collections::HashSet<&Id> = old.iter().map(|c| &c.id).collect();
+    let mut offset = 0u64;
+    for c in new {
+        let at = offset;
+        offset += u64::from(c.len);
+        if old_ids.contains(&c.id) || missing.is_some_and(|m| !m(&c.id)) {
+            continue;
+        }
+        let base = base_for(old, at, c.len);
+        if !base.is_empty() {
+            take(c, base)?;
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` with every pair [`wants`] gives for the revisions `parent` and `rev` of the
+/// repository (all new blobs), and the target's length, in tree order, without holding either
+/// manifest: a merge-join of the two manifest files read one entry at a time
+/// ([`crate::repo::diff::Pairs`]), and the targets seen so far kept as 8-byte heads
+/// ([`crate::repo::seen::IdHeads`]).
+///
+/// A path that is a hard link on either side needs the chunks of its link's target, an
+/// earlier entry that the merge has passed: such paths are noted on the way and served by a
+/// second pass over both files that keeps the chunks of those targets alone, so memory grows
+/// with the number of hard links that changed, not with the tree.
+pub fn each_want(
+    repo: &crate::repo::Repository,
+    parent: &Id,
+    rev: &Id,
+    f: &mut dyn FnMut(Want, u32) -> Result<()>,
+) -> Result<()> {
+    let mut seen = crate::repo::seen::IdHeads::default();
+    let mut take = |c: &Chunk, base: Vec<Id>| -> Result<()> {
+        if seen.first(&c.id) {
+            f(Want { target: c.id, base }, c.len)?;
+        }
+        Ok(())
+    };
+    // (the old file's path, the new file's path) of each path reached through a hard link.
+    let mut links: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let pairs =
+        crate::repo::diff::Pairs::new(repo.manifest_entries(parent)?, repo.manifest_entries(rev)?);
+    for pair in pairs {
+        let (Some(o), Some(n)) = pair? else {
+            continue;
+        };
+        match (&o.kind, &n.kind) {
+            (Kind::File { chunks: oc, .. }, Kind::File { chunks: nc, .. }) => {
+                file_wants(oc, nc, None, &mut take)?;
+            }
+            (
+                Kind::File { .. } | Kind::Hardlink { .. },
+                Kind::File { .. } | Kind::Hardlink { .. },
+            ) => {
+                links.push((file_path(o), file_path(n)));
+            }
+            _ => {}
+        }
+    }
+    if links.is_empty() {
+        return Ok(());
+    }
+    let old = files_at(repo, parent, links.iter().map(|l| &l.0))?;
+    let new = files_at(repo, rev, links.iter().map(|l| &l.1))?;
+    for (o, n) in &links {
+        if let (Some(oc), Some(nc)) = (old.get(o), new.get(n)) {
+            file_wants(oc, nc, None, &mut take)?;
+        }
+    }
+    Ok(())
+}
+
+/// The path holding the content of entry `e`: its own, or its hard link's target.
+fn file_path(e: Entry) -> Vec<u8> {
+    match e.kind {
+        Kind::Hardlink { target } => target,
+        _ => e.path,
+    }
+}
+
+/// The chunks of the files at `paths` in revision `id` (one pass over its manifest file).
+fn files_at<'p>(
+    repo: &crate::repo::Repository,
+    id: &Id,
+    paths: impl Iterator<Item = &'p Vec<u8>>,
+) -> Result<std::collections::HashMap<Vec<u8>, Vec<Chunk>>> {
+    let wanted: std::collections::HashSet<&Vec<u8>> = paths.collect();
+    let mut found = std::collections::HashMap::new();
+    for e in repo.manifest_entries(id)? {
+        let e = e?;
+        if let Kind::File { chunks, .. } = e.kind {
+            if wanted.contains(&e.path) {
+                found.insert(e.path, chunks);
             }
         }
     }
-    out
+    Ok(found)
 }
 
 /// The repository's delta cache: `public/deltas/XX/<target>-<base key>.zd`, or `.none` when no
@@ -302,13 +405,24 @@ pub struct Precomputed {
     pub left: u64,
 }
 
+/// Pairs whose deltas are made together, on every core, before the merge reads on: enough to
+/// keep the threads busy, few enough that the list never grows with the tree (a tree whose
+/// every file changed has as many pairs as files).
+const BATCH: usize = 1024;
+
 /// Makes (at a high level, on every core) the deltas a node running `parent` will ask for
 /// when it updates to `rev`, so `aurum serve` answers them from its cache.
 ///
 /// At most for `budget`: a capture must not spend most of its time on deltas (a tree whose
 /// every file changed has as many pairs as files). The manifest's delta comes first (every
-/// node asks for it), then the files in tree order; pairs left when the budget is spent are
-/// made by `aurum serve` on the first node's request and cached like these.
+/// node asks for it), then the files in tree order, a batch at a time as the merge-join of the
+/// two manifests ([`each_want`]) finds them; pairs left when the budget is spent are made by
+/// `aurum serve` on the first node's request and cached like these.
+///
+/// The manifest's delta is made only when both manifests are at most [`MAX_BASE`] long: a
+/// larger base is refused anyway (the server answers "no delta" and the node fetches the
+/// manifest whole), and reading two manifests of a million entries whole to find that out
+/// held over 600 MiB (issue #14).
 pub fn precompute(
     repo: &crate::repo::Repository,
     parent: &Id,
@@ -317,77 +431,100 @@ pub fn precompute(
     progress: &dyn crate::progress::Progress,
 ) -> Result<Precomputed> {
     let deadline = std::time::Instant::now() + budget;
-    use rayon::prelude::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let old = repo.load_manifest(parent)?;
-    let new = repo.load_manifest(rev)?;
-    // The manifest itself, against its parent's, first.
-    let mut wants = vec![Want {
-        target: *rev,
-        base: vec![*parent],
-    }];
-    wants.extend(self::wants(&old, &new, None));
-    let manifest_len = new.encode().len() as u64;
-    let target_len: std::collections::HashMap<Id, u32> = new
-        .entries
-        .iter()
-        .flat_map(|e| match &e.kind {
-            Kind::File { chunks, .. } => chunks.as_slice(),
-            _ => &[],
-        })
-        .map(|c| (c.id, c.len))
-        .collect();
     let cache = Cache::new(&repo.root);
     let blobs = crate::repo::BlobsAndManifests {
         root: &repo.root,
         blobs: repo.blobs()?,
     };
-    progress.phase("precomputing deltas", Some(wants.len() as u64), false);
-    let (deltas, delta_bytes, target_bytes, left) = (
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-    );
-    // Pairs are taken in order from one shared counter, so what the budget leaves undone is
-    // a tail of the list (the manifest's delta, first, is always made).
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let one = |w: &Want| -> Result<()> {
-        if std::time::Instant::now() >= deadline && w.target != *rev {
-            left.fetch_add(1, Ordering::Relaxed);
+    let tally = Tally::default();
+    progress.phase("precomputing deltas", None, false);
+    let manifest_len = match (
+        repo.manifest_len_within(parent, MAX_BASE)?,
+        repo.manifest_len_within(rev, MAX_BASE)?,
+    ) {
+        (Some(_), Some(len)) => Some(len),
+        _ => {
+            log::debug!(
+                "the delta of manifest {} from {} is not precomputed: one of them is over {} bytes, more than a delta base may be (nodes fetch the manifest whole)",
+                rev.short(),
+                parent.short(),
+                MAX_BASE
+            );
+            None
+        }
+    };
+    if let Some(len) = manifest_len {
+        // Always made, budget or not: every node asks for it first.
+        let w = Want {
+            target: *rev,
+            base: vec![*parent],
+        };
+        tally.made(get_or_make(&cache, &blobs, &w, LEVEL_PRECOMPUTE)?, len);
+        progress.advance(1);
+    }
+    let mut batch: Vec<(Want, u32)> = Vec::with_capacity(BATCH);
+    let run = |batch: &mut Vec<(Want, u32)>| -> Result<()> {
+        use rayon::prelude::*;
+        batch.par_iter().try_for_each(|(w, len)| -> Result<()> {
+            if std::time::Instant::now() >= deadline {
+                tally.left.fetch_add(1, Relaxed);
+            } else {
+                tally.made(
+                    get_or_make(&cache, &blobs, w, LEVEL_PRECOMPUTE)?,
+                    u64::from(*len),
+                );
+            }
+            progress.advance(1);
+            Ok(())
+        })?;
+        batch.clear();
+        Ok(())
+    };
+    each_want(repo, parent, rev, &mut |w, len| {
+        tally.pairs.fetch_add(1, Relaxed);
+        if std::time::Instant::now() >= deadline {
+            // Counted, not kept: what the budget leaves is a tail of the list.
+            tally.left.fetch_add(1, Relaxed);
             progress.advance(1);
             return Ok(());
         }
-        if let Some(d) = get_or_make(&cache, &blobs, w, LEVEL_PRECOMPUTE)? {
-            deltas.fetch_add(1, Ordering::Relaxed);
-            delta_bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-            let len: u64 = if w.target == *rev {
-                manifest_len
-            } else {
-                target_len.get(&w.target).copied().map_or(0, u64::from)
-            };
-            target_bytes.fetch_add(len, Ordering::Relaxed);
+        batch.push((w, len));
+        if batch.len() == BATCH {
+            run(&mut batch)?;
         }
-        progress.advance(1);
         Ok(())
-    };
-    (0..rayon::current_num_threads())
-        .into_par_iter()
-        .try_for_each(|_| -> Result<()> {
-            while let Some(w) = wants.get(next.fetch_add(1, Ordering::Relaxed)) {
-                one(w)?;
-            }
-            Ok(())
-        })?;
+    })?;
+    run(&mut batch)?;
     progress.finish();
     crate::repo::publish::write_delta_list(&repo.root)?;
     Ok(Precomputed {
-        pairs: wants.len() as u64,
-        deltas: deltas.into_inner(),
-        delta_bytes: delta_bytes.into_inner(),
-        target_bytes: target_bytes.into_inner(),
-        left: left.into_inner(),
+        pairs: tally.pairs.into_inner() + u64::from(manifest_len.is_some()),
+        deltas: tally.deltas.into_inner(),
+        delta_bytes: tally.delta_bytes.into_inner(),
+        target_bytes: tally.target_bytes.into_inner(),
+        left: tally.left.into_inner(),
     })
+}
+
+/// What [`precompute`]'s threads have done so far.
+#[derive(Default)]
+struct Tally {
+    pairs: AtomicU64,
+    deltas: AtomicU64,
+    delta_bytes: AtomicU64,
+    target_bytes: AtomicU64,
+    left: AtomicU64,
+}
+
+impl Tally {
+    /// Counts a delta made for a target of `target_len` bytes (nothing when none pays).
+    fn made(&self, delta: Option<Vec<u8>>, target_len: u64) {
+        if let Some(d) = delta {
+            self.deltas.fetch_add(1, Relaxed);
+            self.delta_bytes.fetch_add(d.len() as u64, Relaxed);
+            self.target_bytes.fetch_add(target_len, Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -399,6 +536,95 @@ mod tests {
             id: Id::of(&[n]),
             len,
         }
+    }
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: vec![],
+        }
+    }
+
+    fn file(path: &str, chunks: &[Chunk]) -> Entry {
+        let size = chunks.iter().map(|c| u64::from(c.len)).sum();
+        entry(
+            path,
+            Kind::File {
+                size,
+                chunks: chunks.to_vec(),
+                extents: None,
+            },
+        )
+    }
+
+    fn link(path: &str, target: &str) -> Entry {
+        entry(
+            path,
+            Kind::Hardlink {
+                target: target.into(),
+            },
+        )
+    }
+
+    /// The streamed merge-join finds the pairs the in-memory one does, in the same order
+    /// (hard links on either side, chunked files, files new, gone and unchanged).
+    #[test]
+    fn streamed_wants_are_the_in_memory_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        crate::repo::init(&root).unwrap();
+        let repo = crate::repo::Repository::open(&root, crate::repo::Lock::Shared).unwrap();
+        let old = Manifest {
+            entries: vec![
+                entry("", Kind::Dir),
+                file("a", &[chunk(1, 10)]),
+                file("b", &[chunk(2, 10), chunk(3, 10), chunk(4, 10)]),
+                link("c", "a"),
+                file("d", &[chunk(5, 10)]),
+                file("e", &[chunk(6, 10)]),
+                file("gone", &[chunk(7, 10)]),
+                link("l", "b"),
+                file("same", &[chunk(8, 10)]),
+            ],
+        };
+        let new = Manifest {
+            entries: vec![
+                entry("", Kind::Dir),
+                file("0new", &[chunk(16, 10)]),
+                file("a", &[chunk(11, 10)]),
+                file("b", &[chunk(2, 10), chunk(13, 15), chunk(14, 10)]),
+                file("c", &[chunk(15, 10)]),
+                link("d", "a"),
+                link("e", "0new"),
+                file("l", &[chunk(17, 10)]),
+                file("same", &[chunk(8, 10)]),
+            ],
+        };
+        let parent = repo.store_manifest(&old).unwrap();
+        let rev = repo.store_manifest(&new).unwrap();
+        let mut streamed = Vec::new();
+        each_want(&repo, &parent, &rev, &mut |w, _| {
+            streamed.push(w);
+            Ok(())
+        })
+        .unwrap();
+        let mut in_memory = wants(&old, &new, None);
+        // The streamed pass serves paths reached through a hard link last.
+        let key = |w: &Want| w.target.0;
+        let (mut a, mut b) = (streamed.clone(), in_memory.clone());
+        a.sort_by_key(key);
+        b.sort_by_key(key);
+        assert_eq!(a, b);
+        assert_eq!(streamed[..3], in_memory[..3]);
+        in_memory.retain(|w| w.target == chunk(16, 10).id);
+        assert_eq!(in_memory.len(), 1, "e (a link to a new file) has a delta");
+        assert_eq!(in_memory[0].base, vec![chunk(6, 10).id]);
     }
 
     #[test]

@@ -83,8 +83,7 @@ pub fn diff(a: &Manifest, b: &Manifest) -> Vec<Change> {
 /// that holds one entry of each side, so two revisions of any size diff in the same small
 /// memory. The first error of either stream ends it.
 pub struct Merge<A: Iterator, B: Iterator> {
-    a: std::iter::Peekable<A>,
-    b: std::iter::Peekable<B>,
+    pairs: Pairs<A, B>,
 }
 
 impl<E, A, B> Merge<A, B>
@@ -95,27 +94,8 @@ where
 {
     pub fn new(a: A, b: B) -> Self {
         Merge {
-            a: a.peekable(),
-            b: b.peekable(),
+            pairs: Pairs::new(a, b),
         }
-    }
-
-    /// The next pair of entries at the same path (either side missing where the path is
-    /// only in the other); None at the end of both.
-    #[allow(clippy::type_complexity)] // a pair of optional entries
-    fn pair(&mut self) -> Result<Option<(Option<E>, Option<E>)>> {
-        let ord = match (self.a.peek(), self.b.peek()) {
-            (Some(Err(_)), _) | (_, Some(Err(_))) => Ordering::Equal,
-            (Some(Ok(x)), Some(Ok(y))) => x.borrow().path.cmp(&y.borrow().path),
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (None, None) => return Ok(None),
-        };
-        Ok(Some(match ord {
-            Ordering::Less => (self.a.next().transpose()?, None),
-            Ordering::Greater => (None, self.b.next().transpose()?),
-            Ordering::Equal => (self.a.next().transpose()?, self.b.next().transpose()?),
-        }))
     }
 }
 
@@ -129,7 +109,7 @@ where
 
     fn next(&mut self) -> Option<Result<Change>> {
         loop {
-            let change = match self.pair().transpose()? {
+            let change = match self.pairs.next()? {
                 Err(e) => return Some(Err(e)),
                 Ok((Some(x), None)) => Change {
                     path: x.borrow().display(),
@@ -156,6 +136,68 @@ where
             };
             return Some(Ok(change));
         }
+    }
+}
+
+/// The entries of two streams in path order (each sorted), paired by path: `(Some, Some)` for a
+/// path in both, one side `None` for a path in one only. The merge-join under [`Merge`] and
+/// under the streamed delta precomputation ([`crate::repo::delta::precompute`]); it holds one
+/// entry of each side. The first error of either stream ends it.
+pub struct Pairs<A: Iterator, B: Iterator> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+    failed: bool,
+}
+
+impl<E, A, B> Pairs<A, B>
+where
+    E: Borrow<Entry>,
+    A: Iterator<Item = Result<E>>,
+    B: Iterator<Item = Result<E>>,
+{
+    pub fn new(a: A, b: B) -> Self {
+        Pairs {
+            a: a.peekable(),
+            b: b.peekable(),
+            failed: false,
+        }
+    }
+
+    /// The next pair of entries at the same path (either side missing where the path is
+    /// only in the other); None at the end of both.
+    #[allow(clippy::type_complexity)] // a pair of optional entries
+    fn pair(&mut self) -> Result<Option<(Option<E>, Option<E>)>> {
+        let ord = match (self.a.peek(), self.b.peek()) {
+            (Some(Err(_)), _) | (_, Some(Err(_))) => Ordering::Equal,
+            (Some(Ok(x)), Some(Ok(y))) => x.borrow().path.cmp(&y.borrow().path),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(match ord {
+            Ordering::Less => (self.a.next().transpose()?, None),
+            Ordering::Greater => (None, self.b.next().transpose()?),
+            Ordering::Equal => (self.a.next().transpose()?, self.b.next().transpose()?),
+        }))
+    }
+}
+
+impl<E, A, B> Iterator for Pairs<A, B>
+where
+    E: Borrow<Entry>,
+    A: Iterator<Item = Result<E>>,
+    B: Iterator<Item = Result<E>>,
+{
+    #[allow(clippy::type_complexity)] // a pair of optional entries
+    type Item = Result<(Option<E>, Option<E>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let got = self.pair();
+        self.failed = got.is_err();
+        got.transpose()
     }
 }
 

@@ -544,6 +544,19 @@ impl Repository {
         manifest_raw_at(&self.root, id)
     }
 
+    /// The length of a manifest's encoded bytes when at most `cap` (see
+    /// [`crate::format::manifest::raw_len_within`]).
+    pub fn manifest_len_within(&self, id: &Id, cap: u64) -> Result<Option<u64>> {
+        let path = store::manifest_path(&self.root, id);
+        let file = File::open(&path).at(&path)?;
+        crate::format::manifest::raw_len_within(file, cap).map_err(|e| {
+            Error::Corrupt(format!(
+                "manifest {} is damaged ({e}); run `aurum verify`",
+                id.short()
+            ))
+        })
+    }
+
     /// A revision's entries, read and checked one at a time in path order: what a command
     /// that looks at each entry once uses, in memory that does not grow with the tree. The
     /// file's hash is checked after the last entry (see [`crate::format::manifest::Entries`]).

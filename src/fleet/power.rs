@@ -586,29 +586,9 @@ impl<'a> Bmc<'a> {
             .http_status_as_error(false)
             .user_agent(concat!("aurum/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = self.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                Fail(
-                    Outcome::Failed,
-                    format!("cannot read the BMC's CA file {ca}: {e}"),
-                )
-            })?;
-            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if certs.is_empty() {
-                return Err(Fail(
-                    Outcome::Failed,
-                    format!("the BMC's CA file {ca} holds no PEM certificate"),
-                ));
-            }
-            config = config.tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-                    .build(),
-            );
+            let tls = crate::tls::client_config(Some(std::path::Path::new(ca)))
+                .map_err(|e| Fail(Outcome::Failed, format!("the BMC's CA: {e}")))?;
+            config = config.tls_config(tls);
         }
         // The environment's proxies as curl takes them: a BMC's https:// goes through a
         // CONNECT tunnel of https_proxy unless no_proxy names it (BMC networks usually should).

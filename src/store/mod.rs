@@ -598,28 +598,8 @@ pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
         let payload = all
             .get(offset..offset + stored as usize)
             .ok_or_else(|| corrupt(format!("{} is truncated", path.display())))?;
-        if codec == Codec::ZstdGroup {
-            let body = decode_group_payload(&rid, payload)?;
-            for (mid, inner, len) in pack::decode_group(&body)? {
-                entries.push(IndexEntry {
-                    id: mid,
-                    offset: offset as u64,
-                    stored_len: stored,
-                    raw_len: len,
-                    codec,
-                    inner,
-                });
-            }
-        } else {
-            entries.push(IndexEntry {
-                id: rid,
-                offset: offset as u64,
-                stored_len: stored,
-                raw_len: raw,
-                codec,
-                inner: 0,
-            });
-        }
+        let header = (rid, codec, stored, raw);
+        record_entries(&mut entries, header, offset as u64, || Ok(payload.into()))?;
         at = offset + stored as usize;
     }
     let index = pack::encode_index(&mut entries);
@@ -629,6 +609,41 @@ pub fn rebuild_index(repo: &Path, id: &Id) -> Result<FinishedPack> {
         size: all.len() as u64,
         entries,
     })
+}
+
+/// Adds the index entries of the record whose `header` ([`pack::parse_record_header`]) comes
+/// before `offset`: its blob, or a group's members from the group's table. `payload` (the
+/// stored bytes) is read only for a group.
+fn record_entries<'a>(
+    entries: &mut Vec<IndexEntry>,
+    header: (Id, Codec, u32, u32),
+    offset: u64,
+    payload: impl FnOnce() -> Result<std::borrow::Cow<'a, [u8]>>,
+) -> Result<()> {
+    let (rid, codec, stored, raw) = header;
+    if codec != Codec::ZstdGroup {
+        entries.push(IndexEntry {
+            id: rid,
+            offset,
+            stored_len: stored,
+            raw_len: raw,
+            codec,
+            inner: 0,
+        });
+        return Ok(());
+    }
+    let body = decode_group_payload(&rid, &payload()?)?;
+    for (id, inner, raw_len) in pack::decode_group(&body)? {
+        entries.push(IndexEntry {
+            id,
+            offset,
+            stored_len: stored,
+            raw_len,
+            codec,
+            inner,
+        });
+    }
+    Ok(())
 }
 
 /// What is wrong with the index `listed` of the pack whose records are `held` (from
@@ -671,30 +686,11 @@ pub fn pack_entries(path: &Path) -> Result<Vec<IndexEntry>> {
         if offset + u64::from(stored) > len {
             return Err(truncated());
         }
-        if codec == Codec::ZstdGroup {
+        record_entries(&mut entries, (rid, codec, stored, raw), offset, || {
             let mut payload = vec![0u8; stored as usize];
             f.read_exact_at(&mut payload, offset).at(path)?;
-            let body = decode_group_payload(&rid, &payload)?;
-            for (mid, inner, len) in pack::decode_group(&body)? {
-                entries.push(IndexEntry {
-                    id: mid,
-                    offset,
-                    stored_len: stored,
-                    raw_len: len,
-                    codec,
-                    inner,
-                });
-            }
-        } else {
-            entries.push(IndexEntry {
-                id: rid,
-                offset,
-                stored_len: stored,
-                raw_len: raw,
-                codec,
-                inner: 0,
-            });
-        }
+            Ok(payload.into())
+        })?;
         at = offset + u64::from(stored);
     }
     Ok(entries)

@@ -1,5 +1,7 @@
-//! Rollouts of diskless nodes (`rootfs = memory` in the node database): an update is a
-//! reboot into the new revision, a rollback a reboot into the old one.
+//! Rollouts of diskless nodes (`rootfs = memory` or `netroot` in the node database): an update
+//! is a reboot into the new revision, a rollback a reboot into the old one. (A netroot node
+//! boots the revision's exported image: export each revision before rolling it out to them,
+//! or they fail to boot it and fall back.)
 //!
 //! A diskless node holds nothing to update: every boot fetches the revision its node database
 //! entry names at that moment (`/api/v1/boot/MAC`, [`crate::netboot::memory`]). So its part
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 use super::exec::Status;
 use super::nodeset::Target;
 use super::power::{self, Action};
-use crate::catalog::nodes::{InstallPhase, NodeEntry, RootFs};
+use crate::catalog::nodes::{InstallPhase, NodeEntry};
 use crate::catalog::rollouts::Rollout;
 use crate::catalog::{Catalog, NodeAction, Outcome};
 use crate::error::Result;
@@ -56,14 +58,14 @@ pub struct MemoryNode {
 }
 
 impl MemoryNode {
-    /// Node `name` when the node database says its root is in memory; `recorded` is the
+    /// Node `name` when the node database says it is diskless (in memory, or on a network root); `recorded` is the
     /// previous revision the rollout wrote down for it (a resumed rollout), else it is what
     /// the node last booted (its last install phase), else what its entry names now.
     pub fn of(repo: &Repository, name: &str, recorded: Option<&str>) -> Result<Option<MemoryNode>> {
         let Some(entry) = repo.catalog.inventory_node(name)? else {
             return Ok(None);
         };
-        if entry.rootfs != RootFs::Memory {
+        if !entry.rootfs.is_diskless() {
             return Ok(None);
         }
         // The phase names it as `compute@6 1f2e3d4c`.

@@ -101,6 +101,11 @@ want grub-script-check grub-common
 want grub-mkimage grub-common
 [ -e /usr/lib/grub/x86_64-efi/linux.mod ] || need+=(grub-efi-amd64-bin)
 want mcopy mtools
+# The BIOS node of tests/it/bootcount.rs: GRUB for i386-pc, put into the MBR and the bios-boot
+# partition by grub-bios-setup (grub-pc-bin), the root's loop device found with findmnt.
+[ -e /usr/lib/grub/i386-pc/grub-bios-setup ] || need+=(grub-pc-bin)
+want findmnt util-linux
+want mkswap util-linux
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root (or install them) first" >&2

@@ -50,12 +50,19 @@ pub const DEFAULT_CAPTURE_EXCLUDES: &[&str] = &[
 
 /// Never captured, never touched by an update, whatever the options: a node's own aurum
 /// state, and its boot counting (GRUB's environment block, where GRUB counts a revision's
-/// boots, and aurum's GRUB configuration and kept fallback kernel; see `apply::bootcount`).
+/// boots, and aurum's GRUB configuration and kept fallback kernel; with systemd-boot, aurum's
+/// entries and kernels on the ESP; see `apply::bootcount`).
 pub const ALWAYS_EXCLUDED: &[&str] = &[
     "/var/lib/aurum-node",
     "/boot/grub/grubenv",
     "/boot/grub/aurum.cfg",
     "/boot/grub/aurum",
+    "/efi/aurum",
+    "/efi/loader/entries/aurum-*",
+    "/boot/efi/aurum",
+    "/boot/efi/loader/entries/aurum-*",
+    "/boot/aurum",
+    "/boot/loader/entries/aurum-*",
 ];
 
 /// One rule: what a match means.

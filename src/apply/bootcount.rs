@@ -24,9 +24,19 @@
 //!    pass (it becomes last-known-good, the counter goes) or falls back at once when a
 //!    required one fails.
 //!
+//! With systemd-boot (a node whose ESP, at `/efi`, `/boot/efi` or `/boot`, has
+//! `loader/loader.conf`) the counter is the Boot Loader Specification's, in an entry's name
+//! (`format::bootentry`): [`begin`] copies the new revision's kernel to the ESP
+//! (`aurum/revision/`) with the entry `aurum-revision+N.conf`, the kept kernel
+//! (`aurum/fallback/`) with the entry `aurum-fallback.conf` (`aurum.fallback` on its command
+//! line), and makes `loader.conf`'s default `aurum-*`. systemd-boot renames the entry at each
+//! boot (`+N-1-1`, ...); one at `+0` sorts after every other entry, so the pattern picks the
+//! fallback entry. Blessing drops the counter (`aurum-revision.conf`), as `systemd-bless-boot`
+//! would, and that entry stays the node's: the kernel systemd-boot boots must be on the ESP.
+//!
 //! Every outcome is recorded in `state.json` (`boot`) and reported to the server (action
-//! `boot`, with a [`BootReport`]). The files in `/boot/grub` that aurum writes are left
-//! alone by updates and captures (see `excludes`).
+//! `boot`, with a [`BootReport`]). The files in `/boot/grub` and on the ESP that aurum writes
+//! are left alone by updates and captures (see `excludes`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -38,6 +48,7 @@ use crate::apply::source::RevisionSource;
 use crate::apply::update::UpdateOptions;
 use crate::error::{invalid, IoContext, Result};
 use crate::excludes::Excludes;
+use crate::format::bootentry::{self, Entry, EntryName};
 use crate::format::grubenv::GrubEnv;
 pub use crate::format::node::{BootOutcome, BootRecord, Bootloader, Trial};
 use crate::format::report::{BootReport, NodeAction, NodeReport, Outcome};
@@ -60,12 +71,62 @@ const KEPT: &str = "aurum";
 /// The line of `custom.cfg` that reads aurum's.
 const SOURCE_LINE: &str = "if [ -f ${prefix}/aurum.cfg ]; then source ${prefix}/aurum.cfg; fi";
 
-/// The boot loader of `root` that aurum counts boots with, if any.
+/// Where a node's ESP may be mounted, relative to its root, in the order looked at.
+const ESP_DIRS: &[&str] = &["efi", "boot/efi", "boot"];
+/// aurum's entries on the ESP: the revision's (with the counter while on trial) and the
+/// fallback's, and the pattern `loader.conf`'s `default` gets (it matches both; systemd-boot
+/// takes the first match in its order, which puts `revision` before `fallback` and an entry
+/// with no tries left after both).
+const SD_ENTRY: &str = "aurum-revision";
+const SD_FALLBACK: &str = "aurum-fallback";
+const SD_DEFAULT: &str = "aurum-*";
+
+/// The ESP of `root` when the node boots with systemd-boot: the first of [`ESP_DIRS`] with
+/// `loader/loader.conf` (`bootctl install` writes it).
+fn esp(root: &Path) -> Option<PathBuf> {
+    ESP_DIRS
+        .iter()
+        .map(|d| root.join(d))
+        .find(|d| d.join("loader/loader.conf").is_file())
+}
+
+/// The boot loader of `root` that aurum counts boots with, if any: systemd-boot when the ESP
+/// has its configuration, else GRUB when `/boot/grub/grub.cfg` exists.
 pub fn bootloader(root: &Path) -> Option<Bootloader> {
+    if esp(root).is_some() {
+        return Some(Bootloader::SystemdBoot);
+    }
     root.join(GRUB_DIR)
         .join("grub.cfg")
         .is_file()
         .then_some(Bootloader::Grub)
+}
+
+/// The name a boot loader goes by in messages.
+fn loader_name(b: Bootloader) -> &'static str {
+    match b {
+        Bootloader::Grub => "GRUB",
+        Bootloader::SystemdBoot => "systemd-boot",
+    }
+}
+
+/// Where the kept kernel of a trial goes: GRUB's directory, or the ESP for systemd-boot
+/// (which reads nothing else).
+fn kept_dir(root: &Path, b: Bootloader) -> Result<PathBuf> {
+    match b {
+        Bootloader::Grub => Ok(root.join(GRUB_DIR).join(KEPT)),
+        Bootloader::SystemdBoot => Ok(sd_esp(root)?.join(KEPT).join("fallback")),
+    }
+}
+
+fn sd_esp(root: &Path) -> Result<PathBuf> {
+    esp(root).ok_or_else(|| {
+        invalid(format!(
+            "{} has no ESP with loader/loader.conf at /efi, /boot/efi or /boot: mount the \
+             node's ESP there (systemd-boot reads its entries from it)",
+            root.display()
+        ))
+    })
 }
 
 /// Where systemd keeps `aurum-boot.service` enabled, relative to a node's root.
@@ -83,6 +144,7 @@ pub fn tries(root: &Path, given: Option<u32>) -> u32 {
 
 /// A trial being prepared: what [`begin`] needs once the update committed.
 pub struct Prepared {
+    bootloader: Bootloader,
     fallback: RevRef,
     tries: u32,
     cmdline: String,
@@ -233,22 +295,23 @@ fn durable(path: &Path, data: &[u8]) -> Result<()> {
 /// with, or a node with no revision yet to fall back to. A node already on trial keeps the
 /// fallback of that trial (the revision before it was never blessed).
 pub fn prepare(node: &Node, tries: u32) -> Result<Option<Prepared>> {
-    if tries == 0 || bootloader(&node.root).is_none() {
+    let Some(bl) = bootloader(&node.root).filter(|_| tries > 0) else {
         return Ok(None);
-    }
+    };
     if tries > MAX_TRIES {
         return Err(invalid(format!(
-            "--boot-tries {tries}: GRUB's counter goes up to {MAX_TRIES} boots"
+            "--boot-tries {tries}: aurum counts up to {MAX_TRIES} boots (GRUB's script has \
+             no arithmetic)"
         )));
     }
     let state = node.state()?;
     let Some(current) = state.current.clone() else {
         return Ok(None);
     };
-    let grub = node.root.join(GRUB_DIR);
-    let kept = grub.join(KEPT);
+    let kept = kept_dir(&node.root, bl)?;
     if let Some(t) = state.trial {
         return Ok(Some(Prepared {
+            bootloader: bl,
             fallback: t.fallback,
             tries,
             cmdline: cmdline(&node.root)?,
@@ -265,6 +328,7 @@ pub fn prepare(node: &Node, tries: u32) -> Result<Option<Prepared>> {
         }
     }
     Ok(Some(Prepared {
+        bootloader: bl,
         fallback: current,
         tries,
         cmdline: cmdline(&node.root)?,
@@ -345,40 +409,198 @@ pub fn begin(node: &Node, p: Prepared) -> Result<Option<Trial>> {
     };
     if revision.same_tree(&p.fallback) {
         if state.trial.is_some() {
-            end_trial(node)?;
+            end_trial(node, false)?;
             state = node.state()?;
             state.trial = None;
             node.save_state(&state)?;
         }
         return Ok(None);
     }
-    let grub = node.root.join(GRUB_DIR);
-    durable(
-        &grub.join(CFG),
-        grub_cfg(&p.fallback, &p.cmdline, p.initrd).as_bytes(),
-    )?;
-    source_from_custom(&grub)?;
     let trial = Trial {
         revision: revision.clone(),
-        fallback: p.fallback,
+        fallback: p.fallback.clone(),
         tries: p.tries,
-        bootloader: Bootloader::Grub,
+        bootloader: p.bootloader,
         started: crate::catalog::now(),
     };
-    // The state first: a trial the state names and GRUB does not count ends at the next boot
-    // as a trial boot would; a counter without a state trial is cleared by `aurum boot`.
-    state.trial = Some(trial.clone());
-    node.save_state(&state)?;
-    let mut env = read_env(&node.root)?;
-    env.set("aurum_trial", &revision.name())?;
-    env.set("aurum_tries", &p.tries.to_string())?;
-    durable(&env_path(&node.root), env.encode())?;
+    match p.bootloader {
+        Bootloader::Grub => {
+            let grub = node.root.join(GRUB_DIR);
+            durable(
+                &grub.join(CFG),
+                grub_cfg(&p.fallback, &p.cmdline, p.initrd).as_bytes(),
+            )?;
+            source_from_custom(&grub)?;
+            // The state first: a trial the state names and GRUB does not count ends at the
+            // next boot as a trial boot would; a counter without a state trial is cleared by
+            // `aurum boot`.
+            state.trial = Some(trial.clone());
+            node.save_state(&state)?;
+            let mut env = read_env(&node.root)?;
+            env.set("aurum_trial", &revision.name())?;
+            env.set("aurum_tries", &p.tries.to_string())?;
+            durable(&env_path(&node.root), env.encode())?;
+        }
+        Bootloader::SystemdBoot => {
+            state.trial = Some(trial.clone());
+            node.save_state(&state)?;
+            sd_begin(node, &p, &revision)?;
+        }
+    }
     Ok(Some(trial))
 }
 
-/// Takes the counter out of GRUB's environment and aurum's entry out of its configuration,
-/// and frees the kept kernel.
-fn end_trial(node: &Node) -> Result<()> {
+/// The entries of `esp`'s `loader/entries` that are aurum's revision entry (with or without
+/// a counter), by file name.
+fn sd_revision_entries(esp: &Path) -> Result<Vec<(String, EntryName)>> {
+    let dir = esp.join("loader/entries");
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).at(&dir),
+    };
+    let mut found = Vec::new();
+    for e in rd {
+        let e = e.at(&dir)?;
+        let file = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = EntryName::parse(&file).filter(|n| n.name == SD_ENTRY) {
+            found.push((file, n));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+fn remove_if_there(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at(p),
+    }
+}
+
+/// Copies the kernel and initramfs `root` boots into `dir` on the ESP; whether there was an
+/// initramfs.
+fn sd_copy_kernel(root: &Path, dir: &Path) -> Result<bool> {
+    let (vmlinuz, initrd) = kernel(root)?;
+    fs::create_dir_all(dir).at(dir)?;
+    durable(&dir.join("vmlinuz"), &fs::read(&vmlinuz).at(&vmlinuz)?)?;
+    match &initrd {
+        Some(i) => durable(&dir.join("initrd.img"), &fs::read(i).at(i)?)?,
+        None => remove_if_there(&dir.join("initrd.img"))?,
+    }
+    Ok(initrd.is_some())
+}
+
+/// An entry booting `dir` (`revision` or `fallback` under the ESP's `aurum/`).
+fn sd_entry(title: String, dir: &str, initrd: bool, options: String) -> Entry {
+    Entry {
+        title,
+        linux: format!("/{KEPT}/{dir}/vmlinuz"),
+        initrd: initrd.then(|| format!("/{KEPT}/{dir}/initrd.img")),
+        options,
+    }
+}
+
+/// systemd-boot's part of [`begin`]: the revision's kernel and its entry with the counter,
+/// the fallback entry for the kept kernel, and `loader.conf`'s default. The entry with the
+/// counter is written last, over the previous revision entry: until then the node boots as
+/// before.
+fn sd_begin(node: &Node, p: &Prepared, revision: &RevRef) -> Result<()> {
+    let esp = sd_esp(&node.root)?;
+    let entries = esp.join("loader/entries");
+    fs::create_dir_all(&entries).at(&entries)?;
+    let fallback = sd_entry(
+        format!("aurum: fall back to {}", p.fallback.name()),
+        "fallback",
+        p.initrd,
+        format!("{} {FALLBACK_ARG}", p.cmdline),
+    );
+    durable(
+        &entries.join(EntryName::plain(SD_FALLBACK).file()),
+        fallback.encode().as_bytes(),
+    )?;
+    let conf = esp.join("loader/loader.conf");
+    let text = fs::read_to_string(&conf).at(&conf)?;
+    let new = bootentry::set_default(&text, SD_DEFAULT);
+    if new != text {
+        durable(&conf, new.as_bytes())?;
+    }
+    let old = sd_revision_entries(&esp)?;
+    let initrd = sd_copy_kernel(&node.root, &esp.join(KEPT).join("revision"))?;
+    let entry = sd_entry(
+        format!("aurum: {}", revision.name()),
+        "revision",
+        initrd,
+        p.cmdline.clone(),
+    );
+    let name = EntryName::counting(SD_ENTRY, p.tries).file();
+    durable(&entries.join(&name), entry.encode().as_bytes())?;
+    for (file, _) in old.iter().filter(|(f, _)| *f != name) {
+        remove_if_there(&entries.join(file))?;
+    }
+    Ok(())
+}
+
+/// systemd-boot's end of a trial. Blessed: the counter is dropped from the entry's name, as
+/// `systemd-bless-boot` does, and the entry stays the node's. Otherwise (fallen back, or
+/// ended by a rollback or `mark-good`): the revision entry is written anew for the kernel the
+/// root has now. Either way the fallback entry and its kernel go.
+fn sd_end(node: &Node, blessed: bool) -> Result<()> {
+    let Some(esp) = esp(&node.root) else {
+        return Ok(());
+    };
+    let entries = esp.join("loader/entries");
+    let found = sd_revision_entries(&esp)?;
+    let plain = EntryName::plain(SD_ENTRY).file();
+    if blessed {
+        for (file, n) in &found {
+            if n.left.is_some() {
+                let to = entries.join(n.blessed().file());
+                fs::rename(entries.join(file), &to).at(&to)?;
+                crate::sys::sync_dir(&entries)?;
+            }
+        }
+    } else if found.iter().any(|(_, n)| n.left.is_some()) {
+        let old = found
+            .iter()
+            .find_map(|(f, _)| Entry::decode(&fs::read_to_string(entries.join(f)).ok()?, f).ok());
+        let options = match old {
+            Some(e) => e.options,
+            None => cmdline(&node.root)?,
+        };
+        let initrd = sd_copy_kernel(&node.root, &esp.join(KEPT).join("revision"))?;
+        let rev = node.state()?.current.map(|r| r.name()).unwrap_or_default();
+        let entry = sd_entry(format!("aurum: {rev}"), "revision", initrd, options);
+        durable(&entries.join(&plain), entry.encode().as_bytes())?;
+        for (file, _) in found.iter().filter(|(f, _)| *f != plain) {
+            remove_if_there(&entries.join(file))?;
+        }
+    }
+    remove_if_there(&entries.join(EntryName::plain(SD_FALLBACK).file()))?;
+    let _ = fs::remove_dir_all(esp.join(KEPT).join("fallback"));
+    Ok(())
+}
+
+/// The boots left to the revision on trial, by the boot loader's counter.
+fn tries_left(root: &Path, b: Bootloader) -> Result<Option<u32>> {
+    Ok(match b {
+        Bootloader::Grub => read_env(root)?
+            .get("aurum_tries")
+            .and_then(|v| v.parse().ok()),
+        Bootloader::SystemdBoot => match esp(root) {
+            Some(esp) => sd_revision_entries(&esp)?
+                .into_iter()
+                .find_map(|(_, n)| n.left),
+            None => None,
+        },
+    })
+}
+
+/// Takes the counter out of the boot loader's files and aurum's fallback entry out of its
+/// configuration, and frees the kept kernel; `blessed`: the revision on trial passed.
+fn end_trial(node: &Node, blessed: bool) -> Result<()> {
+    sd_end(node, blessed)?;
     let grub = node.root.join(GRUB_DIR);
     let mut env = read_env(&node.root)?;
     let a = env.unset("aurum_trial");
@@ -405,7 +627,7 @@ pub fn cancel(node: &Node) -> Result<()> {
         return Ok(());
     }
     node.save_state(&state)?;
-    end_trial(node)
+    end_trial(node, false)
 }
 
 /// This boot: the kernel's command line and boot id (on the node, `/proc`'s).
@@ -449,24 +671,24 @@ pub struct BootResult {
     pub reboot: bool,
 }
 
-/// `aurum boot`, early at every boot: records the boot; on GRUB's fallback entry (the revision
-/// on trial used up its boots) puts the root back to the fallback revision.
+/// `aurum boot`, early at every boot: records the boot; on the boot loader's fallback entry
+/// (the revision on trial used up its boots) puts the root back to the fallback revision.
 pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
     let this = &cx.this;
     let state = node.state()?;
-    let env = read_env(&node.root)?;
     let result = match state.trial.clone() {
         Some(t) if this.fallback_entry() => {
             let reason = format!(
-                "{} did not pass its health checks in {} boot{}: GRUB booted the fallback entry",
+                "{} did not pass its health checks in {} boot{}: {} booted the fallback entry",
                 t.revision.name(),
                 t.tries,
-                if t.tries == 1 { "" } else { "s" }
+                if t.tries == 1 { "" } else { "s" },
+                loader_name(t.bootloader)
             );
             fall_back(node, cx, &t, reason)?
         }
         Some(t) => {
-            let tries_left = env.get("aurum_tries").and_then(|v| v.parse().ok());
+            let tries_left = tries_left(&node.root, t.bootloader)?;
             let record = BootRecord {
                 time: crate::catalog::now(),
                 boot_id: this.boot_id.clone(),
@@ -485,8 +707,14 @@ pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
         None => {
             // A counter no trial explains (the state write of a trial that then failed, a
             // root restored from elsewhere) must not send a later boot to a stale entry.
-            if env.get("aurum_trial").is_some() {
-                end_trial(node)?;
+            let stale_entry = match esp(&node.root) {
+                Some(esp) => sd_revision_entries(&esp)?
+                    .iter()
+                    .any(|(_, n)| n.left.is_some()),
+                None => false,
+            };
+            if read_env(&node.root)?.get("aurum_trial").is_some() || stale_entry {
+                end_trial(node, false)?;
             }
             let record = BootRecord {
                 time: crate::catalog::now(),
@@ -528,7 +756,7 @@ pub fn after_health(
         return Ok(None);
     }
     let result = if health.healthy {
-        end_trial(node)?;
+        end_trial(node, true)?;
         let mut state = node.state()?;
         state.trial = None;
         state.last_known_good = Some(t.revision.clone());
@@ -612,7 +840,7 @@ fn fall_back(node: &Node, cx: &BootContext, t: &Trial, reason: String) -> Result
             t.fallback.name()
         ))
     })?;
-    end_trial(node)?;
+    end_trial(node, false)?;
     let mut state = node.state()?;
     state.trial = None;
     state.last_known_good = Some(t.fallback.clone());

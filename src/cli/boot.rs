@@ -12,12 +12,13 @@ use clap::Args;
 use super::node::{ExcludeArgs, SourceArgs};
 use super::{human_time, print_json, say, Global};
 
-/// Record this boot; on GRUB's fallback entry, put the node back to its last-known-good revision.
+/// Record this boot; on the fallback entry, put the node back to its last-known-good revision.
 ///
 /// Run it early at every boot (aurum-boot.service does, before the network). On a boot of a
 /// revision on trial (one `aurum updateclient` wrote with --boot-tries) it records the tries
-/// left; `aurum health` passing on that boot then blesses the revision. When GRUB has used up
-/// the tries it boots aurum's fallback entry (the kernel the node ran before, with
+/// left; `aurum health` passing on that boot then blesses the revision. When the boot loader
+/// (GRUB or systemd-boot) has used up the tries it boots aurum's fallback entry (the kernel the
+/// node ran before, with
 /// `aurum.fallback`): then this command puts the root back to the revision before the trial
 /// from the node's own undo area (no network needed), records that the node fell back and why,
 /// reports it to the server, and reboots into the restored root. Every boot is reported
@@ -28,8 +29,8 @@ pub struct BootArgs {
     #[arg(long, default_value = "/", value_name = "DIR")]
     root: PathBuf,
     /// The kernel command line of this boot. Default: /proc/cmdline (give it for a root mounted
-    /// elsewhere, e.g. from a rescue system: `aurum.fallback` in it means GRUB booted the
-    /// fallback entry).
+    /// elsewhere, e.g. from a rescue system: `aurum.fallback` in it means the boot loader
+    /// booted the fallback entry).
     #[arg(long, value_name = "TEXT")]
     cmdline: Option<String>,
     /// After a fallback, do not reboot (the root is put back; the running system is still the

@@ -212,10 +212,11 @@ pub struct UpdateclientArgs {
     /// Forget the staged revision and delete the stage.
     #[arg(long, conflicts_with_all = ["dry_run", "image", "add_override", "no_override"])]
     unstage: bool,
-    /// Boots the new revision gets on trial: GRUB counts them, and a revision that has not
-    /// passed `aurum health` after that many boots (or fails it on one) is put back to the
-    /// revision before it by the node itself. 0: no trial. Only on a node that boots with
-    /// GRUB (/boot/grub/grub.cfg); at most 9. Default: 3 when the node runs aurum boot at
+    /// Boots the new revision gets on trial: the boot loader counts them, and a revision that
+    /// has not passed `aurum health` after that many boots (or fails it on one) is put back to
+    /// the revision before it by the node itself. 0: no trial. Only on a node that boots with
+    /// GRUB (/boot/grub/grub.cfg) or systemd-boot (loader/loader.conf on the ESP at /efi,
+    /// /boot/efi or /boot); at most 9. Default: 3 when the node runs aurum boot at
     /// startup (aurum-boot.service enabled), else 0. See `aurum boot`.
     #[arg(long, value_name = "N")]
     boot_tries: Option<u32>,

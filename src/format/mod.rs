@@ -72,6 +72,7 @@ macro_rules! named_enum {
     };
 }
 
+pub mod bootentry;
 pub mod catalog;
 pub mod chroot;
 pub mod delta;

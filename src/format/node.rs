@@ -19,14 +19,18 @@ use crate::error::{corrupt, Result};
 /// 3 added `health`, the last health check, absent until `aurum health` runs; 4 added
 /// `staged`, the revision `updateclient --stage` fetched and staged, absent when none is;
 /// 5 added `trial`, a revision on trial under boot counting, and `boot`, the last boot's
-/// record, both absent until boot counting is used.
-pub const VERSION: u32 = 5;
+/// record, both absent until boot counting is used; 6 added `systemd-boot` as a trial's
+/// `bootloader`.
+pub const VERSION: u32 = 6;
 
 named_enum! {
     /// The boot loader whose own counter a trial uses.
     pub enum Bootloader {
         /// GRUB (BIOS or UEFI): the counter is in its environment block, `/boot/grub/grubenv`.
         Grub = "grub",
+        /// systemd-boot (UEFI): the counter is in the name of aurum's entry on the ESP,
+        /// `loader/entries/aurum-revision+LEFT-DONE.conf`.
+        SystemdBoot = "systemd-boot",
     }
 }
 

@@ -277,16 +277,52 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     parts(a).cmp(&parts(b))
 }
 
-fn durable(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes `data` to `path` durably, with `mode` when given.
+fn durable_mode(path: &Path, data: &[u8], mode: Option<u32>) -> Result<()> {
     crate::sys::write_atomic(
         path,
         data,
         crate::sys::WriteOpts {
             durable: true,
-            mode: Some(0o644),
+            mode,
             ..Default::default()
         },
     )
+}
+
+fn durable(path: &Path, data: &[u8]) -> Result<()> {
+    durable_mode(path, data, Some(0o644))
+}
+
+/// [`durable`] on the ESP, with no mode: vfat holds none, and a chmod there fails unless it
+/// is mounted with `quiet` (the shipped classes mount it `umask=0077`).
+fn on_esp(path: &Path, data: &[u8]) -> Result<()> {
+    durable_mode(path, data, None)
+}
+
+/// The mode files get in `b`'s directories.
+fn mode_for(b: Bootloader) -> Option<u32> {
+    match b {
+        Bootloader::Grub => Some(0o644),
+        Bootloader::SystemdBoot => None,
+    }
+}
+
+/// Copies the kernel and initramfs `root` boots ([`kernel`]) into `dir` as `vmlinuz` and
+/// `initrd.img`; whether there was an initramfs.
+fn copy_kernel(root: &Path, dir: &Path, mode: Option<u32>) -> Result<bool> {
+    let (vmlinuz, initrd) = kernel(root)?;
+    fs::create_dir_all(dir).at(dir)?;
+    durable_mode(
+        &dir.join("vmlinuz"),
+        &fs::read(&vmlinuz).at(&vmlinuz)?,
+        mode,
+    )?;
+    match &initrd {
+        Some(i) => durable_mode(&dir.join("initrd.img"), &fs::read(i).at(i)?, mode)?,
+        None => remove_if_there(&dir.join("initrd.img"))?,
+    }
+    Ok(initrd.is_some())
 }
 
 /// Before an update of `node` that puts a revision on trial for `tries` boots: keeps the
@@ -318,21 +354,13 @@ pub fn prepare(node: &Node, tries: u32) -> Result<Option<Prepared>> {
             initrd: kept.join("initrd.img").is_file(),
         }));
     }
-    let (vmlinuz, initrd) = kernel(&node.root)?;
-    fs::create_dir_all(&kept).at(&kept)?;
-    durable(&kept.join("vmlinuz"), &fs::read(&vmlinuz).at(&vmlinuz)?)?;
-    match &initrd {
-        Some(i) => durable(&kept.join("initrd.img"), &fs::read(i).at(i)?)?,
-        None => {
-            let _ = fs::remove_file(kept.join("initrd.img"));
-        }
-    }
+    let initrd = copy_kernel(&node.root, &kept, mode_for(bl))?;
     Ok(Some(Prepared {
         bootloader: bl,
         fallback: current,
         tries,
         cmdline: cmdline(&node.root)?,
-        initrd: initrd.is_some(),
+        initrd,
     }))
 }
 
@@ -479,19 +507,6 @@ fn remove_if_there(p: &Path) -> Result<()> {
     }
 }
 
-/// Copies the kernel and initramfs `root` boots into `dir` on the ESP; whether there was an
-/// initramfs.
-fn sd_copy_kernel(root: &Path, dir: &Path) -> Result<bool> {
-    let (vmlinuz, initrd) = kernel(root)?;
-    fs::create_dir_all(dir).at(dir)?;
-    durable(&dir.join("vmlinuz"), &fs::read(&vmlinuz).at(&vmlinuz)?)?;
-    match &initrd {
-        Some(i) => durable(&dir.join("initrd.img"), &fs::read(i).at(i)?)?,
-        None => remove_if_there(&dir.join("initrd.img"))?,
-    }
-    Ok(initrd.is_some())
-}
-
 /// An entry booting `dir` (`revision` or `fallback` under the ESP's `aurum/`).
 fn sd_entry(title: String, dir: &str, initrd: bool, options: String) -> Entry {
     Entry {
@@ -516,7 +531,7 @@ fn sd_begin(node: &Node, p: &Prepared, revision: &RevRef) -> Result<()> {
         p.initrd,
         format!("{} {FALLBACK_ARG}", p.cmdline),
     );
-    durable(
+    on_esp(
         &entries.join(EntryName::plain(SD_FALLBACK).file()),
         fallback.encode().as_bytes(),
     )?;
@@ -524,10 +539,10 @@ fn sd_begin(node: &Node, p: &Prepared, revision: &RevRef) -> Result<()> {
     let text = fs::read_to_string(&conf).at(&conf)?;
     let new = bootentry::set_default(&text, SD_DEFAULT);
     if new != text {
-        durable(&conf, new.as_bytes())?;
+        on_esp(&conf, new.as_bytes())?;
     }
     let old = sd_revision_entries(&esp)?;
-    let initrd = sd_copy_kernel(&node.root, &esp.join(KEPT).join("revision"))?;
+    let initrd = copy_kernel(&node.root, &esp.join(KEPT).join("revision"), None)?;
     let entry = sd_entry(
         format!("aurum: {}", revision.name()),
         "revision",
@@ -535,7 +550,7 @@ fn sd_begin(node: &Node, p: &Prepared, revision: &RevRef) -> Result<()> {
         p.cmdline.clone(),
     );
     let name = EntryName::counting(SD_ENTRY, p.tries).file();
-    durable(&entries.join(&name), entry.encode().as_bytes())?;
+    on_esp(&entries.join(&name), entry.encode().as_bytes())?;
     for (file, _) in old.iter().filter(|(f, _)| *f != name) {
         remove_if_there(&entries.join(file))?;
     }
@@ -569,10 +584,10 @@ fn sd_end(node: &Node, blessed: bool) -> Result<()> {
             Some(e) => e.options,
             None => cmdline(&node.root)?,
         };
-        let initrd = sd_copy_kernel(&node.root, &esp.join(KEPT).join("revision"))?;
+        let initrd = copy_kernel(&node.root, &esp.join(KEPT).join("revision"), None)?;
         let rev = node.state()?.current.map(|r| r.name()).unwrap_or_default();
         let entry = sd_entry(format!("aurum: {rev}"), "revision", initrd, options);
-        durable(&entries.join(&plain), entry.encode().as_bytes())?;
+        on_esp(&entries.join(&plain), entry.encode().as_bytes())?;
         for (file, _) in found.iter().filter(|(f, _)| *f != plain) {
             remove_if_there(&entries.join(file))?;
         }

@@ -637,6 +637,7 @@ fn help_and_book_name_the_same_flags() {
 const FOREIGN_FLAGS: &[&str] = &[
     "--acls",
     "--cache-rate",
+    "--node-rate",
     "--chunk",
     "--copy",
     "--max",

@@ -21,7 +21,9 @@ use serde::Serialize;
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
 use crate::error::{invalid, Error, IoContext, Result};
-use crate::format::signature::{Signature, SignedRevision, NAMESPACE};
+use crate::format::signature::{
+    Signature, SignedRevision, SignedTemplate, TemplateSignature, NAMESPACE, TEMPLATE_NAMESPACE,
+};
 use crate::format::Id;
 
 /// The environment variable naming the signing key (over nothing: a command signs only when
@@ -121,6 +123,20 @@ impl SigningKey {
             .to_pem(LineEnding::LF)
             .map_err(|e| Error::Tool(format!("cannot encode a signature: {e}")))?;
         Ok(Signature { revision, armored })
+    }
+}
+
+impl SigningKey {
+    /// Signs a template's text.
+    pub fn sign_template(&self, template: SignedTemplate) -> Result<TemplateSignature> {
+        let sig = self
+            .key
+            .sign(TEMPLATE_NAMESPACE, HashAlg::Sha512, &template.message())
+            .map_err(|e| Error::Tool(format!("signing failed: {e}")))?;
+        let armored = sig
+            .to_pem(LineEnding::LF)
+            .map_err(|e| Error::Tool(format!("cannot encode a signature: {e}")))?;
+        Ok(TemplateSignature { template, armored })
     }
 }
 
@@ -252,6 +268,13 @@ pub fn key_of(s: &Signature) -> Option<String> {
         .map(|sig| fingerprint(sig.public_key()))
 }
 
+/// The fingerprint of the key a template's signature says made it.
+pub fn template_key_of(s: &TemplateSignature) -> Option<String> {
+    SshSig::from_pem(&s.armored)
+        .ok()
+        .map(|sig| fingerprint(sig.public_key()))
+}
+
 /// Whether a signature made for image `signed` may stand for the image named `local` here: the
 /// same name, or a pulled copy of it (`REMOTE/IMAGE`; pulls keep the source's numbers and ids).
 pub fn image_matches(signed: &str, local: &str) -> bool {
@@ -323,36 +346,6 @@ pub fn check_all(sigs: &[Signature], want: &Wanted, keys: &TrustedKeys) -> Vec<C
 
 fn check_one(s: &Signature, want: &Wanted, keys: &TrustedKeys) -> Checked {
     let r = &s.revision;
-    let bad = |key: String, problem: String| Checked {
-        key,
-        signer: None,
-        signed: r.signed,
-        standing: Standing::Bad,
-        problem: Some(problem),
-    };
-    let sig: SshSig = match SshSig::from_pem(&s.armored) {
-        Ok(sig) => sig,
-        Err(e) => {
-            return bad(
-                String::new(),
-                format!("the signature does not decode ({e})"),
-            )
-        }
-    };
-    let key = fingerprint(sig.public_key());
-    if sig.namespace() != NAMESPACE {
-        return bad(
-            key,
-            format!(
-                "made for `{}`, not for aurum revisions (`{NAMESPACE}`)",
-                sig.namespace()
-            ),
-        );
-    }
-    let public = PublicKey::new(sig.public_key().clone(), "");
-    if let Err(e) = public.verify(NAMESPACE, &r.message(), &sig) {
-        return bad(key, format!("it does not match the text it signs ({e})"));
-    }
     let mut differs = Vec::new();
     if !image_matches(&r.image, want.image) {
         differs.push(format!("image `{}`", r.image));
@@ -369,10 +362,57 @@ fn check_one(s: &Signature, want: &Wanted, keys: &TrustedKeys) -> Checked {
     if want.created.is_some() && r.parent != want.parent {
         differs.push("another parent".to_string());
     }
+    verdict(&s.armored, NAMESPACE, &r.message(), differs, r.signed, keys)
+}
+
+/// Checks one armored signature over `message` in `namespace`; `differs` says how the
+/// signed text differs from what it must name (empty: it names exactly that).
+fn verdict(
+    armored: &str,
+    namespace: &str,
+    message: &[u8],
+    differs: Vec<String>,
+    signed: i64,
+    keys: &TrustedKeys,
+) -> Checked {
+    let bad = |key: String, problem: String| Checked {
+        key,
+        signer: None,
+        signed,
+        standing: Standing::Bad,
+        problem: Some(problem),
+    };
+    let sig: SshSig = match SshSig::from_pem(armored) {
+        Ok(sig) => sig,
+        Err(e) => {
+            return bad(
+                String::new(),
+                format!("the signature does not decode ({e})"),
+            )
+        }
+    };
+    let key = fingerprint(sig.public_key());
+    if sig.namespace() != namespace {
+        return bad(
+            key,
+            format!("made for `{}`, not for `{namespace}`", sig.namespace()),
+        );
+    }
+    let public = PublicKey::new(sig.public_key().clone(), "");
+    if let Err(e) = public.verify(namespace, message, &sig) {
+        return bad(key, format!("it does not match the text it signs ({e})"));
+    }
     if !differs.is_empty() {
         return bad(
             key,
-            format!("it was made for another revision ({})", differs.join(", ")),
+            format!(
+                "it was made for another {} ({})",
+                match namespace {
+                    TEMPLATE_NAMESPACE => "template",
+                    _ => "revision",
+                },
+                differs.join(", ")
+            ),
         );
     }
     let (standing, signer) = if keys.is_revoked(&key) {
@@ -387,10 +427,58 @@ fn check_one(s: &Signature, want: &Wanted, keys: &TrustedKeys) -> Checked {
     Checked {
         key,
         signer,
-        signed: r.signed,
+        signed,
         standing,
         problem: None,
     }
+}
+
+/// Every signature of `class`'s template whose text has id `text`, checked.
+pub fn check_template(
+    sigs: &[TemplateSignature],
+    class: &str,
+    text: &Id,
+    keys: &TrustedKeys,
+) -> Vec<Checked> {
+    sigs.iter()
+        .map(|s| {
+            let t = &s.template;
+            let mut differs = Vec::new();
+            if t.class != class {
+                differs.push(format!("class `{}`", t.class));
+            }
+            if t.text != *text {
+                differs.push(format!("text {}", t.text.short()));
+            }
+            verdict(
+                &s.armored,
+                TEMPLATE_NAMESPACE,
+                &t.message(),
+                differs,
+                t.signed,
+                keys,
+            )
+        })
+        .collect()
+}
+
+/// The decision for a template: `Ok` with its newest trusted signature, else why not.
+pub fn accept_template(
+    sigs: &[TemplateSignature],
+    class: &str,
+    text: &Id,
+    keys: &TrustedKeys,
+) -> std::result::Result<Accepted, Refusal> {
+    if sigs.is_empty() {
+        return Err(Refusal::Unsigned);
+    }
+    let checked = check_template(sigs, class, text, keys);
+    decide(&checked).map(|i| Accepted {
+        key: checked[i].key.clone(),
+        signer: checked[i].signer.clone(),
+        signed: checked[i].signed,
+        created: checked[i].signed,
+    })
 }
 
 /// Why a revision is refused.
@@ -455,18 +543,23 @@ pub fn accept(
         return Err(Refusal::Unsigned);
     }
     let checked = check_all(sigs, want, keys);
-    let best = checked
+    decide(&checked).map(|i| Accepted {
+        key: checked[i].key.clone(),
+        signer: checked[i].signer.clone(),
+        signed: checked[i].signed,
+        created: sigs[i].revision.created,
+    })
+}
+
+/// Which of `checked` a thing passes with (the newest trusted signature), else why not.
+fn decide(checked: &[Checked]) -> std::result::Result<usize, Refusal> {
+    if let Some((i, _)) = checked
         .iter()
-        .zip(sigs)
-        .filter(|(c, _)| c.standing == Standing::Trusted)
-        .max_by_key(|(c, _)| c.signed);
-    if let Some((c, s)) = best {
-        return Ok(Accepted {
-            key: c.key.clone(),
-            signer: c.signer.clone(),
-            signed: c.signed,
-            created: s.revision.created,
-        });
+        .enumerate()
+        .filter(|(_, c)| c.standing == Standing::Trusted)
+        .max_by_key(|(_, c)| c.signed)
+    {
+        return Ok(i);
     }
     let of = |st: Standing| -> Vec<String> {
         checked

@@ -263,18 +263,6 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
     let http_options = a
         .http
         .options(Some(&g.config.node), a.token.token(g, None)?)?;
-    let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
-        Some(url) => {
-            let http = HttpRepo::new(url, None, &http_options)?;
-            let t = store::from_server(&http, class.as_ref())?;
-            (Box::new(http), t)
-        }
-        None => {
-            let repo = aurum::repo::Repository::open(&g.repo, aurum::repo::Lock::Shared)?;
-            let t = store::from_repo(&repo, class.as_ref())?;
-            (Box::new(LocalRepo::new(&g.repo)?), t)
-        }
-    };
     let mut policy = super::trust::node_policy(g, false)?;
     if !a.trusted_key.is_empty() {
         let n = &g.config.node;
@@ -282,6 +270,19 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
         keys.extend(a.trusted_key.iter().cloned());
         policy.keys = aurum::trust::TrustedKeys::parse(&keys, &n.revoked_keys)?;
     }
+    // The templates are checked as they are fetched, the revision as it is resolved.
+    let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
+        Some(url) => {
+            let http = HttpRepo::new(url, None, &http_options)?;
+            let t = store::from_server(&http, class.as_ref(), &policy.keys)?;
+            (Box::new(http), t)
+        }
+        None => {
+            let repo = aurum::repo::Repository::open(&g.repo, aurum::repo::Lock::Shared)?;
+            let t = store::from_repo(&repo, class.as_ref(), &policy.keys)?;
+            (Box::new(LocalRepo::new(&g.repo)?), t)
+        }
+    };
     // A bare node runs nothing yet: there is nothing to roll back from.
     let source: Box<dyn RevisionSource> = match policy.keys.is_empty() {
         true => source,

@@ -34,6 +34,7 @@ enum TemplateCmd {
     New(NewArgs),
     Import(ImportArgs),
     ImportSi(super::si::TemplateImportSiArgs),
+    Sign(SignArgs),
 }
 
 /// List the classes: newest version, disk range, description.
@@ -128,9 +129,53 @@ struct ImportArgs {
     /// Also import the templates shipped with aurum (what `aurum init` does).
     #[arg(long)]
     shipped: bool,
+    /// Sign what is imported (each class's newest version) with this key, so that
+    /// installers with `trusted-keys` take it (see `aurum template sign`).
+    #[command(flatten)]
+    key: super::trust::SignKeyArgs,
     /// Print JSON: [{"class", "version", "changed"}...].
     #[arg(long)]
     json: bool,
+}
+
+/// Sign classes' newest templates, so that installers that check signatures take them.
+///
+/// A partition template decides what is written where on a node's disks, so an installer
+/// with `trusted-keys` (node.toml, the boot kit's `--trusted-key`, `install --trusted-key`)
+/// refuses a template no trusted key signed, before anything is written. The signature is
+/// over the class and the template's text (not its version number: a pull numbers versions
+/// anew), in public/sigs/_templates/CLASS/ID, and travels with pull and push. Sign again
+/// after every edit or import (or give `template import` --sign-key). Signing again with the
+/// same key replaces its earlier signature; other keys' are kept.
+#[derive(Args)]
+struct SignArgs {
+    /// The classes; none: every class (its newest version).
+    #[arg(value_name = "CLASS")]
+    classes: Vec<ClassName>,
+    #[command(flatten)]
+    key: super::trust::SignKeyArgs,
+    /// Print JSON: a list of {"class", "version", "text", "key", "signed"}.
+    #[arg(long)]
+    json: bool,
+}
+
+fn sign(g: &Global, a: SignArgs) -> anyhow::Result<()> {
+    let key = a.key.required()?;
+    let repo = Repository::open(&g.repo, Lock::Exclusive)?;
+    let signed = store::sign(&repo, &a.classes, &key)?;
+    if a.json {
+        return print_json(&signed);
+    }
+    for s in &signed {
+        println!(
+            "signed template {} (version {}, text {}) with {}",
+            s.class,
+            s.version,
+            &s.text[..8],
+            s.key
+        );
+    }
+    Ok(())
 }
 
 pub fn exec(g: &Global, a: TemplateArgs) -> anyhow::Result<()> {
@@ -144,6 +189,7 @@ pub fn exec(g: &Global, a: TemplateArgs) -> anyhow::Result<()> {
         TemplateCmd::New(a) => new(g, a),
         TemplateCmd::Import(a) => import(g, a),
         TemplateCmd::ImportSi(a) => super::si::template_import_si(g, a),
+        TemplateCmd::Sign(a) => sign(g, a),
     }
 }
 
@@ -472,7 +518,12 @@ fn new(g: &Global, a: NewArgs) -> anyhow::Result<()> {
 }
 
 fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
-    let mut repo = Repository::open(&g.repo, Lock::Shared)?;
+    let key = a.key.load()?;
+    let lock = match key {
+        Some(_) => Lock::Exclusive,
+        None => Lock::Shared,
+    };
+    let mut repo = Repository::open(&g.repo, lock)?;
     if a.files.is_empty() && !a.shipped {
         return Err(aurum::Error::Invalid("give template files, or --shipped".into()).into());
     }
@@ -501,6 +552,12 @@ fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
             &format!("imported from {}", f.display()),
         )?;
         done.push((class, v, new));
+    }
+    if let Some(key) = &key {
+        let classes: Vec<ClassName> = done.iter().map(|(c, _, _)| c.clone()).collect();
+        for s in store::sign(&repo, &classes, key)? {
+            super::say!("aurum: signed template {} with {}", s.class, s.key);
+        }
     }
     if a.json {
         let v: Vec<_> = done

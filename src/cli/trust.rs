@@ -26,6 +26,16 @@ impl SignKeyArgs {
     pub fn load(&self) -> anyhow::Result<Option<SigningKey>> {
         Ok(self.sign_key.as_deref().map(SigningKey::load).transpose()?)
     }
+
+    /// The key, for a command that only signs.
+    pub fn required(&self) -> anyhow::Result<SigningKey> {
+        self.load()?.ok_or_else(|| {
+            aurum::Error::Invalid(format!(
+                "give the signing key with --sign-key FILE (or {KEY_ENV}); `aurum key generate FILE` makes one"
+            ))
+            .into()
+        })
+    }
 }
 
 /// Signs `rev` with `key` when there is one, saying so on stderr.
@@ -161,11 +171,7 @@ pub struct SignArgs {
 }
 
 pub fn sign(g: &Global, a: SignArgs) -> anyhow::Result<()> {
-    let key = a.key.load()?.ok_or_else(|| {
-        aurum::Error::Invalid(format!(
-            "give the signing key with --sign-key FILE (or {KEY_ENV}); `aurum key generate FILE` makes one"
-        ))
-    })?;
+    let key = a.key.required()?;
     if a.revs.is_empty() && !a.all {
         return Err(aurum::Error::Invalid(
             "name the revisions to sign (IMAGE, IMAGE@N, IMAGE:TAG), or give --all".into(),

@@ -25,6 +25,25 @@
 //! The signed message is the block's first seven lines, byte for byte, each ending in `\n`.
 //! The manifest id covers the whole tree (every file's content is named by id in it), so one
 //! signature over these lines authenticates everything a node writes.
+//!
+//! Partition templates decide what is written where on a node's disks, so they are signed
+//! the same way, in `sigs/_templates/CLASS/ID` (ID: the BLAKE3 id of the template's text; the
+//! `_` keeps the directory apart from every image, whose names start with a letter or digit).
+//! Their blocks name the class and the text, not the version: a pull numbers the versions it
+//! saves anew, and the same text is the same template wherever it is kept:
+//!
+//! ```text
+//! aurum template signature 1
+//! class compute
+//! text <64 hex digits>
+//! signed <seconds since the epoch>
+//! -----BEGIN SSH SIGNATURE-----
+//! ...
+//! -----END SSH SIGNATURE-----
+//! ```
+//!
+//! Their message is the block's first four lines, under the SSHSIG namespace
+//! [`TEMPLATE_NAMESPACE`], so that a revision's signature never passes as a template's.
 
 use std::fmt::Write as _;
 
@@ -38,14 +57,175 @@ pub const VERSION: u32 = 1;
 /// commit, a file signed with `ssh-keygen -Y sign -n file`) never passes as one.
 pub const NAMESPACE: &str = "aurum-revision";
 
+/// The SSHSIG namespace of template signatures.
+pub const TEMPLATE_NAMESPACE: &str = "aurum-template";
+
 /// What each block starts with; the version follows.
 const HEADER: &str = "aurum revision signature";
+const TEMPLATE_HEADER: &str = "aurum template signature";
+/// The directory of template signatures under `sigs/`.
+pub const TEMPLATE_DIR: &str = "sigs/_templates";
 const BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
 const END: &str = "-----END SSH SIGNATURE-----";
 
 /// The published path of a revision's signatures, relative to `public/`.
 pub fn path(image: &str, number: u32) -> String {
     format!("sigs/{image}/{number}")
+}
+
+/// The published path of the signatures of `class`'s template whose text has id `text`.
+pub fn template_path(class: &str, text: &Id) -> String {
+    format!("{TEMPLATE_DIR}/{class}/{}", text.hex())
+}
+
+/// What a template's signature vouches for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedTemplate {
+    pub class: String,
+    /// The id of the template's text (its bytes, as published in `templates/CLASS.toml`).
+    pub text: Id,
+    /// When it was signed.
+    pub signed: i64,
+}
+
+impl SignedTemplate {
+    /// The bytes the signature is made over: the block's first four lines.
+    pub fn message(&self) -> Vec<u8> {
+        format!(
+            "{TEMPLATE_HEADER} {VERSION}\nclass {}\ntext {}\nsigned {}\n",
+            self.class,
+            self.text.hex(),
+            self.signed
+        )
+        .into_bytes()
+    }
+}
+
+/// One block of a template's signatures file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateSignature {
+    pub template: SignedTemplate,
+    /// As in [`Signature::armored`].
+    pub armored: String,
+}
+
+/// The file holding a template's signatures.
+pub fn encode_template(sigs: &[TemplateSignature]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in sigs {
+        out.extend(s.template.message());
+        out.extend(s.armored.trim_end().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Reads a template's signatures file; refuses anything it cannot read whole.
+pub fn decode_template(data: &[u8]) -> Result<Vec<TemplateSignature>, Problem> {
+    let text = std::str::from_utf8(data).map_err(|_| Problem::NotText)?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(Problem::CutShort);
+    }
+    let mut lines = text.lines().enumerate().peekable();
+    let mut sigs = Vec::new();
+    while lines.peek().is_some() {
+        let version = header(
+            &mut lines,
+            TEMPLATE_HEADER,
+            "aurum template signature VERSION",
+        )?;
+        if version > VERSION {
+            return Err(Problem::Newer {
+                version,
+                reads: VERSION,
+            });
+        }
+        let (n, class) = field(&mut lines, "class", "class NAME")?;
+        if !crate::name::is_valid(&class) {
+            return Err(Problem::BadLine {
+                line: n,
+                want: "class NAME",
+            });
+        }
+        let (n, hex) = field(&mut lines, "text", "text ID")?;
+        let text = Id::from_hex(&hex).ok_or(Problem::BadLine {
+            line: n,
+            want: "text ID",
+        })?;
+        let (n, signed) = field(&mut lines, "signed", "signed SECONDS")?;
+        let signed = signed.parse().map_err(|_| Problem::BadLine {
+            line: n,
+            want: "signed SECONDS",
+        })?;
+        let armored = armored(&mut lines)?;
+        sigs.push(TemplateSignature {
+            template: SignedTemplate {
+                class,
+                text,
+                signed,
+            },
+            armored,
+        });
+    }
+    Ok(sigs)
+}
+
+type Lines<'a> = std::iter::Peekable<std::iter::Enumerate<std::str::Lines<'a>>>;
+
+/// The next line, numbered from 1.
+fn next_line<'a>(lines: &mut Lines<'a>, want: &'static str) -> Result<(usize, &'a str), Problem> {
+    lines
+        .next()
+        .map(|(n, l)| (n + 1, l))
+        .ok_or(Problem::BadLine { line: 0, want })
+}
+
+/// A block's first line, `HEADER VERSION`: the version.
+fn header(lines: &mut Lines, head: &str, want: &'static str) -> Result<u32, Problem> {
+    let (n, first) = next_line(lines, want)?;
+    first
+        .strip_prefix(head)
+        .and_then(|v| v.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .ok_or(Problem::BadLine { line: n, want })
+}
+
+/// A `key value` line (one word of value): its number and the value.
+fn field(lines: &mut Lines, key: &str, want: &'static str) -> Result<(usize, String), Problem> {
+    let (n, l) = next_line(lines, want)?;
+    l.strip_prefix(key)
+        .and_then(|v| v.strip_prefix(' '))
+        .filter(|v| !v.is_empty() && !v.contains(char::is_whitespace))
+        .map(|v| (n, v.to_string()))
+        .ok_or(Problem::BadLine { line: n, want })
+}
+
+/// The armored SSH signature that ends a block, lines ending in `\n`.
+fn armored(lines: &mut Lines) -> Result<String, Problem> {
+    let bad = |line: usize, want| Problem::BadLine { line, want };
+    let (n, begin) = next_line(lines, BEGIN)?;
+    if begin != BEGIN {
+        return Err(bad(n, BEGIN));
+    }
+    let mut armored = format!("{BEGIN}\n");
+    loop {
+        let (n, l) = next_line(lines, END)?;
+        if l == END {
+            break;
+        }
+        if l.is_empty()
+            || !l
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        {
+            return Err(bad(n, "base64 signature line"));
+        }
+        armored.push_str(l);
+        armored.push('\n');
+    }
+    armored.push_str(END);
+    armored.push('\n');
+    Ok(armored)
 }
 
 /// What a signature vouches for.
@@ -117,80 +297,32 @@ pub fn decode(data: &[u8]) -> Result<Vec<Signature>, Problem> {
     let mut lines = text.lines().enumerate().peekable();
     let mut sigs = Vec::new();
     while lines.peek().is_some() {
-        let mut next = |want: &'static str| {
-            lines
-                .next()
-                .map(|(n, l)| (n + 1, l))
-                .ok_or(Problem::BadLine { line: 0, want })
-        };
-        let (n, first) = next("aurum revision signature VERSION")?;
-        let version: u32 = first
-            .strip_prefix(HEADER)
-            .and_then(|v| v.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-            .ok_or(Problem::BadLine {
-                line: n,
-                want: "aurum revision signature VERSION",
-            })?;
+        let version = header(&mut lines, HEADER, "aurum revision signature VERSION")?;
         if version > VERSION {
             return Err(Problem::Newer {
                 version,
                 reads: VERSION,
             });
         }
-        let mut field = |key: &'static str, want: &'static str| -> Result<String, Problem> {
-            let (n, l) = next(want)?;
-            l.strip_prefix(key)
-                .and_then(|v| v.strip_prefix(' '))
-                .filter(|v| !v.is_empty() && !v.contains(char::is_whitespace))
-                .map(str::to_string)
-                .ok_or(Problem::BadLine { line: n, want })
-        };
-        let image = field("image", "image NAME")?;
-        if image.chars().any(|c| c.is_control()) {
-            return Err(Problem::BadLine {
-                line: n + 1,
-                want: "image NAME",
-            });
-        }
         let bad = |line: usize, want| Problem::BadLine { line, want };
-        let number = field("number", "number N")?
-            .parse()
-            .map_err(|_| bad(n + 2, "number N"))?;
-        let manifest = Id::from_hex(&field("manifest", "manifest ID")?)
-            .ok_or_else(|| bad(n + 3, "manifest ID"))?;
-        let parent = match field("parent", "parent ID")?.as_str() {
+        let (n, image) = field(&mut lines, "image", "image NAME")?;
+        if image.chars().any(|c| c.is_control()) {
+            return Err(bad(n, "image NAME"));
+        }
+        let (n, number) = field(&mut lines, "number", "number N")?;
+        let number = number.parse().map_err(|_| bad(n, "number N"))?;
+        let (n, manifest) = field(&mut lines, "manifest", "manifest ID")?;
+        let manifest = Id::from_hex(&manifest).ok_or_else(|| bad(n, "manifest ID"))?;
+        let (n, parent) = field(&mut lines, "parent", "parent ID")?;
+        let parent = match parent.as_str() {
             "-" => None,
-            p => Some(Id::from_hex(p).ok_or_else(|| bad(n + 4, "parent ID"))?),
+            p => Some(Id::from_hex(p).ok_or_else(|| bad(n, "parent ID"))?),
         };
-        let created = field("created", "created SECONDS")?
-            .parse()
-            .map_err(|_| bad(n + 5, "created SECONDS"))?;
-        let signed = field("signed", "signed SECONDS")?
-            .parse()
-            .map_err(|_| bad(n + 6, "signed SECONDS"))?;
-        let (n, begin) = next(BEGIN)?;
-        if begin != BEGIN {
-            return Err(bad(n, BEGIN));
-        }
-        let mut armored = format!("{BEGIN}\n");
-        loop {
-            let (n, l) = next(END)?;
-            if l == END {
-                break;
-            }
-            if l.is_empty()
-                || !l
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
-            {
-                return Err(bad(n, "base64 signature line"));
-            }
-            armored.push_str(l);
-            armored.push('\n');
-        }
-        armored.push_str(END);
-        armored.push('\n');
+        let (n, created) = field(&mut lines, "created", "created SECONDS")?;
+        let created = created.parse().map_err(|_| bad(n, "created SECONDS"))?;
+        let (n, signed) = field(&mut lines, "signed", "signed SECONDS")?;
+        let signed = signed.parse().map_err(|_| bad(n, "signed SECONDS"))?;
+        let armored = armored(&mut lines)?;
         sigs.push(Signature {
             revision: SignedRevision {
                 image,
@@ -240,6 +372,33 @@ mod tests {
         fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode(&data);
         }
+    }
+
+    #[test]
+    fn template_signatures_round_trip_and_refuse_what_they_cannot_read() {
+        let t = TemplateSignature {
+            template: SignedTemplate {
+                class: "compute".into(),
+                text: Id::of(b"[[disk]]"),
+                signed: 30,
+            },
+            armored: format!("{BEGIN}\nU1NIU0lH\n{END}\n"),
+        };
+        let bytes = encode_template(&[t.clone(), t.clone()]);
+        assert_eq!(decode_template(&bytes).unwrap(), vec![t.clone(), t.clone()]);
+        let text = String::from_utf8(encode_template(std::slice::from_ref(&t))).unwrap();
+        let head: String = text.split_inclusive('\n').take(4).collect();
+        assert_eq!(head.as_bytes(), t.template.message());
+        assert!(matches!(
+            decode_template(text.replace("class compute", "class ../x").as_bytes()),
+            Err(Problem::BadLine { line: 2, .. })
+        ));
+        // A revision's file is no template's.
+        assert!(decode_template(&encode(&[sig("compute", 3, false, 10, 20)])).is_err());
+        assert_eq!(
+            template_path("compute", &t.template.text),
+            format!("sigs/_templates/compute/{}", t.template.text.hex())
+        );
     }
 
     #[test]

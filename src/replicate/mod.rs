@@ -31,8 +31,9 @@ use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::{self, Kind, Manifest};
 use crate::format::pack::{self as packfmt, decode_index, Codec, IndexEntry};
 use crate::format::refs::{self, ImageLog, LoggedRevision};
-use crate::format::signature::{self, Signature};
+use crate::format::signature::{self, Signature, TemplateSignature};
 use crate::format::Id;
+use crate::name::ClassName;
 use crate::progress::Progress;
 use crate::repo::embedded::Pins;
 use crate::repo::Repository;
@@ -172,6 +173,7 @@ fn pull_from(
     };
     let plan = plan(repo, src.as_ref(), opts, remote, mirror, &mut report)?;
     let signatures = fetch_signatures(repo, src.as_ref(), &plan, &report, &opts.keys)?;
+    let templates = fetch_templates(src.as_ref(), url, &opts.keys)?;
     if let Some(r) = remote {
         repo.catalog.remote_contacted(
             r,
@@ -212,7 +214,7 @@ fn pull_from(
     report.deltas = pull_deltas(repo, src.as_ref(), &manifests)?;
     record(repo, &plan.images)?;
     report.signatures = write_signatures(repo, &signatures)?;
-    report.templates = pull_templates(repo, src.as_ref(), url)?;
+    report.templates = save_templates(repo, &templates)?;
     report.bytes = src.bytes_moved();
     drop(lock);
     fs::remove_dir_all(&stage).at(&stage)?;
@@ -883,12 +885,20 @@ fn delta_target(name: &str) -> Option<Id> {
     crate::format::delta::cache_target(name.split('/').nth(1)?)
 }
 
-/// Saves the source's template versions, oldest first, each as a new version here when
-/// it differs from this repository's newest of its class (so a class's history comes
-/// along, and a text both have is not saved twice). A source without `templates/log` gives
-/// its newest versions only. Returns how many versions were saved.
-fn pull_templates(repo: &mut Repository, src: &dyn Source, url: &str) -> Result<u64> {
-    let versions = match src.get("templates/log")? {
+/// A template version to pull, with the signatures the source has for its text.
+struct PulledTemplate {
+    class: ClassName,
+    text: String,
+    note: String,
+    signatures: Vec<TemplateSignature>,
+}
+
+/// The source's template versions, oldest first (its newest only when it has no
+/// `templates/log`), each with its signatures. With `keys`, the newest version of each class
+/// (the one installers here would be handed) must carry a trusted signature, or nothing is
+/// pulled: the check comes before anything is written, as for revisions.
+fn fetch_templates(src: &dyn Source, url: &str, keys: &TrustedKeys) -> Result<Vec<PulledTemplate>> {
+    let versions: Vec<(String, String, String)> = match src.get("templates/log")? {
         Some(text) => refs::decode_template_log(&text)
             .map_err(|p| inconsistent(src, "templates/log", p))?
             .into_iter()
@@ -905,11 +915,58 @@ fn pull_templates(repo: &mut Repository, src: &dyn Source, url: &str) -> Result<
             .collect(),
         None => newest_templates(src, url)?,
     };
-    let mut saved = 0;
+    let mut out: Vec<PulledTemplate> = Vec::new();
     for (class, text, note) in versions {
-        let class = crate::name::ClassName::new(class)?;
-        let (_, new) = crate::template::store::save(repo, &class, &text, &note)?;
+        let class = ClassName::new(class)?;
+        let id = Id::of(text.as_bytes());
+        let path = signature::template_path(class.as_str(), &id);
+        let signatures = match src.get(&path)? {
+            Some(d) => signature::decode_template(&d).map_err(|p| inconsistent(src, &path, p))?,
+            None => Vec::new(),
+        };
+        out.push(PulledTemplate {
+            class,
+            text,
+            note,
+            signatures,
+        });
+    }
+    if !keys.is_empty() {
+        for (i, t) in out.iter().enumerate() {
+            if out[i + 1..].iter().any(|later| later.class == t.class) {
+                continue;
+            }
+            let id = Id::of(t.text.as_bytes());
+            let bytes = signature::encode_template(&t.signatures);
+            let sigs = (!t.signatures.is_empty()).then_some(&bytes[..]);
+            crate::template::store::unsigned_because(&t.class, &id, sigs, keys).map_err(|why| {
+                Error::Untrusted(format!(
+                    "refusing to pull the template of class {} ({}) from {}: {why}. Nothing was \
+                     pulled",
+                    t.class,
+                    id.short(),
+                    src.describe()
+                ))
+            })?;
+        }
+    }
+    Ok(out)
+}
+
+/// Saves the pulled template versions, each as a new version here when it differs from this
+/// repository's newest of its class (so a class's history comes along, and a text both have
+/// is not saved twice), and their signatures. Returns how many versions were saved.
+fn save_templates(repo: &mut Repository, templates: &[PulledTemplate]) -> Result<u64> {
+    let mut saved = 0;
+    for t in templates {
+        let (_, new) = crate::template::store::save(repo, &t.class, &t.text, &t.note)?;
         saved += u64::from(new);
+        let id = Id::of(t.text.as_bytes());
+        if !t.signatures.is_empty()
+            && repo.template_signatures(t.class.as_str(), &id)? != t.signatures
+        {
+            repo.write_template_signatures(t.class.as_str(), &id, &t.signatures)?;
+        }
     }
     Ok(saved)
 }

@@ -16,6 +16,7 @@ use crate::capture::remote::SshUrl;
 use crate::error::{invalid, Error, IoContext, Result};
 use crate::format::manifest;
 use crate::format::refs;
+use crate::format::signature::TEMPLATE_DIR;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::{publish, Lock, Repository};
@@ -208,6 +209,14 @@ fn stage(
             }
         }
     }
+    // Every template's signatures (sigs/_templates/CLASS/ID), which DEST's pull carries over
+    // with the templates.
+    let tdir = store::published(&repo.root).join(TEMPLATE_DIR);
+    for class in read_names(&tdir)? {
+        for file in read_names(&tdir.join(&class))? {
+            link(format!("{TEMPLATE_DIR}/{class}/{file}"))?;
+        }
+    }
     for id in packs.keys() {
         link(crate::format::pack::path(id, "pack"))?;
         link(crate::format::pack::path(id, "idx"))?;
@@ -335,5 +344,19 @@ impl<W: Write> Write for Counting<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// The names in directory `dir` (none when it does not exist).
+fn read_names(dir: &Path) -> Result<Vec<String>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| {
+                e.map(|e| e.file_name().to_string_lossy().into_owned())
+                    .at(dir)
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).at(dir),
     }
 }

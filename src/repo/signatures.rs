@@ -13,7 +13,10 @@ use serde::Serialize;
 
 use crate::catalog::Revision;
 use crate::error::{corrupt, IoContext, Result};
-use crate::format::signature::{self, Signature, SignedRevision};
+use crate::format::signature::{
+    self, Signature, SignedRevision, SignedTemplate, TemplateSignature,
+};
+use crate::format::Id;
 use crate::repo::Repository;
 use crate::store;
 use crate::trust::{self, Checked, SigningKey, Standing, TrustedKeys, Wanted};
@@ -86,6 +89,61 @@ impl Repository {
             store::create_public_dir(&self.root, dir)?;
         }
         store::write_atomic(&self.root, &path, &signature::encode(sigs))
+    }
+
+    /// The signatures of `class`'s template whose text has id `text` (none when unsigned).
+    pub fn template_signatures(&self, class: &str, text: &Id) -> Result<Vec<TemplateSignature>> {
+        let path = store::published(&self.root).join(signature::template_path(class, text));
+        match fs::read(&path) {
+            Ok(data) => signature::decode_template(&data).map_err(|p| {
+                corrupt(format!(
+                    "{}: {p}; sign the template again (`aurum template sign {class}`), which \
+                     rewrites the file",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).at(&path),
+        }
+    }
+
+    /// Signs `class`'s template `text` with `key`, now (the key's earlier signature of the
+    /// same text is replaced, others kept). Needs the repository locked exclusively.
+    pub fn sign_template(
+        &self,
+        class: &str,
+        text: &str,
+        key: &SigningKey,
+    ) -> Result<TemplateSignature> {
+        let id = Id::of(text.as_bytes());
+        let sig = key.sign_template(SignedTemplate {
+            class: class.to_string(),
+            text: id,
+            signed: now(),
+        })?;
+        let mine = key.fingerprint();
+        let mut sigs: Vec<TemplateSignature> = self
+            .template_signatures(class, &id)?
+            .into_iter()
+            .filter(|s| trust::template_key_of(s).as_deref() != Some(mine.as_str()))
+            .collect();
+        sigs.push(sig.clone());
+        self.write_template_signatures(class, &id, &sigs)?;
+        Ok(sig)
+    }
+
+    /// Writes the signatures file of `class`'s template `text` as given (a pull copies it).
+    pub fn write_template_signatures(
+        &self,
+        class: &str,
+        text: &Id,
+        sigs: &[TemplateSignature],
+    ) -> Result<()> {
+        let path = store::published(&self.root).join(signature::template_path(class, text));
+        if let Some(dir) = path.parent() {
+            store::create_public_dir(&self.root, dir)?;
+        }
+        store::write_atomic(&self.root, &path, &signature::encode_template(sigs))
     }
 
     /// Removes the signatures of an image that is gone.

@@ -15,9 +15,12 @@ use std::path::Path;
 use super::Template;
 use crate::apply::source::{HttpRepo, RevisionSource};
 use crate::catalog::TemplateVersion;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::format::signature;
+use crate::format::Id;
 use crate::name::ClassName;
 use crate::repo::Repository;
+use crate::trust::{self, Refusal, TrustedKeys};
 
 /// The templates shipped in partition-templates/, compiled in: `(class, text)`.
 pub const SHIPPED: &[(&str, &str)] = &[
@@ -122,8 +125,14 @@ pub fn all(repo: &Repository) -> Result<Vec<Template>> {
 }
 
 /// The templates a node installing from `http` (a server or any static copy of a repository)
-/// can use: `class` alone, or every class listed in `templates/CLASSES`.
-pub fn from_server(http: &HttpRepo, class: Option<&ClassName>) -> Result<Vec<Template>> {
+/// can use: `class` alone, or every class listed in `templates/CLASSES`. With `keys`, each
+/// must be signed by one of them ([`check_installed`]): all of them, when the class is to be
+/// picked from the facts, since an unsigned one dropped could change which class matches.
+pub fn from_server(
+    http: &HttpRepo,
+    class: Option<&ClassName>,
+    keys: &TrustedKeys,
+) -> Result<Vec<Template>> {
     let classes: Vec<ClassName> = match class {
         Some(c) => vec![c.clone()],
         None => crate::format::refs::decode_classes(&http.get("templates/CLASSES")?)
@@ -136,17 +145,147 @@ pub fn from_server(http: &HttpRepo, class: Option<&ClassName>) -> Result<Vec<Tem
             let text = String::from_utf8(text).map_err(|_| {
                 crate::error::corrupt(format!("templates/{c}.toml on the server is not UTF-8"))
             })?;
+            if !keys.is_empty() {
+                let id = Id::of(text.as_bytes());
+                let sigs = match http.get(&signature::template_path(c.as_str(), &id)) {
+                    Ok(data) => Some(data),
+                    Err(Error::NotFound(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                check_installed(c, &id, sigs.as_deref(), &http.describe(), keys)?;
+            }
             Template::parse(c, &format!("{}/templates/{c}.toml", http.describe()), &text)
         })
         .collect()
 }
 
+/// Refuses `class`'s template (text id `text`) from `source` unless its signatures file
+/// `sigs` holds a signature by one of `keys`. A partition template decides what is written
+/// where on a node's disks, so an installer that checks revisions checks it too, before
+/// anything is written.
+fn check_installed(
+    class: &ClassName,
+    text: &Id,
+    sigs: Option<&[u8]>,
+    source: &str,
+    keys: &TrustedKeys,
+) -> Result<()> {
+    unsigned_because(class, text, sigs, keys).map_err(|why| {
+        Error::Untrusted(format!(
+            "refusing the template of class {class} ({}) from {source}: {why}. Nothing on \
+             this node was changed",
+            text.short()
+        ))
+    })
+}
+
+/// Why `class`'s template (text id `text`, signatures file `sigs`) does not pass `keys`.
+pub fn unsigned_because(
+    class: &ClassName,
+    text: &Id,
+    sigs: Option<&[u8]>,
+    keys: &TrustedKeys,
+) -> std::result::Result<(), String> {
+    let sign = format!("`aurum template sign {class} --sign-key KEY` on the image server");
+    let sigs = match sigs {
+        None => Vec::new(),
+        Some(data) => signature::decode_template(data).map_err(|p| {
+            format!(
+                "its signatures file {} is unreadable ({p}): the server's copy is damaged or \
+                 was altered; sign it again with {sign}",
+                signature::template_path(class.as_str(), text)
+            )
+        })?,
+    };
+    trust::accept_template(&sigs, class.as_str(), text, keys)
+        .map(|_| ())
+        .map_err(|r| match r {
+            Refusal::Unsigned => format!("it has no signature; sign it with {sign}"),
+            Refusal::Untrusted(k) => format!(
+                "it is signed only by keys not trusted here ({}); if one is an \
+                 administrator's, add its public key to `trusted-keys`, else sign it with {sign}",
+                k.join(", ")
+            ),
+            Refusal::Revoked(k) => format!(
+                "it is signed only by revoked keys ({}); sign it again with a current key: \
+                 {sign}",
+                k.join(", ")
+            ),
+            Refusal::Altered(why) => format!(
+                "its signature does not check out: {why}; the template or its signature was \
+                 altered after signing (a tampered server, mirror or connection): do not use it"
+            ),
+        })
+}
+
 /// The same from a repository directory.
-pub fn from_repo(repo: &Repository, class: Option<&ClassName>) -> Result<Vec<Template>> {
-    match class {
-        Some(c) => Ok(vec![load(repo, c, None)?.1]),
-        None => all(repo),
-    }
+pub fn from_repo(
+    repo: &Repository,
+    class: Option<&ClassName>,
+    keys: &TrustedKeys,
+) -> Result<Vec<Template>> {
+    let versions = match class {
+        Some(c) => vec![load(repo, c, None)?.0],
+        None => repo.catalog.templates()?,
+    };
+    versions
+        .iter()
+        .map(|v| {
+            if !keys.is_empty() {
+                let id = Id::of(v.text.as_bytes());
+                let path = crate::store::published(&repo.root)
+                    .join(signature::template_path(v.class.as_str(), &id));
+                let sigs = match std::fs::read(&path) {
+                    Ok(d) => Some(d),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e).at(&path),
+                };
+                let source = repo.root.display().to_string();
+                check_installed(&v.class, &id, sigs.as_deref(), &source, keys)?;
+            }
+            Template::parse(&v.class, &format!("{}.toml", v.class), &v.text)
+        })
+        .collect()
+}
+
+/// One template signed by [`sign`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SignedClass {
+    pub class: ClassName,
+    pub version: u32,
+    /// The id of the text signed (hex).
+    pub text: String,
+    pub key: String,
+    pub signed: i64,
+}
+
+/// Signs the newest template of each of `classes` (of every class when empty) with `key`.
+/// Needs the repository locked exclusively.
+pub fn sign(
+    repo: &Repository,
+    classes: &[ClassName],
+    key: &trust::SigningKey,
+) -> Result<Vec<SignedClass>> {
+    let versions = match classes.is_empty() {
+        true => repo.catalog.templates()?,
+        false => classes
+            .iter()
+            .map(|c| load(repo, c, None).map(|(v, _)| v))
+            .collect::<Result<_>>()?,
+    };
+    versions
+        .into_iter()
+        .map(|v| {
+            let sig = repo.sign_template(v.class.as_str(), &v.text, key)?;
+            Ok(SignedClass {
+                class: v.class,
+                version: v.version,
+                text: sig.template.text.hex(),
+                key: key.fingerprint(),
+                signed: sig.template.signed,
+            })
+        })
+        .collect()
 }
 
 /// Saves the shipped templates the repository lacks (or whose newest version differs).

@@ -37,7 +37,7 @@ pub fn delta(data: &[u8]) {
     let _ = delta::decode(base, frame, &aurum::format::Id::of(b"target"));
 }
 
-/// The published text files a node or a puller reads.
+/// The published text files a node or a puller reads (signatures files among them).
 pub fn refs(data: &[u8]) {
     let _ = refs::decode_ref(data);
     let _ = refs::decode_revisions(data);
@@ -47,6 +47,8 @@ pub fn refs(data: &[u8]) {
     let _ = refs::decode_log(data);
     let _ = refs::decode_template_log(data);
     let _ = refs::decode_delta_list(data);
+    let _ = aurum::format::signature::decode(data);
+    let _ = aurum::format::signature::decode_template(data);
 }
 
 /// What `aurum serve` reads from any client: reports, install phases, a bearer token, a

@@ -375,6 +375,13 @@ fn the_boot_kits_installer_trusts_only_its_ca_and_its_keys() {
     crate::install::tiny_tree(&t);
     env.getimage(&t, "compute", &[]);
     let class = crate::install::class();
+    env.ok(&[
+        "template",
+        "sign",
+        class,
+        "--sign-key",
+        admin.to_str().unwrap(),
+    ]);
     fs::write(root.join("tmp/facts.json"), env.ok(&["facts", "--json"])).unwrap();
     fs::File::create(root.join("tmp/d.img"))
         .unwrap()

@@ -485,6 +485,8 @@ fn pull_and_push_carry_signatures_and_a_master_refuses_unsigned_revisions() {
     let master = Env::new();
     let (admin, admin_pub) = signed_compute(&master);
     let key = admin.to_str().unwrap();
+    // The templates too: a master that trusts keys pulls only signed ones.
+    master.ok(&["template", "sign", "--sign-key", key]);
     let server = Server::start(&master);
     let url = server.url.clone();
 
@@ -540,6 +542,13 @@ fn an_install_refuses_an_unsigned_revision_before_touching_the_disk() {
     env.getimage(&t, "compute", &[]);
     let class = crate::install::class();
     let d = crate::install::disk(&env, "d.img", 13);
+    env.ok(&[
+        "template",
+        "sign",
+        class,
+        "--sign-key",
+        admin.to_str().unwrap(),
+    ]);
     let args = [
         "install",
         "--disk",
@@ -663,4 +672,154 @@ fn allow_downgrade_waives_max_age_only_for_a_downgrade() {
             && err.contains("taken because --allow-downgrade asked to go back from compute@2"),
         "{err}"
     );
+}
+
+/// Partition templates decide what is written where on a node's disks: an installer with
+/// trusted keys refuses a template no trusted key signed, one altered after signing, and one
+/// whose signature was made for another text, before the disk is touched; `template sign`
+/// and `template import --sign-key` sign them, and pull carries the signatures, refusing
+/// unsigned templates when the puller trusts keys.
+#[test]
+fn templates_are_signed_and_installers_refuse_unsigned_or_altered_ones() {
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    let key = admin.to_str().unwrap();
+    env.getimage(&tree(&env, 1), "compute", &["--sign-key", key]);
+    let srv = Server::start(&env);
+    let url = format!("http://{}", srv.addr);
+    let d = env.path("d.img");
+    fs::File::create(&d).unwrap().set_len(13 << 30).unwrap();
+    let facts = env.path("facts.json");
+    fs::write(&facts, env.ok(&["facts", "--json"])).unwrap();
+    let class = crate::install::class();
+    let dry_run = |expect: i32| {
+        let args = [
+            "install",
+            "--dry-run",
+            "--disk",
+            d.to_str().unwrap(),
+            "--server",
+            &url,
+            "--image",
+            "compute",
+            "--class",
+            class,
+            "--facts",
+            facts.to_str().unwrap(),
+            "--trusted-key",
+            &admin_pub,
+        ];
+        match expect {
+            0 => env.ok(&args),
+            code => env.fails(&args, code),
+        }
+    };
+    // Unsigned (as `aurum init` seeds them): refused, naming the class and the fix.
+    let e = dry_run(3);
+    assert!(
+        e.contains(&format!("refusing the template of class {class}"))
+            && e.contains(&format!("aurum template sign {class}"))
+            && e.contains("Nothing on this node was changed"),
+        "{e}"
+    );
+    let out = env.ok(&["template", "sign", class, "--sign-key", key, "--json"]);
+    let signed = json(&out);
+    let id = signed[0]["text"].as_str().unwrap().to_string();
+    let sig_file = env.public().join(format!("sigs/_templates/{class}/{id}"));
+    assert!(sig_file.exists());
+    // ssh-keygen can check it too: the block's first four lines, namespace aurum-template.
+    if need("ssh-keygen") {
+        let dir = env.path("check");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("allowed"),
+            format!("admin namespaces=\"aurum-template\" {admin_pub}\n"),
+        )
+        .unwrap();
+        sh(&format!(
+            "cd {} && head -4 {f} > msg && sed -n '5,/END SSH SIGNATURE/p' {f} > msg.sig && \
+             ssh-keygen -Y verify -f allowed -I admin -n aurum-template -s msg.sig < msg",
+            dir.display(),
+            f = sig_file.display()
+        ));
+    }
+    let out = dry_run(0);
+    assert!(out.contains("would install compute@1"), "{out}");
+
+    // The published text altered (a tampered server): it has no signature of its own...
+    let published = env.public().join(format!("templates/{class}.toml"));
+    let original = fs::read_to_string(&published).unwrap();
+    let altered = original.replacen("[[disk]]", "# altered\n[[disk]]", 1);
+    assert_ne!(altered, original);
+    fs::write(&published, &altered).unwrap();
+    let e = dry_run(3);
+    assert!(e.contains("no signature"), "{e}");
+    // ...and the genuine signature put beside it is refused as made for another text.
+    let altered_id = aurum::format::Id::of(altered.as_bytes()).hex();
+    fs::copy(
+        &sig_file,
+        env.public()
+            .join(format!("sigs/_templates/{class}/{altered_id}")),
+    )
+    .unwrap();
+    let e = dry_run(3);
+    assert!(
+        e.contains("does not check out") && e.contains("made for another template"),
+        "{e}"
+    );
+    fs::write(&published, &original).unwrap();
+    dry_run(0);
+
+    // A template imported with --sign-key is signed at once.
+    let t = env.path(&format!("{class}.toml"));
+    fs::write(&t, original.replacen("[[disk]]", "# v2\n[[disk]]", 1)).unwrap();
+    let out = env.run(&["template", "import", t.to_str().unwrap(), "--sign-key", key]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("signed template {class}")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dry_run(0);
+
+    // A master that trusts the key pulls only signed templates, and their signatures.
+    let cluster = Env::new();
+    fs::create_dir_all(cluster.config_dir()).unwrap();
+    fs::write(
+        cluster.config_dir().join("aurum.toml"),
+        format!("trusted-keys = [{admin_pub:?}]\n"),
+    )
+    .unwrap();
+    cluster.ok(&["remote", "add", "super", &url]);
+    let e = cluster.fails(&["pull", "super"], 3);
+    assert!(
+        e.contains("refusing to pull the template of class") && e.contains("Nothing was pulled"),
+        "{e}"
+    );
+    assert_eq!(crate::common::revisions_of(&cluster, "super/compute"), 0);
+    env.ok(&["template", "sign", "--sign-key", key]);
+    cluster.ok(&["pull", "super"]);
+    let v2 = aurum::format::Id::of(fs::read(&t).unwrap().as_slice()).hex();
+    assert!(cluster
+        .public()
+        .join(format!("sigs/_templates/{class}/{v2}"))
+        .exists());
+    // Its own installers check them as the master's do.
+    let cluster_srv = Server::start(&cluster);
+    let out = cluster.ok(&[
+        "install",
+        "--dry-run",
+        "--disk",
+        d.to_str().unwrap(),
+        "--server",
+        &format!("http://{}", cluster_srv.addr),
+        "--image",
+        "super/compute",
+        "--class",
+        class,
+        "--facts",
+        facts.to_str().unwrap(),
+        "--trusted-key",
+        &admin_pub,
+    ]);
+    assert!(out.contains("would install super/compute@1"), "{out}");
 }

@@ -16,7 +16,7 @@ use nix::sys::time::TimeSpec;
 
 use super::source::RevisionSource;
 use super::BlobSource;
-use crate::error::{corrupt, IoContext, Result};
+use crate::error::{corrupt, invalid, IoContext, Result};
 use crate::format::embedded::{decode_record, record_of};
 use crate::format::manifest::{Entry, Manifest};
 use crate::format::Id;
@@ -48,6 +48,27 @@ pub fn changed(root: &Path, manifest: &Manifest, current: Option<&Manifest>) -> 
             !(same && there)
         })
         .collect()
+}
+
+/// Refuses a run with no source (a rollback from the node's own undo area) that would have
+/// to rebuild a repository of `manifest` (see [`changed`]): the record names a catalog
+/// snapshot and packs that only the revision's source holds, and a run that went ahead would
+/// leave the node saying it runs `target` with another revision's repository in it.
+pub fn need_source(
+    root: &Path,
+    manifest: &Manifest,
+    current: Option<&Manifest>,
+    target: &str,
+) -> Result<()> {
+    match changed(root, manifest, current).first() {
+        None => Ok(()),
+        Some(e) => Err(invalid(format!(
+            "{target} embeds the aurum repository at {} as it was then, which this node cannot \
+             rebuild from its undo area: give the server it updates from (--server URL, or \
+             --repo DIR) and run again; nothing on this node was changed",
+            e.display()
+        ))),
+    }
 }
 
 /// The directories (manifest paths) of the repositories `entries` embed.

@@ -850,6 +850,11 @@ fn run(
     manifest.validate()?;
     check_state_dir_path(manifest)?;
     let run = Run::start(node, target, manifest, source, opts, progress, undoing)?;
+    // Only a rollback: an undo after a failed write puts back what it can, and a staged
+    // activation without a server goes on as it did.
+    if source.is_none() && undoing.is_none() && opts.action == NodeAction::Rollback {
+        super::embedded::need_source(&node.root, manifest, run.current.as_ref(), &target.name())?;
+    }
     let mut engine = Engine::for_root(node)?;
     engine.drops_others = !run.from.as_ref().is_some_and(|f| f.same_tree(&run.to));
     engine.drops_own = undoing.is_some();

@@ -397,3 +397,98 @@ fn a_pack_index_that_does_not_fit_its_pack_is_refused_by_the_rebuild() {
         "{e}"
     );
 }
+
+/// Issue #16: a node whose image embeds a repository goes forward and rolls back: the
+/// rollback (from its undo area, and with `--to`) gives back the repository the earlier
+/// revision recorded, exactly (the same images, revisions, ids and tags), from the server, and
+/// `verify` passes inside it. Without a server it is refused, the node left as it was (it
+/// used to say it ran the earlier revision with the later one's repository in it).
+#[test]
+fn rollback_restores_the_repository_the_earlier_revision_embeds() {
+    let env = Env::new();
+    let master = super_and_master(&env);
+    let inner = master.join("var/lib/aurum");
+    env.getimage(&master, "master", &[]);
+    let at_1 = listing(&env, &inner);
+    fs::write(env.path("gold/etc/motd"), "v3\n").unwrap();
+    env.getimage(&env.path("gold"), "compute", &[]);
+    env.ok_at(&inner, &["pull", "super", "compute"]);
+    env.ok_at(&inner, &["tag", "super/compute@3", "newest"]);
+    env.getimage(&master, "master", &[]);
+    let at_2 = listing(&env, &inner);
+    assert_ne!(at_1, at_2);
+
+    let srv = Server::start(&env);
+    let node = env.empty_dir("node");
+    let rebuilt = node.join("var/lib/aurum");
+    let n = node.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let started = Instant::now();
+        let out = json(&env.ok(args));
+        (out, started.elapsed().as_secs_f64())
+    };
+    let update = |rev: &str| {
+        run(&[
+            "updateclient",
+            "--server",
+            &srv.url,
+            "--image",
+            rev,
+            "--root",
+            n,
+            "--adopt",
+            "--json",
+        ])
+    };
+    update("master@1");
+    assert_eq!(listing(&env, &rebuilt), at_1);
+    update("master@2");
+    assert_eq!(listing(&env, &rebuilt), at_2);
+
+    // Back from the undo area with no server: the repository cannot be rebuilt from there,
+    // so the rollback is refused and changes nothing.
+    let out = env
+        .bare(&["rollback", "--root", n, "--json"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("master@1")
+            && e.contains("/var/lib/aurum")
+            && e.contains("--server")
+            && e.contains("nothing on this node was changed"),
+        "{e}"
+    );
+    assert_eq!(listing(&env, &rebuilt), at_2);
+    let status = json(&env.ok(&["node-status", "--root", n, "--json"]));
+    assert_eq!(status["state"]["current"]["number"], 2, "{status}");
+    // With the server, the same rollback rebuilds it.
+    let (r, secs) = run(&["rollback", "--root", n, "--server", &srv.url, "--json"]);
+    eprintln!(
+        "rollback to master@1 from the undo area, the repository from the server: {secs:.2} s"
+    );
+    assert_eq!(r["embedded"][0]["revisions"], 2, "{r}");
+    verify(&env, &rebuilt);
+    assert_eq!(listing(&env, &rebuilt), at_1);
+    let t = env.path("t");
+    env.ok_at(
+        &rebuilt,
+        &["checkout", "super/compute@2", t.to_str().unwrap()],
+    );
+    assert_eq!(
+        fs::read(t.join("opt/app.bin")).unwrap(),
+        fs::read(env.path("gold/opt/app.bin")).unwrap()
+    );
+
+    // Forward again, then back by name through the server.
+    update("master@2");
+    assert_eq!(listing(&env, &rebuilt), at_2);
+    let (r, secs) = run(&[
+        "rollback", "--root", n, "--to", "master@1", "--server", &srv.url, "--json",
+    ]);
+    eprintln!("rollback --to master@1 over http: {secs:.2} s");
+    assert_eq!(r["embedded"][0]["revisions"], 2, "{r}");
+    verify(&env, &rebuilt);
+    assert_eq!(listing(&env, &rebuilt), at_1);
+}

@@ -103,6 +103,8 @@ pub(super) fn plan(run: &Run, engine: &Engine) -> Result<Option<Restore>> {
         || run.journal.is_some()
         || run.state.current.as_ref() != Some(from)
         || !run.to.same_tree(prev)
+        // A repository the revisions embed differently is rebuilt, not renamed back.
+        || !crate::apply::embedded::changed(&run.node.root, run.manifest, Some(cur)).is_empty()
     {
         return Ok(None);
     }

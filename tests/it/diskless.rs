@@ -471,6 +471,11 @@ fn qemu_bios_node_boots_a_debian_revision_from_a_network_root() {
     boot_diskless(false, Root::Netroot);
 }
 
+#[test]
+fn qemu_uefi_node_boots_a_debian_revision_from_a_network_root() {
+    boot_diskless(true, Root::Netroot);
+}
+
 /// Detaches a loop device when dropped.
 struct Detach(String);
 
@@ -608,6 +613,21 @@ fn netroot_on_the_host_is_the_revision_plus_overrides() {
     assert_eq!(record["blake3"], e["blake3"]);
     // The published layout takes the image (verify does not call it foreign).
     env.ok(&["verify"]);
+    // -o FILE.erofs: the same image elsewhere, published nowhere.
+    let elsewhere = env.path("base.erofs");
+    env.ok(&["export", "base", "-o", elsewhere.to_str().unwrap()]);
+    let look = env.path("look");
+    fs::create_dir_all(&look).unwrap();
+    let seen = sh(&format!(
+        "mount -t erofs -o ro,loop '{}' '{l}' && stat -c '%a %u:%g %y' '{l}/srv/data/file'; umount '{l}'",
+        elsewhere.display(),
+        l = look.display()
+    ));
+    assert_eq!(seen, "644 1234:5678 2021-02-03 04:05:06.123456789 +0000\n");
+    assert_eq!(
+        fs::read_dir(env.public().join("netroot")).unwrap().count(),
+        2
+    );
 
     let out = boot(&env);
     let _mounted = Unmount(vec![

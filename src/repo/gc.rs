@@ -50,9 +50,13 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
     if !dry_run {
         // Nobody else holds the lock, so whatever is in tmp/ belongs to a dead process.
         let tmp = tmp_dir(&repo.root);
+        // (Directories too: a killed `export --netroot` leaves its checkout there.)
         for f in fs::read_dir(&tmp).at(&tmp)? {
             let p = f.at(&tmp)?.path();
-            let _ = fs::remove_file(&p);
+            let _ = match fs::symlink_metadata(&p).map(|m| m.is_dir()) {
+                Ok(true) => fs::remove_dir_all(&p),
+                _ => fs::remove_file(&p),
+            };
         }
         repo.adopt_orphan_packs()?;
     }

@@ -384,8 +384,8 @@ impl HttpRepo {
         Ok(me)
     }
 
-    /// The server in use.
-    fn base(&self) -> &str {
+    /// The server in use (after a failover, the one that took over).
+    pub fn base(&self) -> &str {
         &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
@@ -686,6 +686,16 @@ impl HttpRepo {
                 progress.note("server busy: waiting");
                 std::thread::sleep(pause);
             } else {
+                if round >= attempts && missing > 0 {
+                    // The servers that answered lack it and the others stayed silent through
+                    // every try: take those that answered at their word, so that an optional
+                    // object (an override's head) is absent rather than an error when one of
+                    // the servers listed is down.
+                    return Err(Error::NotFound(format!(
+                        "{object} not found on {missing} of {}; the others did not answer ({why})",
+                        self.all_bases()
+                    )));
+                }
                 if round >= attempts {
                     return Err(Error::Unanswered {
                         server: self.all_bases(),
@@ -815,14 +825,24 @@ fn describe(e: &ureq::Error) -> String {
 /// random factor between 0.5 and 1.5, so that a hundred nodes that lost the server at the same
 /// moment do not come back at the same moment.
 fn backoff(n: u32, base: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
     let base = base.min(Duration::from_secs(1));
     let pause = (base * 2u32.pow((n - 1).min(5))).min(Duration::from_secs(30));
+    pause.mul_f64(0.5 + random_fraction())
+}
+
+/// A random number in [0, 1), for jitters (retry pauses, a diskless node's start): nodes that
+/// started together must not come back together.
+pub fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the OS: randomness enough for a jitter, without a crate.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(n);
-    let jitter = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
-    pause.mul_f64(jitter)
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    (h.finish() % 1_000_000) as f64 / 1_000_000.0
 }
 
 fn ref_name_ok(s: &str) -> bool {

@@ -361,6 +361,36 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a diskless boot fetches from, and when (boot-memory and boot-netroot).
+#[derive(Args)]
+pub struct DisklessFetchArgs {
+    /// The image server (`aurum serve`, or a cache tier of it: `serve --upstream`), as the
+    /// kit's command line names it (aurum.server=). Repeatable: other servers or tiers of the
+    /// same repository (the kit's aurum.failover=), tried in order when one fails, as an
+    /// update does; they also go into the node's node.toml. Phases are reported to the one
+    /// that answered who this node is.
+    #[arg(long, value_name = "URL", required = true)]
+    server: Vec<String>,
+    /// Wait a random delay of up to SECONDS before the fetch (the kit's aurum.jitter=), so
+    /// that a rack powered on at once does not fetch in lockstep; 0: none. Default: the window
+    /// the server suggests with the node's identity, 1 s per 50 diskless nodes in its
+    /// database, at most 120 s.
+    #[arg(long, value_name = "SECONDS")]
+    jitter: Option<f64>,
+}
+
+impl DisklessFetchArgs {
+    /// --jitter, checked.
+    fn jitter(&self) -> aurum::Result<Option<f64>> {
+        match self.jitter {
+            Some(j) if !(0.0..=3600.0).contains(&j) => Err(aurum::error::invalid(
+                "--jitter is a number of seconds from 0 to 3600",
+            )),
+            j => Ok(j),
+        }
+    }
+}
+
 /// Boot a diskless node: lay its revision into a tmpfs, for the boot kit to switch root into.
 ///
 /// Run by the boot kit's /init on a node whose root is `memory` in the node database (`aurum
@@ -378,10 +408,8 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
 /// failure nothing stays mounted.
 #[derive(Args)]
 pub struct BootMemoryArgs {
-    /// The image server (`aurum serve`, or a cache tier of it), as the kit's command line
-    /// names it (aurum.server=).
-    #[arg(long, value_name = "URL")]
-    server: String,
+    #[command(flatten)]
+    fetch: DisklessFetchArgs,
     #[command(flatten)]
     http: super::HttpArgs,
     #[command(flatten)]
@@ -419,7 +447,9 @@ pub struct BootMemoryArgs {
 pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
     use aurum::netboot::memory::{self, MemoryOptions};
     let opts = MemoryOptions {
-        server: a.server.clone(),
+        servers: a.fetch.server.clone(),
+        proxy: a.http.proxy().map(str::to_string),
+        jitter: a.fetch.jitter()?,
         http: a
             .http
             .options(Some(&g.config.node), a.token.token(g, None)?)?,
@@ -435,11 +465,11 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
     let terminal = Terminal {
         no_progress: g.no_progress,
     };
-    let me = memory::ask_identity(&opts)?;
+    let (me, answered) = memory::ask_identity(&opts)?;
     let r = if a.no_report {
         memory::boot_memory(&opts, &me, &terminal)?
     } else {
-        let sink = report::PhaseSink::new(&a.server, &opts.http)?;
+        let sink = report::PhaseSink::new(&answered, &opts.http)?;
         let to_server = ServerReporter::new(&terminal, sink, &me.node);
         memory::boot_memory(&opts, &me, &to_server)?
     };
@@ -450,14 +480,16 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
         return print_json(&r);
     }
     println!(
-        "{} booted into memory as {}: {} entries, {} in a {} tmpfs, {} fetched, {:.1} s",
+        "{} booted into memory as {}: {} entries, {} in a {} tmpfs, {} fetched, {:.1} s (start delay {:.1} s of {:.0} s)",
         r.revision,
         r.node,
         r.entries,
         human_bytes(r.tmpfs_used),
         human_bytes(r.tmpfs_size),
         human_bytes(r.fetched_bytes),
-        r.seconds
+        r.seconds,
+        r.start_delay,
+        r.start_window
     );
     Ok(())
 }
@@ -478,10 +510,8 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
 /// (the kit uses /run) and runs `switch_root`. On failure nothing stays mounted.
 #[derive(Args)]
 pub struct BootNetrootArgs {
-    /// The image server (`aurum serve`, or a cache tier of it), as the kit's command line
-    /// names it (aurum.server=).
-    #[arg(long, value_name = "URL")]
-    server: String,
+    #[command(flatten)]
+    fetch: DisklessFetchArgs,
     #[command(flatten)]
     http: super::HttpArgs,
     #[command(flatten)]
@@ -523,7 +553,9 @@ pub struct BootNetrootArgs {
 pub fn boot_netroot(g: &Global, a: BootNetrootArgs) -> anyhow::Result<()> {
     use aurum::netboot::{memory, netroot};
     let opts = memory::MemoryOptions {
-        server: a.server.clone(),
+        servers: a.fetch.server.clone(),
+        proxy: a.http.proxy().map(str::to_string),
+        jitter: a.fetch.jitter()?,
         http: a
             .http
             .options(Some(&g.config.node), a.token.token(g, None)?)?,
@@ -539,11 +571,11 @@ pub fn boot_netroot(g: &Global, a: BootNetrootArgs) -> anyhow::Result<()> {
     let terminal = Terminal {
         no_progress: g.no_progress,
     };
-    let me = memory::ask_identity(&opts)?;
+    let (me, answered) = memory::ask_identity(&opts)?;
     let r = if a.no_report {
         netroot::boot_netroot(&opts, &a.rw, &me, &terminal)?
     } else {
-        let sink = report::PhaseSink::new(&a.server, &opts.http)?;
+        let sink = report::PhaseSink::new(&answered, &opts.http)?;
         let to_server = ServerReporter::new(&terminal, sink, &me.node);
         netroot::boot_netroot(&opts, &a.rw, &me, &to_server)?
     };

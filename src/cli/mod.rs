@@ -198,6 +198,11 @@ impl TokenArgs {
 }
 
 impl HttpArgs {
+    /// The --proxy given, if any.
+    pub fn proxy(&self) -> Option<&str> {
+        self.proxy.as_deref()
+    }
+
     /// The options; `node` is node.toml's settings on a node (its `proxy`, `no-proxy` and
     /// `ca`); `token` goes with the reports.
     pub fn options(

@@ -556,7 +556,9 @@ const INIT: &str = r#"#!/bin/sh
 # Kernel command line: aurum.server=URL aurum.node=NAME aurum.image=REF [aurum.class=CLASS]
 # [aurum.group=GROUP] [aurum.disk=DEV|auto] [aurum.done=reboot|poweroff|shell]
 # [aurum.token=TOKEN] (the node's token for its phase reports; aurum serve's boot script has it)
-# Diskless: aurum.server=URL aurum.rootfs=memory|netroot [init=PATH]
+# Diskless: aurum.server=URL aurum.rootfs=memory|netroot [init=PATH] [aurum.failover=URL[,URL...]]
+# [aurum.proxy=URL] [aurum.jitter=SECONDS] (other servers or cache tiers tried when the first
+# fails; the HTTP proxy; the window of the random delay before the fetch)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t proc proc /proc
@@ -618,7 +620,13 @@ if [ "$ROOTFS" = memory ] || [ "$ROOTFS" = netroot ]; then
         set -- boot-netroot --root /newroot --rw /run
         WHERE="the overlay"
     fi
-    ( aurum --no-progress "$@" --server "$SERVER" --mac "$MAC"; \
+    set -- "$@" --mac "$MAC"
+    for s in $SERVER $(arg aurum.failover | tr , ' '); do set -- "$@" --server "$s"; done
+    PROXY=$(arg aurum.proxy)
+    [ -n "$PROXY" ] && set -- "$@" --proxy "$PROXY"
+    JITTER=$(arg aurum.jitter)
+    [ -n "$JITTER" ] && set -- "$@" --jitter "$JITTER"
+    ( aurum --no-progress "$@"; \
       echo $? > /tmp/rc ) 2>&1 | tee /tmp/install.log
     [ "$(cat /tmp/rc 2>/dev/null)" = 0 ] || rescue "boot ($ROOTFS) failed"
     # Name resolution as the lease gave it, unless the image brings its own.

@@ -49,7 +49,7 @@ use crate::install::{Phase, Reporter};
 pub const IDENTITY_API: &str = "api/v1/boot";
 
 /// Who a booting node is, from the node database, and the revision it boots now.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BootIdentity {
     pub node: String,
     pub mac: String,
@@ -61,6 +61,24 @@ pub struct BootIdentity {
     /// The revision's id (hex).
     pub id: String,
     pub group: Option<String>,
+    /// The window, in seconds, of the random delay the node waits before its fetch, scaled by
+    /// the server to the number of diskless nodes in its database ([`start_window`]): a rack
+    /// powered on at once must not fetch in lockstep. Absent from older servers: none.
+    #[serde(default)]
+    pub jitter: f64,
+}
+
+/// Diskless node starts per second the server's suggested window allows on average: with `n`
+/// diskless nodes in the database, the window is `n / STARTS_PER_SECOND` seconds, at most
+/// [`MAX_WINDOW`] (book: Diskless nodes, many at once).
+pub const STARTS_PER_SECOND: f64 = 50.0;
+
+/// The longest window the server suggests, in seconds.
+pub const MAX_WINDOW: f64 = 120.0;
+
+/// The start window for `diskless` nodes in the database.
+pub fn start_window(diskless: usize) -> f64 {
+    (diskless as f64 / STARTS_PER_SECOND).min(MAX_WINDOW)
 }
 
 /// The server's side: the identity of the node with `mac`, its image reference resolved in
@@ -81,6 +99,11 @@ pub fn identity(root: &Path, cat: &Catalog, mac: &str) -> Result<BootIdentity> {
     })?;
     let repo = crate::repo::Repository::open(root, crate::repo::Lock::Shared)?;
     let rev = repo.resolve(&image)?;
+    let diskless = cat
+        .inventory()?
+        .iter()
+        .filter(|n| n.rootfs.is_diskless())
+        .count();
     Ok(BootIdentity {
         node: n.name,
         mac,
@@ -89,13 +112,22 @@ pub fn identity(root: &Path, cat: &Catalog, mac: &str) -> Result<BootIdentity> {
         revision: rev.name(),
         id: rev.id.hex(),
         group: n.group,
+        jitter: start_window(diskless),
     })
 }
 
 /// What to boot, and where.
 pub struct MemoryOptions {
-    /// `aurum serve` (or a cache tier), as the kit's command line names it.
-    pub server: String,
+    /// `aurum serve` or its cache tiers (`serve --upstream`), in order of preference, as the
+    /// kit's command line names them (`aurum.server=`, then `aurum.failover=`): the first
+    /// that answers is used, the next takes over when it fails, as for updates.
+    pub servers: Vec<String>,
+    /// The HTTP proxy given (`aurum.proxy=`), written into the node's node.toml so that its
+    /// updates and reports take the same way.
+    pub proxy: Option<String>,
+    /// The window of the random delay before the fetch, in seconds; `None`: the server's
+    /// suggestion ([`BootIdentity::jitter`]).
+    pub jitter: Option<f64>,
     pub http: HttpOptions,
     /// The MAC the node is known by (the interface that got the DHCP lease).
     pub mac: Option<String>,
@@ -131,6 +163,10 @@ pub struct MemoryReport {
     /// The tmpfs's size limit, and what the tree takes of it.
     pub tmpfs_size: u64,
     pub tmpfs_used: u64,
+    /// The random delay waited before the fetch, and the window it was drawn from (seconds).
+    pub start_delay: f64,
+    pub start_window: f64,
+    /// Seconds from the identity's answer to the tree laid, the delay included.
     pub seconds: f64,
     pub warnings: Vec<String>,
 }
@@ -182,6 +218,7 @@ fn who(o: &MemoryOptions, http: &HttpRepo) -> Result<BootIdentity> {
             revision: image.clone(),
             id: String::new(),
             group: o.group.clone(),
+            jitter: 0.0,
         });
     }
     let mac = o.mac.as_deref().ok_or_else(|| {
@@ -192,7 +229,7 @@ fn who(o: &MemoryOptions, http: &HttpRepo) -> Result<BootIdentity> {
     let mut id: BootIdentity = serde_json::from_slice(&body).map_err(|e| {
         Error::Remote(format!(
             "{}/{IDENTITY_API}/{mac} answered no node identity ({e}): is it aurum serve, of this version?",
-            o.server
+            http.base()
         ))
     })?;
     if let Some(g) = &o.group {
@@ -249,14 +286,10 @@ fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
 
 /// Writes the node's identity into its new root: `/etc/hostname`, `/etc/machine-id`
 /// ([`machine_id`]), `/etc/fstab` without the golden client's disks ([`diskless_fstab`]),
-/// `/etc/aurum/node.toml` naming `server` when the image has none, and the node's `token` for
-/// its own reports. Shared by the boots into memory and from a network root.
-pub(crate) fn write_identity(
-    root: &Path,
-    me: &BootIdentity,
-    server: &str,
-    token: Option<&str>,
-) -> Result<()> {
+/// `/etc/aurum/node.toml` naming the servers and proxy of `o` when the image has none
+/// ([`node_toml`]), and the node's token for its own reports. Shared by the boots into memory
+/// and from a network root.
+pub(crate) fn write_identity(root: &Path, me: &BootIdentity, o: &MemoryOptions) -> Result<()> {
     write(root, "etc/hostname", &format!("{}\n", me.node))?;
     write(
         root,
@@ -270,21 +303,58 @@ pub(crate) fn write_identity(
         write(
             root,
             "etc/aurum/node.toml",
-            &format!(
-                "# Written at boot by aurum: this diskless node's image server.\nserver = \"{server}\"\n"
-            ),
+            &node_toml(&o.servers, o.proxy.as_deref()),
         )?;
     }
     // The node's token (the kit's aurum.token=), for the running node's own reports.
-    if let Some(t) = token {
+    if let Some(t) = &o.http.token {
         crate::install::write_token(root, t)?;
     }
     Ok(())
 }
 
-/// Who this node is, asked of the server by MAC (or taken from the options).
-pub fn ask_identity(o: &MemoryOptions) -> Result<BootIdentity> {
-    who(o, &HttpRepo::new(&o.server, None, &o.http)?)
+/// Who this node is, asked of the servers by MAC (or taken from the options), and the server
+/// that answered (the first of `o.servers` that did): the node reports its phases there.
+pub fn ask_identity(o: &MemoryOptions) -> Result<(BootIdentity, String)> {
+    let http = o.source()?;
+    let me = who(o, &http)?;
+    Ok((me, http.base().to_string()))
+}
+
+impl MemoryOptions {
+    /// A client of the servers, in order, failing over as an update does.
+    pub(crate) fn source(&self) -> Result<HttpRepo> {
+        HttpRepo::with_servers(&self.servers, None, &self.http)
+    }
+
+    /// Waits the random start delay: up to the window `--jitter` gives, else the one the
+    /// server suggested with the identity. Returns the delay and the window (seconds).
+    pub(crate) fn start_delay(&self, me: &BootIdentity) -> (f64, f64) {
+        let window = self.jitter.unwrap_or(me.jitter).clamp(0.0, 3600.0);
+        let delay = window * crate::apply::source::random_fraction();
+        if delay > 0.0 {
+            log::info!("waiting {delay:.1} s (of a {window:.0} s start window) before the fetch");
+            std::thread::sleep(std::time::Duration::from_secs_f64(delay));
+        }
+        (delay, window)
+    }
+}
+
+/// node.toml of a diskless node whose image has none: its servers and proxy, as it booted.
+pub fn node_toml(servers: &[String], proxy: Option<&str>) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut t = String::from("# Written at boot by aurum: this diskless node's image servers.\n");
+    match servers {
+        [one] => t.push_str(&format!("server = {}\n", q(one))),
+        many => t.push_str(&format!(
+            "server = [{}]\n",
+            many.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+        )),
+    }
+    if let Some(p) = proxy {
+        t.push_str(&format!("proxy = {}\n", q(p)));
+    }
+    t
 }
 
 /// Boots the node's revision into a tmpfs at `o.root`, reporting each phase. On success the
@@ -296,8 +366,16 @@ pub fn boot_memory(
     reporter: &dyn Reporter,
 ) -> Result<MemoryReport> {
     let started = Instant::now();
-    let r = HttpRepo::new(&o.server, None, &o.http)
-        .and_then(|http| boot_inner(o, checked(o, http).as_ref(), me, reporter, started));
+    // A rack powered on at once asks for its identities together (small answers), then
+    // spreads its fetches over the window.
+    let (delay, window) = o.start_delay(me);
+    let r = o.source().and_then(|http| {
+        boot_inner(o, checked(o, http).as_ref(), me, reporter, started).map(|rep| MemoryReport {
+            start_delay: delay,
+            start_window: window,
+            ..rep
+        })
+    });
     match &r {
         Ok(rep) => reporter.report(Phase::Done(format!(
             "{} in memory: {} MiB in a {} MiB tmpfs, {} MiB fetched, {:.1} s",
@@ -347,7 +425,7 @@ fn boot_inner(
     reporter: &dyn Reporter,
     started: Instant,
 ) -> Result<MemoryReport> {
-    let target = resolve_target(http, me, &o.server)?;
+    let target = resolve_target(http, me, &o.servers.join(", "))?;
     reporter.report(Phase::Revision(target.name()));
     let image_manifest = http.manifest(&target.id)?;
     let follow = overrides::names(me.group.as_deref(), &me.node);
@@ -377,7 +455,7 @@ fn boot_inner(
     for rev in &laid {
         reporter.report(Phase::Overrides(rev.clone()));
     }
-    write_identity(&o.root, me, &o.server, o.http.token.as_deref())?;
+    write_identity(&o.root, me, o)?;
     let st = nix::sys::statvfs::statvfs(&o.root).map_err(|e| Error::Io {
         path: o.root.clone(),
         source: e.into(),
@@ -395,6 +473,8 @@ fn boot_inner(
         fetched_bytes: http.bytes_received(),
         tmpfs_size: size,
         tmpfs_used: used,
+        start_delay: 0.0,
+        start_window: 0.0,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
     })
@@ -424,6 +504,30 @@ mod tests {
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(a, machine_id("n01"));
         assert_ne!(a, machine_id("n02"));
+    }
+
+    #[test]
+    fn node_toml_names_every_server_and_the_proxy() {
+        let one = node_toml(&["http://rack1:8035".into()], None);
+        assert!(one.ends_with("server = \"http://rack1:8035\"\n"), "{one}");
+        let two = node_toml(
+            &["http://rack1:8035".into(), "http://master:8035".into()],
+            Some("http://squid:3128"),
+        );
+        assert!(
+            two.contains("server = [\"http://rack1:8035\", \"http://master:8035\"]\nproxy = \"http://squid:3128\"\n"),
+            "{two}"
+        );
+        let parsed: crate::config::NodeFile = toml::from_str(&two).unwrap();
+        assert_eq!(parsed.proxy.as_deref(), Some("http://squid:3128"));
+    }
+
+    #[test]
+    fn start_windows_grow_with_the_diskless_nodes_and_are_capped() {
+        assert_eq!(start_window(0), 0.0);
+        assert!((start_window(10) - 0.2).abs() < 1e-9);
+        assert!((start_window(2000) - 40.0).abs() < 1e-9);
+        assert_eq!(start_window(1_000_000), MAX_WINDOW);
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub struct NetrootReport {
     pub tmpfs_used: u64,
     /// Where persistent filesystems were mounted ([`PERSIST_FSTAB`]).
     pub persist: Vec<String>,
+    /// The random delay waited before the fetch, and the window it was drawn from (seconds).
+    pub start_delay: f64,
+    pub start_window: f64,
     pub seconds: f64,
     pub warnings: Vec<String>,
 }
@@ -192,9 +195,15 @@ pub fn boot_netroot(
     let started = Instant::now();
     // The image comes over one connection, the revisions (signatures checked when the node
     // trusts keys) over another.
-    let r = HttpRepo::new(&o.server, None, &o.http).and_then(|http| {
-        let source = memory::checked(o, HttpRepo::new(&o.server, None, &o.http)?);
-        boot_inner(o, rw, &http, source.as_ref(), me, reporter, started)
+    // A rack powered on at once spreads its image fetches over the start window.
+    let (delay, window) = o.start_delay(me);
+    let r = o.source().and_then(|http| {
+        let source = memory::checked(o, o.source()?);
+        boot_inner(o, rw, &http, source.as_ref(), me, reporter, started).map(|rep| NetrootReport {
+            start_delay: delay,
+            start_window: window,
+            ..rep
+        })
     });
     match &r {
         Ok(rep) => reporter.report(Phase::Done(format!(
@@ -220,7 +229,7 @@ fn boot_inner(
     reporter: &dyn Reporter,
     started: Instant,
 ) -> Result<NetrootReport> {
-    let target = memory::resolve_target(source, me, &o.server)?;
+    let target = memory::resolve_target(source, me, &o.servers.join(", "))?;
     reporter.report(Phase::Revision(target.name()));
     let id = target.id.hex();
     let info = match http.get(&info_path(&id, ImageFormat::Erofs)) {
@@ -229,7 +238,7 @@ fn boot_inner(
             return Err(Error::NotFound(format!(
                 "{} has no network-root image on {}: publish one on the server with `aurum export {} --netroot`",
                 target.name(),
-                o.server,
+                http.base(),
                 me.revision
             )))
         }
@@ -333,7 +342,7 @@ fn boot_inner(
             reporter.report(Phase::Overrides(rev.clone()));
         }
     }
-    memory::write_identity(&o.root, me, &o.server, o.http.token.as_deref())?;
+    memory::write_identity(&o.root, me, o)?;
     let persist = mount_persistent(&o.root, &mut warnings)?;
     let st = nix::sys::statvfs::statvfs(rw).map_err(|e| Error::Io {
         path: rw.to_path_buf(),
@@ -355,6 +364,8 @@ fn boot_inner(
         tmpfs_size: size,
         tmpfs_used: used,
         persist,
+        start_delay: 0.0,
+        start_window: 0.0,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
     })

@@ -12,6 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::common::{can_run, have, is_root, json, need, sh, skip, Env};
@@ -67,8 +68,14 @@ fn write_mode(path: &Path, text: &str, mode: u32) {
 
 /// The Debian root with aurum, a required health check (the root is a `root_fs` (tmpfs, or
 /// overlayfs for a network root), the hostname and the SSH host key are the node's) and the
-/// boot check unit; `server` is the image server as the guest reaches it.
-fn debian_golden(env: &Env, server: &str, host_key_pub: &str, root_fs: &str) -> PathBuf {
+/// boot check unit running `check`; `server` is the image server as the guest reaches it.
+fn debian_golden(
+    env: &Env,
+    server: &str,
+    host_key_pub: &str,
+    root_fs: &str,
+    check: &str,
+) -> PathBuf {
     let rig = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rig/debian-root");
     let out = Command::new(rig)
         .output()
@@ -101,11 +108,7 @@ fn debian_golden(env: &Env, server: &str, host_key_pub: &str, root_fs: &str) -> 
         ),
         0o755,
     );
-    write_mode(
-        &g.join("usr/local/sbin/aurum-boot-check"),
-        CHECK_SCRIPT,
-        0o755,
-    );
+    write_mode(&g.join("usr/local/sbin/aurum-boot-check"), check, 0o755);
     write_mode(
         &g.join("etc/systemd/system/aurum-boot-check.service"),
         CHECK_UNIT,
@@ -255,7 +258,7 @@ fn boot_diskless(uefi: bool, how: Root) {
         }
     };
     let key = host_key_override(&env, extra);
-    let g = debian_golden(&env, &server, &key, root_fs);
+    let g = debian_golden(&env, &server, &key, root_fs, CHECK_SCRIPT);
     // Documentation and translations left out: a smaller image boots sooner under TCG.
     env.getimage(
         &g,
@@ -755,5 +758,502 @@ fn netroot_on_the_host_is_the_revision_plus_overrides() {
     eprintln!(
         "netroot on the host: export {export_s:.2} s, image {} bytes for {} bytes of files, boot {:.2} s, {} bytes fetched",
         e["bytes"], e["tree_bytes"], r["seconds"].as_f64().unwrap(), r["fetched_bytes"]
+    );
+}
+
+/// The boot check of the rollout test: health (its report is the rollout's gate), then the
+/// node stays up with sshd, for the rollout to reboot it.
+const ROLLOUT_CHECK: &str = r#"#!/bin/sh
+exec >/dev/ttyS0 2>&1
+echo "AURUM-CHECK: booted $(cat /etc/version) into $(stat -f -c %T /), up $(cut -d' ' -f1 /proc/uptime) s"
+aurum --no-progress health --timeout 60
+echo "AURUM-CHECK: version $(cat /etc/version) health rc=$?, up $(cut -d' ' -f1 /proc/uptime) s"
+"#;
+
+/// Issue 21 item 3 in QEMU: a BIOS node boots deb@1 into memory and passes its health check;
+/// `aurum rollout` reboots it (over ssh) into deb@2, which passes; then into deb@3, whose
+/// required health check fails, and the rollout falls it back by rebooting it into deb@2. The
+/// node is never powered off between: every update is a reboot through PXE and the kit.
+#[test]
+fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
+    let rom = Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom");
+    let needs = [
+        "qemu-system-x86_64",
+        "busybox",
+        "depmod",
+        "apt-get",
+        "dpkg",
+        "debootstrap",
+        "strip",
+        "ssh",
+        "ssh-keygen",
+        "sgdisk",
+        "mkfs.ext4",
+    ];
+    let missing: Vec<&&str> = needs.iter().filter(|p| !have(p)).collect();
+    if !missing.is_empty() || !rom.exists() || !is_root() {
+        skip(&format!(
+            "the diskless rollout test needs root, ipxe-qemu's ROMs and {missing:?}"
+        ));
+        return;
+    }
+    let env = Env::new();
+    debian_kernel();
+    build_kit(&env);
+    let srv = Server::start(&env);
+    let port = srv.addr.rsplit(':').next().unwrap().to_string();
+    let server = format!("http://10.0.2.2:{port}");
+    let cmdline = env.repo().join("bootkit/cmdline");
+    let append = fs::read_to_string(&cmdline).unwrap();
+    fs::write(
+        &cmdline,
+        format!("{} systemd.show_status=0\n", append.trim()),
+    )
+    .unwrap();
+    let key = host_key_override(&env, &[]);
+    let g = debian_golden(&env, &server, &key, "tmpfs", ROLLOUT_CHECK);
+    // The master's key, for the rollout's ssh (the reboot).
+    let id = env.path("id_ed25519");
+    sh(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -f '{}'",
+        id.display()
+    ));
+    let pubkey = fs::read_to_string(env.path("id_ed25519.pub")).unwrap();
+    write_mode(&g.join("root/.ssh/authorized_keys"), &pubkey, 0o600);
+    fs::set_permissions(g.join("root/.ssh"), fs::Permissions::from_mode(0o700)).unwrap();
+    let excludes = [
+        "--exclude",
+        "/usr/share/doc/*",
+        "--exclude",
+        "/usr/share/man/*",
+        "--exclude",
+        "/usr/share/locale/*",
+        "--exclude",
+        "/usr/share/info/*",
+    ];
+    for version in 1..=3 {
+        fs::write(g.join("etc/version"), format!("{version}\n")).unwrap();
+        if version == 3 {
+            write_mode(
+                &g.join("etc/aurum/health/required.d/20-broken"),
+                "#!/bin/sh\necho 'the service of version 3 does not start'\nexit 1\n",
+                0o755,
+            );
+        }
+        env.getimage(&g, "deb", &excludes);
+    }
+    env.ok(&[
+        "node",
+        "add",
+        "vm1",
+        "--mac",
+        MAC,
+        "--ip",
+        "127.0.0.1",
+        "--image",
+        "deb@1",
+        "--rootfs",
+        "memory",
+    ]);
+    let tftp = env.path("tftp");
+    env.ok(&[
+        "pxe",
+        "tftp",
+        "--tftp-root",
+        tftp.to_str().unwrap(),
+        "--server",
+        &server,
+    ]);
+    let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = env.path("serial.log");
+    // Without -no-reboot: the guest's reboot is a reset, and the firmware PXE-boots again.
+    let mut args: Vec<String> = crate::qemu::machine()
+        .into_iter()
+        .filter(|a| a != "-no-reboot")
+        .collect();
+    args.extend([
+        "-boot".into(),
+        "order=n".into(),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n0,mac={MAC}"),
+        "-netdev".into(),
+        format!(
+            "user,id=n0,net=10.0.2.0/24,tftp={},bootfile=boot.ipxe,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+            tftp.display()
+        ),
+    ]);
+    let _guest = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let mut qemu = crate::qemu::spawn(
+        Command::new("qemu-system-x86_64")
+            .args(&args)
+            .stderr(Stdio::null()),
+        &log,
+    );
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.0.wait();
+        }
+    }
+    // The first boot: deb@1 into memory, healthy.
+    loop {
+        let text = serial(&log);
+        if text.contains("AURUM-CHECK: version 1 health rc=") {
+            assert!(
+                text.contains("AURUM-CHECK: version 1 health rc=0"),
+                "{}",
+                story(&log)
+            );
+            break;
+        }
+        let failed = text.contains("here is a shell") || text.contains("Kernel panic");
+        if failed
+            || started.elapsed() > Duration::from_secs(420)
+            || qemu.try_wait().unwrap().is_some()
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(qemu.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = qemu.wait();
+            panic!(
+                "the first boot did not pass its health check after {:.0} s:\n{}",
+                started.elapsed().as_secs_f64(),
+                story(&log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let first = started.elapsed();
+    let qemu = Kill(qemu);
+    let ssh = format!(
+        "ssh -p {ssh_port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+        id.display()
+    );
+    let rollout = |rev: &str| {
+        let t = Instant::now();
+        let out = env
+            .cmd(&[
+                "rollout",
+                "start",
+                rev,
+                "vm1",
+                "--canary",
+                "0",
+                "--server",
+                &server,
+                "--ssh",
+                &ssh,
+                "--boot-timeout",
+                "420",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!("{}\n{}", String::from_utf8_lossy(&out.stderr), story(&log))
+        });
+        (out.status.code(), v, t.elapsed())
+    };
+    let node = |v: &serde_json::Value| v["nodes"][0].clone();
+
+    let (code, v, good) = rollout("deb@2");
+    assert_eq!(code, Some(0), "{v:#}\n{}", story(&log));
+    assert_eq!(node(&v)["state"], "done", "{v:#}");
+    assert_eq!(node(&v)["previous"], "deb@1", "{v:#}");
+    let good_detail = node(&v)["detail"].clone();
+    assert!(
+        serial(&log).contains("AURUM-CHECK: version 2 health rc=0"),
+        "{}",
+        story(&log)
+    );
+
+    let (code, v, bad) = rollout("deb@3");
+    assert_eq!(code, Some(1), "{v:#}\n{}", story(&log));
+    assert_eq!(v["rollout"]["state"], "failed", "{v:#}");
+    let n = node(&v);
+    assert_eq!(n["state"], "fell-back", "{v:#}");
+    let detail = n["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(
+            "unhealthy on deb@3 (20-broken); fell back to deb@2: rebooted into it, healthy"
+        ),
+        "{detail}"
+    );
+    let text = serial(&log);
+    assert!(
+        text.contains("AURUM-CHECK: version 3 health rc=1"),
+        "{}",
+        story(&log)
+    );
+    // The last boot is deb@2 again, healthy.
+    let last = text.rfind("AURUM-CHECK: version").unwrap();
+    assert!(
+        text[last..].starts_with("AURUM-CHECK: version 2 health rc=0"),
+        "{}",
+        story(&log)
+    );
+    let show = json(&env.ok(&["node", "show", "vm1", "--json"]));
+    assert_eq!(show["node"]["image"], "deb@2", "{show:#}");
+    drop(qemu);
+    eprintln!(
+        "diskless rollout (BIOS, TCG): first boot to health {:.0} s; rollout of deb@2 {:.0} s ({}); \
+         rollout of the unhealthy deb@3 with its fallback {:.0} s ({})",
+        first.as_secs_f64(),
+        good.as_secs_f64(),
+        good_detail,
+        bad.as_secs_f64(),
+        detail
+    );
+}
+
+/// Boots `count` diskless nodes (n01.., MACs 52:54:00:00:03:NN) into tmpfs roots under
+/// `dir` at the same moment, each with `servers` and `extra` arguments; their reports
+/// (JSON), in node order, and the wall time of the whole storm.
+fn storm(
+    env: &Env,
+    dir: &Path,
+    count: usize,
+    servers: &[String],
+    extra: &[&str],
+) -> (Vec<serde_json::Value>, Duration) {
+    let started = Instant::now();
+    let children: Vec<(PathBuf, std::process::Child)> = (1..=count)
+        .map(|i| {
+            let root = dir.join(format!("n{i:02}"));
+            fs::create_dir_all(&root).unwrap();
+            let mac = format!("52:54:00:00:03:{i:02x}");
+            let mut args = vec!["boot-memory", "--mac", &mac, "--headroom", "16", "--json"];
+            for s in servers {
+                args.extend(["--server", s]);
+            }
+            args.extend(["--root", root.to_str().unwrap()]);
+            args.extend_from_slice(extra);
+            let child = env
+                .bare(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (root, child)
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for (root, child) in children {
+        let out = child.wait_with_output().unwrap();
+        let _ = Command::new("umount").arg(&root).status();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reports.push(json(&String::from_utf8_lossy(&out.stdout)));
+    }
+    (reports, started.elapsed())
+}
+
+/// The spread of the nodes' `seconds` (fetch and lay, the start delay included): min and max.
+fn spread(reports: &[serde_json::Value]) -> (f64, f64) {
+    let s: Vec<f64> = reports
+        .iter()
+        .map(|r| r["seconds"].as_f64().unwrap())
+        .collect();
+    (
+        s.iter().cloned().fold(f64::MAX, f64::min),
+        s.iter().cloned().fold(0.0, f64::max),
+    )
+}
+
+/// Issue 21 item 4 without QEMU: the fetch step of a diskless boot (`boot-memory`, as the kit
+/// runs it) through a `serve --upstream` cache tier on loopback. A node given a dead server
+/// first fails over to the tier (and reports through it); its root is the revision, and its
+/// node.toml names the same servers and proxy for its updates. The server suggests a start
+/// window scaled to its diskless nodes. Then storms of 16 nodes at once: straight at the
+/// origin, through the tier (the origin sends one copy), and with a jittered start.
+#[test]
+fn memory_boots_fetch_through_a_cache_tier_with_failover_and_jitter() {
+    if !is_root() {
+        skip("the diskless fetch test mounts tmpfs roots: it needs root");
+        return;
+    }
+    let origin_env = crate::tiers::origin();
+    let count = 16;
+    for i in 1..=count {
+        origin_env.ok(&[
+            "node",
+            "add",
+            &format!("n{i:02}"),
+            "--mac",
+            &format!("52:54:00:00:03:{i:02x}"),
+            "--image",
+            "img",
+            "--rootfs",
+            "memory",
+        ]);
+    }
+    let origin = Server::start(&origin_env);
+    let cache = Env::new();
+    let tier = Server::start_with(&cache, &["--upstream", &format!("http://{}", origin.addr)]);
+    let tier_url = format!("http://{}", tier.addr);
+    let origin_url = format!("http://{}", origin.addr);
+
+    // The identity, through the tier, carries the start window: 16 diskless nodes, 1 s per 50.
+    let (status, _, body) = crate::serve::http(
+        &tier.addr,
+        "GET",
+        "/api/v1/boot/52:54:00:00:03:01",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let me = json(&String::from_utf8_lossy(&body));
+    assert_eq!(me["node"], "n01");
+    assert!((me["jitter"].as_f64().unwrap() - 0.32).abs() < 1e-9, "{me}");
+
+    // A dead server first (nothing listens on port 1): the node fails over to the tier.
+    let root = origin_env.path("mem/failover");
+    fs::create_dir_all(&root).unwrap();
+    let out = origin_env
+        .bare(&[
+            "boot-memory",
+            "--server",
+            "http://127.0.0.1:1",
+            "--server",
+            &tier_url,
+            "--proxy",
+            "",
+            "--connect-timeout",
+            "2",
+            "--mac",
+            "52:54:00:00:03:01",
+            "--root",
+            root.to_str().unwrap(),
+            "--headroom",
+            "16",
+            "--jitter",
+            "1.5",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let toml = fs::read_to_string(root.join("etc/aurum/node.toml")).unwrap_or_default();
+    if !out.status.success() {
+        let _ = Command::new("umount").arg(&root).status();
+        panic!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let diff = crate::common::rsync_diff(&root.join("data"), &origin_env.path("golden/data"));
+    let _ = Command::new("umount").arg(&root).status();
+    assert_eq!(diff, "", "the tmpfs root differs from img");
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r["start_window"], 1.5, "{r}");
+    assert!(r["start_delay"].as_f64().unwrap() <= 1.5, "{r}");
+    assert!(
+        toml.contains(&format!(
+            "server = [\"http://127.0.0.1:1\", \"{tier_url}\"]\nproxy = \"\"\n"
+        )),
+        "{toml}"
+    );
+    let after_first = origin.sent.load(Ordering::Relaxed);
+    assert!(after_first > 5 << 20, "the origin sent {after_first} bytes");
+    // Its phases went to the tier that answered, and on to the origin.
+    let show = origin_env.ok(&["node", "show", "n01"]);
+    assert!(show.contains("phase     done img@1"), "{show}");
+
+    // 16 nodes at once through the tier: the origin sends next to nothing more (the tier has
+    // every pack from the first node), and every node is laid.
+    let dir = origin_env.path("mem/storm");
+    let before = origin.sent.load(Ordering::Relaxed);
+    let (via_tier, tier_time) = storm(
+        &origin_env,
+        &dir,
+        count,
+        std::slice::from_ref(&tier_url),
+        &["--jitter", "0"],
+    );
+    let tier_origin_bytes = origin.sent.load(Ordering::Relaxed) - before;
+    assert!(
+        tier_origin_bytes * 20 < after_first,
+        "16 nodes behind the warm tier cost the origin {tier_origin_bytes} bytes (one node {after_first})"
+    );
+    // The same storm straight at the origin: 16 copies.
+    let before = origin.sent.load(Ordering::Relaxed);
+    let (direct, direct_time) = storm(
+        &origin_env,
+        &dir,
+        count,
+        std::slice::from_ref(&origin_url),
+        &["--jitter", "0"],
+    );
+    let direct_bytes = origin.sent.load(Ordering::Relaxed) - before;
+    assert!(direct_bytes > 15 * (after_first / 2), "{direct_bytes}");
+    // With the window the server suggests (0.32 s here) and with a 4 s one.
+    let (suggested, suggested_time) = storm(
+        &origin_env,
+        &dir,
+        count,
+        std::slice::from_ref(&origin_url),
+        &[],
+    );
+    for r in &suggested {
+        assert!(
+            (r["start_window"].as_f64().unwrap() - 0.32).abs() < 1e-9,
+            "{r}"
+        );
+    }
+    let (jittered, jittered_time) = storm(
+        &origin_env,
+        &dir,
+        count,
+        std::slice::from_ref(&origin_url),
+        &["--jitter", "4"],
+    );
+    let delays: Vec<f64> = jittered
+        .iter()
+        .map(|r| r["start_delay"].as_f64().unwrap())
+        .collect();
+    assert!(delays.iter().all(|d| (0.0..=4.0).contains(d)), "{delays:?}");
+    let distinct: std::collections::BTreeSet<u64> =
+        delays.iter().map(|d| (d * 1000.0) as u64).collect();
+    assert!(
+        distinct.len() > count / 2,
+        "the nodes started together: {delays:?}"
+    );
+    let lay = |rs: &[serde_json::Value]| {
+        let v: Vec<f64> = rs
+            .iter()
+            .map(|r| r["seconds"].as_f64().unwrap() - r["start_delay"].as_f64().unwrap())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    eprintln!(
+        "boot storm of {count} diskless nodes ({:.1} MiB fetched each): through the warm tier \
+         {:.1} s wall, origin sent {:.2} MiB, per node {:.1}-{:.1} s; straight at the origin \
+         {:.1} s wall, origin sent {:.1} MiB, per node {:.1}-{:.1} s (mean fetch {:.2} s); \
+         suggested window 0.32 s: {:.1} s wall (mean fetch {:.2} s); 4 s window: {:.1} s wall, \
+         mean fetch after the delay {:.2} s",
+        via_tier[0]["fetched_bytes"].as_f64().unwrap() / 1048576.0,
+        tier_time.as_secs_f64(),
+        tier_origin_bytes as f64 / 1048576.0,
+        spread(&via_tier).0,
+        spread(&via_tier).1,
+        direct_time.as_secs_f64(),
+        direct_bytes as f64 / 1048576.0,
+        spread(&direct).0,
+        spread(&direct).1,
+        lay(&direct),
+        suggested_time.as_secs_f64(),
+        lay(&suggested),
+        jittered_time.as_secs_f64(),
+        lay(&jittered),
     );
 }

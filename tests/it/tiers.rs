@@ -12,7 +12,7 @@ use crate::common::{sh, write_random, Env};
 use crate::serve::{http, Server};
 
 /// A repository with `img@1`: 40 files of 64 KiB to 1 MiB of random data.
-fn origin() -> Env {
+pub(crate) fn origin() -> Env {
     let env = Env::new();
     let golden = env.path("golden");
     for i in 0..40u64 {

@@ -18,7 +18,8 @@ use super::{human_bytes, open, print_json, Global};
 /// templates/) against the catalog, and that published files are world-readable and the
 /// catalog and lock private; and every revision's signatures (a signature that does not
 /// check out is damage; revisions unsigned, or signed only by keys not in aurum.toml's
-/// `trusted-keys`, are counted and named).
+/// `trusted-keys`, are counted and named), and each class's newest template's (counted,
+/// the unsigned classes named, once any template is signed or aurum.toml trusts keys).
 ///
 /// With --repair, damaged blobs are forgotten, so that capturing a golden client (or
 /// importing a tarball) that still holds their content stores it again and mends every
@@ -81,6 +82,28 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
                 )
             }
         );
+        // Only where templates are signed at all: a repository that signs nothing is not
+        // told so twice.
+        if sigs.templates_signed > 0 || !keys.is_empty() {
+            println!(
+                "templates: {} signed{}, {} unsigned{}",
+                sigs.templates_signed,
+                if keys.is_empty() {
+                    ""
+                } else {
+                    " by a trusted key"
+                },
+                sigs.templates_unsigned.len(),
+                if sigs.templates_unsigned.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({}: `aurum template sign` signs them)",
+                        sigs.templates_unsigned.join(", ")
+                    )
+                }
+            );
+        }
         for d in &report.damage {
             let breaks = if d.breaks.is_empty() {
                 String::new()

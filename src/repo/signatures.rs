@@ -174,8 +174,50 @@ pub struct SignatureSummary {
     /// Revisions whose signatures are all sound but by keys not trusted (or revoked), when
     /// `trusted-keys` is set.
     pub untrusted: Vec<String>,
-    /// Signatures that do not check out: (revision, key, problem).
+    /// Signatures that do not check out: (revision, or `template CLASS`, key, problem).
     pub bad: Vec<(String, String, String)>,
+    /// Classes whose newest template has a sound signature by a trusted key (by any key,
+    /// when the repository trusts none).
+    pub templates_signed: u64,
+    /// Classes whose newest template has no such signature.
+    pub templates_unsigned: Vec<String>,
+}
+
+/// Checks the signatures of every class's newest template (what installers are handed) into
+/// `s`.
+pub fn check_templates(
+    repo: &Repository,
+    keys: &TrustedKeys,
+    s: &mut SignatureSummary,
+) -> Result<()> {
+    for v in repo.catalog.templates()? {
+        let id = Id::of(v.text.as_bytes());
+        let what = format!("template {}", v.class);
+        let checked = match repo.template_signatures(v.class.as_str(), &id) {
+            Ok(sigs) => trust::check_template(&sigs, v.class.as_str(), &id, keys),
+            Err(e) => {
+                s.bad.push((what, String::new(), e.to_string()));
+                continue;
+            }
+        };
+        for c in checked.iter().filter(|c| c.standing == Standing::Bad) {
+            s.bad.push((
+                what.clone(),
+                c.key.clone(),
+                c.problem.clone().unwrap_or_default(),
+            ));
+        }
+        let good = |c: &Checked| match keys.is_empty() {
+            true => c.standing != Standing::Bad,
+            false => c.standing == Standing::Trusted,
+        };
+        if checked.iter().any(good) {
+            s.templates_signed += 1;
+        } else {
+            s.templates_unsigned.push(v.class.to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Checks every signature of `revisions`.

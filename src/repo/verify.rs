@@ -144,6 +144,9 @@ pub fn verify(
     }
     drop(seen);
     report.signatures = signatures::check(repo, &revisions, keys)?;
+    if only.is_none() {
+        signatures::check_templates(repo, keys, &mut report.signatures)?;
+    }
     for (rev, key, problem) in &report.signatures.bad {
         report.damage.push(Damage {
             kind: "signature",

@@ -727,6 +727,9 @@ fn templates_are_signed_and_installers_refuse_unsigned_or_altered_ones() {
     let id = signed[0]["text"].as_str().unwrap().to_string();
     let sig_file = env.public().join(format!("sigs/_templates/{class}/{id}"));
     assert!(sig_file.exists());
+    // verify counts them (the shipped templates aurum init seeded are not signed yet).
+    let v = env.ok(&["verify"]);
+    assert!(v.contains("templates: 1 signed, 5 unsigned ("), "{v}");
     // ssh-keygen can check it too: the block's first four lines, namespace aurum-template.
     if need("ssh-keygen") {
         let dir = env.path("check");

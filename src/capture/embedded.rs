@@ -8,6 +8,7 @@
 //! the aurum-managed paths of its directory leave the scan, and the directory's entry gets
 //! the record.
 
+use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,7 +20,7 @@ use super::BlobSink;
 use crate::catalog::Catalog;
 use crate::error::{invalid, IoContext, Result};
 use crate::format::embedded::{self as record, EmbeddedRepo};
-use crate::format::manifest::{display_path, Kind};
+use crate::format::manifest::{display_path, file_name, parent, Entry, Kind};
 use crate::format::FORMAT_VERSION;
 use crate::repo::embedded::{take_in, Pins, TakenIn};
 use crate::repo::{BlobWriter, Repository};
@@ -93,6 +94,51 @@ impl Finder {
         self.found.push(s.entry.path.clone());
         self.embedded.push(report);
         Ok(Some(s))
+    }
+}
+
+/// The repositories a scan passes that it cannot record (a remote capture reads no file of
+/// the golden client but through its agent): their directories, known by a `FORMAT` and an
+/// `aurum.db` side by side, so that the administrator is told they went in as plain files.
+#[derive(Default)]
+pub struct Unrecorded {
+    formats: HashSet<Vec<u8>>,
+    catalogs: HashSet<Vec<u8>>,
+    found: Vec<Vec<u8>>,
+}
+
+impl Unrecorded {
+    /// Looks at the next entry of the scan.
+    pub fn see(&mut self, e: &Entry) {
+        if !matches!(e.kind, Kind::File { .. }) {
+            return;
+        }
+        let dir = parent(&e.path).to_vec();
+        let (mine, other) = match file_name(&e.path) {
+            b"FORMAT" => (&mut self.formats, &self.catalogs),
+            b"aurum.db" => (&mut self.catalogs, &self.formats),
+            _ => return,
+        };
+        if other.contains(&dir) {
+            self.found.push(dir);
+        } else {
+            mine.insert(dir);
+        }
+    }
+
+    /// A warning for each repository seen.
+    pub fn warnings(&self) -> Vec<String> {
+        self.found
+            .iter()
+            .map(|dir| {
+                format!(
+                    "{}: an aurum repository, captured as plain files (its packs stored again); \
+                     only a capture of a root on this machine (mounted, or a chroot) records it \
+                     by reference; --no-embedded-repos says plain files are meant",
+                    display_path(dir)
+                )
+            })
+            .collect()
     }
 }
 

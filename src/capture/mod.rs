@@ -781,14 +781,23 @@ pub fn getimage(
     let mut spool = Spool::new(repo)?;
     let root = source.local_root().filter(|_| opts.embedded_repos);
     let mut finder = root.map(embedded::Finder::new);
+    // A remote tree's repositories go in as files: the administrator is told.
+    let mut unrecorded = (root.is_none() && opts.embedded_repos && opts.edit.is_none())
+        .then(embedded::Unrecorded::default);
     let snapshots = Mutex::new(repo.blob_writer()?);
     let mut warnings = source.scan(progress, &mut |s| {
         let s = match &mut finder {
             Some(f) => f.take(repo, &snapshots, s)?,
-            None => Some(s),
+            None => {
+                if let Some(u) = &mut unrecorded {
+                    u.see(&s.entry);
+                }
+                Some(s)
+            }
         };
         s.map_or(Ok(()), |s| spool.push(s))
     })?;
+    warnings.extend(unrecorded.map(|u| u.warnings()).unwrap_or_default());
     let mut snapshots = snapshots.into_inner().expect("blob writer lock");
     snapshots.finish()?;
     let embedded = finder.map(|f| f.embedded).unwrap_or_default();

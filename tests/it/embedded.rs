@@ -492,3 +492,74 @@ fn rollback_restores_the_repository_the_earlier_revision_embeds() {
     verify(&env, &rebuilt);
     assert_eq!(listing(&env, &rebuilt), at_1);
 }
+
+/// Issue #16: a master's root captured over ssh (`getimage --golden-client ssh://…`). Only a
+/// local capture records its repository by reference (book: "Building the next cluster",
+/// limits); over ssh the repository goes in as plain files, and the capture says so by a
+/// warning naming it and what to do, unless --no-embedded-repos says plain files are meant.
+#[test]
+fn a_remote_capture_of_a_master_says_its_repository_went_in_as_files() {
+    if !crate::remote::ready() {
+        return;
+    }
+    let env = Env::new();
+    let master = super_and_master(&env);
+    let sshd = crate::remote::Sshd::start();
+    let capture = |image: &str, extra: &[&str]| {
+        let started = Instant::now();
+        let url = sshd.url(&master);
+        let ssh = sshd.ssh_command();
+        let mut args = vec![
+            "getimage",
+            "--golden-client",
+            &url,
+            "--image",
+            image,
+            "--ssh",
+            &ssh,
+            "--agent-command",
+            env!("CARGO_BIN_EXE_aurum"),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = json(&env.ok(&args));
+        eprintln!(
+            "remote capture of the master root: {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        out
+    };
+    let out = capture("master", &[]);
+    assert_eq!(out["embedded"], serde_json::json!([]), "{out}");
+    let warned: Vec<&str> = out["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .filter(|w| w.contains("aurum repository"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{out}");
+    assert!(
+        warned[0].starts_with("/var/lib/aurum: ")
+            && warned[0].contains("plain files")
+            && warned[0].contains("--no-embedded-repos"),
+        "{out}"
+    );
+    let ls = env.ok(&["ls", "master", "/var/lib/aurum"]);
+    assert!(ls.contains("aurum.db") && ls.contains("public"), "{ls}");
+    // The files are a copy of the idle repository: checked out, it works.
+    let out_dir = env.path("out");
+    env.ok(&["checkout", "master", out_dir.to_str().unwrap()]);
+    let copy = out_dir.join("var/lib/aurum");
+    verify(&env, &copy);
+    assert_eq!(
+        listing(&env, &copy),
+        listing(&env, &master.join("var/lib/aurum"))
+    );
+
+    let out = capture("files", &["--no-embedded-repos"]);
+    assert!(
+        !out["warnings"].to_string().contains("aurum repository"),
+        "{out}"
+    );
+}

@@ -1031,6 +1031,286 @@ fn qemu_bios_node_falls_back_by_itself_and_blesses_a_good_revision() {
     falls_back_by_itself(Firmware::Bios);
 }
 
+/// The systemd-boot node's disk: an ESP big enough for three kernels and initramfs, and the
+/// root.
+const SD_TEMPLATE: &str = r#"description = "boot counting test node (systemd-boot)"
+
+[[disk]]
+
+[[disk.partition]]
+name = "esp"
+type = "efi"
+size = "64MiB"
+fs = "vfat"
+label = "ESP"
+
+[[disk.partition]]
+name = "root"
+size = "*"
+fs = "ext4"
+label = "root"
+mount = "/"
+"#;
+
+/// systemd-boot for UEFI, from Debian's package (unpacked once into the test cache).
+fn systemd_boot_efi() -> std::path::PathBuf {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = Path::new("/var/cache/aurum-test/systemd-boot-efi");
+    let efi = cache.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+    if !efi.exists() {
+        sh_ok(&format!(
+            "cd /var/cache/aurum-test && (ls systemd-boot-efi_*.deb >/dev/null 2>&1 || \
+             apt-get download -q systemd-boot-efi >&2) && rm -rf {c}.tmp && \
+             dpkg -x systemd-boot-efi_*.deb {c}.tmp && mv {c}.tmp {c}",
+            c = cache.display()
+        ));
+    }
+    efi
+}
+
+/// The node's ESP as mtools names it.
+fn esp_of(disk: &Path) -> String {
+    format!("{}@@{}", disk.display(), partition_offset(disk, 1))
+}
+
+/// The update runs on the host, whose kernel may not mount vfat: the ESP's aurum and
+/// loader directories are copied into the root's `/boot/efi` (the mount point, on the root
+/// filesystem) for it, and back onto the ESP after it. On the node, the ESP is mounted there.
+fn update_through_esp(env: &Env, disk: &Path, url: &str, rev: &str) {
+    let esp = esp_of(disk);
+    with_root(env, disk, |root| {
+        let dir = root.join("boot/efi");
+        sh_ok(&format!(
+            "cd {d} && rm -rf loader aurum && mcopy -s -i {esp} ::/loader . && \
+             (mcopy -s -i {esp} ::/aurum . 2>/dev/null || true)",
+            d = dir.display()
+        ));
+        env.ok(&[
+            "updateclient",
+            "--root",
+            root.to_str().unwrap(),
+            "--server",
+            url,
+            "--image",
+            rev,
+            "--boot-tries",
+            "2",
+        ]);
+        sh_ok(&format!(
+            "mdeltree -i {esp} ::/loader && (mdeltree -i {esp} ::/aurum 2>/dev/null || true) \
+             && cd {d} && mcopy -s -i {esp} loader aurum ::/ && rm -rf loader aurum node",
+            d = dir.display()
+        ));
+    });
+}
+
+fn esp_entries(disk: &Path) -> Vec<String> {
+    let listed = sh_ok(&format!("mdir -b -i {} ::/loader/entries", esp_of(disk)));
+    let mut v: Vec<String> = listed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("::/loader/entries/"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// A UEFI QEMU node that boots with systemd-boot (Debian's systemd-boot-efi on its ESP): a
+/// revision whose initramfs cannot boot gets an entry with 2 tries; systemd-boot renames it
+/// at each boot down to `+0-2`, then orders it last and boots aurum's fallback entry, and the
+/// node puts the revision before back; a good revision's entry is blessed (the counter
+/// dropped, by aurum on the node's vfat ESP). 5 boots.
+#[test]
+fn qemu_systemd_boot_node_falls_back_by_itself_and_blesses_a_good_revision() {
+    let tools = [
+        "qemu-system-x86_64",
+        "busybox",
+        "cpio",
+        "sgdisk",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "mcopy",
+        "mdeltree",
+        "apt-get",
+        "dpkg",
+    ];
+    if tools.iter().any(|t| !need(t)) {
+        return;
+    }
+    if !crate::common::is_root() || !Path::new(crate::pxe::OVMF_CODE).exists() {
+        crate::common::skip("needs root (loop mounts) and OVMF (package ovmf)");
+        return;
+    }
+    let started = std::time::Instant::now();
+    let env = Env::new();
+    let kit = crate::pxe::build_kit(&env);
+    let kit_tree = env.path("kit-tree");
+    fs::create_dir_all(&kit_tree).unwrap();
+    sh_ok(&format!(
+        "cd {} && zcat {}/initrd.img | cpio -id --quiet",
+        kit_tree.display(),
+        kit.display()
+    ));
+    let ird = env.path("initrd-tree");
+    sh_ok(&format!(
+        "cp -a {}/. {i} && cd {i} && rm -rf usr/bin/aurum lib/x86_64-linux-gnu lib64 && \
+         cd lib/modules/*/kernel && rm -rf fs/xfs drivers/net/ethernet drivers/net/phy \
+         drivers/net/mdio.ko drivers/md drivers/ata drivers/nvme drivers/dca drivers/i2c",
+        kit_tree.display(),
+        i = ird.display(),
+    ));
+    executable(&ird.join("init"), INITRAMFS_INIT);
+    let initrd = env.path("initrd.img");
+    pack_initramfs(&ird, &initrd);
+    let bad = env.path("broken-tree");
+    fs::create_dir_all(bad.join("bin")).unwrap();
+    fs::copy(kit_tree.join("bin/busybox"), bad.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", bad.join("bin/sh")).unwrap();
+    executable(&bad.join("init"), BROKEN_INIT);
+    let broken_initrd = env.path("broken-initrd.img");
+    pack_initramfs(&bad, &broken_initrd);
+    let srv = Server::start(&env);
+    let port = srv.addr.rsplit(':').next().unwrap().to_string();
+    let image = NodeImage {
+        kit_tree,
+        kernel: crate::pxe::debian_kernel().0,
+        initrd,
+        broken_initrd,
+        server: format!("http://10.0.2.2:{port}"),
+    };
+    // The golden client's ESP, captured with it: loader.conf as `bootctl install` leaves it
+    // and the entry kernel-install wrote, with its kernel; no GRUB.
+    let cmdline = "root=/dev/vda2 console=ttyS0 panic=1 no_timer_check";
+    let g = env.path("golden");
+    for (label, broken) in [
+        ("revision 1 (good)", false),
+        ("revision 2 (cannot boot)", true),
+        ("revision 3 (good)", false),
+    ] {
+        image.write(&g, label, true, broken);
+        fs::remove_dir_all(g.join("boot/grub")).unwrap();
+        fs::write(g.join("etc/aurum-test-esp"), "").unwrap();
+        let esp = g.join("boot/efi");
+        fs::create_dir_all(esp.join("loader/entries")).unwrap();
+        fs::create_dir_all(esp.join("node")).unwrap();
+        fs::write(esp.join("loader/loader.conf"), "timeout 0\n").unwrap();
+        fs::copy(&image.kernel, esp.join("node/vmlinuz")).unwrap();
+        fs::copy(&image.initrd, esp.join("node/initrd.img")).unwrap();
+        fs::write(
+            esp.join("loader/entries/node.conf"),
+            format!(
+                "title node\nlinux /node/vmlinuz\ninitrd /node/initrd.img\noptions {cmdline}\n"
+            ),
+        )
+        .unwrap();
+        env.getimage(&g, "node", &[]);
+    }
+    let t = env.path("node.toml");
+    fs::write(&t, SD_TEMPLATE).unwrap();
+    env.ok(&["template", "import", t.to_str().unwrap()]);
+    let disk = env.path("disk.raw");
+    fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
+    env.ok(&[
+        "install",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--image",
+        "node@1",
+        "--class",
+        "node",
+        "--hostname",
+        "vm1",
+    ]);
+    // The install wrote the image's /boot/efi into the mount point on the root (the ESP is
+    // made, not mounted, here): it goes onto the ESP, with systemd-boot at the
+    // removable-media path (`bootctl install` on the node would put it there too).
+    let esp = esp_of(&disk);
+    with_root(&env, &disk, |root| {
+        sh_ok(&format!(
+            "cd {}/boot/efi && mcopy -s -i {esp} loader node ::/ && rm -rf loader node && \
+             mmd -i {esp} ::/EFI ::/EFI/BOOT && mcopy -i {esp} {} ::/EFI/BOOT/BOOTX64.EFI",
+            root.display(),
+            systemd_boot_efi().display()
+        ))
+    });
+    fs::copy(crate::pxe::OVMF_VARS, env.path("OVMF_VARS.fd")).unwrap();
+    let url = format!("http://{}", srv.addr);
+    let _guest = crate::pxe::ONE_GUEST
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let guest_started = std::time::Instant::now();
+    let mut times = Vec::new();
+    let mut boot = || {
+        let (s, secs) = boot_node(&env, Firmware::Uefi, &disk, times.len() + 1);
+        times.push(secs);
+        s
+    };
+
+    // First boot: systemd-boot boots the image's entry; the node mounts its ESP.
+    let s = boot();
+    assert!(
+        s.contains("aurum-test: up on revision 1") && s.contains("aurum-test: ESP mounted"),
+        "{}",
+        tail_of(&s)
+    );
+    assert_eq!(last_boot(&env)["boot"]["outcome"], "booted");
+
+    // Revision 2 cannot boot: its entry counts down on the ESP, systemd-boot's renames.
+    update_through_esp(&env, &disk, &url, "node@2");
+    assert_eq!(
+        esp_entries(&disk),
+        ["aurum-fallback.conf", "aurum-revision+2.conf", "node.conf"]
+    );
+    let fallback_started = std::time::Instant::now();
+    for _ in 0..2 {
+        let s = boot();
+        assert!(s.contains("this initramfs cannot boot"), "{}", tail_of(&s));
+    }
+    assert_eq!(
+        esp_entries(&disk),
+        [
+            "aurum-fallback.conf",
+            "aurum-revision+0-2.conf",
+            "node.conf"
+        ]
+    );
+    // At +0 the entry sorts last: `default aurum-*` picks the fallback entry.
+    let s = boot();
+    assert!(s.contains("aurum.fallback"), "{}", tail_of(&s));
+    assert!(s.contains("rebooting into it"), "{}", tail_of(&s));
+    let to_fallback = fallback_started.elapsed().as_secs_f64();
+    let n = last_boot(&env);
+    assert_eq!(n["boot"]["fell_back"], true, "{n}");
+    let reason = n["boot"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("node@2") && reason.contains("in 2 boots: systemd-boot booted"),
+        "{n}"
+    );
+    assert_eq!(esp_entries(&disk), ["aurum-revision.conf", "node.conf"]);
+
+    // Revision 3 is good: its entry's first boot passes the health check, and aurum blesses
+    // it on the node's ESP by dropping the counter.
+    update_through_esp(&env, &disk, &url, "node@3");
+    let s = boot();
+    assert!(
+        s.contains("aurum-test: up on revision 3"),
+        "{}",
+        tail_of(&s)
+    );
+    assert_eq!(last_boot(&env)["boot"]["outcome"], "blessed");
+    assert_eq!(esp_entries(&disk), ["aurum-revision.conf", "node.conf"]);
+    let times: Vec<String> = times.iter().map(|t| format!("{t:.0}")).collect();
+    eprintln!(
+        "systemd-boot: {} boots ({} s), {:.0} s with the guest, fallback of a revision that \
+         cannot boot {to_fallback:.0} s after its update; whole test {:.0} s",
+        times.len(),
+        times.join(" + "),
+        guest_started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
 fn tail_of(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")

@@ -1257,3 +1257,56 @@ fn memory_boots_fetch_through_a_cache_tier_with_failover_and_jitter() {
         lay(&jittered),
     );
 }
+
+/// `export --netroot` killed part-way (during the checkout or mkfs.erofs) leaves no image and no
+/// record under `public/netroot/`, a repository `verify` passes, and a checkout in `tmp/` that
+/// `gc` removes; the export run again publishes the image.
+#[test]
+fn a_killed_netroot_export_publishes_nothing() {
+    if !can_run(is_root(), "root (checkout)") || !need("mkfs.erofs") {
+        return;
+    }
+    let env = Env::new();
+    let g = env.path("golden");
+    // Incompressible, so the export takes a few seconds to kill it in.
+    for i in 0..3 {
+        crate::common::write_random(&g.join(format!("data/{i}")), i, 16 << 20);
+    }
+    env.getimage(&g, "big", &[]);
+    let mut child = env
+        .cmd(&["export", "big", "--netroot"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = env.repo().join("tmp");
+    let started = Instant::now();
+    // Killed once its checkout has begun.
+    while fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the export never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the export finished before it was killed"
+    );
+    let published = env.public().join("netroot");
+    let left: Vec<_> = fs::read_dir(&published)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a killed export left {left:?}");
+    env.ok(&["verify"]);
+    assert!(fs::read_dir(&tmp).unwrap().count() > 0);
+    env.ok(&["gc"]);
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    let e = json(&env.ok(&["export", "big", "--netroot", "--json"]));
+    assert!(published
+        .join(format!("{}.erofs.json", e["id"].as_str().unwrap()))
+        .exists());
+}

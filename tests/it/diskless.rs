@@ -971,6 +971,12 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
     assert_eq!(node(&v)["state"], "done", "{v:#}");
     assert_eq!(node(&v)["previous"], "deb@1", "{v:#}");
     let good_detail = node(&v)["detail"].clone();
+    let waited = Instant::now();
+    while !serial(&log).contains("AURUM-CHECK: version 2 health rc=0")
+        && waited.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(
         serial(&log).contains("AURUM-CHECK: version 2 health rc=0"),
         "{}",
@@ -989,19 +995,24 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
         ),
         "{detail}"
     );
+    // The last boot is deb@2 again, healthy. Its report reached the server before the check
+    // printed its line: give the console a moment.
+    let last_is_healthy_2 = || {
+        let text = serial(&log);
+        text.rfind("AURUM-CHECK: version")
+            .is_some_and(|i| text[i..].starts_with("AURUM-CHECK: version 2 health rc=0"))
+    };
+    let waited = Instant::now();
+    while !last_is_healthy_2() && waited.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let text = serial(&log);
     assert!(
         text.contains("AURUM-CHECK: version 3 health rc=1"),
         "{}",
         story(&log)
     );
-    // The last boot is deb@2 again, healthy.
-    let last = text.rfind("AURUM-CHECK: version").unwrap();
-    assert!(
-        text[last..].starts_with("AURUM-CHECK: version 2 health rc=0"),
-        "{}",
-        story(&log)
-    );
+    assert!(last_is_healthy_2(), "{}", story(&log));
     let show = json(&env.ok(&["node", "show", "vm1", "--json"]));
     assert_eq!(show["node"]["image"], "deb@2", "{show:#}");
     drop(qemu);

@@ -165,6 +165,19 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cargo build --locked --all-targets
+# The dependency tree (deny.toml): licenses, duplicate versions, wildcards and sources are
+# checked from Cargo.lock alone; advisories need the RustSec database, a git repository on
+# GitHub, fetched when it can be reached (or read from a copy already in ~/.cargo/advisory-dbs,
+# cargo-deny's own place). A machine that has neither says so and skips advisories only.
+command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny
+cargo deny --locked check licenses bans sources
+if timeout 30 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
+  cargo deny --locked check advisories
+elif ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/*/ >/dev/null 2>&1; then
+  cargo deny --locked check --disable-fetch advisories
+else
+  echo "test.sh: the RustSec advisory database (github.com/rustsec/advisory-db) cannot be reached from here: advisories NOT checked (licenses, bans and sources were)" >&2
+fi
 # The Debian package test (tests/it/deb.rs) packages the release binary with cargo-deb.
 cargo build --locked --release
 command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb

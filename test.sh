@@ -173,7 +173,7 @@ command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny
 cargo deny --locked check licenses bans sources
 if timeout 30 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
   cargo deny --locked check advisories
-elif ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/*/ >/dev/null 2>&1; then
+elif ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/*/.git >/dev/null 2>&1; then
   cargo deny --locked check --disable-fetch advisories
 else
   echo "test.sh: the RustSec advisory database (github.com/rustsec/advisory-db) cannot be reached from here: advisories NOT checked (licenses, bans and sources were)" >&2

@@ -193,6 +193,17 @@ pub fn boot_netroot(
     reporter: &dyn Reporter,
 ) -> Result<NetrootReport> {
     let started = Instant::now();
+    // The image's record is not signed: nothing ties its bytes to the revision's signature,
+    // so a node that trusts keys would take any image a hostile server or a man in the middle
+    // hands it under a signed revision's name. Refused before anything is fetched or mounted.
+    if !o.policy.keys.is_empty() {
+        let e = Error::Untrusted(format!(
+            "refusing to boot {} from a network root: this node trusts signing keys, and network-root images are not signed (their record on the server is not tied to the revision's signature). Boot the node into memory instead (`aurum node set {} --rootfs memory`), which checks every byte against the signed revision, or remove trusted-keys from the boot kit's node.toml",
+            me.revision, me.node
+        ));
+        reporter.report(Phase::Failed(e.to_string()));
+        return Err(e);
+    }
     // The image comes over one connection, the revisions (signatures checked when the node
     // trusts keys) over another.
     // A rack powered on at once spreads its image fetches over the start window.
@@ -452,9 +463,11 @@ fn fetch_image(
     let mut out = std::fs::File::create(file).at(file)?;
     let mut h = blake3::Hasher::new();
     let mut at = 0;
+    // Where the revision's image is published, whatever path the record names.
+    let path = image_path(&info.id, info.format);
     while at < info.bytes {
         let end = (at + PIECE).min(info.bytes) - 1;
-        let piece = http.get_range(&info.path, at, end, &crate::progress::Quiet)?;
+        let piece = http.get_range(&path, at, end, &crate::progress::Quiet)?;
         h.update(&piece);
         out.write_all(&piece).at(file)?;
         at = end + 1;

@@ -627,6 +627,47 @@ fn a_diskless_boot_refuses_an_unsigned_revision_before_mounting() {
     );
 }
 
+/// A network root's image is not signed, so a node that trusts keys refuses to boot from one,
+/// even for a signed revision, before anything is fetched or mounted.
+#[test]
+fn a_node_that_trusts_keys_refuses_a_network_root() {
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    env.getimage(&tree(&env, 1), "compute", &[]);
+    env.ok(&["sign", "compute", "--sign-key", admin.to_str().unwrap()]);
+    node_toml(&env, &[&admin_pub], &[], "");
+    let srv = crate::serve::Server::start(&env);
+    let url = format!("http://{}", srv.addr);
+    let root = env.path("newroot");
+    let rw = env.path("rw");
+    let e = env.fails(
+        &[
+            "boot-netroot",
+            "--server",
+            &url,
+            "--image",
+            "compute",
+            "--node",
+            "n01",
+            "--root",
+            root.to_str().unwrap(),
+            "--rw",
+            rw.to_str().unwrap(),
+            "--no-report",
+        ],
+        3,
+    );
+    assert!(
+        e.contains("refusing to boot compute") && e.contains("--rootfs memory"),
+        "{e}"
+    );
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(rw.to_str().unwrap()) && !mounts.contains(root.to_str().unwrap()),
+        "a refused network-root boot left something mounted"
+    );
+}
+
 /// `--allow-downgrade` waives `max-age` for the older revision it lets a node go back to (an
 /// old revision's signature is old: only heads are signed again), saying so, and for nothing
 /// else: a newer revision with a stale signature is refused with the flag too.

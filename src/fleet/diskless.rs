@@ -294,12 +294,13 @@ fn fall_back(
             ),
             true,
         ),
+        // Its entry is back, but it is not seen healthy on it: a failure, not a fallback.
         Err(e) => (
             format!(
-                "{why}; fell back to {} (its node database entry), but after the reboot: {e}",
+                "{why}; its node database entry is back on {}, but after the reboot into it: {e}",
                 prev.name
             ),
-            true,
+            false,
         ),
     }
 }

@@ -48,7 +48,8 @@ named_enum! {
         RolledBack = "rolled-back",
         /// A diskless node that was unhealthy on the revision or did not come back from its
         /// reboot: its node database entry was set back to its last-known-good revision and
-        /// it was rebooted into it. Counts as a failure.
+        /// it was rebooted into it and seen healthy there (else the step is `failed`). Counts
+        /// as a failure.
         FellBack = "fell-back",
     }
 }

@@ -1625,8 +1625,9 @@ fn rollouts_reboot_diskless_nodes_and_fall_back() {
     let log = rig.fleet.ssh("n02", "cat /var/log/fake-boot.log");
     assert_eq!(log.matches("boot at").count(), 4, "{log}");
 
-    // A node that never reports (its reboot does nothing) falls back after --boot-timeout;
-    // its entry is back on img@2 though that reboot did nothing either.
+    // A node that never reports (its reboot does nothing): after --boot-timeout its entry is
+    // put back on img@2, but that reboot does nothing either, so it is failed, not fell-back
+    // (it is not seen healthy on any revision).
     let mut args = rig.start_args("img@4");
     args[3] = "n02".into();
     args.extend(
@@ -1642,16 +1643,16 @@ fn rollouts_reboot_diskless_nodes_and_fall_back() {
     );
     let (code, v) = rig.rollout(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, Some(1), "{v}");
-    assert_eq!(states(&v), ["n02=fell-back"], "{v}");
+    assert_eq!(states(&v), ["n02=failed"], "{v}");
     let d = detail(&v, "n02");
     assert!(
         d.starts_with("no boot report of img@4 within 3 s of its reboot")
-            && d.contains("fell back to img@2 (its node database entry), but after the reboot: no boot report of img@2"),
+            && d.contains("its node database entry is back on img@2, but after the reboot into it: no boot report of img@2"),
         "{d}"
     );
     assert_eq!(image_of("n02"), "img@2");
     let text = rig.env.ok(&["rollout", "status", "3"]);
-    assert!(text.contains("fell-back n02"), "{text}");
+    assert!(text.contains("failed n02"), "{text}");
     eprintln!(
         "mixed wave (disk + diskless by reboot): good revision {:.1} s, unhealthy one with fallback {:.1} s",
         good.as_secs_f64(),

@@ -634,6 +634,35 @@ fn end_trial(node: &Node, blessed: bool) -> Result<()> {
     Ok(())
 }
 
+/// After the root changed with no trial begun (an update without boot tries, a rollback): a
+/// systemd-boot node that boots aurum's blessed entry gets the root's kernel copied to the
+/// ESP again and the entry named for the revision, so it never boots a kernel whose modules
+/// its root no longer has. GRUB reads the root's own kernel: nothing to do for it.
+pub fn refresh(node: &Node) -> Result<()> {
+    let Some(esp) = esp(&node.root) else {
+        return Ok(());
+    };
+    let name = EntryName::plain(SD_ENTRY).file();
+    let path = esp.join("loader/entries").join(&name);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(&path),
+    };
+    let state = node.state()?;
+    if state.trial.is_some() {
+        return Ok(());
+    }
+    let options = match Entry::decode(&text, &name) {
+        Ok(e) => e.options,
+        Err(_) => cmdline(&node.root)?,
+    };
+    let initrd = copy_kernel(&node.root, &esp.join(KEPT).join("revision"), None)?;
+    let rev = state.current.map(|r| r.name()).unwrap_or_default();
+    let entry = sd_entry(format!("aurum: {rev}"), "revision", initrd, options);
+    on_esp(&path, entry.encode().as_bytes())
+}
+
 /// Ends a trial without falling back (a rollback or `mark-good` chose the revision): the
 /// counter and aurum's entry go, the state names no trial.
 pub fn cancel(node: &Node) -> Result<()> {

@@ -100,8 +100,12 @@ pub fn updateclient(
             false => bootcount::prepare(node, run.boot_tries)?,
         };
         let r = update::update(node, &target, &manifest, Some(source), &run.opts, progress)?;
-        if let Some(p) = trial {
-            bootcount::begin(node, p)?;
+        let begun = match trial {
+            Some(p) => bootcount::begin(node, p)?,
+            None => None,
+        };
+        if begun.is_none() && !dry_run {
+            bootcount::refresh(node)?;
         }
         if let Some(h) = hooks {
             run_hooks(&h.dir, Stage::PostUpdate, &env, h.on_output.as_ref())?;
@@ -192,6 +196,7 @@ pub fn rollback(
         // A rollback ends any trial: the administrator (or the fallback) chose the revision.
         if !opts.dry_run {
             bootcount::cancel(node)?;
+            bootcount::refresh(node)?;
         }
         Ok(r)
     })();

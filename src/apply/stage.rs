@@ -243,8 +243,12 @@ pub fn activate(
     let env = client::hook_env(node, hooks, &target, server, &mut opts);
     let trial = bootcount::prepare(node, boot_tries)?;
     let result = update::update(node, &target, &manifest, source, &opts, progress).and_then(|r| {
-        if let Some(p) = trial {
-            bootcount::begin(node, p)?;
+        let begun = match trial {
+            Some(p) => bootcount::begin(node, p)?,
+            None => None,
+        };
+        if begun.is_none() {
+            bootcount::refresh(node)?;
         }
         let _ = fs::remove_dir_all(node.stage_dir());
         if let Some(h) = hooks {

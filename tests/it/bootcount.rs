@@ -472,6 +472,26 @@ fn systemd_boot_entries_count_down_fall_back_and_are_blessed() {
     let s = state(&env, &root);
     assert_eq!(s["last_known_good"]["number"], 3, "{s}");
     assert!(s.get("trial").is_none(), "{s}");
+
+    // A rollback after the blessing (no trial): aurum's entry still boots, so it must boot
+    // the kernel the root now has, not revision 3's.
+    env.ok(&["rollback", "--root", r, "--server", &url, "--to", "node@1"]);
+    assert_eq!(state(&env, &root)["current"]["number"], 1);
+    assert_eq!(entry_files(&esp), ["aurum-revision.conf"]);
+    assert_eq!(read("aurum/revision/vmlinuz"), "kernel 1.0\n");
+    assert!(read("loader/entries/aurum-revision.conf").starts_with("title aurum: node@1 "));
+    // And an update without boot tries likewise.
+    env.ok(&[
+        "updateclient",
+        "--root",
+        r,
+        "--server",
+        &url,
+        "--image",
+        "node@3",
+    ]);
+    assert_eq!(read("aurum/revision/vmlinuz"), "kernel 3.0\n");
+    assert!(read("loader/entries/aurum-revision.conf").starts_with("title aurum: node@3 "));
 }
 
 /// The node's `/sbin/init`: network, `aurum boot`, `aurum health`, power off. A fallback

@@ -3,8 +3,7 @@
 //! rebooted), OVMF's flash drives for a UEFI node, and the wait for it to power off with the
 //! console's last lines when it does not. Each test adds its own disk, network and boot order.
 //!
-//! Only one guest runs at a time machine-wide: callers hold [`crate::pxe::ONE_GUEST`] (and run
-//! under `flock /work/qemu.lock`).
+//! Only one guest runs at a time in a test run: callers hold [`crate::pxe::ONE_GUEST`].
 
 use std::fs;
 use std::os::unix::process::CommandExt;

@@ -377,6 +377,19 @@ pub struct DisklessFetchArgs {
     /// database, at most 120 s.
     #[arg(long, value_name = "SECONDS")]
     jitter: Option<f64>,
+    /// The MAC of the interface that booted: the server says which node this is.
+    #[arg(long, value_name = "MAC", required_unless_present = "image")]
+    mac: Option<String>,
+    /// Boot this revision instead of asking the server (IMAGE, IMAGE@N, IMAGE:TAG); needs
+    /// --node.
+    #[arg(long, value_name = "REV", requires = "node")]
+    image: Option<String>,
+    /// The node's name (its hostname, and its override image override.NODE).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// The node's group (its override image override.GROUP); default: the database's.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
 }
 
 impl DisklessFetchArgs {
@@ -414,19 +427,6 @@ pub struct BootMemoryArgs {
     http: super::HttpArgs,
     #[command(flatten)]
     token: super::TokenArgs,
-    /// The MAC of the interface that booted: the server says which node this is.
-    #[arg(long, value_name = "MAC", required_unless_present = "image")]
-    mac: Option<String>,
-    /// Boot this revision instead of asking the server (IMAGE, IMAGE@N, IMAGE:TAG); needs
-    /// --node.
-    #[arg(long, value_name = "REV", requires = "node")]
-    image: Option<String>,
-    /// The node's name (its hostname, and its override image override.NODE).
-    #[arg(long, value_name = "NAME")]
-    node: Option<String>,
-    /// The node's group (its override image override.GROUP); default: the database's.
-    #[arg(long, value_name = "NAME")]
-    group: Option<String>,
     /// Where to mount the tmpfs and lay the root (an empty directory; created if missing).
     #[arg(long, value_name = "DIR")]
     root: PathBuf,
@@ -453,10 +453,10 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
         http: a
             .http
             .options(Some(&g.config.node), a.token.token(g, None)?)?,
-        mac: a.mac,
-        node: a.node.clone(),
-        image: a.image,
-        group: a.group,
+        mac: a.fetch.mac.clone(),
+        node: a.fetch.node.clone(),
+        image: a.fetch.image.clone(),
+        group: a.fetch.group.clone(),
         root: a.root,
         size: a.size.map(|m| m << 20),
         headroom: a.headroom << 20,
@@ -516,19 +516,6 @@ pub struct BootNetrootArgs {
     http: super::HttpArgs,
     #[command(flatten)]
     token: super::TokenArgs,
-    /// The MAC of the interface that booted: the server says which node this is.
-    #[arg(long, value_name = "MAC", required_unless_present = "image")]
-    mac: Option<String>,
-    /// Boot this revision instead of asking the server (IMAGE, IMAGE@N, IMAGE:TAG); needs
-    /// --node.
-    #[arg(long, value_name = "REV", requires = "node")]
-    image: Option<String>,
-    /// The node's name (its hostname, and its override image override.NODE).
-    #[arg(long, value_name = "NAME")]
-    node: Option<String>,
-    /// The node's group (its override image override.GROUP); default: the database's.
-    #[arg(long, value_name = "NAME")]
-    group: Option<String>,
     /// Where to mount the overlay, the node's new root (created if missing).
     #[arg(long, value_name = "DIR")]
     root: PathBuf,
@@ -559,10 +546,10 @@ pub fn boot_netroot(g: &Global, a: BootNetrootArgs) -> anyhow::Result<()> {
         http: a
             .http
             .options(Some(&g.config.node), a.token.token(g, None)?)?,
-        mac: a.mac,
-        node: a.node.clone(),
-        image: a.image,
-        group: a.group,
+        mac: a.fetch.mac.clone(),
+        node: a.fetch.node.clone(),
+        image: a.fetch.image.clone(),
+        group: a.fetch.group.clone(),
         root: a.root,
         size: a.size.map(|m| m << 20),
         headroom: a.headroom << 20,

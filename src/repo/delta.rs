@@ -185,8 +185,9 @@ fn file_wants(
 ///
 /// A path that is a hard link on either side needs the chunks of its link's target, an
 /// earlier entry that the merge has passed: such paths are noted on the way and served by a
-/// second pass over both files that keeps the chunks of those targets alone, so memory grows
-/// with the number of hard links that changed, not with the tree.
+/// second pass over both files that keeps the chunks of those targets alone. A link whose
+/// target is the same path on both sides needs nothing of its own (its target's pair brings
+/// the chunks), so memory grows with the number of hard links that changed, not with the tree.
 pub fn each_want(
     repo: &crate::repo::Repository,
     parent: &Id,
@@ -212,6 +213,9 @@ pub fn each_want(
             (Kind::File { chunks: oc, .. }, Kind::File { chunks: nc, .. }) => {
                 file_wants(oc, nc, None, &mut take)?;
             }
+            // A link to the same path on both sides holds what that path holds, and the
+            // target's own pair brings its wants: only links that moved are kept.
+            (Kind::Hardlink { target: ot }, Kind::Hardlink { target: nt }) if ot == nt => {}
             (
                 Kind::File { .. } | Kind::Hardlink { .. },
                 Kind::File { .. } | Kind::Hardlink { .. },
@@ -573,7 +577,7 @@ mod tests {
     }
 
     /// The streamed merge-join finds the pairs the in-memory one does, in the same order
-    /// (hard links on either side, chunked files, files new, gone and unchanged).
+    /// (hard links on either side or unchanged, chunked files, files new, gone and unchanged).
     #[test]
     fn streamed_wants_are_the_in_memory_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -590,6 +594,7 @@ mod tests {
                 file("e", &[chunk(6, 10)]),
                 file("gone", &[chunk(7, 10)]),
                 link("l", "b"),
+                link("m", "b"),
                 file("same", &[chunk(8, 10)]),
             ],
         };
@@ -603,6 +608,7 @@ mod tests {
                 link("d", "a"),
                 link("e", "0new"),
                 file("l", &[chunk(17, 10)]),
+                link("m", "b"),
                 file("same", &[chunk(8, 10)]),
             ],
         };

@@ -22,7 +22,8 @@ use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
 use crate::error::{invalid, Error, IoContext, Result};
 use crate::format::signature::{
-    Signature, SignedRevision, SignedTemplate, TemplateSignature, NAMESPACE, TEMPLATE_NAMESPACE,
+    Signature, SignedRevision, SignedTemplate, TemplateSet, TemplateSetSignature,
+    TemplateSignature, NAMESPACE, TEMPLATE_NAMESPACE, TEMPLATE_SET_NAMESPACE,
 };
 use crate::format::Id;
 
@@ -137,6 +138,18 @@ impl SigningKey {
             .to_pem(LineEnding::LF)
             .map_err(|e| Error::Tool(format!("cannot encode a signature: {e}")))?;
         Ok(TemplateSignature { template, armored })
+    }
+
+    /// Signs a template set.
+    pub fn sign_template_set(&self, set: TemplateSet) -> Result<TemplateSetSignature> {
+        let sig = self
+            .key
+            .sign(TEMPLATE_SET_NAMESPACE, HashAlg::Sha512, &set.message())
+            .map_err(|e| Error::Tool(format!("signing failed: {e}")))?;
+        let armored = sig
+            .to_pem(LineEnding::LF)
+            .map_err(|e| Error::Tool(format!("cannot encode a signature: {e}")))?;
+        Ok(TemplateSetSignature { set, armored })
     }
 }
 
@@ -270,6 +283,13 @@ pub fn key_of(s: &Signature) -> Option<String> {
 
 /// The fingerprint of the key a template's signature says made it.
 pub fn template_key_of(s: &TemplateSignature) -> Option<String> {
+    SshSig::from_pem(&s.armored)
+        .ok()
+        .map(|sig| fingerprint(sig.public_key()))
+}
+
+/// The fingerprint of the key a template set's signature says made it.
+pub fn template_set_key_of(s: &TemplateSetSignature) -> Option<String> {
     SshSig::from_pem(&s.armored)
         .ok()
         .map(|sig| fingerprint(sig.public_key()))
@@ -409,6 +429,7 @@ fn verdict(
                 "it was made for another {} ({})",
                 match namespace {
                     TEMPLATE_NAMESPACE => "template",
+                    TEMPLATE_SET_NAMESPACE => "template set",
                     _ => "revision",
                 },
                 differs.join(", ")
@@ -478,6 +499,47 @@ pub fn accept_template(
         signer: checked[i].signer.clone(),
         signed: checked[i].signed,
         created: checked[i].signed,
+    })
+}
+
+/// Every block of a template set file, checked (a set names no one thing to compare with:
+/// what it names is checked by [`accept_template_set`]'s caller).
+pub fn check_template_set(sigs: &[TemplateSetSignature], keys: &TrustedKeys) -> Vec<Checked> {
+    sigs.iter()
+        .map(|s| {
+            verdict(
+                &s.armored,
+                TEMPLATE_SET_NAMESPACE,
+                &s.set.message(),
+                Vec::new(),
+                s.set.signed,
+                keys,
+            )
+        })
+        .collect()
+}
+
+/// The template set that counts: the newest block a trusted key signed (its index, and the
+/// signature), else why none does. A block that does not check out is passed over when a
+/// sound trusted one is there, as for revisions.
+pub fn accept_template_set(
+    sigs: &[TemplateSetSignature],
+    keys: &TrustedKeys,
+) -> std::result::Result<(usize, Accepted), Refusal> {
+    if sigs.is_empty() {
+        return Err(Refusal::Unsigned);
+    }
+    let checked = check_template_set(sigs, keys);
+    decide(&checked).map(|i| {
+        (
+            i,
+            Accepted {
+                key: checked[i].key.clone(),
+                signer: checked[i].signer.clone(),
+                signed: checked[i].signed,
+                created: checked[i].signed,
+            },
+        )
     })
 }
 

@@ -184,7 +184,7 @@ impl Verified {
 }
 
 /// `3d 4h`, `2h 10m`, `45s`: an age as max-age is written.
-fn human_age(secs: i64) -> String {
+pub fn human_age(secs: i64) -> String {
     match secs {
         s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3_600),
         s if s >= 3_600 => format!("{}h {}m", s / 3_600, s % 3_600 / 60),

@@ -274,12 +274,12 @@ pub fn install(g: &Global, mut a: InstallArgs) -> anyhow::Result<()> {
     let (source, templates): (Box<dyn RevisionSource>, _) = match &a.server {
         Some(url) => {
             let http = HttpRepo::new(url, None, &http_options)?;
-            let t = store::from_server(&http, class.as_ref(), &policy.keys)?;
+            let t = store::from_server(&http, class.as_ref(), &policy.keys, policy.max_age)?;
             (Box::new(http), t)
         }
         None => {
             let repo = aurum::repo::Repository::open(&g.repo, aurum::repo::Lock::Shared)?;
-            let t = store::from_repo(&repo, class.as_ref(), &policy.keys)?;
+            let t = store::from_repo(&repo, class.as_ref(), &policy.keys, policy.max_age)?;
             (Box::new(LocalRepo::new(&g.repo)?), t)
         }
     };

@@ -103,6 +103,37 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
                     )
                 }
             );
+            match &sigs.template_set {
+                None => println!(
+                    "template set: none{}; `aurum template sign --sign-key KEY` signs it \
+                     (installers that check signatures need it)",
+                    if keys.is_empty() {
+                        ""
+                    } else {
+                        " signed by a trusted key"
+                    }
+                ),
+                Some(set) => println!(
+                    "template set: {} classes, signed by {}{} at {} UTC{}",
+                    set.classes,
+                    set.key,
+                    set.signer
+                        .as_deref()
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default(),
+                    super::human_time(set.signed),
+                    if set.differs.is_empty() {
+                        ", names every class's newest template".to_string()
+                    } else {
+                        format!(
+                            "; OUT OF DATE ({}): installers that check signatures refuse \
+                             those classes until `aurum template sign --sign-key KEY` signs \
+                             it again",
+                            set.differs.join("; ")
+                        )
+                    }
+                ),
+            }
         }
         for d in &report.damage {
             let breaks = if d.breaks.is_empty() {

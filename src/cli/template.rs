@@ -147,6 +147,13 @@ struct ImportArgs {
 /// anew), in public/sigs/_templates/CLASS/ID, and travels with pull and push. Sign again
 /// after every edit or import (or give `template import` --sign-key). Signing again with the
 /// same key replaces its earlier signature; other keys' are kept.
+///
+/// Each run also signs the template set (public/sigs/_template-set): every class with the id
+/// of its newest text, and the time. Installers go by the newest set a trusted key signed:
+/// they refuse a template it does not name (an older signed text a server replays), a class
+/// list that leaves out one of its classes, and, with node.toml's `max-age`, a set signed
+/// longer ago than that (run `aurum template sign --sign-key KEY` from cron then, as `aurum
+/// sign IMAGE` for the heads).
 #[derive(Args)]
 struct SignArgs {
     /// The classes; none: every class (its newest version).
@@ -162,7 +169,12 @@ struct SignArgs {
 fn sign(g: &Global, a: SignArgs) -> anyhow::Result<()> {
     let key = a.key.required()?;
     let repo = Repository::open(&g.repo, Lock::Exclusive)?;
-    let signed = store::sign(&repo, &a.classes, &key)?;
+    let (signed, set) = store::sign(&repo, &a.classes, &key)?;
+    super::say!(
+        "aurum: signed the template set ({} classes) with {}",
+        set.set.classes.len(),
+        key.fingerprint()
+    );
     if a.json {
         return print_json(&signed);
     }
@@ -555,9 +567,15 @@ fn import(g: &Global, a: ImportArgs) -> anyhow::Result<()> {
     }
     if let Some(key) = &key {
         let classes: Vec<ClassName> = done.iter().map(|(c, _, _)| c.clone()).collect();
-        for s in store::sign(&repo, &classes, key)? {
+        let (signed, set) = store::sign(&repo, &classes, key)?;
+        for s in signed {
             super::say!("aurum: signed template {} with {}", s.class, s.key);
         }
+        super::say!(
+            "aurum: signed the template set ({} classes) with {}",
+            set.set.classes.len(),
+            key.fingerprint()
+        );
     }
     if a.json {
         let v: Vec<_> = done

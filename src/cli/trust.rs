@@ -154,18 +154,23 @@ pub fn key(_: &Global, a: KeyArgs) -> anyhow::Result<()> {
 /// of the images named (or of every image when none is). Signing again with the same key
 /// replaces that key's earlier signature (so the signing time is new: run it from cron on
 /// the heads when nodes set `max-age`); other keys' signatures are kept. After a key
-/// rotation, `aurum sign --all --sign-key NEW` signs everything with the new key.
+/// rotation, `aurum sign --all --sign-key NEW` signs everything with the new key: --all
+/// with no image named also signs every class's newest partition template and the
+/// template set, as `aurum template sign` does.
 #[derive(Args)]
 pub struct SignArgs {
     /// The revisions (IMAGE, IMAGE@N, IMAGE:TAG).
     #[arg(value_name = "REV")]
     revs: Vec<String>,
-    /// Every revision of the images named, or of every image when none is.
+    /// Every revision of the images named, or of every image when none is (and then the
+    /// partition templates and the template set too).
     #[arg(long)]
     all: bool,
     #[command(flatten)]
     key: SignKeyArgs,
-    /// Print JSON: a list of {"revision", "image", "number", "id", "key", "signed"}.
+    /// Print JSON: a list of {"revision", "image", "number", "id", "key", "signed"}; with
+    /// --all and no image, also {"template", "version", "text", "key", "signed"} per class
+    /// and {"template_set" (how many classes), "key", "signed"}.
     #[arg(long)]
     json: bool,
 }
@@ -212,6 +217,33 @@ pub fn sign(g: &Global, a: SignArgs) -> anyhow::Result<()> {
                 human_time(sig.revision.signed)
             );
         }
+    }
+    if a.all && a.revs.is_empty() {
+        let (templates, set) = aurum::template::store::sign(&repo, &[], &key)?;
+        for t in &templates {
+            let v = serde_json::json!({"template": t.class, "version": t.version,
+                "text": t.text, "key": t.key, "signed": t.signed});
+            if !a.json {
+                println!(
+                    "signed template {} (version {}, text {}) with {}",
+                    t.class,
+                    t.version,
+                    &t.text[..8],
+                    t.key
+                );
+            }
+            out.push(v);
+        }
+        if !a.json {
+            println!(
+                "signed the template set ({} classes) with {} at {} UTC",
+                set.set.classes.len(),
+                key.fingerprint(),
+                human_time(set.set.signed)
+            );
+        }
+        out.push(serde_json::json!({"template_set": set.set.classes.len(),
+            "key": key.fingerprint(), "signed": set.set.signed}));
     }
     if a.json {
         return print_json(&out);

@@ -44,6 +44,27 @@
 //!
 //! Their message is the block's first four lines, under the SSHSIG namespace
 //! [`TEMPLATE_NAMESPACE`], so that a revision's signature never passes as a template's.
+//!
+//! A template's signature says that a text was once an administrator's template for its
+//! class, not that it still is: a hostile server could hand out an older signed text of a
+//! class, or leave a class out of the unsigned `templates/CLASSES`. So the repository also
+//! publishes a signed **template set**, [`TEMPLATE_SET_PATH`]: every class with the id of its
+//! current text, and when the set was signed. An installer that checks signatures takes the
+//! newest set a trusted key signed, uses only the texts it names, holds its signing time to
+//! `max-age` (as revisions are held: a frozen server keeps serving an old set), and a pull
+//! refuses a set older than the one it holds. One block per signer, under the namespace
+//! [`TEMPLATE_SET_NAMESPACE`]; the message is the lines up to the last `class` line:
+//!
+//! ```text
+//! aurum template set 1
+//! signed <seconds since the epoch>
+//! classes <how many>
+//! class compute <64 hex digits>
+//! class login <64 hex digits>
+//! -----BEGIN SSH SIGNATURE-----
+//! ...
+//! -----END SSH SIGNATURE-----
+//! ```
 
 use std::fmt::Write as _;
 
@@ -60,9 +81,17 @@ pub const NAMESPACE: &str = "aurum-revision";
 /// The SSHSIG namespace of template signatures.
 pub const TEMPLATE_NAMESPACE: &str = "aurum-template";
 
+/// The SSHSIG namespace of template sets.
+pub const TEMPLATE_SET_NAMESPACE: &str = "aurum-template-set";
+
+/// The published path of the template set, relative to `public/` (`_` keeps it apart from
+/// every image's directory, as [`TEMPLATE_DIR`]).
+pub const TEMPLATE_SET_PATH: &str = "sigs/_template-set";
+
 /// What each block starts with; the version follows.
 const HEADER: &str = "aurum revision signature";
 const TEMPLATE_HEADER: &str = "aurum template signature";
+const SET_HEADER: &str = "aurum template set";
 /// The directory of template signatures under `sigs/`.
 pub const TEMPLATE_DIR: &str = "sigs/_templates";
 const BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
@@ -164,6 +193,107 @@ pub fn decode_template(data: &[u8]) -> Result<Vec<TemplateSignature>, Problem> {
                 text,
                 signed,
             },
+            armored,
+        });
+    }
+    Ok(sigs)
+}
+
+/// What a template set's signature vouches for: the current text of every class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateSet {
+    /// When it was signed: the newest trusted set is the one that counts.
+    pub signed: i64,
+    /// Every class and the id of its text, sorted by class, each class once.
+    pub classes: Vec<(String, Id)>,
+}
+
+impl TemplateSet {
+    /// The bytes the signature is made over: the block's lines up to the last `class` line.
+    pub fn message(&self) -> Vec<u8> {
+        let mut s = format!(
+            "{SET_HEADER} {VERSION}\nsigned {}\nclasses {}\n",
+            self.signed,
+            self.classes.len()
+        );
+        for (class, text) in &self.classes {
+            // Writing to a String cannot fail.
+            let _ = writeln!(s, "class {class} {}", text.hex());
+        }
+        s.into_bytes()
+    }
+
+    /// The id of `class`'s text in the set.
+    pub fn text_of(&self, class: &str) -> Option<&Id> {
+        self.classes
+            .iter()
+            .find(|(c, _)| c == class)
+            .map(|(_, t)| t)
+    }
+}
+
+/// One block of the template set file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateSetSignature {
+    pub set: TemplateSet,
+    /// As in [`Signature::armored`].
+    pub armored: String,
+}
+
+/// The template set file.
+pub fn encode_template_set(sigs: &[TemplateSetSignature]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in sigs {
+        out.extend(s.set.message());
+        out.extend(s.armored.trim_end().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Reads the template set file; refuses anything it cannot read whole, and a set whose
+/// classes are not sorted and unique (its message would not be the one signed).
+pub fn decode_template_set(data: &[u8]) -> Result<Vec<TemplateSetSignature>, Problem> {
+    let text = std::str::from_utf8(data).map_err(|_| Problem::NotText)?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(Problem::CutShort);
+    }
+    let mut lines = text.lines().enumerate().peekable();
+    let mut sigs = Vec::new();
+    while lines.peek().is_some() {
+        let version = header(&mut lines, SET_HEADER, "aurum template set VERSION")?;
+        if version > VERSION {
+            return Err(Problem::Newer {
+                version,
+                reads: VERSION,
+            });
+        }
+        let bad = |line: usize, want| Problem::BadLine { line, want };
+        let (n, signed) = field(&mut lines, "signed", "signed SECONDS")?;
+        let signed = signed.parse().map_err(|_| bad(n, "signed SECONDS"))?;
+        let (n, count) = field(&mut lines, "classes", "classes N")?;
+        let count: usize = count.parse().map_err(|_| bad(n, "classes N"))?;
+        let mut classes: Vec<(String, Id)> = Vec::new();
+        for _ in 0..count {
+            let (n, l) = next_line(&mut lines, "class NAME ID")?;
+            let want = "class NAME ID (sorted by class, each once)";
+            let mut words = l.strip_prefix("class ").unwrap_or("").split(' ');
+            let (Some(class), Some(hex), None) = (words.next(), words.next(), words.next()) else {
+                return Err(bad(n, want));
+            };
+            let id = Id::from_hex(hex).ok_or(bad(n, want))?;
+            if !crate::name::is_valid(class)
+                || classes
+                    .last()
+                    .is_some_and(|(last, _)| last.as_str() >= class)
+            {
+                return Err(bad(n, want));
+            }
+            classes.push((class.to_string(), id));
+        }
+        let armored = armored(&mut lines)?;
+        sigs.push(TemplateSetSignature {
+            set: TemplateSet { signed, classes },
             armored,
         });
     }
@@ -399,6 +529,53 @@ mod tests {
             template_path("compute", &t.template.text),
             format!("sigs/_templates/compute/{}", t.template.text.hex())
         );
+    }
+
+    #[test]
+    fn template_sets_round_trip_and_refuse_what_they_cannot_read() {
+        let set = TemplateSetSignature {
+            set: TemplateSet {
+                signed: 40,
+                classes: vec![
+                    ("compute".into(), Id::of(b"c")),
+                    ("login".into(), Id::of(b"l")),
+                ],
+            },
+            armored: format!("{BEGIN}\nU1NIU0lH\n{END}\n"),
+        };
+        let bytes = encode_template_set(&[set.clone(), set.clone()]);
+        assert_eq!(
+            decode_template_set(&bytes).unwrap(),
+            vec![set.clone(), set.clone()]
+        );
+        let text = String::from_utf8(encode_template_set(std::slice::from_ref(&set))).unwrap();
+        let head: String = text.split_inclusive('\n').take(5).collect();
+        assert_eq!(head.as_bytes(), set.set.message());
+        assert_eq!(set.set.text_of("login"), Some(&Id::of(b"l")));
+        assert_eq!(set.set.text_of("master"), None);
+        // Out of order, twice, a bad name, a count that lies: refused.
+        let swapped = text.replace("class compute", "class zzz");
+        assert!(decode_template_set(swapped.as_bytes()).is_err());
+        let twice = text.replace("class login", "class compute");
+        assert!(decode_template_set(twice.as_bytes()).is_err());
+        let bad = text.replace("class compute", "class ../x");
+        assert!(matches!(
+            decode_template_set(bad.as_bytes()),
+            Err(Problem::BadLine { line: 4, .. })
+        ));
+        assert!(decode_template_set(text.replace("classes 2", "classes 3").as_bytes()).is_err());
+        assert!(decode_template_set(text.replace("classes 2", "classes 1").as_bytes()).is_err());
+        // A template's signature is no set's.
+        let t = TemplateSignature {
+            template: SignedTemplate {
+                class: "compute".into(),
+                text: Id::of(b"c"),
+                signed: 1,
+            },
+            armored: set.armored.clone(),
+        };
+        assert!(decode_template_set(&encode_template(&[t])).is_err());
+        assert_eq!(decode_template_set(b"").unwrap(), vec![]);
     }
 
     #[test]

@@ -31,7 +31,9 @@ use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::{self, Kind, Manifest};
 use crate::format::pack::{self as packfmt, decode_index, Codec, IndexEntry};
 use crate::format::refs::{self, ImageLog, LoggedRevision};
-use crate::format::signature::{self, Signature, TemplateSignature};
+use crate::format::signature::{
+    self, Signature, TemplateSet, TemplateSetSignature, TemplateSignature,
+};
 use crate::format::Id;
 use crate::name::ClassName;
 use crate::progress::Progress;
@@ -174,6 +176,7 @@ fn pull_from(
     let plan = plan(repo, src.as_ref(), opts, remote, mirror, &mut report)?;
     let signatures = fetch_signatures(repo, src.as_ref(), &plan, &report, &opts.keys)?;
     let templates = fetch_templates(src.as_ref(), url, &opts.keys)?;
+    let template_set = fetch_template_set(repo, src.as_ref(), &templates, &opts.keys)?;
     if let Some(r) = remote {
         repo.catalog.remote_contacted(
             r,
@@ -215,6 +218,11 @@ fn pull_from(
     record(repo, &plan.images)?;
     report.signatures = write_signatures(repo, &signatures)?;
     report.templates = save_templates(repo, &templates)?;
+    if let Some(set) = template_set {
+        if repo.template_set()? != set {
+            repo.write_template_set(&set)?;
+        }
+    }
     report.bytes = src.bytes_moved();
     drop(lock);
     fs::remove_dir_all(&stage).at(&stage)?;
@@ -951,6 +959,102 @@ fn fetch_templates(src: &dyn Source, url: &str, keys: &TrustedKeys) -> Result<Ve
         }
     }
     Ok(out)
+}
+
+/// The source's template set (`sigs/_template-set`), to be written here with the templates.
+/// With `keys`, the source must have one a trusted key signed that names exactly the newest
+/// template of each class pulled (else a replayed older text, or a class left out, would
+/// reach this repository's installers). A set older than the one this repository holds (its
+/// newest trusted block, or without keys its newest sound block by the same key) is refused:
+/// a source replaying old templates. Nothing is written before these checks.
+fn fetch_template_set(
+    repo: &Repository,
+    src: &dyn Source,
+    templates: &[PulledTemplate],
+    keys: &TrustedKeys,
+) -> Result<Option<Vec<TemplateSetSignature>>> {
+    let path = signature::TEMPLATE_SET_PATH;
+    let set = match src.get(path)? {
+        Some(d) => signature::decode_template_set(&d).map_err(|p| inconsistent(src, path, p))?,
+        None => Vec::new(),
+    };
+    let refuse = |why: String| {
+        Error::Untrusted(format!(
+            "refusing to pull the templates from {}: {why}. Nothing was pulled",
+            src.describe()
+        ))
+    };
+    let sign = "`aurum template sign --sign-key KEY` there";
+    if !keys.is_empty() && !templates.is_empty() {
+        let (i, _) = trust::accept_template_set(&set, keys).map_err(|r| {
+            refuse(format!(
+                "its template set ({path}), which names the current template of every class, \
+                 {}",
+                match r {
+                    trust::Refusal::Unsigned =>
+                        format!("is missing; sign the templates there with {sign}"),
+                    trust::Refusal::Untrusted(k) => format!(
+                        "is signed only by keys not trusted here ({}); sign it with {sign}",
+                        k.join(", ")
+                    ),
+                    trust::Refusal::Revoked(k) => format!(
+                        "is signed only by revoked keys ({}); sign it with {sign}",
+                        k.join(", ")
+                    ),
+                    trust::Refusal::Altered(why) =>
+                        format!("does not check out ({why}): it was altered after signing"),
+                }
+            ))
+        })?;
+        let mut newest: Vec<(String, Id)> = Vec::new();
+        for t in templates {
+            let id = Id::of(t.text.as_bytes());
+            match newest.iter_mut().find(|(c, _)| c == t.class.as_str()) {
+                Some(slot) => slot.1 = id,
+                None => newest.push((t.class.to_string(), id)),
+            }
+        }
+        newest.sort();
+        let current = TemplateSet {
+            signed: 0,
+            classes: newest,
+        };
+        let differs = crate::repo::signatures::set_differences(&set[i].set, &current);
+        if !differs.is_empty() {
+            return Err(refuse(format!(
+                "its newest trusted template set does not name the templates it publishes \
+                 ({}): an older signed text replayed or a class left out, or templates changed \
+                 since the set was signed ({sign} signs it again)",
+                differs.join("; ")
+            )));
+        }
+    }
+    if set.is_empty() {
+        return Ok(None);
+    }
+    // Anti-rollback against the set held here.
+    let held = repo.template_set().unwrap_or_default();
+    let newest = |sigs: &[TemplateSetSignature]| -> Option<(String, i64)> {
+        trust::check_template_set(sigs, keys)
+            .into_iter()
+            .filter(|c| match keys.is_empty() {
+                true => c.standing != trust::Standing::Bad,
+                false => c.standing == trust::Standing::Trusted,
+            })
+            .max_by_key(|c| c.signed)
+            .map(|c| (c.key, c.signed))
+    };
+    if let (Some((held_key, held_at)), Some((key, at))) = (newest(&held), newest(&set)) {
+        if held_at > at && (!keys.is_empty() || held_key == key) {
+            return Err(refuse(format!(
+                "its template set (signed by {key} at {at}) is older than the one this \
+                 repository holds (signed by {held_key} at {held_at}): a source replaying old \
+                 templates (a rollback). Pull from a source that is up to date, or sign the \
+                 templates there again ({sign})"
+            )));
+        }
+    }
+    Ok(Some(set))
 }
 
 /// Saves the pulled template versions, each as a new version here when it differs from this

@@ -211,6 +211,12 @@ fn stage(
     }
     // Every template's signatures (sigs/_templates/CLASS/ID), which DEST's pull carries over
     // with the templates.
+    if store::published(&repo.root)
+        .join(crate::format::signature::TEMPLATE_SET_PATH)
+        .exists()
+    {
+        link(crate::format::signature::TEMPLATE_SET_PATH.to_string())?;
+    }
     let tdir = store::published(&repo.root).join(TEMPLATE_DIR);
     for class in read_names(&tdir)? {
         for file in read_names(&tdir.join(&class))? {

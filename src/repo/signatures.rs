@@ -14,7 +14,8 @@ use serde::Serialize;
 use crate::catalog::Revision;
 use crate::error::{corrupt, IoContext, Result};
 use crate::format::signature::{
-    self, Signature, SignedRevision, SignedTemplate, TemplateSignature,
+    self, Signature, SignedRevision, SignedTemplate, TemplateSet, TemplateSetSignature,
+    TemplateSignature, TEMPLATE_SET_PATH,
 };
 use crate::format::Id;
 use crate::repo::Repository;
@@ -146,6 +147,62 @@ impl Repository {
         store::write_atomic(&self.root, &path, &signature::encode_template(sigs))
     }
 
+    /// The blocks of the template set file (none when no set was ever signed).
+    pub fn template_set(&self) -> Result<Vec<TemplateSetSignature>> {
+        let path = store::published(&self.root).join(TEMPLATE_SET_PATH);
+        match fs::read(&path) {
+            Ok(data) => signature::decode_template_set(&data).map_err(|p| {
+                corrupt(format!(
+                    "{}: {p}; sign the templates again (`aurum template sign --sign-key KEY`), \
+                     which rewrites the file",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).at(&path),
+        }
+    }
+
+    /// What a template set signed now would name: the newest text of every class.
+    pub fn current_template_set(&self) -> Result<TemplateSet> {
+        let mut classes: Vec<(String, Id)> = self
+            .catalog
+            .templates()?
+            .iter()
+            .map(|v| (v.class.to_string(), Id::of(v.text.as_bytes())))
+            .collect();
+        classes.sort();
+        Ok(TemplateSet {
+            signed: now(),
+            classes,
+        })
+    }
+
+    /// Signs the template set (every class's newest text) with `key`, now: the key's earlier
+    /// block is replaced, other keys' are kept. Needs the repository locked exclusively.
+    pub fn sign_template_set(&self, key: &SigningKey) -> Result<TemplateSetSignature> {
+        let sig = key.sign_template_set(self.current_template_set()?)?;
+        let mine = key.fingerprint();
+        let mut sigs: Vec<TemplateSetSignature> = self
+            .template_set()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| trust::template_set_key_of(s).as_deref() != Some(mine.as_str()))
+            .collect();
+        sigs.push(sig.clone());
+        self.write_template_set(&sigs)?;
+        Ok(sig)
+    }
+
+    /// Writes the template set file as given (a pull copies it this way).
+    pub fn write_template_set(&self, sigs: &[TemplateSetSignature]) -> Result<()> {
+        let path = store::published(&self.root).join(TEMPLATE_SET_PATH);
+        if let Some(dir) = path.parent() {
+            store::create_public_dir(&self.root, dir)?;
+        }
+        store::write_atomic(&self.root, &path, &signature::encode_template_set(sigs))
+    }
+
     /// Removes the signatures of an image that is gone.
     pub fn remove_signatures(&self, image: &str) -> Result<()> {
         let dir = store::published(&self.root).join("sigs").join(image);
@@ -181,6 +238,46 @@ pub struct SignatureSummary {
     pub templates_signed: u64,
     /// Classes whose newest template has no such signature.
     pub templates_unsigned: Vec<String>,
+    /// The template set that counts (the newest sound one, by a trusted key when keys are
+    /// set); none when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_set: Option<SetStatus>,
+}
+
+/// The template set `verify` found.
+#[derive(Debug, Serialize)]
+pub struct SetStatus {
+    pub key: String,
+    pub signer: Option<String>,
+    pub signed: i64,
+    pub classes: usize,
+    /// How it differs from the catalog's newest templates (`compute: a newer text was
+    /// imported since`): installers that check signatures refuse those classes until it is
+    /// signed again.
+    pub differs: Vec<String>,
+}
+
+/// How `set` differs from the texts `current` names (both sorted by class): empty when it
+/// names exactly them.
+pub fn set_differences(set: &TemplateSet, current: &TemplateSet) -> Vec<String> {
+    let mut out = Vec::new();
+    for (class, id) in &current.classes {
+        match set.text_of(class) {
+            None => out.push(format!("{class}: not in the set")),
+            Some(t) if t != id => out.push(format!(
+                "{class}: the set names text {}, the newest is {}",
+                t.short(),
+                id.short()
+            )),
+            Some(_) => {}
+        }
+    }
+    for (class, _) in &set.classes {
+        if current.text_of(class).is_none() {
+            out.push(format!("{class}: in the set, but no such class here"));
+        }
+    }
+    out
 }
 
 /// Checks the signatures of every class's newest template (what installers are handed) into
@@ -216,6 +313,51 @@ pub fn check_templates(
         } else {
             s.templates_unsigned.push(v.class.to_string());
         }
+    }
+    Ok(())
+}
+
+/// Checks the template set's blocks into `s`: a bad block is damage; the set that counts is
+/// compared with the catalog's newest templates. Only where templates are signed at all.
+pub fn check_template_set(
+    repo: &Repository,
+    keys: &TrustedKeys,
+    s: &mut SignatureSummary,
+) -> Result<()> {
+    let sigs = match repo.template_set() {
+        Ok(sigs) => sigs,
+        Err(e) => {
+            s.bad
+                .push(("template set".into(), String::new(), e.to_string()));
+            return Ok(());
+        }
+    };
+    let checked = trust::check_template_set(&sigs, keys);
+    for c in checked.iter().filter(|c| c.standing == Standing::Bad) {
+        s.bad.push((
+            "template set".into(),
+            c.key.clone(),
+            c.problem.clone().unwrap_or_default(),
+        ));
+    }
+    let counts = |c: &Checked| match keys.is_empty() {
+        true => c.standing != Standing::Bad,
+        false => c.standing == Standing::Trusted,
+    };
+    let newest = checked
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| counts(c))
+        .max_by_key(|(_, c)| c.signed);
+    if let Some((i, c)) = newest {
+        let current = repo.current_template_set()?;
+        s.template_set = Some(SetStatus {
+            key: c.key.clone(),
+            signer: c.signer.clone(),
+            signed: c.signed,
+            classes: sigs[i].set.classes.len(),
+            differs: set_differences(&sigs[i].set, &current),
+        });
     }
     Ok(())
 }

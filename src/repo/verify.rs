@@ -146,6 +146,7 @@ pub fn verify(
     report.signatures = signatures::check(repo, &revisions, keys)?;
     if only.is_none() {
         signatures::check_templates(repo, keys, &mut report.signatures)?;
+        signatures::check_template_set(repo, keys, &mut report.signatures)?;
     }
     for (rev, key, problem) in &report.signatures.bad {
         report.damage.push(Damage {

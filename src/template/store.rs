@@ -16,7 +16,7 @@ use super::Template;
 use crate::apply::source::{HttpRepo, RevisionSource};
 use crate::catalog::TemplateVersion;
 use crate::error::{Error, IoContext, Result};
-use crate::format::signature;
+use crate::format::signature::{self, TemplateSet};
 use crate::format::Id;
 use crate::name::ClassName;
 use crate::repo::Repository;
@@ -128,15 +128,40 @@ pub fn all(repo: &Repository) -> Result<Vec<Template>> {
 /// can use: `class` alone, or every class listed in `templates/CLASSES`. With `keys`, each
 /// must be signed by one of them ([`check_installed`]): all of them, when the class is to be
 /// picked from the facts, since an unsigned one dropped could change which class matches.
+/// And each must be the text the newest template set a trusted key signed names for its
+/// class, that set no older than `max_age` seconds, and `templates/CLASSES` must list exactly
+/// the set's classes ([`checked_set`]): a template's own signature does not say it is still
+/// current, so without the set a server could replay an older signed text or drop a class.
 pub fn from_server(
     http: &HttpRepo,
     class: Option<&ClassName>,
     keys: &TrustedKeys,
+    max_age: Option<i64>,
 ) -> Result<Vec<Template>> {
+    let source = http.describe();
+    let set = match keys.is_empty() {
+        true => None,
+        false => {
+            let data = match http.get(signature::TEMPLATE_SET_PATH) {
+                Ok(data) => Some(data),
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            };
+            Some(checked_set(data.as_deref(), &source, keys, max_age)?)
+        }
+    };
     let classes: Vec<ClassName> = match class {
         Some(c) => vec![c.clone()],
-        None => crate::format::refs::decode_classes(&http.get("templates/CLASSES")?)
-            .map_err(|p| crate::error::corrupt(format!("templates/CLASSES on the server: {p}")))?,
+        None => {
+            let listed = crate::format::refs::decode_classes(&http.get("templates/CLASSES")?)
+                .map_err(|p| {
+                    crate::error::corrupt(format!("templates/CLASSES on the server: {p}"))
+                })?;
+            if let Some(set) = &set {
+                same_classes(set, &listed, "templates/CLASSES", &source)?;
+            }
+            listed
+        }
     };
     classes
         .iter()
@@ -145,18 +170,141 @@ pub fn from_server(
             let text = String::from_utf8(text).map_err(|_| {
                 crate::error::corrupt(format!("templates/{c}.toml on the server is not UTF-8"))
             })?;
-            if !keys.is_empty() {
+            if let Some(set) = &set {
                 let id = Id::of(text.as_bytes());
                 let sigs = match http.get(&signature::template_path(c.as_str(), &id)) {
                     Ok(data) => Some(data),
                     Err(Error::NotFound(_)) => None,
                     Err(e) => return Err(e),
                 };
-                check_installed(c, &id, sigs.as_deref(), &http.describe(), keys)?;
+                check_installed(c, &id, sigs.as_deref(), &source, keys)?;
+                named_by(set, c, &id, &source)?;
             }
-            Template::parse(c, &format!("{}/templates/{c}.toml", http.describe()), &text)
+            Template::parse(c, &format!("{source}/templates/{c}.toml"), &text)
         })
         .collect()
+}
+
+/// The template set an installer goes by: the newest block of the set file `data` a key of
+/// `keys` signed, no older than `max_age` seconds; refused (before anything is written)
+/// when there is none or it is stale.
+pub fn checked_set(
+    data: Option<&[u8]>,
+    source: &str,
+    keys: &TrustedKeys,
+    max_age: Option<i64>,
+) -> Result<TemplateSet> {
+    let sign = "`aurum template sign --sign-key KEY` on the image server";
+    let refuse = |why: String| {
+        Error::Untrusted(format!(
+            "refusing the templates from {source}: the template set ({}), which names the \
+             current template of every class, {why}. Nothing on this node was changed",
+            signature::TEMPLATE_SET_PATH
+        ))
+    };
+    let sigs = match data {
+        None => Vec::new(),
+        Some(data) => signature::decode_template_set(data).map_err(|p| {
+            refuse(format!(
+                "is unreadable ({p}): the server's copy is damaged or was altered; sign it \
+                 again with {sign}"
+            ))
+        })?,
+    };
+    let (i, accepted) = trust::accept_template_set(&sigs, keys).map_err(|r| {
+        refuse(match r {
+            Refusal::Unsigned => format!(
+                "is missing or empty (the templates were signed by an aurum older than the \
+                 set, or never); sign them with {sign}"
+            ),
+            Refusal::Untrusted(k) => format!(
+                "is signed only by keys not trusted here ({}); sign it with a trusted key: {sign}",
+                k.join(", ")
+            ),
+            Refusal::Revoked(k) => format!(
+                "is signed only by revoked keys ({}); sign it again with a current key: {sign}",
+                k.join(", ")
+            ),
+            Refusal::Altered(why) => format!(
+                "does not check out: {why}; it was altered after signing (a tampered server, \
+                 mirror or connection): do not use it"
+            ),
+        })
+    })?;
+    if let Some(max) = max_age {
+        let age = crate::repo::signatures::now() - accepted.signed;
+        if age > max {
+            return Err(refuse(format!(
+                "was signed {} ago (newest trusted signature, by {}), longer than max-age \
+                 ({}): the server may be replaying old templates (a freeze attack), or the \
+                 master has not signed again. On the master run {sign} (from cron, more often \
+                 than max-age), or raise max-age in node.toml",
+                crate::apply::verified::human_age(age),
+                accepted.key,
+                crate::apply::verified::human_age(max)
+            )));
+        }
+    }
+    Ok(sigs[i].set.clone())
+}
+
+/// Refuses `class`'s text `text` unless `set` names exactly it.
+fn named_by(set: &TemplateSet, class: &ClassName, text: &Id, source: &str) -> Result<()> {
+    let why = match set.text_of(class.as_str()) {
+        Some(t) if t == text => return Ok(()),
+        Some(t) => format!(
+            "the newest template set a trusted key signed names another text for it ({}): \
+             the server is handing out a template that is not the current one (an older \
+             signed text replayed), or one changed since the set was signed",
+            t.short()
+        ),
+        None => "the newest template set a trusted key signed has no such class".to_string(),
+    };
+    Err(Error::Untrusted(format!(
+        "refusing the template of class {class} ({}) from {source}: {why}; if the template is \
+         meant, sign the current templates with `aurum template sign --sign-key KEY` on the \
+         image server. Nothing on this node was changed",
+        text.short()
+    )))
+}
+
+/// Refuses a class list (`what`) that is not exactly the set's classes: a class left out
+/// could change which class matches this machine.
+fn same_classes(set: &TemplateSet, listed: &[ClassName], what: &str, source: &str) -> Result<()> {
+    let dropped: Vec<&str> = set
+        .classes
+        .iter()
+        .map(|(c, _)| c.as_str())
+        .filter(|c| !listed.iter().any(|l| l.as_str() == *c))
+        .collect();
+    let added: Vec<&str> = listed
+        .iter()
+        .map(ClassName::as_str)
+        .filter(|l| set.text_of(l).is_none())
+        .collect();
+    if dropped.is_empty() && added.is_empty() {
+        return Ok(());
+    }
+    let mut why = Vec::new();
+    if !dropped.is_empty() {
+        why.push(format!(
+            "leaves out {}, which the signed template set names (a class dropped can change \
+             which class matches this machine)",
+            dropped.join(", ")
+        ));
+    }
+    if !added.is_empty() {
+        why.push(format!(
+            "lists {}, which the signed template set does not name",
+            added.join(", ")
+        ));
+    }
+    Err(Error::Untrusted(format!(
+        "refusing the templates from {source}: its {what} {}: the list was altered, or the \
+         templates changed since the set was signed (`aurum template sign --sign-key KEY` on \
+         the image server signs it again). Nothing on this node was changed",
+        why.join(", and ")
+    )))
 }
 
 /// Refuses `class`'s template (text id `text`) from `source` unless its signatures file
@@ -223,15 +371,34 @@ pub fn from_repo(
     repo: &Repository,
     class: Option<&ClassName>,
     keys: &TrustedKeys,
+    max_age: Option<i64>,
 ) -> Result<Vec<Template>> {
+    let source = repo.root.display().to_string();
     let versions = match class {
         Some(c) => vec![load(repo, c, None)?.0],
         None => repo.catalog.templates()?,
     };
+    let set = match keys.is_empty() {
+        true => None,
+        false => {
+            let path = crate::store::published(&repo.root).join(signature::TEMPLATE_SET_PATH);
+            let data = match std::fs::read(&path) {
+                Ok(d) => Some(d),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e).at(&path),
+            };
+            let set = checked_set(data.as_deref(), &source, keys, max_age)?;
+            if class.is_none() {
+                let listed: Vec<ClassName> = versions.iter().map(|v| v.class.clone()).collect();
+                same_classes(&set, &listed, "catalog", &source)?;
+            }
+            Some(set)
+        }
+    };
     versions
         .iter()
         .map(|v| {
-            if !keys.is_empty() {
+            if let Some(set) = &set {
                 let id = Id::of(v.text.as_bytes());
                 let path = crate::store::published(&repo.root)
                     .join(signature::template_path(v.class.as_str(), &id));
@@ -240,8 +407,8 @@ pub fn from_repo(
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                     Err(e) => return Err(e).at(&path),
                 };
-                let source = repo.root.display().to_string();
                 check_installed(&v.class, &id, sigs.as_deref(), &source, keys)?;
+                named_by(set, &v.class, &id, &source)?;
             }
             Template::parse(&v.class, &format!("{}.toml", v.class), &v.text)
         })
@@ -259,13 +426,14 @@ pub struct SignedClass {
     pub signed: i64,
 }
 
-/// Signs the newest template of each of `classes` (of every class when empty) with `key`.
-/// Needs the repository locked exclusively.
+/// Signs the newest template of each of `classes` (of every class when empty) with `key`,
+/// then the template set (every class's newest text: [`TemplateSet`]), which installers
+/// that check signatures go by. Needs the repository locked exclusively.
 pub fn sign(
     repo: &Repository,
     classes: &[ClassName],
     key: &trust::SigningKey,
-) -> Result<Vec<SignedClass>> {
+) -> Result<(Vec<SignedClass>, signature::TemplateSetSignature)> {
     let versions = match classes.is_empty() {
         true => repo.catalog.templates()?,
         false => classes
@@ -273,7 +441,7 @@ pub fn sign(
             .map(|c| load(repo, c, None).map(|(v, _)| v))
             .collect::<Result<_>>()?,
     };
-    versions
+    let signed = versions
         .into_iter()
         .map(|v| {
             let sig = repo.sign_template(v.class.as_str(), &v.text, key)?;
@@ -285,7 +453,8 @@ pub fn sign(
                 signed: sig.template.signed,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((signed, repo.sign_template_set(key)?))
 }
 
 /// Saves the shipped templates the repository lacks (or whose newest version differs).

@@ -439,7 +439,17 @@ fn keys_rotate_and_a_revoked_key_no_longer_counts() {
         new.to_str().unwrap(),
         "--json",
     ]));
-    assert_eq!(signed.as_array().unwrap().len(), 2);
+    // Two revisions, and (--all with no image) the six classes' templates and the set.
+    let signed = signed.as_array().unwrap();
+    assert_eq!(
+        signed.iter().filter(|v| v["revision"].is_string()).count(),
+        2
+    );
+    assert_eq!(
+        signed.iter().filter(|v| v["template"].is_string()).count(),
+        6
+    );
+    assert_eq!(signed.last().unwrap()["template_set"], 6, "{signed:?}");
     update(&env, &node, &["--image", "compute@1", "--allow-downgrade"]);
     // Re-signing replaced the new key's signature, and kept the old key's.
     assert_eq!(
@@ -755,11 +765,12 @@ fn templates_are_signed_and_installers_refuse_unsigned_or_altered_ones() {
             code => env.fails(&args, code),
         }
     };
-    // Unsigned (as `aurum init` seeds them): refused, naming the class and the fix.
+    // Unsigned (as `aurum init` seeds them): refused, naming the fix.
     let e = dry_run(3);
     assert!(
-        e.contains(&format!("refusing the template of class {class}"))
-            && e.contains(&format!("aurum template sign {class}"))
+        e.contains("refusing the templates from")
+            && e.contains("template set")
+            && e.contains("aurum template sign")
             && e.contains("Nothing on this node was changed"),
         "{e}"
     );
@@ -866,4 +877,199 @@ fn templates_are_signed_and_installers_refuse_unsigned_or_altered_ones() {
         &admin_pub,
     ]);
     assert!(out.contains("would install super/compute@1"), "{out}");
+}
+
+/// A template's signature says a text was once its class's, not that it still is: the
+/// signed template set (class -> current text, and when) closes that. An installer with
+/// trusted keys refuses an older signed text a server replays, a `templates/CLASSES` that
+/// leaves a class out, and (with `max-age`) a set signed too long ago, until `aurum sign
+/// --all` signs everything again; `verify` reports a set that is out of date or altered; a
+/// pull refuses a set older than the one it holds (a stale mirror).
+#[test]
+fn the_template_set_refuses_replayed_texts_dropped_classes_and_stale_sets() {
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    let key = admin.to_str().unwrap();
+    env.getimage(&tree(&env, 1), "compute", &["--sign-key", key]);
+    let out = env.run(&["template", "sign", "--sign-key", key]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("signed the template set (6 classes)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let set_file = env.public().join("sigs/_template-set");
+    let first_set = fs::read_to_string(&set_file).unwrap();
+    assert!(
+        first_set.starts_with("aurum template set 1\nsigned "),
+        "{first_set}"
+    );
+    // A copy of the repository as it is now: later, a mirror that stopped updating.
+    let stale_mirror = env.path("stale-mirror");
+    sh(&format!(
+        "cp -a {} {}",
+        env.repo().display(),
+        stale_mirror.display()
+    ));
+    // ssh-keygen checks the set too: the lines up to the last `class` line, its namespace.
+    if need("ssh-keygen") {
+        let dir = env.path("check");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("allowed"),
+            format!("admin namespaces=\"aurum-template-set\" {admin_pub}\n"),
+        )
+        .unwrap();
+        sh(&format!(
+            "cd {} && sed '/BEGIN SSH SIGNATURE/,$d' {f} > msg && \
+             sed -n '/BEGIN SSH SIGNATURE/,/END SSH SIGNATURE/p' {f} > msg.sig && \
+             ssh-keygen -Y verify -f allowed -I admin -n aurum-template-set -s msg.sig < msg",
+            dir.display(),
+            f = set_file.display()
+        ));
+    }
+    let srv = Server::start(&env);
+    let url = format!("http://{}", srv.addr);
+    let d = env.path("d.img");
+    fs::File::create(&d).unwrap().set_len(13 << 30).unwrap();
+    let facts = env.path("facts.json");
+    fs::write(&facts, env.ok(&["facts", "--json"])).unwrap();
+    let class = crate::install::class();
+    let dry_run = |class: &str, expect: i32| {
+        let args = [
+            "install",
+            "--dry-run",
+            "--disk",
+            d.to_str().unwrap(),
+            "--server",
+            &url,
+            "--image",
+            "compute",
+            "--class",
+            class,
+            "--facts",
+            facts.to_str().unwrap(),
+            "--trusted-key",
+            &admin_pub,
+        ];
+        match expect {
+            0 => env.ok(&args),
+            code => env.fails(&args, code),
+        }
+    };
+    // The happy path.
+    let out = dry_run(class, 0);
+    assert!(out.contains("would install compute@1"), "{out}");
+    let v = env.ok(&["verify"]);
+    assert!(
+        v.contains("template set: 6 classes, signed by SHA256:")
+            && v.contains("names every class's newest template"),
+        "{v}"
+    );
+
+    // A new text of the class, imported and signed: the set names it now...
+    let published = env.public().join(format!("templates/{class}.toml"));
+    let v1 = fs::read_to_string(&published).unwrap();
+    let t = env.path(&format!("{class}.toml"));
+    fs::write(&t, v1.replacen("[[disk]]", "# v2\n[[disk]]", 1)).unwrap();
+    let out = env.run(&["template", "import", t.to_str().unwrap(), "--sign-key", key]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("signed the template set"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dry_run(class, 0);
+    // ...so a server handing out the older text, validly signed in its day, is refused.
+    let v2 = fs::read_to_string(&published).unwrap();
+    fs::write(&published, &v1).unwrap();
+    let e = dry_run(class, 3);
+    assert!(
+        e.contains(&format!("refusing the template of class {class}"))
+            && e.contains("names another text")
+            && e.contains("replayed")
+            && e.contains("Nothing on this node was changed"),
+        "{e}"
+    );
+    fs::write(&published, &v2).unwrap();
+    dry_run(class, 0);
+
+    // A class left out of the unsigned class list: an installer picking its class from the
+    // facts refuses the list; verify finds the list altered.
+    let list_file = env.public().join("templates/CLASSES");
+    let list = fs::read_to_string(&list_file).unwrap();
+    let dropped = list.lines().find(|c| *c != class).unwrap().to_string();
+    fs::write(&list_file, list.replace(&format!("{dropped}\n"), "")).unwrap();
+    let e = dry_run("auto", 3);
+    assert!(
+        e.contains(&format!(
+            "leaves out {dropped}, which the signed template set names"
+        )) && e.contains("Nothing on this node was changed"),
+        "{e}"
+    );
+    let v = env.run(&["verify"]);
+    let v = String::from_utf8_lossy(&v.stdout);
+    assert!(v.contains("templates/CLASSES"), "{v}");
+    fs::write(&list_file, &list).unwrap();
+
+    // The set altered: verify reports it damaged, and installers refuse it.
+    let good_set = fs::read_to_string(&set_file).unwrap();
+    let v2_id = aurum::format::Id::of(v2.as_bytes()).hex();
+    let v1_id = aurum::format::Id::of(v1.as_bytes()).hex();
+    fs::write(&set_file, good_set.replace(&v2_id, &v1_id)).unwrap();
+    let e = dry_run(class, 3);
+    assert!(e.contains("does not check out"), "{e}");
+    let v = env.run(&["verify"]);
+    let v = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        v.contains("DAMAGED signature") && v.contains("template set"),
+        "{v}"
+    );
+    fs::write(&set_file, &good_set).unwrap();
+
+    // A template imported without a key: the set is out of date, and verify says so.
+    fs::write(&t, v1.replacen("[[disk]]", "# v3\n[[disk]]", 1)).unwrap();
+    env.ok(&["template", "import", t.to_str().unwrap()]);
+    let v = env.ok(&["verify"]);
+    assert!(
+        v.contains("OUT OF DATE") && v.contains(&format!("{class}: the set names text")),
+        "{v}"
+    );
+
+    // Stale: with max-age, a set signed longer ago is refused (a frozen server) until the
+    // master signs again; `aurum sign --all` signs the revisions, the templates and the set.
+    env.ok(&["sign", "--all", "--sign-key", key]);
+    env.write_config("node.toml", "max-age = \"2s\"\n");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let e = dry_run(class, 3);
+    assert!(
+        e.contains("template set")
+            && e.contains("longer than max-age (2s)")
+            && e.contains("freeze attack")
+            && e.contains("Nothing on this node was changed"),
+        "{e}"
+    );
+    env.ok(&["sign", "--all", "--sign-key", key]);
+    let out = dry_run(class, 0);
+    assert!(out.contains("would install compute@1"), "{out}");
+    env.write_config("node.toml", "");
+
+    // A master that trusts the key pulls the set with the templates...
+    let cluster = Env::new();
+    cluster.write_config("aurum.toml", &format!("trusted-keys = [{admin_pub:?}]\n"));
+    cluster.ok(&["remote", "add", "super", &url]);
+    cluster.ok(&["pull", "super"]);
+    let pulled = cluster.public().join("sigs/_template-set");
+    assert_eq!(
+        fs::read_to_string(&pulled).unwrap(),
+        fs::read_to_string(&set_file).unwrap()
+    );
+    // ...and refuses a mirror whose set is older than the one it holds.
+    cluster.ok(&["remote", "add", "stale", stale_mirror.to_str().unwrap()]);
+    let before = fs::read_to_string(&pulled).unwrap();
+    let e = cluster.fails(&["pull", "stale"], 3);
+    assert!(
+        e.contains("older than the one this repository holds") && e.contains("Nothing was pulled"),
+        "{e}"
+    );
+    assert_eq!(fs::read_to_string(&pulled).unwrap(), before);
+    assert_eq!(crate::common::revisions_of(&cluster, "stale/compute"), 0);
 }

@@ -26,10 +26,12 @@
 //!
 //! With systemd-boot (a node whose ESP, at `/efi`, `/boot/efi` or `/boot`, has
 //! `loader/loader.conf`) the counter is the Boot Loader Specification's, in an entry's name
-//! (`format::bootentry`): [`begin`] copies the new revision's kernel to the ESP
-//! (`aurum/revision/`) with the entry `aurum-revision+N.conf`, the kept kernel
-//! (`aurum/fallback/`) with the entry `aurum-fallback.conf` (`aurum.fallback` on its command
-//! line), and makes `loader.conf`'s default `aurum-*`. systemd-boot renames the entry at each
+//! (`format::bootentry`): [`begin`] copies the new revision's kernel to the ESP, into a
+//! fresh directory named for its content (`aurum/k-HASH/`), then writes the entry
+//! `aurum-revision+N.conf` for it; the kept kernel (`aurum/fallback/`) gets the entry
+//! `aurum-fallback.conf` (`aurum.fallback` on its command line), and `loader.conf`'s default
+//! becomes `aurum-*`. A kernel an entry boots is never written over: a kill between the copy
+//! and the entry leaves the entry before booting its own kernel ([`sd_point`]). systemd-boot renames the entry at each
 //! boot (`+N-1-1`, ...); one at `+0` sorts after every other entry, so the pattern picks the
 //! fallback entry. Blessing drops the counter (`aurum-revision.conf`), as `systemd-bless-boot`
 //! would, and that entry stays the node's: the kernel systemd-boot boots must be on the ESP.
@@ -80,6 +82,9 @@ const ESP_DIRS: &[&str] = &["efi", "boot/efi", "boot"];
 const SD_ENTRY: &str = "aurum-revision";
 const SD_FALLBACK: &str = "aurum-fallback";
 const SD_DEFAULT: &str = "aurum-*";
+/// The directory of the ESP's `aurum/` with the kept kernel of a trial; the revision's kernels
+/// are in directories named for their content (`format::bootentry::kernel_dir`).
+const SD_FALLBACK_DIR: &str = "fallback";
 
 /// The ESP of `root` when the node boots with systemd-boot: the first of [`ESP_DIRS`] with
 /// `loader/loader.conf` (`bootctl install` writes it).
@@ -115,7 +120,7 @@ fn loader_name(b: Bootloader) -> &'static str {
 fn kept_dir(root: &Path, b: Bootloader) -> Result<PathBuf> {
     match b {
         Bootloader::Grub => Ok(root.join(GRUB_DIR).join(KEPT)),
-        Bootloader::SystemdBoot => Ok(sd_esp(root)?.join(KEPT).join("fallback")),
+        Bootloader::SystemdBoot => Ok(sd_esp(root)?.join(KEPT).join(SD_FALLBACK_DIR)),
     }
 }
 
@@ -507,7 +512,7 @@ fn remove_if_there(p: &Path) -> Result<()> {
     }
 }
 
-/// An entry booting `dir` (`revision` or `fallback` under the ESP's `aurum/`).
+/// An entry booting `dir` (a directory under the ESP's `aurum/`).
 fn sd_entry(title: String, dir: &str, initrd: bool, options: String) -> Entry {
     Entry {
         title,
@@ -517,17 +522,16 @@ fn sd_entry(title: String, dir: &str, initrd: bool, options: String) -> Entry {
     }
 }
 
-/// systemd-boot's part of [`begin`]: the revision's kernel and its entry with the counter,
-/// the fallback entry for the kept kernel, and `loader.conf`'s default. The entry with the
-/// counter is written last, over the previous revision entry: until then the node boots as
-/// before.
+/// systemd-boot's part of [`begin`]: the fallback entry for the kept kernel, `loader.conf`'s
+/// default, then the revision's kernel and its entry with the counter ([`sd_point`]): until
+/// that entry is written the node boots as before.
 fn sd_begin(node: &Node, p: &Prepared, revision: &RevRef) -> Result<()> {
     let esp = sd_esp(&node.root)?;
     let entries = esp.join("loader/entries");
     fs::create_dir_all(&entries).at(&entries)?;
     let fallback = sd_entry(
         format!("aurum: fall back to {}", p.fallback.name()),
-        "fallback",
+        SD_FALLBACK_DIR,
         p.initrd,
         format!("{} {FALLBACK_ARG}", p.cmdline),
     );
@@ -541,18 +545,121 @@ fn sd_begin(node: &Node, p: &Prepared, revision: &RevRef) -> Result<()> {
     if new != text {
         on_esp(&conf, new.as_bytes())?;
     }
-    let old = sd_revision_entries(&esp)?;
-    let initrd = copy_kernel(&node.root, &esp.join(KEPT).join("revision"), None)?;
-    let entry = sd_entry(
+    sd_point(
+        &node.root,
+        &esp,
+        &EntryName::counting(SD_ENTRY, p.tries),
         format!("aurum: {}", revision.name()),
-        "revision",
-        initrd,
         p.cmdline.clone(),
-    );
-    let name = EntryName::counting(SD_ENTRY, p.tries).file();
-    on_esp(&entries.join(&name), entry.encode().as_bytes())?;
-    for (file, _) in old.iter().filter(|(f, _)| *f != name) {
-        remove_if_there(&entries.join(file))?;
+    )
+}
+
+/// The directories under the ESP's `aurum/` that an entry of `loader/entries` boots (any
+/// entry's, so that a directory is never taken from under one).
+fn sd_named_dirs(esp: &Path) -> Result<Vec<String>> {
+    let dir = esp.join("loader/entries");
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).at(&dir),
+    };
+    let mut named = Vec::new();
+    for e in rd {
+        let e = e.at(&dir)?;
+        let file = e.file_name().to_string_lossy().into_owned();
+        if EntryName::parse(&file).is_none() {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if let Some(d) = Entry::decode(&text, &file)
+            .ok()
+            .and_then(|e| e.aurum_dir().map(String::from))
+        {
+            named.push(d);
+        }
+    }
+    Ok(named)
+}
+
+/// Puts the kernel and initramfs `root` boots ([`kernel`]) on `esp` for aurum's revision
+/// entry, in a directory of their own under `aurum/`, named for their content
+/// ([`bootentry::kernel_dir`]), and durable before any entry names it: the files an entry
+/// boots are never written over, so a kill at any moment leaves every entry booting the
+/// kernel it was written for. A directory an entry names already holds that content and is
+/// used as it is; one that none names is a leftover of a killed copy and is made again.
+/// Returns the directory's name and whether there is an initramfs.
+fn sd_install_kernel(root: &Path, esp: &Path) -> Result<(String, bool)> {
+    let (vmlinuz, initrd) = kernel(root)?;
+    let k = fs::read(&vmlinuz).at(&vmlinuz)?;
+    let i = match &initrd {
+        Some(p) => Some(fs::read(p).at(p)?),
+        None => None,
+    };
+    let name = bootentry::kernel_dir(&k, i.as_deref());
+    if sd_named_dirs(esp)?.contains(&name) {
+        return Ok((name, i.is_some()));
+    }
+    let kept = esp.join(KEPT);
+    let dir = kept.join(&name);
+    remove_dir_if_there(&dir)?;
+    fs::create_dir_all(&dir).at(&dir)?;
+    on_esp(&dir.join("vmlinuz"), &k)?;
+    if let Some(i) = &i {
+        on_esp(&dir.join("initrd.img"), i)?;
+    }
+    crate::sys::sync_dir(&kept)?;
+    Ok((name, i.is_some()))
+}
+
+fn remove_dir_if_there(p: &Path) -> Result<()> {
+    match fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at(p),
+    }
+}
+
+/// Makes aurum's revision entry `name` boot the kernel `root` has now, in the order that
+/// keeps every moment bootable: the kernel into a fresh directory ([`sd_install_kernel`]),
+/// the entry written, the revision entries before it removed, then the directories under
+/// `aurum/` no entry boots any more (the fallback's is the trial's, ended by [`sd_end`]).
+fn sd_point(
+    root: &Path,
+    esp: &Path,
+    name: &EntryName,
+    title: String,
+    options: String,
+) -> Result<()> {
+    let entries = esp.join("loader/entries");
+    fs::create_dir_all(&entries).at(&entries)?;
+    let old = sd_revision_entries(esp)?;
+    let (dir, initrd) = sd_install_kernel(root, esp)?;
+    let file = name.file();
+    let entry = sd_entry(title, &dir, initrd, options);
+    on_esp(&entries.join(&file), entry.encode().as_bytes())?;
+    let mut removed = false;
+    for (f, _) in old.iter().filter(|(f, _)| *f != file) {
+        remove_if_there(&entries.join(f))?;
+        removed = true;
+    }
+    if removed {
+        crate::sys::sync_dir(&entries)?;
+    }
+    let named = sd_named_dirs(esp)?;
+    let kept = esp.join(KEPT);
+    let rd = match fs::read_dir(&kept) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(&kept),
+    };
+    for e in rd {
+        let e = e.at(&kept)?;
+        let d = e.file_name().to_string_lossy().into_owned();
+        if d != SD_FALLBACK_DIR && !named.contains(&d) && e.path().is_dir() {
+            remove_dir_if_there(&e.path())?;
+        }
     }
     Ok(())
 }
@@ -567,8 +674,8 @@ fn sd_end(node: &Node, blessed: bool) -> Result<()> {
     };
     let entries = esp.join("loader/entries");
     let found = sd_revision_entries(&esp)?;
-    let plain = EntryName::plain(SD_ENTRY).file();
-    if blessed {
+    let counted = found.iter().any(|(_, n)| n.left.is_some());
+    if blessed && counted {
         for (file, n) in &found {
             if n.left.is_some() {
                 let to = entries.join(n.blessed().file());
@@ -576,7 +683,10 @@ fn sd_end(node: &Node, blessed: bool) -> Result<()> {
                 crate::sys::sync_dir(&entries)?;
             }
         }
-    } else if found.iter().any(|(_, n)| n.left.is_some()) {
+    } else if counted || blessed {
+        // Not blessed: the entry goes back to the kernel the root has now. Blessed with no
+        // counting entry: the trial's entry was never written (killed before it), the node
+        // booted the entry before it, and the blessed entry must boot the revision's kernel.
         let old = found
             .iter()
             .find_map(|(f, _)| Entry::decode(&fs::read_to_string(entries.join(f)).ok()?, f).ok());
@@ -584,16 +694,17 @@ fn sd_end(node: &Node, blessed: bool) -> Result<()> {
             Some(e) => e.options,
             None => cmdline(&node.root)?,
         };
-        let initrd = copy_kernel(&node.root, &esp.join(KEPT).join("revision"), None)?;
         let rev = node.state()?.current.map(|r| r.name()).unwrap_or_default();
-        let entry = sd_entry(format!("aurum: {rev}"), "revision", initrd, options);
-        on_esp(&entries.join(&plain), entry.encode().as_bytes())?;
-        for (file, _) in found.iter().filter(|(f, _)| *f != plain) {
-            remove_if_there(&entries.join(file))?;
-        }
+        sd_point(
+            &node.root,
+            &esp,
+            &EntryName::plain(SD_ENTRY),
+            format!("aurum: {rev}"),
+            options,
+        )?;
     }
     remove_if_there(&entries.join(EntryName::plain(SD_FALLBACK).file()))?;
-    let _ = fs::remove_dir_all(esp.join(KEPT).join("fallback"));
+    let _ = fs::remove_dir_all(esp.join(KEPT).join(SD_FALLBACK_DIR));
     Ok(())
 }
 
@@ -657,10 +768,14 @@ pub fn refresh(node: &Node) -> Result<()> {
         Ok(e) => e.options,
         Err(_) => cmdline(&node.root)?,
     };
-    let initrd = copy_kernel(&node.root, &esp.join(KEPT).join("revision"), None)?;
     let rev = state.current.map(|r| r.name()).unwrap_or_default();
-    let entry = sd_entry(format!("aurum: {rev}"), "revision", initrd, options);
-    on_esp(&path, entry.encode().as_bytes())
+    sd_point(
+        &node.root,
+        &esp,
+        &EntryName::plain(SD_ENTRY),
+        format!("aurum: {rev}"),
+        options,
+    )
 }
 
 /// Ends a trial without falling back (a rollback or `mark-good` chose the revision): the

@@ -11,7 +11,8 @@
 //! `aurum health`. [`EntryName`] parses and writes such names and does those renames.
 //!
 //! An entry file is `key value` lines; aurum writes `title`, `linux`, `initrd` and `options`
-//! ([`Entry`]), paths being absolute on the ESP.
+//! ([`Entry`]), paths being absolute on the ESP. The kernels aurum's entries boot are in
+//! directories of the ESP's `aurum/` named for their content ([`kernel_dir`]).
 
 use crate::error::{invalid, Result};
 
@@ -176,6 +177,35 @@ impl Entry {
     }
 }
 
+/// The directory of the ESP (`/aurum/` below it) where aurum puts the revision's kernel and
+/// initramfs: `k-` and the first 16 hex digits of the blake3 hash of both (the kernel's length
+/// first, so that no split of the same bytes gives the same name). Named for the content, a
+/// new kernel never goes into a directory an entry boots, and a kernel already there for an
+/// entry is not copied again.
+pub fn kernel_dir(kernel: &[u8], initrd: Option<&[u8]>) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&(kernel.len() as u64).to_le_bytes());
+    h.update(kernel);
+    if let Some(i) = initrd {
+        h.update(b"initrd");
+        h.update(i);
+    }
+    let hex = h.finalize().to_hex();
+    format!("k-{}", hex.get(..16).unwrap_or_default())
+}
+
+impl Entry {
+    /// The directory under `/aurum/` whose `vmlinuz` the entry boots, for an entry of aurum's
+    /// (`linux /aurum/DIR/vmlinuz`); None for any other.
+    pub fn aurum_dir(&self) -> Option<&str> {
+        let dir = self
+            .linux
+            .strip_prefix("/aurum/")?
+            .strip_suffix("/vmlinuz")?;
+        (!dir.is_empty() && !dir.contains('/')).then_some(dir)
+    }
+}
+
 /// The marker before a `default` line of `loader.conf` that aurum set aside.
 const SET_ASIDE: &str = "#aurum-set-aside: ";
 
@@ -232,6 +262,30 @@ mod tests {
         for f in ["x.conf", "x+0.conf", "x+3.conf", "x+2-1.conf", "x+0-9.conf"] {
             assert_eq!(n(f).file(), f);
         }
+    }
+
+    #[test]
+    fn kernel_directories_are_named_for_both_files() {
+        let a = kernel_dir(b"kernel 1", Some(b"initrd 1"));
+        assert_eq!(a.len(), 18);
+        assert!(a.starts_with("k-"));
+        assert_eq!(a, kernel_dir(b"kernel 1", Some(b"initrd 1")));
+        assert_ne!(a, kernel_dir(b"kernel 1", Some(b"initrd 2")));
+        assert_ne!(a, kernel_dir(b"kernel 1", None));
+        assert_ne!(kernel_dir(b"ab", Some(b"c")), kernel_dir(b"a", Some(b"bc")));
+        let e = |linux: &str| Entry {
+            title: String::new(),
+            linux: linux.into(),
+            initrd: None,
+            options: String::new(),
+        };
+        assert_eq!(
+            e(&format!("/aurum/{a}/vmlinuz")).aurum_dir(),
+            Some(a.as_str())
+        );
+        assert_eq!(e("/aurum/fallback/vmlinuz").aurum_dir(), Some("fallback"));
+        assert_eq!(e("/vmlinuz-6.1").aurum_dir(), None);
+        assert_eq!(e("/aurum/a/b/vmlinuz").aurum_dir(), None);
     }
 
     #[test]

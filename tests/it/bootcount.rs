@@ -300,6 +300,29 @@ fn systemd_boot_takes_a_try(esp: &Path) -> String {
     next
 }
 
+/// The kernel and initramfs (their text) that entry `file` of `esp` boots.
+fn entry_kernel(esp: &Path, file: &str) -> (String, Option<String>) {
+    let text = fs::read_to_string(esp.join("loader/entries").join(file)).unwrap();
+    let on_esp = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|p| fs::read_to_string(esp.join(p.trim().trim_start_matches('/'))).unwrap())
+    };
+    (on_esp("linux ").expect("a linux line"), on_esp("initrd "))
+}
+
+/// The directories under the ESP's `aurum/`.
+fn kernel_dirs(esp: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match fs::read_dir(esp.join("aurum")) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
 fn entry_files(esp: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(esp.join("loader/entries"))
         .unwrap()
@@ -386,11 +409,13 @@ fn systemd_boot_entries_count_down_fall_back_and_are_blessed() {
     let entry = read("loader/entries/aurum-revision+2.conf");
     assert!(entry.starts_with("title aurum: node@2 "), "{entry}");
     assert!(
-        entry.contains("linux /aurum/revision/vmlinuz\ninitrd /aurum/revision/initrd.img\n")
-            && entry.contains(&format!("options {cmdline}\n")),
+        entry.contains("linux /aurum/k-") && entry.contains(&format!("options {cmdline}\n")),
         "{entry}"
     );
-    assert_eq!(read("aurum/revision/vmlinuz"), "kernel 2.0\n");
+    assert_eq!(
+        entry_kernel(&esp, "aurum-revision+2.conf"),
+        ("kernel 2.0\n".into(), Some("initrd 2.0\n".into()))
+    );
     let fallback = read("loader/entries/aurum-fallback.conf");
     assert!(
         fallback.contains(&format!("options {cmdline} aurum.fallback\n"))
@@ -430,8 +455,10 @@ fn systemd_boot_entries_count_down_fall_back_and_are_blessed() {
     assert_eq!(h["boot"]["outcome"], "fell-back", "{h}");
     assert_eq!(state(&env, &root)["current"]["number"], 1);
     assert_eq!(entry_files(&esp), ["aurum-revision.conf"]);
-    assert_eq!(read("aurum/revision/vmlinuz"), "kernel 1.0\n");
+    assert_eq!(entry_kernel(&esp, "aurum-revision.conf").0, "kernel 1.0\n");
     assert!(!esp.join("aurum/fallback").exists());
+    // Revision 2's kernel went with its entry: one directory, the one the entry boots.
+    assert_eq!(kernel_dirs(&esp).len(), 1, "{:?}", kernel_dirs(&esp));
     assert!(read("loader/entries/aurum-revision.conf").contains(&format!("options {cmdline}\n")));
 
     // Revision 2 again, never healthy: two boots take the entry to +0, systemd-boot then
@@ -466,9 +493,10 @@ fn systemd_boot_entries_count_down_fall_back_and_are_blessed() {
     let h = json(&env.ok(&["health", "--root", r, "--server", &url, "--json"]));
     assert_eq!(h["boot"]["outcome"], "blessed", "{h}");
     assert_eq!(entry_files(&esp), ["aurum-revision.conf"]);
-    assert_eq!(read("aurum/revision/vmlinuz"), "kernel 3.0\n");
+    assert_eq!(entry_kernel(&esp, "aurum-revision.conf").0, "kernel 3.0\n");
     assert!(read("loader/entries/aurum-revision.conf").starts_with("title aurum: node@3 "));
     assert!(!esp.join("aurum/fallback").exists());
+    assert_eq!(kernel_dirs(&esp).len(), 1, "{:?}", kernel_dirs(&esp));
     let s = state(&env, &root);
     assert_eq!(s["last_known_good"]["number"], 3, "{s}");
     assert!(s.get("trial").is_none(), "{s}");
@@ -478,7 +506,7 @@ fn systemd_boot_entries_count_down_fall_back_and_are_blessed() {
     env.ok(&["rollback", "--root", r, "--server", &url, "--to", "node@1"]);
     assert_eq!(state(&env, &root)["current"]["number"], 1);
     assert_eq!(entry_files(&esp), ["aurum-revision.conf"]);
-    assert_eq!(read("aurum/revision/vmlinuz"), "kernel 1.0\n");
+    assert_eq!(entry_kernel(&esp, "aurum-revision.conf").0, "kernel 1.0\n");
     assert!(read("loader/entries/aurum-revision.conf").starts_with("title aurum: node@1 "));
     // And an update without boot tries likewise.
     env.ok(&[
@@ -490,8 +518,189 @@ fn systemd_boot_entries_count_down_fall_back_and_are_blessed() {
         "--image",
         "node@3",
     ]);
-    assert_eq!(read("aurum/revision/vmlinuz"), "kernel 3.0\n");
+    assert_eq!(entry_kernel(&esp, "aurum-revision.conf").0, "kernel 3.0\n");
+    assert_eq!(kernel_dirs(&esp).len(), 1, "{:?}", kernel_dirs(&esp));
     assert!(read("loader/entries/aurum-revision.conf").starts_with("title aurum: node@3 "));
+}
+
+/// The revision number a title of aurum's entries names (`aurum: node@3 ...`, `aurum: fall
+/// back to node@2 ...`).
+fn titled_number(esp: &Path, file: &str) -> String {
+    let text = fs::read_to_string(esp.join("loader/entries").join(file)).unwrap();
+    let title = text.lines().next().unwrap_or_default();
+    let after = title
+        .split("node@")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{file}: {title}"));
+    after.chars().take_while(char::is_ascii_digit).collect()
+}
+
+/// Every entry on `esp` boots the kernel and initramfs of the revision its title names, whole;
+/// every directory under `aurum/` is one an entry boots (or a leftover, when `leftovers`).
+fn entries_boot_their_own_kernels(esp: &Path, when: &str, leftovers: bool) {
+    let mut named = Vec::new();
+    for file in entry_files(esp) {
+        let n = titled_number(esp, &file);
+        let (kernel, initrd) = entry_kernel(esp, &file);
+        let initrd = initrd.unwrap_or_default();
+        assert_eq!(
+            kernel,
+            format!("kernel {n}.0\n"),
+            "{when}: {file} boots the wrong kernel"
+        );
+        assert!(
+            initrd.starts_with(&format!("initrd {n}.0\n")) && initrd.len() == BIG_INITRD + 11,
+            "{when}: {file} boots the wrong or a partial initramfs ({} bytes, {:?})",
+            initrd.len(),
+            initrd.get(..11)
+        );
+        let text = fs::read_to_string(esp.join("loader/entries").join(&file)).unwrap();
+        let linux = text
+            .lines()
+            .find_map(|l| l.strip_prefix("linux /aurum/"))
+            .unwrap();
+        named.push(linux.split('/').next().unwrap().to_string());
+    }
+    if !leftovers {
+        named.sort();
+        named.dedup();
+        assert_eq!(
+            kernel_dirs(esp),
+            named,
+            "{when}: kernels no entry boots are left"
+        );
+    }
+}
+
+/// Bytes of the initramfs of [`killed_kernel_copies_leave_every_entry_booting_its_own_kernel`]
+/// after its first line: big enough that copying it to the ESP takes a while after the kernel
+/// landed, so the kill lands in between.
+const BIG_INITRD: usize = 48 << 20;
+
+/// Runs aurum with `args` and SIGKILLs it the moment a new kernel file lands in a directory of
+/// the ESP's `aurum/` other than the fallback's (while its initramfs is still being copied);
+/// panics when it was not killed.
+fn killed_at_new_kernel(env: &Env, esp: &Path, args: &[&str]) {
+    let kernels = || -> Vec<(String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        kernel_dirs(esp)
+            .into_iter()
+            .filter(|d| d != "fallback")
+            .filter_map(|d| {
+                let m = fs::metadata(esp.join("aurum").join(&d).join("vmlinuz")).ok()?;
+                Some((d, m.ino()))
+            })
+            .collect()
+    };
+    let before = kernels();
+    let mut child = env
+        .cmd(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        if kernels().iter().any(|k| !before.contains(k)) {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "aurum {args:?} was not killed while it copied the kernel ({status})"
+    );
+}
+
+/// Review finding (systemd-boot trial order): the revision's kernel was copied over
+/// `aurum/revision/` on the ESP before the counting entry was written, so a kill in between
+/// left the entry before it booting the new kernel with no trial. Now the kernel goes into a
+/// fresh directory first. An update with a trial and a rollback (which copies the root's kernel
+/// again) are killed the moment the new kernel lands on the ESP, while its 48 MiB initramfs is
+/// still being copied: every entry must still boot the kernel and initramfs of the revision it
+/// names. After the killed update the next boot's passing health check blesses the revision:
+/// the entry then boots that revision's kernel; the killed rollback run again points the entry
+/// at the root's kernel; no kernel is left that no entry boots.
+#[test]
+fn killed_kernel_copies_leave_every_entry_booting_its_own_kernel() {
+    if !need("busybox") {
+        return;
+    }
+    let env = Env::new();
+    let g = env.path("golden");
+    for v in ["1.0", "2.0", "3.0"] {
+        golden(&g, v, true);
+        fs::remove_dir_all(g.join("boot/grub")).unwrap();
+        let mut initrd = format!("initrd {v}\n").into_bytes();
+        initrd.resize(initrd.len() + BIG_INITRD, 0);
+        fs::write(g.join(format!("boot/initrd.img-{v}")), initrd).unwrap();
+        fs::create_dir_all(g.join("boot/efi/loader/entries")).unwrap();
+        fs::write(g.join("boot/efi/loader/loader.conf"), "timeout 0\n").unwrap();
+        env.getimage(&g, "node", &[]);
+    }
+    let srv = Server::start(&env);
+    let url = format!("http://{}", srv.addr);
+    let root = env.path("root");
+    fs::create_dir_all(&root).unwrap();
+    let r = root.to_str().unwrap();
+    let esp = root.join("boot/efi");
+    let cmdline = "root=LABEL=root ro console=ttyS0";
+    let update = |rev: &str| -> Vec<String> {
+        [
+            "updateclient",
+            "--root",
+            r,
+            "--server",
+            &url,
+            "--image",
+            rev,
+            "--boot-tries",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let boot_and_bless = || {
+        env.ok(&["boot", "--root", r, "--cmdline", cmdline]);
+        let h = json(&env.ok(&["health", "--root", r, "--json"]));
+        assert_eq!(h["boot"]["outcome"], "blessed", "{h}");
+    };
+    let ok = |v: Vec<String>| env.ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(update("node@1"));
+    ok(update("node@2"));
+    systemd_boot_takes_a_try(&esp);
+    boot_and_bless();
+    assert_eq!(entry_files(&esp), ["aurum-revision.conf"]);
+    entries_boot_their_own_kernels(&esp, "revision 2 blessed", false);
+
+    // Killed while revision 3's kernel is copied for its trial: the blessed entry of revision 2
+    // still boots revision 2's kernel. That boot then passes its checks, which blesses revision
+    // 3 (its counting entry never written): the entry now boots revision 3's kernel.
+    let up3 = update("node@3");
+    killed_at_new_kernel(
+        &env,
+        &esp,
+        &up3.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    entries_boot_their_own_kernels(&esp, "update to 3 killed", true);
+    boot_and_bless();
+    assert_eq!(state(&env, &root)["current"]["number"], 3);
+    assert_eq!(entry_files(&esp), ["aurum-revision.conf"]);
+    assert_eq!(titled_number(&esp, "aurum-revision.conf"), "3");
+    entries_boot_their_own_kernels(&esp, "revision 3 blessed after the kill", false);
+
+    // A rollback copies the root's kernel again: killed while it does, the entry still boots
+    // revision 3's; run again, it boots revision 1's.
+    let back = ["rollback", "--root", r, "--server", &url, "--to", "node@1"];
+    killed_at_new_kernel(&env, &esp, &back);
+    entries_boot_their_own_kernels(&esp, "rollback to 1 killed", true);
+    env.ok(&back);
+    assert_eq!(state(&env, &root)["current"]["number"], 1);
+    assert_eq!(titled_number(&esp, "aurum-revision.conf"), "1");
+    entries_boot_their_own_kernels(&esp, "rollback to 1 run again", false);
 }
 
 /// The node's `/sbin/init`: network, `aurum boot`, `aurum health`, power off. A fallback

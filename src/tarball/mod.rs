@@ -365,6 +365,81 @@ pub fn import(
     Ok((rev, stats))
 }
 
+/// The importer as the fuzz target `tar_import` (tests/fuzz) drives it: not an interface for
+/// programs, and not kept stable.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::cell::RefCell;
+    use std::path::Path;
+
+    use crate::error::{IoContext, Result};
+    use crate::repo::{Lock, Repository, StoredManifest};
+
+    thread_local! {
+        /// The repository of this thread's inputs, and how many revisions it holds.
+        static REPO: RefCell<Option<(Repository, u32)>> = const { RefCell::new(None) };
+    }
+
+    /// Past this many revisions the repository is made anew, so that a long run does not
+    /// fill the disk.
+    const RENEW: u32 = 500;
+
+    /// What one input came to.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Outcome {
+        /// The importer refused it (most inputs).
+        Refused,
+        /// Imported, and checked out (`Ok`) or not (the error: a tree the filesystem here
+        /// cannot hold, such as an xattr it refuses, is no finding).
+        Imported(std::result::Result<(), String>),
+    }
+
+    /// Writes `data` to `dir/input` and imports it, as `aurum import` reads a file (a tar
+    /// stream, plain or compressed), into the repository `dir/repo` (made when absent) as a
+    /// revision of `fuzz`; when it is taken, checks the revision out into `dir/tree` as
+    /// `aurum checkout` does, and removes that again. Both write only under `dir`: the fuzz
+    /// target asserts it. An `Err` is a failure of this harness (no repository), not of the
+    /// input.
+    pub fn import_and_checkout(dir: &Path, data: &[u8]) -> Result<Outcome> {
+        let root = dir.join("repo");
+        let input = dir.join("input");
+        let tree = dir.join("tree");
+        REPO.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(_, n)| *n >= RENEW) {
+                *slot = None;
+                match std::fs::remove_dir_all(&root) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&root),
+                    _ => {}
+                }
+                std::fs::create_dir_all(&root).at(&root)?;
+                crate::repo::init(&root)?;
+                *slot = Some((Repository::open(&root, Lock::Exclusive)?, 0));
+            }
+            let Some((repo, count)) = slot.as_mut() else {
+                unreachable!("set above")
+            };
+            std::fs::write(&input, data).at(&input)?;
+            let rev = match super::import(repo, &input, "fuzz", "fuzz") {
+                Ok((rev, _)) => rev,
+                Err(_) => return Ok(Outcome::Refused),
+            };
+            *count += 1;
+            let manifest = StoredManifest { repo, id: rev.id };
+            let checked_out = repo.blobs().and_then(|blobs| {
+                crate::apply::checkout(&manifest, &blobs, &tree, &crate::progress::Quiet)
+            });
+            match std::fs::remove_dir_all(&tree) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&tree),
+                _ => {}
+            }
+            Ok(Outcome::Imported(
+                checked_out.map(|_| ()).map_err(|e| e.to_string()),
+            ))
+        })
+    }
+}
+
 /// Stores the data of file member `m` as getimage would; keeps a copy in `keep` when given
 /// (the archive's account files).
 fn store_file<R: Read>(

@@ -49,6 +49,7 @@ pub fn refs(data: &[u8]) {
     let _ = refs::decode_delta_list(data);
     let _ = aurum::format::signature::decode(data);
     let _ = aurum::format::signature::decode_template(data);
+    let _ = aurum::format::signature::decode_template_set(data);
 }
 
 /// What `aurum serve` reads from any client: reports, install phases, a bearer token, a
@@ -81,6 +82,54 @@ pub fn template(data: &[u8]) {
     }
 }
 
+/// A tar stream as `aurum import` reads one (from anyone: an archive downloaded, a vendor's
+/// image), imported into a repository in a directory of its own and checked out there. The
+/// importer and the checkout must write nothing outside that directory: after each input,
+/// the directory holds only its repository and input (the checkout, `work/tree`, is removed:
+/// a member that climbed out of it with `..` would be left beside them), the directory
+/// around it holds only it, and the working directory is as it was.
+pub fn tar_import(data: &[u8]) {
+    use aurum::tarball::fuzzing::import_and_checkout;
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    fn listing(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .expect("a directory")
+            .map(|e| e.expect("an entry").file_name())
+            .collect();
+        v.sort();
+        v
+    }
+    static DIRS: OnceLock<(PathBuf, PathBuf, Vec<std::ffi::OsString>)> = OnceLock::new();
+    let (outer, cwd, cwd_before) = DIRS.get_or_init(|| {
+        let outer = std::env::temp_dir().join(format!("aurum-fuzz-tar-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&outer);
+        std::fs::create_dir_all(outer.join("work")).expect("a directory");
+        let cwd = std::env::current_dir().expect("a working directory");
+        let before = listing(&cwd);
+        (outer, cwd, before)
+    });
+    let work = outer.join("work");
+    let outcome = import_and_checkout(&work, data).expect("the harness's repository");
+    assert_eq!(
+        listing(outer),
+        vec![std::ffi::OsString::from("work")],
+        "the importer or the checkout wrote beside its directory ({outcome:?})"
+    );
+    let mut inside = listing(&work);
+    inside.retain(|n| n != "input" && n != "repo");
+    assert!(
+        inside.is_empty(),
+        "the checkout wrote {inside:?} beside its tree in {} ({outcome:?})",
+        work.display()
+    );
+    assert_eq!(
+        &listing(cwd),
+        cwd_before,
+        "the importer or the checkout wrote into the working directory ({outcome:?})"
+    );
+}
+
 /// A target: a name and what it runs on one input.
 pub type Target = (&'static str, fn(&[u8]));
 
@@ -94,4 +143,5 @@ pub const ALL: &[Target] = &[
     ("report", report),
     ("node_state", node_state),
     ("template", template),
+    ("tar_import", tar_import),
 ];

@@ -95,6 +95,15 @@ fn every_parser_survives_mutated_inputs() {
             .unwrap_or_default(),
     ];
     files(&env.public(), &mut seeds);
+    // Real tar files (GNU, pax with xattrs, sparse, v7, compressed; members that try to
+    // climb out), for tar_import.
+    files(
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fuzz/corpus/tar_import"
+        )),
+        &mut seeds,
+    );
     files(&node.join("var/lib/aurum-node"), &mut seeds);
     let secs: u64 = std::env::var("AURUM_FUZZ_SECONDS")
         .ok()

@@ -105,6 +105,9 @@ want mcopy mtools
 # partition by grub-bios-setup (grub-pc-bin), the root's loop device found with findmnt.
 [ -e /usr/lib/grub/i386-pc/grub-bios-setup ] || need+=(grub-pc-bin)
 want findmnt util-linux
+# NFS roots (tests/it/diskless.rs): nfs-ganesha serves an exported revision with its VFS backend.
+want ganesha.nfsd nfs-ganesha
+compgen -G '/usr/lib/*/ganesha/libfsalvfs.so' >/dev/null || need+=(nfs-ganesha-vfs)
 want mkswap util-linux
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -58,6 +58,10 @@ pub enum RootFs {
     /// exported image (`aurum export --netroot`), mounts it read-only under a tmpfs overlay
     /// (`aurum boot-netroot` in the boot kit); a reboot is an update, or a rollback.
     Netroot,
+    /// Diskless on a read-only NFS root: every network boot mounts the revision's NFSv4
+    /// export (`aurum export --nfs`, served by nfs-ganesha) read-only under a tmpfs overlay
+    /// (`aurum boot-netroot` in the boot kit).
+    Nfs,
 }
 
 impl RootFs {
@@ -66,6 +70,7 @@ impl RootFs {
             RootFs::Disk => "disk",
             RootFs::Memory => "memory",
             RootFs::Netroot => "netroot",
+            RootFs::Nfs => "nfs",
         }
     }
 
@@ -79,8 +84,9 @@ impl RootFs {
             "disk" => Ok(RootFs::Disk),
             "memory" => Ok(RootFs::Memory),
             "netroot" => Ok(RootFs::Netroot),
+            "nfs" => Ok(RootFs::Nfs),
             _ => Err(invalid(format!(
-                "`{s}` is not a root filesystem: disk (installed), memory (diskless, in RAM) or netroot (diskless, a read-only network root under a tmpfs overlay)"
+                "`{s}` is not a root filesystem: disk (installed), memory (diskless, in RAM) netroot (diskless, a read-only network root image under a tmpfs overlay) or nfs (diskless, a read-only NFS root under a tmpfs overlay)"
             ))),
         }
     }
@@ -250,7 +256,7 @@ const CSV_COLUMNS: [&str; 12] = [
 
 /// Parses the CSV of `aurum node import`: a header line naming the columns (name,mac,ip,
 /// class,image,group and optionally bmc, bmc_protocol, bmc_user, bmc_password_file and
-/// bmc_ca_file, and rootfs (disk, memory or netroot), in any order; the two files as absolute paths), then one node a line. Empty fields
+/// bmc_ca_file, and rootfs (disk, memory, netroot or nfs), in any order; the two files as absolute paths), then one node a line. Empty fields
 /// are unset; blank lines and lines starting with `#` are skipped. Quoting is not supported
 /// (no field of a node needs a comma).
 pub fn parse_csv(text: &str, origin: &str) -> Result<Vec<NodeEntry>> {

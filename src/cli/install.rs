@@ -501,7 +501,10 @@ pub fn boot_memory(g: &Global, a: BootMemoryArgs) -> anyhow::Result<()> {
 /// record of its revision's image (published on the server with `aurum export REV --netroot`),
 /// mounts a tmpfs at --rw sized to the image plus --headroom, fetches the image into it whole
 /// (resuming a broken transfer; size and BLAKE3 hash checked), mounts it read-only and an
-/// overlay at --root whose writes go to the tmpfs. It records the revision in the node state
+/// overlay at --root whose writes go to the tmpfs. A node whose root is `nfs` (or given
+/// --nfs) mounts its revision's NFSv4 export instead (`aurum export REV --nfs`; the record
+/// says where, by default the server's host on port 2049), read-only with the kernel's
+/// client, under the same overlay; a node that trusts signing keys refuses an NFS root. It records the revision in the node state
 /// and lays the node's override images (`override`, `override.GROUP`, `override.NODE`) over it
 /// with the updateclient engine, so node-status, health and `updateclient --verify-local`
 /// work on the running node; then writes the node's identity as boot-memory does, mounts the
@@ -529,6 +532,11 @@ pub struct BootNetrootArgs {
     /// Room the running node may write (logs, /var, /tmp when not its own tmpfs), in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     headroom: u64,
+    /// Mount the revision's NFSv4 export (`aurum export REV --nfs` on the server) instead of
+    /// fetching its image, as for a node whose root is `nfs` in the node database (the kit
+    /// gives it for `aurum.rootfs=nfs`).
+    #[arg(long)]
+    nfs: bool,
     /// Do not send the phases to the server.
     #[arg(long)]
     no_report: bool,
@@ -558,7 +566,10 @@ pub fn boot_netroot(g: &Global, a: BootNetrootArgs) -> anyhow::Result<()> {
     let terminal = Terminal {
         no_progress: g.no_progress,
     };
-    let (me, answered) = memory::ask_identity(&opts)?;
+    let (mut me, answered) = memory::ask_identity(&opts)?;
+    if a.nfs {
+        me.rootfs = aurum::catalog::nodes::RootFs::Nfs;
+    }
     let r = if a.no_report {
         netroot::boot_netroot(&opts, &a.rw, &me, &terminal)?
     } else {
@@ -573,10 +584,15 @@ pub fn boot_netroot(g: &Global, a: BootNetrootArgs) -> anyhow::Result<()> {
         return print_json(&r);
     }
     println!(
-        "{} booted from a network root as {}: image {}, {} used of a {} tmpfs, {} fetched, {:.1} s",
+        "{} booted from a network root as {}: {} {}, {} used of a {} tmpfs, {} fetched, {:.1} s",
         r.revision,
         r.node,
-        human_bytes(r.image_bytes),
+        if r.source == "nfs" { "NFS" } else { "image" },
+        if r.source == "nfs" {
+            r.image.clone()
+        } else {
+            human_bytes(r.image_bytes)
+        },
         human_bytes(r.tmpfs_used),
         human_bytes(r.tmpfs_size),
         human_bytes(r.fetched_bytes),

@@ -245,5 +245,11 @@ pub fn gc(g: &Global, a: GcArgs) -> anyhow::Result<()> {
             r.netroot_images_deleted
         );
     }
+    if r.nfs_trees_deleted > 0 {
+        println!(
+            "{} NFS-exported trees of removed revisions deleted (reload nfs-ganesha)",
+            r.nfs_trees_deleted
+        );
+    }
     Ok(())
 }

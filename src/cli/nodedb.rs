@@ -17,8 +17,9 @@ use super::{human_time, open, print_json, Global};
 /// (address, protocol, user, password file: for `aurum power` and `aurum reinstall`). Names,
 /// MACs and IPs are unique. Each node also has a boot mode, `install` or
 /// `local`, switched by `aurum pxe netboot` and by a successful install, and a root: `disk`
-/// (installed), `memory` (diskless: every network boot lays its image into RAM) or `netroot`
-/// (diskless: every network boot mounts its image read-only, with a tmpfs for writes).
+/// (installed), `memory` (diskless: every network boot lays its image into RAM), `netroot`
+/// (diskless: every network boot mounts its image read-only, with a tmpfs for writes) or `nfs`
+/// (the same over NFS).
 #[derive(Args)]
 pub struct NodeArgs {
     #[command(subcommand)]
@@ -74,8 +75,10 @@ struct Fields {
     /// (diskless: every network boot fetches its image from the server into a tmpfs and runs
     /// from RAM; rebooting it is how it updates, and how it rolls back) or netroot (diskless:
     /// every network boot mounts its revision's image, published with `aurum export
-    /// --netroot`, read-only under a tmpfs overlay).
-    #[arg(long, value_name = "WHERE", value_parser = ["disk", "memory", "netroot"])]
+    /// --netroot`, read-only under a tmpfs overlay) or nfs (diskless: every network boot
+    /// mounts its revision's NFSv4 export, published with `aurum export --nfs` and served by
+    /// nfs-ganesha, read-only under a tmpfs overlay).
+    #[arg(long, value_name = "WHERE", value_parser = ["disk", "memory", "netroot", "nfs"])]
     rootfs: Option<String>,
 }
 
@@ -229,7 +232,7 @@ struct RmArgs {
 ///
 /// The first line names the columns, in any order: name,mac,ip,class,image,group (and
 /// optionally bmc, bmc_protocol, bmc_user, bmc_password_file, bmc_ca_file: the files as
-/// absolute paths; and rootfs: disk, memory or netroot); name and mac are required, empty fields are unset, lines starting with
+/// absolute paths; and rootfs: disk, memory, netroot or nfs); name and mac are required, empty fields are unset, lines starting with
 /// `#` are skipped. One bad line (or a duplicate name, MAC or IP) and nothing is added.
 #[derive(Args)]
 struct ImportArgs {
@@ -268,6 +271,7 @@ fn add(g: &Global, a: AddArgs) -> anyhow::Result<()> {
             RootFs::Memory => "diskless: every network boot runs its image in memory",
             RootFs::Netroot =>
                 "diskless: every network boot mounts its image read-only from the server",
+            RootFs::Nfs => "diskless: every network boot mounts its revision read-only over NFS",
             RootFs::Disk => "next network boot installs",
         }
     );
@@ -299,6 +303,7 @@ fn list(g: &Global, a: ListArgs) -> anyhow::Result<()> {
             match n.rootfs {
                 RootFs::Memory => "memory",
                 RootFs::Netroot => "netroot",
+                RootFs::Nfs => "nfs",
                 RootFs::Disk => n.boot.as_str(),
             },
             bmc_summary(&n),
@@ -354,6 +359,7 @@ fn show(g: &Global, a: ShowArgs) -> anyhow::Result<()> {
         match (n.rootfs, n.boot) {
             (RootFs::Memory, _) => "memory (diskless: every network boot runs its image from RAM)",
             (RootFs::Netroot, _) => "netroot (diskless: every network boot mounts its image read-only, writes go to RAM)",
+            (RootFs::Nfs, _) => "nfs (diskless: every network boot mounts its revision read-only over NFS, writes go to RAM)",
             (_, Boot::Install) => "install (the next network boot installs it)",
             (_, Boot::Local) => "local (network boots go on to the local disk)",
         }

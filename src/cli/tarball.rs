@@ -25,6 +25,13 @@ use super::{human_bytes, open, Global};
 /// serves it; a node boots it read-only with a tmpfs overlay for its writes, and lays its
 /// overrides over it at boot. Export every revision netroot nodes are to boot. `-o FILE.erofs`
 /// writes such an image elsewhere, without publishing it.
+///
+/// With --nfs the revision is published for diskless nodes whose root is `nfs`: a checkout
+/// (every blob verified; owners, modes, xattrs, hardlinks, nanosecond mtimes) in the
+/// repository's nfsroot/ID/, which nfs-ganesha (FSAL VFS, read-only, NFSv4, no root squash)
+/// exports to every node of the revision; nfsroot/ganesha-exports.conf holds an EXPORT block
+/// per exported revision. A node mounts its revision read-only with a tmpfs overlay for its
+/// writes. Run as root.
 #[derive(Args)]
 pub struct ExportArgs {
     /// The revision.
@@ -35,17 +42,29 @@ pub struct ExportArgs {
         short,
         long,
         value_name = "FILE",
-        required_unless_present = "netroot",
-        conflicts_with = "netroot"
+        required_unless_present_any = ["netroot", "nfs"],
+        conflicts_with_all = ["netroot", "nfs"]
     )]
     output: Option<PathBuf>,
     /// Publish the revision as an EROFS image for netroot nodes, in the repository's
     /// public/netroot/, where `aurum serve` serves it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nfs")]
     netroot: bool,
+    /// Publish the revision for nfs nodes: a checkout in the repository's nfsroot/ID/ (mode
+    /// 0700: for the NFS server alone), its record in public/netroot/ID.nfs.json, and an
+    /// EXPORT block for nfs-ganesha in nfsroot/ganesha-exports.conf (every exported revision;
+    /// `%include` it in ganesha.conf and reload nfs-ganesha). A revision exported before keeps
+    /// its tree; its record is written again.
+    #[arg(long)]
+    nfs: bool,
+    /// Where nodes mount the NFS exports from: HOST, HOST:PORT or :PORT. Default: the host
+    /// of the aurum server the node boots from, port 2049.
+    #[arg(long, value_name = "HOST[:PORT]", requires = "nfs")]
+    nfs_server: Option<String>,
     /// Print JSON: the revision ({"revision", "image", "number", "id"}), "output", "bytes"
     /// and "warnings" (not with `-o -`); for an image also "blake3", "entries",
-    /// "tree_bytes" and "seconds".
+    /// "tree_bytes" and "seconds"; with --nfs "path", "pseudo", "server", "export_id",
+    /// "entries", "tree_bytes", "ganesha_config", "ganesha_block", "reused" and "seconds".
     #[arg(long)]
     json: bool,
 }
@@ -79,6 +98,51 @@ fn export_image(g: &Global, a: &ExportArgs) -> anyhow::Result<()> {
         r.info.entries,
         human_bytes(r.info.tree_bytes),
         r.seconds
+    );
+    Ok(())
+}
+
+/// `export --nfs`.
+fn export_nfs(g: &Global, a: &ExportArgs) -> anyhow::Result<()> {
+    let repo = open(g)?;
+    let rev = repo.resolve(&a.rev)?;
+    let progress = g.progress();
+    let r = aurum::netboot::netroot::export_nfs(
+        &repo,
+        &rev,
+        a.nfs_server.as_deref(),
+        progress.as_ref(),
+    )?;
+    if a.json {
+        let mut v = super::revision_json(&rev);
+        let mut rec = serde_json::to_value(&r)?;
+        if let (Some(o), Some(rec)) = (v.as_object_mut(), rec.as_object_mut()) {
+            // The revision's "id" is the record's too.
+            rec.remove("id");
+            o.append(rec);
+        }
+        return super::print_json(&v);
+    }
+    for w in &r.warnings {
+        super::warning(w);
+    }
+    super::say!(
+        "{} {} -> {} ({} entries, {} of files, {:.1} s{})",
+        rev.name(),
+        rev.id.short(),
+        r.record.path,
+        r.record.entries,
+        human_bytes(r.record.tree_bytes),
+        r.seconds,
+        if r.reused { ", exported before" } else { "" }
+    );
+    super::say!(
+        "NFSv4 export {} (Export_Id {}), nodes mount it from {}; EXPORT blocks of every exported revision in {}: `%include \"{}\"` in ganesha.conf (NFSV4 {{ Only_Numeric_Owners = true; }}) and reload nfs-ganesha",
+        r.record.pseudo,
+        r.record.export_id,
+        r.record.server.as_deref().unwrap_or("the aurum server's host, port 2049"),
+        r.ganesha_config.display(),
+        r.ganesha_config.display()
     );
     Ok(())
 }
@@ -118,6 +182,9 @@ pub fn export(g: &Global, a: ExportArgs) -> anyhow::Result<()> {
         .output
         .as_ref()
         .is_some_and(|o| o.extension().is_some_and(|e| e == "erofs"));
+    if a.nfs {
+        return export_nfs(g, &a);
+    }
     if a.netroot || image {
         return export_image(g, &a);
     }

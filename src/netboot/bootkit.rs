@@ -67,6 +67,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "loop",
     "erofs",
     "overlay",
+    // An nfs node's root: the kernel's NFSv4 client (nfs, sunrpc and the rest come as its
+    // dependencies).
+    "nfsv4",
 ];
 
 /// Programs `aurum install` runs that busybox lacks or does differently (util-linux's blkid
@@ -552,11 +555,12 @@ exit 0
 const INIT: &str = r#"#!/bin/sh
 # aurum boot kit: install this node from aurum serve, then reboot or power off; or, with
 # aurum.rootfs=memory, boot its revision into memory (diskless) and switch root into it; with
-# aurum.rootfs=netroot, mount its revision's image read-only under a tmpfs overlay.
+# aurum.rootfs=netroot, mount its revision's image read-only under a tmpfs overlay; with
+# aurum.rootfs=nfs, the same with its revision's NFS export.
 # Kernel command line: aurum.server=URL aurum.node=NAME aurum.image=REF [aurum.class=CLASS]
 # [aurum.group=GROUP] [aurum.disk=DEV|auto] [aurum.done=reboot|poweroff|shell]
 # [aurum.token=TOKEN] (the node's token for its phase reports; aurum serve's boot script has it)
-# Diskless: aurum.server=URL aurum.rootfs=memory|netroot [init=PATH] [aurum.failover=URL[,URL...]]
+# Diskless: aurum.server=URL aurum.rootfs=memory|netroot|nfs [init=PATH] [aurum.failover=URL[,URL...]]
 # [aurum.proxy=URL] [aurum.jitter=SECONDS] (other servers or cache tiers tried when the first
 # fails; the HTTP proxy; the window of the random delay before the fetch)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -604,7 +608,7 @@ for try in 1 2 3 4 5; do
 done
 [ -n "$up" ] || rescue "no DHCP answer on any interface"
 
-if [ "$ROOTFS" = memory ] || [ "$ROOTFS" = netroot ]; then
+if [ "$ROOTFS" = memory ] || [ "$ROOTFS" = netroot ] || [ "$ROOTFS" = nfs ]; then
     # Diskless: the server says which revision this MAC boots; it goes into a tmpfs
     # (memory), or its image is mounted read-only under an overlay whose writes go to a
     # tmpfs on /run (netroot).
@@ -615,6 +619,10 @@ if [ "$ROOTFS" = memory ] || [ "$ROOTFS" = netroot ]; then
         say "booting into memory from $SERVER as $MAC"
         set -- boot-memory --root /newroot
         WHERE="the tmpfs"
+    elif [ "$ROOTFS" = nfs ]; then
+        say "booting from an NFS root from $SERVER as $MAC"
+        set -- boot-netroot --nfs --root /newroot --rw /run
+        WHERE="the overlay"
     else
         say "booting from a network root from $SERVER as $MAC"
         set -- boot-netroot --root /newroot --rw /run
@@ -641,7 +649,7 @@ if [ "$ROOTFS" = memory ] || [ "$ROOTFS" = netroot ]; then
     [ -n "$INIT" ] || rescue "the image has no /sbin/init nor systemd: give init=PATH"
     for d in dev proc sys; do mkdir -p "/newroot/$d"; mount --move "/$d" "/newroot/$d"; done
     # The netroot tmpfs (image, overlay layers) goes along; systemd keeps a mounted /run.
-    if [ "$ROOTFS" = netroot ]; then mkdir -p /newroot/run; mount --move /run /newroot/run; fi
+    if [ "$ROOTFS" != memory ]; then mkdir -p /newroot/run; mount --move /run /newroot/run; fi
     say "switching root to $WHERE: $INIT"
     exec switch_root /newroot "$INIT"
 fi

@@ -41,9 +41,12 @@ use serde::Serialize;
 use crate::apply::node::{HistoryEntry, Node, RevRef};
 use crate::apply::overrides;
 use crate::apply::source::{HttpRepo, RevisionSource};
+use crate::catalog::nodes::RootFs;
 use crate::devices::Mount;
 use crate::error::{invalid, Error, IoContext, Result};
-use crate::format::netroot::{image_path, info_path, ImageFormat, ImageInfo};
+use crate::format::netroot::{
+    image_path, info_path, nfs_info_path, nfs_pseudo, ImageFormat, ImageInfo, NfsExport, NFS_DIR,
+};
 use crate::format::report::NodeAction;
 use crate::install::{Phase, Reporter};
 use crate::netboot::memory::{self, BootIdentity, MemoryOptions};
@@ -149,6 +152,129 @@ pub fn export(
     })
 }
 
+/// What an NFS export wrote.
+#[derive(Debug, Serialize)]
+pub struct NfsExportReport {
+    #[serde(flatten)]
+    pub record: NfsExport,
+    /// The file of ganesha EXPORT blocks, one per exported revision, to `%include`.
+    pub ganesha_config: PathBuf,
+    /// The revision's EXPORT block (as in that file).
+    pub ganesha_block: String,
+    /// The tree was there already (exported before): only the record was written.
+    pub reused: bool,
+    pub seconds: f64,
+    pub warnings: Vec<String>,
+}
+
+/// The first ganesha `Export_Id` aurum gives; its exports count up from here.
+pub const FIRST_EXPORT_ID: u16 = 1000;
+
+/// Publishes revision `rev` for nodes whose root is `nfs`: a verified checkout in
+/// `nfsroot/ID/` (owners, modes, xattrs, hardlinks, nanosecond mtimes as the revision has
+/// them; built in the repository's `tmp/` and renamed into place, so a killed export leaves
+/// no partial tree under the real name), its record `public/netroot/ID.nfs.json` (where nodes
+/// mount it from), and `nfsroot/ganesha-exports.conf` with an EXPORT block for every exported
+/// revision. `server` is where nodes reach the NFS server (`HOST[:PORT]`), when it is not
+/// the aurum server's host on port 2049. A revision exported before keeps its tree and
+/// Export_Id; its record is written again.
+pub fn export_nfs(
+    repo: &Repository,
+    rev: &crate::catalog::Revision,
+    server: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<NfsExportReport> {
+    use std::os::unix::fs::PermissionsExt;
+    let started = Instant::now();
+    if let Some(s) = server {
+        if s.is_empty() || s.contains(['/', ' ', '"', '\n']) {
+            return Err(invalid(format!(
+                "--nfs-server `{s}` is not HOST, HOST:PORT or :PORT"
+            )));
+        }
+        // A port must be a port.
+        nfs_host_port("http://localhost", Some(s))?;
+    }
+    let id = rev.id.hex();
+    let dir = repo.root.join(NFS_DIR);
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    // The trees hold every file of the revision, /etc/shadow included: for root (the NFS
+    // server) alone.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).at(&dir)?;
+    let path = dir.join(&id);
+    let path_str = path
+        .to_str()
+        .filter(|p| !p.contains(['"', '\n']))
+        .ok_or_else(|| {
+            invalid(format!(
+            "{} cannot be named in ganesha's configuration: move the repository to a plainer path",
+            path.display()
+        ))
+        })?;
+    let mut warnings = Vec::new();
+    let reused = path.is_dir();
+    let (entries, tree_bytes) = if reused {
+        let old = published_nfs(&repo.root, &id)?;
+        match old {
+            Some(r) => (r.entries, r.tree_bytes),
+            // A tree whose record was lost: the catalog's counts.
+            None => (rev.files, rev.bytes),
+        }
+    } else {
+        let tmp_root = repo.root.join("tmp");
+        std::fs::create_dir_all(&tmp_root).at(&tmp_root)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("nfsroot.")
+            .tempdir_in(&tmp_root)
+            .at(&tmp_root)?;
+        let tree = tmp.path().join("tree");
+        let manifest = crate::repo::StoredManifest { repo, id: rev.id };
+        let checkout = crate::apply::checkout(&manifest, &repo.blobs()?, &tree, progress)?;
+        warnings = checkout.warnings;
+        std::fs::rename(&tree, &path).at(&path)?;
+        crate::sys::sync_dir(&dir)?;
+        (checkout.entries, checkout.bytes)
+    };
+    let records = crate::repo::publish::nfs_records(&repo.root)?;
+    let export_id = match records.iter().find(|r| r.id == id) {
+        Some(r) => r.export_id,
+        None => (FIRST_EXPORT_ID..=u16::MAX)
+            .find(|n| records.iter().all(|r| r.export_id != *n))
+            .ok_or_else(|| invalid("every ganesha Export_Id from 1000 up is taken: delete old revisions (`aurum gc`)"))?,
+    };
+    let record = NfsExport {
+        id: id.clone(),
+        server: server.map(str::to_string),
+        pseudo: nfs_pseudo(&id),
+        path: path_str.to_string(),
+        export_id,
+        entries,
+        tree_bytes,
+    };
+    let p = crate::store::published(&repo.root).join(nfs_info_path(&id));
+    crate::store::create_public_dir(&repo.root, p.parent().expect("under netroot/"))?;
+    crate::store::write_atomic(&repo.root, &p, &record.encode())?;
+    let ganesha_config = crate::repo::publish::write_ganesha_exports(&repo.root)?;
+    Ok(NfsExportReport {
+        ganesha_block: record.ganesha_block(),
+        record,
+        ganesha_config,
+        reused,
+        seconds: started.elapsed().as_secs_f64(),
+        warnings,
+    })
+}
+
+/// The NFS export record of revision `id_hex`, when [`export_nfs`] wrote one.
+pub fn published_nfs(root: &Path, id_hex: &str) -> Result<Option<NfsExport>> {
+    let p = crate::store::published(root).join(nfs_info_path(id_hex));
+    match std::fs::read(&p) {
+        Ok(b) => NfsExport::decode(&b, &p.display().to_string()).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).at(&p),
+    }
+}
+
 /// Size and BLAKE3 (hex) of a file.
 fn hash_file(p: &Path) -> Result<(u64, String)> {
     let mut f = std::fs::File::open(p).at(p)?;
@@ -165,7 +291,10 @@ pub struct NetrootReport {
     pub revision: String,
     pub id: String,
     pub overrides: Vec<String>,
-    /// The image fetched, and its size.
+    /// Where the read-only root came from: `erofs` (an image fetched whole) or `nfs`.
+    pub source: &'static str,
+    /// The image fetched (`netroot/ID.erofs`), or the NFS export mounted
+    /// (`10.0.2.2:/aurum/ID`), and the image's size (0 for NFS).
     pub image: String,
     pub image_bytes: u64,
     /// Bytes received from the server (the image, manifests, override packs).
@@ -193,6 +322,17 @@ pub fn boot_netroot(
     reporter: &dyn Reporter,
 ) -> Result<NetrootReport> {
     let started = Instant::now();
+    // An NFS root is read file by file as the node runs: nothing checks it against the signed
+    // revision, so a node that trusts keys does not take one. Refused before anything is
+    // fetched or mounted.
+    if me.rootfs == RootFs::Nfs && !o.policy.keys.is_empty() {
+        let e = Error::Untrusted(format!(
+            "refusing to boot {} from an NFS root: this node trusts signing keys, and what an NFS server hands out file by file is not checked against the revision's signature. Boot the node into memory (`aurum node set {} --rootfs memory`), which checks every byte against the signed revision, or remove trusted-keys from the boot kit's node.toml",
+            me.revision, me.node
+        ));
+        reporter.report(Phase::Failed(e.to_string()));
+        return Err(e);
+    }
     // The image's record is not signed: nothing ties its bytes to the revision's signature,
     // so a node that trusts keys would take any image a hostile server or a man in the middle
     // hands it under a signed revision's name. Refused before anything is fetched or mounted.
@@ -218,9 +358,10 @@ pub fn boot_netroot(
     });
     match &r {
         Ok(rep) => reporter.report(Phase::Done(format!(
-            "{} from a network root: image {} MiB, {} MiB of a {} MiB tmpfs used, {} MiB fetched, {:.1} s",
+            "{} from a network root: {} {}, {} MiB of a {} MiB tmpfs used, {} MiB fetched, {:.1} s",
             rep.revision,
-            rep.image_bytes >> 20,
+            rep.source,
+            rep.image,
             rep.tmpfs_used >> 20,
             rep.tmpfs_size >> 20,
             rep.fetched_bytes >> 20,
@@ -243,47 +384,36 @@ fn boot_inner(
     let target = memory::resolve_target(source, me, &o.servers.join(", "))?;
     reporter.report(Phase::Revision(target.name()));
     let id = target.id.hex();
-    let info = match http.get(&info_path(&id, ImageFormat::Erofs)) {
-        Ok(b) => ImageInfo::decode(&b, &info_path(&id, ImageFormat::Erofs))?,
-        Err(Error::NotFound(_)) => {
-            return Err(Error::NotFound(format!(
-                "{} has no network-root image on {}: publish one on the server with `aurum export {} --netroot`",
-                target.name(),
-                http.base(),
-                me.revision
-            )))
-        }
-        Err(e) => return Err(e),
+    let lower_src = match me.rootfs {
+        RootFs::Nfs => Lower::Nfs(nfs_record(http, &target.name(), &id, &me.revision)?),
+        _ => Lower::Image(image_record(http, &target.name(), &id, &me.revision)?),
     };
-    if info.id != id {
-        return Err(Error::Remote(format!(
-            "{}'s image record names revision {}, not {id}: export it again with `aurum export {} --netroot`",
-            target.name(),
-            info.id,
-            me.revision
-        )));
-    }
     let image_manifest = source.manifest(&target.id)?;
     let follow = overrides::names(me.group.as_deref(), &me.node);
     let (manifest, overlay) =
         overrides::for_node(source, image_manifest.clone(), follow.clone(), &[])?;
+    // The tmpfs holds the image (when there is one) and what the node writes.
+    let image_bytes = match &lower_src {
+        Lower::Image(info) => info.bytes,
+        Lower::Nfs(_) => 0,
+    };
     let size = match o.size {
-        Some(s) if s < info.bytes => {
+        Some(s) if s < image_bytes => {
             return Err(invalid(format!(
             "--size {} MiB is smaller than the image ({} MiB): give a larger size or leave it out",
             s >> 20,
-            info.bytes.div_ceil(1 << 20)
+            image_bytes.div_ceil(1 << 20)
         )))
         }
         Some(s) => s,
-        None => (info.bytes + o.headroom).div_ceil(1 << 20) << 20,
+        None => (image_bytes + o.headroom).div_ceil(1 << 20) << 20,
     };
     if let Some(total) = memory::mem_total() {
-        if info.bytes + (64 << 20) > total {
+        if image_bytes + (64 << 20) > total {
             return Err(invalid(format!(
-                "{}'s image is {} MiB and this node has {} MiB of memory in all: give it more memory, or boot it from its disk",
+                "{}'s image is {} MiB and this node has {} MiB of memory in all: give it more memory, boot it from NFS (`--rootfs nfs`) or from its disk",
                 target.name(),
-                info.bytes.div_ceil(1 << 20),
+                image_bytes.div_ceil(1 << 20),
                 total >> 20
             )));
         }
@@ -299,14 +429,20 @@ fn boot_inner(
     for d in ["lower", "upper", "work"] {
         std::fs::create_dir_all(work.join(d)).at(work.join(d))?;
     }
-    let file = work.join(format!("{id}.{}", info.format.as_str()));
-    fetch_image(http, &info, &file, reporter)?;
-    let lower = Mount::new(
-        &file,
-        &work.join("lower"),
-        Some(info.format.as_str()),
-        "ro,loop",
-    )?;
+    let (lower, image_name) = match &lower_src {
+        Lower::Image(info) => {
+            let file = work.join(format!("{id}.{}", info.format.as_str()));
+            fetch_image(http, info, &file, reporter)?;
+            let m = Mount::new(
+                &file,
+                &work.join("lower"),
+                Some(info.format.as_str()),
+                "ro,loop",
+            )?;
+            (m, info.path.clone())
+        }
+        Lower::Nfs(rec) => mount_nfs(http.base(), rec, &work.join("lower"))?,
+    };
     let root = Mount::new(
         Path::new("overlay"),
         &o.root,
@@ -331,7 +467,7 @@ fn boot_inner(
             from: None,
             to: id.clone(),
             result: "ok".into(),
-            bytes_fetched: info.bytes,
+            bytes_fetched: image_bytes,
             seconds: started.elapsed().as_secs_f64(),
         });
         node.save_state(&state)?;
@@ -369,8 +505,12 @@ fn boot_inner(
         revision: target.name(),
         id,
         overrides: laid,
-        image: info.path.clone(),
-        image_bytes: info.bytes,
+        source: match lower_src {
+            Lower::Image(_) => "erofs",
+            Lower::Nfs(_) => "nfs",
+        },
+        image: image_name,
+        image_bytes,
         fetched_bytes: http.bytes_received() + source.bytes_received(),
         tmpfs_size: size,
         tmpfs_used: used,
@@ -380,6 +520,137 @@ fn boot_inner(
         seconds: started.elapsed().as_secs_f64(),
         warnings,
     })
+}
+
+/// Where a network root's read-only lower layer comes from.
+enum Lower {
+    /// An EROFS image fetched whole into the tmpfs and loop-mounted.
+    Image(ImageInfo),
+    /// An NFSv4 export of the revision's tree, mounted read-only.
+    Nfs(NfsExport),
+}
+
+/// The record of revision `id`'s image on the server.
+fn image_record(http: &HttpRepo, name: &str, id: &str, asked: &str) -> Result<ImageInfo> {
+    let info = match http.get(&info_path(id, ImageFormat::Erofs)) {
+        Ok(b) => ImageInfo::decode(&b, &info_path(id, ImageFormat::Erofs))?,
+        Err(Error::NotFound(_)) => {
+            return Err(Error::NotFound(format!(
+                "{name} has no network-root image on {}: publish one on the server with `aurum export {asked} --netroot`",
+                http.base(),
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    if info.id != id {
+        return Err(Error::Remote(format!(
+            "{name}'s image record names revision {}, not {id}: export it again with `aurum export {asked} --netroot`",
+            info.id,
+        )));
+    }
+    Ok(info)
+}
+
+/// The record of revision `id`'s NFS export on the server.
+fn nfs_record(http: &HttpRepo, name: &str, id: &str, asked: &str) -> Result<NfsExport> {
+    let rec = match http.get(&nfs_info_path(id)) {
+        Ok(b) => NfsExport::decode(&b, &nfs_info_path(id))?,
+        Err(Error::NotFound(_)) => {
+            return Err(Error::NotFound(format!(
+                "{name} is not exported over NFS by {}: export it on the server with `aurum export {asked} --nfs` and reload nfs-ganesha",
+                http.base(),
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    if rec.id != id || rec.pseudo != nfs_pseudo(id) {
+        return Err(Error::Remote(format!(
+            "{name}'s NFS export record names revision {} at {}, not {id}: export it again with `aurum export {asked} --nfs`",
+            rec.id, rec.pseudo
+        )));
+    }
+    Ok(rec)
+}
+
+/// The NFS server's address and port: the record's `HOST[:PORT]` (either part may be left
+/// out), the host of the aurum server `base` (`http://HOST:PORT`) otherwise, port 2049 by
+/// default. The kernel's NFS client takes an address, not a name: a name is resolved here.
+fn nfs_address(base: &str, server: Option<&str>) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let (host, port) = nfs_host_port(base, server)?;
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| Error::NotFound(format!("the NFS server {host}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::NotFound(format!("the NFS server {host} has no address")))
+}
+
+/// The host and port of [`nfs_address`], not resolved.
+fn nfs_host_port(base: &str, server: Option<&str>) -> Result<(String, u16)> {
+    // `HOST`, `HOST:PORT`, `[V6]:PORT`, `V6` (more than one colon, no brackets).
+    fn split(s: &str) -> (&str, Option<&str>) {
+        if let Some(rest) = s.strip_prefix('[') {
+            return match rest.split_once(']') {
+                Some((h, p)) => (h, p.strip_prefix(':')),
+                None => (rest, None),
+            };
+        }
+        match s.split_once(':') {
+            Some((h, p)) if !p.contains(':') => (h, Some(p)),
+            _ => (s, None),
+        }
+    }
+    let authority = base
+        .split_once("://")
+        .map_or(base, |(_, r)| r)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let (base_host, _) = split(authority);
+    let (host, port) = split(server.unwrap_or(""));
+    let host = if host.is_empty() { base_host } else { host };
+    let port: u16 = match port {
+        None | Some("") => 2049,
+        Some(p) => p.parse().map_err(|_| {
+            invalid(format!(
+                "`{p}` in the NFS export record's server is not a port: export it again with `--nfs-server HOST[:PORT]`"
+            ))
+        })?,
+    };
+    Ok((host.to_string(), port))
+}
+
+/// Mounts the NFSv4 export `rec` read-only at `at`, with the kernel's client and no
+/// mount.nfs (the kit has none): the server's address goes in `addr=`. NFSv4.2 first (it
+/// carries extended attributes), else NFSv4.1. The tree of a revision never changes, so
+/// attributes are cached long and not revalidated at every open (`nocto`). Returns the mount
+/// and `ADDR:/PSEUDO`.
+fn mount_nfs(base: &str, rec: &NfsExport, at: &Path) -> Result<(Mount, String)> {
+    let addr = nfs_address(base, rec.server.as_deref())?;
+    let ip = addr.ip().to_string();
+    let what = match addr {
+        std::net::SocketAddr::V4(_) => format!("{ip}:{}", rec.pseudo),
+        std::net::SocketAddr::V6(_) => format!("[{ip}]:{}", rec.pseudo),
+    };
+    let mut last = None;
+    for vers in ["4.2", "4.1"] {
+        let options = format!(
+            "ro,vers={vers},addr={ip},port={},proto=tcp,sec=sys,hard,timeo=600,nocto,actimeo=3600",
+            addr.port()
+        );
+        match Mount::new(Path::new(&what), at, Some("nfs4"), &options) {
+            Ok(m) => {
+                log::info!("mounted {what} (NFS {vers}) on {}", at.display());
+                return Ok((m, what));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Tool(format!(
+        "mounting the NFS export {what} (port {}): {}; is nfs-ganesha running there with `aurum export --nfs`'s exports, and does the boot kit load nfsv4?",
+        addr.port(),
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
 }
 
 /// Mounts the node's persistent filesystems, listed in fstab(5) form in [`PERSIST_FSTAB`]

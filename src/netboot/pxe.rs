@@ -291,7 +291,7 @@ pub fn install_args(n: &NodeEntry, server: &str, append: &str) -> String {
 }
 
 /// The kernel command line of a diskless boot: the kit's arguments, the server and
-/// `aurum.rootfs=memory` or `aurum.rootfs=netroot`. The node's name, revision and group are not on it: the kit asks the
+/// `aurum.rootfs=memory`, `aurum.rootfs=netroot` or `aurum.rootfs=nfs`. The node's name, revision and group are not on it: the kit asks the
 /// server by MAC at boot (`/api/v1/boot/MAC`), so the node database decides at that moment.
 /// `aurum.done=` of the kit's arguments is for installs and is left out.
 pub fn memory_args(n: &NodeEntry, server: &str, append: &str) -> String {
@@ -312,6 +312,7 @@ pub fn memory_args(n: &NodeEntry, server: &str, append: &str) -> String {
 fn diskless_how(r: RootFs) -> &'static str {
     match r {
         RootFs::Netroot => "from a read-only network root",
+        RootFs::Nfs => "from a read-only NFS root",
         _ => "into memory",
     }
 }

@@ -37,6 +37,8 @@ pub struct GcReport {
     pub deltas_deleted: u64,
     /// Network-root images (`export --netroot`) of revisions that are gone.
     pub netroot_images_deleted: u64,
+    /// NFS-exported trees (`export --nfs`) of revisions that are gone.
+    pub nfs_trees_deleted: u64,
     pub bytes_freed: u64,
     pub dry_run: bool,
 }
@@ -170,6 +172,30 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
             if !dry_run {
                 fs::remove_file(f.path()).at(f.path())?;
             }
+        }
+    }
+    // NFS-exported trees of revisions that are gone (their records went above), and the
+    // ganesha EXPORT blocks written again without them.
+    let nfs = repo.root.join(crate::format::netroot::NFS_DIR);
+    if let Ok(dirs) = fs::read_dir(&nfs) {
+        let mut gone = false;
+        for d in dirs {
+            let d = d.at(&nfs)?;
+            let name = d.file_name().to_string_lossy().into_owned();
+            let Some(id) = Id::from_hex(&name) else {
+                continue;
+            };
+            if revisions.contains(&id) {
+                continue;
+            }
+            report.nfs_trees_deleted += 1;
+            gone = true;
+            if !dry_run {
+                fs::remove_dir_all(d.path()).at(d.path())?;
+            }
+        }
+        if gone && !dry_run {
+            crate::repo::publish::write_ganesha_exports(&repo.root)?;
         }
     }
     // Cached deltas whose target is gone (a blob or a manifest no revision uses).

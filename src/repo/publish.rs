@@ -603,6 +603,57 @@ fn set_aside(root: &Path, path: &Path) -> Result<()> {
     sync_dir(&dir)
 }
 
+/// Every NFS export record in `public/netroot/`, by Export_Id.
+pub fn nfs_records(root: &Path) -> Result<Vec<crate::format::netroot::NfsExport>> {
+    let d = crate::store::published(root).join(crate::format::netroot::DIR);
+    let mut v = Vec::new();
+    let Ok(files) = fs::read_dir(&d) else {
+        return Ok(v);
+    };
+    for f in files {
+        let f = f.at(&d)?;
+        if f.file_name().to_string_lossy().ends_with(".nfs.json") {
+            let b = fs::read(f.path()).at(f.path())?;
+            v.push(crate::format::netroot::NfsExport::decode(
+                &b,
+                &f.path().display().to_string(),
+            )?);
+        }
+    }
+    v.sort_by_key(|r| r.export_id);
+    Ok(v)
+}
+
+/// Writes `nfsroot/ganesha-exports.conf` from the records: an EXPORT block for every exported
+/// revision whose tree is there. Returns its path.
+pub fn write_ganesha_exports(root: &Path) -> Result<PathBuf> {
+    let mut text = String::from(
+        "# Written by aurum (`aurum export REV --nfs`, `aurum gc`): one EXPORT per exported revision.\n\
+         # Include it in ganesha.conf (%include this file), whose NFSV4 block must say\n\
+         # `Only_Numeric_Owners = true;` (nodes have no idmapper), and reload nfs-ganesha.\n\n",
+    );
+    for r in nfs_records(root)? {
+        if std::path::Path::new(&r.path).is_dir() {
+            text.push_str(&r.ganesha_block());
+            text.push('\n');
+        }
+    }
+    // Written beside itself and renamed (not through write_atomic, which would make the
+    // directory public: it is root's alone).
+    let dir = root.join(crate::format::netroot::NFS_DIR);
+    let p = dir.join(crate::format::netroot::GANESHA_EXPORTS);
+    fs::create_dir_all(&dir).at(&dir)?;
+    let mut f = tempfile::NamedTempFile::new_in(&dir).at(&dir)?;
+    std::io::Write::write_all(&mut f, text.as_bytes()).at(f.path())?;
+    f.as_file().sync_all().at(f.path())?;
+    f.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .at(f.path())?;
+    f.persist(&p).map_err(|e| e.error).at(&p)?;
+    crate::sys::sync_dir(&dir)?;
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

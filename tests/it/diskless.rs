@@ -45,6 +45,17 @@ echo "AURUM-CHECK: verify rc=$?, up $(cut -d' ' -f1 /proc/uptime) s"
 echo AURUM-PLAN-BEGIN
 cat /run/plan.json
 echo AURUM-PLAN-END
+# An NFS root: what went over the wire (per-operation RPC bytes of the mount), and a write
+# that must land in the tmpfs upper layer, not on the server.
+if grep -q ' /run/aurum-netroot/lower nfs4 ' /proc/mounts; then
+    awk '/^device /{f=($0 ~ /fstype nfs4/)}
+         f && $1 == "bytes:" {d=$6}
+         f && $1 ~ /^[A-Z_0-9]+:$/ && NF >= 9 {s+=$5; r+=$6; n+=$2}
+         END{print "AURUM-CHECK: nfs received " r " bytes, sent " s " bytes in " n " calls, file data " d " bytes"}' \
+        /proc/self/mountstats
+    echo "written on $(hostname)" > /root/nfs-write
+    echo "AURUM-CHECK: nfs write in upper $(cat /run/aurum-netroot/upper/root/nfs-write), lower $(cat /run/aurum-netroot/lower/root/nfs-write 2>&1 | head -c 60)"
+fi
 systemctl poweroff
 "#;
 
@@ -186,6 +197,9 @@ enum Root {
     /// `--rootfs netroot`: the revision's EROFS image under a tmpfs overlay, and a persistent
     /// filesystem on a second disk.
     Netroot,
+    /// `--rootfs nfs`: the revision's NFSv4 export from nfs-ganesha on the host, under a tmpfs
+    /// overlay, and the same persistent filesystem.
+    Nfs,
 }
 
 fn boot_into_memory(uefi: bool) {
@@ -215,6 +229,9 @@ fn boot_diskless(uefi: bool, how: Root) {
         ));
         return;
     }
+    if how == Root::Nfs && !need_ganesha() {
+        return;
+    }
     if uefi && !Path::new(OVMF_CODE).exists() {
         skip(&format!(
             "the UEFI diskless test needs {OVMF_CODE} (package ovmf)"
@@ -238,6 +255,7 @@ fn boot_diskless(uefi: bool, how: Root) {
     let (rootfs, root_fs, switched) = match how {
         Root::Memory => ("memory", "tmpfs", "switching root to the tmpfs"),
         Root::Netroot => ("netroot", "overlayfs", "switching root to the overlay"),
+        Root::Nfs => ("nfs", "overlayfs", "switching root to the overlay"),
     };
     // A network root's persistent filesystem: a second disk, by label, with a file from "the
     // last boot".
@@ -245,7 +263,7 @@ fn boot_diskless(uefi: bool, how: Root) {
     let persist_list = "LABEL=vm1-state /var/lib/persist ext4 defaults 0 2\n";
     let extra: &[(&str, &str)] = match how {
         Root::Memory => &[],
-        Root::Netroot => {
+        Root::Netroot | Root::Nfs => {
             let seed = env.path("persist-seed");
             fs::create_dir_all(&seed).unwrap();
             fs::write(seed.join("kept"), "the last boot's file\n").unwrap();
@@ -279,6 +297,27 @@ fn boot_diskless(uefi: bool, how: Root) {
         let t = Instant::now();
         let e = json(&env.ok(&["export", "deb", "--netroot", "--json"]));
         (e, t.elapsed().as_secs_f64())
+    });
+    // NFS: the revision exported for nodes that reach ganesha through QEMU's 10.0.2.2.
+    let mut ganesha = None;
+    let nfs_export = (how == Root::Nfs).then(|| {
+        let nfs_port = free_port();
+        let t = Instant::now();
+        let e = json(&env.ok(&[
+            "export",
+            "deb",
+            "--nfs",
+            "--nfs-server",
+            &format!("10.0.2.2:{nfs_port}"),
+            "--json",
+        ]));
+        let secs = t.elapsed().as_secs_f64();
+        ganesha = Some(Ganesha::start(
+            &env,
+            nfs_port,
+            Path::new(e["ganesha_config"].as_str().unwrap()),
+        ));
+        (e, secs)
     });
     env.ok(&[
         "node", "add", "vm1", "--mac", MAC, "--image", "deb", "--rootfs", rootfs,
@@ -316,7 +355,7 @@ fn boot_diskless(uefi: bool, how: Root) {
         fs::copy(OVMF_VARS, &vars).unwrap();
         args.extend(crate::qemu::pflash(&vars));
     }
-    if how == Root::Netroot {
+    if how != Root::Memory {
         args.extend([
             "-drive".into(),
             format!(
@@ -411,7 +450,7 @@ fn boot_diskless(uefi: bool, how: Root) {
     assert_eq!((result.as_str(), revision.as_str()), ("ok", id));
 
     // The persistent filesystem: the node read the last boot's file and left its own.
-    if how == Root::Netroot {
+    if how != Root::Memory {
         assert!(
             text.contains("AURUM-CHECK: persist is ext2/ext3, holds the last boot's file"),
             "{}",
@@ -447,9 +486,36 @@ fn boot_diskless(uefi: bool, how: Root) {
         rev["bytes"].as_u64().unwrap_or(0) >> 20,
         rev["files"],
     );
+    if let Some((e, secs)) = &nfs_export {
+        // The root came over NFS, and the node's write went to its tmpfs, not to the server.
+        assert!(
+            text.contains("AURUM-CHECK: nfs write in upper written on vm1, lower cat: "),
+            "{}",
+            story(&log)
+        );
+        let tree = Path::new(e["path"].as_str().unwrap());
+        assert!(tree.join("etc/hostname").exists() || tree.join("etc").is_dir());
+        assert!(!tree.join("root/nfs-write").exists());
+        let received = figure(&text, "AURUM-CHECK: nfs received", "received").unwrap_or(0);
+        assert!(received > 1 << 20, "{}", story(&log));
+        let g = ganesha.take().unwrap();
+        let log_text = g.stop();
+        eprintln!(
+            "nfs export: {} entries, {} MiB of files in {secs:.1} s; the node received {:.1} MiB over NFS, /run {:.1} MiB",
+            e["entries"],
+            e["tree_bytes"].as_u64().unwrap() >> 20,
+            received as f64 / 1048576.0,
+            run as f64 / 1024.0
+        );
+        assert!(
+            !log_text.contains(":CRIT :") || log_text.contains("DBUS"),
+            "{log_text}"
+        );
+    }
     for l in text.lines().filter(|l| {
         l.contains("booted into memory as")
             || l.contains("booted from a network root as")
+            || l.contains("from a network root: nfs")
             || l.starts_with("AURUM-CHECK")
     }) {
         eprintln!("{l}");
@@ -477,6 +543,251 @@ fn qemu_bios_node_boots_a_debian_revision_from_a_network_root() {
 #[test]
 fn qemu_uefi_node_boots_a_debian_revision_from_a_network_root() {
     boot_diskless(true, Root::Netroot);
+}
+
+/// The NFS root in QEMU: the Debian revision exported with `aurum export --nfs`, served by
+/// nfs-ganesha (FSAL VFS, NFSv4 only, its own configuration, pid, log and recovery
+/// directory) on the host's loopback, reached by the guest through QEMU's 10.0.2.2; the node
+/// mounts it read-only with the kernel's client under a tmpfs overlay, the override and the
+/// persistent filesystem as the network root has them, and checks by hash that its root is
+/// the revision plus its override. A file the node writes lands in the tmpfs, not on the
+/// server.
+#[test]
+fn qemu_bios_node_boots_a_debian_revision_from_nfs() {
+    boot_diskless(false, Root::Nfs);
+}
+
+/// Whether nfs-ganesha and its VFS backend are here (see [`need`]).
+fn need_ganesha() -> bool {
+    need("ganesha.nfsd")
+        && can_run(
+            !sh("ls /usr/lib/*/ganesha/libfsalvfs.so 2>/dev/null || true")
+                .trim()
+                .is_empty(),
+            "nfs-ganesha's FSAL VFS (package nfs-ganesha-vfs)",
+        )
+}
+
+/// A TCP port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nfs-ganesha serving `aurum export --nfs`'s exports on 127.0.0.1:PORT: NFSv4 only (no
+/// rpcbind), numeric owners (the nodes have no idmapper), its configuration, pid file, log and
+/// recovery directory in the test's directory. Stopped (SIGTERM, then SIGKILL) when dropped.
+struct Ganesha {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl Ganesha {
+    fn start(env: &Env, port: u16, exports: &Path) -> Ganesha {
+        let dir = env.path("ganesha");
+        fs::create_dir_all(dir.join("recovery")).unwrap();
+        let conf = dir.join("ganesha.conf");
+        fs::write(
+            &conf,
+            format!(
+                "NFS_CORE_PARAM {{\n    Protocols = 4;\n    NFS_Port = {port};\n    Bind_addr = 127.0.0.1;\n    Enable_NLM = false;\n    Enable_RQUOTA = false;\n}}\n\
+                 NFSV4 {{\n    Only_Numeric_Owners = true;\n    Allow_Numeric_Owners = true;\n    Graceless = true;\n    RecoveryBackend = fs;\n    RecoveryRoot = \"{}\";\n}}\n\
+                 NFS_KRB5 {{\n    Active_krb5 = false;\n}}\n\
+                 %include \"{}\"\n",
+                dir.join("recovery").display(),
+                exports.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("ganesha.log");
+        let child = Command::new("ganesha.nfsd")
+            .arg("-F")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-L")
+            .arg(&log)
+            .arg("-p")
+            .arg(dir.join("ganesha.pid"))
+            .args(["-N", "NIV_EVENT"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ganesha.nfsd starts");
+        let g = Ganesha {
+            child: Some(child),
+            log,
+        };
+        // Up when it listens.
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "ganesha.nfsd does not listen on {port}:\n{}",
+                fs::read_to_string(&g.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = fs::read_to_string(&g.log).unwrap_or_default();
+        assert!(
+            ![":CONFIG :CRIT", ":CONFIG :MAJ", ":FSAL :CRIT", ":FSAL :MAJ"]
+                .iter()
+                .any(|w| text.contains(w)),
+            "ganesha did not take the exports:\n{text}"
+        );
+        g
+    }
+
+    /// Stops the server; returns its log.
+    fn stop(mut self) -> String {
+        self.halt();
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn halt(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let t = Instant::now();
+            while c.try_wait().ok().flatten().is_none() {
+                if t.elapsed() > Duration::from_secs(20) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for Ganesha {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// `aurum export --nfs` on the host: the tree under nfsroot/ID is the revision exactly
+/// (owners, setuid, nanosecond mtimes, xattrs, hardlinks, symlinks: rsync finds no
+/// difference from the golden tree), private to root, with its record for the nodes and a
+/// ganesha EXPORT block; nfs-ganesha loads the blocks; exporting again reuses the tree and its
+/// Export_Id; a second revision gets the next Export_Id; gc deletes the tree of a removed
+/// revision and its block.
+#[test]
+fn nfs_export_is_the_revision_and_ganesha_takes_it() {
+    if !can_run(is_root(), "root (owners)")
+        || !need("setfattr")
+        || !need("rsync")
+        || !need_ganesha()
+    {
+        return;
+    }
+    let env = Env::new();
+    let g = env.path("golden");
+    sh(&format!(
+        "set -e; mkdir -p '{g}'; cd '{g}'; mkdir -p etc usr/bin srv/data
+         echo 'root:x:0:0::/root:/bin/sh' > etc/passwd
+         echo 'root:*:19000:0:99999:7:::' > etc/shadow; chmod 600 etc/shadow
+         head -c 300000 /dev/urandom > usr/bin/tool; chmod 4755 usr/bin/tool
+         ln usr/bin/tool usr/bin/tool-again
+         ln -s tool usr/bin/tool-link
+         echo data > srv/data/file; chown 1234:5678 srv/data/file
+         touch -d '2021-02-03 04:05:06.123456789' srv/data/file
+         setfattr -n user.aurum -v nfs srv/data/file",
+        g = g.display()
+    ));
+    env.getimage(&g, "base", &[]);
+    let started = Instant::now();
+    let e = json(&env.ok(&["export", "base", "--nfs", "--json"]));
+    let export_s = started.elapsed().as_secs_f64();
+    let id = e["id"].as_str().unwrap().to_string();
+    let tree = env.repo().join("nfsroot").join(&id);
+    assert_eq!(e["path"], tree.to_str().unwrap());
+    assert_eq!(e["pseudo"], format!("/aurum/{id}"));
+    assert_eq!(e["export_id"], 1000);
+    assert_eq!(e["reused"], false);
+    assert!(e.get("server").is_none(), "{e:#}");
+    let diff = crate::common::rsync_diff(&g, &tree);
+    assert!(
+        diff.is_empty(),
+        "the exported tree differs from the golden one:\n{diff}"
+    );
+    let mode = fs::metadata(env.repo().join("nfsroot"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let record =
+        json(&fs::read_to_string(env.public().join(format!("netroot/{id}.nfs.json"))).unwrap());
+    assert_eq!(record["pseudo"], e["pseudo"]);
+    let conf = fs::read_to_string(e["ganesha_config"].as_str().unwrap()).unwrap();
+    for want in [
+        "Export_Id = 1000;",
+        &format!("Path = \"{}\";", tree.display()),
+        &format!("Pseudo = \"/aurum/{id}\";"),
+        "Access_Type = RO;",
+        "Squash = No_Root_Squash;",
+        "Protocols = 4;",
+        "Name = VFS;",
+    ] {
+        assert!(conf.contains(want), "{want} not in:\n{conf}");
+    }
+    assert_eq!(
+        e["ganesha_block"].as_str().map(|b| conf.contains(b)),
+        Some(true)
+    );
+    // The repository stays valid with the records and trees.
+    env.ok(&["verify"]);
+
+    // Again, with a server for the nodes: the tree and its Export_Id stay.
+    let again = json(&env.ok(&[
+        "export",
+        "base",
+        "--nfs",
+        "--nfs-server",
+        "nfs1:2050",
+        "--json",
+    ]));
+    assert_eq!(again["reused"], true);
+    assert_eq!(again["export_id"], 1000);
+    assert_eq!(again["server"], "nfs1:2050");
+    let err = env.fails(&["export", "base", "--nfs", "--nfs-server", "nfs1:port"], 2);
+    assert!(err.contains("not a port"), "{err}");
+    // A second revision: the next Export_Id, both blocks in the file.
+    fs::write(g.join("etc/motd"), "two\n").unwrap();
+    env.getimage(&g, "other", &[]);
+    let e2 = json(&env.ok(&["export", "other", "--nfs", "--json"]));
+    assert_eq!(e2["export_id"], 1001);
+    let conf = fs::read_to_string(e["ganesha_config"].as_str().unwrap()).unwrap();
+    assert_eq!(conf.matches("EXPORT {").count(), 2, "{conf}");
+
+    // nfs-ganesha takes the blocks and serves them.
+    let port = free_port();
+    let ganesha = Ganesha::start(&env, port, Path::new(e["ganesha_config"].as_str().unwrap()));
+    let log = ganesha.stop();
+    assert!(log.contains("NFS SERVER INITIALIZED"), "{log}");
+    assert!(
+        !log.contains(":CONFIG :CRIT") && !log.contains(":CONFIG :MAJ"),
+        "{log}"
+    );
+
+    // gc deletes the tree of a removed revision, its record and its block.
+    env.ok(&["rmimage", "base"]);
+    let gc = json(&env.ok(&["gc", "--json"]));
+    assert_eq!(gc["nfs_trees_deleted"], 1, "{gc:#}");
+    assert!(!tree.exists());
+    assert!(!env.public().join(format!("netroot/{id}.nfs.json")).exists());
+    let conf = fs::read_to_string(e["ganesha_config"].as_str().unwrap()).unwrap();
+    assert_eq!(conf.matches("EXPORT {").count(), 1, "{conf}");
+    assert!(conf.contains("Export_Id = 1001;"), "{conf}");
+    eprintln!(
+        "nfs export on the host: {export_s:.2} s for {} entries, {} bytes of files",
+        e["entries"], e["tree_bytes"]
+    );
 }
 
 /// Detaches a loop device when dropped.

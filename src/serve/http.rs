@@ -66,6 +66,8 @@ const READ_CHUNK: usize = 8 << 10;
 const TLS_PIECE: usize = 16 << 10;
 /// The epoll token of the listening socket; connections count up from 1.
 const LISTENER: u64 = 0;
+/// The epoll token of the eventfd that says a [`Growing`] file has grown.
+const WAKE: u64 = u64::MAX;
 
 /// A request method. Anything else is kept as `Other` for a 405 to name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +112,117 @@ struct FileBody {
     file: File,
     offset: i64,
     end: i64,
+    /// The file is still being written (a cache tier streaming what its upstream sends): only
+    /// what it says is ready may be sent.
+    growing: Option<std::sync::Arc<Growing>>,
+}
+
+/// A file another thread is still writing, sent to clients as it grows (a cache tier's fetch
+/// from its upstream). The writer says how far the file is ready ([`Growing::advance`]) and
+/// how it ended ([`Growing::finish`]); a connection that has sent everything ready waits,
+/// costing no thread, and is woken when more is. A failed file (a damaged or cut upstream
+/// copy) aborts every answer still sending it: the connection is closed before the body is
+/// complete, so no client takes it for whole.
+#[derive(Default)]
+pub(crate) struct Growing {
+    state: Mutex<GrowState>,
+    ended: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GrowState {
+    ready: u64,
+    /// `Some(true)` once complete and checked, `Some(false)` once failed.
+    end: Option<bool>,
+    /// Connections waiting for more: their server's wake queue and their token.
+    waiting: Vec<(std::sync::Arc<Wakes>, u64)>,
+}
+
+/// What a [`Growing`] file allows from some offset on.
+enum Grown {
+    /// Bytes are ready up to this offset.
+    Upto(u64),
+    /// Nothing more yet.
+    Starved,
+    Failed,
+}
+
+impl Growing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GrowState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The file is ready up to `ready` bytes: the connections waiting for it are woken.
+    pub fn advance(&self, ready: u64) {
+        let waiting = {
+            let mut st = self.lock();
+            st.ready = st.ready.max(ready);
+            std::mem::take(&mut st.waiting)
+        };
+        wake(waiting);
+    }
+
+    /// The writer is done: `ok`, the whole file is ready (as advanced); not `ok`, every
+    /// answer sending it is aborted.
+    pub fn finish(&self, ok: bool) {
+        let waiting = {
+            let mut st = self.lock();
+            st.end = Some(ok);
+            std::mem::take(&mut st.waiting)
+        };
+        self.ended.notify_all();
+        wake(waiting);
+    }
+
+    /// Waits until the writer is done; whether the file is complete and good.
+    pub fn wait_end(&self) -> bool {
+        let mut st = self.lock();
+        loop {
+            if let Some(ok) = st.end {
+                return ok;
+            }
+            st = self.ended.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// What may be sent from `offset` on.
+    fn from(&self, offset: u64) -> Grown {
+        let st = self.lock();
+        match st.end {
+            Some(false) => Grown::Failed,
+            _ if st.ready > offset => Grown::Upto(st.ready),
+            _ => Grown::Starved,
+        }
+    }
+
+    /// Registers `token` of `wakes` to be woken when the file grows past `offset` or ends;
+    /// false (nothing registered) when it already has.
+    fn wait_past(&self, offset: u64, wakes: &std::sync::Arc<Wakes>, token: u64) -> bool {
+        let mut st = self.lock();
+        if st.ready > offset || st.end.is_some() {
+            return false;
+        }
+        st.waiting.push((wakes.clone(), token));
+        true
+    }
+}
+
+/// A server's queue of connections to wake, and the eventfd in its epoll set that says the
+/// queue has some.
+struct Wakes {
+    fd: nix::sys::eventfd::EventFd,
+    tokens: Mutex<Vec<u64>>,
+}
+
+fn wake(waiting: Vec<(std::sync::Arc<Wakes>, u64)>) {
+    for (wakes, token) in waiting {
+        wakes
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(token);
+        let _ = wakes.fd.write(1);
+    }
 }
 
 /// File bodies being sent, in every server of this process.
@@ -123,7 +236,29 @@ pub(crate) fn transfers() -> usize {
 impl FileBody {
     fn new(file: File, offset: i64, end: i64) -> FileBody {
         TRANSFERS.fetch_add(1, Ordering::Relaxed);
-        FileBody { file, offset, end }
+        FileBody {
+            file,
+            offset,
+            end,
+            growing: None,
+        }
+    }
+
+    /// Where sending may go up to now: `end`, or as far as a growing file is ready; `None`
+    /// when a growing file has nothing more yet.
+    fn limit(&self) -> std::io::Result<Option<i64>> {
+        let Some(g) = &self.growing else {
+            return Ok(Some(self.end));
+        };
+        match g.from(self.offset as u64) {
+            Grown::Upto(ready) => Ok(Some(self.end.min(ready as i64))),
+            Grown::Starved => Ok(None),
+            Grown::Failed => Err(std::io::Error::new(
+                ErrorKind::InvalidData,
+                "the file being sent failed its check (a damaged or cut upstream copy): \
+                 the answer is aborted",
+            )),
+        }
     }
 }
 
@@ -198,6 +333,17 @@ impl Reply<'_> {
             *self.file = Some(FileBody::new(file, start as i64, (start + len) as i64));
         }
         Ok(())
+    }
+
+    /// Ends the answer with bytes `start..start + len` of `file`, which another thread is
+    /// still writing: sent as `growing` says it is ready, aborted if it fails.
+    pub fn growing(&mut self, file: File, growing: std::sync::Arc<Growing>, start: u64, len: u64) {
+        self.end_head(len);
+        if !self.head_only && len > 0 {
+            let mut body = FileBody::new(file, start as i64, (start + len) as i64);
+            body.growing = Some(growing);
+            *self.file = Some(body);
+        }
     }
 
     fn end_head(&mut self, len: u64) {
@@ -321,6 +467,8 @@ struct Conn {
     file: Option<FileBody>,
     /// Close once the output is sent.
     close: bool,
+    /// Its file body is growing and everything ready of it is sent: it waits for more.
+    starved: bool,
     /// A head is complete and its body is being received (each byte extends the deadline).
     in_body: bool,
     /// `100 Continue` was sent for the request being received.
@@ -338,6 +486,8 @@ struct Shared {
     next_token: AtomicU64,
     stalled: Duration,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Connections whose growing file has grown.
+    wakes: std::sync::Arc<Wakes>,
 }
 
 /// Serves `listener` with `threads` workers until `stop` is set; connections stalled for
@@ -363,7 +513,22 @@ pub(crate) fn run<H: Handler>(
             EpollEvent::new(oneshot(EpollFlags::EPOLLIN), LISTENER),
         )
         .map_err(errno)?;
+    let wakes = std::sync::Arc::new(Wakes {
+        fd: nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .map_err(errno)?,
+        tokens: Mutex::new(Vec::new()),
+    });
+    epoll
+        .add(
+            &wakes.fd,
+            EpollEvent::new(oneshot(EpollFlags::EPOLLIN), WAKE),
+        )
+        .map_err(errno)?;
     let shared = Shared {
+        wakes,
         epoll,
         listener,
         conns: Mutex::new(HashMap::new()),
@@ -423,13 +588,27 @@ impl Shared {
                 }
                 continue;
             }
+            if token == WAKE {
+                self.woken();
+                continue;
+            }
             let Some(mut conn) = self.lock().remove(&token) else {
                 // Closed by the sweeper after the event was queued.
                 continue;
             };
+            if conn.starved
+                && events[0]
+                    .events()
+                    .intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+            {
+                // The client went away while its body waited for the upstream.
+                continue;
+            }
+            conn.starved = false;
             match conn.drive(handler, self.stalled, &mut line) {
                 Next::Close => conn.close_tls(),
                 Next::Read => self.park(token, conn, EpollFlags::EPOLLIN),
+                Next::Write if conn.starved => self.park_starved(token, conn),
                 Next::Write => self.park(token, conn, EpollFlags::EPOLLOUT),
             }
         }
@@ -480,6 +659,7 @@ impl Shared {
                         sent: 0,
                         file: None,
                         close: false,
+                        starved: false,
                         in_body: false,
                         continued: false,
                         deadline: Instant::now() + self.stalled,
@@ -521,6 +701,56 @@ impl Shared {
                 conns.insert(token, conn);
             }
             Err(e) => log::warn!("{}: cannot watch the connection: {e}", conn.peer),
+        }
+    }
+
+    /// Parks `conn`, whose growing file has nothing more ready, until the file grows: it
+    /// waits for no socket event (it could write, but has nothing to), and the writer's
+    /// [`Growing::advance`] wakes it through the eventfd. Under the lock, so that a wake
+    /// that comes before it is in the set re-arms it after.
+    fn park_starved(&self, token: u64, conn: Conn) {
+        let mut conns = self.lock();
+        let waits = conn.file.as_ref().and_then(|f| {
+            let g = f.growing.as_ref()?;
+            Some(g.wait_past(f.offset as u64, &self.wakes, token))
+        });
+        // Woken already (or nothing to wait for): ready to write at once.
+        let what = if waits == Some(true) {
+            EpollFlags::empty()
+        } else {
+            EpollFlags::EPOLLOUT
+        };
+        let mut ev = EpollEvent::new(oneshot(what), token);
+        match self.epoll.modify(&conn.stream, &mut ev) {
+            Ok(()) => {
+                conns.insert(token, conn);
+            }
+            Err(e) => log::warn!("{}: cannot watch the connection: {e}", conn.peer),
+        }
+    }
+
+    /// The eventfd fired: re-arms the connections whose growing file grew, to write.
+    fn woken(&self) {
+        let _ = self.wakes.fd.read();
+        let tokens =
+            std::mem::take(&mut *self.wakes.tokens.lock().unwrap_or_else(|e| e.into_inner()));
+        {
+            let conns = self.lock();
+            for token in tokens {
+                if let Some(conn) = conns.get(&token) {
+                    let mut ev = EpollEvent::new(
+                        oneshot(EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP),
+                        token,
+                    );
+                    if let Err(e) = self.epoll.modify(&conn.stream, &mut ev) {
+                        log::warn!("{}: cannot watch the connection: {e}", conn.peer);
+                    }
+                }
+            }
+        }
+        let mut ev = EpollEvent::new(oneshot(EpollFlags::EPOLLIN), WAKE);
+        if let Err(e) = self.epoll.modify(&self.wakes.fd, &mut ev) {
+            log::warn!("re-arming the wake eventfd: {e}");
         }
     }
 
@@ -737,7 +967,23 @@ impl Conn {
                 self.sent = 0;
                 if let Some(f) = &mut self.file {
                     if f.offset < f.end {
-                        let want = ((f.end - f.offset) as usize).min(TLS_PIECE);
+                        let Some(limit) = f.limit()? else {
+                            // Records already made go out first; then it waits for more.
+                            while tls.wants_write() {
+                                match tls.write_tls(&mut self.stream) {
+                                    Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                                    Ok(_) => self.deadline = Instant::now() + stalled,
+                                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                        return Ok(false)
+                                    }
+                                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                            self.starved = true;
+                            return Ok(false);
+                        };
+                        let want = ((limit - f.offset) as usize).min(TLS_PIECE);
                         piece.resize(want, 0);
                         let got = f.file.read_at(&mut piece, f.offset as u64)?;
                         if got == 0 {
@@ -827,7 +1073,11 @@ impl Conn {
         self.sent = 0;
         if let Some(f) = &mut self.file {
             while f.offset < f.end {
-                let count = (f.end - f.offset).min(1 << 30) as usize;
+                let Some(limit) = f.limit()? else {
+                    self.starved = true;
+                    return Ok(false);
+                };
+                let count = (limit - f.offset).min(1 << 30) as usize;
                 match nix::sys::sendfile::sendfile(
                     self.stream.as_fd(),
                     f.file.as_fd(),

@@ -8,20 +8,51 @@
 //! requests included. What can change (refs, `packs/list`, templates, `FORMAT`) is asked of the
 //! upstream each time, and the API (reports, deltas, install phases) and boot scripts are passed
 //! on to it, so nodes behind a tier behave exactly as nodes of the origin.
+//!
+//! A pack (the bulk of every transfer) is not stored before it is forwarded: on a miss, one
+//! thread fetches it into a temporary file and every node asking for it meanwhile is sent the
+//! file as it grows ([`http::Growing`]), a Range as soon as its bytes are there. The last byte
+//! is held back until the whole pack hashes to its id; only then is it sent and the pack kept.
+//! A pack that does not (damaged, or cut short) is dropped, and every answer still sending it
+//! is aborted, so no node takes it for whole. Memory is one buffer a fetch; the rest is the
+//! file, in the page cache.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use super::http::{Method, Reply, Request};
-use super::{static_file, static_path, text};
+use super::http::{self, Method, Reply, Request};
+use super::{parse_range, static_file, static_path, text, RangeAsk, TEXT};
 use crate::error::{invalid, IoContext, Result};
 use crate::format::Id;
 
 /// The largest answer passed on from the upstream (API answers, refs, boot scripts, the boot
 /// kit), spooled to disk on the way.
 const MAX_PASSED: u64 = 16 << 30;
+
+/// Bytes read from the upstream at a time while streaming a pack.
+const STREAM_CHUNK: usize = 256 << 10;
+
+/// A pack being fetched from the upstream and sent on as it arrives.
+struct Stream {
+    /// What the upstream answered: the length and the file being filled, or the status and
+    /// message to answer with instead. `None` until it has answered.
+    head: std::sync::Mutex<Option<std::result::Result<Head, (u16, String)>>>,
+    told: std::sync::Condvar,
+    body: std::sync::Arc<http::Growing>,
+    /// Why the fetch failed after its head, for those who wait for its end.
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+struct Head {
+    len: u64,
+    file: File,
+    last_modified: Option<String>,
+}
+
+type Streams =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Stream>>>>;
 
 /// Makes `root` a cache directory: `public/` and `tmp/`.
 pub fn prepare(root: &Path) -> Result<()> {
@@ -40,6 +71,8 @@ pub struct Upstream {
     /// same pack at once costs the upstream one copy).
     fetching:
         std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
+    /// The packs being streamed now: who asks for one while it comes is sent the same file.
+    streams: Streams,
 }
 
 /// Whether a URL path names a file that never changes (named by its hash).
@@ -68,6 +101,7 @@ impl Upstream {
             base: url.trim_end_matches('/').to_string(),
             agent,
             fetching: Default::default(),
+            streams: Default::default(),
         })
     }
 
@@ -82,6 +116,11 @@ impl Upstream {
         let path = rq.path();
         if immutable(path) && matches!(rq.method, Method::Get | Method::Head) {
             if let Some(file) = static_path(root, path) {
+                if path.ends_with(".pack") && !file.exists() {
+                    if let Some(stream) = self.stream(root, path, &file) {
+                        return send_stream(rq, reply, &file, &stream, max_transfers);
+                    }
+                }
                 if !file.exists() {
                     if let Err((code, msg)) = self.fetch_once(root, path, &file) {
                         return text(code, &msg).send(reply);
@@ -100,6 +139,52 @@ impl Upstream {
             )
             .send(reply);
         }
+    }
+
+    /// The stream of the pack `path` (kept at `file`), started if none is running; `None`
+    /// when the pack is kept already.
+    fn stream(&self, root: &Path, path: &str, file: &Path) -> Option<std::sync::Arc<Stream>> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = streams.get(path) {
+            return Some(s.clone());
+        }
+        if file.exists() {
+            return None;
+        }
+        let stream = std::sync::Arc::new(Stream {
+            head: Default::default(),
+            told: Default::default(),
+            body: Default::default(),
+            failed: Default::default(),
+        });
+        streams.insert(path.to_string(), stream.clone());
+        let (agent, base, streams) = (self.agent.clone(), self.base.clone(), self.streams.clone());
+        let (tmp_dir, path, file, s) = (
+            root.join("tmp"),
+            path.to_string(),
+            file.to_path_buf(),
+            stream.clone(),
+        );
+        std::thread::spawn(move || {
+            let result = pull(&agent, &base, &path, &tmp_dir, &file, &s);
+            if let Err((code, msg)) = result {
+                log::warn!("{msg}");
+                let mut head = s.head.lock().unwrap_or_else(|e| e.into_inner());
+                if head.is_none() {
+                    *head = Some(Err((code, msg.clone())));
+                }
+                drop(head);
+                *s.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+                s.told.notify_all();
+                s.body.finish(false);
+            }
+            // The pack is kept (or the next ask fetches it again): later asks read the file.
+            streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&path);
+        });
+        Some(stream)
     }
 
     /// [`Upstream::fetch`], one fetch per object at a time: who comes while it runs waits for
@@ -213,14 +298,25 @@ impl Upstream {
         let pack_path = format!("{}.pack", path.trim_end_matches(".idx"));
         let pack_file = static_path(root, &pack_path)
             .ok_or_else(|| (400, format!("{path}: not a pack index's path")))?;
-        if !pack_file.exists() {
-            self.fetch_once(root, &pack_path, &pack_file)
-                .map_err(|(code, msg)| {
-                    (
-                        if code == 404 { 502 } else { code },
-                        format!("{path} cannot be checked against its pack: {msg}"),
-                    )
-                })?;
+        if let Some(stream) = self.stream(root, &pack_path, &pack_file) {
+            if !stream.body.wait_end() {
+                let (code, msg) = match &*stream.head.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Some(Err((code, msg))) => (*code, msg.clone()),
+                    _ => (
+                        502,
+                        stream
+                            .failed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone()
+                            .unwrap_or_default(),
+                    ),
+                };
+                return Err((
+                    if code == 404 { 502 } else { code },
+                    format!("{path} cannot be checked against its pack: {msg}"),
+                ));
+            }
         }
         let damaged = |why: String| {
             (
@@ -333,4 +429,219 @@ fn check(path: &str, file: &Path, tmp: &Path, hash: [u8; 32]) -> Result<()> {
         crate::format::pack::decode_index(&data)?;
     }
     Ok(())
+}
+
+/// Fetches the pack `path` from `base` into a temporary file of `tmp_dir`, telling `stream`'s
+/// waiters its head as soon as the upstream answers and advancing its body as bytes arrive
+/// (all but the last, until the pack is checked); keeps it at `file` once its bytes hash to
+/// its id. The status and message to answer with when it cannot.
+fn pull(
+    agent: &ureq::Agent,
+    base: &str,
+    path: &str,
+    tmp_dir: &Path,
+    file: &Path,
+    stream: &Stream,
+) -> std::result::Result<(), (u16, String)> {
+    let url = format!("{base}{path}");
+    let resp = agent.get(&url).call().map_err(|e| {
+        (
+            502,
+            format!("the upstream {base} did not answer {path}: {e}"),
+        )
+    })?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 => return Err((404, format!("{path} not found (upstream {base})"))),
+        s => {
+            return Err((
+                502,
+                format!("the upstream {base} answered {path} with HTTP {s}"),
+            ))
+        }
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let len = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    let last_modified = header("last-modified");
+    let id = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(Id::from_hex)
+        .ok_or_else(|| (400, format!("{path}: not named by an id")))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(|e| (500, e.to_string()))?;
+    let tell = |len: u64, f: &File| -> std::result::Result<(), (u16, String)> {
+        let file = f.try_clone().map_err(|e| (500, e.to_string()))?;
+        *stream.head.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ok(Head {
+            len,
+            file,
+            last_modified: last_modified.clone(),
+        }));
+        stream.told.notify_all();
+        Ok(())
+    };
+    // Without a length (a web server that streams chunked) nothing can be sent before the
+    // end: the pack is stored, then forwarded.
+    if let Some(len) = len {
+        tell(len, tmp.as_file())?;
+    }
+    let mut body = resp
+        .into_body()
+        .into_with_config()
+        .limit(MAX_PASSED)
+        .reader();
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; STREAM_CHUNK];
+    let mut written = 0u64;
+    loop {
+        let n = body
+            .read(&mut buf)
+            .map_err(|e| (502, format!("{url}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let got = buf.get(..n).unwrap_or_default();
+        hasher.update(got);
+        tmp.write_all(got)
+            .map_err(|e| (500, format!("caching {path}: {e}")))?;
+        written += n as u64;
+        if let Some(len) = len {
+            if written > len {
+                return Err((
+                    502,
+                    format!(
+                        "the upstream {base} sent more of {path} than its length {len}; not kept"
+                    ),
+                ));
+            }
+            // The last byte waits for the check.
+            stream.body.advance(written.min(len.saturating_sub(1)));
+        }
+    }
+    if len.is_some_and(|len| written != len) {
+        return Err((
+            502,
+            format!("the upstream {base} sent {written} bytes of {path}, not its length; not kept"),
+        ));
+    }
+    if Id(*hasher.finalize().as_bytes()) != id {
+        return Err((
+            502,
+            format!(
+                "the upstream {base} sent a damaged {path}: its bytes are not those of its id; not kept"
+            ),
+        ));
+    }
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| (500, e.to_string()))?;
+    }
+    let _ = std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(crate::store::PUBLIC_FILE),
+    );
+    let kept = tmp
+        .persist(file)
+        .map_err(|e| (500, format!("caching {path}: {e}")))?;
+    if len.is_none() {
+        tell(written, &kept)?;
+    }
+    stream.body.advance(written);
+    stream.body.finish(true);
+    Ok(())
+}
+
+/// Answers `rq` for the pack at `file` from its stream: as it grows, or the status the
+/// upstream's failure calls for.
+fn send_stream(
+    rq: &Request,
+    reply: &mut Reply,
+    file: &Path,
+    stream: &Stream,
+    max_transfers: usize,
+) {
+    let path = rq.path();
+    let (len, body_file, last_modified) = {
+        let mut head = stream.head.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*head {
+                None => head = stream.told.wait(head).unwrap_or_else(|e| e.into_inner()),
+                Some(Err((code, msg))) => return text(*code, msg).send(reply),
+                Some(Ok(h)) => match h.file.try_clone() {
+                    Ok(f) => break (h.len, f, h.last_modified.clone()),
+                    Err(e) => return text(500, &format!("{path}: {e}")).send(reply),
+                },
+            }
+        }
+    };
+    let id = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let tag = format!("\"{id}\"");
+    let cache = "public, max-age=31536000, immutable";
+    if rq
+        .header("If-None-Match")
+        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
+    {
+        reply
+            .status(304)
+            .header("ETag", &tag)
+            .header("Cache-Control", cache);
+        return reply.bytes(b"");
+    }
+    let range_applies = rq.header("If-Range").is_none_or(|v| v == tag);
+    let ask = match rq.header("Range") {
+        Some(r) if range_applies => parse_range(r, len),
+        _ => RangeAsk::Whole,
+    };
+    let sending = match ask {
+        RangeAsk::Whole => len,
+        RangeAsk::Part(a, b) => b - a + 1,
+        RangeAsk::Unsatisfiable => 0,
+    };
+    if max_transfers > 0 && sending > http::INLINE_FILE && http::transfers() >= max_transfers {
+        reply
+            .status(503)
+            .header(
+                "Retry-After",
+                super::busy_delay(http::transfers(), max_transfers),
+            )
+            .header("Cache-Control", "no-store")
+            .header("Content-Type", TEXT);
+        return reply.bytes(
+            format!("{path}: the server is busy ({max_transfers} transfers); retry later\n")
+                .as_bytes(),
+        );
+    }
+    let (start, sending) = match ask {
+        RangeAsk::Whole => {
+            reply.status(200);
+            (0, len)
+        }
+        RangeAsk::Part(a, b) => {
+            reply
+                .status(206)
+                .header("Content-Range", format_args!("bytes {a}-{b}/{len}"));
+            (a, b - a + 1)
+        }
+        RangeAsk::Unsatisfiable => {
+            reply
+                .status(416)
+                .header("Content-Range", format_args!("bytes */{len}"))
+                .header("Content-Type", TEXT);
+            return reply.bytes(
+                format!("{path}: the range asked for is past its end (size {len})\n").as_bytes(),
+            );
+        }
+    };
+    reply
+        .header("Accept-Ranges", "bytes")
+        .header("Content-Type", "application/octet-stream")
+        .header("Cache-Control", cache)
+        .header("ETag", &tag);
+    if let Some(lm) = &last_modified {
+        reply.header("Last-Modified", lm);
+    }
+    reply.growing(body_file, stream.body.clone(), start, sending);
 }

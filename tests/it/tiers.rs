@@ -1,7 +1,8 @@
 //! Serving many nodes (issue 19): objects named by their hash carry their id as a strong ETag
 //! and get 304s; `serve --upstream` is a cache tier that fetches each object once, checks it and
-//! serves it, so a second node behind it costs the origin almost nothing; a damaged object from
-//! the upstream is never kept; `--max-transfers` answers 503 + Retry-After and nodes wait and
+//! serves it, so a second node behind it costs the origin almost nothing; a pack it lacks is
+//! streamed to the nodes as it arrives, one upstream fetch for all who ask; a damaged object
+//! from the upstream is never kept nor delivered whole; `--max-transfers` answers 503 + Retry-After and nodes wait and
 //! finish; a forward Squid gets plain absolute-form GETs (never CONNECT) and caches them; a
 //! node given two servers finishes on the second when the first dies mid-pack, resuming where
 //! the cut was. Everything on 127.0.0.1.
@@ -139,18 +140,17 @@ fn a_cache_tier_fetches_each_object_once_and_checks_it() {
     let at = bytes.len() / 2;
     bytes[at] ^= 0xff;
     std::fs::write(&new_pack, &bytes).unwrap();
-    let (status, _, body) = http(
+    // The tier streams it as it comes, but aborts the answer before its end once the check
+    // fails.
+    let (status, len, body, _, _) = timed_get(
         &tier.addr,
-        "GET",
         &format!("/packs/{}/{new_id}.pack", &new_id[..2]),
-        &[],
-        b"",
+        "",
     );
-    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(status, 200);
     assert!(
-        String::from_utf8_lossy(&body).contains("damaged"),
-        "{}",
-        String::from_utf8_lossy(&body)
+        (body.len() as u64) < len,
+        "a damaged pack was delivered whole"
     );
     assert!(!cache
         .public()
@@ -750,4 +750,195 @@ fn a_server_lacking_the_image_hands_over_to_the_next() {
         )),
         "{err}"
     );
+}
+
+/// A GET of `path` on `addr`, read as it comes: (status, Content-Length, the body bytes that
+/// came before the server closed or the length was reached, seconds to the first body byte,
+/// seconds to the end). A body cut short (an aborted answer) is returned as far as it came.
+fn timed_get(addr: &str, path: &str, extra: &str) -> (u16, u64, Vec<u8>, f64, f64) {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut first = None;
+    let mut head_end = None;
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        raw.extend_from_slice(&buf[..n]);
+        if head_end.is_none() {
+            head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        }
+        if first.is_none() && head_end.is_some_and(|h| raw.len() > h) {
+            first = Some(started.elapsed().as_secs_f64());
+        }
+    }
+    let end = started.elapsed().as_secs_f64();
+    let h = head_end.expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..h]).to_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    (status, len, raw.split_off(h), first.unwrap_or(end), end)
+}
+
+/// The origin's largest pack: its URL path and bytes.
+fn largest_pack(env: &Env) -> (String, Vec<u8>) {
+    let packs = env.public().join("packs");
+    let mut best: Option<std::path::PathBuf> = None;
+    for d in std::fs::read_dir(&packs).unwrap().flatten() {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let f = f.path();
+            let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+            if f.extension().is_some_and(|e| e == "pack")
+                && best.as_ref().is_none_or(|b| size(&f) > size(b))
+            {
+                best = Some(f);
+            }
+        }
+    }
+    let f = best.expect("a pack");
+    let rel = f.strip_prefix(env.public()).unwrap().to_str().unwrap();
+    (format!("/{rel}"), std::fs::read(&f).unwrap())
+}
+
+/// A tier streams a pack it lacks: behind a slow upstream (2 MB/s), the first bytes reach
+/// the node long before the upstream has sent the whole pack; a second node asking at the same
+/// time shares the one upstream fetch, and a third asking a Range near the start gets it
+/// before the upstream is done; all get the pack's exact bytes, and the tier keeps it.
+#[test]
+fn a_cache_tier_streams_a_pack_as_it_arrives_and_fetches_it_once() {
+    let origin_env = origin();
+    let origin = Server::start(&origin_env);
+    let (path, bytes) = largest_pack(&origin_env);
+    let size = bytes.len() as u64;
+    assert!(size > 4 << 20, "the largest pack has {size} bytes");
+    let rate = 2 << 20;
+    let relay = Relay::start(&origin.addr, rate);
+    let cache = Env::new();
+    let tier = Server::start_with(&cache, &["--upstream", &format!("http://{}", relay.addr)]);
+    let kept = cache.public().join(path.trim_start_matches('/'));
+
+    let started = std::time::Instant::now();
+    let upstream_done = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            // When the upstream has sent the whole pack (the relay counts its bytes).
+            while relay.sent.load(Ordering::Relaxed) < size {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            started.elapsed().as_secs_f64()
+        });
+        let a = s.spawn(|| timed_get(&tier.addr, &path, ""));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let b = s.spawn(|| timed_get(&tier.addr, &path, ""));
+        let r = s.spawn(|| timed_get(&tier.addr, &path, "Range: bytes=1000-1999\r\n"));
+        let upstream_done = watch.join().unwrap();
+        let (a, b, r) = (a.join().unwrap(), b.join().unwrap(), r.join().unwrap());
+        for (who, got) in [("first", &a), ("second", &b)] {
+            assert_eq!(got.0, 200, "{who}");
+            assert_eq!(got.1, size, "{who}");
+            assert!(
+                got.2 == bytes,
+                "the {who} node got {} bytes, not the pack's",
+                got.2.len()
+            );
+            // First bytes at the node well before the upstream is done (the whole pack takes
+            // size / rate seconds through the relay).
+            assert!(
+                got.3 + 1.0 < upstream_done,
+                "the {who} node's first byte came at {:.2} s, the upstream was done at {upstream_done:.2} s",
+                got.3
+            );
+        }
+        assert_eq!(r.0, 206);
+        assert!(r.2 == bytes[1000..2000], "the Range answer");
+        assert!(
+            r.4 + 1.0 < upstream_done,
+            "the Range answer ended at {:.2} s, the upstream was done at {upstream_done:.2} s",
+            r.4
+        );
+        upstream_done
+    });
+    assert!(
+        upstream_done > (size / rate) as f64 * 0.8,
+        "the relay did not throttle: {upstream_done:.2} s for {size} bytes"
+    );
+    // One fetch from the upstream for three asks.
+    let from_upstream = relay.sent.load(Ordering::Relaxed);
+    assert!(
+        from_upstream < size + (64 << 10),
+        "the upstream sent {from_upstream} bytes for a pack of {size}"
+    );
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes, "the kept pack");
+    // Kept: asked again, it comes from the tier alone.
+    let (status, _, body, _, _) = timed_get(&tier.addr, &path, "");
+    assert_eq!(status, 200);
+    assert!(body == bytes);
+    assert!(relay.sent.load(Ordering::Relaxed) < size + (64 << 10));
+    let tmp: Vec<_> = std::fs::read_dir(cache.repo().join("tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+}
+
+/// A pack the upstream holds damaged (one byte flipped): the tier streams it while it comes
+/// but holds back its end until it is checked, finds it does not hash to its id, and aborts
+/// every answer before its body is complete; it keeps nothing, and a node fails rather than
+/// install it.
+#[test]
+fn a_cache_tier_never_keeps_nor_completes_a_damaged_pack() {
+    let origin_env = origin();
+    let origin = Server::start(&origin_env);
+    let (path, mut bytes) = largest_pack(&origin_env);
+    let at = bytes.len() * 3 / 4;
+    bytes[at] ^= 0x5a;
+    std::fs::write(
+        origin_env.public().join(path.trim_start_matches('/')),
+        &bytes,
+    )
+    .unwrap();
+    let relay = Relay::start(&origin.addr, 4 << 20);
+    let cache = Env::new();
+    let tier = Server::start_with(&cache, &["--upstream", &format!("http://{}", relay.addr)]);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| timed_get(&tier.addr, &path, ""));
+        let b = s.spawn(|| timed_get(&tier.addr, &path, ""));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for got in [&a, &b] {
+        assert_eq!(got.0, 200);
+        assert_eq!(got.1, bytes.len() as u64);
+        assert!(
+            (got.2.len() as u64) < got.1,
+            "a damaged pack was delivered whole ({} bytes)",
+            got.2.len()
+        );
+        // What came was what the upstream sent, up to where the answer was aborted.
+        assert!(got.2 == bytes[..got.2.len()]);
+    }
+    assert!(!cache.public().join(path.trim_start_matches('/')).exists());
+    let tmp: Vec<_> = std::fs::read_dir(cache.repo().join("tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+    // A node behind the tier fails (after its one try) and installs nothing damaged.
+    let root = origin_env.path("node");
+    std::fs::create_dir_all(&root).unwrap();
+    let out = origin_env
+        .updateclient(&tier.url, "img", &root, &["--http-tries", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }

@@ -109,6 +109,9 @@ want findmnt util-linux
 want ganesha.nfsd nfs-ganesha
 compgen -G '/usr/lib/*/ganesha/libfsalvfs.so' >/dev/null || need+=(nfs-ganesha-vfs)
 want mkswap util-linux
+# tests/it/bootcount.rs kills `aurum health` at each write of state.json with strace's signal
+# injection (-e inject=...:signal=KILL:when=N).
+want strace strace
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root (or install them) first" >&2

@@ -52,6 +52,7 @@ use crate::error::{invalid, IoContext, Result};
 use crate::excludes::Excludes;
 use crate::format::bootentry::{self, Entry, EntryName};
 use crate::format::grubenv::GrubEnv;
+use crate::format::node::NodeState;
 pub use crate::format::node::{BootOutcome, BootRecord, Bootloader, Trial};
 use crate::format::report::{BootReport, NodeAction, NodeReport, Outcome};
 use crate::progress::Progress;
@@ -835,6 +836,14 @@ pub struct BootResult {
 pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
     let this = &cx.this;
     let state = node.state()?;
+    if let Some(t) = interrupted_fallback(&state) {
+        // The kernel this boot runs is the root's (GRUB), the kept one (the fallback entry),
+        // or with systemd-boot maybe the trial's still: then the node reboots into its own.
+        let reboot = t.bootloader == Bootloader::SystemdBoot && !this.fallback_entry();
+        let result = finish_fallback(node, cx, &t, reboot)?;
+        report(cx.source, &result.record);
+        return Ok(result);
+    }
     let result = match state.trial.clone() {
         Some(t) if this.fallback_entry() => {
             let reason = format!(
@@ -905,6 +914,12 @@ pub fn after_health(
 ) -> Result<Option<BootResult>> {
     let this = &cx.this;
     let state = node.state()?;
+    if let Some(t) = interrupted_fallback(&state) {
+        // This system may be the revision that failed, its root put back under it.
+        let result = finish_fallback(node, cx, &t, true)?;
+        report(cx.source, &result.record);
+        return Ok(Some(result));
+    }
     let (Some(t), Some(b)) = (state.trial.clone(), state.boot.clone()) else {
         return Ok(None);
     };
@@ -961,6 +976,61 @@ pub fn after_health(
     Ok(Some(result))
 }
 
+/// The trial of `state` when it names a revision the root is no longer on. A fallback puts
+/// the root back (the rollback records the fallback revision as `current`) before it ends the
+/// trial, and an update during a trial commits before it begins the next: a kill between the
+/// two leaves exactly this, and that trial must then end, never be counted nor blessed on a
+/// root that is not its revision's.
+fn interrupted_fallback(state: &NodeState) -> Option<Trial> {
+    let t = state.trial.clone()?;
+    let current = state.current.as_ref()?;
+    (!current.same_tree(&t.revision)).then_some(t)
+}
+
+/// Ends trial `t`, whose revision the root is no longer on ([`interrupted_fallback`]): the
+/// boot loader's counter and the fallback entry go (the systemd-boot entry is pointed at the
+/// root's kernel) and the state names no trial. On the fallback revision (a fallback was
+/// interrupted) it is recorded as a fallback, the fallback revision the last-known-good one
+/// again, and `reboot` is passed on (the running kernel or system may be the failed
+/// revision's); on another (an update was interrupted) as a plain boot.
+fn finish_fallback(node: &Node, cx: &BootContext, t: &Trial, reboot: bool) -> Result<BootResult> {
+    end_trial(node, false)?;
+    let mut state = node.state()?;
+    state.trial = None;
+    let on_fallback = state
+        .current
+        .as_ref()
+        .is_some_and(|c| c.same_tree(&t.fallback));
+    let now_on = state.current.as_ref().map(|c| c.name()).unwrap_or_default();
+    let (outcome, reason) = match on_fallback {
+        true => {
+            state.last_known_good = Some(t.fallback.clone());
+            let reason = format!(
+                "{} did not pass its trial: the fallback to {now_on} was interrupted after the \
+                 root was put back, and is finished now",
+                t.revision.name()
+            );
+            (BootOutcome::FellBack, reason)
+        }
+        false => (BootOutcome::Booted, String::new()),
+    };
+    let record = BootRecord {
+        time: crate::catalog::now(),
+        boot_id: cx.this.boot_id.clone(),
+        revision: state.current.clone(),
+        outcome,
+        tries_left: None,
+        trial: Some(t.revision.clone()),
+        reason,
+    };
+    state.boot = Some(record.clone());
+    node.save_state(&state)?;
+    Ok(BootResult {
+        record,
+        reboot: reboot && on_fallback,
+    })
+}
+
 fn save_record(node: &Node, record: &BootRecord) -> Result<()> {
     let mut state = node.state()?;
     state.boot = Some(record.clone());
@@ -971,15 +1041,16 @@ fn save_record(node: &Node, record: &BootRecord) -> Result<()> {
 /// From the undo area when the trial's revision came in one update (no network), else from
 /// the manifests the node kept and `source` for what it lacks.
 fn fall_back(node: &Node, cx: &BootContext, t: &Trial, reason: String) -> Result<BootResult> {
-    let state = node.state()?;
+    // The fallback revision is the last-known-good one before anything moves: a kill at any
+    // later moment leaves it recorded (the rollback clears the trial before the record below).
+    let mut state = node.state()?;
+    if state.last_known_good.as_ref() != Some(&t.fallback) {
+        state.last_known_good = Some(t.fallback.clone());
+        node.save_state(&state)?;
+    }
     let to = match &state.previous {
         Some(p) if p.same_tree(&t.fallback) => RollbackTo::Previous,
-        _ => {
-            let mut s = state.clone();
-            s.last_known_good = Some(t.fallback.clone());
-            node.save_state(&s)?;
-            RollbackTo::LastKnownGood
-        }
+        _ => RollbackTo::LastKnownGood,
     };
     let opts = UpdateOptions {
         action: NodeAction::Rollback,

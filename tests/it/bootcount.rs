@@ -273,6 +273,130 @@ fn a_failing_revision_falls_back_and_a_good_one_is_blessed() {
     assert_eq!(b["record"]["outcome"], "booted", "{b}");
 }
 
+/// Runs aurum with `args` under strace, SIGKILLed (strace's signal injection, delivered as the
+/// call begins) at its `k`-th rename onto `file`; whether it was killed (else it ran to its end).
+fn killed_at_rename(env: &Env, file: &Path, k: u32, args: &[&str]) -> bool {
+    let calls = "rename,renameat,renameat2";
+    let status = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-P"])
+        .arg(file)
+        .args(["-e", &format!("trace={calls}")])
+        .args(["-e", &format!("inject={calls}:signal=KILL:when={k}")])
+        .arg(env!("CARGO_BIN_EXE_aurum"))
+        .args(["--no-progress", "--repo"])
+        .arg(env.repo())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    std::os::unix::process::ExitStatusExt::signal(&status) == Some(9)
+}
+
+/// Review finding: a fallback puts the root back, then ends the trial; a kill between the two
+/// left `state.trial` naming the failed revision on the restored root, and the next `aurum
+/// boot` and `aurum health` blessed the failed revision there. A failing `aurum health` on a
+/// trial boot is killed before each of its writes of `state.json` in turn (strace's signal
+/// injection); wherever the kill left the root put back with the trial still in the state,
+/// `aurum health` run again on that boot, and the next boot with its health check, must end
+/// the trial as a fallback and keep the revision the root is on as the last-known-good one.
+/// After every other kill, the next boot and health check never bless a revision the root is
+/// not on.
+#[test]
+fn a_fallback_killed_before_its_trial_ends_is_finished_not_blessed() {
+    if !need("grub-editenv") || !need("busybox") || !need("strace") {
+        return;
+    }
+    let env = Env::new();
+    let g = env.path("golden");
+    golden(&g, "1.0", true);
+    env.getimage(&g, "node", &[]);
+    golden(&g, "2.0", false);
+    env.getimage(&g, "node", &[]);
+    let ready = env.path("ready");
+    fs::create_dir_all(&ready).unwrap();
+    let rd = ready.to_str().unwrap();
+    let cmdline = "root=LABEL=root ro console=ttyS0";
+    env.ok(&["updateclient", "--root", rd, "--image", "node@1"]);
+    env.ok(&[
+        "updateclient",
+        "--root",
+        rd,
+        "--image",
+        "node@2",
+        "--boot-tries",
+        "2",
+    ]);
+    grub_takes_a_try(&ready);
+    let b = json(&env.ok(&["boot", "--root", rd, "--cmdline", cmdline, "--json"]));
+    assert_eq!(b["record"]["outcome"], "trial", "{b}");
+
+    let root = env.path("root");
+    let r = root.to_str().unwrap();
+    let fresh = |to: &Path, from: &Path| {
+        let _ = fs::remove_dir_all(to);
+        crate::common::sh(&format!("cp -a {} {}", from.display(), to.display()));
+    };
+    // Nothing blesses a revision the root is not on: the last-known-good one is the root's.
+    let root_is_last_known_good = |root: &Path, when: &str| {
+        let s = state(&env, root);
+        assert!(s.get("trial").is_none(), "{when}: {s}");
+        assert_eq!(s["current"]["number"], 1, "{when}: {s}");
+        assert_eq!(s["last_known_good"]["number"], 1, "{when}: {s}");
+        assert_eq!(
+            fs::read_to_string(root.join("etc/motd")).unwrap(),
+            "revision with kernel 1.0\n",
+            "{when}"
+        );
+        assert!(
+            !grubenv(root).contains("aurum_"),
+            "{when}: {}",
+            grubenv(root)
+        );
+    };
+    let (mut in_window, mut kills) = (0, 0);
+    for k in 1..=40 {
+        fresh(&root, &ready);
+        let state_json = root.join("var/lib/aurum-node/state.json");
+        if !killed_at_rename(&env, &state_json, k, &["health", "--root", r]) {
+            // The run reached its end: every write of it was a kill point before.
+            assert!(k > 2, "aurum health wrote state.json only {} times", k - 1);
+            root_is_last_known_good(&root, "health not killed");
+            break;
+        }
+        kills += 1;
+        if root.join("var/lib/aurum-node/journal.json").exists() {
+            // Killed inside the rollback: its rerun is the update's business, not this test's.
+            continue;
+        }
+        let s = state(&env, &root);
+        let when = format!("killed before write {k} of state.json");
+        if s["current"]["number"] == 1 && s.get("trial").is_some() {
+            in_window += 1;
+            // The health check run again on the same boot (it passes now, on revision 1).
+            let again = env.path("again");
+            fresh(&again, &root);
+            let h = json(&env.ok(&["health", "--root", again.to_str().unwrap(), "--json"]));
+            assert_eq!(h["boot"]["outcome"], "fell-back", "{when}: {h}");
+            assert_eq!(h["boot"]["trial"]["number"], 2, "{when}: {h}");
+            root_is_last_known_good(&again, &format!("{when}, health again"));
+            // The next boot.
+            let b = json(&env.ok(&["boot", "--root", r, "--cmdline", cmdline, "--json"]));
+            assert_eq!(b["record"]["outcome"], "fell-back", "{when}: {b}");
+            assert_eq!(b["reboot"], false, "{when}: {b}");
+        } else {
+            env.ok(&["boot", "--root", r, "--cmdline", cmdline]);
+        }
+        let _ = env.run(&["health", "--root", r]);
+        root_is_last_known_good(&root, &format!("{when}, then a boot and a health check"));
+    }
+    println!("{kills} kills, {in_window} between the rollback and the end of the trial");
+    assert!(
+        in_window > 0,
+        "no kill landed between the rollback and the end of the trial"
+    );
+}
+
 /// systemd-boot's part at one boot of the counting entry: `aurum-revision+LEFT[-DONE].conf`
 /// renamed with one boot taken from LEFT and added to DONE (what systemd-boot does on the ESP
 /// before the kernel starts); the new name.

@@ -87,11 +87,13 @@ impl MemoryNode {
     }
 }
 
-/// A boot that went well: seconds from the reboot to the boot report, and to health passed.
-#[derive(Clone, Copy, Debug)]
+/// A boot that went well: seconds from the reboot to the boot report, and to health passed;
+/// and how the node was rebooted (`reset through its BMC ...`, `rebooted over ssh (...)`).
+#[derive(Clone, Debug)]
 pub struct Booted {
     pub booted: f64,
     pub healthy: f64,
+    pub how: String,
 }
 
 /// Reboots `n` (BMC, else ssh); says how, or why it could not.
@@ -138,7 +140,7 @@ pub fn boot_into(
         .set_node_image(&n.name, &to.name)
         .map_err(|e| format!("the node database: {e}"))?;
     let started = Instant::now();
-    reboot(plan, t, n)?;
+    let how = reboot(plan, t, n)?;
     let limit = Duration::from_secs(plan.boot_timeout.max(1));
     let mut booted = None;
     let mut last = String::from("no boot report");
@@ -175,6 +177,7 @@ pub fn boot_into(
                     Outcome::Ok => Ok(Booted {
                         booted: booted.unwrap_or(healthy),
                         healthy,
+                        how,
                     }),
                     _ => Err(format!(
                         "unhealthy on {} ({})",
@@ -231,8 +234,8 @@ pub fn drive_node(
                 NodeStep::Done,
                 None,
                 &format!(
-                    "healthy: booted {} {:.0} s after its reboot, health passed at {:.0} s",
-                    target.name, b.booted, b.healthy
+                    "healthy: booted {} {:.0} s after its reboot, health passed at {:.0} s ({})",
+                    target.name, b.booted, b.healthy, b.how
                 ),
             )?;
             return Ok(NodeStep::Done);
@@ -289,8 +292,8 @@ fn fall_back(
     match boot_into(cat, plan, t, &m.entry, prev) {
         Ok(b) => (
             format!(
-                "{why}; fell back to {}: rebooted into it, healthy {:.0} s after the reboot",
-                prev.name, b.healthy
+                "{why}; fell back to {}: rebooted into it, healthy {:.0} s after the reboot ({})",
+                prev.name, b.healthy, b.how
             ),
             true,
         ),
@@ -322,8 +325,8 @@ pub fn restore(
     }
     match boot_into(cat, plan, t, &m.entry, prev) {
         Ok(b) => format!(
-            "rolled back to {}: rebooted into it, healthy {:.0} s after the reboot",
-            prev.name, b.healthy
+            "rolled back to {}: rebooted into it, healthy {:.0} s after the reboot ({})",
+            prev.name, b.healthy, b.how
         ),
         Err(e) => format!("rollback to {} failed: {e}", prev.name),
     }

@@ -1081,10 +1081,12 @@ aurum --no-progress health --timeout 60
 echo "AURUM-CHECK: version $(cat /etc/version) health rc=$?, up $(cut -d' ' -f1 /proc/uptime) s"
 "#;
 
-/// Issue 21 item 3 in QEMU: a BIOS node boots deb@1 into memory and passes its health check;
-/// `aurum rollout` reboots it (over ssh) into deb@2, which passes; then into deb@3, whose
-/// required health check fails, and the rollout falls it back by rebooting it into deb@2. The
-/// node is never powered off between: every update is a reboot through PXE and the kit.
+/// Issue 21 item 3 in QEMU: a BIOS node whose BMC is ipmi_sim (spoken to by the real
+/// ipmitool) is powered on through it and boots deb@1 into memory, passing its health check;
+/// `aurum rollout` resets it through the BMC into deb@2, which passes; then into deb@3, whose
+/// required health check fails, and the rollout falls it back by resetting it into deb@2.
+/// Every update is a reset through the BMC, then PXE and the kit. (The reboot over ssh, for
+/// nodes without a BMC, is `fleet::rollouts_reboot_diskless_nodes_and_fall_back`.)
 #[test]
 fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
     let rom = Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom");
@@ -1100,6 +1102,8 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
         "ssh-keygen",
         "sgdisk",
         "mkfs.ext4",
+        "ipmi_sim",
+        "ipmitool",
     ];
     let missing: Vec<&&str> = needs.iter().filter(|p| !have(p)).collect();
     if !missing.is_empty() || !rom.exists() || !is_root() {
@@ -1123,15 +1127,6 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
     .unwrap();
     let key = host_key_override(&env, &[]);
     let g = debian_golden(&env, &server, &key, "tmpfs", ROLLOUT_CHECK);
-    // The master's key, for the rollout's ssh (the reboot).
-    let id = env.path("id_ed25519");
-    sh(&format!(
-        "ssh-keygen -q -t ed25519 -N '' -f '{}'",
-        id.display()
-    ));
-    let pubkey = fs::read_to_string(env.path("id_ed25519.pub")).unwrap();
-    write_mode(&g.join("root/.ssh/authorized_keys"), &pubkey, 0o600);
-    fs::set_permissions(g.join("root/.ssh"), fs::Permissions::from_mode(0o700)).unwrap();
     let excludes = [
         "--exclude",
         "/usr/share/doc/*",
@@ -1153,6 +1148,13 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
         }
         env.getimage(&g, "deb", &excludes);
     }
+    let sim = crate::power::IpmiSim::start(env.dir.path());
+    let bmc_pw = env.path("bmc-password");
+    write_mode(
+        &bmc_pw,
+        &format!("{}\n", crate::power::IPMI_PASSWORD),
+        0o600,
+    );
     env.ok(&[
         "node",
         "add",
@@ -1165,6 +1167,12 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
         "deb@1",
         "--rootfs",
         "memory",
+        "--bmc",
+        &sim.addr,
+        "--bmc-user",
+        "admin",
+        "--bmc-password-file",
+        bmc_pw.to_str().unwrap(),
     ]);
     let tftp = env.path("tftp");
     env.ok(&[
@@ -1175,13 +1183,10 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
         "--server",
         &server,
     ]);
-    let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let log = env.path("serial.log");
-    // Without -no-reboot: the guest's reboot is a reset, and the firmware PXE-boots again.
+    // Without -no-reboot: a reboot from inside the guest is a reset, and the firmware
+    // PXE-boots again. The BMC starts this script on power on and on reset; every boot
+    // appends to the one console log.
     let mut args: Vec<String> = crate::qemu::machine()
         .into_iter()
         .filter(|a| a != "-no-reboot")
@@ -1193,28 +1198,25 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
         format!("virtio-net-pci,netdev=n0,mac={MAC}"),
         "-netdev".into(),
         format!(
-            "user,id=n0,net=10.0.2.0/24,tftp={},bootfile=boot.ipxe,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+            "user,id=n0,net=10.0.2.0/24,tftp={},bootfile=boot.ipxe",
             tftp.display()
         ),
     ]);
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    write_mode(
+        &sim.state.join("qemu.sh"),
+        &format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec qemu-system-x86_64 {} </dev/null >>'{}' 2>/dev/null\n",
+            sim.state.join("qemu.pid").display(),
+            quoted.join(" "),
+            log.display()
+        ),
+        0o755,
+    );
     let _guest = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
-    let mut qemu = crate::qemu::spawn(
-        Command::new("qemu-system-x86_64")
-            .args(&args)
-            .stderr(Stdio::null()),
-        &log,
-    );
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = self.0.wait();
-        }
-    }
+    let on = env.ok(&["power", "on", "vm1"]);
+    assert!(on.contains("vm1"), "{on}");
     // The first boot: deb@1 into memory, healthy.
     loop {
         let text = serial(&log);
@@ -1227,15 +1229,7 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
             break;
         }
         let failed = text.contains("here is a shell") || text.contains("Kernel panic");
-        if failed
-            || started.elapsed() > Duration::from_secs(420)
-            || qemu.try_wait().unwrap().is_some()
-        {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(qemu.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = qemu.wait();
+        if failed || started.elapsed() > Duration::from_secs(420) {
             panic!(
                 "the first boot did not pass its health check after {:.0} s:\n{}",
                 started.elapsed().as_secs_f64(),
@@ -1245,11 +1239,6 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let first = started.elapsed();
-    let qemu = Kill(qemu);
-    let ssh = format!(
-        "ssh -p {ssh_port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
-        id.display()
-    );
     let rollout = |rev: &str| {
         let t = Instant::now();
         let out = env
@@ -1262,8 +1251,6 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
                 "0",
                 "--server",
                 &server,
-                "--ssh",
-                &ssh,
                 "--boot-timeout",
                 "420",
                 "--json",
@@ -1282,6 +1269,13 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
     assert_eq!(node(&v)["state"], "done", "{v:#}");
     assert_eq!(node(&v)["previous"], "deb@1", "{v:#}");
     let good_detail = node(&v)["detail"].clone();
+    assert!(
+        good_detail
+            .as_str()
+            .unwrap()
+            .contains(&format!("reset through its BMC {}", sim.addr)),
+        "{v:#}"
+    );
     let waited = Instant::now();
     while !serial(&log).contains("AURUM-CHECK: version 2 health rc=0")
         && waited.elapsed() < Duration::from_secs(60)
@@ -1326,7 +1320,12 @@ fn qemu_diskless_node_is_rolled_out_by_reboot_and_falls_back() {
     assert!(last_is_healthy_2(), "{}", story(&log));
     let show = json(&env.ok(&["node", "show", "vm1", "--json"]));
     assert_eq!(show["node"]["image"], "deb@2", "{show:#}");
-    drop(qemu);
+    // ipmitool's calls, as the BMC saw them: the power on, then a reset for each reboot
+    // (into deb@2, into deb@3, and the fallback into deb@2).
+    let calls = sim.file("calls.log");
+    assert_eq!(calls.matches("set power 1").count(), 1, "{calls}");
+    assert_eq!(calls.matches("reset").count(), 3, "{calls}");
+    drop(sim);
     eprintln!(
         "diskless rollout (BIOS, TCG): first boot to health {:.0} s; rollout of deb@2 {:.0} s ({}); \
          rollout of the unhealthy deb@3 with its fallback {:.0} s ({})",

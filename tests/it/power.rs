@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::common::{json, need, Env};
 use crate::serve::Server;
 
-const IPMI_PASSWORD: &str = "ipmi-S3cret-77";
+pub(crate) const IPMI_PASSWORD: &str = "ipmi-S3cret-77";
 const REDFISH_PASSWORD: &str = "rf-S3cret-42";
 
 /// The simulated node ipmi_sim boots: reads the BMC's boot device (a one-time override, so
@@ -130,15 +130,18 @@ fn write_mode(path: &Path, text: &str, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// A running ipmi_sim, killed when dropped; its chassis state in `state`.
-struct IpmiSim {
+/// A running ipmi_sim, killed when dropped; its chassis state in `state`. With an executable
+/// `state/qemu.sh` (which writes its pid to `state/qemu.pid` and execs QEMU), the BMC powers a
+/// QEMU node: power on and reset start that script (killing a running guest first), power off
+/// kills the guest, and dropping the BMC kills it too.
+pub(crate) struct IpmiSim {
     child: Child,
-    state: PathBuf,
-    addr: String,
+    pub(crate) state: PathBuf,
+    pub(crate) addr: String,
 }
 
 impl IpmiSim {
-    fn start(dir: &Path) -> IpmiSim {
+    pub(crate) fn start(dir: &Path) -> IpmiSim {
         let state = dir.join("bmc");
         fs::create_dir_all(&state).unwrap();
         let port = free_udp_port();
@@ -209,7 +212,7 @@ set_working_mc 0x20
         sim
     }
 
-    fn file(&self, name: &str) -> String {
+    pub(crate) fn file(&self, name: &str) -> String {
         fs::read_to_string(self.state.join(name)).unwrap_or_default()
     }
 

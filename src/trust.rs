@@ -22,8 +22,9 @@ use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
 use crate::error::{invalid, Error, IoContext, Result};
 use crate::format::signature::{
-    Signature, SignedRevision, SignedTemplate, TemplateSet, TemplateSetSignature,
-    TemplateSignature, NAMESPACE, TEMPLATE_NAMESPACE, TEMPLATE_SET_NAMESPACE,
+    NetrootSignature, Signature, SignedNetroot, SignedRevision, SignedTemplate, TemplateSet,
+    TemplateSetSignature, TemplateSignature, NAMESPACE, NETROOT_NAMESPACE, TEMPLATE_NAMESPACE,
+    TEMPLATE_SET_NAMESPACE,
 };
 use crate::format::Id;
 
@@ -114,42 +115,38 @@ impl SigningKey {
         self.key.fingerprint(HashAlg::Sha256).to_string()
     }
 
+    /// The armored SSH signature of `message` in `namespace`.
+    fn armor(&self, namespace: &str, message: &[u8]) -> Result<String> {
+        let sig = self
+            .key
+            .sign(namespace, HashAlg::Sha512, message)
+            .map_err(|e| Error::Tool(format!("signing failed: {e}")))?;
+        sig.to_pem(LineEnding::LF)
+            .map_err(|e| Error::Tool(format!("cannot encode a signature: {e}")))
+    }
+
     /// Signs `revision`.
     pub fn sign(&self, revision: SignedRevision) -> Result<Signature> {
-        let sig = self
-            .key
-            .sign(NAMESPACE, HashAlg::Sha512, &revision.message())
-            .map_err(|e| Error::Tool(format!("signing failed: {e}")))?;
-        let armored = sig
-            .to_pem(LineEnding::LF)
-            .map_err(|e| Error::Tool(format!("cannot encode a signature: {e}")))?;
+        let armored = self.armor(NAMESPACE, &revision.message())?;
         Ok(Signature { revision, armored })
     }
-}
 
-impl SigningKey {
     /// Signs a template's text.
     pub fn sign_template(&self, template: SignedTemplate) -> Result<TemplateSignature> {
-        let sig = self
-            .key
-            .sign(TEMPLATE_NAMESPACE, HashAlg::Sha512, &template.message())
-            .map_err(|e| Error::Tool(format!("signing failed: {e}")))?;
-        let armored = sig
-            .to_pem(LineEnding::LF)
-            .map_err(|e| Error::Tool(format!("cannot encode a signature: {e}")))?;
+        let armored = self.armor(TEMPLATE_NAMESPACE, &template.message())?;
         Ok(TemplateSignature { template, armored })
     }
 
     /// Signs a template set.
     pub fn sign_template_set(&self, set: TemplateSet) -> Result<TemplateSetSignature> {
-        let sig = self
-            .key
-            .sign(TEMPLATE_SET_NAMESPACE, HashAlg::Sha512, &set.message())
-            .map_err(|e| Error::Tool(format!("signing failed: {e}")))?;
-        let armored = sig
-            .to_pem(LineEnding::LF)
-            .map_err(|e| Error::Tool(format!("cannot encode a signature: {e}")))?;
+        let armored = self.armor(TEMPLATE_SET_NAMESPACE, &set.message())?;
         Ok(TemplateSetSignature { set, armored })
+    }
+
+    /// Signs a network-root image of a revision.
+    pub fn sign_netroot(&self, netroot: SignedNetroot) -> Result<NetrootSignature> {
+        let armored = self.armor(NETROOT_NAMESPACE, &netroot.message())?;
+        Ok(NetrootSignature { netroot, armored })
     }
 }
 
@@ -295,6 +292,13 @@ pub fn template_set_key_of(s: &TemplateSetSignature) -> Option<String> {
         .map(|sig| fingerprint(sig.public_key()))
 }
 
+/// The fingerprint of the key a network-root image's signature says made it.
+pub fn netroot_key_of(s: &NetrootSignature) -> Option<String> {
+    SshSig::from_pem(&s.armored)
+        .ok()
+        .map(|sig| fingerprint(sig.public_key()))
+}
+
 /// Whether a signature made for image `signed` may stand for the image named `local` here: the
 /// same name, or a pulled copy of it (`REMOTE/IMAGE`; pulls keep the source's numbers and ids).
 pub fn image_matches(signed: &str, local: &str) -> bool {
@@ -430,6 +434,7 @@ fn verdict(
                 match namespace {
                     TEMPLATE_NAMESPACE => "template",
                     TEMPLATE_SET_NAMESPACE => "template set",
+                    NETROOT_NAMESPACE => "network-root image",
                     _ => "revision",
                 },
                 differs.join(", ")
@@ -519,6 +524,55 @@ pub fn check_template_set(sigs: &[TemplateSetSignature], keys: &TrustedKeys) -> 
         .collect()
 }
 
+/// The network-root image a signature must name: revision `image@number` (`id`) as the file
+/// whose BLAKE3 is `file`, of `bytes` bytes.
+#[derive(Clone, Debug)]
+pub struct WantedNetroot<'a> {
+    /// The image's name here.
+    pub image: &'a str,
+    pub number: u32,
+    pub id: Id,
+    pub file: Id,
+    pub bytes: u64,
+}
+
+/// Every signature of a network-root image, checked against what it must name.
+pub fn check_netroot(
+    sigs: &[NetrootSignature],
+    want: &WantedNetroot,
+    keys: &TrustedKeys,
+) -> Vec<Checked> {
+    sigs.iter()
+        .map(|s| {
+            let n = &s.netroot;
+            let mut differs = Vec::new();
+            if !image_matches(&n.image, want.image) {
+                differs.push(format!("image `{}`", n.image));
+            }
+            if n.number != want.number {
+                differs.push(format!("number {}", n.number));
+            }
+            if n.manifest != want.id {
+                differs.push(format!("manifest {}", n.manifest.short()));
+            }
+            if n.file != want.file {
+                differs.push(format!("file BLAKE3 {}", n.file.short()));
+            }
+            if n.bytes != want.bytes {
+                differs.push(format!("{} bytes", n.bytes));
+            }
+            verdict(
+                &s.armored,
+                NETROOT_NAMESPACE,
+                &n.message(),
+                differs,
+                n.signed,
+                keys,
+            )
+        })
+        .collect()
+}
+
 /// The template set that counts: the newest block a trusted key signed (its index, and the
 /// signature), else why none does. A block that does not check out is passed over when a
 /// sound trusted one is there, as for revisions.
@@ -540,6 +594,25 @@ pub fn accept_template_set(
                 created: checked[i].signed,
             },
         )
+    })
+}
+
+/// The decision for a network-root image: `Ok` with its newest trusted signature, else why
+/// not.
+pub fn accept_netroot(
+    sigs: &[NetrootSignature],
+    want: &WantedNetroot,
+    keys: &TrustedKeys,
+) -> std::result::Result<Accepted, Refusal> {
+    if sigs.is_empty() {
+        return Err(Refusal::Unsigned);
+    }
+    let checked = check_netroot(sigs, want, keys);
+    decide(&checked).map(|i| Accepted {
+        key: checked[i].key.clone(),
+        signer: checked[i].signer.clone(),
+        signed: checked[i].signed,
+        created: checked[i].signed,
     })
 }
 
@@ -728,6 +801,59 @@ mod tests {
         let by_b_later = b.sign(later).unwrap();
         let ok = accept(&[sig, by_b_later], &want(&r), &both).unwrap();
         assert_eq!((ok.key, ok.signed), (b.fingerprint(), 300));
+    }
+
+    #[test]
+    fn a_netroot_signature_vouches_for_one_file_of_one_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = key(dir.path(), "a");
+        let keys = TrustedKeys::parse(&[a.public_line()], &[]).unwrap();
+        let n = SignedNetroot {
+            image: "compute".into(),
+            number: 3,
+            manifest: Id::of(b"m"),
+            file: Id::of(b"image"),
+            bytes: 4096,
+            signed: 50,
+        };
+        let want = WantedNetroot {
+            image: "compute",
+            number: 3,
+            id: n.manifest,
+            file: n.file,
+            bytes: 4096,
+        };
+        let sig = a.sign_netroot(n.clone()).unwrap();
+        let one = std::slice::from_ref(&sig);
+        assert_eq!(
+            accept_netroot(one, &want, &keys).unwrap().key,
+            a.fingerprint()
+        );
+        for other in [
+            WantedNetroot {
+                number: 4,
+                ..want.clone()
+            },
+            WantedNetroot {
+                file: Id::of(b"forged"),
+                ..want.clone()
+            },
+            WantedNetroot {
+                bytes: 4097,
+                ..want.clone()
+            },
+        ] {
+            let e = accept_netroot(one, &other, &keys).unwrap_err();
+            assert!(e.to_string().contains("another network-root image"), "{e}");
+        }
+        // A revision's signature over the same lines' values is not an image's.
+        let mut as_revision = sig.clone();
+        as_revision.armored = a.sign(revision(3)).unwrap().armored;
+        assert!(matches!(
+            accept_netroot(&[as_revision], &want, &keys),
+            Err(Refusal::Altered(_))
+        ));
+        assert_eq!(accept_netroot(&[], &want, &keys), Err(Refusal::Unsigned));
     }
 
     #[test]

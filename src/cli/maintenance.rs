@@ -135,6 +135,26 @@ pub fn verify(g: &Global, a: VerifyArgs) -> anyhow::Result<()> {
                 ),
             }
         }
+        if sigs.netroot_signed > 0 || !sigs.netroot_unsigned.is_empty() {
+            println!(
+                "network-root images: {} signed{}, {} unsigned{}",
+                sigs.netroot_signed,
+                if keys.is_empty() {
+                    ""
+                } else {
+                    " by a trusted key"
+                },
+                sigs.netroot_unsigned.len(),
+                if sigs.netroot_unsigned.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({}: `aurum sign REV --sign-key KEY` signs them)",
+                        sigs.netroot_unsigned.join(", ")
+                    )
+                }
+            );
+        }
         for d in &report.damage {
             let breaks = if d.breaks.is_empty() {
                 String::new()
@@ -241,7 +261,7 @@ pub fn gc(g: &Global, a: GcArgs) -> anyhow::Result<()> {
     );
     if r.netroot_images_deleted > 0 {
         println!(
-            "{} network-root images of removed revisions deleted",
+            "{} network-root images deleted (of removed revisions, or replaced by a re-export)",
             r.netroot_images_deleted
         );
     }

@@ -21,10 +21,14 @@ use super::{human_bytes, open, Global};
 /// node set NODE --rootfs netroot`): it is checked out (every blob verified; run as root to
 /// keep owners and devices) and `mkfs.erofs` (Debian: erofs-utils) makes an LZ4HC-compressed
 /// EROFS image of it, which keeps owners, modes, nanosecond mtimes, xattrs and hardlinks, at
-/// public/netroot/ID.erofs, with a record of its size and BLAKE3 hash beside it. `aurum serve`
-/// serves it; a node boots it read-only with a tmpfs overlay for its writes, and lays its
-/// overrides over it at boot. Export every revision netroot nodes are to boot. `-o FILE.erofs`
-/// writes such an image elsewhere, without publishing it.
+/// public/netroot/HASH.erofs (named by its BLAKE3), with a record of its size and hash at
+/// public/netroot/ID.erofs.json, written last: a node booting during a re-export gets the old
+/// image or the new one whole. With --sign-key (or AURUM_SIGN_KEY) the image is signed for the
+/// revision; nodes whose node.toml lists trusted-keys boot only signed images (`aurum sign
+/// REV` signs an existing export too). `aurum serve` serves it; a node boots it read-only with
+/// a tmpfs overlay for its writes, and lays its overrides over it at boot. Export every
+/// revision netroot nodes are to boot; `aurum gc` removes images no record names.
+/// `-o FILE.erofs` writes such an image elsewhere, without publishing or signing it.
 ///
 /// With --nfs the revision is published for diskless nodes whose root is `nfs`: a checkout
 /// (every blob verified; owners, modes, xattrs, hardlinks, nanosecond mtimes) in the
@@ -61,20 +65,39 @@ pub struct ExportArgs {
     /// of the aurum server the node boots from, port 2049.
     #[arg(long, value_name = "HOST[:PORT]", requires = "nfs")]
     nfs_server: Option<String>,
+    /// With --netroot, sign the image with this ed25519 private key (OpenSSH format, as
+    /// `aurum sign` takes it): nodes that trust keys boot only a signed image.
+    #[arg(long, env = aurum::trust::KEY_ENV, value_name = "FILE")]
+    sign_key: Option<PathBuf>,
     /// Print JSON: the revision ({"revision", "image", "number", "id"}), "output", "bytes"
     /// and "warnings" (not with `-o -`); for an image also "blake3", "entries",
-    /// "tree_bytes" and "seconds"; with --nfs "path", "pseudo", "server", "export_id",
-    /// "entries", "tree_bytes", "ganesha_config", "ganesha_block", "reused" and "seconds".
+    /// "tree_bytes", "seconds" and "signed_by" (the key's fingerprint, or null); with --nfs
+    /// "path", "pseudo", "server", "export_id", "entries", "tree_bytes", "ganesha_config",
+    /// "ganesha_block", "reused" and "seconds".
     #[arg(long)]
     json: bool,
 }
 
 /// `export --netroot` and `export -o FILE.erofs`.
 fn export_image(g: &Global, a: &ExportArgs) -> anyhow::Result<()> {
+    let key = match a.netroot {
+        true => a
+            .sign_key
+            .as_deref()
+            .map(aurum::trust::SigningKey::load)
+            .transpose()?,
+        false => None,
+    };
     let repo = open(g)?;
     let rev = repo.resolve(&a.rev)?;
     let progress = g.progress();
-    let r = aurum::netboot::netroot::export(&repo, &rev, a.output.as_deref(), progress.as_ref())?;
+    let r = aurum::netboot::netroot::export(
+        &repo,
+        &rev,
+        a.output.as_deref(),
+        key.as_ref(),
+        progress.as_ref(),
+    )?;
     if a.json {
         let mut v = super::revision_json(&rev);
         v["output"] = r.output.display().to_string().into();
@@ -83,6 +106,7 @@ fn export_image(g: &Global, a: &ExportArgs) -> anyhow::Result<()> {
         v["entries"] = r.info.entries.into();
         v["tree_bytes"] = r.info.tree_bytes.into();
         v["seconds"] = r.seconds.into();
+        v["signed_by"] = serde_json::json!(r.signed_by);
         v["warnings"] = serde_json::json!(r.warnings);
         return super::print_json(&v);
     }
@@ -99,6 +123,9 @@ fn export_image(g: &Global, a: &ExportArgs) -> anyhow::Result<()> {
         human_bytes(r.info.tree_bytes),
         r.seconds
     );
+    if let Some(k) = &r.signed_by {
+        super::say!("aurum: signed the image of {} with {k}", rev.name());
+    }
     Ok(())
 }
 

@@ -157,6 +157,8 @@ pub fn key(_: &Global, a: KeyArgs) -> anyhow::Result<()> {
 /// rotation, `aurum sign --all --sign-key NEW` signs everything with the new key: --all
 /// with no image named also signs every class's newest partition template and the
 /// template set, as `aurum template sign` does.
+/// A revision published as a network-root image (`aurum export REV --netroot`) has its
+/// image signed too.
 #[derive(Args)]
 pub struct SignArgs {
     /// The revisions (IMAGE, IMAGE@N, IMAGE:TAG).
@@ -168,7 +170,8 @@ pub struct SignArgs {
     all: bool,
     #[command(flatten)]
     key: SignKeyArgs,
-    /// Print JSON: a list of {"revision", "image", "number", "id", "key", "signed"}; with
+    /// Print JSON: a list of {"revision", "image", "number", "id", "key", "signed",
+    /// "netroot" (the network-root image signed, or null)}; with
     /// --all and no image, also {"template", "version", "text", "key", "signed"} per class
     /// and {"template_set" (how many classes), "key", "signed"}.
     #[arg(long)]
@@ -204,9 +207,11 @@ pub fn sign(g: &Global, a: SignArgs) -> anyhow::Result<()> {
     let mut out = Vec::new();
     for rev in &revs {
         let sig = repo.sign(rev, &key)?;
+        let netroot = repo.sign_netroot(rev, &key)?;
         let mut v = super::revision_json(rev);
         v["key"] = key.fingerprint().into();
         v["signed"] = sig.revision.signed.into();
+        v["netroot"] = serde_json::json!(netroot.as_ref().map(|(info, _)| &info.path));
         out.push(v);
         if !a.json {
             println!(
@@ -216,6 +221,9 @@ pub fn sign(g: &Global, a: SignArgs) -> anyhow::Result<()> {
                 key.fingerprint(),
                 human_time(sig.revision.signed)
             );
+            if let Some((info, _)) = &netroot {
+                println!("signed {}'s network-root image {}", rev.name(), info.path);
+            }
         }
     }
     if a.all && a.revs.is_empty() {

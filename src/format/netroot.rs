@@ -2,13 +2,23 @@
 //! the published tree, and the small JSON record beside it that a booting node checks the
 //! image against.
 //!
-//! `public/netroot/ID.erofs` is the revision `ID` (hex) as an EROFS filesystem, built from a
-//! checkout of it; `public/netroot/ID.erofs.json` is an [`ImageInfo`]. The record is written
-//! after the image and renamed into place, so a record always describes a complete image. The
-//! server hands the record to a netroot node in its identity (`GET /api/v1/boot/MAC`), and
-//! the node refuses an image whose size or BLAKE3 hash differ from it.
+//! `public/netroot/ID.erofs.json` is an [`ImageInfo`]: the record of revision `ID` (hex)'s
+//! image. The image itself is `public/netroot/HASH.erofs`, named by its content (HASH: the
+//! BLAKE3 of the file), and its signatures are `public/netroot/HASH.erofs.sig`
+//! ([`crate::format::signature`]'s netroot blocks). An export writes (and syncs) the image and
+//! its signatures first and then renames the record into place, so a record always names a
+//! complete image, and a re-export never replaces the bytes a node may be fetching under the
+//! name it reads: the old image stays until `gc` finds no record naming it. A booting node reads
+//! the record, fetches the image its hash names, and refuses an image whose size or BLAKE3
+//! differ from the record (and, when it trusts keys, a record no trusted signature vouches
+//! for).
+//!
+//! Format 2 repositories made before content naming published `ID.erofs` (named by revision);
+//! [`ImageInfo::is_content_named`] tells such a record, which opening the repository renames.
 
 use serde::{Deserialize, Serialize};
+
+use super::Id;
 
 /// The directory under `public/` (and the URL path) of the images.
 pub const DIR: &str = "netroot";
@@ -37,7 +47,7 @@ pub struct ImageInfo {
     /// The revision's id (hex) the image holds.
     pub id: String,
     pub format: ImageFormat,
-    /// The image's path under `public/` and the server's URL: `netroot/ID.erofs`.
+    /// The image's path under `public/` and the server's URL: `netroot/HASH.erofs`.
     pub path: String,
     pub bytes: u64,
     /// BLAKE3 of the whole image (hex).
@@ -47,14 +57,47 @@ pub struct ImageInfo {
     pub tree_bytes: u64,
 }
 
-/// `netroot/ID.erofs`.
-pub fn image_path(id_hex: &str, format: ImageFormat) -> String {
-    format!("{DIR}/{id_hex}.{}", format.as_str())
+/// The image whose BLAKE3 is `hash` (hex): `netroot/HASH.erofs`.
+pub fn image_path(hash: &str, format: ImageFormat) -> String {
+    format!("{DIR}/{hash}.{}", format.as_str())
 }
 
-/// The record beside the image: `netroot/ID.erofs.json`.
+/// The signatures of the image whose BLAKE3 is `hash`: `netroot/HASH.erofs.sig`.
+pub fn sig_path(hash: &str, format: ImageFormat) -> String {
+    format!("{}.sig", image_path(hash, format))
+}
+
+/// The record of revision `id_hex`'s image: `netroot/ID.erofs.json`.
 pub fn info_path(id_hex: &str, format: ImageFormat) -> String {
-    format!("{}.json", image_path(id_hex, format))
+    format!("{DIR}/{id_hex}.{}.json", format.as_str())
+}
+
+/// A file of `netroot/`, by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetrootFile {
+    /// `ID.erofs.json`: the record of revision ID's image.
+    Record(Id),
+    /// `HASH.erofs` (or, before content naming, `ID.erofs`).
+    Image(Id),
+    /// `HASH.erofs.sig`.
+    Signatures(Id),
+    /// `ID.nfs.json`: the record of revision ID's NFS export.
+    NfsRecord(Id),
+}
+
+impl NetrootFile {
+    /// What the file named `name` is (`None`: nothing an export writes).
+    pub fn of(name: &str) -> Option<NetrootFile> {
+        let (hex, rest) = name.split_once('.')?;
+        let id = Id::from_hex(hex)?;
+        match rest {
+            "erofs.json" => Some(NetrootFile::Record(id)),
+            "erofs" => Some(NetrootFile::Image(id)),
+            "erofs.sig" => Some(NetrootFile::Signatures(id)),
+            "nfs.json" => Some(NetrootFile::NfsRecord(id)),
+            _ => None,
+        }
+    }
 }
 
 impl ImageInfo {
@@ -64,9 +107,32 @@ impl ImageInfo {
         v
     }
 
+    /// Reads a record, refusing one whose revision id or hash are not 64 hex digits (the
+    /// hash names the file a node fetches).
     pub fn decode(b: &[u8], origin: &str) -> crate::error::Result<ImageInfo> {
-        serde_json::from_slice(b)
-            .map_err(|e| crate::error::corrupt(format!("{origin} is not an image record: {e}")))
+        let info: ImageInfo = serde_json::from_slice(b)
+            .map_err(|e| crate::error::corrupt(format!("{origin} is not an image record: {e}")))?;
+        if Id::from_hex(&info.id).is_none() || Id::from_hex(&info.blake3).is_none() {
+            return Err(crate::error::corrupt(format!(
+                "{origin}: its revision id or BLAKE3 is not 64 hex digits; export the revision again"
+            )));
+        }
+        Ok(info)
+    }
+
+    /// The image's BLAKE3, as an id (checked by [`ImageInfo::decode`]).
+    pub fn hash(&self) -> Id {
+        Id::from_hex(&self.blake3).unwrap_or(Id([0; 32]))
+    }
+
+    /// Where the image lies by its content: `netroot/HASH.erofs`.
+    pub fn content_path(&self) -> String {
+        image_path(&self.hash().hex(), self.format)
+    }
+
+    /// Whether the record names its image by content (not by revision, as before).
+    pub fn is_content_named(&self) -> bool {
+        self.path == self.content_path()
     }
 }
 
@@ -139,6 +205,44 @@ impl NfsExport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_told_by_name_and_records_checked() {
+        let h = Id::of(b"x");
+        assert_eq!(
+            NetrootFile::of(&format!("{}.erofs", h.hex())),
+            Some(NetrootFile::Image(h))
+        );
+        assert_eq!(
+            NetrootFile::of(&format!("{}.erofs.sig", h.hex())),
+            Some(NetrootFile::Signatures(h))
+        );
+        assert_eq!(
+            NetrootFile::of(&format!("{}.erofs.json", h.hex())),
+            Some(NetrootFile::Record(h))
+        );
+        assert_eq!(
+            NetrootFile::of(&format!("{}.nfs.json", h.hex())),
+            Some(NetrootFile::NfsRecord(h))
+        );
+        assert_eq!(NetrootFile::of("x.erofs"), None);
+        assert_eq!(NetrootFile::of(&format!("{}.erofs.tmp", h.hex())), None);
+        let info = ImageInfo {
+            id: Id::of(b"rev").hex(),
+            format: ImageFormat::Erofs,
+            path: image_path(&h.hex(), ImageFormat::Erofs),
+            bytes: 10,
+            blake3: h.hex(),
+            entries: 1,
+            tree_bytes: 1,
+        };
+        assert!(info.is_content_named());
+        assert_eq!(ImageInfo::decode(&info.encode(), "r").unwrap(), info);
+        let bad = String::from_utf8(info.encode())
+            .unwrap()
+            .replace(&h.hex(), "../../etc/passwd");
+        assert!(ImageInfo::decode(bad.as_bytes(), "r").is_err());
+    }
 
     #[test]
     fn nfs_record_round_trips_and_makes_a_ganesha_block() {

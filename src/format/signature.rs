@@ -65,6 +65,25 @@
 //! ...
 //! -----END SSH SIGNATURE-----
 //! ```
+//!
+//! A network-root image (`aurum export --netroot`) is a file built from a revision, not the
+//! revision itself, so its bytes are signed on their own, in `netroot/FILE.erofs.sig` beside
+//! the image (FILE: the image's BLAKE3; see [`super::netroot`]). A block names the revision as
+//! its signature does (image, number, manifest) and the image file (its BLAKE3 and size), under
+//! the namespace [`NETROOT_NAMESPACE`]; its message is the block's first seven lines:
+//!
+//! ```text
+//! aurum netroot signature 1
+//! image compute
+//! number 3
+//! manifest <64 hex digits>
+//! file <64 hex digits: BLAKE3 of the image>
+//! bytes <the image's size>
+//! signed <seconds since the epoch>
+//! -----BEGIN SSH SIGNATURE-----
+//! ...
+//! -----END SSH SIGNATURE-----
+//! ```
 
 use std::fmt::Write as _;
 
@@ -88,10 +107,14 @@ pub const TEMPLATE_SET_NAMESPACE: &str = "aurum-template-set";
 /// every image's directory, as [`TEMPLATE_DIR`]).
 pub const TEMPLATE_SET_PATH: &str = "sigs/_template-set";
 
+/// The SSHSIG namespace of network-root image signatures.
+pub const NETROOT_NAMESPACE: &str = "aurum-netroot";
+
 /// What each block starts with; the version follows.
 const HEADER: &str = "aurum revision signature";
 const TEMPLATE_HEADER: &str = "aurum template signature";
 const SET_HEADER: &str = "aurum template set";
+const NETROOT_HEADER: &str = "aurum netroot signature";
 /// The directory of template signatures under `sigs/`.
 pub const TEMPLATE_DIR: &str = "sigs/_templates";
 const BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
@@ -358,6 +381,107 @@ fn armored(lines: &mut Lines) -> Result<String, Problem> {
     Ok(armored)
 }
 
+/// What a network-root image's signature vouches for: this file is revision `image@number`
+/// (`manifest`) as a filesystem image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedNetroot {
+    /// The image's name where it was signed (as in [`SignedRevision::image`]).
+    pub image: String,
+    pub number: u32,
+    pub manifest: Id,
+    /// BLAKE3 of the whole image file.
+    pub file: Id,
+    pub bytes: u64,
+    /// When it was signed.
+    pub signed: i64,
+}
+
+impl SignedNetroot {
+    /// The bytes the signature is made over: the block's first seven lines.
+    pub fn message(&self) -> Vec<u8> {
+        format!(
+            "{NETROOT_HEADER} {VERSION}\nimage {}\nnumber {}\nmanifest {}\nfile {}\nbytes {}\nsigned {}\n",
+            self.image,
+            self.number,
+            self.manifest.hex(),
+            self.file.hex(),
+            self.bytes,
+            self.signed
+        )
+        .into_bytes()
+    }
+}
+
+/// One block of a network-root image's signatures file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetrootSignature {
+    pub netroot: SignedNetroot,
+    /// As in [`Signature::armored`].
+    pub armored: String,
+}
+
+/// The file holding a network-root image's signatures.
+pub fn encode_netroot(sigs: &[NetrootSignature]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in sigs {
+        out.extend(s.netroot.message());
+        out.extend(s.armored.trim_end().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Reads a network-root image's signatures file; refuses anything it cannot read whole.
+pub fn decode_netroot(data: &[u8]) -> Result<Vec<NetrootSignature>, Problem> {
+    let text = std::str::from_utf8(data).map_err(|_| Problem::NotText)?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(Problem::CutShort);
+    }
+    let mut lines = text.lines().enumerate().peekable();
+    let mut sigs = Vec::new();
+    while lines.peek().is_some() {
+        let version = header(
+            &mut lines,
+            NETROOT_HEADER,
+            "aurum netroot signature VERSION",
+        )?;
+        if version > VERSION {
+            return Err(Problem::Newer {
+                version,
+                reads: VERSION,
+            });
+        }
+        let bad = |line: usize, want| Problem::BadLine { line, want };
+        let (n, image) = field(&mut lines, "image", "image NAME")?;
+        if image.chars().any(|c| c.is_control()) {
+            return Err(bad(n, "image NAME"));
+        }
+        let (n, number) = field(&mut lines, "number", "number N")?;
+        let number = number.parse().map_err(|_| bad(n, "number N"))?;
+        let (n, manifest) = field(&mut lines, "manifest", "manifest ID")?;
+        let manifest = Id::from_hex(&manifest).ok_or_else(|| bad(n, "manifest ID"))?;
+        let (n, file) = field(&mut lines, "file", "file BLAKE3")?;
+        let file = Id::from_hex(&file).ok_or_else(|| bad(n, "file BLAKE3"))?;
+        let (n, bytes) = field(&mut lines, "bytes", "bytes N")?;
+        let bytes = bytes.parse().map_err(|_| bad(n, "bytes N"))?;
+        let (n, signed) = field(&mut lines, "signed", "signed SECONDS")?;
+        let signed = signed.parse().map_err(|_| bad(n, "signed SECONDS"))?;
+        let armored = armored(&mut lines)?;
+        sigs.push(NetrootSignature {
+            netroot: SignedNetroot {
+                image,
+                number,
+                manifest,
+                file,
+                bytes,
+                signed,
+            },
+            armored,
+        });
+    }
+    Ok(sigs)
+}
+
 /// What a signature vouches for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedRevision {
@@ -576,6 +700,32 @@ mod tests {
         };
         assert!(decode_template_set(&encode_template(&[t])).is_err());
         assert_eq!(decode_template_set(b"").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn netroot_signatures_round_trip_and_are_no_revisions_signatures() {
+        let n = NetrootSignature {
+            netroot: SignedNetroot {
+                image: "compute".into(),
+                number: 3,
+                manifest: Id::of(b"m"),
+                file: Id::of(b"image"),
+                bytes: 1 << 30,
+                signed: 40,
+            },
+            armored: format!("{BEGIN}\nU1NIU0lH\n{END}\n"),
+        };
+        let bytes = encode_netroot(&[n.clone(), n.clone()]);
+        assert_eq!(decode_netroot(&bytes).unwrap(), vec![n.clone(), n.clone()]);
+        let text = String::from_utf8(encode_netroot(std::slice::from_ref(&n))).unwrap();
+        let head: String = text.split_inclusive('\n').take(7).collect();
+        assert_eq!(head.as_bytes(), n.netroot.message());
+        assert!(matches!(
+            decode_netroot(text.replace("bytes 1073741824", "bytes many").as_bytes()),
+            Err(Problem::BadLine { line: 6, .. })
+        ));
+        assert!(decode(text.as_bytes()).is_err());
+        assert!(decode_netroot(&encode(&[sig("compute", 3, false, 10, 20)])).is_err());
     }
 
     #[test]

@@ -2,13 +2,19 @@
 //!
 //! The server publishes a revision once as a read-only filesystem image ([`export`]:
 //! `aurum export REV --netroot`), an EROFS image built by `mkfs.erofs` from a checkout of the
-//! revision, into `public/netroot/ID.erofs` with a record of its size and hash beside it
-//! ([`crate::format::netroot`]). Every node of that revision boots the same image: a node whose
+//! revision, into `public/netroot/HASH.erofs` (named by its BLAKE3) with a record of its size
+//! and hash, `public/netroot/ID.erofs.json`, and, with a signing key, a signature binding the
+//! image's hash and size to the revision ([`crate::repo::netroot`], [`crate::format::netroot`]).
+//! Every node of that revision boots the same image: a node whose
 //! root is `netroot` in the node database network-boots the kit every time, and the kit's
 //! `/init` runs `aurum boot-netroot`, which
 //!
 //! 1. asks the server who this node is by MAC (as [`super::memory`] does), resolves its
-//!    revision and reads the image's record (`netroot/ID.erofs.json`);
+//!    revision and reads the image's record (`netroot/ID.erofs.json`). A node that trusts
+//!    signing keys has had the revision's own signature checked by then (as a boot into memory
+//!    does), and now refuses an image unless a trusted key signed it as that revision's, with
+//!    the record's hash and size: a server cannot hand it a forged image under a signed
+//!    revision's name;
 //! 2. mounts a tmpfs (the kit mounts it on `/run`, which follows the node into its root)
 //!    sized to the image plus headroom for the node's writes, and fetches the image into it
 //!    whole, in ranges that resume where a transfer broke, checking its size and BLAKE3 hash
@@ -40,18 +46,22 @@ use serde::Serialize;
 
 use crate::apply::node::{HistoryEntry, Node, RevRef};
 use crate::apply::overrides;
+use crate::apply::source::Target;
 use crate::apply::source::{HttpRepo, RevisionSource};
 use crate::catalog::nodes::RootFs;
 use crate::devices::Mount;
 use crate::error::{invalid, Error, IoContext, Result};
 use crate::format::netroot::{
-    image_path, info_path, nfs_info_path, nfs_pseudo, ImageFormat, ImageInfo, NfsExport, NFS_DIR,
+    image_path, info_path, nfs_info_path, nfs_pseudo, sig_path, ImageFormat, ImageInfo, NfsExport,
+    NFS_DIR,
 };
 use crate::format::report::NodeAction;
+use crate::format::signature::decode_netroot;
 use crate::install::{Phase, Reporter};
 use crate::netboot::memory::{self, BootIdentity, MemoryOptions};
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::trust::{self, SigningKey, TrustedKeys, WantedNetroot};
 
 /// The node's persistent filesystems, in fstab(5) form, in its root (put it in an override
 /// image): mounted by `boot-netroot` before the switch of root.
@@ -69,28 +79,22 @@ pub struct ExportReport {
     pub info: ImageInfo,
     /// Where the image is.
     pub output: PathBuf,
+    /// The key that signed the image (`SHA256:...`), when one did.
+    pub signed_by: Option<String>,
     pub seconds: f64,
     pub warnings: Vec<String>,
 }
 
-/// The published image of revision `id` (hex), when [`export`] wrote one.
-pub fn published(root: &Path, id_hex: &str) -> Result<Option<ImageInfo>> {
-    let p = crate::store::published(root).join(info_path(id_hex, ImageFormat::Erofs));
-    match std::fs::read(&p) {
-        Ok(b) => ImageInfo::decode(&b, &p.display().to_string()).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).at(&p),
-    }
-}
-
-/// Builds revision `rev`'s EROFS image: into `public/netroot/` (with its record) when `output`
-/// is `None`, else into the file `output`. The revision is checked out into the repository's
-/// `tmp/` (every blob verified), `mkfs.erofs` makes the image beside it, and the image is
-/// renamed into place: a killed export leaves no partial image under the real name.
+/// Builds revision `rev`'s EROFS image: into `public/netroot/` (with its record, and signed
+/// with `key` when there is one) when `output` is `None`, else into the file `output`. The
+/// revision is checked out into the repository's `tmp/` (every blob verified), `mkfs.erofs`
+/// makes the image beside it, and the image is published by [`crate::repo::netroot::publish`]:
+/// a killed export leaves no record naming a partial image.
 pub fn export(
     repo: &Repository,
     rev: &crate::catalog::Revision,
     output: Option<&Path>,
+    key: Option<&SigningKey>,
     progress: &dyn Progress,
 ) -> Result<ExportReport> {
     let started = Instant::now();
@@ -111,44 +115,59 @@ pub fn export(
     let image = tmp.path().join("image");
     // --preserve-mtime: every file keeps its own mtime (nanoseconds included), at the cost of
     // extended inodes; xattrs are kept by default. LZ4HC: what the Debian kernel's EROFS reads (no LZMA there).
+    // The filesystem's UUID comes from the revision, not from chance; the superblock's build
+    // time still differs from run to run (erofs-utils 1.5's -T and SOURCE_DATE_EPOCH would also
+    // set every file's mtime), so images are not byte-reproducible: see the book's design notes.
     crate::devices::run(
         Command::new("mkfs.erofs")
             .args(["-zlz4hc", "--preserve-mtime", "--quiet"])
+            .arg(format!("-U{}", uuid_of(&rev.id)))
             .arg(&image)
             .arg(&tree),
     )
     .map_err(|e| Error::Tool(format!("building the image of {}: {e}", rev.name())))?;
-    let (bytes, hash) = hash_file(&image)?;
-    let id = rev.id.hex();
+    let (bytes, hash) = crate::repo::netroot::hash_file(&image)?;
     let info = ImageInfo {
-        id: id.clone(),
+        id: rev.id.hex(),
         format: ImageFormat::Erofs,
-        path: image_path(&id, ImageFormat::Erofs),
+        path: image_path(&hash.hex(), ImageFormat::Erofs),
         bytes,
-        blake3: hash,
+        blake3: hash.hex(),
         entries: checkout.entries as u64,
         tree_bytes: checkout.bytes,
     };
-    let target = match output {
-        Some(o) => o.to_path_buf(),
-        None => crate::store::published(&repo.root).join(&info.path),
+    let mut warnings = checkout.warnings;
+    let (target, signed_by) = match output {
+        Some(o) => {
+            if let Some(d) = o.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(d).at(d)?;
+            }
+            std::fs::set_permissions(&image, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .at(&image)?;
+            std::fs::rename(&image, o).at(o)?;
+            (o.to_path_buf(), None)
+        }
+        None => {
+            let sig = crate::repo::netroot::publish(&repo.root, rev, &image, &info, key)?;
+            if sig.is_none() && !repo.signatures(&rev.image, rev.number)?.is_empty() {
+                warnings.push(format!(
+                    "{} is signed but its network-root image is not: nodes that trust keys refuse it; sign it with `aurum sign {} --sign-key KEY`",
+                    rev.name(),
+                    rev.name()
+                ));
+            }
+            (
+                crate::store::published(&repo.root).join(&info.path),
+                key.filter(|_| sig.is_some()).map(SigningKey::fingerprint),
+            )
+        }
     };
-    if let Some(d) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).at(d)?;
-    }
-    // World-readable, as everything a web server publishes.
-    std::fs::set_permissions(&image, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .at(&image)?;
-    std::fs::rename(&image, &target).at(&target)?;
-    if output.is_none() {
-        let p = crate::store::published(&repo.root).join(info_path(&id, ImageFormat::Erofs));
-        crate::store::write_atomic(&repo.root, &p, &info.encode())?;
-    }
     Ok(ExportReport {
         info,
         output: target,
+        signed_by,
         seconds: started.elapsed().as_secs_f64(),
-        warnings: checkout.warnings,
+        warnings,
     })
 }
 
@@ -275,12 +294,22 @@ pub fn published_nfs(root: &Path, id_hex: &str) -> Result<Option<NfsExport>> {
     }
 }
 
-/// Size and BLAKE3 (hex) of a file.
-fn hash_file(p: &Path) -> Result<(u64, String)> {
-    let mut f = std::fs::File::open(p).at(p)?;
-    let mut h = blake3::Hasher::new();
-    let n = std::io::copy(&mut f, &mut h).at(p)?;
-    Ok((n, h.finalize().to_hex().to_string()))
+/// The filesystem UUID of a revision's image: its id's first 16 bytes, as a version-4-shaped
+/// UUID (so tools that check the variant bits accept it).
+fn uuid_of(id: &crate::format::Id) -> String {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&id.0[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// What a boot from a network root did.
@@ -333,17 +362,6 @@ pub fn boot_netroot(
         reporter.report(Phase::Failed(e.to_string()));
         return Err(e);
     }
-    // The image's record is not signed: nothing ties its bytes to the revision's signature,
-    // so a node that trusts keys would take any image a hostile server or a man in the middle
-    // hands it under a signed revision's name. Refused before anything is fetched or mounted.
-    if !o.policy.keys.is_empty() {
-        let e = Error::Untrusted(format!(
-            "refusing to boot {} from a network root: this node trusts signing keys, and network-root images are not signed (their record on the server is not tied to the revision's signature). Boot the node into memory instead (`aurum node set {} --rootfs memory`), which checks every byte against the signed revision, or remove trusted-keys from the boot kit's node.toml",
-            me.revision, me.node
-        ));
-        reporter.report(Phase::Failed(e.to_string()));
-        return Err(e);
-    }
     // The image comes over one connection, the revisions (signatures checked when the node
     // trusts keys) over another.
     // A rack powered on at once spreads its image fetches over the start window.
@@ -388,6 +406,9 @@ fn boot_inner(
         RootFs::Nfs => Lower::Nfs(nfs_record(http, &target.name(), &id, &me.revision)?),
         _ => Lower::Image(image_record(http, &target.name(), &id, &me.revision)?),
     };
+    if let (Lower::Image(info), false) = (&lower_src, o.policy.keys.is_empty()) {
+        check_signed(http, &o.policy.keys, &target, info)?;
+    }
     let image_manifest = source.manifest(&target.id)?;
     let follow = overrides::names(me.group.as_deref(), &me.node);
     let (manifest, overlay) =
@@ -439,7 +460,7 @@ fn boot_inner(
                 Some(info.format.as_str()),
                 "ro,loop",
             )?;
-            (m, info.path.clone())
+            (m, info.content_path())
         }
         Lower::Nfs(rec) => mount_nfs(http.base(), rec, &work.join("lower"))?,
     };
@@ -653,6 +674,53 @@ fn mount_nfs(base: &str, rec: &NfsExport, at: &Path) -> Result<(Mount, String)> 
     )))
 }
 
+/// Refuses, before anything is fetched or mounted, an image no trusted key vouches for as
+/// `target` (whose own signature the source already checked): its signatures file must hold a
+/// trusted signature naming the revision and the record's BLAKE3 and size, which the fetch then
+/// holds the image to.
+fn check_signed(
+    http: &HttpRepo,
+    keys: &TrustedKeys,
+    target: &Target,
+    info: &ImageInfo,
+) -> Result<()> {
+    let (Some(image), Some(number)) = (target.image.as_deref(), target.number) else {
+        // The source refuses a revision without image and number when it checks signatures.
+        return Err(Error::Untrusted(format!(
+            "refusing revision {}: a network-root image is signed for IMAGE@N",
+            target.id.short()
+        )));
+    };
+    let sig_file = sig_path(&info.hash().hex(), info.format);
+    let refuse = |why: String| {
+        Error::Untrusted(format!(
+            "refusing the network-root image {} of {image}@{number} ({}) from {}: {why}. Nothing was fetched or mounted",
+            info.content_path(),
+            target.id.short(),
+            http.base()
+        ))
+    };
+    let sigs = match http.get(&sig_file) {
+        Ok(data) => decode_netroot(&data).map_err(|p| {
+            refuse(format!(
+                "its signatures file {sig_file} is unreadable ({p}): the server's copy is damaged or was altered; run `aurum verify` on the server"
+            ))
+        })?,
+        Err(Error::NotFound(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let want = WantedNetroot {
+        image,
+        number,
+        id: target.id,
+        file: info.hash(),
+        bytes: info.bytes,
+    };
+    trust::accept_netroot(&sigs, &want, keys)
+        .map(|_| ())
+        .map_err(|r| refuse(r.to_string()))
+}
+
 /// Mounts the node's persistent filesystems, listed in fstab(5) form in [`PERSIST_FSTAB`]
 /// of its root (from an override image), at their places in the new root: mounted here,
 /// before the switch of root, they need neither udev nor the network configuration of the
@@ -734,8 +802,8 @@ fn fetch_image(
     let mut out = std::fs::File::create(file).at(file)?;
     let mut h = blake3::Hasher::new();
     let mut at = 0;
-    // Where the revision's image is published, whatever path the record names.
-    let path = image_path(&info.id, info.format);
+    // The image is named by its hash, whatever path the record says.
+    let path = info.content_path();
     while at < info.bytes {
         let end = (at + PIECE).min(info.bytes) - 1;
         let piece = http.get_range(&path, at, end, &crate::progress::Quiet)?;
@@ -750,8 +818,8 @@ fn fetch_image(
     let hash = h.finalize().to_hex().to_string();
     if hash != info.blake3 {
         return Err(Error::Remote(format!(
-            "{} arrived with BLAKE3 {hash}, its record says {}: the image on the server changed while it was fetched, or is damaged; export it again with `aurum export REV --netroot`",
-            info.path, info.blake3
+            "{path} arrived with BLAKE3 {hash}, its record says {}: the image on the server is damaged or was altered; run `aurum verify` on the server, and export the revision again with `aurum export REV --netroot`",
+            info.blake3
         )));
     }
     Ok(())

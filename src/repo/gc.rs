@@ -35,7 +35,8 @@ pub struct GcReport {
     pub packs_repacked: u64,
     pub manifests_deleted: u64,
     pub deltas_deleted: u64,
-    /// Network-root images (`export --netroot`) of revisions that are gone.
+    /// Network-root images (`export --netroot`) no record names: of revisions that are gone,
+    /// or replaced by a re-export.
     pub netroot_images_deleted: u64,
     /// NFS-exported trees (`export --nfs`) of revisions that are gone.
     pub nfs_trees_deleted: u64,
@@ -153,25 +154,18 @@ pub fn gc(repo: &mut Repository, dry_run: bool, progress: &dyn Progress) -> Resu
             }
         }
     }
-    // Network-root images of revisions that are gone: `ID.erofs` and its record.
-    let ndir = crate::store::published(&repo.root).join(crate::format::netroot::DIR);
-    if let Ok(files) = fs::read_dir(&ndir) {
-        for f in files {
-            let f = f.at(&ndir)?;
-            let name = f.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.split('.').next().and_then(Id::from_hex) else {
-                continue;
-            };
-            if revisions.contains(&id) {
-                continue;
-            }
-            if !name.ends_with(".json") {
-                report.netroot_images_deleted += 1;
-                report.bytes_freed += f.metadata().at(f.path())?.len();
-            }
-            if !dry_run {
-                fs::remove_file(f.path()).at(f.path())?;
-            }
+    // Network-root records of revisions that are gone, then images (and their signatures)
+    // no record names: those of removed revisions, and those a re-export replaced.
+    let public = crate::store::published(&repo.root);
+    for (rel, kind, size) in
+        crate::repo::netroot::unnamed(&repo.root, &|id| revisions.contains(id))?
+    {
+        if matches!(kind, crate::format::netroot::NetrootFile::Image(_)) {
+            report.netroot_images_deleted += 1;
+            report.bytes_freed += size;
+        }
+        if !dry_run {
+            fs::remove_file(public.join(&rel)).at(public.join(&rel))?;
         }
     }
     // NFS-exported trees of revisions that are gone (their records went above), and the

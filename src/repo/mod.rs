@@ -13,6 +13,7 @@ pub mod delta;
 pub mod diff;
 pub mod embedded;
 pub mod gc;
+pub mod netroot;
 pub mod publish;
 pub mod seen;
 pub mod signatures;
@@ -57,6 +58,9 @@ const LAYOUT_META: &str = "public-dir";
 /// (`refs/IMAGES`, `refs/IMAGE/log`, `deltas/list`; version 2 of [`crate::format::refs`]):
 /// a repository made before gets them at its first open by this aurum, as a recovery.
 const PULL_FILES_META: &str = "pull-files";
+/// Catalog meta key set once network-root images are named by their content
+/// ([`netroot::upgrade`]); a repository made before has them renamed at its first open.
+const NETROOT_NAMES_META: &str = "netroot-content-names";
 /// The repository format that had the published directories at the top; opened by moving
 /// them into `public/`.
 const TOP_LEVEL_FORMAT: u32 = 1;
@@ -161,6 +165,7 @@ pub fn init(root: &Path) -> Result<()> {
     let (images, list) = publish::images(&catalog)?;
     store::write_atomic(root, &public.join(images), &list)?;
     catalog.set_meta(PULL_FILES_META, "1")?;
+    catalog.set_meta(NETROOT_NAMES_META, "1")?;
     catalog.set_meta("format", &FORMAT_VERSION.to_string())?;
     catalog.set_meta("created", &crate::catalog::now().to_string())?;
     store::write_atomic(
@@ -378,6 +383,46 @@ fn upgrade_layout(root: &Path, catalog: &Catalog, lock: &File, held: Lock) -> Re
     Ok(())
 }
 
+/// Renames the network-root images of a repository made before they were named by content
+/// ([`netroot::upgrade`]), once, under the exclusive lock (taken here if `held` is shared,
+/// and given back after) so that no export or gc runs meanwhile. A read-only repository (an
+/// NFS export) is left as it is: its old names still serve nodes of the aurum that made them.
+fn upgrade_netroot(root: &Path, catalog: &Catalog, lock: &File, held: Lock) -> Result<()> {
+    let lock_path = root.join("lock");
+    if held == Lock::Shared {
+        flock(lock, Lock::Exclusive, &lock_path)?;
+    }
+    if catalog.get_meta(NETROOT_NAMES_META)?.is_none() {
+        match netroot::upgrade(root) {
+            Ok(renamed) => {
+                if renamed > 0 {
+                    catalog.event(
+                        "upgrade",
+                        None,
+                        &format!("named {renamed} network-root images by their BLAKE3"),
+                    )?;
+                    log::warn!(
+                        target: crate::progress::NOTICE,
+                        "{}: network-root images are now named by their BLAKE3 (public/netroot/HASH.erofs); boot kits must be made again with this aurum (`aurum bootkit`) to find them",
+                        root.display()
+                    );
+                }
+                if let Err(e) = catalog.set_meta(NETROOT_NAMES_META, "1") {
+                    log::debug!("cannot record the network-root names upgrade: {e}");
+                }
+            }
+            Err(e) => log::debug!(
+                "network-root images of {} left as they are: {e}",
+                root.display()
+            ),
+        }
+    }
+    if held == Lock::Shared {
+        flock(lock, Lock::Shared, &lock_path)?;
+    }
+    Ok(())
+}
+
 /// Checks a `FORMAT` file's text (of a repository at `place`, a path or a URL): refuses a
 /// repository made by a newer aurum, saying to upgrade, and anything that is not a
 /// repository this aurum reads. Returns the format.
@@ -444,6 +489,9 @@ impl Repository {
             })?;
         }
         upgrade_modes(root, &catalog);
+        if catalog.get_meta(NETROOT_NAMES_META)?.is_none() {
+            upgrade_netroot(root, &catalog, &lock_file, lock)?;
+        }
         Ok(Repository {
             root: root.to_path_buf(),
             catalog,

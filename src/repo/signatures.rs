@@ -242,6 +242,11 @@ pub struct SignatureSummary {
     /// set); none when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template_set: Option<SetStatus>,
+    /// Revisions whose network-root image (`export --netroot`) has a sound signature by a
+    /// trusted key (by any key, when the repository trusts none).
+    pub netroot_signed: u64,
+    /// Revisions whose network-root image has no such signature.
+    pub netroot_unsigned: Vec<String>,
 }
 
 /// The template set `verify` found.

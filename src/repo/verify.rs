@@ -12,7 +12,9 @@
 //!
 //! Every revision's signatures are checked too ([`crate::repo::signatures::check`]): a
 //! signature that does not check out is damage (someone altered a revision or its signature),
-//! and the revisions with none, or none by a key the repository trusts, are listed.
+//! and the revisions with none, or none by a key the repository trusts, are listed. So are
+//! the network-root images (`export --netroot`): each is hashed against its record, and its
+//! signatures checked ([`crate::repo::netroot::check`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -35,7 +37,8 @@ use crate::trust::TrustedKeys;
 /// One thing verify found wrong.
 #[derive(Debug, Serialize)]
 pub struct Damage {
-    /// `blob`, `pack`, `manifest` or `signature` (its id is then the key's fingerprint).
+    /// `blob`, `pack`, `manifest`, `signature` (its id is then the key's fingerprint) or
+    /// `netroot` (a network-root image, its id the image's path under `public/`).
     pub kind: &'static str,
     pub id: String,
     pub problem: String,
@@ -147,6 +150,14 @@ pub fn verify(
     if only.is_none() {
         signatures::check_templates(repo, keys, &mut report.signatures)?;
         signatures::check_template_set(repo, keys, &mut report.signatures)?;
+    }
+    for p in crate::repo::netroot::check(repo, &revisions, keys, &mut report.signatures)? {
+        report.damage.push(Damage {
+            kind: "netroot",
+            id: p.image,
+            problem: p.problem,
+            breaks: vec![p.revision],
+        });
     }
     for (rev, key, problem) in &report.signatures.bad {
         report.damage.push(Damage {

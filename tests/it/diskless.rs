@@ -916,7 +916,10 @@ fn netroot_on_the_host_is_the_revision_plus_overrides() {
     let e = json(&env.ok(&["export", "base", "--netroot", "--json"]));
     let export_s = started.elapsed().as_secs_f64();
     let id = e["id"].as_str().unwrap().to_string();
-    let image = env.public().join(format!("netroot/{id}.erofs"));
+    // Named by its content, its record by the revision.
+    let image = env
+        .public()
+        .join(format!("netroot/{}.erofs", e["blake3"].as_str().unwrap()));
     assert_eq!(e["output"], image.to_str().unwrap());
     assert_eq!(
         fs::metadata(&image).unwrap().len(),
@@ -1057,7 +1060,22 @@ fn netroot_on_the_host_is_the_revision_plus_overrides() {
         "--json",
     ]));
     assert_eq!(plan["changed"], 1, "{plan:#}");
+    // A re-export publishes a new image (mkfs.erofs stamps its build time) beside the one
+    // nodes may be fetching, and switches the record to it; gc removes the one no record
+    // names.
+    let again = json(&env.ok(&["export", "base", "--netroot", "--json"]));
+    let image2 = PathBuf::from(again["output"].as_str().unwrap());
+    assert!(image.exists() && image2.exists());
+    let record =
+        json(&fs::read_to_string(env.public().join(format!("netroot/{id}.erofs.json"))).unwrap());
+    assert_eq!(record["blake3"], again["blake3"]);
+    if image2 != image {
+        let gc = json(&env.ok(&["gc", "--json"]));
+        assert_eq!(gc["netroot_images_deleted"], 1, "{gc:#}");
+        assert!(!image.exists() && image2.exists());
+    }
     // gc deletes the image with its revision.
+    let image = image2;
     env.ok(&["rmimage", "base"]);
     let gc = json(&env.ok(&["gc", "--json"]));
     assert_eq!(gc["netroot_images_deleted"], 1, "{gc:#}");
@@ -1581,7 +1599,9 @@ fn memory_boots_fetch_through_a_cache_tier_with_failover_and_jitter() {
 
 /// `export --netroot` killed part-way (during the checkout or mkfs.erofs) leaves no image and no
 /// record under `public/netroot/`, a repository `verify` passes, and a checkout in `tmp/` that
-/// `gc` removes; the export run again publishes the image.
+/// `gc` removes; the export run again publishes the image. Re-exports killed at any point
+/// leave the record naming a whole image (issue #21: images are named by content and the
+/// record is written last), and gc removes the images no record names.
 #[test]
 fn a_killed_netroot_export_publishes_nothing() {
     if !can_run(is_root(), "root (checkout)") || !need("mkfs.erofs") {
@@ -1626,8 +1646,53 @@ fn a_killed_netroot_export_publishes_nothing() {
     assert!(fs::read_dir(&tmp).unwrap().count() > 0);
     env.ok(&["gc"]);
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    let started = Instant::now();
     let e = json(&env.ok(&["export", "big", "--netroot", "--json"]));
-    assert!(published
-        .join(format!("{}.erofs.json", e["id"].as_str().unwrap()))
-        .exists());
+    let whole = started.elapsed();
+    let record = published.join(format!("{}.erofs.json", e["id"].as_str().unwrap()));
+    assert!(record.exists());
+    // Re-exports killed at points spread over their run, late ones included (mkfs.erofs
+    // done, the image being synced, renamed, the record written): each time the record names
+    // a whole image with its hash, the old one or the new one, and verify passes.
+    for share in [0.5, 0.9, 0.97] {
+        let mut child = env
+            .cmd(&["export", "big", "--netroot"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(whole.mul_f64(share));
+        let _ = child.kill();
+        let finished = child.wait().unwrap().success();
+        let r = json(&fs::read_to_string(&record).unwrap());
+        let image = env.public().join(r["path"].as_str().unwrap());
+        let bytes = fs::read(&image).unwrap();
+        assert_eq!(
+            (
+                bytes.len() as u64,
+                blake3::hash(&bytes).to_hex().to_string()
+            ),
+            (
+                r["bytes"].as_u64().unwrap(),
+                r["blake3"].as_str().unwrap().to_string()
+            ),
+            "killed at {share} of an export (finished: {finished}), the record names another image"
+        );
+        env.ok(&["verify"]);
+    }
+    // gc leaves the record and the image it names.
+    env.ok(&["gc"]);
+    let mut left: Vec<String> = fs::read_dir(&published)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let r = json(&fs::read_to_string(&record).unwrap());
+    assert_eq!(
+        left,
+        vec![
+            format!("{}.erofs", r["blake3"].as_str().unwrap()),
+            format!("{}.erofs.json", e["id"].as_str().unwrap()),
+        ]
+    );
 }

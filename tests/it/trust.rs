@@ -637,26 +637,38 @@ fn a_diskless_boot_refuses_an_unsigned_revision_before_mounting() {
     );
 }
 
-/// A network root's image is not signed, so a node that trusts keys refuses to boot from one,
-/// even for a signed revision, before anything is fetched or mounted.
+/// A node that trusts keys boots a network root only when a trusted key signed its image as
+/// the revision's (issue #21): an unsigned export, an image altered on the server (with or
+/// without its record rewritten to match), and a record that hands over another revision's
+/// signed image are refused, naming the image and the revision, with nothing left mounted;
+/// `aurum sign` signs an existing export, `export --sign-key` a new one, and the signed image
+/// boots on the host; `verify` sees the altered image and counts signed images.
 #[test]
-fn a_node_that_trusts_keys_refuses_a_network_root() {
+fn a_node_that_trusts_keys_boots_only_a_signed_network_root() {
+    if !crate::common::can_run(crate::common::is_root(), "root (mount)")
+        || !need("mkfs.erofs")
+        || !need("losetup")
+    {
+        return;
+    }
     let env = Env::new();
     let (admin, admin_pub) = generate(&env, "admin");
-    env.getimage(&tree(&env, 1), "compute", &[]);
-    env.ok(&["sign", "compute", "--sign-key", admin.to_str().unwrap()]);
+    let key = admin.to_str().unwrap();
+    for v in 1..=2 {
+        env.getimage(&tree(&env, v), "compute", &["--sign-key", key]);
+    }
     node_toml(&env, &[&admin_pub], &[], "");
-    let srv = crate::serve::Server::start(&env);
+    let srv = Server::start(&env);
     let url = format!("http://{}", srv.addr);
     let root = env.path("newroot");
     let rw = env.path("rw");
-    let e = env.fails(
-        &[
+    let args = |rev: &'static str| -> Vec<String> {
+        [
             "boot-netroot",
             "--server",
             &url,
             "--image",
-            "compute",
+            rev,
             "--node",
             "n01",
             "--root",
@@ -664,17 +676,131 @@ fn a_node_that_trusts_keys_refuses_a_network_root() {
             "--rw",
             rw.to_str().unwrap(),
             "--no-report",
-        ],
-        3,
-    );
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // Exit 3 for what a signature refuses, 1 for bytes that differ from their record.
+    let refused_with = |rev: &'static str, code: i32| -> String {
+        let a = args(rev);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let e = env.fails(&a, code);
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(
+            !mounts.contains(rw.to_str().unwrap()) && !mounts.contains(root.to_str().unwrap()),
+            "a refused network-root boot left something mounted: {e}"
+        );
+        e
+    };
+    let refused = |rev: &'static str| refused_with(rev, 3);
+    let record_of = |e: &serde_json::Value| {
+        env.public()
+            .join(format!("netroot/{}.erofs.json", e["id"].as_str().unwrap()))
+    };
+
+    // Exported without a key: refused, saying how to sign it.
+    let e1 = json(&env.ok(&["export", "compute@1", "--netroot", "--json"]));
+    assert_eq!(e1["signed_by"], serde_json::Value::Null);
     assert!(
-        e.contains("refusing to boot compute") && e.contains("--rootfs memory"),
+        e1["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("aurum sign compute@1"),
+        "{e1:#}"
+    );
+    let image1 = format!("netroot/{}.erofs", e1["blake3"].as_str().unwrap());
+    let e = refused("compute@1");
+    assert!(
+        e.contains(&format!(
+            "refusing the network-root image {image1} of compute@1"
+        )) && e.contains("no signature")
+            && e.contains("aurum sign"),
         "{e}"
     );
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+
+    // `aurum sign` signs the revision and its existing export; the image boots.
+    let s = json(&env.ok(&["sign", "compute@1", "--sign-key", key, "--json"]));
+    assert_eq!(s[0]["netroot"], image1.as_str(), "{s:#}");
+    let a = args("compute@1");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = env.run(&a);
+    for p in [root.clone(), rw.join("aurum-netroot/lower"), rw.clone()] {
+        let _ = std::process::Command::new("umount").arg(&p).status();
+    }
     assert!(
-        !mounts.contains(rw.to_str().unwrap()) && !mounts.contains(root.to_str().unwrap()),
-        "a refused network-root boot left something mounted"
+        out.status.success(),
+        "the signed network root did not boot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout))["image"],
+        image1.as_str()
+    );
+    let v = env.ok(&["verify"]);
+    assert!(v.contains("network-root images: 1 signed"), "{v}");
+
+    // Another revision's signed image handed over under compute@1's record: refused.
+    let e2 = json(&env.ok(&[
+        "export",
+        "compute@2",
+        "--netroot",
+        "--sign-key",
+        key,
+        "--json",
+    ]));
+    assert!(
+        e2["signed_by"].as_str().unwrap().starts_with("SHA256:"),
+        "{e2:#}"
+    );
+    let good1 = fs::read(record_of(&e1)).unwrap();
+    let mut forged = json(&fs::read_to_string(record_of(&e2)).unwrap());
+    forged["id"] = e1["id"].clone();
+    fs::write(record_of(&e1), serde_json::to_vec(&forged).unwrap()).unwrap();
+    let e = refused("compute@1");
+    assert!(
+        e.contains("refusing the network-root image")
+            && e.contains("of compute@1")
+            && e.contains("another network-root image (number 2")
+            && e.contains("the signature by SHA256:"),
+        "{e}"
+    );
+    fs::write(record_of(&e1), &good1).unwrap();
+
+    // The image altered on the server: its bytes no longer match the signed record.
+    let path1 = env.public().join(&image1);
+    let original = fs::read(&path1).unwrap();
+    let mut altered = original.clone();
+    let at = altered.len() / 2;
+    altered[at] ^= 0xff;
+    fs::write(&path1, &altered).unwrap();
+    let e = refused_with("compute@1", 1);
+    assert!(e.contains("arrived with BLAKE3"), "{e}");
+    let v = env.run(&["verify"]);
+    assert!(
+        !v.status.success() && String::from_utf8_lossy(&v.stdout).contains("DAMAGED netroot"),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    // ...and its record rewritten to match, under the altered image's own name, with the
+    // signatures copied there: the signature names other bytes.
+    let hash = blake3::hash(&altered).to_hex().to_string();
+    fs::rename(&path1, env.public().join(format!("netroot/{hash}.erofs"))).unwrap();
+    fs::copy(
+        env.public().join(format!("{image1}.sig")),
+        env.public().join(format!("netroot/{hash}.erofs.sig")),
+    )
+    .unwrap();
+    let mut rewritten = json(&String::from_utf8_lossy(&good1));
+    rewritten["blake3"] = hash.clone().into();
+    rewritten["path"] = format!("netroot/{hash}.erofs").into();
+    fs::write(record_of(&e1), serde_json::to_vec(&rewritten).unwrap()).unwrap();
+    let e = refused("compute@1");
+    assert!(
+        e.contains(&format!(
+            "refusing the network-root image netroot/{hash}.erofs of compute@1"
+        )) && e.contains("another network-root image (file BLAKE3"),
+        "{e}"
     );
 }
 

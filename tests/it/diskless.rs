@@ -1696,3 +1696,55 @@ fn a_killed_netroot_export_publishes_nothing() {
         ]
     );
 }
+
+/// A repository whose network-root image was published before images were named by content
+/// (`netroot/ID.erofs`, its record naming that) has it renamed to `netroot/HASH.erofs` and
+/// its record rewritten at the first open by this aurum, once; verify and gc then take it as
+/// any other export, and a signed image keeps its signature.
+#[test]
+fn an_image_named_by_revision_is_renamed_to_its_content_name() {
+    if !can_run(is_root(), "root (checkout)") || !need("mkfs.erofs") {
+        return;
+    }
+    let env = Env::new();
+    let g = env.path("golden");
+    fs::create_dir_all(g.join("etc")).unwrap();
+    fs::write(g.join("etc/motd"), "old layout\n").unwrap();
+    env.getimage(&g, "base", &[]);
+    let key = env.path("admin");
+    env.ok(&["key", "generate", key.to_str().unwrap()]);
+    let e = json(&env.ok(&[
+        "export",
+        "base",
+        "--netroot",
+        "--sign-key",
+        key.to_str().unwrap(),
+        "--json",
+    ]));
+    let (id, hash) = (e["id"].as_str().unwrap(), e["blake3"].as_str().unwrap());
+    let dir = env.public().join("netroot");
+    // As an older aurum left it.
+    fs::rename(
+        dir.join(format!("{hash}.erofs")),
+        dir.join(format!("{id}.erofs")),
+    )
+    .unwrap();
+    let record = dir.join(format!("{id}.erofs.json"));
+    let mut r = json(&fs::read_to_string(&record).unwrap());
+    r["path"] = format!("netroot/{id}.erofs").into();
+    fs::write(&record, serde_json::to_vec_pretty(&r).unwrap()).unwrap();
+    let db = rusqlite::Connection::open(env.repo().join("aurum.db")).unwrap();
+    db.execute("DELETE FROM meta WHERE key = 'netroot-content-names'", [])
+        .unwrap();
+    drop(db);
+
+    let v = env.ok(&["verify"]);
+    assert!(v.contains("network-root images: 1 signed"), "{v}");
+    assert!(dir.join(format!("{hash}.erofs")).exists());
+    assert!(!dir.join(format!("{id}.erofs")).exists());
+    let r = json(&fs::read_to_string(&record).unwrap());
+    assert_eq!(r["path"], format!("netroot/{hash}.erofs"));
+    let gc = json(&env.ok(&["gc", "--json"]));
+    assert_eq!(gc["netroot_images_deleted"], 0, "{gc:#}");
+    assert!(dir.join(format!("{hash}.erofs")).exists());
+}

@@ -174,6 +174,11 @@ impl Growing {
         wake(waiting);
     }
 
+    /// Whether the writer is done.
+    pub fn ended(&self) -> bool {
+        self.lock().end.is_some()
+    }
+
     /// Waits until the writer is done; whether the file is complete and good.
     pub fn wait_end(&self) -> bool {
         let mut st = self.lock();

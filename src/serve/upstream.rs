@@ -121,6 +121,19 @@ impl Upstream {
                         return send_stream(rq, reply, &file, &stream, max_transfers);
                     }
                 }
+                if path.ends_with(".idx") && !file.exists() {
+                    let pack_path = format!("{}.pack", path.trim_end_matches(".idx"));
+                    if let Some(pack_file) = static_path(root, &pack_path) {
+                        // The pack is coming (its stream started here if need be): the
+                        // index cannot be checked against it yet.
+                        if self
+                            .stream(root, &pack_path, &pack_file)
+                            .is_some_and(|s| !s.body.ended())
+                        {
+                            return self.provisional_index(root, reply, path);
+                        }
+                    }
+                }
                 if !file.exists() {
                     if let Err((code, msg)) = self.fetch_once(root, path, &file) {
                         return text(code, &msg).send(reply);
@@ -185,6 +198,83 @@ impl Upstream {
                 .remove(&path);
         });
         Some(stream)
+    }
+
+    /// Answers the index `path` while its pack is being fetched: from the upstream, checked
+    /// against its own checksum only, and not kept (nor cacheable). It is kept once asked
+    /// for after its pack is, checked against the pack's records then. A node's first request
+    /// is for the index; waiting for the whole pack to check it would hold every node behind a
+    /// cold tier for the fill. An index pointing at the wrong bytes can fail the updates that
+    /// read it meanwhile (a node checks every blob against its id), never install them.
+    fn provisional_index(&self, root: &Path, reply: &mut Reply, path: &str) {
+        let url = format!("{}{path}", self.base);
+        let resp = match self.agent.get(&url).call() {
+            Ok(r) => r,
+            Err(e) => {
+                return text(
+                    502,
+                    &format!("the upstream {} did not answer {path}: {e}", self.base),
+                )
+                .send(reply)
+            }
+        };
+        match resp.status().as_u16() {
+            200 => {}
+            404 => {
+                return text(404, &format!("{path} not found (upstream {})", self.base)).send(reply)
+            }
+            s => {
+                return text(
+                    502,
+                    &format!("the upstream {} answered {path} with HTTP {s}", self.base),
+                )
+                .send(reply)
+            }
+        }
+        let mut spool = match tempfile::tempfile_in(root.join("tmp")) {
+            Ok(f) => f,
+            Err(e) => return text(500, &format!("spooling {path}: {e}")).send(reply),
+        };
+        let mut body = resp
+            .into_body()
+            .into_with_config()
+            .limit(MAX_PASSED)
+            .reader();
+        let checked = std::io::copy(&mut body, &mut spool)
+            .map_err(|e| (502, format!("{url}: {e}")))
+            .and_then(|len| {
+                let mut data = Vec::with_capacity(len as usize);
+                std::io::Seek::rewind(&mut spool)
+                    .and_then(|_| spool.read_to_end(&mut data))
+                    .map_err(|e| (500, e.to_string()))?;
+                crate::format::pack::decode_index(&data).map_err(|e| {
+                    (
+                        502,
+                        format!(
+                            "the upstream {} sent a damaged {path}: {e}; not kept",
+                            self.base
+                        ),
+                    )
+                })?;
+                Ok(len)
+            });
+        let len = match checked {
+            Ok(len) => len,
+            Err((code, msg)) => return text(code, &msg).send(reply),
+        };
+        let stem = path
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(".idx");
+        reply
+            .status(200)
+            .header("Content-Type", "application/octet-stream")
+            .header("Cache-Control", "no-store")
+            .header("ETag", format_args!("\"{stem}\""));
+        if let Err(e) = reply.file(spool, 0, len) {
+            text(500, &format!("{path}: {e}")).send(reply);
+        }
     }
 
     /// [`Upstream::fetch`], one fetch per object at a time: who comes while it runs waits for

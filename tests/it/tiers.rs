@@ -182,6 +182,15 @@ fn a_cache_tier_fetches_each_object_once_and_checks_it() {
     let mut entries = aurum::format::pack::decode_index(&std::fs::read(&idx).unwrap()).unwrap();
     entries[0].offset += 1;
     std::fs::write(&idx, aurum::format::pack::encode_index(&mut entries)).unwrap();
+    // While its pack is still coming, the index is passed on checked against its own checksum
+    // only, not cacheable and not kept.
+    let (status, head, _) = http(&tier.addr, "GET", &format!("/{idx_path}"), &[], b"");
+    assert_eq!(status, 200);
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    assert!(!cache.public().join(&idx_path).exists());
+    // Once the pack is kept, the index is checked against it and refused.
+    let pack_path = format!("/packs/{}/{newer}.pack", &newer[..2]);
+    assert_eq!(http(&tier.addr, "GET", &pack_path, &[], b"").0, 200);
     let (status, _, body) = http(&tier.addr, "GET", &format!("/{idx_path}"), &[], b"");
     let body = String::from_utf8_lossy(&body);
     assert_eq!(status, 502, "{body}");

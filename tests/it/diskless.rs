@@ -27,6 +27,16 @@ echo "AURUM-CHECK: root is $(stat -f -c %T /), hostname $(hostname), up $(cut -d
 echo "AURUM-CHECK: host key $(cat /etc/ssh/ssh_host_ed25519_key.pub), machine id $(cat /etc/machine-id)"
 aurum --no-progress health --timeout 60
 echo "AURUM-CHECK: health rc=$?, up $(cut -d' ' -f1 /proc/uptime) s"
+# An NFS root: what went over the wire so far (the per-operation RPC bytes of the mount).
+NFS=$(grep ' /run/aurum-netroot/lower nfs4 ' /proc/mounts)
+nfs_stats() {
+    [ -n "$NFS" ] && awk -v when="$1" '/^device /{f=($0 ~ /fstype nfs4/)}
+         f && $1 == "bytes:" {d=$6}
+         f && $1 ~ /^[A-Z_0-9]+:$/ && NF >= 9 {s+=$5; r+=$6; n+=$2}
+         END{print "AURUM-CHECK: nfs " when " received " r " bytes, sent " s " bytes in " n " calls, file data " d " bytes"}' \
+        /proc/self/mountstats
+}
+nfs_stats at-health
 echo "AURUM-CHECK: memory used $(awk '/MemTotal/{t=$2} /MemAvailable/{a=$2} END{print t-a}' /proc/meminfo) KiB, root $(df -k / | awk 'NR==2{print $3}') KiB, run $(df -k /run | awk 'NR==2{print $3}') KiB"
 # A network root's persistent filesystem: what the last boot left, and a file for the next.
 if [ -d /var/lib/persist ]; then
@@ -42,17 +52,12 @@ aurum --no-progress --quiet updateclient --dry-run --verify-local --json \
     --exclude /proc --exclude /sys --exclude /var/lib/systemd/timers \
     --exclude /var/lib/persist > /run/plan.json
 echo "AURUM-CHECK: verify rc=$?, up $(cut -d' ' -f1 /proc/uptime) s"
+nfs_stats after-verify
 echo AURUM-PLAN-BEGIN
 cat /run/plan.json
 echo AURUM-PLAN-END
-# An NFS root: what went over the wire (per-operation RPC bytes of the mount), and a write
-# that must land in the tmpfs upper layer, not on the server.
-if grep -q ' /run/aurum-netroot/lower nfs4 ' /proc/mounts; then
-    awk '/^device /{f=($0 ~ /fstype nfs4/)}
-         f && $1 == "bytes:" {d=$6}
-         f && $1 ~ /^[A-Z_0-9]+:$/ && NF >= 9 {s+=$5; r+=$6; n+=$2}
-         END{print "AURUM-CHECK: nfs received " r " bytes, sent " s " bytes in " n " calls, file data " d " bytes"}' \
-        /proc/self/mountstats
+# An NFS root: a write must land in the tmpfs upper layer, not on the server.
+if [ -n "$NFS" ]; then
     echo "written on $(hostname)" > /root/nfs-write
     echo "AURUM-CHECK: nfs write in upper $(cat /run/aurum-netroot/upper/root/nfs-write), lower $(cat /run/aurum-netroot/lower/root/nfs-write 2>&1 | head -c 60)"
 fi
@@ -496,15 +501,19 @@ fn boot_diskless(uefi: bool, how: Root) {
         let tree = Path::new(e["path"].as_str().unwrap());
         assert!(tree.join("etc/hostname").exists() || tree.join("etc").is_dir());
         assert!(!tree.join("root/nfs-write").exists());
-        let received = figure(&text, "AURUM-CHECK: nfs received", "received").unwrap_or(0);
+        let received = figure(&text, "AURUM-CHECK: nfs at-health", "received").unwrap_or(0);
         assert!(received > 1 << 20, "{}", story(&log));
+        let all = figure(&text, "AURUM-CHECK: nfs after-verify", "received").unwrap_or(0);
+        // The comparison by hash read every file over NFS.
+        assert!(all > e["tree_bytes"].as_u64().unwrap(), "{}", story(&log));
         let g = ganesha.take().unwrap();
         let log_text = g.stop();
         eprintln!(
-            "nfs export: {} entries, {} MiB of files in {secs:.1} s; the node received {:.1} MiB over NFS, /run {:.1} MiB",
+            "nfs export: {} entries, {} MiB of files in {secs:.1} s; the node received {:.1} MiB over NFS by its health check, {:.1} MiB after the comparison by hash, /run {:.1} MiB",
             e["entries"],
             e["tree_bytes"].as_u64().unwrap() >> 20,
             received as f64 / 1048576.0,
+            all as f64 / 1048576.0,
             run as f64 / 1024.0
         );
         assert!(
@@ -516,6 +525,7 @@ fn boot_diskless(uefi: bool, how: Root) {
         l.contains("booted into memory as")
             || l.contains("booted from a network root as")
             || l.contains("from a network root: nfs")
+            || l.contains("read-only in")
             || l.starts_with("AURUM-CHECK")
     }) {
         eprintln!("{l}");

@@ -711,6 +711,35 @@ fn nfs_export_is_the_revision_and_ganesha_takes_it() {
         g = g.display()
     ));
     env.getimage(&g, "base", &[]);
+    // A node asked to boot a revision that is not exported stops with the command to run,
+    // before anything is mounted.
+    let srv = Server::start(&env);
+    let rw = env.path("rw");
+    let err = env.fails(
+        &[
+            "boot-netroot",
+            "--nfs",
+            "--server",
+            &format!("http://{}", srv.addr),
+            "--image",
+            "base@1",
+            "--node",
+            "n1",
+            "--root",
+            env.path("newroot").to_str().unwrap(),
+            "--rw",
+            rw.to_str().unwrap(),
+            "--no-report",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("is not exported over NFS") && err.contains("aurum export base@1 --nfs"),
+        "{err}"
+    );
+    assert!(!fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .contains(rw.to_str().unwrap()));
     let started = Instant::now();
     let e = json(&env.ok(&["export", "base", "--nfs", "--json"]));
     let export_s = started.elapsed().as_secs_f64();

@@ -1199,3 +1199,53 @@ fn the_template_set_refuses_replayed_texts_dropped_classes_and_stale_sets() {
     assert_eq!(fs::read_to_string(&pulled).unwrap(), before);
     assert_eq!(crate::common::revisions_of(&cluster, "stale/compute"), 0);
 }
+
+/// A node that trusts keys refuses an NFS root, even of a signed revision exported with
+/// `export --nfs` (issue #21): exit 3, saying why and what to boot instead, before anything
+/// is mounted (the server is never asked for the export record).
+#[test]
+fn a_node_that_trusts_keys_refuses_an_nfs_root() {
+    if !crate::common::can_run(crate::common::is_root(), "root (checkout, mount)") {
+        return;
+    }
+    let env = Env::new();
+    let (admin, admin_pub) = generate(&env, "admin");
+    env.getimage(
+        &tree(&env, 1),
+        "compute",
+        &["--sign-key", admin.to_str().unwrap()],
+    );
+    env.ok(&["export", "compute@1", "--nfs"]);
+    node_toml(&env, &[&admin_pub], &[], "");
+    let srv = Server::start(&env);
+    let url = format!("http://{}", srv.addr);
+    let root = env.path("newroot");
+    let rw = env.path("rw");
+    let e = env.fails(
+        &[
+            "boot-netroot",
+            "--nfs",
+            "--server",
+            &url,
+            "--image",
+            "compute@1",
+            "--node",
+            "n01",
+            "--root",
+            root.to_str().unwrap(),
+            "--rw",
+            rw.to_str().unwrap(),
+            "--no-report",
+        ],
+        3,
+    );
+    assert!(
+        e.contains("refusing to boot compute@1 from an NFS root") && e.contains("--rootfs memory"),
+        "{e}"
+    );
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(rw.to_str().unwrap()) && !mounts.contains(root.to_str().unwrap()),
+        "{mounts}"
+    );
+}

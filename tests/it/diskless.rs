@@ -1787,3 +1787,60 @@ fn an_image_named_by_revision_is_renamed_to_its_content_name() {
     assert_eq!(gc["netroot_images_deleted"], 0, "{gc:#}");
     assert!(dir.join(format!("{hash}.erofs")).exists());
 }
+
+/// `export --nfs` killed during its checkout leaves no tree under `nfsroot/`, no record and
+/// no EXPORT block; `verify` passes, `gc` removes the checkout left in `tmp/`, and the export
+/// run again publishes the whole tree (rsync finds no difference from the golden tree).
+#[test]
+fn a_killed_nfs_export_publishes_nothing() {
+    if !can_run(is_root(), "root (checkout)") || !need("rsync") {
+        return;
+    }
+    let env = Env::new();
+    let g = env.path("golden");
+    for i in 0..3 {
+        crate::common::write_random(&g.join(format!("data/{i}")), i, 16 << 20);
+    }
+    env.getimage(&g, "big", &[]);
+    let mut child = env
+        .cmd(&["export", "big", "--nfs"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = env.repo().join("tmp");
+    let started = Instant::now();
+    // Killed once its checkout has begun.
+    while fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the export never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    child.kill().unwrap();
+    assert!(
+        !child.wait().unwrap().success(),
+        "the export finished before it was killed"
+    );
+    let trees: Vec<_> = fs::read_dir(env.repo().join("nfsroot"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(trees.is_empty(), "a killed export left {trees:?}");
+    let records: Vec<_> = fs::read_dir(env.public().join("netroot"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(records.is_empty(), "a killed export left {records:?}");
+    env.ok(&["verify"]);
+    assert!(fs::read_dir(&tmp).unwrap().count() > 0);
+    env.ok(&["gc"]);
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    let e = json(&env.ok(&["export", "big", "--nfs", "--json"]));
+    assert_eq!(e["reused"], false);
+    let tree = Path::new(e["path"].as_str().unwrap());
+    let diff = crate::common::rsync_diff(&g, tree);
+    assert!(diff.is_empty(), "{diff}");
+    let conf = fs::read_to_string(e["ganesha_config"].as_str().unwrap()).unwrap();
+    assert_eq!(conf.matches("EXPORT {").count(), 1, "{conf}");
+}

@@ -25,6 +25,15 @@ pub enum Error {
     /// A revision, image, tag or path does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// Of several servers, those that answered lack a file and the others never answered:
+    /// the file may be on those. Never to be taken as absent where the absence changes what a
+    /// node holds (an override the node follows would be composed out, deleting its files).
+    #[error("{message}")]
+    PartialNotFound {
+        message: String,
+        /// The servers that did not answer.
+        unreachable: Vec<String>,
+    },
     /// Stored data does not match its hash or its format.
     #[error("{0}")]
     Corrupt(String),
@@ -92,6 +101,13 @@ impl Error {
             Error::Os(source) => Error::Os(Noted::wrap(source, note)),
             Error::Invalid(m) => Error::Invalid(m + note),
             Error::NotFound(m) => Error::NotFound(m + note),
+            Error::PartialNotFound {
+                message,
+                unreachable,
+            } => Error::PartialNotFound {
+                message: message + note,
+                unreachable,
+            },
             Error::Corrupt(m) => Error::Corrupt(m + note),
             Error::Remote(m) => Error::Remote(m + note),
             Error::Tool(m) => Error::Tool(m + note),

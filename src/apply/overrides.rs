@@ -92,6 +92,23 @@ pub fn resolve(
                      --image {name})"
                 )))
             }
+            // Composed without it, the node would lose the override's files: only servers that
+            // all answered may say it is absent.
+            Err(Error::PartialNotFound {
+                message,
+                unreachable,
+            }) => {
+                return Err(Error::PartialNotFound {
+                    message: format!(
+                        "{message}. This node follows the override image `{name}`: without it \
+                         the update would delete the override's files, so nothing on the node \
+                         was changed. Bring {} back, or give --server only servers that hold \
+                         the whole repository",
+                        unreachable.join(", ")
+                    ),
+                    unreachable,
+                })
+            }
             Err(e) => return Err(e),
         };
         let manifest = source.manifest(&target.id)?;
@@ -210,6 +227,22 @@ pub fn checkout(source: &dyn RevisionSource, image: &str, dir: &Path) -> Result<
     let target = match source.resolve(image) {
         Ok(t) => t,
         Err(Error::NotFound(_)) => return Ok(None),
+        // Some servers did not answer: the image may be on those, and without it the node
+        // would be installed without its hooks.
+        Err(Error::PartialNotFound {
+            message,
+            unreachable,
+        }) => {
+            return Err(Error::PartialNotFound {
+                message: format!(
+                    "{message}. Without the `{image}` image the node would be installed \
+                     without its hooks: bring {} back, or give only servers that hold the \
+                     whole repository",
+                    unreachable.join(", ")
+                ),
+                unreachable,
+            })
+        }
         Err(e) => return Err(e),
     };
     let m = source.manifest(&target.id)?;

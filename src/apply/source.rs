@@ -629,10 +629,13 @@ impl HttpRepo {
         let mut busy = Duration::ZERO;
         let mut round = 1;
         // This round's failures: how many, how many said busy (the shortest wait asked),
-        // how many lacked the file.
-        let (mut failed, mut missing) = (0, 0);
+        // which servers lacked the file.
+        let mut failed = 0;
+        let mut missing = vec![false; servers];
         let mut busy_for: Option<Duration> = None;
         let mut noted = false;
+        // Why a server that did not answer the file did not (a 404 is an answer).
+        let mut silence = String::new();
         loop {
             let why = match attempt(server) {
                 Ok(v) => {
@@ -644,8 +647,8 @@ impl HttpRepo {
                 }
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Missing(e)) => {
-                    missing += 1;
-                    if missing >= servers {
+                    missing[server] = true;
+                    if missing.iter().all(|m| *m) {
                         return Err(Error::NotFound(format!(
                             "{object} not found on any of {}",
                             self.all_bases()
@@ -653,9 +656,13 @@ impl HttpRepo {
                     }
                     e.to_string()
                 }
-                Err(Failure::Transient(why)) => why,
+                Err(Failure::Transient(why)) => {
+                    silence.clone_from(&why);
+                    why
+                }
                 Err(Failure::Busy { why, after }) => {
                     busy_for = Some(busy_for.map_or(after, |b| b.min(after)));
+                    silence.clone_from(&why);
                     why
                 }
             };
@@ -686,15 +693,29 @@ impl HttpRepo {
                 progress.note("server busy: waiting");
                 std::thread::sleep(pause);
             } else {
-                if round >= attempts && missing > 0 {
+                if round >= attempts && missing.iter().any(|m| *m) {
                     // The servers that answered lack it and the others stayed silent through
-                    // every try: take those that answered at their word, so that an optional
-                    // object (an override's head) is absent rather than an error when one of
-                    // the servers listed is down.
-                    return Err(Error::NotFound(format!(
-                        "{object} not found on {missing} of {}; the others did not answer ({why})",
-                        self.all_bases()
-                    )));
+                    // every try: it may be on those. Not a NotFound, which callers may read as
+                    // "absent" (an override's head: the node would be composed without it).
+                    let on = |lacks: bool| -> Vec<String> {
+                        self.bases
+                            .iter()
+                            .zip(&missing)
+                            .filter(|(_, m)| **m == lacks)
+                            .map(|(b, _)| b.clone())
+                            .collect()
+                    };
+                    let (lacking, silent) = (on(true), on(false));
+                    return Err(Error::PartialNotFound {
+                        message: format!(
+                            "{object} is not on {}, and {} did not answer ({attempts} {}, \
+                             last: {silence}): it may be there",
+                            lacking.join(", "),
+                            silent.join(", "),
+                            if attempts == 1 { "try" } else { "tries" }
+                        ),
+                        unreachable: silent,
+                    });
                 }
                 if round >= attempts {
                     return Err(Error::Unanswered {
@@ -719,7 +740,8 @@ impl HttpRepo {
                 std::thread::sleep(pause);
                 round += 1;
             }
-            (failed, missing, busy_for) = (0, 0, None);
+            (failed, busy_for) = (0, None);
+            missing.fill(false);
             server = next;
         }
     }

@@ -951,3 +951,94 @@ fn a_cache_tier_never_keeps_nor_completes_a_damaged_pack() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Review finding: with several servers, one down and another answering 404 for an override's
+/// head, the 404 was believed after the last try, and the node was composed without the
+/// override: its files deleted. Two servers, the first stopped and the second a copy of the
+/// repository without the override image: the update fails naming the server that did not
+/// answer, and the override's files stay. With both up it succeeds; when every server answers
+/// 404 (the override removed everywhere) the node goes on without it, as before.
+#[test]
+fn an_override_head_missing_on_one_server_while_another_is_down_is_not_taken_as_absent() {
+    let env = origin();
+    let ov = env.path("ov");
+    sh(&format!(
+        "mkdir -p {o}/etc && printf 'the override\\n' > {o}/etc/ov.conf",
+        o = ov.display()
+    ));
+    env.getimage(&ov, "ov", &[]);
+    let lacking = Env::new();
+    sh(&format!(
+        "rm -rf {l} && cp -a {r} {l}",
+        r = env.repo().display(),
+        l = lacking.repo().display()
+    ));
+    lacking.ok(&["rmimage", "ov"]);
+    let full = Server::start(&env);
+    let stale = Server::start(&lacking);
+    let root = env.path("node");
+    std::fs::create_dir_all(&root).unwrap();
+    let conf = root.join("etc/ov.conf");
+    let node = |servers: &[&str], extra: &[&str]| {
+        let mut args = vec!["updateclient", "--http-tries", "1"];
+        let urls: Vec<String> = servers.iter().map(|s| format!("http://{s}")).collect();
+        for u in &urls {
+            args.extend(["--server", u]);
+        }
+        args.extend(["--image", "img", "--root", root.to_str().unwrap()]);
+        args.extend(extra);
+        env.bare(&args).output().unwrap()
+    };
+    let out = node(&[&full.addr], &["--override", "ov"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "the override\n");
+
+    let down = full.addr.clone();
+    drop(full);
+    let out = node(&[&down, &stale.addr], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the update went on without the override:\n{err}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    println!("with {down} down: {err}");
+    assert!(
+        err.contains(&format!("refs/ov/head is not on http://{}", stale.addr))
+            && err.contains(&format!("Bring http://{down} back"))
+            && err.contains("follows the override image `ov`"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        "the override\n",
+        "the override's file was touched"
+    );
+
+    // Both up (the full one back on another port), the stale one first: it hands over.
+    let full = Server::start(&env);
+    let out = node(&[&stale.addr, &full.addr], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "the override\n");
+
+    // Every server answers 404: the override is gone from the repository, and from the node.
+    let stale2 = Server::start(&lacking);
+    let out = node(&[&stale.addr, &stale2.addr], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !conf.exists(),
+        "the override removed everywhere stays on the node"
+    );
+}

@@ -31,9 +31,9 @@
 //! `aurum-revision+N.conf` for it; the kept kernel (`aurum/fallback/`) gets the entry
 //! `aurum-fallback.conf` (`aurum.fallback` on its command line), and `loader.conf`'s default
 //! becomes `aurum-*`. A kernel an entry boots is never written over: a kill between the copy
-//! and the entry leaves the entry before booting its own kernel ([`sd_point`]). systemd-boot renames the entry at each
-//! boot (`+N-1-1`, ...); one at `+0` sorts after every other entry, so the pattern picks the
-//! fallback entry. Blessing drops the counter (`aurum-revision.conf`), as `systemd-bless-boot`
+//! and the entry leaves the entry before booting its own kernel ([`sd_point`]). systemd-boot
+//! renames the entry at each boot (`+N-1-1`, ...); one at `+0` sorts after every other entry,
+//! so the pattern picks the fallback entry. Blessing drops the counter (`aurum-revision.conf`), as `systemd-bless-boot`
 //! would, and that entry stays the node's: the kernel systemd-boot boots must be on the ESP.
 //!
 //! Every outcome is recorded in `state.json` (`boot`) and reported to the server (action

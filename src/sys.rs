@@ -100,6 +100,123 @@ impl LastDir {
     }
 }
 
+/// Directories kept by a [`DirCache`].
+const DIR_CACHE: usize = 16;
+
+/// The directories beneath a root that a worker opened last, and the directories on their
+/// way: like [`LastDir`], but when work leaves a directory for another (a fresh root's files
+/// written in the order their blobs arrive, or `usr/share/doc/a` followed by
+/// `usr/share/doc/b`), the one wanted is often still kept, and else is opened from its
+/// nearest kept ancestor with one `openat` per component below it, not one per component
+/// from the root. Keeps at most 16 descriptors. Only for trees nothing renames meanwhile: a
+/// fresh tree being written, a golden client being read.
+#[derive(Default)]
+pub struct DirCache {
+    /// Most recently used first.
+    kept: Vec<(Vec<u8>, OwnedFd)>,
+}
+
+impl DirCache {
+    /// The directory `rel` beneath `root` (never through a symlink).
+    pub fn dir<'s>(
+        &'s mut self,
+        root: BorrowedFd<'s>,
+        rel: &[u8],
+        shown_root: &Path,
+    ) -> Result<BorrowedFd<'s>> {
+        if rel.is_empty() {
+            return Ok(root);
+        }
+        match self.kept.iter().position(|(k, _)| k.as_slice() == rel) {
+            Some(0) => {}
+            Some(i) => {
+                let hit = self.kept.remove(i);
+                self.kept.insert(0, hit);
+            }
+            None => self.open(root, rel, shown_root)?,
+        }
+        Ok(self
+            .kept
+            .first()
+            .map(|(_, fd)| fd.as_fd())
+            .expect("kept above"))
+    }
+
+    /// Opens `rel` from its deepest kept ancestor (or `root`) and keeps it, first, and the
+    /// directories opened on the way.
+    fn open(&mut self, root: BorrowedFd, rel: &[u8], shown_root: &Path) -> Result<()> {
+        let base = self
+            .kept
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| {
+                rel.len() > k.len() && rel.starts_with(k) && rel.get(k.len()) == Some(&b'/')
+            })
+            .max_by_key(|(_, (k, _))| k.len())
+            .map(|(i, (k, _))| (i, k.len()));
+        let mut at = base.map_or(0, |(_, len)| len + 1);
+        let mut fd: Option<OwnedFd> = None;
+        while at < rel.len() {
+            let end = rel
+                .get(at..)
+                .and_then(|r| r.iter().position(|&b| b == b'/'))
+                .map_or(rel.len(), |j| at + j);
+            let comp = rel.get(at..end).unwrap_or_default();
+            let next = match (&fd, base) {
+                (Some(f), _) => openat(f, comp, DIR_FLAGS, Mode::empty()),
+                (None, Some((i, _))) => {
+                    let parent = self
+                        .kept
+                        .get(i)
+                        .map(|(_, f)| f.as_fd())
+                        .expect("found above");
+                    openat(parent, comp, DIR_FLAGS, Mode::empty())
+                }
+                (None, None) => openat(root, comp, DIR_FLAGS, Mode::empty()),
+            }
+            .at(shown(shown_root, rel))?;
+            if let Some(prev) = fd.replace(next) {
+                // Ancestors are kept too: the next directory is likely their child.
+                self.keep(rel.get(..at - 1).unwrap_or_default().to_vec(), prev);
+            }
+            at = end + 1;
+        }
+        self.keep(rel.to_vec(), fd.expect("rel is not empty"));
+        Ok(())
+    }
+
+    fn keep(&mut self, rel: Vec<u8>, fd: OwnedFd) {
+        self.kept.retain(|(k, _)| *k != rel);
+        self.kept.truncate(DIR_CACHE - 1);
+        self.kept.insert(0, (rel, fd));
+    }
+
+    /// Opens the regular file at `rel` beneath `root` for reading, following no symlink.
+    pub fn open_file(
+        &mut self,
+        root: BorrowedFd,
+        rel: &[u8],
+        shown_root: &Path,
+    ) -> Result<std::fs::File> {
+        let (parent, name) = match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => (
+                rel.get(..i).unwrap_or_default(),
+                rel.get(i + 1..).unwrap_or_default(),
+            ),
+            None => (&b""[..], rel),
+        };
+        let dir = self.dir(root, parent, shown_root)?;
+        let fd = openat(
+            dir,
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .at(shown(shown_root, rel))?;
+        Ok(std::fs::File::from(fd))
+    }
+}
+
 /// Opens the directory `rel` beneath `root`, never following a symlink on the way.
 pub fn open_dir_beneath(root: BorrowedFd, rel: &[u8], shown_root: &Path) -> Result<OwnedFd> {
     if rel.is_empty() {
@@ -525,5 +642,49 @@ mod tests {
         assert_eq!(f[0].options, "defaults");
         assert_eq!(f[1].point, "/data x");
         assert_eq!(f[1].fstype, "xfs");
+    }
+}
+
+#[cfg(test)]
+mod dir_cache_tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The directory a [`DirCache`] hands out is the one named, whatever the order of the
+    /// requests, through ancestors kept or not, and once more than 16 are kept.
+    #[test]
+    fn every_directory_handed_out_is_the_one_named() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let mut all = vec![b"".to_vec()];
+        for a in ["a", "b", "c"] {
+            for b in ["x", "y"] {
+                for c in ["1", "2", "3", "4"] {
+                    let rel = format!("{a}/{b}/{c}");
+                    std::fs::create_dir_all(t.path().join(&rel)).expect("mkdir");
+                    all.push(rel.into_bytes());
+                }
+                all.push(format!("{a}/{b}").into_bytes());
+            }
+            all.push(a.as_bytes().to_vec());
+        }
+        let root = open_root(t.path()).expect("root");
+        let mut cache = DirCache::default();
+        let mut order = all.clone();
+        order.extend(all.iter().rev().cloned());
+        order.extend(all.iter().step_by(3).cloned());
+        order.extend(all.iter().step_by(5).rev().cloned());
+        for rel in &order {
+            let want = std::fs::metadata(shown(t.path(), rel)).expect("stat").ino();
+            let fd = cache.dir(root.as_fd(), rel, t.path()).expect("dir");
+            let got = nix::sys::stat::fstat(fd).expect("fstat").st_ino;
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(rel));
+            assert!(cache.kept.len() <= DIR_CACHE);
+        }
+        // No symlink is followed on the way.
+        std::os::unix::fs::symlink(t.path().join("a"), t.path().join("l")).expect("symlink");
+        assert!(cache.dir(root.as_fd(), b"l/x", t.path()).is_err());
+        std::fs::write(t.path().join("a/x/f"), b"f").expect("write");
+        assert!(cache.open_file(root.as_fd(), b"a/x/f", t.path()).is_ok());
+        assert!(cache.open_file(root.as_fd(), b"l/x/f", t.path()).is_err());
     }
 }

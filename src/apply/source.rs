@@ -139,7 +139,7 @@ impl RevisionSource for LocalRepo {
     fn fetch(&self, ids: &[Id], sink: &BlobSinkFn, progress: &dyn Progress) -> Result<u64> {
         use crate::store::BlobSource;
         let repo = Repository::open(&self.root, Lock::Shared)?;
-        let blobs = repo.blobs()?;
+        let blobs = repo.blobs_for_command()?;
         progress.phase("copying blobs", Some(ids.len() as u64), false);
         // In parallel: decompressing and checking are the work, and a fresh root's sink
         // writes files.

@@ -3,9 +3,10 @@
 //! (`update::fresh`, a node's first revision, an install) both write through it.
 //!
 //! Nothing is replaced, so nothing needs a temporary name, a rename or an undo area; what makes
-//! it fast is opening each directory as rarely as possible: every worker keeps the directory
-//! it wrote into last ([`sys::LastDir`]), and entries come in path order, so most files are
-//! created with one `openat` and no directory opened at all.
+//! it fast is opening each directory as rarely as possible: every worker keeps the directories
+//! it wrote into last ([`sys::DirCache`]), and entries come in path order (or, for a fresh
+//! root, in the order their blobs arrive, which the cache's 16 directories mostly absorb), so
+//! most files are created with one `openat` and no directory opened at all.
 //!
 //! [`TreeWriter::write_tree`] takes the entries as an iterator in path order and holds only a
 //! bounded batch of files at a time (plus the directories, whose metadata goes on last,
@@ -26,7 +27,7 @@ use super::{
 use crate::error::{IoContext, Result};
 use crate::format::manifest::{file_name, parent, Entry, Kind};
 use crate::progress::Progress;
-use crate::sys::{shown, LastDir};
+use crate::sys::{shown, DirCache};
 
 /// Files written per batch of [`TreeWriter::write_tree`]: enough to keep every core busy,
 /// few enough that a batch of entries stays small in memory.
@@ -56,7 +57,7 @@ pub struct TreeWriter<'a> {
     /// every directory beneath it is made here and gets its own xattrs only at the end.
     bare: bool,
     /// The directory caches of the workers, each taken for a run of files and given back.
-    lasts: Mutex<Vec<LastDir>>,
+    lasts: Mutex<Vec<DirCache>>,
 }
 
 impl<'a> TreeWriter<'a> {
@@ -97,7 +98,7 @@ impl<'a> TreeWriter<'a> {
         r
     }
 
-    fn take_last(&self) -> LastDir {
+    fn take_last(&self) -> DirCache {
         self.lasts
             .lock()
             .expect("dirs lock")
@@ -105,7 +106,7 @@ impl<'a> TreeWriter<'a> {
             .unwrap_or_default()
     }
 
-    fn give_back(&self, last: LastDir) {
+    fn give_back(&self, last: DirCache) {
         self.lasts.lock().expect("dirs lock").push(last)
     }
 
@@ -133,7 +134,7 @@ impl<'a> TreeWriter<'a> {
 
     fn write_file_with(
         &self,
-        last: &mut LastDir,
+        last: &mut DirCache,
         e: &Entry,
         blobs: &dyn BlobSource,
         progress: &dyn Progress,

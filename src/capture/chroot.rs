@@ -147,7 +147,7 @@ pub fn prepare(
     };
     work.save()?;
     let manifest = repo.load_manifest(&parent.id)?;
-    let blobs = repo.blobs()?;
+    let blobs = repo.blobs_for_command()?;
     match crate::apply::checkout(&manifest, &blobs, &work.root(), progress) {
         Ok(report) => Ok((work, report)),
         // Nothing to resume from: the checkout took its files back, the directory goes too.

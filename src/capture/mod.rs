@@ -228,14 +228,14 @@ impl LocalSource {
 /// from the root).
 struct LastDir<'a> {
     root: &'a OwnedFd,
-    last: crate::sys::LastDir,
+    last: crate::sys::DirCache,
 }
 
 impl<'a> LastDir<'a> {
     fn new(root: &'a OwnedFd) -> LastDir<'a> {
         LastDir {
             root,
-            last: crate::sys::LastDir::default(),
+            last: crate::sys::DirCache::default(),
         }
     }
 

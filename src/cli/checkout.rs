@@ -38,7 +38,7 @@ pub fn exec(g: &Global, a: CheckoutArgs) -> anyhow::Result<()> {
         repo: &repo,
         id: rev.id,
     };
-    let blobs = repo.blobs()?;
+    let blobs = repo.blobs_for_command()?;
     let progress = g.progress();
     let started = std::time::Instant::now();
     let r = aurum::apply::checkout(&manifest, &blobs, &a.dir, progress.as_ref())?;

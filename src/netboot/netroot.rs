@@ -111,7 +111,7 @@ pub fn export(
         .at(&tmp_root)?;
     let tree = tmp.path().join("tree");
     let manifest = crate::repo::StoredManifest { repo, id: rev.id };
-    let checkout = crate::apply::checkout(&manifest, &repo.blobs()?, &tree, progress)?;
+    let checkout = crate::apply::checkout(&manifest, &repo.blobs_for_command()?, &tree, progress)?;
     let image = tmp.path().join("image");
     // --preserve-mtime: every file keeps its own mtime (nanoseconds included), at the cost of
     // extended inodes; xattrs are kept by default. LZ4HC: what the Debian kernel's EROFS reads (no LZMA there).

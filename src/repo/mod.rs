@@ -1026,13 +1026,31 @@ pub struct RepoBlobs {
     /// checkout wait on one lock (35,000 futex waits for 20,000 files, issue #14).
     catalogs: Vec<std::sync::Mutex<Option<Catalog>>>,
     packs: PackReader,
+    /// Whether each connection reads one snapshot ([`Catalog::hold_snapshot`]).
+    snapshot: bool,
 }
 
 impl Repository {
-    /// A blob reader that apply can share between threads.
+    /// A blob reader that apply can share between threads, for a long-lived user (the server):
+    /// every lookup sees the catalog as it is then.
     pub fn blobs(&self) -> Result<RepoBlobs> {
+        self.blob_reader(false)
+    }
+
+    /// A blob reader for one command that reads many blobs and ends (a checkout, a node's
+    /// update from this repository): each of its connections reads one snapshot of the
+    /// catalog, taken at its first lookup ([`Catalog::hold_snapshot`]). The blobs of the
+    /// revisions it reads are in that snapshot: they were recorded before the revision was.
+    pub fn blobs_for_command(&self) -> Result<RepoBlobs> {
+        self.blob_reader(true)
+    }
+
+    fn blob_reader(&self, snapshot: bool) -> Result<RepoBlobs> {
         let db = self.root.join("aurum.db");
         let first = Catalog::open(&db)?;
+        if snapshot {
+            first.hold_snapshot()?;
+        }
         let mut catalogs: Vec<_> = (0..rayon::current_num_threads())
             .map(|_| std::sync::Mutex::new(None))
             .collect();
@@ -1041,6 +1059,7 @@ impl Repository {
             db,
             catalogs,
             packs: PackReader::new(&self.root),
+            snapshot,
         })
     }
 }
@@ -1057,7 +1076,11 @@ impl crate::store::BlobSource for RepoBlobs {
             .lock()
             .expect("catalog lock");
         if catalog.is_none() {
-            *catalog = Some(Catalog::open(&self.db)?);
+            let c = Catalog::open(&self.db)?;
+            if self.snapshot {
+                c.hold_snapshot()?;
+            }
+            *catalog = Some(c);
         }
         let found = catalog.as_ref().expect("opened above").blob(id)?;
         drop(catalog);

@@ -1563,7 +1563,7 @@ fn qemu_systemd_boot_node_falls_back_by_itself_and_blesses_a_good_revision() {
     fs::write(&t, SD_TEMPLATE).unwrap();
     env.ok(&["template", "import", t.to_str().unwrap()]);
     let disk = env.path("disk.raw");
-    fs::File::create(&disk).unwrap().set_len(256 << 20).unwrap();
+    fs::File::create(&disk).unwrap().set_len(384 << 20).unwrap();
     env.ok(&[
         "install",
         "--disk",

@@ -1098,7 +1098,7 @@ fn install_node(env: &Env, fw: Firmware) -> std::path::PathBuf {
             let t = env.path("node.toml");
             fs::write(&t, UEFI_TEMPLATE).unwrap();
             env.ok(&["template", "import", t.to_str().unwrap()]);
-            ("x86_64-efi", "node", 256u64 << 20, "efi_gop all_video")
+            ("x86_64-efi", "node", 384u64 << 20, "efi_gop all_video")
         }
         // The class's smallest disk: 12 GiB, sparse.
         Firmware::Bios => ("i386-pc", "bios-legacy", 12u64 << 30, "biosdisk"),

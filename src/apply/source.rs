@@ -455,9 +455,17 @@ impl HttpRepo {
     /// file named by its hash that was cut short is resumed (on the next server when there
     /// are several) from the byte it stopped at.
     pub fn get(&self, path: &str) -> Result<Vec<u8>> {
+        self.get_storable(path).map(|(bytes, _)| bytes)
+    }
+
+    /// [`Self::get`], and whether the answer may be kept: not when any part of it came with
+    /// `Cache-Control: no-store` (a cache tier passes on an index it could not check yet that
+    /// way, `serve --upstream`).
+    fn get_storable(&self, path: &str) -> Result<(Vec<u8>, bool)> {
         let got: std::cell::RefCell<Vec<u8>> = Default::default();
+        let storable = std::cell::Cell::new(true);
         let resumable = immutable(path);
-        self.retrying(path, None, &crate::progress::Quiet, |server| {
+        let bytes = self.retrying(path, None, &crate::progress::Quiet, |server| {
             let mut got = got.borrow_mut();
             if !resumable {
                 got.clear();
@@ -474,14 +482,28 @@ impl HttpRepo {
             let mut resp = rq.call().map_err(transient)?;
             match resp.status().as_u16() {
                 206 => {}
-                200 => got.clear(),
+                200 => {
+                    got.clear();
+                    storable.set(true);
+                }
                 404 => return Err(self.not_found(server, path)),
                 s => return Err(self.status_failure(server, path, s, retry_after(&resp))),
+            }
+            let no_store = resp
+                .headers()
+                .get_all("cache-control")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|d| d.trim().eq_ignore_ascii_case("no-store"));
+            if no_store {
+                storable.set(false);
             }
             self.body_into(&mut resp, path, 1 << 30, &mut got)
                 .map_err(Failure::Transient)?;
             Ok(std::mem::take(&mut *got))
-        })
+        })?;
+        Ok((bytes, storable.get()))
     }
 
     /// GETs bytes `start..=end` of a file. A transfer cut short (a server gone, a stall) is
@@ -754,9 +776,14 @@ impl HttpRepo {
             }
         }
         let path = crate::format::pack::path(pack, "idx");
-        let bytes = self.get(&path)?;
+        let (bytes, storable) = self.get_storable(&path)?;
         let entries = decode_index(&bytes)
             .map_err(|e| self.inconsistent(&path, &format!("it does not decode ({e})")))?;
+        // An index a cache tier passed on unchecked (`no-store`, while its pack streams in)
+        // serves this run only: kept, a wrong one would fail every later update.
+        if !storable {
+            return Ok(entries);
+        }
         std::fs::create_dir_all(&self.cache).at(&self.cache)?;
         // Concurrent updates sharing the cache do not collide (see write_atomic).
         crate::sys::write_atomic(&cached, &bytes, Default::default())?;

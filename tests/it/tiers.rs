@@ -200,6 +200,51 @@ fn a_cache_tier_fetches_each_object_once_and_checks_it() {
     );
     assert!(!cache.public().join(&idx_path).exists());
 
+    // A node updating through the tier while a pack streams in is passed its index unchecked
+    // (no-store). It must not keep it: a wrong one kept in its cache would fail every later
+    // update, long after the tier refused it. (The origin's index of the pack before is put
+    // right first.)
+    entries[0].offset -= 1;
+    std::fs::write(&idx, aurum::format::pack::encode_index(&mut entries)).unwrap();
+    write_random(&golden.join("data/newest"), 97, 4 << 20);
+    origin_env.getimage(&golden, "img", &[]);
+    let list = String::from_utf8(http(&origin.addr, "GET", "/packs/list", &[], b"").2).unwrap();
+    let newest = list.split_whitespace().next().unwrap().to_string();
+    let idx = origin_env
+        .public()
+        .join(format!("packs/{}/{newest}.idx", &newest[..2]));
+    let good = std::fs::read(&idx).unwrap();
+    let mut entries = aurum::format::pack::decode_index(&good).unwrap();
+    for e in &mut entries {
+        e.offset += 1;
+    }
+    std::fs::write(&idx, aurum::format::pack::encode_index(&mut entries)).unwrap();
+    let out = origin_env
+        .updateclient(&tier.url, "img", &second, &["--http-tries", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a wrong index installed");
+    assert!(
+        !second
+            .join(format!("var/lib/aurum-node/cache/{newest}.idx"))
+            .exists(),
+        "the node kept an index the tier passed on unchecked"
+    );
+    std::fs::write(&idx, &good).unwrap();
+    let out = origin_env
+        .updateclient(&tier.url, "img", &second, &["--http-tries", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(second.join("data/newest")).unwrap(),
+        std::fs::read(golden.join("data/newest")).unwrap()
+    );
+
     // What the tier passes on is spooled to disk, not held in memory, and has no 64 MiB cap
     // any more: a 72 MiB initramfs of the boot kit comes through whole.
     let kit = origin_env.repo().join("bootkit");

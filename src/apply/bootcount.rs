@@ -571,9 +571,9 @@ fn sd_named_dirs(esp: &Path) -> Result<Vec<String>> {
         if EntryName::parse(&file).is_none() {
             continue;
         }
-        let Ok(text) = fs::read_to_string(e.path()) else {
-            continue;
-        };
+        // An entry that cannot be read stops the cleanup: taken as naming nothing, the kernel
+        // it boots would be removed.
+        let text = fs::read_to_string(e.path()).at(e.path())?;
         if let Some(d) = Entry::decode(&text, &file)
             .ok()
             .and_then(|e| e.aurum_dir().map(String::from))

@@ -250,10 +250,29 @@ pub fn export_nfs(
         let manifest = crate::repo::StoredManifest { repo, id: rev.id };
         let checkout = crate::apply::checkout(&manifest, &repo.blobs()?, &tree, progress)?;
         warnings = checkout.warnings;
+        // A checkout does not fsync file by file: the tree is made durable before it takes
+        // its name, or a power cut could leave a tree that a later export takes as done.
+        let fd = crate::sys::open_root(&tree)?;
+        crate::sys::sync_fs(std::os::fd::AsFd::as_fd(&fd), &tree)?;
         std::fs::rename(&tree, &path).at(&path)?;
         crate::sys::sync_dir(&dir)?;
         (checkout.entries, checkout.bytes)
     };
+    // Exports run under the repository's shared lock: two at once must not take the same
+    // Export_Id, nor write ganesha's file over each other.
+    let lock_path = dir.join(".export.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .at(&lock_path)?;
+    crate::sys::lock_file(
+        &lock,
+        &lock_path,
+        true,
+        "another `aurum export --nfs` is choosing its Export_Id; waiting for it",
+    )?;
     let records = crate::repo::publish::nfs_records(&repo.root)?;
     let export_id = match records.iter().find(|r| r.id == id) {
         Some(r) => r.export_id,

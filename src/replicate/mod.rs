@@ -1033,7 +1033,7 @@ fn fetch_template_set(
         return Ok(None);
     }
     // Anti-rollback against the set held here.
-    let held = repo.template_set().unwrap_or_default();
+    let held = repo.template_set()?;
     let newest = |sigs: &[TemplateSetSignature]| -> Option<(String, i64)> {
         trust::check_template_set(sigs, keys)
             .into_iter()

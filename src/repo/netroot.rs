@@ -190,18 +190,30 @@ pub fn unnamed(root: &Path, live: &dyn Fn(&Id) -> bool) -> Result<Vec<(String, N
         }
     }
     let mut named = BTreeSet::new();
+    // A live revision's record that does not read could name any image: then no image goes.
+    let mut unread = None;
     for (id, info) in records(root)? {
-        // A record that does not read names nothing; it goes with its revision only.
-        if let (true, Ok(info)) = (live(&id), info) {
-            named.insert(info.path.clone());
-            named.insert(sig_path(&info.hash().hex(), info.format));
+        match (live(&id), info) {
+            (true, Ok(info)) => {
+                named.insert(info.path.clone());
+                named.insert(sig_path(&info.hash().hex(), info.format));
+            }
+            (true, Err(e)) => unread = Some(e),
+            (false, _) => {}
         }
+    }
+    if let Some(e) = &unread {
+        log::warn!(
+            target: crate::progress::NOTICE,
+            "{e}: no network-root image is deleted while a live revision's record does not read \
+             (export that revision again, `aurum export --netroot REV`, then gc)"
+        );
     }
     let mut out: Vec<_> = files
         .into_iter()
         .filter(|(name, kind, _)| match kind {
             NetrootFile::Record(id) | NetrootFile::NfsRecord(id) => !live(id),
-            _ => !named.contains(&format!("{DIR}/{name}")),
+            _ => unread.is_none() && !named.contains(&format!("{DIR}/{name}")),
         })
         .map(|(name, kind, size)| (format!("{DIR}/{name}"), kind, size))
         .collect();

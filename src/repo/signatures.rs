@@ -183,9 +183,21 @@ impl Repository {
     pub fn sign_template_set(&self, key: &SigningKey) -> Result<TemplateSetSignature> {
         let sig = key.sign_template_set(self.current_template_set()?)?;
         let mine = key.fingerprint();
-        let mut sigs: Vec<TemplateSetSignature> = self
-            .template_set()
-            .unwrap_or_default()
+        // A set file that does not read is replaced (its error says to sign again, and this is
+        // that), loudly: the other keys' blocks in it are lost and must be signed again. A
+        // file that cannot be read at all stops here.
+        let held = match self.template_set() {
+            Ok(sigs) => sigs,
+            Err(crate::Error::Corrupt(why)) => {
+                log::warn!(
+                    target: crate::progress::NOTICE,
+                    "{why}; writing it again with {mine}'s block alone: other keys must sign again"
+                );
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut sigs: Vec<TemplateSetSignature> = held
             .into_iter()
             .filter(|s| trust::template_set_key_of(s).as_deref() != Some(mine.as_str()))
             .collect();

@@ -685,9 +685,10 @@ fn sd_end(node: &Node, blessed: bool) -> Result<()> {
             }
         }
     } else if counted || blessed {
-        // Not blessed: the entry goes back to the kernel the root has now. Blessed with no
-        // counting entry: the trial's entry was never written (killed before it), the node
-        // booted the entry before it, and the blessed entry must boot the revision's kernel.
+        // Not blessed: the entry goes back to the kernel the root has now. (Blessed with no
+        // counting entry does not happen from a boot: `boot` finishes such a trial's
+        // beginning instead of counting the boot. `mark-good` may: the administrator vouches
+        // for the revision, and its entry must boot the revision's kernel.)
         let old = found
             .iter()
             .find_map(|(f, _)| Entry::decode(&fs::read_to_string(entries.join(f)).ok()?, f).ok());
@@ -854,6 +855,44 @@ pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
                 loader_name(t.bootloader)
             );
             fall_back(node, cx, &t, reason)?
+        }
+        Some(t)
+            if t.bootloader == Bootloader::SystemdBoot
+                && tries_left(&node.root, t.bootloader)?.is_none() =>
+        {
+            // The trial's counting entry was never written (`begin` was killed before it):
+            // this boot ran the entry before it, another kernel on the trial's root. It is not
+            // the trial's boot, and a kernel that never booted must not be blessed: the
+            // beginning is finished (the fallback entry, the counting entry for the root's
+            // kernel) and the node reboots through that entry.
+            let p = Prepared {
+                bootloader: t.bootloader,
+                fallback: t.fallback.clone(),
+                tries: t.tries,
+                cmdline: cmdline(&node.root)?,
+                initrd: kept_dir(&node.root, t.bootloader)?
+                    .join("initrd.img")
+                    .is_file(),
+            };
+            sd_begin(node, &p, &t.revision)?;
+            let record = BootRecord {
+                time: crate::catalog::now(),
+                boot_id: this.boot_id.clone(),
+                revision: state.current.clone(),
+                outcome: BootOutcome::Booted,
+                tries_left: None,
+                trial: Some(t.revision.clone()),
+                reason: format!(
+                    "the trial of {} had no counting entry (its beginning was interrupted): \
+                     written now; the trial starts at the next boot",
+                    t.revision.name()
+                ),
+            };
+            save_record(node, &record)?;
+            BootResult {
+                record,
+                reboot: true,
+            }
         }
         Some(t) => {
             let tries_left = tries_left(&node.root, t.bootloader)?;
@@ -1025,9 +1064,13 @@ fn finish_fallback(node: &Node, cx: &BootContext, t: &Trial, reboot: bool) -> Re
     };
     state.boot = Some(record.clone());
     node.save_state(&state)?;
+    // Off the fallback (an update was interrupted), systemd-boot booted the trial's kernel or
+    // the fallback's, never the one the root has now (its entry was just pointed at it):
+    // reboot into it. GRUB boots the root's own kernel.
+    let kernel_not_the_roots = !on_fallback && t.bootloader == Bootloader::SystemdBoot;
     Ok(BootResult {
         record,
-        reboot: reboot && on_fallback,
+        reboot: (reboot && on_fallback) || kernel_not_the_roots,
     })
 }
 

@@ -132,7 +132,8 @@ pub fn describe(b: &BootRecord) -> String {
         .unwrap_or_else(|| "-".into());
     let at = human_time(b.time);
     match b.outcome {
-        BootOutcome::Booted => format!("{rev} at {at}"),
+        BootOutcome::Booted if b.reason.is_empty() => format!("{rev} at {at}"),
+        BootOutcome::Booted => format!("{rev} at {at}: {}", b.reason),
         BootOutcome::Trial => format!(
             "{rev} at {at}, on trial ({} tries left)",
             b.tries_left
@@ -154,10 +155,15 @@ pub fn reboot_if_asked(root: &Path, r: &BootResult, no_reboot: bool) -> anyhow::
     if !r.reboot {
         return Ok(());
     }
+    let what = match r.record.outcome {
+        BootOutcome::FellBack => "the root was put back",
+        // A trial whose counting entry `boot` had to write: the revision's own kernel.
+        _ => "the boot loader's entry for this root was written",
+    };
     if no_reboot || root != Path::new("/") {
-        say!("aurum: the root was put back; reboot to run it");
+        say!("aurum: {what}; reboot to run it");
         return Ok(());
     }
-    say!("aurum: the root was put back; rebooting into it");
+    say!("aurum: {what}; rebooting into it");
     Ok(bootcount::reboot()?)
 }

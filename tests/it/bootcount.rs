@@ -745,9 +745,12 @@ fn killed_at_new_kernel(env: &Env, esp: &Path, args: &[&str]) {
 /// fresh directory first. An update with a trial and a rollback (which copies the root's kernel
 /// again) are killed the moment the new kernel lands on the ESP, while its 48 MiB initramfs is
 /// still being copied: every entry must still boot the kernel and initramfs of the revision it
-/// names. After the killed update the next boot's passing health check blesses the revision:
-/// the entry then boots that revision's kernel; the killed rollback run again points the entry
-/// at the root's kernel; no kernel is left that no entry boots.
+/// names. After the killed update, the next boot (revision 2's kernel on revision 3's root)
+/// is not counted and its health check blesses nothing (review finding: it blessed revision 3,
+/// whose kernel had never booted, and dropped the fallback): `aurum boot` writes the counting
+/// entry and asks for a reboot, and the boot through that entry is the trial the health check
+/// blesses. The killed rollback run again points the entry at the root's kernel; no kernel is
+/// left that no entry boots.
 #[test]
 fn killed_kernel_copies_leave_every_entry_booting_its_own_kernel() {
     if !need("busybox") {
@@ -801,8 +804,9 @@ fn killed_kernel_copies_leave_every_entry_booting_its_own_kernel() {
     entries_boot_their_own_kernels(&esp, "revision 2 blessed", false);
 
     // Killed while revision 3's kernel is copied for its trial: the blessed entry of revision 2
-    // still boots revision 2's kernel. That boot then passes its checks, which blesses revision
-    // 3 (its counting entry never written): the entry now boots revision 3's kernel.
+    // still boots revision 2's kernel. That boot is not the trial's: `aurum boot` writes the
+    // counting entry (and the fallback's) and asks for a reboot; a health check then blesses
+    // nothing. The boot through the counting entry is the trial, and its check blesses 3.
     let up3 = update("node@3");
     killed_at_new_kernel(
         &env,
@@ -810,6 +814,26 @@ fn killed_kernel_copies_leave_every_entry_booting_its_own_kernel() {
         &up3.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     entries_boot_their_own_kernels(&esp, "update to 3 killed", true);
+    let b = json(&env.ok(&["boot", "--root", r, "--cmdline", cmdline, "--json"]));
+    assert_eq!(b["reboot"], true, "{b}");
+    assert_eq!(b["record"]["outcome"], "booted", "{b}");
+    assert!(
+        b["record"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("had no counting entry"),
+        "{b}"
+    );
+    let h = json(&env.ok(&["health", "--root", r, "--json"]));
+    assert_ne!(h["boot"]["outcome"], "blessed", "{h}");
+    let files = entry_files(&esp);
+    assert!(
+        files.iter().any(|f| f.starts_with("aurum-revision+2"))
+            && files.contains(&"aurum-fallback.conf".to_string()),
+        "{files:?}"
+    );
+    entries_boot_their_own_kernels(&esp, "the trial's beginning finished by boot", true);
+    systemd_boot_takes_a_try(&esp);
     boot_and_bless();
     assert_eq!(state(&env, &root)["current"]["number"], 3);
     assert_eq!(entry_files(&esp), ["aurum-revision.conf"]);
@@ -825,6 +849,69 @@ fn killed_kernel_copies_leave_every_entry_booting_its_own_kernel() {
     assert_eq!(state(&env, &root)["current"]["number"], 1);
     assert_eq!(titled_number(&esp, "aurum-revision.conf"), "1");
     entries_boot_their_own_kernels(&esp, "rollback to 1 run again", false);
+}
+
+/// Review finding: an update during a systemd-boot trial commits the new root, then begins
+/// its trial; killed in between, the state's trial names the revision before while the root is
+/// the new one. The next boot ran that revision's kernel (its counting entry) on the new root:
+/// `aurum boot` ends the stale trial, points the entry at the root's kernel, and must reboot
+/// into it (it did not, off the fallback revision). The kill is made by hand: the trial in
+/// state.json is set back to the revision before, as the update left it.
+#[test]
+fn an_update_killed_before_its_trial_began_reboots_into_the_roots_kernel() {
+    if !need("busybox") {
+        return;
+    }
+    let env = Env::new();
+    let g = env.path("golden");
+    for v in ["1.0", "2.0", "3.0"] {
+        golden(&g, v, true);
+        fs::remove_dir_all(g.join("boot/grub")).unwrap();
+        let mut initrd = format!("initrd {v}\n").into_bytes();
+        initrd.resize(initrd.len() + BIG_INITRD, 0);
+        fs::write(g.join(format!("boot/initrd.img-{v}")), initrd).unwrap();
+        fs::create_dir_all(g.join("boot/efi/loader/entries")).unwrap();
+        fs::write(g.join("boot/efi/loader/loader.conf"), "timeout 0\n").unwrap();
+        env.getimage(&g, "node", &[]);
+    }
+    let root = env.path("root");
+    fs::create_dir_all(&root).unwrap();
+    let r = root.to_str().unwrap();
+    let esp = root.join("boot/efi");
+    let cmdline = "root=LABEL=root ro console=ttyS0";
+    let update = |rev: &str| {
+        env.ok(&[
+            "updateclient",
+            "--root",
+            r,
+            "--image",
+            rev,
+            "--boot-tries",
+            "2",
+        ]);
+    };
+    update("node@1");
+    update("node@2");
+    systemd_boot_takes_a_try(&esp);
+    let b = json(&env.ok(&["boot", "--root", r, "--cmdline", cmdline, "--json"]));
+    assert_eq!(b["record"]["outcome"], "trial", "{b}");
+    let on_trial = state(&env, &root)["trial"]["revision"].clone();
+    update("node@3");
+    let path = root.join("var/lib/aurum-node/state.json");
+    let mut s: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(s["trial"]["revision"]["number"], 3, "{s}");
+    s["trial"]["revision"] = on_trial;
+    fs::write(&path, serde_json::to_vec(&s).unwrap()).unwrap();
+
+    let b = json(&env.ok(&["boot", "--root", r, "--cmdline", cmdline, "--json"]));
+    assert_eq!(b["reboot"], true, "{b}");
+    assert_eq!(b["record"]["outcome"], "booted", "{b}");
+    let s = state(&env, &root);
+    assert!(s.get("trial").is_none(), "{s}");
+    assert_eq!(s["current"]["number"], 3, "{s}");
+    assert_eq!(entry_files(&esp), ["aurum-revision.conf"]);
+    assert_eq!(titled_number(&esp, "aurum-revision.conf"), "3");
+    entries_boot_their_own_kernels(&esp, "the stale trial ended", false);
 }
 
 /// The node's `/sbin/init`: network, `aurum boot`, `aurum health`, power off. A fallback

@@ -858,6 +858,7 @@ pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
         }
         Some(t)
             if t.bootloader == Bootloader::SystemdBoot
+                && esp(&node.root).is_some()
                 && tries_left(&node.root, t.bootloader)?.is_none() =>
         {
             // The trial's counting entry was never written (`begin` was killed before it):

@@ -45,6 +45,8 @@ pub struct Serving {
     stalled: Duration,
     pub addr: SocketAddr,
     options: Options,
+    /// A cache tier's hold on its directory's `tmp/` ([`upstream::prepare`]).
+    _tier_lock: Option<std::fs::File>,
 }
 
 /// How a server behaves beyond the defaults.
@@ -75,8 +77,9 @@ pub fn bind_with(
     stalled: Duration,
     options: Options,
 ) -> Result<Serving> {
+    let mut tier_lock = None;
     if options.upstream.is_some() {
-        upstream::prepare(root)?;
+        tier_lock = upstream::prepare(root)?;
     } else if !root.join("FORMAT").exists() {
         return Err(Error::NotFound(format!(
             "no aurum repository at {}: create one with `aurum init`",
@@ -91,6 +94,7 @@ pub fn bind_with(
         stalled,
         addr,
         options,
+        _tier_lock: tier_lock,
     })
 }
 

@@ -54,12 +54,42 @@ struct Head {
 type Streams =
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Stream>>>>;
 
-/// Makes `root` a cache directory: `public/` and `tmp/`.
-pub fn prepare(root: &Path) -> Result<()> {
-    for d in [root.join(crate::store::PUBLISHED), root.join("tmp")] {
+/// Makes `root` a cache directory: `public/` and `tmp/`. The tier that holds `tier.lock`
+/// (returned: held while it runs) owns `tmp/`, and clears what a killed tier left there
+/// (partial packs); a second tier started on the same directory leaves it alone.
+pub fn prepare(root: &Path) -> Result<Option<File>> {
+    let tmp = root.join("tmp");
+    for d in [root.join(crate::store::PUBLISHED), tmp.clone()] {
         std::fs::create_dir_all(&d).at(&d)?;
     }
-    Ok(())
+    let lock_path = root.join("tier.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .at(&lock_path)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            log::warn!(
+                target: crate::progress::NOTICE,
+                "another cache tier runs on {}: its temporary files are left alone",
+                root.display()
+            );
+            return Ok(None);
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e).at(&lock_path),
+    }
+    for e in std::fs::read_dir(&tmp).at(&tmp)? {
+        let p = e.at(&tmp)?.path();
+        let gone = match p.is_dir() && !p.is_symlink() {
+            true => std::fs::remove_dir_all(&p),
+            false => std::fs::remove_file(&p),
+        };
+        gone.at(&p)?;
+    }
+    Ok(Some(lock))
 }
 
 /// The server a tier fetches from.

@@ -389,6 +389,12 @@ fn upgrade_layout(root: &Path, catalog: &Catalog, lock: &File, held: Lock) -> Re
 /// NFS export) is left as it is: its old names still serve nodes of the aurum that made them.
 fn upgrade_netroot(root: &Path, catalog: &Catalog, lock: &File, held: Lock) -> Result<()> {
     let lock_path = root.join("lock");
+    // Read-only (where the upgrade cannot be recorded either): no exclusive lock at every
+    // open, which would make readers wait on each other and on a long shared holder.
+    let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+    if !writable(root) || !writable(&root.join("aurum.db")) {
+        return Ok(());
+    }
     if held == Lock::Shared {
         flock(lock, Lock::Exclusive, &lock_path)?;
     }

@@ -425,6 +425,23 @@ pub mod fuzzing {
                 Err(_) => return Ok(Outcome::Refused),
             };
             *count += 1;
+            // What the importer took must name only clean paths below the tree's root, hard
+            // links included: the checkout's own refusal is a second line, not the first.
+            for e in repo.manifest_entries(&rev.id)? {
+                let e = e?;
+                assert!(
+                    crate::format::manifest::is_clean_path(&e.path),
+                    "the import took the path {:?}",
+                    String::from_utf8_lossy(&e.path)
+                );
+                if let crate::format::manifest::Kind::Hardlink { target } = &e.kind {
+                    assert!(
+                        !target.is_empty() && crate::format::manifest::is_clean_path(target),
+                        "the import took a hard link to {:?}",
+                        String::from_utf8_lossy(target)
+                    );
+                }
+            }
             let manifest = StoredManifest { repo, id: rev.id };
             let checked_out = repo.blobs().and_then(|blobs| {
                 crate::apply::checkout(&manifest, &blobs, &tree, &crate::progress::Quiet)

@@ -135,8 +135,10 @@ pub(crate) fn resolve_for_node(
 ) -> Result<(Target, Manifest, Overlay)> {
     let target = source.resolve(spec)?;
     let image = fetch_manifest(node, source, &target.id)?;
-    let follow = overrides::edit_follow(&node.state()?.overrides, add, remove)?;
-    let (manifest, overlay) = overrides::for_node(source, image, follow, add)?;
+    let state = node.state()?;
+    let follow = overrides::edit_follow(&state.overrides, add, remove)?;
+    let held = overrides::held(&state);
+    let (manifest, overlay) = overrides::for_node(source, image, follow, add, &held)?;
     Ok((target, manifest, overlay))
 }
 
@@ -221,7 +223,9 @@ fn rollback_target(
             let t = s.resolve(&spec)?;
             let image = fetch_manifest(node, s, &t.id)?;
             // Another revision of the image, with the newest of the overrides the node follows.
-            let (m, overlay) = overrides::for_node(s, image, node.state()?.overrides, &[])?;
+            let state = node.state()?;
+            let held = overrides::held(&state);
+            let (m, overlay) = overrides::for_node(s, image, state.overrides, &[], &held)?;
             Ok((t, m, overlay))
         }
         RollbackTo::LastKnownGood => {

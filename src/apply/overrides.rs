@@ -73,13 +73,27 @@ pub struct Layer {
     pub manifest: Manifest,
 }
 
+/// The override images whose files the tree the node holds now has (laid over its current
+/// revision): what an update composed without one of them would delete.
+pub fn held(state: &crate::format::node::NodeState) -> Vec<String> {
+    state
+        .current
+        .iter()
+        .flat_map(|c| c.overrides.iter())
+        .filter_map(|o| o.image.clone())
+        .collect()
+}
+
 /// The newest revision of each image of `follow` the source has, in order. An image it lacks
 /// is skipped (a group without an override of its own), except those in `required` (named by
-/// the administrator on this command line): a misspelt name must not pass unnoticed.
+/// the administrator on this command line): a misspelt name must not pass unnoticed. When
+/// some servers did not answer and the others lack an image, it is skipped only if it is not
+/// in `held` (the node has none of its files to lose); one the node holds stops the update.
 pub fn resolve(
     source: &dyn RevisionSource,
     follow: &[String],
     required: &[String],
+    held: &[String],
 ) -> Result<Vec<Layer>> {
     let mut layers = Vec::new();
     for name in follow {
@@ -91,6 +105,15 @@ pub fn resolve(
                     "--override {name}: {e}; capture the override first (aurum getimage \
                      --image {name})"
                 )))
+            }
+            // Not on the servers that answered, and the node has none of its files: nothing is
+            // lost by going on without it (a node on a server that is down for good must
+            // still update and boot). The next update lays it if it turns up.
+            Err(Error::PartialNotFound { message, .. })
+                if !required.contains(name) && !held.contains(name) =>
+            {
+                log::warn!("{message}; going on without the override image `{name}`, which this node does not hold yet");
+                continue;
             }
             // Composed without it, the node would lose the override's files: only servers that
             // all answered may say it is absent.
@@ -128,8 +151,9 @@ pub fn for_node(
     image: Manifest,
     follow: Vec<String>,
     required: &[String],
+    held: &[String],
 ) -> Result<(Manifest, Overlay)> {
-    let layers = resolve(source, &follow, required)?;
+    let layers = resolve(source, &follow, required, held)?;
     let mut overlay = Overlay {
         layers: layers.iter().map(|l| l.rev.clone()).collect(),
         image: None,

@@ -487,6 +487,16 @@ pub fn begin(node: &Node, p: Prepared) -> Result<Option<Trial>> {
 /// The entries of `esp`'s `loader/entries` that are aurum's revision entry (with or without
 /// a counter), by file name.
 fn sd_revision_entries(esp: &Path) -> Result<Vec<(String, EntryName)>> {
+    let mut found: Vec<(String, EntryName)> = sd_entries(esp)?
+        .into_iter()
+        .filter(|(_, n)| n.name == SD_ENTRY)
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+/// aurum's entries in `esp`'s `loader/entries` (file names that parse as one), unsorted.
+fn sd_entries(esp: &Path) -> Result<Vec<(String, EntryName)>> {
     let dir = esp.join("loader/entries");
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -495,13 +505,11 @@ fn sd_revision_entries(esp: &Path) -> Result<Vec<(String, EntryName)>> {
     };
     let mut found = Vec::new();
     for e in rd {
-        let e = e.at(&dir)?;
-        let file = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = EntryName::parse(&file).filter(|n| n.name == SD_ENTRY) {
+        let file = e.at(&dir)?.file_name().to_string_lossy().into_owned();
+        if let Some(n) = EntryName::parse(&file) {
             found.push((file, n));
         }
     }
-    found.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(found)
 }
 
@@ -559,21 +567,12 @@ fn sd_begin(node: &Node, p: &Prepared, revision: &RevRef) -> Result<()> {
 /// entry's, so that a directory is never taken from under one).
 fn sd_named_dirs(esp: &Path) -> Result<Vec<String>> {
     let dir = esp.join("loader/entries");
-    let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).at(&dir),
-    };
     let mut named = Vec::new();
-    for e in rd {
-        let e = e.at(&dir)?;
-        let file = e.file_name().to_string_lossy().into_owned();
-        if EntryName::parse(&file).is_none() {
-            continue;
-        }
+    for (file, _) in sd_entries(esp)? {
         // An entry that cannot be read stops the cleanup: taken as naming nothing, the kernel
         // it boots would be removed.
-        let text = fs::read_to_string(e.path()).at(e.path())?;
+        let path = dir.join(&file);
+        let text = fs::read_to_string(&path).at(&path)?;
         if let Some(d) = Entry::decode(&text, &file)
             .ok()
             .and_then(|e| e.aurum_dir().map(String::from))

@@ -25,7 +25,7 @@ use crate::repo::signatures::{now, SignatureSummary};
 use crate::repo::Repository;
 use crate::store::{self, published};
 use crate::sys::sync_dir;
-use crate::trust::{self, Checked, SigningKey, Standing, TrustedKeys, WantedNetroot};
+use crate::trust::{self, SigningKey, TrustedKeys, WantedNetroot};
 
 /// The published record of revision `id`'s image, when it was exported.
 pub fn record(root: &Path, id: &Id) -> Result<Option<ImageInfo>> {
@@ -332,18 +332,7 @@ pub fn check(
                 continue;
             }
         };
-        for c in checked.iter().filter(|c| c.standing == Standing::Bad) {
-            s.bad.push((
-                what.clone(),
-                c.key.clone(),
-                c.problem.clone().unwrap_or_default(),
-            ));
-        }
-        let good = |c: &Checked| match keys.is_empty() {
-            true => c.standing != Standing::Bad,
-            false => c.standing == Standing::Trusted,
-        };
-        if checked.iter().any(good) {
+        if s.tally(what, &checked, keys) {
             s.netroot_signed += 1;
         } else {
             s.netroot_unsigned.push(rev.name());

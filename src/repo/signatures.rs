@@ -261,6 +261,24 @@ pub struct SignatureSummary {
     pub netroot_unsigned: Vec<String>,
 }
 
+impl SignatureSummary {
+    /// Notes the bad signatures among `checked` (those of `what`) and says whether one is
+    /// good: sound and by a trusted key, or sound by any key when none is trusted.
+    pub fn tally(&mut self, what: String, checked: &[Checked], keys: &TrustedKeys) -> bool {
+        for c in checked.iter().filter(|c| c.standing == Standing::Bad) {
+            self.bad.push((
+                what.clone(),
+                c.key.clone(),
+                c.problem.clone().unwrap_or_default(),
+            ));
+        }
+        checked.iter().any(|c| match keys.is_empty() {
+            true => c.standing != Standing::Bad,
+            false => c.standing == Standing::Trusted,
+        })
+    }
+}
+
 /// The template set `verify` found.
 #[derive(Debug, Serialize)]
 pub struct SetStatus {
@@ -314,18 +332,7 @@ pub fn check_templates(
                 continue;
             }
         };
-        for c in checked.iter().filter(|c| c.standing == Standing::Bad) {
-            s.bad.push((
-                what.clone(),
-                c.key.clone(),
-                c.problem.clone().unwrap_or_default(),
-            ));
-        }
-        let good = |c: &Checked| match keys.is_empty() {
-            true => c.standing != Standing::Bad,
-            false => c.standing == Standing::Trusted,
-        };
-        if checked.iter().any(good) {
+        if s.tally(what, &checked, keys) {
             s.templates_signed += 1;
         } else {
             s.templates_unsigned.push(v.class.to_string());

@@ -43,7 +43,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::apply::client::{self, RollbackTo};
+use crate::apply::client::{self, Recovered, RollbackTo};
 use crate::apply::health::{CheckStatus, HealthRecord};
 use crate::apply::node::{Node, RevRef};
 use crate::apply::source::RevisionSource;
@@ -831,9 +831,11 @@ pub struct BootResult {
     pub reboot: bool,
 }
 
-/// `aurum boot`, early at every boot: records the boot; on the boot loader's fallback entry
-/// (the revision on trial used up its boots) puts the root back to the fallback revision.
+/// `aurum boot`, early at every boot: first brings a root a kill left between two revisions
+/// to one ([`client::recover`]); records the boot; on the boot loader's fallback entry (the
+/// revision on trial used up its boots) puts the root back to the fallback revision.
 pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
+    let recovered = recover(node, cx)?;
     let this = &cx.this;
     let state = node.state()?;
     if let Some(t) = interrupted_fallback(&state) {
@@ -841,6 +843,7 @@ pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
         // or with systemd-boot maybe the trial's still: then the node reboots into its own.
         let reboot = t.bootloader == Bootloader::SystemdBoot && !this.fallback_entry();
         let result = finish_fallback(node, cx, &t, reboot)?;
+        let result = noted(node, result, recovered.as_ref())?;
         report(cx.source, &result.record);
         return Ok(result);
     }
@@ -939,23 +942,72 @@ pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
             }
         }
     };
+    let result = noted(node, result, recovered.as_ref())?;
     report(cx.source, &result.record);
+    Ok(result)
+}
+
+/// [`client::recover`] with this boot's source, excludes and progress.
+pub fn recover(node: &Node, cx: &BootContext) -> Result<Option<Recovered>> {
+    client::recover(node, cx.source, cx.excludes.clone(), cx.progress)
+}
+
+/// `result` after [`recover`] brought the root to one revision first: what it did goes in
+/// front of the reason, and the node reboots, since the system running booted the root
+/// between two revisions; for the same reason the boot is no trial boot (nothing is blessed
+/// on it, the boot loader counts the next).
+fn noted(node: &Node, mut result: BootResult, recovered: Option<&Recovered>) -> Result<BootResult> {
+    let Some(r) = recovered else {
+        return Ok(result);
+    };
+    let record = &mut result.record;
+    record.reason = match record.reason.is_empty() {
+        true => r.describe(),
+        false => format!("{}; {}", r.describe(), record.reason),
+    };
+    if record.outcome == BootOutcome::Trial {
+        record.outcome = BootOutcome::Booted;
+    }
+    result.reboot = true;
+    save_record(node, &result.record)?;
     Ok(result)
 }
 
 /// After `aurum health` on `node`: on a trial boot (the boot `aurum boot` recorded as one,
 /// in this boot), blesses the revision when `health` is healthy, else falls back to the
-/// fallback revision. `None` when this is no trial boot.
+/// fallback revision. `None` when this is no trial boot. `recovered`: what [`recover`] did
+/// before the checks ran; then the system running booted a root between two revisions, and
+/// the node is asked to reboot, nothing blessed nor sent back on this boot.
 pub fn after_health(
     node: &Node,
     cx: &BootContext,
     health: &HealthRecord,
+    recovered: Option<&Recovered>,
 ) -> Result<Option<BootResult>> {
     let this = &cx.this;
     let state = node.state()?;
     if let Some(t) = interrupted_fallback(&state) {
         // This system may be the revision that failed, its root put back under it.
         let result = finish_fallback(node, cx, &t, true)?;
+        let result = noted(node, result, recovered)?;
+        report(cx.source, &result.record);
+        return Ok(Some(result));
+    }
+    if recovered.is_some() {
+        let record = BootRecord {
+            time: crate::catalog::now(),
+            boot_id: this.boot_id.clone(),
+            revision: state.current.clone(),
+            outcome: BootOutcome::Booted,
+            tries_left: None,
+            trial: state.trial.map(|t| t.revision),
+            reason: String::new(),
+        };
+        let result = BootResult {
+            record,
+            reboot: true,
+        };
+        let result = noted(node, result, recovered)?;
         report(cx.source, &result.record);
         return Ok(Some(result));
     }

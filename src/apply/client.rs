@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use crate::apply::bootcount;
 use crate::apply::hooks::{self, HookEnv, Identity, Stage};
-use crate::apply::node::{Node, RevRef};
+use crate::apply::node::{Journal, Node, RevRef};
 use crate::apply::overrides;
 use crate::apply::source::{RevisionSource, Target};
 use crate::apply::update::{self, Overlay, UpdateOptions, UpdateReport};
 use crate::catalog::{NodeAction, NodeReport, Outcome};
-use crate::error::{invalid, Result};
+use crate::error::{invalid, Error, Result};
+use crate::excludes::Excludes;
 use crate::format::manifest::Manifest;
 use crate::format::Id;
 use crate::progress::Progress;
@@ -255,9 +256,119 @@ fn rollback_target(
     }
 }
 
+/// A node command a kill interrupted, and what [`recover`] made of it.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The journal the killed run left.
+    pub interrupted: Journal,
+    /// The revision the root is on now.
+    pub now: RevRef,
+}
+
+impl Recovered {
+    /// What happened, in one sentence for boot records and messages.
+    pub fn describe(&self) -> String {
+        let j = &self.interrupted;
+        match j.action {
+            NodeAction::Rollback => format!(
+                "`aurum rollback` to {} was interrupted on this root, and is finished now",
+                j.to.name()
+            ),
+            action => format!(
+                "`aurum {action}` to {} was interrupted on this root, which was put back to {}",
+                j.to.name(),
+                self.now.name()
+            ),
+        }
+    }
+}
+
+/// The words for a root a kill left between two revisions (`journal.json` names the run).
+fn interrupted(node: &Node, j: &Journal) -> String {
+    format!(
+        "`aurum {}` to {} was interrupted on {}: the root holds part of each revision",
+        j.action,
+        j.to.name(),
+        node.root.display()
+    )
+}
+
+/// Brings a root a kill left between two revisions (its journal says so) to one before a
+/// node command acts on what it holds, as `aurum rollback` run again does: an interrupted
+/// rollback is finished, an interrupted update undone (back to the revision it started
+/// from), both from the node's own undo areas, `source` only for what they lack. `aurum
+/// boot` runs it before the network and with no one at the console: going back is what the
+/// node can always do by itself; finishing an update needs the server, its hooks and its
+/// trial, and is the administrator's rerun. A trial is left as it is, for the caller to
+/// judge. `None` when nothing was interrupted; an error when the node's first revision was
+/// (there is nothing to go back to: the same command again finishes it).
+pub fn recover(
+    node: &Node,
+    source: Option<&dyn RevisionSource>,
+    excludes: Excludes,
+    progress: &dyn Progress,
+) -> Result<Option<Recovered>> {
+    let Some(j) = node.journal()? else {
+        return Ok(None);
+    };
+    let what = interrupted(node, &j);
+    if j.action != NodeAction::Rollback && j.from.is_none() {
+        return Err(invalid(format!(
+            "{what}, and it was the node's first revision: there is none to go back to; run \
+             `aurum {}` again to finish it",
+            j.action
+        )));
+    }
+    let (target, manifest, overlay) = update::rollback_target(node)?;
+    let opts = UpdateOptions {
+        action: NodeAction::Rollback,
+        dry_run: false,
+        no_delete: false,
+        verify_local: false,
+        excludes,
+        adopt: false,
+        overlay: Some(overlay),
+        before_writes: None,
+        stage: None,
+    };
+    let result = update::update(node, &target, &manifest, source, &opts, progress);
+    report_to(node, source, NodeAction::Rollback, result.as_ref());
+    result.map_err(|e| {
+        Error::Tool(format!(
+            "{what}; bringing it to {} failed: {e}; once that is fixed, run `aurum rollback`",
+            target.name()
+        ))
+    })?;
+    bootcount::refresh(node)?;
+    let now = node.state()?.current.ok_or_else(|| {
+        invalid(format!(
+            "{what}; the rollback recorded no revision: run `aurum rollback`"
+        ))
+    })?;
+    Ok(Some(Recovered {
+        interrupted: j,
+        now,
+    }))
+}
+
+/// Refuses a command that would act on a root a kill left between two revisions, saying how
+/// to bring it to one.
+pub fn refuse_interrupted(node: &Node) -> Result<()> {
+    match node.journal()? {
+        None => Ok(()),
+        Some(j) => Err(invalid(format!(
+            "{}; run `aurum rollback` (it finishes an interrupted rollback and undoes an \
+             interrupted update) or the interrupted command again, then this one",
+            interrupted(node, &j)
+        ))),
+    }
+}
+
 /// Records the revision `node` runs as its last-known-good, and returns it. A revision on
-/// trial is blessed by it: the trial ends.
+/// trial is blessed by it: the trial ends. Refused on a root a kill left between two
+/// revisions.
 pub fn mark_good(node: &Node) -> Result<RevRef> {
+    refuse_interrupted(node)?;
     bootcount::cancel(node)?;
     let mut state = node.state()?;
     let current = state

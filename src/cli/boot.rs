@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use aurum::apply::bootcount::{self, BootContext, BootOutcome, BootRecord, BootResult, ThisBoot};
+use aurum::apply::client::Recovered;
 use aurum::apply::health::HealthRecord;
 use aurum::apply::node::Node;
 use aurum::apply::source::{HttpRepo, RevisionSource};
@@ -23,6 +24,11 @@ use super::{human_time, print_json, say, Global};
 /// from the node's own undo area (no network needed), records that the node fell back and why,
 /// reports it to the server, and reboots into the restored root. Every boot is reported
 /// (action `boot`); `aurum node-status` and `aurum nodes` show the last one.
+///
+/// A root a killed `aurum rollback` or update left between two revisions (its journal is
+/// there) is first brought to one, as `aurum rollback` does when rerun: an interrupted
+/// rollback is finished, an interrupted update undone, from the undo area; the boot is then
+/// recorded with what was done, counts as no trial boot, and the node reboots into the root.
 #[derive(Args)]
 pub struct BootArgs {
     /// The node's root.
@@ -91,14 +97,13 @@ pub fn boot(g: &Global, a: BootArgs) -> anyhow::Result<()> {
     reboot_if_asked(&a.root, &r, a.no_reboot)
 }
 
-/// `health`'s part on a trial boot (see [`bootcount::after_health`]).
-pub fn after_health(
+/// The node at `root`, locked, and the server `health` reports to, when one is given and
+/// answers.
+fn health_node(
     g: &Global,
     root: &Path,
     server: Option<&str>,
-    excludes: &ExcludeArgs,
-    record: &HealthRecord,
-) -> anyhow::Result<Option<BootResult>> {
+) -> anyhow::Result<(Node, Option<HttpRepo>)> {
     let node = Node::open(root)?;
     let http = match server {
         Some(url) => {
@@ -113,6 +118,21 @@ pub fn after_health(
         }
         None => None,
     };
+    Ok((node, http))
+}
+
+/// `health`'s part before its checks: a root a kill left between two revisions is brought to
+/// one first (see [`bootcount::recover`]). Nothing on a root aurum never updated.
+pub fn before_health(
+    g: &Global,
+    root: &Path,
+    server: Option<&str>,
+    excludes: &ExcludeArgs,
+) -> anyhow::Result<Option<Recovered>> {
+    if aurum::apply::node::peek(root)?.is_none() {
+        return Ok(None);
+    }
+    let (node, http) = health_node(g, root, server)?;
     let progress = g.progress();
     let cx = BootContext {
         this: this_boot(None)?,
@@ -120,7 +140,27 @@ pub fn after_health(
         excludes: excludes.build(&g.config.node)?,
         progress: progress.as_ref(),
     };
-    Ok(bootcount::after_health(&node, &cx, record)?)
+    Ok(bootcount::recover(&node, &cx)?)
+}
+
+/// `health`'s part on a trial boot (see [`bootcount::after_health`]).
+pub fn after_health(
+    g: &Global,
+    root: &Path,
+    server: Option<&str>,
+    excludes: &ExcludeArgs,
+    record: &HealthRecord,
+    recovered: Option<&Recovered>,
+) -> anyhow::Result<Option<BootResult>> {
+    let (node, http) = health_node(g, root, server)?;
+    let progress = g.progress();
+    let cx = BootContext {
+        this: this_boot(None)?,
+        source: http.as_ref().map(|h| h as &dyn RevisionSource),
+        excludes: excludes.build(&g.config.node)?,
+        progress: progress.as_ref(),
+    };
+    Ok(bootcount::after_health(&node, &cx, record, recovered)?)
 }
 
 /// One line on a boot record, as node-status shows it.

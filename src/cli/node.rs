@@ -529,6 +529,9 @@ pub fn rollback(g: &Global, a: RollbackArgs) -> anyhow::Result<()> {
 }
 
 /// Record the revision this node runs as its last-known-good.
+///
+/// Refused on a root a killed `aurum rollback` or update left between two revisions: run
+/// `aurum rollback` (or the interrupted command) again first.
 #[derive(Args)]
 pub struct MarkGoodArgs {
     /// The node's root.
@@ -565,6 +568,11 @@ pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
 /// client's /etc/aurum/health/. The result is kept in the node's state (shown by node-status)
 /// when aurum manages the root. Exits 0 when healthy, 1 when a required check failed.
 ///
+/// A root a killed `aurum rollback` or update left between two revisions is first brought to
+/// one, as `aurum rollback` does when rerun: an interrupted rollback is finished, an
+/// interrupted update undone, from the node's own undo area. The checks then run on that
+/// root, nothing is blessed on this boot, and the node is rebooted (--no-reboot: it is not).
+///
 /// With --slurm it also answers for the node in Slurm, and can be Slurm's HealthCheckProgram
 /// (slurm.conf: HealthCheckProgram=/usr/local/sbin/aurum-health, a script running
 /// `aurum --quiet health --slurm`): a node failing a required check is drained with the
@@ -592,7 +600,8 @@ pub struct HealthArgs {
     #[arg(long, value_name = "NAME", requires = "slurm")]
     slurm_node: Option<String>,
     /// On a boot of a revision on trial (see `aurum boot`), a fallback does not reboot the
-    /// node (it is put back, and must be rebooted to run the revision put back).
+    /// node (it is put back, and must be rebooted to run the revision put back); nor does
+    /// bringing an interrupted root to one revision.
     #[arg(long)]
     no_reboot: bool,
     /// Print the result as JSON.
@@ -689,11 +698,15 @@ pub fn report_options(
 pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
     use aurum::apply::health::{self, CheckStatus};
     let limit = std::time::Duration::from_secs(a.timeout.max(1));
-    let (record, recorded) = health::check(&a.root, limit)?;
     let server = g
         .config
         .servers(a.server.clone().into_iter().collect())
         .and_then(|s| s.value.first().cloned());
+    // A fallback or a recovery honours node.toml's excludes and the defaults, as `aurum
+    // rollback` does.
+    let excludes = ExcludeArgs::default();
+    let recovered = super::boot::before_health(g, &a.root, server.as_deref(), &excludes)?;
+    let (record, recorded) = health::check(&a.root, limit)?;
     if let Some(url) = &server {
         if let Err(e) = health::report(url, &report_options(g, &a.root)?, &record) {
             super::warning(format!("the result was not reported to {url}: {e}"));
@@ -708,13 +721,13 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
     });
     // On a trial boot the result blesses the revision or sends the node back.
     let trial = match recorded {
-        // A fallback honours node.toml's excludes and the defaults, as `aurum rollback` does.
         true => super::boot::after_health(
             g,
             &a.root,
             server.as_deref(),
-            &ExcludeArgs::default(),
+            &excludes,
             &record,
+            recovered.as_ref(),
         )?,
         false => None,
     };

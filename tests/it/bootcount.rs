@@ -274,12 +274,16 @@ fn a_failing_revision_falls_back_and_a_good_one_is_blessed() {
 }
 
 /// Runs aurum with `args` under strace, SIGKILLed (strace's signal injection, delivered as the
-/// call begins) at its `k`-th rename onto `file`; whether it was killed (else it ran to its end).
-fn killed_at_rename(env: &Env, file: &Path, k: u32, args: &[&str]) -> bool {
+/// call begins) at its `k`-th rename onto `file` (of any file: `None`); whether it was killed
+/// (else it ran to its end).
+fn killed_at_rename(env: &Env, file: Option<&Path>, k: u32, args: &[&str]) -> bool {
     let calls = "rename,renameat,renameat2";
-    let status = Command::new("strace")
-        .args(["-f", "-o", "/dev/null", "-P"])
-        .arg(file)
+    let mut strace = Command::new("strace");
+    strace.args(["-f", "-o", "/dev/null"]);
+    if let Some(f) = file {
+        strace.arg("-P").arg(f);
+    }
+    let status = strace
         .args(["-e", &format!("trace={calls}")])
         .args(["-e", &format!("inject={calls}:signal=KILL:when={k}")])
         .arg(env!("CARGO_BIN_EXE_aurum"))
@@ -354,24 +358,32 @@ fn a_fallback_killed_before_its_trial_ends_is_finished_not_blessed() {
             grubenv(root)
         );
     };
-    let (mut in_window, mut kills) = (0, 0);
+    let (mut in_window, mut in_rollback, mut kills) = (0, 0, 0);
     for k in 1..=40 {
         fresh(&root, &ready);
         let state_json = root.join("var/lib/aurum-node/state.json");
-        if !killed_at_rename(&env, &state_json, k, &["health", "--root", r]) {
+        if !killed_at_rename(&env, Some(&state_json), k, &["health", "--root", r]) {
             // The run reached its end: every write of it was a kill point before.
             assert!(k > 2, "aurum health wrote state.json only {} times", k - 1);
             root_is_last_known_good(&root, "health not killed");
             break;
         }
         kills += 1;
-        if root.join("var/lib/aurum-node/journal.json").exists() {
-            // Killed inside the rollback: its rerun is the update's business, not this test's.
-            continue;
-        }
         let s = state(&env, &root);
         let when = format!("killed before write {k} of state.json");
-        if s["current"]["number"] == 1 && s.get("trial").is_some() {
+        if root.join("var/lib/aurum-node/journal.json").exists() {
+            // Killed inside the rollback: the next boot finishes it, then the fallback.
+            in_rollback += 1;
+            let b = json(&env.ok(&["boot", "--root", r, "--cmdline", cmdline, "--json"]));
+            assert_eq!(b["record"]["outcome"], "fell-back", "{when}: {b}");
+            assert_eq!(b["reboot"], true, "{when}: {b}");
+            let reason = b["record"]["reason"].as_str().unwrap();
+            assert!(
+                reason.starts_with("`aurum rollback` to node@1 ")
+                    && reason.contains("was interrupted on this root, and is finished now"),
+                "{when}: {reason}"
+            );
+        } else if s["current"]["number"] == 1 && s.get("trial").is_some() {
             in_window += 1;
             // The health check run again on the same boot (it passes now, on revision 1).
             let again = env.path("again");
@@ -390,11 +402,120 @@ fn a_fallback_killed_before_its_trial_ends_is_finished_not_blessed() {
         let _ = env.run(&["health", "--root", r]);
         root_is_last_known_good(&root, &format!("{when}, then a boot and a health check"));
     }
-    println!("{kills} kills, {in_window} between the rollback and the end of the trial");
+    println!(
+        "{kills} kills, {in_rollback} inside the rollback, {in_window} between the rollback \
+         and the end of the trial"
+    );
     assert!(
         in_window > 0,
         "no kill landed between the rollback and the end of the trial"
     );
+}
+
+/// Review finding: `aurum boot` and `aurum health` acted on a root a killed rollback left
+/// between two revisions (its journal there): they recorded the boot, ran the checks and
+/// reported the revision the state named, on a root holding part of each. A rollback, and an
+/// update, are killed at a rename in the middle of their work (strace's signal injection);
+/// then `aurum boot` on the root, and `aurum health` on a copy of it, must each bring it to
+/// exactly one revision (the rollback finished, the update undone), say so in the boot record
+/// and ask for a reboot; `aurum mark-good` refuses such a root.
+#[test]
+fn boot_and_health_finish_a_killed_rollback_and_undo_a_killed_update() {
+    if !need("strace") || !need("rsync") {
+        return;
+    }
+    let env = Env::new();
+    let (a, b) = (env.path("rev1"), env.path("rev2"));
+    for i in 0..60 {
+        let rel = format!("usr/share/d{}/f{i:02}", i % 6);
+        crate::common::write_random(&a.join(&rel), i, 300);
+        crate::common::write_random(&b.join(&rel), i + 1000, 300);
+    }
+    crate::common::sh(&format!(
+        "mkdir -p {a}/var/lib {b}/var/lib && printf gone > {a}/usr/only-in-1 && \
+         printf new > {b}/usr/only-in-2",
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "r", &[]);
+    env.getimage(&b, "r", &[]);
+    let at_1 = crate::update::node_at(&env, "at-1", "r@1");
+    let at_2 = env.path("at-2");
+    crate::common::sh(&format!("cp -a {} {}", at_1.display(), at_2.display()));
+    let update = ["updateclient", "--image", "r@2", "--no-default-excludes"];
+    env.ok(&[&update[..], &["--root", at_2.to_str().unwrap()]].concat());
+    let cmdline = "root=LABEL=root ro";
+    let exactly = |root: &Path, rev: &Path, number: u64, when: &str| {
+        assert_eq!(crate::update::node_diff(rev, root), "", "{when}");
+        assert!(
+            !root.join("var/lib/aurum-node/journal.json").exists(),
+            "{when}"
+        );
+        assert_eq!(state(&env, root)["current"]["number"], number, "{when}");
+    };
+    // (the ready root, the command killed, the revision the root must end on, the reason)
+    let rollback = ["rollback", "--no-default-excludes"];
+    let cases: [(&Path, &[&str], &Path, u64, &str); 2] = [
+        (&at_2, &rollback, &a, 1, "`aurum rollback` to r@1 "),
+        (&at_1, &update, &a, 1, "`aurum updateclient` to r@2 "),
+    ];
+    for (ready, cmd, rev, number, reason) in cases {
+        let mut mixed = false;
+        for k in [12, 30, 45] {
+            let when = format!("{cmd:?} killed at rename {k}");
+            let root = env.path("root");
+            let again = env.path("again");
+            for d in [&root, &again] {
+                let _ = fs::remove_dir_all(d);
+            }
+            crate::common::sh(&format!("cp -a {} {}", ready.display(), root.display()));
+            let r = root.to_str().unwrap();
+            let args = [cmd, &["--root", r]].concat();
+            assert!(killed_at_rename(&env, None, k, &args), "{when}: not killed");
+            assert!(
+                root.join("var/lib/aurum-node/journal.json").exists(),
+                "{when}: no journal"
+            );
+            let olds = (0..60)
+                .filter(|i| {
+                    let rel = format!("usr/share/d{}/f{i:02}", i % 6);
+                    fs::read(root.join(&rel)).unwrap() == fs::read(a.join(&rel)).unwrap()
+                })
+                .count();
+            mixed |= olds > 0 && olds < 60;
+            crate::common::sh(&format!("cp -a {} {}", root.display(), again.display()));
+
+            let refused = env.run(&["mark-good", "--root", r]);
+            let err = String::from_utf8_lossy(&refused.stderr);
+            assert!(
+                !refused.status.success()
+                    && err.contains("was interrupted on")
+                    && err.contains("aurum rollback"),
+                "{when}: mark-good: {err}"
+            );
+
+            let out = json(&env.ok(&["boot", "--root", r, "--cmdline", cmdline, "--json"]));
+            assert_eq!(out["reboot"], true, "{when}: {out}");
+            assert_eq!(out["record"]["outcome"], "booted", "{when}: {out}");
+            let why = out["record"]["reason"].as_str().unwrap();
+            assert!(why.starts_with(reason), "{when}: {why}");
+            exactly(&root, rev, number, &format!("{when}, then boot"));
+
+            let g = again.to_str().unwrap();
+            let out = json(&env.ok(&["health", "--root", g, "--json"]));
+            assert_eq!(out["boot"]["outcome"], "booted", "{when}: {out}");
+            assert!(
+                out["boot"]["reason"].as_str().unwrap().starts_with(reason),
+                "{when}: {out}"
+            );
+            assert_eq!(out["health"]["revision"]["number"], number, "{when}: {out}");
+            exactly(&again, rev, number, &format!("{when}, then health"));
+        }
+        assert!(
+            mixed,
+            "{cmd:?}: no kill landed between two renames of the tree"
+        );
+    }
 }
 
 /// systemd-boot's part at one boot of the counting entry: `aurum-revision+LEFT[-DONE].conf`

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::apply::bootcount;
 use crate::apply::hooks::{self, HookEnv, Identity, Stage};
 use crate::apply::node::{Journal, Node, RevRef};
-use crate::apply::overrides;
+use crate::apply::overrides::{self, Composing};
 use crate::apply::source::{RevisionSource, Target};
 use crate::apply::update::{self, Overlay, UpdateOptions, UpdateReport};
 use crate::catalog::{NodeAction, NodeReport, Outcome};
@@ -91,8 +91,14 @@ pub fn updateclient(
 ) -> Result<UpdateReport> {
     let dry_run = run.opts.dry_run;
     let result = (|| -> Result<UpdateReport> {
-        let (target, manifest, overlay) =
-            resolve_for_node(node, source, &run.spec, &run.add_override, &run.no_override)?;
+        let (target, manifest, overlay) = resolve_for_node(
+            node,
+            source,
+            &run.spec,
+            &run.add_override,
+            &run.no_override,
+            Composing::Update,
+        )?;
         run.opts.overlay = Some(overlay);
         let hooks = run.hooks.as_ref().filter(|_| !dry_run);
         let env = hook_env(node, hooks, &target, source.describe(), &mut run.opts);
@@ -133,13 +139,14 @@ pub(crate) fn resolve_for_node(
     spec: &str,
     add: &[String],
     remove: &[String],
+    composing: Composing,
 ) -> Result<(Target, Manifest, Overlay)> {
     let target = source.resolve(spec)?;
     let image = fetch_manifest(node, source, &target.id)?;
     let state = node.state()?;
     let follow = overrides::edit_follow(&state.overrides, add, remove)?;
     let held = overrides::held(&state);
-    let (manifest, overlay) = overrides::for_node(source, image, follow, add, &held)?;
+    let (manifest, overlay) = overrides::for_node(source, image, follow, add, &held, composing)?;
     Ok((target, manifest, overlay))
 }
 
@@ -226,7 +233,8 @@ fn rollback_target(
             // Another revision of the image, with the newest of the overrides the node follows.
             let state = node.state()?;
             let held = overrides::held(&state);
-            let (m, overlay) = overrides::for_node(s, image, state.overrides, &[], &held)?;
+            let (m, overlay) =
+                overrides::for_node(s, image, state.overrides, &[], &held, Composing::Rollback)?;
             Ok((t, m, overlay))
         }
         RollbackTo::LastKnownGood => {

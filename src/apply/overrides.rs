@@ -84,16 +84,42 @@ pub fn held(state: &crate::format::node::NodeState) -> Vec<String> {
         .collect()
 }
 
+/// The command composing a node's tree, as the errors of [`resolve`] name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Composing {
+    Update,
+    Stage,
+    Rollback,
+    Install,
+    BootMemory,
+    BootNetroot,
+}
+
+impl Composing {
+    /// The command's run, as a sentence's subject.
+    fn run(self) -> &'static str {
+        match self {
+            Composing::Update => "the update",
+            Composing::Stage => "the staged revision",
+            Composing::Rollback => "the rollback",
+            Composing::Install => "the install",
+            Composing::BootMemory => "the boot into memory",
+            Composing::BootNetroot => "the boot from a network root",
+        }
+    }
+}
+
 /// The newest revision of each image of `follow` the source has, in order. An image it lacks
 /// is skipped (a group without an override of its own), except those in `required` (named by
 /// the administrator on this command line): a misspelt name must not pass unnoticed. When
 /// some servers did not answer and the others lack an image, it is skipped only if it is not
-/// in `held` (the node has none of its files to lose); one the node holds stops the update.
+/// in `held` (the node has none of its files to lose); one the node holds stops `composing`.
 pub fn resolve(
     source: &dyn RevisionSource,
     follow: &[String],
     required: &[String],
     held: &[String],
+    composing: Composing,
 ) -> Result<Vec<Layer>> {
     let mut layers = Vec::new();
     for name in follow {
@@ -115,22 +141,31 @@ pub fn resolve(
                 log::warn!("{message}; going on without the override image `{name}`, which this node does not hold yet");
                 continue;
             }
-            // Composed without it, the node would lose the override's files: only servers that
-            // all answered may say it is absent.
+            // Composed without it, the node would lose the override's files (or go without one
+            // it was told to take): only servers that all answered may say it is absent.
             Err(Error::PartialNotFound {
                 message,
                 unreachable,
             }) => {
+                let why = match held.contains(name) {
+                    true => format!(
+                        "This node follows the override image `{name}`: without it {} would \
+                         delete the override's files",
+                        composing.run()
+                    ),
+                    false => format!(
+                        "--override {name} was given: {} cannot go on without it",
+                        composing.run()
+                    ),
+                };
                 return Err(Error::PartialNotFound {
                     message: format!(
-                        "{message}. This node follows the override image `{name}`: without it \
-                         the update would delete the override's files, so nothing on the node \
-                         was changed. Bring {} back, or give --server only servers that hold \
-                         the whole repository",
+                        "{message}. {why}, so nothing on the node was changed. Bring {} back, \
+                         or give --server only servers that hold the whole repository",
                         unreachable.join(", ")
                     ),
                     unreachable,
-                })
+                });
             }
             Err(e) => return Err(e),
         };
@@ -152,8 +187,9 @@ pub fn for_node(
     follow: Vec<String>,
     required: &[String],
     held: &[String],
+    composing: Composing,
 ) -> Result<(Manifest, Overlay)> {
-    let layers = resolve(source, &follow, required, held)?;
+    let layers = resolve(source, &follow, required, held, composing)?;
     let mut overlay = Overlay {
         layers: layers.iter().map(|l| l.rev.clone()).collect(),
         image: None,

@@ -93,8 +93,14 @@ pub fn stage(
     progress: &dyn Progress,
 ) -> Result<StageReport> {
     check_node(node, true)?;
-    let (target, manifest, overlay) =
-        client::resolve_for_node(node, source, &run.spec, &run.add_override, &run.no_override)?;
+    let (target, manifest, overlay) = client::resolve_for_node(
+        node,
+        source,
+        &run.spec,
+        &run.add_override,
+        &run.no_override,
+        crate::apply::overrides::Composing::Stage,
+    )?;
     let stage = node.stage_dir();
     let before = node.state()?.staged.map(|s| s.revision);
     let result = (|| -> Result<StageReport> {

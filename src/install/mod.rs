@@ -977,7 +977,14 @@ fn install_inner(
         opts.group.as_deref(),
         opts.hostname.as_deref().unwrap_or(""),
     );
-    let (manifest, overlay) = overrides::for_node(source, image_manifest, follow, &[], &[])?;
+    let (manifest, overlay) = overrides::for_node(
+        source,
+        image_manifest,
+        follow,
+        &[],
+        &[],
+        overrides::Composing::Install,
+    )?;
     let any_file = opts
         .disks
         .iter()

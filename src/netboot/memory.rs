@@ -429,7 +429,14 @@ fn boot_inner(
     reporter.report(Phase::Revision(target.name()));
     let image_manifest = http.manifest(&target.id)?;
     let follow = overrides::names(me.group.as_deref(), &me.node);
-    let (manifest, overlay) = overrides::for_node(http, image_manifest, follow, &[], &[])?;
+    let (manifest, overlay) = overrides::for_node(
+        http,
+        image_manifest,
+        follow,
+        &[],
+        &[],
+        overrides::Composing::BootMemory,
+    )?;
     let pages = tree_pages(&manifest);
     let size = tmpfs_size(pages, o.size, o.headroom)?;
     if let Some(total) = mem_total() {

@@ -430,8 +430,14 @@ fn boot_inner(
     }
     let image_manifest = source.manifest(&target.id)?;
     let follow = overrides::names(me.group.as_deref(), &me.node);
-    let (manifest, overlay) =
-        overrides::for_node(source, image_manifest.clone(), follow.clone(), &[], &[])?;
+    let (manifest, overlay) = overrides::for_node(
+        source,
+        image_manifest.clone(),
+        follow.clone(),
+        &[],
+        &[],
+        overrides::Composing::BootNetroot,
+    )?;
     // The tmpfs holds the image (when there is one) and what the node writes.
     let image_bytes = match &lower_src {
         Lower::Image(info) => info.bytes,

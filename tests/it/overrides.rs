@@ -185,3 +185,52 @@ fn overrides_survive_updates_and_rollbacks_and_can_be_changed_on_the_node() {
     }
     assert_eq!(read(&node, "etc/motd"), "group\n");
 }
+
+/// Review finding: the error for an override the node holds that some servers lack while the
+/// others are down said "the update would delete" whatever the command was. A rollback names
+/// itself: the node follows an override, the override is then removed from the one server
+/// that answers, and another server given does not answer.
+#[test]
+fn an_override_missing_on_the_servers_that_answer_names_the_command_it_stops() {
+    let env = Env::new();
+    let image = files(&env, "image", &[("etc/motd", "image\n")]);
+    env.getimage(&image, "c", &[]);
+    let n05 = files(&env, "n05", &[("etc/node.conf", "n05\n")]);
+    env.getimage(&n05, "override.n05", &[]);
+    let node = node_at(&env, "node", "c@1");
+    ok_on(
+        &env,
+        &node,
+        &["updateclient", "--image", "c", "--override", "override.n05"],
+    );
+    env.ok(&["rmimage", "override.n05"]);
+    let srv = crate::serve::Server::start(&env);
+    let down = format!("http://127.0.0.1:{}", crate::published::free_port());
+    let out = on(
+        &env,
+        &node,
+        &[
+            "rollback",
+            "--to",
+            "c@1",
+            "--server",
+            &srv.url,
+            "--server",
+            &down,
+            "--http-tries",
+            "1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("it may be there")
+            && err.contains(
+                "This node follows the override image `override.n05`: without it the rollback \
+                 would delete the override's files, so nothing on the node was changed"
+            )
+            && !err.contains("the update"),
+        "{err}"
+    );
+    assert_eq!(read(&node, "etc/node.conf"), "n05\n");
+}

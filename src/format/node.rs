@@ -408,6 +408,14 @@ mod tests {
         let text = String::from_utf8(s.encode()).unwrap();
         assert!(text.contains("\"outcome\": \"fell-back\""), "{text}");
         assert!(text.contains("\"bootloader\": \"grub\""), "{text}");
+        assert!(!text.contains("\"entry\""), "{text}");
+        // Version 5 wrote the systemd-boot entry file in the trial: read, and left out.
+        let v5 = br#"{"current":null,"previous":null,"last_known_good":null,"history":[],
+            "trial":{"revision":{"image":"c","number":2,"id":"ab"},
+            "fallback":{"image":"c","number":1,"id":"cd"},"tries":3,"bootloader":"systemd-boot",
+            "started":1795320421,"entry":"aurum-revision.conf"}}"#;
+        let t = NodeState::decode(v5, "state.json").unwrap().trial.unwrap();
+        assert_eq!((t.tries, t.bootloader), (3, Bootloader::SystemdBoot));
     }
 
     #[test]

@@ -112,6 +112,7 @@ want mkswap util-linux
 # tests/it/bootcount.rs kills `aurum health` at each write of state.json with strace's signal
 # injection (-e inject=...:signal=KILL:when=N).
 want strace strace
+want sqlite3 sqlite3
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root (or install them) first" >&2

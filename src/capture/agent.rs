@@ -164,7 +164,7 @@ fn converse<W: Write + Send>(input: &mut impl Read, out: &Mutex<W>) -> Result<()
                 ));
                 let mut source = LocalSource::new(&root, Excludes::new(&excludes)?);
                 let mut scanned = Vec::new();
-                let warnings = source.scan(&Quiet, &mut |s| {
+                let warnings = source.scan(&Quiet, None, &mut |s| {
                     scanned.push(s);
                     Ok(())
                 })?;

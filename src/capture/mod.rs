@@ -31,9 +31,12 @@ use rayon::prelude::*;
 use crate::catalog::{Revision, RevisionStats};
 use crate::error::{invalid, IoContext, Result};
 use crate::excludes::Excludes;
-use crate::format::manifest::{decode_content, encode_content, Entry, Kind, Validator};
+use crate::format::manifest::{
+    decode_content, decode_xattrs, encode_content, encode_xattrs, Entry, Kind, Validator,
+};
 use crate::format::pack::Codec;
 use crate::format::wire::Known;
+use crate::format::wire::StatKey;
 use crate::format::Id;
 use crate::progress::Progress;
 use crate::repo::{check_name, BlobWriter, Repository};
@@ -142,7 +145,18 @@ pub trait Source {
     /// How the revision records where it came from; also the stat cache's key.
     fn describe(&self) -> String;
     /// Hands the whole tree to `emit`, sorted; returns warnings for the administrator.
-    fn scan(&mut self, progress: &dyn Progress, emit: &mut scan::Emit) -> Result<Vec<String>>;
+    /// A source that takes `lookup` asks the stat cache about each entry as it scans (see
+    /// [`scan::walk`]), and [`Self::looks_up`] says so.
+    fn scan<'e>(
+        &mut self,
+        progress: &dyn Progress,
+        lookup: Option<&mut scan::Lookup<'e>>,
+        emit: &mut scan::Emit<'e>,
+    ) -> Result<Vec<String>>;
+    /// Whether [`Self::scan`] uses the stat cache lookup it is given.
+    fn looks_up(&self) -> bool {
+        false
+    }
     /// The tree's root on this machine, for a source that is a local directory: where the
     /// repositories it holds are read from to be recorded by reference ([`embedded`]).
     fn local_root(&self) -> Option<&Path> {
@@ -270,8 +284,17 @@ impl Source for LocalSource {
         format!("local:{}", abs.display())
     }
 
-    fn scan(&mut self, progress: &dyn Progress, emit: &mut scan::Emit) -> Result<Vec<String>> {
-        scan::walk(&self.root, &self.excludes, progress, emit)
+    fn scan<'e>(
+        &mut self,
+        progress: &dyn Progress,
+        lookup: Option<&mut scan::Lookup<'e>>,
+        emit: &mut scan::Emit<'e>,
+    ) -> Result<Vec<String>> {
+        scan::walk(&self.root, &self.excludes, progress, lookup, emit)
+    }
+
+    fn looks_up(&self) -> bool {
+        true
     }
 
     fn local_root(&self) -> Option<&Path> {
@@ -656,6 +679,7 @@ fn capture_batch(
     sink: &Mutex<BlobWriter>,
     describe: &str,
     use_cache: bool,
+    looked_up: bool,
     batch: &mut [Scanned],
     heirs: &mut Heirs,
     warnings: &mut Vec<String>,
@@ -667,10 +691,38 @@ fn capture_batch(
     let mut gone = vec![false; n];
     // Names of hardlink groups whose first name vanished in an earlier batch.
     let mut to_hash = heirs.adopt(batch, &gone);
-    let files: Vec<usize> = (0..n)
+    let mut files: Vec<usize> = (0..n)
         .filter(|&i| matches!(batch[i].entry.kind, Kind::File { .. }) && !to_hash.contains(&i))
         .collect();
-    let cached = if use_cache {
+    // A scan that asked the stat cache left the content it vouched for in the entry: the
+    // chunks cover the file's data (a file it did not know has none yet).
+    if looked_up {
+        files.retain(|&i| {
+            let Kind::File {
+                size,
+                chunks,
+                extents,
+            } = &mut batch[i].entry.kind
+            else {
+                return true;
+            };
+            let have: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+            let data = match extents {
+                None => *size,
+                Some(ext) => ext.iter().map(|e| e.1).sum(),
+            };
+            if have != data || (chunks.is_empty() && extents.is_none() && *size > 0) {
+                return true;
+            }
+            contents[i] = Some(Content {
+                chunks: std::mem::take(chunks),
+                extents: extents.take(),
+            });
+            progress.advance(batch[i].stat.size);
+            false
+        });
+    }
+    let cached = if use_cache && !looked_up {
         repo.catalog.statcache_get_many(
             describe,
             files
@@ -785,7 +837,45 @@ pub fn getimage(
     let mut unrecorded = (root.is_none() && opts.embedded_repos && opts.edit.is_none())
         .then(embedded::Unrecorded::default);
     let snapshots = Mutex::new(repo.blob_writer()?);
-    let mut warnings = source.scan(progress, &mut |s| {
+    // A local tree asks the stat cache as it scans, so that what it vouches for is neither
+    // read nor has its xattrs listed again; `vouched` stays true while it vouched for all.
+    let use_cache = opts.edit.is_none();
+    let vouched = std::sync::atomic::AtomicBool::new(true);
+    let looked_up = use_cache && source.looks_up();
+    let catalog = if looked_up {
+        Some(repo.catalog_snapshot()?)
+    } else {
+        None
+    };
+    // Files whose content the stat cache gave (an empty file needs none, cached or not).
+    let hits = std::sync::atomic::AtomicU64::new(0);
+    let (describe_, vouched_, hits_) = (&describe, &vouched, &hits);
+    let mut ask = move |asked: &[(&[u8], &StatKey)]| -> Result<Vec<Option<scan::Cached>>> {
+        let Some(catalog) = &catalog else {
+            return Ok(vec![None; asked.len()]);
+        };
+        let rows = catalog.statcache_lookup(describe_, asked.iter().copied())?;
+        let out: Vec<Option<scan::Cached>> = rows
+            .into_iter()
+            .map(|row| {
+                row.map(|(content, xattrs)| scan::Cached {
+                    content: decode_content(&content).ok(),
+                    xattrs: xattrs.and_then(|x| decode_xattrs(&x).ok()),
+                })
+            })
+            .collect();
+        let files = out.iter().flatten().filter(|c| c.content.is_some());
+        hits_.fetch_add(files.count() as u64, std::sync::atomic::Ordering::Relaxed);
+        if out
+            .iter()
+            .any(|c| c.as_ref().is_none_or(|c| c.xattrs.is_none()))
+        {
+            vouched_.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(out)
+    };
+    let lookup: Option<&mut scan::Lookup> = if looked_up { Some(&mut ask) } else { None };
+    let mut warnings = source.scan(progress, lookup, &mut |s| {
         let s = match &mut finder {
             Some(f) => f.take(repo, &snapshots, s)?,
             None => {
@@ -797,6 +887,8 @@ pub fn getimage(
         };
         s.map_or(Ok(()), |s| spool.push(s))
     })?;
+    // The stat cache snapshot is let go before anything is written.
+    drop(ask);
     warnings.extend(unrecorded.map(|u| u.warnings()).unwrap_or_default());
     let mut snapshots = snapshots.into_inner().expect("blob writer lock");
     snapshots.finish()?;
@@ -812,14 +904,22 @@ pub fn getimage(
 
     // Steps 2 to 4, a batch at a time; each batch's entries go to the manifest at once.
     // A work tree is new every time, so an edit neither reads nor fills the stat cache.
-    let use_cache = opts.edit.is_none();
     if use_cache {
         repo.catalog.statcache_stage_begin()?;
     }
     let sink = Mutex::new(repo.blob_writer()?);
     let mut out = match &opts.edit {
         Some(_) => ManifestOut::Held(Vec::new()),
-        None => ManifestOut::Stream(Box::new((repo.manifest_writer()?, Validator::default()))),
+        None => {
+            // The manifest of the last capture of this tree (else the image's newest): an
+            // unchanged tree then compresses and writes no manifest at all.
+            let base = match repo.catalog.newest_from_source(&describe)? {
+                Some(rev) => Some(rev),
+                None => repo.catalog.newest(&opts.image)?,
+            };
+            let writer = repo.manifest_writer_like(base.as_ref().map(|b| &b.id))?;
+            ManifestOut::Stream(Box::new((writer, Validator::default())))
+        }
     };
     let mut heirs = Heirs::default();
     let mut counts = Counts::default();
@@ -835,6 +935,7 @@ pub fn getimage(
             &sink,
             &describe,
             use_cache,
+            looked_up,
             &mut batch,
             &mut heirs,
             &mut warnings,
@@ -846,6 +947,12 @@ pub fn getimage(
             if gone {
                 continue;
             }
+            // Entries touched in the last seconds may change again within the same
+            // timestamp; caching them could vouch for content or xattrs we never read.
+            let racy = s.stat.mtime_ns >= started_ns - 2_000_000_000
+                || s.stat.ctime_ns >= started_ns - 2_000_000_000;
+            let cache = !racy && use_cache;
+            let mut content = Vec::new();
             if let Kind::File {
                 chunks, extents, ..
             } = &mut s.entry.kind
@@ -853,19 +960,19 @@ pub fn getimage(
                 let c = c.ok_or_else(|| invalid("a file of the capture has no content"))?;
                 counts.files += 1;
                 counts.bytes += s.stat.size;
-                // Files touched in the last seconds may change again within the same
-                // timestamp; caching them could vouch for content we never read.
-                let racy = s.stat.mtime_ns >= started_ns - 2_000_000_000
-                    || s.stat.ctime_ns >= started_ns - 2_000_000_000;
-                if !racy && use_cache {
-                    cache_rows.push((
-                        s.entry.path.clone(),
-                        s.stat,
-                        encode_content(&c.chunks, c.extents.as_deref()),
-                    ));
+                if cache {
+                    content = encode_content(&c.chunks, c.extents.as_deref());
                 }
                 *chunks = c.chunks;
                 *extents = c.extents;
+            }
+            if cache {
+                cache_rows.push((
+                    s.entry.path.clone(),
+                    s.stat,
+                    content,
+                    encode_xattrs(&s.entry.xattrs),
+                ));
             }
             match &mut out {
                 ManifestOut::Stream(stream) => {
@@ -881,6 +988,7 @@ pub fn getimage(
         }
     }
     progress.finish();
+    counts.from_cache += hits.load(std::sync::atomic::Ordering::Relaxed);
     let mut sink = sink.into_inner().expect("blob writer lock");
     sink.finish()?;
 
@@ -926,7 +1034,8 @@ pub fn getimage(
     // An unchanged tree read wholly from the cache leaves the cache as it was: rewriting its
     // rows would be most of the cost of an unchanged re-capture.
     if use_cache {
-        if unchanged && counts.hashed == 0 {
+        let vouched = vouched.load(std::sync::atomic::Ordering::Relaxed);
+        if unchanged && counts.hashed == 0 && (vouched || !looked_up) {
             repo.catalog.statcache_discard()?;
         } else {
             repo.catalog.statcache_commit(&describe)?;

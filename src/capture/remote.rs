@@ -294,10 +294,12 @@ impl Source for RemoteSource {
         self.url.canonical()
     }
 
-    fn scan(
+    /// The agent reads every entry's xattrs on the golden client: no stat cache lookup here.
+    fn scan<'e>(
         &mut self,
         progress: &dyn Progress,
-        emit: &mut super::scan::Emit,
+        _lookup: Option<&mut super::scan::Lookup<'e>>,
+        emit: &mut super::scan::Emit<'e>,
     ) -> Result<Vec<String>> {
         let msg = Msg::Scan {
             root: self.url.path.clone().into_bytes(),

@@ -14,7 +14,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::dir::Dir;
 use nix::fcntl::{openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode};
 use rayon::prelude::*;
@@ -32,6 +31,19 @@ pub struct Scanned {
     pub entry: Entry,
     pub stat: StatKey,
 }
+
+/// What the stat cache holds for an entry whose stat data is what the capture that cached it
+/// saw: the file's content, and its xattrs when that capture recorded them (an xattr cannot
+/// change without changing the inode's ctime, which the stat data includes).
+#[derive(Clone, Debug, Default)]
+pub struct Cached {
+    pub content: Option<crate::format::manifest::Content>,
+    pub xattrs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// Asks the stat cache about a directory's entries at once: (path, stat data) -> what it
+/// vouches for, in the same order.
+pub type Lookup<'a> = dyn FnMut(&[(&[u8], &StatKey)]) -> Result<Vec<Option<Cached>>> + Send + 'a;
 
 /// Filesystems that hold a golden client's data and are captured when mounted below its root.
 const DISK_FILESYSTEMS: &[&str] = &[
@@ -87,7 +99,8 @@ struct Found {
     path: Vec<u8>,
     st: FileStat,
     kind: Kind,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `None` until read (or vouched for by the stat cache).
+    xattrs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// One name of a directory, looked at.
@@ -110,6 +123,7 @@ struct Walker<'a, 'e> {
     excludes: &'a Excludes,
     mounts: HashMap<PathBuf, String>,
     emit: &'a mut Emit<'e>,
+    lookup: Option<&'a mut Lookup<'e>>,
     /// The first name (in path order) of each inode with several names: the one that
     /// carries the content. Only multiply-linked files are kept, not the whole tree.
     inodes: HashMap<(u64, u64), Vec<u8>>,
@@ -125,7 +139,7 @@ pub fn scan(
     progress: &dyn Progress,
 ) -> Result<(Vec<Scanned>, Vec<String>)> {
     let mut out = Vec::new();
-    let warnings = walk(root, excludes, progress, &mut |s| {
+    let warnings = walk(root, excludes, progress, None, &mut |s| {
         out.push(s);
         Ok(())
     })?;
@@ -135,11 +149,16 @@ pub fn scan(
 /// Walks `root`, handing each entry to `emit` in path byte order, with hardlinks resolved
 /// (the first name of each inode carries the content, the others point at it); returns the
 /// warnings for the administrator. Memory stays flat whatever the tree's size.
-pub fn walk(
+///
+/// With a `lookup`, each directory's entries are looked up in the stat cache after their
+/// `lstat`: the xattrs of an entry it vouches for are not read again, and a file's content
+/// comes with it (its chunks cover its data); the other entries' xattrs are read as without.
+pub fn walk<'e>(
     root: &Path,
     excludes: &Excludes,
     progress: &dyn Progress,
-    emit: &mut Emit,
+    lookup: Option<&mut Lookup<'e>>,
+    emit: &mut Emit<'e>,
 ) -> Result<Vec<String>> {
     sys::check_proc()?;
     let fd = sys::open_root(root)?;
@@ -152,6 +171,7 @@ pub fn walk(
         excludes,
         mounts: mount_table(),
         emit,
+        lookup,
         inodes: HashMap::new(),
         warnings: Vec::new(),
         progress,
@@ -170,15 +190,20 @@ pub fn walk(
 impl Walker<'_, '_> {
     fn walk(&mut self, dir: OwnedFd, rel: Vec<u8>, dev: u64) -> Result<()> {
         let shown_dir = shown(&self.root, &rel);
-        let listing = Dir::from_fd(nix::unistd::dup(&dir).at(&shown_dir)?).at(&shown_dir)?;
+        // Listed through the directory's own descriptor (no `dup`, no `fdopendir`): the
+        // calls below only name entries relative to it, which its position does not affect.
+        let mut listing = rustix::fs::Dir::new(dir)
+            .map_err(std::io::Error::from)
+            .at(&shown_dir)?;
         let mut names: Vec<Vec<u8>> = Vec::new();
-        for ent in listing {
-            let ent = ent.at(&shown_dir)?;
+        for ent in &mut listing {
+            let ent = ent.map_err(std::io::Error::from).at(&shown_dir)?;
             let name = ent.file_name().to_bytes();
             if name != b"." && name != b".." {
                 names.push(name.to_vec());
             }
         }
+        let dir = listing.fd().map_err(std::io::Error::from).at(&shown_dir)?;
         names.sort();
         // The calls made for each name (lstat, listxattr, readlink) are most of a scan's time
         // and wait on the kernel: made for a directory's names in parallel, they keep both
@@ -186,11 +211,60 @@ impl Walker<'_, '_> {
         // in name order, so entries and warnings come out as a sequential walk makes them, and
         // at most one directory per level is open at a time.
         let (root, excludes) = (self.root.as_path(), self.excludes);
-        let probes: Vec<Result<Probe>> = names
+        let mut probes: Vec<Result<Probe>> = names
             .par_iter()
             .with_min_len(16)
             .map(|name| probe(root, excludes, dir.as_fd(), &rel, name))
             .collect();
+        // What the stat cache vouches for needs no more calls; the rest's xattrs are read.
+        if let Some(lookup) = &mut self.lookup {
+            let found: Vec<&mut Found> = probes
+                .iter_mut()
+                .filter_map(|p| match p {
+                    Ok(Probe::Found(f)) => Some(&mut **f),
+                    _ => None,
+                })
+                .collect();
+            let keys: Vec<StatKey> = found.iter().map(|f| stat_key(&f.st)).collect();
+            let asked: Vec<(&[u8], &StatKey)> = found
+                .iter()
+                .zip(&keys)
+                .map(|(f, k)| (f.path.as_slice(), k))
+                .collect();
+            let answers = lookup(&asked)?;
+            for (f, cached) in found.into_iter().zip(answers) {
+                let Some(cached) = cached else { continue };
+                f.xattrs = cached.xattrs;
+                if let (
+                    Kind::File {
+                        chunks, extents, ..
+                    },
+                    Some((c, e)),
+                ) = (&mut f.kind, cached.content)
+                {
+                    (*chunks, *extents) = (c, e);
+                }
+            }
+        }
+        let unread = |p: &Result<Probe>| matches!(p, Ok(Probe::Found(f)) if f.xattrs.is_none());
+        let read_xattrs = |p: &mut Result<Probe>| {
+            if let Ok(Probe::Found(f)) = p {
+                if f.xattrs.is_none() {
+                    match sys::xattrs_at(dir.as_fd(), &f.name) {
+                        Ok(x) => f.xattrs = Some(x),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                            *p = Ok(Probe::Vanished(std::mem::take(&mut f.path)))
+                        }
+                        Err(e) => *p = Err(e).at(shown(root, &f.path)),
+                    }
+                }
+            }
+        };
+        match probes.iter().filter(|p| unread(p)).count() {
+            0 => {}
+            1..16 => probes.iter_mut().for_each(read_xattrs),
+            _ => probes.par_iter_mut().with_min_len(16).for_each(read_xattrs),
+        }
         // Entries come out in path byte order with no sort of the whole tree: a directory's
         // subtree (`name/...`) is walked once every sibling sorting before `name/` is out, as
         // `name.d` sorts between `name` and `name/x` ('.' < '/').
@@ -256,6 +330,7 @@ impl Walker<'_, '_> {
                     }
                 }
             }
+            let xattrs = xattrs.expect("read above when the stat cache had none");
             let mut entry = entry_from_stat(path.clone(), kind, &st, xattrs);
             if held_empty {
                 (entry.mtime, entry.mtime_nsec) = (HELD_EMPTY_MTIME, 0);
@@ -347,11 +422,6 @@ fn probe(
     if excludes.excluded(&path, fmt == libc::S_IFDIR) {
         return Ok(Probe::Excluded);
     }
-    let xattrs = match sys::xattrs_at(dir, name) {
-        Ok(x) => x,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Probe::Vanished(path)),
-        Err(e) => return Err(e).at(shown(root, &path)),
-    };
     let kind = match fmt {
         libc::S_IFREG => Kind::File {
             size: st.st_size as u64,
@@ -377,7 +447,7 @@ fn probe(
         path,
         st,
         kind,
-        xattrs,
+        xattrs: None,
     })))
 }
 

@@ -133,6 +133,10 @@ fn state_row(r: &rusqlite::Row) -> rusqlite::Result<NodeState> {
 }
 
 /// The open catalog.
+/// A stat cache row a capture stages: path, stat data, encoded content (empty for all but
+/// files), encoded xattrs.
+pub type StatRow = (Vec<u8>, StatKey, Vec<u8>, Vec<u8>);
+
 pub struct Catalog {
     conn: Connection,
 }
@@ -572,6 +576,17 @@ impl Catalog {
             .pop())
     }
 
+    /// The revision last captured from `source` (as [`crate::capture::Source::describe`]
+    /// names it), whatever its image.
+    pub fn newest_from_source(&self, source: &str) -> Result<Option<Revision>> {
+        Ok(self
+            .query_revisions(
+                "source = ?1 ORDER BY created DESC, rowid DESC LIMIT 1",
+                &[&source],
+            )?
+            .pop())
+    }
+
     /// Revisions whose id starts with a hex prefix (lowercase).
     pub fn revisions_by_prefix(&self, prefix: &str) -> Result<Vec<Revision>> {
         let pattern = format!("{prefix}%");
@@ -790,6 +805,54 @@ impl Catalog {
         })
     }
 
+    /// What the stat cache holds for entries with exactly this stat data, in one read
+    /// transaction: (content as [`crate::format::manifest::encode_content`] wrote it, empty for
+    /// all but files; xattrs as [`crate::format::manifest::encode_xattrs`] wrote them, `None`
+    /// when the row predates their recording).
+    pub fn statcache_lookup<'a>(
+        &self,
+        source: &str,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a StatKey)>,
+    ) -> Result<Vec<Option<(Vec<u8>, Option<Vec<u8>>)>>> {
+        let lookup = |cat: &Self| {
+            let key: Option<i64> = cat
+                .conn
+                .prepare_cached("SELECT key FROM sources WHERE name = ?1")?
+                .query_row([source], |r| r.get(0))
+                .optional()?;
+            let mut st = cat.conn.prepare_cached(
+                "SELECT content, xattrs FROM statcache
+                 WHERE source = ?1 AND path = ?2
+                 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5 AND ino = ?6",
+            )?;
+            entries
+                .into_iter()
+                .map(|(path, k)| match key {
+                    None => Ok(None),
+                    Some(key) => Ok(st
+                        .query_row(
+                            params![
+                                key,
+                                path,
+                                k.size as i64,
+                                k.mtime_ns,
+                                k.ctime_ns,
+                                k.ino as i64
+                            ],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?),
+                })
+                .collect()
+        };
+        // A connection that holds a snapshot reads in it; else in one transaction.
+        if self.conn.is_autocommit() {
+            self.reading(lookup)
+        } else {
+            lookup(self)
+        }
+    }
+
     /// The content a file had when it last had exactly this stat data.
     pub fn statcache_get(
         &self,
@@ -826,31 +889,28 @@ impl Catalog {
             "DROP TABLE IF EXISTS temp.statcache_staged;
              CREATE TEMP TABLE statcache_staged(
                  path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
-                 ino INTEGER, content BLOB) WITHOUT ROWID;",
+                 ino INTEGER, content BLOB, xattrs BLOB) WITHOUT ROWID;",
         )?;
         Ok(())
     }
 
-    /// Adds one batch of a capture's rows: (path, stat data, encoded content).
-    pub fn statcache_stage(
-        &mut self,
-        _source: &str,
-        rows: &[(Vec<u8>, StatKey, Vec<u8>)],
-    ) -> Result<()> {
+    /// Adds one batch of a capture's rows: (path, stat data, encoded content, encoded xattrs).
+    pub fn statcache_stage(&mut self, _source: &str, rows: &[StatRow]) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO temp.statcache_staged(path, size, mtime_ns, ctime_ns, ino, content)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO temp.statcache_staged(path, size, mtime_ns, ctime_ns, ino, content, xattrs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for (path, stat, content) in rows {
+            for (path, stat, content, xattrs) in rows {
                 st.execute(params![
                     path,
                     stat.size as i64,
                     stat.mtime_ns,
                     stat.ctime_ns,
                     stat.ino as i64,
-                    content
+                    content,
+                    xattrs
                 ])?;
             }
         }
@@ -868,8 +928,8 @@ impl Catalog {
         })?;
         tx.execute("DELETE FROM statcache WHERE source = ?1", [key])?;
         tx.execute(
-            "INSERT OR REPLACE INTO statcache(source, path, size, mtime_ns, ctime_ns, ino, content)
-             SELECT ?1, path, size, mtime_ns, ctime_ns, ino, content FROM temp.statcache_staged",
+            "INSERT OR REPLACE INTO statcache(source, path, size, mtime_ns, ctime_ns, ino, content, xattrs)
+             SELECT ?1, path, size, mtime_ns, ctime_ns, ino, content, xattrs FROM temp.statcache_staged",
             [key],
         )?;
         tx.execute_batch("DROP TABLE temp.statcache_staged")?;

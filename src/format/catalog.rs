@@ -6,7 +6,7 @@
 //! the catalog's to query. `book/src/format.md` (Catalog) shows the schema as it stands.
 
 /// The schema version this aurum writes.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -222,6 +222,12 @@ pub const MIGRATIONS: &[&str] = &[
     // or `memory` (diskless: every boot lays its revision into a tmpfs).
     r#"
     ALTER TABLE inventory ADD COLUMN rootfs TEXT;
+    "#,
+    // 10 -> 11: the stat cache keeps each entry's xattrs (NULL: not recorded), and rows for
+    // every kind of entry (`content` empty for all but files), so that a re-capture reads no
+    // xattrs of an entry whose stat data, ctime included, is unchanged.
+    r#"
+    ALTER TABLE statcache ADD COLUMN xattrs BLOB;
     "#,
 ];
 

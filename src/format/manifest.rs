@@ -428,6 +428,31 @@ pub fn encode_content(chunks: &[Chunk], extents: Option<&[(u64, u64)]>) -> Vec<u
     w.buf
 }
 
+/// An entry's xattrs as the stat cache stores them.
+pub fn encode_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.var(xattrs.len() as u64);
+    for (k, v) in xattrs {
+        w.bytes(k);
+        w.bytes(v);
+    }
+    w.buf
+}
+
+/// The inverse of [`encode_xattrs`].
+pub fn decode_xattrs(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut r = Reader::new(data, "stat cache entry");
+    let n = r.var()?;
+    let mut out = Vec::with_capacity(n.min(64) as usize);
+    for _ in 0..n {
+        out.push((r.bytes()?.to_vec(), r.bytes()?.to_vec()));
+    }
+    if !r.at_end() {
+        return Err(corrupt("stat cache entry has trailing bytes"));
+    }
+    Ok(out)
+}
+
 /// A file's content as a stat cache entry holds it: its chunks, and its data extents when sparse.
 pub type Content = (Vec<Chunk>, Option<Vec<(u64, u64)>>);
 
@@ -786,6 +811,45 @@ mod tests {
             let back: Vec<Entry> = Entries::of_file(&file[..], &id).unwrap().collect::<Result<_>>().unwrap();
             prop_assert_eq!(&back, &m.entries);
             prop_assert_eq!(decompress_file(&file[..], &id).unwrap(), m.encode());
+        }
+
+        /// Written against a base (the previous capture's manifest), a manifest is the same
+        /// file with the same id as written without one, whether it repeats the base, is a
+        /// prefix of it, extends it or departs from it anywhere; and the writer says it is the
+        /// base exactly when the two are equal.
+        #[test]
+        fn manifests_written_against_a_base_are_unchanged(a in arb_tree(), b in arb_tree(), cut in 0usize..40, same in any::<bool>()) {
+            let valid = |tree: Manifest| {
+                let mut m = Manifest::default();
+                for e in tree.entries {
+                    m.entries.push(e);
+                    if exact_validate(&m).is_err() {
+                        m.entries.pop();
+                    }
+                }
+                m
+            };
+            let base = valid(a);
+            let new = if same {
+                let mut m = base.clone();
+                m.entries.truncate(cut.max(1));
+                if cut % 3 == 0 { base.clone() } else { m }
+            } else {
+                valid(b)
+            };
+            let (base_file, base_id) = stream_file(&base);
+            let (want_file, want_id) = stream_file(&new);
+            let mut spilled = tempfile::tempfile().unwrap();
+            std::io::Write::write_all(&mut spilled, &base_file).unwrap();
+            let mut w = ManifestWriter::with_base(tempfile::tempfile().unwrap(), 3, spilled, &base_id).unwrap();
+            for e in &new.entries {
+                w.push(e).unwrap();
+            }
+            prop_assert_eq!(w.same_as_base().is_some(), want_id == base_id);
+            let mut file = Vec::new();
+            let id = w.finish(&mut file).unwrap();
+            prop_assert_eq!(id, want_id);
+            prop_assert_eq!(file, want_file);
         }
 
         /// The streaming reader refuses exactly what the exact whole-manifest rules refuse,

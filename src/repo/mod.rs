@@ -628,8 +628,28 @@ impl Repository {
         ManifestWriter::new(spill, MANIFEST_LEVEL)
     }
 
+    /// [`Self::manifest_writer`] expecting the entries of revision `base` (the previous
+    /// capture of the same tree): nothing is compressed while they repeat it, and an unchanged
+    /// tree writes nothing at all (see [`ManifestWriter::with_base`]).
+    pub fn manifest_writer_like(&self, base: Option<&Id>) -> Result<ManifestWriter> {
+        let Some(base) = base else {
+            return self.manifest_writer();
+        };
+        let path = store::manifest_path(&self.root, base);
+        let Ok(file) = File::open(&path) else {
+            return self.manifest_writer();
+        };
+        let tmp = store::tmp_dir(&self.root);
+        let spill = tempfile::tempfile_in(&tmp).at(&tmp)?;
+        ManifestWriter::with_base(spill, MANIFEST_LEVEL, file, base)
+    }
+
     /// Stores what `w` was given durably, as [`Self::store_manifest`] does; returns its id.
-    pub fn store_manifest_from(&self, w: ManifestWriter) -> Result<Id> {
+    /// Entries that repeat the writer's base exactly are that manifest, already stored.
+    pub fn store_manifest_from(&self, mut w: ManifestWriter) -> Result<Id> {
+        if let Some(id) = w.same_as_base() {
+            return Ok(id);
+        }
         store::place_with(
             &self.root,
             |out| w.finish(out),
@@ -822,6 +842,15 @@ impl Repository {
             )?;
         }
         Ok(adopted)
+    }
+
+    /// A catalog connection of its own that reads one snapshot, taken at its first read
+    /// ([`Catalog::hold_snapshot`]): for a thread other than the command's (a capture's scan
+    /// asks the stat cache from the walker's).
+    pub fn catalog_snapshot(&self) -> Result<Catalog> {
+        let c = Catalog::open(&self.root.join("aurum.db"))?;
+        c.hold_snapshot()?;
+        Ok(c)
     }
 
     /// Opens a writer that stores blobs into new packs of this repository.

@@ -192,6 +192,127 @@ fn dedup_and_stat_cache() {
     assert_eq!(env.ok(&["cat", "two", "/etc/b"]), "B\n");
 }
 
+/// System calls of one `aurum getimage` of `src` into `image`, by name (`strace -c -f`).
+fn getimage_calls(
+    env: &Env,
+    src: &std::path::Path,
+    image: &str,
+) -> (String, std::collections::HashMap<String, u64>) {
+    let counts = env.path("strace.txt");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(&counts)
+        .arg(env!("CARGO_BIN_EXE_aurum"))
+        .args(["--no-progress", "--repo"])
+        .arg(env.repo())
+        .args(["getimage", "--golden-client"])
+        .arg(src)
+        .args(["--image", image])
+        .output()
+        .expect("run strace");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut calls = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(&counts).unwrap().lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // % time, seconds, usecs/call, calls, [errors], syscall
+        if f.len() >= 5 && f[0].parse::<f64>().is_ok() {
+            if let Ok(n) = f[3].parse::<u64>() {
+                calls.insert(f[f.len() - 1].to_string(), n);
+            }
+        }
+    }
+    (stdout, calls)
+}
+
+/// Issue 14: an unchanged re-capture costs about one `lstat` per entry. The stat cache keeps
+/// every entry's xattrs with its stat data (ctime included, which every xattr change moves), so
+/// an entry whose stat data is unchanged has them neither listed nor read; an xattr set on or
+/// removed from a file or a directory, with nothing else changed, is still captured. A cache
+/// written by an older aurum (no xattrs recorded) is filled in by the next capture.
+#[test]
+fn an_unchanged_recapture_lists_no_xattrs_and_an_xattr_change_is_still_captured() {
+    if !crate::common::need("strace")
+        || !crate::common::need("setfattr")
+        || !crate::common::need("sqlite3")
+    {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    sh(&format!(
+        "mkdir -p {s}/etc/sub {s}/usr && printf 'a\n' > {s}/etc/a && printf 'b\n' > {s}/etc/b \
+         && : > {s}/etc/empty && ln -s a {s}/etc/a.sym && setfattr -n user.k -v one {s}/etc/a \
+         && setfattr -n user.d -v dir {s}/etc/sub && head -c 100000 /dev/urandom > {s}/usr/big",
+        s = src.display()
+    ));
+    let entries = 8; // below the root: etc, etc/a, etc/a.sym, etc/b, etc/empty, etc/sub, usr, usr/big
+                     // The first capture's entries are too new to cache (racy); the second caches them all.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    env.getimage(&src, "x", &[]);
+    env.getimage(&src, "x", &[]);
+    let (out, calls) = getimage_calls(&env, &src, "x");
+    assert!(out.contains("(unchanged)"), "{out}");
+    assert!(out.contains("(4 files from the stat cache)"), "{out}");
+    // The root's xattrs are read (it is opened, not looked up); no other entry's.
+    let listed = calls.get("llistxattr").copied().unwrap_or(0)
+        + calls.get("listxattr").copied().unwrap_or(0);
+    assert!(
+        listed <= 1,
+        "an unchanged re-capture listed xattrs {listed} times: {calls:?}"
+    );
+    assert!(
+        calls.get("newfstatat").copied().unwrap_or(0) >= entries,
+        "{calls:?}"
+    );
+
+    // An xattr changed on a file, another added to a directory, one removed: nothing else.
+    sh(&format!(
+        "setfattr -n user.k -v two {s}/etc/a && setfattr -n user.e -v more {s}/etc/sub && setfattr -x user.d {s}/etc/sub",
+        s = src.display()
+    ));
+    let changed = env.getimage(&src, "x", &[]);
+    assert_eq!(rev_of(&changed), "x@2", "{changed}");
+    let out = env.path("out");
+    env.ok(&["checkout", "x@2", out.to_str().unwrap()]);
+    let got = |path: &str| {
+        sh(&format!(
+            "getfattr -d --absolute-names {}",
+            out.join(path).display()
+        ))
+    };
+    assert!(got("etc/a").contains("user.k=\"two\""), "{}", got("etc/a"));
+    let sub = got("etc/sub");
+    assert!(
+        sub.contains("user.e=\"more\"") && !sub.contains("user.d"),
+        "{sub}"
+    );
+
+    // A stat cache without xattrs (as an older aurum wrote it): they are read, and recorded.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    env.getimage(&src, "x", &[]);
+    sh(&format!(
+        "sqlite3 {} 'UPDATE statcache SET xattrs = NULL'",
+        env.repo().join("aurum.db").display()
+    ));
+    let (out, calls) = getimage_calls(&env, &src, "x");
+    assert!(out.contains("(unchanged)"), "{out}");
+    assert!(
+        calls.get("llistxattr").copied().unwrap_or(0) >= entries,
+        "{calls:?}"
+    );
+    let (out, calls) = getimage_calls(&env, &src, "x");
+    assert!(out.contains("(unchanged)"), "{out}");
+    assert!(
+        calls.get("llistxattr").copied().unwrap_or(0) <= 1,
+        "{calls:?}"
+    );
+}
+
 /// A capture goes a batch of 32,768 entries at a time (issue 14: memory stays flat): a tree
 /// of 33,000 entries spans two batches, with hardlink groups whose names fall in different
 /// batches, and comes back whole; re-captured unchanged, every file of both batches comes

@@ -261,8 +261,18 @@ impl<R: Read> Iterator for Entries<R> {
 }
 
 /// Writes a manifest file from entries given in path order (see the module doc).
+///
+/// Given a base (the manifest of the previous capture of the same tree, [`Self::with_base`]),
+/// the writer compares each entry's bytes with the base's as they come and compresses nothing
+/// while they match: an unchanged tree then costs one decompression of the base, and
+/// [`Self::same_as_base`] says so at the end. At the first difference the matched prefix is
+/// read again from the base into the compressor and writing goes on as without one.
 pub struct ManifestWriter {
-    enc: zstd::stream::write::Encoder<'static, BufWriter<File>>,
+    /// Compressing into the spill; `None` while every entry so far matched the base.
+    enc: Option<zstd::stream::write::Encoder<'static, BufWriter<File>>>,
+    /// The spill, until the compressor takes it.
+    spill: Option<File>,
+    base: Option<Base>,
     one: Writer,
     count: u64,
     prev: Option<Vec<u8>>,
@@ -271,18 +281,128 @@ pub struct ManifestWriter {
     embedded: bool,
 }
 
+/// A manifest file the entries are expected to repeat.
+struct Base {
+    id: Id,
+    /// Its encoded bytes, decompressed as they are compared.
+    src: zstd::stream::read::Decoder<'static, std::io::BufReader<File>>,
+    /// Its header (magic and entry count).
+    head: Vec<u8>,
+    /// Bytes of entries matched so far.
+    matched: u64,
+    /// The hash of the base's bytes read so far, checked against its id at the end: a damaged
+    /// base file is never taken for the new manifest.
+    hash: blake3::Hasher,
+    scratch: Vec<u8>,
+}
+
+impl Base {
+    fn open(mut file: File, id: Id) -> std::io::Result<Base> {
+        file.seek(SeekFrom::Start(0))?;
+        let mut src = zstd::stream::read::Decoder::new(file)?;
+        let mut head = vec![0u8; 8];
+        src.read_exact(&mut head)?;
+        loop {
+            let mut b = [0u8];
+            src.read_exact(&mut b)?;
+            head.push(b[0]);
+            if b[0] & 0x80 == 0 || head.len() > 18 {
+                break;
+            }
+        }
+        let mut hash = blake3::Hasher::new();
+        hash.update(&head);
+        Ok(Base {
+            id,
+            src,
+            head,
+            matched: 0,
+            hash,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Whether the base's next bytes are `bytes` (false on any read problem).
+    fn next_is(&mut self, bytes: &[u8]) -> bool {
+        self.scratch.resize(bytes.len(), 0);
+        if self.src.read_exact(&mut self.scratch).is_err() || self.scratch != bytes {
+            return false;
+        }
+        self.hash.update(bytes);
+        self.matched += bytes.len() as u64;
+        true
+    }
+
+    /// The base's entry bytes matched so far, read again from its start.
+    fn replay(self, into: &mut impl Write) -> Result<()> {
+        let mut file = self.src.finish().into_inner();
+        file.seek(SeekFrom::Start(0))?;
+        let mut src = zstd::stream::read::Decoder::new(file)?;
+        std::io::copy(
+            &mut (&mut src).take(self.head.len() as u64),
+            &mut std::io::sink(),
+        )?;
+        let copied = std::io::copy(&mut src.take(self.matched), into)?;
+        if copied != self.matched {
+            return Err(corrupt("a manifest file changed while it was read"));
+        }
+        Ok(())
+    }
+}
+
 impl ManifestWriter {
     /// A writer that spills into `spill` (an empty file of its own, unnamed), compressing at
     /// `level`.
     pub fn new(spill: File, level: i32) -> Result<Self> {
-        Ok(ManifestWriter {
-            enc: zstd::stream::write::Encoder::new(BufWriter::new(spill), level)?,
+        let mut w = ManifestWriter {
+            enc: None,
+            spill: Some(spill),
+            base: None,
             one: Writer::default(),
             count: 0,
             prev: None,
             level,
             embedded: false,
-        })
+        };
+        w.diverge()?;
+        Ok(w)
+    }
+
+    /// [`Self::new`], with the manifest file `base` (of id `id`) expected to be repeated.
+    /// A base that cannot be read is no base.
+    pub fn with_base(spill: File, level: i32, base: File, id: &Id) -> Result<Self> {
+        let base = Base::open(base, *id).ok();
+        let mut w = ManifestWriter {
+            enc: None,
+            spill: Some(spill),
+            base,
+            one: Writer::default(),
+            count: 0,
+            prev: None,
+            level,
+            embedded: false,
+        };
+        if w.base.is_none() {
+            w.diverge()?;
+        }
+        Ok(w)
+    }
+
+    /// Starts compressing: what matched the base so far goes in first.
+    fn diverge(&mut self) -> Result<()> {
+        if self.enc.is_some() {
+            return Ok(());
+        }
+        let spill = self
+            .spill
+            .take()
+            .expect("the spill is held until compressing");
+        let mut enc = zstd::stream::write::Encoder::new(BufWriter::new(spill), self.level)?;
+        if let Some(base) = self.base.take() {
+            base.replay(&mut enc)?;
+        }
+        self.enc = Some(enc);
+        Ok(())
     }
 
     /// Appends `e`, which must sort after the entry before it.
@@ -302,8 +422,17 @@ impl ManifestWriter {
         self.embedded |= crate::format::embedded::record_of(e).is_some();
         self.one.buf.clear();
         encode_entry(&mut self.one, e);
-        self.enc.write_all(&self.one.buf)?;
         self.count += 1;
+        if let Some(base) = &mut self.base {
+            if base.next_is(&self.one.buf) {
+                return Ok(());
+            }
+            self.diverge()?;
+        }
+        self.enc
+            .as_mut()
+            .expect("compressing once off the base")
+            .write_all(&self.one.buf)?;
         Ok(())
     }
 
@@ -312,10 +441,26 @@ impl ManifestWriter {
         self.count
     }
 
+    /// The base's id when the entries pushed are exactly the base's (same header, nothing
+    /// left over, and the base's bytes hash to its id): nothing needs writing.
+    pub fn same_as_base(&mut self) -> Option<Id> {
+        let base = self.base.as_mut()?;
+        let mut head = Writer::default();
+        head.raw(magic(self.embedded));
+        head.var(self.count);
+        let mut rest = [0u8; 1];
+        let at_end = matches!(base.src.read(&mut rest), Ok(0));
+        (head.buf == base.head && at_end && Id::from(base.hash.finalize()) == base.id)
+            .then_some(base.id)
+    }
+
     /// Writes the manifest file to `out`; returns its id.
-    pub fn finish(self, out: &mut impl Write) -> Result<Id> {
+    pub fn finish(mut self, out: &mut impl Write) -> Result<Id> {
+        self.diverge()?;
         let mut spill = self
             .enc
+            .take()
+            .expect("compressing")
             .finish()?
             .into_inner()
             .map_err(|e| e.into_error())?;

@@ -133,6 +133,10 @@ fn state_row(r: &rusqlite::Row) -> rusqlite::Result<NodeState> {
 }
 
 /// The open catalog.
+/// What the stat cache holds for an entry: its encoded content (empty for all but files) and
+/// its encoded xattrs (`None` when not recorded).
+pub type StatHit = (Vec<u8>, Option<Vec<u8>>);
+
 /// A stat cache row a capture stages: path, stat data, encoded content (empty for all but
 /// files), encoded xattrs.
 pub type StatRow = (Vec<u8>, StatKey, Vec<u8>, Vec<u8>);
@@ -813,7 +817,7 @@ impl Catalog {
         &self,
         source: &str,
         entries: impl IntoIterator<Item = (&'a [u8], &'a StatKey)>,
-    ) -> Result<Vec<Option<(Vec<u8>, Option<Vec<u8>>)>>> {
+    ) -> Result<Vec<Option<StatHit>>> {
         let lookup = |cat: &Self| {
             let key: Option<i64> = cat
                 .conn

@@ -97,13 +97,16 @@ pub fn boot(g: &Global, a: BootArgs) -> anyhow::Result<()> {
     reboot_if_asked(&a.root, &r, a.no_reboot)
 }
 
-/// The node at `root`, locked, and the server `health` reports to, when one is given and
-/// answers.
-fn health_node(
+/// Runs `f` with the node at `root`, locked, and the context of `health`'s part in boot
+/// counting: this boot, the server it reports to (when one is given and answers), and the
+/// excludes a fallback honours.
+fn in_health_context<T>(
     g: &Global,
     root: &Path,
     server: Option<&str>,
-) -> anyhow::Result<(Node, Option<HttpRepo>)> {
+    excludes: &ExcludeArgs,
+    f: impl FnOnce(&Node, &BootContext) -> aurum::Result<T>,
+) -> anyhow::Result<T> {
     let node = Node::open(root)?;
     let http = match server {
         Some(url) => {
@@ -118,7 +121,14 @@ fn health_node(
         }
         None => None,
     };
-    Ok((node, http))
+    let progress = g.progress();
+    let cx = BootContext {
+        this: this_boot(None)?,
+        source: http.as_ref().map(|h| h as &dyn RevisionSource),
+        excludes: excludes.build(&g.config.node)?,
+        progress: progress.as_ref(),
+    };
+    Ok(f(&node, &cx)?)
 }
 
 /// `health`'s part before its checks: a root a kill left between two revisions is brought to
@@ -132,15 +142,7 @@ pub fn before_health(
     if aurum::apply::node::peek(root)?.is_none() {
         return Ok(None);
     }
-    let (node, http) = health_node(g, root, server)?;
-    let progress = g.progress();
-    let cx = BootContext {
-        this: this_boot(None)?,
-        source: http.as_ref().map(|h| h as &dyn RevisionSource),
-        excludes: excludes.build(&g.config.node)?,
-        progress: progress.as_ref(),
-    };
-    Ok(bootcount::recover(&node, &cx)?)
+    in_health_context(g, root, server, excludes, bootcount::recover)
 }
 
 /// `health`'s part on a trial boot (see [`bootcount::after_health`]).
@@ -152,15 +154,9 @@ pub fn after_health(
     record: &HealthRecord,
     recovered: Option<&Recovered>,
 ) -> anyhow::Result<Option<BootResult>> {
-    let (node, http) = health_node(g, root, server)?;
-    let progress = g.progress();
-    let cx = BootContext {
-        this: this_boot(None)?,
-        source: http.as_ref().map(|h| h as &dyn RevisionSource),
-        excludes: excludes.build(&g.config.node)?,
-        progress: progress.as_ref(),
-    };
-    Ok(bootcount::after_health(&node, &cx, record, recovered)?)
+    in_health_context(g, root, server, excludes, |node, cx| {
+        bootcount::after_health(node, cx, record, recovered)
+    })
 }
 
 /// One line on a boot record, as node-status shows it.

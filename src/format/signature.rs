@@ -161,65 +161,28 @@ pub struct TemplateSignature {
     pub armored: String,
 }
 
-/// The file holding a template's signatures.
-pub fn encode_template(sigs: &[TemplateSignature]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for s in sigs {
-        out.extend(s.template.message());
-        out.extend(s.armored.trim_end().as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
+impl Statement for SignedTemplate {
+    const HEADER: &'static str = TEMPLATE_HEADER;
+    const WANT: &'static str = "aurum template signature VERSION";
 
-/// Reads a template's signatures file; refuses anything it cannot read whole.
-pub fn decode_template(data: &[u8]) -> Result<Vec<TemplateSignature>, Problem> {
-    let text = std::str::from_utf8(data).map_err(|_| Problem::NotText)?;
-    if !text.is_empty() && !text.ends_with('\n') {
-        return Err(Problem::CutShort);
+    fn message(&self) -> Vec<u8> {
+        SignedTemplate::message(self)
     }
-    let mut lines = text.lines().enumerate().peekable();
-    let mut sigs = Vec::new();
-    while lines.peek().is_some() {
-        let version = header(
-            &mut lines,
-            TEMPLATE_HEADER,
-            "aurum template signature VERSION",
-        )?;
-        if version > VERSION {
-            return Err(Problem::Newer {
-                version,
-                reads: VERSION,
-            });
-        }
-        let (n, class) = field(&mut lines, "class", "class NAME")?;
+
+    fn read(lines: &mut Lines) -> Result<Self, Problem> {
+        let bad = |line: usize, want| Problem::BadLine { line, want };
+        let (n, class) = field(lines, "class", "class NAME")?;
         if !crate::name::is_valid(&class) {
-            return Err(Problem::BadLine {
-                line: n,
-                want: "class NAME",
-            });
+            return Err(bad(n, "class NAME"));
         }
-        let (n, hex) = field(&mut lines, "text", "text ID")?;
-        let text = Id::from_hex(&hex).ok_or(Problem::BadLine {
-            line: n,
-            want: "text ID",
-        })?;
-        let (n, signed) = field(&mut lines, "signed", "signed SECONDS")?;
-        let signed = signed.parse().map_err(|_| Problem::BadLine {
-            line: n,
-            want: "signed SECONDS",
-        })?;
-        let armored = armored(&mut lines)?;
-        sigs.push(TemplateSignature {
-            template: SignedTemplate {
-                class,
-                text,
-                signed,
-            },
-            armored,
-        });
+        let (n, hex) = field(lines, "text", "text ID")?;
+        let text = Id::from_hex(&hex).ok_or(bad(n, "text ID"))?;
+        Ok(SignedTemplate {
+            class,
+            text,
+            signed: seconds(lines, "signed", "signed SECONDS")?,
+        })
     }
-    Ok(sigs)
 }
 
 /// What a template set's signature vouches for: the current text of every class.
@@ -263,42 +226,24 @@ pub struct TemplateSetSignature {
     pub armored: String,
 }
 
-/// The template set file.
-pub fn encode_template_set(sigs: &[TemplateSetSignature]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for s in sigs {
-        out.extend(s.set.message());
-        out.extend(s.armored.trim_end().as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
+/// A set whose classes are not sorted and unique is refused: its message would not be the one
+/// signed.
+impl Statement for TemplateSet {
+    const HEADER: &'static str = SET_HEADER;
+    const WANT: &'static str = "aurum template set VERSION";
 
-/// Reads the template set file; refuses anything it cannot read whole, and a set whose
-/// classes are not sorted and unique (its message would not be the one signed).
-pub fn decode_template_set(data: &[u8]) -> Result<Vec<TemplateSetSignature>, Problem> {
-    let text = std::str::from_utf8(data).map_err(|_| Problem::NotText)?;
-    if !text.is_empty() && !text.ends_with('\n') {
-        return Err(Problem::CutShort);
+    fn message(&self) -> Vec<u8> {
+        TemplateSet::message(self)
     }
-    let mut lines = text.lines().enumerate().peekable();
-    let mut sigs = Vec::new();
-    while lines.peek().is_some() {
-        let version = header(&mut lines, SET_HEADER, "aurum template set VERSION")?;
-        if version > VERSION {
-            return Err(Problem::Newer {
-                version,
-                reads: VERSION,
-            });
-        }
+
+    fn read(lines: &mut Lines) -> Result<Self, Problem> {
         let bad = |line: usize, want| Problem::BadLine { line, want };
-        let (n, signed) = field(&mut lines, "signed", "signed SECONDS")?;
-        let signed = signed.parse().map_err(|_| bad(n, "signed SECONDS"))?;
-        let (n, count) = field(&mut lines, "classes", "classes N")?;
+        let signed = seconds(lines, "signed", "signed SECONDS")?;
+        let (n, count) = field(lines, "classes", "classes N")?;
         let count: usize = count.parse().map_err(|_| bad(n, "classes N"))?;
         let mut classes: Vec<(String, Id)> = Vec::new();
         for _ in 0..count {
-            let (n, l) = next_line(&mut lines, "class NAME ID")?;
+            let (n, l) = next_line(lines, "class NAME ID")?;
             let want = "class NAME ID (sorted by class, each once)";
             let mut words = l.strip_prefix("class ").unwrap_or("").split(' ');
             let (Some(class), Some(hex), None) = (words.next(), words.next(), words.next()) else {
@@ -314,16 +259,97 @@ pub fn decode_template_set(data: &[u8]) -> Result<Vec<TemplateSetSignature>, Pro
             }
             classes.push((class.to_string(), id));
         }
-        let armored = armored(&mut lines)?;
-        sigs.push(TemplateSetSignature {
-            set: TemplateSet { signed, classes },
-            armored,
-        });
+        Ok(TemplateSet { signed, classes })
+    }
+}
+
+/// What one kind of signature vouches for: the lines of its block before the armored
+/// signature, which are the message signed.
+pub trait Statement: Sized {
+    /// What the block's first line starts with; the version follows.
+    const HEADER: &'static str;
+    /// The first line, as an error describes it.
+    const WANT: &'static str;
+    /// The bytes the signature is made over: the block's lines before the armored signature.
+    fn message(&self) -> Vec<u8>;
+    /// Reads the lines after the first, up to the armored signature.
+    fn read(lines: &mut Lines) -> Result<Self, Problem>;
+}
+
+/// One block of a signatures file: a [`Statement`] and the armored SSH signature over its
+/// message.
+pub trait Block: Sized {
+    type Statement: Statement;
+    fn statement(&self) -> &Self::Statement;
+    fn armored(&self) -> &str;
+    fn new(statement: Self::Statement, armored: String) -> Self;
+}
+
+/// [`Block`] for a signature type whose statement is field `$field`.
+macro_rules! block {
+    ($block:ident, $field:ident, $statement:ty) => {
+        impl Block for $block {
+            type Statement = $statement;
+            fn statement(&self) -> &$statement {
+                &self.$field
+            }
+            fn armored(&self) -> &str {
+                &self.armored
+            }
+            fn new($field: $statement, armored: String) -> Self {
+                $block { $field, armored }
+            }
+        }
+    };
+}
+
+block!(Signature, revision, SignedRevision);
+block!(TemplateSignature, template, SignedTemplate);
+block!(TemplateSetSignature, set, TemplateSet);
+block!(NetrootSignature, netroot, SignedNetroot);
+
+/// A signatures file holding `sigs`, in the order given: each block's message, then its
+/// armored signature.
+pub fn encode<B: Block>(sigs: &[B]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in sigs {
+        out.extend(s.statement().message());
+        out.extend(s.armored().trim_end().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Reads a signatures file of blocks `B`; refuses anything it cannot read whole, and a block
+/// of a newer version.
+pub fn decode<B: Block>(data: &[u8]) -> Result<Vec<B>, Problem> {
+    let text = std::str::from_utf8(data).map_err(|_| Problem::NotText)?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(Problem::CutShort);
+    }
+    let mut lines = text.lines().enumerate().peekable();
+    let mut sigs = Vec::new();
+    while lines.peek().is_some() {
+        let version = header(&mut lines, B::Statement::HEADER, B::Statement::WANT)?;
+        if version > VERSION {
+            return Err(Problem::Newer {
+                version,
+                reads: VERSION,
+            });
+        }
+        let statement = B::Statement::read(&mut lines)?;
+        sigs.push(B::new(statement, armored(&mut lines)?));
     }
     Ok(sigs)
 }
 
-type Lines<'a> = std::iter::Peekable<std::iter::Enumerate<std::str::Lines<'a>>>;
+/// A `key SECONDS` line (`want` describes it): the seconds.
+fn seconds(lines: &mut Lines, key: &str, want: &'static str) -> Result<i64, Problem> {
+    let (n, v) = field(lines, key, want)?;
+    v.parse().map_err(|_| Problem::BadLine { line: n, want })
+}
+
+pub type Lines<'a> = std::iter::Peekable<std::iter::Enumerate<std::str::Lines<'a>>>;
 
 /// The next line, numbered from 1.
 fn next_line<'a>(lines: &mut Lines<'a>, want: &'static str) -> Result<(usize, &'a str), Problem> {
@@ -420,66 +446,44 @@ pub struct NetrootSignature {
     pub armored: String,
 }
 
-/// The file holding a network-root image's signatures.
-pub fn encode_netroot(sigs: &[NetrootSignature]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for s in sigs {
-        out.extend(s.netroot.message());
-        out.extend(s.armored.trim_end().as_bytes());
-        out.push(b'\n');
+impl Statement for SignedNetroot {
+    const HEADER: &'static str = NETROOT_HEADER;
+    const WANT: &'static str = "aurum netroot signature VERSION";
+
+    fn message(&self) -> Vec<u8> {
+        SignedNetroot::message(self)
     }
-    out
+
+    fn read(lines: &mut Lines) -> Result<Self, Problem> {
+        let bad = |line: usize, want| Problem::BadLine { line, want };
+        let (image, number, manifest) = named_revision(lines)?;
+        let (n, file) = field(lines, "file", "file BLAKE3")?;
+        let file = Id::from_hex(&file).ok_or_else(|| bad(n, "file BLAKE3"))?;
+        let (n, bytes) = field(lines, "bytes", "bytes N")?;
+        let bytes = bytes.parse().map_err(|_| bad(n, "bytes N"))?;
+        Ok(SignedNetroot {
+            image,
+            number,
+            manifest,
+            file,
+            bytes,
+            signed: seconds(lines, "signed", "signed SECONDS")?,
+        })
+    }
 }
 
-/// Reads a network-root image's signatures file; refuses anything it cannot read whole.
-pub fn decode_netroot(data: &[u8]) -> Result<Vec<NetrootSignature>, Problem> {
-    let text = std::str::from_utf8(data).map_err(|_| Problem::NotText)?;
-    if !text.is_empty() && !text.ends_with('\n') {
-        return Err(Problem::CutShort);
+/// The `image`, `number` and `manifest` lines that name a revision.
+fn named_revision(lines: &mut Lines) -> Result<(String, u32, Id), Problem> {
+    let bad = |line: usize, want| Problem::BadLine { line, want };
+    let (n, image) = field(lines, "image", "image NAME")?;
+    if image.chars().any(|c| c.is_control()) {
+        return Err(bad(n, "image NAME"));
     }
-    let mut lines = text.lines().enumerate().peekable();
-    let mut sigs = Vec::new();
-    while lines.peek().is_some() {
-        let version = header(
-            &mut lines,
-            NETROOT_HEADER,
-            "aurum netroot signature VERSION",
-        )?;
-        if version > VERSION {
-            return Err(Problem::Newer {
-                version,
-                reads: VERSION,
-            });
-        }
-        let bad = |line: usize, want| Problem::BadLine { line, want };
-        let (n, image) = field(&mut lines, "image", "image NAME")?;
-        if image.chars().any(|c| c.is_control()) {
-            return Err(bad(n, "image NAME"));
-        }
-        let (n, number) = field(&mut lines, "number", "number N")?;
-        let number = number.parse().map_err(|_| bad(n, "number N"))?;
-        let (n, manifest) = field(&mut lines, "manifest", "manifest ID")?;
-        let manifest = Id::from_hex(&manifest).ok_or_else(|| bad(n, "manifest ID"))?;
-        let (n, file) = field(&mut lines, "file", "file BLAKE3")?;
-        let file = Id::from_hex(&file).ok_or_else(|| bad(n, "file BLAKE3"))?;
-        let (n, bytes) = field(&mut lines, "bytes", "bytes N")?;
-        let bytes = bytes.parse().map_err(|_| bad(n, "bytes N"))?;
-        let (n, signed) = field(&mut lines, "signed", "signed SECONDS")?;
-        let signed = signed.parse().map_err(|_| bad(n, "signed SECONDS"))?;
-        let armored = armored(&mut lines)?;
-        sigs.push(NetrootSignature {
-            netroot: SignedNetroot {
-                image,
-                number,
-                manifest,
-                file,
-                bytes,
-                signed,
-            },
-            armored,
-        });
-    }
-    Ok(sigs)
+    let (n, number) = field(lines, "number", "number N")?;
+    let number = number.parse().map_err(|_| bad(n, "number N"))?;
+    let (n, manifest) = field(lines, "manifest", "manifest ID")?;
+    let manifest = Id::from_hex(&manifest).ok_or_else(|| bad(n, "manifest ID"))?;
+    Ok((image, number, manifest))
 }
 
 /// What a signature vouches for.
@@ -531,65 +535,33 @@ pub struct Signature {
     pub armored: String,
 }
 
-/// The file holding `sigs` (in the order given).
-pub fn encode(sigs: &[Signature]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for s in sigs {
-        out.extend(s.revision.message());
-        out.extend(s.armored.trim_end().as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
+impl Statement for SignedRevision {
+    const HEADER: &'static str = HEADER;
+    const WANT: &'static str = "aurum revision signature VERSION";
 
-/// Reads a signatures file; refuses anything it cannot read whole.
-pub fn decode(data: &[u8]) -> Result<Vec<Signature>, Problem> {
-    let text = std::str::from_utf8(data).map_err(|_| Problem::NotText)?;
-    if !text.is_empty() && !text.ends_with('\n') {
-        return Err(Problem::CutShort);
+    fn message(&self) -> Vec<u8> {
+        SignedRevision::message(self)
     }
-    let mut lines = text.lines().enumerate().peekable();
-    let mut sigs = Vec::new();
-    while lines.peek().is_some() {
-        let version = header(&mut lines, HEADER, "aurum revision signature VERSION")?;
-        if version > VERSION {
-            return Err(Problem::Newer {
-                version,
-                reads: VERSION,
-            });
-        }
-        let bad = |line: usize, want| Problem::BadLine { line, want };
-        let (n, image) = field(&mut lines, "image", "image NAME")?;
-        if image.chars().any(|c| c.is_control()) {
-            return Err(bad(n, "image NAME"));
-        }
-        let (n, number) = field(&mut lines, "number", "number N")?;
-        let number = number.parse().map_err(|_| bad(n, "number N"))?;
-        let (n, manifest) = field(&mut lines, "manifest", "manifest ID")?;
-        let manifest = Id::from_hex(&manifest).ok_or_else(|| bad(n, "manifest ID"))?;
-        let (n, parent) = field(&mut lines, "parent", "parent ID")?;
+
+    fn read(lines: &mut Lines) -> Result<Self, Problem> {
+        let (image, number, manifest) = named_revision(lines)?;
+        let (n, parent) = field(lines, "parent", "parent ID")?;
         let parent = match parent.as_str() {
             "-" => None,
-            p => Some(Id::from_hex(p).ok_or_else(|| bad(n, "parent ID"))?),
+            p => Some(Id::from_hex(p).ok_or(Problem::BadLine {
+                line: n,
+                want: "parent ID",
+            })?),
         };
-        let (n, created) = field(&mut lines, "created", "created SECONDS")?;
-        let created = created.parse().map_err(|_| bad(n, "created SECONDS"))?;
-        let (n, signed) = field(&mut lines, "signed", "signed SECONDS")?;
-        let signed = signed.parse().map_err(|_| bad(n, "signed SECONDS"))?;
-        let armored = armored(&mut lines)?;
-        sigs.push(Signature {
-            revision: SignedRevision {
-                image,
-                number,
-                manifest,
-                parent,
-                created,
-                signed,
-            },
-            armored,
-        });
+        Ok(SignedRevision {
+            image,
+            number,
+            manifest,
+            parent,
+            created: seconds(lines, "created", "created SECONDS")?,
+            signed: seconds(lines, "signed", "signed SECONDS")?,
+        })
     }
-    Ok(sigs)
 }
 
 #[cfg(test)]
@@ -619,12 +591,12 @@ mod tests {
             let sigs: Vec<Signature> =
                 (0..count).map(|i| sig(&image, number, parent, created, signed + i as i64)).collect();
             let bytes = encode(&sigs);
-            prop_assert_eq!(decode(&bytes).unwrap(), sigs);
+            prop_assert_eq!(decode::<Signature>(&bytes).unwrap(), sigs);
         }
 
         #[test]
         fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = decode(&data);
+            let _ = decode::<Signature>(&data);
         }
     }
 
@@ -638,17 +610,20 @@ mod tests {
             },
             armored: format!("{BEGIN}\nU1NIU0lH\n{END}\n"),
         };
-        let bytes = encode_template(&[t.clone(), t.clone()]);
-        assert_eq!(decode_template(&bytes).unwrap(), vec![t.clone(), t.clone()]);
-        let text = String::from_utf8(encode_template(std::slice::from_ref(&t))).unwrap();
+        let bytes = encode(&[t.clone(), t.clone()]);
+        assert_eq!(
+            decode::<TemplateSignature>(&bytes).unwrap(),
+            vec![t.clone(), t.clone()]
+        );
+        let text = String::from_utf8(encode(std::slice::from_ref(&t))).unwrap();
         let head: String = text.split_inclusive('\n').take(4).collect();
         assert_eq!(head.as_bytes(), t.template.message());
         assert!(matches!(
-            decode_template(text.replace("class compute", "class ../x").as_bytes()),
+            decode::<TemplateSignature>(text.replace("class compute", "class ../x").as_bytes()),
             Err(Problem::BadLine { line: 2, .. })
         ));
         // A revision's file is no template's.
-        assert!(decode_template(&encode(&[sig("compute", 3, false, 10, 20)])).is_err());
+        assert!(decode::<TemplateSignature>(&encode(&[sig("compute", 3, false, 10, 20)])).is_err());
         assert_eq!(
             template_path("compute", &t.template.text),
             format!("sigs/_templates/compute/{}", t.template.text.hex())
@@ -667,28 +642,34 @@ mod tests {
             },
             armored: format!("{BEGIN}\nU1NIU0lH\n{END}\n"),
         };
-        let bytes = encode_template_set(&[set.clone(), set.clone()]);
+        let bytes = encode(&[set.clone(), set.clone()]);
         assert_eq!(
-            decode_template_set(&bytes).unwrap(),
+            decode::<TemplateSetSignature>(&bytes).unwrap(),
             vec![set.clone(), set.clone()]
         );
-        let text = String::from_utf8(encode_template_set(std::slice::from_ref(&set))).unwrap();
+        let text = String::from_utf8(encode(std::slice::from_ref(&set))).unwrap();
         let head: String = text.split_inclusive('\n').take(5).collect();
         assert_eq!(head.as_bytes(), set.set.message());
         assert_eq!(set.set.text_of("login"), Some(&Id::of(b"l")));
         assert_eq!(set.set.text_of("master"), None);
         // Out of order, twice, a bad name, a count that lies: refused.
         let swapped = text.replace("class compute", "class zzz");
-        assert!(decode_template_set(swapped.as_bytes()).is_err());
+        assert!(decode::<TemplateSetSignature>(swapped.as_bytes()).is_err());
         let twice = text.replace("class login", "class compute");
-        assert!(decode_template_set(twice.as_bytes()).is_err());
+        assert!(decode::<TemplateSetSignature>(twice.as_bytes()).is_err());
         let bad = text.replace("class compute", "class ../x");
         assert!(matches!(
-            decode_template_set(bad.as_bytes()),
+            decode::<TemplateSetSignature>(bad.as_bytes()),
             Err(Problem::BadLine { line: 4, .. })
         ));
-        assert!(decode_template_set(text.replace("classes 2", "classes 3").as_bytes()).is_err());
-        assert!(decode_template_set(text.replace("classes 2", "classes 1").as_bytes()).is_err());
+        assert!(
+            decode::<TemplateSetSignature>(text.replace("classes 2", "classes 3").as_bytes())
+                .is_err()
+        );
+        assert!(
+            decode::<TemplateSetSignature>(text.replace("classes 2", "classes 1").as_bytes())
+                .is_err()
+        );
         // A template's signature is no set's.
         let t = TemplateSignature {
             template: SignedTemplate {
@@ -698,8 +679,8 @@ mod tests {
             },
             armored: set.armored.clone(),
         };
-        assert!(decode_template_set(&encode_template(&[t])).is_err());
-        assert_eq!(decode_template_set(b"").unwrap(), vec![]);
+        assert!(decode::<TemplateSetSignature>(&encode(&[t])).is_err());
+        assert_eq!(decode::<TemplateSetSignature>(b"").unwrap(), vec![]);
     }
 
     #[test]
@@ -715,17 +696,20 @@ mod tests {
             },
             armored: format!("{BEGIN}\nU1NIU0lH\n{END}\n"),
         };
-        let bytes = encode_netroot(&[n.clone(), n.clone()]);
-        assert_eq!(decode_netroot(&bytes).unwrap(), vec![n.clone(), n.clone()]);
-        let text = String::from_utf8(encode_netroot(std::slice::from_ref(&n))).unwrap();
+        let bytes = encode(&[n.clone(), n.clone()]);
+        assert_eq!(
+            decode::<NetrootSignature>(&bytes).unwrap(),
+            vec![n.clone(), n.clone()]
+        );
+        let text = String::from_utf8(encode(std::slice::from_ref(&n))).unwrap();
         let head: String = text.split_inclusive('\n').take(7).collect();
         assert_eq!(head.as_bytes(), n.netroot.message());
         assert!(matches!(
-            decode_netroot(text.replace("bytes 1073741824", "bytes many").as_bytes()),
+            decode::<NetrootSignature>(text.replace("bytes 1073741824", "bytes many").as_bytes()),
             Err(Problem::BadLine { line: 6, .. })
         ));
-        assert!(decode(text.as_bytes()).is_err());
-        assert!(decode_netroot(&encode(&[sig("compute", 3, false, 10, 20)])).is_err());
+        assert!(decode::<Signature>(text.as_bytes()).is_err());
+        assert!(decode::<NetrootSignature>(&encode(&[sig("compute", 3, false, 10, 20)])).is_err());
     }
 
     #[test]
@@ -740,20 +724,23 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_read_whole() {
         let good = encode(&[sig("compute", 3, false, 10, 20)]);
-        assert_eq!(decode(&good[..good.len() - 1]), Err(Problem::CutShort));
+        assert_eq!(
+            decode::<Signature>(&good[..good.len() - 1]),
+            Err(Problem::CutShort)
+        );
         let text = String::from_utf8(good).unwrap();
         let newer = text.replace("signature 1", "signature 9");
         assert!(matches!(
-            decode(newer.as_bytes()),
+            decode::<Signature>(newer.as_bytes()),
             Err(Problem::Newer { version: 9, .. })
         ));
         let bad = text.replace("number 3", "number three");
         assert!(matches!(
-            decode(bad.as_bytes()),
+            decode::<Signature>(bad.as_bytes()),
             Err(Problem::BadLine { line: 3, .. })
         ));
         let cut: String = text.lines().take(8).map(|l| format!("{l}\n")).collect();
-        assert!(decode(cut.as_bytes()).is_err());
-        assert_eq!(decode(b"").unwrap(), vec![]);
+        assert!(decode::<Signature>(cut.as_bytes()).is_err());
+        assert_eq!(decode::<Signature>(b"").unwrap(), vec![]);
     }
 }

@@ -56,7 +56,7 @@ use crate::format::netroot::{
     NFS_DIR,
 };
 use crate::format::report::NodeAction;
-use crate::format::signature::decode_netroot;
+use crate::format::signature::{decode, NetrootSignature};
 use crate::install::{Phase, Reporter};
 use crate::netboot::memory::{self, BootIdentity, MemoryOptions};
 use crate::progress::Progress;
@@ -764,7 +764,7 @@ fn check_signed(
         ))
     };
     let sigs = match http.get(&sig_file) {
-        Ok(data) => decode_netroot(&data).map_err(|p| {
+        Ok(data) => decode::<NetrootSignature>(&data).map_err(|p| {
             refuse(format!(
                 "its signatures file {sig_file} is unreadable ({p}): the server's copy is damaged or was altered; run `aurum verify` on the server"
             ))

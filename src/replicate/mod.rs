@@ -929,7 +929,8 @@ fn fetch_templates(src: &dyn Source, url: &str, keys: &TrustedKeys) -> Result<Ve
         let id = Id::of(text.as_bytes());
         let path = signature::template_path(class.as_str(), &id);
         let signatures = match src.get(&path)? {
-            Some(d) => signature::decode_template(&d).map_err(|p| inconsistent(src, &path, p))?,
+            Some(d) => signature::decode::<TemplateSignature>(&d)
+                .map_err(|p| inconsistent(src, &path, p))?,
             None => Vec::new(),
         };
         out.push(PulledTemplate {
@@ -945,7 +946,7 @@ fn fetch_templates(src: &dyn Source, url: &str, keys: &TrustedKeys) -> Result<Ve
                 continue;
             }
             let id = Id::of(t.text.as_bytes());
-            let bytes = signature::encode_template(&t.signatures);
+            let bytes = signature::encode(&t.signatures);
             let sigs = (!t.signatures.is_empty()).then_some(&bytes[..]);
             crate::template::store::unsigned_because(&t.class, &id, sigs, keys).map_err(|why| {
                 Error::Untrusted(format!(
@@ -975,7 +976,9 @@ fn fetch_template_set(
 ) -> Result<Option<Vec<TemplateSetSignature>>> {
     let path = signature::TEMPLATE_SET_PATH;
     let set = match src.get(path)? {
-        Some(d) => signature::decode_template_set(&d).map_err(|p| inconsistent(src, path, p))?,
+        Some(d) => {
+            signature::decode::<TemplateSetSignature>(&d).map_err(|p| inconsistent(src, path, p))?
+        }
         None => Vec::new(),
     };
     let refuse = |why: String| {

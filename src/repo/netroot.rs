@@ -21,7 +21,7 @@ use crate::error::{corrupt, IoContext, Result};
 use crate::format::netroot::{info_path, sig_path, ImageFormat, ImageInfo, NetrootFile, DIR};
 use crate::format::signature::{self, NetrootSignature, SignedNetroot};
 use crate::format::Id;
-use crate::repo::signatures::{now, SignatureSummary};
+use crate::repo::signatures::{now, Counted, SignatureSummary};
 use crate::repo::Repository;
 use crate::store::{self, published};
 use crate::sys::sync_dir;
@@ -64,7 +64,7 @@ fn records(root: &Path) -> Result<Vec<(Id, Result<ImageInfo>)>> {
 pub fn signatures(root: &Path, file: &Id) -> Result<Vec<NetrootSignature>> {
     let p = published(root).join(sig_path(&file.hex(), ImageFormat::Erofs));
     match fs::read(&p) {
-        Ok(data) => signature::decode_netroot(&data).map_err(|pr| {
+        Ok(data) => signature::decode::<NetrootSignature>(&data).map_err(|pr| {
             corrupt(format!(
                 "{}: {pr}; sign the image again (`aurum sign IMAGE@N --sign-key KEY`), which \
                  rewrites the file",
@@ -150,7 +150,7 @@ pub fn publish(
 
 fn write_signatures(root: &Path, file: &Id, sigs: &[NetrootSignature]) -> Result<()> {
     let p = published(root).join(sig_path(&file.hex(), ImageFormat::Erofs));
-    store::write_atomic(root, &p, &signature::encode_netroot(sigs))
+    store::write_atomic(root, &p, &signature::encode(sigs))
 }
 
 impl Repository {
@@ -317,26 +317,15 @@ pub fn check(
             file: info.hash(),
             bytes: info.bytes,
         };
+        let checked = signatures(&repo.root, &info.hash()).map(|mut sigs| {
+            // Blocks of another revision whose image is the same bytes are its own.
+            sigs.retain(|s| {
+                trust::image_matches(&s.netroot.image, &rev.image) && s.netroot.number == rev.number
+            });
+            trust::check_netroot(&sigs, &want, keys)
+        });
         let what = format!("netroot image of {}", rev.name());
-        let checked = match signatures(&repo.root, &info.hash()) {
-            Ok(mut sigs) => {
-                // Blocks of another revision whose image is the same bytes are its own.
-                sigs.retain(|s| {
-                    trust::image_matches(&s.netroot.image, &rev.image)
-                        && s.netroot.number == rev.number
-                });
-                trust::check_netroot(&sigs, &want, keys)
-            }
-            Err(e) => {
-                s.bad.push((what, String::new(), e.to_string()));
-                continue;
-            }
-        };
-        if s.tally(what, &checked, keys) {
-            s.netroot_signed += 1;
-        } else {
-            s.netroot_unsigned.push(rev.name());
-        }
+        s.count(Counted::Netroot, rev.name(), what, checked, keys);
     }
     Ok(problems)
 }

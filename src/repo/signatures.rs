@@ -96,7 +96,7 @@ impl Repository {
     pub fn template_signatures(&self, class: &str, text: &Id) -> Result<Vec<TemplateSignature>> {
         let path = store::published(&self.root).join(signature::template_path(class, text));
         match fs::read(&path) {
-            Ok(data) => signature::decode_template(&data).map_err(|p| {
+            Ok(data) => signature::decode::<TemplateSignature>(&data).map_err(|p| {
                 corrupt(format!(
                     "{}: {p}; sign the template again (`aurum template sign {class}`), which \
                      rewrites the file",
@@ -144,14 +144,14 @@ impl Repository {
         if let Some(dir) = path.parent() {
             store::create_public_dir(&self.root, dir)?;
         }
-        store::write_atomic(&self.root, &path, &signature::encode_template(sigs))
+        store::write_atomic(&self.root, &path, &signature::encode(sigs))
     }
 
     /// The blocks of the template set file (none when no set was ever signed).
     pub fn template_set(&self) -> Result<Vec<TemplateSetSignature>> {
         let path = store::published(&self.root).join(TEMPLATE_SET_PATH);
         match fs::read(&path) {
-            Ok(data) => signature::decode_template_set(&data).map_err(|p| {
+            Ok(data) => signature::decode::<TemplateSetSignature>(&data).map_err(|p| {
                 corrupt(format!(
                     "{}: {p}; sign the templates again (`aurum template sign --sign-key KEY`), \
                      which rewrites the file",
@@ -212,7 +212,7 @@ impl Repository {
         if let Some(dir) = path.parent() {
             store::create_public_dir(&self.root, dir)?;
         }
-        store::write_atomic(&self.root, &path, &signature::encode_template_set(sigs))
+        store::write_atomic(&self.root, &path, &signature::encode(sigs))
     }
 
     /// Removes the signatures of an image that is gone.
@@ -261,7 +261,41 @@ pub struct SignatureSummary {
     pub netroot_unsigned: Vec<String>,
 }
 
+/// What `verify` counts by its signatures besides revisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// A class's newest template.
+    Template,
+    /// A revision's network-root image.
+    Netroot,
+}
+
 impl SignatureSummary {
+    /// Counts `name`, a `kind`, by its signatures `checked` ([`Self::tally`], `what` naming it
+    /// there), or notes the error reading them as bad.
+    pub fn count(
+        &mut self,
+        kind: Counted,
+        name: String,
+        what: String,
+        checked: Result<Vec<Checked>>,
+        keys: &TrustedKeys,
+    ) {
+        let checked = match checked {
+            Ok(c) => c,
+            Err(e) => return self.bad.push((what, String::new(), e.to_string())),
+        };
+        let good = self.tally(what, &checked, keys);
+        let (signed, unsigned) = match kind {
+            Counted::Template => (&mut self.templates_signed, &mut self.templates_unsigned),
+            Counted::Netroot => (&mut self.netroot_signed, &mut self.netroot_unsigned),
+        };
+        match good {
+            true => *signed += 1,
+            false => unsigned.push(name),
+        }
+    }
+
     /// Notes the bad signatures among `checked` (those of `what`) and says whether one is
     /// good: sound and by a trusted key, or sound by any key when none is trusted.
     pub fn tally(&mut self, what: String, checked: &[Checked], keys: &TrustedKeys) -> bool {
@@ -324,19 +358,11 @@ pub fn check_templates(
 ) -> Result<()> {
     for v in repo.catalog.templates()? {
         let id = Id::of(v.text.as_bytes());
+        let checked = repo
+            .template_signatures(v.class.as_str(), &id)
+            .map(|sigs| trust::check_template(&sigs, v.class.as_str(), &id, keys));
         let what = format!("template {}", v.class);
-        let checked = match repo.template_signatures(v.class.as_str(), &id) {
-            Ok(sigs) => trust::check_template(&sigs, v.class.as_str(), &id, keys),
-            Err(e) => {
-                s.bad.push((what, String::new(), e.to_string()));
-                continue;
-            }
-        };
-        if s.tally(what, &checked, keys) {
-            s.templates_signed += 1;
-        } else {
-            s.templates_unsigned.push(v.class.to_string());
-        }
+        s.count(Counted::Template, v.class.to_string(), what, checked, keys);
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use super::Template;
 use crate::apply::source::{HttpRepo, RevisionSource};
 use crate::catalog::TemplateVersion;
 use crate::error::{Error, IoContext, Result};
-use crate::format::signature::{self, TemplateSet};
+use crate::format::signature::{self, TemplateSet, TemplateSetSignature, TemplateSignature};
 use crate::format::Id;
 use crate::name::ClassName;
 use crate::repo::Repository;
@@ -204,7 +204,7 @@ pub fn checked_set(
     };
     let sigs = match data {
         None => Vec::new(),
-        Some(data) => signature::decode_template_set(data).map_err(|p| {
+        Some(data) => signature::decode::<TemplateSetSignature>(data).map_err(|p| {
             refuse(format!(
                 "is unreadable ({p}): the server's copy is damaged or was altered; sign it \
                  again with {sign}"
@@ -337,7 +337,7 @@ pub fn unsigned_because(
     let sign = format!("`aurum template sign {class} --sign-key KEY` on the image server");
     let sigs = match sigs {
         None => Vec::new(),
-        Some(data) => signature::decode_template(data).map_err(|p| {
+        Some(data) => signature::decode::<TemplateSignature>(data).map_err(|p| {
             format!(
                 "its signatures file {} is unreadable ({p}): the server's copy is damaged or \
                  was altered; sign it again with {sign}",

@@ -47,9 +47,10 @@ pub fn refs(data: &[u8]) {
     let _ = refs::decode_log(data);
     let _ = refs::decode_template_log(data);
     let _ = refs::decode_delta_list(data);
-    let _ = aurum::format::signature::decode(data);
-    let _ = aurum::format::signature::decode_template(data);
-    let _ = aurum::format::signature::decode_template_set(data);
+    let _ = aurum::format::signature::decode::<aurum::format::signature::Signature>(data);
+    let _ = aurum::format::signature::decode::<aurum::format::signature::TemplateSignature>(data);
+    let _ =
+        aurum::format::signature::decode::<aurum::format::signature::TemplateSetSignature>(data);
 }
 
 /// What `aurum serve` reads from any client: reports, install phases, a bearer token, a

@@ -76,7 +76,7 @@ impl<W: Write + Send> SendingSink<'_, W> {
         if open.is_empty() {
             return Ok(());
         }
-        let group = crate::store::PreparedGroup::new(&open)?;
+        let group = crate::store::PreparedGroup::new(open)?;
         let mut out = self.out.lock().expect("wire lock");
         wire::send(
             &mut *out,

@@ -273,6 +273,9 @@ pub fn store<S: BlobSink + ?Sized>(sink: &S, id: &Id, data: &[u8]) -> Result<()>
 /// of a few hundred MiB of bookkeeping before).
 const BATCH_BYTES: u64 = 8 << 20;
 const BATCH_FILES: usize = 4096;
+/// A file bigger than a batch is handed from its reader to storing this many bytes at a
+/// time: two groups, compressed side by side on the two cores.
+const BIG_PIECE: u64 = 2 * crate::store::GROUP_TARGET as u64;
 
 /// Entries of a local golden client captured at a time: a batch's entries, contents and stat
 /// cache rows are what a capture holds in memory (some 10 MiB), whatever the tree's size.
@@ -343,6 +346,15 @@ impl Source for LocalSource {
                 .collect::<Result<Vec<_>>>()
         };
         type Hashed = (Option<Content>, Vec<(Id, Vec<u8>)>);
+        let store_blobs = |blobs: Vec<(Id, Vec<u8>)>| -> Result<()> {
+            let new = sink.claim_many(&blobs.iter().map(|b| b.0).collect::<Vec<_>>())?;
+            let blobs = blobs
+                .into_iter()
+                .zip(new)
+                .filter_map(|(b, new)| new.then_some(b))
+                .collect();
+            sink.put_many(blobs)
+        };
         let store_batch = |results: Vec<Hashed>| -> Result<Vec<Option<Content>>> {
             let mut contents = Vec::with_capacity(results.len());
             let mut blobs = Vec::new();
@@ -350,13 +362,7 @@ impl Source for LocalSource {
                 blobs.extend(cut);
                 contents.push(c);
             }
-            let new = sink.claim_many(&blobs.iter().map(|b| b.0).collect::<Vec<_>>())?;
-            let blobs = blobs
-                .into_iter()
-                .zip(new)
-                .filter_map(|(b, new)| new.then_some(b))
-                .collect();
-            sink.put_many(blobs)?;
+            store_blobs(blobs)?;
             Ok(contents)
         };
         let mut out = Vec::with_capacity(files.len());
@@ -381,20 +387,46 @@ impl Source for LocalSource {
                 if scanned[*big].stat.size > BATCH_BYTES {
                     // A file bigger than a batch is stored as it is read, so memory stays
                     // bounded whatever its size; the batch before it goes first, in order.
+                    // One thread reads and hashes it, handing its chunks on BIG_PIECE bytes
+                    // at a time; this one claims and stores them, compressing the piece's
+                    // groups on rayon's threads while the next piece is read (a big file was
+                    // read, hashed and compressed on one thread before, issue 14).
                     out.extend(store_batch(std::mem::take(&mut hashed))?);
-                    let mut dirs = LastDir::new(root);
-                    let c = Self::read_chunks(
-                        &mut dirs,
-                        &shown_root,
-                        &scanned[*big],
-                        |_, id, data| {
-                            progress.advance(data.len() as u64);
-                            if sink.claim(id)? {
-                                store(sink, id, data)?;
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Id, Vec<u8>)>>(0);
+                    let c = std::thread::scope(|scope| {
+                        let reader = scope.spawn(|| {
+                            let tx = tx;
+                            let mut dirs = LastDir::new(root);
+                            let mut piece = Vec::new();
+                            let mut bytes = 0;
+                            let c = Self::read_chunks(
+                                &mut dirs,
+                                &shown_root,
+                                &scanned[*big],
+                                |_, id, data| {
+                                    progress.advance(data.len() as u64);
+                                    piece.push((*id, data.to_vec()));
+                                    bytes += data.len() as u64;
+                                    if bytes >= BIG_PIECE {
+                                        bytes = 0;
+                                        // The storer gone means it failed: its error is told.
+                                        tx.send(std::mem::take(&mut piece))
+                                            .map_err(|_| invalid("the capture stopped"))?;
+                                    }
+                                    Ok(())
+                                },
+                            )?;
+                            if !piece.is_empty() {
+                                tx.send(piece).map_err(|_| invalid("the capture stopped"))?;
                             }
-                            Ok(())
-                        },
-                    )?;
+                            Ok(c)
+                        });
+                        let stored = rx.iter().try_for_each(&store_blobs);
+                        drop(rx);
+                        let read: Result<Option<Content>> =
+                            reader.join().expect("a capture's reading thread panicked");
+                        stored.and(read)
+                    })?;
                     out.push(c);
                     continue;
                 }

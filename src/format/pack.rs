@@ -81,7 +81,12 @@ pub fn parse_record_header(h: &[u8]) -> Result<(Id, Codec, u32, u32)> {
 /// The uncompressed body of a group: a member table (count, then id and length of each), then
 /// the members' bytes back to back. Returns the body and each member's offset in it.
 pub fn encode_group(members: &[(Id, Vec<u8>)]) -> (Vec<u8>, Vec<u32>) {
-    let mut w = Writer::default();
+    // Sized once: grown by doubling, an 8 MiB body held up to 16 MiB (issue 14, live root).
+    let table = 10 + members.len() * (32 + 10);
+    let data: usize = members.iter().map(|m| m.1.len()).sum();
+    let mut w = Writer {
+        buf: Vec::with_capacity(table + data),
+    };
     w.var(members.len() as u64);
     for (id, data) in members {
         w.id(id);

@@ -39,9 +39,10 @@ pub const PACK_TARGET: u64 = 48 << 20;
 /// capture remembers each blob of the open pack (a million small files made one pack whose
 /// bookkeeping was over 100 MiB, issue 14).
 pub const PACK_MAX_ENTRIES: usize = 65_536;
-/// zstd level for blobs and groups (with long-distance matching, two workers per group): on a
-/// Debian root the store is then smaller than its `tar | zstd -3`, and compression, which is
-/// most of a first capture's CPU, runs on both cores. `getimage --level` raises it for a
+/// zstd level for blobs and groups (with long-distance matching, one thread per group, the
+/// groups of a batch side by side): on a Debian root the store is then smaller than its
+/// `tar | zstd -3`, and compression, which is most of a first capture's CPU, runs on both
+/// cores. `getimage --level` raises it for a
 /// revision about to be sent to many nodes.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -208,24 +209,27 @@ thread_local! {
     static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
         std::cell::RefCell::new({
             let mut c = zstd::bulk::Compressor::new(level()).expect("zstd context");
-            // Long-distance matching finds the repeats between similar files of a group;
-            // two workers compress one group on both cores.
+            // Long-distance matching finds the repeats between similar files of a group.
+            // One thread a context: the groups of a batch are compressed on rayon's threads
+            // side by side, beside the hashing of the next batch. A context with two zstd
+            // workers of its own cost some 25 MiB (a round buffer of window and jobs, and a
+            // context per worker), one on each thread that compressed: three of them were
+            // 75 MiB of a capture's 172 MiB peak on a live Debian root (issue 14); this one
+            // is about 3 MiB.
             for p in [
                 zstd::zstd_safe::CParameter::EnableLongDistanceMatching(true),
                 // A group is at most a few MiB: no need for long mode's 128 MiB window.
                 zstd::zstd_safe::CParameter::WindowLog(23),
-                zstd::zstd_safe::CParameter::NbWorkers(2),
-                zstd::zstd_safe::CParameter::JobSize(2 << 20),
+                zstd::zstd_safe::CParameter::NbWorkers(0),
             ] {
                 c.set_parameter(p).expect("zstd parameter");
             }
             if level() >= 10 {
-                // The high levels' default tables are sized for inputs far larger than a group
-                // (hundreds of MiB with two workers); these keep a worker near 40 MiB.
+                // The high levels' default tables are sized for inputs far larger than a group;
+                // these keep a context near 40 MiB.
                 for p in [
                     zstd::zstd_safe::CParameter::HashLog(21),
                     zstd::zstd_safe::CParameter::ChainLog(22),
-                    zstd::zstd_safe::CParameter::NbWorkers(0),
                 ] {
                     c.set_parameter(p).expect("zstd parameter");
                 }
@@ -322,20 +326,25 @@ pub struct PreparedGroup {
 
 impl PreparedGroup {
     /// Encodes and compresses a group of blobs.
-    pub fn new(members: &[(Id, Vec<u8>)]) -> Result<PreparedGroup> {
-        let (body, offsets) = pack::encode_group(members);
-        let payload = COMPRESSOR
+    pub fn new(members: Vec<(Id, Vec<u8>)>) -> Result<PreparedGroup> {
+        let (body, offsets) = pack::encode_group(&members);
+        let members: Vec<(Id, u32, u32)> = members
+            .into_iter()
+            .zip(offsets)
+            .map(|((id, data), inner)| (id, data.len() as u32, inner))
+            .collect();
+        // The members' bytes are in the body now: let them go before compressing.
+        let mut payload = COMPRESSOR
             .with(|c| c.borrow_mut().compress(&body))
             .map_err(|e| corrupt(format!("zstd: {e}")))?;
+        // zstd's output buffer is sized for the worst case (the body's size); a batch's
+        // groups are held until they are appended.
+        payload.shrink_to_fit();
         Ok(PreparedGroup {
             id: Id::of(&body),
             body_len: body.len() as u32,
             payload,
-            members: members
-                .iter()
-                .zip(offsets)
-                .map(|((id, data), inner)| (*id, data.len() as u32, inner))
-                .collect(),
+            members,
         })
     }
 
@@ -401,8 +410,8 @@ pub fn group_blobs(
         }
     }
     let groups = full
-        .par_iter()
-        .map(|g| PreparedGroup::new(g))
+        .into_par_iter()
+        .map(PreparedGroup::new)
         .collect::<Result<Vec<_>>>()?;
     Ok(GroupedBlobs { raw, groups, open })
 }
@@ -460,7 +469,7 @@ impl PackWriter {
         }
         let members = std::mem::take(&mut self.group);
         self.group_bytes = 0;
-        let g = PreparedGroup::new(&members)?;
+        let g = PreparedGroup::new(members)?;
         self.add_prepared(&g)
     }
 

@@ -1131,3 +1131,86 @@ fn issue14_duplicate_files_are_stored_in_the_same_packs_every_time() {
         assert_eq!(packs(&Env::new()), first);
     }
 }
+
+/// Files bigger than a hashing batch (8 MiB) are read and hashed on one thread while the
+/// pieces read before are grouped and compressed on the others (issue 14: a big file was read,
+/// hashed and compressed on one thread). A copy of such a file stores nothing new, a chunk
+/// repeated inside one is stored once, the checkout gives the bytes back, and the packs do
+/// not depend on which thread got where first.
+#[test]
+fn issue14_big_files_are_stored_in_pieces_and_in_the_same_packs_every_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("g");
+    std::fs::create_dir_all(src.join("big")).unwrap();
+    let text = |seed: usize, len: usize| -> Vec<u8> {
+        let mut s = String::new();
+        let mut n = 0;
+        while s.len() < len {
+            s.push_str(&format!("line {n} of part {seed}: {}\n", n * seed % 977));
+            n += 1;
+        }
+        s.truncate(len);
+        s.into_bytes()
+    };
+    let noise = |seed: u64, len: usize| -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    // 40 MiB: text and noise by turns, the first MiB again at the end.
+    let mut a = Vec::new();
+    for part in 0..39usize {
+        if part % 3 == 2 {
+            a.extend(noise(part as u64, 1 << 20));
+        } else {
+            a.extend(text(part, 1 << 20));
+        }
+    }
+    a.extend(text(0, 1 << 20));
+    std::fs::write(src.join("big/a.bin"), &a).unwrap();
+    std::fs::write(src.join("big/b.bin"), &a).unwrap();
+    let mut c = text(99, 5 << 20);
+    c.extend(noise(99, (4 << 20) + 12_345));
+    std::fs::write(src.join("big/c.bin"), &c).unwrap();
+    for i in 0..50 {
+        std::fs::write(src.join(format!("small{i:02}")), text(i, 3000 + i * 100)).unwrap();
+    }
+    let capture = |env: &Env| {
+        let out = env.getimage(&src, "big", &[]);
+        let mut names: Vec<String> = std::fs::read_dir(env.public().join("packs"))
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).into_iter().flatten())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        (out, names)
+    };
+    let env = Env::new();
+    let (out, first) = capture(&env);
+    assert!(first.iter().any(|n| n.ends_with(".pack")), "{first:?}");
+    // a.bin's noise is 13 MiB and c.bin's 4 MiB; the text compresses to little, and neither
+    // b.bin nor a.bin's last MiB is stored again.
+    let stored = new_stored_bytes(&out);
+    assert!(
+        stored > 17.0 * 1048576.0 && stored < 24.0 * 1048576.0,
+        "{stored} bytes stored: {out}"
+    );
+    env.ok(&["verify"]);
+    let dst = env.path("out");
+    env.ok(&["checkout", "big", dst.to_str().unwrap()]);
+    for name in ["big/a.bin", "big/b.bin", "big/c.bin", "small07"] {
+        assert!(
+            std::fs::read(src.join(name)).unwrap() == std::fs::read(dst.join(name)).unwrap(),
+            "{name} differs after the checkout"
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(capture(&Env::new()).1, first);
+    }
+}

@@ -135,7 +135,9 @@ impl EmbeddedSource for FromRevisions<'_> {
         self.0.fetch(
             &[*id],
             &|id, data| {
-                got.lock().expect("blob lock").insert(*id, data);
+                got.lock()
+                    .expect("blob lock")
+                    .insert(*id, data.into_owned());
                 Ok(())
             },
             &Quiet,

@@ -220,10 +220,17 @@ pub fn write_file(
     };
     let shown_path = shown(shown_root, &e.path);
     // A blob's error names the blob; the administrator needs the file it was for too.
-    let get = |id: &Id| {
+    // A blob's content is borrowed from the source where it has it (see `with_blob`).
+    let with = |id: &Id, use_it: &mut dyn FnMut(&[u8]) -> Result<()>| {
+        let mut failed_here = false;
         blobs
-            .get(id)
-            .map_err(|err| err.with_note(&format!(" (content of {})", shown_path.display())))
+            .with_blob(id, &mut |data| {
+                use_it(data).inspect_err(|_| failed_here = true)
+            })
+            .map_err(|err| match failed_here {
+                true => err,
+                false => err.with_note(&format!(" (content of {})", shown_path.display())),
+            })
     };
     let fd = openat(
         dir,
@@ -238,9 +245,11 @@ pub fn write_file(
             // Each blob in one write: chunks are 16 KiB or more, and a buffer per file cost
             // an mmap and munmap for every small file of a checkout.
             for c in chunks {
-                let data = get(&c.id)?;
-                file.write_all(&data).at(&shown_path)?;
-                progress.advance(data.len() as u64);
+                with(&c.id, &mut |data| {
+                    file.write_all(data).at(&shown_path)?;
+                    progress.advance(data.len() as u64);
+                    Ok(())
+                })?;
             }
         }
         Some(ext) => {
@@ -248,21 +257,26 @@ pub fn write_file(
             let mut ext_iter = ext.iter().copied();
             let (mut off, mut left) = ext_iter.next().unwrap_or((0, 0));
             for c in chunks {
-                let data = get(&c.id)?;
-                let mut d = &data[..];
-                while !d.is_empty() {
-                    while left == 0 {
-                        (off, left) = ext_iter.next().ok_or_else(|| {
-                            crate::error::corrupt(format!("sparse map of {} is short", e.display()))
-                        })?;
+                with(&c.id, &mut |data| {
+                    let mut d = data;
+                    while !d.is_empty() {
+                        while left == 0 {
+                            (off, left) = ext_iter.next().ok_or_else(|| {
+                                crate::error::corrupt(format!(
+                                    "sparse map of {} is short",
+                                    e.display()
+                                ))
+                            })?;
+                        }
+                        let n = d.len().min(left as usize);
+                        file.write_all_at(&d[..n], off).at(&shown_path)?;
+                        off += n as u64;
+                        left -= n as u64;
+                        d = &d[n..];
                     }
-                    let n = d.len().min(left as usize);
-                    file.write_all_at(&d[..n], off).at(&shown_path)?;
-                    off += n as u64;
-                    left -= n as u64;
-                    d = &d[n..];
-                }
-                progress.advance(data.len() as u64);
+                    progress.advance(data.len() as u64);
+                    Ok(())
+                })?;
             }
             file.set_len(*size).at(&shown_path)?;
         }

@@ -320,7 +320,10 @@ pub fn checkout(source: &dyn RevisionSource, image: &str, dir: &Path) -> Result<
     source.fetch(
         &ids,
         &|id, data| {
-            blobs.lock().expect("blobs lock").insert(*id, data);
+            blobs
+                .lock()
+                .expect("blobs lock")
+                .insert(*id, data.into_owned());
             Ok(())
         },
         &Quiet,

@@ -1156,7 +1156,7 @@ impl<'a> Run<'a> {
                         return Ok(());
                     }
                 }
-                engine.keep_blob(staging, id, data)
+                engine.keep_blob(staging, id, data.into_owned())
             },
             self.progress,
         )?;

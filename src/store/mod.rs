@@ -24,6 +24,11 @@ use crate::format::Id;
 pub trait BlobSource: Sync {
     /// The blob's content, already checked against `id`.
     fn get(&self, id: &Id) -> Result<Vec<u8>>;
+    /// Hands the blob's content to `use_it`, borrowed where the source holds it already (a
+    /// fresh root's writer has the fetched blob in hand: no copy of it is made).
+    fn with_blob(&self, id: &Id, use_it: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        use_it(&self.get(id)?)
+    }
     /// A file of the repository's published directory (`packs/XX/ID.pack`), as stored: what
     /// rebuilding an embedded repository copies. A source that is no repository has none.
     fn public_file(&self, rel: &str) -> Result<Vec<u8>> {

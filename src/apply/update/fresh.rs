@@ -37,6 +37,11 @@ impl BlobSource for One<'_> {
         debug_assert_eq!(id, self.0);
         Ok(self.1.to_vec())
     }
+
+    fn with_blob(&self, id: &Id, use_it: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        debug_assert_eq!(id, self.0);
+        use_it(self.1)
+    }
 }
 
 /// Writes a fresh root: begun before the fetch, fed every fetched blob, finished after it.

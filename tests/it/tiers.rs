@@ -643,10 +643,13 @@ fn a_forward_squid_gets_plain_gets_and_caches_them() {
 }
 
 /// A TCP relay on 127.0.0.1 in front of `upstream` that sends answers on at about `rate`
-/// bytes a second, counting them, and cuts the client off when the upstream goes away.
+/// bytes a second, counting them, and cuts the client off when the upstream goes away, or at
+/// once when `cut` is set (what a server dying mid-answer does: the bytes the relay holds in
+/// its socket buffers, whole 2 MiB ranges on loopback, are not passed on).
 struct Relay {
     addr: String,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
@@ -656,6 +659,8 @@ impl Relay {
         let addr = listener.local_addr().unwrap().to_string();
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = sent.clone();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cutter = cut.clone();
         let upstream = upstream.to_string();
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -671,9 +676,13 @@ impl Relay {
                 });
                 let (mut s_in, mut c_out) = (server, client);
                 let counter = counter.clone();
+                let cutter = cutter.clone();
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 16 << 10];
                     loop {
+                        if cutter.load(Ordering::Relaxed) {
+                            break;
+                        }
                         match s_in.read(&mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
@@ -691,7 +700,7 @@ impl Relay {
                 });
             }
         });
-        Relay { addr, sent }
+        Relay { addr, sent, cut }
     }
 }
 
@@ -733,6 +742,7 @@ fn killing_one_of_two_servers_mid_update_the_node_resumes_on_the_other() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    relay.cut.store(true, Ordering::Relaxed);
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     let out = child.wait_with_output().unwrap();

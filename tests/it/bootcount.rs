@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::{json, need, Env};
@@ -860,6 +860,30 @@ fn killed_at_new_kernel(env: &Env, esp: &Path, args: &[&str]) {
     );
 }
 
+/// The kernel command line of the systemd-boot nodes of [`systemd_boot_node`].
+const SD_CMDLINE: &str = "root=LABEL=root ro console=ttyS0";
+
+/// Three revisions, `node@1` to `node@3` (kernels 1.0 to 3.0), of a golden client that boots
+/// with systemd-boot (its ESP at /boot/efi), each initramfs [`BIG_INITRD`] bytes past its
+/// first line; and an empty node root for them: the root, and its ESP.
+fn systemd_boot_node(env: &Env) -> (PathBuf, PathBuf) {
+    let g = env.path("golden");
+    for v in ["1.0", "2.0", "3.0"] {
+        golden(&g, v, true);
+        fs::remove_dir_all(g.join("boot/grub")).unwrap();
+        let mut initrd = format!("initrd {v}\n").into_bytes();
+        initrd.resize(initrd.len() + BIG_INITRD, 0);
+        fs::write(g.join(format!("boot/initrd.img-{v}")), initrd).unwrap();
+        fs::create_dir_all(g.join("boot/efi/loader/entries")).unwrap();
+        fs::write(g.join("boot/efi/loader/loader.conf"), "timeout 0\n").unwrap();
+        env.getimage(&g, "node", &[]);
+    }
+    let root = env.path("root");
+    fs::create_dir_all(&root).unwrap();
+    let esp = root.join("boot/efi");
+    (root, esp)
+}
+
 /// Review finding (systemd-boot trial order): the revision's kernel was copied over
 /// `aurum/revision/` on the ESP before the counting entry was written, so a kill in between
 /// left the entry before it booting the new kernel with no trial. Now the kernel goes into a
@@ -878,24 +902,11 @@ fn killed_kernel_copies_leave_every_entry_booting_its_own_kernel() {
         return;
     }
     let env = Env::new();
-    let g = env.path("golden");
-    for v in ["1.0", "2.0", "3.0"] {
-        golden(&g, v, true);
-        fs::remove_dir_all(g.join("boot/grub")).unwrap();
-        let mut initrd = format!("initrd {v}\n").into_bytes();
-        initrd.resize(initrd.len() + BIG_INITRD, 0);
-        fs::write(g.join(format!("boot/initrd.img-{v}")), initrd).unwrap();
-        fs::create_dir_all(g.join("boot/efi/loader/entries")).unwrap();
-        fs::write(g.join("boot/efi/loader/loader.conf"), "timeout 0\n").unwrap();
-        env.getimage(&g, "node", &[]);
-    }
+    let (root, esp) = systemd_boot_node(&env);
     let srv = Server::start(&env);
     let url = format!("http://{}", srv.addr);
-    let root = env.path("root");
-    fs::create_dir_all(&root).unwrap();
     let r = root.to_str().unwrap();
-    let esp = root.join("boot/efi");
-    let cmdline = "root=LABEL=root ro console=ttyS0";
+    let cmdline = SD_CMDLINE;
     let update = |rev: &str| -> Vec<String> {
         [
             "updateclient",
@@ -984,22 +995,9 @@ fn an_update_killed_before_its_trial_began_reboots_into_the_roots_kernel() {
         return;
     }
     let env = Env::new();
-    let g = env.path("golden");
-    for v in ["1.0", "2.0", "3.0"] {
-        golden(&g, v, true);
-        fs::remove_dir_all(g.join("boot/grub")).unwrap();
-        let mut initrd = format!("initrd {v}\n").into_bytes();
-        initrd.resize(initrd.len() + BIG_INITRD, 0);
-        fs::write(g.join(format!("boot/initrd.img-{v}")), initrd).unwrap();
-        fs::create_dir_all(g.join("boot/efi/loader/entries")).unwrap();
-        fs::write(g.join("boot/efi/loader/loader.conf"), "timeout 0\n").unwrap();
-        env.getimage(&g, "node", &[]);
-    }
-    let root = env.path("root");
-    fs::create_dir_all(&root).unwrap();
+    let (root, esp) = systemd_boot_node(&env);
     let r = root.to_str().unwrap();
-    let esp = root.join("boot/efi");
-    let cmdline = "root=LABEL=root ro console=ttyS0";
+    let cmdline = SD_CMDLINE;
     let update = |rev: &str| {
         env.ok(&[
             "updateclient",

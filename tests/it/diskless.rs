@@ -1636,6 +1636,37 @@ fn memory_boots_fetch_through_a_cache_tier_with_failover_and_jitter() {
     );
 }
 
+/// Captures image `big` from the golden client `g` (three files of incompressible data, so an
+/// export takes a few seconds to kill it in), and SIGKILLs `aurum export big EXPORT` once its
+/// checkout in the repository's `tmp/` has begun.
+fn export_killed_in_its_checkout(env: &Env, g: &Path, export: &str) {
+    for i in 0..3 {
+        crate::common::write_random(&g.join(format!("data/{i}")), i, 16 << 20);
+    }
+    env.getimage(g, "big", &[]);
+    let mut child = env
+        .cmd(&["export", "big", export])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = env.repo().join("tmp");
+    let started = Instant::now();
+    while fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the export never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    child.kill().unwrap();
+    assert!(
+        !child.wait().unwrap().success(),
+        "the export finished before it was killed"
+    );
+}
+
 /// `export --netroot` killed part-way (during the checkout or mkfs.erofs) leaves no image and no
 /// record under `public/netroot/`, a repository `verify` passes, and a checkout in `tmp/` that
 /// `gc` removes; the export run again publishes the image. Re-exports killed at any point
@@ -1648,34 +1679,8 @@ fn a_killed_netroot_export_publishes_nothing() {
     }
     let env = Env::new();
     let g = env.path("golden");
-    // Incompressible, so the export takes a few seconds to kill it in.
-    for i in 0..3 {
-        crate::common::write_random(&g.join(format!("data/{i}")), i, 16 << 20);
-    }
-    env.getimage(&g, "big", &[]);
-    let mut child = env
-        .cmd(&["export", "big", "--netroot"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    export_killed_in_its_checkout(&env, &g, "--netroot");
     let tmp = env.repo().join("tmp");
-    let started = Instant::now();
-    // Killed once its checkout has begun.
-    while fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the export never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    assert!(
-        !status.success(),
-        "the export finished before it was killed"
-    );
     let published = env.public().join("netroot");
     let left: Vec<_> = fs::read_dir(&published)
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
@@ -1797,32 +1802,8 @@ fn a_killed_nfs_export_publishes_nothing() {
     }
     let env = Env::new();
     let g = env.path("golden");
-    for i in 0..3 {
-        crate::common::write_random(&g.join(format!("data/{i}")), i, 16 << 20);
-    }
-    env.getimage(&g, "big", &[]);
-    let mut child = env
-        .cmd(&["export", "big", "--nfs"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    export_killed_in_its_checkout(&env, &g, "--nfs");
     let tmp = env.repo().join("tmp");
-    let started = Instant::now();
-    // Killed once its checkout has begun.
-    while fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the export never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    child.kill().unwrap();
-    assert!(
-        !child.wait().unwrap().success(),
-        "the export finished before it was killed"
-    );
     let trees: Vec<_> = fs::read_dir(env.repo().join("nfsroot"))
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();

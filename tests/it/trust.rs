@@ -851,6 +851,55 @@ fn allow_downgrade_waives_max_age_only_for_a_downgrade() {
     );
 }
 
+/// `aurum install --dry-run` of image `compute` onto a 13 GiB disk image with this machine's
+/// facts, from the server `url`, trusting `key`.
+struct DryInstall {
+    disk: PathBuf,
+    facts: PathBuf,
+    url: String,
+    key: String,
+}
+
+impl DryInstall {
+    fn new(env: &Env, url: &str, key: &str) -> DryInstall {
+        let disk = env.path("d.img");
+        fs::File::create(&disk).unwrap().set_len(13 << 30).unwrap();
+        let facts = env.path("facts.json");
+        fs::write(&facts, env.ok(&["facts", "--json"])).unwrap();
+        DryInstall {
+            disk,
+            facts,
+            url: url.to_string(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Runs it for `class`: its output when `expect` is 0, else its error output, the exit
+    /// code checked to be `expect`.
+    fn run(&self, env: &Env, class: &str, expect: i32) -> String {
+        let args = [
+            "install",
+            "--dry-run",
+            "--disk",
+            self.disk.to_str().unwrap(),
+            "--server",
+            &self.url,
+            "--image",
+            "compute",
+            "--class",
+            class,
+            "--facts",
+            self.facts.to_str().unwrap(),
+            "--trusted-key",
+            &self.key,
+        ];
+        match expect {
+            0 => env.ok(&args),
+            code => env.fails(&args, code),
+        }
+    }
+}
+
 /// Partition templates decide what is written where on a node's disks: an installer with
 /// trusted keys refuses a template no trusted key signed, one altered after signing, and one
 /// whose signature was made for another text, before the disk is touched; `template sign`
@@ -864,33 +913,9 @@ fn templates_are_signed_and_installers_refuse_unsigned_or_altered_ones() {
     env.getimage(&tree(&env, 1), "compute", &["--sign-key", key]);
     let srv = Server::start(&env);
     let url = format!("http://{}", srv.addr);
-    let d = env.path("d.img");
-    fs::File::create(&d).unwrap().set_len(13 << 30).unwrap();
-    let facts = env.path("facts.json");
-    fs::write(&facts, env.ok(&["facts", "--json"])).unwrap();
     let class = crate::install::class();
-    let dry_run = |expect: i32| {
-        let args = [
-            "install",
-            "--dry-run",
-            "--disk",
-            d.to_str().unwrap(),
-            "--server",
-            &url,
-            "--image",
-            "compute",
-            "--class",
-            class,
-            "--facts",
-            facts.to_str().unwrap(),
-            "--trusted-key",
-            &admin_pub,
-        ];
-        match expect {
-            0 => env.ok(&args),
-            code => env.fails(&args, code),
-        }
-    };
+    let install = DryInstall::new(&env, &url, &admin_pub);
+    let dry_run = |expect: i32| install.run(&env, class, expect);
     // Unsigned (as `aurum init` seeds them): refused, naming the fix.
     let e = dry_run(3);
     assert!(
@@ -990,7 +1015,7 @@ fn templates_are_signed_and_installers_refuse_unsigned_or_altered_ones() {
         "install",
         "--dry-run",
         "--disk",
-        d.to_str().unwrap(),
+        install.disk.to_str().unwrap(),
         "--server",
         &format!("http://{}", cluster_srv.addr),
         "--image",
@@ -998,7 +1023,7 @@ fn templates_are_signed_and_installers_refuse_unsigned_or_altered_ones() {
         "--class",
         class,
         "--facts",
-        facts.to_str().unwrap(),
+        install.facts.to_str().unwrap(),
         "--trusted-key",
         &admin_pub,
     ]);
@@ -1055,33 +1080,9 @@ fn the_template_set_refuses_replayed_texts_dropped_classes_and_stale_sets() {
     }
     let srv = Server::start(&env);
     let url = format!("http://{}", srv.addr);
-    let d = env.path("d.img");
-    fs::File::create(&d).unwrap().set_len(13 << 30).unwrap();
-    let facts = env.path("facts.json");
-    fs::write(&facts, env.ok(&["facts", "--json"])).unwrap();
     let class = crate::install::class();
-    let dry_run = |class: &str, expect: i32| {
-        let args = [
-            "install",
-            "--dry-run",
-            "--disk",
-            d.to_str().unwrap(),
-            "--server",
-            &url,
-            "--image",
-            "compute",
-            "--class",
-            class,
-            "--facts",
-            facts.to_str().unwrap(),
-            "--trusted-key",
-            &admin_pub,
-        ];
-        match expect {
-            0 => env.ok(&args),
-            code => env.fails(&args, code),
-        }
-    };
+    let install = DryInstall::new(&env, &url, &admin_pub);
+    let dry_run = |class: &str, expect: i32| install.run(&env, class, expect);
     // The happy path.
     let out = dry_run(class, 0);
     assert!(out.contains("would install compute@1"), "{out}");

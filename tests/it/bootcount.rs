@@ -54,6 +54,16 @@ fn golden(root: &Path, version: &str, healthy: bool) {
     .unwrap();
 }
 
+/// Captures a revision of image `node` from the golden client of [`golden`] for each (kernel
+/// version, healthy), in order.
+fn capture(env: &Env, revisions: &[(&str, bool)]) {
+    let g = env.path("golden");
+    for (version, healthy) in revisions {
+        golden(&g, version, *healthy);
+        env.getimage(&g, "node", &[]);
+    }
+}
+
 fn state(env: &Env, root: &Path) -> serde_json::Value {
     json(&env.ok(&["node-status", "--root", root.to_str().unwrap(), "--json"]))["state"].clone()
 }
@@ -91,13 +101,7 @@ fn a_failing_revision_falls_back_and_a_good_one_is_blessed() {
         return;
     }
     let env = Env::new();
-    let g = env.path("golden");
-    golden(&g, "1.0", true);
-    env.getimage(&g, "node", &[]);
-    golden(&g, "2.0", false);
-    env.getimage(&g, "node", &[]);
-    golden(&g, "3.0", true);
-    env.getimage(&g, "node", &[]);
+    capture(&env, &[("1.0", true), ("2.0", false), ("3.0", true)]);
     let srv = Server::start(&env);
     let url = format!("http://{}", srv.addr);
     let root = env.path("root");
@@ -312,11 +316,7 @@ fn a_fallback_killed_before_its_trial_ends_is_finished_not_blessed() {
         return;
     }
     let env = Env::new();
-    let g = env.path("golden");
-    golden(&g, "1.0", true);
-    env.getimage(&g, "node", &[]);
-    golden(&g, "2.0", false);
-    env.getimage(&g, "node", &[]);
+    capture(&env, &[("1.0", true), ("2.0", false)]);
     let ready = env.path("ready");
     fs::create_dir_all(&ready).unwrap();
     let rd = ready.to_str().unwrap();

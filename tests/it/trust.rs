@@ -851,6 +851,26 @@ fn allow_downgrade_waives_max_age_only_for_a_downgrade() {
     );
 }
 
+/// `ssh-keygen -Y verify` passes the first block of the signatures file `file`, signed by
+/// `key` (as `admin`) in `namespace`: its message cut out with `sed` (the lines before the
+/// armored signature), as the book's Security chapter shows.
+fn ssh_keygen_verifies(env: &Env, key: &str, namespace: &str, file: &Path) {
+    let dir = env.path("check");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("allowed"),
+        format!("admin namespaces=\"{namespace}\" {key}\n"),
+    )
+    .unwrap();
+    sh(&format!(
+        "cd {} && sed '/BEGIN SSH SIGNATURE/,$d' {f} > msg && \
+         sed -n '/BEGIN SSH SIGNATURE/,/END SSH SIGNATURE/p' {f} > msg.sig && \
+         ssh-keygen -Y verify -f allowed -I admin -n {namespace} -s msg.sig < msg",
+        dir.display(),
+        f = file.display()
+    ));
+}
+
 /// `aurum install --dry-run` of image `compute` onto a 13 GiB disk image with this machine's
 /// facts, from the server `url`, trusting `key`.
 struct DryInstall {
@@ -935,19 +955,7 @@ fn templates_are_signed_and_installers_refuse_unsigned_or_altered_ones() {
     assert!(v.contains("templates: 1 signed, 5 unsigned ("), "{v}");
     // ssh-keygen can check it too: the block's first four lines, namespace aurum-template.
     if need("ssh-keygen") {
-        let dir = env.path("check");
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(
-            dir.join("allowed"),
-            format!("admin namespaces=\"aurum-template\" {admin_pub}\n"),
-        )
-        .unwrap();
-        sh(&format!(
-            "cd {} && head -4 {f} > msg && sed -n '5,/END SSH SIGNATURE/p' {f} > msg.sig && \
-             ssh-keygen -Y verify -f allowed -I admin -n aurum-template -s msg.sig < msg",
-            dir.display(),
-            f = sig_file.display()
-        ));
+        ssh_keygen_verifies(&env, &admin_pub, "aurum-template", &sig_file);
     }
     let out = dry_run(0);
     assert!(out.contains("would install compute@1"), "{out}");
@@ -1063,20 +1071,7 @@ fn the_template_set_refuses_replayed_texts_dropped_classes_and_stale_sets() {
     ));
     // ssh-keygen checks the set too: the lines up to the last `class` line, its namespace.
     if need("ssh-keygen") {
-        let dir = env.path("check");
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(
-            dir.join("allowed"),
-            format!("admin namespaces=\"aurum-template-set\" {admin_pub}\n"),
-        )
-        .unwrap();
-        sh(&format!(
-            "cd {} && sed '/BEGIN SSH SIGNATURE/,$d' {f} > msg && \
-             sed -n '/BEGIN SSH SIGNATURE/,/END SSH SIGNATURE/p' {f} > msg.sig && \
-             ssh-keygen -Y verify -f allowed -I admin -n aurum-template-set -s msg.sig < msg",
-            dir.display(),
-            f = set_file.display()
-        ));
+        ssh_keygen_verifies(&env, &admin_pub, "aurum-template-set", &set_file);
     }
     let srv = Server::start(&env);
     let url = format!("http://{}", srv.addr);

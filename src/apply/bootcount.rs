@@ -809,6 +809,26 @@ impl ThisBoot {
     fn fallback_entry(&self) -> bool {
         self.cmdline.split_whitespace().any(|w| w == FALLBACK_ARG)
     }
+
+    /// The record of this boot, now, on a node whose state is `state` (the revision it runs):
+    /// `outcome`, the revision on trial, and why.
+    fn record(
+        &self,
+        state: &NodeState,
+        outcome: BootOutcome,
+        trial: Option<RevRef>,
+        reason: String,
+    ) -> BootRecord {
+        BootRecord {
+            time: crate::catalog::now(),
+            boot_id: self.boot_id.clone(),
+            revision: state.current.clone(),
+            outcome,
+            tries_left: None,
+            trial,
+            reason,
+        }
+    }
 }
 
 /// What [`boot`] and [`after_health`] work with: this boot, and what a fallback needs.
@@ -878,19 +898,17 @@ pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
                     .is_file(),
             };
             sd_begin(node, &p, &t.revision)?;
-            let record = BootRecord {
-                time: crate::catalog::now(),
-                boot_id: this.boot_id.clone(),
-                revision: state.current.clone(),
-                outcome: BootOutcome::Booted,
-                tries_left: None,
-                trial: Some(t.revision.clone()),
-                reason: format!(
-                    "the trial of {} had no counting entry (its beginning was interrupted): \
-                     written now; the trial starts at the next boot",
-                    t.revision.name()
-                ),
-            };
+            let reason = format!(
+                "the trial of {} had no counting entry (its beginning was interrupted): \
+                 written now; the trial starts at the next boot",
+                t.revision.name()
+            );
+            let record = this.record(
+                &state,
+                BootOutcome::Booted,
+                Some(t.revision.clone()),
+                reason,
+            );
             save_record(node, &record)?;
             BootResult {
                 record,
@@ -900,13 +918,8 @@ pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
         Some(t) => {
             let tries_left = tries_left(&node.root, t.bootloader)?;
             let record = BootRecord {
-                time: crate::catalog::now(),
-                boot_id: this.boot_id.clone(),
-                revision: state.current.clone(),
-                outcome: BootOutcome::Trial,
                 tries_left,
-                trial: Some(t.revision),
-                reason: String::new(),
+                ..this.record(&state, BootOutcome::Trial, Some(t.revision), String::new())
             };
             save_record(node, &record)?;
             BootResult {
@@ -926,15 +939,7 @@ pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
             if read_env(&node.root)?.get("aurum_trial").is_some() || stale_entry {
                 end_trial(node, false)?;
             }
-            let record = BootRecord {
-                time: crate::catalog::now(),
-                boot_id: this.boot_id.clone(),
-                revision: state.current.clone(),
-                outcome: BootOutcome::Booted,
-                tries_left: None,
-                trial: None,
-                reason: String::new(),
-            };
+            let record = this.record(&state, BootOutcome::Booted, None, String::new());
             save_record(node, &record)?;
             BootResult {
                 record,
@@ -994,15 +999,8 @@ pub fn after_health(
         return Ok(Some(result));
     }
     if recovered.is_some() {
-        let record = BootRecord {
-            time: crate::catalog::now(),
-            boot_id: this.boot_id.clone(),
-            revision: state.current.clone(),
-            outcome: BootOutcome::Booted,
-            tries_left: None,
-            trial: state.trial.map(|t| t.revision),
-            reason: String::new(),
-        };
+        let trial = state.trial.clone().map(|t| t.revision);
+        let record = this.record(&state, BootOutcome::Booted, trial, String::new());
         let result = BootResult {
             record,
             reboot: true,
@@ -1105,15 +1103,9 @@ fn finish_fallback(node: &Node, cx: &BootContext, t: &Trial, reboot: bool) -> Re
         }
         false => (BootOutcome::Booted, String::new()),
     };
-    let record = BootRecord {
-        time: crate::catalog::now(),
-        boot_id: cx.this.boot_id.clone(),
-        revision: state.current.clone(),
-        outcome,
-        tries_left: None,
-        trial: Some(t.revision.clone()),
-        reason,
-    };
+    let record = cx
+        .this
+        .record(&state, outcome, Some(t.revision.clone()), reason);
     state.boot = Some(record.clone());
     node.save_state(&state)?;
     // Off the fallback (an update was interrupted), systemd-boot booted the trial's kernel or
@@ -1169,15 +1161,12 @@ fn fall_back(node: &Node, cx: &BootContext, t: &Trial, reason: String) -> Result
     let mut state = node.state()?;
     state.trial = None;
     state.last_known_good = Some(t.fallback.clone());
-    let record = BootRecord {
-        time: crate::catalog::now(),
-        boot_id: cx.this.boot_id.clone(),
-        revision: state.current.clone(),
-        outcome: BootOutcome::FellBack,
-        tries_left: None,
-        trial: Some(t.revision.clone()),
+    let record = cx.this.record(
+        &state,
+        BootOutcome::FellBack,
+        Some(t.revision.clone()),
         reason,
-    };
+    );
     state.boot = Some(record.clone());
     node.save_state(&state)?;
     Ok(BootResult {

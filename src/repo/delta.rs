@@ -435,6 +435,8 @@ pub fn precompute(
     progress: &dyn crate::progress::Progress,
 ) -> Result<Precomputed> {
     let deadline = std::time::Instant::now() + budget;
+    // The capture has stored everything: its compressors would stay idle beside the deltas'.
+    crate::store::release_compressors();
     let cache = Cache::new(&repo.root);
     let blobs = crate::repo::BlobsAndManifests {
         root: &repo.root,

@@ -211,41 +211,64 @@ pub fn place_with(
 thread_local! {
     static SAMPLER: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
         std::cell::RefCell::new(zstd::bulk::Compressor::new(1).expect("zstd context"));
-    static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
-        std::cell::RefCell::new({
-            let mut c = zstd::bulk::Compressor::new(level()).expect("zstd context");
-            // Long-distance matching finds the repeats between similar files of a group.
-            // One thread a context: the groups of a batch are compressed on rayon's threads
-            // side by side, beside the hashing of the next batch. A context with two zstd
-            // workers of its own cost some 25 MiB (a round buffer of window and jobs, and a
-            // context per worker), one on each thread that compressed: three of them were
-            // 75 MiB of a capture's 172 MiB peak on a live Debian root (issue 14); this one
-            // is about 3 MiB.
-            for p in [
-                zstd::zstd_safe::CParameter::EnableLongDistanceMatching(true),
-                // A group is at most a few MiB: no need for long mode's 128 MiB window.
-                zstd::zstd_safe::CParameter::WindowLog(23),
-                zstd::zstd_safe::CParameter::NbWorkers(0),
-            ] {
-                c.set_parameter(p).expect("zstd parameter");
-            }
-            if level() >= 10 {
-                // The high levels' default tables are sized for inputs far larger than a group;
-                // these keep a context near 40 MiB.
-                for p in [
-                    zstd::zstd_safe::CParameter::HashLog(21),
-                    zstd::zstd_safe::CParameter::ChainLog(22),
-                ] {
-                    c.set_parameter(p).expect("zstd parameter");
-                }
-            }
-            c
-        });
+}
+
+/// The compressors of blobs and groups not in use, kept between uses (a context with its
+/// tables costs more to set up than a small group to compress). They are not thread-local:
+/// a capture's are dropped by [`release_compressors`] once it has stored everything: two of
+/// them (then with two zstd workers each) held some 40 MiB through the delta precompute
+/// that follows, and at `--level 19` each is near 40 MiB alone (issue #14).
+static COMPRESSORS: std::sync::Mutex<Vec<zstd::bulk::Compressor<'static>>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn new_compressor() -> zstd::bulk::Compressor<'static> {
+    let mut c = zstd::bulk::Compressor::new(level()).expect("zstd context");
+    // Long-distance matching finds the repeats between similar files of a group.
+    // One thread a context: the groups of a batch are compressed on rayon's threads
+    // side by side, beside the hashing of the next batch. A context with two zstd
+    // workers of its own cost some 25 MiB (a round buffer of window and jobs, and a
+    // context per worker), one on each thread that compressed: three of them were
+    // 75 MiB of a capture's 172 MiB peak on a live Debian root (issue 14); this one
+    // is about 3 MiB.
+    for p in [
+        zstd::zstd_safe::CParameter::EnableLongDistanceMatching(true),
+        // A group is at most a few MiB: no need for long mode's 128 MiB window.
+        zstd::zstd_safe::CParameter::WindowLog(23),
+        zstd::zstd_safe::CParameter::NbWorkers(0),
+    ] {
+        c.set_parameter(p).expect("zstd parameter");
+    }
+    if level() >= 10 {
+        // The high levels' default tables are sized for inputs far larger than a group;
+        // these keep a context near 40 MiB.
+        for p in [
+            zstd::zstd_safe::CParameter::HashLog(21),
+            zstd::zstd_safe::CParameter::ChainLog(22),
+        ] {
+            c.set_parameter(p).expect("zstd parameter");
+        }
+    }
+    c
+}
+
+/// Runs `f` with a compressor of the pool (a new one when all are in use).
+fn with_compressor<T>(f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> T) -> T {
+    let pooled = COMPRESSORS.lock().expect("compressor pool lock").pop();
+    let mut c = pooled.unwrap_or_else(new_compressor);
+    let out = f(&mut c);
+    COMPRESSORS.lock().expect("compressor pool lock").push(c);
+    out
+}
+
+/// Drops the compressors kept for the next blob or group: for a command that has stored
+/// what it had to and goes on to other work.
+pub fn release_compressors() {
+    COMPRESSORS.lock().expect("compressor pool lock").clear();
 }
 
 /// Compresses a blob, or keeps it raw when zstd does not make it smaller.
 pub fn compress(raw: &[u8]) -> (Codec, Vec<u8>) {
-    let packed = COMPRESSOR.with(|c| c.borrow_mut().compress(raw));
+    let packed = with_compressor(|c| c.compress(raw));
     match packed {
         Ok(p) if p.len() < raw.len() => (Codec::Zstd, p),
         _ => (Codec::Raw, raw.to_vec()),
@@ -339,9 +362,8 @@ impl PreparedGroup {
             .map(|((id, data), inner)| (id, data.len() as u32, inner))
             .collect();
         // The members' bytes are in the body now: let them go before compressing.
-        let mut payload = COMPRESSOR
-            .with(|c| c.borrow_mut().compress(&body))
-            .map_err(|e| corrupt(format!("zstd: {e}")))?;
+        let mut payload =
+            with_compressor(|c| c.compress(&body)).map_err(|e| corrupt(format!("zstd: {e}")))?;
         // zstd's output buffer is sized for the worst case (the body's size); a batch's
         // groups are held until they are appended.
         payload.shrink_to_fit();
@@ -711,12 +733,13 @@ pub fn pack_entries(path: &Path) -> Result<Vec<IndexEntry>> {
 }
 
 /// How many decompressed groups a reader keeps: two per thread (a delta reads the old
-/// version of a file from one group and the new from another) and two spare, at most 12
-/// (96 MiB of 8 MiB groups). Two in all made every thread of a delta precompute or a
-/// delta answer decompress a whole group for each small file: 20,000 changed files took
-/// minutes instead of seconds (issue #14).
+/// version of a file from one group and the new from another), at most 12 (96 MiB of 8 MiB
+/// groups). Two in all made every thread of a delta precompute or a delta answer decompress
+/// a whole group for each small file: 20,000 changed files took minutes instead of seconds
+/// (issue #14). Two spare on top (six on two cores) held 17 MiB more in every checkout,
+/// fresh root and precompute for no gain in time.
 fn group_cache() -> usize {
-    (2 * rayon::current_num_threads() + 2).min(12)
+    (2 * rayon::current_num_threads()).min(12)
 }
 
 /// A decompressed group of a pack, by pack and offset.

@@ -274,8 +274,8 @@ pub fn store<S: BlobSink + ?Sized>(sink: &S, id: &Id, data: &[u8]) -> Result<()>
 const BATCH_BYTES: u64 = 8 << 20;
 const BATCH_FILES: usize = 4096;
 /// A file bigger than a batch is handed from its reader to storing this many bytes at a
-/// time: two groups, compressed side by side on the two cores.
-const BIG_PIECE: u64 = 2 * crate::store::GROUP_TARGET as u64;
+/// time: a group's worth, compressed while the next piece is read.
+const BIG_PIECE: u64 = crate::store::GROUP_TARGET as u64;
 
 /// Entries of a local golden client captured at a time: a batch's entries, contents and stat
 /// cache rows are what a capture holds in memory (some 10 MiB), whatever the tree's size.
@@ -371,12 +371,12 @@ impl Source for LocalSource {
         loop {
             let mut n = 0;
             let mut bytes = 0;
-            // A file bigger than a batch gets a batch of its own (below), never the end of one.
+            // A file bigger than a batch gets a batch of its own (below), never the end of one;
+            // a batch is at most BATCH_BYTES (it could reach twice that when its last file was
+            // let in below the mark: two batches in flight held 32 MiB, issue 14).
             while n < rest.len()
                 && (n == 0
-                    || (bytes < BATCH_BYTES
-                        && n < BATCH_FILES
-                        && scanned[rest[n]].stat.size <= BATCH_BYTES))
+                    || (bytes + scanned[rest[n]].stat.size <= BATCH_BYTES && n < BATCH_FILES))
             {
                 bytes += scanned[rest[n]].stat.size;
                 n += 1;

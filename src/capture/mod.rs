@@ -558,6 +558,8 @@ struct Spool {
     out: std::io::BufWriter<std::fs::File>,
     entries: u64,
     file_bytes: u64,
+    /// Which entries the stat cache vouched for, a bit each (125 KiB for a million).
+    vouched: Vec<u64>,
 }
 
 impl Spool {
@@ -568,6 +570,7 @@ impl Spool {
             out: std::io::BufWriter::with_capacity(1 << 20, file),
             entries: 0,
             file_bytes: 0,
+            vouched: Vec::new(),
         })
     }
 
@@ -575,6 +578,11 @@ impl Spool {
         if matches!(s.entry.kind, Kind::File { .. }) {
             self.file_bytes += s.stat.size;
         }
+        let (word, bit) = ((self.entries / 64) as usize, self.entries % 64);
+        if word == self.vouched.len() {
+            self.vouched.push(0);
+        }
+        self.vouched[word] |= u64::from(s.vouched) << bit;
         self.entries += 1;
         crate::format::wire::send(
             &mut self.out,
@@ -594,12 +602,17 @@ impl Spool {
         file.rewind()?;
         Ok(SpoolReader {
             input: std::io::BufReader::with_capacity(1 << 20, file),
+            vouched: self.vouched,
+            next: 0,
         })
     }
 }
 
 struct SpoolReader {
     input: std::io::BufReader<std::fs::File>,
+    vouched: Vec<u64>,
+    /// The number of the next entry.
+    next: u64,
 }
 
 impl SpoolReader {
@@ -609,7 +622,14 @@ impl SpoolReader {
         while out.len() < n {
             match crate::format::wire::recv(&mut self.input)? {
                 Some(crate::format::wire::Msg::Entry { entry, stat }) => {
-                    out.push(Scanned { entry, stat })
+                    let (word, bit) = ((self.next / 64) as usize, self.next % 64);
+                    let vouched = self.vouched.get(word).is_some_and(|w| w >> bit & 1 == 1);
+                    self.next += 1;
+                    out.push(Scanned {
+                        entry,
+                        stat,
+                        vouched,
+                    })
                 }
                 Some(_) => {
                     return Err(crate::error::corrupt("the capture's scan spool is damaged"))
@@ -644,6 +664,8 @@ struct Counts {
     bytes_hashed: u64,
     hashed: u64,
     from_cache: u64,
+    /// Entries whose stat cache row the capture keeps as it is.
+    kept: u64,
 }
 
 /// Where a capture's entries go: straight into the manifest, or (an edit, whose kept parent
@@ -983,7 +1005,15 @@ pub fn getimage(
             // timestamp; caching them could vouch for content or xattrs we never read.
             let racy = s.stat.mtime_ns >= started_ns - 2_000_000_000
                 || s.stat.ctime_ns >= started_ns - 2_000_000_000;
-            let cache = !racy && use_cache;
+            // A row the stat cache vouched for stays as it is (it is what would be written);
+            // a racy entry's old row goes.
+            let cache = !racy && use_cache && !s.vouched;
+            if use_cache && s.vouched {
+                counts.kept += 1;
+            }
+            if use_cache && racy {
+                cache_rows.push((s.entry.path.clone(), s.stat, None));
+            }
             let mut content = Vec::new();
             if let Kind::File {
                 chunks, extents, ..
@@ -1002,8 +1032,7 @@ pub fn getimage(
                 cache_rows.push((
                     s.entry.path.clone(),
                     s.stat,
-                    content,
-                    encode_xattrs(&s.entry.xattrs),
+                    Some((content, encode_xattrs(&s.entry.xattrs))),
                 ));
             }
             match &mut out {
@@ -1070,7 +1099,14 @@ pub fn getimage(
         if unchanged && counts.hashed == 0 && (vouched || !looked_up) {
             repo.catalog.statcache_discard()?;
         } else {
-            repo.catalog.statcache_commit(&describe)?;
+            // Rows of paths gone from the tree are found by their count, and then pruned by
+            // the paths of the manifest just written.
+            if repo.catalog.statcache_commit(&describe, counts.kept)? {
+                let paths = repo
+                    .manifest_entries(&revision.id)?
+                    .map(|e| e.map(|e| e.path));
+                repo.catalog.statcache_prune(&describe, paths)?;
+            }
         }
     }
     Ok(CaptureReport {

@@ -311,7 +311,11 @@ impl Source for RemoteSource {
         loop {
             match self.recv()? {
                 Msg::Entry { entry, stat } => {
-                    emit(Scanned { entry, stat })?;
+                    emit(Scanned {
+                        entry,
+                        stat,
+                        vouched: false,
+                    })?;
                     progress.advance(1);
                 }
                 Msg::Warning(w) => warnings.push(w),

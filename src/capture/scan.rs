@@ -30,6 +30,9 @@ use crate::sys::{self, shown, DIR_FLAGS};
 pub struct Scanned {
     pub entry: Entry,
     pub stat: StatKey,
+    /// The stat cache vouched for the whole entry (its row, xattrs and content, is what the
+    /// capture would write again).
+    pub vouched: bool,
 }
 
 /// What the stat cache holds for an entry whose stat data is what the capture that cached it
@@ -101,6 +104,7 @@ struct Found {
     kind: Kind,
     /// `None` until read (or vouched for by the stat cache).
     xattrs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    vouched: bool,
 }
 
 /// One name of a directory, looked at.
@@ -180,6 +184,7 @@ pub fn walk<'e>(
     (w.emit)(Scanned {
         entry: entry_from_stat(Vec::new(), Kind::Dir, &st, xattrs),
         stat: stat_key(&st),
+        vouched: false,
     })?;
     // In the pool, so that each directory's parallel calls do not cross into it from outside.
     rayon::scope(|_| w.walk(fd, Vec::new(), st.st_dev))?;
@@ -234,6 +239,8 @@ impl Walker<'_, '_> {
             let answers = lookup(&asked)?;
             for (f, cached) in found.into_iter().zip(answers) {
                 let Some(cached) = cached else { continue };
+                let is_file = matches!(f.kind, Kind::File { .. });
+                f.vouched = cached.xattrs.is_some() && (!is_file || cached.content.is_some());
                 f.xattrs = cached.xattrs;
                 if let (
                     Kind::File {
@@ -276,6 +283,7 @@ impl Walker<'_, '_> {
                 st,
                 kind,
                 xattrs,
+                vouched,
             } = match probe? {
                 Probe::Found(f) => *f,
                 Probe::Excluded => continue,
@@ -338,6 +346,7 @@ impl Walker<'_, '_> {
             (self.emit)(Scanned {
                 entry,
                 stat: stat_key(&st),
+                vouched,
             })?;
             self.progress.advance(1);
             if let Some(sub) = sub.filter(|_| descend) {
@@ -448,6 +457,7 @@ fn probe(
         st,
         kind,
         xattrs: None,
+        vouched: false,
     })))
 }
 

@@ -137,9 +137,9 @@ fn state_row(r: &rusqlite::Row) -> rusqlite::Result<NodeState> {
 /// its encoded xattrs (`None` when not recorded).
 pub type StatHit = (Vec<u8>, Option<Vec<u8>>);
 
-/// A stat cache row a capture stages: path, stat data, encoded content (empty for all but
-/// files), encoded xattrs.
-pub type StatRow = (Vec<u8>, StatKey, Vec<u8>, Vec<u8>);
+/// A stat cache row a capture stages: path, stat data, and the encoded content (empty for all
+/// but files) and xattrs, or `None` for a row to remove.
+pub type StatRow = (Vec<u8>, StatKey, Option<(Vec<u8>, Vec<u8>)>);
 
 pub struct Catalog {
     conn: Connection,
@@ -906,7 +906,11 @@ impl Catalog {
                 "INSERT OR REPLACE INTO temp.statcache_staged(path, size, mtime_ns, ctime_ns, ino, content, xattrs)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for (path, stat, content, xattrs) in rows {
+            for (path, stat, row) in rows {
+                let (content, xattrs) = match row {
+                    Some((c, x)) => (Some(c), Some(x)),
+                    None => (None, None),
+                };
                 st.execute(params![
                     path,
                     stat.size as i64,
@@ -922,21 +926,72 @@ impl Catalog {
         Ok(())
     }
 
-    /// Replaces what the stat cache knows of a golden client with the rows staged by its
-    /// latest capture, so that paths gone from the client leave the cache too.
-    pub fn statcache_commit(&mut self, source: &str) -> Result<()> {
+    /// Brings what the stat cache knows of a golden client to what its latest capture staged:
+    /// the rows staged replace theirs, the rows staged for removal go, and the `kept` rows the
+    /// capture found exact stay. With nothing kept, every other row of the golden client goes.
+    /// Returns whether rows of paths the capture did not see may remain (the golden client's
+    /// row count is not `kept` plus the rows staged): [`Self::statcache_prune`] removes them.
+    pub fn statcache_commit(&mut self, source: &str, kept: u64) -> Result<bool> {
         let tx = self.conn.transaction()?;
         tx.execute("INSERT OR IGNORE INTO sources(name) VALUES (?1)", [source])?;
         let key: i64 = tx.query_row("SELECT key FROM sources WHERE name = ?1", [source], |r| {
             r.get(0)
         })?;
-        tx.execute("DELETE FROM statcache WHERE source = ?1", [key])?;
+        if kept == 0 {
+            tx.execute("DELETE FROM statcache WHERE source = ?1", [key])?;
+        } else {
+            tx.execute(
+                "DELETE FROM statcache WHERE source = ?1
+                 AND path IN (SELECT path FROM temp.statcache_staged WHERE content IS NULL)",
+                [key],
+            )?;
+        }
         tx.execute(
             "INSERT OR REPLACE INTO statcache(source, path, size, mtime_ns, ctime_ns, ino, content, xattrs)
-             SELECT ?1, path, size, mtime_ns, ctime_ns, ino, content, xattrs FROM temp.statcache_staged",
+             SELECT ?1, path, size, mtime_ns, ctime_ns, ino, content, xattrs
+             FROM temp.statcache_staged WHERE content IS NOT NULL",
             [key],
         )?;
+        let staged: i64 = tx.query_row(
+            "SELECT count(*) FROM temp.statcache_staged WHERE content IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        let rows: i64 = tx.query_row(
+            "SELECT count(*) FROM statcache WHERE source = ?1",
+            [key],
+            |r| r.get(0),
+        )?;
         tx.execute_batch("DROP TABLE temp.statcache_staged")?;
+        tx.commit()?;
+        Ok(rows != staged + kept as i64)
+    }
+
+    /// Removes the rows of a golden client whose path is not among `paths` (the entries of
+    /// its latest capture).
+    pub fn statcache_prune(
+        &mut self,
+        source: &str,
+        paths: impl Iterator<Item = Result<Vec<u8>>>,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(
+            "DROP TABLE IF EXISTS temp.statcache_seen;
+             CREATE TEMP TABLE statcache_seen(path BLOB PRIMARY KEY) WITHOUT ROWID;",
+        )?;
+        {
+            let mut st =
+                tx.prepare_cached("INSERT OR IGNORE INTO temp.statcache_seen(path) VALUES (?1)")?;
+            for path in paths {
+                st.execute([path?])?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM statcache WHERE source = (SELECT key FROM sources WHERE name = ?1)
+             AND path NOT IN (SELECT path FROM temp.statcache_seen)",
+            [source],
+        )?;
+        tx.execute_batch("DROP TABLE temp.statcache_seen")?;
         tx.commit()?;
         Ok(())
     }

@@ -311,6 +311,34 @@ fn an_unchanged_recapture_lists_no_xattrs_and_an_xattr_change_is_still_captured(
         calls.get("llistxattr").copied().unwrap_or(0) <= 1,
         "{calls:?}"
     );
+
+    // A path gone from the tree leaves the cache, whose other rows stay as they were.
+    let db = env.repo().join("aurum.db");
+    let rows = |filter: &str| {
+        sh(&format!(
+            "sqlite3 {} \"SELECT count(*) FROM statcache{filter}\"",
+            db.display()
+        ))
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+    };
+    assert_eq!(rows(""), entries + 1);
+    sh(&format!("rm {}/etc/b", src.display()));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let gone = env.getimage(&src, "x", &[]);
+    assert_eq!(rev_of(&gone), "x@3", "{gone}");
+    assert_eq!(rows(" WHERE path = CAST('etc/b' AS BLOB)"), 0);
+    assert_eq!(rows(""), entries);
+    let (out, calls) = getimage_calls(&env, &src, "x");
+    assert!(
+        out.contains("(unchanged)") && out.contains("(3 files from the stat cache)"),
+        "{out}"
+    );
+    assert!(
+        calls.get("llistxattr").copied().unwrap_or(0) <= 1,
+        "{calls:?}"
+    );
 }
 
 /// A capture goes a batch of 32,768 entries at a time (issue 14: memory stays flat): a tree

@@ -765,7 +765,9 @@ fn capture_batch(
                 None => *size,
                 Some(ext) => ext.iter().map(|e| e.1).sum(),
             };
-            if have != data || (chunks.is_empty() && extents.is_none() && *size > 0) {
+            // An empty file the cache did not vouch for is read like any other (it may have
+            // vanished since the scan).
+            if have != data || (chunks.is_empty() && !batch[i].vouched) {
                 return true;
             }
             contents[i] = Some(Content {

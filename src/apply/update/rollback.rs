@@ -83,10 +83,10 @@ fn looks_like(st: &Stat, e: &Entry) -> bool {
 }
 
 /// Whether `a` and `b` (same path, same kind and content) have the same owner, mode, xattrs
-/// and (but for a directory) mtime.
+/// and mtime. A directory's mtime counts too: the update set it, so the rollback sets it back.
 fn same_metadata(a: &Entry, b: &Entry) -> bool {
-    (a.mode, a.uid, a.gid, &a.xattrs) == (b.mode, b.uid, b.gid, &b.xattrs)
-        && (a.kind == Kind::Dir || (a.mtime, a.mtime_nsec) == (b.mtime, b.mtime_nsec))
+    (a.mode, a.uid, a.gid, &a.xattrs, a.mtime, a.mtime_nsec)
+        == (b.mode, b.uid, b.gid, &b.xattrs, b.mtime, b.mtime_nsec)
 }
 
 /// The rollback by rename `run` can make, or `None` when the full engine must run.

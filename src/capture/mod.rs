@@ -279,7 +279,7 @@ const BIG_PIECE: u64 = crate::store::GROUP_TARGET as u64;
 
 /// Entries of a local golden client captured at a time: a batch's entries, contents and stat
 /// cache rows are what a capture holds in memory (some 10 MiB), whatever the tree's size.
-const LOCAL_BATCH: usize = 32_768;
+const LOCAL_BATCH: usize = 8_192;
 
 impl Source for LocalSource {
     fn describe(&self) -> String {

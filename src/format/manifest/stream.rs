@@ -398,6 +398,11 @@ impl ManifestWriter {
             .take()
             .expect("the spill is held until compressing");
         let mut enc = zstd::stream::write::Encoder::new(BufWriter::new(spill), self.level)?;
+        // Level 9's own window (4 MiB) and hash table (2^21 rows) made a context of some
+        // 15 MiB, held for a whole capture (issue 14, live root); sorted entries repeat what is
+        // near them, so a 2 MiB window and a quarter of the table lose little.
+        enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(21))?;
+        enc.set_parameter(zstd::stream::raw::CParameter::HashLog(19))?;
         if let Some(base) = self.base.take() {
             base.replay(&mut enc)?;
         }

@@ -215,9 +215,10 @@ struct Engine {
     undo: UndoArea,
     /// Blobs the node holds.
     local: HashMap<Id, Vec<LocalChunk>>,
-    /// Whole files of the undo areas, by their content: a rollback links them back instead of
-    /// writing their bytes again.
-    whole: HashMap<Id, PathBuf>,
+    /// Whole files of the undo areas, by their content (every file holding it, as several paths
+    /// may hold the same bytes): a rollback links them back instead of writing their bytes
+    /// again.
+    whole: HashMap<Id, Vec<PathBuf>>,
     /// Whether the run deletes, before it commits, the undo areas other than its own (it
     /// changes the revision), and its own (it undoes a failed update). A file is linked back
     /// only from an area that goes: a tree file sharing its inode with a kept area would let
@@ -273,34 +274,55 @@ impl Engine {
         })
     }
 
-    /// A file of an undo area this run drops that should hold exactly `e`'s content (unchecked).
-    fn whole_source(&self, e: &Entry) -> Option<&PathBuf> {
-        let src = content_key(e).and_then(|k| self.whole.get(&k))?;
-        let goes = if src.starts_with(&self.undo.dir) {
-            self.drops_own
-        } else {
-            self.drops_others
-        };
-        goes.then_some(src)
+    /// The files of the undo areas this run drops that should hold exactly `e`'s content
+    /// (unchecked).
+    fn whole_sources<'e>(&'e self, e: &Entry) -> impl Iterator<Item = &'e PathBuf> + 'e {
+        let sources = content_key(e).and_then(|k| self.whole.get(&k));
+        sources.into_iter().flatten().filter(|src| {
+            if src.starts_with(&self.undo.dir) {
+                self.drops_own
+            } else {
+                self.drops_others
+            }
+        })
     }
 
     /// Links a file of the undo area holding exactly `e`'s content to `name` in `dir`, after
     /// checking every chunk of it; false when there is none (or it changed, or links fail).
     fn link_whole(&self, dir: BorrowedFd, name: &[u8], e: &Entry) -> bool {
-        let Some(src) = self.whole_source(e) else {
-            return false;
-        };
+        self.whole_sources(e)
+            .any(|src| self.link_one(src, dir, name, e))
+    }
+
+    /// Links the undo file `src` to `name` in `dir` if it holds exactly `e`'s content and no
+    /// other name than its own in the area. A file already linked into the tree (by this run,
+    /// or by an interrupted one) is not linked again: two paths the revision gives their own
+    /// inodes (two files with the same bytes, such as two packages' identical trigger files)
+    /// would share one, and the metadata set for the second would be the first's too. Files
+    /// the area holds under several names (a hardlinked group kept whole) are written instead.
+    fn link_one(&self, src: &Path, dir: BorrowedFd, name: &[u8], e: &Entry) -> bool {
         let Kind::File {
             chunks, extents, ..
         } = &e.kind
         else {
             return false;
         };
+        let (Some(parent), Some(file)) = (src.parent(), src.file_name()) else {
+            return false;
+        };
+        let Ok(pfd) = sys::open_root(parent) else {
+            return false;
+        };
+        let alone = sys::lstat_at(pfd.as_fd(), file.as_bytes())
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1);
+        if !alone {
+            return false;
+        }
         let extents = extents.clone().map(Arc::new);
         let mut off = 0u64;
         for c in chunks {
             let lc = LocalChunk {
-                at: LocalAt::File(src.clone()),
+                at: LocalAt::File(src.to_path_buf()),
                 offset: off,
                 len: c.len,
                 extents: extents.clone(),
@@ -310,12 +332,6 @@ impl Engine {
             }
             off += u64::from(c.len);
         }
-        let (Some(parent), Some(file)) = (src.parent(), src.file_name()) else {
-            return false;
-        };
-        let Ok(pfd) = sys::open_root(parent) else {
-            return false;
-        };
         nix::unistd::linkat(pfd.as_fd(), file, dir, name, nix::fcntl::AtFlags::empty()).is_ok()
     }
 
@@ -1080,7 +1096,7 @@ impl<'a> Run<'a> {
         // Undoing a failed update writes next to nothing (it links back what the update moved
         // aside) and must not be refused for the very lack of room that stopped the update.
         if self.undoing.is_none() {
-            let linked = |e: &Entry| engine.whole_source(e).is_some();
+            let linked = |e: &Entry| engine.whole_sources(e).next().is_some();
             let staged = report.bytes_to_fetch;
             let needs = plan.needs(self.manifest, &linked, STAGED.as_bytes(), staged);
             preflight::check(engine.disk.root_fd.as_fd(), &engine.disk.root, &needs)?;
@@ -1544,7 +1560,10 @@ fn index_local(
                     if e.path == path {
                         add_local(&mut engine.local, r, LocalAt::File(base.clone()));
                         if let Some(k) = content_key(r) {
-                            engine.whole.insert(k, base.clone());
+                            let files = engine.whole.entry(k).or_default();
+                            if !files.contains(&base) {
+                                files.push(base.clone());
+                            }
                         }
                     } else if is_under(&e.path, &path) {
                         let suffix = std::ffi::OsStr::from_bytes(&e.path[path.len() + 1..]);
@@ -1552,7 +1571,10 @@ fn index_local(
                         add_local(&mut engine.local, r, LocalAt::File(at.clone()));
                         // Files of a directory moved aside link back as well as single files.
                         if let Some(k) = content_key(r) {
-                            engine.whole.entry(k).or_insert(at);
+                            let files = engine.whole.entry(k).or_default();
+                            if !files.contains(&at) {
+                                files.push(at);
+                            }
                         }
                     }
                 }

@@ -228,8 +228,7 @@ fn diff(
             let xattrs = sys::xattrs_at(adir, file).unwrap_or_default();
             let fix = !crate::apply::same_xattrs(&xattrs, &want.xattrs)
                 || (st.uid, st.gid) != (want.uid, want.gid)
-                || (want.kind != Kind::Dir
-                    && (st.mtime, st.mtime_nsec) != (want.mtime, want.mtime_nsec))
+                || (st.mtime, st.mtime_nsec) != (want.mtime, want.mtime_nsec)
                 || (!matches!(want.kind, Kind::Symlink { .. }) && st.mode & 0o7777 != want.mode);
             let now = tree_stat(path);
             match (c, now) {

@@ -760,20 +760,18 @@ fn capture_batch(
             else {
                 return true;
             };
-            let have: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
-            let data = match extents {
-                None => *size,
-                Some(ext) => ext.iter().map(|e| e.1).sum(),
-            };
             // An empty file the cache did not vouch for is read like any other (it may have
             // vanished since the scan).
-            if have != data || (chunks.is_empty() && !batch[i].vouched) {
+            if !scan::covers(*size, chunks, extents.as_deref())
+                || (chunks.is_empty() && !batch[i].vouched)
+            {
                 return true;
             }
             contents[i] = Some(Content {
                 chunks: std::mem::take(chunks),
                 extents: extents.take(),
             });
+            counts.from_cache += 1;
             progress.advance(batch[i].stat.size);
             false
         });
@@ -903,9 +901,7 @@ pub fn getimage(
     } else {
         None
     };
-    // Files whose content the stat cache gave (an empty file needs none, cached or not).
-    let hits = std::sync::atomic::AtomicU64::new(0);
-    let (describe_, vouched_, hits_) = (&describe, &vouched, &hits);
+    let (describe_, vouched_) = (&describe, &vouched);
     let mut ask = move |asked: &[(&[u8], &StatKey)]| -> Result<Vec<Option<scan::Cached>>> {
         let Some(catalog) = &catalog else {
             return Ok(vec![None; asked.len()]);
@@ -920,8 +916,6 @@ pub fn getimage(
                 })
             })
             .collect();
-        let files = out.iter().flatten().filter(|c| c.content.is_some());
-        hits_.fetch_add(files.count() as u64, std::sync::atomic::Ordering::Relaxed);
         if out
             .iter()
             .any(|c| c.as_ref().is_none_or(|c| c.xattrs.is_none()))
@@ -1010,7 +1004,8 @@ pub fn getimage(
             // A row the stat cache vouched for stays as it is (it is what would be written);
             // a racy entry's old row goes.
             let cache = !racy && use_cache && !s.vouched;
-            if use_cache && s.vouched {
+            // (A racy entry's row goes even when vouched for: it is not kept.)
+            if use_cache && s.vouched && !racy {
                 counts.kept += 1;
             }
             if use_cache && racy {
@@ -1051,7 +1046,6 @@ pub fn getimage(
         }
     }
     progress.finish();
-    counts.from_cache += hits.load(std::sync::atomic::Ordering::Relaxed);
     let mut sink = sink.into_inner().expect("blob writer lock");
     sink.finish()?;
 

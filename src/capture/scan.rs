@@ -44,6 +44,21 @@ pub struct Cached {
     pub xattrs: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
+/// Whether `chunks` hold all of a file's data: its `size` bytes, or for a sparse file the
+/// bytes of its `extents`.
+pub fn covers(
+    size: u64,
+    chunks: &[crate::format::manifest::Chunk],
+    extents: Option<&[(u64, u64)]>,
+) -> bool {
+    let have: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+    let data = match extents {
+        None => size,
+        Some(ext) => ext.iter().map(|e| e.1).sum(),
+    };
+    have == data
+}
+
 /// Asks the stat cache about a directory's entries at once: (path, stat data) -> what it
 /// vouches for, in the same order.
 pub type Lookup<'a> = dyn FnMut(&[(&[u8], &StatKey)]) -> Result<Vec<Option<Cached>>> + Send + 'a;
@@ -239,8 +254,14 @@ impl Walker<'_, '_> {
             let answers = lookup(&asked)?;
             for (f, cached) in found.into_iter().zip(answers) {
                 let Some(cached) = cached else { continue };
-                let is_file = matches!(f.kind, Kind::File { .. });
-                f.vouched = cached.xattrs.is_some() && (!is_file || cached.content.is_some());
+                // A file is vouched for only when the cached chunks cover its data: a row
+                // written for a further name of a hardlink group holds none.
+                f.vouched = cached.xattrs.is_some()
+                    && match (&f.kind, &cached.content) {
+                        (Kind::File { size, .. }, Some((c, e))) => covers(*size, c, e.as_deref()),
+                        (Kind::File { .. }, None) => false,
+                        _ => true,
+                    };
                 f.xattrs = cached.xattrs;
                 if let (
                     Kind::File {

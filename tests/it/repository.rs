@@ -341,6 +341,131 @@ fn an_unchanged_recapture_lists_no_xattrs_and_an_xattr_change_is_still_captured(
     );
 }
 
+/// A hardlink group's further name holds no content in the stat cache. When it becomes the
+/// group's first name with its stat data unchanged (here the old first name is newly
+/// excluded), the cache must not vouch for it: it is hashed once, its row rewritten, and the
+/// next capture takes it from the cache.
+#[test]
+fn a_hardlink_name_that_becomes_the_first_is_cached_again() {
+    if !crate::common::need("sqlite3") {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    sh(&format!(
+        "mkdir -p {s}/etc && head -c 60000 /dev/urandom | base64 -w 0 | head -c 50000 > {s}/etc/a1 && ln {s}/etc/a1 {s}/etc/a2 \
+         && printf 'b\n' > {s}/etc/b",
+        s = src.display()
+    ));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let capture = |extra: &[&str]| {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        crate::common::json(&env.getimage(&src, "x", &args))
+    };
+    capture(&[]);
+    let first = capture(&[]);
+    assert_eq!(first["bytes_hashed"], 0, "{first}");
+    let excluded = capture(&["--exclude", "/etc/a1"]);
+    assert_eq!(excluded["bytes_hashed"], 50000, "{excluded}");
+    let again = capture(&["--exclude", "/etc/a1"]);
+    assert_eq!(again["bytes_hashed"], 0, "{again}");
+    assert_eq!(again["from_cache"], 2, "{again}");
+    assert_eq!(env.ok(&["cat", "x", "/etc/a2"]).len(), 50000);
+
+    // A row whose chunks do not cover the file's data (no chunks at all, as encoded for a
+    // file of none) with the file's stat data: the file is hashed, and cached again.
+    sh(&format!(
+        "sqlite3 {} \"UPDATE statcache SET content = X'0000' WHERE path = CAST('etc/a2' AS BLOB)\"",
+        env.repo().join("aurum.db").display()
+    ));
+    let bad = capture(&["--exclude", "/etc/a1"]);
+    assert_eq!(bad["bytes_hashed"], 50000, "{bad}");
+    assert_eq!(bad["from_cache"], 1, "{bad}");
+    let again = capture(&["--exclude", "/etc/a1"]);
+    assert_eq!(again["bytes_hashed"], 0, "{again}");
+}
+
+/// The stat cache does not vouch for an entry changed in the two seconds before a capture
+/// began: a change in the same timestamp would look like no change. A file rewritten with
+/// the same size and its mtime put back (only its ctime is new), and an xattr set, right
+/// after a capture, are captured at once, and their rows stay out of the cache until a
+/// capture sees them settled. An entry the cache vouches for that is racy (an mtime in the
+/// future) has its row removed and not counted as kept, so the rows of a vanished path are
+/// still found and pruned.
+#[test]
+fn a_recapture_at_once_captures_a_change_the_stat_cache_cannot_see() {
+    if !crate::common::need("setfattr") || !crate::common::need("sqlite3") {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    sh(&format!(
+        "mkdir -p {s}/etc && printf 'aaaa\n' > {s}/etc/a && printf 'b\n' > {s}/etc/b \
+         && printf 'c\n' > {s}/etc/c && printf 'g\n' > {s}/etc/g",
+        s = src.display()
+    ));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let db = env.repo().join("aurum.db");
+    let rows = |filter: &str| {
+        sh(&format!(
+            "sqlite3 {} \"SELECT count(*) FROM statcache{filter}\"",
+            db.display()
+        ))
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+    };
+    let of = |path: &str| format!(" WHERE path = CAST('{path}' AS BLOB)");
+    env.getimage(&src, "x", &[]);
+    assert_eq!(rows(""), 6, "the root, etc and four files");
+
+    // Same size, mtime put back, an xattr set: all within the capture's racy window.
+    sh(&format!(
+        "touch -r {s}/etc/a {s}/ref && printf 'AAAA\n' > {s}/etc/a && touch -r {s}/ref {s}/etc/a \
+         && rm {s}/ref && setfattr -n user.k -v one {s}/etc/b",
+        s = src.display()
+    ));
+    let changed = env.getimage(&src, "x", &[]);
+    assert_eq!(rev_of(&changed), "x@2", "{changed}");
+    assert_eq!(env.ok(&["cat", "x", "/etc/a"]), "AAAA\n");
+    let out = env.path("out");
+    env.ok(&["checkout", "x@2", out.to_str().unwrap()]);
+    let b = sh(&format!(
+        "getfattr -d --absolute-names {}",
+        out.join("etc/b").display()
+    ));
+    assert!(b.contains("user.k=\"one\""), "{b}");
+    assert_eq!(rows(&of("etc/a")), 0, "a racy file's row is kept out");
+    assert_eq!(rows(&of("etc/b")), 0, "a racy file's row is kept out");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    env.getimage(&src, "x", &[]);
+    assert_eq!(rows(""), 6);
+
+    // A row the cache vouches for whose file is racy (its stat data put in the row by hand,
+    // as a clock set back would leave it), and a vanished path: the racy row goes and so
+    // does the vanished path's.
+    use std::os::unix::fs::MetadataExt;
+    let c = src.join("etc/c");
+    sh(&format!(
+        "touch -d @$(( $(date +%s) + 3600 )) {}",
+        c.display()
+    ));
+    let m = std::fs::metadata(&c).unwrap();
+    sh(&format!(
+        "sqlite3 {} \"UPDATE statcache SET mtime_ns = {}, ctime_ns = {}{}\"",
+        db.display(),
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        of("etc/c")
+    ));
+    sh(&format!("rm {}/etc/g", src.display()));
+    let gone = env.getimage(&src, "x", &[]);
+    assert_eq!(rev_of(&gone), "x@3", "{gone}");
+    assert_eq!(rows(&of("etc/c")), 0, "{gone}");
+    assert_eq!(rows(&of("etc/g")), 0, "{gone}");
+}
+
 /// A capture goes a batch of 32,768 entries at a time (issue 14: memory stays flat): a tree
 /// of 33,000 entries spans two batches, with hardlink groups whose names fall in different
 /// batches, and comes back whole; re-captured unchanged, every file of both batches comes

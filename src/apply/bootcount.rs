@@ -960,20 +960,26 @@ pub fn recover(node: &Node, cx: &BootContext) -> Result<Option<Recovered>> {
 /// `result` after [`recover`] brought the root to one revision first: what it did goes in
 /// front of the reason, and the node reboots, since the system running booted the root
 /// between two revisions; for the same reason the boot is no trial boot (nothing is blessed
-/// on it, the boot loader counts the next).
+/// on it, the boot loader counts the next). When recover only finished an update that had
+/// committed, the root was whole: the reason says so, nothing else changes.
 fn noted(node: &Node, mut result: BootResult, recovered: Option<&Recovered>) -> Result<BootResult> {
     let Some(r) = recovered else {
         return Ok(result);
     };
     let record = &mut result.record;
-    record.reason = match record.reason.is_empty() {
-        true => r.describe(),
-        false => format!("{}; {}", r.describe(), record.reason),
+    record.reason = if record.reason.is_empty() {
+        r.describe()
+    } else {
+        format!("{}; {}", r.describe(), record.reason)
     };
-    if record.outcome == BootOutcome::Trial {
-        record.outcome = BootOutcome::Booted;
+    // An update killed after its commit left the root whole at its revision: the system
+    // running booted that, and this boot counts as it would have.
+    if !r.finished {
+        if record.outcome == BootOutcome::Trial {
+            record.outcome = BootOutcome::Booted;
+        }
+        result.reboot = true;
     }
-    result.reboot = true;
     save_record(node, &result.record)?;
     Ok(result)
 }
@@ -998,7 +1004,7 @@ pub fn after_health(
         report(cx.source, &result.record);
         return Ok(Some(result));
     }
-    if recovered.is_some() {
+    if recovered.is_some_and(|r| !r.finished) {
         let trial = state.trial.clone().map(|t| t.revision);
         let record = this.record(&state, BootOutcome::Booted, trial, String::new());
         let result = BootResult {

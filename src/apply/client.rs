@@ -271,12 +271,24 @@ pub struct Recovered {
     pub interrupted: Journal,
     /// The revision the root is on now.
     pub now: RevRef,
+    /// The killed run had committed (the state already named its target, the tree held
+    /// it): only its last steps were left, and were done; nothing was undone.
+    pub finished: bool,
 }
 
 impl Recovered {
     /// What happened, in one sentence for boot records and messages.
     pub fn describe(&self) -> String {
         let j = &self.interrupted;
+        if self.finished {
+            return format!(
+                "`aurum {}` to {} was interrupted on this root after it had committed (the \
+                 state named {}): its last steps are done now, nothing was undone",
+                j.action,
+                j.to.name(),
+                self.now.name()
+            );
+        }
         match j.action {
             NodeAction::Rollback => format!(
                 "`aurum rollback` to {} was interrupted on this root, and is finished now",
@@ -308,7 +320,9 @@ fn interrupted(node: &Node, j: &Journal) -> String {
 /// boot` runs it before the network and with no one at the console: going back is what the
 /// node can always do by itself; finishing an update needs the server, its hooks and its
 /// trial, and is the administrator's rerun. A trial is left as it is, for the caller to
-/// judge. `None` when nothing was interrupted; an error when the node's first revision was
+/// judge. An update killed after its commit saved the state (the root whole at its target)
+/// is not undone: only the commit's last steps are done ([`Recovered::finished`]). `None`
+/// when nothing was interrupted; an error when the node's first revision was
 /// (there is nothing to go back to: the same command again finishes it).
 pub fn recover(
     node: &Node,
@@ -319,6 +333,16 @@ pub fn recover(
     let Some(j) = node.journal()? else {
         return Ok(None);
     };
+    // Killed after its commit saved the state: the root is at the target, whole; what the
+    // commit had left (the journal among it) is done, as a rerun of the command would.
+    if let Some(j) = update::finish_committed(node)? {
+        let now = node.state()?.current.unwrap_or_else(|| j.to.clone());
+        return Ok(Some(Recovered {
+            interrupted: j,
+            now,
+            finished: true,
+        }));
+    }
     let what = interrupted(node, &j);
     if j.action != NodeAction::Rollback && j.from.is_none() {
         return Err(invalid(format!(
@@ -356,6 +380,7 @@ pub fn recover(
     Ok(Some(Recovered {
         interrupted: j,
         now,
+        finished: false,
     }))
 }
 

@@ -1584,6 +1584,30 @@ fn index_local(
     Ok(())
 }
 
+/// Finishes a run a kill stopped after its commit saved the node state (the tree and the
+/// state already at the journal's target, the journal not yet removed): what the commit does
+/// after that, as a rerun of the same command would find nothing left to write. Its leftover
+/// temporary names go, the manifests no revision needs any more, the journal and the staged
+/// blobs. `None` (nothing done) when there is no journal or its run had not committed; a
+/// repair (a run to the revision it started from) never counts as committed here, the state
+/// naming its target all along.
+pub fn finish_committed(node: &Node) -> Result<Option<Journal>> {
+    let Some(j) = node.journal()? else {
+        return Ok(None);
+    };
+    let state = node.state()?;
+    let committed = state.current.as_ref().is_some_and(|c| c.same_tree(&j.to))
+        && !j.from.as_ref().is_some_and(|f| f.same_tree(&j.to));
+    if !committed {
+        return Ok(None);
+    }
+    Engine::for_root(node)?.remove_temps(&j.temps);
+    node.prune_manifests(&state)?;
+    node.end()?;
+    free_staging(node);
+    Ok(Some(j))
+}
+
 /// The revision a rollback goes to: before an interrupted update, else the previous one; with
 /// the manifest of the tree the node held there and the overrides laid in it.
 pub fn rollback_target(node: &Node) -> Result<(Target, Manifest, Overlay)> {

@@ -281,7 +281,12 @@ fn a_failing_revision_falls_back_and_a_good_one_is_blessed() {
 /// call begins) at its `k`-th rename onto `file` (of any file: `None`); whether it was killed
 /// (else it ran to its end).
 fn killed_at_rename(env: &Env, file: Option<&Path>, k: u32, args: &[&str]) -> bool {
-    let calls = "rename,renameat,renameat2";
+    killed_at(env, "rename,renameat,renameat2", file, k, args)
+}
+
+/// Runs aurum with `args` under strace, SIGKILLed at its `k`-th call of one of `calls` (strace's
+/// syscall names, comma-separated) on `file` (on any file: `None`); whether it was killed.
+fn killed_at(env: &Env, calls: &str, file: Option<&Path>, k: u32, args: &[&str]) -> bool {
     let mut strace = Command::new("strace");
     strace.args(["-f", "-o", "/dev/null"]);
     if let Some(f) = file {
@@ -406,6 +411,7 @@ fn a_fallback_killed_before_its_trial_ends_is_finished_not_blessed() {
         "{kills} kills, {in_rollback} inside the rollback, {in_window} between the rollback \
          and the end of the trial"
     );
+    assert!(in_rollback > 0, "no kill landed inside the rollback");
     assert!(
         in_window > 0,
         "no kill landed between the rollback and the end of the trial"
@@ -516,6 +522,81 @@ fn boot_and_health_finish_a_killed_rollback_and_undo_a_killed_update() {
             "{cmd:?}: no kill landed between two renames of the tree"
         );
     }
+}
+
+/// Review finding: an update's commit saves state.json (naming the new revision), then prunes
+/// the manifests, then removes its journal; killed in between, the journal was left on a
+/// whole tree the state said was the new revision, and `aurum boot` undid the finished update
+/// (back to the journal's `from`) and rebooted. `aurum updateclient` is killed as it removes
+/// its journal (the state saved, the manifests pruned), and at each rename onto state.json;
+/// where the kill left the state at r@2 with the journal still there, `aurum boot` must
+/// finish the commit (no journal, the root exactly r@2, nothing undone, no reboot); after
+/// every kill the root ends on exactly one revision.
+#[test]
+fn boot_finishes_an_update_killed_after_its_commit_saved_the_state() {
+    if !need("strace") || !need("rsync") {
+        return;
+    }
+    let env = Env::new();
+    let (a, b) = (env.path("rev1"), env.path("rev2"));
+    for i in 0..12 {
+        let rel = format!("usr/share/d{}/f{i:02}", i % 3);
+        crate::common::write_random(&a.join(&rel), i, 300);
+        crate::common::write_random(&b.join(&rel), i + 1000, 300);
+    }
+    crate::common::sh(&format!(
+        "mkdir -p {a}/var/lib {b}/var/lib && printf new > {b}/usr/only-in-2",
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "r", &[]);
+    env.getimage(&b, "r", &[]);
+    let at_1 = crate::update::node_at(&env, "at-1", "r@1");
+    let update = ["updateclient", "--image", "r@2", "--no-default-excludes"];
+    let cmdline = "root=LABEL=root ro";
+    let (mut committed, mut kills) = (0, 0);
+    let kill_points = [
+        ("unlink,unlinkat", "journal.json", 1),
+        ("rename,renameat,renameat2", "state.json", 1),
+        ("rename,renameat,renameat2", "state.json", 2),
+    ];
+    for (calls, file, k) in kill_points {
+        let when = format!("updateclient killed at {calls} {k} of {file}");
+        let root = env.path("root");
+        let _ = fs::remove_dir_all(&root);
+        crate::common::sh(&format!("cp -a {} {}", at_1.display(), root.display()));
+        let r = root.to_str().unwrap();
+        let path = root.join("var/lib/aurum-node").join(file);
+        let args = [&update[..], &["--root", r]].concat();
+        if !killed_at(&env, calls, Some(&path), k, &args) {
+            continue;
+        }
+        kills += 1;
+        let journal = root.join("var/lib/aurum-node/journal.json");
+        let at_2 = state(&env, &root)["current"]["number"] == 2 && journal.exists();
+        let out = json(&env.ok(&["boot", "--root", r, "--cmdline", cmdline, "--json"]));
+        assert!(!journal.exists(), "{when}: {out}");
+        let number = state(&env, &root)["current"]["number"].as_u64().unwrap();
+        let rev = if number == 2 { &b } else { &a };
+        assert_eq!(crate::update::node_diff(rev, &root), "", "{when}");
+        if at_2 {
+            committed += 1;
+            assert_eq!(number, 2, "{when}: the finished update was undone: {out}");
+            assert_eq!(out["reboot"], false, "{when}: {out}");
+            let why = out["record"]["reason"].as_str().unwrap();
+            assert!(
+                why.starts_with("`aurum updateclient` to r@2 ")
+                    && why.contains("after it had committed"),
+                "{when}: {why}"
+            );
+            assert_eq!(state(&env, &root)["current"]["number"], 2, "{when}");
+        }
+    }
+    println!("{kills} kills, {committed} after the commit saved the state");
+    assert!(
+        committed > 0,
+        "no kill landed after the commit saved the state"
+    );
 }
 
 /// systemd-boot's part at one boot of the counting entry: `aurum-revision+LEFT[-DONE].conf`

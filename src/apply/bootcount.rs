@@ -854,8 +854,65 @@ pub struct BootResult {
 /// `aurum boot`, early at every boot: first brings a root a kill left between two revisions
 /// to one ([`client::recover`]); records the boot; on the boot loader's fallback entry (the
 /// revision on trial used up its boots) puts the root back to the fallback revision.
+/// When that fails (no server for what the undo area lacks, a full disk), the boot is still
+/// recorded and reported, as `booted` with the error as its reason, after the fallback entry
+/// was still honoured if it can be; the root's journal is then still there (the caller's
+/// sign that the root is between two revisions).
 pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
-    let recovered = recover(node, cx)?;
+    match recover(node, cx) {
+        Ok(recovered) => boot_on_one_revision(node, cx, recovered),
+        Err(e) => boot_unrecovered(node, cx, &e),
+    }
+}
+
+/// [`boot`] when [`recover`] failed with `e`: the trial that used up its boots (the fallback
+/// entry, or a fallback a kill interrupted) still falls back when that works; else the boot
+/// is recorded as `booted`, the error its reason.
+fn boot_unrecovered(node: &Node, cx: &BootContext, e: &crate::Error) -> Result<BootResult> {
+    let this = &cx.this;
+    let state = node.state()?;
+    let mut reason = format!("bringing the root to one revision failed: {e}");
+    let trial = match (interrupted_fallback(&state), state.trial.clone()) {
+        (Some(t), _) => Some(t),
+        (None, Some(t)) if this.fallback_entry() => Some(t),
+        _ => None,
+    };
+    if let Some(t) = trial {
+        let why = format!(
+            "{reason}; {} did not pass its trial: {} booted the fallback entry",
+            t.revision.name(),
+            loader_name(t.bootloader)
+        );
+        match fall_back(node, cx, &t, why) {
+            Ok(result) => {
+                report(cx.source, &result.record);
+                return Ok(result);
+            }
+            Err(f) => {
+                reason = format!(
+                    "{reason}; falling back from {} failed too: {f}",
+                    t.revision.name()
+                )
+            }
+        }
+    }
+    let state = node.state()?;
+    let trial = state.trial.clone().map(|t| t.revision);
+    let record = this.record(&state, BootOutcome::Booted, trial, reason);
+    save_record(node, &record)?;
+    report(cx.source, &record);
+    Ok(BootResult {
+        record,
+        reboot: false,
+    })
+}
+
+/// [`boot`] on a root at one revision; `recovered`: what [`recover`] did to bring it there.
+fn boot_on_one_revision(
+    node: &Node,
+    cx: &BootContext,
+    recovered: Option<Recovered>,
+) -> Result<BootResult> {
     let this = &cx.this;
     let state = node.state()?;
     if let Some(t) = interrupted_fallback(&state) {
@@ -950,6 +1007,40 @@ pub fn boot(node: &Node, cx: &BootContext) -> Result<BootResult> {
     let result = noted(node, result, recovered.as_ref())?;
     report(cx.source, &result.record);
     Ok(result)
+}
+
+/// Whether `aurum health` may bring a root a kill left between two revisions to one (see
+/// [`client::recover`]), which rewrites the root under whatever runs and reboots the node: only
+/// as part of the boot. That is when `aurum boot` recorded this boot (the record has its boot
+/// id), no health run of this boot was recorded yet, and the interrupted run's journal was
+/// written before the boot was recorded (a kill before the boot, whose recovery in `aurum
+/// boot` failed or did not run). An update killed on the running system, a later health run
+/// (Slurm's every few minutes) and a node `aurum boot` does not run on leave the root to the
+/// administrator.
+pub fn health_may_recover(node: &Node, this: &ThisBoot) -> Result<bool> {
+    let state = node.state()?;
+    let Some(b) = &state.boot else {
+        return Ok(false);
+    };
+    if b.boot_id != this.boot_id
+        || state
+            .health
+            .as_ref()
+            .is_some_and(|h| h.boot_id.as_deref() == Some(this.boot_id.as_str()))
+    {
+        return Ok(false);
+    }
+    let journal = node.dir.join("journal.json");
+    let written = match fs::metadata(&journal) {
+        Ok(m) => m.modified().at(&journal)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).at(&journal),
+    };
+    let written = written
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // Seconds both: a journal of the same second as the record may be of after it.
+    Ok(written < b.time)
 }
 
 /// [`client::recover`] with this boot's source, excludes and progress.

@@ -384,6 +384,19 @@ pub fn recover(
     }))
 }
 
+/// What `aurum health` and `aurum boot` say of a root a kill left between two revisions when
+/// they leave it so (see [`super::bootcount::health_may_recover`]); `None` when nothing was
+/// interrupted.
+pub fn left_interrupted(node: &Node) -> Result<Option<String>> {
+    Ok(node.journal()?.map(|j| {
+        format!(
+            "{}; it is left so: run `aurum rollback` (it finishes an interrupted rollback and \
+             undoes an interrupted update) or the interrupted command again, then reboot",
+            interrupted(node, &j)
+        )
+    }))
+}
+
 /// Refuses a command that would act on a root a kill left between two revisions, saying how
 /// to bring it to one.
 pub fn refuse_interrupted(node: &Node) -> Result<()> {

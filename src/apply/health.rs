@@ -173,10 +173,34 @@ fn read_all(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec
     })
 }
 
+/// The name of the failed required check `aurum health` adds when a kill left the root between
+/// two revisions and it did not bring it to one (see [`check`]).
+pub const INTERRUPTED_CHECK: &str = "aurum-interrupted";
+
 /// Runs the checks of `root` and records the result in its node state when aurum manages it
-/// (`None` in the second place when it does not: nothing was recorded).
-pub fn check(root: &Path, limit: Duration) -> Result<(HealthRecord, bool)> {
-    let checks = run(root, limit)?;
+/// (`false` in the second place when it does not: nothing was recorded). `interrupted`: why
+/// the root is between two revisions, when it is and was left so; the result then has a
+/// failed required check [`INTERRUPTED_CHECK`] saying it, is unhealthy, and does not count as
+/// this boot's health check (no boot id).
+pub fn check(
+    root: &Path,
+    limit: Duration,
+    interrupted: Option<&str>,
+) -> Result<(HealthRecord, bool)> {
+    let mut checks = run(root, limit)?;
+    if let Some(why) = interrupted {
+        checks.insert(
+            0,
+            CheckResult {
+                name: INTERRUPTED_CHECK.into(),
+                required: true,
+                status: CheckStatus::Error,
+                exit: None,
+                seconds: 0.0,
+                output: why.to_string(),
+            },
+        );
+    }
     let current = crate::apply::node::peek(root)?.and_then(|(s, _)| s.current);
     let record = HealthRecord {
         time: std::time::SystemTime::now()
@@ -185,6 +209,14 @@ pub fn check(root: &Path, limit: Duration) -> Result<(HealthRecord, bool)> {
         revision: current,
         healthy: healthy(&checks),
         checks,
+        // A run that left the root between two revisions is not the boot's health check (the
+        // next one may still bring the root to one, see `bootcount::health_may_recover`).
+        boot_id: match interrupted {
+            Some(_) => None,
+            None => std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string()),
+        },
     };
     let managed = crate::apply::node::peek(root)?.is_some();
     if managed {

@@ -94,6 +94,14 @@ pub fn boot(g: &Global, a: BootArgs) -> anyhow::Result<()> {
     } else {
         print_record(&r.record);
     }
+    // Recorded and reported; the root is still between two revisions (the reason says why).
+    if let Some(why) = aurum::apply::client::left_interrupted(&node)? {
+        return Err(aurum::Error::Tool(format!(
+            "{why} (this boot could not: {})",
+            r.record.reason
+        ))
+        .into());
+    }
     reboot_if_asked(&a.root, &r, a.no_reboot)
 }
 
@@ -131,18 +139,42 @@ fn in_health_context<T>(
     Ok(f(&node, &cx)?)
 }
 
+/// What `health` found before its checks on a root a kill left between two revisions.
+#[derive(Default)]
+pub struct BeforeHealth {
+    /// It was brought to one revision (the boot's first health check).
+    pub recovered: Option<Recovered>,
+    /// It was left as it is, for the administrator: why, for a failed check.
+    pub left: Option<String>,
+}
+
 /// `health`'s part before its checks: a root a kill left between two revisions is brought to
-/// one first (see [`bootcount::recover`]). Nothing on a root aurum never updated.
+/// one first (see [`bootcount::recover`]) on the boot's first health check only (see
+/// [`bootcount::health_may_recover`]), never with `slurm` (Slurm's HealthCheckProgram runs on
+/// a node taking jobs); else it is left as it is. Nothing on a root aurum never updated.
 pub fn before_health(
     g: &Global,
     root: &Path,
     server: Option<&str>,
     excludes: &ExcludeArgs,
-) -> anyhow::Result<Option<Recovered>> {
-    if aurum::apply::node::peek(root)?.is_none() {
-        return Ok(None);
+    slurm: bool,
+) -> anyhow::Result<BeforeHealth> {
+    match aurum::apply::node::peek(root)? {
+        Some((_, Some(_))) => {}
+        _ => return Ok(BeforeHealth::default()),
     }
-    in_health_context(g, root, server, excludes, bootcount::recover)
+    in_health_context(g, root, server, excludes, |node, cx| {
+        if !slurm && bootcount::health_may_recover(node, &cx.this)? {
+            return Ok(BeforeHealth {
+                recovered: bootcount::recover(node, cx)?,
+                left: None,
+            });
+        }
+        Ok(BeforeHealth {
+            recovered: None,
+            left: aurum::apply::client::left_interrupted(node)?,
+        })
+    })
 }
 
 /// `health`'s part on a trial boot (see [`bootcount::after_health`]).

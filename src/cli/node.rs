@@ -568,10 +568,18 @@ pub fn mark_good(_: &Global, a: MarkGoodArgs) -> anyhow::Result<()> {
 /// client's /etc/aurum/health/. The result is kept in the node's state (shown by node-status)
 /// when aurum manages the root. Exits 0 when healthy, 1 when a required check failed.
 ///
-/// A root a killed `aurum rollback` or update left between two revisions is first brought to
-/// one, as `aurum rollback` does when rerun: an interrupted rollback is finished, an
-/// interrupted update undone, from the node's own undo area. The checks then run on that
-/// root, nothing is blessed on this boot, and the node is rebooted (--no-reboot: it is not).
+/// A root a killed `aurum rollback` or update left between two revisions (its journal is in
+/// ROOT/var/lib/aurum-node) is brought to one only by the boot's first health check: without
+/// --slurm, when `aurum boot` recorded this boot, no health check of this boot ran before, and
+/// the kill came before the boot (`aurum boot` could not bring it to one). Then, as `aurum
+/// rollback` does when rerun, an interrupted rollback is finished, an interrupted update
+/// undone (one killed after it had committed is finished), from the node's own undo area; the
+/// checks run on that root, nothing is blessed on this boot, and the node is rebooted when
+/// ROOT is / (--no-reboot: it is not; an update finished after its commit needs no reboot).
+/// Any other time (a later check, every --slurm run, an update killed on the running system)
+/// nothing on the root changes and nothing reboots: the node is UNHEALTHY, with the failed
+/// required check `aurum-interrupted` saying what was interrupted and what to run, until the
+/// administrator runs `aurum rollback` or the interrupted command again.
 ///
 /// With --slurm it also answers for the node in Slurm, and can be Slurm's HealthCheckProgram
 /// (slurm.conf: HealthCheckProgram=/usr/local/sbin/aurum-health, a script running
@@ -600,8 +608,8 @@ pub struct HealthArgs {
     #[arg(long, value_name = "NAME", requires = "slurm")]
     slurm_node: Option<String>,
     /// On a boot of a revision on trial (see `aurum boot`), a fallback does not reboot the
-    /// node (it is put back, and must be rebooted to run the revision put back); nor does
-    /// bringing an interrupted root to one revision.
+    /// node (it is put back, and must be rebooted to run the revision put back); nor does the
+    /// boot's first health check bringing an interrupted root to one revision.
     #[arg(long)]
     no_reboot: bool,
     /// Print the result as JSON.
@@ -705,8 +713,12 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
     // A fallback or a recovery honours node.toml's excludes and the defaults, as `aurum
     // rollback` does.
     let excludes = ExcludeArgs::default();
-    let recovered = super::boot::before_health(g, &a.root, server.as_deref(), &excludes)?;
-    let (record, recorded) = health::check(&a.root, limit)?;
+    let before = super::boot::before_health(g, &a.root, server.as_deref(), &excludes, a.slurm)?;
+    if let Some(why) = &before.left {
+        super::warning(why.clone());
+    }
+    let recovered = before.recovered;
+    let (record, recorded) = health::check(&a.root, limit, before.left.as_deref())?;
     if let Some(url) = &server {
         if let Err(e) = health::report(url, &report_options(g, &a.root)?, &record) {
             super::warning(format!("the result was not reported to {url}: {e}"));
@@ -720,16 +732,18 @@ pub fn health(g: &Global, a: HealthArgs) -> anyhow::Result<()> {
         slurm_gate(name, &record)
     });
     // On a trial boot the result blesses the revision or sends the node back.
-    let trial = match recorded {
-        true => super::boot::after_health(
+    // A root left between two revisions decides no trial: it is the administrator's.
+    let trial = if recorded && before.left.is_none() {
+        super::boot::after_health(
             g,
             &a.root,
             server.as_deref(),
             &excludes,
             &record,
             recovered.as_ref(),
-        )?,
-        false => None,
+        )?
+    } else {
+        None
     };
     if a.json {
         print_json(&serde_json::json!({

@@ -143,6 +143,10 @@ pub struct HealthRecord {
     /// No required check failed.
     pub healthy: bool,
     pub checks: Vec<CheckResult>,
+    /// The kernel's boot id when it ran: which boot this run was in (records written before
+    /// it was kept lack it, and so does a run that left the root between two revisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// A revision as the node records it.

@@ -227,6 +227,8 @@ struct Engine {
     drops_own: bool,
     /// Whether the run finishes an interrupted one (temporary names may be left over).
     resuming: bool,
+    /// Undo files (device, inode) this run linked into the tree (see [`Engine::link_one`]).
+    linked: Mutex<HashSet<(u64, u64)>>,
     /// Tree directories by whether they give new entries xattrs (see [`Engine::gives_xattrs`]).
     acl_dirs: Mutex<HashMap<Vec<u8>, bool>>,
     /// Fetched blobs held in memory (see [`Engine::keep_blob`]).
@@ -269,6 +271,7 @@ impl Engine {
             drops_others: false,
             drops_own: false,
             resuming: false,
+            linked: Mutex::default(),
             acl_dirs: Mutex::new(HashMap::new()),
             held: Mutex::default(),
         })
@@ -294,12 +297,15 @@ impl Engine {
             .any(|src| self.link_one(src, dir, name, e))
     }
 
-    /// Links the undo file `src` to `name` in `dir` if it holds exactly `e`'s content and no
-    /// other name than its own in the area. A file already linked into the tree (by this run,
-    /// or by an interrupted one) is not linked again: two paths the revision gives their own
-    /// inodes (two files with the same bytes, such as two packages' identical trigger files)
-    /// would share one, and the metadata set for the second would be the first's too. Files
-    /// the area holds under several names (a hardlinked group kept whole) are written instead.
+    /// Links the undo file `src` to `name` in `dir` if it holds exactly `e`'s content and is
+    /// not in the tree already. An undo file goes to one tree path at most: two paths the
+    /// revision gives their own inodes (two files with the same bytes, such as two packages'
+    /// identical trigger files) would share one, and the metadata set for the second would be
+    /// the first's too. Linked by this run: it is in the tree. After a crash (or undoing a
+    /// failed update), one with another name than its own may have been linked into the tree
+    /// by the interrupted run: it is written instead. Otherwise its other names are the
+    /// area's (a hardlinked group kept whole), as no undo area shares an inode with the tree
+    /// after a run.
     fn link_one(&self, src: &Path, dir: BorrowedFd, name: &[u8], e: &Entry) -> bool {
         let Kind::File {
             chunks, extents, ..
@@ -313,9 +319,14 @@ impl Engine {
         let Ok(pfd) = sys::open_root(parent) else {
             return false;
         };
-        let alone = sys::lstat_at(pfd.as_fd(), file.as_bytes())
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1);
-        if !alone {
+        let Ok(st) = sys::lstat_at(pfd.as_fd(), file.as_bytes()) else {
+            return false;
+        };
+        let inode = (st.st_dev, st.st_ino);
+        let free = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && (st.st_nlink == 1 || !self.resuming)
+            && !self.linked.lock().expect("lock").contains(&inode);
+        if !free {
             return false;
         }
         let extents = extents.clone().map(Arc::new);
@@ -332,7 +343,12 @@ impl Engine {
             }
             off += u64::from(c.len);
         }
-        nix::unistd::linkat(pfd.as_fd(), file, dir, name, nix::fcntl::AtFlags::empty()).is_ok()
+        let ok =
+            nix::unistd::linkat(pfd.as_fd(), file, dir, name, nix::fcntl::AtFlags::empty()).is_ok();
+        if ok {
+            self.linked.lock().expect("lock").insert(inode);
+        }
+        ok
     }
 
     fn warn(&self, w: String) {

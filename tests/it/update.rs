@@ -1033,7 +1033,8 @@ fn commands_without_proc_mounted_say_to_mount_it() {
 /// make and the other tests' trees lacked: directories whose mtime alone changes (the root, one
 /// whose only change is a file's mtime, one where nothing at all changed inside), two trigger
 /// files of the same size whose content changes to the same bytes with different mtimes, a
-/// metadata-only change, a file created and one deleted. The rollbacks are the rename ones
+/// metadata-only change, a file created and one deleted, a hardlinked pair whose content
+/// changes. The rollbacks are the rename ones
 /// (right after each update), the second update goes forward again from the first rollback's
 /// undo area.
 #[test]
@@ -1047,6 +1048,7 @@ fn update_and_rollback_twice_each_end_exact() {
         && printf 'activate-noawait ldconfig-zlib1\n' > {info}/zlib1g.triggers \
         && printf 'activate-noawait ldconfig-pcre2\n' > {info}/libpcre2.triggers \
         && printf 'mode\n' > etc/mode && printf 'gone\n' > etc/deleted && printf 'lib\n' > usr/lib/x \
+        && printf 'perl 1\n' > usr/lib/perl && ln usr/lib/perl usr/lib/perl5 \
         && touch -d '2022-11-05 12:24:46.5' {info}/zlib1g.triggers \
         && touch -d '2023-01-01 15:44:06' {info}/libpcre2.triggers \
         && find . -type d -exec touch -d '2023-02-02 10:00:00.25' {{}} +"#,
@@ -1059,7 +1061,7 @@ fn update_and_rollback_twice_each_end_exact() {
         && touch -d '2026-11-28 20:17:18' {info}/zlib1g.triggers \
         && touch -d '2026-10-03 13:07:41.75' {info}/libpcre2.triggers \
         && touch -d '2026-10-03 13:00:00' etc/pam.d/common-auth && chmod 600 etc/mode \
-        && rm etc/deleted && printf 'new\n' > etc/created \
+        && rm etc/deleted && printf 'new\n' > etc/created && printf 'perl 2\n' > usr/lib/perl \
         && touch -d '2026-10-03 12:00:00' . etc etc/cron.daily etc/pam.d {info}"#,
         a = a.display(),
         b = b.display()

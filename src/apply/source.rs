@@ -1187,7 +1187,7 @@ impl RevisionSource for HttpRepo {
         let moved = AtomicU64::new(0);
         let queue = Mutex::new(ranges.into_iter());
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
-        let done = AtomicBool::new(false);
+        let done = Finished::default();
         std::thread::scope(|s| {
             s.spawn(|| self.watch_stall(&moved, &done, progress));
             let workers: Vec<_> = (0..IN_FLIGHT)
@@ -1209,7 +1209,7 @@ impl RevisionSource for HttpRepo {
             for w in workers {
                 let _ = w.join();
             }
-            done.store(true, Ordering::Relaxed);
+            done.set();
         });
         progress.finish();
         if let Some(e) = first_error.into_inner().expect("lock") {
@@ -1383,12 +1383,13 @@ impl HttpRepo {
 
     /// Shows on the progress line how long nothing has arrived, once that is long enough to
     /// notice (a bar that merely stops moving looks like a hung program); clears it when
-    /// bytes move again. Returns when `done` is set.
-    fn watch_stall(&self, moved: &AtomicU64, done: &AtomicBool, progress: &dyn Progress) {
+    /// bytes move again. Returns as soon as `done` is set (a plain sleep between looks held
+    /// every fetch up to a quarter of a second after its last byte: a third of a security
+    /// update's wall time).
+    fn watch_stall(&self, moved: &AtomicU64, done: &Finished, progress: &dyn Progress) {
         const NOTICE: Duration = Duration::from_secs(5);
         let (mut last, mut since, mut shown) = (0, Instant::now(), false);
-        while !done.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(250));
+        while !done.wait(Duration::from_millis(250)) {
             let now = moved.load(Ordering::Relaxed);
             if now != last {
                 (last, since) = (now, Instant::now());
@@ -1478,6 +1479,30 @@ impl HttpRepo {
     }
 }
 
+/// A flag one thread sets and another waits on with a timeout, woken at once when it is set.
+#[derive(Default)]
+struct Finished {
+    set: Mutex<bool>,
+    told: std::sync::Condvar,
+}
+
+impl Finished {
+    fn set(&self) {
+        *self.set.lock().expect("lock") = true;
+        self.told.notify_all();
+    }
+
+    /// Waits up to `timeout` for the flag; returns whether it is set.
+    fn wait(&self, timeout: Duration) -> bool {
+        let guard = self.set.lock().expect("lock");
+        let (guard, _) = self
+            .told
+            .wait_timeout_while(guard, timeout, |set| !*set)
+            .expect("lock");
+        *guard
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1500,3 +1525,4 @@ mod tests {
         assert!(draws.len() > 1, "no jitter");
     }
 }
+

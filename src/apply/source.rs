@@ -1525,4 +1525,3 @@ mod tests {
         assert!(draws.len() > 1, "no jitter");
     }
 }
-

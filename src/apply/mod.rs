@@ -486,8 +486,13 @@ pub fn set_metadata_of(
     if !(bare && e.xattrs.iter().all(|(k, _)| is_reserved(k))) {
         set_xattrs(dir, name, e, shown_root, warn)?;
     }
+    set_mtime(dir, name, e, shown_root)
+}
+
+/// Sets the mtime (and atime) of `e`, named `name` in `dir`, without following a symlink.
+pub fn set_mtime(dir: BorrowedFd, name: &[u8], e: &Entry, shown_root: &Path) -> Result<()> {
     let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
-    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).at(&shown_path)
+    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).at(shown(shown_root, &e.path))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! atomic, so a kill leaves each path old or new, and the rerun (the full engine finishing an
 //! interrupted rollback) completes it from both areas.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ use super::{claim_node, Engine, Run, UpdateReport};
 use crate::apply::disk::{is_under, Stat};
 use crate::apply::node::STATE_DIR;
 use crate::apply::undo::{self, UndoArea};
-use crate::apply::{set_metadata, set_metadata_root};
+use crate::apply::{set_metadata, set_metadata_root, set_mtime};
 use crate::error::{IoContext, Result};
 use crate::excludes::Excludes;
 use crate::format::manifest::{file_name, parent, Entry, Kind, Manifest};
@@ -42,10 +42,40 @@ pub(super) struct Restore {
     back: Vec<Back>,
     /// Paths the update created (the top-most of each subtree), moved into the rollback's area.
     created: Vec<Vec<u8>>,
-    /// Entries of the previous revision whose metadata alone differs.
-    meta: Vec<usize>,
+    /// Entries of the previous revision whose metadata alone differs, and whether only their
+    /// mtime does ([`Times`]).
+    meta: Vec<(usize, Times)>,
     /// Directories whose metadata is set at the end, deepest first.
-    dirs: BTreeSet<Vec<u8>>,
+    dirs: BTreeMap<Vec<u8>, Times>,
+}
+
+/// Which metadata a rollback sets on an entry it does not replace.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Times {
+    /// The revisions differ in the mtime alone (most of a package upgrade's metadata-only
+    /// changes, and every directory whose entries the rollback renames): `utimensat` only,
+    /// not the owner, mode and xattr calls that would set what is already there.
+    Only,
+    /// Owner, mode or xattrs differ too: all of it is set.
+    AndMore,
+}
+
+impl Times {
+    fn between(a: &Entry, b: &Entry) -> Times {
+        if (a.mode, a.uid, a.gid, &a.xattrs) == (b.mode, b.uid, b.gid, &b.xattrs) {
+            Times::Only
+        } else {
+            Times::AndMore
+        }
+    }
+
+    /// Records that `rel` needs `t`: the most any change asked for.
+    fn note(dirs: &mut BTreeMap<Vec<u8>, Times>, rel: &[u8], t: Times) {
+        let kept = dirs.entry(rel.to_vec()).or_insert(t);
+        if t == Times::AndMore {
+            *kept = t;
+        }
+    }
 }
 
 /// One entry put back from the update's undo area.
@@ -155,7 +185,7 @@ fn diff(
         back: Vec::new(),
         created: Vec::new(),
         meta: Vec::new(),
-        dirs: BTreeSet::new(),
+        dirs: BTreeMap::new(),
     };
     let state_dir = STATE_DIR.as_bytes();
     // Paths handled whole (restored, removed, excluded): nothing below them is looked at.
@@ -196,7 +226,7 @@ fn diff(
         if path.is_empty() {
             if let (Some(p), Some(c)) = (p, c) {
                 if !same_metadata(p, c) {
-                    r.dirs.insert(Vec::new());
+                    Times::note(&mut r.dirs, b"", Times::between(p, c));
                 }
             }
             continue;
@@ -243,7 +273,7 @@ fn diff(
                 keep: c.map(|c| moved(c) || moved(p)),
                 fix,
             });
-            r.dirs.insert(parent(path).to_vec());
+            Times::note(&mut r.dirs, parent(path), Times::Only);
             done.insert(path);
             continue;
         }
@@ -254,7 +284,7 @@ fn diff(
                     return Ok(None);
                 }
                 r.created.push(path.to_vec());
-                r.dirs.insert(parent(path).to_vec());
+                Times::note(&mut r.dirs, parent(path), Times::Only);
                 done.insert(path);
             }
             (Some(p), Some(c)) if p.kind == c.kind => {
@@ -265,10 +295,8 @@ fn diff(
                     }
                 } else if !same_metadata(p, c) {
                     match p.kind {
-                        Kind::Dir => {
-                            r.dirs.insert(path.to_vec());
-                        }
-                        _ => r.meta.push(i - 1),
+                        Kind::Dir => Times::note(&mut r.dirs, path, Times::between(p, c)),
+                        _ => r.meta.push((i - 1, Times::between(p, c))),
                     }
                 }
             }
@@ -343,21 +371,32 @@ pub(super) fn apply(
     }
     report.deleted = restore.created.len() as u64;
     let warn = |w| engine.warn(w);
-    for &i in &restore.meta {
-        let e = &run.manifest.entries[i];
-        let dir = engine.dir(parent(&e.path))?;
-        set_metadata(dir.as_fd(), file_name(&e.path), e, None, &root, &warn)?;
+    // Nothing is renamed from here on: directories are kept by a cache of several (entries
+    // with new metadata alone are spread over many directories: usr/share/locale/*/...).
+    let mut cache = sys::DirCache::default();
+    let root_fd = engine.disk.root_fd.as_fd();
+    let mut set = |e: &Entry, times: Times| -> Result<()> {
+        let (dir, name) = (
+            cache.dir(root_fd, parent(&e.path), &root)?,
+            file_name(&e.path),
+        );
+        match times {
+            Times::Only => set_mtime(dir, name, e, &root),
+            Times::AndMore => set_metadata(dir, name, e, None, &root, &warn),
+        }
+    };
+    for &(i, times) in &restore.meta {
+        set(&run.manifest.entries[i], times)?;
     }
     report.metadata_only = (restore.meta.len() + restore.dirs.len()) as u64;
-    for rel in restore.dirs.iter().rev() {
+    for (rel, &times) in restore.dirs.iter().rev() {
         let Some(e) = run.manifest.get(rel) else {
             continue;
         };
         if rel.is_empty() {
-            set_metadata_root(engine.disk.root_fd.as_fd(), e, &root, &warn)?;
+            set_metadata_root(root_fd, e, &root, &warn)?;
         } else {
-            let dir = engine.dir(parent(rel))?;
-            set_metadata(dir.as_fd(), file_name(rel), e, None, &root, &warn)?;
+            set(e, times)?;
         }
     }
     engine.undo.sync()?;

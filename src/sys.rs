@@ -391,6 +391,17 @@ pub fn sync_fs(fd: BorrowedFd, shown: &Path) -> Result<()> {
     nix::unistd::syncfs(fd).at(shown)
 }
 
+/// Starts writing `file`'s dirty pages to its disk and returns without waiting
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a flush that follows finds them written or on
+/// their way. Nothing is promised: a file system that cannot is left to that flush.
+pub fn start_writeback(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor `file` keeps open for its duration.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 /// The filesystems a batch of writes touched, to make them durable with one syncfs each.
 #[derive(Default)]
 pub struct Syncer {

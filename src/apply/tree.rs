@@ -27,7 +27,11 @@ use super::{
 use crate::error::{IoContext, Result};
 use crate::format::manifest::{file_name, parent, Entry, Kind};
 use crate::progress::Progress;
-use crate::sys::{shown, DirCache};
+use crate::sys::{self, shown, DirCache};
+
+/// Smallest file whose writeback [`TreeWriter::flushed_at_the_end`] starts at once: the
+/// bytes are in the larger files, and a request per small file would cost more than it saves.
+const WRITE_BACK_FROM: u64 = 64 << 10;
 
 /// Files written per batch of [`TreeWriter::write_tree`]: enough to keep every core busy,
 /// few enough that a batch of entries stays small in memory.
@@ -58,6 +62,9 @@ pub struct TreeWriter<'a> {
     bare: bool,
     /// The directory caches of the workers, each taken for a run of files and given back.
     lasts: Mutex<Vec<DirCache>>,
+    /// Whether each file's writeback starts as soon as it is written (see
+    /// [`TreeWriter::flushed_at_the_end`]).
+    write_back: bool,
 }
 
 impl<'a> TreeWriter<'a> {
@@ -69,7 +76,16 @@ impl<'a> TreeWriter<'a> {
             warnings: Warnings(Mutex::new(Vec::new())),
             bare: !gives_xattrs(root),
             lasts: Mutex::new(Vec::new()),
+            write_back: false,
         }
+    }
+
+    /// The caller makes the tree durable when it is written (a node's fresh root, flushed
+    /// before its state names the revision): the disk starts writing each file as soon as it
+    /// is written ([`sys::start_writeback`]), while the rest is decompressed and written,
+    /// rather than all of it during that last flush.
+    pub fn flushed_at_the_end(&mut self) {
+        self.write_back = true;
     }
 
     /// Notes a directory already there (a mount point) that new entries are made in: its
@@ -143,7 +159,11 @@ impl<'a> TreeWriter<'a> {
         let name = file_name(&e.path);
         let file = write_file(dir, name, e, blobs, self.shown_root, progress)?;
         let warn = |w| self.warn(w);
-        set_metadata_of(dir, name, e, Some(&file), self.shown_root, &warn, self.bare)
+        set_metadata_of(dir, name, e, Some(&file), self.shown_root, &warn, self.bare)?;
+        if self.write_back && e.data_len() >= WRITE_BACK_FROM {
+            sys::start_writeback(&file);
+        }
+        Ok(())
     }
 
     /// Writes the regular files `files` in parallel: the work is decompressing, hashing and
@@ -154,7 +174,13 @@ impl<'a> TreeWriter<'a> {
         blobs: &dyn BlobSource,
         progress: &dyn Progress,
     ) -> Result<()> {
-        files.par_chunks(RUN).try_for_each(|run| {
+        // Short lists (a fresh root's few files of several blobs, written after the fetch)
+        // still go to every core: a run is at most a quarter of a core's share.
+        let run = files
+            .len()
+            .div_ceil(4 * rayon::current_num_threads())
+            .clamp(1, RUN);
+        files.par_chunks(run).try_for_each(|run| {
             let mut last = self.take_last();
             let r = run
                 .iter()

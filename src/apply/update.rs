@@ -1071,7 +1071,7 @@ impl<'a> Run<'a> {
             .unwrap_or_default();
         let mut to_fetch = Vec::new();
         for id in plan.needed_blobs(manifest) {
-            if staged.contains(std::ffi::OsStr::new(&id.hex())) {
+            if !staged.is_empty() && staged.contains(std::ffi::OsStr::new(&id.hex())) {
                 continue;
             }
             // Read it now: a file changed since the node's last update must not be counted on.

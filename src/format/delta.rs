@@ -20,6 +20,10 @@ use crate::error::{corrupt, invalid, Result};
 pub const VERSION: u32 = 1;
 /// zstd window: 2^23 = 8 MiB holds the largest base plus the largest target.
 pub const WINDOW_LOG: u32 = 23;
+/// Largest hash and chain table of a delta's encoder, as a log2 of entries (4 MiB each).
+const TABLE_LOG: u32 = 20;
+/// Largest rebuilt blob whose room [`decode`] reserves from the frame's own size.
+const MAX_RESERVE: u64 = 64 << 20;
 /// Most records in one request.
 pub const MAX_BATCH: usize = 512;
 /// Most base blobs one record can name (its count is one byte).
@@ -39,9 +43,17 @@ pub struct Want {
 /// Compresses `target` against `base`: one zstd frame with `base` as its reference prefix.
 pub fn encode(base: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>> {
     let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, base)?;
-    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(window_log(
-        base.len() + target.len(),
-    )))?;
+    let window = window_log(base.len() + target.len());
+    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(window))?;
+    // The level's match tables are sized for inputs far larger than a delta's (level 12:
+    // 2^23 hash and 2^22 chain entries, 48 MiB for each encoder of a 4 MiB pair, one per
+    // core): capped at 2^20 each. Smaller pairs get smaller tables from zstd anyway.
+    enc.set_parameter(zstd::stream::raw::CParameter::HashLog(
+        window.min(TABLE_LOG),
+    ))?;
+    enc.set_parameter(zstd::stream::raw::CParameter::ChainLog(
+        window.min(TABLE_LOG),
+    ))?;
     enc.set_pledged_src_size(Some(target.len() as u64))?;
     enc.write_all(target)?;
     Ok(enc.finish()?)
@@ -71,7 +83,15 @@ pub fn decode(base: &[u8], delta: &[u8], target: &Id) -> Result<Vec<u8>> {
     let mut dec = zstd::stream::read::Decoder::with_ref_prefix(delta, base).map_err(|_| wrong())?;
     dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(WINDOW_LOG))
         .map_err(|_| wrong())?;
-    let mut out = Vec::new();
+    // Sized from the frame's content size (the encoder pledges it): grown by doubling, a
+    // rebuilt blob held up to twice its length, and an update rebuilding a 1 GiB file's
+    // changed chunks held 104 MiB for 64 MiB of blobs (issue #14). A size past any blob's is
+    // not reserved up front (a hostile frame cannot make the node allocate it).
+    let size = zstd::zstd_safe::get_frame_content_size(delta)
+        .ok()
+        .flatten()
+        .filter(|&n| n <= MAX_RESERVE);
+    let mut out = Vec::with_capacity(size.unwrap_or(0) as usize);
     dec.take(u64::from(u32::MAX))
         .read_to_end(&mut out)
         .map_err(|_| wrong())?;

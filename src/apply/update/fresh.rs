@@ -74,6 +74,7 @@ impl<'a> Writer<'a> {
         node.begin(&journal)?;
         syncer.note(engine.disk.root_fd.as_fd());
         let mut tree = TreeWriter::new(engine.disk.root_fd.as_fd(), &engine.disk.root, false);
+        tree.flushed_at_the_end();
         for s in steps.iter().filter(|s| s.act == Act::Meta) {
             let dir = engine.dir(&manifest.entries[s.entry].path)?;
             syncer.note(dir.as_fd());

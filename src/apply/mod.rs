@@ -492,7 +492,11 @@ pub fn set_metadata_of(
 /// Sets the mtime (and atime) of `e`, named `name` in `dir`, without following a symlink.
 pub fn set_mtime(dir: BorrowedFd, name: &[u8], e: &Entry, shown_root: &Path) -> Result<()> {
     let t = TimeSpec::new(e.mtime, i64::from(e.mtime_nsec));
-    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).at(shown(shown_root, &e.path))
+    match utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink) {
+        Ok(()) => Ok(()),
+        // The path is made only for the error: this runs for every entry of a checkout.
+        Err(err) => Err(err).at(shown(shown_root, &e.path)),
+    }
 }
 
 #[cfg(test)]

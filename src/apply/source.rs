@@ -1189,6 +1189,8 @@ impl RevisionSource for HttpRepo {
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let done = Finished::default();
         std::thread::scope(|s| {
+            // Set however the body ends (a panic too: else the scope waits on the watcher).
+            let _end = SetOnDrop(&done);
             s.spawn(|| self.watch_stall(&moved, &done, progress));
             let workers: Vec<_> = (0..IN_FLIGHT)
                 .map(|_| {
@@ -1209,7 +1211,6 @@ impl RevisionSource for HttpRepo {
             for w in workers {
                 let _ = w.join();
             }
-            done.set();
         });
         progress.finish();
         if let Some(e) = first_error.into_inner().expect("lock") {
@@ -1482,19 +1483,19 @@ impl HttpRepo {
 /// A flag one thread sets and another waits on with a timeout, woken at once when it is set.
 #[derive(Default)]
 struct Finished {
-    set: Mutex<bool>,
+    is_set: Mutex<bool>,
     told: std::sync::Condvar,
 }
 
 impl Finished {
     fn set(&self) {
-        *self.set.lock().expect("lock") = true;
+        *self.is_set.lock().expect("lock") = true;
         self.told.notify_all();
     }
 
     /// Waits up to `timeout` for the flag; returns whether it is set.
     fn wait(&self, timeout: Duration) -> bool {
-        let guard = self.set.lock().expect("lock");
+        let guard = self.is_set.lock().expect("lock");
         let (guard, _) = self
             .told
             .wait_timeout_while(guard, timeout, |set| !*set)
@@ -1503,8 +1504,36 @@ impl Finished {
     }
 }
 
+/// Sets a [`Finished`] when dropped.
+struct SetOnDrop<'a>(&'a Finished);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn finished_wakes_its_waiter_at_once_and_keeps_its_state() {
+        let f = Finished::default();
+        assert!(!f.wait(Duration::from_millis(10)), "not set yet");
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                f.set();
+            });
+            assert!(f.wait(Duration::from_secs(60)));
+        });
+        assert!(t.elapsed() < Duration::from_secs(30), "woken late");
+        // Set before the wait: not lost.
+        let g = Finished::default();
+        drop(SetOnDrop(&g));
+        assert!(g.wait(Duration::from_secs(60)));
+    }
     use super::*;
     use std::collections::HashSet;
 

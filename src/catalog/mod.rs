@@ -270,16 +270,24 @@ fn record_pulled_image(tx: &rusqlite::Transaction, im: &PulledImage) -> Result<(
 const REVISION_COLUMNS: &str =
     "image, number, id, parent, created, message, source, files, bytes, new_bytes";
 
+/// The lookup of a blob's place: one per blob a checkout or an update from a local repository
+/// reads.
+const BLOB_PLACE: &str = "SELECT p.id, b.offset, b.stored_len, b.raw_len, b.codec, b.inner
+     FROM blobs b JOIN packs p ON p.key = b.pack WHERE b.id = ?1";
+
 impl Catalog {
     /// Opens (creating it when absent) the catalog at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Catalog> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
         // The query planner's stability guarantee: a statement's plan does not depend on the
-        // values bound to it. Without it SQLite (built with STAT4) marked every cached lookup
-        // to be prepared again each time a new blob id was bound, and parsing the SQL anew for
-        // each of 20,000 lookups (with SQLite's allocator mutex shared by the checkout's
-        // threads) was a third of a small-file checkout's CPU (issue #14).
+        // values bound to it. Without it SQLite marks a statement whose plan a bound value
+        // might change (its planner's `x = ?` heuristic) to be prepared again when its
+        // bindings are cleared, which rusqlite does each time a cached statement goes back to
+        // its cache: every blob lookup parsed its SQL anew, and parsing 20,000 of them (with
+        // SQLite's allocator mutex shared by the checkout's threads) was a third of a
+        // small-file checkout's CPU (issue #14; test
+        // `cached_blob_lookups_are_not_prepared_again`).
         conn.set_db_config(
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
             true,
@@ -358,12 +366,9 @@ impl Catalog {
         Ok(())
     }
 
-    /// Where a blob is stored, if the repository has it.
+    /// Where a blob is stored, if the repository has it ([`BLOB_PLACE`]).
     pub fn blob(&self, id: &Id) -> Result<Option<(Id, IndexEntry)>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT p.id, b.offset, b.stored_len, b.raw_len, b.codec, b.inner
-             FROM blobs b JOIN packs p ON p.key = b.pack WHERE b.id = ?1",
-        )?;
+        let mut st = self.conn.prepare_cached(BLOB_PLACE)?;
         let row = st
             .query_row([&id.0[..]], |r| {
                 Ok((
@@ -1095,5 +1100,46 @@ impl Catalog {
             params![now(), kind, image, detail],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::pack::{Codec, IndexEntry};
+
+    /// Every lookup of a checkout runs the one cached statement, never prepared again (it was,
+    /// for every new id bound, until the planner's stability guarantee was set).
+    #[test]
+    fn cached_blob_lookups_are_not_prepared_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&dir.path().join("aurum.db")).unwrap();
+        let ids: Vec<Id> = (0..100u32).map(|i| Id::of(&i.to_le_bytes())).collect();
+        let pack = crate::store::FinishedPack {
+            id: Id::of(b"pack"),
+            size: 100 * 64,
+            entries: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| IndexEntry {
+                    id: *id,
+                    offset: i as u64 * 64,
+                    stored_len: 60,
+                    raw_len: 60,
+                    codec: Codec::Raw,
+                    inner: 0,
+                })
+                .collect(),
+        };
+        c.add_pack(&pack).unwrap();
+        for id in &ids {
+            assert_eq!(c.blob(id).unwrap().unwrap().1.id, *id);
+        }
+        let st = c.conn.prepare_cached(BLOB_PLACE).unwrap();
+        assert_eq!(
+            st.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "the blob lookup was prepared again"
+        );
     }
 }

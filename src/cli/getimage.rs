@@ -73,9 +73,9 @@ pub struct GetimageArgs {
     /// then get them made on demand by `aurum serve`).
     #[arg(long)]
     no_deltas: bool,
-    /// Spend at most this many seconds precomputing deltas (default: four fifths of the
-    /// capture's own time, so that with the deltas under way when it runs out they take no
-    /// longer than the capture). Deltas not made by then are made by `aurum serve`
+    /// Start no delta after this many seconds of precomputing them (default: four fifths of
+    /// the capture's own time, so that with the deltas under way when it runs out they take
+    /// about as long as the capture). Deltas not made by then are made by `aurum serve`
     /// when the first node asks for them, and cached.
     #[arg(long, value_name = "SECONDS")]
     delta_budget: Option<f64>,

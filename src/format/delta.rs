@@ -20,10 +20,9 @@ use crate::error::{corrupt, invalid, Result};
 pub const VERSION: u32 = 1;
 /// zstd window: 2^23 = 8 MiB holds the largest base plus the largest target.
 pub const WINDOW_LOG: u32 = 23;
-/// Largest hash and chain table of a delta's encoder, as a log2 of entries (4 MiB each).
-const TABLE_LOG: u32 = 20;
-/// Largest rebuilt blob whose room [`decode`] reserves from the frame's own size.
-const MAX_RESERVE: u64 = 64 << 20;
+/// Largest rebuilt blob whose room [`decode`] reserves from the frame's own size: a delta's
+/// window holds its base and target.
+const MAX_RESERVE: u64 = 1 << WINDOW_LOG;
 /// Most records in one request.
 pub const MAX_BATCH: usize = 512;
 /// Most base blobs one record can name (its count is one byte).
@@ -45,15 +44,6 @@ pub fn encode(base: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>> {
     let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, base)?;
     let window = window_log(base.len() + target.len());
     enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(window))?;
-    // The level's match tables are sized for inputs far larger than a delta's (level 12:
-    // 2^23 hash and 2^22 chain entries, 48 MiB for each encoder of a 4 MiB pair, one per
-    // core): capped at 2^20 each. Smaller pairs get smaller tables from zstd anyway.
-    enc.set_parameter(zstd::stream::raw::CParameter::HashLog(
-        window.min(TABLE_LOG),
-    ))?;
-    enc.set_parameter(zstd::stream::raw::CParameter::ChainLog(
-        window.min(TABLE_LOG),
-    ))?;
     enc.set_pledged_src_size(Some(target.len() as u64))?;
     enc.write_all(target)?;
     Ok(enc.finish()?)
@@ -85,8 +75,9 @@ pub fn decode(base: &[u8], delta: &[u8], target: &Id) -> Result<Vec<u8>> {
         .map_err(|_| wrong())?;
     // Sized from the frame's content size (the encoder pledges it): grown by doubling, a
     // rebuilt blob held up to twice its length, and an update rebuilding a 1 GiB file's
-    // changed chunks held 104 MiB for 64 MiB of blobs (issue #14). A size past any blob's is
-    // not reserved up front (a hostile frame cannot make the node allocate it).
+    // changed chunks held 104 MiB for 64 MiB of blobs (issue #14). At most [`MAX_RESERVE`]
+    // is reserved that way, more than any blob or manifest a delta rebuilds (a frame that
+    // claims more grows as it is read, as before).
     let size = zstd::zstd_safe::get_frame_content_size(delta)
         .ok()
         .flatten()
@@ -297,6 +288,33 @@ mod tests {
         other[5] ^= 1;
         assert!(decode(&other, &d, &Id::of(&target)).is_err());
         assert!(decode(&base, b"not zstd", &Id::of(&target)).is_err());
+        // A frame that claims a huge size is refused, without reserving that size.
+        let mut huge = b"\x28\xb5\x2f\xfd".to_vec(); // zstd magic
+        huge.push(0xE0); // single segment, 8-byte content size
+        huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        huge.extend_from_slice(&[0x19, 0x00, 0x00, b'a', b'b', b'c']); // last raw block of 3
+        assert!(decode(&[], &huge, &Id::of(b"abc")).is_err());
+        // One that tells its true size rebuilds.
+        let mut small = b"\x28\xb5\x2f\xfd".to_vec();
+        small.extend_from_slice(&[0x20, 3]); // single segment, 1-byte content size
+        small.extend_from_slice(&[0x19, 0x00, 0x00, b'a', b'b', b'c']);
+        assert_eq!(decode(&[], &small, &Id::of(b"abc")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn a_large_pair_still_makes_a_small_delta() {
+        // 4 MiB of base, matched whole. (Capping the encoder's hash table at 2^20 entries to
+        // save memory lost most of the base: a 3 MB delta.)
+        let base: Vec<u8> = (0..(1u32 << 20))
+            .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+            .collect();
+        let mut target = base.clone();
+        for k in 0..10 {
+            target[k * 400_000] ^= 0xff;
+        }
+        let d = encode(&base, &target, 12).unwrap();
+        assert!(d.len() < 8192, "delta of {} bytes", d.len());
+        assert_eq!(decode(&base, &d, &Id::of(&target)).unwrap(), target);
     }
 
     #[test]

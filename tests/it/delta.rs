@@ -176,8 +176,8 @@ fn deltas_are_made_on_demand_and_wrong_ones_are_refused() {
     assert!(r["deltas_asked"].as_u64().unwrap() >= 12, "{r}");
 }
 
-/// A capture spends a bounded time on deltas (`--delta-budget`, by default as long as the
-/// capture took): with none, only the manifest's delta is made, the rest are left for the
+/// A capture spends a bounded time on deltas (`--delta-budget`, by default four fifths of
+/// the capture's time): with none, only the manifest's delta is made, the rest are left for the
 /// server, and a node still gets every patched file as a delta.
 #[test]
 fn a_spent_delta_budget_leaves_the_rest_to_the_server() {

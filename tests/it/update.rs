@@ -1110,3 +1110,48 @@ fn update_and_rollback_twice_each_end_exact() {
         run(&["rollback"], &format!("rollback {i}"), &a);
     }
 }
+
+/// A rollback by rename sets only the mtime of an entry whose revisions differ in the mtime
+/// alone, but not when the entry's owner, mode or xattrs were changed by hand since the update:
+/// those are put back too, as the full engine would.
+#[test]
+fn a_rollback_by_rename_undoes_a_hand_change_to_an_entry_whose_mtime_alone_changed() {
+    let env = Env::new();
+    let (a, b) = (env.path("rev1"), env.path("rev2"));
+    sh(&format!(
+        r#"mkdir -p {a}/etc/pam.d && cd {a} && printf 'auth\n' > etc/pam.d/common-auth \
+        && printf 'session\n' > etc/pam.d/common-session && printf 'gone\n' > etc/deleted \
+        && find . -exec touch -d '2023-02-02 10:00:00' {{}} +"#,
+        a = a.display()
+    ));
+    sh(&format!(
+        r#"cp -a {a}/. {b}/ && cd {b} && rm etc/deleted \
+        && touch -d '2026-10-03 13:00:00' etc/pam.d/common-auth etc/pam.d/common-session"#,
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "t", &["--no-default-excludes"]);
+    env.getimage(&b, "t", &["--no-default-excludes"]);
+    let node = node_at(&env, "node", "t@1");
+    let ino = |rel: &str| std::fs::metadata(node.join(rel)).unwrap().ino();
+    let deleted = ino("etc/deleted");
+    let repo = env.repo();
+    let node_args = [
+        "--repo",
+        repo.to_str().unwrap(),
+        "--root",
+        node.to_str().unwrap(),
+        "--no-default-excludes",
+    ];
+    ok(&[&["updateclient", "--image", "t@2"][..], &node_args].concat());
+    assert_eq!(node_diff(&b, &node), "", "updated");
+    // By hand, after the update: a mode and an xattr on the files whose mtime alone changed.
+    sh(&format!(
+        "cd {} && chmod 600 etc/pam.d/common-auth && setfattr -n user.hand -v 1 etc/pam.d/common-session",
+        node.display()
+    ));
+    ok(&[&["rollback"][..], &node_args].concat());
+    let d = node_diff(&a, &node);
+    assert_eq!(d, "", "the hand changes outlived the rollback:\n{d}");
+    assert_eq!(ino("etc/deleted"), deleted, "not a rollback by rename");
+}

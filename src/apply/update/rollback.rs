@@ -15,7 +15,8 @@
 //! atomic, so a kill leaves each path old or new, and the rerun (the full engine finishing an
 //! interrupted rollback) completes it from both areas.
 
-use std::collections::{BTreeMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -43,37 +44,44 @@ pub(super) struct Restore {
     /// Paths the update created (the top-most of each subtree), moved into the rollback's area.
     created: Vec<Vec<u8>>,
     /// Entries of the previous revision whose metadata alone differs, and whether only their
-    /// mtime does ([`Times`]).
+    /// mtime is to be set ([`Times`]).
     meta: Vec<(usize, Times)>,
     /// Directories whose metadata is set at the end, deepest first.
-    dirs: BTreeMap<Vec<u8>, Times>,
+    dirs: BTreeSet<Vec<u8>>,
 }
 
-/// Which metadata a rollback sets on an entry it does not replace.
+/// Which metadata a rollback sets on a file, symlink or special it does not replace.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Times {
     /// The revisions differ in the mtime alone (most of a package upgrade's metadata-only
-    /// changes, and every directory whose entries the rollback renames): `utimensat` only,
-    /// not the owner, mode and xattr calls that would set what is already there.
+    /// changes), and owner, mode and xattrs on disk are the revisions' (nothing changed them
+    /// by hand): `utimensat` only, not the owner, mode and xattr calls that would set what is
+    /// already there.
     Only,
-    /// Owner, mode or xattrs differ too: all of it is set.
+    /// All of it is set.
     AndMore,
 }
 
 impl Times {
-    fn between(a: &Entry, b: &Entry) -> Times {
-        if (a.mode, a.uid, a.gid, &a.xattrs) == (b.mode, b.uid, b.gid, &b.xattrs) {
+    /// What `now` (on disk; `xattrs` reads its xattrs) needs to become `want`, when it is the
+    /// entry `had` of the current revision.
+    fn needed(
+        had: &Entry,
+        want: &Entry,
+        now: &Stat,
+        xattrs: impl FnOnce() -> Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    ) -> Times {
+        let same_but_mtime = (had.mode, had.uid, had.gid, &had.xattrs)
+            == (want.mode, want.uid, want.gid, &want.xattrs);
+        let untouched = || {
+            (now.uid, now.gid) == (had.uid, had.gid)
+                && (matches!(had.kind, Kind::Symlink { .. }) || now.mode & 0o7777 == had.mode)
+                && xattrs().is_some_and(|x| crate::apply::same_xattrs(&x, &had.xattrs))
+        };
+        if same_but_mtime && untouched() {
             Times::Only
         } else {
             Times::AndMore
-        }
-    }
-
-    /// Records that `rel` needs `t`: the most any change asked for.
-    fn note(dirs: &mut BTreeMap<Vec<u8>, Times>, rel: &[u8], t: Times) {
-        let kept = dirs.entry(rel.to_vec()).or_insert(t);
-        if t == Times::AndMore {
-            *kept = t;
         }
     }
 }
@@ -171,21 +179,29 @@ fn diff(
 ) -> Result<Option<Restore>> {
     let root = &engine.disk.root;
     let area_fd = sys::open_root(area)?;
-    let (mut tree_dir, mut area_dir) = (LastDir::default(), LastDir::default());
-    let mut tree_stat = |rel: &[u8]| -> Option<Stat> {
-        let dir = tree_dir
+    let (tree_dir, mut area_dir) = (RefCell::new(LastDir::default()), LastDir::default());
+    let tree_stat = |rel: &[u8]| -> Option<Stat> {
+        let mut last = tree_dir.borrow_mut();
+        let dir = last
             .dir(engine.disk.root_fd.as_fd(), parent(rel), root)
             .ok()?;
         sys::lstat_at(dir, file_name(rel))
             .ok()
             .map(|s| Stat::from(&s))
     };
+    let tree_xattrs = |rel: &[u8]| -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut last = tree_dir.borrow_mut();
+        let dir = last
+            .dir(engine.disk.root_fd.as_fd(), parent(rel), root)
+            .ok()?;
+        sys::xattrs_at(dir, file_name(rel)).ok()
+    };
     let mut r = Restore {
         area: PathBuf::new(),
         back: Vec::new(),
         created: Vec::new(),
         meta: Vec::new(),
-        dirs: BTreeMap::new(),
+        dirs: BTreeSet::new(),
     };
     let state_dir = STATE_DIR.as_bytes();
     // Paths handled whole (restored, removed, excluded): nothing below them is looked at.
@@ -226,7 +242,7 @@ fn diff(
         if path.is_empty() {
             if let (Some(p), Some(c)) = (p, c) {
                 if !same_metadata(p, c) {
-                    Times::note(&mut r.dirs, b"", Times::between(p, c));
+                    r.dirs.insert(Vec::new());
                 }
             }
             continue;
@@ -273,7 +289,7 @@ fn diff(
                 keep: c.map(|c| moved(c) || moved(p)),
                 fix,
             });
-            Times::note(&mut r.dirs, parent(path), Times::Only);
+            r.dirs.insert(parent(path).to_vec());
             done.insert(path);
             continue;
         }
@@ -284,7 +300,7 @@ fn diff(
                     return Ok(None);
                 }
                 r.created.push(path.to_vec());
-                Times::note(&mut r.dirs, parent(path), Times::Only);
+                r.dirs.insert(parent(path).to_vec());
                 done.insert(path);
             }
             (Some(p), Some(c)) if p.kind == c.kind => {
@@ -295,8 +311,22 @@ fn diff(
                     }
                 } else if !same_metadata(p, c) {
                     match p.kind {
-                        Kind::Dir => Times::note(&mut r.dirs, path, Times::between(p, c)),
-                        _ => r.meta.push((i - 1, Times::between(p, c))),
+                        Kind::Dir => {
+                            r.dirs.insert(path.to_vec());
+                        }
+                        _ => {
+                            // Still the current revision's entry (not replaced by hand: a
+                            // symlink there would have its target's mode set)?
+                            let had = cur.resolve(c);
+                            let Some(now) = tree_stat(path) else {
+                                return Ok(None);
+                            };
+                            if !looks_like(&now, had) {
+                                return Ok(None);
+                            }
+                            let times = Times::needed(had, p, &now, || tree_xattrs(path));
+                            r.meta.push((i - 1, times));
+                        }
                     }
                 }
             }
@@ -389,14 +419,14 @@ pub(super) fn apply(
         set(&run.manifest.entries[i], times)?;
     }
     report.metadata_only = (restore.meta.len() + restore.dirs.len()) as u64;
-    for (rel, &times) in restore.dirs.iter().rev() {
+    for rel in restore.dirs.iter().rev() {
         let Some(e) = run.manifest.get(rel) else {
             continue;
         };
         if rel.is_empty() {
             set_metadata_root(root_fd, e, &root, &warn)?;
         } else {
-            set(e, times)?;
+            set(e, Times::AndMore)?;
         }
     }
     engine.undo.sync()?;

@@ -1119,7 +1119,7 @@ fn a_rollback_by_rename_undoes_a_hand_change_to_an_entry_whose_mtime_alone_chang
     let env = Env::new();
     let (a, b) = (env.path("rev1"), env.path("rev2"));
     sh(&format!(
-        r#"mkdir -p {a}/etc/pam.d && cd {a} && printf 'auth\n' > etc/pam.d/common-auth \
+        r#"mkdir -p {a}/etc/pam.d {a}/var/lib && cd {a} && printf 'auth\n' > etc/pam.d/common-auth \
         && printf 'session\n' > etc/pam.d/common-session && printf 'gone\n' > etc/deleted \
         && find . -exec touch -d '2023-02-02 10:00:00' {{}} +"#,
         a = a.display()

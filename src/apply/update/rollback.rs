@@ -103,14 +103,21 @@ struct Back {
 /// Whether the disk entry `st` looks like `e` (a resolved entry): same kind, and for a regular
 /// file the same size and mtime.
 fn looks_like(st: &Stat, e: &Entry) -> bool {
-    let fmt = st.format();
     match &e.kind {
         Kind::File { size, .. } => {
-            fmt == libc::S_IFREG
+            same_kind(st, e)
                 && st.size == *size
                 && (st.mtime, st.mtime_nsec) == (e.mtime, e.mtime_nsec)
         }
-        Kind::Hardlink { .. } => fmt == libc::S_IFREG,
+        _ => same_kind(st, e),
+    }
+}
+
+/// Whether the disk entry `st` is of `e`'s kind (a resolved entry).
+fn same_kind(st: &Stat, e: &Entry) -> bool {
+    let fmt = st.format();
+    match &e.kind {
+        Kind::File { .. } | Kind::Hardlink { .. } => fmt == libc::S_IFREG,
         Kind::Dir => fmt == libc::S_IFDIR,
         Kind::Symlink { .. } => fmt == libc::S_IFLNK,
         Kind::Char { .. } => fmt == libc::S_IFCHR,
@@ -315,13 +322,14 @@ fn diff(
                             r.dirs.insert(path.to_vec());
                         }
                         _ => {
-                            // Still the current revision's entry (not replaced by hand: a
-                            // symlink there would have its target's mode set)?
+                            // Still of the current revision's kind (not replaced by hand: a
+                            // symlink there would have its target's mode set)? Its mtime may
+                            // differ: a FAT ESP keeps it to 2 s.
                             let had = cur.resolve(c);
                             let Some(now) = tree_stat(path) else {
                                 return Ok(None);
                             };
-                            if !looks_like(&now, had) {
+                            if !same_kind(&now, had) {
                                 return Ok(None);
                             }
                             let times = Times::needed(had, p, &now, || tree_xattrs(path));

@@ -1516,6 +1516,9 @@ impl Drop for SetOnDrop<'_> {
 #[cfg(test)]
 mod tests {
 
+    use super::*;
+    use std::collections::HashSet;
+
     #[test]
     fn finished_wakes_its_waiter_at_once_and_keeps_its_state() {
         let f = Finished::default();
@@ -1534,8 +1537,6 @@ mod tests {
         drop(SetOnDrop(&g));
         assert!(g.wait(Duration::from_secs(60)));
     }
-    use super::*;
-    use std::collections::HashSet;
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {

@@ -42,8 +42,9 @@ pub struct Want {
 /// Compresses `target` against `base`: one zstd frame with `base` as its reference prefix.
 pub fn encode(base: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>> {
     let mut enc = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, base)?;
-    let window = window_log(base.len() + target.len());
-    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(window))?;
+    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(window_log(
+        base.len() + target.len(),
+    )))?;
     enc.set_pledged_src_size(Some(target.len() as u64))?;
     enc.write_all(target)?;
     Ok(enc.finish()?)

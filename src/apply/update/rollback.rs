@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -69,7 +69,7 @@ impl Times {
         had: &Entry,
         want: &Entry,
         now: &Stat,
-        xattrs: impl FnOnce() -> Option<Vec<(Vec<u8>, Vec<u8>)>>,
+        xattrs: impl FnOnce() -> Option<sys::Xattrs>,
     ) -> Times {
         let same_but_mtime = (had.mode, had.uid, had.gid, &had.xattrs)
             == (want.mode, want.uid, want.gid, &want.xattrs);
@@ -184,24 +184,30 @@ fn diff(
     area: &std::path::Path,
     excludes: &Excludes,
 ) -> Result<Option<Restore>> {
-    let root = &engine.disk.root;
     let area_fd = sys::open_root(area)?;
     let (tree_dir, mut area_dir) = (RefCell::new(LastDir::default()), LastDir::default());
+    // Asks `look` about the tree path `rel`, in its directory (kept from the last call).
+    fn in_tree<T>(
+        last: &RefCell<LastDir>,
+        engine: &Engine,
+        rel: &[u8],
+        look: impl FnOnce(BorrowedFd, &[u8]) -> Option<T>,
+    ) -> Option<T> {
+        let mut last = last.borrow_mut();
+        let dir = last
+            .dir(engine.disk.root_fd.as_fd(), parent(rel), &engine.disk.root)
+            .ok()?;
+        look(dir, file_name(rel))
+    }
     let tree_stat = |rel: &[u8]| -> Option<Stat> {
-        let mut last = tree_dir.borrow_mut();
-        let dir = last
-            .dir(engine.disk.root_fd.as_fd(), parent(rel), root)
-            .ok()?;
-        sys::lstat_at(dir, file_name(rel))
-            .ok()
-            .map(|s| Stat::from(&s))
+        in_tree(&tree_dir, engine, rel, |dir, name| {
+            sys::lstat_at(dir, name).ok().map(|s| Stat::from(&s))
+        })
     };
-    let tree_xattrs = |rel: &[u8]| -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut last = tree_dir.borrow_mut();
-        let dir = last
-            .dir(engine.disk.root_fd.as_fd(), parent(rel), root)
-            .ok()?;
-        sys::xattrs_at(dir, file_name(rel)).ok()
+    let tree_xattrs = |rel: &[u8]| -> Option<sys::Xattrs> {
+        in_tree(&tree_dir, engine, rel, |dir, name| {
+            sys::xattrs_at(dir, name).ok()
+        })
     };
     let mut r = Restore {
         area: PathBuf::new(),

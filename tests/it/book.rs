@@ -644,6 +644,7 @@ const FOREIGN_FLAGS: &[&str] = &[
     "--chunk",
     "--copy",
     "--max",
+    "--live",
     "--rate",
     "--size",
     "--create",

@@ -100,6 +100,9 @@ pub(crate) struct UpdatePlan {
     pub local_changes: Vec<LocalChange>,
 }
 
+/// Entries whose disk side [`plan`] asks the view for at once.
+const LOOK_BATCH: usize = 4096;
+
 /// Whether the update leaves `path` alone: the node's own state, or an exclude.
 fn skipped(opts: &PlanOptions, path: &[u8], is_dir: bool) -> bool {
     let state_dir = STATE_DIR.as_bytes();
@@ -136,9 +139,23 @@ pub(crate) fn plan(
         looked: HashMap::new(),
         relink: Vec::new(),
     };
-    for (i, e) in manifest.entries.iter().enumerate() {
-        progress.advance(1);
-        planner.entry(i, e)?;
+    // The disk's side of the entries is read a batch ahead, so the view can look at many at
+    // once; the walk below then decides in manifest order (what it creates or replaces
+    // changes which looks count), and ignores the looks it has no use for.
+    for (b, batch) in manifest.entries.chunks(LOOK_BATCH).enumerate() {
+        let paths: Vec<&[u8]> = batch
+            .iter()
+            .filter(|e| !skipped(opts, &e.path, e.kind == Kind::Dir) || e.path.is_empty())
+            .map(|e| e.path.as_slice())
+            .collect();
+        let mut looks = paths.iter().copied().zip(view.look_all(&paths)).peekable();
+        for (j, e) in batch.iter().enumerate() {
+            progress.advance(1);
+            let look = looks
+                .next_if(|(p, _)| *p == e.path.as_slice())
+                .and_then(|(_, l)| l);
+            planner.entry(b * LOOK_BATCH + j, e, look)?;
+        }
     }
     progress.finish();
     let mut removals = planner.extras(manifest);
@@ -194,10 +211,10 @@ impl<'a> Planner<'a> {
         self.excluded_dirs.iter().any(|d| is_under(path, d)) || skipped(self.opts, path, is_dir)
     }
 
-    /// Plans entry `i`, `e`.
-    fn entry(&mut self, i: usize, e: &'a Entry) -> Result<()> {
+    /// Plans entry `i`, `e`, which the disk showed as `look` (when it was looked at).
+    fn entry(&mut self, i: usize, e: &'a Entry, look: Option<(Stat, Xattrs)>) -> Result<()> {
         if e.path.is_empty() {
-            if let Some((st, x)) = self.view.look(b"") {
+            if let Some((st, x)) = look {
                 let what = meta_diff(&st, &x, e);
                 if !what.is_empty() {
                     self.push(i, &e.path, Act::Meta, what);
@@ -219,7 +236,7 @@ impl<'a> Planner<'a> {
         // A directory the plan creates or replaces is not one on disk: no need to look.
         let disk = match self.changing.contains(parent(&e.path)) {
             true => None,
-            false => self.view.look(&e.path),
+            false => look,
         };
         let Some((st, x)) = disk else {
             self.push(i, &e.path, Act::Create, vec![]);

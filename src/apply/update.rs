@@ -34,6 +34,7 @@ use std::time::Instant;
 use nix::fcntl::renameat;
 use nix::sys::stat::{mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
+use rayon::prelude::*;
 use serde::Serialize;
 
 mod fresh;
@@ -323,12 +324,17 @@ impl Engine {
             return false;
         };
         let inode = (st.st_dev, st.st_ino);
-        let free = st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && (st.st_nlink == 1 || !self.resuming)
-            && !self.linked.lock().expect("lock").contains(&inode);
-        if !free {
+        let free =
+            st.st_mode & libc::S_IFMT == libc::S_IFREG && (st.st_nlink == 1 || !self.resuming);
+        // Claimed before it is checked and linked: files are written on several threads, and
+        // only one of them may have it.
+        if !free || !self.linked.lock().expect("lock").insert(inode) {
             return false;
         }
+        let unclaim = || {
+            self.linked.lock().expect("lock").remove(&inode);
+            false
+        };
         let extents = extents.clone().map(Arc::new);
         let mut off = 0u64;
         for c in chunks {
@@ -339,16 +345,12 @@ impl Engine {
                 extents: extents.clone(),
             };
             if self.read_local(&c.id, &lc).is_none() {
-                return false;
+                return unclaim();
             }
             off += u64::from(c.len);
         }
-        let ok =
-            nix::unistd::linkat(pfd.as_fd(), file, dir, name, nix::fcntl::AtFlags::empty()).is_ok();
-        if ok {
-            self.linked.lock().expect("lock").insert(inode);
-        }
-        ok
+        nix::unistd::linkat(pfd.as_fd(), file, dir, name, nix::fcntl::AtFlags::empty()).is_ok()
+            || unclaim()
     }
 
     fn warn(&self, w: String) {
@@ -1060,7 +1062,24 @@ impl<'a> Run<'a> {
         report: &mut UpdateReport,
     ) -> Result<Blobs> {
         let manifest = self.manifest;
-        index_local(engine, self.current.as_ref(), self.node, &self.state)?;
+        let current = match (&self.from, &self.current) {
+            (Some(f), Some(m)) => Some((f.tree_id()?, m)),
+            _ => None,
+        };
+        let needed = plan.needed_blobs(manifest);
+        // Of the current revision's files, those that may serve: holding a blob the plan
+        // needs, or the old version of a path it changes (a delta's base).
+        let wanted: HashSet<&Id> = needed.iter().collect();
+        let changed: HashSet<&[u8]> = plan
+            .steps
+            .iter()
+            .map(|s| manifest.entries[s.entry].path.as_slice())
+            .collect();
+        let serves = |e: &Entry| {
+            changed.contains(e.path.as_slice())
+                || matches!(&e.kind, Kind::File { chunks, .. } if chunks.iter().any(|c| wanted.contains(&c.id)))
+        };
+        index_local(engine, current, &serves, self.node, &self.state)?;
         for &i in &plan.relink {
             let e = &manifest.entries[i];
             add_local(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
@@ -1070,7 +1089,7 @@ impl<'a> Run<'a> {
             .map(|it| it.flatten().map(|f| f.file_name()).collect())
             .unwrap_or_default();
         let mut to_fetch = Vec::new();
-        for id in plan.needed_blobs(manifest) {
+        for id in needed {
             if !staged.is_empty() && staged.contains(std::ffi::OsStr::new(&id.hex())) {
                 continue;
             }
@@ -1420,6 +1439,9 @@ fn finish_tree(
     syncer.sync(root)
 }
 
+/// Files one worker of [`prewrite`] writes in a row.
+const PREWRITE_RUN: usize = 64;
+
 /// Pass 1 of [`Run::execute`]: the new content of every file whose directory exists is written
 /// under a temporary name, then made durable with one syncfs, so that pass 2 only renames: a
 /// crash at any point leaves each path with its old content or its new. Returns the steps
@@ -1436,21 +1458,44 @@ fn prewrite(
         engine,
         staging: staging.to_path_buf(),
     };
-    let mut prewritten = HashMap::new();
     syncer.note(engine.disk.root_fd.as_fd());
-    for s in &plan.steps {
-        let e = &manifest.entries[s.entry];
-        if s.act == Act::Meta || !matches!(e.kind, Kind::File { .. }) {
-            continue;
-        }
-        let Ok(dir) = engine.dir(parent(&e.path)) else {
-            continue; // a directory this update creates: written in pass 2
-        };
-        let temp = temp_name(file_name(&e.path));
-        syncer.note_dir(parent(&e.path), dir.as_fd());
-        let linked = engine.write_temp(dir.as_fd(), &temp, e, &provider, progress)?;
-        prewritten.insert(s.entry, linked);
-    }
+    let files: Vec<&Step> = plan
+        .steps
+        .iter()
+        .filter(|s| {
+            s.act != Act::Meta && matches!(manifest.entries[s.entry].kind, Kind::File { .. })
+        })
+        .collect();
+    // On every core, each worker writing runs of neighbouring files with directory
+    // descriptors of its own (nothing is renamed until pass 2).
+    let run = files
+        .len()
+        .div_ceil(4 * rayon::current_num_threads())
+        .clamp(1, PREWRITE_RUN);
+    let (root_fd, root) = (engine.disk.root_fd.as_fd(), &engine.disk.root);
+    let written: Vec<Vec<(usize, bool)>> = files
+        .par_chunks(run)
+        .map(|run| {
+            let (mut dirs, mut noted, mut out) = (sys::DirCache::default(), None, Vec::new());
+            for s in run {
+                let e = &manifest.entries[s.entry];
+                let Ok(dir) = dirs.dir(root_fd, parent(&e.path), root) else {
+                    continue; // a directory this update creates: written in pass 2
+                };
+                if noted != Some(parent(&e.path)) {
+                    syncer.note(dir);
+                    noted = Some(parent(&e.path));
+                }
+                let temp = temp_name(file_name(&e.path));
+                out.push((
+                    s.entry,
+                    engine.write_temp(dir, &temp, e, &provider, progress)?,
+                ));
+            }
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    let prewritten: HashMap<usize, bool> = written.into_iter().flatten().collect();
     if !prewritten.is_empty() {
         syncer.sync(&engine.disk.root)?;
     }
@@ -1545,53 +1590,80 @@ fn add_local(local: &mut HashMap<Id, Vec<LocalChunk>>, e: &Entry, at: LocalAt) {
     }
 }
 
-/// Indexes the blobs the node holds: unchanged files of its current revision, and the undo
-/// areas (with the manifests of the revisions their files came from).
+/// Indexes the blobs the node holds: the files of its current revision (`current`, with its
+/// tree id) that `serves`, and the undo areas (with the manifests of the revisions their files
+/// came from).
 fn index_local(
     engine: &mut Engine,
-    current: Option<&Manifest>,
+    current: Option<(Id, &Manifest)>,
+    serves: &dyn Fn(&Entry) -> bool,
     node: &Node,
     state: &NodeState,
 ) -> Result<()> {
-    if let Some(m) = current {
-        for e in &m.entries {
+    if let Some((_, m)) = current {
+        for e in m.entries.iter().filter(|e| serves(e)) {
             add_local(&mut engine.local, e, LocalAt::Tree(e.path.clone()));
         }
     }
     // Undo areas hold files of the revisions the node ran before.
-    let mut manifests: Vec<Manifest> = Vec::new();
+    let entries: Vec<(PathBuf, Vec<u8>)> = undo::areas(&node.dir.join("undo"))?
+        .iter()
+        .flat_map(|area| undo::entries(area))
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    // Each revision once; the current one is decoded already.
+    let mut ids = Vec::new();
     for r in [&state.previous, &state.current, &state.last_known_good]
         .into_iter()
         .flatten()
     {
-        if let Some(m) = node.kept_manifest(&r.tree_id()?)? {
-            manifests.push(m);
+        let id = r.tree_id()?;
+        if !ids.contains(&id) {
+            ids.push(id);
         }
     }
-    for area in undo::areas(&node.dir.join("undo"))? {
-        for (base, path) in undo::entries(&area) {
-            for m in &manifests {
-                for e in &m.entries {
-                    let r = m.resolve(e);
-                    if e.path == path {
-                        add_local(&mut engine.local, r, LocalAt::File(base.clone()));
-                        if let Some(k) = content_key(r) {
-                            let files = engine.whole.entry(k).or_default();
-                            if !files.contains(&base) {
-                                files.push(base.clone());
-                            }
-                        }
-                    } else if is_under(&e.path, &path) {
-                        let suffix = std::ffi::OsStr::from_bytes(&e.path[path.len() + 1..]);
-                        let at = base.join(suffix);
-                        add_local(&mut engine.local, r, LocalAt::File(at.clone()));
-                        // Files of a directory moved aside link back as well as single files.
-                        if let Some(k) = content_key(r) {
-                            let files = engine.whole.entry(k).or_default();
-                            if !files.contains(&at) {
-                                files.push(at);
-                            }
-                        }
+    let mut kept: Vec<Manifest> = Vec::new();
+    for id in &ids {
+        if current.is_none_or(|(c, _)| c != *id) {
+            kept.extend(node.kept_manifest(id)?);
+        }
+    }
+    let manifests: Vec<&Manifest> = kept
+        .iter()
+        .chain(current.filter(|(c, _)| ids.contains(c)).map(|(_, m)| m))
+        .collect();
+    for (base, path) in entries {
+        for m in &manifests {
+            if let Some(e) = m.get(&path) {
+                let r = m.resolve(e);
+                add_local(&mut engine.local, r, LocalAt::File(base.clone()));
+                if let Some(k) = content_key(r) {
+                    let files = engine.whole.entry(k).or_default();
+                    if !files.contains(&base) {
+                        files.push(base.clone());
+                    }
+                }
+            }
+            // What was under a directory moved aside: the manifest's entries below `path`
+            // are one run of its sorted list.
+            let mut below = path.clone();
+            below.push(b'/');
+            let from = m.entries.partition_point(|e| e.path < below);
+            for e in m.entries[from..]
+                .iter()
+                .take_while(|e| e.path.starts_with(&below))
+            {
+                let r = m.resolve(e);
+                let suffix = std::ffi::OsStr::from_bytes(&e.path[below.len()..]);
+                let at = base.join(suffix);
+                add_local(&mut engine.local, r, LocalAt::File(at.clone()));
+                // Files of a directory moved aside link back as well as single files.
+                if let Some(k) = content_key(r) {
+                    let files = engine.whole.entry(k).or_default();
+                    if !files.contains(&at) {
+                        files.push(at);
                     }
                 }
             }

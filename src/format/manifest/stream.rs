@@ -68,15 +68,17 @@ impl Validator {
     /// Checks `e`, the entry after every entry checked so far.
     pub fn check(&mut self, e: &Entry) -> Result<()> {
         let p = e.path.as_slice();
-        let shown = e.display();
+        // Only an error shows the path (escaping it ahead cost every entry an allocation).
+        let shown = || e.display();
         if !is_clean_path(p) {
             return Err(corrupt(format!(
-                "manifest path {shown} is not a clean relative path; refusing it"
+                "manifest path {} is not a clean relative path; refusing it",
+                shown()
             )));
         }
         match &self.prev {
             Some(q) if q.as_slice() >= p => {
-                return Err(corrupt(format!("manifest is not sorted at {shown}")));
+                return Err(corrupt(format!("manifest is not sorted at {}", shown())));
             }
             Some(_) => {}
             None if !p.is_empty() || e.kind != Kind::Dir => {
@@ -86,7 +88,8 @@ impl Validator {
         }
         if !p.is_empty() && !self.dirs.contains(self.key(parent(p))) {
             return Err(corrupt(format!(
-                "manifest entry {shown} lies under something that is not a directory; refusing it"
+                "manifest entry {} lies under something that is not a directory; refusing it",
+                shown()
             )));
         }
         let key = self.key(p);
@@ -98,7 +101,8 @@ impl Validator {
                 let t = target.as_slice();
                 if !(t < p && is_clean_path(t) && self.linkable.contains(self.key(t))) {
                     return Err(corrupt(format!(
-                        "hardlink {shown} points at {}, which is not an earlier file",
+                        "hardlink {} points at {}, which is not an earlier file",
+                        shown(),
                         display_path(target)
                     )));
                 }

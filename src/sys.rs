@@ -113,7 +113,7 @@ const DIR_CACHE: usize = 16;
 #[derive(Default)]
 pub struct DirCache {
     /// Most recently used first.
-    kept: Vec<(Vec<u8>, OwnedFd)>,
+    kept: Vec<(Vec<u8>, std::sync::Arc<OwnedFd>)>,
 }
 
 impl DirCache {
@@ -139,6 +139,26 @@ impl DirCache {
             .kept
             .first()
             .map(|(_, fd)| fd.as_fd())
+            .expect("kept above"))
+    }
+
+    /// [`DirCache::dir`], as a descriptor the caller may hold on to (the root: opened anew).
+    pub fn shared(
+        &mut self,
+        root: BorrowedFd,
+        rel: &[u8],
+        shown_root: &Path,
+    ) -> Result<std::sync::Arc<OwnedFd>> {
+        if rel.is_empty() {
+            return Ok(std::sync::Arc::new(open_dir_beneath(
+                root, rel, shown_root,
+            )?));
+        }
+        self.dir(root, rel, shown_root)?;
+        Ok(self
+            .kept
+            .first()
+            .map(|(_, fd)| fd.clone())
             .expect("kept above"))
     }
 
@@ -188,7 +208,7 @@ impl DirCache {
     fn keep(&mut self, rel: Vec<u8>, fd: OwnedFd) {
         self.kept.retain(|(k, _)| *k != rel);
         self.kept.truncate(DIR_CACHE - 1);
-        self.kept.insert(0, (rel, fd));
+        self.kept.insert(0, (rel, std::sync::Arc::new(fd)));
     }
 
     /// Opens the regular file at `rel` beneath `root` for reading, following no symlink.

@@ -110,9 +110,9 @@ pub(crate) struct RootView {
     pub root_fd: OwnedFd,
     /// The root as the administrator named it (for messages).
     pub root: PathBuf,
-    /// The directory [`RootView::dir`] opened last, shared with its callers (no `dup` and
-    /// `close` per entry).
-    last_dir: Mutex<Option<(Vec<u8>, Arc<OwnedFd>)>>,
+    /// The directories [`RootView::dir`] opened last (see [`sys::DirCache`]), shared with its
+    /// callers (no `dup` and `close` per entry).
+    dirs: Mutex<sys::DirCache>,
 }
 
 impl RootView {
@@ -120,35 +120,22 @@ impl RootView {
         Ok(RootView {
             root_fd: sys::open_root(&root)?,
             root,
-            last_dir: Mutex::new(None),
+            dirs: Mutex::default(),
         })
     }
 
     /// The directory `rel` of the tree. The engine walks the tree in manifest order, so the
-    /// directory asked for is mostly the last one or below it: it is opened from there (one
-    /// `openat`, or none) rather than from the root, one component at a time, for every entry.
+    /// directory asked for is mostly one opened just before, or below one: it is opened from
+    /// there (one `openat`, or none) rather than from the root, one component at a time, for
+    /// every entry.
     pub fn dir(&self, rel: &[u8]) -> Result<Arc<OwnedFd>> {
-        let mut last = self.last_dir.lock().expect("dir lock");
-        let from = match last.as_ref() {
-            Some((p, fd)) if p.as_slice() == rel => return Ok(fd.clone()),
-            Some((p, fd)) if p.is_empty() => Some((fd, rel)),
-            Some((p, fd)) if is_under(rel, p) => Some((fd, &rel[p.len() + 1..])),
-            _ => None,
-        };
-        let opened =
-            from.and_then(|(fd, rest)| sys::open_dir_beneath(fd.as_fd(), rest, &self.root).ok());
-        // Failing from the last directory, open from the root, so the error names the path.
-        let fd = Arc::new(match opened {
-            Some(fd) => fd,
-            None => sys::open_dir_beneath(self.root_fd.as_fd(), rel, &self.root)?,
-        });
-        *last = Some((rel.to_vec(), fd.clone()));
-        Ok(fd)
+        let mut dirs = self.dirs.lock().expect("dir lock");
+        dirs.shared(self.root_fd.as_fd(), rel, &self.root)
     }
 
-    /// Forgets the directory opened last: it may have just been moved away.
-    pub fn forget_last_dir(&self) {
-        *self.last_dir.lock().expect("dir lock") = None;
+    /// Forgets the directories opened: one may have just been moved away.
+    pub fn forget_dirs(&self) {
+        *self.dirs.lock().expect("dir lock") = sys::DirCache::default();
     }
 
     /// Calls `f` with the directory holding `path` and the name in it (the root: itself, `.`).
@@ -156,11 +143,8 @@ impl RootView {
         if path.is_empty() {
             return f(self.root_fd.as_fd(), b".");
         }
-        // Most lookups are in the directory opened last: no need to duplicate its descriptor.
-        if let Some((p, fd)) = self.last_dir.lock().expect("dir lock").as_ref() {
-            if p.as_slice() == parent(path) {
-                return f(fd.as_fd(), file_name(path));
-            }
+        if parent(path).is_empty() {
+            return f(self.root_fd.as_fd(), file_name(path));
         }
         let dir = self.dir(parent(path)).ok()?;
         f(dir.as_fd(), file_name(path))

@@ -69,8 +69,8 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
     let mut checked_dirs: HashMap<Vec<u8>, ()> = HashMap::new();
     let mut missing: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     // Most entries are in the directory of the one before.
-    let mut last = sys::LastDir::default();
-    let mut check_dir = |rel: &[u8], blocked: &mut Vec<String>, last: &mut sys::LastDir| {
+    let mut last = sys::DirCache::default();
+    let mut check_dir = |rel: &[u8], blocked: &mut Vec<String>, last: &mut sys::DirCache| {
         if checked_dirs.insert(rel.to_vec(), ()).is_none() {
             flag_check(root_fd, root, rel, "write in it", blocked, last);
         }
@@ -240,7 +240,7 @@ fn flag_check(
     rel: &[u8],
     what: &str,
     blocked: &mut Vec<String>,
-    last: &mut sys::LastDir,
+    last: &mut sys::DirCache,
 ) {
     let flags = if rel.is_empty() {
         sys::inode_flags_at(root_fd, b".")

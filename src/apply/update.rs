@@ -447,7 +447,7 @@ impl Engine {
     /// Moves `name` in `dir` (tree path `rel`) into the undo area.
     fn stash(&mut self, dir: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<()> {
         // A directory moved away must not be found again by `dir`.
-        self.disk.forget_last_dir();
+        self.disk.forget_dirs();
         let warnings = &self.warnings;
         let warn = |w| warnings.lock().expect("lock").push(w);
         self.undo.stash(dir, name, rel, &self.disk.root, &warn)

@@ -33,7 +33,7 @@ use crate::error::{IoContext, Result};
 use crate::excludes::Excludes;
 use crate::format::manifest::{file_name, parent, Entry, Kind, Manifest};
 use crate::format::report::NodeAction;
-use crate::sys::{self, shown, LastDir};
+use crate::sys::{self, shown, DirCache};
 
 /// What a rollback by rename does, every part of it checked before the first write.
 pub(super) struct Restore {
@@ -185,10 +185,10 @@ fn diff(
     excludes: &Excludes,
 ) -> Result<Option<Restore>> {
     let area_fd = sys::open_root(area)?;
-    let (tree_dir, mut area_dir) = (RefCell::new(LastDir::default()), LastDir::default());
+    let (tree_dir, mut area_dir) = (RefCell::new(DirCache::default()), DirCache::default());
     // Asks `look` about the tree path `rel`, in its directory (kept from the last call).
     fn in_tree<T>(
-        last: &RefCell<LastDir>,
+        last: &RefCell<DirCache>,
         engine: &Engine,
         rel: &[u8],
         look: impl FnOnce(BorrowedFd, &[u8]) -> Option<T>,

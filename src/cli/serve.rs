@@ -22,8 +22,10 @@ pub struct ServeArgs {
     /// Address and port to listen on. Default: `listen` in aurum.toml, else 0.0.0.0:8035.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<String>,
-    /// Requests worked on at once. Connections take no thread while they wait (idle, or a
-    /// node's socket full), so thousands of nodes may stay connected.
+    /// Requests worked on at once, at most: one worker per core, more (up to N) only while
+    /// every worker is held up by a long request (a delta, a slow disk). Connections take no
+    /// thread while they wait (idle, or a node's socket full), so thousands of nodes may stay
+    /// connected.
     #[arg(long, default_value_t = 64, value_name = "N")]
     threads: usize,
     /// Close a connection that stalls this long: a request head not complete this long after

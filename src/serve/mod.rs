@@ -99,7 +99,7 @@ pub fn bind_with(
 }
 
 impl Serving {
-    /// Answers requests on `threads` threads until `stop` is set; returns once the answers
+    /// Answers requests on up to `threads` workers until `stop` is set; returns once the answers
     /// being sent are done.
     pub fn run(self, root: &Path, threads: usize, stop: &AtomicBool) -> Result<()> {
         let options = &self.options;

@@ -323,6 +323,51 @@ fn sixteen_clients_at_once_get_exact_bytes() {
     });
 }
 
+/// A request that holds its worker a long time (here node reports waiting for the catalog,
+/// which another process has locked) must not hold the other nodes' requests: the server
+/// runs one worker per core and adds workers while every one of them is held up.
+#[test]
+fn requests_held_up_do_not_hold_the_others() {
+    let env = Env::new();
+    repo_with_an_image(&env);
+    let srv = Server::start_with(&env, &["--threads", "16", "--open-writes"]);
+    let (_, _, body) = http(&srv.addr, "GET", "/api/v1/images/img/revisions", &[], b"");
+    let id = json(&String::from_utf8_lossy(&body))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let db = rusqlite::Connection::open(env.repo().join("aurum.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // One report per core and two more: more than the server starts workers for.
+    let held = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
+    let reports: Vec<_> = (0..held)
+        .map(|i| {
+            let (addr, id) = (srv.addr.clone(), id.clone());
+            std::thread::spawn(move || {
+                let report = format!(
+                    r#"{{"hostname":"n{i:02}","image":"img","revision":"{id}","action":"updateclient","result":"ok","bytes":1,"seconds":0.1}}"#
+                );
+                http(&addr, "POST", "/api/v1/reports", &[], report.as_bytes()).0
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(http(&srv.addr, "GET", "/FORMAT", &[], b"").0, 200);
+    }
+    // The catalog stays locked for 60 s (SQLite's wait): answered long before that.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+    db.execute_batch("COMMIT").unwrap();
+    for r in reports {
+        assert_eq!(r.join().unwrap(), 204);
+    }
+}
+
 /// Nodes that hang half-way through a download must not hold the server: their connections
 /// are dropped after the stall timeout and others are answered.
 #[test]

@@ -305,14 +305,102 @@ fn xattr_path(dir: BorrowedFd, name: &[u8]) -> PathBuf {
 /// Extended attributes as (name, value) pairs.
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// `listxattrat(2)` (Linux 6.13): the same number on every architecture aurum builds for.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// Whether the kernel refused `listxattrat` once (older than 6.13, or a seccomp filter).
+static NO_LISTXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The names of `name`'s xattrs in `dir` (not following a symlink) by `listxattrat`, from the
+/// directory descriptor itself: the path through /proc/self/fd that the other xattr calls
+/// take costs a walk of procfs, once for every entry an update or a capture looks at.
+/// `None` where the kernel lacks the call.
+fn list_xattrs_at(
+    dir: BorrowedFd,
+    name: &[u8],
+) -> Option<std::io::Result<Vec<std::ffi::OsString>>> {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        use std::sync::atomic::Ordering;
+        if NO_LISTXATTRAT.load(Ordering::Relaxed) {
+            return None;
+        }
+        // The empty name is the directory itself, as in `proc_path`.
+        let cname = CString::new(if name.is_empty() { &b"."[..] } else { name }).ok()?;
+        let list = |buf: &mut [u8]| {
+            // SAFETY: a valid descriptor, a NUL-terminated name and a buffer of `buf.len()`
+            // bytes (none when empty: the call then only says how many it needs).
+            let n = unsafe {
+                libc::syscall(
+                    SYS_LISTXATTRAT,
+                    dir.as_raw_fd(),
+                    cname.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                    if buf.is_empty() {
+                        std::ptr::null_mut()
+                    } else {
+                        buf.as_mut_ptr()
+                    },
+                    buf.len(),
+                )
+            };
+            match n {
+                n if n >= 0 => Ok(n as usize),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        };
+        loop {
+            let wanted = match list(&mut []) {
+                Ok(n) => n,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::ENOSYS | libc::EPERM) => {
+                        NO_LISTXATTRAT.store(true, Ordering::Relaxed);
+                        return None;
+                    }
+                    Some(libc::ENOTSUP) => return Some(Ok(Vec::new())),
+                    _ => return Some(Err(e)),
+                },
+            };
+            if wanted == 0 {
+                return Some(Ok(Vec::new()));
+            }
+            let mut buf = vec![0u8; wanted];
+            match list(&mut buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    let names = buf
+                        .split(|&b| b == 0)
+                        .filter(|k| !k.is_empty())
+                        .map(|k| OsStr::from_bytes(k).to_os_string())
+                        .collect();
+                    return Some(Ok(names));
+                }
+                // One was added meanwhile: ask again.
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (dir, name);
+        None
+    }
+}
+
 /// Every xattr of `name` in `dir` (not following a symlink), sorted by name.
 pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Xattrs> {
     let p = xattr_path(dir, name);
-    let keys = match xattr::list(&p) {
-        Ok(keys) => keys,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(proc_error(e)),
-    };
+    let listed = list_xattrs_at(dir, name).unwrap_or_else(|| {
+        xattr::list(&p)
+            .map(|keys| keys.collect())
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::ENOTSUP) => Ok(Vec::new()),
+                _ => Err(proc_error(e)),
+            })
+    });
+    let keys = listed?;
     let mut out = Vec::new();
     for key in keys {
         // Removed between list and get: it is simply not there.
@@ -630,6 +718,47 @@ fn unescape_mount(field: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `listxattrat` and the path through /proc give the same names, for a file, a directory
+    /// and a symlink (whose own xattrs, none, not its target's).
+    #[test]
+    fn listxattrat_lists_what_the_proc_path_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+        for (name, key) in [("f", "user.a"), ("f", "user.b"), ("d", "user.c")] {
+            if xattr::set(dir.path().join(name), key, b"v").is_err() {
+                return; // a filesystem without user xattrs: nothing to compare
+            }
+        }
+        let fd = open_root(dir.path()).unwrap();
+        for name in ["f", "d", "l", ".", ""] {
+            let by_proc: Vec<std::ffi::OsString> =
+                xattr::list(xattr_path(fd.as_fd(), name.as_bytes()))
+                    .unwrap()
+                    .collect();
+            match list_xattrs_at(fd.as_fd(), name.as_bytes()) {
+                Some(listed) => {
+                    let (mut a, mut b) = (listed.unwrap(), by_proc);
+                    a.sort();
+                    b.sort();
+                    assert_eq!(a, b, "{name}");
+                }
+                // A kernel older than 6.13: only the path through /proc.
+                None => assert!(NO_LISTXATTRAT.load(std::sync::atomic::Ordering::Relaxed)),
+            }
+        }
+        let all = xattrs_at(fd.as_fd(), b"f").unwrap();
+        assert_eq!(
+            all,
+            vec![
+                (b"user.a".to_vec(), b"v".to_vec()),
+                (b"user.b".to_vec(), b"v".to_vec())
+            ]
+        );
+        assert!(xattrs_at(fd.as_fd(), b"missing").is_err());
+    }
 
     #[test]
     fn mountinfo_lines() {

@@ -99,6 +99,18 @@ use crate::error::{corrupt, Result};
 /// change, nor did the URLs a node reads.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// `bytes` in lowercase hexadecimal (no `format!` per byte: ids and paths are
+/// written this way by the thousand).
+pub fn to_hex(bytes: &[u8]) -> String {
+    let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('0');
+    let mut s = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        s.push(digit(b >> 4));
+        s.push(digit(b & 15));
+    }
+    s
+}
+
 /// A content id: the blake3 hash of the uncompressed bytes of a blob or manifest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id(pub [u8; 32]);
@@ -111,11 +123,7 @@ impl Id {
 
     /// Full lowercase hex.
     pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        to_hex(&self.0)
     }
 
     /// The 8-digit prefix shown in listings.

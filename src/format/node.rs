@@ -486,7 +486,7 @@ pub fn parse_undo_index_line(line: &str) -> Option<(u64, Vec<u8>)> {
 
 /// A tree path as the undo index and the journal's `temps` write it: lower-case hex.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    super::to_hex(b)
 }
 
 /// A path written by [`hex`]; `None` for anything else.

@@ -468,7 +468,7 @@ mod tests {
             let mut files: Vec<(String, u64)> = deltas
                 .into_iter()
                 .map(|(t, k, none, size)| {
-                    let key: String = k.iter().map(|b| format!("{b:02x}")).collect();
+                    let key = crate::format::to_hex(&k);
                     let ext = if none { "none" } else { "zd" };
                     (format!("{}/{}-{key}.{ext}", &t.hex()[..2], t.hex()), size)
                 })

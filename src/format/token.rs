@@ -64,7 +64,7 @@ pub fn check(token: &str) -> Result<()> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    super::to_hex(bytes)
 }
 
 #[cfg(test)]

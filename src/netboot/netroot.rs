@@ -320,7 +320,7 @@ fn uuid_of(id: &crate::format::Id) -> String {
     b.copy_from_slice(&id.0[..16]);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = crate::format::to_hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],

@@ -232,7 +232,7 @@ mod tests {
         let x = from_text(text, &accounts, "/f").unwrap();
         // What setfacl made for the same ACL (getfattr -e hex).
         let want = "0200000001000600ffffffff02000600e8030000020007003930000004000400ffffffff10000600ffffffff20000400ffffffff";
-        let hex: String = x.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::format::to_hex(&x);
         assert_eq!(hex, want);
         assert_eq!(
             to_text(&x).unwrap(),

@@ -8,6 +8,9 @@ mod cli;
 
 use clap::{CommandFactory, FromArgMatches};
 
+/// The soft limit of open files aurum raises itself to (see `main`).
+const OPEN_FILES: libc::rlim_t = 16384;
+
 fn main() {
     // Like every Unix tool, end quietly when the reader of our output goes away
     // (`aurum ls compute -r | head`) instead of panicking on a broken pipe.
@@ -21,6 +24,25 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+    }
+    // Workers on every core keep directory descriptors of their own (16 each): a node with
+    // many cores would reach the usual soft limit of 1,024 open files, and an update must
+    // not take a directory it could not open for one that is not there. The soft limit is
+    // ours to raise (aurum calls no select(2)), within the hard one and not without bound:
+    // the programs aurum runs inherit it, and some close every descriptor up to it.
+    let mut files = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given; setrlimit only reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 {
+            let wanted = files.rlim_max.min(OPEN_FILES);
+            if files.rlim_cur < wanted {
+                files.rlim_cur = wanted;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+            }
+        }
     }
     let matches = cli::Cli::command().get_matches();
     let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

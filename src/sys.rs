@@ -3,9 +3,10 @@
 //! Capture and apply never hand a full path to the kernel: they walk one component at a time
 //! with `openat(O_NOFOLLOW)` and act on names relative to the parent's descriptor. That is what
 //! lets very long paths (beyond PATH_MAX) work, and what guarantees that a symlink planted in a
-//! target tree cannot redirect a write outside the target root. The xattr calls, which have no
-//! `*at` form, go through `/proc/self/fd/N/name` with the `l*` variants, which resolves the
-//! parent through the descriptor and does not follow the last component.
+//! target tree cannot redirect a write outside the target root. The xattr calls go through
+//! `/proc/self/fd/N/name` with the `l*` variants, which resolves the parent through the
+//! descriptor and does not follow the last component; listing them uses `listxattrat` where
+//! the kernel has it (Linux 6.13), which is the same without the walk through procfs.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -108,8 +109,9 @@ const DIR_CACHE: usize = 16;
 /// written in the order their blobs arrive, or `usr/share/doc/a` followed by
 /// `usr/share/doc/b`), the one wanted is often still kept, and else is opened from its
 /// nearest kept ancestor with one `openat` per component below it, not one per component
-/// from the root. Keeps at most 16 descriptors. Only for trees nothing renames meanwhile: a
-/// fresh tree being written, a golden client being read.
+/// from the root. Keeps at most 16 descriptors. A kept descriptor follows its directory
+/// wherever it is moved: whoever moves directories of the tree drops the cache (as the
+/// update engine does on every move into an undo area).
 #[derive(Default)]
 pub struct DirCache {
     /// Most recently used first.
@@ -391,9 +393,8 @@ fn list_xattrs_at(
 
 /// Every xattr of `name` in `dir` (not following a symlink), sorted by name.
 pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Xattrs> {
-    let p = xattr_path(dir, name);
     let listed = list_xattrs_at(dir, name).unwrap_or_else(|| {
-        xattr::list(&p)
+        xattr::list(xattr_path(dir, name))
             .map(|keys| keys.collect())
             .or_else(|e| match e.raw_os_error() {
                 Some(libc::ENOTSUP) => Ok(Vec::new()),
@@ -401,6 +402,10 @@ pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> std::io::Result<Xattrs> {
             })
     });
     let keys = listed?;
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let p = xattr_path(dir, name);
     let mut out = Vec::new();
     for key in keys {
         // Removed between list and get: it is simply not there.

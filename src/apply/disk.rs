@@ -178,10 +178,7 @@ impl DiskView for RootView {
     /// descriptors of its own: an update's plan looks at every entry of the revision (an
     /// `lstat` and an `llistxattr` each), which was most of its time on one core.
     fn look_all(&self, paths: &[&[u8]]) -> Vec<Option<(Stat, Xattrs)>> {
-        let run = paths
-            .len()
-            .div_ceil(4 * rayon::current_num_threads())
-            .clamp(1, LOOK_RUN);
+        let run = super::run_length(paths.len(), LOOK_RUN);
         let runs: Vec<Vec<Option<(Stat, Xattrs)>>> = paths
             .par_chunks(run)
             .map(|run| {
@@ -274,6 +271,8 @@ pub(crate) mod memory {
     pub struct MemoryView {
         pub entries: BTreeMap<Vec<u8>, Node>,
         pub hashed: std::cell::Cell<usize>,
+        /// Every path looked at, in order.
+        pub looked: std::cell::RefCell<Vec<Vec<u8>>>,
     }
 
     impl MemoryView {
@@ -283,6 +282,7 @@ pub(crate) mod memory {
             MemoryView {
                 entries,
                 hashed: std::cell::Cell::new(0),
+                looked: Default::default(),
             }
         }
 
@@ -328,6 +328,7 @@ pub(crate) mod memory {
 
     impl DiskView for MemoryView {
         fn stat(&self, path: &[u8]) -> Option<Stat> {
+            self.looked.borrow_mut().push(path.to_vec());
             self.get(path).map(|n| n.stat)
         }
 

@@ -499,6 +499,13 @@ pub fn set_mtime(dir: BorrowedFd, name: &[u8], e: &Entry, shown_root: &Path) -> 
     }
 }
 
+/// How many neighbouring items (files, paths) one worker takes at a time out of `len`, at most
+/// `most`: short lists still go to every core, a run being at most a quarter of a core's share.
+pub(crate) fn run_length(len: usize, most: usize) -> usize {
+    len.div_ceil(4 * rayon::current_num_threads())
+        .clamp(1, most)
+}
+
 #[cfg(test)]
 mod label_tests {
     use super::*;

@@ -142,13 +142,26 @@ pub(crate) fn plan(
     // The disk's side of the entries is read a batch ahead, so the view can look at many at
     // once; the walk below then decides in manifest order (what it creates or replaces
     // changes which looks count), and ignores the looks it has no use for.
+    // What the walk skips is not looked at ahead either, nor anything below a skipped
+    // directory (the rule of `Planner::excluded`): an exclude such as `/home/*` may be a mount
+    // the update must not touch.
+    let mut skipped_dirs: Vec<&[u8]> = Vec::new();
     for (b, batch) in manifest.entries.chunks(LOOK_BATCH).enumerate() {
-        let paths: Vec<&[u8]> = batch
-            .iter()
-            .filter(|e| !skipped(opts, &e.path, e.kind == Kind::Dir) || e.path.is_empty())
-            .map(|e| e.path.as_slice())
-            .collect();
-        let mut looks = paths.iter().copied().zip(view.look_all(&paths)).peekable();
+        let mut paths: Vec<&[u8]> = Vec::with_capacity(batch.len());
+        for e in batch {
+            let is_dir = e.kind == Kind::Dir;
+            let skip = !e.path.is_empty()
+                && (skipped_dirs.iter().any(|d| is_under(&e.path, d))
+                    || skipped(opts, &e.path, is_dir));
+            match skip {
+                true if is_dir => skipped_dirs.push(&e.path),
+                true => {}
+                false => paths.push(&e.path),
+            }
+        }
+        let ahead = view.look_all(&paths);
+        debug_assert_eq!(ahead.len(), paths.len(), "a look for every path");
+        let mut looks = paths.iter().copied().zip(ahead).peekable();
         for (j, e) in batch.iter().enumerate() {
             progress.advance(1);
             let look = looks

@@ -69,10 +69,10 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
     let mut checked_dirs: HashMap<Vec<u8>, ()> = HashMap::new();
     let mut missing: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     // Most entries are in the directory of the one before.
-    let mut last = sys::DirCache::default();
-    let mut check_dir = |rel: &[u8], blocked: &mut Vec<String>, last: &mut sys::DirCache| {
+    let mut dirs = sys::DirCache::default();
+    let mut check_dir = |rel: &[u8], blocked: &mut Vec<String>, dirs: &mut sys::DirCache| {
         if checked_dirs.insert(rel.to_vec(), ()).is_none() {
-            flag_check(root_fd, root, rel, "write in it", blocked, last);
+            flag_check(root_fd, root, rel, "write in it", blocked, dirs);
         }
     };
     for &(path, bytes) in &needs.writes {
@@ -86,7 +86,7 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
         ) else {
             continue;
         };
-        check_dir(&dir_rel, &mut blocked, &mut last);
+        check_dir(&dir_rel, &mut blocked, &mut dirs);
         let fs = fss.get_mut(&dev).expect("registered");
         fs.bytes += bytes.div_ceil(fs.block) * fs.block;
         fs.inodes += 1;
@@ -105,14 +105,14 @@ pub(super) fn check(root_fd: BorrowedFd, root: &Path, needs: &Needs) -> Result<(
             continue;
         }
         if touch != Touch::Change {
-            check_dir(parent(path), &mut blocked, &mut last);
+            check_dir(parent(path), &mut blocked, &mut dirs);
         }
         let what = match touch {
             Touch::Replace => "replace it",
             Touch::Change => "change it",
             Touch::Delete => "delete it",
         };
-        flag_check(root_fd, root, path, what, &mut blocked, &mut last);
+        flag_check(root_fd, root, path, what, &mut blocked, &mut dirs);
     }
     for fs in fss.values() {
         let Ok(vfs) = fstatvfs(fs.dir.as_fd()) else {
@@ -240,12 +240,12 @@ fn flag_check(
     rel: &[u8],
     what: &str,
     blocked: &mut Vec<String>,
-    last: &mut sys::DirCache,
+    dirs: &mut sys::DirCache,
 ) {
     let flags = if rel.is_empty() {
         sys::inode_flags_at(root_fd, b".")
     } else {
-        match last.dir(root_fd, parent(rel), root) {
+        match dirs.dir(root_fd, parent(rel), root) {
             Ok(dir) => sys::inode_flags_at(dir, file_name(rel)),
             Err(_) => None,
         }

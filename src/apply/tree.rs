@@ -175,11 +175,8 @@ impl<'a> TreeWriter<'a> {
         progress: &dyn Progress,
     ) -> Result<()> {
         // Short lists (a fresh root's few files of several blobs, written after the fetch)
-        // still go to every core: a run is at most a quarter of a core's share.
-        let run = files
-            .len()
-            .div_ceil(4 * rayon::current_num_threads())
-            .clamp(1, RUN);
+        // still go to every core.
+        let run = super::run_length(files.len(), RUN);
         files.par_chunks(run).try_for_each(|run| {
             let mut last = self.take_last();
             let r = run

@@ -522,8 +522,16 @@ struct Provider<'a> {
 
 impl BlobSource for Provider<'_> {
     fn get(&self, id: &Id) -> Result<Vec<u8>> {
-        if let Some(data) = self.engine.held.lock().expect("lock").blobs.get(id) {
-            return Ok(data.clone());
+        let held = self
+            .engine
+            .held
+            .lock()
+            .expect("lock")
+            .blobs
+            .get(id)
+            .cloned();
+        if let Some(data) = held {
+            return Ok(data.to_vec());
         }
         let staged = self.staging.join(id.hex());
         if let Ok(data) = std::fs::read(&staged) {
@@ -790,7 +798,9 @@ const HELD_BYTES: u64 = 64 << 20;
 /// update stopped by a full disk frees that much for the undo that follows.
 #[derive(Default)]
 struct Held {
-    blobs: HashMap<Id, Vec<u8>>,
+    /// Shared, so a writer copies one out without holding the lock (files are written on
+    /// every core).
+    blobs: HashMap<Id, Arc<[u8]>>,
     room: u64,
 }
 
@@ -816,7 +826,7 @@ impl Engine {
             let mut held = self.held.lock().expect("lock");
             if data.len() as u64 <= held.room {
                 held.room -= data.len() as u64;
-                held.blobs.insert(*id, data);
+                held.blobs.insert(*id, data.into());
                 return Ok(());
             }
         }
@@ -1068,17 +1078,28 @@ impl<'a> Run<'a> {
         };
         let needed = plan.needed_blobs(manifest);
         // Of the current revision's files, those that may serve: holding a blob the plan
-        // needs, or the old version of a path it changes (a delta's base).
+        // needs, or the old version of a path whose new content holds one (a delta's base,
+        // which `delta::wants` takes from the first such path, excluded or not), a hardlink
+        // resolved to the file that carries its content.
         let wanted: HashSet<&Id> = needed.iter().collect();
-        let changed: HashSet<&[u8]> = plan
-            .steps
+        let holds = |e: &Entry| matches!(&e.kind, Kind::File { chunks, .. } if chunks.iter().any(|c| wanted.contains(&c.id)));
+        let mut bases: HashSet<&[u8]> = manifest
+            .entries
             .iter()
-            .map(|s| manifest.entries[s.entry].path.as_slice())
+            .filter(|e| holds(manifest.resolve(e)))
+            .map(|e| e.path.as_slice())
             .collect();
-        let serves = |e: &Entry| {
-            changed.contains(e.path.as_slice())
-                || matches!(&e.kind, Kind::File { chunks, .. } if chunks.iter().any(|c| wanted.contains(&c.id)))
-        };
+        if let Some((_, cur)) = current {
+            let primaries: Vec<&[u8]> = bases
+                .iter()
+                .filter_map(|p| match cur.get(p).map(|e| &e.kind) {
+                    Some(Kind::Hardlink { target }) => Some(target.as_slice()),
+                    _ => None,
+                })
+                .collect();
+            bases.extend(primaries);
+        }
+        let serves = |e: &Entry| bases.contains(e.path.as_slice()) || holds(e);
         index_local(engine, current, &serves, self.node, &self.state)?;
         for &i in &plan.relink {
             let e = &manifest.entries[i];
@@ -1294,6 +1315,8 @@ impl<'a> Run<'a> {
         syncer: &sys::Syncer,
     ) -> Result<()> {
         let (manifest, progress) = (self.manifest, self.progress);
+        // The hooks and the fetch ran since the plan opened these: a hook may have moved one.
+        engine.disk.forget_dirs();
         engine.undo.open()?;
         self.node.begin(&Journal {
             temps: plan
@@ -1468,10 +1491,7 @@ fn prewrite(
         .collect();
     // On every core, each worker writing runs of neighbouring files with directory
     // descriptors of its own (nothing is renamed until pass 2).
-    let run = files
-        .len()
-        .div_ceil(4 * rayon::current_num_threads())
-        .clamp(1, PREWRITE_RUN);
+    let run = super::run_length(files.len(), PREWRITE_RUN);
     let (root_fd, root) = (engine.disk.root_fd.as_fd(), &engine.disk.root);
     let written: Vec<Vec<(usize, bool)>> = files
         .par_chunks(run)

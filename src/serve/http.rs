@@ -18,7 +18,9 @@
 //! worker takes a ready connection, reads what has arrived, answers every complete request in
 //! it, and parks the connection again, waiting to read or, when the socket is full, to write
 //! the rest of a file with `sendfile`. So `--threads` bounds the requests being worked on,
-//! not the connections: an idle or slow connection costs a few kilobytes and no thread.
+//! not the connections: an idle or slow connection costs a few kilobytes and no thread. There
+//! is one worker per core, and more (up to `--threads`) only while long requests hold every
+//! one of them (see [`run`]): more workers than cores only took turns at the same connections.
 //! `TCP_NODELAY` is set on every connection: a small answer written after its head must not
 //! wait for the client's delayed ACK (Nagle's algorithm made every 10 KB Range read of a
 //! kept-alive connection take 44 ms).
@@ -503,10 +505,40 @@ struct Shared {
 /// How often [`run`] looks whether every worker is held up.
 const GROW_TICK: Duration = Duration::from_millis(5);
 
-/// How long a worker added by [`run`] waits for a connection before it ends.
-const EXTRA_IDLE: u16 = 200;
+/// How long a worker waits on the set, in milliseconds, before it looks at the stop flag
+/// again; a worker [`run`] added ends when nothing came in that time.
+const WAIT_MS: u16 = 200;
 
-/// Serves `listener` with `threads` workers until `stop` is set; connections stalled for
+/// Counts itself in a counter while it lives: a worker that ends or panics, a connection
+/// driven to its end or into a panic, is counted no more.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(counter: &'a AtomicUsize) -> Counted<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether the set holds a ready event no worker has taken (an epoll descriptor is readable
+/// while it has one; polling it takes nothing).
+fn events_waiting(epoll: &Epoll) -> bool {
+    let mut fd = libc::pollfd {
+        fd: epoll.0.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+}
+
+/// Serves `listener` with up to `threads` workers until `stop` is set; connections stalled for
 /// `stalled` are closed. Each worker gets its own handler from `handler`. `log` receives one
 /// line per answered request.
 pub(crate) fn run<H: Handler>(
@@ -560,8 +592,8 @@ pub(crate) fn run<H: Handler>(
     // 50,000 small requests a second on 4 connections where 2 answered 67,000, as nginx's two
     // processes did). A worker held up by a long request (a delta being made, a file read from
     // a slow disk) must not hold the others' connections: while every worker is busy and none
-    // got anywhere for a tick, another is added, up to `threads`; an added worker ends after a
-    // while without a connection.
+    // got anywhere for a tick, and a connection is waiting, another is added, up to
+    // `threads`; an added worker ends after a while without a connection.
     let threads = threads.max(1);
     let base = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -570,14 +602,23 @@ pub(crate) fn run<H: Handler>(
     std::thread::scope(|s| {
         let spawn = |extra: bool| {
             let (shared, handler) = (&shared, &handler);
-            shared.alive.fetch_add(1, Ordering::SeqCst);
-            s.spawn(move || {
+            let alive = Counted::new(&shared.alive);
+            let started = std::thread::Builder::new().spawn_scoped(s, move || {
+                let _alive = alive;
                 shared.work(&mut handler(), stop, extra);
-                shared.alive.fetch_sub(1, Ordering::SeqCst);
             });
+            if let Err(e) = started {
+                log::warn!("could not start another request worker: {e}");
+            }
         };
         for _ in 0..base {
             spawn(false);
+        }
+        if shared.alive.load(Ordering::SeqCst) == 0 {
+            return Err(Error::Os(std::io::Error::other(
+                "could not start a request worker (see the warnings above): raise the \
+                 process or memory limits, or lower --threads",
+            )));
         }
         s.spawn(|| shared.sweep(&workers_done));
         let mut seen = shared.driven.load(Ordering::Relaxed);
@@ -588,14 +629,18 @@ pub(crate) fn run<H: Handler>(
                 shared.driven.load(Ordering::Relaxed),
             );
             let stuck = driven == seen && shared.busy.load(Ordering::SeqCst) >= alive;
-            if stuck && alive < threads && !stop.load(Ordering::Relaxed) {
+            if stuck
+                && alive < threads
+                && !stop.load(Ordering::Relaxed)
+                && events_waiting(&shared.epoll)
+            {
                 spawn(true);
             }
             seen = driven;
         }
         workers_done.store(true, Ordering::Relaxed);
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 fn errno(e: Errno) -> Error {
@@ -618,7 +663,7 @@ impl Shared {
             if stop.load(Ordering::Relaxed) && !self.sending() {
                 return;
             }
-            match self.epoll.wait(&mut events, EXTRA_IDLE) {
+            match self.epoll.wait(&mut events, WAIT_MS) {
                 Ok(1) => {}
                 Ok(_) if extra => return,
                 Ok(_) | Err(Errno::EINTR) => continue,
@@ -652,14 +697,14 @@ impl Shared {
                 continue;
             }
             conn.starved = false;
-            self.busy.fetch_add(1, Ordering::SeqCst);
+            let driving = Counted::new(&self.busy);
             match conn.drive(handler, self.stalled, &mut line) {
                 Next::Close => conn.close_tls(),
                 Next::Read => self.park(token, conn, EpollFlags::EPOLLIN),
                 Next::Write if conn.starved => self.park_starved(token, conn),
                 Next::Write => self.park(token, conn, EpollFlags::EPOLLOUT),
             }
-            self.busy.fetch_sub(1, Ordering::SeqCst);
+            drop(driving);
             self.driven.fetch_add(1, Ordering::Relaxed);
         }
     }

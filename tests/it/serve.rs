@@ -330,7 +330,10 @@ fn sixteen_clients_at_once_get_exact_bytes() {
 fn requests_held_up_do_not_hold_the_others() {
     let env = Env::new();
     repo_with_an_image(&env);
-    let srv = Server::start_with(&env, &["--threads", "16", "--open-writes"]);
+    // One report per core and two more: more than the server starts workers for.
+    let held = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
+    let threads = (held + 4).to_string();
+    let srv = Server::start_with(&env, &["--threads", &threads, "--open-writes"]);
     let (_, _, body) = http(&srv.addr, "GET", "/api/v1/images/img/revisions", &[], b"");
     let id = json(&String::from_utf8_lossy(&body))[0]["id"]
         .as_str()
@@ -338,8 +341,6 @@ fn requests_held_up_do_not_hold_the_others() {
         .to_string();
     let db = rusqlite::Connection::open(env.repo().join("aurum.db")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    // One report per core and two more: more than the server starts workers for.
-    let held = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
     let reports: Vec<_> = (0..held)
         .map(|i| {
             let (addr, id) = (srv.addr.clone(), id.clone());

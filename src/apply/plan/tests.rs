@@ -331,6 +331,33 @@ fn excluded_paths_are_neither_changed_created_nor_deleted() {
     assert_eq!(dirs, vec!["/", "/etc", "/scratch"]);
 }
 
+/// What lies below an excluded directory is not even looked at (it may be a mount: `/home/*`
+/// matches `home/alice`, not what is in it), though the disk is read a batch ahead.
+#[test]
+fn nothing_below_an_excluded_directory_is_looked_at() {
+    let m = manifest(vec![
+        dir("etc"),
+        file("etc/hostname", &[chunk(1, 6)]),
+        dir("home"),
+        dir("home/alice"),
+        file("home/alice/.bashrc", &[chunk(2, 6)]),
+        dir("home/alice/src"),
+        file("home/alice/src/a.c", &[chunk(3, 6)]),
+    ]);
+    let view = disk_of(&m);
+    let ex = excludes(&["/home/*"]);
+    let p = run(&view, &m, &options(&ex));
+    assert!(p.steps.is_empty(), "{:?}", steps(&p, &m));
+    let looked = view.looked.borrow();
+    let below: Vec<_> = looked
+        .iter()
+        .filter(|p| p.starts_with(b"home/alice"))
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert!(below.is_empty(), "looked at {below:?}");
+    assert!(looked.iter().any(|p| p == b"etc/hostname"), "{looked:?}");
+}
+
 #[test]
 fn a_directory_the_image_lacks_stays_when_it_holds_something_excluded() {
     let m = manifest(vec![dir("etc")]);

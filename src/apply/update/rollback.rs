@@ -371,6 +371,8 @@ pub(super) fn apply(
     };
     if let Some(before) = &opts.before_writes {
         before()?;
+        // The hook may have moved a directory the check above opened.
+        engine.disk.forget_dirs();
     }
     claim_node(node, &run.state, run.manifest, &mut Vec::new())?;
     engine.undo = UndoArea::at(node.dir.join("undo").join(&undo_name));

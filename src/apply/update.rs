@@ -108,6 +108,12 @@ pub const UPDATECLIENT_EXCLUDES: &[&str] = &[
     "/home/*",
     "/mnt/*",
     "/media/*",
+    // The boot loader the node's own install put on its ESP (grub-install, bootctl: EFI/BOOT,
+    // EFI/<id>), which no image need hold: deleting it as a file the revision lacks would leave
+    // the node nothing to boot. Kernels and loader entries on the ESP are the image's.
+    "/efi/EFI/",
+    "/boot/efi/EFI/",
+    "/boot/EFI/",
     "lost+found/",
 ];
 

@@ -186,6 +186,64 @@ fn update_and_rollback_over_http_with_every_kind_of_change() {
     assert_eq!(node_diff(&rev1, &node), "");
 }
 
+/// The boot loader a node's install put on its ESP (grub-install's EFI/BOOT/BOOTX64.EFI and
+/// EFI/aurum, bootctl's EFI/systemd) is in no image. Updates and rollbacks must not delete it
+/// as a file the revision lacks, while the image's loader entries on the ESP are updated. A
+/// systemd-boot QEMU node whose rollback went through the full engine was left with nothing
+/// to boot.
+#[test]
+fn the_boot_loader_on_the_esp_survives_updates_and_rollbacks() {
+    let env = Env::new();
+    let g = env.path("golden");
+    let entry = |tree: &Path| tree.join("boot/efi/loader/entries/node.conf");
+    sh(&format!(
+        "mkdir -p {g}/boot/efi/loader/entries {g}/etc && printf 'one\n' > {e} && printf 'a\n' > {g}/etc/a",
+        g = g.display(),
+        e = entry(&g).display()
+    ));
+    env.getimage(&g, "e", &[]);
+    sh(&format!(
+        "printf 'two\n' > {e} && printf 'b\n' > {g}/etc/a",
+        g = g.display(),
+        e = entry(&g).display()
+    ));
+    env.getimage(&g, "e", &[]);
+    let node = env.path("node");
+    let (n, repo) = (node.to_str().unwrap(), env.repo());
+    env.ok(&["checkout", "e@1", n]);
+    let update = |rev: &str| {
+        ok(&[
+            "updateclient",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--image",
+            rev,
+            "--root",
+            n,
+        ])
+    };
+    update("e@1");
+    sh(&format!(
+        "mkdir -p {n}/boot/efi/EFI/BOOT {n}/boot/efi/EFI/aurum && printf boot > {n}/boot/efi/EFI/BOOT/BOOTX64.EFI \
+         && printf grub > {n}/boot/efi/EFI/aurum/grubx64.efi"
+    ));
+    let boot_loader_kept = |when: &str| {
+        for f in ["EFI/BOOT/BOOTX64.EFI", "EFI/aurum/grubx64.efi"] {
+            assert!(node.join("boot/efi").join(f).exists(), "{f} gone {when}");
+        }
+    };
+    update("e@2");
+    assert_eq!(std::fs::read_to_string(entry(&node)).unwrap(), "two\n");
+    boot_loader_kept("after an update");
+    update("e@1");
+    assert_eq!(std::fs::read_to_string(entry(&node)).unwrap(), "one\n");
+    boot_loader_kept("after an update back");
+    update("e@2");
+    ok(&["rollback", "--root", n]);
+    assert_eq!(std::fs::read_to_string(entry(&node)).unwrap(), "one\n");
+    boot_loader_kept("after a rollback");
+}
+
 #[test]
 fn default_excludes_keep_the_nodes_own_files() {
     let env = Env::new();

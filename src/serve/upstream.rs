@@ -155,10 +155,14 @@ impl Upstream {
                     let pack_path = format!("{}.pack", path.trim_end_matches(".idx"));
                     if let Some(pack_file) = static_path(root, &pack_path) {
                         // The pack is coming (its stream started here if need be): the
-                        // index cannot be checked against it yet.
-                        if self
-                            .stream(root, &pack_path, &pack_file)
-                            .is_some_and(|s| !s.body.ended())
+                        // index cannot be checked against it yet. A pack kept already is
+                        // whole and checked, though its stream may not be marked ended yet
+                        // (its fetch stores it, lets the last bytes go, then marks it): a
+                        // node asking for the index right after the pack got it unchecked.
+                        if !pack_file.exists()
+                            && self
+                                .stream(root, &pack_path, &pack_file)
+                                .is_some_and(|s| !s.body.ended())
                         {
                             return self.provisional_index(root, reply, path);
                         }

@@ -62,9 +62,14 @@ impl UndoArea {
     pub fn open(&mut self) -> Result<()> {
         std::fs::create_dir_all(&self.dir).at(&self.dir)?;
         let index_path = self.dir.join("index");
-        // Each entry's index line is written first, so the line count numbers the next one.
+        // Each entry's index line is written first, so the lines number the next one: past
+        // the last number and the line count (a rollback drops the lines of entries it put
+        // back, see [`drop_lines`]).
         self.next = std::fs::read_to_string(&index_path)
-            .map(|t| t.lines().count() as u64)
+            .map(|t| {
+                let last = t.lines().filter_map(parse_index_line).map(|(n, _)| n + 1);
+                last.max().unwrap_or(0).max(t.lines().count() as u64)
+            })
             .unwrap_or(0);
         self.index = Some(
             std::fs::OpenOptions::new()
@@ -201,6 +206,29 @@ pub(super) fn entries(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .filter_map(parse_index_line)
         .map(|(n, path)| (dir.join(n.to_string()), path))
         .collect()
+}
+
+/// Rewrites the index of the area `dir` without the lines of the entries named in `gone`
+/// (moved out of the area), atomically: a new index is written and synced, then renamed over
+/// the old one. Nothing to do when `gone` is empty.
+pub(super) fn drop_lines(dir: &Path, gone: &std::collections::HashSet<&[u8]>) -> Result<()> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join("index");
+    let index = std::fs::read_to_string(&path).at(&path)?;
+    let kept: String = index
+        .lines()
+        .filter(|l| {
+            parse_index_line(l).is_none_or(|(n, _)| !gone.contains(n.to_string().as_bytes()))
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    let new = dir.join("index.new");
+    let mut f = File::create(&new).at(&new)?;
+    f.write_all(kept.as_bytes()).at(&new)?;
+    f.sync_all().at(&new)?;
+    std::fs::rename(&new, &path).at(&path)
 }
 
 /// The areas under `undo` (the node's `undo/` directory) that are not being dropped.

@@ -914,7 +914,7 @@ fn run(
     }
     // Right after an update, a rollback renames back what it moved aside.
     if let Some(restore) = rollback::plan(&run, &engine)? {
-        let mut report = rollback::apply(run, &mut engine, restore, new_undo_name(), started)?;
+        let mut report = rollback::apply(run, &mut engine, restore, started)?;
         report.warnings = engine.warnings.into_inner().expect("lock");
         return Ok(report);
     }
@@ -1389,7 +1389,7 @@ impl<'a> Run<'a> {
             engine.drops_own,
             engine.drops_others,
         )?;
-        node.keep_manifest(self.manifest)?;
+        node.keep_manifest_as(&self.to.tree_id()?, self.manifest)?;
         if let Some(image) = opts.overlay.as_ref().and_then(|o| o.image.as_ref()) {
             node.keep_manifest(image)?;
         }

@@ -1205,3 +1205,84 @@ fn a_rollback_by_rename_undoes_a_hand_change_to_an_entry_whose_mtime_alone_chang
     assert_eq!(d, "", "the hand changes outlived the rollback:\n{d}");
     assert_eq!(ino("etc/deleted"), deleted, "not a rollback by rename");
 }
+
+/// A rollback by rename trades places with the update's undo area (one `renameat2` with
+/// `RENAME_EXCHANGE` per entry): the area stays the node's one area, under its name, and then
+/// holds what the rollback replaced, so each further rollback goes the other way by rename
+/// too. A file the update deleted is renamed out and its line dropped; one the update created
+/// is moved in under a new line; a directory and a file trade places whole. Every line of the
+/// area's index names a file there, after every rollback.
+#[test]
+fn rollbacks_by_rename_trade_places_with_the_undo_area_back_and_forth() {
+    let env = Env::new();
+    let (a, b) = (env.path("rev1"), env.path("rev2"));
+    sh(&format!(
+        r#"mkdir -p {a}/etc {a}/opt/thing {a}/var/lib && cd {a} && printf 'one\n' > etc/changed \
+        && printf 'gone\n' > etc/deleted && printf 'inside\n' > opt/thing/file \
+        && printf 'same\n' > etc/same"#,
+        a = a.display()
+    ));
+    sh(&format!(
+        r#"cp -a {a}/. {b}/ && cd {b} && printf 'two, longer\n' > etc/changed && rm etc/deleted \
+        && printf 'new\n' > etc/created && rm -r opt/thing && printf 'a file now\n' > opt/thing"#,
+        a = a.display(),
+        b = b.display()
+    ));
+    env.getimage(&a, "t", &["--no-default-excludes"]);
+    env.getimage(&b, "t", &["--no-default-excludes"]);
+    let node = node_at(&env, "node", "t@1");
+    let repo = env.repo();
+    let n = node.to_str().unwrap();
+    let node_args = ["--root", n, "--no-default-excludes"];
+    ok(&[
+        &["--repo", repo.to_str().unwrap(), "updateclient", "--image", "t@2"][..],
+        &node_args,
+    ]
+    .concat());
+    assert_eq!(node_diff(&b, &node), "", "updated");
+    let undo = node.join("var/lib/aurum-node/undo");
+    let areas = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&undo)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let area = areas();
+    assert_eq!(area.len(), 1, "one undo area after the update: {area:?}");
+    let index = undo.join(&area[0]).join("index");
+    let ino = |rel: &str| std::fs::symlink_metadata(node.join(rel)).unwrap().ino();
+    let (changed2, thing2) = (ino("etc/changed"), ino("opt/thing"));
+    let mut previous: Option<(u64, u64)> = None;
+    for (i, want) in [&a, &b, &a, &b].into_iter().enumerate() {
+        ok(&[&["rollback"][..], &node_args].concat());
+        let d = node_diff(want, &node);
+        assert_eq!(d, "", "rollback {i}:\n{d}");
+        assert_eq!(areas(), area, "rollback {i} kept the update's area, and only it");
+        // Every line names a file in the area (a line for an entry renamed out is dropped).
+        let lines = std::fs::read_to_string(&index).unwrap();
+        let mut paths = Vec::new();
+        for line in lines.lines() {
+            let (num, path) = line.split_once(' ').expect("N HEXPATH");
+            assert!(
+                std::fs::symlink_metadata(undo.join(&area[0]).join(num)).is_ok(),
+                "rollback {i}: index line {line:?} names no file"
+            );
+            paths.push(path.to_string());
+        }
+        let mut unique = paths.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), paths.len(), "rollback {i}: a path twice in {lines}");
+        // The inodes trade places: the one the update wrote is back after each second rollback.
+        let now = (ino("etc/changed"), ino("opt/thing"));
+        if want == &b {
+            assert_eq!(now, (changed2, thing2), "rollback {i}: not renamed back");
+        }
+        if let Some(before) = previous {
+            assert_ne!(now, before, "rollback {i} changed nothing");
+        }
+        previous = Some(now);
+    }
+}

@@ -9,20 +9,25 @@
 //! only, and nothing was changed by hand since (each path to restore or remove still looks like
 //! the current revision's). Otherwise the full engine runs, as it always did.
 //!
-//! Each entry it replaces is kept first in the rollback's own undo area (a hard link; a
-//! directory is moved), so the path never goes missing and the next rollback, forward again,
-//! is local and as cheap. A journal names the run before the first rename: every rename is
-//! atomic, so a kill leaves each path old or new, and the rerun (the full engine finishing an
-//! interrupted rollback) completes it from both areas.
+//! Each entry trades places with the one on disk (`renameat2` with `RENAME_EXCHANGE`: one
+//! atomic call, the path never missing), so the update's area becomes the rollback's own,
+//! holding what the rollback replaced under the same lines, and the next rollback, forward
+//! again, is as local and as cheap. Where the path holds nothing the entry is renamed out and
+//! its line dropped; what the update created is moved in under new lines. A journal names
+//! the run before the first rename: every rename is atomic, so a kill leaves each path old or
+//! new, and the rerun (the full engine finishing an interrupted rollback) completes it,
+//! reading the blobs it needs from the area, whichever version each of its files holds then
+//! (each is checked against its hash before use).
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use nix::fcntl::renameat;
+use nix::errno::Errno;
+use nix::fcntl::{renameat, renameat2, RenameFlags};
+use rayon::prelude::*;
 
 use super::{claim_node, Engine, Run, UpdateReport};
 use crate::apply::disk::{is_under, Stat};
@@ -174,8 +179,41 @@ pub(super) fn plan(run: &Run, engine: &Engine) -> Result<Option<Restore>> {
     }
 }
 
+/// A look at the disk the walk in [`diff`] asks for, made afterwards with all the others on
+/// every core.
+enum Check<'m> {
+    /// `back[i]`, moved aside by the update: in the area it must look like `want`, and its
+    /// path like `now` (or hold nothing, where the update deleted it).
+    Back {
+        i: usize,
+        want: &'m Entry,
+        now: Option<&'m Entry>,
+    },
+    /// A path the update created (`now`), still as the update made it.
+    Created { now: &'m Entry },
+    /// `meta[i]`: the current revision's `had`, still of its kind, whose metadata becomes
+    /// `want`'s.
+    Meta {
+        i: usize,
+        had: &'m Entry,
+        want: &'m Entry,
+    },
+}
+
+/// What a passed [`Check`] found.
+enum Found {
+    /// A [`Check::Back`]: whether its metadata must be set after the rename ([`Back::fix`]).
+    Back(bool),
+    Created,
+    /// A [`Check::Meta`]: what is set ([`Times`]).
+    Meta(Times),
+}
+
+/// Checks one tree path or area entry may take at a time (see [`crate::apply::run_length`]).
+const CHECK_RUN: usize = 256;
+
 /// Walks the previous revision `prev` and the current `cur` side by side (both sorted by path)
-/// against the undo `index` (sorted), checking the disk as it goes.
+/// against the undo `index` (sorted), then checks the disk for everything the walk found.
 fn diff(
     prev: &Manifest,
     cur: &Manifest,
@@ -184,31 +222,6 @@ fn diff(
     area: &std::path::Path,
     excludes: &Excludes,
 ) -> Result<Option<Restore>> {
-    let area_fd = sys::open_root(area)?;
-    let (tree_dir, mut area_dir) = (RefCell::new(DirCache::default()), DirCache::default());
-    // Asks `look` about the tree path `rel`, in its directory (kept from the last call).
-    fn in_tree<T>(
-        last: &RefCell<DirCache>,
-        engine: &Engine,
-        rel: &[u8],
-        look: impl FnOnce(BorrowedFd, &[u8]) -> Option<T>,
-    ) -> Option<T> {
-        let mut last = last.borrow_mut();
-        let dir = last
-            .dir(engine.disk.root_fd.as_fd(), parent(rel), &engine.disk.root)
-            .ok()?;
-        look(dir, file_name(rel))
-    }
-    let tree_stat = |rel: &[u8]| -> Option<Stat> {
-        in_tree(&tree_dir, engine, rel, |dir, name| {
-            sys::lstat_at(dir, name).ok().map(|s| Stat::from(&s))
-        })
-    };
-    let tree_xattrs = |rel: &[u8]| -> Option<sys::Xattrs> {
-        in_tree(&tree_dir, engine, rel, |dir, name| {
-            sys::xattrs_at(dir, name).ok()
-        })
-    };
     let mut r = Restore {
         area: PathBuf::new(),
         back: Vec::new(),
@@ -216,6 +229,7 @@ fn diff(
         meta: Vec::new(),
         dirs: BTreeSet::new(),
     };
+    let mut checks: Vec<Check> = Vec::new();
     let state_dir = STATE_DIR.as_bytes();
     // Paths handled whole (restored, removed, excluded): nothing below them is looked at.
     let mut done: HashSet<&[u8]> = HashSet::new();
@@ -274,33 +288,17 @@ fn diff(
             // What the update moved aside: it must look like the previous revision's entry,
             // and the path like the current one's (or hold nothing, where the update deleted).
             let Some(p) = p else { return Ok(None) };
-            let want = prev.resolve(p);
-            let Ok(adir) = area_dir.dir(area_fd.as_fd(), b"", area) else {
-                return Ok(None);
-            };
-            let Some(st) = sys::lstat_at(adir, file).ok().map(|s| Stat::from(&s)) else {
-                return Ok(None);
-            };
-            if !looks_like(&st, want) {
-                return Ok(None);
-            }
-            let xattrs = sys::xattrs_at(adir, file).unwrap_or_default();
-            let fix = !crate::apply::same_xattrs(&xattrs, &want.xattrs)
-                || (st.uid, st.gid) != (want.uid, want.gid)
-                || (st.mtime, st.mtime_nsec) != (want.mtime, want.mtime_nsec)
-                || (!matches!(want.kind, Kind::Symlink { .. }) && st.mode & 0o7777 != want.mode);
-            let now = tree_stat(path);
-            match (c, now) {
-                (Some(c), Some(st)) if looks_like(&st, cur.resolve(c)) => {}
-                (None, None) => {}
-                _ => return Ok(None),
-            }
             let moved = |e: &Entry| e.kind == Kind::Dir;
+            checks.push(Check::Back {
+                i: r.back.len(),
+                want: prev.resolve(p),
+                now: c.map(|c| cur.resolve(c)),
+            });
             r.back.push(Back {
                 rel: path.to_vec(),
                 file: file.clone(),
                 keep: c.map(|c| moved(c) || moved(p)),
-                fix,
+                fix: false,
             });
             r.dirs.insert(parent(path).to_vec());
             done.insert(path);
@@ -309,9 +307,9 @@ fn diff(
         match (p, c) {
             (None, Some(c)) => {
                 // Created by the update: still as it made it?
-                if !tree_stat(path).is_some_and(|st| looks_like(&st, cur.resolve(c))) {
-                    return Ok(None);
-                }
+                checks.push(Check::Created {
+                    now: cur.resolve(c),
+                });
                 r.created.push(path.to_vec());
                 r.dirs.insert(parent(path).to_vec());
                 done.insert(path);
@@ -328,18 +326,12 @@ fn diff(
                             r.dirs.insert(path.to_vec());
                         }
                         _ => {
-                            // Still of the current revision's kind (not replaced by hand: a
-                            // symlink there would have its target's mode set)? Its mtime may
-                            // differ: a FAT ESP keeps it to 2 s.
-                            let had = cur.resolve(c);
-                            let Some(now) = tree_stat(path) else {
-                                return Ok(None);
-                            };
-                            if !same_kind(&now, had) {
-                                return Ok(None);
-                            }
-                            let times = Times::needed(had, p, &now, || tree_xattrs(path));
-                            r.meta.push((i - 1, times));
+                            checks.push(Check::Meta {
+                                i: r.meta.len(),
+                                had: cur.resolve(c),
+                                want: p,
+                            });
+                            r.meta.push((i - 1, Times::AndMore));
                         }
                     }
                 }
@@ -352,15 +344,92 @@ fn diff(
     if !index[k..].iter().all(|(rel, _)| under_done(&done, rel)) {
         return Ok(None);
     }
+    let area_fd = sys::open_root(area)?;
+    let found = look(&checks, &r.back, engine, area_fd.as_fd());
+    for (check, found) in checks.iter().zip(found) {
+        match (check, found) {
+            (Check::Back { i, .. }, Some(Found::Back(fix))) => r.back[*i].fix = fix,
+            (Check::Created { .. }, Some(Found::Created)) => {}
+            (Check::Meta { i, .. }, Some(Found::Meta(times))) => r.meta[*i].1 = times,
+            _ => return Ok(None),
+        }
+    }
     Ok(Some(r))
 }
 
+/// Makes every check of [`diff`] on every core, each worker with directories of its own;
+/// `None` for a check that fails.
+fn look(
+    checks: &[Check],
+    back: &[Back],
+    engine: &Engine,
+    area: BorrowedFd,
+) -> Vec<Option<Found>> {
+    let (root_fd, root) = (engine.disk.root_fd.as_fd(), &engine.disk.root);
+    let run = crate::apply::run_length(checks.len(), CHECK_RUN);
+    let runs: Vec<Vec<Option<Found>>> = checks
+        .par_chunks(run)
+        .map(|run| {
+            let mut dirs = DirCache::default();
+            // Calls `f` with the directory of the tree path `rel` and what `rel` is there.
+            let mut in_tree = |rel: &[u8], f: &dyn Fn(BorrowedFd, Option<Stat>) -> Option<Found>| {
+                let dir = dirs.dir(root_fd, parent(rel), root).ok()?;
+                f(dir, sys::lstat_at(dir, file_name(rel)).ok().map(|s| Stat::from(&s)))
+            };
+            run.iter()
+                .map(|check| match *check {
+                    Check::Back { i, want, now } => {
+                        let b = &back[i];
+                        let st = Stat::from(&sys::lstat_at(area, &b.file).ok()?);
+                        if !looks_like(&st, want) {
+                            return None;
+                        }
+                        let xattrs = sys::xattrs_at(area, &b.file).unwrap_or_default();
+                        let fix = !crate::apply::same_xattrs(&xattrs, &want.xattrs)
+                            || (st.uid, st.gid) != (want.uid, want.gid)
+                            || (st.mtime, st.mtime_nsec) != (want.mtime, want.mtime_nsec)
+                            || (!matches!(want.kind, Kind::Symlink { .. })
+                                && st.mode & 0o7777 != want.mode);
+                        in_tree(&b.rel, &|_, on_disk| match (now, on_disk) {
+                            (Some(now), Some(st)) if looks_like(&st, now) => {
+                                Some(Found::Back(fix))
+                            }
+                            (None, None) => Some(Found::Back(fix)),
+                            _ => None,
+                        })
+                    }
+                    Check::Created { now } => in_tree(&now.path, &|_, st| {
+                        st.is_some_and(|st| looks_like(&st, now)).then_some(Found::Created)
+                    }),
+                    Check::Meta { had, want, .. } => in_tree(&want.path, &|dir, st| {
+                        // Still of the current revision's kind (not replaced by hand: a
+                        // symlink there would have its target's mode set)? Its mtime may
+                        // differ: a FAT ESP keeps it to 2 s.
+                        let st = st?;
+                        if !same_kind(&st, had) {
+                            return None;
+                        }
+                        let xattrs = || sys::xattrs_at(dir, file_name(&want.path)).ok();
+                        Some(Found::Meta(Times::needed(had, want, &st, xattrs)))
+                    }),
+                })
+                .collect()
+        })
+        .collect();
+    runs.into_iter().flatten().collect()
+}
+
 /// Carries out `restore` (see [`plan`]) and commits the run.
+///
+/// The update's area becomes the rollback's own: each entry that replaces one on disk trades
+/// places with it (`renameat2` with `RENAME_EXCHANGE`, one atomic call), so the area's line
+/// for the path then names what the path held, which is what the next rollback, forward
+/// again, puts back. An entry whose path holds nothing is renamed out and its line dropped;
+/// the paths the update created are moved in under new lines.
 pub(super) fn apply(
     run: Run,
     engine: &mut Engine,
     restore: Restore,
-    undo_name: String,
     started: Instant,
 ) -> Result<UpdateReport> {
     let (node, opts) = (run.node, run.opts);
@@ -375,19 +444,17 @@ pub(super) fn apply(
         engine.disk.forget_dirs();
     }
     claim_node(node, &run.state, run.manifest, &mut Vec::new())?;
-    engine.undo = UndoArea::at(node.dir.join("undo").join(&undo_name));
+    let undo_name = restore
+        .area
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    engine.undo = UndoArea::at(restore.area.clone());
     engine.undo.open()?;
     node.begin(&run.journal_of(&undo_name, false))?;
     let root = engine.disk.root.clone();
-    let mut kept: Vec<&[u8]> = restore.created.iter().map(|p| p.as_slice()).collect();
-    kept.extend(
-        restore
-            .back
-            .iter()
-            .filter(|b| b.keep.is_some())
-            .map(|b| b.rel.as_slice()),
-    );
-    engine.undo.announce(&kept)?;
+    let created: Vec<&[u8]> = restore.created.iter().map(|p| p.as_slice()).collect();
+    engine.undo.announce(&created)?;
     let syncer = sys::Syncer::default();
     for p in &restore.created {
         let dir = engine.dir(parent(p))?;
@@ -395,16 +462,40 @@ pub(super) fn apply(
         engine.stash(dir.as_fd(), file_name(p), p)?;
     }
     let area_fd = sys::open_root(&restore.area)?;
+    // Area entries renamed out rather than exchanged: their lines go.
+    let mut gone: HashSet<&[u8]> = HashSet::new();
     for b in &restore.back {
         let (p, name) = (b.rel.as_slice(), file_name(&b.rel));
         let dir = engine.dir(parent(p))?;
         syncer.note_dir(parent(p), dir.as_fd());
-        match b.keep {
-            Some(true) => engine.stash(dir.as_fd(), name, p)?,
-            Some(false) => engine.keep(dir.as_fd(), name, p, super::Act::Content)?,
-            None => {}
+        let traded = b.keep.is_some()
+            && match renameat2(
+                area_fd.as_fd(),
+                b.file.as_slice(),
+                dir.as_fd(),
+                name,
+                RenameFlags::RENAME_EXCHANGE,
+            ) {
+                Ok(()) => true,
+                // A filesystem without exchange: kept the way an update keeps it, under a
+                // new line.
+                Err(Errno::EINVAL | Errno::ENOSYS | Errno::EXDEV) => false,
+                Err(e) => return Err(e).at(shown(&root, p)),
+            };
+        if b.keep == Some(true) {
+            // A directory changed places: none kept may be found again by its path.
+            engine.disk.forget_dirs();
         }
-        renameat(area_fd.as_fd(), b.file.as_slice(), dir.as_fd(), name).at(shown(&root, p))?;
+        if !traded {
+            match b.keep {
+                Some(true) => engine.stash(dir.as_fd(), name, p)?,
+                Some(false) => engine.keep(dir.as_fd(), name, p, super::Act::Content)?,
+                None => {}
+            }
+            renameat(area_fd.as_fd(), b.file.as_slice(), dir.as_fd(), name)
+                .at(shown(&root, p))?;
+            gone.insert(b.file.as_slice());
+        }
         let e = run.manifest.get(p).map(|e| run.manifest.resolve(e));
         if let (Some(e), true) = (e, b.fix) {
             set_metadata(dir.as_fd(), name, e, None, &root, &|w| engine.warn(w))?;
@@ -416,41 +507,49 @@ pub(super) fn apply(
         }
     }
     report.deleted = restore.created.len() as u64;
+    set_meta(&run, engine, &restore)?;
+    report.metadata_only = (restore.meta.len() + restore.dirs.len()) as u64;
+    engine.undo.sync()?;
+    undo::drop_lines(&restore.area, &gone)?;
+    syncer.note(engine.disk.root_fd.as_fd());
+    syncer.sync(&root)?;
+    sys::sync_dir(&restore.area)?;
+    // The area is the run's own and stays; there is no other.
+    engine.drops_others = true;
+    engine.drops_own = false;
+    run.commit(engine, &mut report, started)?;
+    Ok(report)
+}
+
+/// Sets the metadata of the entries whose metadata alone changes, on every core (they are
+/// spread over many directories: usr/share/locale/*/...), then of the directories, deepest
+/// first. Nothing is renamed meanwhile: each worker keeps directories of its own.
+fn set_meta(run: &Run, engine: &Engine, restore: &Restore) -> Result<()> {
+    let (root, root_fd) = (&engine.disk.root, engine.disk.root_fd.as_fd());
     let warn = |w| engine.warn(w);
-    // Nothing is renamed from here on: directories are kept by a cache of several (entries
-    // with new metadata alone are spread over many directories: usr/share/locale/*/...).
-    let mut cache = sys::DirCache::default();
-    let root_fd = engine.disk.root_fd.as_fd();
-    let mut set = |e: &Entry, times: Times| -> Result<()> {
-        let (dir, name) = (
-            cache.dir(root_fd, parent(&e.path), &root)?,
-            file_name(&e.path),
-        );
+    let set = |cache: &mut DirCache, e: &Entry, times: Times| -> Result<()> {
+        let (dir, name) = (cache.dir(root_fd, parent(&e.path), root)?, file_name(&e.path));
         match times {
-            Times::Only => set_mtime(dir, name, e, &root),
-            Times::AndMore => set_metadata(dir, name, e, None, &root, &warn),
+            Times::Only => set_mtime(dir, name, e, root),
+            Times::AndMore => set_metadata(dir, name, e, None, root, &warn),
         }
     };
-    for &(i, times) in &restore.meta {
-        set(&run.manifest.entries[i], times)?;
-    }
-    report.metadata_only = (restore.meta.len() + restore.dirs.len()) as u64;
+    let run_len = crate::apply::run_length(restore.meta.len(), CHECK_RUN);
+    restore.meta.par_chunks(run_len).try_for_each(|part| {
+        let mut cache = DirCache::default();
+        part.iter()
+            .try_for_each(|&(i, times)| set(&mut cache, &run.manifest.entries[i], times))
+    })?;
+    let mut cache = DirCache::default();
     for rel in restore.dirs.iter().rev() {
         let Some(e) = run.manifest.get(rel) else {
             continue;
         };
         if rel.is_empty() {
-            set_metadata_root(root_fd, e, &root, &warn)?;
+            set_metadata_root(root_fd, e, root, &warn)?;
         } else {
-            set(e, Times::AndMore)?;
+            set(&mut cache, e, Times::AndMore)?;
         }
     }
-    engine.undo.sync()?;
-    syncer.note(engine.disk.root_fd.as_fd());
-    syncer.sync(&root)?;
-    sys::sync_dir(&restore.area)?;
-    engine.drops_others = true;
-    engine.drops_own = false;
-    run.commit(engine, &mut report, started)?;
-    Ok(report)
+    Ok(())
 }

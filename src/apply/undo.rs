@@ -257,6 +257,7 @@ pub(super) fn drop_areas(
     drops_own: bool,
     drops_others: bool,
 ) -> Result<()> {
+    let mut dropped_any = false;
     for d in std::fs::read_dir(undo).at(undo)? {
         let d = d.at(undo)?;
         let name = d.file_name();
@@ -280,8 +281,13 @@ pub(super) fn drop_areas(
             to
         };
         std::fs::remove_dir_all(&gone).at(&gone)?;
+        dropped_any = true;
     }
-    sys::sync_dir(undo)
+    // Nothing dropped, nothing to make durable (a rollback by rename keeps its one area).
+    match dropped_any {
+        true => sys::sync_dir(undo),
+        false => Ok(()),
+    }
 }
 
 /// Removes a file or a whole directory tree named `name` in `dir`.

@@ -20,6 +20,7 @@
 //! (each is checked against its hash before use).
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -461,9 +462,52 @@ pub(super) fn apply(
         syncer.note_dir(parent(p), dir.as_fd());
         engine.stash(dir.as_fd(), file_name(p), p)?;
     }
+    let manifest = run.manifest;
+    let meta_root = engine.disk.root_fd.try_clone().at(&root)?;
+    let meta_warnings = Mutex::new(Vec::new());
+    let (gone, meta) = std::thread::scope(|s| {
+        // The entries whose metadata alone changes are set on the other threads while the
+        // renames go on here (one at a time: the kernel serialises renames across
+        // directories): none lies below a path renamed, which the walk left alone.
+        let meta = s.spawn(|| {
+            let warn = |w| meta_warnings.lock().expect("lock").push(w);
+            set_entries(manifest, &restore.meta, meta_root.as_fd(), &root, &warn)
+        });
+        let gone = put_back(&run, engine, &restore, &syncer, &mut report);
+        (gone, meta.join())
+    });
+    let gone = gone?;
+    meta.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    for w in meta_warnings.into_inner().expect("lock") {
+        engine.warn(w);
+    }
+    report.deleted = restore.created.len() as u64;
+    set_dirs(manifest, engine, &restore.dirs)?;
+    report.metadata_only = (restore.meta.len() + restore.dirs.len()) as u64;
+    engine.undo.sync()?;
+    undo::drop_lines(&restore.area, &gone)?;
+    syncer.note(engine.disk.root_fd.as_fd());
+    syncer.sync(&root)?;
+    sys::sync_dir(&restore.area)?;
+    // The area is the run's own and stays; there is no other.
+    engine.drops_others = true;
+    engine.drops_own = false;
+    run.commit(engine, &mut report, started)?;
+    Ok(report)
+}
+
+/// Puts each entry of `restore.back` in place (see [`apply`]); returns the area's entries
+/// renamed out rather than exchanged, whose lines go.
+fn put_back<'r>(
+    run: &Run,
+    engine: &mut Engine,
+    restore: &'r Restore,
+    syncer: &sys::Syncer,
+    report: &mut UpdateReport,
+) -> Result<HashSet<&'r [u8]>> {
+    let root = engine.disk.root.clone();
     let area_fd = sys::open_root(&restore.area)?;
-    // Area entries renamed out rather than exchanged: their lines go.
-    let mut gone: HashSet<&[u8]> = HashSet::new();
+    let mut gone = HashSet::new();
     for b in &restore.back {
         let (p, name) = (b.rel.as_slice(), file_name(&b.rel));
         let dir = engine.dir(parent(p))?;
@@ -506,49 +550,48 @@ pub(super) fn apply(
             None => report.created += 1,
         }
     }
-    report.deleted = restore.created.len() as u64;
-    set_meta(&run, engine, &restore)?;
-    report.metadata_only = (restore.meta.len() + restore.dirs.len()) as u64;
-    engine.undo.sync()?;
-    undo::drop_lines(&restore.area, &gone)?;
-    syncer.note(engine.disk.root_fd.as_fd());
-    syncer.sync(&root)?;
-    sys::sync_dir(&restore.area)?;
-    // The area is the run's own and stays; there is no other.
-    engine.drops_others = true;
-    engine.drops_own = false;
-    run.commit(engine, &mut report, started)?;
-    Ok(report)
+    Ok(gone)
 }
 
-/// Sets the metadata of the entries whose metadata alone changes, on every core (they are
-/// spread over many directories: usr/share/locale/*/...), then of the directories, deepest
-/// first. Nothing is renamed meanwhile: each worker keeps directories of its own.
-fn set_meta(run: &Run, engine: &Engine, restore: &Restore) -> Result<()> {
+/// Sets the metadata of the entries `meta` of `manifest` (see [`Restore::meta`]), on every
+/// core: they are spread over many directories (usr/share/locale/*/...), and each worker
+/// keeps directories of its own beneath `root_fd`.
+fn set_entries(
+    manifest: &Manifest,
+    meta: &[(usize, Times)],
+    root_fd: BorrowedFd,
+    root: &std::path::Path,
+    warn: &(dyn Fn(String) + Sync),
+) -> Result<()> {
+    let run_len = crate::apply::run_length(meta.len(), CHECK_RUN);
+    meta.par_chunks(run_len).try_for_each(|part| {
+        let mut cache = DirCache::default();
+        part.iter().try_for_each(|&(i, times)| {
+            let e = &manifest.entries[i];
+            let (dir, name) = (cache.dir(root_fd, parent(&e.path), root)?, file_name(&e.path));
+            match times {
+                Times::Only => set_mtime(dir, name, e, root),
+                Times::AndMore => set_metadata(dir, name, e, None, root, warn),
+            }
+        })
+    })
+}
+
+/// Sets the metadata of the directories `dirs` of `manifest`, deepest first, once every
+/// entry in them is in place.
+fn set_dirs(manifest: &Manifest, engine: &Engine, dirs: &BTreeSet<Vec<u8>>) -> Result<()> {
     let (root, root_fd) = (&engine.disk.root, engine.disk.root_fd.as_fd());
     let warn = |w| engine.warn(w);
-    let set = |cache: &mut DirCache, e: &Entry, times: Times| -> Result<()> {
-        let (dir, name) = (cache.dir(root_fd, parent(&e.path), root)?, file_name(&e.path));
-        match times {
-            Times::Only => set_mtime(dir, name, e, root),
-            Times::AndMore => set_metadata(dir, name, e, None, root, &warn),
-        }
-    };
-    let run_len = crate::apply::run_length(restore.meta.len(), CHECK_RUN);
-    restore.meta.par_chunks(run_len).try_for_each(|part| {
-        let mut cache = DirCache::default();
-        part.iter()
-            .try_for_each(|&(i, times)| set(&mut cache, &run.manifest.entries[i], times))
-    })?;
     let mut cache = DirCache::default();
-    for rel in restore.dirs.iter().rev() {
-        let Some(e) = run.manifest.get(rel) else {
+    for rel in dirs.iter().rev() {
+        let Some(e) = manifest.get(rel) else {
             continue;
         };
         if rel.is_empty() {
             set_metadata_root(root_fd, e, root, &warn)?;
         } else {
-            set(&mut cache, e, Times::AndMore)?;
+            let dir = cache.dir(root_fd, parent(rel), root)?;
+            set_metadata(dir, file_name(rel), e, None, root, &warn)?;
         }
     }
     Ok(())

@@ -47,6 +47,9 @@ pub struct Validator {
     keys: RandomState,
     dirs: Seen,
     linkable: Seen,
+    /// The parent directory the last entry was found under: most entries share their
+    /// neighbour's, which is then not looked up again (the sets only grow).
+    last_parent: Option<Vec<u8>>,
 }
 
 impl Default for Validator {
@@ -56,6 +59,7 @@ impl Default for Validator {
             keys: RandomState::new(),
             dirs: Seen::default(),
             linkable: Seen::default(),
+            last_parent: None,
         }
     }
 }
@@ -86,11 +90,16 @@ impl Validator {
             }
             None => {}
         }
-        if !p.is_empty() && !self.dirs.contains(self.key(parent(p))) {
-            return Err(corrupt(format!(
-                "manifest entry {} lies under something that is not a directory; refusing it",
-                shown()
-            )));
+        if !p.is_empty() && self.last_parent.as_deref() != Some(parent(p)) {
+            if !self.dirs.contains(self.key(parent(p))) {
+                return Err(corrupt(format!(
+                    "manifest entry {} lies under something that is not a directory; refusing it",
+                    shown()
+                )));
+            }
+            let last = self.last_parent.get_or_insert_with(Vec::new);
+            last.clear();
+            last.extend_from_slice(parent(p));
         }
         let key = self.key(p);
         match &e.kind {

@@ -7,10 +7,15 @@
 //! its entry is moved, so an entry is never in the area without its line (a line without its
 //! entry is harmless: readers find no file there).
 //!
+//! A rollback by rename takes over the area of the update it undoes (see
+//! `apply::update::rollback`): its entries trade places with the tree's, entries it renames
+//! out lose their lines (the index is written anew, [`write_index_without`]), and numbers may
+//! then have gaps: a new entry is numbered past the largest.
+//!
 //! An area that is dropped is first renamed with the [`DROPPED`] prefix, so that a half-deleted
 //! area is never read as one (its index may be gone while its files are not).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -36,7 +41,7 @@ pub(super) const DROPPED: &str = ".dropped-";
 pub(super) struct UndoArea {
     pub dir: PathBuf,
     index: Option<File>,
-    /// The number the next entry gets (the index's line count).
+    /// The number the next entry gets (past the index's largest).
     next: u64,
     fd: Option<OwnedFd>,
     /// Tree paths moved or linked into the area during this run, and where they went.
@@ -208,13 +213,11 @@ pub(super) fn entries(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// Rewrites the index of the area `dir` without the lines of the entries named in `gone`
-/// (moved out of the area), atomically: a new index is written and synced, then renamed over
-/// the old one. Nothing to do when `gone` is empty.
-pub(super) fn drop_lines(dir: &Path, gone: &std::collections::HashSet<&[u8]>) -> Result<()> {
-    if gone.is_empty() {
-        return Ok(());
-    }
+/// Writes the index of the area `dir` without the lines of the entries named in `gone`, as
+/// `index.new`, durably, for [`replace_index`] to put in place once those entries have left
+/// the area: written ahead, a full disk stops a rollback before it changes anything (and an
+/// entry is never in the area without its line).
+pub(super) fn write_index_without(dir: &Path, gone: &HashSet<&[u8]>) -> Result<()> {
     let path = dir.join("index");
     let index = std::fs::read_to_string(&path).at(&path)?;
     let kept: String = index
@@ -224,12 +227,23 @@ pub(super) fn drop_lines(dir: &Path, gone: &std::collections::HashSet<&[u8]>) ->
         })
         .flat_map(|l| [l, "\n"])
         .collect();
-    let new = dir.join("index.new");
-    let mut f = File::create(&new).at(&new)?;
-    f.write_all(kept.as_bytes()).at(&new)?;
-    f.sync_all().at(&new)?;
-    std::fs::rename(&new, &path).at(&path)
+    let opts = sys::WriteOpts {
+        durable: true,
+        mode: Some(0o644),
+        ..Default::default()
+    };
+    sys::write_atomic(&dir.join(NEW_INDEX), kept.as_bytes(), opts)
 }
+
+/// Puts the index [`write_index_without`] wrote in place of the area `dir`'s (the caller
+/// syncs the area's directory).
+pub(super) fn replace_index(dir: &Path) -> Result<()> {
+    let path = dir.join("index");
+    std::fs::rename(dir.join(NEW_INDEX), &path).at(&path)
+}
+
+/// The name [`write_index_without`] writes the next index under.
+const NEW_INDEX: &str = "index.new";
 
 /// The areas under `undo` (the node's `undo/` directory) that are not being dropped.
 pub(super) fn areas(undo: &Path) -> Result<Vec<PathBuf>> {
@@ -257,7 +271,6 @@ pub(super) fn drop_areas(
     drops_own: bool,
     drops_others: bool,
 ) -> Result<()> {
-    let mut dropped_any = false;
     for d in std::fs::read_dir(undo).at(undo)? {
         let d = d.at(undo)?;
         let name = d.file_name();
@@ -281,13 +294,9 @@ pub(super) fn drop_areas(
             to
         };
         std::fs::remove_dir_all(&gone).at(&gone)?;
-        dropped_any = true;
     }
-    // Nothing dropped, nothing to make durable (a rollback by rename keeps its one area).
-    match dropped_any {
-        true => sys::sync_dir(undo),
-        false => Ok(()),
-    }
+    // Also when nothing was dropped: the run's own area may be new.
+    sys::sync_dir(undo)
 }
 
 /// Removes a file or a whole directory tree named `name` in `dir`.

@@ -907,7 +907,10 @@ fn run(
     }
     let mut engine = Engine::for_root(node)?;
     engine.drops_others = !run.from.as_ref().is_some_and(|f| f.same_tree(&run.to));
-    engine.drops_own = undoing.is_some();
+    // An area a rollback by rename took over from the update before is kept: it holds the
+    // way back.
+    let kept = run.journal.as_ref().is_some_and(|j| j.kept_undo);
+    engine.drops_own = undoing.is_some() && !kept;
     engine.resuming = run.journal.is_some() || undoing.is_some();
     if let (Some(j), false) = (&run.journal, opts.dry_run) {
         engine.remove_temps(&j.temps);
@@ -1029,6 +1032,8 @@ impl<'a> Run<'a> {
             undo: undo.to_string(),
             temps: Vec::new(),
             fresh,
+            // A rerun of a rollback by rename goes on in the area it took over.
+            kept_undo: self.journal.as_ref().is_some_and(|j| j.kept_undo),
         }
     }
 

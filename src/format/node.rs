@@ -468,6 +468,11 @@ pub struct Journal {
     /// names no revision (a killed first install is never taken for a complete one).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fresh: bool,
+    /// The undo area is the last update's, taken over by a rollback by rename (whose
+    /// entries trade places with the tree's): undoing this run after a refused write keeps
+    /// it, as it holds the way back to the revision before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept_undo: bool,
 }
 
 /// The undo index line of entry `n` of an undo area, which held tree path `rel`: `N HEXPATH`

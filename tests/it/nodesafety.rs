@@ -310,3 +310,36 @@ fn an_immutable_file_is_named_before_anything_changes() {
     ok(&args);
     assert_eq!(node_diff(&env.path("rev2"), &node), "");
 }
+
+/// A rollback by rename that a refused write stops midway (an immutable file among those it
+/// puts back, after others went back already) is undone to the revision it started from, and
+/// keeps the update's undo area it had taken over: once the flag is cleared, `aurum rollback`
+/// goes back with no repository to read from.
+#[test]
+fn a_rollback_by_rename_stopped_by_a_refused_write_keeps_the_way_back() {
+    let Some((env, _fs, node, args)) = small_node(1000, 32) else {
+        return;
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&args);
+    assert_eq!(node_diff(&env.path("rev2"), &node), "", "updated");
+    let n = node.to_str().unwrap();
+    let victim = node.join("usr/share/f150");
+    sh(&format!("chattr +i {}", victim.display()));
+    let err = refused(&["rollback", "--root", n]);
+    sh(&format!("chattr -i {}", victim.display()));
+    assert!(
+        err.contains("immutable") || err.contains("not permitted"),
+        "the refusal names its cause:\n{err}"
+    );
+    assert!(err.contains("was returned to"), "the rollback was undone:\n{err}");
+    assert_eq!(
+        node_diff(&env.path("rev2"), &node),
+        "",
+        "the rollback half-applied"
+    );
+    settled(&node, 2);
+    ok(&["rollback", "--root", n]);
+    assert_eq!(node_diff(&env.path("rev1"), &node), "", "rolled back");
+    settled(&node, 1);
+}

@@ -20,10 +20,10 @@
 //! (each is checked against its hash before use).
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::Mutex;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use nix::errno::Errno;
@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::{claim_node, Engine, Run, UpdateReport};
 use crate::apply::disk::{is_under, Stat};
-use crate::apply::node::STATE_DIR;
+use crate::apply::node::{Journal, STATE_DIR};
 use crate::apply::undo::{self, UndoArea};
 use crate::apply::{set_metadata, set_metadata_root, set_mtime};
 use crate::error::{IoContext, Result};
@@ -97,9 +97,11 @@ struct Back {
     rel: Vec<u8>,
     /// Its file name in the area.
     file: Vec<u8>,
-    /// What the path holds now is kept in the rollback's own area first: `Some(true)` moved
-    /// there (a directory, or anything a directory replaces), `Some(false)` linked (the path
-    /// never goes missing), `None`: the path holds nothing.
+    /// What the path holds now: `Some(_)` something, which trades places with the area's
+    /// entry (`Some(true)`: a directory is one of the two, so cached directories are
+    /// forgotten; on a filesystem without exchange it is moved into the area first, and a
+    /// `Some(false)` is linked there, so the path never goes missing); `None`: nothing, the
+    /// entry is renamed out of the area.
     keep: Option<bool>,
     /// Its metadata differs from the previous revision's (changed by hand before the last
     /// rollback, which kept it so): set after the rename.
@@ -190,8 +192,8 @@ enum Check<'m> {
         want: &'m Entry,
         now: Option<&'m Entry>,
     },
-    /// A path the update created (`now`), still as the update made it.
-    Created { now: &'m Entry },
+    /// The path `rel` the update created (`now`, resolved), still as the update made it.
+    Created { rel: &'m [u8], now: &'m Entry },
     /// `meta[i]`: the current revision's `had`, still of its kind, whose metadata becomes
     /// `want`'s.
     Meta {
@@ -309,6 +311,7 @@ fn diff(
             (None, Some(c)) => {
                 // Created by the update: still as it made it?
                 checks.push(Check::Created {
+                    rel: &c.path,
                     now: cur.resolve(c),
                 });
                 r.created.push(path.to_vec());
@@ -391,15 +394,18 @@ fn look(
                             || (st.mtime, st.mtime_nsec) != (want.mtime, want.mtime_nsec)
                             || (!matches!(want.kind, Kind::Symlink { .. })
                                 && st.mode & 0o7777 != want.mode);
+                        let area_dev = st.dev;
+                        // An entry on another filesystem than the area cannot trade places
+                        // with it (a mount made since the update): the full engine runs.
                         in_tree(&b.rel, &|_, on_disk| match (now, on_disk) {
-                            (Some(now), Some(st)) if looks_like(&st, now) => {
+                            (Some(now), Some(st)) if looks_like(&st, now) && st.dev == area_dev => {
                                 Some(Found::Back(fix))
                             }
                             (None, None) => Some(Found::Back(fix)),
                             _ => None,
                         })
                     }
-                    Check::Created { now } => in_tree(&now.path, &|_, st| {
+                    Check::Created { rel, now } => in_tree(rel, &|_, st| {
                         st.is_some_and(|st| looks_like(&st, now)).then_some(Found::Created)
                     }),
                     Check::Meta { had, want, .. } => in_tree(&want.path, &|dir, st| {
@@ -448,11 +454,15 @@ pub(super) fn apply(
     let undo_name = restore
         .area
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+        .expect("an area found under undo/ has a name")
+        .to_string_lossy()
+        .into_owned();
     engine.undo = UndoArea::at(restore.area.clone());
     engine.undo.open()?;
-    node.begin(&run.journal_of(&undo_name, false))?;
+    node.begin(&Journal {
+        kept_undo: true,
+        ..run.journal_of(&undo_name, false)
+    })?;
     let root = engine.disk.root.clone();
     let created: Vec<&[u8]> = restore.created.iter().map(|p| p.as_slice()).collect();
     engine.undo.announce(&created)?;
@@ -461,6 +471,16 @@ pub(super) fn apply(
         let dir = engine.dir(parent(p))?;
         syncer.note_dir(parent(p), dir.as_fd());
         engine.stash(dir.as_fd(), file_name(p), p)?;
+    }
+    // The area's next index, without the lines of the entries renamed out of it below.
+    let out: HashSet<&[u8]> = restore
+        .back
+        .iter()
+        .filter(|b| b.keep.is_none())
+        .map(|b| b.file.as_slice())
+        .collect();
+    if !out.is_empty() {
+        undo::write_index_without(&restore.area, &out)?;
     }
     let manifest = run.manifest;
     let meta_root = engine.disk.root_fd.try_clone().at(&root)?;
@@ -484,8 +504,16 @@ pub(super) fn apply(
     report.deleted = restore.created.len() as u64;
     set_dirs(manifest, engine, &restore.dirs)?;
     report.metadata_only = (restore.meta.len() + restore.dirs.len()) as u64;
+    // No line is added from here on: the index may be replaced.
     engine.undo.sync()?;
-    undo::drop_lines(&restore.area, &gone)?;
+    if gone.len() > out.len() {
+        // Entries kept the old way (a filesystem without exchange) added lines and left
+        // the area: the index is written again.
+        undo::write_index_without(&restore.area, &gone)?;
+        undo::replace_index(&restore.area)?;
+    } else if !out.is_empty() {
+        undo::replace_index(&restore.area)?;
+    }
     syncer.note(engine.disk.root_fd.as_fd());
     syncer.sync(&root)?;
     sys::sync_dir(&restore.area)?;
@@ -522,8 +550,8 @@ fn put_back<'r>(
             ) {
                 Ok(()) => true,
                 // A filesystem without exchange: kept the way an update keeps it, under a
-                // new line.
-                Err(Errno::EINVAL | Errno::ENOSYS | Errno::EXDEV) => false,
+                // new line (the plan made sure the entry and the area share a filesystem).
+                Err(Errno::EINVAL | Errno::ENOSYS) => false,
                 Err(e) => return Err(e).at(shown(&root, p)),
             };
         if b.keep == Some(true) {

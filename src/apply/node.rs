@@ -49,7 +49,7 @@ pub const STAGE: &str = "stage";
 pub fn keep_manifest_in(dir: &Path, m: &Manifest) -> Result<Id> {
     let raw = m.encode();
     let id = Id::of(&raw);
-    let p = dir.join(format!("{}.mf", id.hex()));
+    let p = kept_path(dir, &id);
     if !p.exists() {
         fs::create_dir_all(dir).at(dir)?;
         crate::sys::write_atomic(
@@ -67,9 +67,14 @@ pub fn keep_manifest_in(dir: &Path, m: &Manifest) -> Result<Id> {
     Ok(id)
 }
 
+/// Where [`keep_manifest_in`] keeps the manifest `id` in `dir`.
+fn kept_path(dir: &Path, id: &Id) -> PathBuf {
+    dir.join(format!("{}.mf", id.hex()))
+}
+
 /// A manifest kept in `dir` by [`keep_manifest_in`], if there is one.
 pub fn kept_manifest_in(dir: &Path, id: &Id) -> Result<Option<Manifest>> {
-    let p = dir.join(format!("{}.mf", id.hex()));
+    let p = kept_path(dir, id);
     let packed = match fs::read(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -272,9 +277,8 @@ impl Node {
     /// Keeps `m`, whose id is `id`, unless it is kept already: no encoding to learn its id
     /// (a rollback goes to a revision the node keeps; encoding 20,000 entries takes
     /// milliseconds).
-    pub fn keep_manifest_as(&self, id: &Id, m: &Manifest) -> Result<()> {
-        let p = self.dir.join("manifests").join(format!("{}.mf", id.hex()));
-        if !p.exists() {
+    pub(crate) fn keep_manifest_as(&self, id: &Id, m: &Manifest) -> Result<()> {
+        if !kept_path(&self.dir.join("manifests"), id).exists() {
             self.keep_manifest(m)?;
         }
         Ok(())

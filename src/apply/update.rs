@@ -1446,6 +1446,19 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Sets the metadata of the directory `e` (the root too), once every entry in it is in
+/// place; one whose parent cannot be opened (gone by hand) is left.
+fn set_dir_metadata(engine: &Engine, e: &Entry) -> Result<()> {
+    let (root, warn) = (&engine.disk.root, &|w| engine.warn(w));
+    if e.path.is_empty() {
+        super::set_metadata_root(engine.disk.root_fd.as_fd(), e, root, warn)
+    } else if let Ok(dir) = engine.dir(parent(&e.path)) {
+        set_metadata(dir.as_fd(), file_name(&e.path), e, None, root, warn)
+    } else {
+        Ok(())
+    }
+}
+
 /// After the entries are in place: the metadata of every directory the update manages,
 /// deepest first (creating and removing entries moved their mtimes), then every rename,
 /// removal and metadata change made durable before the state says the update is done.
@@ -1455,14 +1468,8 @@ fn finish_tree(
     plan: &UpdatePlan,
     syncer: &sys::Syncer,
 ) -> Result<()> {
-    let (root, warn) = (&engine.disk.root, &|w| engine.warn(w));
     for &i in plan.dirs.iter().rev() {
-        let e = &manifest.entries[i];
-        if e.path.is_empty() {
-            super::set_metadata_root(engine.disk.root_fd.as_fd(), e, root, warn)?;
-        } else if let Ok(dir) = engine.dir(parent(&e.path)) {
-            set_metadata(dir.as_fd(), file_name(&e.path), e, None, root, warn)?;
-        }
+        set_dir_metadata(engine, &manifest.entries[i])?;
     }
     engine.undo.sync()?;
     for p in &plan.removals {
@@ -1470,7 +1477,7 @@ fn finish_tree(
             syncer.note_dir(parent(p), d.as_fd());
         }
     }
-    syncer.sync(root)
+    syncer.sync(&engine.disk.root)
 }
 
 /// Files one worker of [`prewrite`] writes in a row.

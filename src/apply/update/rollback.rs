@@ -34,7 +34,7 @@ use super::{claim_node, Engine, Run, UpdateReport};
 use crate::apply::disk::{is_under, Stat};
 use crate::apply::node::{Journal, STATE_DIR};
 use crate::apply::undo::{self, UndoArea};
-use crate::apply::{set_metadata, set_metadata_root, set_mtime};
+use crate::apply::{set_metadata, set_mtime};
 use crate::error::{IoContext, Result};
 use crate::excludes::Excludes;
 use crate::format::manifest::{file_name, parent, Entry, Kind, Manifest};
@@ -502,7 +502,10 @@ pub(super) fn apply(
         engine.warn(w);
     }
     report.deleted = restore.created.len() as u64;
-    set_dirs(manifest, engine, &restore.dirs)?;
+    // The directories' own metadata last, deepest first.
+    for e in restore.dirs.iter().rev().filter_map(|rel| manifest.get(rel)) {
+        super::set_dir_metadata(engine, e)?;
+    }
     report.metadata_only = (restore.meta.len() + restore.dirs.len()) as u64;
     // No line is added from here on: the index may be replaced.
     engine.undo.sync()?;
@@ -605,22 +608,3 @@ fn set_entries(
     })
 }
 
-/// Sets the metadata of the directories `dirs` of `manifest`, deepest first, once every
-/// entry in them is in place.
-fn set_dirs(manifest: &Manifest, engine: &Engine, dirs: &BTreeSet<Vec<u8>>) -> Result<()> {
-    let (root, root_fd) = (&engine.disk.root, engine.disk.root_fd.as_fd());
-    let warn = |w| engine.warn(w);
-    let mut cache = DirCache::default();
-    for rel in dirs.iter().rev() {
-        let Some(e) = manifest.get(rel) else {
-            continue;
-        };
-        if rel.is_empty() {
-            set_metadata_root(root_fd, e, root, &warn)?;
-        } else {
-            let dir = cache.dir(root_fd, parent(rel), root)?;
-            set_metadata(dir, file_name(rel), e, None, root, &warn)?;
-        }
-    }
-    Ok(())
-}

@@ -466,13 +466,8 @@ pub(super) fn apply(
     let root = engine.disk.root.clone();
     let created: Vec<&[u8]> = restore.created.iter().map(|p| p.as_slice()).collect();
     engine.undo.announce(&created)?;
-    let syncer = sys::Syncer::default();
-    for p in &restore.created {
-        let dir = engine.dir(parent(p))?;
-        syncer.note_dir(parent(p), dir.as_fd());
-        engine.stash(dir.as_fd(), file_name(p), p)?;
-    }
-    // The area's next index, without the lines of the entries renamed out of it below.
+    // The area's next index (the lines just announced in it), without the lines of the
+    // entries renamed out of it below: written before anything moves.
     let out: HashSet<&[u8]> = restore
         .back
         .iter()
@@ -481,6 +476,12 @@ pub(super) fn apply(
         .collect();
     if !out.is_empty() {
         undo::write_index_without(&restore.area, &out)?;
+    }
+    let syncer = sys::Syncer::default();
+    for p in &restore.created {
+        let dir = engine.dir(parent(p))?;
+        syncer.note_dir(parent(p), dir.as_fd());
+        engine.stash(dir.as_fd(), file_name(p), p)?;
     }
     let manifest = run.manifest;
     let meta_root = engine.disk.root_fd.try_clone().at(&root)?;

@@ -332,7 +332,10 @@ fn a_rollback_by_rename_stopped_by_a_refused_write_keeps_the_way_back() {
         err.contains("immutable") || err.contains("not permitted"),
         "the refusal names its cause:\n{err}"
     );
-    assert!(err.contains("was returned to"), "the rollback was undone:\n{err}");
+    assert!(
+        err.contains("was returned to"),
+        "the rollback was undone:\n{err}"
+    );
     assert_eq!(
         node_diff(&env.path("rev2"), &node),
         "",

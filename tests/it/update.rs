@@ -1235,7 +1235,13 @@ fn rollbacks_by_rename_trade_places_with_the_undo_area_back_and_forth() {
     let n = node.to_str().unwrap();
     let node_args = ["--root", n, "--no-default-excludes"];
     ok(&[
-        &["--repo", repo.to_str().unwrap(), "updateclient", "--image", "t@2"][..],
+        &[
+            "--repo",
+            repo.to_str().unwrap(),
+            "updateclient",
+            "--image",
+            "t@2",
+        ][..],
         &node_args,
     ]
     .concat());
@@ -1259,7 +1265,11 @@ fn rollbacks_by_rename_trade_places_with_the_undo_area_back_and_forth() {
         ok(&[&["rollback"][..], &node_args].concat());
         let d = node_diff(want, &node);
         assert_eq!(d, "", "rollback {i}:\n{d}");
-        assert_eq!(areas(), area, "rollback {i} kept the update's area, and only it");
+        assert_eq!(
+            areas(),
+            area,
+            "rollback {i} kept the update's area, and only it"
+        );
         // Every line names a file in the area (a line for an entry renamed out is dropped).
         let lines = std::fs::read_to_string(&index).unwrap();
         let mut paths = Vec::new();
@@ -1274,7 +1284,11 @@ fn rollbacks_by_rename_trade_places_with_the_undo_area_back_and_forth() {
         let mut unique = paths.clone();
         unique.sort();
         unique.dedup();
-        assert_eq!(unique.len(), paths.len(), "rollback {i}: a path twice in {lines}");
+        assert_eq!(
+            unique.len(),
+            paths.len(),
+            "rollback {i}: a path twice in {lines}"
+        );
         // The inodes trade places: the one the update wrote is back after each second rollback.
         let now = (ino("etc/changed"), ino("opt/thing"));
         if want == &b {

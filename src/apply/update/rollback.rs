@@ -363,12 +363,7 @@ fn diff(
 
 /// Makes every check of [`diff`] on every core, each worker with directories of its own;
 /// `None` for a check that fails.
-fn look(
-    checks: &[Check],
-    back: &[Back],
-    engine: &Engine,
-    area: BorrowedFd,
-) -> Vec<Option<Found>> {
+fn look(checks: &[Check], back: &[Back], engine: &Engine, area: BorrowedFd) -> Vec<Option<Found>> {
     let (root_fd, root) = (engine.disk.root_fd.as_fd(), &engine.disk.root);
     let run = crate::apply::run_length(checks.len(), CHECK_RUN);
     let runs: Vec<Vec<Option<Found>>> = checks
@@ -376,10 +371,16 @@ fn look(
         .map(|run| {
             let mut dirs = DirCache::default();
             // Calls `f` with the directory of the tree path `rel` and what `rel` is there.
-            let mut in_tree = |rel: &[u8], f: &dyn Fn(BorrowedFd, Option<Stat>) -> Option<Found>| {
-                let dir = dirs.dir(root_fd, parent(rel), root).ok()?;
-                f(dir, sys::lstat_at(dir, file_name(rel)).ok().map(|s| Stat::from(&s)))
-            };
+            let mut in_tree =
+                |rel: &[u8], f: &dyn Fn(BorrowedFd, Option<Stat>) -> Option<Found>| {
+                    let dir = dirs.dir(root_fd, parent(rel), root).ok()?;
+                    f(
+                        dir,
+                        sys::lstat_at(dir, file_name(rel))
+                            .ok()
+                            .map(|s| Stat::from(&s)),
+                    )
+                };
             run.iter()
                 .map(|check| match *check {
                     Check::Back { i, want, now } => {
@@ -406,7 +407,8 @@ fn look(
                         })
                     }
                     Check::Created { rel, now } => in_tree(rel, &|_, st| {
-                        st.is_some_and(|st| looks_like(&st, now)).then_some(Found::Created)
+                        st.is_some_and(|st| looks_like(&st, now))
+                            .then_some(Found::Created)
                     }),
                     Check::Meta { had, want, .. } => in_tree(&want.path, &|dir, st| {
                         // Still of the current revision's kind (not replaced by hand: a
@@ -504,7 +506,12 @@ pub(super) fn apply(
     }
     report.deleted = restore.created.len() as u64;
     // The directories' own metadata last, deepest first.
-    for e in restore.dirs.iter().rev().filter_map(|rel| manifest.get(rel)) {
+    for e in restore
+        .dirs
+        .iter()
+        .rev()
+        .filter_map(|rel| manifest.get(rel))
+    {
         super::set_dir_metadata(engine, e)?;
     }
     report.metadata_only = (restore.meta.len() + restore.dirs.len()) as u64;
@@ -568,8 +575,7 @@ fn put_back<'r>(
                 Some(false) => engine.keep(dir.as_fd(), name, p, super::Act::Content)?,
                 None => {}
             }
-            renameat(area_fd.as_fd(), b.file.as_slice(), dir.as_fd(), name)
-                .at(shown(&root, p))?;
+            renameat(area_fd.as_fd(), b.file.as_slice(), dir.as_fd(), name).at(shown(&root, p))?;
             gone.insert(b.file.as_slice());
         }
         let e = run.manifest.get(p).map(|e| run.manifest.resolve(e));
@@ -600,7 +606,10 @@ fn set_entries(
         let mut cache = DirCache::default();
         part.iter().try_for_each(|&(i, times)| {
             let e = &manifest.entries[i];
-            let (dir, name) = (cache.dir(root_fd, parent(&e.path), root)?, file_name(&e.path));
+            let (dir, name) = (
+                cache.dir(root_fd, parent(&e.path), root)?,
+                file_name(&e.path),
+            );
             match times {
                 Times::Only => set_mtime(dir, name, e, root),
                 Times::AndMore => set_metadata(dir, name, e, None, root, warn),
@@ -608,4 +617,3 @@ fn set_entries(
         })
     })
 }
-

@@ -69,7 +69,7 @@ impl UndoArea {
         let index_path = self.dir.join("index");
         // Each entry's index line is written first, so the lines number the next one: past
         // the last number and the line count (a rollback drops the lines of entries it put
-        // back, see [`drop_lines`]).
+        // back, see [`write_index_without`]).
         self.next = std::fs::read_to_string(&index_path)
             .map(|t| {
                 let last = t.lines().filter_map(parse_index_line).map(|(n, _)| n + 1);

@@ -158,6 +158,65 @@ fn id_from_blob(b: Vec<u8>) -> rusqlite::Result<Id> {
     Ok(Id(arr))
 }
 
+/// Rows [`step_through`] steps over for one key before it searches the index for it instead.
+const STEPS: usize = 16;
+
+/// Answers each of `keys` from `st`, a query of the rows whose key (its column 0, a blob) is
+/// at least its last parameter (`lead` are the ones before it), in key order: `answer` gets
+/// the row holding the key, or `None`.
+///
+/// Keys asked in ascending order, as a capture asks them (a directory's paths; a batch's blob
+/// ids, sorted), are answered by walking the rows from one key to the next, with one search
+/// of the index for the first: a search per key was most of the time of these lookups. The
+/// index is searched again where more than [`STEPS`] rows lie between two keys, or a key comes
+/// before the one asked last.
+fn step_through<T>(
+    st: &mut rusqlite::Statement,
+    lead: &[&dyn rusqlite::ToSql],
+    keys: &[&[u8]],
+    mut answer: impl FnMut(usize, Option<&rusqlite::Row>) -> Result<T>,
+) -> Result<Vec<T>> {
+    use rusqlite::fallible_streaming_iterator::FallibleStreamingIterator;
+    use std::cmp::Ordering;
+    let mut out = Vec::with_capacity(keys.len());
+    // One search of the index per pass, from the first key not answered yet.
+    while out.len() < keys.len() {
+        let from = keys[out.len()];
+        let bound: Vec<&dyn rusqlite::ToSql> = lead.iter().copied().chain([&from as _]).collect();
+        let mut rows = st.query(bound.as_slice())?;
+        rows.advance()?;
+        let mut steps = 0;
+        while let Some(&key) = keys.get(out.len()) {
+            let row = match rows.get() {
+                None => None,
+                Some(row) => {
+                    // Keys are blobs; a row holding anything else matches none.
+                    let at = match row.get_ref(0)? {
+                        rusqlite::types::ValueRef::Blob(b) => b.cmp(key),
+                        _ => Ordering::Less,
+                    };
+                    match at {
+                        Ordering::Less if steps < STEPS => {
+                            rows.advance()?;
+                            steps += 1;
+                            continue;
+                        }
+                        Ordering::Less => break,
+                        Ordering::Greater => None,
+                        Ordering::Equal => Some(row),
+                    }
+                }
+            };
+            out.push(answer(out.len(), row)?);
+            steps = 0;
+            if keys.get(out.len()).is_some_and(|&next| next < key) {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Inserts a pack row and its blob rows; `conflict` is what SQLite does with a blob already
 /// listed (`IGNORE` keeps its old place, `REPLACE` moves it here).
 fn insert_pack(tx: &rusqlite::Transaction, pack: &FinishedPack, conflict: &str) -> Result<()> {
@@ -422,6 +481,23 @@ impl Catalog {
             }
         }
         Ok(known)
+    }
+
+    /// Which of `ids` the repository has (the answers in the same order), looked up in id
+    /// order (see [`step_through`]). Call it inside [`Catalog::reading`].
+    pub fn has_blobs(&self, ids: &[&Id]) -> Result<Vec<bool>> {
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_unstable_by_key(|&i| ids[i]);
+        let keys: Vec<&[u8]> = order.iter().map(|&i| &ids[i].0[..]).collect();
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id FROM blobs WHERE id >= ?1 ORDER BY id")?;
+        let found = step_through(&mut st, &[], &keys, |_, row| Ok(row.is_some()))?;
+        let mut out = vec![false; ids.len()];
+        for (&i, has) in order.iter().zip(found) {
+            out[i] = has;
+        }
+        Ok(out)
     }
 
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
@@ -827,41 +903,44 @@ impl Catalog {
     /// transaction: (content as [`crate::format::manifest::encode_content`] wrote it, empty for
     /// all but files; xattrs as [`crate::format::manifest::encode_xattrs`] wrote them, `None`
     /// when the row predates their recording).
+    ///
+    /// A scan asks a directory's entries at a time, in path order, the order of the table's
+    /// rows: they are walked rather than searched for one by one ([`step_through`]; the
+    /// subtree of a subdirectory between two names is searched past).
     pub fn statcache_lookup<'a>(
         &self,
         source: &str,
         entries: impl IntoIterator<Item = (&'a [u8], &'a StatKey)>,
     ) -> Result<Vec<Option<StatHit>>> {
-        let lookup = |cat: &Self| {
+        let lookup = |cat: &Self| -> Result<Vec<Option<StatHit>>> {
             let key: Option<i64> = cat
                 .conn
                 .prepare_cached("SELECT key FROM sources WHERE name = ?1")?
                 .query_row([source], |r| r.get(0))
                 .optional()?;
+            let asked: Vec<(&[u8], &StatKey)> = entries.into_iter().collect();
+            let Some(key) = key else {
+                return Ok(vec![None; asked.len()]);
+            };
             let mut st = cat.conn.prepare_cached(
-                "SELECT content, xattrs FROM statcache
-                 WHERE source = ?1 AND path = ?2
-                 AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5 AND ino = ?6",
+                "SELECT path, size, mtime_ns, ctime_ns, ino, content, xattrs FROM statcache
+                 WHERE source = ?1 AND path >= ?2 ORDER BY path",
             )?;
-            entries
-                .into_iter()
-                .map(|(path, k)| match key {
-                    None => Ok(None),
-                    Some(key) => Ok(st
-                        .query_row(
-                            params![
-                                key,
-                                path,
-                                k.size as i64,
-                                k.mtime_ns,
-                                k.ctime_ns,
-                                k.ino as i64
-                            ],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?),
-                })
-                .collect()
+            let paths: Vec<&[u8]> = asked.iter().map(|&(p, _)| p).collect();
+            step_through(&mut st, &[&key], &paths, |i, row| {
+                let Some(row) = row else { return Ok(None) };
+                let k = asked[i].1;
+                let stat = (
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                );
+                if stat != (k.size as i64, k.mtime_ns, k.ctime_ns, k.ino as i64) {
+                    return Ok(None);
+                }
+                Ok(Some((row.get(5)?, row.get(6)?)))
+            })
         };
         // A connection that holds a snapshot reads in it; else in one transaction.
         if self.conn.is_autocommit() {
@@ -1140,6 +1219,94 @@ mod tests {
             st.get_status(rusqlite::StatementStatus::RePrepare),
             0,
             "the blob lookup was prepared again"
+        );
+    }
+
+    /// Lookups that walk the rows ([`step_through`]) give what a search per key gives: keys
+    /// asked out of order, twice, absent, past the last row, and with a long run of rows (a
+    /// subdirectory's subtree) between two of them.
+    #[test]
+    fn lookups_stepping_through_rows_answer_as_searches_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&dir.path().join("aurum.db")).unwrap();
+        let ids: Vec<Id> = (0..100u32).map(|i| Id::of(&i.to_le_bytes())).collect();
+        let entry = |(i, id): (usize, &Id)| IndexEntry {
+            id: *id,
+            offset: i as u64 * 64,
+            stored_len: 60,
+            raw_len: 60,
+            codec: Codec::Raw,
+            inner: 0,
+        };
+        // Every third blob is stored.
+        let pack = crate::store::FinishedPack {
+            id: Id::of(b"pack"),
+            size: 100 * 64,
+            entries: ids.iter().enumerate().step_by(3).map(entry).collect(),
+        };
+        c.add_pack(&pack).unwrap();
+        let mut asked: Vec<&Id> = ids.iter().rev().chain(ids.iter().step_by(7)).collect();
+        asked.swap(3, 60);
+        let got = c.reading(|c| c.has_blobs(&asked)).unwrap();
+        let want: Vec<bool> = asked.iter().map(|id| c.has_blob(id).unwrap()).collect();
+        assert_eq!(got, want);
+        assert_eq!(got.iter().filter(|&&h| h).count(), 34 + 5);
+
+        let key = |n: u64| StatKey {
+            size: n,
+            mtime_ns: n as i64,
+            ctime_ns: n as i64,
+            ino: n,
+            maybe_sparse: false,
+        };
+        let mut paths: Vec<Vec<u8>> = vec![b"a".to_vec(), b"a/a".to_vec(), b"a/b".to_vec()];
+        paths.extend((0..40).map(|i| format!("a/b/{i:02}").into_bytes()));
+        paths.extend([b"a/c".to_vec(), b"a/d".to_vec(), b"b".to_vec()]);
+        let rows: Vec<StatRow> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), key(i as u64), Some((p.clone(), vec![i as u8]))))
+            .collect();
+        c.statcache_stage_begin().unwrap();
+        c.statcache_stage("src", &rows).unwrap();
+        c.statcache_commit("src", 0).unwrap();
+        let stat = |p: &[u8]| key(paths.iter().position(|q| q == p).unwrap_or(999) as u64);
+        let (a, b, cc, d, e) = (
+            stat(b"a/a"),
+            stat(b"a/b"),
+            stat(b"a/c"),
+            stat(b"a/d"),
+            key(7),
+        );
+        let asked: Vec<(&[u8], &StatKey)> = vec![
+            (b"a/a", &a),
+            (b"a/b", &b),
+            (b"a/c", &cc),
+            (b"a/d", &e), // other stat data: no answer
+            (b"a/e", &e),
+            (b"a/d", &d),
+            (b"a/a", &a),
+            (b"z", &e),
+        ];
+        let got = c.statcache_lookup("src", asked.iter().copied()).unwrap();
+        let hit = |p: &[u8]| {
+            let i = paths.iter().position(|q| q == p).unwrap();
+            Some((p.to_vec(), Some(vec![i as u8])))
+        };
+        let want = vec![
+            hit(b"a/a"),
+            hit(b"a/b"),
+            hit(b"a/c"),
+            None,
+            None,
+            hit(b"a/d"),
+            hit(b"a/a"),
+            None,
+        ];
+        assert_eq!(got, want);
+        assert_eq!(
+            c.statcache_lookup("other", asked.iter().copied()).unwrap(),
+            vec![None; asked.len()]
         );
     }
 }

@@ -901,18 +901,29 @@ impl BlobWriter {
             pending,
             ..
         } = self;
-        catalog.reading(|cat| {
-            let mut answers = Vec::new();
-            for id in ids {
-                let new = !claimed.contains(id) && !cat.has_blob(id)?;
+        let ids: Vec<&Id> = ids.into_iter().collect();
+        let unknown: Vec<&Id> = ids
+            .iter()
+            .filter(|id| !claimed.contains(*id))
+            .copied()
+            .collect();
+        let stored = catalog.reading(|cat| cat.has_blobs(&unknown))?;
+        let stored: HashSet<&Id> = unknown
+            .iter()
+            .zip(stored)
+            .filter_map(|(id, has)| has.then_some(*id))
+            .collect();
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let new = !claimed.contains(id) && !stored.contains(id);
                 if new {
                     claimed.insert(*id);
                     pending.insert(*id);
                 }
-                answers.push(new);
-            }
-            Ok(answers)
-        })
+                new
+            })
+            .collect())
     }
 
     fn unclaimed(&mut self, id: &Id) -> Result<()> {

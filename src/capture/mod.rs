@@ -777,7 +777,7 @@ fn capture_batch(
         });
     }
     let cached = if use_cache && !looked_up {
-        repo.catalog.statcache_get_many(
+        repo.catalog.statcache_lookup(
             describe,
             files
                 .iter()
@@ -787,7 +787,7 @@ fn capture_batch(
         vec![None; files.len()]
     };
     for (&i, cached) in files.iter().zip(cached) {
-        match cached.map(|bytes| decode_content(&bytes)) {
+        match cached.map(|(bytes, _)| decode_content(&bytes)) {
             Some(Ok((chunks, extents))) => {
                 contents[i] = Some(Content { chunks, extents });
                 counts.from_cache += 1;

@@ -158,7 +158,8 @@ fn id_from_blob(b: Vec<u8>) -> rusqlite::Result<Id> {
     Ok(Id(arr))
 }
 
-/// Rows [`step_through`] steps over for one key before it searches the index for it instead.
+/// Rows [`step_through`] steps over, at most, from one key to the next before it searches the
+/// index instead.
 const STEPS: usize = 16;
 
 /// Answers each of `keys` from `st`, a query of the rows whose key (its column 0, a blob) is
@@ -168,8 +169,11 @@ const STEPS: usize = 16;
 /// Keys asked in ascending order, as a capture asks them (a directory's paths; a batch's blob
 /// ids, sorted), are answered by walking the rows from one key to the next, with one search
 /// of the index for the first: a search per key was most of the time of these lookups. The
-/// index is searched again where more than [`STEPS`] rows lie between two keys, or a key comes
-/// before the one asked last.
+/// index is searched again for a key that comes before the one asked last, and for one the
+/// walk does not reach within [`STEPS`] rows (a subdirectory's subtree between two names);
+/// after a search the next key is given one step only, so that keys spread thinly over a
+/// large table (a few new blobs against a large repository) cost a search each, as before,
+/// and not [`STEPS`] wasted steps as well.
 fn step_through<T>(
     st: &mut rusqlite::Statement,
     lead: &[&dyn rusqlite::ToSql],
@@ -185,30 +189,43 @@ fn step_through<T>(
         let bound: Vec<&dyn rusqlite::ToSql> = lead.iter().copied().chain([&from as _]).collect();
         let mut rows = st.query(bound.as_slice())?;
         rows.advance()?;
-        let mut steps = 0;
+        // Whether the key being answered got the search; the rows the walk may step over to
+        // reach it.
+        let (mut searched, mut budget) = (true, 0);
         while let Some(&key) = keys.get(out.len()) {
-            let row = match rows.get() {
-                None => None,
-                Some(row) => {
-                    // Keys are blobs; a row holding anything else matches none.
-                    let at = match row.get_ref(0)? {
-                        rusqlite::types::ValueRef::Blob(b) => b.cmp(key),
-                        _ => Ordering::Less,
-                    };
-                    match at {
-                        Ordering::Less if steps < STEPS => {
-                            rows.advance()?;
-                            steps += 1;
-                            continue;
-                        }
-                        Ordering::Less => break,
-                        Ordering::Greater => None,
-                        Ordering::Equal => Some(row),
+            let mut steps = 0;
+            // `None`: not reached, searched for.
+            let found = loop {
+                let Some(row) = rows.get() else {
+                    break Some(None);
+                };
+                // Keys are blobs; the query returns no row of another type (they sort below
+                // every blob).
+                let at = match row.get_ref(0)? {
+                    rusqlite::types::ValueRef::Blob(b) => b.cmp(key),
+                    _ => Ordering::Less,
+                };
+                match at {
+                    Ordering::Less if steps < budget => {
+                        rows.advance()?;
+                        steps += 1;
                     }
+                    Ordering::Less => break None,
+                    Ordering::Greater => break Some(None),
+                    Ordering::Equal => break Some(Some(row)),
                 }
             };
+            let Some(row) = found else {
+                if searched {
+                    // A search that lands below its key would be searched again forever.
+                    return Err(crate::error::corrupt(
+                        "the catalog returned rows out of order; run `aurum verify`",
+                    ));
+                }
+                break;
+            };
             out.push(answer(out.len(), row)?);
-            steps = 0;
+            (budget, searched) = (if searched { 1 } else { STEPS }, false);
             if keys.get(out.len()).is_some_and(|&next| next < key) {
                 break;
             }
@@ -456,7 +473,6 @@ impl Catalog {
         )))
     }
 
-    /// Whether the repository has a blob.
     /// Runs many reads in one read transaction: outside one, SQLite takes and drops its shared
     /// lock (a handful of fcntl calls) around every single statement.
     pub fn reading<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
@@ -500,6 +516,7 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Whether the repository has a blob.
     pub fn has_blob(&self, id: &Id) -> Result<bool> {
         let mut st = self
             .conn
@@ -885,20 +902,6 @@ impl Catalog {
 
     // ---- stat cache ----
 
-    /// Looks up many files at once, in one read transaction (see [`Catalog::reading`]).
-    pub fn statcache_get_many<'a>(
-        &self,
-        source: &str,
-        files: impl IntoIterator<Item = (&'a [u8], &'a StatKey)>,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
-        self.reading(|cat| {
-            files
-                .into_iter()
-                .map(|(path, key)| cat.statcache_get(source, path, key))
-                .collect()
-        })
-    }
-
     /// What the stat cache holds for entries with exactly this stat data, in one read
     /// transaction: (content as [`crate::format::manifest::encode_content`] wrote it, empty for
     /// all but files; xattrs as [`crate::format::manifest::encode_xattrs`] wrote them, `None`
@@ -948,33 +951,6 @@ impl Catalog {
         } else {
             lookup(self)
         }
-    }
-
-    /// The content a file had when it last had exactly this stat data.
-    pub fn statcache_get(
-        &self,
-        source: &str,
-        path: &[u8],
-        key: &StatKey,
-    ) -> Result<Option<Vec<u8>>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT content FROM statcache
-             WHERE source = (SELECT key FROM sources WHERE name = ?1) AND path = ?2
-             AND size = ?3 AND mtime_ns = ?4 AND ctime_ns = ?5 AND ino = ?6",
-        )?;
-        Ok(st
-            .query_row(
-                params![
-                    source,
-                    path,
-                    key.size as i64,
-                    key.mtime_ns,
-                    key.ctime_ns,
-                    key.ino as i64
-                ],
-                |r| r.get(0),
-            )
-            .optional()?)
     }
 
     /// Starts staging the stat cache rows of a capture (see [`Self::statcache_stage`]): in a
@@ -1270,7 +1246,15 @@ mod tests {
         c.statcache_stage_begin().unwrap();
         c.statcache_stage("src", &rows).unwrap();
         c.statcache_commit("src", 0).unwrap();
-        let stat = |p: &[u8]| key(paths.iter().position(|q| q == p).unwrap_or(999) as u64);
+        // A row whose path is text, not a blob (no aurum writes one): no path matches it.
+        c.conn
+            .execute(
+                "INSERT INTO statcache SELECT source, 'a/bb', size, mtime_ns, ctime_ns, ino, \
+                 content, xattrs FROM statcache WHERE path = x'612f62'",
+                [],
+            )
+            .unwrap();
+        let stat = |p: &[u8]| key(paths.iter().position(|q| q == p).unwrap() as u64);
         let (a, b, cc, d, e) = (
             stat(b"a/a"),
             stat(b"a/b"),
@@ -1281,6 +1265,7 @@ mod tests {
         let asked: Vec<(&[u8], &StatKey)> = vec![
             (b"a/a", &a),
             (b"a/b", &b),
+            (b"a/bb", &b),
             (b"a/c", &cc),
             (b"a/d", &e), // other stat data: no answer
             (b"a/e", &e),
@@ -1296,6 +1281,7 @@ mod tests {
         let want = vec![
             hit(b"a/a"),
             hit(b"a/b"),
+            None,
             hit(b"a/c"),
             None,
             None,
@@ -1304,6 +1290,28 @@ mod tests {
             None,
         ];
         assert_eq!(got, want);
+        // And what a search per path finds.
+        let mut search = c
+            .conn
+            .prepare(
+                "SELECT content, xattrs FROM statcache
+                 WHERE source = (SELECT key FROM sources WHERE name = 'src') AND path = ?1
+                 AND size = ?2 AND mtime_ns = ?3 AND ctime_ns = ?4 AND ino = ?5",
+            )
+            .unwrap();
+        let searched: Vec<Option<StatHit>> = asked
+            .iter()
+            .map(|(p, k)| {
+                search
+                    .query_row(
+                        params![p, k.size as i64, k.mtime_ns, k.ctime_ns, k.ino as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(got, searched);
         assert_eq!(
             c.statcache_lookup("other", asked.iter().copied()).unwrap(),
             vec![None; asked.len()]

@@ -513,13 +513,20 @@ impl Fetch<'_> {
         for id in present {
             named.extend(blob_ids(&self.repo.load_manifest_raw(id)?)?);
         }
+        let named: Vec<Id> = named.into_iter().collect();
         let cat = &self.repo.catalog;
         cat.reading(|c| {
             let mut wanted = HashSet::new();
-            for id in named {
-                if !c.has_blob(&id)? {
-                    wanted.insert(id);
-                }
+            // A bounded batch at a time: the lookup sorts what it is given.
+            for part in named.chunks(1 << 16) {
+                let part: Vec<&Id> = part.iter().collect();
+                let has = c.has_blobs(&part)?;
+                wanted.extend(
+                    part.into_iter()
+                        .zip(has)
+                        .filter(|(_, h)| !h)
+                        .map(|(id, _)| *id),
+                );
             }
             Ok(wanted)
         })

@@ -170,14 +170,17 @@ const STEPS: usize = 16;
 /// ids, sorted), are answered by walking the rows from one key to the next, with one search
 /// of the index for the first: a search per key was most of the time of these lookups. The
 /// index is searched again for a key that comes before the one asked last, and for one the
-/// walk does not reach within [`STEPS`] rows (a subdirectory's subtree between two names);
-/// after a search the next key is given one step only, so that keys spread thinly over a
-/// large table (a few new blobs against a large repository) cost a search each, as before,
-/// and not [`STEPS`] wasted steps as well.
+/// walk does not reach within [`STEPS`] rows (a subdirectory's subtree between two names),
+/// or within `after_search` rows when the key before it needed a search. A caller whose keys
+/// may lie thinly over a large table (blob ids: a few new blobs against a large repository)
+/// gives 1 there, so that such keys cost a search each, as they did before, and one step
+/// more; keys 2 to 16 rows apart then cost a search each too, unless a run of them is
+/// reached by walking.
 fn step_through<T>(
     st: &mut rusqlite::Statement,
     lead: &[&dyn rusqlite::ToSql],
     keys: &[&[u8]],
+    after_search: usize,
     mut answer: impl FnMut(usize, Option<&rusqlite::Row>) -> Result<T>,
 ) -> Result<Vec<T>> {
     use rusqlite::fallible_streaming_iterator::FallibleStreamingIterator;
@@ -194,7 +197,7 @@ fn step_through<T>(
         let (mut searched, mut budget) = (true, 0);
         while let Some(&key) = keys.get(out.len()) {
             let mut steps = 0;
-            // `None`: not reached, searched for.
+            // `None`: not reached; it gets a search.
             let found = loop {
                 let Some(row) = rows.get() else {
                     break Some(None);
@@ -217,15 +220,18 @@ fn step_through<T>(
             };
             let Some(row) = found else {
                 if searched {
-                    // A search that lands below its key would be searched again forever.
+                    // A search that lands below its key would be searched again forever: a
+                    // query not of the form above, or a damaged index.
                     return Err(crate::error::corrupt(
-                        "the catalog returned rows out of order; run `aurum verify`",
+                        "the catalog returned rows out of order: its index may be damaged \
+                         (`sqlite3 aurum.db 'PRAGMA integrity_check'` in the repository \
+                         checks it)",
                     ));
                 }
                 break;
             };
             out.push(answer(out.len(), row)?);
-            (budget, searched) = (if searched { 1 } else { STEPS }, false);
+            (budget, searched) = (if searched { after_search } else { STEPS }, false);
             if keys.get(out.len()).is_some_and(|&next| next < key) {
                 break;
             }
@@ -508,7 +514,7 @@ impl Catalog {
         let mut st = self
             .conn
             .prepare_cached("SELECT id FROM blobs WHERE id >= ?1 ORDER BY id")?;
-        let found = step_through(&mut st, &[], &keys, |_, row| Ok(row.is_some()))?;
+        let found = step_through(&mut st, &[], &keys, 1, |_, row| Ok(row.is_some()))?;
         let mut out = vec![false; ids.len()];
         for (&i, has) in order.iter().zip(found) {
             out[i] = has;
@@ -908,8 +914,9 @@ impl Catalog {
     /// when the row predates their recording).
     ///
     /// A scan asks a directory's entries at a time, in path order, the order of the table's
-    /// rows: they are walked rather than searched for one by one ([`step_through`]; the
-    /// subtree of a subdirectory between two names is searched past).
+    /// rows, and a remote capture a batch's files, in path order too: the rows are walked
+    /// rather than searched for one by one ([`step_through`]; the subtree of a subdirectory
+    /// between two names is searched past).
     pub fn statcache_lookup<'a>(
         &self,
         source: &str,
@@ -930,7 +937,8 @@ impl Catalog {
                  WHERE source = ?1 AND path >= ?2 ORDER BY path",
             )?;
             let paths: Vec<&[u8]> = asked.iter().map(|&(p, _)| p).collect();
-            step_through(&mut st, &[&key], &paths, |i, row| {
+            // A directory's paths lie close together, but for the subtrees between them.
+            step_through(&mut st, &[&key], &paths, STEPS, |i, row| {
                 let Some(row) = row else { return Ok(None) };
                 let k = asked[i].1;
                 let stat = (
@@ -1227,6 +1235,20 @@ mod tests {
         let want: Vec<bool> = asked.iter().map(|id| c.has_blob(id).unwrap()).collect();
         assert_eq!(got, want);
         assert_eq!(got.iter().filter(|&&h| h).count(), 34 + 5);
+        // A query that does not start at its key is refused, not searched again forever.
+        {
+            let mut wrong = c
+                .conn
+                .prepare("SELECT id FROM blobs WHERE ?1 IS NOT NULL ORDER BY id")
+                .unwrap();
+            let last = ids.iter().step_by(3).max().unwrap();
+            assert!(
+                step_through(&mut wrong, &[], &[&last.0[..]], STEPS, |_, r| Ok(
+                    r.is_some()
+                ))
+                .is_err()
+            );
+        }
 
         let key = |n: u64| StatKey {
             size: n,

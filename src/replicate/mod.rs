@@ -513,11 +513,12 @@ impl Fetch<'_> {
         for id in present {
             named.extend(blob_ids(&self.repo.load_manifest_raw(id)?)?);
         }
-        let named: Vec<Id> = named.into_iter().collect();
+        // Sorted, so that each batch asked is one dense range of ids.
+        let mut named: Vec<Id> = named.into_iter().collect();
+        named.sort_unstable();
         let cat = &self.repo.catalog;
         cat.reading(|c| {
             let mut wanted = HashSet::new();
-            // A bounded batch at a time: the lookup sorts what it is given.
             for part in named.chunks(1 << 16) {
                 let part: Vec<&Id> = part.iter().collect();
                 let has = c.has_blobs(&part)?;

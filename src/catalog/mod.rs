@@ -1171,19 +1171,12 @@ mod tests {
     use super::*;
     use crate::format::pack::{Codec, IndexEntry};
 
-    /// Every lookup of a checkout runs the one cached statement, never prepared again (it was,
-    /// for every new id bound, until the planner's stability guarantee was set).
-    #[test]
-    fn cached_blob_lookups_are_not_prepared_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Catalog::open(&dir.path().join("aurum.db")).unwrap();
-        let ids: Vec<Id> = (0..100u32).map(|i| Id::of(&i.to_le_bytes())).collect();
-        let pack = crate::store::FinishedPack {
+    /// A pack of 100 slots of 64 bytes holding the blobs `ids` (each with its slot), stored raw.
+    fn raw_pack<'a>(ids: impl Iterator<Item = (usize, &'a Id)>) -> crate::store::FinishedPack {
+        crate::store::FinishedPack {
             id: Id::of(b"pack"),
             size: 100 * 64,
             entries: ids
-                .iter()
-                .enumerate()
                 .map(|(i, id)| IndexEntry {
                     id: *id,
                     offset: i as u64 * 64,
@@ -1193,8 +1186,17 @@ mod tests {
                     inner: 0,
                 })
                 .collect(),
-        };
-        c.add_pack(&pack).unwrap();
+        }
+    }
+
+    /// Every lookup of a checkout runs the one cached statement, never prepared again (it was,
+    /// for every new id bound, until the planner's stability guarantee was set).
+    #[test]
+    fn cached_blob_lookups_are_not_prepared_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&dir.path().join("aurum.db")).unwrap();
+        let ids: Vec<Id> = (0..100u32).map(|i| Id::of(&i.to_le_bytes())).collect();
+        c.add_pack(&raw_pack(ids.iter().enumerate())).unwrap();
         for id in &ids {
             assert_eq!(c.blob(id).unwrap().unwrap().1.id, *id);
         }
@@ -1214,21 +1216,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Catalog::open(&dir.path().join("aurum.db")).unwrap();
         let ids: Vec<Id> = (0..100u32).map(|i| Id::of(&i.to_le_bytes())).collect();
-        let entry = |(i, id): (usize, &Id)| IndexEntry {
-            id: *id,
-            offset: i as u64 * 64,
-            stored_len: 60,
-            raw_len: 60,
-            codec: Codec::Raw,
-            inner: 0,
-        };
         // Every third blob is stored.
-        let pack = crate::store::FinishedPack {
-            id: Id::of(b"pack"),
-            size: 100 * 64,
-            entries: ids.iter().enumerate().step_by(3).map(entry).collect(),
-        };
-        c.add_pack(&pack).unwrap();
+        c.add_pack(&raw_pack(ids.iter().enumerate().step_by(3)))
+            .unwrap();
         let mut asked: Vec<&Id> = ids.iter().rev().chain(ids.iter().step_by(7)).collect();
         asked.swap(3, 60);
         let got = c.reading(|c| c.has_blobs(&asked)).unwrap();

@@ -1188,6 +1188,14 @@ impl RevisionSource for HttpRepo {
         let queue = Mutex::new(ranges.into_iter());
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let done = Finished::default();
+        // A group decompresses whole (its window is the group), 8 MiB each: as many at once
+        // as there are cores to decompress them, not one per request in flight (four bodies
+        // were 34 of the 71 MiB an update to rev2b held at its peak, issue #14).
+        let decoding = Permits::new(
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(IN_FLIGHT),
+        );
         std::thread::scope(|s| {
             // Set however the body ends (a panic too: else the scope waits on the watcher).
             let _end = SetOnDrop(&done);
@@ -1201,7 +1209,9 @@ impl RevisionSource for HttpRepo {
                         let Some((pack, recs)) = queue.lock().expect("lock").next() else {
                             return;
                         };
-                        if let Err(e) = self.fetch_range(&pack, &recs, sink, &moved, progress) {
+                        if let Err(e) =
+                            self.fetch_range(&pack, &recs, sink, &moved, &decoding, progress)
+                        {
                             first_error.lock().expect("lock").get_or_insert(e);
                             return;
                         }
@@ -1415,6 +1425,7 @@ impl HttpRepo {
         recs: &[(u64, u32, Vec<IndexEntry>)],
         sink: &BlobSinkFn,
         moved: &AtomicU64,
+        decoding: &Permits,
         progress: &dyn Progress,
     ) -> Result<()> {
         let start = recs[0].0;
@@ -1458,6 +1469,7 @@ impl HttpRepo {
                 ));
             };
             if let Some(group) = members.first().filter(|m| m.codec == Codec::ZstdGroup) {
+                let _decoding = decoding.take();
                 let body =
                     store::decode_group_payload(&group.id, payload).map_err(|_| wrong(group))?;
                 for e in members {
@@ -1504,6 +1516,41 @@ impl Finished {
     }
 }
 
+/// At most so many holders at once: [`Permits::take`] waits for one to give its permit back.
+struct Permits {
+    free: Mutex<usize>,
+    returned: std::sync::Condvar,
+}
+
+/// A permit, given back when dropped.
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    fn new(n: usize) -> Self {
+        Permits {
+            free: Mutex::new(n.max(1)),
+            returned: std::sync::Condvar::new(),
+        }
+    }
+
+    fn take(&self) -> Permit<'_> {
+        let guard = self.free.lock().expect("lock");
+        let mut free = self
+            .returned
+            .wait_while(guard, |free| *free == 0)
+            .expect("lock");
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().expect("lock") += 1;
+        self.0.returned.notify_one();
+    }
+}
+
 /// Sets a [`Finished`] when dropped.
 struct SetOnDrop<'a>(&'a Finished);
 
@@ -1536,6 +1583,27 @@ mod tests {
         let g = Finished::default();
         drop(SetOnDrop(&g));
         assert!(g.wait(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn permits_never_let_more_holders_in_than_there_are() {
+        let permits = Permits::new(2);
+        let (now, most) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let _p = permits.take();
+                        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(n, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_micros(200));
+                        now.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert_eq!(most.into_inner(), 2, "two permits, two holders at most (and both used)");
+        assert_eq!(*permits.free.lock().unwrap(), 2, "every permit given back");
     }
 
     #[test]

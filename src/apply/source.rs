@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use crate::catalog::NodeReport;
 use crate::error::{corrupt, invalid, Error, IoContext, Result};
 use crate::format::manifest::{self, FileProblem, Manifest};
-use crate::format::pack::{decode_index, Codec, IndexEntry};
+use crate::format::pack::{self, decode_index, Codec, IndexEntry};
 use crate::format::refs;
 use crate::format::signature;
 use crate::format::Id;
@@ -275,7 +275,14 @@ pub struct HttpRepo {
     received: AtomicU64,
     /// Set once the delta API failed: it is not asked again, and warned about only once.
     deltas_off: AtomicBool,
+    /// Set once the server answered that it has no locate API (a plain web server, an older
+    /// aurum): blobs are found through the pack indexes.
+    locate_off: AtomicBool,
 }
+
+/// Where each wanted blob lies (its pack and index entry), and the uncompressed size of every
+/// group holding one.
+type Places = (HashMap<Id, (Id, IndexEntry)>, HashMap<(Id, u64), u64>);
 
 /// Checks a server URL: plain http://.
 fn check_base(base: &str) -> Result<()> {
@@ -357,6 +364,7 @@ impl HttpRepo {
             _scratch: scratch,
             received: AtomicU64::new(0),
             deltas_off: AtomicBool::new(false),
+            locate_off: AtomicBool::new(false),
         };
         // The first server whose FORMAT answers; the others are tried in turn (retried as
         // any request is), so a node whose first server is down starts on the second.
@@ -774,6 +782,113 @@ impl HttpRepo {
         }
     }
 
+    /// Where each of `ids` lies, read from the pack indexes `packs/list` names, newest pack
+    /// first, until every id is found (a node keeps the indexes it read).
+    fn places_from_indexes(&self, ids: &[Id]) -> Result<Places> {
+        let wanted: std::collections::HashSet<Id> = ids.iter().copied().collect();
+        let list = self.get("packs/list")?;
+        let mut found: HashMap<Id, (Id, IndexEntry)> = HashMap::new();
+        // The uncompressed size of every group holding a wanted blob: its members' lengths.
+        let mut group_raw: HashMap<(Id, u64), u64> = HashMap::new();
+        let packs = self.pack_list(&list)?;
+        for pack in &packs {
+            let pack = *pack;
+            let index = self.pack_index(&pack).map_err(|e| match e {
+                Error::NotFound(_) => self.inconsistent(
+                    "packs/list",
+                    &format!("it names pack {} whose index is missing", pack.short()),
+                ),
+                e => e,
+            })?;
+            let mut hit = false;
+            for e in &index {
+                if wanted.contains(&e.id) && !found.contains_key(&e.id) {
+                    found.insert(e.id, (pack, e.clone()));
+                    hit = true;
+                }
+            }
+            if hit {
+                for e in &index {
+                    if e.codec == Codec::ZstdGroup {
+                        *group_raw.entry((pack, e.offset)).or_default() += u64::from(e.raw_len);
+                    }
+                }
+            }
+            if found.len() == wanted.len() {
+                break;
+            }
+        }
+        if let Some(missing) = ids.iter().find(|id| !found.contains_key(id)) {
+            // The caller holds the revision's manifest, which the server still publishes: gc
+            // keeps every blob of a manifest it keeps, so a blob no listed pack holds means
+            // the server's published files disagree with its store.
+            return Err(self.inconsistent(
+                "packs/list",
+                &format!(
+                    "blob {} is in none of the {} packs it names (or their indexes)",
+                    missing.short(),
+                    packs.len()
+                ),
+            ));
+        }
+        Ok((found, group_raw))
+    }
+
+    /// Asks `aurum serve` where `ids` lie (`POST /api/v1/locate`), and the bytes that moved;
+    /// `None` when it cannot say: more ids than one request takes (an install, which needs
+    /// most of every pack and reads the indexes a cache keeps), a plain web server or an
+    /// older aurum (not asked again), a failure, an answer that does not place every id. The
+    /// pack indexes are read then, as they always were.
+    fn locate(&self, ids: &[Id]) -> Option<(Places, u64)> {
+        if ids.len() > pack::MAX_LOCATE || self.locate_off.load(Ordering::Relaxed) {
+            return None;
+        }
+        let path = "api/v1/locate";
+        let body = pack::encode_locate_request(ids);
+        let not_now = |why: &str| {
+            log::info!("{}: {why}; reading pack indexes instead", self.url(path));
+            None
+        };
+        let mut resp = match self
+            .agent
+            .post(self.url(path))
+            .content_type("application/octet-stream")
+            .send(&body[..])
+        {
+            Ok(r) => r,
+            Err(e) => return not_now(&describe(&e)),
+        };
+        match resp.status().as_u16() {
+            200 => {}
+            404 | 405 | 501 => {
+                self.locate_off.store(true, Ordering::Relaxed);
+                return None;
+            }
+            s => return not_now(&format!("HTTP {s}")),
+        }
+        // A place is at most 48 bytes, and a pack id (32) is named once, for one blob or more.
+        let answer = match self.body(&mut resp, path, 80 * ids.len() as u64 + 64) {
+            Ok(a) => a,
+            Err(why) => return not_now(&why),
+        };
+        let places = match pack::decode_locate_answer(&answer, ids) {
+            Ok(p) => p,
+            Err(e) => return not_now(&e.to_string()),
+        };
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut group_raw = HashMap::new();
+        for (id, place) in ids.iter().zip(places) {
+            let Some((pack, e, group_len)) = place else {
+                return not_now(&format!("it does not place blob {}", id.short()));
+            };
+            if let Some(len) = group_len {
+                group_raw.insert((pack, e.offset), len);
+            }
+            found.insert(*id, (pack, e));
+        }
+        Some(((found, group_raw), (body.len() + answer.len()) as u64))
+    }
+
     fn pack_index(&self, pack: &Id) -> Result<Vec<IndexEntry>> {
         let cached = self.cache.join(format!("{}.idx", pack.hex()));
         if let Ok(bytes) = std::fs::read(&cached) {
@@ -1050,53 +1165,13 @@ impl RevisionSource for HttpRepo {
         if ids.is_empty() {
             return Ok(0);
         }
-        // Where each wanted blob lies.
-        let wanted: std::collections::HashSet<Id> = ids.iter().copied().collect();
-        let list = self.get("packs/list")?;
-        let mut found: HashMap<Id, (Id, IndexEntry)> = HashMap::new();
-        // The uncompressed size of every group holding a wanted blob.
-        let mut group_raw: HashMap<(Id, u64), u64> = HashMap::new();
-        let packs = self.pack_list(&list)?;
-        for pack in &packs {
-            let pack = *pack;
-            let index = self.pack_index(&pack).map_err(|e| match e {
-                Error::NotFound(_) => self.inconsistent(
-                    "packs/list",
-                    &format!("it names pack {} whose index is missing", pack.short()),
-                ),
-                e => e,
-            })?;
-            let mut hit = false;
-            for e in &index {
-                if wanted.contains(&e.id) && !found.contains_key(&e.id) {
-                    found.insert(e.id, (pack, e.clone()));
-                    hit = true;
-                }
+        let (mut found, group_raw, moved_locating) = match self.locate(ids) {
+            Some((places, moved)) => (places.0, places.1, moved),
+            None => {
+                let (found, group_raw) = self.places_from_indexes(ids)?;
+                (found, group_raw, 0)
             }
-            if hit {
-                for e in &index {
-                    if e.codec == Codec::ZstdGroup {
-                        *group_raw.entry((pack, e.offset)).or_default() += u64::from(e.raw_len);
-                    }
-                }
-            }
-            if found.len() == wanted.len() {
-                break;
-            }
-        }
-        if let Some(missing) = ids.iter().find(|id| !found.contains_key(id)) {
-            // The caller holds the revision's manifest, which the server still publishes: gc
-            // keeps every blob of a manifest it keeps, so a blob no listed pack holds means
-            // the server's published files disagree with its store.
-            return Err(self.inconsistent(
-                "packs/list",
-                &format!(
-                    "blob {} is in none of the {} packs it names (or their indexes)",
-                    missing.short(),
-                    packs.len()
-                ),
-            ));
-        }
+        };
         // A group of which the node wants less than half is better asked of `aurum serve`
         // blob by blob (each compressed alone) than fetched whole.
         let mut wanted_raw: HashMap<(Id, u64), u64> = HashMap::new();
@@ -1226,7 +1301,7 @@ impl RevisionSource for HttpRepo {
         if let Some(e) = first_error.into_inner().expect("lock") {
             return Err(e);
         }
-        Ok(moved.into_inner() + moved_singles)
+        Ok(moved.into_inner() + moved_singles + moved_locating)
     }
 
     fn fetch_deltas(
@@ -1602,7 +1677,11 @@ mod tests {
                 });
             }
         });
-        assert_eq!(most.into_inner(), 2, "two permits, two holders at most (and both used)");
+        assert_eq!(
+            most.into_inner(),
+            2,
+            "two permits, two holders at most (and both used)"
+        );
         assert_eq!(*permits.free.lock().unwrap(), 2, "every permit given back");
     }
 

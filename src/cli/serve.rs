@@ -15,7 +15,8 @@ use super::{human_bytes, human_time, open, print_json, Global};
 /// REPO/public/packs/list), and a JSON API: /api/v1/images, /api/v1/images/NAME/revisions,
 /// /api/v1/nodes, and POST /api/v1/reports for what nodes report after an update. Nodes can
 /// equally update from any web server or cache publishing REPO/public/ (or a copy of it);
-/// only reports and deltas need aurum serve.
+/// only reports, deltas and blob locations (POST /api/v1/locate: no pack index read) need
+/// aurum serve.
 /// Logs one line per request on stderr; stops cleanly on SIGTERM or Ctrl-C.
 #[derive(Args)]
 pub struct ServeArgs {

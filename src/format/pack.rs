@@ -10,7 +10,7 @@
 //! with a blake3 checksum of itself.
 
 use super::{Id, Reader, StreamReader, Writer};
-use crate::error::{corrupt, Result};
+use crate::error::{corrupt, invalid, Result};
 
 /// First bytes of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"AURUMPK\x01";
@@ -180,6 +180,118 @@ fn read_index_entry(r: &mut Reader) -> Result<IndexEntry> {
     })
 }
 
+/// Ids one `POST /api/v1/locate` asks about, at most. A node wanting more (an install) reads
+/// the pack indexes instead: it needs most of every pack it touches, and the indexes are
+/// static files a cache tier or a proxy keeps.
+pub const MAX_LOCATE: usize = 4096;
+
+/// Where a located blob lies: its pack, its index entry, and for a group member the
+/// uncompressed length of the group's body (the `raw_len` of the group's record header).
+pub type Located = (Id, IndexEntry, Option<u64>);
+
+/// The body of `POST /api/v1/locate`: the ids, back to back.
+pub fn encode_locate_request(ids: &[Id]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.0).collect()
+}
+
+/// Parses a locate request (any bytes: a malformed or oversized one is an error).
+pub fn decode_locate_request(body: &[u8]) -> Result<Vec<Id>> {
+    if body.is_empty() || !body.len().is_multiple_of(32) || body.len() / 32 > MAX_LOCATE {
+        return Err(invalid(format!(
+            "malformed locate request: 1 to {MAX_LOCATE} blob ids of 32 bytes each expected, \
+             got {} bytes",
+            body.len()
+        )));
+    }
+    Ok(body
+        .chunks_exact(32)
+        .map(|c| Id(c.try_into().expect("32 bytes")))
+        .collect())
+}
+
+/// The answer to a locate request: the packs named, then each asked blob's place, in the
+/// order asked (see the book's format chapter).
+pub fn encode_locate_answer(places: &[Option<Located>]) -> Vec<u8> {
+    let mut packs: Vec<Id> = Vec::new();
+    let mut w = Writer::default();
+    let mut rest = Writer::default();
+    for place in places {
+        let Some((pack, e, group_len)) = place else {
+            rest.var(0);
+            continue;
+        };
+        let n = match packs.iter().position(|p| p == pack) {
+            Some(n) => n,
+            None => {
+                packs.push(*pack);
+                packs.len() - 1
+            }
+        };
+        rest.var(n as u64 + 1);
+        rest.var(e.offset);
+        rest.var(u64::from(e.stored_len));
+        rest.var(u64::from(e.raw_len));
+        rest.u8(e.codec as u8);
+        rest.var(u64::from(e.inner));
+        if e.codec == Codec::ZstdGroup {
+            rest.var(group_len.unwrap_or(0));
+        }
+    }
+    w.raw(LOCATE_MAGIC);
+    w.var(packs.len() as u64);
+    for p in &packs {
+        w.id(p);
+    }
+    w.raw(&rest.buf);
+    w.buf
+}
+
+/// First bytes of a locate answer.
+pub const LOCATE_MAGIC: &[u8; 8] = b"AURUMLC\x01";
+
+/// Parses the answer to a locate request for `asked` (any bytes: one that does not answer
+/// each asked id once is an error).
+pub fn decode_locate_answer(data: &[u8], asked: &[Id]) -> Result<Vec<Option<Located>>> {
+    let body = data
+        .strip_prefix(LOCATE_MAGIC)
+        .ok_or_else(|| corrupt("not an aurum locate answer (bad magic)"))?;
+    let mut r = Reader::new(body, "locate answer");
+    let n = r.var()?;
+    if n > asked.len() as u64 {
+        return Err(corrupt(
+            "a locate answer names more packs than blobs were asked",
+        ));
+    }
+    let packs = (0..n).map(|_| r.id()).collect::<Result<Vec<_>>>()?;
+    let small = |v: u64| u32::try_from(v).map_err(|_| corrupt("locate answer: length too large"));
+    let mut out = Vec::with_capacity(asked.len());
+    for id in asked {
+        let place = r.var()?;
+        if place == 0 {
+            out.push(None);
+            continue;
+        }
+        let pack = *usize::try_from(place - 1)
+            .ok()
+            .and_then(|i| packs.get(i))
+            .ok_or_else(|| corrupt("locate answer: a blob in a pack it does not name"))?;
+        let e = IndexEntry {
+            id: *id,
+            offset: r.var()?,
+            stored_len: small(r.var()?)?,
+            raw_len: small(r.var()?)?,
+            codec: Codec::from_u8(r.u8()?)?,
+            inner: small(r.var()?)?,
+        };
+        let group_len = (e.codec == Codec::ZstdGroup).then(|| r.var()).transpose()?;
+        out.push(Some((pack, e, group_len)));
+    }
+    if !r.at_end() {
+        return Err(corrupt("locate answer has trailing bytes"));
+    }
+    Ok(out)
+}
+
 /// A pack index read one entry at a time (in id order), for a check of a pack of any size in
 /// small memory: it refuses what [`decode_index`] refuses, the checksum after the last entry
 /// (an iterator; the first error ends it).
@@ -250,6 +362,47 @@ impl<R: std::io::Read> Iterator for IndexEntries<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locate_answers_round_trip_and_any_bytes_are_an_error_not_a_panic() {
+        let ids: Vec<Id> = (0u8..4).map(|i| Id([i; 32])).collect();
+        let entry = |id: Id, codec, inner| IndexEntry {
+            id,
+            offset: 1 << 33,
+            stored_len: 700,
+            raw_len: 4096,
+            codec,
+            inner,
+        };
+        let places = vec![
+            Some((
+                Id([9; 32]),
+                entry(ids[0], Codec::ZstdGroup, 77),
+                Some(9 << 20),
+            )),
+            None,
+            Some((Id([8; 32]), entry(ids[2], Codec::Zstd, 0), None)),
+            Some((Id([9; 32]), entry(ids[3], Codec::Raw, 0), None)),
+        ];
+        let answer = encode_locate_answer(&places);
+        assert_eq!(decode_locate_answer(&answer, &ids).unwrap(), places);
+        // Each pack is named once.
+        assert_eq!(answer.windows(32).filter(|w| *w == [9u8; 32]).count(), 1);
+        // Asked for more or fewer ids than it answers: refused.
+        assert!(decode_locate_answer(&answer, &ids[..3]).is_err());
+        assert!(decode_locate_answer(&answer, &[ids.clone(), ids.clone()].concat()).is_err());
+        for cut in 0..answer.len() {
+            assert!(
+                decode_locate_answer(&answer[..cut], &ids).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let request = encode_locate_request(&ids);
+        assert_eq!(decode_locate_request(&request).unwrap(), ids);
+        assert!(decode_locate_request(&request[..31]).is_err());
+        assert!(decode_locate_request(&[]).is_err());
+        assert!(decode_locate_request(&vec![0; 32 * (MAX_LOCATE + 1)]).is_err());
+    }
 
     #[test]
     fn index_of_any_bytes_is_an_error_not_a_panic() {

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use self::http::{Handler, Method, Reply, Request};
 use crate::catalog::{Catalog, NodeAction, NodeReport, Outcome};
-use crate::error::{invalid, Error, Result};
+use crate::error::{invalid, Error, IoContext, Result};
 use crate::format::report::InstallPhase;
 use crate::format::report::PhaseReport;
 use crate::name::ClassName;
@@ -366,6 +366,11 @@ fn api_response(w: &mut Worker, rq: &Request, api: &str) -> Result<Answer> {
                 crate::repo::delta::answer(&crate::repo::delta::Cache::new(root), &blobs, body)?;
             Ok(Answer::new(200, "application/octet-stream", answer))
         }
+        (Method::Post, ["locate"]) => Ok(Answer::new(
+            200,
+            "application/octet-stream",
+            locate(root, cat, body)?,
+        )),
         (Method::Get, ["boot", mac]) => Ok(json_answer(&crate::netboot::memory::identity(
             root, cat, mac,
         )?)
@@ -460,9 +465,65 @@ fn endpoint_method(parts: &[&str]) -> Option<&'static str> {
         | ["rollouts"]
         | ["rollouts", _]
         | ["boot", _] => Some("GET"),
-        ["deltas"] | ["install", _] | ["reports"] => Some("POST"),
+        ["deltas"] | ["locate"] | ["install", _] | ["reports"] => Some("POST"),
         _ => None,
     }
+}
+
+/// `POST /api/v1/locate`: where each asked blob lies, from the catalog, so that a node
+/// updating reads no pack index (an index is as large as its pack's blob count, and the
+/// packs other images' captures added since are read through before the right one). A
+/// group's body length comes from its record header in the pack, 41 bytes read once a group.
+fn locate(root: &Path, cat: &Catalog, body: &[u8]) -> Result<Vec<u8>> {
+    use crate::format::pack::{self, Codec};
+    use std::collections::HashMap;
+    use std::os::unix::fs::FileExt;
+    let ids = pack::decode_locate_request(body)?;
+    let places = cat.reading(|c| ids.iter().map(|id| c.blob(id)).collect::<Result<Vec<_>>>())?;
+    let mut packs: HashMap<crate::format::Id, File> = HashMap::new();
+    let mut groups: HashMap<(crate::format::Id, u64), u64> = HashMap::new();
+    let mut located = Vec::with_capacity(places.len());
+    for place in places {
+        let Some((pack_id, e)) = place else {
+            located.push(None);
+            continue;
+        };
+        let mut group_len = None;
+        if e.codec == Codec::ZstdGroup {
+            let len = match groups.get(&(pack_id, e.offset)) {
+                Some(&len) => len,
+                None => {
+                    let path = crate::store::pack_path(root, &pack_id, "pack");
+                    let file = match packs.entry(pack_id) {
+                        std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(File::open(&path).at(&path)?)
+                        }
+                    };
+                    let mut header = [0u8; pack::RECORD_HEADER];
+                    let at = e.offset.checked_sub(pack::RECORD_HEADER as u64);
+                    at.map(|at| file.read_exact_at(&mut header, at))
+                        .transpose()
+                        .at(&path)?;
+                    let (_, codec, _, raw) = pack::parse_record_header(&header)?;
+                    if at.is_none() || codec != Codec::ZstdGroup {
+                        return Err(crate::error::corrupt(format!(
+                            "{}: the catalog places blob {} in a group at offset {}, where \
+                             the pack holds none; `aurum verify` checks the repository",
+                            path.display(),
+                            e.id.short(),
+                            e.offset
+                        )));
+                    }
+                    groups.insert((pack_id, e.offset), u64::from(raw));
+                    u64::from(raw)
+                }
+            };
+            group_len = Some(len);
+        }
+        located.push(Some((pack_id, e, group_len)));
+    }
+    Ok(pack::encode_locate_answer(&located))
 }
 
 /// Maps a URL path to a file of the static layout: `/X` is `REPO/public/X`, the directory that

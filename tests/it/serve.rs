@@ -570,3 +570,104 @@ fn issue23_half_sent_heads_are_dropped_and_nothing_is_left_unread() {
         assert_eq!(std::fs::read(root.join("motd")).unwrap(), b"hello\n");
     }
 }
+
+/// A node updating from `aurum serve` asks where the blobs it lacks lie (`POST
+/// /api/v1/locate`) and reads no pack index: its index cache stays empty (from a plain web
+/// server it reads the indexes, as `network.rs` drives). The answer places every stored blob
+/// as its pack index does, a group member with its group's body length, and no other blob.
+#[test]
+fn an_update_from_aurum_serve_locates_its_blobs_without_pack_indexes() {
+    use aurum::format::pack::{self, Codec};
+    use aurum::format::Id;
+    let env = Env::new();
+    let (a, b) = (env.path("one"), env.path("two"));
+    write_random(&a.join("usr/lib/libone.so"), 1, 1 << 20);
+    std::fs::create_dir_all(a.join("var/lib/dpkg")).unwrap();
+    std::fs::write(a.join("var/lib/dpkg/status"), "one\n").unwrap();
+    env.getimage(&a, "c", &["--no-default-excludes"]);
+    let node = crate::update::node_at(&env, "node", "c@1");
+    crate::common::sh(&format!("cp -a {}/. {}/", a.display(), b.display()));
+    // New files, which no base on the node helps: small compressible ones (stored in a
+    // group), and a large random one (stored alone).
+    std::fs::create_dir_all(b.join("usr/share/doc/new")).unwrap();
+    for i in 0..40 {
+        let text = format!("package {i} documentation line\n").repeat(50 + i);
+        std::fs::write(b.join(format!("usr/share/doc/new/f{i}")), text).unwrap();
+    }
+    write_random(&b.join("usr/lib/libtwo.so"), 2, 1 << 20);
+    env.getimage(&b, "c", &["--no-default-excludes"]);
+
+    let srv = Server::start(&env);
+    crate::update::ok(&[
+        "updateclient",
+        "--server",
+        &srv.url,
+        "--image",
+        "c@2",
+        "--root",
+        node.to_str().unwrap(),
+        "--no-default-excludes",
+    ]);
+    assert_eq!(crate::update::node_diff(&b, &node), "");
+    let cache = node.join("var/lib/aurum-node/cache");
+    let indexes: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.flatten().map(|f| f.file_name()).collect())
+        .unwrap_or_default();
+    assert!(indexes.is_empty(), "pack indexes were read: {indexes:?}");
+
+    // The API itself: every blob of every pack, and one the repository does not have.
+    let mut listed = Vec::new();
+    for fan in std::fs::read_dir(env.public().join("packs"))
+        .unwrap()
+        .flatten()
+    {
+        for f in std::fs::read_dir(fan.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "idx") {
+                let pack_id = p.file_stem().unwrap().to_str().unwrap().to_string();
+                for e in pack::decode_index(&std::fs::read(&p).unwrap()).unwrap() {
+                    listed.push((pack_id.clone(), e));
+                }
+            }
+        }
+    }
+    let mut ids: Vec<Id> = listed.iter().map(|(_, e)| e.id).collect();
+    ids.push(Id([0xee; 32]));
+    let (status, _, answer) = http(
+        &srv.addr,
+        "POST",
+        "/api/v1/locate",
+        &[],
+        &pack::encode_locate_request(&ids),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let places = pack::decode_locate_answer(&answer, &ids).unwrap();
+    assert!(
+        places.last().unwrap().is_none(),
+        "an unknown blob was placed"
+    );
+    let mut groups = 0;
+    for ((pack_id, want), place) in listed.iter().zip(&places) {
+        let (got_pack, got, group_len) = place.as_ref().expect("a stored blob is placed");
+        assert_eq!((&got_pack.hex(), got), (pack_id, want));
+        match (want.codec, group_len) {
+            (Codec::ZstdGroup, Some(len)) => {
+                assert!(u64::from(want.inner) + u64::from(want.raw_len) <= *len);
+                groups += 1;
+            }
+            (Codec::ZstdGroup, None) => panic!("a group member without its group's length"),
+            (_, len) => assert_eq!(*len, None),
+        }
+    }
+    assert!(groups >= 40, "{groups} group members placed");
+    // Malformed requests are refused in words, not answered.
+    let (status, _, body) = http(&srv.addr, "POST", "/api/v1/locate", &[], b"short");
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("malformed locate request"));
+    let (status, _, _) = http(&srv.addr, "GET", "/api/v1/locate", &[], b"");
+    assert_eq!(status, 405);
+}

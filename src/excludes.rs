@@ -124,11 +124,28 @@ impl Excludes {
         if rel.is_empty() {
             return false;
         }
-        let mut abs = Vec::with_capacity(rel.len() + 1);
-        abs.push(b'/');
-        abs.extend_from_slice(rel);
+        // `/` + the path, on the stack for all but the longest paths: this runs for every
+        // entry a capture walks and every path an update or a rollback looks at.
+        let mut short = [0u8; 256];
+        let long: Vec<u8>;
+        let abs: &[u8] = match short.get_mut(..rel.len() + 1) {
+            Some(buf) => {
+                buf[0] = b'/';
+                buf[1..].copy_from_slice(rel);
+                buf
+            }
+            None => {
+                long = [b"/", rel].concat();
+                &long
+            }
+        };
+        // Most paths match no rule: one pass that may stop early says so, before the search
+        // for every rule that matches (which reads the whole path, for the first in order).
+        if !self.set.is_match(abs) {
+            return false;
+        }
         self.set
-            .matches(&abs)
+            .matches(abs)
             .into_iter()
             .filter_map(|i| self.rules.get(i))
             .find(|r| is_dir || !r.dir_only)
@@ -258,6 +275,16 @@ mod tests {
         assert!(!e.excluded(b"usr/proc/1", false));
         assert!(e.excluded(b"home/a/.x.swp", false));
         assert!(e.excluded(b"home/\xff.swp", false));
+        // Paths longer than the stack buffer, and paths exactly at its edge.
+        for n in [253, 254, 255, 256, 400] {
+            let dir = "d".repeat(n - "/x.swp".len());
+            assert!(e.excluded(format!("{dir}/x.swp").as_bytes(), false), "{n}");
+            assert!(!e.excluded(format!("{dir}/x.swq").as_bytes(), false), "{n}");
+            assert!(
+                e.excluded(format!("{dir}/lost+found").as_bytes(), true),
+                "{n}"
+            );
+        }
     }
 
     #[test]

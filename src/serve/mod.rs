@@ -500,20 +500,24 @@ fn locate(root: &Path, cat: &Catalog, body: &[u8]) -> Result<Vec<u8>> {
                             v.insert(File::open(&path).at(&path)?)
                         }
                     };
-                    let mut header = [0u8; pack::RECORD_HEADER];
-                    let at = e.offset.checked_sub(pack::RECORD_HEADER as u64);
-                    at.map(|at| file.read_exact_at(&mut header, at))
-                        .transpose()
-                        .at(&path)?;
-                    let (_, codec, _, raw) = pack::parse_record_header(&header)?;
-                    if at.is_none() || codec != Codec::ZstdGroup {
-                        return Err(crate::error::corrupt(format!(
+                    let no_group = || {
+                        crate::error::corrupt(format!(
                             "{}: the catalog places blob {} in a group at offset {}, where \
                              the pack holds none; `aurum verify` checks the repository",
                             path.display(),
                             e.id.short(),
                             e.offset
-                        )));
+                        ))
+                    };
+                    let at = e
+                        .offset
+                        .checked_sub(pack::RECORD_HEADER as u64)
+                        .ok_or_else(no_group)?;
+                    let mut header = [0u8; pack::RECORD_HEADER];
+                    file.read_exact_at(&mut header, at).at(&path)?;
+                    let (_, codec, _, raw) = pack::parse_record_header(&header)?;
+                    if codec != Codec::ZstdGroup {
+                        return Err(no_group());
                     }
                     groups.insert((pack_id, e.offset), u64::from(raw));
                     u64::from(raw)

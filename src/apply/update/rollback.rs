@@ -182,6 +182,40 @@ pub(super) fn plan(run: &Run, engine: &Engine) -> Result<Option<Restore>> {
     }
 }
 
+/// The paths a rollback's walk handles whole (restored, removed, excluded), nothing below
+/// which it looks at. The walk asks about paths in ascending byte order, and the paths below
+/// one are a single run of that order (those starting with it and `/`), so a stack holds them:
+/// one whose run the walk has passed is dropped, and only the top can hold the path asked
+/// (each was added when nothing held it, so a later one lies before the runs of those below
+/// it: `a/b.c` before `a/b/`).
+#[derive(Default)]
+struct Done<'a>(Vec<&'a [u8]>);
+
+impl<'a> Done<'a> {
+    fn add(&mut self, path: &'a [u8]) {
+        self.0.push(path);
+    }
+
+    /// Whether `path` lies under one of them; asked in ascending order.
+    fn holds(&mut self, path: &[u8]) -> bool {
+        while let Some(&top) = self.0.last() {
+            if is_under(path, top) {
+                return true;
+            }
+            // Past `top/`'s run: at or after `top0` (`0` follows `/`).
+            let past = match path.strip_prefix(top) {
+                Some(rest) => rest.first().is_some_and(|&c| c > b'/'),
+                None => path > top,
+            };
+            if !past {
+                return false;
+            }
+            self.0.pop();
+        }
+        false
+    }
+}
+
 /// A look at the disk the walk in [`diff`] asks for, made afterwards with all the others on
 /// every core.
 enum Check<'m> {
@@ -235,17 +269,7 @@ fn diff(
     let mut checks: Vec<Check> = Vec::new();
     let state_dir = STATE_DIR.as_bytes();
     // Paths handled whole (restored, removed, excluded): nothing below them is looked at.
-    let mut done: HashSet<&[u8]> = HashSet::new();
-    let under_done = |done: &HashSet<&[u8]>, path: &[u8]| {
-        let mut p = path;
-        while !p.is_empty() {
-            p = parent(p);
-            if done.contains(p) {
-                return true;
-            }
-        }
-        false
-    };
+    let mut done = Done::default();
     let (mut i, mut j, mut k) = (0, 0, 0);
     loop {
         let p = prev.entries.get(i);
@@ -262,7 +286,7 @@ fn diff(
         j += usize::from(c.is_some());
         while index.get(k).is_some_and(|(rel, _)| rel.as_slice() < path) {
             // An area entry for a path neither revision has: not this update's area.
-            if !under_done(&done, &index[k].0) {
+            if !done.holds(&index[k].0) {
                 return Ok(None);
             }
             k += 1;
@@ -277,13 +301,13 @@ fn diff(
             }
             continue;
         }
-        if path == state_dir || is_under(path, state_dir) || under_done(&done, path) {
+        if path == state_dir || is_under(path, state_dir) || done.holds(path) {
             continue;
         }
         let is_dir = p.or(c).is_some_and(|e| e.kind == Kind::Dir);
         if excludes.excluded(path, is_dir) {
             if is_dir {
-                done.insert(path);
+                done.add(path);
             }
             continue;
         }
@@ -304,7 +328,7 @@ fn diff(
                 fix: false,
             });
             r.dirs.insert(parent(path).to_vec());
-            done.insert(path);
+            done.add(path);
             continue;
         }
         match (p, c) {
@@ -316,7 +340,7 @@ fn diff(
                 });
                 r.created.push(path.to_vec());
                 r.dirs.insert(parent(path).to_vec());
-                done.insert(path);
+                done.add(path);
             }
             (Some(p), Some(c)) if p.kind == c.kind => {
                 if let Kind::Hardlink { target } = &p.kind {
@@ -345,7 +369,7 @@ fn diff(
             _ => return Ok(None),
         }
     }
-    if !index[k..].iter().all(|(rel, _)| under_done(&done, rel)) {
+    if !index[k..].iter().all(|(rel, _)| done.holds(rel)) {
         return Ok(None);
     }
     let area_fd = sys::open_root(area)?;
@@ -616,4 +640,69 @@ fn set_entries(
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stack answers as a search of every ancestor among the added paths does, over every
+    /// path of a few components of names that sort before `/`, around it and after it.
+    #[test]
+    fn done_paths_answer_as_a_search_of_every_ancestor() {
+        let names: [&[u8]; 5] = [b"a", b"a!", b"a.b", b"a0", b"b"];
+        let mut paths: Vec<Vec<u8>> = Vec::new();
+        let mut layer: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for p in &layer {
+                for n in names {
+                    let mut q = p.clone();
+                    if !q.is_empty() {
+                        q.push(b'/');
+                    }
+                    q.extend_from_slice(n);
+                    next.push(q);
+                }
+            }
+            paths.extend(next.iter().cloned());
+            layer = next;
+        }
+        paths.sort();
+        for seed in 0..50u64 {
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut done = Done::default();
+            let mut set: HashSet<&[u8]> = HashSet::new();
+            let (mut held, mut added) = (0, 0);
+            for p in &paths {
+                let mut a = p.as_slice();
+                let expected = std::iter::from_fn(|| {
+                    (!a.is_empty()).then(|| {
+                        a = parent(a);
+                        a
+                    })
+                })
+                .any(|a| set.contains(a));
+                assert_eq!(
+                    done.holds(p),
+                    expected,
+                    "seed {seed}: {}",
+                    String::from_utf8_lossy(p)
+                );
+                held += usize::from(expected);
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if !expected && x % 5 == 0 {
+                    done.add(p);
+                    set.insert(p);
+                    added += 1;
+                }
+            }
+            assert!(
+                added > 0 && held > 0,
+                "seed {seed}: a case that tests nothing"
+            );
+        }
+    }
 }

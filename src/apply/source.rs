@@ -1,10 +1,11 @@
 //! Where a node gets revisions from: a local repository directory, or an HTTP server holding
 //! the repository's static layout (`aurum serve`, nginx, a cache, a `python3 -m http.server`).
 //!
-//! The HTTP client reads only plain files: refs to find a revision, its manifest, `packs/list`
+//! The HTTP client reads plain files: refs to find a revision, its manifest, `packs/list`
 //! and the pack indexes (cached on the node; they never change) to locate blobs, then the
 //! blobs themselves as HTTP Range requests, neighbouring records coalesced into one request and
-//! several requests in flight. Every blob is checked against its id before it is handed on; a
+//! several requests in flight. From `aurum serve` itself it asks where the blobs lie instead
+//! (`POST /api/v1/locate`), and asks for deltas. Every blob is checked against its id before it is handed on; a
 //! server that sends wrong bytes stops the update with the blob's name. The HTTP proxy
 //! settings of the environment (`http_proxy`, `no_proxy`) are honoured.
 //!
@@ -788,7 +789,9 @@ impl HttpRepo {
         let wanted: std::collections::HashSet<Id> = ids.iter().copied().collect();
         let list = self.get("packs/list")?;
         let mut found: HashMap<Id, (Id, IndexEntry)> = HashMap::new();
-        // The uncompressed size of every group holding a wanted blob: its members' lengths.
+        // The uncompressed size of every group holding a wanted blob: where its last member
+        // ends (the member table comes first), the length its record header gives, as
+        // `POST /api/v1/locate` answers it.
         let mut group_raw: HashMap<(Id, u64), u64> = HashMap::new();
         let packs = self.pack_list(&list)?;
         for pack in &packs {
@@ -810,7 +813,9 @@ impl HttpRepo {
             if hit {
                 for e in &index {
                     if e.codec == Codec::ZstdGroup {
-                        *group_raw.entry((pack, e.offset)).or_default() += u64::from(e.raw_len);
+                        let end = u64::from(e.inner) + u64::from(e.raw_len);
+                        let len = group_raw.entry((pack, e.offset)).or_default();
+                        *len = (*len).max(end);
                     }
                 }
             }
@@ -835,17 +840,23 @@ impl HttpRepo {
     }
 
     /// Asks `aurum serve` where `ids` lie (`POST /api/v1/locate`), and the bytes that moved;
-    /// `None` when it cannot say: more ids than one request takes (an install, which needs
-    /// most of every pack and reads the indexes a cache keeps), a plain web server or an
-    /// older aurum (not asked again), a failure, an answer that does not place every id. The
-    /// pack indexes are read then, as they always were.
+    /// `None` when it cannot say: more ids than one request takes (an install, or a large
+    /// update: they need most of every pack, and read the indexes a cache keeps), a plain
+    /// web server, an older aurum or a cache tier (404, 405, 501), a failure, an answer that
+    /// does not place every id. The pack indexes are read then, as they always were. It is
+    /// not asked again in this run once it could not answer, nor once the delta API failed
+    /// (a stalled API would cost its timeout twice).
     fn locate(&self, ids: &[Id]) -> Option<(Places, u64)> {
-        if ids.len() > pack::MAX_LOCATE || self.locate_off.load(Ordering::Relaxed) {
+        if ids.len() > pack::MAX_LOCATE
+            || self.locate_off.load(Ordering::Relaxed)
+            || self.deltas_off.load(Ordering::Relaxed)
+        {
             return None;
         }
         let path = "api/v1/locate";
         let body = pack::encode_locate_request(ids);
         let not_now = |why: &str| {
+            self.locate_off.store(true, Ordering::Relaxed);
             log::info!("{}: {why}; reading pack indexes instead", self.url(path));
             None
         };
@@ -1265,7 +1276,7 @@ impl RevisionSource for HttpRepo {
         let done = Finished::default();
         // A group decompresses whole (its window is the group), 8 MiB each: as many at once
         // as there are cores to decompress them, not one per request in flight (four bodies
-        // were 34 of the 71 MiB an update to rev2b held at its peak, issue #14).
+        // were 34 of the 89 MB of heap an update to rev2b held at its peak, issue #14).
         let decoding = Permits::new(
             std::thread::available_parallelism()
                 .map_or(1, usize::from)

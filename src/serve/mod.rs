@@ -476,57 +476,64 @@ fn endpoint_method(parts: &[&str]) -> Option<&'static str> {
 /// group's body length comes from its record header in the pack, 41 bytes read once a group.
 fn locate(root: &Path, cat: &Catalog, body: &[u8]) -> Result<Vec<u8>> {
     use crate::format::pack::{self, Codec};
+    use crate::format::Id;
     use std::collections::HashMap;
     use std::os::unix::fs::FileExt;
     let ids = pack::decode_locate_request(body)?;
     let places = cat.reading(|c| ids.iter().map(|id| c.blob(id)).collect::<Result<Vec<_>>>())?;
-    let mut packs: HashMap<crate::format::Id, File> = HashMap::new();
-    let mut groups: HashMap<(crate::format::Id, u64), u64> = HashMap::new();
-    let mut located = Vec::with_capacity(places.len());
-    for place in places {
-        let Some((pack_id, e)) = place else {
-            located.push(None);
+    // Each pack named once: whether it is published (a blob in one that is not is answered
+    // "not here", and the node reads the indexes, which say what is published), and the body
+    // length of each group a blob is in, from its record header. One pack open at a time.
+    let mut order: Vec<usize> = (0..places.len()).filter(|&i| places[i].is_some()).collect();
+    order.sort_unstable_by_key(|&i| places[i].as_ref().map(|(p, e)| (*p, e.offset)));
+    let mut published: HashMap<Id, bool> = HashMap::new();
+    let mut group_len: HashMap<(Id, u64), u64> = HashMap::new();
+    let mut open: Option<(Id, File)> = None;
+    for &i in &order {
+        let (pack_id, e) = places[i].as_ref().expect("filtered above");
+        let path = crate::store::pack_path(root, pack_id, "pack");
+        if !*published.entry(*pack_id).or_insert_with(|| path.is_file()) {
             continue;
-        };
-        let mut group_len = None;
-        if e.codec == Codec::ZstdGroup {
-            let len = match groups.get(&(pack_id, e.offset)) {
-                Some(&len) => len,
-                None => {
-                    let path = crate::store::pack_path(root, &pack_id, "pack");
-                    let file = match packs.entry(pack_id) {
-                        std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(File::open(&path).at(&path)?)
-                        }
-                    };
-                    let no_group = || {
-                        crate::error::corrupt(format!(
-                            "{}: the catalog places blob {} in a group at offset {}, where \
-                             the pack holds none; `aurum verify` checks the repository",
-                            path.display(),
-                            e.id.short(),
-                            e.offset
-                        ))
-                    };
-                    let at = e
-                        .offset
-                        .checked_sub(pack::RECORD_HEADER as u64)
-                        .ok_or_else(no_group)?;
-                    let mut header = [0u8; pack::RECORD_HEADER];
-                    file.read_exact_at(&mut header, at).at(&path)?;
-                    let (_, codec, _, raw) = pack::parse_record_header(&header)?;
-                    if codec != Codec::ZstdGroup {
-                        return Err(no_group());
-                    }
-                    groups.insert((pack_id, e.offset), u64::from(raw));
-                    u64::from(raw)
-                }
-            };
-            group_len = Some(len);
         }
-        located.push(Some((pack_id, e, group_len)));
+        if e.codec != Codec::ZstdGroup || group_len.contains_key(&(*pack_id, e.offset)) {
+            continue;
+        }
+        if open.as_ref().is_none_or(|(p, _)| p != pack_id) {
+            open = Some((*pack_id, File::open(&path).at(&path)?));
+        }
+        let (_, file) = open.as_ref().expect("opened above");
+        let no_group = || {
+            crate::error::corrupt(format!(
+                "{}: the catalog places blob {} in a group at offset {}, where the pack holds \
+                 none; `aurum verify` checks the repository",
+                path.display(),
+                e.id.short(),
+                e.offset
+            ))
+        };
+        let at = e
+            .offset
+            .checked_sub(pack::RECORD_HEADER as u64)
+            .ok_or_else(no_group)?;
+        let mut header = [0u8; pack::RECORD_HEADER];
+        file.read_exact_at(&mut header, at).at(&path)?;
+        let (_, codec, stored, raw) = pack::parse_record_header(&header)?;
+        if codec != Codec::ZstdGroup || stored != e.stored_len {
+            return Err(no_group());
+        }
+        group_len.insert((*pack_id, e.offset), u64::from(raw));
     }
+    let located: Vec<Option<pack::Located>> = places
+        .into_iter()
+        .map(|place| {
+            let (pack_id, e) = place?;
+            if !published[&pack_id] {
+                return None;
+            }
+            let len = group_len.get(&(pack_id, e.offset)).copied();
+            Some((pack_id, e, len))
+        })
+        .collect();
     Ok(pack::encode_locate_answer(&located))
 }
 

@@ -13,9 +13,10 @@ use crate::update::{node_at, node_diff, two_revisions};
 
 /// Serves `sys.argv[1]` statically (no Range, like `python3 -m http.server`), misbehaving as
 /// told: `PACKS=stall` sends half of every pack and then nothing (each such GET appends a line
-/// to the file `HITS`); `DELTAS` is what POST /api/v1/deltas gets: 404 (no API, a plain web
-/// server), 502 (a proxy whose backend is down), `reset` (the connection is reset) or `stall`
-/// (no answer, ever).
+/// to the file `HITS`); `DELTAS` is what every POST (/api/v1/deltas, /api/v1/locate) gets: 404
+/// (no API, a plain web server), 502 (a proxy whose backend is down), `reset` (the connection
+/// is reset), `stall` (no answer, ever) or `garbage` (deltas answer "none pays", and locate
+/// answers nonsense).
 const MISBEHAVING_SERVER: &str = r#"
 import http.server, os, socket, struct, sys, time
 root, packs, deltas, hits, portfile = sys.argv[1:6]
@@ -39,7 +40,22 @@ class H(http.server.SimpleHTTPRequestHandler):
             return
         super().do_GET()
     def do_POST(self):
-        self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        if deltas == 'garbage':
+            if self.path.endswith('/locate'):
+                out = b'AURUMLC\x01\x07' + b'\x00' * 5
+            else:
+                # "No delta pays" for every record of a delta request.
+                n, i = 0, 0
+                while i + 33 <= len(body):
+                    i += 33 + 32 * body[i + 32]
+                    n += 1
+                out = b'\x00' * 5 * n
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         if deltas == 'stall':
             time.sleep(3600)
         elif deltas == 'reset':
@@ -56,14 +72,14 @@ s.serve_forever()
 "#;
 
 /// The misbehaving server, killed when dropped.
-struct Web {
+pub(crate) struct Web {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     hits: std::path::PathBuf,
 }
 
 impl Web {
-    fn start(env: &Env, name: &str, packs: &str, deltas: &str) -> Web {
+    pub(crate) fn start(env: &Env, name: &str, packs: &str, deltas: &str) -> Web {
         let dir = env.path(name);
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("server.py");
@@ -264,4 +280,29 @@ fn issue12_a_failing_delta_service_falls_back_to_whole_blobs() {
     assert!(o.status.success(), "{err}");
     assert!(!err.contains("delta service"), "{err}");
     assert_eq!(node_diff(&rev2, &node), "");
+}
+
+/// `POST /api/v1/locate` answering nonsense (a proxy mangling it, a server bug): the node
+/// reads the pack indexes instead (and keeps them), and the update ends exact.
+#[test]
+fn a_locate_answer_that_makes_no_sense_falls_back_to_the_pack_indexes() {
+    if !have("python3") {
+        return skip("needs python3");
+    }
+    let env = Env::new();
+    let (_, rev2) = two_revisions(&env);
+    let node = node_at(&env, "node", "c@1");
+    let web = Web::start(&env, "web", "serve", "garbage");
+    let (o, _) = update(&web.url, &node, &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(node_diff(&rev2, &node), "");
+    let cache = node.join("var/lib/aurum-node/cache");
+    assert!(cache.is_dir(), "no index cache at {}", cache.display());
+    let indexes = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".idx"))
+        .count();
+    assert!(indexes > 0, "the pack indexes were not read:\n{err}");
 }

@@ -189,16 +189,21 @@ fn issue12_published_files_are_world_readable_and_the_catalog_private() {
 /// Issue #12 item 10: verify passed a damaged `packs/list`, after which nodes failed with a
 /// misleading "garbage-collected?". Now verify names each published file that disagrees with
 /// the catalog (exit 3), a node names the file and the command that fixes it, and
-/// `verify --repair` rebuilds them so that the update goes through.
+/// `verify --repair` rebuilds them so that the update goes through. The node reads the
+/// published files from a plain web server (from `aurum serve` it would ask where its blobs
+/// lie, and read no `packs/list`).
 #[test]
 fn issue12_verify_catches_damaged_published_files_and_repair_rebuilds_them() {
+    if !have("python3") {
+        return skip("needs python3");
+    }
     let env = Env::new();
     let (_, rev2) = two_revisions(&env);
     let node = node_at(&env, "node", "c@1");
     let list = env.public().join("packs/list");
     let good = std::fs::read_to_string(&list).unwrap();
-    let srv = Server::start(&env);
-    let url = format!("http://{}", srv.addr);
+    let web = crate::network::Web::start(&env, "web", "serve", "404");
+    let url = web.url.clone();
     let update = || {
         Command::new(env!("CARGO_BIN_EXE_aurum"))
             .args([

@@ -4,8 +4,8 @@
 //! The HTTP client reads plain files: refs to find a revision, its manifest, `packs/list`
 //! and the pack indexes (cached on the node; they never change) to locate blobs, then the
 //! blobs themselves as HTTP Range requests, neighbouring records coalesced into one request and
-//! several requests in flight. From `aurum serve` itself it asks where the blobs lie instead
-//! (`POST /api/v1/locate`), and asks for deltas. Every blob is checked against its id before it is handed on; a
+//! several requests in flight. From `aurum serve` itself (not a cache tier) it asks for
+//! deltas, and where up to 4,096 blobs lie instead (`POST /api/v1/locate`). Every blob is checked against its id before it is handed on; a
 //! server that sends wrong bytes stops the update with the blob's name. The HTTP proxy
 //! settings of the environment (`http_proxy`, `no_proxy`) are honoured.
 //!
@@ -276,8 +276,9 @@ pub struct HttpRepo {
     received: AtomicU64,
     /// Set once the delta API failed: it is not asked again, and warned about only once.
     deltas_off: AtomicBool,
-    /// Set once the server answered that it has no locate API (a plain web server, an older
-    /// aurum): blobs are found through the pack indexes.
+    /// Set once `POST /api/v1/locate` could not answer (no such API: a plain web server, an
+    /// older aurum, a cache tier; a failure; an answer that makes no sense or leaves a blob
+    /// unplaced): blobs are found through the pack indexes for the rest of the run.
     locate_off: AtomicBool,
 }
 
@@ -860,6 +861,12 @@ impl HttpRepo {
             log::info!("{}: {why}; reading pack indexes instead", self.url(path));
             None
         };
+        // The API itself failed (no answer, a stall, an error status): the delta service,
+        // asked next, would wait as long (a fresh root asks for no delta before this).
+        let api_down = |why: &str| {
+            self.deltas_failed(&format!("{path} failed first: {why}"));
+            not_now(why)
+        };
         let mut resp = match self
             .agent
             .post(self.url(path))
@@ -867,7 +874,7 @@ impl HttpRepo {
             .send(&body[..])
         {
             Ok(r) => r,
-            Err(e) => return not_now(&describe(&e)),
+            Err(e) => return api_down(&describe(&e)),
         };
         match resp.status().as_u16() {
             200 => {}
@@ -875,12 +882,12 @@ impl HttpRepo {
                 self.locate_off.store(true, Ordering::Relaxed);
                 return None;
             }
-            s => return not_now(&format!("HTTP {s}")),
+            s => return api_down(&format!("HTTP {s}")),
         }
         // A place is at most 48 bytes, and a pack id (32) is named once, for one blob or more.
         let answer = match self.body(&mut resp, path, 80 * ids.len() as u64 + 64) {
             Ok(a) => a,
-            Err(why) => return not_now(&why),
+            Err(why) => return api_down(&why),
         };
         let places = match pack::decode_locate_answer(&answer, ids) {
             Ok(p) => p,

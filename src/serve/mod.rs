@@ -518,8 +518,17 @@ fn locate(root: &Path, cat: &Catalog, body: &[u8]) -> Result<Vec<u8>> {
         let mut header = [0u8; pack::RECORD_HEADER];
         file.read_exact_at(&mut header, at).at(&path)?;
         let (_, codec, stored, raw) = pack::parse_record_header(&header)?;
-        if codec != Codec::ZstdGroup || stored != e.stored_len {
+        if codec != Codec::ZstdGroup {
             return Err(no_group());
+        }
+        if stored != e.stored_len {
+            return Err(crate::error::corrupt(format!(
+                "{}: the group at offset {} is {stored} bytes, the catalog says {}; `aurum \
+                 verify` checks the repository",
+                path.display(),
+                e.offset,
+                e.stored_len
+            )));
         }
         group_len.insert((*pack_id, e.offset), u64::from(raw));
     }

@@ -9,7 +9,7 @@
 //! upstream each time, and the API (reports, deltas, install phases) and boot scripts are passed
 //! on to it, so nodes behind a tier behave exactly as nodes of the origin; but for blob
 //! locations (`POST /api/v1/locate`), answered 404, so that nodes read the indexes the tier
-//! checks and keeps (fetched from the origin once for all of them).
+//! keeps (fetched from the origin once for all of them, and checked once it holds their pack).
 //!
 //! A pack (the bulk of every transfer) is not stored before it is forwarded: on a miss, one
 //! thread fetches it into a temporary file and every node asking for it meanwhile is sent the
@@ -184,7 +184,7 @@ impl Upstream {
         // Blob locations are the origin's catalog's, and would bypass the checks a tier makes
         // of the indexes it keeps: nodes behind a tier read those indexes, which it fetches
         // once for all of them (a locate passed on would reach the origin for every node).
-        if path == "/api/v1/locate" {
+        if path.trim_end_matches('/') == "/api/v1/locate" {
             return text(
                 404,
                 "a cache tier does not locate blobs: read the pack indexes it serves",

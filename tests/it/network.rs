@@ -13,7 +13,7 @@ use crate::update::{node_at, node_diff, two_revisions};
 
 /// Serves `sys.argv[1]` statically (no Range, like `python3 -m http.server`), misbehaving as
 /// told: `PACKS=stall` sends half of every pack and then nothing (each such GET appends a line
-/// to the file `HITS`); `DELTAS` is what every POST (/api/v1/deltas, /api/v1/locate) gets: 404
+/// to the file `HITS`; every POST's path is appended to `HITS.posts`); `DELTAS` is what every POST (/api/v1/deltas, /api/v1/locate) gets: 404
 /// (no API, a plain web server), 502 (a proxy whose backend is down), `reset` (the connection
 /// is reset), `stall` (no answer, ever) or `garbage` (deltas answer "none pays", and locate
 /// answers nonsense).
@@ -41,6 +41,8 @@ class H(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        with open(hits + '.posts', 'a') as f:
+            f.write(self.path + '\n')
         if deltas == 'garbage':
             if self.path.endswith('/locate'):
                 out = b'AURUMLC\x01\x07' + b'\x00' * 5
@@ -109,6 +111,14 @@ impl Web {
             url: format!("http://127.0.0.1:{port}"),
             hits,
         }
+    }
+
+    /// How many POSTs it was sent to `path`.
+    fn posts_to(&self, path: &str) -> usize {
+        let posts = self.hits.with_extension("posts");
+        std::fs::read_to_string(posts)
+            .map(|t| t.lines().filter(|l| *l == path).count())
+            .unwrap_or(0)
     }
 
     /// How many pack GETs it stalled.
@@ -305,4 +315,28 @@ fn a_locate_answer_that_makes_no_sense_falls_back_to_the_pack_indexes() {
         .filter(|f| f.file_name().to_string_lossy().ends_with(".idx"))
         .count();
     assert!(indexes > 0, "the pack indexes were not read:\n{err}");
+    // Asked once, and not again in the run after an answer that made no sense.
+    assert_eq!(web.posts_to("/api/v1/locate"), 1, "{err}");
+}
+
+/// On a fresh root the first API call is `POST /api/v1/locate`: when it fails (here 502, a
+/// proxy whose backend is down), the delta service is not asked after it (it would wait as
+/// long on a stalled server), the one warning says so, and the install ends exact.
+#[test]
+fn a_failing_locate_on_a_fresh_root_turns_the_delta_service_off_too() {
+    if !have("python3") {
+        return skip("needs python3");
+    }
+    let env = Env::new();
+    let (_, rev2) = two_revisions(&env);
+    let node = env.path("fresh");
+    std::fs::create_dir_all(&node).unwrap();
+    let web = Web::start(&env, "web", "serve", "502");
+    let (o, _) = update(&web.url, &node, &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(node_diff(&rev2, &node), "");
+    assert_eq!(web.posts_to("/api/v1/locate"), 1, "{err}");
+    assert_eq!(web.posts_to("/api/v1/deltas"), 0, "{err}");
+    assert_eq!(err.matches("the delta service failed").count(), 1, "{err}");
 }

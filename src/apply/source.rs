@@ -1191,11 +1191,13 @@ impl RevisionSource for HttpRepo {
             }
         };
         // A group of which the node wants less than half is better asked of `aurum serve`
-        // blob by blob (each compressed alone) than fetched whole.
+        // blob by blob (each compressed alone) than fetched whole. Both sides count the
+        // member table: a group of files of a few bytes is mostly table, and a node wanting
+        // every member fetches it whole.
         let mut wanted_raw: HashMap<(Id, u64), u64> = HashMap::new();
         for (pack, e) in found.values() {
             if e.codec == Codec::ZstdGroup {
-                *wanted_raw.entry((*pack, e.offset)).or_default() += u64::from(e.raw_len);
+                *wanted_raw.entry((*pack, e.offset)).or_default() += pack::group_share(e.raw_len);
             }
         }
         let singles: Vec<(Want, u32)> = found

@@ -100,6 +100,14 @@ pub fn encode_group(members: &[(Id, Vec<u8>)]) -> (Vec<u8>, Vec<u32>) {
     (w.buf, offsets)
 }
 
+/// The bytes a member of `len` bytes takes in its group's body: its line in the member table
+/// (its id and its length, a varint) and its own bytes. A group's body is these, summed over
+/// its members, and the member count before them.
+pub fn group_share(len: u32) -> u64 {
+    let varint = (u32::BITS - len.leading_zeros()).max(1).div_ceil(7);
+    u64::from(len) + 32 + u64::from(varint)
+}
+
 /// The members of a group body: (id, offset, length).
 pub fn decode_group(body: &[u8]) -> Result<Vec<(Id, u32, u32)>> {
     let mut r = Reader::new(body, "blob group");
@@ -362,6 +370,26 @@ impl<R: std::io::Read> Iterator for IndexEntries<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_groups_body_is_its_members_shares_and_their_count() {
+        for lens in [
+            vec![0u32],
+            vec![5, 127, 128, 16_383, 16_384],
+            vec![3; 200],
+            vec![1 << 21],
+        ] {
+            let members: Vec<(Id, Vec<u8>)> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (Id([i as u8; 32]), vec![7; n as usize]))
+                .collect();
+            let (body, _) = encode_group(&members);
+            let shares: u64 = lens.iter().map(|&n| group_share(n)).sum();
+            let count = if lens.len() < 128 { 1 } else { 2 };
+            assert_eq!(body.len() as u64, shares + count, "{lens:?}");
+        }
+    }
 
     #[test]
     fn locate_answers_round_trip_and_any_bytes_are_an_error_not_a_panic() {

@@ -8,14 +8,15 @@ use crate::common::{json, Env};
 use crate::serve::{http, Server};
 
 /// The write endpoints the server routes: every `(Method::Post, [...])` arm of
-/// src/serve/mod.rs but the read-only delta API, so that a new one is walked here too.
+/// src/serve/mod.rs but the read-only delta and locate APIs, so that a new one is walked here
+/// too.
 fn routed_writes() -> Vec<String> {
     let src = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/serve/mod.rs")).unwrap();
     let mut found: Vec<String> = src
         .split("(Method::Post, [")
         .skip(1)
         .filter_map(|rest| rest.split_once(']').map(|(parts, _)| parts.to_string()))
-        .filter(|parts| parts != "\"deltas\"")
+        .filter(|parts| parts != "\"deltas\"" && parts != "\"locate\"")
         .collect();
     found.sort();
     found

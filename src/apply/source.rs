@@ -5,9 +5,10 @@
 //! and the pack indexes (cached on the node; they never change) to locate blobs, then the
 //! blobs themselves as HTTP Range requests, neighbouring records coalesced into one request and
 //! several requests in flight. From `aurum serve` itself (not a cache tier) it asks for
-//! deltas, and where up to 4,096 blobs lie instead (`POST /api/v1/locate`). Every blob is checked against its id before it is handed on; a
-//! server that sends wrong bytes stops the update with the blob's name. The HTTP proxy
-//! settings of the environment (`http_proxy`, `no_proxy`) are honoured.
+//! deltas, and where up to 4,096 blobs lie instead (`POST /api/v1/locate`). Every blob is
+//! checked against its id before it is handed on; a server that sends wrong bytes stops the
+//! update with the blob's name. The HTTP proxy settings of the environment (`http_proxy`,
+//! `no_proxy`) are honoured.
 //!
 //! A server that stalls must not hang a node silently: every connection has a connect timeout
 //! and every read an idle timeout ([`HttpOptions`]); GETs (idempotent: the repository's files

@@ -283,6 +283,15 @@ pub struct HttpRepo {
     locate_off: AtomicBool,
 }
 
+/// What an optional API of `aurum serve` answered ([`HttpRepo::post_api`]).
+enum ApiAnswer {
+    Body(Vec<u8>),
+    /// No such API: a plain web server, an older aurum, a cache tier (404, 405, 501).
+    Absent,
+    /// No usable answer (no connection, a stall, an error status, a body cut short): why.
+    Failed(String),
+}
+
 /// Where each wanted blob lies (its pack and index entry), and the uncompressed size of every
 /// group holding one.
 type Places = (HashMap<Id, (Id, IndexEntry)>, HashMap<(Id, u64), u64>);
@@ -868,27 +877,14 @@ impl HttpRepo {
             self.deltas_failed(&format!("{path} failed first: {why}"));
             not_now(why)
         };
-        let mut resp = match self
-            .agent
-            .post(self.url(path))
-            .content_type("application/octet-stream")
-            .send(&body[..])
-        {
-            Ok(r) => r,
-            Err(e) => return api_down(&describe(&e)),
-        };
-        match resp.status().as_u16() {
-            200 => {}
-            404 | 405 | 501 => {
+        // A place is at most 48 bytes, and a pack id (32) is named once, for one blob or more.
+        let answer = match self.post_api(path, &body, 80 * ids.len() as u64 + 64) {
+            ApiAnswer::Body(a) => a,
+            ApiAnswer::Absent => {
                 self.locate_off.store(true, Ordering::Relaxed);
                 return None;
             }
-            s => return api_down(&format!("HTTP {s}")),
-        }
-        // A place is at most 48 bytes, and a pack id (32) is named once, for one blob or more.
-        let answer = match self.body(&mut resp, path, 80 * ids.len() as u64 + 64) {
-            Ok(a) => a,
-            Err(why) => return api_down(&why),
+            ApiAnswer::Failed(why) => return api_down(&why),
         };
         let places = match pack::decode_locate_answer(&answer, ids) {
             Ok(p) => p,
@@ -1432,31 +1428,16 @@ impl HttpRepo {
     ) -> Result<bool> {
         let path = "api/v1/deltas";
         let body = delta::encode_request(batch)?;
-        let mut resp = match self
-            .agent
-            .post(self.url(path))
-            .content_type("application/octet-stream")
-            .send(&body[..])
-        {
-            Ok(r) => r,
-            Err(e) => return Ok(self.deltas_failed(&describe(&e))),
-        };
-        match resp.status().as_u16() {
-            200 => {}
+        let answer = match self.post_api(path, &body, 1 << 30) {
+            ApiAnswer::Body(a) => a,
             // No API here, or an older server: whole blobs it is, as planned.
-            404 | 405 | 501 => {
+            ApiAnswer::Absent => {
                 self.deltas_off.store(true, Ordering::Relaxed);
                 return Ok(false);
             }
-            // The API is there but failing (a proxy whose backend is down answers 502).
-            s => return Ok(self.deltas_failed(&format!("HTTP {s}"))),
-        }
-        moved.fetch_add(body.len() as u64, Ordering::Relaxed);
-        let answer = match self.body(&mut resp, path, 1 << 30) {
-            Ok(a) => a,
-            Err(why) => return Ok(self.deltas_failed(&why)),
+            ApiAnswer::Failed(why) => return Ok(self.deltas_failed(&why)),
         };
-        moved.fetch_add(answer.len() as u64, Ordering::Relaxed);
+        moved.fetch_add((body.len() + answer.len()) as u64, Ordering::Relaxed);
         let mut r = &answer[..];
         let mut n = 0;
         while let Some(d) = delta::read_answer(&mut r)? {
@@ -1473,6 +1454,29 @@ impl HttpRepo {
             progress.advance(1);
         }
         Ok(true)
+    }
+
+    /// POSTs `body` to one of `aurum serve`'s optional binary APIs (deltas, locate) and reads
+    /// the answer, at most `limit` bytes.
+    fn post_api(&self, path: &str, body: &[u8], limit: u64) -> ApiAnswer {
+        let mut resp = match self
+            .agent
+            .post(self.url(path))
+            .content_type("application/octet-stream")
+            .send(body)
+        {
+            Ok(r) => r,
+            Err(e) => return ApiAnswer::Failed(describe(&e)),
+        };
+        match resp.status().as_u16() {
+            200 => match self.body(&mut resp, path, limit) {
+                Ok(answer) => ApiAnswer::Body(answer),
+                Err(why) => ApiAnswer::Failed(why),
+            },
+            404 | 405 | 501 => ApiAnswer::Absent,
+            // The API is there but failing (a proxy whose backend is down answers 502).
+            s => ApiAnswer::Failed(format!("HTTP {s}")),
+        }
     }
 
     /// The delta service failed: it is optional, so this turns it off for the rest of the run
